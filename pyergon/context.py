@@ -1,0 +1,208 @@
+"""The per-flow execution context: which flow is running, its log, and step numbering.
+
+A :class:`FlowContext` lives in a context variable while an executor runs a flow. Every durable
+operation (step, timer, signal wait, child, recorded value) takes its log position from it at
+*call time*, so ``asyncio.gather(self.a(), self.b())`` numbers ``a`` before ``b`` on every run.
+Inside a step's body, operations are numbered within that step: ``(n, 1)``, ``(n, 2)``, ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pyergon.clock import Clock
+from pyergon.core.outcome import SuspendReason
+from pyergon.core.records import Invocation, format_position
+from pyergon.core.retry import RetryPolicy
+from pyergon.core.status import InvocationStatus, OperationKind
+from pyergon.errors import NonDeterminismError, PyergonError
+from pyergon.serialization import Serializer, dumps_for
+
+if TYPE_CHECKING:
+    from pyergon.core.outcome import FlowOutcome
+    from pyergon.storage.base import ExecutionLog
+
+__all__ = [
+    "ChildRunner",
+    "FlowContext",
+    "FlowSuspend",
+    "StepScope",
+    "current_context",
+    "flow_scope",
+    "in_step",
+    "require_context",
+    "step_scope",
+]
+
+Position = tuple[int, int]
+
+ChildRunner = Callable[[object, str, "FlowContext", Position], Awaitable["FlowOutcome"]]
+"""Runs (or schedules) a child flow: ``(child, child_flow_id, parent_context, position)``."""
+
+
+class FlowSuspend(BaseException):  # noqa: N818 - a control-flow signal, not an error
+    """Raised inside a flow to stop it until a timer, signal or child is ready.
+
+    A ``BaseException`` so that a user's ``except Exception`` cannot swallow it.
+    """
+
+    def __init__(
+        self, reason: SuspendReason, waiting_on: str, wake_at: float | None = None
+    ) -> None:
+        super().__init__(f"flow suspended on {reason.value.lower()} {waiting_on!r}")
+        self.reason = reason
+        self.waiting_on = waiting_on
+        self.wake_at = wake_at
+
+
+@dataclass(slots=True)
+class StepScope:
+    """Numbering for the durable operations called inside one step's body."""
+
+    sequence: int
+    next_sub_sequence: int = 1
+
+    def allocate(self) -> Position:
+        """Return the next nested position of this step."""
+        position = (self.sequence, self.next_sub_sequence)
+        self.next_sub_sequence += 1
+        return position
+
+
+@dataclass(slots=True, eq=False)
+class FlowContext:
+    """Everything a running flow's durable operations need.
+
+    Attributes:
+        flow_id: The running flow's id.
+        storage: Where records are written.
+        serializer: How results are turned into bytes.
+        clock: The time source for timers and recorded times.
+        log: The flow's records, keyed by ``(sequence, sub_sequence)``.
+        run_child: How this executor runs child flows.
+        flow_retry_policy: The ``@flow`` method's retry policy, set when the method starts.
+        suspensions: Every suspension raised during this run, gathered for the outcome.
+    """
+
+    flow_id: str
+    storage: ExecutionLog
+    serializer: Serializer
+    clock: Clock
+    log: dict[Position, Invocation]
+    run_child: ChildRunner
+    flow_retry_policy: RetryPolicy | None = None
+    suspensions: list[FlowSuspend] = field(default_factory=list)
+    root_task: asyncio.Task[Any] | None = None
+    step_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _next_sequence: int = 1
+
+    def allocate(self) -> Position:
+        """Return the log position of the operation being called now."""
+        scope = _current_step.get()
+        if scope is not None and scope.sequence > 0:
+            return scope.allocate()
+        position = (self._next_sequence, 0)
+        self._next_sequence += 1
+        return position
+
+    def describe(self, position: Position) -> str:
+        """Return ``"flow 'id' at position 3.1"`` for messages."""
+        return f"flow {self.flow_id!r} at position {format_position(*position)}"
+
+    def replayed(
+        self, position: Position, kind: OperationKind, name: str, args_hash: str = ""
+    ) -> Invocation | None:
+        """Return the record at ``position`` after checking it matches the call being made.
+
+        Raises:
+            NonDeterminismError: The record is for a different operation.
+        """
+        record = self.log.get(position)
+        if record is None:
+            return None
+        if record.kind is not kind or record.name != name or record.args_hash != args_hash:
+            current = Invocation(
+                flow_id=self.flow_id,
+                sequence=position[0],
+                sub_sequence=position[1],
+                kind=kind,
+                name=name,
+                args_hash=args_hash,
+                status=InvocationStatus.PENDING,
+            )
+            raise NonDeterminismError(
+                self.flow_id, format_position(*position), record.describe(), current.describe()
+            )
+        return record
+
+    async def record(self, invocation: Invocation) -> Invocation:
+        """Write ``invocation`` (first writer wins) and keep the stored record in the log."""
+        stored = await self.storage.record_invocation(invocation)
+        self.log[(stored.sequence, stored.sub_sequence)] = stored
+        return stored
+
+    def dumps(self, value: Any, what: str) -> bytes:
+        """Serialize ``value``, naming ``what`` it is in any error."""
+        return dumps_for(self.serializer, value, what)
+
+    def suspend(self, suspension: FlowSuspend) -> FlowSuspend:
+        """Remember ``suspension`` for the outcome and return it for raising."""
+        self.suspensions.append(suspension)
+        return suspension
+
+
+_current_context: ContextVar[FlowContext | None] = ContextVar("pyergon_flow", default=None)
+_current_step: ContextVar[StepScope | None] = ContextVar("pyergon_step", default=None)
+
+
+def current_context() -> FlowContext | None:
+    """Return the context of the flow running in this task, or ``None`` outside flows."""
+    return _current_context.get()
+
+
+def require_context(operation: str) -> FlowContext:
+    """Return the running flow's context.
+
+    Raises:
+        PyergonError: Called outside a flow run by an executor or worker.
+    """
+    context = _current_context.get()
+    if context is None:
+        raise PyergonError(
+            f"{operation} needs a running flow: call it from a @flow or @step method run by "
+            "an Executor or a Worker"
+        )
+    return context
+
+
+def in_step() -> bool:
+    """Whether the current task is inside a step's body."""
+    scope = _current_step.get()
+    return scope is not None and scope.sequence > 0
+
+
+@contextmanager
+def flow_scope(context: FlowContext) -> Iterator[None]:
+    """Make ``context`` the running flow for the duration of the block."""
+    flow_token = _current_context.set(context)
+    step_token = _current_step.set(None)
+    try:
+        yield
+    finally:
+        _current_step.reset(step_token)
+        _current_context.reset(flow_token)
+
+
+@contextmanager
+def step_scope(sequence: int) -> Iterator[None]:
+    """Number durable operations called in the block inside step ``sequence``."""
+    token = _current_step.set(StepScope(sequence))
+    try:
+        yield
+    finally:
+        _current_step.reset(token)

@@ -1,0 +1,21 @@
+"""Value types shared by every part of pyergon; no I/O happens here."""
+
+from pyergon.core.outcome import Completed, FlowOutcome, Suspended, SuspendReason
+from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.retry import RetryPolicy
+from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+
+__all__ = [
+    "Completed",
+    "FlowOutcome",
+    "Invocation",
+    "InvocationStatus",
+    "OperationKind",
+    "RetryPolicy",
+    "ScheduledFlow",
+    "SignalRecord",
+    "StoredError",
+    "SuspendReason",
+    "Suspended",
+    "TaskStatus",
+]

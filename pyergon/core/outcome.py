@@ -1,0 +1,105 @@
+"""What running a flow produced: a final outcome, or a suspension with what it waits on."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from pyergon.core.records import to_datetime
+from pyergon.core.status import TaskStatus
+
+__all__ = ["Completed", "FlowOutcome", "SuspendReason", "Suspended"]
+
+
+class SuspendReason(str, Enum):
+    """Why a flow stopped before finishing."""
+
+    TIMER = "TIMER"
+    SIGNAL = "SIGNAL"
+    CHILD = "CHILD"
+    RETRY = "RETRY"
+    """Waiting out the backoff before a flow-level retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """A flow that finished: with a result, or with an error.
+
+    Attributes:
+        flow_id: The flow's id.
+        result: The flow method's return value (``None`` if it failed).
+        error: The exception the flow ended with, or ``None``.
+        status: ``COMPLETE``, ``FAILED`` or ``CANCELLED``.
+    """
+
+    flow_id: str
+    result: Any = None
+    error: BaseException | None = None
+    status: TaskStatus = TaskStatus.COMPLETE
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the flow returned normally."""
+        return self.status is TaskStatus.COMPLETE
+
+    def unwrap(self) -> Any:
+        """Return the result, or raise the flow's error."""
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def __repr__(self) -> str:
+        detail = f"result={self.result!r}" if self.error is None else f"error={self.error!r}"
+        return f"Completed(flow_id={self.flow_id!r}, status={self.status.value}, {detail})"
+
+    def _repr_html_(self) -> str:
+        return f"<code>{html.escape(repr(self))}</code>"
+
+
+@dataclass(frozen=True, slots=True)
+class Suspended:
+    """A flow that stopped to wait; run it again (or let a worker) once the wait is over.
+
+    Attributes:
+        flow_id: The flow's id.
+        reason: What the flow waits on.
+        waiting_on: The timer, signal or child flow name(s) it waits on.
+        wake_at: For timers and retry backoffs, when the wait ends (epoch seconds).
+    """
+
+    flow_id: str
+    reason: SuspendReason
+    waiting_on: tuple[str, ...] = ()
+    wake_at: float | None = None
+
+    @property
+    def status(self) -> TaskStatus:
+        """Always ``SUSPENDED``."""
+        return TaskStatus.SUSPENDED
+
+    @property
+    def result(self) -> None:
+        """A suspended flow has no result yet."""
+        return None
+
+    @property
+    def error(self) -> None:
+        """A suspended flow has no error."""
+        return None
+
+    def __repr__(self) -> str:
+        wake = to_datetime(self.wake_at)
+        when = f", wake_at={wake.isoformat()}" if wake is not None else ""
+        return (
+            f"Suspended(flow_id={self.flow_id!r}, reason={self.reason.value}, "
+            f"waiting_on={list(self.waiting_on)!r}{when})"
+        )
+
+    def _repr_html_(self) -> str:
+        return f"<code>{html.escape(repr(self))}</code>"
+
+
+FlowOutcome = Completed | Suspended
+"""The result of :meth:`pyergon.Executor.run`."""

@@ -1,0 +1,192 @@
+"""Records that storage keeps: flows, recorded operations, signals and stored errors.
+
+Times are float seconds since the Unix epoch (UTC), the cheapest form to store, compare and
+index; the ``*_time`` properties give timezone-aware datetimes for people.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+
+__all__ = [
+    "Invocation",
+    "ScheduledFlow",
+    "SignalRecord",
+    "StoredError",
+    "format_position",
+    "to_datetime",
+]
+
+
+def to_datetime(timestamp: float | None) -> datetime | None:
+    """Convert epoch seconds to an aware UTC datetime (``None`` stays ``None``)."""
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+def format_position(sequence: int, sub_sequence: int = 0) -> str:
+    """Return the display form of a log position: ``"3"`` or, nested in step 3, ``"3.1"``."""
+    return str(sequence) if sub_sequence == 0 else f"{sequence}.{sub_sequence}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredError:
+    """An exception as it is stored: enough to show it, and to rebuild it when possible.
+
+    Attributes:
+        type_name: ``module.QualName`` of the exception type.
+        message: ``str()`` of the exception.
+        traceback: The formatted traceback.
+        payload: The serialized exception, if it could be serialized; used to re-raise the
+            same type on replay.
+    """
+
+    type_name: str
+    message: str
+    traceback: str = ""
+    payload: bytes | None = None
+
+    @classmethod
+    def describe(cls, error: BaseException, payload: bytes | None = None) -> StoredError:
+        """Build the stored form of ``error`` (with an optional serialized payload)."""
+        error_type = type(error)
+        return cls(
+            type_name=f"{error_type.__module__}.{error_type.__qualname__}",
+            message=str(error),
+            traceback="".join(traceback.format_exception(error)),
+            payload=payload,
+        )
+
+    @property
+    def short_type(self) -> str:
+        """The exception type's name without its module."""
+        return self.type_name.rsplit(".", 1)[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """One recorded operation of a flow: a step, a timer, a signal wait, a child or a value.
+
+    The record key is ``(flow_id, sequence, sub_sequence)``. Operations called by the flow body
+    have ``sub_sequence == 0``; timers, signals, children and values used inside the body of
+    step ``n`` are recorded at ``(n, 1)``, ``(n, 2)``, ... so the step can resume where it waited.
+
+    Attributes:
+        flow_id: The flow this record belongs to.
+        sequence: Position of the operation in the flow body, from 1.
+        sub_sequence: Position inside the enclosing step's body, 0 for the step itself.
+        kind: What the operation is.
+        name: Step name, timer name, signal name, child flow type or value kind.
+        args_hash: Stable hash of the step's arguments ("" for other kinds).
+        status: Where the operation stands.
+        result: Serialized result (or signal value, or child result), once complete.
+        error: The stored error, once failed.
+        attempts: Attempts started so far.
+        started_at: When the first attempt started (epoch seconds).
+        completed_at: When the record became final (epoch seconds).
+        fire_at: For timers, when the timer fires (epoch seconds).
+        child_flow_id: For children, the child's flow id.
+    """
+
+    flow_id: str
+    sequence: int
+    kind: OperationKind
+    name: str
+    status: InvocationStatus
+    sub_sequence: int = 0
+    args_hash: str = ""
+    result: bytes | None = None
+    error: StoredError | None = None
+    attempts: int = 0
+    started_at: float | None = None
+    completed_at: float | None = None
+    fire_at: float | None = None
+    child_flow_id: str | None = None
+
+    @property
+    def position(self) -> str:
+        """Display form of the log position, such as ``"3"`` or ``"3.1"``."""
+        return format_position(self.sequence, self.sub_sequence)
+
+    @property
+    def idempotency_key(self) -> str:
+        """A key unique to this operation, stable across retries and replays."""
+        return f"{self.flow_id}:{self.position}"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the record holds a result or an error."""
+        return self.status.is_final
+
+    def replace(self, **changes: object) -> Invocation:
+        """Return a copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """A one-line description used in non-determinism errors."""
+        arguments = f", args hash {self.args_hash[:12]}" if self.args_hash else ""
+        return f"{self.kind.value.lower()} {self.name!r}{arguments}"
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledFlow:
+    """A flow as storage keeps it: its inputs, its state and, once final, its outcome.
+
+    Attributes:
+        flow_id: Unique id of the flow.
+        flow_type: Registered name of the flow class.
+        payload: Serialized dataclass fields of the flow instance.
+        status: Where the flow stands.
+        created_at: When the flow was first stored (epoch seconds).
+        updated_at: When the flow record last changed (epoch seconds).
+        result: Serialized return value, once complete.
+        error: The stored error, once failed.
+        attempt: Flow-level attempt number, from 1.
+        wake_at: For suspended flows waiting on a timer or a retry backoff, when to wake.
+        parent_flow_id: For child flows, the parent's id.
+        parent_sequence: For child flows, the parent's log position that waits on this child.
+        lease_owner: Worker holding the flow, while running under a worker.
+        lease_token: Token the holder must present to write the flow's state.
+        lease_expires_at: When the lease lapses unless renewed (epoch seconds).
+    """
+
+    flow_id: str
+    flow_type: str
+    payload: bytes
+    status: TaskStatus
+    created_at: float
+    updated_at: float
+    result: bytes | None = None
+    error: StoredError | None = None
+    attempt: int = 1
+    wake_at: float | None = None
+    parent_flow_id: str | None = None
+    parent_sequence: str | None = None
+    lease_owner: str | None = None
+    lease_token: str | None = None
+    lease_expires_at: float | None = None
+
+    def replace(self, **changes: object) -> ScheduledFlow:
+        """Return a copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRecord:
+    """A signal delivered to a flow, kept until (and after) the flow receives it.
+
+    Attributes:
+        flow_id: The flow the signal is for.
+        name: The signal's name; one value per name and flow.
+        payload: The serialized value.
+        sent_at: When the signal was stored (epoch seconds).
+    """
+
+    flow_id: str
+    name: str
+    payload: bytes
+    sent_at: float

@@ -1,0 +1,58 @@
+"""The state machines of a flow and of one recorded operation."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+__all__ = ["InvocationStatus", "OperationKind", "TaskStatus"]
+
+
+class TaskStatus(str, Enum):
+    """Where a flow stands.
+
+    ``PENDING`` flows wait in the queue, ``RUNNING`` ones are held by an executor or worker,
+    ``SUSPENDED`` ones wait on a timer, a signal, a child or a retry backoff and hold no worker.
+    The last three are final.
+    """
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUSPENDED = "SUSPENDED"
+    COMPLETE = "COMPLETE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the flow has finished and will not run again by itself."""
+        return self in (TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+class InvocationStatus(str, Enum):
+    """Where one recorded operation (a step, timer, signal wait, child or value) stands.
+
+    ``COMPLETE`` and ``FAILED`` are final: the record never changes again.
+    """
+
+    PENDING = "PENDING"
+    WAITING_FOR_TIMER = "WAITING_FOR_TIMER"
+    WAITING_FOR_SIGNAL = "WAITING_FOR_SIGNAL"
+    WAITING_FOR_CHILD = "WAITING_FOR_CHILD"
+    COMPLETE = "COMPLETE"
+    FAILED = "FAILED"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the record holds a result or an error and will not change again."""
+        return self in (InvocationStatus.COMPLETE, InvocationStatus.FAILED)
+
+
+class OperationKind(str, Enum):
+    """What a recorded operation is."""
+
+    STEP = "STEP"
+    TIMER = "TIMER"
+    SIGNAL = "SIGNAL"
+    CHILD = "CHILD"
+    VALUE = "VALUE"
+    """A value recorded for determinism: ``pyergon.now()``, ``uuid4()`` or ``random()``."""

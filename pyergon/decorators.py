@@ -1,0 +1,323 @@
+"""The three decorators that turn a dataclass into a durable flow: flow_type, flow and step.
+
+``@step`` wraps the method in a plain function that takes the step's log position as soon as it
+is *called* and returns a coroutine; outside a running flow the method just runs. ``@flow``
+marks the entry method, ``@flow_type`` marks the class and gives it ``invoke`` for child flows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import math
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec, TypeVar, overload
+
+from pyergon.context import current_context, in_step
+from pyergon.core.retry import RetryPolicy
+from pyergon.errors import FlowDefinitionError
+
+__all__ = [
+    "FlowSpec",
+    "StepSpec",
+    "flow",
+    "flow_entry",
+    "flow_type",
+    "flow_type_name",
+    "require_flow_instance",
+    "step",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S")
+C = TypeVar("C", bound=type)
+
+Method = Callable[Concatenate[S, P], Coroutine[Any, Any, R]]
+
+_FLOW_TYPE_ATTR = "__pyergon_flow_type__"
+_FLOW_ATTR = "__pyergon_flow__"
+_STEP_ATTR = "__pyergon_step__"
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    """What ``@step`` recorded about a step method.
+
+    Attributes:
+        name: The step's recorded name (the method name unless given).
+        retry_policy: How failing attempts are retried; ``None`` means once.
+        timeout: Seconds an attempt may run, or ``None``.
+    """
+
+    name: str
+    retry_policy: RetryPolicy | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSpec:
+    """What ``@flow`` recorded about a flow's entry method.
+
+    Attributes:
+        name: The method's name.
+        retry_policy: How a failed flow is re-run; ``None`` means it fails at once.
+    """
+
+    name: str
+    retry_policy: RetryPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _FlowTypeInfo:
+    name: str
+
+
+def _require_async(function: Callable[..., Any], decorator: str) -> None:
+    if not inspect.iscoroutinefunction(function):
+        raise FlowDefinitionError(
+            f"@{decorator} needs an 'async def' method, but {function.__qualname__} is not "
+            "async; declare it with 'async def'"
+        )
+
+
+@overload
+def step(function: Method[S, P, R], /) -> Method[S, P, R]: ...
+
+
+@overload
+def step(
+    *,
+    retry_policy: RetryPolicy | None = None,
+    timeout: float | None = None,
+    name: str | None = None,
+) -> Callable[[Method[S, P, R]], Method[S, P, R]]: ...
+
+
+def step(
+    function: Method[S, P, R] | None = None,
+    /,
+    *,
+    retry_policy: RetryPolicy | None = None,
+    timeout: float | None = None,
+    name: str | None = None,
+) -> Method[S, P, R] | Callable[[Method[S, P, R]], Method[S, P, R]]:
+    """Mark an async method as a durable step.
+
+    Inside a running flow, each call takes the next log position when it is made; its result
+    (or error) is recorded, and a replay returns the record instead of running the body again.
+    Outside a flow the method runs as if undecorated. Called from inside another step's body,
+    a step runs inline as part of that step.
+
+    Args:
+        function: The method, when used as ``@step`` without arguments.
+        retry_policy: Retry failing attempts of the body; ``None`` means one attempt.
+        timeout: Seconds one attempt may run before it fails with ``StepTimeoutError``.
+        name: The recorded name; defaults to the method name. Renaming a step changes its
+            identity in the log, so give the old name here when you rename the method.
+
+    Returns:
+        The wrapped method, or a decorator when called with options.
+
+    Raises:
+        FlowDefinitionError: The method is not ``async def`` or an option is invalid.
+    """
+    if timeout is not None and (not isinstance(timeout, int | float) or not timeout > 0):
+        raise FlowDefinitionError(f"@step(timeout=...) must be a positive number, got {timeout!r}")
+    if timeout is not None and math.isinf(timeout):
+        timeout = None
+    if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+        raise FlowDefinitionError(
+            f"@step(retry_policy=...) must be a RetryPolicy, got {type(retry_policy).__name__}"
+        )
+
+    def decorate(method: Method[S, P, R]) -> Method[S, P, R]:
+        _require_async(method, "step")
+        spec = StepSpec(name or method.__name__, retry_policy, timeout)
+
+        @functools.wraps(method)
+        def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+            context = current_context()
+            if context is None or in_step():
+                return method(self, *args, **kwargs)
+            # Imported here: the executor package imports this module.
+            from pyergon.executor.steps import run_step
+
+            position = context.allocate()
+            return run_step(  # type: ignore[no-any-return]
+                context,
+                position,
+                spec.name,
+                lambda: method(self, *args, **kwargs),
+                args,
+                kwargs,
+                spec.retry_policy,
+                spec.timeout,
+            )
+
+        setattr(call, _STEP_ATTR, spec)
+        return call
+
+    return decorate if function is None else decorate(function)
+
+
+@overload
+def flow(function: Method[S, P, R], /) -> Method[S, P, R]: ...
+
+
+@overload
+def flow(
+    *, retry_policy: RetryPolicy | None = None
+) -> Callable[[Method[S, P, R]], Method[S, P, R]]: ...
+
+
+def flow(
+    function: Method[S, P, R] | None = None,
+    /,
+    *,
+    retry_policy: RetryPolicy | None = None,
+) -> Method[S, P, R] | Callable[[Method[S, P, R]], Method[S, P, R]]:
+    """Mark the async method that runs a flow.
+
+    Args:
+        function: The method, when used as ``@flow`` without arguments.
+        retry_policy: Re-run the whole flow when it fails; recorded steps are not run again
+            and the backoff between attempts is a durable timer.
+
+    Returns:
+        The wrapped method, or a decorator when called with options.
+
+    Raises:
+        FlowDefinitionError: The method is not ``async def``.
+    """
+    if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+        raise FlowDefinitionError(
+            f"@flow(retry_policy=...) must be a RetryPolicy, got {type(retry_policy).__name__}"
+        )
+
+    def decorate(method: Method[S, P, R]) -> Method[S, P, R]:
+        _require_async(method, "flow")
+        spec = FlowSpec(method.__name__, retry_policy)
+
+        @functools.wraps(method)
+        async def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            context = current_context()
+            if context is not None and context.flow_retry_policy is None:
+                context.flow_retry_policy = spec.retry_policy
+            return await method(self, *args, **kwargs)
+
+        setattr(call, _FLOW_ATTR, spec)
+        return call
+
+    return decorate if function is None else decorate(function)
+
+
+@overload
+def flow_type(cls: C, /) -> C: ...
+
+
+@overload
+def flow_type(*, name: str | None = None) -> Callable[[C], C]: ...
+
+
+def flow_type(cls: C | None = None, /, *, name: str | None = None) -> C | Callable[[C], C]:
+    """Mark a dataclass as a flow type; its fields are the flow's stored inputs.
+
+    Works above or below ``@dataclass``. Adds ``invoke(child)`` for starting child flows.
+
+    Args:
+        cls: The class, when used as ``@flow_type`` without arguments.
+        name: The name the flow type is stored and registered under; defaults to the class
+            name. Keep it stable: stored flows are found by it.
+
+    Returns:
+        The class itself, marked.
+
+    Raises:
+        FlowDefinitionError: The target is not a class or has no ``@flow`` method.
+    """
+
+    def decorate(target: C) -> C:
+        if not isinstance(target, type):
+            raise FlowDefinitionError(
+                f"@flow_type decorates a class, not {type(target).__name__} {target!r}"
+            )
+        entries = _flow_methods(target)
+        if not entries:
+            raise FlowDefinitionError(
+                f"flow type {target.__qualname__} has no @flow method; mark the async method "
+                "that runs the flow with @flow"
+            )
+        setattr(target, _FLOW_TYPE_ATTR, _FlowTypeInfo(name or target.__name__))
+        if "invoke" not in target.__dict__:
+            from pyergon.executor.child import invoke
+
+            target.invoke = invoke  # type: ignore[attr-defined]
+        return target
+
+    return decorate if cls is None else decorate(cls)
+
+
+def _flow_methods(cls: type) -> dict[str, FlowSpec]:
+    methods: dict[str, FlowSpec] = {}
+    for klass in reversed(cls.__mro__):
+        for attribute, value in vars(klass).items():
+            spec = getattr(value, _FLOW_ATTR, None)
+            if isinstance(spec, FlowSpec):
+                methods[attribute] = spec
+    return methods
+
+
+def flow_type_name(cls: type) -> str:
+    """Return the stored name of a ``@flow_type`` class.
+
+    Raises:
+        FlowDefinitionError: ``cls`` is not decorated with ``@flow_type``.
+    """
+    info = getattr(cls, _FLOW_TYPE_ATTR, None)
+    if not isinstance(info, _FlowTypeInfo):
+        raise FlowDefinitionError(
+            f"{cls.__qualname__} is not a flow type; decorate the class with @flow_type "
+            "(and @dataclass)"
+        )
+    return info.name
+
+
+def require_flow_instance(flow: object) -> str:
+    """Check ``flow`` is an instance of a ``@flow_type`` dataclass; return its type name.
+
+    Raises:
+        FlowDefinitionError: It is a class instead of an instance, undecorated, or not a
+            dataclass.
+    """
+    if isinstance(flow, type):
+        raise FlowDefinitionError(
+            f"expected a flow instance but got the class {flow.__qualname__}; "
+            f"create one first, e.g. {flow.__name__}(...)"
+        )
+    cls = type(flow)
+    type_name = flow_type_name(cls)
+    if not dataclasses.is_dataclass(cls):
+        raise FlowDefinitionError(
+            f"flow type {cls.__qualname__} is not a dataclass; add @dataclass to the class so "
+            "its fields can be stored as the flow's inputs"
+        )
+    return type_name
+
+
+def flow_entry(cls: type) -> tuple[str, FlowSpec]:
+    """Return the name and spec of the single ``@flow`` method of a flow type.
+
+    Raises:
+        FlowDefinitionError: The class has no ``@flow`` method or more than one.
+    """
+    methods = _flow_methods(cls)
+    if len(methods) != 1:
+        found = ", ".join(sorted(methods)) or "none"
+        raise FlowDefinitionError(
+            f"flow type {cls.__qualname__} needs exactly one @flow method to be run by name, "
+            f"found {found}"
+        )
+    return next(iter(methods.items()))

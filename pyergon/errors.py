@@ -1,0 +1,177 @@
+"""Every exception pyergon raises, in one tree.
+
+Library errors derive from :class:`PyergonError` and, where one fits, from the nearest builtin,
+so ``except LookupError`` keeps working for callers that do not know pyergon::
+
+    PyergonError
+    ├── FlowDefinitionError (TypeError)      a class or method is not a valid flow / step
+    ├── InvalidFlowIdError (ValueError)      a flow id that is empty or not a string
+    ├── FlowNotFoundError (LookupError)      no flow with that id in storage
+    ├── NonDeterminismError                  the code no longer matches the recorded log
+    ├── StepFailedError                      a recorded step error whose type cannot be rebuilt
+    ├── StepTimeoutError (TimeoutError)      a step ran past its ``timeout``
+    ├── ChildFlowError                       a child flow failed and its error cannot be rebuilt
+    ├── SerializationError (TypeError)       a value cannot be stored or read back
+    │   └── SignatureError                   a signed payload is unsigned or was tampered with
+    └── StorageError                         the storage backend cannot do what was asked
+        ├── UnknownStorageSchemeError (ValueError)
+        ├── CorruptStorageError              not a pyergon database, or damaged
+        ├── SchemaVersionError               written by a newer pyergon
+        └── StorageClosedError               used before ``connect()`` or after ``close()``
+
+:class:`RetryableError` is not a library error: user code raises (or subclasses) it to say
+whether a failure is worth retrying.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChildFlowError",
+    "CorruptStorageError",
+    "FlowDefinitionError",
+    "FlowNotFoundError",
+    "InvalidFlowIdError",
+    "NonDeterminismError",
+    "PyergonError",
+    "RetryableError",
+    "SchemaVersionError",
+    "SerializationError",
+    "SignatureError",
+    "StepFailedError",
+    "StepTimeoutError",
+    "StorageClosedError",
+    "StorageError",
+    "UnknownStorageSchemeError",
+]
+
+
+class PyergonError(Exception):
+    """Root of every error raised by pyergon itself."""
+
+
+class FlowDefinitionError(PyergonError, TypeError):
+    """A flow class, flow method or step is declared in a way pyergon cannot run."""
+
+
+class InvalidFlowIdError(PyergonError, ValueError):
+    """A flow id is empty, not a string, or otherwise unusable."""
+
+
+class FlowNotFoundError(PyergonError, LookupError):
+    """No flow with the given id exists in storage.
+
+    Attributes:
+        flow_id: The id that was looked up.
+    """
+
+    def __init__(self, flow_id: str) -> None:
+        super().__init__(
+            f"no flow with id {flow_id!r} in storage; list flows to see the ids that exist"
+        )
+        self.flow_id = flow_id
+
+
+class NonDeterminismError(PyergonError):
+    """Today's code calls a different operation at a position the log already records.
+
+    Attributes:
+        flow_id: The flow whose log disagrees with the code.
+        sequence: The position in the log.
+        recorded: Description of the recorded operation (kind, name, argument hash).
+        current: Description of the operation the code calls now.
+    """
+
+    def __init__(self, flow_id: str, sequence: str, recorded: str, current: str) -> None:
+        super().__init__(
+            f"flow {flow_id!r} is not deterministic at position {sequence}: the log records "
+            f"{recorded} but the code now calls {current}. Restore the old code to finish "
+            "this flow, or fork it from an earlier step."
+        )
+        self.flow_id = flow_id
+        self.sequence = sequence
+        self.recorded = recorded
+        self.current = current
+
+
+class StepFailedError(PyergonError):
+    """A step failed and its original exception type could not be rebuilt.
+
+    Attributes:
+        error_type: Qualified name of the original exception type.
+        error_message: ``str()`` of the original exception.
+        traceback_text: The original traceback, formatted.
+    """
+
+    def __init__(self, error_type: str, error_message: str, traceback_text: str = "") -> None:
+        super().__init__(f"{error_type}: {error_message}")
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback_text = traceback_text
+
+
+class StepTimeoutError(PyergonError, TimeoutError):
+    """A step's body ran longer than the step's ``timeout``."""
+
+
+class ChildFlowError(PyergonError):
+    """A child flow failed; carries the child's id and its stored error text.
+
+    Attributes:
+        child_flow_id: The failed child's id.
+        error_type: Qualified name of the child's exception type.
+        error_message: The child's error message.
+    """
+
+    def __init__(self, child_flow_id: str, error_type: str, error_message: str) -> None:
+        super().__init__(f"child flow {child_flow_id!r} failed: {error_type}: {error_message}")
+        self.child_flow_id = child_flow_id
+        self.error_type = error_type
+        self.error_message = error_message
+
+
+class SerializationError(PyergonError, TypeError):
+    """A value cannot be serialized for storage, or a stored payload cannot be read."""
+
+
+class SignatureError(SerializationError):
+    """A payload's HMAC signature is missing or wrong; it was refused before unpickling."""
+
+
+class StorageError(PyergonError):
+    """The storage backend cannot do what was asked."""
+
+
+class UnknownStorageSchemeError(StorageError, ValueError):
+    """``open_storage`` was given a URL whose scheme no backend handles."""
+
+
+class CorruptStorageError(StorageError):
+    """The storage holds data that is not a pyergon log, or is damaged."""
+
+
+class SchemaVersionError(StorageError):
+    """The storage was written by a newer pyergon whose schema this version cannot read."""
+
+
+class StorageClosedError(StorageError):
+    """The storage was used before ``connect()`` or after ``close()``."""
+
+
+class RetryableError(Exception):
+    """Base for user errors that say themselves whether a retry may help.
+
+    Raise it (or a subclass) from a step; a step's retry policy asks
+    :meth:`is_retryable` before trying again.
+
+    Args:
+        message: What went wrong.
+        retryable: Whether another attempt may succeed.
+    """
+
+    def __init__(self, message: str = "", *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+    def is_retryable(self) -> bool:
+        """Return whether another attempt may succeed."""
+        return self.retryable

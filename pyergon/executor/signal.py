@@ -1,0 +1,125 @@
+"""External signals: a flow waits for a named value that someone outside sends it."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any
+
+from pyergon.context import FlowContext, FlowSuspend, Position, require_context
+from pyergon.core.outcome import SuspendReason
+from pyergon.core.records import Invocation, SignalRecord
+from pyergon.core.status import InvocationStatus, OperationKind
+from pyergon.errors import FlowNotFoundError, InvalidFlowIdError
+from pyergon.executor.steps import replay_final
+from pyergon.serialization import Serializer, default_serializer, dumps_for
+from pyergon.storage.base import ExecutionLog
+
+__all__ = ["await_external_signal", "send_signal"]
+
+
+def await_external_signal(name: str) -> Coroutine[Any, Any, Any]:
+    """Wait for the signal ``name`` sent to the running flow, and return its value.
+
+    A signal sent before the flow waits is kept and returned at once. Until it arrives the flow
+    is suspended (a ``Suspended`` outcome from the direct executor; a worker releases the flow
+    and resumes it when the signal is delivered). Each name carries one value per flow: waiting
+    on the same name twice returns the same value.
+
+    Args:
+        name: The signal's name.
+
+    Returns:
+        A coroutine to await for the value; the log position is taken when this is called.
+
+    Raises:
+        ValueError: ``name`` is empty or not a string.
+        PyergonError: Called outside a running flow.
+    """
+    _check_signal_name(name)
+    context = require_context("await_external_signal")
+    position = context.allocate()
+    return _receive(context, position, name)
+
+
+async def _receive(context: FlowContext, position: Position, name: str) -> Any:
+    record = context.replayed(position, OperationKind.SIGNAL, name)
+    if record is not None and record.is_final:
+        return replay_final(context, record)
+    now = context.clock.now()
+    signal = await context.storage.get_signal(context.flow_id, name)
+    if signal is not None:
+        stored = await context.record(
+            Invocation(
+                flow_id=context.flow_id,
+                sequence=position[0],
+                sub_sequence=position[1],
+                kind=OperationKind.SIGNAL,
+                name=name,
+                status=InvocationStatus.COMPLETE,
+                result=signal.payload,
+                started_at=record.started_at if record is not None else now,
+                completed_at=now,
+            )
+        )
+        return replay_final(context, stored)
+    if record is None:
+        await context.record(
+            Invocation(
+                flow_id=context.flow_id,
+                sequence=position[0],
+                sub_sequence=position[1],
+                kind=OperationKind.SIGNAL,
+                name=name,
+                status=InvocationStatus.WAITING_FOR_SIGNAL,
+                started_at=now,
+            )
+        )
+    raise context.suspend(FlowSuspend(SuspendReason.SIGNAL, name))
+
+
+async def send_signal(
+    storage: ExecutionLog,
+    flow_id: str,
+    name: str,
+    value: Any = None,
+    *,
+    serializer: Serializer | None = None,
+    sent_at: float | None = None,
+) -> bool:
+    """Deliver the signal ``name`` with ``value`` to a flow.
+
+    Delivery is idempotent per flow and name: the first value sent is kept, later sends of the
+    same name are ignored and return ``False``.
+
+    Args:
+        storage: The flow's storage.
+        flow_id: The receiving flow.
+        name: The signal's name.
+        value: Any value the serializer can store.
+        serializer: Defaults to :func:`~pyergon.serialization.default_serializer`.
+        sent_at: Time to store (epoch seconds); defaults to now.
+
+    Returns:
+        Whether this call delivered the signal (``False`` if one was already there).
+
+    Raises:
+        FlowNotFoundError: No flow with ``flow_id`` exists.
+        SerializationError: ``value`` cannot be serialized; nothing is stored.
+    """
+    import time
+
+    if not isinstance(flow_id, str) or not flow_id:
+        raise InvalidFlowIdError(f"flow id must be a non-empty string, got {flow_id!r}")
+    _check_signal_name(name)
+    payload = dumps_for(
+        serializer or default_serializer(), value, f"signal {name!r} for flow {flow_id!r}"
+    )
+    if await storage.get_flow(flow_id) is None:
+        raise FlowNotFoundError(flow_id)
+    signal = SignalRecord(flow_id, name, payload, time.time() if sent_at is None else sent_at)
+    return await storage.store_signal(signal)
+
+
+def _check_signal_name(name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"signal name must be a non-empty string, got {name!r}")

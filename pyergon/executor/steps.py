@@ -1,0 +1,159 @@
+"""Running one durable step: replay it from the log, or run its body and record the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+from pyergon.context import FlowContext, Position, step_scope
+from pyergon.core.records import Invocation, StoredError
+from pyergon.core.retry import RetryPolicy
+from pyergon.core.status import InvocationStatus, OperationKind
+from pyergon.errors import StepTimeoutError
+from pyergon.serialization import rebuild_exception, serialize_exception, stable_hash
+
+__all__ = ["replay_final", "run_step"]
+
+StepBody = Callable[[], Coroutine[Any, Any, Any]]
+
+
+def replay_final(context: FlowContext, record: Invocation) -> Any:
+    """Return the stored result of a final record, or raise its stored error."""
+    if record.status is InvocationStatus.FAILED and record.error is not None:
+        raise rebuild_exception(context.serializer, record.error)
+    return None if record.result is None else context.serializer.loads(record.result)
+
+
+async def run_step(
+    context: FlowContext,
+    position: Position,
+    name: str,
+    body: StepBody,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    retry_policy: RetryPolicy | None,
+    timeout: float | None,
+) -> Any:
+    """Run the step at ``position``: replay its record, or execute and record it.
+
+    Args:
+        context: The running flow.
+        position: The step's log position, taken when the step was called.
+        name: The step's name.
+        body: Creates a fresh coroutine of the step's body for each attempt.
+        args: Positional arguments (without ``self``), hashed to detect changed calls.
+        kwargs: Keyword arguments, hashed likewise.
+        retry_policy: How to retry a failing body; ``None`` means one attempt.
+        timeout: Seconds an attempt may run before it fails with ``StepTimeoutError``.
+
+    Returns:
+        The step's result, recorded or fresh.
+    """
+    args_hash = stable_hash(args, kwargs)
+    record = context.replayed(position, OperationKind.STEP, name, args_hash)
+    if record is not None and record.is_final:
+        return replay_final(context, record)
+
+    policy = retry_policy or RetryPolicy.NONE
+    attempts = record.attempts if record is not None else 0
+    started_at = record.started_at if record is not None else None
+    started_at = started_at or context.clock.now()
+    task = asyncio.current_task()
+    tracked = task is not None and task is not context.root_task
+    if tracked:
+        context.step_tasks.add(task)  # type: ignore[arg-type]
+    try:
+        while True:
+            attempts += 1
+            try:
+                with step_scope(position[0]):
+                    if timeout is None:
+                        result = await body()
+                    else:
+                        result = await _with_timeout(context, position, name, body, timeout)
+            except Exception as error:
+                stored_error = StoredError.describe(
+                    error, serialize_exception(context.serializer, error)
+                )
+                retry = policy.should_retry(error, attempts)
+                await context.record(
+                    _step_record(
+                        context,
+                        position,
+                        name,
+                        args_hash,
+                        InvocationStatus.PENDING if retry else InvocationStatus.FAILED,
+                        attempts=attempts,
+                        started_at=started_at,
+                        error=stored_error,
+                    )
+                )
+                if not retry:
+                    raise
+                await context.clock.sleep(policy.delay_after(attempts))
+                continue
+            payload = context.dumps(
+                result, f"the result of step {name!r} of {context.describe(position)}"
+            )
+            stored = await context.record(
+                _step_record(
+                    context,
+                    position,
+                    name,
+                    args_hash,
+                    InvocationStatus.COMPLETE,
+                    attempts=attempts,
+                    started_at=started_at,
+                    result=payload,
+                )
+            )
+            if stored.status is InvocationStatus.COMPLETE and stored.result == payload:
+                return result
+            # Another worker recorded this step first: its record is the truth.
+            return replay_final(context, stored)
+    finally:
+        if tracked:
+            context.step_tasks.discard(task)  # type: ignore[arg-type]
+
+
+async def _with_timeout(
+    context: FlowContext, position: Position, name: str, body: StepBody, timeout: float
+) -> Any:
+    try:
+        return await asyncio.wait_for(body(), timeout)
+    except TimeoutError as error:
+        if isinstance(error, StepTimeoutError):
+            raise
+        raise StepTimeoutError(
+            f"step {name!r} of {context.describe(position)} ran longer than its timeout of "
+            f"{timeout} s; raise the timeout or make the step faster"
+        ) from None
+
+
+def _step_record(
+    context: FlowContext,
+    position: Position,
+    name: str,
+    args_hash: str,
+    status: InvocationStatus,
+    *,
+    attempts: int,
+    started_at: float,
+    result: bytes | None = None,
+    error: StoredError | None = None,
+) -> Invocation:
+    return Invocation(
+        flow_id=context.flow_id,
+        sequence=position[0],
+        sub_sequence=position[1],
+        kind=OperationKind.STEP,
+        name=name,
+        args_hash=args_hash,
+        status=status,
+        result=result,
+        error=error,
+        attempts=attempts,
+        started_at=started_at,
+        completed_at=context.clock.now() if status.is_final else None,
+    )
