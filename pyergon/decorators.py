@@ -146,7 +146,7 @@ def step(
             from pyergon.executor.steps import run_step
 
             position = context.allocate()
-            return run_step(  # type: ignore[no-any-return]
+            return run_step(
                 context,
                 position,
                 spec.name,

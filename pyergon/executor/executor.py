@@ -3,38 +3,29 @@
 ``Executor(flow, storage, flow_id).run(lambda f: f.run())`` runs (or resumes) the flow until it
 finishes or has to wait, and returns a :data:`~pyergon.core.FlowOutcome`. Running it again
 replays the recorded steps without executing their bodies and continues from the first
-operation that has no final record.
+operation that has no final record. Child flows run inline, each as a flow of its own.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Generic, TypeVar
 
 from pyergon.clock import Clock, SystemClock
-from pyergon.context import FlowContext, FlowSuspend, Position, flow_scope
-from pyergon.core.outcome import Completed, FlowOutcome, Suspended, SuspendReason
-from pyergon.core.records import Invocation, ScheduledFlow, StoredError, format_position
-from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.context import FlowContext, Position
+from pyergon.core.outcome import FlowOutcome
+from pyergon.core.records import ScheduledFlow, StoredError, format_position
+from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_entry, require_flow_instance
 from pyergon.errors import InvalidFlowIdError, PyergonError
 from pyergon.executor.inputs import encode_flow
-from pyergon.serialization import (
-    Serializer,
-    default_serializer,
-    dumps_for,
-    rebuild_exception,
-    serialize_exception,
-)
+from pyergon.executor.runner import FlowRun, drive_flow, stored_outcome
+from pyergon.serialization import Serializer, default_serializer
 from pyergon.storage.base import ExecutionLog
 
 __all__ = ["Executor", "validate_flow_id"]
 
 F = TypeVar("F")
-
-FLOW_RETRY_SEQUENCE = 0
-"""Log sequence of flow-level operations: the durable backoff timers between flow attempts."""
 
 
 def validate_flow_id(flow_id: object) -> str:
@@ -107,41 +98,21 @@ class Executor(Generic[F]):
         """
         stored, created = await self._load_or_create()
         if stored.status.is_final:
-            return self._stored_outcome(stored)
-        attempt = stored.attempt
-        log = {} if created else await self._read_log()
-        while True:
-            waiting = self._pending_backoff(log)
-            if waiting is not None:
-                return waiting
-            context = FlowContext(
+            return stored_outcome(stored, self.serializer)
+        return await drive_flow(
+            FlowRun(
+                flow=self.flow,
                 flow_id=self.flow_id,
                 storage=self.storage,
                 serializer=self.serializer,
                 clock=self.clock,
-                log=log,
+                entry=entry,
                 run_child=self._run_child,
+                writer=_DirectWriter(self.storage, self.flow_id),
+                attempt=stored.attempt,
+                log={} if created else None,
             )
-            try:
-                result = await self._run_body(context, entry)
-            except FlowSuspend:
-                return await self._suspend(context)
-            except Exception as error:
-                if context.suspensions:
-                    return await self._suspend(context)
-                retry = await self._plan_retry(context, error, attempt)
-                if retry is None:
-                    return await self._fail(error)
-                attempt += 1
-                log = await self._read_log()
-                continue
-            if context.suspensions:
-                return await self._suspend(context)
-            return await self._complete(result)
-
-    async def _read_log(self) -> dict[Position, Invocation]:
-        records = await self.storage.load_invocations(self.flow_id)
-        return {(record.sequence, record.sub_sequence): record for record in records}
+        )
 
     async def _load_or_create(self) -> tuple[ScheduledFlow, bool]:
         payload = encode_flow(self.serializer, self.flow, self.type_name)
@@ -169,99 +140,6 @@ class Executor(Generic[F]):
             stored = updated or stored
         return stored, created
 
-    async def _run_body(self, context: FlowContext, entry: Callable[[F], Awaitable[Any]]) -> Any:
-        with flow_scope(context):
-            context.root_task = asyncio.current_task()
-            try:
-                return await entry(self.flow)
-            finally:
-                await _cancel_leftover_steps(context)
-
-    def _pending_backoff(self, log: dict[Position, Invocation]) -> Suspended | None:
-        for (sequence, _), record in log.items():
-            if (
-                sequence == FLOW_RETRY_SEQUENCE
-                and record.status is InvocationStatus.WAITING_FOR_TIMER
-                and record.fire_at is not None
-                and self.clock.now() < record.fire_at
-            ):
-                return Suspended(self.flow_id, SuspendReason.RETRY, (record.name,), record.fire_at)
-        return None
-
-    async def _plan_retry(
-        self, context: FlowContext, error: Exception, attempt: int
-    ) -> float | None:
-        policy = context.flow_retry_policy
-        if policy is None or not policy.should_retry(error, attempt):
-            return None
-        delay = policy.delay_after(attempt)
-        await self.storage.delete_failed_invocations(self.flow_id)
-        now = self.clock.now()
-        await self.storage.record_invocation(
-            Invocation(
-                flow_id=self.flow_id,
-                sequence=FLOW_RETRY_SEQUENCE,
-                sub_sequence=attempt,
-                kind=OperationKind.TIMER,
-                name=f"retry-after-attempt-{attempt}",
-                status=InvocationStatus.WAITING_FOR_TIMER
-                if delay > 0
-                else InvocationStatus.COMPLETE,
-                started_at=now,
-                fire_at=now + delay,
-                completed_at=None if delay > 0 else now,
-                error=StoredError.describe(error),
-            )
-        )
-        await self.storage.update_flow(
-            self.flow_id,
-            status=TaskStatus.SUSPENDED if delay > 0 else TaskStatus.RUNNING,
-            attempt=attempt + 1,
-            wake_at=now + delay if delay > 0 else None,
-        )
-        return delay
-
-    async def _complete(self, result: Any) -> Completed:
-        payload = None
-        if result is not None:
-            payload = encode_result(self.serializer, result, self.flow_id)
-        await self.storage.update_flow(
-            self.flow_id, status=TaskStatus.COMPLETE, result=payload, wake_at=None
-        )
-        return Completed(self.flow_id, result=result)
-
-    async def _fail(self, error: BaseException) -> Completed:
-        stored_error = StoredError.describe(error, serialize_exception(self.serializer, error))
-        await self.storage.update_flow(
-            self.flow_id, status=TaskStatus.FAILED, error=stored_error, wake_at=None
-        )
-        return Completed(self.flow_id, error=error, status=TaskStatus.FAILED)
-
-    async def _suspend(self, context: FlowContext) -> Suspended:
-        suspensions = context.suspensions
-        wake_times = [s.wake_at for s in suspensions if s.wake_at is not None]
-        wake_at = min(wake_times) if wake_times else None
-        await self.storage.update_flow(
-            self.flow_id, status=TaskStatus.SUSPENDED, wake_at=wake_at
-        )
-        return Suspended(
-            self.flow_id,
-            suspensions[0].reason,
-            tuple(dict.fromkeys(s.waiting_on for s in suspensions)),
-            wake_at,
-        )
-
-    def _stored_outcome(self, stored: ScheduledFlow) -> Completed:
-        if stored.status is TaskStatus.COMPLETE:
-            result = None if stored.result is None else self.serializer.loads(stored.result)
-            return Completed(self.flow_id, result=result)
-        error: BaseException
-        if stored.error is not None:
-            error = rebuild_exception(self.serializer, stored.error)
-        else:
-            error = PyergonError(f"flow {self.flow_id!r} was {stored.status.value.lower()}")
-        return Completed(self.flow_id, error=error, status=stored.status)
-
     async def _run_child(
         self, child: object, child_id: str, parent: FlowContext, position: Position
     ) -> FlowOutcome:
@@ -277,18 +155,31 @@ class Executor(Generic[F]):
         return await executor.run(lambda flow: getattr(flow, method_name)())
 
 
-def encode_result(serializer: Serializer, result: Any, flow_id: str) -> bytes:
-    """Serialize a flow's return value, naming the flow in any error."""
-    return dumps_for(serializer, result, f"the result of flow {flow_id!r}")
+class _DirectWriter:
+    """Writes the flow's state without a lease: the direct executor owns the flow."""
 
+    def __init__(self, storage: ExecutionLog, flow_id: str) -> None:
+        self._storage = storage
+        self._flow_id = flow_id
 
-async def _cancel_leftover_steps(context: FlowContext) -> None:
-    """Cancel steps still running when the flow body ended (e.g. the rest of a failed gather).
+    async def complete(self, result: bytes | None, attempt: int) -> None:
+        await self._storage.update_flow(
+            self._flow_id, status=TaskStatus.COMPLETE, result=result, wake_at=None, attempt=attempt
+        )
 
-    Their records were not written, so they run again when the flow resumes.
-    """
-    leftovers = [task for task in context.step_tasks if not task.done()]
-    for task in leftovers:
-        task.cancel()
-    if leftovers:
-        await asyncio.gather(*leftovers, return_exceptions=True)
+    async def fail(self, error: StoredError, attempt: int) -> None:
+        await self._storage.update_flow(
+            self._flow_id, status=TaskStatus.FAILED, error=error, wake_at=None, attempt=attempt
+        )
+
+    async def suspend(
+        self,
+        wake_at: float | None,
+        signals: Collection[str],
+        children: Collection[str],
+        attempt: int,
+    ) -> None:
+        del signals, children  # a re-run by the caller checks them again
+        await self._storage.update_flow(
+            self._flow_id, status=TaskStatus.SUSPENDED, wake_at=wake_at, attempt=attempt
+        )

@@ -60,9 +60,8 @@ async def run_step(
     started_at = record.started_at if record is not None else None
     started_at = started_at or context.clock.now()
     task = asyncio.current_task()
-    tracked = task is not None and task is not context.root_task
-    if tracked:
-        context.step_tasks.add(task)  # type: ignore[arg-type]
+    if task is not None and task is not context.root_task:
+        context.step_tasks.add(task)
     try:
         while True:
             attempts += 1
@@ -113,8 +112,8 @@ async def run_step(
             # Another worker recorded this step first: its record is the truth.
             return replay_final(context, stored)
     finally:
-        if tracked:
-            context.step_tasks.discard(task)  # type: ignore[arg-type]
+        if task is not None:
+            context.step_tasks.discard(task)
 
 
 async def _with_timeout(

@@ -8,7 +8,7 @@ recording is first-writer-wins.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
@@ -83,6 +83,8 @@ class ExecutionLog(Protocol):
     async def create_flow(self, flow: ScheduledFlow) -> tuple[ScheduledFlow, bool]:
         """Store ``flow`` unless a flow with its id exists.
 
+        Storing a ``PENDING`` flow notifies waiting workers.
+
         Returns:
             The stored flow (the existing one if there was one) and whether it was created.
         """
@@ -114,8 +116,83 @@ class ExecutionLog(Protocol):
             attempt: New flow-level attempt number, or ``UNCHANGED``.
             expected_status: If given, change the flow only while its status is one of these.
 
+        Leaving ``RUNNING`` clears the lease fields. Setting ``PENDING`` (or a wake time) notifies
+        waiting workers.
+
         Returns:
             The updated flow, or ``None`` if it does not exist or its status did not match.
+        """
+        ...
+
+    # -- queue -------------------------------------------------------------------------------
+
+    async def claim_flow(
+        self,
+        worker_id: str,
+        flow_types: Collection[str],
+        *,
+        lease_seconds: float,
+        now: float,
+    ) -> ScheduledFlow | None:
+        """Atomically take the next runnable flow of one of ``flow_types``.
+
+        Runnable means ``PENDING``; ``SUSPENDED`` with ``wake_at <= now`` (a due timer or retry
+        backoff); or ``RUNNING`` with ``lease_expires_at < now`` (its worker died). Oldest
+        first. Exactly one caller gets each flow.
+
+        Returns:
+            The flow, now ``RUNNING`` with ``lease_owner=worker_id``, a fresh ``lease_token`` and
+            ``lease_expires_at = now + lease_seconds``; or ``None`` if nothing is runnable.
+        """
+        ...
+
+    async def renew_lease(
+        self, flow_id: str, lease_token: str, *, lease_seconds: float, now: float
+    ) -> bool:
+        """Extend a lease still held with ``lease_token``. Returns whether it was held."""
+        ...
+
+    async def release_flow(
+        self,
+        flow_id: str,
+        lease_token: str,
+        *,
+        status: TaskStatus,
+        result: bytes | None | FlowUpdate = UNCHANGED,
+        error: StoredError | None | FlowUpdate = UNCHANGED,
+        wake_at: float | None | FlowUpdate = UNCHANGED,
+        attempt: int | FlowUpdate = UNCHANGED,
+        waiting_signals: Collection[str] = (),
+        waiting_children: Collection[str] = (),
+    ) -> ScheduledFlow | None:
+        """Write the state a lease holder leaves a flow in, and drop the lease.
+
+        Only the holder of ``lease_token`` on a ``RUNNING`` flow may do this. Atomically:
+
+        * a flow set ``SUSPENDED`` becomes ``PENDING`` instead when one of
+          ``waiting_signals`` has already been stored or one of ``waiting_children`` is final,
+          so a wake-up that raced the suspension is not lost;
+        * a child set to a final status wakes its parent (``SUSPENDED`` → ``PENDING``).
+
+        Returns:
+            The flow as stored, or ``None`` if the token no longer holds the lease.
+        """
+        ...
+
+    # -- wake-ups ----------------------------------------------------------------------------
+
+    async def next_wake_at(self) -> float | None:
+        """Return the earliest ``wake_at`` of any ``SUSPENDED`` flow, or ``None``."""
+        ...
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Wait until work may be runnable, or ``timeout`` seconds pass.
+
+        Woken by a flow becoming ``PENDING``, a signal, or an earlier wake time being stored,
+        in this process or (where the backend can tell) in another.
+
+        Returns:
+            Whether a notification (rather than the timeout) ended the wait.
         """
         ...
 
@@ -153,6 +230,9 @@ class ExecutionLog(Protocol):
 
     async def store_signal(self, signal: SignalRecord) -> bool:
         """Store a signal unless one with the same flow id and name exists.
+
+        In the same atomic change, a ``SUSPENDED`` receiving flow becomes ``PENDING`` so a worker
+        resumes it, and waiting workers are notified.
 
         Returns:
             Whether the signal was new.

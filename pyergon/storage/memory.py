@@ -5,9 +5,11 @@ Every method runs without awaiting anything, so each is atomic on the event loop
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Collection, Sequence
 
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
@@ -28,6 +30,7 @@ class InMemoryExecutionLog(StorageLifecycle):
         self._flows: dict[str, ScheduledFlow] = {}
         self._invocations: dict[str, dict[_Position, Invocation]] = {}
         self._signals: dict[tuple[str, str], SignalRecord] = {}
+        self._work = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"InMemoryExecutionLog(flows={len(self._flows)})"
@@ -46,6 +49,8 @@ class InMemoryExecutionLog(StorageLifecycle):
         if existing is not None:
             return existing, False
         self._flows[flow.flow_id] = flow
+        if flow.status is TaskStatus.PENDING:
+            self._work.set()
         return flow, True
 
     async def get_flow(self, flow_id: str) -> ScheduledFlow | None:
@@ -67,6 +72,20 @@ class InMemoryExecutionLog(StorageLifecycle):
         flow = self._flows.get(flow_id)
         if flow is None or (expected_status is not None and flow.status not in expected_status):
             return None
+        return self._change(
+            flow, status=status, result=result, error=error, wake_at=wake_at, attempt=attempt
+        )
+
+    def _change(
+        self,
+        flow: ScheduledFlow,
+        *,
+        status: TaskStatus,
+        result: bytes | None | FlowUpdate = UNCHANGED,
+        error: StoredError | None | FlowUpdate = UNCHANGED,
+        wake_at: float | None | FlowUpdate = UNCHANGED,
+        attempt: int | FlowUpdate = UNCHANGED,
+    ) -> ScheduledFlow:
         changes: dict[str, object] = {"status": status, "updated_at": time.time()}
         for name, value in (
             ("result", result),
@@ -76,9 +95,123 @@ class InMemoryExecutionLog(StorageLifecycle):
         ):
             if value is not UNCHANGED:
                 changes[name] = value
+        if status is not TaskStatus.RUNNING:
+            changes.update(lease_owner=None, lease_token=None, lease_expires_at=None)
         updated = dataclasses.replace(flow, **changes)  # type: ignore[arg-type]
-        self._flows[flow_id] = updated
+        self._flows[flow.flow_id] = updated
+        if status is TaskStatus.PENDING or (
+            status is TaskStatus.SUSPENDED and updated.wake_at is not None
+        ):
+            self._work.set()
         return updated
+
+    # -- queue -------------------------------------------------------------------------------
+
+    async def claim_flow(
+        self,
+        worker_id: str,
+        flow_types: Collection[str],
+        *,
+        lease_seconds: float,
+        now: float,
+    ) -> ScheduledFlow | None:
+        """Take the oldest runnable flow of one of ``flow_types``."""
+        runnable = [
+            flow
+            for flow in self._flows.values()
+            if flow.flow_type in flow_types and _is_runnable(flow, now)
+        ]
+        if not runnable:
+            return None
+        chosen = min(runnable, key=_queue_order)
+        claimed = dataclasses.replace(
+            chosen,
+            status=TaskStatus.RUNNING,
+            updated_at=time.time(),
+            lease_owner=worker_id,
+            lease_token=uuid.uuid4().hex,
+            lease_expires_at=now + lease_seconds,
+        )
+        self._flows[claimed.flow_id] = claimed
+        return claimed
+
+    async def renew_lease(
+        self, flow_id: str, lease_token: str, *, lease_seconds: float, now: float
+    ) -> bool:
+        """Extend a lease still held with ``lease_token``."""
+        flow = self._flows.get(flow_id)
+        if flow is None or flow.status is not TaskStatus.RUNNING:
+            return False
+        if flow.lease_token != lease_token:
+            return False
+        self._flows[flow_id] = dataclasses.replace(flow, lease_expires_at=now + lease_seconds)
+        return True
+
+    async def release_flow(
+        self,
+        flow_id: str,
+        lease_token: str,
+        *,
+        status: TaskStatus,
+        result: bytes | None | FlowUpdate = UNCHANGED,
+        error: StoredError | None | FlowUpdate = UNCHANGED,
+        wake_at: float | None | FlowUpdate = UNCHANGED,
+        attempt: int | FlowUpdate = UNCHANGED,
+        waiting_signals: Collection[str] = (),
+        waiting_children: Collection[str] = (),
+    ) -> ScheduledFlow | None:
+        """Leave a held flow in ``status`` and drop the lease; see the protocol."""
+        flow = self._flows.get(flow_id)
+        if flow is None or flow.status is not TaskStatus.RUNNING:
+            return None
+        if flow.lease_token != lease_token:
+            return None
+        if status is TaskStatus.SUSPENDED and self._wake_already_due(
+            flow_id, waiting_signals, waiting_children
+        ):
+            status = TaskStatus.PENDING
+        updated = self._change(
+            flow, status=status, result=result, error=error, wake_at=wake_at, attempt=attempt
+        )
+        if status.is_final and updated.parent_flow_id is not None:
+            self._wake(updated.parent_flow_id)
+        return updated
+
+    def _wake_already_due(
+        self, flow_id: str, signals: Collection[str], children: Collection[str]
+    ) -> bool:
+        if any((flow_id, name) in self._signals for name in signals):
+            return True
+        return any(
+            (child := self._flows.get(child_id)) is not None and child.status.is_final
+            for child_id in children
+        )
+
+    def _wake(self, flow_id: str) -> None:
+        flow = self._flows.get(flow_id)
+        if flow is not None and flow.status is TaskStatus.SUSPENDED:
+            self._change(flow, status=TaskStatus.PENDING, wake_at=None)
+
+    # -- wake-ups ----------------------------------------------------------------------------
+
+    async def next_wake_at(self) -> float | None:
+        """Return the earliest wake time of a suspended flow."""
+        times = [
+            flow.wake_at
+            for flow in self._flows.values()
+            if flow.status is TaskStatus.SUSPENDED and flow.wake_at is not None
+        ]
+        return min(times, default=None)
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Wait for a notification from this storage object, or ``timeout`` seconds."""
+        if not self._work.is_set():
+            try:
+                await asyncio.wait_for(self._work.wait(), timeout)
+            except TimeoutError:
+                return False
+        self._work.clear()
+        return True
 
     # -- invocations -------------------------------------------------------------------------
 
@@ -123,6 +256,7 @@ class InMemoryExecutionLog(StorageLifecycle):
         if key in self._signals:
             return False
         self._signals[key] = signal
+        self._wake(signal.flow_id)
         return True
 
     async def get_signal(self, flow_id: str, name: str) -> SignalRecord | None:
@@ -164,3 +298,18 @@ class InMemoryExecutionLog(StorageLifecycle):
         self._flows.clear()
         self._invocations.clear()
         self._signals.clear()
+
+
+def _is_runnable(flow: ScheduledFlow, now: float) -> bool:
+    if flow.status is TaskStatus.PENDING:
+        return True
+    if flow.status is TaskStatus.SUSPENDED:
+        return flow.wake_at is not None and flow.wake_at <= now
+    if flow.status is TaskStatus.RUNNING:
+        return flow.lease_expires_at is not None and flow.lease_expires_at < now
+    return False
+
+
+def _queue_order(flow: ScheduledFlow) -> tuple[float, float, str]:
+    ready_at = flow.wake_at if flow.status is TaskStatus.SUSPENDED and flow.wake_at else 0.0
+    return (ready_at, flow.created_at, flow.flow_id)

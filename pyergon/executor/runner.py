@@ -1,0 +1,242 @@
+"""Driving one flow's body to an outcome: shared by the direct Executor and by workers.
+
+:func:`drive_flow` runs the body against the flow's log, plans flow-level retries and turns the
+end of a run into a :data:`~pyergon.core.FlowOutcome`. Writing the flow's own state is left to
+a :class:`FlowStateWriter`: the direct executor writes it plainly, a worker writes it with its
+lease token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pyergon.clock import Clock
+from pyergon.context import ChildRunner, FlowContext, FlowSuspend, Position, flow_scope
+from pyergon.core.outcome import Completed, FlowOutcome, Suspended, SuspendReason
+from pyergon.core.records import Invocation, ScheduledFlow, StoredError
+from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.errors import PyergonError, SerializationError
+from pyergon.serialization import (
+    Serializer,
+    dumps_for,
+    rebuild_exception,
+    serialize_exception,
+)
+from pyergon.storage.base import ExecutionLog
+
+__all__ = ["FLOW_RETRY_SEQUENCE", "FlowRun", "FlowStateWriter", "drive_flow", "stored_outcome"]
+
+FLOW_RETRY_SEQUENCE = 0
+"""Log sequence of flow-level operations: the durable backoff timers between flow attempts."""
+
+
+class FlowStateWriter(Protocol):
+    """Writes the state a run leaves its flow in."""
+
+    async def complete(self, result: bytes | None, attempt: int) -> None:
+        """Record that the flow returned ``result``."""
+        ...
+
+    async def fail(self, error: StoredError, attempt: int) -> None:
+        """Record that the flow failed for good."""
+        ...
+
+    async def suspend(
+        self,
+        wake_at: float | None,
+        signals: Collection[str],
+        children: Collection[str],
+        attempt: int,
+    ) -> None:
+        """Record that the flow waits on a time, signals or children."""
+        ...
+
+
+@dataclass(slots=True)
+class FlowRun:
+    """Everything needed to run one flow's body once more.
+
+    Attributes:
+        flow: The flow instance.
+        flow_id: Its id.
+        storage: Where its records live.
+        serializer: How values become bytes.
+        clock: The time source.
+        entry: Calls the flow's ``@flow`` method.
+        run_child: How child flows are run or scheduled.
+        writer: Where the flow's own state goes.
+        attempt: The flow-level attempt this run starts as.
+        log: The flow's records; read from storage when ``None``.
+    """
+
+    flow: Any
+    flow_id: str
+    storage: ExecutionLog
+    serializer: Serializer
+    clock: Clock
+    entry: Callable[[Any], Awaitable[Any]]
+    run_child: ChildRunner
+    writer: FlowStateWriter
+    attempt: int = 1
+    log: dict[Position, Invocation] | None = None
+
+
+async def read_log(storage: ExecutionLog, flow_id: str) -> dict[Position, Invocation]:
+    """Return a flow's records keyed by position."""
+    records = await storage.load_invocations(flow_id)
+    return {(record.sequence, record.sub_sequence): record for record in records}
+
+
+async def drive_flow(run: FlowRun) -> FlowOutcome:
+    """Run the flow until it finishes, fails for good or has to wait; write its state.
+
+    Flow-level retries with no backoff happen within this call; a backoff is a durable timer
+    and ends the call with ``Suspended(reason=RETRY)``.
+    """
+    attempt = run.attempt
+    log = run.log if run.log is not None else await read_log(run.storage, run.flow_id)
+    while True:
+        backoff = await _backoff_in_progress(run, log)
+        if backoff is not None:
+            await run.writer.suspend(backoff.fire_at, (), (), attempt)
+            return Suspended(run.flow_id, SuspendReason.RETRY, (backoff.name,), backoff.fire_at)
+        context = FlowContext(
+            flow_id=run.flow_id,
+            storage=run.storage,
+            serializer=run.serializer,
+            clock=run.clock,
+            log=log,
+            run_child=run.run_child,
+        )
+        try:
+            result = await _run_body(context, run)
+            if not context.suspensions:
+                payload = _encode_result(run, result)
+        except FlowSuspend:
+            return await _suspend(run, context, attempt)
+        except Exception as error:
+            if context.suspensions:
+                return await _suspend(run, context, attempt)
+            delay = await _plan_retry(run, context, error, attempt)
+            if delay is None:
+                stored = StoredError.describe(error, serialize_exception(run.serializer, error))
+                await run.writer.fail(stored, attempt)
+                return Completed(run.flow_id, error=error, status=TaskStatus.FAILED)
+            attempt += 1
+            if delay > 0:
+                wake_at = run.clock.now() + delay
+                await run.writer.suspend(wake_at, (), (), attempt)
+                name = f"retry-after-attempt-{attempt - 1}"
+                return Suspended(run.flow_id, SuspendReason.RETRY, (name,), wake_at)
+            log = await read_log(run.storage, run.flow_id)
+            continue
+        if context.suspensions:
+            return await _suspend(run, context, attempt)
+        await run.writer.complete(payload, attempt)
+        return Completed(run.flow_id, result=result)
+
+
+def stored_outcome(flow: ScheduledFlow, serializer: Serializer) -> Completed:
+    """Return the outcome of a flow that is final in storage."""
+    if flow.status is TaskStatus.COMPLETE:
+        result = None if flow.result is None else serializer.loads(flow.result)
+        return Completed(flow.flow_id, result=result)
+    error: BaseException
+    if flow.error is not None:
+        error = rebuild_exception(serializer, flow.error)
+    else:
+        error = PyergonError(f"flow {flow.flow_id!r} was {flow.status.value.lower()}")
+    return Completed(flow.flow_id, error=error, status=flow.status)
+
+
+def _encode_result(run: FlowRun, result: Any) -> bytes | None:
+    if result is None:
+        return None
+    return dumps_for(run.serializer, result, f"the result of flow {run.flow_id!r}")
+
+
+async def _run_body(context: FlowContext, run: FlowRun) -> Any:
+    with flow_scope(context):
+        context.root_task = asyncio.current_task()
+        try:
+            return await run.entry(run.flow)
+        finally:
+            await _cancel_leftover_steps(context)
+
+
+async def _cancel_leftover_steps(context: FlowContext) -> None:
+    """Cancel steps still running when the flow body ended (e.g. the rest of a failed gather).
+
+    Their records were not written, so they run again when the flow resumes.
+    """
+    leftovers = [task for task in context.step_tasks if not task.done()]
+    for task in leftovers:
+        task.cancel()
+    if leftovers:
+        await asyncio.gather(*leftovers, return_exceptions=True)
+
+
+async def _backoff_in_progress(
+    run: FlowRun, log: dict[Position, Invocation]
+) -> Invocation | None:
+    """Return the retry backoff timer still running, after closing any that have fired."""
+    now = run.clock.now()
+    for position, record in list(log.items()):
+        if position[0] != FLOW_RETRY_SEQUENCE:
+            continue
+        if record.status is not InvocationStatus.WAITING_FOR_TIMER or record.fire_at is None:
+            continue
+        if now < record.fire_at:
+            return record
+        log[position] = await run.storage.record_invocation(
+            record.replace(status=InvocationStatus.COMPLETE, completed_at=now)
+        )
+    return None
+
+
+async def _plan_retry(
+    run: FlowRun, context: FlowContext, error: Exception, attempt: int
+) -> float | None:
+    """Decide whether the failed attempt is retried; if so, record the durable backoff."""
+    policy = context.flow_retry_policy
+    if isinstance(error, SerializationError) or policy is None:
+        return None
+    if not policy.should_retry(error, attempt):
+        return None
+    delay = policy.delay_after(attempt)
+    await run.storage.delete_failed_invocations(run.flow_id)
+    now = run.clock.now()
+    waiting = delay > 0
+    await run.storage.record_invocation(
+        Invocation(
+            flow_id=run.flow_id,
+            sequence=FLOW_RETRY_SEQUENCE,
+            sub_sequence=attempt,
+            kind=OperationKind.TIMER,
+            name=f"retry-after-attempt-{attempt}",
+            status=InvocationStatus.WAITING_FOR_TIMER if waiting else InvocationStatus.COMPLETE,
+            started_at=now,
+            fire_at=now + delay,
+            completed_at=None if waiting else now,
+            error=StoredError.describe(error),
+        )
+    )
+    return delay
+
+
+async def _suspend(run: FlowRun, context: FlowContext, attempt: int) -> Suspended:
+    suspensions = context.suspensions
+    wake_times = [s.wake_at for s in suspensions if s.wake_at is not None]
+    wake_at = min(wake_times) if wake_times else None
+    signals = [s.waiting_on for s in suspensions if s.reason is SuspendReason.SIGNAL]
+    children = [s.waiting_on for s in suspensions if s.reason is SuspendReason.CHILD]
+    await run.writer.suspend(wake_at, signals, children, attempt)
+    return Suspended(
+        run.flow_id,
+        suspensions[0].reason,
+        tuple(dict.fromkeys(s.waiting_on for s in suspensions)),
+        wake_at,
+    )
