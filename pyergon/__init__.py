@@ -8,13 +8,16 @@ survives crashes, sleeps on durable timers and waits for signals, then resumes w
 
 from __future__ import annotations
 
+from pyergon.context import current_idempotency_key as idempotency_key
 from pyergon.core import Completed, FlowOutcome, RetryPolicy, Suspended
 from pyergon.decorators import flow, flow_type, step
 from pyergon.determinism import now, random, uuid4
 from pyergon.errors import PyergonError, RetryableError
 from pyergon.executor.executor import Executor
+from pyergon.executor.scheduler import Scheduler
 from pyergon.executor.signal import await_external_signal, send_signal
 from pyergon.executor.timer import schedule_timer, schedule_timer_named
+from pyergon.executor.worker import Worker, WorkerHandle
 
 __all__ = [
     "Completed",
@@ -23,11 +26,15 @@ __all__ = [
     "PyergonError",
     "RetryPolicy",
     "RetryableError",
+    "Scheduler",
     "Suspended",
+    "Worker",
+    "WorkerHandle",
     "__version__",
     "await_external_signal",
     "flow",
     "flow_type",
+    "idempotency_key",
     "now",
     "random",
     "schedule_timer",

@@ -231,8 +231,9 @@ class ExecutionLog(Protocol):
     async def store_signal(self, signal: SignalRecord) -> bool:
         """Store a signal unless one with the same flow id and name exists.
 
-        In the same atomic change, a ``SUSPENDED`` receiving flow becomes ``PENDING`` so a worker
-        resumes it, and waiting workers are notified.
+        In the same atomic change, a ``SUSPENDED`` receiving flow that has a ``WAITING_FOR_SIGNAL``
+        record of this name becomes ``PENDING`` so a worker resumes it, and waiting workers are
+        notified.
 
         Returns:
             Whether the signal was new.

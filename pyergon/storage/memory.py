@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Collection, Sequence
 
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
-from pyergon.core.status import InvocationStatus, TaskStatus
+from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.storage.base import UNCHANGED, FlowUpdate, StorageLifecycle
 
 __all__ = ["InMemoryExecutionLog"]
@@ -256,8 +256,17 @@ class InMemoryExecutionLog(StorageLifecycle):
         if key in self._signals:
             return False
         self._signals[key] = signal
-        self._wake(signal.flow_id)
+        if self._waits_for_signal(signal.flow_id, signal.name):
+            self._wake(signal.flow_id)
         return True
+
+    def _waits_for_signal(self, flow_id: str, name: str) -> bool:
+        return any(
+            record.kind is OperationKind.SIGNAL
+            and record.name == name
+            and record.status is InvocationStatus.WAITING_FOR_SIGNAL
+            for record in self._invocations.get(flow_id, {}).values()
+        )
 
     async def get_signal(self, flow_id: str, name: str) -> SignalRecord | None:
         """Return a stored signal, or ``None``."""

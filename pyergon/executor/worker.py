@@ -1,0 +1,432 @@
+"""Workers: claim flows from the shared queue, run them under a lease, release them.
+
+A worker runs as tasks on the event loop that starts it (a service's loop or a notebook
+kernel's). It claims flows of the types it registered, renews their leases while they run and
+writes their state with the lease token. A flow that waits on a timer, a signal or a child is
+released (``SUSPENDED``) and holds no slot; the storage makes it runnable again when its timer is
+due, its signal arrives or its child finishes. The worker sleeps until new work is notified or
+the earliest timer is due; it does not poll on a fixed beat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+from collections.abc import Collection
+from typing import Any
+
+from pyergon.clock import Clock, SystemClock
+from pyergon.context import FlowContext, Position
+from pyergon.core.outcome import FlowOutcome, Suspended, SuspendReason
+from pyergon.core.records import ScheduledFlow, StoredError, format_position
+from pyergon.core.status import TaskStatus
+from pyergon.decorators import flow_entry, flow_type_name, require_flow_instance
+from pyergon.errors import FlowDefinitionError, PyergonError
+from pyergon.executor.inputs import decode_flow, encode_flow
+from pyergon.executor.runner import FlowRun, drive_flow, stored_outcome
+from pyergon.serialization import Serializer, default_serializer
+from pyergon.storage.base import ExecutionLog
+
+__all__ = ["Worker", "WorkerHandle"]
+
+logger = logging.getLogger("pyergon.worker")
+
+_IDLE_WAIT = 1.0
+"""Longest single wait for a notification; bounds how late a stop or a lost wake-up is seen."""
+
+_MAX_BACKOFF = 5.0
+"""Longest pause between attempts while the storage cannot be reached."""
+
+
+class Worker:
+    """Runs flows from the shared queue.
+
+    Args:
+        storage: The storage shared with the scheduler and other workers.
+        worker_id: A name unique among the workers; recorded as the lease owner.
+        enable_timers: Wake up when a suspended flow's timer is due. A worker without it still
+            runs due flows it finds, but does not wait for them.
+        max_concurrent_flows: Flows this worker runs at once.
+        lease_seconds: How long a claim lasts without renewal; a worker that dies loses its
+            flows to others after at most this long.
+        serializer: How values are stored; must match the scheduler's.
+        clock: Time source for leases and timers.
+    """
+
+    def __init__(
+        self,
+        storage: ExecutionLog,
+        worker_id: str,
+        *,
+        enable_timers: bool = True,
+        max_concurrent_flows: int = 10,
+        lease_seconds: float = 30.0,
+        serializer: Serializer | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(worker_id, str) or not worker_id:
+            raise ValueError(f"worker_id must be a non-empty string, got {worker_id!r}")
+        if max_concurrent_flows < 1:
+            raise ValueError(f"max_concurrent_flows must be >= 1, got {max_concurrent_flows}")
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
+        self.storage = storage
+        self.worker_id = worker_id
+        self.enable_timers = enable_timers
+        self.max_concurrent_flows = max_concurrent_flows
+        self.lease_seconds = lease_seconds
+        self.serializer = serializer or default_serializer()
+        self.clock = clock or SystemClock()
+        self._registry: dict[str, type] = {}
+        self._running: dict[str, tuple[str, asyncio.Task[None]]] = {}
+        self._kick = asyncio.Event()
+        self._stopping = False
+        self._claim_backoff = _Backoff(worker_id, "claiming flows")
+        self.flows_finished = 0
+        """Flows this worker ran to a final state."""
+
+    def __repr__(self) -> str:
+        types = ", ".join(sorted(self._registry)) or "none"
+        return f"Worker({self.worker_id!r}, running={len(self._running)}, types=[{types}])"
+
+    @property
+    def registered_types(self) -> list[str]:
+        """Names of the flow types this worker runs."""
+        return sorted(self._registry)
+
+    async def register(self, flow_class: type) -> None:
+        """Run flows of ``flow_class`` on this worker; registering again replaces the class.
+
+        Raises:
+            FlowDefinitionError: The class is not a ``@flow_type`` dataclass with exactly one
+                ``@flow`` method.
+        """
+        if not isinstance(flow_class, type):
+            raise FlowDefinitionError(
+                f"register() takes a flow class, got {type(flow_class).__name__}"
+            )
+        name = flow_type_name(flow_class)
+        if not dataclasses.is_dataclass(flow_class):
+            raise FlowDefinitionError(
+                f"flow type {flow_class.__qualname__} is not a dataclass; add @dataclass"
+            )
+        flow_entry(flow_class)
+        self._registry[name] = flow_class
+        self._kick.set()
+
+    async def start(self) -> WorkerHandle:
+        """Start serving on the running event loop and return a handle to stop it."""
+        if not self._registry:
+            raise PyergonError(
+                f"worker {self.worker_id!r} has no flow types; call register(FlowClass) first"
+            )
+        self._stopping = False
+        serve = asyncio.create_task(self._serve(), name=f"pyergon-worker-{self.worker_id}")
+        return WorkerHandle(self, serve)
+
+    async def run_until_idle(self, *, wait_for_timers: bool = True) -> int:
+        """Run flows until none is runnable and none is running, then return.
+
+        The drain mode for tests and scripts: deterministic, no background task is left.
+
+        Args:
+            wait_for_timers: Also wait for suspended flows whose timer or retry backoff is
+                pending, and run them when due. Flows waiting only for a signal are left.
+
+        Returns:
+            How many flows this call ran to a final state.
+        """
+        finished_before = self.flows_finished
+        self._stopping = False
+        while True:
+            await self._fill_slots()
+            if self._running:
+                await asyncio.wait(
+                    [task for _, task in self._running.values()],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                continue
+            wake_at = await self.storage.next_wake_at() if wait_for_timers else None
+            if wake_at is None:
+                return self.flows_finished - finished_before
+            await self.clock.sleep(wake_at - self.clock.now())
+
+    # -- serving -----------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        listener = asyncio.create_task(self._listen(), name=f"pyergon-listen-{self.worker_id}")
+        renewer = asyncio.create_task(self._renew_leases(), name=f"pyergon-lease-{self.worker_id}")
+        try:
+            while not self._stopping:
+                self._kick.clear()
+                await self._fill_slots()
+                timeout = await self._idle_timeout()
+                if self._stopping:
+                    break
+                try:
+                    await asyncio.wait_for(self._kick.wait(), timeout)
+                except TimeoutError:
+                    pass
+        finally:
+            listener.cancel()
+            renewer.cancel()
+            await asyncio.gather(listener, renewer, return_exceptions=True)
+
+    async def _listen(self) -> None:
+        """Turn storage notifications into kicks of the serving loop."""
+        backoff = _Backoff(self.worker_id, "waiting for work")
+        while True:
+            try:
+                woken = await self.storage.wait_for_work(_IDLE_WAIT)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                await backoff.failed(error)
+                continue
+            backoff.succeeded()
+            if woken:
+                self._kick.set()
+
+    async def _idle_timeout(self) -> float:
+        if len(self._running) >= self.max_concurrent_flows or not self.enable_timers:
+            return _IDLE_WAIT
+        try:
+            wake_at = await self.storage.next_wake_at()
+        except Exception:
+            return _IDLE_WAIT  # the claim loop reports storage trouble
+        if wake_at is None:
+            return _IDLE_WAIT
+        return min(max(wake_at - self.clock.now(), 0.0), _IDLE_WAIT)
+
+    async def _fill_slots(self) -> None:
+        backoff = self._claim_backoff
+        while not self._stopping and len(self._running) < self.max_concurrent_flows:
+            try:
+                flow = await self.storage.claim_flow(
+                    self.worker_id,
+                    self._registry,
+                    lease_seconds=self.lease_seconds,
+                    now=self.clock.now(),
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                await backoff.failed(error)
+                if self._stopping:
+                    return
+                continue
+            backoff.succeeded()
+            if flow is None:
+                return
+            assert flow.lease_token is not None  # a claim always sets the lease
+            task = asyncio.create_task(
+                self._run_claimed(flow), name=f"pyergon-flow-{flow.flow_id}"
+            )
+            self._running[flow.flow_id] = (flow.lease_token, task)
+            task.add_done_callback(functools.partial(self._finished, flow.flow_id))
+
+    def _finished(self, flow_id: str, _task: asyncio.Task[None]) -> None:
+        self._running.pop(flow_id, None)
+        self._kick.set()
+
+    async def _renew_leases(self) -> None:
+        interval = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            for flow_id, (token, task) in list(self._running.items()):
+                try:
+                    held = await self.storage.renew_lease(
+                        flow_id, token, lease_seconds=self.lease_seconds, now=self.clock.now()
+                    )
+                except Exception as error:
+                    logger.warning("worker %s could not renew leases: %s", self.worker_id, error)
+                    break
+                if not held:
+                    logger.warning(
+                        "worker %s lost the lease on flow %r; stopping its run",
+                        self.worker_id,
+                        flow_id,
+                    )
+                    task.cancel()
+
+    async def _run_claimed(self, flow: ScheduledFlow) -> None:
+        assert flow.lease_token is not None
+        writer = _LeaseWriter(self.storage, flow.flow_id, flow.lease_token)
+        try:
+            cls = self._registry[flow.flow_type]
+            instance: Any = decode_flow(self.serializer, cls, flow.payload)
+            method_name, _ = flow_entry(cls)
+        except Exception as error:
+            logger.error("flow %r cannot be started: %s", flow.flow_id, error)
+            await writer.fail(StoredError.describe(error), flow.attempt)
+            self.flows_finished += 1
+            return
+        try:
+            outcome = await drive_flow(
+                FlowRun(
+                    flow=instance,
+                    flow_id=flow.flow_id,
+                    storage=self.storage,
+                    serializer=self.serializer,
+                    clock=self.clock,
+                    entry=lambda running: getattr(running, method_name)(),
+                    run_child=self._schedule_child,
+                    writer=writer,
+                    attempt=flow.attempt,
+                )
+            )
+        except asyncio.CancelledError:
+            await _release_quietly(writer, "cancelled")
+            raise
+        except Exception as error:
+            # Storage trouble or a bug in pyergon: give the flow back so it runs again.
+            logger.error("worker %s failed running flow %r: %r", self.worker_id, flow.flow_id, error)
+            await _release_quietly(writer, "failed")
+            return
+        if not isinstance(outcome, Suspended):
+            self.flows_finished += 1
+
+    async def _schedule_child(
+        self, child: object, child_id: str, parent: FlowContext, position: Position
+    ) -> FlowOutcome:
+        type_name = require_flow_instance(child)
+        flow_entry(type(child))
+        now = self.clock.now()
+        stored, _created = await self.storage.create_flow(
+            ScheduledFlow(
+                flow_id=child_id,
+                flow_type=type_name,
+                payload=encode_flow(self.serializer, child, type_name),
+                status=TaskStatus.PENDING,
+                created_at=now,
+                updated_at=now,
+                parent_flow_id=parent.flow_id,
+                parent_sequence=format_position(*position),
+            )
+        )
+        if stored.status.is_final:
+            return stored_outcome(stored, self.serializer)
+        return Suspended(child_id, SuspendReason.CHILD, (child_id,))
+
+    async def _shutdown(self, serve: asyncio.Task[None], deadline: float) -> None:
+        self._stopping = True
+        self._kick.set()
+        await asyncio.gather(serve, return_exceptions=True)
+        running = [task for _, task in self._running.values()]
+        if running:
+            _done, late = await asyncio.wait(running, timeout=deadline)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.gather(*late, return_exceptions=True)
+
+
+class WorkerHandle:
+    """Controls a started worker.
+
+    Attributes:
+        worker: The worker being served.
+    """
+
+    def __init__(self, worker: Worker, serve: asyncio.Task[None]) -> None:
+        self.worker = worker
+        self._serve = serve
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._serve.done() else "running"
+        return f"WorkerHandle({self.worker.worker_id!r}, {state})"
+
+    @property
+    def running(self) -> bool:
+        """Whether the worker is still serving."""
+        return not self._serve.done()
+
+    async def shutdown(self, deadline: float = 30.0) -> None:
+        """Stop claiming, let running flows finish for up to ``deadline`` seconds, then stop.
+
+        Flows still running at the deadline are cancelled and released (``PENDING``) so another
+        worker takes them at once; their unfinished steps run again there.
+        """
+        await self.worker._shutdown(self._serve, deadline)
+        if self._serve.done() and not self._serve.cancelled():
+            error = self._serve.exception()
+            if error is not None:
+                raise error
+
+
+class _LeaseWriter:
+    """Writes a claimed flow's state with its lease token."""
+
+    def __init__(self, storage: ExecutionLog, flow_id: str, lease_token: str) -> None:
+        self._storage = storage
+        self._flow_id = flow_id
+        self._token = lease_token
+
+    async def _release(self, status: TaskStatus, **changes: Any) -> None:
+        stored = await self._storage.release_flow(
+            self._flow_id, self._token, status=status, **changes
+        )
+        if stored is None:
+            logger.warning(
+                "flow %r: lease lost before it could be set %s; another worker holds it",
+                self._flow_id,
+                status.value,
+            )
+
+    async def complete(self, result: bytes | None, attempt: int) -> None:
+        await self._release(TaskStatus.COMPLETE, result=result, wake_at=None, attempt=attempt)
+
+    async def fail(self, error: StoredError, attempt: int) -> None:
+        await self._release(TaskStatus.FAILED, error=error, wake_at=None, attempt=attempt)
+
+    async def suspend(
+        self,
+        wake_at: float | None,
+        signals: Collection[str],
+        children: Collection[str],
+        attempt: int,
+    ) -> None:
+        await self._release(
+            TaskStatus.SUSPENDED,
+            wake_at=wake_at,
+            attempt=attempt,
+            waiting_signals=signals,
+            waiting_children=children,
+        )
+
+    async def give_back(self) -> None:
+        await self._release(TaskStatus.PENDING)
+
+
+async def _release_quietly(writer: _LeaseWriter, why: str) -> None:
+    try:
+        await asyncio.shield(writer.give_back())
+    except Exception as error:
+        logger.warning("could not release a %s flow; its lease will expire: %s", why, error)
+
+
+class _Backoff:
+    """Retries with growing pauses while storage fails, logging once per outage."""
+
+    def __init__(self, worker_id: str, doing: str) -> None:
+        self._worker_id = worker_id
+        self._doing = doing
+        self._delay = 0.0
+
+    async def failed(self, error: BaseException) -> None:
+        if self._delay == 0.0:
+            logger.warning(
+                "worker %s: storage failed while %s (%r); retrying with backoff",
+                self._worker_id,
+                self._doing,
+                error,
+            )
+        self._delay = min(max(self._delay * 2, 0.05), _MAX_BACKOFF)
+        await asyncio.sleep(self._delay)
+
+    def succeeded(self) -> None:
+        if self._delay:
+            logger.warning("worker %s: storage is back (%s)", self._worker_id, self._doing)
+        self._delay = 0.0
