@@ -33,6 +33,7 @@ __all__ = [
     "FlowSuspend",
     "StepScope",
     "current_context",
+    "current_idempotency_key",
     "flow_scope",
     "in_step",
     "require_context",
@@ -87,6 +88,8 @@ class FlowContext:
         run_child: How this executor runs child flows.
         flow_retry_policy: The ``@flow`` method's retry policy, set when the method starts.
         suspensions: Every suspension raised during this run, gathered for the outcome.
+        nondeterminism: The first mismatch between code and log found in this run, kept so
+            the executor reports it even if the flow's code catches it.
     """
 
     flow_id: str
@@ -99,6 +102,7 @@ class FlowContext:
     suspensions: list[FlowSuspend] = field(default_factory=list)
     root_task: asyncio.Task[Any] | None = None
     step_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    nondeterminism: NonDeterminismError | None = None
     _next_sequence: int = 1
 
     def allocate(self) -> Position:
@@ -135,9 +139,12 @@ class FlowContext:
                 args_hash=args_hash,
                 status=InvocationStatus.PENDING,
             )
-            raise NonDeterminismError(
+            error = NonDeterminismError(
                 self.flow_id, format_position(*position), record.describe(), current.describe()
             )
+            if self.nondeterminism is None:
+                self.nondeterminism = error
+            raise error
         return record
 
     async def record(self, invocation: Invocation) -> Invocation:
@@ -178,6 +185,25 @@ def require_context(operation: str) -> FlowContext:
             "an Executor or a Worker"
         )
     return context
+
+
+def current_idempotency_key() -> str:
+    """Return the idempotency key of the step whose body is running: ``"flow_id:sequence"``.
+
+    The key is the same on every attempt and replay of the step, so pass it to outside systems
+    (payment providers, mail services) to let them drop a repeated request.
+
+    Raises:
+        PyergonError: Called outside the body of a step run by an executor or worker.
+    """
+    context = _current_context.get()
+    scope = _current_step.get()
+    if context is None or scope is None or scope.sequence <= 0:
+        raise PyergonError(
+            "idempotency_key() needs a running step: call it from the body of a @step method "
+            "run by an Executor or a Worker"
+        )
+    return f"{context.flow_id}:{format_position(scope.sequence)}"
 
 
 def in_step() -> bool:

@@ -17,7 +17,7 @@ from pyergon.core.outcome import FlowOutcome
 from pyergon.core.records import ScheduledFlow, StoredError, format_position
 from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_entry, require_flow_instance
-from pyergon.errors import InvalidFlowIdError, PyergonError
+from pyergon.errors import InvalidFlowIdError, NonDeterminismError, PyergonError
 from pyergon.executor.inputs import encode_flow
 from pyergon.executor.runner import FlowRun, drive_flow, stored_outcome
 from pyergon.serialization import Serializer, default_serializer
@@ -95,24 +95,31 @@ class Executor(Generic[F]):
         Raises:
             SerializationError: An input field cannot be serialized (nothing is stored).
             PyergonError: The flow id belongs to a flow of another type.
+            NonDeterminismError: The code calls another operation than the flow's log
+                records. The flow keeps the status it had, so the code that wrote the log can
+                still finish it.
         """
         stored, created = await self._load_or_create()
         if stored.status.is_final:
             return stored_outcome(stored, self.serializer)
-        return await drive_flow(
-            FlowRun(
-                flow=self.flow,
-                flow_id=self.flow_id,
-                storage=self.storage,
-                serializer=self.serializer,
-                clock=self.clock,
-                entry=entry,
-                run_child=self._run_child,
-                writer=_DirectWriter(self.storage, self.flow_id),
-                attempt=stored.attempt,
-                log={} if created else None,
+        try:
+            return await drive_flow(
+                FlowRun(
+                    flow=self.flow,
+                    flow_id=self.flow_id,
+                    storage=self.storage,
+                    serializer=self.serializer,
+                    clock=self.clock,
+                    entry=entry,
+                    run_child=self._run_child,
+                    writer=_DirectWriter(self.storage, self.flow_id),
+                    attempt=stored.attempt,
+                    log={} if created else None,
+                )
             )
-        )
+        except NonDeterminismError:
+            await self.storage.update_flow(self.flow_id, status=stored.status)
+            raise
 
     async def _load_or_create(self) -> tuple[ScheduledFlow, bool]:
         payload = encode_flow(self.serializer, self.flow, self.type_name)
@@ -136,8 +143,9 @@ class Executor(Generic[F]):
                 f"{stored.flow_type!r}, not {self.type_name!r}; choose another flow id"
             )
         if not created and not stored.status.is_final and stored.status is not TaskStatus.RUNNING:
-            updated = await self.storage.update_flow(self.flow_id, status=TaskStatus.RUNNING)
-            stored = updated or stored
+            # The record from before this change is returned: a run stopped by a
+            # NonDeterminismError puts the flow back in the status it had.
+            await self.storage.update_flow(self.flow_id, status=TaskStatus.RUNNING)
         return stored, created
 
     async def _run_child(

@@ -18,7 +18,7 @@ from pyergon.context import ChildRunner, FlowContext, FlowSuspend, Position, flo
 from pyergon.core.outcome import Completed, FlowOutcome, Suspended, SuspendReason
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
-from pyergon.errors import PyergonError, SerializationError
+from pyergon.errors import NonDeterminismError, PyergonError, SerializationError
 from pyergon.serialization import (
     Serializer,
     dumps_for,
@@ -95,6 +95,10 @@ async def drive_flow(run: FlowRun) -> FlowOutcome:
 
     Flow-level retries with no backoff happen within this call; a backoff is a durable timer
     and ends the call with ``Suspended(reason=RETRY)``.
+
+    Raises:
+        NonDeterminismError: The code no longer matches the flow's log; no flow state is
+            written, so the caller decides what the flow's status becomes.
     """
     attempt = run.attempt
     log = run.log if run.log is not None else await read_log(run.storage, run.flow_id)
@@ -117,6 +121,8 @@ async def drive_flow(run: FlowRun) -> FlowOutcome:
                 payload = _encode_result(run, result)
         except FlowSuspend:
             return await _suspend(run, context, attempt)
+        except NonDeterminismError:
+            raise  # a problem of the code, not an outcome of the flow: the caller reports it
         except Exception as error:
             if context.suspensions:
                 return await _suspend(run, context, attempt)
@@ -162,9 +168,17 @@ async def _run_body(context: FlowContext, run: FlowRun) -> Any:
     with flow_scope(context):
         context.root_task = asyncio.current_task()
         try:
-            return await run.entry(run.flow)
+            result = await run.entry(run.flow)
+        except (Exception, FlowSuspend):
+            # Report a mismatch with the log even if the flow's code caught it.
+            if context.nondeterminism is not None:
+                raise context.nondeterminism from None
+            raise
         finally:
             await _cancel_leftover_steps(context)
+    if context.nondeterminism is not None:
+        raise context.nondeterminism
+    return result
 
 
 async def _cancel_leftover_steps(context: FlowContext) -> None:
@@ -179,9 +193,7 @@ async def _cancel_leftover_steps(context: FlowContext) -> None:
         await asyncio.gather(*leftovers, return_exceptions=True)
 
 
-async def _backoff_in_progress(
-    run: FlowRun, log: dict[Position, Invocation]
-) -> Invocation | None:
+async def _backoff_in_progress(run: FlowRun, log: dict[Position, Invocation]) -> Invocation | None:
     """Return the retry backoff timer still running, after closing any that have fired."""
     now = run.clock.now()
     for position, record in list(log.items()):

@@ -23,10 +23,10 @@ from pyergon.core.outcome import FlowOutcome, Suspended, SuspendReason
 from pyergon.core.records import ScheduledFlow, StoredError, format_position
 from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_entry, flow_type_name, require_flow_instance
-from pyergon.errors import FlowDefinitionError, PyergonError
+from pyergon.errors import FlowDefinitionError, NonDeterminismError, PyergonError
 from pyergon.executor.inputs import decode_flow, encode_flow
 from pyergon.executor.runner import FlowRun, drive_flow, stored_outcome
-from pyergon.serialization import Serializer, default_serializer
+from pyergon.serialization import Serializer, default_serializer, serialize_exception
 from pyergon.storage.base import ExecutionLog
 
 __all__ = ["Worker", "WorkerHandle"]
@@ -280,6 +280,13 @@ class Worker:
         except asyncio.CancelledError:
             await _release_quietly(writer, "cancelled")
             raise
+        except NonDeterminismError as error:
+            # The code no longer matches the log; running it again would fail the same way.
+            logger.error("flow %r no longer matches its log: %s", flow.flow_id, error)
+            stored_error = StoredError.describe(error, serialize_exception(self.serializer, error))
+            await writer.fail(stored_error, flow.attempt)
+            self.flows_finished += 1
+            return
         except Exception as error:
             # Storage trouble or a bug in pyergon: give the flow back so it runs again.
             logger.error("worker %s failed running flow %r: %r", self.worker_id, flow.flow_id, error)
