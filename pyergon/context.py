@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyergon.clock import Clock
 from pyergon.core.outcome import SuspendReason
@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 Position = tuple[int, int]
+T = TypeVar("T")
 
 ChildRunner = Callable[[object, str, "FlowContext", Position], Awaitable["FlowOutcome"]]
 """Runs (or schedules) a child flow: ``(child, child_flow_id, parent_context, position)``."""
@@ -101,7 +102,7 @@ class FlowContext:
     flow_retry_policy: RetryPolicy | None = None
     suspensions: list[FlowSuspend] = field(default_factory=list)
     root_task: asyncio.Task[Any] | None = None
-    step_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    operation_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     nondeterminism: NonDeterminismError | None = None
     _next_sequence: int = 1
 
@@ -156,6 +157,28 @@ class FlowContext:
     def dumps(self, value: Any, what: str) -> bytes:
         """Serialize ``value``, naming ``what`` it is in any error."""
         return dumps_for(self.serializer, value, what)
+
+    @contextmanager
+    def tracked(self) -> Iterator[None]:
+        """Register the current task while a durable operation runs in it.
+
+        Operations gathered by the flow run in tasks of their own; when the flow body ends,
+        the runner settles those still running instead of leaving them behind.
+        """
+        task = asyncio.current_task()
+        if task is None or task is self.root_task:
+            yield
+            return
+        self.operation_tasks.add(task)
+        try:
+            yield
+        finally:
+            self.operation_tasks.discard(task)
+
+    async def run_tracked(self, operation: Awaitable[T]) -> T:
+        """Await ``operation`` registered as a durable operation of this flow."""
+        with self.tracked():
+            return await operation
 
     def suspend(self, suspension: FlowSuspend) -> FlowSuspend:
         """Remember ``suspension`` for the outcome and return it for raising."""

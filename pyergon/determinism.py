@@ -43,13 +43,11 @@ def _clock_now(context: FlowContext | None) -> float:
     return time.time() if context is None else context.clock.now()
 
 
-def _recorded(
-    kind: str, produce: Callable[[FlowContext | None], T]
-) -> Coroutine[Any, Any, T]:
+def _recorded(kind: str, produce: Callable[[FlowContext | None], T]) -> Coroutine[Any, Any, T]:
     context = current_context()
     if context is None:
         return _live(produce)
-    return _replay_or_record(context, context.allocate(), kind, produce)
+    return context.run_tracked(_replay_or_record(context, context.allocate(), kind, produce))
 
 
 async def _live(produce: Callable[[FlowContext | None], T]) -> T:

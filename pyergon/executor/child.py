@@ -43,6 +43,9 @@ class ChildHandle:
 
     async def result(self) -> Any:
         """Run (or wait for) the child and return its result, or raise its error."""
+        return await self._context.run_tracked(self._result())
+
+    async def _result(self) -> Any:
         context = self._context
         position = self._position
         record = context.replayed(position, OperationKind.CHILD, self._type_name)
@@ -66,9 +69,7 @@ class ChildHandle:
         if not isinstance(outcome, Completed):
             raise context.suspend(FlowSuspend(SuspendReason.CHILD, self.flow_id, outcome.wake_at))
         if outcome.error is None:
-            payload = context.dumps(
-                outcome.result, f"the result of child flow {self.flow_id!r}"
-            )
+            payload = context.dumps(outcome.result, f"the result of child flow {self.flow_id!r}")
             final = record.replace(
                 status=InvocationStatus.COMPLETE, result=payload, completed_at=context.clock.now()
             )

@@ -169,28 +169,41 @@ async def _run_body(context: FlowContext, run: FlowRun) -> Any:
         context.root_task = asyncio.current_task()
         try:
             result = await run.entry(run.flow)
-        except (Exception, FlowSuspend):
+        except FlowSuspend:
+            await _settle_leftovers(context, cancel=False)
+            if context.nondeterminism is not None:
+                raise context.nondeterminism from None
+            raise
+        except Exception:
+            await _settle_leftovers(context, cancel=True)
             # Report a mismatch with the log even if the flow's code caught it.
             if context.nondeterminism is not None:
                 raise context.nondeterminism from None
             raise
-        finally:
-            await _cancel_leftover_steps(context)
+        except BaseException:
+            await _settle_leftovers(context, cancel=True)
+            raise
+        await _settle_leftovers(context, cancel=True)
     if context.nondeterminism is not None:
         raise context.nondeterminism
     return result
 
 
-async def _cancel_leftover_steps(context: FlowContext) -> None:
-    """Cancel steps still running when the flow body ended (e.g. the rest of a failed gather).
+async def _settle_leftovers(context: FlowContext, *, cancel: bool) -> None:
+    """Deal with durable operations still running in their own tasks when the body ended.
 
-    Their records were not written, so they run again when the flow resumes.
+    After a suspension they are awaited, so every timer, signal and child a gather started is
+    recorded and its wake-up is part of the outcome. After a failure (or a body that returned
+    without awaiting them) they are cancelled; their records were not written, so they run
+    again when the flow resumes.
     """
-    leftovers = [task for task in context.step_tasks if not task.done()]
-    for task in leftovers:
-        task.cancel()
-    if leftovers:
-        await asyncio.gather(*leftovers, return_exceptions=True)
+    leftovers = [task for task in context.operation_tasks if not task.done()]
+    if not leftovers:
+        return
+    if cancel:
+        for task in leftovers:
+            task.cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)
 
 
 async def _backoff_in_progress(run: FlowRun, log: dict[Position, Invocation]) -> Invocation | None:

@@ -38,7 +38,7 @@ def await_external_signal(name: str) -> Coroutine[Any, Any, Any]:
     _check_signal_name(name)
     context = require_context("await_external_signal")
     position = context.allocate()
-    return _receive(context, position, name)
+    return context.run_tracked(_receive(context, position, name))
 
 
 async def _receive(context: FlowContext, position: Position, name: str) -> Any:

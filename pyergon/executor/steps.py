@@ -59,61 +59,71 @@ async def run_step(
     attempts = record.attempts if record is not None else 0
     started_at = record.started_at if record is not None else None
     started_at = started_at or context.clock.now()
-    task = asyncio.current_task()
-    if task is not None and task is not context.root_task:
-        context.step_tasks.add(task)
-    try:
-        while True:
-            attempts += 1
-            try:
-                with step_scope(position[0]):
-                    if timeout is None:
-                        result = await body()
-                    else:
-                        result = await _with_timeout(context, position, name, body, timeout)
-            except Exception as error:
-                stored_error = StoredError.describe(
-                    error, serialize_exception(context.serializer, error)
-                )
-                retry = policy.should_retry(error, attempts)
-                await context.record(
-                    _step_record(
-                        context,
-                        position,
-                        name,
-                        args_hash,
-                        InvocationStatus.PENDING if retry else InvocationStatus.FAILED,
-                        attempts=attempts,
-                        started_at=started_at,
-                        error=stored_error,
-                    )
-                )
-                if not retry:
-                    raise
-                await context.clock.sleep(policy.delay_after(attempts))
-                continue
-            payload = context.dumps(
-                result, f"the result of step {name!r} of {context.describe(position)}"
+    with context.tracked():
+        return await _attempt_until_final(
+            context, position, name, body, args_hash, policy, attempts, started_at, timeout
+        )
+
+
+async def _attempt_until_final(
+    context: FlowContext,
+    position: Position,
+    name: str,
+    body: StepBody,
+    args_hash: str,
+    policy: RetryPolicy,
+    attempts: int,
+    started_at: float,
+    timeout: float | None,
+) -> Any:
+    while True:
+        attempts += 1
+        try:
+            with step_scope(position[0]):
+                if timeout is None:
+                    result = await body()
+                else:
+                    result = await _with_timeout(context, position, name, body, timeout)
+        except Exception as error:
+            stored_error = StoredError.describe(
+                error, serialize_exception(context.serializer, error)
             )
-            stored = await context.record(
+            retry = policy.should_retry(error, attempts)
+            await context.record(
                 _step_record(
                     context,
                     position,
                     name,
                     args_hash,
-                    InvocationStatus.COMPLETE,
+                    InvocationStatus.PENDING if retry else InvocationStatus.FAILED,
                     attempts=attempts,
                     started_at=started_at,
-                    result=payload,
+                    error=stored_error,
                 )
             )
-            if stored.status is InvocationStatus.COMPLETE and stored.result == payload:
-                return result
-            # Another worker recorded this step first: its record is the truth.
-            return replay_final(context, stored)
-    finally:
-        if task is not None:
-            context.step_tasks.discard(task)
+            if not retry:
+                raise
+            await context.clock.sleep(policy.delay_after(attempts))
+            continue
+        payload = context.dumps(
+            result, f"the result of step {name!r} of {context.describe(position)}"
+        )
+        stored = await context.record(
+            _step_record(
+                context,
+                position,
+                name,
+                args_hash,
+                InvocationStatus.COMPLETE,
+                attempts=attempts,
+                started_at=started_at,
+                result=payload,
+            )
+        )
+        if stored.status is InvocationStatus.COMPLETE and stored.result == payload:
+            return result
+        # Another worker recorded this step first: its record is the truth.
+        return replay_final(context, stored)
 
 
 async def _with_timeout(

@@ -46,7 +46,7 @@ def schedule_timer_named(seconds: float, name: str) -> Coroutine[Any, Any, None]
         raise ValueError(f"timer name must be a string, got {name!r}")
     context = require_context("schedule_timer")
     position = context.allocate()
-    return _wait(context, position, float(seconds), name)
+    return context.run_tracked(_wait(context, position, float(seconds), name))
 
 
 async def _wait(context: FlowContext, position: Position, seconds: float, name: str) -> None:

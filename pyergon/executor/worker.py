@@ -221,9 +221,7 @@ class Worker:
             if flow is None:
                 return
             assert flow.lease_token is not None  # a claim always sets the lease
-            task = asyncio.create_task(
-                self._run_claimed(flow), name=f"pyergon-flow-{flow.flow_id}"
-            )
+            task = asyncio.create_task(self._run_claimed(flow), name=f"pyergon-flow-{flow.flow_id}")
             self._running[flow.flow_id] = (flow.lease_token, task)
             task.add_done_callback(functools.partial(self._finished, flow.flow_id))
 
@@ -289,7 +287,9 @@ class Worker:
             return
         except Exception as error:
             # Storage trouble or a bug in pyergon: give the flow back so it runs again.
-            logger.error("worker %s failed running flow %r: %r", self.worker_id, flow.flow_id, error)
+            logger.error(
+                "worker %s failed running flow %r: %r", self.worker_id, flow.flow_id, error
+            )
             await _release_quietly(writer, "failed")
             return
         if not isinstance(outcome, Suspended):
