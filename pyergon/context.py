@@ -47,7 +47,7 @@ ChildRunner = Callable[[object, str, "FlowContext", Position], Awaitable["FlowOu
 """Runs (or schedules) a child flow: ``(child, child_flow_id, parent_context, position)``."""
 
 
-class FlowSuspend(BaseException):  # noqa: N818 - a control-flow signal, not an error
+class FlowSuspend(BaseException):
     """Raised inside a flow to stop it until a timer, signal or child is ready.
 
     A ``BaseException`` so that a user's ``except Exception`` cannot swallow it.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pyergon.core.records import to_datetime
@@ -13,7 +13,7 @@ from pyergon.core.status import TaskStatus
 __all__ = ["Completed", "FlowOutcome", "SuspendReason", "Suspended"]
 
 
-class SuspendReason(str, Enum):
+class SuspendReason(StrEnum):
     """Why a flow stopped before finishing."""
 
     TIMER = "TIMER"

@@ -37,7 +37,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ValueError(f"RetryPolicy.max_attempts must be an int >= 1, got {self.max_attempts!r}")
+            raise ValueError(
+                f"RetryPolicy.max_attempts must be an int >= 1, got {self.max_attempts!r}"
+            )
         for name in ("initial_interval", "max_interval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RetryPolicy.{name} must be >= 0, got {getattr(self, name)!r}")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 __all__ = ["InvocationStatus", "OperationKind", "TaskStatus"]
 
 
-class TaskStatus(str, Enum):
+class TaskStatus(StrEnum):
     """Where a flow stands.
 
     ``PENDING`` flows wait in the queue, ``RUNNING`` ones are held by an executor or worker,
@@ -28,7 +28,7 @@ class TaskStatus(str, Enum):
         return self in (TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
-class InvocationStatus(str, Enum):
+class InvocationStatus(StrEnum):
     """Where one recorded operation (a step, timer, signal wait, child or value) stands.
 
     ``COMPLETE`` and ``FAILED`` are final: the record never changes again.
@@ -47,7 +47,7 @@ class InvocationStatus(str, Enum):
         return self in (InvocationStatus.COMPLETE, InvocationStatus.FAILED)
 
 
-class OperationKind(str, Enum):
+class OperationKind(StrEnum):
     """What a recorded operation is."""
 
     STEP = "STEP"

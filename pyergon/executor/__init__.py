@@ -1,0 +1,1 @@
+"""Executors: the direct Executor, the Scheduler and Workers, and the durable operations."""

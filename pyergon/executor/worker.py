@@ -11,6 +11,7 @@ the earliest timer is due; it does not poll on a fixed beat.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -165,10 +166,8 @@ class Worker:
                 timeout = await self._idle_timeout()
                 if self._stopping:
                     break
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), timeout)
-                except TimeoutError:
-                    pass
         finally:
             listener.cancel()
             renewer.cancel()

@@ -1,0 +1,593 @@
+"""SQLite storage: the embedded default backend, durable against a killed process.
+
+Writes from concurrently running flows are group-committed: each write method queues a small
+synchronous operation and one flusher task runs everything queued inside a single
+``BEGIN IMMEDIATE ... COMMIT`` in aiosqlite's worker thread. Files use WAL with
+``synchronous=NORMAL``, so every write whose ``await`` returned survives the process being killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Collection, Sequence
+from functools import partial
+from typing import Any, TypeVar, cast
+
+import aiosqlite
+
+from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.status import InvocationStatus, TaskStatus
+from pyergon.errors import CorruptStorageError, StorageClosedError, StorageError
+from pyergon.storage.base import UNCHANGED, FlowUpdate, StorageLifecycle
+from pyergon.storage.sqlite_tables import (
+    INSERT_FLOW,
+    RECORD_INVOCATION,
+    awaits_signal,
+    claim_next_flow,
+    fetch_flow,
+    fetch_invocation,
+    flow_changes,
+    flow_from_row,
+    invocation_from_row,
+    is_corruption,
+    next_wake_time,
+    placeholders,
+    prepare_connection,
+    record_values,
+    update_flow_row,
+    wake_already_due,
+    wake_flow,
+)
+
+__all__ = ["SqliteExecutionLog"]
+
+_T = TypeVar("_T")
+_Operation = Callable[[sqlite3.Connection], _T]
+_Outcome = tuple[object, Exception | None]
+
+_MEMORY = ":memory:"
+_MINIMUM_SQLITE = (3, 24, 0)  # INSERT ... ON CONFLICT DO UPDATE (upsert)
+
+
+async def _call_in_worker_thread(
+    connection: aiosqlite.Connection, function: Callable[[sqlite3.Connection], _T]
+) -> _T:
+    """Run ``function(sqlite3_connection)`` in the connection's worker thread.
+
+    aiosqlite's public methods cost one thread hop per statement. ``Connection._execute`` is
+    private but present in every aiosqlite pyergon supports (0.20 to 0.22); it runs a whole
+    function in the worker thread, so a batch of writes, or a read of several statements,
+    costs one hop.
+    """
+    sqlite_connection = connection._conn
+    result = await connection._execute(function, sqlite_connection)  # type: ignore[no-untyped-call]
+    return cast(_T, result)
+
+
+def _commit_batch(
+    connection: sqlite3.Connection, operations: Sequence[_Operation[object]]
+) -> list[_Outcome]:
+    """Run ``operations`` in one transaction, each under a savepoint so one failure stays local.
+
+    Raises:
+        sqlite3.Error: If the transaction as a whole failed; nothing of the batch is stored.
+    """
+    outcomes: list[_Outcome] = []
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for operation in operations:
+            connection.execute("SAVEPOINT pyergon_write")
+            try:
+                outcomes.append((operation(connection), None))
+            except Exception as error:
+                if not connection.in_transaction:
+                    raise  # SQLite rolled the whole transaction back (I/O error, disk full)
+                connection.execute("ROLLBACK TO pyergon_write")
+                outcomes.append((None, error))
+            connection.execute("RELEASE pyergon_write")
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+def _wakes_workers(flow: ScheduledFlow | None) -> bool:
+    """Whether a flow left in this state is work that waiting workers should look at."""
+    return flow is not None and (
+        flow.status is TaskStatus.PENDING
+        or (flow.status is TaskStatus.SUSPENDED and flow.wake_at is not None)
+    )
+
+
+@dataclasses.dataclass(slots=True)
+class _PendingWrite:
+    operation: _Operation[object]
+    future: asyncio.Future[object]
+    wakes_workers: Callable[[Any], bool] | None
+
+
+class SqliteExecutionLog(StorageLifecycle):
+    """Stores flows, records and signals in one SQLite file (or in memory).
+
+    Use it on the event loop that connected it. Reads see every write whose ``await`` returned.
+    :meth:`wait_for_work` hears about work stored through this object only; workers of other
+    processes see it when their wait times out.
+
+    Args:
+        path: The database file, created if missing, or ``":memory:"``.
+        busy_timeout: Seconds to wait for another process's write lock before failing.
+
+    Example:
+        >>> async with SqliteExecutionLog("flows.db") as storage:  # doctest: +SKIP
+        ...     flow = await storage.get_flow("order-42")
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
+        self._path = os.fspath(path)
+        self._busy_timeout = busy_timeout
+        self._connection: aiosqlite.Connection | None = None
+        self._closing = False
+        self._lifecycle_lock = asyncio.Lock()
+        self._pending: list[_PendingWrite] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._work = asyncio.Event()
+        self._batches_committed = 0
+        """Committed group-commit transactions; tests read it to check batching."""
+
+    @classmethod
+    async def in_memory(cls) -> SqliteExecutionLog:
+        """Return a connected backend on a private in-memory database."""
+        storage = cls(_MEMORY)
+        await storage.connect()
+        return storage
+
+    def __repr__(self) -> str:
+        state = "open" if self._connection is not None else "closed"
+        return f"SqliteExecutionLog({self._path!r}, {state})"
+
+    @property
+    def path(self) -> str:
+        """The database file, or ``":memory:"``."""
+        return self._path
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the file, set WAL and create or migrate the schema; safe to call twice.
+
+        Raises:
+            CorruptStorageError: The file is not SQLite, is damaged, or is another program's
+                database. Nothing in it was changed.
+            SchemaVersionError: A newer pyergon wrote the file. Nothing in it was changed.
+            StorageError: The file cannot be opened or stayed locked past ``busy_timeout``.
+        """
+        async with self._lifecycle_lock:
+            if self._connection is not None:
+                return
+            if sqlite3.sqlite_version_info < _MINIMUM_SQLITE:
+                raise StorageError(
+                    f"pyergon needs SQLite {'.'.join(map(str, _MINIMUM_SQLITE))} or newer; "
+                    f"this Python has SQLite {sqlite3.sqlite_version}"
+                )
+            connection = aiosqlite.connect(self._path, isolation_level=None)
+            try:
+                await connection
+            except sqlite3.Error as error:
+                # aiosqlite 0.22 stops the worker thread of a failed connect without waiting
+                # for it; wait here, or the thread may report to this loop after it closed.
+                worker = cast(threading.Thread, getattr(connection, "_thread", connection))
+                await asyncio.to_thread(worker.join)
+                raise self._storage_error(error) from error
+            prepare = partial(
+                prepare_connection,
+                path=self._path,
+                busy_timeout=self._busy_timeout,
+                use_wal=self._path not in (_MEMORY, ""),
+            )
+            try:
+                await _call_in_worker_thread(connection, prepare)
+            except sqlite3.Error as error:
+                await connection.close()
+                raise self._storage_error(error) from error
+            except BaseException:
+                await connection.close()
+                raise
+            self._connection = connection
+
+    async def close(self) -> None:
+        """Commit the writes still queued, then close the file; safe to call twice."""
+        async with self._lifecycle_lock:
+            connection = self._connection
+            if connection is None:
+                return
+            self._closing = True  # new writes are refused; queued ones still commit
+            if self._flusher is not None:
+                await asyncio.wait([self._flusher])
+            for write in self._pending:  # left only if the flusher was cancelled
+                if not write.future.done():
+                    write.future.set_exception(self._closed_error())
+            self._pending = []
+            self._connection = None
+            self._closing = False
+            await connection.close()
+
+    # -- running operations ------------------------------------------------------------------
+
+    def _open_connection(self, *, writing: bool = False) -> aiosqlite.Connection:
+        if self._connection is None or (writing and self._closing):
+            raise self._closed_error()
+        return self._connection
+
+    def _closed_error(self) -> StorageClosedError:
+        return StorageClosedError(
+            f"SQLite storage {self._path!r} is not open: use it between "
+            "`await storage.connect()` and `await storage.close()`, or inside `async with`"
+        )
+
+    def _storage_error(self, error: sqlite3.Error) -> StorageError:
+        if is_corruption(error):
+            failure: StorageError = CorruptStorageError(
+                f"SQLite storage {self._path!r} is damaged ({error}); restore it from a backup"
+            )
+        elif error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+            failure = StorageError(
+                f"SQLite storage {self._path!r} stayed locked by another connection for more "
+                f"than busy_timeout={self._busy_timeout}s ({error}); find the process holding "
+                "it or raise busy_timeout"
+            )
+        else:
+            failure = StorageError(f"SQLite storage {self._path!r} failed: {error}")
+        failure.__cause__ = error
+        return failure
+
+    async def _read(self, operation: _Operation[_T]) -> _T:
+        """Run a read-only ``operation`` in the worker thread, between write batches."""
+        connection = self._open_connection()
+        try:
+            return await _call_in_worker_thread(connection, operation)
+        except sqlite3.Error as error:
+            raise self._storage_error(error) from error
+
+    async def _write(
+        self, operation: _Operation[_T], *, wakes_workers: Callable[[_T], bool] | None = None
+    ) -> _T:
+        """Queue ``operation`` for the next group commit and return its result once committed.
+
+        Args:
+            operation: The synchronous write; it runs inside a savepoint of the batch.
+            wakes_workers: Given the result, whether to notify :meth:`wait_for_work` once the
+                batch commits (even if the caller has stopped waiting by then).
+        """
+        self._open_connection(writing=True)
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._pending.append(_PendingWrite(operation, future, wakes_workers))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_pending(), name="pyergon-sqlite-flush")
+        return cast(_T, await future)
+
+    async def _flush_pending(self) -> None:
+        """Commit queued writes batch by batch; writes queued meanwhile form the next batch."""
+        try:
+            while self._pending:
+                # A write whose caller was cancelled before its batch started is not made.
+                batch = [write for write in self._pending if not write.future.done()]
+                self._pending = []
+                if batch:
+                    await self._commit(batch)
+        finally:
+            self._flusher = None
+
+    async def _commit(self, batch: list[_PendingWrite]) -> None:
+        operations = [write.operation for write in batch]
+        try:
+            outcomes = await _call_in_worker_thread(
+                self._open_connection(), partial(_commit_batch, operations=operations)
+            )
+        except asyncio.CancelledError:
+            for write in batch:
+                write.future.cancel()
+            raise
+        except Exception as error:
+            failure = self._storage_error(error) if isinstance(error, sqlite3.Error) else error
+            for write in batch:
+                if not write.future.done():
+                    write.future.set_exception(failure)
+            return
+        self._batches_committed += 1
+        for write, (result, raised) in zip(batch, outcomes, strict=True):
+            if raised is None and write.wakes_workers is not None and write.wakes_workers(result):
+                self._work.set()
+            if write.future.done():
+                continue
+            if raised is None:
+                write.future.set_result(result)
+            elif isinstance(raised, sqlite3.Error):
+                write.future.set_exception(self._storage_error(raised))
+            else:
+                write.future.set_exception(raised)
+
+    # -- flows -------------------------------------------------------------------------------
+
+    async def create_flow(self, flow: ScheduledFlow) -> tuple[ScheduledFlow, bool]:
+        """Store ``flow`` unless one with its id exists; a new ``PENDING`` flow wakes workers."""
+        values = record_values(flow)
+
+        def insert(connection: sqlite3.Connection) -> tuple[ScheduledFlow, bool]:
+            if connection.execute(INSERT_FLOW, values).rowcount == 1:
+                return flow, True
+            existing = fetch_flow(connection, flow.flow_id)
+            assert existing is not None  # the insert conflicted with it in this transaction
+            return existing, False
+
+        return await self._write(
+            insert,
+            wakes_workers=lambda stored: stored[1] and stored[0].status is TaskStatus.PENDING,
+        )
+
+    async def get_flow(self, flow_id: str) -> ScheduledFlow | None:
+        """Return the flow with ``flow_id``, or ``None``."""
+        return await self._read(partial(fetch_flow, flow_id=flow_id))
+
+    async def update_flow(
+        self,
+        flow_id: str,
+        *,
+        status: TaskStatus,
+        result: bytes | FlowUpdate | None = UNCHANGED,
+        error: StoredError | FlowUpdate | None = UNCHANGED,
+        wake_at: float | FlowUpdate | None = UNCHANGED,
+        attempt: int | FlowUpdate = UNCHANGED,
+        expected_status: Sequence[TaskStatus] | None = None,
+    ) -> ScheduledFlow | None:
+        """Change a flow's state in one ``UPDATE``; see :meth:`ExecutionLog.update_flow`."""
+        expected: dict[str, object] = {}
+        condition = ""
+        if expected_status is not None:
+            expected = {f"expected_{i}": item.value for i, item in enumerate(expected_status)}
+            condition = f" AND status IN ({placeholders(list(expected))})"
+
+        def update(connection: sqlite3.Connection) -> ScheduledFlow | None:
+            changes = flow_changes(
+                status, result=result, error=error, wake_at=wake_at, attempt=attempt
+            )
+            return update_flow_row(connection, flow_id, changes, condition, expected)
+
+        return await self._write(update, wakes_workers=_wakes_workers)
+
+    # -- queue -------------------------------------------------------------------------------
+
+    async def claim_flow(
+        self,
+        worker_id: str,
+        flow_types: Collection[str],
+        *,
+        lease_seconds: float,
+        now: float,
+    ) -> ScheduledFlow | None:
+        """Take the oldest runnable flow of one of ``flow_types`` inside one write transaction."""
+        claim = partial(
+            claim_next_flow,
+            worker_id=worker_id,
+            flow_types=list(flow_types),
+            lease_seconds=lease_seconds,
+            now=now,
+        )
+        return await self._write(claim)
+
+    async def renew_lease(
+        self, flow_id: str, lease_token: str, *, lease_seconds: float, now: float
+    ) -> bool:
+        """Extend a lease still held with ``lease_token``."""
+
+        def renew(connection: sqlite3.Connection) -> bool:
+            cursor = connection.execute(
+                "UPDATE flows SET lease_expires_at = ? "
+                "WHERE flow_id = ? AND status = 'RUNNING' AND lease_token = ?",
+                (now + lease_seconds, flow_id, lease_token),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(renew)
+
+    async def release_flow(
+        self,
+        flow_id: str,
+        lease_token: str,
+        *,
+        status: TaskStatus,
+        result: bytes | FlowUpdate | None = UNCHANGED,
+        error: StoredError | FlowUpdate | None = UNCHANGED,
+        wake_at: float | FlowUpdate | None = UNCHANGED,
+        attempt: int | FlowUpdate = UNCHANGED,
+        waiting_signals: Collection[str] = (),
+        waiting_children: Collection[str] = (),
+    ) -> ScheduledFlow | None:
+        """Leave a held flow in ``status`` and drop the lease; see the protocol."""
+        signals, children = list(waiting_signals), list(waiting_children)
+
+        def release(connection: sqlite3.Connection) -> tuple[ScheduledFlow | None, bool]:
+            flow = fetch_flow(connection, flow_id)
+            if flow is None or flow.status is not TaskStatus.RUNNING:
+                return None, False
+            if flow.lease_token != lease_token:
+                return None, False
+            new_status = status
+            if status is TaskStatus.SUSPENDED and wake_already_due(
+                connection, flow_id, signals, children
+            ):
+                new_status = TaskStatus.PENDING
+            changes = flow_changes(
+                new_status, result=result, error=error, wake_at=wake_at, attempt=attempt
+            )
+            updated = update_flow_row(connection, flow_id, changes)
+            parent = flow.parent_flow_id
+            woke_parent = (
+                new_status.is_final and parent is not None and wake_flow(connection, parent)
+            )
+            return updated, woke_parent
+
+        released, _ = await self._write(
+            release, wakes_workers=lambda outcome: _wakes_workers(outcome[0]) or outcome[1]
+        )
+        return released
+
+    # -- wake-ups ----------------------------------------------------------------------------
+
+    async def next_wake_at(self) -> float | None:
+        """Return the earliest wake time of a suspended flow."""
+        return await self._read(next_wake_time)
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Wait for work stored through this object, or ``timeout`` seconds."""
+        self._open_connection()
+        if not self._work.is_set():
+            try:
+                await asyncio.wait_for(self._work.wait(), timeout)
+            except TimeoutError:
+                return False
+        self._work.clear()
+        return True
+
+    # -- invocations -------------------------------------------------------------------------
+
+    async def load_invocations(self, flow_id: str) -> list[Invocation]:
+        """Return a flow's records ordered by ``(sequence, sub_sequence)``."""
+
+        def load(connection: sqlite3.Connection) -> list[Invocation]:
+            rows = connection.execute(
+                "SELECT * FROM invocations WHERE flow_id = ? ORDER BY sequence, sub_sequence",
+                (flow_id,),
+            )
+            return [invocation_from_row(row) for row in rows]
+
+        return await self._read(load)
+
+    async def get_invocation(
+        self, flow_id: str, sequence: int, sub_sequence: int = 0
+    ) -> Invocation | None:
+        """Return one record, or ``None``."""
+        return await self._read(
+            partial(fetch_invocation, flow_id=flow_id, sequence=sequence, sub_sequence=sub_sequence)
+        )
+
+    async def record_invocation(self, invocation: Invocation) -> Invocation:
+        """Store ``invocation`` unless a final record holds its position (first writer wins)."""
+        values = record_values(invocation)
+        position = (invocation.flow_id, invocation.sequence, invocation.sub_sequence)
+
+        def record(connection: sqlite3.Connection) -> Invocation:
+            connection.execute(RECORD_INVOCATION, values)
+            stored = fetch_invocation(connection, *position)
+            assert stored is not None  # written or kept by the upsert in this transaction
+            return stored
+
+        return await self._write(record)
+
+    async def delete_failed_invocations(self, flow_id: str) -> int:
+        """Delete a flow's ``FAILED`` records and return how many there were."""
+
+        def delete(connection: sqlite3.Connection) -> int:
+            return connection.execute(
+                "DELETE FROM invocations WHERE flow_id = ? AND status = ?",
+                (flow_id, InvocationStatus.FAILED.value),
+            ).rowcount
+
+        return await self._write(delete)
+
+    # -- signals -----------------------------------------------------------------------------
+
+    async def store_signal(self, signal: SignalRecord) -> bool:
+        """Store a signal unless one with the same flow id and name exists.
+
+        A new signal makes its ``SUSPENDED`` flow ``PENDING`` in the same transaction when the
+        flow has a ``WAITING_FOR_SIGNAL`` record of that name.
+        """
+        values = (signal.flow_id, signal.name, signal.payload, signal.sent_at)
+
+        def insert(connection: sqlite3.Connection) -> tuple[bool, bool]:
+            # ON CONFLICT DO NOTHING ignores only the duplicate, unlike INSERT OR IGNORE, which
+            # would also hide NOT NULL violations.
+            cursor = connection.execute(
+                "INSERT INTO signals (flow_id, name, payload, sent_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (flow_id, name) DO NOTHING",
+                values,
+            )
+            if cursor.rowcount == 0:
+                return False, False
+            if awaits_signal(connection, signal.flow_id, signal.name):
+                return True, wake_flow(connection, signal.flow_id)
+            return True, False
+
+        inserted, _ = await self._write(insert, wakes_workers=lambda outcome: outcome[1])
+        return inserted
+
+    async def get_signal(self, flow_id: str, name: str) -> SignalRecord | None:
+        """Return a stored signal, or ``None``."""
+
+        def fetch(connection: sqlite3.Connection) -> SignalRecord | None:
+            row = connection.execute(
+                "SELECT * FROM signals WHERE flow_id = ? AND name = ?", (flow_id, name)
+            ).fetchone()
+            if row is None:
+                return None
+            return SignalRecord(row["flow_id"], row["name"], row["payload"], row["sent_at"])
+
+        return await self._read(fetch)
+
+    # -- history -----------------------------------------------------------------------------
+
+    async def list_flows(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        flow_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[ScheduledFlow]:
+        """Return flows, newest first (ties by flow id, descending), optionally filtered."""
+        conditions: list[str] = []
+        parameters: list[Any] = []
+        if status is not None:
+            conditions.append("status = ?")
+            parameters.append(status.value)
+        if flow_type is not None:
+            conditions.append("flow_type = ?")
+            parameters.append(flow_type)
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        statement = (
+            f"SELECT * FROM flows {where}ORDER BY created_at DESC, flow_id DESC LIMIT ? OFFSET ?"
+        )
+        parameters += [limit, offset]
+
+        def select(connection: sqlite3.Connection) -> list[ScheduledFlow]:
+            return [flow_from_row(row) for row in connection.execute(statement, parameters)]
+
+        return await self._read(select)
+
+    # -- admin -------------------------------------------------------------------------------
+
+    async def delete_flow(self, flow_id: str) -> bool:
+        """Delete a flow with its records and signals in one transaction."""
+
+        def delete(connection: sqlite3.Connection) -> bool:
+            connection.execute("DELETE FROM invocations WHERE flow_id = ?", (flow_id,))
+            connection.execute("DELETE FROM signals WHERE flow_id = ?", (flow_id,))
+            deleted = connection.execute("DELETE FROM flows WHERE flow_id = ?", (flow_id,))
+            return deleted.rowcount > 0
+
+        return await self._write(delete)
+
+    async def reset(self) -> None:
+        """Delete every flow, record and signal; the schema stays."""
+
+        def delete_all(connection: sqlite3.Connection) -> None:
+            for table in ("invocations", "signals", "flows"):
+                connection.execute(f"DELETE FROM {table}")
+
+        await self._write(delete_all)

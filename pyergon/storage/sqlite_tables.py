@@ -1,0 +1,452 @@
+"""The SQLite backend's tables: schema, forward migrations, and the statements on their rows.
+
+Everything here is synchronous and runs in aiosqlite's worker thread, inside the transactions the
+backend (:mod:`pyergon.storage.sqlite`) opens. Columns hold plain values and the given bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from enum import Enum
+from typing import Any, cast
+
+from pyergon.core.records import Invocation, ScheduledFlow, StoredError
+from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.errors import CorruptStorageError, SchemaVersionError
+from pyergon.storage.base import SCHEMA_VERSION, UNCHANGED, FlowUpdate
+
+__all__ = [
+    "INSERT_FLOW",
+    "LEASE_COLUMNS",
+    "MIGRATIONS",
+    "RECORD_INVOCATION",
+    "awaits_signal",
+    "claim_next_flow",
+    "error_values",
+    "fetch_flow",
+    "fetch_invocation",
+    "flow_changes",
+    "flow_from_row",
+    "invocation_from_row",
+    "is_corruption",
+    "next_wake_time",
+    "placeholders",
+    "prepare_connection",
+    "record_values",
+    "sql_list",
+    "update_flow_row",
+    "wake_already_due",
+    "wake_flow",
+]
+
+_ERROR_COLUMNS = ("error_type", "error_message", "error_traceback", "error_payload")
+LEASE_COLUMNS = ("lease_owner", "lease_token", "lease_expires_at")
+_INVOCATION_KEY = ("flow_id", "sequence", "sub_sequence")
+
+
+def sql_list(values: Sequence[Enum]) -> str:
+    """An SQL list literal of enum values, for constant ``IN (...)`` conditions."""
+    return ", ".join(f"'{value.value}'" for value in values)
+
+
+_SCHEMA_V1 = (
+    # ``value`` has no declared type so the schema version stays an INTEGER.
+    "CREATE TABLE pyergon_meta (key TEXT PRIMARY KEY, value NOT NULL)",
+    """CREATE TABLE flows (
+        flow_id TEXT PRIMARY KEY, flow_type TEXT NOT NULL, payload BLOB NOT NULL,
+        status TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, result BLOB,
+        error_type TEXT, error_message TEXT, error_traceback TEXT, error_payload BLOB,
+        attempt INTEGER NOT NULL, wake_at REAL, parent_flow_id TEXT, parent_sequence TEXT,
+        lease_owner TEXT, lease_token TEXT, lease_expires_at REAL)""",
+    # list_flows sorts newest first with flow_id breaking ties; these indexes serve the sort.
+    "CREATE INDEX flows_by_created ON flows (created_at, flow_id)",
+    "CREATE INDEX flows_by_status ON flows (status, created_at, flow_id)",
+    "CREATE INDEX flows_by_type ON flows (flow_type, created_at, flow_id)",
+    # Suspended flows by wake time: next_wake_at and claims of due flows.
+    "CREATE INDEX flows_wake_due ON flows (wake_at, created_at, flow_id) "
+    f"WHERE status = '{TaskStatus.SUSPENDED.value}'",
+    # The primary key's index also serves "every invocation of a flow, by position".
+    """CREATE TABLE invocations (
+        flow_id TEXT NOT NULL, sequence INTEGER NOT NULL, sub_sequence INTEGER NOT NULL,
+        kind TEXT NOT NULL, name TEXT NOT NULL, args_hash TEXT NOT NULL, status TEXT NOT NULL,
+        result BLOB, error_type TEXT, error_message TEXT, error_traceback TEXT,
+        error_payload BLOB, attempts INTEGER NOT NULL, started_at REAL, completed_at REAL,
+        fire_at REAL, child_flow_id TEXT,
+        PRIMARY KEY (flow_id, sequence, sub_sequence))""",
+    "CREATE INDEX invocations_timer_due ON invocations (fire_at) "
+    f"WHERE status = '{InvocationStatus.WAITING_FOR_TIMER.value}'",
+    """CREATE TABLE signals (
+        flow_id TEXT NOT NULL, name TEXT NOT NULL, payload BLOB NOT NULL, sent_at REAL NOT NULL,
+        PRIMARY KEY (flow_id, name))""",
+)
+
+
+def _migrate_to_v1(connection: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V1:
+        connection.execute(statement)
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_v1,)
+"""``MIGRATIONS[n]`` turns schema version ``n`` into ``n + 1``; version 0 is an empty file."""
+
+assert len(MIGRATIONS) == SCHEMA_VERSION, "add a migration step for the new SCHEMA_VERSION"
+
+
+def is_corruption(error: sqlite3.Error) -> bool:
+    """Whether SQLite says the file is not a database or is damaged."""
+    return (error.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _stored_version(connection: sqlite3.Connection, path: str) -> int:
+    """Return the file's schema version (0 when it is empty); raise if pyergon cannot use it."""
+    tables = sorted(
+        name
+        for (name,) in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'"
+        )
+    )
+    if not tables:
+        return 0
+    if "pyergon_meta" not in tables:
+        raise CorruptStorageError(
+            f"{path!r} is a SQLite database but not a pyergon one (it has tables "
+            f"{', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''} and no pyergon_meta); "
+            "pyergon changed nothing in it. Point the storage at a new file or a pyergon database."
+        )
+    row = connection.execute("SELECT value FROM pyergon_meta WHERE key = 'schema_version'")
+    found = row.fetchone()
+    if found is None or not isinstance(found[0], int) or found[0] < 1:
+        raise CorruptStorageError(
+            f"{path!r} has a pyergon_meta table without a valid schema_version; the file is "
+            "damaged and pyergon changed nothing in it. Restore it from a backup."
+        )
+    version: int = found[0]
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"{path!r} was written by a newer pyergon (schema version {version}); this pyergon "
+            f"supports schema version {SCHEMA_VERSION} and changed nothing in the file. "
+            'Upgrade pyergon (pip install -U "pyergon") to open it.'
+        )
+    return version
+
+
+def _switch_to_wal(connection: sqlite3.Connection, busy_timeout: float) -> None:
+    """Put the file in WAL mode, retrying while another connection is opening it too.
+
+    SQLite answers a journal-mode change that races another connection with ``SQLITE_BUSY``
+    at once, without calling the busy handler, so the wait is done here.
+    """
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            busy = (error.sqlite_errorcode & 0xFF) == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.002)
+
+
+def prepare_connection(
+    connection: sqlite3.Connection, *, path: str, busy_timeout: float, use_wal: bool
+) -> None:
+    """Set pragmas and create or migrate the schema, leaving files pyergon cannot use untouched.
+
+    Raises:
+        CorruptStorageError: The file is not SQLite, is damaged, or is another program's.
+        SchemaVersionError: A newer pyergon wrote the file.
+    """
+    connection.row_factory = sqlite3.Row
+    connection.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
+    # No foreign keys: like the memory backend, records and signals may precede their flow.
+    try:
+        # Look before writing anything: switching to WAL rewrites the header of a foreign or
+        # newer file, and the errors promise that nothing was changed.
+        _stored_version(connection, path)
+        if use_wal:
+            _switch_to_wal(connection, busy_timeout)
+        # WAL + NORMAL loses no committed transaction when the process is killed.
+        connection.execute("PRAGMA synchronous = NORMAL")
+        # The write lock makes a second process wait here, then find the version written.
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            found = _stored_version(connection, path)
+            for migrate in MIGRATIONS[found:]:
+                migrate(connection)
+            if found < SCHEMA_VERSION:
+                connection.execute(
+                    "INSERT INTO pyergon_meta (key, value) VALUES ('schema_version', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (SCHEMA_VERSION,),
+                )
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+    except sqlite3.DatabaseError as error:
+        if is_corruption(error):
+            raise CorruptStorageError(
+                f"{path!r} is not a SQLite database or is damaged ({error}); pyergon changed "
+                "nothing in it. Point the storage at a new file or restore it from a backup."
+            ) from error
+        raise
+
+
+# -- statements ----------------------------------------------------------------------------------
+
+
+def placeholders(columns: Sequence[str]) -> str:
+    """Named placeholders ``:a, :b`` for ``columns``."""
+    return ", ".join(f":{column}" for column in columns)
+
+
+def _columns(record_type: type[ScheduledFlow | Invocation]) -> tuple[str, ...]:
+    """Column names of a record type: one per field, with ``error`` spread over four."""
+    return tuple(
+        column
+        for field in dataclasses.fields(record_type)
+        for column in (_ERROR_COLUMNS if field.name == "error" else (field.name,))
+    )
+
+
+_FLOW_COLUMNS = _columns(ScheduledFlow)
+_INVOCATION_COLUMNS = _columns(Invocation)
+INSERT_FLOW = (
+    f"INSERT INTO flows ({', '.join(_FLOW_COLUMNS)}) VALUES ({placeholders(_FLOW_COLUMNS)}) "
+    "ON CONFLICT (flow_id) DO NOTHING"
+)
+RECORD_INVOCATION = (
+    f"INSERT INTO invocations ({', '.join(_INVOCATION_COLUMNS)}) "
+    f"VALUES ({placeholders(_INVOCATION_COLUMNS)}) "
+    f"ON CONFLICT ({', '.join(_INVOCATION_KEY)}) DO UPDATE SET "
+    + ", ".join(
+        f"{column} = excluded.{column}"
+        for column in _INVOCATION_COLUMNS
+        if column not in _INVOCATION_KEY
+    )
+    + " WHERE invocations.status NOT IN "
+    + f"({sql_list([status for status in InvocationStatus if status.is_final])})"
+)
+"""First writer wins: the upsert leaves a final record as it is."""
+
+# -- rows <-> records ----------------------------------------------------------------------------
+
+
+def error_values(error: StoredError | None) -> dict[str, object]:
+    """The error columns holding ``error`` (all ``NULL`` for no error)."""
+    if error is None:
+        return dict.fromkeys(_ERROR_COLUMNS)
+    return dict(zip(_ERROR_COLUMNS, dataclasses.astuple(error), strict=True))
+
+
+def record_values(record: ScheduledFlow | Invocation) -> dict[str, object]:
+    """Column values of a record: enums by value, the error spread over its columns."""
+    values: dict[str, object] = {}
+    for field in dataclasses.fields(record):
+        value = getattr(record, field.name)
+        if field.name == "error":
+            values.update(error_values(value))
+        else:
+            values[field.name] = value.value if isinstance(value, Enum) else value
+    return values
+
+
+def _record_fields(row: sqlite3.Row) -> dict[str, Any]:
+    """Keyword arguments rebuilding a record from its row; enums are left to the caller."""
+    fields = dict(zip(row.keys(), row, strict=True))
+    error = [fields.pop(column) for column in _ERROR_COLUMNS]
+    if error[0] is not None:
+        fields["error"] = StoredError(*error)
+    return fields
+
+
+def flow_from_row(row: sqlite3.Row) -> ScheduledFlow:
+    """Rebuild a flow from its ``flows`` row."""
+    fields = _record_fields(row)
+    return ScheduledFlow(**fields | {"status": TaskStatus(fields["status"])})
+
+
+def invocation_from_row(row: sqlite3.Row) -> Invocation:
+    """Rebuild a record from its ``invocations`` row."""
+    fields = _record_fields(row)
+    kind, status = OperationKind(fields["kind"]), InvocationStatus(fields["status"])
+    return Invocation(**fields | {"kind": kind, "status": status})
+
+
+def fetch_flow(connection: sqlite3.Connection, flow_id: str) -> ScheduledFlow | None:
+    """Return the stored flow with ``flow_id``, or ``None``."""
+    row = connection.execute("SELECT * FROM flows WHERE flow_id = ?", (flow_id,)).fetchone()
+    return None if row is None else flow_from_row(row)
+
+
+def fetch_invocation(
+    connection: sqlite3.Connection, flow_id: str, sequence: int, sub_sequence: int
+) -> Invocation | None:
+    """Return the record at one position, or ``None``."""
+    row = connection.execute(
+        "SELECT * FROM invocations WHERE flow_id = ? AND sequence = ? AND sub_sequence = ?",
+        (flow_id, sequence, sub_sequence),
+    ).fetchone()
+    return None if row is None else invocation_from_row(row)
+
+
+# -- flow changes shared by several write methods ------------------------------------------------
+
+_FINAL_FLOW_STATUSES = sql_list([status for status in TaskStatus if status.is_final])
+
+
+def flow_changes(
+    status: TaskStatus,
+    *,
+    result: bytes | FlowUpdate | None = UNCHANGED,
+    error: StoredError | FlowUpdate | None = UNCHANGED,
+    wake_at: float | FlowUpdate | None = UNCHANGED,
+    attempt: int | FlowUpdate = UNCHANGED,
+) -> dict[str, object]:
+    """Column values for a change of state; leaving ``RUNNING`` drops the lease."""
+    changes: dict[str, object] = {"status": status.value, "updated_at": time.time()}
+    if not isinstance(result, FlowUpdate):
+        changes["result"] = result
+    if not isinstance(error, FlowUpdate):
+        changes.update(error_values(error))
+    if not isinstance(wake_at, FlowUpdate):
+        changes["wake_at"] = wake_at
+    if not isinstance(attempt, FlowUpdate):
+        changes["attempt"] = attempt
+    if status is not TaskStatus.RUNNING:
+        changes.update(dict.fromkeys(LEASE_COLUMNS))
+    return changes
+
+
+def update_flow_row(
+    connection: sqlite3.Connection,
+    flow_id: str,
+    changes: dict[str, object],
+    condition: str = "",
+    parameters: dict[str, object] | None = None,
+) -> ScheduledFlow | None:
+    """Apply ``changes`` to a flow in one ``UPDATE`` guarded by ``condition``.
+
+    Returns:
+        The flow as stored afterwards, or ``None`` if no row matched.
+    """
+    assignments = ", ".join(f"{column} = :{column}" for column in changes)
+    statement = f"UPDATE flows SET {assignments} WHERE flow_id = :flow_id{condition}"
+    values = {**changes, **(parameters or {}), "flow_id": flow_id}
+    if connection.execute(statement, values).rowcount == 0:
+        return None
+    return fetch_flow(connection, flow_id)
+
+
+def wake_flow(connection: sqlite3.Connection, flow_id: str) -> bool:
+    """Make a ``SUSPENDED`` flow ``PENDING``; return whether it was suspended."""
+    changes = flow_changes(TaskStatus.PENDING, wake_at=None)
+    return update_flow_row(connection, flow_id, changes, " AND status = 'SUSPENDED'") is not None
+
+
+def wake_already_due(
+    connection: sqlite3.Connection, flow_id: str, signals: list[str], children: list[str]
+) -> bool:
+    """Whether a signal or child a flow is about to wait for has already arrived or finished."""
+    if signals:
+        marks = ", ".join("?" * len(signals))
+        stored = connection.execute(
+            f"SELECT 1 FROM signals WHERE flow_id = ? AND name IN ({marks}) LIMIT 1",
+            (flow_id, *signals),
+        )
+        if stored.fetchone() is not None:
+            return True
+    if children:
+        marks = ", ".join("?" * len(children))
+        finished = connection.execute(
+            f"SELECT 1 FROM flows WHERE flow_id IN ({marks}) "
+            f"AND status IN ({_FINAL_FLOW_STATUSES}) LIMIT 1",
+            children,
+        )
+        return finished.fetchone() is not None
+    return False
+
+
+# -- queue -----------------------------------------------------------------------------------------
+
+_RUNNABLE = (
+    # (the index, which flows, their ready time, the order the index gives them in)
+    ("flows_by_status", "status = 'PENDING'", "0.0", "created_at, flow_id"),
+    (
+        "flows_by_status",
+        "status = 'RUNNING' AND lease_expires_at < :now",
+        "0.0",
+        "created_at, flow_id",
+    ),
+    (
+        "flows_wake_due",
+        "status = 'SUSPENDED' AND wake_at <= :now",
+        "wake_at",
+        "wake_at, created_at, flow_id",
+    ),
+)
+"""Runnable flows: waiting ones, ones whose worker died, and ones whose wake time has come."""
+
+
+def claim_next_flow(
+    connection: sqlite3.Connection,
+    *,
+    worker_id: str,
+    flow_types: list[str],
+    lease_seconds: float,
+    now: float,
+) -> ScheduledFlow | None:
+    """Lease the next runnable flow of ``flow_types`` to ``worker_id``; ``None`` if there is none.
+
+    The next flow is the one ready first (a due suspended flow is ready at its wake time, the
+    others at 0), then the oldest. Each kind of runnable flow is found with one index lookup.
+    Runs inside the caller's write transaction, so two workers never take the same flow.
+    """
+    if not flow_types:
+        return None  # and an empty IN () cannot use the indexes named below
+    types = {f"type_{index}": flow_type for index, flow_type in enumerate(flow_types)}
+    parameters = {**types, "now": now}
+    candidates = [
+        connection.execute(
+            f"SELECT {ready_at}, created_at, flow_id FROM flows INDEXED BY {index} "
+            f"WHERE {condition} AND flow_type IN ({placeholders(list(types))}) "
+            f"ORDER BY {order} LIMIT 1",
+            parameters,
+        ).fetchone()
+        for index, condition, ready_at, order in _RUNNABLE
+    ]
+    ready = [tuple(candidate) for candidate in candidates if candidate is not None]
+    if not ready:
+        return None
+    flow_id = min(ready)[2]
+    lease = (worker_id, uuid.uuid4().hex, now + lease_seconds)
+    changes = {"status": TaskStatus.RUNNING.value, "updated_at": time.time()}
+    return update_flow_row(
+        connection, flow_id, changes | dict(zip(LEASE_COLUMNS, lease, strict=True))
+    )
+
+
+def next_wake_time(connection: sqlite3.Connection) -> float | None:
+    """The earliest wake time of a suspended flow, read from its partial index."""
+    row = connection.execute(
+        "SELECT wake_at FROM flows INDEXED BY flows_wake_due "
+        "WHERE status = 'SUSPENDED' AND wake_at IS NOT NULL ORDER BY wake_at LIMIT 1"
+    ).fetchone()
+    return None if row is None else cast(float, row[0])
+
+
+def awaits_signal(connection: sqlite3.Connection, flow_id: str, name: str) -> bool:
+    """Whether the flow has a ``WAITING_FOR_SIGNAL`` record for the signal ``name``."""
+    row = connection.execute(
+        "SELECT 1 FROM invocations WHERE flow_id = ? AND name = ? "
+        f"AND kind = '{OperationKind.SIGNAL.value}' "
+        f"AND status = '{InvocationStatus.WAITING_FOR_SIGNAL.value}' LIMIT 1",
+        (flow_id, name),
+    ).fetchone()
+    return row is not None

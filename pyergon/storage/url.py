@@ -1,0 +1,82 @@
+"""Open a storage backend from a URL such as ``sqlite:///flows.db`` or ``memory://``.
+
+Backends are imported only when their scheme is used, so ``import pyergon.storage`` stays light.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from pyergon.errors import StorageError, UnknownStorageSchemeError
+from pyergon.storage.base import ExecutionLog
+from pyergon.storage.memory import InMemoryExecutionLog
+
+__all__ = ["open_storage"]
+
+_SUPPORTED = "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite://:memory:"
+_MEMORY = ":memory:"
+
+
+async def open_storage(url: str) -> ExecutionLog:
+    """Return a connected storage backend for ``url``.
+
+    Supported URLs:
+
+    * ``memory://`` — in this process only, for tests and notebooks.
+    * ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` — a SQLite file.
+    * ``sqlite://:memory:`` (or ``sqlite:///:memory:``) — a private in-memory SQLite database.
+
+    Args:
+        url: Where the flows are stored.
+
+    Returns:
+        The backend, already connected; close it with ``await storage.close()``.
+
+    Raises:
+        UnknownStorageSchemeError: No backend handles the URL's scheme.
+        StorageError: The URL is malformed for its scheme, or the backend cannot open it.
+    """
+    scheme, separator, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not separator:
+        scheme = ""
+    if scheme == "memory":
+        if rest:
+            raise StorageError(f"memory storage takes no path or options: got {url!r}")
+        return InMemoryExecutionLog()
+    if scheme == "sqlite":
+        from pyergon.storage.sqlite import SqliteExecutionLog
+
+        storage = SqliteExecutionLog(_sqlite_path(url, rest))
+        await storage.connect()
+        return storage
+    if scheme in ("redis", "rediss", "postgresql", "postgres"):
+        # Placeholder until the distributed-workers work adds these backends.
+        raise StorageError(
+            f"the {scheme} backend arrives with the distributed-workers work; "
+            f"use one of {_SUPPORTED} for now"
+        )
+    raise UnknownStorageSchemeError(
+        f"no storage backend handles {_redacted(url)!r}; supported URLs: {_SUPPORTED}"
+    )
+
+
+def _sqlite_path(url: str, rest: str) -> str:
+    """Return the file path of a ``sqlite://`` URL, SQLAlchemy style."""
+    if rest in (_MEMORY, f"/{_MEMORY}"):
+        return _MEMORY
+    if not rest.startswith("/") or rest == "/":
+        raise StorageError(
+            f"{url!r} is not a SQLite URL pyergon understands: write sqlite:///relative/path.db "
+            "(three slashes) or sqlite:////absolute/path.db (four)"
+        )
+    return rest[1:]
+
+
+def _redacted(url: str) -> str:
+    """``url`` with any password replaced, fit for an error message."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return url
+    return url if not password else url.replace(f":{password}@", ":***@", 1)

@@ -1,0 +1,518 @@
+"""What only the SQLite backend does: files, schema versions, group commit, several processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+
+import pyergon.storage
+from pyergon.core.records import SignalRecord
+from pyergon.core.status import InvocationStatus, TaskStatus
+from pyergon.errors import (
+    CorruptStorageError,
+    SchemaVersionError,
+    StorageClosedError,
+    StorageError,
+    UnknownStorageSchemeError,
+)
+from pyergon.storage import InMemoryExecutionLog, open_storage
+from pyergon.storage.base import SCHEMA_VERSION
+from pyergon.storage.sqlite import SqliteExecutionLog
+
+from .conftest import FlowFactory, InvocationFactory
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "flows.db"
+
+
+@pytest.fixture
+async def sqlite(path: Path) -> AsyncIterator[SqliteExecutionLog]:
+    async with SqliteExecutionLog(path) as storage:
+        yield storage
+
+
+@contextmanager
+def raw(path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain sqlite3 connection, to look at or tamper with a file behind pyergon's back."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as connection:
+        yield connection
+
+
+class WorkerGate:
+    """A write that holds aiosqlite's worker thread until released, to stage batches."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.released = threading.Event()
+
+    def hold(self, _connection: sqlite3.Connection) -> str:
+        self.entered.set()
+        self.released.wait(timeout=30)
+        return "held"
+
+
+# -- files and schema ------------------------------------------------------------------------
+
+
+async def test_data_survives_reopening_the_file(
+    path: Path, make_flow: FlowFactory, make_invocation: InvocationFactory
+) -> None:
+    signal = SignalRecord("flow-1", "approved", b"yes", 1_500.0)
+    async with SqliteExecutionLog(path) as storage:
+        await storage.create_flow(make_flow())
+        await storage.record_invocation(make_invocation(1, status=InvocationStatus.COMPLETE))
+        await storage.store_signal(signal)
+
+    async with SqliteExecutionLog(path) as reopened:
+        assert await reopened.get_flow("flow-1") == make_flow()
+        assert await reopened.load_invocations("flow-1") == [
+            make_invocation(1, status=InvocationStatus.COMPLETE)
+        ]
+        assert await reopened.get_signal("flow-1", "approved") == signal
+
+
+async def test_a_new_file_gets_wal_and_the_schema_version(sqlite: SqliteExecutionLog) -> None:
+    with raw(Path(sqlite.path)) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        version = connection.execute("SELECT value FROM pyergon_meta WHERE key = 'schema_version'")
+        assert version.fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_an_empty_file_is_initialised(path: Path) -> None:
+    await asyncio.to_thread(path.write_bytes, b"")
+
+    async with SqliteExecutionLog(path) as storage:
+        assert await storage.list_flows() == []
+
+
+async def test_the_timer_query_uses_its_index(sqlite: SqliteExecutionLog) -> None:
+    with raw(Path(sqlite.path)) as connection:
+        plan = connection.execute(
+            "EXPLAIN QUERY PLAN SELECT flow_id, sequence, sub_sequence FROM invocations "
+            "WHERE status = 'WAITING_FOR_TIMER' AND fire_at <= ? ORDER BY fire_at",
+            (1.0,),
+        ).fetchall()
+    assert "invocations_timer_due" in str(plan)
+
+
+def corrupt_file(path: Path) -> None:
+    path.write_bytes(os.urandom(8192))
+
+
+def foreign_database(path: Path) -> None:
+    with raw(path) as connection:
+        connection.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        connection.execute("INSERT INTO customers (name) VALUES ('Ada')")
+
+
+def newer_pyergon_file(path: Path) -> None:
+    async def create() -> None:
+        async with SqliteExecutionLog(path):
+            pass
+
+    asyncio.run(create())
+    with raw(path) as connection:
+        connection.execute("UPDATE pyergon_meta SET value = ?", (SCHEMA_VERSION + 1,))
+
+
+def meta_without_version(path: Path) -> None:
+    with raw(path) as connection:
+        connection.execute("CREATE TABLE pyergon_meta (key TEXT PRIMARY KEY, value NOT NULL)")
+
+
+@pytest.mark.parametrize(
+    ("make_file", "error", "message"),
+    [
+        pytest.param(corrupt_file, CorruptStorageError, "not a SQLite database", id="random-bytes"),
+        pytest.param(foreign_database, CorruptStorageError, "not a pyergon one", id="foreign"),
+        pytest.param(newer_pyergon_file, SchemaVersionError, "Upgrade pyergon", id="newer"),
+        pytest.param(meta_without_version, CorruptStorageError, "schema_version", id="no-version"),
+    ],
+)
+def test_a_file_pyergon_cannot_use_is_refused_and_left_unchanged(
+    path: Path, make_file: Callable[[Path], None], error: type[Exception], message: str
+) -> None:
+    make_file(path)
+    before = path.read_bytes()
+
+    async def open_it() -> None:
+        await SqliteExecutionLog(path).connect()
+
+    with pytest.raises(error, match=message) as raised:
+        asyncio.run(open_it())
+
+    assert str(path) in str(raised.value)
+    assert "changed nothing" in str(raised.value)
+    assert path.read_bytes() == before
+    assert not path.with_name(path.name + "-wal").exists()
+
+
+def test_a_newer_schema_error_names_both_versions(path: Path) -> None:
+    newer_pyergon_file(path)
+
+    with pytest.raises(SchemaVersionError) as raised:
+        asyncio.run(SqliteExecutionLog(path).connect())
+
+    assert f"schema version {SCHEMA_VERSION + 1}" in str(raised.value)
+    assert f"supports schema version {SCHEMA_VERSION}" in str(raised.value)
+
+
+async def test_a_missing_directory_is_a_storage_error(tmp_path: Path) -> None:
+    storage = SqliteExecutionLog(tmp_path / "missing" / "flows.db")
+
+    with pytest.raises(StorageError, match="unable to open") as raised:
+        await storage.connect()
+
+    assert not isinstance(raised.value, CorruptStorageError)
+    with pytest.raises(StorageClosedError):
+        await storage.get_flow("flow-1")
+
+
+CONNECT_AND_WRITE = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pyergon.core.records import ScheduledFlow
+    from pyergon.core.status import TaskStatus
+    from pyergon.storage.sqlite import SqliteExecutionLog
+
+    path, flow_id = sys.argv[1], sys.argv[2]
+    print("ready", flush=True)
+    sys.stdin.readline()  # the test starts every process at once
+
+    async def main() -> None:
+        async with SqliteExecutionLog(path) as storage:
+            flow = ScheduledFlow(flow_id, "Order", b"", TaskStatus.PENDING, 1.0, 1.0)
+            assert (await storage.create_flow(flow))[1]
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.slow
+def test_processes_connecting_at_once_to_a_new_file_all_succeed(path: Path) -> None:
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONNECT_AND_WRITE, str(path), f"flow-{n}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            assert process.stdout.readline() == "ready\n"
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        outcomes = [process.communicate(timeout=30) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    assert [process.returncode for process in processes] == [0] * 4, outcomes
+    with raw(path) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM flows").fetchone() == (4,)
+        version = connection.execute("SELECT value FROM pyergon_meta").fetchone()
+        assert version == (SCHEMA_VERSION,)
+
+
+# -- lifecycle -------------------------------------------------------------------------------
+
+
+async def test_use_before_connect_or_after_close_is_refused(
+    path: Path, make_flow: FlowFactory
+) -> None:
+    storage = SqliteExecutionLog(path)
+    with pytest.raises(StorageClosedError, match="connect"):
+        await storage.get_flow("flow-1")
+    with pytest.raises(StorageClosedError):
+        await storage.create_flow(make_flow())
+
+    await storage.connect()
+    await storage.create_flow(make_flow())
+    await storage.close()
+
+    with pytest.raises(StorageClosedError):
+        await storage.list_flows()
+    with pytest.raises(StorageClosedError):
+        await storage.update_flow("flow-1", status=TaskStatus.RUNNING)
+    with pytest.raises(StorageClosedError):
+        await storage.wait_for_work(timeout=1)
+
+    await storage.connect()  # a closed storage can be connected again
+    try:
+        assert await storage.get_flow("flow-1") == make_flow()
+    finally:
+        await storage.close()
+
+
+async def test_close_commits_the_writes_still_queued(
+    path: Path, make_invocation: InvocationFactory
+) -> None:
+    storage = SqliteExecutionLog(path)
+    await storage.connect()
+    writes = [asyncio.create_task(storage.record_invocation(make_invocation(n))) for n in range(20)]
+    await asyncio.sleep(0)  # one pass of the loop: every write queues itself
+    assert len(storage._pending) == 20
+
+    await storage.close()
+
+    assert all(write.done() and write.exception() is None for write in writes)
+    async with SqliteExecutionLog(path) as reopened:
+        assert len(await reopened.load_invocations("flow-1")) == 20
+
+
+async def test_in_memory_databases_are_private(make_flow: FlowFactory) -> None:
+    first = await SqliteExecutionLog.in_memory()
+    second = await SqliteExecutionLog.in_memory()
+    try:
+        await first.create_flow(make_flow())
+        assert await second.get_flow("flow-1") is None
+        assert repr(first) == "SqliteExecutionLog(':memory:', open)"
+    finally:
+        await first.close()
+        await second.close()
+
+
+# -- group commit ----------------------------------------------------------------------------
+
+
+async def test_concurrent_writes_share_transactions(
+    sqlite: SqliteExecutionLog, make_invocation: InvocationFactory
+) -> None:
+    before = sqlite._batches_committed
+
+    await asyncio.gather(*(sqlite.record_invocation(make_invocation(n)) for n in range(100)))
+
+    assert sqlite._batches_committed - before < 10
+    assert len(await sqlite.load_invocations("flow-1")) == 100
+
+
+async def test_writes_made_during_a_commit_form_the_next_batch(
+    sqlite: SqliteExecutionLog, make_invocation: InvocationFactory
+) -> None:
+    gate = WorkerGate()
+    before = sqlite._batches_committed
+    held = asyncio.create_task(sqlite._write(gate.hold))
+    try:
+        await asyncio.to_thread(gate.entered.wait, 30)
+        writes = [
+            asyncio.create_task(sqlite.record_invocation(make_invocation(n))) for n in range(50)
+        ]
+        await asyncio.sleep(0)  # one pass of the loop: every write queues itself
+        assert len(sqlite._pending) == 50
+    finally:
+        gate.released.set()
+
+    assert await held == "held"
+    await asyncio.gather(*writes)
+    assert sqlite._batches_committed - before == 2
+
+
+async def test_a_write_cancelled_before_its_batch_is_not_made(
+    sqlite: SqliteExecutionLog, make_invocation: InvocationFactory
+) -> None:
+    gate = WorkerGate()
+    held = asyncio.create_task(sqlite._write(gate.hold))
+    try:
+        await asyncio.to_thread(gate.entered.wait, 30)
+        cancelled = asyncio.create_task(sqlite.record_invocation(make_invocation(1)))
+        kept = asyncio.create_task(sqlite.record_invocation(make_invocation(2)))
+        await asyncio.sleep(0)  # both writes queue themselves
+        cancelled.cancel()
+    finally:
+        gate.released.set()
+
+    await held
+    await kept
+    assert cancelled.cancelled()
+    assert [i.sequence for i in await sqlite.load_invocations("flow-1")] == [2]
+
+
+def insert_then_fail(connection: sqlite3.Connection) -> None:
+    connection.execute("INSERT INTO signals VALUES ('flow-1', 'partial', x'00', 1.0)")
+    raise RuntimeError("the operation broke after writing")
+
+
+def insert_then_break_sql(connection: sqlite3.Connection) -> None:
+    connection.execute("INSERT INTO signals VALUES ('flow-1', 'partial', x'00', 1.0)")
+    connection.execute("INSERT INTO no_such_table VALUES (1)")
+
+
+@pytest.mark.parametrize(
+    ("operation", "error", "message"),
+    [
+        (insert_then_fail, RuntimeError, "broke after writing"),
+        (insert_then_break_sql, StorageError, "no such table"),
+    ],
+)
+async def test_a_failing_write_does_not_lose_the_rest_of_its_batch(
+    sqlite: SqliteExecutionLog,
+    make_invocation: InvocationFactory,
+    operation: Callable[[sqlite3.Connection], None],
+    error: type[Exception],
+    message: str,
+) -> None:
+    before = sqlite._batches_committed
+    writes: list[Awaitable[object]] = [
+        sqlite.record_invocation(make_invocation(n)) for n in range(10)
+    ]
+    writes.insert(5, sqlite._write(operation))
+
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+
+    failure = outcomes.pop(5)
+    assert isinstance(failure, error)
+    assert message in str(failure)
+    assert outcomes == [make_invocation(n) for n in range(10)]
+    assert sqlite._batches_committed - before == 1
+    assert await sqlite.get_signal("flow-1", "partial") is None  # its own write was rolled back
+    assert len(await sqlite.load_invocations("flow-1")) == 10
+
+
+async def test_a_batch_whose_transaction_fails_fails_every_write_in_it(
+    sqlite: SqliteExecutionLog, make_invocation: InvocationFactory
+) -> None:
+    def end_the_transaction(connection: sqlite3.Connection) -> None:
+        connection.execute("ROLLBACK")
+
+    writes: list[Awaitable[object]] = [
+        sqlite.record_invocation(make_invocation(n)) for n in range(5)
+    ]
+    writes.append(sqlite._write(end_the_transaction))
+
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+
+    assert all(isinstance(outcome, StorageError) for outcome in outcomes)
+    assert await sqlite.load_invocations("flow-1") == []
+    assert await sqlite.record_invocation(make_invocation(1)) == make_invocation(1)
+
+
+async def test_a_write_lock_held_too_long_is_a_clear_error(
+    path: Path, make_flow: FlowFactory
+) -> None:
+    async with SqliteExecutionLog(path, busy_timeout=0.05) as storage:
+        with raw(path) as other_process:
+            other_process.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StorageError, match="busy_timeout"):
+                await storage.create_flow(make_flow())
+            other_process.execute("ROLLBACK")
+        assert await storage.create_flow(make_flow()) == (make_flow(), True)
+
+
+# -- open_storage ----------------------------------------------------------------------------
+
+
+async def test_open_storage_memory() -> None:
+    storage = await open_storage("memory://")
+    assert isinstance(storage, InMemoryExecutionLog)
+
+
+@pytest.mark.parametrize("url", ["sqlite://:memory:", "sqlite:///:memory:", "SQLITE://:memory:"])
+async def test_open_storage_sqlite_in_memory(url: str) -> None:
+    storage = await open_storage(url)
+    try:
+        assert isinstance(storage, SqliteExecutionLog)
+        assert storage.path == ":memory:"
+        assert await storage.list_flows() == []
+    finally:
+        await storage.close()
+
+
+async def test_open_storage_sqlite_relative_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    storage = await open_storage("sqlite:///flows.db")
+    await storage.close()
+
+    assert isinstance(storage, SqliteExecutionLog)
+    assert storage.path == "flows.db"
+    assert (tmp_path / "flows.db").exists()
+
+
+async def test_open_storage_sqlite_absolute_path(tmp_path: Path) -> None:
+    path = tmp_path / "flows.db"
+
+    storage = await open_storage(f"sqlite:///{path}")  # an absolute path adds the fourth slash
+    await storage.close()
+
+    assert isinstance(storage, SqliteExecutionLog)
+    assert storage.path == str(path)
+    assert path.exists()
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://user@host/db", "flows.db", "", "memory:", "file:///tmp/flows.db"]
+)
+async def test_open_storage_refuses_unknown_schemes(url: str) -> None:
+    with pytest.raises(UnknownStorageSchemeError, match="supported URLs: memory://") as raised:
+        await open_storage(url)
+
+    assert repr(url) in str(raised.value)
+    assert isinstance(raised.value, ValueError)
+
+
+async def test_open_storage_keeps_passwords_out_of_errors() -> None:
+    with pytest.raises(UnknownStorageSchemeError) as raised:
+        await open_storage("mysql://admin:hunter2@db.example.com/flows")
+
+    assert "hunter2" not in str(raised.value)
+    assert "admin:***@db.example.com" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://localhost:6379/0", "postgresql://db/flows", "postgres://db/flows"]
+)
+async def test_open_storage_distributed_backends_are_not_here_yet(url: str) -> None:
+    with pytest.raises(StorageError, match="distributed-workers") as raised:
+        await open_storage(url)
+
+    assert not isinstance(raised.value, UnknownStorageSchemeError)
+
+
+@pytest.mark.parametrize("url", ["sqlite://flows.db", "sqlite://", "sqlite:///", "memory://x"])
+async def test_open_storage_refuses_malformed_urls(url: str) -> None:
+    with pytest.raises(StorageError, match=re.escape(repr(url))):
+        await open_storage(url)
+
+
+def test_importing_storage_does_not_load_sqlite() -> None:
+    code = "import sys, pyergon.storage; print('aiosqlite' in sys.modules)"
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.strip() == "False"
+
+
+def test_storage_exports_its_public_names_sorted() -> None:
+    public = {
+        name
+        for name, value in vars(pyergon.storage).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+
+    assert pyergon.storage.__all__ == sorted(pyergon.storage.__all__)
+    assert set(pyergon.storage.__all__) == public
