@@ -112,12 +112,24 @@ class _PendingWrite:
     wakes_workers: Callable[[Any], bool] | None
 
 
+_POLL_MIN = 0.002
+"""Seconds between checks for other processes' commits right after activity."""
+_POLL_MAX = 0.05
+"""Seconds between those checks once the database has been idle for a while."""
+
+
+def _data_version(connection: sqlite3.Connection) -> int:
+    row = connection.execute("PRAGMA data_version").fetchone()
+    return int(row[0])
+
+
 class SqliteExecutionLog(StorageLifecycle):
     """Stores flows, records and signals in one SQLite file (or in memory).
 
     Use it on the event loop that connected it. Reads see every write whose ``await`` returned.
-    :meth:`wait_for_work` hears about work stored through this object only; workers of other
-    processes see it when their wait times out.
+    :meth:`wait_for_work` is woken at once by work stored through this object; commits made by
+    other processes are noticed through ``PRAGMA data_version``, checked with a short poll that
+    starts at 2 ms after activity and backs off to 50 ms while the database is idle.
 
     Args:
         path: The database file, created if missing, or ``":memory:"``.
@@ -137,6 +149,8 @@ class SqliteExecutionLog(StorageLifecycle):
         self._pending: list[_PendingWrite] = []
         self._flusher: asyncio.Task[None] | None = None
         self._work = asyncio.Event()
+        self._data_version: int | None = None
+        self._poll_interval = _POLL_MIN
         self._batches_committed = 0
         """Committed group-commit transactions; tests read it to check batching."""
 
@@ -444,15 +458,32 @@ class SqliteExecutionLog(StorageLifecycle):
         return await self._read(next_wake_time)
 
     async def wait_for_work(self, timeout: float) -> bool:
-        """Wait for work stored through this object, or ``timeout`` seconds."""
+        """Wait for work stored by this or another process, or ``timeout`` seconds."""
         self._open_connection()
-        if not self._work.is_set():
-            try:
-                await asyncio.wait_for(self._work.wait(), timeout)
-            except TimeoutError:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._work.is_set():
+            if await self._other_process_committed():
+                self._poll_interval = _POLL_MIN
+                # Setting the event wakes every worker sharing this object, not only this one.
+                self._work.set()
+                break
+            remaining = deadline - loop.time()
+            if remaining <= 0:
                 return False
+            try:
+                await asyncio.wait_for(self._work.wait(), min(self._poll_interval, remaining))
+            except TimeoutError:
+                self._poll_interval = min(self._poll_interval * 2, _POLL_MAX)
         self._work.clear()
         return True
+
+    async def _other_process_committed(self) -> bool:
+        """Whether another connection committed since the last check (``PRAGMA data_version``)."""
+        version = await self._read(_data_version)
+        changed = self._data_version is not None and version != self._data_version
+        self._data_version = version
+        return changed
 
     # -- invocations -------------------------------------------------------------------------
 

@@ -483,9 +483,7 @@ async def test_open_storage_keeps_passwords_out_of_errors() -> None:
     assert "admin:***@db.example.com" in str(raised.value)
 
 
-@pytest.mark.parametrize(
-    "url", ["redis://localhost:6379/0", "postgresql://db/flows", "postgres://db/flows"]
-)
+@pytest.mark.parametrize("url", ["postgresql://db/flows", "postgres://db/flows"])
 async def test_open_storage_distributed_backends_are_not_here_yet(url: str) -> None:
     with pytest.raises(StorageError, match="distributed-workers") as raised:
         await open_storage(url)
@@ -516,3 +514,34 @@ def test_storage_exports_its_public_names_sorted() -> None:
 
     assert pyergon.storage.__all__ == sorted(pyergon.storage.__all__)
     assert set(pyergon.storage.__all__) == public
+
+
+async def test_work_stored_by_another_process_wakes_a_waiting_worker(
+    sqlite: SqliteExecutionLog, path: Path
+) -> None:
+    assert await sqlite.wait_for_work(0.01) is False  # nothing new yet
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        from pyergon.core.records import ScheduledFlow
+        from pyergon.core.status import TaskStatus
+        from pyergon.storage.sqlite import SqliteExecutionLog
+
+        async def main():
+            async with SqliteExecutionLog({str(path)!r}) as storage:
+                await storage.create_flow(ScheduledFlow(
+                    "from-elsewhere", "T", b"", TaskStatus.PENDING, 1.0, 1.0))
+
+        asyncio.run(main())
+        """
+    )
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.create_task(sqlite.wait_for_work(30.0))
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", script)
+    assert await process.wait() == 0
+    written_at = loop.time()
+    assert await asyncio.wait_for(waiting, 30.0) is True
+    # Woken by the other process's commit through the short poll, far before the timeout.
+    assert loop.time() - written_at < 5.0
+    flow = await sqlite.get_flow("from-elsewhere")
+    assert flow is not None and flow.status is TaskStatus.PENDING
