@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -342,3 +343,51 @@ async def test_registering_again_replaces_the_class(storage: ExecutionLog) -> No
     flow_id = await Scheduler(storage).schedule(Greeting("ann"))
     await worker.run_until_idle()
     assert (await Scheduler(storage).wait(flow_id, timeout=5))[flow_id].result == "hi ann"
+
+
+async def test_a_running_flow_keeps_its_lease_while_it_runs(storage: ExecutionLog) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    @dataclass
+    @flow_type(name="LongStep")
+    class LongStep:
+        label: str
+
+        @step
+        async def work(self) -> str:
+            started.set()
+            await release.wait()
+            return "done"
+
+        @flow
+        async def run(self) -> str:
+            return await self.work()
+
+    worker = Worker(storage, "holder", lease_seconds=0.3)
+    await worker.register(LongStep)
+    handle = await worker.start()
+    try:
+        flow_id = await Scheduler(storage).schedule(LongStep("x"))
+        await asyncio.wait_for(started.wait(), 10)
+        first = await storage.get_flow(flow_id)
+        assert first is not None and first.lease_expires_at is not None
+        # Wait until the worker has renewed the lease at least once.
+        async with asyncio.timeout(10):
+            while True:
+                current = await storage.get_flow(flow_id)
+                assert current is not None and current.lease_expires_at is not None
+                if current.lease_expires_at > first.lease_expires_at:
+                    break
+                await asyncio.sleep(0.02)
+        # Another worker cannot take it while the lease is renewed.
+        assert (
+            await storage.claim_flow("thief", ["LongStep"], lease_seconds=1, now=time.time())
+            is None
+        )
+        release.set()
+        outcome = (await Scheduler(storage).wait(flow_id, timeout=10))[flow_id]
+    finally:
+        release.set()
+        await handle.shutdown()
+    assert outcome.result == "done"
