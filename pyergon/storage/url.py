@@ -13,7 +13,10 @@ from pyergon.storage.memory import InMemoryExecutionLog
 
 __all__ = ["open_storage"]
 
-_SUPPORTED = "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite://:memory:"
+_SUPPORTED = (
+    "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite://:memory:, "
+    "redis://host:port/db, postgresql://user@host:port/db"
+)
 _MEMORY = ":memory:"
 
 
@@ -25,6 +28,11 @@ async def open_storage(url: str) -> ExecutionLog:
     * ``memory://`` — in this process only, for tests and notebooks.
     * ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` — a SQLite file.
     * ``sqlite://:memory:`` (or ``sqlite:///:memory:``) — a private in-memory SQLite database.
+    * ``redis://[:password@]host:port/db`` (or ``rediss://`` for TLS) — a Redis server shared by
+      several machines; ``?prefix=name`` sets the key prefix (default ``pyergon``).
+    * ``postgresql://user[:password]@host:port/db`` (or ``postgres://``) — a PostgreSQL
+      database shared by several machines; ``?schema=name`` sets the schema (default
+      ``pyergon``), other query parameters go to asyncpg.
 
     Args:
         url: Where the flows are stored.
@@ -50,12 +58,18 @@ async def open_storage(url: str) -> ExecutionLog:
         storage = SqliteExecutionLog(_sqlite_path(url, rest))
         await storage.connect()
         return storage
-    if scheme in ("redis", "rediss", "postgresql", "postgres"):
-        # Placeholder until the distributed-workers work adds these backends.
-        raise StorageError(
-            f"the {scheme} backend arrives with the distributed-workers work; "
-            f"use one of {_SUPPORTED} for now"
-        )
+    if scheme in ("redis", "rediss"):
+        from pyergon.storage.redis import RedisExecutionLog
+
+        redis_storage = RedisExecutionLog.from_url(url)
+        await redis_storage.connect()
+        return redis_storage
+    if scheme in ("postgresql", "postgres"):
+        from pyergon.storage.postgres import PostgresExecutionLog
+
+        postgres_storage = PostgresExecutionLog.from_url(url)
+        await postgres_storage.connect()
+        return postgres_storage
     raise UnknownStorageSchemeError(
         f"no storage backend handles {_redacted(url)!r}; supported URLs: {_SUPPORTED}"
     )

@@ -483,14 +483,6 @@ async def test_open_storage_keeps_passwords_out_of_errors() -> None:
     assert "admin:***@db.example.com" in str(raised.value)
 
 
-@pytest.mark.parametrize("url", ["postgresql://db/flows", "postgres://db/flows"])
-async def test_open_storage_distributed_backends_are_not_here_yet(url: str) -> None:
-    with pytest.raises(StorageError, match="distributed-workers") as raised:
-        await open_storage(url)
-
-    assert not isinstance(raised.value, UnknownStorageSchemeError)
-
-
 @pytest.mark.parametrize("url", ["sqlite://flows.db", "sqlite://", "sqlite:///", "memory://x"])
 async def test_open_storage_refuses_malformed_urls(url: str) -> None:
     with pytest.raises(StorageError, match=re.escape(repr(url))):

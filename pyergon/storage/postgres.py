@@ -1,0 +1,613 @@
+"""PostgreSQL storage: workers on several machines share one log in a database they already run.
+
+Claims are one ``UPDATE ... FOR UPDATE SKIP LOCKED`` statement. Every change that makes work
+runnable sends ``pg_notify`` in its own transaction, and :meth:`PostgresExecutionLog.wait_for_work`
+listens on a dedicated connection, so waiting workers in any process wake when the work commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Collection, Hashable, Iterator, Sequence
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.status import TaskStatus
+from pyergon.errors import StorageClosedError, StorageError
+from pyergon.storage.base import UNCHANGED, FlowUpdate, StorageLifecycle
+from pyergon.storage.postgres_sql import (
+    FLOW_COLUMNS,
+    INVOCATION_COLUMNS,
+    Statements,
+    channel_name,
+    flow_from_record,
+    invocation_from_record,
+    migrate,
+    sent_notice,
+    validate_schema_name,
+)
+from pyergon.storage.sqlite_tables import flow_changes, record_values
+
+__all__ = ["DEFAULT_DSN", "PostgresExecutionLog"]
+
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+"""The server the test suite and the examples use."""
+
+
+def _import_asyncpg() -> Any:
+    try:
+        import asyncpg
+    except ImportError as error:
+        raise ImportError(
+            'the PostgreSQL backend needs asyncpg: pip install "pyergon[postgres]"'
+        ) from error
+    return asyncpg
+
+
+def _public_dsn(dsn: str) -> str:
+    """``dsn`` without its password (in the user part or the query), fit for messages."""
+    try:
+        parts = urlsplit(dsn)
+        password = parts.password
+    except ValueError:
+        return "<a DSN that is not a postgresql:// URL>"
+    netloc = parts.netloc
+    if password is not None:
+        user_info, _, host = netloc.rpartition("@")
+        netloc = f"{user_info.partition(':')[0]}:***@{host}"
+    query = [
+        (key, "***" if key == "password" else value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
+
+
+async def _keep_session(_connection: Any) -> None:
+    """Pool reset hook that skips asyncpg's ``RESET ALL; UNLISTEN *; ...`` round trip.
+
+    Pooled connections never change session state (only transaction-scoped advisory locks, no
+    LISTEN, no SET); asyncpg still rolls back an abandoned transaction before calling this.
+    """
+
+
+class _KeyedLocks:
+    """One FIFO lock per key, kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class PostgresExecutionLog(StorageLifecycle):
+    """Stores flows, records and signals in one schema of a PostgreSQL database.
+
+    Several processes and machines may share one schema; each holds a pool of connections and
+    one more connection that LISTENs for work. Use an object on the event loop that connected it.
+    While the server is unreachable, methods raise :class:`~pyergon.errors.StorageError`; the
+    same object works again once the server is back.
+
+    Args:
+        dsn: A ``postgresql://user:password@host:port/database`` URL, as asyncpg takes it.
+        schema: The schema holding pyergon's tables, created on first connect.
+        min_size: Connections the pool keeps open.
+        max_size: Connections the pool opens at most.
+
+    Raises:
+        ImportError: asyncpg is not installed.
+        ValueError: ``schema`` is empty or longer than PostgreSQL's 63-byte names.
+
+    Example:
+        >>> async with PostgresExecutionLog("postgresql://app@db/app") as storage:  # doctest: +SKIP
+        ...     flow = await storage.get_flow("order-42")
+    """
+
+    def __init__(
+        self,
+        dsn: str = DEFAULT_DSN,
+        *,
+        schema: str = "pyergon",
+        min_size: int = 1,
+        max_size: int = 10,
+    ) -> None:
+        driver = self._driver = _import_asyncpg()
+        self._failures: tuple[type[Exception], ...] = (
+            driver.PostgresError,
+            driver.InterfaceError,
+            driver.InternalClientError,
+            OSError,
+        )
+        """What asyncpg raises: wrapped in :class:`StorageError` naming the server."""
+        self._lost_connection: tuple[type[Exception], ...] = (
+            OSError,
+            driver.PostgresConnectionError,
+            driver.OperatorInterventionError,  # the server is shutting down or restarting
+            driver.InterfaceError,  # "connection is closed"
+            driver.InternalClientError,  # a query sent as the server's FATAL notice arrived
+        )
+        """Those failures that leave the connection unusable rather than fail a statement."""
+        self._dsn = dsn
+        self._schema = validate_schema_name(schema)
+        self._min_size = min_size
+        self._max_size = max_size
+        self._sql = Statements.for_schema(schema)
+        self._channel = channel_name(schema)
+        # Our notices carry this, so the listener skips the echo of a wake-up already given.
+        self._origin = uuid.uuid4().hex
+        query = dict(parse_qsl(urlsplit(dsn).query))
+        self._server_settings = (
+            {} if "application_name" in query else {"application_name": f"pyergon-{schema}"}
+        )
+        self._pool: Any = None
+        self._listener: Any = None
+        self._lifecycle_lock = asyncio.Lock()
+        self._listener_lock = asyncio.Lock()
+        self._work = asyncio.Event()
+        self._recording = _KeyedLocks()
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresExecutionLog:
+        """Build an unconnected backend from ``postgresql://user@host:port/db[?schema=name]``.
+
+        Raises:
+            StorageError: The ``schema`` parameter is repeated or not a usable name.
+        """
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        schemas = [value for key, value in query if key == "schema"]
+        dsn = urlunsplit(parts._replace(query=urlencode([p for p in query if p[0] != "schema"])))
+        if len(schemas) > 1:
+            raise StorageError(f"{_public_dsn(url)!r} names more than one schema: give one")
+        try:
+            return cls(dsn, schema=schemas[0]) if schemas else cls(dsn)
+        except ValueError as error:
+            raise StorageError(f"{_public_dsn(url)!r} cannot be used: {error}") from error
+
+    def __repr__(self) -> str:
+        state = "open" if self._pool is not None else "closed"
+        return f"PostgresExecutionLog({self.dsn!r}, schema={self._schema!r}, {state})"
+
+    @property
+    def dsn(self) -> str:
+        """The server's URL, without its password."""
+        return _public_dsn(self._dsn)
+
+    @property
+    def schema(self) -> str:
+        """The schema holding pyergon's tables."""
+        return self._schema
+
+    @property
+    def channel(self) -> str:
+        """The LISTEN/NOTIFY channel announcing runnable work in this schema."""
+        return self._channel
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the pool and the listening connection, create or migrate the schema.
+
+        Safe to call twice, and from several processes at once: migrations take a
+        transaction-scoped advisory lock derived from the schema name.
+
+        Raises:
+            SchemaVersionError: A newer pyergon wrote the schema. Nothing in it was changed.
+            CorruptStorageError: The schema holds tables that are not a pyergon log.
+            StorageError: The server cannot be reached or refused the connection.
+        """
+        async with self._lifecycle_lock:
+            if self._pool is not None:
+                return
+            with self._driver_errors("connect to"):
+                pool = await self._driver.create_pool(
+                    self._dsn,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    server_settings=self._server_settings,
+                    reset=_keep_session,
+                )
+            try:
+                with self._driver_errors("migrate"):
+                    async with pool.acquire() as connection:
+                        await migrate(connection, self._sql, where=self.dsn)
+                await self._listening_connection()
+            except BaseException:
+                pool.terminate()
+                raise
+            self._pool = pool
+
+    async def close(self) -> None:
+        """Close the pool (waiting for operations in flight) and the listener; safe twice."""
+        async with self._lifecycle_lock:
+            pool, listener = self._pool, self._listener
+            if pool is None:
+                return
+            self._pool = self._listener = None
+            for resource in (listener, pool):
+                if resource is None:
+                    continue
+                try:
+                    await resource.close()
+                except self._failures:
+                    resource.terminate()  # the server is gone: nothing left to close politely
+
+    # -- running statements ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _driver_errors(self, action: str = "use") -> Iterator[None]:
+        """Turn asyncpg and socket errors into :class:`StorageError` naming the server."""
+        try:
+            yield
+        except self._failures as error:
+            where = f"PostgreSQL storage {self.dsn} (schema {self._schema!r})"
+            message = f"could not {action} {where}: {type(error).__name__}: {error}"
+            if isinstance(error, self._lost_connection):
+                message += (
+                    ". Check that the server is running and reachable; the storage reconnects "
+                    "on its next call. A write in flight may or may not have been applied."
+                )
+            raise StorageError(message) from error
+
+    def _open_pool(self) -> Any:
+        if self._pool is None:
+            raise StorageClosedError(
+                f"PostgreSQL storage {self.dsn} (schema {self._schema!r}) is not open: use it "
+                "between `await storage.connect()` and `await storage.close()`, or inside "
+                "`async with`"
+            )
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        pool = self._open_pool()
+        with self._driver_errors():
+            async with pool.acquire() as connection:
+                try:
+                    yield connection
+                except self._lost_connection:
+                    connection.terminate()  # so the pool opens a new one rather than reuse it
+                    raise
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Any]:
+        async with self._connection() as connection, connection.transaction():
+            yield connection
+
+    async def _fetch(self, statement: str, *arguments: object) -> list[Any]:
+        async with self._connection() as connection:
+            return cast(list[Any], await connection.fetch(statement, *arguments))
+
+    async def _fetchrow(self, statement: str, *arguments: object) -> Any:
+        async with self._connection() as connection:
+            return await connection.fetchrow(statement, *arguments)
+
+    async def _fetchval(self, statement: str, *arguments: object) -> Any:
+        async with self._connection() as connection:
+            return await connection.fetchval(statement, *arguments)
+
+    def _woke_workers(self, *rows: Any) -> None:
+        """Wake this object's waiters now if a committed statement sent a notice."""
+        if any(row is not None and sent_notice(row) for row in rows):
+            self._work.set()
+
+    # -- flows -------------------------------------------------------------------------------
+
+    async def create_flow(self, flow: ScheduledFlow) -> tuple[ScheduledFlow, bool]:
+        """Store ``flow`` unless one with its id exists; a new ``PENDING`` flow wakes workers."""
+        values = record_values(flow)
+        arguments = [values[column] for column in FLOW_COLUMNS]
+        while True:
+            async with self._connection() as connection:
+                row = await connection.fetchrow(
+                    self._sql["insert_flow"], self._channel, self._origin, *arguments
+                )
+                if row is not None:
+                    self._woke_workers(row)
+                    return flow, True
+                existing = await connection.fetchrow(self._sql["get_flow"], flow.flow_id)
+            if existing is not None:
+                return flow_from_record(existing), False
+            # Deleted between the two statements: insert again.
+
+    async def get_flow(self, flow_id: str) -> ScheduledFlow | None:
+        """Return the flow with ``flow_id``, or ``None``."""
+        row = await self._fetchrow(self._sql["get_flow"], flow_id)
+        return None if row is None else flow_from_record(row)
+
+    async def update_flow(
+        self,
+        flow_id: str,
+        *,
+        status: TaskStatus,
+        result: bytes | FlowUpdate | None = UNCHANGED,
+        error: StoredError | FlowUpdate | None = UNCHANGED,
+        wake_at: float | FlowUpdate | None = UNCHANGED,
+        attempt: int | FlowUpdate = UNCHANGED,
+        expected_status: Sequence[TaskStatus] | None = None,
+    ) -> ScheduledFlow | None:
+        """Change a flow's state in one ``UPDATE``; see :meth:`ExecutionLog.update_flow`."""
+        changes = flow_changes(status, result=result, error=error, wake_at=wake_at, attempt=attempt)
+        arguments: list[object] = list(changes.values())
+        if expected_status is not None:
+            arguments.append([expected.value for expected in expected_status])
+        statement = self._sql.update_flow(list(changes), guarded=expected_status is not None)
+        row = await self._fetchrow(statement, self._channel, self._origin, flow_id, *arguments)
+        if row is None:
+            return None
+        self._woke_workers(row)
+        return flow_from_record(row)
+
+    # -- queue -------------------------------------------------------------------------------
+
+    async def claim_flow(
+        self,
+        worker_id: str,
+        flow_types: Collection[str],
+        *,
+        lease_seconds: float,
+        now: float,
+    ) -> ScheduledFlow | None:
+        """Take the oldest runnable flow of one of ``flow_types`` in one statement."""
+        row = await self._fetchrow(
+            self._sql["claim_flow"],
+            time.time(),
+            worker_id,
+            uuid.uuid4().hex,
+            now + lease_seconds,
+            now,
+            list(flow_types),
+        )
+        return None if row is None else flow_from_record(row)
+
+    async def renew_lease(
+        self, flow_id: str, lease_token: str, *, lease_seconds: float, now: float
+    ) -> bool:
+        """Extend a lease still held with ``lease_token``."""
+        renewed = await self._fetchval(
+            self._sql["renew_lease"], flow_id, lease_token, now + lease_seconds
+        )
+        return renewed is not None
+
+    async def release_flow(
+        self,
+        flow_id: str,
+        lease_token: str,
+        *,
+        status: TaskStatus,
+        result: bytes | FlowUpdate | None = UNCHANGED,
+        error: StoredError | FlowUpdate | None = UNCHANGED,
+        wake_at: float | FlowUpdate | None = UNCHANGED,
+        attempt: int | FlowUpdate = UNCHANGED,
+        waiting_signals: Collection[str] = (),
+        waiting_children: Collection[str] = (),
+    ) -> ScheduledFlow | None:
+        """Leave a held flow in ``status`` and drop the lease, in one transaction.
+
+        The flow's row is locked first, and a finishing child locks its parent's row before
+        changing anything, so a parent suspending on a child at the same moment either sees the
+        child final or is already suspended when the child wakes it. :meth:`store_signal` locks
+        the flow the same way.
+        """
+        woken = None
+        async with self._transaction() as connection:
+            held = await connection.fetchrow(self._sql["lock_flow"], flow_id)
+            if held is None or held["status"] != TaskStatus.RUNNING.value:
+                return None
+            if held["lease_token"] != lease_token:
+                return None
+            if status is TaskStatus.SUSPENDED and await self._wake_already_due(
+                connection, flow_id, list(waiting_signals), list(waiting_children)
+            ):
+                status = TaskStatus.PENDING
+            parent = held["parent_flow_id"] if status.is_final else None
+            if parent is not None:
+                await connection.fetchrow(self._sql["lock_flow"], parent)
+            changes = flow_changes(
+                status, result=result, error=error, wake_at=wake_at, attempt=attempt
+            )
+            released = await connection.fetchrow(
+                self._sql.update_flow(list(changes), guarded=False),
+                self._channel,
+                self._origin,
+                flow_id,
+                *changes.values(),
+            )
+            if parent is not None:
+                woken = await connection.fetchrow(
+                    self._sql["wake_flow"], self._channel, self._origin, parent, time.time()
+                )
+        self._woke_workers(released, woken)
+        return flow_from_record(released)
+
+    async def _wake_already_due(
+        self, connection: Any, flow_id: str, signals: list[str], children: list[str]
+    ) -> bool:
+        if signals and await connection.fetchval(self._sql["signal_arrived"], flow_id, signals):
+            return True
+        return bool(children) and bool(
+            await connection.fetchval(self._sql["child_finished"], children)
+        )
+
+    # -- wake-ups ----------------------------------------------------------------------------
+
+    async def next_wake_at(self) -> float | None:
+        """Return the earliest wake time of a suspended flow."""
+        return cast(float | None, await self._fetchval(self._sql["next_wake_at"]))
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        """Wait for a notice of work from any process using this schema, or ``timeout`` seconds.
+
+        Every waiter of this object wakes on a notice. Losing the listening connection wakes
+        them too (notices sent meanwhile are gone, so they should look for work); the next wait
+        opens it again.
+
+        Raises:
+            StorageError: The listening connection cannot be opened again.
+        """
+        self._open_pool()
+        if not self._work.is_set():
+            await self._listening_connection()
+            try:
+                await asyncio.wait_for(self._work.wait(), timeout)
+            except TimeoutError:
+                return False
+        self._work.clear()
+        return True
+
+    async def _listening_connection(self) -> None:
+        """Open the LISTEN connection if there is none or it was lost."""
+        async with self._listener_lock:
+            lost = self._listener
+            if lost is not None and not lost.is_closed():
+                return
+            with self._driver_errors("listen for work on"):
+                connection = await self._driver.connect(
+                    self._dsn, server_settings=self._server_settings
+                )
+                try:
+                    await connection.add_listener(self._channel, self._on_notice)
+                except BaseException:
+                    connection.terminate()
+                    raise
+            connection.add_termination_listener(self._on_listener_lost)
+            self._listener = connection
+            if lost is not None:
+                self._work.set()
+
+    def _on_notice(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload != self._origin:
+            self._work.set()
+
+    def _on_listener_lost(self, connection: Any) -> None:
+        if connection is self._listener:
+            self._work.set()  # waiters return and open a new listener on their next wait
+
+    # -- invocations -------------------------------------------------------------------------
+
+    async def load_invocations(self, flow_id: str) -> list[Invocation]:
+        """Return a flow's records ordered by ``(sequence, sub_sequence)``."""
+        rows = await self._fetch(self._sql["load_invocations"], flow_id)
+        return [invocation_from_record(row) for row in rows]
+
+    async def get_invocation(
+        self, flow_id: str, sequence: int, sub_sequence: int = 0
+    ) -> Invocation | None:
+        """Return one record, or ``None``."""
+        row = await self._fetchrow(self._sql["get_invocation"], flow_id, sequence, sub_sequence)
+        return None if row is None else invocation_from_record(row)
+
+    async def record_invocation(self, invocation: Invocation) -> Invocation:
+        """Store ``invocation`` unless a final record holds its position (first writer wins).
+
+        Concurrent calls of this object for one position reach the server in call order, as
+        with the other backends; across processes the first to commit wins.
+        """
+        values = record_values(invocation)
+        arguments = [values[column] for column in INVOCATION_COLUMNS]
+        position = (invocation.flow_id, invocation.sequence, invocation.sub_sequence)
+        async with self._recording.hold(position):
+            while True:
+                async with self._connection() as connection:
+                    row = await connection.fetchrow(self._sql["record_invocation"], *arguments)
+                    if row is None:  # a final record holds the position
+                        row = await connection.fetchrow(self._sql["get_invocation"], *position)
+                if row is not None:
+                    return invocation_from_record(row)
+                # The final record was deleted between the two statements: record again.
+
+    async def delete_failed_invocations(self, flow_id: str) -> int:
+        """Delete a flow's ``FAILED`` records and return how many there were."""
+        async with self._connection() as connection:
+            outcome = await connection.execute(self._sql["delete_failed_invocations"], flow_id)
+        return int(outcome.rsplit(" ", 1)[1])
+
+    # -- signals -----------------------------------------------------------------------------
+
+    async def store_signal(self, signal: SignalRecord) -> bool:
+        """Store a signal unless one with the same flow id and name exists.
+
+        In the same transaction, with the flow's row locked first (see :meth:`release_flow`),
+        a ``SUSPENDED`` flow with a ``WAITING_FOR_SIGNAL`` record of that name becomes
+        ``PENDING``.
+        """
+        woken = None
+        async with self._transaction() as connection:
+            held = await connection.fetchrow(self._sql["lock_flow"], signal.flow_id)
+            inserted = await connection.fetchval(
+                self._sql["insert_signal"],
+                signal.flow_id,
+                signal.name,
+                signal.payload,
+                signal.sent_at,
+            )
+            if inserted is None:
+                return False
+            if (
+                held is not None
+                and held["status"] == TaskStatus.SUSPENDED.value
+                and await connection.fetchval(
+                    self._sql["awaits_signal"], signal.flow_id, signal.name
+                )
+            ):
+                woken = await connection.fetchrow(
+                    self._sql["wake_flow"], self._channel, self._origin, signal.flow_id, time.time()
+                )
+        self._woke_workers(woken)
+        return True
+
+    async def get_signal(self, flow_id: str, name: str) -> SignalRecord | None:
+        """Return a stored signal, or ``None``."""
+        row = await self._fetchrow(self._sql["get_signal"], flow_id, name)
+        if row is None:
+            return None
+        return SignalRecord(row["flow_id"], row["name"], row["payload"], row["sent_at"])
+
+    # -- history -----------------------------------------------------------------------------
+
+    async def list_flows(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        flow_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[ScheduledFlow]:
+        """Return flows, newest first (ties by flow id, descending), optionally filtered."""
+        filters = [status.value] if status is not None else []
+        filters += [flow_type] if flow_type is not None else []
+        statement = self._sql.list_flows(
+            by_status=status is not None, by_type=flow_type is not None
+        )
+        rows = await self._fetch(statement, *filters, limit, offset)
+        return [flow_from_record(row) for row in rows]
+
+    # -- admin -------------------------------------------------------------------------------
+
+    async def delete_flow(self, flow_id: str) -> bool:
+        """Delete a flow with its records and signals in one transaction."""
+        async with self._transaction() as connection:
+            await connection.execute(self._sql["delete_invocations"], flow_id)
+            await connection.execute(self._sql["delete_signals"], flow_id)
+            deleted = await connection.fetchval(self._sql["delete_flow"], flow_id)
+        return deleted is not None
+
+    async def reset(self) -> None:
+        """Delete every flow, record and signal; the schema stays."""
+        async with self._connection() as connection:
+            await connection.execute(self._sql["reset"])

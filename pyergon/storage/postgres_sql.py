@@ -1,0 +1,353 @@
+"""The PostgreSQL backend's tables: schema, forward migrations, statements and row conversions.
+
+Every statement names its tables through the configured schema, so one database can hold several
+independent pyergon logs. Statements that can make work runnable take the notification channel
+as ``$1`` and the notice payload as ``$2`` and send ``pg_notify`` in the same statement, hence in
+the same transaction as the change. :mod:`pyergon.storage.postgres` runs them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pyergon.core.records import Invocation, ScheduledFlow, StoredError
+from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.errors import CorruptStorageError, SchemaVersionError
+from pyergon.storage.base import SCHEMA_VERSION
+from pyergon.storage.sqlite_tables import sql_list
+
+__all__ = [
+    "FLOW_COLUMNS",
+    "INVOCATION_COLUMNS",
+    "MIGRATIONS",
+    "Statements",
+    "advisory_lock_key",
+    "channel_name",
+    "flow_from_record",
+    "invocation_from_record",
+    "migrate",
+    "quote_identifier",
+    "sent_notice",
+    "validate_schema_name",
+]
+
+_MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer names silently
+_ERROR_COLUMNS = ("error_type", "error_message", "error_traceback", "error_payload")
+_NOTICE_COLUMN = "notified_workers"
+
+
+def validate_schema_name(schema: str) -> str:
+    """Return ``schema`` if PostgreSQL keeps it as given, else raise ``ValueError``."""
+    if not schema or "\x00" in schema or len(schema.encode()) > _MAX_IDENTIFIER_BYTES:
+        raise ValueError(
+            f"schema name {schema!r} cannot be used: give 1 to {_MAX_IDENTIFIER_BYTES} bytes "
+            "without NUL characters"
+        )
+    return schema
+
+
+def quote_identifier(name: str) -> str:
+    """Quote ``name`` as an SQL identifier, keeping its case and any special characters."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def channel_name(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of a schema: ``pyergon_work_<schema>``, hashed if too long."""
+    channel = f"pyergon_work_{schema}"
+    if len(channel.encode()) <= _MAX_IDENTIFIER_BYTES:
+        return channel
+    return f"pyergon_work_{hashlib.sha256(schema.encode()).hexdigest()[:32]}"
+
+
+def advisory_lock_key(schema: str) -> int:
+    """The ``bigint`` key of the advisory lock serializing migrations of one schema."""
+    digest = hashlib.sha256(f"pyergon-migrate:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _columns(record_type: type[ScheduledFlow | Invocation]) -> tuple[str, ...]:
+    """Column names of a record type: one per field, with ``error`` spread over four."""
+    return tuple(
+        column
+        for field in dataclasses.fields(record_type)
+        for column in (_ERROR_COLUMNS if field.name == "error" else (field.name,))
+    )
+
+
+FLOW_COLUMNS = _columns(ScheduledFlow)
+INVOCATION_COLUMNS = _columns(Invocation)
+_INVOCATION_KEY = ("flow_id", "sequence", "sub_sequence")
+_FINAL_FLOW = sql_list([status for status in TaskStatus if status.is_final])
+_FINAL_INVOCATION = sql_list([status for status in InvocationStatus if status.is_final])
+
+# -- schema ----------------------------------------------------------------------------------------
+
+# ``{s}`` is the quoted schema. Flow ids sort by code point (COLLATE "C") as in the other backends.
+_SCHEMA_V1 = (
+    "CREATE TABLE {s}.meta (key text PRIMARY KEY, value text NOT NULL)",
+    """CREATE TABLE {s}.flows (
+        flow_id text COLLATE "C" PRIMARY KEY, flow_type text NOT NULL, payload bytea NOT NULL,
+        status text NOT NULL, created_at double precision NOT NULL,
+        updated_at double precision NOT NULL, result bytea, error_type text,
+        error_message text, error_traceback text, error_payload bytea,
+        attempt integer NOT NULL, wake_at double precision, parent_flow_id text COLLATE "C",
+        parent_sequence text, lease_owner text, lease_token text,
+        lease_expires_at double precision)""",
+    # claim_flow walks these in queue order and stops at the first runnable flow: pending flows
+    # and running ones (whose lease may have expired) by age, then suspended ones by wake time.
+    # The second also serves next_wake_at.
+    "CREATE INDEX flows_claim_queued ON {s}.flows (created_at, flow_id) "
+    "WHERE status IN ('PENDING', 'RUNNING')",
+    "CREATE INDEX flows_claim_wake ON {s}.flows (wake_at, created_at, flow_id) "
+    "WHERE status = 'SUSPENDED'",
+    # list_flows: newest first, ties by id, optionally by status or type.
+    "CREATE INDEX flows_by_created ON {s}.flows (created_at, flow_id)",
+    "CREATE INDEX flows_by_status ON {s}.flows (status, created_at, flow_id)",
+    "CREATE INDEX flows_by_type ON {s}.flows (flow_type, created_at, flow_id)",
+    # The primary key's index serves "every invocation of a flow, by position".
+    """CREATE TABLE {s}.invocations (
+        flow_id text COLLATE "C" NOT NULL, sequence integer NOT NULL,
+        sub_sequence integer NOT NULL, kind text NOT NULL, name text NOT NULL,
+        args_hash text NOT NULL, status text NOT NULL, result bytea, error_type text,
+        error_message text, error_traceback text, error_payload bytea,
+        attempts integer NOT NULL, started_at double precision,
+        completed_at double precision, fire_at double precision, child_flow_id text,
+        PRIMARY KEY (flow_id, sequence, sub_sequence))""",
+    """CREATE TABLE {s}.signals (
+        flow_id text COLLATE "C" NOT NULL, name text NOT NULL, payload bytea NOT NULL,
+        sent_at double precision NOT NULL, PRIMARY KEY (flow_id, name))""",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+"""``MIGRATIONS[n]`` holds the statements turning schema version ``n`` into ``n + 1``."""
+
+assert len(MIGRATIONS) == SCHEMA_VERSION, "add a migration step for the new SCHEMA_VERSION"
+
+# -- statements ------------------------------------------------------------------------------------
+
+_WAKES_ON_CREATE = "status = 'PENDING'"
+_WAKES = "status = 'PENDING' OR (status = 'SUSPENDED' AND wake_at IS NOT NULL)"
+"""A flow left like this is work: runnable now, or at a wake time a timer service must see."""
+
+
+def _notifying(change: str, wakes: str) -> str:
+    """Wrap an INSERT or UPDATE so each row it leaves in a ``wakes`` state sends a notice."""
+    return (
+        f"WITH changed AS ({change} RETURNING *) SELECT *, "
+        f"CASE WHEN {wakes} THEN pg_notify($1, $2)::text END AS {_NOTICE_COLUMN} FROM changed"
+    )
+
+
+def _numbered(columns: Sequence[str], first: int) -> str:
+    return ", ".join(f"${index}" for index in range(first, first + len(columns)))
+
+
+_CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+# The queue order is (ready time, created_at, flow_id) where the ready time is the wake time of a
+# suspended flow and 0 otherwise. So the oldest pending or lease-expired flow comes first and a
+# due suspended flow only when there is none; COALESCE runs (and locks in) the second search
+# only when the first found nothing. Each search is an ordered walk of one partial index.
+_CLAIM_CANDIDATE = (
+    "COALESCE((SELECT flow_id FROM {s}.flows WHERE status IN ('PENDING', 'RUNNING') "
+    "AND (status = 'PENDING' OR lease_expires_at < $5) AND flow_type = ANY($6::text[]) "
+    "ORDER BY created_at, flow_id LIMIT 1 FOR UPDATE SKIP LOCKED), "
+    "(SELECT flow_id FROM {s}.flows WHERE status = 'SUSPENDED' AND wake_at <= $5 "
+    "AND flow_type = ANY($6::text[]) "
+    "ORDER BY wake_at, created_at, flow_id LIMIT 1 FOR UPDATE SKIP LOCKED))"
+)
+
+_TEMPLATES = {
+    "tables": "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = $1",
+    "schema_version": "SELECT value FROM {s}.meta WHERE key = 'schema_version'",
+    "set_schema_version": "INSERT INTO {s}.meta (key, value) VALUES ('schema_version', $1) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    "insert_flow": _notifying(
+        f"INSERT INTO {{s}}.flows ({', '.join(FLOW_COLUMNS)}) "
+        f"VALUES ({_numbered(FLOW_COLUMNS, 3)}) ON CONFLICT (flow_id) DO NOTHING",
+        _WAKES_ON_CREATE,
+    ),
+    "get_flow": "SELECT * FROM {s}.flows WHERE flow_id = $1",
+    "lock_flow": "SELECT status, lease_token, parent_flow_id FROM {s}.flows "
+    "WHERE flow_id = $1 FOR UPDATE",
+    "claim_flow": "UPDATE {s}.flows SET status = 'RUNNING', updated_at = $1, lease_owner = $2, "
+    f"lease_token = $3, lease_expires_at = $4 WHERE flow_id = {_CLAIM_CANDIDATE} RETURNING *",
+    "renew_lease": "UPDATE {s}.flows SET lease_expires_at = $3 "
+    "WHERE flow_id = $1 AND status = 'RUNNING' AND lease_token = $2 RETURNING true",
+    "wake_flow": _notifying(
+        "UPDATE {s}.flows SET status = 'PENDING', wake_at = NULL, updated_at = $4, "
+        f"{_CLEAR_LEASE} WHERE flow_id = $3 AND status = 'SUSPENDED'",
+        _WAKES,
+    ),
+    "signal_arrived": "SELECT EXISTS (SELECT 1 FROM {s}.signals "
+    "WHERE flow_id = $1 AND name = ANY($2::text[]))",
+    "child_finished": "SELECT EXISTS (SELECT 1 FROM {s}.flows "
+    f"WHERE flow_id = ANY($1::text[]) AND status IN ({_FINAL_FLOW}))",
+    "next_wake_at": "SELECT min(wake_at) FROM {s}.flows WHERE status = 'SUSPENDED'",
+    "load_invocations": "SELECT * FROM {s}.invocations WHERE flow_id = $1 "
+    "ORDER BY sequence, sub_sequence",
+    "get_invocation": "SELECT * FROM {s}.invocations "
+    "WHERE flow_id = $1 AND sequence = $2 AND sub_sequence = $3",
+    "record_invocation": f"INSERT INTO {{s}}.invocations AS stored "
+    f"({', '.join(INVOCATION_COLUMNS)}) VALUES ({_numbered(INVOCATION_COLUMNS, 1)}) "
+    f"ON CONFLICT ({', '.join(_INVOCATION_KEY)}) DO UPDATE SET "
+    + ", ".join(
+        f"{column} = excluded.{column}"
+        for column in INVOCATION_COLUMNS
+        if column not in _INVOCATION_KEY
+    )
+    + f" WHERE stored.status NOT IN ({_FINAL_INVOCATION}) RETURNING *",
+    "delete_failed_invocations": "DELETE FROM {s}.invocations "
+    f"WHERE flow_id = $1 AND status = '{InvocationStatus.FAILED.value}'",
+    "insert_signal": "INSERT INTO {s}.signals (flow_id, name, payload, sent_at) "
+    "VALUES ($1, $2, $3, $4) ON CONFLICT (flow_id, name) DO NOTHING RETURNING true",
+    "awaits_signal": "SELECT EXISTS (SELECT 1 FROM {s}.invocations WHERE flow_id = $1 "
+    f"AND name = $2 AND kind = '{OperationKind.SIGNAL.value}' "
+    f"AND status = '{InvocationStatus.WAITING_FOR_SIGNAL.value}')",
+    "get_signal": "SELECT * FROM {s}.signals WHERE flow_id = $1 AND name = $2",
+    "delete_invocations": "DELETE FROM {s}.invocations WHERE flow_id = $1",
+    "delete_signals": "DELETE FROM {s}.signals WHERE flow_id = $1",
+    "delete_flow": "DELETE FROM {s}.flows WHERE flow_id = $1 RETURNING true",
+    "reset": "TRUNCATE {s}.invocations, {s}.signals, {s}.flows",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Statements:
+    """The SQL of one schema; every name in it is qualified with the quoted schema."""
+
+    name: str
+    """The schema's name."""
+    schema: str
+    """The quoted schema, ``{s}`` in the templates."""
+    sql: Mapping[str, str]
+
+    @classmethod
+    def for_schema(cls, name: str) -> Statements:
+        """Return the statements for the schema called ``name``."""
+        quoted = quote_identifier(name)
+        return cls(name, quoted, {key: sql.format(s=quoted) for key, sql in _TEMPLATES.items()})
+
+    def __getitem__(self, name: str) -> str:
+        return self.sql[name]
+
+    def migration(self, version: int) -> list[str]:
+        """The statements that turn schema version ``version`` into ``version + 1``."""
+        return [statement.format(s=self.schema) for statement in MIGRATIONS[version]]
+
+    def update_flow(self, columns: Sequence[str], *, guarded: bool) -> str:
+        """An UPDATE of ``columns`` (``$4``...) of flow ``$3``, sending a notice as it wakes.
+
+        With ``guarded``, the last parameter is the array of statuses the flow must be in.
+        """
+        assignments = ", ".join(
+            f"{column} = ${index}" for index, column in enumerate(columns, start=4)
+        )
+        guard = f" AND status = ANY(${len(columns) + 4}::text[])" if guarded else ""
+        change = f"UPDATE {self.schema}.flows SET {assignments} WHERE flow_id = $3{guard}"
+        return _notifying(change, _WAKES)
+
+    def list_flows(self, *, by_status: bool, by_type: bool) -> str:
+        """The history query; its parameters are the filters given, then limit and offset."""
+        conditions = [
+            condition
+            for condition, wanted in (("status = $", by_status), ("flow_type = $", by_type))
+            if wanted
+        ]
+        numbered = [f"{condition}{index}" for index, condition in enumerate(conditions, 1)]
+        where = f"WHERE {' AND '.join(numbered)} " if numbered else ""
+        limit = len(numbered) + 1
+        return (
+            f"SELECT * FROM {self.schema}.flows {where}"
+            f"ORDER BY created_at DESC, flow_id DESC LIMIT ${limit} OFFSET ${limit + 1}"
+        )
+
+
+# -- migrations ----------------------------------------------------------------------------------
+
+
+async def migrate(connection: Any, sql: Statements, *, where: str) -> None:
+    """Create or migrate the schema of ``sql`` in one transaction on an asyncpg ``connection``.
+
+    The transaction first takes an advisory lock derived from the schema name, so processes
+    connecting at once migrate one after the other and the later ones find the work done.
+
+    Args:
+        connection: An asyncpg connection outside any transaction.
+        sql: The statements of the schema.
+        where: The server, for error messages.
+
+    Raises:
+        SchemaVersionError: A newer pyergon wrote the schema. Nothing in it was changed.
+        CorruptStorageError: The schema holds tables that are not a pyergon log.
+    """
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", advisory_lock_key(sql.name))
+        found = await _stored_version(connection, sql, f"schema {sql.name!r} of {where}")
+        if found == SCHEMA_VERSION:
+            return
+        await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {sql.schema}")
+        for version in range(found, SCHEMA_VERSION):
+            for statement in sql.migration(version):
+                await connection.execute(statement)
+        await connection.execute(sql["set_schema_version"], str(SCHEMA_VERSION))
+
+
+async def _stored_version(connection: Any, sql: Statements, where: str) -> int:
+    """The schema's version (0 when it is missing or empty); raise if pyergon cannot use it."""
+    rows = await connection.fetch(sql["tables"], sql.name)
+    tables = sorted(row["tablename"] for row in rows)
+    if not tables:
+        return 0
+    if "meta" not in tables:
+        raise CorruptStorageError(
+            f"{where} holds tables that are not pyergon's ({', '.join(tables[:5])}"
+            f"{', ...' if len(tables) > 5 else ''}) and no meta table; pyergon changed "
+            "nothing in it. Choose another schema with schema=... or ?schema=..."
+        )
+    value = await connection.fetchval(sql["schema_version"])
+    if value is None or not value.isdigit() or int(value) < 1:
+        raise CorruptStorageError(
+            f"{where} has a meta table without a valid schema_version ({value!r}); "
+            "pyergon changed nothing in it. Restore it from a backup."
+        )
+    if int(value) > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"{where} was written by a newer pyergon (schema version {value}); this pyergon "
+            f"supports schema version {SCHEMA_VERSION} and changed nothing. "
+            'Upgrade pyergon (pip install -U "pyergon[postgres]") to use it.'
+        )
+    return int(value)
+
+
+# -- records -> parameters and rows -> records -----------------------------------------------------
+
+
+def sent_notice(row: Mapping[str, Any]) -> bool:
+    """Whether a row returned by a notifying statement sent a notice."""
+    return row[_NOTICE_COLUMN] is not None
+
+
+def _record_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments rebuilding a record from its row; enums are left to the caller."""
+    fields = dict(row.items())
+    fields.pop(_NOTICE_COLUMN, None)
+    error = [fields.pop(column) for column in _ERROR_COLUMNS]
+    if error[0] is not None:
+        fields["error"] = StoredError(*error)
+    return fields
+
+
+def flow_from_record(row: Mapping[str, Any]) -> ScheduledFlow:
+    """Rebuild a flow from its ``flows`` row."""
+    fields = _record_fields(row)
+    return ScheduledFlow(**fields | {"status": TaskStatus(fields["status"])})
+
+
+def invocation_from_record(row: Mapping[str, Any]) -> Invocation:
+    """Rebuild a recorded operation from its ``invocations`` row."""
+    fields = _record_fields(row)
+    kind, status = OperationKind(fields["kind"]), InvocationStatus(fields["status"])
+    return Invocation(**fields | {"kind": kind, "status": status})

@@ -1,0 +1,516 @@
+"""The Redis backend's layout: its keys, the Lua scripts that change them, and record encodings.
+
+Every multi-key change is one atomic script. Keys under the prefix ``P`` (written ``{P}``: the
+braces put every key of a prefix in one Redis Cluster hash slot and keep nested prefixes such as
+``app`` and ``app:x`` apart):
+
+* ``{P}:flow:<id>`` — hash, one field per flow attribute, bytes stored as they are; a ``None``
+  attribute has no field; the error is spread over ``error_type`` ... ``error_payload``.
+* ``{P}:inv:<id>`` — hash, field ``"<sequence>:<sub_sequence>"`` → an encoded record: one line of
+  JSON header, then the raw result bytes and error payload bytes (their lengths in the header).
+* ``{P}:sig:<id>`` — hash, signal name → the ``sent_at`` time, a newline, the payload bytes.
+* ``{P}:ids`` — set of every id that has a flow, records or signals (what ``reset`` deletes).
+* History indexes, sorted sets scored by ``created_at`` (ties by id, as Redis orders equal
+  scores): ``{P}:flows``, ``{P}:type:<type>``, ``{P}:status:<status>`` and
+  ``{P}:status:<status>:<type>``; the last, for ``PENDING``, is also the ready queue.
+* Queue indexes: ``{P}:timers:<type>`` and ``{P}:timers`` (``SUSPENDED`` with a wake time, scored
+  by it) and ``{P}:leases:<type>`` (``RUNNING`` with a lease, scored by its expiry).
+* ``{P}:schema_version`` — the layout version; ``{P}:work`` — the pub/sub wake-up channel.
+
+Every script takes ``ARGV[1]`` = prefix, ``ARGV[2]`` = the caller's origin id (published as the
+wake-up message, so a process can ignore its own) and ``ARGV[3]`` = the caller's wall-clock time
+for ``updated_at``. Scores and times stay the strings Python wrote (``repr`` of a float), so no
+precision is lost on the way through Lua.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from string import Template
+from typing import Any
+
+from pyergon.core.records import Invocation, ScheduledFlow, StoredError
+from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.storage.base import FlowUpdate
+
+__all__ = [
+    "SCRIPTS",
+    "counted",
+    "decode_invocation",
+    "decode_signal",
+    "encode_invocation",
+    "encode_signal",
+    "flow_changes",
+    "flow_fields",
+    "flow_from_hash",
+    "flow_from_reply",
+    "number",
+]
+
+_TEXT_FIELDS = frozenset(
+    ("flow_id", "flow_type", "parent_flow_id", "parent_sequence", "lease_owner", "lease_token")
+)
+_FLOAT_FIELDS = frozenset(("created_at", "updated_at", "wake_at", "lease_expires_at"))
+_ERROR_FIELDS = ("error_type", "error_message", "error_traceback", "error_payload")
+
+
+def _lua_set(values: list[str]) -> str:
+    """A Lua table literal usable as a set of ``values``."""
+    return "{" + ", ".join(f"[{value!r}] = true" for value in values) + "}"
+
+
+# -- scripts -------------------------------------------------------------------------------------
+
+_PRELUDE = """
+local p = '{' .. ARGV[1] .. '}'
+local origin = ARGV[2]
+local clock = ARGV[3]
+local cursor = 4
+local FINAL_FLOW = $final_flow
+local FINAL_RECORD = $final_record
+local LEASE_FIELDS = {'lease_owner', 'lease_token', 'lease_expires_at'}
+
+local function arg()
+  local value = ARGV[cursor]
+  cursor = cursor + 1
+  return value
+end
+
+local function counted()
+  local list = {}
+  for i = 1, tonumber(arg()) do list[i] = arg() end
+  return list
+end
+
+local function flow_key(id) return p .. ':flow:' .. id end
+
+local function read_state(id)
+  local v = redis.call('HMGET', flow_key(id),
+    'status', 'flow_type', 'created_at', 'wake_at', 'lease_expires_at')
+  if not v[1] then return nil end
+  return {status = v[1], flow_type = v[2], created_at = v[3],
+          wake_at = v[4] or nil, lease_expires_at = v[5] or nil}
+end
+
+-- The sorted sets a flow in state ``s`` belongs to, with its score in each.
+local function index_entries(s)
+  local t, c = s.flow_type, s.created_at
+  local entries = {
+    [p .. ':flows'] = c,
+    [p .. ':type:' .. t] = c,
+    [p .. ':status:' .. s.status] = c,
+    [p .. ':status:' .. s.status .. ':' .. t] = c,
+  }
+  if s.status == 'SUSPENDED' and s.wake_at then
+    entries[p .. ':timers'] = s.wake_at
+    entries[p .. ':timers:' .. t] = s.wake_at
+  elseif s.status == 'RUNNING' and s.lease_expires_at then
+    entries[p .. ':leases:' .. t] = s.lease_expires_at
+  end
+  return entries
+end
+
+local function reindex(id, old, new)
+  local before = old and index_entries(old) or {}
+  local after = new and index_entries(new) or {}
+  for key in pairs(before) do
+    if after[key] == nil then redis.call('ZREM', key, id) end
+  end
+  for key, score in pairs(after) do
+    if before[key] ~= score then redis.call('ZADD', key, score, id) end
+  end
+end
+
+local notified = 0
+local function notify()
+  if notified == 0 then
+    redis.call('PUBLISH', p .. ':work', origin)
+    notified = 1
+  end
+end
+
+local function is_work(s)
+  return s.status == 'PENDING' or (s.status == 'SUSPENDED' and s.wake_at ~= nil)
+end
+
+-- Set a flow's status and fields; leaving RUNNING drops the lease. Notifies when it is work.
+local function change_flow(id, old, status, sets, dels)
+  local key = flow_key(id)
+  if status ~= 'RUNNING' then
+    for _, field in ipairs(LEASE_FIELDS) do dels[#dels + 1] = field end
+  end
+  if #dels > 0 then redis.call('HDEL', key, unpack(dels)) end
+  redis.call('HSET', key, 'status', status, 'updated_at', clock, unpack(sets))
+  local new = read_state(id)
+  reindex(id, old, new)
+  if is_work(new) then notify() end
+  return new
+end
+
+local function wake(id)
+  local s = read_state(id)
+  if s and s.status == 'SUSPENDED' then
+    change_flow(id, s, 'PENDING', {}, {'wake_at'})
+  end
+end
+
+local function record_header(value)
+  return cjson.decode(string.sub(value, 1, string.find(value, '\\n', 1, true) - 1))
+end
+
+local function delete_everything_of(id)
+  local s = read_state(id)
+  if s then reindex(id, s, nil) end
+  redis.call('UNLINK', flow_key(id), p .. ':inv:' .. id, p .. ':sig:' .. id)
+  redis.call('SREM', p .. ':ids', id)
+  return s ~= nil
+end
+"""
+
+_CREATE_FLOW = """
+local id = arg()
+local key = flow_key(id)
+if redis.call('EXISTS', key) == 1 then return {0, 0, redis.call('HGETALL', key)} end
+redis.call('HSET', key, unpack(ARGV, cursor))
+redis.call('SADD', p .. ':ids', id)
+local s = read_state(id)
+reindex(id, nil, s)
+if s.status == 'PENDING' then notify() end
+return {1, notified, false}
+"""
+
+_UPDATE_FLOW = """
+local id, status = arg(), arg()
+local guarded = arg() == '1'
+local expected = counted()
+local sets, dels = counted(), counted()
+local s = read_state(id)
+if not s then return {0, false} end
+if guarded then
+  local allowed = false
+  for _, candidate in ipairs(expected) do
+    if s.status == candidate then allowed = true end
+  end
+  if not allowed then return {0, false} end
+end
+change_flow(id, s, status, sets, dels)
+return {notified, redis.call('HGETALL', flow_key(id))}
+"""
+
+_CLAIM_FLOW = """
+local now, expires, worker, token = arg(), arg(), arg(), arg()
+
+local function bytes_before(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
+-- Queue order: ready time (wake time of a due timer, else 0), then created_at, then id.
+local best = nil
+local function consider(ready, created, id)
+  local candidate = {tonumber(ready), tonumber(created), id}
+  if best == nil or candidate[1] < best[1]
+      or (candidate[1] == best[1] and (candidate[2] < best[2]
+      or (candidate[2] == best[2] and bytes_before(id, best[3])))) then
+    best = candidate
+  end
+end
+local function created_at(id) return redis.call('HGET', flow_key(id), 'created_at') end
+
+for i = cursor, #ARGV do
+  local t = ARGV[i]
+  local head = redis.call('ZRANGE', p .. ':status:PENDING:' .. t, 0, 0, 'WITHSCORES')
+  if head[1] then consider(0, head[2], head[1]) end
+  local timers = p .. ':timers:' .. t
+  local due = redis.call('ZRANGEBYSCORE', timers, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1)
+  if due[1] then
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', timers, due[2], due[2])) do
+      consider(due[2], created_at(id), id)
+    end
+  end
+  -- Expired leases are few (the flows of dead workers); each is ordered by created_at.
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', p .. ':leases:' .. t, '-inf', '(' .. now)) do
+    consider(0, created_at(id), id)
+  end
+end
+if best == nil then return false end
+local id = best[3]
+change_flow(id, read_state(id), 'RUNNING',
+  {'lease_owner', worker, 'lease_token', token, 'lease_expires_at', expires}, {})
+return redis.call('HGETALL', flow_key(id))
+"""
+
+_RENEW_LEASE = """
+local id, token, expires = arg(), arg(), arg()
+local s = read_state(id)
+if not s or s.status ~= 'RUNNING' then return 0 end
+if redis.call('HGET', flow_key(id), 'lease_token') ~= token then return 0 end
+redis.call('HSET', flow_key(id), 'lease_expires_at', expires)
+reindex(id, s, read_state(id))
+return 1
+"""
+
+_RELEASE_FLOW = """
+local id, token, status = arg(), arg(), arg()
+local sets, dels = counted(), counted()
+local signals, children = counted(), counted()
+local s = read_state(id)
+if not s or s.status ~= 'RUNNING' then return {0, false} end
+if redis.call('HGET', flow_key(id), 'lease_token') ~= token then return {0, false} end
+if status == 'SUSPENDED' then
+  for _, name in ipairs(signals) do
+    if redis.call('HEXISTS', p .. ':sig:' .. id, name) == 1 then status = 'PENDING' end
+  end
+  for _, child in ipairs(children) do
+    local child_status = redis.call('HGET', flow_key(child), 'status')
+    if child_status and FINAL_FLOW[child_status] then status = 'PENDING' end
+  end
+end
+change_flow(id, s, status, sets, dels)
+local parent = redis.call('HGET', flow_key(id), 'parent_flow_id')
+if FINAL_FLOW[status] and parent then wake(parent) end
+return {notified, redis.call('HGETALL', flow_key(id))}
+"""
+
+_RECORD_INVOCATION = """
+local id, position, value = arg(), arg(), arg()
+local key = p .. ':inv:' .. id
+local existing = redis.call('HGET', key, position)
+if existing and FINAL_RECORD[record_header(existing).status] then return existing end
+redis.call('HSET', key, position, value)
+redis.call('SADD', p .. ':ids', id)
+return false
+"""
+
+_DELETE_FAILED_INVOCATIONS = """
+local key = p .. ':inv:' .. arg()
+local fields = redis.call('HGETALL', key)
+local failed = {}
+for i = 1, #fields, 2 do
+  if record_header(fields[i + 1]).status == '$failed' then failed[#failed + 1] = fields[i] end
+end
+if #failed > 0 then redis.call('HDEL', key, unpack(failed)) end
+return #failed
+"""
+
+_STORE_SIGNAL = """
+local id, name, value = arg(), arg(), arg()
+if redis.call('HSETNX', p .. ':sig:' .. id, name, value) == 0 then return {0, 0} end
+redis.call('SADD', p .. ':ids', id)
+for _, record in ipairs(redis.call('HVALS', p .. ':inv:' .. id)) do
+  if string.find(record, '$waiting', 1, true) then
+    local header = record_header(record)
+    if header.kind == '$signal' and header.name == name
+        and header.status == '$waiting' then
+      wake(id)
+      break
+    end
+  end
+end
+return {1, notified}
+"""
+
+_LIST_FLOWS = """
+local key, offset, limit = arg(), tonumber(arg()), tonumber(arg())
+local flows = {}
+for i, id in ipairs(redis.call('ZREVRANGE', key, offset, offset + limit - 1)) do
+  flows[i] = redis.call('HGETALL', flow_key(id))
+end
+return flows
+"""
+
+_DELETE_FLOW = """
+return delete_everything_of(arg()) and 1 or 0
+"""
+
+_RESET = """
+for _, id in ipairs(redis.call('SMEMBERS', p .. ':ids')) do delete_everything_of(id) end
+redis.call('DEL', p .. ':ids')
+return 0
+"""
+
+_CONSTANTS = {
+    "final_flow": _lua_set([status.value for status in TaskStatus if status.is_final]),
+    "final_record": _lua_set([status.value for status in InvocationStatus if status.is_final]),
+    "failed": InvocationStatus.FAILED.value,
+    "waiting": InvocationStatus.WAITING_FOR_SIGNAL.value,
+    "signal": OperationKind.SIGNAL.value,
+}
+
+SCRIPTS: dict[str, str] = {
+    name: Template(_PRELUDE + body).substitute(_CONSTANTS)
+    for name, body in {
+        "create_flow": _CREATE_FLOW,
+        "update_flow": _UPDATE_FLOW,
+        "claim_flow": _CLAIM_FLOW,
+        "renew_lease": _RENEW_LEASE,
+        "release_flow": _RELEASE_FLOW,
+        "record_invocation": _RECORD_INVOCATION,
+        "delete_failed_invocations": _DELETE_FAILED_INVOCATIONS,
+        "store_signal": _STORE_SIGNAL,
+        "list_flows": _LIST_FLOWS,
+        "delete_flow": _DELETE_FLOW,
+        "reset": _RESET,
+    }.items()
+}
+"""Script name → Lua source; the backend loads them all on ``connect()``."""
+
+
+# -- encodings -----------------------------------------------------------------------------------
+
+
+def number(value: float) -> str:
+    """A float as text that Redis and Lua parse back to exactly the same double."""
+    return repr(float(value))
+
+
+def _optional_number(value: float | None) -> str | None:
+    return None if value is None else number(value)
+
+
+def counted(values: Sequence[str | bytes]) -> list[str | bytes]:
+    """``values`` preceded by their count, the form in which the scripts read lists."""
+    return [str(len(values)), *values]
+
+
+def _error_values(error: StoredError | None) -> tuple[str | bytes | None, ...]:
+    """The values of the error fields (all ``None`` for no error)."""
+    if error is None:
+        return (None,) * len(_ERROR_FIELDS)
+    return (error.type_name, error.message, error.traceback, error.payload)
+
+
+def _pairs(values: Mapping[str, str | bytes | None]) -> list[str | bytes]:
+    """Flat field/value pairs of the values that are not ``None``."""
+    return [item for name, value in values.items() if value is not None for item in (name, value)]
+
+
+def flow_fields(flow: ScheduledFlow) -> list[str | bytes]:
+    """Flat field/value pairs of a flow's hash; ``None`` attributes have no field."""
+    return _pairs(
+        {
+            "flow_id": flow.flow_id,
+            "flow_type": flow.flow_type,
+            "payload": flow.payload,
+            "status": flow.status.value,
+            "created_at": number(flow.created_at),
+            "updated_at": number(flow.updated_at),
+            "result": flow.result,
+            "attempt": str(flow.attempt),
+            "wake_at": _optional_number(flow.wake_at),
+            "parent_flow_id": flow.parent_flow_id,
+            "parent_sequence": flow.parent_sequence,
+            "lease_owner": flow.lease_owner,
+            "lease_token": flow.lease_token,
+            "lease_expires_at": _optional_number(flow.lease_expires_at),
+            **dict(zip(_ERROR_FIELDS, _error_values(flow.error), strict=True)),
+        }
+    )
+
+
+def flow_changes(
+    *,
+    result: bytes | FlowUpdate | None,
+    error: StoredError | FlowUpdate | None,
+    wake_at: float | FlowUpdate | None,
+    attempt: int | FlowUpdate,
+) -> list[str | bytes]:
+    """Script arguments for a change of state: the counted fields to set, then to delete."""
+    changes: dict[str, str | bytes | None] = {}
+    if not isinstance(result, FlowUpdate):
+        changes["result"] = result
+    if not isinstance(wake_at, FlowUpdate):
+        changes["wake_at"] = _optional_number(wake_at)
+    if not isinstance(attempt, FlowUpdate):
+        changes["attempt"] = str(attempt)
+    if not isinstance(error, FlowUpdate):
+        changes.update(zip(_ERROR_FIELDS, _error_values(error), strict=True))
+    deletes = [name for name, value in changes.items() if value is None]
+    return [*counted(_pairs(changes)), *counted(deletes)]
+
+
+def flow_from_reply(reply: Sequence[bytes]) -> ScheduledFlow:
+    """Rebuild a flow from a script's ``HGETALL`` reply, a flat field/value list."""
+    items = iter(reply)
+    return flow_from_hash(dict(zip(items, items, strict=True)))
+
+
+def flow_from_hash(fields: Mapping[bytes, bytes]) -> ScheduledFlow:
+    """Rebuild a flow from its hash."""
+    values: dict[str, Any] = {}
+    for raw_name, raw in fields.items():
+        name = raw_name.decode()
+        if name in _TEXT_FIELDS:
+            values[name] = raw.decode()
+        elif name in _FLOAT_FIELDS:
+            values[name] = float(raw)
+        else:
+            values[name] = raw
+    type_name, message, traceback, payload = (values.pop(name, None) for name in _ERROR_FIELDS)
+    if type_name is not None:
+        values["error"] = StoredError(
+            type_name.decode(), message.decode(), traceback.decode(), payload
+        )
+    values["status"] = TaskStatus(values["status"].decode())
+    values["attempt"] = int(values["attempt"])
+    return ScheduledFlow(**values)
+
+
+def encode_invocation(invocation: Invocation) -> bytes:
+    """One line of JSON header, then the result bytes and the error payload bytes."""
+    error = invocation.error
+    payload = None if error is None else error.payload
+    header = {
+        "kind": invocation.kind.value,
+        "name": invocation.name,
+        "status": invocation.status.value,
+        "args_hash": invocation.args_hash,
+        "attempts": invocation.attempts,
+        "started_at": invocation.started_at,
+        "completed_at": invocation.completed_at,
+        "fire_at": invocation.fire_at,
+        "child_flow_id": invocation.child_flow_id,
+        "result": None if invocation.result is None else len(invocation.result),
+        "error": None if error is None else [error.type_name, error.message, error.traceback],
+        "error_payload": None if payload is None else len(payload),
+    }
+    # ensure_ascii (the default) keeps the header one line; the scripts split it off at "\n".
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    return b"\n".join((encoded, (invocation.result or b"") + (payload or b"")))
+
+
+def decode_invocation(flow_id: str, position: bytes, value: bytes) -> Invocation:
+    """Rebuild the record of ``flow_id`` stored at ``position`` (``b"<seq>:<sub>"``)."""
+    sequence, _, sub_sequence = position.partition(b":")
+    raw_header, _, data = value.partition(b"\n")
+    header = json.loads(raw_header)
+    result_length, payload_length = header.pop("result"), header.pop("error_payload")
+    error = header.pop("error")
+    if error is not None:
+        payload = None if payload_length is None else data[len(data) - payload_length :]
+        error = StoredError(error[0], error[1], error[2], payload)
+    return Invocation(
+        flow_id=flow_id,
+        sequence=int(sequence),
+        sub_sequence=int(sub_sequence),
+        kind=OperationKind(header.pop("kind")),
+        status=InvocationStatus(header.pop("status")),
+        result=None if result_length is None else data[:result_length],
+        error=error,
+        **header,
+    )
+
+
+def encode_signal(sent_at: float, payload: bytes) -> bytes:
+    """A signal's stored value: its time, a newline, its payload."""
+    return number(sent_at).encode() + b"\n" + payload
+
+
+def decode_signal(value: bytes) -> tuple[float, bytes]:
+    """The time and payload of a stored signal value."""
+    sent_at, _, payload = value.partition(b"\n")
+    return float(sent_at), payload
