@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pyergon {__version__}")
     subcommands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_demo(subcommands)
+    _add_worker(subcommands)
     return parser
 
 
@@ -70,6 +71,70 @@ def _add_demo(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     demo.set_defaults(handler=_run_demo)
 
 
+def _add_worker(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    worker = subcommands.add_parser(
+        "worker",
+        help="serve flow types from shared storage until SIGINT or SIGTERM",
+        description=(
+            "Import each MODULE:Class (the current directory is on the import path), register "
+            "them on one worker and run the flows scheduled for them in the storage at URL, "
+            "until Ctrl-C or SIGTERM; then stop gracefully, letting running steps finish. Start "
+            "workers on several machines against one Redis or PostgreSQL server to share work."
+        ),
+    )
+    worker.add_argument(
+        "flow_classes",
+        nargs="+",
+        metavar="MODULE:Class",
+        help="a flow class to serve, such as myapp.flows:OrderFlow",
+    )
+    worker.add_argument(
+        "--storage",
+        metavar="URL",
+        help=(
+            "storage URL: sqlite:///file.db, redis://host:6379/0, postgresql://user@host/db "
+            "(default: $PYERGON_STORAGE, else sqlite:///pyergon.db)"
+        ),
+    )
+    worker.add_argument(
+        "--id",
+        dest="worker_id",
+        metavar="WORKER_ID",
+        help="name of this worker, unique among the workers (default: HOSTNAME-PID)",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=_positive(int),
+        default=10,
+        metavar="N",
+        help="flows run at once (default: 10)",
+    )
+    worker.add_argument(
+        "--lease",
+        type=_positive(float),
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a claim lasts without renewal; a dead worker's flows move on after it "
+        "(default: 30)",
+    )
+    worker.set_defaults(handler=_run_worker)
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse ``type`` accepting numbers of ``kind`` greater than zero."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+
+    return parse
+
+
 class _UsageError(Exception):
     """Arguments that parse but do not make sense together."""
 
@@ -83,6 +148,32 @@ def _run_demo(arguments: argparse.Namespace) -> int:
             raise _UsageError("--child needs --db")
         return run_child(db_path, str(arguments.child))
     return run_demo(db_path, keep=bool(arguments.keep))
+
+
+def _run_worker(arguments: argparse.Namespace) -> int:
+    from pyergon.cli_worker import (
+        WorkerSettings,
+        WorkerStartError,
+        WorkerUsageError,
+        default_storage_url,
+        default_worker_id,
+        run_worker,
+    )
+
+    settings = WorkerSettings(
+        flow_specs=list(arguments.flow_classes),
+        storage_url=arguments.storage or default_storage_url(),
+        worker_id=arguments.worker_id or default_worker_id(),
+        concurrency=int(arguments.concurrency),
+        lease_seconds=float(arguments.lease),
+    )
+    try:
+        return run_worker(settings)
+    except WorkerUsageError as error:
+        raise _UsageError(str(error)) from None
+    except WorkerStartError as error:
+        _print_error(str(error))
+        return EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,5 +214,9 @@ def _exit_code(code: str | int | None) -> int:
 
 def _print_error(message: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, highlight=False).print(f"[bold red]pyergon:[/] {message}")
+    # Messages quote user input and exception text; "[...]" in them is not markup.
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"[bold red]pyergon:[/] {escape(message)}"
+    )

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pyergon.clock import Clock
 from pyergon.core.outcome import SuspendReason
@@ -28,9 +28,12 @@ if TYPE_CHECKING:
     from pyergon.storage.base import ExecutionLog
 
 __all__ = [
+    "Cancellation",
     "ChildRunner",
+    "FlowCancelled",
     "FlowContext",
     "FlowSuspend",
+    "ReplayEnded",
     "StepScope",
     "current_context",
     "current_idempotency_key",
@@ -62,6 +65,30 @@ class FlowSuspend(BaseException):
         self.wake_at = wake_at
 
 
+class FlowCancelled(BaseException):
+    """Raised at a step boundary of a flow whose cancellation was requested."""
+
+
+class ReplayEnded(BaseException):
+    """Raised when a replay reaches an operation the log holds no final record for.
+
+    Attributes:
+        position: The log position where the recorded history ends.
+    """
+
+    def __init__(self, position: Position) -> None:
+        super().__init__(f"the log ends at position {format_position(*position)}")
+        self.position = position
+
+
+class Cancellation(Protocol):
+    """Tells a running flow whether someone asked to cancel it."""
+
+    async def requested(self) -> bool:
+        """Whether the flow should stop at this step boundary."""
+        ...
+
+
 @dataclass(slots=True)
 class StepScope:
     """Numbering for the durable operations called inside one step's body."""
@@ -91,6 +118,8 @@ class FlowContext:
         suspensions: Every suspension raised during this run, gathered for the outcome.
         nondeterminism: The first mismatch between code and log found in this run, kept so
             the executor reports it even if the flow's code catches it.
+        cancellation: Asked before each operation that does live work; ``None`` never cancels.
+        replay_only: Run no step body and wait on nothing: stop where the log ends.
     """
 
     flow_id: str
@@ -104,7 +133,23 @@ class FlowContext:
     root_task: asyncio.Task[Any] | None = None
     operation_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     nondeterminism: NonDeterminismError | None = None
+    cancellation: Cancellation | None = None
+    replay_only: bool = False
+    replayed_count: int = 0
+    """Final records this run returned instead of doing the work again."""
     _next_sequence: int = 1
+
+    async def before_live_work(self, position: Position) -> None:
+        """Call before an operation does work the log does not hold: a step boundary.
+
+        Raises:
+            ReplayEnded: This run only replays, and the log ends here.
+            FlowCancelled: Cancellation of the flow was requested.
+        """
+        if self.replay_only:
+            raise ReplayEnded(position)
+        if self.cancellation is not None and await self.cancellation.requested():
+            raise FlowCancelled(f"flow {self.flow_id!r} was cancelled on request")
 
     def allocate(self) -> Position:
         """Return the log position of the operation being called now."""
@@ -146,6 +191,8 @@ class FlowContext:
             if self.nondeterminism is None:
                 self.nondeterminism = error
             raise error
+        if record.is_final:
+            self.replayed_count += 1
         return record
 
     async def record(self, invocation: Invocation) -> Invocation:

@@ -26,6 +26,7 @@ __all__ = [
     "flow_entry",
     "flow_type",
     "flow_type_name",
+    "require_flow_class",
     "require_flow_instance",
     "step",
 ]
@@ -297,7 +298,26 @@ def require_flow_instance(flow: object) -> str:
             f"expected a flow instance but got the class {flow.__qualname__}; "
             f"create one first, e.g. {flow.__name__}(...)"
         )
-    cls = type(flow)
+    return _dataclass_flow_type_name(type(flow))
+
+
+def require_flow_class(cls: object) -> str:
+    """Check ``cls`` is a flow class a worker can run; return its type name.
+
+    A runnable flow class is a ``@flow_type`` dataclass with exactly one ``@flow`` method.
+
+    Raises:
+        FlowDefinitionError: It is not a class, undecorated, not a dataclass, or has no single
+            ``@flow`` method.
+    """
+    if not isinstance(cls, type):
+        raise FlowDefinitionError(f"expected a flow class, got {cls!r}")
+    type_name = _dataclass_flow_type_name(cls)
+    flow_entry(cls)
+    return type_name
+
+
+def _dataclass_flow_type_name(cls: type) -> str:
     type_name = flow_type_name(cls)
     if not dataclasses.is_dataclass(cls):
         raise FlowDefinitionError(

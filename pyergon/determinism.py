@@ -64,6 +64,7 @@ async def _replay_or_record(
     if record is not None and record.is_final and record.result is not None:
         value: T = context.serializer.loads(record.result)
         return value
+    await context.before_live_work(position)
     value = produce(context)
     timestamp = context.clock.now()
     stored = await context.record(

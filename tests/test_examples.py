@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,38 @@ def test_timers_and_signals_suspends_then_completes(tmp_path: Path) -> None:
     # The second run replayed the recorded submission instead of submitting again.
     assert sum("submitted" in line for line in lines) == 1
     assert db_path.exists()
+
+
+@pytest.mark.slow
+def test_distributed_workers_share_the_flows_of_one_storage(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'distributed.db'}"
+
+    finished = run_example(
+        "distributed_workers.py", url, "--workers", "2", "--orders", "6", cwd=tmp_path
+    )
+
+    assert finished.returncode == 0, finished.stderr
+    output = finished.stdout
+    assert "Scheduled 6 shipments, each waiting 0.5 s on a timer" in output
+    assert re.search(r"^All 6 shipments completed in [\d.]+ s$", output, flags=re.MULTILINE)
+    completed = dict(
+        re.findall(r"^  (worker-\d) \(pid \d+\) completed (\d+) flow\(s\)$", output, re.MULTILINE)
+    )
+    assert sorted(completed) == ["worker-1", "worker-2"]
+    assert sum(int(count) for count in completed.values()) == 6
+    # Each worker process announced itself and stopped gracefully on SIGTERM.
+    for worker_id in completed:
+        assert f"pyergon worker {worker_id} serving Shipment on SqliteExecutionLog(" in output
+    assert output.count(" stopped after ") == 2
+    assert output.splitlines()[-1] == "Stopped 2 workers"
+
+
+def test_distributed_workers_explains_an_unreachable_storage(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'missing-directory' / 'distributed.db'}"
+
+    finished = run_example("distributed_workers.py", url, cwd=tmp_path)
+
+    assert finished.returncode == 1
+    assert finished.stderr.startswith(f"Cannot open {url}: ")
+    assert "postgresql://" in finished.stderr
+    assert "sqlite:///" in finished.stderr

@@ -51,6 +51,7 @@ class ChildHandle:
         record = context.replayed(position, OperationKind.CHILD, self._type_name)
         if record is not None and record.is_final:
             return replay_final(context, record)
+        await context.before_live_work(position)
         now = context.clock.now()
         if record is None:
             record = await context.record(

@@ -163,6 +163,37 @@ class Executor(Generic[F]):
         return await executor.run(lambda flow: getattr(flow, method_name)())
 
 
+class PolledCancellation:
+    """Asks storage whether a flow's cancellation was requested, at most once per interval.
+
+    The direct executor has no worker to tell it, so it looks at step boundaries; the first look
+    happens ``interval`` seconds into the run, so short flows pay nothing for it.
+
+    Args:
+        storage: The flow's storage.
+        flow_id: The running flow.
+        clock: The executor's clock.
+        interval: Seconds between looks.
+    """
+
+    def __init__(
+        self, storage: ExecutionLog, flow_id: str, clock: Clock, interval: float = 0.5
+    ) -> None:
+        self._storage = storage
+        self._flow_id = flow_id
+        self._clock = clock
+        self._interval = interval
+        self._checked_at = clock.now()
+
+    async def requested(self) -> bool:
+        """Whether cancellation was requested (checked in storage when the interval passed)."""
+        now = self._clock.now()
+        if now - self._checked_at < self._interval:
+            return False
+        self._checked_at = now
+        return self._flow_id in await self._storage.cancel_requests([self._flow_id])
+
+
 class _DirectWriter:
     """Writes the flow's state without a lease: the direct executor owns the flow."""
 
@@ -178,6 +209,11 @@ class _DirectWriter:
     async def fail(self, error: StoredError, attempt: int) -> None:
         await self._storage.update_flow(
             self._flow_id, status=TaskStatus.FAILED, error=error, wake_at=None, attempt=attempt
+        )
+
+    async def cancel(self, error: StoredError, attempt: int) -> None:
+        await self._storage.update_flow(
+            self._flow_id, status=TaskStatus.CANCELLED, error=error, wake_at=None, attempt=attempt
         )
 
     async def suspend(

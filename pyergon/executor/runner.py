@@ -9,16 +9,31 @@ lease token.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pyergon.clock import Clock
-from pyergon.context import ChildRunner, FlowContext, FlowSuspend, Position, flow_scope
+from pyergon.context import (
+    Cancellation,
+    ChildRunner,
+    FlowCancelled,
+    FlowContext,
+    FlowSuspend,
+    Position,
+    ReplayEnded,
+    flow_scope,
+)
 from pyergon.core.outcome import Completed, FlowOutcome, Suspended, SuspendReason
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
-from pyergon.errors import NonDeterminismError, PyergonError, SerializationError
+from pyergon.errors import (
+    FlowCancelledError,
+    NonDeterminismError,
+    PyergonError,
+    SerializationError,
+)
 from pyergon.serialization import (
     Serializer,
     dumps_for,
@@ -27,7 +42,15 @@ from pyergon.serialization import (
 )
 from pyergon.storage.base import ExecutionLog
 
-__all__ = ["FLOW_RETRY_SEQUENCE", "FlowRun", "FlowStateWriter", "drive_flow", "stored_outcome"]
+__all__ = [
+    "FLOW_RETRY_SEQUENCE",
+    "FlowRun",
+    "FlowStateWriter",
+    "drive_flow",
+    "read_log",
+    "reopen_failed_work",
+    "stored_outcome",
+]
 
 FLOW_RETRY_SEQUENCE = 0
 """Log sequence of flow-level operations: the durable backoff timers between flow attempts."""
@@ -52,6 +75,10 @@ class FlowStateWriter(Protocol):
         attempt: int,
     ) -> None:
         """Record that the flow waits on a time, signals or children."""
+        ...
+
+    async def cancel(self, error: StoredError, attempt: int) -> None:
+        """Record that the flow stopped because its cancellation was requested."""
         ...
 
 
@@ -82,6 +109,9 @@ class FlowRun:
     writer: FlowStateWriter
     attempt: int = 1
     log: dict[Position, Invocation] | None = None
+    cancellation: Cancellation | None = None
+    replay_only: bool = False
+    observe: Callable[[FlowContext], None] | None = None
 
 
 async def read_log(storage: ExecutionLog, flow_id: str) -> dict[Position, Invocation]:
@@ -114,13 +144,21 @@ async def drive_flow(run: FlowRun) -> FlowOutcome:
             clock=run.clock,
             log=log,
             run_child=run.run_child,
+            cancellation=run.cancellation,
+            replay_only=run.replay_only,
         )
+        if run.observe is not None:
+            run.observe(context)
         try:
             result = await _run_body(context, run)
             if not context.suspensions:
                 payload = _encode_result(run, result)
         except FlowSuspend:
             return await _suspend(run, context, attempt)
+        except FlowCancelled as cancelled:
+            error = FlowCancelledError(str(cancelled))
+            await run.writer.cancel(StoredError.describe(error), attempt)
+            return Completed(run.flow_id, error=error, status=TaskStatus.CANCELLED)
         except NonDeterminismError:
             raise  # a problem of the code, not an outcome of the flow: the caller reports it
         except Exception as error:
@@ -143,6 +181,28 @@ async def drive_flow(run: FlowRun) -> FlowOutcome:
             return await _suspend(run, context, attempt)
         await run.writer.complete(payload, attempt)
         return Completed(run.flow_id, result=result)
+
+
+async def reopen_failed_work(storage: ExecutionLog, flow_id: str) -> None:
+    """Make a flow's failed work run again: its failed records and its failed children.
+
+    Records of steps that succeeded stay, so only what failed runs again. A failed child flow
+    is put back in the queue with its own failed records cleared, so the parent's next run
+    waits for a fresh attempt of the child instead of replaying the child's old failure.
+    """
+    await storage.delete_failed_invocations(flow_id)
+    failed_children = await storage.list_flows(
+        parent_flow_id=flow_id, status=TaskStatus.FAILED, limit=10_000
+    )
+    for child in failed_children:
+        await reopen_failed_work(storage, child.flow_id)
+        await storage.update_flow(
+            child.flow_id,
+            status=TaskStatus.PENDING,
+            error=None,
+            attempt=1,
+            expected_status=[TaskStatus.FAILED],
+        )
 
 
 def stored_outcome(flow: ScheduledFlow, serializer: Serializer) -> Completed:
@@ -182,11 +242,18 @@ async def _run_body(context: FlowContext, run: FlowRun) -> Any:
             raise
         except BaseException:
             await _settle_leftovers(context, cancel=True)
+            if context.nondeterminism is not None and isinstance(error_in_flight(), ReplayEnded):
+                raise context.nondeterminism from None
             raise
         await _settle_leftovers(context, cancel=True)
     if context.nondeterminism is not None:
         raise context.nondeterminism
     return result
+
+
+def error_in_flight() -> BaseException | None:
+    """The exception being handled right now."""
+    return sys.exc_info()[1]
 
 
 async def _settle_leftovers(context: FlowContext, *, cancel: bool) -> None:
@@ -227,12 +294,12 @@ async def _plan_retry(
 ) -> float | None:
     """Decide whether the failed attempt is retried; if so, record the durable backoff."""
     policy = context.flow_retry_policy
-    if isinstance(error, SerializationError) or policy is None:
+    if isinstance(error, SerializationError) or policy is None or run.replay_only:
         return None
     if not policy.should_retry(error, attempt):
         return None
     delay = policy.delay_after(attempt)
-    await run.storage.delete_failed_invocations(run.flow_id)
+    await reopen_failed_work(run.storage, run.flow_id)
     now = run.clock.now()
     waiting = delay > 0
     await run.storage.record_invocation(

@@ -45,6 +45,7 @@ async def _receive(context: FlowContext, position: Position, name: str) -> Any:
     record = context.replayed(position, OperationKind.SIGNAL, name)
     if record is not None and record.is_final:
         return replay_final(context, record)
+    await context.before_live_work(position)
     now = context.clock.now()
     signal = await context.storage.get_signal(context.flow_id, name)
     if signal is not None:

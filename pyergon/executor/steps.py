@@ -54,6 +54,7 @@ async def run_step(
     record = context.replayed(position, OperationKind.STEP, name, args_hash)
     if record is not None and record.is_final:
         return replay_final(context, record)
+    await context.before_live_work(position)
 
     policy = retry_policy or RetryPolicy.NONE
     attempts = record.attempts if record is not None else 0

@@ -53,6 +53,7 @@ async def _wait(context: FlowContext, position: Position, seconds: float, name: 
     record = context.replayed(position, OperationKind.TIMER, name)
     if record is not None and record.is_final:
         return
+    await context.before_live_work(position)
     if record is None or record.fire_at is None:
         now = context.clock.now()
         record = await context.record(

@@ -23,8 +23,8 @@ from pyergon.context import FlowContext, Position
 from pyergon.core.outcome import FlowOutcome, Suspended, SuspendReason
 from pyergon.core.records import ScheduledFlow, StoredError, format_position
 from pyergon.core.status import TaskStatus
-from pyergon.decorators import flow_entry, flow_type_name, require_flow_instance
-from pyergon.errors import FlowDefinitionError, NonDeterminismError, PyergonError
+from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
+from pyergon.errors import NonDeterminismError, PyergonError
 from pyergon.executor.inputs import decode_flow, encode_flow
 from pyergon.executor.runner import FlowRun, drive_flow, stored_outcome
 from pyergon.serialization import Serializer, default_serializer, serialize_exception
@@ -81,7 +81,7 @@ class Worker:
         self.serializer = serializer or default_serializer()
         self.clock = clock or SystemClock()
         self._registry: dict[str, type] = {}
-        self._running: dict[str, tuple[str, asyncio.Task[None]]] = {}
+        self._running: dict[str, _Claim] = {}
         self._kick = asyncio.Event()
         self._stopping = False
         self._claim_backoff = _Backoff(worker_id, "claiming flows")
@@ -104,16 +104,7 @@ class Worker:
             FlowDefinitionError: The class is not a ``@flow_type`` dataclass with exactly one
                 ``@flow`` method.
         """
-        if not isinstance(flow_class, type):
-            raise FlowDefinitionError(
-                f"register() takes a flow class, got {type(flow_class).__name__}"
-            )
-        name = flow_type_name(flow_class)
-        if not dataclasses.is_dataclass(flow_class):
-            raise FlowDefinitionError(
-                f"flow type {flow_class.__qualname__} is not a dataclass; add @dataclass"
-            )
-        flow_entry(flow_class)
+        name = require_flow_class(flow_class)
         self._registry[name] = flow_class
         self._kick.set()
 
@@ -145,7 +136,7 @@ class Worker:
             await self._fill_slots()
             if self._running:
                 await asyncio.wait(
-                    [task for _, task in self._running.values()],
+                    [claim.task for claim in self._running.values()],
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 continue
@@ -220,37 +211,49 @@ class Worker:
             if flow is None:
                 return
             assert flow.lease_token is not None  # a claim always sets the lease
-            task = asyncio.create_task(self._run_claimed(flow), name=f"pyergon-flow-{flow.flow_id}")
-            self._running[flow.flow_id] = (flow.lease_token, task)
+            writer = _LeaseWriter(self.storage, flow.flow_id, flow.lease_token)
+            task = asyncio.create_task(
+                self._run_claimed(flow, writer), name=f"pyergon-flow-{flow.flow_id}"
+            )
+            self._running[flow.flow_id] = _Claim(writer, task)
             task.add_done_callback(functools.partial(self._finished, flow.flow_id))
 
-    def _finished(self, flow_id: str, _task: asyncio.Task[None]) -> None:
-        self._running.pop(flow_id, None)
+    def _finished(self, flow_id: str, task: asyncio.Task[None]) -> None:
+        # This worker may already hold the flow again: a claim that was in flight when the
+        # task released it can take it before this callback runs. Keep that newer claim.
+        claim = self._running.get(flow_id)
+        if claim is not None and claim.task is task:
+            del self._running[flow_id]
         self._kick.set()
 
     async def _renew_leases(self) -> None:
         interval = self.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            for flow_id, (token, task) in list(self._running.items()):
+            for flow_id, claim in list(self._running.items()):
+                if not claim.active:
+                    continue
                 try:
                     held = await self.storage.renew_lease(
-                        flow_id, token, lease_seconds=self.lease_seconds, now=self.clock.now()
+                        flow_id,
+                        claim.writer.lease_token,
+                        lease_seconds=self.lease_seconds,
+                        now=self.clock.now(),
                     )
                 except Exception as error:
                     logger.warning("worker %s could not renew leases: %s", self.worker_id, error)
                     break
-                if not held:
+                # A release that went through while the renewal was under way also ends the
+                # lease; only a lease taken while the flow still runs here is lost.
+                if not held and claim.active:
                     logger.warning(
                         "worker %s lost the lease on flow %r; stopping its run",
                         self.worker_id,
                         flow_id,
                     )
-                    task.cancel()
+                    claim.task.cancel()
 
-    async def _run_claimed(self, flow: ScheduledFlow) -> None:
-        assert flow.lease_token is not None
-        writer = _LeaseWriter(self.storage, flow.flow_id, flow.lease_token)
+    async def _run_claimed(self, flow: ScheduledFlow, writer: _LeaseWriter) -> None:
         try:
             cls = self._registry[flow.flow_type]
             instance: Any = decode_flow(self.serializer, cls, flow.payload)
@@ -320,7 +323,7 @@ class Worker:
         self._stopping = True
         self._kick.set()
         await asyncio.gather(serve, return_exceptions=True)
-        running = [task for _, task in self._running.values()]
+        running = [claim.task for claim in self._running.values()]
         if running:
             _done, late = await asyncio.wait(running, timeout=deadline)
             for task in late:
@@ -363,16 +366,23 @@ class WorkerHandle:
 
 
 class _LeaseWriter:
-    """Writes a claimed flow's state with its lease token."""
+    """Writes a claimed flow's state with its lease token.
+
+    Attributes:
+        lease_token: The token of the claim.
+        releasing: Whether a release has been started; from then on the lease is not renewed.
+    """
 
     def __init__(self, storage: ExecutionLog, flow_id: str, lease_token: str) -> None:
         self._storage = storage
         self._flow_id = flow_id
-        self._token = lease_token
+        self.lease_token = lease_token
+        self.releasing = False
 
     async def _release(self, status: TaskStatus, **changes: Any) -> None:
+        self.releasing = True
         stored = await self._storage.release_flow(
-            self._flow_id, self._token, status=status, **changes
+            self._flow_id, self.lease_token, status=status, **changes
         )
         if stored is None:
             logger.warning(
@@ -386,6 +396,9 @@ class _LeaseWriter:
 
     async def fail(self, error: StoredError, attempt: int) -> None:
         await self._release(TaskStatus.FAILED, error=error, wake_at=None, attempt=attempt)
+
+    async def cancel(self, error: StoredError, attempt: int) -> None:
+        await self._release(TaskStatus.CANCELLED, error=error, wake_at=None, attempt=attempt)
 
     async def suspend(
         self,
@@ -404,6 +417,19 @@ class _LeaseWriter:
 
     async def give_back(self) -> None:
         await self._release(TaskStatus.PENDING)
+
+
+@dataclasses.dataclass(slots=True)
+class _Claim:
+    """A flow this worker holds: how it writes under the lease and the task running it."""
+
+    writer: _LeaseWriter
+    task: asyncio.Task[None]
+
+    @property
+    def active(self) -> bool:
+        """Whether the flow still runs under this claim (not finished, not being released)."""
+        return not self.task.done() and not self.writer.releasing
 
 
 async def _release_quietly(writer: _LeaseWriter, why: str) -> None:

@@ -1,0 +1,157 @@
+"""``pyergon worker``, run as a user runs it: a real process serving flows until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from pyergon import Scheduler
+from pyergon.cli_worker import DEFAULT_STORAGE_URL, STORAGE_URL_VARIABLE, default_storage_url
+from pyergon.storage import open_storage
+
+FLOWS_MODULE = "cli_worker_flows"
+FLOWS_SOURCE = """\
+import os
+from dataclasses import dataclass
+
+from pyergon import flow, flow_type, step
+
+
+@dataclass
+@flow_type(name="CliGreeting")
+class Greeting:
+    name: str
+
+    @step
+    async def greet(self) -> str:
+        return f"hello {self.name} from {os.getpid()}"
+
+    @flow
+    async def run(self) -> str:
+        return await self.greet()
+
+
+NOT_A_FLOW = 42
+"""
+STOP_DEADLINE = 30.0
+
+
+@pytest.fixture
+def flows_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """A module of flow types in ``tmp_path``, the worker's working directory."""
+    (tmp_path / f"{FLOWS_MODULE}.py").write_text(FLOWS_SOURCE, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, FLOWS_MODULE, raising=False)
+    module = importlib.import_module(FLOWS_MODULE)
+    monkeypatch.setitem(sys.modules, FLOWS_MODULE, module)  # removed again after the test
+    return module
+
+
+def start_worker(*arguments: str, cwd: Path) -> subprocess.Popen[str]:
+    environment = dict(os.environ, COLUMNS="100", NO_COLOR="1")
+    environment.pop(STORAGE_URL_VARIABLE, None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pyergon", "worker", *arguments],
+        cwd=cwd,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run_worker(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run a worker that is expected to exit by itself."""
+    process = start_worker(*arguments, cwd=cwd)
+    try:
+        output, errors = process.communicate(timeout=STOP_DEADLINE)
+    finally:
+        process.kill()
+    return subprocess.CompletedProcess(process.args, process.returncode, output, errors)
+
+
+async def schedule_and_wait(url: str, flows: list[object]) -> list[str]:
+    storage = await open_storage(url)
+    try:
+        scheduler = Scheduler(storage)
+        ids = [await scheduler.schedule(flow) for flow in flows]
+        outcomes = await scheduler.wait(ids, timeout=STOP_DEADLINE)
+    finally:
+        await storage.close()
+    return [outcomes[flow_id].result for flow_id in ids]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is POSIX")
+def test_a_worker_runs_scheduled_flows_and_stops_on_sigterm(
+    tmp_path: Path, flows_module: ModuleType
+) -> None:
+    url = f"sqlite:///{tmp_path / 'flows.db'}"
+    worker = start_worker(
+        f"{FLOWS_MODULE}:Greeting", "--storage", url, "--id", "cli-1", "--lease", "5", cwd=tmp_path
+    )
+    try:
+        results = asyncio.run(
+            schedule_and_wait(url, [flows_module.Greeting(name) for name in ("ann", "bob", "cy")])
+        )
+        worker.send_signal(signal.SIGTERM)
+        output, errors = worker.communicate(timeout=STOP_DEADLINE)
+    finally:
+        worker.kill()
+
+    assert worker.returncode == 0, errors
+    assert results == [f"hello {name} from {worker.pid}" for name in ("ann", "bob", "cy")]
+    lines = output.splitlines()
+    assert lines[0].startswith("pyergon worker cli-1 serving CliGreeting on SqliteExecutionLog(")
+    assert "concurrency 10, lease 5 s" in lines[0]
+    assert lines[-1] == "pyergon worker cli-1 stopped after 3 finished flow(s)"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_such_module:Flow", "cannot import 'no_such_module:Flow': no module named"),
+        (f"{FLOWS_MODULE}:Missing", f"module '{FLOWS_MODULE}' has no attribute 'Missing'"),
+        (f"{FLOWS_MODULE}:NOT_A_FLOW", "expected a flow class, got 42"),
+        (FLOWS_MODULE, f"'{FLOWS_MODULE}' is not MODULE:Class"),
+    ],
+)
+def test_a_bad_flow_class_exits_2_with_one_line(
+    tmp_path: Path, flows_module: ModuleType, spec: str, message: str
+) -> None:
+    finished = run_worker(spec, "--storage", f"sqlite:///{tmp_path / 'x.db'}", cwd=tmp_path)
+
+    assert finished.returncode == 2, finished.stderr
+    assert finished.stderr.startswith("pyergon: usage error: ")
+    assert message in finished.stderr
+    assert finished.stderr.count("\n") == 1
+    assert not (tmp_path / "x.db").exists()  # refused before any storage was opened
+
+
+def test_unreachable_storage_exits_1_with_one_line(
+    tmp_path: Path, flows_module: ModuleType
+) -> None:
+    url = f"sqlite:///{tmp_path / 'missing-directory' / 'flows.db'}"
+
+    finished = run_worker(f"{FLOWS_MODULE}:Greeting", "--storage", url, cwd=tmp_path)
+
+    assert finished.returncode == 1, finished.stderr
+    assert finished.stderr.startswith("pyergon: SQLite storage ")
+    assert "unable to open database file" in finished.stderr
+    assert finished.stderr.count("\n") == 1
+
+
+def test_the_storage_url_defaults_to_the_environment_then_sqlite(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(STORAGE_URL_VARIABLE, raising=False)
+    assert default_storage_url() == DEFAULT_STORAGE_URL == "sqlite:///pyergon.db"
+    monkeypatch.setenv(STORAGE_URL_VARIABLE, "redis://redis-host:6379/0")
+    assert default_storage_url() == "redis://redis-host:6379/0"
