@@ -11,6 +11,8 @@ so ``except LookupError`` keeps working for callers that do not know pyergon::
     ├── StepFailedError                      a recorded step error whose type cannot be rebuilt
     ├── StepTimeoutError (TimeoutError)      a step ran past its ``timeout``
     ├── ChildFlowError                       a child flow failed and its error cannot be rebuilt
+    ├── FlowCancelledError                   the flow was cancelled on request
+    ├── FlowStateError                       the operation does not fit the flow's state
     ├── SerializationError (TypeError)       a value cannot be stored or read back
     │   └── SignatureError                   a signed payload is unsigned or was tampered with
     └── StorageError                         the storage backend cannot do what was asked
@@ -28,8 +30,10 @@ from __future__ import annotations
 __all__ = [
     "ChildFlowError",
     "CorruptStorageError",
+    "FlowCancelledError",
     "FlowDefinitionError",
     "FlowNotFoundError",
+    "FlowStateError",
     "InvalidFlowIdError",
     "NonDeterminismError",
     "PyergonError",
@@ -127,6 +131,22 @@ class ChildFlowError(PyergonError):
         self.child_flow_id = child_flow_id
         self.error_type = error_type
         self.error_message = error_message
+
+
+class FlowCancelledError(PyergonError):
+    """The flow was cancelled on request; stored as the error of a ``CANCELLED`` flow."""
+
+
+class FlowStateError(PyergonError):
+    """An operation does not fit the flow's current state (e.g. forking a running flow).
+
+    Attributes:
+        flow_id: The flow concerned.
+    """
+
+    def __init__(self, flow_id: str, message: str) -> None:
+        super().__init__(message)
+        self.flow_id = flow_id
 
 
 class SerializationError(PyergonError, TypeError):

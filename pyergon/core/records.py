@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 
 __all__ = [
+    "FlowCursor",
     "Invocation",
     "ScheduledFlow",
     "SignalRecord",
@@ -152,6 +153,9 @@ class ScheduledFlow:
         lease_owner: Worker holding the flow, while running under a worker.
         lease_token: Token the holder must present to write the flow's state.
         lease_expires_at: When the lease lapses unless renewed (epoch seconds).
+        worker_id: The worker that claimed the flow last; kept after it lets go.
+        cancel_requested: Someone asked to cancel the flow while it was running; it stops at
+            its next step boundary.
     """
 
     flow_id: str
@@ -169,10 +173,33 @@ class ScheduledFlow:
     lease_owner: str | None = None
     lease_token: str | None = None
     lease_expires_at: float | None = None
+    worker_id: str | None = None
+    cancel_requested: bool = False
 
     def replace(self, **changes: object) -> ScheduledFlow:
         """Return a copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class FlowCursor:
+    """Where a page of :meth:`~pyergon.storage.ExecutionLog.list_flows` ended.
+
+    Pages are ordered newest first by ``(created_at, flow_id)``; the next page holds the flows
+    strictly after this position in that order, so paging stays fast however many flows exist.
+
+    Attributes:
+        created_at: ``created_at`` of the last flow of the previous page.
+        flow_id: ``flow_id`` of the last flow of the previous page.
+    """
+
+    created_at: float
+    flow_id: str
+
+    @classmethod
+    def after(cls, flow: ScheduledFlow) -> FlowCursor:
+        """Return the cursor that continues a listing after ``flow``."""
+        return cls(flow.created_at, flow.flow_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import TaskStatus
 
 __all__ = [
@@ -21,10 +21,31 @@ __all__ = [
     "ExecutionLog",
     "FlowUpdate",
     "StorageLifecycle",
+    "check_page",
+    "status_filter",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of the stored layout. Backends record it and migrate older layouts forward."""
+
+
+def check_page(limit: int, offset: int) -> None:
+    """Refuse a negative page size or offset with a clear error (shared by every backend)."""
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+
+
+def status_filter(
+    status: TaskStatus | Collection[TaskStatus] | None,
+) -> frozenset[TaskStatus] | None:
+    """Normalise a ``status`` argument of ``list_flows`` to a set (``None`` means any)."""
+    if status is None:
+        return None
+    if isinstance(status, TaskStatus):
+        return frozenset((status,))
+    return frozenset(TaskStatus(value) for value in status)
 
 
 class FlowUpdate:
@@ -116,8 +137,10 @@ class ExecutionLog(Protocol):
             attempt: New flow-level attempt number, or ``UNCHANGED``.
             expected_status: If given, change the flow only while its status is one of these.
 
-        Leaving ``RUNNING`` clears the lease fields. Setting ``PENDING`` (or a wake time) notifies
-        waiting workers.
+        Leaving ``RUNNING`` clears the lease fields; a ``RUNNING`` flow whose cancellation was
+        requested becomes ``CANCELLED`` instead of ``SUSPENDED`` or ``PENDING``. Setting
+        ``PENDING`` clears ``cancel_requested`` otherwise. Setting ``PENDING`` (or a wake time)
+        notifies waiting workers.
 
         Returns:
             The updated flow, or ``None`` if it does not exist or its status did not match.
@@ -142,7 +165,8 @@ class ExecutionLog(Protocol):
 
         Returns:
             The flow, now ``RUNNING`` with ``lease_owner=worker_id``, a fresh ``lease_token`` and
-            ``lease_expires_at = now + lease_seconds``; or ``None`` if nothing is runnable.
+            ``lease_expires_at = now + lease_seconds``, ``worker_id=worker_id``; or ``None`` if
+            nothing is runnable.
         """
         ...
 
@@ -172,11 +196,30 @@ class ExecutionLog(Protocol):
         * a flow set ``SUSPENDED`` becomes ``PENDING`` instead when one of
           ``waiting_signals`` has already been stored or one of ``waiting_children`` is final,
           so a wake-up that raced the suspension is not lost;
-        * a child set to a final status wakes its parent (``SUSPENDED`` → ``PENDING``).
+        * a child set to a final status wakes its parent (``SUSPENDED`` → ``PENDING``);
+        * a flow whose cancellation was requested while it ran becomes ``CANCELLED`` instead of
+          ``SUSPENDED`` or ``PENDING``.
 
         Returns:
             The flow as stored, or ``None`` if the token no longer holds the lease.
         """
+        ...
+
+    async def request_cancel(self, flow_id: str) -> ScheduledFlow | None:
+        """Cancel a flow, at once if it is not running, else at its next step boundary.
+
+        Atomically: a ``PENDING`` or ``SUSPENDED`` flow becomes ``CANCELLED`` (wake time and
+        lease cleared, its error left as is, its parent woken as for any final child); a
+        ``RUNNING`` flow gets ``cancel_requested`` set and waiting workers are notified; a
+        final flow is left unchanged.
+
+        Returns:
+            The flow as stored after the call, or ``None`` if it does not exist.
+        """
+        ...
+
+    async def cancel_requests(self, flow_ids: Collection[str]) -> set[str]:
+        """Return those of ``flow_ids`` that are ``RUNNING`` with ``cancel_requested`` set."""
         ...
 
     # -- wake-ups ----------------------------------------------------------------------------
@@ -244,17 +287,48 @@ class ExecutionLog(Protocol):
         """Return the signal named ``name`` for ``flow_id``, or ``None``."""
         ...
 
+    async def list_signals(self, flow_id: str) -> list[SignalRecord]:
+        """Return every signal stored for ``flow_id``, oldest first (then by name)."""
+        ...
+
     # -- history -----------------------------------------------------------------------------
 
     async def list_flows(
         self,
         *,
-        status: TaskStatus | None = None,
+        status: TaskStatus | Collection[TaskStatus] | None = None,
         flow_type: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        worker_id: str | None = None,
+        parent_flow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        after: FlowCursor | None = None,
     ) -> list[ScheduledFlow]:
-        """Return flows, newest first, optionally filtered by status and type."""
+        """Return flows newest first (by ``created_at``, then ``flow_id``), filtered.
+
+        Args:
+            status: One status or several.
+            flow_type: Only flows of this type.
+            created_after: Only flows created at or after this time (epoch seconds).
+            created_before: Only flows created before this time (epoch seconds).
+            worker_id: Only flows last claimed by this worker.
+            parent_flow_id: Only children of this flow.
+            limit: At most this many flows (>= 0).
+            offset: Skip this many matching flows first (>= 0); prefer ``after`` for deep pages.
+            after: Continue after this cursor (see :class:`~pyergon.core.FlowCursor`).
+
+        Raises:
+            ValueError: ``limit`` or ``offset`` is negative.
+        """
+        ...
+
+    async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
+        """Return how many flows (of ``flow_type``, if given) are in each status.
+
+        Every status is a key, with 0 where no flow has it.
+        """
         ...
 
     # -- admin -------------------------------------------------------------------------------

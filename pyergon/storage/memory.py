@@ -11,9 +11,15 @@ import time
 import uuid
 from collections.abc import Collection, Sequence
 
-from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
-from pyergon.storage.base import UNCHANGED, FlowUpdate, StorageLifecycle
+from pyergon.storage.base import (
+    UNCHANGED,
+    FlowUpdate,
+    StorageLifecycle,
+    check_page,
+    status_filter,
+)
 
 __all__ = ["InMemoryExecutionLog"]
 
@@ -72,9 +78,13 @@ class InMemoryExecutionLog(StorageLifecycle):
         flow = self._flows.get(flow_id)
         if flow is None or (expected_status is not None and flow.status not in expected_status):
             return None
-        return self._change(
+        status = _cancelled_instead(flow, status)
+        updated = self._change(
             flow, status=status, result=result, error=error, wake_at=wake_at, attempt=attempt
         )
+        if status.is_final and updated.parent_flow_id is not None:
+            self._wake(updated.parent_flow_id)
+        return updated
 
     def _change(
         self,
@@ -97,6 +107,8 @@ class InMemoryExecutionLog(StorageLifecycle):
                 changes[name] = value
         if status is not TaskStatus.RUNNING:
             changes.update(lease_owner=None, lease_token=None, lease_expires_at=None)
+        if status is TaskStatus.PENDING:
+            changes["cancel_requested"] = False
         updated = dataclasses.replace(flow, **changes)  # type: ignore[arg-type]
         self._flows[flow.flow_id] = updated
         if status is TaskStatus.PENDING or (
@@ -131,6 +143,7 @@ class InMemoryExecutionLog(StorageLifecycle):
             lease_owner=worker_id,
             lease_token=uuid.uuid4().hex,
             lease_expires_at=now + lease_seconds,
+            worker_id=worker_id,
         )
         self._flows[claimed.flow_id] = claimed
         return claimed
@@ -170,6 +183,7 @@ class InMemoryExecutionLog(StorageLifecycle):
             flow_id, waiting_signals, waiting_children
         ):
             status = TaskStatus.PENDING
+        status = _cancelled_instead(flow, status)
         updated = self._change(
             flow, status=status, result=result, error=error, wake_at=wake_at, attempt=attempt
         )
@@ -186,6 +200,31 @@ class InMemoryExecutionLog(StorageLifecycle):
             (child := self._flows.get(child_id)) is not None and child.status.is_final
             for child_id in children
         )
+
+    async def request_cancel(self, flow_id: str) -> ScheduledFlow | None:
+        """Cancel a flow now, or at its next step boundary if it is running."""
+        flow = self._flows.get(flow_id)
+        if flow is None or flow.status.is_final:
+            return flow
+        if flow.status is TaskStatus.RUNNING:
+            requested = dataclasses.replace(flow, cancel_requested=True, updated_at=time.time())
+            self._flows[flow_id] = requested
+            self._work.set()
+            return requested
+        cancelled = self._change(flow, status=TaskStatus.CANCELLED, wake_at=None)
+        if cancelled.parent_flow_id is not None:
+            self._wake(cancelled.parent_flow_id)
+        return cancelled
+
+    async def cancel_requests(self, flow_ids: Collection[str]) -> set[str]:
+        """Return the running flows among ``flow_ids`` whose cancellation was requested."""
+        return {
+            flow_id
+            for flow_id in flow_ids
+            if (flow := self._flows.get(flow_id)) is not None
+            and flow.status is TaskStatus.RUNNING
+            and flow.cancel_requested
+        }
 
     def _wake(self, flow_id: str) -> None:
         flow = self._flows.get(flow_id)
@@ -272,25 +311,52 @@ class InMemoryExecutionLog(StorageLifecycle):
         """Return a stored signal, or ``None``."""
         return self._signals.get((flow_id, name))
 
+    async def list_signals(self, flow_id: str) -> list[SignalRecord]:
+        """Return a flow's signals, oldest first."""
+        signals = [signal for (owner, _), signal in self._signals.items() if owner == flow_id]
+        return sorted(signals, key=lambda signal: (signal.sent_at, signal.name))
+
     # -- history -----------------------------------------------------------------------------
 
     async def list_flows(
         self,
         *,
-        status: TaskStatus | None = None,
+        status: TaskStatus | Collection[TaskStatus] | None = None,
         flow_type: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        worker_id: str | None = None,
+        parent_flow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        after: FlowCursor | None = None,
     ) -> list[ScheduledFlow]:
-        """Return flows, newest first, optionally filtered."""
+        """Return flows newest first, filtered; see the protocol."""
+        check_page(limit, offset)
+        statuses = status_filter(status)
         flows = [
             flow
             for flow in self._flows.values()
-            if (status is None or flow.status is status)
+            if (statuses is None or flow.status in statuses)
             and (flow_type is None or flow.flow_type == flow_type)
+            and (created_after is None or flow.created_at >= created_after)
+            and (created_before is None or flow.created_at < created_before)
+            and (worker_id is None or flow.worker_id == worker_id)
+            and (parent_flow_id is None or flow.parent_flow_id == parent_flow_id)
+            and (
+                after is None or (flow.created_at, flow.flow_id) < (after.created_at, after.flow_id)
+            )
         ]
         flows.sort(key=lambda flow: (flow.created_at, flow.flow_id), reverse=True)
         return flows[offset : offset + limit]
+
+    async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
+        """Return how many flows are in each status."""
+        counts = dict.fromkeys(TaskStatus, 0)
+        for flow in self._flows.values():
+            if flow_type is None or flow.flow_type == flow_type:
+                counts[flow.status] += 1
+        return counts
 
     # -- admin -------------------------------------------------------------------------------
 
@@ -307,6 +373,14 @@ class InMemoryExecutionLog(StorageLifecycle):
         self._flows.clear()
         self._invocations.clear()
         self._signals.clear()
+
+
+def _cancelled_instead(flow: ScheduledFlow, status: TaskStatus) -> TaskStatus:
+    """A running flow asked to cancel ends ``CANCELLED`` when it would suspend or requeue."""
+    waiting = status in (TaskStatus.SUSPENDED, TaskStatus.PENDING)
+    if flow.status is TaskStatus.RUNNING and flow.cancel_requested and waiting:
+        return TaskStatus.CANCELLED
+    return status
 
 
 def _is_runnable(flow: ScheduledFlow, now: float) -> bool:

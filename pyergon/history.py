@@ -1,0 +1,297 @@
+"""The read side: flows, their records, signals and children, as records and as DataFrames.
+
+Listing pages through storage with a keyset cursor, so it stays fast however many flows exist.
+The DataFrame builders have fixed columns and real dtypes (UTC datetimes, timedeltas,
+categorical statuses) whatever the input, including none; pandas is imported only when one is
+built (``pip install "pyergon[notebook]"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pyergon.core.records import (
+    FlowCursor,
+    Invocation,
+    ScheduledFlow,
+    SignalRecord,
+    format_position,
+)
+from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.errors import FlowNotFoundError, PyergonError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pyergon.storage.base import ExecutionLog
+
+__all__ = [
+    "FLOW_COLUMNS",
+    "INVOCATION_COLUMNS",
+    "SIGNAL_COLUMNS",
+    "FlowHistory",
+    "flows_frame",
+    "invocations_frame",
+    "iter_flows",
+    "load_history",
+    "signals_frame",
+]
+
+FLOW_COLUMNS = (
+    "flow_id",
+    "flow_type",
+    "status",
+    "created_at",
+    "updated_at",
+    "duration",
+    "attempt",
+    "wake_at",
+    "worker_id",
+    "parent_flow_id",
+    "error_type",
+    "error_message",
+    "cancel_requested",
+)
+"""Columns of :func:`flows_frame`, in order."""
+
+INVOCATION_COLUMNS = (
+    "flow_id",
+    "position",
+    "sequence",
+    "sub_sequence",
+    "kind",
+    "name",
+    "status",
+    "attempts",
+    "started_at",
+    "completed_at",
+    "duration",
+    "fire_at",
+    "child_flow_id",
+    "error_type",
+    "error_message",
+    "idempotency_key",
+)
+"""Columns of :func:`invocations_frame`, in order."""
+
+SIGNAL_COLUMNS = ("flow_id", "name", "sent_at", "size_bytes")
+"""Columns of :func:`signals_frame`, in order."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlowHistory:
+    """Everything storage knows about one flow.
+
+    Attributes:
+        flow: The flow record.
+        invocations: Its recorded operations, by position.
+        signals: Signals sent to it.
+        children: Child flows it started, newest first.
+    """
+
+    flow: ScheduledFlow
+    invocations: tuple[Invocation, ...]
+    signals: tuple[SignalRecord, ...]
+    children: tuple[ScheduledFlow, ...]
+
+    @property
+    def steps(self) -> tuple[Invocation, ...]:
+        """The step records only."""
+        return tuple(record for record in self.invocations if record.kind is OperationKind.STEP)
+
+    @property
+    def timers(self) -> tuple[Invocation, ...]:
+        """The timer records, including flow-level retry backoffs (position ``0.n``)."""
+        return tuple(record for record in self.invocations if record.kind is OperationKind.TIMER)
+
+    @property
+    def retried(self) -> tuple[Invocation, ...]:
+        """Records that needed more than one attempt."""
+        return tuple(record for record in self.invocations if record.attempts > 1)
+
+    def invocations_frame(self) -> pd.DataFrame:
+        """The records as a DataFrame (see :func:`invocations_frame`)."""
+        return invocations_frame(self.invocations)
+
+    def __repr__(self) -> str:
+        return (
+            f"FlowHistory(flow_id={self.flow.flow_id!r}, status={self.flow.status.value}, "
+            f"records={len(self.invocations)}, signals={len(self.signals)}, "
+            f"children={len(self.children)})"
+        )
+
+
+async def load_history(storage: ExecutionLog, flow_id: str) -> FlowHistory:
+    """Read one flow with its records, signals and children.
+
+    Raises:
+        FlowNotFoundError: No such flow.
+    """
+    flow = await storage.get_flow(flow_id)
+    if flow is None:
+        raise FlowNotFoundError(flow_id)
+    invocations = await storage.load_invocations(flow_id)
+    signals = await storage.list_signals(flow_id)
+    children = [child async for child in iter_flows(storage, parent_flow_id=flow_id)]
+    return FlowHistory(flow, tuple(invocations), tuple(signals), tuple(children))
+
+
+async def iter_flows(
+    storage: ExecutionLog,
+    *,
+    status: TaskStatus | Collection[TaskStatus] | None = None,
+    flow_type: str | None = None,
+    created_after: float | None = None,
+    created_before: float | None = None,
+    worker_id: str | None = None,
+    parent_flow_id: str | None = None,
+    page_size: int = 500,
+    limit: int | None = None,
+) -> AsyncIterator[ScheduledFlow]:
+    """Yield matching flows newest first, reading storage one page at a time.
+
+    Args:
+        storage: Where the flows are.
+        status: One status or several.
+        flow_type: Only this type.
+        created_after: Created at or after this time (epoch seconds).
+        created_before: Created before this time (epoch seconds).
+        worker_id: Last claimed by this worker.
+        parent_flow_id: Children of this flow.
+        page_size: Flows per storage query.
+        limit: Stop after this many flows.
+    """
+    if page_size < 1:
+        raise ValueError(f"page_size must be >= 1, got {page_size}")
+    cursor: FlowCursor | None = None
+    produced = 0
+    while limit is None or produced < limit:
+        wanted = page_size if limit is None else min(page_size, limit - produced)
+        page = await storage.list_flows(
+            status=status,
+            flow_type=flow_type,
+            created_after=created_after,
+            created_before=created_before,
+            worker_id=worker_id,
+            parent_flow_id=parent_flow_id,
+            limit=wanted,
+            after=cursor,
+        )
+        for flow in page:
+            yield flow
+        produced += len(page)
+        if len(page) < wanted:
+            return
+        cursor = FlowCursor.after(page[-1])
+
+
+def _pandas() -> Any:
+    try:
+        import pandas
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise PyergonError(
+            'DataFrames need pandas: pip install "pyergon[notebook]" (or pip install pandas)'
+        ) from error
+    return pandas
+
+
+def _times(pandas: Any, values: Sequence[float | None]) -> Any:
+    seconds = pandas.array(values, dtype="Float64").to_numpy(dtype="float64", na_value=float("nan"))
+    return pandas.to_datetime(seconds, unit="s", utc=True).as_unit("ns")
+
+
+def _text(pandas: Any, values: Sequence[str | None]) -> Any:
+    return pandas.array(values, dtype="string")
+
+
+def _category(pandas: Any, values: Sequence[str], categories: Iterable[str]) -> Any:
+    return pandas.Categorical(values, categories=list(categories))
+
+
+def flows_frame(flows: Iterable[ScheduledFlow]) -> pd.DataFrame:
+    """Return flows as a DataFrame with the columns of :data:`FLOW_COLUMNS`.
+
+    ``duration`` is ``updated_at - created_at`` for final flows and ``NaT`` otherwise.
+    """
+    pandas = _pandas()
+    rows = list(flows)
+    created = _times(pandas, [flow.created_at for flow in rows])
+    updated = _times(pandas, [flow.updated_at for flow in rows])
+    final = pandas.array([flow.status.is_final for flow in rows], dtype="boolean")
+    duration = (updated - created).where(final.to_numpy(dtype=bool, na_value=False))
+    types = sorted({flow.flow_type for flow in rows})
+    return pandas.DataFrame(
+        {
+            "flow_id": _text(pandas, [flow.flow_id for flow in rows]),
+            "flow_type": _category(pandas, [flow.flow_type for flow in rows], types),
+            "status": _category(pandas, [flow.status.value for flow in rows], TaskStatus),
+            "created_at": created,
+            "updated_at": updated,
+            "duration": pandas.to_timedelta(duration).as_unit("ns"),
+            "attempt": pandas.array([flow.attempt for flow in rows], dtype="Int64"),
+            "wake_at": _times(pandas, [flow.wake_at for flow in rows]),
+            "worker_id": _text(pandas, [flow.worker_id for flow in rows]),
+            "parent_flow_id": _text(pandas, [flow.parent_flow_id for flow in rows]),
+            "error_type": _text(
+                pandas, [flow.error.type_name if flow.error else None for flow in rows]
+            ),
+            "error_message": _text(
+                pandas, [flow.error.message if flow.error else None for flow in rows]
+            ),
+            "cancel_requested": pandas.array(
+                [flow.cancel_requested for flow in rows], dtype="boolean"
+            ),
+        },
+        columns=list(FLOW_COLUMNS),
+    )
+
+
+def invocations_frame(invocations: Iterable[Invocation]) -> pd.DataFrame:
+    """Return records as a DataFrame with the columns of :data:`INVOCATION_COLUMNS`."""
+    pandas = _pandas()
+    rows = list(invocations)
+    started = _times(pandas, [record.started_at for record in rows])
+    completed = _times(pandas, [record.completed_at for record in rows])
+    names = [record.name for record in rows]
+    return pandas.DataFrame(
+        {
+            "flow_id": _text(pandas, [record.flow_id for record in rows]),
+            "position": _text(pandas, [format_position(r.sequence, r.sub_sequence) for r in rows]),
+            "sequence": pandas.array([record.sequence for record in rows], dtype="Int64"),
+            "sub_sequence": pandas.array([record.sub_sequence for record in rows], dtype="Int64"),
+            "kind": _category(pandas, [record.kind.value for record in rows], OperationKind),
+            "name": _text(pandas, names),
+            "status": _category(pandas, [record.status.value for record in rows], InvocationStatus),
+            "attempts": pandas.array([record.attempts for record in rows], dtype="Int64"),
+            "started_at": started,
+            "completed_at": completed,
+            "duration": pandas.to_timedelta(completed - started).as_unit("ns"),
+            "fire_at": _times(pandas, [record.fire_at for record in rows]),
+            "child_flow_id": _text(pandas, [record.child_flow_id for record in rows]),
+            "error_type": _text(
+                pandas, [record.error.type_name if record.error else None for record in rows]
+            ),
+            "error_message": _text(
+                pandas, [record.error.message if record.error else None for record in rows]
+            ),
+            "idempotency_key": _text(pandas, [record.idempotency_key for record in rows]),
+        },
+        columns=list(INVOCATION_COLUMNS),
+    )
+
+
+def signals_frame(signals: Iterable[SignalRecord]) -> pd.DataFrame:
+    """Return signals as a DataFrame with the columns of :data:`SIGNAL_COLUMNS`."""
+    pandas = _pandas()
+    rows = list(signals)
+    return pandas.DataFrame(
+        {
+            "flow_id": _text(pandas, [signal.flow_id for signal in rows]),
+            "name": _text(pandas, [signal.name for signal in rows]),
+            "sent_at": _times(pandas, [signal.sent_at for signal in rows]),
+            "size_bytes": pandas.array([len(signal.payload) for signal in rows], dtype="Int64"),
+        },
+        columns=list(SIGNAL_COLUMNS),
+    )

@@ -1,0 +1,407 @@
+"""Steering flows that exist: cancel, resume, retry, fork and replay them.
+
+:class:`FlowManager` is the one implementation behind the library, the ``pyergon`` command and
+the notebook toolkit. Every operation checks the flow's state first and raises
+:class:`~pyergon.errors.FlowStateError` with a one-line reason when it does not fit, leaving
+storage unchanged.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+import uuid
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyergon.clock import Clock, SystemClock
+from pyergon.context import FlowContext, ReplayEnded
+from pyergon.core.outcome import Completed, FlowOutcome
+from pyergon.core.records import Invocation, ScheduledFlow, StoredError, format_position
+from pyergon.core.status import TaskStatus
+from pyergon.decorators import flow_entry, require_flow_class
+from pyergon.errors import (
+    FlowDefinitionError,
+    FlowNotFoundError,
+    FlowStateError,
+    NonDeterminismError,
+)
+from pyergon.executor.executor import validate_flow_id
+from pyergon.executor.inputs import decode_flow
+from pyergon.executor.runner import FLOW_RETRY_SEQUENCE, FlowRun, drive_flow, reopen_failed_work
+from pyergon.serialization import Serializer, default_serializer
+from pyergon.storage.base import ExecutionLog
+from pyergon.storage.memory import InMemoryExecutionLog
+
+__all__ = ["Divergence", "FlowManager", "ReplayResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """Where today's code parts from a flow's recorded log.
+
+    Attributes:
+        position: The log position, such as ``"3"`` or ``"3.1"``.
+        recorded: The operation the log holds there.
+        current: The operation the code calls there now.
+    """
+
+    position: str
+    recorded: str
+    current: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What replaying a flow's log against today's code found.
+
+    Attributes:
+        flow_id: The replayed flow.
+        consistent: Whether the code matched every record it reached.
+        replayed: How many recorded operations the code reached and took from the log.
+        recorded: How many records the log holds (flow-level retry timers not counted).
+        ended_at: The position where the log ran out (the flow is waiting or was running
+            there), or ``None`` if the code ran to its end.
+        divergence: The first mismatch, if any.
+        outcome: The flow's outcome when the replay ran to its end, else ``None``.
+    """
+
+    flow_id: str
+    consistent: bool
+    replayed: int
+    recorded: int
+    ended_at: str | None = None
+    divergence: Divergence | None = None
+    outcome: FlowOutcome | None = field(default=None, compare=False)
+
+    def summary(self) -> str:
+        """One line saying what the replay found."""
+        if self.divergence is not None:
+            return (
+                f"flow {self.flow_id!r} diverges at position {self.divergence.position}: the log "
+                f"records {self.divergence.recorded} but the code calls {self.divergence.current}"
+            )
+        reached = f"{self.replayed} of {self.recorded} recorded operations replayed"
+        if self.ended_at is not None:
+            return (
+                f"flow {self.flow_id!r} is consistent with its log ({reached}); "
+                f"the log ends at position {self.ended_at}"
+            )
+        ending = ""
+        if isinstance(self.outcome, Completed):
+            ending = "; it returns" if self.outcome.error is None else "; it fails"
+        return f"flow {self.flow_id!r} is consistent with its log ({reached}){ending}"
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        colour = "#2e7d32" if self.consistent else "#c62828"
+        return f'<span style="color:{colour}">{html.escape(self.summary())}</span>'
+
+
+class FlowManager:
+    """Management operations on the flows in one storage.
+
+    Args:
+        storage: The storage holding the flows.
+        flow_classes: Flow classes that :meth:`replay` can rebuild, by their stored type name.
+        serializer: Must match the one the flows were stored with.
+        clock: Time source for lease checks.
+    """
+
+    def __init__(
+        self,
+        storage: ExecutionLog,
+        flow_classes: Iterable[type] = (),
+        *,
+        serializer: Serializer | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.storage = storage
+        self.serializer = serializer or default_serializer()
+        self.clock = clock or SystemClock()
+        self._classes: dict[str, type] = {}
+        for flow_class in flow_classes:
+            self.register(flow_class)
+
+    def __repr__(self) -> str:
+        return f"FlowManager(storage={self.storage!r})"
+
+    def register(self, flow_class: type) -> None:
+        """Let :meth:`replay` rebuild flows of ``flow_class``; registering again replaces it."""
+        self._classes[require_flow_class(flow_class)] = flow_class
+
+    async def get(self, flow_id: str) -> ScheduledFlow:
+        """Return the flow with ``flow_id``.
+
+        Raises:
+            FlowNotFoundError: No such flow.
+        """
+        flow = await self.storage.get_flow(validate_flow_id(flow_id))
+        if flow is None:
+            raise FlowNotFoundError(flow_id)
+        return flow
+
+    async def cancel(self, flow_id: str) -> ScheduledFlow:
+        """Cancel a flow: at once if it waits or is queued, at its next step boundary if running.
+
+        Returns:
+            The flow as stored: ``CANCELLED``, or ``RUNNING`` with ``cancel_requested`` set.
+
+        Raises:
+            FlowNotFoundError: No such flow.
+            FlowStateError: The flow already finished.
+        """
+        flow = await self.get(flow_id)
+        if flow.status.is_final:
+            raise FlowStateError(
+                flow_id, f"flow {flow_id!r} is already {flow.status.value}; nothing to cancel"
+            )
+        cancelled = await self.storage.request_cancel(flow_id)
+        if cancelled is None:
+            raise FlowNotFoundError(flow_id)
+        if cancelled.status.is_final and cancelled.status is not TaskStatus.CANCELLED:
+            raise FlowStateError(
+                flow_id, f"flow {flow_id!r} finished ({cancelled.status.value}) before the cancel"
+            )
+        return cancelled
+
+    async def resume(self, flow_id: str) -> ScheduledFlow:
+        """Put a suspended or stuck flow back in the queue so a worker runs it now.
+
+        A suspended flow resumes before its timer is due (its wait is checked again and it
+        suspends again if nothing changed). A running flow counts as stuck when it has no live
+        lease: a direct executor that died, or a worker whose lease ran out.
+
+        Returns:
+            The flow, now ``PENDING`` (or unchanged if it already was).
+
+        Raises:
+            FlowNotFoundError: No such flow.
+            FlowStateError: The flow finished, or a live worker holds it.
+        """
+        flow = await self.get(flow_id)
+        if flow.status is TaskStatus.PENDING:
+            return flow
+        if flow.status.is_final:
+            failed = flow.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
+            hint = "; use retry to run it again" if failed else ""
+            raise FlowStateError(
+                flow_id, f"flow {flow_id!r} is {flow.status.value} and cannot resume{hint}"
+            )
+        lease_until = flow.lease_expires_at if flow.status is TaskStatus.RUNNING else None
+        if lease_until is not None and lease_until > self.clock.now():
+            raise FlowStateError(
+                flow_id,
+                f"flow {flow_id!r} is running on worker {flow.lease_owner!r} (lease valid for "
+                f"{lease_until - self.clock.now():.0f} s more); cancel it first or wait",
+            )
+        resumed = await self.storage.update_flow(
+            flow_id, status=TaskStatus.PENDING, wake_at=None, expected_status=[flow.status]
+        )
+        if resumed is None:
+            raise FlowStateError(flow_id, f"flow {flow_id!r} changed state meanwhile; try again")
+        return resumed
+
+    async def retry(self, flow_id: str) -> ScheduledFlow:
+        """Run a failed or cancelled flow again; steps that succeeded stay recorded.
+
+        Failed records (and failed child flows) are cleared so they run again, and the flow's
+        attempt count starts over.
+
+        Returns:
+            The flow, now ``PENDING``.
+
+        Raises:
+            FlowNotFoundError: No such flow.
+            FlowStateError: The flow did not fail and was not cancelled.
+        """
+        flow = await self.get(flow_id)
+        retryable = (TaskStatus.FAILED, TaskStatus.CANCELLED)
+        if flow.status not in retryable:
+            raise FlowStateError(
+                flow_id,
+                f"flow {flow_id!r} is {flow.status.value}; only FAILED or CANCELLED flows can "
+                "be retried",
+            )
+        await reopen_failed_work(self.storage, flow_id)
+        retried = await self.storage.update_flow(
+            flow_id,
+            status=TaskStatus.PENDING,
+            error=None,
+            result=None,
+            wake_at=None,
+            attempt=1,
+            expected_status=retryable,
+        )
+        if retried is None:
+            raise FlowStateError(flow_id, f"flow {flow_id!r} changed state meanwhile; try again")
+        return retried
+
+    async def fork(self, flow_id: str, *, from_step: int, new_flow_id: str | None = None) -> str:
+        """Start a new flow whose log is the first ``from_step`` positions of another.
+
+        The new flow has the same type and inputs, replays the copied records and runs live
+        after them; the original is not touched. Use it to explore "what if step N had gone
+        differently" with fixed code, or to re-run the tail of a finished flow.
+
+        Args:
+            flow_id: The flow to fork.
+            from_step: How many top-level log positions to keep (0 keeps none).
+            new_flow_id: The new flow's id; defaults to ``"<flow_id>~fork-<random>"``.
+
+        Returns:
+            The new flow's id; the flow is ``PENDING`` for a worker, or run it with an
+            ``Executor`` under that id.
+
+        Raises:
+            FlowNotFoundError: No such flow.
+            FlowStateError: The flow is running, ``from_step`` is past the end of its log, or
+                ``new_flow_id`` exists.
+        """
+        flow = await self.get(flow_id)
+        if flow.status is TaskStatus.RUNNING:
+            raise FlowStateError(
+                flow_id, f"flow {flow_id!r} is running; fork it once it waits or has finished"
+            )
+        records = [
+            record
+            for record in await self.storage.load_invocations(flow_id)
+            if record.sequence != FLOW_RETRY_SEQUENCE
+        ]
+        last = max((record.sequence for record in records), default=0)
+        if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 0:
+            raise FlowStateError(flow_id, f"from_step must be an integer >= 0, got {from_step!r}")
+        if from_step > last:
+            raise FlowStateError(
+                flow_id,
+                f"flow {flow_id!r} records positions 1 to {last}; from_step={from_step} is "
+                "past the end of its log",
+            )
+        target = new_flow_id or f"{flow_id}~fork-{uuid.uuid4().hex[:8]}"
+        validate_flow_id(target)
+        if await self.storage.get_flow(target) is not None:
+            raise FlowStateError(target, f"flow {target!r} already exists; choose another id")
+        for record in records:
+            if record.sequence <= from_step:
+                await self.storage.record_invocation(_moved(record, target))
+        # The flow record comes last: a fork interrupted half-way leaves no runnable flow.
+        now = time.time()
+        await self.storage.create_flow(
+            ScheduledFlow(
+                flow_id=target,
+                flow_type=flow.flow_type,
+                payload=flow.payload,
+                status=TaskStatus.PENDING,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        return target
+
+    async def replay(self, flow_id: str, flow_class: type | None = None) -> ReplayResult:
+        """Run today's code against a flow's recorded log without running any step body.
+
+        Nothing is written to storage: the replay works on a copy of the log, stops where the
+        log ends, and reports the first position where the code calls something else.
+
+        Args:
+            flow_id: The flow to replay.
+            flow_class: The flow's class; defaults to the one registered for its type.
+
+        Raises:
+            FlowNotFoundError: No such flow.
+            FlowDefinitionError: No class is known for the flow's type.
+        """
+        flow = await self.get(flow_id)
+        cls = flow_class or self._classes.get(flow.flow_type)
+        if cls is None:
+            raise FlowDefinitionError(
+                f"no class registered for flow type {flow.flow_type!r}; pass flow_class= or "
+                "register it with the manager"
+            )
+        method_name, _ = flow_entry(cls)
+        instance: Any = decode_flow(self.serializer, cls, flow.payload)
+        records = await self.storage.load_invocations(flow_id)
+        copy = InMemoryExecutionLog()
+        await copy.create_flow(flow.replace(status=TaskStatus.RUNNING))
+        for record in records:
+            await copy.record_invocation(record)
+        for signal in await self.storage.list_signals(flow_id):
+            await copy.store_signal(signal)
+        contexts: list[FlowContext] = []
+        run = FlowRun(
+            flow=instance,
+            flow_id=flow_id,
+            storage=copy,
+            serializer=self.serializer,
+            clock=self.clock,
+            entry=lambda running: getattr(running, method_name)(),
+            run_child=_no_live_children,
+            writer=_DiscardingWriter(),
+            attempt=flow.attempt,
+            replay_only=True,
+            observe=contexts.append,
+        )
+        recorded = sum(1 for record in records if record.sequence != FLOW_RETRY_SEQUENCE)
+        try:
+            outcome = await drive_flow(run)
+        except NonDeterminismError as error:
+            return ReplayResult(
+                flow_id,
+                consistent=False,
+                replayed=_replayed(contexts),
+                recorded=recorded,
+                divergence=Divergence(error.sequence, error.recorded, error.current),
+            )
+        except ReplayEnded as ended:
+            return ReplayResult(
+                flow_id,
+                consistent=True,
+                replayed=_replayed(contexts),
+                recorded=recorded,
+                ended_at=format_position(*ended.position),
+            )
+        return ReplayResult(
+            flow_id,
+            consistent=True,
+            replayed=_replayed(contexts),
+            recorded=recorded,
+            outcome=outcome,
+        )
+
+
+def _moved(record: Invocation, flow_id: str) -> Invocation:
+    return record.replace(flow_id=flow_id)
+
+
+def _replayed(contexts: list[FlowContext]) -> int:
+    return contexts[-1].replayed_count if contexts else 0
+
+
+async def _no_live_children(*_args: object) -> FlowOutcome:  # pragma: no cover - guarded
+    raise AssertionError("a replay reached a live child; before_live_work should stop it")
+
+
+class _DiscardingWriter:
+    """A replay writes nothing back: every state change is dropped."""
+
+    async def complete(self, result: bytes | None, attempt: int) -> None:
+        del result, attempt
+
+    async def fail(self, error: StoredError, attempt: int) -> None:
+        del error, attempt
+
+    async def cancel(self, error: StoredError, attempt: int) -> None:
+        del error, attempt
+
+    async def suspend(
+        self,
+        wake_at: float | None,
+        signals: Collection[str],
+        children: Collection[str],
+        attempt: int,
+    ) -> None:
+        del wake_at, signals, children, attempt
