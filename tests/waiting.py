@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from pyergon.core import ScheduledFlow, TaskStatus
 from pyergon.storage.base import ExecutionLog
@@ -21,4 +22,15 @@ async def flow_reaches(
             flow = await storage.get_flow(flow_id)
             if flow is not None and flow.status is status:
                 return flow
+            await asyncio.sleep(0.002)
+
+
+async def until(condition: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    """Return once ``condition()`` is true; fail after ``within`` seconds.
+
+    For state that another task changes without an event to await (a worker's view of a
+    flow); polls under a deadline, never decides an outcome by a fixed sleep.
+    """
+    async with asyncio.timeout(within):
+        while not await condition():  # noqa: ASYNC110 - the state has no event to await
             await asyncio.sleep(0.002)

@@ -115,6 +115,7 @@ class Executor(Generic[F]):
                     writer=_DirectWriter(self.storage, self.flow_id),
                     attempt=stored.attempt,
                     log={} if created else None,
+                cancellation=PolledCancellation(self.storage, self.flow_id, self.clock),
                 )
             )
         except NonDeterminismError:

@@ -37,6 +37,9 @@ logger = logging.getLogger("pyergon.worker")
 _IDLE_WAIT = 1.0
 """Longest single wait for a notification; bounds how late a stop or a lost wake-up is seen."""
 
+_CANCEL_CHECK_INTERVAL = 0.02
+"""Least seconds between two looks for cancellation requests of running flows."""
+
 _MAX_BACKOFF = 5.0
 """Longest pause between attempts while the storage cannot be reached."""
 
@@ -85,6 +88,7 @@ class Worker:
         self._kick = asyncio.Event()
         self._stopping = False
         self._claim_backoff = _Backoff(worker_id, "claiming flows")
+        self._cancels_checked_at = 0.0
         self.flows_finished = 0
         """Flows this worker ran to a final state."""
 
@@ -154,6 +158,7 @@ class Worker:
             while not self._stopping:
                 self._kick.clear()
                 await self._fill_slots()
+                await self._check_cancellations()
                 timeout = await self._idle_timeout()
                 if self._stopping:
                     break
@@ -212,10 +217,11 @@ class Worker:
                 return
             assert flow.lease_token is not None  # a claim always sets the lease
             writer = _LeaseWriter(self.storage, flow.flow_id, flow.lease_token)
+            cancel = _CancelFlag(flow.cancel_requested)
             task = asyncio.create_task(
-                self._run_claimed(flow, writer), name=f"pyergon-flow-{flow.flow_id}"
+                self._run_claimed(flow, writer, cancel), name=f"pyergon-flow-{flow.flow_id}"
             )
-            self._running[flow.flow_id] = _Claim(writer, task)
+            self._running[flow.flow_id] = _Claim(writer, task, cancel)
             task.add_done_callback(functools.partial(self._finished, flow.flow_id))
 
     def _finished(self, flow_id: str, task: asyncio.Task[None]) -> None:
@@ -225,6 +231,21 @@ class Worker:
         if claim is not None and claim.task is task:
             del self._running[flow_id]
         self._kick.set()
+
+    async def _check_cancellations(self) -> None:
+        """Tell running flows whose cancellation was requested; they stop at a step boundary."""
+        loop_time = asyncio.get_running_loop().time()
+        if not self._running or loop_time - self._cancels_checked_at < _CANCEL_CHECK_INTERVAL:
+            return
+        self._cancels_checked_at = loop_time
+        try:
+            requested = await self.storage.cancel_requests(list(self._running))
+        except Exception:
+            return  # the claim loop reports storage trouble
+        for flow_id in requested:
+            claim = self._running.get(flow_id)
+            if claim is not None:
+                claim.cancel.requested_flag = True
 
     async def _renew_leases(self) -> None:
         interval = self.lease_seconds / 3
@@ -253,7 +274,9 @@ class Worker:
                     )
                     claim.task.cancel()
 
-    async def _run_claimed(self, flow: ScheduledFlow, writer: _LeaseWriter) -> None:
+    async def _run_claimed(
+        self, flow: ScheduledFlow, writer: _LeaseWriter, cancel: _CancelFlag
+    ) -> None:
         try:
             cls = self._registry[flow.flow_type]
             instance: Any = decode_flow(self.serializer, cls, flow.payload)
@@ -275,6 +298,7 @@ class Worker:
                     run_child=self._schedule_child,
                     writer=writer,
                     attempt=flow.attempt,
+                    cancellation=cancel,
                 )
             )
         except asyncio.CancelledError:
@@ -425,11 +449,23 @@ class _Claim:
 
     writer: _LeaseWriter
     task: asyncio.Task[None]
+    cancel: _CancelFlag
 
     @property
     def active(self) -> bool:
         """Whether the flow still runs under this claim (not finished, not being released)."""
         return not self.task.done() and not self.writer.releasing
+
+
+class _CancelFlag:
+    """Set by the worker when storage says the flow's cancellation was requested."""
+
+    def __init__(self, requested: bool = False) -> None:
+        self.requested_flag = requested
+
+    async def requested(self) -> bool:
+        """Whether the flow should stop at this step boundary."""
+        return self.requested_flag
 
 
 async def _release_quietly(writer: _LeaseWriter, why: str) -> None:

@@ -1,0 +1,158 @@
+"""The read side: one flow's history, paging through flows, and typed DataFrames."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from pyergon import Executor, RetryPolicy, flow, flow_type, send_signal, step
+from pyergon.core import (
+    Invocation,
+    InvocationStatus,
+    OperationKind,
+    ScheduledFlow,
+    SignalRecord,
+    TaskStatus,
+)
+from pyergon.history import (
+    FLOW_COLUMNS,
+    INVOCATION_COLUMNS,
+    SIGNAL_COLUMNS,
+    flows_frame,
+    invocations_frame,
+    iter_flows,
+    load_history,
+    signals_frame,
+)
+from pyergon.storage.base import ExecutionLog
+
+attempts_left = {"flaky": 1}
+
+
+@dataclass
+@flow_type
+class Leaf:
+    value: int
+
+    @flow
+    async def run(self) -> int:
+        return self.value
+
+
+@dataclass
+@flow_type
+class Tree:
+    width: int
+
+    @step
+    async def flaky(self) -> str:
+        if attempts_left["flaky"]:
+            attempts_left["flaky"] -= 1
+            raise RuntimeError("first attempt fails")
+        return "ok"
+
+    @flow
+    async def run(self) -> int:
+        await self.flaky()
+        total = 0
+        for value in range(self.width):
+            total += await self.invoke(Leaf(value)).result()
+        return total
+
+
+async def test_history_gathers_records_signals_children_and_retries(
+    storage: ExecutionLog,
+) -> None:
+    attempts_left["flaky"] = 1
+    tree = Tree(3)
+
+    @dataclass
+    @flow_type(name="Tree")
+    class RetryingTree(Tree):
+        @step(retry_policy=RetryPolicy(max_attempts=2, initial_interval=0))
+        async def flaky(self) -> str:
+            return await Tree.flaky(self)
+
+    outcome = await Executor(RetryingTree(tree.width), storage, "tree").run(lambda t: t.run())
+    assert outcome.result == 3
+    await send_signal(storage, "tree", "note", "hello")
+    history = await load_history(storage, "tree")
+    assert history.flow.status is TaskStatus.COMPLETE
+    assert [child.flow_id for child in history.children] == ["tree/4", "tree/3", "tree/2"]
+    assert [signal.name for signal in history.signals] == ["note"]
+    assert [record.name for record in history.retried] == ["flaky"]
+    assert history.retried[0].attempts == 2
+    frame = history.invocations_frame()
+    assert list(frame.columns) == list(INVOCATION_COLUMNS)
+    assert list(frame["position"]) == ["1", "2", "3", "4"]
+    assert list(frame["kind"]) == ["STEP", "CHILD", "CHILD", "CHILD"]
+
+
+async def test_iter_flows_pages_through_everything_once(storage: ExecutionLog) -> None:
+    for number in range(23):
+        await storage.create_flow(
+            ScheduledFlow(
+                f"f{number:02d}",
+                "Kind",
+                b"",
+                TaskStatus.PENDING,
+                created_at=1_000.0 + number // 2,  # pairs share a creation time
+                updated_at=1_000.0,
+            )
+        )
+    seen = [flow.flow_id async for flow in iter_flows(storage, page_size=5)]
+    assert len(seen) == 23 and len(set(seen)) == 23
+    assert seen == sorted(seen, key=lambda flow_id: (int(flow_id[1:]) // 2, flow_id), reverse=True)
+    limited = [flow.flow_id async for flow in iter_flows(storage, page_size=4, limit=6)]
+    assert limited == seen[:6]
+
+
+def test_frames_have_fixed_columns_and_dtypes_even_when_empty() -> None:
+    for frame, columns in (
+        (flows_frame([]), FLOW_COLUMNS),
+        (invocations_frame([]), INVOCATION_COLUMNS),
+        (signals_frame([]), SIGNAL_COLUMNS),
+    ):
+        assert list(frame.columns) == list(columns)
+        assert len(frame) == 0
+    flows = flows_frame([])
+    assert str(flows["created_at"].dtype) == "datetime64[ns, UTC]"
+    assert str(flows["duration"].dtype) == "timedelta64[ns]"
+    assert isinstance(flows["status"].dtype, pd.CategoricalDtype)
+    assert list(flows["status"].cat.categories) == [status.value for status in TaskStatus]
+
+
+def test_flow_frame_values() -> None:
+    finished = ScheduledFlow(
+        "a", "Kind", b"", TaskStatus.COMPLETE, created_at=10.0, updated_at=12.5, worker_id="w1"
+    )
+    waiting = ScheduledFlow(
+        "b", "Kind", b"", TaskStatus.SUSPENDED, created_at=11.0, updated_at=11.0, wake_at=99.0
+    )
+    frame = flows_frame([finished, waiting])
+    assert frame.loc[0, "duration"] == pd.Timedelta(seconds=2.5)
+    assert pd.isna(frame.loc[1, "duration"])
+    assert frame.loc[1, "wake_at"] == pd.Timestamp(99.0, unit="s", tz="UTC")
+    assert frame.loc[0, "worker_id"] == "w1"
+    assert pd.isna(frame.loc[1, "worker_id"])
+
+
+def test_invocation_and_signal_frame_values() -> None:
+    record = Invocation(
+        "a",
+        3,
+        OperationKind.TIMER,
+        "nap",
+        InvocationStatus.WAITING_FOR_TIMER,
+        sub_sequence=1,
+        started_at=5.0,
+        fire_at=65.0,
+    )
+    frame = invocations_frame([record])
+    assert frame.loc[0, "position"] == "3.1"
+    assert frame.loc[0, "idempotency_key"] == "a:3.1"
+    assert frame.loc[0, "fire_at"] == pd.Timestamp(65.0, unit="s", tz="UTC")
+    assert pd.isna(frame.loc[0, "duration"])
+    signals = signals_frame([SignalRecord("a", "go", b"12345", 7.0)])
+    assert signals.loc[0, "size_bytes"] == 5
