@@ -1,0 +1,106 @@
+"""The scenario table: name, backends it applies to, default and quick sizes, what it runs."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from benchmarks import direct, imports, queued
+from benchmarks.result import RunResult
+
+__all__ = ["NO_BACKEND", "SCENARIOS", "Scenario"]
+
+ALL_BACKENDS = ("memory", "sqlite", "redis", "postgres")
+SHARED_BACKENDS = ("sqlite", "redis", "postgres")
+NO_BACKEND = "none"
+"""The backend of scenarios that use no storage."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One benchmark.
+
+    Attributes:
+        name: What ``--scenario`` selects.
+        backends: The backends it runs on (``("none",)`` for storage-free scenarios).
+        run_once: Runs it once on a backend with size ``n``.
+        local_n: Default ``n`` on memory and SQLite.
+        server_n: Default ``n`` on Redis and PostgreSQL.
+        quick_n: ``n`` under ``--quick``.
+        latency_of: What the latency samples are, if any.
+    """
+
+    name: str
+    backends: tuple[str, ...]
+    run_once: Callable[[str, int], Awaitable[RunResult]]
+    local_n: int
+    server_n: int
+    quick_n: int
+    latency_of: str | None = None
+
+    def size(self, backend: str, *, quick: bool) -> int:
+        """The default ``n`` for ``backend``."""
+        if quick:
+            return self.quick_n
+        return self.server_n if backend in ("redis", "postgres") else self.local_n
+
+
+SCENARIOS = {
+    scenario.name: scenario
+    for scenario in (
+        Scenario(
+            "executor_sequential",
+            ALL_BACKENDS,
+            direct.sequential,
+            2000,
+            1000,
+            100,
+            latency_of="run time of one flow",
+        ),
+        Scenario(
+            "executor_concurrent",
+            ALL_BACKENDS,
+            direct.concurrent,
+            2000,
+            1000,
+            100,
+            latency_of="run time of one flow, 50 in flight",
+        ),
+        Scenario(
+            "workers_1proc",
+            SHARED_BACKENDS,
+            functools.partial(queued.drain, processes=1),
+            2000,
+            2000,
+            100,
+        ),
+        Scenario(
+            "workers_2proc",
+            SHARED_BACKENDS,
+            functools.partial(queued.drain, processes=2),
+            2000,
+            2000,
+            100,
+        ),
+        Scenario(
+            "timer_lateness",
+            ALL_BACKENDS,
+            queued.timer_lateness,
+            100,
+            100,
+            20,
+            latency_of="timer lateness: continued-at minus fire_at",
+        ),
+        Scenario(
+            "signal_latency",
+            ALL_BACKENDS,
+            queued.signal_latency,
+            100,
+            100,
+            20,
+            latency_of="signal to resume: resumed-at minus sent_at",
+        ),
+        Scenario("import_time", (NO_BACKEND,), imports.import_time, 5, 5, 2),
+    )
+}

@@ -1,0 +1,54 @@
+"""Numbers for the result lines: summaries over runs, latency percentiles, RSS, the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+from collections.abc import Sequence
+
+__all__ = ["machine", "peak_rss_mb", "percentiles", "summarize"]
+
+
+def summarize(values: Sequence[float], digits: int = 4) -> dict[str, float]:
+    """Median, min and max of one number measured in each run."""
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
+
+
+def percentiles(samples: Sequence[float]) -> dict[str, float]:
+    """p50, p95 and max of latency samples (interpolated between the nearest samples)."""
+    if len(samples) == 1:
+        only = round(samples[0], 3)
+        return {"p50": only, "p95": only, "max": only}
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return {"p50": round(cuts[49], 3), "p95": round(cuts[94], 3), "max": round(max(samples), 3)}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB.
+
+    On Linux this is ``VmHWM``: ``ru_maxrss`` would also count the memory of the parent that
+    spawned us, which the kernel carries over exec.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports kibibytes, macOS bytes.
+    return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
+
+
+def machine() -> dict[str, object]:
+    """What the numbers were measured on."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpus": cpus, "platform": platform.platform()}
