@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Generic, TypeVar
 
 from pyergon.clock import Clock, SystemClock
-from pyergon.context import FlowContext, Position
+from pyergon.context import Cancellation, FlowContext, Position
 from pyergon.core.outcome import FlowOutcome
 from pyergon.core.records import ScheduledFlow, StoredError, format_position
 from pyergon.core.status import TaskStatus
@@ -55,6 +55,9 @@ class Executor(Generic[F]):
         serializer: How results are stored; defaults to
             :func:`~pyergon.serialization.default_serializer`.
         clock: Time source for timers; defaults to the system clock.
+        cancellation: Asked at every step boundary whether the flow stops there; defaults to
+            looking for a cancel request in storage every half second. The notebook stepper
+            passes one that pauses instead.
 
     Raises:
         FlowDefinitionError: ``flow`` is not an instance of a ``@flow_type`` dataclass.
@@ -70,6 +73,7 @@ class Executor(Generic[F]):
         serializer: Serializer | None = None,
         clock: Clock | None = None,
         parent: tuple[str, str] | None = None,
+        cancellation: Cancellation | None = None,
     ) -> None:
         self.type_name = require_flow_instance(flow)
         self.flow = flow
@@ -78,6 +82,7 @@ class Executor(Generic[F]):
         self.serializer = serializer or default_serializer()
         self.clock = clock or SystemClock()
         self._parent = parent
+        self._cancellation = cancellation
 
     def __repr__(self) -> str:
         return f"Executor(flow_id={self.flow_id!r}, type={self.type_name!r})"
@@ -115,7 +120,8 @@ class Executor(Generic[F]):
                     writer=_DirectWriter(self.storage, self.flow_id),
                     attempt=stored.attempt,
                     log={} if created else None,
-                cancellation=PolledCancellation(self.storage, self.flow_id, self.clock),
+                cancellation=self._cancellation
+                or PolledCancellation(self.storage, self.flow_id, self.clock),
                 )
             )
         except NonDeterminismError:

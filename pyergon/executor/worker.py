@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from pyergon.clock import Clock, SystemClock
@@ -57,6 +57,9 @@ class Worker:
             flows to others after at most this long.
         serializer: How values are stored; must match the scheduler's.
         clock: Time source for leases and timers.
+        on_error: Called with every error the worker meets outside a flow's own code (storage
+            failures, a flow that cannot start or no longer matches its log) and the flow id
+            concerned, if any; they are logged as well. Notebook sessions keep them.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class Worker:
         lease_seconds: float = 30.0,
         serializer: Serializer | None = None,
         clock: Clock | None = None,
+        on_error: Callable[[BaseException, str | None], None] | None = None,
     ) -> None:
         if not isinstance(worker_id, str) or not worker_id:
             raise ValueError(f"worker_id must be a non-empty string, got {worker_id!r}")
@@ -87,7 +91,8 @@ class Worker:
         self._running: dict[str, _Claim] = {}
         self._kick = asyncio.Event()
         self._stopping = False
-        self._claim_backoff = _Backoff(worker_id, "claiming flows")
+        self.on_error = on_error
+        self._claim_backoff = _Backoff(worker_id, "claiming flows", self._report)
         self._cancels_checked_at = 0.0
         self.flows_finished = 0
         """Flows this worker ran to a final state."""
@@ -171,7 +176,7 @@ class Worker:
 
     async def _listen(self) -> None:
         """Turn storage notifications into kicks of the serving loop."""
-        backoff = _Backoff(self.worker_id, "waiting for work")
+        backoff = _Backoff(self.worker_id, "waiting for work", self._report)
         while True:
             try:
                 woken = await self.storage.wait_for_work(_IDLE_WAIT)
@@ -232,6 +237,14 @@ class Worker:
             del self._running[flow_id]
         self._kick.set()
 
+    def _report(self, error: BaseException, flow_id: str | None) -> None:
+        if self.on_error is None:
+            return
+        try:
+            self.on_error(error, flow_id)
+        except Exception:  # a broken callback must not stop the worker
+            logger.exception("worker %s: on_error callback failed", self.worker_id)
+
     async def _check_cancellations(self) -> None:
         """Tell running flows whose cancellation was requested; they stop at a step boundary."""
         loop_time = asyncio.get_running_loop().time()
@@ -283,6 +296,7 @@ class Worker:
             method_name, _ = flow_entry(cls)
         except Exception as error:
             logger.error("flow %r cannot be started: %s", flow.flow_id, error)
+            self._report(error, flow.flow_id)
             await writer.fail(StoredError.describe(error), flow.attempt)
             self.flows_finished += 1
             return
@@ -307,6 +321,7 @@ class Worker:
         except NonDeterminismError as error:
             # The code no longer matches the log; running it again would fail the same way.
             logger.error("flow %r no longer matches its log: %s", flow.flow_id, error)
+            self._report(error, flow.flow_id)
             stored_error = StoredError.describe(error, serialize_exception(self.serializer, error))
             await writer.fail(stored_error, flow.attempt)
             self.flows_finished += 1
@@ -316,6 +331,7 @@ class Worker:
             logger.error(
                 "worker %s failed running flow %r: %r", self.worker_id, flow.flow_id, error
             )
+            self._report(error, flow.flow_id)
             await _release_quietly(writer, "failed")
             return
         if not isinstance(outcome, Suspended):
@@ -478,9 +494,15 @@ async def _release_quietly(writer: _LeaseWriter, why: str) -> None:
 class _Backoff:
     """Retries with growing pauses while storage fails, logging once per outage."""
 
-    def __init__(self, worker_id: str, doing: str) -> None:
+    def __init__(
+        self,
+        worker_id: str,
+        doing: str,
+        report: Callable[[BaseException, str | None], None],
+    ) -> None:
         self._worker_id = worker_id
         self._doing = doing
+        self._report = report
         self._delay = 0.0
 
     async def failed(self, error: BaseException) -> None:
@@ -491,6 +513,7 @@ class _Backoff:
                 self._doing,
                 error,
             )
+            self._report(error, None)
         self._delay = min(max(self._delay * 2, 0.05), _MAX_BACKOFF)
         await asyncio.sleep(self._delay)
 

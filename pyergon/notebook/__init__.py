@@ -1,0 +1,10 @@
+"""The notebook toolkit: a session on the kernel's loop, tables, timelines, magics, stepping.
+
+Import what you need from here; pandas and ipywidgets are loaded only when a table or widget
+is built (``pip install "pyergon[notebook]"``).
+"""
+
+from pyergon.notebook.session import BackgroundError, BackgroundErrors, Session
+from pyergon.notebook.stepper import Stepper, StepReport
+
+__all__ = ["BackgroundError", "BackgroundErrors", "Session", "StepReport", "Stepper"]

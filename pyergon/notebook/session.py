@@ -1,0 +1,337 @@
+"""A notebook's handle on pyergon: workers on the kernel's loop, tables, and flow control.
+
+``session = await Session.open("sqlite:///flows.db")`` (or ``Session(storage)``) gives one
+object for a notebook: it starts workers as tasks on the running event loop (no threads, no
+second loop), keeps strong references to every task it starts, keeps every error a background
+worker meets so a later cell sees it, and offers the management operations and DataFrames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pyergon.clock import Clock, SystemClock
+from pyergon.core.outcome import Completed, FlowOutcome
+from pyergon.core.status import TaskStatus
+from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
+from pyergon.errors import PyergonError
+from pyergon.executor.executor import Executor
+from pyergon.executor.scheduler import Scheduler
+from pyergon.executor.worker import Worker, WorkerHandle
+from pyergon.history import FlowHistory, flows_frame, invocations_frame, iter_flows, load_history
+from pyergon.management import FlowManager, ReplayResult
+from pyergon.notebook.stepper import Stepper
+from pyergon.serialization import Serializer, default_serializer
+from pyergon.storage.base import ExecutionLog
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pyergon.core.records import ScheduledFlow
+
+__all__ = ["BackgroundError", "BackgroundErrors", "Session"]
+
+
+@dataclass(frozen=True, slots=True)
+class BackgroundError:
+    """An error a worker met outside a flow's own code.
+
+    Attributes:
+        worker_id: The worker that met it.
+        flow_id: The flow concerned, if any.
+        error: The exception.
+        at: When it happened (epoch seconds).
+    """
+
+    worker_id: str
+    flow_id: str | None
+    error: BaseException
+    at: float
+
+    def __str__(self) -> str:
+        where = f" on flow {self.flow_id!r}" if self.flow_id else ""
+        return f"worker {self.worker_id}{where}: {type(self.error).__name__}: {self.error}"
+
+
+class BackgroundErrors(PyergonError):
+    """Raised by :meth:`Session.raise_for_errors` with every error kept since the last raise.
+
+    Attributes:
+        errors: The kept errors, oldest first.
+    """
+
+    def __init__(self, errors: list[BackgroundError]) -> None:
+        shown = "\n".join(f"  - {error}" for error in errors[:10])
+        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
+        super().__init__(f"{len(errors)} background error(s) in pyergon workers:\n{shown}{more}")
+        self.errors = errors
+
+
+class Session:
+    """Workers, flows and their history for one notebook (or any asyncio program).
+
+    Args:
+        storage: A connected storage backend.
+        serializer: How values are stored; defaults to the pickle serializer.
+        clock: Time source for workers and direct runs.
+        close_storage: Whether :meth:`close` also closes ``storage``.
+    """
+
+    def __init__(
+        self,
+        storage: ExecutionLog,
+        *,
+        serializer: Serializer | None = None,
+        clock: Clock | None = None,
+        close_storage: bool = False,
+    ) -> None:
+        self.storage = storage
+        self.serializer = serializer or default_serializer()
+        self.clock = clock or SystemClock()
+        self.scheduler = Scheduler(storage, serializer=self.serializer, clock=self.clock)
+        self.manager = FlowManager(storage, serializer=self.serializer, clock=self.clock)
+        self.errors: list[BackgroundError] = []
+        """Background errors not raised yet; :meth:`raise_for_errors` raises and clears them."""
+        self._close_storage = close_storage
+        self._classes: dict[str, type] = {}
+        self._workers: list[tuple[Worker, WorkerHandle]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    @classmethod
+    async def open(cls, url: str, **options: Any) -> Session:
+        """Open storage by URL (``sqlite:///flows.db``, ``redis://…``, ``memory://``…).
+
+        The session owns that storage and closes it in :meth:`close`.
+        """
+        from pyergon.storage.url import open_storage
+
+        return cls(await open_storage(url), close_storage=True, **options)
+
+    def __repr__(self) -> str:
+        return (
+            f"Session(storage={self.storage!r}, workers={len(self.workers)}, "
+            f"flow_types={sorted(self._classes)}, errors={len(self.errors)})"
+        )
+
+    def _repr_html_(self) -> str:
+        workers = ", ".join(html.escape(worker.worker_id) for worker in self.workers) or "none"
+        types = ", ".join(html.escape(name) for name in sorted(self._classes)) or "none"
+        errors = (
+            f'<span style="color:#c62828">{len(self.errors)} background error(s)</span>'
+            if self.errors
+            else "no background errors"
+        )
+        return (
+            f"<div><b>pyergon session</b> on <code>{html.escape(repr(self.storage))}</code><br>"
+            f"workers: {workers}<br>flow types: {types}<br>{errors}</div>"
+        )
+
+    # -- flow types and workers ---------------------------------------------------------------
+
+    @property
+    def workers(self) -> list[Worker]:
+        """The workers this session started and has not stopped."""
+        return [worker for worker, handle in self._workers if handle.running]
+
+    async def register(self, *flow_classes: type) -> None:
+        """Make flow classes known to the session and its running workers.
+
+        Registering a class again, as re-running the cell that defines it does, replaces the
+        old registration everywhere instead of adding a second one.
+        """
+        for flow_class in flow_classes:
+            name = require_flow_class(flow_class)
+            self._classes[name] = flow_class
+            self.manager.register(flow_class)
+            for worker in self.workers:
+                await worker.register(flow_class)
+
+    async def start_workers(
+        self,
+        *flow_classes: type,
+        count: int = 1,
+        concurrency: int = 10,
+        lease_seconds: float = 30.0,
+    ) -> list[Worker]:
+        """Start ``count`` workers as tasks on the running loop, serving the given flow types.
+
+        Classes registered earlier are served too. Returns the new workers.
+        """
+        self._check_open()
+        await self.register(*flow_classes)
+        if not self._classes:
+            raise PyergonError("start_workers needs at least one flow class to serve")
+        started = []
+        for _ in range(count):
+            worker_id = f"notebook-{len(self._workers) + 1}"
+            worker = Worker(
+                self.storage,
+                worker_id,
+                max_concurrent_flows=concurrency,
+                lease_seconds=lease_seconds,
+                serializer=self.serializer,
+                clock=self.clock,
+                on_error=self._keeper(worker_id),
+            )
+            for flow_class in self._classes.values():
+                await worker.register(flow_class)
+            handle = await worker.start()
+            self._workers.append((worker, handle))
+            started.append(worker)
+        return started
+
+    async def stop_workers(self, deadline: float = 5.0) -> None:
+        """Stop every worker; flows still running at the deadline go back to the queue."""
+        workers, self._workers = self._workers, []
+        for _, handle in workers:
+            try:
+                await handle.shutdown(deadline)
+            except Exception as error:
+                self._keep_error(handle.worker.worker_id, None, error)
+
+    async def close(self) -> None:
+        """Stop workers and stepped runs, and close the storage if the session opened it."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.stop_workers()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._close_storage:
+            await self.storage.close()
+
+    # -- running flows ------------------------------------------------------------------------
+
+    async def schedule(self, flow: object, flow_id: str | None = None) -> str:
+        """Queue a flow for the session's workers (its class is registered on the way)."""
+        self._check_open()
+        await self.register(type(flow))
+        return await self.scheduler.schedule(flow, flow_id)
+
+    async def run(self, flow: object, flow_id: str | None = None) -> FlowOutcome:
+        """Run a flow right here in the cell with the direct executor, until it ends or waits."""
+        self._check_open()
+        require_flow_instance(flow)
+        method, _ = flow_entry(type(flow))
+        flow_id = flow_id or f"{type(flow).__name__}-{int(time.time() * 1000)}"
+        executor = Executor(
+            flow, self.storage, flow_id, serializer=self.serializer, clock=self.clock
+        )
+        return await executor.run(lambda running: getattr(running, method)())
+
+    def step_through(self, flow: object, flow_id: str | None = None) -> Stepper:
+        """Return a stepper that runs ``flow`` one operation per ``await stepper.next()``."""
+        self._check_open()
+        require_flow_instance(flow)
+        flow_id = flow_id or f"{type(flow).__name__}-{int(time.time() * 1000)}"
+        return Stepper(self, flow, flow_id)
+
+    async def signal(self, flow_id: str, name: str, value: Any = None) -> bool:
+        """Send a signal to a flow; returns whether it was new."""
+        return await self.scheduler.signal(flow_id, name, value)
+
+    async def wait(
+        self, flow_ids: str | Iterable[str], *, timeout: float | None = None
+    ) -> dict[str, Completed]:
+        """Wait for flows to finish and return their outcomes.
+
+        Background errors are raised before and after waiting. Interrupting the cell stops
+        only the waiting: workers keep running.
+        """
+        self.raise_for_errors()
+        ids = [flow_ids] if isinstance(flow_ids, str) else list(flow_ids)
+        waiting = asyncio.ensure_future(self.scheduler.wait(ids, timeout=timeout))
+        self._keep(waiting)
+        outcomes = await asyncio.shield(waiting)
+        self.raise_for_errors()
+        return outcomes
+
+    def raise_for_errors(self) -> None:
+        """Raise :class:`BackgroundErrors` if workers met errors since the last call."""
+        if self.errors:
+            errors, self.errors = self.errors, []
+            raise BackgroundErrors(errors)
+
+    # -- management ---------------------------------------------------------------------------
+
+    async def cancel(self, flow_id: str) -> ScheduledFlow:
+        """Cancel a flow; see :meth:`FlowManager.cancel`."""
+        return await self.manager.cancel(flow_id)
+
+    async def resume(self, flow_id: str) -> ScheduledFlow:
+        """Queue a suspended or stuck flow again; see :meth:`FlowManager.resume`."""
+        return await self.manager.resume(flow_id)
+
+    async def retry(self, flow_id: str) -> ScheduledFlow:
+        """Run a failed flow again; see :meth:`FlowManager.retry`."""
+        return await self.manager.retry(flow_id)
+
+    async def fork(self, flow_id: str, *, from_step: int, new_flow_id: str | None = None) -> str:
+        """Fork a flow's log; see :meth:`FlowManager.fork`."""
+        return await self.manager.fork(flow_id, from_step=from_step, new_flow_id=new_flow_id)
+
+    async def replay(self, flow_id: str, flow_class: type | None = None) -> ReplayResult:
+        """Replay a flow's log against today's code; see :meth:`FlowManager.replay`."""
+        return await self.manager.replay(flow_id, flow_class)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def history(self, flow_id: str) -> FlowHistory:
+        """One flow with its records, signals and children."""
+        return await load_history(self.storage, flow_id)
+
+    async def flows(
+        self,
+        *,
+        status: TaskStatus | Iterable[TaskStatus] | str | None = None,
+        flow_type: str | None = None,
+        limit: int | None = 1000,
+    ) -> pd.DataFrame:
+        """Flows newest first as a DataFrame (columns: :data:`pyergon.history.FLOW_COLUMNS`)."""
+        statuses: TaskStatus | list[TaskStatus] | None
+        if isinstance(status, str):
+            statuses = TaskStatus(status.upper())
+        elif status is None or isinstance(status, TaskStatus):
+            statuses = status
+        else:
+            statuses = [TaskStatus(value) for value in status]
+        rows = [
+            flow
+            async for flow in iter_flows(
+                self.storage, status=statuses, flow_type=flow_type, limit=limit
+            )
+        ]
+        return flows_frame(rows)
+
+    async def invocations(self, flow_id: str) -> pd.DataFrame:
+        """One flow's records as a DataFrame (columns: ``INVOCATION_COLUMNS``)."""
+        await self.manager.get(flow_id)
+        return invocations_frame(await self.storage.load_invocations(flow_id))
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _keeper(self, worker_id: str) -> Any:
+        def keep(error: BaseException, flow_id: str | None) -> None:
+            self._keep_error(worker_id, flow_id, error)
+
+        return keep
+
+    def _keep_error(self, worker_id: str, flow_id: str | None, error: BaseException) -> None:
+        self.errors.append(BackgroundError(worker_id, flow_id, error, time.time()))
+
+    def _keep(self, task: asyncio.Future[Any]) -> None:
+        """Hold a strong reference to a background task until it is done."""
+        if isinstance(task, asyncio.Task):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PyergonError("this session is closed; open a new one with Session.open(url)")
