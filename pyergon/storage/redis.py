@@ -1,6 +1,6 @@
 """Redis storage: several machines share one Redis, with atomic Lua claims and pub/sub wake-ups.
 
-Every multi-key change runs as one Lua script (:mod:`pyergon.storage.redis_scripts` describes
+Every multi-key change runs as one Lua script (:mod:`pyergon.storage.redis_layout` describes
 the key layout). A change that makes work runnable publishes on ``{prefix}:work``; each backend
 object listens on one dedicated pub/sub connection and wakes its local waiters, so workers in
 other processes and on other machines hear about new work at once.
@@ -30,7 +30,7 @@ except ImportError as missing:  # pragma: no cover - exercised with redis hidden
         'the Redis backend needs redis-py: install it with pip install "pyergon[redis]"'
     ) from missing
 
-from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import TaskStatus
 from pyergon.errors import (
     CorruptStorageError,
@@ -38,7 +38,14 @@ from pyergon.errors import (
     StorageClosedError,
     StorageError,
 )
-from pyergon.storage.base import SCHEMA_VERSION, UNCHANGED, FlowUpdate, StorageLifecycle
+from pyergon.storage.base import (
+    SCHEMA_VERSION,
+    UNCHANGED,
+    FlowUpdate,
+    StorageLifecycle,
+    check_page,
+    status_filter,
+)
 from pyergon.storage.redis_layout import (
     SCRIPTS,
     counted,
@@ -51,6 +58,7 @@ from pyergon.storage.redis_layout import (
     flow_from_hash,
     flow_from_reply,
     number,
+    optional,
 )
 
 __all__ = ["RedisExecutionLog"]
@@ -62,6 +70,9 @@ _LISTEN_KEEPALIVE = 30.0
 
 _LISTEN_RETRY = (0.05, 2.0)
 """First and longest pause between attempts to re-subscribe after the listener lost Redis."""
+
+_MIGRATION_BATCH = 1_000
+"""Flows backfilled per script call when migrating a prefix, so Redis is never blocked long."""
 
 
 class RedisExecutionLog(StorageLifecycle):
@@ -130,9 +141,10 @@ class RedisExecutionLog(StorageLifecycle):
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Connect, check the schema version, load the scripts and start listening for work.
+        """Connect, load the scripts, check the schema version and start listening for work.
 
-        Safe to call twice.
+        A prefix written by an older pyergon is migrated forward first, in batches that are each
+        atomic; processes connecting at once may all take part. Safe to call twice.
 
         Raises:
             SchemaVersionError: A newer pyergon wrote this prefix. Nothing was changed.
@@ -146,12 +158,12 @@ class RedisExecutionLog(StorageLifecycle):
             try:
                 with self._translated_errors():
                     await client.ping()
-                    await self._check_schema(client)
                     scripts = {
                         name: client.register_script(source) for name, source in SCRIPTS.items()
                     }
                     for source in SCRIPTS.values():
                         await client.script_load(source)
+                    await self._check_schema(client, scripts["migrate_from_v1"])
                     await self._start_listener()
             except BaseException as error:
                 await self._stop_listener()
@@ -188,9 +200,30 @@ class RedisExecutionLog(StorageLifecycle):
             retry=retry,
         )
 
-    async def _check_schema(self, client: Redis) -> None:
+    async def _check_schema(self, client: Redis, migrate_from_v1: AsyncScript) -> None:
+        """Record the version on a new prefix, migrate an older one, refuse a newer one."""
         key = self._key("schema_version")
         await client.set(key, SCHEMA_VERSION, nx=True)
+        version = await self._stored_version(client)
+        if version == 1:
+            cursor: bytes | str = "0"
+            while cursor:
+                # ARGV[3] (the clock) is unused by the migration but every script takes it.
+                cursor = await migrate_from_v1(
+                    args=[self._prefix, self._origin, repr(time.time()), cursor, _MIGRATION_BATCH],
+                    client=client,
+                )
+            logger.info("migrated prefix %r at %s to schema version 2", self._prefix, self._where)
+            version = await self._stored_version(client)  # another process may have moved on
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"prefix {self._prefix!r} at {self._where} was written by a newer pyergon (schema "
+                f"version {version}); this pyergon supports schema version {SCHEMA_VERSION} and "
+                'changed nothing. Upgrade pyergon (pip install -U "pyergon[redis]") to use it.'
+            )
+
+    async def _stored_version(self, client: Redis) -> int:
+        key = self._key("schema_version")
         stored = cast(bytes | None, await client.get(key))
         try:
             version = int(stored or b"")
@@ -201,13 +234,7 @@ class RedisExecutionLog(StorageLifecycle):
                 f"Redis key {key!r} at {self._where} should hold a pyergon schema version but "
                 f"holds {stored!r}; pyergon changed nothing. Use another prefix or delete the key."
             )
-        if version > SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"prefix {self._prefix!r} at {self._where} was written by a newer pyergon (schema "
-                f"version {version}); this pyergon supports schema version {SCHEMA_VERSION} and "
-                'changed nothing. Upgrade pyergon (pip install -U "pyergon[redis]") to use it.'
-            )
-        # Version 1 is the only layout so far; later versions migrate forward here.
+        return version
 
     # -- listening for work ------------------------------------------------------------------
 
@@ -440,6 +467,19 @@ class RedisExecutionLog(StorageLifecycle):
         self._wake_local_waiters(notified)
         return flow_from_reply(fields) if fields else None
 
+    async def request_cancel(self, flow_id: str) -> ScheduledFlow | None:
+        """Cancel a flow now, or at its next step boundary if it is running (one script)."""
+        notified, fields = await self._run("request_cancel", flow_id)
+        self._wake_local_waiters(notified)
+        return flow_from_reply(fields) if fields else None
+
+    async def cancel_requests(self, flow_ids: Collection[str]) -> set[str]:
+        """Return the running flows among ``flow_ids`` whose cancellation was requested."""
+        if not flow_ids:
+            return set()
+        requested: list[bytes] = await self._run("cancel_requests", *flow_ids)
+        return {flow_id.decode() for flow_id in requested}
+
     # -- wake-ups ----------------------------------------------------------------------------
 
     async def next_wake_at(self) -> float | None:
@@ -516,30 +556,62 @@ class RedisExecutionLog(StorageLifecycle):
         sent_at, payload = decode_signal(value)
         return SignalRecord(flow_id, name, payload, sent_at)
 
+    async def list_signals(self, flow_id: str) -> list[SignalRecord]:
+        """Return a flow's signals, oldest first (then by name)."""
+        fields = await self._read_hash(self._key("sig", flow_id))
+        signals = []
+        for name, value in fields.items():
+            sent_at, payload = decode_signal(value)
+            signals.append(SignalRecord(flow_id, name.decode(), payload, sent_at))
+        return sorted(signals, key=lambda signal: (signal.sent_at, signal.name))
+
     # -- history -----------------------------------------------------------------------------
 
     async def list_flows(
         self,
         *,
-        status: TaskStatus | None = None,
+        status: TaskStatus | Collection[TaskStatus] | None = None,
         flow_type: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        worker_id: str | None = None,
+        parent_flow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        after: FlowCursor | None = None,
     ) -> list[ScheduledFlow]:
-        """Return flows, newest first (ties by flow id, descending), optionally filtered."""
-        if status is not None and flow_type is not None:
-            index = self._key("status", status.value, flow_type)
-        elif status is not None:
-            index = self._key("status", status.value)
-        elif flow_type is not None:
-            index = self._key("type", flow_type)
-        else:
-            index = self._key("flows")
-        if limit <= 0:
+        """Return flows newest first, filtered; see :meth:`ExecutionLog.list_flows`.
+
+        One script walks the smallest index that holds every match (by status, type, worker,
+        parent, or all flows) from the cursor or ``created_before`` down, checking the other
+        filters per flow; with one filter it reads only the page.
+        """
+        check_page(limit, offset)
+        statuses = status_filter(status)
+        if limit == 0 or statuses == frozenset():
             return []
-        # The index key is computed here, so it is passed in full; the script adds no prefix.
-        replies = await self._run("list_flows", index, str(max(offset, 0)), str(limit))
+        cursor = [] if after is None else [number(after.created_at), after.flow_id]
+        replies = await self._run(
+            "list_flows",
+            *counted(sorted(item.value for item in statuses or ())),
+            *optional(flow_type),
+            *optional(worker_id),
+            *optional(parent_flow_id),
+            *optional(None if created_after is None else number(created_after)),
+            *optional(None if created_before is None else number(created_before)),
+            *counted(cursor),
+            str(limit),
+            str(offset),
+        )
         return [flow_from_reply(fields) for fields in replies]
+
+    async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
+        """Return how many flows (of ``flow_type``) are in each status, from the index sizes."""
+        statuses = list(TaskStatus)
+        counts: list[int] = await self._run(
+            "count_flows", *optional(flow_type), *(item.value for item in statuses)
+        )
+        return dict(zip(statuses, counts, strict=True))
 
     # -- admin -------------------------------------------------------------------------------
 

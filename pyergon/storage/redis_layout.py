@@ -5,17 +5,22 @@ braces put every key of a prefix in one Redis Cluster hash slot and keep nested 
 ``app`` and ``app:x`` apart):
 
 * ``{P}:flow:<id>`` — hash, one field per flow attribute, bytes stored as they are; a ``None``
-  attribute has no field; the error is spread over ``error_type`` ... ``error_payload``.
+  attribute has no field, nor has ``cancel_requested`` while false (it is ``"1"`` when true);
+  the error is spread over ``error_type`` ... ``error_payload``.
 * ``{P}:inv:<id>`` — hash, field ``"<sequence>:<sub_sequence>"`` → an encoded record: one line of
   JSON header, then the raw result bytes and error payload bytes (their lengths in the header).
 * ``{P}:sig:<id>`` — hash, signal name → the ``sent_at`` time, a newline, the payload bytes.
 * ``{P}:ids`` — set of every id that has a flow, records or signals (what ``reset`` deletes).
 * History indexes, sorted sets scored by ``created_at`` (ties by id, as Redis orders equal
-  scores): ``{P}:flows``, ``{P}:type:<type>``, ``{P}:status:<status>`` and
-  ``{P}:status:<status>:<type>``; the last, for ``PENDING``, is also the ready queue.
+  scores): ``{P}:flows``, ``{P}:type:<type>``, ``{P}:status:<status>``,
+  ``{P}:status:<status>:<type>``, ``{P}:worker:<worker_id>`` and ``{P}:children:<parent id>``;
+  ``{P}:status:PENDING:<type>`` is also the ready queue.
 * Queue indexes: ``{P}:timers:<type>`` and ``{P}:timers`` (``SUSPENDED`` with a wake time, scored
   by it) and ``{P}:leases:<type>`` (``RUNNING`` with a lease, scored by its expiry).
 * ``{P}:schema_version`` — the layout version; ``{P}:work`` — the pub/sub wake-up channel.
+
+Version 2 added the ``worker_id`` and ``cancel_requested`` fields and the worker and children
+indexes; the ``migrate_from_v1`` script backfills them for a version 1 prefix.
 
 Every script takes ``ARGV[1]`` = prefix, ``ARGV[2]`` = the caller's origin id (published as the
 wake-up message, so a process can ignore its own) and ``ARGV[3]`` = the caller's wall-clock time
@@ -46,10 +51,19 @@ __all__ = [
     "flow_from_hash",
     "flow_from_reply",
     "number",
+    "optional",
 ]
 
 _TEXT_FIELDS = frozenset(
-    ("flow_id", "flow_type", "parent_flow_id", "parent_sequence", "lease_owner", "lease_token")
+    (
+        "flow_id",
+        "flow_type",
+        "parent_flow_id",
+        "parent_sequence",
+        "lease_owner",
+        "lease_token",
+        "worker_id",
+    )
 )
 _FLOAT_FIELDS = frozenset(("created_at", "updated_at", "wake_at", "lease_expires_at"))
 _ERROR_FIELDS = ("error_type", "error_message", "error_traceback", "error_payload")
@@ -83,14 +97,30 @@ local function counted()
   return list
 end
 
+-- An optional argument: a counted list of zero or one value.
+local function optional()
+  return counted()[1]
+end
+
+-- Byte order, the order of Redis' equal-score ties (Lua's ``<`` on strings follows the locale).
+local function bytes_before(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
 local function flow_key(id) return p .. ':flow:' .. id end
 
 local function read_state(id)
-  local v = redis.call('HMGET', flow_key(id),
-    'status', 'flow_type', 'created_at', 'wake_at', 'lease_expires_at')
+  local v = redis.call('HMGET', flow_key(id), 'status', 'flow_type', 'created_at', 'wake_at',
+    'lease_expires_at', 'worker_id', 'parent_flow_id', 'cancel_requested')
   if not v[1] then return nil end
   return {status = v[1], flow_type = v[2], created_at = v[3],
-          wake_at = v[4] or nil, lease_expires_at = v[5] or nil}
+          wake_at = v[4] or nil, lease_expires_at = v[5] or nil,
+          worker_id = v[6] or nil, parent_flow_id = v[7] or nil,
+          cancel_requested = v[8] == '1'}
 end
 
 -- The sorted sets a flow in state ``s`` belongs to, with its score in each.
@@ -102,6 +132,8 @@ local function index_entries(s)
     [p .. ':status:' .. s.status] = c,
     [p .. ':status:' .. s.status .. ':' .. t] = c,
   }
+  if s.worker_id then entries[p .. ':worker:' .. s.worker_id] = c end
+  if s.parent_flow_id then entries[p .. ':children:' .. s.parent_flow_id] = c end
   if s.status == 'SUSPENDED' and s.wake_at then
     entries[p .. ':timers'] = s.wake_at
     entries[p .. ':timers:' .. t] = s.wake_at
@@ -134,12 +166,23 @@ local function is_work(s)
   return s.status == 'PENDING' or (s.status == 'SUSPENDED' and s.wake_at ~= nil)
 end
 
--- Set a flow's status and fields; leaving RUNNING drops the lease. Notifies when it is work.
+-- A running flow asked to cancel ends CANCELLED when it would suspend or requeue.
+local function cancelled_instead(s, status)
+  if s.status == 'RUNNING' and s.cancel_requested
+      and (status == 'SUSPENDED' or status == 'PENDING') then
+    return 'CANCELLED'
+  end
+  return status
+end
+
+-- Set a flow's status and fields; leaving RUNNING drops the lease, PENDING clears a
+-- cancellation request. Notifies when the flow is work.
 local function change_flow(id, old, status, sets, dels)
   local key = flow_key(id)
   if status ~= 'RUNNING' then
     for _, field in ipairs(LEASE_FIELDS) do dels[#dels + 1] = field end
   end
+  if status == 'PENDING' then dels[#dels + 1] = 'cancel_requested' end
   if #dels > 0 then redis.call('HDEL', key, unpack(dels)) end
   redis.call('HSET', key, 'status', status, 'updated_at', clock, unpack(sets))
   local new = read_state(id)
@@ -153,6 +196,11 @@ local function wake(id)
   if s and s.status == 'SUSPENDED' then
     change_flow(id, s, 'PENDING', {}, {'wake_at'})
   end
+end
+
+-- A child reaching a final status wakes its suspended parent.
+local function wake_parent(new)
+  if FINAL_FLOW[new.status] and new.parent_flow_id then wake(new.parent_flow_id) end
 end
 
 local function record_header(value)
@@ -194,20 +242,12 @@ if guarded then
   end
   if not allowed then return {0, false} end
 end
-change_flow(id, s, status, sets, dels)
+wake_parent(change_flow(id, s, cancelled_instead(s, status), sets, dels))
 return {notified, redis.call('HGETALL', flow_key(id))}
 """
 
 _CLAIM_FLOW = """
 local now, expires, worker, token = arg(), arg(), arg(), arg()
-
-local function bytes_before(a, b)
-  for i = 1, math.min(#a, #b) do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
 
 -- Queue order: ready time (wake time of a due timer, else 0), then created_at, then id.
 local best = nil
@@ -239,8 +279,8 @@ for i = cursor, #ARGV do
 end
 if best == nil then return false end
 local id = best[3]
-change_flow(id, read_state(id), 'RUNNING',
-  {'lease_owner', worker, 'lease_token', token, 'lease_expires_at', expires}, {})
+change_flow(id, read_state(id), 'RUNNING', {'lease_owner', worker, 'lease_token', token,
+  'lease_expires_at', expires, 'worker_id', worker}, {})
 return redis.call('HGETALL', flow_key(id))
 """
 
@@ -270,10 +310,30 @@ if status == 'SUSPENDED' then
     if child_status and FINAL_FLOW[child_status] then status = 'PENDING' end
   end
 end
-change_flow(id, s, status, sets, dels)
-local parent = redis.call('HGET', flow_key(id), 'parent_flow_id')
-if FINAL_FLOW[status] and parent then wake(parent) end
+wake_parent(change_flow(id, s, cancelled_instead(s, status), sets, dels))
 return {notified, redis.call('HGETALL', flow_key(id))}
+"""
+
+_REQUEST_CANCEL = """
+local id = arg()
+local s = read_state(id)
+if not s then return {0, false} end
+if s.status == 'RUNNING' then
+  redis.call('HSET', flow_key(id), 'cancel_requested', '1', 'updated_at', clock)
+  notify()
+elseif s.status == 'PENDING' or s.status == 'SUSPENDED' then
+  wake_parent(change_flow(id, s, 'CANCELLED', {}, {'wake_at'}))
+end
+return {notified, redis.call('HGETALL', flow_key(id))}
+"""
+
+_CANCEL_REQUESTS = """
+local requested = {}
+for i = cursor, #ARGV do
+  local v = redis.call('HMGET', flow_key(ARGV[i]), 'status', 'cancel_requested')
+  if v[1] == 'RUNNING' and v[2] == '1' then requested[#requested + 1] = ARGV[i] end
+end
+return requested
 """
 
 _RECORD_INVOCATION = """
@@ -315,12 +375,142 @@ return {1, notified}
 """
 
 _LIST_FLOWS = """
-local key, offset, limit = arg(), tonumber(arg()), tonumber(arg())
-local flows = {}
-for i, id in ipairs(redis.call('ZREVRANGE', key, offset, offset + limit - 1)) do
-  flows[i] = redis.call('HGETALL', flow_key(id))
+local statuses, flow_type, worker, parent = counted(), optional(), optional(), optional()
+local created_after, created_before, after = optional(), optional(), counted()
+local limit, offset = tonumber(arg()), tonumber(arg())
+
+-- How many entries of an index come before (score, id) in its ascending order. Equal scores
+-- are rare, so the binary search over them by rank is usually empty.
+local function count_before(key, score, id)
+  local lo = redis.call('ZCOUNT', key, '-inf', '(' .. score)
+  local hi = lo + redis.call('ZCOUNT', key, score, score)
+  while lo < hi do
+    local middle = math.floor((lo + hi) / 2)
+    if bytes_before(redis.call('ZRANGE', key, middle, middle)[1], id) then
+      lo = middle + 1
+    else
+      hi = middle
+    end
+  end
+  return lo
 end
-return flows
+
+-- The ascending ranks [lo, hi) of an index that the created_at bounds and the cursor allow.
+local function rank_range(key)
+  local lo = created_after and redis.call('ZCOUNT', key, '-inf', '(' .. created_after) or 0
+  local hi = redis.call('ZCARD', key)
+  if created_before then
+    hi = math.min(hi, redis.call('ZCOUNT', key, '-inf', '(' .. created_before))
+  end
+  if after[1] then hi = math.min(hi, count_before(key, after[1], after[2])) end
+  return lo, math.max(lo, hi)
+end
+
+-- Each plan is a set of indexes whose union holds every match, and the filters it implies.
+-- The plan with the fewest entries in range is walked; the other filters are checked per flow.
+local plans = {}
+if #statuses > 0 then
+  local keys = {}
+  for i, status in ipairs(statuses) do
+    keys[i] = p .. ':status:' .. status .. (flow_type and (':' .. flow_type) or '')
+  end
+  plans[#plans + 1] = {keys = keys, status = true, flow_type = flow_type ~= nil}
+end
+if flow_type then plans[#plans + 1] = {keys = {p .. ':type:' .. flow_type}, flow_type = true} end
+if worker then plans[#plans + 1] = {keys = {p .. ':worker:' .. worker}, worker = true} end
+if parent then plans[#plans + 1] = {keys = {p .. ':children:' .. parent}, parent = true} end
+if #plans == 0 then plans[1] = {keys = {p .. ':flows'}} end
+
+local plan, sources, fewest = nil, nil, nil
+for _, candidate in ipairs(plans) do
+  local ranges, size = {}, 0
+  for i, key in ipairs(candidate.keys) do
+    local lo, hi = rank_range(key)
+    ranges[i] = {key = key, lo = lo, next = hi - 1, buffer = {}, at = 1}
+    size = size + hi - lo
+  end
+  if fewest == nil or size < fewest then plan, sources, fewest = candidate, ranges, size end
+end
+
+local allowed = {}
+for _, status in ipairs(statuses) do allowed[status] = true end
+local check_status = #statuses > 0 and not plan.status
+local check_type = flow_type ~= nil and not plan.flow_type
+local check_worker = worker ~= nil and not plan.worker
+local check_parent = parent ~= nil and not plan.parent
+local exact = not (check_status or check_type or check_worker or check_parent)
+
+-- The flows of one index, single and exact: skip the offset by rank, read just the page.
+if exact and #sources == 1 then
+  local source = sources[1]
+  local last = source.next - offset
+  local first = math.max(source.lo, last - limit + 1)
+  local page = {}
+  if last < first then return page end
+  local ids = redis.call('ZRANGE', source.key, first, last)
+  for i = #ids, 1, -1 do page[#page + 1] = redis.call('HGETALL', flow_key(ids[i])) end
+  return page
+end
+
+local chunk = math.min(math.max(limit + offset, 16), 512)
+
+-- The newest unread entry {id, score} of a source, reading it newest first in chunks.
+local function head(source)
+  if source.at > #source.buffer then
+    if source.next < source.lo then return nil end
+    local first = math.max(source.lo, source.next - chunk + 1)
+    local items = redis.call('ZRANGE', source.key, first, source.next, 'WITHSCORES')
+    source.next, source.buffer, source.at = first - 1, {}, 1
+    for i = #items - 1, 1, -2 do
+      source.buffer[#source.buffer + 1] = {items[i], tonumber(items[i + 1])}
+    end
+    if #source.buffer == 0 then return nil end
+  end
+  return source.buffer[source.at]
+end
+
+local function newer(a, b)
+  return a[2] > b[2] or (a[2] == b[2] and bytes_before(b[1], a[1]))
+end
+
+local function matches(id)
+  if exact then return true end
+  local v = redis.call('HMGET', flow_key(id), 'status', 'flow_type', 'worker_id',
+    'parent_flow_id')
+  return (not check_status or allowed[v[1]] == true)
+    and (not check_type or v[2] == flow_type)
+    and (not check_worker or v[3] == worker)
+    and (not check_parent or v[4] == parent)
+end
+
+local page, skipped = {}, 0
+while #page < limit do
+  local best, best_source = nil, nil
+  for _, source in ipairs(sources) do
+    local entry = head(source)
+    if entry and (best == nil or newer(entry, best)) then best, best_source = entry, source end
+  end
+  if best == nil then break end
+  best_source.at = best_source.at + 1
+  if matches(best[1]) then
+    if skipped < offset then
+      skipped = skipped + 1
+    else
+      page[#page + 1] = redis.call('HGETALL', flow_key(best[1]))
+    end
+  end
+end
+return page
+"""
+
+_COUNT_FLOWS = """
+local suffix = optional()
+suffix = suffix and (':' .. suffix) or ''
+local counts = {}
+for i = cursor, #ARGV do
+  counts[#counts + 1] = redis.call('ZCARD', p .. ':status:' .. ARGV[i] .. suffix)
+end
+return counts
 """
 
 _DELETE_FLOW = """
@@ -331,6 +521,28 @@ _RESET = """
 for _, id in ipairs(redis.call('SMEMBERS', p .. ':ids')) do delete_everything_of(id) end
 redis.call('DEL', p .. ':ids')
 return 0
+"""
+
+# Backfills version 2's fields and indexes for one ZSCAN batch of a version 1 prefix; the last
+# batch sets the version in the same atomic step. Idempotent, so processes connecting at once
+# may all run it; returns the next scan cursor, or false once the prefix is at version 2.
+_MIGRATE_FROM_V1 = """
+local version_key = p .. ':schema_version'
+if redis.call('GET', version_key) ~= '1' then return false end
+local scan = redis.call('ZSCAN', p .. ':flows', arg(), 'COUNT', arg())
+for i = 1, #scan[2], 2 do
+  local id = scan[2][i]
+  local v = redis.call('HMGET', flow_key(id), 'status', 'lease_owner', 'worker_id')
+  -- Version 1 kept no worker_id; the lease owner of a running flow is the worker that claimed it.
+  if v[1] == 'RUNNING' and v[2] and not v[3] then
+    redis.call('HSET', flow_key(id), 'worker_id', v[2])
+  end
+  local s = read_state(id)
+  if s then reindex(id, nil, s) end
+end
+if scan[1] ~= '0' then return scan[1] end
+redis.call('SET', version_key, '2')
+return false
 """
 
 _CONSTANTS = {
@@ -349,12 +561,16 @@ SCRIPTS: dict[str, str] = {
         "claim_flow": _CLAIM_FLOW,
         "renew_lease": _RENEW_LEASE,
         "release_flow": _RELEASE_FLOW,
+        "request_cancel": _REQUEST_CANCEL,
+        "cancel_requests": _CANCEL_REQUESTS,
         "record_invocation": _RECORD_INVOCATION,
         "delete_failed_invocations": _DELETE_FAILED_INVOCATIONS,
         "store_signal": _STORE_SIGNAL,
         "list_flows": _LIST_FLOWS,
+        "count_flows": _COUNT_FLOWS,
         "delete_flow": _DELETE_FLOW,
         "reset": _RESET,
+        "migrate_from_v1": _MIGRATE_FROM_V1,
     }.items()
 }
 """Script name → Lua source; the backend loads them all on ``connect()``."""
@@ -375,6 +591,11 @@ def _optional_number(value: float | None) -> str | None:
 def counted(values: Sequence[str | bytes]) -> list[str | bytes]:
     """``values`` preceded by their count, the form in which the scripts read lists."""
     return [str(len(values)), *values]
+
+
+def optional(value: str | None) -> list[str | bytes]:
+    """An optional script argument: ``counted`` with zero values for ``None``, else one."""
+    return counted([] if value is None else [value])
 
 
 def _error_values(error: StoredError | None) -> tuple[str | bytes | None, ...]:
@@ -407,6 +628,8 @@ def flow_fields(flow: ScheduledFlow) -> list[str | bytes]:
             "lease_owner": flow.lease_owner,
             "lease_token": flow.lease_token,
             "lease_expires_at": _optional_number(flow.lease_expires_at),
+            "worker_id": flow.worker_id,
+            "cancel_requested": "1" if flow.cancel_requested else None,
             **dict(zip(_ERROR_FIELDS, _error_values(flow.error), strict=True)),
         }
     )
@@ -457,6 +680,7 @@ def flow_from_hash(fields: Mapping[bytes, bytes]) -> ScheduledFlow:
         )
     values["status"] = TaskStatus(values["status"].decode())
     values["attempt"] = int(values["attempt"])
+    values["cancel_requested"] = values.get("cancel_requested") == b"1"
     return ScheduledFlow(**values)
 
 

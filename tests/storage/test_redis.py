@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import math
+import random
 import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,7 +21,7 @@ import pytest
 from redis.asyncio import Redis
 
 from pyergon import Scheduler, Worker, await_external_signal, flow, flow_type, step
-from pyergon.core.records import ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.records import FlowCursor, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.errors import (
     CorruptStorageError,
@@ -30,7 +31,9 @@ from pyergon.errors import (
 )
 from pyergon.executor import worker as worker_module
 from pyergon.storage import open_storage
+from pyergon.storage import redis as redis_module
 from pyergon.storage.base import SCHEMA_VERSION
+from pyergon.storage.memory import InMemoryExecutionLog
 from pyergon.storage.redis import RedisExecutionLog
 from tests.waiting import flow_reaches
 
@@ -175,6 +178,107 @@ async def test_open_storage_takes_the_prefix_from_the_url(
         await storage.close()
 
     assert await (await make_redis(prefix)).get_flow("flow-1") == make_flow()
+
+
+async def write_v1_flow(admin: Redis, prefix: str, flow: ScheduledFlow) -> None:
+    """Store ``flow`` as schema version 1 did: no ``worker_id``, worker or children indexes.
+
+    Enough of version 1 for the migration tests; the error fields are left out.
+    """
+    key = f"{{{prefix}}}"
+    fields: dict[str, str | bytes | None] = {
+        "flow_id": flow.flow_id,
+        "flow_type": flow.flow_type,
+        "payload": flow.payload,
+        "status": flow.status.value,
+        "created_at": repr(flow.created_at),
+        "updated_at": repr(flow.updated_at),
+        "result": flow.result,
+        "attempt": str(flow.attempt),
+        "wake_at": None if flow.wake_at is None else repr(flow.wake_at),
+        "parent_flow_id": flow.parent_flow_id,
+        "parent_sequence": flow.parent_sequence,
+        "lease_owner": flow.lease_owner,
+        "lease_token": flow.lease_token,
+        "lease_expires_at": None if flow.lease_expires_at is None else repr(flow.lease_expires_at),
+    }
+    indexes = ["flows", f"type:{flow.flow_type}", f"status:{flow.status.value}"]
+    indexes.append(f"status:{flow.status.value}:{flow.flow_type}")
+    async with admin.pipeline(transaction=True) as pipe:
+        pipe.hset(
+            f"{key}:flow:{flow.flow_id}",
+            mapping={name: value for name, value in fields.items() if value is not None},
+        )
+        pipe.sadd(f"{key}:ids", flow.flow_id)
+        for index in indexes:
+            pipe.zadd(f"{key}:{index}", {flow.flow_id: flow.created_at})
+        if flow.status is TaskStatus.SUSPENDED and flow.wake_at is not None:
+            for index in ("timers", f"timers:{flow.flow_type}"):
+                pipe.zadd(f"{key}:{index}", {flow.flow_id: flow.wake_at})
+        if flow.status is TaskStatus.RUNNING and flow.lease_expires_at is not None:
+            pipe.zadd(f"{key}:leases:{flow.flow_type}", {flow.flow_id: flow.lease_expires_at})
+        await pipe.execute()
+
+
+@pytest.mark.parametrize("connecting", [1, 3], ids=["one process", "several at once"])
+async def test_connect_migrates_a_version_1_prefix(
+    make_redis: MakeRedis,
+    redis_prefix: Callable[..., str],
+    admin: Redis,
+    make_flow: FlowFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    connecting: int,
+) -> None:
+    monkeypatch.setattr(redis_module, "_MIGRATION_BATCH", 10)  # many batches, interleaved
+    prefix = redis_prefix()
+    await admin.set(f"{{{prefix}}}:schema_version", "1")
+    await write_v1_flow(
+        admin, prefix, make_flow("parent", status=TaskStatus.SUSPENDED, wake_at=50.0)
+    )
+    await write_v1_flow(admin, prefix, make_flow("orphan", created_at=5_000.0))
+    children = []
+    for n in range(200):  # more than Redis keeps in a compact (single-batch) sorted set
+        child = make_flow(
+            f"child-{n:03}", created_at=2_000.0 + n, parent_flow_id="parent", parent_sequence="1"
+        )
+        if n % 3 == 0:
+            worker = f"worker-{'ab'[n % 2]}"
+            child = child.replace(
+                status=TaskStatus.RUNNING,
+                lease_owner=worker,
+                lease_token=f"token-{n}",
+                lease_expires_at=9_000.0,
+            )
+        else:
+            child = child.replace(status=TaskStatus.COMPLETE, result=b"done")
+        await write_v1_flow(admin, prefix, child)
+        children.append(child)
+
+    opened = await asyncio.gather(*(make_redis(prefix) for _ in range(connecting)))
+
+    storage = opened[0]
+    assert await admin.get(f"{{{prefix}}}:schema_version") == b"2"
+    newest_first = [child.flow_id for child in reversed(children)]
+    assert [flow.flow_id for flow in await storage.list_flows(parent_flow_id="parent")] == (
+        newest_first[:100]
+    )
+    by_worker_a = await storage.list_flows(worker_id="worker-a", limit=1_000)
+    assert [flow.flow_id for flow in by_worker_a] == [
+        child.flow_id for child in reversed(children) if child.lease_owner == "worker-a"
+    ]
+    assert {flow.worker_id for flow in by_worker_a} == {"worker-a"}
+    completed = await storage.get_flow("child-001")
+    assert completed == children[1]  # no worker known, no cancel requested
+    counts = await storage.count_flows()
+    assert counts[TaskStatus.RUNNING] == 67
+    assert counts[TaskStatus.COMPLETE] == 133
+    # The migrated prefix behaves as version 2: claims are recorded, cancels reach the parent.
+    claimed = await storage.claim_flow("worker-c", ["Order"], lease_seconds=30, now=100.0)
+    assert claimed is not None
+    assert [flow.flow_id for flow in await storage.list_flows(worker_id="worker-c")] == ["orphan"]
+    cancelled = await storage.request_cancel("child-000")
+    assert cancelled is not None
+    assert cancelled.cancel_requested
 
 
 @pytest.mark.parametrize(
@@ -461,6 +565,147 @@ async def test_times_keep_full_precision_through_the_indexes(
     before = math.nextafter(wake_at, 0.0)
     assert await storage.claim_flow("w", ["Order"], lease_seconds=1, now=before) is None
     assert await storage.claim_flow("w", ["Order"], lease_seconds=1, now=wake_at) is not None
+
+
+# -- listing and cancelling ------------------------------------------------------------------
+
+
+async def test_listing_agrees_with_the_in_memory_backend_on_random_filters(
+    make_redis: MakeRedis,
+) -> None:
+    """Many equal creation times, non-ASCII ids and cursors on no stored flow test the walk."""
+    redis_storage = await make_redis()
+    memory = InMemoryExecutionLog()
+    rng = random.Random(20_261_125)
+    statuses = list(TaskStatus)
+    for n in range(400):
+        flow = ScheduledFlow(
+            flow_id=f"{rng.choice(['a', 'b', 'Z', 'é', 'ab'])}-{n}",
+            flow_type=rng.choice(["Order", "Refund", "ns:Order"]),
+            payload=b"",
+            status=rng.choice(statuses),
+            created_at=float(rng.randint(1, 30)),
+            updated_at=1.0,
+            worker_id=rng.choice([None, "worker-a", "worker-b"]),
+            parent_flow_id=rng.choice([None, None, "parent-1", "parent-2"]),
+        )
+        for storage in (redis_storage, memory):
+            await storage.create_flow(flow)
+
+    for _ in range(300):
+        filters: dict[str, Any] = {
+            "limit": rng.choice([1, 7, 50, 1_000]),
+            "offset": rng.choice([0, 0, 3, 20]),
+        }
+        if rng.random() < 0.4:
+            filters["status"] = rng.choice([rng.choice(statuses), rng.sample(statuses, 2)])
+        if rng.random() < 0.4:
+            filters["flow_type"] = rng.choice(["Order", "ns:Order", "Unknown"])
+        if rng.random() < 0.3:
+            filters["worker_id"] = rng.choice(["worker-a", "worker-b", "worker-c"])
+        if rng.random() < 0.3:
+            filters["parent_flow_id"] = rng.choice(["parent-1", "parent-2"])
+        if rng.random() < 0.3:
+            filters["created_after"] = rng.randint(0, 30) + rng.choice([0.0, 0.5])
+        if rng.random() < 0.3:
+            filters["created_before"] = rng.randint(0, 30) + rng.choice([0.0, 0.5])
+        if rng.random() < 0.5:
+            filters["after"] = FlowCursor(
+                float(rng.randint(0, 31)), rng.choice(["", "a", "ab-7", "b-300", "Z", "é-1", "ü"])
+            )
+
+        expected = await memory.list_flows(**filters)
+        assert await redis_storage.list_flows(**filters) == expected, filters
+
+
+@pytest.mark.slow
+async def test_a_page_among_20000_flows_reads_only_its_own_flows(
+    make_redis: MakeRedis, admin: Redis, make_flow: FlowFactory
+) -> None:
+    storage = await make_redis(max_connections=50)
+    statuses = list(TaskStatus)
+    flows = [
+        make_flow(
+            f"flow-{n:05}",
+            flow_type=("Order", "Refund")[n % 2],
+            status=statuses[n % len(statuses)],
+            created_at=10_000.0 + n,
+            worker_id=f"worker-{n % 40}",
+            parent_flow_id=f"flow-{n // 100 * 100:05}" if n % 100 else None,
+        )
+        for n in range(20_000)
+    ]
+    for start in range(0, len(flows), 1_000):
+        await asyncio.gather(*(storage.create_flow(flow) for flow in flows[start : start + 1_000]))
+    newest_first = flows[::-1]
+
+    async def listed(**filters: Any) -> tuple[list[str], int]:
+        """The ids a page lists, and how many commands its script ran on the prefix's keys."""
+        async with admin.monitor() as monitor:
+            page = await storage.list_flows(limit=50, **filters)
+            await admin.echo("listed")  # marks the end of the page's commands
+            commands = 0
+            while "listed" not in (command := await monitor.next_command())["command"]:
+                commands += command["client_type"] == "lua" and storage.prefix in command["command"]
+        return [flow.flow_id for flow in page], commands
+
+    cursor = FlowCursor.after(newest_first[1_234])
+    single_filters: list[tuple[dict[str, Any], Callable[[ScheduledFlow], bool]]] = [
+        ({}, lambda flow: True),
+        ({"status": TaskStatus.FAILED}, lambda flow: flow.status is TaskStatus.FAILED),
+        ({"flow_type": "Refund"}, lambda flow: flow.flow_type == "Refund"),
+        ({"worker_id": "worker-7"}, lambda flow: flow.worker_id == "worker-7"),
+        ({"parent_flow_id": "flow-12300"}, lambda flow: flow.parent_flow_id == "flow-12300"),
+        (
+            {"status": TaskStatus.FAILED, "flow_type": "Order", "after": cursor},
+            lambda flow: (
+                flow.status is TaskStatus.FAILED
+                and flow.flow_type == "Order"
+                and (flow.created_at, flow.flow_id) < (cursor.created_at, cursor.flow_id)
+            ),
+        ),
+        (
+            {"created_after": 12_000.0, "created_before": 15_000.0, "offset": 500},
+            lambda flow: 12_000.0 <= flow.created_at < 15_000.0,
+        ),
+    ]
+    for filters, matches in single_filters:
+        ids, commands = await listed(**filters)
+        wanted = [flow.flow_id for flow in newest_first if matches(flow)]
+        offset = filters.get("offset", 0)
+        assert ids == wanted[offset : offset + 50], filters
+        assert len(ids) == 50
+        assert commands <= 60, (filters, commands)  # a few to find the range, one per flow
+
+    # Combined filters walk the smallest index (worker-7's 500 flows), not all 20,000.
+    ids, commands = await listed(worker_id="worker-7", status=[TaskStatus.RUNNING])
+    wanted = [
+        flow.flow_id
+        for flow in newest_first
+        if flow.worker_id == "worker-7" and flow.status is TaskStatus.RUNNING
+    ]
+    assert ids == wanted[:50]
+    assert len(ids) == 50
+    assert commands <= 2 * 500 + 60
+
+
+async def test_a_cancel_request_wakes_workers_listening_on_another_connection(
+    make_redis: MakeRedis, make_flow: FlowFactory
+) -> None:
+    storage = await make_redis()
+    worker_side = await make_redis(storage.prefix)
+    await storage.create_flow(make_flow())
+    claimed = await worker_side.claim_flow("worker-a", ["Order"], lease_seconds=30, now=1_000.0)
+    assert claimed is not None
+    assert await worker_side.wait_for_work(timeout=10) is True  # the creation's wake-up
+    waiter = asyncio.create_task(worker_side.wait_for_work(timeout=10))
+
+    requested = await storage.request_cancel("flow-1")
+
+    assert requested is not None
+    assert requested.cancel_requested
+    assert await waiter is True
+    assert await worker_side.cancel_requests(["flow-1", "flow-2"]) == {"flow-1"}
 
 
 # -- encodings -------------------------------------------------------------------------------
