@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
@@ -24,6 +25,12 @@ EXIT_INTERRUPTED = 130
 """Stopped with Ctrl-C; the shell convention of 128 + SIGINT."""
 
 Handler = Callable[[argparse.Namespace], int]
+_Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+_STORAGE_HELP = (
+    "storage URL: sqlite:///file.db, redis://host:6379/0, postgresql://user@host/db "
+    "(default: $PYERGON_STORAGE, else sqlite:///pyergon.db)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,10 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_demo(subcommands)
     _add_worker(subcommands)
+    common = _management_options()
+    _add_flows(subcommands, common)
+    _add_show(subcommands, common)
+    _add_signal(subcommands, common)
+    _add_cancel(subcommands, common)
+    _add_resume(subcommands, common)
+    _add_retry(subcommands, common)
+    _add_fork(subcommands, common)
+    _add_replay(subcommands, common)
     return parser
 
 
-def _add_demo(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_demo(subcommands: _Subcommands) -> None:
     demo = subcommands.add_parser(
         "demo",
         help="kill a flow mid-step with SIGKILL and watch it resume",
@@ -71,7 +87,7 @@ def _add_demo(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     demo.set_defaults(handler=_run_demo)
 
 
-def _add_worker(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_worker(subcommands: _Subcommands) -> None:
     worker = subcommands.add_parser(
         "worker",
         help="serve flow types from shared storage until SIGINT or SIGTERM",
@@ -88,14 +104,7 @@ def _add_worker(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]
         metavar="MODULE:Class",
         help="a flow class to serve, such as myapp.flows:OrderFlow",
     )
-    worker.add_argument(
-        "--storage",
-        metavar="URL",
-        help=(
-            "storage URL: sqlite:///file.db, redis://host:6379/0, postgresql://user@host/db "
-            "(default: $PYERGON_STORAGE, else sqlite:///pyergon.db)"
-        ),
-    )
+    worker.add_argument("--storage", metavar="URL", help=_STORAGE_HELP)
     worker.add_argument(
         "--id",
         dest="worker_id",
@@ -118,6 +127,191 @@ def _add_worker(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]
         "(default: 30)",
     )
     worker.set_defaults(handler=_run_worker)
+
+
+def _management_options() -> argparse.ArgumentParser:
+    """The options every management subcommand takes: ``--storage`` and ``--json``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--storage", metavar="URL", help=_STORAGE_HELP)
+    common.add_argument(
+        "--json", action="store_true", help="print JSON for programs instead of text for people"
+    )
+    return common
+
+
+def _add_management(
+    subcommands: _Subcommands,
+    common: argparse.ArgumentParser,
+    name: str,
+    summary: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    command = subcommands.add_parser(name, parents=[common], help=summary, description=description)
+    command.set_defaults(handler=_run_management, command=name)
+    return command
+
+
+def _add_flow_id(command: argparse.ArgumentParser) -> None:
+    command.add_argument("flow_id", metavar="FLOW_ID", help="the flow's id")
+
+
+def _add_flows(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
+    from pyergon.cli_manage import parse_since, parse_status
+
+    flows = _add_management(
+        subcommands,
+        common,
+        "flows",
+        "list flows, newest first, with counts by status",
+        "List the stored flows newest first, filtered by the options, with a count of all "
+        "flows by status below the table.",
+    )
+    flows.add_argument(
+        "--status",
+        type=parse_status,
+        action="extend",
+        nargs="+",
+        metavar="STATUS",
+        help="only flows in these statuses (PENDING, RUNNING, SUSPENDED, COMPLETE, FAILED, "
+        "CANCELLED); repeat or list several",
+    )
+    flows.add_argument("--type", dest="flow_type", metavar="TYPE", help="only flows of this type")
+    flows.add_argument("--worker", metavar="WORKER_ID", help="only flows last run by this worker")
+    flows.add_argument("--parent", metavar="FLOW_ID", help="only child flows of this flow")
+    flows.add_argument(
+        "--since",
+        type=parse_since,
+        metavar="WHEN",
+        help="only flows created since WHEN: a time ago (30s, 15m, 1h, 2d, 1w) or an ISO-8601 "
+        "time (UTC unless it has an offset)",
+    )
+    flows.add_argument(
+        "--limit",
+        type=_positive(int),
+        default=50,
+        metavar="N",
+        help="show at most N flows (default: 50)",
+    )
+
+
+def _add_show(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
+    show = _add_management(
+        subcommands,
+        common,
+        "show",
+        "show one flow: its records, a timeline, signals and children",
+        "Show one flow: its state, a table of its recorded steps, timers, signals and "
+        "children with durations, a text timeline, and the signals it was sent. With --json, "
+        "the whole history (payloads as sizes).",
+    )
+    _add_flow_id(show)
+
+
+def _add_signal(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
+    signal = _add_management(
+        subcommands,
+        common,
+        "signal",
+        "send a flow a named signal",
+        "Send the signal NAME with VALUE to a flow and wake it if it waits for it. Only the "
+        "first value per flow and name is kept; sending again changes nothing.",
+    )
+    _add_flow_id(signal)
+    signal.add_argument("name", metavar="NAME", help="the signal's name")
+    signal.add_argument("value", metavar="VALUE", help="the value; a string unless --json-value")
+    signal.add_argument(
+        "--json-value",
+        action="store_true",
+        help='parse VALUE as JSON (42, true, "text", {"a": 1}) instead of sending a string',
+    )
+
+
+def _add_cancel(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
+    cancel = _add_management(
+        subcommands,
+        common,
+        "cancel",
+        "cancel a flow that has not finished",
+        "Cancel a flow: at once if it is queued or waiting, at its next step boundary if a "
+        "worker runs it.",
+    )
+    _add_flow_id(cancel)
+
+
+def _add_resume(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
+    resume = _add_management(
+        subcommands,
+        common,
+        "resume",
+        "put a waiting or stuck flow back in the queue",
+        "Put a suspended flow (or a running one whose worker is gone) back in the queue, so "
+        "a worker runs it now.",
+    )
+    _add_flow_id(resume)
+
+
+def _add_retry(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
+    retry = _add_management(
+        subcommands,
+        common,
+        "retry",
+        "run a failed or cancelled flow again",
+        "Queue a FAILED or CANCELLED flow again; the steps that succeeded stay recorded and "
+        "are not run again.",
+    )
+    _add_flow_id(retry)
+
+
+def _add_fork(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
+    fork = _add_management(
+        subcommands,
+        common,
+        "fork",
+        "start a copy of a flow that keeps its first N log positions",
+        "Start a new flow with the same type and inputs whose log is the first N positions of "
+        "FLOW_ID's; it replays them and runs live after them. The original is not touched.",
+    )
+    _add_flow_id(fork)
+    fork.add_argument(
+        "--from-step",
+        type=_non_negative_int,
+        required=True,
+        metavar="N",
+        help="how many log positions to keep (0 keeps none)",
+    )
+    fork.add_argument("--new-id", metavar="ID", help="the new flow's id (default: FLOW_ID~fork-…)")
+
+
+def _add_replay(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
+    replay = _add_management(
+        subcommands,
+        common,
+        "replay",
+        "check a flow's recorded log against today's code",
+        "Run today's code of MODULE:Class against the flow's recorded log without running any "
+        "step or writing anything. Exit code 0 when the code matches the log, 1 when it "
+        "diverges.",
+    )
+    _add_flow_id(replay)
+    replay.add_argument(
+        "--flow",
+        dest="flow_class",
+        required=True,
+        metavar="MODULE:Class",
+        help="the flow class, such as myapp.flows:OrderFlow (the current directory is on the "
+        "import path)",
+    )
+
+
+def _non_negative_int(text: str) -> int:
+    """An argparse ``type`` accepting whole numbers >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
 
 
 def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
@@ -172,6 +366,18 @@ def _run_worker(arguments: argparse.Namespace) -> int:
     except WorkerUsageError as error:
         raise _UsageError(str(error)) from None
     except WorkerStartError as error:
+        _print_error(str(error))
+        return EXIT_FAILED
+
+
+def _run_management(arguments: argparse.Namespace) -> int:
+    from pyergon.cli_manage import ManagementError, ManagementUsageError, run_management
+
+    try:
+        return run_management(arguments)
+    except ManagementUsageError as error:
+        raise _UsageError(str(error)) from None
+    except ManagementError as error:
         _print_error(str(error))
         return EXIT_FAILED
 

@@ -9,7 +9,6 @@ storage unchanged.
 from __future__ import annotations
 
 import html
-import time
 import uuid
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -288,7 +287,7 @@ class FlowManager:
             if record.sequence <= from_step:
                 await self.storage.record_invocation(_moved(record, target))
         # The flow record comes last: a fork interrupted half-way leaves no runnable flow.
-        now = time.time()
+        now = self.clock.now()
         await self.storage.create_flow(
             ScheduledFlow(
                 flow_id=target,
@@ -313,7 +312,9 @@ class FlowManager:
 
         Raises:
             FlowNotFoundError: No such flow.
-            FlowDefinitionError: No class is known for the flow's type.
+            FlowDefinitionError: No class is known for the flow's type, or ``flow_class`` is
+                of another type.
+            SerializationError: The stored inputs no longer fit the class's fields.
         """
         flow = await self.get(flow_id)
         cls = flow_class or self._classes.get(flow.flow_type)
@@ -321,6 +322,12 @@ class FlowManager:
             raise FlowDefinitionError(
                 f"no class registered for flow type {flow.flow_type!r}; pass flow_class= or "
                 "register it with the manager"
+            )
+        type_name = require_flow_class(cls)
+        if type_name != flow.flow_type:
+            raise FlowDefinitionError(
+                f"flow {flow_id!r} is of type {flow.flow_type!r} but {cls.__qualname__} is flow "
+                f"type {type_name!r}; replay it with the class of its type"
             )
         method_name, _ = flow_entry(cls)
         instance: Any = decode_flow(self.serializer, cls, flow.payload)

@@ -120,8 +120,8 @@ class Executor(Generic[F]):
                     writer=_DirectWriter(self.storage, self.flow_id),
                     attempt=stored.attempt,
                     log={} if created else None,
-                cancellation=self._cancellation
-                or PolledCancellation(self.storage, self.flow_id, self.clock),
+                    cancellation=self._cancellation
+                    or PolledCancellation(self.storage, self.flow_id, self.clock),
                 )
             )
         except NonDeterminismError:

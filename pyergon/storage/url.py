@@ -11,7 +11,7 @@ from pyergon.errors import StorageError, UnknownStorageSchemeError
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.memory import InMemoryExecutionLog
 
-__all__ = ["open_storage"]
+__all__ = ["open_storage", "sqlite_file"]
 
 _SUPPORTED = (
     "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite://:memory:, "
@@ -73,6 +73,21 @@ async def open_storage(url: str) -> ExecutionLog:
     raise UnknownStorageSchemeError(
         f"no storage backend handles {_redacted(url)!r}; supported URLs: {_SUPPORTED}"
     )
+
+
+def sqlite_file(url: str) -> str | None:
+    """Return the file a ``sqlite://`` URL names, or ``None`` for other URLs and ``:memory:``.
+
+    Lets a caller check that the file exists before :func:`open_storage` creates it.
+
+    Raises:
+        StorageError: The URL is a malformed ``sqlite://`` URL.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.lower() != "sqlite":
+        return None
+    path = _sqlite_path(url, rest)
+    return None if path == _MEMORY else path
 
 
 def _sqlite_path(url: str, rest: str) -> str:

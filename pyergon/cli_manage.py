@@ -1,0 +1,416 @@
+"""``pyergon flows|show|signal|cancel|resume|retry|fork|replay``: manage stored flows from a shell.
+
+Each command opens the storage named by ``--storage`` (default ``$PYERGON_STORAGE``, then
+``sqlite:///pyergon.db``), does one read or one :class:`~pyergon.management.FlowManager`
+operation, prints the result as text or, with ``--json``, as JSON, and closes the storage. A
+SQLite file that does not exist is reported, never created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pyergon.core.status import TaskStatus
+from pyergon.errors import FlowDefinitionError, PyergonError, UnknownStorageSchemeError
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+
+    from pyergon.core.outcome import FlowOutcome
+    from pyergon.core.records import ScheduledFlow
+    from pyergon.management import FlowManager, ReplayResult
+    from pyergon.storage.base import ExecutionLog
+
+__all__ = [
+    "MANAGEMENT_COMMANDS",
+    "ManagementError",
+    "ManagementUsageError",
+    "parse_since",
+    "parse_status",
+    "run_management",
+]
+
+
+class ManagementUsageError(Exception):
+    """The command line cannot be carried out as written: exit code 2, nothing changed."""
+
+
+class ManagementError(Exception):
+    """The command ran and the operation failed (a one-line reason): exit code 1."""
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_status(text: str) -> TaskStatus:
+    """An argparse ``type`` for ``--status``: a flow status, in any letter case.
+
+    Raises:
+        argparse.ArgumentTypeError: Not a status; the message lists the valid ones.
+    """
+    try:
+        return TaskStatus(text.strip().upper())
+    except ValueError:
+        valid = ", ".join(status.value for status in TaskStatus)
+        raise argparse.ArgumentTypeError(f"unknown status {text!r}; valid: {valid}") from None
+
+
+def parse_since(text: str, *, now: float | None = None) -> float:
+    """An argparse ``type`` for ``--since``: a time ago, or an ISO-8601 date or time.
+
+    A time ago is written ``90s``, ``15m``, ``1h30m``, ``2d`` or ``1w``; an ISO-8601 time
+    without an offset is taken as UTC.
+
+    Args:
+        text: What the user wrote.
+        now: The current time (epoch seconds); defaults to the system clock.
+
+    Returns:
+        The moment as epoch seconds.
+
+    Raises:
+        argparse.ArgumentTypeError: Neither form.
+    """
+    compact = text.strip().lower().replace(" ", "")
+    if compact and _DURATION.sub("", compact) == "":
+        ago = sum(
+            float(amount) * _DURATION_UNITS[unit] for amount, unit in _DURATION.findall(compact)
+        )
+        return (time.time() if now is None else now) - ago
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (30s, 15m, 1h, 2d, 1w) nor an ISO-8601 time "
+            "(2024-05-01 or 2024-05-01T12:00:00+02:00)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+# -- running a command ---------------------------------------------------------------------------
+
+
+class _Output:
+    """Where a command prints: rich text for people, or one JSON document with ``--json``."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self._console: Console | None = None
+
+    def json(self, document: object) -> None:
+        """Print ``document`` as indented JSON."""
+        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+    def say(self, sentence: str) -> None:
+        """Print a sentence that quotes user input, which must not be read as rich markup."""
+        from rich.markup import escape
+
+        self.text(escape(sentence))
+
+    def text(self, *renderables: RenderableType) -> None:
+        """Print rich renderables; strings are rich markup and never wrapped."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(highlight=False)
+        console = self._console
+        for renderable in renderables:
+            if isinstance(renderable, str):
+                console.print(renderable, soft_wrap=True)
+            elif console.is_terminal:
+                console.print(renderable)
+            else:
+                # A pipe or a file has no width: print tables whole, not folded to 80 columns.
+                from rich.measure import Measurement
+
+                unbounded = console.options.update_width(_UNBOUNDED_WIDTH)
+                natural = Measurement.get(console, unbounded, renderable).maximum
+                console.width = max(console.width, natural)
+                console.print(renderable)
+
+
+_UNBOUNDED_WIDTH = 10_000
+"""Width to measure a table's natural width at, for output that is not a terminal."""
+_Command = Callable[[argparse.Namespace, _Output], Coroutine[Any, Any, int]]
+
+
+def run_management(arguments: argparse.Namespace) -> int:
+    """Run the management command ``arguments.command`` as parsed by :mod:`pyergon.cli`.
+
+    Returns:
+        0 when the command did what was asked; 1 when ``replay`` found a divergence.
+
+    Raises:
+        ManagementUsageError: The arguments cannot be used (exit 2); nothing was changed.
+        ManagementError: The operation failed (exit 1), with a one-line reason; nothing was
+            changed.
+    """
+    from pyergon.cli_worker import WorkerStartError, WorkerUsageError
+
+    command = MANAGEMENT_COMMANDS[arguments.command]
+    output = _Output(bool(arguments.json))
+    try:
+        return asyncio.run(command(arguments, output))
+    except (WorkerUsageError, UnknownStorageSchemeError) as error:
+        raise ManagementUsageError(str(error)) from None
+    except (WorkerStartError, PyergonError) as error:
+        raise ManagementError(_one_line(str(error))) from None
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+@asynccontextmanager
+async def _storage(arguments: argparse.Namespace) -> AsyncIterator[ExecutionLog]:
+    """Open the storage of ``--storage``, refusing to create a SQLite file that is not there."""
+    from pyergon.cli_worker import default_storage_url
+    from pyergon.storage.url import open_storage
+
+    url: str = arguments.storage or default_storage_url()
+    missing = _missing_database(url)
+    if missing is not None:
+        raise ManagementError(missing)
+    storage = await open_storage(url)
+    try:
+        yield storage
+    finally:
+        await storage.close()
+
+
+def _missing_database(url: str) -> str | None:
+    """Why ``url`` cannot be opened without creating it: a SQLite file that does not exist.
+
+    A stat() run before the event loop has anything else to do, so it blocks nothing.
+    """
+    from pyergon.storage.url import sqlite_file
+
+    path = sqlite_file(url)
+    if path is None or Path(path).is_file():
+        return None
+    return (
+        f"no pyergon database at {Path(path).resolve()} (from {url!r}); pass --storage URL or "
+        "set $PYERGON_STORAGE"
+    )
+
+
+def _manager(storage: ExecutionLog) -> FlowManager:
+    from pyergon.management import FlowManager
+
+    return FlowManager(storage)
+
+
+# -- the commands --------------------------------------------------------------------------------
+
+
+async def _flows(arguments: argparse.Namespace, output: _Output) -> int:
+    from pyergon.history import iter_flows
+
+    statuses: list[TaskStatus] | None = arguments.status
+    async with _storage(arguments) as storage:
+        flows = [
+            flow
+            async for flow in iter_flows(
+                storage,
+                status=statuses or None,
+                flow_type=arguments.flow_type,
+                created_after=arguments.since,
+                worker_id=arguments.worker,
+                parent_flow_id=arguments.parent,
+                limit=arguments.limit,
+            )
+        ]
+        counts = await storage.count_flows(flow_type=arguments.flow_type)
+    from pyergon.cli_views import count_line, flow_json, flows_table
+
+    if output.as_json:
+        output.json([flow_json(flow) for flow in flows])
+    else:
+        output.text(
+            flows_table(flows) if flows else "no flows match",
+            count_line(len(flows), counts, arguments.flow_type),
+        )
+    return 0
+
+
+async def _show(arguments: argparse.Namespace, output: _Output) -> int:
+    from pyergon.cli_views import history_json, history_view
+    from pyergon.history import load_history
+
+    async with _storage(arguments) as storage:
+        history = await load_history(storage, arguments.flow_id)
+    if output.as_json:
+        output.json(history_json(history))
+    else:
+        output.text(*history_view(history, time.time()))
+    return 0
+
+
+async def _signal(arguments: argparse.Namespace, output: _Output) -> int:
+    from pyergon.executor.scheduler import Scheduler
+
+    flow_id: str = arguments.flow_id
+    name: str = arguments.name
+    value: object = arguments.value
+    if arguments.json_value:
+        try:
+            value = json.loads(arguments.value)
+        except json.JSONDecodeError as error:
+            raise ManagementUsageError(
+                f"VALUE is not valid JSON ({error}); nothing was sent"
+            ) from None
+    if not name:
+        raise ManagementUsageError("the signal NAME must not be empty")
+    async with _storage(arguments) as storage:
+        delivered = await Scheduler(storage).signal(flow_id, name, value)
+    if output.as_json:
+        output.json({"flow_id": flow_id, "name": name, "delivered": delivered})
+    elif delivered:
+        output.say(f"delivered signal {name!r} to flow {flow_id!r}")
+    else:
+        output.say(
+            f"flow {flow_id!r} already has a signal {name!r}; the first value is kept and "
+            "nothing changed"
+        )
+    return 0
+
+
+async def _cancel(arguments: argparse.Namespace, output: _Output) -> int:
+    async with _storage(arguments) as storage:
+        flow = await _manager(storage).cancel(arguments.flow_id)
+    if flow.status is TaskStatus.CANCELLED:
+        return _report_flow(output, flow, f"flow {flow.flow_id!r} is now CANCELLED")
+    return _report_flow(
+        output,
+        flow,
+        f"flow {flow.flow_id!r} is {flow.status.value} on worker {flow.lease_owner!r}; "
+        "cancellation requested, it stops at its next step boundary",
+    )
+
+
+async def _resume(arguments: argparse.Namespace, output: _Output) -> int:
+    async with _storage(arguments) as storage:
+        flow = await _manager(storage).resume(arguments.flow_id)
+    return _report_flow(
+        output,
+        flow,
+        f"flow {flow.flow_id!r} is now {flow.status.value}; a worker serving "
+        f"{flow.flow_type} picks it up",
+    )
+
+
+async def _retry(arguments: argparse.Namespace, output: _Output) -> int:
+    async with _storage(arguments) as storage:
+        flow = await _manager(storage).retry(arguments.flow_id)
+    return _report_flow(
+        output,
+        flow,
+        f"flow {flow.flow_id!r} is now {flow.status.value} (attempt {flow.attempt}); a worker "
+        f"serving {flow.flow_type} runs it again, reusing the steps that succeeded",
+    )
+
+
+def _report_flow(output: _Output, flow: ScheduledFlow, sentence: str) -> int:
+    from pyergon.cli_views import flow_json
+
+    if output.as_json:
+        output.json(flow_json(flow))
+    else:
+        output.say(sentence)
+    return 0
+
+
+async def _fork(arguments: argparse.Namespace, output: _Output) -> int:
+    from_step: int = arguments.from_step
+    async with _storage(arguments) as storage:
+        new_id = await _manager(storage).fork(
+            arguments.flow_id, from_step=from_step, new_flow_id=arguments.new_id
+        )
+    if output.as_json:
+        output.json({"flow_id": new_id})
+    else:
+        kept = f"positions 1 to {from_step}" if from_step else "none"
+        output.say(
+            f"forked flow {arguments.flow_id!r} as {new_id!r} (PENDING), keeping {kept} of its log"
+        )
+    return 0
+
+
+async def _replay(arguments: argparse.Namespace, output: _Output) -> int:
+    from pyergon.cli_worker import load_flow_class
+
+    flow_class = load_flow_class(arguments.flow_class)
+    async with _storage(arguments) as storage:
+        try:
+            result = await _manager(storage).replay(arguments.flow_id, flow_class)
+        except FlowDefinitionError as error:  # --flow names a class of another flow type
+            raise ManagementUsageError(str(error)) from None
+    if output.as_json:
+        output.json(_replay_json(result))
+    else:
+        style = "green" if result.consistent else "bold red"
+        from rich.markup import escape
+
+        output.text(f"[{style}]{escape(result.summary())}[/]")
+    return 0 if result.consistent else 1
+
+
+def _replay_json(result: ReplayResult) -> dict[str, Any]:
+    divergence = result.divergence
+    return {
+        "flow_id": result.flow_id,
+        "consistent": result.consistent,
+        "replayed": result.replayed,
+        "recorded": result.recorded,
+        "ended_at": result.ended_at,
+        "divergence": None
+        if divergence is None
+        else {
+            "position": divergence.position,
+            "recorded": divergence.recorded,
+            "current": divergence.current,
+        },
+        "outcome": _outcome_json(result.outcome),
+        "summary": result.summary(),
+    }
+
+
+def _outcome_json(outcome: FlowOutcome | None) -> dict[str, Any] | None:
+    from pyergon.core.outcome import Completed
+
+    if outcome is None:
+        return None
+    described: dict[str, Any] = {"status": outcome.status.value}
+    if isinstance(outcome, Completed) and outcome.error is not None:
+        error_type = type(outcome.error)
+        described["error"] = {
+            "type": f"{error_type.__module__}.{error_type.__qualname__}",
+            "message": str(outcome.error),
+        }
+    return described
+
+
+MANAGEMENT_COMMANDS: Mapping[str, _Command] = {
+    "flows": _flows,
+    "show": _show,
+    "signal": _signal,
+    "cancel": _cancel,
+    "resume": _resume,
+    "retry": _retry,
+    "fork": _fork,
+    "replay": _replay,
+}
+"""The management subcommands by name."""

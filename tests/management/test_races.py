@@ -1,0 +1,120 @@
+"""cancel and fork while a real worker runs the flow, on every backend.
+
+``test_operations.py`` covers a cancel that reaches a running flow; these cover the other side
+of the race: the worker finishing between the manager's check and its write, and a fork
+attempted while a worker holds the flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+
+import pytest
+
+from pyergon import Scheduler, Worker, flow, flow_type, step
+from pyergon.core import ScheduledFlow, TaskStatus
+from pyergon.errors import FlowStateError
+from pyergon.management import FlowManager
+from pyergon.storage.base import ExecutionLog
+from tests.waiting import flow_reaches
+
+
+@dataclass
+class Gate:
+    """Holds the flow's last step until released."""
+
+    entered: asyncio.Event
+    release: asyncio.Event
+
+
+gates: dict[str, Gate] = {}
+
+
+@dataclass
+@flow_type(name="GatedFlow")
+class Gated:
+    label: str
+
+    @step
+    async def prepare(self) -> int:
+        return len(self.label)
+
+    @step
+    async def finish(self, size: int) -> str:
+        gate = gates[self.label]
+        gate.entered.set()
+        await gate.release.wait()
+        return f"{self.label}:{size}"
+
+    @flow
+    async def run(self) -> str:
+        return await self.finish(await self.prepare())
+
+
+@asynccontextmanager
+async def running_in_worker(storage: ExecutionLog, label: str) -> AsyncIterator[tuple[str, Gate]]:
+    """A flow a worker runs, held inside its last step until the gate is released."""
+    gate = gates[label] = Gate(asyncio.Event(), asyncio.Event())
+    worker = Worker(storage, "w-race")
+    await worker.register(Gated)
+    handle = await worker.start()
+    try:
+        flow_id = await Scheduler(storage).schedule(Gated(label), flow_id=label)
+        await asyncio.wait_for(gate.entered.wait(), 10)
+        yield flow_id, gate
+    finally:
+        gate.release.set()
+        await handle.shutdown()
+        del gates[label]
+
+
+class _FinishesFirst:
+    """Storage on which something else happens just before a cancel request is stored."""
+
+    def __init__(self, storage: ExecutionLog, before_cancel: Callable[[], Awaitable[None]]) -> None:
+        self._storage = storage
+        self._before_cancel = before_cancel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    async def request_cancel(self, flow_id: str) -> ScheduledFlow | None:
+        await self._before_cancel()
+        return await self._storage.request_cancel(flow_id)
+
+
+async def test_a_flow_that_finishes_before_the_cancel_lands_stays_complete(
+    storage: ExecutionLog,
+) -> None:
+    async with running_in_worker(storage, "late-cancel") as (flow_id, gate):
+
+        async def worker_finishes() -> None:
+            gate.release.set()
+            await flow_reaches(storage, flow_id, TaskStatus.COMPLETE)
+
+        racing = cast(ExecutionLog, _FinishesFirst(storage, worker_finishes))
+        with pytest.raises(FlowStateError, match=r"finished \(COMPLETE\) before the cancel"):
+            await FlowManager(racing).cancel(flow_id)
+    final = await storage.get_flow(flow_id)
+    assert final is not None
+    assert final.status is TaskStatus.COMPLETE and not final.cancel_requested
+
+
+async def test_fork_is_refused_while_a_worker_runs_the_flow_and_allowed_after(
+    storage: ExecutionLog,
+) -> None:
+    manager = FlowManager(storage)
+    async with running_in_worker(storage, "busy") as (flow_id, gate):
+        with pytest.raises(FlowStateError, match="is running"):
+            await manager.fork(flow_id, from_step=1, new_flow_id="busy-fork")
+        assert await storage.get_flow("busy-fork") is None
+        assert await storage.load_invocations("busy-fork") == []
+        gate.release.set()
+        await flow_reaches(storage, flow_id, TaskStatus.COMPLETE)
+    fork_id = await manager.fork(flow_id, from_step=1, new_flow_id="busy-fork")
+    records = await storage.load_invocations(fork_id)
+    assert [(record.position, record.name) for record in records] == [("1", "prepare")]
