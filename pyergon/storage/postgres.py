@@ -15,10 +15,16 @@ from collections.abc import AsyncIterator, Collection, Hashable, Iterator, Seque
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import TaskStatus
 from pyergon.errors import StorageClosedError, StorageError
-from pyergon.storage.base import UNCHANGED, FlowUpdate, StorageLifecycle
+from pyergon.storage.base import (
+    UNCHANGED,
+    FlowUpdate,
+    StorageLifecycle,
+    check_page,
+    status_filter,
+)
 from pyergon.storage.postgres_sql import (
     FLOW_COLUMNS,
     INVOCATION_COLUMNS,
@@ -28,6 +34,7 @@ from pyergon.storage.postgres_sql import (
     invocation_from_record,
     migrate,
     sent_notice,
+    signal_from_record,
     validate_schema_name,
 )
 from pyergon.storage.sqlite_tables import flow_changes, record_values
@@ -341,17 +348,71 @@ class PostgresExecutionLog(StorageLifecycle):
         attempt: int | FlowUpdate = UNCHANGED,
         expected_status: Sequence[TaskStatus] | None = None,
     ) -> ScheduledFlow | None:
-        """Change a flow's state in one ``UPDATE``; see :meth:`ExecutionLog.update_flow`."""
+        """Change a flow's state in one transaction; see :meth:`ExecutionLog.update_flow`.
+
+        Rows are locked as in :meth:`release_flow`: the flow's, then its parent's.
+        """
+        async with self._transaction() as connection:
+            held = await connection.fetchrow(self._sql["lock_flow"], flow_id)
+            if held is None:
+                return None
+            if expected_status is not None and TaskStatus(held["status"]) not in expected_status:
+                return None
+            updated, woken = await self._change_held(
+                connection,
+                flow_id,
+                held,
+                status,
+                result=result,
+                error=error,
+                wake_at=wake_at,
+                attempt=attempt,
+            )
+        self._woke_workers(updated, woken)
+        return flow_from_record(updated)
+
+    async def _change_held(
+        self,
+        connection: Any,
+        flow_id: str,
+        held: Any,
+        status: TaskStatus,
+        *,
+        result: bytes | FlowUpdate | None = UNCHANGED,
+        error: StoredError | FlowUpdate | None = UNCHANGED,
+        wake_at: float | FlowUpdate | None = UNCHANGED,
+        attempt: int | FlowUpdate = UNCHANGED,
+    ) -> tuple[Any, Any]:
+        """Change a flow whose row (``held``) the transaction on ``connection`` has locked.
+
+        A running flow whose cancellation was requested ends ``CANCELLED`` instead of waiting
+        again. A flow turning final locks its parent's row before changing anything and wakes
+        the parent if it is suspended, so a parent suspending on it at the same moment either
+        sees it final or is already suspended when it is woken.
+
+        Returns:
+            The flow's row as changed, and the parent's row if it was woken (else ``None``).
+        """
+        waits = status in (TaskStatus.SUSPENDED, TaskStatus.PENDING)
+        if waits and held["status"] == TaskStatus.RUNNING.value and held["cancel_requested"]:
+            status = TaskStatus.CANCELLED
+        parent = held["parent_flow_id"] if status.is_final else None
+        if parent is not None:
+            await connection.fetchrow(self._sql["lock_flow"], parent)
         changes = flow_changes(status, result=result, error=error, wake_at=wake_at, attempt=attempt)
-        arguments: list[object] = list(changes.values())
-        if expected_status is not None:
-            arguments.append([expected.value for expected in expected_status])
-        statement = self._sql.update_flow(list(changes), guarded=expected_status is not None)
-        row = await self._fetchrow(statement, self._channel, self._origin, flow_id, *arguments)
-        if row is None:
-            return None
-        self._woke_workers(row)
-        return flow_from_record(row)
+        updated = await connection.fetchrow(
+            self._sql.update_flow(list(changes)),
+            self._channel,
+            self._origin,
+            flow_id,
+            *changes.values(),
+        )
+        woken = None
+        if parent is not None:
+            woken = await connection.fetchrow(
+                self._sql["wake_flow"], self._channel, self._origin, parent, time.time()
+            )
+        return updated, woken
 
     # -- queue -------------------------------------------------------------------------------
 
@@ -401,10 +462,9 @@ class PostgresExecutionLog(StorageLifecycle):
 
         The flow's row is locked first, and a finishing child locks its parent's row before
         changing anything, so a parent suspending on a child at the same moment either sees the
-        child final or is already suspended when the child wakes it. :meth:`store_signal` locks
-        the flow the same way.
+        child final or is already suspended when the child wakes it. :meth:`store_signal`,
+        :meth:`update_flow` and :meth:`request_cancel` lock rows in the same order.
         """
-        woken = None
         async with self._transaction() as connection:
             held = await connection.fetchrow(self._sql["lock_flow"], flow_id)
             if held is None or held["status"] != TaskStatus.RUNNING.value:
@@ -415,23 +475,16 @@ class PostgresExecutionLog(StorageLifecycle):
                 connection, flow_id, list(waiting_signals), list(waiting_children)
             ):
                 status = TaskStatus.PENDING
-            parent = held["parent_flow_id"] if status.is_final else None
-            if parent is not None:
-                await connection.fetchrow(self._sql["lock_flow"], parent)
-            changes = flow_changes(
-                status, result=result, error=error, wake_at=wake_at, attempt=attempt
-            )
-            released = await connection.fetchrow(
-                self._sql.update_flow(list(changes), guarded=False),
-                self._channel,
-                self._origin,
+            released, woken = await self._change_held(
+                connection,
                 flow_id,
-                *changes.values(),
+                held,
+                status,
+                result=result,
+                error=error,
+                wake_at=wake_at,
+                attempt=attempt,
             )
-            if parent is not None:
-                woken = await connection.fetchrow(
-                    self._sql["wake_flow"], self._channel, self._origin, parent, time.time()
-                )
         self._woke_workers(released, woken)
         return flow_from_record(released)
 
@@ -443,6 +496,38 @@ class PostgresExecutionLog(StorageLifecycle):
         return bool(children) and bool(
             await connection.fetchval(self._sql["child_finished"], children)
         )
+
+    async def request_cancel(self, flow_id: str) -> ScheduledFlow | None:
+        """Cancel a flow now, or at its next step boundary if it is running.
+
+        One transaction, locking rows as :meth:`release_flow` does; a request for a running
+        flow notifies workers in every process.
+        """
+        woken = None
+        async with self._transaction() as connection:
+            held = await connection.fetchrow(self._sql["lock_flow"], flow_id)
+            if held is None:
+                return None
+            current = TaskStatus(held["status"])
+            if current.is_final:
+                return flow_from_record(await connection.fetchrow(self._sql["get_flow"], flow_id))
+            if current is TaskStatus.RUNNING:
+                changed = await connection.fetchrow(
+                    self._sql["request_cancel"], self._channel, self._origin, flow_id, time.time()
+                )
+            else:
+                changed, woken = await self._change_held(
+                    connection, flow_id, held, TaskStatus.CANCELLED, wake_at=None
+                )
+        self._woke_workers(changed, woken)
+        return flow_from_record(changed)
+
+    async def cancel_requests(self, flow_ids: Collection[str]) -> set[str]:
+        """Return the running flows among ``flow_ids`` whose cancellation was requested."""
+        if not flow_ids:
+            return set()
+        rows = await self._fetch(self._sql["cancel_requests"], list(flow_ids))
+        return {row["flow_id"] for row in rows}
 
     # -- wake-ups ----------------------------------------------------------------------------
 
@@ -574,28 +659,57 @@ class PostgresExecutionLog(StorageLifecycle):
     async def get_signal(self, flow_id: str, name: str) -> SignalRecord | None:
         """Return a stored signal, or ``None``."""
         row = await self._fetchrow(self._sql["get_signal"], flow_id, name)
-        if row is None:
-            return None
-        return SignalRecord(row["flow_id"], row["name"], row["payload"], row["sent_at"])
+        return None if row is None else signal_from_record(row)
+
+    async def list_signals(self, flow_id: str) -> list[SignalRecord]:
+        """Return a flow's signals, oldest first, then by name."""
+        rows = await self._fetch(self._sql["list_signals"], flow_id)
+        return [signal_from_record(row) for row in rows]
 
     # -- history -----------------------------------------------------------------------------
 
     async def list_flows(
         self,
         *,
-        status: TaskStatus | None = None,
+        status: TaskStatus | Collection[TaskStatus] | None = None,
         flow_type: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        worker_id: str | None = None,
+        parent_flow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        after: FlowCursor | None = None,
     ) -> list[ScheduledFlow]:
-        """Return flows, newest first (ties by flow id, descending), optionally filtered."""
-        filters = [status.value] if status is not None else []
-        filters += [flow_type] if flow_type is not None else []
-        statement = self._sql.list_flows(
-            by_status=status is not None, by_type=flow_type is not None
+        """Return flows newest first (by ``created_at``, then ``flow_id``), filtered.
+
+        See :meth:`ExecutionLog.list_flows`. Each filter alone, and the cursor, is served by an
+        index walked in the listing's order, so pages stay fast however many flows there are.
+        """
+        check_page(limit, offset)
+        statement, arguments = self._sql.list_flows(
+            statuses=status_filter(status),
+            flow_type=flow_type,
+            created_after=created_after,
+            created_before=created_before,
+            worker_id=worker_id,
+            parent_flow_id=parent_flow_id,
+            after=after,
+            limit=limit,
+            offset=offset,
         )
-        rows = await self._fetch(statement, *filters, limit, offset)
+        rows = await self._fetch(statement, *arguments)
         return [flow_from_record(row) for row in rows]
+
+    async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
+        """Return how many flows (of ``flow_type``, if given) are in each status."""
+        if flow_type is None:
+            rows = await self._fetch(self._sql["count_flows"])
+        else:
+            rows = await self._fetch(self._sql["count_flows_of_type"], flow_type)
+        counts = dict.fromkeys(TaskStatus, 0)
+        counts.update((TaskStatus(row["status"]), row["flows"]) for row in rows)
+        return counts
 
     # -- admin -------------------------------------------------------------------------------
 

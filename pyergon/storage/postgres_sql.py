@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from pyergon.core.records import Invocation, ScheduledFlow, StoredError
+from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.errors import CorruptStorageError, SchemaVersionError
 from pyergon.storage.base import SCHEMA_VERSION
@@ -31,6 +31,7 @@ __all__ = [
     "migrate",
     "quote_identifier",
     "sent_notice",
+    "signal_from_record",
     "validate_schema_name",
 ]
 
@@ -121,7 +122,16 @@ _SCHEMA_V1 = (
         sent_at double precision NOT NULL, PRIMARY KEY (flow_id, name))""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+# Management: which worker ran a flow last, and cancellation of running flows.
+_SCHEMA_V2 = (
+    "ALTER TABLE {s}.flows ADD COLUMN worker_id text",
+    "ALTER TABLE {s}.flows ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false",
+    "CREATE INDEX flows_by_worker ON {s}.flows (worker_id, created_at, flow_id)",
+    "CREATE INDEX flows_by_parent ON {s}.flows (parent_flow_id, created_at, flow_id) "
+    "WHERE parent_flow_id IS NOT NULL",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
 """``MIGRATIONS[n]`` holds the statements turning schema version ``n`` into ``n + 1``."""
 
 assert len(MIGRATIONS) == SCHEMA_VERSION, "add a migration step for the new SCHEMA_VERSION"
@@ -170,17 +180,26 @@ _TEMPLATES = {
         _WAKES_ON_CREATE,
     ),
     "get_flow": "SELECT * FROM {s}.flows WHERE flow_id = $1",
-    "lock_flow": "SELECT status, lease_token, parent_flow_id FROM {s}.flows "
+    "lock_flow": "SELECT status, lease_token, parent_flow_id, cancel_requested FROM {s}.flows "
     "WHERE flow_id = $1 FOR UPDATE",
     "claim_flow": "UPDATE {s}.flows SET status = 'RUNNING', updated_at = $1, lease_owner = $2, "
-    f"lease_token = $3, lease_expires_at = $4 WHERE flow_id = {_CLAIM_CANDIDATE} RETURNING *",
+    "worker_id = $2, lease_token = $3, lease_expires_at = $4 "
+    f"WHERE flow_id = {_CLAIM_CANDIDATE} RETURNING *",
     "renew_lease": "UPDATE {s}.flows SET lease_expires_at = $3 "
     "WHERE flow_id = $1 AND status = 'RUNNING' AND lease_token = $2 RETURNING true",
     "wake_flow": _notifying(
         "UPDATE {s}.flows SET status = 'PENDING', wake_at = NULL, updated_at = $4, "
-        f"{_CLEAR_LEASE} WHERE flow_id = $3 AND status = 'SUSPENDED'",
+        f"cancel_requested = false, {_CLEAR_LEASE} WHERE flow_id = $3 AND status = 'SUSPENDED'",
         _WAKES,
     ),
+    # Always a notice: workers in other processes look for cancellations of their flows.
+    "request_cancel": _notifying(
+        "UPDATE {s}.flows SET cancel_requested = true, updated_at = $4 "
+        "WHERE flow_id = $3 AND status = 'RUNNING'",
+        "true",
+    ),
+    "cancel_requests": "SELECT flow_id FROM {s}.flows WHERE flow_id = ANY($1::text[]) "
+    "AND status = 'RUNNING' AND cancel_requested",
     "signal_arrived": "SELECT EXISTS (SELECT 1 FROM {s}.signals "
     "WHERE flow_id = $1 AND name = ANY($2::text[]))",
     "child_finished": "SELECT EXISTS (SELECT 1 FROM {s}.flows "
@@ -207,6 +226,12 @@ _TEMPLATES = {
     f"AND name = $2 AND kind = '{OperationKind.SIGNAL.value}' "
     f"AND status = '{InvocationStatus.WAITING_FOR_SIGNAL.value}')",
     "get_signal": "SELECT * FROM {s}.signals WHERE flow_id = $1 AND name = $2",
+    # Names by code point, as in the other backends, whatever the database's collation.
+    "list_signals": "SELECT * FROM {s}.signals WHERE flow_id = $1 "
+    'ORDER BY sent_at, name COLLATE "C"',
+    "count_flows": "SELECT status, count(*) AS flows FROM {s}.flows GROUP BY status",
+    "count_flows_of_type": "SELECT status, count(*) AS flows FROM {s}.flows "
+    "WHERE flow_type = $1 GROUP BY status",
     "delete_invocations": "DELETE FROM {s}.invocations WHERE flow_id = $1",
     "delete_signals": "DELETE FROM {s}.signals WHERE flow_id = $1",
     "delete_flow": "DELETE FROM {s}.flows WHERE flow_id = $1 RETURNING true",
@@ -237,32 +262,76 @@ class Statements:
         """The statements that turn schema version ``version`` into ``version + 1``."""
         return [statement.format(s=self.schema) for statement in MIGRATIONS[version]]
 
-    def update_flow(self, columns: Sequence[str], *, guarded: bool) -> str:
-        """An UPDATE of ``columns`` (``$4``...) of flow ``$3``, sending a notice as it wakes.
-
-        With ``guarded``, the last parameter is the array of statuses the flow must be in.
-        """
+    def update_flow(self, columns: Sequence[str]) -> str:
+        """An UPDATE of ``columns`` (``$4``...) of flow ``$3``, sending a notice as it wakes."""
         assignments = ", ".join(
             f"{column} = ${index}" for index, column in enumerate(columns, start=4)
         )
-        guard = f" AND status = ANY(${len(columns) + 4}::text[])" if guarded else ""
-        change = f"UPDATE {self.schema}.flows SET {assignments} WHERE flow_id = $3{guard}"
+        change = f"UPDATE {self.schema}.flows SET {assignments} WHERE flow_id = $3"
         return _notifying(change, _WAKES)
 
-    def list_flows(self, *, by_status: bool, by_type: bool) -> str:
-        """The history query; its parameters are the filters given, then limit and offset."""
+    def list_flows(
+        self,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        flow_type: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        worker_id: str | None = None,
+        parent_flow_id: str | None = None,
+        after: FlowCursor | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[str, list[object]]:
+        """The history query for the filters given (``None`` means any), and its arguments.
+
+        Each filter on its own is served by a walk of one index in the listing's order, with
+        the cursor as the walk's bound. Several statuses become one such walk per status, each
+        stopped at the page's end, which the server merges instead of sorting every match.
+        """
+        arguments: list[object] = []
+
+        def parameter(value: object) -> str:
+            arguments.append(value)
+            return f"${len(arguments)}"
+
+        def select(conditions: Sequence[str]) -> str:
+            where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+            return f"SELECT * FROM {self.schema}.flows{where}"
+
         conditions = [
-            condition
-            for condition, wanted in (("status = $", by_status), ("flow_type = $", by_type))
-            if wanted
+            f"{condition} {parameter(value)}"
+            for condition, value in (
+                ("flow_type =", flow_type),
+                ("created_at >=", created_after),
+                ("created_at <", created_before),
+                ("worker_id =", worker_id),
+                ("parent_flow_id =", parent_flow_id),
+            )
+            if value is not None
         ]
-        numbered = [f"{condition}{index}" for index, condition in enumerate(conditions, 1)]
-        where = f"WHERE {' AND '.join(numbered)} " if numbered else ""
-        limit = len(numbered) + 1
-        return (
-            f"SELECT * FROM {self.schema}.flows {where}"
-            f"ORDER BY created_at DESC, flow_id DESC LIMIT ${limit} OFFSET ${limit + 1}"
-        )
+        if after is not None:
+            # A row comparison does not give its parameters a type; say it.
+            created_at, flow_id = parameter(after.created_at), parameter(after.flow_id)
+            conditions.append(
+                f"(created_at, flow_id) < ({created_at}::double precision, {flow_id}::text)"
+            )
+        order = "ORDER BY created_at DESC, flow_id DESC"
+        if statuses is not None and len(statuses) > 1:
+            page_end = parameter(limit + offset)
+            walks = " UNION ALL ".join(
+                f"({select([f'status = {parameter(status.value)}', *conditions])} "
+                f"{order} LIMIT {page_end})"
+                for status in sorted(statuses)
+            )
+            matching = f"SELECT * FROM ({walks}) AS matching"
+        elif statuses is not None:
+            # No status at all matches nothing; every parameter must still appear in the SQL.
+            only = [f"status = {parameter(status.value)}" for status in statuses] or ["false"]
+            matching = select([*only, *conditions])
+        else:
+            matching = select(conditions)
+        return f"{matching} {order} LIMIT {parameter(limit)} OFFSET {parameter(offset)}", arguments
 
 
 # -- migrations ----------------------------------------------------------------------------------
@@ -351,3 +420,8 @@ def invocation_from_record(row: Mapping[str, Any]) -> Invocation:
     fields = _record_fields(row)
     kind, status = OperationKind(fields["kind"]), InvocationStatus(fields["status"])
     return Invocation(**fields | {"kind": kind, "status": status})
+
+
+def signal_from_record(row: Mapping[str, Any]) -> SignalRecord:
+    """Rebuild a signal from its ``signals`` row."""
+    return SignalRecord(row["flow_id"], row["name"], row["payload"], row["sent_at"])

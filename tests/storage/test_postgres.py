@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sys
 import textwrap
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
-from pyergon.core.records import SignalRecord
+from pyergon.core.records import FlowCursor, ScheduledFlow, SignalRecord
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.errors import (
     CorruptStorageError,
@@ -26,7 +27,12 @@ from pyergon.errors import (
 from pyergon.storage import open_storage
 from pyergon.storage.base import SCHEMA_VERSION
 from pyergon.storage.postgres import PostgresExecutionLog
-from pyergon.storage.postgres_sql import advisory_lock_key, channel_name, quote_identifier
+from pyergon.storage.postgres_sql import (
+    Statements,
+    advisory_lock_key,
+    channel_name,
+    quote_identifier,
+)
 
 from ..conftest import drop_schema
 from .conftest import FlowFactory, InvocationFactory
@@ -523,10 +529,13 @@ async def test_a_signal_racing_a_suspension_is_never_lost(
     worker = await make_postgres()
     sender = await make_postgres(worker.schema)
     for round_ in range(25):
-        flow_id = f"flow-{round_}"
-        await worker.create_flow(make_flow(flow_id))
-        claimed = await worker.claim_flow("w", ["Order"], lease_seconds=60, now=1_000)
-        assert claimed is not None and claimed.lease_token is not None
+        flow_id, flow_type = (
+            f"flow-{round_}",
+            f"Order-{round_}",
+        )  # earlier rounds' flows stay pending
+        await worker.create_flow(make_flow(flow_id, flow_type=flow_type))
+        claimed = await worker.claim_flow("w", [flow_type], lease_seconds=60, now=1_000)
+        assert claimed is not None and claimed.flow_id == flow_id and claimed.lease_token
         await worker.record_invocation(
             make_invocation(
                 1,
@@ -555,13 +564,10 @@ async def test_a_child_finishing_as_its_parent_suspends_always_wakes_the_parent(
     parents = await make_postgres()
     children = await make_postgres(parents.schema)
     for round_ in range(25):
-        parent_id, child_id = f"parent-{round_}", f"child-{round_}"
-        await parents.create_flow(make_flow(parent_id))
-        parent = await parents.claim_flow("p", ["Order"], lease_seconds=60, now=1_000)
-        await children.create_flow(make_flow(child_id, flow_type="Child", parent_flow_id=parent_id))
-        child = await children.claim_flow("c", ["Child"], lease_seconds=60, now=1_000)
-        assert parent is not None and parent.lease_token is not None
-        assert child is not None and child.lease_token is not None
+        parent = await claimed_parent_and_child(parents, make_flow, round_)
+        parent_id, child_id = parent.flow_id, f"child-{round_}"
+        child = await children.claim_flow("c", [f"Child-{round_}"], lease_seconds=60, now=1_000)
+        assert child is not None and child.flow_id == child_id and child.lease_token
 
         await asyncio.gather(
             parents.release_flow(
@@ -573,6 +579,199 @@ async def test_a_child_finishing_as_its_parent_suspends_always_wakes_the_parent(
 
         stored = await parents.get_flow(parent_id)
         assert stored is not None and stored.status is TaskStatus.PENDING, f"round {round_}"
+
+
+async def claimed_parent_and_child(
+    storage: PostgresExecutionLog, make_flow: FlowFactory, round_: int
+) -> ScheduledFlow:
+    """Store ``parent-<round>``, claimed, and its pending ``child-<round>``; return the parent.
+
+    Each round has flow types of its own, so flows of earlier rounds are never claimed.
+    """
+    parent_id, parent_type = f"parent-{round_}", f"Order-{round_}"
+    await storage.create_flow(make_flow(parent_id, flow_type=parent_type))
+    parent = await storage.claim_flow("p", [parent_type], lease_seconds=60, now=1_000)
+    assert parent is not None and parent.flow_id == parent_id and parent.lease_token
+    child = make_flow(f"child-{round_}", flow_type=f"Child-{round_}", parent_flow_id=parent_id)
+    await storage.create_flow(child)
+    return parent
+
+
+async def test_a_child_cancelled_as_its_parent_suspends_always_wakes_the_parent(
+    make_postgres: MakePostgres, make_flow: FlowFactory
+) -> None:
+    parents = await make_postgres()
+    managers = await make_postgres(parents.schema)
+    for round_ in range(25):
+        parent = await claimed_parent_and_child(parents, make_flow, round_)
+        assert parent.lease_token is not None
+
+        await asyncio.gather(
+            parents.release_flow(
+                parent.flow_id, parent.lease_token, status=TaskStatus.SUSPENDED,
+                waiting_children=[f"child-{round_}"],
+            ),
+            managers.request_cancel(f"child-{round_}"),
+        )  # fmt: skip
+
+        stored = await parents.get_flow(parent.flow_id)
+        assert stored is not None and stored.status is TaskStatus.PENDING, f"round {round_}"
+
+
+async def test_a_cancel_request_from_another_object_reaches_the_flows_worker(
+    make_postgres: MakePostgres, make_flow: FlowFactory
+) -> None:
+    worker = await make_postgres()
+    manager = await make_postgres(worker.schema)
+    await worker.create_flow(make_flow())
+    claimed = await worker.claim_flow("w", ["Order"], lease_seconds=60, now=1_000)
+    assert claimed is not None
+    while await worker.wait_for_work(timeout=0.05):  # consume the notice of the new flow
+        pass
+    waiter = asyncio.create_task(worker.wait_for_work(timeout=30))
+
+    requested = await manager.request_cancel("flow-1")
+
+    assert requested is not None and requested.cancel_requested
+    assert await waiter is True
+    assert await worker.cancel_requests(["flow-1", "elsewhere"]) == {"flow-1"}
+
+
+# -- management: migration and listing plans ---------------------------------------------------
+
+
+async def test_a_version_1_schema_is_migrated_keeping_its_flows(
+    make_postgres: MakePostgres,
+    admin: asyncpg.Connection,
+    new_schema: Callable[[], str],
+    make_flow: FlowFactory,
+) -> None:
+    sql = Statements.for_schema(new_schema())
+    async with admin.transaction():
+        await admin.execute(f"CREATE SCHEMA {sql.schema}")
+        for statement in sql.migration(0):  # the version 1 layout
+            await admin.execute(statement)
+        await admin.execute(sql["set_schema_version"], "1")
+        await admin.execute(
+            f"INSERT INTO {sql.schema}.flows (flow_id, flow_type, payload, status, created_at, "
+            "updated_at, attempt, lease_owner, lease_token, lease_expires_at) VALUES "
+            "('flow-1', 'Order', 'order-payload', 'RUNNING', 1000, 1000, 1, 'w', 't', 1060)"
+        )
+
+    storage = await make_postgres(sql.name)
+
+    running = make_flow(
+        status=TaskStatus.RUNNING, lease_owner="w", lease_token="t", lease_expires_at=1_060.0
+    )
+    assert await storage.get_flow("flow-1") == running  # no worker_id, no cancel request
+    assert await admin.fetchval(sql["schema_version"]) == str(SCHEMA_VERSION)
+    indexes = await admin.fetch("SELECT indexname FROM pg_indexes WHERE schemaname = $1", sql.name)
+    assert {"flows_by_worker", "flows_by_parent"} <= {row["indexname"] for row in indexes}
+    requested = await storage.request_cancel("flow-1")  # the new columns are in use
+    assert requested is not None and requested.cancel_requested
+
+
+_HUNDRED_THOUSAND_FLOWS = """
+    INSERT INTO {s}.flows (flow_id, flow_type, payload, status, created_at, updated_at, attempt,
+        worker_id, parent_flow_id)
+    SELECT 'flow-' || lpad(n::text, 6, '0'), 'type-' || n % 20, '', ($1::text[])[1 + n % 6],
+        n / 2, n / 2, 1, 'worker-' || n % 50,
+        CASE WHEN n % 4 = 0 THEN 'flow-' || lpad((n % 20)::text, 6, '0') END
+    FROM generate_series(1, 100000) AS n
+"""
+"""Two flows per ``created_at``; statuses, types, workers and parents spread evenly."""
+
+LISTING_FILTERS: dict[str, dict[str, Any]] = {
+    "no filter": {},
+    "status": {"statuses": {TaskStatus.COMPLETE}},
+    "several statuses": {"statuses": {TaskStatus.PENDING, TaskStatus.RUNNING}},
+    "flow_type": {"flow_type": "type-7"},
+    "created_after": {"created_after": 10_000.0},
+    "created_before": {"created_before": 40_000.0},
+    "worker_id": {"worker_id": "worker-7"},
+    "parent_flow_id": {"parent_flow_id": "flow-000004"},
+}
+
+
+def sql_literal(value: object) -> str:
+    return "'" + value.replace("'", "''") + "'" if isinstance(value, str) else repr(value)
+
+
+def plan_nodes(plan: list[str]) -> list[str]:
+    """The nodes of an EXPLAIN plan, e.g. ``Index Scan Backward using flows_by_type on flows``."""
+    return [
+        line.strip().removeprefix("->").strip().split("  (")[0] for line in plan if "(cost=" in line
+    ]
+
+
+async def test_every_listing_walks_an_index_of_100_000_flows_without_sorting(
+    make_postgres: MakePostgres, admin: asyncpg.Connection
+) -> None:
+    storage = await make_postgres()
+    sql = Statements.for_schema(storage.schema)
+    await admin.execute(
+        _HUNDRED_THOUSAND_FLOWS.format(s=sql.schema), [status.value for status in TaskStatus]
+    )
+    await admin.execute(f"ANALYZE {sql.schema}.flows")
+    cursor = FlowCursor(25_000.0, "flow-050000")
+    wrong = []
+    # The server plans each of the first executions for its arguments, and may then switch
+    # to one generic plan for any arguments: both must walk an index.
+    for plan_cache_mode in ("auto", "force_generic_plan"):
+        await admin.execute(f"SET plan_cache_mode = {plan_cache_mode}")
+        for (name, filters), after in itertools.product(LISTING_FILTERS.items(), [None, cursor]):
+            statement, arguments = sql.list_flows(**filters, after=after, limit=100)
+            await admin.execute(f"PREPARE listing AS {statement}")
+            try:
+                rows = await admin.fetch(
+                    f"EXPLAIN EXECUTE listing({', '.join(map(sql_literal, arguments))})"
+                )
+            finally:
+                await admin.execute("DEALLOCATE listing")
+            plan = [row[0] for row in rows]
+            nodes = plan_nodes(plan)
+            walks = any(node.startswith("Index Scan") for node in nodes)
+            sorts_or_scans_all = any(
+                node.startswith(("Sort", "Incremental Sort", "Seq Scan", "Bitmap"))
+                for node in nodes
+            )
+            bounded = after is None or any(
+                "Index Cond:" in line and "ROW(created_at, flow_id) <" in line for line in plan
+            )
+            if not walks or sorts_or_scans_all or not bounded:
+                paging = "a cursor" if after else "no cursor"
+                wrong.append(f"{name} with {paging} ({plan_cache_mode}):\n" + "\n".join(plan))
+
+    assert not wrong, "\n\n".join(wrong)
+
+
+async def test_several_statuses_page_like_one_list(
+    make_postgres: MakePostgres, make_flow: FlowFactory
+) -> None:
+    storage = await make_postgres()
+    statuses = [TaskStatus.PENDING, TaskStatus.SUSPENDED, TaskStatus.COMPLETE]
+    for index in range(40):  # unevenly, so that pages come mostly from one status
+        status = statuses[index % 7 % 3]
+        await storage.create_flow(
+            make_flow(f"flow-{index:02}", status=status, created_at=float(index // 2))
+        )
+    wanted = statuses[:2]
+    matching = [flow for flow in await storage.list_flows(limit=100) if flow.status in wanted]
+
+    by_offset = [
+        flow
+        for start in range(0, len(matching), 4)
+        for flow in await storage.list_flows(status=wanted, limit=4, offset=start)
+    ]
+    by_cursor = await storage.list_flows(status=wanted, limit=4)
+    while page := await storage.list_flows(
+        status=wanted, limit=4, after=FlowCursor.after(by_cursor[-1])
+    ):
+        by_cursor += page
+
+    assert len(matching) > 20
+    assert by_offset == matching
+    assert by_cursor == matching
 
 
 # -- open_storage ------------------------------------------------------------------------------
