@@ -4,9 +4,13 @@ Write a flow as an async method of a dataclass; every step's result is recorded,
 survives crashes, sleeps on durable timers and waits for signals, then resumes where it stopped.
 
     from pyergon import flow, flow_type, step, Executor
+
+In IPython or Jupyter, ``%load_ext pyergon`` adds the ``%pyergon`` magic.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from pyergon.context import current_idempotency_key as idempotency_key
 from pyergon.core import Completed, FlowOutcome, RetryPolicy, Suspended
@@ -18,6 +22,9 @@ from pyergon.executor.scheduler import Scheduler
 from pyergon.executor.signal import await_external_signal, send_signal
 from pyergon.executor.timer import schedule_timer, schedule_timer_named
 from pyergon.executor.worker import Worker, WorkerHandle
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 __all__ = [
     "Completed",
@@ -35,13 +42,32 @@ __all__ = [
     "flow",
     "flow_type",
     "idempotency_key",
+    "load_ipython_extension",
     "now",
     "random",
     "schedule_timer",
     "schedule_timer_named",
     "send_signal",
     "step",
+    "unload_ipython_extension",
     "uuid4",
 ]
 
 __version__ = "0.9.0"
+
+
+def load_ipython_extension(ipython: InteractiveShell) -> None:
+    """Register the ``%pyergon`` magic; ``%load_ext pyergon`` calls this.
+
+    IPython is imported here, never by ``import pyergon``.
+    """
+    from pyergon.notebook.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: InteractiveShell) -> None:
+    """Stop ``%pyergon``'s workers and close its session; ``%unload_ext pyergon`` calls this."""
+    from pyergon.notebook.magics import unload_ipython_extension as unload
+
+    unload(ipython)

@@ -122,6 +122,16 @@ class FlowHistory:
             f"children={len(self.children)})"
         )
 
+    def _repr_html_(self) -> str:
+        from pyergon.notebook.views_common import history_html
+
+        return history_html(self)
+
+    def _repr_mimebundle_(
+        self, include: object = None, exclude: object = None, **kwargs: object
+    ) -> dict[str, str]:
+        return {"text/plain": repr(self), "text/html": self._repr_html_()}
+
 
 async def load_history(storage: ExecutionLog, flow_id: str) -> FlowHistory:
     """Read one flow with its records, signals and children.

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -96,10 +97,17 @@ class Worker:
         self._cancels_checked_at = 0.0
         self.flows_finished = 0
         """Flows this worker ran to a final state."""
+        self.last_heartbeat = 0.0
+        """When the serving loop last went round (wall-clock epoch seconds; 0.0 before)."""
 
     def __repr__(self) -> str:
         types = ", ".join(sorted(self._registry)) or "none"
         return f"Worker({self.worker_id!r}, running={len(self._running)}, types=[{types}])"
+
+    @property
+    def running_flow_ids(self) -> list[str]:
+        """Ids of the flows this worker runs now, sorted."""
+        return sorted(self._running)
 
     @property
     def registered_types(self) -> list[str]:
@@ -161,6 +169,8 @@ class Worker:
         renewer = asyncio.create_task(self._renew_leases(), name=f"pyergon-lease-{self.worker_id}")
         try:
             while not self._stopping:
+                # Wall-clock time, not self.clock: it says whether this loop is alive.
+                self.last_heartbeat = time.time()
                 self._kick.clear()
                 await self._fill_slots()
                 await self._check_cancellations()

@@ -6,5 +6,14 @@ is built (``pip install "pyergon[notebook]"``).
 
 from pyergon.notebook.session import BackgroundError, BackgroundErrors, Session
 from pyergon.notebook.stepper import Stepper, StepReport
+from pyergon.notebook.views import Monitor, Timeline
 
-__all__ = ["BackgroundError", "BackgroundErrors", "Session", "StepReport", "Stepper"]
+__all__ = [
+    "BackgroundError",
+    "BackgroundErrors",
+    "Monitor",
+    "Session",
+    "StepReport",
+    "Stepper",
+    "Timeline",
+]

@@ -26,6 +26,8 @@ from pyergon.executor.worker import Worker, WorkerHandle
 from pyergon.history import FlowHistory, flows_frame, invocations_frame, iter_flows, load_history
 from pyergon.management import FlowManager, ReplayResult
 from pyergon.notebook.stepper import Stepper
+from pyergon.notebook.views_monitor import Monitor
+from pyergon.notebook.views_timeline import Timeline
 from pyergon.serialization import Serializer, default_serializer
 from pyergon.storage.base import ExecutionLog
 
@@ -309,6 +311,56 @@ class Session:
             )
         ]
         return flows_frame(rows)
+
+    async def timeline(
+        self,
+        flow_ids: str | Iterable[str] = (),
+        *,
+        newest: int = 10,
+        auto_refresh: bool = False,
+        interval: float = 1.0,
+        max_records: int = 200,
+    ) -> Timeline:
+        """A timeline of flows, one lane each; its widget can re-read them from storage.
+
+        Args:
+            flow_ids: One flow id or several; none means the ``newest`` flows, oldest first.
+            newest: How many flows to show when no id is given.
+            auto_refresh: Re-read the flows every ``interval`` seconds once the widget shows,
+                until all are final.
+            interval: Seconds between two automatic refreshes.
+            max_records: Records drawn per flow; the rest are counted.
+
+        Raises:
+            FlowNotFoundError: One of the flows does not exist.
+        """
+        ids = [flow_ids] if isinstance(flow_ids, str) else list(flow_ids)
+        if not ids:
+            ids = [flow.flow_id async for flow in iter_flows(self.storage, limit=newest)][::-1]
+
+        async def load() -> tuple[list[FlowHistory], float]:
+            return [await load_history(self.storage, flow_id) for flow_id in ids], self.clock.now()
+
+        histories, now = await load()
+        return Timeline(
+            histories,
+            now=now,
+            loader=load,
+            keep=self._keep,
+            auto_refresh=auto_refresh,
+            interval=interval,
+            max_records=max_records,
+        )
+
+    def monitor(self, *, interval: float = 1.0) -> Monitor:
+        """A monitor of flows by status, workers, progress and background errors.
+
+        ``await session.monitor()`` reads the first snapshot before returning. In a kernel its
+        widget refreshes in place every ``interval`` seconds until ``monitor.stop()`` or
+        :meth:`close`.
+        """
+        self._check_open()
+        return Monitor(self, interval=interval)
 
     async def invocations(self, flow_id: str) -> pd.DataFrame:
         """One flow's records as a DataFrame (columns: ``INVOCATION_COLUMNS``)."""

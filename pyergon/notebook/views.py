@@ -1,0 +1,31 @@
+"""Views of flows for notebooks: a timeline and a live monitor, each rendered three ways.
+
+Every view renders as a live ipywidgets widget in a kernel, as static escaped HTML/SVG
+(nbviewer, exported notebooks, GitHub) and as short deterministic text (terminals, nbval).
+``await session.timeline(ids)`` and ``await session.monitor()`` build them; the pieces live in
+``views_timeline``, ``views_monitor`` and ``views_common``.
+"""
+
+from __future__ import annotations
+
+from pyergon.notebook.views_common import history_html, kernel_running, live_widgets_available
+from pyergon.notebook.views_monitor import (
+    HEARTBEAT_STALE_AFTER,
+    Monitor,
+    MonitorSnapshot,
+    WorkerState,
+)
+from pyergon.notebook.views_timeline import Timeline, TimelineLoader, timeline_from_histories
+
+__all__ = [
+    "HEARTBEAT_STALE_AFTER",
+    "Monitor",
+    "MonitorSnapshot",
+    "Timeline",
+    "TimelineLoader",
+    "WorkerState",
+    "history_html",
+    "kernel_running",
+    "live_widgets_available",
+    "timeline_from_histories",
+]

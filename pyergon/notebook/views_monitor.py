@@ -1,0 +1,342 @@
+"""A live monitor of a session: flows by status, workers and their heartbeats, progress, errors.
+
+``monitor = await session.monitor()`` reads a first snapshot; in a kernel its widget refreshes
+in place every ``interval`` seconds through a task the session holds, until
+:meth:`Monitor.stop` or ``session.close()``. Outside a kernel it renders as text and HTML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pyergon.core.status import TaskStatus
+from pyergon.errors import PyergonError
+from pyergon.notebook.views_common import (
+    FLOW_COLOURS,
+    GREEN,
+    RED,
+    View,
+    ViewTasks,
+    escape,
+    refresh_every,
+)
+
+if TYPE_CHECKING:
+    from pyergon.executor.worker import Worker
+    from pyergon.notebook.session import Session
+
+__all__ = ["HEARTBEAT_STALE_AFTER", "Monitor", "MonitorSnapshot", "WorkerState"]
+
+HEARTBEAT_STALE_AFTER = 5.0
+"""Seconds without a heartbeat after which a worker shows as stale.
+
+A serving worker goes round its loop at least once a second, so a few seconds of silence mean
+its loop is blocked (a step that does not yield, or storage that hangs).
+"""
+
+_ERRORS_SHOWN = 3
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerState:
+    """One worker as the monitor saw it.
+
+    Attributes:
+        worker_id: The worker's id.
+        running: Flows it runs now.
+        capacity: Flows it runs at most at once.
+        finished: Flows it ran to a final state so far.
+        heartbeat_age: Seconds since its serving loop last went round; ``None`` before the
+            first round.
+    """
+
+    worker_id: str
+    running: int
+    capacity: int
+    finished: int
+    heartbeat_age: float | None
+
+    @classmethod
+    def of(cls, worker: Worker, now: float) -> WorkerState:
+        """Read ``worker``'s state; ``now`` is the wall-clock time (epoch seconds)."""
+        beat = worker.last_heartbeat
+        return cls(
+            worker_id=worker.worker_id,
+            running=len(worker.running_flow_ids),
+            capacity=worker.max_concurrent_flows,
+            finished=worker.flows_finished,
+            heartbeat_age=max(now - beat, 0.0) if beat else None,
+        )
+
+    @property
+    def heartbeat(self) -> str:
+        """``ok``, ``stale`` or ``none yet``: the heartbeat without its exact age."""
+        if self.heartbeat_age is None:
+            return "none yet"
+        return "stale" if self.heartbeat_age > HEARTBEAT_STALE_AFTER else "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorSnapshot:
+    """What the monitor saw at one refresh.
+
+    Attributes:
+        counts: Flows in each status, every status present.
+        workers: The session's running workers, by id.
+        errors: The session's kept background errors, described, oldest first.
+    """
+
+    counts: Mapping[TaskStatus, int]
+    workers: tuple[WorkerState, ...]
+    errors: tuple[str, ...]
+
+    @property
+    def total(self) -> int:
+        """Flows in storage."""
+        return sum(self.counts.values())
+
+    @property
+    def final(self) -> int:
+        """Flows in a final status (complete, failed or cancelled)."""
+        return sum(count for status, count in self.counts.items() if status.is_final)
+
+    @property
+    def progress(self) -> str:
+        """``7 of 10 flows final (70%)``."""
+        percent = f" ({100 * self.final // self.total}%)" if self.total else ""
+        return f"{self.final} of {self.total} flows final{percent}"
+
+    def text(self) -> str:
+        """The snapshot as short deterministic text: no timestamps, statuses in a fixed order."""
+        counts = "  ".join(f"{status.value} {self.counts.get(status, 0)}" for status in TaskStatus)
+        lines = [f"pyergon monitor: {self.progress}", f"  {counts}"]
+        if not self.workers:
+            lines.append("  workers: none")
+        for worker in self.workers:
+            lines.append(
+                f"  worker {worker.worker_id}: running {worker.running}/{worker.capacity}, "
+                f"finished {worker.finished}, heartbeat {worker.heartbeat}"
+            )
+        lines.append(f"  background errors: {len(self.errors)}")
+        return "\n".join(lines)
+
+    def html(self, *, progress_bar: bool = True) -> str:
+        """The snapshot as escaped HTML; the progress bar is left out for the live widget."""
+        cells = "".join(
+            f'<td style="color:{FLOW_COLOURS[status]};padding:0 8px">'
+            f"{escape(status.value)}<br><b>{self.counts.get(status, 0)}</b></td>"
+            for status in TaskStatus
+        )
+        parts = [f"<b>pyergon monitor</b>: {escape(self.progress)}"]
+        if progress_bar:
+            parts.append(_progress_bar(self.final, self.total))
+        parts.append(f"<table><tr>{cells}</tr></table>")
+        parts.append(_workers_html(self.workers))
+        parts.append(_errors_html(self.errors))
+        return f'<div class="pyergon-monitor">{"".join(parts)}</div>'
+
+
+def _progress_bar(done: int, total: int) -> str:
+    percent = 100 * done / total if total else 0
+    return (
+        '<div style="width:320px;height:10px;background:rgba(128,128,128,0.25);'
+        f'border-radius:3px;margin:4px 0"><div style="width:{percent:.1f}%;height:10px;'
+        f'background:{GREEN};border-radius:3px"></div></div>'
+    )
+
+
+def _workers_html(workers: tuple[WorkerState, ...]) -> str:
+    if not workers:
+        return "<p>no workers running in this session</p>"
+    rows = "".join(
+        f"<tr><td>{escape(worker.worker_id)}</td><td>{worker.running}/{worker.capacity}</td>"
+        f"<td>{worker.finished}</td><td>{_heartbeat_html(worker)}</td></tr>"
+        for worker in workers
+    )
+    return (
+        "<table><thead><tr><th>worker</th><th>running</th><th>finished</th>"
+        f"<th>heartbeat</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def _heartbeat_html(worker: WorkerState) -> str:
+    if worker.heartbeat_age is None:
+        return "none yet"
+    colour = RED if worker.heartbeat == "stale" else GREEN
+    return f'<span style="color:{colour}">{worker.heartbeat_age:.1f}s ago</span>'
+
+
+def _errors_html(errors: tuple[str, ...]) -> str:
+    if not errors:
+        return "<p>no background errors</p>"
+    latest = "".join(f"<li><code>{escape(error)}</code></li>" for error in errors[-_ERRORS_SHOWN:])
+    return (
+        f'<p style="color:{RED}">{len(errors)} background error(s); '
+        f"<code>session.raise_for_errors()</code> raises them. Latest:</p><ul>{latest}</ul>"
+    )
+
+
+class Monitor(View):
+    """Counts by status, workers, progress and errors of a session, live in a kernel.
+
+    Create it with ``await session.monitor()``; ``session.monitor()`` without ``await`` gives
+    one that has not read storage yet (its widget fills in at the first refresh).
+
+    Args:
+        session: The session to watch.
+        interval: Seconds between two refreshes of the live widget.
+    """
+
+    def __init__(self, session: Session, *, interval: float = 1.0) -> None:
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0 seconds, got {interval}")
+        self.session = session
+        self.interval = interval
+        self.snapshot: MonitorSnapshot | None = None
+        """The last snapshot read, or ``None`` before the first refresh."""
+        self.error: BaseException | None = None
+        """The error that stopped the live refresh, if one did."""
+        self.refresher: asyncio.Task[None] | None = None
+        """The task refreshing the widget, while live."""
+        self._tasks = ViewTasks(session._keep)
+        self._widget: _MonitorWidget | None = None
+
+    def __await__(self) -> Generator[Any, None, Monitor]:
+        """``await monitor``: read a first snapshot, then return the monitor."""
+        return self._loaded().__await__()
+
+    async def _loaded(self) -> Monitor:
+        await self.refresh()
+        return self
+
+    @property
+    def live(self) -> bool:
+        """Whether the widget is being refreshed."""
+        task = self.refresher
+        return task is not None and not task.done() and not task.cancelling()
+
+    async def refresh(self) -> MonitorSnapshot:
+        """Read counts from storage and the session's workers and errors; update the widget."""
+        self.session._check_open()
+        counts = await self.session.storage.count_flows()
+        now = time.time()
+        workers = sorted(
+            (WorkerState.of(worker, now) for worker in self.session.workers),
+            key=lambda state: state.worker_id,
+        )
+        self.snapshot = MonitorSnapshot(
+            counts=dict(counts),
+            workers=tuple(workers),
+            errors=tuple(str(error) for error in self.session.errors),
+        )
+        if self._widget is not None:
+            self._widget.show(self)
+        return self.snapshot
+
+    def start(self) -> None:
+        """Refresh every ``interval`` seconds on the running loop until :meth:`stop`.
+
+        Raises:
+            PyergonError: The session is closed, or no event loop is running.
+        """
+        if self.live:
+            return
+        self.session._check_open()
+        self.error = None
+        self.refresher = self._tasks.start(self._run_live(), name="pyergon-monitor")
+        if self.refresher is None:
+            raise PyergonError("a live monitor needs a running event loop, as a kernel has")
+        if self._widget is not None:
+            self._widget.show_state(self)
+
+    def stop(self) -> None:
+        """Stop refreshing; the widget keeps showing the last snapshot."""
+        if self.refresher is not None:
+            self.refresher.cancel()
+        if self._widget is not None:
+            self._widget.show_state(self, stopping=True)
+
+    async def _run_live(self) -> None:
+        try:
+            await refresh_every(self.refresh, self.interval)
+        except Exception as error:
+            # Shown in the widget and kept here: a background task has nobody else to tell.
+            self.error = error
+        finally:
+            if self._widget is not None:
+                self._widget.show_state(self, stopping=True)
+
+    # -- renderings ---------------------------------------------------------------------------
+
+    def text(self) -> str:
+        """The last snapshot as short deterministic text."""
+        if self.snapshot is None:
+            return "pyergon monitor: not read yet (await monitor.refresh())"
+        return self.snapshot.text()
+
+    def html(self) -> str:
+        """The last snapshot as static, escaped HTML."""
+        if self.snapshot is None:
+            return f'<div class="pyergon-monitor">{escape(self.text())}</div>'
+        return self.snapshot.html()
+
+    def widget(self) -> Any:
+        """The live ipywidgets view (built once); building it starts the refresh when it can.
+
+        Raises:
+            PyergonError: ipywidgets is not installed.
+        """
+        if self._widget is None:
+            self._widget = _MonitorWidget(self)
+            if not self.session._closed:
+                try:
+                    self.start()
+                except PyergonError as error:  # no running loop: a still picture, says why
+                    self.error = error
+                    self._widget.show_state(self)
+        return self._widget.root
+
+
+class _MonitorWidget:
+    """The ipywidgets tree of a monitor; only ever changed by setting widget values."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        try:
+            import ipywidgets
+        except ImportError as error:
+            raise PyergonError(
+                'live monitors need ipywidgets: pip install "pyergon[notebook]"'
+            ) from error
+        self.bar = ipywidgets.IntProgress(value=0, min=0, max=1, bar_style="success")
+        self.progress = ipywidgets.Label(value="")
+        self.body = ipywidgets.HTML(value="")
+        self.state = ipywidgets.Label(value="")
+        self.root = ipywidgets.VBox(
+            [ipywidgets.HBox([self.bar, self.progress]), self.body, self.state]
+        )
+        self.root.add_class("pyergon-monitor-widget")
+        self.show(monitor)
+
+    def show(self, monitor: Monitor) -> None:
+        snapshot = monitor.snapshot
+        if snapshot is None:
+            self.body.value = monitor.html()
+        else:
+            self.bar.max = max(snapshot.total, 1)
+            self.bar.value = snapshot.final
+            self.progress.value = snapshot.progress
+            self.body.value = snapshot.html(progress_bar=False)
+        self.show_state(monitor)
+
+    def show_state(self, monitor: Monitor, *, stopping: bool = False) -> None:
+        if monitor.error is not None:
+            error = monitor.error
+            self.state.value = f"not live: {type(error).__name__}: {error}"
+        elif monitor.live and not stopping:
+            self.state.value = f"live, every {monitor.interval:g}s"
+        else:
+            self.state.value = "stopped"

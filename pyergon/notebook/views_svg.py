@@ -1,0 +1,414 @@
+"""Pure renderers of flow histories for the timeline: its SVG picture and its text form.
+
+The SVG has a lane per flow and a row per record: steps are bars coloured by status, timers
+dashed spans to their fire time, signal waits a dotted line ending in a diamond, children a
+rounded bar labelled with the child's id, values a dot; retried records carry an attempts badge
+and flow-level retry backoffs sit at position ``0.n``. It is self-contained (no script, no
+external reference, no ids) and every text in it is escaped. The text form holds no timestamp.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pyergon.core.records import Invocation
+from pyergon.core.status import InvocationStatus, OperationKind
+from pyergon.executor.runner import FLOW_RETRY_SEQUENCE
+from pyergon.history import FlowHistory
+from pyergon.notebook.views_common import (
+    AMBER,
+    FLOW_COLOURS,
+    GREEN,
+    GREY,
+    RECORD_COLOURS,
+    RED,
+    escape,
+    seconds,
+)
+
+__all__ = ["ATTEMPTS_SIGN", "latest_time", "timeline_svg", "timeline_text"]
+
+ATTEMPTS_SIGN = "\u00d7"
+"""The multiplication sign of the attempts badge, as in ``\u00d73``."""
+
+_WIDTH = 760
+_PLOT_LEFT = 250
+_PLOT_RIGHT = _WIDTH - 16
+_AXIS_HEIGHT = 26
+_FLOW_ROW = 22
+_RECORD_ROW = 17
+_BAR = 10
+_LANE_GAP = 8
+_LEGEND_HEIGHT = 28
+_LABEL_CHARS = 36
+_MIN_SPAN = 0.001
+"""Smallest time span drawn, so flows that took no time (a ManualClock) still render."""
+_FONT = "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace"
+
+
+def timeline_text(histories: Sequence[FlowHistory], max_records: int) -> str:
+    """One line per record: position, kind, name, status, duration (to the millisecond).
+
+    The text holds no timestamp and no memory address, so the same flows give the same text
+    whenever they ran (for nbval and doctests).
+    """
+    count = len(histories)
+    lines = [f"Timeline of {count} flow{'' if count == 1 else 's'}"]
+    for history in histories:
+        lines.extend(_text_lane(history, max_records))
+    return "\n".join(lines)
+
+
+def timeline_svg(histories: Sequence[FlowHistory], now: float, max_records: int) -> str:
+    """The histories as one SVG element; unfinished records end at ``now`` (epoch seconds)."""
+    return _Drawing(histories, now, max_records).svg()
+
+
+# -- text -------------------------------------------------------------------------------------
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _name(record: Invocation) -> str:
+    """The record's name; an unnamed timer shows as ``(timer)``."""
+    return record.name or f"({record.kind.value.lower()})"
+
+
+def _is_flow_retry(record: Invocation) -> bool:
+    return record.sequence == FLOW_RETRY_SEQUENCE
+
+
+def _ordered(history: FlowHistory) -> list[Invocation]:
+    return sorted(history.invocations, key=lambda record: (record.sequence, record.sub_sequence))
+
+
+def _flow_summary(history: FlowHistory) -> str:
+    flow = history.flow
+    status = flow.status.value
+    if flow.error is not None:
+        status += f" ({flow.error.short_type})"
+    facts = [status]
+    if flow.attempt > 1:
+        facts.append(f"attempt {flow.attempt}")
+    count = len(history.invocations)
+    facts.append(f"{count} record{'' if count == 1 else 's'}")
+    if flow.parent_flow_id is not None:
+        facts.append(f"child of {flow.parent_flow_id}")
+    if flow.cancel_requested:
+        facts.append("cancel requested")
+    return f"{flow.flow_id} ({flow.flow_type}) {', '.join(facts)}"
+
+
+def _text_duration(record: Invocation) -> str:
+    if record.started_at is None:
+        return "-"
+    if record.completed_at is not None:
+        return seconds(record.completed_at - record.started_at)
+    if record.status is InvocationStatus.WAITING_FOR_TIMER and record.fire_at is not None:
+        return f"waits {seconds(record.fire_at - record.started_at)}"
+    if record.status is InvocationStatus.PENDING:
+        return "running"
+    return "waiting"
+
+
+def _notes(record: Invocation) -> list[str]:
+    notes = []
+    if record.attempts > 1:
+        notes.append(f"{ATTEMPTS_SIGN}{record.attempts}")
+    if _is_flow_retry(record):
+        cause = f" after {record.error.short_type}" if record.error is not None else ""
+        notes.append(f"flow retry{cause}")
+    elif record.error is not None:
+        notes.append(record.error.short_type)
+    if record.child_flow_id is not None:
+        notes.append(f"→ {record.child_flow_id}")
+    return notes
+
+
+def _text_lane(history: FlowHistory, max_records: int) -> list[str]:
+    records = _ordered(history)
+    shown = records[:max_records]
+    name_width = min(max((len(_name(record)) for record in shown), default=0), _LABEL_CHARS)
+    lines = [_flow_summary(history)]
+    for record in shown:
+        line = (
+            f"  {record.position:>5}  {record.kind.value:<6}  "
+            f"{_clip(_name(record), _LABEL_CHARS):<{name_width}}  {record.status.value:<18}  "
+            f"{_text_duration(record):>9}  {'  '.join(_notes(record))}"
+        )
+        lines.append(line.rstrip())
+    if len(records) > len(shown):
+        lines.append(f"  … {len(records) - len(shown)} more records")
+    return lines
+
+
+# -- SVG --------------------------------------------------------------------------------------
+
+
+def latest_time(histories: Sequence[FlowHistory]) -> float:
+    """The latest moment the histories know of: a deterministic "now" for fixed histories.
+
+    ``updated_at`` is left out: storage stamps it with its own clock, which need not be the
+    flow's (a ManualClock in tests and tutorials).
+    """
+    times = [history.flow.created_at for history in histories]
+    for history in histories:
+        for record in history.invocations:
+            times.extend(t for t in (record.started_at, record.completed_at) if t is not None)
+    return max(times, default=0.0)
+
+
+def _unfinished(history: FlowHistory) -> bool:
+    return not history.flow.status.is_final or any(
+        not record.is_final for record in history.invocations
+    )
+
+
+def _bar_end(record: Invocation, now: float) -> float:
+    """Where a record's mark ends: its fire time for timers, else completion, else now."""
+    if record.kind is OperationKind.TIMER and record.fire_at is not None:
+        return record.fire_at
+    return record.completed_at if record.completed_at is not None else now
+
+
+def _nice_step(span: float) -> float:
+    """A tick step of 1, 2 or 5 times a power of ten giving about six ticks over ``span``."""
+    raw = span / 6
+    power = 10.0 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+
+
+def _tick_label(offset: float, step: float) -> str:
+    if step >= 3600:
+        return f"{offset / 3600:g}h"
+    if step >= 60:
+        return f"{offset / 60:g}m"
+    decimals = max(0, -math.floor(math.log10(step)))
+    return f"{offset:.{decimals}f}s"
+
+
+@dataclass(frozen=True, slots=True)
+class _Scale:
+    origin: float
+    span: float
+
+    def x(self, timestamp: float) -> float:
+        fraction = (timestamp - self.origin) / self.span
+        return round(_PLOT_LEFT + min(max(fraction, 0.0), 1.0) * (_PLOT_RIGHT - _PLOT_LEFT), 1)
+
+
+class _Drawing:
+    """Lays out and draws the SVG of a set of histories."""
+
+    def __init__(self, histories: Sequence[FlowHistory], now: float, max_records: int) -> None:
+        self.histories = histories
+        self.now = now
+        self.max_records = max_records
+        starts = [history.flow.created_at for history in histories]
+        ends = []
+        for history in histories:
+            for record in history.invocations:
+                if record.started_at is not None:
+                    starts.append(record.started_at)
+                    ends.append(_bar_end(record, now))
+            if _unfinished(history):
+                ends.append(now)
+        origin = min(starts, default=now)
+        self.scale = _Scale(origin, max(max(ends, default=origin) - origin, _MIN_SPAN))
+
+    def svg(self) -> str:
+        y = _AXIS_HEIGHT
+        lanes = []
+        for history in self.histories:
+            lanes.append(self._lane(history, y))
+            shown = min(len(history.invocations), self.max_records)
+            more = len(history.invocations) > shown
+            y += _FLOW_ROW + (shown + more) * _RECORD_ROW + _LANE_GAP
+        height = y + _LEGEND_HEIGHT
+        label = f"pyergon timeline of {len(self.histories)} flow(s)"
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" '
+            f'viewBox="0 0 {_WIDTH} {height}" role="img" aria-label="{escape(label)}" '
+            f'font-family="{_FONT}" font-size="11" fill="currentColor">'
+            f"{self._axis(height)}{''.join(lanes)}{self._now_line(height)}"
+            f"{self._legend(height - _LEGEND_HEIGHT + 8)}</svg>"
+        )
+
+    def _axis(self, height: float) -> str:
+        scale = self.scale
+        step = _nice_step(scale.span)
+        parts = []
+        count = math.floor(scale.span / step + 1e-9)
+        for index in range(count + 1):
+            offset = index * step
+            x = scale.x(scale.origin + offset)
+            parts.append(
+                f'<line x1="{x}" y1="{_AXIS_HEIGHT - 6}" x2="{x}" y2="{height - _LEGEND_HEIGHT}" '
+                f'stroke="currentColor" stroke-opacity="0.15"/>'
+                f'<text x="{x}" y="{_AXIS_HEIGHT - 10}" text-anchor="middle">'
+                f"{escape(_tick_label(offset, step))}</text>"
+            )
+        return (
+            f'<g class="pyergon-axis"><text x="4" y="{_AXIS_HEIGHT - 10}" opacity="0.7">'
+            f"seconds from the first start</text>{''.join(parts)}</g>"
+        )
+
+    def _now_line(self, height: float) -> str:
+        if not any(_unfinished(history) for history in self.histories):
+            return ""
+        x = self.scale.x(self.now)
+        return (
+            f'<g class="pyergon-now"><line x1="{x}" y1="{_AXIS_HEIGHT - 6}" x2="{x}" '
+            f'y2="{height - _LEGEND_HEIGHT}" stroke="{AMBER}" stroke-dasharray="2 2"/>'
+            f'<text x="{x}" y="{height - _LEGEND_HEIGHT + 2}" text-anchor="end" fill="{AMBER}">'
+            "now</text></g>"
+        )
+
+    def _lane(self, history: FlowHistory, top: float) -> str:
+        flow = history.flow
+        colour = FLOW_COLOURS[flow.status]
+        summary = _flow_summary(history)
+        attempt = (
+            f'<tspan dx="8" font-weight="normal">attempt {flow.attempt}</tspan>'
+            if flow.attempt > 1
+            else ""
+        )
+        # Separated by dx, not spaces: SVG collapses white space between tspans.
+        head = (
+            f'<text x="4" y="{top + 15}" font-weight="bold">'
+            f"<title>{escape(summary)}</title>{escape(_clip(flow.flow_id, 40))}"
+            f'<tspan dx="8" font-weight="normal">{escape(_clip(flow.flow_type, 30))}</tspan>'
+            f'<tspan dx="8" fill="{colour}">{escape(flow.status.value)}</tspan>{attempt}</text>'
+        )
+        records = _ordered(history)
+        rows = []
+        y = top + _FLOW_ROW
+        for record in records[: self.max_records]:
+            rows.append(self._record(record, y))
+            y += _RECORD_ROW
+        if len(records) > self.max_records:
+            rows.append(
+                f'<text x="4" y="{y + 12}" opacity="0.7">… '
+                f"{len(records) - self.max_records} more records</text>"
+            )
+        return (
+            f'<g class="pyergon-lane" data-flow-id="{escape(flow.flow_id)}">'
+            f'<line x1="0" y1="{top}" x2="{_WIDTH}" y2="{top}" stroke="currentColor" '
+            f'stroke-opacity="0.3"/>{head}{"".join(rows)}</g>'
+        )
+
+    def _record(self, record: Invocation, top: float) -> str:
+        colour = RECORD_COLOURS[record.status]
+        kind = record.kind.value.lower()
+        classes = f"pyergon-record pyergon-{kind}"
+        if _is_flow_retry(record):
+            classes += " pyergon-flow-retry"
+        parts = [
+            f"<title>{escape(_tooltip(record))}</title>",
+            f'<text x="40" y="{top + 12}" text-anchor="end">{escape(record.position)}</text>',
+            f'<text x="48" y="{top + 12}">{escape(_clip(_name(record), _LABEL_CHARS - 7))}</text>',
+        ]
+        if record.started_at is not None:
+            start = self.scale.x(record.started_at)
+            end = max(self.scale.x(_bar_end(record, self.now)), start + 2)
+            parts.append(self._mark(record, start, end, top + (_RECORD_ROW - _BAR) / 2, colour))
+            parts.extend(self._annotations(record, end, top + 12))
+        return (
+            f'<g class="{classes}" data-position="{escape(record.position)}" '
+            f'data-kind="{record.kind.value}" data-status="{record.status.value}" '
+            f'data-colour="{colour}">{"".join(parts)}</g>'
+        )
+
+    @staticmethod
+    def _mark(record: Invocation, start: float, end: float, y: float, colour: str) -> str:
+        width = round(end - start, 1)
+        middle = y + _BAR / 2
+        if record.kind is OperationKind.TIMER:
+            return (
+                f'<rect x="{start}" y="{y}" width="{width}" height="{_BAR}" fill="{colour}" '
+                f'fill-opacity="0.25" stroke="{colour}" stroke-dasharray="4 2"/>'
+            )
+        if record.kind is OperationKind.SIGNAL:
+            fill = colour if record.is_final else "none"
+            return (
+                f'<line x1="{start}" y1="{middle}" x2="{end}" y2="{middle}" stroke="{colour}" '
+                f'stroke-width="2" stroke-dasharray="1 3"/>'
+                f'<polygon points="{end},{y} {end + 5},{middle} {end},{y + _BAR} '
+                f'{end - 5},{middle}" fill="{fill}" stroke="{colour}"/>'
+            )
+        if record.kind is OperationKind.VALUE:
+            return f'<circle cx="{start}" cy="{middle}" r="3" fill="{colour}"/>'
+        radius = _BAR / 2 if record.kind is OperationKind.CHILD else 2
+        return (
+            f'<rect x="{start}" y="{y}" width="{width}" height="{_BAR}" rx="{radius}" '
+            f'fill="{colour}"/>'
+        )
+
+    @staticmethod
+    def _annotations(record: Invocation, end: float, baseline: float) -> list[str]:
+        """The retry badge and the child's id, after the mark (before it near the edge)."""
+        notes = []
+        if record.attempts > 1:
+            notes.append((f"{ATTEMPTS_SIGN}{record.attempts}", "pyergon-retry", RED))
+        if record.child_flow_id is not None:
+            link = f"→ {_clip(record.child_flow_id, 30)}"
+            notes.append((link, "pyergon-child-link", "currentColor"))
+        if not notes:
+            return []
+        text = "".join(
+            f'<tspan class="{css}" fill="{fill}">{escape(note)} </tspan>'
+            for note, css, fill in notes
+        )
+        if end > _PLOT_RIGHT - 140:
+            return [f'<text x="{end - 8}" y="{baseline}" text-anchor="end">{text}</text>']
+        return [f'<text x="{end + 8}" y="{baseline}">{text}</text>']
+
+    @staticmethod
+    def _legend(y: float) -> str:
+        items = [
+            f'<rect x="0" y="0" width="14" height="{_BAR}" rx="2" fill="{GREEN}"/>',
+            "complete",
+            f'<rect x="0" y="0" width="14" height="{_BAR}" rx="2" fill="{RED}"/>',
+            "failed",
+            f'<rect x="0" y="0" width="14" height="{_BAR}" rx="2" fill="{AMBER}"/>',
+            "running",
+            f'<rect x="0" y="0" width="14" height="{_BAR}" rx="2" fill="{GREY}"/>',
+            "waiting",
+            f'<rect x="0" y="0" width="14" height="{_BAR}" fill="{GREY}" fill-opacity="0.25" '
+            f'stroke="{GREY}" stroke-dasharray="4 2"/>',
+            "timer",
+            f'<polygon points="7,0 12,5 7,10 2,5" fill="{GREY}"/>',
+            "signal",
+            f'<rect x="0" y="0" width="14" height="{_BAR}" rx="5" fill="{GREY}"/>',
+            "child",
+            f'<text x="0" y="9" fill="{RED}">{ATTEMPTS_SIGN}n</text>',
+            "attempts",
+        ]
+        parts = []
+        x = 4
+        for index in range(0, len(items), 2):
+            swatch, name = items[index], items[index + 1]
+            parts.append(
+                f'<g transform="translate({x},{y})">{swatch}'
+                f'<text x="18" y="9">{escape(name)}</text></g>'
+            )
+            x += 26 + 7 * len(name)
+        return f'<g class="pyergon-legend">{"".join(parts)}</g>'
+
+
+def _tooltip(record: Invocation) -> str:
+    facts = [f"{record.position} {record.kind.value} {_name(record)}: {record.status.value}"]
+    took = _text_duration(record)
+    if took != "-":
+        facts.append(took)
+    if record.attempts > 1:
+        facts.append(f"{record.attempts} attempts")
+    if record.child_flow_id is not None:
+        facts.append(f"child {record.child_flow_id}")
+    if record.error is not None:
+        facts.append(f"{record.error.short_type}: {record.error.message}")
+    return ", ".join(facts)

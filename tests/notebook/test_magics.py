@@ -1,0 +1,684 @@
+"""``%pyergon``: every subcommand through IPython cells, its errors, and the kernel-loop path.
+
+Most tests run cells in an ``InteractiveShell`` with no event loop running, as a terminal IPython
+does: magics run on IPython's own loop, and a cell with top-level ``await`` lets workers
+progress. The kernel path (cells run inside a running loop, as ipykernel does) patches asyncio
+process-wide with nest-asyncio2, so those tests run in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets.config import Config
+
+import pyergon
+from pyergon.core import TaskStatus
+from pyergon.errors import FlowNotFoundError, StorageError, UnknownStorageSchemeError
+from pyergon.history import FlowHistory
+from pyergon.management import ReplayResult
+from pyergon.notebook import Session
+from pyergon.notebook.magics import PyergonMagics, WorkersStatus
+from pyergon.notebook.views import Monitor, Timeline
+
+GREET = """
+from dataclasses import dataclass
+from pyergon import await_external_signal, flow, flow_type, step
+
+@dataclass
+@flow_type
+class Greet:
+    name: str
+
+    @step
+    async def greet(self) -> str:
+        return "{greeting} " + self.name
+
+    @flow
+    async def run(self) -> str:
+        return await self.greet()
+
+@dataclass
+@flow_type
+class Approval:
+    request: str
+
+    @flow
+    async def run(self) -> object:
+        return await await_external_signal("decision")
+"""
+
+
+def greet_cell(greeting: str = "hello") -> str:
+    return GREET.replace("{greeting}", greeting)
+
+
+@pytest.fixture(scope="module")
+def ipython(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InteractiveShell]:
+    """One IPython shell for the module, with its profile in a temporary directory."""
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    if InteractiveShell.initialized():  # pragma: no cover - another module made the singleton
+        yield InteractiveShell.instance()
+        return
+    shell = InteractiveShell.instance(
+        config=config, ipython_dir=str(tmp_path_factory.mktemp("ipython"))
+    )
+    yield shell
+    InteractiveShell.clear_instance()
+
+
+class Cells:
+    """Runs cells in the shell: ``cells("...")`` returns the result, ``cells.error`` the error."""
+
+    def __init__(self, shell: InteractiveShell) -> None:
+        self.shell = shell
+
+    def __call__(self, source: str) -> Any:
+        """Run a cell that must succeed; return the value of its last expression, if any."""
+        result = self.shell.run_cell(source, store_history=True)
+        result.raise_error()
+        return result.result
+
+    def error(self, source: str) -> BaseException:
+        """Run a cell that must fail; return its error."""
+        result = self.shell.run_cell(source)
+        error = result.error_in_exec or result.error_before_exec
+        assert error is not None, f"the cell {source!r} did not fail"
+        return error
+
+    @property
+    def ns(self) -> dict[str, Any]:
+        namespace: dict[str, Any] = self.shell.user_ns
+        return namespace
+
+    @property
+    def session(self) -> Session:
+        session = self.ns["pyergon_session"]
+        assert isinstance(session, Session)
+        return session
+
+
+@pytest.fixture
+def cells(ipython: InteractiveShell) -> Iterator[Cells]:
+    """A fresh notebook: an empty namespace with the extension loaded and the flows defined."""
+    ipython.reset(new_session=False)
+    runner = Cells(ipython)
+    runner("%load_ext pyergon")
+    runner(greet_cell())
+    yield runner
+    runner("%unload_ext pyergon")
+
+
+@pytest.fixture
+def connected(cells: Cells) -> Cells:
+    """A notebook connected to in-memory storage."""
+    cells("%pyergon connect memory://")
+    return cells
+
+
+# -- the extension ---------------------------------------------------------------------------
+
+
+def test_import_pyergon_does_not_import_ipython(tmp_path: Path) -> None:
+    code = "import pyergon, sys; assert 'IPython' not in sys.modules, 'IPython was imported'"
+    run_python(code, tmp_path)
+
+
+def test_the_package_exports_the_extension_hooks_in_a_sorted_all() -> None:
+    assert "load_ipython_extension" in pyergon.__all__
+    assert "unload_ipython_extension" in pyergon.__all__
+    assert pyergon.__all__ == sorted(pyergon.__all__)
+
+
+def test_load_ext_registers_the_line_magic(cells: Cells) -> None:
+    assert cells.shell.find_line_magic("pyergon") is not None
+    assert isinstance(cells.shell.magics_manager.registry["PyergonMagics"], PyergonMagics)
+
+
+def test_unload_ext_stops_the_workers_and_closes_the_session(connected: Cells) -> None:
+    connected("%pyergon workers start Greet")
+    session = connected.session
+
+    connected("%unload_ext pyergon")
+
+    assert session.workers == []
+    assert "pyergon_session" not in connected.ns
+    connected("%load_ext pyergon")  # the fixture unloads it again
+    error = connected.error("%pyergon flows")
+    assert "connect URL first" in str(error)
+
+
+# -- connecting ------------------------------------------------------------------------------
+
+
+def test_connect_returns_the_session_and_stores_it_in_the_namespace(cells: Cells) -> None:
+    session = cells("%pyergon connect memory://")
+
+    assert isinstance(session, Session)
+    assert cells.ns["pyergon_session"] is session
+
+
+def test_connect_again_closes_the_previous_session(connected: Cells) -> None:
+    first = connected.session
+    connected("%pyergon workers start Greet")
+
+    second = connected("%pyergon connect memory://")
+
+    assert second is not first and connected.session is second
+    assert first.workers == []
+    connected.ns["first"] = first
+    error = connected.error("await first.schedule(Greet('x'))")
+    assert isinstance(error, pyergon.PyergonError)
+    assert "session is closed" in str(error)
+
+
+def test_a_subcommand_before_connect_asks_for_connect(cells: Cells) -> None:
+    for line in ("flows", "workers status", "show f-1", "schedule Greet('a')"):
+        error = cells.error(f"%pyergon {line}")
+        assert isinstance(error, UsageError)
+        assert "run %pyergon connect URL first" in str(error)
+
+
+def test_connect_to_an_unknown_scheme_keeps_the_current_session(connected: Cells) -> None:
+    session = connected.session
+
+    error = connected.error("%pyergon connect nosuch://anything")
+
+    assert isinstance(error, UnknownStorageSchemeError)
+    assert connected.session is session
+    assert isinstance(connected("%pyergon flows"), pd.DataFrame)
+
+
+def test_connect_to_unreachable_redis_fails_the_cell_and_workers_keep_running(
+    connected: Cells,
+) -> None:
+    connected("%pyergon workers start Greet")
+
+    error = connected.error("%pyergon connect redis://127.0.0.1:1/0")
+
+    assert isinstance(error, StorageError)
+    assert "cannot be reached" in str(error)
+    connected("flow_id = %pyergon schedule Greet('after')")
+    outcomes = connected("await pyergon_session.wait(flow_id, timeout=10)")
+    assert outcomes[connected.ns["flow_id"]].result == "hello after"
+
+
+# -- workers, scheduling and reading --------------------------------------------------------
+
+
+def test_workers_run_a_scheduled_flow_while_a_cell_awaits(connected: Cells) -> None:
+    status = connected("%pyergon workers start --count 2 --concurrency 3 Greet")
+    assert isinstance(status, WorkersStatus)
+    assert [worker.worker_id for worker in status.workers] == ["notebook-1", "notebook-2"]
+    assert {worker.capacity for worker in status.workers} == {3}
+    assert status.flow_types == ("Greet",)
+
+    flow_id = connected("%pyergon schedule Greet(name='ann') --id greet-ann")
+    assert flow_id == "greet-ann"
+    outcomes = connected("await pyergon_session.wait('greet-ann', timeout=10)")
+
+    assert outcomes["greet-ann"].result == "hello ann"
+    status = connected("%pyergon workers status")
+    assert sum(worker.finished for worker in status.workers) == 1
+    assert repr(status).startswith("2 pyergon worker(s) serving Greet; 0 background error(s)")
+    assert "notebook-1: running 0/3, finished" in repr(status)
+    assert "notebook-2" in status._repr_html_()
+
+
+def test_workers_stop_leaves_no_worker_running(connected: Cells) -> None:
+    connected("%pyergon workers start Greet")
+
+    status = connected("%pyergon workers stop --deadline 1")
+
+    assert status.workers == ()
+    assert connected.session.workers == []
+    assert repr(status).startswith("no pyergon workers running")
+
+
+def test_workers_start_without_any_known_class_is_a_library_error(connected: Cells) -> None:
+    error = connected.error("%pyergon workers start")
+
+    assert isinstance(error, pyergon.PyergonError)
+    assert "at least one flow class" in str(error)
+
+
+def test_workers_start_with_a_class_that_is_not_a_flow_is_a_library_error(
+    connected: Cells,
+) -> None:
+    error = connected.error("%pyergon workers start dict")
+
+    assert isinstance(error, pyergon.PyergonError)
+
+
+def test_flows_returns_a_dataframe_that_a_cell_can_assign(connected: Cells) -> None:
+    connected("%pyergon schedule Greet('a') --id f-a")
+    connected("%pyergon schedule Approval('b') --id f-b")
+
+    connected("df = %pyergon flows")
+    frame = connected.ns["df"]
+
+    assert isinstance(frame, pd.DataFrame)
+    assert set(frame["flow_id"]) == {"f-a", "f-b"}
+    by_type = connected("%pyergon flows --type Approval")
+    assert list(by_type["flow_id"]) == ["f-b"]
+    assert connected("%pyergon flows --status complete failed").empty
+    assert len(connected("%pyergon flows --status PENDING --limit 1")) == 1
+
+
+def test_show_returns_the_flow_history(connected: Cells) -> None:
+    connected("%pyergon schedule Greet('a') --id f-a")
+
+    history = connected("%pyergon show f-a")
+
+    assert isinstance(history, FlowHistory)
+    assert history.flow.flow_id == "f-a"
+
+
+def test_schedule_keeps_the_expression_quotes_and_spaces(connected: Cells) -> None:
+    connected("%pyergon workers start Greet")
+    connected("""%pyergon schedule --id=spaced Greet(name="ann  " + 'lee') """)
+    connected("""%pyergon schedule Greet(name=" --id x") --id 'quoted-id'""")
+
+    outcomes = connected("await pyergon_session.wait(['spaced', 'quoted-id'], timeout=10)")
+
+    assert outcomes["spaced"].result == "hello ann  lee"
+    assert outcomes["quoted-id"].result == "hello  --id x"
+
+
+def test_dollar_and_brace_expressions_are_expanded_before_parsing(connected: Cells) -> None:
+    connected("ids = ['first', 'second']; who = 'bo'")
+    connected("%pyergon schedule Greet('$who') --id {ids[0]}")
+    connected("flow_id = ids[1]")
+    connected("%pyergon schedule Greet(who * 2) --id $flow_id")
+
+    assert connected("%pyergon show {ids[0]}").flow.flow_id == "first"
+    assert connected("%pyergon show $flow_id").flow.flow_id == "second"
+
+
+def test_signal_value_is_a_python_literal(connected: Cells) -> None:
+    connected("%pyergon workers start Approval")
+    connected("%pyergon schedule Approval('a') --id literal")
+    connected("decision = {'ok': [1, 2]}")
+
+    assert connected('''%pyergon signal literal decision "$decision"''') is True
+    outcomes = connected("await pyergon_session.wait('literal', timeout=10)")
+
+    assert outcomes["literal"].result == {"ok": [1, 2]}
+
+
+def test_signal_takes_one_value_and_keeps_strings_that_are_not_literals(
+    connected: Cells,
+) -> None:
+    connected("%pyergon workers start Approval")
+    for flow_id in ("text", "number", "none"):
+        connected(f"%pyergon schedule Approval('x') --id {flow_id}")
+
+    assert connected("%pyergon signal text decision 'approved by ann'") is True
+    assert connected("%pyergon signal number decision 42") is True
+    assert connected("%pyergon signal none decision") is True
+    assert connected("%pyergon signal number decision 43") is False
+    outcomes = connected("await pyergon_session.wait(['text', 'number', 'none'], timeout=10)")
+
+    assert outcomes["text"].result == "approved by ann"
+    assert outcomes["number"].result == 42
+    assert outcomes["none"].result is None
+
+
+def test_timeline_returns_the_timeline_of_the_flows_named_or_the_newest(
+    connected: Cells,
+) -> None:
+    connected("%pyergon workers start Greet")
+    connected("%pyergon schedule Greet('a') --id t-a")
+    connected("%pyergon schedule Greet('b') --id t-b")
+    connected("await pyergon_session.wait(['t-a', 't-b'], timeout=10)")
+
+    named = connected("%pyergon timeline t-b t-a")
+    newest = connected("%pyergon timeline --newest 1")
+
+    assert isinstance(named, Timeline)
+    assert named.flow_ids == ("t-b", "t-a")
+    assert newest.flow_ids == ("t-b",)
+    assert isinstance(connected.error("%pyergon timeline t-a ghost"), FlowNotFoundError)
+
+
+def test_watch_returns_a_monitor_that_has_read_the_counts(connected: Cells) -> None:
+    connected("%pyergon schedule Greet('a')")
+    connected("%pyergon schedule Greet('b')")
+
+    monitor = connected("%pyergon watch --interval 0.5")
+
+    assert isinstance(monitor, Monitor)
+    assert monitor.interval == 0.5
+    assert monitor.snapshot is not None
+    assert monitor.snapshot.counts[TaskStatus.PENDING] == 2
+    assert isinstance(connected.error("%pyergon watch --interval 0"), UsageError)
+
+
+# -- steering flows --------------------------------------------------------------------------
+
+
+def test_cancel_retry_and_resume_return_the_flow(connected: Cells) -> None:
+    connected("%pyergon schedule Greet('a') --id steer")
+
+    assert connected("%pyergon resume steer").status is TaskStatus.PENDING
+    assert connected("%pyergon cancel steer").status is TaskStatus.CANCELLED
+    assert connected("%pyergon retry steer").status is TaskStatus.PENDING
+
+
+def test_fork_and_replay_a_finished_flow(connected: Cells) -> None:
+    connected("%pyergon workers start Greet")
+    connected("%pyergon schedule Greet('a') --id done")
+    connected("await pyergon_session.wait('done', timeout=10)")
+
+    assert connected("%pyergon fork done --from-step 1 --new-id done-copy") == "done-copy"
+    assert connected("%pyergon fork done --from-step 0").startswith("done~fork-")
+    replayed = connected("%pyergon replay done")
+    assert isinstance(replayed, ReplayResult) and replayed.consistent
+    assert connected("%pyergon replay done --flow Greet").consistent
+    outcomes = connected("await pyergon_session.wait('done-copy', timeout=10)")
+    assert outcomes["done-copy"].result == "hello a"
+
+
+def test_replay_with_a_flow_that_is_not_a_class_is_a_usage_error(connected: Cells) -> None:
+    connected("%pyergon schedule Greet('a') --id f-a")
+
+    error = connected.error("%pyergon replay f-a --flow 42")
+
+    assert isinstance(error, UsageError)
+    assert "not a flow class" in str(error)
+
+
+def test_a_redefined_flow_class_replaces_the_registered_one(connected: Cells) -> None:
+    connected("%pyergon workers start Greet")
+    connected("%pyergon schedule Greet('ann') --id before")
+    assert connected("await pyergon_session.wait('before', timeout=10)")["before"].result == (
+        "hello ann"
+    )
+
+    connected(greet_cell("hi"))  # the user edits the cell that defines Greet and runs it again
+    connected("%pyergon schedule Greet('ann') --id after")
+
+    outcomes = connected("await pyergon_session.wait('after', timeout=10)")
+    assert outcomes["after"].result == "hi ann"
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("", "required: SUBCOMMAND"),
+        ("nosuch", "invalid choice: 'nosuch'"),
+        ("workers", "required: ACTION"),
+        ("workers launch", "invalid choice: 'launch'"),
+        ("flows --status bogus", "unknown status 'bogus'"),
+        ("flows --limit 0", "must be greater than 0"),
+        ("workers start --count two Greet", "not a number: 'two'"),
+        ("fork f-1", "required: --from-step"),
+        ("fork f-1 --from-step -1", "must be 0 or more"),
+        ("show", "required: ID"),
+        ("show a b", "unrecognized arguments: b"),
+        ("show 'unclosed", "No closing quotation"),
+        ("schedule", "required: EXPR"),
+        ("schedule --id only-an-id", "give a flow expression"),
+        ("schedule --id a Greet('x') --id b", "give --id once"),
+    ],
+)
+def test_bad_arguments_fail_the_cell_with_a_usage_error(
+    connected: Cells, line: str, message: str
+) -> None:
+    error = connected.error(f"%pyergon {line}")
+
+    assert isinstance(error, UsageError)
+    assert message in str(error)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("schedule Nope('x')", "the flow expression \"Nope('x')\": NameError"),
+        ("schedule Greet(", "the flow expression 'Greet(': SyntaxError"),
+        ("schedule Greet(1, 2)", "TypeError"),
+        ("workers start Greet Missing", "the flow class 'Missing': NameError"),
+        ("replay f-1 --flow Missing", "the flow class 'Missing': NameError"),
+    ],
+)
+def test_an_expression_that_fails_to_evaluate_is_a_usage_error_naming_it(
+    connected: Cells, line: str, message: str
+) -> None:
+    error = connected.error(f"%pyergon {line}")
+
+    assert isinstance(error, UsageError)
+    assert message in str(error)
+
+
+def test_a_missing_flow_is_a_library_error(connected: Cells) -> None:
+    for line in (
+        "show ghost",
+        "cancel ghost",
+        "retry ghost",
+        "replay ghost",
+        "fork ghost --from-step 0",
+    ):
+        error = connected.error(f"%pyergon {line}")
+        assert isinstance(error, FlowNotFoundError), line
+        assert "'ghost'" in str(error)
+
+
+def test_help_prints_usage_and_returns_nothing(
+    connected: Cells, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert connected("%pyergon -h") is None
+    assert connected("%pyergon flows --help") is None
+    assert connected("%pyergon schedule -h") is None
+
+    printed = capsys.readouterr().out
+    assert "usage: %pyergon [-h] SUBCOMMAND" in printed
+    assert "usage: %pyergon flows" in printed
+    assert "usage: %pyergon schedule" in printed
+
+
+def test_failing_magics_leave_the_workers_running(connected: Cells) -> None:
+    connected("%pyergon workers start Greet")
+    connected("%pyergon schedule Greet('one') --id one")
+
+    for line in ("nosuch", "show ghost", "schedule Nope()", "flows --status bogus"):
+        connected.error(f"%pyergon {line}")
+
+    connected("%pyergon schedule Greet('two') --id two")
+    outcomes = connected("await pyergon_session.wait(['one', 'two'], timeout=10)")
+    assert [outcomes[flow_id].result for flow_id in ("one", "two")] == ["hello one", "hello two"]
+    assert connected.session.errors == []
+
+
+# -- the kernel path: cells inside a running event loop ---------------------------------------
+
+KERNEL = """
+import asyncio, sys
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets.config import Config
+
+GREET = {greet!r}
+
+
+async def main():
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    shell = InteractiveShell.instance(config=config, ipython_dir={ipython_dir!r})
+
+    async def cell(source):
+        # What ipykernel does: run the cell as a coroutine on the kernel's running loop.
+        result = await shell.run_cell_async(source, transformed_cell=shell.transform_cell(source))
+        return result
+
+    async def ok(source):
+        result = await cell(source)
+        result.raise_error()
+        return result.result
+
+    loop = asyncio.get_running_loop()
+    await ok("%load_ext pyergon")
+    await ok(GREET)
+    assert "nest_asyncio2" not in sys.modules
+    await ok("%pyergon connect memory://")
+    assert getattr(loop, "_nest_patched", False), "the kernel loop was not made re-entrant"
+    await ok("%pyergon workers start Greet")
+    names = {{task.get_name() for task in asyncio.all_tasks(loop)}}
+    assert "pyergon-worker-notebook-1" in names, names
+
+    await ok("%pyergon schedule Greet('one') --id one")
+    session = shell.user_ns["pyergon_session"]
+    # Between cells the kernel loop is idle and runs the workers: no magic is running here.
+    outcomes = await session.wait("one", timeout=10)
+    assert outcomes["one"].result == "hello one"
+
+    for line in ("nosuch", "show ghost", "schedule Nope()", "connect redis://127.0.0.1:1/0"):
+        failed = await cell("%pyergon " + line)
+        assert failed.error_in_exec is not None, line
+        print(line, "->", type(failed.error_in_exec).__name__)
+
+    await ok("%pyergon schedule Greet('two') --id two")
+    outcomes = await ok("await pyergon_session.wait('two', timeout=10)")
+    assert outcomes["two"].result == "hello two"
+    frame = await ok("%pyergon flows --status complete")
+    assert sorted(frame["flow_id"]) == ["one", "two"], frame
+    await ok("%pyergon disconnect")
+    assert session.workers == []
+    print("kernel path ok")
+
+
+asyncio.run(main())
+"""
+
+
+def run_python(code: str, cwd: Path) -> str:
+    finished = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    return finished.stdout
+
+
+@pytest.mark.slow
+def test_magics_in_a_running_loop_keep_workers_on_that_loop(tmp_path: Path) -> None:
+    code = KERNEL.format(greet=greet_cell(), ipython_dir=str(tmp_path / "ipython"))
+
+    printed = run_python(code, tmp_path)
+
+    assert "nosuch -> UsageError" in printed
+    assert "show ghost -> FlowNotFoundError" in printed
+    assert "schedule Nope() -> UsageError" in printed
+    assert "connect redis://127.0.0.1:1/0 -> StorageError" in printed
+    assert "kernel path ok" in printed
+
+
+RUN_SYNC_IN_A_RUNNING_LOOP = """
+import asyncio, sys
+import nest_asyncio2
+from pyergon.notebook.sync import run_sync
+
+applied = []
+original_apply = nest_asyncio2.apply
+
+
+def counting_apply(loop=None, **options):
+    applied.append(loop)
+    original_apply(loop, **options)
+
+
+nest_asyncio2.apply = counting_apply
+
+async def add(a, b):
+    await asyncio.sleep(0)
+    return a + b
+
+def synchronous_caller():
+    return run_sync(add(1, 2))
+
+async def background():
+    await asyncio.sleep(0.01)
+    return "background ran"
+
+async def main():
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(background())
+    assert synchronous_caller() == 3
+    assert applied == [loop], applied
+    assert run_sync(asyncio.sleep(0.05, "slept")) == "slept"
+    assert task.done() and task.result() == "background ran"  # other tasks ran meanwhile
+    assert applied == [loop], "nest-asyncio2 was applied twice"
+    try:
+        run_sync(asyncio.wait_for(asyncio.sleep(1), 0.01))
+    except TimeoutError:
+        pass
+    else:
+        raise AssertionError("the error did not propagate")
+    print("running loop ok")
+
+asyncio.run(main())
+"""
+
+RUN_SYNC_WITHOUT_A_LOOP = """
+import asyncio, sys
+from pyergon.notebook.sync import run_sync
+
+async def loop_of_run():
+    return asyncio.get_running_loop()
+
+loop = asyncio.new_event_loop()
+assert run_sync(loop_of_run(), loop=loop) is loop
+assert run_sync(loop_of_run(), loop=loop) is loop
+temporary = run_sync(loop_of_run())
+assert temporary is not loop and temporary.is_closed()
+loop.close()
+assert "nest_asyncio2" not in sys.modules, "nest-asyncio2 was imported without a running loop"
+print("no loop ok")
+"""
+
+
+def test_run_sync_runs_on_the_running_loop_and_applies_nest_asyncio2_once(
+    tmp_path: Path,
+) -> None:
+    assert "running loop ok" in run_python(RUN_SYNC_IN_A_RUNNING_LOOP, tmp_path)
+
+
+def test_run_sync_without_a_running_loop_does_not_touch_nest_asyncio2(tmp_path: Path) -> None:
+    assert "no loop ok" in run_python(RUN_SYNC_WITHOUT_A_LOOP, tmp_path)
+
+
+def test_run_sync_outside_a_loop_runs_on_the_given_loop() -> None:
+    import asyncio
+
+    from pyergon.notebook.sync import run_sync
+
+    loop = asyncio.new_event_loop()
+    try:
+        started = run_sync(_start_background(), loop=loop)
+        assert not started.done()  # the task waits for the loop to run again
+        assert run_sync(started, loop=loop) == "done"
+    finally:
+        loop.close()
+
+
+async def _start_background() -> Any:
+    import asyncio
+
+    async def background() -> str:
+        await asyncio.sleep(0)
+        return "done"
+
+    return asyncio.get_running_loop().create_task(background())
