@@ -43,8 +43,8 @@ def status_filter(
     """Normalise a ``status`` argument of ``list_flows`` to a set (``None`` means any)."""
     if status is None:
         return None
-    if isinstance(status, TaskStatus):
-        return frozenset((status,))
+    if isinstance(status, str):  # a TaskStatus is a str too
+        return frozenset((TaskStatus(status),))
     return frozenset(TaskStatus(value) for value in status)
 
 

@@ -13,31 +13,39 @@ import dataclasses
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Collection, Sequence
 from functools import partial
 from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.errors import CorruptStorageError, StorageClosedError, StorageError
-from pyergon.storage.base import UNCHANGED, FlowUpdate, StorageLifecycle
+from pyergon.storage.base import (
+    UNCHANGED,
+    FlowUpdate,
+    StorageLifecycle,
+    check_page,
+    status_filter,
+)
 from pyergon.storage.sqlite_tables import (
     INSERT_FLOW,
     RECORD_INVOCATION,
     awaits_signal,
+    change_flow,
     claim_next_flow,
     fetch_flow,
     fetch_invocation,
-    flow_changes,
     flow_from_row,
+    flow_listing,
     invocation_from_row,
     is_corruption,
     next_wake_time,
-    placeholders,
     prepare_connection,
     record_values,
+    signal_from_row,
     update_flow_row,
     wake_already_due,
     wake_flow,
@@ -51,6 +59,7 @@ _Outcome = tuple[object, Exception | None]
 
 _MEMORY = ":memory:"
 _MINIMUM_SQLITE = (3, 24, 0)  # INSERT ... ON CONFLICT DO UPDATE (upsert)
+_IDS_PER_QUERY = 500  # below SQLite's smallest host-parameter limit (999 before 3.32)
 
 
 async def _call_in_worker_thread(
@@ -97,11 +106,19 @@ def _commit_batch(
     return outcomes
 
 
-def _wakes_workers(flow: ScheduledFlow | None) -> bool:
-    """Whether a flow left in this state is work that waiting workers should look at."""
-    return flow is not None and (
-        flow.status is TaskStatus.PENDING
-        or (flow.status is TaskStatus.SUSPENDED and flow.wake_at is not None)
+_FlowChange = tuple[ScheduledFlow | None, bool]
+"""A changed flow (``None`` if nothing changed) and whether its parent was woken."""
+
+
+def _wakes_workers(change: _FlowChange) -> bool:
+    """Whether a change left work that waiting workers should look at."""
+    flow, woke_parent = change
+    return woke_parent or (
+        flow is not None
+        and (
+            flow.status is TaskStatus.PENDING
+            or (flow.status is TaskStatus.SUSPENDED and flow.wake_at is not None)
+        )
     )
 
 
@@ -359,20 +376,24 @@ class SqliteExecutionLog(StorageLifecycle):
         attempt: int | FlowUpdate = UNCHANGED,
         expected_status: Sequence[TaskStatus] | None = None,
     ) -> ScheduledFlow | None:
-        """Change a flow's state in one ``UPDATE``; see :meth:`ExecutionLog.update_flow`."""
-        expected: dict[str, object] = {}
-        condition = ""
-        if expected_status is not None:
-            expected = {f"expected_{i}": item.value for i, item in enumerate(expected_status)}
-            condition = f" AND status IN ({placeholders(list(expected))})"
+        """Change a flow's state in one transaction; see :meth:`ExecutionLog.update_flow`."""
 
-        def update(connection: sqlite3.Connection) -> ScheduledFlow | None:
-            changes = flow_changes(
-                status, result=result, error=error, wake_at=wake_at, attempt=attempt
+        def update(connection: sqlite3.Connection) -> _FlowChange:
+            flow = fetch_flow(connection, flow_id)
+            if flow is None or (expected_status is not None and flow.status not in expected_status):
+                return None, False
+            return change_flow(
+                connection,
+                flow,
+                status,
+                result=result,
+                error=error,
+                wake_at=wake_at,
+                attempt=attempt,
             )
-            return update_flow_row(connection, flow_id, changes, condition, expected)
 
-        return await self._write(update, wakes_workers=_wakes_workers)
+        updated, _ = await self._write(update, wakes_workers=_wakes_workers)
+        return updated
 
     # -- queue -------------------------------------------------------------------------------
 
@@ -425,7 +446,7 @@ class SqliteExecutionLog(StorageLifecycle):
         """Leave a held flow in ``status`` and drop the lease; see the protocol."""
         signals, children = list(waiting_signals), list(waiting_children)
 
-        def release(connection: sqlite3.Connection) -> tuple[ScheduledFlow | None, bool]:
+        def release(connection: sqlite3.Connection) -> _FlowChange:
             flow = fetch_flow(connection, flow_id)
             if flow is None or flow.status is not TaskStatus.RUNNING:
                 return None, False
@@ -436,20 +457,53 @@ class SqliteExecutionLog(StorageLifecycle):
                 connection, flow_id, signals, children
             ):
                 new_status = TaskStatus.PENDING
-            changes = flow_changes(
-                new_status, result=result, error=error, wake_at=wake_at, attempt=attempt
+            return change_flow(
+                connection,
+                flow,
+                new_status,
+                result=result,
+                error=error,
+                wake_at=wake_at,
+                attempt=attempt,
             )
-            updated = update_flow_row(connection, flow_id, changes)
-            parent = flow.parent_flow_id
-            woke_parent = (
-                new_status.is_final and parent is not None and wake_flow(connection, parent)
-            )
-            return updated, woke_parent
 
-        released, _ = await self._write(
-            release, wakes_workers=lambda outcome: _wakes_workers(outcome[0]) or outcome[1]
-        )
+        released, _ = await self._write(release, wakes_workers=_wakes_workers)
         return released
+
+    async def request_cancel(self, flow_id: str) -> ScheduledFlow | None:
+        """Cancel a flow now, or at its next step boundary if it is running; see the protocol."""
+
+        def cancel(connection: sqlite3.Connection) -> tuple[ScheduledFlow | None, bool]:
+            """Return the flow as stored, and whether waiting workers should look again."""
+            flow = fetch_flow(connection, flow_id)
+            if flow is None or flow.status.is_final:
+                return flow, False
+            if flow.status is TaskStatus.RUNNING:
+                changes: dict[str, object] = {"cancel_requested": True, "updated_at": time.time()}
+                return update_flow_row(connection, flow_id, changes), True
+            # Cancelled at once: workers need to look only if that woke the parent.
+            return change_flow(connection, flow, TaskStatus.CANCELLED, wake_at=None)
+
+        stored, _ = await self._write(cancel, wakes_workers=lambda outcome: outcome[1])
+        return stored
+
+    async def cancel_requests(self, flow_ids: Collection[str]) -> set[str]:
+        """Return the running flows among ``flow_ids`` whose cancellation was requested."""
+        ids = list(flow_ids)
+
+        def select(connection: sqlite3.Connection) -> set[str]:
+            requested: set[str] = set()
+            for start in range(0, len(ids), _IDS_PER_QUERY):
+                chunk = ids[start : start + _IDS_PER_QUERY]
+                rows = connection.execute(
+                    f"SELECT flow_id FROM flows WHERE flow_id IN ({', '.join('?' * len(chunk))}) "
+                    "AND status = 'RUNNING' AND cancel_requested",
+                    chunk,
+                )
+                requested.update(flow_id for (flow_id,) in rows)
+            return requested
+
+        return await self._read(select)
 
     # -- wake-ups ----------------------------------------------------------------------------
 
@@ -565,41 +619,71 @@ class SqliteExecutionLog(StorageLifecycle):
             row = connection.execute(
                 "SELECT * FROM signals WHERE flow_id = ? AND name = ?", (flow_id, name)
             ).fetchone()
-            if row is None:
-                return None
-            return SignalRecord(row["flow_id"], row["name"], row["payload"], row["sent_at"])
+            return None if row is None else signal_from_row(row)
 
         return await self._read(fetch)
+
+    async def list_signals(self, flow_id: str) -> list[SignalRecord]:
+        """Return a flow's signals, oldest first (then by name)."""
+
+        def select(connection: sqlite3.Connection) -> list[SignalRecord]:
+            rows = connection.execute(
+                "SELECT * FROM signals WHERE flow_id = ? ORDER BY sent_at, name", (flow_id,)
+            )
+            return [signal_from_row(row) for row in rows]
+
+        return await self._read(select)
 
     # -- history -----------------------------------------------------------------------------
 
     async def list_flows(
         self,
         *,
-        status: TaskStatus | None = None,
+        status: TaskStatus | Collection[TaskStatus] | None = None,
         flow_type: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        worker_id: str | None = None,
+        parent_flow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        after: FlowCursor | None = None,
     ) -> list[ScheduledFlow]:
-        """Return flows, newest first (ties by flow id, descending), optionally filtered."""
-        conditions: list[str] = []
-        parameters: list[Any] = []
-        if status is not None:
-            conditions.append("status = ?")
-            parameters.append(status.value)
-        if flow_type is not None:
-            conditions.append("flow_type = ?")
-            parameters.append(flow_type)
-        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
-        statement = (
-            f"SELECT * FROM flows {where}ORDER BY created_at DESC, flow_id DESC LIMIT ? OFFSET ?"
+        """Return flows newest first (ties by flow id, descending), filtered; see the protocol."""
+        check_page(limit, offset)
+        statuses = status_filter(status)
+        if statuses is not None and not statuses:
+            return []
+        statement, parameters = flow_listing(
+            statuses=statuses,
+            flow_type=flow_type,
+            created_after=created_after,
+            created_before=created_before,
+            worker_id=worker_id,
+            parent_flow_id=parent_flow_id,
+            limit=limit,
+            offset=offset,
+            after=after,
         )
-        parameters += [limit, offset]
 
         def select(connection: sqlite3.Connection) -> list[ScheduledFlow]:
             return [flow_from_row(row) for row in connection.execute(statement, parameters)]
 
         return await self._read(select)
+
+    async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
+        """Return how many flows (of ``flow_type``, if given) are in each status."""
+        where, parameters = (
+            ("", ()) if flow_type is None else ("WHERE flow_type = ? ", (flow_type,))
+        )
+
+        def count(connection: sqlite3.Connection) -> dict[TaskStatus, int]:
+            rows = connection.execute(
+                f"SELECT status, COUNT(*) FROM flows {where}GROUP BY status", parameters
+            )
+            return dict.fromkeys(TaskStatus, 0) | {TaskStatus(name): n for name, n in rows}
+
+        return await self._read(count)
 
     # -- admin -------------------------------------------------------------------------------
 

@@ -10,11 +10,11 @@ import dataclasses
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from enum import Enum
 from typing import Any, cast
 
-from pyergon.core.records import Invocation, ScheduledFlow, StoredError
+from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.errors import CorruptStorageError, SchemaVersionError
 from pyergon.storage.base import SCHEMA_VERSION, UNCHANGED, FlowUpdate
@@ -25,18 +25,21 @@ __all__ = [
     "MIGRATIONS",
     "RECORD_INVOCATION",
     "awaits_signal",
+    "change_flow",
     "claim_next_flow",
     "error_values",
     "fetch_flow",
     "fetch_invocation",
     "flow_changes",
     "flow_from_row",
+    "flow_listing",
     "invocation_from_row",
     "is_corruption",
     "next_wake_time",
     "placeholders",
     "prepare_connection",
     "record_values",
+    "signal_from_row",
     "sql_list",
     "update_flow_row",
     "wake_already_due",
@@ -90,7 +93,18 @@ def _migrate_to_v1(connection: sqlite3.Connection) -> None:
         connection.execute(statement)
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_v1,)
+def _migrate_to_v2(connection: sqlite3.Connection) -> None:
+    # Management: which worker ran a flow last, and cancellation of running flows.
+    connection.execute("ALTER TABLE flows ADD COLUMN worker_id TEXT")
+    connection.execute("ALTER TABLE flows ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
+    connection.execute("CREATE INDEX flows_by_worker ON flows (worker_id, created_at, flow_id)")
+    connection.execute(
+        "CREATE INDEX flows_by_parent ON flows (parent_flow_id, created_at, flow_id) "
+        "WHERE parent_flow_id IS NOT NULL"
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_v1, _migrate_to_v2)
 """``MIGRATIONS[n]`` turns schema version ``n`` into ``n + 1``; version 0 is an empty file."""
 
 assert len(MIGRATIONS) == SCHEMA_VERSION, "add a migration step for the new SCHEMA_VERSION"
@@ -269,7 +283,13 @@ def _record_fields(row: sqlite3.Row) -> dict[str, Any]:
 def flow_from_row(row: sqlite3.Row) -> ScheduledFlow:
     """Rebuild a flow from its ``flows`` row."""
     fields = _record_fields(row)
-    return ScheduledFlow(**fields | {"status": TaskStatus(fields["status"])})
+    return ScheduledFlow(
+        **fields
+        | {
+            "status": TaskStatus(fields["status"]),
+            "cancel_requested": bool(fields["cancel_requested"]),
+        }
+    )
 
 
 def invocation_from_row(row: sqlite3.Row) -> Invocation:
@@ -277,6 +297,11 @@ def invocation_from_row(row: sqlite3.Row) -> Invocation:
     fields = _record_fields(row)
     kind, status = OperationKind(fields["kind"]), InvocationStatus(fields["status"])
     return Invocation(**fields | {"kind": kind, "status": status})
+
+
+def signal_from_row(row: sqlite3.Row) -> SignalRecord:
+    """Rebuild a signal from its ``signals`` row."""
+    return SignalRecord(row["flow_id"], row["name"], row["payload"], row["sent_at"])
 
 
 def fetch_flow(connection: sqlite3.Connection, flow_id: str) -> ScheduledFlow | None:
@@ -309,7 +334,10 @@ def flow_changes(
     wake_at: float | FlowUpdate | None = UNCHANGED,
     attempt: int | FlowUpdate = UNCHANGED,
 ) -> dict[str, object]:
-    """Column values for a change of state; leaving ``RUNNING`` drops the lease."""
+    """Column values for a change of state.
+
+    Leaving ``RUNNING`` drops the lease; becoming ``PENDING`` forgets a cancellation request.
+    """
     changes: dict[str, object] = {"status": status.value, "updated_at": time.time()}
     if not isinstance(result, FlowUpdate):
         changes["result"] = result
@@ -321,6 +349,8 @@ def flow_changes(
         changes["attempt"] = attempt
     if status is not TaskStatus.RUNNING:
         changes.update(dict.fromkeys(LEASE_COLUMNS))
+    if status is TaskStatus.PENDING:
+        changes["cancel_requested"] = False
     return changes
 
 
@@ -329,19 +359,47 @@ def update_flow_row(
     flow_id: str,
     changes: dict[str, object],
     condition: str = "",
-    parameters: dict[str, object] | None = None,
 ) -> ScheduledFlow | None:
-    """Apply ``changes`` to a flow in one ``UPDATE`` guarded by ``condition``.
+    """Apply ``changes`` to a flow in one ``UPDATE`` guarded by the SQL ``condition``.
 
     Returns:
         The flow as stored afterwards, or ``None`` if no row matched.
     """
     assignments = ", ".join(f"{column} = :{column}" for column in changes)
     statement = f"UPDATE flows SET {assignments} WHERE flow_id = :flow_id{condition}"
-    values = {**changes, **(parameters or {}), "flow_id": flow_id}
+    values = {**changes, "flow_id": flow_id}
     if connection.execute(statement, values).rowcount == 0:
         return None
     return fetch_flow(connection, flow_id)
+
+
+def change_flow(
+    connection: sqlite3.Connection,
+    flow: ScheduledFlow,
+    status: TaskStatus,
+    *,
+    result: bytes | FlowUpdate | None = UNCHANGED,
+    error: StoredError | FlowUpdate | None = UNCHANGED,
+    wake_at: float | FlowUpdate | None = UNCHANGED,
+    attempt: int | FlowUpdate = UNCHANGED,
+) -> tuple[ScheduledFlow, bool]:
+    """Move the stored ``flow`` to ``status`` with the rules every change of state follows.
+
+    A running flow asked to cancel ends ``CANCELLED`` where it would suspend or requeue, and a
+    flow reaching a final status wakes its suspended parent.
+
+    Returns:
+        The flow as stored afterwards, and whether its parent was woken.
+    """
+    waiting = status in (TaskStatus.SUSPENDED, TaskStatus.PENDING)
+    if flow.status is TaskStatus.RUNNING and flow.cancel_requested and waiting:
+        status = TaskStatus.CANCELLED
+    changes = flow_changes(status, result=result, error=error, wake_at=wake_at, attempt=attempt)
+    updated = update_flow_row(connection, flow.flow_id, changes)
+    assert updated is not None  # the caller read the flow in this transaction
+    parent = updated.parent_flow_id
+    woke_parent = status.is_final and parent is not None and wake_flow(connection, parent)
+    return updated, woke_parent
 
 
 def wake_flow(connection: sqlite3.Connection, flow_id: str) -> bool:
@@ -426,7 +484,11 @@ def claim_next_flow(
         return None
     flow_id = min(ready)[2]
     lease = (worker_id, uuid.uuid4().hex, now + lease_seconds)
-    changes = {"status": TaskStatus.RUNNING.value, "updated_at": time.time()}
+    changes = {
+        "status": TaskStatus.RUNNING.value,
+        "updated_at": time.time(),
+        "worker_id": worker_id,
+    }
     return update_flow_row(
         connection, flow_id, changes | dict(zip(LEASE_COLUMNS, lease, strict=True))
     )
@@ -450,3 +512,80 @@ def awaits_signal(connection: sqlite3.Connection, flow_id: str, name: str) -> bo
         (flow_id, name),
     ).fetchone()
     return row is not None
+
+
+# -- history ---------------------------------------------------------------------------------------
+
+
+def flow_listing(
+    *,
+    statuses: Collection[TaskStatus] | None,
+    flow_type: str | None,
+    created_after: float | None,
+    created_before: float | None,
+    worker_id: str | None,
+    parent_flow_id: str | None,
+    limit: int,
+    offset: int,
+    after: FlowCursor | None,
+) -> tuple[str, dict[str, object]]:
+    """The ``SELECT`` behind ``list_flows``: flows newest first, filtered, one page.
+
+    Each single filter is an equality on the first column of an index ordered by
+    ``(created_at, flow_id)``, so a page is read from one index range without sorting, and the
+    cursor ``after`` is a row-value bound on that same range. Several statuses become one leg per
+    status, merged in order by ``UNION ALL`` rather than sorted, so "every active flow" stays
+    fast too.
+
+    Args:
+        statuses: The statuses to list (at least one), or ``None`` for any.
+        flow_type: Only flows of this type.
+        created_after: Only flows created at or after this time.
+        created_before: Only flows created before this time.
+        worker_id: Only flows last claimed by this worker.
+        parent_flow_id: Only children of this flow.
+        limit: Page size.
+        offset: Matching flows to skip.
+        after: The cursor the page continues after.
+
+    Returns:
+        The statement and its named parameters.
+    """
+    conditions: list[str] = []
+    parameters: dict[str, object] = {"limit": limit, "offset": offset}
+    # Of two upper bounds on created_at, SQLite's index range uses one and scans for the other,
+    # so keep only the tighter one, which implies the other.
+    if after is not None and created_before is not None:
+        if after.created_at < created_before:
+            created_before = None
+        else:
+            after = None
+    for index, (column, operator, value) in enumerate(
+        (
+            ("flow_type", "=", flow_type),
+            ("created_at", ">=", created_after),
+            ("created_at", "<", created_before),
+            ("worker_id", "=", worker_id),
+            ("parent_flow_id", "=", parent_flow_id),
+        )
+    ):
+        if value is not None:
+            conditions.append(f"{column} {operator} :filter_{index}")
+            parameters[f"filter_{index}"] = value
+    if after is not None:
+        conditions.append("(created_at, flow_id) < (:after_created_at, :after_flow_id)")
+        parameters.update(after_created_at=after.created_at, after_flow_id=after.flow_id)
+    legs = [conditions]
+    if statuses is not None:
+        legs = []
+        for index, status in enumerate(sorted(statuses)):
+            parameters[f"status_{index}"] = status.value
+            legs.append([f"status = :status_{index}", *conditions])
+    assert legs, "an empty status filter matches nothing; answer it without a query"
+    select = " UNION ALL ".join(
+        "SELECT * FROM flows" + (f" WHERE {' AND '.join(leg)}" if leg else "") for leg in legs
+    )
+    return (
+        f"{select} ORDER BY created_at DESC, flow_id DESC LIMIT :limit OFFSET :offset",
+        parameters,
+    )
