@@ -53,9 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flows(subcommands, common)
     _add_show(subcommands, common)
     _add_signal(subcommands, common)
-    _add_cancel(subcommands, common)
-    _add_resume(subcommands, common)
-    _add_retry(subcommands, common)
+    _add_flow_state_commands(subcommands, common)
     _add_fork(subcommands, common)
     _add_replay(subcommands, common)
     return parser
@@ -226,40 +224,32 @@ def _add_signal(subcommands: _Subcommands, common: argparse.ArgumentParser) -> N
     )
 
 
-def _add_cancel(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
-    cancel = _add_management(
-        subcommands,
-        common,
+_FLOW_STATE_COMMANDS = (
+    (
         "cancel",
         "cancel a flow that has not finished",
         "Cancel a flow: at once if it is queued or waiting, at its next step boundary if a "
         "worker runs it.",
-    )
-    _add_flow_id(cancel)
-
-
-def _add_resume(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
-    resume = _add_management(
-        subcommands,
-        common,
+    ),
+    (
         "resume",
         "put a waiting or stuck flow back in the queue",
         "Put a suspended flow (or a running one whose worker is gone) back in the queue, so "
         "a worker runs it now.",
-    )
-    _add_flow_id(resume)
-
-
-def _add_retry(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
-    retry = _add_management(
-        subcommands,
-        common,
+    ),
+    (
         "retry",
         "run a failed or cancelled flow again",
         "Queue a FAILED or CANCELLED flow again; the steps that succeeded stay recorded and "
         "are not run again.",
-    )
-    _add_flow_id(retry)
+    ),
+)
+"""The commands that take one flow id and change its state: name, help, description."""
+
+
+def _add_flow_state_commands(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
+    for name, summary, description in _FLOW_STATE_COMMANDS:
+        _add_flow_id(_add_management(subcommands, common, name, summary, description))
 
 
 def _add_fork(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
