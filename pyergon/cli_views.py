@@ -362,7 +362,8 @@ def timeline_lines(history: FlowHistory, now: float) -> list[str]:
     with a light bar up to the end of the lane.
     """
     flow = history.flow
-    start = flow.created_at
+    # A fork's copied records started before the fork itself was created.
+    start = min([flow.created_at, *(r.started_at for r in history.invocations if r.started_at)])
     end = flow.updated_at if flow.status.is_final else now
     end = max([end, *(_ends(record, end) for record in history.invocations)])
     span = max(end - start, 1e-9)

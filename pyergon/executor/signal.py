@@ -9,7 +9,7 @@ from pyergon.context import FlowContext, FlowSuspend, Position, require_context
 from pyergon.core.outcome import SuspendReason
 from pyergon.core.records import Invocation, SignalRecord
 from pyergon.core.status import InvocationStatus, OperationKind
-from pyergon.errors import FlowNotFoundError, InvalidFlowIdError
+from pyergon.errors import FlowNotFoundError, FlowStateError, InvalidFlowIdError
 from pyergon.executor.steps import replay_final
 from pyergon.serialization import Serializer, default_serializer, dumps_for
 from pyergon.storage.base import ExecutionLog
@@ -105,6 +105,7 @@ async def send_signal(
 
     Raises:
         FlowNotFoundError: No flow with ``flow_id`` exists.
+        FlowStateError: The flow already finished and never had this signal.
         SerializationError: ``value`` cannot be serialized; nothing is stored.
     """
     import time
@@ -115,8 +116,17 @@ async def send_signal(
     payload = dumps_for(
         serializer or default_serializer(), value, f"signal {name!r} for flow {flow_id!r}"
     )
-    if await storage.get_flow(flow_id) is None:
+    flow = await storage.get_flow(flow_id)
+    if flow is None:
         raise FlowNotFoundError(flow_id)
+    if flow.status.is_final:
+        if await storage.get_signal(flow_id, name) is not None:
+            return False  # a repeated delivery of a signal the flow had: still idempotent
+        raise FlowStateError(
+            flow_id,
+            f"flow {flow_id!r} already finished ({flow.status.value}); a signal sent now would "
+            "never be read",
+        )
     signal = SignalRecord(flow_id, name, payload, time.time() if sent_at is None else sent_at)
     return await storage.store_signal(signal)
 

@@ -5,6 +5,8 @@ Backends are imported only when their scheme is used, so ``import pyergon.storag
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 from pyergon.errors import StorageError, UnknownStorageSchemeError
@@ -59,13 +61,15 @@ async def open_storage(url: str) -> ExecutionLog:
         await storage.connect()
         return storage
     if scheme in ("redis", "rediss"):
-        from pyergon.storage.redis import RedisExecutionLog
+        with _extra_needed():
+            from pyergon.storage.redis import RedisExecutionLog
 
         redis_storage = RedisExecutionLog.from_url(url)
         await redis_storage.connect()
         return redis_storage
     if scheme in ("postgresql", "postgres"):
-        from pyergon.storage.postgres import PostgresExecutionLog
+        with _extra_needed():
+            from pyergon.storage.postgres import PostgresExecutionLog
 
         postgres_storage = PostgresExecutionLog.from_url(url)
         await postgres_storage.connect()
@@ -73,6 +77,15 @@ async def open_storage(url: str) -> ExecutionLog:
     raise UnknownStorageSchemeError(
         f"no storage backend handles {_redacted(url)!r}; supported URLs: {_SUPPORTED}"
     )
+
+
+@contextmanager
+def _extra_needed() -> Iterator[None]:
+    """Turn a backend's missing optional dependency into a StorageError with its message."""
+    try:
+        yield
+    except ImportError as error:
+        raise StorageError(str(error)) from error
 
 
 def sqlite_file(url: str) -> str | None:

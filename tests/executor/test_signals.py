@@ -10,7 +10,7 @@ import pytest
 from pyergon import Completed, Executor, Suspended, await_external_signal, flow, flow_type, step
 from pyergon.clock import ManualClock
 from pyergon.core import InvocationStatus, OperationKind, SuspendReason, TaskStatus
-from pyergon.errors import FlowNotFoundError, PyergonError, SerializationError
+from pyergon.errors import FlowNotFoundError, FlowStateError, PyergonError, SerializationError
 from pyergon.executor.signal import send_signal
 from pyergon.executor.timer import schedule_timer_named
 from pyergon.storage.base import ExecutionLog
@@ -112,6 +112,10 @@ async def test_a_second_send_of_the_same_name_is_ignored_and_the_first_value_kep
     outcome = await Executor(Approval("contract"), storage, "approve-5").run(lambda f: f.run())
     assert outcome.result == ("submitted contract", "first")
     assert await send_signal(storage, "approve-5", "approval", "third") is False
+    # A new signal for a finished flow would never be read: refused, nothing stored.
+    with pytest.raises(FlowStateError, match="already finished"):
+        await send_signal(storage, "approve-5", "late", "too late")
+    assert await storage.get_signal("approve-5", "late") is None
 
 
 async def test_sending_to_an_unknown_flow_raises_flow_not_found(storage: ExecutionLog) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from pyergon import Executor, RetryPolicy, flow, flow_type, send_signal, step
+from pyergon import Executor, RetryPolicy, flow, flow_type, step
 from pyergon.core import (
     Invocation,
     InvocationStatus,
@@ -76,7 +76,7 @@ async def test_history_gathers_records_signals_children_and_retries(
 
     outcome = await Executor(RetryingTree(tree.width), storage, "tree").run(lambda t: t.run())
     assert outcome.result == 3
-    await send_signal(storage, "tree", "note", "hello")
+    await storage.store_signal(SignalRecord("tree", "note", b"P1hello", 1.0))
     history = await load_history(storage, "tree")
     assert history.flow.status is TaskStatus.COMPLETE
     assert [child.flow_id for child in history.children] == ["tree/4", "tree/3", "tree/2"]
