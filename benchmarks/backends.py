@@ -31,9 +31,15 @@ POSTGRES_URL = os.environ.get(
 
 @dataclass(frozen=True, slots=True)
 class FreshStorage:
-    """A connected backend and the URL other processes open it with."""
+    """A connected backend, the URL other processes open it with, and where its data is.
 
+    ``location`` is the SQLite file's path, the Redis key prefix or the PostgreSQL schema
+    (empty for memory).
+    """
+
+    backend: str
     url: str
+    location: str
     storage: ExecutionLog
 
 
@@ -41,11 +47,11 @@ class FreshStorage:
 async def fresh_storage(backend: str) -> AsyncIterator[FreshStorage]:
     """Open empty storage of kind ``backend``; close it and delete its data on exit."""
     with tempfile.TemporaryDirectory(prefix="pyergon-bench-") as directory:
-        url, remove = _new_location(backend, Path(directory))
+        url, location, remove = _new_location(backend, Path(directory))
         try:
             storage = await open_storage(url)
             try:
-                yield FreshStorage(url, storage)
+                yield FreshStorage(backend, url, location, storage)
             finally:
                 await storage.close()
         except BaseException:
@@ -54,18 +60,21 @@ async def fresh_storage(backend: str) -> AsyncIterator[FreshStorage]:
         await remove()
 
 
-def _new_location(backend: str, directory: Path) -> tuple[str, Callable[[], Awaitable[None]]]:
+def _new_location(backend: str, directory: Path) -> tuple[str, str, Callable[[], Awaitable[None]]]:
     name = uuid.uuid4().hex[:12]
     if backend == "memory":
-        return "memory://", _nothing
+        return "memory://", "", _nothing
     if backend == "sqlite":
-        return f"sqlite:///{directory / 'bench.db'}", _nothing  # the directory goes on exit
+        path = directory / "bench.db"
+        return f"sqlite:///{path}", str(path), _nothing  # the directory goes on exit
     if backend == "redis":
         prefix = f"bench-{name}"
-        return _with_query(REDIS_URL, "prefix", prefix), lambda: _drop_redis_keys(prefix)
+        url = _with_query(REDIS_URL, "prefix", prefix)
+        return url, prefix, lambda: _drop_redis_keys(prefix)
     if backend == "postgres":
         schema = f"bench_{name}"
-        return _with_query(POSTGRES_URL, "schema", schema), lambda: _drop_schema(schema)
+        url = _with_query(POSTGRES_URL, "schema", schema)
+        return url, schema, lambda: _drop_schema(schema)
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
@@ -52,11 +53,24 @@ class Workers(Protocol):
 
 
 class ProcessWorkers:
-    """``count`` worker processes on the storage at ``url``."""
+    """``count`` worker processes on the storage at ``url``.
 
-    def __init__(self, url: str, count: int) -> None:
+    ``max_concurrent`` is each one's ``max_concurrent_flows``; ``options`` are more arguments of
+    ``benchmarks.worker`` (``--lease-seconds``, ``--types``, ``--no-reports``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        count: int,
+        *,
+        max_concurrent: int = MAX_CONCURRENT_FLOWS,
+        options: Sequence[str] = (),
+    ) -> None:
         self._url = url
         self._count = count
+        self._max_concurrent = max_concurrent
+        self._options = tuple(options)
         self._processes: list[asyncio.subprocess.Process] = []
         self._finished: list[int] = [0] * count
         self._peaks: list[float] = []
@@ -72,8 +86,9 @@ class ProcessWorkers:
                         "-m",
                         "benchmarks.worker",
                         self._url,
-                        f"bench-worker-{number}",
-                        str(MAX_CONCURRENT_FLOWS),
+                        self.worker_id(number),
+                        str(self._max_concurrent),
+                        *self._options,
                         stdin=asyncio.subprocess.PIPE,
                         stdout=asyncio.subprocess.PIPE,
                         cwd=REPO_ROOT,
@@ -98,6 +113,25 @@ class ProcessWorkers:
         tb: TracebackType | None,
     ) -> None:
         await self._stop()
+
+    @staticmethod
+    def worker_id(number: int) -> str:
+        """The ``worker_id`` of worker ``number``."""
+        return f"bench-worker-{number}"
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids, by number."""
+        return [process.pid for process in self._processes]
+
+    async def kill(self, number: int) -> None:
+        """SIGKILL worker ``number`` and wait for it: it stops holding whatever it held.
+
+        ``wait_finished`` fails from then on (a worker exited); wait on storage instead.
+        """
+        process = self._processes[number]
+        process.kill()
+        await process.wait()
 
     async def go(self) -> None:
         for process in self._processes:

@@ -19,8 +19,9 @@ from benchmarks.pool import InProcessWorkers, ProcessWorkers, Workers
 from benchmarks.result import RunResult
 from pyergon import Scheduler
 from pyergon.core.status import OperationKind, TaskStatus
+from pyergon.decorators import flow_type_name
 
-__all__ = ["drain", "signal_latency", "timer_lateness"]
+__all__ = ["drain", "schedule_all", "signal_latency", "timer_lateness", "wait_for_status"]
 
 SIGNAL_SPACING = 0.02
 """Seconds between two signals, so each latency is measured alone rather than in a burst."""
@@ -38,7 +39,7 @@ def _workers(fresh: FreshStorage, backend: str, processes: int) -> Workers:
     return ProcessWorkers(fresh.url, processes)
 
 
-async def _schedule_all(scheduler: Scheduler, flows: Sequence[object]) -> list[str]:
+async def schedule_all(scheduler: Scheduler, flows: Sequence[object]) -> list[str]:
     """Enqueue ``flows`` with ``CONCURRENCY`` schedule calls in flight; return their ids."""
     slots = asyncio.Semaphore(CONCURRENCY)
 
@@ -54,7 +55,7 @@ async def drain(backend: str, n: int, *, processes: int) -> RunResult:
     async with fresh_storage(backend) as fresh:
         scheduler = Scheduler(fresh.storage)
         enqueue_started = time.perf_counter()
-        flow_ids = await _schedule_all(scheduler, [ThreeSteps(i) for i in range(n)])
+        flow_ids = await schedule_all(scheduler, [ThreeSteps(i) for i in range(n)])
         enqueue_s = time.perf_counter() - enqueue_started
         async with _workers(fresh, backend, processes) as workers:
             started = time.perf_counter()
@@ -86,7 +87,7 @@ async def _run_waiting_flows(
         async with _workers(fresh, backend, 1) as workers:
             await workers.go()
             started = time.perf_counter()
-            flow_ids = await _schedule_all(scheduler, flows)
+            flow_ids = await schedule_all(scheduler, flows)
             await release(scheduler, flow_ids)
             await workers.wait_finished(n, _timeout(n))
             wall = time.perf_counter() - started
@@ -145,3 +146,14 @@ async def _wait_until_suspended(scheduler: Scheduler, flow_ids: list[str]) -> No
             if len(suspended) >= len(flow_ids):
                 return
             await asyncio.sleep(POLL_INTERVAL)
+
+
+async def wait_for_status(
+    scheduler: Scheduler, flow_class: type, status: TaskStatus, count: int, timeout: float
+) -> None:
+    """Return once ``count`` flows of ``flow_class`` have ``status`` (polling ``count_flows``)."""
+    name = flow_type_name(flow_class)
+    async with asyncio.timeout(timeout):
+        # Storage has no event for "this many flows reached a status": poll it.
+        while (await scheduler.storage.count_flows(flow_type=name))[status] < count:  # noqa: ASYNC110
+            await asyncio.sleep(POLL_INTERVAL * 5)

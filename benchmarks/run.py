@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.backends import BACKENDS
+from benchmarks.compare import PEERS, compare
 from benchmarks.result import error_line
 from benchmarks.scenarios import NO_BACKEND, SCENARIOS
 
@@ -48,6 +49,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="also append the lines to this file")
     parser.add_argument(
         "--timeout", type=float, default=1800.0, help="seconds per line before it is stopped"
+    )
+    parser.add_argument(
+        "--compare",
+        choices=PEERS,
+        help="instead of the scenarios, run executor_sequential on SQLite and the same "
+        "workload on this other engine (installed into its own venv on first use)",
     )
     return parser.parse_args(argv)
 
@@ -102,20 +109,29 @@ def _stop_group(child: subprocess.Popen[str]) -> None:
         child.wait()
 
 
+def _emit(line: dict[str, Any], out: Path | None) -> None:
+    text = json.dumps(line)
+    print(text, flush=True)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as file:
+            file.write(text + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
-    pairs = plan(args.scenario, args.backend)
-    failed = 0
-    for number, (scenario, backend) in enumerate(pairs, start=1):
-        print(f"[{number}/{len(pairs)}] {scenario} on {backend}", file=sys.stderr, flush=True)
-        line = run_line(scenario, backend, args)
-        failed += "error" in line
-        text = json.dumps(line)
-        print(text, flush=True)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            with args.out.open("a") as out:
-                out.write(text + "\n")
+    if args.compare:
+        lines = compare(args.compare, args, run_line)
+        for line in lines:
+            _emit(line, args.out)
+    else:
+        pairs = plan(args.scenario, args.backend)
+        lines = []
+        for number, (scenario, backend) in enumerate(pairs, start=1):
+            print(f"[{number}/{len(pairs)}] {scenario} on {backend}", file=sys.stderr, flush=True)
+            lines.append(run_line(scenario, backend, args))
+            _emit(lines[-1], args.out)
+    failed = sum("error" in line for line in lines)
     if failed:
-        print(f"{failed} of {len(pairs)} line(s) failed; see their errors", file=sys.stderr)
+        print(f"{failed} of {len(lines)} line(s) failed; see their errors", file=sys.stderr)
     return 1 if failed else 0

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from benchmarks import direct, imports, queued
+from benchmarks import direct, history_queries, imports, queued, recovery, resources
 from benchmarks.result import RunResult
 
 __all__ = ["NO_BACKEND", "SCENARIOS", "Scenario"]
@@ -102,5 +102,26 @@ SCENARIOS = {
             latency_of="signal to resume: resumed-at minus sent_at",
         ),
         Scenario("import_time", (NO_BACKEND,), imports.import_time, 5, 5, 2),
+        Scenario(
+            "history_queries",
+            SHARED_BACKENDS,
+            history_queries.history_queries,
+            100_000,
+            100_000,
+            2_000,
+        ),
+        Scenario(
+            "suspended_memory", SHARED_BACKENDS, resources.suspended_memory, 10_000, 10_000, 300
+        ),
+        Scenario(
+            "recovery_time",
+            SHARED_BACKENDS,
+            recovery.recovery_time,
+            200,
+            200,
+            200,
+            latency_of="kill to complete, per flow the killed worker held",
+        ),
+        Scenario("idle_cpu", ALL_BACKENDS, resources.idle_cpu, 5, 5, 2),
     )
 }

@@ -9,7 +9,7 @@ import statistics
 import sys
 from collections.abc import Sequence
 
-__all__ = ["machine", "peak_rss_mb", "percentiles", "summarize"]
+__all__ = ["cpu_seconds", "machine", "peak_rss_mb", "percentiles", "rss_mb", "summarize"]
 
 
 def summarize(values: Sequence[float], digits: int = 4) -> dict[str, float]:
@@ -46,6 +46,24 @@ def peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports kibibytes, macOS bytes.
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
+
+
+def rss_mb(pid: int) -> float:
+    """The current resident set size (``VmRSS``) of process ``pid`` in MiB (Linux only)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/{pid}/status has no VmRSS line")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds process ``pid`` has used so far (Linux only)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name (field 2) may hold spaces; the fields after it are plain numbers.
+        fields = stat.read().rpartition(")")[2].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
 def machine() -> dict[str, object]:
