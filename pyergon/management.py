@@ -51,7 +51,7 @@ class Divergence:
     current: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class ReplayResult:
     """What replaying a flow's log against today's code found.
 
@@ -94,6 +94,9 @@ class ReplayResult:
 
     def __str__(self) -> str:
         return self.summary()
+
+    def __repr__(self) -> str:
+        return f"ReplayResult({self.summary()})"
 
     def _repr_html_(self) -> str:
         colour = "#2e7d32" if self.consistent else "#c62828"

@@ -115,13 +115,14 @@ class Scheduler:
             timeout: Seconds to wait at most; ``None`` waits as long as it takes.
 
         Returns:
-            Each flow's outcome, by id.
+            Each flow's outcome, by id, in the order the ids were given.
 
         Raises:
             FlowNotFoundError: An id does not exist.
             TimeoutError: Some flow was not final in time; the message lists which.
         """
-        pending = [flow_ids] if isinstance(flow_ids, str) else list(flow_ids)
+        requested = [flow_ids] if isinstance(flow_ids, str) else list(flow_ids)
+        pending = list(dict.fromkeys(requested))
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         outcomes: dict[str, Completed] = {}
@@ -149,4 +150,4 @@ class Scheduler:
             remaining = None if deadline is None else deadline - loop.time()
             await asyncio.sleep(interval if remaining is None else min(interval, remaining))
             interval = min(interval * 1.5, 0.1)
-        return outcomes
+        return {flow_id: outcomes[flow_id] for flow_id in dict.fromkeys(requested)}

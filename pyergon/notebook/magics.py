@@ -497,6 +497,10 @@ def _literal(text: str) -> object:
 
 def load_ipython_extension(ipython: InteractiveShell) -> None:
     """Register ``%pyergon`` on ``ipython``; ``%load_ext pyergon`` calls this."""
+    # ipykernel 7 reads _last_traceback when a UsageError ends a top-level-await cell; before
+    # any ordinary cell has run the attribute does not exist and the cell hangs. Give it one.
+    if not hasattr(ipython, "_last_traceback"):
+        ipython._last_traceback = None  # type: ignore[attr-defined]  # set by ipykernel, not IPython
     ipython.register_magics(PyergonMagics(ipython))
 
 
