@@ -89,7 +89,10 @@ class ReplayResult:
             )
         ending = ""
         if isinstance(self.outcome, Completed):
-            ending = "; it returns" if self.outcome.error is None else "; it fails"
+            if self.outcome.error is None:
+                ending = f"; it returns {_short(repr(self.outcome.result))}"
+            else:
+                ending = f"; it fails with {_short(repr(self.outcome.error))}"
         return f"flow {self.flow_id!r} is consistent with its log ({reached}){ending}"
 
     def __str__(self) -> str:
@@ -381,6 +384,10 @@ class FlowManager:
             recorded=recorded,
             outcome=outcome,
         )
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 def _moved(record: Invocation, flow_id: str) -> Invocation:

@@ -220,7 +220,7 @@ class Session:
     async def run(self, flow: object, flow_id: str | None = None) -> FlowOutcome:
         """Run a flow right here in the cell with the direct executor, until it ends or waits."""
         self._check_open()
-        await self.register(type(flow))
+        self.manager.register(type(flow))  # so replay knows it; workers serve only what you ask
         method, _ = flow_entry(type(flow))
         flow_id = flow_id or f"{type(flow).__name__}-{int(time.time() * 1000)}"
         executor = Executor(
@@ -232,9 +232,7 @@ class Session:
         """Return a stepper that runs ``flow`` one operation per ``await stepper.next()``."""
         self._check_open()
         require_flow_instance(flow)
-        # Known to replay at once; workers started later register it from _classes too.
-        self._classes[require_flow_class(type(flow))] = type(flow)
-        self.manager.register(type(flow))
+        self.manager.register(type(flow))  # so replay knows it; workers serve only what you ask
         flow_id = flow_id or f"{type(flow).__name__}-{int(time.time() * 1000)}"
         return Stepper(self, flow, flow_id)
 
