@@ -137,6 +137,8 @@ class FlowContext:
     replay_only: bool = False
     replayed_count: int = 0
     """Final records this run returned instead of doing the work again."""
+    pending_writes: list[asyncio.Future[Invocation]] = field(default_factory=list)
+    """Writes started by :meth:`record_soon` and not yet waited for."""
     _next_sequence: int = 1
 
     async def before_live_work(self, position: Position) -> None:
@@ -200,6 +202,39 @@ class FlowContext:
         stored = await self.storage.record_invocation(invocation)
         self.log[(stored.sequence, stored.sub_sequence)] = stored
         return stored
+
+    def record_soon(self, invocation: Invocation) -> None:
+        """Start writing a final record the flow need not wait for, and keep it in the log.
+
+        Only for a record any writer would write alike, whose loss replay makes good: a timer
+        that fired (replay finds its fire time passed) or a signal received (its stored value
+        is kept). The write can then share a round trip or transaction with the flow's next
+        one; :meth:`settle_writes` waits for it before the run's outcome is written.
+        """
+        self.log[(invocation.sequence, invocation.sub_sequence)] = invocation
+        self.pending_writes.append(
+            asyncio.ensure_future(self.storage.record_invocation(invocation))
+        )
+
+    async def settle_writes(self, *, abandon: bool = False) -> None:
+        """Wait for the writes :meth:`record_soon` started; raise the first that failed.
+
+        Args:
+            abandon: The run is being given up: cancel the writes instead, and raise nothing
+                (replay writes them again).
+        """
+        writes, self.pending_writes = self.pending_writes, []
+        if not writes:
+            return
+        if abandon:
+            for write in writes:
+                write.cancel()
+        outcomes = await asyncio.gather(*writes, return_exceptions=True)
+        if abandon:
+            return
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     def dumps(self, value: Any, what: str) -> bytes:
         """Serialize ``value``, naming ``what`` it is in any error."""

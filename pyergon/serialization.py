@@ -430,6 +430,12 @@ def stable_hash(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     Raises:
         SerializationError: If the arguments are nested too deeply to walk.
     """
+    if not args and not kwargs:
+        return _NO_ARGUMENTS_HASH
+    return _hash_arguments(args, kwargs)
+
+
+def _hash_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     digest = hashlib.sha256(b"pyergon-args-1")
     try:
         digest.update(_encode(tuple(args), {}))
@@ -527,3 +533,7 @@ def _encode_repr(value: Any, kind: type) -> bytes:
     except Exception:  # a broken __repr__ leaves only the type to go by
         shown = ""
     return b"?" + _text(_type_name(kind)) + _text(_ADDRESS.sub("", shown))
+
+
+_NO_ARGUMENTS_HASH = _hash_arguments((), {})
+"""The hash of a call without arguments, the most common step call, computed once."""

@@ -241,7 +241,7 @@ async def _run_body(context: FlowContext, run: FlowRun) -> Any:
                 raise context.nondeterminism from None
             raise
         except BaseException:
-            await _settle_leftovers(context, cancel=True)
+            await _settle_leftovers(context, cancel=True, abandon_writes=True)
             if context.nondeterminism is not None and isinstance(error_in_flight(), ReplayEnded):
                 raise context.nondeterminism from None
             raise
@@ -256,21 +256,24 @@ def error_in_flight() -> BaseException | None:
     return sys.exc_info()[1]
 
 
-async def _settle_leftovers(context: FlowContext, *, cancel: bool) -> None:
+async def _settle_leftovers(
+    context: FlowContext, *, cancel: bool, abandon_writes: bool = False
+) -> None:
     """Deal with durable operations still running in their own tasks when the body ended.
 
     After a suspension they are awaited, so every timer, signal and child a gather started is
     recorded and its wake-up is part of the outcome. After a failure (or a body that returned
     without awaiting them) they are cancelled; their records were not written, so they run
-    again when the flow resumes.
+    again when the flow resumes. Then the writes started without waiting are waited for, so
+    the flow's outcome is written after them (unless the run is abandoned).
     """
     leftovers = [task for task in context.operation_tasks if not task.done()]
-    if not leftovers:
-        return
-    if cancel:
-        for task in leftovers:
-            task.cancel()
-    await asyncio.gather(*leftovers, return_exceptions=True)
+    if leftovers:
+        if cancel:
+            for task in leftovers:
+                task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+    await context.settle_writes(abandon=abandon_writes)
 
 
 async def _backoff_in_progress(run: FlowRun, log: dict[Position, Invocation]) -> Invocation | None:

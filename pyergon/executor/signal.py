@@ -49,20 +49,21 @@ async def _receive(context: FlowContext, position: Position, name: str) -> Any:
     now = context.clock.now()
     signal = await context.storage.get_signal(context.flow_id, name)
     if signal is not None:
-        stored = await context.record(
-            Invocation(
-                flow_id=context.flow_id,
-                sequence=position[0],
-                sub_sequence=position[1],
-                kind=OperationKind.SIGNAL,
-                name=name,
-                status=InvocationStatus.COMPLETE,
-                result=signal.payload,
-                started_at=record.started_at if record is not None else now,
-                completed_at=now,
-            )
+        # A flow's signal of one name keeps its first value, so whoever records it records the
+        # same; replay receives it again if this write is lost.
+        received = Invocation(
+            flow_id=context.flow_id,
+            sequence=position[0],
+            sub_sequence=position[1],
+            kind=OperationKind.SIGNAL,
+            name=name,
+            status=InvocationStatus.COMPLETE,
+            result=signal.payload,
+            started_at=record.started_at if record is not None else now,
+            completed_at=now,
         )
-        return replay_final(context, stored)
+        context.record_soon(received)
+        return replay_final(context, received)
     if record is None:
         await context.record(
             Invocation(

@@ -75,6 +75,7 @@ async def _wait(context: FlowContext, position: Position, seconds: float, name: 
         raise context.suspend(
             FlowSuspend(SuspendReason.TIMER, name or record.idempotency_key, record.fire_at)
         )
-    await context.record(
+    # Whoever records a fired timer records the same; replay fires it again if this is lost.
+    context.record_soon(
         record.replace(status=InvocationStatus.COMPLETE, completed_at=context.clock.now())
     )

@@ -89,6 +89,8 @@ class Worker:
         self.serializer = serializer or default_serializer()
         self.clock = clock or SystemClock()
         self._registry: dict[str, type] = {}
+        self._entries: dict[str, str] = {}
+        """The name of each registered type's ``@flow`` method."""
         self._running: dict[str, _Claim] = {}
         self._kick = asyncio.Event()
         self._stopping = False
@@ -123,6 +125,7 @@ class Worker:
         """
         name = require_flow_class(flow_class)
         self._registry[name] = flow_class
+        self._entries[name] = flow_entry(flow_class)[0]
         self._kick.set()
 
     async def start(self) -> WorkerHandle:
@@ -157,7 +160,7 @@ class Worker:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 continue
-            wake_at = await self.storage.next_wake_at() if wait_for_timers else None
+            wake_at = await self.storage.next_wake_at(self._registry) if wait_for_timers else None
             if wake_at is None:
                 return self.flows_finished - finished_before
             await self.clock.sleep(wake_at - self.clock.now())
@@ -173,8 +176,8 @@ class Worker:
                 self.last_heartbeat = time.time()
                 self._kick.clear()
                 await self._fill_slots()
-                await self._check_cancellations()
-                timeout = await self._idle_timeout()
+                # Two independent looks at storage: one round trip's wait, not two.
+                _, timeout = await asyncio.gather(self._check_cancellations(), self._idle_timeout())
                 if self._stopping:
                     break
                 with contextlib.suppress(TimeoutError):
@@ -203,7 +206,8 @@ class Worker:
         if len(self._running) >= self.max_concurrent_flows or not self.enable_timers:
             return _IDLE_WAIT
         try:
-            wake_at = await self.storage.next_wake_at()
+            # Only this worker's types: a due flow no worker here can take must not wake it.
+            wake_at = await self.storage.next_wake_at(self._registry)
         except Exception:
             return _IDLE_WAIT  # the claim loop reports storage trouble
         if wake_at is None:
@@ -211,12 +215,15 @@ class Worker:
         return min(max(wake_at - self.clock.now(), 0.0), _IDLE_WAIT)
 
     async def _fill_slots(self) -> None:
+        """Claim flows for the free slots, as many per storage call as there are free slots."""
         backoff = self._claim_backoff
         while not self._stopping and len(self._running) < self.max_concurrent_flows:
+            free = self.max_concurrent_flows - len(self._running)
             try:
-                flow = await self.storage.claim_flow(
+                flows = await self.storage.claim_flows(
                     self.worker_id,
                     self._registry,
+                    limit=free,
                     lease_seconds=self.lease_seconds,
                     now=self.clock.now(),
                 )
@@ -228,16 +235,21 @@ class Worker:
                     return
                 continue
             backoff.succeeded()
-            if flow is None:
-                return
-            assert flow.lease_token is not None  # a claim always sets the lease
-            writer = _LeaseWriter(self.storage, flow.flow_id, flow.lease_token)
-            cancel = _CancelFlag(flow.cancel_requested)
-            task = asyncio.create_task(
-                self._run_claimed(flow, writer, cancel), name=f"pyergon-flow-{flow.flow_id}"
-            )
-            self._running[flow.flow_id] = _Claim(writer, task, cancel)
-            task.add_done_callback(functools.partial(self._finished, flow.flow_id))
+            for flow in flows:
+                self._start(flow)
+            if len(flows) < free:
+                return  # nothing else is runnable now
+
+    def _start(self, flow: ScheduledFlow) -> None:
+        """Run a flow this worker has just claimed, in a task of its own."""
+        assert flow.lease_token is not None  # a claim always sets the lease
+        writer = _LeaseWriter(self.storage, flow.flow_id, flow.lease_token)
+        cancel = _CancelFlag(flow.cancel_requested)
+        task = asyncio.create_task(
+            self._run_claimed(flow, writer, cancel), name=f"pyergon-flow-{flow.flow_id}"
+        )
+        self._running[flow.flow_id] = _Claim(writer, task, cancel)
+        task.add_done_callback(functools.partial(self._finished, flow.flow_id))
 
     def _finished(self, flow_id: str, task: asyncio.Task[None]) -> None:
         # This worker may already hold the flow again: a claim that was in flight when the
@@ -303,7 +315,7 @@ class Worker:
         try:
             cls = self._registry[flow.flow_type]
             instance: Any = decode_flow(self.serializer, cls, flow.payload)
-            method_name, _ = flow_entry(cls)
+            method_name = self._entries[flow.flow_type]
         except Exception as error:
             logger.error("flow %r cannot be started: %s", flow.flow_id, error)
             self._report(error, flow.flow_id)

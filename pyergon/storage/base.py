@@ -18,9 +18,11 @@ from pyergon.core.status import TaskStatus
 __all__ = [
     "SCHEMA_VERSION",
     "UNCHANGED",
+    "ClaimOne",
     "ExecutionLog",
     "FlowUpdate",
     "StorageLifecycle",
+    "check_claim_limit",
     "check_page",
     "status_filter",
 ]
@@ -80,6 +82,42 @@ class StorageLifecycle:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def check_claim_limit(limit: int) -> None:
+    """Refuse a batch claim of fewer than one flow (shared by every backend)."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+
+
+class ClaimOne:
+    """Mixin giving a backend ``claim_flow`` as a batch claim of one flow."""
+
+    async def claim_flows(  # pragma: no cover - overridden by every backend
+        self,
+        worker_id: str,
+        flow_types: Collection[str],
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+    ) -> list[ScheduledFlow]:
+        """Take up to ``limit`` runnable flows; see :meth:`ExecutionLog.claim_flows`."""
+        raise NotImplementedError
+
+    async def claim_flow(
+        self,
+        worker_id: str,
+        flow_types: Collection[str],
+        *,
+        lease_seconds: float,
+        now: float,
+    ) -> ScheduledFlow | None:
+        """Take the next runnable flow; see :meth:`ExecutionLog.claim_flow`."""
+        claimed = await self.claim_flows(
+            worker_id, flow_types, limit=1, lease_seconds=lease_seconds, now=now
+        )
+        return claimed[0] if claimed else None
 
 
 @runtime_checkable
@@ -149,6 +187,32 @@ class ExecutionLog(Protocol):
 
     # -- queue -------------------------------------------------------------------------------
 
+    async def claim_flows(
+        self,
+        worker_id: str,
+        flow_types: Collection[str],
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+    ) -> list[ScheduledFlow]:
+        """Atomically take up to ``limit`` runnable flows of ``flow_types``, in queue order.
+
+        Runnable means ``PENDING``; ``SUSPENDED`` with ``wake_at <= now`` (a due timer or retry
+        backoff); or ``RUNNING`` with ``lease_expires_at < now`` (its worker died). Queue order
+        is the time a flow became ready (its ``wake_at`` if it was suspended, else 0), then
+        ``created_at``, then ``flow_id``. Exactly one caller gets each flow.
+
+        Returns:
+            The flows in queue order, each now ``RUNNING`` with ``lease_owner=worker_id``, a
+            fresh ``lease_token`` of its own and ``lease_expires_at = now + lease_seconds``,
+            ``worker_id=worker_id``; an empty list if nothing is runnable.
+
+        Raises:
+            ValueError: ``limit`` is less than 1.
+        """
+        ...
+
     async def claim_flow(
         self,
         worker_id: str,
@@ -157,16 +221,10 @@ class ExecutionLog(Protocol):
         lease_seconds: float,
         now: float,
     ) -> ScheduledFlow | None:
-        """Atomically take the next runnable flow of one of ``flow_types``.
-
-        Runnable means ``PENDING``; ``SUSPENDED`` with ``wake_at <= now`` (a due timer or retry
-        backoff); or ``RUNNING`` with ``lease_expires_at < now`` (its worker died). Oldest
-        first. Exactly one caller gets each flow.
+        """Atomically take the next runnable flow: :meth:`claim_flows` with a ``limit`` of 1.
 
         Returns:
-            The flow, now ``RUNNING`` with ``lease_owner=worker_id``, a fresh ``lease_token`` and
-            ``lease_expires_at = now + lease_seconds``, ``worker_id=worker_id``; or ``None`` if
-            nothing is runnable.
+            The flow, as :meth:`claim_flows` returns it, or ``None`` if nothing is runnable.
         """
         ...
 
@@ -224,8 +282,12 @@ class ExecutionLog(Protocol):
 
     # -- wake-ups ----------------------------------------------------------------------------
 
-    async def next_wake_at(self) -> float | None:
-        """Return the earliest ``wake_at`` of any ``SUSPENDED`` flow, or ``None``."""
+    async def next_wake_at(self, flow_types: Collection[str] | None = None) -> float | None:
+        """Return the earliest ``wake_at`` of a ``SUSPENDED`` flow, or ``None``.
+
+        Args:
+            flow_types: Only flows of these types; ``None`` means any type.
+        """
         ...
 
     async def wait_for_work(self, timeout: float) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 import time
 import uuid
 from collections.abc import Collection, Sequence
@@ -15,8 +16,10 @@ from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRe
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.storage.base import (
     UNCHANGED,
+    ClaimOne,
     FlowUpdate,
     StorageLifecycle,
+    check_claim_limit,
     check_page,
     status_filter,
 )
@@ -26,7 +29,7 @@ __all__ = ["InMemoryExecutionLog"]
 _Position = tuple[int, int]
 
 
-class InMemoryExecutionLog(StorageLifecycle):
+class InMemoryExecutionLog(ClaimOne, StorageLifecycle):
     """Keeps flows, records and signals in dictionaries of this process.
 
     Usable without ``connect()``; ``close()`` keeps the data so a notebook can reconnect.
@@ -119,33 +122,35 @@ class InMemoryExecutionLog(StorageLifecycle):
 
     # -- queue -------------------------------------------------------------------------------
 
-    async def claim_flow(
+    async def claim_flows(
         self,
         worker_id: str,
         flow_types: Collection[str],
         *,
+        limit: int,
         lease_seconds: float,
         now: float,
-    ) -> ScheduledFlow | None:
-        """Take the oldest runnable flow of one of ``flow_types``."""
+    ) -> list[ScheduledFlow]:
+        """Take up to ``limit`` runnable flows of ``flow_types``, in queue order."""
+        check_claim_limit(limit)
         runnable = [
             flow
             for flow in self._flows.values()
             if flow.flow_type in flow_types and _is_runnable(flow, now)
         ]
-        if not runnable:
-            return None
-        chosen = min(runnable, key=_queue_order)
-        claimed = dataclasses.replace(
-            chosen,
-            status=TaskStatus.RUNNING,
-            updated_at=time.time(),
-            lease_owner=worker_id,
-            lease_token=uuid.uuid4().hex,
-            lease_expires_at=now + lease_seconds,
-            worker_id=worker_id,
-        )
-        self._flows[claimed.flow_id] = claimed
+        claimed = []
+        for chosen in heapq.nsmallest(limit, runnable, key=_queue_order):
+            flow = dataclasses.replace(
+                chosen,
+                status=TaskStatus.RUNNING,
+                updated_at=time.time(),
+                lease_owner=worker_id,
+                lease_token=uuid.uuid4().hex,
+                lease_expires_at=now + lease_seconds,
+                worker_id=worker_id,
+            )
+            self._flows[flow.flow_id] = flow
+            claimed.append(flow)
         return claimed
 
     async def renew_lease(
@@ -233,12 +238,14 @@ class InMemoryExecutionLog(StorageLifecycle):
 
     # -- wake-ups ----------------------------------------------------------------------------
 
-    async def next_wake_at(self) -> float | None:
-        """Return the earliest wake time of a suspended flow."""
+    async def next_wake_at(self, flow_types: Collection[str] | None = None) -> float | None:
+        """Return the earliest wake time of a suspended flow (of ``flow_types``, if given)."""
         times = [
             flow.wake_at
             for flow in self._flows.values()
-            if flow.status is TaskStatus.SUSPENDED and flow.wake_at is not None
+            if flow.status is TaskStatus.SUSPENDED
+            and flow.wake_at is not None
+            and (flow_types is None or flow.flow_type in flow_types)
         ]
         return min(times, default=None)
 

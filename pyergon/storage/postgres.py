@@ -20,8 +20,10 @@ from pyergon.core.status import TaskStatus
 from pyergon.errors import StorageClosedError, StorageError
 from pyergon.storage.base import (
     UNCHANGED,
+    ClaimOne,
     FlowUpdate,
     StorageLifecycle,
+    check_claim_limit,
     check_page,
     status_filter,
 )
@@ -30,6 +32,7 @@ from pyergon.storage.postgres_sql import (
     INVOCATION_COLUMNS,
     Statements,
     channel_name,
+    claimed_flows,
     flow_from_record,
     invocation_from_record,
     migrate,
@@ -102,7 +105,7 @@ class _KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
-class PostgresExecutionLog(StorageLifecycle):
+class PostgresExecutionLog(ClaimOne, StorageLifecycle):
     """Stores flows, records and signals in one schema of a PostgreSQL database.
 
     Several processes and machines may share one schema; each holds a pool of connections and
@@ -348,10 +351,16 @@ class PostgresExecutionLog(StorageLifecycle):
         attempt: int | FlowUpdate = UNCHANGED,
         expected_status: Sequence[TaskStatus] | None = None,
     ) -> ScheduledFlow | None:
-        """Change a flow's state in one transaction; see :meth:`ExecutionLog.update_flow`.
+        """Change a flow's state; see :meth:`ExecutionLog.update_flow`.
 
-        Rows are locked as in :meth:`release_flow`: the flow's, then its parent's.
+        One statement for a flow without a parent, else one transaction that locks rows as
+        :meth:`release_flow` does: the flow's, then its parent's.
         """
+        changes = flow_changes(status, result=result, error=error, wake_at=wake_at, attempt=attempt)
+        expected = None if expected_status is None else [item.value for item in expected_status]
+        lone = await self._change_lone_flow(flow_id, status, changes, expected=expected)
+        if lone is not None:
+            return flow_from_record(lone)
         async with self._transaction() as connection:
             held = await connection.fetchrow(self._sql["lock_flow"], flow_id)
             if held is None:
@@ -370,6 +379,34 @@ class PostgresExecutionLog(StorageLifecycle):
             )
         self._woke_workers(updated, woken)
         return flow_from_record(updated)
+
+    async def _change_lone_flow(
+        self,
+        flow_id: str,
+        status: TaskStatus,
+        changes: dict[str, object],
+        *,
+        lease_token: str | None = None,
+        expected: list[str] | None = None,
+    ) -> Any:
+        """Change a flow in one statement if it has no parent and no cancellation applies.
+
+        Returns:
+            The changed row, or ``None`` if the flow does not qualify (or does not exist, or
+            fails the lease or status condition): the caller then takes the general path.
+        """
+        statement = self._sql.change_lone_flow(
+            list(changes),
+            lease=lease_token is not None,
+            expected=expected is not None,
+            waits=status in (TaskStatus.SUSPENDED, TaskStatus.PENDING),
+        )
+        conditions = [value for value in (lease_token, expected) if value is not None]
+        row = await self._fetchrow(
+            statement, self._channel, self._origin, flow_id, *changes.values(), *conditions
+        )
+        self._woke_workers(row)
+        return row
 
     async def _change_held(
         self,
@@ -416,25 +453,28 @@ class PostgresExecutionLog(StorageLifecycle):
 
     # -- queue -------------------------------------------------------------------------------
 
-    async def claim_flow(
+    async def claim_flows(
         self,
         worker_id: str,
         flow_types: Collection[str],
         *,
+        limit: int,
         lease_seconds: float,
         now: float,
-    ) -> ScheduledFlow | None:
-        """Take the oldest runnable flow of one of ``flow_types`` in one statement."""
-        row = await self._fetchrow(
-            self._sql["claim_flow"],
+    ) -> list[ScheduledFlow]:
+        """Take up to ``limit`` runnable flows of ``flow_types`` in one statement."""
+        check_claim_limit(limit)
+        rows = await self._fetch(
+            self._sql["claim_flows"],
             time.time(),
             worker_id,
-            uuid.uuid4().hex,
+            f"{uuid.uuid4().hex}-",
             now + lease_seconds,
             now,
             list(flow_types),
+            limit,
         )
-        return None if row is None else flow_from_record(row)
+        return claimed_flows(rows)
 
     async def renew_lease(
         self, flow_id: str, lease_token: str, *, lease_seconds: float, now: float
@@ -463,8 +503,16 @@ class PostgresExecutionLog(StorageLifecycle):
         The flow's row is locked first, and a finishing child locks its parent's row before
         changing anything, so a parent suspending on a child at the same moment either sees the
         child final or is already suspended when the child wakes it. :meth:`store_signal`,
-        :meth:`update_flow` and :meth:`request_cancel` lock rows in the same order.
+        :meth:`update_flow` and :meth:`request_cancel` lock rows in the same order. A flow
+        without a parent and nothing to wait for is released in one statement instead.
         """
+        if not waiting_signals and not waiting_children:
+            changes = flow_changes(
+                status, result=result, error=error, wake_at=wake_at, attempt=attempt
+            )
+            lone = await self._change_lone_flow(flow_id, status, changes, lease_token=lease_token)
+            if lone is not None:
+                return flow_from_record(lone)
         async with self._transaction() as connection:
             held = await connection.fetchrow(self._sql["lock_flow"], flow_id)
             if held is None or held["status"] != TaskStatus.RUNNING.value:
@@ -531,9 +579,12 @@ class PostgresExecutionLog(StorageLifecycle):
 
     # -- wake-ups ----------------------------------------------------------------------------
 
-    async def next_wake_at(self) -> float | None:
-        """Return the earliest wake time of a suspended flow."""
-        return cast(float | None, await self._fetchval(self._sql["next_wake_at"]))
+    async def next_wake_at(self, flow_types: Collection[str] | None = None) -> float | None:
+        """Return the earliest wake time of a suspended flow (of ``flow_types``, if given)."""
+        if flow_types is None:
+            return cast(float | None, await self._fetchval(self._sql["next_wake_at"]))
+        wake_at = await self._fetchval(self._sql["next_wake_at_of_types"], list(flow_types))
+        return cast(float | None, wake_at)
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Wait for a notice of work from any process using this schema, or ``timeout`` seconds.

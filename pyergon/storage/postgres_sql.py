@@ -26,6 +26,7 @@ __all__ = [
     "Statements",
     "advisory_lock_key",
     "channel_name",
+    "claimed_flows",
     "flow_from_record",
     "invocation_from_record",
     "migrate",
@@ -38,6 +39,8 @@ __all__ = [
 _MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer names silently
 _ERROR_COLUMNS = ("error_type", "error_message", "error_traceback", "error_payload")
 _NOTICE_COLUMN = "notified_workers"
+_PLACE = "queue_place"
+"""The column a batch claim adds to each row: the flow's place in the queue order."""
 
 
 def validate_schema_name(schema: str) -> str:
@@ -97,7 +100,7 @@ _SCHEMA_V1 = (
         attempt integer NOT NULL, wake_at double precision, parent_flow_id text COLLATE "C",
         parent_sequence text, lease_owner text, lease_token text,
         lease_expires_at double precision)""",
-    # claim_flow walks these in queue order and stops at the first runnable flow: pending flows
+    # claim_flows walks these in queue order and stops at the last flow it takes: pending flows
     # and running ones (whose lease may have expired) by age, then suspended ones by wake time.
     # The second also serves next_wake_at.
     "CREATE INDEX flows_claim_queued ON {s}.flows (created_at, flow_id) "
@@ -157,16 +160,25 @@ def _numbered(columns: Sequence[str], first: int) -> str:
 
 _CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
 # The queue order is (ready time, created_at, flow_id) where the ready time is the wake time of a
-# suspended flow and 0 otherwise. So the oldest pending or lease-expired flow comes first and a
-# due suspended flow only when there is none; COALESCE runs (and locks in) the second search
-# only when the first found nothing. Each search is an ordered walk of one partial index.
-_CLAIM_CANDIDATE = (
-    "COALESCE((SELECT flow_id FROM {s}.flows WHERE status IN ('PENDING', 'RUNNING') "
-    "AND (status = 'PENDING' OR lease_expires_at < $5) AND flow_type = ANY($6::text[]) "
-    "ORDER BY created_at, flow_id LIMIT 1 FOR UPDATE SKIP LOCKED), "
-    "(SELECT flow_id FROM {s}.flows WHERE status = 'SUSPENDED' AND wake_at <= $5 "
-    "AND flow_type = ANY($6::text[]) "
-    "ORDER BY wake_at, created_at, flow_id LIMIT 1 FOR UPDATE SKIP LOCKED))"
+# suspended flow and 0 otherwise. So the oldest pending or lease-expired flows come first and due
+# suspended flows only fill what is left of the limit: the second search runs (and locks rows)
+# only for that rest. Each search is an ordered walk of one partial index. Each claimed flow's
+# lease token is the caller's fresh token $3 followed by the flow's place in the queue order.
+_CLAIM_FLOWS = (
+    "WITH queued AS MATERIALIZED (SELECT flow_id, created_at FROM {s}.flows "
+    "WHERE status IN ('PENDING', 'RUNNING') AND (status = 'PENDING' OR lease_expires_at < $5) "
+    "AND flow_type = ANY($6::text[]) ORDER BY created_at, flow_id LIMIT $7 "
+    "FOR UPDATE SKIP LOCKED), "
+    "due AS MATERIALIZED (SELECT flow_id, wake_at, created_at FROM {s}.flows "
+    "WHERE status = 'SUSPENDED' AND wake_at <= $5 AND flow_type = ANY($6::text[]) "
+    "ORDER BY wake_at, created_at, flow_id LIMIT $7 - (SELECT count(*) FROM queued) "
+    "FOR UPDATE SKIP LOCKED), "
+    "chosen AS (SELECT flow_id, row_number() OVER (ORDER BY ready, created_at, flow_id) AS place "
+    "FROM (SELECT flow_id, 0.0::double precision AS ready, created_at FROM queued "
+    "UNION ALL SELECT flow_id, wake_at, created_at FROM due) AS candidates) "
+    "UPDATE {s}.flows AS flows SET status = 'RUNNING', updated_at = $1, lease_owner = $2, "
+    "worker_id = $2, lease_token = $3 || chosen.place, lease_expires_at = $4 "
+    f"FROM chosen WHERE flows.flow_id = chosen.flow_id RETURNING flows.*, chosen.place AS {_PLACE}"
 )
 
 _TEMPLATES = {
@@ -182,9 +194,7 @@ _TEMPLATES = {
     "get_flow": "SELECT * FROM {s}.flows WHERE flow_id = $1",
     "lock_flow": "SELECT status, lease_token, parent_flow_id, cancel_requested FROM {s}.flows "
     "WHERE flow_id = $1 FOR UPDATE",
-    "claim_flow": "UPDATE {s}.flows SET status = 'RUNNING', updated_at = $1, lease_owner = $2, "
-    "worker_id = $2, lease_token = $3, lease_expires_at = $4 "
-    f"WHERE flow_id = {_CLAIM_CANDIDATE} RETURNING *",
+    "claim_flows": _CLAIM_FLOWS,
     "renew_lease": "UPDATE {s}.flows SET lease_expires_at = $3 "
     "WHERE flow_id = $1 AND status = 'RUNNING' AND lease_token = $2 RETURNING true",
     "wake_flow": _notifying(
@@ -205,6 +215,8 @@ _TEMPLATES = {
     "child_finished": "SELECT EXISTS (SELECT 1 FROM {s}.flows "
     f"WHERE flow_id = ANY($1::text[]) AND status IN ({_FINAL_FLOW}))",
     "next_wake_at": "SELECT min(wake_at) FROM {s}.flows WHERE status = 'SUSPENDED'",
+    "next_wake_at_of_types": "SELECT min(wake_at) FROM {s}.flows WHERE status = 'SUSPENDED' "
+    "AND flow_type = ANY($1::text[])",
     "load_invocations": "SELECT * FROM {s}.invocations WHERE flow_id = $1 "
     "ORDER BY sequence, sub_sequence",
     "get_invocation": "SELECT * FROM {s}.invocations "
@@ -269,6 +281,30 @@ class Statements:
         )
         change = f"UPDATE {self.schema}.flows SET {assignments} WHERE flow_id = $3"
         return _notifying(change, _WAKES)
+
+    def change_lone_flow(
+        self, columns: Sequence[str], *, lease: bool, expected: bool, waits: bool
+    ) -> str:
+        """:meth:`update_flow` limited to a flow that no rule of a change of state involves.
+
+        That is a flow without a parent (whose row a final status would lock) that, if it is to
+        wait again, was not asked to cancel while running. ``lease``: also require the flow to
+        be ``RUNNING`` under the lease token that follows the columns' parameters;
+        ``expected``: also require its status to be in the array that follows.
+        """
+        statement = self.update_flow(columns)
+        conditions = ["parent_flow_id IS NULL"]
+        parameter = 4 + len(columns)
+        if lease:
+            conditions.append(f"status = 'RUNNING' AND lease_token = ${parameter}")
+            parameter += 1
+        if expected:
+            conditions.append(f"status = ANY(${parameter}::text[])")
+        if waits:
+            conditions.append("NOT (status = 'RUNNING' AND cancel_requested)")
+        return statement.replace(
+            " WHERE flow_id = $3", f" WHERE flow_id = $3 AND {' AND '.join(conditions)}", 1
+        )
 
     def list_flows(
         self,
@@ -403,10 +439,16 @@ def _record_fields(row: Mapping[str, Any]) -> dict[str, Any]:
     """Keyword arguments rebuilding a record from its row; enums are left to the caller."""
     fields = dict(row.items())
     fields.pop(_NOTICE_COLUMN, None)
+    fields.pop(_PLACE, None)
     error = [fields.pop(column) for column in _ERROR_COLUMNS]
     if error[0] is not None:
         fields["error"] = StoredError(*error)
     return fields
+
+
+def claimed_flows(rows: Sequence[Mapping[str, Any]]) -> list[ScheduledFlow]:
+    """Rebuild the flows of a batch claim's rows, in queue order."""
+    return [flow_from_record(row) for row in sorted(rows, key=lambda row: row[_PLACE])]
 
 
 def flow_from_record(row: Mapping[str, Any]) -> ScheduledFlow:

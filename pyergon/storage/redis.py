@@ -41,8 +41,10 @@ from pyergon.errors import (
 from pyergon.storage.base import (
     SCHEMA_VERSION,
     UNCHANGED,
+    ClaimOne,
     FlowUpdate,
     StorageLifecycle,
+    check_claim_limit,
     check_page,
     status_filter,
 )
@@ -60,6 +62,7 @@ from pyergon.storage.redis_layout import (
     number,
     optional,
 )
+from pyergon.storage.redis_pipeline import CommandBatcher
 
 __all__ = ["RedisExecutionLog"]
 
@@ -75,7 +78,7 @@ _MIGRATION_BATCH = 1_000
 """Flows backfilled per script call when migrating a prefix, so Redis is never blocked long."""
 
 
-class RedisExecutionLog(StorageLifecycle):
+class RedisExecutionLog(ClaimOne, StorageLifecycle):
     """Stores flows, records and signals in Redis, in keys named ``{<prefix>}:...``.
 
     Several processes (and machines) may share one Redis and one prefix; different prefixes
@@ -115,6 +118,7 @@ class RedisExecutionLog(StorageLifecycle):
         self._listener: asyncio.Task[None] | None = None
         self._lifecycle_lock = asyncio.Lock()
         self._work = asyncio.Event()
+        self._batcher = CommandBatcher(self._open_client, self._translate)
 
     @classmethod
     def from_url(cls, url: str) -> RedisExecutionLog:
@@ -333,28 +337,47 @@ class RedisExecutionLog(StorageLifecycle):
         """Re-raise redis-py errors as :class:`StorageError` naming the server and what to do."""
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-            raise StorageError(
+        except (RedisError, OSError) as error:
+            raise self._translate(error) from error
+
+    def _translate(self, error: Exception) -> Exception:
+        """The error to raise for a redis-py error: a :class:`StorageError` saying what to do."""
+        failure: Exception
+        if isinstance(error, RedisConnectionError | RedisTimeoutError | OSError):
+            failure = StorageError(
                 f"Redis at {self._where} cannot be reached ({error}); check that redis-server "
                 "is running and reachable, then retry"
-            ) from error
-        except ResponseError as error:
-            if str(error).startswith("WRONGTYPE"):
-                raise CorruptStorageError(
-                    f"keys under prefix {self._prefix!r} at {self._where} hold data pyergon did "
-                    f"not write ({error}); use another prefix"
-                ) from error
-            raise StorageError(f"Redis at {self._where} refused a command: {error}") from error
-        except RedisError as error:
-            raise StorageError(f"Redis at {self._where} failed: {error}") from error
+            )
+        elif isinstance(error, ResponseError) and str(error).startswith("WRONGTYPE"):
+            failure = CorruptStorageError(
+                f"keys under prefix {self._prefix!r} at {self._where} hold data pyergon did "
+                f"not write ({error}); use another prefix"
+            )
+        elif isinstance(error, ResponseError):
+            failure = StorageError(f"Redis at {self._where} refused a command: {error}")
+        elif isinstance(error, RedisError):
+            failure = StorageError(f"Redis at {self._where} failed: {error}")
+        else:
+            return error
+        failure.__cause__ = error
+        return failure
+
+    def _script_arguments(self, *args: str | bytes) -> list[str | bytes]:
+        """The arguments of a script call: those every script takes first, then ``args``."""
+        return [self._prefix, self._origin, repr(time.time()), *args]
 
     async def _run(self, script: str, *args: str | bytes) -> Any:
         """Run one of :data:`SCRIPTS` with the arguments every script takes first."""
         client = self._open_client()
         with self._translated_errors():
-            return await self._scripts[script](
-                args=[self._prefix, self._origin, repr(time.time()), *args], client=client
-            )
+            return await self._scripts[script](args=self._script_arguments(*args), client=client)
+
+    async def _run_batched(self, script: str, *args: str | bytes) -> Any:
+        """:meth:`_run`, sharing a pipeline with the commands other callers issue meanwhile."""
+        return await self._batcher.run(
+            lambda: ("EVALSHA", self._scripts[script].sha, "0", *self._script_arguments(*args)),
+            lambda: self._run(script, *args),
+        )
 
     async def _read_hash(self, key: str) -> dict[bytes, bytes]:
         client = self._open_client()
@@ -412,27 +435,29 @@ class RedisExecutionLog(StorageLifecycle):
 
     # -- queue -------------------------------------------------------------------------------
 
-    async def claim_flow(
+    async def claim_flows(
         self,
         worker_id: str,
         flow_types: Collection[str],
         *,
+        limit: int,
         lease_seconds: float,
         now: float,
-    ) -> ScheduledFlow | None:
-        """Take the oldest runnable flow of one of ``flow_types`` in one script."""
+    ) -> list[ScheduledFlow]:
+        """Take up to ``limit`` runnable flows of ``flow_types`` in one script."""
+        check_claim_limit(limit)
         if not flow_types:
-            return None
-        token = uuid.uuid4().hex
-        fields = await self._run(
-            "claim_flow",
+            return []
+        replies = await self._run(
+            "claim_flows",
             number(now),
             number(now + lease_seconds),
             worker_id,
-            token,
-            *flow_types,
+            f"{uuid.uuid4().hex}-",
+            str(limit),
+            *counted(list(flow_types)),
         )
-        return flow_from_reply(fields) if fields else None
+        return [flow_from_reply(fields) for fields in replies]
 
     async def renew_lease(
         self, flow_id: str, lease_token: str, *, lease_seconds: float, now: float
@@ -482,12 +507,24 @@ class RedisExecutionLog(StorageLifecycle):
 
     # -- wake-ups ----------------------------------------------------------------------------
 
-    async def next_wake_at(self) -> float | None:
-        """Return the earliest wake time of a suspended flow."""
+    async def next_wake_at(self, flow_types: Collection[str] | None = None) -> float | None:
+        """Return the earliest wake time of a suspended flow (of ``flow_types``, if given).
+
+        Reads the head of the timer index of every type asked for, in one pipeline.
+        """
         client = self._open_client()
+        keys = (
+            [self._key("timers")]
+            if flow_types is None
+            else [self._key("timers", flow_type) for flow_type in flow_types]
+        )
         with self._translated_errors():
-            earliest = await client.zrange(self._key("timers"), 0, 0, withscores=True)
-        return float(earliest[0][1]) if earliest else None
+            pipeline = client.pipeline(transaction=False)
+            for key in keys:
+                pipeline.zrange(key, 0, 0, withscores=True)
+            heads = await pipeline.execute()
+        times = [float(head[0][1]) for head in heads if head]
+        return min(times, default=None)
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Wait for a wake-up published by any process sharing the prefix, or ``timeout``.
@@ -508,7 +545,8 @@ class RedisExecutionLog(StorageLifecycle):
 
     async def load_invocations(self, flow_id: str) -> list[Invocation]:
         """Return a flow's records ordered by ``(sequence, sub_sequence)``."""
-        fields = await self._read_hash(self._key("inv", flow_id))
+        key = self._key("inv", flow_id)
+        fields = await self._batcher.run(lambda: ("HGETALL", key), lambda: self._read_hash(key))
         records = [decode_invocation(flow_id, field, value) for field, value in fields.items()]
         return sorted(records, key=lambda record: (record.sequence, record.sub_sequence))
 
@@ -523,7 +561,7 @@ class RedisExecutionLog(StorageLifecycle):
     async def record_invocation(self, invocation: Invocation) -> Invocation:
         """Store ``invocation`` unless a final record holds its position (first writer wins)."""
         field = f"{invocation.sequence}:{invocation.sub_sequence}"
-        existing = await self._run(
+        existing = await self._run_batched(
             "record_invocation", invocation.flow_id, field, encode_invocation(invocation)
         )
         if existing is None:

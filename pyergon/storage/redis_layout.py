@@ -246,30 +246,38 @@ wake_parent(change_flow(id, s, cancelled_instead(s, status), sets, dels))
 return {notified, redis.call('HGETALL', flow_key(id))}
 """
 
-_CLAIM_FLOW = """
-local now, expires, worker, token = arg(), arg(), arg(), arg()
+_CLAIM_FLOWS = """
+-- Each claimed flow's lease token is the caller's fresh token followed by the flow's place.
+local now, expires, worker, token, limit = arg(), arg(), arg(), arg(), tonumber(arg())
+local types = counted()
 
--- Queue order: ready time (wake time of a due timer, else 0), then created_at, then id.
-local best = nil
+-- Candidates in queue order: ready time (wake time of a due timer, else 0), created_at, id.
+local candidates = {}
 local function consider(ready, created, id)
-  local candidate = {tonumber(ready), tonumber(created), id}
-  if best == nil or candidate[1] < best[1]
-      or (candidate[1] == best[1] and (candidate[2] < best[2]
-      or (candidate[2] == best[2] and bytes_before(id, best[3])))) then
-    best = candidate
-  end
+  candidates[#candidates + 1] = {tonumber(ready), tonumber(created), id}
+end
+local function before(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  if a[2] ~= b[2] then return a[2] < b[2] end
+  return bytes_before(a[3], b[3])
 end
 local function created_at(id) return redis.call('HGET', flow_key(id), 'created_at') end
 
-for i = cursor, #ARGV do
-  local t = ARGV[i]
-  local head = redis.call('ZRANGE', p .. ':status:PENDING:' .. t, 0, 0, 'WITHSCORES')
-  if head[1] then consider(0, head[2], head[1]) end
+for _, t in ipairs(types) do
+  local pending = redis.call('ZRANGE', p .. ':status:PENDING:' .. t, 0, limit - 1, 'WITHSCORES')
+  for i = 1, #pending, 2 do consider(0, pending[i + 1], pending[i]) end
   local timers = p .. ':timers:' .. t
-  local due = redis.call('ZRANGEBYSCORE', timers, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1)
-  if due[1] then
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', timers, due[2], due[2])) do
-      consider(due[2], created_at(id), id)
+  local due = redis.call('ZRANGEBYSCORE', timers, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+  local seen = {}
+  for i = 1, #due, 2 do
+    consider(due[i + 1], created_at(due[i]), due[i])
+    seen[due[i]] = true
+  end
+  if #due == 2 * limit then
+    -- Flows due at the same time are ordered by age, not id: take every one at the last time.
+    local last = due[#due]
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', timers, last, last)) do
+      if not seen[id] then consider(last, created_at(id), id) end
     end
   end
   -- Expired leases are few (the flows of dead workers); each is ordered by created_at.
@@ -277,11 +285,15 @@ for i = cursor, #ARGV do
     consider(0, created_at(id), id)
   end
 end
-if best == nil then return false end
-local id = best[3]
-change_flow(id, read_state(id), 'RUNNING', {'lease_owner', worker, 'lease_token', token,
-  'lease_expires_at', expires, 'worker_id', worker}, {})
-return redis.call('HGETALL', flow_key(id))
+table.sort(candidates, before)
+local claimed = {}
+for i = 1, math.min(limit, #candidates) do
+  local id = candidates[i][3]
+  change_flow(id, read_state(id), 'RUNNING', {'lease_owner', worker, 'lease_token', token .. i,
+    'lease_expires_at', expires, 'worker_id', worker}, {})
+  claimed[i] = redis.call('HGETALL', flow_key(id))
+end
+return claimed
 """
 
 _RENEW_LEASE = """
@@ -558,7 +570,7 @@ SCRIPTS: dict[str, str] = {
     for name, body in {
         "create_flow": _CREATE_FLOW,
         "update_flow": _UPDATE_FLOW,
-        "claim_flow": _CLAIM_FLOW,
+        "claim_flows": _CLAIM_FLOWS,
         "renew_lease": _RENEW_LEASE,
         "release_flow": _RELEASE_FLOW,
         "request_cancel": _REQUEST_CANCEL,

@@ -2,7 +2,8 @@
 
 Writes from concurrently running flows are group-committed: each write method queues a small
 synchronous operation and one flusher task runs everything queued inside a single
-``BEGIN IMMEDIATE ... COMMIT`` in aiosqlite's worker thread. Files use WAL with
+``BEGIN IMMEDIATE ... COMMIT``, on the event loop's thread when the write lock is free at once,
+else in aiosqlite's worker thread (:mod:`pyergon.storage.sqlite_connections`). Files use WAL with
 ``synchronous=NORMAL``, so every write whose ``await`` returned survives the process being killed.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import sqlite3
 import threading
@@ -25,17 +27,29 @@ from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.errors import CorruptStorageError, StorageClosedError, StorageError
 from pyergon.storage.base import (
     UNCHANGED,
+    ClaimOne,
     FlowUpdate,
     StorageLifecycle,
+    check_claim_limit,
     check_page,
     status_filter,
+)
+from pyergon.storage.sqlite_connections import (
+    Operation,
+    Outcome,
+    call_in_worker_thread,
+    checkpoint,
+    commit_batch,
+    is_busy,
+    open_loop_connection,
 )
 from pyergon.storage.sqlite_tables import (
     INSERT_FLOW,
     RECORD_INVOCATION,
     awaits_signal,
     change_flow,
-    claim_next_flow,
+    changed_flow,
+    claim_next_flows,
     fetch_flow,
     fetch_invocation,
     flow_from_row,
@@ -53,57 +67,17 @@ from pyergon.storage.sqlite_tables import (
 
 __all__ = ["SqliteExecutionLog"]
 
+logger = logging.getLogger("pyergon.storage.sqlite")
+
 _T = TypeVar("_T")
-_Operation = Callable[[sqlite3.Connection], _T]
-_Outcome = tuple[object, Exception | None]
 
 _MEMORY = ":memory:"
 _MINIMUM_SQLITE = (3, 24, 0)  # INSERT ... ON CONFLICT DO UPDATE (upsert)
 _IDS_PER_QUERY = 500  # below SQLite's smallest host-parameter limit (999 before 3.32)
-
-
-async def _call_in_worker_thread(
-    connection: aiosqlite.Connection, function: Callable[[sqlite3.Connection], _T]
-) -> _T:
-    """Run ``function(sqlite3_connection)`` in the connection's worker thread.
-
-    aiosqlite's public methods cost one thread hop per statement. ``Connection._execute`` is
-    private but present in every aiosqlite pyergon supports (0.20 to 0.22); it runs a whole
-    function in the worker thread, so a batch of writes, or a read of several statements,
-    costs one hop.
-    """
-    sqlite_connection = connection._conn
-    result = await connection._execute(function, sqlite_connection)  # type: ignore[no-untyped-call]
-    return cast(_T, result)
-
-
-def _commit_batch(
-    connection: sqlite3.Connection, operations: Sequence[_Operation[object]]
-) -> list[_Outcome]:
-    """Run ``operations`` in one transaction, each under a savepoint so one failure stays local.
-
-    Raises:
-        sqlite3.Error: If the transaction as a whole failed; nothing of the batch is stored.
-    """
-    outcomes: list[_Outcome] = []
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        for operation in operations:
-            connection.execute("SAVEPOINT pyergon_write")
-            try:
-                outcomes.append((operation(connection), None))
-            except Exception as error:
-                if not connection.in_transaction:
-                    raise  # SQLite rolled the whole transaction back (I/O error, disk full)
-                connection.execute("ROLLBACK TO pyergon_write")
-                outcomes.append((None, error))
-            connection.execute("RELEASE pyergon_write")
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
-    return outcomes
+_LARGE_WRITE = 1 << 20
+"""Bytes of payload from which a batch is written on the worker thread, not the loop's."""
+_CHECKPOINT_EVERY = 300
+"""Batches committed on the loop's thread between two WAL checkpoints on the worker thread."""
 
 
 _FlowChange = tuple[ScheduledFlow | None, bool]
@@ -124,9 +98,10 @@ def _wakes_workers(change: _FlowChange) -> bool:
 
 @dataclasses.dataclass(slots=True)
 class _PendingWrite:
-    operation: _Operation[object]
+    operation: Operation[object]
     future: asyncio.Future[object]
     wakes_workers: Callable[[Any], bool] | None
+    large: bool
 
 
 _POLL_MIN = 0.002
@@ -140,7 +115,16 @@ def _data_version(connection: sqlite3.Connection) -> int:
     return int(row[0])
 
 
-class SqliteExecutionLog(StorageLifecycle):
+def _size(payload: bytes | FlowUpdate | None) -> int:
+    return len(payload) if isinstance(payload, bytes) else 0
+
+
+def _invocation_size(invocation: Invocation) -> int:
+    error_payload = None if invocation.error is None else invocation.error.payload
+    return _size(invocation.result) + _size(error_payload)
+
+
+class SqliteExecutionLog(ClaimOne, StorageLifecycle):
     """Stores flows, records and signals in one SQLite file (or in memory).
 
     Use it on the event loop that connected it. Reads see every write whose ``await`` returned.
@@ -161,6 +145,9 @@ class SqliteExecutionLog(StorageLifecycle):
         self._path = os.fspath(path)
         self._busy_timeout = busy_timeout
         self._connection: aiosqlite.Connection | None = None
+        self._loop_connection: sqlite3.Connection | None = None
+        """The file's connection for the event loop's thread (none for in-memory databases)."""
+        self._batches_since_checkpoint = 0
         self._closing = False
         self._lifecycle_lock = asyncio.Lock()
         self._pending: list[_PendingWrite] = []
@@ -222,7 +209,9 @@ class SqliteExecutionLog(StorageLifecycle):
                 use_wal=self._path not in (_MEMORY, ""),
             )
             try:
-                await _call_in_worker_thread(connection, prepare)
+                await call_in_worker_thread(connection, prepare)
+                if self._path not in (_MEMORY, ""):
+                    self._loop_connection = open_loop_connection(self._path)
             except sqlite3.Error as error:
                 await connection.close()
                 raise self._storage_error(error) from error
@@ -246,7 +235,10 @@ class SqliteExecutionLog(StorageLifecycle):
             self._pending = []
             self._connection = None
             self._closing = False
-            await connection.close()
+            if self._loop_connection is not None:
+                self._loop_connection.close()
+                self._loop_connection = None
+            await connection.close()  # the last connection to close checkpoints the WAL
 
     # -- running operations ------------------------------------------------------------------
 
@@ -266,7 +258,7 @@ class SqliteExecutionLog(StorageLifecycle):
             failure: StorageError = CorruptStorageError(
                 f"SQLite storage {self._path!r} is damaged ({error}); restore it from a backup"
             )
-        elif error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+        elif is_busy(error):
             failure = StorageError(
                 f"SQLite storage {self._path!r} stayed locked by another connection for more "
                 f"than busy_timeout={self._busy_timeout}s ({error}); find the process holding "
@@ -277,16 +269,30 @@ class SqliteExecutionLog(StorageLifecycle):
         failure.__cause__ = error
         return failure
 
-    async def _read(self, operation: _Operation[_T]) -> _T:
-        """Run a read-only ``operation`` in the worker thread, between write batches."""
+    async def _read(self, operation: Operation[_T], *, small: bool = True) -> _T:
+        """Run a read-only ``operation``, on the loop's thread if it is ``small``.
+
+        A read on the loop's thread that meets a lock (rare with WAL) is made again on the
+        worker thread, which waits for it; so are reads that may scan many rows.
+        """
         connection = self._open_connection()
         try:
-            return await _call_in_worker_thread(connection, operation)
+            if small and self._loop_connection is not None:
+                try:
+                    return operation(self._loop_connection)
+                except sqlite3.Error as error:
+                    if not is_busy(error):
+                        raise
+            return await call_in_worker_thread(connection, operation)
         except sqlite3.Error as error:
             raise self._storage_error(error) from error
 
     async def _write(
-        self, operation: _Operation[_T], *, wakes_workers: Callable[[_T], bool] | None = None
+        self,
+        operation: Operation[_T],
+        *,
+        wakes_workers: Callable[[_T], bool] | None = None,
+        size: int = 0,
     ) -> _T:
         """Queue ``operation`` for the next group commit and return its result once committed.
 
@@ -294,10 +300,13 @@ class SqliteExecutionLog(StorageLifecycle):
             operation: The synchronous write; it runs inside a savepoint of the batch.
             wakes_workers: Given the result, whether to notify :meth:`wait_for_work` once the
                 batch commits (even if the caller has stopped waiting by then).
+            size: Bytes of payload written; a large write is committed on the worker thread
+                so the event loop is not held while SQLite copies it.
         """
         self._open_connection(writing=True)
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._pending.append(_PendingWrite(operation, future, wakes_workers))
+        large = size >= _LARGE_WRITE
+        self._pending.append(_PendingWrite(operation, future, wakes_workers, large))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_pending(), name="pyergon-sqlite-flush")
         return cast(_T, await future)
@@ -311,15 +320,19 @@ class SqliteExecutionLog(StorageLifecycle):
                 self._pending = []
                 if batch:
                     await self._commit(batch)
+                if self._batches_since_checkpoint >= _CHECKPOINT_EVERY:
+                    await self._checkpoint()
         finally:
             self._flusher = None
 
     async def _commit(self, batch: list[_PendingWrite]) -> None:
         operations = [write.operation for write in batch]
         try:
-            outcomes = await _call_in_worker_thread(
-                self._open_connection(), partial(_commit_batch, operations=operations)
-            )
+            outcomes = self._commit_on_loop(batch, operations)
+            if outcomes is None:
+                outcomes = await call_in_worker_thread(
+                    self._open_connection(), partial(commit_batch, operations=operations)
+                )
         except asyncio.CancelledError:
             for write in batch:
                 write.future.cancel()
@@ -343,6 +356,40 @@ class SqliteExecutionLog(StorageLifecycle):
             else:
                 write.future.set_exception(raised)
 
+    def _commit_on_loop(
+        self, batch: list[_PendingWrite], operations: list[Operation[object]]
+    ) -> list[Outcome] | None:
+        """Commit the batch on the loop's thread; ``None`` if the worker thread must do it.
+
+        Raises:
+            Exception: The batch failed for another reason than a busy lock.
+        """
+        connection = self._loop_connection
+        if connection is None or any(write.large for write in batch):
+            return None
+        try:
+            outcomes = commit_batch(connection, operations)
+        except sqlite3.Error as error:
+            if is_busy(error):
+                return None  # another connection is writing: wait for it on the worker thread
+            raise
+        self._batches_since_checkpoint += 1
+        return outcomes
+
+    async def _checkpoint(self) -> None:
+        """Checkpoint the WAL on the worker thread, where waiting for the disk holds nobody.
+
+        Writes of this object wait meanwhile: a checkpoint that copies every frame lets the next
+        write start the WAL over instead of growing it.
+        """
+        self._batches_since_checkpoint = 0
+        try:
+            await call_in_worker_thread(self._open_connection(), checkpoint)
+        except sqlite3.Error as error:
+            # The WAL only grows until a later checkpoint succeeds; the data is safe either way.
+            if not is_busy(error):  # busy: another connection is checkpointing
+                logger.warning("SQLite storage %r: WAL checkpoint failed: %s", self._path, error)
+
     # -- flows -------------------------------------------------------------------------------
 
     async def create_flow(self, flow: ScheduledFlow) -> tuple[ScheduledFlow, bool]:
@@ -359,6 +406,7 @@ class SqliteExecutionLog(StorageLifecycle):
         return await self._write(
             insert,
             wakes_workers=lambda stored: stored[1] and stored[0].status is TaskStatus.PENDING,
+            size=len(flow.payload),
         )
 
     async def get_flow(self, flow_id: str) -> ScheduledFlow | None:
@@ -392,24 +440,27 @@ class SqliteExecutionLog(StorageLifecycle):
                 attempt=attempt,
             )
 
-        updated, _ = await self._write(update, wakes_workers=_wakes_workers)
+        updated, _ = await self._write(update, wakes_workers=_wakes_workers, size=_size(result))
         return updated
 
     # -- queue -------------------------------------------------------------------------------
 
-    async def claim_flow(
+    async def claim_flows(
         self,
         worker_id: str,
         flow_types: Collection[str],
         *,
+        limit: int,
         lease_seconds: float,
         now: float,
-    ) -> ScheduledFlow | None:
-        """Take the oldest runnable flow of one of ``flow_types`` inside one write transaction."""
+    ) -> list[ScheduledFlow]:
+        """Take up to ``limit`` runnable flows of ``flow_types`` in one write transaction."""
+        check_claim_limit(limit)
         claim = partial(
-            claim_next_flow,
+            claim_next_flows,
             worker_id=worker_id,
             flow_types=list(flow_types),
+            limit=limit,
             lease_seconds=lease_seconds,
             now=now,
         )
@@ -467,7 +518,7 @@ class SqliteExecutionLog(StorageLifecycle):
                 attempt=attempt,
             )
 
-        released, _ = await self._write(release, wakes_workers=_wakes_workers)
+        released, _ = await self._write(release, wakes_workers=_wakes_workers, size=_size(result))
         return released
 
     async def request_cancel(self, flow_id: str) -> ScheduledFlow | None:
@@ -480,7 +531,8 @@ class SqliteExecutionLog(StorageLifecycle):
                 return flow, False
             if flow.status is TaskStatus.RUNNING:
                 changes: dict[str, object] = {"cancel_requested": True, "updated_at": time.time()}
-                return update_flow_row(connection, flow_id, changes), True
+                update_flow_row(connection, flow_id, changes)
+                return changed_flow(flow, changes), True
             # Cancelled at once: workers need to look only if that woke the parent.
             return change_flow(connection, flow, TaskStatus.CANCELLED, wake_at=None)
 
@@ -507,9 +559,10 @@ class SqliteExecutionLog(StorageLifecycle):
 
     # -- wake-ups ----------------------------------------------------------------------------
 
-    async def next_wake_at(self) -> float | None:
-        """Return the earliest wake time of a suspended flow."""
-        return await self._read(next_wake_time)
+    async def next_wake_at(self, flow_types: Collection[str] | None = None) -> float | None:
+        """Return the earliest wake time of a suspended flow (of ``flow_types``, if given)."""
+        types = None if flow_types is None else list(flow_types)
+        return await self._read(partial(next_wake_time, flow_types=types))
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Wait for work stored by this or another process, or ``timeout`` seconds."""
@@ -567,12 +620,13 @@ class SqliteExecutionLog(StorageLifecycle):
         position = (invocation.flow_id, invocation.sequence, invocation.sub_sequence)
 
         def record(connection: sqlite3.Connection) -> Invocation:
-            connection.execute(RECORD_INVOCATION, values)
+            if connection.execute(RECORD_INVOCATION, values).rowcount == 1:
+                return invocation  # inserted or replaced a record that was not final
             stored = fetch_invocation(connection, *position)
-            assert stored is not None  # written or kept by the upsert in this transaction
+            assert stored is not None  # kept by the upsert: a final record holds the position
             return stored
 
-        return await self._write(record)
+        return await self._write(record, size=_invocation_size(invocation))
 
     async def delete_failed_invocations(self, flow_id: str) -> int:
         """Delete a flow's ``FAILED`` records and return how many there were."""
@@ -609,7 +663,9 @@ class SqliteExecutionLog(StorageLifecycle):
                 return True, wake_flow(connection, signal.flow_id)
             return True, False
 
-        inserted, _ = await self._write(insert, wakes_workers=lambda outcome: outcome[1])
+        inserted, _ = await self._write(
+            insert, wakes_workers=lambda outcome: outcome[1], size=len(signal.payload)
+        )
         return inserted
 
     async def get_signal(self, flow_id: str, name: str) -> SignalRecord | None:
@@ -632,7 +688,7 @@ class SqliteExecutionLog(StorageLifecycle):
             )
             return [signal_from_row(row) for row in rows]
 
-        return await self._read(select)
+        return await self._read(select, small=False)
 
     # -- history -----------------------------------------------------------------------------
 
@@ -669,7 +725,7 @@ class SqliteExecutionLog(StorageLifecycle):
         def select(connection: sqlite3.Connection) -> list[ScheduledFlow]:
             return [flow_from_row(row) for row in connection.execute(statement, parameters)]
 
-        return await self._read(select)
+        return await self._read(select, small=False)
 
     async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
         """Return how many flows (of ``flow_type``, if given) are in each status."""
@@ -683,7 +739,7 @@ class SqliteExecutionLog(StorageLifecycle):
             )
             return dict.fromkeys(TaskStatus, 0) | {TaskStatus(name): n for name, n in rows}
 
-        return await self._read(count)
+        return await self._read(count, small=False)
 
     # -- admin -------------------------------------------------------------------------------
 

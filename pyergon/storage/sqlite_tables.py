@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import time
+import typing
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from enum import Enum
@@ -26,7 +27,8 @@ __all__ = [
     "RECORD_INVOCATION",
     "awaits_signal",
     "change_flow",
-    "claim_next_flow",
+    "changed_flow",
+    "claim_next_flows",
     "error_values",
     "fetch_flow",
     "fetch_invocation",
@@ -112,7 +114,8 @@ assert len(MIGRATIONS) == SCHEMA_VERSION, "add a migration step for the new SCHE
 
 def is_corruption(error: sqlite3.Error) -> bool:
     """Whether SQLite says the file is not a database or is damaged."""
-    return (error.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    code = getattr(error, "sqlite_errorcode", 0)  # none on errors of the sqlite3 module itself
+    return (code & 0xFF) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 def _stored_version(connection: sqlite3.Connection, path: str) -> int:
@@ -256,18 +259,33 @@ def error_values(error: StoredError | None) -> dict[str, object]:
     """The error columns holding ``error`` (all ``NULL`` for no error)."""
     if error is None:
         return dict.fromkeys(_ERROR_COLUMNS)
-    return dict(zip(_ERROR_COLUMNS, dataclasses.astuple(error), strict=True))
+    values = (error.type_name, error.message, error.traceback, error.payload)
+    return dict(zip(_ERROR_COLUMNS, values, strict=True))
+
+
+def _column_plan(record_type: type[ScheduledFlow | Invocation]) -> tuple[tuple[str, ...], ...]:
+    """The fields of a record type stored as they are, and those stored by enum value."""
+    hints = typing.get_type_hints(record_type)
+    names = [field.name for field in dataclasses.fields(record_type) if field.name != "error"]
+    enums = [
+        name for name in names if isinstance(hints[name], type) and issubclass(hints[name], Enum)
+    ]
+    return tuple(names), tuple(enums)
+
+
+_COLUMN_PLANS = {
+    record_type: _column_plan(record_type) for record_type in (ScheduledFlow, Invocation)
+}
+"""Looked up once per record type, since every write needs them."""
 
 
 def record_values(record: ScheduledFlow | Invocation) -> dict[str, object]:
     """Column values of a record: enums by value, the error spread over its columns."""
-    values: dict[str, object] = {}
-    for field in dataclasses.fields(record):
-        value = getattr(record, field.name)
-        if field.name == "error":
-            values.update(error_values(value))
-        else:
-            values[field.name] = value.value if isinstance(value, Enum) else value
+    names, enums = _COLUMN_PLANS[type(record)]
+    values: dict[str, object] = {name: getattr(record, name) for name in names}
+    for name in enums:
+        values[name] = getattr(record, name).value
+    values.update(error_values(record.error))
     return values
 
 
@@ -359,18 +377,31 @@ def update_flow_row(
     flow_id: str,
     changes: dict[str, object],
     condition: str = "",
-) -> ScheduledFlow | None:
+) -> bool:
     """Apply ``changes`` to a flow in one ``UPDATE`` guarded by the SQL ``condition``.
 
     Returns:
-        The flow as stored afterwards, or ``None`` if no row matched.
+        Whether a row matched.
     """
     assignments = ", ".join(f"{column} = :{column}" for column in changes)
     statement = f"UPDATE flows SET {assignments} WHERE flow_id = :flow_id{condition}"
-    values = {**changes, "flow_id": flow_id}
-    if connection.execute(statement, values).rowcount == 0:
-        return None
-    return fetch_flow(connection, flow_id)
+    return connection.execute(statement, {**changes, "flow_id": flow_id}).rowcount == 1
+
+
+def changed_flow(flow: ScheduledFlow, changes: dict[str, object]) -> ScheduledFlow:
+    """``flow`` with the column values ``changes`` applied: what reading it back would give.
+
+    Saves that read in a transaction that has just read ``flow`` and applied ``changes``.
+    """
+    fields = {column: value for column, value in changes.items() if column not in _ERROR_COLUMNS}
+    if "error_type" in changes:
+        error = [changes[column] for column in _ERROR_COLUMNS]
+        fields["error"] = None if error[0] is None else StoredError(*error)  # type: ignore[arg-type]
+    if "status" in fields:
+        fields["status"] = TaskStatus(cast(str, fields["status"]))
+    if "cancel_requested" in fields:
+        fields["cancel_requested"] = bool(fields["cancel_requested"])
+    return dataclasses.replace(flow, **fields)  # type: ignore[arg-type]
 
 
 def change_flow(
@@ -395,8 +426,9 @@ def change_flow(
     if flow.status is TaskStatus.RUNNING and flow.cancel_requested and waiting:
         status = TaskStatus.CANCELLED
     changes = flow_changes(status, result=result, error=error, wake_at=wake_at, attempt=attempt)
-    updated = update_flow_row(connection, flow.flow_id, changes)
-    assert updated is not None  # the caller read the flow in this transaction
+    matched = update_flow_row(connection, flow.flow_id, changes)
+    assert matched  # the caller read the flow in this transaction
+    updated = changed_flow(flow, changes)
     parent = updated.parent_flow_id
     woke_parent = status.is_final and parent is not None and wake_flow(connection, parent)
     return updated, woke_parent
@@ -405,7 +437,7 @@ def change_flow(
 def wake_flow(connection: sqlite3.Connection, flow_id: str) -> bool:
     """Make a ``SUSPENDED`` flow ``PENDING``; return whether it was suspended."""
     changes = flow_changes(TaskStatus.PENDING, wake_at=None)
-    return update_flow_row(connection, flow_id, changes, " AND status = 'SUSPENDED'") is not None
+    return update_flow_row(connection, flow_id, changes, " AND status = 'SUSPENDED'")
 
 
 def wake_already_due(
@@ -452,53 +484,65 @@ _RUNNABLE = (
 """Runnable flows: waiting ones, ones whose worker died, and ones whose wake time has come."""
 
 
-def claim_next_flow(
+def claim_next_flows(
     connection: sqlite3.Connection,
     *,
     worker_id: str,
     flow_types: list[str],
+    limit: int,
     lease_seconds: float,
     now: float,
-) -> ScheduledFlow | None:
-    """Lease the next runnable flow of ``flow_types`` to ``worker_id``; ``None`` if there is none.
+) -> list[ScheduledFlow]:
+    """Lease up to ``limit`` runnable flows of ``flow_types`` to ``worker_id``, in queue order.
 
     The next flow is the one ready first (a due suspended flow is ready at its wake time, the
-    others at 0), then the oldest. Each kind of runnable flow is found with one index lookup.
+    others at 0), then the oldest. Each kind of runnable flow is found with one index range.
     Runs inside the caller's write transaction, so two workers never take the same flow.
     """
     if not flow_types:
-        return None  # and an empty IN () cannot use the indexes named below
+        return []  # and an empty IN () cannot use the indexes named below
     types = {f"type_{index}": flow_type for index, flow_type in enumerate(flow_types)}
-    parameters = {**types, "now": now}
-    candidates = [
-        connection.execute(
+    parameters = {**types, "now": now, "limit": limit}
+    ready = sorted(
+        tuple(row)
+        for index, condition, ready_at, order in _RUNNABLE
+        for row in connection.execute(
             f"SELECT {ready_at}, created_at, flow_id FROM flows INDEXED BY {index} "
             f"WHERE {condition} AND flow_type IN ({placeholders(list(types))}) "
-            f"ORDER BY {order} LIMIT 1",
+            f"ORDER BY {order} LIMIT :limit",
             parameters,
-        ).fetchone()
-        for index, condition, ready_at, order in _RUNNABLE
-    ]
-    ready = [tuple(candidate) for candidate in candidates if candidate is not None]
-    if not ready:
-        return None
-    flow_id = min(ready)[2]
-    lease = (worker_id, uuid.uuid4().hex, now + lease_seconds)
+        )
+    )[:limit]
     changes = {
         "status": TaskStatus.RUNNING.value,
         "updated_at": time.time(),
         "worker_id": worker_id,
+        "lease_owner": worker_id,
+        "lease_expires_at": now + lease_seconds,
     }
-    return update_flow_row(
-        connection, flow_id, changes | dict(zip(LEASE_COLUMNS, lease, strict=True))
+    claimed = []
+    for _ready_at, _created_at, flow_id in ready:
+        lease = changes | {"lease_token": uuid.uuid4().hex}
+        update_flow_row(connection, flow_id, lease)
+        flow = fetch_flow(connection, flow_id)
+        assert flow is not None  # found and changed in this transaction
+        claimed.append(flow)
+    return claimed
+
+
+def next_wake_time(
+    connection: sqlite3.Connection, flow_types: list[str] | None = None
+) -> float | None:
+    """The earliest wake time of a suspended flow (of ``flow_types``), from its partial index."""
+    if flow_types is not None and not flow_types:
+        return None
+    of_types = (
+        "" if flow_types is None else f" AND flow_type IN ({', '.join('?' * len(flow_types))})"
     )
-
-
-def next_wake_time(connection: sqlite3.Connection) -> float | None:
-    """The earliest wake time of a suspended flow, read from its partial index."""
     row = connection.execute(
         "SELECT wake_at FROM flows INDEXED BY flows_wake_due "
-        "WHERE status = 'SUSPENDED' AND wake_at IS NOT NULL ORDER BY wake_at LIMIT 1"
+        f"WHERE status = 'SUSPENDED' AND wake_at IS NOT NULL{of_types} ORDER BY wake_at LIMIT 1",
+        flow_types or (),
     ).fetchone()
     return None if row is None else cast(float, row[0])
 

@@ -9,10 +9,11 @@ import pytest
 
 from pyergon import Completed, Executor, Suspended, flow, flow_type, step
 from pyergon.clock import ManualClock
-from pyergon.core import InvocationStatus, OperationKind, SuspendReason, TaskStatus
-from pyergon.errors import PyergonError
+from pyergon.core import Invocation, InvocationStatus, OperationKind, SuspendReason, TaskStatus
+from pyergon.errors import PyergonError, StorageError
 from pyergon.executor.timer import schedule_timer, schedule_timer_named
 from pyergon.storage.base import ExecutionLog
+from pyergon.storage.memory import InMemoryExecutionLog
 
 
 @dataclass
@@ -86,6 +87,32 @@ async def test_a_rerun_after_the_fire_time_continues_without_waiting(
     timer = await storage.get_invocation("remind-3", 2)
     assert timer is not None
     assert timer.status is InvocationStatus.COMPLETE
+
+
+class FiredTimersFail(InMemoryExecutionLog):
+    """Refuses to record that a timer fired, as storage that went away would."""
+
+    async def record_invocation(self, invocation: Invocation) -> Invocation:
+        if invocation.kind is OperationKind.TIMER and invocation.is_final:
+            raise StorageError("the storage went away")
+        return await super().record_invocation(invocation)
+
+
+async def test_a_fired_timer_that_cannot_be_recorded_fails_the_flow_like_any_record(
+    clock: ManualClock,
+) -> None:
+    storage = FiredTimersFail()
+    await Executor(Reminder("ada"), storage, "remind-4", clock=clock).run(lambda f: f.run())
+    clock.advance(60)
+
+    outcome = await Executor(Reminder("ada"), storage, "remind-4", clock=clock).run(
+        lambda f: f.run()
+    )
+
+    assert isinstance(outcome, Completed) and outcome.status is TaskStatus.FAILED
+    assert isinstance(outcome.error, StorageError)
+    stored = await storage.get_flow("remind-4")
+    assert stored is not None and stored.status is TaskStatus.FAILED
 
 
 @dataclass

@@ -94,6 +94,104 @@ async def test_each_flow_is_claimed_by_exactly_one_caller(
     assert claimed == ["flow-0", "flow-1", "flow-2"]
 
 
+async def _store_queue(storage: ExecutionLog, make_flow: FlowFactory) -> list[str]:
+    """Store runnable flows of every kind and others; return the runnable ids in queue order."""
+    await storage.create_flow(make_flow("due-late", status=TaskStatus.SUSPENDED, wake_at=1_100.0))
+    await storage.create_flow(make_flow("due-early", status=TaskStatus.SUSPENDED, wake_at=1_050.0))
+    await storage.create_flow(make_flow("newer", created_at=1_010.0))
+    await storage.create_flow(make_flow("older-b", created_at=1_005.0))
+    await storage.create_flow(make_flow("older-a", created_at=1_005.0))
+    await storage.create_flow(make_flow("refund", flow_type="Refund", created_at=1_001.0))
+    await storage.create_flow(make_flow("asleep", status=TaskStatus.SUSPENDED, wake_at=5_000.0))
+    await storage.create_flow(make_flow("done", status=TaskStatus.COMPLETE))
+    await storage.create_flow(make_flow("other-type", flow_type="Invoice"))
+    await storage.create_flow(make_flow("orphaned", created_at=1_007.0))
+    dead = await storage.claim_flow("dead-worker", ["Order"], lease_seconds=10, now=1_000.0)
+    assert dead is not None and dead.flow_id == "older-a"  # oldest first; its lease expires
+    return ["refund", "older-a", "older-b", "orphaned", "newer", "due-early", "due-late"]
+
+
+async def test_claim_flows_takes_up_to_the_limit_in_queue_order(
+    storage: ExecutionLog, make_flow: FlowFactory
+) -> None:
+    expected = await _store_queue(storage, make_flow)
+
+    first = await storage.claim_flows(
+        "worker-a", ["Order", "Refund"], limit=3, lease_seconds=30, now=2_000.0
+    )
+    rest = await storage.claim_flows(
+        "worker-a", ["Order", "Refund"], limit=50, lease_seconds=30, now=2_000.0
+    )
+
+    assert [flow.flow_id for flow in first] == expected[:3]
+    assert [flow.flow_id for flow in rest] == expected[3:]
+    claimed = first + rest
+    assert len({flow.lease_token for flow in claimed}) == len(claimed)
+    for flow in claimed:
+        assert (flow.status, flow.lease_owner, flow.worker_id) == (
+            TaskStatus.RUNNING,
+            "worker-a",
+            "worker-a",
+        )
+        assert flow.lease_expires_at == 2_030.0
+        assert await storage.get_flow(flow.flow_id) == flow
+    assert (
+        await storage.claim_flows("worker-a", ["Order"], limit=5, lease_seconds=30, now=2_000) == []
+    )
+
+
+async def test_claim_flows_takes_only_the_given_types(
+    storage: ExecutionLog, make_flow: FlowFactory
+) -> None:
+    await _store_queue(storage, make_flow)
+
+    refunds = await storage.claim_flows("w", ["Refund"], limit=10, lease_seconds=30, now=2_000)
+    invoices = await storage.claim_flows("w", ["Invoice"], limit=10, lease_seconds=30, now=2_000)
+
+    assert [flow.flow_id for flow in refunds] == ["refund"]
+    assert [flow.flow_id for flow in invoices] == ["other-type"]
+    assert await storage.claim_flows("w", [], limit=10, lease_seconds=30, now=2_000) == []
+    assert await storage.claim_flows("w", ["Nothing"], limit=10, lease_seconds=30, now=2_000) == []
+
+
+async def test_claim_flows_orders_flows_due_at_the_same_time_by_age(
+    storage: ExecutionLog, make_flow: FlowFactory
+) -> None:
+    for flow_id, created_at in (("a", 1_003.0), ("b", 1_001.0), ("c", 1_002.0), ("d", 1_000.0)):
+        await storage.create_flow(
+            make_flow(flow_id, status=TaskStatus.SUSPENDED, wake_at=1_500.0, created_at=created_at)
+        )
+
+    first = await storage.claim_flows("w", ["Order"], limit=2, lease_seconds=30, now=2_000)
+    rest = await storage.claim_flows("w", ["Order"], limit=2, lease_seconds=30, now=2_000)
+
+    assert [flow.flow_id for flow in first + rest] == ["d", "b", "c", "a"]
+
+
+async def test_claim_flows_refuses_a_limit_below_one(storage: ExecutionLog) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        await storage.claim_flows("w", ["Order"], limit=0, lease_seconds=30, now=2_000)
+
+
+async def test_each_flow_is_claimed_once_by_concurrent_batch_claims(
+    storage: ExecutionLog, make_flow: FlowFactory
+) -> None:
+    for index in range(20):
+        await storage.create_flow(make_flow(f"flow-{index:02}", created_at=1_000.0 + index))
+
+    batches = await asyncio.gather(
+        *(
+            storage.claim_flows(f"worker-{n}", ["Order"], limit=6, lease_seconds=30, now=1_100.0)
+            for n in range(6)
+        )
+    )
+
+    claimed = [flow.flow_id for batch in batches for flow in batch]
+    assert sorted(claimed) == [f"flow-{index:02}" for index in range(20)]
+    for batch in batches:
+        assert [flow.flow_id for flow in batch] == sorted(flow.flow_id for flow in batch)
+
+
 async def test_renew_lease_extends_only_a_held_lease(
     storage: ExecutionLog, make_flow: FlowFactory
 ) -> None:
@@ -267,6 +365,24 @@ async def test_next_wake_at_is_the_earliest_suspended_wake_time(
     await storage.create_flow(make_flow("late", status=TaskStatus.SUSPENDED, wake_at=300.0))
     await storage.create_flow(make_flow("early", status=TaskStatus.SUSPENDED, wake_at=200.0))
     assert await storage.next_wake_at() == 200.0
+
+
+async def test_next_wake_at_of_some_types_looks_only_at_flows_of_those_types(
+    storage: ExecutionLog, make_flow: FlowFactory
+) -> None:
+    await storage.create_flow(make_flow("order", status=TaskStatus.SUSPENDED, wake_at=300.0))
+    await storage.create_flow(
+        make_flow("refund", flow_type="Refund", status=TaskStatus.SUSPENDED, wake_at=200.0)
+    )
+    await storage.create_flow(
+        make_flow("invoice", flow_type="Invoice", status=TaskStatus.SUSPENDED, wake_at=100.0)
+    )
+
+    assert await storage.next_wake_at(["Order"]) == 300.0
+    assert await storage.next_wake_at(["Order", "Refund"]) == 200.0
+    assert await storage.next_wake_at(["Other"]) is None
+    assert await storage.next_wake_at([]) is None
+    assert await storage.next_wake_at() == 100.0
 
 
 async def test_wait_for_work_times_out_when_nothing_happens(storage: ExecutionLog) -> None:

@@ -361,6 +361,42 @@ async def test_the_pool_never_opens_more_than_max_connections(
     assert names.count(f"pyergon-{storage.prefix}-listener") == 1
 
 
+async def test_concurrent_records_keep_first_writer_wins(
+    make_redis: MakeRedis, make_invocation: InvocationFactory
+) -> None:
+    storage = await make_redis()
+    records = [
+        make_invocation(
+            n, flow_id=f"flow-{n % 5}", status=InvocationStatus.COMPLETE, result=b"%d" % n
+        )
+        for n in range(100)
+    ]
+
+    stored = await asyncio.gather(*(storage.record_invocation(record) for record in records))
+    later = await asyncio.gather(
+        *(storage.record_invocation(record.replace(result=b"late")) for record in records)
+    )
+    logs = await asyncio.gather(*(storage.load_invocations(f"flow-{n}") for n in range(5)))
+
+    assert stored == records
+    assert later == records  # the first writer won each position
+    assert logs == [
+        [record for record in records if record.flow_id == f"flow-{n}"] for n in range(5)
+    ]
+
+
+async def test_a_script_redis_no_longer_has_is_loaded_again(
+    make_redis: MakeRedis, make_invocation: InvocationFactory
+) -> None:
+    storage = await make_redis()
+    # What a restarted redis-server answers for every script, without flushing the shared server.
+    storage._scripts["record_invocation"].sha = "0" * 40
+    records = [make_invocation(n, status=InvocationStatus.COMPLETE) for n in range(20)]
+
+    assert await asyncio.gather(*(storage.record_invocation(r) for r in records)) == records
+    assert await storage.load_invocations("flow-1") == records
+
+
 async def test_commands_carry_on_after_their_connections_are_killed(
     make_redis: MakeRedis, admin: Redis, make_flow: FlowFactory
 ) -> None:

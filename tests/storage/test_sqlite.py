@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import pyergon.storage
+import pyergon.storage.sqlite as sqlite_module
 from pyergon.core.records import FlowCursor, ScheduledFlow, SignalRecord
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.errors import (
@@ -51,6 +52,16 @@ def path(tmp_path: Path) -> Path:
 async def sqlite(path: Path) -> AsyncIterator[SqliteExecutionLog]:
     async with SqliteExecutionLog(path) as storage:
         yield storage
+
+
+@pytest.fixture
+async def threaded() -> AsyncIterator[SqliteExecutionLog]:
+    """In-memory storage: it commits on aiosqlite's worker thread only, where a gate can hold it."""
+    storage = await SqliteExecutionLog.in_memory()
+    try:
+        yield storage
+    finally:
+        await storage.close()
 
 
 @contextmanager
@@ -483,35 +494,35 @@ async def test_concurrent_writes_share_transactions(
 
 
 async def test_writes_made_during_a_commit_form_the_next_batch(
-    sqlite: SqliteExecutionLog, make_invocation: InvocationFactory
+    threaded: SqliteExecutionLog, make_invocation: InvocationFactory
 ) -> None:
     gate = WorkerGate()
-    before = sqlite._batches_committed
-    held = asyncio.create_task(sqlite._write(gate.hold))
+    before = threaded._batches_committed
+    held = asyncio.create_task(threaded._write(gate.hold))
     try:
         await asyncio.to_thread(gate.entered.wait, 30)
         writes = [
-            asyncio.create_task(sqlite.record_invocation(make_invocation(n))) for n in range(50)
+            asyncio.create_task(threaded.record_invocation(make_invocation(n))) for n in range(50)
         ]
         await asyncio.sleep(0)  # one pass of the loop: every write queues itself
-        assert len(sqlite._pending) == 50
+        assert len(threaded._pending) == 50
     finally:
         gate.released.set()
 
     assert await held == "held"
     await asyncio.gather(*writes)
-    assert sqlite._batches_committed - before == 2
+    assert threaded._batches_committed - before == 2
 
 
 async def test_a_write_cancelled_before_its_batch_is_not_made(
-    sqlite: SqliteExecutionLog, make_invocation: InvocationFactory
+    threaded: SqliteExecutionLog, make_invocation: InvocationFactory
 ) -> None:
     gate = WorkerGate()
-    held = asyncio.create_task(sqlite._write(gate.hold))
+    held = asyncio.create_task(threaded._write(gate.hold))
     try:
         await asyncio.to_thread(gate.entered.wait, 30)
-        cancelled = asyncio.create_task(sqlite.record_invocation(make_invocation(1)))
-        kept = asyncio.create_task(sqlite.record_invocation(make_invocation(2)))
+        cancelled = asyncio.create_task(threaded.record_invocation(make_invocation(1)))
+        kept = asyncio.create_task(threaded.record_invocation(make_invocation(2)))
         await asyncio.sleep(0)  # both writes queue themselves
         cancelled.cancel()
     finally:
@@ -520,7 +531,7 @@ async def test_a_write_cancelled_before_its_batch_is_not_made(
     await held
     await kept
     assert cancelled.cancelled()
-    assert [i.sequence for i in await sqlite.load_invocations("flow-1")] == [2]
+    assert [i.sequence for i in await threaded.load_invocations("flow-1")] == [2]
 
 
 def insert_then_fail(connection: sqlite3.Connection) -> None:
@@ -592,6 +603,42 @@ async def test_a_write_lock_held_too_long_is_a_clear_error(
                 await storage.create_flow(make_flow())
             other_process.execute("ROLLBACK")
         assert await storage.create_flow(make_flow()) == (make_flow(), True)
+
+
+async def test_a_write_waits_for_another_connections_write_lock(
+    sqlite: SqliteExecutionLog, path: Path, make_flow: FlowFactory
+) -> None:
+    with raw(path) as other_process:
+        other_process.execute("BEGIN IMMEDIATE")
+        write = asyncio.create_task(sqlite.create_flow(make_flow()))
+        await asyncio.sleep(0.05)
+        assert not write.done()  # waiting for the lock on the worker thread, not failed
+        other_process.execute("ROLLBACK")
+
+    assert await write == (make_flow(), True)
+    assert await sqlite.get_flow("flow-1") == make_flow()
+
+
+async def test_the_wal_is_checkpointed_while_the_storage_is_open(
+    sqlite: SqliteExecutionLog, path: Path, make_invocation: InvocationFactory
+) -> None:
+    writes = 2 * sqlite_module._CHECKPOINT_EVERY + 10
+    for sequence in range(writes):  # one batch each, so one or more WAL frames each
+        await sqlite.record_invocation(make_invocation(sequence))
+
+    with raw(path) as other_process:
+        _busy, frames, _copied = other_process.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert 0 <= frames < sqlite_module._CHECKPOINT_EVERY  # the WAL was started over
+
+
+async def test_a_large_record_is_stored_whole(
+    sqlite: SqliteExecutionLog, path: Path, make_invocation: InvocationFactory
+) -> None:
+    large = make_invocation(status=InvocationStatus.COMPLETE, result=os.urandom(3 << 20))
+
+    assert await sqlite.record_invocation(large) == large
+    async with SqliteExecutionLog(path) as reopened:
+        assert await reopened.get_invocation("flow-1", 1) == large
 
 
 # -- open_storage ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -18,9 +19,11 @@ from pyergon import (
     step,
 )
 from pyergon.clock import ManualClock
-from pyergon.core import TaskStatus
+from pyergon.core import ScheduledFlow, TaskStatus
+from pyergon.decorators import flow_type_name
 from pyergon.errors import FlowDefinitionError, FlowNotFoundError, PyergonError
 from pyergon.storage.base import ExecutionLog
+from pyergon.storage.memory import InMemoryExecutionLog
 from tests.waiting import flow_reaches
 
 executions: list[str] = []
@@ -236,6 +239,55 @@ async def test_a_flow_type_no_worker_registered_stays_queued(storage: ExecutionL
     assert queued is not None and queued.status is TaskStatus.PENDING
     pending = await storage.list_flows(status=TaskStatus.PENDING, flow_type="Doubler")
     assert [flow.flow_id for flow in pending] == [flow_id]
+
+
+async def suspend_a_due_doubler(storage: ExecutionLog) -> None:
+    """Store a ``Doubler`` whose timer is due; the workers of these tests do not run Doublers."""
+    now = time.time()
+    await storage.create_flow(
+        ScheduledFlow(
+            flow_id="due-doubler",
+            flow_type=flow_type_name(Doubler),
+            payload=b"",
+            status=TaskStatus.SUSPENDED,
+            created_at=now,
+            updated_at=now,
+            wake_at=now - 1.0,
+        )
+    )
+
+
+async def test_a_due_flow_of_a_type_the_worker_does_not_run_is_not_waited_for(
+    storage: ExecutionLog,
+) -> None:
+    await suspend_a_due_doubler(storage)
+    worker = Worker(storage, "w1")
+    await worker.register(Greeting)
+
+    assert await asyncio.wait_for(worker.run_until_idle(), timeout=5) == 0
+
+
+class CountedClaims(InMemoryExecutionLog):
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims = 0
+
+    async def claim_flows(self, *args: Any, **kwargs: Any) -> list[ScheduledFlow]:
+        self.claims += 1
+        return await super().claim_flows(*args, **kwargs)
+
+
+async def test_a_due_flow_of_a_type_the_worker_does_not_run_does_not_keep_it_busy() -> None:
+    storage = CountedClaims()
+    await suspend_a_due_doubler(storage)
+    worker = Worker(storage, "w1")
+    await worker.register(Greeting)
+
+    handle = await worker.start()
+    await asyncio.sleep(0.3)
+    await handle.shutdown()
+
+    assert storage.claims < 5  # not a claim per pass of a loop that never sleeps
 
 
 async def test_an_unreadable_payload_fails_that_flow_only(storage: ExecutionLog) -> None:

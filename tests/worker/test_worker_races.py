@@ -51,14 +51,20 @@ class ClaimRacesRelease(InMemoryExecutionLog):
         self.claims = 0
         self.released = asyncio.Event()
 
-    async def claim_flow(
-        self, worker_id: str, flow_types: Collection[str], *, lease_seconds: float, now: float
-    ) -> ScheduledFlow | None:
+    async def claim_flows(
+        self,
+        worker_id: str,
+        flow_types: Collection[str],
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+    ) -> list[ScheduledFlow]:
         self.claims += 1
         if self.claims == 2:
             await self.released.wait()
-        return await super().claim_flow(
-            worker_id, flow_types, lease_seconds=lease_seconds, now=self.clock.now()
+        return await super().claim_flows(
+            worker_id, flow_types, limit=limit, lease_seconds=lease_seconds, now=self.clock.now()
         )
 
     async def release_flow(self, flow_id: str, lease_token: str, **changes: Any) -> Any:

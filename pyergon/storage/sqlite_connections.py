@@ -1,0 +1,115 @@
+"""How the SQLite backend reaches its file: two connections, and transactions of queued writes.
+
+A file is opened twice. aiosqlite's connection lives in its worker thread, where waiting is
+harmless: it creates and migrates the schema, waits for another process's write lock
+(``busy_timeout``), checkpoints the WAL and runs the large reads and writes. A plain connection
+on the event loop's own thread does the common small reads and writes: it never waits (a busy
+timeout of 0, no automatic checkpoints), so it holds the loop only for the time SQLite itself
+takes, and saves each call the two thread switches a hop to the worker thread costs. What it
+cannot do at once, because another connection holds the write lock, is done again on the worker
+thread. An in-memory database is private to one connection, so it uses the worker thread only.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import TypeVar, cast
+
+import aiosqlite
+
+__all__ = [
+    "Operation",
+    "Outcome",
+    "call_in_worker_thread",
+    "checkpoint",
+    "commit_batch",
+    "is_busy",
+    "open_loop_connection",
+]
+
+_T = TypeVar("_T")
+Operation = Callable[[sqlite3.Connection], _T]
+"""A synchronous piece of work on a connection: a read, or one write of a batch."""
+Outcome = tuple[object, Exception | None]
+"""What one write of a batch returned, or the error it raised."""
+
+
+async def call_in_worker_thread(
+    connection: aiosqlite.Connection, function: Callable[[sqlite3.Connection], _T]
+) -> _T:
+    """Run ``function(sqlite3_connection)`` in the connection's worker thread.
+
+    aiosqlite's public methods cost one thread hop per statement. ``Connection._execute`` is
+    private but present in every aiosqlite pyergon supports (0.20 to 0.22); it runs a whole
+    function in the worker thread, so a batch of writes, or a read of several statements,
+    costs one hop.
+    """
+    sqlite_connection = connection._conn
+    result = await connection._execute(function, sqlite_connection)  # type: ignore[no-untyped-call]
+    return cast(_T, result)
+
+
+def is_busy(error: sqlite3.Error) -> bool:
+    """Whether SQLite refused because another connection holds a lock it needs."""
+    # Errors the sqlite3 module raises itself (wrong thread, closed connection) have no code.
+    return getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+
+
+def commit_batch(
+    connection: sqlite3.Connection, operations: Sequence[Operation[object]]
+) -> list[Outcome]:
+    """Run ``operations`` in one transaction, each under a savepoint so one failure stays local.
+
+    Raises:
+        Exception: The transaction as a whole failed, or its only operation did, or a lock
+            was busy; nothing of the batch is stored.
+    """
+    outcomes: list[Outcome] = []
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        if len(operations) == 1:  # a lone write's failure is the batch's: no savepoint
+            outcomes.append((operations[0](connection), None))
+            connection.execute("COMMIT")
+            return outcomes
+        for operation in operations:
+            connection.execute("SAVEPOINT pyergon_write")
+            try:
+                outcomes.append((operation(connection), None))
+            except Exception as error:
+                if not connection.in_transaction:
+                    raise  # SQLite rolled the whole transaction back (I/O error, disk full)
+                if isinstance(error, sqlite3.Error) and is_busy(error):
+                    raise  # not this write's fault: the whole batch is tried again
+                connection.execute("ROLLBACK TO pyergon_write")
+                outcomes.append((None, error))
+            connection.execute("RELEASE pyergon_write")
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+def open_loop_connection(path: str) -> sqlite3.Connection:
+    """Open the connection used on the event loop's thread to a file already prepared.
+
+    It fails at once instead of waiting for a lock, and leaves checkpoints, which wait for the
+    disk, to the worker thread. ``synchronous=NORMAL`` as on the worker thread's connection:
+    with WAL, every commit survives the process being killed.
+    """
+    connection = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute("PRAGMA wal_autocheckpoint = 0")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def checkpoint(connection: sqlite3.Connection) -> None:
+    """Copy committed pages from the WAL back into the database, without waiting for readers."""
+    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
