@@ -25,7 +25,9 @@ from pyergon.serialization import Serializer, dumps_for
 
 if TYPE_CHECKING:
     from pyergon.core.outcome import FlowOutcome
+    from pyergon.core.records import ScheduledFlow
     from pyergon.storage.base import ExecutionLog
+    from pyergon.storage.progress import FlowTransition
 
 __all__ = [
     "Cancellation",
@@ -33,6 +35,7 @@ __all__ = [
     "FlowCancelled",
     "FlowContext",
     "FlowSuspend",
+    "LogConflict",
     "ReplayEnded",
     "StepScope",
     "current_context",
@@ -79,6 +82,14 @@ class ReplayEnded(BaseException):
     def __init__(self, position: Position) -> None:
         super().__init__(f"the log ends at position {format_position(*position)}")
         self.position = position
+
+
+class LogConflict(BaseException):
+    """Raised when a record this run saves was already stored, differently, by another run.
+
+    The run went on from its own value, not the stored one, so what it did since is dropped and
+    the flow runs again from the stored log. Only work that no record holds runs again.
+    """
 
 
 class Cancellation(Protocol):
@@ -137,8 +148,11 @@ class FlowContext:
     replay_only: bool = False
     replayed_count: int = 0
     """Final records this run returned instead of doing the work again."""
-    pending_writes: list[asyncio.Future[Invocation]] = field(default_factory=list)
-    """Writes started by :meth:`record_soon` and not yet waited for."""
+    unsaved: list[Invocation] = field(default_factory=list)
+    """Records kept in the log but not yet stored; :meth:`save` stores them."""
+    conflicted: bool = False
+    """Whether a save found a record stored differently; the run's outcome is not written."""
+    _save_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _next_sequence: int = 1
 
     async def before_live_work(self, position: Position) -> None:
@@ -150,6 +164,10 @@ class FlowContext:
         """
         if self.replay_only:
             raise ReplayEnded(position)
+        # Work done so far is stored before more starts (and before a stepper pauses here),
+        # so live work never builds on a result that a crash could lose.
+        if self.unsaved:
+            await self.save()
         if self.cancellation is not None and await self.cancellation.requested():
             raise FlowCancelled(f"flow {self.flow_id!r} was cancelled on request")
 
@@ -198,43 +216,57 @@ class FlowContext:
         return record
 
     async def record(self, invocation: Invocation) -> Invocation:
-        """Write ``invocation`` (first writer wins) and keep the stored record in the log."""
-        stored = await self.storage.record_invocation(invocation)
-        self.log[(stored.sequence, stored.sub_sequence)] = stored
-        return stored
+        """Store ``invocation`` now, with any unsaved records before it; return it as stored.
 
-    def record_soon(self, invocation: Invocation) -> None:
-        """Start writing a final record the flow need not wait for, and keep it in the log.
+        Raises:
+            LogConflict: A final record, different from the one given, holds a position.
+        """
+        self.keep(invocation)
+        await self.save()
+        return self.log[(invocation.sequence, invocation.sub_sequence)]
 
-        Only for a record any writer would write alike, whose loss replay makes good: a timer
-        that fired (replay finds its fire time passed) or a signal received (its stored value
-        is kept). The write can then share a round trip or transaction with the flow's next
-        one; :meth:`settle_writes` waits for it before the run's outcome is written.
+    def keep(self, invocation: Invocation) -> None:
+        """Put ``invocation`` in the log now and store it with the run's next save.
+
+        The next save comes before any live work (:meth:`before_live_work`) and with the run's
+        outcome, so a crash can lose only records whose work replay does again: nothing done
+        outside the process has used a result that is not stored yet.
         """
         self.log[(invocation.sequence, invocation.sub_sequence)] = invocation
-        self.pending_writes.append(
-            asyncio.ensure_future(self.storage.record_invocation(invocation))
-        )
+        self.unsaved.append(invocation)
 
-    async def settle_writes(self, *, abandon: bool = False) -> None:
-        """Wait for the writes :meth:`record_soon` started; raise the first that failed.
+    async def save(self, transition: FlowTransition | None = None) -> ScheduledFlow | None:
+        """Store the unsaved records, then ``transition`` if given, as one storage change.
 
-        Args:
-            abandon: The run is being given up: cancel the writes instead, and raise nothing
-                (replay writes them again).
+        Saves of concurrent operations of one flow happen one after another, so a caller
+        returns only once everything kept before its call is stored.
+
+        Returns:
+            The flow after the transition (``None`` without one, or if it was refused).
+
+        Raises:
+            LogConflict: A record was already stored differently (now or by an earlier save of
+                this run); nothing after it is written.
+            StorageError: The storage failed; the records of this save are dropped (replay
+                does their work again).
         """
-        writes, self.pending_writes = self.pending_writes, []
-        if not writes:
-            return
-        if abandon:
-            for write in writes:
-                write.cancel()
-        outcomes = await asyncio.gather(*writes, return_exceptions=True)
-        if abandon:
-            return
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        async with self._save_lock:
+            if self.conflicted:
+                raise LogConflict(f"flow {self.flow_id!r}: the stored log moved on; run again")
+            records, self.unsaved = self.unsaved, []
+            if not records and transition is None:
+                return None
+            saved = await self.storage.save_progress(self.flow_id, records, transition)
+            for stored in saved.records:
+                self.log[(stored.sequence, stored.sub_sequence)] = stored
+            if saved.conflict:
+                self.conflicted = True
+                stored = saved.records[-1]
+                raise LogConflict(
+                    f"{self.describe((stored.sequence, stored.sub_sequence))} was recorded by "
+                    "another run first; running again from the stored log"
+                )
+            return saved.flow
 
     def dumps(self, value: Any, what: str) -> bytes:
         """Serialize ``value``, naming ``what`` it is in any error."""

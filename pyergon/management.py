@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import html
 import uuid
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pyergon.clock import Clock, SystemClock
 from pyergon.context import FlowContext, ReplayEnded
 from pyergon.core.outcome import Completed, FlowOutcome
-from pyergon.core.records import Invocation, ScheduledFlow, StoredError, format_position
+from pyergon.core.records import Invocation, ScheduledFlow, format_position
 from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_entry, require_flow_class
 from pyergon.errors import (
@@ -32,6 +32,7 @@ from pyergon.executor.runner import FLOW_RETRY_SEQUENCE, FlowRun, drive_flow, re
 from pyergon.serialization import Serializer, default_serializer
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.memory import InMemoryExecutionLog
+from pyergon.storage.progress import FlowTransition
 
 __all__ = ["Divergence", "FlowManager", "ReplayResult"]
 
@@ -403,22 +404,8 @@ async def _no_live_children(*_args: object) -> FlowOutcome:  # pragma: no cover 
 
 
 class _DiscardingWriter:
-    """A replay writes nothing back: every state change is dropped."""
+    """A replay writes nothing back: its records and every state change are dropped."""
 
-    async def complete(self, result: bytes | None, attempt: int) -> None:
-        del result, attempt
-
-    async def fail(self, error: StoredError, attempt: int) -> None:
-        del error, attempt
-
-    async def cancel(self, error: StoredError, attempt: int) -> None:
-        del error, attempt
-
-    async def suspend(
-        self,
-        wake_at: float | None,
-        signals: Collection[str],
-        children: Collection[str],
-        attempt: int,
-    ) -> None:
-        del wake_at, signals, children, attempt
+    async def write(self, context: FlowContext, transition: FlowTransition) -> None:
+        del transition
+        context.unsaved.clear()

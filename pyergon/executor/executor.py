@@ -8,13 +8,13 @@ operation that has no final record. Child flows run inline, each as a flow of it
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from pyergon.clock import Clock, SystemClock
 from pyergon.context import Cancellation, FlowContext, Position
 from pyergon.core.outcome import FlowOutcome
-from pyergon.core.records import ScheduledFlow, StoredError, format_position
+from pyergon.core.records import ScheduledFlow, format_position
 from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_entry, require_flow_instance
 from pyergon.errors import InvalidFlowIdError, NonDeterminismError, PyergonError
@@ -22,6 +22,7 @@ from pyergon.executor.inputs import encode_flow
 from pyergon.executor.runner import FlowRun, drive_flow, stored_outcome
 from pyergon.serialization import Serializer, default_serializer
 from pyergon.storage.base import ExecutionLog
+from pyergon.storage.progress import FlowTransition
 
 __all__ = ["Executor", "validate_flow_id"]
 
@@ -117,7 +118,7 @@ class Executor(Generic[F]):
                     clock=self.clock,
                     entry=entry,
                     run_child=self._run_child,
-                    writer=_DirectWriter(self.storage, self.flow_id),
+                    writer=_DirectWriter(),
                     attempt=stored.attempt,
                     log={} if created else None,
                     cancellation=self._cancellation
@@ -204,33 +205,5 @@ class PolledCancellation:
 class _DirectWriter:
     """Writes the flow's state without a lease: the direct executor owns the flow."""
 
-    def __init__(self, storage: ExecutionLog, flow_id: str) -> None:
-        self._storage = storage
-        self._flow_id = flow_id
-
-    async def complete(self, result: bytes | None, attempt: int) -> None:
-        await self._storage.update_flow(
-            self._flow_id, status=TaskStatus.COMPLETE, result=result, wake_at=None, attempt=attempt
-        )
-
-    async def fail(self, error: StoredError, attempt: int) -> None:
-        await self._storage.update_flow(
-            self._flow_id, status=TaskStatus.FAILED, error=error, wake_at=None, attempt=attempt
-        )
-
-    async def cancel(self, error: StoredError, attempt: int) -> None:
-        await self._storage.update_flow(
-            self._flow_id, status=TaskStatus.CANCELLED, error=error, wake_at=None, attempt=attempt
-        )
-
-    async def suspend(
-        self,
-        wake_at: float | None,
-        signals: Collection[str],
-        children: Collection[str],
-        attempt: int,
-    ) -> None:
-        del signals, children  # a re-run by the caller checks them again
-        await self._storage.update_flow(
-            self._flow_id, status=TaskStatus.SUSPENDED, wake_at=wake_at, attempt=attempt
-        )
+    async def write(self, context: FlowContext, transition: FlowTransition) -> None:
+        await context.save(transition)

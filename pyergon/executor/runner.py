@@ -21,6 +21,7 @@ from pyergon.context import (
     FlowCancelled,
     FlowContext,
     FlowSuspend,
+    LogConflict,
     Position,
     ReplayEnded,
     flow_scope,
@@ -41,6 +42,7 @@ from pyergon.serialization import (
     serialize_exception,
 )
 from pyergon.storage.base import ExecutionLog
+from pyergon.storage.progress import FlowTransition
 
 __all__ = [
     "FLOW_RETRY_SEQUENCE",
@@ -57,28 +59,14 @@ FLOW_RETRY_SEQUENCE = 0
 
 
 class FlowStateWriter(Protocol):
-    """Writes the state a run leaves its flow in."""
+    """Writes the state a run leaves its flow in, together with the run's unsaved records."""
 
-    async def complete(self, result: bytes | None, attempt: int) -> None:
-        """Record that the flow returned ``result``."""
-        ...
+    async def write(self, context: FlowContext, transition: FlowTransition) -> None:
+        """Save ``context``'s unsaved records and then ``transition`` (``context.save``).
 
-    async def fail(self, error: StoredError, attempt: int) -> None:
-        """Record that the flow failed for good."""
-        ...
-
-    async def suspend(
-        self,
-        wake_at: float | None,
-        signals: Collection[str],
-        children: Collection[str],
-        attempt: int,
-    ) -> None:
-        """Record that the flow waits on a time, signals or children."""
-        ...
-
-    async def cancel(self, error: StoredError, attempt: int) -> None:
-        """Record that the flow stopped because its cancellation was requested."""
+        Raises:
+            LogConflict: A record was stored differently by another run; nothing was written.
+        """
         ...
 
 
@@ -124,7 +112,9 @@ async def drive_flow(run: FlowRun) -> FlowOutcome:
     """Run the flow until it finishes, fails for good or has to wait; write its state.
 
     Flow-level retries with no backoff happen within this call; a backoff is a durable timer
-    and ends the call with ``Suspended(reason=RETRY)``.
+    and ends the call with ``Suspended(reason=RETRY)``. A run that finds one of its records
+    stored differently by another run (:class:`~pyergon.context.LogConflict`) runs again from
+    the stored log.
 
     Raises:
         NonDeterminismError: The code no longer matches the flow's log; no flow state is
@@ -133,10 +123,6 @@ async def drive_flow(run: FlowRun) -> FlowOutcome:
     attempt = run.attempt
     log = run.log if run.log is not None else await read_log(run.storage, run.flow_id)
     while True:
-        backoff = await _backoff_in_progress(run, log)
-        if backoff is not None:
-            await run.writer.suspend(backoff.fire_at, (), (), attempt)
-            return Suspended(run.flow_id, SuspendReason.RETRY, (backoff.name,), backoff.fire_at)
         context = FlowContext(
             flow_id=run.flow_id,
             storage=run.storage,
@@ -147,40 +133,92 @@ async def drive_flow(run: FlowRun) -> FlowOutcome:
             cancellation=run.cancellation,
             replay_only=run.replay_only,
         )
-        if run.observe is not None:
-            run.observe(context)
         try:
-            result = await _run_body(context, run)
-            if not context.suspensions:
-                payload = _encode_result(run, result)
-        except FlowSuspend:
-            return await _suspend(run, context, attempt)
-        except FlowCancelled as cancelled:
-            error = FlowCancelledError(str(cancelled))
-            await run.writer.cancel(StoredError.describe(error), attempt)
-            return Completed(run.flow_id, error=error, status=TaskStatus.CANCELLED)
-        except NonDeterminismError:
-            raise  # a problem of the code, not an outcome of the flow: the caller reports it
-        except Exception as error:
-            if context.suspensions:
-                return await _suspend(run, context, attempt)
-            delay = await _plan_retry(run, context, error, attempt)
-            if delay is None:
-                stored = StoredError.describe(error, serialize_exception(run.serializer, error))
-                await run.writer.fail(stored, attempt)
-                return Completed(run.flow_id, error=error, status=TaskStatus.FAILED)
-            attempt += 1
-            if delay > 0:
-                wake_at = run.clock.now() + delay
-                await run.writer.suspend(wake_at, (), (), attempt)
-                name = f"retry-after-attempt-{attempt - 1}"
-                return Suspended(run.flow_id, SuspendReason.RETRY, (name,), wake_at)
+            outcome = await _attempt(run, context, attempt)
+        except LogConflict:
             log = await read_log(run.storage, run.flow_id)
             continue
+        if isinstance(outcome, int):  # a retry without backoff: run the next attempt now
+            attempt = outcome
+            log = await read_log(run.storage, run.flow_id)
+            continue
+        return outcome
+
+
+async def _attempt(run: FlowRun, context: FlowContext, attempt: int) -> FlowOutcome | int:
+    """Run one attempt; return its outcome, or the next attempt's number to run it at once."""
+    backoff = await _backoff_in_progress(run, context)
+    if backoff is not None:
+        await run.writer.write(context, _suspended(backoff.fire_at, (), (), attempt))
+        return Suspended(run.flow_id, SuspendReason.RETRY, (backoff.name,), backoff.fire_at)
+    if run.observe is not None:
+        run.observe(context)
+    try:
+        result = await _run_body(context, run)
+        if not context.suspensions:
+            payload = _encode_result(run, result)
+    except FlowSuspend:
+        return await _suspend(run, context, attempt)
+    except FlowCancelled as cancelled:
+        error = FlowCancelledError(str(cancelled))
+        await run.writer.write(context, _final(TaskStatus.CANCELLED, attempt, error=error))
+        return Completed(run.flow_id, error=error, status=TaskStatus.CANCELLED)
+    except NonDeterminismError:
+        await _save_quietly(context)  # the work before the mismatch stays done
+        raise  # a problem of the code, not an outcome of the flow: the caller reports it
+    except LogConflict:
+        raise
+    except Exception as error:
+        if context.conflicted:
+            raise LogConflict(str(error)) from error
         if context.suspensions:
             return await _suspend(run, context, attempt)
-        await run.writer.complete(payload, attempt)
-        return Completed(run.flow_id, result=result)
+        delay = await _plan_retry(run, context, error, attempt)
+        if delay is None:
+            stored = StoredError.describe(error, serialize_exception(run.serializer, error))
+            await run.writer.write(context, _final(TaskStatus.FAILED, attempt, error=stored))
+            return Completed(run.flow_id, error=error, status=TaskStatus.FAILED)
+        if delay > 0:
+            wake_at = run.clock.now() + delay
+            await run.writer.write(context, _suspended(wake_at, (), (), attempt + 1))
+            name = f"retry-after-attempt-{attempt}"
+            return Suspended(run.flow_id, SuspendReason.RETRY, (name,), wake_at)
+        return attempt + 1
+    if context.suspensions:
+        return await _suspend(run, context, attempt)
+    await run.writer.write(
+        context,
+        FlowTransition(TaskStatus.COMPLETE, result=payload, wake_at=None, attempt=attempt),
+    )
+    return Completed(run.flow_id, result=result)
+
+
+def _final(
+    status: TaskStatus, attempt: int, *, error: StoredError | BaseException
+) -> FlowTransition:
+    """The transition to a final status with an error."""
+    stored = error if isinstance(error, StoredError) else StoredError.describe(error)
+    return FlowTransition(status, error=stored, wake_at=None, attempt=attempt)
+
+
+def _suspended(
+    wake_at: float | None, signals: Collection[str], children: Collection[str], attempt: int
+) -> FlowTransition:
+    return FlowTransition(
+        TaskStatus.SUSPENDED,
+        wake_at=wake_at,
+        attempt=attempt,
+        waiting_signals=tuple(signals),
+        waiting_children=tuple(children),
+    )
+
+
+async def _save_quietly(context: FlowContext) -> None:
+    """Save what the run did before an error that is being reported anyway."""
+    try:
+        await context.save()
+    except (Exception, LogConflict):
+        context.unsaved.clear()  # replay does that work again
 
 
 async def reopen_failed_work(storage: ExecutionLog, flow_id: str) -> None:
@@ -264,8 +302,8 @@ async def _settle_leftovers(
     After a suspension they are awaited, so every timer, signal and child a gather started is
     recorded and its wake-up is part of the outcome. After a failure (or a body that returned
     without awaiting them) they are cancelled; their records were not written, so they run
-    again when the flow resumes. Then the writes started without waiting are waited for, so
-    the flow's outcome is written after them (unless the run is abandoned).
+    again when the flow resumes. The unsaved records are written with the outcome, unless the
+    run is abandoned: then they are dropped and replay does their work again.
     """
     leftovers = [task for task in context.operation_tasks if not task.done()]
     if leftovers:
@@ -273,12 +311,14 @@ async def _settle_leftovers(
             for task in leftovers:
                 task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
-    await context.settle_writes(abandon=abandon_writes)
+    if abandon_writes:
+        context.unsaved.clear()
 
 
-async def _backoff_in_progress(run: FlowRun, log: dict[Position, Invocation]) -> Invocation | None:
+async def _backoff_in_progress(run: FlowRun, context: FlowContext) -> Invocation | None:
     """Return the retry backoff timer still running, after closing any that have fired."""
     now = run.clock.now()
+    log = context.log
     for position, record in list(log.items()):
         if position[0] != FLOW_RETRY_SEQUENCE:
             continue
@@ -302,6 +342,7 @@ async def _plan_retry(
     if not policy.should_retry(error, attempt):
         return None
     delay = policy.delay_after(attempt)
+    await context.save()  # steps that succeeded before the failure stay done
     await reopen_failed_work(run.storage, run.flow_id)
     now = run.clock.now()
     waiting = delay > 0
@@ -328,7 +369,7 @@ async def _suspend(run: FlowRun, context: FlowContext, attempt: int) -> Suspende
     wake_at = min(wake_times) if wake_times else None
     signals = [s.waiting_on for s in suspensions if s.reason is SuspendReason.SIGNAL]
     children = [s.waiting_on for s in suspensions if s.reason is SuspendReason.CHILD]
-    await run.writer.suspend(wake_at, signals, children, attempt)
+    await run.writer.write(context, _suspended(wake_at, signals, children, attempt))
     return Suspended(
         run.flow_id,
         suspensions[0].reason,

@@ -62,10 +62,11 @@ async def _receive(context: FlowContext, position: Position, name: str) -> Any:
             started_at=record.started_at if record is not None else now,
             completed_at=now,
         )
-        context.record_soon(received)
+        context.keep(received)
         return replay_final(context, received)
     if record is None:
-        await context.record(
+        # Stored with the suspension, which wakes at once if the signal came meanwhile.
+        context.keep(
             Invocation(
                 flow_id=context.flow_id,
                 sequence=position[0],

@@ -90,7 +90,7 @@ async def _attempt_until_final(
                 error, serialize_exception(context.serializer, error)
             )
             retry = policy.should_retry(error, attempts)
-            await context.record(
+            context.keep(
                 _step_record(
                     context,
                     position,
@@ -104,12 +104,14 @@ async def _attempt_until_final(
             )
             if not retry:
                 raise
+            await context.save()  # the attempt count survives a crash during the backoff
             await context.clock.sleep(policy.delay_after(attempts))
             continue
         payload = context.dumps(
             result, f"the result of step {name!r} of {context.describe(position)}"
         )
-        stored = await context.record(
+        # Stored with the run's next save: before any later live work, or with the outcome.
+        context.keep(
             _step_record(
                 context,
                 position,
@@ -121,10 +123,7 @@ async def _attempt_until_final(
                 result=payload,
             )
         )
-        if stored.status is InvocationStatus.COMPLETE and stored.result == payload:
-            return result
-        # Another worker recorded this step first: its record is the truth.
-        return replay_final(context, stored)
+        return result
 
 
 async def _with_timeout(

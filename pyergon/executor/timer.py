@@ -56,26 +56,22 @@ async def _wait(context: FlowContext, position: Position, seconds: float, name: 
     await context.before_live_work(position)
     if record is None or record.fire_at is None:
         now = context.clock.now()
-        record = await context.record(
-            Invocation(
-                flow_id=context.flow_id,
-                sequence=position[0],
-                sub_sequence=position[1],
-                kind=OperationKind.TIMER,
-                name=name,
-                status=InvocationStatus.WAITING_FOR_TIMER,
-                started_at=now,
-                fire_at=now + seconds,
-            )
+        # Stored with the suspension (or the next save): one write for both.
+        record = Invocation(
+            flow_id=context.flow_id,
+            sequence=position[0],
+            sub_sequence=position[1],
+            kind=OperationKind.TIMER,
+            name=name,
+            status=InvocationStatus.WAITING_FOR_TIMER,
+            started_at=now,
+            fire_at=now + seconds,
         )
-        if record.is_final:
-            return
-    assert record.fire_at is not None  # set by the write above or an earlier run
+        context.keep(record)
+    assert record.fire_at is not None  # set above or by an earlier run
     if context.clock.now() < record.fire_at:
         raise context.suspend(
             FlowSuspend(SuspendReason.TIMER, name or record.idempotency_key, record.fire_at)
         )
     # Whoever records a fired timer records the same; replay fires it again if this is lost.
-    context.record_soon(
-        record.replace(status=InvocationStatus.COMPLETE, completed_at=context.clock.now())
-    )
+    context.keep(record.replace(status=InvocationStatus.COMPLETE, completed_at=context.clock.now()))

@@ -16,11 +16,11 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
 from pyergon.clock import Clock, SystemClock
-from pyergon.context import FlowContext, Position
+from pyergon.context import FlowContext, LogConflict, Position
 from pyergon.core.outcome import FlowOutcome, Suspended, SuspendReason
 from pyergon.core.records import ScheduledFlow, StoredError, format_position
 from pyergon.core.status import TaskStatus
@@ -30,6 +30,7 @@ from pyergon.executor.inputs import decode_flow, encode_flow
 from pyergon.executor.runner import FlowRun, drive_flow, stored_outcome
 from pyergon.serialization import Serializer, default_serializer, serialize_exception
 from pyergon.storage.base import ExecutionLog
+from pyergon.storage.progress import FlowTransition
 
 __all__ = ["Worker", "WorkerHandle"]
 
@@ -441,40 +442,36 @@ class _LeaseWriter:
         self.lease_token = lease_token
         self.releasing = False
 
+    async def write(self, context: FlowContext, transition: FlowTransition) -> None:
+        """Save the run's records and leave the flow in ``transition``'s state, if still held."""
+        self.releasing = True
+        try:
+            stored = await context.save(
+                dataclasses.replace(transition, lease_token=self.lease_token)
+            )
+        except LogConflict:
+            self.releasing = False  # the run goes on from the stored log, under this lease
+            raise
+        if stored is None:
+            self._lost(transition.status)
+
+    async def fail(self, error: StoredError, attempt: int) -> None:
+        """Fail a flow that cannot run (outside a run: no records to save)."""
+        await self._release(TaskStatus.FAILED, error=error, wake_at=None, attempt=attempt)
+
     async def _release(self, status: TaskStatus, **changes: Any) -> None:
         self.releasing = True
         stored = await self._storage.release_flow(
             self._flow_id, self.lease_token, status=status, **changes
         )
         if stored is None:
-            logger.warning(
-                "flow %r: lease lost before it could be set %s; another worker holds it",
-                self._flow_id,
-                status.value,
-            )
+            self._lost(status)
 
-    async def complete(self, result: bytes | None, attempt: int) -> None:
-        await self._release(TaskStatus.COMPLETE, result=result, wake_at=None, attempt=attempt)
-
-    async def fail(self, error: StoredError, attempt: int) -> None:
-        await self._release(TaskStatus.FAILED, error=error, wake_at=None, attempt=attempt)
-
-    async def cancel(self, error: StoredError, attempt: int) -> None:
-        await self._release(TaskStatus.CANCELLED, error=error, wake_at=None, attempt=attempt)
-
-    async def suspend(
-        self,
-        wake_at: float | None,
-        signals: Collection[str],
-        children: Collection[str],
-        attempt: int,
-    ) -> None:
-        await self._release(
-            TaskStatus.SUSPENDED,
-            wake_at=wake_at,
-            attempt=attempt,
-            waiting_signals=signals,
-            waiting_children=children,
+    def _lost(self, status: TaskStatus) -> None:
+        logger.warning(
+            "flow %r: lease lost before it could be set %s; another worker holds it",
+            self._flow_id,
+            status.value,
         )
 
     async def give_back(self) -> None:

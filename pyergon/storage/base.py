@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import TaskStatus
+
+if TYPE_CHECKING:
+    from pyergon.storage.progress import FlowTransition, SavedProgress
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -320,6 +323,27 @@ class ExecutionLog(Protocol):
 
         Returns:
             The record as stored after the call (the earlier final record, if there was one).
+        """
+        ...
+
+    async def save_progress(
+        self,
+        flow_id: str,
+        records: Sequence[Invocation],
+        transition: FlowTransition | None = None,
+    ) -> SavedProgress:
+        """Store a run's new records, then the state it leaves its flow in, as one change.
+
+        Each record is stored as :meth:`record_invocation` stores it (first writer wins), in
+        order. If a record's position already holds a different final record, neither the
+        records after it nor the transition are written (``conflict``). Otherwise the
+        transition, if given, is applied as :meth:`release_flow` (with its ``lease_token``) or
+        :meth:`update_flow` would apply it. Backends that can do so make the whole call one
+        transaction; the others make its writes in order, each atomic.
+
+        Returns:
+            The stored records, whether there was a conflict, and the flow after the
+            transition (see :class:`~pyergon.storage.progress.SavedProgress`).
         """
         ...
 

@@ -23,13 +23,14 @@ from pyergon.storage.base import (
     check_page,
     status_filter,
 )
+from pyergon.storage.progress import SavesProgressInSteps
 
 __all__ = ["InMemoryExecutionLog"]
 
 _Position = tuple[int, int]
 
 
-class InMemoryExecutionLog(ClaimOne, StorageLifecycle):
+class InMemoryExecutionLog(ClaimOne, SavesProgressInSteps, StorageLifecycle):
     """Keeps flows, records and signals in dictionaries of this process.
 
     Usable without ``connect()``; ``close()`` keeps the data so a notebook can reconnect.

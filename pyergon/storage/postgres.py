@@ -40,6 +40,7 @@ from pyergon.storage.postgres_sql import (
     signal_from_record,
     validate_schema_name,
 )
+from pyergon.storage.progress import SavesProgressInSteps
 from pyergon.storage.sqlite_tables import flow_changes, record_values
 
 __all__ = ["DEFAULT_DSN", "PostgresExecutionLog"]
@@ -105,7 +106,7 @@ class _KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
-class PostgresExecutionLog(ClaimOne, StorageLifecycle):
+class PostgresExecutionLog(ClaimOne, SavesProgressInSteps, StorageLifecycle):
     """Stores flows, records and signals in one schema of a PostgreSQL database.
 
     Several processes and machines may share one schema; each holds a pool of connections and

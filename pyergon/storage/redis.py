@@ -48,6 +48,7 @@ from pyergon.storage.base import (
     check_page,
     status_filter,
 )
+from pyergon.storage.progress import SavesProgressInSteps
 from pyergon.storage.redis_layout import (
     SCRIPTS,
     counted,
@@ -78,7 +79,7 @@ _MIGRATION_BATCH = 1_000
 """Flows backfilled per script call when migrating a prefix, so Redis is never blocked long."""
 
 
-class RedisExecutionLog(ClaimOne, StorageLifecycle):
+class RedisExecutionLog(ClaimOne, SavesProgressInSteps, StorageLifecycle):
     """Stores flows, records and signals in Redis, in keys named ``{<prefix>}:...``.
 
     Several processes (and machines) may share one Redis and one prefix; different prefixes

@@ -34,6 +34,7 @@ from pyergon.storage.base import (
     check_page,
     status_filter,
 )
+from pyergon.storage.progress import FlowTransition, SavedProgress, stored_as_given
 from pyergon.storage.sqlite_connections import (
     Operation,
     Outcome,
@@ -124,6 +125,74 @@ def _invocation_size(invocation: Invocation) -> int:
     return _size(invocation.result) + _size(error_payload)
 
 
+def _record(
+    connection: sqlite3.Connection, invocation: Invocation, values: dict[str, object]
+) -> Invocation:
+    """Store a record unless a final one holds its position; return the record as stored."""
+    if connection.execute(RECORD_INVOCATION, values).rowcount == 1:
+        return invocation  # inserted or replaced a record that was not final
+    stored = fetch_invocation(
+        connection, invocation.flow_id, invocation.sequence, invocation.sub_sequence
+    )
+    assert stored is not None  # kept by the upsert: a final record holds the position
+    return stored
+
+
+def _update_flow(
+    connection: sqlite3.Connection,
+    flow_id: str,
+    transition: FlowTransition,
+    expected_status: Sequence[TaskStatus] | None = None,
+) -> _FlowChange:
+    """Apply ``transition`` to a flow without a lease check (``update_flow``)."""
+    flow = fetch_flow(connection, flow_id)
+    if flow is None or (expected_status is not None and flow.status not in expected_status):
+        return None, False
+    return _change(connection, flow, transition, transition.status)
+
+
+def _release_flow(
+    connection: sqlite3.Connection, flow_id: str, transition: FlowTransition
+) -> _FlowChange:
+    """Apply ``transition`` to a running flow held with its lease token (``release_flow``)."""
+    flow = fetch_flow(connection, flow_id)
+    if flow is None or flow.status is not TaskStatus.RUNNING:
+        return None, False
+    if flow.lease_token != transition.lease_token:
+        return None, False
+    status = transition.status
+    if status is TaskStatus.SUSPENDED and wake_already_due(
+        connection, flow_id, list(transition.waiting_signals), list(transition.waiting_children)
+    ):
+        status = TaskStatus.PENDING
+    return _change(connection, flow, transition, status)
+
+
+def _apply_transition(
+    connection: sqlite3.Connection, flow_id: str, transition: FlowTransition
+) -> _FlowChange:
+    if transition.lease_token is not None:
+        return _release_flow(connection, flow_id, transition)
+    return _update_flow(connection, flow_id, transition)
+
+
+def _change(
+    connection: sqlite3.Connection,
+    flow: ScheduledFlow,
+    transition: FlowTransition,
+    status: TaskStatus,
+) -> _FlowChange:
+    return change_flow(
+        connection,
+        flow,
+        status,
+        result=transition.result,
+        error=transition.error,
+        wake_at=transition.wake_at,
+        attempt=transition.attempt,
+    )
+
+
 class SqliteExecutionLog(ClaimOne, StorageLifecycle):
     """Stores flows, records and signals in one SQLite file (or in memory).
 
@@ -157,6 +226,10 @@ class SqliteExecutionLog(ClaimOne, StorageLifecycle):
         self._poll_interval = _POLL_MIN
         self._batches_committed = 0
         """Committed group-commit transactions; tests read it to check batching."""
+        self._writers_alone = True
+        """Whether the last batch held one write: then a lone write commits at once."""
+        self._pass_writer: asyncio.Task[Any] | None = None
+        """The task that committed at once in this pass of the event loop, if any."""
 
     @classmethod
     async def in_memory(cls) -> SqliteExecutionLog:
@@ -304,24 +377,77 @@ class SqliteExecutionLog(ClaimOne, StorageLifecycle):
                 so the event loop is not held while SQLite copies it.
         """
         self._open_connection(writing=True)
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         large = size >= _LARGE_WRITE
+        if not large:
+            committed, result = self._write_now(operation)
+            if committed:
+                if wakes_workers is not None and wakes_workers(cast(_T, result)):
+                    self._work.set()
+                return cast(_T, result)
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._pending.append(_PendingWrite(operation, future, wakes_workers, large))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_pending(), name="pyergon-sqlite-flush")
         return cast(_T, await future)
 
+    def _write_now(self, operation: Operation[object]) -> tuple[bool, object]:
+        """Commit a write at once, without a pass of the event loop, when it is alone.
+
+        Group commit pays when several tasks write in the same pass of the loop. A task that
+        writes while no other does would only wait a pass for nobody, twice per write. So a
+        write commits at once while the recent batches held one write each, nothing is queued
+        or committing, and no other task has committed at once in this pass; otherwise it is
+        queued as usual, and the batch it joins tells whether writers are alone again.
+
+        Returns:
+            Whether the write was committed, and its result.
+
+        Raises:
+            StorageError: The write failed (it is rolled back).
+        """
+        connection = self._loop_connection
+        if (
+            connection is None
+            or not self._writers_alone
+            or self._flusher is not None
+            or self._pending
+        ):
+            return False, None
+        task = asyncio.current_task()
+        if self._pass_writer is not None and self._pass_writer is not task:
+            return False, None
+        try:
+            ((result, _),) = commit_batch(connection, [operation])
+        except sqlite3.Error as error:
+            if is_busy(error):
+                return False, None  # another connection is writing: queue for the worker thread
+            raise self._storage_error(error) from error
+        self._batches_committed += 1
+        self._batches_since_checkpoint += 1
+        if self._pass_writer is None:
+            self._pass_writer = task
+            asyncio.get_running_loop().call_soon(self._end_pass)
+        if self._batches_since_checkpoint >= _CHECKPOINT_EVERY:
+            self._flusher = asyncio.create_task(self._flush_pending(), name="pyergon-sqlite-flush")
+        return True, result
+
+    def _end_pass(self) -> None:
+        self._pass_writer = None
+
     async def _flush_pending(self) -> None:
         """Commit queued writes batch by batch; writes queued meanwhile form the next batch."""
         try:
-            while self._pending:
+            while True:
                 # A write whose caller was cancelled before its batch started is not made.
                 batch = [write for write in self._pending if not write.future.done()]
                 self._pending = []
                 if batch:
+                    self._writers_alone = len(batch) == 1
                     await self._commit(batch)
                 if self._batches_since_checkpoint >= _CHECKPOINT_EVERY:
                     await self._checkpoint()
+                if not self._pending:
+                    break
         finally:
             self._flusher = None
 
@@ -425,21 +551,14 @@ class SqliteExecutionLog(ClaimOne, StorageLifecycle):
         expected_status: Sequence[TaskStatus] | None = None,
     ) -> ScheduledFlow | None:
         """Change a flow's state in one transaction; see :meth:`ExecutionLog.update_flow`."""
-
-        def update(connection: sqlite3.Connection) -> _FlowChange:
-            flow = fetch_flow(connection, flow_id)
-            if flow is None or (expected_status is not None and flow.status not in expected_status):
-                return None, False
-            return change_flow(
-                connection,
-                flow,
-                status,
-                result=result,
-                error=error,
-                wake_at=wake_at,
-                attempt=attempt,
-            )
-
+        update = partial(
+            _update_flow,
+            flow_id=flow_id,
+            transition=FlowTransition(
+                status, result=result, error=error, wake_at=wake_at, attempt=attempt
+            ),
+            expected_status=expected_status,
+        )
         updated, _ = await self._write(update, wakes_workers=_wakes_workers, size=_size(result))
         return updated
 
@@ -495,29 +614,20 @@ class SqliteExecutionLog(ClaimOne, StorageLifecycle):
         waiting_children: Collection[str] = (),
     ) -> ScheduledFlow | None:
         """Leave a held flow in ``status`` and drop the lease; see the protocol."""
-        signals, children = list(waiting_signals), list(waiting_children)
-
-        def release(connection: sqlite3.Connection) -> _FlowChange:
-            flow = fetch_flow(connection, flow_id)
-            if flow is None or flow.status is not TaskStatus.RUNNING:
-                return None, False
-            if flow.lease_token != lease_token:
-                return None, False
-            new_status = status
-            if status is TaskStatus.SUSPENDED and wake_already_due(
-                connection, flow_id, signals, children
-            ):
-                new_status = TaskStatus.PENDING
-            return change_flow(
-                connection,
-                flow,
-                new_status,
+        release = partial(
+            _release_flow,
+            flow_id=flow_id,
+            transition=FlowTransition(
+                status,
                 result=result,
                 error=error,
                 wake_at=wake_at,
                 attempt=attempt,
-            )
-
+                lease_token=lease_token,
+                waiting_signals=tuple(waiting_signals),
+                waiting_children=tuple(waiting_children),
+            ),
+        )
         released, _ = await self._write(release, wakes_workers=_wakes_workers, size=_size(result))
         return released
 
@@ -616,17 +726,37 @@ class SqliteExecutionLog(ClaimOne, StorageLifecycle):
 
     async def record_invocation(self, invocation: Invocation) -> Invocation:
         """Store ``invocation`` unless a final record holds its position (first writer wins)."""
-        values = record_values(invocation)
-        position = (invocation.flow_id, invocation.sequence, invocation.sub_sequence)
-
-        def record(connection: sqlite3.Connection) -> Invocation:
-            if connection.execute(RECORD_INVOCATION, values).rowcount == 1:
-                return invocation  # inserted or replaced a record that was not final
-            stored = fetch_invocation(connection, *position)
-            assert stored is not None  # kept by the upsert: a final record holds the position
-            return stored
-
+        record = partial(_record, invocation=invocation, values=record_values(invocation))
         return await self._write(record, size=_invocation_size(invocation))
+
+    async def save_progress(
+        self,
+        flow_id: str,
+        records: Sequence[Invocation],
+        transition: FlowTransition | None = None,
+    ) -> SavedProgress:
+        """Store records and the flow's new state in one transaction; see the protocol."""
+        prepared = [(record, record_values(record)) for record in records]
+
+        def save(connection: sqlite3.Connection) -> tuple[SavedProgress, _FlowChange]:
+            stored_records: list[Invocation] = []
+            for record, values in prepared:
+                stored = _record(connection, record, values)
+                stored_records.append(stored)
+                if not stored_as_given(record, stored):
+                    return SavedProgress(stored_records, conflict=True), (None, False)
+            if transition is None:
+                return SavedProgress(stored_records), (None, False)
+            change = _apply_transition(connection, flow_id, transition)
+            return SavedProgress(stored_records, flow=change[0]), change
+
+        size = sum(_invocation_size(record) for record in records)
+        if transition is not None:
+            size += transition.payload_size
+        saved, _ = await self._write(
+            save, wakes_workers=lambda outcome: _wakes_workers(outcome[1]), size=size
+        )
+        return saved
 
     async def delete_failed_invocations(self, flow_id: str) -> int:
         """Delete a flow's ``FAILED`` records and return how many there were."""

@@ -457,8 +457,8 @@ async def test_close_commits_the_writes_still_queued(
     storage = SqliteExecutionLog(path)
     await storage.connect()
     writes = [asyncio.create_task(storage.record_invocation(make_invocation(n))) for n in range(20)]
-    await asyncio.sleep(0)  # one pass of the loop: every write queues itself
-    assert len(storage._pending) == 20
+    await asyncio.sleep(0)  # one pass: the first write, alone so far, commits; the rest queue
+    assert len(storage._pending) == 19
 
     await storage.close()
 
@@ -490,6 +490,32 @@ async def test_concurrent_writes_share_transactions(
     await asyncio.gather(*(sqlite.record_invocation(make_invocation(n)) for n in range(100)))
 
     assert sqlite._batches_committed - before < 10
+    assert len(await sqlite.load_invocations("flow-1")) == 100
+
+
+async def test_a_lone_write_commits_without_waiting_for_a_pass_of_the_loop(
+    sqlite: SqliteExecutionLog, make_invocation: InvocationFactory
+) -> None:
+    passes: list[str] = []
+    asyncio.get_running_loop().call_soon(passes.append, "a pass of the loop")
+
+    stored = await sqlite.record_invocation(make_invocation(1))
+
+    assert stored == make_invocation(1)
+    assert passes == []
+    async with SqliteExecutionLog(sqlite.path) as other:  # committed, not only written
+        assert await other.get_invocation("flow-1", 1) == stored
+
+
+async def test_writers_seen_together_share_every_transaction_after_the_first(
+    sqlite: SqliteExecutionLog, make_invocation: InvocationFactory
+) -> None:
+    await asyncio.gather(*(sqlite.record_invocation(make_invocation(n)) for n in range(50)))
+    before = sqlite._batches_committed
+
+    await asyncio.gather(*(sqlite.record_invocation(make_invocation(n)) for n in range(50, 100)))
+
+    assert sqlite._batches_committed - before == 1
     assert len(await sqlite.load_invocations("flow-1")) == 100
 
 
@@ -558,6 +584,7 @@ async def test_a_failing_write_does_not_lose_the_rest_of_its_batch(
     error: type[Exception],
     message: str,
 ) -> None:
+    sqlite._writers_alone = False  # as under load: every write of the pass joins one batch
     before = sqlite._batches_committed
     writes: list[Awaitable[object]] = [
         sqlite.record_invocation(make_invocation(n)) for n in range(10)
@@ -581,6 +608,7 @@ async def test_a_batch_whose_transaction_fails_fails_every_write_in_it(
     def end_the_transaction(connection: sqlite3.Connection) -> None:
         connection.execute("ROLLBACK")
 
+    sqlite._writers_alone = False  # as under load: every write of the pass joins one batch
     writes: list[Awaitable[object]] = [
         sqlite.record_invocation(make_invocation(n)) for n in range(5)
     ]

@@ -1,0 +1,179 @@
+"""When a run's records are stored: before the next live work, and with the run's outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyergon import Completed, Executor, Suspended, flow, flow_type, schedule_timer, step
+from pyergon.clock import ManualClock
+from pyergon.core import Invocation, InvocationStatus, OperationKind, TaskStatus
+from pyergon.serialization import default_serializer, stable_hash
+from pyergon.storage.base import ExecutionLog
+from pyergon.storage.memory import InMemoryExecutionLog
+from pyergon.storage.progress import FlowTransition, SavedProgress
+from pyergon.storage.sqlite import SqliteExecutionLog
+
+STORAGE: dict[str, ExecutionLog] = {}
+"""The storage each test's flow reads from inside its steps (flow fields must serialize)."""
+
+
+class SaveLog(InMemoryExecutionLog):
+    """Memory storage that keeps every ``save_progress`` call: positions and new status."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saves: list[tuple[list[int], TaskStatus | None]] = []
+
+    async def save_progress(
+        self,
+        flow_id: str,
+        records: Sequence[Invocation],
+        transition: FlowTransition | None = None,
+    ) -> SavedProgress:
+        status = None if transition is None else transition.status
+        self.saves.append(([record.sequence for record in records], status))
+        return await super().save_progress(flow_id, records, transition)
+
+
+@dataclass
+@flow_type
+class Checked:
+    """Each step looks in storage for the record of the step before it."""
+
+    seen: list[InvocationStatus | None] = field(default_factory=list, init=False, compare=False)
+
+    @step
+    async def first(self) -> int:
+        return 1
+
+    @step
+    async def second(self, value: int) -> int:
+        record = await STORAGE["checked"].get_invocation("checked", 1)
+        self.seen.append(None if record is None else record.status)
+        return value + 1
+
+    @flow
+    async def run(self) -> int:
+        return await self.second(await self.first())
+
+
+async def test_a_step_record_is_stored_before_the_next_step_body_runs(
+    storage: ExecutionLog,
+) -> None:
+    STORAGE["checked"] = storage
+    flow_instance = Checked()
+
+    outcome = await Executor(flow_instance, storage, "checked").run(lambda f: f.run())
+
+    assert outcome == Completed("checked", result=2)
+    assert flow_instance.seen == [InvocationStatus.COMPLETE]
+
+
+@dataclass
+@flow_type
+class ThreeSteps:
+    number: int
+
+    @step
+    async def one(self) -> int:
+        return self.number + 1
+
+    @step
+    async def two(self, value: int) -> int:
+        return value * 2
+
+    @step
+    async def three(self, value: int) -> int:
+        return value - 1
+
+    @flow
+    async def run(self) -> int:
+        return await self.three(await self.two(await self.one()))
+
+
+async def test_the_last_step_record_and_the_completion_are_one_save() -> None:
+    storage = SaveLog()
+
+    outcome = await Executor(ThreeSteps(1), storage, "three").run(lambda f: f.run())
+
+    assert outcome == Completed("three", result=3)
+    assert storage.saves == [([1], None), ([2], None), ([3], TaskStatus.COMPLETE)]
+
+
+async def test_a_three_step_flow_costs_four_sqlite_transactions(tmp_path: Path) -> None:
+    async with SqliteExecutionLog(tmp_path / "flows.db") as storage:
+        before = storage._batches_committed
+
+        await Executor(ThreeSteps(1), storage, "three").run(lambda f: f.run())
+
+        # The flow's row, the first two steps, then the last step with the completion.
+        assert storage._batches_committed - before == 4
+
+
+@dataclass
+@flow_type
+class Sleeper:
+    @flow
+    async def run(self) -> str:
+        await schedule_timer(60)
+        return "awake"
+
+
+async def test_a_timer_is_stored_with_the_suspension_in_one_save() -> None:
+    storage = SaveLog()
+    clock = ManualClock()
+
+    outcome = await Executor(Sleeper(), storage, "sleeper", clock=clock).run(lambda f: f.run())
+
+    assert isinstance(outcome, Suspended)
+    assert storage.saves == [([1], TaskStatus.SUSPENDED)]
+    timer = await storage.get_invocation("sleeper", 1)
+    assert timer is not None and timer.status is InvocationStatus.WAITING_FOR_TIMER
+
+
+@dataclass
+@flow_type
+class Overtaken:
+    """Another run records step 1 while this run's step 1 body is still running."""
+
+    second_inputs: list[str] = field(default_factory=list, init=False, compare=False)
+
+    @step
+    async def pick(self) -> str:
+        theirs = Invocation(
+            flow_id="overtaken",
+            sequence=1,
+            kind=OperationKind.STEP,
+            name="pick",
+            status=InvocationStatus.COMPLETE,
+            result=default_serializer().dumps("theirs"),
+            args_hash=stable_hash((), {}),
+            attempts=1,
+        )
+        await STORAGE["overtaken"].record_invocation(theirs)
+        return "mine"
+
+    @step
+    async def use(self, value: str) -> str:
+        self.second_inputs.append(value)
+        return f"used {value}"
+
+    @flow
+    async def run(self) -> str:
+        return await self.use(await self.pick())
+
+
+async def test_a_run_overtaken_by_another_continues_from_the_stored_record(
+    storage: ExecutionLog,
+) -> None:
+    STORAGE["overtaken"] = storage
+    flow_instance = Overtaken()
+
+    outcome = await Executor(flow_instance, storage, "overtaken").run(lambda f: f.run())
+
+    assert outcome == Completed("overtaken", result="used theirs")
+    assert flow_instance.second_inputs == ["theirs"]  # never ran on the value that lost
+    stored = await storage.get_flow("overtaken")
+    assert stored is not None and stored.status is TaskStatus.COMPLETE
