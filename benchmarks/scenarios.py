@@ -6,7 +6,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from benchmarks import direct, history_queries, imports, queued, recovery, resources
+from benchmarks import direct, floor, history_queries, imports, queued, recovery, resources
 from benchmarks.result import RunResult
 
 __all__ = ["NO_BACKEND", "SCENARIOS", "Scenario"]
@@ -123,5 +123,14 @@ SCENARIOS = {
             latency_of="kill to complete, per flow the killed worker held",
         ),
         Scenario("idle_cpu", ALL_BACKENDS, resources.idle_cpu, 5, 5, 2),
+        Scenario(
+            "machine_floor",
+            (NO_BACKEND, *SHARED_BACKENDS),
+            floor.machine_floor,
+            5000,
+            2000,
+            500,
+            latency_of="one bare durable write: commit or round trip",
+        ),
     )
 }

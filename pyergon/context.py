@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -40,8 +40,10 @@ __all__ = [
     "StepScope",
     "current_context",
     "current_idempotency_key",
+    "enter_step",
     "flow_scope",
     "in_step",
+    "leave_step",
     "require_context",
     "step_scope",
 ]
@@ -152,7 +154,8 @@ class FlowContext:
     """Records kept in the log but not yet stored; :meth:`save` stores them."""
     conflicted: bool = False
     """Whether a save found a record stored differently; the run's outcome is not written."""
-    _save_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _saving: bool = False
+    _save_waiters: list[asyncio.Future[None]] = field(default_factory=list)
     _next_sequence: int = 1
 
     async def before_live_work(self, position: Position) -> None:
@@ -250,27 +253,55 @@ class FlowContext:
             StorageError: The storage failed; the records of this save are dropped (replay
                 does their work again).
         """
-        async with self._save_lock:
-            if self.conflicted:
-                raise LogConflict(f"flow {self.flow_id!r}: the stored log moved on; run again")
-            records, self.unsaved = self.unsaved, []
-            if not records and transition is None:
-                return None
+        while self._saving:  # another operation of this flow is saving: wait for its end
+            waiter = asyncio.get_running_loop().create_future()
+            self._save_waiters.append(waiter)
+            await waiter
+        if self.conflicted:
+            raise LogConflict(f"flow {self.flow_id!r}: the stored log moved on; run again")
+        records, self.unsaved = self.unsaved, []
+        if not records and transition is None:
+            return None
+        self._saving = True
+        try:
             saved = await self.storage.save_progress(self.flow_id, records, transition)
-            for stored in saved.records:
-                self.log[(stored.sequence, stored.sub_sequence)] = stored
-            if saved.conflict:
-                self.conflicted = True
-                stored = saved.records[-1]
-                raise LogConflict(
-                    f"{self.describe((stored.sequence, stored.sub_sequence))} was recorded by "
-                    "another run first; running again from the stored log"
-                )
-            return saved.flow
+        finally:
+            self._saving = False
+            waiters, self._save_waiters = self._save_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        for stored in saved.records:
+            self.log[(stored.sequence, stored.sub_sequence)] = stored
+        if saved.conflict:
+            self.conflicted = True
+            stored = saved.records[-1]
+            raise LogConflict(
+                f"{self.describe((stored.sequence, stored.sub_sequence))} was recorded by "
+                "another run first; running again from the stored log"
+            )
+        return saved.flow
 
-    def dumps(self, value: Any, what: str) -> bytes:
+    def dumps(self, value: Any, what: str | Callable[[], str]) -> bytes:
         """Serialize ``value``, naming ``what`` it is in any error."""
         return dumps_for(self.serializer, value, what)
+
+    def track(self) -> asyncio.Task[Any] | None:
+        """Register the current task while a durable operation runs in it; see :meth:`tracked`.
+
+        Returns:
+            The task registered, to pass to :meth:`untrack`; ``None`` for the flow's own task.
+        """
+        task = asyncio.current_task()
+        if task is None or task is self.root_task:
+            return None
+        self.operation_tasks.add(task)
+        return task
+
+    def untrack(self, task: asyncio.Task[Any] | None) -> None:
+        """End what :meth:`track` started."""
+        if task is not None:
+            self.operation_tasks.discard(task)
 
     @contextmanager
     def tracked(self) -> Iterator[None]:
@@ -279,15 +310,11 @@ class FlowContext:
         Operations gathered by the flow run in tasks of their own; when the flow body ends,
         the runner settles those still running instead of leaving them behind.
         """
-        task = asyncio.current_task()
-        if task is None or task is self.root_task:
-            yield
-            return
-        self.operation_tasks.add(task)
+        task = self.track()
         try:
             yield
         finally:
-            self.operation_tasks.discard(task)
+            self.untrack(task)
 
     async def run_tracked(self, operation: Awaitable[T]) -> T:
         """Await ``operation`` registered as a durable operation of this flow."""
@@ -361,11 +388,25 @@ def flow_scope(context: FlowContext) -> Iterator[None]:
         _current_context.reset(flow_token)
 
 
+def enter_step(sequence: int) -> Token[StepScope | None]:
+    """Number durable operations called from now on inside step ``sequence``.
+
+    Returns:
+        The token that :func:`leave_step` takes to end the numbering.
+    """
+    return _current_step.set(StepScope(sequence))
+
+
+def leave_step(token: Token[StepScope | None]) -> None:
+    """End what :func:`enter_step` started."""
+    _current_step.reset(token)
+
+
 @contextmanager
 def step_scope(sequence: int) -> Iterator[None]:
     """Number durable operations called in the block inside step ``sequence``."""
-    token = _current_step.set(StepScope(sequence))
+    token = enter_step(sequence)
     try:
         yield
     finally:
-        _current_step.reset(token)
+        leave_step(token)

@@ -143,11 +143,8 @@ def step(
             context = current_context()
             if context is None or in_step():
                 return method(self, *args, **kwargs)
-            # Imported here: the executor package imports this module.
-            from pyergon.executor.steps import run_step
-
             position = context.allocate()
-            return run_step(
+            return _run_step()(
                 context,
                 position,
                 spec.name,
@@ -162,6 +159,14 @@ def step(
         return call
 
     return decorate if function is None else decorate(function)
+
+
+@functools.cache
+def _run_step() -> Callable[..., Coroutine[Any, Any, Any]]:
+    """The executor's step runner, imported on first use: the executor imports this module."""
+    from pyergon.executor.steps import run_step
+
+    return run_step
 
 
 @overload

@@ -287,14 +287,14 @@ def default_serializer(environ: Mapping[str, str] | None = None) -> Serializer:
     return PickleSerializer(key=key or None)
 
 
-def dumps_for(serializer: Serializer, value: Any, what: str) -> bytes:
+def dumps_for(serializer: Serializer, value: Any, what: str | Callable[[], str]) -> bytes:
     """Serialize ``value``, naming ``what`` it is if that fails.
 
     Args:
         serializer: The serializer to use.
         value: The value to store.
         what: A phrase naming the value, such as ``"the result of step 'charge' of flow
-            'order-1'"``; it starts the error message.
+            'order-1'"``, or a function returning it; it starts the error message.
 
     Returns:
         The serialized bytes.
@@ -305,6 +305,8 @@ def dumps_for(serializer: Serializer, value: Any, what: str) -> bytes:
     try:
         return serializer.dumps(value)
     except Exception as error:
+        if not isinstance(what, str):
+            what = what()
         raise SerializationError(
             f"{what} cannot be serialized with the {serializer.name} serializer: {error}. "
             f"Store a value the {serializer.name} serializer supports instead: convert it (for "

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from pyergon.context import FlowContext, Position, step_scope
+from pyergon.context import FlowContext, Position, enter_step, leave_step
 from pyergon.core.records import Invocation, StoredError
 from pyergon.core.retry import RetryPolicy
 from pyergon.core.status import InvocationStatus, OperationKind
@@ -60,10 +60,13 @@ async def run_step(
     attempts = record.attempts if record is not None else 0
     started_at = record.started_at if record is not None else None
     started_at = started_at or context.clock.now()
-    with context.tracked():
+    task = context.track()
+    try:
         return await _attempt_until_final(
             context, position, name, body, args_hash, policy, attempts, started_at, timeout
         )
+    finally:
+        context.untrack(task)
 
 
 async def _attempt_until_final(
@@ -79,13 +82,14 @@ async def _attempt_until_final(
 ) -> Any:
     while True:
         attempts += 1
+        scope = enter_step(position[0])
         try:
-            with step_scope(position[0]):
-                if timeout is None:
-                    result = await body()
-                else:
-                    result = await _with_timeout(context, position, name, body, timeout)
+            if timeout is None:
+                result = await body()
+            else:
+                result = await _with_timeout(context, position, name, body, timeout)
         except Exception as error:
+            leave_step(scope)
             stored_error = StoredError.describe(
                 error, serialize_exception(context.serializer, error)
             )
@@ -107,8 +111,12 @@ async def _attempt_until_final(
             await context.save()  # the attempt count survives a crash during the backoff
             await context.clock.sleep(policy.delay_after(attempts))
             continue
+        except BaseException:
+            leave_step(scope)
+            raise
+        leave_step(scope)
         payload = context.dumps(
-            result, f"the result of step {name!r} of {context.describe(position)}"
+            result, lambda: f"the result of step {name!r} of {context.describe(position)}"
         )
         # Stored with the run's next save: before any later live work, or with the outcome.
         context.keep(
