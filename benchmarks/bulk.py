@@ -120,7 +120,9 @@ def _load_sqlite(path: str, history: History) -> None:
         connection.close()
 
 
-def _rows(records: Sequence[ScheduledFlow | Invocation], columns: Sequence[str]) -> list[tuple]:
+def _rows(
+    records: Sequence[ScheduledFlow | Invocation], columns: Sequence[str]
+) -> list[tuple[object, ...]]:
     from pyergon.storage.sqlite_tables import record_values
 
     return [tuple(values[column] for column in columns) for values in map(record_values, records)]
@@ -156,13 +158,16 @@ async def _load_redis(prefix: str, history: History) -> None:
         record = await client.script_load(SCRIPTS["record_invocation"])
         # The arguments every script takes first: prefix, origin of wake-ups, clock.
         common = (prefix, "bench-bulk-load", repr(time.time()))
-        calls = [(create, flow.flow_id, *flow_fields(flow)) for flow in history.flows] + [
-            (record, r.flow_id, f"{r.sequence}:{r.sub_sequence}", encode_invocation(r))
+        # Each call: a script's SHA and the arguments that follow the common ones.
+        calls: list[tuple[str, list[str | bytes]]] = [
+            (create, [flow.flow_id, *flow_fields(flow)]) for flow in history.flows
+        ] + [
+            (record, [r.flow_id, f"{r.sequence}:{r.sub_sequence}", encode_invocation(r)])
             for r in history.invocations
         ]
         for start in range(0, len(calls), CHUNK):
             pipeline = client.pipeline(transaction=False)
-            for sha, *arguments in calls[start : start + CHUNK]:
+            for sha, arguments in calls[start : start + CHUNK]:
                 pipeline.evalsha(sha, 0, *common, *arguments)
             await pipeline.execute()
     finally:

@@ -46,8 +46,15 @@ async def serve(
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
     storage = await open_storage(url)
     try:
-        options = {} if lease_seconds is None else {"lease_seconds": lease_seconds}
-        worker = Worker(storage, worker_id, max_concurrent_flows=max_concurrent_flows, **options)
+        if lease_seconds is None:  # the Worker's own default lease
+            worker = Worker(storage, worker_id, max_concurrent_flows=max_concurrent_flows)
+        else:
+            worker = Worker(
+                storage,
+                worker_id,
+                max_concurrent_flows=max_concurrent_flows,
+                lease_seconds=lease_seconds,
+            )
         for flow_class in flow_types:
             await worker.register(flow_class)
         say("ready")

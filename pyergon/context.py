@@ -152,6 +152,8 @@ class FlowContext:
     """Final records this run returned instead of doing the work again."""
     unsaved: list[Invocation] = field(default_factory=list)
     """Records kept in the log but not yet stored; :meth:`save` stores them."""
+    unsaved_results: bool = False
+    """Whether an unsaved record holds a result that live work may build on."""
     conflicted: bool = False
     """Whether a save found a record stored differently; the run's outcome is not written."""
     _saving: bool = False
@@ -169,7 +171,7 @@ class FlowContext:
             raise ReplayEnded(position)
         # Work done so far is stored before more starts (and before a stepper pauses here),
         # so live work never builds on a result that a crash could lose.
-        if self.unsaved:
+        if self.unsaved_results:
             await self.save()
         if self.cancellation is not None and await self.cancellation.requested():
             raise FlowCancelled(f"flow {self.flow_id!r} was cancelled on request")
@@ -228,15 +230,23 @@ class FlowContext:
         await self.save()
         return self.log[(invocation.sequence, invocation.sub_sequence)]
 
-    def keep(self, invocation: Invocation) -> None:
+    def keep(self, invocation: Invocation, *, replayable: bool = False) -> None:
         """Put ``invocation`` in the log now and store it with the run's next save.
 
-        The next save comes before any live work (:meth:`before_live_work`) and with the run's
-        outcome, so a crash can lose only records whose work replay does again: nothing done
-        outside the process has used a result that is not stored yet.
+        A save comes before any live work that follows (:meth:`before_live_work`) and with the
+        run's outcome, so a crash can lose only records whose work replay does again: nothing
+        done outside the process has used a result that is not stored yet.
+
+        Args:
+            invocation: The record.
+            replayable: Replay gets the same record back without any work if it is lost (a
+                timer that fired, a signal that was stored): it rides along with the next save
+                instead of forcing one before live work.
         """
         self.log[(invocation.sequence, invocation.sub_sequence)] = invocation
         self.unsaved.append(invocation)
+        if not replayable:
+            self.unsaved_results = True
 
     async def save(self, transition: FlowTransition | None = None) -> ScheduledFlow | None:
         """Store the unsaved records, then ``transition`` if given, as one storage change.
@@ -260,6 +270,7 @@ class FlowContext:
         if self.conflicted:
             raise LogConflict(f"flow {self.flow_id!r}: the stored log moved on; run again")
         records, self.unsaved = self.unsaved, []
+        self.unsaved_results = False
         if not records and transition is None:
             return None
         self._saving = True

@@ -62,7 +62,7 @@ async def _receive(context: FlowContext, position: Position, name: str) -> Any:
             started_at=record.started_at if record is not None else now,
             completed_at=now,
         )
-        context.keep(received)
+        context.keep(received, replayable=True)
         return replay_final(context, received)
     if record is None:
         # Stored with the suspension, which wakes at once if the signal came meanwhile.
@@ -75,7 +75,8 @@ async def _receive(context: FlowContext, position: Position, name: str) -> Any:
                 name=name,
                 status=InvocationStatus.WAITING_FOR_SIGNAL,
                 started_at=now,
-            )
+            ),
+            replayable=True,
         )
     raise context.suspend(FlowSuspend(SuspendReason.SIGNAL, name))
 

@@ -67,11 +67,12 @@ async def _wait(context: FlowContext, position: Position, seconds: float, name: 
             started_at=now,
             fire_at=now + seconds,
         )
-        context.keep(record)
+        context.keep(record, replayable=True)
     assert record.fire_at is not None  # set above or by an earlier run
     if context.clock.now() < record.fire_at:
         raise context.suspend(
             FlowSuspend(SuspendReason.TIMER, name or record.idempotency_key, record.fire_at)
         )
     # Whoever records a fired timer records the same; replay fires it again if this is lost.
-    context.keep(record.replace(status=InvocationStatus.COMPLETE, completed_at=context.clock.now()))
+    fired = record.replace(status=InvocationStatus.COMPLETE, completed_at=context.clock.now())
+    context.keep(fired, replayable=True)
