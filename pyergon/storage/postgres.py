@@ -40,7 +40,12 @@ from pyergon.storage.postgres_sql import (
     signal_from_record,
     validate_schema_name,
 )
-from pyergon.storage.progress import SavesProgressInSteps
+from pyergon.storage.progress import (
+    FlowTransition,
+    SavedProgress,
+    apply_transition,
+    stored_as_given,
+)
 from pyergon.storage.sqlite_tables import flow_changes, record_values
 
 __all__ = ["DEFAULT_DSN", "PostgresExecutionLog"]
@@ -106,7 +111,7 @@ class _KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
-class PostgresExecutionLog(ClaimOne, SavesProgressInSteps, StorageLifecycle):
+class PostgresExecutionLog(ClaimOne, StorageLifecycle):
     """Stores flows, records and signals in one schema of a PostgreSQL database.
 
     Several processes and machines may share one schema; each holds a pool of connections and
@@ -667,6 +672,83 @@ class PostgresExecutionLog(ClaimOne, SavesProgressInSteps, StorageLifecycle):
                 if row is not None:
                     return invocation_from_record(row)
                 # The final record was deleted between the two statements: record again.
+
+    async def save_progress(
+        self,
+        flow_id: str,
+        records: Sequence[Invocation],
+        transition: FlowTransition | None = None,
+    ) -> SavedProgress:
+        """Store records and the flow's new state in one transaction: one commit to disk.
+
+        Rows are locked in the order every other writer uses: the records, then the flow's
+        row, then its parent's (see :meth:`release_flow`).
+        """
+        if not records:
+            if transition is None:
+                return SavedProgress()
+            return SavedProgress(flow=await apply_transition(self, flow_id, transition))
+        stored_records: list[Invocation] = []
+        changed: tuple[Any, Any] = (None, None)
+        async with self._transaction() as connection:
+            for record in records:
+                stored = await self._record_in(connection, record)
+                stored_records.append(stored)
+                if not stored_as_given(record, stored):
+                    return SavedProgress(stored_records, conflict=True)
+            if transition is not None:
+                changed = await self._transition_in(connection, flow_id, transition)
+        self._woke_workers(*changed)
+        flow = None if changed[0] is None else flow_from_record(changed[0])
+        return SavedProgress(stored_records, flow=flow)
+
+    async def _record_in(self, connection: Any, invocation: Invocation) -> Invocation:
+        """Record ``invocation`` in the transaction on ``connection``; return it as stored."""
+        values = record_values(invocation)
+        arguments = [values[column] for column in INVOCATION_COLUMNS]
+        position = (invocation.flow_id, invocation.sequence, invocation.sub_sequence)
+        while True:
+            row = await connection.fetchrow(self._sql["record_invocation"], *arguments)
+            if row is None:  # a final record holds the position
+                row = await connection.fetchrow(self._sql["get_invocation"], *position)
+            if row is not None:
+                return invocation_from_record(row)
+            # The final record was deleted between the two statements: record again.
+
+    async def _transition_in(
+        self, connection: Any, flow_id: str, transition: FlowTransition
+    ) -> tuple[Any, Any]:
+        """Apply ``transition`` in the transaction on ``connection``, as release or update.
+
+        Returns:
+            The flow's changed row (``None`` if it was not changed) and its woken parent's.
+        """
+        held = await connection.fetchrow(self._sql["lock_flow"], flow_id)
+        if held is None:
+            return None, None
+        status = transition.status
+        if transition.lease_token is not None:
+            if held["status"] != TaskStatus.RUNNING.value:
+                return None, None
+            if held["lease_token"] != transition.lease_token:
+                return None, None
+            if status is TaskStatus.SUSPENDED and await self._wake_already_due(
+                connection,
+                flow_id,
+                list(transition.waiting_signals),
+                list(transition.waiting_children),
+            ):
+                status = TaskStatus.PENDING
+        return await self._change_held(
+            connection,
+            flow_id,
+            held,
+            status,
+            result=transition.result,
+            error=transition.error,
+            wake_at=transition.wake_at,
+            attempt=transition.attempt,
+        )
 
     async def delete_failed_invocations(self, flow_id: str) -> int:
         """Delete a flow's ``FAILED`` records and return how many there were."""
