@@ -43,7 +43,7 @@ from pyergon.storage.postgres_sql import (
 from pyergon.storage.progress import (
     FlowTransition,
     SavedProgress,
-    apply_transition,
+    save_progress_in_steps,
     stored_as_given,
 )
 from pyergon.storage.sqlite_tables import flow_changes, record_values
@@ -394,8 +394,18 @@ class PostgresExecutionLog(ClaimOne, StorageLifecycle):
         *,
         lease_token: str | None = None,
         expected: list[str] | None = None,
+        connection: Any = None,
     ) -> Any:
         """Change a flow in one statement if it has no parent and no cancellation applies.
+
+        Args:
+            flow_id: The flow.
+            status: Its new status.
+            changes: The columns to set (``flow_changes``).
+            lease_token: Also require the flow to be ``RUNNING`` under this lease.
+            expected: Also require its status to be one of these.
+            connection: Run the statement in this connection's transaction; by default it
+                commits on its own.
 
         Returns:
             The changed row, or ``None`` if the flow does not qualify (or does not exist, or
@@ -408,9 +418,10 @@ class PostgresExecutionLog(ClaimOne, StorageLifecycle):
             waits=status in (TaskStatus.SUSPENDED, TaskStatus.PENDING),
         )
         conditions = [value for value in (lease_token, expected) if value is not None]
-        row = await self._fetchrow(
-            statement, self._channel, self._origin, flow_id, *changes.values(), *conditions
-        )
+        arguments = (self._channel, self._origin, flow_id, *changes.values(), *conditions)
+        if connection is not None:
+            return await connection.fetchrow(statement, *arguments)
+        row = await self._fetchrow(statement, *arguments)
         self._woke_workers(row)
         return row
 
@@ -684,10 +695,9 @@ class PostgresExecutionLog(ClaimOne, StorageLifecycle):
         Rows are locked in the order every other writer uses: the records, then the flow's
         row, then its parent's (see :meth:`release_flow`).
         """
-        if not records:
-            if transition is None:
-                return SavedProgress()
-            return SavedProgress(flow=await apply_transition(self, flow_id, transition))
+        if not records or transition is None:
+            # Single statements commit on their own: a transaction would only add round trips.
+            return await save_progress_in_steps(self, flow_id, records, transition)
         stored_records: list[Invocation] = []
         changed: tuple[Any, Any] = (None, None)
         async with self._transaction() as connection:
@@ -723,10 +733,23 @@ class PostgresExecutionLog(ClaimOne, StorageLifecycle):
         Returns:
             The flow's changed row (``None`` if it was not changed) and its woken parent's.
         """
+        status = transition.status
+        if not transition.waiting_signals and not transition.waiting_children:
+            changes = flow_changes(
+                status,
+                result=transition.result,
+                error=transition.error,
+                wake_at=transition.wake_at,
+                attempt=transition.attempt,
+            )
+            lone = await self._change_lone_flow(
+                flow_id, status, changes, lease_token=transition.lease_token, connection=connection
+            )
+            if lone is not None:
+                return lone, None
         held = await connection.fetchrow(self._sql["lock_flow"], flow_id)
         if held is None:
             return None, None
-        status = transition.status
         if transition.lease_token is not None:
             if held["status"] != TaskStatus.RUNNING.value:
                 return None, None
