@@ -177,10 +177,20 @@ class Worker:
                 self.last_heartbeat = time.time()
                 self._kick.clear()
                 await self._fill_slots()
-                # Two independent looks at storage: one round trip's wait, not two.
-                _, timeout = await asyncio.gather(self._check_cancellations(), self._idle_timeout())
+                if self._cancel_check_due():
+                    # Two independent looks at storage: one round trip's wait, not two.
+                    _, timeout = await asyncio.gather(
+                        self._check_cancellations(), self._idle_timeout()
+                    )
+                else:
+                    timeout = await self._idle_timeout()
                 if self._stopping:
                     break
+                # Work that is due already, or a kick meanwhile: claim again after one pass of
+                # the loop (a timed wait would cost several while claimed flows hold it).
+                if timeout <= 0 or self._kick.is_set():
+                    await asyncio.sleep(0)
+                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), timeout)
         finally:
@@ -268,12 +278,16 @@ class Worker:
         except Exception:  # a broken callback must not stop the worker
             logger.exception("worker %s: on_error callback failed", self.worker_id)
 
+    def _cancel_check_due(self) -> bool:
+        """Whether flows run here and the last look for cancellation requests is old enough."""
+        since = asyncio.get_running_loop().time() - self._cancels_checked_at
+        return bool(self._running) and since >= _CANCEL_CHECK_INTERVAL
+
     async def _check_cancellations(self) -> None:
         """Tell running flows whose cancellation was requested; they stop at a step boundary."""
-        loop_time = asyncio.get_running_loop().time()
-        if not self._running or loop_time - self._cancels_checked_at < _CANCEL_CHECK_INTERVAL:
+        if not self._cancel_check_due():
             return
-        self._cancels_checked_at = loop_time
+        self._cancels_checked_at = asyncio.get_running_loop().time()
         try:
             requested = await self.storage.cancel_requests(list(self._running))
         except Exception:
