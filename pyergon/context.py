@@ -9,6 +9,7 @@ Inside a step's body, operations are numbered within that step: ``(n, 1)``, ``(n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
@@ -20,7 +21,7 @@ from pyergon.core.outcome import SuspendReason
 from pyergon.core.records import Invocation, format_position
 from pyergon.core.retry import RetryPolicy
 from pyergon.core.status import InvocationStatus, OperationKind
-from pyergon.errors import NonDeterminismError, PyergonError
+from pyergon.errors import NonDeterminismError, PyergonError, StorageError
 from pyergon.serialization import Serializer, dumps_for
 
 if TYPE_CHECKING:
@@ -156,6 +157,10 @@ class FlowContext:
     """Whether an unsaved record holds a result that live work may build on."""
     conflicted: bool = False
     """Whether a save found a record stored differently; the run's outcome is not written."""
+    save_failure: BaseException | None = None
+    """Why a save of this run failed, if one did; the run's later saves fail too."""
+    _save_soon: bool = False
+    _background_saves: set[asyncio.Task[None]] = field(default_factory=set)
     _saving: bool = False
     _save_waiters: list[asyncio.Future[None]] = field(default_factory=list)
     _next_sequence: int = 1
@@ -247,6 +252,28 @@ class FlowContext:
         self.unsaved.append(invocation)
         if not replayable:
             self.unsaved_results = True
+            if not self._save_soon:
+                # Saved at the latest after this pass of the event loop: a flow that goes on
+                # at once saves it with its next operation instead, but one that waits on
+                # something else (a gathered step still running) must not leave it unsaved.
+                self._save_soon = True
+                asyncio.get_running_loop().call_soon(self._save_in_background)
+
+    def discard_unsaved(self) -> None:
+        """Drop the unsaved records: the run is abandoned and replay does their work again."""
+        self.unsaved.clear()
+        self.unsaved_results = False
+
+    def _save_in_background(self) -> None:
+        self._save_soon = False
+        if self.unsaved_results and not self.conflicted and self.save_failure is None:
+            task = asyncio.ensure_future(self._save_quietly())
+            self._background_saves.add(task)
+            task.add_done_callback(self._background_saves.discard)
+
+    async def _save_quietly(self) -> None:
+        with contextlib.suppress(Exception, LogConflict):  # the next save raises it again
+            await self.save()
 
     async def save(self, transition: FlowTransition | None = None) -> ScheduledFlow | None:
         """Store the unsaved records, then ``transition`` if given, as one storage change.
@@ -267,6 +294,11 @@ class FlowContext:
             waiter = asyncio.get_running_loop().create_future()
             self._save_waiters.append(waiter)
             await waiter
+        if self.save_failure is not None:
+            raise StorageError(
+                f"flow {self.flow_id!r}: an earlier save of this run failed "
+                f"({self.save_failure}); run the flow again once the storage works"
+            ) from self.save_failure
         if self.conflicted:
             raise LogConflict(f"flow {self.flow_id!r}: the stored log moved on; run again")
         records, self.unsaved = self.unsaved, []
@@ -276,6 +308,10 @@ class FlowContext:
         self._saving = True
         try:
             saved = await self.storage.save_progress(self.flow_id, records, transition)
+        except Exception as error:
+            # What this save stored is unknown: no later save of the run may build on it.
+            self.save_failure = error
+            raise
         finally:
             self._saving = False
             waiters, self._save_waiters = self._save_waiters, []

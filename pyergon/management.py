@@ -408,4 +408,4 @@ class _DiscardingWriter:
 
     async def write(self, context: FlowContext, transition: FlowTransition) -> None:
         del transition
-        context.unsaved.clear()
+        context.discard_unsaved()

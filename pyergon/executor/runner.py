@@ -169,6 +169,8 @@ async def _attempt(run: FlowRun, context: FlowContext, attempt: int) -> FlowOutc
     except LogConflict:
         raise
     except Exception as error:
+        if context.save_failure is not None:
+            raise  # the storage failed, not the flow: the caller runs it again later
         if context.conflicted:
             raise LogConflict(str(error)) from error
         if context.suspensions:
@@ -218,7 +220,7 @@ async def _save_quietly(context: FlowContext) -> None:
     try:
         await context.save()
     except (Exception, LogConflict):
-        context.unsaved.clear()  # replay does that work again
+        context.discard_unsaved()  # replay does that work again
 
 
 async def reopen_failed_work(storage: ExecutionLog, flow_id: str) -> None:
@@ -312,7 +314,7 @@ async def _settle_leftovers(
                 task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
     if abandon_writes:
-        context.unsaved.clear()
+        context.discard_unsaved()
 
 
 async def _backoff_in_progress(run: FlowRun, context: FlowContext) -> Invocation | None:

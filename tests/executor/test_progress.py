@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from pyergon import Completed, Executor, Suspended, flow, flow_type, schedule_timer, step
 from pyergon.clock import ManualClock
 from pyergon.core import Invocation, InvocationStatus, OperationKind, TaskStatus
+from pyergon.errors import StorageError
 from pyergon.serialization import default_serializer, stable_hash
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.memory import InMemoryExecutionLog
@@ -177,3 +181,86 @@ async def test_a_run_overtaken_by_another_continues_from_the_stored_record(
     assert flow_instance.second_inputs == ["theirs"]  # never ran on the value that lost
     stored = await storage.get_flow("overtaken")
     assert stored is not None and stored.status is TaskStatus.COMPLETE
+
+
+class SignalsSaves(InMemoryExecutionLog):
+    """Memory storage that sets an event for each position once a save stores it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: dict[int, asyncio.Event] = {}
+
+    async def save_progress(
+        self,
+        flow_id: str,
+        records: Sequence[Invocation],
+        transition: FlowTransition | None = None,
+    ) -> SavedProgress:
+        saved = await super().save_progress(flow_id, records, transition)
+        for record in saved.records:
+            self.stored.setdefault(record.sequence, asyncio.Event()).set()
+        return saved
+
+
+@dataclass
+@flow_type
+class SlowAndQuick:
+    slow_release: asyncio.Event = field(default_factory=asyncio.Event, init=False, compare=False)
+
+    @step
+    async def slow(self) -> str:
+        await self.slow_release.wait()
+        return "slow"
+
+    @step
+    async def quick(self) -> str:
+        return "quick"
+
+    @flow
+    async def run(self) -> list[str]:
+        return list(await asyncio.gather(self.slow(), self.quick()))
+
+
+async def test_a_gathered_step_is_stored_while_its_sibling_still_runs() -> None:
+    storage = SignalsSaves()
+    storage.stored[2] = asyncio.Event()
+    flow_instance = SlowAndQuick()
+    run = asyncio.create_task(Executor(flow_instance, storage, "gathered").run(lambda f: f.run()))
+
+    await asyncio.wait_for(storage.stored[2].wait(), 10)
+
+    assert not run.done()  # the slow step still runs, yet the quick one's record is stored
+    quick = await storage.get_invocation("gathered", 2)
+    assert quick is not None and quick.status is InvocationStatus.COMPLETE
+    flow_instance.slow_release.set()
+    assert await run == Completed("gathered", result=["slow", "quick"])
+
+
+class RefusesSaves(InMemoryExecutionLog):
+    """Memory storage whose saves of records fail while ``down``."""
+
+    down = True
+
+    async def save_progress(
+        self,
+        flow_id: str,
+        records: Sequence[Invocation],
+        transition: FlowTransition | None = None,
+    ) -> SavedProgress:
+        if self.down and records:
+            raise StorageError("the storage went away")
+        return await super().save_progress(flow_id, records, transition)
+
+
+async def test_a_failed_save_ends_the_run_with_the_storage_error_and_the_flow_resumable() -> None:
+    storage = RefusesSaves()
+
+    with pytest.raises(StorageError, match="went away"):
+        await Executor(ThreeSteps(1), storage, "refused").run(lambda f: f.run())
+
+    stored = await storage.get_flow("refused")
+    assert stored is not None and stored.status is TaskStatus.RUNNING  # not failed for good
+    assert await storage.load_invocations("refused") == []
+    storage.down = False
+    outcome = await Executor(ThreeSteps(1), storage, "refused").run(lambda f: f.run())
+    assert outcome == Completed("refused", result=3)
