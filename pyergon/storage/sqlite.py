@@ -53,6 +53,7 @@ from pyergon.storage.sqlite_tables import (
     claim_next_flows,
     fetch_flow,
     fetch_invocation,
+    flow_changes,
     flow_from_row,
     flow_listing,
     invocation_from_row,
@@ -61,6 +62,7 @@ from pyergon.storage.sqlite_tables import (
     prepare_connection,
     record_values,
     signal_from_row,
+    update_flow_returning,
     update_flow_row,
     wake_already_due,
     wake_flow,
@@ -145,6 +147,10 @@ def _update_flow(
     expected_status: Sequence[TaskStatus] | None = None,
 ) -> _FlowChange:
     """Apply ``transition`` to a flow without a lease check (``update_flow``)."""
+    if expected_status is None:
+        lone = _change_lone_flow(connection, flow_id, transition)
+        if lone is not None:
+            return lone, False
     flow = fetch_flow(connection, flow_id)
     if flow is None or (expected_status is not None and flow.status not in expected_status):
         return None, False
@@ -155,6 +161,10 @@ def _release_flow(
     connection: sqlite3.Connection, flow_id: str, transition: FlowTransition
 ) -> _FlowChange:
     """Apply ``transition`` to a running flow held with its lease token (``release_flow``)."""
+    if not transition.waiting_signals and not transition.waiting_children:
+        lone = _change_lone_flow(connection, flow_id, transition)
+        if lone is not None:
+            return lone, False
     flow = fetch_flow(connection, flow_id)
     if flow is None or flow.status is not TaskStatus.RUNNING:
         return None, False
@@ -166,6 +176,39 @@ def _release_flow(
     ):
         status = TaskStatus.PENDING
     return _change(connection, flow, transition, status)
+
+
+def _change_lone_flow(
+    connection: sqlite3.Connection, flow_id: str, transition: FlowTransition
+) -> ScheduledFlow | None:
+    """Apply ``transition`` in one statement to a flow that no rule of a change of state involves.
+
+    That is a flow that, if it turns final, has no parent to wake and, if it is to wait again,
+    was not asked to cancel while running; with a lease token, it must be ``RUNNING`` under that
+    token. Saves the read that the general path makes first.
+
+    Returns:
+        The changed flow, or ``None`` if the flow does not qualify (or does not exist, or fails
+        the lease condition): the caller then takes the general path.
+    """
+    status = transition.status
+    changes = flow_changes(
+        status,
+        result=transition.result,
+        error=transition.error,
+        wake_at=transition.wake_at,
+        attempt=transition.attempt,
+    )
+    condition = ""
+    if status.is_final:
+        condition += " AND parent_flow_id IS NULL"
+    if status in (TaskStatus.SUSPENDED, TaskStatus.PENDING):
+        condition += " AND NOT (status = 'RUNNING' AND cancel_requested)"
+    parameters: dict[str, object] = {}
+    if transition.lease_token is not None:
+        condition += " AND status = 'RUNNING' AND lease_token = :held_token"
+        parameters["held_token"] = transition.lease_token
+    return update_flow_returning(connection, flow_id, changes, condition, parameters)
 
 
 def _apply_transition(

@@ -11,7 +11,7 @@ import sqlite3
 import time
 import typing
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from enum import Enum
 from typing import Any, cast
 
@@ -43,6 +43,7 @@ __all__ = [
     "record_values",
     "signal_from_row",
     "sql_list",
+    "update_flow_returning",
     "update_flow_row",
     "wake_already_due",
     "wake_flow",
@@ -377,15 +378,46 @@ def update_flow_row(
     flow_id: str,
     changes: dict[str, object],
     condition: str = "",
+    parameters: Mapping[str, object] | None = None,
 ) -> bool:
     """Apply ``changes`` to a flow in one ``UPDATE`` guarded by the SQL ``condition``.
+
+    Args:
+        connection: The connection, inside a write transaction.
+        flow_id: The flow.
+        changes: Column values to set.
+        condition: SQL appended to ``WHERE flow_id = :flow_id``, such as ``" AND status = 'X'"``.
+        parameters: Values of named parameters the condition uses.
 
     Returns:
         Whether a row matched.
     """
+    statement, values = _flow_update(flow_id, changes, condition, parameters)
+    return connection.execute(statement, values).rowcount == 1
+
+
+def update_flow_returning(
+    connection: sqlite3.Connection,
+    flow_id: str,
+    changes: dict[str, object],
+    condition: str = "",
+    parameters: Mapping[str, object] | None = None,
+) -> ScheduledFlow | None:
+    """:func:`update_flow_row`, returning the changed flow (``None`` if no row matched)."""
+    statement, values = _flow_update(flow_id, changes, condition, parameters)
+    rows = connection.execute(statement + " RETURNING *", values).fetchall()
+    return flow_from_row(rows[0]) if rows else None
+
+
+def _flow_update(
+    flow_id: str,
+    changes: dict[str, object],
+    condition: str,
+    parameters: Mapping[str, object] | None,
+) -> tuple[str, dict[str, object]]:
     assignments = ", ".join(f"{column} = :{column}" for column in changes)
     statement = f"UPDATE flows SET {assignments} WHERE flow_id = :flow_id{condition}"
-    return connection.execute(statement, {**changes, "flow_id": flow_id}).rowcount == 1
+    return statement, {**changes, **(parameters or {}), "flow_id": flow_id}
 
 
 def changed_flow(flow: ScheduledFlow, changes: dict[str, object]) -> ScheduledFlow:
