@@ -22,12 +22,12 @@ from typing import Any
 from pyergon.clock import Clock, SystemClock
 from pyergon.context import FlowContext, LogConflict, Position
 from pyergon.core.outcome import FlowOutcome, Suspended, SuspendReason
-from pyergon.core.records import ScheduledFlow, StoredError, format_position
+from pyergon.core.records import Invocation, ScheduledFlow, StoredError, format_position
 from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import NonDeterminismError, PyergonError
 from pyergon.executor.inputs import decode_flow, encode_flow
-from pyergon.executor.runner import FlowRun, drive_flow, stored_outcome
+from pyergon.executor.runner import FlowRun, drive_flow, read_log, stored_outcome
 from pyergon.serialization import Serializer, default_serializer, serialize_exception
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.progress import FlowTransition
@@ -44,6 +44,10 @@ _CANCEL_CHECK_INTERVAL = 0.02
 
 _MAX_BACKOFF = 5.0
 """Longest pause between attempts while the storage cannot be reached."""
+
+_TIMER_LOOKAHEAD = 0.02
+"""Seconds before a timer falls due that a worker claims its flow and reads its log, so the flow
+continues at the fire time itself rather than after that work (system clock only)."""
 
 
 class Worker:
@@ -89,6 +93,7 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.serializer = serializer or default_serializer()
         self.clock = clock or SystemClock()
+        self._lookahead = _TIMER_LOOKAHEAD if isinstance(self.clock, SystemClock) else 0.0
         self._registry: dict[str, type] = {}
         self._entries: dict[str, str] = {}
         """The name of each registered type's ``@flow`` method."""
@@ -223,7 +228,7 @@ class Worker:
             return _IDLE_WAIT  # the claim loop reports storage trouble
         if wake_at is None:
             return _IDLE_WAIT
-        return min(max(wake_at - self.clock.now(), 0.0), _IDLE_WAIT)
+        return min(max(wake_at - self._lookahead - self.clock.now(), 0.0), _IDLE_WAIT)
 
     async def _fill_slots(self) -> None:
         """Claim flows for the free slots, as many per storage call as there are free slots."""
@@ -231,13 +236,7 @@ class Worker:
         while not self._stopping and len(self._running) < self.max_concurrent_flows:
             free = self.max_concurrent_flows - len(self._running)
             try:
-                flows = await self.storage.claim_flows(
-                    self.worker_id,
-                    self._registry,
-                    limit=free,
-                    lease_seconds=self.lease_seconds,
-                    now=self.clock.now(),
-                )
+                flows = await self._claim(free)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -250,6 +249,21 @@ class Worker:
                 self._start(flow)
             if len(flows) < free:
                 return  # nothing else is runnable now
+
+    async def _claim(self, limit: int) -> list[ScheduledFlow]:
+        now = self.clock.now()
+        if self._lookahead and self.enable_timers:
+            return await self.storage.claim_flows(
+                self.worker_id,
+                self._registry,
+                limit=limit,
+                lease_seconds=self.lease_seconds,
+                now=now,
+                due_by=now + self._lookahead,
+            )
+        return await self.storage.claim_flows(
+            self.worker_id, self._registry, limit=limit, lease_seconds=self.lease_seconds, now=now
+        )
 
     def _start(self, flow: ScheduledFlow) -> None:
         """Run a flow this worker has just claimed, in a task of its own."""
@@ -338,6 +352,7 @@ class Worker:
             self.flows_finished += 1
             return
         try:
+            log = await self._prepare_early(flow)
             outcome = await drive_flow(
                 FlowRun(
                     flow=instance,
@@ -349,6 +364,7 @@ class Worker:
                     run_child=self._schedule_child,
                     writer=writer,
                     attempt=flow.attempt,
+                    log=log,
                     cancellation=cancel,
                 )
             )
@@ -373,6 +389,19 @@ class Worker:
             return
         if not isinstance(outcome, Suspended):
             self.flows_finished += 1
+
+    async def _prepare_early(self, flow: ScheduledFlow) -> dict[Position, Invocation] | None:
+        """For a flow claimed shortly before its timer is due: read its log, wait for the time.
+
+        Returns:
+            The flow's log if it was read here; ``None`` for a flow that runs at once.
+        """
+        wake_at = flow.wake_at
+        if wake_at is None or not 0 < wake_at - self.clock.now() <= self._lookahead:
+            return None
+        log = await read_log(self.storage, flow.flow_id)
+        await self.clock.sleep(wake_at - self.clock.now())
+        return log
 
     async def _schedule_child(
         self, child: object, child_id: str, parent: FlowContext, position: Position

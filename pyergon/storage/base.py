@@ -104,6 +104,7 @@ class ClaimOne:
         limit: int,
         lease_seconds: float,
         now: float,
+        due_by: float | None = None,
     ) -> list[ScheduledFlow]:
         """Take up to ``limit`` runnable flows; see :meth:`ExecutionLog.claim_flows`."""
         raise NotImplementedError
@@ -198,11 +199,14 @@ class ExecutionLog(Protocol):
         limit: int,
         lease_seconds: float,
         now: float,
+        due_by: float | None = None,
     ) -> list[ScheduledFlow]:
         """Atomically take up to ``limit`` runnable flows of ``flow_types``, in queue order.
 
-        Runnable means ``PENDING``; ``SUSPENDED`` with ``wake_at <= now`` (a due timer or retry
-        backoff); or ``RUNNING`` with ``lease_expires_at < now`` (its worker died). Queue order
+        Runnable means ``PENDING``; ``SUSPENDED`` with ``wake_at <= due_by`` (a timer or retry
+        backoff due by then; ``due_by`` defaults to ``now``, and a worker passes a little more
+        to prepare flows whose timers are about to fire); or ``RUNNING`` with
+        ``lease_expires_at < now`` (its worker died). Queue order
         is the time a flow became ready (its ``wake_at`` if it was suspended, else 0), then
         ``created_at``, then ``flow_id``. Exactly one caller gets each flow.
 

@@ -131,13 +131,15 @@ class InMemoryExecutionLog(ClaimOne, SavesProgressInSteps, StorageLifecycle):
         limit: int,
         lease_seconds: float,
         now: float,
+        due_by: float | None = None,
     ) -> list[ScheduledFlow]:
         """Take up to ``limit`` runnable flows of ``flow_types``, in queue order."""
         check_claim_limit(limit)
+        due = now if due_by is None else max(due_by, now)
         runnable = [
             flow
             for flow in self._flows.values()
-            if flow.flow_type in flow_types and _is_runnable(flow, now)
+            if flow.flow_type in flow_types and _is_runnable(flow, now, due)
         ]
         claimed = []
         for chosen in heapq.nsmallest(limit, runnable, key=_queue_order):
@@ -391,11 +393,11 @@ def _cancelled_instead(flow: ScheduledFlow, status: TaskStatus) -> TaskStatus:
     return status
 
 
-def _is_runnable(flow: ScheduledFlow, now: float) -> bool:
+def _is_runnable(flow: ScheduledFlow, now: float, due_by: float) -> bool:
     if flow.status is TaskStatus.PENDING:
         return True
     if flow.status is TaskStatus.SUSPENDED:
-        return flow.wake_at is not None and flow.wake_at <= now
+        return flow.wake_at is not None and flow.wake_at <= due_by
     if flow.status is TaskStatus.RUNNING:
         return flow.lease_expires_at is not None and flow.lease_expires_at < now
     return False

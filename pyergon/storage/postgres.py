@@ -478,6 +478,7 @@ class PostgresExecutionLog(ClaimOne, StorageLifecycle):
         limit: int,
         lease_seconds: float,
         now: float,
+        due_by: float | None = None,
     ) -> list[ScheduledFlow]:
         """Take up to ``limit`` runnable flows of ``flow_types`` in one statement."""
         check_claim_limit(limit)
@@ -490,6 +491,7 @@ class PostgresExecutionLog(ClaimOne, StorageLifecycle):
             now,
             list(flow_types),
             limit,
+            now if due_by is None else max(due_by, now),
         )
         return claimed_flows(rows)
 

@@ -170,7 +170,7 @@ _CLAIM_FLOWS = (
     "AND flow_type = ANY($6::text[]) ORDER BY created_at, flow_id LIMIT $7 "
     "FOR UPDATE SKIP LOCKED), "
     "due AS MATERIALIZED (SELECT flow_id, wake_at, created_at FROM {s}.flows "
-    "WHERE status = 'SUSPENDED' AND wake_at <= $5 AND flow_type = ANY($6::text[]) "
+    "WHERE status = 'SUSPENDED' AND wake_at <= $8 AND flow_type = ANY($6::text[]) "
     "ORDER BY wake_at, created_at, flow_id LIMIT $7 - (SELECT count(*) FROM queued) "
     "FOR UPDATE SKIP LOCKED), "
     "chosen AS (SELECT flow_id, row_number() OVER (ORDER BY ready, created_at, flow_id) AS place "

@@ -444,6 +444,7 @@ class RedisExecutionLog(ClaimOne, SavesProgressInSteps, StorageLifecycle):
         limit: int,
         lease_seconds: float,
         now: float,
+        due_by: float | None = None,
     ) -> list[ScheduledFlow]:
         """Take up to ``limit`` runnable flows of ``flow_types`` in one script."""
         check_claim_limit(limit)
@@ -456,6 +457,7 @@ class RedisExecutionLog(ClaimOne, SavesProgressInSteps, StorageLifecycle):
             worker_id,
             f"{uuid.uuid4().hex}-",
             str(limit),
+            number(now if due_by is None else max(due_by, now)),
             *counted(list(flow_types)),
         )
         return [flow_from_reply(fields) for fields in replies]

@@ -249,6 +249,7 @@ return {notified, redis.call('HGETALL', flow_key(id))}
 _CLAIM_FLOWS = """
 -- Each claimed flow's lease token is the caller's fresh token followed by the flow's place.
 local now, expires, worker, token, limit = arg(), arg(), arg(), arg(), tonumber(arg())
+local due_by = arg()
 local types = counted()
 
 -- Candidates in queue order: ready time (wake time of a due timer, else 0), created_at, id.
@@ -267,7 +268,7 @@ for _, t in ipairs(types) do
   local pending = redis.call('ZRANGE', p .. ':status:PENDING:' .. t, 0, limit - 1, 'WITHSCORES')
   for i = 1, #pending, 2 do consider(0, pending[i + 1], pending[i]) end
   local timers = p .. ':timers:' .. t
-  local due = redis.call('ZRANGEBYSCORE', timers, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+  local due = redis.call('ZRANGEBYSCORE', timers, '-inf', due_by, 'WITHSCORES', 'LIMIT', 0, limit)
   local seen = {}
   for i = 1, #due, 2 do
     consider(due[i + 1], created_at(due[i]), due[i])

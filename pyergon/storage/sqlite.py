@@ -615,6 +615,7 @@ class SqliteExecutionLog(ClaimOne, StorageLifecycle):
         limit: int,
         lease_seconds: float,
         now: float,
+        due_by: float | None = None,
     ) -> list[ScheduledFlow]:
         """Take up to ``limit`` runnable flows of ``flow_types`` in one write transaction."""
         check_claim_limit(limit)
@@ -625,6 +626,7 @@ class SqliteExecutionLog(ClaimOne, StorageLifecycle):
             limit=limit,
             lease_seconds=lease_seconds,
             now=now,
+            due_by=due_by,
         )
         return await self._write(claim)
 

@@ -508,7 +508,7 @@ _RUNNABLE = (
     ),
     (
         "flows_wake_due",
-        "status = 'SUSPENDED' AND wake_at <= :now",
+        "status = 'SUSPENDED' AND wake_at <= :due_by",
         "wake_at",
         "wake_at, created_at, flow_id",
     ),
@@ -524,6 +524,7 @@ def claim_next_flows(
     limit: int,
     lease_seconds: float,
     now: float,
+    due_by: float | None = None,
 ) -> list[ScheduledFlow]:
     """Lease up to ``limit`` runnable flows of ``flow_types`` to ``worker_id``, in queue order.
 
@@ -534,7 +535,8 @@ def claim_next_flows(
     if not flow_types:
         return []  # and an empty IN () cannot use the indexes named below
     types = {f"type_{index}": flow_type for index, flow_type in enumerate(flow_types)}
-    parameters = {**types, "now": now, "limit": limit}
+    due = now if due_by is None else max(due_by, now)
+    parameters = {**types, "now": now, "due_by": due, "limit": limit}
     ready = sorted(
         tuple(row)
         for index, condition, ready_at, order in _RUNNABLE
@@ -555,9 +557,8 @@ def claim_next_flows(
     claimed = []
     for _ready_at, _created_at, flow_id in ready:
         lease = changes | {"lease_token": uuid.uuid4().hex}
-        update_flow_row(connection, flow_id, lease)
-        flow = fetch_flow(connection, flow_id)
-        assert flow is not None  # found and changed in this transaction
+        flow = update_flow_returning(connection, flow_id, lease)
+        assert flow is not None  # found in this transaction
         claimed.append(flow)
     return claimed
 

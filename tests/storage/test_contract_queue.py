@@ -468,3 +468,22 @@ async def test_a_signal_nobody_waits_for_leaves_a_suspended_flow_asleep(
 
     assert await storage.get_flow("flow-1") == flow
     assert await storage.wait_for_work(timeout=0.01) is False
+
+
+async def test_claim_flows_takes_timers_due_by_a_later_time_but_no_live_lease(
+    storage: ExecutionLog, make_flow: FlowFactory
+) -> None:
+    await storage.create_flow(make_flow("soon", status=TaskStatus.SUSPENDED, wake_at=1_005.0))
+    await storage.create_flow(make_flow("later", status=TaskStatus.SUSPENDED, wake_at=1_020.0))
+    await storage.create_flow(make_flow("held", status=TaskStatus.PENDING))
+    held = await storage.claim_flow("worker-a", ["Order"], lease_seconds=5, now=1_000.0)
+    assert held is not None and held.flow_id == "held"  # its lease expires at 1_005.0
+
+    claimed = await storage.claim_flows(
+        "worker-b", ["Order"], limit=10, lease_seconds=30, now=1_000.0, due_by=1_010.0
+    )
+
+    assert [flow.flow_id for flow in claimed] == ["soon"]
+    assert claimed[0].wake_at == 1_005.0  # the worker waits for it before running the flow
+    later = await storage.get_flow("later")
+    assert later is not None and later.status is TaskStatus.SUSPENDED
