@@ -48,7 +48,12 @@ from pyergon.storage.base import (
     check_page,
     status_filter,
 )
-from pyergon.storage.progress import SavesProgressInSteps
+from pyergon.storage.progress import (
+    FlowTransition,
+    SavedProgress,
+    save_progress_in_steps,
+    stored_as_given,
+)
 from pyergon.storage.redis_layout import (
     SCRIPTS,
     counted,
@@ -79,7 +84,7 @@ _MIGRATION_BATCH = 1_000
 """Flows backfilled per script call when migrating a prefix, so Redis is never blocked long."""
 
 
-class RedisExecutionLog(ClaimOne, SavesProgressInSteps, StorageLifecycle):
+class RedisExecutionLog(ClaimOne, StorageLifecycle):
     """Stores flows, records and signals in Redis, in keys named ``{<prefix>}:...``.
 
     Several processes (and machines) may share one Redis and one prefix; different prefixes
@@ -571,6 +576,34 @@ class RedisExecutionLog(ClaimOne, SavesProgressInSteps, StorageLifecycle):
             return invocation
         return decode_invocation(invocation.flow_id, field.encode(), existing)
 
+    async def save_progress(
+        self,
+        flow_id: str,
+        records: Sequence[Invocation],
+        transition: FlowTransition | None = None,
+    ) -> SavedProgress:
+        """Store records and the flow's new state in one script: one round trip."""
+        if not records and transition is None:
+            return SavedProgress()
+        arguments: list[str | bytes] = [flow_id, str(len(records))]
+        for record in records:
+            arguments += [f"{record.sequence}:{record.sub_sequence}", encode_invocation(record)]
+        arguments += _transition_arguments(transition)
+        place, existing, notified, fields = await self._run_batched("save_progress", *arguments)
+        self._wake_local_waiters(notified)
+        if not place:
+            flow = flow_from_reply(fields) if fields else None
+            return SavedProgress(list(records), flow=flow)
+        given = records[place - 1]
+        position = f"{given.sequence}:{given.sub_sequence}".encode()
+        stored = decode_invocation(flow_id, position, existing)
+        saved = [*records[: place - 1], stored]
+        if not stored_as_given(given, stored):
+            return SavedProgress(saved, conflict=True)
+        # Another writer stored the same outcome first: go on with the rest.
+        rest = await save_progress_in_steps(self, flow_id, records[place:], transition)
+        return SavedProgress(saved + rest.records, rest.conflict, rest.flow)
+
     async def delete_failed_invocations(self, flow_id: str) -> int:
         """Delete a flow's ``FAILED`` records and return how many there were."""
         deleted: int = await self._run("delete_failed_invocations", flow_id)
@@ -676,3 +709,25 @@ def _describe(url: str) -> str:
 def _client_name(prefix: str) -> str:
     """``prefix`` made fit for ``CLIENT SETNAME`` (no spaces or control characters)."""
     return "".join(char if 33 <= ord(char) < 127 else "_" for char in prefix)[:64]
+
+
+def _transition_arguments(transition: FlowTransition | None) -> list[str | bytes]:
+    """The arguments of ``save_progress`` that describe the flow's change of state."""
+    if transition is None:
+        return ["none"]
+    changes = flow_changes(
+        result=transition.result,
+        error=transition.error,
+        wake_at=transition.wake_at,
+        attempt=transition.attempt,
+    )
+    if transition.lease_token is None:
+        return ["update", transition.status.value, *changes]
+    return [
+        "release",
+        transition.status.value,
+        transition.lease_token,
+        *changes,
+        *counted(list(transition.waiting_signals)),
+        *counted(list(transition.waiting_children)),
+    ]

@@ -214,6 +214,34 @@ local function delete_everything_of(id)
   redis.call('SREM', p .. ':ids', id)
   return s ~= nil
 end
+
+-- First writer wins: returns the final record that holds the position, or false once stored.
+local function record(id, position, value)
+  local key = p .. ':inv:' .. id
+  local existing = redis.call('HGET', key, position)
+  if existing and FINAL_RECORD[record_header(existing).status] then return existing end
+  redis.call('HSET', key, position, value)
+  redis.call('SADD', p .. ':ids', id)
+  return false
+end
+
+-- The holder of the lease leaves the flow in status; returns whether it held the lease.
+local function release(id, token, status, sets, dels, signals, children)
+  local s = read_state(id)
+  if not s or s.status ~= 'RUNNING' then return false end
+  if redis.call('HGET', flow_key(id), 'lease_token') ~= token then return false end
+  if status == 'SUSPENDED' then
+    for _, name in ipairs(signals) do
+      if redis.call('HEXISTS', p .. ':sig:' .. id, name) == 1 then status = 'PENDING' end
+    end
+    for _, child in ipairs(children) do
+      local child_status = redis.call('HGET', flow_key(child), 'status')
+      if child_status and FINAL_FLOW[child_status] then status = 'PENDING' end
+    end
+  end
+  wake_parent(change_flow(id, s, cancelled_instead(s, status), sets, dels))
+  return true
+end
 """
 
 _CREATE_FLOW = """
@@ -311,19 +339,7 @@ _RELEASE_FLOW = """
 local id, token, status = arg(), arg(), arg()
 local sets, dels = counted(), counted()
 local signals, children = counted(), counted()
-local s = read_state(id)
-if not s or s.status ~= 'RUNNING' then return {0, false} end
-if redis.call('HGET', flow_key(id), 'lease_token') ~= token then return {0, false} end
-if status == 'SUSPENDED' then
-  for _, name in ipairs(signals) do
-    if redis.call('HEXISTS', p .. ':sig:' .. id, name) == 1 then status = 'PENDING' end
-  end
-  for _, child in ipairs(children) do
-    local child_status = redis.call('HGET', flow_key(child), 'status')
-    if child_status and FINAL_FLOW[child_status] then status = 'PENDING' end
-  end
-end
-wake_parent(change_flow(id, s, cancelled_instead(s, status), sets, dels))
+if not release(id, token, status, sets, dels, signals, children) then return {0, false} end
 return {notified, redis.call('HGETALL', flow_key(id))}
 """
 
@@ -351,12 +367,37 @@ return requested
 
 _RECORD_INVOCATION = """
 local id, position, value = arg(), arg(), arg()
-local key = p .. ':inv:' .. id
-local existing = redis.call('HGET', key, position)
-if existing and FINAL_RECORD[record_header(existing).status] then return existing end
-redis.call('HSET', key, position, value)
-redis.call('SADD', p .. ':ids', id)
-return false
+return record(id, position, value)
+"""
+
+_SAVE_PROGRESS = """
+-- Records in order, stopping at one whose position holds a different final record (returned
+-- with its place, for the caller to compare); then, if none did, the flow's change of state.
+local id, count = arg(), tonumber(arg())
+for i = 1, count do
+  local position, value = arg(), arg()
+  local existing = record(id, position, value)
+  if existing and existing ~= value then return {i, existing, 0, false} end
+end
+local kind = arg()
+if kind == 'none' then return {0, false, 0, false} end
+local status = arg()
+local changed = false
+if kind == 'release' then
+  local token = arg()
+  local sets, dels = counted(), counted()
+  local signals, children = counted(), counted()
+  changed = release(id, token, status, sets, dels, signals, children)
+else
+  local sets, dels = counted(), counted()
+  local s = read_state(id)
+  if s then
+    wake_parent(change_flow(id, s, cancelled_instead(s, status), sets, dels))
+    changed = true
+  end
+end
+if not changed then return {0, false, notified, false} end
+return {0, false, notified, redis.call('HGETALL', flow_key(id))}
 """
 
 _DELETE_FAILED_INVOCATIONS = """
@@ -577,6 +618,7 @@ SCRIPTS: dict[str, str] = {
         "request_cancel": _REQUEST_CANCEL,
         "cancel_requests": _CANCEL_REQUESTS,
         "record_invocation": _RECORD_INVOCATION,
+        "save_progress": _SAVE_PROGRESS,
         "delete_failed_invocations": _DELETE_FAILED_INVOCATIONS,
         "store_signal": _STORE_SIGNAL,
         "list_flows": _LIST_FLOWS,
