@@ -261,7 +261,7 @@ def stored_outcome(flow: ScheduledFlow, serializer: Serializer) -> Completed:
 def _encode_result(run: FlowRun, result: Any) -> bytes | None:
     if result is None:
         return None
-    return dumps_for(run.serializer, result, f"the result of flow {run.flow_id!r}")
+    return dumps_for(run.serializer, result, lambda: f"the result of flow {run.flow_id!r}")
 
 
 async def _run_body(context: FlowContext, run: FlowRun) -> Any:
@@ -285,7 +285,8 @@ async def _run_body(context: FlowContext, run: FlowRun) -> Any:
             if context.nondeterminism is not None and isinstance(error_in_flight(), ReplayEnded):
                 raise context.nondeterminism from None
             raise
-        await _settle_leftovers(context, cancel=True)
+        if context.operation_tasks:  # a body that returned without awaiting what it started
+            await _settle_leftovers(context, cancel=True)
     if context.nondeterminism is not None:
         raise context.nondeterminism
     return result
