@@ -109,7 +109,8 @@ async def load(fresh: FreshStorage, history: History) -> None:
 
 
 def _load_sqlite(path: str, history: History) -> None:
-    from pyergon.storage.sqlite_tables import INSERT_FLOW, RECORD_INVOCATION, record_values
+    from pyergon.storage.sql_columns import record_values
+    from pyergon.storage.sqlite_tables import INSERT_FLOW, RECORD_INVOCATION
 
     connection = sqlite3.connect(path, timeout=30)
     try:
@@ -123,7 +124,7 @@ def _load_sqlite(path: str, history: History) -> None:
 def _rows(
     records: Sequence[ScheduledFlow | Invocation], columns: Sequence[str]
 ) -> list[tuple[object, ...]]:
-    from pyergon.storage.sqlite_tables import record_values
+    from pyergon.storage.sql_columns import record_values
 
     return [tuple(values[column] for column in columns) for values in map(record_values, records)]
 

@@ -46,7 +46,7 @@ from pyergon.storage.progress import (
     save_progress_in_steps,
     stored_as_given,
 )
-from pyergon.storage.sqlite_tables import flow_changes, record_values
+from pyergon.storage.sql_columns import flow_changes, record_values
 
 __all__ = ["DEFAULT_DSN", "PostgresExecutionLog"]
 

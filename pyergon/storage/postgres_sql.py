@@ -17,7 +17,7 @@ from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRe
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.errors import CorruptStorageError, SchemaVersionError
 from pyergon.storage.base import SCHEMA_VERSION
-from pyergon.storage.sqlite_tables import sql_list
+from pyergon.storage.sql_columns import sql_list
 
 __all__ = [
     "FLOW_COLUMNS",

@@ -35,6 +35,7 @@ from pyergon.storage.base import (
     status_filter,
 )
 from pyergon.storage.progress import FlowTransition, SavedProgress, stored_as_given
+from pyergon.storage.sql_columns import flow_changes, record_values
 from pyergon.storage.sqlite_connections import (
     Operation,
     Outcome,
@@ -53,14 +54,12 @@ from pyergon.storage.sqlite_tables import (
     claim_next_flows,
     fetch_flow,
     fetch_invocation,
-    flow_changes,
     flow_from_row,
     flow_listing,
     invocation_from_row,
     is_corruption,
     next_wake_time,
     prepare_connection,
-    record_values,
     signal_from_row,
     update_flow_returning,
     update_flow_row,

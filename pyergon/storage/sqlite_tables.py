@@ -9,30 +9,30 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import time
-import typing
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
-from enum import Enum
 from typing import Any, cast
 
 from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.errors import CorruptStorageError, SchemaVersionError
 from pyergon.storage.base import SCHEMA_VERSION, UNCHANGED, FlowUpdate
+from pyergon.storage.sql_columns import (
+    ERROR_COLUMNS,
+    flow_changes,
+    sql_list,
+)
 
 __all__ = [
     "INSERT_FLOW",
-    "LEASE_COLUMNS",
     "MIGRATIONS",
     "RECORD_INVOCATION",
     "awaits_signal",
     "change_flow",
     "changed_flow",
     "claim_next_flows",
-    "error_values",
     "fetch_flow",
     "fetch_invocation",
-    "flow_changes",
     "flow_from_row",
     "flow_listing",
     "invocation_from_row",
@@ -40,23 +40,14 @@ __all__ = [
     "next_wake_time",
     "placeholders",
     "prepare_connection",
-    "record_values",
     "signal_from_row",
-    "sql_list",
     "update_flow_returning",
     "update_flow_row",
     "wake_already_due",
     "wake_flow",
 ]
 
-_ERROR_COLUMNS = ("error_type", "error_message", "error_traceback", "error_payload")
-LEASE_COLUMNS = ("lease_owner", "lease_token", "lease_expires_at")
 _INVOCATION_KEY = ("flow_id", "sequence", "sub_sequence")
-
-
-def sql_list(values: Sequence[Enum]) -> str:
-    """An SQL list literal of enum values, for constant ``IN (...)`` conditions."""
-    return ", ".join(f"'{value.value}'" for value in values)
 
 
 _SCHEMA_V1 = (
@@ -229,7 +220,7 @@ def _columns(record_type: type[ScheduledFlow | Invocation]) -> tuple[str, ...]:
     return tuple(
         column
         for field in dataclasses.fields(record_type)
-        for column in (_ERROR_COLUMNS if field.name == "error" else (field.name,))
+        for column in (ERROR_COLUMNS if field.name == "error" else (field.name,))
     )
 
 
@@ -256,44 +247,10 @@ RECORD_INVOCATION = (
 # -- rows <-> records ----------------------------------------------------------------------------
 
 
-def error_values(error: StoredError | None) -> dict[str, object]:
-    """The error columns holding ``error`` (all ``NULL`` for no error)."""
-    if error is None:
-        return dict.fromkeys(_ERROR_COLUMNS)
-    values = (error.type_name, error.message, error.traceback, error.payload)
-    return dict(zip(_ERROR_COLUMNS, values, strict=True))
-
-
-def _column_plan(record_type: type[ScheduledFlow | Invocation]) -> tuple[tuple[str, ...], ...]:
-    """The fields of a record type stored as they are, and those stored by enum value."""
-    hints = typing.get_type_hints(record_type)
-    names = [field.name for field in dataclasses.fields(record_type) if field.name != "error"]
-    enums = [
-        name for name in names if isinstance(hints[name], type) and issubclass(hints[name], Enum)
-    ]
-    return tuple(names), tuple(enums)
-
-
-_COLUMN_PLANS = {
-    record_type: _column_plan(record_type) for record_type in (ScheduledFlow, Invocation)
-}
-"""Looked up once per record type, since every write needs them."""
-
-
-def record_values(record: ScheduledFlow | Invocation) -> dict[str, object]:
-    """Column values of a record: enums by value, the error spread over its columns."""
-    names, enums = _COLUMN_PLANS[type(record)]
-    values: dict[str, object] = {name: getattr(record, name) for name in names}
-    for name in enums:
-        values[name] = getattr(record, name).value
-    values.update(error_values(record.error))
-    return values
-
-
 def _record_fields(row: sqlite3.Row) -> dict[str, Any]:
     """Keyword arguments rebuilding a record from its row; enums are left to the caller."""
     fields = dict(zip(row.keys(), row, strict=True))
-    error = [fields.pop(column) for column in _ERROR_COLUMNS]
+    error = [fields.pop(column) for column in ERROR_COLUMNS]
     if error[0] is not None:
         fields["error"] = StoredError(*error)
     return fields
@@ -343,34 +300,6 @@ def fetch_invocation(
 # -- flow changes shared by several write methods ------------------------------------------------
 
 _FINAL_FLOW_STATUSES = sql_list([status for status in TaskStatus if status.is_final])
-
-
-def flow_changes(
-    status: TaskStatus,
-    *,
-    result: bytes | FlowUpdate | None = UNCHANGED,
-    error: StoredError | FlowUpdate | None = UNCHANGED,
-    wake_at: float | FlowUpdate | None = UNCHANGED,
-    attempt: int | FlowUpdate = UNCHANGED,
-) -> dict[str, object]:
-    """Column values for a change of state.
-
-    Leaving ``RUNNING`` drops the lease; becoming ``PENDING`` forgets a cancellation request.
-    """
-    changes: dict[str, object] = {"status": status.value, "updated_at": time.time()}
-    if not isinstance(result, FlowUpdate):
-        changes["result"] = result
-    if not isinstance(error, FlowUpdate):
-        changes.update(error_values(error))
-    if not isinstance(wake_at, FlowUpdate):
-        changes["wake_at"] = wake_at
-    if not isinstance(attempt, FlowUpdate):
-        changes["attempt"] = attempt
-    if status is not TaskStatus.RUNNING:
-        changes.update(dict.fromkeys(LEASE_COLUMNS))
-    if status is TaskStatus.PENDING:
-        changes["cancel_requested"] = False
-    return changes
 
 
 def update_flow_row(
@@ -425,9 +354,9 @@ def changed_flow(flow: ScheduledFlow, changes: dict[str, object]) -> ScheduledFl
 
     Saves that read in a transaction that has just read ``flow`` and applied ``changes``.
     """
-    fields = {column: value for column, value in changes.items() if column not in _ERROR_COLUMNS}
+    fields = {column: value for column, value in changes.items() if column not in ERROR_COLUMNS}
     if "error_type" in changes:
-        error = [changes[column] for column in _ERROR_COLUMNS]
+        error = [changes[column] for column in ERROR_COLUMNS]
         fields["error"] = None if error[0] is None else StoredError(*error)  # type: ignore[arg-type]
     if "status" in fields:
         fields["status"] = TaskStatus(cast(str, fields["status"]))

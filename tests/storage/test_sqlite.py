@@ -31,13 +31,13 @@ from pyergon.errors import (
 )
 from pyergon.storage import InMemoryExecutionLog, open_storage
 from pyergon.storage.base import SCHEMA_VERSION
+from pyergon.storage.sql_columns import record_values
 from pyergon.storage.sqlite import SqliteExecutionLog
 from pyergon.storage.sqlite_tables import (
     MIGRATIONS,
     flow_listing,
     placeholders,
     prepare_connection,
-    record_values,
 )
 
 from .conftest import FlowFactory, InvocationFactory
