@@ -110,6 +110,8 @@ _POLL_MIN = 0.002
 """Seconds between checks for other processes' commits right after activity."""
 _POLL_MAX = 0.05
 """Seconds between those checks once the database has been idle for a while."""
+_POLL_HOT = 0.25
+"""Seconds after another process's last commit during which checks stay at ``_POLL_MIN``."""
 
 
 def _data_version(connection: sqlite3.Connection) -> int:
@@ -266,6 +268,7 @@ class SqliteExecutionLog(ClaimOne, StorageLifecycle):
         self._work = asyncio.Event()
         self._data_version: int | None = None
         self._poll_interval = _POLL_MIN
+        self._seen_commit_at = 0.0
         self._batches_committed = 0
         """Committed group-commit transactions; tests read it to check batching."""
         self._writers_alone = True
@@ -726,6 +729,7 @@ class SqliteExecutionLog(ClaimOne, StorageLifecycle):
         while not self._work.is_set():
             if await self._other_process_committed():
                 self._poll_interval = _POLL_MIN
+                self._seen_commit_at = loop.time()
                 # Setting the event wakes every worker sharing this object, not only this one.
                 self._work.set()
                 break
@@ -735,7 +739,8 @@ class SqliteExecutionLog(ClaimOne, StorageLifecycle):
             try:
                 await asyncio.wait_for(self._work.wait(), min(self._poll_interval, remaining))
             except TimeoutError:
-                self._poll_interval = min(self._poll_interval * 2, _POLL_MAX)
+                if loop.time() - self._seen_commit_at > _POLL_HOT:  # quiet: back off
+                    self._poll_interval = min(self._poll_interval * 2, _POLL_MAX)
         self._work.clear()
         return True
 
