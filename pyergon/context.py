@@ -175,8 +175,9 @@ class FlowContext:
         if self.replay_only:
             raise ReplayEnded(position)
         # Work done so far is stored before more starts (and before a stepper pauses here),
-        # so live work never builds on a result that a crash could lose.
-        if self.unsaved_results:
+        # so live work never builds on a result that a crash could lose: that includes a save
+        # another operation of this flow has under way, and one that failed or conflicted.
+        if self.unsaved_results or self._saving or self.conflicted or self.save_failure is not None:
             await self.save()
         if self.cancellation is not None and await self.cancellation.requested():
             raise FlowCancelled(f"flow {self.flow_id!r} was cancelled on request")
@@ -311,6 +312,12 @@ class FlowContext:
         except Exception as error:
             # What this save stored is unknown: no later save of the run may build on it.
             self.save_failure = error
+            raise
+        except BaseException:
+            # Cancelled mid-write: keep the records for the run's next save, which stores
+            # them again harmlessly if this one got through (first writer wins, same values).
+            self.unsaved[:0] = records
+            self.unsaved_results = self.unsaved_results or bool(records)
             raise
         finally:
             self._saving = False

@@ -67,7 +67,9 @@ async def _wait(context: FlowContext, position: Position, seconds: float, name: 
             started_at=now,
             fire_at=now + seconds,
         )
-        context.keep(record, replayable=True)
+        # Not replayable: replay would start the wait over, so a long gathered operation must
+        # not keep it from being stored (a save follows within this pass of the loop).
+        context.keep(record)
     assert record.fire_at is not None  # set above or by an earlier run
     if context.clock.now() < record.fire_at:
         raise context.suspend(

@@ -45,6 +45,12 @@ _CANCEL_CHECK_INTERVAL = 0.02
 _MAX_BACKOFF = 5.0
 """Longest pause between attempts while the storage cannot be reached."""
 
+_RETRY_AFTER_FAILURE = 0.5
+"""Seconds a flow whose run failed for a reason outside its code waits before it runs again;
+doubled for each further failure in a row, up to ``_MAX_RETRY_AFTER_FAILURE``."""
+
+_MAX_RETRY_AFTER_FAILURE = 60.0
+
 _TIMER_LOOKAHEAD = 0.02
 """Seconds before a timer falls due that a worker claims its flow and reads its log, so the flow
 continues at the fire time itself rather than after that work (system clock only)."""
@@ -103,6 +109,8 @@ class Worker:
         self.on_error = on_error
         self._claim_backoff = _Backoff(worker_id, "claiming flows", self._report)
         self._cancels_checked_at = 0.0
+        self._failed_runs: dict[str, int] = {}
+        """Runs in a row that failed outside the flow's code, by flow id (reset by a good run)."""
         self.flows_finished = 0
         """Flows this worker ran to a final state."""
         self.last_heartbeat = 0.0
@@ -380,13 +388,23 @@ class Worker:
             self.flows_finished += 1
             return
         except Exception as error:
-            # Storage trouble or a bug in pyergon: give the flow back so it runs again.
+            # Storage trouble or a bug in pyergon: give the flow back so it runs again, after a
+            # pause that grows while the failure repeats, so its steps do not rerun in a loop.
+            failures = self._failed_runs.get(flow.flow_id, 0) + 1
+            self._failed_runs[flow.flow_id] = failures
+            delay = min(_RETRY_AFTER_FAILURE * 2 ** (failures - 1), _MAX_RETRY_AFTER_FAILURE)
             logger.error(
-                "worker %s failed running flow %r: %r", self.worker_id, flow.flow_id, error
+                "worker %s failed running flow %r (%d in a row; next try in %.1f s): %r",
+                self.worker_id,
+                flow.flow_id,
+                failures,
+                delay,
+                error,
             )
             self._report(error, flow.flow_id)
-            await _release_quietly(writer, "failed")
+            await _release_quietly(writer, "failed", wake_at=self.clock.now() + delay)
             return
+        self._failed_runs.pop(flow.flow_id, None)
         if not isinstance(outcome, Suspended):
             self.flows_finished += 1
 
@@ -517,8 +535,12 @@ class _LeaseWriter:
             status.value,
         )
 
-    async def give_back(self) -> None:
-        await self._release(TaskStatus.PENDING)
+    async def give_back(self, wake_at: float | None = None) -> None:
+        """Release the flow to run again: at once, or (``SUSPENDED``) from ``wake_at`` on."""
+        if wake_at is None:
+            await self._release(TaskStatus.PENDING)
+        else:
+            await self._release(TaskStatus.SUSPENDED, wake_at=wake_at)
 
 
 @dataclasses.dataclass(slots=True)
@@ -546,9 +568,9 @@ class _CancelFlag:
         return self.requested_flag
 
 
-async def _release_quietly(writer: _LeaseWriter, why: str) -> None:
+async def _release_quietly(writer: _LeaseWriter, why: str, *, wake_at: float | None = None) -> None:
     try:
-        await asyncio.shield(writer.give_back())
+        await asyncio.shield(writer.give_back(wake_at))
     except Exception as error:
         logger.warning("could not release a %s flow; its lease will expire: %s", why, error)
 

@@ -264,3 +264,67 @@ async def test_a_failed_save_ends_the_run_with_the_storage_error_and_the_flow_re
     storage.down = False
     outcome = await Executor(ThreeSteps(1), storage, "refused").run(lambda f: f.run())
     assert outcome == Completed("refused", result=3)
+
+
+class HeldSaves(InMemoryExecutionLog):
+    """Memory storage whose saves of records wait for ``release`` once ``hold`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.saving = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def save_progress(
+        self,
+        flow_id: str,
+        records: Sequence[Invocation],
+        transition: FlowTransition | None = None,
+    ) -> SavedProgress:
+        if self.hold and records:
+            self.saving.set()
+            await self.release.wait()
+        return await super().save_progress(flow_id, records, transition)
+
+
+@dataclass
+@flow_type
+class FanOut:
+    bodies: list[str] = field(default_factory=list, init=False, compare=False)
+
+    @step
+    async def base(self) -> int:
+        self.bodies.append("base")
+        return 41
+
+    @step
+    async def left(self, value: int) -> int:
+        self.bodies.append("left")
+        return value + 1
+
+    @step
+    async def right(self, value: int) -> int:
+        self.bodies.append("right")
+        return value + 2
+
+    @flow
+    async def run(self) -> list[int]:
+        value = await self.base()
+        return list(await asyncio.gather(self.left(value), self.right(value)))
+
+
+async def test_no_gathered_step_runs_while_the_result_it_uses_is_still_being_saved() -> None:
+    storage = HeldSaves()
+    storage.hold = True
+    flow_instance = FanOut()
+    run = asyncio.create_task(Executor(flow_instance, storage, "fan").run(lambda f: f.run()))
+
+    await asyncio.wait_for(storage.saving.wait(), 10)  # the base step's record is being saved
+    for _ in range(20):  # many passes of the loop: neither sibling may start meanwhile
+        await asyncio.sleep(0)
+
+    assert flow_instance.bodies == ["base"]
+    storage.hold = False
+    storage.release.set()
+    assert await run == Completed("fan", result=[42, 43])
+    assert sorted(flow_instance.bodies) == ["base", "left", "right"]
