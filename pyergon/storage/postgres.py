@@ -532,28 +532,22 @@ class PostgresExecutionLog(ClaimOne, StorageLifecycle):
             lone = await self._change_lone_flow(flow_id, status, changes, lease_token=lease_token)
             if lone is not None:
                 return flow_from_record(lone)
+        transition = FlowTransition(
+            status,
+            result=result,
+            error=error,
+            wake_at=wake_at,
+            attempt=attempt,
+            lease_token=lease_token,
+            waiting_signals=tuple(waiting_signals),
+            waiting_children=tuple(waiting_children),
+        )
         async with self._transaction() as connection:
-            held = await connection.fetchrow(self._sql["lock_flow"], flow_id)
-            if held is None or held["status"] != TaskStatus.RUNNING.value:
-                return None
-            if held["lease_token"] != lease_token:
-                return None
-            if status is TaskStatus.SUSPENDED and await self._wake_already_due(
-                connection, flow_id, list(waiting_signals), list(waiting_children)
-            ):
-                status = TaskStatus.PENDING
-            released, woken = await self._change_held(
-                connection,
-                flow_id,
-                held,
-                status,
-                result=result,
-                error=error,
-                wake_at=wake_at,
-                attempt=attempt,
+            released, woken = await self._transition_in(
+                connection, flow_id, transition, try_lone=False
             )
         self._woke_workers(released, woken)
-        return flow_from_record(released)
+        return None if released is None else flow_from_record(released)
 
     async def _wake_already_due(
         self, connection: Any, flow_id: str, signals: list[str], children: list[str]
@@ -728,15 +722,21 @@ class PostgresExecutionLog(ClaimOne, StorageLifecycle):
             # The final record was deleted between the two statements: record again.
 
     async def _transition_in(
-        self, connection: Any, flow_id: str, transition: FlowTransition
+        self, connection: Any, flow_id: str, transition: FlowTransition, *, try_lone: bool = True
     ) -> tuple[Any, Any]:
         """Apply ``transition`` in the transaction on ``connection``, as release or update.
+
+        Args:
+            connection: A connection inside a transaction.
+            flow_id: The flow.
+            transition: Its new state.
+            try_lone: Try the one-statement change first (off when the caller just did).
 
         Returns:
             The flow's changed row (``None`` if it was not changed) and its woken parent's.
         """
         status = transition.status
-        if not transition.waiting_signals and not transition.waiting_children:
+        if try_lone and not transition.waiting_signals and not transition.waiting_children:
             changes = flow_changes(
                 status,
                 result=transition.result,
