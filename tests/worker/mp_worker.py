@@ -5,6 +5,10 @@ serves :class:`RelayFlow` with a :class:`~pyergon.Worker` until SIGTERM (or SIGI
 the worker down gracefully and exits 0. Every step body appends ``"<flow_id> <position> start"``
 to the side-effect file before doing its work, with one ``write`` on an ``O_APPEND`` descriptor,
 so the test can count across processes how often each body ran, even in a process it killed.
+
+Once a file named like the side-effect file with the suffix ``.hold`` exists, every step body
+this process starts afterwards stops after its start line and never finishes: the test creates
+it for the worker it is about to kill, so the kill lands while that worker is inside steps.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from pyergon import (
     Worker,
@@ -38,6 +43,12 @@ SIGNAL_POSITION = 4
 """Log position of the signal wait in a flow that waits for one."""
 
 _side_effects: list[int] = []  # the descriptor of this process's side-effect file, once opened
+_hold_files: list[Path] = []  # the file whose existence makes step bodies stop, once known
+
+
+def hold_file(side_effect_file: str | Path) -> Path:
+    """The file that makes the worker writing ``side_effect_file`` hold its step bodies."""
+    return Path(side_effect_file).with_suffix(".hold")
 
 
 def signal_value(number: int) -> str:
@@ -59,6 +70,8 @@ def step_positions(wants_signal: bool) -> list[int]:
 async def _work() -> None:
     flow_id, _, position = idempotency_key().rpartition(":")
     os.write(_side_effects[0], f"{flow_id} {position} start\n".encode())
+    if _hold_files[0].exists():
+        await asyncio.Event().wait()  # held until the test kills this process
     await asyncio.sleep(STEP_SECONDS)
 
 
@@ -120,6 +133,7 @@ def main(arguments: list[str]) -> None:
     url, worker_id, side_effect_file = arguments
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _side_effects.append(os.open(side_effect_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+    _hold_files.append(hold_file(side_effect_file))
     asyncio.run(serve(url, worker_id))
 
 

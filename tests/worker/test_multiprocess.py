@@ -210,8 +210,24 @@ class Driver:
                 return
             self.workers.check_running()
             if loop.time() > deadline:
-                pytest.fail(f"{what} not reached within {within} s")
+                pytest.fail(f"{what} not reached within {within} s\n{await self.snapshot()}")
             await asyncio.sleep(POLL_SECONDS)
+
+    async def snapshot(self) -> str:
+        """What storage and the workers' logs show: why a deadline was missed."""
+        flows = await self.storage.list_flows(limit=FLOWS)
+        statuses = Counter(flow.status.value for flow in flows)
+        holders = Counter(flow.lease_owner for flow in flows if flow.status is TaskStatus.RUNNING)
+        lines = [
+            f"statuses: {dict(statuses)}",
+            f"running flows per worker: {dict(holders)}",
+            f"signals still to send: {len(self.awaiting_signal)}",
+        ]
+        for worker_id in self.workers.processes:
+            output = self.workers.output(worker_id).splitlines()
+            lines.append(f"{worker_id} output (last 20 lines):")
+            lines.extend(f"  {line}" for line in output[-20:])
+        return "\n".join(lines)
 
     async def deliver_late_signals(self) -> None:
         """Signal the flows that are suspended waiting for their signal."""
@@ -265,12 +281,17 @@ async def test_flows_survive_a_killed_worker_process(
                 value = signal_value(plan.flow.number)
                 assert await scheduler.signal(plan.flow_id, mp_worker.SIGNAL_NAME, value)
 
-        async def a_third_done_and_victim_busy() -> bool:
-            # Two held flows, so the victim still holds one when the kill lands a moment later.
-            done = await driver.completed() >= FLOWS // 3
-            return done and len(await driver.held_by(VICTIM)) >= 2
+        async def a_third_done() -> bool:
+            return await driver.completed() >= FLOWS // 3
 
-        await driver.until(a_third_done_and_victim_busy, START_DEADLINE, "a third of the flows")
+        async def victim_inside_steps() -> bool:
+            return len(await driver.held_by(VICTIM)) >= 2
+
+        await driver.until(a_third_done, START_DEADLINE, "a third of the flows")
+        # From now on the victim stops inside every step body it starts, so it still holds
+        # flows mid-step when the kill lands, however fast the others finish the rest.
+        mp_worker.hold_file(workers.side_effect_file(VICTIM)).touch()
+        await driver.until(victim_inside_steps, START_DEADLINE, "the victim inside two steps")
         # Kill first, then read: what storage holds now is what the victim left behind. Its
         # leases run for at least two thirds of LEASE_SECONDS more, so nobody has taken over.
         workers.kill(VICTIM)
