@@ -31,6 +31,7 @@ from pyergon.storage.postgres_sql import (
     FLOW_COLUMNS,
     INVOCATION_COLUMNS,
     Statements,
+    changed_flow,
     channel_name,
     claimed_flows,
     flow_from_record,
@@ -38,6 +39,7 @@ from pyergon.storage.postgres_sql import (
     migrate,
     sent_notice,
     signal_from_record,
+    stored_record,
     validate_schema_name,
 )
 from pyergon.storage.progress import (
@@ -673,9 +675,10 @@ class PostgresExecutionLog(ClaimOne, StorageLifecycle):
         async with self._recording.hold(position):
             while True:
                 async with self._connection() as connection:
-                    row = await connection.fetchrow(self._sql["record_invocation"], *arguments)
-                    if row is None:  # a final record holds the position
-                        row = await connection.fetchrow(self._sql["get_invocation"], *position)
+                    if await connection.fetchval(self._sql["record_invocation"], *arguments):
+                        return invocation  # stored as given
+                    # A final record holds the position.
+                    row = await connection.fetchrow(self._sql["get_invocation"], *position)
                 if row is not None:
                     return invocation_from_record(row)
                 # The final record was deleted between the two statements: record again.
@@ -694,6 +697,10 @@ class PostgresExecutionLog(ClaimOne, StorageLifecycle):
         if not records or transition is None:
             # Single statements commit on their own: a transaction would only add round trips.
             return await save_progress_in_steps(self, flow_id, records, transition)
+        if len(records) == 1:
+            saved = await self._record_and_change_lone_flow(flow_id, records[0], transition)
+            if saved is not None:
+                return saved
         stored_records: list[Invocation] = []
         changed: tuple[Any, Any] = (None, None)
         async with self._transaction() as connection:
@@ -708,16 +715,55 @@ class PostgresExecutionLog(ClaimOne, StorageLifecycle):
         flow = None if changed[0] is None else flow_from_record(changed[0])
         return SavedProgress(stored_records, flow=flow)
 
+    async def _record_and_change_lone_flow(
+        self, flow_id: str, record: Invocation, transition: FlowTransition
+    ) -> SavedProgress | None:
+        """Save one record and a lone flow's release in one statement: one round trip.
+
+        Returns:
+            What was saved, or ``None`` if the general path must save it: the transition is
+            not a lone flow's release, the flow did not qualify, or the record was not stored.
+            The record may be stored already then, which is a prefix of the progress.
+        """
+        if transition.lease_token is None or transition.waiting_signals:
+            return None
+        if transition.waiting_children:
+            return None
+        changes = flow_changes(
+            transition.status,
+            result=transition.result,
+            error=transition.error,
+            wake_at=transition.wake_at,
+            attempt=transition.attempt,
+        )
+        statement = self._sql.record_and_change_lone_flow(
+            list(changes), waits=transition.status in (TaskStatus.SUSPENDED, TaskStatus.PENDING)
+        )
+        values = record_values(record)
+        row = await self._fetchrow(
+            statement,
+            self._channel,
+            self._origin,
+            flow_id,
+            *changes.values(),
+            transition.lease_token,
+            *[values[column] for column in INVOCATION_COLUMNS],
+        )
+        if not stored_record(row) or not changed_flow(row):
+            return None
+        self._woke_workers(row)
+        return SavedProgress([record], flow=flow_from_record(row))
+
     async def _record_in(self, connection: Any, invocation: Invocation) -> Invocation:
         """Record ``invocation`` in the transaction on ``connection``; return it as stored."""
         values = record_values(invocation)
         arguments = [values[column] for column in INVOCATION_COLUMNS]
         position = (invocation.flow_id, invocation.sequence, invocation.sub_sequence)
         while True:
-            row = await connection.fetchrow(self._sql["record_invocation"], *arguments)
-            if row is None:  # a final record holds the position
-                row = await connection.fetchrow(self._sql["get_invocation"], *position)
-            if row is not None:
+            if await connection.fetchval(self._sql["record_invocation"], *arguments):
+                return invocation  # stored as given
+            row = await connection.fetchrow(self._sql["get_invocation"], *position)
+            if row is not None:  # a final record holds the position
                 return invocation_from_record(row)
             # The final record was deleted between the two statements: record again.
 

@@ -25,6 +25,7 @@ __all__ = [
     "MIGRATIONS",
     "Statements",
     "advisory_lock_key",
+    "changed_flow",
     "channel_name",
     "claimed_flows",
     "flow_from_record",
@@ -33,6 +34,7 @@ __all__ = [
     "quote_identifier",
     "sent_notice",
     "signal_from_record",
+    "stored_record",
     "validate_schema_name",
 ]
 
@@ -41,6 +43,8 @@ _ERROR_COLUMNS = ("error_type", "error_message", "error_traceback", "error_paylo
 _NOTICE_COLUMN = "notified_workers"
 _PLACE = "queue_place"
 """The column a batch claim adds to each row: the flow's place in the queue order."""
+_RECORDED = "recorded"
+"""The column a record-and-change statement adds: whether it stored the record."""
 
 
 def validate_schema_name(schema: str) -> str:
@@ -158,6 +162,21 @@ def _numbered(columns: Sequence[str], first: int) -> str:
     return ", ".join(f"${index}" for index in range(first, first + len(columns)))
 
 
+def _record_invocation(first: int) -> str:
+    """An INSERT of a record (columns from ``$first``) unless a final record holds its place."""
+    updates = ", ".join(
+        f"{column} = excluded.{column}"
+        for column in INVOCATION_COLUMNS
+        if column not in _INVOCATION_KEY
+    )
+    return (
+        f"INSERT INTO {{s}}.invocations AS stored ({', '.join(INVOCATION_COLUMNS)}) "
+        f"VALUES ({_numbered(INVOCATION_COLUMNS, first)}) "
+        f"ON CONFLICT ({', '.join(_INVOCATION_KEY)}) DO UPDATE SET {updates} "
+        f"WHERE stored.status NOT IN ({_FINAL_INVOCATION})"
+    )
+
+
 _CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
 # The queue order is (ready time, created_at, flow_id) where the ready time is the wake time of a
 # suspended flow and 0 otherwise. So the oldest pending or lease-expired flows come first and due
@@ -221,15 +240,8 @@ _TEMPLATES = {
     "ORDER BY sequence, sub_sequence",
     "get_invocation": "SELECT * FROM {s}.invocations "
     "WHERE flow_id = $1 AND sequence = $2 AND sub_sequence = $3",
-    "record_invocation": f"INSERT INTO {{s}}.invocations AS stored "
-    f"({', '.join(INVOCATION_COLUMNS)}) VALUES ({_numbered(INVOCATION_COLUMNS, 1)}) "
-    f"ON CONFLICT ({', '.join(_INVOCATION_KEY)}) DO UPDATE SET "
-    + ", ".join(
-        f"{column} = excluded.{column}"
-        for column in INVOCATION_COLUMNS
-        if column not in _INVOCATION_KEY
-    )
-    + f" WHERE stored.status NOT IN ({_FINAL_INVOCATION}) RETURNING *",
+    # Returns a row only if the record was stored: it then holds exactly the values given.
+    "record_invocation": _record_invocation(1) + " RETURNING true",
     "delete_failed_invocations": "DELETE FROM {s}.invocations "
     f"WHERE flow_id = $1 AND status = '{InvocationStatus.FAILED.value}'",
     "insert_signal": "INSERT INTO {s}.signals (flow_id, name, payload, sent_at) "
@@ -304,6 +316,25 @@ class Statements:
             conditions.append("NOT (status = 'RUNNING' AND cancel_requested)")
         return statement.replace(
             " WHERE flow_id = $3", f" WHERE flow_id = $3 AND {' AND '.join(conditions)}", 1
+        )
+
+    def record_and_change_lone_flow(self, columns: Sequence[str], *, waits: bool) -> str:
+        """One record, then :meth:`change_lone_flow` with a lease, as one statement.
+
+        The record's columns follow the lease token. The flow changes only if the record was
+        stored. The one row returned says both: ``recorded`` (whether the record was stored,
+        as ``record_invocation`` would) and the flow's changed row, all ``NULL`` if it did not
+        change.
+        """
+        change = self.change_lone_flow(columns, lease=True, expected=False, waits=waits)
+        update = change.removeprefix("WITH changed AS (").partition(" RETURNING *) SELECT ")[0]
+        record = _record_invocation(5 + len(columns)).format(s=self.schema)
+        return (
+            f"WITH recorded AS ({record} RETURNING true), "
+            f"changed AS ({update} AND EXISTS (SELECT FROM recorded) RETURNING *) "
+            f"SELECT EXISTS (SELECT FROM recorded) AS {_RECORDED}, changed.*, "
+            f"CASE WHEN {_WAKES} THEN pg_notify($1, $2)::text END AS {_NOTICE_COLUMN} "
+            "FROM (SELECT) AS one LEFT JOIN changed ON true"
         )
 
     def list_flows(
@@ -430,6 +461,16 @@ async def _stored_version(connection: Any, sql: Statements, where: str) -> int:
 # -- records -> parameters and rows -> records -----------------------------------------------------
 
 
+def stored_record(row: Mapping[str, Any]) -> bool:
+    """Whether a record-and-change statement's row says it stored the record."""
+    return bool(row[_RECORDED])
+
+
+def changed_flow(row: Mapping[str, Any]) -> bool:
+    """Whether a record-and-change statement's row holds the changed flow."""
+    return row["flow_id"] is not None
+
+
 def sent_notice(row: Mapping[str, Any]) -> bool:
     """Whether a row returned by a notifying statement sent a notice."""
     return row[_NOTICE_COLUMN] is not None
@@ -440,6 +481,7 @@ def _record_fields(row: Mapping[str, Any]) -> dict[str, Any]:
     fields = dict(row.items())
     fields.pop(_NOTICE_COLUMN, None)
     fields.pop(_PLACE, None)
+    fields.pop(_RECORDED, None)
     error = [fields.pop(column) for column in _ERROR_COLUMNS]
     if error[0] is not None:
         fields["error"] = StoredError(*error)

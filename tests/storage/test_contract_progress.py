@@ -158,3 +158,98 @@ async def test_a_transition_of_an_unknown_flow_changes_nothing(storage: Executio
 
     assert saved.flow is None and not saved.conflict
     assert await storage.get_flow("nobody") is None
+
+
+async def claim(storage: ExecutionLog, flow_id: str = "flow-1") -> str:
+    """Claim ``flow_id`` (created ``PENDING``) and return its lease token."""
+    claimed = await storage.claim_flows("w", ["Order"], limit=10, lease_seconds=30, now=1_000.0)
+    tokens = {flow.flow_id: flow.lease_token for flow in claimed}
+    token = tokens.get(flow_id)
+    assert token is not None, f"{flow_id} was not claimed"
+    return token
+
+
+@pytest.mark.parametrize(
+    "transition",
+    [
+        FlowTransition(TaskStatus.COMPLETE, result=b"ok", wake_at=None),
+        FlowTransition(TaskStatus.SUSPENDED, wake_at=2_000.0),
+        FlowTransition(TaskStatus.PENDING),
+    ],
+    ids=["complete", "timer", "requeue"],
+)
+async def test_a_held_flow_saves_its_last_record_with_its_release(
+    storage: ExecutionLog,
+    make_flow: FlowFactory,
+    make_invocation: InvocationFactory,
+    transition: FlowTransition,
+) -> None:
+    await storage.create_flow(make_flow())
+    token = await claim(storage)
+    record = make_invocation(1, status=InvocationStatus.COMPLETE, result=b"r")
+    held = FlowTransition(
+        transition.status, result=transition.result, wake_at=transition.wake_at, lease_token=token
+    )
+
+    saved = await storage.save_progress("flow-1", [record], held)
+
+    assert saved.records == [record] and not saved.conflict
+    assert saved.flow is not None and saved.flow == await storage.get_flow("flow-1")
+    expected_result = b"ok" if transition.status is TaskStatus.COMPLETE else None
+    assert (saved.flow.status, saved.flow.result) == (transition.status, expected_result)
+    assert saved.flow.wake_at == (2_000.0 if transition.status is TaskStatus.SUSPENDED else None)
+    assert (saved.flow.lease_token, saved.flow.lease_owner) == (None, None)
+    assert await storage.load_invocations("flow-1") == [record]
+
+
+async def test_a_held_flow_whose_last_record_conflicts_keeps_its_lease(
+    storage: ExecutionLog, make_flow: FlowFactory, make_invocation: InvocationFactory
+) -> None:
+    await storage.create_flow(make_flow())
+    token = await claim(storage)
+    theirs = make_invocation(1, status=InvocationStatus.COMPLETE, result=b"theirs")
+    await storage.record_invocation(theirs)
+    mine = make_invocation(1, status=InvocationStatus.COMPLETE, result=b"mine")
+
+    saved = await storage.save_progress(
+        "flow-1", [mine], FlowTransition(TaskStatus.COMPLETE, result=b"ok", lease_token=token)
+    )
+
+    assert saved.conflict and saved.records == [theirs] and saved.flow is None
+    stored = await storage.get_flow("flow-1")
+    assert stored is not None and (stored.status, stored.lease_token) == (TaskStatus.RUNNING, token)
+    assert await storage.load_invocations("flow-1") == [theirs]
+
+
+async def test_a_held_child_saving_its_last_record_and_completion_wakes_its_parent(
+    storage: ExecutionLog, make_flow: FlowFactory, make_invocation: InvocationFactory
+) -> None:
+    await storage.create_flow(make_flow("parent", status=TaskStatus.SUSPENDED))
+    await storage.create_flow(make_flow("child", parent_flow_id="parent", parent_sequence="3"))
+    token = await claim(storage, "child")
+    record = make_invocation(1, flow_id="child", status=InvocationStatus.COMPLETE, result=b"r")
+
+    saved = await storage.save_progress(
+        "child", [record], FlowTransition(TaskStatus.COMPLETE, result=b"ok", lease_token=token)
+    )
+
+    assert saved.flow is not None and saved.flow.status is TaskStatus.COMPLETE
+    assert await storage.load_invocations("child") == [record]
+    parent = await storage.get_flow("parent")
+    assert parent is not None and parent.status is TaskStatus.PENDING
+
+
+async def test_a_held_flow_asked_to_cancel_ends_cancelled_instead_of_suspending(
+    storage: ExecutionLog, make_flow: FlowFactory, make_invocation: InvocationFactory
+) -> None:
+    await storage.create_flow(make_flow())
+    token = await claim(storage)
+    await storage.request_cancel("flow-1")
+    record = make_invocation(1, status=InvocationStatus.COMPLETE, result=b"r")
+
+    saved = await storage.save_progress(
+        "flow-1", [record], FlowTransition(TaskStatus.SUSPENDED, wake_at=2_000.0, lease_token=token)
+    )
+
+    assert saved.flow is not None and saved.flow.status is TaskStatus.CANCELLED
+    assert await storage.load_invocations("flow-1") == [record]
