@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,6 +49,7 @@ __all__ = [
     "FlowRun",
     "FlowStateWriter",
     "drive_flow",
+    "log_by_position",
     "read_log",
     "reopen_failed_work",
     "stored_outcome",
@@ -104,7 +105,11 @@ class FlowRun:
 
 async def read_log(storage: ExecutionLog, flow_id: str) -> dict[Position, Invocation]:
     """Return a flow's records keyed by position."""
-    records = await storage.load_invocations(flow_id)
+    return log_by_position(await storage.load_invocations(flow_id))
+
+
+def log_by_position(records: Iterable[Invocation]) -> dict[Position, Invocation]:
+    """Key a flow's records by their log position."""
     return {(record.sequence, record.sub_sequence): record for record in records}
 
 

@@ -27,9 +27,9 @@ from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import NonDeterminismError, PyergonError
 from pyergon.executor.inputs import decode_flow, encode_flow
-from pyergon.executor.runner import FlowRun, drive_flow, read_log, stored_outcome
+from pyergon.executor.runner import FlowRun, drive_flow, log_by_position, stored_outcome
 from pyergon.serialization import Serializer, default_serializer, serialize_exception
-from pyergon.storage.base import ExecutionLog
+from pyergon.storage.base import ClaimedRun, ExecutionLog
 from pyergon.storage.progress import FlowTransition
 
 __all__ = ["Worker", "WorkerHandle"]
@@ -253,15 +253,15 @@ class Worker:
                     return
                 continue
             backoff.succeeded()
-            for flow in flows:
-                self._start(flow)
+            for claimed in flows:
+                self._start(claimed)
             if len(flows) < free:
                 return  # nothing else is runnable now
 
-    async def _claim(self, limit: int) -> list[ScheduledFlow]:
+    async def _claim(self, limit: int) -> list[ClaimedRun]:
         now = self.clock.now()
         if self._lookahead and self.enable_timers:
-            return await self.storage.claim_flows(
+            return await self.storage.claim_runs(
                 self.worker_id,
                 self._registry,
                 limit=limit,
@@ -269,17 +269,19 @@ class Worker:
                 now=now,
                 due_by=now + self._lookahead,
             )
-        return await self.storage.claim_flows(
+        return await self.storage.claim_runs(
             self.worker_id, self._registry, limit=limit, lease_seconds=self.lease_seconds, now=now
         )
 
-    def _start(self, flow: ScheduledFlow) -> None:
+    def _start(self, claimed: ClaimedRun) -> None:
         """Run a flow this worker has just claimed, in a task of its own."""
+        flow = claimed.flow
         assert flow.lease_token is not None  # a claim always sets the lease
         writer = _LeaseWriter(self.storage, flow.flow_id, flow.lease_token)
         cancel = _CancelFlag(flow.cancel_requested)
         task = asyncio.create_task(
-            self._run_claimed(flow, writer, cancel), name=f"pyergon-flow-{flow.flow_id}"
+            self._run_claimed(flow, log_by_position(claimed.log), writer, cancel),
+            name=f"pyergon-flow-{flow.flow_id}",
         )
         self._running[flow.flow_id] = _Claim(writer, task, cancel)
         task.add_done_callback(functools.partial(self._finished, flow.flow_id))
@@ -347,7 +349,11 @@ class Worker:
                     claim.task.cancel()
 
     async def _run_claimed(
-        self, flow: ScheduledFlow, writer: _LeaseWriter, cancel: _CancelFlag
+        self,
+        flow: ScheduledFlow,
+        log: dict[Position, Invocation],
+        writer: _LeaseWriter,
+        cancel: _CancelFlag,
     ) -> None:
         try:
             cls = self._registry[flow.flow_type]
@@ -360,7 +366,7 @@ class Worker:
             self.flows_finished += 1
             return
         try:
-            log = await self._prepare_early(flow)
+            await self._wait_for_timer(flow)
             outcome = await drive_flow(
                 FlowRun(
                     flow=instance,
@@ -408,18 +414,11 @@ class Worker:
         if not isinstance(outcome, Suspended):
             self.flows_finished += 1
 
-    async def _prepare_early(self, flow: ScheduledFlow) -> dict[Position, Invocation] | None:
-        """For a flow claimed shortly before its timer is due: read its log, wait for the time.
-
-        Returns:
-            The flow's log if it was read here; ``None`` for a flow that runs at once.
-        """
+    async def _wait_for_timer(self, flow: ScheduledFlow) -> None:
+        """Wait until the timer of a flow claimed shortly before it is due fires."""
         wake_at = flow.wake_at
-        if wake_at is None or not 0 < wake_at - self.clock.now() <= self._lookahead:
-            return None
-        log = await read_log(self.storage, flow.flow_id)
-        await self.clock.sleep(wake_at - self.clock.now())
-        return log
+        if wake_at is not None and 0 < wake_at - self.clock.now() <= self._lookahead:
+            await self.clock.sleep(wake_at - self.clock.now())
 
     async def _schedule_child(
         self, child: object, child_id: str, parent: FlowContext, position: Position

@@ -8,7 +8,9 @@ recording is first-writer-wins.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
@@ -21,7 +23,8 @@ if TYPE_CHECKING:
 __all__ = [
     "SCHEMA_VERSION",
     "UNCHANGED",
-    "ClaimOne",
+    "ClaimHelpers",
+    "ClaimedRun",
     "ExecutionLog",
     "FlowUpdate",
     "StorageLifecycle",
@@ -93,8 +96,22 @@ def check_claim_limit(limit: int) -> None:
         raise ValueError(f"limit must be >= 1, got {limit}")
 
 
-class ClaimOne:
-    """Mixin giving a backend ``claim_flow`` as a batch claim of one flow."""
+@dataclass(frozen=True, slots=True)
+class ClaimedRun:
+    """A flow just claimed, with its records as stored when it was claimed.
+
+    Attributes:
+        flow: The flow, as :meth:`ExecutionLog.claim_flows` returns it.
+        log: Its records ordered by ``(sequence, sub_sequence)``; empty for a flow that has
+            not run yet.
+    """
+
+    flow: ScheduledFlow
+    log: list[Invocation] = field(default_factory=list)
+
+
+class ClaimHelpers:
+    """Mixin giving a backend ``claim_flow`` and ``claim_runs`` on top of its batch claim."""
 
     async def claim_flows(  # pragma: no cover - overridden by every backend
         self,
@@ -122,6 +139,43 @@ class ClaimOne:
             worker_id, flow_types, limit=1, lease_seconds=lease_seconds, now=now
         )
         return claimed[0] if claimed else None
+
+    async def load_invocations(  # pragma: no cover - overridden by every backend
+        self, flow_id: str
+    ) -> list[Invocation]:
+        """Return a flow's records; see :meth:`ExecutionLog.load_invocations`."""
+        raise NotImplementedError
+
+    async def claim_runs(
+        self,
+        worker_id: str,
+        flow_types: Collection[str],
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        due_by: float | None = None,
+    ) -> list[ClaimedRun]:
+        """Claim flows and read their logs; see :meth:`ExecutionLog.claim_runs`.
+
+        This reads the logs one call per flow, at once; a backend that can tell which claimed
+        flows have records, or read several logs in one call, overrides it.
+        """
+        if due_by is None:  # passed only when given, as claim_flow does
+            flows = await self.claim_flows(
+                worker_id, flow_types, limit=limit, lease_seconds=lease_seconds, now=now
+            )
+        else:
+            flows = await self.claim_flows(
+                worker_id,
+                flow_types,
+                limit=limit,
+                lease_seconds=lease_seconds,
+                now=now,
+                due_by=due_by,
+            )
+        logs = await asyncio.gather(*(self.load_invocations(flow.flow_id) for flow in flows))
+        return [ClaimedRun(flow, log) for flow, log in zip(flows, logs, strict=True)]
 
 
 @runtime_checkable
@@ -232,6 +286,29 @@ class ExecutionLog(Protocol):
 
         Returns:
             The flow, as :meth:`claim_flows` returns it, or ``None`` if nothing is runnable.
+        """
+        ...
+
+    async def claim_runs(
+        self,
+        worker_id: str,
+        flow_types: Collection[str],
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        due_by: float | None = None,
+    ) -> list[ClaimedRun]:
+        """:meth:`claim_flows`, each flow with its records as stored at the claim.
+
+        A worker runs what it claims from these logs without reading them again. Only the
+        lease holder writes a held flow's records, so they are current while the lease holds.
+
+        Returns:
+            One :class:`ClaimedRun` per claimed flow, in queue order.
+
+        Raises:
+            ValueError: ``limit`` is less than 1.
         """
         ...
 

@@ -16,7 +16,7 @@ from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRe
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.storage.base import (
     UNCHANGED,
-    ClaimOne,
+    ClaimHelpers,
     FlowUpdate,
     StorageLifecycle,
     check_claim_limit,
@@ -30,7 +30,7 @@ __all__ = ["InMemoryExecutionLog"]
 _Position = tuple[int, int]
 
 
-class InMemoryExecutionLog(ClaimOne, SavesProgressInSteps, StorageLifecycle):
+class InMemoryExecutionLog(ClaimHelpers, SavesProgressInSteps, StorageLifecycle):
     """Keeps flows, records and signals in dictionaries of this process.
 
     Usable without ``connect()``; ``close()`` keeps the data so a notebook can reconnect.

@@ -20,7 +20,8 @@ from pyergon.core.status import TaskStatus
 from pyergon.errors import StorageClosedError, StorageError
 from pyergon.storage.base import (
     UNCHANGED,
-    ClaimOne,
+    ClaimedRun,
+    ClaimHelpers,
     FlowUpdate,
     StorageLifecycle,
     check_claim_limit,
@@ -33,8 +34,9 @@ from pyergon.storage.postgres_sql import (
     Statements,
     changed_flow,
     channel_name,
-    claimed_flows,
     flow_from_record,
+    has_log,
+    in_queue_order,
     invocation_from_record,
     migrate,
     sent_notice,
@@ -113,7 +115,7 @@ class _KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
-class PostgresExecutionLog(ClaimOne, StorageLifecycle):
+class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
     """Stores flows, records and signals in one schema of a PostgreSQL database.
 
     Several processes and machines may share one schema; each holds a pool of connections and
@@ -483,6 +485,42 @@ class PostgresExecutionLog(ClaimOne, StorageLifecycle):
         due_by: float | None = None,
     ) -> list[ScheduledFlow]:
         """Take up to ``limit`` runnable flows of ``flow_types`` in one statement."""
+        rows = await self._claim_rows(worker_id, flow_types, limit, lease_seconds, now, due_by)
+        return [flow_from_record(row) for row in rows]
+
+    async def claim_runs(
+        self,
+        worker_id: str,
+        flow_types: Collection[str],
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        due_by: float | None = None,
+    ) -> list[ClaimedRun]:
+        """Claim flows as :meth:`claim_flows` does; read the logs of those that have records.
+
+        The claim says which flows have records, so a batch of new flows costs no read and
+        the others one read for the batch.
+        """
+        rows = await self._claim_rows(worker_id, flow_types, limit, lease_seconds, now, due_by)
+        logs: dict[str, list[Invocation]] = {row["flow_id"]: [] for row in rows}
+        with_log = [row["flow_id"] for row in rows if has_log(row)]
+        if with_log:
+            for record in await self._fetch(self._sql["load_logs"], with_log):
+                logs[record["flow_id"]].append(invocation_from_record(record))
+        return [ClaimedRun(flow_from_record(row), logs[row["flow_id"]]) for row in rows]
+
+    async def _claim_rows(
+        self,
+        worker_id: str,
+        flow_types: Collection[str],
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        due_by: float | None,
+    ) -> list[Any]:
+        """Run the batch claim; return its rows in queue order."""
         check_claim_limit(limit)
         rows = await self._fetch(
             self._sql["claim_flows"],
@@ -495,7 +533,7 @@ class PostgresExecutionLog(ClaimOne, StorageLifecycle):
             limit,
             now if due_by is None else max(due_by, now),
         )
-        return claimed_flows(rows)
+        return in_queue_order(rows)
 
     async def renew_lease(
         self, flow_id: str, lease_token: str, *, lease_seconds: float, now: float

@@ -27,8 +27,9 @@ __all__ = [
     "advisory_lock_key",
     "changed_flow",
     "channel_name",
-    "claimed_flows",
     "flow_from_record",
+    "has_log",
+    "in_queue_order",
     "invocation_from_record",
     "migrate",
     "quote_identifier",
@@ -43,6 +44,8 @@ _ERROR_COLUMNS = ("error_type", "error_message", "error_traceback", "error_paylo
 _NOTICE_COLUMN = "notified_workers"
 _PLACE = "queue_place"
 """The column a batch claim adds to each row: the flow's place in the queue order."""
+_HAS_LOG = "has_log"
+"""The column a batch claim adds to each row: whether the flow has records."""
 _RECORDED = "recorded"
 """The column a record-and-change statement adds: whether it stored the record."""
 
@@ -183,6 +186,7 @@ _CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
 # suspended flows only fill what is left of the limit: the second search runs (and locks rows)
 # only for that rest. Each search is an ordered walk of one partial index. Each claimed flow's
 # lease token is the caller's fresh token $3 followed by the flow's place in the queue order.
+# Each row also says whether the flow has records, so a worker reads only the logs there are.
 _CLAIM_FLOWS = (
     "WITH queued AS MATERIALIZED (SELECT flow_id, created_at FROM {s}.flows "
     "WHERE status IN ('PENDING', 'RUNNING') AND (status = 'PENDING' OR lease_expires_at < $5) "
@@ -197,7 +201,10 @@ _CLAIM_FLOWS = (
     "UNION ALL SELECT flow_id, wake_at, created_at FROM due) AS candidates) "
     "UPDATE {s}.flows AS flows SET status = 'RUNNING', updated_at = $1, lease_owner = $2, "
     "worker_id = $2, lease_token = $3 || chosen.place, lease_expires_at = $4 "
-    f"FROM chosen WHERE flows.flow_id = chosen.flow_id RETURNING flows.*, chosen.place AS {_PLACE}"
+    "FROM chosen WHERE flows.flow_id = chosen.flow_id "
+    f"RETURNING flows.*, chosen.place AS {_PLACE}, "
+    "EXISTS (SELECT FROM {s}.invocations AS records WHERE records.flow_id = flows.flow_id) "
+    f"AS {_HAS_LOG}"
 )
 
 _TEMPLATES = {
@@ -238,6 +245,8 @@ _TEMPLATES = {
     "AND flow_type = ANY($1::text[])",
     "load_invocations": "SELECT * FROM {s}.invocations WHERE flow_id = $1 "
     "ORDER BY sequence, sub_sequence",
+    "load_logs": "SELECT * FROM {s}.invocations WHERE flow_id = ANY($1::text[]) "
+    "ORDER BY flow_id, sequence, sub_sequence",
     "get_invocation": "SELECT * FROM {s}.invocations "
     "WHERE flow_id = $1 AND sequence = $2 AND sub_sequence = $3",
     # Returns a row only if the record was stored: it then holds exactly the values given.
@@ -482,15 +491,21 @@ def _record_fields(row: Mapping[str, Any]) -> dict[str, Any]:
     fields.pop(_NOTICE_COLUMN, None)
     fields.pop(_PLACE, None)
     fields.pop(_RECORDED, None)
+    fields.pop(_HAS_LOG, None)
     error = [fields.pop(column) for column in _ERROR_COLUMNS]
     if error[0] is not None:
         fields["error"] = StoredError(*error)
     return fields
 
 
-def claimed_flows(rows: Sequence[Mapping[str, Any]]) -> list[ScheduledFlow]:
-    """Rebuild the flows of a batch claim's rows, in queue order."""
-    return [flow_from_record(row) for row in sorted(rows, key=lambda row: row[_PLACE])]
+def in_queue_order(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """A batch claim's rows in queue order."""
+    return sorted(rows, key=lambda row: row[_PLACE])
+
+
+def has_log(row: Mapping[str, Any]) -> bool:
+    """Whether a batch claim's row says the flow has records."""
+    return bool(row[_HAS_LOG])
 
 
 def flow_from_record(row: Mapping[str, Any]) -> ScheduledFlow:

@@ -41,7 +41,7 @@ from pyergon.errors import (
 from pyergon.storage.base import (
     SCHEMA_VERSION,
     UNCHANGED,
-    ClaimOne,
+    ClaimHelpers,
     FlowUpdate,
     StorageLifecycle,
     check_claim_limit,
@@ -84,7 +84,7 @@ _MIGRATION_BATCH = 1_000
 """Flows backfilled per script call when migrating a prefix, so Redis is never blocked long."""
 
 
-class RedisExecutionLog(ClaimOne, StorageLifecycle):
+class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
     """Stores flows, records and signals in Redis, in keys named ``{<prefix>}:...``.
 
     Several processes (and machines) may share one Redis and one prefix; different prefixes

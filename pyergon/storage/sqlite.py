@@ -27,7 +27,7 @@ from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.errors import CorruptStorageError, StorageClosedError, StorageError
 from pyergon.storage.base import (
     UNCHANGED,
-    ClaimOne,
+    ClaimHelpers,
     FlowUpdate,
     StorageLifecycle,
     check_claim_limit,
@@ -237,7 +237,7 @@ def _change(
     )
 
 
-class SqliteExecutionLog(ClaimOne, StorageLifecycle):
+class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
     """Stores flows, records and signals in one SQLite file (or in memory).
 
     Use it on the event loop that connected it. Reads see every write whose ``await`` returned.

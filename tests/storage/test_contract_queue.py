@@ -168,6 +168,50 @@ async def test_claim_flows_orders_flows_due_at_the_same_time_by_age(
     assert [flow.flow_id for flow in first + rest] == ["d", "b", "c", "a"]
 
 
+async def test_claim_runs_gives_each_claimed_flow_its_log_in_queue_order(
+    storage: ExecutionLog, make_flow: FlowFactory, make_invocation: InvocationFactory
+) -> None:
+    for flow_id, created_at in (("new", 1_001.0), ("resumed", 1_000.0), ("later", 1_002.0)):
+        await storage.create_flow(make_flow(flow_id, created_at=created_at))
+    records = [
+        make_invocation(
+            sequence, flow_id="resumed", status=InvocationStatus.COMPLETE, result=b"%d" % sequence
+        )
+        for sequence in (2, 1)
+    ]
+    for record in records:
+        await storage.record_invocation(record)
+    await storage.record_invocation(make_invocation(1, flow_id="later"))
+
+    runs = await storage.claim_runs("w", ["Order"], limit=2, lease_seconds=30, now=2_000.0)
+    rest = await storage.claim_runs("w", ["Order"], limit=5, lease_seconds=30, now=2_000.0)
+
+    assert [(run.flow.flow_id, run.log) for run in runs] == [
+        ("resumed", records[::-1]),
+        ("new", []),
+    ]
+    assert [run.flow.flow_id for run in rest] == ["later"]
+    assert rest[0].log == [make_invocation(1, flow_id="later")]
+    for run in runs + rest:
+        assert run.flow.status is TaskStatus.RUNNING and run.flow.lease_owner == "w"
+        assert await storage.get_flow(run.flow.flow_id) == run.flow
+    assert await storage.claim_runs("w", ["Order"], limit=5, lease_seconds=30, now=2_000) == []
+
+
+async def test_claim_runs_takes_timers_due_by_a_later_time(
+    storage: ExecutionLog, make_flow: FlowFactory
+) -> None:
+    await storage.create_flow(make_flow(status=TaskStatus.SUSPENDED, wake_at=2_000.010))
+
+    early = await storage.claim_runs("w", ["Order"], limit=5, lease_seconds=30, now=2_000.0)
+    due = await storage.claim_runs(
+        "w", ["Order"], limit=5, lease_seconds=30, now=2_000.0, due_by=2_000.020
+    )
+
+    assert early == []
+    assert [run.flow.flow_id for run in due] == ["flow-1"]
+
+
 async def test_claim_flows_refuses_a_limit_below_one(storage: ExecutionLog) -> None:
     with pytest.raises(ValueError, match="limit"):
         await storage.claim_flows("w", ["Order"], limit=0, lease_seconds=30, now=2_000)
