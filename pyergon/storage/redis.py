@@ -41,6 +41,7 @@ from pyergon.errors import (
 from pyergon.storage.base import (
     SCHEMA_VERSION,
     UNCHANGED,
+    ClaimedRun,
     ClaimHelpers,
     FlowUpdate,
     StorageLifecycle,
@@ -65,6 +66,7 @@ from pyergon.storage.redis_layout import (
     flow_fields,
     flow_from_hash,
     flow_from_reply,
+    log_from_hash,
     number,
     optional,
 )
@@ -452,20 +454,62 @@ class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
         due_by: float | None = None,
     ) -> list[ScheduledFlow]:
         """Take up to ``limit`` runnable flows of ``flow_types`` in one script."""
+        replies = await self._claim(
+            worker_id, flow_types, limit, lease_seconds, now, due_by, with_logs=False
+        )
+        return [flow_from_reply(fields) for fields in replies]
+
+    async def claim_runs(
+        self,
+        worker_id: str,
+        flow_types: Collection[str],
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        due_by: float | None = None,
+    ) -> list[ClaimedRun]:
+        """Claim flows as :meth:`claim_flows` does, with their logs, in the same script."""
+        replies = await self._claim(
+            worker_id, flow_types, limit, lease_seconds, now, due_by, with_logs=True
+        )
+        runs = []
+        for fields, records in replies:
+            flow = flow_from_reply(fields)
+            items = iter(records)
+            log = log_from_hash(flow.flow_id, zip(items, items, strict=True))
+            runs.append(ClaimedRun(flow, log))
+        return runs
+
+    async def _claim(
+        self,
+        worker_id: str,
+        flow_types: Collection[str],
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        due_by: float | None,
+        *,
+        with_logs: bool,
+    ) -> list[Any]:
+        """Run the claim script; its replies, in queue order."""
         check_claim_limit(limit)
         if not flow_types:
             return []
-        replies = await self._run(
-            "claim_flows",
-            number(now),
-            number(now + lease_seconds),
-            worker_id,
-            f"{uuid.uuid4().hex}-",
-            str(limit),
-            number(now if due_by is None else max(due_by, now)),
-            *counted(list(flow_types)),
+        return cast(
+            list[Any],
+            await self._run(
+                "claim_flows",
+                number(now),
+                number(now + lease_seconds),
+                worker_id,
+                f"{uuid.uuid4().hex}-",
+                str(limit),
+                number(now if due_by is None else max(due_by, now)),
+                "1" if with_logs else "0",
+                *counted(list(flow_types)),
+            ),
         )
-        return [flow_from_reply(fields) for fields in replies]
 
     async def renew_lease(
         self, flow_id: str, lease_token: str, *, lease_seconds: float, now: float
@@ -555,8 +599,7 @@ class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
         """Return a flow's records ordered by ``(sequence, sub_sequence)``."""
         key = self._key("inv", flow_id)
         fields = await self._batcher.run(lambda: ("HGETALL", key), lambda: self._read_hash(key))
-        records = [decode_invocation(flow_id, field, value) for field, value in fields.items()]
-        return sorted(records, key=lambda record: (record.sequence, record.sub_sequence))
+        return log_from_hash(flow_id, fields.items())
 
     async def get_invocation(
         self, flow_id: str, sequence: int, sub_sequence: int = 0

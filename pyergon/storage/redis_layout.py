@@ -31,7 +31,7 @@ precision is lost on the way through Lua.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from string import Template
 from typing import Any
 
@@ -50,6 +50,7 @@ __all__ = [
     "flow_fields",
     "flow_from_hash",
     "flow_from_reply",
+    "log_from_hash",
     "number",
     "optional",
 ]
@@ -276,8 +277,9 @@ return {notified, redis.call('HGETALL', flow_key(id))}
 
 _CLAIM_FLOWS = """
 -- Each claimed flow's lease token is the caller's fresh token followed by the flow's place.
+-- With logs, each claimed flow's reply is {its fields, its records' fields and values}.
 local now, expires, worker, token, limit = arg(), arg(), arg(), arg(), tonumber(arg())
-local due_by = arg()
+local due_by, with_logs = arg(), arg() == '1'
 local types = counted()
 
 -- Candidates in queue order: ready time (wake time of a due timer, else 0), created_at, id.
@@ -321,6 +323,7 @@ for i = 1, math.min(limit, #candidates) do
   change_flow(id, read_state(id), 'RUNNING', {'lease_owner', worker, 'lease_token', token .. i,
     'lease_expires_at', expires, 'worker_id', worker}, {})
   claimed[i] = redis.call('HGETALL', flow_key(id))
+  if with_logs then claimed[i] = {claimed[i], redis.call('HGETALL', p .. ':inv:' .. id)} end
 end
 return claimed
 """
@@ -760,6 +763,12 @@ def encode_invocation(invocation: Invocation) -> bytes:
     # ensure_ascii (the default) keeps the header one line; the scripts split it off at "\n".
     encoded = json.dumps(header, separators=(",", ":")).encode()
     return b"\n".join((encoded, (invocation.result or b"") + (payload or b"")))
+
+
+def log_from_hash(flow_id: str, fields: Iterable[tuple[bytes, bytes]]) -> list[Invocation]:
+    """A flow's log from its records' hash fields and values, ordered by position."""
+    records = [decode_invocation(flow_id, field, value) for field, value in fields]
+    return sorted(records, key=lambda record: (record.sequence, record.sub_sequence))
 
 
 def decode_invocation(flow_id: str, position: bytes, value: bytes) -> Invocation:
