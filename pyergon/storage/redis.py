@@ -70,6 +70,7 @@ from pyergon.storage.redis_layout import (
     number,
     optional,
 )
+from pyergon.storage.redis_packing import pack_with_hiredis
 from pyergon.storage.redis_pipeline import CommandBatcher
 
 __all__ = ["RedisExecutionLog"]
@@ -202,7 +203,7 @@ class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
         # restarted or killed it, so the command never reached Redis. Never retry on a timeout:
         # the script may have run, and a write must not run twice.
         retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3, (RedisConnectionError,))
-        return BlockingConnectionPool.from_url(
+        pool = BlockingConnectionPool.from_url(
             self._url,
             max_connections=self._max_connections,
             client_name=f"pyergon-{_client_name(self._prefix)}",
@@ -211,6 +212,7 @@ class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
             socket_keepalive=True,
             retry=retry,
         )
+        return pack_with_hiredis(pool)
 
     async def _check_schema(self, client: Redis, migrate_from_v1: AsyncScript) -> None:
         """Record the version on a new prefix, migrate an older one, refuse a newer one."""
