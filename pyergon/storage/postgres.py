@@ -28,6 +28,7 @@ from pyergon.storage.base import (
     check_page,
     status_filter,
 )
+from pyergon.storage.postgres_pool import ConnectionPool
 from pyergon.storage.postgres_sql import (
     FLOW_COLUMNS,
     INVOCATION_COLUMNS,
@@ -84,14 +85,6 @@ def _public_dsn(dsn: str) -> str:
         for key, value in parse_qsl(parts.query, keep_blank_values=True)
     ]
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
-
-
-async def _keep_session(_connection: Any) -> None:
-    """Pool reset hook that skips asyncpg's ``RESET ALL; UNLISTEN *; ...`` round trip.
-
-    Pooled connections never change session state (only transaction-scoped advisory locks, no
-    LISTEN, no SET); asyncpg still rolls back an abandoned transaction before calling this.
-    """
 
 
 class _KeyedLocks:
@@ -174,7 +167,7 @@ class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
         self._server_settings = (
             {} if "application_name" in query else {"application_name": f"pyergon-{schema}"}
         )
-        self._pool: Any = None
+        self._pool: ConnectionPool | None = None
         self._listener: Any = None
         self._lifecycle_lock = asyncio.Lock()
         self._listener_lock = asyncio.Lock()
@@ -234,14 +227,16 @@ class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
         async with self._lifecycle_lock:
             if self._pool is not None:
                 return
+            pool = ConnectionPool(
+                self._open_connection,
+                max_size=self._max_size,
+                reusable_after=lambda error: (
+                    not isinstance(error, self._lost_connection)
+                    and isinstance(error, self._driver.PostgresError)
+                ),
+            )
             with self._driver_errors("connect to"):
-                pool = await self._driver.create_pool(
-                    self._dsn,
-                    min_size=self._min_size,
-                    max_size=self._max_size,
-                    server_settings=self._server_settings,
-                    reset=_keep_session,
-                )
+                await pool.open(self._min_size)
             try:
                 with self._driver_errors("migrate"):
                     async with pool.acquire() as connection:
@@ -275,16 +270,23 @@ class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
         try:
             yield
         except self._failures as error:
-            where = f"PostgreSQL storage {self.dsn} (schema {self._schema!r})"
-            message = f"could not {action} {where}: {type(error).__name__}: {error}"
-            if isinstance(error, self._lost_connection):
-                message += (
-                    ". Check that the server is running and reachable; the storage reconnects "
-                    "on its next call. A write in flight may or may not have been applied."
-                )
-            raise StorageError(message) from error
+            raise self._storage_error(error, action) from error
 
-    def _open_pool(self) -> Any:
+    def _storage_error(self, error: Exception, action: str = "use") -> StorageError:
+        """The :class:`StorageError` for an asyncpg or socket error, naming the server."""
+        where = f"PostgreSQL storage {self.dsn} (schema {self._schema!r})"
+        message = f"could not {action} {where}: {type(error).__name__}: {error}"
+        if isinstance(error, self._lost_connection):
+            message += (
+                ". Check that the server is running and reachable; the storage reconnects "
+                "on its next call. A write in flight may or may not have been applied."
+            )
+        return StorageError(message)
+
+    async def _open_connection(self) -> Any:
+        return await self._driver.connect(self._dsn, server_settings=self._server_settings)
+
+    def _open_pool(self) -> ConnectionPool:
         if self._pool is None:
             raise StorageClosedError(
                 f"PostgreSQL storage {self.dsn} (schema {self._schema!r}) is not open: use it "
@@ -295,31 +297,40 @@ class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
+        """A pooled connection for several statements; one that was lost is not reused."""
         pool = self._open_pool()
         with self._driver_errors():
             async with pool.acquire() as connection:
-                try:
-                    yield connection
-                except self._lost_connection:
-                    connection.terminate()  # so the pool opens a new one rather than reuse it
-                    raise
+                yield connection
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Any]:
         async with self._connection() as connection, connection.transaction():
             yield connection
 
+    # One statement each, on a pooled connection; written out rather than through
+    # _connection, which costs a generator's frames on every statement.
+
     async def _fetch(self, statement: str, *arguments: object) -> list[Any]:
-        async with self._connection() as connection:
-            return cast(list[Any], await connection.fetch(statement, *arguments))
+        try:
+            async with self._open_pool().acquire() as connection:
+                return cast(list[Any], await connection.fetch(statement, *arguments))
+        except self._failures as error:
+            raise self._storage_error(error) from error
 
     async def _fetchrow(self, statement: str, *arguments: object) -> Any:
-        async with self._connection() as connection:
-            return await connection.fetchrow(statement, *arguments)
+        try:
+            async with self._open_pool().acquire() as connection:
+                return await connection.fetchrow(statement, *arguments)
+        except self._failures as error:
+            raise self._storage_error(error) from error
 
     async def _fetchval(self, statement: str, *arguments: object) -> Any:
-        async with self._connection() as connection:
-            return await connection.fetchval(statement, *arguments)
+        try:
+            async with self._open_pool().acquire() as connection:
+                return await connection.fetchval(statement, *arguments)
+        except self._failures as error:
+            raise self._storage_error(error) from error
 
     def _woke_workers(self, *rows: Any) -> None:
         """Wake this object's waiters now if a committed statement sent a notice."""
