@@ -37,6 +37,7 @@ from pyergon.storage.base import (
 from pyergon.storage.progress import FlowTransition, SavedProgress, stored_as_given
 from pyergon.storage.sql_columns import flow_changes, record_values
 from pyergon.storage.sqlite_connections import (
+    BackgroundCheckpoints,
     Operation,
     Outcome,
     call_in_worker_thread,
@@ -265,6 +266,10 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
         self._lifecycle_lock = asyncio.Lock()
         self._pending: list[_PendingWrite] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._checkpoints: BackgroundCheckpoints | None = None
+        self._catch_up = False
+        """Whether writes are held until the flusher has checkpointed what the last
+        background checkpoint could not copy."""
         self._work = asyncio.Event()
         self._data_version: int | None = None
         self._poll_interval = _POLL_MIN
@@ -330,6 +335,7 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
                 await call_in_worker_thread(connection, prepare)
                 if self._path not in (_MEMORY, ""):
                     self._loop_connection = open_loop_connection(self._path)
+                    self._checkpoints = BackgroundCheckpoints(self._path)
             except sqlite3.Error as error:
                 await connection.close()
                 raise self._storage_error(error) from error
@@ -353,6 +359,10 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
             self._pending = []
             self._connection = None
             self._closing = False
+            self._catch_up = False
+            if self._checkpoints is not None:
+                await self._checkpoints.close()
+                self._checkpoints = None
             if self._loop_connection is not None:
                 self._loop_connection.close()
                 self._loop_connection = None
@@ -456,6 +466,7 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
             or not self._writers_alone
             or self._flusher is not None
             or self._pending
+            or self._catch_up
         ):
             return False, None
         task = asyncio.current_task()
@@ -472,8 +483,7 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
         if self._pass_writer is None:
             self._pass_writer = task
             asyncio.get_running_loop().call_soon(self._end_pass)
-        if self._batches_since_checkpoint >= _CHECKPOINT_EVERY:
-            self._flusher = asyncio.create_task(self._flush_pending(), name="pyergon-sqlite-flush")
+        self._checkpoint_if_due()
         return True, result
 
     def _end_pass(self) -> None:
@@ -489,8 +499,9 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
                 if batch:
                     self._writers_alone = len(batch) == 1
                     await self._commit(batch)
-                if self._batches_since_checkpoint >= _CHECKPOINT_EVERY:
-                    await self._checkpoint()
+                if self._catch_up:
+                    await self._checkpoint()  # with writes held: the WAL starts over after it
+                    self._catch_up = False
                 if not self._pending:
                     break
         finally:
@@ -545,21 +556,41 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
                 return None  # another connection is writing: wait for it on the worker thread
             raise
         self._batches_since_checkpoint += 1
+        self._checkpoint_if_due()
         return outcomes
 
-    async def _checkpoint(self) -> None:
-        """Checkpoint the WAL on the worker thread, where waiting for the disk holds nobody.
+    def _checkpoint_if_due(self) -> None:
+        """After a commit on the loop's thread: look after the WAL checkpoints.
 
-        Writes of this object wait meanwhile: a checkpoint that copies every frame lets the next
-        write start the WAL over instead of growing it.
+        Every ``_CHECKPOINT_EVERY`` batches a checkpoint starts on its own thread and copies
+        the WAL into the database while writes go on. The frames committed meanwhile keep the
+        WAL from starting over, so it would only grow: once that checkpoint is done, writes are
+        held while the flusher checkpoints those few frames too.
         """
+        checkpoints = self._checkpoints
+        if checkpoints is None or checkpoints.running:
+            return
+        finished, error = checkpoints.finished()
+        if finished:
+            self._checkpoint_failed(error)
+            if self._batches_since_checkpoint:
+                self._catch_up = True
+        elif self._batches_since_checkpoint >= _CHECKPOINT_EVERY and not self._closing:
+            self._batches_since_checkpoint = 0
+            checkpoints.start()
+
+    async def _checkpoint(self) -> None:
+        """Checkpoint the WAL on the worker thread, where waiting for the disk holds nobody."""
         self._batches_since_checkpoint = 0
         try:
             await call_in_worker_thread(self._open_connection(), checkpoint)
         except sqlite3.Error as error:
-            # The WAL only grows until a later checkpoint succeeds; the data is safe either way.
-            if not is_busy(error):  # busy: another connection is checkpointing
-                logger.warning("SQLite storage %r: WAL checkpoint failed: %s", self._path, error)
+            self._checkpoint_failed(error)
+
+    def _checkpoint_failed(self, error: sqlite3.Error | None) -> None:
+        # The WAL only grows until a later checkpoint succeeds; the data is safe either way.
+        if error is not None and not is_busy(error):  # busy: another one is checkpointing
+            logger.warning("SQLite storage %r: WAL checkpoint failed: %s", self._path, error)
 
     # -- flows -------------------------------------------------------------------------------
 

@@ -12,13 +12,16 @@ thread. An in-memory database is private to one connection, so it uses the worke
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar, cast
 
 import aiosqlite
 
 __all__ = [
+    "BackgroundCheckpoints",
     "Operation",
     "Outcome",
     "call_in_worker_thread",
@@ -108,6 +111,68 @@ def open_loop_connection(path: str) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
+
+
+class BackgroundCheckpoints:
+    """WAL checkpoints on a thread and a connection of their own, started from any code.
+
+    :meth:`start` hands the checkpoint to the thread at once, without a pass of the event loop,
+    so a task that keeps committing without ever waiting still gets its WAL copied back into
+    the database file, on the other core, while it goes on.
+
+    Args:
+        path: The database file.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="pyergon-sqlite-checkpoint")
+        self._connection: sqlite3.Connection | None = None  # used only on the thread
+        self._running: Future[sqlite3.Error | None] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether a checkpoint was started and has not finished."""
+        return self._running is not None and not self._running.done()
+
+    def start(self) -> None:
+        """Start a checkpoint unless one is running."""
+        if not self.running:
+            self._running = self._executor.submit(self._checkpoint)
+
+    def finished(self) -> tuple[bool, sqlite3.Error | None]:
+        """Whether a checkpoint finished since the last call, and the error it met, if any."""
+        running = self._running
+        if running is None or not running.done():
+            return False, None
+        self._running = None
+        return True, running.result()
+
+    async def wait(self) -> None:
+        """Wait until a running checkpoint has finished."""
+        if self._running is not None:
+            await asyncio.wrap_future(self._running)
+
+    async def close(self) -> None:
+        """Wait for a running checkpoint, then stop the thread and close its connection."""
+        await self.wait()
+        self._running = None
+        await asyncio.to_thread(self._executor.shutdown)
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _checkpoint(self) -> sqlite3.Error | None:
+        try:
+            if self._connection is None:
+                self._connection = sqlite3.connect(
+                    self._path, timeout=0, isolation_level=None, check_same_thread=False
+                )
+                self._connection.execute("PRAGMA synchronous = NORMAL")
+            checkpoint(self._connection)
+        except sqlite3.Error as error:
+            return error
+        return None
 
 
 def checkpoint(connection: sqlite3.Connection) -> None:

@@ -29,10 +29,11 @@ from pyergon.errors import (
     StorageError,
     UnknownStorageSchemeError,
 )
-from pyergon.storage import InMemoryExecutionLog, open_storage
+from pyergon.storage import InMemoryExecutionLog, open_storage, sqlite_connections
 from pyergon.storage.base import SCHEMA_VERSION
 from pyergon.storage.sql_columns import record_values
 from pyergon.storage.sqlite import SqliteExecutionLog
+from pyergon.storage.sqlite_connections import checkpoint
 from pyergon.storage.sqlite_tables import (
     MIGRATIONS,
     flow_listing,
@@ -648,15 +649,44 @@ async def test_a_write_waits_for_another_connections_write_lock(
 
 
 async def test_the_wal_is_checkpointed_while_the_storage_is_open(
-    sqlite: SqliteExecutionLog, path: Path, make_invocation: InvocationFactory
+    sqlite: SqliteExecutionLog,
+    path: Path,
+    make_invocation: InvocationFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    writes = 2 * sqlite_module._CHECKPOINT_EVERY + 10
-    for sequence in range(writes):  # one batch each, so one or more WAL frames each
+    copied = threading.Event()
+    go_on = threading.Event()
+
+    def checkpoint_then_wait(connection: sqlite3.Connection) -> None:
+        checkpoint(connection)
+        copied.set()
+        go_on.wait(10)  # writes made now are not in the copy
+
+    monkeypatch.setattr(sqlite_connections, "checkpoint", checkpoint_then_wait)
+    every = sqlite_module._CHECKPOINT_EVERY
+    for sequence in range(every):  # one batch each, so one or more WAL frames each
+        await sqlite.record_invocation(make_invocation(sequence))
+    checkpoints = sqlite._checkpoints
+    assert checkpoints is not None and checkpoints.running  # started by the last write
+    await asyncio.to_thread(copied.wait, 10)
+    committed = sqlite._batches_committed
+    for sequence in range(every, every + 10):
+        await sqlite.record_invocation(make_invocation(sequence))
+    assert sqlite._batches_committed == committed + 10
+    assert checkpoints.running  # so those writes did not wait for it
+    go_on.set()
+    await checkpoints.wait()
+    for sequence in range(every + 10, every + 13):
+        # The first sees the checkpoint done and holds writes, the second waits for the
+        # checkpoint of the frames written meanwhile, the third starts the WAL over.
         await sqlite.record_invocation(make_invocation(sequence))
 
     with raw(path) as other_process:
-        _busy, frames, _copied = other_process.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    assert 0 <= frames < sqlite_module._CHECKPOINT_EVERY  # the WAL was started over
+        busy, frames, copied_frames = other_process.execute(
+            "PRAGMA wal_checkpoint(PASSIVE)"
+        ).fetchone()
+    assert 0 <= frames < 10, (busy, frames, copied_frames)  # the last write only
+    assert len(await sqlite.load_invocations("flow-1")) == every + 13
 
 
 async def test_a_large_record_is_stored_whole(
