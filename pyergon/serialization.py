@@ -438,7 +438,14 @@ def stable_hash(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
 
 
 def _hash_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
-    digest = hashlib.sha256(b"pyergon-args-1")
+    digest = _HASH_SEED.copy()
+    atoms = [_ATOMS.get(type(value)) for value in args]
+    if not kwargs and None not in atoms:
+        # Only atoms, the common case: their tuple's encoding, without walking it.
+        count = len(args).to_bytes(8, "big")
+        body = [atom(value) for atom, value in zip(atoms, args, strict=True)]  # type: ignore[misc]
+        digest.update(b"t" + count + b"".join(body) + _NO_KEYWORDS)
+        return digest.hexdigest()
     try:
         digest.update(_encode(tuple(args), {}))
         digest.update(len(kwargs).to_bytes(8, "big"))
@@ -537,5 +544,7 @@ def _encode_repr(value: Any, kind: type) -> bytes:
     return b"?" + _text(_type_name(kind)) + _text(_ADDRESS.sub("", shown))
 
 
+_HASH_SEED = hashlib.sha256(b"pyergon-args-1")
+_NO_KEYWORDS = (0).to_bytes(8, "big")
 _NO_ARGUMENTS_HASH = _hash_arguments((), {})
 """The hash of a call without arguments, the most common step call, computed once."""

@@ -442,6 +442,35 @@ def test_stable_hash_is_hex_sha256() -> None:
     int(digest, 16)
 
 
+@pytest.mark.parametrize(
+    ("call", "digest"),
+    [
+        (((), {}), "b0afd7926479e0eef9518ad2c42b548895279d40ca50321457f9a08f6f99e2f9"),
+        (((1,), {}), "c67e8cae3059a7a20de9540969ba0f7a3d39a3bd99cdc43fa2c37e98fabf6fb8"),
+        (
+            ((1, "a", b"b", 2.5, None, True), {}),
+            "bdf16ec765f256644232cbc2a591d83cba5a7ec9ac89e7ae43513c68897955f9",
+        ),
+        (((), {"x": 1}), "fafec3dbdba53544555af06a9df6f35f49a7a8f7f87533ff6e14124447da7066"),
+        (
+            (([1, 2], {"k": "v"}), {}),
+            "33bf1f86bda55e771a24e113eb828dcaaaaba5f8ad39c06e78bf31ad94735d39",
+        ),
+        (
+            ((-0.0, 2**70), {"flag": False}),
+            "5576d0c3d06927d78a8c5f8a4afe8edc021383310aaa30d3a12765a3f8782d6c",
+        ),
+    ],
+)
+def test_stable_hash_never_changes(
+    call: tuple[tuple[Any, ...], dict[str, Any]], digest: str
+) -> None:
+    # Stored records carry these digests: a new pyergon must compute the same ones, or
+    # replaying a flow an older one recorded would report a changed step call.
+    args, kwargs = call
+    assert stable_hash(args, kwargs) == digest
+
+
 def test_stable_hash_distinguishes_values_and_types() -> None:
     digests = [stable_hash((value,), {}) for value in DISTINCT_VALUES]
     assert len(set(digests)) == len(DISTINCT_VALUES)
