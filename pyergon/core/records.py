@@ -125,7 +125,9 @@ class Invocation:
 
     def replace(self, **changes: object) -> Invocation:
         """Return a copy with ``changes`` applied."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        values = {name: getattr(self, name) for name in _INVOCATION_FIELDS}
+        values.update(changes)
+        return Invocation(**values)
 
     def describe(self) -> str:
         """A one-line description used in non-determinism errors."""
@@ -178,7 +180,9 @@ class ScheduledFlow:
 
     def replace(self, **changes: object) -> ScheduledFlow:
         """Return a copy with ``changes`` applied."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        values = {name: getattr(self, name) for name in _FLOW_FIELDS}
+        values.update(changes)
+        return ScheduledFlow(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,3 +221,8 @@ class SignalRecord:
     name: str
     payload: bytes
     sent_at: float
+
+
+# dataclasses.replace looks the fields up on every call; these are looked up once.
+_INVOCATION_FIELDS = tuple(field.name for field in dataclasses.fields(Invocation))
+_FLOW_FIELDS = tuple(field.name for field in dataclasses.fields(ScheduledFlow))

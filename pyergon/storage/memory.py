@@ -6,7 +6,6 @@ Every method runs without awaiting anything, so each is atomic on the event loop
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import heapq
 import time
 import uuid
@@ -113,7 +112,7 @@ class InMemoryExecutionLog(ClaimHelpers, SavesProgressInSteps, StorageLifecycle)
             changes.update(lease_owner=None, lease_token=None, lease_expires_at=None)
         if status is TaskStatus.PENDING:
             changes["cancel_requested"] = False
-        updated = dataclasses.replace(flow, **changes)  # type: ignore[arg-type]
+        updated = flow.replace(**changes)
         self._flows[flow.flow_id] = updated
         if status is TaskStatus.PENDING or (
             status is TaskStatus.SUSPENDED and updated.wake_at is not None
@@ -143,8 +142,7 @@ class InMemoryExecutionLog(ClaimHelpers, SavesProgressInSteps, StorageLifecycle)
         ]
         claimed = []
         for chosen in heapq.nsmallest(limit, runnable, key=_queue_order):
-            flow = dataclasses.replace(
-                chosen,
+            flow = chosen.replace(
                 status=TaskStatus.RUNNING,
                 updated_at=time.time(),
                 lease_owner=worker_id,
@@ -165,7 +163,7 @@ class InMemoryExecutionLog(ClaimHelpers, SavesProgressInSteps, StorageLifecycle)
             return False
         if flow.lease_token != lease_token:
             return False
-        self._flows[flow_id] = dataclasses.replace(flow, lease_expires_at=now + lease_seconds)
+        self._flows[flow_id] = flow.replace(lease_expires_at=now + lease_seconds)
         return True
 
     async def release_flow(
@@ -215,7 +213,7 @@ class InMemoryExecutionLog(ClaimHelpers, SavesProgressInSteps, StorageLifecycle)
         if flow is None or flow.status.is_final:
             return flow
         if flow.status is TaskStatus.RUNNING:
-            requested = dataclasses.replace(flow, cancel_requested=True, updated_at=time.time())
+            requested = flow.replace(cancel_requested=True, updated_at=time.time())
             self._flows[flow_id] = requested
             self._work.set()
             return requested

@@ -362,7 +362,7 @@ def changed_flow(flow: ScheduledFlow, changes: dict[str, object]) -> ScheduledFl
         fields["status"] = TaskStatus(cast(str, fields["status"]))
     if "cancel_requested" in fields:
         fields["cancel_requested"] = bool(fields["cancel_requested"])
-    return dataclasses.replace(flow, **fields)  # type: ignore[arg-type]
+    return flow.replace(**fields)
 
 
 def change_flow(
