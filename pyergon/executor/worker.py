@@ -280,7 +280,7 @@ class Worker:
         writer = _LeaseWriter(self.storage, flow.flow_id, flow.lease_token)
         cancel = _CancelFlag(flow.cancel_requested)
         task = asyncio.create_task(
-            self._run_claimed(flow, log_by_position(claimed.log), writer, cancel),
+            self._run_claimed(flow, claimed.log, writer, cancel),
             name=f"pyergon-flow-{flow.flow_id}",
         )
         self._running[flow.flow_id] = _Claim(writer, task, cancel)
@@ -351,7 +351,7 @@ class Worker:
     async def _run_claimed(
         self,
         flow: ScheduledFlow,
-        log: dict[Position, Invocation],
+        records: list[Invocation] | None,
         writer: _LeaseWriter,
         cancel: _CancelFlag,
     ) -> None:
@@ -378,7 +378,7 @@ class Worker:
                     run_child=self._schedule_child,
                     writer=writer,
                     attempt=flow.attempt,
-                    log=log,
+                    log=None if records is None else log_by_position(records),
                     cancellation=cancel,
                 )
             )

@@ -102,12 +102,13 @@ class ClaimedRun:
 
     Attributes:
         flow: The flow, as :meth:`ExecutionLog.claim_flows` returns it.
-        log: Its records ordered by ``(sequence, sub_sequence)``; empty for a flow that has
-            not run yet.
+        log: Its records ordered by ``(sequence, sub_sequence)``, read after the claim took
+            the flow; empty for a flow that has not run yet. ``None`` if they could not be
+            read then: whoever runs the flow reads them first.
     """
 
     flow: ScheduledFlow
-    log: list[Invocation] = field(default_factory=list)
+    log: list[Invocation] | None = field(default_factory=list)
 
 
 class ClaimHelpers:
@@ -174,8 +175,13 @@ class ClaimHelpers:
                 now=now,
                 due_by=due_by,
             )
-        logs = await asyncio.gather(*(self.load_invocations(flow.flow_id) for flow in flows))
-        return [ClaimedRun(flow, log) for flow, log in zip(flows, logs, strict=True)]
+        logs = await asyncio.gather(
+            *(self.load_invocations(flow.flow_id) for flow in flows), return_exceptions=True
+        )
+        return [
+            ClaimedRun(flow, None if isinstance(log, BaseException) else log)
+            for flow, log in zip(flows, logs, strict=True)
+        ]
 
 
 @runtime_checkable
@@ -299,13 +305,15 @@ class ExecutionLog(Protocol):
         now: float,
         due_by: float | None = None,
     ) -> list[ClaimedRun]:
-        """:meth:`claim_flows`, each flow with its records as stored at the claim.
+        """:meth:`claim_flows`, each flow with its records, read once the claim has taken it.
 
-        A worker runs what it claims from these logs without reading them again. Only the
-        lease holder writes a held flow's records, so they are current while the lease holds.
+        A worker runs what it claims from these logs without reading them again. A run that
+        lost its lease may still write a record afterwards; the claimant's own write of that
+        position then meets it (first writer wins) and the claimant reads the log again.
 
         Returns:
-            One :class:`ClaimedRun` per claimed flow, in queue order.
+            One :class:`ClaimedRun` per claimed flow, in queue order. The claim stands even if
+            a log cannot be read: that run's ``log`` is ``None``.
 
         Raises:
             ValueError: ``limit`` is less than 1.

@@ -36,7 +36,6 @@ from pyergon.storage.postgres_sql import (
     changed_flow,
     channel_name,
     flow_from_record,
-    has_log,
     in_queue_order,
     invocation_from_record,
     migrate,
@@ -509,18 +508,27 @@ class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
         now: float,
         due_by: float | None = None,
     ) -> list[ClaimedRun]:
-        """Claim flows as :meth:`claim_flows` does; read the logs of those that have records.
+        """Claim flows as :meth:`claim_flows` does, then read their logs in one query.
 
-        The claim says which flows have records, so a batch of new flows costs no read and
-        the others one read for the batch.
+        The logs are read in a statement of their own: one inside the claim would see them as
+        they were when the claim began, before a run that released a flow meanwhile saved.
         """
-        rows = await self._claim_rows(worker_id, flow_types, limit, lease_seconds, now, due_by)
-        logs: dict[str, list[Invocation]] = {row["flow_id"]: [] for row in rows}
-        with_log = [row["flow_id"] for row in rows if has_log(row)]
-        if with_log:
-            for record in await self._fetch(self._sql["load_logs"], with_log):
-                logs[record["flow_id"]].append(invocation_from_record(record))
-        return [ClaimedRun(flow_from_record(row), logs[row["flow_id"]]) for row in rows]
+        flows = [
+            flow_from_record(row)
+            for row in await self._claim_rows(
+                worker_id, flow_types, limit, lease_seconds, now, due_by
+            )
+        ]
+        if not flows:
+            return []
+        logs: dict[str, list[Invocation] | None] = {flow.flow_id: [] for flow in flows}
+        try:
+            records = await self._fetch(self._sql["load_logs"], list(logs))
+        except StorageError:
+            return [ClaimedRun(flow, None) for flow in flows]  # the runs read them
+        for record in records:
+            cast(list[Invocation], logs[record["flow_id"]]).append(invocation_from_record(record))
+        return [ClaimedRun(flow, logs[flow.flow_id]) for flow in flows]
 
     async def _claim_rows(
         self,
@@ -738,10 +746,14 @@ class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
         records: Sequence[Invocation],
         transition: FlowTransition | None = None,
     ) -> SavedProgress:
-        """Store records and the flow's new state in one transaction: one commit to disk.
+        """Store records and the flow's new state; see :meth:`ExecutionLog.save_progress`.
 
-        Rows are locked in the order every other writer uses: the records, then the flow's
-        row, then its parent's (see :meth:`release_flow`).
+        A held flow's last record and its release are one statement. When that statement
+        cannot release the flow (it has a parent, its lease is gone, or it was asked to cancel
+        while it would wait), its record is stored already and one transaction does the rest,
+        as it does every other save of records with a new state. Rows are locked in the order
+        every other writer uses: the records, then the flow's row, then its parent's (see
+        :meth:`release_flow`).
         """
         if not records or transition is None:
             # Single statements commit on their own: a transaction would only add round trips.

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
+from pyergon.errors import StorageClosedError
+
 __all__ = ["ConnectionPool"]
 
 
@@ -47,34 +49,49 @@ class ConnectionPool:
         self._lent = 0
         self._waiters: deque[asyncio.Future[Any]] = deque()
         self._returned = asyncio.Event()
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"ConnectionPool(open={self._size}, lent={self._lent}, max_size={self._max_size})"
 
     async def open(self, size: int) -> None:
-        """Open connections until ``size`` are open (at most ``max_size``)."""
-        wanted = min(size, self._max_size) - self._size
-        if wanted <= 0:
-            return
-        self._size += wanted
-        opened = await asyncio.gather(
-            *(self._connect() for _ in range(wanted)), return_exceptions=True
-        )
-        failures = [item for item in opened if isinstance(item, BaseException)]
-        self._size -= len(failures)
-        self._idle.extend(item for item in opened if not isinstance(item, BaseException))
-        if failures:
-            raise failures[0]
+        """Open connections until ``size`` are open (at most ``max_size``).
+
+        If one cannot be opened, those opened here are closed again and the error raised.
+        """
+        opened: list[Any] = []
+        try:
+            while self._size < min(size, self._max_size):
+                self._size += 1
+                try:
+                    opened.append(await self._connect())
+                except BaseException:
+                    self._size -= 1
+                    raise
+        except BaseException:
+            self._size -= len(opened)
+            for connection in opened:
+                connection.terminate()
+            raise
+        self._idle.extend(opened)
 
     def acquire(self) -> _Lent:
         """``async with pool.acquire() as connection:`` lends a connection for the block."""
         return _Lent(self)
 
     async def close(self) -> None:
-        """Wait until every lent connection is back, then close them all."""
-        while self._lent:
-            self._returned.clear()
-            await self._returned.wait()
+        """Wait until no borrower holds, opens or waits for a connection, then close them all.
+
+        Afterwards the pool lends nothing. If this is cancelled, the pool is terminated.
+        """
+        try:
+            while self._lent or any(not waiter.done() for waiter in self._waiters):
+                self._returned.clear()
+                await self._returned.wait()
+        except BaseException:
+            self.terminate()
+            raise
+        self._closed = True
         idle, self._idle = self._idle, []
         self._size -= len(idle)
         for connection in idle:
@@ -84,7 +101,11 @@ class ConnectionPool:
                 connection.terminate()  # the server is gone: nothing to close politely
 
     def terminate(self) -> None:
-        """Close every idle connection at once, without telling the server."""
+        """Close the idle connections at once, without telling the server; lend no more.
+
+        Connections still lent are terminated as they come back.
+        """
+        self._closed = True
         idle, self._idle = self._idle, []
         self._size -= len(idle)
         for connection in idle:
@@ -92,6 +113,8 @@ class ConnectionPool:
 
     async def _take(self) -> Any:
         while True:
+            if self._closed:
+                raise StorageClosedError("the PostgreSQL connection pool is closed")
             while self._idle:
                 connection = self._idle.pop()
                 if not connection.is_closed():
@@ -100,14 +123,15 @@ class ConnectionPool:
                 self._size -= 1  # lost while idle: the server closed it
             if self._size < self._max_size:
                 self._size += 1
+                self._lent += 1  # from now: close() waits for it
                 try:
-                    connection = await self._connect()
+                    return await self._connect()
                 except BaseException:
                     self._size -= 1
+                    self._lent -= 1
+                    self._returned.set()
                     self._let_next_waiter_open()
                     raise
-                self._lent += 1
-                return connection
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
@@ -137,6 +161,11 @@ class ConnectionPool:
 
     def _hand_over(self, connection: Any) -> None:
         """Pass a lent connection to the next waiter (still lent), or make it idle."""
+        if self._closed:
+            connection.terminate()
+            self._size -= 1
+            self._lent -= 1
+            return
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

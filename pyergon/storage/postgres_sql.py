@@ -28,7 +28,6 @@ __all__ = [
     "changed_flow",
     "channel_name",
     "flow_from_record",
-    "has_log",
     "in_queue_order",
     "invocation_from_record",
     "migrate",
@@ -44,8 +43,6 @@ _ERROR_COLUMNS = ("error_type", "error_message", "error_traceback", "error_paylo
 _NOTICE_COLUMN = "notified_workers"
 _PLACE = "queue_place"
 """The column a batch claim adds to each row: the flow's place in the queue order."""
-_HAS_LOG = "has_log"
-"""The column a batch claim adds to each row: whether the flow has records."""
 _RECORDED = "recorded"
 """The column a record-and-change statement adds: whether it stored the record."""
 
@@ -186,7 +183,6 @@ _CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
 # suspended flows only fill what is left of the limit: the second search runs (and locks rows)
 # only for that rest. Each search is an ordered walk of one partial index. Each claimed flow's
 # lease token is the caller's fresh token $3 followed by the flow's place in the queue order.
-# Each row also says whether the flow has records, so a worker reads only the logs there are.
 _CLAIM_FLOWS = (
     "WITH queued AS MATERIALIZED (SELECT flow_id, created_at FROM {s}.flows "
     "WHERE status IN ('PENDING', 'RUNNING') AND (status = 'PENDING' OR lease_expires_at < $5) "
@@ -201,10 +197,7 @@ _CLAIM_FLOWS = (
     "UNION ALL SELECT flow_id, wake_at, created_at FROM due) AS candidates) "
     "UPDATE {s}.flows AS flows SET status = 'RUNNING', updated_at = $1, lease_owner = $2, "
     "worker_id = $2, lease_token = $3 || chosen.place, lease_expires_at = $4 "
-    "FROM chosen WHERE flows.flow_id = chosen.flow_id "
-    f"RETURNING flows.*, chosen.place AS {_PLACE}, "
-    "EXISTS (SELECT FROM {s}.invocations AS records WHERE records.flow_id = flows.flow_id) "
-    f"AS {_HAS_LOG}"
+    f"FROM chosen WHERE flows.flow_id = chosen.flow_id RETURNING flows.*, chosen.place AS {_PLACE}"
 )
 
 _TEMPLATES = {
@@ -491,7 +484,6 @@ def _record_fields(row: Mapping[str, Any]) -> dict[str, Any]:
     fields.pop(_NOTICE_COLUMN, None)
     fields.pop(_PLACE, None)
     fields.pop(_RECORDED, None)
-    fields.pop(_HAS_LOG, None)
     error = [fields.pop(column) for column in _ERROR_COLUMNS]
     if error[0] is not None:
         fields["error"] = StoredError(*error)
@@ -501,11 +493,6 @@ def _record_fields(row: Mapping[str, Any]) -> dict[str, Any]:
 def in_queue_order(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """A batch claim's rows in queue order."""
     return sorted(rows, key=lambda row: row[_PLACE])
-
-
-def has_log(row: Mapping[str, Any]) -> bool:
-    """Whether a batch claim's row says the flow has records."""
-    return bool(row[_HAS_LOG])
 
 
 def flow_from_record(row: Mapping[str, Any]) -> ScheduledFlow:

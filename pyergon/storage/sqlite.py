@@ -336,11 +336,13 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
                 if self._path not in (_MEMORY, ""):
                     self._loop_connection = open_loop_connection(self._path)
                     self._checkpoints = BackgroundCheckpoints(self._path)
-            except sqlite3.Error as error:
+            except BaseException as error:
+                if self._loop_connection is not None:
+                    self._loop_connection.close()
+                    self._loop_connection = None
                 await connection.close()
-                raise self._storage_error(error) from error
-            except BaseException:
-                await connection.close()
+                if isinstance(error, sqlite3.Error):
+                    raise self._storage_error(error) from error
                 raise
             self._connection = connection
 
@@ -360,13 +362,15 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
             self._connection = None
             self._closing = False
             self._catch_up = False
-            if self._checkpoints is not None:
-                await self._checkpoints.close()
-                self._checkpoints = None
+            checkpoints, self._checkpoints = self._checkpoints, None
             if self._loop_connection is not None:
                 self._loop_connection.close()
                 self._loop_connection = None
-            await connection.close()  # the last connection to close checkpoints the WAL
+            try:
+                if checkpoints is not None:
+                    await checkpoints.close()
+            finally:
+                await connection.close()  # the last connection to close checkpoints the WAL
 
     # -- running operations ------------------------------------------------------------------
 

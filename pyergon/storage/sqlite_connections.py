@@ -16,6 +16,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar, cast
 
 import aiosqlite
@@ -125,9 +126,18 @@ class BackgroundCheckpoints:
     """
 
     def __init__(self, path: str) -> None:
-        self._path = path
+        # Opened now, while the path means the file the other connections opened, and never
+        # creating one; used only on the thread from now on.
+        uri = f"{Path(path).absolute().as_uri()}?mode=rw"
+        self._connection = sqlite3.connect(
+            uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._connection.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            self._connection.close()
+            raise
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="pyergon-sqlite-checkpoint")
-        self._connection: sqlite3.Connection | None = None  # used only on the thread
         self._running: Future[sqlite3.Error | None] | None = None
 
     @property
@@ -154,21 +164,17 @@ class BackgroundCheckpoints:
             await asyncio.wrap_future(self._running)
 
     async def close(self) -> None:
-        """Wait for a running checkpoint, then stop the thread and close its connection."""
-        await self.wait()
+        """Close the connection on the thread once a running checkpoint is done; stop it.
+
+        The thread closes the connection even if this wait is cancelled.
+        """
+        closed = self._executor.submit(self._connection.close)
+        self._executor.shutdown(wait=False)
         self._running = None
-        await asyncio.to_thread(self._executor.shutdown)
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        await asyncio.wrap_future(closed)
 
     def _checkpoint(self) -> sqlite3.Error | None:
         try:
-            if self._connection is None:
-                self._connection = sqlite3.connect(
-                    self._path, timeout=0, isolation_level=None, check_same_thread=False
-                )
-                self._connection.execute("PRAGMA synchronous = NORMAL")
             checkpoint(self._connection)
         except sqlite3.Error as error:
             return error

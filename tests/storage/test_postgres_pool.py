@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 
+from pyergon.errors import StorageClosedError
 from pyergon.storage.postgres_pool import ConnectionPool
 
 
@@ -48,11 +49,14 @@ class Server:
     def __init__(self) -> None:
         self.opened: list[Connection] = []
         self.fail_next = 0
+        self.fail_when_open: int | None = None
         self.hold: asyncio.Event | None = None
 
     async def connect(self) -> Connection:
         if self.hold is not None:
             await self.hold.wait()
+        if len(self.opened) == self.fail_when_open:
+            raise OSError("too many connections")
         if self.fail_next:
             self.fail_next -= 1
             raise OSError("connection refused")
@@ -242,17 +246,64 @@ async def test_a_failed_opening_lets_a_waiter_try() -> None:
     assert await waiting is server.opened[0]
 
 
-async def test_open_keeps_what_it_could_open_and_raises_the_failure() -> None:
+async def test_open_closes_what_it_opened_when_one_fails() -> None:
     server = Server()
     pool = make_pool(server, max_size=3)
-    server.fail_next = 1
+    await pool.open(1)
+    server.fail_when_open = 2
 
     with pytest.raises(OSError):
-        await pool.open(3)
-    for _ in range(3):  # two idle, one more may still be opened
-        await pool.acquire().__aenter__()
+        await pool.open(3)  # opens the second, fails on the third
+    server.fail_when_open = None
+    async with pool.acquire() as first, pool.acquire() as second, pool.acquire() as third:
+        pass
 
-    assert len(server.opened) == 3
+    assert server.opened[1].terminated  # opened by the failed call
+    assert first is server.opened[0] and not first.terminated
+    assert {second, third} == set(server.opened[2:])
+
+
+async def test_close_waits_for_a_connection_being_opened() -> None:
+    server = Server()
+    pool = make_pool(server, max_size=1)
+    server.hold = asyncio.Event()
+    used = asyncio.Event()
+
+    async def borrow() -> None:
+        async with pool.acquire():
+            used.set()
+
+    borrower = asyncio.create_task(borrow())
+    await asyncio.sleep(0)  # opening its connection
+    closing = asyncio.create_task(pool.close())
+    await asyncio.sleep(0)
+    assert not closing.done()
+    server.hold.set()
+    await asyncio.gather(borrower, closing)
+
+    assert used.is_set() and server.opened[0].closed
+
+
+async def test_after_close_nothing_is_lent_and_nothing_is_kept() -> None:
+    server = Server()
+    pool = make_pool(server, max_size=1)
+    await pool.open(1)
+    await pool.close()
+
+    with pytest.raises(StorageClosedError):
+        async with pool.acquire():
+            pass
+    assert server.opened[0].closed and len(server.opened) == 1
+
+
+async def test_a_connection_lent_when_the_pool_was_terminated_is_dropped_on_return() -> None:
+    server = Server()
+    pool = make_pool(server, max_size=2)
+
+    async with pool.acquire() as lent:
+        pool.terminate()
+
+    assert lent.terminated
 
 
 async def test_close_waits_for_lent_connections_then_closes_them_all() -> None:

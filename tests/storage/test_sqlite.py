@@ -815,3 +815,22 @@ async def test_work_stored_by_another_process_wakes_a_waiting_worker(
     assert loop.time() - written_at < 5.0
     flow = await sqlite.get_flow("from-elsewhere")
     assert flow is not None and flow.status is TaskStatus.PENDING
+
+
+async def test_checkpoints_reach_the_file_opened_after_the_working_directory_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_invocation: InvocationFactory
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    async with SqliteExecutionLog("flows.db") as storage:
+        monkeypatch.chdir(elsewhere)
+        for sequence in range(sqlite_module._CHECKPOINT_EVERY):
+            await storage.record_invocation(make_invocation(sequence))
+        checkpoints = storage._checkpoints
+        assert checkpoints is not None
+        await checkpoints.wait()
+        _, error = checkpoints.finished()
+
+    assert error is None
+    assert not (elsewhere / "flows.db").exists()

@@ -7,8 +7,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from pyergon import Scheduler, Worker, flow, flow_type, schedule_timer, step
-from pyergon.core import OperationKind, ScheduledFlow
-from pyergon.storage.base import ExecutionLog
+from pyergon.core import OperationKind
+from pyergon.storage.base import ClaimedRun, ExecutionLog
 
 
 @dataclass
@@ -34,7 +34,7 @@ class ClaimLog:
     def __getattr__(self, name: str) -> object:
         return getattr(self._storage, name)
 
-    async def claim_flows(
+    async def claim_runs(
         self,
         worker_id: str,
         flow_types: Collection[str],
@@ -43,9 +43,9 @@ class ClaimLog:
         lease_seconds: float,
         now: float,
         due_by: float | None = None,
-    ) -> list[ScheduledFlow]:
+    ) -> list[ClaimedRun]:
         self.claims.append((now, due_by))
-        return await self._storage.claim_flows(
+        return await self._storage.claim_runs(
             worker_id, flow_types, limit=limit, lease_seconds=lease_seconds, now=now, due_by=due_by
         )
 
@@ -66,4 +66,5 @@ async def test_a_worker_claims_timers_ahead_and_continues_them_not_before_their_
     timer = next(r for r in await storage.load_invocations("nap") if r.kind is OperationKind.TIMER)
     assert timer.fire_at is not None
     assert outcome.unwrap() >= timer.fire_at  # a timer never fires early
+    assert watched.claims
     assert all(due_by is not None and due_by > now for now, due_by in watched.claims)
