@@ -27,6 +27,7 @@ from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.errors import CorruptStorageError, StorageClosedError, StorageError
 from pyergon.storage.base import (
     UNCHANGED,
+    ClaimedRun,
     ClaimHelpers,
     FlowUpdate,
     StorageLifecycle,
@@ -57,8 +58,8 @@ from pyergon.storage.sqlite_tables import (
     fetch_invocation,
     flow_from_row,
     flow_listing,
-    invocation_from_row,
     is_corruption,
+    load_log,
     next_wake_time,
     prepare_connection,
     signal_from_row,
@@ -667,6 +668,37 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
         )
         return await self._write(claim)
 
+    async def claim_runs(
+        self,
+        worker_id: str,
+        flow_types: Collection[str],
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        due_by: float | None = None,
+    ) -> list[ClaimedRun]:
+        """Claim flows as :meth:`claim_flows` does and read their logs in the same transaction.
+
+        The transaction holds the write lock, so no record can be added between the claim and
+        the reading.
+        """
+        check_claim_limit(limit)
+
+        def claim(connection: sqlite3.Connection) -> list[ClaimedRun]:
+            flows = claim_next_flows(
+                connection,
+                worker_id=worker_id,
+                flow_types=list(flow_types),
+                limit=limit,
+                lease_seconds=lease_seconds,
+                now=now,
+                due_by=due_by,
+            )
+            return [ClaimedRun(flow, load_log(connection, flow_id=flow.flow_id)) for flow in flows]
+
+        return await self._write(claim)
+
     async def renew_lease(
         self, flow_id: str, lease_token: str, *, lease_seconds: float, now: float
     ) -> bool:
@@ -790,15 +822,7 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
 
     async def load_invocations(self, flow_id: str) -> list[Invocation]:
         """Return a flow's records ordered by ``(sequence, sub_sequence)``."""
-
-        def load(connection: sqlite3.Connection) -> list[Invocation]:
-            rows = connection.execute(
-                "SELECT * FROM invocations WHERE flow_id = ? ORDER BY sequence, sub_sequence",
-                (flow_id,),
-            )
-            return [invocation_from_row(row) for row in rows]
-
-        return await self._read(load)
+        return await self._read(partial(load_log, flow_id=flow_id))
 
     async def get_invocation(
         self, flow_id: str, sequence: int, sub_sequence: int = 0

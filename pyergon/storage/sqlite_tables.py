@@ -37,6 +37,7 @@ __all__ = [
     "flow_listing",
     "invocation_from_row",
     "is_corruption",
+    "load_log",
     "next_wake_time",
     "placeholders",
     "prepare_connection",
@@ -490,6 +491,14 @@ def claim_next_flows(
         assert flow is not None  # found in this transaction
         claimed.append(flow)
     return claimed
+
+
+def load_log(connection: sqlite3.Connection, *, flow_id: str) -> list[Invocation]:
+    """A flow's records ordered by ``(sequence, sub_sequence)``."""
+    rows = connection.execute(
+        "SELECT * FROM invocations WHERE flow_id = ? ORDER BY sequence, sub_sequence", (flow_id,)
+    )
+    return [invocation_from_row(row) for row in rows]
 
 
 def next_wake_time(
