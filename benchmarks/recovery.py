@@ -2,8 +2,9 @@
 
 ``n`` flows of three 50 ms steps (``SlowSteps``) are enqueued; two worker processes with
 ``lease_seconds=2`` and ``SLOTS`` flows each start on them. Once a quarter of the flows are
-finished, worker 0 is killed. The flows it held are those storage still shows ``RUNNING`` under
-its id; each one's recovery time is its ``updated_at`` once ``COMPLETE`` minus the kill time.
+finished and worker 0 runs a flow, worker 0 is killed. The flows it held are those storage
+still shows ``RUNNING`` under its id; each one's recovery time is its ``updated_at`` once
+``COMPLETE`` minus the kill time.
 The drain time runs from ``go`` to the last flow's ``updated_at``. Nobody can take a killed
 worker's flow before its lease expires, so recovery is bounded below by the lease left at the
 kill (between 2/3 and all of ``LEASE_SECONDS``, as leases are renewed every third of it).
@@ -11,6 +12,7 @@ kill (between 2/3 and all of ``LEASE_SECONDS``, as leases are renewed every thir
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from benchmarks.backends import fresh_storage
@@ -22,6 +24,7 @@ from benchmarks.result import RunResult
 from pyergon import Scheduler
 from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_type_name
+from pyergon.storage.base import ExecutionLog
 
 __all__ = ["recovery_time"]
 
@@ -40,6 +43,7 @@ async def recovery_time(backend: str, n: int) -> RunResult:
             went_at = time.time()
             await workers.go()
             await workers.wait_finished(n // 4, 120)
+            await _until_running_on(fresh.storage, ProcessWorkers.worker_id(0), 30)
             await workers.kill(0)
             killed_at = time.time()
             held = await fresh.storage.list_flows(
@@ -67,3 +71,12 @@ async def recovery_time(backend: str, n: int) -> RunResult:
             "lease_seconds": LEASE_SECONDS,
         },
     )
+
+
+async def _until_running_on(storage: ExecutionLog, worker_id: str, within: float) -> None:
+    """Wait until ``worker_id`` runs a flow, so killing it leaves flows to recover."""
+    deadline = time.monotonic() + within
+    while not await storage.list_flows(status=TaskStatus.RUNNING, worker_id=worker_id, limit=1):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{worker_id} ran no flow within {within} s")
+        await asyncio.sleep(0.005)
