@@ -92,19 +92,40 @@ class _KeyedLocks:
     def __init__(self) -> None:
         self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
 
-    @contextlib.asynccontextmanager
-    async def hold(self, key: Hashable) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
+    def hold(self, key: Hashable) -> _Held:
+        """``async with locks.hold(key):`` holds the lock of ``key`` for the block."""
+        return _Held(self._locks, key)
+
+
+class _Held:
+    """The ``async with`` of :meth:`_KeyedLocks.hold`."""
+
+    __slots__ = ("_key", "_lock", "_locks")
+
+    def __init__(self, locks: dict[Hashable, tuple[asyncio.Lock, int]], key: Hashable) -> None:
+        self._locks = locks
+        self._key = key
+
+    async def __aenter__(self) -> None:
+        lock, users = self._locks.get(self._key) or (asyncio.Lock(), 0)
+        self._locks[self._key] = (lock, users + 1)
+        self._lock = lock
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+            await lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        lock, users = self._locks[self._key]
+        if users == 1:
+            del self._locks[self._key]
+        else:
+            self._locks[self._key] = (lock, users - 1)
 
 
 class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
@@ -731,11 +752,10 @@ class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
         position = (invocation.flow_id, invocation.sequence, invocation.sub_sequence)
         async with self._recording.hold(position):
             while True:
-                async with self._connection() as connection:
-                    if await connection.fetchval(self._sql["record_invocation"], *arguments):
-                        return invocation  # stored as given
-                    # A final record holds the position.
-                    row = await connection.fetchrow(self._sql["get_invocation"], *position)
+                if await self._fetchval(self._sql["record_invocation"], *arguments):
+                    return invocation  # stored as given
+                # A final record holds the position.
+                row = await self._fetchrow(self._sql["get_invocation"], *position)
                 if row is not None:
                     return invocation_from_record(row)
                 # The final record was deleted between the two statements: record again.
