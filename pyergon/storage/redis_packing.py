@@ -39,7 +39,7 @@ class _HiredisPacking:
             and (encoder.encoding, encoder.encoding_errors) == ("utf-8", "strict")
             and isinstance(first, str)
             and " " not in first
-            and all(type(arg) in _PACKED_ALIKE for arg in args)
+            and _PACKED_ALIKE.issuperset(map(type, args))
         ):
             return [_pack_with_hiredis(args)]
         packed: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
