@@ -51,6 +51,9 @@ class Workers(Protocol):
     @property
     def peak_rss_mb(self) -> float | None: ...
 
+    @property
+    def pids(self) -> list[int]: ...
+
 
 class ProcessWorkers:
     """``count`` worker processes on the storage at ``url``.
@@ -222,6 +225,10 @@ class InProcessWorkers:
     @property
     def peak_rss_mb(self) -> float | None:
         return None  # part of this process's
+
+    @property
+    def pids(self) -> list[int]:
+        return []  # the worker shares this process
 
     async def wait_finished(self, count: int, timeout: float) -> None:
         async with asyncio.timeout(timeout):

@@ -17,6 +17,7 @@ from benchmarks.direct import CONCURRENCY, STEPS_PER_FLOW, check_three_steps
 from benchmarks.flows import SIGNAL_NAME, SignalFlow, ThreeSteps, TimerFlow
 from benchmarks.pool import InProcessWorkers, ProcessWorkers, Workers
 from benchmarks.result import RunResult
+from benchmarks.stats import busy_cpu_seconds, cpu_seconds
 from pyergon import Scheduler
 from pyergon.core.status import OperationKind, TaskStatus
 from pyergon.decorators import flow_type_name
@@ -27,6 +28,31 @@ SIGNAL_SPACING = 0.02
 """Seconds between two signals, so each latency is measured alone rather than in a burst."""
 
 POLL_INTERVAL = 0.02
+
+
+class CpuUse:
+    """CPU used from now on by the worker processes ``pids`` and by the whole machine."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self._pids = list(pids)
+        self._workers_at_start = self._workers_seconds()
+        self._machine_at_start = busy_cpu_seconds()
+
+    def _workers_seconds(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self._pids)
+
+    def percentages(self, wall: float) -> dict[str, float]:
+        """CPU use since creation over ``wall`` seconds, in percent of one core.
+
+        ``worker_cpu_percent`` is the busiest share of the worker processes together (100 per
+        process at most); ``machine_cpu_percent`` is every core's (100 per core at most), which
+        includes the harness and, on Redis and PostgreSQL, the server.
+        """
+        machine = (busy_cpu_seconds() - self._machine_at_start) / wall * 100
+        if not self._pids:
+            return {"machine_cpu_percent": round(machine, 1)}
+        workers = (self._workers_seconds() - self._workers_at_start) / wall * 100
+        return {"worker_cpu_percent": round(workers, 1), "machine_cpu_percent": round(machine, 1)}
 
 
 def _timeout(n: int) -> float:
@@ -58,10 +84,12 @@ async def drain(backend: str, n: int, *, processes: int) -> RunResult:
         flow_ids = await schedule_all(scheduler, [ThreeSteps(i) for i in range(n)])
         enqueue_s = time.perf_counter() - enqueue_started
         async with _workers(fresh, backend, processes) as workers:
+            cpu = CpuUse(workers.pids)
             started = time.perf_counter()
             await workers.go()
             await workers.wait_finished(n, _timeout(n))
             wall = time.perf_counter() - started
+            cpu_extra = cpu.percentages(wall)
         outcomes = await scheduler.wait(flow_ids, timeout=30)
         for number, flow_id in enumerate(flow_ids):
             check_three_steps(number, outcomes[flow_id])
@@ -69,7 +97,7 @@ async def drain(backend: str, n: int, *, processes: int) -> RunResult:
         wall,
         n,
         n * STEPS_PER_FLOW,
-        extra={"enqueue_flows_per_s": n / enqueue_s},
+        extra={"enqueue_flows_per_s": n / enqueue_s, **cpu_extra},
         worker_peak_rss_mb=workers.peak_rss_mb,
     )
 

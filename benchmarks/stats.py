@@ -9,7 +9,15 @@ import statistics
 import sys
 from collections.abc import Sequence
 
-__all__ = ["cpu_seconds", "machine", "peak_rss_mb", "percentiles", "rss_mb", "summarize"]
+__all__ = [
+    "busy_cpu_seconds",
+    "cpu_seconds",
+    "machine",
+    "peak_rss_mb",
+    "percentiles",
+    "rss_mb",
+    "summarize",
+]
 
 
 def summarize(values: Sequence[float], digits: int = 4) -> dict[str, float]:
@@ -64,6 +72,17 @@ def cpu_seconds(pid: int) -> float:
         fields = stat.read().rpartition(")")[2].split()
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent not idle so far, summed over its cores (Linux).
+
+    Idle and I/O-wait time are left out; so is ``steal``, time the hypervisor gave elsewhere.
+    """
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()  # cpu user nice system idle iowait irq softirq ...
+    user, nice, system, _idle, _iowait, irq, softirq = (int(value) for value in fields[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def machine() -> dict[str, object]:

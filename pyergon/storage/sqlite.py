@@ -48,8 +48,6 @@ from pyergon.storage.sqlite_connections import (
     open_loop_connection,
 )
 from pyergon.storage.sqlite_tables import (
-    INSERT_FLOW,
-    RECORD_INVOCATION,
     awaits_signal,
     change_flow,
     changed_flow,
@@ -58,6 +56,7 @@ from pyergon.storage.sqlite_tables import (
     fetch_invocation,
     flow_from_row,
     flow_listing,
+    insert_flow,
     is_corruption,
     load_log,
     next_wake_time,
@@ -65,6 +64,7 @@ from pyergon.storage.sqlite_tables import (
     signal_from_row,
     update_flow_returning,
     update_flow_row,
+    upsert_invocation,
     wake_already_due,
     wake_flow,
 )
@@ -134,7 +134,7 @@ def _record(
     connection: sqlite3.Connection, invocation: Invocation, values: dict[str, object]
 ) -> Invocation:
     """Store a record unless a final one holds its position; return the record as stored."""
-    if connection.execute(RECORD_INVOCATION, values).rowcount == 1:
+    if connection.execute(upsert_invocation(values), values).rowcount == 1:
         return invocation  # inserted or replaced a record that was not final
     stored = fetch_invocation(
         connection, invocation.flow_id, invocation.sequence, invocation.sub_sequence
@@ -604,7 +604,7 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
         values = record_values(flow)
 
         def insert(connection: sqlite3.Connection) -> tuple[ScheduledFlow, bool]:
-            if connection.execute(INSERT_FLOW, values).rowcount == 1:
+            if connection.execute(insert_flow(values), values).rowcount == 1:
                 return flow, True
             existing = fetch_flow(connection, flow.flow_id)
             assert existing is not None  # the insert conflicted with it in this transaction

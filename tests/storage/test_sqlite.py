@@ -29,7 +29,7 @@ from pyergon.errors import (
     StorageError,
     UnknownStorageSchemeError,
 )
-from pyergon.storage import InMemoryExecutionLog, open_storage, sqlite_connections
+from pyergon.storage import InMemoryExecutionLog, open_storage, sqlite_connections, sqlite_tables
 from pyergon.storage.base import SCHEMA_VERSION
 from pyergon.storage.sql_columns import record_values
 from pyergon.storage.sqlite import SqliteExecutionLog
@@ -834,3 +834,31 @@ async def test_checkpoints_reach_the_file_opened_after_the_working_directory_cha
 
     assert error is None
     assert not (elsewhere / "flows.db").exists()
+
+
+def test_inserts_write_null_for_none_and_bind_the_rest() -> None:
+    insert = sqlite_tables._Insert("t", ("a", "b", "c"), "ON CONFLICT (a) DO NOTHING")
+    assert (
+        insert.all_bound == "INSERT INTO t (a, b, c) VALUES (:a, :b, :c) ON CONFLICT (a) DO NOTHING"
+    )
+    with closing(sqlite3.connect(":memory:")) as connection:
+        connection.execute("CREATE TABLE t (a PRIMARY KEY, b, c)")
+        for row in ({"a": 1, "b": None, "c": b"x"}, {"c": None, "a": 2, "b": "y"}):
+            text = insert(row)
+            assert text.count("NULL") == 1
+            connection.execute(text, row)
+        stored = connection.execute("SELECT a, b, c FROM t ORDER BY a").fetchall()
+    assert stored == [(1, None, b"x"), (2, "y", None)]
+
+
+def test_insert_variants_are_capped_but_stay_right() -> None:
+    columns = tuple(f"c{number}" for number in range(8))
+    insert = sqlite_tables._Insert("t", columns, "")
+    with closing(sqlite3.connect(":memory:")) as connection:
+        connection.execute(f"CREATE TABLE t ({', '.join(columns)})")
+        for pattern in range(2 ** len(columns)):  # every set of None columns: 256 > the cap
+            row = {c: (None if pattern >> i & 1 else i) for i, c in enumerate(columns)}
+            connection.execute(insert(row), row)
+            stored = connection.execute("SELECT * FROM t WHERE rowid = last_insert_rowid()")
+            assert stored.fetchone() == tuple(row.values())
+    assert len(insert._variants) == insert._MAX_VARIANTS
