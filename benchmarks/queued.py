@@ -44,9 +44,10 @@ class CpuUse:
     def percentages(self, wall: float) -> dict[str, float]:
         """CPU use since creation over ``wall`` seconds, in percent of one core.
 
-        ``worker_cpu_percent`` is the busiest share of the worker processes together (100 per
-        process at most); ``machine_cpu_percent`` is every core's (100 per core at most), which
-        includes the harness and, on Redis and PostgreSQL, the server.
+        ``worker_cpu_percent`` is the CPU of the worker processes summed (at most 100 per
+        process); ``machine_cpu_percent`` is every core's (at most 100 per core), which includes
+        the harness and, on Redis and PostgreSQL, the server. In-process workers (``memory``)
+        share the harness's process: their lines have only ``machine_cpu_percent``.
         """
         machine = (busy_cpu_seconds() - self._machine_at_start) / wall * 100
         if not self._pids:

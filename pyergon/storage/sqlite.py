@@ -56,7 +56,7 @@ from pyergon.storage.sqlite_tables import (
     fetch_invocation,
     flow_from_row,
     flow_listing,
-    insert_flow,
+    insert_flow_sql,
     is_corruption,
     load_log,
     next_wake_time,
@@ -64,7 +64,7 @@ from pyergon.storage.sqlite_tables import (
     signal_from_row,
     update_flow_returning,
     update_flow_row,
-    upsert_invocation,
+    upsert_invocation_sql,
     wake_already_due,
     wake_flow,
 )
@@ -134,7 +134,7 @@ def _record(
     connection: sqlite3.Connection, invocation: Invocation, values: dict[str, object]
 ) -> Invocation:
     """Store a record unless a final one holds its position; return the record as stored."""
-    if connection.execute(upsert_invocation(values), values).rowcount == 1:
+    if connection.execute(upsert_invocation_sql(values), values).rowcount == 1:
         return invocation  # inserted or replaced a record that was not final
     stored = fetch_invocation(
         connection, invocation.flow_id, invocation.sequence, invocation.sub_sequence
@@ -604,7 +604,7 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
         values = record_values(flow)
 
         def insert(connection: sqlite3.Connection) -> tuple[ScheduledFlow, bool]:
-            if connection.execute(insert_flow(values), values).rowcount == 1:
+            if connection.execute(insert_flow_sql(values), values).rowcount == 1:
                 return flow, True
             existing = fetch_flow(connection, flow.flow_id)
             assert existing is not None  # the insert conflicted with it in this transaction

@@ -35,7 +35,7 @@ __all__ = [
     "fetch_invocation",
     "flow_from_row",
     "flow_listing",
-    "insert_flow",
+    "insert_flow_sql",
     "invocation_from_row",
     "is_corruption",
     "load_log",
@@ -45,7 +45,7 @@ __all__ = [
     "signal_from_row",
     "update_flow_returning",
     "update_flow_row",
-    "upsert_invocation",
+    "upsert_invocation_sql",
     "wake_already_due",
     "wake_flow",
 ]
@@ -233,10 +233,12 @@ class _Insert:
     The sqlite3 module binds ``None`` only after looking for an adapter, a look-up that raises
     and formats an ``AttributeError`` inside the module: about half a microsecond per value, and
     a stored flow or record has six to ten ``None`` columns. Binding only the other values saves
-    that. Each set of ``None`` columns gets its text once; a row has few such sets in practice.
+    that. Each set of ``None`` columns gets its text once; rows have a few such sets in practice.
+    Past ``_MAX_VARIANTS`` sets, rows bind every value instead, so that new texts cannot crowd
+    the prepared statements out of the connection's statement cache.
     """
 
-    _MAX_VARIANTS = 64
+    _MAX_VARIANTS = 16
 
     def __init__(self, table: str, columns: tuple[str, ...], conflict: str) -> None:
         self._head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ("
@@ -255,17 +257,18 @@ class _Insert:
         nulls = tuple([column for column, value in values.items() if value is None])
         text = self._variants.get(nulls)
         if text is None:
-            text = self._text(nulls)
-            if len(self._variants) < self._MAX_VARIANTS:
-                self._variants[nulls] = text
+            if len(self._variants) >= self._MAX_VARIANTS:
+                return self.all_bound
+            text = self._variants[nulls] = self._text(nulls)
         return text
 
 
 _FLOW_COLUMNS = _columns(ScheduledFlow)
 _INVOCATION_COLUMNS = _columns(Invocation)
-insert_flow = _Insert("flows", _FLOW_COLUMNS, "ON CONFLICT (flow_id) DO NOTHING")
-"""The statement storing a new flow from its column values; an existing one is kept."""
-upsert_invocation = _Insert(
+insert_flow_sql = _Insert("flows", _FLOW_COLUMNS, "ON CONFLICT (flow_id) DO NOTHING")
+"""The text of the statement storing a new flow, given its column values; an existing flow
+is kept."""
+upsert_invocation_sql = _Insert(
     "invocations",
     _INVOCATION_COLUMNS,
     f"ON CONFLICT ({', '.join(_INVOCATION_KEY)}) DO UPDATE SET "
@@ -277,10 +280,10 @@ upsert_invocation = _Insert(
     + " WHERE invocations.status NOT IN "
     + f"({sql_list([status for status in InvocationStatus if status.is_final])})",
 )
-"""The statement storing a record from its column values. First writer wins: the upsert leaves
-a final record as it is."""
-INSERT_FLOW = insert_flow.all_bound
-RECORD_INVOCATION = upsert_invocation.all_bound
+"""The text of the statement storing a record, given its column values. First writer wins: the
+upsert leaves a final record as it is."""
+INSERT_FLOW = insert_flow_sql.all_bound
+RECORD_INVOCATION = upsert_invocation_sql.all_bound
 
 # -- rows <-> records ----------------------------------------------------------------------------
 

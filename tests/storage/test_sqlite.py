@@ -862,3 +862,14 @@ def test_insert_variants_are_capped_but_stay_right() -> None:
             stored = connection.execute("SELECT * FROM t WHERE rowid = last_insert_rowid()")
             assert stored.fetchone() == tuple(row.values())
     assert len(insert._variants) == insert._MAX_VARIANTS
+    assert insert(dict.fromkeys(columns)) == insert.all_bound  # a set never seen, past the cap
+
+
+def test_flow_updates_write_null_only_for_none() -> None:
+    statement, values = sqlite_tables._flow_update(
+        "f", {"a": None, "b": 0, "c": False}, " AND d = :d", {"d": None}
+    )
+    assert (
+        statement == "UPDATE flows SET a = NULL, b = :b, c = :c WHERE flow_id = :flow_id AND d = :d"
+    )
+    assert values == {"a": None, "b": 0, "c": False, "d": None, "flow_id": "f"}
