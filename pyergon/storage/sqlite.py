@@ -35,6 +35,7 @@ from pyergon.storage.base import (
     check_page,
     status_filter,
 )
+from pyergon.storage.file_watch import WriteNotifier, watch_writes
 from pyergon.storage.progress import FlowTransition, SavedProgress, stored_as_given
 from pyergon.storage.sql_columns import flow_changes, record_values
 from pyergon.storage.sqlite_connections import (
@@ -114,6 +115,8 @@ _POLL_MAX = 0.05
 """Seconds between those checks once the database has been idle for a while."""
 _POLL_HOT = 0.25
 """Seconds after another process's last commit during which checks stay at ``_POLL_MIN``."""
+_WATCHED_CHECK = 1.0
+"""Seconds between checks while the WAL is watched: a safeguard, the watch says it first."""
 
 
 def _data_version(connection: sqlite3.Connection) -> int:
@@ -243,9 +246,11 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
     """Stores flows, records and signals in one SQLite file (or in memory).
 
     Use it on the event loop that connected it. Reads see every write whose ``await`` returned.
-    :meth:`wait_for_work` is woken at once by work stored through this object; commits made by
-    other processes are noticed through ``PRAGMA data_version``, checked with a short poll that
-    starts at 2 ms after activity and backs off to 50 ms while the database is idle.
+    :meth:`wait_for_work` is woken at once by work stored through this object. Commits made by
+    other processes are noticed through ``PRAGMA data_version``, checked when the WAL file is
+    written (Linux: inotify; at most every 2 ms while someone writes, and every second anyway),
+    or elsewhere by a poll that starts at 2 ms after activity and backs off to 50 ms while the
+    database is idle.
 
     Args:
         path: The database file, created if missing, or ``":memory:"``.
@@ -273,6 +278,8 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
         background checkpoint could not copy."""
         self._work = asyncio.Event()
         self._data_version: int | None = None
+        self._wal_writes: WriteNotifier | None = None
+        """Calls :meth:`_check_other_commits` after writes to the WAL, while workers wait."""
         self._poll_interval = _POLL_MIN
         self._seen_commit_at = 0.0
         self._batches_committed = 0
@@ -337,7 +344,9 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
                 if self._path not in (_MEMORY, ""):
                     self._loop_connection = open_loop_connection(self._path)
                     self._checkpoints = BackgroundCheckpoints(self._path)
+                    self._watch_wal()
             except BaseException as error:
+                self._stop_watching_wal()
                 if self._loop_connection is not None:
                     self._loop_connection.close()
                     self._loop_connection = None
@@ -364,6 +373,7 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
             self._closing = False
             self._catch_up = False
             checkpoints, self._checkpoints = self._checkpoints, None
+            self._stop_watching_wal()
             if self._loop_connection is not None:
                 self._loop_connection.close()
                 self._loop_connection = None
@@ -793,30 +803,67 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
         self._open_connection()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not self._work.is_set():
-            if await self._other_process_committed():
-                self._poll_interval = _POLL_MIN
-                self._seen_commit_at = loop.time()
-                # Setting the event wakes every worker sharing this object, not only this one.
-                self._work.set()
-                break
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            try:
-                await asyncio.wait_for(self._work.wait(), min(self._poll_interval, remaining))
-            except TimeoutError:
-                if loop.time() - self._seen_commit_at > _POLL_HOT:  # quiet: back off
-                    self._poll_interval = min(self._poll_interval * 2, _POLL_MAX)
+        notifier = self._wal_writes
+        watched = notifier is not None and notifier.start()
+        try:
+            while not self._work.is_set():
+                if await self._other_process_committed():
+                    self._poll_interval = _POLL_MIN
+                    self._seen_commit_at = loop.time()
+                    # Setting the event wakes every worker sharing this object, not only this.
+                    self._work.set()
+                    break
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                interval = _WATCHED_CHECK if watched else self._poll_interval
+                try:
+                    await asyncio.wait_for(self._work.wait(), min(interval, remaining))
+                except TimeoutError:
+                    quiet = loop.time() - self._seen_commit_at > _POLL_HOT
+                    if quiet and not watched:
+                        self._poll_interval = min(self._poll_interval * 2, _POLL_MAX)
+        finally:
+            if watched and notifier is not None:
+                notifier.stop()  # the one started: a reconnect may have made another
         self._work.clear()
         return True
 
     async def _other_process_committed(self) -> bool:
         """Whether another connection committed since the last check (``PRAGMA data_version``)."""
-        version = await self._read(_data_version)
+        return self._note_data_version(await self._read(_data_version))
+
+    def _note_data_version(self, version: int) -> bool:
+        """Keep ``version``; return whether it differs from the one seen before."""
         changed = self._data_version is not None and version != self._data_version
         self._data_version = version
         return changed
+
+    def _watch_wal(self) -> None:
+        """Start noticing writes to the WAL file, where the platform allows it."""
+        watch = watch_writes(f"{self._path}-wal")
+        if watch is not None:
+            self._wal_writes = WriteNotifier(
+                watch, self._check_other_commits, interval=_POLL_MIN, settle=_POLL_HOT
+            )
+
+    def _stop_watching_wal(self) -> None:
+        notifier, self._wal_writes = self._wal_writes, None
+        if notifier is not None:
+            notifier.close()
+
+    def _check_other_commits(self) -> None:
+        """After a write to the WAL: wake waiting workers if another connection committed."""
+        connection = self._loop_connection
+        if connection is None:
+            return
+        try:
+            changed = self._note_data_version(_data_version(connection))
+        except sqlite3.Error:
+            changed = True  # a waiter looks again, on the worker thread if need be
+        if changed:
+            self._seen_commit_at = asyncio.get_running_loop().time()
+            self._work.set()
 
     # -- invocations -------------------------------------------------------------------------
 

@@ -873,3 +873,44 @@ def test_flow_updates_write_null_only_for_none() -> None:
         statement == "UPDATE flows SET a = NULL, b = :b, c = :c WHERE flow_id = :flow_id AND d = :d"
     )
     assert values == {"a": None, "b": 0, "c": False, "d": None, "flow_id": "f"}
+
+
+_COMMIT_ELSEWHERE = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("PRAGMA synchronous = FULL")  # sqlite3's default: a sync before publishing
+connection.execute("INSERT INTO pyergon_meta (key, value) VALUES (?, 1)", (sys.argv[2],))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+async def test_other_processes_commits_wake_a_worker_through_the_wal_watch(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With the safeguard check an hour apart, only the watch can wake the waiter in time.
+    monkeypatch.setattr(sqlite_module, "_WATCHED_CHECK", 3600.0)
+    async with SqliteExecutionLog(path) as storage:
+        assert storage._wal_writes is not None
+        assert await storage.wait_for_work(0.01) is False
+        for number in range(10):
+            waiting = asyncio.create_task(storage.wait_for_work(3600.0))
+            await asyncio.sleep(0)  # the waiter takes its first look, then listens
+            writer = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _COMMIT_ELSEWHERE, str(path), f"elsewhere-{number}"
+            )
+            assert await writer.wait() == 0
+            assert await asyncio.wait_for(waiting, 30.0) is True
+
+
+async def test_without_a_watch_other_commits_are_polled_for(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "watch_writes", lambda _path: None)
+    async with SqliteExecutionLog(path) as storage:
+        assert storage._wal_writes is None
+        assert await storage.wait_for_work(0.01) is False
+        waiting = asyncio.create_task(storage.wait_for_work(3600.0))
+        await asyncio.sleep(0)
+        with raw(path) as other:
+            other.execute("INSERT INTO pyergon_meta (key, value) VALUES ('written-elsewhere', 1)")
+        assert await asyncio.wait_for(waiting, 30.0) is True
