@@ -742,6 +742,11 @@ def flow_from_hash(fields: Mapping[bytes, bytes]) -> ScheduledFlow:
     return ScheduledFlow(**values)
 
 
+_HEADER_JSON = json.JSONEncoder(separators=(",", ":"))
+"""Made once: ``json.dumps`` with other than default options makes an encoder per call.
+``ensure_ascii`` (the default) keeps the header one line; the scripts split it off at ``\n``."""
+
+
 def encode_invocation(invocation: Invocation) -> bytes:
     """One line of JSON header, then the result bytes and the error payload bytes."""
     error = invocation.error
@@ -760,8 +765,7 @@ def encode_invocation(invocation: Invocation) -> bytes:
         "error": None if error is None else [error.type_name, error.message, error.traceback],
         "error_payload": None if payload is None else len(payload),
     }
-    # ensure_ascii (the default) keeps the header one line; the scripts split it off at "\n".
-    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded = _HEADER_JSON.encode(header).encode()
     return b"\n".join((encoded, (invocation.result or b"") + (payload or b"")))
 
 
