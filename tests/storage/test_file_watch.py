@@ -7,6 +7,7 @@ import itertools
 import os
 import select
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -91,86 +92,85 @@ class Calls:
                 await self._called.wait()
 
 
+Notifiers = Callable[..., tuple[WriteNotifier, Calls]]
+
+
 @pytest.fixture
-def notifier_parts(watched: Path) -> tuple[FileWatch, Calls]:
-    watch = watch_writes(str(watched))
-    assert watch is not None
-    return watch, Calls()
+def notifiers(watched: Path) -> Iterator[Notifiers]:
+    """Make notifiers on ``watched`` (given ``interval`` and ``settle``), closed afterwards."""
+    made: list[WriteNotifier] = []
+
+    def make(*, interval: float, settle: float) -> tuple[WriteNotifier, Calls]:
+        watch = watch_writes(str(watched))
+        assert watch is not None
+        calls = Calls()
+        made.append(WriteNotifier(watch, calls, interval=interval, settle=settle))
+        return made[-1], calls
+
+    yield make
+    for notifier in made:
+        notifier.close()
 
 
 @linux_only
 async def test_after_a_write_check_runs_every_interval_while_it_settles(
-    watched: Path, notifier_parts: tuple[FileWatch, Calls]
+    watched: Path, notifiers: Notifiers
 ) -> None:
-    watch, calls = notifier_parts
-    notifier = WriteNotifier(watch, calls, interval=0.02, settle=0.1)
-    try:
-        assert notifier.start() is True
-        write(watched)
-        await calls.until(3)  # once at once, then again without another write
-        gaps = [later - earlier for earlier, later in itertools.pairwise(calls.times)]
-        assert min(gaps) >= 0.02 * 0.9  # never faster than the interval
-        await asyncio.sleep(calls.times[0] + 0.2 - asyncio.get_running_loop().time())
-        # It stopped once the write settled: at most one call per interval of the settle time.
-        count = len(calls.times)
-        assert count <= 0.1 / 0.02 + 1
-        write(watched)
-        await calls.until(count + 1)  # and listens again
-    finally:
-        notifier.close()
+    notifier, calls = notifiers(interval=0.02, settle=0.1)
+    assert notifier.start() is True
+    write(watched)
+    await calls.until(3)  # once at once, then again without another write
+    gaps = [later - earlier for earlier, later in itertools.pairwise(calls.times)]
+    assert min(gaps) >= 0.02 * 0.9  # never faster than the interval
+    await asyncio.sleep(calls.times[0] + 0.2 - asyncio.get_running_loop().time())
+    # It stopped once the write settled: at most one call per interval of the settle time.
+    count = len(calls.times)
+    assert count <= 0.1 / 0.02 + 1
+    write(watched)
+    await calls.until(count + 1)  # and listens again
 
 
 @linux_only
 async def test_a_write_while_nobody_waits_is_reported_to_the_next_waiter(
-    watched: Path, notifier_parts: tuple[FileWatch, Calls]
+    watched: Path, notifiers: Notifiers
 ) -> None:
-    watch, calls = notifier_parts
-    notifier = WriteNotifier(watch, calls, interval=0.0, settle=0.0)
-    try:
-        assert notifier.start() and notifier.start()  # two waiters
-        notifier.stop()
-        write(watched)
-        await calls.until(1)  # one waiter is left: still listening
-        notifier.stop()
-        write(watched)
-        await asyncio.sleep(0.05)
-        assert len(calls.times) == 1  # nobody waits: nobody is called
-        assert notifier.start()
-        await calls.until(2)  # the write made meanwhile is still there
-    finally:
-        notifier.close()
+    notifier, calls = notifiers(interval=0.0, settle=0.0)
+    assert notifier.start() and notifier.start()  # two waiters
+    notifier.stop()
+    write(watched)
+    await calls.until(1)  # one waiter is left: still listening
+    notifier.stop()
+    write(watched)
+    await asyncio.sleep(0.05)
+    assert len(calls.times) == 1  # nobody waits: nobody is called
+    assert notifier.start()
+    await calls.until(2)  # the write made meanwhile is still there
+    notifier.close()
     assert notifier.start() is False  # closed
     notifier.stop()  # harmless once closed
 
 
 @linux_only
 async def test_a_waiter_back_while_a_write_settles_is_not_left_waiting(
-    watched: Path, notifier_parts: tuple[FileWatch, Calls]
+    watched: Path, notifiers: Notifiers
 ) -> None:
-    watch, calls = notifier_parts
-    notifier = WriteNotifier(watch, calls, interval=0.01, settle=3600.0)
-    try:
-        assert notifier.start()
-        write(watched)
-        await calls.until(1)
-        notifier.stop()  # the waiter leaves, as a worker's does between two waits
-        assert notifier.start()
-        await calls.until(3)  # checks go on without another write
-    finally:
-        notifier.close()
+    notifier, calls = notifiers(interval=0.01, settle=3600.0)
+    assert notifier.start()
+    write(watched)
+    await calls.until(1)
+    notifier.stop()  # the waiter leaves, as a worker's does between two waits
+    assert notifier.start()
+    await calls.until(3)  # checks go on without another write
 
 
 @linux_only
 async def test_a_loop_without_readers_makes_the_caller_poll(
-    notifier_parts: tuple[FileWatch, Calls], monkeypatch: pytest.MonkeyPatch
+    notifiers: Notifiers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    watch, calls = notifier_parts
-    loop = asyncio.get_running_loop()
+    notifier, _calls = notifiers(interval=0.0, settle=0.0)
 
     def no_readers(*_args: object) -> None:
         raise NotImplementedError
 
-    monkeypatch.setattr(loop, "add_reader", no_readers)
-    notifier = WriteNotifier(watch, calls, interval=0.0, settle=0.0)
+    monkeypatch.setattr(asyncio.get_running_loop(), "add_reader", no_readers)
     assert notifier.start() is False
-    notifier.close()
