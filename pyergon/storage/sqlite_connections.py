@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar, cast
 
@@ -86,12 +87,8 @@ def commit_batch(
         if alone or busy or rolled_back_by_sqlite or not isinstance(error, Exception):
             raise
         return _commit_each_under_a_savepoint(connection, operations)
-    try:
+    with _rolled_back_on_error(connection):
         connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
     return outcomes
 
 
@@ -100,7 +97,7 @@ def _commit_each_under_a_savepoint(
 ) -> list[Outcome]:
     outcomes: list[Outcome] = []
     connection.execute("BEGIN IMMEDIATE")
-    try:
+    with _rolled_back_on_error(connection):
         for operation in operations:
             connection.execute("SAVEPOINT pyergon_write")
             try:
@@ -114,11 +111,18 @@ def _commit_each_under_a_savepoint(
                 outcomes.append((None, error))
             connection.execute("RELEASE pyergon_write")
         connection.execute("COMMIT")
+    return outcomes
+
+
+@contextmanager
+def _rolled_back_on_error(connection: sqlite3.Connection) -> Iterator[None]:
+    """Roll back the open transaction, if SQLite has not, when the block raises."""
+    try:
+        yield
     except BaseException:
         if connection.in_transaction:
             connection.execute("ROLLBACK")
         raise
-    return outcomes
 
 
 def open_loop_connection(path: str) -> sqlite3.Connection:
