@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar, cast
 
@@ -80,15 +79,17 @@ def commit_batch(
         outcomes: list[Outcome] = [(operation(connection), None) for operation in operations]
     except BaseException as error:
         rolled_back_by_sqlite = not connection.in_transaction  # an I/O error, a full disk
-        if not rolled_back_by_sqlite:
-            connection.execute("ROLLBACK")
+        _roll_back(connection)
         alone = len(operations) == 1  # its failure is the batch's
         busy = isinstance(error, sqlite3.Error) and is_busy(error)  # the batch is tried again
         if alone or busy or rolled_back_by_sqlite or not isinstance(error, Exception):
             raise
         return _commit_each_under_a_savepoint(connection, operations)
-    with _rolled_back_on_error(connection):
+    try:
         connection.execute("COMMIT")
+    except BaseException:
+        _roll_back(connection)
+        raise
     return outcomes
 
 
@@ -97,7 +98,7 @@ def _commit_each_under_a_savepoint(
 ) -> list[Outcome]:
     outcomes: list[Outcome] = []
     connection.execute("BEGIN IMMEDIATE")
-    with _rolled_back_on_error(connection):
+    try:
         for operation in operations:
             connection.execute("SAVEPOINT pyergon_write")
             try:
@@ -111,18 +112,16 @@ def _commit_each_under_a_savepoint(
                 outcomes.append((None, error))
             connection.execute("RELEASE pyergon_write")
         connection.execute("COMMIT")
+    except BaseException:
+        _roll_back(connection)
+        raise
     return outcomes
 
 
-@contextmanager
-def _rolled_back_on_error(connection: sqlite3.Connection) -> Iterator[None]:
-    """Roll back the open transaction, if SQLite has not, when the block raises."""
-    try:
-        yield
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
+def _roll_back(connection: sqlite3.Connection) -> None:
+    """Roll back the open transaction, unless SQLite already has (an I/O error, a full disk)."""
+    if connection.in_transaction:
+        connection.execute("ROLLBACK")
 
 
 def open_loop_connection(path: str) -> sqlite3.Connection:
