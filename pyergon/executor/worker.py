@@ -11,7 +11,6 @@ the earliest timer is due; it does not poll on a fixed beat.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -29,7 +28,7 @@ from pyergon.errors import NonDeterminismError, PyergonError
 from pyergon.executor.inputs import decode_flow, encode_flow
 from pyergon.executor.runner import FlowRun, drive_flow, log_by_position, stored_outcome
 from pyergon.serialization import Serializer, default_serializer, serialize_exception
-from pyergon.storage.base import ClaimedRun, ExecutionLog
+from pyergon.storage.base import ClaimedRun, ExecutionLog, wait_for_event
 from pyergon.storage.progress import FlowTransition
 
 __all__ = ["Worker", "WorkerHandle"]
@@ -204,8 +203,7 @@ class Worker:
                 if timeout <= 0 or self._kick.is_set():
                     await asyncio.sleep(0)
                     continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._kick.wait(), timeout)
+                await wait_for_event(self._kick, timeout)
         finally:
             listener.cancel()
             renewer.cancel()
@@ -214,6 +212,7 @@ class Worker:
     async def _listen(self) -> None:
         """Turn storage notifications into kicks of the serving loop."""
         backoff = _Backoff(self.worker_id, "waiting for work", self._report)
+        task = asyncio.current_task()
         while True:
             try:
                 woken = await self.storage.wait_for_work(_IDLE_WAIT)
@@ -222,6 +221,10 @@ class Worker:
             except Exception as error:
                 await backoff.failed(error)
                 continue
+            if task is not None and task.cancelling():
+                # A backend's wait swallowed the cancel (asyncio.wait_for on Python 3.11 can):
+                # end anyway, or the serving loop waits for this task forever.
+                raise asyncio.CancelledError
             backoff.succeeded()
             if woken:
                 self._kick.set()

@@ -31,10 +31,28 @@ __all__ = [
     "check_claim_limit",
     "check_page",
     "status_filter",
+    "wait_for_event",
 ]
 
 SCHEMA_VERSION = 2
 """Version of the stored layout. Backends record it and migrate older layouts forward."""
+
+
+async def wait_for_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set or ``timeout`` seconds pass; return whether it was set.
+
+    ``asyncio.wait_for`` on Python 3.11 can swallow a cancellation that arrives as the event is
+    set (it returns the result instead), which leaves a cancelled caller running; a timeout
+    scope never does.
+    """
+    if event.is_set():
+        return True
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def check_page(limit: int, offset: int) -> None:

@@ -21,6 +21,7 @@ from pyergon.storage.base import (
     check_claim_limit,
     check_page,
     status_filter,
+    wait_for_event,
 )
 from pyergon.storage.progress import SavesProgressInSteps
 
@@ -252,11 +253,8 @@ class InMemoryExecutionLog(ClaimHelpers, SavesProgressInSteps, StorageLifecycle)
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Wait for a notification from this storage object, or ``timeout`` seconds."""
-        if not self._work.is_set():
-            try:
-                await asyncio.wait_for(self._work.wait(), timeout)
-            except TimeoutError:
-                return False
+        if not await wait_for_event(self._work, timeout):
+            return False
         self._work.clear()
         return True
 

@@ -27,6 +27,7 @@ from pyergon.storage.base import (
     check_claim_limit,
     check_page,
     status_filter,
+    wait_for_event,
 )
 from pyergon.storage.postgres_pool import ConnectionPool
 from pyergon.storage.postgres_sql import (
@@ -692,9 +693,7 @@ class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
         self._open_pool()
         if not self._work.is_set():
             await self._listening_connection()
-            try:
-                await asyncio.wait_for(self._work.wait(), timeout)
-            except TimeoutError:
+            if not await wait_for_event(self._work, timeout):
                 return False
         self._work.clear()
         return True

@@ -48,6 +48,7 @@ from pyergon.storage.base import (
     check_claim_limit,
     check_page,
     status_filter,
+    wait_for_event,
 )
 from pyergon.storage.progress import (
     FlowTransition,
@@ -587,11 +588,8 @@ class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
         it is restored returns ``True``, since wake-ups may have been missed meanwhile.
         """
         self._open_client()
-        if not self._work.is_set():
-            try:
-                await asyncio.wait_for(self._work.wait(), timeout)
-            except TimeoutError:
-                return False
+        if not await wait_for_event(self._work, timeout):
+            return False
         self._work.clear()
         return True
 

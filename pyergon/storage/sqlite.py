@@ -34,6 +34,7 @@ from pyergon.storage.base import (
     check_claim_limit,
     check_page,
     status_filter,
+    wait_for_event,
 )
 from pyergon.storage.file_watch import WriteNotifier, watch_writes
 from pyergon.storage.progress import FlowTransition, SavedProgress, stored_as_given
@@ -817,9 +818,7 @@ class SqliteExecutionLog(ClaimHelpers, StorageLifecycle):
                 if remaining <= 0:
                     return False
                 interval = _WATCHED_CHECK if watched else self._poll_interval
-                try:
-                    await asyncio.wait_for(self._work.wait(), min(interval, remaining))
-                except TimeoutError:
+                if not await wait_for_event(self._work, min(interval, remaining)):
                     quiet = loop.time() - self._seen_commit_at > _POLL_HOT
                     if quiet and not watched:
                         self._poll_interval = min(self._poll_interval * 2, _POLL_MAX)

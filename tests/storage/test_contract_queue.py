@@ -531,3 +531,17 @@ async def test_claim_flows_takes_timers_due_by_a_later_time_but_no_live_lease(
     assert claimed[0].wake_at == 1_005.0  # the worker waits for it before running the flow
     later = await storage.get_flow("later")
     assert later is not None and later.status is TaskStatus.SUSPENDED
+
+
+async def test_a_wait_cancelled_as_work_arrives_ends_cancelled(storage: ExecutionLog) -> None:
+    await storage.wait_for_work(timeout=0.01)  # consume anything setting up notified
+    waiter = asyncio.create_task(storage.wait_for_work(timeout=30))
+    for _ in range(5):  # let it reach its wait (a backend may look at storage first)
+        await asyncio.sleep(0)
+    woken = getattr(storage, "_work", None)
+    assert isinstance(woken, asyncio.Event)  # every backend here wakes its waits with one
+    woken.set()  # work arrives in the same pass as the cancel
+    waiter.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await waiter

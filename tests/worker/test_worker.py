@@ -489,3 +489,22 @@ async def test_a_running_flow_keeps_its_lease_while_it_runs(storage: ExecutionLo
         release.set()
         await handle.shutdown()
     assert outcome.result == "done"
+
+
+class SwallowingStorage(InMemoryExecutionLog):
+    """A backend whose wait ignores a cancel, as ``asyncio.wait_for`` on Python 3.11 can."""
+
+    async def wait_for_work(self, timeout: float) -> bool:
+        try:
+            await asyncio.sleep(min(timeout, 0.01))
+        except asyncio.CancelledError:
+            return True
+        return False
+
+
+async def test_a_worker_stops_even_if_its_backend_swallows_a_cancel() -> None:
+    worker = Worker(SwallowingStorage(), "w1")
+    await worker.register(Greeting)
+    handle = await worker.start()
+
+    await asyncio.wait_for(handle.shutdown(), timeout=10)
