@@ -112,10 +112,6 @@ class StepFailedError(PyergonError):
         self.error_message = error_message
         self.traceback_text = traceback_text
 
-    def __reduce__(self) -> tuple[type[StepFailedError], tuple[str, str, str]]:
-        # Pickled by its fields, so a stored StepFailedError comes back as it was.
-        return (type(self), (self.error_type, self.error_message, self.traceback_text))
-
 
 class StepTimeoutError(PyergonError, TimeoutError):
     """A step's body ran longer than the step's ``timeout``."""
@@ -135,10 +131,6 @@ class ChildFlowError(PyergonError):
         self.child_flow_id = child_flow_id
         self.error_type = error_type
         self.error_message = error_message
-
-    def __reduce__(self) -> tuple[type[ChildFlowError], tuple[str, str, str]]:
-        # Pickled by its fields, so a parent's replay raises it again as it was.
-        return (type(self), (self.child_flow_id, self.error_type, self.error_message))
 
 
 class FlowCancelledError(PyergonError):

@@ -337,22 +337,16 @@ def serialize_exception(serializer: Serializer, error: BaseException) -> bytes |
     return payload if faithful else None
 
 
-def rebuild_exception(
-    serializer: Serializer,
-    stored: StoredError,
-    fallback: Callable[[StoredError], BaseException] | None = None,
-) -> BaseException:
+def rebuild_exception(serializer: Serializer, stored: StoredError) -> BaseException:
     """Return the exception ``stored`` describes, rebuilt when its payload allows.
 
     Args:
         serializer: The serializer that wrote the payload.
         stored: The stored error.
-        fallback: Builds the exception to return when the payload does not load to one; by
-            default a ``StepFailedError`` carrying the stored type name, message and traceback.
 
     Returns:
-        The original exception type when the payload loads to an exception, otherwise what
-        ``fallback`` builds.
+        The original exception type when the payload loads to an exception, otherwise a
+        ``StepFailedError`` carrying the stored type name, message and traceback.
 
     Raises:
         SignatureError: If the payload is unsigned or tampered with while a key is configured;
@@ -367,8 +361,6 @@ def rebuild_exception(
             rebuilt = None
         if isinstance(rebuilt, BaseException):
             return rebuilt
-    if fallback is not None:
-        return fallback(stored)
     return StepFailedError(stored.type_name, stored.message, stored.traceback)
 
 

@@ -19,13 +19,7 @@ from typing import Any
 import pytest
 
 from pyergon.core.records import StoredError
-from pyergon.errors import (
-    ChildFlowError,
-    RetryableError,
-    SerializationError,
-    SignatureError,
-    StepFailedError,
-)
+from pyergon.errors import RetryableError, SerializationError, SignatureError, StepFailedError
 from pyergon.serialization import (
     JsonSerializer,
     PickleSerializer,
@@ -679,22 +673,3 @@ def test_rebuild_refuses_a_tampered_payload_loudly(marker: Path) -> None:
     with pytest.raises(SignatureError):
         rebuild_exception(serializer, record)
     assert not marker.exists()
-
-
-@pytest.mark.parametrize(
-    "error",
-    [
-        StepFailedError("shop.Gone", "gone", "Traceback ..."),
-        ChildFlowError("order-1/2", "shop.Gone", "gone"),
-    ],
-    ids=lambda error: type(error).__name__,
-)
-def test_pyergon_s_own_errors_are_stored_faithfully(error: Exception) -> None:
-    serializer = PickleSerializer()
-    record = stored(error, serializer)
-
-    assert record.payload is not None
-    rebuilt = rebuild_exception(serializer, record)
-    assert type(rebuilt) is type(error)
-    assert vars(rebuilt) == vars(error)
-    assert str(rebuilt) == str(error)

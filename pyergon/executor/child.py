@@ -13,7 +13,6 @@ from pyergon.core.outcome import Completed, SuspendReason
 from pyergon.core.records import Invocation, StoredError, format_position
 from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.decorators import require_flow_instance
-from pyergon.errors import StepFailedError
 from pyergon.executor.steps import replay_final
 from pyergon.serialization import serialize_exception
 
@@ -76,17 +75,9 @@ class ChildHandle:
                 status=InvocationStatus.COMPLETE, result=payload, completed_at=context.clock.now()
             )
         else:
-            failure = outcome.error
-            if isinstance(failure, StepFailedError):  # the child's error could not be rebuilt
-                # Stored as the child's own error, without a payload: the parent gets a
-                # ChildFlowError naming the child (replay_final), now and on replay.
-                error = StoredError(
-                    failure.error_type, failure.error_message, failure.traceback_text
-                )
-            else:
-                error = StoredError.describe(
-                    failure, serialize_exception(context.serializer, failure)
-                )
+            error = StoredError.describe(
+                outcome.error, serialize_exception(context.serializer, outcome.error)
+            )
             final = record.replace(
                 status=InvocationStatus.FAILED, error=error, completed_at=context.clock.now()
             )

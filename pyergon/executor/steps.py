@@ -10,7 +10,7 @@ from pyergon.context import FlowContext, Position, enter_step, leave_step
 from pyergon.core.records import Invocation, StoredError
 from pyergon.core.retry import RetryPolicy
 from pyergon.core.status import InvocationStatus, OperationKind
-from pyergon.errors import ChildFlowError, StepTimeoutError
+from pyergon.errors import StepTimeoutError
 from pyergon.serialization import rebuild_exception, serialize_exception, stable_hash
 
 __all__ = ["replay_final", "run_step"]
@@ -19,19 +19,8 @@ StepBody = Callable[[], Coroutine[Any, Any, Any]]
 
 
 def replay_final(context: FlowContext, record: Invocation) -> Any:
-    """Return the stored result of a final record, or raise its stored error.
-
-    An error that cannot be rebuilt is raised as ``StepFailedError``, or, from a child flow's
-    record, as ``ChildFlowError`` naming the child.
-    """
+    """Return the stored result of a final record, or raise its stored error."""
     if record.status is InvocationStatus.FAILED and record.error is not None:
-        child_flow_id = record.child_flow_id
-        if record.kind is OperationKind.CHILD and child_flow_id is not None:
-            raise rebuild_exception(
-                context.serializer,
-                record.error,
-                lambda stored: ChildFlowError(child_flow_id, stored.type_name, stored.message),
-            )
         raise rebuild_exception(context.serializer, record.error)
     return None if record.result is None else context.serializer.loads(record.result)
 

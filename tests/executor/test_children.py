@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pyergon import Completed, Executor, Suspended, await_external_signal, flow, flow_type, step
 from pyergon.clock import ManualClock
 from pyergon.core import InvocationStatus, OperationKind, SuspendReason, TaskStatus
-from pyergon.errors import ChildFlowError
 from pyergon.executor.signal import send_signal
 from pyergon.executor.timer import schedule_timer
 from pyergon.storage.base import ExecutionLog
@@ -168,69 +167,3 @@ async def test_a_replayed_parent_takes_the_child_result_without_running_the_chil
     assert outcome == Completed("order-6", result=("2xgadget", True))
     assert first.children[0].body_runs == ["gadget"]
     assert second.children[0].body_runs == []
-
-
-def unrebuildable(message: str) -> Exception:
-    """An exception that cannot be pickled: its class is local to this function."""
-
-    class LostInTransit(Exception):
-        pass
-
-    return LostInTransit(message)
-
-
-@dataclass
-@flow_type
-class FragileChild:
-    @step
-    async def ship(self) -> str:
-        raise unrebuildable("parcel lost")
-
-    @flow
-    async def run(self) -> str:
-        return await self.ship()
-
-
-@dataclass
-@flow_type
-class ShippingParent:
-    @flow
-    async def run(self) -> tuple[str, object]:
-        try:
-            await self.invoke(FragileChild()).result()
-        except ChildFlowError as error:
-            caught = f"{error.child_flow_id} {error.error_type} {error.error_message}"
-        return caught, await await_external_signal("checked")
-
-
-async def test_a_child_error_that_cannot_be_rebuilt_names_the_child_now_and_on_replay(
-    storage: ExecutionLog,
-) -> None:
-    first = await Executor(ShippingParent(), storage, "ship-1").run(lambda f: f.run())
-    assert isinstance(first, Suspended)  # it caught the child's error, then waits
-    await send_signal(storage, "ship-1", "checked", True)
-
-    replayed = await Executor(ShippingParent(), storage, "ship-1").run(lambda f: f.run())
-
-    lost = f"{__name__}.unrebuildable.<locals>.LostInTransit"
-    assert replayed == Completed("ship-1", result=(f"ship-1/1 {lost} parcel lost", True))
-
-
-async def test_an_uncaught_child_error_that_cannot_be_rebuilt_fails_the_parent_with_it(
-    storage: ExecutionLog,
-) -> None:
-    @dataclass
-    @flow_type
-    class Careless:
-        @flow
-        async def run(self) -> str:
-            return await self.invoke(FragileChild()).result()
-
-    outcome = await Executor(Careless(), storage, "ship-2").run(lambda f: f.run())
-    again = await Executor(Careless(), storage, "ship-2").run(lambda f: f.run())
-
-    for result in (outcome, again):  # the stored outcome rebuilds the same error
-        assert result.status is TaskStatus.FAILED
-        assert isinstance(result.error, ChildFlowError)
-        assert result.error.child_flow_id == "ship-2/1"
-        assert result.error.error_message == "parcel lost"

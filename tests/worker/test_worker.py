@@ -21,7 +21,7 @@ from pyergon import (
 from pyergon.clock import ManualClock
 from pyergon.core import ScheduledFlow, TaskStatus
 from pyergon.decorators import flow_type_name
-from pyergon.errors import ChildFlowError, FlowDefinitionError, FlowNotFoundError, PyergonError
+from pyergon.errors import FlowDefinitionError, FlowNotFoundError, PyergonError
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.memory import InMemoryExecutionLog
 from tests.waiting import flow_reaches
@@ -227,52 +227,6 @@ async def test_children_run_as_flows_of_their_own(storage: ExecutionLog) -> None
     assert child is not None
     assert child.parent_flow_id == "parent"
     assert child.status is TaskStatus.COMPLETE
-
-
-def lost_in_transit(message: str) -> Exception:
-    """An exception that cannot be pickled: its class is local to this function."""
-
-    class LostInTransit(Exception):
-        pass
-
-    return LostInTransit(message)
-
-
-@dataclass
-@flow_type
-class FragileShipment:
-    @step
-    async def ship(self) -> str:
-        raise lost_in_transit("parcel lost")
-
-    @flow
-    async def run(self) -> str:
-        return await self.ship()
-
-
-@dataclass
-@flow_type
-class ShipmentParent:
-    @flow
-    async def run(self) -> str:
-        return await self.invoke(FragileShipment()).result()
-
-
-async def test_a_child_error_that_cannot_be_rebuilt_reaches_the_parent_naming_the_child(
-    storage: ExecutionLog,
-) -> None:
-    scheduler = Scheduler(storage)
-    worker = Worker(storage, "w1")
-    await worker.register(ShipmentParent)
-    await worker.register(FragileShipment)
-    flow_id = await scheduler.schedule(ShipmentParent(), flow_id="shipment")
-    await worker.run_until_idle()
-
-    error = (await scheduler.wait(flow_id, timeout=5))[flow_id].error
-    assert isinstance(error, ChildFlowError)
-    assert error.child_flow_id == "shipment/1"
-    assert error.error_type == f"{__name__}.lost_in_transit.<locals>.LostInTransit"
-    assert error.error_message == "parcel lost"
 
 
 async def test_a_flow_type_no_worker_registered_stays_queued(storage: ExecutionLog) -> None:
