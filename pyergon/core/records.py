@@ -158,6 +158,9 @@ class ScheduledFlow:
         worker_id: The worker that claimed the flow last; kept after it lets go.
         cancel_requested: Someone asked to cancel the flow while it was running; it stops at
             its next step boundary.
+        version: Moves on by one with every stored change of the flow (not with a lease
+            renewal). A change is applied only if the flow is still at the version it was
+            decided on, so nothing that happened meanwhile is overwritten.
     """
 
     flow_id: str
@@ -177,6 +180,7 @@ class ScheduledFlow:
     lease_expires_at: float | None = None
     worker_id: str | None = None
     cancel_requested: bool = False
+    version: int = 1
 
     def replace(self, **changes: object) -> ScheduledFlow:
         """Return a copy with ``changes`` applied."""

@@ -8,29 +8,32 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping
 
-from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
-from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.core.changes import ABSENT, Applied, Change, stored_as_given
+from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord
+from pyergon.core.status import InvocationStatus, TaskStatus
+from pyergon.core.transitions import (
+    claim_changes,
+    is_runnable,
+    new_lease_token,
+    queue_order,
+)
 from pyergon.storage.base import (
-    UNCHANGED,
-    ClaimHelpers,
-    FlowUpdate,
+    ClaimedRun,
     StorageLifecycle,
     check_claim_limit,
     check_page,
     status_filter,
     wait_for_event,
 )
-from pyergon.storage.progress import SavesProgressInSteps
 
 __all__ = ["InMemoryExecutionLog"]
 
 _Position = tuple[int, int]
 
 
-class InMemoryExecutionLog(ClaimHelpers, SavesProgressInSteps, StorageLifecycle):
+class InMemoryExecutionLog(StorageLifecycle):
     """Keeps flows, records and signals in dictionaries of this process.
 
     Usable without ``connect()``; ``close()`` keeps the data so a notebook can reconnect.
@@ -51,7 +54,7 @@ class InMemoryExecutionLog(ClaimHelpers, SavesProgressInSteps, StorageLifecycle)
     async def close(self) -> None:
         """Nothing to release; the data stays for as long as this object lives."""
 
-    # -- flows -------------------------------------------------------------------------------
+    # -- flows and changes -------------------------------------------------------------------
 
     async def create_flow(self, flow: ScheduledFlow) -> tuple[ScheduledFlow, bool]:
         """Store ``flow`` unless one with its id exists."""
@@ -63,67 +66,51 @@ class InMemoryExecutionLog(ClaimHelpers, SavesProgressInSteps, StorageLifecycle)
             self._work.set()
         return flow, True
 
-    async def get_flow(self, flow_id: str) -> ScheduledFlow | None:
-        """Return the flow with ``flow_id``, or ``None``."""
-        return self._flows.get(flow_id)
-
-    async def update_flow(
-        self,
-        flow_id: str,
-        *,
-        status: TaskStatus,
-        result: bytes | FlowUpdate | None = UNCHANGED,
-        error: StoredError | FlowUpdate | None = UNCHANGED,
-        wake_at: float | FlowUpdate | None = UNCHANGED,
-        attempt: int | FlowUpdate = UNCHANGED,
-        expected_status: Sequence[TaskStatus] | None = None,
-    ) -> ScheduledFlow | None:
-        """Change a flow's state; see :meth:`ExecutionLog.update_flow`."""
-        flow = self._flows.get(flow_id)
-        if flow is None or (expected_status is not None and flow.status not in expected_status):
-            return None
-        status = _cancelled_instead(flow, status)
-        updated = self._change(
-            flow, status=status, result=result, error=error, wake_at=wake_at, attempt=attempt
-        )
-        if status.is_final and updated.parent_flow_id is not None:
-            self._wake(updated.parent_flow_id)
-        return updated
-
-    def _change(
-        self,
-        flow: ScheduledFlow,
-        *,
-        status: TaskStatus,
-        result: bytes | FlowUpdate | None = UNCHANGED,
-        error: StoredError | FlowUpdate | None = UNCHANGED,
-        wake_at: float | FlowUpdate | None = UNCHANGED,
-        attempt: int | FlowUpdate = UNCHANGED,
-    ) -> ScheduledFlow:
-        changes: dict[str, object] = {"status": status, "updated_at": time.time()}
-        for name, value in (
-            ("result", result),
-            ("error", error),
-            ("wake_at", wake_at),
-            ("attempt", attempt),
-        ):
-            if value is not UNCHANGED:
-                changes[name] = value
-        if status is not TaskStatus.RUNNING:
-            changes.update(lease_owner=None, lease_token=None, lease_expires_at=None)
-        if status is TaskStatus.PENDING:
-            changes["cancel_requested"] = False
-        updated = flow.replace(**changes)
-        self._flows[flow.flow_id] = updated
-        if status is TaskStatus.PENDING or (
-            status is TaskStatus.SUSPENDED and updated.wake_at is not None
-        ):
+    async def apply(self, change: Change) -> Applied:
+        """Apply ``change`` atomically; see :meth:`ExecutionLog.apply`."""
+        for write in change.writes:
+            if write.expected_version is None:
+                continue
+            stored = self._flows.get(write.flow_id)
+            version = ABSENT if stored is None else stored.version
+            if version != write.expected_version:
+                return Applied(moved=write.flow_id)
+        for flow_id in change.forget_failed:
+            records = self._invocations.get(flow_id, {})
+            for position in [p for p, r in records.items() if r.status is InvocationStatus.FAILED]:
+                del records[position]
+        stored_records: list[Invocation] = []
+        for record in change.records:
+            stored_record = self._record(record)
+            stored_records.append(stored_record)
+            if not stored_as_given(record, stored_record):
+                return Applied(stored_records, record_conflict=True)
+        new_signals = 0
+        for signal in change.signals:
+            key = (signal.flow_id, signal.name)
+            if key not in self._signals:
+                self._signals[key] = signal
+                new_signals += 1
+        for write in change.writes:
+            flow = self._flows.get(write.flow_id)
+            if flow is not None:
+                self._flows[write.flow_id] = write.applied_to(flow)
+        if change.notify:
             self._work.set()
-        return updated
+        return Applied(stored_records, signals_stored=new_signals)
 
-    # -- queue -------------------------------------------------------------------------------
+    def _record(self, invocation: Invocation) -> Invocation:
+        records = self._invocations.setdefault(invocation.flow_id, {})
+        position = (invocation.sequence, invocation.sub_sequence)
+        existing = records.get(position)
+        if existing is not None and existing.is_final:
+            return existing
+        records[position] = invocation
+        return invocation
 
-    async def claim_flows(
+    # -- the queue ---------------------------------------------------------------------------
+
+    async def claim(
         self,
         worker_id: str,
         flow_types: Collection[str],
@@ -132,96 +119,42 @@ class InMemoryExecutionLog(ClaimHelpers, SavesProgressInSteps, StorageLifecycle)
         lease_seconds: float,
         now: float,
         due_by: float | None = None,
-    ) -> list[ScheduledFlow]:
+    ) -> list[ClaimedRun]:
         """Take up to ``limit`` runnable flows of ``flow_types``, in queue order."""
         check_claim_limit(limit)
-        due = now if due_by is None else max(due_by, now)
         runnable = [
             flow
             for flow in self._flows.values()
-            if flow.flow_type in flow_types and _is_runnable(flow, now, due)
+            if flow.flow_type in flow_types and is_runnable(flow, now, due_by)
         ]
         claimed = []
-        for chosen in heapq.nsmallest(limit, runnable, key=_queue_order):
-            flow = chosen.replace(
-                status=TaskStatus.RUNNING,
-                updated_at=time.time(),
-                lease_owner=worker_id,
-                lease_token=uuid.uuid4().hex,
-                lease_expires_at=now + lease_seconds,
-                worker_id=worker_id,
+        for chosen in heapq.nsmallest(limit, runnable, key=queue_order):
+            changes = claim_changes(
+                worker_id,
+                lease_token=new_lease_token(),
+                lease_seconds=lease_seconds,
+                now=now,
+                at=time.time(),
             )
+            flow = chosen.replace(**changes, version=chosen.version + 1)
             self._flows[flow.flow_id] = flow
-            claimed.append(flow)
+            claimed.append(ClaimedRun(flow, self._log(flow.flow_id)))
         return claimed
 
-    async def renew_lease(
-        self, flow_id: str, lease_token: str, *, lease_seconds: float, now: float
-    ) -> bool:
-        """Extend a lease still held with ``lease_token``."""
-        flow = self._flows.get(flow_id)
-        if flow is None or flow.status is not TaskStatus.RUNNING:
-            return False
-        if flow.lease_token != lease_token:
-            return False
-        self._flows[flow_id] = flow.replace(lease_expires_at=now + lease_seconds)
-        return True
-
-    async def release_flow(
-        self,
-        flow_id: str,
-        lease_token: str,
-        *,
-        status: TaskStatus,
-        result: bytes | FlowUpdate | None = UNCHANGED,
-        error: StoredError | FlowUpdate | None = UNCHANGED,
-        wake_at: float | FlowUpdate | None = UNCHANGED,
-        attempt: int | FlowUpdate = UNCHANGED,
-        waiting_signals: Collection[str] = (),
-        waiting_children: Collection[str] = (),
-    ) -> ScheduledFlow | None:
-        """Leave a held flow in ``status`` and drop the lease; see the protocol."""
-        flow = self._flows.get(flow_id)
-        if flow is None or flow.status is not TaskStatus.RUNNING:
-            return None
-        if flow.lease_token != lease_token:
-            return None
-        if status is TaskStatus.SUSPENDED and self._wake_already_due(
-            flow_id, waiting_signals, waiting_children
-        ):
-            status = TaskStatus.PENDING
-        status = _cancelled_instead(flow, status)
-        updated = self._change(
-            flow, status=status, result=result, error=error, wake_at=wake_at, attempt=attempt
-        )
-        if status.is_final and updated.parent_flow_id is not None:
-            self._wake(updated.parent_flow_id)
-        return updated
-
-    def _wake_already_due(
-        self, flow_id: str, signals: Collection[str], children: Collection[str]
-    ) -> bool:
-        if any((flow_id, name) in self._signals for name in signals):
-            return True
-        return any(
-            (child := self._flows.get(child_id)) is not None and child.status.is_final
-            for child_id in children
-        )
-
-    async def request_cancel(self, flow_id: str) -> ScheduledFlow | None:
-        """Cancel a flow now, or at its next step boundary if it is running."""
-        flow = self._flows.get(flow_id)
-        if flow is None or flow.status.is_final:
-            return flow
-        if flow.status is TaskStatus.RUNNING:
-            requested = flow.replace(cancel_requested=True, updated_at=time.time())
-            self._flows[flow_id] = requested
-            self._work.set()
-            return requested
-        cancelled = self._change(flow, status=TaskStatus.CANCELLED, wake_at=None)
-        if cancelled.parent_flow_id is not None:
-            self._wake(cancelled.parent_flow_id)
-        return cancelled
+    async def renew_leases(
+        self, leases: Mapping[str, str], *, lease_seconds: float, now: float
+    ) -> set[str]:
+        """Extend the leases still held with their tokens."""
+        held = set()
+        for flow_id, lease_token in leases.items():
+            flow = self._flows.get(flow_id)
+            if flow is None or flow.status is not TaskStatus.RUNNING:
+                continue
+            if flow.lease_token != lease_token:
+                continue
+            self._flows[flow_id] = flow.replace(lease_expires_at=now + lease_seconds)
+            held.add(flow_id)
+        return held
 
     async def cancel_requests(self, flow_ids: Collection[str]) -> set[str]:
         """Return the running flows among ``flow_ids`` whose cancellation was requested."""
@@ -232,13 +165,6 @@ class InMemoryExecutionLog(ClaimHelpers, SavesProgressInSteps, StorageLifecycle)
             and flow.status is TaskStatus.RUNNING
             and flow.cancel_requested
         }
-
-    def _wake(self, flow_id: str) -> None:
-        flow = self._flows.get(flow_id)
-        if flow is not None and flow.status is TaskStatus.SUSPENDED:
-            self._change(flow, status=TaskStatus.PENDING, wake_at=None)
-
-    # -- wake-ups ----------------------------------------------------------------------------
 
     async def next_wake_at(self, flow_types: Collection[str] | None = None) -> float | None:
         """Return the earliest wake time of a suspended flow (of ``flow_types``, if given)."""
@@ -258,64 +184,19 @@ class InMemoryExecutionLog(ClaimHelpers, SavesProgressInSteps, StorageLifecycle)
         self._work.clear()
         return True
 
-    # -- invocations -------------------------------------------------------------------------
+    # -- reads -------------------------------------------------------------------------------
+
+    async def get_flow(self, flow_id: str) -> ScheduledFlow | None:
+        """Return the flow with ``flow_id``, or ``None``."""
+        return self._flows.get(flow_id)
 
     async def load_invocations(self, flow_id: str) -> list[Invocation]:
         """Return a flow's records ordered by position."""
+        return self._log(flow_id)
+
+    def _log(self, flow_id: str) -> list[Invocation]:
         records = self._invocations.get(flow_id, {})
         return [records[position] for position in sorted(records)]
-
-    async def get_invocation(
-        self, flow_id: str, sequence: int, sub_sequence: int = 0
-    ) -> Invocation | None:
-        """Return one record, or ``None``."""
-        return self._invocations.get(flow_id, {}).get((sequence, sub_sequence))
-
-    async def record_invocation(self, invocation: Invocation) -> Invocation:
-        """Store ``invocation`` unless a final record holds its position."""
-        records = self._invocations.setdefault(invocation.flow_id, {})
-        position = (invocation.sequence, invocation.sub_sequence)
-        existing = records.get(position)
-        if existing is not None and existing.is_final:
-            return existing
-        records[position] = invocation
-        return invocation
-
-    async def delete_failed_invocations(self, flow_id: str) -> int:
-        """Delete a flow's ``FAILED`` records."""
-        records = self._invocations.get(flow_id, {})
-        failed = [
-            position
-            for position, record in records.items()
-            if record.status is InvocationStatus.FAILED
-        ]
-        for position in failed:
-            del records[position]
-        return len(failed)
-
-    # -- signals -----------------------------------------------------------------------------
-
-    async def store_signal(self, signal: SignalRecord) -> bool:
-        """Store a signal unless one with the same flow id and name exists."""
-        key = (signal.flow_id, signal.name)
-        if key in self._signals:
-            return False
-        self._signals[key] = signal
-        if self._waits_for_signal(signal.flow_id, signal.name):
-            self._wake(signal.flow_id)
-        return True
-
-    def _waits_for_signal(self, flow_id: str, name: str) -> bool:
-        return any(
-            record.kind is OperationKind.SIGNAL
-            and record.name == name
-            and record.status is InvocationStatus.WAITING_FOR_SIGNAL
-            for record in self._invocations.get(flow_id, {}).values()
-        )
-
-    async def get_signal(self, flow_id: str, name: str) -> SignalRecord | None:
-        """Return a stored signal, or ``None``."""
-        return self._signals.get((flow_id, name))
 
     async def list_signals(self, flow_id: str) -> list[SignalRecord]:
         """Return a flow's signals, oldest first."""
@@ -379,26 +260,3 @@ class InMemoryExecutionLog(ClaimHelpers, SavesProgressInSteps, StorageLifecycle)
         self._flows.clear()
         self._invocations.clear()
         self._signals.clear()
-
-
-def _cancelled_instead(flow: ScheduledFlow, status: TaskStatus) -> TaskStatus:
-    """A running flow asked to cancel ends ``CANCELLED`` when it would suspend or requeue."""
-    waiting = status in (TaskStatus.SUSPENDED, TaskStatus.PENDING)
-    if flow.status is TaskStatus.RUNNING and flow.cancel_requested and waiting:
-        return TaskStatus.CANCELLED
-    return status
-
-
-def _is_runnable(flow: ScheduledFlow, now: float, due_by: float) -> bool:
-    if flow.status is TaskStatus.PENDING:
-        return True
-    if flow.status is TaskStatus.SUSPENDED:
-        return flow.wake_at is not None and flow.wake_at <= due_by
-    if flow.status is TaskStatus.RUNNING:
-        return flow.lease_expires_at is not None and flow.lease_expires_at < now
-    return False
-
-
-def _queue_order(flow: ScheduledFlow) -> tuple[float, float, str]:
-    ready_at = flow.wake_at if flow.status is TaskStatus.SUSPENDED and flow.wake_at else 0.0
-    return (ready_at, flow.created_at, flow.flow_id)

@@ -1,0 +1,137 @@
+"""What a storage applies in one atomic step: the value types of the storage contract.
+
+The flow state machine (:mod:`pyergon.core.transitions`) decides a change; a backend applies
+it with :meth:`~pyergon.storage.ExecutionLog.apply` and knows nothing of why. A change holds
+new records, new signals and guarded writes of flows; each write names the flow's ``version``
+it was decided on, so a change decided on a stale copy is refused as a whole and decided again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
+from pyergon.core.status import TaskStatus
+
+__all__ = ["ABSENT", "Applied", "Change", "FlowWrite", "stored_as_given"]
+
+ABSENT = 0
+"""The ``expected_version`` of a write decided on a flow that did not exist."""
+
+_NO_CHANGES: Mapping[str, object] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class FlowWrite:
+    """A write of one stored flow's fields; the flow's ``version`` moves on by one with it.
+
+    Attributes:
+        flow_id: The flow to write.
+        changes: New values of :class:`~pyergon.core.ScheduledFlow` fields, by field name
+            (never ``flow_id`` or ``version``). Empty: only the version moves on, which tells
+            anyone holding a copy of the flow that something happened to it.
+        expected_version: The version the write was decided on. If the stored flow has
+            another version (or, for :data:`ABSENT`, exists), the whole change is refused.
+            ``None``: the write is not guarded and applies to whatever is stored.
+        only_if_status: Apply ``changes`` only while the flow has one of these statuses; the
+            version moves on either way. ``None``: whatever the status.
+    """
+
+    flow_id: str
+    changes: Mapping[str, object] = _NO_CHANGES
+    expected_version: int | None = None
+    only_if_status: frozenset[TaskStatus] | None = None
+
+    def applied_to(self, flow: ScheduledFlow) -> ScheduledFlow:
+        """Return ``flow`` as this write leaves it (it matched the guard)."""
+        if self.only_if_status is not None and flow.status not in self.only_if_status:
+            return flow.replace(version=flow.version + 1)
+        return flow.replace(**self.changes, version=flow.version + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Everything one atomic step of storage writes.
+
+    A backend applies the parts in this order, all or nothing except where said:
+
+    1. Every guarded write's ``expected_version`` is checked; one mismatch refuses the whole
+       change, and nothing is written.
+    2. ``forget_failed``: the ``FAILED`` records of these flows are deleted.
+    3. ``records``, in order, first writer wins: a record whose position holds a final record
+       is not written (the stored one stands). If the stored final record differs from the
+       given one (see :func:`stored_as_given`), the records after it, the signals and the
+       writes are not applied; what was written before stays.
+    4. ``signals``: each stored unless a signal of its flow and name exists.
+    5. ``writes``, in order; a write of a flow that does not exist does nothing.
+    6. If ``notify``: workers waiting for work (here and in other processes) are woken.
+
+    Attributes:
+        records: Records to store.
+        signals: Signals to store.
+        writes: Writes of flows.
+        forget_failed: Flows whose failed records are deleted, so a retry runs them again.
+        notify: Whether waiting workers should look for runnable flows afterwards.
+    """
+
+    records: tuple[Invocation, ...] = ()
+    signals: tuple[SignalRecord, ...] = ()
+    writes: tuple[FlowWrite, ...] = ()
+    forget_failed: tuple[str, ...] = ()
+    notify: bool = False
+
+    @property
+    def payload_size(self) -> int:
+        """Bytes of payload the change writes (backends move large changes off their loop)."""
+        size = 0
+        for record in self.records:
+            size += len(record.result or b"")
+            if record.error is not None:
+                size += len(record.error.payload or b"")
+        for signal in self.signals:
+            size += len(signal.payload)
+        for write in self.writes:
+            result = write.changes.get("result")
+            if isinstance(result, bytes):
+                size += len(result)
+        return size
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What :meth:`~pyergon.storage.ExecutionLog.apply` did.
+
+    Attributes:
+        records: The records as stored after the call, in the order given, up to and including
+            a conflicting one (an earlier final record that differs from the one given).
+        record_conflict: Whether a record met such a conflict; the signals and writes were
+            then not applied.
+        moved: The id of a flow whose stored version was not the expected one; nothing at all
+            was written. ``None`` when every guard held.
+        signals_stored: How many of the signals were new and stored.
+    """
+
+    records: list[Invocation] = field(default_factory=list)
+    record_conflict: bool = False
+    moved: str | None = None
+    signals_stored: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole change was applied."""
+        return self.moved is None and not self.record_conflict
+
+
+def stored_as_given(given: Invocation, stored: Invocation) -> bool:
+    """Whether ``stored`` holds what ``given`` says: the same status and outcome.
+
+    A final record written first by another writer with the same outcome is no conflict.
+    """
+    return stored is given or (
+        stored.status is given.status
+        and stored.result == given.result
+        and stored.error == given.error
+        and stored.fire_at == given.fire_at
+    )

@@ -1,0 +1,320 @@
+"""The flow state machine: what each event does to a flow, its lease, its parent and workers.
+
+Every rule of a flow's life is written here once. The functions are pure: they take the flow as
+stored (and the wall-clock time ``at`` to stamp ``updated_at``) and return a
+:class:`Transition`, the flow as it will be and the :class:`~pyergon.core.changes.Change` that
+makes it so. Storage applies the change atomically, guarded by the flow's ``version``; if the
+flow moved on meanwhile, the caller reads it again and asks here again.
+
+    event                            function               what happens
+    a worker claims a flow           claim_changes          RUNNING under a new lease
+    which flows may be claimed       is_runnable            PENDING; due SUSPENDED; lease expired
+    a run ends (complete, fail,      leave_run              the lease is dropped; a cancel request
+      suspend, give back)                                   turns waiting into CANCELLED; a final
+                                                            child wakes its parent
+    a step is recorded               (no flow change)       records only
+    someone asks to cancel           request_cancel         CANCELLED now, or at the next boundary
+    a signal arrives                 signal_arrival         a flow waiting for it becomes PENDING
+    a direct run starts              start_direct_run       RUNNING without a lease
+    an operator requeues a flow      requeue                PENDING (resume, retry)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from pyergon.core.changes import ABSENT, Change, FlowWrite
+from pyergon.core.records import ScheduledFlow
+from pyergon.core.status import TaskStatus
+
+__all__ = [
+    "RunEnd",
+    "Transition",
+    "claim_changes",
+    "holds",
+    "is_runnable",
+    "leave_run",
+    "new_lease_token",
+    "queue_order",
+    "request_cancel",
+    "requeue",
+    "signal_arrival",
+    "start_direct_run",
+    "wake",
+]
+
+_WAITING = frozenset((TaskStatus.PENDING, TaskStatus.SUSPENDED))
+_SUSPENDED = frozenset((TaskStatus.SUSPENDED,))
+_NO_LEASE: Mapping[str, object] = {
+    "lease_owner": None,
+    "lease_token": None,
+    "lease_expires_at": None,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A decided change of state.
+
+    Attributes:
+        flow: The flow as the change leaves it (``None`` if it does not exist).
+        change: What storage applies: the guarded write of the flow, wake-ups of others and
+            whether workers are notified. Records and signals are added by the caller.
+    """
+
+    flow: ScheduledFlow | None
+    change: Change
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    """How a run wants to leave its flow, before the rules of :func:`leave_run` apply.
+
+    Attributes:
+        status: The status the run ends in (not ``RUNNING``).
+        fields: Other fields it sets: ``result``, ``error``, ``wake_at``, ``attempt``.
+    """
+
+    status: TaskStatus
+    fields: Mapping[str, object] = field(default_factory=dict)
+
+
+def _status_changes(flow: ScheduledFlow, status: TaskStatus, at: float) -> dict[str, object]:
+    """The fields every change to ``status`` sets, whatever caused it."""
+    changes: dict[str, object] = {"status": status, "updated_at": at}
+    if status is not TaskStatus.RUNNING:
+        changes.update(_NO_LEASE)
+    if status is TaskStatus.PENDING:
+        changes["cancel_requested"] = False
+    if status.is_final or status is TaskStatus.PENDING:
+        changes["wake_at"] = None
+    return changes
+
+
+def _settled_status(flow: ScheduledFlow, status: TaskStatus) -> TaskStatus:
+    """A running flow asked to cancel ends ``CANCELLED`` where it would wait or requeue."""
+    if status in _WAITING and flow.status is TaskStatus.RUNNING and flow.cancel_requested:
+        return TaskStatus.CANCELLED
+    return status
+
+
+def wake(flow_id: str, at: float) -> FlowWrite:
+    """The write that makes a ``SUSPENDED`` flow ``PENDING`` (and tells any holder it moved).
+
+    Not guarded: it applies to the flow as stored. A flow in another status is not changed,
+    but its version moves on, so a run about to suspend it decides again.
+    """
+    return FlowWrite(
+        flow_id,
+        {
+            "status": TaskStatus.PENDING,
+            "wake_at": None,
+            "cancel_requested": False,
+            "updated_at": at,
+        },
+        only_if_status=_SUSPENDED,
+    )
+
+
+def _transition(
+    flow: ScheduledFlow, changes: dict[str, object], at: float, *, notify: bool = False
+) -> Transition:
+    """Write ``changes`` to ``flow``; a flow turning final wakes its parent."""
+    writes = [FlowWrite(flow.flow_id, changes, expected_version=flow.version)]
+    after = flow.replace(**changes, version=flow.version + 1)
+    if after.status.is_final and not flow.status.is_final and after.parent_flow_id is not None:
+        writes.append(wake(after.parent_flow_id, at))
+        notify = True
+    if after.status is TaskStatus.PENDING:
+        notify = True
+    if after.status is TaskStatus.SUSPENDED and after.wake_at is not None:
+        notify = True  # a worker waiting for the earliest timer may have to wake earlier
+    return Transition(after, Change(writes=tuple(writes), notify=notify))
+
+
+# -- claims --------------------------------------------------------------------------------------
+
+
+def new_lease_token() -> str:
+    """A fresh, unguessable lease token."""
+    return uuid.uuid4().hex
+
+
+def claim_changes(
+    worker_id: str, *, lease_token: str, lease_seconds: float, now: float, at: float
+) -> dict[str, object]:
+    """The fields a claim sets on a runnable flow (its version moves on as with any write).
+
+    Args:
+        worker_id: The claiming worker.
+        lease_token: A token of this claim alone (see :func:`new_lease_token`).
+        lease_seconds: How long the lease lasts unless renewed.
+        now: The claiming worker's clock.
+        at: Wall-clock time for ``updated_at``.
+    """
+    return {
+        "status": TaskStatus.RUNNING,
+        "updated_at": at,
+        "lease_owner": worker_id,
+        "lease_token": lease_token,
+        "lease_expires_at": now + lease_seconds,
+        "worker_id": worker_id,
+    }
+
+
+def is_runnable(flow: ScheduledFlow, now: float, due_by: float | None = None) -> bool:
+    """Whether a worker may claim ``flow`` now.
+
+    Runnable: ``PENDING``; ``SUSPENDED`` with a wake time at or before ``due_by`` (default
+    ``now``; a worker passes a little more to prepare timers about to fire); ``RUNNING`` with a
+    lease that expired before ``now`` (its worker died). A direct run has no lease and is
+    never claimed.
+    """
+    if flow.status is TaskStatus.PENDING:
+        return True
+    if flow.status is TaskStatus.SUSPENDED:
+        due = now if due_by is None else max(due_by, now)
+        return flow.wake_at is not None and flow.wake_at <= due
+    if flow.status is TaskStatus.RUNNING:
+        return flow.lease_expires_at is not None and flow.lease_expires_at < now
+    return False
+
+
+def queue_order(flow: ScheduledFlow) -> tuple[float, float, str]:
+    """The key runnable flows are claimed in: ready time, then creation, then id.
+
+    A suspended flow is ready at its wake time; every other runnable flow at 0.
+    """
+    ready_at = flow.wake_at if flow.status is TaskStatus.SUSPENDED and flow.wake_at else 0.0
+    return (ready_at, flow.created_at, flow.flow_id)
+
+
+def holds(flow: ScheduledFlow | None, lease_token: str | None) -> bool:
+    """Whether a run holding ``lease_token`` (``None``: a direct run) still holds ``flow``."""
+    return (
+        flow is not None and flow.status is TaskStatus.RUNNING and flow.lease_token == lease_token
+    )
+
+
+# -- runs ------------------------------------------------------------------------------------------
+
+
+def start_direct_run(flow: ScheduledFlow, *, at: float) -> Transition | None:
+    """A direct executor takes a flow that no worker holds: ``RUNNING`` without a lease.
+
+    Returns:
+        ``None`` if the flow is final or already running (it is then run as it is).
+    """
+    if flow.status.is_final or flow.status is TaskStatus.RUNNING:
+        return None
+    return _transition(flow, _status_changes(flow, TaskStatus.RUNNING, at), at)
+
+
+def leave_run(
+    flow: ScheduledFlow,
+    status: TaskStatus,
+    fields: Mapping[str, object] | None = None,
+    *,
+    at: float,
+    woken: bool = False,
+) -> Transition:
+    """A run leaves its flow in ``status``: finished, suspended or given back to the queue.
+
+    Args:
+        flow: The flow as stored, held by the run.
+        status: The status the run ends in (not ``RUNNING``).
+        fields: Other fields the run sets (``result``, ``error``, ``wake_at``, ``attempt``).
+        at: Wall-clock time for ``updated_at``.
+        woken: The flow moved on while it ran (a signal arrived, a child finished or someone
+            touched it): one that would suspend goes back to the queue instead, and its next
+            run finds what arrived.
+
+    Rules: the lease is dropped; a flow whose cancellation was requested ends ``CANCELLED``
+    where it would suspend or requeue; a flow reaching a final status wakes its parent.
+
+    Raises:
+        ValueError: ``status`` is ``RUNNING``.
+    """
+    if status is TaskStatus.RUNNING:
+        raise ValueError("a run cannot leave its flow RUNNING; claim or start it instead")
+    if woken and status is TaskStatus.SUSPENDED:
+        status = TaskStatus.PENDING
+    settled = _settled_status(flow, status)
+    changes = dict(fields or {})
+    changes.update(_status_changes(flow, settled, at))
+    if settled is TaskStatus.SUSPENDED and "wake_at" not in changes:
+        changes["wake_at"] = None
+    return _transition(flow, changes, at)
+
+
+# -- events from outside a run -----------------------------------------------------------------
+
+
+def request_cancel(flow: ScheduledFlow, *, at: float) -> Transition | None:
+    """Someone asks to cancel ``flow``.
+
+    A waiting flow is ``CANCELLED`` at once (waking its parent); a running one is marked and
+    stops at its next step boundary.
+
+    Returns:
+        ``None`` if there is nothing to change: the flow is final or already marked.
+    """
+    if flow.status.is_final:
+        return None
+    if flow.status is TaskStatus.RUNNING:
+        if flow.cancel_requested:
+            return None
+        return _transition(flow, {"cancel_requested": True, "updated_at": at}, at, notify=True)
+    return _transition(flow, _status_changes(flow, TaskStatus.CANCELLED, at), at)
+
+
+def signal_arrival(
+    flow_id: str, flow: ScheduledFlow | None, *, waits_for_it: bool, at: float
+) -> Transition:
+    """A signal for ``flow_id`` is stored.
+
+    Args:
+        flow_id: The flow the signal is for.
+        flow: That flow as stored, or ``None`` if it does not exist (yet): the signal is kept
+            for it.
+        waits_for_it: Whether the flow's log has a record waiting for this signal.
+        at: Wall-clock time for ``updated_at``.
+
+    A ``SUSPENDED`` flow waiting for the signal becomes ``PENDING``. Any other flow is only
+    touched (its version moves on), so a run about to suspend it for this signal decides again.
+    """
+    if flow is None:
+        return Transition(None, Change(writes=(FlowWrite(flow_id, expected_version=ABSENT),)))
+    if flow.status is TaskStatus.SUSPENDED and waits_for_it:
+        return _transition(flow, _status_changes(flow, TaskStatus.PENDING, at), at)
+    touch = FlowWrite(flow_id, expected_version=flow.version)
+    return Transition(flow.replace(version=flow.version + 1), Change(writes=(touch,)))
+
+
+def requeue(
+    flow: ScheduledFlow,
+    *,
+    from_statuses: Collection[TaskStatus],
+    fields: Mapping[str, object] | None = None,
+    at: float,
+) -> Transition | None:
+    """An operator puts ``flow`` back in the queue (resume, retry), if its status allows.
+
+    Args:
+        flow: The flow as stored.
+        from_statuses: The statuses the operation applies to.
+        fields: Other fields to set (a retry clears ``error`` and ``result`` and starts the
+            attempts over).
+        at: Wall-clock time for ``updated_at``.
+
+    Returns:
+        ``None`` if the flow's status is not one of ``from_statuses``.
+    """
+    if flow.status not in from_statuses:
+        return None
+    status = _settled_status(flow, TaskStatus.PENDING)
+    changes = dict(fields or {})
+    changes.update(_status_changes(flow, status, at))
+    return _transition(flow, changes, at)

@@ -1,0 +1,211 @@
+"""Changing stored flows: read, let the state machine decide, apply under a version guard.
+
+This is the one place the loop is written. :mod:`pyergon.core.transitions` decides what an event
+does to a flow; :meth:`~pyergon.storage.ExecutionLog.apply` writes it only if the flow is still at
+the version it was decided on; if it moved on meanwhile (a cancel request, a signal, a finished
+child, another worker), the flow is read again and the event decided again. Runtime, management
+and notebook code change flows only through these functions, on every backend alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+
+from pyergon.core.changes import Applied, Change
+from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
+from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.core.transitions import (
+    RunEnd,
+    Transition,
+    holds,
+    leave_run,
+    signal_arrival,
+)
+from pyergon.core.transitions import request_cancel as decide_cancel
+from pyergon.core.transitions import requeue as decide_requeue
+from pyergon.core.transitions import start_direct_run as decide_direct_run
+from pyergon.errors import StorageError
+from pyergon.storage.base import ExecutionLog
+
+__all__ = [
+    "HeldFlow",
+    "deliver_signal",
+    "request_cancel",
+    "requeue",
+    "save_records",
+    "start_direct_run",
+]
+
+_MAX_ROUNDS = 1_000
+"""Decisions in a row that may meet a flow moved on by others before the caller is told."""
+
+
+def _contended(flow_id: str) -> StorageError:
+    return StorageError(
+        f"flow {flow_id!r} kept changing under {_MAX_ROUNDS} attempts to change it; try again"
+    )
+
+
+def _with(change: Change, records: Sequence[Invocation], signals: Sequence[SignalRecord]) -> Change:
+    return Change(
+        records=tuple(records),
+        signals=tuple(signals),
+        writes=change.writes,
+        forget_failed=change.forget_failed,
+        notify=change.notify,
+    )
+
+
+async def _decide_and_apply(
+    storage: ExecutionLog,
+    flow_id: str,
+    decide: Callable[[ScheduledFlow], Transition | None],
+) -> tuple[ScheduledFlow | None, bool]:
+    """Apply ``decide``'s transition of the stored flow; decide again while it moves on.
+
+    Returns:
+        The flow as the transition left it (or as stored, if ``decide`` changed nothing;
+        ``None`` if it does not exist), and whether it was changed.
+    """
+    for _ in range(_MAX_ROUNDS):
+        flow = await storage.get_flow(flow_id)
+        if flow is None:
+            return None, False
+        transition = decide(flow)
+        if transition is None:
+            return flow, False
+        applied = await storage.apply(transition.change)
+        if applied.moved is None:
+            return transition.flow, True
+    raise _contended(flow_id)
+
+
+async def save_records(storage: ExecutionLog, records: Sequence[Invocation]) -> Applied:
+    """Store records (first writer wins) without changing any flow."""
+    return await storage.apply(Change(records=tuple(records)))
+
+
+async def start_direct_run(storage: ExecutionLog, flow_id: str) -> ScheduledFlow | None:
+    """Make a flow ``RUNNING`` for a direct executor (see ``transitions.start_direct_run``)."""
+    flow, _ = await _decide_and_apply(
+        storage, flow_id, lambda flow: decide_direct_run(flow, at=time.time())
+    )
+    return flow
+
+
+async def request_cancel(storage: ExecutionLog, flow_id: str) -> ScheduledFlow | None:
+    """Cancel a flow now, or at its next step boundary if it runs.
+
+    Returns:
+        The flow as stored afterwards, or ``None`` if it does not exist.
+    """
+    flow, _ = await _decide_and_apply(
+        storage, flow_id, lambda flow: decide_cancel(flow, at=time.time())
+    )
+    return flow
+
+
+async def requeue(
+    storage: ExecutionLog,
+    flow_id: str,
+    *,
+    from_statuses: Collection[TaskStatus],
+    fields: Mapping[str, object] | None = None,
+) -> ScheduledFlow | None:
+    """Put a flow back in the queue if its status is one of ``from_statuses``.
+
+    Returns:
+        The flow as requeued, or ``None`` if it does not exist or its status did not allow it.
+    """
+    flow, changed = await _decide_and_apply(
+        storage,
+        flow_id,
+        lambda flow: decide_requeue(
+            flow, from_statuses=from_statuses, fields=fields, at=time.time()
+        ),
+    )
+    return flow if changed else None
+
+
+async def deliver_signal(storage: ExecutionLog, signal: SignalRecord) -> bool:
+    """Store a signal unless its flow already has one of that name; wake a flow waiting for it.
+
+    Returns:
+        Whether the signal was new.
+    """
+    for _ in range(_MAX_ROUNDS):
+        flow = await storage.get_flow(signal.flow_id)
+        stored = await storage.list_signals(signal.flow_id)
+        if any(existing.name == signal.name for existing in stored):
+            return False
+        waits = flow is not None and flow.status is TaskStatus.SUSPENDED
+        if waits:
+            waits = any(
+                record.kind is OperationKind.SIGNAL
+                and record.name == signal.name
+                and record.status is InvocationStatus.WAITING_FOR_SIGNAL
+                for record in await storage.load_invocations(signal.flow_id)
+            )
+        transition = signal_arrival(signal.flow_id, flow, waits_for_it=waits, at=time.time())
+        applied = await storage.apply(_with(transition.change, (), (signal,)))
+        if applied.moved is None:
+            return applied.signals_stored == 1
+    raise _contended(signal.flow_id)
+
+
+class HeldFlow:
+    """A flow a run holds, as the run last knows it stored, and the run's lease token.
+
+    Args:
+        storage: The flow's storage.
+        flow: The flow as the claim (or the direct start) left it.
+        lease_token: The claim's token; ``None`` for a direct run.
+
+    Attributes:
+        flow: The flow as last known stored.
+        lost: Whether another run took the flow (or it stopped running): nothing the run
+            decides about the flow is written any more.
+    """
+
+    def __init__(self, storage: ExecutionLog, flow: ScheduledFlow, lease_token: str | None) -> None:
+        self.storage = storage
+        self.flow = flow
+        self.lease_token = lease_token
+        self.lost = False
+
+    def __repr__(self) -> str:
+        return f"HeldFlow({self.flow.flow_id!r}, version={self.flow.version}, lost={self.lost})"
+
+    @property
+    def flow_id(self) -> str:
+        """The held flow's id."""
+        return self.flow.flow_id
+
+    async def leave(self, records: Sequence[Invocation], end: RunEnd) -> Applied:
+        """Store ``records`` and leave the flow as ``end`` says, as one change.
+
+        Decided on the run's copy first, so the usual case costs one write. If the flow moved
+        on meanwhile, it is read again: still held, the end is decided again (a flow that would
+        suspend but was woken goes back to the queue; one asked to cancel ends ``CANCELLED``);
+        taken by another run, only the records are stored and :attr:`lost` is set.
+
+        Returns:
+            What was applied; on a record conflict the flow was not changed.
+        """
+        flow: ScheduledFlow | None = self.flow
+        woken = False
+        for _ in range(_MAX_ROUNDS):
+            if not holds(flow, self.lease_token):
+                self.lost = True
+                return await save_records(self.storage, records)
+            assert flow is not None  # held
+            transition = leave_run(flow, end.status, end.fields, at=time.time(), woken=woken)
+            applied = await self.storage.apply(_with(transition.change, records, ()))
+            if applied.moved is None:
+                if not applied.record_conflict and transition.flow is not None:
+                    self.flow = transition.flow
+                return applied
+            flow = await self.storage.get_flow(self.flow_id)
+            woken = True
+        raise _contended(self.flow_id)
