@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +26,7 @@ __all__ = [
     "BackgroundCheckpoints",
     "Operation",
     "Outcome",
-    "call_in_worker_thread",
+    "WorkerThread",
     "checkpoint",
     "commit_batch",
     "is_busy",
@@ -39,19 +40,48 @@ Outcome = tuple[object, Exception | None]
 """What one write of a batch returned, or the error it raised."""
 
 
-async def call_in_worker_thread(
-    connection: aiosqlite.Connection, function: Callable[[sqlite3.Connection], _T]
-) -> _T:
-    """Run ``function(sqlite3_connection)`` in the connection's worker thread.
+class WorkerThread:
+    """aiosqlite's connection: a thread where waiting is harmless, and its sqlite3 connection.
 
-    aiosqlite's public methods cost one thread hop per statement. ``Connection._execute`` is
-    private but present in every aiosqlite pyergon supports (0.20 to 0.22); it runs a whole
-    function in the worker thread, so a batch of writes, or a read of several statements,
-    costs one hop.
+    Use :meth:`open`, then :meth:`run`, then :meth:`close`.
     """
-    sqlite_connection = connection._conn
-    result = await connection._execute(function, sqlite_connection)  # type: ignore[no-untyped-call]
-    return cast(_T, result)
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._connection = connection
+
+    @classmethod
+    async def open(cls, path: str) -> WorkerThread:
+        """Open ``path`` on a new worker thread (autocommit: transactions are explicit).
+
+        Raises:
+            sqlite3.Error: The file cannot be opened.
+        """
+        connection = aiosqlite.connect(path, isolation_level=None)
+        try:
+            await connection
+        except sqlite3.Error:
+            # aiosqlite 0.22 stops the worker thread of a failed connect without waiting
+            # for it; wait here, or the thread may report to this loop after it closed.
+            worker = cast(threading.Thread, getattr(connection, "_thread", connection))
+            await asyncio.to_thread(worker.join)
+            raise
+        return cls(connection)
+
+    async def run(self, function: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``function(sqlite3_connection)`` on the worker thread.
+
+        aiosqlite's public methods cost one thread hop per statement. ``Connection._execute`` is
+        private but present in every aiosqlite pyergon supports (0.20 to 0.22); it runs a whole
+        function in the worker thread, so a batch of writes, or a read of several statements,
+        costs one hop.
+        """
+        connection = self._connection
+        result = await connection._execute(function, connection._conn)  # type: ignore[no-untyped-call]
+        return cast(_T, result)
+
+    async def close(self) -> None:
+        """Close the connection and end the thread."""
+        await self._connection.close()
 
 
 def is_busy(error: sqlite3.Error) -> bool:
