@@ -31,6 +31,7 @@ from pyergon.storage.base import ExecutionLog
 __all__ = [
     "HeldFlow",
     "deliver_signal",
+    "find_signal",
     "request_cancel",
     "requeue",
     "save_records",
@@ -128,6 +129,14 @@ async def requeue(
     return flow if changed else None
 
 
+async def find_signal(storage: ExecutionLog, flow_id: str, name: str) -> SignalRecord | None:
+    """Return the signal ``name`` stored for ``flow_id``, or ``None``."""
+    for signal in await storage.list_signals(flow_id):
+        if signal.name == name:
+            return signal
+    return None
+
+
 async def deliver_signal(storage: ExecutionLog, signal: SignalRecord) -> bool:
     """Store a signal unless its flow already has one of that name; wake a flow waiting for it.
 
@@ -136,8 +145,7 @@ async def deliver_signal(storage: ExecutionLog, signal: SignalRecord) -> bool:
     """
     for _ in range(_MAX_ROUNDS):
         flow = await storage.get_flow(signal.flow_id)
-        stored = await storage.list_signals(signal.flow_id)
-        if any(existing.name == signal.name for existing in stored):
+        if await find_signal(storage, signal.flow_id, signal.name) is not None:
             return False
         waits = flow is not None and flow.status is TaskStatus.SUSPENDED
         if waits:
