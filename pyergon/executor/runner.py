@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -207,13 +207,23 @@ def _final(status: TaskStatus, attempt: int, *, error: StoredError | BaseExcepti
     return RunEnd(status, {"error": stored, "attempt": attempt})
 
 
-def _suspended(wake_at: float | None, attempt: int) -> RunEnd:
-    """The end of a run that waits: for ``wake_at`` if given, else for a signal or child.
+def _suspended(
+    wake_at: float | None,
+    attempt: int,
+    signals: Collection[str] = (),
+    children: Collection[str] = (),
+) -> RunEnd:
+    """The end of a run that waits: until ``wake_at`` if given, for signals or children.
 
-    A signal or child that arrives while the run ends moves the flow's version on, and the
-    state machine then requeues the flow instead (see ``transitions.leave_run``).
+    A signal or child that arrives while the run ends moves the flow's version on; the end is
+    then decided again and requeues the flow instead (see ``HeldFlow.leave``).
     """
-    return RunEnd(TaskStatus.SUSPENDED, {"wake_at": wake_at, "attempt": attempt})
+    return RunEnd(
+        TaskStatus.SUSPENDED,
+        {"wake_at": wake_at, "attempt": attempt},
+        waiting_signals=tuple(signals),
+        waiting_children=tuple(children),
+    )
 
 
 async def _save_quietly(context: FlowContext) -> None:
@@ -374,7 +384,9 @@ async def _suspend(run: FlowRun, context: FlowContext, attempt: int) -> Suspende
     suspensions = context.suspensions
     wake_times = [s.wake_at for s in suspensions if s.wake_at is not None]
     wake_at = min(wake_times) if wake_times else None
-    await run.writer.write(context, _suspended(wake_at, attempt))
+    signals = [s.waiting_on for s in suspensions if s.reason is SuspendReason.SIGNAL]
+    children = [s.waiting_on for s in suspensions if s.reason is SuspendReason.CHILD]
+    await run.writer.write(context, _suspended(wake_at, attempt, signals, children))
     return Suspended(
         run.flow_id,
         suspensions[0].reason,

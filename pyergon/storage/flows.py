@@ -195,8 +195,9 @@ class HeldFlow:
 
         Decided on the run's copy first, so the usual case costs one write. If the flow moved
         on meanwhile, it is read again: still held, the end is decided again (a flow that would
-        suspend but was woken goes back to the queue; one asked to cancel ends ``CANCELLED``);
-        taken by another run, only the records are stored and :attr:`lost` is set.
+        suspend for a signal or child that has arrived meanwhile goes back to the queue; one
+        asked to cancel ends ``CANCELLED``); taken by another run, only the records are stored
+        and :attr:`lost` is set.
 
         Returns:
             What was applied; on a record conflict the flow was not changed.
@@ -215,5 +216,17 @@ class HeldFlow:
                     self.flow = transition.flow
                 return applied
             flow = await self.storage.get_flow(self.flow_id)
-            woken = True
+            woken = end.status is TaskStatus.SUSPENDED and await self._wait_is_over(end)
         raise _contended(self.flow_id)
+
+    async def _wait_is_over(self, end: RunEnd) -> bool:
+        """Whether a signal or child that ``end`` would wait for has arrived or finished."""
+        if end.waiting_signals:
+            stored = {signal.name for signal in await self.storage.list_signals(self.flow_id)}
+            if stored.intersection(end.waiting_signals):
+                return True
+        for child_id in end.waiting_children:
+            child = await self.storage.get_flow(child_id)
+            if child is not None and child.status.is_final:
+                return True
+        return False
