@@ -1,6 +1,6 @@
 """How the SQLite backend reaches its file: two connections, and transactions of queued writes.
 
-A file is opened twice. aiosqlite's connection lives in its worker thread, where waiting is
+A file is opened twice. One connection lives on a worker thread of its own, where waiting is
 harmless: it creates and migrates the schema, waits for another process's write lock
 (``busy_timeout``), checkpoints the WAL and runs the large reads and writes. A plain connection
 on the event loop's own thread does the common small reads and writes: it never waits (a busy
@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import TypeVar, cast
-
-import aiosqlite
+from typing import TypeVar
 
 __all__ = [
     "BackgroundCheckpoints",
@@ -41,47 +39,57 @@ Outcome = tuple[object, Exception | None]
 
 
 class WorkerThread:
-    """aiosqlite's connection: a thread where waiting is harmless, and its sqlite3 connection.
+    """A thread of its own and the sqlite3 connection used only on it.
 
-    Use :meth:`open`, then :meth:`run`, then :meth:`close`.
+    A whole function runs on the thread per call, so a batch of writes, or a read of several
+    statements, costs one thread hop (where a statement-by-statement async adapter costs one
+    per statement). Use :meth:`open`, then :meth:`run`, then :meth:`close`.
     """
 
-    def __init__(self, connection: aiosqlite.Connection) -> None:
+    def __init__(self, executor: ThreadPoolExecutor, connection: sqlite3.Connection) -> None:
+        self._executor = executor
         self._connection = connection
+        self._closed = False
 
     @classmethod
     async def open(cls, path: str) -> WorkerThread:
-        """Open ``path`` on a new worker thread (autocommit: transactions are explicit).
+        """Open ``path`` on a new thread, in autocommit mode: transactions are explicit.
 
         Raises:
             sqlite3.Error: The file cannot be opened.
         """
-        connection = aiosqlite.connect(path, isolation_level=None)
+        # One thread, reused for every call: sqlite3's same-thread check stays on.
+        executor = ThreadPoolExecutor(1, thread_name_prefix="pyergon-sqlite")
+        connect = partial(sqlite3.connect, path, isolation_level=None)
         try:
-            await connection
-        except sqlite3.Error:
-            # aiosqlite 0.22 stops the worker thread of a failed connect without waiting
-            # for it; wait here, or the thread may report to this loop after it closed.
-            worker = cast(threading.Thread, getattr(connection, "_thread", connection))
-            await asyncio.to_thread(worker.join)
+            connection = await asyncio.get_running_loop().run_in_executor(executor, connect)
+        except BaseException:
+            executor.shutdown(wait=False)
             raise
-        return cls(connection)
+        return cls(executor, connection)
 
     async def run(self, function: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``function(sqlite3_connection)`` on the worker thread.
+        """Run ``function(connection)`` on the thread and return what it returns.
 
-        aiosqlite's public methods cost one thread hop per statement. ``Connection._execute`` is
-        private but present in every aiosqlite pyergon supports (0.20 to 0.22); it runs a whole
-        function in the worker thread, so a batch of writes, or a read of several statements,
-        costs one hop.
+        A caller cancelled meanwhile stops waiting; the function still runs to its end.
+
+        Raises:
+            sqlite3.ProgrammingError: The connection is closed.
         """
-        connection = self._connection
-        result = await connection._execute(function, connection._conn)  # type: ignore[no-untyped-call]
-        return cast(_T, result)
+        if self._closed:
+            raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, function, self._connection)
 
     async def close(self) -> None:
-        """Close the connection and end the thread."""
-        await self._connection.close()
+        """Close the connection on the thread once what runs there is done; end the thread.
+
+        The thread closes the connection even if this wait is cancelled.
+        """
+        self._closed = True
+        closed = self._executor.submit(self._connection.close)
+        self._executor.shutdown(wait=False)
+        await asyncio.wrap_future(closed)
 
 
 def is_busy(error: sqlite3.Error) -> bool:
@@ -226,6 +234,7 @@ class BackgroundCheckpoints:
 
         The thread closes the connection even if this wait is cancelled.
         """
+        self._closed = True
         closed = self._executor.submit(self._connection.close)
         self._executor.shutdown(wait=False)
         self._running = None

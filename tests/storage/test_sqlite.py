@@ -478,7 +478,7 @@ async def test_open_storage_refuses_malformed_urls(url: str) -> None:
 
 
 def test_importing_storage_does_not_load_sqlite() -> None:
-    code = "import sys, pyergon.storage; print('aiosqlite' in sys.modules)"
+    code = "import sys, pyergon.storage; print('pyergon.storage.sqlite' in sys.modules)"
     completed = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
