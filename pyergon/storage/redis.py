@@ -399,7 +399,9 @@ class RedisExecutionLog(StorageLifecycle):
         for fields, records in replies:
             flow = flow_from_reply(fields)
             items = iter(records)
-            runs.append(ClaimedRun(flow, log_from_hash(flow.flow_id, zip(items, items, strict=True))))
+            runs.append(
+                ClaimedRun(flow, log_from_hash(flow.flow_id, zip(items, items, strict=True)))
+            )
         return runs
 
     async def renew_leases(

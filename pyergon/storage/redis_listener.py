@@ -66,7 +66,8 @@ class WorkListener:
             RedisError: The first subscription failed (as do ``OSError`` and its kin).
         """
         subscribed = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(self._listen(subscribed), name=f"pyergon-redis-listener-{self._channel}"
+        task = asyncio.create_task(
+            self._listen(subscribed), name=f"pyergon-redis-listener-{self._channel}"
         )
         self._task = task
         await asyncio.wait([subscribed, task], return_when=asyncio.FIRST_COMPLETED)
