@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from pyergon.core.changes import ABSENT, Change, FlowWrite
-from pyergon.core.records import ScheduledFlow
+from pyergon.core.changes import ABSENT, Change, FlowWrite, stored_as_given
+from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.memory import InMemoryExecutionLog
@@ -178,25 +179,58 @@ async def test_the_scripts_write_what_they_are_given_and_decide_nothing(
 # -- records ---------------------------------------------------------------------------------
 
 
-async def test_a_final_record_with_the_same_outcome_lets_the_change_go_on(
-    redis: RedisExecutionLog, make_flow: FlowFactory, make_invocation: InvocationFactory
+_ERROR = StoredError("shop.Declined", "no", "Traceback ...", b"payload")
+_STEP = Invocation("flow-1", 1, OperationKind.STEP, "charge", InvocationStatus.COMPLETE)
+_TIMER = _STEP.replace(kind=OperationKind.TIMER, fire_at=1.5, result=b"")
+_FAILED = _STEP.replace(status=InvocationStatus.FAILED, error=_ERROR)
+
+
+@pytest.mark.parametrize(
+    ("stored", "given"),
+    [
+        (_STEP.replace(result=b"r"), _STEP.replace(result=b"r", attempts=2, completed_at=5.0)),
+        (_STEP.replace(result=b"r"), _STEP.replace(result=b"s")),
+        (_STEP, _STEP.replace(result=b"")),
+        (_STEP, _FAILED),
+        (_FAILED, _FAILED.replace(attempts=3, started_at=1.0)),
+        (_FAILED, _FAILED.replace(error=replace(_ERROR, traceback="Traceback (other)"))),
+        (_FAILED, _FAILED.replace(error=replace(_ERROR, payload=None))),
+        (_FAILED, _FAILED.replace(error=replace(_ERROR, payload=b"payloaf"))),
+        (_TIMER, _TIMER.replace(name="later")),
+        (_TIMER, _TIMER.replace(fire_at=2.5)),
+    ],
+    ids=[
+        "same result",
+        "other result",
+        "None or empty",
+        "failed instead",
+        "same error",
+        "other traceback",
+        "no payload",
+        "other payload",
+        "same fire time",
+        "other fire time",
+    ],
+)
+async def test_a_final_record_stands_and_a_different_outcome_stops_the_change(
+    redis: RedisExecutionLog, make_flow: FlowFactory, stored: Invocation, given: Invocation
 ) -> None:
+    """The script compares outcomes as ``stored_as_given`` does in Python."""
     await redis.create_flow(make_flow())
-    first = make_invocation(1, status=InvocationStatus.COMPLETE, result=b"r", attempts=1)
-    await redis.apply(Change(records=(first,)))
-    again = first.replace(attempts=2, completed_at=5.0)  # another writer, the same outcome
+    await redis.apply(Change(records=(stored,)))
+    after = _STEP.replace(sequence=2)
 
     applied = await redis.apply(
-        Change(
-            records=(again, make_invocation(2)),
-            writes=(FlowWrite("flow-1", {"attempt": 2}),),
-        )
+        Change(records=(given, after), writes=(FlowWrite("flow-1", {"attempt": 2}),))
     )
 
-    assert applied.complete
-    assert applied.records == [first, make_invocation(2)]
-    assert await redis.load_invocations("flow-1") == [first, make_invocation(2)]
-    assert await redis.get_flow("flow-1") == make_flow(attempt=2, version=2)
+    conflict = not stored_as_given(given, stored)
+    assert applied.record_conflict is conflict
+    assert applied.records == ([stored] if conflict else [stored, after])
+    assert await redis.load_invocations("flow-1") == applied.records
+    assert await redis.get_flow("flow-1") == (
+        make_flow() if conflict else make_flow(attempt=2, version=2)
+    )
 
 
 async def test_a_final_record_with_another_outcome_stops_the_change(
