@@ -5,7 +5,7 @@ apart and ending now, and three completed step records on each of the oldest flo
 writes them the fast way, but into the schema pyergon created, so its indexes are the ones
 queried: SQLite ``executemany`` of the backend's own insert statements, a PostgreSQL ``COPY``
 into its tables followed by ``ANALYZE`` (what autovacuum does to a table this size), and on
-Redis the backend's own ``create_flow`` and ``record_invocation`` scripts, pipelined.
+Redis the backend's own ``create_flow`` script, pipelined, then the records in large changes.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from benchmarks.backends import POSTGRES_URL, REDIS_URL, FreshStorage
+from pyergon.core.changes import Change
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 
@@ -103,7 +104,7 @@ async def load(fresh: FreshStorage, history: History) -> None:
     elif fresh.backend == "postgres":
         await _load_postgres(fresh.location, history)
     elif fresh.backend == "redis":
-        await _load_redis(fresh.location, history)
+        await _load_redis(fresh, history)
     else:
         raise ValueError(f"no bulk load for backend {fresh.backend!r}")
 
@@ -122,54 +123,49 @@ def _load_sqlite(path: str, history: History) -> None:
 
 
 def _rows(
-    records: Sequence[ScheduledFlow | Invocation], columns: Sequence[str]
-) -> list[tuple[object, ...]]:
+    records: Sequence[ScheduledFlow | Invocation],
+) -> tuple[list[str], list[tuple[object, ...]]]:
+    """The column names of ``records`` and their values, one tuple per record."""
     from pyergon.storage.sql_columns import record_values
 
-    return [tuple(values[column] for column in columns) for values in map(record_values, records)]
+    rows = [record_values(record) for record in records]
+    columns = list(rows[0]) if rows else []
+    return columns, [tuple(values.values()) for values in rows]
 
 
 async def _load_postgres(schema: str, history: History) -> None:
     import asyncpg
 
-    from pyergon.storage.postgres_sql import FLOW_COLUMNS, INVOCATION_COLUMNS
-
     connection = await asyncpg.connect(POSTGRES_URL)
     try:
-        for table, records, columns in (
-            ("flows", history.flows, FLOW_COLUMNS),
-            ("invocations", history.invocations, INVOCATION_COLUMNS),
-        ):
+        for table, records in (("flows", history.flows), ("invocations", history.invocations)):
+            columns, rows = _rows(records)
             await connection.copy_records_to_table(
-                table, schema_name=schema, columns=list(columns), records=_rows(records, columns)
+                table, schema_name=schema, columns=columns, records=rows
             )
         await connection.execute(f'ANALYZE "{schema}".flows, "{schema}".invocations')
     finally:
         await connection.close()
 
 
-async def _load_redis(prefix: str, history: History) -> None:
+async def _load_redis(fresh: FreshStorage, history: History) -> None:
     from redis.asyncio import Redis
 
-    from pyergon.storage.redis_layout import SCRIPTS, encode_invocation, flow_fields
+    from pyergon.storage.redis_layout import SCRIPTS, flow_fields
 
     client = Redis.from_url(REDIS_URL)
     try:
         create = await client.script_load(SCRIPTS["create_flow"])
-        record = await client.script_load(SCRIPTS["record_invocation"])
-        # The arguments every script takes first: prefix, origin of wake-ups, clock.
-        common = (prefix, "bench-bulk-load", repr(time.time()))
-        # Each call: a script's SHA and the arguments that follow the common ones.
-        calls: list[tuple[str, list[str | bytes]]] = [
-            (create, [flow.flow_id, *flow_fields(flow)]) for flow in history.flows
-        ] + [
-            (record, [r.flow_id, f"{r.sequence}:{r.sub_sequence}", encode_invocation(r)])
-            for r in history.invocations
-        ]
-        for start in range(0, len(calls), CHUNK):
+        # The arguments every script takes first: prefix, origin of wake-ups.
+        common = (fresh.location, "bench-bulk-load")
+        for start in range(0, len(history.flows), CHUNK):
             pipeline = client.pipeline(transaction=False)
-            for sha, arguments in calls[start : start + CHUNK]:
-                pipeline.evalsha(sha, 0, *common, *arguments)
+            for flow in history.flows[start : start + CHUNK]:
+                # "0": a flow loaded in bulk wakes no worker.
+                pipeline.evalsha(create, 0, *common, flow.flow_id, "0", *flow_fields(flow))
             await pipeline.execute()
     finally:
         await client.aclose()
+    for start in range(0, len(history.invocations), CHUNK):
+        chunk = history.invocations[start : start + CHUNK]
+        await fresh.storage.apply(Change(records=tuple(chunk)))  # one script per chunk

@@ -21,6 +21,7 @@ from benchmarks.stats import busy_cpu_seconds, cpu_seconds
 from pyergon import Scheduler
 from pyergon.core.status import OperationKind, TaskStatus
 from pyergon.decorators import flow_type_name
+from pyergon.storage.flows import find_signal
 
 __all__ = ["drain", "schedule_all", "signal_latency", "timer_lateness", "wait_for_status"]
 
@@ -156,7 +157,7 @@ async def signal_latency(backend: str, n: int) -> RunResult:
             await asyncio.sleep(SIGNAL_SPACING)
 
     async def sent_at(fresh: FreshStorage, flow_id: str) -> float:
-        signal = await fresh.storage.get_signal(flow_id, SIGNAL_NAME)
+        signal = await find_signal(fresh.storage, flow_id, SIGNAL_NAME)
         assert signal is not None
         return signal.sent_at
 

@@ -24,8 +24,8 @@ from types import ModuleType
 import pytest
 
 from pyergon import Executor, Scheduler
-from pyergon.cli_manage import parse_since
-from pyergon.cli_worker import STORAGE_URL_VARIABLE
+from pyergon.cli.manage import parse_since
+from pyergon.cli.worker import STORAGE_URL_VARIABLE
 from pyergon.core import Invocation, ScheduledFlow, TaskStatus
 from pyergon.core.records import SignalRecord
 from pyergon.serialization import default_serializer
@@ -185,10 +185,10 @@ async def prepare(url: str, module: ModuleType) -> None:
             await Executor(order, storage, flow_id).run(lambda flow: flow.run())
         await Executor(module.Order("waiting"), storage, "waiting").run(lambda flow: flow.run())
         await scheduler.schedule(module.Order("running"), flow_id="running")
-        claimed = await storage.claim_flow(
-            "worker-9", ["CliOrder"], lease_seconds=3600, now=time.time()
+        claimed = await storage.claim(
+            "worker-9", ["CliOrder"], limit=1, lease_seconds=3600, now=time.time()
         )
-        assert claimed is not None and claimed.flow_id == "running"
+        assert [run.flow.flow_id for run in claimed] == ["running"]
         await scheduler.schedule(module.Order("queued"), flow_id="queued")
     finally:
         await storage.close()

@@ -10,6 +10,7 @@ from pyergon.core import InvocationStatus, OperationKind, SuspendReason, TaskSta
 from pyergon.executor.signal import send_signal
 from pyergon.executor.timer import schedule_timer
 from pyergon.storage.base import ExecutionLog
+from tests.records import record_at
 
 
 class OutOfStockError(Exception):
@@ -75,7 +76,7 @@ async def test_a_child_id_is_derived_from_the_parent_id_and_position(
     await Executor(order, storage, "order-2").run(lambda f: f.run())
 
     assert order.child_ids == ["order-2/2"]
-    record = await storage.get_invocation("order-2", 2)
+    record = await record_at(storage, "order-2", 2)
     assert record is not None
     assert record.kind is OperationKind.CHILD
     assert record.name == "Reserve"
@@ -109,7 +110,7 @@ async def test_a_waiting_child_suspends_the_parent_until_it_completes(
     child = await storage.get_flow("order-4/2")
     assert child is not None
     assert child.status is TaskStatus.SUSPENDED
-    waiting = await storage.get_invocation("order-4", 2)
+    waiting = await record_at(storage, "order-4", 2)
     assert waiting is not None
     assert waiting.status is InvocationStatus.WAITING_FOR_CHILD
 
@@ -135,7 +136,7 @@ async def test_a_child_failure_raises_the_same_error_type_in_the_parent(
     child = await storage.get_flow("order-5/2")
     assert child is not None
     assert child.status is TaskStatus.FAILED
-    record = await storage.get_invocation("order-5", 2)
+    record = await record_at(storage, "order-5", 2)
     assert record is not None
     assert record.status is InvocationStatus.FAILED
 

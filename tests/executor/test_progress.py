@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,33 +11,30 @@ import pytest
 from pyergon import Completed, Executor, Suspended, flow, flow_type, schedule_timer, step
 from pyergon.clock import ManualClock
 from pyergon.core import Invocation, InvocationStatus, OperationKind, TaskStatus
+from pyergon.core.changes import Applied, Change
 from pyergon.errors import StorageError
 from pyergon.serialization import default_serializer, stable_hash
 from pyergon.storage.base import ExecutionLog
+from pyergon.storage.flows import save_records
 from pyergon.storage.memory import InMemoryExecutionLog
-from pyergon.storage.progress import FlowTransition, SavedProgress
 from pyergon.storage.sqlite import SqliteExecutionLog
+from tests.records import record_at
 
 STORAGE: dict[str, ExecutionLog] = {}
 """The storage each test's flow reads from inside its steps (flow fields must serialize)."""
 
 
 class SaveLog(InMemoryExecutionLog):
-    """Memory storage that keeps every ``save_progress`` call: positions and new status."""
+    """Memory storage that keeps every ``apply`` call: positions and the flow's new status."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.saves: list[tuple[list[int], TaskStatus | None]] = []
+        self.saves: list[tuple[list[int], object]] = []
 
-    async def save_progress(
-        self,
-        flow_id: str,
-        records: Sequence[Invocation],
-        transition: FlowTransition | None = None,
-    ) -> SavedProgress:
-        status = None if transition is None else transition.status
-        self.saves.append(([record.sequence for record in records], status))
-        return await super().save_progress(flow_id, records, transition)
+    async def apply(self, change: Change) -> Applied:
+        status = change.writes[0].changes.get("status") if change.writes else None
+        self.saves.append(([record.sequence for record in change.records], status))
+        return await super().apply(change)
 
 
 @dataclass
@@ -54,7 +50,7 @@ class Checked:
 
     @step
     async def second(self, value: int) -> int:
-        record = await STORAGE["checked"].get_invocation("checked", 1)
+        record = await record_at(STORAGE["checked"], "checked", 1)
         self.seen.append(None if record is None else record.status)
         return value + 1
 
@@ -108,12 +104,13 @@ async def test_the_last_step_record_and_the_completion_are_one_save() -> None:
 
 async def test_a_three_step_flow_costs_four_sqlite_transactions(tmp_path: Path) -> None:
     async with SqliteExecutionLog(tmp_path / "flows.db") as storage:
-        before = storage._batches_committed
+        assert storage._file is not None  # the open file counts its group commits
+        before = storage._file.batches_committed
 
         await Executor(ThreeSteps(1), storage, "three").run(lambda f: f.run())
 
         # The flow's row, the first two steps, then the last step with the completion.
-        assert storage._batches_committed - before == 4
+        assert storage._file.batches_committed - before == 4
 
 
 @dataclass
@@ -133,7 +130,7 @@ async def test_a_timer_is_stored_with_the_suspension_in_one_save() -> None:
 
     assert isinstance(outcome, Suspended)
     assert storage.saves == [([1], TaskStatus.SUSPENDED)]
-    timer = await storage.get_invocation("sleeper", 1)
+    timer = await record_at(storage, "sleeper", 1)
     assert timer is not None and timer.status is InvocationStatus.WAITING_FOR_TIMER
 
 
@@ -156,7 +153,7 @@ class Overtaken:
             args_hash=stable_hash((), {}),
             attempts=1,
         )
-        await STORAGE["overtaken"].record_invocation(theirs)
+        await save_records(STORAGE["overtaken"], [theirs])
         return "mine"
 
     @step
@@ -184,19 +181,14 @@ async def test_a_run_overtaken_by_another_continues_from_the_stored_record(
 
 
 class SignalsSaves(InMemoryExecutionLog):
-    """Memory storage that sets an event for each position once a save stores it."""
+    """Memory storage that sets an event for each position once a change stores it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stored: dict[int, asyncio.Event] = {}
 
-    async def save_progress(
-        self,
-        flow_id: str,
-        records: Sequence[Invocation],
-        transition: FlowTransition | None = None,
-    ) -> SavedProgress:
-        saved = await super().save_progress(flow_id, records, transition)
+    async def apply(self, change: Change) -> Applied:
+        saved = await super().apply(change)
         for record in saved.records:
             self.stored.setdefault(record.sequence, asyncio.Event()).set()
         return saved
@@ -230,26 +222,21 @@ async def test_a_gathered_step_is_stored_while_its_sibling_still_runs() -> None:
     await asyncio.wait_for(storage.stored[2].wait(), 10)
 
     assert not run.done()  # the slow step still runs, yet the quick one's record is stored
-    quick = await storage.get_invocation("gathered", 2)
+    quick = await record_at(storage, "gathered", 2)
     assert quick is not None and quick.status is InvocationStatus.COMPLETE
     flow_instance.slow_release.set()
     assert await run == Completed("gathered", result=["slow", "quick"])
 
 
 class RefusesSaves(InMemoryExecutionLog):
-    """Memory storage whose saves of records fail while ``down``."""
+    """Memory storage whose changes with records fail while ``down``."""
 
     down = True
 
-    async def save_progress(
-        self,
-        flow_id: str,
-        records: Sequence[Invocation],
-        transition: FlowTransition | None = None,
-    ) -> SavedProgress:
-        if self.down and records:
+    async def apply(self, change: Change) -> Applied:
+        if self.down and change.records:
             raise StorageError("the storage went away")
-        return await super().save_progress(flow_id, records, transition)
+        return await super().apply(change)
 
 
 async def test_a_failed_save_ends_the_run_with_the_storage_error_and_the_flow_resumable() -> None:
@@ -267,7 +254,7 @@ async def test_a_failed_save_ends_the_run_with_the_storage_error_and_the_flow_re
 
 
 class HeldSaves(InMemoryExecutionLog):
-    """Memory storage whose saves of records wait for ``release`` once ``hold`` is set."""
+    """Memory storage whose changes with records wait for ``release`` once ``hold`` is set."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -275,16 +262,11 @@ class HeldSaves(InMemoryExecutionLog):
         self.saving = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def save_progress(
-        self,
-        flow_id: str,
-        records: Sequence[Invocation],
-        transition: FlowTransition | None = None,
-    ) -> SavedProgress:
-        if self.hold and records:
+    async def apply(self, change: Change) -> Applied:
+        if self.hold and change.records:
             self.saving.set()
             await self.release.wait()
-        return await super().save_progress(flow_id, records, transition)
+        return await super().apply(change)
 
 
 @dataclass

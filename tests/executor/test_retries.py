@@ -21,6 +21,7 @@ from pyergon.clock import ManualClock
 from pyergon.core import Invocation, InvocationStatus, SuspendReason, TaskStatus
 from pyergon.errors import StepTimeoutError
 from pyergon.storage.base import ExecutionLog
+from tests.records import record_at
 
 
 class ProviderDownError(Exception):
@@ -41,7 +42,7 @@ class FlakyCharge:
     @step(retry_policy=RetryPolicy(max_attempts=3, initial_interval=0))
     async def charge(self) -> str:
         assert self.storage is not None
-        self.attempts_seen.append(await self.storage.get_invocation("flaky-1", 1))
+        self.attempts_seen.append(await record_at(self.storage, "flaky-1", 1))
         attempt = len(self.attempts_seen)
         if attempt <= self.failures_before_success:
             raise ProviderDownError(f"attempt {attempt}: provider down")

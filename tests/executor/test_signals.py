@@ -14,6 +14,8 @@ from pyergon.errors import FlowNotFoundError, FlowStateError, PyergonError, Seri
 from pyergon.executor.signal import send_signal
 from pyergon.executor.timer import schedule_timer_named
 from pyergon.storage.base import ExecutionLog
+from pyergon.storage.flows import find_signal
+from tests.records import record_at
 
 
 @dataclass
@@ -51,7 +53,7 @@ async def test_a_flow_waiting_for_a_signal_is_suspended_until_it_arrives(
     stored = await storage.get_flow("approve-1")
     assert stored is not None
     assert stored.status is TaskStatus.SUSPENDED
-    waiting = await storage.get_invocation("approve-1", 2)
+    waiting = await record_at(storage, "approve-1", 2)
     assert waiting is not None
     assert waiting.kind is OperationKind.SIGNAL
     assert waiting.status is InvocationStatus.WAITING_FOR_SIGNAL
@@ -96,7 +98,7 @@ async def test_a_signal_sent_before_the_flow_waits_is_kept_and_returned_at_once(
     outcome = await executor.run(lambda f: f.run())
 
     assert outcome == Completed("early-1", result=42)
-    received = await storage.get_invocation("early-1", 2)
+    received = await record_at(storage, "early-1", 2)
     assert received is not None
     assert (received.kind, received.status) == (OperationKind.SIGNAL, InvocationStatus.COMPLETE)
 
@@ -115,7 +117,7 @@ async def test_a_second_send_of_the_same_name_is_ignored_and_the_first_value_kep
     # A new signal for a finished flow would never be read: refused, nothing stored.
     with pytest.raises(FlowStateError, match="already finished"):
         await send_signal(storage, "approve-5", "late", "too late")
-    assert await storage.get_signal("approve-5", "late") is None
+    assert await find_signal(storage, "approve-5", "late") is None
 
 
 async def test_sending_to_an_unknown_flow_raises_flow_not_found(storage: ExecutionLog) -> None:
@@ -124,7 +126,7 @@ async def test_sending_to_an_unknown_flow_raises_flow_not_found(storage: Executi
 
     assert isinstance(raised.value, PyergonError)
     assert isinstance(raised.value, LookupError)
-    assert await storage.get_signal("nobody", "approval") is None
+    assert await find_signal(storage, "nobody", "approval") is None
 
 
 async def test_an_unserializable_signal_value_is_refused_and_nothing_is_stored(
@@ -136,7 +138,7 @@ async def test_an_unserializable_signal_value_is_refused_and_nothing_is_stored(
         await send_signal(storage, "approve-6", "approval", threading.Lock())
 
     assert "'approve-6'" in str(raised.value)
-    assert await storage.get_signal("approve-6", "approval") is None
+    assert await find_signal(storage, "approve-6", "approval") is None
     still_waiting = await Executor(Approval("contract"), storage, "approve-6").run(
         lambda f: f.run()
     )

@@ -9,11 +9,13 @@ import pytest
 
 from pyergon import Completed, Executor, Suspended, flow, flow_type, step
 from pyergon.clock import ManualClock
-from pyergon.core import Invocation, InvocationStatus, OperationKind, SuspendReason, TaskStatus
+from pyergon.core import InvocationStatus, OperationKind, SuspendReason, TaskStatus
+from pyergon.core.changes import Applied, Change
 from pyergon.errors import PyergonError, StorageError
 from pyergon.executor.timer import schedule_timer, schedule_timer_named
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.memory import InMemoryExecutionLog
+from tests.records import record_at
 
 
 @dataclass
@@ -49,7 +51,7 @@ async def test_before_its_fire_time_a_timer_suspends_the_flow_with_the_wake_time
     stored = await storage.get_flow("remind-1")
     assert stored is not None
     assert (stored.status, stored.wake_at) == (TaskStatus.SUSPENDED, clock.now() + 60)
-    timer = await storage.get_invocation("remind-1", 2)
+    timer = await record_at(storage, "remind-1", 2)
     assert timer is not None
     assert timer.kind is OperationKind.TIMER
     assert timer.status is InvocationStatus.WAITING_FOR_TIMER
@@ -84,7 +86,7 @@ async def test_a_rerun_after_the_fire_time_continues_without_waiting(
         "remind-3", result=["sent 'welcome' to ada", "sent 'how is it going?' to ada"]
     )
     assert resumed.body_runs == ["how is it going?"]
-    timer = await storage.get_invocation("remind-3", 2)
+    timer = await record_at(storage, "remind-3", 2)
     assert timer is not None
     assert timer.status is InvocationStatus.COMPLETE
 
@@ -94,10 +96,11 @@ class FiredTimersFail(InMemoryExecutionLog):
 
     down = True
 
-    async def record_invocation(self, invocation: Invocation) -> Invocation:
-        if self.down and invocation.kind is OperationKind.TIMER and invocation.is_final:
+    async def apply(self, change: Change) -> Applied:
+        fired = [r for r in change.records if r.kind is OperationKind.TIMER and r.is_final]
+        if self.down and fired:
             raise StorageError("the storage went away")
-        return await super().record_invocation(invocation)
+        return await super().apply(change)
 
 
 async def test_a_fired_timer_that_cannot_be_recorded_leaves_the_flow_to_resume(
@@ -151,10 +154,10 @@ async def test_a_timer_inside_a_step_suspends_the_flow_and_later_completes_the_s
     assert outcome.waiting_on == ("fraud-ORD-001",)
     assert outcome.wake_at == clock.now() + 2
     assert first.log_lines == ["Waiting for fraud check..."]
-    timer = await storage.get_invocation("timed-1", 1, 1)
+    timer = await record_at(storage, "timed-1", 1, 1)
     assert timer is not None
     assert timer.name == "fraud-ORD-001"
-    assert await storage.get_invocation("timed-1", 1) is None  # the step is not recorded yet
+    assert await record_at(storage, "timed-1", 1) is None  # the step is not recorded yet
 
     clock.advance(2)
     second = TimedOrderProcessor("ORD-001")
@@ -162,7 +165,7 @@ async def test_a_timer_inside_a_step_suspends_the_flow_and_later_completes_the_s
 
     assert done == Completed("timed-1", result="completed")
     assert second.log_lines == ["Waiting for fraud check...", "Fraud check complete"]
-    step_record = await storage.get_invocation("timed-1", 1)
+    step_record = await record_at(storage, "timed-1", 1)
     assert step_record is not None
     assert step_record.status is InvocationStatus.COMPLETE
 

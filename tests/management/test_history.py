@@ -26,6 +26,7 @@ from pyergon.history import (
     signals_frame,
 )
 from pyergon.storage.base import ExecutionLog
+from pyergon.storage.flows import deliver_signal
 
 attempts_left = {"flaky": 1}
 
@@ -76,7 +77,7 @@ async def test_history_gathers_records_signals_children_and_retries(
 
     outcome = await Executor(RetryingTree(tree.width), storage, "tree").run(lambda t: t.run())
     assert outcome.result == 3
-    await storage.store_signal(SignalRecord("tree", "note", b"P1hello", 1.0))
+    assert await deliver_signal(storage, SignalRecord("tree", "note", b"P1hello", 1.0))
     history = await load_history(storage, "tree")
     assert history.flow.status is TaskStatus.COMPLETE
     assert [child.flow_id for child in history.children] == ["tree/4", "tree/3", "tree/2"]

@@ -16,7 +16,8 @@ from typing import Any, cast
 import pytest
 
 from pyergon import Scheduler, Worker, flow, flow_type, step
-from pyergon.core import ScheduledFlow, TaskStatus
+from pyergon.core import TaskStatus
+from pyergon.core.changes import Applied, Change
 from pyergon.errors import FlowStateError
 from pyergon.management import FlowManager
 from pyergon.storage.base import ExecutionLog
@@ -73,18 +74,25 @@ async def running_in_worker(storage: ExecutionLog, label: str) -> AsyncIterator[
 
 
 class _FinishesFirst:
-    """Storage on which something else happens just before a cancel request is stored."""
+    """Storage on which something else happens just before a cancel request is stored.
+
+    The cancel was decided on the flow as it was read; the change it applies then finds the
+    flow moved on.
+    """
 
     def __init__(self, storage: ExecutionLog, before_cancel: Callable[[], Awaitable[None]]) -> None:
         self._storage = storage
-        self._before_cancel = before_cancel
+        self._before_cancel: Callable[[], Awaitable[None]] | None = before_cancel
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._storage, name)
 
-    async def request_cancel(self, flow_id: str) -> ScheduledFlow | None:
-        await self._before_cancel()
-        return await self._storage.request_cancel(flow_id)
+    async def apply(self, change: Change) -> Applied:
+        requests_cancel = any(write.changes.get("cancel_requested") for write in change.writes)
+        if requests_cancel and self._before_cancel is not None:
+            before_cancel, self._before_cancel = self._before_cancel, None
+            await before_cancel()
+        return await self._storage.apply(change)
 
 
 async def test_a_flow_that_finishes_before_the_cancel_lands_stays_complete(

@@ -34,7 +34,7 @@ class ClaimLog:
     def __getattr__(self, name: str) -> object:
         return getattr(self._storage, name)
 
-    async def claim_runs(
+    async def claim(
         self,
         worker_id: str,
         flow_types: Collection[str],
@@ -45,7 +45,7 @@ class ClaimLog:
         due_by: float | None = None,
     ) -> list[ClaimedRun]:
         self.claims.append((now, due_by))
-        return await self._storage.claim_runs(
+        return await self._storage.claim(
             worker_id, flow_types, limit=limit, lease_seconds=lease_seconds, now=now, due_by=due_by
         )
 

@@ -20,9 +20,11 @@ from pyergon import (
 )
 from pyergon.clock import ManualClock
 from pyergon.core import ScheduledFlow, TaskStatus
+from pyergon.core.transitions import RunEnd
 from pyergon.decorators import flow_type_name
 from pyergon.errors import FlowDefinitionError, FlowNotFoundError, PyergonError
-from pyergon.storage.base import ExecutionLog
+from pyergon.storage.base import ClaimedRun, ExecutionLog
+from pyergon.storage.flows import HeldFlow
 from pyergon.storage.memory import InMemoryExecutionLog
 from tests.waiting import flow_reaches
 
@@ -272,9 +274,9 @@ class CountedClaims(InMemoryExecutionLog):
         super().__init__()
         self.claims = 0
 
-    async def claim_flows(self, *args: Any, **kwargs: Any) -> list[ScheduledFlow]:
+    async def claim(self, *args: Any, **kwargs: Any) -> list[ClaimedRun]:
         self.claims += 1
-        return await super().claim_flows(*args, **kwargs)
+        return await super().claim(*args, **kwargs)
 
 
 async def test_a_due_flow_of_a_type_the_worker_does_not_run_does_not_keep_it_busy() -> None:
@@ -315,8 +317,8 @@ async def test_an_expired_lease_is_claimed_again(storage: ExecutionLog) -> None:
     scheduler = Scheduler(storage, clock=clock)
     flow_id = await scheduler.schedule(Greeting("ann"))
     # A worker that claims the flow and then dies: nothing renews its lease.
-    dead = await storage.claim_flow("dead", ["Greeting"], lease_seconds=10, now=clock.now())
-    assert dead is not None and dead.flow_id == flow_id
+    [dead] = await storage.claim("dead", ["Greeting"], limit=1, lease_seconds=10, now=clock.now())
+    assert dead.flow.flow_id == flow_id
     survivor = Worker(storage, "survivor", clock=clock, lease_seconds=10)
     await survivor.register(Greeting)
     assert await survivor.run_until_idle(wait_for_timers=False) == 0  # lease still valid
@@ -324,11 +326,9 @@ async def test_an_expired_lease_is_claimed_again(storage: ExecutionLog) -> None:
     assert await survivor.run_until_idle(wait_for_timers=False) == 1
     assert (await scheduler.wait(flow_id, timeout=5))[flow_id].result == "hello ann"
     # The dead worker's token no longer writes anything.
-    assert dead.lease_token is not None
-    late = await storage.release_flow(
-        flow_id, dead.lease_token, status=TaskStatus.FAILED, error=None
-    )
-    assert late is None
+    late = HeldFlow(storage, dead.flow, dead.flow.lease_token)
+    await late.leave((), RunEnd(TaskStatus.FAILED, {"error": None}))
+    assert late.lost
     final = await storage.get_flow(flow_id)
     assert final is not None and final.status is TaskStatus.COMPLETE
 
@@ -434,8 +434,8 @@ async def test_a_running_flow_keeps_its_lease_while_it_runs(storage: ExecutionLo
                 await asyncio.sleep(0.02)
         # Another worker cannot take it while the lease is renewed.
         assert (
-            await storage.claim_flow("thief", ["LongStep"], lease_seconds=1, now=time.time())
-            is None
+            await storage.claim("thief", ["LongStep"], limit=1, lease_seconds=1, now=time.time())
+            == []
         )
         release.set()
         outcome = (await Scheduler(storage).wait(flow_id, timeout=10))[flow_id]

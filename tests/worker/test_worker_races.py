@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
 from pyergon import Scheduler, Worker, flow, flow_type, schedule_timer, step
 from pyergon.clock import ManualClock
-from pyergon.core import ScheduledFlow, TaskStatus
+from pyergon.core import TaskStatus
+from pyergon.core.changes import Applied, Change
+from pyergon.storage.base import ClaimedRun
 from pyergon.storage.memory import InMemoryExecutionLog
 
 started = asyncio.Event()
@@ -38,6 +39,11 @@ class NapThenBlock:
         await self.block()
 
 
+def releases(change: Change) -> bool:
+    """Whether ``change`` is a run leaving its flow: its first write sets a status."""
+    return bool(change.writes) and "status" in change.writes[0].changes
+
+
 class ClaimRacesRelease(InMemoryExecutionLog):
     """Holds the second claim until a flow is released, then makes it at a later time.
 
@@ -51,7 +57,7 @@ class ClaimRacesRelease(InMemoryExecutionLog):
         self.claims = 0
         self.released = asyncio.Event()
 
-    async def claim_flows(
+    async def claim(
         self,
         worker_id: str,
         flow_types: Collection[str],
@@ -59,19 +65,26 @@ class ClaimRacesRelease(InMemoryExecutionLog):
         limit: int,
         lease_seconds: float,
         now: float,
-    ) -> list[ScheduledFlow]:
+        due_by: float | None = None,
+    ) -> list[ClaimedRun]:
         self.claims += 1
         if self.claims == 2:
             await self.released.wait()
-        return await super().claim_flows(
-            worker_id, flow_types, limit=limit, lease_seconds=lease_seconds, now=self.clock.now()
+        return await super().claim(
+            worker_id,
+            flow_types,
+            limit=limit,
+            lease_seconds=lease_seconds,
+            now=self.clock.now(),
+            due_by=due_by,
         )
 
-    async def release_flow(self, flow_id: str, lease_token: str, **changes: Any) -> Any:
-        released = await super().release_flow(flow_id, lease_token, **changes)
-        self.clock.advance(5.0)  # the timer the flow suspended on is due at once
-        self.released.set()
-        return released
+    async def apply(self, change: Change) -> Applied:
+        applied = await super().apply(change)
+        if releases(change):
+            self.clock.advance(5.0)  # the timer the flow suspended on is due at once
+            self.released.set()
+        return applied
 
 
 async def test_a_flow_claimed_again_at_once_is_still_tracked_and_released_on_shutdown() -> None:
@@ -102,16 +115,17 @@ class SlowRenewals(InMemoryExecutionLog):
         super().__init__()
         self.released = asyncio.Event()
 
-    async def renew_lease(
-        self, flow_id: str, lease_token: str, *, lease_seconds: float, now: float
-    ) -> bool:
+    async def renew_leases(
+        self, leases: Mapping[str, str], *, lease_seconds: float, now: float
+    ) -> set[str]:
         await self.released.wait()
-        return await super().renew_lease(flow_id, lease_token, lease_seconds=lease_seconds, now=now)
+        return await super().renew_leases(leases, lease_seconds=lease_seconds, now=now)
 
-    async def release_flow(self, flow_id: str, lease_token: str, **changes: Any) -> Any:
-        released = await super().release_flow(flow_id, lease_token, **changes)
-        self.released.set()
-        return released
+    async def apply(self, change: Change) -> Applied:
+        applied = await super().apply(change)
+        if releases(change):
+            self.released.set()
+        return applied
 
 
 @dataclass
