@@ -19,6 +19,7 @@ __all__ = ["ABSENT", "Applied", "Change", "FlowWrite", "stored_as_given"]
 ABSENT = 0
 """The ``expected_version`` of a write decided on a flow that did not exist."""
 
+
 @dataclass(frozen=True, slots=True)
 class FlowWrite:
     """A write of one stored flow's fields; the flow's ``version`` moves on by one with it.
