@@ -119,7 +119,7 @@ async def test_a_signal_racing_a_suspension_is_never_lost(
         await save_records(worker, [waiting])
 
         await asyncio.gather(
-            held.leave([], RunEnd(TaskStatus.SUSPENDED)),
+            held.leave([], RunEnd(TaskStatus.SUSPENDED, waiting_signals=("approved",))),
             deliver_signal(sender, make_signal(flow_id=flow_id)),
         )
 
@@ -141,6 +141,11 @@ async def claimed_parent_and_child(
     return parent
 
 
+def waiting_for_child(round_: int) -> RunEnd:
+    """A parent's suspension until ``child-<round>`` is final."""
+    return RunEnd(TaskStatus.SUSPENDED, waiting_children=(f"child-{round_}",))
+
+
 async def test_a_child_finishing_as_its_parent_suspends_always_wakes_the_parent(
     backends: Backends, make_flow: FlowFactory
 ) -> None:
@@ -151,7 +156,7 @@ async def test_a_child_finishing_as_its_parent_suspends_always_wakes_the_parent(
         child = await claim_one(children, f"Child-{round_}", "c")
 
         await asyncio.gather(
-            parent.leave([], RunEnd(TaskStatus.SUSPENDED)),
+            parent.leave([], waiting_for_child(round_)),
             child.leave([], RunEnd(TaskStatus.COMPLETE, {"result": b"done"})),
         )
 
@@ -167,7 +172,7 @@ async def test_a_child_cancelled_as_its_parent_suspends_always_wakes_the_parent(
         parent = await claimed_parent_and_child(parents, make_flow, round_)
 
         await asyncio.gather(
-            parent.leave([], RunEnd(TaskStatus.SUSPENDED)),
+            parent.leave([], waiting_for_child(round_)),
             request_cancel(managers, f"child-{round_}"),
         )
 
