@@ -205,6 +205,9 @@ class PostgresExecutionLog(StorageLifecycle):
         async with self._lifecycle_lock:
             if self._pool is not None:
                 return
+            # asyncpg's own pool: against the hand-written pool it replaced, 6,000 calls of
+            # 10 concurrent runs (records, reads, guarded writes) took 2.70 s vs 2.89 s wall
+            # (noise) and 1.70 s vs 1.48 s of client CPU; not worth 200 lines of our own.
             pool = self._driver.create_pool(
                 self._dsn,
                 min_size=self._min_size,
