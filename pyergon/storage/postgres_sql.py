@@ -19,6 +19,8 @@ from pyergon.storage.base import SCHEMA_VERSION
 from pyergon.storage.postgres_columns import ERROR_COLUMNS, FLOW_COLUMNS, INVOCATION_COLUMNS
 
 __all__ = [
+    "FLOW_COLUMNS",  # re-exported: benchmarks/bulk.py loads tables with them
+    "INVOCATION_COLUMNS",
     "MIGRATIONS",
     "Statements",
     "advisory_lock_key",
