@@ -1,0 +1,93 @@
+"""The storage contract suite: prove that a storage backend behaves as pyergon needs.
+
+Subclass :class:`StorageContract` in a test module and give it a ``storage`` fixture that
+yields a connected, empty backend; pytest runs every contract test against it::
+
+    import pytest
+    import pyergon.testing
+
+    class TestMyBackend(pyergon.testing.StorageContract):
+        @pytest.fixture
+        async def storage(self):
+            backend = MyBackend(...)
+            await backend.connect()
+            yield backend
+            await backend.close()
+
+The suite needs pytest and pytest-asyncio (``asyncio_mode = "auto"``, or mark the subclass
+with ``pytest.mark.asyncio`` and the fixture with ``pytest_asyncio.fixture``). It uses only the
+:class:`~pyergon.storage.ExecutionLog` protocol and :mod:`pyergon.storage.flows`, so a backend
+that passes it applies every rule of a flow's life as the built-in backends do.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+# The contract modules are rewritten like test modules, so a failing assertion shows its values.
+pytest.register_assert_rewrite(
+    "pyergon.testing._support",
+    "pyergon.testing.contract_events",
+    "pyergon.testing.contract_flows",
+    "pyergon.testing.contract_queue",
+    "pyergon.testing.contract_races",
+    "pyergon.testing.contract_reads",
+    "pyergon.testing.contract_records",
+    "pyergon.testing.contract_runs",
+)
+
+from pyergon.clock import ManualClock  # noqa: E402 - after the rewrite registration above
+from pyergon.testing.contract_events import EventContract  # noqa: E402
+from pyergon.testing.contract_flows import FlowContract  # noqa: E402
+from pyergon.testing.contract_queue import QueueContract  # noqa: E402
+from pyergon.testing.contract_races import RaceContract  # noqa: E402
+from pyergon.testing.contract_reads import ReadContract  # noqa: E402
+from pyergon.testing.contract_records import RecordContract  # noqa: E402
+from pyergon.testing.contract_runs import RunContract  # noqa: E402
+from pyergon.testing.factories import (  # noqa: E402
+    make_flow,
+    make_invocation,
+    make_signal,
+    sample_errors,
+)
+
+__all__ = [
+    "EventContract",
+    "FlowContract",
+    "ManualClock",
+    "QueueContract",
+    "RaceContract",
+    "ReadContract",
+    "RecordContract",
+    "RunContract",
+    "StorageContract",
+    "make_flow",
+    "make_invocation",
+    "make_signal",
+    "sample_errors",
+]
+
+
+class StorageContract(
+    FlowContract,
+    RecordContract,
+    QueueContract,
+    RunContract,
+    EventContract,
+    RaceContract,
+    ReadContract,
+):
+    """Every contract test; a subclass named ``Test...`` with a ``storage`` fixture runs them.
+
+    The parts can also be run alone by subclassing one of them:
+
+    * :class:`FlowContract`: creating and reading flows; writes under version guards.
+    * :class:`RecordContract`: records (first writer wins, conflicts), forgotten failures,
+      signals.
+    * :class:`QueueContract`: claims, leases, timers and wake-ups.
+    * :class:`RunContract`: a run leaving its flow, through
+      :class:`~pyergon.storage.flows.HeldFlow`.
+    * :class:`EventContract`: cancel requests, signals and requeues from outside a run.
+    * :class:`RaceContract`: concurrent callers and events that meet between read and apply.
+    * :class:`ReadContract`: listings, pages, counts, deletes and reset.
+    """

@@ -1,0 +1,137 @@
+"""Steps the contract tests share: hold a flow, store records, write a flow, drain wake-ups."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+import pytest
+
+from pyergon.core.changes import Applied, Change, FlowWrite
+from pyergon.core.records import Invocation, ScheduledFlow
+from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.storage.base import ClaimedRun, ExecutionLog
+from pyergon.storage.flows import HeldFlow
+from pyergon.testing.factories import make_flow, make_invocation, sample_errors
+
+FINAL = (TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CANCELLED)
+NO_LEASE = (None, None, None)
+
+each_error = pytest.mark.parametrize("error", sample_errors(), ids=["no-payload", "payload"])
+"""Run a test once per shape of stored error."""
+
+
+def lease_of(flow: ScheduledFlow) -> tuple[str | None, str | None, float | None]:
+    """The lease fields of ``flow``: owner, token and expiry."""
+    return (flow.lease_owner, flow.lease_token, flow.lease_expires_at)
+
+
+async def stored(storage: ExecutionLog, flow_id: str) -> ScheduledFlow:
+    """Read a flow that must exist."""
+    flow = await storage.get_flow(flow_id)
+    assert flow is not None, f"flow {flow_id!r} is not stored"
+    return flow
+
+
+async def claim(
+    storage: ExecutionLog,
+    worker_id: str = "worker-a",
+    flow_types: Collection[str] = ("Order",),
+    *,
+    limit: int = 10,
+    lease_seconds: float = 30.0,
+    now: float = 1_000.0,
+    due_by: float | None = None,
+) -> list[ClaimedRun]:
+    """Claim with the defaults most tests use."""
+    return await storage.claim(
+        worker_id, flow_types, limit=limit, lease_seconds=lease_seconds, now=now, due_by=due_by
+    )
+
+
+async def claim_ids(
+    storage: ExecutionLog,
+    worker_id: str = "worker-a",
+    flow_types: Collection[str] = ("Order",),
+    *,
+    limit: int = 10,
+    lease_seconds: float = 30.0,
+    now: float = 1_000.0,
+    due_by: float | None = None,
+) -> list[str]:
+    """The ids of the flows one claim takes, in the order it returns them."""
+    runs = await claim(
+        storage,
+        worker_id,
+        flow_types,
+        limit=limit,
+        lease_seconds=lease_seconds,
+        now=now,
+        due_by=due_by,
+    )
+    return [run.flow.flow_id for run in runs]
+
+
+async def hold(
+    storage: ExecutionLog,
+    flow_id: str = "flow-1",
+    *,
+    worker_id: str = "worker-a",
+    now: float = 1_000.0,
+    **fields: object,
+) -> HeldFlow:
+    """Store a ``PENDING`` flow and let ``worker_id`` claim it (a 30 s lease from ``now``)."""
+    await storage.create_flow(make_flow(flow_id, **fields))
+    return await take(storage, flow_id, worker_id=worker_id, now=now)
+
+
+async def take(
+    storage: ExecutionLog, flow_id: str, *, worker_id: str = "worker-a", now: float = 1_000.0
+) -> HeldFlow:
+    """Claim the one runnable flow ``flow_id`` and hold it as its run does."""
+    runs = await claim(storage, worker_id, limit=1, now=now)
+    assert [run.flow.flow_id for run in runs] == [flow_id], "another flow was claimed first"
+    return HeldFlow(storage, runs[0].flow, runs[0].flow.lease_token)
+
+
+async def store(storage: ExecutionLog, *records: Invocation) -> Applied:
+    """Store records alone (first writer wins)."""
+    return await storage.apply(Change(records=records))
+
+
+async def write(
+    storage: ExecutionLog,
+    flow_id: str,
+    changes: Mapping[str, object] | None = None,
+    *,
+    expected_version: int | None = None,
+    only_if_status: Collection[TaskStatus] | None = None,
+    notify: bool = False,
+) -> Applied:
+    """Apply one write of a flow's fields."""
+    statuses = None if only_if_status is None else frozenset(only_if_status)
+    flow_write = FlowWrite(flow_id, dict(changes or {}), expected_version, statuses)
+    return await storage.apply(Change(writes=(flow_write,), notify=notify))
+
+
+async def drain(storage: ExecutionLog) -> None:
+    """Consume wake-ups that setting a test up caused, so the test sees only its own."""
+    await storage.wait_for_work(timeout=0.05)
+
+
+def waiting_for(signal_name: str, *, flow_id: str = "flow-1", sequence: int = 2) -> Invocation:
+    """A record of a flow waiting for the signal ``signal_name``."""
+    return make_invocation(
+        sequence,
+        flow_id=flow_id,
+        kind=OperationKind.SIGNAL,
+        name=signal_name,
+        args_hash="",
+        status=InvocationStatus.WAITING_FOR_SIGNAL,
+    )
+
+
+def done(sequence: int, result: bytes = b"ok", *, flow_id: str = "flow-1") -> Invocation:
+    """A completed step record at ``sequence``."""
+    return make_invocation(
+        sequence, flow_id=flow_id, status=InvocationStatus.COMPLETE, result=result, attempts=1
+    )
