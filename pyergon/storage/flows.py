@@ -203,7 +203,9 @@ class HeldFlow:
             What was applied; on a record conflict the flow was not changed.
         """
         flow: ScheduledFlow | None = self.flow
-        woken = False
+        # What a suspension waits for may have come before this run's copy of the flow was
+        # taken (the run looked earlier); what comes later moves the version on.
+        woken = await self._wait_is_over(end)
         for _ in range(_MAX_ROUNDS):
             if not holds(flow, self.lease_token):
                 self.lost = True
@@ -216,11 +218,13 @@ class HeldFlow:
                     self.flow = transition.flow
                 return applied
             flow = await self.storage.get_flow(self.flow_id)
-            woken = end.status is TaskStatus.SUSPENDED and await self._wait_is_over(end)
+            woken = await self._wait_is_over(end)
         raise _contended(self.flow_id)
 
     async def _wait_is_over(self, end: RunEnd) -> bool:
-        """Whether a signal or child that ``end`` would wait for has arrived or finished."""
+        """Whether a signal or child that a suspending ``end`` waits for arrived or finished."""
+        if end.status is not TaskStatus.SUSPENDED:
+            return False
         if end.waiting_signals:
             stored = {signal.name for signal in await self.storage.list_signals(self.flow_id)}
             if stored.intersection(end.waiting_signals):
