@@ -10,30 +10,55 @@ In IPython or Jupyter, ``%load_ext pyergon`` adds the ``%pyergon`` magic.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pyergon.context import current_idempotency_key as idempotency_key
 from pyergon.core import Completed, FlowOutcome, RetryPolicy, Suspended
 from pyergon.decorators import flow, flow_type, step
 from pyergon.determinism import now, random, uuid4
-from pyergon.errors import PyergonError, RetryableError
+from pyergon.errors import (
+    ChildFlowError,
+    FlowCancelledError,
+    FlowNotFoundError,
+    FlowStateError,
+    NonDeterminismError,
+    PyergonError,
+    RetryableError,
+    SerializationError,
+    StepFailedError,
+    StepTimeoutError,
+    StorageError,
+)
 from pyergon.executor.executor import Executor
 from pyergon.executor.scheduler import Scheduler
 from pyergon.executor.signal import await_external_signal, send_signal
 from pyergon.executor.timer import schedule_timer, schedule_timer_named
 from pyergon.executor.worker import Worker, WorkerHandle
+from pyergon.storage.url import open_storage
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
+    from pyergon.notebook.session import Session
+
 __all__ = [
+    "ChildFlowError",
     "Completed",
     "Executor",
+    "FlowCancelledError",
+    "FlowNotFoundError",
     "FlowOutcome",
+    "FlowStateError",
+    "NonDeterminismError",
     "PyergonError",
     "RetryPolicy",
     "RetryableError",
     "Scheduler",
+    "SerializationError",
+    "Session",
+    "StepFailedError",
+    "StepTimeoutError",
+    "StorageError",
     "Suspended",
     "Worker",
     "WorkerHandle",
@@ -44,6 +69,7 @@ __all__ = [
     "idempotency_key",
     "load_ipython_extension",
     "now",
+    "open_storage",
     "random",
     "schedule_timer",
     "schedule_timer_named",
@@ -71,3 +97,12 @@ def unload_ipython_extension(ipython: InteractiveShell) -> None:
     from pyergon.notebook.magics import unload_ipython_extension as unload
 
     unload(ipython)
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``Session`` on first use: it needs the notebook extra (pandas, IPython)."""
+    if name == "Session":
+        from pyergon.notebook.session import Session
+
+        return Session
+    raise AttributeError(f"module 'pyergon' has no attribute {name!r}")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pyergon.clock import Clock
+from pyergon.core.changes import Change
 from pyergon.core.outcome import SuspendReason
 from pyergon.core.records import Invocation, format_position
 from pyergon.core.retry import RetryPolicy
@@ -27,8 +28,9 @@ from pyergon.serialization import Serializer, dumps_for
 if TYPE_CHECKING:
     from pyergon.core.outcome import FlowOutcome
     from pyergon.core.records import ScheduledFlow
+    from pyergon.core.transitions import RunEnd
     from pyergon.storage.base import ExecutionLog
-    from pyergon.storage.progress import FlowTransition
+    from pyergon.storage.flows import HeldFlow
 
 __all__ = [
     "Cancellation",
@@ -276,14 +278,20 @@ class FlowContext:
         with contextlib.suppress(Exception, LogConflict):  # the next save raises it again
             await self.save()
 
-    async def save(self, transition: FlowTransition | None = None) -> ScheduledFlow | None:
-        """Store the unsaved records, then ``transition`` if given, as one storage change.
+    async def save(
+        self, end: RunEnd | None = None, held: HeldFlow | None = None
+    ) -> ScheduledFlow | None:
+        """Store the unsaved records, then leave ``held`` as ``end`` says, as one change.
 
         Saves of concurrent operations of one flow happen one after another, so a caller
         returns only once everything kept before its call is stored.
 
+        Args:
+            end: How the run leaves its flow; ``None`` stores only the records.
+            held: The flow the run holds; required with ``end``.
+
         Returns:
-            The flow after the transition (``None`` without one, or if it was refused).
+            The flow after ``end`` (``None`` without one, or if the run no longer holds it).
 
         Raises:
             LogConflict: A record was already stored differently (now or by an earlier save of
@@ -304,11 +312,15 @@ class FlowContext:
             raise LogConflict(f"flow {self.flow_id!r}: the stored log moved on; run again")
         records, self.unsaved = self.unsaved, []
         self.unsaved_results = False
-        if not records and transition is None:
+        if not records and end is None:
             return None
         self._saving = True
         try:
-            saved = await self.storage.save_progress(self.flow_id, records, transition)
+            if end is None:
+                saved = await self.storage.apply(Change(records=tuple(records)))
+            else:
+                assert held is not None, "a run's end is written to the flow it holds"
+                saved = await held.leave(records, end)
         except Exception as error:
             # What this save stored is unknown: no later save of the run may build on it.
             self.save_failure = error
@@ -327,14 +339,16 @@ class FlowContext:
                     waiter.set_result(None)
         for stored in saved.records:
             self.log[(stored.sequence, stored.sub_sequence)] = stored
-        if saved.conflict:
+        if saved.record_conflict:
             self.conflicted = True
             stored = saved.records[-1]
             raise LogConflict(
                 f"{self.describe((stored.sequence, stored.sub_sequence))} was recorded by "
                 "another run first; running again from the stored log"
             )
-        return saved.flow
+        if end is None or held is None or held.lost:
+            return None
+        return held.flow
 
     def dumps(self, value: Any, what: str | Callable[[], str]) -> bytes:
         """Serialize ``value``, naming ``what`` it is in any error."""

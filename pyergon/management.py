@@ -16,9 +16,11 @@ from typing import Any
 
 from pyergon.clock import Clock, SystemClock
 from pyergon.context import FlowContext, ReplayEnded
+from pyergon.core.changes import Change
 from pyergon.core.outcome import Completed, FlowOutcome
 from pyergon.core.records import Invocation, ScheduledFlow, format_position
 from pyergon.core.status import TaskStatus
+from pyergon.core.transitions import RunEnd
 from pyergon.decorators import flow_entry, require_flow_class
 from pyergon.errors import (
     FlowDefinitionError,
@@ -31,8 +33,8 @@ from pyergon.executor.inputs import decode_flow
 from pyergon.executor.runner import FLOW_RETRY_SEQUENCE, FlowRun, drive_flow, reopen_failed_work
 from pyergon.serialization import Serializer, default_serializer
 from pyergon.storage.base import ExecutionLog
+from pyergon.storage.flows import request_cancel, requeue, save_records
 from pyergon.storage.memory import InMemoryExecutionLog
-from pyergon.storage.progress import FlowTransition
 
 __all__ = ["Divergence", "FlowManager", "ReplayResult"]
 
@@ -165,7 +167,7 @@ class FlowManager:
             raise FlowStateError(
                 flow_id, f"flow {flow_id!r} is already {flow.status.value}; nothing to cancel"
             )
-        cancelled = await self.storage.request_cancel(flow_id)
+        cancelled = await request_cancel(self.storage, flow_id)
         if cancelled is None:
             raise FlowNotFoundError(flow_id)
         if cancelled.status.is_final and cancelled.status is not TaskStatus.CANCELLED:
@@ -204,9 +206,7 @@ class FlowManager:
                 f"flow {flow_id!r} is running on worker {flow.lease_owner!r} (lease valid for "
                 f"{lease_until - self.clock.now():.0f} s more); cancel it first or wait",
             )
-        resumed = await self.storage.update_flow(
-            flow_id, status=TaskStatus.PENDING, wake_at=None, expected_status=[flow.status]
-        )
+        resumed = await requeue(self.storage, flow_id, from_statuses=(flow.status,))
         if resumed is None:
             raise FlowStateError(flow_id, f"flow {flow_id!r} changed state meanwhile; try again")
         return resumed
@@ -233,14 +233,11 @@ class FlowManager:
                 "be retried",
             )
         await reopen_failed_work(self.storage, flow_id)
-        retried = await self.storage.update_flow(
+        retried = await requeue(
+            self.storage,
             flow_id,
-            status=TaskStatus.PENDING,
-            error=None,
-            result=None,
-            wake_at=None,
-            attempt=1,
-            expected_status=retryable,
+            from_statuses=retryable,
+            fields={"error": None, "result": None, "attempt": 1},
         )
         if retried is None:
             raise FlowStateError(flow_id, f"flow {flow_id!r} changed state meanwhile; try again")
@@ -290,9 +287,10 @@ class FlowManager:
         validate_flow_id(target)
         if await self.storage.get_flow(target) is not None:
             raise FlowStateError(target, f"flow {target!r} already exists; choose another id")
-        for record in records:
-            if record.sequence <= from_step:
-                await self.storage.record_invocation(_moved(record, target))
+        await save_records(
+            self.storage,
+            [_moved(record, target) for record in records if record.sequence <= from_step],
+        )
         # The flow record comes last: a fork interrupted half-way leaves no runnable flow.
         now = self.clock.now()
         await self.storage.create_flow(
@@ -341,10 +339,8 @@ class FlowManager:
         records = await self.storage.load_invocations(flow_id)
         copy = InMemoryExecutionLog()
         await copy.create_flow(flow.replace(status=TaskStatus.RUNNING))
-        for record in records:
-            await copy.record_invocation(record)
-        for signal in await self.storage.list_signals(flow_id):
-            await copy.store_signal(signal)
+        signals = await self.storage.list_signals(flow_id)
+        await copy.apply(Change(records=tuple(records), signals=tuple(signals)))
         contexts: list[FlowContext] = []
         run = FlowRun(
             flow=instance,
@@ -406,6 +402,6 @@ async def _no_live_children(*_args: object) -> FlowOutcome:  # pragma: no cover 
 class _DiscardingWriter:
     """A replay writes nothing back: its records and every state change are dropped."""
 
-    async def write(self, context: FlowContext, transition: FlowTransition) -> None:
-        del transition
+    async def write(self, context: FlowContext, end: RunEnd) -> None:
+        del end
         context.discard_unsaved()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
@@ -19,8 +18,6 @@ __all__ = ["ABSENT", "Applied", "Change", "FlowWrite", "stored_as_given"]
 
 ABSENT = 0
 """The ``expected_version`` of a write decided on a flow that did not exist."""
-
-_NO_CHANGES: Mapping[str, object] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +37,7 @@ class FlowWrite:
     """
 
     flow_id: str
-    changes: Mapping[str, object] = _NO_CHANGES
+    changes: Mapping[str, object] = field(default_factory=dict)
     expected_version: int | None = None
     only_if_status: frozenset[TaskStatus] | None = None
 

@@ -75,10 +75,14 @@ class RunEnd:
     Attributes:
         status: The status the run ends in (not ``RUNNING``).
         fields: Other fields it sets: ``result``, ``error``, ``wake_at``, ``attempt``.
+        waiting_signals: For a suspension, the signals the flow waits for.
+        waiting_children: For a suspension, the child flows it waits for.
     """
 
     status: TaskStatus
     fields: Mapping[str, object] = field(default_factory=dict)
+    waiting_signals: tuple[str, ...] = ()
+    waiting_children: tuple[str, ...] = ()
 
 
 def _status_changes(flow: ScheduledFlow, status: TaskStatus, at: float) -> dict[str, object]:
@@ -227,8 +231,8 @@ def leave_run(
         status: The status the run ends in (not ``RUNNING``).
         fields: Other fields the run sets (``result``, ``error``, ``wake_at``, ``attempt``).
         at: Wall-clock time for ``updated_at``.
-        woken: The flow moved on while it ran (a signal arrived, a child finished or someone
-            touched it): one that would suspend goes back to the queue instead, and its next
+        woken: What the run would wait for arrived while it ended (a signal stored, a child
+            finished): a flow that would suspend goes back to the queue instead, and its next
             run finds what arrived.
 
     Rules: the lease is dropped; a flow whose cancellation was requested ends ``CANCELLED``

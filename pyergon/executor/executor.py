@@ -8,6 +8,7 @@ operation that has no final record. Child flows run inline, each as a flow of it
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
@@ -16,13 +17,14 @@ from pyergon.context import Cancellation, FlowContext, Position
 from pyergon.core.outcome import FlowOutcome
 from pyergon.core.records import ScheduledFlow, format_position
 from pyergon.core.status import TaskStatus
+from pyergon.core.transitions import RunEnd
 from pyergon.decorators import flow_entry, require_flow_instance
 from pyergon.errors import InvalidFlowIdError, NonDeterminismError, PyergonError
 from pyergon.executor.inputs import encode_flow
 from pyergon.executor.runner import FlowRun, drive_flow, stored_outcome
 from pyergon.serialization import Serializer, default_serializer
 from pyergon.storage.base import ExecutionLog
-from pyergon.storage.progress import FlowTransition
+from pyergon.storage.flows import HeldFlow, start_direct_run
 
 __all__ = ["Executor", "validate_flow_id"]
 
@@ -52,7 +54,8 @@ class Executor(Generic[F]):
     Args:
         flow: An instance of a ``@flow_type`` dataclass; its fields are stored as inputs.
         storage: A connected storage backend.
-        flow_id: The flow's unique id; running the same id again resumes that flow.
+        flow_id: The flow's unique id; running the same id again resumes that flow. Without
+            one, a new id (a random UUID) is made; read it from ``executor.flow_id``.
         serializer: How results are stored; defaults to
             :func:`~pyergon.serialization.default_serializer`.
         clock: Time source for timers; defaults to the system clock.
@@ -69,7 +72,7 @@ class Executor(Generic[F]):
         self,
         flow: F,
         storage: ExecutionLog,
-        flow_id: str,
+        flow_id: str | None = None,
         *,
         serializer: Serializer | None = None,
         clock: Clock | None = None,
@@ -79,7 +82,7 @@ class Executor(Generic[F]):
         self.type_name = require_flow_instance(flow)
         self.flow = flow
         self.storage = storage
-        self.flow_id = validate_flow_id(flow_id)
+        self.flow_id = str(uuid.uuid4()) if flow_id is None else validate_flow_id(flow_id)
         self.serializer = serializer or default_serializer()
         self.clock = clock or SystemClock()
         self._parent = parent
@@ -105,8 +108,8 @@ class Executor(Generic[F]):
                 records. The flow keeps the status it had, so the code that wrote the log can
                 still finish it.
         """
-        stored, created = await self._load_or_create()
-        if stored.status.is_final:
+        stored, held, created = await self._load_or_create()
+        if held is None:
             return stored_outcome(stored, self.serializer)
         try:
             return await drive_flow(
@@ -118,7 +121,7 @@ class Executor(Generic[F]):
                     clock=self.clock,
                     entry=entry,
                     run_child=self._run_child,
-                    writer=_DirectWriter(),
+                    writer=_DirectWriter(held),
                     attempt=stored.attempt,
                     log={} if created else None,
                     cancellation=self._cancellation
@@ -126,10 +129,15 @@ class Executor(Generic[F]):
                 )
             )
         except NonDeterminismError:
-            await self.storage.update_flow(self.flow_id, status=stored.status)
+            if stored.status is not TaskStatus.RUNNING:  # put it back as it was
+                await held.leave((), RunEnd(stored.status, {"wake_at": stored.wake_at}))
             raise
 
-    async def _load_or_create(self) -> tuple[ScheduledFlow, bool]:
+    async def _load_or_create(self) -> tuple[ScheduledFlow, HeldFlow | None, bool]:
+        """Return the flow as stored before this run, what this run holds, and if it is new.
+
+        A final flow is held by no run.
+        """
         payload = encode_flow(self.serializer, self.flow, self.type_name)
         now = self.clock.now()
         parent_id, parent_position = self._parent if self._parent else (None, None)
@@ -150,11 +158,13 @@ class Executor(Generic[F]):
                 f"flow id {self.flow_id!r} already belongs to a flow of type "
                 f"{stored.flow_type!r}, not {self.type_name!r}; choose another flow id"
             )
-        if not created and not stored.status.is_final and stored.status is not TaskStatus.RUNNING:
-            # The record from before this change is returned: a run stopped by a
-            # NonDeterminismError puts the flow back in the status it had.
-            await self.storage.update_flow(self.flow_id, status=TaskStatus.RUNNING)
-        return stored, created
+        if created:
+            return stored, HeldFlow(self.storage, stored, None), True
+        running = await start_direct_run(self.storage, self.flow_id)
+        if running is None or running.status.is_final:
+            return running or stored, None, False
+        # A flow left RUNNING by a run that died is run as it is, under whatever it holds.
+        return stored, HeldFlow(self.storage, running, running.lease_token), False
 
     async def _run_child(
         self, child: object, child_id: str, parent: FlowContext, position: Position
@@ -205,5 +215,8 @@ class PolledCancellation:
 class _DirectWriter:
     """Writes the flow's state without a lease: the direct executor owns the flow."""
 
-    async def write(self, context: FlowContext, transition: FlowTransition) -> None:
-        await context.save(transition)
+    def __init__(self, held: HeldFlow) -> None:
+        self._held = held
+
+    async def write(self, context: FlowContext, end: RunEnd) -> None:
+        await context.save(end, self._held)

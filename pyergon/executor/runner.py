@@ -26,9 +26,11 @@ from pyergon.context import (
     ReplayEnded,
     flow_scope,
 )
+from pyergon.core.changes import Change
 from pyergon.core.outcome import Completed, FlowOutcome, Suspended, SuspendReason
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.core.transitions import RunEnd
 from pyergon.errors import (
     FlowCancelledError,
     NonDeterminismError,
@@ -42,7 +44,7 @@ from pyergon.serialization import (
     serialize_exception,
 )
 from pyergon.storage.base import ExecutionLog
-from pyergon.storage.progress import FlowTransition
+from pyergon.storage.flows import requeue, save_records
 
 __all__ = [
     "FLOW_RETRY_SEQUENCE",
@@ -62,8 +64,8 @@ FLOW_RETRY_SEQUENCE = 0
 class FlowStateWriter(Protocol):
     """Writes the state a run leaves its flow in, together with the run's unsaved records."""
 
-    async def write(self, context: FlowContext, transition: FlowTransition) -> None:
-        """Save ``context``'s unsaved records and then ``transition`` (``context.save``).
+    async def write(self, context: FlowContext, end: RunEnd) -> None:
+        """Save ``context``'s unsaved records and leave the flow as ``end`` says.
 
         Raises:
             LogConflict: A record was stored differently by another run; nothing was written.
@@ -154,7 +156,7 @@ async def _attempt(run: FlowRun, context: FlowContext, attempt: int) -> FlowOutc
     """Run one attempt; return its outcome, or the next attempt's number to run it at once."""
     backoff = await _backoff_in_progress(run, context)
     if backoff is not None:
-        await run.writer.write(context, _suspended(backoff.fire_at, (), (), attempt))
+        await run.writer.write(context, _suspended(backoff.fire_at, attempt))
         return Suspended(run.flow_id, SuspendReason.RETRY, (backoff.name,), backoff.fire_at)
     if run.observe is not None:
         run.observe(context)
@@ -187,34 +189,38 @@ async def _attempt(run: FlowRun, context: FlowContext, attempt: int) -> FlowOutc
             return Completed(run.flow_id, error=error, status=TaskStatus.FAILED)
         if delay > 0:
             wake_at = run.clock.now() + delay
-            await run.writer.write(context, _suspended(wake_at, (), (), attempt + 1))
+            await run.writer.write(context, _suspended(wake_at, attempt + 1))
             name = f"retry-after-attempt-{attempt}"
             return Suspended(run.flow_id, SuspendReason.RETRY, (name,), wake_at)
         return attempt + 1
     if context.suspensions:
         return await _suspend(run, context, attempt)
     await run.writer.write(
-        context,
-        FlowTransition(TaskStatus.COMPLETE, result=payload, wake_at=None, attempt=attempt),
+        context, RunEnd(TaskStatus.COMPLETE, {"result": payload, "attempt": attempt})
     )
     return Completed(run.flow_id, result=result)
 
 
-def _final(
-    status: TaskStatus, attempt: int, *, error: StoredError | BaseException
-) -> FlowTransition:
-    """The transition to a final status with an error."""
+def _final(status: TaskStatus, attempt: int, *, error: StoredError | BaseException) -> RunEnd:
+    """The end of a run in a final status with an error."""
     stored = error if isinstance(error, StoredError) else StoredError.describe(error)
-    return FlowTransition(status, error=stored, wake_at=None, attempt=attempt)
+    return RunEnd(status, {"error": stored, "attempt": attempt})
 
 
 def _suspended(
-    wake_at: float | None, signals: Collection[str], children: Collection[str], attempt: int
-) -> FlowTransition:
-    return FlowTransition(
+    wake_at: float | None,
+    attempt: int,
+    signals: Collection[str] = (),
+    children: Collection[str] = (),
+) -> RunEnd:
+    """The end of a run that waits: until ``wake_at`` if given, for signals or children.
+
+    A signal or child that arrives while the run ends moves the flow's version on; the end is
+    then decided again and requeues the flow instead (see ``HeldFlow.leave``).
+    """
+    return RunEnd(
         TaskStatus.SUSPENDED,
-        wake_at=wake_at,
-        attempt=attempt,
+        {"wake_at": wake_at, "attempt": attempt},
         waiting_signals=tuple(signals),
         waiting_children=tuple(children),
     )
@@ -235,18 +241,17 @@ async def reopen_failed_work(storage: ExecutionLog, flow_id: str) -> None:
     is put back in the queue with its own failed records cleared, so the parent's next run
     waits for a fresh attempt of the child instead of replaying the child's old failure.
     """
-    await storage.delete_failed_invocations(flow_id)
+    await storage.apply(Change(forget_failed=(flow_id,)))
     failed_children = await storage.list_flows(
         parent_flow_id=flow_id, status=TaskStatus.FAILED, limit=10_000
     )
     for child in failed_children:
         await reopen_failed_work(storage, child.flow_id)
-        await storage.update_flow(
+        await requeue(
+            storage,
             child.flow_id,
-            status=TaskStatus.PENDING,
-            error=None,
-            attempt=1,
-            expected_status=[TaskStatus.FAILED],
+            from_statuses=(TaskStatus.FAILED,),
+            fields={"error": None, "attempt": 1},
         )
 
 
@@ -334,9 +339,10 @@ async def _backoff_in_progress(run: FlowRun, context: FlowContext) -> Invocation
             continue
         if now < record.fire_at:
             return record
-        log[position] = await run.storage.record_invocation(
-            record.replace(status=InvocationStatus.COMPLETE, completed_at=now)
+        saved = await save_records(
+            run.storage, [record.replace(status=InvocationStatus.COMPLETE, completed_at=now)]
         )
+        log[position] = saved.records[0]
     return None
 
 
@@ -354,19 +360,22 @@ async def _plan_retry(
     await reopen_failed_work(run.storage, run.flow_id)
     now = run.clock.now()
     waiting = delay > 0
-    await run.storage.record_invocation(
-        Invocation(
-            flow_id=run.flow_id,
-            sequence=FLOW_RETRY_SEQUENCE,
-            sub_sequence=attempt,
-            kind=OperationKind.TIMER,
-            name=f"retry-after-attempt-{attempt}",
-            status=InvocationStatus.WAITING_FOR_TIMER if waiting else InvocationStatus.COMPLETE,
-            started_at=now,
-            fire_at=now + delay,
-            completed_at=None if waiting else now,
-            error=StoredError.describe(error),
-        )
+    await save_records(
+        run.storage,
+        [
+            Invocation(
+                flow_id=run.flow_id,
+                sequence=FLOW_RETRY_SEQUENCE,
+                sub_sequence=attempt,
+                kind=OperationKind.TIMER,
+                name=f"retry-after-attempt-{attempt}",
+                status=InvocationStatus.WAITING_FOR_TIMER if waiting else InvocationStatus.COMPLETE,
+                started_at=now,
+                fire_at=now + delay,
+                completed_at=None if waiting else now,
+                error=StoredError.describe(error),
+            )
+        ],
     )
     return delay
 
@@ -377,7 +386,7 @@ async def _suspend(run: FlowRun, context: FlowContext, attempt: int) -> Suspende
     wake_at = min(wake_times) if wake_times else None
     signals = [s.waiting_on for s in suspensions if s.reason is SuspendReason.SIGNAL]
     children = [s.waiting_on for s in suspensions if s.reason is SuspendReason.CHILD]
-    await run.writer.write(context, _suspended(wake_at, signals, children, attempt))
+    await run.writer.write(context, _suspended(wake_at, attempt, signals, children))
     return Suspended(
         run.flow_id,
         suspensions[0].reason,

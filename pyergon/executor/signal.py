@@ -13,6 +13,7 @@ from pyergon.errors import FlowNotFoundError, FlowStateError, InvalidFlowIdError
 from pyergon.executor.steps import replay_final
 from pyergon.serialization import Serializer, default_serializer, dumps_for
 from pyergon.storage.base import ExecutionLog
+from pyergon.storage.flows import deliver_signal, find_signal
 
 __all__ = ["await_external_signal", "send_signal"]
 
@@ -47,7 +48,7 @@ async def _receive(context: FlowContext, position: Position, name: str) -> Any:
         return replay_final(context, record)
     await context.before_live_work(position)
     now = context.clock.now()
-    signal = await context.storage.get_signal(context.flow_id, name)
+    signal = await find_signal(context.storage, context.flow_id, name)
     if signal is not None:
         # A flow's signal of one name keeps its first value, so whoever records it records the
         # same; replay receives it again if this write is lost.
@@ -65,7 +66,8 @@ async def _receive(context: FlowContext, position: Position, name: str) -> Any:
         context.keep(received, replayable=True)
         return replay_final(context, received)
     if record is None:
-        # Stored with the suspension, which wakes at once if the signal came meanwhile.
+        # Stored with the suspension; a signal that comes meanwhile moves the flow's version
+        # on, so the suspension is decided again and the flow requeued.
         context.keep(
             Invocation(
                 flow_id=context.flow_id,
@@ -123,7 +125,7 @@ async def send_signal(
     if flow is None:
         raise FlowNotFoundError(flow_id)
     if flow.status.is_final:
-        if await storage.get_signal(flow_id, name) is not None:
+        if await find_signal(storage, flow_id, name) is not None:
             return False  # a repeated delivery of a signal the flow had: still idempotent
         raise FlowStateError(
             flow_id,
@@ -131,7 +133,7 @@ async def send_signal(
             "never be read",
         )
     signal = SignalRecord(flow_id, name, payload, time.time() if sent_at is None else sent_at)
-    return await storage.store_signal(signal)
+    return await deliver_signal(storage, signal)
 
 
 def _check_signal_name(name: str) -> None:

@@ -11,25 +11,32 @@ the earliest timer is due; it does not poll on a fixed beat.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pyergon.clock import Clock, SystemClock
-from pyergon.context import FlowContext, LogConflict, Position
+from pyergon.context import FlowContext, Position
 from pyergon.core.outcome import FlowOutcome, Suspended, SuspendReason
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError, format_position
 from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import NonDeterminismError, PyergonError
 from pyergon.executor.inputs import decode_flow, encode_flow
+from pyergon.executor.leases import (
+    DONE,
+    Backoff,
+    CancelFlag,
+    Claim,
+    LeaseWriter,
+    release_quietly,
+)
 from pyergon.executor.runner import FlowRun, drive_flow, log_by_position, stored_outcome
 from pyergon.serialization import Serializer, default_serializer, serialize_exception
 from pyergon.storage.base import ClaimedRun, ExecutionLog, wait_for_event
-from pyergon.storage.progress import FlowTransition
+from pyergon.storage.flows import HeldFlow
 
 __all__ = ["Worker", "WorkerHandle"]
 
@@ -40,9 +47,6 @@ _IDLE_WAIT = 1.0
 
 _CANCEL_CHECK_INTERVAL = 0.02
 """Least seconds between two looks for cancellation requests of running flows."""
-
-_MAX_BACKOFF = 5.0
-"""Longest pause between attempts while the storage cannot be reached."""
 
 _RETRY_AFTER_FAILURE = 0.5
 """Seconds a flow whose run failed for a reason outside its code waits before it runs again;
@@ -102,11 +106,11 @@ class Worker:
         self._registry: dict[str, type] = {}
         self._entries: dict[str, str] = {}
         """The name of each registered type's ``@flow`` method."""
-        self._running: dict[str, _Claim] = {}
+        self._running: dict[str, Claim] = {}
         self._kick = asyncio.Event()
         self._stopping = False
         self.on_error = on_error
-        self._claim_backoff = _Backoff(worker_id, "claiming flows", self._report)
+        self._claim_backoff = Backoff(worker_id, "claiming flows", self._report)
         self._cancels_checked_at = 0.0
         self._failed_runs: dict[str, int] = {}
         """Runs in a row that failed outside the flow's code, by flow id (reset by a good run)."""
@@ -129,8 +133,11 @@ class Worker:
         """Names of the flow types this worker runs."""
         return sorted(self._registry)
 
-    async def register(self, flow_class: type) -> None:
+    def register(self, flow_class: type) -> Awaitable[None]:
         """Run flows of ``flow_class`` on this worker; registering again replaces the class.
+
+        Takes effect at once. The return value may be awaited (``await
+        worker.register(Flow)``, as older code does) but need not be.
 
         Raises:
             FlowDefinitionError: The class is not a ``@flow_type`` dataclass with exactly one
@@ -140,6 +147,7 @@ class Worker:
         self._registry[name] = flow_class
         self._entries[name] = flow_entry(flow_class)[0]
         self._kick.set()
+        return DONE
 
     async def start(self) -> WorkerHandle:
         """Start serving on the running event loop and return a handle to stop it."""
@@ -211,7 +219,7 @@ class Worker:
 
     async def _listen(self) -> None:
         """Turn storage notifications into kicks of the serving loop."""
-        backoff = _Backoff(self.worker_id, "waiting for work", self._report)
+        backoff = Backoff(self.worker_id, "waiting for work", self._report)
         task = asyncio.current_task()
         while True:
             try:
@@ -263,30 +271,27 @@ class Worker:
 
     async def _claim(self, limit: int) -> list[ClaimedRun]:
         now = self.clock.now()
-        if self._lookahead and self.enable_timers:
-            return await self.storage.claim_runs(
-                self.worker_id,
-                self._registry,
-                limit=limit,
-                lease_seconds=self.lease_seconds,
-                now=now,
-                due_by=now + self._lookahead,
-            )
-        return await self.storage.claim_runs(
-            self.worker_id, self._registry, limit=limit, lease_seconds=self.lease_seconds, now=now
+        due_by = now + self._lookahead if self._lookahead and self.enable_timers else None
+        return await self.storage.claim(
+            self.worker_id,
+            self._registry,
+            limit=limit,
+            lease_seconds=self.lease_seconds,
+            now=now,
+            due_by=due_by,
         )
 
     def _start(self, claimed: ClaimedRun) -> None:
         """Run a flow this worker has just claimed, in a task of its own."""
         flow = claimed.flow
         assert flow.lease_token is not None  # a claim always sets the lease
-        writer = _LeaseWriter(self.storage, flow.flow_id, flow.lease_token)
-        cancel = _CancelFlag(flow.cancel_requested)
+        writer = LeaseWriter(HeldFlow(self.storage, flow, flow.lease_token))
+        cancel = CancelFlag(flow.cancel_requested)
         task = asyncio.create_task(
             self._run_claimed(flow, claimed.log, writer, cancel),
             name=f"pyergon-flow-{flow.flow_id}",
         )
-        self._running[flow.flow_id] = _Claim(writer, task, cancel)
+        self._running[flow.flow_id] = Claim(writer, task, cancel)
         task.add_done_callback(functools.partial(self._finished, flow.flow_id))
 
     def _finished(self, flow_id: str, task: asyncio.Task[None]) -> None:
@@ -328,22 +333,22 @@ class Worker:
         interval = self.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            for flow_id, claim in list(self._running.items()):
-                if not claim.active:
-                    continue
-                try:
-                    held = await self.storage.renew_lease(
-                        flow_id,
-                        claim.writer.lease_token,
-                        lease_seconds=self.lease_seconds,
-                        now=self.clock.now(),
-                    )
-                except Exception as error:
-                    logger.warning("worker %s could not renew leases: %s", self.worker_id, error)
-                    break
+            claims = {flow_id: claim for flow_id, claim in self._running.items() if claim.active}
+            if not claims:
+                continue
+            try:
+                held = await self.storage.renew_leases(
+                    {flow_id: claim.writer.lease_token for flow_id, claim in claims.items()},
+                    lease_seconds=self.lease_seconds,
+                    now=self.clock.now(),
+                )
+            except Exception as error:
+                logger.warning("worker %s could not renew leases: %s", self.worker_id, error)
+                continue
+            for flow_id, claim in claims.items():
                 # A release that went through while the renewal was under way also ends the
                 # lease; only a lease taken while the flow still runs here is lost.
-                if not held and claim.active:
+                if flow_id not in held and claim.active:
                     logger.warning(
                         "worker %s lost the lease on flow %r; stopping its run",
                         self.worker_id,
@@ -355,8 +360,8 @@ class Worker:
         self,
         flow: ScheduledFlow,
         records: list[Invocation] | None,
-        writer: _LeaseWriter,
-        cancel: _CancelFlag,
+        writer: LeaseWriter,
+        cancel: CancelFlag,
     ) -> None:
         try:
             cls = self._registry[flow.flow_type]
@@ -386,7 +391,7 @@ class Worker:
                 )
             )
         except asyncio.CancelledError:
-            await _release_quietly(writer, "cancelled")
+            await release_quietly(writer, "cancelled")
             raise
         except NonDeterminismError as error:
             # The code no longer matches the log; running it again would fail the same way.
@@ -411,7 +416,7 @@ class Worker:
                 error,
             )
             self._report(error, flow.flow_id)
-            await _release_quietly(writer, "failed", wake_at=self.clock.now() + delay)
+            await release_quietly(writer, "failed", wake_at=self.clock.now() + delay)
             return
         self._failed_runs.pop(flow.flow_id, None)
         if not isinstance(outcome, Suspended):
@@ -489,121 +494,3 @@ class WorkerHandle:
             error = self._serve.exception()
             if error is not None:
                 raise error
-
-
-class _LeaseWriter:
-    """Writes a claimed flow's state with its lease token.
-
-    Attributes:
-        lease_token: The token of the claim.
-        releasing: Whether a release has been started; from then on the lease is not renewed.
-    """
-
-    def __init__(self, storage: ExecutionLog, flow_id: str, lease_token: str) -> None:
-        self._storage = storage
-        self._flow_id = flow_id
-        self.lease_token = lease_token
-        self.releasing = False
-
-    async def write(self, context: FlowContext, transition: FlowTransition) -> None:
-        """Save the run's records and leave the flow in ``transition``'s state, if still held."""
-        self.releasing = True
-        try:
-            stored = await context.save(
-                dataclasses.replace(transition, lease_token=self.lease_token)
-            )
-        except LogConflict:
-            self.releasing = False  # the run goes on from the stored log, under this lease
-            raise
-        if stored is None:
-            self._lost(transition.status)
-
-    async def fail(self, error: StoredError, attempt: int) -> None:
-        """Fail a flow that cannot run (outside a run: no records to save)."""
-        await self._release(TaskStatus.FAILED, error=error, wake_at=None, attempt=attempt)
-
-    async def _release(self, status: TaskStatus, **changes: Any) -> None:
-        self.releasing = True
-        stored = await self._storage.release_flow(
-            self._flow_id, self.lease_token, status=status, **changes
-        )
-        if stored is None:
-            self._lost(status)
-
-    def _lost(self, status: TaskStatus) -> None:
-        logger.warning(
-            "flow %r: lease lost before it could be set %s; another worker holds it",
-            self._flow_id,
-            status.value,
-        )
-
-    async def give_back(self, wake_at: float | None = None) -> None:
-        """Release the flow to run again: at once, or (``SUSPENDED``) from ``wake_at`` on."""
-        if wake_at is None:
-            await self._release(TaskStatus.PENDING)
-        else:
-            await self._release(TaskStatus.SUSPENDED, wake_at=wake_at)
-
-
-@dataclasses.dataclass(slots=True)
-class _Claim:
-    """A flow this worker holds: how it writes under the lease and the task running it."""
-
-    writer: _LeaseWriter
-    task: asyncio.Task[None]
-    cancel: _CancelFlag
-
-    @property
-    def active(self) -> bool:
-        """Whether the flow still runs under this claim (not finished, not being released)."""
-        return not self.task.done() and not self.writer.releasing
-
-
-class _CancelFlag:
-    """Set by the worker when storage says the flow's cancellation was requested."""
-
-    def __init__(self, requested: bool = False) -> None:
-        self.requested_flag = requested
-
-    async def requested(self) -> bool:
-        """Whether the flow should stop at this step boundary."""
-        return self.requested_flag
-
-
-async def _release_quietly(writer: _LeaseWriter, why: str, *, wake_at: float | None = None) -> None:
-    try:
-        await asyncio.shield(writer.give_back(wake_at))
-    except Exception as error:
-        logger.warning("could not release a %s flow; its lease will expire: %s", why, error)
-
-
-class _Backoff:
-    """Retries with growing pauses while storage fails, logging once per outage."""
-
-    def __init__(
-        self,
-        worker_id: str,
-        doing: str,
-        report: Callable[[BaseException, str | None], None],
-    ) -> None:
-        self._worker_id = worker_id
-        self._doing = doing
-        self._report = report
-        self._delay = 0.0
-
-    async def failed(self, error: BaseException) -> None:
-        if self._delay == 0.0:
-            logger.warning(
-                "worker %s: storage failed while %s (%r); retrying with backoff",
-                self._worker_id,
-                self._doing,
-                error,
-            )
-            self._report(error, None)
-        self._delay = min(max(self._delay * 2, 0.05), _MAX_BACKOFF)
-        await asyncio.sleep(self._delay)
-
-    def succeeded(self) -> None:
-        if self._delay:
-            logger.warning("worker %s: storage is back (%s)", self._worker_id, self._doing)
-        self._delay = 0.0

@@ -26,7 +26,7 @@ from IPython.core.async_helpers import get_asyncio_loop
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from pyergon.cli import _non_negative_int, _positive
+from pyergon.cli.main import _non_negative_int, _positive
 from pyergon.notebook.session import Session
 from pyergon.notebook.sync import run_sync
 from pyergon.notebook.views import WorkerState
@@ -311,7 +311,7 @@ class PyergonMagics(Magics):
         _add(actions, "status", self._workers_status, "list the running workers")
 
     def _add_flows(self, subcommands: _Subcommands) -> None:
-        from pyergon.cli_manage import parse_status
+        from pyergon.cli.manage import parse_status
 
         flows = _add(subcommands, "flows", self._flows, "flows as a DataFrame, newest first")
         flows.add_argument(

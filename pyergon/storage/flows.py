@@ -31,6 +31,7 @@ from pyergon.storage.base import ExecutionLog
 __all__ = [
     "HeldFlow",
     "deliver_signal",
+    "find_signal",
     "request_cancel",
     "requeue",
     "save_records",
@@ -128,6 +129,14 @@ async def requeue(
     return flow if changed else None
 
 
+async def find_signal(storage: ExecutionLog, flow_id: str, name: str) -> SignalRecord | None:
+    """Return the signal ``name`` stored for ``flow_id``, or ``None``."""
+    for signal in await storage.list_signals(flow_id):
+        if signal.name == name:
+            return signal
+    return None
+
+
 async def deliver_signal(storage: ExecutionLog, signal: SignalRecord) -> bool:
     """Store a signal unless its flow already has one of that name; wake a flow waiting for it.
 
@@ -136,8 +145,7 @@ async def deliver_signal(storage: ExecutionLog, signal: SignalRecord) -> bool:
     """
     for _ in range(_MAX_ROUNDS):
         flow = await storage.get_flow(signal.flow_id)
-        stored = await storage.list_signals(signal.flow_id)
-        if any(existing.name == signal.name for existing in stored):
+        if await find_signal(storage, signal.flow_id, signal.name) is not None:
             return False
         waits = flow is not None and flow.status is TaskStatus.SUSPENDED
         if waits:
@@ -187,8 +195,9 @@ class HeldFlow:
 
         Decided on the run's copy first, so the usual case costs one write. If the flow moved
         on meanwhile, it is read again: still held, the end is decided again (a flow that would
-        suspend but was woken goes back to the queue; one asked to cancel ends ``CANCELLED``);
-        taken by another run, only the records are stored and :attr:`lost` is set.
+        suspend for a signal or child that has arrived meanwhile goes back to the queue; one
+        asked to cancel ends ``CANCELLED``); taken by another run, only the records are stored
+        and :attr:`lost` is set.
 
         Returns:
             What was applied; on a record conflict the flow was not changed.
@@ -207,5 +216,17 @@ class HeldFlow:
                     self.flow = transition.flow
                 return applied
             flow = await self.storage.get_flow(self.flow_id)
-            woken = True
+            woken = end.status is TaskStatus.SUSPENDED and await self._wait_is_over(end)
         raise _contended(self.flow_id)
+
+    async def _wait_is_over(self, end: RunEnd) -> bool:
+        """Whether a signal or child that ``end`` would wait for has arrived or finished."""
+        if end.waiting_signals:
+            stored = {signal.name for signal in await self.storage.list_signals(self.flow_id)}
+            if stored.intersection(end.waiting_signals):
+                return True
+        for child_id in end.waiting_children:
+            child = await self.storage.get_flow(child_id)
+            if child is not None and child.status.is_final:
+                return True
+        return False

@@ -1,9 +1,10 @@
-"""Redis storage: several machines share one Redis, with atomic Lua claims and pub/sub wake-ups.
+"""Redis storage: several machines share one Redis, with atomic Lua scripts and pub/sub wake-ups.
 
 Every multi-key change runs as one Lua script (:mod:`pyergon.storage.redis_layout` describes
-the key layout). A change that makes work runnable publishes on ``{prefix}:work``; each backend
-object listens on one dedicated pub/sub connection and wakes its local waiters, so workers in
-other processes and on other machines hear about new work at once.
+the key layout; the scripts are in ``redis_lua/``). A change that makes work runnable publishes
+on ``{prefix}:work``; each backend object listens on one dedicated pub/sub connection
+(:mod:`pyergon.storage.redis_listener`), so workers in other processes and on other machines
+hear about new work at once.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 try:
-    from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+    from redis.asyncio import BlockingConnectionPool, Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialWithJitterBackoff
     from redis.commands.core import AsyncScript
@@ -30,8 +31,10 @@ except ImportError as missing:  # pragma: no cover - exercised with redis hidden
         'the Redis backend needs redis-py: install it with pip install "pyergon[redis]"'
     ) from missing
 
-from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.changes import Applied, Change
+from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
+from pyergon.core.transitions import claim_changes, new_lease_token
 from pyergon.errors import (
     CorruptStorageError,
     SchemaVersionError,
@@ -40,21 +43,11 @@ from pyergon.errors import (
 )
 from pyergon.storage.base import (
     SCHEMA_VERSION,
-    UNCHANGED,
     ClaimedRun,
-    ClaimHelpers,
-    FlowUpdate,
     StorageLifecycle,
     check_claim_limit,
     check_page,
     status_filter,
-    wait_for_event,
-)
-from pyergon.storage.progress import (
-    FlowTransition,
-    SavedProgress,
-    save_progress_in_steps,
-    stored_as_given,
 )
 from pyergon.storage.redis_layout import (
     SCRIPTS,
@@ -70,7 +63,9 @@ from pyergon.storage.redis_layout import (
     log_from_hash,
     number,
     optional,
+    record_field,
 )
+from pyergon.storage.redis_listener import WorkListener
 from pyergon.storage.redis_packing import pack_with_hiredis
 from pyergon.storage.redis_pipeline import CommandBatcher
 
@@ -78,17 +73,11 @@ __all__ = ["RedisExecutionLog"]
 
 logger = logging.getLogger("pyergon.storage.redis")
 
-_LISTEN_KEEPALIVE = 30.0
-"""Seconds of pub/sub silence after which the listener pings Redis to find a dead socket."""
-
-_LISTEN_RETRY = (0.05, 2.0)
-"""First and longest pause between attempts to re-subscribe after the listener lost Redis."""
-
 _MIGRATION_BATCH = 1_000
 """Flows backfilled per script call when migrating a prefix, so Redis is never blocked long."""
 
 
-class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
+class RedisExecutionLog(StorageLifecycle):
     """Stores flows, records and signals in Redis, in keys named ``{<prefix>}:...``.
 
     Several processes (and machines) may share one Redis and one prefix; different prefixes
@@ -125,9 +114,14 @@ class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
         """Sent with this object's wake-ups, so its listener can skip what it already knows."""
         self._client: Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
-        self._listener: asyncio.Task[None] | None = None
         self._lifecycle_lock = asyncio.Lock()
-        self._work = asyncio.Event()
+        self._listener = WorkListener(
+            url,
+            self._key("work"),
+            self._origin,
+            client_name=f"pyergon-{_client_name(prefix)}-listener",
+            where=self._where,
+        )
         self._batcher = CommandBatcher(self._open_client, self._translate)
 
     @classmethod
@@ -155,10 +149,11 @@ class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Connect, load the scripts, check the schema version and start listening for work.
+        """Connect, load the scripts, check the layout version and start listening for work.
 
         A prefix written by an older pyergon is migrated forward first, in batches that are each
-        atomic; processes connecting at once may all take part. Safe to call twice.
+        atomic; processes connecting at once may all take part. Safe to call twice. Logs a
+        warning if the server keeps its data only in memory.
 
         Raises:
             SchemaVersionError: A newer pyergon wrote this prefix. Nothing was changed.
@@ -177,10 +172,11 @@ class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
                     }
                     for source in SCRIPTS.values():
                         await client.script_load(source)
-                    await self._check_schema(client, scripts["migrate_from_v1"])
-                    await self._start_listener()
+                    await self._check_schema(client, scripts["migrate"])
+                    await self._warn_if_not_persisting(client)
+                    await self._listener.start()
             except BaseException as error:
-                await self._stop_listener()
+                await self._listener.stop()
                 await client.aclose()
                 if isinstance(error, TypeError):  # redis-py's answer to an unknown URL option
                     raise StorageError(
@@ -195,7 +191,7 @@ class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
         """Stop listening and close every connection; safe to call twice."""
         async with self._lifecycle_lock:
             client, self._client = self._client, None
-            await self._stop_listener()
+            await self._listener.stop()
             if client is not None:
                 await client.aclose()
 
@@ -215,20 +211,23 @@ class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
         )
         return pack_with_hiredis(pool)
 
-    async def _check_schema(self, client: Redis, migrate_from_v1: AsyncScript) -> None:
+    async def _check_schema(self, client: Redis, migrate: AsyncScript) -> None:
         """Record the version on a new prefix, migrate an older one, refuse a newer one."""
-        key = self._key("schema_version")
-        await client.set(key, SCHEMA_VERSION, nx=True)
+        await client.set(self._key("schema_version"), SCHEMA_VERSION, nx=True)
         version = await self._stored_version(client)
-        if version == 1:
-            cursor: bytes | str = "0"
+        if version < SCHEMA_VERSION:
+            cursor: bytes | str | None = "0"
             while cursor:
-                # ARGV[3] (the clock) is unused by the migration but every script takes it.
-                cursor = await migrate_from_v1(
-                    args=[self._prefix, self._origin, repr(time.time()), cursor, _MIGRATION_BATCH],
-                    client=client,
+                cursor = await migrate(
+                    args=[self._prefix, self._origin, cursor, _MIGRATION_BATCH], client=client
                 )
-            logger.info("migrated prefix %r at %s to schema version 2", self._prefix, self._where)
+            logger.info(
+                "migrated prefix %r at %s from layout version %d to %d",
+                self._prefix,
+                self._where,
+                version,
+                SCHEMA_VERSION,
+            )
             version = await self._stored_version(client)  # another process may have moved on
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(
@@ -251,83 +250,20 @@ class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
             )
         return version
 
-    # -- listening for work ------------------------------------------------------------------
-
-    async def _listen_for_work(self, subscribed: asyncio.Future[None]) -> None:
-        """Turn wake-ups published by other processes into ``self._work``; re-subscribe on loss.
-
-        Args:
-            subscribed: Resolved once the first subscription is confirmed, or failed with the
-                error that prevented it.
-        """
-        pool = ConnectionPool.from_url(
-            self._url,
-            max_connections=1,
-            client_name=f"pyergon-{_client_name(self._prefix)}-listener",
-            socket_connect_timeout=5.0,
-            socket_timeout=10.0,
-            socket_keepalive=True,
-            health_check_interval=_LISTEN_KEEPALIVE,
-        )
-        client = Redis.from_pool(pool)
-        pause, longest_pause = _LISTEN_RETRY
+    async def _warn_if_not_persisting(self, client: Redis) -> None:
+        """Warn when the server keeps flows only in memory: a restart would lose them all."""
         try:
-            while True:
-                pubsub = client.pubsub()
-                try:
-                    await pubsub.subscribe(self._key("work"))
-                    while (await pubsub.get_message(timeout=_LISTEN_KEEPALIVE)) is None:
-                        pass  # the first reply is the subscription's confirmation
-                    if subscribed.done():
-                        logger.info("listening for pyergon work at %s again", self._where)
-                        self._work.set()  # wake-ups published meanwhile were missed
-                    else:
-                        subscribed.set_result(None)
-                    pause = _LISTEN_RETRY[0]
-                    while True:
-                        message = await pubsub.get_message(timeout=_LISTEN_KEEPALIVE)
-                        if (
-                            message is not None
-                            and message["type"] == "message"
-                            and message["data"] != self._origin.encode()
-                        ):
-                            self._work.set()
-                except (RedisError, OSError) as error:
-                    if not subscribed.done():
-                        subscribed.set_exception(error)
-                        return
-                    logger.warning(
-                        "lost the pyergon wake-up subscription at %s (%s); retrying in %.2fs",
-                        self._where,
-                        error,
-                        pause,
-                    )
-                finally:
-                    # redis-py leaves PubSub.aclose unannotated.
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, longest_pause)
-        finally:
-            await client.aclose()
-
-    async def _start_listener(self) -> None:
-        """Start :meth:`_listen_for_work` and return once its subscription is confirmed."""
-        subscribed = asyncio.get_running_loop().create_future()
-        listener = asyncio.create_task(
-            self._listen_for_work(subscribed), name=f"pyergon-redis-listener-{self._prefix}"
-        )
-        self._listener = listener
-        await asyncio.wait([subscribed, listener], return_when=asyncio.FIRST_COMPLETED)
-        if not subscribed.done():  # the listener ended without subscribing: a bug, report it
-            listener.result()
-        await subscribed
-
-    async def _stop_listener(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            config = await client.config_get("save")
+            config.update(await client.config_get("appendonly"))
+        except ResponseError:
+            return  # managed servers often refuse CONFIG; their persistence is theirs to set
+        if not config.get("save") and config.get("appendonly") != "yes":
+            logger.warning(
+                "Redis at %s neither snapshots (save) nor logs writes (appendonly): a restart "
+                "loses every flow under prefix %r. Set `appendonly yes` for durable flows.",
+                self._where,
+                self._prefix,
+            )
 
     # -- running commands --------------------------------------------------------------------
 
@@ -373,20 +309,18 @@ class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
         failure.__cause__ = error
         return failure
 
-    def _script_arguments(self, *args: str | bytes) -> list[str | bytes]:
-        """The arguments of a script call: those every script takes first, then ``args``."""
-        return [self._prefix, self._origin, repr(time.time()), *args]
-
     async def _run(self, script: str, *args: str | bytes) -> Any:
-        """Run one of :data:`SCRIPTS` with the arguments every script takes first."""
+        """Run one of :data:`SCRIPTS`; every script takes the prefix and origin first."""
         client = self._open_client()
         with self._translated_errors():
-            return await self._scripts[script](args=self._script_arguments(*args), client=client)
+            return await self._scripts[script](
+                args=[self._prefix, self._origin, *args], client=client
+            )
 
     async def _run_batched(self, script: str, *args: str | bytes) -> Any:
         """:meth:`_run`, sharing a pipeline with the commands other callers issue meanwhile."""
         return await self._batcher.run(
-            lambda: ("EVALSHA", self._scripts[script].sha, "0", *self._script_arguments(*args)),
+            lambda: ("EVALSHA", self._scripts[script].sha, "0", self._prefix, self._origin, *args),
             lambda: self._run(script, *args),
         )
 
@@ -395,74 +329,44 @@ class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
         with self._translated_errors():
             return cast(dict[bytes, bytes], await client.hgetall(key))
 
-    async def _read_field(self, key: str, field: str) -> bytes | None:
-        client = self._open_client()
-        with self._translated_errors():
-            return cast(bytes | None, await client.hget(key, field))
-
-    def _wake_local_waiters(self, notified: int) -> None:
-        """Wake this object's waiters when a script published a wake-up (its own is skipped)."""
-        if notified:
-            self._work.set()
-
-    # -- flows -------------------------------------------------------------------------------
+    # -- flows and changes -------------------------------------------------------------------
 
     async def create_flow(self, flow: ScheduledFlow) -> tuple[ScheduledFlow, bool]:
         """Store ``flow`` unless one with its id exists; a new ``PENDING`` flow wakes workers."""
-        created, notified, existing = await self._run(
-            "create_flow", flow.flow_id, *flow_fields(flow)
+        notify = flow.status is TaskStatus.PENDING
+        existing = await self._run(
+            "create_flow", flow.flow_id, "1" if notify else "0", *flow_fields(flow)
         )
-        self._wake_local_waiters(notified)
-        return (flow, True) if created else (flow_from_reply(existing), False)
+        if existing is not None:
+            return flow_from_reply(existing), False
+        if notify:
+            self._listener.wake()
+        return flow, True
 
-    async def get_flow(self, flow_id: str) -> ScheduledFlow | None:
-        """Return the flow with ``flow_id``, or ``None``."""
-        fields = await self._read_hash(self._key("flow", flow_id))
-        return flow_from_hash(fields) if fields else None
+    async def apply(self, change: Change) -> Applied:
+        """Apply ``change`` in one script; see :meth:`ExecutionLog.apply`.
 
-    async def update_flow(
-        self,
-        flow_id: str,
-        *,
-        status: TaskStatus,
-        result: bytes | FlowUpdate | None = UNCHANGED,
-        error: StoredError | FlowUpdate | None = UNCHANGED,
-        wake_at: float | FlowUpdate | None = UNCHANGED,
-        attempt: int | FlowUpdate = UNCHANGED,
-        expected_status: Sequence[TaskStatus] | None = None,
-    ) -> ScheduledFlow | None:
-        """Change a flow's state in one script; see :meth:`ExecutionLog.update_flow`."""
-        expected = [item.value for item in expected_status or ()]
-        notified, fields = await self._run(
-            "update_flow",
-            flow_id,
-            status.value,
-            "0" if expected_status is None else "1",
-            *counted(expected),
-            *flow_changes(result=result, error=error, wake_at=wake_at, attempt=attempt),
-        )
-        self._wake_local_waiters(notified)
-        return flow_from_reply(fields) if fields else None
+        The script shares a round trip with the commands other callers issue meanwhile.
+        """
+        reply = await self._run_batched("apply", *_apply_arguments(change))
+        moved, conflict, stood, signals_stored = reply
+        if moved is not None:
+            return Applied(moved=moved.decode())
+        records = [
+            given
+            if stored is None
+            else decode_invocation(given.flow_id, record_field(given).encode(), stored)
+            for given, stored in zip(change.records, stood, strict=False)  # stood stops early
+        ]
+        if conflict:
+            return Applied(records, record_conflict=True)
+        if change.notify:
+            self._listener.wake()
+        return Applied(records, signals_stored=signals_stored)
 
-    # -- queue -------------------------------------------------------------------------------
+    # -- the queue ---------------------------------------------------------------------------
 
-    async def claim_flows(
-        self,
-        worker_id: str,
-        flow_types: Collection[str],
-        *,
-        limit: int,
-        lease_seconds: float,
-        now: float,
-        due_by: float | None = None,
-    ) -> list[ScheduledFlow]:
-        """Take up to ``limit`` runnable flows of ``flow_types`` in one script."""
-        replies = await self._claim(
-            worker_id, flow_types, limit, lease_seconds, now, due_by, with_logs=False
-        )
-        return [flow_from_reply(fields) for fields in replies]
-
-    async def claim_runs(
+    async def claim(
         self,
         worker_id: str,
         flow_types: Collection[str],
@@ -472,86 +376,43 @@ class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
         now: float,
         due_by: float | None = None,
     ) -> list[ClaimedRun]:
-        """Claim flows as :meth:`claim_flows` does, with their logs, in the same script."""
-        replies = await self._claim(
-            worker_id, flow_types, limit, lease_seconds, now, due_by, with_logs=True
+        """Take up to ``limit`` runnable flows of ``flow_types`` with their logs, in one script."""
+        check_claim_limit(limit)
+        if not flow_types:
+            return []
+        changes = claim_changes(
+            worker_id, lease_token="", lease_seconds=lease_seconds, now=now, at=time.time()
+        )
+        del changes["lease_token"]  # each flow gets a token of its own, passed with the tokens
+        sets, deletes = flow_changes(changes)
+        replies = await self._run(
+            "claim",
+            number(now),
+            number(now if due_by is None else max(due_by, now)),
+            str(limit),
+            *counted(list(flow_types)),
+            *counted([new_lease_token() for _ in range(limit)]),
+            *counted(sets),
+            *counted(deletes),
         )
         runs = []
         for fields, records in replies:
             flow = flow_from_reply(fields)
             items = iter(records)
-            log = log_from_hash(flow.flow_id, zip(items, items, strict=True))
-            runs.append(ClaimedRun(flow, log))
+            runs.append(
+                ClaimedRun(flow, log_from_hash(flow.flow_id, zip(items, items, strict=True)))
+            )
         return runs
 
-    async def _claim(
-        self,
-        worker_id: str,
-        flow_types: Collection[str],
-        limit: int,
-        lease_seconds: float,
-        now: float,
-        due_by: float | None,
-        *,
-        with_logs: bool,
-    ) -> list[Any]:
-        """Run the claim script; its replies, in queue order."""
-        check_claim_limit(limit)
-        if not flow_types:
-            return []
-        return cast(
-            list[Any],
-            await self._run(
-                "claim_flows",
-                number(now),
-                number(now + lease_seconds),
-                worker_id,
-                f"{uuid.uuid4().hex}-",
-                str(limit),
-                number(now if due_by is None else max(due_by, now)),
-                "1" if with_logs else "0",
-                *counted(list(flow_types)),
-            ),
-        )
-
-    async def renew_lease(
-        self, flow_id: str, lease_token: str, *, lease_seconds: float, now: float
-    ) -> bool:
-        """Extend a lease still held with ``lease_token``."""
-        held = await self._run("renew_lease", flow_id, lease_token, number(now + lease_seconds))
-        return bool(held)
-
-    async def release_flow(
-        self,
-        flow_id: str,
-        lease_token: str,
-        *,
-        status: TaskStatus,
-        result: bytes | FlowUpdate | None = UNCHANGED,
-        error: StoredError | FlowUpdate | None = UNCHANGED,
-        wake_at: float | FlowUpdate | None = UNCHANGED,
-        attempt: int | FlowUpdate = UNCHANGED,
-        waiting_signals: Collection[str] = (),
-        waiting_children: Collection[str] = (),
-    ) -> ScheduledFlow | None:
-        """Leave a held flow in ``status`` and drop the lease; see the protocol."""
-        notified, fields = await self._run(
-            "release_flow",
-            flow_id,
-            lease_token,
-            status.value,
-            *flow_changes(result=result, error=error, wake_at=wake_at, attempt=attempt),
-            *counted(list(waiting_signals)),
-            *counted(list(waiting_children)),
-        )
-        self._wake_local_waiters(notified)
-        return flow_from_reply(fields) if fields else None
-
-    async def request_cancel(self, flow_id: str) -> ScheduledFlow | None:
-        """Cancel a flow now, or at its next step boundary if it is running (one script)."""
-        notified, fields = await self._run("request_cancel", flow_id)
-        self._wake_local_waiters(notified)
-        return flow_from_reply(fields) if fields else None
+    async def renew_leases(
+        self, leases: Mapping[str, str], *, lease_seconds: float, now: float
+    ) -> set[str]:
+        """Extend the leases still held with their tokens, in one script."""
+        if not leases:
+            return set()
+        pairs = [item for flow_id, token in leases.items() for item in (flow_id, token)]
+        renewed: list[bytes] = await self._run("renew_leases", number(now + lease_seconds), *pairs)
+        return {flow_id.decode() for flow_id in renewed}
 
     async def cancel_requests(self, flow_ids: Collection[str]) -> set[str]:
         """Return the running flows among ``flow_ids`` whose cancellation was requested."""
@@ -559,8 +420,6 @@ class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
             return set()
         requested: list[bytes] = await self._run("cancel_requests", *flow_ids)
         return {flow_id.decode() for flow_id in requested}
-
-    # -- wake-ups ----------------------------------------------------------------------------
 
     async def next_wake_at(self, flow_types: Collection[str] | None = None) -> float | None:
         """Return the earliest wake time of a suspended flow (of ``flow_types``, if given).
@@ -588,90 +447,20 @@ class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
         it is restored returns ``True``, since wake-ups may have been missed meanwhile.
         """
         self._open_client()
-        if not await wait_for_event(self._work, timeout):
-            return False
-        self._work.clear()
-        return True
+        return await self._listener.wait(timeout)
 
-    # -- invocations -------------------------------------------------------------------------
+    # -- reads -------------------------------------------------------------------------------
+
+    async def get_flow(self, flow_id: str) -> ScheduledFlow | None:
+        """Return the flow with ``flow_id``, or ``None``."""
+        fields = await self._read_hash(self._key("flow", flow_id))
+        return flow_from_hash(fields) if fields else None
 
     async def load_invocations(self, flow_id: str) -> list[Invocation]:
         """Return a flow's records ordered by ``(sequence, sub_sequence)``."""
         key = self._key("inv", flow_id)
         fields = await self._batcher.run(lambda: ("HGETALL", key), lambda: self._read_hash(key))
         return log_from_hash(flow_id, fields.items())
-
-    async def get_invocation(
-        self, flow_id: str, sequence: int, sub_sequence: int = 0
-    ) -> Invocation | None:
-        """Return one record, or ``None``."""
-        field = f"{sequence}:{sub_sequence}"
-        value = await self._read_field(self._key("inv", flow_id), field)
-        return None if value is None else decode_invocation(flow_id, field.encode(), value)
-
-    async def record_invocation(self, invocation: Invocation) -> Invocation:
-        """Store ``invocation`` unless a final record holds its position (first writer wins)."""
-        field = f"{invocation.sequence}:{invocation.sub_sequence}"
-        existing = await self._run_batched(
-            "record_invocation", invocation.flow_id, field, encode_invocation(invocation)
-        )
-        if existing is None:
-            return invocation
-        return decode_invocation(invocation.flow_id, field.encode(), existing)
-
-    async def save_progress(
-        self,
-        flow_id: str,
-        records: Sequence[Invocation],
-        transition: FlowTransition | None = None,
-    ) -> SavedProgress:
-        """Store records and the flow's new state in one script: one round trip."""
-        if not records and transition is None:
-            return SavedProgress()
-        arguments: list[str | bytes] = [flow_id, str(len(records))]
-        for record in records:
-            arguments += [f"{record.sequence}:{record.sub_sequence}", encode_invocation(record)]
-        arguments += _transition_arguments(transition)
-        place, existing, notified, fields = await self._run_batched("save_progress", *arguments)
-        self._wake_local_waiters(notified)
-        if not place:
-            flow = flow_from_reply(fields) if fields else None
-            return SavedProgress(list(records), flow=flow)
-        given = records[place - 1]
-        position = f"{given.sequence}:{given.sub_sequence}".encode()
-        stored = decode_invocation(flow_id, position, existing)
-        saved = [*records[: place - 1], stored]
-        if not stored_as_given(given, stored):
-            return SavedProgress(saved, conflict=True)
-        # Another writer stored the same outcome first: go on with the rest.
-        rest = await save_progress_in_steps(self, flow_id, records[place:], transition)
-        return SavedProgress(saved + rest.records, rest.conflict, rest.flow)
-
-    async def delete_failed_invocations(self, flow_id: str) -> int:
-        """Delete a flow's ``FAILED`` records and return how many there were."""
-        deleted: int = await self._run("delete_failed_invocations", flow_id)
-        return deleted
-
-    # -- signals -----------------------------------------------------------------------------
-
-    async def store_signal(self, signal: SignalRecord) -> bool:
-        """Store a signal unless one with the same flow id and name exists.
-
-        A new signal makes its ``SUSPENDED`` flow ``PENDING`` in the same script when the flow
-        has a ``WAITING_FOR_SIGNAL`` record of that name.
-        """
-        value = encode_signal(signal.sent_at, signal.payload)
-        stored, notified = await self._run("store_signal", signal.flow_id, signal.name, value)
-        self._wake_local_waiters(notified)
-        return bool(stored)
-
-    async def get_signal(self, flow_id: str, name: str) -> SignalRecord | None:
-        """Return a stored signal, or ``None``."""
-        value = await self._read_field(self._key("sig", flow_id), name)
-        if value is None:
-            return None
-        sent_at, payload = decode_signal(value)
-        return SignalRecord(flow_id, name, payload, sent_at)
 
     async def list_signals(self, flow_id: str) -> list[SignalRecord]:
         """Return a flow's signals, oldest first (then by name)."""
@@ -741,6 +530,35 @@ class RedisExecutionLog(ClaimHelpers, StorageLifecycle):
         await self._run("reset")
 
 
+def _apply_arguments(change: Change) -> list[str | bytes]:
+    """The arguments of the ``apply`` script for ``change`` (see ``redis_lua/apply.lua``)."""
+    guards: list[str | bytes] = []
+    writes: list[str | bytes] = [str(len(change.writes))]
+    for write in change.writes:
+        if write.expected_version is not None:
+            guards += (write.flow_id, str(write.expected_version))
+        sets, deletes = flow_changes(write.changes)
+        statuses = write.only_if_status
+        writes += (write.flow_id, "0" if statuses is None else "1")
+        writes += counted([status.value for status in statuses or ()])
+        writes += counted(sets)
+        writes += counted(deletes)
+    records: list[str | bytes] = []
+    for record in change.records:
+        records += (record.flow_id, record_field(record), encode_invocation(record))
+    signals: list[str | bytes] = []
+    for signal in change.signals:
+        signals += (signal.flow_id, signal.name, encode_signal(signal.sent_at, signal.payload))
+    return [
+        *counted(guards),
+        *counted(change.forget_failed),
+        *counted(records),
+        *counted(signals),
+        *writes,
+        "1" if change.notify else "0",
+    ]
+
+
 def _describe(url: str) -> str:
     """``url`` without credentials or options, fit for messages."""
     parts = urlsplit(url)
@@ -752,25 +570,3 @@ def _describe(url: str) -> str:
 def _client_name(prefix: str) -> str:
     """``prefix`` made fit for ``CLIENT SETNAME`` (no spaces or control characters)."""
     return "".join(char if 33 <= ord(char) < 127 else "_" for char in prefix)[:64]
-
-
-def _transition_arguments(transition: FlowTransition | None) -> list[str | bytes]:
-    """The arguments of ``save_progress`` that describe the flow's change of state."""
-    if transition is None:
-        return ["none"]
-    changes = flow_changes(
-        result=transition.result,
-        error=transition.error,
-        wake_at=transition.wake_at,
-        attempt=transition.attempt,
-    )
-    if transition.lease_token is None:
-        return ["update", transition.status.value, *changes]
-    return [
-        "release",
-        transition.status.value,
-        transition.lease_token,
-        *changes,
-        *counted(list(transition.waiting_signals)),
-        *counted(list(transition.waiting_children)),
-    ]

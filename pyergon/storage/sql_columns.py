@@ -1,4 +1,4 @@
-"""Column values shared by the SQL backends (SQLite and PostgreSQL): records and changes of state.
+"""Column values shared by the SQL backends (SQLite and PostgreSQL): records and flow writes.
 
 Both keep a flow's and a record's fields in columns of the same names, with enums stored by
 value and an error spread over four columns.
@@ -7,20 +7,17 @@ value and an error spread over four columns.
 from __future__ import annotations
 
 import dataclasses
-import time
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import Enum
 
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
-from pyergon.core.status import TaskStatus
-from pyergon.storage.base import UNCHANGED, FlowUpdate
 
 __all__ = [
     "ERROR_COLUMNS",
     "LEASE_COLUMNS",
     "error_values",
-    "flow_changes",
+    "flow_columns",
     "record_values",
     "sql_list",
 ]
@@ -57,6 +54,8 @@ _COLUMN_PLANS = {
 }
 """Looked up once per record type, since every write needs them."""
 
+_FLOW_FIELDS = frozenset(_COLUMN_PLANS[ScheduledFlow][0]) - {"flow_id", "version"}
+
 
 def record_values(record: ScheduledFlow | Invocation) -> dict[str, object]:
     """Column values of a record: enums by value, the error spread over its columns."""
@@ -68,29 +67,18 @@ def record_values(record: ScheduledFlow | Invocation) -> dict[str, object]:
     return values
 
 
-def flow_changes(
-    status: TaskStatus,
-    *,
-    result: bytes | FlowUpdate | None = UNCHANGED,
-    error: StoredError | FlowUpdate | None = UNCHANGED,
-    wake_at: float | FlowUpdate | None = UNCHANGED,
-    attempt: int | FlowUpdate = UNCHANGED,
-) -> dict[str, object]:
-    """Column values for a change of state.
+def flow_columns(changes: Mapping[str, object]) -> dict[str, object]:
+    """Column values of a flow write's ``changes`` (field names to Python values).
 
-    Leaving ``RUNNING`` drops the lease; becoming ``PENDING`` forgets a cancellation request.
+    Raises:
+        ValueError: A name is not a field a write may set (``flow_id`` and ``version`` are not).
     """
-    changes: dict[str, object] = {"status": status.value, "updated_at": time.time()}
-    if not isinstance(result, FlowUpdate):
-        changes["result"] = result
-    if not isinstance(error, FlowUpdate):
-        changes.update(error_values(error))
-    if not isinstance(wake_at, FlowUpdate):
-        changes["wake_at"] = wake_at
-    if not isinstance(attempt, FlowUpdate):
-        changes["attempt"] = attempt
-    if status is not TaskStatus.RUNNING:
-        changes.update(dict.fromkeys(LEASE_COLUMNS))
-    if status is TaskStatus.PENDING:
-        changes["cancel_requested"] = False
-    return changes
+    columns: dict[str, object] = {}
+    for name, value in changes.items():
+        if name == "error":
+            columns.update(error_values(typing.cast(StoredError | None, value)))
+        elif name in _FLOW_FIELDS:
+            columns[name] = value.value if isinstance(value, Enum) else value
+        else:
+            raise ValueError(f"a flow write cannot set {name!r}; it is not a writable flow field")
+    return columns

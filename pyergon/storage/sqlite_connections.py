@@ -1,6 +1,6 @@
 """How the SQLite backend reaches its file: two connections, and transactions of queued writes.
 
-A file is opened twice. aiosqlite's connection lives in its worker thread, where waiting is
+A file is opened twice. One connection lives on a worker thread of its own, where waiting is
 harmless: it creates and migrates the schema, waits for another process's write lock
 (``busy_timeout``), checkpoints the WAL and runs the large reads and writes. A plain connection
 on the event loop's own thread does the common small reads and writes: it never waits (a busy
@@ -16,16 +16,15 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import TypeVar, cast
-
-import aiosqlite
+from typing import TypeVar
 
 __all__ = [
     "BackgroundCheckpoints",
     "Operation",
     "Outcome",
-    "call_in_worker_thread",
+    "WorkerThread",
     "checkpoint",
     "commit_batch",
     "is_busy",
@@ -39,19 +38,58 @@ Outcome = tuple[object, Exception | None]
 """What one write of a batch returned, or the error it raised."""
 
 
-async def call_in_worker_thread(
-    connection: aiosqlite.Connection, function: Callable[[sqlite3.Connection], _T]
-) -> _T:
-    """Run ``function(sqlite3_connection)`` in the connection's worker thread.
+class WorkerThread:
+    """A thread of its own and the sqlite3 connection used only on it.
 
-    aiosqlite's public methods cost one thread hop per statement. ``Connection._execute`` is
-    private but present in every aiosqlite pyergon supports (0.20 to 0.22); it runs a whole
-    function in the worker thread, so a batch of writes, or a read of several statements,
-    costs one hop.
+    A whole function runs on the thread per call, so a batch of writes, or a read of several
+    statements, costs one thread hop (where a statement-by-statement async adapter costs one
+    per statement). Use :meth:`open`, then :meth:`run`, then :meth:`close`.
     """
-    sqlite_connection = connection._conn
-    result = await connection._execute(function, sqlite_connection)  # type: ignore[no-untyped-call]
-    return cast(_T, result)
+
+    def __init__(self, executor: ThreadPoolExecutor, connection: sqlite3.Connection) -> None:
+        self._executor = executor
+        self._connection = connection
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str) -> WorkerThread:
+        """Open ``path`` on a new thread, in autocommit mode: transactions are explicit.
+
+        Raises:
+            sqlite3.Error: The file cannot be opened.
+        """
+        # One thread, reused for every call: sqlite3's same-thread check stays on.
+        executor = ThreadPoolExecutor(1, thread_name_prefix="pyergon-sqlite")
+        connect = partial(sqlite3.connect, path, isolation_level=None)
+        try:
+            connection = await asyncio.get_running_loop().run_in_executor(executor, connect)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(executor, connection)
+
+    async def run(self, function: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``function(connection)`` on the thread and return what it returns.
+
+        A caller cancelled meanwhile stops waiting; the function still runs to its end.
+
+        Raises:
+            sqlite3.ProgrammingError: The connection is closed.
+        """
+        if self._closed:
+            raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, function, self._connection)
+
+    async def close(self) -> None:
+        """Close the connection on the thread once what runs there is done; end the thread.
+
+        The thread closes the connection even if this wait is cancelled.
+        """
+        self._closed = True
+        closed = self._executor.submit(self._connection.close)
+        self._executor.shutdown(wait=False)
+        await asyncio.wrap_future(closed)
 
 
 def is_busy(error: sqlite3.Error) -> bool:
@@ -196,6 +234,7 @@ class BackgroundCheckpoints:
 
         The thread closes the connection even if this wait is cancelled.
         """
+        self._closed = True
         closed = self._executor.submit(self._connection.close)
         self._executor.shutdown(wait=False)
         self._running = None

@@ -1,7 +1,9 @@
-"""The SQLite backend's tables: schema, forward migrations, and the statements on their rows.
+"""The SQLite backend's tables: schema, forward migrations, rows, and the reads on them.
 
-Everything here is synchronous and runs in aiosqlite's worker thread, inside the transactions the
-backend (:mod:`pyergon.storage.sqlite`) opens. Columns hold plain values and the given bytes.
+Everything here is synchronous and runs on one of the backend's connections, inside the
+transactions :mod:`pyergon.storage.sqlite` opens. Columns hold plain values and the given bytes.
+The writes of the contract (apply a change, claim, renew) are in
+:mod:`pyergon.storage.sqlite_changes`.
 """
 
 from __future__ import annotations
@@ -9,33 +11,23 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import time
-import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, cast
 
 from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.errors import CorruptStorageError, SchemaVersionError
-from pyergon.storage.base import SCHEMA_VERSION, UNCHANGED, FlowUpdate
-from pyergon.storage.sql_columns import (
-    ERROR_COLUMNS,
-    flow_changes,
-    sql_list,
-)
+from pyergon.storage.base import SCHEMA_VERSION
+from pyergon.storage.sql_columns import ERROR_COLUMNS, sql_list
 
 __all__ = [
     "INSERT_FLOW",
     "MIGRATIONS",
     "RECORD_INVOCATION",
-    "awaits_signal",
-    "change_flow",
-    "changed_flow",
-    "claim_next_flows",
     "fetch_flow",
     "fetch_invocation",
     "flow_from_row",
     "flow_listing",
-    "insert_flow_sql",
     "invocation_from_row",
     "is_corruption",
     "load_log",
@@ -43,11 +35,6 @@ __all__ = [
     "placeholders",
     "prepare_connection",
     "signal_from_row",
-    "update_flow_returning",
-    "update_flow_row",
-    "upsert_invocation_sql",
-    "wake_already_due",
-    "wake_flow",
 ]
 
 _INVOCATION_KEY = ("flow_id", "sequence", "sub_sequence")
@@ -101,7 +88,17 @@ def _migrate_to_v2(connection: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_v1, _migrate_to_v2)
+def _migrate_to_v3(connection: sqlite3.Connection) -> None:
+    # Every stored change of a flow moves its version on; existing flows start at 1. Adding a
+    # column with a constant default rewrites no row, so this is quick on any file.
+    connection.execute("ALTER TABLE flows ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migrate_to_v1,
+    _migrate_to_v2,
+    _migrate_to_v3,
+)
 """``MIGRATIONS[n]`` turns schema version ``n`` into ``n + 1``; version 0 is an empty file."""
 
 assert len(MIGRATIONS) == SCHEMA_VERSION, "add a migration step for the new SCHEMA_VERSION"
@@ -227,63 +224,28 @@ def _columns(record_type: type[ScheduledFlow | Invocation]) -> tuple[str, ...]:
     )
 
 
-class _Insert:
-    """An ``INSERT`` statement whose text writes ``NULL`` where the row's value is ``None``.
-
-    The sqlite3 module binds ``None`` only after looking for an adapter, a look-up that raises
-    and formats an ``AttributeError`` inside the module: about half a microsecond per value, and
-    a stored flow or record has six to ten ``None`` columns. Binding only the other values saves
-    that. Each set of ``None`` columns gets its text once; rows have a few such sets in practice.
-    Past ``_MAX_VARIANTS`` sets, rows bind every value instead, so that new texts cannot crowd
-    the prepared statements out of the connection's statement cache.
-    """
-
-    _MAX_VARIANTS = 16
-
-    def __init__(self, table: str, columns: tuple[str, ...], conflict: str) -> None:
-        self._head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ("
-        self._columns = columns
-        self._tail = f") {conflict}"
-        self._variants: dict[tuple[str, ...], str] = {}
-        self.all_bound = self._text(())
-        """The text binding every column, for ``executemany`` over many rows."""
-
-    def _text(self, nulls: tuple[str, ...]) -> str:
-        values = ", ".join("NULL" if column in nulls else f":{column}" for column in self._columns)
-        return self._head + values + self._tail
-
-    def __call__(self, values: Mapping[str, object]) -> str:
-        """The statement for one row's ``values`` (column names to values, in any order)."""
-        nulls = tuple([column for column, value in values.items() if value is None])
-        text = self._variants.get(nulls)
-        if text is None:
-            if len(self._variants) >= self._MAX_VARIANTS:
-                return self.all_bound
-            text = self._variants[nulls] = self._text(nulls)
-        return text
-
-
 _FLOW_COLUMNS = _columns(ScheduledFlow)
 _INVOCATION_COLUMNS = _columns(Invocation)
-insert_flow_sql = _Insert("flows", _FLOW_COLUMNS, "ON CONFLICT (flow_id) DO NOTHING")
-"""The text of the statement storing a new flow, given its column values; an existing flow
-is kept."""
-upsert_invocation_sql = _Insert(
-    "invocations",
-    _INVOCATION_COLUMNS,
+_FINAL_RECORD_STATUSES = sql_list([status for status in InvocationStatus if status.is_final])
+
+INSERT_FLOW = (
+    f"INSERT INTO flows ({', '.join(_FLOW_COLUMNS)}) VALUES ({placeholders(_FLOW_COLUMNS)}) "
+    "ON CONFLICT (flow_id) DO NOTHING"
+)
+"""Stores a new flow, given its column values (:func:`record_values`); an existing one stays."""
+
+RECORD_INVOCATION = (
+    f"INSERT INTO invocations ({', '.join(_INVOCATION_COLUMNS)}) "
+    f"VALUES ({placeholders(_INVOCATION_COLUMNS)}) "
     f"ON CONFLICT ({', '.join(_INVOCATION_KEY)}) DO UPDATE SET "
     + ", ".join(
         f"{column} = excluded.{column}"
         for column in _INVOCATION_COLUMNS
         if column not in _INVOCATION_KEY
     )
-    + " WHERE invocations.status NOT IN "
-    + f"({sql_list([status for status in InvocationStatus if status.is_final])})",
+    + f" WHERE invocations.status NOT IN ({_FINAL_RECORD_STATUSES})"
 )
-"""The text of the statement storing a record, given its column values. First writer wins: the
-upsert leaves a final record as it is."""
-INSERT_FLOW = insert_flow_sql.all_bound
-RECORD_INVOCATION = upsert_invocation_sql.all_bound
+"""Stores a record, given its column values. First writer wins: a final record stays."""
 
 # -- rows <-> records ----------------------------------------------------------------------------
 
@@ -338,205 +300,6 @@ def fetch_invocation(
     return None if row is None else invocation_from_row(row)
 
 
-# -- flow changes shared by several write methods ------------------------------------------------
-
-_FINAL_FLOW_STATUSES = sql_list([status for status in TaskStatus if status.is_final])
-
-
-def update_flow_row(
-    connection: sqlite3.Connection,
-    flow_id: str,
-    changes: dict[str, object],
-    condition: str = "",
-    parameters: Mapping[str, object] | None = None,
-) -> bool:
-    """Apply ``changes`` to a flow in one ``UPDATE`` guarded by the SQL ``condition``.
-
-    Args:
-        connection: The connection, inside a write transaction.
-        flow_id: The flow.
-        changes: Column values to set.
-        condition: SQL appended to ``WHERE flow_id = :flow_id``, such as ``" AND status = 'X'"``.
-        parameters: Values of named parameters the condition uses.
-
-    Returns:
-        Whether a row matched.
-    """
-    statement, values = _flow_update(flow_id, changes, condition, parameters)
-    return connection.execute(statement, values).rowcount == 1
-
-
-def update_flow_returning(
-    connection: sqlite3.Connection,
-    flow_id: str,
-    changes: dict[str, object],
-    condition: str = "",
-    parameters: Mapping[str, object] | None = None,
-) -> ScheduledFlow | None:
-    """:func:`update_flow_row`, returning the changed flow (``None`` if no row matched)."""
-    statement, values = _flow_update(flow_id, changes, condition, parameters)
-    rows = connection.execute(statement + " RETURNING *", values).fetchall()
-    return flow_from_row(rows[0]) if rows else None
-
-
-def _flow_update(
-    flow_id: str,
-    changes: dict[str, object],
-    condition: str,
-    parameters: Mapping[str, object] | None,
-) -> tuple[str, dict[str, object]]:
-    # NULL written out rather than bound, for the reason given in ``_Insert``.
-    assignments = ", ".join(
-        f"{column} = NULL" if value is None else f"{column} = :{column}"
-        for column, value in changes.items()
-    )
-    statement = f"UPDATE flows SET {assignments} WHERE flow_id = :flow_id{condition}"
-    return statement, {**changes, **(parameters or {}), "flow_id": flow_id}
-
-
-def changed_flow(flow: ScheduledFlow, changes: dict[str, object]) -> ScheduledFlow:
-    """``flow`` with the column values ``changes`` applied: what reading it back would give.
-
-    Saves that read in a transaction that has just read ``flow`` and applied ``changes``.
-    """
-    fields = {column: value for column, value in changes.items() if column not in ERROR_COLUMNS}
-    if "error_type" in changes:
-        error = [changes[column] for column in ERROR_COLUMNS]
-        fields["error"] = None if error[0] is None else StoredError(*error)  # type: ignore[arg-type]
-    if "status" in fields:
-        fields["status"] = TaskStatus(cast(str, fields["status"]))
-    if "cancel_requested" in fields:
-        fields["cancel_requested"] = bool(fields["cancel_requested"])
-    return flow.replace(**fields)
-
-
-def change_flow(
-    connection: sqlite3.Connection,
-    flow: ScheduledFlow,
-    status: TaskStatus,
-    *,
-    result: bytes | FlowUpdate | None = UNCHANGED,
-    error: StoredError | FlowUpdate | None = UNCHANGED,
-    wake_at: float | FlowUpdate | None = UNCHANGED,
-    attempt: int | FlowUpdate = UNCHANGED,
-) -> tuple[ScheduledFlow, bool]:
-    """Move the stored ``flow`` to ``status`` with the rules every change of state follows.
-
-    A running flow asked to cancel ends ``CANCELLED`` where it would suspend or requeue, and a
-    flow reaching a final status wakes its suspended parent.
-
-    Returns:
-        The flow as stored afterwards, and whether its parent was woken.
-    """
-    waiting = status in (TaskStatus.SUSPENDED, TaskStatus.PENDING)
-    if flow.status is TaskStatus.RUNNING and flow.cancel_requested and waiting:
-        status = TaskStatus.CANCELLED
-    changes = flow_changes(status, result=result, error=error, wake_at=wake_at, attempt=attempt)
-    matched = update_flow_row(connection, flow.flow_id, changes)
-    assert matched  # the caller read the flow in this transaction
-    updated = changed_flow(flow, changes)
-    parent = updated.parent_flow_id
-    woke_parent = status.is_final and parent is not None and wake_flow(connection, parent)
-    return updated, woke_parent
-
-
-def wake_flow(connection: sqlite3.Connection, flow_id: str) -> bool:
-    """Make a ``SUSPENDED`` flow ``PENDING``; return whether it was suspended."""
-    changes = flow_changes(TaskStatus.PENDING, wake_at=None)
-    return update_flow_row(connection, flow_id, changes, " AND status = 'SUSPENDED'")
-
-
-def wake_already_due(
-    connection: sqlite3.Connection, flow_id: str, signals: list[str], children: list[str]
-) -> bool:
-    """Whether a signal or child a flow is about to wait for has already arrived or finished."""
-    if signals:
-        marks = ", ".join("?" * len(signals))
-        stored = connection.execute(
-            f"SELECT 1 FROM signals WHERE flow_id = ? AND name IN ({marks}) LIMIT 1",
-            (flow_id, *signals),
-        )
-        if stored.fetchone() is not None:
-            return True
-    if children:
-        marks = ", ".join("?" * len(children))
-        finished = connection.execute(
-            f"SELECT 1 FROM flows WHERE flow_id IN ({marks}) "
-            f"AND status IN ({_FINAL_FLOW_STATUSES}) LIMIT 1",
-            children,
-        )
-        return finished.fetchone() is not None
-    return False
-
-
-# -- queue -----------------------------------------------------------------------------------------
-
-_RUNNABLE = (
-    # (the index, which flows, their ready time, the order the index gives them in)
-    ("flows_by_status", "status = 'PENDING'", "0.0", "created_at, flow_id"),
-    (
-        "flows_by_status",
-        "status = 'RUNNING' AND lease_expires_at < :now",
-        "0.0",
-        "created_at, flow_id",
-    ),
-    (
-        "flows_wake_due",
-        "status = 'SUSPENDED' AND wake_at <= :due_by",
-        "wake_at",
-        "wake_at, created_at, flow_id",
-    ),
-)
-"""Runnable flows: waiting ones, ones whose worker died, and ones whose wake time has come."""
-
-
-def claim_next_flows(
-    connection: sqlite3.Connection,
-    *,
-    worker_id: str,
-    flow_types: list[str],
-    limit: int,
-    lease_seconds: float,
-    now: float,
-    due_by: float | None = None,
-) -> list[ScheduledFlow]:
-    """Lease up to ``limit`` runnable flows of ``flow_types`` to ``worker_id``, in queue order.
-
-    The next flow is the one ready first (a due suspended flow is ready at its wake time, the
-    others at 0), then the oldest. Each kind of runnable flow is found with one index range.
-    Runs inside the caller's write transaction, so two workers never take the same flow.
-    """
-    if not flow_types:
-        return []  # and an empty IN () cannot use the indexes named below
-    types = {f"type_{index}": flow_type for index, flow_type in enumerate(flow_types)}
-    due = now if due_by is None else max(due_by, now)
-    parameters = {**types, "now": now, "due_by": due, "limit": limit}
-    ready = sorted(
-        tuple(row)
-        for index, condition, ready_at, order in _RUNNABLE
-        for row in connection.execute(
-            f"SELECT {ready_at}, created_at, flow_id FROM flows INDEXED BY {index} "
-            f"WHERE {condition} AND flow_type IN ({placeholders(list(types))}) "
-            f"ORDER BY {order} LIMIT :limit",
-            parameters,
-        )
-    )[:limit]
-    changes = {
-        "status": TaskStatus.RUNNING.value,
-        "updated_at": time.time(),
-        "worker_id": worker_id,
-        "lease_owner": worker_id,
-        "lease_expires_at": now + lease_seconds,
-    }
-    claimed = []
-    for _ready_at, _created_at, flow_id in ready:
-        lease = changes | {"lease_token": uuid.uuid4().hex}
-        flow = update_flow_returning(connection, flow_id, lease)
-        assert flow is not None  # found in this transaction
-        claimed.append(flow)
-    return claimed
-
-
 def load_log(connection: sqlite3.Connection, *, flow_id: str) -> list[Invocation]:
     """A flow's records ordered by ``(sequence, sub_sequence)``."""
     rows = connection.execute(
@@ -560,17 +323,6 @@ def next_wake_time(
         flow_types or (),
     ).fetchone()
     return None if row is None else cast(float, row[0])
-
-
-def awaits_signal(connection: sqlite3.Connection, flow_id: str, name: str) -> bool:
-    """Whether the flow has a ``WAITING_FOR_SIGNAL`` record for the signal ``name``."""
-    row = connection.execute(
-        "SELECT 1 FROM invocations WHERE flow_id = ? AND name = ? "
-        f"AND kind = '{OperationKind.SIGNAL.value}' "
-        f"AND status = '{InvocationStatus.WAITING_FOR_SIGNAL.value}' LIMIT 1",
-        (flow_id, name),
-    ).fetchone()
-    return row is not None
 
 
 # -- history ---------------------------------------------------------------------------------------

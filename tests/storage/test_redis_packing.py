@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from redis.asyncio.connection import (
     BlockingConnectionPool,
@@ -17,7 +19,9 @@ from pyergon.storage.redis_packing import pack_with_hiredis
 
 pytest.importorskip("hiredis", reason="hiredis packs commands; it comes with pyergon[redis]")
 
-COMMANDS = [
+Command = tuple[Any, ...]
+
+COMMANDS: list[Command] = [
     ("SET", "key", b"value"),
     ("EVALSHA", "a" * 40, "0", "prefix", "flow-1", b"\x00\x80\xff", "", b""),
     ("HSET", "k", "café ☕", "naïve"),
@@ -25,14 +29,14 @@ COMMANDS = [
     ("GET", "k"),
     ("EVALSHA", "b" * 40, 0, "prefix", -17, 2**70),
 ]
-HANDED_TO_REDIS_PY = [
+HANDED_TO_REDIS_PY: list[Command] = [
     ("CONFIG GET", "maxmemory"),  # a two-word command name
     ("SET", "key", 1.5),
     ("SET", "key", memoryview(b"view")),
 ]
 
 
-def packed_by_both(args: tuple[object, ...]) -> tuple[bytes, bytes]:
+def packed_by_both(args: Command) -> tuple[bytes, bytes]:
     plain = Connection()
     fast = pack_with_hiredis(ConnectionPool(connection_class=Connection)).connection_class()
     assert type(fast) is not Connection
@@ -40,7 +44,7 @@ def packed_by_both(args: tuple[object, ...]) -> tuple[bytes, bytes]:
 
 
 @pytest.mark.parametrize("args", COMMANDS + HANDED_TO_REDIS_PY, ids=repr)
-def test_a_command_is_packed_as_redis_py_packs_it(args: tuple[object, ...]) -> None:
+def test_a_command_is_packed_as_redis_py_packs_it(args: Command) -> None:
     plain, fast = packed_by_both(args)
     assert fast == plain
 
@@ -52,7 +56,7 @@ def test_pipelines_pack_the_same_bytes() -> None:
 
 
 @pytest.mark.parametrize("bad", [None, True, object()])
-def test_input_redis_py_refuses_is_still_refused_by_redis_py(bad: object) -> None:
+def test_input_redis_py_refuses_is_still_refused_by_redis_py(bad: Any) -> None:
     fast = pack_with_hiredis(ConnectionPool(connection_class=Connection)).connection_class()
     with pytest.raises(DataError):
         fast.pack_command("SET", "key", bad)

@@ -154,7 +154,7 @@ def _add_flow_id(command: argparse.ArgumentParser) -> None:
 
 
 def _add_flows(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
-    from pyergon.cli_manage import parse_since, parse_status
+    from pyergon.cli.manage import parse_since, parse_status
 
     flows = _add_management(
         subcommands,
@@ -335,7 +335,7 @@ def _run_demo(arguments: argparse.Namespace) -> int:
 
 
 def _run_worker(arguments: argparse.Namespace) -> int:
-    from pyergon.cli_worker import (
+    from pyergon.cli.worker import (
         WorkerSettings,
         WorkerStartError,
         WorkerUsageError,
@@ -361,7 +361,7 @@ def _run_worker(arguments: argparse.Namespace) -> int:
 
 
 def _run_management(arguments: argparse.Namespace) -> int:
-    from pyergon.cli_manage import ManagementError, ManagementUsageError, run_management
+    from pyergon.cli.manage import ManagementError, ManagementUsageError, run_management
 
     try:
         return run_management(arguments)

@@ -158,7 +158,7 @@ def run_management(arguments: argparse.Namespace) -> int:
         ManagementError: The operation failed (exit 1), with a one-line reason; nothing was
             changed.
     """
-    from pyergon.cli_worker import WorkerStartError, WorkerUsageError
+    from pyergon.cli.worker import WorkerStartError, WorkerUsageError
 
     command = MANAGEMENT_COMMANDS[arguments.command]
     output = _Output(bool(arguments.json))
@@ -177,7 +177,7 @@ def _one_line(message: str) -> str:
 @asynccontextmanager
 async def _storage(arguments: argparse.Namespace) -> AsyncIterator[ExecutionLog]:
     """Open the storage of ``--storage``, refusing to create a SQLite file that is not there."""
-    from pyergon.cli_worker import default_storage_url
+    from pyergon.cli.worker import default_storage_url
     from pyergon.storage.url import open_storage
 
     url: str = arguments.storage or default_storage_url()
@@ -234,7 +234,7 @@ async def _flows(arguments: argparse.Namespace, output: _Output) -> int:
             )
         ]
         counts = await storage.count_flows(flow_type=arguments.flow_type)
-    from pyergon.cli_views import count_line, flow_json, flows_table
+    from pyergon.cli.views import count_line, flow_json, flows_table
 
     if output.as_json:
         output.json([flow_json(flow) for flow in flows])
@@ -247,7 +247,7 @@ async def _flows(arguments: argparse.Namespace, output: _Output) -> int:
 
 
 async def _show(arguments: argparse.Namespace, output: _Output) -> int:
-    from pyergon.cli_views import history_json, history_view
+    from pyergon.cli.views import history_json, history_view
     from pyergon.history import load_history
 
     async with _storage(arguments) as storage:
@@ -324,7 +324,7 @@ async def _retry(arguments: argparse.Namespace, output: _Output) -> int:
 
 
 def _report_flow(output: _Output, flow: ScheduledFlow, sentence: str) -> int:
-    from pyergon.cli_views import flow_json
+    from pyergon.cli.views import flow_json
 
     if output.as_json:
         output.json(flow_json(flow))
@@ -350,7 +350,7 @@ async def _fork(arguments: argparse.Namespace, output: _Output) -> int:
 
 
 async def _replay(arguments: argparse.Namespace, output: _Output) -> int:
-    from pyergon.cli_worker import load_flow_class
+    from pyergon.cli.worker import load_flow_class
 
     flow_class = load_flow_class(arguments.flow_class)
     async with _storage(arguments) as storage:

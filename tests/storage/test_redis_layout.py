@@ -1,0 +1,388 @@
+"""The Redis layout: its scripts, its migrations from prefixes older pyergons wrote, its indexes
+and its encodings."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from pyergon.core.changes import Change, FlowWrite
+from pyergon.core.records import FlowCursor, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.storage import flows
+from pyergon.storage import redis as redis_module
+from pyergon.storage.memory import InMemoryExecutionLog
+from pyergon.storage.redis_layout import SCRIPTS, encode_invocation, encode_signal
+
+from .conftest import FlowFactory, InvocationFactory
+from .test_redis import MakeRedis
+from .test_redis import admin as shared_admin
+from .test_redis import make_redis as shared_make_redis
+
+admin = shared_admin  # the fixtures of test_redis.py, used here too
+make_redis = shared_make_redis
+
+
+def test_every_script_is_read_from_the_package() -> None:
+    assert set(SCRIPTS) >= {"apply", "claim", "create_flow", "migrate", "renew_leases"}
+    for source in SCRIPTS.values():
+        assert source.startswith("local FINAL_RECORD = ")
+        assert "local function reindex" in source  # the prelude comes with each
+
+
+# -- migrations ------------------------------------------------------------------------------
+
+
+async def write_old_flow(admin: Redis, prefix: str, flow: ScheduledFlow, layout: int) -> None:
+    """Store ``flow`` as layout version ``layout`` (1 or 2) did; the error fields are left out.
+
+    Version 1 kept no ``worker_id`` nor ``cancel_requested`` and had no worker or children
+    indexes; neither version had a ``version`` field.
+    """
+    key = f"{{{prefix}}}"
+    fields: dict[str, str | bytes | None] = {
+        "flow_id": flow.flow_id,
+        "flow_type": flow.flow_type,
+        "payload": flow.payload,
+        "status": flow.status.value,
+        "created_at": repr(flow.created_at),
+        "updated_at": repr(flow.updated_at),
+        "result": flow.result,
+        "attempt": str(flow.attempt),
+        "wake_at": None if flow.wake_at is None else repr(flow.wake_at),
+        "parent_flow_id": flow.parent_flow_id,
+        "parent_sequence": flow.parent_sequence,
+        "lease_owner": flow.lease_owner,
+        "lease_token": flow.lease_token,
+        "lease_expires_at": None if flow.lease_expires_at is None else repr(flow.lease_expires_at),
+    }
+    indexes = ["flows", f"type:{flow.flow_type}", f"status:{flow.status.value}"]
+    indexes.append(f"status:{flow.status.value}:{flow.flow_type}")
+    if layout >= 2:
+        fields["worker_id"] = flow.worker_id
+        fields["cancel_requested"] = "1" if flow.cancel_requested else None
+        if flow.worker_id is not None:
+            indexes.append(f"worker:{flow.worker_id}")
+        if flow.parent_flow_id is not None:
+            indexes.append(f"children:{flow.parent_flow_id}")
+    async with admin.pipeline(transaction=True) as pipe:
+        pipe.set(f"{key}:schema_version", str(layout))
+        pipe.hset(
+            f"{key}:flow:{flow.flow_id}",
+            mapping={name: value for name, value in fields.items() if value is not None},
+        )
+        pipe.sadd(f"{key}:ids", flow.flow_id)
+        for index in indexes:
+            pipe.zadd(f"{key}:{index}", {flow.flow_id: flow.created_at})
+        if flow.status is TaskStatus.SUSPENDED and flow.wake_at is not None:
+            for index in ("timers", f"timers:{flow.flow_type}"):
+                pipe.zadd(f"{key}:{index}", {flow.flow_id: flow.wake_at})
+        if flow.status is TaskStatus.RUNNING and flow.lease_expires_at is not None:
+            pipe.zadd(f"{key}:leases:{flow.flow_type}", {flow.flow_id: flow.lease_expires_at})
+        await pipe.execute()
+
+
+@pytest.mark.parametrize("connecting", [1, 3], ids=["one process", "several at once"])
+async def test_connect_migrates_a_version_2_prefix(
+    make_redis: MakeRedis,
+    redis_prefix: Callable[..., str],
+    admin: Redis,
+    make_flow: FlowFactory,
+    make_invocation: InvocationFactory,
+    connecting: int,
+) -> None:
+    prefix = redis_prefix()
+    waiting = make_flow("waiting", status=TaskStatus.SUSPENDED, created_at=1.0)
+    running = make_flow(
+        "running",
+        status=TaskStatus.RUNNING,
+        created_at=2.0,
+        lease_owner="worker-a",
+        lease_token="token-a",
+        lease_expires_at=9_000.0,
+        worker_id="worker-a",
+        cancel_requested=True,
+    )
+    child = make_flow(
+        "child", status=TaskStatus.COMPLETE, result=b"done", parent_flow_id="waiting",
+        parent_sequence="1", worker_id="worker-b", created_at=3.0,
+    )  # fmt: skip
+    pending = make_flow("pending", created_at=4.0)
+    for flow in (waiting, running, child, pending):
+        await write_old_flow(admin, prefix, flow, layout=2)
+    record = make_invocation(
+        1, flow_id="waiting", kind=OperationKind.SIGNAL, name="approved",
+        status=InvocationStatus.WAITING_FOR_SIGNAL,
+    )  # fmt: skip
+    await admin.hset(f"{{{prefix}}}:inv:waiting", "1:0", encode_invocation(record))
+    await admin.hset(f"{{{prefix}}}:sig:pending", "early", encode_signal(1.5, b"hi"))
+
+    opened = await asyncio.gather(*(make_redis(prefix) for _ in range(connecting)))
+
+    storage = opened[0]
+    assert await admin.get(f"{{{prefix}}}:schema_version") == b"3"
+    for flow in (waiting, running, child, pending):
+        assert await storage.get_flow(flow.flow_id) == flow  # at version 1
+    assert await storage.load_invocations("waiting") == [record]
+    assert await storage.list_signals("pending") == [SignalRecord("pending", "early", b"hi", 1.5)]
+    assert [flow.flow_id for flow in await storage.list_flows(worker_id="worker-b")] == ["child"]
+    assert [flow.flow_id for flow in await storage.list_flows(parent_flow_id="waiting")] == [
+        "child"
+    ]
+    assert await storage.cancel_requests(["running", "waiting"]) == {"running"}
+    # The migrated prefix behaves as version 3: writes are guarded by the version.
+    stale = Change(writes=(FlowWrite("pending", {"attempt": 2}, expected_version=2),))
+    assert (await storage.apply(stale)).moved == "pending"
+    touch = Change(writes=(FlowWrite("pending", {"attempt": 2}, expected_version=1),))
+    assert (await storage.apply(touch)).complete
+    runs = await storage.claim("worker-c", ["Order"], limit=5, lease_seconds=30, now=100.0)
+    assert [(run.flow.flow_id, run.flow.version) for run in runs] == [("pending", 3)]
+    assert await flows.deliver_signal(storage, SignalRecord("waiting", "approved", b"ok", 2.0))
+    woken = await storage.get_flow("waiting")
+    assert woken is not None
+    assert (woken.status, woken.version) == (TaskStatus.PENDING, 2)
+
+
+@pytest.mark.parametrize("connecting", [1, 3], ids=["one process", "several at once"])
+async def test_connect_migrates_a_version_1_prefix(
+    make_redis: MakeRedis,
+    redis_prefix: Callable[..., str],
+    admin: Redis,
+    make_flow: FlowFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    connecting: int,
+) -> None:
+    monkeypatch.setattr(redis_module, "_MIGRATION_BATCH", 10)  # many batches, interleaved
+    prefix = redis_prefix()
+    parent = make_flow("parent", status=TaskStatus.SUSPENDED, wake_at=50.0)
+    await write_old_flow(admin, prefix, parent, layout=1)
+    await write_old_flow(admin, prefix, make_flow("orphan", created_at=5_000.0), layout=1)
+    children = []
+    for n in range(200):  # more than Redis keeps in a compact (single-batch) sorted set
+        child = make_flow(
+            f"child-{n:03}", created_at=2_000.0 + n, parent_flow_id="parent", parent_sequence="1"
+        )
+        if n % 3 == 0:
+            worker = f"worker-{'ab'[n % 2]}"
+            child = child.replace(
+                status=TaskStatus.RUNNING,
+                lease_owner=worker,
+                lease_token=f"token-{n}",
+                lease_expires_at=9_000.0,
+            )
+        else:
+            child = child.replace(status=TaskStatus.COMPLETE, result=b"done")
+        await write_old_flow(admin, prefix, child, layout=1)
+        children.append(child)
+
+    opened = await asyncio.gather(*(make_redis(prefix) for _ in range(connecting)))
+
+    storage = opened[0]
+    assert await admin.get(f"{{{prefix}}}:schema_version") == b"3"
+    newest_first = [child.flow_id for child in reversed(children)]
+    assert [flow.flow_id for flow in await storage.list_flows(parent_flow_id="parent")] == (
+        newest_first[:100]
+    )
+    by_worker_a = await storage.list_flows(worker_id="worker-a", limit=1_000)
+    assert [flow.flow_id for flow in by_worker_a] == [
+        child.flow_id for child in reversed(children) if child.lease_owner == "worker-a"
+    ]
+    assert {flow.worker_id for flow in by_worker_a} == {"worker-a"}
+    completed = await storage.get_flow("child-001")
+    assert completed == children[1]  # no worker known, no cancel requested, version 1
+    counts = await storage.count_flows()
+    assert counts[TaskStatus.RUNNING] == 67
+    assert counts[TaskStatus.COMPLETE] == 133
+    # The migrated prefix behaves as version 3: claims are recorded, cancels are marked.
+    runs = await storage.claim("worker-c", ["Order"], limit=1, lease_seconds=30, now=100.0)
+    assert [run.flow.flow_id for run in runs] == ["orphan"]
+    assert [flow.flow_id for flow in await storage.list_flows(worker_id="worker-c")] == ["orphan"]
+    cancelled = await flows.request_cancel(storage, "child-000")
+    assert cancelled is not None
+    assert cancelled.cancel_requested
+    assert cancelled.version == 2
+
+
+# -- indexes and encodings -------------------------------------------------------------------
+
+
+async def test_times_keep_full_precision_through_the_indexes(
+    make_redis: MakeRedis, make_flow: FlowFactory
+) -> None:
+    storage = await make_redis()
+    wake_at = 1_700_000_123.987654321
+    flow = make_flow(
+        created_at=1_700_000_000.123456789, status=TaskStatus.SUSPENDED, wake_at=wake_at
+    )
+    await storage.create_flow(flow)
+
+    assert await storage.get_flow("flow-1") == flow
+    assert await storage.next_wake_at() == wake_at
+    before = math.nextafter(wake_at, 0.0)
+    claim = storage.claim
+    assert await claim("w", ["Order"], limit=1, lease_seconds=1, now=before) == []
+    assert len(await claim("w", ["Order"], limit=1, lease_seconds=1, now=wake_at)) == 1
+
+
+async def test_bytes_and_text_with_newlines_round_trip(
+    make_redis: MakeRedis, make_flow: FlowFactory, make_invocation: InvocationFactory
+) -> None:
+    storage = await make_redis()
+    error = StoredError("shop.Declined", "line 1\nline 2", "Traceback\n  ...\n", b"\n\x00pay\nload")
+    record = make_invocation(
+        1, status=InvocationStatus.FAILED, name="naïve ✓\nstep", result=b"\nres\n\xff", error=error
+    )
+    signal = SignalRecord("flow-1", "approval\nnext", b"\nyes\n", 1.25)
+    await storage.create_flow(make_flow(payload=b"\n\x00\xff"))
+    write = FlowWrite("flow-1", {"error": error, "result": b"\r\n", "worker_id": "wörker ✓"})
+
+    applied = await storage.apply(Change(records=(record,), signals=(signal,), writes=(write,)))
+
+    assert applied.records == [record]
+    assert await storage.load_invocations("flow-1") == [record]
+    assert await storage.list_signals("flow-1") == [signal]
+    expected = make_flow(payload=b"\n\x00\xff").replace(**write.changes, version=2)
+    assert await storage.get_flow("flow-1") == expected
+    assert await storage.list_flows(worker_id="wörker ✓") == [expected]
+
+
+async def test_a_signal_with_a_non_ascii_name_wakes_the_flow_waiting_for_it(
+    make_redis: MakeRedis, make_flow: FlowFactory, make_invocation: InvocationFactory
+) -> None:
+    storage = await make_redis()
+    await storage.create_flow(make_flow(status=TaskStatus.SUSPENDED))
+    waiting = make_invocation(
+        1, kind=OperationKind.SIGNAL, name="genehmigt ✓", status=InvocationStatus.WAITING_FOR_SIGNAL
+    )
+    await flows.save_records(storage, [waiting])
+
+    assert await flows.deliver_signal(storage, SignalRecord("flow-1", "genehmigt ✓", b"ja", 1.0))
+
+    woken = await storage.get_flow("flow-1")
+    assert woken is not None
+    assert woken.status is TaskStatus.PENDING
+
+
+async def test_listing_agrees_with_the_in_memory_backend_on_random_filters(
+    make_redis: MakeRedis,
+) -> None:
+    """Many equal creation times, non-ASCII ids and cursors on no stored flow test the walk."""
+    redis_storage = await make_redis()
+    memory = InMemoryExecutionLog()
+    rng = random.Random(20_261_125)
+    statuses = list(TaskStatus)
+    for n in range(400):
+        flow = ScheduledFlow(
+            flow_id=f"{rng.choice(['a', 'b', 'Z', 'é', 'ab'])}-{n}",
+            flow_type=rng.choice(["Order", "Refund", "ns:Order"]),
+            payload=b"",
+            status=rng.choice(statuses),
+            created_at=float(rng.randint(1, 30)),
+            updated_at=1.0,
+            worker_id=rng.choice([None, "worker-a", "worker-b"]),
+            parent_flow_id=rng.choice([None, None, "parent-1", "parent-2"]),
+        )
+        for storage in (redis_storage, memory):
+            await storage.create_flow(flow)
+
+    for _ in range(300):
+        filters: dict[str, Any] = {
+            "limit": rng.choice([1, 7, 50, 1_000]),
+            "offset": rng.choice([0, 0, 3, 20]),
+        }
+        if rng.random() < 0.4:
+            filters["status"] = rng.choice([rng.choice(statuses), rng.sample(statuses, 2)])
+        if rng.random() < 0.4:
+            filters["flow_type"] = rng.choice(["Order", "ns:Order", "Unknown"])
+        if rng.random() < 0.3:
+            filters["worker_id"] = rng.choice(["worker-a", "worker-b", "worker-c"])
+        if rng.random() < 0.3:
+            filters["parent_flow_id"] = rng.choice(["parent-1", "parent-2"])
+        if rng.random() < 0.3:
+            filters["created_after"] = rng.randint(0, 30) + rng.choice([0.0, 0.5])
+        if rng.random() < 0.3:
+            filters["created_before"] = rng.randint(0, 30) + rng.choice([0.0, 0.5])
+        if rng.random() < 0.5:
+            filters["after"] = FlowCursor(
+                float(rng.randint(0, 31)), rng.choice(["", "a", "ab-7", "b-300", "Z", "é-1", "ü"])
+            )
+
+        expected = await memory.list_flows(**filters)
+        assert await redis_storage.list_flows(**filters) == expected, filters
+
+
+@pytest.mark.slow
+async def test_a_page_among_20000_flows_reads_only_its_own_flows(
+    make_redis: MakeRedis, admin: Redis, make_flow: FlowFactory
+) -> None:
+    storage = await make_redis(max_connections=50)
+    statuses = list(TaskStatus)
+    flows = [
+        make_flow(
+            f"flow-{n:05}",
+            flow_type=("Order", "Refund")[n % 2],
+            status=statuses[n % len(statuses)],
+            created_at=10_000.0 + n,
+            worker_id=f"worker-{n % 40}",
+            parent_flow_id=f"flow-{n // 100 * 100:05}" if n % 100 else None,
+        )
+        for n in range(20_000)
+    ]
+    for start in range(0, len(flows), 1_000):
+        await asyncio.gather(*(storage.create_flow(flow) for flow in flows[start : start + 1_000]))
+    newest_first = flows[::-1]
+
+    async def listed(**filters: Any) -> tuple[list[str], int]:
+        """The ids a page lists, and how many commands its script ran on the prefix's keys."""
+        async with admin.monitor() as monitor:
+            page = await storage.list_flows(limit=50, **filters)
+            await admin.echo("listed")  # marks the end of the page's commands
+            commands = 0
+            while "listed" not in (command := await monitor.next_command())["command"]:
+                commands += command["client_type"] == "lua" and storage.prefix in command["command"]
+        return [flow.flow_id for flow in page], commands
+
+    cursor = FlowCursor.after(newest_first[1_234])
+    single_filters: list[tuple[dict[str, Any], Callable[[ScheduledFlow], bool]]] = [
+        ({}, lambda flow: True),
+        ({"status": TaskStatus.FAILED}, lambda flow: flow.status is TaskStatus.FAILED),
+        ({"flow_type": "Refund"}, lambda flow: flow.flow_type == "Refund"),
+        ({"worker_id": "worker-7"}, lambda flow: flow.worker_id == "worker-7"),
+        ({"parent_flow_id": "flow-12300"}, lambda flow: flow.parent_flow_id == "flow-12300"),
+        (
+            {"status": TaskStatus.FAILED, "flow_type": "Order", "after": cursor},
+            lambda flow: (
+                flow.status is TaskStatus.FAILED
+                and flow.flow_type == "Order"
+                and (flow.created_at, flow.flow_id) < (cursor.created_at, cursor.flow_id)
+            ),
+        ),
+        (
+            {"created_after": 12_000.0, "created_before": 15_000.0, "offset": 500},
+            lambda flow: 12_000.0 <= flow.created_at < 15_000.0,
+        ),
+    ]
+    for filters, matches in single_filters:
+        ids, commands = await listed(**filters)
+        wanted = [flow.flow_id for flow in newest_first if matches(flow)]
+        offset = filters.get("offset", 0)
+        assert ids == wanted[offset : offset + 50], filters
+        assert len(ids) == 50
+        assert commands <= 60, (filters, commands)  # a few to find the range, one per flow
+
+    # Combined filters walk the smallest index (worker-7's 500 flows), not all 20,000.
+    ids, commands = await listed(worker_id="worker-7", status=[TaskStatus.RUNNING])
+    wanted = [
+        flow.flow_id
+        for flow in newest_first
+        if flow.worker_id == "worker-7" and flow.status is TaskStatus.RUNNING
+    ]
+    assert ids == wanted[:50]
+    assert len(ids) == 50
+    assert commands <= 2 * 500 + 60

@@ -1,0 +1,257 @@
+"""Files written by earlier pyergon releases open, migrate forward and keep their flows."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+
+from pyergon.core.changes import Change, FlowWrite
+from pyergon.core.records import ScheduledFlow
+from pyergon.core.status import TaskStatus
+from pyergon.storage import flows
+from pyergon.storage.base import SCHEMA_VERSION
+from pyergon.storage.sql_columns import record_values
+from pyergon.storage.sqlite import SqliteExecutionLog
+
+from .conftest import FlowFactory, InvocationFactory
+
+# The layout as pyergon 0.9 (schema version 2, commit 3c90df0) wrote it, copied here so that
+# the test keeps checking that layout whatever later migrations do.
+V1_LAYOUT = (
+    "CREATE TABLE pyergon_meta (key TEXT PRIMARY KEY, value NOT NULL)",
+    """CREATE TABLE flows (
+        flow_id TEXT PRIMARY KEY, flow_type TEXT NOT NULL, payload BLOB NOT NULL,
+        status TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, result BLOB,
+        error_type TEXT, error_message TEXT, error_traceback TEXT, error_payload BLOB,
+        attempt INTEGER NOT NULL, wake_at REAL, parent_flow_id TEXT, parent_sequence TEXT,
+        lease_owner TEXT, lease_token TEXT, lease_expires_at REAL)""",
+    "CREATE INDEX flows_by_created ON flows (created_at, flow_id)",
+    "CREATE INDEX flows_by_status ON flows (status, created_at, flow_id)",
+    "CREATE INDEX flows_by_type ON flows (flow_type, created_at, flow_id)",
+    "CREATE INDEX flows_wake_due ON flows (wake_at, created_at, flow_id) "
+    "WHERE status = 'SUSPENDED'",
+    """CREATE TABLE invocations (
+        flow_id TEXT NOT NULL, sequence INTEGER NOT NULL, sub_sequence INTEGER NOT NULL,
+        kind TEXT NOT NULL, name TEXT NOT NULL, args_hash TEXT NOT NULL, status TEXT NOT NULL,
+        result BLOB, error_type TEXT, error_message TEXT, error_traceback TEXT,
+        error_payload BLOB, attempts INTEGER NOT NULL, started_at REAL, completed_at REAL,
+        fire_at REAL, child_flow_id TEXT,
+        PRIMARY KEY (flow_id, sequence, sub_sequence))""",
+    "CREATE INDEX invocations_timer_due ON invocations (fire_at) "
+    "WHERE status = 'WAITING_FOR_TIMER'",
+    """CREATE TABLE signals (
+        flow_id TEXT NOT NULL, name TEXT NOT NULL, payload BLOB NOT NULL, sent_at REAL NOT NULL,
+        PRIMARY KEY (flow_id, name))""",
+)
+V2_ADDITIONS = (
+    "ALTER TABLE flows ADD COLUMN worker_id TEXT",
+    "ALTER TABLE flows ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX flows_by_worker ON flows (worker_id, created_at, flow_id)",
+    "CREATE INDEX flows_by_parent ON flows (parent_flow_id, created_at, flow_id) "
+    "WHERE parent_flow_id IS NOT NULL",
+)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "flows.db"
+
+
+@contextmanager
+def raw(path: Path) -> Iterator[sqlite3.Connection]:
+    with closing(sqlite3.connect(path, isolation_level=None)) as connection:
+        yield connection
+
+
+def old_file(path: Path, version: int, *stored: ScheduledFlow) -> None:
+    """A file as a pyergon of schema ``version`` (1 or 2) left it, holding ``stored``."""
+    with raw(path) as connection:
+        connection.execute("PRAGMA journal_mode = WAL")
+        for statement in V1_LAYOUT + (V2_ADDITIONS if version == 2 else ()):
+            connection.execute(statement)
+        connection.execute(
+            "INSERT INTO pyergon_meta (key, value) VALUES ('schema_version', ?)", (version,)
+        )
+        for flow in stored:
+            values = record_values(flow)
+            del values["version"]  # added by version 3
+            if version == 1:
+                del values["worker_id"], values["cancel_requested"]  # added by version 2
+            columns = ", ".join(values)
+            marks = ", ".join(f":{column}" for column in values)
+            connection.execute(f"INSERT INTO flows ({columns}) VALUES ({marks})", values)
+
+
+def stored_schema(path: Path) -> tuple[object, list[str], set[str]]:
+    with raw(path) as connection:
+        (version,) = connection.execute(
+            "SELECT value FROM pyergon_meta WHERE key = 'schema_version'"
+        ).fetchone()
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(flows)")]
+        indexes = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    return version, columns, indexes
+
+
+async def test_a_version_1_file_is_migrated_and_keeps_its_flows(
+    path: Path, make_flow: FlowFactory
+) -> None:
+    flow = make_flow(
+        status=TaskStatus.SUSPENDED, wake_at=2_000.0, parent_flow_id="parent", parent_sequence="3"
+    )
+    old_file(path, 1, flow)
+
+    async with SqliteExecutionLog(path) as storage:
+        # make_flow leaves worker_id None, cancel_requested False and version 1: the defaults.
+        assert await storage.get_flow("flow-1") == flow
+        assert await storage.list_flows(parent_flow_id="parent") == [flow]
+        (run,) = await storage.claim("worker-a", ["Order"], limit=1, lease_seconds=30, now=2_000.0)
+        assert run.flow.worker_id == "worker-a" and run.flow.version == 2
+        requested = await flows.request_cancel(storage, "flow-1")
+        assert requested is not None and requested.cancel_requested
+
+    version, columns, indexes = stored_schema(path)
+    assert version == SCHEMA_VERSION
+    assert columns.count("version") == 1
+    assert {"flows_by_worker", "flows_by_parent"} <= indexes
+
+
+async def test_a_version_2_file_is_migrated_and_its_flows_start_at_version_1(
+    path: Path, make_flow: FlowFactory, make_invocation: InvocationFactory
+) -> None:
+    waiting = make_flow(status=TaskStatus.SUSPENDED, wake_at=2_000.0, worker_id="worker-0")
+    running = make_flow(
+        "flow-2",
+        status=TaskStatus.RUNNING,
+        lease_owner="worker-0",
+        lease_token="token",
+        lease_expires_at=5_000.0,
+        cancel_requested=True,
+    )
+    old_file(path, 2, waiting, running)
+
+    async with SqliteExecutionLog(path) as storage:
+        assert await storage.get_flow("flow-1") == waiting
+        assert await storage.get_flow("flow-2") == running
+        assert waiting.version == running.version == 1
+        assert await storage.cancel_requests(["flow-1", "flow-2"]) == {"flow-2"}
+        stale = Change(writes=(FlowWrite("flow-1", {"attempt": 2}, expected_version=2),))
+        assert (await storage.apply(stale)).moved == "flow-1"
+        current = Change(writes=(FlowWrite("flow-1", {"attempt": 2}, expected_version=1),))
+        assert (await storage.apply(current)).complete
+        assert await storage.get_flow("flow-1") == waiting.replace(attempt=2, version=2)
+        (run,) = await storage.claim("worker-a", ["Order"], limit=1, lease_seconds=30, now=2_000.0)
+        assert run.flow.flow_id == "flow-1" and run.flow.version == 3
+
+    version, columns, _ = stored_schema(path)
+    assert version == SCHEMA_VERSION == 3
+    assert columns.count("version") == 1
+
+
+async def test_a_migrated_file_opens_again_without_migrating(
+    path: Path, make_flow: FlowFactory
+) -> None:
+    old_file(path, 2, make_flow())
+    async with SqliteExecutionLog(path) as storage:
+        await storage.apply(Change(writes=(FlowWrite("flow-1", {"attempt": 3}),)))
+
+    async with SqliteExecutionLog(path) as reopened:
+        assert await reopened.get_flow("flow-1") == make_flow(attempt=3, version=2)
+
+
+CONNECT_AND_WRITE = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pyergon.core.records import ScheduledFlow
+    from pyergon.core.status import TaskStatus
+    from pyergon.storage.sqlite import SqliteExecutionLog
+
+    path, flow_id = sys.argv[1], sys.argv[2]
+    print("ready", flush=True)
+    sys.stdin.readline()  # the test starts every process at once
+
+    async def main() -> None:
+        async with SqliteExecutionLog(path) as storage:
+            flow = ScheduledFlow(flow_id, "Order", b"", TaskStatus.PENDING, 1.0, 1.0)
+            assert (await storage.create_flow(flow))[1]
+            old = await storage.get_flow("old")
+            assert old is None or old.version == 1
+
+    asyncio.run(main())
+    """
+)
+
+
+def connect_at_once(path: Path, count: int) -> None:
+    """Start ``count`` processes that connect to ``path`` at the same moment and write a flow."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONNECT_AND_WRITE, str(path), f"flow-{n}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(count)
+    ]
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            assert process.stdout.readline() == "ready\n"
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        outcomes = [process.communicate(timeout=30) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            for stream in (process.stdin, process.stdout, process.stderr):
+                if stream is not None:
+                    stream.close()
+    assert [process.returncode for process in processes] == [0] * count, outcomes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", [None, 1, 2], ids=["new-file", "version-1", "version-2"])
+def test_processes_connecting_at_once_all_succeed_and_migrate_once(
+    path: Path, make_flow: FlowFactory, version: int | None
+) -> None:
+    if version is not None:
+        old_file(path, version, make_flow("old"))
+
+    connect_at_once(path, 4)
+
+    stored, columns, _ = stored_schema(path)
+    assert stored == SCHEMA_VERSION
+    assert columns.count("version") == 1
+    with raw(path) as connection:
+        count = 4 if version is None else 5
+        assert connection.execute("SELECT COUNT(*) FROM flows").fetchone() == (count,)
+        assert connection.execute("SELECT COUNT(*) FROM pyergon_meta").fetchone() == (1,)
+
+
+async def test_two_connections_of_one_process_migrate_a_version_2_file_once(
+    path: Path, make_flow: FlowFactory
+) -> None:
+    old_file(path, 2, make_flow())
+    first, second = SqliteExecutionLog(path), SqliteExecutionLog(path)
+
+    await asyncio.gather(first.connect(), second.connect())
+    try:
+        assert await first.get_flow("flow-1") == await second.get_flow("flow-1") == make_flow()
+    finally:
+        await first.close()
+        await second.close()
+
+    stored, columns, _ = stored_schema(path)
+    assert stored == SCHEMA_VERSION and columns.count("version") == 1
