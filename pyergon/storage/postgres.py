@@ -1,8 +1,10 @@
 """PostgreSQL storage: workers on several machines share one log in a database they already run.
 
-Claims are one ``UPDATE ... FOR UPDATE SKIP LOCKED`` statement. Every change that makes work
-runnable sends ``pg_notify`` in its own transaction, and :meth:`PostgresExecutionLog.wait_for_work`
-listens on a dedicated connection, so waiting workers in any process wake when the work commits.
+A change is one transaction that locks the flows it writes before it checks their versions; a
+claim is one ``UPDATE ... FOR UPDATE SKIP LOCKED`` statement. Every change that may make work
+runnable sends ``pg_notify`` in its own transaction, and
+:meth:`PostgresExecutionLog.wait_for_work` listens on a dedicated connection, so waiting workers
+in any process wake when the work commits.
 """
 
 from __future__ import annotations
@@ -10,48 +12,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
-from collections.abc import AsyncIterator, Collection, Hashable, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.changes import ABSENT, Applied, Change, FlowWrite, stored_as_given
+from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
+from pyergon.core.transitions import claim_changes, new_lease_token
 from pyergon.errors import StorageClosedError, StorageError
 from pyergon.storage.base import (
-    UNCHANGED,
     ClaimedRun,
-    ClaimHelpers,
-    FlowUpdate,
     StorageLifecycle,
     check_claim_limit,
     check_page,
     status_filter,
-    wait_for_event,
 )
-from pyergon.storage.postgres_pool import ConnectionPool
+from pyergon.storage.postgres_columns import column_values, written_columns
+from pyergon.storage.postgres_listener import WorkListener
 from pyergon.storage.postgres_sql import (
-    FLOW_COLUMNS,
-    INVOCATION_COLUMNS,
     Statements,
-    changed_flow,
     channel_name,
     flow_from_record,
+    flow_lock_key,
     in_queue_order,
     invocation_from_record,
     migrate,
     sent_notice,
     signal_from_record,
-    stored_record,
     validate_schema_name,
 )
-from pyergon.storage.progress import (
-    FlowTransition,
-    SavedProgress,
-    save_progress_in_steps,
-    stored_as_given,
-)
-from pyergon.storage.sql_columns import flow_changes, record_values
 
 __all__ = ["DEFAULT_DSN", "PostgresExecutionLog"]
 
@@ -87,49 +77,16 @@ def _public_dsn(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
 
 
-class _KeyedLocks:
-    """One FIFO lock per key, kept only while someone holds or waits for it."""
+async def _keep_session(_connection: Any) -> None:
+    """Reset nothing when the pool takes a connection back.
 
-    def __init__(self) -> None:
-        self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
-
-    def hold(self, key: Hashable) -> _Held:
-        """``async with locks.hold(key):`` holds the lock of ``key`` for the block."""
-        return _Held(self._locks, key)
+    pyergon never changes a pooled connection's session (no SET, LISTEN or advisory lock
+    outside a transaction), so asyncpg's default reset, a statement on every release, would
+    only cost a round trip. asyncpg still rolls back a transaction left open.
+    """
 
 
-class _Held:
-    """The ``async with`` of :meth:`_KeyedLocks.hold`."""
-
-    __slots__ = ("_key", "_lock", "_locks")
-
-    def __init__(self, locks: dict[Hashable, tuple[asyncio.Lock, int]], key: Hashable) -> None:
-        self._locks = locks
-        self._key = key
-
-    async def __aenter__(self) -> None:
-        lock, users = self._locks.get(self._key) or (asyncio.Lock(), 0)
-        self._locks[self._key] = (lock, users + 1)
-        self._lock = lock
-        try:
-            await lock.acquire()
-        except BaseException:
-            self._leave()
-            raise
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._lock.release()
-        self._leave()
-
-    def _leave(self) -> None:
-        lock, users = self._locks[self._key]
-        if users == 1:
-            del self._locks[self._key]
-        else:
-            self._locks[self._key] = (lock, users - 1)
-
-
-class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
+class PostgresExecutionLog(StorageLifecycle):
     """Stores flows, records and signals in one schema of a PostgreSQL database.
 
     Several processes and machines may share one schema; each holds a pool of connections and
@@ -182,18 +139,18 @@ class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
         self._max_size = max_size
         self._sql = Statements.for_schema(schema)
         self._channel = channel_name(schema)
-        # Our notices carry this, so the listener skips the echo of a wake-up already given.
-        self._origin = uuid.uuid4().hex
+        self._flow_lock_key = flow_lock_key(schema)
         query = dict(parse_qsl(urlsplit(dsn).query))
         self._server_settings = (
             {} if "application_name" in query else {"application_name": f"pyergon-{schema}"}
         )
-        self._pool: ConnectionPool | None = None
-        self._listener: Any = None
+        self._pool: Any = None
         self._lifecycle_lock = asyncio.Lock()
-        self._listener_lock = asyncio.Lock()
-        self._work = asyncio.Event()
-        self._recording = _KeyedLocks()
+        self._listener = WorkListener(
+            lambda: driver.connect(dsn, server_settings=self._server_settings),
+            self._channel,
+            lambda: self._driver_errors("listen for work on"),
+        )
 
     @classmethod
     def from_url(cls, url: str) -> PostgresExecutionLog:
@@ -248,21 +205,20 @@ class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
         async with self._lifecycle_lock:
             if self._pool is not None:
                 return
-            pool = ConnectionPool(
-                self._open_connection,
+            pool = self._driver.create_pool(
+                self._dsn,
+                min_size=self._min_size,
                 max_size=self._max_size,
-                reusable_after=lambda error: (
-                    not isinstance(error, self._lost_connection)
-                    and isinstance(error, self._driver.PostgresError)
-                ),
+                server_settings=self._server_settings,
+                reset=_keep_session,
             )
-            with self._driver_errors("connect to"):
-                await pool.open(self._min_size)
             try:
+                with self._driver_errors("connect to"):
+                    await pool  # opens min_size connections; closes them again if one fails
                 with self._driver_errors("migrate"):
                     async with pool.acquire() as connection:
                         await migrate(connection, self._sql, where=self.dsn)
-                await self._listening_connection()
+                await self._listener.listen()
             except BaseException:
                 pool.terminate()
                 raise
@@ -271,17 +227,14 @@ class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
     async def close(self) -> None:
         """Close the pool (waiting for operations in flight) and the listener; safe twice."""
         async with self._lifecycle_lock:
-            pool, listener = self._pool, self._listener
+            pool, self._pool = self._pool, None
             if pool is None:
                 return
-            self._pool = self._listener = None
-            for resource in (listener, pool):
-                if resource is None:
-                    continue
-                try:
-                    await resource.close()
-                except self._failures:
-                    resource.terminate()  # the server is gone: nothing left to close politely
+            await self._listener.close()
+            try:
+                await pool.close()
+            except self._failures:
+                pool.terminate()  # the server is gone: nothing left to close politely
 
     # -- running statements ------------------------------------------------------------------
 
@@ -304,10 +257,7 @@ class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
             )
         return StorageError(message)
 
-    async def _open_connection(self) -> Any:
-        return await self._driver.connect(self._dsn, server_settings=self._server_settings)
-
-    def _open_pool(self) -> ConnectionPool:
+    def _open_pool(self) -> Any:
         if self._pool is None:
             raise StorageClosedError(
                 f"PostgreSQL storage {self.dsn} (schema {self._schema!r}) is not open: use it "
@@ -329,198 +279,135 @@ class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
         async with self._connection() as connection, connection.transaction():
             yield connection
 
-    # One statement each, on a pooled connection; written out rather than through
-    # _connection, which costs a generator's frames on every statement.
-
     async def _fetch(self, statement: str, *arguments: object) -> list[Any]:
-        try:
-            async with self._open_pool().acquire() as connection:
-                return cast(list[Any], await connection.fetch(statement, *arguments))
-        except self._failures as error:
-            raise self._storage_error(error) from error
+        async with self._connection() as connection:
+            return cast(list[Any], await connection.fetch(statement, *arguments))
 
     async def _fetchrow(self, statement: str, *arguments: object) -> Any:
-        try:
-            async with self._open_pool().acquire() as connection:
-                return await connection.fetchrow(statement, *arguments)
-        except self._failures as error:
-            raise self._storage_error(error) from error
+        async with self._connection() as connection:
+            return await connection.fetchrow(statement, *arguments)
 
     async def _fetchval(self, statement: str, *arguments: object) -> Any:
-        try:
-            async with self._open_pool().acquire() as connection:
-                return await connection.fetchval(statement, *arguments)
-        except self._failures as error:
-            raise self._storage_error(error) from error
+        async with self._connection() as connection:
+            return await connection.fetchval(statement, *arguments)
 
-    def _woke_workers(self, *rows: Any) -> None:
-        """Wake this object's waiters now if a committed statement sent a notice."""
-        if any(row is not None and sent_notice(row) for row in rows):
-            self._work.set()
-
-    # -- flows -------------------------------------------------------------------------------
+    # -- flows and changes -------------------------------------------------------------------
 
     async def create_flow(self, flow: ScheduledFlow) -> tuple[ScheduledFlow, bool]:
         """Store ``flow`` unless one with its id exists; a new ``PENDING`` flow wakes workers."""
-        values = record_values(flow)
-        arguments = [values[column] for column in FLOW_COLUMNS]
+        arguments = column_values(flow)
         while True:
             async with self._connection() as connection:
                 row = await connection.fetchrow(
-                    self._sql["insert_flow"], self._channel, self._origin, *arguments
+                    self._sql["insert_flow"],
+                    self._channel,
+                    self._listener.origin,
+                    self._flow_lock_key,
+                    *arguments,
                 )
                 if row is not None:
-                    self._woke_workers(row)
+                    if sent_notice(row):
+                        self._listener.wake()
                     return flow, True
                 existing = await connection.fetchrow(self._sql["get_flow"], flow.flow_id)
             if existing is not None:
                 return flow_from_record(existing), False
             # Deleted between the two statements: insert again.
 
-    async def get_flow(self, flow_id: str) -> ScheduledFlow | None:
-        """Return the flow with ``flow_id``, or ``None``."""
-        row = await self._fetchrow(self._sql["get_flow"], flow_id)
-        return None if row is None else flow_from_record(row)
+    async def apply(self, change: Change) -> Applied:
+        """Apply ``change`` atomically; see :meth:`ExecutionLog.apply`.
 
-    async def update_flow(
-        self,
-        flow_id: str,
-        *,
-        status: TaskStatus,
-        result: bytes | FlowUpdate | None = UNCHANGED,
-        error: StoredError | FlowUpdate | None = UNCHANGED,
-        wake_at: float | FlowUpdate | None = UNCHANGED,
-        attempt: int | FlowUpdate = UNCHANGED,
-        expected_status: Sequence[TaskStatus] | None = None,
-    ) -> ScheduledFlow | None:
-        """Change a flow's state; see :meth:`ExecutionLog.update_flow`.
-
-        One statement for a flow without a parent, else one transaction that locks rows as
-        :meth:`release_flow` does: the flow's, then its parent's.
+        One transaction, which first locks every flow the change writes (in flow id order, so
+        two changes never deadlock) and checks their versions; a refused change has written
+        nothing. A change of one record or one signal alone is one statement.
         """
-        changes = flow_changes(status, result=result, error=error, wake_at=wake_at, attempt=attempt)
-        expected = None if expected_status is None else [item.value for item in expected_status]
-        lone = await self._change_lone_flow(flow_id, status, changes, expected=expected)
-        if lone is not None:
-            return flow_from_record(lone)
+        alone = len(change.records) + len(change.signals) == 1
+        if alone and not (change.writes or change.forget_failed or change.notify):
+            async with self._connection() as connection:
+                return await self._apply_in(connection, change)
         async with self._transaction() as connection:
-            held = await connection.fetchrow(self._sql["lock_flow"], flow_id)
-            if held is None:
-                return None
-            if expected_status is not None and TaskStatus(held["status"]) not in expected_status:
-                return None
-            updated, woken = await self._change_held(
-                connection,
-                flow_id,
-                held,
-                status,
-                result=result,
-                error=error,
-                wake_at=wake_at,
-                attempt=attempt,
+            applied = await self._apply_in(connection, change)
+        if change.notify and applied.complete:
+            self._listener.wake()
+        return applied
+
+    async def _apply_in(self, connection: Any, change: Change) -> Applied:
+        """Apply ``change`` on ``connection`` (in a transaction unless it is one statement)."""
+        moved = await self._moved_flow(connection, change.writes)
+        if moved is not None:
+            return Applied(moved=moved)
+        if change.forget_failed:
+            await connection.execute(self._sql["forget_failed"], list(change.forget_failed))
+        stored_records = []
+        for record in change.records:
+            stored = await self._record_in(connection, record)
+            stored_records.append(stored)
+            if not stored_as_given(record, stored):
+                return Applied(stored_records, record_conflict=True)
+        new_signals = 0
+        for signal in change.signals:
+            inserted = await connection.fetchval(
+                self._sql["insert_signal"],
+                signal.flow_id,
+                signal.name,
+                signal.payload,
+                signal.sent_at,
             )
-        self._woke_workers(updated, woken)
-        return flow_from_record(updated)
+            if inserted is not None:
+                new_signals += 1
+        for write in change.writes:
+            await self._write_in(connection, write)
+        if change.notify:
+            await connection.execute(self._sql["notify"], self._channel, self._listener.origin)
+        return Applied(stored_records, signals_stored=new_signals)
 
-    async def _change_lone_flow(
-        self,
-        flow_id: str,
-        status: TaskStatus,
-        changes: dict[str, object],
-        *,
-        lease_token: str | None = None,
-        expected: list[str] | None = None,
-        connection: Any = None,
-    ) -> Any:
-        """Change a flow in one statement if it has no parent and no cancellation applies.
+    async def _moved_flow(self, connection: Any, writes: Collection[FlowWrite]) -> str | None:
+        """Lock the flows ``writes`` write; return the first whose version is not the expected.
 
-        Args:
-            flow_id: The flow.
-            status: Its new status.
-            changes: The columns to set (``flow_changes``).
-            lease_token: Also require the flow to be ``RUNNING`` under this lease.
-            expected: Also require its status to be one of these.
-            connection: Run the statement in this connection's transaction; by default it
-                commits on its own.
-
-        Returns:
-            The changed row, or ``None`` if the flow does not qualify (or does not exist, or
-            fails the lease or status condition): the caller then takes the general path.
+        A flow that does not exist has no row to lock, so for a write that expects it absent
+        an advisory lock on its id, which :meth:`create_flow` takes too, keeps it absent until
+        the change commits.
         """
-        statement = self._sql.change_lone_flow(
-            list(changes),
-            lease=lease_token is not None,
-            expected=expected is not None,
-            waits=status in (TaskStatus.SUSPENDED, TaskStatus.PENDING),
+        guarded = [write for write in writes if write.expected_version is not None]
+        if not guarded and len(writes) < 2:
+            return None  # the UPDATE alone locks its row
+        absent = sorted({write.flow_id for write in guarded if write.expected_version == ABSENT})
+        if absent:
+            await connection.execute(self._sql["lock_flow_ids"], self._flow_lock_key, absent)
+        written = sorted({write.flow_id for write in writes})
+        rows = await connection.fetch(self._sql["lock_flows"], written)
+        versions = {row["flow_id"]: row["version"] for row in rows}
+        for write in guarded:
+            if versions.get(write.flow_id, ABSENT) != write.expected_version:
+                return write.flow_id
+        return None
+
+    async def _record_in(self, connection: Any, record: Invocation) -> Invocation:
+        """Store ``record`` unless a final record holds its position; return what is stored."""
+        arguments = column_values(record)
+        position = (record.flow_id, record.sequence, record.sub_sequence)
+        while True:
+            if await connection.fetchval(self._sql["record_invocation"], *arguments):
+                return record  # stored as given
+            row = await connection.fetchrow(self._sql["get_invocation"], *position)
+            if row is not None:  # a final record holds the position
+                return invocation_from_record(row)
+            # The final record was deleted between the two statements: record again.
+
+    async def _write_in(self, connection: Any, write: FlowWrite) -> None:
+        """Write one flow on ``connection``; a flow that does not exist is left so."""
+        columns = written_columns(write.changes)
+        arguments: list[object] = [write.flow_id, *columns.values()]
+        if write.only_if_status is not None:
+            arguments.append([status.value for status in write.only_if_status])
+        statement = self._sql.write_flow(
+            list(columns), only_if_status=write.only_if_status is not None
         )
-        conditions = [value for value in (lease_token, expected) if value is not None]
-        arguments = (self._channel, self._origin, flow_id, *changes.values(), *conditions)
-        if connection is not None:
-            return await connection.fetchrow(statement, *arguments)
-        row = await self._fetchrow(statement, *arguments)
-        self._woke_workers(row)
-        return row
+        await connection.execute(statement, *arguments)
 
-    async def _change_held(
-        self,
-        connection: Any,
-        flow_id: str,
-        held: Any,
-        status: TaskStatus,
-        *,
-        result: bytes | FlowUpdate | None = UNCHANGED,
-        error: StoredError | FlowUpdate | None = UNCHANGED,
-        wake_at: float | FlowUpdate | None = UNCHANGED,
-        attempt: int | FlowUpdate = UNCHANGED,
-    ) -> tuple[Any, Any]:
-        """Change a flow whose row (``held``) the transaction on ``connection`` has locked.
+    # -- the queue ---------------------------------------------------------------------------
 
-        A running flow whose cancellation was requested ends ``CANCELLED`` instead of waiting
-        again. A flow turning final locks its parent's row before changing anything and wakes
-        the parent if it is suspended, so a parent suspending on it at the same moment either
-        sees it final or is already suspended when it is woken.
-
-        Returns:
-            The flow's row as changed, and the parent's row if it was woken (else ``None``).
-        """
-        waits = status in (TaskStatus.SUSPENDED, TaskStatus.PENDING)
-        if waits and held["status"] == TaskStatus.RUNNING.value and held["cancel_requested"]:
-            status = TaskStatus.CANCELLED
-        parent = held["parent_flow_id"] if status.is_final else None
-        if parent is not None:
-            await connection.fetchrow(self._sql["lock_flow"], parent)
-        changes = flow_changes(status, result=result, error=error, wake_at=wake_at, attempt=attempt)
-        updated = await connection.fetchrow(
-            self._sql.update_flow(list(changes)),
-            self._channel,
-            self._origin,
-            flow_id,
-            *changes.values(),
-        )
-        woken = None
-        if parent is not None:
-            woken = await connection.fetchrow(
-                self._sql["wake_flow"], self._channel, self._origin, parent, time.time()
-            )
-        return updated, woken
-
-    # -- queue -------------------------------------------------------------------------------
-
-    async def claim_flows(
-        self,
-        worker_id: str,
-        flow_types: Collection[str],
-        *,
-        limit: int,
-        lease_seconds: float,
-        now: float,
-        due_by: float | None = None,
-    ) -> list[ScheduledFlow]:
-        """Take up to ``limit`` runnable flows of ``flow_types`` in one statement."""
-        rows = await self._claim_rows(worker_id, flow_types, limit, lease_seconds, now, due_by)
-        return [flow_from_record(row) for row in rows]
-
-    async def claim_runs(
+    async def claim(
         self,
         worker_id: str,
         flow_types: Collection[str],
@@ -530,139 +417,48 @@ class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
         now: float,
         due_by: float | None = None,
     ) -> list[ClaimedRun]:
-        """Claim flows as :meth:`claim_flows` does, then read their logs in one query.
+        """Take up to ``limit`` runnable flows in one statement, then read their logs.
 
         The logs are read in a statement of their own: one inside the claim would see them as
         they were when the claim began, before a run that released a flow meanwhile saved.
         """
-        flows = [
-            flow_from_record(row)
-            for row in await self._claim_rows(
-                worker_id, flow_types, limit, lease_seconds, now, due_by
-            )
-        ]
+        check_claim_limit(limit)
+        changes = claim_changes(
+            worker_id, lease_token="", lease_seconds=lease_seconds, now=now, at=time.time()
+        )
+        # The statement sets each flow's own token, from the list, by its place in the queue.
+        columns = written_columns({k: v for k, v in changes.items() if k != "lease_token"})
+        rows = await self._fetch(
+            self._sql.claim_flows(list(columns)),
+            now,
+            list(flow_types),
+            limit,
+            now if due_by is None else max(due_by, now),
+            [new_lease_token() for _ in range(limit)],
+            *columns.values(),
+        )
+        flows = [flow_from_record(row) for row in in_queue_order(rows)]
         if not flows:
             return []
-        logs: dict[str, list[Invocation] | None] = {flow.flow_id: [] for flow in flows}
+        logs: dict[str, list[Invocation]] = {flow.flow_id: [] for flow in flows}
         try:
             records = await self._fetch(self._sql["load_logs"], list(logs))
         except StorageError:
             return [ClaimedRun(flow, None) for flow in flows]  # the runs read them
         for record in records:
-            cast(list[Invocation], logs[record["flow_id"]]).append(invocation_from_record(record))
+            logs[record["flow_id"]].append(invocation_from_record(record))
         return [ClaimedRun(flow, logs[flow.flow_id]) for flow in flows]
 
-    async def _claim_rows(
-        self,
-        worker_id: str,
-        flow_types: Collection[str],
-        limit: int,
-        lease_seconds: float,
-        now: float,
-        due_by: float | None,
-    ) -> list[Any]:
-        """Run the batch claim; return its rows in queue order."""
-        check_claim_limit(limit)
+    async def renew_leases(
+        self, leases: Mapping[str, str], *, lease_seconds: float, now: float
+    ) -> set[str]:
+        """Extend the leases still held with their tokens, in one statement."""
+        if not leases:
+            return set()
         rows = await self._fetch(
-            self._sql["claim_flows"],
-            time.time(),
-            worker_id,
-            f"{uuid.uuid4().hex}-",
-            now + lease_seconds,
-            now,
-            list(flow_types),
-            limit,
-            now if due_by is None else max(due_by, now),
+            self._sql["renew_leases"], list(leases), list(leases.values()), now + lease_seconds
         )
-        return in_queue_order(rows)
-
-    async def renew_lease(
-        self, flow_id: str, lease_token: str, *, lease_seconds: float, now: float
-    ) -> bool:
-        """Extend a lease still held with ``lease_token``."""
-        renewed = await self._fetchval(
-            self._sql["renew_lease"], flow_id, lease_token, now + lease_seconds
-        )
-        return renewed is not None
-
-    async def release_flow(
-        self,
-        flow_id: str,
-        lease_token: str,
-        *,
-        status: TaskStatus,
-        result: bytes | FlowUpdate | None = UNCHANGED,
-        error: StoredError | FlowUpdate | None = UNCHANGED,
-        wake_at: float | FlowUpdate | None = UNCHANGED,
-        attempt: int | FlowUpdate = UNCHANGED,
-        waiting_signals: Collection[str] = (),
-        waiting_children: Collection[str] = (),
-    ) -> ScheduledFlow | None:
-        """Leave a held flow in ``status`` and drop the lease, in one transaction.
-
-        The flow's row is locked first, and a finishing child locks its parent's row before
-        changing anything, so a parent suspending on a child at the same moment either sees the
-        child final or is already suspended when the child wakes it. :meth:`store_signal`,
-        :meth:`update_flow` and :meth:`request_cancel` lock rows in the same order. A flow
-        without a parent and nothing to wait for is released in one statement instead.
-        """
-        if not waiting_signals and not waiting_children:
-            changes = flow_changes(
-                status, result=result, error=error, wake_at=wake_at, attempt=attempt
-            )
-            lone = await self._change_lone_flow(flow_id, status, changes, lease_token=lease_token)
-            if lone is not None:
-                return flow_from_record(lone)
-        transition = FlowTransition(
-            status,
-            result=result,
-            error=error,
-            wake_at=wake_at,
-            attempt=attempt,
-            lease_token=lease_token,
-            waiting_signals=tuple(waiting_signals),
-            waiting_children=tuple(waiting_children),
-        )
-        async with self._transaction() as connection:
-            released, woken = await self._transition_in(
-                connection, flow_id, transition, try_lone=False
-            )
-        self._woke_workers(released, woken)
-        return None if released is None else flow_from_record(released)
-
-    async def _wake_already_due(
-        self, connection: Any, flow_id: str, signals: list[str], children: list[str]
-    ) -> bool:
-        if signals and await connection.fetchval(self._sql["signal_arrived"], flow_id, signals):
-            return True
-        return bool(children) and bool(
-            await connection.fetchval(self._sql["child_finished"], children)
-        )
-
-    async def request_cancel(self, flow_id: str) -> ScheduledFlow | None:
-        """Cancel a flow now, or at its next step boundary if it is running.
-
-        One transaction, locking rows as :meth:`release_flow` does; a request for a running
-        flow notifies workers in every process.
-        """
-        woken = None
-        async with self._transaction() as connection:
-            held = await connection.fetchrow(self._sql["lock_flow"], flow_id)
-            if held is None:
-                return None
-            current = TaskStatus(held["status"])
-            if current.is_final:
-                return flow_from_record(await connection.fetchrow(self._sql["get_flow"], flow_id))
-            if current is TaskStatus.RUNNING:
-                changed = await connection.fetchrow(
-                    self._sql["request_cancel"], self._channel, self._origin, flow_id, time.time()
-                )
-            else:
-                changed, woken = await self._change_held(
-                    connection, flow_id, held, TaskStatus.CANCELLED, wake_at=None
-                )
-        self._woke_workers(changed, woken)
-        return flow_from_record(changed)
+        return {row["flow_id"] for row in rows}
 
     async def cancel_requests(self, flow_ids: Collection[str]) -> set[str]:
         """Return the running flows among ``flow_ids`` whose cancellation was requested."""
@@ -670,8 +466,6 @@ class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
             return set()
         rows = await self._fetch(self._sql["cancel_requests"], list(flow_ids))
         return {row["flow_id"] for row in rows}
-
-    # -- wake-ups ----------------------------------------------------------------------------
 
     async def next_wake_at(self, flow_types: Collection[str] | None = None) -> float | None:
         """Return the earliest wake time of a suspended flow (of ``flow_types``, if given)."""
@@ -691,267 +485,24 @@ class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
             StorageError: The listening connection cannot be opened again.
         """
         self._open_pool()
-        if not self._work.is_set():
-            await self._listening_connection()
-            if not await wait_for_event(self._work, timeout):
-                return False
-        self._work.clear()
-        return True
+        return await self._listener.wait(timeout)
 
-    async def _listening_connection(self) -> None:
-        """Open the LISTEN connection if there is none or it was lost."""
-        async with self._listener_lock:
-            lost = self._listener
-            if lost is not None and not lost.is_closed():
-                return
-            with self._driver_errors("listen for work on"):
-                connection = await self._driver.connect(
-                    self._dsn, server_settings=self._server_settings
-                )
-                try:
-                    await connection.add_listener(self._channel, self._on_notice)
-                except BaseException:
-                    connection.terminate()
-                    raise
-            connection.add_termination_listener(self._on_listener_lost)
-            self._listener = connection
-            if lost is not None:
-                self._work.set()
+    # -- reads -------------------------------------------------------------------------------
 
-    def _on_notice(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
-        if payload != self._origin:
-            self._work.set()
-
-    def _on_listener_lost(self, connection: Any) -> None:
-        if connection is self._listener:
-            self._work.set()  # waiters return and open a new listener on their next wait
-
-    # -- invocations -------------------------------------------------------------------------
+    async def get_flow(self, flow_id: str) -> ScheduledFlow | None:
+        """Return the flow with ``flow_id``, or ``None``."""
+        row = await self._fetchrow(self._sql["get_flow"], flow_id)
+        return None if row is None else flow_from_record(row)
 
     async def load_invocations(self, flow_id: str) -> list[Invocation]:
         """Return a flow's records ordered by ``(sequence, sub_sequence)``."""
         rows = await self._fetch(self._sql["load_invocations"], flow_id)
         return [invocation_from_record(row) for row in rows]
 
-    async def get_invocation(
-        self, flow_id: str, sequence: int, sub_sequence: int = 0
-    ) -> Invocation | None:
-        """Return one record, or ``None``."""
-        row = await self._fetchrow(self._sql["get_invocation"], flow_id, sequence, sub_sequence)
-        return None if row is None else invocation_from_record(row)
-
-    async def record_invocation(self, invocation: Invocation) -> Invocation:
-        """Store ``invocation`` unless a final record holds its position (first writer wins).
-
-        Concurrent calls of this object for one position reach the server in call order, as
-        with the other backends; across processes the first to commit wins.
-        """
-        values = record_values(invocation)
-        arguments = [values[column] for column in INVOCATION_COLUMNS]
-        position = (invocation.flow_id, invocation.sequence, invocation.sub_sequence)
-        async with self._recording.hold(position):
-            while True:
-                if await self._fetchval(self._sql["record_invocation"], *arguments):
-                    return invocation  # stored as given
-                # A final record holds the position.
-                row = await self._fetchrow(self._sql["get_invocation"], *position)
-                if row is not None:
-                    return invocation_from_record(row)
-                # The final record was deleted between the two statements: record again.
-
-    async def save_progress(
-        self,
-        flow_id: str,
-        records: Sequence[Invocation],
-        transition: FlowTransition | None = None,
-    ) -> SavedProgress:
-        """Store records and the flow's new state; see :meth:`ExecutionLog.save_progress`.
-
-        A held flow's last record and its release are one statement. When that statement
-        cannot release the flow (it has a parent, its lease is gone, or it was asked to cancel
-        while it would wait), its record is stored already and one transaction does the rest,
-        as it does every other save of records with a new state. Rows are locked in the order
-        every other writer uses: the records, then the flow's row, then its parent's (see
-        :meth:`release_flow`).
-        """
-        if not records or transition is None:
-            # Single statements commit on their own: a transaction would only add round trips.
-            return await save_progress_in_steps(self, flow_id, records, transition)
-        if len(records) == 1:
-            saved = await self._record_and_change_lone_flow(flow_id, records[0], transition)
-            if saved is not None:
-                return saved
-        stored_records: list[Invocation] = []
-        changed: tuple[Any, Any] = (None, None)
-        async with self._transaction() as connection:
-            for record in records:
-                stored = await self._record_in(connection, record)
-                stored_records.append(stored)
-                if not stored_as_given(record, stored):
-                    return SavedProgress(stored_records, conflict=True)
-            if transition is not None:
-                changed = await self._transition_in(connection, flow_id, transition)
-        self._woke_workers(*changed)
-        flow = None if changed[0] is None else flow_from_record(changed[0])
-        return SavedProgress(stored_records, flow=flow)
-
-    async def _record_and_change_lone_flow(
-        self, flow_id: str, record: Invocation, transition: FlowTransition
-    ) -> SavedProgress | None:
-        """Save one record and a lone flow's release in one statement: one round trip.
-
-        Returns:
-            What was saved, or ``None`` if the general path must save it: the transition is
-            not a lone flow's release, the flow did not qualify, or the record was not stored.
-            The record may be stored already then, which is a prefix of the progress.
-        """
-        if transition.lease_token is None or transition.waiting_signals:
-            return None
-        if transition.waiting_children:
-            return None
-        changes = flow_changes(
-            transition.status,
-            result=transition.result,
-            error=transition.error,
-            wake_at=transition.wake_at,
-            attempt=transition.attempt,
-        )
-        statement = self._sql.record_and_change_lone_flow(
-            list(changes), waits=transition.status in (TaskStatus.SUSPENDED, TaskStatus.PENDING)
-        )
-        values = record_values(record)
-        row = await self._fetchrow(
-            statement,
-            self._channel,
-            self._origin,
-            flow_id,
-            *changes.values(),
-            transition.lease_token,
-            *[values[column] for column in INVOCATION_COLUMNS],
-        )
-        if not stored_record(row) or not changed_flow(row):
-            return None
-        self._woke_workers(row)
-        return SavedProgress([record], flow=flow_from_record(row))
-
-    async def _record_in(self, connection: Any, invocation: Invocation) -> Invocation:
-        """Record ``invocation`` in the transaction on ``connection``; return it as stored."""
-        values = record_values(invocation)
-        arguments = [values[column] for column in INVOCATION_COLUMNS]
-        position = (invocation.flow_id, invocation.sequence, invocation.sub_sequence)
-        while True:
-            if await connection.fetchval(self._sql["record_invocation"], *arguments):
-                return invocation  # stored as given
-            row = await connection.fetchrow(self._sql["get_invocation"], *position)
-            if row is not None:  # a final record holds the position
-                return invocation_from_record(row)
-            # The final record was deleted between the two statements: record again.
-
-    async def _transition_in(
-        self, connection: Any, flow_id: str, transition: FlowTransition, *, try_lone: bool = True
-    ) -> tuple[Any, Any]:
-        """Apply ``transition`` in the transaction on ``connection``, as release or update.
-
-        Args:
-            connection: A connection inside a transaction.
-            flow_id: The flow.
-            transition: Its new state.
-            try_lone: Try the one-statement change first (off when the caller just did).
-
-        Returns:
-            The flow's changed row (``None`` if it was not changed) and its woken parent's.
-        """
-        status = transition.status
-        if try_lone and not transition.waiting_signals and not transition.waiting_children:
-            changes = flow_changes(
-                status,
-                result=transition.result,
-                error=transition.error,
-                wake_at=transition.wake_at,
-                attempt=transition.attempt,
-            )
-            lone = await self._change_lone_flow(
-                flow_id, status, changes, lease_token=transition.lease_token, connection=connection
-            )
-            if lone is not None:
-                return lone, None
-        held = await connection.fetchrow(self._sql["lock_flow"], flow_id)
-        if held is None:
-            return None, None
-        if transition.lease_token is not None:
-            if held["status"] != TaskStatus.RUNNING.value:
-                return None, None
-            if held["lease_token"] != transition.lease_token:
-                return None, None
-            if status is TaskStatus.SUSPENDED and await self._wake_already_due(
-                connection,
-                flow_id,
-                list(transition.waiting_signals),
-                list(transition.waiting_children),
-            ):
-                status = TaskStatus.PENDING
-        return await self._change_held(
-            connection,
-            flow_id,
-            held,
-            status,
-            result=transition.result,
-            error=transition.error,
-            wake_at=transition.wake_at,
-            attempt=transition.attempt,
-        )
-
-    async def delete_failed_invocations(self, flow_id: str) -> int:
-        """Delete a flow's ``FAILED`` records and return how many there were."""
-        async with self._connection() as connection:
-            outcome = await connection.execute(self._sql["delete_failed_invocations"], flow_id)
-        return int(outcome.rsplit(" ", 1)[1])
-
-    # -- signals -----------------------------------------------------------------------------
-
-    async def store_signal(self, signal: SignalRecord) -> bool:
-        """Store a signal unless one with the same flow id and name exists.
-
-        In the same transaction, with the flow's row locked first (see :meth:`release_flow`),
-        a ``SUSPENDED`` flow with a ``WAITING_FOR_SIGNAL`` record of that name becomes
-        ``PENDING``.
-        """
-        woken = None
-        async with self._transaction() as connection:
-            held = await connection.fetchrow(self._sql["lock_flow"], signal.flow_id)
-            inserted = await connection.fetchval(
-                self._sql["insert_signal"],
-                signal.flow_id,
-                signal.name,
-                signal.payload,
-                signal.sent_at,
-            )
-            if inserted is None:
-                return False
-            if (
-                held is not None
-                and held["status"] == TaskStatus.SUSPENDED.value
-                and await connection.fetchval(
-                    self._sql["awaits_signal"], signal.flow_id, signal.name
-                )
-            ):
-                woken = await connection.fetchrow(
-                    self._sql["wake_flow"], self._channel, self._origin, signal.flow_id, time.time()
-                )
-        self._woke_workers(woken)
-        return True
-
-    async def get_signal(self, flow_id: str, name: str) -> SignalRecord | None:
-        """Return a stored signal, or ``None``."""
-        row = await self._fetchrow(self._sql["get_signal"], flow_id, name)
-        return None if row is None else signal_from_record(row)
-
     async def list_signals(self, flow_id: str) -> list[SignalRecord]:
         """Return a flow's signals, oldest first, then by name."""
         rows = await self._fetch(self._sql["list_signals"], flow_id)
         return [signal_from_record(row) for row in rows]
-
-    # -- history -----------------------------------------------------------------------------
 
     async def list_flows(
         self,
@@ -1001,9 +552,9 @@ class PostgresExecutionLog(ClaimHelpers, StorageLifecycle):
     async def delete_flow(self, flow_id: str) -> bool:
         """Delete a flow with its records and signals in one transaction."""
         async with self._transaction() as connection:
+            deleted = await connection.fetchval(self._sql["delete_flow"], flow_id)
             await connection.execute(self._sql["delete_invocations"], flow_id)
             await connection.execute(self._sql["delete_signals"], flow_id)
-            deleted = await connection.fetchval(self._sql["delete_flow"], flow_id)
         return deleted is not None
 
     async def reset(self) -> None:

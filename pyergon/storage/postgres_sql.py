@@ -1,9 +1,8 @@
 """The PostgreSQL backend's tables: schema, forward migrations, statements and row conversions.
 
 Every statement names its tables through the configured schema, so one database can hold several
-independent pyergon logs. Statements that can make work runnable take the notification channel
-as ``$1`` and the notice payload as ``$2`` and send ``pg_notify`` in the same statement, hence in
-the same transaction as the change. :mod:`pyergon.storage.postgres` runs them.
+independent pyergon logs. :mod:`pyergon.storage.postgres` runs the statements; the values of
+records and of flow writes become column values in :mod:`pyergon.storage.postgres_columns`.
 """
 
 from __future__ import annotations
@@ -17,34 +16,28 @@ from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRe
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.errors import CorruptStorageError, SchemaVersionError
 from pyergon.storage.base import SCHEMA_VERSION
-from pyergon.storage.sql_columns import sql_list
+from pyergon.storage.postgres_columns import ERROR_COLUMNS, FLOW_COLUMNS, INVOCATION_COLUMNS
 
 __all__ = [
-    "FLOW_COLUMNS",
-    "INVOCATION_COLUMNS",
     "MIGRATIONS",
     "Statements",
     "advisory_lock_key",
-    "changed_flow",
     "channel_name",
     "flow_from_record",
+    "flow_lock_key",
     "in_queue_order",
     "invocation_from_record",
     "migrate",
     "quote_identifier",
     "sent_notice",
     "signal_from_record",
-    "stored_record",
     "validate_schema_name",
 ]
 
 _MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer names silently
-_ERROR_COLUMNS = ("error_type", "error_message", "error_traceback", "error_payload")
 _NOTICE_COLUMN = "notified_workers"
 _PLACE = "queue_place"
-"""The column a batch claim adds to each row: the flow's place in the queue order."""
-_RECORDED = "recorded"
-"""The column a record-and-change statement adds: whether it stored the record."""
+"""The column a claim adds to each row: the flow's place in the queue order."""
 
 
 def validate_schema_name(schema: str) -> str:
@@ -76,20 +69,15 @@ def advisory_lock_key(schema: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def _columns(record_type: type[ScheduledFlow | Invocation]) -> tuple[str, ...]:
-    """Column names of a record type: one per field, with ``error`` spread over four."""
-    return tuple(
-        column
-        for field in dataclasses.fields(record_type)
-        for column in (_ERROR_COLUMNS if field.name == "error" else (field.name,))
-    )
+def flow_lock_key(schema: str) -> int:
+    """The first ``int4`` key of the advisory locks on flow ids of one schema (see ``apply``)."""
+    digest = hashlib.sha256(f"pyergon-flow:{schema}".encode()).digest()
+    return int.from_bytes(digest[:4], "big", signed=True)
 
 
-FLOW_COLUMNS = _columns(ScheduledFlow)
-INVOCATION_COLUMNS = _columns(Invocation)
 _INVOCATION_KEY = ("flow_id", "sequence", "sub_sequence")
-_FINAL_FLOW = sql_list([status for status in TaskStatus if status.is_final])
-_FINAL_INVOCATION = sql_list([status for status in InvocationStatus if status.is_final])
+assert FLOW_COLUMNS[0] == "flow_id", "insert_flow locks the flow id it takes as $4"
+_FINAL_INVOCATION = ", ".join(f"'{status.value}'" for status in InvocationStatus if status.is_final)
 
 # -- schema ----------------------------------------------------------------------------------------
 
@@ -104,7 +92,7 @@ _SCHEMA_V1 = (
         attempt integer NOT NULL, wake_at double precision, parent_flow_id text COLLATE "C",
         parent_sequence text, lease_owner text, lease_token text,
         lease_expires_at double precision)""",
-    # claim_flows walks these in queue order and stops at the last flow it takes: pending flows
+    # claim walks these in queue order and stops at the last flow it takes: pending flows
     # and running ones (whose lease may have expired) by age, then suspended ones by wake time.
     # The second also serves next_wake_at.
     "CREATE INDEX flows_claim_queued ON {s}.flows (created_at, flow_id) "
@@ -138,20 +126,23 @@ _SCHEMA_V2 = (
     "WHERE parent_flow_id IS NOT NULL",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
+# The version guarding every write of a flow. A constant default adds no rewrite of the table
+# (PostgreSQL 11+): existing flows read as version 1.
+_SCHEMA_V3 = ("ALTER TABLE {s}.flows ADD COLUMN version integer NOT NULL DEFAULT 1",)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 """``MIGRATIONS[n]`` holds the statements turning schema version ``n`` into ``n + 1``."""
 
 assert len(MIGRATIONS) == SCHEMA_VERSION, "add a migration step for the new SCHEMA_VERSION"
 
 # -- statements ------------------------------------------------------------------------------------
 
-_WAKES_ON_CREATE = "status = 'PENDING'"
-_WAKES = "status = 'PENDING' OR (status = 'SUSPENDED' AND wake_at IS NOT NULL)"
-"""A flow left like this is work: runnable now, or at a wake time a timer service must see."""
-
 
 def _notifying(change: str, wakes: str) -> str:
-    """Wrap an INSERT or UPDATE so each row it leaves in a ``wakes`` state sends a notice."""
+    """Wrap an INSERT or UPDATE so each row it leaves in a ``wakes`` state sends a notice.
+
+    The statement takes the channel as ``$1`` and the notice's payload as ``$2``.
+    """
     return (
         f"WITH changed AS ({change} RETURNING *) SELECT *, "
         f"CASE WHEN {wakes} THEN pg_notify($1, $2)::text END AS {_NOTICE_COLUMN} FROM changed"
@@ -162,41 +153,38 @@ def _numbered(columns: Sequence[str], first: int) -> str:
     return ", ".join(f"${index}" for index in range(first, first + len(columns)))
 
 
-def _record_invocation(first: int) -> str:
-    """An INSERT of a record (columns from ``$first``) unless a final record holds its place."""
-    updates = ", ".join(
+_RECORD_INVOCATION = (
+    f"INSERT INTO {{s}}.invocations AS stored ({', '.join(INVOCATION_COLUMNS)}) "
+    f"VALUES ({_numbered(INVOCATION_COLUMNS, 1)}) "
+    f"ON CONFLICT ({', '.join(_INVOCATION_KEY)}) DO UPDATE SET "
+    + ", ".join(
         f"{column} = excluded.{column}"
         for column in INVOCATION_COLUMNS
         if column not in _INVOCATION_KEY
     )
-    return (
-        f"INSERT INTO {{s}}.invocations AS stored ({', '.join(INVOCATION_COLUMNS)}) "
-        f"VALUES ({_numbered(INVOCATION_COLUMNS, first)}) "
-        f"ON CONFLICT ({', '.join(_INVOCATION_KEY)}) DO UPDATE SET {updates} "
-        f"WHERE stored.status NOT IN ({_FINAL_INVOCATION})"
-    )
+    + f" WHERE stored.status NOT IN ({_FINAL_INVOCATION}) RETURNING true"
+)
+"""Stores a record unless a final record holds its position; returns a row only if it stored."""
 
-
-_CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
 # The queue order is (ready time, created_at, flow_id) where the ready time is the wake time of a
 # suspended flow and 0 otherwise. So the oldest pending or lease-expired flows come first and due
 # suspended flows only fill what is left of the limit: the second search runs (and locks rows)
-# only for that rest. Each search is an ordered walk of one partial index. Each claimed flow's
-# lease token is the caller's fresh token $3 followed by the flow's place in the queue order.
+# only for that rest. Each search is an ordered walk of one partial index. Parameters: $1 now,
+# $2 flow types, $3 limit, $4 the due time of suspended flows, $5 one lease token per place.
 _CLAIM_FLOWS = (
     "WITH queued AS MATERIALIZED (SELECT flow_id, created_at FROM {s}.flows "
-    "WHERE status IN ('PENDING', 'RUNNING') AND (status = 'PENDING' OR lease_expires_at < $5) "
-    "AND flow_type = ANY($6::text[]) ORDER BY created_at, flow_id LIMIT $7 "
+    "WHERE status IN ('PENDING', 'RUNNING') AND (status = 'PENDING' OR lease_expires_at < $1) "
+    "AND flow_type = ANY($2::text[]) ORDER BY created_at, flow_id LIMIT $3 "
     "FOR UPDATE SKIP LOCKED), "
     "due AS MATERIALIZED (SELECT flow_id, wake_at, created_at FROM {s}.flows "
-    "WHERE status = 'SUSPENDED' AND wake_at <= $8 AND flow_type = ANY($6::text[]) "
-    "ORDER BY wake_at, created_at, flow_id LIMIT $7 - (SELECT count(*) FROM queued) "
+    "WHERE status = 'SUSPENDED' AND wake_at <= $4 AND flow_type = ANY($2::text[]) "
+    "ORDER BY wake_at, created_at, flow_id LIMIT $3 - (SELECT count(*) FROM queued) "
     "FOR UPDATE SKIP LOCKED), "
     "chosen AS (SELECT flow_id, row_number() OVER (ORDER BY ready, created_at, flow_id) AS place "
     "FROM (SELECT flow_id, 0.0::double precision AS ready, created_at FROM queued "
     "UNION ALL SELECT flow_id, wake_at, created_at FROM due) AS candidates) "
-    "UPDATE {s}.flows AS flows SET status = 'RUNNING', updated_at = $1, lease_owner = $2, "
-    "worker_id = $2, lease_token = $3 || chosen.place, lease_expires_at = $4 "
+    "UPDATE {s}.flows AS flows SET {assignments}, lease_token = ($5::text[])[chosen.place], "
+    "version = flows.version + 1 "
     f"FROM chosen WHERE flows.flow_id = chosen.flow_id RETURNING flows.*, chosen.place AS {_PLACE}"
 )
 
@@ -205,34 +193,38 @@ _TEMPLATES = {
     "schema_version": "SELECT value FROM {s}.meta WHERE key = 'schema_version'",
     "set_schema_version": "INSERT INTO {s}.meta (key, value) VALUES ('schema_version', $1) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    # The advisory lock on the flow id orders a creation after an apply that found the flow
+    # absent (see lock_flow_ids): $3 is the schema's key of flow locks.
     "insert_flow": _notifying(
         f"INSERT INTO {{s}}.flows ({', '.join(FLOW_COLUMNS)}) "
-        f"VALUES ({_numbered(FLOW_COLUMNS, 3)}) ON CONFLICT (flow_id) DO NOTHING",
-        _WAKES_ON_CREATE,
+        f"SELECT {_numbered(FLOW_COLUMNS, 4)} "
+        "FROM (SELECT pg_advisory_xact_lock($3, hashtext($4))) AS locked "
+        "ON CONFLICT (flow_id) DO NOTHING",
+        "status = 'PENDING'",
     ),
     "get_flow": "SELECT * FROM {s}.flows WHERE flow_id = $1",
-    "lock_flow": "SELECT status, lease_token, parent_flow_id, cancel_requested FROM {s}.flows "
-    "WHERE flow_id = $1 FOR UPDATE",
-    "claim_flows": _CLAIM_FLOWS,
-    "renew_lease": "UPDATE {s}.flows SET lease_expires_at = $3 "
-    "WHERE flow_id = $1 AND status = 'RUNNING' AND lease_token = $2 RETURNING true",
-    "wake_flow": _notifying(
-        "UPDATE {s}.flows SET status = 'PENDING', wake_at = NULL, updated_at = $4, "
-        f"cancel_requested = false, {_CLEAR_LEASE} WHERE flow_id = $3 AND status = 'SUSPENDED'",
-        _WAKES,
-    ),
-    # Always a notice: workers in other processes look for cancellations of their flows.
-    "request_cancel": _notifying(
-        "UPDATE {s}.flows SET cancel_requested = true, updated_at = $4 "
-        "WHERE flow_id = $3 AND status = 'RUNNING'",
-        "true",
-    ),
+    # Locks every flow a change writes, in one order, so two changes cannot deadlock.
+    "lock_flows": "SELECT flow_id, version FROM {s}.flows WHERE flow_id = ANY($1::text[]) "
+    "ORDER BY flow_id FOR UPDATE",
+    "lock_flow_ids": "SELECT pg_advisory_xact_lock($1, hashtext(flow_id)) "
+    "FROM unnest($2::text[]) AS flow_id ORDER BY flow_id",
+    "record_invocation": _RECORD_INVOCATION,
+    "get_invocation": "SELECT * FROM {s}.invocations "
+    "WHERE flow_id = $1 AND sequence = $2 AND sub_sequence = $3",
+    "forget_failed": "DELETE FROM {s}.invocations "
+    f"WHERE flow_id = ANY($1::text[]) AND status = '{InvocationStatus.FAILED.value}'",
+    "insert_signal": "INSERT INTO {s}.signals (flow_id, name, payload, sent_at) "
+    "VALUES ($1, $2, $3, $4) ON CONFLICT (flow_id, name) DO NOTHING RETURNING true",
+    "notify": "SELECT pg_notify($1, $2)",
+    # Rows are locked in flow id order, as an apply locks them.
+    "renew_leases": "UPDATE {s}.flows SET lease_expires_at = $3 WHERE flow_id IN ("
+    "SELECT flows.flow_id FROM {s}.flows AS flows "
+    "JOIN unnest($1::text[], $2::text[]) AS held (flow_id, lease_token) "
+    "ON flows.flow_id = held.flow_id AND flows.lease_token = held.lease_token "
+    "WHERE flows.status = 'RUNNING' ORDER BY flows.flow_id FOR UPDATE OF flows) "
+    "RETURNING flow_id",
     "cancel_requests": "SELECT flow_id FROM {s}.flows WHERE flow_id = ANY($1::text[]) "
     "AND status = 'RUNNING' AND cancel_requested",
-    "signal_arrived": "SELECT EXISTS (SELECT 1 FROM {s}.signals "
-    "WHERE flow_id = $1 AND name = ANY($2::text[]))",
-    "child_finished": "SELECT EXISTS (SELECT 1 FROM {s}.flows "
-    f"WHERE flow_id = ANY($1::text[]) AND status IN ({_FINAL_FLOW}))",
     "next_wake_at": "SELECT min(wake_at) FROM {s}.flows WHERE status = 'SUSPENDED'",
     "next_wake_at_of_types": "SELECT min(wake_at) FROM {s}.flows WHERE status = 'SUSPENDED' "
     "AND flow_type = ANY($1::text[])",
@@ -240,27 +232,16 @@ _TEMPLATES = {
     "ORDER BY sequence, sub_sequence",
     "load_logs": "SELECT * FROM {s}.invocations WHERE flow_id = ANY($1::text[]) "
     "ORDER BY flow_id, sequence, sub_sequence",
-    "get_invocation": "SELECT * FROM {s}.invocations "
-    "WHERE flow_id = $1 AND sequence = $2 AND sub_sequence = $3",
-    # Returns a row only if the record was stored: it then holds exactly the values given.
-    "record_invocation": _record_invocation(1) + " RETURNING true",
-    "delete_failed_invocations": "DELETE FROM {s}.invocations "
-    f"WHERE flow_id = $1 AND status = '{InvocationStatus.FAILED.value}'",
-    "insert_signal": "INSERT INTO {s}.signals (flow_id, name, payload, sent_at) "
-    "VALUES ($1, $2, $3, $4) ON CONFLICT (flow_id, name) DO NOTHING RETURNING true",
-    "awaits_signal": "SELECT EXISTS (SELECT 1 FROM {s}.invocations WHERE flow_id = $1 "
-    f"AND name = $2 AND kind = '{OperationKind.SIGNAL.value}' "
-    f"AND status = '{InvocationStatus.WAITING_FOR_SIGNAL.value}')",
-    "get_signal": "SELECT * FROM {s}.signals WHERE flow_id = $1 AND name = $2",
     # Names by code point, as in the other backends, whatever the database's collation.
     "list_signals": "SELECT * FROM {s}.signals WHERE flow_id = $1 "
     'ORDER BY sent_at, name COLLATE "C"',
     "count_flows": "SELECT status, count(*) AS flows FROM {s}.flows GROUP BY status",
     "count_flows_of_type": "SELECT status, count(*) AS flows FROM {s}.flows "
     "WHERE flow_type = $1 GROUP BY status",
+    # The flow's row first: an apply locks it before it writes the flow's records.
+    "delete_flow": "DELETE FROM {s}.flows WHERE flow_id = $1 RETURNING true",
     "delete_invocations": "DELETE FROM {s}.invocations WHERE flow_id = $1",
     "delete_signals": "DELETE FROM {s}.signals WHERE flow_id = $1",
-    "delete_flow": "DELETE FROM {s}.flows WHERE flow_id = $1 RETURNING true",
     "reset": "TRUNCATE {s}.invocations, {s}.signals, {s}.flows",
 }
 
@@ -274,6 +255,8 @@ class Statements:
     schema: str
     """The quoted schema, ``{s}`` in the templates."""
     sql: Mapping[str, str]
+    _built: dict[tuple[object, ...], str] = dataclasses.field(default_factory=dict, repr=False)
+    """Statements built for a set of columns, kept: a handful of shapes recur."""
 
     @classmethod
     def for_schema(cls, name: str) -> Statements:
@@ -288,56 +271,36 @@ class Statements:
         """The statements that turn schema version ``version`` into ``version + 1``."""
         return [statement.format(s=self.schema) for statement in MIGRATIONS[version]]
 
-    def update_flow(self, columns: Sequence[str]) -> str:
-        """An UPDATE of ``columns`` (``$4``...) of flow ``$3``, sending a notice as it wakes."""
-        assignments = ", ".join(
-            f"{column} = ${index}" for index, column in enumerate(columns, start=4)
-        )
-        change = f"UPDATE {self.schema}.flows SET {assignments} WHERE flow_id = $3"
-        return _notifying(change, _WAKES)
+    def write_flow(self, columns: Sequence[str], *, only_if_status: bool) -> str:
+        """An UPDATE of flow ``$1`` setting ``columns`` (``$2``...) and moving its version on.
 
-    def change_lone_flow(
-        self, columns: Sequence[str], *, lease: bool, expected: bool, waits: bool
-    ) -> str:
-        """:meth:`update_flow` limited to a flow that no rule of a change of state involves.
-
-        That is a flow without a parent (whose row a final status would lock) that, if it is to
-        wait again, was not asked to cancel while running. ``lease``: also require the flow to
-        be ``RUNNING`` under the lease token that follows the columns' parameters;
-        ``expected``: also require its status to be in the array that follows.
+        ``only_if_status``: the columns change only while the flow's status is in the array
+        that follows them; the version moves on either way.
         """
-        statement = self.update_flow(columns)
-        conditions = ["parent_flow_id IS NULL"]
-        parameter = 4 + len(columns)
-        if lease:
-            conditions.append(f"status = 'RUNNING' AND lease_token = ${parameter}")
-            parameter += 1
-        if expected:
-            conditions.append(f"status = ANY(${parameter}::text[])")
-        if waits:
-            conditions.append("NOT (status = 'RUNNING' AND cancel_requested)")
-        return statement.replace(
-            " WHERE flow_id = $3", f" WHERE flow_id = $3 AND {' AND '.join(conditions)}", 1
-        )
+        key = ("write", *columns, only_if_status)
+        if key not in self._built:
+            status = f"${len(columns) + 2}::text[]"
+            assignments = [
+                f"{column} = CASE WHEN status = ANY({status}) THEN ${index} ELSE {column} END"
+                if only_if_status
+                else f"{column} = ${index}"
+                for index, column in enumerate(columns, start=2)
+            ]
+            assignments.append("version = version + 1")
+            self._built[key] = (
+                f"UPDATE {self.schema}.flows SET {', '.join(assignments)} WHERE flow_id = $1"
+            )
+        return self._built[key]
 
-    def record_and_change_lone_flow(self, columns: Sequence[str], *, waits: bool) -> str:
-        """One record, then :meth:`change_lone_flow` with a lease, as one statement.
-
-        The record's columns follow the lease token. The flow changes only if the record was
-        stored. The one row returned says both: ``recorded`` (whether the record was stored,
-        as ``record_invocation`` would) and the flow's changed row, all ``NULL`` if it did not
-        change.
-        """
-        change = self.change_lone_flow(columns, lease=True, expected=False, waits=waits)
-        update = change.removeprefix("WITH changed AS (").partition(" RETURNING *) SELECT ")[0]
-        record = _record_invocation(5 + len(columns)).format(s=self.schema)
-        return (
-            f"WITH recorded AS ({record} RETURNING true), "
-            f"changed AS ({update} AND EXISTS (SELECT FROM recorded) RETURNING *) "
-            f"SELECT EXISTS (SELECT FROM recorded) AS {_RECORDED}, changed.*, "
-            f"CASE WHEN {_WAKES} THEN pg_notify($1, $2)::text END AS {_NOTICE_COLUMN} "
-            "FROM (SELECT) AS one LEFT JOIN changed ON true"
-        )
+    def claim_flows(self, columns: Sequence[str]) -> str:
+        """The claim, setting ``columns`` (``$6``...) and a lease token of each flow's own."""
+        key = ("claim", *columns)
+        if key not in self._built:
+            assignments = ", ".join(
+                f"{column} = ${index}" for index, column in enumerate(columns, start=6)
+            )
+            self._built[key] = _CLAIM_FLOWS.format(s=self.schema, assignments=assignments)
+        return self._built[key]
 
     def list_flows(
         self,
@@ -460,17 +423,7 @@ async def _stored_version(connection: Any, sql: Statements, where: str) -> int:
     return int(value)
 
 
-# -- records -> parameters and rows -> records -----------------------------------------------------
-
-
-def stored_record(row: Mapping[str, Any]) -> bool:
-    """Whether a record-and-change statement's row says it stored the record."""
-    return bool(row[_RECORDED])
-
-
-def changed_flow(row: Mapping[str, Any]) -> bool:
-    """Whether a record-and-change statement's row holds the changed flow."""
-    return row["flow_id"] is not None
+# -- rows -> records -------------------------------------------------------------------------------
 
 
 def sent_notice(row: Mapping[str, Any]) -> bool:
@@ -483,15 +436,14 @@ def _record_fields(row: Mapping[str, Any]) -> dict[str, Any]:
     fields = dict(row.items())
     fields.pop(_NOTICE_COLUMN, None)
     fields.pop(_PLACE, None)
-    fields.pop(_RECORDED, None)
-    error = [fields.pop(column) for column in _ERROR_COLUMNS]
+    error = [fields.pop(column) for column in ERROR_COLUMNS]
     if error[0] is not None:
         fields["error"] = StoredError(*error)
     return fields
 
 
 def in_queue_order(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """A batch claim's rows in queue order."""
+    """A claim's rows in queue order."""
     return sorted(rows, key=lambda row: row[_PLACE])
 
 

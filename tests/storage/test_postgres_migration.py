@@ -1,0 +1,259 @@
+"""PostgreSQL schemas written by earlier releases are migrated forward on connect.
+
+The layouts are written out here as those releases created them (version 2 is the layout of
+commit 3c90df0), so a change of today's migrations cannot change what is tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from pyergon.core.changes import Change, FlowWrite
+from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.storage.base import SCHEMA_VERSION
+from pyergon.storage.flows import request_cancel
+from pyergon.storage.postgres_sql import advisory_lock_key, quote_identifier
+
+from .conftest import FlowFactory
+from .test_postgres import Backends, run_python, wait_until
+
+
+@pytest.fixture
+async def backends(postgres_dsn: str) -> AsyncIterator[Backends]:
+    async with Backends(postgres_dsn) as made:
+        yield made
+
+
+_V1_LAYOUT = """
+    CREATE TABLE {s}.meta (key text PRIMARY KEY, value text NOT NULL);
+    CREATE TABLE {s}.flows (
+        flow_id text COLLATE "C" PRIMARY KEY, flow_type text NOT NULL, payload bytea NOT NULL,
+        status text NOT NULL, created_at double precision NOT NULL,
+        updated_at double precision NOT NULL, result bytea, error_type text,
+        error_message text, error_traceback text, error_payload bytea,
+        attempt integer NOT NULL, wake_at double precision, parent_flow_id text COLLATE "C",
+        parent_sequence text, lease_owner text, lease_token text,
+        lease_expires_at double precision);
+    CREATE INDEX flows_claim_queued ON {s}.flows (created_at, flow_id)
+        WHERE status IN ('PENDING', 'RUNNING');
+    CREATE INDEX flows_claim_wake ON {s}.flows (wake_at, created_at, flow_id)
+        WHERE status = 'SUSPENDED';
+    CREATE INDEX flows_by_created ON {s}.flows (created_at, flow_id);
+    CREATE INDEX flows_by_status ON {s}.flows (status, created_at, flow_id);
+    CREATE INDEX flows_by_type ON {s}.flows (flow_type, created_at, flow_id);
+    CREATE TABLE {s}.invocations (
+        flow_id text COLLATE "C" NOT NULL, sequence integer NOT NULL,
+        sub_sequence integer NOT NULL, kind text NOT NULL, name text NOT NULL,
+        args_hash text NOT NULL, status text NOT NULL, result bytea, error_type text,
+        error_message text, error_traceback text, error_payload bytea,
+        attempts integer NOT NULL, started_at double precision,
+        completed_at double precision, fire_at double precision, child_flow_id text,
+        PRIMARY KEY (flow_id, sequence, sub_sequence));
+    CREATE TABLE {s}.signals (
+        flow_id text COLLATE "C" NOT NULL, name text NOT NULL, payload bytea NOT NULL,
+        sent_at double precision NOT NULL, PRIMARY KEY (flow_id, name));
+"""
+
+_V2_CHANGES = """
+    ALTER TABLE {s}.flows ADD COLUMN worker_id text;
+    ALTER TABLE {s}.flows ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false;
+    CREATE INDEX flows_by_worker ON {s}.flows (worker_id, created_at, flow_id);
+    CREATE INDEX flows_by_parent ON {s}.flows (parent_flow_id, created_at, flow_id)
+        WHERE parent_flow_id IS NOT NULL;
+"""
+
+_V2_CONTENTS = """
+    INSERT INTO {s}.flows (flow_id, flow_type, payload, status, created_at, updated_at,
+        error_type, error_message, error_traceback, error_payload, attempt, wake_at,
+        parent_flow_id, parent_sequence, lease_owner, lease_token, lease_expires_at,
+        worker_id, cancel_requested)
+    VALUES
+        ('running', 'Order', 'r', 'RUNNING', 1000, 1001, NULL, NULL, NULL, NULL, 1, NULL,
+            NULL, NULL, 'w', 't', 1060, 'w', true),
+        ('suspended', 'Order', 's', 'SUSPENDED', 1002, 1003, NULL, NULL, NULL, NULL, 2, 1500,
+            'running', '3', NULL, NULL, NULL, 'w', false),
+        ('failed', 'Order', 'f', 'FAILED', 1004, 1005, 'ValueError', 'bad', 'Traceback',
+            'pickled', 3, NULL, NULL, NULL, NULL, NULL, NULL, 'w', false);
+    INSERT INTO {s}.invocations (flow_id, sequence, sub_sequence, kind, name, args_hash, status,
+        result, attempts, started_at, completed_at)
+    VALUES ('running', 1, 0, 'STEP', 'charge', 'h', 'COMPLETE', 'paid', 1, 1000, 1000.5);
+    INSERT INTO {s}.signals (flow_id, name, payload, sent_at)
+    VALUES ('suspended', 'approved', 'yes', 1004);
+"""
+
+
+async def build_layout(
+    admin: asyncpg.Connection, schema: str, version: int, contents: str = ""
+) -> None:
+    """Create ``schema`` as the release of schema ``version`` left it, with ``contents``."""
+    quoted = quote_identifier(schema)
+    layout = _V1_LAYOUT + (_V2_CHANGES if version == 2 else "")
+    async with admin.transaction():
+        await admin.execute(f"CREATE SCHEMA {quoted}")
+        await admin.execute((layout + contents).format(s=quoted))
+        await admin.execute(
+            f"INSERT INTO {quoted}.meta (key, value) VALUES ('schema_version', $1)", str(version)
+        )
+
+
+async def stored_version(admin: asyncpg.Connection, schema: str) -> str:
+    quoted = quote_identifier(schema)
+    return str(await admin.fetchval(f"SELECT value FROM {quoted}.meta"))
+
+
+async def test_a_version_1_schema_is_migrated_keeping_its_flows(
+    backends: Backends, make_flow: FlowFactory
+) -> None:
+    admin = await backends.admin()
+    schema = backends.new_schema()
+    await build_layout(
+        admin,
+        schema,
+        1,
+        "INSERT INTO {s}.flows (flow_id, flow_type, payload, status, created_at, updated_at, "
+        "attempt, lease_owner, lease_token, lease_expires_at) VALUES "
+        "('flow-1', 'Order', 'order-payload', 'RUNNING', 1000, 1000, 1, 'w', 't', 1060);",
+    )
+
+    storage = await backends.make(schema)
+
+    running = make_flow(
+        status=TaskStatus.RUNNING, lease_owner="w", lease_token="t", lease_expires_at=1_060.0
+    )
+    assert await storage.get_flow("flow-1") == running  # no worker_id, no cancel request
+    assert await stored_version(admin, schema) == str(SCHEMA_VERSION)
+    indexes = await admin.fetch("SELECT indexname FROM pg_indexes WHERE schemaname = $1", schema)
+    assert {"flows_by_worker", "flows_by_parent"} <= {row["indexname"] for row in indexes}
+    requested = await request_cancel(storage, "flow-1")  # the new columns are in use
+    assert requested is not None and requested.cancel_requested and requested.version == 2
+
+
+async def test_a_version_2_schema_is_migrated_keeping_everything_at_version_1(
+    backends: Backends,
+) -> None:
+    admin = await backends.admin()
+    schema = backends.new_schema()
+    await build_layout(admin, schema, 2, _V2_CONTENTS)
+
+    storage = await backends.make(schema)
+
+    assert await stored_version(admin, schema) == str(SCHEMA_VERSION)
+    assert await storage.list_flows(status=TaskStatus.RUNNING) == [
+        ScheduledFlow(
+            "running", "Order", b"r", TaskStatus.RUNNING, 1_000.0, 1_001.0,
+            lease_owner="w", lease_token="t", lease_expires_at=1_060.0, worker_id="w",
+            cancel_requested=True, version=1,
+        )
+    ]  # fmt: skip
+    suspended = await storage.get_flow("suspended")
+    assert suspended is not None and suspended.version == 1
+    assert (suspended.wake_at, suspended.parent_flow_id, suspended.attempt) == (
+        1_500.0,
+        "running",
+        2,
+    )
+    failed = await storage.get_flow("failed")
+    assert failed is not None
+    assert failed.error == StoredError("ValueError", "bad", "Traceback", b"pickled")
+    assert await storage.load_invocations("running") == [
+        Invocation(
+            flow_id="running",
+            sequence=1,
+            sub_sequence=0,
+            kind=OperationKind.STEP,
+            name="charge",
+            args_hash="h",
+            status=InvocationStatus.COMPLETE,
+            result=b"paid",
+            attempts=1,
+            started_at=1_000.0,
+            completed_at=1_000.5,
+        )
+    ]
+    assert await storage.list_signals("suspended") == [
+        SignalRecord("suspended", "approved", b"yes", 1_004.0)
+    ]
+    # The version guards writes from now on.
+    stale = FlowWrite("suspended", {"status": TaskStatus.PENDING}, expected_version=2)
+    assert (await storage.apply(Change(writes=(stale,)))).moved == "suspended"
+    woken = FlowWrite("suspended", {"status": TaskStatus.PENDING}, expected_version=1)
+    assert (await storage.apply(Change(writes=(woken,)))).complete
+    claimed = await storage.claim("w2", ["Order"], limit=5, lease_seconds=10, now=2_000)
+    # The running flow's lease expired at 1060.
+    assert [(run.flow.flow_id, run.flow.version) for run in claimed] == [
+        ("running", 2),
+        ("suspended", 3),
+    ]
+
+
+async def test_two_backends_connecting_at_once_to_a_version_2_schema_both_succeed(
+    backends: Backends,
+) -> None:
+    admin = await backends.admin()
+    schema = backends.new_schema()
+    await build_layout(admin, schema, 2, _V2_CONTENTS)
+    first, second = backends.unopened(schema), backends.unopened(schema)
+
+    await asyncio.gather(first.connect(), second.connect())
+
+    assert await stored_version(admin, schema) == str(SCHEMA_VERSION)
+    for storage in (first, second):
+        flow = await storage.get_flow("running")
+        assert flow is not None and flow.version == 1
+    columns = await admin.fetchval(
+        "SELECT count(*) FROM information_schema.columns "
+        "WHERE table_schema = $1 AND table_name = 'flows' AND column_name = 'version'",
+        schema,
+    )
+    assert columns == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("from_version", [0, 2])
+async def test_processes_connecting_at_once_all_succeed(
+    backends: Backends, from_version: int
+) -> None:
+    schema = backends.new_schema()
+    admin = await backends.admin()
+    if from_version:
+        await build_layout(admin, schema, from_version, _V2_CONTENTS)
+    await connect_from_processes_at_once(backends, schema, processes=4)
+
+    assert await stored_version(admin, schema) == str(SCHEMA_VERSION)
+
+
+async def connect_from_processes_at_once(backends: Backends, schema: str, processes: int) -> None:
+    """Connect from ``processes`` processes that all wait for the migration lock, then race."""
+    script = f"""
+        import asyncio
+        import pyergon.storage.postgres as postgres
+
+        async def main():
+            storage = postgres.PostgresExecutionLog({backends.dsn!r}, schema={schema!r})
+            async with storage:
+                assert isinstance(await storage.list_flows(), list)
+
+        asyncio.run(main())
+    """
+    admin = await backends.admin()
+    await admin.execute("SELECT pg_advisory_lock($1)", advisory_lock_key(schema))
+    running = asyncio.gather(*(run_python(script) for _ in range(processes)))
+
+    async def all_wait() -> bool:
+        waiting = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = $1 AND wait_event = 'advisory'",
+            f"pyergon-{schema}",
+        )
+        return bool(waiting == processes)
+
+    try:
+        await wait_until(all_wait, f"{processes} processes wait for the migration lock")
+    finally:
+        await admin.execute("SELECT pg_advisory_unlock($1)", advisory_lock_key(schema))
+    await running
