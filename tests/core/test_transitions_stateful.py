@@ -69,6 +69,7 @@ class FlowLife(RuleBasedStateMachine):
         self.now = 1_000.0
         self.flows: dict[str, ScheduledFlow] = {}
         self.snapshots: dict[str, ScheduledFlow] = {}
+        self.signalled: set[str] = set()  # flows whose awaited signal is stored
 
     @initialize(
         parent=st.sampled_from([TaskStatus.PENDING, TaskStatus.SUSPENDED, TaskStatus.COMPLETE]),
@@ -175,9 +176,13 @@ class FlowLife(RuleBasedStateMachine):
         run=consumes(runs),
         status=END_STATUSES,
         wake_in=st.none() | st.floats(0.0, 100.0),
+        waits_for=st.sampled_from(["a timer", "a signal", "the child"]),
     )
-    def leave(self, run: Run, status: TaskStatus, wake_in: float | None) -> None:
-        """A run leaves its flow as ``HeldFlow.leave`` does: on its copy, again if it moved."""
+    def leave(self, run: Run, status: TaskStatus, wake_in: float | None, waits_for: str) -> None:
+        """A run leaves its flow as ``HeldFlow.leave`` does: on its copy, again if it moved.
+
+        Decided again, a suspension is requeued only if what it waits for has arrived.
+        """
         fields = {"wake_at": None if wake_in is None else self.now + wake_in}
         flow: ScheduledFlow | None = run.flow
         woken = False
@@ -189,8 +194,13 @@ class FlowLife(RuleBasedStateMachine):
             if self.apply(transition.change):
                 return
             flow = self.flows[run.flow_id]
-            woken = True
+            woken = status is TaskStatus.SUSPENDED and self.arrived(run.flow_id, waits_for)
         raise AssertionError("a run kept meeting a moved flow")
+
+    def arrived(self, flow_id: str, waits_for: str) -> bool:
+        if waits_for == "a signal":
+            return flow_id in self.signalled
+        return waits_for == "the child" and self.flows["child"].status.is_final
 
     @rule(flow_id=FLOW_IDS, stale=st.booleans())
     def cancel(self, flow_id: str, stale: bool) -> None:
@@ -207,6 +217,7 @@ class FlowLife(RuleBasedStateMachine):
             return signal_arrival(flow_id, flow, waits_for_it=waits_for_it, at=self.now)
 
         self.decide_and_apply(flow_id, decide, stale)
+        self.signalled.add(flow_id)
 
     @rule(
         flow_id=FLOW_IDS,
