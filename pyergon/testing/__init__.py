@@ -68,14 +68,15 @@ __all__ = [
 ]
 
 
+# pytest collects the tests of the last base first: the bases are listed from the last part up.
 class StorageContract(
-    FlowContract,
-    RecordContract,
-    QueueContract,
-    RunContract,
-    EventContract,
-    RaceContract,
     ReadContract,
+    RaceContract,
+    EventContract,
+    RunContract,
+    QueueContract,
+    RecordContract,
+    FlowContract,
 ):
     """Every contract test; a subclass named ``Test...`` with a ``storage`` fixture runs them.
 

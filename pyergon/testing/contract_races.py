@@ -24,6 +24,7 @@ from pyergon.testing.factories import make_flow, make_signal
 __all__ = ["RaceContract"]
 
 Event = Callable[[], Awaitable[object]]
+FOR_APPROVAL = RunEnd(TaskStatus.SUSPENDED, waiting_signals=("approved",))
 
 
 class _Meanwhile:
@@ -222,7 +223,7 @@ class RaceContract:
             parent, meanwhile(storage, lambda: child.leave([], RunEnd(TaskStatus.COMPLETE)))
         )
 
-        await run.leave([], RunEnd(TaskStatus.SUSPENDED))
+        await run.leave([], RunEnd(TaskStatus.SUSPENDED, waiting_children=("child",)))
 
         flow = await stored(storage, "parent")
         assert (flow.status, lease_of(flow)) == (TaskStatus.PENDING, NO_LEASE)
@@ -232,9 +233,8 @@ class RaceContract:
     ) -> None:
         parent = await hold(storage, "parent")
         child = await hold(storage, "child", parent_flow_id="parent", parent_sequence="1")
-        run = leaving(
-            child, meanwhile(storage, lambda: parent.leave([], RunEnd(TaskStatus.SUSPENDED)))
-        )
+        for_child = RunEnd(TaskStatus.SUSPENDED, waiting_children=("child",))
+        run = leaving(child, meanwhile(storage, lambda: parent.leave([], for_child)))
 
         await run.leave([], RunEnd(TaskStatus.FAILED))
 
@@ -263,7 +263,7 @@ class RaceContract:
         held = await hold(storage)
 
         async def suspend() -> None:
-            await held.leave([waiting_for("approved")], RunEnd(TaskStatus.SUSPENDED))
+            await held.leave([waiting_for("approved")], FOR_APPROVAL)
 
         assert await deliver_signal(meanwhile(storage, suspend), make_signal("approved"))
 
@@ -278,7 +278,7 @@ class RaceContract:
             held, meanwhile(storage, lambda: deliver_signal(storage, make_signal("approved")))
         )
 
-        await run.leave([waiting_for("approved")], RunEnd(TaskStatus.SUSPENDED))
+        await run.leave([waiting_for("approved")], FOR_APPROVAL)
 
         assert (await stored(storage, "flow-1")).status is TaskStatus.PENDING
 

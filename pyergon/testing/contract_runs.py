@@ -40,6 +40,7 @@ _ENDS = [
     pytest.param(RunEnd(TaskStatus.SUSPENDED, {"wake_at": 2_000.0}), id="timer"),
     pytest.param(RunEnd(TaskStatus.PENDING), id="requeue"),
 ]
+_FOR_APPROVAL = RunEnd(TaskStatus.SUSPENDED, waiting_signals=("approved",))
 
 
 class RunContract:
@@ -207,7 +208,7 @@ class RunContract:
         held = await hold(storage)
         assert await deliver_signal(storage, make_signal("approved")) is True
 
-        await held.leave([waiting_for("approved")], RunEnd(TaskStatus.SUSPENDED))
+        await held.leave([waiting_for("approved")], _FOR_APPROVAL)
 
         flow = await stored(storage, "flow-1")
         assert (flow.status, flow.wake_at) == (TaskStatus.PENDING, None)
@@ -220,9 +221,21 @@ class RunContract:
         held = await hold(storage)
         await deliver_signal(storage, make_signal("approved", flow_id="another-flow"))
 
-        await held.leave([waiting_for("approved")], RunEnd(TaskStatus.SUSPENDED))
+        await held.leave([waiting_for("approved")], _FOR_APPROVAL)
 
         assert (await stored(storage, "flow-1")).status is TaskStatus.SUSPENDED
+
+    async def test_a_flow_touched_while_it_suspends_still_suspends(
+        self, storage: ExecutionLog
+    ) -> None:
+        held = await hold(storage)
+        await deliver_signal(storage, make_signal("rejected"))  # moves the flow on
+
+        await held.leave([waiting_for("approved")], _FOR_APPROVAL)
+
+        flow = await stored(storage, "flow-1")
+        assert (flow.status, flow.version) == (TaskStatus.SUSPENDED, 4)
+        assert lease_of(flow) == NO_LEASE
 
     @pytest.mark.parametrize(
         ("child_end", "expected"),
@@ -235,9 +248,18 @@ class RunContract:
         child = await hold(storage, "child", parent_flow_id="parent", parent_sequence="1")
         await child.leave([], RunEnd(child_end))
 
-        await parent.leave([], RunEnd(TaskStatus.SUSPENDED))
+        await parent.leave([], RunEnd(TaskStatus.SUSPENDED, waiting_children=("child",)))
 
         assert (await stored(storage, "parent")).status is expected
+
+    async def test_suspending_for_another_child_suspends(self, storage: ExecutionLog) -> None:
+        parent = await hold(storage, "parent")
+        child = await hold(storage, "child", parent_flow_id="parent", parent_sequence="1")
+        await child.leave([], RunEnd(TaskStatus.COMPLETE))
+
+        await parent.leave([], RunEnd(TaskStatus.SUSPENDED, waiting_children=("other-child",)))
+
+        assert (await stored(storage, "parent")).status is TaskStatus.SUSPENDED
 
     @pytest.mark.parametrize("final", FINAL)
     async def test_a_finished_child_wakes_its_suspended_parent(
