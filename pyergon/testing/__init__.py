@@ -14,8 +14,9 @@ yields a connected, empty backend; pytest runs every contract test against it::
             yield backend
             await backend.close()
 
-The suite needs pytest and pytest-asyncio (``asyncio_mode = "auto"``, or mark the subclass
-with ``pytest.mark.asyncio`` and the fixture with ``pytest_asyncio.fixture``). It uses only the
+The suite needs pytest and pytest-asyncio: with ``asyncio_mode = "auto"`` as above, or in
+strict mode with ``@pytest.mark.asyncio`` on the subclass and ``@pytest_asyncio.fixture`` on
+the fixture. Every test is a coroutine and makes its own flows. It uses only the
 :class:`~pyergon.storage.ExecutionLog` protocol and :mod:`pyergon.storage.flows`, so a backend
 that passes it applies every rule of a flow's life as the built-in backends do.
 """

@@ -21,7 +21,8 @@ class FlowContract:
 
     # -- the protocol and the lifecycle --------------------------------------------------------
 
-    def test_backend_implements_the_protocol(self, storage: ExecutionLog) -> None:
+    # Every test is a coroutine, so a strict-mode user can mark the whole class with asyncio.
+    async def test_backend_implements_the_protocol(self, storage: ExecutionLog) -> None:
         assert isinstance(storage, ExecutionLog)
 
     async def test_connect_and_close_are_safe_to_repeat(self, storage: ExecutionLog) -> None:

@@ -18,7 +18,16 @@ from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.storage.base import ClaimedRun, ExecutionLog
 from pyergon.storage.flows import HeldFlow, deliver_signal, request_cancel, requeue
-from pyergon.testing._support import NO_LEASE, claim, hold, lease_of, stored, waiting_for
+from pyergon.testing._support import (
+    NO_LEASE,
+    claim,
+    done,
+    hold,
+    lease_of,
+    stored,
+    take,
+    waiting_for,
+)
 from pyergon.testing.factories import make_flow, make_signal
 
 __all__ = ["RaceContract"]
@@ -211,6 +220,23 @@ class RaceContract:
         run = HeldFlow(storage, claims[0].flow, claims[0].flow.lease_token)
         await run.leave([], RunEnd(TaskStatus.PENDING))
         assert (await stored(storage, "flow-1")).status is TaskStatus.CANCELLED
+
+    async def test_a_run_whose_flow_is_claimed_again_as_it_leaves_loses_it(
+        self, storage: ExecutionLog
+    ) -> None:
+        first = await hold(storage, now=1_000.0)
+        taken: list[HeldFlow] = []
+
+        async def claim_again() -> None:  # the first lease ran out meanwhile
+            taken.append(await take(storage, "flow-1", worker_id="worker-b", now=1_031.0))
+
+        run = leaving(first, meanwhile(storage, claim_again))
+        applied = await run.leave([done(1)], RunEnd(TaskStatus.COMPLETE, {"result": b"late"}))
+
+        assert run.lost and applied.records == [done(1)]
+        assert await storage.get_flow("flow-1") == taken[0].flow
+        await taken[0].leave([done(1)], RunEnd(TaskStatus.FAILED))
+        assert (await stored(storage, "flow-1")).status is TaskStatus.FAILED
 
     # -- a child finishing and its parent suspending -------------------------------------------
 
