@@ -1,6 +1,7 @@
 """Value types shared by every part of pyergon; no I/O happens here."""
 
 from pyergon.core.outcome import Completed, FlowOutcome, Suspended, SuspendReason
+from pyergon.core.query import FlowQuery
 from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.retry import RetryPolicy
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
@@ -9,6 +10,7 @@ __all__ = [
     "Completed",
     "FlowCursor",
     "FlowOutcome",
+    "FlowQuery",
     "Invocation",
     "InvocationStatus",
     "OperationKind",

@@ -1,0 +1,141 @@
+"""Which flows a listing asks for: :class:`FlowQuery`, one value every backend reads."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from pyergon.core.records import FlowCursor, ScheduledFlow
+from pyergon.core.status import TaskStatus
+
+__all__ = ["FlowQuery"]
+
+
+def _statuses(status: TaskStatus | Collection[TaskStatus] | None) -> frozenset[TaskStatus] | None:
+    if status is None:
+        return None
+    if isinstance(status, str):  # a TaskStatus is a str too
+        return frozenset((TaskStatus(status),))
+    return frozenset(TaskStatus(value) for value in status)
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class FlowQuery:
+    """A filter and a page of :meth:`~pyergon.storage.ExecutionLog.list_flows`.
+
+    Flows come newest first, by ``(created_at, flow_id)``. Every filter left at ``None``
+    matches every flow.
+
+    Attributes:
+        statuses: Only flows in one of these statuses.
+        flow_type: Only flows of this type.
+        created_after: Only flows created at or after this time (epoch seconds).
+        created_before: Only flows created before this time (epoch seconds).
+        worker_id: Only flows last claimed by this worker.
+        parent_flow_id: Only children of this flow.
+        limit: At most this many flows.
+        offset: Skip this many matching flows first; prefer ``after`` for deep pages.
+        after: Continue after this cursor (see :class:`~pyergon.core.FlowCursor`).
+    """
+
+    statuses: frozenset[TaskStatus] | None
+    flow_type: str | None
+    created_after: float | None
+    created_before: float | None
+    worker_id: str | None
+    parent_flow_id: str | None
+    limit: int
+    offset: int
+    after: FlowCursor | None
+
+    def __init__(
+        self,
+        *,
+        status: TaskStatus | Collection[TaskStatus] | None = None,
+        flow_type: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        worker_id: str | None = None,
+        parent_flow_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        after: FlowCursor | None = None,
+    ) -> None:
+        """Build a query.
+
+        Args:
+            status: One status or several.
+            flow_type: Only flows of this type.
+            created_after: Only flows created at or after this time (epoch seconds).
+            created_before: Only flows created before this time (epoch seconds).
+            worker_id: Only flows last claimed by this worker.
+            parent_flow_id: Only children of this flow.
+            limit: At most this many flows (>= 0).
+            offset: Skip this many matching flows first (>= 0).
+            after: Continue after this cursor.
+
+        Raises:
+            ValueError: ``limit`` or ``offset`` is negative, or a status is not a flow status.
+        """
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        values = {
+            "statuses": _statuses(status),
+            "flow_type": flow_type,
+            "created_after": created_after,
+            "created_before": created_before,
+            "worker_id": worker_id,
+            "parent_flow_id": parent_flow_id,
+            "limit": limit,
+            "offset": offset,
+            "after": after,
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def matches(self, flow: ScheduledFlow) -> bool:
+        """Whether ``flow`` passes every filter and lies after the cursor (paging aside)."""
+        return (
+            (self.statuses is None or flow.status in self.statuses)
+            and (self.flow_type is None or flow.flow_type == self.flow_type)
+            and (self.created_after is None or flow.created_at >= self.created_after)
+            and (self.created_before is None or flow.created_at < self.created_before)
+            and (self.worker_id is None or flow.worker_id == self.worker_id)
+            and (self.parent_flow_id is None or flow.parent_flow_id == self.parent_flow_id)
+            and (
+                self.after is None
+                or (flow.created_at, flow.flow_id) < (self.after.created_at, self.after.flow_id)
+            )
+        )
+
+    def page_of(self, flows: Collection[ScheduledFlow]) -> list[ScheduledFlow]:
+        """The page this query selects from ``flows``: matching, newest first, offset, limit."""
+        chosen = sorted(
+            (flow for flow in flows if self.matches(flow)),
+            key=lambda flow: (flow.created_at, flow.flow_id),
+            reverse=True,
+        )
+        return chosen[self.offset : self.offset + self.limit]
+
+    def page(
+        self, *, limit: int | None = None, offset: int = 0, after: FlowCursor | None = None
+    ) -> FlowQuery:
+        """The same filters with another page: ``limit`` (kept if ``None``), ``offset``, ``after``.
+
+        Raises:
+            ValueError: ``limit`` or ``offset`` is negative.
+        """
+        limit = self.limit if limit is None else limit
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        query = object.__new__(FlowQuery)
+        for field in dataclasses.fields(self):
+            object.__setattr__(query, field.name, getattr(self, field.name))
+        for name, value in (("limit", limit), ("offset", offset), ("after", after)):
+            object.__setattr__(query, name, value)
+        return query
