@@ -2,11 +2,11 @@
 
 Per run: ``n`` flows and ``n`` step records are bulk-loaded (``bulk.py``); then each listing is
 run once to warm up and ``QUERY_REPEATS`` times timed, and its median is the run's number: the
-first page of ``list_flows(limit=50)``, the page after a cursor 90 % of the way down, the first
-page filtered by status (``FAILED``, 8 % of the flows) and by type (one of four); the untimed
-call's flow ids are checked against the loaded history. Last, the
-records are read back with ``load_invocations`` (50 flows at a time) and turned into a DataFrame
-with ``pyergon.history.invocations_frame`` (pandas imported beforehand, as in a notebook).
+first page of ``list_flows(FlowQuery(limit=50))``, the page after a cursor 90 % of the way down,
+the first page filtered by status (``FAILED``, 8 % of the flows) and by type (one of four); the
+untimed call's flow ids are checked against the loaded history. Last, the records are read back
+with ``load_invocations`` (50 flows at a time) and turned into a DataFrame with
+``pyergon.history.invocations_frame`` (pandas imported beforehand, as in a notebook).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from benchmarks import bulk
 from benchmarks.backends import fresh_storage
 from benchmarks.result import RunResult
+from pyergon.core import FlowQuery
 from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow
 from pyergon.core.status import TaskStatus
 from pyergon.history import invocations_frame
@@ -77,17 +78,19 @@ async def history_queries(backend: str, n: int) -> RunResult:
             raise RuntimeError(f"{stored} flows stored after loading {n}")
         started = time.perf_counter()
         pages = {
-            "first_page_ms": await _median_ms(lambda: storage.list_flows(limit=PAGE), newest_first),
+            "first_page_ms": await _median_ms(
+                lambda: storage.list_flows(FlowQuery(limit=PAGE)), newest_first
+            ),
             "deep_page_ms": await _median_ms(
-                lambda: storage.list_flows(limit=PAGE, after=FlowCursor.after(deep)),
+                lambda: storage.list_flows(FlowQuery(limit=PAGE, after=FlowCursor.after(deep))),
                 newest_first[deep_rank + 1 :],
             ),
             "status_page_ms": await _median_ms(
-                lambda: storage.list_flows(status=TaskStatus.FAILED, limit=PAGE),
+                lambda: storage.list_flows(FlowQuery(status=TaskStatus.FAILED, limit=PAGE)),
                 [flow for flow in newest_first if flow.status is TaskStatus.FAILED],
             ),
             "type_page_ms": await _median_ms(
-                lambda: storage.list_flows(flow_type=bulk.FLOW_TYPES[0], limit=PAGE),
+                lambda: storage.list_flows(FlowQuery(flow_type=bulk.FLOW_TYPES[0], limit=PAGE)),
                 [flow for flow in newest_first if flow.flow_type == bulk.FLOW_TYPES[0]],
             ),
         }

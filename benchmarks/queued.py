@@ -19,6 +19,7 @@ from benchmarks.pool import InProcessWorkers, ProcessWorkers, Workers
 from benchmarks.result import RunResult
 from benchmarks.stats import busy_cpu_seconds, cpu_seconds
 from pyergon import Scheduler
+from pyergon.core import FlowQuery
 from pyergon.core.status import OperationKind, TaskStatus
 from pyergon.decorators import flow_type_name
 from pyergon.storage.flows import find_signal
@@ -171,7 +172,7 @@ async def _wait_until_suspended(scheduler: Scheduler, flow_ids: list[str]) -> No
     async with asyncio.timeout(_timeout(len(flow_ids))):
         while True:
             suspended = await scheduler.storage.list_flows(
-                status=TaskStatus.SUSPENDED, limit=len(flow_ids) + 1
+                FlowQuery(status=TaskStatus.SUSPENDED, limit=len(flow_ids) + 1)
             )
             if len(suspended) >= len(flow_ids):
                 return

@@ -22,6 +22,7 @@ from benchmarks.pool import ProcessWorkers
 from benchmarks.queued import schedule_all, wait_for_status
 from benchmarks.result import RunResult
 from pyergon import Scheduler
+from pyergon.core import FlowQuery
 from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_type_name
 from pyergon.storage.base import ExecutionLog
@@ -47,7 +48,7 @@ async def recovery_time(backend: str, n: int) -> RunResult:
             await workers.kill(0)
             killed_at = time.time()
             held = await fresh.storage.list_flows(
-                status=TaskStatus.RUNNING, worker_id=ProcessWorkers.worker_id(0), limit=n
+                FlowQuery(status=TaskStatus.RUNNING, worker_id=ProcessWorkers.worker_id(0), limit=n)
             )
             await wait_for_status(scheduler, SlowSteps, TaskStatus.COMPLETE, n, 120 + n)
         if not held:
@@ -55,7 +56,9 @@ async def recovery_time(backend: str, n: int) -> RunResult:
         outcomes = await scheduler.wait(flow_ids, timeout=30)
         for number, flow_id in enumerate(flow_ids):
             check_three_steps(number, outcomes[flow_id])
-        flows = await fresh.storage.list_flows(flow_type=flow_type_name(SlowSteps), limit=n)
+        flows = await fresh.storage.list_flows(
+            FlowQuery(flow_type=flow_type_name(SlowSteps), limit=n)
+        )
         finished_at = {flow.flow_id: flow.updated_at for flow in flows}
     recovered = [finished_at[flow.flow_id] - killed_at for flow in held]
     drain = max(finished_at.values()) - went_at
@@ -76,7 +79,9 @@ async def recovery_time(backend: str, n: int) -> RunResult:
 async def _until_running_on(storage: ExecutionLog, worker_id: str, within: float) -> None:
     """Wait until ``worker_id`` runs a flow, so killing it leaves flows to recover."""
     deadline = time.monotonic() + within
-    while not await storage.list_flows(status=TaskStatus.RUNNING, worker_id=worker_id, limit=1):
+    while not await storage.list_flows(
+        FlowQuery(status=TaskStatus.RUNNING, worker_id=worker_id, limit=1)
+    ):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{worker_id} ran no flow within {within} s")
         await asyncio.sleep(0.005)

@@ -12,11 +12,13 @@ from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pyergon.core.query import FlowQuery
 from pyergon.core.records import (
     FlowCursor,
     Invocation,
     ScheduledFlow,
     SignalRecord,
+    StoredError,
     format_position,
 )
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
@@ -162,6 +164,9 @@ async def iter_flows(
 ) -> AsyncIterator[ScheduledFlow]:
     """Yield matching flows newest first, reading storage one page at a time.
 
+    For one page of a listing, call :meth:`~pyergon.storage.ExecutionLog.list_flows` with a
+    :class:`~pyergon.core.FlowQuery`; this walks every page of one with a keyset cursor.
+
     Args:
         storage: Where the flows are.
         status: One status or several.
@@ -172,23 +177,26 @@ async def iter_flows(
         parent_flow_id: Children of this flow.
         page_size: Flows per storage query.
         limit: Stop after this many flows.
+
+    Raises:
+        ValueError: ``page_size`` is below 1.
     """
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size}")
+    query = FlowQuery(
+        status=status,
+        flow_type=flow_type,
+        created_after=created_after,
+        created_before=created_before,
+        worker_id=worker_id,
+        parent_flow_id=parent_flow_id,
+        limit=page_size,
+    )
     cursor: FlowCursor | None = None
     produced = 0
     while limit is None or produced < limit:
         wanted = page_size if limit is None else min(page_size, limit - produced)
-        page = await storage.list_flows(
-            status=status,
-            flow_type=flow_type,
-            created_after=created_after,
-            created_before=created_before,
-            worker_id=worker_id,
-            parent_flow_id=parent_flow_id,
-            limit=wanted,
-            after=cursor,
-        )
+        page = await storage.list_flows(query.page(limit=wanted, after=cursor))
         for flow in page:
             yield flow
         produced += len(page)
@@ -220,6 +228,13 @@ def _category(pandas: Any, values: Sequence[str], categories: Iterable[str]) -> 
     return pandas.Categorical(values, categories=list(categories))
 
 
+def _error_columns(pandas: Any, errors: Sequence[StoredError | None]) -> dict[str, Any]:
+    return {
+        "error_type": _text(pandas, [error.type_name if error else None for error in errors]),
+        "error_message": _text(pandas, [error.message if error else None for error in errors]),
+    }
+
+
 def flows_frame(flows: Iterable[ScheduledFlow]) -> pd.DataFrame:
     """Return flows as a DataFrame with the columns of :data:`FLOW_COLUMNS`.
 
@@ -244,12 +259,7 @@ def flows_frame(flows: Iterable[ScheduledFlow]) -> pd.DataFrame:
             "wake_at": _times(pandas, [flow.wake_at for flow in rows]),
             "worker_id": _text(pandas, [flow.worker_id for flow in rows]),
             "parent_flow_id": _text(pandas, [flow.parent_flow_id for flow in rows]),
-            "error_type": _text(
-                pandas, [flow.error.type_name if flow.error else None for flow in rows]
-            ),
-            "error_message": _text(
-                pandas, [flow.error.message if flow.error else None for flow in rows]
-            ),
+            **_error_columns(pandas, [flow.error for flow in rows]),
             "cancel_requested": pandas.array(
                 [flow.cancel_requested for flow in rows], dtype="boolean"
             ),
@@ -280,12 +290,7 @@ def invocations_frame(invocations: Iterable[Invocation]) -> pd.DataFrame:
             "duration": pandas.to_timedelta(completed - started).as_unit("ns"),
             "fire_at": _times(pandas, [record.fire_at for record in rows]),
             "child_flow_id": _text(pandas, [record.child_flow_id for record in rows]),
-            "error_type": _text(
-                pandas, [record.error.type_name if record.error else None for record in rows]
-            ),
-            "error_message": _text(
-                pandas, [record.error.message if record.error else None for record in rows]
-            ),
+            **_error_columns(pandas, [record.error for record in rows]),
             "idempotency_key": _text(pandas, [record.idempotency_key for record in rows]),
         },
         columns=list(INVOCATION_COLUMNS),

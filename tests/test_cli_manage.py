@@ -26,7 +26,7 @@ import pytest
 from pyergon import Executor, Scheduler
 from pyergon.cli.manage import parse_since
 from pyergon.cli.worker import STORAGE_URL_VARIABLE
-from pyergon.core import Invocation, ScheduledFlow, TaskStatus
+from pyergon.core import FlowQuery, Invocation, ScheduledFlow, TaskStatus
 from pyergon.core.records import SignalRecord
 from pyergon.serialization import default_serializer
 from pyergon.storage import open_storage
@@ -167,7 +167,7 @@ async def _snapshot(url: str) -> Snapshot:
                 await storage.load_invocations(flow.flow_id),
                 await storage.list_signals(flow.flow_id),
             )
-            for flow in await storage.list_flows(limit=1_000)
+            for flow in await storage.list_flows(FlowQuery(limit=1_000))
         }
     finally:
         await storage.close()

@@ -28,6 +28,7 @@ from pyergon.context import (
 )
 from pyergon.core.changes import Change
 from pyergon.core.outcome import Completed, FlowOutcome, Suspended, SuspendReason
+from pyergon.core.query import FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.transitions import RunEnd
@@ -243,7 +244,7 @@ async def reopen_failed_work(storage: ExecutionLog, flow_id: str) -> None:
     """
     await storage.apply(Change(forget_failed=(flow_id,)))
     failed_children = await storage.list_flows(
-        parent_flow_id=flow_id, status=TaskStatus.FAILED, limit=10_000
+        FlowQuery(parent_flow_id=flow_id, status=TaskStatus.FAILED, limit=10_000)
     )
     for child in failed_children:
         await reopen_failed_work(storage, child.flow_id)

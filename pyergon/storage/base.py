@@ -17,7 +17,8 @@ from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from pyergon.core.changes import Applied, Change
-from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord
+from pyergon.core.query import FlowQuery
+from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 
 __all__ = [
@@ -26,8 +27,6 @@ __all__ = [
     "ExecutionLog",
     "StorageLifecycle",
     "check_claim_limit",
-    "check_page",
-    "status_filter",
     "wait_for_event",
 ]
 
@@ -52,25 +51,6 @@ async def wait_for_event(event: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
-
-
-def check_page(limit: int, offset: int) -> None:
-    """Refuse a negative page size or offset with a clear error (shared by every backend)."""
-    if limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
-    if offset < 0:
-        raise ValueError(f"offset must be >= 0, got {offset}")
-
-
-def status_filter(
-    status: TaskStatus | Collection[TaskStatus] | None,
-) -> frozenset[TaskStatus] | None:
-    """Normalise a ``status`` argument of ``list_flows`` to a set (``None`` means any)."""
-    if status is None:
-        return None
-    if isinstance(status, str):  # a TaskStatus is a str too
-        return frozenset((TaskStatus(status),))
-    return frozenset(TaskStatus(value) for value in status)
 
 
 def check_claim_limit(limit: int) -> None:
@@ -234,34 +214,12 @@ class ExecutionLog(Protocol):
         """Return every signal stored for ``flow_id``, oldest first (then by name)."""
         ...
 
-    async def list_flows(
-        self,
-        *,
-        status: TaskStatus | Collection[TaskStatus] | None = None,
-        flow_type: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-        worker_id: str | None = None,
-        parent_flow_id: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        after: FlowCursor | None = None,
-    ) -> list[ScheduledFlow]:
-        """Return flows newest first (by ``created_at``, then ``flow_id``), filtered.
+    async def list_flows(self, query: FlowQuery | None = None) -> list[ScheduledFlow]:
+        """Return the page of flows ``query`` asks for, newest first (by ``created_at``, then id).
 
         Args:
-            status: One status or several.
-            flow_type: Only flows of this type.
-            created_after: Only flows created at or after this time (epoch seconds).
-            created_before: Only flows created before this time (epoch seconds).
-            worker_id: Only flows last claimed by this worker.
-            parent_flow_id: Only children of this flow.
-            limit: At most this many flows (>= 0).
-            offset: Skip this many matching flows first (>= 0); prefer ``after`` for deep pages.
-            after: Continue after this cursor (see :class:`~pyergon.core.FlowCursor`).
-
-        Raises:
-            ValueError: ``limit`` or ``offset`` is negative.
+            query: The filters and the page (see :class:`~pyergon.core.FlowQuery`, which
+                validates them); ``None`` means ``FlowQuery()``, the newest 100 flows.
         """
         ...
 

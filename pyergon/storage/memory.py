@@ -11,7 +11,8 @@ import time
 from collections.abc import Collection, Mapping
 
 from pyergon.core.changes import ABSENT, Applied, Change, stored_as_given
-from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord
+from pyergon.core.query import FlowQuery
+from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.core.transitions import (
     claim_changes,
@@ -23,8 +24,6 @@ from pyergon.storage.base import (
     ClaimedRun,
     StorageLifecycle,
     check_claim_limit,
-    check_page,
-    status_filter,
     wait_for_event,
 )
 
@@ -205,37 +204,9 @@ class InMemoryExecutionLog(StorageLifecycle):
 
     # -- history -----------------------------------------------------------------------------
 
-    async def list_flows(
-        self,
-        *,
-        status: TaskStatus | Collection[TaskStatus] | None = None,
-        flow_type: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-        worker_id: str | None = None,
-        parent_flow_id: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        after: FlowCursor | None = None,
-    ) -> list[ScheduledFlow]:
-        """Return flows newest first, filtered; see the protocol."""
-        check_page(limit, offset)
-        statuses = status_filter(status)
-        flows = [
-            flow
-            for flow in self._flows.values()
-            if (statuses is None or flow.status in statuses)
-            and (flow_type is None or flow.flow_type == flow_type)
-            and (created_after is None or flow.created_at >= created_after)
-            and (created_before is None or flow.created_at < created_before)
-            and (worker_id is None or flow.worker_id == worker_id)
-            and (parent_flow_id is None or flow.parent_flow_id == parent_flow_id)
-            and (
-                after is None or (flow.created_at, flow.flow_id) < (after.created_at, after.flow_id)
-            )
-        ]
-        flows.sort(key=lambda flow: (flow.created_at, flow.flow_id), reverse=True)
-        return flows[offset : offset + limit]
+    async def list_flows(self, query: FlowQuery | None = None) -> list[ScheduledFlow]:
+        """Return the page of flows ``query`` asks for; see the protocol."""
+        return (query or FlowQuery()).page_of(self._flows.values())
 
     async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
         """Return how many flows are in each status."""

@@ -17,7 +17,8 @@ from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pyergon.core.changes import ABSENT, Applied, Change, FlowWrite, stored_as_given
-from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord
+from pyergon.core.query import FlowQuery
+from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import claim_changes, new_lease_token
 from pyergon.errors import StorageClosedError, StorageError
@@ -25,8 +26,6 @@ from pyergon.storage.base import (
     ClaimedRun,
     StorageLifecycle,
     check_claim_limit,
-    check_page,
-    status_filter,
 )
 from pyergon.storage.postgres_columns import column_values, written_columns
 from pyergon.storage.postgres_listener import WorkListener
@@ -507,36 +506,13 @@ class PostgresExecutionLog(StorageLifecycle):
         rows = await self._fetch(self._sql["list_signals"], flow_id)
         return [signal_from_record(row) for row in rows]
 
-    async def list_flows(
-        self,
-        *,
-        status: TaskStatus | Collection[TaskStatus] | None = None,
-        flow_type: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-        worker_id: str | None = None,
-        parent_flow_id: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        after: FlowCursor | None = None,
-    ) -> list[ScheduledFlow]:
-        """Return flows newest first (by ``created_at``, then ``flow_id``), filtered.
+    async def list_flows(self, query: FlowQuery | None = None) -> list[ScheduledFlow]:
+        """Return the page of flows ``query`` asks for; see :meth:`ExecutionLog.list_flows`.
 
-        See :meth:`ExecutionLog.list_flows`. Each filter alone, and the cursor, is served by an
-        index walked in the listing's order, so pages stay fast however many flows there are.
+        Each filter alone, and the cursor, is served by an index walked in the listing's order,
+        so pages stay fast however many flows there are.
         """
-        check_page(limit, offset)
-        statement, arguments = self._sql.list_flows(
-            statuses=status_filter(status),
-            flow_type=flow_type,
-            created_after=created_after,
-            created_before=created_before,
-            worker_id=worker_id,
-            parent_flow_id=parent_flow_id,
-            after=after,
-            limit=limit,
-            offset=offset,
-        )
+        statement, arguments = self._sql.list_flows(query or FlowQuery())
         rows = await self._fetch(statement, *arguments)
         return [flow_from_record(row) for row in rows]
 

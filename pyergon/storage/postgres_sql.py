@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.query import FlowQuery
+from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.errors import CorruptStorageError, SchemaVersionError
 from pyergon.storage.base import SCHEMA_VERSION
@@ -304,25 +305,14 @@ class Statements:
             self._built[key] = _CLAIM_FLOWS.format(s=self.schema, assignments=assignments)
         return self._built[key]
 
-    def list_flows(
-        self,
-        *,
-        statuses: Collection[TaskStatus] | None = None,
-        flow_type: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-        worker_id: str | None = None,
-        parent_flow_id: str | None = None,
-        after: FlowCursor | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> tuple[str, list[object]]:
-        """The history query for the filters given (``None`` means any), and its arguments.
+    def list_flows(self, query: FlowQuery) -> tuple[str, list[object]]:
+        """The history query for ``query``'s filters and page, and its arguments.
 
         Each filter on its own is served by a walk of one index in the listing's order, with
         the cursor as the walk's bound. Several statuses become one such walk per status, each
         stopped at the page's end, which the server merges instead of sorting every match.
         """
+        statuses, after, limit, offset = query.statuses, query.after, query.limit, query.offset
         arguments: list[object] = []
 
         def parameter(value: object) -> str:
@@ -336,11 +326,11 @@ class Statements:
         conditions = [
             f"{condition} {parameter(value)}"
             for condition, value in (
-                ("flow_type =", flow_type),
-                ("created_at >=", created_after),
-                ("created_at <", created_before),
-                ("worker_id =", worker_id),
-                ("parent_flow_id =", parent_flow_id),
+                ("flow_type =", query.flow_type),
+                ("created_at >=", query.created_after),
+                ("created_at <", query.created_before),
+                ("worker_id =", query.worker_id),
+                ("parent_flow_id =", query.parent_flow_id),
             )
             if value is not None
         ]

@@ -32,7 +32,8 @@ except ImportError as missing:  # pragma: no cover - exercised with redis hidden
     ) from missing
 
 from pyergon.core.changes import Applied, Change
-from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord
+from pyergon.core.query import FlowQuery
+from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import claim_changes, new_lease_token
 from pyergon.errors import (
@@ -46,8 +47,6 @@ from pyergon.storage.base import (
     ClaimedRun,
     StorageLifecycle,
     check_claim_limit,
-    check_page,
-    status_filter,
 )
 from pyergon.storage.redis_layout import (
     SCRIPTS,
@@ -473,41 +472,29 @@ class RedisExecutionLog(StorageLifecycle):
 
     # -- history -----------------------------------------------------------------------------
 
-    async def list_flows(
-        self,
-        *,
-        status: TaskStatus | Collection[TaskStatus] | None = None,
-        flow_type: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-        worker_id: str | None = None,
-        parent_flow_id: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        after: FlowCursor | None = None,
-    ) -> list[ScheduledFlow]:
-        """Return flows newest first, filtered; see :meth:`ExecutionLog.list_flows`.
+    async def list_flows(self, query: FlowQuery | None = None) -> list[ScheduledFlow]:
+        """Return the page of flows ``query`` asks for; see :meth:`ExecutionLog.list_flows`.
 
         One script walks the smallest index that holds every match (by status, type, worker,
         parent, or all flows) from the cursor or ``created_before`` down, checking the other
         filters per flow; with one filter it reads only the page.
         """
-        check_page(limit, offset)
-        statuses = status_filter(status)
-        if limit == 0 or statuses == frozenset():
+        query = query or FlowQuery()
+        if query.limit == 0 or query.statuses == frozenset():
             return []
+        after = query.after
         cursor = [] if after is None else [number(after.created_at), after.flow_id]
         replies = await self._run(
             "list_flows",
-            *counted(sorted(item.value for item in statuses or ())),
-            *optional(flow_type),
-            *optional(worker_id),
-            *optional(parent_flow_id),
-            *optional(None if created_after is None else number(created_after)),
-            *optional(None if created_before is None else number(created_before)),
+            *counted(sorted(item.value for item in query.statuses or ())),
+            *optional(query.flow_type),
+            *optional(query.worker_id),
+            *optional(query.parent_flow_id),
+            *optional(None if query.created_after is None else number(query.created_after)),
+            *optional(None if query.created_before is None else number(query.created_before)),
             *counted(cursor),
-            str(limit),
-            str(offset),
+            str(query.limit),
+            str(query.offset),
         )
         return [flow_from_reply(fields) for fields in replies]
 

@@ -17,15 +17,14 @@ from collections.abc import Collection, Mapping
 from functools import partial
 
 from pyergon.core.changes import Applied, Change
-from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord
+from pyergon.core.query import FlowQuery
+from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 from pyergon.errors import StorageError
 from pyergon.storage.base import (
     ClaimedRun,
     StorageLifecycle,
     check_claim_limit,
-    check_page,
-    status_filter,
     wait_for_event,
 )
 from pyergon.storage.file_watch import WriteNotifier, watch_writes
@@ -360,35 +359,12 @@ class SqliteExecutionLog(StorageLifecycle):
 
     # -- history -----------------------------------------------------------------------------
 
-    async def list_flows(
-        self,
-        *,
-        status: TaskStatus | Collection[TaskStatus] | None = None,
-        flow_type: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-        worker_id: str | None = None,
-        parent_flow_id: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        after: FlowCursor | None = None,
-    ) -> list[ScheduledFlow]:
-        """Return flows newest first (ties by flow id, descending), filtered; see the protocol."""
-        check_page(limit, offset)
-        statuses = status_filter(status)
-        if statuses is not None and not statuses:
+    async def list_flows(self, query: FlowQuery | None = None) -> list[ScheduledFlow]:
+        """Return the page of flows ``query`` asks for (ties by flow id); see the protocol."""
+        query = query or FlowQuery()
+        if query.statuses is not None and not query.statuses:
             return []
-        statement, parameters = flow_listing(
-            statuses=statuses,
-            flow_type=flow_type,
-            created_after=created_after,
-            created_before=created_before,
-            worker_id=worker_id,
-            parent_flow_id=parent_flow_id,
-            limit=limit,
-            offset=offset,
-            after=after,
-        )
+        statement, parameters = flow_listing(query)
 
         def select(connection: sqlite3.Connection) -> list[ScheduledFlow]:
             return [flow_from_row(row) for row in connection.execute(statement, parameters)]

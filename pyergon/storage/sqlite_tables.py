@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.query import FlowQuery
+from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.errors import CorruptStorageError, SchemaVersionError
 from pyergon.storage.base import SCHEMA_VERSION
@@ -328,18 +329,7 @@ def next_wake_time(
 # -- history ---------------------------------------------------------------------------------------
 
 
-def flow_listing(
-    *,
-    statuses: Collection[TaskStatus] | None,
-    flow_type: str | None,
-    created_after: float | None,
-    created_before: float | None,
-    worker_id: str | None,
-    parent_flow_id: str | None,
-    limit: int,
-    offset: int,
-    after: FlowCursor | None,
-) -> tuple[str, dict[str, object]]:
+def flow_listing(query: FlowQuery) -> tuple[str, dict[str, object]]:
     """The ``SELECT`` behind ``list_flows``: flows newest first, filtered, one page.
 
     Each single filter is an equality on the first column of an index ordered by
@@ -349,21 +339,14 @@ def flow_listing(
     fast too.
 
     Args:
-        statuses: The statuses to list (at least one), or ``None`` for any.
-        flow_type: Only flows of this type.
-        created_after: Only flows created at or after this time.
-        created_before: Only flows created before this time.
-        worker_id: Only flows last claimed by this worker.
-        parent_flow_id: Only children of this flow.
-        limit: Page size.
-        offset: Matching flows to skip.
-        after: The cursor the page continues after.
+        query: The filters and the page; its status filter, if any, holds at least one status.
 
     Returns:
         The statement and its named parameters.
     """
+    statuses, after, created_before = query.statuses, query.after, query.created_before
     conditions: list[str] = []
-    parameters: dict[str, object] = {"limit": limit, "offset": offset}
+    parameters: dict[str, object] = {"limit": query.limit, "offset": query.offset}
     # Of two upper bounds on created_at, SQLite's index range uses one and scans for the other,
     # so keep only the tighter one, which implies the other.
     if after is not None and created_before is not None:
@@ -373,11 +356,11 @@ def flow_listing(
             after = None
     for index, (column, operator, value) in enumerate(
         (
-            ("flow_type", "=", flow_type),
-            ("created_at", ">=", created_after),
+            ("flow_type", "=", query.flow_type),
+            ("created_at", ">=", query.created_after),
             ("created_at", "<", created_before),
-            ("worker_id", "=", worker_id),
-            ("parent_flow_id", "=", parent_flow_id),
+            ("worker_id", "=", query.worker_id),
+            ("parent_flow_id", "=", query.parent_flow_id),
         )
     ):
         if value is not None:

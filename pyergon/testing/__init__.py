@@ -91,5 +91,6 @@ class StorageContract(
       :class:`~pyergon.storage.flows.HeldFlow`.
     * :class:`EventContract`: cancel requests, signals and requeues from outside a run.
     * :class:`RaceContract`: concurrent callers and events that meet between read and apply.
-    * :class:`ReadContract`: listings, pages, counts, deletes and reset.
+    * :class:`ReadContract`: listings (each filter and page of a
+      :class:`~pyergon.core.FlowQuery`), counts, deletes and reset.
     """

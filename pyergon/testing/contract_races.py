@@ -13,7 +13,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from pyergon.core.changes import Applied, Change
-from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord
+from pyergon.core.query import FlowQuery
+from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.storage.base import ClaimedRun, ExecutionLog
@@ -95,30 +96,8 @@ class _Meanwhile:
     async def list_signals(self, flow_id: str) -> list[SignalRecord]:
         return await self._storage.list_signals(flow_id)
 
-    async def list_flows(
-        self,
-        *,
-        status: TaskStatus | Collection[TaskStatus] | None = None,
-        flow_type: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-        worker_id: str | None = None,
-        parent_flow_id: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        after: FlowCursor | None = None,
-    ) -> list[ScheduledFlow]:
-        return await self._storage.list_flows(
-            status=status,
-            flow_type=flow_type,
-            created_after=created_after,
-            created_before=created_before,
-            worker_id=worker_id,
-            parent_flow_id=parent_flow_id,
-            limit=limit,
-            offset=offset,
-            after=after,
-        )
+    async def list_flows(self, query: FlowQuery | None = None) -> list[ScheduledFlow]:
+        return await self._storage.list_flows(query)
 
     async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
         return await self._storage.count_flows(flow_type=flow_type)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from pyergon.core.changes import Change
+from pyergon.core.query import FlowQuery
 from pyergon.core.records import FlowCursor, ScheduledFlow
 from pyergon.core.status import TaskStatus
 from pyergon.storage.base import ExecutionLog
@@ -54,7 +55,8 @@ async def _mix(storage: ExecutionLog) -> ExecutionLog:
 
 
 async def _ids(storage: ExecutionLog, **filters: object) -> list[str]:
-    return [flow.flow_id for flow in await storage.list_flows(**filters)]  # type: ignore[arg-type]  # filters come from parametrize
+    query = FlowQuery(**filters)  # type: ignore[arg-type]  # filters come from parametrize
+    return [flow.flow_id for flow in await storage.list_flows(query)]
 
 
 class ReadContract:
@@ -165,14 +167,18 @@ class ReadContract:
     async def test_list_flows_pages_through_every_flow_once(self, storage: ExecutionLog) -> None:
         for index in range(105):
             await storage.create_flow(make_flow(f"flow-{index:03}", created_at=float(index % 7)))
-        everything = await storage.list_flows(limit=1_000)
+        everything = await storage.list_flows(FlowQuery(limit=1_000))
 
-        pages = [await storage.list_flows(limit=10, offset=offset) for offset in range(0, 110, 10)]
+        pages = [
+            await storage.list_flows(FlowQuery(limit=10, offset=offset))
+            for offset in range(0, 110, 10)
+        ]
 
         assert [flow for page in pages for flow in page] == everything
         assert len(everything) == 105
         assert len(await storage.list_flows()) == 100  # the default limit
-        assert await storage.list_flows(offset=105) == []
+        assert len(await storage.list_flows(FlowQuery())) == 100
+        assert await storage.list_flows(FlowQuery(offset=105)) == []
 
     async def test_keyset_paging_gives_every_flow_once_in_order(
         self, storage: ExecutionLog
@@ -190,7 +196,7 @@ class ReadContract:
 
         pages: list[list[ScheduledFlow]] = []
         cursor: FlowCursor | None = None
-        while page := await storage.list_flows(limit=10, after=cursor):
+        while page := await storage.list_flows(FlowQuery(limit=10, after=cursor)):
             pages.append(page)
             cursor = FlowCursor.after(page[-1])
 
@@ -211,11 +217,10 @@ class ReadContract:
         wanted_statuses = [TaskStatus.PENDING, TaskStatus.FAILED]
         wanted = await _ids(storage, limit=1_000, flow_type="Refund", status=wanted_statuses)
 
+        query = FlowQuery(limit=3, flow_type="Refund", status=wanted_statuses)
         paged: list[str] = []
         cursor: FlowCursor | None = None
-        while page := await storage.list_flows(
-            limit=3, after=cursor, flow_type="Refund", status=wanted_statuses
-        ):
+        while page := await storage.list_flows(query.page(after=cursor)):
             paged += [flow.flow_id for flow in page]
             cursor = FlowCursor.after(page[-1])
 
@@ -240,7 +245,9 @@ class ReadContract:
         self, storage: ExecutionLog, limit: int, offset: int, message: str
     ) -> None:
         with pytest.raises(ValueError, match=message):
-            await storage.list_flows(limit=limit, offset=offset)
+            await storage.list_flows(FlowQuery(limit=limit, offset=offset))
+        with pytest.raises(ValueError, match=message):
+            await storage.list_flows(FlowQuery().page(limit=limit, offset=offset))
 
     async def test_count_flows_counts_every_status(self, storage: ExecutionLog) -> None:
         nothing = dict.fromkeys(TaskStatus, 0)

@@ -13,6 +13,7 @@ import asyncio
 
 import pytest
 
+from pyergon.core.query import FlowQuery
 from pyergon.core.records import StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.core.transitions import RunEnd
@@ -107,17 +108,17 @@ class RunContract:
         await held.leave([], RunEnd(TaskStatus.SUSPENDED, {"wake_at": 1_010.0}))
 
         assert (held.flow.worker_id, held.flow.lease_owner) == ("worker-a", None)
-        assert [flow.flow_id for flow in await storage.list_flows(worker_id="worker-a")] == [
-            "flow-1"
-        ]
+        assert [
+            flow.flow_id for flow in await storage.list_flows(FlowQuery(worker_id="worker-a"))
+        ] == ["flow-1"]
         again = await take(storage, "flow-1", worker_id="worker-b", now=1_020.0)
         assert again.flow.worker_id == "worker-b"
         await again.leave([], RunEnd(TaskStatus.COMPLETE))
         assert (await stored(storage, "flow-1")).worker_id == "worker-b"
-        assert await storage.list_flows(worker_id="worker-a") == []
-        assert [flow.flow_id for flow in await storage.list_flows(worker_id="worker-b")] == [
-            "flow-1"
-        ]
+        assert await storage.list_flows(FlowQuery(worker_id="worker-a")) == []
+        assert [
+            flow.flow_id for flow in await storage.list_flows(FlowQuery(worker_id="worker-b"))
+        ] == ["flow-1"]
 
     async def test_suspending_with_a_timer_wakes_a_waiting_worker(
         self, storage: ExecutionLog

@@ -12,8 +12,9 @@ import dataclasses
 import time
 from collections.abc import Collection, Mapping
 
+from pyergon.core import FlowQuery
 from pyergon.core.changes import ABSENT, Applied, Change, stored_as_given
-from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.core.transitions import claim_changes, is_runnable, new_lease_token, queue_order
 from pyergon.storage import base
@@ -239,39 +240,11 @@ class OutsiderExecutionLog(base.StorageLifecycle):
             signals = list(self._signals.get(flow_id, {}).values())
         return sorted(signals, key=lambda signal: (signal.sent_at, signal.name))
 
-    async def list_flows(
-        self,
-        *,
-        status: TaskStatus | Collection[TaskStatus] | None = None,
-        flow_type: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-        worker_id: str | None = None,
-        parent_flow_id: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        after: FlowCursor | None = None,
-    ) -> list[ScheduledFlow]:
-        """Return flows newest first, filtered and paged."""
-        base.check_page(limit, offset)
-        statuses = base.status_filter(status)
+    async def list_flows(self, query: FlowQuery | None = None) -> list[ScheduledFlow]:
+        """Return the page of flows ``query`` asks for, newest first."""
         async with await self._turn():
             flows = [_from_row(row) for row in self._rows.values()]
-        kept = [
-            flow
-            for flow in flows
-            if (statuses is None or flow.status in statuses)
-            and flow_type in (None, flow.flow_type)
-            and (created_after is None or flow.created_at >= created_after)
-            and (created_before is None or flow.created_at < created_before)
-            and worker_id in (None, flow.worker_id)
-            and parent_flow_id in (None, flow.parent_flow_id)
-            and (
-                after is None or (flow.created_at, flow.flow_id) < (after.created_at, after.flow_id)
-            )
-        ]
-        kept.sort(key=lambda flow: (flow.created_at, flow.flow_id), reverse=True)
-        return kept[offset : offset + limit]
+        return (query or FlowQuery()).page_of(flows)
 
     async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
         """Count flows by status."""

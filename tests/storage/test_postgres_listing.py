@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pyergon.core import FlowQuery
 from pyergon.core.records import FlowCursor
 from pyergon.core.status import TaskStatus
 from pyergon.storage.postgres_sql import Statements
@@ -34,8 +35,8 @@ _HUNDRED_THOUSAND_FLOWS = """
 
 LISTING_FILTERS: dict[str, dict[str, Any]] = {
     "no filter": {},
-    "status": {"statuses": {TaskStatus.COMPLETE}},
-    "several statuses": {"statuses": {TaskStatus.PENDING, TaskStatus.RUNNING}},
+    "status": {"status": {TaskStatus.COMPLETE}},
+    "several statuses": {"status": {TaskStatus.PENDING, TaskStatus.RUNNING}},
     "flow_type": {"flow_type": "type-7"},
     "created_after": {"created_after": 10_000.0},
     "created_before": {"created_before": 40_000.0},
@@ -72,7 +73,7 @@ async def test_every_listing_walks_an_index_of_100_000_flows_without_sorting(
     for plan_cache_mode in ("auto", "force_generic_plan"):
         await admin.execute(f"SET plan_cache_mode = {plan_cache_mode}")
         for (name, filters), after in itertools.product(LISTING_FILTERS.items(), [None, cursor]):
-            statement, arguments = sql.list_flows(**filters, after=after, limit=100)
+            statement, arguments = sql.list_flows(FlowQuery(**filters, after=after, limit=100))
             await admin.execute(f"PREPARE listing AS {statement}")
             try:
                 rows = await admin.fetch(
@@ -108,16 +109,18 @@ async def test_several_statuses_page_like_one_list(
             make_flow(f"flow-{index:02}", status=status, created_at=float(index // 2))
         )
     wanted = statuses[:2]
-    matching = [flow for flow in await storage.list_flows(limit=100) if flow.status in wanted]
+    matching = [
+        flow for flow in await storage.list_flows(FlowQuery(limit=100)) if flow.status in wanted
+    ]
 
     by_offset = [
         flow
         for start in range(0, len(matching), 4)
-        for flow in await storage.list_flows(status=wanted, limit=4, offset=start)
+        for flow in await storage.list_flows(FlowQuery(status=wanted, limit=4, offset=start))
     ]
-    by_cursor = await storage.list_flows(status=wanted, limit=4)
+    by_cursor = await storage.list_flows(FlowQuery(status=wanted, limit=4))
     while page := await storage.list_flows(
-        status=wanted, limit=4, after=FlowCursor.after(by_cursor[-1])
+        FlowQuery(status=wanted, limit=4, after=FlowCursor.after(by_cursor[-1]))
     ):
         by_cursor += page
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from pyergon.core import FlowQuery
 from pyergon.core.changes import Change, FlowWrite
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
@@ -143,7 +144,7 @@ async def test_a_version_2_schema_is_migrated_keeping_everything_at_version_1(
     storage = await backends.make(schema)
 
     assert await stored_version(admin, schema) == str(SCHEMA_VERSION)
-    assert await storage.list_flows(status=TaskStatus.RUNNING) == [
+    assert await storage.list_flows(FlowQuery(status=TaskStatus.RUNNING)) == [
         ScheduledFlow(
             "running", "Order", b"r", TaskStatus.RUNNING, 1_000.0, 1_001.0,
             lease_owner="w", lease_token="t", lease_expires_at=1_060.0, worker_id="w",

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from pyergon.core import FlowQuery
 from pyergon.core.changes import Change, FlowWrite
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.transitions import RunEnd
@@ -66,7 +67,7 @@ async def test_concurrent_claimers_take_each_flow_exactly_once(
 
     everything = [flow_id for claimed in claims for flow_id in claimed]
     assert sorted(everything) == [f"flow-{index:02}" for index in range(50)]
-    stored = await first.list_flows(limit=100)
+    stored = await first.list_flows(FlowQuery(limit=100))
     assert {(flow.status, flow.version) for flow in stored} == {(TaskStatus.RUNNING, 2)}
     assert len({flow.lease_token for flow in stored}) == 50
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from pyergon.core import FlowQuery
 from pyergon.core.changes import ABSENT, Change, FlowWrite, stored_as_given
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
@@ -119,7 +120,7 @@ async def test_a_write_outside_its_statuses_moves_only_the_version(
 
     assert await redis.get_flow("flow-1") == make_flow(version=3)
     assert (await redis.count_flows())[TaskStatus.PENDING] == 1
-    assert await redis.list_flows(worker_id="w") == []
+    assert await redis.list_flows(FlowQuery(worker_id="w")) == []
     runs = await redis.claim("w", ["Order"], limit=1, lease_seconds=5, now=1.0)
     assert [run.flow.version for run in runs] == [4]
 
@@ -437,7 +438,7 @@ async def test_the_indexes_agree_with_the_reference_after_random_changes(
         {"parent_flow_id": "flow-0"},
     ):
         listed = [
-            [flow.flow_id for flow in await storage.list_flows(**storage_filters)]
+            [flow.flow_id for flow in await storage.list_flows(FlowQuery(**storage_filters))]
             for storage in backends
         ]
         assert listed[0] == listed[1], storage_filters

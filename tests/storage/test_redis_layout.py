@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from pyergon.core import FlowQuery
 from pyergon.core.changes import Change, FlowWrite
 from pyergon.core.records import FlowCursor, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
@@ -131,10 +132,12 @@ async def test_connect_migrates_a_version_2_prefix(
         assert await storage.get_flow(flow.flow_id) == flow  # at version 1
     assert await storage.load_invocations("waiting") == [record]
     assert await storage.list_signals("pending") == [SignalRecord("pending", "early", b"hi", 1.5)]
-    assert [flow.flow_id for flow in await storage.list_flows(worker_id="worker-b")] == ["child"]
-    assert [flow.flow_id for flow in await storage.list_flows(parent_flow_id="waiting")] == [
+    assert [flow.flow_id for flow in await storage.list_flows(FlowQuery(worker_id="worker-b"))] == [
         "child"
     ]
+    assert [
+        flow.flow_id for flow in await storage.list_flows(FlowQuery(parent_flow_id="waiting"))
+    ] == ["child"]
     assert await storage.cancel_requests(["running", "waiting"]) == {"running"}
     # The migrated prefix behaves as version 3: writes are guarded by the version.
     stale = Change(writes=(FlowWrite("pending", {"attempt": 2}, expected_version=2),))
@@ -186,10 +189,10 @@ async def test_connect_migrates_a_version_1_prefix(
     storage = opened[0]
     assert await admin.get(f"{{{prefix}}}:schema_version") == b"3"
     newest_first = [child.flow_id for child in reversed(children)]
-    assert [flow.flow_id for flow in await storage.list_flows(parent_flow_id="parent")] == (
-        newest_first[:100]
-    )
-    by_worker_a = await storage.list_flows(worker_id="worker-a", limit=1_000)
+    assert [
+        flow.flow_id for flow in await storage.list_flows(FlowQuery(parent_flow_id="parent"))
+    ] == (newest_first[:100])
+    by_worker_a = await storage.list_flows(FlowQuery(worker_id="worker-a", limit=1_000))
     assert [flow.flow_id for flow in by_worker_a] == [
         child.flow_id for child in reversed(children) if child.lease_owner == "worker-a"
     ]
@@ -202,7 +205,9 @@ async def test_connect_migrates_a_version_1_prefix(
     # The migrated prefix behaves as version 3: claims are recorded, cancels are marked.
     runs = await storage.claim("worker-c", ["Order"], limit=1, lease_seconds=30, now=100.0)
     assert [run.flow.flow_id for run in runs] == ["orphan"]
-    assert [flow.flow_id for flow in await storage.list_flows(worker_id="worker-c")] == ["orphan"]
+    assert [flow.flow_id for flow in await storage.list_flows(FlowQuery(worker_id="worker-c"))] == [
+        "orphan"
+    ]
     cancelled = await flows.request_cancel(storage, "child-000")
     assert cancelled is not None
     assert cancelled.cancel_requested
@@ -249,7 +254,7 @@ async def test_bytes_and_text_with_newlines_round_trip(
     assert await storage.list_signals("flow-1") == [signal]
     expected = make_flow(payload=b"\n\x00\xff").replace(**write.changes, version=2)
     assert await storage.get_flow("flow-1") == expected
-    assert await storage.list_flows(worker_id="wörker ✓") == [expected]
+    assert await storage.list_flows(FlowQuery(worker_id="wörker ✓")) == [expected]
 
 
 async def test_a_signal_with_a_non_ascii_name_wakes_the_flow_waiting_for_it(
@@ -313,8 +318,8 @@ async def test_listing_agrees_with_the_in_memory_backend_on_random_filters(
                 float(rng.randint(0, 31)), rng.choice(["", "a", "ab-7", "b-300", "Z", "é-1", "ü"])
             )
 
-        expected = await memory.list_flows(**filters)
-        assert await redis_storage.list_flows(**filters) == expected, filters
+        expected = await memory.list_flows(FlowQuery(**filters))
+        assert await redis_storage.list_flows(FlowQuery(**filters)) == expected, filters
 
 
 @pytest.mark.slow
@@ -341,7 +346,7 @@ async def test_a_page_among_20000_flows_reads_only_its_own_flows(
     async def listed(**filters: Any) -> tuple[list[str], int]:
         """The ids a page lists, and how many commands its script ran on the prefix's keys."""
         async with admin.monitor() as monitor:
-            page = await storage.list_flows(limit=50, **filters)
+            page = await storage.list_flows(FlowQuery(limit=50, **filters))
             await admin.echo("listed")  # marks the end of the page's commands
             commands = 0
             while "listed" not in (command := await monitor.next_command())["command"]:

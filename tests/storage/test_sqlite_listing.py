@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from pyergon.core import FlowQuery
 from pyergon.core.records import FlowCursor
 from pyergon.core.status import TaskStatus
 from pyergon.storage.sqlite import SqliteExecutionLog
@@ -87,9 +88,9 @@ CURSOR = FlowCursor(30_000.0, "flow-060000")
     ("filters", "index"),
     [
         pytest.param({}, "flows_by_created", id="no-filter"),
-        pytest.param({"statuses": {TaskStatus.RUNNING}}, "flows_by_status", id="status"),
+        pytest.param({"status": {TaskStatus.RUNNING}}, "flows_by_status", id="status"),
         pytest.param(
-            {"statuses": {TaskStatus.RUNNING, TaskStatus.PENDING}},
+            {"status": {TaskStatus.RUNNING, TaskStatus.PENDING}},
             "flows_by_status",
             id="statuses",
         ),
@@ -106,21 +107,11 @@ CURSOR = FlowCursor(30_000.0, "flow-060000")
 def test_a_page_of_flows_is_read_from_an_index_without_sorting(
     request: pytest.FixtureRequest,
     file: str,
-    filters: dict[str, object],
+    filters: dict[str, Any],
     index: str,
     after: FlowCursor | None,
 ) -> None:
-    listing: dict[str, Any] = {
-        "statuses": None,
-        "flow_type": None,
-        "created_after": None,
-        "created_before": None,
-        "worker_id": None,
-        "parent_flow_id": None,
-        "limit": 50,
-        "offset": 0,
-    }
-    statement, parameters = flow_listing(**listing | filters | {"after": after})
+    statement, parameters = flow_listing(FlowQuery(**filters, limit=50, after=after))
     with raw(request.getfixturevalue(file)) as connection:
         plan = connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
 
@@ -136,11 +127,13 @@ def test_a_page_of_flows_is_read_from_an_index_without_sorting(
 @pytest.mark.slow
 async def test_keyset_pages_of_a_crowded_file_hold_the_right_flows(crowded: Path) -> None:
     async with SqliteExecutionLog(crowded) as storage:
-        first = await storage.list_flows(flow_type="Type3", limit=50)
+        first = await storage.list_flows(FlowQuery(flow_type="Type3", limit=50))
         second = await storage.list_flows(
-            flow_type="Type3", limit=50, after=FlowCursor.after(first[-1])
+            FlowQuery(flow_type="Type3", limit=50, after=FlowCursor.after(first[-1]))
         )
-        children = await storage.list_flows(parent_flow_id="flow-000005", limit=50, after=CURSOR)
+        children = await storage.list_flows(
+            FlowQuery(parent_flow_id="flow-000005", limit=50, after=CURSOR)
+        )
 
     assert [flow.flow_id for flow in first + second] == [
         f"flow-{index:06}" for index in range(CROWD - 7, CROWD - 1_000, -10)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pyergon.core import FlowQuery
 from pyergon.core.changes import Change, FlowWrite
 from pyergon.core.records import ScheduledFlow
 from pyergon.core.status import TaskStatus
@@ -111,7 +112,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_flows(
     async with SqliteExecutionLog(path) as storage:
         # make_flow leaves worker_id None, cancel_requested False and version 1: the defaults.
         assert await storage.get_flow("flow-1") == flow
-        assert await storage.list_flows(parent_flow_id="parent") == [flow]
+        assert await storage.list_flows(FlowQuery(parent_flow_id="parent")) == [flow]
         (run,) = await storage.claim("worker-a", ["Order"], limit=1, lease_seconds=30, now=2_000.0)
         assert run.flow.worker_id == "worker-a" and run.flow.version == 2
         requested = await flows.request_cancel(storage, "flow-1")

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import pytest
 
 from pyergon import Scheduler
-from pyergon.core import InvocationStatus, OperationKind, TaskStatus
+from pyergon.core import FlowQuery, InvocationStatus, OperationKind, TaskStatus
 from pyergon.storage import open_storage
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.flows import find_signal
@@ -227,7 +227,7 @@ class Driver:
 
     async def snapshot(self) -> str:
         """What storage and the workers' logs show: why a deadline was missed."""
-        flows = await self.storage.list_flows(limit=FLOWS)
+        flows = await self.storage.list_flows(FlowQuery(limit=FLOWS))
         statuses = Counter(flow.status.value for flow in flows)
         holders = Counter(flow.lease_owner for flow in flows if flow.status is TaskStatus.RUNNING)
         lines = [
@@ -243,7 +243,9 @@ class Driver:
 
     async def deliver_late_signals(self) -> None:
         """Signal the flows that are suspended waiting for their signal."""
-        suspended = await self.storage.list_flows(status=TaskStatus.SUSPENDED, limit=FLOWS)
+        suspended = await self.storage.list_flows(
+            FlowQuery(status=TaskStatus.SUSPENDED, limit=FLOWS)
+        )
         for stored in suspended:
             plan = self.awaiting_signal.get(stored.flow_id)
             if plan is None:
@@ -255,12 +257,14 @@ class Driver:
                 del self.awaiting_signal[plan.flow_id]
 
     async def completed(self) -> int:
-        failed = await self.storage.list_flows(status=TaskStatus.FAILED, limit=FLOWS)
+        failed = await self.storage.list_flows(FlowQuery(status=TaskStatus.FAILED, limit=FLOWS))
         assert not failed, [(flow.flow_id, flow.error) for flow in failed]
-        return len(await self.storage.list_flows(status=TaskStatus.COMPLETE, limit=FLOWS))
+        return len(
+            await self.storage.list_flows(FlowQuery(status=TaskStatus.COMPLETE, limit=FLOWS))
+        )
 
     async def held_by(self, worker_id: str) -> set[str]:
-        running = await self.storage.list_flows(status=TaskStatus.RUNNING, limit=FLOWS)
+        running = await self.storage.list_flows(FlowQuery(status=TaskStatus.RUNNING, limit=FLOWS))
         return {flow.flow_id for flow in running if flow.lease_owner == worker_id}
 
     async def recorded_steps(self, flow_ids: list[str], before: float) -> set[Position]:

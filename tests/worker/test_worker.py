@@ -19,7 +19,7 @@ from pyergon import (
     step,
 )
 from pyergon.clock import ManualClock
-from pyergon.core import ScheduledFlow, TaskStatus
+from pyergon.core import FlowQuery, ScheduledFlow, TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.decorators import flow_type_name
 from pyergon.errors import FlowDefinitionError, FlowNotFoundError, PyergonError
@@ -239,7 +239,7 @@ async def test_a_flow_type_no_worker_registered_stays_queued(storage: ExecutionL
     assert await worker.run_until_idle() == 0
     queued = await storage.get_flow(flow_id)
     assert queued is not None and queued.status is TaskStatus.PENDING
-    pending = await storage.list_flows(status=TaskStatus.PENDING, flow_type="Doubler")
+    pending = await storage.list_flows(FlowQuery(status=TaskStatus.PENDING, flow_type="Doubler"))
     assert [flow.flow_id for flow in pending] == [flow_id]
 
 

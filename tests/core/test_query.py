@@ -1,0 +1,64 @@
+"""FlowQuery: a listing's filters and page, checked once for every backend."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyergon.core import FlowCursor, FlowQuery, TaskStatus
+from pyergon.testing import make_flow
+
+
+def test_a_status_or_several_become_a_set() -> None:
+    assert FlowQuery().statuses is None
+    assert FlowQuery(status=TaskStatus.FAILED).statuses == {TaskStatus.FAILED}
+    assert FlowQuery(status=["PENDING", TaskStatus.RUNNING]).statuses == {  # type: ignore[list-item]
+        TaskStatus.PENDING,
+        TaskStatus.RUNNING,
+    }
+    assert FlowQuery(status=[]).statuses == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("page", "message"),
+    [({"limit": -1}, "limit must be >= 0"), ({"offset": -1}, "offset must be >= 0")],
+)
+def test_a_negative_page_is_refused_when_built_and_when_paged(
+    page: dict[str, int], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        FlowQuery(**page)
+    with pytest.raises(ValueError, match=message):
+        FlowQuery().page(**page)
+
+
+def test_an_unknown_status_is_refused() -> None:
+    with pytest.raises(ValueError, match="NOPE"):
+        FlowQuery(status="NOPE")  # type: ignore[arg-type]
+
+
+def test_page_keeps_the_filters_and_replaces_the_page() -> None:
+    cursor = FlowCursor(5.0, "flow-5")
+    query = FlowQuery(status=TaskStatus.FAILED, flow_type="Order", limit=10, offset=3)
+
+    paged = query.page(after=cursor)
+
+    assert (paged.statuses, paged.flow_type) == (query.statuses, query.flow_type)
+    assert (paged.limit, paged.offset, paged.after) == (10, 0, cursor)
+    assert query.page(limit=2).limit == 2
+    assert (query.limit, query.offset, query.after) == (10, 3, None)  # unchanged
+
+
+def test_page_of_is_newest_first_filtered_after_the_cursor_then_offset_and_limit() -> None:
+    flows = [
+        make_flow(f"flow-{index}", created_at=float(index // 2), flow_type=("A", "B")[index % 2])
+        for index in range(10)
+    ]
+    query = FlowQuery(flow_type="A", after=FlowCursor(4.0, "flow-8"), offset=1, limit=2)
+
+    assert [flow.flow_id for flow in query.page_of(flows)] == ["flow-4", "flow-2"]
+    assert FlowQuery(limit=0).page_of(flows) == []
+    assert [flow.flow_id for flow in FlowQuery(limit=3).page_of(flows)] == [
+        "flow-9",
+        "flow-8",
+        "flow-7",
+    ]
