@@ -54,7 +54,7 @@ __all__ = [
 Position = tuple[int, int]
 T = TypeVar("T")
 
-ChildRunner = Callable[[object, str, "FlowContext", Position], Awaitable["FlowOutcome"]]
+ChildRunner = Callable[[object, str, "FlowContext", Position], Awaitable["FlowOutcome[Any]"]]
 """Runs (or schedules) a child flow: ``(child, child_flow_id, parent_context, position)``."""
 
 

@@ -75,7 +75,7 @@ class ReplayResult:
     recorded: int
     ended_at: str | None = None
     divergence: Divergence | None = None
-    outcome: FlowOutcome | None = field(default=None, compare=False)
+    outcome: FlowOutcome[Any] | None = field(default=None, compare=False)
 
     def summary(self) -> str:
         """One line saying what the replay found."""
@@ -395,7 +395,7 @@ def _replayed(contexts: list[FlowContext]) -> int:
     return contexts[-1].replayed_count if contexts else 0
 
 
-async def _no_live_children(*_args: object) -> FlowOutcome:  # pragma: no cover - guarded
+async def _no_live_children(*_args: object) -> FlowOutcome[Any]:  # pragma: no cover - guarded
     raise AssertionError("a replay reached a live child; before_live_work should stop it")
 
 

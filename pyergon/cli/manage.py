@@ -388,7 +388,7 @@ def _replay_json(result: ReplayResult) -> dict[str, Any]:
     }
 
 
-def _outcome_json(outcome: FlowOutcome | None) -> dict[str, Any] | None:
+def _outcome_json(outcome: FlowOutcome[Any] | None) -> dict[str, Any] | None:
     from pyergon.core.outcome import Completed
 
     if outcome is None:
