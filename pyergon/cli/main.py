@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     Each subparser stores its handler as the ``handler`` default, so :func:`main` needs no
     table of commands; adding a subcommand means adding one ``_add_*`` function here.
     """
-    from pyergon import __version__
+    from pyergon._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="pyergon",
