@@ -10,7 +10,7 @@ from typing import Any
 
 from pyergon.context import FlowContext, FlowSuspend, Position, require_context
 from pyergon.core.outcome import Completed, SuspendReason
-from pyergon.core.records import Invocation, StoredError, format_position
+from pyergon.core.records import StoredError, format_position
 from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.executor.steps import replay_final
 from pyergon.serialization import serialize_exception
@@ -54,13 +54,11 @@ class ChildHandle:
         now = context.clock.now()
         if record is None:
             record = await context.record(
-                Invocation(
-                    flow_id=context.flow_id,
-                    sequence=position[0],
-                    sub_sequence=position[1],
-                    kind=OperationKind.CHILD,
-                    name=self._type_name,
-                    status=InvocationStatus.WAITING_FOR_CHILD,
+                context.new_record(
+                    position,
+                    OperationKind.CHILD,
+                    self._type_name,
+                    InvocationStatus.WAITING_FOR_CHILD,
                     started_at=now,
                     child_flow_id=self.flow_id,
                 )

@@ -160,14 +160,12 @@ def _step_record(
     result: bytes | None = None,
     error: StoredError | None = None,
 ) -> Invocation:
-    return Invocation(
-        flow_id=context.flow_id,
-        sequence=position[0],
-        sub_sequence=position[1],
-        kind=OperationKind.STEP,
-        name=name,
+    return context.new_record(
+        position,
+        OperationKind.STEP,
+        name,
+        status,
         args_hash=args_hash,
-        status=status,
         result=result,
         error=error,
         attempts=attempts,
