@@ -1,4 +1,4 @@
-"""Checked by mypy (tests/typing/test_types.py), never run: the public API's types.
+"""Checked by mypy (tests/static_types/test_types.py), never run: the public API's types.
 
 Each ``assert_type`` fails the check when the type mypy infers differs, including when it is
 ``Any``, so an untyped ``Executor.run`` cannot slip back in.
