@@ -22,7 +22,7 @@ CONCURRENCY = 50
 STEPS_PER_FLOW = 3
 
 
-def check_three_steps(number: int, outcome: FlowOutcome) -> None:
+def check_three_steps(number: int, outcome: FlowOutcome[int]) -> None:
     """Fail the run unless the flow for ``number`` completed with the right result."""
     expected = (number + 1) * 2 - 1
     if not (isinstance(outcome, Completed) and outcome.succeeded and outcome.result == expected):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pyergon._version import __version__
 from pyergon.context import current_idempotency_key as idempotency_key
 from pyergon.core import Completed, FlowOutcome, RetryPolicy, Suspended
 from pyergon.decorators import flow, flow_type, step
@@ -78,8 +79,6 @@ __all__ = [
     "unload_ipython_extension",
     "uuid4",
 ]
-
-__version__ = "0.9.0"
 
 
 def load_ipython_extension(ipython: InteractiveShell) -> None:

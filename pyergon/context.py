@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from pyergon.clock import Clock
 from pyergon.core.changes import Change
 from pyergon.core.outcome import SuspendReason
-from pyergon.core.records import Invocation, format_position
+from pyergon.core.records import Invocation, StoredError, format_position
 from pyergon.core.retry import RetryPolicy
 from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.errors import NonDeterminismError, PyergonError, StorageError
@@ -54,7 +54,7 @@ __all__ = [
 Position = tuple[int, int]
 T = TypeVar("T")
 
-ChildRunner = Callable[[object, str, "FlowContext", Position], Awaitable["FlowOutcome"]]
+ChildRunner = Callable[[object, str, "FlowContext", Position], Awaitable["FlowOutcome[Any]"]]
 """Runs (or schedules) a child flow: ``(child, child_flow_id, parent_context, position)``."""
 
 
@@ -197,6 +197,44 @@ class FlowContext:
         """Return ``"flow 'id' at position 3.1"`` for messages."""
         return f"flow {self.flow_id!r} at position {format_position(*position)}"
 
+    def new_record(
+        self,
+        position: Position,
+        kind: OperationKind,
+        name: str,
+        status: InvocationStatus,
+        *,
+        args_hash: str = "",
+        result: bytes | None = None,
+        error: StoredError | None = None,
+        attempts: int = 0,
+        started_at: float | None = None,
+        completed_at: float | None = None,
+        fire_at: float | None = None,
+        child_flow_id: str | None = None,
+    ) -> Invocation:
+        """Return a record of this flow's operation at ``position``, not stored yet.
+
+        Store it with :meth:`keep` or :meth:`record`; the other arguments are the fields of
+        :class:`~pyergon.core.records.Invocation`.
+        """
+        return Invocation(
+            flow_id=self.flow_id,
+            sequence=position[0],
+            sub_sequence=position[1],
+            kind=kind,
+            name=name,
+            status=status,
+            args_hash=args_hash,
+            result=result,
+            error=error,
+            attempts=attempts,
+            started_at=started_at,
+            completed_at=completed_at,
+            fire_at=fire_at,
+            child_flow_id=child_flow_id,
+        )
+
     def replayed(
         self, position: Position, kind: OperationKind, name: str, args_hash: str = ""
     ) -> Invocation | None:
@@ -209,14 +247,8 @@ class FlowContext:
         if record is None:
             return None
         if record.kind is not kind or record.name != name or record.args_hash != args_hash:
-            current = Invocation(
-                flow_id=self.flow_id,
-                sequence=position[0],
-                sub_sequence=position[1],
-                kind=kind,
-                name=name,
-                args_hash=args_hash,
-                status=InvocationStatus.PENDING,
+            current = self.new_record(
+                position, kind, name, InvocationStatus.PENDING, args_hash=args_hash
             )
             error = NonDeterminismError(
                 self.flow_id, format_position(*position), record.describe(), current.describe()

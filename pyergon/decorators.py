@@ -18,6 +18,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 from pyergon.context import current_context, in_step
 from pyergon.core.retry import RetryPolicy
 from pyergon.errors import FlowDefinitionError
+from pyergon.executor.child import ChildHandle, start_child
+from pyergon.executor.steps import run_step
 
 __all__ = [
     "FlowSpec",
@@ -26,6 +28,7 @@ __all__ = [
     "flow_entry",
     "flow_type",
     "flow_type_name",
+    "invoke",
     "require_flow_class",
     "require_flow_instance",
     "step",
@@ -144,7 +147,7 @@ def step(
             if context is None or in_step():
                 return method(self, *args, **kwargs)
             position = context.allocate()
-            return _run_step()(
+            return run_step(
                 context,
                 position,
                 spec.name,
@@ -159,14 +162,6 @@ def step(
         return call
 
     return decorate if function is None else decorate(function)
-
-
-@functools.cache
-def _run_step() -> Callable[..., Coroutine[Any, Any, Any]]:
-    """The executor's step runner, imported on first use: the executor imports this module."""
-    from pyergon.executor.steps import run_step
-
-    return run_step
 
 
 @overload
@@ -258,12 +253,29 @@ def flow_type(cls: C | None = None, /, *, name: str | None = None) -> C | Callab
             )
         setattr(target, _FLOW_TYPE_ATTR, _FlowTypeInfo(name or target.__name__))
         if "invoke" not in target.__dict__:
-            from pyergon.executor.child import invoke
-
             target.invoke = invoke  # type: ignore[attr-defined]
         return target
 
     return decorate if cls is None else decorate(cls)
+
+
+def invoke(self: object, child: object) -> ChildHandle:
+    """Start ``child`` as a child flow of the running flow; await ``.result()`` for its result.
+
+    Added to every ``@flow_type`` class as ``self.invoke``.
+
+    Args:
+        self: The running (parent) flow.
+        child: An instance of a ``@flow_type`` dataclass.
+
+    Returns:
+        A handle whose ``result()`` coroutine returns the child's result.
+
+    Raises:
+        FlowDefinitionError: ``child`` is not a flow instance.
+        PyergonError: Called outside a running flow.
+    """
+    return start_child(child, require_flow_instance(child))
 
 
 def _flow_methods(cls: type) -> dict[str, FlowSpec]:

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pyergon.context import FlowContext, Position, current_context
-from pyergon.core.records import Invocation
 from pyergon.core.status import InvocationStatus, OperationKind
 
 __all__ = ["now", "random", "uuid4"]
@@ -68,13 +67,11 @@ async def _replay_or_record(
     value = produce(context)
     timestamp = context.clock.now()
     stored = await context.record(
-        Invocation(
-            flow_id=context.flow_id,
-            sequence=position[0],
-            sub_sequence=position[1],
-            kind=OperationKind.VALUE,
-            name=kind,
-            status=InvocationStatus.COMPLETE,
+        context.new_record(
+            position,
+            OperationKind.VALUE,
+            kind,
+            InvocationStatus.COMPLETE,
             result=context.dumps(value, f"the {kind}() value of {context.describe(position)}"),
             started_at=timestamp,
             completed_at=timestamp,

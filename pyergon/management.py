@@ -75,7 +75,7 @@ class ReplayResult:
     recorded: int
     ended_at: str | None = None
     divergence: Divergence | None = None
-    outcome: FlowOutcome | None = field(default=None, compare=False)
+    outcome: FlowOutcome[Any] | None = field(default=None, compare=False)
 
     def summary(self) -> str:
         """One line saying what the replay found."""
@@ -356,29 +356,22 @@ class FlowManager:
             observe=contexts.append,
         )
         recorded = sum(1 for record in records if record.sequence != FLOW_RETRY_SEQUENCE)
+        outcome: FlowOutcome[Any] | None = None
+        divergence: Divergence | None = None
+        ended_at: str | None = None
         try:
             outcome = await drive_flow(run)
         except NonDeterminismError as error:
-            return ReplayResult(
-                flow_id,
-                consistent=False,
-                replayed=_replayed(contexts),
-                recorded=recorded,
-                divergence=Divergence(error.sequence, error.recorded, error.current),
-            )
+            divergence = Divergence(error.sequence, error.recorded, error.current)
         except ReplayEnded as ended:
-            return ReplayResult(
-                flow_id,
-                consistent=True,
-                replayed=_replayed(contexts),
-                recorded=recorded,
-                ended_at=format_position(*ended.position),
-            )
+            ended_at = format_position(*ended.position)
         return ReplayResult(
             flow_id,
-            consistent=True,
+            consistent=divergence is None,
             replayed=_replayed(contexts),
             recorded=recorded,
+            ended_at=ended_at,
+            divergence=divergence,
             outcome=outcome,
         )
 
@@ -395,7 +388,7 @@ def _replayed(contexts: list[FlowContext]) -> int:
     return contexts[-1].replayed_count if contexts else 0
 
 
-async def _no_live_children(*_args: object) -> FlowOutcome:  # pragma: no cover - guarded
+async def _no_live_children(*_args: object) -> FlowOutcome[Any]:  # pragma: no cover - guarded
     raise AssertionError("a replay reached a live child; before_live_work should stop it")
 
 

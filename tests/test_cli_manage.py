@@ -24,7 +24,7 @@ from types import ModuleType
 import pytest
 
 from pyergon import Executor, Scheduler
-from pyergon.cli.manage import parse_since
+from pyergon.cli.arguments import parse_since
 from pyergon.cli.worker import STORAGE_URL_VARIABLE
 from pyergon.core import FlowQuery, Invocation, ScheduledFlow, TaskStatus
 from pyergon.core.records import SignalRecord

@@ -13,6 +13,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
+from pyergon.cli.arguments import (
+    add_flow_id,
+    add_fork_options,
+    add_status_filter,
+    parse_since,
+    positive,
+)
+
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 EXIT_OK = 0
@@ -39,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     Each subparser stores its handler as the ``handler`` default, so :func:`main` needs no
     table of commands; adding a subcommand means adding one ``_add_*`` function here.
     """
-    from pyergon import __version__
+    from pyergon._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="pyergon",
@@ -111,14 +119,14 @@ def _add_worker(subcommands: _Subcommands) -> None:
     )
     worker.add_argument(
         "--concurrency",
-        type=_positive(int),
+        type=positive(int),
         default=10,
         metavar="N",
         help="flows run at once (default: 10)",
     )
     worker.add_argument(
         "--lease",
-        type=_positive(float),
+        type=positive(float),
         default=30.0,
         metavar="SECONDS",
         help="how long a claim lasts without renewal; a dead worker's flows move on after it "
@@ -149,13 +157,7 @@ def _add_management(
     return command
 
 
-def _add_flow_id(command: argparse.ArgumentParser) -> None:
-    command.add_argument("flow_id", metavar="FLOW_ID", help="the flow's id")
-
-
 def _add_flows(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
-    from pyergon.cli.manage import parse_since, parse_status
-
     flows = _add_management(
         subcommands,
         common,
@@ -164,15 +166,7 @@ def _add_flows(subcommands: _Subcommands, common: argparse.ArgumentParser) -> No
         "List the stored flows newest first, filtered by the options, with a count of all "
         "flows by status below the table.",
     )
-    flows.add_argument(
-        "--status",
-        type=parse_status,
-        action="extend",
-        nargs="+",
-        metavar="STATUS",
-        help="only flows in these statuses (PENDING, RUNNING, SUSPENDED, COMPLETE, FAILED, "
-        "CANCELLED); repeat or list several",
-    )
+    add_status_filter(flows)
     flows.add_argument("--type", dest="flow_type", metavar="TYPE", help="only flows of this type")
     flows.add_argument("--worker", metavar="WORKER_ID", help="only flows last run by this worker")
     flows.add_argument("--parent", metavar="FLOW_ID", help="only child flows of this flow")
@@ -185,7 +179,7 @@ def _add_flows(subcommands: _Subcommands, common: argparse.ArgumentParser) -> No
     )
     flows.add_argument(
         "--limit",
-        type=_positive(int),
+        type=positive(int),
         default=50,
         metavar="N",
         help="show at most N flows (default: 50)",
@@ -202,7 +196,7 @@ def _add_show(subcommands: _Subcommands, common: argparse.ArgumentParser) -> Non
         "children with durations, a text timeline, and the signals it was sent. With --json, "
         "the whole history (payloads as sizes).",
     )
-    _add_flow_id(show)
+    add_flow_id(show)
 
 
 def _add_signal(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
@@ -214,7 +208,7 @@ def _add_signal(subcommands: _Subcommands, common: argparse.ArgumentParser) -> N
         "Send the signal NAME with VALUE to a flow and wake it if it waits for it. Only the "
         "first value per flow and name is kept; sending again changes nothing.",
     )
-    _add_flow_id(signal)
+    add_flow_id(signal)
     signal.add_argument("name", metavar="NAME", help="the signal's name")
     signal.add_argument("value", metavar="VALUE", help="the value; a string unless --json-value")
     signal.add_argument(
@@ -249,7 +243,7 @@ _FLOW_STATE_COMMANDS = (
 
 def _add_flow_state_commands(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
     for name, summary, description in _FLOW_STATE_COMMANDS:
-        _add_flow_id(_add_management(subcommands, common, name, summary, description))
+        add_flow_id(_add_management(subcommands, common, name, summary, description))
 
 
 def _add_fork(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
@@ -261,15 +255,8 @@ def _add_fork(subcommands: _Subcommands, common: argparse.ArgumentParser) -> Non
         "Start a new flow with the same type and inputs whose log is the first N positions of "
         "FLOW_ID's; it replays them and runs live after them. The original is not touched.",
     )
-    _add_flow_id(fork)
-    fork.add_argument(
-        "--from-step",
-        type=_non_negative_int,
-        required=True,
-        metavar="N",
-        help="how many log positions to keep (0 keeps none)",
-    )
-    fork.add_argument("--new-id", metavar="ID", help="the new flow's id (default: FLOW_ID~fork-…)")
+    add_flow_id(fork)
+    add_fork_options(fork, new_id_help="the new flow's id (default: FLOW_ID~fork-…)")
 
 
 def _add_replay(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
@@ -282,7 +269,7 @@ def _add_replay(subcommands: _Subcommands, common: argparse.ArgumentParser) -> N
         "step or writing anything. Exit code 0 when the code matches the log, 1 when it "
         "diverges.",
     )
-    _add_flow_id(replay)
+    add_flow_id(replay)
     replay.add_argument(
         "--flow",
         dest="flow_class",
@@ -291,32 +278,6 @@ def _add_replay(subcommands: _Subcommands, common: argparse.ArgumentParser) -> N
         help="the flow class, such as myapp.flows:OrderFlow (the current directory is on the "
         "import path)",
     )
-
-
-def _non_negative_int(text: str) -> int:
-    """An argparse ``type`` accepting whole numbers >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
-    """An argparse ``type`` accepting numbers of ``kind`` greater than zero."""
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-        return value
-
-    return parse
 
 
 class _UsageError(Exception):

@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +33,6 @@ __all__ = [
     "MANAGEMENT_COMMANDS",
     "ManagementError",
     "ManagementUsageError",
-    "parse_since",
-    "parse_status",
     "run_management",
 ]
 
@@ -47,57 +43,6 @@ class ManagementUsageError(Exception):
 
 class ManagementError(Exception):
     """The command ran and the operation failed (a one-line reason): exit code 1."""
-
-
-_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-
-
-def parse_status(text: str) -> TaskStatus:
-    """An argparse ``type`` for ``--status``: a flow status, in any letter case.
-
-    Raises:
-        argparse.ArgumentTypeError: Not a status; the message lists the valid ones.
-    """
-    try:
-        return TaskStatus(text.strip().upper())
-    except ValueError:
-        valid = ", ".join(status.value for status in TaskStatus)
-        raise argparse.ArgumentTypeError(f"unknown status {text!r}; valid: {valid}") from None
-
-
-def parse_since(text: str, *, now: float | None = None) -> float:
-    """An argparse ``type`` for ``--since``: a time ago, or an ISO-8601 date or time.
-
-    A time ago is written ``90s``, ``15m``, ``1h30m``, ``2d`` or ``1w``; an ISO-8601 time
-    without an offset is taken as UTC.
-
-    Args:
-        text: What the user wrote.
-        now: The current time (epoch seconds); defaults to the system clock.
-
-    Returns:
-        The moment as epoch seconds.
-
-    Raises:
-        argparse.ArgumentTypeError: Neither form.
-    """
-    compact = text.strip().lower().replace(" ", "")
-    if compact and _DURATION.sub("", compact) == "":
-        ago = sum(
-            float(amount) * _DURATION_UNITS[unit] for amount, unit in _DURATION.findall(compact)
-        )
-        return (time.time() if now is None else now) - ago
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is neither a duration (30s, 15m, 1h, 2d, 1w) nor an ISO-8601 time "
-            "(2024-05-01 or 2024-05-01T12:00:00+02:00)"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 # -- running a command ---------------------------------------------------------------------------
@@ -289,48 +234,62 @@ async def _signal(arguments: argparse.Namespace, output: _Output) -> int:
 
 
 async def _cancel(arguments: argparse.Namespace, output: _Output) -> int:
-    async with _storage(arguments) as storage:
-        flow = await _manager(storage).cancel(arguments.flow_id)
-    if flow.status is TaskStatus.CANCELLED:
-        return _report_flow(output, flow, f"flow {flow.flow_id!r} is now CANCELLED")
-    return _report_flow(
-        output,
-        flow,
-        f"flow {flow.flow_id!r} is {flow.status.value} on worker {flow.lease_owner!r}; "
-        "cancellation requested, it stops at its next step boundary",
-    )
+    from pyergon.management import FlowManager
+
+    return await _change_state(arguments, output, FlowManager.cancel, _cancelled)
 
 
 async def _resume(arguments: argparse.Namespace, output: _Output) -> int:
-    async with _storage(arguments) as storage:
-        flow = await _manager(storage).resume(arguments.flow_id)
-    return _report_flow(
-        output,
-        flow,
-        f"flow {flow.flow_id!r} is now {flow.status.value}; a worker serving "
-        f"{flow.flow_type} picks it up",
-    )
+    from pyergon.management import FlowManager
+
+    return await _change_state(arguments, output, FlowManager.resume, _resumed)
 
 
 async def _retry(arguments: argparse.Namespace, output: _Output) -> int:
-    async with _storage(arguments) as storage:
-        flow = await _manager(storage).retry(arguments.flow_id)
-    return _report_flow(
-        output,
-        flow,
-        f"flow {flow.flow_id!r} is now {flow.status.value} (attempt {flow.attempt}); a worker "
-        f"serving {flow.flow_type} runs it again, reusing the steps that succeeded",
-    )
+    from pyergon.management import FlowManager
+
+    return await _change_state(arguments, output, FlowManager.retry, _retried)
 
 
-def _report_flow(output: _Output, flow: ScheduledFlow, sentence: str) -> int:
+async def _change_state(
+    arguments: argparse.Namespace,
+    output: _Output,
+    change: Callable[[FlowManager, str], Coroutine[Any, Any, ScheduledFlow]],
+    sentence: Callable[[ScheduledFlow], str],
+) -> int:
+    """Cancel, resume or retry the flow ``FLOW_ID``; show it as JSON, or say what happened."""
     from pyergon.cli.views import flow_json
 
+    async with _storage(arguments) as storage:
+        flow = await change(_manager(storage), arguments.flow_id)
     if output.as_json:
         output.json(flow_json(flow))
     else:
-        output.say(sentence)
+        output.say(sentence(flow))
     return 0
+
+
+def _cancelled(flow: ScheduledFlow) -> str:
+    if flow.status is TaskStatus.CANCELLED:
+        return f"flow {flow.flow_id!r} is now CANCELLED"
+    return (
+        f"flow {flow.flow_id!r} is {flow.status.value} on worker {flow.lease_owner!r}; "
+        "cancellation requested, it stops at its next step boundary"
+    )
+
+
+def _resumed(flow: ScheduledFlow) -> str:
+    return (
+        f"flow {flow.flow_id!r} is now {flow.status.value}; a worker serving "
+        f"{flow.flow_type} picks it up"
+    )
+
+
+def _retried(flow: ScheduledFlow) -> str:
+    return (
+        f"flow {flow.flow_id!r} is now {flow.status.value} (attempt {flow.attempt}); a worker "
+        f"serving {flow.flow_type} runs it again, reusing the steps that succeeded"
+    )
 
 
 async def _fork(arguments: argparse.Namespace, output: _Output) -> int:
@@ -388,7 +347,7 @@ def _replay_json(result: ReplayResult) -> dict[str, Any]:
     }
 
 
-def _outcome_json(outcome: FlowOutcome | None) -> dict[str, Any] | None:
+def _outcome_json(outcome: FlowOutcome[Any] | None) -> dict[str, Any] | None:
     from pyergon.core.outcome import Completed
 
     if outcome is None:

@@ -261,21 +261,28 @@ def history_view(history: FlowHistory, now: float) -> list[RenderableType]:
         parts += timeline_lines(history, now)
     else:
         parts.append("no records yet: the flow has not run a step")
-    if history.signals:
-        parts += ["", "[bold]signals[/]"]
-        parts += [
+    parts += _section(
+        "signals",
+        [
             f"  {_escape(signal.name)}  sent {format_time(signal.sent_at)} UTC  "
             f"{len(signal.payload)} bytes"
             for signal in history.signals
-        ]
-    if history.children:
-        parts += ["", "[bold]children[/]"]
-        parts += [
+        ],
+    )
+    parts += _section(
+        "children",
+        [
             f"  {_escape(child.flow_id)}  {_escape(child.flow_type)}  "
             f"{status_markup(child.status.value)}"
             for child in history.children
-        ]
+        ],
+    )
     return parts
+
+
+def _section(title: str, lines: list[str]) -> list[str]:
+    """A bold title and its lines after a blank line; nothing when there are no lines."""
+    return ["", f"[bold]{title}[/]", *lines] if lines else []
 
 
 def _header_lines(history: FlowHistory) -> list[str]:

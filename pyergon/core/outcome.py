@@ -5,12 +5,14 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Generic, TypeAlias, TypeVar
 
 from pyergon.core.records import to_datetime
 from pyergon.core.status import TaskStatus
 
 __all__ = ["Completed", "FlowOutcome", "SuspendReason", "Suspended"]
+
+R = TypeVar("R")
 
 
 class SuspendReason(StrEnum):
@@ -23,9 +25,15 @@ class SuspendReason(StrEnum):
     """Waiting out the backoff before a flow-level retry."""
 
 
-@dataclass(frozen=True, slots=True)
-class Completed:
+# Not slotted: ``Completed[int](...)`` sets ``__orig_class__`` on the instance, which a slotted
+# frozen dataclass refuses with a TypeError (Python 3.11) instead of the AttributeError
+# typing expects.
+@dataclass(frozen=True)
+class Completed(Generic[R]):
     """A flow that finished: with a result, or with an error.
+
+    ``Completed[R]`` carries the return type ``R`` of the flow's ``@flow`` method, so
+    ``outcome.unwrap()`` is typed as the method's result.
 
     Attributes:
         flow_id: The flow's id.
@@ -35,7 +43,7 @@ class Completed:
     """
 
     flow_id: str
-    result: Any = None
+    result: R | None = None
     error: BaseException | None = None
     status: TaskStatus = TaskStatus.COMPLETE
 
@@ -44,11 +52,12 @@ class Completed:
         """Whether the flow returned normally."""
         return self.status is TaskStatus.COMPLETE
 
-    def unwrap(self) -> Any:
+    def unwrap(self) -> R:
         """Return the result, or raise the flow's error."""
         if self.error is not None:
             raise self.error
-        return self.result
+        # A completed flow without an error returned its result, which may itself be None.
+        return self.result  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         detail = f"result={self.result!r}" if self.error is None else f"error={self.error!r}"
@@ -101,5 +110,5 @@ class Suspended:
         return f"<code>{html.escape(repr(self))}</code>"
 
 
-FlowOutcome = Completed | Suspended
-"""The result of :meth:`pyergon.Executor.run`."""
+FlowOutcome: TypeAlias = Completed[R] | Suspended
+"""The result of :meth:`pyergon.Executor.run`; ``FlowOutcome[R]`` for a flow returning ``R``."""

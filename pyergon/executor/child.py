@@ -10,13 +10,12 @@ from typing import Any
 
 from pyergon.context import FlowContext, FlowSuspend, Position, require_context
 from pyergon.core.outcome import Completed, SuspendReason
-from pyergon.core.records import Invocation, StoredError, format_position
+from pyergon.core.records import StoredError, format_position
 from pyergon.core.status import InvocationStatus, OperationKind
-from pyergon.decorators import require_flow_instance
 from pyergon.executor.steps import replay_final
 from pyergon.serialization import serialize_exception
 
-__all__ = ["ChildHandle", "child_flow_id", "invoke"]
+__all__ = ["ChildHandle", "child_flow_id", "start_child"]
 
 
 def child_flow_id(parent_flow_id: str, position: Position) -> str:
@@ -55,13 +54,11 @@ class ChildHandle:
         now = context.clock.now()
         if record is None:
             record = await context.record(
-                Invocation(
-                    flow_id=context.flow_id,
-                    sequence=position[0],
-                    sub_sequence=position[1],
-                    kind=OperationKind.CHILD,
-                    name=self._type_name,
-                    status=InvocationStatus.WAITING_FOR_CHILD,
+                context.new_record(
+                    position,
+                    OperationKind.CHILD,
+                    self._type_name,
+                    InvocationStatus.WAITING_FOR_CHILD,
                     started_at=now,
                     child_flow_id=self.flow_id,
                 )
@@ -84,22 +81,18 @@ class ChildHandle:
         return replay_final(context, await context.record(final))
 
 
-def invoke(self: object, child: object) -> ChildHandle:
-    """Start ``child`` as a child flow of the running flow; await ``.result()`` for its result.
-
-    Added to every ``@flow_type`` class as ``self.invoke``.
+def start_child(child: object, type_name: str) -> ChildHandle:
+    """Start ``child`` as a child flow of the running flow at its next log position.
 
     Args:
-        self: The running (parent) flow.
         child: An instance of a ``@flow_type`` dataclass.
+        type_name: The child's stored flow type name.
 
     Returns:
         A handle whose ``result()`` coroutine returns the child's result.
 
     Raises:
-        FlowDefinitionError: ``child`` is not a flow instance.
         PyergonError: Called outside a running flow.
     """
-    type_name = require_flow_instance(child)
     context = require_context("invoke")
     return ChildHandle(context, context.allocate(), child, type_name)

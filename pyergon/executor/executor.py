@@ -29,6 +29,7 @@ from pyergon.storage.flows import HeldFlow, start_direct_run
 __all__ = ["Executor", "validate_flow_id"]
 
 F = TypeVar("F")
+R = TypeVar("R")
 
 
 def validate_flow_id(flow_id: object) -> str:
@@ -91,14 +92,15 @@ class Executor(Generic[F]):
     def __repr__(self) -> str:
         return f"Executor(flow_id={self.flow_id!r}, type={self.type_name!r})"
 
-    async def run(self, entry: Callable[[F], Awaitable[Any]]) -> FlowOutcome:
+    async def run(self, entry: Callable[[F], Awaitable[R]]) -> FlowOutcome[R]:
         """Run or resume the flow until it finishes or has to wait.
 
         Args:
-            entry: Calls the flow's ``@flow`` method, e.g. ``lambda f: f.run()``.
+            entry: Calls the flow's ``@flow`` method, e.g. ``lambda f: f.run()``, or is that
+                method itself (``Order.process``). Its return type ``R`` types the outcome.
 
         Returns:
-            ``Completed`` with the result or error, or ``Suspended`` with what it waits on.
+            ``Completed[R]`` with the result or error, or ``Suspended`` with what it waits on.
             A flow already final in storage returns its stored outcome without running.
 
         Raises:
@@ -168,7 +170,7 @@ class Executor(Generic[F]):
 
     async def _run_child(
         self, child: object, child_id: str, parent: FlowContext, position: Position
-    ) -> FlowOutcome:
+    ) -> FlowOutcome[Any]:
         method_name, _ = flow_entry(type(child))
         executor = Executor(
             child,

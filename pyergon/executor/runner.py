@@ -116,7 +116,7 @@ def log_by_position(records: Iterable[Invocation]) -> dict[Position, Invocation]
     return {(record.sequence, record.sub_sequence): record for record in records}
 
 
-async def drive_flow(run: FlowRun) -> FlowOutcome:
+async def drive_flow(run: FlowRun) -> FlowOutcome[Any]:
     """Run the flow until it finishes, fails for good or has to wait; write its state.
 
     Flow-level retries with no backoff happen within this call; a backoff is a durable timer
@@ -153,7 +153,7 @@ async def drive_flow(run: FlowRun) -> FlowOutcome:
         return outcome
 
 
-async def _attempt(run: FlowRun, context: FlowContext, attempt: int) -> FlowOutcome | int:
+async def _attempt(run: FlowRun, context: FlowContext, attempt: int) -> FlowOutcome[Any] | int:
     """Run one attempt; return its outcome, or the next attempt's number to run it at once."""
     backoff = await _backoff_in_progress(run, context)
     if backoff is not None:
@@ -256,7 +256,7 @@ async def reopen_failed_work(storage: ExecutionLog, flow_id: str) -> None:
         )
 
 
-def stored_outcome(flow: ScheduledFlow, serializer: Serializer) -> Completed:
+def stored_outcome(flow: ScheduledFlow, serializer: Serializer) -> Completed[Any]:
     """Return the outcome of a flow that is final in storage."""
     if flow.status is TaskStatus.COMPLETE:
         result = None if flow.result is None else serializer.loads(flow.result)

@@ -105,7 +105,7 @@ class Scheduler:
 
     async def wait(
         self, flow_ids: str | Iterable[str], *, timeout: float | None = None
-    ) -> dict[str, Completed]:
+    ) -> dict[str, Completed[Any]]:
         """Wait until each flow is final and return their outcomes.
 
         Storage is checked with a short interval that grows while nothing changes.
@@ -125,7 +125,7 @@ class Scheduler:
         pending = list(dict.fromkeys(requested))
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        outcomes: dict[str, Completed] = {}
+        outcomes: dict[str, Completed[Any]] = {}
         interval = 0.002
         while pending:
             still_pending = []

@@ -7,7 +7,7 @@ from typing import Any
 
 from pyergon.context import FlowContext, FlowSuspend, Position, require_context
 from pyergon.core.outcome import SuspendReason
-from pyergon.core.records import Invocation, SignalRecord
+from pyergon.core.records import SignalRecord
 from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.errors import FlowNotFoundError, FlowStateError, InvalidFlowIdError
 from pyergon.executor.steps import replay_final
@@ -52,13 +52,11 @@ async def _receive(context: FlowContext, position: Position, name: str) -> Any:
     if signal is not None:
         # A flow's signal of one name keeps its first value, so whoever records it records the
         # same; replay receives it again if this write is lost.
-        received = Invocation(
-            flow_id=context.flow_id,
-            sequence=position[0],
-            sub_sequence=position[1],
-            kind=OperationKind.SIGNAL,
-            name=name,
-            status=InvocationStatus.COMPLETE,
+        received = context.new_record(
+            position,
+            OperationKind.SIGNAL,
+            name,
+            InvocationStatus.COMPLETE,
             result=signal.payload,
             started_at=record.started_at if record is not None else now,
             completed_at=now,
@@ -69,13 +67,11 @@ async def _receive(context: FlowContext, position: Position, name: str) -> Any:
         # Stored with the suspension; a signal that comes meanwhile moves the flow's version
         # on, so the suspension is decided again and the flow requeued.
         context.keep(
-            Invocation(
-                flow_id=context.flow_id,
-                sequence=position[0],
-                sub_sequence=position[1],
-                kind=OperationKind.SIGNAL,
-                name=name,
-                status=InvocationStatus.WAITING_FOR_SIGNAL,
+            context.new_record(
+                position,
+                OperationKind.SIGNAL,
+                name,
+                InvocationStatus.WAITING_FOR_SIGNAL,
                 started_at=now,
             ),
             replayable=True,

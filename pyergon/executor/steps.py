@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pyergon.context import FlowContext, Position, enter_step, leave_step
@@ -59,27 +60,51 @@ async def run_step(
     policy = retry_policy or RetryPolicy.NONE
     attempts = record.attempts if record is not None else 0
     started_at = record.started_at if record is not None else None
-    started_at = started_at or context.clock.now()
+    call = _StepCall(context, position, name, args_hash, started_at or context.clock.now())
     task = context.track()
     try:
-        return await _attempt_until_final(
-            context, position, name, body, args_hash, policy, attempts, started_at, timeout
-        )
+        return await _attempt_until_final(call, body, policy, attempts, timeout)
     finally:
         context.untrack(task)
 
 
+@dataclass(frozen=True, slots=True)
+class _StepCall:
+    """One call of a step: its place in the flow's log and what identifies it there."""
+
+    context: FlowContext
+    position: Position
+    name: str
+    args_hash: str
+    started_at: float
+
+    def record(
+        self,
+        status: InvocationStatus,
+        attempts: int,
+        *,
+        result: bytes | None = None,
+        error: StoredError | None = None,
+    ) -> Invocation:
+        """The call's record after ``attempts`` attempts, completed now if ``status`` is final."""
+        return self.context.new_record(
+            self.position,
+            OperationKind.STEP,
+            self.name,
+            status,
+            args_hash=self.args_hash,
+            result=result,
+            error=error,
+            attempts=attempts,
+            started_at=self.started_at,
+            completed_at=self.context.clock.now() if status.is_final else None,
+        )
+
+
 async def _attempt_until_final(
-    context: FlowContext,
-    position: Position,
-    name: str,
-    body: StepBody,
-    args_hash: str,
-    policy: RetryPolicy,
-    attempts: int,
-    started_at: float,
-    timeout: float | None,
+    call: _StepCall, body: StepBody, policy: RetryPolicy, attempts: int, timeout: float | None
 ) -> Any:
+    context, position, name = call.context, call.position, call.name
     while True:
         attempts += 1
         scope = enter_step(position[0])
@@ -94,18 +119,8 @@ async def _attempt_until_final(
                 error, serialize_exception(context.serializer, error)
             )
             retry = policy.should_retry(error, attempts)
-            context.keep(
-                _step_record(
-                    context,
-                    position,
-                    name,
-                    args_hash,
-                    InvocationStatus.PENDING if retry else InvocationStatus.FAILED,
-                    attempts=attempts,
-                    started_at=started_at,
-                    error=stored_error,
-                )
-            )
+            status = InvocationStatus.PENDING if retry else InvocationStatus.FAILED
+            context.keep(call.record(status, attempts, error=stored_error))
             if not retry:
                 raise
             await context.save()  # the attempt count survives a crash during the backoff
@@ -119,18 +134,7 @@ async def _attempt_until_final(
             result, lambda: f"the result of step {name!r} of {context.describe(position)}"
         )
         # Stored with the run's next save: before any later live work, or with the outcome.
-        context.keep(
-            _step_record(
-                context,
-                position,
-                name,
-                args_hash,
-                InvocationStatus.COMPLETE,
-                attempts=attempts,
-                started_at=started_at,
-                result=payload,
-            )
-        )
+        context.keep(call.record(InvocationStatus.COMPLETE, attempts, result=payload))
         return result
 
 
@@ -146,31 +150,3 @@ async def _with_timeout(
             f"step {name!r} of {context.describe(position)} ran longer than its timeout of "
             f"{timeout} s; raise the timeout or make the step faster"
         ) from None
-
-
-def _step_record(
-    context: FlowContext,
-    position: Position,
-    name: str,
-    args_hash: str,
-    status: InvocationStatus,
-    *,
-    attempts: int,
-    started_at: float,
-    result: bytes | None = None,
-    error: StoredError | None = None,
-) -> Invocation:
-    return Invocation(
-        flow_id=context.flow_id,
-        sequence=position[0],
-        sub_sequence=position[1],
-        kind=OperationKind.STEP,
-        name=name,
-        args_hash=args_hash,
-        status=status,
-        result=result,
-        error=error,
-        attempts=attempts,
-        started_at=started_at,
-        completed_at=context.clock.now() if status.is_final else None,
-    )

@@ -8,7 +8,6 @@ from typing import Any
 
 from pyergon.context import FlowContext, FlowSuspend, Position, require_context
 from pyergon.core.outcome import SuspendReason
-from pyergon.core.records import Invocation
 from pyergon.core.status import InvocationStatus, OperationKind
 
 __all__ = ["schedule_timer", "schedule_timer_named"]
@@ -57,13 +56,11 @@ async def _wait(context: FlowContext, position: Position, seconds: float, name: 
     if record is None or record.fire_at is None:
         now = context.clock.now()
         # Stored with the suspension (or the next save): one write for both.
-        record = Invocation(
-            flow_id=context.flow_id,
-            sequence=position[0],
-            sub_sequence=position[1],
-            kind=OperationKind.TIMER,
-            name=name,
-            status=InvocationStatus.WAITING_FOR_TIMER,
+        record = context.new_record(
+            position,
+            OperationKind.TIMER,
+            name,
+            InvocationStatus.WAITING_FOR_TIMER,
             started_at=now,
             fire_at=now + seconds,
         )

@@ -430,7 +430,7 @@ class Worker:
 
     async def _schedule_child(
         self, child: object, child_id: str, parent: FlowContext, position: Position
-    ) -> FlowOutcome:
+    ) -> FlowOutcome[Any]:
         type_name = require_flow_instance(child)
         flow_entry(type(child))
         now = self.clock.now()

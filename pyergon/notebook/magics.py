@@ -26,7 +26,7 @@ from IPython.core.async_helpers import get_asyncio_loop
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from pyergon.cli.main import _non_negative_int, _positive
+from pyergon.cli.arguments import add_flow_id, add_fork_options, add_status_filter, positive
 from pyergon.notebook.session import Session
 from pyergon.notebook.sync import run_sync
 from pyergon.notebook.views import WorkerState
@@ -222,20 +222,20 @@ class PyergonMagics(Magics):
         schedule.add_argument("--id", dest="flow_id", metavar="ID", help="the flow's id")
         self._add_flows(subcommands)
         show = _add(subcommands, "show", self._show, "one flow's history")
-        _add_flow_id(show)
+        add_flow_id(show, "ID")
         timeline = _add(subcommands, "timeline", self._timeline, "a timeline of flows")
         timeline.add_argument(
             "flow_ids", nargs="*", metavar="ID", help="the flows to show, one lane each"
         )
         timeline.add_argument(
             "--newest",
-            type=_positive(int),
+            type=positive(int),
             default=10,
             metavar="N",
             help="without IDs, show the N newest flows (default: 10)",
         )
         signal = _add(subcommands, "signal", self._signal, "send a flow a named signal")
-        _add_flow_id(signal)
+        add_flow_id(signal, "ID")
         signal.add_argument("name", metavar="NAME", help="the signal's name")
         signal.add_argument(
             "value",
@@ -245,7 +245,7 @@ class PyergonMagics(Magics):
             "anything else is sent as a string; default: None",
         )
         replay = _add(subcommands, "replay", self._replay, "check a log against today's code")
-        _add_flow_id(replay)
+        add_flow_id(replay, "ID")
         replay.add_argument(
             "--flow",
             dest="flow_class",
@@ -257,21 +257,14 @@ class PyergonMagics(Magics):
             ("retry", self._retry, "run a failed or cancelled flow again"),
             ("cancel", self._cancel, "cancel a flow that has not finished"),
         ):
-            _add_flow_id(_add(subcommands, name, handler, summary))
+            add_flow_id(_add(subcommands, name, handler, summary), "ID")
         fork = _add(subcommands, "fork", self._fork, "start a copy of a flow's first N steps")
-        _add_flow_id(fork)
-        fork.add_argument(
-            "--from-step",
-            type=_non_negative_int,
-            required=True,
-            metavar="N",
-            help="how many log positions to keep (0 keeps none)",
-        )
-        fork.add_argument("--new-id", metavar="ID", help="the new flow's id")
+        add_flow_id(fork, "ID")
+        add_fork_options(fork, new_id_help="the new flow's id")
         watch = _add(subcommands, "watch", self._watch, "a live monitor of workers and flows")
         watch.add_argument(
             "--interval",
-            type=_positive(float),
+            type=positive(float),
             default=1.0,
             metavar="SECONDS",
             help="seconds between two refreshes (default: 1)",
@@ -291,11 +284,11 @@ class PyergonMagics(Magics):
             help="flow classes to serve, by name (classes registered earlier are served too)",
         )
         start.add_argument(
-            "--count", type=_positive(int), default=1, metavar="N", help="workers to start"
+            "--count", type=positive(int), default=1, metavar="N", help="workers to start"
         )
         start.add_argument(
             "--concurrency",
-            type=_positive(int),
+            type=positive(int),
             default=10,
             metavar="N",
             help="flows each worker runs at once (default: 10)",
@@ -311,21 +304,11 @@ class PyergonMagics(Magics):
         _add(actions, "status", self._workers_status, "list the running workers")
 
     def _add_flows(self, subcommands: _Subcommands) -> None:
-        from pyergon.cli.manage import parse_status
-
         flows = _add(subcommands, "flows", self._flows, "flows as a DataFrame, newest first")
-        flows.add_argument(
-            "--status",
-            type=parse_status,
-            action="extend",
-            nargs="+",
-            metavar="STATUS",
-            help="only flows in these statuses (PENDING, RUNNING, SUSPENDED, COMPLETE, FAILED, "
-            "CANCELLED)",
-        )
+        add_status_filter(flows)
         flows.add_argument("--type", dest="flow_type", metavar="TYPE", help="only this type")
         flows.add_argument(
-            "--limit", type=_positive(int), default=1000, metavar="N", help="at most N flows"
+            "--limit", type=positive(int), default=1000, metavar="N", help="at most N flows"
         )
 
     # -- subcommands --------------------------------------------------------------------------
@@ -450,10 +433,6 @@ def _add(
     command = subcommands.add_parser(name, help=summary, description=summary)
     command.set_defaults(handler=handler)
     return command
-
-
-def _add_flow_id(command: argparse.ArgumentParser) -> None:
-    command.add_argument("flow_id", metavar="ID", help="the flow's id")
 
 
 def _asks_help(arguments: str) -> bool:

@@ -217,7 +217,7 @@ class Session:
         await self.register(type(flow))
         return await self.scheduler.schedule(flow, flow_id)
 
-    async def run(self, flow: object, flow_id: str | None = None) -> FlowOutcome:
+    async def run(self, flow: object, flow_id: str | None = None) -> FlowOutcome[Any]:
         """Run a flow right here in the cell with the direct executor, until it ends or waits."""
         self._check_open()
         self.manager.register(type(flow))  # so replay knows it; workers serve only what you ask
@@ -242,7 +242,7 @@ class Session:
 
     async def wait(
         self, flow_ids: str | Iterable[str], *, timeout: float | None = None
-    ) -> dict[str, Completed]:
+    ) -> dict[str, Completed[Any]]:
         """Wait for flows to finish and return their outcomes.
 
         Background errors are raised before and after waiting. Interrupting the cell stops

@@ -40,7 +40,7 @@ class StepReport:
     flow_id: str
     records: tuple[Invocation, ...]
     ran: tuple[str, ...]
-    outcome: FlowOutcome | None
+    outcome: FlowOutcome[Any] | None
 
     @property
     def paused(self) -> bool:
@@ -124,8 +124,8 @@ class Stepper:
         self._flow = flow
         self.flow_id = flow_id
         self._gate = _Gate()
-        self._run: asyncio.Task[FlowOutcome] | None = None
-        self.outcome: FlowOutcome | None = None
+        self._run: asyncio.Task[FlowOutcome[Any]] | None = None
+        self.outcome: FlowOutcome[Any] | None = None
         """The last run's outcome, once it finished or suspended."""
 
     def __repr__(self) -> str:
@@ -200,7 +200,7 @@ class Stepper:
         return StepReport(self.flow_id, records, ran, self.outcome)
 
 
-def _is_final(outcome: FlowOutcome | None) -> bool:
+def _is_final(outcome: FlowOutcome[Any] | None) -> bool:
     return outcome is not None and outcome.status.is_final
 
 

@@ -8,7 +8,8 @@ Every view renders as a live ipywidgets widget in a kernel, as static escaped HT
 
 from __future__ import annotations
 
-from pyergon.notebook.views_common import history_html, kernel_running, live_widgets_available
+from pyergon.history_html import history_html
+from pyergon.notebook.views_common import kernel_running, live_widgets_available
 from pyergon.notebook.views_monitor import (
     HEARTBEAT_STALE_AFTER,
     Monitor,

@@ -15,15 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from pyergon.core.status import TaskStatus
 from pyergon.errors import PyergonError
-from pyergon.notebook.views_common import (
-    FLOW_COLOURS,
-    GREEN,
-    RED,
-    View,
-    ViewTasks,
-    escape,
-    refresh_every,
-)
+from pyergon.history_html import FLOW_COLOURS, GREEN, RED, escape
+from pyergon.notebook.views_common import View, ViewTasks, refresh_every
 
 if TYPE_CHECKING:
     from pyergon.executor.worker import Worker

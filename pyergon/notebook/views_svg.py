@@ -17,7 +17,7 @@ from pyergon.core.records import Invocation
 from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.executor.runner import FLOW_RETRY_SEQUENCE
 from pyergon.history import FlowHistory
-from pyergon.notebook.views_common import (
+from pyergon.history_html import (
     AMBER,
     FLOW_COLOURS,
     GREEN,

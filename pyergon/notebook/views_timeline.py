@@ -16,7 +16,8 @@ from typing import Any
 
 from pyergon.errors import PyergonError
 from pyergon.history import FlowHistory
-from pyergon.notebook.views_common import View, ViewTasks, escape, refresh_every
+from pyergon.history_html import escape
+from pyergon.notebook.views_common import View, ViewTasks, refresh_every
 from pyergon.notebook.views_svg import latest_time, timeline_svg, timeline_text
 
 __all__ = ["Timeline", "TimelineLoader", "timeline_from_histories"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
+from typing import Any, ParamSpec
 
 import pytest
 
@@ -12,6 +13,8 @@ from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.storage.base import ClaimedRun, ExecutionLog
 from pyergon.storage.flows import HeldFlow
 from pyergon.testing.factories import make_flow, make_invocation, sample_errors
+
+P = ParamSpec("P")
 
 FINAL = (TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CANCELLED)
 NO_LEASE = (None, None, None)
@@ -48,27 +51,17 @@ async def claim(
     )
 
 
-async def claim_ids(
-    storage: ExecutionLog,
-    worker_id: str = "worker-a",
-    flow_types: Collection[str] = ("Order",),
-    *,
-    limit: int = 10,
-    lease_seconds: float = 30.0,
-    now: float = 1_000.0,
-    due_by: float | None = None,
-) -> list[str]:
-    """The ids of the flows one claim takes, in the order it returns them."""
-    runs = await claim(
-        storage,
-        worker_id,
-        flow_types,
-        limit=limit,
-        lease_seconds=lease_seconds,
-        now=now,
-        due_by=due_by,
-    )
-    return [run.flow.flow_id for run in runs]
+def _flow_ids_of(
+    claim: Callable[P, Awaitable[list[ClaimedRun]]],
+) -> Callable[P, Coroutine[Any, Any, list[str]]]:
+    async def claim_ids(*args: P.args, **kwargs: P.kwargs) -> list[str]:
+        """:func:`claim` with the same arguments, returning the flow ids in the claim's order."""
+        return [run.flow.flow_id for run in await claim(*args, **kwargs)]
+
+    return claim_ids
+
+
+claim_ids = _flow_ids_of(claim)
 
 
 async def hold(

@@ -1,0 +1,131 @@
+"""The argument types and options that the ``pyergon`` command and ``%pyergon`` share.
+
+Each type is an argparse ``type``: it turns the text into a value or raises
+``argparse.ArgumentTypeError`` with a message that says what was expected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from pyergon.core.status import TaskStatus
+
+__all__ = [
+    "add_flow_id",
+    "add_fork_options",
+    "add_status_filter",
+    "non_negative_int",
+    "parse_since",
+    "parse_status",
+    "positive",
+]
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_status(text: str) -> TaskStatus:
+    """An argparse ``type`` for ``--status``: a flow status, in any letter case.
+
+    Raises:
+        argparse.ArgumentTypeError: Not a status; the message lists the valid ones.
+    """
+    try:
+        return TaskStatus(text.strip().upper())
+    except ValueError:
+        valid = ", ".join(status.value for status in TaskStatus)
+        raise argparse.ArgumentTypeError(f"unknown status {text!r}; valid: {valid}") from None
+
+
+def parse_since(text: str, *, now: float | None = None) -> float:
+    """An argparse ``type`` for ``--since``: a time ago, or an ISO-8601 date or time.
+
+    A time ago is written ``90s``, ``15m``, ``1h30m``, ``2d`` or ``1w``; an ISO-8601 time
+    without an offset is taken as UTC.
+
+    Args:
+        text: What the user wrote.
+        now: The current time (epoch seconds); defaults to the system clock.
+
+    Returns:
+        The moment as epoch seconds.
+
+    Raises:
+        argparse.ArgumentTypeError: Neither form.
+    """
+    compact = text.strip().lower().replace(" ", "")
+    if compact and _DURATION.sub("", compact) == "":
+        ago = sum(
+            float(amount) * _DURATION_UNITS[unit] for amount, unit in _DURATION.findall(compact)
+        )
+        return (time.time() if now is None else now) - ago
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (30s, 15m, 1h, 2d, 1w) nor an ISO-8601 time "
+            "(2024-05-01 or 2024-05-01T12:00:00+02:00)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse ``type`` accepting whole numbers >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse ``type`` accepting numbers of ``kind`` greater than zero."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+
+    return parse
+
+
+def add_flow_id(command: argparse.ArgumentParser, metavar: str = "FLOW_ID") -> None:
+    """Add the positional ``flow_id`` every command on one flow takes."""
+    command.add_argument("flow_id", metavar=metavar, help="the flow's id")
+
+
+def add_status_filter(command: argparse.ArgumentParser) -> None:
+    """Add ``--status S [S ...]``, repeatable, read into ``status`` as a list of statuses."""
+    command.add_argument(
+        "--status",
+        type=parse_status,
+        action="extend",
+        nargs="+",
+        metavar="STATUS",
+        help="only flows in these statuses (PENDING, RUNNING, SUSPENDED, COMPLETE, FAILED, "
+        "CANCELLED); repeat or list several",
+    )
+
+
+def add_fork_options(command: argparse.ArgumentParser, new_id_help: str) -> None:
+    """Add ``--from-step N`` (required) and ``--new-id ID``, the options of ``fork``."""
+    command.add_argument(
+        "--from-step",
+        type=non_negative_int,
+        required=True,
+        metavar="N",
+        help="how many log positions to keep (0 keeps none)",
+    )
+    command.add_argument("--new-id", metavar="ID", help=new_id_help)

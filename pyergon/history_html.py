@@ -1,0 +1,128 @@
+"""A flow's history as escaped HTML, with the escaping and status colours every view shares.
+
+``FlowHistory._repr_html_`` renders with :func:`history_html`; the notebook views (timeline,
+monitor) draw with the same :func:`escape`, :func:`seconds` and colours. No notebook import.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from pyergon.core.records import Invocation
+from pyergon.core.status import InvocationStatus, TaskStatus
+
+if TYPE_CHECKING:
+    from pyergon.history import FlowHistory
+
+__all__ = [
+    "AMBER",
+    "DARK_GREY",
+    "FLOW_COLOURS",
+    "GREEN",
+    "GREY",
+    "RECORD_COLOURS",
+    "RED",
+    "escape",
+    "history_html",
+    "seconds",
+]
+
+GREEN, RED, AMBER, GREY, DARK_GREY = "#2e7d32", "#c62828", "#f9a825", "#9e9e9e", "#616161"
+
+RECORD_COLOURS: Mapping[InvocationStatus, str] = {
+    InvocationStatus.COMPLETE: GREEN,
+    InvocationStatus.FAILED: RED,
+    InvocationStatus.PENDING: AMBER,
+    InvocationStatus.WAITING_FOR_TIMER: GREY,
+    InvocationStatus.WAITING_FOR_SIGNAL: GREY,
+    InvocationStatus.WAITING_FOR_CHILD: GREY,
+}
+"""The colour of a record in every view: done green, failed red, running amber, waiting grey."""
+
+FLOW_COLOURS: Mapping[TaskStatus, str] = {
+    TaskStatus.PENDING: AMBER,
+    TaskStatus.RUNNING: AMBER,
+    TaskStatus.SUSPENDED: GREY,
+    TaskStatus.COMPLETE: GREEN,
+    TaskStatus.FAILED: RED,
+    TaskStatus.CANCELLED: DARK_GREY,
+}
+"""The colour of a flow status in every view."""
+
+_UNSHOWABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+"""Characters that are not allowed in XML (and so break an SVG) or cannot be encoded."""
+
+
+def escape(text: object) -> str:
+    """Return ``str(text)`` safe inside HTML or SVG text and quoted attributes.
+
+    Control characters and lone surrogates, which no XML document may hold, become U+FFFD.
+    """
+    return html.escape(_UNSHOWABLE.sub("\ufffd", str(text)), quote=True)
+
+
+def seconds(value: float) -> str:
+    """A duration rounded to the millisecond, as in ``1.250s``."""
+    return f"{max(value, 0.0):.3f}s"
+
+
+def _offset(timestamp: float | None, origin: float) -> str:
+    return "" if timestamp is None else f"+{seconds(timestamp - origin)}"
+
+
+def _record_row(record: Invocation, origin: float) -> str:
+    took = (
+        seconds(record.completed_at - record.started_at)
+        if record.started_at is not None and record.completed_at is not None
+        else ""
+    )
+    details = []
+    if record.fire_at is not None:
+        details.append(f"fires {_offset(record.fire_at, origin)}")
+    if record.child_flow_id is not None:
+        details.append(f"child {escape(record.child_flow_id)}")
+    if record.error is not None:
+        details.append(f"{escape(record.error.short_type)}: {escape(record.error.message)}")
+    colour = RECORD_COLOURS[record.status]
+    return (
+        f"<tr><td>{escape(record.position)}</td><td>{escape(record.kind.value)}</td>"
+        f"<td>{escape(record.name)}</td>"
+        f'<td style="color:{colour}">{escape(record.status.value)}</td>'
+        f"<td>{record.attempts}</td><td>{_offset(record.started_at, origin)}</td>"
+        f"<td>{took}</td><td>{'; '.join(details)}</td></tr>"
+    )
+
+
+def history_html(history: FlowHistory) -> str:
+    """A flow's header and its records table as escaped HTML; times are offsets from creation."""
+    flow = history.flow
+    colour = FLOW_COLOURS[flow.status]
+    facts = [f"type <code>{escape(flow.flow_type)}</code>", f"attempt {flow.attempt}"]
+    if flow.parent_flow_id is not None:
+        facts.append(f"child of <code>{escape(flow.parent_flow_id)}</code>")
+    if flow.worker_id is not None:
+        facts.append(f"worker <code>{escape(flow.worker_id)}</code>")
+    if flow.cancel_requested:
+        facts.append("cancel requested")
+    facts.append(f"{len(history.signals)} signal(s), {len(history.children)} child flow(s)")
+    error = (
+        f"<pre>{escape(flow.error.short_type)}: {escape(flow.error.message)}</pre>"
+        if flow.error is not None
+        else ""
+    )
+    rows = "".join(_record_row(record, flow.created_at) for record in history.invocations)
+    table = (
+        "<table><thead><tr><th>position</th><th>kind</th><th>name</th><th>status</th>"
+        "<th>attempts</th><th>started</th><th>duration</th><th>detail</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+        if history.invocations
+        else "<p>no records yet</p>"
+    )
+    return (
+        f'<div class="pyergon-history"><b>{escape(flow.flow_id)}</b> '
+        f'<span style="color:{colour}">{escape(flow.status.value)}</span> · '
+        f"{' · '.join(facts)}{error}{table}</div>"
+    )
