@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from pyergon.core.query import FlowQuery
 from pyergon.core.records import FlowCursor
 from pyergon.core.status import TaskStatus
-from pyergon.storage.postgres_sql import Statements
+from pyergon.storage.postgres_sql import PostgresStatements
 
 from .conftest import FlowFactory
 from .test_postgres import Backends
@@ -34,8 +35,8 @@ _HUNDRED_THOUSAND_FLOWS = """
 
 LISTING_FILTERS: dict[str, dict[str, Any]] = {
     "no filter": {},
-    "status": {"statuses": {TaskStatus.COMPLETE}},
-    "several statuses": {"statuses": {TaskStatus.PENDING, TaskStatus.RUNNING}},
+    "status": {"status": {TaskStatus.COMPLETE}},
+    "several statuses": {"status": {TaskStatus.PENDING, TaskStatus.RUNNING}},
     "flow_type": {"flow_type": "type-7"},
     "created_after": {"created_after": 10_000.0},
     "created_before": {"created_before": 40_000.0},
@@ -60,7 +61,7 @@ async def test_every_listing_walks_an_index_of_100_000_flows_without_sorting(
 ) -> None:
     storage = await backends.make()
     admin = await backends.admin()
-    sql = Statements.for_schema(storage.schema)
+    sql = PostgresStatements(storage.schema)
     await admin.execute(
         _HUNDRED_THOUSAND_FLOWS.format(s=sql.schema), [status.value for status in TaskStatus]
     )
@@ -72,7 +73,7 @@ async def test_every_listing_walks_an_index_of_100_000_flows_without_sorting(
     for plan_cache_mode in ("auto", "force_generic_plan"):
         await admin.execute(f"SET plan_cache_mode = {plan_cache_mode}")
         for (name, filters), after in itertools.product(LISTING_FILTERS.items(), [None, cursor]):
-            statement, arguments = sql.list_flows(**filters, after=after, limit=100)
+            statement, arguments = sql.list_flows(FlowQuery(**filters, after=after, limit=100))
             await admin.execute(f"PREPARE listing AS {statement}")
             try:
                 rows = await admin.fetch(

@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 
+from pyergon.core.query import FlowQuery
 from pyergon.core.records import FlowCursor
 from pyergon.core.status import TaskStatus
 from pyergon.storage.sqlite import SqliteExecutionLog
-from pyergon.storage.sqlite_tables import flow_listing, prepare_connection
+from pyergon.storage.sqlite_changes import SQL
+from pyergon.storage.sqlite_schema import prepare_connection
 
 
 @contextmanager
@@ -87,9 +89,9 @@ CURSOR = FlowCursor(30_000.0, "flow-060000")
     ("filters", "index"),
     [
         pytest.param({}, "flows_by_created", id="no-filter"),
-        pytest.param({"statuses": {TaskStatus.RUNNING}}, "flows_by_status", id="status"),
+        pytest.param({"status": {TaskStatus.RUNNING}}, "flows_by_status", id="status"),
         pytest.param(
-            {"statuses": {TaskStatus.RUNNING, TaskStatus.PENDING}},
+            {"status": {TaskStatus.RUNNING, TaskStatus.PENDING}},
             "flows_by_status",
             id="statuses",
         ),
@@ -106,21 +108,11 @@ CURSOR = FlowCursor(30_000.0, "flow-060000")
 def test_a_page_of_flows_is_read_from_an_index_without_sorting(
     request: pytest.FixtureRequest,
     file: str,
-    filters: dict[str, object],
+    filters: dict[str, Any],
     index: str,
     after: FlowCursor | None,
 ) -> None:
-    listing: dict[str, Any] = {
-        "statuses": None,
-        "flow_type": None,
-        "created_after": None,
-        "created_before": None,
-        "worker_id": None,
-        "parent_flow_id": None,
-        "limit": 50,
-        "offset": 0,
-    }
-    statement, parameters = flow_listing(**listing | filters | {"after": after})
+    statement, parameters = SQL.list_flows(FlowQuery(**filters, limit=50, after=after))
     with raw(request.getfixturevalue(file)) as connection:
         plan = connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
 
