@@ -29,6 +29,9 @@ def numbered(count: int, first: int = 1) -> str:
 class Statements:
     """The SQL of one dialect, for every statement the SQL backends share.
 
+    An engine that locks rows (PostgreSQL) subclasses it to lock what a change writes
+    (:attr:`_row_locks`, :meth:`lock_absent_flows`) and to add its own statements.
+
     Args:
         dialect: How to spell the statements.
     """

@@ -44,12 +44,11 @@ class Answer(Enum):
     """Whether the statement changed a row (a write ending in ``returning_change``)."""
 
 
-_NOTHING, _ROW, _ROWS, _CHANGED = Answer
-
 Query = tuple[Answer, str, Sequence[object]]
 """One statement of a procedure: what the procedure wants back, the statement, its arguments.
 
-A plain tuple: a procedure yields several per change, on the hot path of every flow.
+A plain tuple: a change yields three or four, on the hot path of every flow, and a named tuple
+or dataclass cost about 0.3 us more each (measured on SQLite, where a change takes 15-20 us).
 """
 
 
@@ -68,7 +67,7 @@ def apply_change(sql: Statements, change: Change) -> Steps[Applied]:
     if moved is not None:
         return Applied(moved=moved)
     for flow_id in change.forget_failed:
-        yield _NOTHING, sql.forget_failed, (flow_id,)
+        yield Answer.NOTHING, sql.forget_failed, (flow_id,)
     stored_records: list[Invocation] = []
     for record in change.records:
         stored = yield from _store_record(sql, record)
@@ -78,10 +77,10 @@ def apply_change(sql: Statements, change: Change) -> Steps[Applied]:
     new_signals = 0
     for signal in change.signals:
         arguments = (signal.flow_id, signal.name, signal.payload, signal.sent_at)
-        if (yield _CHANGED, sql.insert_signal, arguments):
+        if (yield Answer.CHANGED, sql.insert_signal, arguments):
             new_signals += 1
     for write in change.writes:
-        yield _NOTHING, *sql.write_flow(write)  # a flow that does not exist is left so
+        yield Answer.NOTHING, *sql.write_flow(write)  # a flow that does not exist is left so
     return Applied(stored_records, signals_stored=new_signals)
 
 
@@ -98,9 +97,9 @@ def _moved_flow(sql: Statements, writes: Collection[FlowWrite]) -> Steps[str | N
     absent = sorted({write.flow_id for write in guarded if write.expected_version == ABSENT})
     lock = sql.lock_absent_flows(absent) if absent else None
     if lock is not None:
-        yield _NOTHING, *lock
+        yield Answer.NOTHING, *lock
     written = sorted({write.flow_id for write in writes})
-    rows = yield _ROWS, sql.flow_versions(len(written)), sql.dialect.list_arguments(written)
+    rows = yield Answer.ROWS, sql.flow_versions(len(written)), sql.dialect.list_arguments(written)
     versions = {row[0]: row[1] for row in rows}
     for write in guarded:
         if versions.get(write.flow_id, ABSENT) != write.expected_version:
@@ -113,9 +112,9 @@ def _store_record(sql: Statements, record: Invocation) -> Steps[Invocation]:
     arguments = column_values(record)
     position = (record.flow_id, record.sequence, record.sub_sequence)
     while True:
-        if (yield _CHANGED, sql.record_invocation, arguments):
+        if (yield Answer.CHANGED, sql.record_invocation, arguments):
             return record  # inserted, or replaced a record that was not final
-        row = yield _ROW, sql.get_invocation, position
+        row = yield Answer.ROW, sql.get_invocation, position
         if row is not None:  # a final record holds the position
             return invocation_from_row(row)
         # Deleted between the two statements (outside a transaction): record again.
@@ -123,16 +122,16 @@ def _store_record(sql: Statements, record: Invocation) -> Steps[Invocation]:
 
 def delete_flow(sql: Statements, flow_id: str) -> Steps[bool]:
     """Delete a flow with its records and signals; return whether the flow existed."""
-    deleted = yield _CHANGED, sql.delete_flow, (flow_id,)
-    yield _NOTHING, sql.delete_invocations, (flow_id,)
-    yield _NOTHING, sql.delete_signals, (flow_id,)
+    deleted = yield Answer.CHANGED, sql.delete_flow, (flow_id,)
+    yield Answer.NOTHING, sql.delete_invocations, (flow_id,)
+    yield Answer.NOTHING, sql.delete_signals, (flow_id,)
     return bool(deleted)
 
 
 def reset(sql: Statements) -> Steps[None]:
     """Delete every flow, record and signal; the schema stays."""
     for statement in sql.reset:
-        yield _NOTHING, statement, ()
+        yield Answer.NOTHING, statement, ()
 
 
 # -- drivers ---------------------------------------------------------------------------------------
@@ -145,11 +144,11 @@ def run_sqlite(connection: sqlite3.Connection, steps: Steps[_T]) -> _T:
         while True:
             wanted, statement, arguments = steps.send(answer)
             cursor = connection.execute(statement, arguments)
-            if wanted is _CHANGED:
+            if wanted is Answer.CHANGED:
                 answer = cursor.rowcount > 0
-            elif wanted is _ROW:
+            elif wanted is Answer.ROW:
                 answer = cursor.fetchone()
-            elif wanted is _ROWS:
+            elif wanted is Answer.ROWS:
                 answer = cursor.fetchall()
             else:
                 answer = None
@@ -163,11 +162,11 @@ async def run_asyncpg(connection: Any, steps: Steps[_T]) -> _T:
     try:
         while True:
             wanted, statement, arguments = steps.send(answer)
-            if wanted is _CHANGED:
+            if wanted is Answer.CHANGED:
                 answer = await connection.fetchval(statement, *arguments) is not None
-            elif wanted is _ROW:
+            elif wanted is Answer.ROW:
                 answer = await connection.fetchrow(statement, *arguments)
-            elif wanted is _ROWS:
+            elif wanted is Answer.ROWS:
                 answer = await connection.fetch(statement, *arguments)
             else:
                 await connection.execute(statement, *arguments)
