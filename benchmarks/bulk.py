@@ -110,14 +110,14 @@ async def load(fresh: FreshStorage, history: History) -> None:
 
 
 def _load_sqlite(path: str, history: History) -> None:
-    from pyergon.storage.sql_columns import record_values
-    from pyergon.storage.sqlite_tables import INSERT_FLOW, RECORD_INVOCATION
+    from pyergon.storage.sql.rows import column_values
+    from pyergon.storage.sqlite_changes import SQL
 
     connection = sqlite3.connect(path, timeout=30)
     try:
         with connection:  # one transaction
-            connection.executemany(INSERT_FLOW, map(record_values, history.flows))
-            connection.executemany(RECORD_INVOCATION, map(record_values, history.invocations))
+            connection.executemany(SQL.insert_flow, map(column_values, history.flows))
+            connection.executemany(SQL.record_invocation, map(column_values, history.invocations))
     finally:
         connection.close()
 
@@ -126,11 +126,12 @@ def _rows(
     records: Sequence[ScheduledFlow | Invocation],
 ) -> tuple[list[str], list[tuple[object, ...]]]:
     """The column names of ``records`` and their values, one tuple per record."""
-    from pyergon.storage.sql_columns import record_values
+    from pyergon.storage.sql.rows import FLOW_COLUMNS, INVOCATION_COLUMNS, column_values
 
-    rows = [record_values(record) for record in records]
-    columns = list(rows[0]) if rows else []
-    return columns, [tuple(values.values()) for values in rows]
+    if not records:
+        return [], []
+    columns = FLOW_COLUMNS if isinstance(records[0], ScheduledFlow) else INVOCATION_COLUMNS
+    return list(columns), [tuple(column_values(record)) for record in records]
 
 
 async def _load_postgres(schema: str, history: History) -> None:

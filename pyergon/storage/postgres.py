@@ -16,30 +16,29 @@ from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pyergon.core.changes import ABSENT, Applied, Change, FlowWrite, stored_as_given
+from pyergon.core.changes import Applied, Change
 from pyergon.core.query import FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import claim_changes, new_lease_token
 from pyergon.errors import StorageClosedError, StorageError
-from pyergon.storage.base import (
-    ClaimedRun,
-    StorageLifecycle,
-    check_claim_limit,
-)
-from pyergon.storage.postgres_columns import column_values, written_columns
+from pyergon.storage.base import ClaimedRun, StorageLifecycle, check_claim_limit
 from pyergon.storage.postgres_listener import WorkListener
 from pyergon.storage.postgres_sql import (
-    Statements,
+    PostgresStatements,
     channel_name,
-    flow_from_record,
-    flow_lock_key,
-    in_queue_order,
-    invocation_from_record,
     migrate,
     sent_notice,
-    signal_from_record,
     validate_schema_name,
+)
+from pyergon.storage.sql import steps
+from pyergon.storage.sql.rows import (
+    column_values,
+    flow_from_row,
+    invocation_from_row,
+    signal_from_row,
+    status_counts,
+    written_columns,
 )
 
 __all__ = ["DEFAULT_DSN", "PostgresExecutionLog"]
@@ -136,9 +135,8 @@ class PostgresExecutionLog(StorageLifecycle):
         self._schema = validate_schema_name(schema)
         self._min_size = min_size
         self._max_size = max_size
-        self._sql = Statements.for_schema(schema)
+        self._sql = PostgresStatements(schema)
         self._channel = channel_name(schema)
-        self._flow_lock_key = flow_lock_key(schema)
         query = dict(parse_qsl(urlsplit(dsn).query))
         self._server_settings = (
             {} if "application_name" in query else {"application_name": f"pyergon-{schema}"}
@@ -301,19 +299,19 @@ class PostgresExecutionLog(StorageLifecycle):
         while True:
             async with self._connection() as connection:
                 row = await connection.fetchrow(
-                    self._sql["insert_flow"],
+                    self._sql.create_flow,
                     self._channel,
                     self._listener.origin,
-                    self._flow_lock_key,
+                    self._sql.flow_lock_key,
                     *arguments,
                 )
                 if row is not None:
                     if sent_notice(row):
                         self._listener.wake()
                     return flow, True
-                existing = await connection.fetchrow(self._sql["get_flow"], flow.flow_id)
+                existing = await connection.fetchrow(self._sql.get_flow, flow.flow_id)
             if existing is not None:
-                return flow_from_record(existing), False
+                return flow_from_row(existing), False
             # Deleted between the two statements: insert again.
 
     async def apply(self, change: Change) -> Applied:
@@ -326,86 +324,14 @@ class PostgresExecutionLog(StorageLifecycle):
         alone = len(change.records) + len(change.signals) == 1
         if alone and not (change.writes or change.forget_failed or change.notify):
             async with self._connection() as connection:
-                return await self._apply_in(connection, change)
+                return await steps.run_asyncpg(connection, steps.apply_change(self._sql, change))
         async with self._transaction() as connection:
-            applied = await self._apply_in(connection, change)
+            applied = await steps.run_asyncpg(connection, steps.apply_change(self._sql, change))
+            if change.notify and applied.complete:
+                await connection.execute(self._sql.notify, self._channel, self._listener.origin)
         if change.notify and applied.complete:
             self._listener.wake()
         return applied
-
-    async def _apply_in(self, connection: Any, change: Change) -> Applied:
-        """Apply ``change`` on ``connection`` (in a transaction unless it is one statement)."""
-        moved = await self._moved_flow(connection, change.writes)
-        if moved is not None:
-            return Applied(moved=moved)
-        if change.forget_failed:
-            await connection.execute(self._sql["forget_failed"], list(change.forget_failed))
-        stored_records = []
-        for record in change.records:
-            stored = await self._record_in(connection, record)
-            stored_records.append(stored)
-            if not stored_as_given(record, stored):
-                return Applied(stored_records, record_conflict=True)
-        new_signals = 0
-        for signal in change.signals:
-            inserted = await connection.fetchval(
-                self._sql["insert_signal"],
-                signal.flow_id,
-                signal.name,
-                signal.payload,
-                signal.sent_at,
-            )
-            if inserted is not None:
-                new_signals += 1
-        for write in change.writes:
-            await self._write_in(connection, write)
-        if change.notify:
-            await connection.execute(self._sql["notify"], self._channel, self._listener.origin)
-        return Applied(stored_records, signals_stored=new_signals)
-
-    async def _moved_flow(self, connection: Any, writes: Collection[FlowWrite]) -> str | None:
-        """Lock the flows ``writes`` write; return the first whose version is not the expected.
-
-        A flow that does not exist has no row to lock, so for a write that expects it absent
-        an advisory lock on its id, which :meth:`create_flow` takes too, keeps it absent until
-        the change commits.
-        """
-        guarded = [write for write in writes if write.expected_version is not None]
-        if not guarded and len(writes) < 2:
-            return None  # the UPDATE alone locks its row
-        absent = sorted({write.flow_id for write in guarded if write.expected_version == ABSENT})
-        if absent:
-            await connection.execute(self._sql["lock_flow_ids"], self._flow_lock_key, absent)
-        written = sorted({write.flow_id for write in writes})
-        rows = await connection.fetch(self._sql["lock_flows"], written)
-        versions = {row["flow_id"]: row["version"] for row in rows}
-        for write in guarded:
-            if versions.get(write.flow_id, ABSENT) != write.expected_version:
-                return write.flow_id
-        return None
-
-    async def _record_in(self, connection: Any, record: Invocation) -> Invocation:
-        """Store ``record`` unless a final record holds its position; return what is stored."""
-        arguments = column_values(record)
-        position = (record.flow_id, record.sequence, record.sub_sequence)
-        while True:
-            if await connection.fetchval(self._sql["record_invocation"], *arguments):
-                return record  # stored as given
-            row = await connection.fetchrow(self._sql["get_invocation"], *position)
-            if row is not None:  # a final record holds the position
-                return invocation_from_record(row)
-            # The final record was deleted between the two statements: record again.
-
-    async def _write_in(self, connection: Any, write: FlowWrite) -> None:
-        """Write one flow on ``connection``; a flow that does not exist is left so."""
-        columns = written_columns(write.changes)
-        arguments: list[object] = [write.flow_id, *columns.values()]
-        if write.only_if_status is not None:
-            arguments.append([status.value for status in write.only_if_status])
-        statement = self._sql.write_flow(
-            list(columns), only_if_status=write.only_if_status is not None
-        )
-        await connection.execute(statement, *arguments)
 
     # -- the queue ---------------------------------------------------------------------------
 
@@ -439,16 +365,16 @@ class PostgresExecutionLog(StorageLifecycle):
             [new_lease_token() for _ in range(limit)],
             *columns.values(),
         )
-        flows = [flow_from_record(row) for row in in_queue_order(rows)]
+        flows = [flow_from_row(row) for row in rows]
         if not flows:
             return []
         logs: dict[str, list[Invocation]] = {flow.flow_id: [] for flow in flows}
         try:
-            records = await self._fetch(self._sql["load_logs"], list(logs))
+            records = await self._fetch(self._sql.load_logs, list(logs))
         except StorageError:
             return [ClaimedRun(flow, None) for flow in flows]  # the runs read them
         for record in records:
-            logs[record["flow_id"]].append(invocation_from_record(record))
+            logs[record["flow_id"]].append(invocation_from_row(record))
         return [ClaimedRun(flow, logs[flow.flow_id]) for flow in flows]
 
     async def renew_leases(
@@ -458,7 +384,7 @@ class PostgresExecutionLog(StorageLifecycle):
         if not leases:
             return set()
         rows = await self._fetch(
-            self._sql["renew_leases"], list(leases), list(leases.values()), now + lease_seconds
+            self._sql.renew_leases, list(leases), list(leases.values()), now + lease_seconds
         )
         return {row["flow_id"] for row in rows}
 
@@ -466,14 +392,14 @@ class PostgresExecutionLog(StorageLifecycle):
         """Return the running flows among ``flow_ids`` whose cancellation was requested."""
         if not flow_ids:
             return set()
-        rows = await self._fetch(self._sql["cancel_requests"], list(flow_ids))
+        rows = await self._fetch(self._sql.cancel_requests(len(flow_ids)), list(flow_ids))
         return {row["flow_id"] for row in rows}
 
     async def next_wake_at(self, flow_types: Collection[str] | None = None) -> float | None:
         """Return the earliest wake time of a suspended flow (of ``flow_types``, if given)."""
         if flow_types is None:
-            return cast(float | None, await self._fetchval(self._sql["next_wake_at"]))
-        wake_at = await self._fetchval(self._sql["next_wake_at_of_types"], list(flow_types))
+            return cast(float | None, await self._fetchval(self._sql.next_wake_at))
+        wake_at = await self._fetchval(self._sql.next_wake_at_of_types, list(flow_types))
         return cast(float | None, wake_at)
 
     async def wait_for_work(self, timeout: float) -> bool:
@@ -493,50 +419,46 @@ class PostgresExecutionLog(StorageLifecycle):
 
     async def get_flow(self, flow_id: str) -> ScheduledFlow | None:
         """Return the flow with ``flow_id``, or ``None``."""
-        row = await self._fetchrow(self._sql["get_flow"], flow_id)
-        return None if row is None else flow_from_record(row)
+        row = await self._fetchrow(self._sql.get_flow, flow_id)
+        return None if row is None else flow_from_row(row)
 
     async def load_invocations(self, flow_id: str) -> list[Invocation]:
         """Return a flow's records ordered by ``(sequence, sub_sequence)``."""
-        rows = await self._fetch(self._sql["load_invocations"], flow_id)
-        return [invocation_from_record(row) for row in rows]
+        rows = await self._fetch(self._sql.load_invocations, flow_id)
+        return [invocation_from_row(row) for row in rows]
 
     async def list_signals(self, flow_id: str) -> list[SignalRecord]:
         """Return a flow's signals, oldest first, then by name."""
-        rows = await self._fetch(self._sql["list_signals"], flow_id)
-        return [signal_from_record(row) for row in rows]
+        rows = await self._fetch(self._sql.list_signals, flow_id)
+        return [signal_from_row(row) for row in rows]
 
     async def list_flows(self, query: FlowQuery | None = None) -> list[ScheduledFlow]:
-        """Return the page of flows ``query`` asks for; see :meth:`ExecutionLog.list_flows`.
+        """Return flows newest first (by ``created_at``, then ``flow_id``), filtered.
 
-        Each filter alone, and the cursor, is served by an index walked in the listing's order,
-        so pages stay fast however many flows there are.
+        See :meth:`ExecutionLog.list_flows`. Each filter alone, and the cursor, is served by an
+        index walked in the listing's order, so pages stay fast however many flows there are.
         """
-        statement, arguments = self._sql.list_flows(query or FlowQuery())
+        query = query or FlowQuery()
+        statement, arguments = self._sql.list_flows(query)
         rows = await self._fetch(statement, *arguments)
-        return [flow_from_record(row) for row in rows]
+        return [flow_from_row(row) for row in rows]
 
     async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
         """Return how many flows (of ``flow_type``, if given) are in each status."""
         if flow_type is None:
-            rows = await self._fetch(self._sql["count_flows"])
+            rows = await self._fetch(self._sql.count_flows)
         else:
-            rows = await self._fetch(self._sql["count_flows_of_type"], flow_type)
-        counts = dict.fromkeys(TaskStatus, 0)
-        counts.update((TaskStatus(row["status"]), row["flows"]) for row in rows)
-        return counts
+            rows = await self._fetch(self._sql.count_flows_of_type, flow_type)
+        return status_counts(rows)
 
     # -- admin -------------------------------------------------------------------------------
 
     async def delete_flow(self, flow_id: str) -> bool:
         """Delete a flow with its records and signals in one transaction."""
         async with self._transaction() as connection:
-            deleted = await connection.fetchval(self._sql["delete_flow"], flow_id)
-            await connection.execute(self._sql["delete_invocations"], flow_id)
-            await connection.execute(self._sql["delete_signals"], flow_id)
-        return deleted is not None
+            return await steps.run_asyncpg(connection, steps.delete_flow(self._sql, flow_id))
 
     async def reset(self) -> None:
         """Delete every flow, record and signal; the schema stays."""
         async with self._connection() as connection:
-            await connection.execute(self._sql["reset"])
+            await steps.run_asyncpg(connection, steps.reset(self._sql))

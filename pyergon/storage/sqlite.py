@@ -4,8 +4,9 @@ Writes from concurrently running flows are group-committed: each write queues a 
 synchronous operation and one flusher task runs everything queued inside a single
 ``BEGIN IMMEDIATE ... COMMIT`` (:mod:`pyergon.storage.sqlite_file`). Files use WAL with
 ``synchronous=NORMAL``, so every write whose ``await`` returned survives the process being killed.
-The statements are in :mod:`pyergon.storage.sqlite_tables` and
-:mod:`pyergon.storage.sqlite_changes`.
+The statements are the SQL layer's (:mod:`pyergon.storage.sql`); SQLite's own claim is in
+:mod:`pyergon.storage.sqlite_changes`, the opening of a file in
+:mod:`pyergon.storage.sqlite_schema`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from collections.abc import Collection, Mapping
 from functools import partial
 
@@ -20,30 +22,29 @@ from pyergon.core.changes import Applied, Change
 from pyergon.core.query import FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
+from pyergon.core.transitions import claim_changes
 from pyergon.errors import StorageError
-from pyergon.storage.base import (
-    ClaimedRun,
-    StorageLifecycle,
-    check_claim_limit,
-    wait_for_event,
-)
+from pyergon.storage.base import ClaimedRun, StorageLifecycle, check_claim_limit, wait_for_event
 from pyergon.storage.file_watch import WriteNotifier, watch_writes
-from pyergon.storage.sqlite_changes import apply_change, claim_runs, insert_flow, renew_leases
+from pyergon.storage.sql import steps
+from pyergon.storage.sql.rows import flow_from_row, signal_from_row, status_counts
+from pyergon.storage.sqlite_changes import (
+    SQL,
+    apply_change,
+    claim_runs,
+    fetch_flow,
+    insert_flow,
+    load_log,
+    next_wake_time,
+    renew_leases,
+)
 from pyergon.storage.sqlite_connections import (
     BackgroundCheckpoints,
     WorkerThread,
     open_loop_connection,
 )
 from pyergon.storage.sqlite_file import SqliteFile, closed_error, storage_error
-from pyergon.storage.sqlite_tables import (
-    fetch_flow,
-    flow_from_row,
-    flow_listing,
-    load_log,
-    next_wake_time,
-    prepare_connection,
-    signal_from_row,
-)
+from pyergon.storage.sqlite_schema import prepare_connection
 
 __all__ = ["SqliteExecutionLog"]
 
@@ -228,14 +229,16 @@ class SqliteExecutionLog(StorageLifecycle):
         the reading of the logs.
         """
         check_claim_limit(limit)
+        changes = claim_changes(
+            worker_id, lease_token="", lease_seconds=lease_seconds, now=now, at=time.time()
+        )
         claim = partial(
             claim_runs,
-            worker_id=worker_id,
             flow_types=list(flow_types),
+            changes=changes,
             limit=limit,
-            lease_seconds=lease_seconds,
             now=now,
-            due_by=due_by,
+            due_by=now if due_by is None else max(due_by, now),
         )
         return await self._open_file().write(claim)
 
@@ -256,11 +259,7 @@ class SqliteExecutionLog(StorageLifecycle):
             requested: set[str] = set()
             for start in range(0, len(ids), _IDS_PER_QUERY):
                 chunk = ids[start : start + _IDS_PER_QUERY]
-                rows = connection.execute(
-                    f"SELECT flow_id FROM flows WHERE flow_id IN ({', '.join('?' * len(chunk))}) "
-                    "AND status = 'RUNNING' AND cancel_requested",
-                    chunk,
-                )
+                rows = connection.execute(SQL.cancel_requests(len(chunk)), chunk)
                 requested.update(flow_id for (flow_id,) in rows)
             return requested
 
@@ -350,9 +349,7 @@ class SqliteExecutionLog(StorageLifecycle):
         """Return a flow's signals, oldest first (then by name)."""
 
         def select(connection: sqlite3.Connection) -> list[SignalRecord]:
-            rows = connection.execute(
-                "SELECT * FROM signals WHERE flow_id = ? ORDER BY sent_at, name", (flow_id,)
-            )
+            rows = connection.execute(SQL.list_signals, (flow_id,))
             return [signal_from_row(row) for row in rows]
 
         return await self._open_file().read(select, small=False)
@@ -360,11 +357,11 @@ class SqliteExecutionLog(StorageLifecycle):
     # -- history -----------------------------------------------------------------------------
 
     async def list_flows(self, query: FlowQuery | None = None) -> list[ScheduledFlow]:
-        """Return the page of flows ``query`` asks for (ties by flow id); see the protocol."""
+        """Return flows newest first (ties by flow id, descending), filtered; see the protocol."""
         query = query or FlowQuery()
         if query.statuses is not None and not query.statuses:
             return []
-        statement, parameters = flow_listing(query)
+        statement, parameters = SQL.list_flows(query)
 
         def select(connection: sqlite3.Connection) -> list[ScheduledFlow]:
             return [flow_from_row(row) for row in connection.execute(statement, parameters)]
@@ -373,15 +370,12 @@ class SqliteExecutionLog(StorageLifecycle):
 
     async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
         """Return how many flows (of ``flow_type``, if given) are in each status."""
-        where, parameters = (
-            ("", ()) if flow_type is None else ("WHERE flow_type = ? ", (flow_type,))
+        statement, parameters = (
+            (SQL.count_flows, ()) if flow_type is None else (SQL.count_flows_of_type, (flow_type,))
         )
 
         def count(connection: sqlite3.Connection) -> dict[TaskStatus, int]:
-            rows = connection.execute(
-                f"SELECT status, COUNT(*) FROM flows {where}GROUP BY status", parameters
-            )
-            return dict.fromkeys(TaskStatus, 0) | {TaskStatus(name): n for name, n in rows}
+            return status_counts(connection.execute(statement, parameters))
 
         return await self._open_file().read(count, small=False)
 
@@ -391,10 +385,7 @@ class SqliteExecutionLog(StorageLifecycle):
         """Delete a flow with its records and signals in one transaction."""
 
         def delete(connection: sqlite3.Connection) -> bool:
-            connection.execute("DELETE FROM invocations WHERE flow_id = ?", (flow_id,))
-            connection.execute("DELETE FROM signals WHERE flow_id = ?", (flow_id,))
-            deleted = connection.execute("DELETE FROM flows WHERE flow_id = ?", (flow_id,))
-            return deleted.rowcount > 0
+            return steps.run_sqlite(connection, steps.delete_flow(SQL, flow_id))
 
         return await self._open_file().write(delete)
 
@@ -402,7 +393,6 @@ class SqliteExecutionLog(StorageLifecycle):
         """Delete every flow, record and signal; the schema stays."""
 
         def delete_all(connection: sqlite3.Connection) -> None:
-            for table in ("invocations", "signals", "flows"):
-                connection.execute(f"DELETE FROM {table}")
+            steps.run_sqlite(connection, steps.reset(SQL))
 
         await self._open_file().write(delete_all)

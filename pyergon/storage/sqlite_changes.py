@@ -1,38 +1,58 @@
-"""The SQLite backend's writes of the contract: apply a change, claim flows, renew leases.
+"""The SQLite backend's operations on a connection: the shared statements, and its own claim.
 
-Each function is synchronous and runs inside the write transaction of a group commit
-(:mod:`pyergon.storage.sqlite`), next to the other writes of its batch. None of them raises for
-an outcome the contract describes (a guard that does not hold, a record conflict), so such an
-outcome refuses its own change only and the rest of the batch commits.
+Each function is synchronous and runs on one of the backend's connections; the writes run
+inside the write transaction of a group commit (:mod:`pyergon.storage.sqlite`), next to the
+other writes of their batch. None of them raises for an outcome the contract describes (a guard
+that does not hold, a record conflict), so such an outcome refuses its own change only and the
+rest of the batch commits.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Mapping
+from typing import cast
 
-from pyergon.core.changes import ABSENT, Applied, Change, FlowWrite, stored_as_given
+from pyergon.core.changes import Applied, Change, FlowWrite
 from pyergon.core.records import Invocation, ScheduledFlow
-from pyergon.core.status import InvocationStatus, TaskStatus
-from pyergon.core.transitions import claim_changes, new_lease_token
+from pyergon.core.status import TaskStatus
+from pyergon.core.transitions import new_lease_token
 from pyergon.storage.base import ClaimedRun
-from pyergon.storage.sql_columns import flow_columns, record_values
-from pyergon.storage.sqlite_tables import (
-    INSERT_FLOW,
-    RECORD_INVOCATION,
-    fetch_flow,
-    fetch_invocation,
-    load_log,
-    placeholders,
-)
+from pyergon.storage.sql import steps
+from pyergon.storage.sql.dialect import SQLITE
+from pyergon.storage.sql.rows import column_values, flow_from_row, invocation_from_row
+from pyergon.storage.sql.statements import Statements
 
-__all__ = ["apply_change", "claim_runs", "insert_flow", "renew_leases"]
+__all__ = [
+    "SQL",
+    "apply_change",
+    "claim_runs",
+    "fetch_flow",
+    "insert_flow",
+    "load_log",
+    "next_wake_time",
+    "renew_leases",
+]
+
+SQL = Statements(SQLITE)
+"""The SQL layer's statements, as SQLite spells them."""
+
+
+def fetch_flow(connection: sqlite3.Connection, flow_id: str) -> ScheduledFlow | None:
+    """Return the stored flow with ``flow_id``, or ``None``."""
+    row = connection.execute(SQL.get_flow, (flow_id,)).fetchone()
+    return None if row is None else flow_from_row(row)
+
+
+def load_log(connection: sqlite3.Connection, *, flow_id: str) -> list[Invocation]:
+    """A flow's records ordered by ``(sequence, sub_sequence)``."""
+    rows = connection.execute(SQL.load_invocations, (flow_id,))
+    return [invocation_from_row(row) for row in rows]
 
 
 def insert_flow(connection: sqlite3.Connection, flow: ScheduledFlow) -> tuple[ScheduledFlow, bool]:
     """Store ``flow`` unless one with its id exists; return the stored one and whether it is new."""
-    if connection.execute(INSERT_FLOW, record_values(flow)).rowcount == 1:
+    if connection.execute(SQL.insert_flow, column_values(flow)).rowcount == 1:
         return flow, True
     existing = fetch_flow(connection, flow.flow_id)
     assert existing is not None  # the insert conflicted with it in this transaction
@@ -40,72 +60,8 @@ def insert_flow(connection: sqlite3.Connection, flow: ScheduledFlow) -> tuple[Sc
 
 
 def apply_change(connection: sqlite3.Connection, change: Change) -> Applied:
-    """Apply ``change`` in the order :class:`~pyergon.core.changes.Change` gives.
-
-    Every guard is checked before anything is written, so a guard that does not hold leaves
-    the transaction (and the other writes of its batch) untouched.
-    """
-    for write in change.writes:
-        if write.expected_version is not None:
-            row = connection.execute(
-                "SELECT version FROM flows WHERE flow_id = ?", (write.flow_id,)
-            ).fetchone()
-            if (ABSENT if row is None else row[0]) != write.expected_version:
-                return Applied(moved=write.flow_id)
-    for flow_id in change.forget_failed:
-        connection.execute(
-            "DELETE FROM invocations WHERE flow_id = ? AND status = ?",
-            (flow_id, InvocationStatus.FAILED.value),
-        )
-    stored_records: list[Invocation] = []
-    for record in change.records:
-        stored = _record(connection, record)
-        stored_records.append(stored)
-        if not stored_as_given(record, stored):
-            return Applied(stored_records, record_conflict=True)
-    new_signals = 0
-    for signal in change.signals:
-        # ON CONFLICT DO NOTHING ignores only the duplicate, unlike INSERT OR IGNORE, which
-        # would also hide NOT NULL violations.
-        new_signals += connection.execute(
-            "INSERT INTO signals (flow_id, name, payload, sent_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (flow_id, name) DO NOTHING",
-            (signal.flow_id, signal.name, signal.payload, signal.sent_at),
-        ).rowcount
-    for write in change.writes:
-        _write_flow(connection, write)
-    return Applied(stored_records, signals_stored=new_signals)
-
-
-def _record(connection: sqlite3.Connection, invocation: Invocation) -> Invocation:
-    """Store a record unless a final one holds its position; return the record as stored."""
-    if connection.execute(RECORD_INVOCATION, record_values(invocation)).rowcount == 1:
-        return invocation  # inserted, or replaced a record that was not final
-    stored = fetch_invocation(
-        connection, invocation.flow_id, invocation.sequence, invocation.sub_sequence
-    )
-    assert stored is not None  # kept by the upsert: a final record holds the position
-    return stored
-
-
-def _write_flow(connection: sqlite3.Connection, write: FlowWrite) -> None:
-    """Apply one write; the version moves on even where ``only_if_status`` keeps the fields."""
-    columns = flow_columns(write.changes)
-    parameters: dict[str, object] = {**columns, "flow_id": write.flow_id}
-    condition = ""
-    if write.only_if_status is not None:
-        statuses = {f"status_{n}": status.value for n, status in enumerate(write.only_if_status)}
-        condition = f" AND status IN ({placeholders(list(statuses))})"
-        parameters.update(statuses)
-    assignments = "".join(f"{column} = :{column}, " for column in columns)
-    updated = connection.execute(
-        f"UPDATE flows SET {assignments}version = version + 1 WHERE flow_id = :flow_id{condition}",
-        parameters,
-    ).rowcount
-    if not updated and condition:
-        connection.execute(
-            "UPDATE flows SET version = version + 1 WHERE flow_id = ?", (write.flow_id,)
-        )
+    """Apply ``change`` (see :func:`pyergon.storage.sql.steps.apply_change`)."""
+    return steps.run_sqlite(connection, steps.apply_change(SQL, change))
 
 
 _RUNNABLE = (
@@ -131,46 +87,45 @@ ready time and order are :func:`~pyergon.core.transitions.queue_order`'s."""
 
 def claim_runs(
     connection: sqlite3.Connection,
-    *,
-    worker_id: str,
     flow_types: list[str],
+    changes: Mapping[str, object],
+    *,
     limit: int,
-    lease_seconds: float,
     now: float,
-    due_by: float | None = None,
+    due_by: float,
 ) -> list[ClaimedRun]:
-    """Lease up to ``limit`` runnable flows of ``flow_types`` to ``worker_id``, in queue order.
+    """Claim up to ``limit`` runnable flows of ``flow_types`` in queue order, with their logs.
 
-    Runs inside the caller's write transaction, so two workers never take the same flow, and
-    no record can be added between the claim and the reading of the flow's log.
+    Each flow gets ``changes`` (a claim's fields) and a lease token of its own. Runs inside the
+    caller's write transaction, so two workers never take the same flow, and no record can be
+    added between the claim and the reading of the flow's log.
+
+    Args:
+        connection: The connection, in a write transaction.
+        flow_types: Only flows of these types.
+        changes: The fields the claim sets, but the lease token.
+        limit: Flows to claim at most.
+        now: The worker's clock: leases that expired before it are taken over.
+        due_by: Suspended flows are claimed if their wake time is at or before it.
     """
     if not flow_types:
         return []  # and an empty IN () cannot use the indexes named below
     types = {f"type_{index}": flow_type for index, flow_type in enumerate(flow_types)}
-    due = now if due_by is None else max(due_by, now)
-    parameters = {**types, "now": now, "due_by": due, "limit": limit}
+    parameters = {**types, "now": now, "due_by": due_by, "limit": limit}
+    of_types = ", ".join(f":{name}" for name in types)
     ready = sorted(
         tuple(row)
         for index, condition, ready_at, order in _RUNNABLE
         for row in connection.execute(
             f"SELECT {ready_at}, created_at, flow_id FROM flows INDEXED BY {index} "
-            f"WHERE {condition} AND flow_type IN ({placeholders(list(types))}) "
-            f"ORDER BY {order} LIMIT :limit",
+            f"WHERE {condition} AND flow_type IN ({of_types}) ORDER BY {order} LIMIT :limit",
             parameters,
         )
     )[:limit]
     claimed = []
-    at = time.time()
     for _ready_at, _created_at, flow_id in ready:
-        changes = claim_changes(
-            worker_id, lease_token=new_lease_token(), lease_seconds=lease_seconds, now=now, at=at
-        )
-        columns = flow_columns(changes)
-        assignments = "".join(f"{column} = :{column}, " for column in columns)
-        connection.execute(
-            f"UPDATE flows SET {assignments}version = version + 1 WHERE flow_id = :flow_id",
-            {**columns, "flow_id": flow_id},
-        )
+        lease = {**changes, "lease_token": new_lease_token()}
+        connection.execute(*SQL.write_flow(FlowWrite(flow_id, lease)))
         # Read back rather than RETURNING, which gives whole REAL values as integers.
         flow = fetch_flow(connection, flow_id)
         assert flow is not None  # found in this transaction
@@ -195,3 +150,20 @@ def renew_leases(
         if cursor.rowcount == 1:
             held.add(flow_id)
     return held
+
+
+def next_wake_time(
+    connection: sqlite3.Connection, flow_types: list[str] | None = None
+) -> float | None:
+    """The earliest wake time of a suspended flow (of ``flow_types``), from its partial index."""
+    if flow_types is not None and not flow_types:
+        return None
+    of_types = (
+        "" if flow_types is None else f" AND flow_type IN ({', '.join('?' * len(flow_types))})"
+    )
+    row = connection.execute(
+        "SELECT wake_at FROM flows INDEXED BY flows_wake_due "
+        f"WHERE status = 'SUSPENDED' AND wake_at IS NOT NULL{of_types} ORDER BY wake_at LIMIT 1",
+        flow_types or (),
+    ).fetchone()
+    return None if row is None else cast(float, row[0])

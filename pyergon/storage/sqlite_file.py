@@ -28,7 +28,7 @@ from pyergon.storage.sqlite_connections import (
     commit_batch,
     is_busy,
 )
-from pyergon.storage.sqlite_tables import is_corruption
+from pyergon.storage.sqlite_schema import is_corruption
 
 __all__ = ["LARGE_WRITE", "SqliteFile", "closed_error", "storage_error"]
 

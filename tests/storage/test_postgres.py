@@ -31,7 +31,8 @@ from pyergon.storage import open_storage
 from pyergon.storage.base import SCHEMA_VERSION
 from pyergon.storage.flows import deliver_signal, save_records
 from pyergon.storage.postgres import PostgresExecutionLog
-from pyergon.storage.postgres_sql import channel_name, quote_identifier
+from pyergon.storage.postgres_sql import channel_name
+from pyergon.storage.sql.dialect import quote_identifier
 
 from ..conftest import drop_schema
 from .conftest import FlowFactory, InvocationFactory, SignalFactory

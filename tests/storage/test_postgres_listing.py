@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from pyergon.core import FlowQuery
+from pyergon.core.query import FlowQuery
 from pyergon.core.records import FlowCursor
 from pyergon.core.status import TaskStatus
-from pyergon.storage.postgres_sql import Statements
+from pyergon.storage.postgres_sql import PostgresStatements
 
 from .conftest import FlowFactory
 from .test_postgres import Backends
@@ -61,7 +61,7 @@ async def test_every_listing_walks_an_index_of_100_000_flows_without_sorting(
 ) -> None:
     storage = await backends.make()
     admin = await backends.admin()
-    sql = Statements.for_schema(storage.schema)
+    sql = PostgresStatements(storage.schema)
     await admin.execute(
         _HUNDRED_THOUSAND_FLOWS.format(s=sql.schema), [status.value for status in TaskStatus]
     )

@@ -18,7 +18,8 @@ from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, Stored
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.storage.base import SCHEMA_VERSION
 from pyergon.storage.flows import request_cancel
-from pyergon.storage.postgres_sql import advisory_lock_key, quote_identifier
+from pyergon.storage.postgres_sql import advisory_lock_key
+from pyergon.storage.sql.dialect import quote_identifier
 
 from .conftest import FlowFactory
 from .test_postgres import Backends, run_python, wait_until

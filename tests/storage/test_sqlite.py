@@ -29,7 +29,7 @@ from pyergon.errors import (
 )
 from pyergon.storage import InMemoryExecutionLog, open_storage
 from pyergon.storage.base import SCHEMA_VERSION
-from pyergon.storage.sql_columns import flow_columns
+from pyergon.storage.sql.rows import written_columns
 from pyergon.storage.sqlite import SqliteExecutionLog
 
 from .conftest import FlowFactory, InvocationFactory
@@ -383,9 +383,9 @@ async def test_a_write_of_a_field_that_is_not_writable_is_refused(
 ) -> None:
     await sqlite.create_flow(make_flow())
     for field in ("version", "flow_id", "no_such_field; DROP TABLE flows"):
-        with pytest.raises(ValueError, match="cannot set"):
-            flow_columns({field: 1})
-        with pytest.raises(ValueError, match="cannot set"):
+        with pytest.raises(ValueError, match="cannot change"):
+            written_columns({field: 1})
+        with pytest.raises(ValueError, match="cannot change"):
             await sqlite.apply(Change(writes=(FlowWrite("flow-1", {field: 1}),)))
     assert await sqlite.get_flow("flow-1") == make_flow()
 

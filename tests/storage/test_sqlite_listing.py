@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from pyergon.core import FlowQuery
+from pyergon.core.query import FlowQuery
 from pyergon.core.records import FlowCursor
 from pyergon.core.status import TaskStatus
 from pyergon.storage.sqlite import SqliteExecutionLog
-from pyergon.storage.sqlite_tables import flow_listing, prepare_connection
+from pyergon.storage.sqlite_changes import SQL
+from pyergon.storage.sqlite_schema import prepare_connection
 
 
 @contextmanager
@@ -111,7 +112,7 @@ def test_a_page_of_flows_is_read_from_an_index_without_sorting(
     index: str,
     after: FlowCursor | None,
 ) -> None:
-    statement, parameters = flow_listing(FlowQuery(**filters, limit=50, after=after))
+    statement, parameters = SQL.list_flows(FlowQuery(**filters, limit=50, after=after))
     with raw(request.getfixturevalue(file)) as connection:
         plan = connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
 

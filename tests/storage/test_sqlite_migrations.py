@@ -19,7 +19,7 @@ from pyergon.core.records import ScheduledFlow
 from pyergon.core.status import TaskStatus
 from pyergon.storage import flows
 from pyergon.storage.base import SCHEMA_VERSION
-from pyergon.storage.sql_columns import record_values
+from pyergon.storage.sql.rows import FLOW_COLUMNS, column_values
 from pyergon.storage.sqlite import SqliteExecutionLog
 
 from .conftest import FlowFactory, InvocationFactory
@@ -82,7 +82,7 @@ def old_file(path: Path, version: int, *stored: ScheduledFlow) -> None:
             "INSERT INTO pyergon_meta (key, value) VALUES ('schema_version', ?)", (version,)
         )
         for flow in stored:
-            values = record_values(flow)
+            values = dict(zip(FLOW_COLUMNS, column_values(flow), strict=True))
             del values["version"]  # added by version 3
             if version == 1:
                 del values["worker_id"], values["cancel_requested"]  # added by version 2

@@ -1,0 +1,226 @@
+"""The statements both SQL backends run, rendered once per dialect: :class:`Statements`.
+
+Each statement takes its arguments by position, in the order its parameters are numbered.
+:mod:`pyergon.storage.sql.steps` says in which order a change runs them; what only one engine
+runs (claims, row locks, wake-ups) is in its backend's modules, a PostgreSQL subclass among them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pyergon.core.changes import FlowWrite
+from pyergon.core.query import FlowQuery
+from pyergon.core.status import InvocationStatus, TaskStatus
+from pyergon.storage.sql.dialect import Dialect
+from pyergon.storage.sql.rows import FLOW_COLUMNS, INVOCATION_COLUMNS, written_columns
+
+__all__ = ["Statements", "numbered"]
+
+_INVOCATION_KEY = ("flow_id", "sequence", "sub_sequence")
+_FINAL_INVOCATION = ", ".join(f"'{status.value}'" for status in InvocationStatus if status.is_final)
+
+
+def numbered(count: int, first: int = 1) -> str:
+    """Parameters ``$first, ...`` for ``count`` values."""
+    return ", ".join(f"${index}" for index in range(first, first + count))
+
+
+class Statements:
+    """The SQL of one dialect, for every statement the SQL backends share.
+
+    An engine that locks rows (PostgreSQL) subclasses it to lock what a change writes
+    (:attr:`_row_locks`, :meth:`lock_absent_flows`) and to add its own statements.
+
+    Args:
+        dialect: How to spell the statements.
+    """
+
+    _row_locks = ""
+    """Ends a read of the rows a transaction goes on to write (see :meth:`flow_versions`):
+    SQLite locks no rows, its transaction holds the database's write lock."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        render = dialect.render
+        changed = dialect.returning_change
+        self.insert_flow = render(
+            f"INSERT INTO {{flows}} ({', '.join(FLOW_COLUMNS)}) "
+            f"VALUES ({numbered(len(FLOW_COLUMNS))}) ON CONFLICT (flow_id) DO NOTHING"
+        )
+        """Stores a new flow, given its column values; an existing one stays."""
+        self.get_flow = render("SELECT * FROM {flows} WHERE flow_id = $1")
+        self.record_invocation = (
+            render(
+                f"INSERT INTO {{invocations}} ({', '.join(INVOCATION_COLUMNS)}) "
+                f"VALUES ({numbered(len(INVOCATION_COLUMNS))}) "
+                f"ON CONFLICT ({', '.join(_INVOCATION_KEY)}) DO UPDATE SET "
+                + ", ".join(
+                    f"{column} = excluded.{column}"
+                    for column in INVOCATION_COLUMNS
+                    if column not in _INVOCATION_KEY
+                )
+                + f" WHERE invocations.status NOT IN ({_FINAL_INVOCATION})"
+            )
+            + changed
+        )
+        """Stores a record, given its column values. First writer wins: a final record stays."""
+        self.get_invocation = render(
+            "SELECT * FROM {invocations} WHERE flow_id = $1 AND sequence = $2 AND sub_sequence = $3"
+        )
+        self.load_invocations = render(
+            "SELECT * FROM {invocations} WHERE flow_id = $1 ORDER BY sequence, sub_sequence"
+        )
+        self.forget_failed = render(
+            "DELETE FROM {invocations} "
+            f"WHERE flow_id = $1 AND status = '{InvocationStatus.FAILED.value}'"
+        )
+        # ON CONFLICT DO NOTHING ignores only the duplicate, unlike SQLite's INSERT OR IGNORE,
+        # which would also hide NOT NULL violations.
+        self.insert_signal = (
+            render(
+                "INSERT INTO {signals} (flow_id, name, payload, sent_at) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (flow_id, name) DO NOTHING"
+            )
+            + changed
+        )
+        self.list_signals = render(
+            f"SELECT * FROM {{signals}} WHERE flow_id = $1 "
+            f"ORDER BY sent_at, name{dialect.code_point_order}"
+        )
+        self.count_flows = render("SELECT status, count(*) AS flows FROM {flows} GROUP BY status")
+        self.count_flows_of_type = render(
+            "SELECT status, count(*) AS flows FROM {flows} WHERE flow_type = $1 GROUP BY status"
+        )
+        # The flow's row first: a change locks it before it writes the flow's records.
+        self.delete_flow = render("DELETE FROM {flows} WHERE flow_id = $1") + changed
+        self.delete_invocations = render("DELETE FROM {invocations} WHERE flow_id = $1")
+        self.delete_signals = render("DELETE FROM {signals} WHERE flow_id = $1")
+        self.reset: tuple[str, ...] = tuple(
+            render(f"DELETE FROM {{{table}}}") for table in ("invocations", "signals", "flows")
+        )
+        """Deletes every flow, record and signal."""
+        self._writes: dict[tuple[tuple[str, ...], int | None], str] = {}
+        """Flow writes by their columns and number of statuses: a handful of shapes recur."""
+        self._versions: dict[int, str] = {}
+        """Reads of flow versions by their number of flows."""
+
+    def flow_versions(self, count: int) -> str:
+        """Reads ``(flow_id, version)`` of ``count`` flows about to be written, locking them."""
+        statement = self._versions.get(count)
+        if statement is None:
+            statement = self._versions[count] = self.dialect.render(
+                f"SELECT flow_id, version FROM {{flows}} "
+                f"WHERE {self.dialect.any_of('flow_id', 1, count)}{self._row_locks}"
+            )
+        return statement
+
+    def lock_absent_flows(self, flow_ids: Sequence[str]) -> tuple[str, list[object]] | None:
+        """A statement keeping flows that do not exist absent until the transaction ends.
+
+        ``None`` where nothing can create a flow meanwhile (SQLite's write lock).
+        """
+        return None
+
+    def cancel_requests(self, count: int) -> str:
+        """Selects which of ``count`` flows are running with a cancellation requested."""
+        return self.dialect.render(
+            f"SELECT flow_id FROM {{flows}} WHERE {self.dialect.any_of('flow_id', 1, count)} "
+            f"AND status = '{TaskStatus.RUNNING.value}' AND cancel_requested"
+        )
+
+    def write_flow(self, write: FlowWrite) -> tuple[str, list[object]]:
+        """The UPDATE applying ``write``, and its arguments; the flow's version moves on.
+
+        With ``only_if_status``, the columns change only while the flow's status is one of
+        those; the version moves on either way, in the same statement.
+
+        Raises:
+            ValueError: ``write`` changes a field a write may not set.
+        """
+        columns = written_columns(write.changes)
+        statuses = write.only_if_status
+        key = (tuple(columns), None if statuses is None else len(statuses))
+        statement = self._writes.get(key)
+        if statement is None:
+            statement = self._writes[key] = self._write_statement(*key)
+        arguments = [write.flow_id, *columns.values()]
+        if statuses is not None:
+            arguments += self.dialect.list_arguments([status.value for status in statuses])
+        return statement, arguments
+
+    def _write_statement(self, columns: tuple[str, ...], statuses: int | None) -> str:
+        """An UPDATE of flow ``$1`` setting ``columns`` (``$2``...), then the statuses."""
+        if statuses is None:
+            assignments = [f"{column} = ${n}" for n, column in enumerate(columns, start=2)]
+        else:
+            # Every expression of an UPDATE reads the row as it was, status included.
+            only = self.dialect.any_of("status", len(columns) + 2, statuses)
+            assignments = [
+                f"{column} = CASE WHEN {only} THEN ${n} ELSE {column} END"
+                for n, column in enumerate(columns, start=2)
+            ]
+        assignments.append("version = version + 1")
+        return self.dialect.render(
+            f"UPDATE {{flows}} SET {', '.join(assignments)} WHERE flow_id = $1"
+        )
+
+    def list_flows(self, query: FlowQuery) -> tuple[str, list[object]]:
+        """The ``SELECT`` behind ``list_flows`` for ``query``, and its arguments.
+
+        Each single filter is an equality on the first column of an index ordered by
+        ``(created_at, flow_id)``, so a page is read from one index range without sorting, and
+        the cursor is a row-value bound on that same range. Several statuses become one walk per
+        status, merged in order rather than sorted, so "every active flow" stays fast too.
+        """
+        dialect = self.dialect
+        arguments: list[object] = []
+
+        def parameter(value: object) -> str:
+            arguments.append(value)
+            return f"${len(arguments)}"
+
+        created_before, after = query.created_before, query.after
+        # Of two upper bounds on created_at, SQLite's index range uses one and scans for the
+        # other, so keep only the tighter one, which implies the other.
+        if after is not None and created_before is not None:
+            if after.created_at < created_before:
+                created_before = None
+            else:
+                after = None
+        conditions = [
+            f"{condition} {parameter(value)}"
+            for condition, value in (
+                ("flow_type =", query.flow_type),
+                ("created_at >=", query.created_after),
+                ("created_at <", created_before),
+                ("worker_id =", query.worker_id),
+                ("parent_flow_id =", query.parent_flow_id),
+            )
+            if value is not None
+        ]
+        if after is not None:
+            bound = (
+                dialect.cast(parameter(after.created_at), "float"),
+                dialect.cast(parameter(after.flow_id), "id"),
+            )
+            conditions.append(f"(created_at, flow_id) < ({', '.join(bound)})")
+        legs = [conditions]
+        if query.statuses is not None:
+            # No status at all matches nothing; every parameter must still be in the statement.
+            legs = [
+                [f"status = {parameter(status.value)}", *conditions]
+                for status in sorted(query.statuses)
+            ] or [["false", *conditions]]
+        selects = [
+            "SELECT * FROM {flows}" + (f" WHERE {' AND '.join(leg)}" if leg else "") for leg in legs
+        ]
+        order = "ORDER BY created_at DESC, flow_id DESC"
+        if len(selects) > 1 and dialect.limits_each_walk:
+            page_end = parameter(query.limit + query.offset)
+            walks = " UNION ALL ".join(f"({select} {order} LIMIT {page_end})" for select in selects)
+            matching = f"SELECT * FROM ({walks}) AS matching"
+        else:
+            matching = " UNION ALL ".join(selects)
+        page = f"LIMIT {parameter(query.limit)} OFFSET {parameter(query.offset)}"
+        return dialect.render(f"{matching} {order} {page}"), arguments

@@ -1,0 +1,175 @@
+"""The statements of a change, in their order, written once for both SQL backends.
+
+A procedure here is a generator: it yields each statement as a :class:`Query` and is sent back
+the answer it asked for. So what a change runs, and what each answer means, is written once,
+while SQLite runs the statements synchronously inside its group commit (:func:`run_sqlite`) and
+PostgreSQL awaits them on an asyncpg connection (:func:`run_asyncpg`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection, Generator, Sequence
+from enum import Enum
+from typing import Any, TypeVar, cast
+
+from pyergon.core.changes import ABSENT, Applied, Change, FlowWrite, stored_as_given
+from pyergon.core.records import Invocation
+from pyergon.storage.sql.rows import column_values, invocation_from_row
+from pyergon.storage.sql.statements import Statements
+
+__all__ = [
+    "Answer",
+    "Query",
+    "Steps",
+    "apply_change",
+    "delete_flow",
+    "reset",
+    "run_asyncpg",
+    "run_sqlite",
+]
+
+_T = TypeVar("_T")
+
+
+class Answer(Enum):
+    """What a :class:`Query` is answered with."""
+
+    NOTHING = "nothing"
+    ROW = "row"
+    """The first row, or ``None``."""
+    ROWS = "rows"
+    """Every row."""
+    CHANGED = "changed"
+    """Whether the statement changed a row (a write ending in ``returning_change``)."""
+
+
+Query = tuple[Answer, str, Sequence[object]]
+"""One statement of a procedure: what the procedure wants back, the statement, its arguments.
+
+A plain tuple: a change yields three or four, on the hot path of every flow, and a named tuple
+or dataclass cost about 0.3 us more each (measured on SQLite, where a change takes 15-20 us).
+"""
+
+
+Steps = Generator[Query, Any, _T]
+"""A procedure yielding queries, sent their answers, returning a ``_T``."""
+
+
+def apply_change(sql: Statements, change: Change) -> Steps[Applied]:
+    """Apply ``change`` in the order :class:`~pyergon.core.changes.Change` gives.
+
+    Every guard is checked before anything is written, so a guard that does not hold writes
+    nothing. Run it in one transaction (a change of one record or one signal alone is one
+    statement and needs none).
+    """
+    moved = yield from _moved_flow(sql, change.writes)
+    if moved is not None:
+        return Applied(moved=moved)
+    for flow_id in change.forget_failed:
+        yield Answer.NOTHING, sql.forget_failed, (flow_id,)
+    stored_records: list[Invocation] = []
+    for record in change.records:
+        stored = yield from _store_record(sql, record)
+        stored_records.append(stored)
+        if not stored_as_given(record, stored):
+            return Applied(stored_records, record_conflict=True)
+    new_signals = 0
+    for signal in change.signals:
+        arguments = (signal.flow_id, signal.name, signal.payload, signal.sent_at)
+        if (yield Answer.CHANGED, sql.insert_signal, arguments):
+            new_signals += 1
+    for write in change.writes:
+        yield Answer.NOTHING, *sql.write_flow(write)  # a flow that does not exist is left so
+    return Applied(stored_records, signals_stored=new_signals)
+
+
+def _moved_flow(sql: Statements, writes: Collection[FlowWrite]) -> Steps[str | None]:
+    """Lock the flows ``writes`` write; return the first whose version is not the expected.
+
+    They are locked in flow id order, so two changes never deadlock. A flow that does not
+    exist has no row to lock, so for a write that expects it absent a lock on its id (which a
+    creation takes too, on PostgreSQL) keeps it absent until the change commits.
+    """
+    guarded = [write for write in writes if write.expected_version is not None]
+    if not guarded and len(writes) < 2:
+        return None  # an UPDATE alone locks its row
+    absent = sorted({write.flow_id for write in guarded if write.expected_version == ABSENT})
+    lock = sql.lock_absent_flows(absent) if absent else None
+    if lock is not None:
+        yield Answer.NOTHING, *lock
+    written = sorted({write.flow_id for write in writes})
+    rows = yield Answer.ROWS, sql.flow_versions(len(written)), sql.dialect.list_arguments(written)
+    versions = {row[0]: row[1] for row in rows}
+    for write in guarded:
+        if versions.get(write.flow_id, ABSENT) != write.expected_version:
+            return write.flow_id
+    return None
+
+
+def _store_record(sql: Statements, record: Invocation) -> Steps[Invocation]:
+    """Store ``record`` unless a final record holds its position; return what is stored."""
+    arguments = column_values(record)
+    position = (record.flow_id, record.sequence, record.sub_sequence)
+    while True:
+        if (yield Answer.CHANGED, sql.record_invocation, arguments):
+            return record  # inserted, or replaced a record that was not final
+        row = yield Answer.ROW, sql.get_invocation, position
+        if row is not None:  # a final record holds the position
+            return invocation_from_row(row)
+        # Deleted between the two statements (outside a transaction): record again.
+
+
+def delete_flow(sql: Statements, flow_id: str) -> Steps[bool]:
+    """Delete a flow with its records and signals; return whether the flow existed."""
+    deleted = yield Answer.CHANGED, sql.delete_flow, (flow_id,)
+    yield Answer.NOTHING, sql.delete_invocations, (flow_id,)
+    yield Answer.NOTHING, sql.delete_signals, (flow_id,)
+    return bool(deleted)
+
+
+def reset(sql: Statements) -> Steps[None]:
+    """Delete every flow, record and signal; the schema stays."""
+    for statement in sql.reset:
+        yield Answer.NOTHING, statement, ()
+
+
+# -- drivers ---------------------------------------------------------------------------------------
+
+
+def run_sqlite(connection: sqlite3.Connection, steps: Steps[_T]) -> _T:
+    """Run a procedure's queries on a ``sqlite3`` connection; return what it returns."""
+    answer: object = None
+    try:
+        while True:
+            wanted, statement, arguments = steps.send(answer)
+            cursor = connection.execute(statement, arguments)
+            if wanted is Answer.CHANGED:
+                answer = cursor.rowcount > 0
+            elif wanted is Answer.ROW:
+                answer = cursor.fetchone()
+            elif wanted is Answer.ROWS:
+                answer = cursor.fetchall()
+            else:
+                answer = None
+    except StopIteration as done:  # the procedure returned
+        return cast(_T, done.value)
+
+
+async def run_asyncpg(connection: Any, steps: Steps[_T]) -> _T:
+    """Run a procedure's queries on an asyncpg connection; return what it returns."""
+    answer: object = None
+    try:
+        while True:
+            wanted, statement, arguments = steps.send(answer)
+            if wanted is Answer.CHANGED:
+                answer = await connection.fetchval(statement, *arguments) is not None
+            elif wanted is Answer.ROW:
+                answer = await connection.fetchrow(statement, *arguments)
+            elif wanted is Answer.ROWS:
+                answer = await connection.fetch(statement, *arguments)
+            else:
+                await connection.execute(statement, *arguments)
+                answer = None
+    except StopIteration as done:  # the procedure returned
+        return cast(_T, done.value)
