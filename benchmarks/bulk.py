@@ -110,8 +110,8 @@ async def load(fresh: FreshStorage, history: History) -> None:
 
 
 def _load_sqlite(path: str, history: History) -> None:
-    from pyergon.storage.sql.rows import column_values
-    from pyergon.storage.sqlite_changes import SQL
+    from pyergon.storage._sql.rows import column_values
+    from pyergon.storage._sqlite_changes import SQL
 
     connection = sqlite3.connect(path, timeout=30)
     try:
@@ -126,7 +126,7 @@ def _rows(
     records: Sequence[ScheduledFlow | Invocation],
 ) -> tuple[list[str], list[tuple[object, ...]]]:
     """The column names of ``records`` and their values, one tuple per record."""
-    from pyergon.storage.sql.rows import FLOW_COLUMNS, INVOCATION_COLUMNS, column_values
+    from pyergon.storage._sql.rows import FLOW_COLUMNS, INVOCATION_COLUMNS, column_values
 
     if not records:
         return [], []
@@ -152,7 +152,7 @@ async def _load_postgres(schema: str, history: History) -> None:
 async def _load_redis(fresh: FreshStorage, history: History) -> None:
     from redis.asyncio import Redis
 
-    from pyergon.storage.redis_layout import SCRIPTS, flow_fields
+    from pyergon.storage._redis_layout import SCRIPTS, flow_fields
 
     client = Redis.from_url(REDIS_URL)
     try:

@@ -22,7 +22,7 @@ from pyergon import Scheduler
 from pyergon.core import FlowQuery
 from pyergon.core.status import OperationKind, TaskStatus
 from pyergon.decorators import flow_type_name
-from pyergon.storage.flows import find_signal
+from pyergon.storage._flows import find_signal
 
 __all__ = ["drain", "schedule_all", "signal_latency", "timer_lateness", "wait_for_status"]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pyergon._context import current_idempotency_key as idempotency_key
 from pyergon._version import __version__
-from pyergon.context import current_idempotency_key as idempotency_key
 from pyergon.core import Completed, FlowOutcome, RetryPolicy, Suspended
 from pyergon.decorators import flow, flow_type, step
 from pyergon.determinism import now, random, uuid4
@@ -35,7 +35,7 @@ from pyergon.executor.scheduler import Scheduler
 from pyergon.executor.signal import await_external_signal, send_signal
 from pyergon.executor.timer import schedule_timer, schedule_timer_named
 from pyergon.executor.worker import Worker, WorkerHandle
-from pyergon.storage.url import open_storage
+from pyergon.storage._url import open_storage
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell

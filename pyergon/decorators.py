@@ -15,11 +15,11 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
-from pyergon.context import current_context, in_step
+from pyergon._context import current_context, in_step
 from pyergon.core.retry import RetryPolicy
 from pyergon.errors import FlowDefinitionError
-from pyergon.executor.child import ChildHandle, start_child
-from pyergon.executor.steps import run_step
+from pyergon.executor._child import ChildHandle, start_child
+from pyergon.executor._steps import run_step
 
 __all__ = [
     "FlowSpec",

@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pyergon.context import FlowContext, Position, current_context
+from pyergon._context import FlowContext, Position, current_context
 from pyergon.core.status import InvocationStatus, OperationKind
 
 __all__ = ["now", "random", "uuid4"]

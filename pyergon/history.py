@@ -125,7 +125,7 @@ class FlowHistory:
         )
 
     def _repr_html_(self) -> str:
-        from pyergon.history_html import history_html
+        from pyergon._history_html import history_html
 
         return history_html(self)
 

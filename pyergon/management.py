@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyergon._context import FlowContext, ReplayEnded
 from pyergon.clock import Clock, SystemClock
-from pyergon.context import FlowContext, ReplayEnded
 from pyergon.core.changes import Change
 from pyergon.core.outcome import Completed, FlowOutcome
 from pyergon.core.records import Invocation, ScheduledFlow, format_position
@@ -28,12 +28,12 @@ from pyergon.errors import (
     FlowStateError,
     NonDeterminismError,
 )
+from pyergon.executor._inputs import decode_flow
+from pyergon.executor._runner import FLOW_RETRY_SEQUENCE, FlowRun, drive_flow, reopen_failed_work
 from pyergon.executor.executor import validate_flow_id
-from pyergon.executor.inputs import decode_flow
-from pyergon.executor.runner import FLOW_RETRY_SEQUENCE, FlowRun, drive_flow, reopen_failed_work
 from pyergon.serialization import Serializer, default_serializer
+from pyergon.storage._flows import request_cancel, requeue, save_records
 from pyergon.storage.base import ExecutionLog
-from pyergon.storage.flows import request_cancel, requeue, save_records
 from pyergon.storage.memory import InMemoryExecutionLog
 
 __all__ = ["Divergence", "FlowManager", "ReplayResult"]

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from pyergon.storage._sql.dialect import quote_identifier
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.memory import InMemoryExecutionLog
 from pyergon.storage.postgres import DEFAULT_DSN, PostgresExecutionLog
 from pyergon.storage.redis import RedisExecutionLog
-from pyergon.storage.sql.dialect import quote_identifier
 
 
 async def _memory(_tmp_path: Path) -> ExecutionLog:

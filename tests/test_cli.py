@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pyergon._demo import KILL_AT_STEP, read_side_effects
 from pyergon.cli import EXIT_OK, EXIT_USAGE, main
-from pyergon.demo import KILL_AT_STEP, read_side_effects
 
 
 def run_pyergon(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -24,8 +24,8 @@ from types import ModuleType
 import pytest
 
 from pyergon import Executor, Scheduler
-from pyergon.cli.arguments import parse_since
-from pyergon.cli.worker import STORAGE_URL_VARIABLE
+from pyergon.cli._arguments import parse_since
+from pyergon.cli._worker import STORAGE_URL_VARIABLE
 from pyergon.core import FlowQuery, Invocation, ScheduledFlow, TaskStatus
 from pyergon.core.records import SignalRecord
 from pyergon.serialization import default_serializer

@@ -14,7 +14,7 @@ from types import ModuleType
 import pytest
 
 from pyergon import Scheduler
-from pyergon.cli.worker import DEFAULT_STORAGE_URL, STORAGE_URL_VARIABLE, default_storage_url
+from pyergon.cli._worker import DEFAULT_STORAGE_URL, STORAGE_URL_VARIABLE, default_storage_url
 from pyergon.storage import open_storage
 
 FLOWS_MODULE = "cli_worker_flows"

@@ -34,12 +34,12 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("storage", ("pyergon.serialization", "pyergon.storage")),
     (
         "runtime",
-        ("pyergon.context", "pyergon.decorators", "pyergon.determinism", "pyergon.executor"),
+        ("pyergon._context", "pyergon.decorators", "pyergon.determinism", "pyergon.executor"),
     ),
-    ("read and operate", ("pyergon.history", "pyergon.history_html", "pyergon.management")),
+    ("read and operate", ("pyergon.history", "pyergon._history_html", "pyergon.management")),
     (
         "fronts",
-        ("pyergon.cli", "pyergon.notebook", "pyergon.demo", "pyergon.testing", "pyergon.__main__"),
+        ("pyergon.cli", "pyergon.notebook", "pyergon._demo", "pyergon.testing", "pyergon.__main__"),
     ),
     ("façade", ()),  # the root package only: see layer_of
 )
@@ -188,5 +188,5 @@ def test_the_checks_see_function_level_imports_and_skip_type_checking() -> None:
     }
     assert find_cycle(graph) == [graph["pyergon.a"][0], graph["pyergon.b"][0]]
     history = imports_of(PACKAGE / "history.py")
-    assert "pyergon.history_html" in {edge.imported for edge in history}  # inside a method
+    assert "pyergon._history_html" in {edge.imported for edge in history}  # inside a method
     assert "pyergon.storage.base" not in {edge.imported for edge in history}  # TYPE_CHECKING

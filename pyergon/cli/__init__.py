@@ -1,7 +1,7 @@
 """The ``pyergon`` command, one module per command group.
 
-:mod:`~pyergon.cli.main` parses the arguments and dispatches; :mod:`~pyergon.cli.worker` runs
-workers; :mod:`~pyergon.cli.manage` lists, shows and operates on flows; :mod:`~pyergon.cli.views`
+:mod:`~pyergon.cli.main` parses the arguments and dispatches; :mod:`~pyergon.cli._worker` runs
+workers; :mod:`~pyergon.cli._manage` lists, shows and operates on flows; :mod:`~pyergon.cli._views`
 renders them with rich. ``python -m pyergon`` and the ``pyergon`` script call :func:`main`.
 """
 

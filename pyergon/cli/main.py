@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
-from pyergon.cli.arguments import (
+from pyergon.cli._arguments import (
     add_flow_id,
     add_fork_options,
     add_status_filter,
@@ -285,7 +285,7 @@ class _UsageError(Exception):
 
 
 def _run_demo(arguments: argparse.Namespace) -> int:
-    from pyergon.demo import run_child, run_demo
+    from pyergon._demo import run_child, run_demo
 
     db_path: Path | None = arguments.db
     if arguments.child is not None:
@@ -296,7 +296,7 @@ def _run_demo(arguments: argparse.Namespace) -> int:
 
 
 def _run_worker(arguments: argparse.Namespace) -> int:
-    from pyergon.cli.worker import (
+    from pyergon.cli._worker import (
         WorkerSettings,
         WorkerStartError,
         WorkerUsageError,
@@ -322,7 +322,7 @@ def _run_worker(arguments: argparse.Namespace) -> int:
 
 
 def _run_management(arguments: argparse.Namespace) -> int:
-    from pyergon.cli.manage import ManagementError, ManagementUsageError, run_management
+    from pyergon.cli._manage import ManagementError, ManagementUsageError, run_management
 
     try:
         return run_management(arguments)

@@ -12,19 +12,19 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
+from pyergon._context import Cancellation, FlowContext, Position
 from pyergon.clock import Clock, SystemClock
-from pyergon.context import Cancellation, FlowContext, Position
 from pyergon.core.outcome import FlowOutcome
 from pyergon.core.records import ScheduledFlow, format_position
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.decorators import flow_entry, require_flow_instance
 from pyergon.errors import InvalidFlowIdError, NonDeterminismError, PyergonError
-from pyergon.executor.inputs import encode_flow
-from pyergon.executor.runner import FlowRun, drive_flow, stored_outcome
+from pyergon.executor._inputs import encode_flow
+from pyergon.executor._runner import FlowRun, drive_flow, stored_outcome
 from pyergon.serialization import Serializer, default_serializer
+from pyergon.storage._flows import HeldFlow, start_direct_run
 from pyergon.storage.base import ExecutionLog
-from pyergon.storage.flows import HeldFlow, start_direct_run
 
 __all__ = ["Executor", "validate_flow_id"]
 

@@ -14,9 +14,9 @@ from pyergon.core.records import ScheduledFlow
 from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_entry, require_flow_instance
 from pyergon.errors import FlowNotFoundError, PyergonError
+from pyergon.executor._inputs import encode_flow
+from pyergon.executor._runner import stored_outcome
 from pyergon.executor.executor import validate_flow_id
-from pyergon.executor.inputs import encode_flow
-from pyergon.executor.runner import stored_outcome
 from pyergon.executor.signal import send_signal
 from pyergon.serialization import Serializer, default_serializer
 from pyergon.storage.base import ExecutionLog

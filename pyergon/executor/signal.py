@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import Any
 
-from pyergon.context import FlowContext, FlowSuspend, Position, require_context
+from pyergon._context import FlowContext, FlowSuspend, Position, require_context
 from pyergon.core.outcome import SuspendReason
 from pyergon.core.records import SignalRecord
 from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.errors import FlowNotFoundError, FlowStateError, InvalidFlowIdError
-from pyergon.executor.steps import replay_final
+from pyergon.executor._steps import replay_final
 from pyergon.serialization import Serializer, default_serializer, dumps_for
+from pyergon.storage._flows import deliver_signal, find_signal
 from pyergon.storage.base import ExecutionLog
-from pyergon.storage.flows import deliver_signal, find_signal
 
 __all__ = ["await_external_signal", "send_signal"]
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Coroutine
 from typing import Any
 
-from pyergon.context import FlowContext, FlowSuspend, Position, require_context
+from pyergon._context import FlowContext, FlowSuspend, Position, require_context
 from pyergon.core.outcome import SuspendReason
 from pyergon.core.status import InvocationStatus, OperationKind
 

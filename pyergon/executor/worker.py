@@ -17,15 +17,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pyergon._context import FlowContext, Position
 from pyergon.clock import Clock, SystemClock
-from pyergon.context import FlowContext, Position
 from pyergon.core.outcome import FlowOutcome, Suspended, SuspendReason
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError, format_position
 from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import NonDeterminismError, PyergonError
-from pyergon.executor.inputs import decode_flow, encode_flow
-from pyergon.executor.leases import (
+from pyergon.executor._inputs import decode_flow, encode_flow
+from pyergon.executor._leases import (
     DONE,
     Backoff,
     CancelFlag,
@@ -33,10 +33,10 @@ from pyergon.executor.leases import (
     LeaseWriter,
     release_quietly,
 )
-from pyergon.executor.runner import FlowRun, drive_flow, log_by_position, stored_outcome
+from pyergon.executor._runner import FlowRun, drive_flow, log_by_position, stored_outcome
 from pyergon.serialization import Serializer, default_serializer, serialize_exception
+from pyergon.storage._flows import HeldFlow
 from pyergon.storage.base import ClaimedRun, ExecutionLog, wait_for_event
-from pyergon.storage.flows import HeldFlow
 
 __all__ = ["Worker", "WorkerHandle"]
 

@@ -4,8 +4,8 @@ Import what you need from here; pandas and ipywidgets are loaded only when a tab
 is built (``pip install "pyergon[notebook]"``).
 """
 
+from pyergon.notebook._stepper import Stepper, StepReport
 from pyergon.notebook.session import BackgroundError, BackgroundErrors, Session
-from pyergon.notebook.stepper import Stepper, StepReport
 from pyergon.notebook.views import Monitor, Timeline
 
 __all__ = [

@@ -3,7 +3,7 @@
 ``%load_ext pyergon`` registers it. Every subcommand returns an object (a session, a DataFrame,
 a history, a view), so ``df = %pyergon flows`` works. Bad arguments fail the cell with IPython's
 ``UsageError``; library errors propagate as :class:`~pyergon.errors.PyergonError`. The coroutines
-behind the subcommands run on the kernel's event loop (:func:`pyergon.notebook.sync.run_sync`),
+behind the subcommands run on the kernel's event loop (:func:`pyergon.notebook._sync.run_sync`),
 so workers started here are tasks on that loop and keep running between cells. A terminal
 IPython has no running loop: there they run on IPython's own loop, which makes progress only
 while a magic or a cell with top-level ``await`` runs.
@@ -26,9 +26,9 @@ from IPython.core.async_helpers import get_asyncio_loop
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from pyergon.cli.arguments import add_flow_id, add_fork_options, add_status_filter, positive
+from pyergon.cli._arguments import add_flow_id, add_fork_options, add_status_filter, positive
+from pyergon.notebook._sync import run_sync
 from pyergon.notebook.session import Session
-from pyergon.notebook.sync import run_sync
 from pyergon.notebook.views import WorkerState
 
 if TYPE_CHECKING:

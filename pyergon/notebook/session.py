@@ -25,9 +25,9 @@ from pyergon.executor.scheduler import Scheduler
 from pyergon.executor.worker import Worker, WorkerHandle
 from pyergon.history import FlowHistory, flows_frame, invocations_frame, iter_flows, load_history
 from pyergon.management import FlowManager, ReplayResult
-from pyergon.notebook.stepper import Stepper
-from pyergon.notebook.views_monitor import Monitor
-from pyergon.notebook.views_timeline import Timeline
+from pyergon.notebook._stepper import Stepper
+from pyergon.notebook._views_monitor import Monitor
+from pyergon.notebook._views_timeline import Timeline
 from pyergon.serialization import Serializer, default_serializer
 from pyergon.storage.base import ExecutionLog
 
@@ -111,7 +111,7 @@ class Session:
 
         The session owns that storage and closes it in :meth:`close`.
         """
-        from pyergon.storage.url import open_storage
+        from pyergon.storage._url import open_storage
 
         return cls(await open_storage(url), close_storage=True, **options)
 

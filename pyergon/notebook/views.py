@@ -8,15 +8,15 @@ Every view renders as a live ipywidgets widget in a kernel, as static escaped HT
 
 from __future__ import annotations
 
-from pyergon.history_html import history_html
-from pyergon.notebook.views_common import kernel_running, live_widgets_available
-from pyergon.notebook.views_monitor import (
+from pyergon._history_html import history_html
+from pyergon.notebook._views_common import kernel_running, live_widgets_available
+from pyergon.notebook._views_monitor import (
     HEARTBEAT_STALE_AFTER,
     Monitor,
     MonitorSnapshot,
     WorkerState,
 )
-from pyergon.notebook.views_timeline import Timeline, TimelineLoader, timeline_from_histories
+from pyergon.notebook._views_timeline import Timeline, TimelineLoader, timeline_from_histories
 
 __all__ = [
     "HEARTBEAT_STALE_AFTER",

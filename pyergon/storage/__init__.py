@@ -4,8 +4,8 @@ The SQLite backend lives in :mod:`pyergon.storage.sqlite`; ``open_storage`` impo
 ``sqlite://`` URL is opened, so importing this package does not load it.
 """
 
+from pyergon.storage._url import open_storage
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.memory import InMemoryExecutionLog
-from pyergon.storage.url import open_storage
 
 __all__ = ["ExecutionLog", "InMemoryExecutionLog", "open_storage"]

@@ -1,7 +1,7 @@
 """The storage contract every backend implements, and the small helpers they share.
 
 A backend stores what it is given and holds no rule of a flow's life: the state machine in
-:mod:`pyergon.core.transitions` decides every change, and :mod:`pyergon.storage.flows` applies it
+:mod:`pyergon.core.transitions` decides every change, and :mod:`pyergon.storage._flows` applies it
 through :meth:`ExecutionLog.apply`, guarded by the flow's ``version``. A backend keeps its
 native strengths (one transaction, one Lua script, one SQL statement, pub/sub, LISTEN/NOTIFY).
 Every method is atomic on its own. Records in a final state are never changed by a write:

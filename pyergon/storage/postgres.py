@@ -22,17 +22,16 @@ from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import claim_changes, new_lease_token
 from pyergon.errors import StorageClosedError, StorageError
-from pyergon.storage.base import ClaimedRun, StorageLifecycle, check_claim_limit
-from pyergon.storage.postgres_listener import WorkListener
-from pyergon.storage.postgres_sql import (
+from pyergon.storage._postgres_listener import WorkListener
+from pyergon.storage._postgres_sql import (
     PostgresStatements,
     channel_name,
     migrate,
     sent_notice,
     validate_schema_name,
 )
-from pyergon.storage.sql import steps
-from pyergon.storage.sql.rows import (
+from pyergon.storage._sql import steps
+from pyergon.storage._sql.rows import (
     column_values,
     flow_from_row,
     invocation_from_row,
@@ -40,6 +39,7 @@ from pyergon.storage.sql.rows import (
     status_counts,
     written_columns,
 )
+from pyergon.storage.base import ClaimedRun, StorageLifecycle, check_claim_limit
 
 __all__ = ["DEFAULT_DSN", "PostgresExecutionLog"]
 

@@ -1,9 +1,9 @@
 """Redis storage: several machines share one Redis, with atomic Lua scripts and pub/sub wake-ups.
 
-Every multi-key change runs as one Lua script (:mod:`pyergon.storage.redis_layout` describes
+Every multi-key change runs as one Lua script (:mod:`pyergon.storage._redis_layout` describes
 the key layout; the scripts are in ``redis_lua/``). A change that makes work runnable publishes
 on ``{prefix}:work``; each backend object listens on one dedicated pub/sub connection
-(:mod:`pyergon.storage.redis_listener`), so workers in other processes and on other machines
+(:mod:`pyergon.storage._redis_listener`), so workers in other processes and on other machines
 hear about new work at once.
 """
 
@@ -42,13 +42,7 @@ from pyergon.errors import (
     StorageClosedError,
     StorageError,
 )
-from pyergon.storage.base import (
-    SCHEMA_VERSION,
-    ClaimedRun,
-    StorageLifecycle,
-    check_claim_limit,
-)
-from pyergon.storage.redis_layout import (
+from pyergon.storage._redis_layout import (
     SCRIPTS,
     counted,
     decode_invocation,
@@ -64,9 +58,15 @@ from pyergon.storage.redis_layout import (
     optional,
     record_field,
 )
-from pyergon.storage.redis_listener import WorkListener
-from pyergon.storage.redis_packing import pack_with_hiredis
-from pyergon.storage.redis_pipeline import CommandBatcher
+from pyergon.storage._redis_listener import WorkListener
+from pyergon.storage._redis_packing import pack_with_hiredis
+from pyergon.storage._redis_pipeline import CommandBatcher
+from pyergon.storage.base import (
+    SCHEMA_VERSION,
+    ClaimedRun,
+    StorageLifecycle,
+    check_claim_limit,
+)
 
 __all__ = ["RedisExecutionLog"]
 

@@ -2,11 +2,11 @@
 
 Writes from concurrently running flows are group-committed: each write queues a small
 synchronous operation and one flusher task runs everything queued inside a single
-``BEGIN IMMEDIATE ... COMMIT`` (:mod:`pyergon.storage.sqlite_file`). Files use WAL with
+``BEGIN IMMEDIATE ... COMMIT`` (:mod:`pyergon.storage._sqlite_file`). Files use WAL with
 ``synchronous=NORMAL``, so every write whose ``await`` returned survives the process being killed.
-The statements are the SQL layer's (:mod:`pyergon.storage.sql`); SQLite's own claim is in
-:mod:`pyergon.storage.sqlite_changes`, the opening of a file in
-:mod:`pyergon.storage.sqlite_schema`.
+The statements are the SQL layer's (:mod:`pyergon.storage._sql`); SQLite's own claim is in
+:mod:`pyergon.storage._sqlite_changes`, the opening of a file in
+:mod:`pyergon.storage._sqlite_schema`.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import claim_changes
 from pyergon.errors import StorageError
-from pyergon.storage.base import ClaimedRun, StorageLifecycle, check_claim_limit, wait_for_event
-from pyergon.storage.file_watch import WriteNotifier, watch_writes
-from pyergon.storage.sql import steps
-from pyergon.storage.sql.rows import flow_from_row, signal_from_row, status_counts
-from pyergon.storage.sqlite_changes import (
+from pyergon.storage._file_watch import WriteNotifier, watch_writes
+from pyergon.storage._sql import steps
+from pyergon.storage._sql.rows import flow_from_row, signal_from_row, status_counts
+from pyergon.storage._sqlite_changes import (
     SQL,
     apply_change,
     claim_runs,
@@ -38,13 +37,14 @@ from pyergon.storage.sqlite_changes import (
     next_wake_time,
     renew_leases,
 )
-from pyergon.storage.sqlite_connections import (
+from pyergon.storage._sqlite_connections import (
     BackgroundCheckpoints,
     WorkerThread,
     open_loop_connection,
 )
-from pyergon.storage.sqlite_file import SqliteFile, closed_error, storage_error
-from pyergon.storage.sqlite_schema import prepare_connection
+from pyergon.storage._sqlite_file import SqliteFile, closed_error, storage_error
+from pyergon.storage._sqlite_schema import prepare_connection
+from pyergon.storage.base import ClaimedRun, StorageLifecycle, check_claim_limit, wait_for_event
 
 __all__ = ["SqliteExecutionLog"]
 

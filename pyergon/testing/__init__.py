@@ -17,7 +17,7 @@ yields a connected, empty backend; pytest runs every contract test against it::
 The suite needs pytest and pytest-asyncio: with ``asyncio_mode = "auto"`` as above, or in
 strict mode with ``@pytest.mark.asyncio`` on the subclass and ``@pytest_asyncio.fixture`` on
 the fixture. Every test is a coroutine and makes its own flows. It uses only the
-:class:`~pyergon.storage.ExecutionLog` protocol and :mod:`pyergon.storage.flows`, so a backend
+:class:`~pyergon.storage.ExecutionLog` protocol and :mod:`pyergon.storage._flows`, so a backend
 that passes it applies every rule of a flow's life as the built-in backends do.
 """
 
@@ -28,23 +28,23 @@ import pytest
 # The contract modules are rewritten like test modules, so a failing assertion shows its values.
 pytest.register_assert_rewrite(
     "pyergon.testing._support",
-    "pyergon.testing.contract_events",
-    "pyergon.testing.contract_flows",
-    "pyergon.testing.contract_queue",
-    "pyergon.testing.contract_races",
-    "pyergon.testing.contract_reads",
-    "pyergon.testing.contract_records",
-    "pyergon.testing.contract_runs",
+    "pyergon.testing._contract_events",
+    "pyergon.testing._contract_flows",
+    "pyergon.testing._contract_queue",
+    "pyergon.testing._contract_races",
+    "pyergon.testing._contract_reads",
+    "pyergon.testing._contract_records",
+    "pyergon.testing._contract_runs",
 )
 
 from pyergon.clock import ManualClock  # noqa: E402 - after the rewrite registration above
-from pyergon.testing.contract_events import EventContract  # noqa: E402
-from pyergon.testing.contract_flows import FlowContract  # noqa: E402
-from pyergon.testing.contract_queue import QueueContract  # noqa: E402
-from pyergon.testing.contract_races import RaceContract  # noqa: E402
-from pyergon.testing.contract_reads import ReadContract  # noqa: E402
-from pyergon.testing.contract_records import RecordContract  # noqa: E402
-from pyergon.testing.contract_runs import RunContract  # noqa: E402
+from pyergon.testing._contract_events import EventContract  # noqa: E402
+from pyergon.testing._contract_flows import FlowContract  # noqa: E402
+from pyergon.testing._contract_queue import QueueContract  # noqa: E402
+from pyergon.testing._contract_races import RaceContract  # noqa: E402
+from pyergon.testing._contract_reads import ReadContract  # noqa: E402
+from pyergon.testing._contract_records import RecordContract  # noqa: E402
+from pyergon.testing._contract_runs import RunContract  # noqa: E402
 from pyergon.testing.factories import (  # noqa: E402
     make_flow,
     make_invocation,
@@ -88,7 +88,7 @@ class StorageContract(
       signals.
     * :class:`QueueContract`: claims, leases, timers and wake-ups.
     * :class:`RunContract`: a run leaving its flow, through
-      :class:`~pyergon.storage.flows.HeldFlow`.
+      :class:`~pyergon.storage._flows.HeldFlow`.
     * :class:`EventContract`: cancel requests, signals and requeues from outside a run.
     * :class:`RaceContract`: concurrent callers and events that meet between read and apply.
     * :class:`ReadContract`: listings (each filter and page of a

@@ -10,8 +10,8 @@ import pytest
 from pyergon.core.changes import Applied, Change, FlowWrite
 from pyergon.core.records import Invocation, ScheduledFlow
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.storage._flows import HeldFlow
 from pyergon.storage.base import ClaimedRun, ExecutionLog
-from pyergon.storage.flows import HeldFlow
 from pyergon.testing.factories import make_flow, make_invocation, sample_errors
 
 P = ParamSpec("P")

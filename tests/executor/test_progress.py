@@ -14,8 +14,8 @@ from pyergon.core import Invocation, InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.changes import Applied, Change
 from pyergon.errors import StorageError
 from pyergon.serialization import default_serializer, stable_hash
+from pyergon.storage._flows import save_records
 from pyergon.storage.base import ExecutionLog
-from pyergon.storage.flows import save_records
 from pyergon.storage.memory import InMemoryExecutionLog
 from pyergon.storage.sqlite import SqliteExecutionLog
 from tests.records import record_at

@@ -13,8 +13,8 @@ from pyergon.core import InvocationStatus, OperationKind, SuspendReason, TaskSta
 from pyergon.errors import FlowNotFoundError, FlowStateError, PyergonError, SerializationError
 from pyergon.executor.signal import send_signal
 from pyergon.executor.timer import schedule_timer_named
+from pyergon.storage._flows import find_signal
 from pyergon.storage.base import ExecutionLog
-from pyergon.storage.flows import find_signal
 from tests.records import record_at
 
 

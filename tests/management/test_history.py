@@ -25,8 +25,8 @@ from pyergon.history import (
     load_history,
     signals_frame,
 )
+from pyergon.storage._flows import deliver_signal
 from pyergon.storage.base import ExecutionLog
-from pyergon.storage.flows import deliver_signal
 
 attempts_left = {"flaky": 1}
 

@@ -589,7 +589,7 @@ def test_magics_in_a_running_loop_keep_workers_on_that_loop(tmp_path: Path) -> N
 RUN_SYNC_IN_A_RUNNING_LOOP = """
 import asyncio, sys
 import nest_asyncio2
-from pyergon.notebook.sync import run_sync
+from pyergon.notebook._sync import run_sync
 
 applied = []
 original_apply = nest_asyncio2.apply
@@ -634,7 +634,7 @@ asyncio.run(main())
 
 RUN_SYNC_WITHOUT_A_LOOP = """
 import asyncio, sys
-from pyergon.notebook.sync import run_sync
+from pyergon.notebook._sync import run_sync
 
 async def loop_of_run():
     return asyncio.get_running_loop()
@@ -663,7 +663,7 @@ def test_run_sync_without_a_running_loop_does_not_touch_nest_asyncio2(tmp_path: 
 def test_run_sync_outside_a_loop_runs_on_the_given_loop() -> None:
     import asyncio
 
-    from pyergon.notebook.sync import run_sync
+    from pyergon.notebook._sync import run_sync
 
     loop = asyncio.new_event_loop()
     try:

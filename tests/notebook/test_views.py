@@ -24,14 +24,14 @@ from pyergon import (
     send_signal,
     step,
 )
+from pyergon._history_html import RECORD_COLOURS
 from pyergon.clock import ManualClock
 from pyergon.core import InvocationStatus
 from pyergon.errors import FlowNotFoundError, PyergonError
 from pyergon.history import FlowHistory, load_history
-from pyergon.history_html import RECORD_COLOURS
 from pyergon.notebook import BackgroundError, Session
+from pyergon.notebook._views_common import WIDGET_VIEW_MIMETYPE
 from pyergon.notebook.views import Timeline, timeline_from_histories
-from pyergon.notebook.views_common import WIDGET_VIEW_MIMETYPE
 from pyergon.storage.memory import InMemoryExecutionLog
 
 SVG = "{http://www.w3.org/2000/svg}"

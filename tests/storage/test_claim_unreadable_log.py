@@ -33,9 +33,9 @@ from pyergon import (
 )
 from pyergon.clock import ManualClock
 from pyergon.core import TaskStatus
+from pyergon.storage._postgres_sql import quote_identifier
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.postgres import PostgresExecutionLog
-from pyergon.storage.postgres_sql import quote_identifier
 from pyergon.storage.redis import RedisExecutionLog
 from pyergon.storage.sqlite import SqliteExecutionLog
 from tests.conftest import (

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pyergon.storage import file_watch
-from pyergon.storage.file_watch import FileWatch, WriteNotifier, watch_writes
+from pyergon.storage._file_watch import FileWatch, WriteNotifier, watch_writes
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="inotify is Linux's; elsewhere SQLite polls"

@@ -28,11 +28,11 @@ from pyergon.errors import (
     StorageError,
 )
 from pyergon.storage import open_storage
+from pyergon.storage._flows import deliver_signal, save_records
+from pyergon.storage._postgres_sql import channel_name
+from pyergon.storage._sql.dialect import quote_identifier
 from pyergon.storage.base import SCHEMA_VERSION
-from pyergon.storage.flows import deliver_signal, save_records
 from pyergon.storage.postgres import PostgresExecutionLog
-from pyergon.storage.postgres_sql import channel_name
-from pyergon.storage.sql.dialect import quote_identifier
 
 from ..conftest import drop_schema
 from .conftest import FlowFactory, InvocationFactory, SignalFactory

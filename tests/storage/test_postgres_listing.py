@@ -11,7 +11,7 @@ import pytest
 from pyergon.core.query import FlowQuery
 from pyergon.core.records import FlowCursor
 from pyergon.core.status import TaskStatus
-from pyergon.storage.postgres_sql import PostgresStatements
+from pyergon.storage._postgres_sql import PostgresStatements
 
 from .conftest import FlowFactory
 from .test_postgres import Backends

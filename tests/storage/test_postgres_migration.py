@@ -16,10 +16,10 @@ from pyergon.core import FlowQuery
 from pyergon.core.changes import Change, FlowWrite
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.storage._flows import request_cancel
+from pyergon.storage._postgres_sql import advisory_lock_key
+from pyergon.storage._sql.dialect import quote_identifier
 from pyergon.storage.base import SCHEMA_VERSION
-from pyergon.storage.flows import request_cancel
-from pyergon.storage.postgres_sql import advisory_lock_key
-from pyergon.storage.sql.dialect import quote_identifier
 
 from .conftest import FlowFactory
 from .test_postgres import Backends, run_python, wait_until

@@ -15,10 +15,10 @@ from pyergon.core import FlowQuery
 from pyergon.core.changes import Change, FlowWrite
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.transitions import RunEnd
-from pyergon.storage.flows import HeldFlow, deliver_signal, request_cancel, save_records
+from pyergon.storage._flows import HeldFlow, deliver_signal, request_cancel, save_records
+from pyergon.storage._postgres_sql import flow_lock_key
+from pyergon.storage._sql.dialect import quote_identifier
 from pyergon.storage.postgres import PostgresExecutionLog
-from pyergon.storage.postgres_sql import flow_lock_key
-from pyergon.storage.sql.dialect import quote_identifier
 
 from .conftest import FlowFactory, InvocationFactory, SignalFactory
 from .test_postgres import Backends, wait_until

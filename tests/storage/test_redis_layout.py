@@ -18,8 +18,8 @@ from pyergon.core.records import FlowCursor, ScheduledFlow, SignalRecord, Stored
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.storage import flows
 from pyergon.storage import redis as redis_module
+from pyergon.storage._redis_layout import SCRIPTS, encode_invocation, encode_signal
 from pyergon.storage.memory import InMemoryExecutionLog
-from pyergon.storage.redis_layout import SCRIPTS, encode_invocation, encode_signal
 
 from .conftest import FlowFactory, InvocationFactory
 from .test_redis import MakeRedis

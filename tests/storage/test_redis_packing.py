@@ -14,8 +14,8 @@ from redis.asyncio.connection import (
 )
 from redis.exceptions import DataError
 
+from pyergon.storage._redis_packing import pack_with_hiredis
 from pyergon.storage.redis import RedisExecutionLog
-from pyergon.storage.redis_packing import pack_with_hiredis
 
 pytest.importorskip("hiredis", reason="hiredis packs commands; it comes with pyergon[redis]")
 

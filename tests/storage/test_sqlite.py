@@ -28,8 +28,8 @@ from pyergon.errors import (
     UnknownStorageSchemeError,
 )
 from pyergon.storage import InMemoryExecutionLog, open_storage
+from pyergon.storage._sql.rows import written_columns
 from pyergon.storage.base import SCHEMA_VERSION
-from pyergon.storage.sql.rows import written_columns
 from pyergon.storage.sqlite import SqliteExecutionLog
 
 from .conftest import FlowFactory, InvocationFactory

@@ -20,9 +20,9 @@ from pyergon.core.records import Invocation
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.errors import StorageError
 from pyergon.storage import sqlite_connections, sqlite_file
+from pyergon.storage._sqlite_connections import checkpoint
+from pyergon.storage._sqlite_file import SqliteFile
 from pyergon.storage.sqlite import SqliteExecutionLog
-from pyergon.storage.sqlite_connections import checkpoint
-from pyergon.storage.sqlite_file import SqliteFile
 
 from .conftest import FlowFactory, InvocationFactory
 

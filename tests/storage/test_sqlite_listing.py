@@ -13,9 +13,9 @@ import pytest
 from pyergon.core.query import FlowQuery
 from pyergon.core.records import FlowCursor
 from pyergon.core.status import TaskStatus
+from pyergon.storage._sqlite_changes import SQL
+from pyergon.storage._sqlite_schema import prepare_connection
 from pyergon.storage.sqlite import SqliteExecutionLog
-from pyergon.storage.sqlite_changes import SQL
-from pyergon.storage.sqlite_schema import prepare_connection
 
 
 @contextmanager

@@ -18,8 +18,8 @@ from pyergon.core.changes import Change, FlowWrite
 from pyergon.core.records import ScheduledFlow
 from pyergon.core.status import TaskStatus
 from pyergon.storage import flows
+from pyergon.storage._sql.rows import FLOW_COLUMNS, column_values
 from pyergon.storage.base import SCHEMA_VERSION
-from pyergon.storage.sql.rows import FLOW_COLUMNS, column_values
 from pyergon.storage.sqlite import SqliteExecutionLog
 
 from .conftest import FlowFactory, InvocationFactory

@@ -10,8 +10,8 @@ from pyergon.clock import ManualClock
 from pyergon.core import TaskStatus
 from pyergon.core.changes import Applied, Change
 from pyergon.errors import StorageError
+from pyergon.storage._flows import requeue
 from pyergon.storage.base import ClaimedRun
-from pyergon.storage.flows import requeue
 from pyergon.storage.memory import InMemoryExecutionLog
 
 BODY_RUNS: list[str] = []

@@ -26,8 +26,8 @@ import pytest
 from pyergon import Scheduler
 from pyergon.core import FlowQuery, InvocationStatus, OperationKind, TaskStatus
 from pyergon.storage import open_storage
+from pyergon.storage._flows import find_signal
 from pyergon.storage.base import ExecutionLog
-from pyergon.storage.flows import find_signal
 from tests.conftest import drop_redis_keys, drop_schema, require_postgres, require_redis
 from tests.records import record_at
 from tests.worker import mp_worker

@@ -23,8 +23,8 @@ from pyergon.core import FlowQuery, ScheduledFlow, TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.decorators import flow_type_name
 from pyergon.errors import FlowDefinitionError, FlowNotFoundError, PyergonError
+from pyergon.storage._flows import HeldFlow
 from pyergon.storage.base import ClaimedRun, ExecutionLog
-from pyergon.storage.flows import HeldFlow
 from pyergon.storage.memory import InMemoryExecutionLog
 from tests.waiting import flow_reaches
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from pyergon.context import current_idempotency_key
+from pyergon._context import current_idempotency_key
 from pyergon.core.outcome import Completed
 from pyergon.core.records import Invocation, ScheduledFlow
 from pyergon.core.status import TaskStatus

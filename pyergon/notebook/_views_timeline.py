@@ -14,11 +14,11 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from pyergon._history_html import escape
 from pyergon.errors import PyergonError
 from pyergon.history import FlowHistory
-from pyergon.history_html import escape
-from pyergon.notebook.views_common import View, ViewTasks, refresh_every
-from pyergon.notebook.views_svg import latest_time, timeline_svg, timeline_text
+from pyergon.notebook._views_common import View, ViewTasks, refresh_every
+from pyergon.notebook._views_svg import latest_time, timeline_svg, timeline_text
 
 __all__ = ["Timeline", "TimelineLoader", "timeline_from_histories"]
 

@@ -1,6 +1,6 @@
 """The SQLite file's schema: checked before anything is written, created or migrated on open.
 
-The tables and their migrations are the SQL layer's (:mod:`pyergon.storage.sql.schema`); this
+The tables and their migrations are the SQL layer's (:mod:`pyergon.storage._sql.schema`); this
 module runs them under SQLite's write lock, so processes opening one file at once migrate it
 once, and refuses files pyergon cannot use without changing them.
 """
@@ -11,9 +11,9 @@ import sqlite3
 import time
 
 from pyergon.errors import CorruptStorageError, SchemaVersionError
+from pyergon.storage._sql.dialect import SQLITE
+from pyergon.storage._sql.schema import READ_VERSION, WRITE_VERSION, migration_statements
 from pyergon.storage.base import SCHEMA_VERSION
-from pyergon.storage.sql.dialect import SQLITE
-from pyergon.storage.sql.schema import READ_VERSION, WRITE_VERSION, migration_statements
 
 __all__ = ["is_corruption", "prepare_connection"]
 

@@ -1,11 +1,9 @@
-"""The contract for a run leaving its flow, applied through :mod:`pyergon.storage.flows`.
+"""The contract for a run leaving its flow, applied through :mod:`pyergon.storage._flows`.
 
 A backend holds no flow rule; these tests prove it applies the state machine's changes so that
 every rule comes out the same on it: the lease is dropped, a woken flow is requeued, a final
 child wakes its parent, a run that lost its flow writes only its records.
 """
-
-# ruff: noqa: D102 - a contract test is named for what it checks, as in tests/
 
 from __future__ import annotations
 
@@ -17,8 +15,8 @@ from pyergon.core.query import FlowQuery
 from pyergon.core.records import StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.core.transitions import RunEnd
+from pyergon.storage._flows import HeldFlow, deliver_signal, save_records, start_direct_run
 from pyergon.storage.base import ExecutionLog
-from pyergon.storage.flows import HeldFlow, deliver_signal, save_records, start_direct_run
 from pyergon.testing._support import (
     FINAL,
     NO_LEASE,

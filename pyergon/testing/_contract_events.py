@@ -1,10 +1,8 @@
 """The contract for events from outside a run: cancel requests, signals and requeues.
 
-Each goes through :mod:`pyergon.storage.flows`, so a backend is proven to apply the state
+Each goes through :mod:`pyergon.storage._flows`, so a backend is proven to apply the state
 machine's decision the same way as every other backend.
 """
-
-# ruff: noqa: D102 - a contract test is named for what it checks, as in tests/
 
 from __future__ import annotations
 
@@ -15,14 +13,14 @@ import pytest
 from pyergon.core.records import StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.transitions import RunEnd
-from pyergon.storage.base import ExecutionLog
-from pyergon.storage.flows import (
+from pyergon.storage._flows import (
     HeldFlow,
     deliver_signal,
     request_cancel,
     requeue,
     start_direct_run,
 )
+from pyergon.storage.base import ExecutionLog
 from pyergon.testing._support import (
     FINAL,
     NO_LEASE,

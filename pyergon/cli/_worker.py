@@ -150,7 +150,7 @@ async def _serve(settings: WorkerSettings, flow_classes: Sequence[type]) -> None
     from rich.markup import escape
 
     from pyergon.executor.worker import Worker
-    from pyergon.storage.url import open_storage
+    from pyergon.storage._url import open_storage
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,7 +1,7 @@
 """The statements both SQL backends run, rendered once per dialect: :class:`Statements`.
 
 Each statement takes its arguments by position, in the order its parameters are numbered.
-:mod:`pyergon.storage.sql.steps` says in which order a change runs them; what only one engine
+:mod:`pyergon.storage._sql.steps` says in which order a change runs them; what only one engine
 runs (claims, row locks, wake-ups) is in its backend's modules, a PostgreSQL subclass among them.
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pyergon.core.changes import FlowWrite
 from pyergon.core.query import FlowQuery
 from pyergon.core.status import InvocationStatus, TaskStatus
-from pyergon.storage.sql.dialect import Dialect
-from pyergon.storage.sql.rows import FLOW_COLUMNS, INVOCATION_COLUMNS, written_columns
+from pyergon.storage._sql.dialect import Dialect
+from pyergon.storage._sql.rows import FLOW_COLUMNS, INVOCATION_COLUMNS, written_columns
 
 __all__ = ["Statements", "numbered"]
 

@@ -14,8 +14,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pyergon.clock import Clock
-from pyergon.context import (
+from pyergon._context import (
     Cancellation,
     ChildRunner,
     FlowCancelled,
@@ -26,6 +25,7 @@ from pyergon.context import (
     ReplayEnded,
     flow_scope,
 )
+from pyergon.clock import Clock
 from pyergon.core.changes import Change
 from pyergon.core.outcome import Completed, FlowOutcome, Suspended, SuspendReason
 from pyergon.core.query import FlowQuery
@@ -44,8 +44,8 @@ from pyergon.serialization import (
     rebuild_exception,
     serialize_exception,
 )
+from pyergon.storage._flows import requeue, save_records
 from pyergon.storage.base import ExecutionLog
-from pyergon.storage.flows import requeue, save_records
 
 __all__ = [
     "FLOW_RETRY_SEQUENCE",
@@ -121,7 +121,7 @@ async def drive_flow(run: FlowRun) -> FlowOutcome[Any]:
 
     Flow-level retries with no backoff happen within this call; a backoff is a durable timer
     and ends the call with ``Suspended(reason=RETRY)``. A run that finds one of its records
-    stored differently by another run (:class:`~pyergon.context.LogConflict`) runs again from
+    stored differently by another run (:class:`~pyergon._context.LogConflict`) runs again from
     the stored log.
 
     Raises:

@@ -1,7 +1,7 @@
 """A worker's hold on the flows it claimed: writing their state under the lease, and backoff.
 
 :class:`LeaseWriter` leaves a claimed flow as its run ends, through
-:class:`~pyergon.storage.flows.HeldFlow`; :class:`Backoff` paces retries while storage fails.
+:class:`~pyergon.storage._flows.HeldFlow`; :class:`Backoff` paces retries while storage fails.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import logging
 from collections.abc import Callable, Generator
 from typing import Any
 
-from pyergon.context import FlowContext, LogConflict
+from pyergon._context import FlowContext, LogConflict
 from pyergon.core.records import StoredError
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
-from pyergon.storage.flows import HeldFlow
+from pyergon.storage._flows import HeldFlow
 
 __all__ = ["DONE", "Backoff", "CancelFlag", "Claim", "LeaseWriter", "release_quietly"]
 

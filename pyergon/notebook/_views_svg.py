@@ -13,11 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pyergon.core.records import Invocation
-from pyergon.core.status import InvocationStatus, OperationKind
-from pyergon.executor.runner import FLOW_RETRY_SEQUENCE
-from pyergon.history import FlowHistory
-from pyergon.history_html import (
+from pyergon._history_html import (
     AMBER,
     FLOW_COLOURS,
     GREEN,
@@ -27,6 +23,10 @@ from pyergon.history_html import (
     escape,
     seconds,
 )
+from pyergon.core.records import Invocation
+from pyergon.core.status import InvocationStatus, OperationKind
+from pyergon.executor._runner import FLOW_RETRY_SEQUENCE
+from pyergon.history import FlowHistory
 
 __all__ = ["ATTEMPTS_SIGN", "latest_time", "timeline_svg", "timeline_text"]
 

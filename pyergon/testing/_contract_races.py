@@ -5,8 +5,6 @@ event to its end just before the first change of a decision is applied: the deci
 on a flow that has since moved on, so the guard refuses it and it is decided again.
 """
 
-# ruff: noqa: D102 - a contract test is named for what it checks, as in tests/
-
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +15,8 @@ from pyergon.core.query import FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
+from pyergon.storage._flows import HeldFlow, deliver_signal, request_cancel, requeue
 from pyergon.storage.base import ClaimedRun, ExecutionLog
-from pyergon.storage.flows import HeldFlow, deliver_signal, request_cancel, requeue
 from pyergon.testing._support import (
     NO_LEASE,
     claim,

@@ -13,10 +13,10 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pyergon._history_html import FLOW_COLOURS, GREEN, RED, escape
 from pyergon.core.status import TaskStatus
 from pyergon.errors import PyergonError
-from pyergon.history_html import FLOW_COLOURS, GREEN, RED, escape
-from pyergon.notebook.views_common import View, ViewTasks, refresh_every
+from pyergon.notebook._views_common import View, ViewTasks, refresh_every
 
 if TYPE_CHECKING:
     from pyergon.executor.worker import Worker

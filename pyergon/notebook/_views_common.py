@@ -4,7 +4,7 @@ Every view renders as short deterministic text, as static escaped HTML, and, onl
 ipywidgets is importable and a kernel is running, as a live widget (dask's cluster-repr
 pattern). Background work of a view runs as tasks on the running loop that the view holds
 strongly; those tasks update widget values and never print. Escaping and status colours live
-in :mod:`pyergon.history_html`, shared with a flow history's own HTML.
+in :mod:`pyergon._history_html`, shared with a flow history's own HTML.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
 """The contract for flows: creating and reading them, and writing them under a version guard."""
 
-# ruff: noqa: D102 - a contract test is named for what it checks, as in tests/
-
 from __future__ import annotations
 
 import asyncio

@@ -15,8 +15,8 @@ from typing import Any, TypeVar, cast
 
 from pyergon.core.changes import ABSENT, Applied, Change, FlowWrite, stored_as_given
 from pyergon.core.records import Invocation
-from pyergon.storage.sql.rows import column_values, invocation_from_row
-from pyergon.storage.sql.statements import Statements
+from pyergon.storage._sql.rows import column_values, invocation_from_row
+from pyergon.storage._sql.statements import Statements
 
 __all__ = [
     "Answer",

@@ -1,7 +1,5 @@
 """The contract for reading many flows (listings, pages, counts) and for deleting them."""
 
-# ruff: noqa: D102 - a contract test is named for what it checks, as in tests/
-
 from __future__ import annotations
 
 import pytest

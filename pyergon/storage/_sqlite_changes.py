@@ -17,11 +17,11 @@ from pyergon.core.changes import Applied, Change, FlowWrite
 from pyergon.core.records import Invocation, ScheduledFlow
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import new_lease_token
+from pyergon.storage._sql import steps
+from pyergon.storage._sql.dialect import SQLITE
+from pyergon.storage._sql.rows import column_values, flow_from_row, invocation_from_row
+from pyergon.storage._sql.statements import Statements
 from pyergon.storage.base import ClaimedRun
-from pyergon.storage.sql import steps
-from pyergon.storage.sql.dialect import SQLITE
-from pyergon.storage.sql.rows import column_values, flow_from_row, invocation_from_row
-from pyergon.storage.sql.statements import Statements
 
 __all__ = [
     "SQL",
@@ -60,7 +60,7 @@ def insert_flow(connection: sqlite3.Connection, flow: ScheduledFlow) -> tuple[Sc
 
 
 def apply_change(connection: sqlite3.Connection, change: Change) -> Applied:
-    """Apply ``change`` (see :func:`pyergon.storage.sql.steps.apply_change`)."""
+    """Apply ``change`` (see :func:`pyergon.storage._sql.steps.apply_change`)."""
     return steps.run_sqlite(connection, steps.apply_change(SQL, change))
 
 

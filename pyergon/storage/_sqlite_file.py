@@ -3,7 +3,7 @@
 Each write queues a small synchronous operation, and one flusher task runs everything queued
 inside a single ``BEGIN IMMEDIATE ... COMMIT``, on the event loop's thread when the write lock
 is free at once, else on the worker thread, which may wait for it
-(:mod:`pyergon.storage.sqlite_connections`). A write alone in its pass of the loop commits at
+(:mod:`pyergon.storage._sqlite_connections`). A write alone in its pass of the loop commits at
 once. Every few hundred batches a checkpoint copies the WAL back into the database on a thread
 of its own.
 """
@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any, TypeVar, cast
 
 from pyergon.errors import CorruptStorageError, StorageClosedError, StorageError
-from pyergon.storage.sqlite_connections import (
+from pyergon.storage._sqlite_connections import (
     BackgroundCheckpoints,
     Operation,
     Outcome,
@@ -28,7 +28,7 @@ from pyergon.storage.sqlite_connections import (
     commit_batch,
     is_busy,
 )
-from pyergon.storage.sqlite_schema import is_corruption
+from pyergon.storage._sqlite_schema import is_corruption
 
 __all__ = ["LARGE_WRITE", "SqliteFile", "closed_error", "storage_error"]
 

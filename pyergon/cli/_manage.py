@@ -103,7 +103,7 @@ def run_management(arguments: argparse.Namespace) -> int:
         ManagementError: The operation failed (exit 1), with a one-line reason; nothing was
             changed.
     """
-    from pyergon.cli.worker import WorkerStartError, WorkerUsageError
+    from pyergon.cli._worker import WorkerStartError, WorkerUsageError
 
     command = MANAGEMENT_COMMANDS[arguments.command]
     output = _Output(bool(arguments.json))
@@ -122,8 +122,8 @@ def _one_line(message: str) -> str:
 @asynccontextmanager
 async def _storage(arguments: argparse.Namespace) -> AsyncIterator[ExecutionLog]:
     """Open the storage of ``--storage``, refusing to create a SQLite file that is not there."""
-    from pyergon.cli.worker import default_storage_url
-    from pyergon.storage.url import open_storage
+    from pyergon.cli._worker import default_storage_url
+    from pyergon.storage._url import open_storage
 
     url: str = arguments.storage or default_storage_url()
     missing = _missing_database(url)
@@ -141,7 +141,7 @@ def _missing_database(url: str) -> str | None:
 
     A stat() run before the event loop has anything else to do, so it blocks nothing.
     """
-    from pyergon.storage.url import sqlite_file
+    from pyergon.storage._url import sqlite_file
 
     path = sqlite_file(url)
     if path is None or Path(path).is_file():
@@ -179,7 +179,7 @@ async def _flows(arguments: argparse.Namespace, output: _Output) -> int:
             )
         ]
         counts = await storage.count_flows(flow_type=arguments.flow_type)
-    from pyergon.cli.views import count_line, flow_json, flows_table
+    from pyergon.cli._views import count_line, flow_json, flows_table
 
     if output.as_json:
         output.json([flow_json(flow) for flow in flows])
@@ -192,7 +192,7 @@ async def _flows(arguments: argparse.Namespace, output: _Output) -> int:
 
 
 async def _show(arguments: argparse.Namespace, output: _Output) -> int:
-    from pyergon.cli.views import history_json, history_view
+    from pyergon.cli._views import history_json, history_view
     from pyergon.history import load_history
 
     async with _storage(arguments) as storage:
@@ -258,7 +258,7 @@ async def _change_state(
     sentence: Callable[[ScheduledFlow], str],
 ) -> int:
     """Cancel, resume or retry the flow ``FLOW_ID``; show it as JSON, or say what happened."""
-    from pyergon.cli.views import flow_json
+    from pyergon.cli._views import flow_json
 
     async with _storage(arguments) as storage:
         flow = await change(_manager(storage), arguments.flow_id)
@@ -309,7 +309,7 @@ async def _fork(arguments: argparse.Namespace, output: _Output) -> int:
 
 
 async def _replay(arguments: argparse.Namespace, output: _Output) -> int:
-    from pyergon.cli.worker import load_flow_class
+    from pyergon.cli._worker import load_flow_class
 
     flow_class = load_flow_class(arguments.flow_class)
     async with _storage(arguments) as storage:

@@ -1,7 +1,5 @@
 """The contract for records and signals: first writer wins, a conflict stops a change."""
 
-# ruff: noqa: D102 - a contract test is named for what it checks, as in tests/
-
 from __future__ import annotations
 
 import asyncio

@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = ["FileWatch", "WriteNotifier", "watch_writes"]
 
-logger = logging.getLogger("pyergon.storage.file_watch")
+logger = logging.getLogger("pyergon.storage._file_watch")
 
 _IN_MODIFY = 0x00000002
 # inotify_init1 takes the O_ flags of the platform it runs on.

@@ -1,12 +1,12 @@
 """The tables of an SQL log and the forward migrations that build them, for either dialect.
 
 A column is written ``name kind constraints``, its kind one of the dialect's
-:attr:`~pyergon.storage.sql.dialect.Dialect.types`. ``MIGRATIONS[n]`` turns schema version
+:attr:`~pyergon.storage._sql.dialect.Dialect.types`. ``MIGRATIONS[n]`` turns schema version
 ``n`` into ``n + 1`` (version 0 is an empty database); a new database runs them all, so it gets the
 same columns, in the same order, as one migrated from an older release. Running them, safely when
 several processes connect at once, is each backend's own: SQLite under its write lock
-(:mod:`pyergon.storage.sqlite_schema`), PostgreSQL under an advisory lock
-(:mod:`pyergon.storage.postgres_sql`).
+(:mod:`pyergon.storage._sqlite_schema`), PostgreSQL under an advisory lock
+(:mod:`pyergon.storage._postgres_sql`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from pyergon.core.status import InvocationStatus, TaskStatus
+from pyergon.storage._sql.dialect import Dialect
 from pyergon.storage.base import SCHEMA_VERSION
-from pyergon.storage.sql.dialect import Dialect
 
 __all__ = ["MIGRATIONS", "READ_VERSION", "WRITE_VERSION", "migration_statements"]
 
@@ -24,7 +24,7 @@ WRITE_VERSION = (
     "INSERT INTO {meta} (key, value) VALUES ('schema_version', $1) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
-"""Templates (see :meth:`~pyergon.storage.sql.dialect.Dialect.render`) of the version's reads
+"""Templates (see :meth:`~pyergon.storage._sql.dialect.Dialect.render`) of the version's reads
 and writes."""
 
 _META = ("key text PRIMARY KEY", "value any NOT NULL")

@@ -2,7 +2,7 @@
 
 Every statement names its tables through the configured schema, so one database can hold several
 independent pyergon logs. The statements both SQL backends run are the SQL layer's
-(:mod:`pyergon.storage.sql`); :class:`PostgresStatements` adds what only PostgreSQL does, and
+(:mod:`pyergon.storage._sql`); :class:`PostgresStatements` adds what only PostgreSQL does, and
 :mod:`pyergon.storage.postgres` runs them.
 """
 
@@ -14,11 +14,11 @@ from typing import Any
 
 from pyergon.core.status import TaskStatus
 from pyergon.errors import CorruptStorageError, SchemaVersionError
+from pyergon.storage._sql.dialect import postgres_dialect, quote_identifier
+from pyergon.storage._sql.rows import FLOW_COLUMNS
+from pyergon.storage._sql.schema import READ_VERSION, WRITE_VERSION, migration_statements
+from pyergon.storage._sql.statements import Statements, numbered
 from pyergon.storage.base import SCHEMA_VERSION
-from pyergon.storage.sql.dialect import postgres_dialect, quote_identifier
-from pyergon.storage.sql.rows import FLOW_COLUMNS
-from pyergon.storage.sql.schema import READ_VERSION, WRITE_VERSION, migration_statements
-from pyergon.storage.sql.statements import Statements, numbered
 
 __all__ = [
     "PostgresStatements",

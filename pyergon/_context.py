@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from pyergon.core.outcome import FlowOutcome
     from pyergon.core.records import ScheduledFlow
     from pyergon.core.transitions import RunEnd
+    from pyergon.storage._flows import HeldFlow
     from pyergon.storage.base import ExecutionLog
-    from pyergon.storage.flows import HeldFlow
 
 __all__ = [
     "Cancellation",

@@ -1,7 +1,5 @@
 """The contract for the queue: claims with their logs, leases, timers and wake-ups."""
 
-# ruff: noqa: D102 - a contract test is named for what it checks, as in tests/
-
 from __future__ import annotations
 
 import asyncio

@@ -7,7 +7,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pyergon.context import FlowContext, Position, enter_step, leave_step
+from pyergon._context import FlowContext, Position, enter_step, leave_step
 from pyergon.core.records import Invocation, StoredError
 from pyergon.core.retry import RetryPolicy
 from pyergon.core.status import InvocationStatus, OperationKind

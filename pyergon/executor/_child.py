@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyergon.context import FlowContext, FlowSuspend, Position, require_context
+from pyergon._context import FlowContext, FlowSuspend, Position, require_context
 from pyergon.core.outcome import Completed, SuspendReason
 from pyergon.core.records import StoredError, format_position
 from pyergon.core.status import InvocationStatus, OperationKind
-from pyergon.executor.steps import replay_final
+from pyergon.executor._steps import replay_final
 from pyergon.serialization import serialize_exception
 
 __all__ = ["ChildHandle", "child_flow_id", "start_child"]
