@@ -33,7 +33,8 @@ from pyergon.errors import (
     StorageError,
 )
 from pyergon.executor import worker as worker_module
-from pyergon.storage import flows, open_storage
+from pyergon.storage import _flows as flows
+from pyergon.storage import open_storage
 from pyergon.storage.base import SCHEMA_VERSION
 from pyergon.storage.redis import RedisExecutionLog
 from tests.waiting import flow_reaches

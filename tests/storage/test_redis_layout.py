@@ -16,7 +16,7 @@ from pyergon.core import FlowQuery
 from pyergon.core.changes import Change, FlowWrite
 from pyergon.core.records import FlowCursor, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
-from pyergon.storage import flows
+from pyergon.storage import _flows as flows
 from pyergon.storage import redis as redis_module
 from pyergon.storage._redis_layout import SCRIPTS, encode_invocation, encode_signal
 from pyergon.storage.memory import InMemoryExecutionLog

@@ -17,7 +17,7 @@ from pyergon.core import FlowQuery
 from pyergon.core.changes import Change, FlowWrite
 from pyergon.core.records import ScheduledFlow
 from pyergon.core.status import TaskStatus
-from pyergon.storage import flows
+from pyergon.storage import _flows as flows
 from pyergon.storage._sql.rows import FLOW_COLUMNS, column_values
 from pyergon.storage.base import SCHEMA_VERSION
 from pyergon.storage.sqlite import SqliteExecutionLog
