@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pyergon.storage import file_watch
+from pyergon.storage import _file_watch as file_watch
 from pyergon.storage._file_watch import FileWatch, WriteNotifier, watch_writes
 
 linux_only = pytest.mark.skipif(

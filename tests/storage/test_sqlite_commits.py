@@ -19,7 +19,8 @@ from pyergon.core.changes import Change, FlowWrite
 from pyergon.core.records import Invocation
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.errors import StorageError
-from pyergon.storage import sqlite_connections, sqlite_file
+from pyergon.storage import _sqlite_connections as sqlite_connections
+from pyergon.storage import _sqlite_file as sqlite_file
 from pyergon.storage._sqlite_connections import checkpoint
 from pyergon.storage._sqlite_file import SqliteFile
 from pyergon.storage.sqlite import SqliteExecutionLog
