@@ -1,15 +1,19 @@
-"""Which flows a listing asks for: :class:`FlowQuery`, one value every backend reads."""
+"""What a listing and a claim ask for: :class:`FlowQuery` and :class:`ClaimRequest`.
+
+Each is checked once, when it is built, and every backend reads it as it is.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
 from pyergon.core.records import FlowCursor, ScheduledFlow
 from pyergon.core.status import TaskStatus
 
-__all__ = ["FlowQuery"]
+__all__ = ["ClaimRequest", "FlowQuery"]
 
 
 def _statuses(status: TaskStatus | Collection[TaskStatus] | None) -> frozenset[TaskStatus] | None:
@@ -139,3 +143,69 @@ class FlowQuery:
         for name, value in (("limit", limit), ("offset", offset), ("after", after)):
             object.__setattr__(query, name, value)
         return query
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class ClaimRequest:
+    """What a worker asks :meth:`~pyergon.storage.ExecutionLog.claim` for.
+
+    Attributes:
+        worker_id: The claiming worker; it becomes each taken flow's lease owner.
+        flow_types: Only flows of these types.
+        limit: At most this many flows (>= 1).
+        lease_seconds: How long each lease lasts unless renewed (> 0).
+        now: The worker's clock (epoch seconds).
+        due_by: Also take suspended flows waking by this time (a worker asks a little ahead,
+            to prepare timers about to fire); ``None``: those waking by ``now``.
+    """
+
+    worker_id: str
+    flow_types: frozenset[str]
+    limit: int
+    lease_seconds: float
+    now: float
+    due_by: float | None
+
+    def __init__(
+        self,
+        worker_id: str,
+        flow_types: Collection[str],
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        due_by: float | None = None,
+    ) -> None:
+        """Build a claim request.
+
+        Args:
+            worker_id: The claiming worker.
+            flow_types: The flow types it runs (any collection).
+            limit: At most this many flows.
+            lease_seconds: How long each lease lasts unless renewed.
+            now: The worker's clock (epoch seconds).
+            due_by: Also take suspended flows waking by this time.
+
+        Raises:
+            ValueError: ``limit`` is less than 1, or ``lease_seconds`` is not a finite number
+                above 0.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        if not (math.isfinite(lease_seconds) and lease_seconds > 0):
+            raise ValueError(f"lease_seconds must be finite and > 0, got {lease_seconds}")
+        values = {
+            "worker_id": worker_id,
+            "flow_types": frozenset(flow_types),
+            "limit": limit,
+            "lease_seconds": lease_seconds,
+            "now": now,
+            "due_by": due_by,
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def wakes_by(self) -> float:
+        """Suspended flows waking at or before this are due: ``due_by``, never before ``now``."""
+        return self.now if self.due_by is None else max(self.due_by, self.now)
