@@ -16,6 +16,12 @@ from pyergon.core.status import TaskStatus
 __all__ = ["ClaimRequest", "FlowQuery"]
 
 
+def _set_fields(instance: object, **values: object) -> None:
+    """Set the fields of a frozen value as its own ``__init__`` builds it."""
+    for name, value in values.items():
+        object.__setattr__(instance, name, value)
+
+
 def _statuses(status: TaskStatus | Collection[TaskStatus] | None) -> frozenset[TaskStatus] | None:
     if status is None:
         return None
@@ -86,19 +92,18 @@ class FlowQuery:
             raise ValueError(f"limit must be >= 0, got {limit}")
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
-        values = {
-            "statuses": _statuses(status),
-            "flow_type": flow_type,
-            "created_after": created_after,
-            "created_before": created_before,
-            "worker_id": worker_id,
-            "parent_flow_id": parent_flow_id,
-            "limit": limit,
-            "offset": offset,
-            "after": after,
-        }
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
+        _set_fields(
+            self,
+            statuses=_statuses(status),
+            flow_type=flow_type,
+            created_after=created_after,
+            created_before=created_before,
+            worker_id=worker_id,
+            parent_flow_id=parent_flow_id,
+            limit=limit,
+            offset=offset,
+            after=after,
+        )
 
     def matches(self, flow: ScheduledFlow) -> bool:
         """Whether ``flow`` passes every filter and lies after the cursor (paging aside)."""
@@ -138,10 +143,9 @@ class FlowQuery:
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
         query = object.__new__(FlowQuery)
-        for field in dataclasses.fields(self):
-            object.__setattr__(query, field.name, getattr(self, field.name))
-        for name, value in (("limit", limit), ("offset", offset), ("after", after)):
-            object.__setattr__(query, name, value)
+        kept = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        _set_fields(query, **kept)
+        _set_fields(query, limit=limit, offset=offset, after=after)
         return query
 
 
@@ -194,16 +198,15 @@ class ClaimRequest:
             raise ValueError(f"limit must be >= 1, got {limit}")
         if not (math.isfinite(lease_seconds) and lease_seconds > 0):
             raise ValueError(f"lease_seconds must be finite and > 0, got {lease_seconds}")
-        values = {
-            "worker_id": worker_id,
-            "flow_types": frozenset(flow_types),
-            "limit": limit,
-            "lease_seconds": lease_seconds,
-            "now": now,
-            "due_by": due_by,
-        }
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
+        _set_fields(
+            self,
+            worker_id=worker_id,
+            flow_types=frozenset(flow_types),
+            limit=limit,
+            lease_seconds=lease_seconds,
+            now=now,
+            due_by=due_by,
+        )
 
     @property
     def wakes_by(self) -> float:
