@@ -1,7 +1,7 @@
 """Value types shared by every part of pyergon; no I/O happens here."""
 
 from pyergon.core.outcome import Completed, FlowOutcome, Suspended, SuspendReason
-from pyergon.core.query import ClaimRequest, FlowQuery
+from pyergon.core.query import ClaimRequest, FlowFilters, FlowQuery
 from pyergon.core.records import FlowCursor, Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.retry import RetryPolicy
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
@@ -10,6 +10,7 @@ __all__ = [
     "ClaimRequest",
     "Completed",
     "FlowCursor",
+    "FlowFilters",
     "FlowOutcome",
     "FlowQuery",
     "Invocation",

@@ -9,11 +9,34 @@ import dataclasses
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 from pyergon.core.records import FlowCursor, ScheduledFlow
 from pyergon.core.status import TaskStatus
 
-__all__ = ["ClaimRequest", "FlowQuery"]
+__all__ = ["ClaimRequest", "FlowFilters", "FlowQuery"]
+
+
+class FlowFilters(TypedDict, total=False):
+    """The filters of a listing, by keyword; one left out (or ``None``) matches every flow.
+
+    :class:`FlowQuery` and :func:`pyergon.history.iter_flows` take them.
+
+    Attributes:
+        status: One status or several.
+        flow_type: Only flows of this type.
+        created_after: Only flows created at or after this time (epoch seconds).
+        created_before: Only flows created before this time (epoch seconds).
+        worker_id: Only flows last claimed by this worker.
+        parent_flow_id: Only children of this flow.
+    """
+
+    status: TaskStatus | Collection[TaskStatus] | None
+    flow_type: str | None
+    created_after: float | None
+    created_before: float | None
+    worker_id: str | None
+    parent_flow_id: str | None
 
 
 def _set_fields(instance: object, **values: object) -> None:
@@ -62,44 +85,37 @@ class FlowQuery:
     def __init__(
         self,
         *,
-        status: TaskStatus | Collection[TaskStatus] | None = None,
-        flow_type: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-        worker_id: str | None = None,
-        parent_flow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
         after: FlowCursor | None = None,
+        **filters: Unpack[FlowFilters],
     ) -> None:
         """Build a query.
 
         Args:
-            status: One status or several.
-            flow_type: Only flows of this type.
-            created_after: Only flows created at or after this time (epoch seconds).
-            created_before: Only flows created before this time (epoch seconds).
-            worker_id: Only flows last claimed by this worker.
-            parent_flow_id: Only children of this flow.
             limit: At most this many flows (>= 0).
             offset: Skip this many matching flows first (>= 0).
             after: Continue after this cursor.
+            **filters: The filters, by keyword: see :class:`FlowFilters`.
 
         Raises:
+            TypeError: A keyword is not a filter.
             ValueError: ``limit`` or ``offset`` is negative, or a status is not a flow status.
         """
+        if unknown := filters.keys() - FlowFilters.__annotations__.keys():
+            raise TypeError(f"not a flow filter: {', '.join(sorted(unknown))}")
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
         _set_fields(
             self,
-            statuses=_statuses(status),
-            flow_type=flow_type,
-            created_after=created_after,
-            created_before=created_before,
-            worker_id=worker_id,
-            parent_flow_id=parent_flow_id,
+            statuses=_statuses(filters.get("status")),
+            flow_type=filters.get("flow_type"),
+            created_after=filters.get("created_after"),
+            created_before=filters.get("created_before"),
+            worker_id=filters.get("worker_id"),
+            parent_flow_id=filters.get("parent_flow_id"),
             limit=limit,
             offset=offset,
             after=after,

@@ -97,3 +97,8 @@ def test_suspended_flows_are_due_by_due_by_but_never_before_now(
     request = ClaimRequest("w", ["Order"], limit=1, lease_seconds=5, now=1_000.0, due_by=due_by)
 
     assert request.wakes_by == wakes_by
+
+
+def test_a_keyword_that_is_not_a_filter_is_refused() -> None:
+    with pytest.raises(TypeError, match="not a flow filter: colour"):
+        FlowQuery(colour="red")  # type: ignore[call-arg]
