@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pyergon.core.status import TaskStatus
 
 __all__ = [
+    "add_concurrency",
     "add_flow_id",
     "add_fork_options",
     "add_status_filter",
@@ -116,6 +117,17 @@ def add_status_filter(command: argparse.ArgumentParser) -> None:
         metavar="STATUS",
         help="only flows in these statuses (PENDING, RUNNING, SUSPENDED, COMPLETE, FAILED, "
         "CANCELLED); repeat or list several",
+    )
+
+
+def add_concurrency(command: argparse.ArgumentParser, who: str) -> None:
+    """Add ``--concurrency N`` (default 10): how many flows ``who`` runs at once."""
+    command.add_argument(
+        "--concurrency",
+        type=positive(int),
+        default=10,
+        metavar="N",
+        help=f"flows {who} runs at once (default: 10)",
     )
 
 
