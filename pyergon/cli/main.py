@@ -17,7 +17,7 @@ from pyergon.cli._arguments import (
     add_concurrency,
     add_flow_id,
     add_fork_options,
-    add_status_filter,
+    add_listing_options,
     parse_since,
     positive,
 )
@@ -162,8 +162,7 @@ def _add_flows(subcommands: _Subcommands, common: argparse.ArgumentParser) -> No
         "List the stored flows newest first, filtered by the options, with a count of all "
         "flows by status below the table.",
     )
-    add_status_filter(flows)
-    flows.add_argument("--type", dest="flow_type", metavar="TYPE", help="only flows of this type")
+    add_listing_options(flows, limit=50)
     flows.add_argument("--worker", metavar="WORKER_ID", help="only flows last run by this worker")
     flows.add_argument("--parent", metavar="FLOW_ID", help="only child flows of this flow")
     flows.add_argument(
@@ -172,13 +171,6 @@ def _add_flows(subcommands: _Subcommands, common: argparse.ArgumentParser) -> No
         metavar="WHEN",
         help="only flows created since WHEN: a time ago (30s, 15m, 1h, 2d, 1w) or an ISO-8601 "
         "time (UTC unless it has an offset)",
-    )
-    flows.add_argument(
-        "--limit",
-        type=positive(int),
-        default=50,
-        metavar="N",
-        help="show at most N flows (default: 50)",
     )
 
 

@@ -30,7 +30,7 @@ from pyergon.cli._arguments import (
     add_concurrency,
     add_flow_id,
     add_fork_options,
-    add_status_filter,
+    add_listing_options,
     positive,
 )
 from pyergon.notebook._sync import run_sync
@@ -305,11 +305,7 @@ class PyergonMagics(Magics):
 
     def _add_flows(self, subcommands: _Subcommands) -> None:
         flows = _add(subcommands, "flows", self._flows, "flows as a DataFrame, newest first")
-        add_status_filter(flows)
-        flows.add_argument("--type", dest="flow_type", metavar="TYPE", help="only this type")
-        flows.add_argument(
-            "--limit", type=positive(int), default=1000, metavar="N", help="at most N flows"
-        )
+        add_listing_options(flows, limit=1000)
 
     # -- subcommands --------------------------------------------------------------------------
 
