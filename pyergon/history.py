@@ -8,11 +8,11 @@ built (``pip install "pyergon[notebook]"``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
-from pyergon.core.query import FlowQuery
+from pyergon.core.query import FlowFilters, FlowQuery
 from pyergon.core.records import (
     FlowCursor,
     Invocation,
@@ -153,14 +153,9 @@ async def load_history(storage: ExecutionLog, flow_id: str) -> FlowHistory:
 async def iter_flows(
     storage: ExecutionLog,
     *,
-    status: TaskStatus | Collection[TaskStatus] | None = None,
-    flow_type: str | None = None,
-    created_after: float | None = None,
-    created_before: float | None = None,
-    worker_id: str | None = None,
-    parent_flow_id: str | None = None,
     page_size: int = 500,
     limit: int | None = None,
+    **filters: Unpack[FlowFilters],
 ) -> AsyncIterator[ScheduledFlow]:
     """Yield matching flows newest first, reading storage one page at a time.
 
@@ -169,29 +164,17 @@ async def iter_flows(
 
     Args:
         storage: Where the flows are.
-        status: One status or several.
-        flow_type: Only this type.
-        created_after: Created at or after this time (epoch seconds).
-        created_before: Created before this time (epoch seconds).
-        worker_id: Last claimed by this worker.
-        parent_flow_id: Children of this flow.
         page_size: Flows per storage query.
         limit: Stop after this many flows.
+        **filters: Which flows, by keyword: see :class:`~pyergon.core.FlowFilters`.
 
     Raises:
+        TypeError: A keyword is not a filter.
         ValueError: ``page_size`` is below 1.
     """
     if page_size < 1:
         raise ValueError(f"page_size must be >= 1, got {page_size}")
-    query = FlowQuery(
-        status=status,
-        flow_type=flow_type,
-        created_after=created_after,
-        created_before=created_before,
-        worker_id=worker_id,
-        parent_flow_id=parent_flow_id,
-        limit=page_size,
-    )
+    query = FlowQuery(limit=page_size, **filters)
     cursor: FlowCursor | None = None
     produced = 0
     while limit is None or produced < limit:

@@ -26,7 +26,7 @@ import pytest
 from pyergon import Executor, Scheduler
 from pyergon.cli._arguments import parse_since
 from pyergon.cli._worker import STORAGE_URL_VARIABLE
-from pyergon.core import FlowQuery, Invocation, ScheduledFlow, TaskStatus
+from pyergon.core import ClaimRequest, FlowQuery, Invocation, ScheduledFlow, TaskStatus
 from pyergon.core.records import SignalRecord
 from pyergon.serialization import default_serializer
 from pyergon.storage import open_storage
@@ -186,7 +186,7 @@ async def prepare(url: str, module: ModuleType) -> None:
         await Executor(module.Order("waiting"), storage, "waiting").run(lambda flow: flow.run())
         await scheduler.schedule(module.Order("running"), flow_id="running")
         claimed = await storage.claim(
-            "worker-9", ["CliOrder"], limit=1, lease_seconds=3600, now=time.time()
+            ClaimRequest("worker-9", ["CliOrder"], limit=1, lease_seconds=3600, now=time.time())
         )
         assert [run.flow.flow_id for run in claimed] == ["running"]
         await scheduler.schedule(module.Order("queued"), flow_id="queued")

@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 from pyergon.core.status import TaskStatus
 
 __all__ = [
+    "add_concurrency",
     "add_flow_id",
     "add_fork_options",
-    "add_status_filter",
+    "add_listing_options",
     "non_negative_int",
     "parse_since",
     "parse_status",
@@ -106,8 +107,12 @@ def add_flow_id(command: argparse.ArgumentParser, metavar: str = "FLOW_ID") -> N
     command.add_argument("flow_id", metavar=metavar, help="the flow's id")
 
 
-def add_status_filter(command: argparse.ArgumentParser) -> None:
-    """Add ``--status S [S ...]``, repeatable, read into ``status`` as a list of statuses."""
+def add_listing_options(command: argparse.ArgumentParser, *, limit: int) -> None:
+    """Add the options of a listing of flows: ``--status``, ``--type`` and ``--limit``.
+
+    ``--status S [S ...]`` is repeatable and read into ``status`` as a list of statuses;
+    ``--type`` into ``flow_type``; ``--limit N`` defaults to ``limit``.
+    """
     command.add_argument(
         "--status",
         type=parse_status,
@@ -116,6 +121,25 @@ def add_status_filter(command: argparse.ArgumentParser) -> None:
         metavar="STATUS",
         help="only flows in these statuses (PENDING, RUNNING, SUSPENDED, COMPLETE, FAILED, "
         "CANCELLED); repeat or list several",
+    )
+    command.add_argument("--type", dest="flow_type", metavar="TYPE", help="only flows of this type")
+    command.add_argument(
+        "--limit",
+        type=positive(int),
+        default=limit,
+        metavar="N",
+        help=f"show at most N flows (default: {limit})",
+    )
+
+
+def add_concurrency(command: argparse.ArgumentParser, who: str) -> None:
+    """Add ``--concurrency N`` (default 10): how many flows ``who`` runs at once."""
+    command.add_argument(
+        "--concurrency",
+        type=positive(int),
+        default=10,
+        metavar="N",
+        help=f"flows {who} runs at once (default: 10)",
     )
 
 

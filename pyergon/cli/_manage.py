@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyergon.cli._errors import CommandError, CommandUsageError
 from pyergon.core.status import TaskStatus
 from pyergon.errors import FlowDefinitionError, PyergonError, UnknownStorageSchemeError
 
@@ -37,11 +38,11 @@ __all__ = [
 ]
 
 
-class ManagementUsageError(Exception):
+class ManagementUsageError(CommandUsageError):
     """The command line cannot be carried out as written: exit code 2, nothing changed."""
 
 
-class ManagementError(Exception):
+class ManagementError(CommandError):
     """The command ran and the operation failed (a one-line reason): exit code 1."""
 
 

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pyergon.cli._errors import CommandError, CommandUsageError
 from pyergon.decorators import require_flow_class
 from pyergon.errors import FlowDefinitionError, StorageError, UnknownStorageSchemeError
 
@@ -41,11 +42,11 @@ _SHUTDOWN_DEADLINE = 30.0
 """Seconds running flows get to finish after a stop signal before they are handed back."""
 
 
-class WorkerUsageError(Exception):
+class WorkerUsageError(CommandUsageError):
     """The command line names something that cannot be served: exit code 2."""
 
 
-class WorkerStartError(Exception):
+class WorkerStartError(CommandError):
     """The worker could not start (storage unreachable, a module failed to import): exit 1."""
 
 

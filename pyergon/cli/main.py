@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import TypeAlias
 
 from pyergon.cli._arguments import (
+    add_concurrency,
     add_flow_id,
     add_fork_options,
-    add_status_filter,
+    add_listing_options,
     parse_since,
     positive,
 )
+from pyergon.cli._errors import CommandError, CommandUsageError
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
@@ -117,13 +119,7 @@ def _add_worker(subcommands: _Subcommands) -> None:
         metavar="WORKER_ID",
         help="name of this worker, unique among the workers (default: HOSTNAME-PID)",
     )
-    worker.add_argument(
-        "--concurrency",
-        type=positive(int),
-        default=10,
-        metavar="N",
-        help="flows run at once (default: 10)",
-    )
+    add_concurrency(worker, "the worker")
     worker.add_argument(
         "--lease",
         type=positive(float),
@@ -166,8 +162,7 @@ def _add_flows(subcommands: _Subcommands, common: argparse.ArgumentParser) -> No
         "List the stored flows newest first, filtered by the options, with a count of all "
         "flows by status below the table.",
     )
-    add_status_filter(flows)
-    flows.add_argument("--type", dest="flow_type", metavar="TYPE", help="only flows of this type")
+    add_listing_options(flows, limit=50)
     flows.add_argument("--worker", metavar="WORKER_ID", help="only flows last run by this worker")
     flows.add_argument("--parent", metavar="FLOW_ID", help="only child flows of this flow")
     flows.add_argument(
@@ -176,13 +171,6 @@ def _add_flows(subcommands: _Subcommands, common: argparse.ArgumentParser) -> No
         metavar="WHEN",
         help="only flows created since WHEN: a time ago (30s, 15m, 1h, 2d, 1w) or an ISO-8601 "
         "time (UTC unless it has an offset)",
-    )
-    flows.add_argument(
-        "--limit",
-        type=positive(int),
-        default=50,
-        metavar="N",
-        help="show at most N flows (default: 50)",
     )
 
 
@@ -280,17 +268,13 @@ def _add_replay(subcommands: _Subcommands, common: argparse.ArgumentParser) -> N
     )
 
 
-class _UsageError(Exception):
-    """Arguments that parse but do not make sense together."""
-
-
 def _run_demo(arguments: argparse.Namespace) -> int:
     from pyergon._demo import run_child, run_demo
 
     db_path: Path | None = arguments.db
     if arguments.child is not None:
         if db_path is None:
-            raise _UsageError("--child needs --db")
+            raise CommandUsageError("--child needs --db")
         return run_child(db_path, str(arguments.child))
     return run_demo(db_path, keep=bool(arguments.keep))
 
@@ -298,8 +282,6 @@ def _run_demo(arguments: argparse.Namespace) -> int:
 def _run_worker(arguments: argparse.Namespace) -> int:
     from pyergon.cli._worker import (
         WorkerSettings,
-        WorkerStartError,
-        WorkerUsageError,
         default_storage_url,
         default_worker_id,
         run_worker,
@@ -312,25 +294,13 @@ def _run_worker(arguments: argparse.Namespace) -> int:
         concurrency=int(arguments.concurrency),
         lease_seconds=float(arguments.lease),
     )
-    try:
-        return run_worker(settings)
-    except WorkerUsageError as error:
-        raise _UsageError(str(error)) from None
-    except WorkerStartError as error:
-        _print_error(str(error))
-        return EXIT_FAILED
+    return run_worker(settings)
 
 
 def _run_management(arguments: argparse.Namespace) -> int:
-    from pyergon.cli._manage import ManagementError, ManagementUsageError, run_management
+    from pyergon.cli._manage import run_management
 
-    try:
-        return run_management(arguments)
-    except ManagementUsageError as error:
-        raise _UsageError(str(error)) from None
-    except ManagementError as error:
-        _print_error(str(error))
-        return EXIT_FAILED
+    return run_management(arguments)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -353,9 +323,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return handler(arguments)
-    except _UsageError as error:
+    except CommandUsageError as error:
         _print_error(f"usage error: {error}")
         return EXIT_USAGE
+    except CommandError as error:
+        _print_error(str(error))
+        return EXIT_FAILED
     except KeyboardInterrupt:
         _print_error("interrupted")
         return EXIT_INTERRUPTED

@@ -1,15 +1,48 @@
-"""Which flows a listing asks for: :class:`FlowQuery`, one value every backend reads."""
+"""What a listing and a claim ask for: :class:`FlowQuery` and :class:`ClaimRequest`.
+
+Each is checked once, when it is built, and every backend reads it as it is.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 from pyergon.core.records import FlowCursor, ScheduledFlow
 from pyergon.core.status import TaskStatus
 
-__all__ = ["FlowQuery"]
+__all__ = ["ClaimRequest", "FlowFilters", "FlowQuery"]
+
+
+class FlowFilters(TypedDict, total=False):
+    """The filters of a listing, by keyword; one left out (or ``None``) matches every flow.
+
+    :class:`FlowQuery` and :func:`pyergon.history.iter_flows` take them.
+
+    Attributes:
+        status: One status or several.
+        flow_type: Only flows of this type.
+        created_after: Only flows created at or after this time (epoch seconds).
+        created_before: Only flows created before this time (epoch seconds).
+        worker_id: Only flows last claimed by this worker.
+        parent_flow_id: Only children of this flow.
+    """
+
+    status: TaskStatus | Collection[TaskStatus] | None
+    flow_type: str | None
+    created_after: float | None
+    created_before: float | None
+    worker_id: str | None
+    parent_flow_id: str | None
+
+
+def _set_fields(instance: object, **values: object) -> None:
+    """Set the fields of a frozen value as its own ``__init__`` builds it."""
+    for name, value in values.items():
+        object.__setattr__(instance, name, value)
 
 
 def _statuses(status: TaskStatus | Collection[TaskStatus] | None) -> frozenset[TaskStatus] | None:
@@ -52,49 +85,41 @@ class FlowQuery:
     def __init__(
         self,
         *,
-        status: TaskStatus | Collection[TaskStatus] | None = None,
-        flow_type: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-        worker_id: str | None = None,
-        parent_flow_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
         after: FlowCursor | None = None,
+        **filters: Unpack[FlowFilters],
     ) -> None:
         """Build a query.
 
         Args:
-            status: One status or several.
-            flow_type: Only flows of this type.
-            created_after: Only flows created at or after this time (epoch seconds).
-            created_before: Only flows created before this time (epoch seconds).
-            worker_id: Only flows last claimed by this worker.
-            parent_flow_id: Only children of this flow.
             limit: At most this many flows (>= 0).
             offset: Skip this many matching flows first (>= 0).
             after: Continue after this cursor.
+            **filters: The filters, by keyword: see :class:`FlowFilters`.
 
         Raises:
+            TypeError: A keyword is not a filter.
             ValueError: ``limit`` or ``offset`` is negative, or a status is not a flow status.
         """
+        if unknown := filters.keys() - FlowFilters.__annotations__.keys():
+            raise TypeError(f"not a flow filter: {', '.join(sorted(unknown))}")
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
-        values = {
-            "statuses": _statuses(status),
-            "flow_type": flow_type,
-            "created_after": created_after,
-            "created_before": created_before,
-            "worker_id": worker_id,
-            "parent_flow_id": parent_flow_id,
-            "limit": limit,
-            "offset": offset,
-            "after": after,
-        }
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
+        _set_fields(
+            self,
+            statuses=_statuses(filters.get("status")),
+            flow_type=filters.get("flow_type"),
+            created_after=filters.get("created_after"),
+            created_before=filters.get("created_before"),
+            worker_id=filters.get("worker_id"),
+            parent_flow_id=filters.get("parent_flow_id"),
+            limit=limit,
+            offset=offset,
+            after=after,
+        )
 
     def matches(self, flow: ScheduledFlow) -> bool:
         """Whether ``flow`` passes every filter and lies after the cursor (paging aside)."""
@@ -134,8 +159,72 @@ class FlowQuery:
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
         query = object.__new__(FlowQuery)
-        for field in dataclasses.fields(self):
-            object.__setattr__(query, field.name, getattr(self, field.name))
-        for name, value in (("limit", limit), ("offset", offset), ("after", after)):
-            object.__setattr__(query, name, value)
+        kept = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        _set_fields(query, **kept)
+        _set_fields(query, limit=limit, offset=offset, after=after)
         return query
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class ClaimRequest:
+    """What a worker asks :meth:`~pyergon.storage.ExecutionLog.claim` for.
+
+    Attributes:
+        worker_id: The claiming worker; it becomes each taken flow's lease owner.
+        flow_types: Only flows of these types.
+        limit: At most this many flows (>= 1).
+        lease_seconds: How long each lease lasts unless renewed (> 0).
+        now: The worker's clock (epoch seconds).
+        due_by: Also take suspended flows waking by this time (a worker asks a little ahead,
+            to prepare timers about to fire); ``None``: those waking by ``now``.
+    """
+
+    worker_id: str
+    flow_types: frozenset[str]
+    limit: int
+    lease_seconds: float
+    now: float
+    due_by: float | None
+
+    def __init__(
+        self,
+        worker_id: str,
+        flow_types: Collection[str],
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        due_by: float | None = None,
+    ) -> None:
+        """Build a claim request.
+
+        Args:
+            worker_id: The claiming worker.
+            flow_types: The flow types it runs (any collection).
+            limit: At most this many flows.
+            lease_seconds: How long each lease lasts unless renewed.
+            now: The worker's clock (epoch seconds).
+            due_by: Also take suspended flows waking by this time.
+
+        Raises:
+            ValueError: ``limit`` is less than 1, or ``lease_seconds`` is not a finite number
+                above 0.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        if not (math.isfinite(lease_seconds) and lease_seconds > 0):
+            raise ValueError(f"lease_seconds must be finite and > 0, got {lease_seconds}")
+        _set_fields(
+            self,
+            worker_id=worker_id,
+            flow_types=frozenset(flow_types),
+            limit=limit,
+            lease_seconds=lease_seconds,
+            now=now,
+            due_by=due_by,
+        )
+
+    @property
+    def wakes_by(self) -> float:
+        """Suspended flows waking at or before this are due: ``due_by``, never before ``now``."""
+        return self.now if self.due_by is None else max(self.due_by, self.now)

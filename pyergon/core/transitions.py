@@ -26,6 +26,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from pyergon.core.changes import ABSENT, Change, FlowWrite
+from pyergon.core.query import ClaimRequest
 from pyergon.core.records import ScheduledFlow
 from pyergon.core.status import TaskStatus
 
@@ -146,25 +147,21 @@ def new_lease_token() -> str:
     return uuid.uuid4().hex
 
 
-def claim_changes(
-    worker_id: str, *, lease_token: str, lease_seconds: float, now: float, at: float
-) -> dict[str, object]:
+def claim_changes(request: ClaimRequest, *, lease_token: str, at: float) -> dict[str, object]:
     """The fields a claim sets on a runnable flow (its version moves on as with any write).
 
     Args:
-        worker_id: The claiming worker.
+        request: The claim: its worker holds the lease for its ``lease_seconds`` from ``now``.
         lease_token: A token of this claim alone (see :func:`new_lease_token`).
-        lease_seconds: How long the lease lasts unless renewed.
-        now: The claiming worker's clock.
         at: Wall-clock time for ``updated_at``.
     """
     return {
         "status": TaskStatus.RUNNING,
         "updated_at": at,
-        "lease_owner": worker_id,
+        "lease_owner": request.worker_id,
         "lease_token": lease_token,
-        "lease_expires_at": now + lease_seconds,
-        "worker_id": worker_id,
+        "lease_expires_at": request.now + request.lease_seconds,
+        "worker_id": request.worker_id,
     }
 
 

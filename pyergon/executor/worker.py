@@ -20,6 +20,7 @@ from typing import Any
 from pyergon._context import FlowContext, Position
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import FlowOutcome, Suspended, SuspendReason
+from pyergon.core.query import ClaimRequest
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError, format_position
 from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
@@ -272,7 +273,7 @@ class Worker:
     async def _claim(self, limit: int) -> list[ClaimedRun]:
         now = self.clock.now()
         due_by = now + self._lookahead if self._lookahead and self.enable_timers else None
-        return await self.storage.claim(
+        request = ClaimRequest(
             self.worker_id,
             self._registry,
             limit=limit,
@@ -280,6 +281,7 @@ class Worker:
             now=now,
             due_by=due_by,
         )
+        return await self.storage.claim(request)
 
     def _start(self, claimed: ClaimedRun) -> None:
         """Run a flow this worker has just claimed, in a task of its own."""

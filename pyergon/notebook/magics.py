@@ -26,7 +26,13 @@ from IPython.core.async_helpers import get_asyncio_loop
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from pyergon.cli._arguments import add_flow_id, add_fork_options, add_status_filter, positive
+from pyergon.cli._arguments import (
+    add_concurrency,
+    add_flow_id,
+    add_fork_options,
+    add_listing_options,
+    positive,
+)
 from pyergon.notebook._sync import run_sync
 from pyergon.notebook.session import Session
 from pyergon.notebook.views import WorkerState
@@ -286,13 +292,7 @@ class PyergonMagics(Magics):
         start.add_argument(
             "--count", type=positive(int), default=1, metavar="N", help="workers to start"
         )
-        start.add_argument(
-            "--concurrency",
-            type=positive(int),
-            default=10,
-            metavar="N",
-            help="flows each worker runs at once (default: 10)",
-        )
+        add_concurrency(start, "each worker")
         stop = _add(actions, "stop", self._workers_stop, "stop every worker of the session")
         stop.add_argument(
             "--deadline",
@@ -305,11 +305,7 @@ class PyergonMagics(Magics):
 
     def _add_flows(self, subcommands: _Subcommands) -> None:
         flows = _add(subcommands, "flows", self._flows, "flows as a DataFrame, newest first")
-        add_status_filter(flows)
-        flows.add_argument("--type", dest="flow_type", metavar="TYPE", help="only this type")
-        flows.add_argument(
-            "--limit", type=positive(int), default=1000, metavar="N", help="at most N flows"
-        )
+        add_listing_options(flows, limit=1000)
 
     # -- subcommands --------------------------------------------------------------------------
 

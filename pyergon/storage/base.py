@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from pyergon.core.changes import Applied, Change
-from pyergon.core.query import FlowQuery
+from pyergon.core.query import ClaimRequest, FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 
@@ -26,7 +26,6 @@ __all__ = [
     "ClaimedRun",
     "ExecutionLog",
     "StorageLifecycle",
-    "check_claim_limit",
     "wait_for_event",
 ]
 
@@ -51,12 +50,6 @@ async def wait_for_event(event: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
-
-
-def check_claim_limit(limit: int) -> None:
-    """Refuse a batch claim of fewer than one flow (shared by every backend)."""
-    if limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,30 +135,18 @@ class ExecutionLog(Protocol):
 
     # -- the queue ---------------------------------------------------------------------------
 
-    async def claim(
-        self,
-        worker_id: str,
-        flow_types: Collection[str],
-        *,
-        limit: int,
-        lease_seconds: float,
-        now: float,
-        due_by: float | None = None,
-    ) -> list[ClaimedRun]:
-        """Atomically take up to ``limit`` runnable flows of ``flow_types``, with their logs.
+    async def claim(self, request: ClaimRequest) -> list[ClaimedRun]:
+        """Atomically take up to ``request.limit`` runnable flows of its types, with their logs.
 
-        Runnable and queue order are :func:`~pyergon.core.transitions.is_runnable` and
-        :func:`~pyergon.core.transitions.queue_order`. Each taken flow gets
-        :func:`~pyergon.core.transitions.claim_changes` with a token of its own
+        Runnable and queue order are :func:`~pyergon.core.transitions.is_runnable` (with
+        ``request.due_by``) and :func:`~pyergon.core.transitions.queue_order`. Each taken flow
+        gets :func:`~pyergon.core.transitions.claim_changes` with a token of its own
         (:func:`~pyergon.core.transitions.new_lease_token`) and its version moves on. Exactly
         one caller gets each flow. Its records are read once the claim has taken it.
 
         Returns:
             One :class:`ClaimedRun` per flow, in queue order. The claim stands even if a log
             cannot be read: that run's ``log`` is ``None``.
-
-        Raises:
-            ValueError: ``limit`` is less than 1.
         """
         ...
 

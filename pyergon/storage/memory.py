@@ -11,7 +11,7 @@ import time
 from collections.abc import Collection, Mapping
 
 from pyergon.core.changes import ABSENT, Applied, Change, stored_as_given
-from pyergon.core.query import FlowQuery
+from pyergon.core.query import ClaimRequest, FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.core.transitions import (
@@ -23,7 +23,6 @@ from pyergon.core.transitions import (
 from pyergon.storage.base import (
     ClaimedRun,
     StorageLifecycle,
-    check_claim_limit,
     wait_for_event,
 )
 
@@ -109,32 +108,17 @@ class InMemoryExecutionLog(StorageLifecycle):
 
     # -- the queue ---------------------------------------------------------------------------
 
-    async def claim(
-        self,
-        worker_id: str,
-        flow_types: Collection[str],
-        *,
-        limit: int,
-        lease_seconds: float,
-        now: float,
-        due_by: float | None = None,
-    ) -> list[ClaimedRun]:
-        """Take up to ``limit`` runnable flows of ``flow_types``, in queue order."""
-        check_claim_limit(limit)
+    async def claim(self, request: ClaimRequest) -> list[ClaimedRun]:
+        """Take up to ``request.limit`` runnable flows of its types, in queue order."""
         runnable = [
             flow
             for flow in self._flows.values()
-            if flow.flow_type in flow_types and is_runnable(flow, now, due_by)
+            if flow.flow_type in request.flow_types
+            and is_runnable(flow, request.now, request.due_by)
         ]
         claimed = []
-        for chosen in heapq.nsmallest(limit, runnable, key=queue_order):
-            changes = claim_changes(
-                worker_id,
-                lease_token=new_lease_token(),
-                lease_seconds=lease_seconds,
-                now=now,
-                at=time.time(),
-            )
+        for chosen in heapq.nsmallest(request.limit, runnable, key=queue_order):
+            changes = claim_changes(request, lease_token=new_lease_token(), at=time.time())
             flow = chosen.replace(**changes, version=chosen.version + 1)
             self._flows[flow.flow_id] = flow
             claimed.append(ClaimedRun(flow, self._log(flow.flow_id)))

@@ -17,7 +17,7 @@ from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pyergon.core.changes import Applied, Change
-from pyergon.core.query import FlowQuery
+from pyergon.core.query import ClaimRequest, FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import claim_changes, new_lease_token
@@ -39,7 +39,7 @@ from pyergon.storage._sql.rows import (
     status_counts,
     written_columns,
 )
-from pyergon.storage.base import ClaimedRun, StorageLifecycle, check_claim_limit
+from pyergon.storage.base import ClaimedRun, StorageLifecycle
 
 __all__ = ["DEFAULT_DSN", "PostgresExecutionLog"]
 
@@ -335,34 +335,22 @@ class PostgresExecutionLog(StorageLifecycle):
 
     # -- the queue ---------------------------------------------------------------------------
 
-    async def claim(
-        self,
-        worker_id: str,
-        flow_types: Collection[str],
-        *,
-        limit: int,
-        lease_seconds: float,
-        now: float,
-        due_by: float | None = None,
-    ) -> list[ClaimedRun]:
-        """Take up to ``limit`` runnable flows in one statement, then read their logs.
+    async def claim(self, request: ClaimRequest) -> list[ClaimedRun]:
+        """Take up to ``request.limit`` runnable flows in one statement, then read their logs.
 
         The logs are read in a statement of their own: one inside the claim would see them as
         they were when the claim began, before a run that released a flow meanwhile saved.
         """
-        check_claim_limit(limit)
-        changes = claim_changes(
-            worker_id, lease_token="", lease_seconds=lease_seconds, now=now, at=time.time()
-        )
+        changes = claim_changes(request, lease_token="", at=time.time())
         # The statement sets each flow's own token, from the list, by its place in the queue.
         columns = written_columns({k: v for k, v in changes.items() if k != "lease_token"})
         rows = await self._fetch(
             self._sql.claim_flows(list(columns)),
-            now,
-            list(flow_types),
-            limit,
-            now if due_by is None else max(due_by, now),
-            [new_lease_token() for _ in range(limit)],
+            request.now,
+            list(request.flow_types),
+            request.limit,
+            request.wakes_by,
+            [new_lease_token() for _ in range(request.limit)],
             *columns.values(),
         )
         flows = [flow_from_row(row) for row in rows]

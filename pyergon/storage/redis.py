@@ -32,7 +32,7 @@ except ImportError as missing:  # pragma: no cover - exercised with redis hidden
     ) from missing
 
 from pyergon.core.changes import Applied, Change
-from pyergon.core.query import FlowQuery
+from pyergon.core.query import ClaimRequest, FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import claim_changes, new_lease_token
@@ -65,7 +65,6 @@ from pyergon.storage.base import (
     SCHEMA_VERSION,
     ClaimedRun,
     StorageLifecycle,
-    check_claim_limit,
 )
 
 __all__ = ["RedisExecutionLog"]
@@ -365,32 +364,20 @@ class RedisExecutionLog(StorageLifecycle):
 
     # -- the queue ---------------------------------------------------------------------------
 
-    async def claim(
-        self,
-        worker_id: str,
-        flow_types: Collection[str],
-        *,
-        limit: int,
-        lease_seconds: float,
-        now: float,
-        due_by: float | None = None,
-    ) -> list[ClaimedRun]:
-        """Take up to ``limit`` runnable flows of ``flow_types`` with their logs, in one script."""
-        check_claim_limit(limit)
-        if not flow_types:
+    async def claim(self, request: ClaimRequest) -> list[ClaimedRun]:
+        """Take up to ``request.limit`` runnable flows with their logs, in one script."""
+        if not request.flow_types:
             return []
-        changes = claim_changes(
-            worker_id, lease_token="", lease_seconds=lease_seconds, now=now, at=time.time()
-        )
+        changes = claim_changes(request, lease_token="", at=time.time())
         del changes["lease_token"]  # each flow gets a token of its own, passed with the tokens
         sets, deletes = flow_changes(changes)
         replies = await self._run(
             "claim",
-            number(now),
-            number(now if due_by is None else max(due_by, now)),
-            str(limit),
-            *counted(list(flow_types)),
-            *counted([new_lease_token() for _ in range(limit)]),
+            number(request.now),
+            number(request.wakes_by),
+            str(request.limit),
+            *counted(list(request.flow_types)),
+            *counted([new_lease_token() for _ in range(request.limit)]),
             *counted(sets),
             *counted(deletes),
         )

@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping
 from functools import partial
 
 from pyergon.core.changes import Applied, Change
-from pyergon.core.query import FlowQuery
+from pyergon.core.query import ClaimRequest, FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import claim_changes
@@ -44,7 +44,7 @@ from pyergon.storage._sqlite_connections import (
 )
 from pyergon.storage._sqlite_file import SqliteFile, closed_error, storage_error
 from pyergon.storage._sqlite_schema import prepare_connection
-from pyergon.storage.base import ClaimedRun, StorageLifecycle, check_claim_limit, wait_for_event
+from pyergon.storage.base import ClaimedRun, StorageLifecycle, wait_for_event
 
 __all__ = ["SqliteExecutionLog"]
 
@@ -213,32 +213,20 @@ class SqliteExecutionLog(StorageLifecycle):
 
     # -- the queue ---------------------------------------------------------------------------
 
-    async def claim(
-        self,
-        worker_id: str,
-        flow_types: Collection[str],
-        *,
-        limit: int,
-        lease_seconds: float,
-        now: float,
-        due_by: float | None = None,
-    ) -> list[ClaimedRun]:
-        """Take up to ``limit`` runnable flows in one write transaction, with their logs.
+    async def claim(self, request: ClaimRequest) -> list[ClaimedRun]:
+        """Take up to ``request.limit`` runnable flows in one write transaction, with their logs.
 
         The transaction holds the write lock, so no record can be added between the claim and
         the reading of the logs.
         """
-        check_claim_limit(limit)
-        changes = claim_changes(
-            worker_id, lease_token="", lease_seconds=lease_seconds, now=now, at=time.time()
-        )
+        changes = claim_changes(request, lease_token="", at=time.time())
         claim = partial(
             claim_runs,
-            flow_types=list(flow_types),
+            flow_types=list(request.flow_types),
             changes=changes,
-            limit=limit,
-            now=now,
-            due_by=now if due_by is None else max(due_by, now),
+            limit=request.limit,
+            now=request.now,
+            due_by=request.wakes_by,
         )
         return await self._open_file().write(claim)
 

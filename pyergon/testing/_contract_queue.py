@@ -225,10 +225,6 @@ class QueueContract:
         assert claimed[0].flow.wake_at == 1_005.0  # the worker waits for it before running
         assert (await stored(storage, "later")).status is TaskStatus.SUSPENDED
 
-    async def test_a_claim_refuses_a_limit_below_one(self, storage: ExecutionLog) -> None:
-        with pytest.raises(ValueError, match="limit"):
-            await claim(storage, limit=0, now=2_000)
-
     async def test_each_flow_is_claimed_by_exactly_one_caller(self, storage: ExecutionLog) -> None:
         for index in range(3):
             await storage.create_flow(make_flow(f"flow-{index}"))

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from pyergon.core.changes import Applied, Change
-from pyergon.core.query import FlowQuery
+from pyergon.core.query import ClaimRequest, FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
@@ -57,19 +57,8 @@ class _Meanwhile:
     async def create_flow(self, flow: ScheduledFlow) -> tuple[ScheduledFlow, bool]:
         return await self._storage.create_flow(flow)
 
-    async def claim(
-        self,
-        worker_id: str,
-        flow_types: Collection[str],
-        *,
-        limit: int,
-        lease_seconds: float,
-        now: float,
-        due_by: float | None = None,
-    ) -> list[ClaimedRun]:
-        return await self._storage.claim(
-            worker_id, flow_types, limit=limit, lease_seconds=lease_seconds, now=now, due_by=due_by
-        )
+    async def claim(self, request: ClaimRequest) -> list[ClaimedRun]:
+        return await self._storage.claim(request)
 
     async def renew_leases(
         self, leases: Mapping[str, str], *, lease_seconds: float, now: float

@@ -8,6 +8,7 @@ from typing import Any, ParamSpec
 import pytest
 
 from pyergon.core.changes import Applied, Change, FlowWrite
+from pyergon.core.query import ClaimRequest
 from pyergon.core.records import Invocation, ScheduledFlow
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.storage._flows import HeldFlow
@@ -46,9 +47,10 @@ async def claim(
     due_by: float | None = None,
 ) -> list[ClaimedRun]:
     """Claim with the defaults most tests use."""
-    return await storage.claim(
+    request = ClaimRequest(
         worker_id, flow_types, limit=limit, lease_seconds=lease_seconds, now=now, due_by=due_by
     )
+    return await storage.claim(request)
 
 
 def _flow_ids_of(

@@ -1,10 +1,12 @@
-"""FlowQuery: a listing's filters and page, checked once for every backend."""
+"""FlowQuery and ClaimRequest: what a listing and a claim ask for, checked once for all."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from pyergon.core import FlowCursor, FlowQuery, TaskStatus
+from pyergon.core import ClaimRequest, FlowCursor, FlowQuery, TaskStatus
 from pyergon.testing import make_flow
 
 
@@ -62,3 +64,41 @@ def test_page_of_is_newest_first_filtered_after_the_cursor_then_offset_and_limit
         "flow-8",
         "flow-7",
     ]
+
+
+def test_a_claim_request_takes_any_collection_of_flow_types() -> None:
+    request = ClaimRequest(
+        "worker-a", ["Order", "Refund", "Order"], limit=1, lease_seconds=5, now=0
+    )
+
+    assert request.flow_types == frozenset({"Order", "Refund"})
+    assert ClaimRequest("w", {"Order": object}, limit=1, lease_seconds=5, now=0).flow_types == {
+        "Order"
+    }
+
+
+def test_a_claim_refuses_a_limit_below_one() -> None:
+    with pytest.raises(ValueError, match="limit must be >= 1, got 0"):
+        ClaimRequest("worker-a", ["Order"], limit=0, lease_seconds=30, now=1_000.0)
+
+
+@pytest.mark.parametrize("lease_seconds", [0.0, -1.0, math.inf, math.nan])
+def test_a_claim_refuses_a_lease_that_is_not_a_finite_positive_time(lease_seconds: float) -> None:
+    with pytest.raises(ValueError, match="lease_seconds must be finite and > 0"):
+        ClaimRequest("worker-a", ["Order"], limit=1, lease_seconds=lease_seconds, now=1_000.0)
+
+
+@pytest.mark.parametrize(
+    ("due_by", "wakes_by"), [(None, 1_000.0), (1_010.0, 1_010.0), (990.0, 1_000.0)]
+)
+def test_suspended_flows_are_due_by_due_by_but_never_before_now(
+    due_by: float | None, wakes_by: float
+) -> None:
+    request = ClaimRequest("w", ["Order"], limit=1, lease_seconds=5, now=1_000.0, due_by=due_by)
+
+    assert request.wakes_by == wakes_by
+
+
+def test_a_keyword_that_is_not_a_filter_is_refused() -> None:
+    with pytest.raises(TypeError, match="not a flow filter: colour"):
+        FlowQuery(colour="red")  # type: ignore[call-arg]

@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from pyergon.core.changes import ABSENT, Change, FlowWrite
+from pyergon.core.query import ClaimRequest
 from pyergon.core.records import ScheduledFlow, StoredError
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import (
@@ -72,7 +73,8 @@ def test_a_lease_token_is_fresh_hex() -> None:
 
 
 def test_claim_changes_put_the_flow_under_a_lease() -> None:
-    changes = claim_changes("worker-a", lease_token="tok", lease_seconds=30, now=1_000.0, at=AT)
+    request = ClaimRequest("worker-a", ["Order"], limit=1, lease_seconds=30, now=1_000.0)
+    changes = claim_changes(request, lease_token="tok", at=AT)
 
     assert changes == {
         "status": TaskStatus.RUNNING,

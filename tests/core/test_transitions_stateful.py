@@ -25,6 +25,7 @@ from hypothesis.stateful import (
 )
 
 from pyergon.core.changes import ABSENT, Change, FlowWrite
+from pyergon.core.query import ClaimRequest
 from pyergon.core.records import ScheduledFlow
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import (
@@ -154,9 +155,10 @@ class FlowLife(RuleBasedStateMachine):
         if not is_runnable(flow, self.now):
             return multiple()
         token = new_lease_token()
-        changes = claim_changes(
-            "worker", lease_token=token, lease_seconds=LEASE_SECONDS, now=self.now, at=self.now
+        request = ClaimRequest(
+            "worker", [flow.flow_type], limit=1, lease_seconds=LEASE_SECONDS, now=self.now
         )
+        changes = claim_changes(request, lease_token=token, at=self.now)
         write = Change(writes=(_write(flow, changes),))
         assert self.apply(write)
         claimed = self.flows[flow_id]

@@ -18,7 +18,7 @@ from pyergon import (
     step,
 )
 from pyergon.clock import ManualClock
-from pyergon.core import Completed, TaskStatus
+from pyergon.core import ClaimRequest, Completed, TaskStatus
 from pyergon.errors import FlowCancelledError, FlowNotFoundError, FlowStateError
 from pyergon.management import FlowManager
 from pyergon.storage.base import ExecutionLog
@@ -237,7 +237,9 @@ async def test_resume_a_suspended_flow_puts_it_back_in_the_queue(storage: Execut
 async def test_resume_a_stuck_running_flow(storage: ExecutionLog) -> None:
     clock = ManualClock()
     flow_id = await Scheduler(storage, clock=clock).schedule(Pipeline("abc"))
-    claimed = await storage.claim("gone", ["Pipeline"], limit=1, lease_seconds=5, now=clock.now())
+    claimed = await storage.claim(
+        ClaimRequest("gone", ["Pipeline"], limit=1, lease_seconds=5, now=clock.now())
+    )
     assert [run.flow.flow_id for run in claimed] == [flow_id]
     manager = FlowManager(storage, clock=clock)
     with pytest.raises(FlowStateError, match="running on worker 'gone'"):
@@ -316,7 +318,7 @@ async def test_fork_refuses_bad_requests_without_writing(storage: ExecutionLog) 
     with pytest.raises(FlowStateError, match="already exists"):
         await manager.fork("p1", from_step=1, new_flow_id="p1")
     flow_id = await Scheduler(storage).schedule(Pipeline("abc"))
-    assert await storage.claim("w", ["Pipeline"], limit=1, lease_seconds=30, now=0.0)
+    assert await storage.claim(ClaimRequest("w", ["Pipeline"], limit=1, lease_seconds=30, now=0.0))
     with pytest.raises(FlowStateError, match="is running"):
         await manager.fork(flow_id, from_step=0)
     assert [flow.flow_id for flow in await storage.list_flows()] == sorted(

@@ -12,7 +12,7 @@ import dataclasses
 import time
 from collections.abc import Collection, Mapping
 
-from pyergon.core import FlowQuery
+from pyergon.core import ClaimRequest, FlowQuery
 from pyergon.core.changes import ABSENT, Applied, Change, stored_as_given
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
@@ -137,34 +137,23 @@ class OutsiderExecutionLog(base.StorageLifecycle):
 
     # -- the queue ---------------------------------------------------------------------------
 
-    async def claim(
-        self,
-        worker_id: str,
-        flow_types: Collection[str],
-        *,
-        limit: int,
-        lease_seconds: float,
-        now: float,
-        due_by: float | None = None,
-    ) -> list[base.ClaimedRun]:
-        """Take up to ``limit`` runnable flows of ``flow_types``, in queue order."""
-        base.check_claim_limit(limit)
+    async def claim(self, request: ClaimRequest) -> list[base.ClaimedRun]:
+        """Take up to ``request.limit`` runnable flows of its types, in queue order."""
         async with await self._turn():
             flows = [_from_row(row) for row in self._rows.values()]
             runnable = sorted(
-                (f for f in flows if f.flow_type in flow_types and is_runnable(f, now, due_by)),
+                (
+                    f
+                    for f in flows
+                    if f.flow_type in request.flow_types
+                    and is_runnable(f, request.now, request.due_by)
+                ),
                 key=queue_order,
             )
             runs = []
-            for flow in runnable[:limit]:
+            for flow in runnable[: request.limit]:
                 row = self._rows[flow.flow_id]
-                changes = claim_changes(
-                    worker_id,
-                    lease_token=new_lease_token(),
-                    lease_seconds=lease_seconds,
-                    now=now,
-                    at=time.time(),
-                )
+                changes = claim_changes(request, lease_token=new_lease_token(), at=time.time())
                 row.update(_columns(changes))
                 row["version"] = flow.version + 1
                 runs.append(base.ClaimedRun(_from_row(row), self._log(flow.flow_id)))

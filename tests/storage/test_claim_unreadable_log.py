@@ -32,7 +32,7 @@ from pyergon import (
     step,
 )
 from pyergon.clock import ManualClock
-from pyergon.core import TaskStatus
+from pyergon.core import ClaimRequest, TaskStatus
 from pyergon.storage._postgres_sql import quote_identifier
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.postgres import PostgresExecutionLog
@@ -178,7 +178,9 @@ async def test_a_claim_whose_log_cannot_be_read_stands_and_the_worker_gives_the_
 
     # A worker claims both and dies before it runs them: its claim stands.
     runs = await storage.claim(
-        "worker-that-dies", ["Approval"], limit=10, lease_seconds=LEASE_SECONDS, now=clock.now()
+        ClaimRequest(
+            "worker-that-dies", ["Approval"], limit=10, lease_seconds=LEASE_SECONDS, now=clock.now()
+        )
     )
 
     logs = {run.flow.flow_id: run.log for run in runs}
@@ -233,7 +235,9 @@ async def test_a_postgres_claim_whose_log_query_fails_stands_and_the_run_reads_t
             await admin.execute(f"ALTER TABLE {table} RENAME TO invocations_away")
 
             runs = await storage.claim(
-                "worker-a", ["Approval"], limit=10, lease_seconds=LEASE_SECONDS, now=clock.now()
+                ClaimRequest(
+                    "worker-a", ["Approval"], limit=10, lease_seconds=LEASE_SECONDS, now=clock.now()
+                )
             )
 
             assert [(run.flow.flow_id, run.log) for run in runs] == [("approval-1", None)]

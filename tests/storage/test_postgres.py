@@ -19,6 +19,7 @@ from typing import Any, Self
 import asyncpg
 import pytest
 
+from pyergon.core import ClaimRequest
 from pyergon.core.changes import Change, FlowWrite
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.errors import (
@@ -305,7 +306,9 @@ async def test_an_odd_schema_name_is_quoted_everywhere(
             waiter = asyncio.create_task(storage.wait_for_work(timeout=30))
             await storage.create_flow(make_flow())
             assert await waiter is True
-            (run,) = await storage.claim("w", ["Order"], limit=1, lease_seconds=5, now=1_000)
+            (run,) = await storage.claim(
+                ClaimRequest("w", ["Order"], limit=1, lease_seconds=5, now=1_000)
+            )
             token = run.flow.lease_token
             assert token is not None
             assert await storage.renew_leases({"flow-1": token}, lease_seconds=5, now=1_001)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from pyergon.core import FlowQuery
+from pyergon.core import ClaimRequest, FlowQuery
 from pyergon.core.changes import Change, FlowWrite
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
@@ -185,7 +185,9 @@ async def test_a_version_2_schema_is_migrated_keeping_everything_at_version_1(
     assert (await storage.apply(Change(writes=(stale,)))).moved == "suspended"
     woken = FlowWrite("suspended", {"status": TaskStatus.PENDING}, expected_version=1)
     assert (await storage.apply(Change(writes=(woken,)))).complete
-    claimed = await storage.claim("w2", ["Order"], limit=5, lease_seconds=10, now=2_000)
+    claimed = await storage.claim(
+        ClaimRequest("w2", ["Order"], limit=5, lease_seconds=10, now=2_000)
+    )
     # The running flow's lease expired at 1060.
     assert [(run.flow.flow_id, run.flow.version) for run in claimed] == [
         ("running", 2),

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pyergon.core import FlowQuery
+from pyergon.core import ClaimRequest, FlowQuery
 from pyergon.core.changes import Change, FlowWrite
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.transitions import RunEnd
@@ -34,7 +34,9 @@ async def backends(postgres_dsn: str) -> AsyncIterator[Backends]:
 
 async def claim_one(storage: PostgresExecutionLog, flow_type: str, worker: str = "w") -> HeldFlow:
     """Claim the one runnable flow of ``flow_type``, as a run holds it."""
-    (run,) = await storage.claim(worker, [flow_type], limit=1, lease_seconds=60, now=1_000)
+    (run,) = await storage.claim(
+        ClaimRequest(worker, [flow_type], limit=1, lease_seconds=60, now=1_000)
+    )
     assert run.flow.lease_token is not None
     return HeldFlow(storage, run.flow, run.flow.lease_token)
 
@@ -57,7 +59,7 @@ async def test_concurrent_claimers_take_each_flow_exactly_once(
     async def claim_until_empty(storage: PostgresExecutionLog, worker: str) -> list[str]:
         claimed: list[str] = []
         while runs := await storage.claim(
-            worker, ["Order"], limit=1 + len(claimed) % 3, lease_seconds=60, now=2_000
+            ClaimRequest(worker, ["Order"], limit=1 + len(claimed) % 3, lease_seconds=60, now=2_000)
         ):
             claimed += [run.flow.flow_id for run in runs]
         return claimed

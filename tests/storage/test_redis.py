@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from pyergon import Scheduler, Worker, await_external_signal, flow, flow_type, step
+from pyergon.core import ClaimRequest
 from pyergon.core.changes import Change, FlowWrite
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.core.transitions import RunEnd
@@ -85,7 +86,7 @@ async def kill_connections(admin: Redis, name: str, client_type: str) -> int:
 
 async def claim_one(storage: RedisExecutionLog, worker: str, now: float) -> str | None:
     """Claim one ``Order`` flow; return its id."""
-    runs = await storage.claim(worker, ["Order"], limit=1, lease_seconds=30, now=now)
+    runs = await storage.claim(ClaimRequest(worker, ["Order"], limit=1, lease_seconds=30, now=now))
     return runs[0].flow.flow_id if runs else None
 
 
@@ -125,7 +126,9 @@ async def test_use_before_connect_and_after_close_is_refused(
     await storage.close()
     await storage.close()
     with pytest.raises(StorageClosedError):
-        await storage.claim("worker-a", ["Order"], limit=1, lease_seconds=30, now=1_000.0)
+        await storage.claim(
+            ClaimRequest("worker-a", ["Order"], limit=1, lease_seconds=30, now=1_000.0)
+        )
     with pytest.raises(StorageClosedError):
         await storage.apply(Change(writes=(FlowWrite("flow-1"),)))
     with pytest.raises(StorageClosedError):
@@ -285,7 +288,9 @@ async def test_deleting_every_flow_leaves_only_the_schema_version(
             signals=(make_signal(flow_id="parent"), make_signal(flow_id="never-created")),
         )
     )
-    runs = await storage.claim("worker-a", ["Order"], limit=1, lease_seconds=30, now=100.0)
+    runs = await storage.claim(
+        ClaimRequest("worker-a", ["Order"], limit=1, lease_seconds=30, now=100.0)
+    )
     held = flows.HeldFlow(storage, runs[0].flow, runs[0].flow.lease_token)
     await held.leave([], RunEnd(TaskStatus.COMPLETE))
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from pyergon.core import FlowQuery
+from pyergon.core import ClaimRequest, FlowQuery
 from pyergon.core.changes import ABSENT, Change, FlowWrite, stored_as_given
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
@@ -121,7 +121,7 @@ async def test_a_write_outside_its_statuses_moves_only_the_version(
     assert await redis.get_flow("flow-1") == make_flow(version=3)
     assert (await redis.count_flows())[TaskStatus.PENDING] == 1
     assert await redis.list_flows(FlowQuery(worker_id="w")) == []
-    runs = await redis.claim("w", ["Order"], limit=1, lease_seconds=5, now=1.0)
+    runs = await redis.claim(ClaimRequest("w", ["Order"], limit=1, lease_seconds=5, now=1.0))
     assert [run.flow.version for run in runs] == [4]
 
 
@@ -292,7 +292,7 @@ async def test_concurrent_claimers_get_each_flow_exactly_once(
     async def claim_all(storage: RedisExecutionLog, worker: str) -> list[ScheduledFlow]:
         claimed = []
         while runs := await storage.claim(
-            worker, ["Order"], limit=2, lease_seconds=60, now=2_000.0
+            ClaimRequest(worker, ["Order"], limit=2, lease_seconds=60, now=2_000.0)
         ):
             claimed += [run.flow for run in runs]
         return claimed
@@ -314,7 +314,9 @@ async def test_runnable_flows_are_claimed_in_queue_order_with_their_logs(
 ) -> None:
     for flow_id, created_at in [("c", 3.0), ("a", 1.0), ("b", 2.0)]:
         await redis.create_flow(make_flow(flow_id, created_at=created_at))
-        assert await redis.claim("dead-worker", ["Order"], limit=1, lease_seconds=10, now=100.0)
+        assert await redis.claim(
+            ClaimRequest("dead-worker", ["Order"], limit=1, lease_seconds=10, now=100.0)
+        )
     await redis.create_flow(make_flow("pending", created_at=2.5))
     await redis.create_flow(make_flow("a-due", status=TaskStatus.SUSPENDED, wake_at=50.0))
     await redis.create_flow(  # the same wake time: created_at decides before the id
@@ -325,14 +327,18 @@ async def test_runnable_flows_are_claimed_in_queue_order_with_their_logs(
     log = [make_invocation(2, flow_id="b"), make_invocation(1, flow_id="b")]
     await redis.apply(Change(records=tuple(log)))
 
-    runs = await redis.claim("worker-b", ["Order"], limit=10, lease_seconds=10, now=200.0)
+    runs = await redis.claim(
+        ClaimRequest("worker-b", ["Order"], limit=10, lease_seconds=10, now=200.0)
+    )
 
     assert [run.flow.flow_id for run in runs] == ["a", "b", "pending", "c", "z-due", "a-due"]
     assert [run.log for run in runs][1] == log[::-1]
     assert all(run.flow.worker_id == "worker-b" for run in runs)
     assert all(run.flow.lease_expires_at == 210.0 for run in runs)
     assert len({run.flow.lease_token for run in runs}) == 6
-    soon = await redis.claim("w", ["Order"], limit=10, lease_seconds=10, now=200.0, due_by=300.0)
+    soon = await redis.claim(
+        ClaimRequest("w", ["Order"], limit=10, lease_seconds=10, now=200.0, due_by=300.0)
+    )
     assert [run.flow.flow_id for run in soon] == ["later"]
 
 
@@ -341,7 +347,9 @@ async def test_renewing_leases_keeps_the_version_and_the_flow(
 ) -> None:
     for flow_id in ("flow-1", "flow-2"):
         await redis.create_flow(make_flow(flow_id))
-    runs = await redis.claim("worker-a", ["Order"], limit=2, lease_seconds=10, now=100.0)
+    runs = await redis.claim(
+        ClaimRequest("worker-a", ["Order"], limit=2, lease_seconds=10, now=100.0)
+    )
     tokens = {run.flow.flow_id: run.flow.lease_token or "" for run in runs}
 
     renewed = await redis.renew_leases(
@@ -354,7 +362,9 @@ async def test_renewing_leases_keeps_the_version_and_the_flow(
     held = await redis.get_flow("flow-1")
     assert held is not None
     assert (held.lease_expires_at, held.version) == (205.0, 2)
-    taken = await redis.claim("worker-b", ["Order"], limit=2, lease_seconds=10, now=150.0)
+    taken = await redis.claim(
+        ClaimRequest("worker-b", ["Order"], limit=2, lease_seconds=10, now=150.0)
+    )
     assert [run.flow.flow_id for run in taken] == ["flow-2"]  # its lease expired at 110
     assert await redis.renew_leases({}, lease_seconds=1, now=1.0) == set()
 
@@ -413,7 +423,7 @@ async def test_the_indexes_agree_with_the_reference_after_random_changes(
                 [
                     _comparable(run.flow)
                     for run in await storage.claim(
-                        "w", [kind], limit=limit, lease_seconds=30, now=now
+                        ClaimRequest("w", [kind], limit=limit, lease_seconds=30, now=now)
                     )
                 ]
                 for storage in backends

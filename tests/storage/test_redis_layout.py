@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from pyergon.core import FlowQuery
+from pyergon.core import ClaimRequest, FlowQuery
 from pyergon.core.changes import Change, FlowWrite
 from pyergon.core.records import FlowCursor, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
@@ -144,7 +144,9 @@ async def test_connect_migrates_a_version_2_prefix(
     assert (await storage.apply(stale)).moved == "pending"
     touch = Change(writes=(FlowWrite("pending", {"attempt": 2}, expected_version=1),))
     assert (await storage.apply(touch)).complete
-    runs = await storage.claim("worker-c", ["Order"], limit=5, lease_seconds=30, now=100.0)
+    runs = await storage.claim(
+        ClaimRequest("worker-c", ["Order"], limit=5, lease_seconds=30, now=100.0)
+    )
     assert [(run.flow.flow_id, run.flow.version) for run in runs] == [("pending", 3)]
     assert await flows.deliver_signal(storage, SignalRecord("waiting", "approved", b"ok", 2.0))
     woken = await storage.get_flow("waiting")
@@ -203,7 +205,9 @@ async def test_connect_migrates_a_version_1_prefix(
     assert counts[TaskStatus.RUNNING] == 67
     assert counts[TaskStatus.COMPLETE] == 133
     # The migrated prefix behaves as version 3: claims are recorded, cancels are marked.
-    runs = await storage.claim("worker-c", ["Order"], limit=1, lease_seconds=30, now=100.0)
+    runs = await storage.claim(
+        ClaimRequest("worker-c", ["Order"], limit=1, lease_seconds=30, now=100.0)
+    )
     assert [run.flow.flow_id for run in runs] == ["orphan"]
     assert [flow.flow_id for flow in await storage.list_flows(FlowQuery(worker_id="worker-c"))] == [
         "orphan"
@@ -230,9 +234,10 @@ async def test_times_keep_full_precision_through_the_indexes(
     assert await storage.get_flow("flow-1") == flow
     assert await storage.next_wake_at() == wake_at
     before = math.nextafter(wake_at, 0.0)
-    claim = storage.claim
-    assert await claim("w", ["Order"], limit=1, lease_seconds=1, now=before) == []
-    assert len(await claim("w", ["Order"], limit=1, lease_seconds=1, now=wake_at)) == 1
+    early = ClaimRequest("w", ["Order"], limit=1, lease_seconds=1, now=before)
+    due = ClaimRequest("w", ["Order"], limit=1, lease_seconds=1, now=wake_at)
+    assert await storage.claim(early) == []
+    assert len(await storage.claim(due)) == 1
 
 
 async def test_bytes_and_text_with_newlines_round_trip(

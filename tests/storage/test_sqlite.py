@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import pyergon.storage
+from pyergon.core import ClaimRequest
 from pyergon.core.changes import ABSENT, Change, FlowWrite
 from pyergon.core.records import SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
@@ -281,7 +282,9 @@ async def test_a_claim_takes_runnable_flows_in_queue_order_as_memory_does(
 
     claims = {
         name: await storage.claim(
-            "worker-a", ["Order"], limit=10, lease_seconds=30, now=2_000.0, due_by=2_010.0
+            ClaimRequest(
+                "worker-a", ["Order"], limit=10, lease_seconds=30, now=2_000.0, due_by=2_010.0
+            )
         )
         for name, storage in (("sqlite", sqlite), ("memory", memory))
     }
@@ -301,15 +304,20 @@ async def test_a_claim_takes_runnable_flows_in_queue_order_as_memory_does(
         assert run.flow.lease_expires_at == 2_030.0
         assert run.flow.wake_at in (None, 500.0, 2_005.0)  # a claim does not touch it
         assert await sqlite.get_flow(run.flow.flow_id) == run.flow
-    assert await sqlite.claim("worker-b", ["Order"], limit=10, lease_seconds=30, now=2_000.0) == []
+    assert (
+        await sqlite.claim(
+            ClaimRequest("worker-b", ["Order"], limit=10, lease_seconds=30, now=2_000.0)
+        )
+        == []
+    )
     assert await sqlite.next_wake_at(["Order"]) == 5_000.0
     assert await sqlite.next_wake_at(["Invoice"]) is None
 
 
-async def test_a_claim_without_flow_types_or_with_a_bad_limit(sqlite: SqliteExecutionLog) -> None:
-    assert await sqlite.claim("worker-a", [], limit=1, lease_seconds=30, now=1.0) == []
-    with pytest.raises(ValueError, match="limit"):
-        await sqlite.claim("worker-a", ["Order"], limit=0, lease_seconds=30, now=1.0)
+async def test_a_claim_without_flow_types_takes_nothing(sqlite: SqliteExecutionLog) -> None:
+    assert (
+        await sqlite.claim(ClaimRequest("worker-a", [], limit=1, lease_seconds=30, now=1.0)) == []
+    )
 
 
 async def test_renewing_leases_keeps_the_version_and_skips_lost_leases(
@@ -317,7 +325,9 @@ async def test_renewing_leases_keeps_the_version_and_skips_lost_leases(
 ) -> None:
     for flow_id in ("flow-1", "flow-2"):
         await sqlite.create_flow(make_flow(flow_id))
-    runs = await sqlite.claim("worker-a", ["Order"], limit=2, lease_seconds=30, now=2_000.0)
+    runs = await sqlite.claim(
+        ClaimRequest("worker-a", ["Order"], limit=2, lease_seconds=30, now=2_000.0)
+    )
     leases = {run.flow.flow_id: str(run.flow.lease_token) for run in runs}
 
     held = await sqlite.renew_leases(

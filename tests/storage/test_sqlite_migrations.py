@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pyergon.core import FlowQuery
+from pyergon.core import ClaimRequest, FlowQuery
 from pyergon.core.changes import Change, FlowWrite
 from pyergon.core.records import ScheduledFlow
 from pyergon.core.status import TaskStatus
@@ -113,7 +113,9 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_flows(
         # make_flow leaves worker_id None, cancel_requested False and version 1: the defaults.
         assert await storage.get_flow("flow-1") == flow
         assert await storage.list_flows(FlowQuery(parent_flow_id="parent")) == [flow]
-        (run,) = await storage.claim("worker-a", ["Order"], limit=1, lease_seconds=30, now=2_000.0)
+        (run,) = await storage.claim(
+            ClaimRequest("worker-a", ["Order"], limit=1, lease_seconds=30, now=2_000.0)
+        )
         assert run.flow.worker_id == "worker-a" and run.flow.version == 2
         requested = await flows.request_cancel(storage, "flow-1")
         assert requested is not None and requested.cancel_requested
@@ -148,7 +150,9 @@ async def test_a_version_2_file_is_migrated_and_its_flows_start_at_version_1(
         current = Change(writes=(FlowWrite("flow-1", {"attempt": 2}, expected_version=1),))
         assert (await storage.apply(current)).complete
         assert await storage.get_flow("flow-1") == waiting.replace(attempt=2, version=2)
-        (run,) = await storage.claim("worker-a", ["Order"], limit=1, lease_seconds=30, now=2_000.0)
+        (run,) = await storage.claim(
+            ClaimRequest("worker-a", ["Order"], limit=1, lease_seconds=30, now=2_000.0)
+        )
         assert run.flow.flow_id == "flow-1" and run.flow.version == 3
 
     version, columns, _ = stored_schema(path)

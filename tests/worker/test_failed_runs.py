@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from pyergon import Executor, Scheduler, Worker, flow, flow_type, step
 from pyergon.clock import ManualClock
-from pyergon.core import TaskStatus
+from pyergon.core import ClaimRequest, TaskStatus
 from pyergon.core.changes import Applied, Change
 from pyergon.errors import StorageError
 from pyergon.storage._flows import requeue
@@ -71,8 +70,8 @@ class LogsUnreadableAtClaim(InMemoryExecutionLog):
 
     failures = 1
 
-    async def claim(self, *args: Any, **kwargs: Any) -> list[ClaimedRun]:
-        runs = await super().claim(*args, **kwargs)
+    async def claim(self, request: ClaimRequest) -> list[ClaimedRun]:
+        runs = await super().claim(request)
         if not self.failures:
             return runs
         self.failures -= 1

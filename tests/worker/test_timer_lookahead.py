@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
 from dataclasses import dataclass
 
 from pyergon import Scheduler, Worker, flow, flow_type, schedule_timer, step
-from pyergon.core import OperationKind
+from pyergon.core import ClaimRequest, OperationKind
 from pyergon.storage.base import ClaimedRun, ExecutionLog
 
 
@@ -34,20 +33,9 @@ class ClaimLog:
     def __getattr__(self, name: str) -> object:
         return getattr(self._storage, name)
 
-    async def claim(
-        self,
-        worker_id: str,
-        flow_types: Collection[str],
-        *,
-        limit: int,
-        lease_seconds: float,
-        now: float,
-        due_by: float | None = None,
-    ) -> list[ClaimedRun]:
-        self.claims.append((now, due_by))
-        return await self._storage.claim(
-            worker_id, flow_types, limit=limit, lease_seconds=lease_seconds, now=now, due_by=due_by
-        )
+    async def claim(self, request: ClaimRequest) -> list[ClaimedRun]:
+        self.claims.append((request.now, request.due_by))
+        return await self._storage.claim(request)
 
 
 async def test_a_worker_claims_timers_ahead_and_continues_them_not_before_their_time(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
@@ -19,7 +18,7 @@ from pyergon import (
     step,
 )
 from pyergon.clock import ManualClock
-from pyergon.core import FlowQuery, ScheduledFlow, TaskStatus
+from pyergon.core import ClaimRequest, FlowQuery, ScheduledFlow, TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.decorators import flow_type_name
 from pyergon.errors import FlowDefinitionError, FlowNotFoundError, PyergonError
@@ -274,9 +273,9 @@ class CountedClaims(InMemoryExecutionLog):
         super().__init__()
         self.claims = 0
 
-    async def claim(self, *args: Any, **kwargs: Any) -> list[ClaimedRun]:
+    async def claim(self, request: ClaimRequest) -> list[ClaimedRun]:
         self.claims += 1
-        return await super().claim(*args, **kwargs)
+        return await super().claim(request)
 
 
 async def test_a_due_flow_of_a_type_the_worker_does_not_run_does_not_keep_it_busy() -> None:
@@ -317,7 +316,9 @@ async def test_an_expired_lease_is_claimed_again(storage: ExecutionLog) -> None:
     scheduler = Scheduler(storage, clock=clock)
     flow_id = await scheduler.schedule(Greeting("ann"))
     # A worker that claims the flow and then dies: nothing renews its lease.
-    [dead] = await storage.claim("dead", ["Greeting"], limit=1, lease_seconds=10, now=clock.now())
+    [dead] = await storage.claim(
+        ClaimRequest("dead", ["Greeting"], limit=1, lease_seconds=10, now=clock.now())
+    )
     assert dead.flow.flow_id == flow_id
     survivor = Worker(storage, "survivor", clock=clock, lease_seconds=10)
     await survivor.register(Greeting)
@@ -434,7 +435,9 @@ async def test_a_running_flow_keeps_its_lease_while_it_runs(storage: ExecutionLo
                 await asyncio.sleep(0.02)
         # Another worker cannot take it while the lease is renewed.
         assert (
-            await storage.claim("thief", ["LongStep"], limit=1, lease_seconds=1, now=time.time())
+            await storage.claim(
+                ClaimRequest("thief", ["LongStep"], limit=1, lease_seconds=1, now=time.time())
+            )
             == []
         )
         release.set()

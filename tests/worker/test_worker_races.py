@@ -7,15 +7,16 @@ every run; the checks are what a user sees (leases released on shutdown, nothing
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pytest
 
 from pyergon import Scheduler, Worker, flow, flow_type, schedule_timer, step
 from pyergon.clock import ManualClock
-from pyergon.core import TaskStatus
+from pyergon.core import ClaimRequest, TaskStatus
 from pyergon.core.changes import Applied, Change
 from pyergon.storage.base import ClaimedRun
 from pyergon.storage.memory import InMemoryExecutionLog
@@ -57,27 +58,11 @@ class ClaimRacesRelease(InMemoryExecutionLog):
         self.claims = 0
         self.released = asyncio.Event()
 
-    async def claim(
-        self,
-        worker_id: str,
-        flow_types: Collection[str],
-        *,
-        limit: int,
-        lease_seconds: float,
-        now: float,
-        due_by: float | None = None,
-    ) -> list[ClaimedRun]:
+    async def claim(self, request: ClaimRequest) -> list[ClaimedRun]:
         self.claims += 1
         if self.claims == 2:
             await self.released.wait()
-        return await super().claim(
-            worker_id,
-            flow_types,
-            limit=limit,
-            lease_seconds=lease_seconds,
-            now=self.clock.now(),
-            due_by=due_by,
-        )
+        return await super().claim(dataclasses.replace(request, now=self.clock.now()))
 
     async def apply(self, change: Change) -> Applied:
         applied = await super().apply(change)
