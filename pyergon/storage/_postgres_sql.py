@@ -12,12 +12,18 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pyergon.core.changes import ABSENT, Change
 from pyergon.core.status import TaskStatus
 from pyergon.errors import CorruptStorageError, SchemaVersionError
 from pyergon.storage._sql.dialect import postgres_dialect, quote_identifier
-from pyergon.storage._sql.rows import FLOW_COLUMNS
+from pyergon.storage._sql.rows import (
+    FLOW_COLUMNS,
+    INVOCATION_COLUMNS,
+    column_values,
+    written_columns,
+)
 from pyergon.storage._sql.schema import READ_VERSION, WRITE_VERSION, migration_statements
-from pyergon.storage._sql.statements import Statements, numbered
+from pyergon.storage._sql.statements import FIRST_WRITER_WINS, Statements, numbered
 from pyergon.storage.base import SCHEMA_VERSION
 
 __all__ = [
@@ -165,6 +171,90 @@ class PostgresStatements(Statements):
         self.reset = (render("TRUNCATE {invocations}, {signals}, {flows}"),)
         self._claims: dict[tuple[str, ...], str] = {}
         """Claims by the columns they set: one shape in practice."""
+        self._one_statements: dict[tuple[tuple[str, ...], bool, bool, bool], str] = {}
+        """Changes of :meth:`one_statement`, by shape: a handful recur."""
+
+    def one_statement(
+        self, change: Change, channel: str, origin: str
+    ) -> tuple[str, list[object]] | None:
+        """``change`` as one statement, if it is one guarded write with at most one record.
+
+        That is how a run leaves its flow (its last record and the flow's new state) and how
+        most single-flow operations write: one round trip instead of a transaction's five. The
+        statement locks the flow if it is still at the expected version, stores the record
+        (first writer wins) and applies the write only if the record was stored, and notifies
+        workers if the change asks to. Its one row says ``held``, ``recorded`` and
+        ``written``. Where ``held`` but not ``recorded`` nothing was written: the record's
+        position holds a final record, and the general path finds out whether it conflicts.
+
+        Returns:
+            The statement and its arguments, or ``None`` for a change of another shape.
+        """
+        if len(change.writes) != 1 or len(change.records) > 1:
+            return None
+        if change.signals or change.forget_failed:
+            return None
+        write = change.writes[0]
+        if write.expected_version is None or write.expected_version == ABSENT:
+            return None
+        columns = written_columns(write.changes)
+        statuses = write.only_if_status
+        record = change.records[0] if change.records else None
+        key = (tuple(columns), statuses is not None, record is not None, change.notify)
+        statement = self._one_statements.get(key)
+        if statement is None:
+            statement = self._one_statements[key] = self._one_statement(*key)
+        arguments: list[object] = [write.flow_id, *columns.values()]
+        if statuses is not None:
+            arguments += self.dialect.list_arguments([status.value for status in statuses])
+        arguments.append(write.expected_version)
+        if record is not None:
+            arguments += column_values(record)
+        if change.notify:
+            arguments += [channel, origin]
+        return statement, arguments
+
+    def _one_statement(
+        self, columns: tuple[str, ...], statuses: bool, record: bool, notify: bool
+    ) -> str:
+        """The statement of :meth:`one_statement` for one shape of change.
+
+        Parameters: the write's (``$1`` the flow, then its columns and statuses), the expected
+        version, the record's columns, then the channel and the notice's payload.
+        """
+        version = len(columns) + 2 + statuses
+        after = version + 1
+        render = self.dialect.render
+        parts = [
+            render(
+                f"guard AS (SELECT flow_id FROM {{flows}} WHERE flow_id = $1 "
+                f"AND version = ${version} FOR UPDATE)"
+            )
+        ]
+        written_if = "EXISTS (SELECT FROM guard)"
+        if record:
+            parts.append(
+                render(
+                    f"recorded AS (INSERT INTO {{invocations}} ({', '.join(INVOCATION_COLUMNS)}) "
+                    f"SELECT {numbered(len(INVOCATION_COLUMNS), first=after)} "
+                    f"WHERE EXISTS (SELECT FROM guard) {FIRST_WRITER_WINS} RETURNING true)"
+                )
+            )
+            written_if += " AND EXISTS (SELECT FROM recorded)"
+            after += len(INVOCATION_COLUMNS)
+        update = self._write_statement(columns, 1 if statuses else None)
+        parts.append(f"written AS ({update} AND {written_if} RETURNING true)")
+        answer = [
+            "EXISTS (SELECT FROM guard) AS held",
+            f"{'EXISTS (SELECT FROM recorded)' if record else 'true'} AS recorded",
+            "EXISTS (SELECT FROM written) AS written",
+        ]
+        if notify:
+            answer.append(
+                f"CASE WHEN EXISTS (SELECT FROM written) THEN pg_notify(${after}, ${after + 1}) "
+                "END IS NULL AS quiet"
+            )
+        return f"WITH {', '.join(parts)} SELECT {', '.join(answer)}"
 
     def lock_absent_flows(self, flow_ids: Sequence[str]) -> tuple[str, list[object]]:
         """Advisory locks on ``flow_ids``, which :attr:`create_flow` takes too."""

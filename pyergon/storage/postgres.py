@@ -325,6 +325,18 @@ class PostgresExecutionLog(StorageLifecycle):
         if alone and not (change.writes or change.forget_failed or change.notify):
             async with self._connection() as connection:
                 return await steps.run_asyncpg(connection, steps.apply_change(self._sql, change))
+        one = self._sql.one_statement(change, self._channel, self._listener.origin)
+        if one is not None:
+            statement, arguments = one
+            row = await self._fetchrow(statement, *arguments)
+            if not row["held"]:
+                return Applied(moved=change.writes[0].flow_id)
+            if row["written"]:
+                if change.notify:
+                    self._listener.wake()
+                return Applied(list(change.records))
+            # A final record holds the record's position and nothing was written: the
+            # general path below finds out whether it is the same record or a conflict.
         async with self._transaction() as connection:
             applied = await steps.run_asyncpg(connection, steps.apply_change(self._sql, change))
             if change.notify and applied.complete:

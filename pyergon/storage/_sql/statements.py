@@ -15,10 +15,22 @@ from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.storage._sql.dialect import Dialect
 from pyergon.storage._sql.rows import FLOW_COLUMNS, INVOCATION_COLUMNS, written_columns
 
-__all__ = ["Statements", "numbered"]
+__all__ = ["FIRST_WRITER_WINS", "Statements", "numbered"]
 
 _INVOCATION_KEY = ("flow_id", "sequence", "sub_sequence")
 _FINAL_INVOCATION = ", ".join(f"'{status.value}'" for status in InvocationStatus if status.is_final)
+
+
+FIRST_WRITER_WINS = (
+    f"ON CONFLICT ({', '.join(_INVOCATION_KEY)}) DO UPDATE SET "
+    + ", ".join(
+        f"{column} = excluded.{column}"
+        for column in INVOCATION_COLUMNS
+        if column not in _INVOCATION_KEY
+    )
+    + f" WHERE invocations.status NOT IN ({_FINAL_INVOCATION})"
+)
+"""Ends an insert of a record: it replaces a stored record of its position unless that is final."""
 
 
 def numbered(count: int, first: int = 1) -> str:
@@ -53,14 +65,7 @@ class Statements:
         self.record_invocation = (
             render(
                 f"INSERT INTO {{invocations}} ({', '.join(INVOCATION_COLUMNS)}) "
-                f"VALUES ({numbered(len(INVOCATION_COLUMNS))}) "
-                f"ON CONFLICT ({', '.join(_INVOCATION_KEY)}) DO UPDATE SET "
-                + ", ".join(
-                    f"{column} = excluded.{column}"
-                    for column in INVOCATION_COLUMNS
-                    if column not in _INVOCATION_KEY
-                )
-                + f" WHERE invocations.status NOT IN ({_FINAL_INVOCATION})"
+                f"VALUES ({numbered(len(INVOCATION_COLUMNS))}) {FIRST_WRITER_WINS}"
             )
             + changed
         )
