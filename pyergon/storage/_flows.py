@@ -205,7 +205,7 @@ class HeldFlow:
         flow: ScheduledFlow | None = self.flow
         # What a suspension waits for may have come before this run's copy of the flow was
         # taken (the run looked earlier); what comes later moves the version on.
-        woken = await self._wait_is_over(end)
+        woken = end.status is TaskStatus.SUSPENDED and await self._wait_is_over(end)
         for _ in range(_MAX_ROUNDS):
             if not holds(flow, self.lease_token):
                 self.lost = True
@@ -218,7 +218,7 @@ class HeldFlow:
                     self.flow = transition.flow
                 return applied
             flow = await self.storage.get_flow(self.flow_id)
-            woken = await self._wait_is_over(end)
+            woken = end.status is TaskStatus.SUSPENDED and await self._wait_is_over(end)
         raise _contended(self.flow_id)
 
     async def _wait_is_over(self, end: RunEnd) -> bool:
