@@ -155,3 +155,21 @@ def test_the_storage_url_defaults_to_the_environment_then_sqlite(
     assert default_storage_url() == DEFAULT_STORAGE_URL == "sqlite:///pyergon.db"
     monkeypatch.setenv(STORAGE_URL_VARIABLE, "redis://redis-host:6379/0")
     assert default_storage_url() == "redis://redis-host:6379/0"
+
+
+@pytest.mark.parametrize("lease", ["inf", "nan", "-1", "0", "1e400"])
+def test_a_lease_that_is_not_a_finite_positive_number_exits_2_with_one_line(
+    tmp_path: Path, flows_module: ModuleType, lease: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+
+    finished = run_worker(
+        f"{FLOWS_MODULE}:Greeting", "--storage", url, "--lease", lease, cwd=tmp_path
+    )
+
+    assert finished.returncode == 2, finished.stderr
+    last_line = finished.stderr.splitlines()[-1]  # argparse prints its usage lines first
+    assert "--lease" in last_line
+    assert "finite" in last_line or "greater than 0" in last_line
+    assert "Traceback" not in finished.stderr
+    assert not (tmp_path / "x.db").exists()  # refused before any storage was opened

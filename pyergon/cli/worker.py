@@ -136,9 +136,15 @@ def run_worker(settings: WorkerSettings) -> int:
         0, once the worker has shut down.
 
     Raises:
-        WorkerUsageError: A flow class or the storage URL cannot be used as given.
+        WorkerUsageError: A flow class, the lease or the storage URL cannot be used as given.
         WorkerStartError: A module failed to import or the storage cannot be opened.
     """
+    from pyergon.executor.leases import check_lease_seconds
+
+    try:
+        check_lease_seconds(settings.lease_seconds, "--lease")
+    except ValueError as error:
+        raise WorkerUsageError(str(error)) from None
     flow_classes = [load_flow_class(spec) for spec in settings.flow_specs]
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     asyncio.run(_serve(settings, flow_classes))

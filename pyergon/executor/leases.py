@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -18,12 +19,42 @@ from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.storage.flows import HeldFlow
 
-__all__ = ["DONE", "Backoff", "CancelFlag", "Claim", "LeaseWriter", "release_quietly"]
+__all__ = [
+    "DONE",
+    "Backoff",
+    "CancelFlag",
+    "Claim",
+    "LeaseWriter",
+    "check_lease_seconds",
+    "release_quietly",
+]
 
 logger = logging.getLogger("pyergon.worker")
 
 _MAX_BACKOFF = 5.0
 """Longest pause between attempts while the storage cannot be reached."""
+
+
+def check_lease_seconds(lease_seconds: float, name: str = "lease_seconds") -> None:
+    """Refuse a lease length that would strand flows: not a finite number above zero.
+
+    An infinite (or NaN) lease never expires, so the flows of a worker that dies are never
+    claimed again.
+
+    Args:
+        lease_seconds: The lease length to check.
+        name: What the caller calls it, for the message (``--lease`` on the command line).
+
+    Raises:
+        ValueError: ``lease_seconds`` is not finite or not above zero.
+    """
+    if not (isinstance(lease_seconds, int | float) and math.isfinite(lease_seconds)) or not (
+        lease_seconds > 0
+    ):
+        raise ValueError(
+            f"{name} must be a finite number of seconds > 0, got {lease_seconds!r}; a "
+            "lease that never expires leaves a dead worker's flows stranded"
+        )
 
 
 class LeaseWriter:

@@ -31,6 +31,7 @@ from pyergon.executor.leases import (
     CancelFlag,
     Claim,
     LeaseWriter,
+    check_lease_seconds,
     release_quietly,
 )
 from pyergon.executor.runner import FlowRun, drive_flow, log_by_position, stored_outcome
@@ -93,8 +94,7 @@ class Worker:
             raise ValueError(f"worker_id must be a non-empty string, got {worker_id!r}")
         if max_concurrent_flows < 1:
             raise ValueError(f"max_concurrent_flows must be >= 1, got {max_concurrent_flows}")
-        if lease_seconds <= 0:
-            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
+        check_lease_seconds(lease_seconds)
         self.storage = storage
         self.worker_id = worker_id
         self.enable_timers = enable_timers
