@@ -30,7 +30,7 @@ from pyergon.errors import (
 )
 from pyergon.executor.executor import validate_flow_id
 from pyergon.executor.inputs import decode_flow
-from pyergon.executor.runner import FLOW_RETRY_SEQUENCE, FlowRun, drive_flow, reopen_failed_work
+from pyergon.executor.runner import FLOW_RETRY_SEQUENCE, FlowRun, drive_flow
 from pyergon.serialization import Serializer, default_serializer
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.flows import request_cancel, requeue, save_records
@@ -232,12 +232,13 @@ class FlowManager:
                 f"flow {flow_id!r} is {flow.status.value}; only FAILED or CANCELLED flows can "
                 "be retried",
             )
-        await reopen_failed_work(self.storage, flow_id)
+        # One guarded change: nothing is deleted if the flow moved on since it was read.
         retried = await requeue(
             self.storage,
             flow_id,
             from_statuses=retryable,
             fields={"error": None, "result": None, "attempt": 1},
+            reopen_failed=True,
         )
         if retried is None:
             raise FlowStateError(flow_id, f"flow {flow_id!r} changed state meanwhile; try again")

@@ -26,9 +26,7 @@ from pyergon.context import (
     ReplayEnded,
     flow_scope,
 )
-from pyergon.core.changes import Change
 from pyergon.core.outcome import Completed, FlowOutcome, Suspended, SuspendReason
-from pyergon.core.query import FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.transitions import RunEnd
@@ -45,7 +43,7 @@ from pyergon.serialization import (
     serialize_exception,
 )
 from pyergon.storage.base import ExecutionLog
-from pyergon.storage.flows import requeue, save_records
+from pyergon.storage.flows import reopen_failed_work, save_records
 
 __all__ = [
     "FLOW_RETRY_SEQUENCE",
@@ -54,7 +52,6 @@ __all__ = [
     "drive_flow",
     "log_by_position",
     "read_log",
-    "reopen_failed_work",
     "stored_outcome",
 ]
 
@@ -233,27 +230,6 @@ async def _save_quietly(context: FlowContext) -> None:
         await context.save()
     except (Exception, LogConflict):
         context.discard_unsaved()  # replay does that work again
-
-
-async def reopen_failed_work(storage: ExecutionLog, flow_id: str) -> None:
-    """Make a flow's failed work run again: its failed records and its failed children.
-
-    Records of steps that succeeded stay, so only what failed runs again. A failed child flow
-    is put back in the queue with its own failed records cleared, so the parent's next run
-    waits for a fresh attempt of the child instead of replaying the child's old failure.
-    """
-    await storage.apply(Change(forget_failed=(flow_id,)))
-    failed_children = await storage.list_flows(
-        FlowQuery(parent_flow_id=flow_id, status=TaskStatus.FAILED, limit=10_000)
-    )
-    for child in failed_children:
-        await reopen_failed_work(storage, child.flow_id)
-        await requeue(
-            storage,
-            child.flow_id,
-            from_statuses=(TaskStatus.FAILED,),
-            fields={"error": None, "attempt": 1},
-        )
 
 
 def stored_outcome(flow: ScheduledFlow, serializer: Serializer) -> Completed:
