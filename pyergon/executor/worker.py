@@ -112,6 +112,8 @@ class Worker:
         self.on_error = on_error
         self._claim_backoff = Backoff(worker_id, "claiming flows", self._report)
         self._cancels_checked_at = 0.0
+        self._cancel_look_owed = False
+        """Storage woke the worker since its last look for cancel requests."""
         self._failed_runs: dict[str, int] = {}
         """Runs in a row that failed outside the flow's code, by flow id (reset by a good run)."""
         self.flows_finished = 0
@@ -196,14 +198,18 @@ class Worker:
                 # Wall-clock time, not self.clock: it says whether this loop is alive.
                 self.last_heartbeat = time.time()
                 self._kick.clear()
-                await self._fill_slots()
-                if self._cancel_check_due():
+                until_check = self._until_cancel_check()
+                if until_check is not None and until_check <= 0:
                     # Two independent looks at storage: one round trip's wait, not two.
-                    _, timeout = await asyncio.gather(
-                        self._check_cancellations(), self._idle_timeout()
-                    )
+                    await asyncio.gather(self._fill_slots(), self._check_cancellations())
                 else:
-                    timeout = await self._idle_timeout()
+                    await self._fill_slots()
+                timeout = await self._idle_timeout()
+                until_check = self._until_cancel_check()
+                if self._cancel_look_owed and until_check is not None:
+                    # Woken by storage since the last look, while flows run: the wake-up may be
+                    # a cancel request, so look as soon as the interval allows.
+                    timeout = min(timeout, max(until_check, 0.0))
                 if self._stopping:
                     break
                 # Work that is due already, or a kick meanwhile: claim again after one pass of
@@ -235,6 +241,7 @@ class Worker:
                 raise asyncio.CancelledError
             backoff.succeeded()
             if woken:
+                self._cancel_look_owed = True
                 self._kick.set()
 
     async def _idle_timeout(self) -> float:
@@ -310,16 +317,20 @@ class Worker:
         except Exception:  # a broken callback must not stop the worker
             logger.exception("worker %s: on_error callback failed", self.worker_id)
 
-    def _cancel_check_due(self) -> bool:
-        """Whether flows run here and the last look for cancellation requests is old enough."""
+    def _until_cancel_check(self) -> float | None:
+        """Seconds until the next look for cancellation requests may happen (``<= 0``: now).
+
+        ``None`` while no flow runs here: there is nothing to look for.
+        """
+        if not self._running:
+            return None
         since = asyncio.get_running_loop().time() - self._cancels_checked_at
-        return bool(self._running) and since >= _CANCEL_CHECK_INTERVAL
+        return _CANCEL_CHECK_INTERVAL - since
 
     async def _check_cancellations(self) -> None:
         """Tell running flows whose cancellation was requested; they stop at a step boundary."""
-        if not self._cancel_check_due():
-            return
         self._cancels_checked_at = asyncio.get_running_loop().time()
+        self._cancel_look_owed = False
         try:
             requested = await self.storage.cancel_requests(list(self._running))
         except Exception:
