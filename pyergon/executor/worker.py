@@ -23,7 +23,7 @@ from pyergon.core.outcome import FlowOutcome, Suspended, SuspendReason
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError, format_position
 from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
-from pyergon.errors import NonDeterminismError, PyergonError
+from pyergon.errors import CorruptStorageError, NonDeterminismError, PyergonError
 from pyergon.executor.inputs import decode_flow, encode_flow
 from pyergon.executor.leases import (
     DONE,
@@ -295,7 +295,7 @@ class Worker:
         writer = LeaseWriter(HeldFlow(self.storage, flow, flow.lease_token))
         cancel = CancelFlag(flow.cancel_requested)
         task = asyncio.create_task(
-            self._run_claimed(flow, claimed.log, writer, cancel),
+            self._run_claimed(flow, claimed.log, writer, cancel, claimed.damage),
             name=f"pyergon-flow-{flow.flow_id}",
         )
         self._running[flow.flow_id] = Claim(writer, task, cancel)
@@ -373,8 +373,11 @@ class Worker:
         records: list[Invocation] | None,
         writer: LeaseWriter,
         cancel: CancelFlag,
+        damage: CorruptStorageError | None = None,
     ) -> None:
         try:
+            if damage is not None:
+                raise damage  # the flow cannot run as stored; it fails alone
             cls = self._registry[flow.flow_type]
             instance: Any = decode_flow(self.serializer, cls, flow.payload)
             method_name = self._entries[flow.flow_type]

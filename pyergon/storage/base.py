@@ -20,6 +20,7 @@ from pyergon.core.changes import Applied, Change
 from pyergon.core.query import FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
+from pyergon.errors import CorruptStorageError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -27,6 +28,7 @@ __all__ = [
     "ExecutionLog",
     "StorageLifecycle",
     "check_claim_limit",
+    "damaged_run",
     "wait_for_event",
 ]
 
@@ -68,10 +70,41 @@ class ClaimedRun:
         log: Its records ordered by ``(sequence, sub_sequence)``, read after the claim took
             the flow; empty for a flow that has not run yet. ``None`` if they could not be
             read then: whoever runs the flow reads them first.
+        damage: Why the flow cannot run as stored: a field or a record that cannot be read.
+            ``flow`` then holds what could be read (at least what the claim wrote), and whoever
+            claimed it fails it with this error, so one damaged flow never stops the queue.
     """
 
     flow: ScheduledFlow
     log: list[Invocation] | None = field(default_factory=list)
+    damage: CorruptStorageError | None = None
+
+
+_UNREADABLE_PLACEHOLDERS: dict[str, object] = {
+    "flow_type": "",
+    "payload": b"",
+    "created_at": 0.0,
+    "updated_at": 0.0,
+}
+"""Values of the fields a flow cannot lack, for a damaged flow that lacks them."""
+
+
+def damaged_run(readable: Mapping[str, object], damage: CorruptStorageError) -> ClaimedRun:
+    """The run of a claimed flow that cannot run as stored, for its claimer to fail.
+
+    A backend whose claim took a flow it cannot read returns this instead of raising, which
+    would leave the whole batch leased to nobody (shared by every backend).
+
+    Args:
+        readable: The fields of the flow that could be read, by name; they include the
+            claim's own (``flow_id``, ``status``, the lease, ``version``).
+        damage: What cannot be read, naming the flow and the field or record.
+
+    Returns:
+        A run without a log whose ``flow`` has placeholders for required fields it lacks.
+    """
+    flow = ScheduledFlow(**{**_UNREADABLE_PLACEHOLDERS, **readable})  # type: ignore[arg-type]
+    return ClaimedRun(flow, None, damage)
 
 
 class StorageLifecycle:
@@ -162,7 +195,10 @@ class ExecutionLog(Protocol):
 
         Returns:
             One :class:`ClaimedRun` per flow, in queue order. The claim stands even if a log
-            cannot be read: that run's ``log`` is ``None``.
+            cannot be read: that run's ``log`` is ``None``. It never raises once it has taken
+            flows: a flow whose fields or records cannot be read comes with its ``damage``
+            (see :func:`damaged_run`), and what keeps a flow from being taken at all is left
+            out (and logged), so one damaged flow never stops the queue.
 
         Raises:
             ValueError: ``limit`` is less than 1.

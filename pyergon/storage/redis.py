@@ -47,6 +47,7 @@ from pyergon.storage.base import (
     ClaimedRun,
     StorageLifecycle,
     check_claim_limit,
+    damaged_run,
 )
 from pyergon.storage.redis_layout import (
     SCRIPTS,
@@ -62,6 +63,7 @@ from pyergon.storage.redis_layout import (
     log_from_hash,
     number,
     optional,
+    readable_flow,
     record_field,
 )
 from pyergon.storage.redis_listener import WorkListener
@@ -122,6 +124,8 @@ class RedisExecutionLog(StorageLifecycle):
             where=self._where,
         )
         self._batcher = CommandBatcher(self._open_client, self._translate)
+        self._damage_reported: set[tuple[str, str]] = set()
+        """Damage a claim met and logged, by key and field: each is logged once."""
 
     @classmethod
     def from_url(cls, url: str) -> RedisExecutionLog:
@@ -384,7 +388,7 @@ class RedisExecutionLog(StorageLifecycle):
         )
         del changes["lease_token"]  # each flow gets a token of its own, passed with the tokens
         sets, deletes = flow_changes(changes)
-        replies = await self._run(
+        taken, damaged = await self._run(
             "claim",
             number(now),
             number(now if due_by is None else max(due_by, now)),
@@ -394,14 +398,64 @@ class RedisExecutionLog(StorageLifecycle):
             *counted(sets),
             *counted(deletes),
         )
-        runs = []
-        for fields, records in replies:
-            flow = flow_from_reply(fields)
-            items = iter(records)
-            runs.append(
-                ClaimedRun(flow, log_from_hash(flow.flow_id, zip(items, items, strict=True)))
+        for flow_id, key, field, held in damaged:
+            self._report_damage(flow_id.decode(), key.decode(), field.decode(), held)
+        return [self._claimed_run(*reply) for reply in taken]
+
+    def _claimed_run(
+        self, raw_id: bytes, fields: list[bytes], records: list[bytes] | None
+    ) -> ClaimedRun:
+        """A run of a flow the claim script took; what cannot be read comes as its damage."""
+        flow_id = raw_id.decode(errors="replace")
+        values, damage = readable_flow(flow_id, fields)
+        log: list[Invocation] | None = None
+        if records is None:
+            damage = damage or CorruptStorageError(
+                f"the records of flow {flow_id!r} (Redis key {self._key('inv', flow_id)!r} at "
+                f"{self._where}) are not a hash; pyergon cannot read them"
             )
-        return runs
+        else:
+            items = iter(records)
+            try:
+                log = log_from_hash(flow_id, zip(items, items, strict=True))
+            except (ValueError, TypeError, KeyError, IndexError) as error:
+                damage = damage or CorruptStorageError(
+                    f"a record of flow {flow_id!r} cannot be read ({error!r}); pyergon cannot "
+                    "replay the flow"
+                )
+        if damage is not None:
+            return damaged_run(values, damage)
+        return ClaimedRun(ScheduledFlow(**values), log)
+
+    def _report_damage(self, flow_id: str, key: str, field: str, held: bytes | None) -> None:
+        """Log, once per key and field, what kept a claim from taking a flow."""
+        if (key, field) in self._damage_reported:
+            return
+        self._damage_reported.add((key, field))
+        found = "nothing" if held is None else held.decode(errors="replace")
+        if not flow_id:
+            what = (
+                f"Redis key {key!r} at {self._where} holds a {found}, not the sorted set pyergon "
+                "keeps there; no flow that needs it is claimed until it is deleted or renamed"
+            )
+        elif field:
+            what = (
+                f"flow {flow_id!r} was taken out of the queue: its field {field!r} (Redis key "
+                f"{key!r} at {self._where}) holds {found!r}, not what pyergon wrote; fix the "
+                "field, then resume the flow"
+            )
+        elif key == self._key("flow", flow_id):
+            what = (
+                f"flow {flow_id!r} was taken out of the queue: Redis key {key!r} at "
+                f"{self._where} holds {'no flow' if found == 'none' else f'a {found}'}, not a "
+                "flow's hash (pyergon changed nothing in it)"
+            )
+        else:
+            what = (
+                f"flow {flow_id!r} is not claimed: Redis key {key!r} at {self._where} holds a "
+                f"{found}, not the sorted set pyergon keeps there; delete or rename it"
+            )
+        logger.error("%s (prefix %r)", what, self._prefix)
 
     async def renew_leases(
         self, leases: Mapping[str, str], *, lease_seconds: float, now: float
