@@ -31,7 +31,7 @@ from pyergon.errors import (
 from pyergon.executor.executor import validate_flow_id
 from pyergon.executor.inputs import decode_flow
 from pyergon.executor.runner import FLOW_RETRY_SEQUENCE, FlowRun, drive_flow
-from pyergon.serialization import Serializer, default_serializer
+from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.flows import request_cancel, requeue, save_records
 from pyergon.storage.memory import InMemoryExecutionLog
@@ -128,7 +128,7 @@ class FlowManager:
         clock: Clock | None = None,
     ) -> None:
         self.storage = storage
-        self.serializer = serializer or default_serializer()
+        self.serializer = serializer_for(storage, serializer)
         self.clock = clock or SystemClock()
         self._classes: dict[str, type] = {}
         for flow_class in flow_classes:

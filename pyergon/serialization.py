@@ -14,25 +14,33 @@ import json
 import math
 import os
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from pyergon.core.records import StoredError
-from pyergon.errors import SerializationError, SignatureError, StepFailedError
+from pyergon.errors import (
+    SerializationError,
+    SignatureError,
+    StepFailedError,
+    UnsafeSerializerError,
+)
 from pyergon.hashing import stable_hash, type_name
 
 __all__ = [
     "JsonSerializer",
     "PickleSerializer",
     "Serializer",
+    "check_serializer",
     "default_serializer",
     "dumps_for",
     "rebuild_exception",
     "serialize_exception",
+    "serializer_for",
     "stable_hash",
 ]
 
 _SECRET_KEY_VARIABLE = "PYERGON_SECRET_KEY"
+_UNSIGNED_VARIABLE = "PYERGON_UNSIGNED_PICKLE"
 _PICKLE_TAG = b"P1"
 _SIGNED_TAG = b"S1"
 _JSON_TAG = b"J1"
@@ -82,34 +90,67 @@ def _foreign_format(data: bytes) -> str:
 class PickleSerializer:
     """The default serializer: pickle protocol 5, optionally signed with HMAC-SHA256.
 
-    Without a key a payload is ``b"P1" + pickle``. With a key it is
-    ``b"S1" + HMAC-SHA256(key, b"S1" + pickle) + pickle``, and :meth:`loads` checks the
-    signature before unpickling, so a tampered or unsigned record never reaches ``pickle``.
-    Unpickling runs code named by the payload: without a key, only read storage you trust.
+    Without a key a payload is ``b"P1" + pickle``. With keys it is
+    ``b"S1" + HMAC-SHA256(key, b"S1" + pickle) + pickle``, signed with the first key, and
+    :meth:`loads` accepts a signature by any of them, checked before unpickling, so a tampered
+    or unsigned record never reaches ``pickle``. Several keys rotate a key: put the new key
+    first and keep the old one until nothing signed with it remains.
+
+    Unpickling runs code named by the payload: without a key, whoever can write the storage
+    (a Redis or PostgreSQL server, or a SQLite file) can run code in every process reading it.
+    Shared storage therefore refuses an unsigned serializer unless it was chosen by name
+    (``unsigned=True``); see :func:`check_serializer`.
 
     Args:
         key: Secret key for signing; ``None`` disables signing. A ``str`` is encoded as UTF-8.
+        keys: Several keys instead of ``key``: the first signs, any verifies.
+        unsigned: Choose unsigned pickle explicitly, accepting the risk above; needed to use
+            it on shared storage.
 
     Raises:
-        ValueError: If ``key`` is empty.
+        ValueError: A key is empty, both ``key`` and ``keys`` are given, ``keys`` is empty, or
+            ``unsigned=True`` comes with a key.
     """
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_keys", "_unsigned_by_choice")
     name: str = "pickle"
 
-    def __init__(self, key: bytes | str | None = None) -> None:
-        if isinstance(key, str):
-            key = key.encode("utf-8")
-        if key is not None and not key:
-            raise ValueError("the secret key must not be empty; pass key=None to disable signing")
-        self._key = key
+    def __init__(
+        self,
+        key: bytes | str | None = None,
+        *,
+        keys: Sequence[bytes | str] | None = None,
+        unsigned: bool = False,
+    ) -> None:
+        if key is not None and keys is not None:
+            raise ValueError("pass key=... or keys=[...], not both")
+        if keys is not None and not keys:
+            raise ValueError("keys=[...] needs at least one key; pass unsigned=True for none")
+        given = [key] if key is not None else list(keys or ())
+        if unsigned and given:
+            raise ValueError("unsigned=True means no key; pass either a key or unsigned=True")
+        encoded = tuple(item.encode("utf-8") if isinstance(item, str) else item for item in given)
+        if any(not item for item in encoded):
+            raise ValueError("a secret key must not be empty; pass key=None to disable signing")
+        self._keys = encoded
+        self._key = encoded[0] if encoded else None
+        self._unsigned_by_choice = unsigned
 
     @property
     def signed(self) -> bool:
         """Whether payloads are signed and signatures are required."""
         return self._key is not None
 
+    @property
+    def unsigned_by_choice(self) -> bool:
+        """Whether unsigned pickle was chosen explicitly (``unsigned=True``)."""
+        return self._unsigned_by_choice
+
     def __repr__(self) -> str:
+        if len(self._keys) > 1:
+            return f"PickleSerializer(signed=True, keys={len(self._keys)})"
+        if self._unsigned_by_choice:
+            return "PickleSerializer(signed=False, unsigned=True)"
         return f"PickleSerializer(signed={self.signed})"
 
     def dumps(self, value: Any) -> bytes:
@@ -145,10 +186,12 @@ class PickleSerializer:
                     f"{_SECRET_KEY_VARIABLE} or pass PickleSerializer(key=...) to read it"
                 )
             signature, pickled = data[2 : 2 + _MAC_SIZE], data[2 + _MAC_SIZE :]
-            if not hmac.compare_digest(signature, _sign(key, _SIGNED_TAG + pickled)):
+            message = _SIGNED_TAG + pickled
+            if not any(hmac.compare_digest(signature, _sign(k, message)) for k in self._keys):
+                which = "the secret key" if len(self._keys) == 1 else "any of the secret keys"
                 raise SignatureError(
-                    "payload signature does not match the secret key: the record was tampered "
-                    "with or written with another key; refusing to unpickle it"
+                    f"payload signature does not match {which}: the record was tampered with "
+                    "or written with another key; refusing to unpickle it"
                 )
             return _unpickle(pickled)
         if tag == _PICKLE_TAG and key is None:
@@ -267,14 +310,90 @@ def _check_json(value: Any, path: list[str], seen: set[int]) -> None:
 def default_serializer(environ: Mapping[str, str] | None = None) -> Serializer:
     """Build the default serializer: pickle, signed when ``PYERGON_SECRET_KEY`` is set.
 
+    ``PYERGON_SECRET_KEY`` holds one key, or several separated by commas (``new,old``): the
+    first signs, any verifies. ``PYERGON_UNSIGNED_PICKLE=1`` chooses unsigned pickle by name,
+    which shared storage requires of an unsigned serializer (see :func:`check_serializer`).
+
     Args:
-        environ: Where to read ``PYERGON_SECRET_KEY``; defaults to ``os.environ``.
+        environ: Where to read the variables; defaults to ``os.environ``.
 
     Returns:
-        A new ``PickleSerializer``, signed with the key when the variable is non-empty.
+        A new ``PickleSerializer``, signed with the keys when the variable is non-empty.
+
+    Raises:
+        UnsafeSerializerError: A variable is malformed (an empty key between commas, an
+            unknown value of ``PYERGON_UNSIGNED_PICKLE``), or both are set.
     """
-    key = (os.environ if environ is None else environ).get(_SECRET_KEY_VARIABLE, "")
-    return PickleSerializer(key=key or None)
+    environ = os.environ if environ is None else environ
+    text = environ.get(_SECRET_KEY_VARIABLE, "")
+    unsigned = _unsigned_chosen(environ)
+    if not text:
+        return PickleSerializer(unsigned=unsigned)
+    keys = [part.strip() for part in text.split(",")]
+    if not all(keys):
+        raise UnsafeSerializerError(
+            f"{_SECRET_KEY_VARIABLE} holds an empty key: write one key, or several separated "
+            "by commas with the signing key first (new,old)"
+        )
+    if unsigned:
+        raise UnsafeSerializerError(
+            f"both {_SECRET_KEY_VARIABLE} and {_UNSIGNED_VARIABLE}=1 are set; unset one of them"
+        )
+    return PickleSerializer(keys=keys)
+
+
+def _unsigned_chosen(environ: Mapping[str, str]) -> bool:
+    value = environ.get(_UNSIGNED_VARIABLE, "")
+    if value not in ("", "0", "1"):
+        raise UnsafeSerializerError(f"{_UNSIGNED_VARIABLE} must be 1 or 0, not {value!r}")
+    return value == "1"
+
+
+def check_serializer(serializer: Serializer, storage: object) -> None:
+    """Refuse unsigned pickle on shared storage, unless it was chosen by name.
+
+    Shared storage (a backend whose class sets ``shared_store = True``: Redis, PostgreSQL) can
+    be written by anyone who reaches its server; pickle runs code named by what it reads, so an
+    unsigned pickle serializer there would let them run code in every worker. SQLite and the
+    in-memory backend keep unsigned pickle as the default.
+
+    Args:
+        serializer: The serializer about to read and write ``storage``.
+        storage: The storage backend.
+
+    Raises:
+        UnsafeSerializerError: ``storage`` is shared and ``serializer`` is an unsigned
+            ``PickleSerializer`` not built with ``unsigned=True``; the message says how to
+            choose.
+    """
+    if not getattr(storage, "shared_store", False):
+        return
+    if not isinstance(serializer, PickleSerializer) or serializer.signed:
+        return
+    if serializer.unsigned_by_choice:
+        return
+    raise UnsafeSerializerError(
+        f"{storage!r} is shared storage and no secret key is set: whoever can write to it could "
+        "run code in every process that reads it, since pickle runs code named by what it "
+        f"reads. Choose one: set {_SECRET_KEY_VARIABLE} (the same key in every process; or pass "
+        "serializer=PickleSerializer(key=...)), pass serializer=JsonSerializer(), or accept "
+        f"unsigned pickle by name: {_UNSIGNED_VARIABLE}=1 or "
+        "serializer=PickleSerializer(unsigned=True)."
+    )
+
+
+def serializer_for(storage: object, serializer: Serializer | None = None) -> Serializer:
+    """The serializer to use with ``storage``: ``serializer``, or the default one; checked.
+
+    What every front (workers, executors, schedulers, managers, notebook sessions) calls where
+    it pairs a serializer with a storage.
+
+    Raises:
+        UnsafeSerializerError: See :func:`default_serializer` and :func:`check_serializer`.
+    """
+    chosen = serializer if serializer is not None else default_serializer()
+    check_serializer(chosen, storage)
+    return chosen
 
 
 def dumps_for(serializer: Serializer, value: Any, what: str | Callable[[], str]) -> bytes:

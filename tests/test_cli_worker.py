@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -55,8 +56,10 @@ def flows_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
-def start_worker(*arguments: str, cwd: Path) -> subprocess.Popen[str]:
-    environment = dict(os.environ, COLUMNS="100", NO_COLOR="1")
+def start_worker(
+    *arguments: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    environment = dict(os.environ, COLUMNS="100", NO_COLOR="1", **(env or {}))
     environment.pop(STORAGE_URL_VARIABLE, None)
     return subprocess.Popen(
         [sys.executable, "-m", "pyergon", "worker", *arguments],
@@ -68,9 +71,11 @@ def start_worker(*arguments: str, cwd: Path) -> subprocess.Popen[str]:
     )
 
 
-def run_worker(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_worker(
+    *arguments: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a worker that is expected to exit by itself."""
-    process = start_worker(*arguments, cwd=cwd)
+    process = start_worker(*arguments, cwd=cwd, env=env)
     try:
         output, errors = process.communicate(timeout=STOP_DEADLINE)
     finally:
@@ -173,3 +178,20 @@ def test_a_lease_that_is_not_a_finite_positive_number_exits_2_with_one_line(
     assert "finite" in last_line or "greater than 0" in last_line
     assert "Traceback" not in finished.stderr
     assert not (tmp_path / "x.db").exists()  # refused before any storage was opened
+
+
+def test_a_worker_on_shared_storage_without_a_chosen_serializer_exits_1_saying_how(
+    tmp_path: Path, flows_module: ModuleType, redis_url: str, redis_prefix: Callable[..., str]
+) -> None:
+    url = f"{redis_url}?prefix={redis_prefix()}"
+    environment = {"PYERGON_UNSIGNED_PICKLE": "", "PYERGON_SECRET_KEY": ""}
+
+    finished = run_worker(
+        f"{FLOWS_MODULE}:Greeting", "--storage", url, cwd=tmp_path, env=environment
+    )
+
+    assert finished.returncode == 1, finished.stderr
+    last_line = finished.stderr.splitlines()[-1]
+    assert last_line.startswith("pyergon: ") and "shared storage" in last_line
+    assert "PYERGON_SECRET_KEY" in last_line and "PYERGON_UNSIGNED_PICKLE=1" in last_line
+    assert "Traceback" not in finished.stderr

@@ -19,7 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyergon.decorators import require_flow_class
-from pyergon.errors import FlowDefinitionError, StorageError, UnknownStorageSchemeError
+from pyergon.errors import (
+    FlowDefinitionError,
+    StorageError,
+    UnknownStorageSchemeError,
+    UnsafeSerializerError,
+)
 
 __all__ = [
     "DEFAULT_STORAGE_URL",
@@ -137,7 +142,8 @@ def run_worker(settings: WorkerSettings) -> int:
 
     Raises:
         WorkerUsageError: A flow class, the lease or the storage URL cannot be used as given.
-        WorkerStartError: A module failed to import or the storage cannot be opened.
+        WorkerStartError: A module failed to import, the storage cannot be opened, or it is
+            shared and no serializer was chosen for it (a key, or unsigned pickle by name).
     """
     from pyergon.executor.leases import check_lease_seconds
 
@@ -170,12 +176,15 @@ async def _serve(settings: WorkerSettings, flow_classes: Sequence[type]) -> None
         raise WorkerStartError(str(error)) from error
     console = Console(highlight=False)
     try:
-        worker = Worker(
-            storage,
-            settings.worker_id,
-            max_concurrent_flows=settings.concurrency,
-            lease_seconds=settings.lease_seconds,
-        )
+        try:
+            worker = Worker(
+                storage,
+                settings.worker_id,
+                max_concurrent_flows=settings.concurrency,
+                lease_seconds=settings.lease_seconds,
+            )
+        except UnsafeSerializerError as error:
+            raise WorkerStartError(str(error)) from None
         for flow_class in flow_classes:
             await worker.register(flow_class)
         handle = await worker.start()

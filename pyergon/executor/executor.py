@@ -22,7 +22,7 @@ from pyergon.decorators import flow_entry, require_flow_instance
 from pyergon.errors import InvalidFlowIdError, NonDeterminismError, PyergonError
 from pyergon.executor.inputs import encode_flow
 from pyergon.executor.runner import FlowRun, drive_flow, stored_outcome
-from pyergon.serialization import Serializer, default_serializer
+from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.flows import HeldFlow, start_direct_run
 
@@ -83,7 +83,7 @@ class Executor(Generic[F]):
         self.flow = flow
         self.storage = storage
         self.flow_id = str(uuid.uuid4()) if flow_id is None else validate_flow_id(flow_id)
-        self.serializer = serializer or default_serializer()
+        self.serializer = serializer_for(storage, serializer)
         self.clock = clock or SystemClock()
         self._parent = parent
         self._cancellation = cancellation

@@ -35,7 +35,7 @@ from pyergon.executor.leases import (
     release_quietly,
 )
 from pyergon.executor.runner import FlowRun, drive_flow, log_by_position, stored_outcome
-from pyergon.serialization import Serializer, default_serializer, serialize_exception
+from pyergon.serialization import Serializer, serialize_exception, serializer_for
 from pyergon.storage.base import ClaimedRun, ExecutionLog, wait_for_event
 from pyergon.storage.flows import HeldFlow
 
@@ -100,7 +100,7 @@ class Worker:
         self.enable_timers = enable_timers
         self.max_concurrent_flows = max_concurrent_flows
         self.lease_seconds = lease_seconds
-        self.serializer = serializer or default_serializer()
+        self.serializer = serializer_for(storage, serializer)
         self.clock = clock or SystemClock()
         self._lookahead = _TIMER_LOOKAHEAD if isinstance(self.clock, SystemClock) else 0.0
         self._registry: dict[str, type] = {}

@@ -28,7 +28,7 @@ from pyergon.management import FlowManager, ReplayResult
 from pyergon.notebook.stepper import Stepper
 from pyergon.notebook.views_monitor import Monitor
 from pyergon.notebook.views_timeline import Timeline
-from pyergon.serialization import Serializer, default_serializer
+from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage.base import ExecutionLog
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ class Session:
         close_storage: bool = False,
     ) -> None:
         self.storage = storage
-        self.serializer = serializer or default_serializer()
+        self.serializer = serializer_for(storage, serializer)
         self.clock = clock or SystemClock()
         self.scheduler = Scheduler(storage, serializer=self.serializer, clock=self.clock)
         self.manager = FlowManager(storage, serializer=self.serializer, clock=self.clock)

@@ -110,6 +110,11 @@ def damaged_run(readable: Mapping[str, object], damage: CorruptStorageError) -> 
 class StorageLifecycle:
     """Base class giving a backend ``async with`` on top of ``connect()`` and ``close()``."""
 
+    shared_store = False
+    """Whether other machines may write the storage (a server, not a file of this machine's).
+    On shared storage unsigned pickle needs an explicit choice (see
+    :func:`pyergon.serialization.check_serializer`)."""
+
     async def connect(self) -> None:  # pragma: no cover - overridden by every backend
         """Open connections and create or migrate the schema."""
         raise NotImplementedError

@@ -96,6 +96,9 @@ class RedisExecutionLog(StorageLifecycle):
         ...     flow = await storage.get_flow("order-42")
     """
 
+    shared_store = True
+    """Other processes and machines may write it: unsigned pickle needs an explicit choice."""
+
     def __init__(
         self,
         url: str = "redis://127.0.0.1:6379/0",
