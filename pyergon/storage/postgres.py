@@ -108,6 +108,9 @@ class PostgresExecutionLog(StorageLifecycle):
         ...     flow = await storage.get_flow("order-42")
     """
 
+    shared_store = True
+    """Other processes and machines may write it: unsigned pickle needs an explicit choice."""
+
     def __init__(
         self,
         dsn: str = DEFAULT_DSN,
