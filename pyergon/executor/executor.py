@@ -19,7 +19,7 @@ from pyergon.core.records import ScheduledFlow, format_position
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.decorators import flow_entry, require_flow_instance
-from pyergon.errors import InvalidFlowIdError, NonDeterminismError, PyergonError
+from pyergon.errors import InvalidFlowIdError, NonDeterminismError, PyergonError, SignatureError
 from pyergon.executor.inputs import encode_flow
 from pyergon.executor.runner import FlowRun, drive_flow, stored_outcome
 from pyergon.serialization import Serializer, serializer_for
@@ -107,6 +107,8 @@ class Executor(Generic[F]):
             NonDeterminismError: The code calls another operation than the flow's log
                 records. The flow keeps the status it had, so the code that wrote the log can
                 still finish it.
+            SignatureError: The serializer's keys refuse a stored record; the flow keeps the
+                status it had, for a process with the right key.
         """
         stored, held, created = await self._load_or_create()
         if held is None:
@@ -128,7 +130,7 @@ class Executor(Generic[F]):
                     or PolledCancellation(self.storage, self.flow_id, self.clock),
                 )
             )
-        except NonDeterminismError:
+        except (NonDeterminismError, SignatureError):
             if stored.status is not TaskStatus.RUNNING:  # put it back as it was
                 await held.leave((), RunEnd(stored.status, {"wake_at": stored.wake_at}))
             raise

@@ -103,12 +103,20 @@ class LeaseWriter:
             status.value,
         )
 
-    async def give_back(self, wake_at: float | None = None) -> None:
-        """Release the flow to run again: at once, or (``SUSPENDED``) from ``wake_at`` on."""
+    async def give_back(
+        self, wake_at: float | None = None, error: StoredError | None = None
+    ) -> None:
+        """Release the flow to run again: at once, or (``SUSPENDED``) from ``wake_at`` on.
+
+        Args:
+            wake_at: When it may run again; ``None``: now.
+            error: Why this run gave it back, shown on the flow until it is claimed again.
+        """
+        fields = {} if error is None else {"error": error}
         if wake_at is None:
-            await self._release(RunEnd(TaskStatus.PENDING))
+            await self._release(RunEnd(TaskStatus.PENDING, fields))
         else:
-            await self._release(RunEnd(TaskStatus.SUSPENDED, {"wake_at": wake_at}))
+            await self._release(RunEnd(TaskStatus.SUSPENDED, {"wake_at": wake_at, **fields}))
 
 
 class _Done:
@@ -147,10 +155,16 @@ class CancelFlag:
         return self.requested_flag
 
 
-async def release_quietly(writer: LeaseWriter, why: str, *, wake_at: float | None = None) -> None:
+async def release_quietly(
+    writer: LeaseWriter,
+    why: str,
+    *,
+    wake_at: float | None = None,
+    error: StoredError | None = None,
+) -> None:
     """Give a flow back to the queue (shielded from cancellation); a failure only logs."""
     try:
-        await asyncio.shield(writer.give_back(wake_at))
+        await asyncio.shield(writer.give_back(wake_at, error))
     except Exception as error:
         logger.warning("could not release a %s flow; its lease will expire: %s", why, error)
 

@@ -35,6 +35,7 @@ from pyergon.errors import (
     NonDeterminismError,
     PyergonError,
     SerializationError,
+    SignatureError,
 )
 from pyergon.serialization import (
     Serializer,
@@ -124,6 +125,8 @@ async def drive_flow(run: FlowRun) -> FlowOutcome:
     Raises:
         NonDeterminismError: The code no longer matches the flow's log; no flow state is
             written, so the caller decides what the flow's status becomes.
+        SignatureError: The serializer refused a stored record (another key wrote it); no
+            flow state is written either.
     """
     attempt = run.attempt
     log = run.log if run.log is not None else await read_log(run.storage, run.flow_id)
@@ -171,6 +174,9 @@ async def _attempt(run: FlowRun, context: FlowContext, attempt: int) -> FlowOutc
     except NonDeterminismError:
         await _save_quietly(context)  # the work before the mismatch stays done
         raise  # a problem of the code, not an outcome of the flow: the caller reports it
+    except SignatureError:
+        await _save_quietly(context)
+        raise  # this process's key refuses a stored record: the flow is left for another
     except LogConflict:
         raise
     except Exception as error:

@@ -23,7 +23,12 @@ from pyergon.core.outcome import FlowOutcome, Suspended, SuspendReason
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError, format_position
 from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
-from pyergon.errors import CorruptStorageError, NonDeterminismError, PyergonError
+from pyergon.errors import (
+    CorruptStorageError,
+    NonDeterminismError,
+    PyergonError,
+    SignatureError,
+)
 from pyergon.executor.inputs import decode_flow, encode_flow
 from pyergon.executor.leases import (
     DONE,
@@ -63,6 +68,10 @@ continues at the fire time itself rather than after that work (system clock only
 class Worker:
     """Runs flows from the shared queue.
 
+    A flow whose stored data this worker's serializer refuses (signed with a key it does not
+    have) is not failed: it goes back to the queue, with the refusal as its ``error`` and a
+    pause that grows while this worker keeps meeting it, for a worker with the right key.
+
     Args:
         storage: The storage shared with the scheduler and other workers.
         worker_id: A name unique among the workers; recorded as the lease owner.
@@ -76,6 +85,10 @@ class Worker:
         on_error: Called with every error the worker meets outside a flow's own code (storage
             failures, a flow that cannot start or no longer matches its log) and the flow id
             concerned, if any; they are logged as well. Notebook sessions keep them.
+
+    Raises:
+        ValueError: A setting is out of range (a lease that is not finite and above zero).
+        UnsafeSerializerError: The storage is shared and unsigned pickle was not chosen.
     """
 
     def __init__(
@@ -116,6 +129,8 @@ class Worker:
         """Storage woke the worker since its last look for cancel requests."""
         self._failed_runs: dict[str, int] = {}
         """Runs in a row that failed outside the flow's code, by flow id (reset by a good run)."""
+        self._refusal_logged = False
+        """Whether this worker has said that it leaves flows its keys refuse."""
         self.flows_finished = 0
         """Flows this worker ran to a final state."""
         self.last_heartbeat = 0.0
@@ -381,6 +396,9 @@ class Worker:
             cls = self._registry[flow.flow_type]
             instance: Any = decode_flow(self.serializer, cls, flow.payload)
             method_name = self._entries[flow.flow_type]
+        except SignatureError as error:
+            await self._leave_refused(flow, writer, error)
+            return
         except Exception as error:
             logger.error("flow %r cannot be started: %s", flow.flow_id, error)
             self._report(error, flow.flow_id)
@@ -415,12 +433,13 @@ class Worker:
             await writer.fail(stored_error, flow.attempt)
             self.flows_finished += 1
             return
+        except SignatureError as error:
+            await self._leave_refused(flow, writer, error)
+            return
         except Exception as error:
             # Storage trouble or a bug in pyergon: give the flow back so it runs again, after a
             # pause that grows while the failure repeats, so its steps do not rerun in a loop.
-            failures = self._failed_runs.get(flow.flow_id, 0) + 1
-            self._failed_runs[flow.flow_id] = failures
-            delay = min(_RETRY_AFTER_FAILURE * 2 ** (failures - 1), _MAX_RETRY_AFTER_FAILURE)
+            failures, delay = self._next_pause(flow.flow_id)
             logger.error(
                 "worker %s failed running flow %r (%d in a row; next try in %.1f s): %r",
                 self.worker_id,
@@ -435,6 +454,42 @@ class Worker:
         self._failed_runs.pop(flow.flow_id, None)
         if not isinstance(outcome, Suspended):
             self.flows_finished += 1
+
+    def _next_pause(self, flow_id: str) -> tuple[int, float]:
+        """Count one more run of ``flow_id`` given back unfinished; how long it waits now."""
+        failures = self._failed_runs.get(flow_id, 0) + 1
+        self._failed_runs[flow_id] = failures
+        return failures, min(_RETRY_AFTER_FAILURE * 2 ** (failures - 1), _MAX_RETRY_AFTER_FAILURE)
+
+    async def _leave_refused(
+        self, flow: ScheduledFlow, writer: LeaseWriter, error: SignatureError
+    ) -> None:
+        """Give back a flow whose stored data this worker's keys refuse, for one with the right key.
+
+        The flow is not failed: the data may be sound and this worker misconfigured. It waits
+        a pause that grows while this worker keeps meeting it, and shows why meanwhile.
+        """
+        _, delay = self._next_pause(flow.flow_id)
+        if not self._refusal_logged:
+            self._refusal_logged = True
+            logger.warning(
+                "worker %s cannot read flow %r (%s); it leaves flows it cannot read for a worker "
+                "with the right key and shows why on each. Check that this worker has the "
+                "PYERGON_SECRET_KEY (or serializer keys) the flows were written with; further "
+                "refusals are logged at debug level",
+                self.worker_id,
+                flow.flow_id,
+                error,
+            )
+            self._report(error, flow.flow_id)
+        else:
+            logger.debug("worker %s cannot read flow %r: %s", self.worker_id, flow.flow_id, error)
+        note = SignatureError(
+            f"worker {self.worker_id!r} cannot read this flow: {error}. It was left for a worker "
+            f"with the right key; this worker tries it again after {delay:g} s at the earliest."
+        )
+        wake_at = self.clock.now() + delay
+        await release_quietly(writer, "refused", wake_at=wake_at, error=StoredError.describe(note))
 
     async def _wait_for_timer(self, flow: ScheduledFlow) -> None:
         """Wait until the timer of a flow claimed shortly before it is due fires."""

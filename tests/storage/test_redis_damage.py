@@ -67,7 +67,12 @@ async def _run_all(storage: RedisExecutionLog) -> Worker:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("attempt", b"three"), ("wake_at", b"soon"), ("error_type", b"\xff\xfe"), ("color", b"red")],
+    [
+        ("attempt", b"three"),
+        ("wake_at", b"soon"),
+        ("parent_sequence", b"\xff\xfe"),
+        ("color", b"red"),
+    ],
 )
 async def test_a_flow_with_a_field_that_cannot_be_read_fails_alone(
     make_redis: MakeRedis, admin_client: Redis, field: str, value: bytes
