@@ -257,10 +257,11 @@ class RedisExecutionLog(StorageLifecycle):
         return version
 
     async def _warn_if_not_persisting(self, client: Redis) -> None:
-        """Warn when the server keeps flows only in memory: a restart would lose them all."""
+        """Warn when the server may lose flows: kept only in memory, or evicted when it is full."""
         try:
             config = await client.config_get("save")
             config.update(await client.config_get("appendonly"))
+            config.update(await client.config_get("maxmemory-policy"))
         except ResponseError:
             return  # managed servers often refuse CONFIG; their persistence is theirs to set
         if not config.get("save") and config.get("appendonly") != "yes":
@@ -268,6 +269,15 @@ class RedisExecutionLog(StorageLifecycle):
                 "Redis at %s neither snapshots (save) nor logs writes (appendonly): a restart "
                 "loses every flow under prefix %r. Set `appendonly yes` for durable flows.",
                 self._where,
+                self._prefix,
+            )
+        policy = config.get("maxmemory-policy", "noeviction")
+        if policy.startswith("allkeys"):
+            logger.warning(
+                "Redis at %s evicts keys when its memory is full (maxmemory-policy %s): it may "
+                "delete flows under prefix %r. Set `maxmemory-policy noeviction`.",
+                self._where,
+                policy,
                 self._prefix,
             )
 

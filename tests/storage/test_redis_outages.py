@@ -1,10 +1,11 @@
-"""What the Redis backend says while its server is away: once per outage, not per retry."""
+"""What the Redis backend warns about: a server away (once per outage), one that may evict."""
 
 from __future__ import annotations
 
 import logging
 
 import pytest
+from redis.asyncio import Redis
 
 from pyergon.storage import redis_listener
 from tests.waiting import until
@@ -56,3 +57,30 @@ async def test_the_wake_up_listener_warns_once_per_outage(
         back = [r.getMessage() for r in caplog.records if "again" in r.getMessage()]
         assert len(back) == 1
     await relay.cut()
+
+
+@pytest.mark.parametrize(
+    ("policy", "warned"),
+    [("noeviction", False), ("volatile-lru", False), ("allkeys-lru", True)],
+)
+async def test_a_server_that_may_evict_flows_is_warned_about(
+    make_redis: MakeRedis,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    policy: str,
+    warned: bool,
+) -> None:
+    config = {"save": "3600 1", "appendonly": "yes", "maxmemory-policy": policy}
+
+    async def config_get(client: Redis, pattern: str) -> dict[str, str]:
+        return {pattern: config[pattern]}
+
+    monkeypatch.setattr(Redis, "config_get", config_get)
+
+    with caplog.at_level(logging.WARNING, logger="pyergon.storage.redis"):
+        storage = await make_redis()
+
+    warnings = [r.getMessage() for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+    assert len(warnings) == warned
+    if warned:
+        assert storage.prefix in warnings[0] and "noeviction" in warnings[0]
