@@ -178,3 +178,23 @@ def test_local_storage_keeps_unsigned_pickle_as_the_default() -> None:
         for front in FRONTS.values():
             front(storage, None)
         check_serializer(PickleSerializer(), storage)
+
+
+@pytest.mark.usefixtures("no_choice")
+async def test_a_notebook_session_on_shared_storage_without_a_choice_closes_what_it_opened(
+    redis_url: str, redis_prefix: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyergon.notebook.session import Session
+
+    closed: list[RedisExecutionLog] = []
+    close = RedisExecutionLog.close
+
+    async def recording_close(storage: RedisExecutionLog) -> None:
+        closed.append(storage)
+        await close(storage)
+
+    monkeypatch.setattr(RedisExecutionLog, "close", recording_close)
+
+    with pytest.raises(UnsafeSerializerError, match="PYERGON_UNSIGNED_PICKLE=1"):
+        await Session.open(f"{redis_url}?prefix={redis_prefix()}")
+    assert len(closed) == 1

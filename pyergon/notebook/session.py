@@ -110,10 +110,19 @@ class Session:
         """Open storage by URL (``sqlite:///flows.db``, ``redis://…``, ``memory://``…).
 
         The session owns that storage and closes it in :meth:`close`.
+
+        Raises:
+            UnsafeSerializerError: The storage is shared and no serializer was chosen for it
+                (the storage is closed again).
         """
         from pyergon.storage.url import open_storage
 
-        return cls(await open_storage(url), close_storage=True, **options)
+        storage = await open_storage(url)
+        try:
+            return cls(storage, close_storage=True, **options)
+        except BaseException:
+            await storage.close()
+            raise
 
     def __repr__(self) -> str:
         return (
