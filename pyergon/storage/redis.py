@@ -271,7 +271,7 @@ class RedisExecutionLog(StorageLifecycle):
                 self._where,
                 self._prefix,
             )
-        policy = config.get("maxmemory-policy", "noeviction")
+        policy = config.get("maxmemory-policy") or "noeviction"
         if policy.startswith("allkeys"):
             logger.warning(
                 "Redis at %s evicts keys when its memory is full (maxmemory-policy %s): it may "
