@@ -70,9 +70,10 @@ class ClaimedRun:
         log: Its records ordered by ``(sequence, sub_sequence)``, read after the claim took
             the flow; empty for a flow that has not run yet. ``None`` if they could not be
             read then: whoever runs the flow reads them first.
-        damage: Why the flow cannot run as stored: a field or a record that cannot be read.
+        damage: Why the flow cannot run as stored: one of its fields cannot be read.
             ``flow`` then holds what could be read (at least what the claim wrote), and whoever
             claimed it fails it with this error, so one damaged flow never stops the queue.
+            (Records that cannot be read give ``log=None`` instead: they may be read later.)
     """
 
     flow: ScheduledFlow
@@ -201,9 +202,9 @@ class ExecutionLog(Protocol):
         Returns:
             One :class:`ClaimedRun` per flow, in queue order. The claim stands even if a log
             cannot be read: that run's ``log`` is ``None``. It never raises once it has taken
-            flows: a flow whose fields or records cannot be read comes with its ``damage``
-            (see :func:`damaged_run`), and what keeps a flow from being taken at all is left
-            out (and logged), so one damaged flow never stops the queue.
+            flows: a flow whose fields cannot be read comes with its ``damage`` (see
+            :func:`damaged_run`), and what keeps a flow from being taken at all is left out
+            (and logged), so one damaged flow never stops the queue.
 
         Raises:
             ValueError: ``limit`` is less than 1.

@@ -418,27 +418,23 @@ class RedisExecutionLog(StorageLifecycle):
     def _claimed_run(
         self, raw_id: bytes, fields: list[bytes], records: list[bytes] | None
     ) -> ClaimedRun:
-        """A run of a flow the claim script took; what cannot be read comes as its damage."""
+        """A run of a flow the claim script took; a field that cannot be read is its damage.
+
+        Records that cannot be read (``records`` is ``None`` when their key is not a hash) give
+        a run without a log, as the contract has it: whoever runs the flow reads them itself.
+        """
         flow_id = raw_id.decode(errors="replace")
         values, damage = readable_flow(flow_id, fields)
-        log: list[Invocation] | None = None
-        if records is None:
-            damage = damage or CorruptStorageError(
-                f"the records of flow {flow_id!r} (Redis key {self._key('inv', flow_id)!r} at "
-                f"{self._where}) are not a hash; pyergon cannot read them"
-            )
-        else:
-            items = iter(records)
-            try:
-                log = log_from_hash(flow_id, zip(items, items, strict=True))
-            except (ValueError, TypeError, KeyError, IndexError) as error:
-                damage = damage or CorruptStorageError(
-                    f"a record of flow {flow_id!r} cannot be read ({error!r}); pyergon cannot "
-                    "replay the flow"
-                )
         if damage is not None:
             return damaged_run(values, damage)
-        return ClaimedRun(ScheduledFlow(**values), log)
+        flow = ScheduledFlow(**values)
+        if records is None:
+            return ClaimedRun(flow, None)
+        items = iter(records)
+        try:
+            return ClaimedRun(flow, log_from_hash(flow_id, zip(items, items, strict=True)))
+        except (ValueError, TypeError, KeyError, IndexError):
+            return ClaimedRun(flow, None)
 
     def _report_damage(self, flow_id: str, key: str, field: str, held: bytes | None) -> None:
         """Log, once per key and field, what kept a claim from taking a flow."""

@@ -1,9 +1,10 @@
 """A damaged flow or a key of the wrong type under the prefix never stops the Redis queue.
 
-A claim never raises once its script has taken flows: a flow whose stored fields or records
-cannot be read is handed back with what is wrong with it (a worker fails it alone, naming it),
-a flow key that is not a hash is taken out of the queue, and an index of the wrong type stops
-only the claims that need it; each is logged once.
+A claim never raises once its script has taken flows: a flow whose stored fields cannot be read
+is handed back with what is wrong with it (a worker fails it alone, naming it and the field);
+one whose records cannot be read comes without a log (the run reads it, and gives the flow back
+if it still cannot); a flow key that is not a hash is taken out of the queue, and an index of
+the wrong type stops only the claims that need it; each is logged once.
 """
 
 from __future__ import annotations
@@ -57,11 +58,11 @@ async def _scheduled(storage: RedisExecutionLog) -> list[str]:
     return [await scheduler.schedule(Sturdy(n), flow_id=f"sturdy-{n}") for n in range(BATCH)]
 
 
-async def _run_all(storage: RedisExecutionLog) -> Worker:
+async def _run_all(storage: RedisExecutionLog, *, wait_for_timers: bool = True) -> Worker:
     worker = Worker(storage, "w-sturdy", max_concurrent_flows=BATCH)
     worker.register(Sturdy)
     async with asyncio.timeout(30):
-        await worker.run_until_idle()
+        await worker.run_until_idle(wait_for_timers=wait_for_timers)
     return worker
 
 
@@ -130,22 +131,42 @@ async def test_a_worker_fails_the_damaged_flow_and_runs_the_others(
     assert len(_logged(caplog, repr(damaged))) == 1
 
 
-async def test_records_of_the_wrong_type_fail_that_flow_alone(
-    make_redis: MakeRedis, admin_client: Redis
+@pytest.mark.parametrize("damage", ["records key of another type", "undecodable record"])
+async def test_records_that_cannot_be_read_leave_that_flow_waiting_and_the_rest_run(
+    make_redis: MakeRedis, admin_client: Redis, damage: str
 ) -> None:
     storage = await make_redis()
     flow_ids = await _scheduled(storage)
     damaged = flow_ids[5]
-    await admin_client.set(_key(storage, "inv", damaged), b"not a hash")
+    records = _key(storage, "inv", damaged)
+    if damage == "records key of another type":
+        await admin_client.set(records, b"not a hash")
+    else:
+        await admin_client.hset(records, "1:0", b"not a record")
 
-    await _run_all(storage)
+    runs = await storage.claim("w-1", ["Sturdy"], limit=BATCH, lease_seconds=60, now=1e10)
 
-    outcomes = await Scheduler(storage).wait(flow_ids, timeout=10)
-    assert all(outcomes[flow_id].result == 2 * n for n, flow_id in enumerate(flow_ids) if n != 5)
-    failed = await storage.get_flow(damaged)
-    assert failed is not None and failed.status is TaskStatus.FAILED
-    assert failed.error is not None and "records" in failed.error.message
-    assert repr(damaged) in failed.error.message
+    # The claim stands with no log for that flow; whoever runs it reads the log itself.
+    assert [run.flow.flow_id for run in runs] == flow_ids
+    assert [run.log is None for run in runs] == [n == 5 for n in range(BATCH)]
+    assert all(run.damage is None for run in runs)
+    await storage.reset()
+    flow_ids = await _scheduled(storage)
+    if damage == "records key of another type":
+        await admin_client.set(records, b"not a hash")
+    else:
+        await admin_client.hset(records, "1:0", b"not a record")
+
+    await _run_all(storage, wait_for_timers=False)
+
+    healthy = [flow_id for flow_id in flow_ids if flow_id != damaged]
+    outcomes = await Scheduler(storage).wait(healthy, timeout=10)
+    assert [outcomes[flow_id].result for flow_id in healthy] == [
+        2 * n for n in range(BATCH) if n != 5
+    ]
+    waiting = await storage.get_flow(damaged)
+    assert waiting is not None and waiting.status is TaskStatus.SUSPENDED  # given back, not failed
+    assert waiting.wake_at is not None and waiting.lease_owner is None
 
 
 async def test_a_flow_key_of_the_wrong_type_leaves_the_queue_once_and_the_rest_run(
