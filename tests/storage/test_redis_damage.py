@@ -233,3 +233,25 @@ async def test_a_shared_index_of_the_wrong_type_takes_nothing_half_way(
     assert logging.ERROR in {
         record.levelno for record in caplog.records if broken in record.message
     }
+
+
+async def test_a_due_timer_whose_flow_key_is_no_hash_leaves_the_timers_and_the_rest_run(
+    make_redis: MakeRedis,
+    admin_client: Redis,
+    make_flow: FlowFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    storage = await make_redis()
+    for n in range(3):
+        await storage.create_flow(
+            make_flow(f"timer-{n}", status=TaskStatus.SUSPENDED, wake_at=100.0 + n)
+        )
+    flow_key = _key(storage, "flow", "timer-0")
+    await admin_client.delete(flow_key)
+    await admin_client.lpush(flow_key, b"a list")
+
+    runs = await storage.claim("w-1", ["Order"], limit=BATCH, lease_seconds=60, now=1e10)
+
+    assert [run.flow.flow_id for run in runs] == ["timer-1", "timer-2"]
+    assert await admin_client.zscore(_key(storage, "timers", "Order"), "timer-0") is None
+    assert len(_logged(caplog, flow_key)) == 1 and "a list" in _logged(caplog, flow_key)[0]
