@@ -47,13 +47,14 @@ from pyergon.storage.base import (
     ClaimedRun,
     StorageLifecycle,
     check_claim_limit,
-    damaged_run,
 )
 from pyergon.storage.redis_layout import (
     SCRIPTS,
+    claimed_run,
     counted,
     decode_invocation,
     decode_signal,
+    describe_damage,
     encode_invocation,
     encode_signal,
     flow_changes,
@@ -63,7 +64,6 @@ from pyergon.storage.redis_layout import (
     log_from_hash,
     number,
     optional,
-    readable_flow,
     record_field,
 )
 from pyergon.storage.redis_listener import WorkListener
@@ -413,58 +413,15 @@ class RedisExecutionLog(StorageLifecycle):
         )
         for flow_id, key, field, held in damaged:
             self._report_damage(flow_id.decode(), key.decode(), field.decode(), held)
-        return [self._claimed_run(*reply) for reply in taken]
-
-    def _claimed_run(
-        self, raw_id: bytes, fields: list[bytes], records: list[bytes] | None
-    ) -> ClaimedRun:
-        """A run of a flow the claim script took; a field that cannot be read is its damage.
-
-        Records that cannot be read (``records`` is ``None`` when their key is not a hash) give
-        a run without a log, as the contract has it: whoever runs the flow reads them itself.
-        """
-        flow_id = raw_id.decode(errors="replace")
-        values, damage = readable_flow(flow_id, fields)
-        if damage is not None:
-            return damaged_run(values, damage)
-        flow = ScheduledFlow(**values)
-        if records is None:
-            return ClaimedRun(flow, None)
-        items = iter(records)
-        try:
-            return ClaimedRun(flow, log_from_hash(flow_id, zip(items, items, strict=True)))
-        except (ValueError, TypeError, KeyError, IndexError):
-            return ClaimedRun(flow, None)
+        return [claimed_run(*reply) for reply in taken]
 
     def _report_damage(self, flow_id: str, key: str, field: str, held: bytes | None) -> None:
         """Log, once per key and field, what kept a claim from taking a flow."""
-        if (key, field) in self._damage_reported:
-            return
-        self._damage_reported.add((key, field))
-        found = "nothing" if held is None else held.decode(errors="replace")
-        if not flow_id:
-            what = (
-                f"Redis key {key!r} at {self._where} holds a {found}, not the sorted set pyergon "
-                "keeps there; no flow that needs it is claimed until it is deleted or renamed"
-            )
-        elif field:
-            what = (
-                f"flow {flow_id!r} was taken out of the queue: its field {field!r} (Redis key "
-                f"{key!r} at {self._where}) holds {found!r}, not what pyergon wrote; fix the "
-                "field, then resume the flow"
-            )
-        elif key == self._key("flow", flow_id):
-            what = (
-                f"flow {flow_id!r} was taken out of the queue: Redis key {key!r} at "
-                f"{self._where} holds {'no flow' if found == 'none' else f'a {found}'}, not a "
-                "flow's hash (pyergon changed nothing in it)"
-            )
-        else:
-            what = (
-                f"flow {flow_id!r} is not claimed: Redis key {key!r} at {self._where} holds a "
-                f"{found}, not the sorted set pyergon keeps there; delete or rename it"
-            )
-        logger.error("%s (prefix %r)", what, self._prefix)
+        if (key, field) not in self._damage_reported:
+            self._damage_reported.add((key, field))
+            is_flow_key = key == self._key("flow", flow_id)
+            what = describe_damage(flow_id, key, field, held, is_flow_key=is_flow_key)
+            logger.error("%s (Redis at %s, prefix %r)", what, self._where, self._prefix)
 
     async def renew_leases(
         self, leases: Mapping[str, str], *, lease_seconds: float, now: float

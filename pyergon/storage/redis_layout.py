@@ -34,12 +34,15 @@ from typing import Any, cast
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.errors import CorruptStorageError
+from pyergon.storage.base import ClaimedRun, damaged_run
 
 __all__ = [
     "SCRIPTS",
+    "claimed_run",
     "counted",
     "decode_invocation",
     "decode_signal",
+    "describe_damage",
     "encode_invocation",
     "encode_signal",
     "flow_changes",
@@ -271,6 +274,53 @@ def _flow_values(
     for name in unknown:
         del values[name]
     return values, damage
+
+
+def claimed_run(raw_id: bytes, fields: list[bytes], records: list[bytes] | None) -> ClaimedRun:
+    """A run of a flow the claim script took; a field that cannot be read is its damage.
+
+    Records that cannot be read (``records`` is ``None`` when their key is not a hash) give a
+    run without a log, as the contract has it: whoever runs the flow reads them itself.
+    """
+    flow_id = raw_id.decode(errors="replace")
+    values, damage = readable_flow(flow_id, fields)
+    if damage is not None:
+        return damaged_run(values, damage)
+    flow = ScheduledFlow(**values)
+    if records is None:
+        return ClaimedRun(flow, None)
+    items = iter(records)
+    try:
+        return ClaimedRun(flow, log_from_hash(flow_id, zip(items, items, strict=True)))
+    except (ValueError, TypeError, KeyError, IndexError):
+        return ClaimedRun(flow, None)
+
+
+def describe_damage(
+    flow_id: str, key: str, field: str, held: bytes | None, *, is_flow_key: bool
+) -> str:
+    """What the claim script met that kept it from taking a flow (see ``claim.lua``)."""
+    found = "nothing" if held is None else held.decode(errors="replace")
+    if not flow_id:
+        return (
+            f"key {key!r} holds a {found}, not the sorted set pyergon keeps there; no flow that "
+            "needs it is claimed until it is deleted or renamed"
+        )
+    if field:
+        return (
+            f"flow {flow_id!r} was taken out of the queue: its field {field!r} (key {key!r}) "
+            f"holds {found!r}, not what pyergon wrote; fix the field, then resume the flow"
+        )
+    if is_flow_key:
+        held_there = "no flow" if found == "none" else f"a {found}"
+        return (
+            f"flow {flow_id!r} was taken out of the queue: key {key!r} holds {held_there}, not "
+            "a flow's hash (pyergon changed nothing in it)"
+        )
+    return (
+        f"flow {flow_id!r} is not claimed: key {key!r} holds a {found}, not the sorted set "
+        "pyergon keeps there; delete or rename it"
+    )
 
 
 # -- records and signals -------------------------------------------------------------------------
