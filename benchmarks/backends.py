@@ -23,6 +23,12 @@ __all__ = ["BACKENDS", "FreshStorage", "fresh_storage"]
 
 BACKENDS = ("memory", "sqlite", "redis", "postgres")
 
+if not os.environ.get("PYERGON_SECRET_KEY"):
+    # Unsigned pickle, chosen by name for the throwaway servers of a run (and inherited by the
+    # worker processes), so the figures compare with earlier runs; set PYERGON_SECRET_KEY to
+    # measure signed payloads instead.
+    os.environ.setdefault("PYERGON_UNSIGNED_PICKLE", "1")
+
 REDIS_URL = os.environ.get("PYERGON_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(
     "PYERGON_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"

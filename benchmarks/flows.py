@@ -3,7 +3,8 @@
 ``ThreeSteps`` is the throughput flow (three trivial steps); ``TimerFlow`` and ``SignalFlow``
 record, in a step, the wall-clock time at which they continued after their wait.
 ``HourTimerFlow`` suspends for an hour (memory held by suspended flows) and ``SlowSteps`` has
-three steps of 50 ms (recovery after a worker is killed).
+three steps of 50 ms (recovery after a worker is killed). ``EndlessSteps`` runs 2 ms steps
+until it is cancelled (how soon a cancel request reaches a running flow).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ LONG_TIMER_SECONDS = 3600.0
 
 SLOW_STEP_SECONDS = 0.05
 """How long each step of ``SlowSteps`` takes."""
+
+ENDLESS_STEP_SECONDS = 0.002
+"""How long each step of ``EndlessSteps`` takes: the longest a cancel waits for a boundary."""
 
 SIGNAL_NAME = "go"
 """The signal each ``SignalFlow`` waits for."""
@@ -115,10 +119,27 @@ class SlowSteps:
         return await self.third(await self.second(await self.first()))
 
 
+@dataclass
+@flow_type
+class EndlessSteps:
+    number: int
+
+    @step
+    async def tick(self, count: int) -> int:
+        await asyncio.sleep(ENDLESS_STEP_SECONDS)
+        return count + 1
+
+    @flow
+    async def run(self) -> int:
+        count = 0
+        while True:  # until cancelled
+            count = await self.tick(count)
+
+
 FLOW_TYPES: tuple[type, ...] = (ThreeSteps, TimerFlow, SignalFlow)
 """The flow types a benchmark worker registers unless it is told others."""
 
 FLOWS_BY_NAME: dict[str, type] = {
-    cls.__name__: cls for cls in (*FLOW_TYPES, HourTimerFlow, SlowSteps)
+    cls.__name__: cls for cls in (*FLOW_TYPES, HourTimerFlow, SlowSteps, EndlessSteps)
 }
 """Every benchmark flow class by class name, for ``benchmarks.worker --types``."""

@@ -201,12 +201,13 @@ class ProcessWorkers:
 class InProcessWorkers:
     """One worker on this event loop, for storage only this process can see."""
 
-    def __init__(self, storage: ExecutionLog) -> None:
+    def __init__(self, storage: ExecutionLog, flow_types: Sequence[type] = FLOW_TYPES) -> None:
         self._worker = Worker(storage, "bench-inprocess", max_concurrent_flows=MAX_CONCURRENT_FLOWS)
+        self._flow_types = tuple(flow_types)
         self._handle: WorkerHandle | None = None
 
     async def __aenter__(self) -> Self:
-        for flow_class in FLOW_TYPES:
+        for flow_class in self._flow_types:
             await self._worker.register(flow_class)
         return self
 

@@ -6,7 +6,16 @@ import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from benchmarks import direct, floor, history_queries, imports, queued, recovery, resources
+from benchmarks import (
+    cancels,
+    direct,
+    floor,
+    history_queries,
+    imports,
+    queued,
+    recovery,
+    resources,
+)
 from benchmarks.result import RunResult
 
 __all__ = ["NO_BACKEND", "SCENARIOS", "Scenario"]
@@ -100,6 +109,15 @@ SCENARIOS = {
             100,
             20,
             latency_of="signal to resume: resumed-at minus sent_at",
+        ),
+        Scenario(
+            "cancel_latency",
+            ALL_BACKENDS,
+            cancels.cancel_latency,
+            40,
+            40,
+            20,
+            latency_of="cancel request to CANCELLED, flows running 2 ms steps",
         ),
         Scenario("import_time", (NO_BACKEND,), imports.import_time, 5, 5, 2),
         Scenario(

@@ -9,6 +9,10 @@ on one worker and finish on another. Finally it stops the workers with SIGTERM.
 Run it with ``uv run python examples/distributed_workers.py [STORAGE_URL]``. The default URL is
 ``redis://127.0.0.1:6379/0?prefix=example``; PostgreSQL (``postgresql://user@host:5432/db``) and
 a SQLite file (``sqlite:///distributed.db``, one machine only) work the same way.
+
+Every process that shares the storage signs what it stores with the same ``PYERGON_SECRET_KEY``
+(Redis and PostgreSQL refuse unsigned pickle unless it is chosen by name); unless you set one,
+the script makes a fresh key and hands it to its workers through their environment.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -58,6 +63,12 @@ class Shipment:
         await schedule_timer_named(self.pickup_window, "pickup-window")
         booked_by = await self.book_courier()
         return reserved_by, booked_by
+
+
+def share_a_key() -> None:
+    """Give this script and the workers it starts one signing key, unless one was chosen."""
+    if not os.environ.get("PYERGON_SECRET_KEY") and not os.environ.get("PYERGON_UNSIGNED_PICKLE"):
+        os.environ["PYERGON_SECRET_KEY"] = secrets.token_hex(32)  # inherited by the workers
 
 
 def start_workers(url: str, count: int) -> dict[int, tuple[str, subprocess.Popen[bytes]]]:
@@ -149,6 +160,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=3, help="worker processes (default: 3)")
     parser.add_argument("--orders", type=int, default=12, help="flows to run (default: 12)")
     arguments = parser.parse_args()
+    share_a_key()
     raise SystemExit(asyncio.run(run(arguments.url, arguments.workers, arguments.orders)))
 
 

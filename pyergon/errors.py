@@ -15,6 +15,7 @@ so ``except LookupError`` keeps working for callers that do not know pyergon::
     ├── FlowStateError                       the operation does not fit the flow's state
     ├── SerializationError (TypeError)       a value cannot be stored or read back
     │   └── SignatureError                   a signed payload is unsigned or was tampered with
+    ├── UnsafeSerializerError (ValueError)   unsigned pickle on shared storage, not chosen by name
     └── StorageError                         the storage backend cannot do what was asked
         ├── UnknownStorageSchemeError (ValueError)
         ├── CorruptStorageError              not a pyergon database, or damaged
@@ -46,6 +47,7 @@ __all__ = [
     "StorageClosedError",
     "StorageError",
     "UnknownStorageSchemeError",
+    "UnsafeSerializerError",
 ]
 
 
@@ -155,6 +157,15 @@ class SerializationError(PyergonError, TypeError):
 
 class SignatureError(SerializationError):
     """A payload's HMAC signature is missing or wrong; it was refused before unpickling."""
+
+
+class UnsafeSerializerError(PyergonError, ValueError):
+    """The serializer's settings would let whoever writes the storage run code, or are malformed.
+
+    Raised where a serializer is paired with shared storage (Redis, PostgreSQL) that it would
+    read unsigned pickle from without that having been chosen by name; the message says how to
+    choose.
+    """
 
 
 class StorageError(PyergonError):

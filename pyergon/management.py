@@ -29,9 +29,9 @@ from pyergon.errors import (
     NonDeterminismError,
 )
 from pyergon.executor._inputs import decode_flow
-from pyergon.executor._runner import FLOW_RETRY_SEQUENCE, FlowRun, drive_flow, reopen_failed_work
+from pyergon.executor._runner import FLOW_RETRY_SEQUENCE, FlowRun, drive_flow
 from pyergon.executor.executor import validate_flow_id
-from pyergon.serialization import Serializer, default_serializer
+from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage._flows import request_cancel, requeue, save_records
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.memory import InMemoryExecutionLog
@@ -128,7 +128,7 @@ class FlowManager:
         clock: Clock | None = None,
     ) -> None:
         self.storage = storage
-        self.serializer = serializer or default_serializer()
+        self.serializer = serializer_for(storage, serializer)
         self.clock = clock or SystemClock()
         self._classes: dict[str, type] = {}
         for flow_class in flow_classes:
@@ -232,12 +232,13 @@ class FlowManager:
                 f"flow {flow_id!r} is {flow.status.value}; only FAILED or CANCELLED flows can "
                 "be retried",
             )
-        await reopen_failed_work(self.storage, flow_id)
+        # One guarded change: nothing is deleted if the flow moved on since it was read.
         retried = await requeue(
             self.storage,
             flow_id,
             from_statuses=retryable,
             fields={"error": None, "result": None, "attempt": 1},
+            reopen_failed=True,
         )
         if retried is None:
             raise FlowStateError(flow_id, f"flow {flow_id!r} changed state meanwhile; try again")

@@ -1,44 +1,46 @@
-"""How values become the bytes pyergon stores, and how arguments are fingerprinted.
+"""How values become the bytes pyergon stores (arguments are fingerprinted in ``hashing``).
 
 Every payload starts with a two-byte format tag (``P1`` pickle, ``S1`` signed pickle, ``J1``
 JSON), so a record written by a newer pyergon, or by another serializer, is recognised and
-refused with a clear error instead of being misread.
+refused with a clear error instead of being misread. ``stable_hash`` is re-exported from
+:mod:`pyergon.hashing`, where it lives.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
-import decimal
 import hashlib
 import hmac
 import json
 import math
 import os
 import pickle
-import re
-import uuid
-from collections.abc import Callable, Mapping
-from enum import Enum
-from pathlib import PurePath
-from types import FunctionType
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from pyergon.core.records import StoredError
-from pyergon.errors import SerializationError, SignatureError, StepFailedError
+from pyergon.errors import (
+    SerializationError,
+    SignatureError,
+    StepFailedError,
+    UnsafeSerializerError,
+)
+from pyergon.hashing import stable_hash, type_name
 
 __all__ = [
     "JsonSerializer",
     "PickleSerializer",
     "Serializer",
+    "check_serializer",
     "default_serializer",
     "dumps_for",
     "rebuild_exception",
     "serialize_exception",
+    "serializer_for",
     "stable_hash",
 ]
 
 _SECRET_KEY_VARIABLE = "PYERGON_SECRET_KEY"
+_UNSIGNED_VARIABLE = "PYERGON_UNSIGNED_PICKLE"
 _PICKLE_TAG = b"P1"
 _SIGNED_TAG = b"S1"
 _JSON_TAG = b"J1"
@@ -62,10 +64,6 @@ class Serializer(Protocol):
     def loads(self, data: bytes) -> Any:
         """Return the value stored in ``data``; raise ``SerializationError`` if unreadable."""
         ...
-
-
-def _type_name(kind: type) -> str:
-    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _known_tag(data: bytes) -> tuple[str, int] | None:
@@ -92,34 +90,67 @@ def _foreign_format(data: bytes) -> str:
 class PickleSerializer:
     """The default serializer: pickle protocol 5, optionally signed with HMAC-SHA256.
 
-    Without a key a payload is ``b"P1" + pickle``. With a key it is
-    ``b"S1" + HMAC-SHA256(key, b"S1" + pickle) + pickle``, and :meth:`loads` checks the
-    signature before unpickling, so a tampered or unsigned record never reaches ``pickle``.
-    Unpickling runs code named by the payload: without a key, only read storage you trust.
+    Without a key a payload is ``b"P1" + pickle``. With keys it is
+    ``b"S1" + HMAC-SHA256(key, b"S1" + pickle) + pickle``, signed with the first key, and
+    :meth:`loads` accepts a signature by any of them, checked before unpickling, so a tampered
+    or unsigned record never reaches ``pickle``. Several keys rotate a key: put the new key
+    first and keep the old one until nothing signed with it remains.
+
+    Unpickling runs code named by the payload: without a key, whoever can write the storage
+    (a Redis or PostgreSQL server, or a SQLite file) can run code in every process reading it.
+    Shared storage therefore refuses an unsigned serializer unless it was chosen by name
+    (``unsigned=True``); see :func:`check_serializer`.
 
     Args:
         key: Secret key for signing; ``None`` disables signing. A ``str`` is encoded as UTF-8.
+        keys: Several keys instead of ``key``: the first signs, any verifies.
+        unsigned: Choose unsigned pickle explicitly, accepting the risk above; needed to use
+            it on shared storage.
 
     Raises:
-        ValueError: If ``key`` is empty.
+        ValueError: A key is empty, both ``key`` and ``keys`` are given, ``keys`` is empty, or
+            ``unsigned=True`` comes with a key.
     """
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_keys", "_unsigned_by_choice")
     name: str = "pickle"
 
-    def __init__(self, key: bytes | str | None = None) -> None:
-        if isinstance(key, str):
-            key = key.encode("utf-8")
-        if key is not None and not key:
-            raise ValueError("the secret key must not be empty; pass key=None to disable signing")
-        self._key = key
+    def __init__(
+        self,
+        key: bytes | str | None = None,
+        *,
+        keys: Sequence[bytes | str] | None = None,
+        unsigned: bool = False,
+    ) -> None:
+        if key is not None and keys is not None:
+            raise ValueError("pass key=... or keys=[...], not both")
+        if keys is not None and not keys:
+            raise ValueError("keys=[...] needs at least one key; pass unsigned=True for none")
+        given = [key] if key is not None else list(keys or ())
+        if unsigned and given:
+            raise ValueError("unsigned=True means no key; pass either a key or unsigned=True")
+        encoded = tuple(item.encode("utf-8") if isinstance(item, str) else item for item in given)
+        if any(not item for item in encoded):
+            raise ValueError("a secret key must not be empty; pass key=None to disable signing")
+        self._keys = encoded
+        self._key = encoded[0] if encoded else None
+        self._unsigned_by_choice = unsigned
 
     @property
     def signed(self) -> bool:
         """Whether payloads are signed and signatures are required."""
         return self._key is not None
 
+    @property
+    def unsigned_by_choice(self) -> bool:
+        """Whether unsigned pickle was chosen explicitly (``unsigned=True``)."""
+        return self._unsigned_by_choice
+
     def __repr__(self) -> str:
+        if len(self._keys) > 1:
+            return f"PickleSerializer(signed=True, keys={len(self._keys)})"
+        if self._unsigned_by_choice:
+            return "PickleSerializer(signed=False, unsigned=True)"
         return f"PickleSerializer(signed={self.signed})"
 
     def dumps(self, value: Any) -> bytes:
@@ -132,7 +163,7 @@ class PickleSerializer:
             pickled = pickle.dumps(value, protocol=5)
         except Exception as error:
             raise SerializationError(
-                f"cannot pickle a value of type {_type_name(type(value))}: {error}"
+                f"cannot pickle a value of type {type_name(type(value))}: {error}"
             ) from error
         if self._key is None:
             return _PICKLE_TAG + pickled
@@ -155,10 +186,12 @@ class PickleSerializer:
                     f"{_SECRET_KEY_VARIABLE} or pass PickleSerializer(key=...) to read it"
                 )
             signature, pickled = data[2 : 2 + _MAC_SIZE], data[2 + _MAC_SIZE :]
-            if not hmac.compare_digest(signature, _sign(key, _SIGNED_TAG + pickled)):
+            message = _SIGNED_TAG + pickled
+            if not any(hmac.compare_digest(signature, _sign(k, message)) for k in self._keys):
+                which = "the secret key" if len(self._keys) == 1 else "any of the secret keys"
                 raise SignatureError(
-                    "payload signature does not match the secret key: the record was tampered "
-                    "with or written with another key; refusing to unpickle it"
+                    f"payload signature does not match {which}: the record was tampered with "
+                    "or written with another key; refusing to unpickle it"
                 )
             return _unpickle(pickled)
         if tag == _PICKLE_TAG and key is None:
@@ -250,7 +283,7 @@ def _check_json(value: Any, path: list[str], seen: set[int]) -> None:
         return
     if kind not in (list, tuple, dict):
         raise SerializationError(
-            f"the json serializer cannot store a value of type {_type_name(kind)} at "
+            f"the json serializer cannot store a value of type {type_name(kind)} at "
             f"{''.join(path)}; convert it to JSON types or use PickleSerializer"
         )
     if id(value) in seen:
@@ -260,7 +293,7 @@ def _check_json(value: Any, path: list[str], seen: set[int]) -> None:
         for key, item in value.items():
             if type(key) is not str:
                 raise SerializationError(
-                    f"the json serializer needs str dict keys, got {_type_name(type(key))} "
+                    f"the json serializer needs str dict keys, got {type_name(type(key))} "
                     f"key {key!r} at {''.join(path)}"
                 )
             path.append(f"[{key!r}]")
@@ -277,14 +310,90 @@ def _check_json(value: Any, path: list[str], seen: set[int]) -> None:
 def default_serializer(environ: Mapping[str, str] | None = None) -> Serializer:
     """Build the default serializer: pickle, signed when ``PYERGON_SECRET_KEY`` is set.
 
+    ``PYERGON_SECRET_KEY`` holds one key, or several separated by commas (``new,old``): the
+    first signs, any verifies. ``PYERGON_UNSIGNED_PICKLE=1`` chooses unsigned pickle by name,
+    which shared storage requires of an unsigned serializer (see :func:`check_serializer`).
+
     Args:
-        environ: Where to read ``PYERGON_SECRET_KEY``; defaults to ``os.environ``.
+        environ: Where to read the variables; defaults to ``os.environ``.
 
     Returns:
-        A new ``PickleSerializer``, signed with the key when the variable is non-empty.
+        A new ``PickleSerializer``, signed with the keys when the variable is non-empty.
+
+    Raises:
+        UnsafeSerializerError: A variable is malformed (an empty key between commas, an
+            unknown value of ``PYERGON_UNSIGNED_PICKLE``), or both are set.
     """
-    key = (os.environ if environ is None else environ).get(_SECRET_KEY_VARIABLE, "")
-    return PickleSerializer(key=key or None)
+    environ = os.environ if environ is None else environ
+    text = environ.get(_SECRET_KEY_VARIABLE, "")
+    unsigned = _unsigned_chosen(environ)
+    if not text:
+        return PickleSerializer(unsigned=unsigned)
+    keys = [part.strip() for part in text.split(",")]
+    if not all(keys):
+        raise UnsafeSerializerError(
+            f"{_SECRET_KEY_VARIABLE} holds an empty key: write one key, or several separated "
+            "by commas with the signing key first (new,old)"
+        )
+    if unsigned:
+        raise UnsafeSerializerError(
+            f"both {_SECRET_KEY_VARIABLE} and {_UNSIGNED_VARIABLE}=1 are set; unset one of them"
+        )
+    return PickleSerializer(keys=keys)
+
+
+def _unsigned_chosen(environ: Mapping[str, str]) -> bool:
+    value = environ.get(_UNSIGNED_VARIABLE, "")
+    if value not in ("", "0", "1"):
+        raise UnsafeSerializerError(f"{_UNSIGNED_VARIABLE} must be 1 or 0, not {value!r}")
+    return value == "1"
+
+
+def check_serializer(serializer: Serializer, storage: object) -> None:
+    """Refuse unsigned pickle on shared storage, unless it was chosen by name.
+
+    Shared storage (a backend whose class sets ``shared_store = True``: Redis, PostgreSQL) can
+    be written by anyone who reaches its server; pickle runs code named by what it reads, so an
+    unsigned pickle serializer there would let them run code in every worker. SQLite and the
+    in-memory backend keep unsigned pickle as the default.
+
+    Args:
+        serializer: The serializer about to read and write ``storage``.
+        storage: The storage backend.
+
+    Raises:
+        UnsafeSerializerError: ``storage`` is shared and ``serializer`` is an unsigned
+            ``PickleSerializer`` not built with ``unsigned=True``; the message says how to
+            choose.
+    """
+    if not getattr(storage, "shared_store", False):
+        return
+    if not isinstance(serializer, PickleSerializer) or serializer.signed:
+        return
+    if serializer.unsigned_by_choice:
+        return
+    raise UnsafeSerializerError(
+        f"{storage!r} is shared storage and no secret key is set: whoever can write to it could "
+        "run code in every process that reads it, since pickle runs code named by what it "
+        f"reads. Choose one: set {_SECRET_KEY_VARIABLE} (the same key in every process; or pass "
+        "serializer=PickleSerializer(key=...)), pass serializer=JsonSerializer(), or accept "
+        f"unsigned pickle by name: {_UNSIGNED_VARIABLE}=1 or "
+        "serializer=PickleSerializer(unsigned=True)."
+    )
+
+
+def serializer_for(storage: object, serializer: Serializer | None = None) -> Serializer:
+    """The serializer to use with ``storage``: ``serializer``, or the default one; checked.
+
+    What every front (workers, executors, schedulers, managers, notebook sessions) calls where
+    it pairs a serializer with a storage.
+
+    Raises:
+        UnsafeSerializerError: See :func:`default_serializer` and :func:`check_serializer`.
+    """
+    chosen = serializer if serializer is not None else default_serializer()
+    check_serializer(chosen, storage)
+    return chosen
 
 
 def dumps_for(serializer: Serializer, value: Any, what: str | Callable[[], str]) -> bytes:
@@ -362,189 +471,3 @@ def rebuild_exception(serializer: Serializer, stored: StoredError) -> BaseExcept
         if isinstance(rebuilt, BaseException):
             return rebuilt
     return StepFailedError(stored.type_name, stored.message, stored.traceback)
-
-
-# --- stable argument hashing -------------------------------------------------------------------
-#
-# Each value is encoded as a one-byte type tag followed by a self-delimiting body (atoms are
-# length-prefixed, containers carry a count), so distinct values of distinct types never share
-# an encoding. Nothing depends on ``hash()``, ``id()`` order or set iteration order.
-
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def _frame(body: bytes) -> bytes:
-    return len(body).to_bytes(8, "big") + body
-
-
-def _text(text: str) -> bytes:
-    return _frame(str.encode(text, "utf-8", "surrogatepass"))
-
-
-def _int_bytes(value: int) -> bytes:
-    return value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
-
-
-def _float_text(value: float) -> str:
-    return float.hex(0.0 if value == 0 else value)  # -0.0 == 0.0, so they hash alike
-
-
-_ATOMS: dict[type, Callable[[Any], bytes]] = {
-    type(None): lambda value: b"N",
-    bool: lambda value: b"T" if value else b"F",
-    int: lambda value: b"i" + _frame(_int_bytes(value)),
-    float: lambda value: b"f" + _text(_float_text(value)),
-    complex: lambda value: b"c" + _text(f"{_float_text(value.real)},{_float_text(value.imag)}"),
-    str: lambda value: b"s" + _text(value),
-    bytes: lambda value: b"b" + _frame(bytes(value)),
-    bytearray: lambda value: b"a" + _frame(bytes(value)),
-    memoryview: lambda value: b"m" + _frame(value.tobytes()),
-    datetime.datetime: lambda value: b"W" + _text(repr(value)),
-    datetime.date: lambda value: b"Y" + _text(value.isoformat()),
-    datetime.time: lambda value: b"H" + _text(repr(value)),
-    datetime.timedelta: lambda value: b"U" + _text(repr(value)),
-    decimal.Decimal: lambda value: b"M" + _text(str(value)),
-    uuid.UUID: lambda value: b"Q" + _text(value.hex),
-}
-_CONTAINERS = (tuple, list, dict, set, frozenset)
-
-
-def stable_hash(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
-    """Return a hex SHA-256 fingerprint of call arguments, identical in every process.
-
-    Used to notice that a replayed step is called with different arguments. The digest does
-    not depend on ``PYTHONHASHSEED``, set order or dict insertion order. Types count: ``1``,
-    ``1.0``, ``True``, ``"1"``, ``b"1"``, ``(1,)`` and ``[1]`` all differ, and so do values
-    that compare equal but are written differently (``Decimal("1.0")`` and ``Decimal("1.00")``,
-    one instant in two time zones). Classes and functions count by qualified name, as pickle
-    refers to them. Other objects are walked through their pickle reduction
-    (``__reduce_ex__``), so a set inside them is still hashed in a canonical order; objects
-    that cannot be pickled count by type name and ``repr`` with memory addresses removed.
-    Self-references are encoded as back-references.
-
-    Args:
-        args: Positional arguments.
-        kwargs: Keyword arguments; their order does not matter.
-
-    Returns:
-        64 hex characters.
-
-    Raises:
-        SerializationError: If the arguments are nested too deeply to walk.
-    """
-    if not args and not kwargs:
-        return _NO_ARGUMENTS_HASH
-    return _hash_arguments(args, kwargs)
-
-
-def _hash_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
-    digest = _HASH_SEED.copy()
-    atoms = [_ATOMS.get(type(value)) for value in args]
-    if not kwargs and None not in atoms:
-        # Only atoms, the common case: their tuple's encoding, without walking it.
-        count = len(args).to_bytes(8, "big")
-        body = [atom(value) for atom, value in zip(atoms, args, strict=True)]  # type: ignore[misc]
-        digest.update(b"t" + count + b"".join(body) + _NO_KEYWORDS)
-        return digest.hexdigest()
-    try:
-        digest.update(_encode(tuple(args), {}))
-        digest.update(len(kwargs).to_bytes(8, "big"))
-        for name in sorted(kwargs):
-            digest.update(_text(name) + _encode(kwargs[name], {}))
-    except RecursionError as error:
-        raise SerializationError(
-            "step arguments are nested too deeply (or reduce to themselves endlessly) to hash"
-        ) from error
-    return digest.hexdigest()
-
-
-def _encode(value: Any, path: dict[int, int]) -> bytes:
-    """Canonical bytes of ``value``; ``path`` maps ids of enclosing containers to depths."""
-    kind = type(value)
-    atom = _ATOMS.get(kind)
-    if atom is not None:
-        return atom(value)
-    if isinstance(value, Enum):
-        return b"e" + _text(_type_name(kind)) + _encode(value.value, path)
-    if isinstance(value, type | FunctionType):  # by reference, as pickle does
-        return b"g" + _text(f"{value.__module__}.{value.__qualname__}")
-    if isinstance(value, PurePath):
-        return b"p" + _text(_type_name(kind)) + _text(str(value))
-    marker = id(value)
-    if marker in path:
-        return b"^" + (len(path) - path[marker]).to_bytes(8, "big")  # levels up, not absolute
-    path[marker] = len(path)
-    try:
-        return _encode_compound(value, kind, path)
-    finally:
-        del path[marker]
-
-
-def _encode_compound(value: Any, kind: type, path: dict[int, int]) -> bytes:
-    if kind is tuple or kind is list:
-        items = [_encode(item, path) for item in value]
-        return (b"t" if kind is tuple else b"l") + len(items).to_bytes(8, "big") + b"".join(items)
-    if kind is dict:
-        pairs = sorted((_encode(key, path), _encode(item, path)) for key, item in value.items())
-        return b"d" + len(pairs).to_bytes(8, "big") + b"".join(k + v for k, v in pairs)
-    if kind is set or kind is frozenset:
-        elements = sorted(_encode(element, path) for element in value)
-        return (
-            (b"S" if kind is set else b"Z") + len(elements).to_bytes(8, "big") + b"".join(elements)
-        )
-    if dataclasses.is_dataclass(value):
-        fields = dataclasses.fields(value)
-        return (
-            b"D"
-            + _text(_type_name(kind))
-            + len(fields).to_bytes(8, "big")
-            + b"".join(_text(f.name) + _encode(getattr(value, f.name), path) for f in fields)
-        )
-    for base in kind.__mro__[1:]:  # namedtuple, OrderedDict, str subclasses, numpy floats...
-        if base in _ATOMS or base in _CONTAINERS:
-            atom = _ATOMS.get(base)
-            body = atom(value) if atom else _encode_compound(base(value), base, path)
-            return b"<" + _text(_type_name(kind)) + body
-    return _encode_reduced(value, kind, path)
-
-
-def _encode_reduced(value: Any, kind: type, path: dict[int, int]) -> bytes:
-    """Encode an arbitrary object through the reduction pickle itself would use."""
-    try:
-        reduced = value.__reduce_ex__(4)  # 4, not 5: no out-of-band PickleBuffers
-    except Exception:  # not picklable: fall back to what the object shows of itself
-        return _encode_repr(value, kind)
-    if isinstance(reduced, str):  # a module-level singleton, pickled by name
-        return b"g" + _text(f"{getattr(value, '__module__', None)}.{reduced}")
-    padded = (*reduced, None, None, None, None)  # reductions have two to six items
-    constructor, arguments, state, list_items, dict_items, setter = padded[:6]
-    return (
-        b"R"
-        + _text(_type_name(kind))
-        + _text(_callable_name(constructor))
-        + _encode(arguments, path)
-        + _encode(state, path)
-        + _encode(None if list_items is None else list(list_items), path)
-        + _encode(None if dict_items is None else dict(dict_items), path)
-        + _text("" if setter is None else _callable_name(setter))
-    )
-
-
-def _callable_name(function: Any) -> str:
-    module = getattr(function, "__module__", None)
-    name = getattr(function, "__qualname__", None) or getattr(function, "__name__", "?")
-    return f"{module}.{name}"
-
-
-def _encode_repr(value: Any, kind: type) -> bytes:
-    try:
-        shown = repr(value)
-    except Exception:  # a broken __repr__ leaves only the type to go by
-        shown = ""
-    return b"?" + _text(_type_name(kind)) + _text(_ADDRESS.sub("", shown))
-
-
-_HASH_SEED = hashlib.sha256(b"pyergon-args-1")
-_NO_KEYWORDS = (0).to_bytes(8, "big")
-_NO_ARGUMENTS_HASH = _hash_arguments((), {})
-"""The hash of a call without arguments, the most common step call, computed once."""

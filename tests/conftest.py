@@ -15,6 +15,11 @@ from pyergon.storage.memory import InMemoryExecutionLog
 from pyergon.storage.postgres import DEFAULT_DSN, PostgresExecutionLog
 from pyergon.storage.redis import RedisExecutionLog
 
+# The suite's Redis and PostgreSQL servers are its own: it accepts unsigned pickle on them by
+# name, as a deployment must (tests of that refusal unset it). Worker processes inherit it.
+os.environ["PYERGON_UNSIGNED_PICKLE"] = "1"
+os.environ.pop("PYERGON_SECRET_KEY", None)
+
 
 async def _memory(_tmp_path: Path) -> ExecutionLog:
     return InMemoryExecutionLog()

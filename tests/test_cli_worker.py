@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -55,8 +56,10 @@ def flows_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
-def start_worker(*arguments: str, cwd: Path) -> subprocess.Popen[str]:
-    environment = dict(os.environ, COLUMNS="100", NO_COLOR="1")
+def start_worker(
+    *arguments: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    environment = dict(os.environ, COLUMNS="100", NO_COLOR="1", **(env or {}))
     environment.pop(STORAGE_URL_VARIABLE, None)
     return subprocess.Popen(
         [sys.executable, "-m", "pyergon", "worker", *arguments],
@@ -68,9 +71,11 @@ def start_worker(*arguments: str, cwd: Path) -> subprocess.Popen[str]:
     )
 
 
-def run_worker(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_worker(
+    *arguments: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a worker that is expected to exit by itself."""
-    process = start_worker(*arguments, cwd=cwd)
+    process = start_worker(*arguments, cwd=cwd, env=env)
     try:
         output, errors = process.communicate(timeout=STOP_DEADLINE)
     finally:
@@ -155,3 +160,38 @@ def test_the_storage_url_defaults_to_the_environment_then_sqlite(
     assert default_storage_url() == DEFAULT_STORAGE_URL == "sqlite:///pyergon.db"
     monkeypatch.setenv(STORAGE_URL_VARIABLE, "redis://redis-host:6379/0")
     assert default_storage_url() == "redis://redis-host:6379/0"
+
+
+@pytest.mark.parametrize("lease", ["inf", "nan", "-1", "0", "1e400"])
+def test_a_lease_that_is_not_a_finite_positive_number_exits_2_with_one_line(
+    tmp_path: Path, flows_module: ModuleType, lease: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+
+    finished = run_worker(
+        f"{FLOWS_MODULE}:Greeting", "--storage", url, "--lease", lease, cwd=tmp_path
+    )
+
+    assert finished.returncode == 2, finished.stderr
+    last_line = finished.stderr.splitlines()[-1]  # argparse prints its usage lines first
+    assert "--lease" in last_line
+    assert "finite" in last_line or "greater than 0" in last_line
+    assert "Traceback" not in finished.stderr
+    assert not (tmp_path / "x.db").exists()  # refused before any storage was opened
+
+
+def test_a_worker_on_shared_storage_without_a_chosen_serializer_exits_1_saying_how(
+    tmp_path: Path, flows_module: ModuleType, redis_url: str, redis_prefix: Callable[..., str]
+) -> None:
+    url = f"{redis_url}?prefix={redis_prefix()}"
+    environment = {"PYERGON_UNSIGNED_PICKLE": "", "PYERGON_SECRET_KEY": ""}
+
+    finished = run_worker(
+        f"{FLOWS_MODULE}:Greeting", "--storage", url, cwd=tmp_path, env=environment
+    )
+
+    assert finished.returncode == 1, finished.stderr
+    last_line = finished.stderr.splitlines()[-1]
+    assert last_line.startswith("pyergon: ") and "shared storage" in last_line
+    assert "PYERGON_SECRET_KEY" in last_line and "PYERGON_UNSIGNED_PICKLE=1" in last_line
+    assert "Traceback" not in finished.stderr

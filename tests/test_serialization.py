@@ -351,6 +351,7 @@ def test_default_serializer_signs_with_the_environment_key() -> None:
 
 
 def test_default_serializer_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYERGON_UNSIGNED_PICKLE", raising=False)  # the suite's own choice
     monkeypatch.setenv("PYERGON_SECRET_KEY", KEY)
     assert default_serializer().dumps(1)[:2] == b"S1"
     monkeypatch.delenv("PYERGON_SECRET_KEY")

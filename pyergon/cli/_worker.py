@@ -20,7 +20,12 @@ from dataclasses import dataclass
 
 from pyergon.cli._errors import CommandError, CommandUsageError
 from pyergon.decorators import require_flow_class
-from pyergon.errors import FlowDefinitionError, StorageError, UnknownStorageSchemeError
+from pyergon.errors import (
+    FlowDefinitionError,
+    StorageError,
+    UnknownStorageSchemeError,
+    UnsafeSerializerError,
+)
 
 __all__ = [
     "DEFAULT_STORAGE_URL",
@@ -137,9 +142,16 @@ def run_worker(settings: WorkerSettings) -> int:
         0, once the worker has shut down.
 
     Raises:
-        WorkerUsageError: A flow class or the storage URL cannot be used as given.
-        WorkerStartError: A module failed to import or the storage cannot be opened.
+        WorkerUsageError: A flow class, the lease or the storage URL cannot be used as given.
+        WorkerStartError: A module failed to import, the storage cannot be opened, or it is
+            shared and no serializer was chosen for it (a key, or unsigned pickle by name).
     """
+    from pyergon.executor._leases import check_lease_seconds
+
+    try:
+        check_lease_seconds(settings.lease_seconds, "--lease")
+    except ValueError as error:
+        raise WorkerUsageError(str(error)) from None
     flow_classes = [load_flow_class(spec) for spec in settings.flow_specs]
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     asyncio.run(_serve(settings, flow_classes))
@@ -165,12 +177,15 @@ async def _serve(settings: WorkerSettings, flow_classes: Sequence[type]) -> None
         raise WorkerStartError(str(error)) from error
     console = Console(highlight=False)
     try:
-        worker = Worker(
-            storage,
-            settings.worker_id,
-            max_concurrent_flows=settings.concurrency,
-            lease_seconds=settings.lease_seconds,
-        )
+        try:
+            worker = Worker(
+                storage,
+                settings.worker_id,
+                max_concurrent_flows=settings.concurrency,
+                lease_seconds=settings.lease_seconds,
+            )
+        except UnsafeSerializerError as error:
+            raise WorkerStartError(str(error)) from None
         for flow_class in flow_classes:
             await worker.register(flow_class)
         handle = await worker.start()

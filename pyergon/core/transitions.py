@@ -7,7 +7,8 @@ makes it so. Storage applies the change atomically, guarded by the flow's ``vers
 flow moved on meanwhile, the caller reads it again and asks here again.
 
     event                            function               what happens
-    a worker claims a flow           claim_changes          RUNNING under a new lease
+    a worker claims a flow           claim_changes          RUNNING under a new lease; the error
+                                                            of a refused earlier claim goes
     which flows may be claimed       is_runnable            PENDING; due SUSPENDED; lease expired
     a run ends (complete, fail,      leave_run              the lease is dropped; a cancel request
       suspend, give back)                                   turns waiting into CANCELLED; a final
@@ -150,6 +151,9 @@ def new_lease_token() -> str:
 def claim_changes(request: ClaimRequest, *, lease_token: str, at: float) -> dict[str, object]:
     """The fields a claim sets on a runnable flow (its version moves on as with any write).
 
+    A waiting flow has an ``error`` only when a worker that could not read it gave it back
+    (see ``Worker``); the claim clears it.
+
     Args:
         request: The claim: its worker holds the lease for its ``lease_seconds`` from ``now``.
         lease_token: A token of this claim alone (see :func:`new_lease_token`).
@@ -162,6 +166,9 @@ def claim_changes(request: ClaimRequest, *, lease_token: str, at: float) -> dict
         "lease_token": lease_token,
         "lease_expires_at": request.now + request.lease_seconds,
         "worker_id": request.worker_id,
+        # Why an earlier claim gave the flow back unrun (a worker that could not read it);
+        # this run starts afresh, so it goes.
+        "error": None,
     }
 
 

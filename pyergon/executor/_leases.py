@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -18,12 +19,42 @@ from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.storage._flows import HeldFlow
 
-__all__ = ["DONE", "Backoff", "CancelFlag", "Claim", "LeaseWriter", "release_quietly"]
+__all__ = [
+    "DONE",
+    "Backoff",
+    "CancelFlag",
+    "Claim",
+    "LeaseWriter",
+    "check_lease_seconds",
+    "release_quietly",
+]
 
 logger = logging.getLogger("pyergon.worker")
 
 _MAX_BACKOFF = 5.0
 """Longest pause between attempts while the storage cannot be reached."""
+
+
+def check_lease_seconds(lease_seconds: float, name: str = "lease_seconds") -> None:
+    """Refuse a lease length that would strand flows: not a finite number above zero.
+
+    An infinite (or NaN) lease never expires, so the flows of a worker that dies are never
+    claimed again.
+
+    Args:
+        lease_seconds: The lease length to check.
+        name: What the caller calls it, for the message (``--lease`` on the command line).
+
+    Raises:
+        ValueError: ``lease_seconds`` is not finite or not above zero.
+    """
+    if not (isinstance(lease_seconds, int | float) and math.isfinite(lease_seconds)) or not (
+        lease_seconds > 0
+    ):
+        raise ValueError(
+            f"{name} must be a finite number of seconds > 0, got {lease_seconds!r}; a "
+            "lease that never expires leaves a dead worker's flows stranded"
+        )
 
 
 class LeaseWriter:
@@ -72,12 +103,20 @@ class LeaseWriter:
             status.value,
         )
 
-    async def give_back(self, wake_at: float | None = None) -> None:
-        """Release the flow to run again: at once, or (``SUSPENDED``) from ``wake_at`` on."""
+    async def give_back(
+        self, wake_at: float | None = None, error: StoredError | None = None
+    ) -> None:
+        """Release the flow to run again: at once, or (``SUSPENDED``) from ``wake_at`` on.
+
+        Args:
+            wake_at: When it may run again; ``None``: now.
+            error: Why this run gave it back, shown on the flow until it is claimed again.
+        """
+        fields = {} if error is None else {"error": error}
         if wake_at is None:
-            await self._release(RunEnd(TaskStatus.PENDING))
+            await self._release(RunEnd(TaskStatus.PENDING, fields))
         else:
-            await self._release(RunEnd(TaskStatus.SUSPENDED, {"wake_at": wake_at}))
+            await self._release(RunEnd(TaskStatus.SUSPENDED, {"wake_at": wake_at, **fields}))
 
 
 class _Done:
@@ -116,10 +155,16 @@ class CancelFlag:
         return self.requested_flag
 
 
-async def release_quietly(writer: LeaseWriter, why: str, *, wake_at: float | None = None) -> None:
+async def release_quietly(
+    writer: LeaseWriter,
+    why: str,
+    *,
+    wake_at: float | None = None,
+    error: StoredError | None = None,
+) -> None:
     """Give a flow back to the queue (shielded from cancellation); a failure only logs."""
     try:
-        await asyncio.shield(writer.give_back(wake_at))
+        await asyncio.shield(writer.give_back(wake_at, error))
     except Exception as error:
         logger.warning("could not release a %s flow; its lease will expire: %s", why, error)
 

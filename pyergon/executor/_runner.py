@@ -26,9 +26,7 @@ from pyergon._context import (
     flow_scope,
 )
 from pyergon.clock import Clock
-from pyergon.core.changes import Change
 from pyergon.core.outcome import Completed, FlowOutcome, Suspended, SuspendReason
-from pyergon.core.query import FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.transitions import RunEnd
@@ -37,6 +35,7 @@ from pyergon.errors import (
     NonDeterminismError,
     PyergonError,
     SerializationError,
+    SignatureError,
 )
 from pyergon.serialization import (
     Serializer,
@@ -44,7 +43,7 @@ from pyergon.serialization import (
     rebuild_exception,
     serialize_exception,
 )
-from pyergon.storage._flows import requeue, save_records
+from pyergon.storage._flows import reopen_failed_work, save_records
 from pyergon.storage.base import ExecutionLog
 
 __all__ = [
@@ -54,7 +53,6 @@ __all__ = [
     "drive_flow",
     "log_by_position",
     "read_log",
-    "reopen_failed_work",
     "stored_outcome",
 ]
 
@@ -127,6 +125,8 @@ async def drive_flow(run: FlowRun) -> FlowOutcome[Any]:
     Raises:
         NonDeterminismError: The code no longer matches the flow's log; no flow state is
             written, so the caller decides what the flow's status becomes.
+        SignatureError: The serializer refused a stored record (another key wrote it); no
+            flow state is written either.
     """
     attempt = run.attempt
     log = run.log if run.log is not None else await read_log(run.storage, run.flow_id)
@@ -174,6 +174,9 @@ async def _attempt(run: FlowRun, context: FlowContext, attempt: int) -> FlowOutc
     except NonDeterminismError:
         await _save_quietly(context)  # the work before the mismatch stays done
         raise  # a problem of the code, not an outcome of the flow: the caller reports it
+    except SignatureError:
+        await _save_quietly(context)
+        raise  # this process's key refuses a stored record: the flow is left for another
     except LogConflict:
         raise
     except Exception as error:
@@ -233,27 +236,6 @@ async def _save_quietly(context: FlowContext) -> None:
         await context.save()
     except (Exception, LogConflict):
         context.discard_unsaved()  # replay does that work again
-
-
-async def reopen_failed_work(storage: ExecutionLog, flow_id: str) -> None:
-    """Make a flow's failed work run again: its failed records and its failed children.
-
-    Records of steps that succeeded stay, so only what failed runs again. A failed child flow
-    is put back in the queue with its own failed records cleared, so the parent's next run
-    waits for a fresh attempt of the child instead of replaying the child's old failure.
-    """
-    await storage.apply(Change(forget_failed=(flow_id,)))
-    failed_children = await storage.list_flows(
-        FlowQuery(parent_flow_id=flow_id, status=TaskStatus.FAILED, limit=10_000)
-    )
-    for child in failed_children:
-        await reopen_failed_work(storage, child.flow_id)
-        await requeue(
-            storage,
-            child.flow_id,
-            from_statuses=(TaskStatus.FAILED,),
-            fields={"error": None, "attempt": 1},
-        )
 
 
 def stored_outcome(flow: ScheduledFlow, serializer: Serializer) -> Completed[Any]:

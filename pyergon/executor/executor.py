@@ -19,10 +19,10 @@ from pyergon.core.records import ScheduledFlow, format_position
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.decorators import flow_entry, require_flow_instance
-from pyergon.errors import InvalidFlowIdError, NonDeterminismError, PyergonError
+from pyergon.errors import InvalidFlowIdError, NonDeterminismError, PyergonError, SignatureError
 from pyergon.executor._inputs import encode_flow
 from pyergon.executor._runner import FlowRun, drive_flow, stored_outcome
-from pyergon.serialization import Serializer, default_serializer
+from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage._flows import HeldFlow, start_direct_run
 from pyergon.storage.base import ExecutionLog
 
@@ -84,7 +84,7 @@ class Executor(Generic[F]):
         self.flow = flow
         self.storage = storage
         self.flow_id = str(uuid.uuid4()) if flow_id is None else validate_flow_id(flow_id)
-        self.serializer = serializer or default_serializer()
+        self.serializer = serializer_for(storage, serializer)
         self.clock = clock or SystemClock()
         self._parent = parent
         self._cancellation = cancellation
@@ -109,6 +109,8 @@ class Executor(Generic[F]):
             NonDeterminismError: The code calls another operation than the flow's log
                 records. The flow keeps the status it had, so the code that wrote the log can
                 still finish it.
+            SignatureError: The serializer's keys refuse a stored record; the flow keeps the
+                status it had, for a process with the right key.
         """
         stored, held, created = await self._load_or_create()
         if held is None:
@@ -130,7 +132,7 @@ class Executor(Generic[F]):
                     or PolledCancellation(self.storage, self.flow_id, self.clock),
                 )
             )
-        except NonDeterminismError:
+        except (NonDeterminismError, SignatureError):
             if stored.status is not TaskStatus.RUNNING:  # put it back as it was
                 await held.leave((), RunEnd(stored.status, {"wake_at": stored.wake_at}))
             raise

@@ -18,7 +18,7 @@ from pyergon.executor._inputs import encode_flow
 from pyergon.executor._runner import stored_outcome
 from pyergon.executor.executor import validate_flow_id
 from pyergon.executor.signal import send_signal
-from pyergon.serialization import Serializer, default_serializer
+from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage.base import ExecutionLog
 
 __all__ = ["Scheduler"]
@@ -41,7 +41,7 @@ class Scheduler:
         clock: Clock | None = None,
     ) -> None:
         self.storage = storage
-        self.serializer = serializer or default_serializer()
+        self.serializer = serializer_for(storage, serializer)
         self.clock = clock or SystemClock()
 
     def __repr__(self) -> str:

@@ -11,7 +11,7 @@ from pyergon.core.records import SignalRecord
 from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.errors import FlowNotFoundError, FlowStateError, InvalidFlowIdError
 from pyergon.executor._steps import replay_final
-from pyergon.serialization import Serializer, default_serializer, dumps_for
+from pyergon.serialization import Serializer, dumps_for, serializer_for
 from pyergon.storage._flows import deliver_signal, find_signal
 from pyergon.storage.base import ExecutionLog
 
@@ -98,7 +98,8 @@ async def send_signal(
         flow_id: The receiving flow.
         name: The signal's name.
         value: Any value the serializer can store.
-        serializer: Defaults to :func:`~pyergon.serialization.default_serializer`.
+        serializer: Defaults to :func:`~pyergon.serialization.default_serializer`; checked
+            against ``storage`` by :func:`~pyergon.serialization.serializer_for`.
         sent_at: Time to store (epoch seconds); defaults to now.
 
     Returns:
@@ -108,6 +109,7 @@ async def send_signal(
         FlowNotFoundError: No flow with ``flow_id`` exists.
         FlowStateError: The flow already finished and never had this signal.
         SerializationError: ``value`` cannot be serialized; nothing is stored.
+        UnsafeSerializerError: Unsigned pickle on shared storage, not chosen by name.
     """
     import time
 
@@ -115,7 +117,7 @@ async def send_signal(
         raise InvalidFlowIdError(f"flow id must be a non-empty string, got {flow_id!r}")
     _check_signal_name(name)
     payload = dumps_for(
-        serializer or default_serializer(), value, f"signal {name!r} for flow {flow_id!r}"
+        serializer_for(storage, serializer), value, f"signal {name!r} for flow {flow_id!r}"
     )
     flow = await storage.get_flow(flow_id)
     if flow is None:

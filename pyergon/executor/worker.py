@@ -24,7 +24,12 @@ from pyergon.core.query import ClaimRequest
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError, format_position
 from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
-from pyergon.errors import NonDeterminismError, PyergonError
+from pyergon.errors import (
+    CorruptStorageError,
+    NonDeterminismError,
+    PyergonError,
+    SignatureError,
+)
 from pyergon.executor._inputs import decode_flow, encode_flow
 from pyergon.executor._leases import (
     DONE,
@@ -32,10 +37,11 @@ from pyergon.executor._leases import (
     CancelFlag,
     Claim,
     LeaseWriter,
+    check_lease_seconds,
     release_quietly,
 )
 from pyergon.executor._runner import FlowRun, drive_flow, log_by_position, stored_outcome
-from pyergon.serialization import Serializer, default_serializer, serialize_exception
+from pyergon.serialization import Serializer, serialize_exception, serializer_for
 from pyergon.storage._flows import HeldFlow
 from pyergon.storage.base import ClaimedRun, ExecutionLog, wait_for_event
 
@@ -63,6 +69,10 @@ continues at the fire time itself rather than after that work (system clock only
 class Worker:
     """Runs flows from the shared queue.
 
+    A flow whose stored data this worker's serializer refuses (signed with a key it does not
+    have) is not failed: it goes back to the queue, with the refusal as its ``error`` and a
+    pause that grows while this worker keeps meeting it, for a worker with the right key.
+
     Args:
         storage: The storage shared with the scheduler and other workers.
         worker_id: A name unique among the workers; recorded as the lease owner.
@@ -76,6 +86,10 @@ class Worker:
         on_error: Called with every error the worker meets outside a flow's own code (storage
             failures, a flow that cannot start or no longer matches its log) and the flow id
             concerned, if any; they are logged as well. Notebook sessions keep them.
+
+    Raises:
+        ValueError: A setting is out of range (a lease that is not finite and above zero).
+        UnsafeSerializerError: The storage is shared and unsigned pickle was not chosen.
     """
 
     def __init__(
@@ -94,14 +108,13 @@ class Worker:
             raise ValueError(f"worker_id must be a non-empty string, got {worker_id!r}")
         if max_concurrent_flows < 1:
             raise ValueError(f"max_concurrent_flows must be >= 1, got {max_concurrent_flows}")
-        if lease_seconds <= 0:
-            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
+        check_lease_seconds(lease_seconds)
         self.storage = storage
         self.worker_id = worker_id
         self.enable_timers = enable_timers
         self.max_concurrent_flows = max_concurrent_flows
         self.lease_seconds = lease_seconds
-        self.serializer = serializer or default_serializer()
+        self.serializer = serializer_for(storage, serializer)
         self.clock = clock or SystemClock()
         self._lookahead = _TIMER_LOOKAHEAD if isinstance(self.clock, SystemClock) else 0.0
         self._registry: dict[str, type] = {}
@@ -113,8 +126,12 @@ class Worker:
         self.on_error = on_error
         self._claim_backoff = Backoff(worker_id, "claiming flows", self._report)
         self._cancels_checked_at = 0.0
+        self._cancel_look_owed = False
+        """Storage woke the worker since its last look for cancel requests."""
         self._failed_runs: dict[str, int] = {}
         """Runs in a row that failed outside the flow's code, by flow id (reset by a good run)."""
+        self._refusal_logged = False
+        """Whether this worker has said that it leaves flows its keys refuse."""
         self.flows_finished = 0
         """Flows this worker ran to a final state."""
         self.last_heartbeat = 0.0
@@ -197,14 +214,18 @@ class Worker:
                 # Wall-clock time, not self.clock: it says whether this loop is alive.
                 self.last_heartbeat = time.time()
                 self._kick.clear()
-                await self._fill_slots()
-                if self._cancel_check_due():
+                until_check = self._until_cancel_check()
+                if until_check is not None and until_check <= 0:
                     # Two independent looks at storage: one round trip's wait, not two.
-                    _, timeout = await asyncio.gather(
-                        self._check_cancellations(), self._idle_timeout()
-                    )
+                    await asyncio.gather(self._fill_slots(), self._check_cancellations())
                 else:
-                    timeout = await self._idle_timeout()
+                    await self._fill_slots()
+                timeout = await self._idle_timeout()
+                until_check = self._until_cancel_check()
+                if self._cancel_look_owed and until_check is not None:
+                    # Woken by storage since the last look, while flows run: the wake-up may be
+                    # a cancel request, so look as soon as the interval allows.
+                    timeout = min(timeout, max(until_check, 0.0))
                 if self._stopping:
                     break
                 # Work that is due already, or a kick meanwhile: claim again after one pass of
@@ -236,6 +257,7 @@ class Worker:
                 raise asyncio.CancelledError
             backoff.succeeded()
             if woken:
+                self._cancel_look_owed = True
                 self._kick.set()
 
     async def _idle_timeout(self) -> float:
@@ -290,7 +312,7 @@ class Worker:
         writer = LeaseWriter(HeldFlow(self.storage, flow, flow.lease_token))
         cancel = CancelFlag(flow.cancel_requested)
         task = asyncio.create_task(
-            self._run_claimed(flow, claimed.log, writer, cancel),
+            self._run_claimed(flow, claimed.log, writer, cancel, claimed.damage),
             name=f"pyergon-flow-{flow.flow_id}",
         )
         self._running[flow.flow_id] = Claim(writer, task, cancel)
@@ -312,16 +334,20 @@ class Worker:
         except Exception:  # a broken callback must not stop the worker
             logger.exception("worker %s: on_error callback failed", self.worker_id)
 
-    def _cancel_check_due(self) -> bool:
-        """Whether flows run here and the last look for cancellation requests is old enough."""
+    def _until_cancel_check(self) -> float | None:
+        """Seconds until the next look for cancellation requests may happen (``<= 0``: now).
+
+        ``None`` while no flow runs here: there is nothing to look for.
+        """
+        if not self._running:
+            return None
         since = asyncio.get_running_loop().time() - self._cancels_checked_at
-        return bool(self._running) and since >= _CANCEL_CHECK_INTERVAL
+        return _CANCEL_CHECK_INTERVAL - since
 
     async def _check_cancellations(self) -> None:
         """Tell running flows whose cancellation was requested; they stop at a step boundary."""
-        if not self._cancel_check_due():
-            return
         self._cancels_checked_at = asyncio.get_running_loop().time()
+        self._cancel_look_owed = False
         try:
             requested = await self.storage.cancel_requests(list(self._running))
         except Exception:
@@ -364,11 +390,17 @@ class Worker:
         records: list[Invocation] | None,
         writer: LeaseWriter,
         cancel: CancelFlag,
+        damage: CorruptStorageError | None = None,
     ) -> None:
         try:
+            if damage is not None:
+                raise damage  # the flow cannot run as stored; it fails alone
             cls = self._registry[flow.flow_type]
             instance: Any = decode_flow(self.serializer, cls, flow.payload)
             method_name = self._entries[flow.flow_type]
+        except SignatureError as error:
+            await self._leave_refused(flow, writer, error)
+            return
         except Exception as error:
             logger.error("flow %r cannot be started: %s", flow.flow_id, error)
             self._report(error, flow.flow_id)
@@ -403,12 +435,13 @@ class Worker:
             await writer.fail(stored_error, flow.attempt)
             self.flows_finished += 1
             return
+        except SignatureError as error:
+            await self._leave_refused(flow, writer, error)
+            return
         except Exception as error:
             # Storage trouble or a bug in pyergon: give the flow back so it runs again, after a
             # pause that grows while the failure repeats, so its steps do not rerun in a loop.
-            failures = self._failed_runs.get(flow.flow_id, 0) + 1
-            self._failed_runs[flow.flow_id] = failures
-            delay = min(_RETRY_AFTER_FAILURE * 2 ** (failures - 1), _MAX_RETRY_AFTER_FAILURE)
+            failures, delay = self._next_pause(flow.flow_id)
             logger.error(
                 "worker %s failed running flow %r (%d in a row; next try in %.1f s): %r",
                 self.worker_id,
@@ -423,6 +456,42 @@ class Worker:
         self._failed_runs.pop(flow.flow_id, None)
         if not isinstance(outcome, Suspended):
             self.flows_finished += 1
+
+    def _next_pause(self, flow_id: str) -> tuple[int, float]:
+        """Count one more run of ``flow_id`` given back unfinished; how long it waits now."""
+        failures = self._failed_runs.get(flow_id, 0) + 1
+        self._failed_runs[flow_id] = failures
+        return failures, min(_RETRY_AFTER_FAILURE * 2 ** (failures - 1), _MAX_RETRY_AFTER_FAILURE)
+
+    async def _leave_refused(
+        self, flow: ScheduledFlow, writer: LeaseWriter, error: SignatureError
+    ) -> None:
+        """Give back a flow whose stored data this worker's keys refuse, for one with the right key.
+
+        The flow is not failed: the data may be sound and this worker misconfigured. It waits
+        a pause that grows while this worker keeps meeting it, and shows why meanwhile.
+        """
+        _, delay = self._next_pause(flow.flow_id)
+        if not self._refusal_logged:
+            self._refusal_logged = True
+            logger.warning(
+                "worker %s cannot read flow %r (%s); it leaves flows it cannot read for a worker "
+                "with the right key and shows why on each. Check that this worker has the "
+                "PYERGON_SECRET_KEY (or serializer keys) the flows were written with; further "
+                "refusals are logged at debug level",
+                self.worker_id,
+                flow.flow_id,
+                error,
+            )
+            self._report(error, flow.flow_id)
+        else:
+            logger.debug("worker %s cannot read flow %r: %s", self.worker_id, flow.flow_id, error)
+        note = SignatureError(
+            f"worker {self.worker_id!r} cannot read this flow: {error}. It was left for a worker "
+            f"with the right key; this worker tries it again after {delay:g} s at the earliest."
+        )
+        wake_at = self.clock.now() + delay
+        await release_quietly(writer, "refused", wake_at=wake_at, error=StoredError.describe(note))
 
     async def _wait_for_timer(self, flow: ScheduledFlow) -> None:
         """Wait until the timer of a flow claimed shortly before it is due fires."""

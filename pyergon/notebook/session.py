@@ -28,7 +28,7 @@ from pyergon.management import FlowManager, ReplayResult
 from pyergon.notebook._stepper import Stepper
 from pyergon.notebook._views_monitor import Monitor
 from pyergon.notebook._views_timeline import Timeline
-from pyergon.serialization import Serializer, default_serializer
+from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage.base import ExecutionLog
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ class Session:
         close_storage: bool = False,
     ) -> None:
         self.storage = storage
-        self.serializer = serializer or default_serializer()
+        self.serializer = serializer_for(storage, serializer)
         self.clock = clock or SystemClock()
         self.scheduler = Scheduler(storage, serializer=self.serializer, clock=self.clock)
         self.manager = FlowManager(storage, serializer=self.serializer, clock=self.clock)
@@ -110,10 +110,19 @@ class Session:
         """Open storage by URL (``sqlite:///flows.db``, ``redis://…``, ``memory://``…).
 
         The session owns that storage and closes it in :meth:`close`.
+
+        Raises:
+            UnsafeSerializerError: The storage is shared and no serializer was chosen for it
+                (the storage is closed again).
         """
         from pyergon.storage._url import open_storage
 
-        return cls(await open_storage(url), close_storage=True, **options)
+        storage = await open_storage(url)
+        try:
+            return cls(storage, close_storage=True, **options)
+        except BaseException:
+            await storage.close()
+            raise
 
     def __repr__(self) -> str:
         return (

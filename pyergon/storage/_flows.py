@@ -10,9 +10,11 @@ and notebook code change flows only through these functions, on every backend al
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from functools import partial
 
-from pyergon.core.changes import Applied, Change
+from pyergon.core.changes import Applied, Change, FlowWrite
+from pyergon.core.query import FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.transitions import (
@@ -32,6 +34,7 @@ __all__ = [
     "HeldFlow",
     "deliver_signal",
     "find_signal",
+    "reopen_failed_work",
     "request_cancel",
     "requeue",
     "save_records",
@@ -62,8 +65,16 @@ async def _decide_and_apply(
     storage: ExecutionLog,
     flow_id: str,
     decide: Callable[[ScheduledFlow], Transition | None],
+    along: Callable[[float], Awaitable[Change]] | None = None,
 ) -> tuple[ScheduledFlow | None, bool]:
     """Apply ``decide``'s transition of the stored flow; decide again while it moves on.
+
+    Args:
+        storage: The flow's storage.
+        flow_id: The flow to change.
+        decide: The transition of the flow as stored, or ``None`` to change nothing.
+        along: Builds (given the time) what is applied in the same change as the transition,
+            under its guard; read again with every new decision.
 
     Returns:
         The flow as the transition left it (or as stored, if ``decide`` changed nothing;
@@ -76,7 +87,10 @@ async def _decide_and_apply(
         transition = decide(flow)
         if transition is None:
             return flow, False
-        applied = await storage.apply(transition.change)
+        change = transition.change
+        if along is not None:
+            change = _joined(change, await along(time.time()))
+        applied = await storage.apply(change)
         if applied.moved is None:
             return transition.flow, True
     raise _contended(flow_id)
@@ -113,8 +127,17 @@ async def requeue(
     *,
     from_statuses: Collection[TaskStatus],
     fields: Mapping[str, object] | None = None,
+    reopen_failed: bool = False,
 ) -> ScheduledFlow | None:
     """Put a flow back in the queue if its status is one of ``from_statuses``.
+
+    Args:
+        storage: The flow's storage.
+        flow_id: The flow to requeue.
+        from_statuses: The statuses the operation applies to.
+        fields: Other fields to set.
+        reopen_failed: Also make its failed work run again (see :func:`reopen_failed_work`),
+            in the same change: nothing is deleted unless the flow is requeued.
 
     Returns:
         The flow as requeued, or ``None`` if it does not exist or its status did not allow it.
@@ -125,8 +148,57 @@ async def requeue(
         lambda flow: decide_requeue(
             flow, from_statuses=from_statuses, fields=fields, at=time.time()
         ),
+        partial(_reopening, storage, flow_id) if reopen_failed else None,
     )
     return flow if changed else None
+
+
+async def reopen_failed_work(storage: ExecutionLog, flow_id: str) -> None:
+    """Make a flow's failed work run again: its failed records and its failed child flows.
+
+    Records of steps that succeeded stay, so only what failed runs again. A failed child flow
+    (and its failed children, and so on) is put back in the queue with its failed records
+    cleared, so the parent's next run waits for a fresh attempt of the child instead of
+    replaying the child's old failure. One change: a child that moved on meanwhile is decided
+    again, and nothing is deleted for a child that is no longer ``FAILED``.
+    """
+    for _ in range(_MAX_ROUNDS):
+        change = await _reopening(storage, flow_id, time.time())
+        if (await storage.apply(change)).moved is None:
+            return
+    raise _contended(flow_id)
+
+
+async def _reopening(storage: ExecutionLog, flow_id: str, at: float) -> Change:
+    """The change forgetting the failed records of ``flow_id``, requeueing its failed children."""
+    forget = [flow_id]
+    writes: list[FlowWrite] = []
+    parents = [flow_id]
+    while parents:
+        failed = await storage.list_flows(
+            FlowQuery(parent_flow_id=parents.pop(), status=TaskStatus.FAILED, limit=10_000)
+        )
+        for child in failed:
+            transition = decide_requeue(
+                child,
+                from_statuses=(TaskStatus.FAILED,),
+                fields={"error": None, "attempt": 1},
+                at=at,
+            )
+            assert transition is not None  # listed as FAILED
+            forget.append(child.flow_id)
+            writes += transition.change.writes
+            parents.append(child.flow_id)
+    return Change(writes=tuple(writes), forget_failed=tuple(forget), notify=bool(writes))
+
+
+def _joined(first: Change, second: Change) -> Change:
+    """One change doing what ``first`` and then ``second`` do (neither has records or signals)."""
+    return Change(
+        writes=first.writes + second.writes,
+        forget_failed=first.forget_failed + second.forget_failed,
+        notify=first.notify or second.notify,
+    )
 
 
 async def find_signal(storage: ExecutionLog, flow_id: str, name: str) -> SignalRecord | None:

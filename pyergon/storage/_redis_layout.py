@@ -27,18 +27,22 @@ indexes; version 3 the ``version`` field. ``migrate.lua`` moves an older prefix 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib.resources import files
 from typing import Any, cast
 
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.errors import CorruptStorageError
+from pyergon.storage.base import ClaimedRun, damaged_run
 
 __all__ = [
     "SCRIPTS",
+    "claimed_run",
     "counted",
     "decode_invocation",
     "decode_signal",
+    "describe_damage",
     "encode_invocation",
     "encode_signal",
     "flow_changes",
@@ -48,6 +52,7 @@ __all__ = [
     "log_from_hash",
     "number",
     "optional",
+    "readable_flow",
     "record_field",
 ]
 
@@ -186,32 +191,136 @@ def flow_changes(changes: Mapping[str, object]) -> tuple[list[str | bytes], list
 
 
 def flow_from_reply(reply: Sequence[bytes]) -> ScheduledFlow:
-    """Rebuild a flow from a script's ``HGETALL`` reply, a flat field/value list."""
+    """Rebuild a flow from a script's ``HGETALL`` reply, a flat field/value list.
+
+    Raises:
+        CorruptStorageError: A field cannot be read; the message names the flow and field.
+    """
     items = iter(reply)
     return flow_from_hash(dict(zip(items, items, strict=True)))
 
 
 def flow_from_hash(fields: Mapping[bytes, bytes]) -> ScheduledFlow:
-    """Rebuild a flow from its hash."""
-    values: dict[str, Any] = {}
-    for raw_name, raw in fields.items():
-        name = raw_name.decode()
-        if name in _TEXT_FIELDS:
-            values[name] = raw.decode()
-        elif name in _FLOAT_FIELDS:
-            values[name] = float(raw)
-        elif name in _INT_FIELDS:
-            values[name] = int(raw)
-        else:
-            values[name] = raw
-    type_name, message, traceback, payload = (values.pop(name, None) for name in _ERROR_FIELDS)
-    if type_name is not None:
-        values["error"] = StoredError(
-            type_name.decode(), message.decode(), traceback.decode(), payload
-        )
-    values["status"] = TaskStatus(values["status"].decode())
-    values["cancel_requested"] = values.get("cancel_requested") == b"1"
+    """Rebuild a flow from its hash.
+
+    Raises:
+        CorruptStorageError: A field cannot be read; the message names the flow and field.
+    """
+    values, damage = _flow_values(fields)
+    if damage is not None:
+        raise damage
     return ScheduledFlow(**values)
+
+
+def readable_flow(
+    flow_id: str, reply: Sequence[bytes]
+) -> tuple[dict[str, Any], CorruptStorageError | None]:
+    """The fields of a flow's ``HGETALL`` reply that can be read, and what cannot, if anything.
+
+    For a flow a claim took: it is failed with the damage rather than raising it.
+    """
+    items = iter(reply)
+    values, damage = _flow_values(dict(zip(items, items, strict=True)), flow_id)
+    values["flow_id"] = flow_id  # the key's id, whatever the field holds
+    return values, damage
+
+
+_DECODERS: dict[str, tuple[Callable[[bytes], object], str]] = {
+    **{name: (bytes.decode, "UTF-8 text") for name in _TEXT_FIELDS | set(_ERROR_FIELDS[:3])},
+    **{name: (float, "a number") for name in _FLOAT_FIELDS},
+    **{name: (int, "an integer") for name in _INT_FIELDS},
+    "status": (lambda raw: TaskStatus(raw.decode()), "a flow status"),
+    "cancel_requested": (lambda raw: raw == b"1", "a flag"),
+}
+"""How each stored field is read, and what it should hold (bytes fields are kept as stored)."""
+
+_AS_STORED: tuple[Callable[[bytes], object], str] = (lambda raw: raw, "bytes")
+
+_REQUIRED = ("flow_id", "flow_type", "payload", "status", "created_at", "updated_at")
+
+
+def _flow_values(
+    fields: Mapping[bytes, bytes], flow_id: str | None = None
+) -> tuple[dict[str, Any], CorruptStorageError | None]:
+    """The flow attributes ``fields`` hold, and the first field that cannot be read, if any."""
+    raw_id = fields.get(b"flow_id", b"")
+    name_of_flow = flow_id if flow_id is not None else raw_id.decode(errors="replace")
+    values: dict[str, Any] = {"cancel_requested": False}
+    damage: CorruptStorageError | None = None
+    for raw_name, raw in fields.items():
+        name = raw_name.decode(errors="replace")
+        decode, holds = _DECODERS.get(name, _AS_STORED)
+        try:
+            values[name] = decode(raw)
+        except (ValueError, UnicodeDecodeError):
+            damage = damage or CorruptStorageError(
+                f"stored field {name!r} of flow {name_of_flow!r} holds {raw[:80]!r}, which is "
+                f"not {holds}; pyergon cannot read the flow. Fix or delete the field."
+            )
+    type_name, message, traceback, payload = (values.pop(name, None) for name in _ERROR_FIELDS)
+    if type_name is not None and message is not None and traceback is not None:
+        values["error"] = StoredError(type_name, message, traceback, payload)
+    missing = [name for name in _REQUIRED if name not in values]
+    if missing and damage is None:
+        damage = CorruptStorageError(
+            f"stored flow {name_of_flow!r} has no field {missing[0]!r}; pyergon cannot read it"
+        )
+    unknown = set(values) - _ATTRIBUTES
+    if unknown and damage is None:
+        damage = CorruptStorageError(
+            f"stored flow {name_of_flow!r} has a field pyergon does not know: "
+            f"{sorted(unknown)[0]!r}"
+        )
+    for name in unknown:
+        del values[name]
+    return values, damage
+
+
+def claimed_run(raw_id: bytes, fields: list[bytes], records: list[bytes] | None) -> ClaimedRun:
+    """A run of a flow the claim script took; a field that cannot be read is its damage.
+
+    Records that cannot be read (``records`` is ``None`` when their key is not a hash) give a
+    run without a log, as the contract has it: whoever runs the flow reads them itself.
+    """
+    flow_id = raw_id.decode(errors="replace")
+    values, damage = readable_flow(flow_id, fields)
+    if damage is not None:
+        return damaged_run(values, damage)
+    flow = ScheduledFlow(**values)
+    if records is None:
+        return ClaimedRun(flow, None)
+    items = iter(records)
+    try:
+        return ClaimedRun(flow, log_from_hash(flow_id, zip(items, items, strict=True)))
+    except (ValueError, TypeError, KeyError, IndexError):
+        return ClaimedRun(flow, None)
+
+
+def describe_damage(
+    flow_id: str, key: str, field: str, held: bytes | None, *, is_flow_key: bool
+) -> str:
+    """What the claim script met that kept it from taking a flow (see ``claim.lua``)."""
+    found = "nothing" if held is None else held.decode(errors="replace")
+    if not flow_id:
+        return (
+            f"key {key!r} holds a {found}, not the sorted set pyergon keeps there; no flow that "
+            "needs it is claimed until it is deleted or renamed"
+        )
+    if field:
+        return (
+            f"flow {flow_id!r} was taken out of the queue: its field {field!r} (key {key!r}) "
+            f"holds {found!r}, not what pyergon wrote; fix the field, then resume the flow"
+        )
+    if is_flow_key:
+        held_there = "no flow" if found == "none" else f"a {found}"
+        return (
+            f"flow {flow_id!r} was taken out of the queue: key {key!r} holds {held_there}, not "
+            "a flow's hash (pyergon changed nothing in it)"
+        )
+    return (
+        f"flow {flow_id!r} is not claimed: key {key!r} holds a {found}, not the sorted set "
+        "pyergon keeps there; delete or rename it"
+    )
 
 
 # -- records and signals -------------------------------------------------------------------------

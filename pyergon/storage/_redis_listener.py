@@ -101,6 +101,7 @@ class WorkListener:
         )
         client = Redis.from_pool(pool)
         pause, longest_pause = _LISTEN_RETRY
+        in_outage = False  # said once per outage: a retry every 2 s must not log every 2 s
         try:
             while True:
                 pubsub = client.pubsub()
@@ -110,6 +111,7 @@ class WorkListener:
                         pass  # the first reply is the subscription's confirmation
                     if subscribed.done():
                         logger.info("listening for pyergon work at %s again", self._where)
+                        in_outage = False
                         self._work.set()  # wake-ups published meanwhile were missed
                     else:
                         subscribed.set_result(None)
@@ -126,12 +128,15 @@ class WorkListener:
                     if not subscribed.done():
                         subscribed.set_exception(error)
                         return
-                    logger.warning(
-                        "lost the pyergon wake-up subscription at %s (%s); retrying in %.2fs",
+                    logger.log(
+                        logging.DEBUG if in_outage else logging.WARNING,
+                        "lost the pyergon wake-up subscription at %s (%s); retrying every "
+                        "%.2f s or less until it is back",
                         self._where,
                         error,
-                        pause,
+                        longest_pause,
                     )
+                    in_outage = True
                 finally:
                     # redis-py leaves PubSub.aclose unannotated.
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -129,7 +129,11 @@ def claim_runs(
         # Read back rather than RETURNING, which gives whole REAL values as integers.
         flow = fetch_flow(connection, flow_id)
         assert flow is not None  # found in this transaction
-        claimed.append(ClaimedRun(flow, load_log(connection, flow_id=flow_id)))
+        try:
+            log: list[Invocation] | None = load_log(connection, flow_id=flow_id)
+        except ValueError:  # a record that cannot be decoded: the run reads the log itself
+            log = None
+        claimed.append(ClaimedRun(flow, log))
     return claimed
 
 

@@ -20,12 +20,14 @@ from pyergon.core.changes import Applied, Change
 from pyergon.core.query import ClaimRequest, FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
+from pyergon.errors import CorruptStorageError
 
 __all__ = [
     "SCHEMA_VERSION",
     "ClaimedRun",
     "ExecutionLog",
     "StorageLifecycle",
+    "damaged_run",
     "wait_for_event",
 ]
 
@@ -61,14 +63,51 @@ class ClaimedRun:
         log: Its records ordered by ``(sequence, sub_sequence)``, read after the claim took
             the flow; empty for a flow that has not run yet. ``None`` if they could not be
             read then: whoever runs the flow reads them first.
+        damage: Why the flow cannot run as stored: one of its fields cannot be read.
+            ``flow`` then holds what could be read (at least what the claim wrote), and whoever
+            claimed it fails it with this error, so one damaged flow never stops the queue.
+            (Records that cannot be read give ``log=None`` instead: they may be read later.)
     """
 
     flow: ScheduledFlow
     log: list[Invocation] | None = field(default_factory=list)
+    damage: CorruptStorageError | None = None
+
+
+_UNREADABLE_PLACEHOLDERS: dict[str, object] = {
+    "flow_type": "",
+    "payload": b"",
+    "created_at": 0.0,
+    "updated_at": 0.0,
+}
+"""Values of the fields a flow cannot lack, for a damaged flow that lacks them."""
+
+
+def damaged_run(readable: Mapping[str, object], damage: CorruptStorageError) -> ClaimedRun:
+    """The run of a claimed flow that cannot run as stored, for its claimer to fail.
+
+    A backend whose claim took a flow it cannot read returns this instead of raising, which
+    would leave the whole batch leased to nobody (shared by every backend).
+
+    Args:
+        readable: The fields of the flow that could be read, by name; they include the
+            claim's own (``flow_id``, ``status``, the lease, ``version``).
+        damage: What cannot be read, naming the flow and the field or record.
+
+    Returns:
+        A run without a log whose ``flow`` has placeholders for required fields it lacks.
+    """
+    flow = ScheduledFlow(**{**_UNREADABLE_PLACEHOLDERS, **readable})  # type: ignore[arg-type]
+    return ClaimedRun(flow, None, damage)
 
 
 class StorageLifecycle:
     """Base class giving a backend ``async with`` on top of ``connect()`` and ``close()``."""
+
+    shared_store = False
+    """Whether other machines may write the storage (a server, not a file of this machine's).
+    On shared storage unsigned pickle needs an explicit choice (see
+    :func:`pyergon.serialization.check_serializer`)."""
 
     async def connect(self) -> None:  # pragma: no cover - overridden by every backend
         """Open connections and create or migrate the schema."""
@@ -146,7 +185,10 @@ class ExecutionLog(Protocol):
 
         Returns:
             One :class:`ClaimedRun` per flow, in queue order. The claim stands even if a log
-            cannot be read: that run's ``log`` is ``None``.
+            cannot be read: that run's ``log`` is ``None``. It never raises once it has taken
+            flows: a flow whose fields cannot be read comes with its ``damage`` (see
+            :func:`damaged_run`), and what keeps a flow from being taken at all is left out
+            (and logged), so one damaged flow never stops the queue.
         """
         ...
 

@@ -107,6 +107,9 @@ class PostgresExecutionLog(StorageLifecycle):
         ...     flow = await storage.get_flow("order-42")
     """
 
+    shared_store = True
+    """Other processes and machines may write it: unsigned pickle needs an explicit choice."""
+
     def __init__(
         self,
         dsn: str = DEFAULT_DSN,
@@ -373,9 +376,16 @@ class PostgresExecutionLog(StorageLifecycle):
             records = await self._fetch(self._sql.load_logs, list(logs))
         except StorageError:
             return [ClaimedRun(flow, None) for flow in flows]  # the runs read them
+        unreadable = set()
         for record in records:
-            logs[record["flow_id"]].append(invocation_from_row(record))
-        return [ClaimedRun(flow, logs[flow.flow_id]) for flow in flows]
+            try:
+                logs[record["flow_id"]].append(invocation_from_row(record))
+            except ValueError:  # the run reads its log itself, and says what is wrong
+                unreadable.add(record["flow_id"])
+        return [
+            ClaimedRun(flow, None if flow.flow_id in unreadable else logs[flow.flow_id])
+            for flow in flows
+        ]
 
     async def renew_leases(
         self, leases: Mapping[str, str], *, lease_seconds: float, now: float

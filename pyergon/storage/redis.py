@@ -44,9 +44,11 @@ from pyergon.errors import (
 )
 from pyergon.storage._redis_layout import (
     SCRIPTS,
+    claimed_run,
     counted,
     decode_invocation,
     decode_signal,
+    describe_damage,
     encode_invocation,
     encode_signal,
     flow_changes,
@@ -93,6 +95,9 @@ class RedisExecutionLog(StorageLifecycle):
         ...     flow = await storage.get_flow("order-42")
     """
 
+    shared_store = True
+    """Other processes and machines may write it: unsigned pickle needs an explicit choice."""
+
     def __init__(
         self,
         url: str = "redis://127.0.0.1:6379/0",
@@ -121,6 +126,8 @@ class RedisExecutionLog(StorageLifecycle):
             where=self._where,
         )
         self._batcher = CommandBatcher(self._open_client, self._translate)
+        self._damage_reported: set[tuple[str, str]] = set()
+        """Damage a claim met and logged, by key and field: each is logged once."""
 
     @classmethod
     def from_url(cls, url: str) -> RedisExecutionLog:
@@ -249,10 +256,11 @@ class RedisExecutionLog(StorageLifecycle):
         return version
 
     async def _warn_if_not_persisting(self, client: Redis) -> None:
-        """Warn when the server keeps flows only in memory: a restart would lose them all."""
+        """Warn when the server may lose flows: kept only in memory, or evicted when it is full."""
         try:
             config = await client.config_get("save")
             config.update(await client.config_get("appendonly"))
+            config.update(await client.config_get("maxmemory-policy"))
         except ResponseError:
             return  # managed servers often refuse CONFIG; their persistence is theirs to set
         if not config.get("save") and config.get("appendonly") != "yes":
@@ -260,6 +268,15 @@ class RedisExecutionLog(StorageLifecycle):
                 "Redis at %s neither snapshots (save) nor logs writes (appendonly): a restart "
                 "loses every flow under prefix %r. Set `appendonly yes` for durable flows.",
                 self._where,
+                self._prefix,
+            )
+        policy = config.get("maxmemory-policy") or "noeviction"
+        if policy.startswith("allkeys"):
+            logger.warning(
+                "Redis at %s evicts keys when its memory is full (maxmemory-policy %s): it may "
+                "delete flows under prefix %r. Set `maxmemory-policy noeviction`.",
+                self._where,
+                policy,
                 self._prefix,
             )
 
@@ -371,7 +388,7 @@ class RedisExecutionLog(StorageLifecycle):
         changes = claim_changes(request, lease_token="", at=time.time())
         del changes["lease_token"]  # each flow gets a token of its own, passed with the tokens
         sets, deletes = flow_changes(changes)
-        replies = await self._run(
+        taken, damaged = await self._run(
             "claim",
             number(request.now),
             number(request.wakes_by),
@@ -381,14 +398,17 @@ class RedisExecutionLog(StorageLifecycle):
             *counted(sets),
             *counted(deletes),
         )
-        runs = []
-        for fields, records in replies:
-            flow = flow_from_reply(fields)
-            items = iter(records)
-            runs.append(
-                ClaimedRun(flow, log_from_hash(flow.flow_id, zip(items, items, strict=True)))
-            )
-        return runs
+        for flow_id, key, field, held in damaged:
+            self._report_damage(flow_id.decode(), key.decode(), field.decode(), held)
+        return [claimed_run(*reply) for reply in taken]
+
+    def _report_damage(self, flow_id: str, key: str, field: str, held: bytes | None) -> None:
+        """Log, once per key and field, what kept a claim from taking a flow."""
+        if (key, field) not in self._damage_reported:
+            self._damage_reported.add((key, field))
+            is_flow_key = key == self._key("flow", flow_id)
+            what = describe_damage(flow_id, key, field, held, is_flow_key=is_flow_key)
+            logger.error("%s (Redis at %s, prefix %r)", what, self._where, self._prefix)
 
     async def renew_leases(
         self, leases: Mapping[str, str], *, lease_seconds: float, now: float

@@ -83,6 +83,7 @@ def test_claim_changes_put_the_flow_under_a_lease() -> None:
         "lease_token": "tok",
         "lease_expires_at": 1_030.0,
         "worker_id": "worker-a",
+        "error": None,  # left by a worker that gave the flow back unread
     }
 
 

@@ -16,11 +16,13 @@ from typing import Any, cast
 import pytest
 
 from pyergon import Scheduler, Worker, flow, flow_type, step
-from pyergon.core import TaskStatus
-from pyergon.core.changes import Applied, Change
+from pyergon.core import ScheduledFlow, TaskStatus
+from pyergon.core.changes import Applied, Change, FlowWrite
+from pyergon.core.status import InvocationStatus
 from pyergon.errors import FlowStateError
 from pyergon.management import FlowManager
 from pyergon.storage.base import ExecutionLog
+from pyergon.testing import make_flow, make_invocation
 from tests.waiting import flow_reaches
 
 
@@ -126,3 +128,44 @@ async def test_fork_is_refused_while_a_worker_runs_the_flow_and_allowed_after(
     fork_id = await manager.fork(flow_id, from_step=1, new_flow_id="busy-fork")
     records = await storage.load_invocations(fork_id)
     assert [(record.position, record.name) for record in records] == [("1", "prepare")]
+
+
+class _MovesAfterRead:
+    """Storage on which another run takes a flow just after the manager has read it."""
+
+    def __init__(self, storage: ExecutionLog, after_read: Callable[[], Awaitable[None]]) -> None:
+        self._storage = storage
+        self._after_read: Callable[[], Awaitable[None]] | None = after_read
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    async def get_flow(self, flow_id: str) -> ScheduledFlow | None:
+        flow = await self._storage.get_flow(flow_id)
+        if self._after_read is not None:
+            after_read, self._after_read = self._after_read, None
+            await after_read()
+        return flow
+
+
+async def test_a_retry_that_loses_the_race_leaves_the_records_of_the_new_run(
+    storage: ExecutionLog,
+) -> None:
+    # The flow failed; another operator retried it and a worker runs it again, and that run's
+    # step failed meanwhile: its failed record is the new run's, and must stay.
+    await storage.create_flow(make_flow("p1", status=TaskStatus.FAILED))
+    failed = make_invocation(1, flow_id="p1", status=InvocationStatus.FAILED, attempts=1)
+    await storage.apply(Change(records=(failed,)))
+
+    async def another_run_takes_it() -> None:
+        await storage.apply(
+            Change(writes=(FlowWrite("p1", {"status": TaskStatus.RUNNING, "attempt": 2}),))
+        )
+
+    racing = cast(ExecutionLog, _MovesAfterRead(storage, another_run_takes_it))
+    with pytest.raises(FlowStateError, match="changed state meanwhile"):
+        await FlowManager(racing).retry("p1")
+
+    assert await storage.load_invocations("p1") == [failed]
+    stored = await storage.get_flow("p1")
+    assert stored is not None and stored.status is TaskStatus.RUNNING

@@ -140,16 +140,10 @@ async def _redis(_tmp_path: Path) -> AsyncIterator[Damageable]:
         await drop_redis_keys(prefix)
 
 
-_NOT_YET = pytest.mark.xfail(
-    strict=True,
-    reason="a record that cannot be decoded fails the whole claim (SQLite rolls it back, "
-    "PostgreSQL and Redis keep it but raise); the backend owners make that run's log None, "
-    "then drop this mark",
-)
 BACKENDS = {
-    "sqlite": pytest.param(_sqlite, id="sqlite", marks=_NOT_YET),
-    "postgres": pytest.param(_postgres, id="postgres", marks=_NOT_YET),
-    "redis": pytest.param(_redis, id="redis", marks=_NOT_YET),
+    "sqlite": pytest.param(_sqlite, id="sqlite"),
+    "postgres": pytest.param(_postgres, id="postgres"),
+    "redis": pytest.param(_redis, id="redis"),
 }
 
 

@@ -182,9 +182,9 @@ async def test_connect_refuses_a_schema_it_cannot_read(
 @pytest.mark.parametrize(
     ("config", "warned"),
     [
-        ({"save": "", "appendonly": "no"}, True),
-        ({"save": "3600 1", "appendonly": "no"}, False),
-        ({"save": "", "appendonly": "yes"}, False),
+        ({"save": "", "appendonly": "no", "maxmemory-policy": "noeviction"}, True),
+        ({"save": "3600 1", "appendonly": "no", "maxmemory-policy": "noeviction"}, False),
+        ({"save": "", "appendonly": "yes", "maxmemory-policy": "noeviction"}, False),
         (ResponseError("unknown command 'CONFIG'"), False),  # managed servers may refuse it
     ],
     ids=["in memory only", "snapshots", "append-only file", "CONFIG refused"],
