@@ -3,7 +3,7 @@
 Every payload starts with a two-byte format tag (``P1`` pickle, ``S1`` signed pickle, ``J1``
 JSON), so a record written by a newer pyergon, or by another serializer, is recognised and
 refused with a clear error instead of being misread. ``stable_hash`` is re-exported from
-:mod:`pyergon.hashing`, where it lives.
+:mod:`pyergon._hashing`, where it lives.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pickle
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from pyergon._hashing import stable_hash, type_name
 from pyergon.core.records import StoredError
 from pyergon.errors import (
     SerializationError,
@@ -24,7 +25,6 @@ from pyergon.errors import (
     StepFailedError,
     UnsafeSerializerError,
 )
-from pyergon.hashing import stable_hash, type_name
 
 __all__ = [
     "JsonSerializer",

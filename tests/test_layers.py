@@ -7,9 +7,9 @@ layer                 modules
 ====================  ==========================================================================
 base                  ``_version``, ``errors`` (the exception tree), ``clock``
 core                  ``core.*``: value types and the flow state machine, pure, no I/O
-storage               ``serialization``, ``storage.*``: payloads and the ExecutionLog backends
-runtime               ``context``, ``decorators``, ``determinism``, ``executor.*``: running flows
-read and operate      ``history``, ``history_html``, ``management``: records, DataFrames, HTML of
+storage               ``_hashing``, ``serialization``, ``storage.*``: payloads, the backends
+runtime               ``_context``, ``decorators``, ``determinism``, ``executor.*``: running flows
+read and operate      ``history``, ``_history_html``, ``management``: records, DataFrames, HTML of
                       a history; cancel, resume, retry, fork, replay
 fronts                ``cli.*``, ``notebook.*``, ``demo``, ``testing.*``, ``__main__``
 façade                ``pyergon`` itself (``__init__``): re-exports; imported by no module
@@ -31,7 +31,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pyergon"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("pyergon._version", "pyergon.errors", "pyergon.clock")),
     ("core", ("pyergon.core",)),
-    ("storage", ("pyergon.serialization", "pyergon.storage")),
+    ("storage", ("pyergon._hashing", "pyergon.serialization", "pyergon.storage")),
     (
         "runtime",
         ("pyergon._context", "pyergon.decorators", "pyergon.determinism", "pyergon.executor"),

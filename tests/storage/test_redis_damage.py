@@ -17,6 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from pyergon import Scheduler, Worker, flow, flow_type, step
+from pyergon.core.query import ClaimRequest
 from pyergon.core.status import TaskStatus
 from pyergon.errors import CorruptStorageError
 from pyergon.storage.redis import RedisExecutionLog
@@ -29,6 +30,10 @@ make_redis = shared_make_redis  # the fixtures of test_redis.py, used here too
 admin_client = admin
 
 BATCH = 10
+
+
+def _request(*flow_types: str) -> ClaimRequest:
+    return ClaimRequest("w-1", flow_types, limit=BATCH, lease_seconds=60, now=1e10)
 
 
 @dataclass
@@ -83,7 +88,7 @@ async def test_a_flow_with_a_field_that_cannot_be_read_fails_alone(
     damaged = flow_ids[3]
     await admin_client.hset(_key(storage, "flow", damaged), field, value)
 
-    runs = await storage.claim("w-1", ["Sturdy"], limit=BATCH, lease_seconds=60, now=1e10)
+    runs = await storage.claim(_request("Sturdy"))
 
     assert [run.flow.flow_id for run in runs] == flow_ids  # one claim took them all
     assert [run.damage is not None for run in runs] == [n == 3 for n in range(BATCH)]
@@ -106,7 +111,7 @@ async def test_a_flow_whose_creation_time_is_not_a_number_leaves_the_queue_once(
     assert worker.flows_finished == BATCH - 1
     logged = _logged(caplog, repr(damaged))
     assert len(logged) == 1 and "'created_at'" in logged[0] and "yesterday" in logged[0]
-    assert await storage.claim("w-1", ["Sturdy"], limit=BATCH, lease_seconds=60, now=1e10) == []
+    assert await storage.claim(_request("Sturdy")) == []
 
 
 async def test_a_worker_fails_the_damaged_flow_and_runs_the_others(
@@ -144,7 +149,7 @@ async def test_records_that_cannot_be_read_leave_that_flow_waiting_and_the_rest_
     else:
         await admin_client.hset(records, "1:0", b"not a record")
 
-    runs = await storage.claim("w-1", ["Sturdy"], limit=BATCH, lease_seconds=60, now=1e10)
+    runs = await storage.claim(_request("Sturdy"))
 
     # The claim stands with no log for that flow; whoever runs it reads the log itself.
     assert [run.flow.flow_id for run in runs] == flow_ids
@@ -179,8 +184,8 @@ async def test_a_flow_key_of_the_wrong_type_leaves_the_queue_once_and_the_rest_r
     await admin_client.delete(flow_key)
     await admin_client.set(flow_key, b"someone else's value")
 
-    runs = await storage.claim("w-1", ["Sturdy"], limit=BATCH, lease_seconds=60, now=1e10)
-    again = await storage.claim("w-1", ["Sturdy"], limit=BATCH, lease_seconds=60, now=1e10)
+    runs = await storage.claim(_request("Sturdy"))
+    again = await storage.claim(_request("Sturdy"))
 
     assert [run.flow.flow_id for run in runs] == [f for f in flow_ids if f != damaged]
     assert again == []
@@ -203,9 +208,7 @@ async def test_an_index_of_the_wrong_type_stops_only_the_claims_that_need_it(
     await admin_client.set(broken, b"not a sorted set")
 
     for _ in range(3):
-        runs = await storage.claim(
-            "w-1", ["Refund", "Order"], limit=BATCH, lease_seconds=60, now=1e10
-        )
+        runs = await storage.claim(_request("Refund", "Order"))
         assert [run.flow.flow_id for run in runs] in (["order-1"], [])
 
     assert (await storage.get_flow("order-1")).status is TaskStatus.RUNNING  # type: ignore[union-attr]
@@ -224,8 +227,8 @@ async def test_a_shared_index_of_the_wrong_type_takes_nothing_half_way(
     broken = _key(storage, "status", "RUNNING")
     await admin_client.set(broken, b"not a sorted set")
 
-    assert await storage.claim("w-1", ["Order"], limit=BATCH, lease_seconds=60, now=1e10) == []
-    assert await storage.claim("w-1", ["Order"], limit=BATCH, lease_seconds=60, now=1e10) == []
+    assert await storage.claim(_request("Order")) == []
+    assert await storage.claim(_request("Order")) == []
 
     stored = await storage.get_flow("order-1")
     assert stored is not None and stored.status is TaskStatus.PENDING and stored.version == 1
@@ -250,7 +253,7 @@ async def test_a_due_timer_whose_flow_key_is_no_hash_leaves_the_timers_and_the_r
     await admin_client.delete(flow_key)
     await admin_client.lpush(flow_key, b"a list")
 
-    runs = await storage.claim("w-1", ["Order"], limit=BATCH, lease_seconds=60, now=1e10)
+    runs = await storage.claim(_request("Order"))
 
     assert [run.flow.flow_id for run in runs] == ["timer-1", "timer-2"]
     assert await admin_client.zscore(_key(storage, "timers", "Order"), "timer-0") is None
