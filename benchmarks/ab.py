@@ -50,10 +50,14 @@ def _base_checkout(rev: str) -> Path:
     return path
 
 
-def _one_run(python: str, cwd: Path, scenario: str, backend: str, quick: bool) -> dict[str, Any]:
+def _one_run(
+    python: str, cwd: Path, scenario: str, backend: str, quick: bool, n: int | None
+) -> dict[str, Any]:
     command = [python, "-m", "benchmarks.one", scenario, backend, "--runs", "1"]
     if quick:
         command.append("--quick")
+    if n:
+        command += ["--n", str(n)]
     done = subprocess.run(command, cwd=cwd, stdout=subprocess.PIPE, text=True, env=_env(cwd))
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if not lines:
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", action="append", choices=BACKENDS)
     parser.add_argument("--rounds", type=int, default=5, help="runs per side (default 5)")
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+    parser.add_argument("--n", type=int, help="flows (or samples) per run, for every scenario")
     parser.add_argument("--out", type=Path, help="also append the lines to this file")
     args = parser.parse_args(argv)
     base = _base_checkout(args.base)
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             order = ("base", "head") if number % 2 == 0 else ("head", "base")
             for side in order:
                 python, cwd = sides[side]
-                line = _one_run(python, cwd, scenario, backend, args.quick)
+                line = _one_run(python, cwd, scenario, backend, args.quick, args.n)
                 print(
                     f"  {scenario} on {backend}, {side} {number + 1}: {line.get('wall_s', line)}",
                     file=sys.stderr,
