@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,7 @@ cancelled = asyncio.Event()
 def fresh_state() -> None:
     global clock, entered, cancelled
     calls.clear()
+    first_run[0] = pass_the_lease
     clock = ManualClock()
     entered = asyncio.Event()
     cancelled = asyncio.Event()
@@ -48,6 +49,14 @@ def fresh_state() -> None:
 def count(name: str) -> int:
     calls[name] = calls.get(name, 0) + 1
     return calls[name]
+
+
+def pass_the_lease() -> None:
+    clock.advance(LEASE + 1)  # as time.sleep(lease + 1) in a blocking body
+
+
+first_run: list[Callable[[], None]] = [pass_the_lease]
+"""What the first run of ``BlocksPastLease.first`` does, without awaiting."""
 
 
 @dataclass
@@ -60,7 +69,7 @@ class BlocksPastLease:
     @step
     async def first(self) -> str:
         if count("first") == 1:
-            clock.advance(LEASE + 1)  # as time.sleep(lease + 1) in a blocking body
+            first_run[0]()
         return "first"
 
     @step
@@ -101,15 +110,15 @@ class WaitsInStep:
 class FailsOnce:
     label: str
 
+    @flow
+    async def run(self) -> str:
+        return await self.flaky()
+
     @step(retry_policy=RetryPolicy(max_attempts=3, initial_interval=0))
     async def flaky(self) -> str:
         if count("flaky") == 1:
             raise ConnectionError("first attempt fails")
         return "done"
-
-    @flow
-    async def run(self) -> str:
-        return await self.flaky()
 
 
 class ClaimsOnce(InMemoryExecutionLog):
@@ -321,31 +330,6 @@ async def test_a_renewal_answered_after_the_lease_ran_out_does_not_extend_it() -
 # -- a step that blocks the event loop, and a second worker on the same SQLite file ------------
 
 other_finished = threading.Event()
-start_other: list[threading.Thread] = []
-"""The second worker's thread, started by the first run of the blocking step."""
-
-
-@dataclass
-@flow_type(name="BlocksTheLoop")
-class BlocksTheLoop:
-    label: str
-
-    @step
-    async def first(self) -> str:
-        if count("first") == 1:
-            start_other[0].start()
-            # Blocks this worker's loop (no await) until the other worker ran the whole flow.
-            other_finished.wait(30)
-        return "first"
-
-    @step
-    async def second(self) -> str:
-        count("second")
-        return "second"
-
-    @flow
-    async def run(self) -> str:
-        return await self.first() + "+" + await self.second()
 
 
 def run_other_worker(path: Path, flow_id: str) -> None:
@@ -355,7 +339,7 @@ def run_other_worker(path: Path, flow_id: str) -> None:
         storage = SqliteExecutionLog(path)
         await storage.connect()
         worker = Worker(storage, "b", lease_seconds=0.5)
-        worker.register(BlocksTheLoop)
+        worker.register(BlocksPastLease)
         handle = await worker.start()
         try:
             await Scheduler(storage).wait(flow_id, timeout=30)
@@ -371,17 +355,21 @@ async def test_a_step_blocking_the_loop_past_the_lease_does_not_run_the_next_ste
     tmp_path: Path,
 ) -> None:
     other_finished.clear()
-    start_other.clear()
     path = tmp_path / "pyergon.db"
     storage = SqliteExecutionLog(path)
     await storage.connect()
     try:
         scheduler = Scheduler(storage)
-        flow_id = await scheduler.schedule(BlocksTheLoop("x"))
+        flow_id = await scheduler.schedule(BlocksPastLease("x"))
         worker = Worker(storage, "a", lease_seconds=0.5)
-        worker.register(BlocksTheLoop)
+        worker.register(BlocksPastLease)
         other = threading.Thread(target=run_other_worker, args=(path, flow_id))
-        start_other.append(other)
+
+        def block_until_the_other_ran_it() -> None:
+            other.start()
+            other_finished.wait(30)  # no await: this worker's loop is blocked meanwhile
+
+        first_run[0] = block_until_the_other_ran_it
         try:
             await asyncio.wait_for(worker.run_until_idle(), 30)
         finally:
