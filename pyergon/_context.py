@@ -38,6 +38,8 @@ __all__ = [
     "FlowCancelled",
     "FlowContext",
     "FlowSuspend",
+    "LeaseCheck",
+    "LeaseExpired",
     "LogConflict",
     "ReplayEnded",
     "StepScope",
@@ -97,6 +99,28 @@ class LogConflict(BaseException):
     """
 
 
+class LeaseExpired(BaseException):
+    """Raised before live work or a write of a run whose lease may have run out.
+
+    Another worker may hold the flow by now, so the run stops where it is: it starts no step
+    body, retry attempt or write, and its unsaved records are dropped (the next owner does
+    their work again). A ``BaseException`` so that a user's ``except Exception`` cannot
+    swallow it.
+    """
+
+
+class LeaseCheck(Protocol):
+    """Says whether a worker's run may still act on its flow."""
+
+    def check(self) -> None:
+        """Return if the lease surely holds.
+
+        Raises:
+            LeaseExpired: The lease may have run out or was taken.
+        """
+        ...
+
+
 class Cancellation(Protocol):
     """Tells a running flow whether someone asked to cancel it."""
 
@@ -136,6 +160,8 @@ class FlowContext:
             the executor reports it even if the flow's code catches it.
         cancellation: Asked before each operation that does live work; ``None`` never cancels.
         replay_only: Run no step body and wait on nothing: stop where the log ends.
+        lease: The worker's lease on the flow, checked before live work and every write;
+            ``None`` (a direct run) never expires.
     """
 
     flow_id: str
@@ -151,6 +177,7 @@ class FlowContext:
     nondeterminism: NonDeterminismError | None = None
     cancellation: Cancellation | None = None
     replay_only: bool = False
+    lease: LeaseCheck | None = None
     replayed_count: int = 0
     """Final records this run returned instead of doing the work again."""
     unsaved: list[Invocation] = field(default_factory=list)
@@ -173,6 +200,7 @@ class FlowContext:
         Raises:
             ReplayEnded: This run only replays, and the log ends here.
             FlowCancelled: Cancellation of the flow was requested.
+            LeaseExpired: The worker's lease on the flow may have run out.
         """
         if self.replay_only:
             raise ReplayEnded(position)
@@ -183,6 +211,16 @@ class FlowContext:
             await self.save()
         if self.cancellation is not None and await self.cancellation.requested():
             raise FlowCancelled(f"flow {self.flow_id!r} was cancelled on request")
+        self.check_lease()
+
+    def check_lease(self) -> None:
+        """Stop the run if its lease may have run out: call before live work and writes.
+
+        Raises:
+            LeaseExpired: The worker's lease on the flow may have run out or was taken.
+        """
+        if self.lease is not None:
+            self.lease.check()
 
     def allocate(self) -> Position:
         """Return the log position of the operation being called now."""
@@ -307,7 +345,8 @@ class FlowContext:
             task.add_done_callback(self._background_saves.discard)
 
     async def _save_quietly(self) -> None:
-        with contextlib.suppress(Exception, LogConflict):  # the next save raises it again
+        # The next save (or live work) raises it again.
+        with contextlib.suppress(Exception, LogConflict, LeaseExpired):
             await self.save()
 
     async def save(
@@ -328,6 +367,7 @@ class FlowContext:
         Raises:
             LogConflict: A record was already stored differently (now or by an earlier save of
                 this run); nothing after it is written.
+            LeaseExpired: The worker's lease on the flow may have run out; nothing is written.
             StorageError: The storage failed; the records of this save are dropped (replay
                 does their work again).
         """
@@ -342,10 +382,12 @@ class FlowContext:
             ) from self.save_failure
         if self.conflicted:
             raise LogConflict(f"flow {self.flow_id!r}: the stored log moved on; run again")
+        if not self.unsaved and end is None:
+            self.unsaved_results = False
+            return None
+        self.check_lease()
         records, self.unsaved = self.unsaved, []
         self.unsaved_results = False
-        if not records and end is None:
-            return None
         self._saving = True
         try:
             if end is None:

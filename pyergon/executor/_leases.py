@@ -1,5 +1,6 @@
-"""A worker's hold on the flows it claimed: writing their state under the lease, and backoff.
+"""A worker's hold on the flows it claimed: its lease clock, writing under the lease, backoff.
 
+:class:`Lease` is how long the worker may still act on a claimed flow, by its own clock;
 :class:`LeaseWriter` leaves a claimed flow as its run ends, through
 :class:`~pyergon.storage._flows.HeldFlow`; :class:`Backoff` paces retries while storage fails.
 """
@@ -10,20 +11,26 @@ import asyncio
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Generator
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from typing import Any, Protocol
 
-from pyergon._context import FlowContext, LogConflict
+from pyergon._context import FlowContext, LeaseExpired, LogConflict
+from pyergon.clock import Clock, SystemClock
 from pyergon.core.records import StoredError
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.storage._flows import HeldFlow
+from pyergon.storage.base import ExecutionLog
 
 __all__ = [
     "DONE",
     "Backoff",
     "CancelFlag",
     "Claim",
+    "Lease",
+    "LeaseClock",
+    "LeaseKeeper",
     "LeaseWriter",
     "check_lease_seconds",
     "release_quietly",
@@ -57,16 +64,147 @@ def check_lease_seconds(lease_seconds: float, name: str = "lease_seconds") -> No
         )
 
 
+class _Timer(Protocol):
+    def cancel(self) -> Any: ...
+
+
+class LeaseClock:
+    """The time a worker measures its leases on, and its alarms.
+
+    With the system clock that is ``time.monotonic`` (wall time can jump) and alarms are
+    ``loop.call_at``; with another clock (a test's ``ManualClock``) it is that clock's time,
+    as the storage measures the worker's leases on it too.
+
+    Args:
+        clock: The worker's clock.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self.now: Callable[[], float] = (
+            time.monotonic if isinstance(clock, SystemClock) else clock.now
+        )
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> _Timer:
+        """Call ``callback`` on the running loop once this clock reaches ``when``."""
+        loop = asyncio.get_running_loop()
+        if isinstance(self._clock, SystemClock):
+            return loop.call_at(loop.time() + (when - time.monotonic()), callback)
+        return loop.create_task(self._alarm(when, callback))
+
+    async def _alarm(self, when: float, callback: Callable[[], None]) -> None:
+        await self._clock.sleep(when - self._clock.now())
+        callback()
+
+
+class Lease:
+    """How long a worker may still act on a flow it claimed, by its own clock.
+
+    Valid until ``lease_seconds`` after the claim (or the last renewal that held it) was
+    *sent*: the storage counts from no earlier, so while this says valid no other worker can
+    hold the flow. Once it may have run out, :meth:`check` raises and the alarm set by
+    :meth:`watch` fires (the worker cancels the run).
+
+    Args:
+        clock: The worker's lease clock.
+        lease_seconds: The lease length.
+        sent_at: When the claim was sent, on ``clock``.
+
+    Attributes:
+        valid_until: When the lease runs out, on ``clock``, unless renewed.
+        lost: Why the lease is gone, once it is (``None`` while it may hold).
+    """
+
+    def __init__(self, clock: LeaseClock, lease_seconds: float, sent_at: float) -> None:
+        self._clock = clock
+        self._seconds = lease_seconds
+        self.valid_until = sent_at + lease_seconds
+        self.lost: str | None = None
+        self._on_expiry: Callable[[], object] | None = None
+        self._timer: _Timer | None = None
+
+    def __repr__(self) -> str:
+        left = self.valid_until - self._clock.now()
+        return f"Lease(lost={self.lost!r})" if self.lost else f"Lease({left:.3f} s left)"
+
+    @property
+    def expired(self) -> bool:
+        """Whether the lease may have run out or was taken."""
+        if self.lost is None and self._clock.now() >= self.valid_until:
+            self.lost = "its lease ran out by this worker's clock before a renewal held it"
+        return self.lost is not None
+
+    def check(self) -> None:
+        """Return if the lease surely holds.
+
+        Raises:
+            LeaseExpired: The lease may have run out or was taken.
+        """
+        if self.expired:
+            raise LeaseExpired(self.lost)
+
+    def watch(self, on_expiry: Callable[[], object]) -> None:
+        """Call ``on_expiry`` once the lease runs out (or is lost), unless renewed before."""
+        self._on_expiry = on_expiry
+        self._arm()
+
+    def renewed(self, sent_at: float) -> None:
+        """A renewal sent at ``sent_at`` held the lease: it lasts from then on."""
+        if self.lost is None:
+            self.valid_until = max(self.valid_until, sent_at + self._seconds)
+            self._arm()
+
+    def lose(self, why: str) -> None:
+        """The lease is gone (another worker holds the flow): expire it now."""
+        if self.lost is None:
+            self.lost = why
+        self._expire()
+
+    def close(self) -> None:
+        """The run ended: no alarm any more."""
+        self._on_expiry = None
+        self._disarm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        if self._on_expiry is not None:
+            self._timer = self._clock.call_at(self.valid_until, self._alarm)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _alarm(self) -> None:
+        self._timer = None
+        if self.expired:
+            self._expire()
+        else:  # renewed meanwhile, or the loop's timer fired a little early
+            self._arm()
+
+    def _expire(self) -> None:
+        self._disarm()
+        on_expiry, self._on_expiry = self._on_expiry, None
+        if on_expiry is not None:
+            on_expiry()
+
+
 class LeaseWriter:
     """Writes a claimed flow's state under its lease.
 
+    Args:
+        held: The claimed flow.
+        lease: The worker's lease on it; no write starts once it may have run out.
+
     Attributes:
         held: The claimed flow, as the run last knows it stored.
+        lease: The worker's lease on it.
         releasing: Whether a release has been started; from then on the lease is not renewed.
     """
 
-    def __init__(self, held: HeldFlow) -> None:
+    def __init__(self, held: HeldFlow, lease: Lease) -> None:
         self.held = held
+        self.lease = lease
         self.releasing = False
 
     @property
@@ -76,7 +214,13 @@ class LeaseWriter:
         return self.held.lease_token
 
     async def write(self, context: FlowContext, end: RunEnd) -> None:
-        """Save the run's records and leave the flow as ``end`` says, if still held."""
+        """Save the run's records and leave the flow as ``end`` says, if still held.
+
+        Raises:
+            LeaseExpired: The lease may have run out; nothing was written.
+            LogConflict: A record was stored differently by another run.
+        """
+        self.lease.check()
         self.releasing = True
         try:
             await context.save(end, self.held)
@@ -91,6 +235,7 @@ class LeaseWriter:
         await self._release(RunEnd(TaskStatus.FAILED, {"error": error, "attempt": attempt}))
 
     async def _release(self, end: RunEnd) -> None:
+        self.lease.check()
         self.releasing = True
         await self.held.leave((), end)
         if self.held.lost:
@@ -139,6 +284,11 @@ class Claim:
     cancel: CancelFlag
 
     @property
+    def done(self) -> bool:
+        """Whether the run under this claim has ended."""
+        return self.task.done()
+
+    @property
     def active(self) -> bool:
         """Whether the flow still runs under this claim (not finished, not being released)."""
         return not self.task.done() and not self.writer.releasing
@@ -153,6 +303,91 @@ class CancelFlag:
     async def requested(self) -> bool:
         """Whether the flow should stop at this step boundary."""
         return self.requested_flag
+
+
+class LeaseKeeper:
+    """A worker's leases: starts them at claims, renews them, and stops runs that lose them.
+
+    Args:
+        storage: The worker's storage.
+        worker_id: The worker's id, for messages.
+        lease_seconds: The lease length.
+        clock: The worker's clock (the storage measures leases on its time).
+    """
+
+    def __init__(
+        self, storage: ExecutionLog, worker_id: str, lease_seconds: float, clock: Clock
+    ) -> None:
+        self._storage = storage
+        self._worker_id = worker_id
+        self._seconds = lease_seconds
+        self._clock = clock
+        self.clock = LeaseClock(clock)
+
+    def start(self, sent_at: float, flow_id: str) -> Lease | None:
+        """The lease of a flow claimed by a claim sent at ``sent_at``; ``None`` if answered late.
+
+        A claim answered after its lease may have run out is dropped: the run does not start
+        and nothing is written; the flow is claimed again once its lease ends in storage.
+        """
+        lease = Lease(self.clock, self._seconds, sent_at)
+        if lease.expired:
+            logger.warning(
+                "worker %s: the claim of flow %r was answered after its lease of %g s may "
+                "have run out; not running it (it is claimed again once the lease ends)",
+                self._worker_id,
+                flow_id,
+                self._seconds,
+            )
+            return None
+        return lease
+
+    async def run(self, flow_id: str, run: Awaitable[None]) -> None:
+        """Await the run of ``flow_id``; if its lease runs out, it ends having written nothing.
+
+        That is said in one log line; no release is attempted (another worker may hold the
+        flow already), so the flow is claimed again once its lease ends in storage.
+        """
+        try:
+            await run
+        except LeaseExpired as expired:
+            logger.warning(
+                "worker %s: stopped flow %r without writing anything: %s; another worker may "
+                "hold it, and it runs again from its stored log",
+                self._worker_id,
+                flow_id,
+                expired,
+            )
+
+    async def renew_forever(self, running: Mapping[str, Claim]) -> None:
+        """Renew the leases of the flows in ``running`` every third of a lease, until cancelled.
+
+        A flow whose renewal finds it taken while its run goes on loses its lease: the run is
+        cancelled and writes nothing.
+        """
+        while True:
+            await asyncio.sleep(self._seconds / 3)
+            claims = {flow_id: claim for flow_id, claim in running.items() if not claim.done}
+            if not claims:
+                continue
+            sent_at = self.clock.now()
+            try:
+                held = await self._storage.renew_leases(
+                    {flow_id: claim.writer.lease_token for flow_id, claim in claims.items()},
+                    lease_seconds=self._seconds,
+                    now=self._clock.now(),
+                )
+            except Exception as error:
+                logger.warning("worker %s could not renew leases: %s", self._worker_id, error)
+                continue
+            for flow_id, claim in claims.items():
+                lease = claim.writer.lease
+                if flow_id in held:
+                    lease.renewed(sent_at)
+                # A release that went through while the renewal was under way also ends the
+                # lease; only a lease taken while the flow still runs here is lost.
+                elif claim.active:
+                    lease.lose("a renewal of its lease found another worker holding it")
 
 
 async def release_quietly(

@@ -20,6 +20,7 @@ from pyergon._context import (
     FlowCancelled,
     FlowContext,
     FlowSuspend,
+    LeaseCheck,
     LogConflict,
     Position,
     ReplayEnded,
@@ -87,6 +88,7 @@ class FlowRun:
         writer: Where the flow's own state goes.
         attempt: The flow-level attempt this run starts as.
         log: The flow's records; read from storage when ``None``.
+        lease: A worker's lease on the flow (see ``FlowContext.lease``); ``None``: a direct run.
     """
 
     flow: Any
@@ -102,6 +104,7 @@ class FlowRun:
     cancellation: Cancellation | None = None
     replay_only: bool = False
     observe: Callable[[FlowContext], None] | None = None
+    lease: LeaseCheck | None = None
 
 
 async def read_log(storage: ExecutionLog, flow_id: str) -> dict[Position, Invocation]:
@@ -140,6 +143,7 @@ async def drive_flow(run: FlowRun) -> FlowOutcome[Any]:
             run_child=run.run_child,
             cancellation=run.cancellation,
             replay_only=run.replay_only,
+            lease=run.lease,
         )
         try:
             outcome = await _attempt(run, context, attempt)
@@ -322,6 +326,7 @@ async def _backoff_in_progress(run: FlowRun, context: FlowContext) -> Invocation
             continue
         if now < record.fire_at:
             return record
+        context.check_lease()
         saved = await save_records(
             run.storage, [record.replace(status=InvocationStatus.COMPLETE, completed_at=now)]
         )
@@ -340,7 +345,9 @@ async def _plan_retry(
         return None
     delay = policy.delay_after(attempt)
     await context.save()  # steps that succeeded before the failure stay done
+    context.check_lease()
     await reopen_failed_work(run.storage, run.flow_id)
+    context.check_lease()
     now = run.clock.now()
     waiting = delay > 0
     await save_records(

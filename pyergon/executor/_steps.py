@@ -106,6 +106,7 @@ async def _attempt_until_final(
 ) -> Any:
     context, position, name = call.context, call.position, call.name
     while True:
+        context.check_lease()  # no attempt starts once another worker may hold the flow
         attempts += 1
         scope = enter_step(position[0])
         try:

@@ -36,6 +36,7 @@ from pyergon.executor._leases import (
     Backoff,
     CancelFlag,
     Claim,
+    LeaseKeeper,
     LeaseWriter,
     check_lease_seconds,
     release_quietly,
@@ -116,6 +117,7 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.serializer = serializer_for(storage, serializer)
         self.clock = clock or SystemClock()
+        self._leases = LeaseKeeper(storage, worker_id, lease_seconds, self.clock)
         self._lookahead = _TIMER_LOOKAHEAD if isinstance(self.clock, SystemClock) else 0.0
         self._registry: dict[str, type] = {}
         self._entries: dict[str, str] = {}
@@ -191,24 +193,33 @@ class Worker:
         """
         finished_before = self.flows_finished
         self._stopping = False
-        while True:
-            await self._fill_slots()
-            if self._running:
-                await asyncio.wait(
-                    [claim.task for claim in self._running.values()],
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                continue
-            wake_at = await self.storage.next_wake_at(self._registry) if wait_for_timers else None
-            if wake_at is None:
-                return self.flows_finished - finished_before
-            await self.clock.sleep(wake_at - self.clock.now())
+        renewer = asyncio.create_task(self._leases.renew_forever(self._running))
+        try:
+            while True:
+                await self._fill_slots()
+                if self._running:
+                    await asyncio.wait(
+                        [claim.task for claim in self._running.values()],
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    continue
+                if not wait_for_timers:
+                    return self.flows_finished - finished_before
+                wake_at = await self.storage.next_wake_at(self._registry)
+                if wake_at is None:
+                    return self.flows_finished - finished_before
+                await self.clock.sleep(wake_at - self.clock.now())
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
 
     # -- serving -----------------------------------------------------------------------------
 
     async def _serve(self) -> None:
         listener = asyncio.create_task(self._listen(), name=f"pyergon-listen-{self.worker_id}")
-        renewer = asyncio.create_task(self._renew_leases(), name=f"pyergon-lease-{self.worker_id}")
+        renewer = asyncio.create_task(
+            self._leases.renew_forever(self._running), name=f"pyergon-lease-{self.worker_id}"
+        )
         try:
             while not self._stopping:
                 # Wall-clock time, not self.clock: it says whether this loop is alive.
@@ -278,7 +289,7 @@ class Worker:
         while not self._stopping and len(self._running) < self.max_concurrent_flows:
             free = self.max_concurrent_flows - len(self._running)
             try:
-                flows = await self._claim(free)
+                sent_at, flows = await self._claim(free)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -288,11 +299,12 @@ class Worker:
                 continue
             backoff.succeeded()
             for claimed in flows:
-                self._start(claimed)
+                self._start(claimed, sent_at)
             if len(flows) < free:
                 return  # nothing else is runnable now
 
-    async def _claim(self, limit: int) -> list[ClaimedRun]:
+    async def _claim(self, limit: int) -> tuple[float, list[ClaimedRun]]:
+        """Claim up to ``limit`` flows; return when the claim was sent (lease clock) and them."""
         now = self.clock.now()
         due_by = now + self._lookahead if self._lookahead and self.enable_timers else None
         request = ClaimRequest(
@@ -303,18 +315,25 @@ class Worker:
             now=now,
             due_by=due_by,
         )
-        return await self.storage.claim(request)
+        sent_at = self._leases.clock.now()
+        return sent_at, await self.storage.claim(request)
 
-    def _start(self, claimed: ClaimedRun) -> None:
-        """Run a flow this worker has just claimed, in a task of its own."""
+    def _start(self, claimed: ClaimedRun, sent_at: float) -> None:
+        """Run a flow this worker has just claimed, in a task of its own, under its lease."""
         flow = claimed.flow
         assert flow.lease_token is not None  # a claim always sets the lease
-        writer = LeaseWriter(HeldFlow(self.storage, flow, flow.lease_token))
+        lease = self._leases.start(sent_at, flow.flow_id)
+        if lease is None:
+            return  # answered too late: another worker may hold it already
+        writer = LeaseWriter(HeldFlow(self.storage, flow, flow.lease_token), lease)
         cancel = CancelFlag(flow.cancel_requested)
         task = asyncio.create_task(
-            self._run_claimed(flow, claimed.log, writer, cancel, claimed.damage),
+            self._leases.run(
+                flow.flow_id, self._run_claimed(flow, claimed.log, writer, cancel, claimed.damage)
+            ),
             name=f"pyergon-flow-{flow.flow_id}",
         )
+        lease.watch(task.cancel)  # a run whose lease runs out stops at its next await
         self._running[flow.flow_id] = Claim(writer, task, cancel)
         task.add_done_callback(functools.partial(self._finished, flow.flow_id))
 
@@ -324,6 +343,7 @@ class Worker:
         claim = self._running.get(flow_id)
         if claim is not None and claim.task is task:
             del self._running[flow_id]
+            claim.writer.lease.close()
         self._kick.set()
 
     def _report(self, error: BaseException, flow_id: str | None) -> None:
@@ -356,33 +376,6 @@ class Worker:
             claim = self._running.get(flow_id)
             if claim is not None:
                 claim.cancel.requested_flag = True
-
-    async def _renew_leases(self) -> None:
-        interval = self.lease_seconds / 3
-        while True:
-            await asyncio.sleep(interval)
-            claims = {flow_id: claim for flow_id, claim in self._running.items() if claim.active}
-            if not claims:
-                continue
-            try:
-                held = await self.storage.renew_leases(
-                    {flow_id: claim.writer.lease_token for flow_id, claim in claims.items()},
-                    lease_seconds=self.lease_seconds,
-                    now=self.clock.now(),
-                )
-            except Exception as error:
-                logger.warning("worker %s could not renew leases: %s", self.worker_id, error)
-                continue
-            for flow_id, claim in claims.items():
-                # A release that went through while the renewal was under way also ends the
-                # lease; only a lease taken while the flow still runs here is lost.
-                if flow_id not in held and claim.active:
-                    logger.warning(
-                        "worker %s lost the lease on flow %r; stopping its run",
-                        self.worker_id,
-                        flow_id,
-                    )
-                    claim.task.cancel()
 
     async def _run_claimed(
         self,
@@ -422,9 +415,11 @@ class Worker:
                     attempt=flow.attempt,
                     log=None if records is None else log_by_position(records),
                     cancellation=cancel,
+                    lease=writer.lease,
                 )
             )
         except asyncio.CancelledError:
+            writer.lease.check()  # cancelled because the lease ran out: write nothing
             await release_quietly(writer, "cancelled")
             raise
         except NonDeterminismError as error:
@@ -504,6 +499,7 @@ class Worker:
     ) -> FlowOutcome[Any]:
         type_name = require_flow_instance(child)
         flow_entry(type(child))
+        parent.check_lease()
         now = self.clock.now()
         stored, _created = await self.storage.create_flow(
             ScheduledFlow(
