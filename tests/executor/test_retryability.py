@@ -8,10 +8,21 @@ message stays the child's own, not wrapped in ``StepFailedError`` once per level
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
-from pyergon import Executor, RetryableError, RetryPolicy, Scheduler, Worker, flow, flow_type, step
+from pyergon import (
+    Completed,
+    Executor,
+    RetryableError,
+    RetryPolicy,
+    Scheduler,
+    Worker,
+    flow,
+    flow_type,
+    step,
+)
 from pyergon.core import StoredError, TaskStatus
 from pyergon.errors import StepFailedError
 from pyergon.serialization import JsonSerializer, rebuild_exception
@@ -47,51 +58,46 @@ class QuotaSpentError(Exception):
 @dataclass
 @flow_type
 class Refuse:
-    order: int
+    """Refuses the order, or (``quota_spent``) fails on an exhausted quota."""
 
-    @step
-    async def check(self) -> None:
-        body_runs.append(f"check {self.order}")
-        raise OrderRefusedError(self.order)
+    order: int
+    quota_spent: bool = False
 
     @flow
-    async def run(self) -> None:
-        await self.check()
+    async def run(self) -> str:
+        return await self.check()
+
+    @step(retry_policy=NO_WAIT)
+    async def check(self) -> str:
+        body_runs.append(f"check {self.order}")
+        if self.quota_spent:
+            raise QuotaSpentError(f"account-{self.order}")
+        raise OrderRefusedError(self.order)
 
 
 @dataclass
 @flow_type
 class Place:
+    """Places an order through ``levels`` nested flows; the innermost refuses it."""
+
     order: int
+    levels: int = 1
 
     @flow(retry_policy=NO_WAIT)
     async def run(self) -> None:
-        await self.invoke(Refuse(self.order)).result()
+        inner = Place(self.order, self.levels - 1) if self.levels > 1 else Refuse(self.order)
+        await self.invoke(inner).result()
 
 
-@dataclass
-@flow_type
-class Batch:
-    order: int
-
-    @flow(retry_policy=NO_WAIT)
-    async def run(self) -> None:
-        await self.invoke(Place(self.order)).result()
-
-
-@dataclass
-@flow_type
-class Spend:
-    account: str
-
-    @step(retry_policy=NO_WAIT)
-    async def spend(self) -> None:
-        body_runs.append(f"spend {self.account}")
-        raise QuotaSpentError(self.account)
-
-    @flow
-    async def run(self) -> None:
-        await self.spend()
+async def run_on_a_worker(storage: ExecutionLog, place: Place, flow_id: str) -> Completed[Any]:
+    """Schedule ``place`` and let one worker run everything it starts; return its outcome."""
+    scheduler = Scheduler(storage)
+    worker = Worker(storage, "w1")
+    for flow_class in (Refuse, Place):
+        await worker.register(flow_class)
+    await scheduler.schedule(place, flow_id=flow_id)
+    await worker.run_until_idle()
+    return (await scheduler.wait(flow_id, timeout=10))[flow_id]
 
 
 def test_a_stored_error_keeps_the_errors_own_verdict() -> None:
@@ -114,10 +120,10 @@ def test_a_rebuilt_error_keeps_the_stored_verdict() -> None:
 async def test_is_retryable_is_honoured_without_subclassing_retryable_error(
     storage: ExecutionLog,
 ) -> None:
-    outcome = await Executor(Spend("ann"), storage, "spend-1").run(lambda f: f.run())
+    outcome = await Executor(Refuse(3, quota_spent=True), storage, "spend-1").run(lambda f: f.run())
 
     assert outcome.status is TaskStatus.FAILED
-    assert body_runs == ["spend ann"]
+    assert body_runs == ["check 3"]
     (record,) = await storage.load_invocations("spend-1")
     assert record.attempts == 1
     assert record.error is not None and record.error.retryable is False
@@ -126,13 +132,7 @@ async def test_is_retryable_is_honoured_without_subclassing_retryable_error(
 async def test_a_non_retryable_child_error_is_not_retried_by_the_parent(
     storage: ExecutionLog,
 ) -> None:
-    scheduler = Scheduler(storage)
-    worker = Worker(storage, "w1")
-    for flow_class in (Refuse, Place):
-        await worker.register(flow_class)
-    await scheduler.schedule(Place(7), flow_id="place-7")
-
-    await worker.run_until_idle()
+    await run_on_a_worker(storage, Place(7), "place-7")
 
     assert body_runs == ["check 7"]
     parent = await storage.get_flow("place-7")
@@ -147,16 +147,9 @@ async def test_a_non_retryable_child_error_is_not_retried_by_the_parent(
 async def test_a_child_error_reaches_a_grandparent_with_its_own_message(
     storage: ExecutionLog,
 ) -> None:
-    scheduler = Scheduler(storage)
-    worker = Worker(storage, "w1")
-    for flow_class in (Refuse, Place, Batch):
-        await worker.register(flow_class)
-    await scheduler.schedule(Batch(8), flow_id="batch-8")
-
-    await worker.run_until_idle()
+    outcome = await run_on_a_worker(storage, Place(8, levels=2), "batch-8")
 
     assert body_runs == ["check 8"]
-    outcome = (await scheduler.wait("batch-8", timeout=10))["batch-8"]
     assert (
         str(outcome.error) == "tests.executor.test_retryability.OrderRefusedError: order 8 refused"
     )
