@@ -102,17 +102,44 @@ class NonDeterminismError(PyergonError):
 class StepFailedError(PyergonError):
     """A step failed and its original exception type could not be rebuilt.
 
+    It stands for the original error: storing it again stores the original's type, message
+    and verdict on retrying, not a ``StepFailedError`` around them.
+
     Attributes:
         error_type: Qualified name of the original exception type.
         error_message: ``str()`` of the original exception.
         traceback_text: The original traceback, formatted.
+        retryable: The original's own verdict on retrying (its ``is_retryable()``), or
+            ``None`` if it gave none; a retry policy decides then.
     """
 
-    def __init__(self, error_type: str, error_message: str, traceback_text: str = "") -> None:
+    def __init__(
+        self,
+        error_type: str,
+        error_message: str,
+        traceback_text: str = "",
+        *,
+        retryable: bool | None = None,
+    ) -> None:
         super().__init__(f"{error_type}: {error_message}")
         self.error_type = error_type
         self.error_message = error_message
         self.traceback_text = traceback_text
+        self.retryable = retryable
+
+    def __reduce__(self) -> tuple[object, ...]:
+        arguments = (self.error_type, self.error_message, self.traceback_text)
+        return (_rebuild_step_failed, (*arguments, self.retryable), self.__dict__)
+
+    def is_retryable(self) -> bool:
+        """Return whether another attempt may succeed: unless the original said it may not."""
+        return self.retryable is not False
+
+
+def _rebuild_step_failed(
+    error_type: str, error_message: str, traceback_text: str, retryable: bool | None
+) -> StepFailedError:
+    return StepFailedError(error_type, error_message, traceback_text, retryable=retryable)
 
 
 class StepTimeoutError(PyergonError, TimeoutError):

@@ -30,7 +30,7 @@ from pyergon.errors import (
 )
 from pyergon.executor._inputs import decode_flow
 from pyergon.executor._runner import FLOW_RETRY_SEQUENCE, FlowRun, drive_flow
-from pyergon.executor.executor import validate_flow_id
+from pyergon.executor.executor import validate_flow_id, validate_new_flow_id
 from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage._flows import request_cancel, requeue, save_records
 from pyergon.storage.base import ExecutionLog
@@ -285,7 +285,7 @@ class FlowManager:
                 "past the end of its log",
             )
         target = new_flow_id or f"{flow_id}~fork-{uuid.uuid4().hex[:8]}"
-        validate_flow_id(target)
+        validate_new_flow_id(target)
         if await self.storage.get_flow(target) is not None:
             raise FlowStateError(target, f"flow {target!r} already exists; choose another id")
         await save_records(

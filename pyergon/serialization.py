@@ -470,4 +470,6 @@ def rebuild_exception(serializer: Serializer, stored: StoredError) -> BaseExcept
             rebuilt = None
         if isinstance(rebuilt, BaseException):
             return rebuilt
-    return StepFailedError(stored.type_name, stored.message, stored.traceback)
+    return StepFailedError(
+        stored.type_name, stored.message, stored.traceback, retryable=stored.retryable
+    )

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from pyergon.core.retry import own_retryability
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.errors import StepFailedError
 
 __all__ = [
     "FlowCursor",
@@ -38,6 +40,11 @@ def format_position(sequence: int, sub_sequence: int = 0) -> str:
     return str(sequence) if sub_sequence == 0 else f"{sequence}.{sub_sequence}"
 
 
+_VERDICT_MARKS = {True: " [retryable]", False: " [non-retryable]"}
+"""What ends a stored type name that carries the error's verdict on retrying (no type name
+has a space)."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredError:
     """An exception as it is stored: enough to show it, and to rebuild it when possible.
@@ -48,23 +55,60 @@ class StoredError:
         traceback: The formatted traceback.
         payload: The serialized exception, if it could be serialized; used to re-raise the
             same type on replay.
+        retryable: The exception's own verdict on retrying (its ``is_retryable()``), or
+            ``None`` if it gave none.
     """
 
     type_name: str
     message: str
     traceback: str = ""
     payload: bytes | None = None
+    retryable: bool | None = None
 
     @classmethod
     def describe(cls, error: BaseException, payload: bytes | None = None) -> StoredError:
-        """Build the stored form of ``error`` (with an optional serialized payload)."""
+        """Build the stored form of ``error`` (with an optional serialized payload).
+
+        A ``StepFailedError`` is stored as the error it stands for, so an error passed up
+        through children keeps its own type name, message and verdict at every level.
+        """
+        if isinstance(error, StepFailedError):
+            return cls(
+                type_name=error.error_type,
+                message=error.error_message,
+                traceback=error.traceback_text,
+                payload=payload,
+                retryable=error.retryable,
+            )
         error_type = type(error)
         return cls(
             type_name=f"{error_type.__module__}.{error_type.__qualname__}",
             message=str(error),
             traceback="".join(traceback.format_exception(error)),
             payload=payload,
+            retryable=own_retryability(error),
         )
+
+    @property
+    def stored_type(self) -> str:
+        """The type name as storage keeps it: with the verdict on retrying, if there is one.
+
+        Kept in the type column (``"shop.Refused [non-retryable]"``) rather than a column of
+        its own, so stores written before keep their schema and read as "no verdict".
+        """
+        if self.retryable is None:
+            return self.type_name
+        return self.type_name + _VERDICT_MARKS[self.retryable]
+
+    @classmethod
+    def from_stored(
+        cls, stored_type: str, message: str, traceback: str, payload: bytes | None
+    ) -> StoredError:
+        """Rebuild a stored error from its stored fields; ``stored_type`` as :attr:`stored_type`."""
+        for verdict, mark in _VERDICT_MARKS.items():
+            if stored_type.endswith(mark):
+                return cls(stored_type[: -len(mark)], message, traceback, payload, verdict)
+        return cls(stored_type, message, traceback, payload)
 
     @property
     def short_type(self) -> str:

@@ -1,13 +1,31 @@
-"""Retry policies for steps and flows."""
+"""Retry policies for steps and flows, and an error's own verdict on being retried."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pyergon.errors import RetryableError
+from pyergon.errors import StepFailedError
 
-__all__ = ["RetryPolicy"]
+__all__ = ["RetryPolicy", "own_retryability"]
+
+
+def own_retryability(error: BaseException) -> bool | None:
+    """Return the error's own verdict on whether another attempt may succeed, if it has one.
+
+    An exception gives one with an ``is_retryable()`` method; it need not subclass
+    :class:`~pyergon.errors.RetryableError`. A :class:`~pyergon.errors.StepFailedError` gives
+    the verdict stored with the error it stands for, which may be none.
+
+    Returns:
+        ``True`` or ``False`` as the error says, or ``None`` when it says nothing.
+    """
+    if isinstance(error, StepFailedError):
+        return error.retryable
+    is_retryable = getattr(error, "is_retryable", None)
+    if not callable(is_retryable):
+        return None
+    return bool(is_retryable())
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +40,13 @@ class RetryPolicy:
         initial_interval: Seconds to wait after the first failure.
         backoff_coefficient: Factor by which the wait grows after each failure.
         max_interval: Upper bound of a single wait, in seconds.
-        non_retryable: Exception types that are never retried.
+        non_retryable: Exception types that are never retried. An error that comes back from
+            storage as a ``StepFailedError`` (its type could not be rebuilt, as with a child
+            flow's error) matches by its exact type name.
+
+    An error that says itself whether a retry may help (an ``is_retryable()`` method, as
+    :class:`~pyergon.errors.RetryableError` has) is retried only if it says so; that verdict
+    is stored with the error, so it holds for a parent that sees a child's error too.
     """
 
     max_attempts: int = 3
@@ -61,9 +85,13 @@ class RetryPolicy:
             return False
         if self.non_retryable and isinstance(error, self.non_retryable):
             return False
-        if isinstance(error, RetryableError):
-            return error.is_retryable()
-        return True
+        if isinstance(error, StepFailedError) and error.error_type in self._non_retryable_names:
+            return False  # an error stored as text, of a type this policy never retries
+        return own_retryability(error) is not False
+
+    @property
+    def _non_retryable_names(self) -> frozenset[str]:
+        return frozenset(f"{kind.__module__}.{kind.__qualname__}" for kind in self.non_retryable)
 
 
 RetryPolicy.NONE = RetryPolicy(max_attempts=1, initial_interval=0.0)

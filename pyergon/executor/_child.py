@@ -1,26 +1,96 @@
 """Child flows: a flow starts another flow and waits for its result.
 
 The child's id is derived from the parent's id and the log position of the call, so a replay of
-the parent finds the same child.
+the parent finds the same child: ``"<parent id>~child-<position>"``. Ids of that form are
+reserved: a user's flow cannot take one, so it is never taken for another flow's child.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pyergon._context import FlowContext, FlowSuspend, Position, require_context
 from pyergon.core.outcome import Completed, SuspendReason
-from pyergon.core.records import StoredError, format_position
+from pyergon.core.records import ScheduledFlow, StoredError, format_position
 from pyergon.core.status import InvocationStatus, OperationKind
+from pyergon.errors import FlowStateError, InvalidFlowIdError
 from pyergon.executor._steps import replay_final
 from pyergon.serialization import serialize_exception
 
-__all__ = ["ChildHandle", "child_flow_id", "start_child"]
+__all__ = [
+    "ChildHandle",
+    "child_flow_id",
+    "refuse_child_namespace",
+    "refuse_foreign_child",
+    "start_child",
+]
+
+_CHILD_ID_END = re.compile(r"~child-[0-9]+(?:\.[0-9]+)?\Z")
+"""How every child id ends (``~child-3``, or ``~child-3.1`` inside a step); no user id does."""
 
 
 def child_flow_id(parent_flow_id: str, position: Position) -> str:
-    """Return the id of the child started at ``position`` of ``parent_flow_id``."""
-    return f"{parent_flow_id}/{format_position(*position)}"
+    """Return the id of the child started at ``position`` of ``parent_flow_id``.
+
+    Children recorded before ids had their own namespace are named ``"<parent>/<position>"``;
+    a replay finds them by the id their parent's record holds, never by this function.
+    """
+    return f"{parent_flow_id}~child-{format_position(*position)}"
+
+
+def refuse_child_namespace(flow_id: str) -> str:
+    """Return ``flow_id`` if a user's flow may take it: it is not of the form of a child's id.
+
+    Raises:
+        InvalidFlowIdError: ``flow_id`` ends in ``~child-`` and a log position.
+    """
+    if _CHILD_ID_END.search(flow_id):
+        raise InvalidFlowIdError(
+            f"flow id {flow_id!r} is reserved for child flows: pyergon names the child a flow "
+            "starts '<parent id>~child-<position>'; choose an id that does not end in "
+            "'~child-' and a number"
+        )
+    return flow_id
+
+
+def refuse_foreign_child(stored: ScheduledFlow, parent_flow_id: str, sequence: str) -> None:
+    """Refuse to take ``stored``, found at a child's id, unless it is that very child.
+
+    Args:
+        stored: The flow stored under the child's id.
+        parent_flow_id: The parent that starts the child.
+        sequence: The parent's log position that starts it, as ``format_position`` shows it.
+
+    Raises:
+        FlowStateError: ``stored`` was not started by ``parent_flow_id`` at ``sequence``.
+    """
+    if (stored.parent_flow_id, stored.parent_sequence) == (parent_flow_id, sequence):
+        return
+    started_by = (
+        "no parent"
+        if stored.parent_flow_id is None
+        else f"flow {stored.parent_flow_id!r} at position {stored.parent_sequence}"
+    )
+    raise FlowStateError(
+        stored.flow_id,
+        f"flow {stored.flow_id!r} is not the child of flow {parent_flow_id!r} at position "
+        f"{sequence}: it was started by {started_by}. pyergon does not take another flow for "
+        f"a child; delete or rename that flow, then retry flow {parent_flow_id!r}",
+    )
+
+
+def _recorded_legacy_id(context: FlowContext, position: Position) -> str | None:
+    """The id of a child this flow started before child ids had a namespace, if it did.
+
+    Such a child is ``"<parent id>/<position>"``; its parent's record names it. A record copied
+    from another flow (a fork) names that flow's child, which is not this flow's.
+    """
+    recorded = context.log.get(position)
+    legacy = f"{context.flow_id}/{format_position(*position)}"
+    if recorded is not None and recorded.child_flow_id == legacy:
+        return legacy
+    return None
 
 
 class ChildHandle:
@@ -35,7 +105,9 @@ class ChildHandle:
         self._position = position
         self._child = child
         self._type_name = type_name
-        self.flow_id = child_flow_id(context.flow_id, position)
+        self.flow_id = _recorded_legacy_id(context, position) or child_flow_id(
+            context.flow_id, position
+        )
 
     def __repr__(self) -> str:
         return f"ChildHandle(flow_id={self.flow_id!r}, type={self._type_name!r})"
@@ -69,14 +141,20 @@ class ChildHandle:
         if outcome.error is None:
             payload = context.dumps(outcome.result, f"the result of child flow {self.flow_id!r}")
             final = record.replace(
-                status=InvocationStatus.COMPLETE, result=payload, completed_at=context.clock.now()
+                status=InvocationStatus.COMPLETE,
+                result=payload,
+                completed_at=context.clock.now(),
+                child_flow_id=self.flow_id,  # a forked record named the original's child
             )
         else:
             error = StoredError.describe(
                 outcome.error, serialize_exception(context.serializer, outcome.error)
             )
             final = record.replace(
-                status=InvocationStatus.FAILED, error=error, completed_at=context.clock.now()
+                status=InvocationStatus.FAILED,
+                error=error,
+                completed_at=context.clock.now(),
+                child_flow_id=self.flow_id,
             )
         return replay_final(context, await context.record(final))
 

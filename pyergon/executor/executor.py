@@ -20,13 +20,14 @@ from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.decorators import flow_entry, require_flow_instance
 from pyergon.errors import InvalidFlowIdError, NonDeterminismError, PyergonError, SignatureError
+from pyergon.executor._child import refuse_child_namespace, refuse_foreign_child
 from pyergon.executor._inputs import encode_flow
 from pyergon.executor._runner import FlowRun, drive_flow, stored_outcome
 from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage._flows import HeldFlow, start_direct_run
 from pyergon.storage.base import ExecutionLog
 
-__all__ = ["Executor", "validate_flow_id"]
+__all__ = ["Executor", "validate_flow_id", "validate_new_flow_id"]
 
 F = TypeVar("F")
 R = TypeVar("R")
@@ -49,6 +50,16 @@ def validate_flow_id(flow_id: object) -> str:
     return flow_id
 
 
+def validate_new_flow_id(flow_id: object) -> str:
+    """Return ``flow_id`` if a user's new flow may take it.
+
+    Raises:
+        InvalidFlowIdError: It is not a usable flow id (see :func:`validate_flow_id`), or it
+            has the form of a child flow's id (``"<parent id>~child-<position>"``).
+    """
+    return refuse_child_namespace(validate_flow_id(flow_id))
+
+
 class Executor(Generic[F]):
     """Runs one flow directly in the calling task.
 
@@ -66,7 +77,8 @@ class Executor(Generic[F]):
 
     Raises:
         FlowDefinitionError: ``flow`` is not an instance of a ``@flow_type`` dataclass.
-        InvalidFlowIdError: ``flow_id`` is not a non-empty string.
+        InvalidFlowIdError: ``flow_id`` is not a non-empty string, or has the form of a child
+            flow's id (``"<parent id>~child-<position>"``).
     """
 
     def __init__(
@@ -83,7 +95,8 @@ class Executor(Generic[F]):
         self.type_name = require_flow_instance(flow)
         self.flow = flow
         self.storage = storage
-        self.flow_id = str(uuid.uuid4()) if flow_id is None else validate_flow_id(flow_id)
+        validate = validate_flow_id if parent is not None else validate_new_flow_id
+        self.flow_id = str(uuid.uuid4()) if flow_id is None else validate(flow_id)
         self.serializer = serializer_for(storage, serializer)
         self.clock = clock or SystemClock()
         self._parent = parent
@@ -157,6 +170,8 @@ class Executor(Generic[F]):
                 parent_sequence=parent_position,
             )
         )
+        if self._parent is not None and not created:
+            refuse_foreign_child(stored, *self._parent)
         if stored.flow_type != self.type_name:
             raise PyergonError(
                 f"flow id {self.flow_id!r} already belongs to a flow of type "

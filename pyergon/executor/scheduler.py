@@ -16,7 +16,7 @@ from pyergon.decorators import flow_entry, require_flow_instance
 from pyergon.errors import FlowNotFoundError, PyergonError
 from pyergon.executor._inputs import encode_flow
 from pyergon.executor._runner import stored_outcome
-from pyergon.executor.executor import validate_flow_id
+from pyergon.executor.executor import validate_new_flow_id
 from pyergon.executor.signal import send_signal
 from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage.base import ExecutionLog
@@ -63,13 +63,14 @@ class Scheduler:
 
         Raises:
             FlowDefinitionError: ``flow`` is not a runnable flow instance.
-            InvalidFlowIdError: ``flow_id`` is given but not a non-empty string.
+            InvalidFlowIdError: ``flow_id`` is given but not a non-empty string, or has the
+                form of a child flow's id (``"<parent id>~child-<position>"``).
             SerializationError: A field cannot be serialized; nothing is stored.
             PyergonError: ``flow_id`` already belongs to a flow of another type.
         """
         type_name = require_flow_instance(flow)
         flow_entry(type(flow))
-        flow_id = uuid.uuid4().hex if flow_id is None else validate_flow_id(flow_id)
+        flow_id = uuid.uuid4().hex if flow_id is None else validate_new_flow_id(flow_id)
         payload = encode_flow(self.serializer, flow, type_name)
         now = self.clock.now()
         stored, _created = await self.storage.create_flow(

@@ -30,6 +30,7 @@ from pyergon.errors import (
     PyergonError,
     SignatureError,
 )
+from pyergon.executor._child import refuse_foreign_child
 from pyergon.executor._inputs import decode_flow, encode_flow
 from pyergon.executor._leases import (
     DONE,
@@ -501,7 +502,8 @@ class Worker:
         flow_entry(type(child))
         parent.check_lease()
         now = self.clock.now()
-        stored, _created = await self.storage.create_flow(
+        sequence = format_position(*position)
+        stored, created = await self.storage.create_flow(
             ScheduledFlow(
                 flow_id=child_id,
                 flow_type=type_name,
@@ -510,9 +512,11 @@ class Worker:
                 created_at=now,
                 updated_at=now,
                 parent_flow_id=parent.flow_id,
-                parent_sequence=format_position(*position),
+                parent_sequence=sequence,
             )
         )
+        if not created:
+            refuse_foreign_child(stored, parent.flow_id, sequence)
         if stored.status.is_final:
             return stored_outcome(stored, self.serializer)
         return Suspended(child_id, SuspendReason.CHILD, (child_id,))

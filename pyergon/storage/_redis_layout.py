@@ -144,7 +144,7 @@ def _stored(name: str, value: object) -> Iterator[tuple[str, str | bytes | None]
         if error is None:
             yield from ((field, None) for field in _ERROR_FIELDS)
         else:
-            values = (error.type_name, error.message, error.traceback, error.payload)
+            values = (error.stored_type, error.message, error.traceback, error.payload)
             yield from zip(_ERROR_FIELDS, values, strict=True)
     elif value is None:
         yield name, None
@@ -259,7 +259,7 @@ def _flow_values(
             )
     type_name, message, traceback, payload = (values.pop(name, None) for name in _ERROR_FIELDS)
     if type_name is not None and message is not None and traceback is not None:
-        values["error"] = StoredError(type_name, message, traceback, payload)
+        values["error"] = StoredError.from_stored(type_name, message, traceback, payload)
     missing = [name for name in _REQUIRED if name not in values]
     if missing and damage is None:
         damage = CorruptStorageError(
@@ -350,7 +350,7 @@ def encode_invocation(invocation: Invocation) -> bytes:
         "fire_at": invocation.fire_at,
         "child_flow_id": invocation.child_flow_id,
         "result": None if invocation.result is None else len(invocation.result),
-        "error": None if error is None else [error.type_name, error.message, error.traceback],
+        "error": None if error is None else [error.stored_type, error.message, error.traceback],
         "error_payload": None if payload is None else len(payload),
     }
     encoded = _HEADER_JSON.encode(header).encode()
@@ -372,7 +372,7 @@ def decode_invocation(flow_id: str, position: bytes, value: bytes) -> Invocation
     error = header.pop("error")
     if error is not None:
         payload = None if payload_length is None else data[len(data) - payload_length :]
-        error = StoredError(error[0], error[1], error[2], payload)
+        error = StoredError.from_stored(error[0], error[1], error[2], payload)
     return Invocation(
         flow_id=flow_id,
         sequence=int(sequence),

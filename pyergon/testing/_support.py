@@ -20,7 +20,9 @@ P = ParamSpec("P")
 FINAL = (TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CANCELLED)
 NO_LEASE = (None, None, None)
 
-each_error = pytest.mark.parametrize("error", sample_errors(), ids=["no-payload", "payload"])
+each_error = pytest.mark.parametrize(
+    "error", sample_errors(), ids=["no-payload", "payload", "not-retryable", "retryable"]
+)
 """Run a test once per shape of stored error."""
 
 

@@ -64,8 +64,10 @@ def make_signal(
 
 
 def sample_errors() -> list[StoredError]:
-    """Stored errors of both shapes: without a payload, and with one and no traceback."""
+    """Stored errors of every shape: with and without a payload, traceback and retry verdict."""
     return [
         StoredError("builtins.ValueError", "bad card", "Traceback ...", None),
         StoredError("shop.CardDeclined", "declined", "", b"\x80\x04payload"),
+        StoredError("shop.OrderRefused", "order 7 refused", "Traceback ...", retryable=False),
+        StoredError("shop.ProviderBusy", "busy [retryable]", "", b"\x80\x04p", retryable=True),
     ]

@@ -75,25 +75,25 @@ async def test_a_child_id_is_derived_from_the_parent_id_and_position(
 
     await Executor(order, storage, "order-2").run(lambda f: f.run())
 
-    assert order.child_ids == ["order-2/2"]
+    assert order.child_ids == ["order-2~child-2"]
     record = await record_at(storage, "order-2", 2)
     assert record is not None
     assert record.kind is OperationKind.CHILD
     assert record.name == "Reserve"
-    assert record.child_flow_id == "order-2/2"
+    assert record.child_flow_id == "order-2~child-2"
     assert record.status is InvocationStatus.COMPLETE
 
 
 async def test_a_child_is_stored_as_a_flow_with_its_parent(storage: ExecutionLog) -> None:
     await Executor(Order("o-1"), storage, "order-3").run(lambda f: f.run())
 
-    child = await storage.get_flow("order-3/2")
+    child = await storage.get_flow("order-3~child-2")
     assert child is not None
     assert child.flow_type == "Reserve"
     assert child.status is TaskStatus.COMPLETE
     assert child.parent_flow_id == "order-3"
     assert child.parent_sequence == "2"
-    assert [r.name for r in await storage.load_invocations("order-3/2")] == ["reserve"]
+    assert [r.name for r in await storage.load_invocations("order-3~child-2")] == ["reserve"]
 
 
 async def test_a_waiting_child_suspends_the_parent_until_it_completes(
@@ -105,9 +105,9 @@ async def test_a_waiting_child_suspends_the_parent_until_it_completes(
 
     assert isinstance(outcome, Suspended)
     assert outcome.reason is SuspendReason.CHILD
-    assert outcome.waiting_on == ("order-4/2",)
+    assert outcome.waiting_on == ("order-4~child-2",)
     assert outcome.wake_at == clock.now() + 30
-    child = await storage.get_flow("order-4/2")
+    child = await storage.get_flow("order-4~child-2")
     assert child is not None
     assert child.status is TaskStatus.SUSPENDED
     waiting = await record_at(storage, "order-4", 2)
@@ -120,7 +120,7 @@ async def test_a_waiting_child_suspends_the_parent_until_it_completes(
     )
 
     assert resumed == Completed("order-4", result=(10, "1xwidget"))
-    child = await storage.get_flow("order-4/2")
+    child = await storage.get_flow("order-4~child-2")
     assert child is not None
     assert child.status is TaskStatus.COMPLETE
 
@@ -133,7 +133,7 @@ async def test_a_child_failure_raises_the_same_error_type_in_the_parent(
     assert outcome.status is TaskStatus.FAILED
     assert type(outcome.error) is OutOfStockError
     assert str(outcome.error) == "only 10 of widget left"
-    child = await storage.get_flow("order-5/2")
+    child = await storage.get_flow("order-5~child-2")
     assert child is not None
     assert child.status is TaskStatus.FAILED
     record = await record_at(storage, "order-5", 2)

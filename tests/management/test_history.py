@@ -80,7 +80,11 @@ async def test_history_gathers_records_signals_children_and_retries(
     assert await deliver_signal(storage, SignalRecord("tree", "note", b"P1hello", 1.0))
     history = await load_history(storage, "tree")
     assert history.flow.status is TaskStatus.COMPLETE
-    assert [child.flow_id for child in history.children] == ["tree/4", "tree/3", "tree/2"]
+    assert [child.flow_id for child in history.children] == [
+        "tree~child-4",
+        "tree~child-3",
+        "tree~child-2",
+    ]
     assert [signal.name for signal in history.signals] == ["note"]
     assert [record.name for record in history.retried] == ["flaky"]
     assert history.retried[0].attempts == 2

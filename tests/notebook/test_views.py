@@ -233,7 +233,7 @@ def test_timers_signals_children_and_retries_have_their_own_marks(showcase: Flow
     assert "pyergon-signal" in marks["4"].attrib["class"]
     assert list(marks["4"].iter(f"{SVG}polygon"))
     assert "pyergon-flow-retry" in marks["0.1"].attrib["class"]
-    assert "→ show/3" in texts_in(marks["3"])
+    assert "→ show~child-3" in texts_in(marks["3"])
     badges = [t for t in marks["1"].iter(f"{SVG}tspan") if t.attrib["class"] == "pyergon-retry"]
     assert [texts_in(badge).strip() for badge in badges] == ["×3"]  # noqa: RUF001 - the badge
     assert not [t for t in marks["2"].iter(f"{SVG}tspan") if t.attrib["class"] == "pyergon-retry"]
@@ -327,7 +327,7 @@ def test_the_text_form_lists_each_record_once(showcase: FlowHistory) -> None:
             "flow retry after ValueError",
             "      1  STEP    flaky                  COMPLETE               0.000s  ×3",  # noqa: RUF001
             "      2  TIMER   cool-down              COMPLETE              31.000s",
-            "      3  CHILD   Child                  COMPLETE               0.000s  → show/3",
+            "      3  CHILD   Child                  COMPLETE               0.000s  → show~child-3",
             "      4  SIGNAL  approval               WAITING_FOR_SIGNAL    waiting",
         ]
     )
@@ -403,12 +403,17 @@ async def test_a_timeline_built_from_histories_cannot_refresh(showcase: FlowHist
 async def test_a_session_timeline_shows_one_lane_per_flow(
     session: Session, showcase: FlowHistory
 ) -> None:
-    timeline = await session.timeline(["show", "show/3"])
+    timeline = await session.timeline(["show", "show~child-3"])
 
-    assert timeline.flow_ids == ("show", "show/3")
-    assert repr(timeline).splitlines()[-1] == "show/3 (Child) COMPLETE, 0 records, child of show"
+    assert timeline.flow_ids == ("show", "show~child-3")
+    assert (
+        repr(timeline).splitlines()[-1] == "show~child-3 (Child) COMPLETE, 0 records, child of show"
+    )
     assert (await session.timeline("show")).flow_ids == ("show",)
-    assert (await session.timeline()).flow_ids == ("show", "show/3")  # the newest, oldest first
+    assert (await session.timeline()).flow_ids == (
+        "show",
+        "show~child-3",
+    )  # the newest, oldest first
     with pytest.raises(FlowNotFoundError):
         await session.timeline(["show", "nope"])
 
@@ -498,7 +503,7 @@ async def test_a_history_renders_a_header_and_its_records(
     assert page.startswith('<div class="pyergon-history"><b>show</b>')
     assert "attempt 2" in page and "SUSPENDED" in page
     assert page.count("<tr>") == 1 + len(history.invocations)
-    assert "child show/3" in page
+    assert "child show~child-3" in page
     assert "RuntimeError" not in page  # the step's retried errors are not its record's
 
 

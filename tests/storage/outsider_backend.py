@@ -29,7 +29,7 @@ def _error_columns(error: object) -> Row:
     if error is None:
         return dict.fromkeys(_ERROR_COLUMNS)
     assert isinstance(error, StoredError)
-    values = (error.type_name, error.message, error.traceback, error.payload)
+    values = (error.stored_type, error.message, error.traceback, error.payload)
     return dict(zip(_ERROR_COLUMNS, values, strict=True))
 
 
@@ -56,7 +56,7 @@ def _from_row(row: Row) -> ScheduledFlow:
     values.setdefault("version", 1)  # rows written before versions existed
     error_type, message, trace, payload = (row[column] for column in _ERROR_COLUMNS)
     payload = payload if isinstance(payload, bytes) else None
-    error = StoredError(str(error_type), str(message), str(trace), payload)
+    error = StoredError.from_stored(str(error_type), str(message), str(trace), payload)
     values["error"] = None if error_type is None else error
     return ScheduledFlow(**values)  # type: ignore[arg-type]  # the row holds the field values
 

@@ -224,7 +224,7 @@ async def test_children_run_as_flows_of_their_own(storage: ExecutionLog) -> None
     flow_id = await scheduler.schedule(Parent((1, 2, 3)), flow_id="parent")
     await worker.run_until_idle()
     assert (await scheduler.wait(flow_id, timeout=5))[flow_id].result == 12
-    child = await storage.get_flow("parent/1")
+    child = await storage.get_flow("parent~child-1")
     assert child is not None
     assert child.parent_flow_id == "parent"
     assert child.status is TaskStatus.COMPLETE

@@ -69,7 +69,7 @@ def _error_values(error: object) -> tuple[object, ...]:
         return (None,) * len(ERROR_COLUMNS)
     if not isinstance(error, StoredError):
         raise TypeError(f"a flow's error is a StoredError or None, not {type(error).__name__}")
-    return (error.type_name, error.message, error.traceback, error.payload)
+    return (error.stored_type, error.message, error.traceback, error.payload)
 
 
 def column_values(record: ScheduledFlow | Invocation) -> list[object]:
@@ -106,7 +106,7 @@ def _record_fields(row: Any) -> dict[str, Any]:
     fields = dict(zip(row.keys(), row, strict=True))
     error = [fields.pop(column) for column in ERROR_COLUMNS]
     if error[0] is not None:
-        fields["error"] = StoredError(*error)
+        fields["error"] = StoredError.from_stored(*error)
     return fields
 
 
