@@ -21,7 +21,12 @@ from pyergon.core.query import ClaimRequest, FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import claim_changes, new_lease_token
-from pyergon.errors import CorruptStorageError, StorageClosedError, StorageError
+from pyergon.errors import (
+    CorruptStorageError,
+    InvalidStorageUrlError,
+    StorageClosedError,
+    StorageError,
+)
 from pyergon.storage._postgres_listener import WorkListener
 from pyergon.storage._postgres_sql import (
     PostgresStatements,
@@ -41,6 +46,7 @@ from pyergon.storage._sql.rows import (
     wake_time,
     written_columns,
 )
+from pyergon.storage._url_checks import server_url
 from pyergon.storage.base import ClaimedRun, StorageLifecycle, damaged_run
 
 __all__ = ["DEFAULT_DSN", "PostgresExecutionLog"]
@@ -167,18 +173,21 @@ class PostgresExecutionLog(StorageLifecycle):
         """Build an unconnected backend from ``postgresql://user@host:port/db[?schema=name]``.
 
         Raises:
-            StorageError: The ``schema`` parameter is repeated or not a usable name.
+            InvalidStorageUrlError: A part of the URL cannot be used (the port, the ``schema``
+                parameter, repeated or not a usable name); the message names it.
         """
-        parts = urlsplit(url)
+        parts = server_url(url, "PostgreSQL")
         query = parse_qsl(parts.query, keep_blank_values=True)
         schemas = [value for key, value in query if key == "schema"]
         dsn = urlunsplit(parts._replace(query=urlencode([p for p in query if p[0] != "schema"])))
         if len(schemas) > 1:
-            raise StorageError(f"{_public_dsn(url)!r} names more than one schema: give one")
+            raise InvalidStorageUrlError(
+                f"{_public_dsn(url)!r} names more than one schema: give one"
+            )
         try:
             return cls(dsn, schema=schemas[0]) if schemas else cls(dsn)
         except ValueError as error:
-            raise StorageError(f"{_public_dsn(url)!r} cannot be used: {error}") from error
+            raise InvalidStorageUrlError(f"{_public_dsn(url)!r} cannot be used: {error}") from error
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
