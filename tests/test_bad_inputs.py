@@ -99,7 +99,7 @@ UNUSABLE_IDS = ["\ud800", "order-\udcff", "a\x00b"]
 async def test_every_call_taking_a_flow_id_refuses_one_that_is_not_text(
     tmp_path: Path, flow_id: str
 ) -> None:
-    from tests.storage.test_sql_damage import Sturdy
+    from tests.storage.test_redis_damage import Sturdy
 
     async with SqliteExecutionLog(tmp_path / "flows.db") as storage:
         scheduler, manager = Scheduler(storage), FlowManager(storage)
@@ -193,7 +193,7 @@ def test_the_command_reports_a_damaged_row_in_one_line_and_exits_1(
     expression: str,
 ) -> None:
     async def schedule() -> None:
-        from tests.storage.test_sql_damage import Sturdy
+        from tests.storage.test_redis_damage import Sturdy
 
         async with SqliteExecutionLog(database.removeprefix("sqlite:///")) as storage:
             await Scheduler(storage).schedule(Sturdy(1), flow_id="order-1")

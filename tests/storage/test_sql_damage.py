@@ -17,10 +17,11 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pyergon import Scheduler, Worker, flow, flow_type, step
+from pyergon import Scheduler, Worker
 from pyergon.core.query import ClaimRequest, FlowQuery
 from pyergon.core.status import TaskStatus
 from pyergon.errors import CorruptStorageError
@@ -30,7 +31,7 @@ from pyergon.storage.postgres import PostgresExecutionLog
 from pyergon.storage.sqlite import SqliteExecutionLog
 from tests.conftest import POSTGRES_DSN, drop_schema, require_postgres
 
-BATCH = 10
+from .test_redis_damage import BATCH, Sturdy
 
 SetColumn = Callable[[str, str, str, str], Awaitable[None]]
 """``(table, flow_id, column, SQL expression)``: set a column of a flow's rows behind pyergon."""
@@ -43,7 +44,7 @@ class Damageable:
     set_column: SetColumn
 
 
-async def _sqlite(tmp_path: Path) -> AsyncIterator[Damageable]:
+async def open_sqlite(tmp_path: Path) -> AsyncIterator[Damageable]:
     path = tmp_path / "flows.db"
 
     async def set_column(table: str, flow_id: str, column: str, expression: str) -> None:
@@ -57,7 +58,7 @@ async def _sqlite(tmp_path: Path) -> AsyncIterator[Damageable]:
         yield Damageable("sqlite", storage, set_column)
 
 
-async def _postgres(_tmp_path: Path) -> AsyncIterator[Damageable]:
+async def open_postgres(_tmp_path: Path) -> AsyncIterator[Damageable]:
     import asyncpg
 
     await require_postgres()
@@ -84,7 +85,7 @@ async def _postgres(_tmp_path: Path) -> AsyncIterator[Damageable]:
 Opener = Callable[[Path], AsyncIterator[Damageable]]
 
 
-@pytest.fixture(params=[_sqlite, _postgres], ids=["sqlite", "postgres"])
+@pytest.fixture(params=[open_sqlite, open_postgres], ids=["sqlite", "postgres"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Damageable]:
     async for opened in request.param(tmp_path):
         yield opened
@@ -99,20 +100,6 @@ async def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 def _request() -> ClaimRequest:
     return ClaimRequest("w-1", ["Sturdy"], limit=BATCH, lease_seconds=60, now=1e10)
-
-
-@dataclass
-@flow_type(name="Sturdy")
-class Sturdy:
-    number: int
-
-    @step
-    async def double(self) -> int:
-        return self.number * 2
-
-    @flow
-    async def run(self) -> int:
-        return await self.double()
 
 
 def _logged(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
@@ -136,28 +123,40 @@ async def _run_all(storage: ExecutionLog) -> Worker:
 # UTF-8), PostgreSQL's columns are typed but a double precision holds NaN and infinities.
 FLOW_DAMAGE = {
     # (A claim sets the lease's columns and updated_at again: damage there is repaired.)
-    _sqlite: [
+    open_sqlite: [
         ("attempt", "'three'"),
         ("attempt", "2.5"),
         ("parent_sequence", "CAST(X'FFFE' AS TEXT)"),
         ("payload", "'text, not bytes'"),
         ("cancel_requested", "7"),
     ],
-    _postgres: [
+    open_postgres: [
         ("created_at", "'NaN'"),
         ("created_at", "'-Infinity'"),
         ("wake_at", "'NaN'"),
     ],
 }
-CASES = [
-    pytest.param(opener, column, expression, id=f"{opener.__name__[1:]}-{column}-{expression}")
-    for opener, damage in FLOW_DAMAGE.items()
-    for column, expression in damage
-]
+RECORD_DAMAGE = {
+    open_sqlite: [
+        ("kind", "'NO-SUCH-KIND'"),
+        ("attempts", "'many'"),
+        ("name", "CAST(X'FFFE' AS TEXT)"),
+    ],
+    open_postgres: [("kind", "'NO-SUCH-KIND'"), ("started_at", "'NaN'")],
+}
 
 
-@pytest.mark.parametrize(("opener", "column", "expression"), CASES)
-async def test_a_flow_with_a_column_that_cannot_be_read_is_claimed_with_its_damage(
+def _cases(damage: dict[Opener, list[tuple[str, str]]]) -> list[Any]:
+    """Test parameters ``(opener, column, expression)`` for each engine's damage."""
+    return [
+        pytest.param(opener, column, expression, id=f"{opener.__name__[5:]}-{column}-{expression}")
+        for opener, columns in damage.items()
+        for column, expression in columns
+    ]
+
+
+@pytest.mark.parametrize(("opener", "column", "expression"), _cases(FLOW_DAMAGE))
+async def test_a_damaged_flow_is_claimed_with_its_damage_and_reads_name_flow_and_column(
     open_backend: Damageable, opener: Opener, column: str, expression: str
 ) -> None:
     backend = open_backend
@@ -165,6 +164,12 @@ async def test_a_flow_with_a_column_that_cannot_be_read_is_claimed_with_its_dama
     flow_ids = await _scheduled(storage)
     damaged = flow_ids[3]
     await backend.set_column("flows", damaged, column, expression)
+
+    for read in (storage.get_flow(damaged), storage.list_flows(FlowQuery())):
+        with pytest.raises(CorruptStorageError) as raised:
+            await read
+        assert repr(damaged) in str(raised.value) and repr(column) in str(raised.value)
+    assert await storage.get_flow(flow_ids[0]) is not None  # the others read as before
 
     runs = await storage.claim(_request())
 
@@ -177,22 +182,6 @@ async def test_a_flow_with_a_column_that_cannot_be_read_is_claimed_with_its_dama
     held = by_id[damaged].flow
     assert held.lease_token is not None and held.status is TaskStatus.RUNNING  # held, to fail
     assert all(run.log == [] for run in runs if run.damage is None)
-
-
-@pytest.mark.parametrize(("opener", "column", "expression"), CASES)
-async def test_reading_a_damaged_flow_raises_an_error_naming_it_and_the_column(
-    open_backend: Damageable, opener: Opener, column: str, expression: str
-) -> None:
-    backend = open_backend
-    storage = backend.storage
-    flow_ids = await _scheduled(storage)
-    await backend.set_column("flows", flow_ids[0], column, expression)
-
-    for read in (storage.get_flow(flow_ids[0]), storage.list_flows(FlowQuery())):
-        with pytest.raises(CorruptStorageError) as raised:
-            await read
-        assert repr(flow_ids[0]) in str(raised.value) and repr(column) in str(raised.value)
-    assert await storage.get_flow(flow_ids[1]) is not None  # the others read as before
 
 
 async def test_a_worker_fails_the_damaged_flow_and_runs_the_others(
@@ -221,21 +210,30 @@ async def test_a_worker_fails_the_damaged_flow_and_runs_the_others(
     assert len(_logged(caplog, repr(damaged))) == 1
 
 
-async def test_a_sqlite_flow_whose_creation_time_is_not_a_number_is_left_out_and_logged_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("column", "expression", "reported"),
+    [
+        ("created_at", "'yesterday'", ["'sturdy-0'", "'created_at'", "yesterday"]),
+        ("flow_id", "CAST(X'FFFE' AS TEXT)", ["is not UTF-8 text"]),
+    ],
+)
+async def test_a_sqlite_flow_with_no_place_in_the_queue_is_left_out_and_logged_once(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    column: str,
+    expression: str,
+    reported: list[str],
 ) -> None:
-    async for backend in _sqlite(tmp_path):
-        storage = backend.storage
-        flow_ids = await _scheduled(storage)
-        damaged = flow_ids[0]
-        await backend.set_column("flows", damaged, "created_at", "'yesterday'")
+    async for backend in open_sqlite(tmp_path):
+        flow_ids = await _scheduled(backend.storage)
+        await backend.set_column("flows", flow_ids[0], column, expression)
 
-        worker = await _run_all(storage)
+        worker = await _run_all(backend.storage)
 
         assert worker.flows_finished == BATCH - 1
-        assert await storage.claim(_request()) == []
-        logged = _logged(caplog, repr(damaged))
-        assert len(logged) == 1 and "'created_at'" in logged[0] and "yesterday" in logged[0]
+        assert await backend.storage.claim(_request()) == []
+        logged = _logged(caplog, reported[0])
+        assert len(logged) == 1 and all(text in logged[0] for text in reported)
 
 
 async def test_a_suspended_flow_whose_wake_time_is_not_a_number_stops_no_worker(
@@ -257,44 +255,19 @@ async def test_a_suspended_flow_whose_wake_time_is_not_a_number_stops_no_worker(
         await storage.get_flow(damaged)
 
 
-async def test_a_sqlite_flow_id_that_is_not_utf8_is_left_out_and_the_rest_run(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    async for backend in _sqlite(tmp_path):
-        storage = backend.storage
-        flow_ids = await _scheduled(storage)
-        await backend.set_column("flows", flow_ids[0], "flow_id", "CAST(X'FFFE' AS TEXT)")
-
-        worker = await _run_all(storage)
-
-        assert worker.flows_finished == BATCH - 1
-        assert len(_logged(caplog, "is not UTF-8 text")) == 1
-
-
-@pytest.mark.parametrize(
-    ("opener", "column", "expression"),
-    [
-        (_sqlite, "kind", "'NO-SUCH-KIND'"),
-        (_sqlite, "attempts", "'many'"),
-        (_sqlite, "name", "CAST(X'FFFE' AS TEXT)"),
-        (_postgres, "kind", "'NO-SUCH-KIND'"),
-        (_postgres, "started_at", "'NaN'"),
-    ],
-    ids=lambda value: getattr(value, "__name__", value).lstrip("_"),
-)
+@pytest.mark.parametrize(("opener", "column", "expression"), _cases(RECORD_DAMAGE))
 async def test_reading_a_damaged_record_raises_an_error_naming_the_flow_and_column(
-    open_backend: Damageable, opener: Opener, column: str, expression: str
+    tmp_path: Path, opener: Opener, column: str, expression: str
 ) -> None:
-    backend = open_backend
-    storage = backend.storage
-    (flow_id, *_) = await _scheduled(storage)
-    await _run_all(storage)
-    await backend.set_column("invocations", flow_id, column, expression)
+    async for backend in opener(tmp_path):
+        (flow_id, *_) = await _scheduled(backend.storage)
+        await _run_all(backend.storage)
+        await backend.set_column("invocations", flow_id, column, expression)
 
-    with pytest.raises(CorruptStorageError) as raised:
-        await storage.load_invocations(flow_id)
+        with pytest.raises(CorruptStorageError) as raised:
+            await backend.storage.load_invocations(flow_id)
 
-    assert repr(flow_id) in str(raised.value) and repr(column) in str(raised.value)
+        assert repr(flow_id) in str(raised.value) and repr(column) in str(raised.value)
 
 
 async def test_counting_flows_with_a_status_pyergon_does_not_know_names_it(

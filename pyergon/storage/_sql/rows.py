@@ -111,16 +111,15 @@ class _Unreadable(ValueError):
     """A stored value is not of its column's kind."""
 
 
-def _text(value: object) -> str:
-    if type(value) is not str:
-        raise _Unreadable
-    return value
+def _exactly(kind: type) -> Callable[[object], object]:
+    """A reader of a column whose values are of ``kind`` exactly (a ``bool`` is no ``int``)."""
 
+    def read(value: object) -> object:
+        if type(value) is not kind:
+            raise _Unreadable
+        return value
 
-def _bytes(value: object) -> bytes:
-    if type(value) is not bytes:
-        raise _Unreadable
-    return value
+    return read
 
 
 def _number(value: object) -> float:
@@ -129,12 +128,6 @@ def _number(value: object) -> float:
     if (type(value) is float or type(value) is int) and math.isfinite(value):
         return value
     raise _Unreadable
-
-
-def _integer(value: object) -> int:
-    if type(value) is not int:
-        raise _Unreadable
-    return value
 
 
 def _flag(value: object) -> bool:
@@ -158,10 +151,10 @@ def _enum_reader(enum: type[Enum]) -> Callable[[object], object]:
 
 
 _READERS: dict[object, tuple[Callable[[object], object], str]] = {
-    str: (_text, "UTF-8 text"),
-    bytes: (_bytes, "bytes"),
+    str: (_exactly(str), "UTF-8 text"),
+    bytes: (_exactly(bytes), "bytes"),
     float: (_number, "a finite number"),
-    int: (_integer, "an integer"),
+    int: (_exactly(int), "an integer"),
     bool: (_flag, "a flag (0 or 1)"),
 }
 """How a column holding each kind of value is read, and what it should hold."""
