@@ -17,7 +17,8 @@ so ``except LookupError`` keeps working for callers that do not know pyergon::
     │   └── SignatureError                   a signed payload is unsigned or was tampered with
     ├── UnsafeSerializerError (ValueError)   unsigned pickle on shared storage, not chosen by name
     └── StorageError                         the storage backend cannot do what was asked
-        ├── UnknownStorageSchemeError (ValueError)
+        ├── InvalidStorageUrlError (ValueError)  a storage URL that cannot be used as written
+        │   └── UnknownStorageSchemeError        no backend handles its scheme
         ├── CorruptStorageError              not a pyergon database, or damaged
         ├── SchemaVersionError               written by a newer pyergon
         └── StorageClosedError               used before ``connect()`` or after ``close()``
@@ -36,6 +37,7 @@ __all__ = [
     "FlowNotFoundError",
     "FlowStateError",
     "InvalidFlowIdError",
+    "InvalidStorageUrlError",
     "NonDeterminismError",
     "PyergonError",
     "RetryableError",
@@ -199,7 +201,11 @@ class StorageError(PyergonError):
     """The storage backend cannot do what was asked."""
 
 
-class UnknownStorageSchemeError(StorageError, ValueError):
+class InvalidStorageUrlError(StorageError, ValueError):
+    """A storage URL cannot be used as written: the message names the part (port, path...)."""
+
+
+class UnknownStorageSchemeError(InvalidStorageUrlError):
     """``open_storage`` was given a URL whose scheme no backend handles."""
 
 

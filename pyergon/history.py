@@ -23,6 +23,7 @@ from pyergon.core.records import (
 )
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.errors import FlowNotFoundError, PyergonError
+from pyergon.executor.executor import validate_flow_id
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -139,9 +140,10 @@ async def load_history(storage: ExecutionLog, flow_id: str) -> FlowHistory:
     """Read one flow with its records, signals and children.
 
     Raises:
+        InvalidFlowIdError: ``flow_id`` is not a usable flow id.
         FlowNotFoundError: No such flow.
     """
-    flow = await storage.get_flow(flow_id)
+    flow = await storage.get_flow(validate_flow_id(flow_id))
     if flow is None:
         raise FlowNotFoundError(flow_id)
     invocations = await storage.load_invocations(flow_id)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyergon.cli._errors import CommandError, CommandUsageError
 from pyergon.core.status import TaskStatus
-from pyergon.errors import FlowDefinitionError, PyergonError, UnknownStorageSchemeError
+from pyergon.errors import FlowDefinitionError, InvalidStorageUrlError, PyergonError
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -110,7 +110,7 @@ def run_management(arguments: argparse.Namespace) -> int:
     output = _Output(bool(arguments.json))
     try:
         return asyncio.run(command(arguments, output))
-    except (WorkerUsageError, UnknownStorageSchemeError) as error:
+    except (WorkerUsageError, InvalidStorageUrlError) as error:
         raise ManagementUsageError(str(error)) from None
     except (WorkerStartError, PyergonError) as error:
         raise ManagementError(_one_line(str(error))) from None

@@ -22,8 +22,8 @@ from pyergon.cli._errors import CommandError, CommandUsageError
 from pyergon.decorators import require_flow_class
 from pyergon.errors import (
     FlowDefinitionError,
+    InvalidStorageUrlError,
     StorageError,
-    UnknownStorageSchemeError,
     UnsafeSerializerError,
 )
 
@@ -171,7 +171,7 @@ async def _serve(settings: WorkerSettings, flow_classes: Sequence[type]) -> None
         loop.add_signal_handler(signal_number, stop.set)
     try:
         storage = await open_storage(settings.storage_url)
-    except UnknownStorageSchemeError as error:
+    except InvalidStorageUrlError as error:
         raise WorkerUsageError(str(error)) from None
     except StorageError as error:
         raise WorkerStartError(str(error)) from error

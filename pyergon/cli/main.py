@@ -322,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
+        _check_text(arguments)
         return handler(arguments)
     except CommandUsageError as error:
         _print_error(f"usage error: {error}")
@@ -332,6 +333,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _print_error("interrupted")
         return EXIT_INTERRUPTED
+
+
+def _check_text(arguments: argparse.Namespace) -> None:
+    """Refuse an argument that is not text no storage can hold alike, before anything runs.
+
+    Bytes that are not UTF-8 reach ``sys.argv`` as lone surrogates; storage would fail on them
+    deep inside a command.
+    """
+    from pyergon.core.records import text_problem
+
+    for name, value in vars(arguments).items():
+        for text in value if isinstance(value, list) else [value]:
+            problem = text_problem(text) if isinstance(text, str) else None
+            if problem is not None:
+                raise CommandUsageError(f"argument {name} {text!r} {problem}")
 
 
 def _exit_code(code: str | int | None) -> int:

@@ -11,8 +11,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TypedDict, Unpack
 
-from pyergon.core.records import FlowCursor, ScheduledFlow
+from pyergon.core.records import FlowCursor, ScheduledFlow, text_problem
 from pyergon.core.status import TaskStatus
+from pyergon.errors import InvalidFlowIdError
 
 __all__ = ["ClaimRequest", "FlowFilters", "FlowQuery"]
 
@@ -100,7 +101,9 @@ class FlowQuery:
 
         Raises:
             TypeError: A keyword is not a filter.
-            ValueError: ``limit`` or ``offset`` is negative, or a status is not a flow status.
+            ValueError: ``limit`` or ``offset`` is negative, a status is not a flow status, or
+                a text filter holds a NUL or a lone surrogate (see :func:`text_problem`).
+            InvalidFlowIdError: ``parent_flow_id`` holds a NUL or a lone surrogate.
         """
         if unknown := filters.keys() - FlowFilters.__annotations__.keys():
             raise TypeError(f"not a flow filter: {', '.join(sorted(unknown))}")
@@ -108,6 +111,12 @@ class FlowQuery:
             raise ValueError(f"limit must be >= 0, got {limit}")
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
+        for name in ("flow_type", "worker_id", "parent_flow_id"):
+            value = filters.get(name)
+            problem = None if not isinstance(value, str) else text_problem(value)
+            if problem is not None:
+                error = InvalidFlowIdError if name == "parent_flow_id" else ValueError
+                raise error(f"flow filter {name}={value!r} {problem}")
         _set_fields(
             self,
             statuses=_statuses(filters.get("status")),

@@ -7,6 +7,7 @@ index; the ``*_time`` properties give timezone-aware datetimes for people.
 from __future__ import annotations
 
 import dataclasses
+import re
 import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ __all__ = [
     "SignalRecord",
     "StoredError",
     "format_position",
+    "text_problem",
     "to_datetime",
 ]
 
@@ -33,6 +35,22 @@ _R = TypeVar("_R", "Invocation", "ScheduledFlow")
 def to_datetime(timestamp: float | None) -> datetime | None:
     """Convert epoch seconds to an aware UTC datetime (``None`` stays ``None``)."""
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be stored alike on every backend, or ``None`` if it can.
+
+    A NUL character PostgreSQL cannot store; a lone surrogate is not text (it is what bytes that
+    are not UTF-8 become when decoded with ``surrogateescape``, as command-line arguments are).
+    """
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    what = "a NUL character" if found.group() == "\x00" else "a lone surrogate, not text"
+    return f"holds {found.group()!r} at position {found.start()}, {what}"
 
 
 def format_position(sequence: int, sub_sequence: int = 0) -> str:

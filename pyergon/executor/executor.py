@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 from pyergon._context import Cancellation, FlowContext, Position
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import FlowOutcome
-from pyergon.core.records import ScheduledFlow, format_position
+from pyergon.core.records import ScheduledFlow, format_position, text_problem
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.decorators import flow_entry, require_flow_instance
@@ -37,7 +37,8 @@ def validate_flow_id(flow_id: object) -> str:
     """Return ``flow_id`` if it is a usable flow id.
 
     Raises:
-        InvalidFlowIdError: It is not a string, is empty or blank, or is too long.
+        InvalidFlowIdError: It is not a string, is empty or blank, is too long, or holds a
+            character no backend stores alike (a NUL, or a lone surrogate, which is not text).
     """
     if not isinstance(flow_id, str):
         raise InvalidFlowIdError(
@@ -47,6 +48,9 @@ def validate_flow_id(flow_id: object) -> str:
         raise InvalidFlowIdError("flow id must be a non-empty string, got an empty one")
     if len(flow_id) > 1024:
         raise InvalidFlowIdError(f"flow id is {len(flow_id)} characters long; keep it under 1025")
+    problem = text_problem(flow_id)
+    if problem is not None:
+        raise InvalidFlowIdError(f"flow id {flow_id!r} {problem}; use valid Unicode text")
     return flow_id
 
 

@@ -16,7 +16,7 @@ from pyergon.decorators import flow_entry, require_flow_instance
 from pyergon.errors import FlowNotFoundError, PyergonError
 from pyergon.executor._inputs import encode_flow
 from pyergon.executor._runner import stored_outcome
-from pyergon.executor.executor import validate_new_flow_id
+from pyergon.executor.executor import validate_flow_id, validate_new_flow_id
 from pyergon.executor.signal import send_signal
 from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage.base import ExecutionLog
@@ -97,6 +97,7 @@ class Scheduler:
             Whether the signal was new (the first value per flow and name is kept).
 
         Raises:
+            InvalidFlowIdError: ``flow_id`` is not a usable flow id.
             FlowNotFoundError: No flow with ``flow_id`` exists.
             SerializationError: ``value`` cannot be serialized; nothing is stored.
         """
@@ -119,10 +120,13 @@ class Scheduler:
             Each flow's outcome, by id, in the order the ids were given.
 
         Raises:
+            InvalidFlowIdError: An id is not a usable flow id.
             FlowNotFoundError: An id does not exist.
             TimeoutError: Some flow was not final in time; the message lists which.
         """
         requested = [flow_ids] if isinstance(flow_ids, str) else list(flow_ids)
+        for flow_id in requested:
+            validate_flow_id(flow_id)
         pending = list(dict.fromkeys(requested))
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout

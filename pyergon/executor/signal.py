@@ -9,8 +9,9 @@ from pyergon._context import FlowContext, FlowSuspend, Position, require_context
 from pyergon.core.outcome import SuspendReason
 from pyergon.core.records import SignalRecord
 from pyergon.core.status import InvocationStatus, OperationKind
-from pyergon.errors import FlowNotFoundError, FlowStateError, InvalidFlowIdError
+from pyergon.errors import FlowNotFoundError, FlowStateError
 from pyergon.executor._steps import replay_final
+from pyergon.executor.executor import validate_flow_id
 from pyergon.serialization import Serializer, dumps_for, serializer_for
 from pyergon.storage._flows import deliver_signal, find_signal
 from pyergon.storage.base import ExecutionLog
@@ -106,6 +107,7 @@ async def send_signal(
         Whether this call delivered the signal (``False`` if one was already there).
 
     Raises:
+        InvalidFlowIdError: ``flow_id`` is not a usable flow id.
         FlowNotFoundError: No flow with ``flow_id`` exists.
         FlowStateError: The flow already finished and never had this signal.
         SerializationError: ``value`` cannot be serialized; nothing is stored.
@@ -113,8 +115,7 @@ async def send_signal(
     """
     import time
 
-    if not isinstance(flow_id, str) or not flow_id:
-        raise InvalidFlowIdError(f"flow id must be a non-empty string, got {flow_id!r}")
+    validate_flow_id(flow_id)
     _check_signal_name(name)
     payload = dumps_for(
         serializer_for(storage, serializer), value, f"signal {name!r} for flow {flow_id!r}"

@@ -9,19 +9,27 @@ rest of the batch commits.
 
 from __future__ import annotations
 
+import math
 import sqlite3
-from collections.abc import Mapping
-from typing import cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from pyergon.core.changes import Applied, Change, FlowWrite
 from pyergon.core.records import Invocation, ScheduledFlow
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import new_lease_token
+from pyergon.errors import CorruptStorageError
 from pyergon.storage._sql import steps
 from pyergon.storage._sql.dialect import SQLITE
-from pyergon.storage._sql.rows import column_values, flow_from_row, invocation_from_row
+from pyergon.storage._sql.rows import (
+    column_values,
+    flow_from_row,
+    invocation_from_row,
+    readable_flow,
+    wake_time,
+)
 from pyergon.storage._sql.statements import Statements
-from pyergon.storage.base import ClaimedRun
+from pyergon.storage.base import ClaimedRun, damaged_run
 
 __all__ = [
     "SQL",
@@ -32,21 +40,59 @@ __all__ = [
     "load_log",
     "next_wake_time",
     "renew_leases",
+    "select_rows",
 ]
 
 SQL = Statements(SQLITE)
 """The SQL layer's statements, as SQLite spells them."""
 
 
+def _text_or_bytes(raw: bytes) -> str | bytes:
+    """A text value as ``str``, or as stored if it is not UTF-8 (the row reader names it)."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
+def select_rows(
+    connection: sqlite3.Connection, statement: str, parameters: Sequence[Any] | Mapping[str, Any]
+) -> list[Any]:
+    """The rows of a ``SELECT``; text that is not UTF-8 comes back as bytes, not as an error.
+
+    sqlite3 fails the whole statement on such text without naming the row, so the statement
+    runs again, on that rare failure only, with a text factory that keeps the stored bytes and
+    leaves it to :mod:`pyergon.storage._sql.rows` to name the flow and column.
+    """
+    try:
+        return connection.execute(statement, parameters).fetchall()
+    except sqlite3.OperationalError as error:
+        if not str(error).startswith("Could not decode to UTF-8"):
+            raise
+    connection.text_factory = _text_or_bytes
+    try:
+        return connection.execute(statement, parameters).fetchall()
+    finally:
+        connection.text_factory = str
+
+
 def fetch_flow(connection: sqlite3.Connection, flow_id: str) -> ScheduledFlow | None:
-    """Return the stored flow with ``flow_id``, or ``None``."""
-    row = connection.execute(SQL.get_flow, (flow_id,)).fetchone()
-    return None if row is None else flow_from_row(row)
+    """Return the stored flow with ``flow_id``, or ``None``.
+
+    Raises:
+        CorruptStorageError: A column of the flow cannot be read.
+    """
+    rows = select_rows(connection, SQL.get_flow, (flow_id,))
+    return flow_from_row(rows[0]) if rows else None
 
 
 def load_log(connection: sqlite3.Connection, *, flow_id: str) -> list[Invocation]:
-    """A flow's records ordered by ``(sequence, sub_sequence)``."""
-    rows = connection.execute(SQL.load_invocations, (flow_id,))
+    """A flow's records ordered by ``(sequence, sub_sequence)``.
+
+    Raises:
+        CorruptStorageError: A column of a record cannot be read.
+    """
+    rows = select_rows(connection, SQL.load_invocations, (flow_id,))
     return [invocation_from_row(row) for row in rows]
 
 
@@ -93,6 +139,7 @@ def claim_runs(
     limit: int,
     now: float,
     due_by: float,
+    left_out: Callable[[str, str], None],
 ) -> list[ClaimedRun]:
     """Claim up to ``limit`` runnable flows of ``flow_types`` in queue order, with their logs.
 
@@ -107,34 +154,59 @@ def claim_runs(
         limit: Flows to claim at most.
         now: The worker's clock: leases that expired before it are taken over.
         due_by: Suspended flows are claimed if their wake time is at or before it.
+        left_out: Called with the id and the reason of a runnable flow that cannot be placed in
+            the queue (its creation or wake time is not a number, its id not text): the claim
+            leaves it as it is and takes the others.
+
+    Returns:
+        The runs; a flow with a column that cannot be read is claimed and comes with its
+        ``damage``, for its claimer to fail.
     """
     if not flow_types:
         return []  # and an empty IN () cannot use the indexes named below
     types = {f"type_{index}": flow_type for index, flow_type in enumerate(flow_types)}
     parameters = {**types, "now": now, "due_by": due_by, "limit": limit}
     of_types = ", ".join(f":{name}" for name in types)
-    ready = sorted(
-        tuple(row)
-        for index, condition, ready_at, order in _RUNNABLE
-        for row in connection.execute(
+    ready = []
+    for index, condition, ready_at, order in _RUNNABLE:
+        statement = (
             f"SELECT {ready_at}, created_at, flow_id FROM flows INDEXED BY {index} "
-            f"WHERE {condition} AND flow_type IN ({of_types}) ORDER BY {order} LIMIT :limit",
-            parameters,
+            f"WHERE {condition} AND flow_type IN ({of_types}) ORDER BY {order} LIMIT :limit"
         )
-    )[:limit]
+        for row in select_rows(connection, statement, parameters):
+            position = tuple(row)
+            unplaced = _unplaced(position)
+            if unplaced is None:
+                ready.append(position)
+            else:
+                left_out(repr(position[2]), unplaced)
+    ready.sort()
     claimed = []
-    for _ready_at, _created_at, flow_id in ready:
+    for _ready_at, _created_at, flow_id in ready[:limit]:
         lease = {**changes, "lease_token": new_lease_token()}
         connection.execute(*SQL.write_flow(FlowWrite(flow_id, lease)))
         # Read back rather than RETURNING, which gives whole REAL values as integers.
-        flow = fetch_flow(connection, flow_id)
-        assert flow is not None  # found in this transaction
+        (row,) = select_rows(connection, SQL.get_flow, (flow_id,))
+        values, damage = readable_flow(row)
+        if damage is not None:
+            claimed.append(damaged_run(values | {"flow_id": flow_id}, damage))
+            continue
         try:
             log: list[Invocation] | None = load_log(connection, flow_id=flow_id)
-        except ValueError:  # a record that cannot be decoded: the run reads the log itself
+        except CorruptStorageError:  # the run reads the log itself, and says what is wrong
             log = None
-        claimed.append(ClaimedRun(flow, log))
+        claimed.append(ClaimedRun(ScheduledFlow(**values), log))
     return claimed
+
+
+def _unplaced(position: tuple[Any, ...]) -> str | None:
+    """Why a runnable flow's ``(ready time, creation time, id)`` has no place in the queue."""
+    for name, value in zip(("wake_at", "created_at"), position, strict=False):
+        if type(value) not in (float, int) or not math.isfinite(value):
+            return f"its column {name!r} holds {value!r:.80}, which is not a finite number"
+    if type(position[2]) is not str:
+        return "its id is not UTF-8 text"
+    return None
 
 
 def renew_leases(
@@ -170,4 +242,4 @@ def next_wake_time(
         f"WHERE status = 'SUSPENDED' AND wake_at IS NOT NULL{of_types} ORDER BY wake_at LIMIT 1",
         flow_types or (),
     ).fetchone()
-    return None if row is None else cast(float, row[0])
+    return None if row is None else wake_time(row[0])

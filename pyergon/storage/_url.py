@@ -5,11 +5,12 @@ Backends are imported only when their scheme is used, so ``import pyergon.storag
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit
 
-from pyergon.errors import StorageError, UnknownStorageSchemeError
+from pyergon.errors import InvalidStorageUrlError, StorageError, UnknownStorageSchemeError
+from pyergon.storage._url_checks import check_characters, redacted, shown
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.memory import InMemoryExecutionLog
 
@@ -20,6 +21,10 @@ _SUPPORTED = (
     "redis://host:port/db, postgresql://user@host:port/db"
 )
 _MEMORY = ":memory:"
+_LONGEST_PATH = 4095
+"""Bytes of a file path Linux opens at most (``PATH_MAX`` less its NUL); a longer one fails."""
+_LONGEST_NAME = 255
+"""Bytes of one name in a path most file systems hold (``NAME_MAX``)."""
 
 
 async def open_storage(url: str) -> ExecutionLog:
@@ -44,15 +49,17 @@ async def open_storage(url: str) -> ExecutionLog:
 
     Raises:
         UnknownStorageSchemeError: No backend handles the URL's scheme.
-        StorageError: The URL is malformed for its scheme, or the backend cannot open it.
+        InvalidStorageUrlError: The URL is malformed for its scheme; the message names the part.
+        StorageError: The backend cannot open it.
     """
+    check_characters(url)
     scheme, separator, rest = url.partition("://")
     scheme = scheme.lower()
     if not separator:
         scheme = ""
     if scheme == "memory":
         if rest:
-            raise StorageError(f"memory storage takes no path or options: got {url!r}")
+            raise InvalidStorageUrlError(f"memory storage takes no path or options: got {url!r}")
         return InMemoryExecutionLog()
     if scheme == "sqlite":
         from pyergon.storage.sqlite import SqliteExecutionLog
@@ -75,7 +82,7 @@ async def open_storage(url: str) -> ExecutionLog:
         await postgres_storage.connect()
         return postgres_storage
     raise UnknownStorageSchemeError(
-        f"no storage backend handles {_redacted(url)!r}; supported URLs: {_SUPPORTED}"
+        f"no storage backend handles {redacted(url)!r}; supported URLs: {_SUPPORTED}"
     )
 
 
@@ -94,8 +101,9 @@ def sqlite_file(url: str) -> str | None:
     Lets a caller check that the file exists before :func:`open_storage` creates it.
 
     Raises:
-        StorageError: The URL is a malformed ``sqlite://`` URL.
+        InvalidStorageUrlError: The URL is a malformed ``sqlite://`` URL.
     """
+    check_characters(url)
     scheme, separator, rest = url.partition("://")
     if not separator or scheme.lower() != "sqlite":
         return None
@@ -108,17 +116,17 @@ def _sqlite_path(url: str, rest: str) -> str:
     if rest in (_MEMORY, f"/{_MEMORY}"):
         return _MEMORY
     if not rest.startswith("/") or rest == "/":
-        raise StorageError(
-            f"{url!r} is not a SQLite URL pyergon understands: write sqlite:///relative/path.db "
-            "(three slashes) or sqlite:////absolute/path.db (four)"
+        raise InvalidStorageUrlError(
+            f"{shown(url)!r} is not a SQLite URL pyergon understands: write "
+            "sqlite:///relative/path.db (three slashes) or sqlite:////absolute/path.db (four)"
         )
-    return rest[1:]
-
-
-def _redacted(url: str) -> str:
-    """``url`` with any password replaced, fit for an error message."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return url
-    return url if not password else url.replace(f":{password}@", ":***@", 1)
+    path = rest[1:]
+    encoded = os.fsencode(path)
+    longest_name = max(len(name) for name in encoded.split(b"/"))
+    if len(encoded) > _LONGEST_PATH or longest_name > _LONGEST_NAME:
+        raise InvalidStorageUrlError(
+            f"the path of SQLite URL {shown(url)!r} is {len(encoded)} bytes long, with a name "
+            f"of {longest_name}; file systems take at most {_LONGEST_PATH} bytes, "
+            f"{_LONGEST_NAME} per name"
+        )
+    return path

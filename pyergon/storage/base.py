@@ -226,11 +226,21 @@ class ExecutionLog(Protocol):
     # -- reads -------------------------------------------------------------------------------
 
     async def get_flow(self, flow_id: str) -> ScheduledFlow | None:
-        """Return the flow with ``flow_id``, or ``None``."""
+        """Return the flow with ``flow_id``, or ``None``.
+
+        Raises:
+            CorruptStorageError: A stored field of the flow cannot be read; the message names
+                the flow and the field.
+        """
         ...
 
     async def load_invocations(self, flow_id: str) -> list[Invocation]:
-        """Return every record of a flow, ordered by ``(sequence, sub_sequence)``."""
+        """Return every record of a flow, ordered by ``(sequence, sub_sequence)``.
+
+        Raises:
+            CorruptStorageError: A record cannot be read; the message names the flow, the
+                record and the field.
+        """
         ...
 
     async def list_signals(self, flow_id: str) -> list[SignalRecord]:
@@ -243,6 +253,9 @@ class ExecutionLog(Protocol):
         Args:
             query: The filters and the page (see :class:`~pyergon.core.FlowQuery`, which
                 validates them); ``None`` means ``FlowQuery()``, the newest 100 flows.
+
+        Raises:
+            CorruptStorageError: A flow of the page cannot be read (see :meth:`get_flow`).
         """
         ...
 

@@ -21,7 +21,12 @@ from pyergon.core.query import ClaimRequest, FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import claim_changes, new_lease_token
-from pyergon.errors import StorageClosedError, StorageError
+from pyergon.errors import (
+    CorruptStorageError,
+    InvalidStorageUrlError,
+    StorageClosedError,
+    StorageError,
+)
 from pyergon.storage._postgres_listener import WorkListener
 from pyergon.storage._postgres_sql import (
     PostgresStatements,
@@ -35,11 +40,14 @@ from pyergon.storage._sql.rows import (
     column_values,
     flow_from_row,
     invocation_from_row,
+    readable_flow,
     signal_from_row,
     status_counts,
+    wake_time,
     written_columns,
 )
-from pyergon.storage.base import ClaimedRun, StorageLifecycle
+from pyergon.storage._url_checks import server_url
+from pyergon.storage.base import ClaimedRun, StorageLifecycle, damaged_run
 
 __all__ = ["DEFAULT_DSN", "PostgresExecutionLog"]
 
@@ -73,6 +81,14 @@ def _public_dsn(dsn: str) -> str:
         for key, value in parse_qsl(parts.query, keep_blank_values=True)
     ]
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
+
+
+def _claimed_run(row: Any) -> ClaimedRun:
+    """The run of a flow the claim took, without its log; a column it cannot read is damage."""
+    values, damage = readable_flow(row)
+    if damage is not None:
+        return damaged_run(values | {"flow_id": row["flow_id"]}, damage)
+    return ClaimedRun(ScheduledFlow(**values))
 
 
 async def _keep_session(_connection: Any) -> None:
@@ -157,18 +173,21 @@ class PostgresExecutionLog(StorageLifecycle):
         """Build an unconnected backend from ``postgresql://user@host:port/db[?schema=name]``.
 
         Raises:
-            StorageError: The ``schema`` parameter is repeated or not a usable name.
+            InvalidStorageUrlError: A part of the URL cannot be used (the port, the ``schema``
+                parameter, repeated or not a usable name); the message names it.
         """
-        parts = urlsplit(url)
+        parts = server_url(url, "PostgreSQL")
         query = parse_qsl(parts.query, keep_blank_values=True)
         schemas = [value for key, value in query if key == "schema"]
         dsn = urlunsplit(parts._replace(query=urlencode([p for p in query if p[0] != "schema"])))
         if len(schemas) > 1:
-            raise StorageError(f"{_public_dsn(url)!r} names more than one schema: give one")
+            raise InvalidStorageUrlError(
+                f"{_public_dsn(url)!r} names more than one schema: give one"
+            )
         try:
             return cls(dsn, schema=schemas[0]) if schemas else cls(dsn)
         except ValueError as error:
-            raise StorageError(f"{_public_dsn(url)!r} cannot be used: {error}") from error
+            raise InvalidStorageUrlError(f"{_public_dsn(url)!r} cannot be used: {error}") from error
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
@@ -368,24 +387,33 @@ class PostgresExecutionLog(StorageLifecycle):
             [new_lease_token() for _ in range(request.limit)],
             *columns.values(),
         )
-        flows = [flow_from_row(row) for row in rows]
-        if not flows:
-            return []
-        logs: dict[str, list[Invocation]] = {flow.flow_id: [] for flow in flows}
-        try:
-            records = await self._fetch(self._sql.load_logs, list(logs))
-        except StorageError:
-            return [ClaimedRun(flow, None) for flow in flows]  # the runs read them
-        unreadable = set()
-        for record in records:
-            try:
-                logs[record["flow_id"]].append(invocation_from_row(record))
-            except ValueError:  # the run reads its log itself, and says what is wrong
-                unreadable.add(record["flow_id"])
+        # The flows are taken: from here on nothing raises. One that cannot be read is
+        # handed back with its damage, for its claimer to fail.
+        runs = [_claimed_run(row) for row in rows]
+        readable = [run.flow.flow_id for run in runs if run.damage is None]
+        logs = await self._claimed_logs(readable) if readable else {}
         return [
-            ClaimedRun(flow, None if flow.flow_id in unreadable else logs[flow.flow_id])
-            for flow in flows
+            run if run.damage else ClaimedRun(run.flow, logs.get(run.flow.flow_id)) for run in runs
         ]
+
+    async def _claimed_logs(self, flow_ids: list[str]) -> dict[str, list[Invocation] | None]:
+        """The logs of flows just claimed; a log that cannot be read now is missing or ``None``.
+
+        Whoever runs such a flow reads its log itself, and says what is wrong.
+        """
+        try:
+            records = await self._fetch(self._sql.load_logs, flow_ids)
+        except StorageError:
+            return {}
+        logs: dict[str, list[Invocation] | None] = {flow_id: [] for flow_id in flow_ids}
+        for record in records:
+            log = logs[record["flow_id"]]
+            if log is not None:
+                try:
+                    log.append(invocation_from_row(record))
+                except CorruptStorageError:
+                    logs[record["flow_id"]] = None
+        return logs
 
     async def renew_leases(
         self, leases: Mapping[str, str], *, lease_seconds: float, now: float
@@ -408,9 +436,8 @@ class PostgresExecutionLog(StorageLifecycle):
     async def next_wake_at(self, flow_types: Collection[str] | None = None) -> float | None:
         """Return the earliest wake time of a suspended flow (of ``flow_types``, if given)."""
         if flow_types is None:
-            return cast(float | None, await self._fetchval(self._sql.next_wake_at))
-        wake_at = await self._fetchval(self._sql.next_wake_at_of_types, list(flow_types))
-        return cast(float | None, wake_at)
+            return wake_time(await self._fetchval(self._sql.next_wake_at))
+        return wake_time(await self._fetchval(self._sql.next_wake_at_of_types, list(flow_types)))
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Wait for a notice of work from any process using this schema, or ``timeout`` seconds.

@@ -38,6 +38,7 @@ from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import claim_changes, new_lease_token
 from pyergon.errors import (
     CorruptStorageError,
+    InvalidStorageUrlError,
     SchemaVersionError,
     StorageClosedError,
     StorageError,
@@ -63,6 +64,7 @@ from pyergon.storage._redis_layout import (
 from pyergon.storage._redis_listener import WorkListener
 from pyergon.storage._redis_packing import pack_with_hiredis
 from pyergon.storage._redis_pipeline import CommandBatcher
+from pyergon.storage._url_checks import server_url
 from pyergon.storage.base import (
     SCHEMA_VERSION,
     ClaimedRun,
@@ -131,8 +133,18 @@ class RedisExecutionLog(StorageLifecycle):
 
     @classmethod
     def from_url(cls, url: str) -> RedisExecutionLog:
-        """Return an unconnected backend for ``url``, taking the prefix from ``?prefix=name``."""
-        parts = urlsplit(url)
+        """Return an unconnected backend for ``url``, taking the prefix from ``?prefix=name``.
+
+        Raises:
+            InvalidStorageUrlError: A part of the URL cannot be used; the message names it.
+        """
+        parts = server_url(url, "Redis")
+        database = parts.path.lstrip("/")
+        if database and not (database.isascii() and database.isdigit()):
+            raise InvalidStorageUrlError(
+                f"database {database!r} of Redis URL {_describe(url)!r} is not a number: write "
+                "redis://host:port/0"
+            )
         query = parse_qsl(parts.query, keep_blank_values=True)
         prefixes = [value for name, value in query if name == "prefix"]
         rest = urlencode([(name, value) for name, value in query if name != "prefix"])
@@ -140,7 +152,9 @@ class RedisExecutionLog(StorageLifecycle):
         try:
             return cls(plain_url, prefix=prefixes[-1]) if prefixes else cls(plain_url)
         except ValueError as error:
-            raise StorageError(f"Redis URL {_describe(url)!r} is not usable: {error}") from error
+            raise InvalidStorageUrlError(
+                f"Redis URL {_describe(url)!r} is not usable: {error}"
+            ) from error
 
     def __repr__(self) -> str:
         state = "open" if self._client is not None else "closed"

@@ -12,6 +12,7 @@ The statements are the SQL layer's (:mod:`pyergon.storage._sql`); SQLite's own c
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import time
@@ -36,6 +37,7 @@ from pyergon.storage._sqlite_changes import (
     load_log,
     next_wake_time,
     renew_leases,
+    select_rows,
 )
 from pyergon.storage._sqlite_connections import (
     BackgroundCheckpoints,
@@ -47,6 +49,8 @@ from pyergon.storage._sqlite_schema import prepare_connection
 from pyergon.storage.base import ClaimedRun, StorageLifecycle, wait_for_event
 
 __all__ = ["SqliteExecutionLog"]
+
+logger = logging.getLogger(__name__)
 
 _MEMORY = ":memory:"
 _MINIMUM_SQLITE = (3, 24, 0)  # INSERT ... ON CONFLICT DO UPDATE (upsert)
@@ -102,6 +106,7 @@ class SqliteExecutionLog(StorageLifecycle):
         """Calls :meth:`_check_other_commits` after writes to the WAL, while workers wait."""
         self._poll_interval = _POLL_MIN
         self._seen_commit_at = 0.0
+        self._left_out_reported: set[tuple[str, str]] = set()
 
     @classmethod
     async def in_memory(cls) -> SqliteExecutionLog:
@@ -227,8 +232,24 @@ class SqliteExecutionLog(StorageLifecycle):
             limit=request.limit,
             now=request.now,
             due_by=request.wakes_by,
+            left_out=self._report_left_out,
         )
         return await self._open_file().write(claim)
+
+    def _report_left_out(self, flow_id: str, reason: str) -> None:
+        """Log, once per flow and reason, a runnable flow a claim cannot place in the queue.
+
+        Runs on the writer's thread; the set only grows, by one entry per damaged flow.
+        """
+        if (flow_id, reason) not in self._left_out_reported:
+            self._left_out_reported.add((flow_id, reason))
+            logger.error(
+                "flow %s is left out of the queue of SQLite storage %r: %s; fix the column, "
+                "then resume the flow",
+                flow_id,
+                self._path,
+                reason,
+            )
 
     async def renew_leases(
         self, leases: Mapping[str, str], *, lease_seconds: float, now: float
@@ -352,7 +373,7 @@ class SqliteExecutionLog(StorageLifecycle):
         statement, parameters = SQL.list_flows(query)
 
         def select(connection: sqlite3.Connection) -> list[ScheduledFlow]:
-            return [flow_from_row(row) for row in connection.execute(statement, parameters)]
+            return [flow_from_row(row) for row in select_rows(connection, statement, parameters)]
 
         return await self._open_file().read(select, small=False)
 

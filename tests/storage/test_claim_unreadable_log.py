@@ -13,7 +13,6 @@ pause and reports the error, and the other flows of its claim run on.
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -37,15 +36,14 @@ from pyergon.storage._postgres_sql import quote_identifier
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.postgres import PostgresExecutionLog
 from pyergon.storage.redis import RedisExecutionLog
-from pyergon.storage.sqlite import SqliteExecutionLog
 from tests.conftest import (
-    POSTGRES_DSN,
     REDIS_URL,
     drop_redis_keys,
     drop_schema,
-    require_postgres,
     require_redis,
 )
+from tests.storage.test_sql_damage import Damageable as SqlDamageable
+from tests.storage.test_sql_damage import SetColumn, open_postgres, open_sqlite
 
 BODY_RUNS: list[str] = []
 LEASE_SECONDS = 30.0
@@ -78,44 +76,23 @@ class Damageable:
     damage_first_record: Damage
 
 
+async def _damaging_status(opened: AsyncIterator[SqlDamageable]) -> AsyncIterator[Damageable]:
+    async for backend in opened:
+
+        async def damage(flow_id: str, set_column: SetColumn = backend.set_column) -> None:
+            await set_column("invocations", flow_id, "status", "'NO-SUCH-STATUS'")
+
+        yield Damageable(backend.storage, damage)
+
+
 async def _sqlite(tmp_path: Path) -> AsyncIterator[Damageable]:
-    path = tmp_path / "flows.db"
-
-    async def damage(flow_id: str) -> None:
-        with sqlite3.connect(path) as connection:  # another process, as far as pyergon knows
-            connection.execute(
-                "UPDATE invocations SET status = 'NO-SUCH-STATUS' "
-                "WHERE flow_id = ? AND sequence = 1",
-                (flow_id,),
-            )
-        connection.close()
-
-    async with SqliteExecutionLog(path) as storage:
-        yield Damageable(storage, damage)
+    async for opened in _damaging_status(open_sqlite(tmp_path)):
+        yield opened
 
 
-async def _postgres(_tmp_path: Path) -> AsyncIterator[Damageable]:
-    import asyncpg
-
-    await require_postgres()
-    schema = f"pyergon_test_{uuid.uuid4().hex[:12]}"
-
-    async def damage(flow_id: str) -> None:
-        connection = await asyncpg.connect(POSTGRES_DSN)
-        try:
-            await connection.execute(
-                f"UPDATE {quote_identifier(schema)}.invocations SET status = 'NO-SUCH-STATUS' "
-                "WHERE flow_id = $1 AND sequence = 1",
-                flow_id,
-            )
-        finally:
-            await connection.close()
-
-    try:
-        async with PostgresExecutionLog(POSTGRES_DSN, schema=schema) as storage:
-            yield Damageable(storage, damage)
-    finally:
-        await drop_schema(schema)
+async def _postgres(tmp_path: Path) -> AsyncIterator[Damageable]:
+    async for opened in _damaging_status(open_postgres(tmp_path)):
+        yield opened
 
 
 async def _redis(_tmp_path: Path) -> AsyncIterator[Damageable]:

@@ -2,20 +2,24 @@
 
 A flow's and a record's fields are kept in columns of the same names, enums by value and an
 error spread over four columns. A row is read by column name, as both ``sqlite3.Row`` and
-asyncpg's ``Record`` allow.
+asyncpg's ``Record`` allow, and each column is checked to hold its kind of value: a row that
+someone else wrote or damaged gives a :class:`~pyergon.errors.CorruptStorageError` naming the
+flow and the column, never a bare ``ValueError`` from deep inside.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
-from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.core.status import TaskStatus
+from pyergon.errors import CorruptStorageError
 
 __all__ = [
     "ERROR_COLUMNS",
@@ -24,8 +28,10 @@ __all__ = [
     "column_values",
     "flow_from_row",
     "invocation_from_row",
+    "readable_flow",
     "signal_from_row",
     "status_counts",
+    "wake_time",
     "written_columns",
 ]
 
@@ -101,32 +107,160 @@ def written_columns(changes: Mapping[str, object]) -> dict[str, object]:
     return columns
 
 
-def _record_fields(row: Any) -> dict[str, Any]:
-    """Keyword arguments rebuilding a record from its row; enums are left to the caller."""
-    fields = dict(zip(row.keys(), row, strict=True))
-    error = [fields.pop(column) for column in ERROR_COLUMNS]
+class _Unreadable(ValueError):
+    """A stored value is not of its column's kind."""
+
+
+def _exactly(kind: type) -> Callable[[object], object]:
+    """A reader of a column whose values are of ``kind`` exactly (a ``bool`` is no ``int``)."""
+
+    def read(value: object) -> object:
+        if type(value) is not kind:
+            raise _Unreadable
+        return value
+
+    return read
+
+
+def _number(value: object) -> float:
+    # SQLite keeps text that does not look like a number in a REAL column; PostgreSQL's
+    # double precision holds NaN and infinities. Neither is a time pyergon wrote.
+    if (type(value) is float or type(value) is int) and math.isfinite(value):
+        return value
+    raise _Unreadable
+
+
+def _flag(value: object) -> bool:
+    if value is True or value is False:
+        return value
+    if type(value) is int and value in (0, 1):  # SQLite stores 0 or 1
+        return bool(value)
+    raise _Unreadable
+
+
+def _enum_reader(enum: type[Enum]) -> Callable[[object], object]:
+    members = {member.value: member for member in enum}
+
+    def read(value: object) -> object:
+        try:
+            return members[value]
+        except (KeyError, TypeError):
+            raise _Unreadable from None
+
+    return read
+
+
+_READERS: dict[object, tuple[Callable[[object], object], str]] = {
+    str: (_exactly(str), "UTF-8 text"),
+    bytes: (_exactly(bytes), "bytes"),
+    float: (_number, "a finite number"),
+    int: (_exactly(int), "an integer"),
+    bool: (_flag, "a flag (0 or 1)"),
+}
+"""How a column holding each kind of value is read, and what it should hold."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Column:
+    """How one stored column is read back."""
+
+    name: str
+    read: Callable[[object], object]
+    holds: str
+    optional: bool
+
+
+def _columns(record_type: type[ScheduledFlow | Invocation]) -> tuple[_Column, ...]:
+    hints = typing.get_type_hints(record_type)
+    hints |= {"error_type": str | None, "error_message": str | None}
+    hints |= {"error_traceback": str | None, "error_payload": bytes | None}
+    columns = []
+    for name in _LAYOUTS[record_type].columns:
+        kinds = typing.get_args(hints[name]) or (hints[name],)
+        (kind,) = [kind for kind in kinds if kind is not type(None)]
+        if isinstance(kind, type) and issubclass(kind, Enum):
+            read, holds = _enum_reader(kind), f"a {kind.__name__} value"
+        else:
+            read, holds = _READERS[kind]
+        columns.append(_Column(name, read, holds, type(None) in kinds))
+    return tuple(columns)
+
+
+_COLUMNS = {record_type: _columns(record_type) for record_type in (ScheduledFlow, Invocation)}
+
+
+def _read_columns(
+    row: Any, record_type: type[ScheduledFlow | Invocation], what: str
+) -> tuple[dict[str, Any], CorruptStorageError | None]:
+    """The fields of ``row`` that can be read, and the first column that cannot, if any.
+
+    Args:
+        row: A ``sqlite3.Row`` or an asyncpg ``Record`` of the record type's table.
+        record_type: What the row stores.
+        what: The record the row stores, for the message (``flow 'order-1'``).
+    """
+    fields: dict[str, Any] = {}
+    damage = None
+    for column in _COLUMNS[record_type]:
+        value = row[column.name]
+        if value is None and column.optional:
+            fields[column.name] = None
+            continue
+        try:
+            fields[column.name] = column.read(value)
+        except _Unreadable:
+            if damage is None:
+                held = "nothing" if value is None else repr(value)[:80]
+                damage = CorruptStorageError(
+                    f"column {column.name!r} of {what} holds {held}, which is not "
+                    f"{column.holds}; pyergon cannot read it. Fix the column or delete the flow."
+                )
+    error = [fields.pop(column, None) for column in ERROR_COLUMNS]
     if error[0] is not None:
-        fields["error"] = StoredError.from_stored(*error)
-    return fields
+        fields["error"] = StoredError.from_stored(
+            error[0], error[1] or "", error[2] or "", error[3]
+        )
+    return fields, damage
+
+
+def _flow_name(row: Any) -> str:
+    return f"flow {row['flow_id']!r}"
+
+
+def readable_flow(row: Any) -> tuple[dict[str, Any], CorruptStorageError | None]:
+    """The fields of a ``flows`` row that can be read, and what cannot be, if anything.
+
+    For a flow a claim took: its claimer fails it with the damage (see
+    :func:`~pyergon.storage.base.damaged_run`) rather than the claim raising it.
+    """
+    return _read_columns(row, ScheduledFlow, _flow_name(row))
 
 
 def flow_from_row(row: Any) -> ScheduledFlow:
-    """Rebuild a flow from its ``flows`` row (a ``sqlite3.Row`` or an asyncpg ``Record``)."""
-    fields = _record_fields(row)
-    return ScheduledFlow(
-        **fields
-        | {
-            "status": TaskStatus(fields["status"]),
-            "cancel_requested": bool(fields["cancel_requested"]),  # SQLite stores 0 or 1
-        }
-    )
+    """Rebuild a flow from its ``flows`` row (a ``sqlite3.Row`` or an asyncpg ``Record``).
+
+    Raises:
+        CorruptStorageError: A column holds what pyergon did not write there; the message
+            names the flow and the column.
+    """
+    fields, damage = _read_columns(row, ScheduledFlow, _flow_name(row))
+    if damage is not None:
+        raise damage
+    return ScheduledFlow(**fields)
 
 
 def invocation_from_row(row: Any) -> Invocation:
-    """Rebuild a record from its ``invocations`` row."""
-    fields = _record_fields(row)
-    kind, status = OperationKind(fields["kind"]), InvocationStatus(fields["status"])
-    return Invocation(**fields | {"kind": kind, "status": status})
+    """Rebuild a record from its ``invocations`` row.
+
+    Raises:
+        CorruptStorageError: A column holds what pyergon did not write there; the message
+            names the flow, the record's position and the column.
+    """
+    what = f"record {row['sequence']!r}.{row['sub_sequence']!r} of flow {row['flow_id']!r}"
+    fields, damage = _read_columns(row, Invocation, what)
+    if damage is not None:
+        raise damage
+    return Invocation(**fields)
 
 
 def signal_from_row(row: Any) -> SignalRecord:
@@ -134,8 +268,31 @@ def signal_from_row(row: Any) -> SignalRecord:
     return SignalRecord(row["flow_id"], row["name"], row["payload"], row["sent_at"])
 
 
+def wake_time(value: object) -> float | None:
+    """The earliest wake time a query found, or ``None``.
+
+    Text (SQLite sorts it after every number) or NaN (PostgreSQL sorts it after every number)
+    is the wake time of no flow a claim can take: there is no timer to wait for.
+    """
+    try:
+        return None if value is None else _number(value)
+    except _Unreadable:
+        return None
+
+
 def status_counts(rows: Iterable[Sequence[Any]]) -> dict[TaskStatus, int]:
-    """Every status with its count, from rows of ``(status, count)`` (absent statuses count 0)."""
+    """Every status with its count, from rows of ``(status, count)`` (absent statuses count 0).
+
+    Raises:
+        CorruptStorageError: A status is not one pyergon writes.
+    """
     counts = dict.fromkeys(TaskStatus, 0)
-    counts.update((TaskStatus(status), count) for status, count in rows)
+    for status, count in rows:
+        try:
+            counts[TaskStatus(status)] = count
+        except ValueError:
+            raise CorruptStorageError(
+                f"{count} stored flow(s) have status {status!r}, which is not a flow status; "
+                "fix their status column or delete them"
+            ) from None
     return counts
