@@ -7,7 +7,16 @@ from enum import StrEnum
 __all__ = ["InvocationStatus", "OperationKind", "TaskStatus"]
 
 
-class TaskStatus(StrEnum):
+class _Status(StrEnum):
+    """What a flow's and a record's statuses share: some of them are final."""
+
+    @property
+    def is_final(self) -> bool:
+        """Whether nothing changes this flow or record again by itself (see each status)."""
+        return self in _FINAL[type(self)]
+
+
+class TaskStatus(_Status):
     """Where a flow stands.
 
     ``PENDING`` flows wait in the queue, ``RUNNING`` ones are held by an executor or worker,
@@ -22,13 +31,8 @@ class TaskStatus(StrEnum):
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
 
-    @property
-    def is_final(self) -> bool:
-        """Whether the flow has finished and will not run again by itself."""
-        return self in _FINAL_FLOW
 
-
-class InvocationStatus(StrEnum):
+class InvocationStatus(_Status):
     """Where one recorded operation (a step, timer, signal wait, child or value) stands.
 
     ``COMPLETE`` and ``FAILED`` are final: the record never changes again.
@@ -40,11 +44,6 @@ class InvocationStatus(StrEnum):
     WAITING_FOR_CHILD = "WAITING_FOR_CHILD"
     COMPLETE = "COMPLETE"
     FAILED = "FAILED"
-
-    @property
-    def is_final(self) -> bool:
-        """Whether the record holds a result or an error and will not change again."""
-        return self in _FINAL_RECORD
 
 
 class OperationKind(StrEnum):
@@ -60,5 +59,7 @@ class OperationKind(StrEnum):
 
 # Sets made once: ``is_final`` is asked several times per step, and a tuple of members built on
 # each call cost 0.5 us against 0.04 for a look-up in a set.
-_FINAL_FLOW = frozenset((TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CANCELLED))
-_FINAL_RECORD = frozenset((InvocationStatus.COMPLETE, InvocationStatus.FAILED))
+_FINAL: dict[type[_Status], frozenset[_Status]] = {
+    TaskStatus: frozenset((TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CANCELLED)),
+    InvocationStatus: frozenset((InvocationStatus.COMPLETE, InvocationStatus.FAILED)),
+}
