@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from typing import Any, cast
@@ -53,6 +54,9 @@ __all__ = ["DEFAULT_DSN", "PostgresExecutionLog"]
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 """The server the test suite and the examples use."""
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds a new connection may take; a port where another server listens never answers."""
 
 
 def _import_asyncpg() -> Any:
@@ -113,10 +117,14 @@ class PostgresExecutionLog(StorageLifecycle):
         schema: The schema holding pyergon's tables, created on first connect.
         min_size: Connections the pool keeps open.
         max_size: Connections the pool opens at most.
+        connect_timeout: Seconds opening one connection may take before it fails with a
+            :class:`~pyergon.errors.StorageError` naming the host and port (asyncpg's own
+            default is 60 s).
 
     Raises:
         ImportError: asyncpg is not installed.
-        ValueError: ``schema`` is empty or longer than PostgreSQL's 63-byte names.
+        ValueError: ``schema`` is empty or longer than PostgreSQL's 63-byte names, or
+            ``connect_timeout`` is not a positive number of seconds.
 
     Example:
         >>> async with PostgresExecutionLog("postgresql://app@db/app") as storage:  # doctest: +SKIP
@@ -133,6 +141,7 @@ class PostgresExecutionLog(StorageLifecycle):
         schema: str = "pyergon",
         min_size: int = 1,
         max_size: int = 10,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         driver = self._driver = _import_asyncpg()
         self._failures: tuple[type[Exception], ...] = (
@@ -154,6 +163,13 @@ class PostgresExecutionLog(StorageLifecycle):
         self._schema = validate_schema_name(schema)
         self._min_size = min_size
         self._max_size = max_size
+        if not (isinstance(connect_timeout, int | float) and math.isfinite(connect_timeout)) or (
+            connect_timeout <= 0
+        ):
+            raise ValueError(
+                f"connect_timeout must be a positive number of seconds, not {connect_timeout!r}"
+            )
+        self._connect_timeout = float(connect_timeout)
         self._sql = PostgresStatements(schema)
         self._channel = channel_name(schema)
         query = dict(parse_qsl(urlsplit(dsn).query))
@@ -163,7 +179,9 @@ class PostgresExecutionLog(StorageLifecycle):
         self._pool: Any = None
         self._lifecycle_lock = asyncio.Lock()
         self._listener = WorkListener(
-            lambda: driver.connect(dsn, server_settings=self._server_settings),
+            lambda: driver.connect(
+                dsn, server_settings=self._server_settings, timeout=self._connect_timeout
+            ),
             self._channel,
             lambda: self._driver_errors("listen for work on"),
         )
@@ -172,20 +190,34 @@ class PostgresExecutionLog(StorageLifecycle):
     def from_url(cls, url: str) -> PostgresExecutionLog:
         """Build an unconnected backend from ``postgresql://user@host:port/db[?schema=name]``.
 
+        Besides asyncpg's parameters the URL may hold ``schema`` and ``connect_timeout``
+        (seconds, as libpq spells it).
+
         Raises:
             InvalidStorageUrlError: A part of the URL cannot be used (the port, the ``schema``
-                parameter, repeated or not a usable name); the message names it.
+                or ``connect_timeout`` parameter, repeated or not usable); the message names it.
         """
         parts = server_url(url, "PostgreSQL")
         query = parse_qsl(parts.query, keep_blank_values=True)
-        schemas = [value for key, value in query if key == "schema"]
-        dsn = urlunsplit(parts._replace(query=urlencode([p for p in query if p[0] != "schema"])))
-        if len(schemas) > 1:
-            raise InvalidStorageUrlError(
-                f"{_public_dsn(url)!r} names more than one schema: give one"
-            )
+        ours = ("schema", "connect_timeout")
+        dsn = urlunsplit(parts._replace(query=urlencode([p for p in query if p[0] not in ours])))
+        options: dict[str, Any] = {}
+        for name in ours:
+            values = [value for key, value in query if key == name]
+            if len(values) > 1:
+                raise InvalidStorageUrlError(
+                    f"{_public_dsn(url)!r} gives {name} more than once: give it once"
+                )
+            if values:
+                options[name] = values[0]
         try:
-            return cls(dsn, schema=schemas[0]) if schemas else cls(dsn)
+            if "connect_timeout" in options:
+                seconds = options["connect_timeout"]
+                try:
+                    options["connect_timeout"] = float(seconds)
+                except ValueError:
+                    raise ValueError(f"connect_timeout {seconds!r} is not a number") from None
+            return cls(dsn, **options)
         except ValueError as error:
             raise InvalidStorageUrlError(f"{_public_dsn(url)!r} cannot be used: {error}") from error
 
@@ -197,6 +229,11 @@ class PostgresExecutionLog(StorageLifecycle):
     def dsn(self) -> str:
         """The server's URL, without its password."""
         return _public_dsn(self._dsn)
+
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds opening one connection may take."""
+        return self._connect_timeout
 
     @property
     def schema(self) -> str:
@@ -233,6 +270,7 @@ class PostgresExecutionLog(StorageLifecycle):
                 max_size=self._max_size,
                 server_settings=self._server_settings,
                 reset=_keep_session,
+                timeout=self._connect_timeout,
             )
             try:
                 with self._driver_errors("connect to"):
@@ -272,7 +310,15 @@ class PostgresExecutionLog(StorageLifecycle):
         """The :class:`StorageError` for an asyncpg or socket error, naming the server."""
         where = f"PostgreSQL storage {self.dsn} (schema {self._schema!r})"
         message = f"could not {action} {where}: {type(error).__name__}: {error}"
-        if isinstance(error, self._lost_connection):
+        if isinstance(error, TimeoutError):  # asyncpg's connect timeout; a statement has none
+            parts = urlsplit(self._dsn)
+            server = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+            message = (
+                f"could not {action} {where}: {server} did not answer as a PostgreSQL server "
+                f"within {self._connect_timeout:g} s. Check the host and port (is another "
+                "server listening there?), or give a longer `connect_timeout`"
+            )
+        elif isinstance(error, self._lost_connection):
             message += (
                 ". Check that the server is running and reachable; the storage reconnects "
                 "on its next call. A write in flight may or may not have been applied."

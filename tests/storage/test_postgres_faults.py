@@ -115,6 +115,30 @@ class TcpProxy:
         self._writers -= {writer, upstream_writer}
 
 
+async def test_a_port_where_another_server_listens_fails_within_the_connect_timeout(
+    redis_url: str,
+) -> None:
+    # Redis reads asyncpg's first message as half a command and waits for the rest: without a
+    # connect timeout of its own, asyncpg would wait 60 s.
+    redis = urlsplit(redis_url)
+    where = f"{redis.hostname}:{redis.port or 6379}"
+    storage = PostgresExecutionLog.from_url(f"postgresql://postgres@{where}/test?connect_timeout=1")
+
+    with pytest.raises(StorageError) as raised:
+        async with asyncio.timeout(30):  # the test's own bound, far above the 1 s asked for
+            await storage.connect()
+
+    message = str(raised.value)
+    assert f"{where} did not answer as a PostgreSQL server within 1 s" in message
+    assert "connect_timeout" in message and "\n" not in message
+    await storage.close()  # nothing was opened: nothing to close
+
+
+def test_the_connect_timeout_defaults_to_ten_seconds_at_most() -> None:
+    storage = PostgresExecutionLog.from_url("postgresql://postgres@127.0.0.1:5432/test")
+    assert 0 < storage.connect_timeout <= 10
+
+
 async def test_an_unreachable_server_raises_and_the_same_object_works_once_it_is_back(
     postgres_dsn: str, backends: Backends, make_flow: FlowFactory
 ) -> None:
