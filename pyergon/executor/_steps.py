@@ -142,10 +142,17 @@ async def _attempt_until_final(
 async def _with_timeout(
     context: FlowContext, position: Position, name: str, body: StepBody, timeout: float
 ) -> Any:
+    """Run ``body`` in a timeout scope, in this task as a step without a timeout runs.
+
+    Only the scope's own expiry becomes :class:`StepTimeoutError`: a ``TimeoutError`` the body
+    raises (an HTTP client's, say) stays the body's error, retried as the policy says.
+    """
+    scope = asyncio.timeout(timeout)
     try:
-        return await asyncio.wait_for(body(), timeout)
-    except TimeoutError as error:
-        if isinstance(error, StepTimeoutError):
+        async with scope:
+            return await body()
+    except TimeoutError:
+        if not scope.expired():
             raise
         raise StepTimeoutError(
             f"step {name!r} of {context.describe(position)} ran longer than its timeout of "

@@ -325,3 +325,36 @@ async def test_a_step_running_past_its_timeout_fails_with_step_timeout_error(
     assert record.status is InvocationStatus.FAILED
     assert record.error is not None
     assert record.error.short_type == "StepTimeoutError"
+
+
+class ClientTimeoutError(TimeoutError):
+    """What an HTTP client raises when its own, shorter timeout runs out."""
+
+
+@dataclass
+@flow_type
+class StepWithAClientTimeout:
+    label: str
+
+    @step(timeout=30)
+    async def call_service(self) -> str:
+        raise ClientTimeoutError("the service did not answer within 2 s")
+
+    @flow
+    async def run(self) -> str:
+        return await self.call_service()
+
+
+async def test_a_timeout_error_of_the_step_body_is_not_taken_for_the_step_timeout(
+    storage: ExecutionLog,
+) -> None:
+    outcome = await Executor(StepWithAClientTimeout("x"), storage, "client-1").run(
+        lambda f: f.run()
+    )
+
+    assert isinstance(outcome.error, ClientTimeoutError)
+    assert not isinstance(outcome.error, StepTimeoutError)
+    assert "did not answer within 2 s" in str(outcome.error)
+    (record,) = await storage.load_invocations("client-1")
+    assert record.error is not None
+    assert record.error.short_type == "ClientTimeoutError"
