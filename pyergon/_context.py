@@ -162,6 +162,8 @@ class FlowContext:
         replay_only: Run no step body and wait on nothing: stop where the log ends.
         lease: The worker's lease on the flow, checked before live work and every write;
             ``None`` (a direct run) never expires.
+        on_step_retry: Told of a step attempt that raised and runs again: the step's name,
+            the error, the attempt and the seconds until the next; a worker logs it.
     """
 
     flow_id: str
@@ -178,6 +180,7 @@ class FlowContext:
     cancellation: Cancellation | None = None
     replay_only: bool = False
     lease: LeaseCheck | None = None
+    on_step_retry: Callable[[str, BaseException, int, float], None] | None = None
     replayed_count: int = 0
     """Final records this run returned instead of doing the work again."""
     unsaved: list[Invocation] = field(default_factory=list)

@@ -117,6 +117,30 @@ def test_a_worker_runs_scheduled_flows_and_stops_on_sigterm(
     assert lines[0].startswith("pyergon worker cli-1 serving CliGreeting on SqliteExecutionLog(")
     assert "concurrency 10, lease 5 s" in lines[0]
     assert lines[-1] == "pyergon worker cli-1 stopped after 3 finished flow(s)"
+    assert "completed" not in errors  # completions are said with -v only
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is POSIX")
+def test_a_verbose_worker_logs_each_completed_flow(
+    tmp_path: Path, flows_module: ModuleType
+) -> None:
+    url = f"sqlite:///{tmp_path / 'flows.db'}"
+    worker = start_worker(
+        f"{FLOWS_MODULE}:Greeting", "--storage", url, "--id", "cli-v", "-v", cwd=tmp_path
+    )
+    try:
+        asyncio.run(
+            schedule_and_wait(url, [flows_module.Greeting(name) for name in ("ann", "bob")])
+        )
+        worker.send_signal(signal.SIGTERM)
+        _, errors = worker.communicate(timeout=STOP_DEADLINE)
+    finally:
+        worker.kill()
+
+    assert worker.returncode == 0, errors
+    completed = [line for line in errors.splitlines() if line.endswith("(CliGreeting) completed")]
+    assert len(completed) == 2, errors
+    assert all(" INFO worker cli-v: flow " in line for line in completed)
 
 
 @pytest.mark.parametrize(

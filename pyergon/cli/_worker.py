@@ -65,6 +65,7 @@ class WorkerSettings:
         worker_id: The worker's name, recorded as the lease owner of the flows it runs.
         concurrency: Flows run at once.
         lease_seconds: How long a claim lasts without renewal.
+        verbose: Log each completed flow too, not only failures, retries and lost leases.
     """
 
     flow_specs: Sequence[str]
@@ -72,6 +73,7 @@ class WorkerSettings:
     worker_id: str
     concurrency: int
     lease_seconds: float
+    verbose: bool = False
 
 
 def default_storage_url() -> str:
@@ -154,6 +156,8 @@ def run_worker(settings: WorkerSettings) -> int:
         raise WorkerUsageError(str(error)) from None
     flow_classes = [load_flow_class(spec) for spec in settings.flow_specs]
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    if settings.verbose:  # pyergon's info lines, not those of every library it uses
+        logging.getLogger("pyergon").setLevel(logging.INFO)
     asyncio.run(_serve(settings, flow_classes))
     return 0
 

@@ -128,6 +128,13 @@ def _add_worker(subcommands: _Subcommands) -> None:
         help="how long a claim lasts without renewal; a dead worker's flows move on after it "
         "(default: 30)",
     )
+    worker.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also log each flow that completes or is cancelled (failures, retries and lost "
+        "leases are always logged)",
+    )
     worker.set_defaults(handler=_run_worker)
 
 
@@ -293,6 +300,7 @@ def _run_worker(arguments: argparse.Namespace) -> int:
         worker_id=arguments.worker_id or default_worker_id(),
         concurrency=int(arguments.concurrency),
         lease_seconds=float(arguments.lease),
+        verbose=bool(arguments.verbose),
     )
     return run_worker(settings)
 

@@ -20,6 +20,7 @@ from pyergon.clock import Clock, SystemClock
 from pyergon.core.records import StoredError
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
+from pyergon.executor._talk import FlowTalk
 from pyergon.storage._flows import HeldFlow
 from pyergon.storage.base import ExecutionLog
 
@@ -242,9 +243,11 @@ class LeaseWriter:
             self._lost(end.status)
 
     def _lost(self, status: TaskStatus) -> None:
+        flow = self.held.flow
         logger.warning(
-            "flow %r: lease lost before it could be set %s; another worker holds it",
-            self.held.flow_id,
+            "flow %r (%s): lease lost before it could be set %s; another worker holds it",
+            flow.flow_id,
+            flow.flow_type,
             status.value,
         )
 
@@ -342,22 +345,16 @@ class LeaseKeeper:
             return None
         return lease
 
-    async def run(self, flow_id: str, run: Awaitable[None]) -> None:
-        """Await the run of ``flow_id``; if its lease runs out, it ends having written nothing.
+    async def run(self, talk: FlowTalk, run: Awaitable[None]) -> None:
+        """Await the run of a flow; if its lease runs out, it ends having written nothing.
 
-        That is said in one log line; no release is attempted (another worker may hold the
-        flow already), so the flow is claimed again once its lease ends in storage.
+        That is said in one log line (by ``talk``); no release is attempted (another worker
+        may hold the flow already), so the flow is claimed again once its lease ends in storage.
         """
         try:
             await run
         except LeaseExpired as expired:
-            logger.warning(
-                "worker %s: stopped flow %r without writing anything: %s; another worker may "
-                "hold it, and it runs again from its stored log",
-                self._worker_id,
-                flow_id,
-                expired,
-            )
+            talk.lease_lost(str(expired))
 
     async def renew_forever(self, running: Mapping[str, Claim]) -> None:
         """Renew the leases of the flows in ``running`` every third of a lease, until cancelled.

@@ -89,6 +89,9 @@ class FlowRun:
         attempt: The flow-level attempt this run starts as.
         log: The flow's records; read from storage when ``None``.
         lease: A worker's lease on the flow (see ``FlowContext.lease``); ``None``: a direct run.
+        on_attempt_failed: Told of each flow-level attempt that raised: the error, the attempt
+            and the seconds until the next (``None``: the flow failed); a worker logs it.
+        on_step_retry: See ``FlowContext.on_step_retry``.
     """
 
     flow: Any
@@ -105,6 +108,8 @@ class FlowRun:
     replay_only: bool = False
     observe: Callable[[FlowContext], None] | None = None
     lease: LeaseCheck | None = None
+    on_attempt_failed: Callable[[BaseException, int, float | None], None] | None = None
+    on_step_retry: Callable[[str, BaseException, int, float], None] | None = None
 
 
 async def read_log(storage: ExecutionLog, flow_id: str) -> dict[Position, Invocation]:
@@ -144,6 +149,7 @@ async def drive_flow(run: FlowRun) -> FlowOutcome[Any]:
             cancellation=run.cancellation,
             replay_only=run.replay_only,
             lease=run.lease,
+            on_step_retry=run.on_step_retry,
         )
         try:
             outcome = await _attempt(run, context, attempt)
@@ -191,13 +197,17 @@ async def _attempt(run: FlowRun, context: FlowContext, attempt: int) -> FlowOutc
         if context.suspensions:
             return await _suspend(run, context, attempt)
         delay = await _plan_retry(run, context, error, attempt)
+        wake_at = None if delay is None else run.clock.now() + delay
         if delay is None:
             stored = StoredError.describe(error, serialize_exception(run.serializer, error))
             await run.writer.write(context, _final(TaskStatus.FAILED, attempt, error=stored))
+        elif delay > 0:
+            await run.writer.write(context, _suspended(wake_at, attempt + 1))
+        if run.on_attempt_failed is not None:  # said once it is stored
+            run.on_attempt_failed(error, attempt, delay)
+        if delay is None:
             return Completed(run.flow_id, error=error, status=TaskStatus.FAILED)
         if delay > 0:
-            wake_at = run.clock.now() + delay
-            await run.writer.write(context, _suspended(wake_at, attempt + 1))
             name = f"retry-after-attempt-{attempt}"
             return Suspended(run.flow_id, SuspendReason.RETRY, (name,), wake_at)
         return attempt + 1

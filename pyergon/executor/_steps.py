@@ -125,7 +125,10 @@ async def _attempt_until_final(
             if not retry:
                 raise
             await context.save()  # the attempt count survives a crash during the backoff
-            await context.clock.sleep(policy.delay_after(attempts))
+            delay = policy.delay_after(attempts)
+            if context.on_step_retry is not None:
+                context.on_step_retry(name, error, attempts, delay)
+            await context.clock.sleep(delay)
             continue
         except BaseException:
             leave_step(scope)

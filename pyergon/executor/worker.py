@@ -43,6 +43,7 @@ from pyergon.executor._leases import (
     release_quietly,
 )
 from pyergon.executor._runner import FlowRun, drive_flow, log_by_position, stored_outcome
+from pyergon.executor._talk import FlowTalk, served_in_process, serving
 from pyergon.serialization import Serializer, serialize_exception, serializer_for
 from pyergon.storage._flows import HeldFlow
 from pyergon.storage.base import ClaimedRun, ExecutionLog, wait_for_event
@@ -196,20 +197,21 @@ class Worker:
         self._stopping = False
         renewer = asyncio.create_task(self._leases.renew_forever(self._running))
         try:
-            while True:
-                await self._fill_slots()
-                if self._running:
-                    await asyncio.wait(
-                        [claim.task for claim in self._running.values()],
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                    continue
-                if not wait_for_timers:
-                    return self.flows_finished - finished_before
-                wake_at = await self.storage.next_wake_at(self._registry)
-                if wake_at is None:
-                    return self.flows_finished - finished_before
-                await self.clock.sleep(wake_at - self.clock.now())
+            with serving(self):
+                while True:
+                    await self._fill_slots()
+                    if self._running:
+                        await asyncio.wait(
+                            [claim.task for claim in self._running.values()],
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                        continue
+                    if not wait_for_timers:
+                        return self.flows_finished - finished_before
+                    wake_at = await self.storage.next_wake_at(self._registry)
+                    if wake_at is None:
+                        return self.flows_finished - finished_before
+                    await self.clock.sleep(wake_at - self.clock.now())
         finally:
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)
@@ -222,30 +224,31 @@ class Worker:
             self._leases.renew_forever(self._running), name=f"pyergon-lease-{self.worker_id}"
         )
         try:
-            while not self._stopping:
-                # Wall-clock time, not self.clock: it says whether this loop is alive.
-                self.last_heartbeat = time.time()
-                self._kick.clear()
-                until_check = self._until_cancel_check()
-                if until_check is not None and until_check <= 0:
-                    # Two independent looks at storage: one round trip's wait, not two.
-                    await asyncio.gather(self._fill_slots(), self._check_cancellations())
-                else:
-                    await self._fill_slots()
-                timeout = await self._idle_timeout()
-                until_check = self._until_cancel_check()
-                if self._cancel_look_owed and until_check is not None:
-                    # Woken by storage since the last look, while flows run: the wake-up may be
-                    # a cancel request, so look as soon as the interval allows.
-                    timeout = min(timeout, max(until_check, 0.0))
-                if self._stopping:
-                    break
-                # Work that is due already, or a kick meanwhile: claim again after one pass of
-                # the loop (a timed wait would cost several while claimed flows hold it).
-                if timeout <= 0 or self._kick.is_set():
-                    await asyncio.sleep(0)
-                    continue
-                await wait_for_event(self._kick, timeout)
+            with serving(self):
+                while not self._stopping:
+                    # Wall-clock time, not self.clock: it says whether this loop is alive.
+                    self.last_heartbeat = time.time()
+                    self._kick.clear()
+                    until_check = self._until_cancel_check()
+                    if until_check is not None and until_check <= 0:
+                        # Two independent looks at storage: one round trip's wait, not two.
+                        await asyncio.gather(self._fill_slots(), self._check_cancellations())
+                    else:
+                        await self._fill_slots()
+                    timeout = await self._idle_timeout()
+                    until_check = self._until_cancel_check()
+                    if self._cancel_look_owed and until_check is not None:
+                        # Woken by storage since the last look, while flows run: the wake-up may be
+                        # a cancel request, so look as soon as the interval allows.
+                        timeout = min(timeout, max(until_check, 0.0))
+                    if self._stopping:
+                        break
+                    # Work that is due already, or a kick meanwhile: claim again after one pass of
+                    # the loop (a timed wait would cost several while claimed flows hold it).
+                    if timeout <= 0 or self._kick.is_set():
+                        await asyncio.sleep(0)
+                        continue
+                    await wait_for_event(self._kick, timeout)
         finally:
             listener.cancel()
             renewer.cancel()
@@ -328,9 +331,10 @@ class Worker:
             return  # answered too late: another worker may hold it already
         writer = LeaseWriter(HeldFlow(self.storage, flow, flow.lease_token), lease)
         cancel = CancelFlag(flow.cancel_requested)
+        talk = FlowTalk(self.worker_id, flow.flow_id, flow.flow_type)
         task = asyncio.create_task(
             self._leases.run(
-                flow.flow_id, self._run_claimed(flow, claimed.log, writer, cancel, claimed.damage)
+                talk, self._run_claimed(flow, claimed.log, writer, cancel, claimed.damage, talk)
             ),
             name=f"pyergon-flow-{flow.flow_id}",
         )
@@ -384,7 +388,8 @@ class Worker:
         records: list[Invocation] | None,
         writer: LeaseWriter,
         cancel: CancelFlag,
-        damage: CorruptStorageError | None = None,
+        damage: CorruptStorageError | None,
+        talk: FlowTalk,
     ) -> None:
         try:
             if damage is not None:
@@ -396,7 +401,7 @@ class Worker:
             await self._leave_refused(flow, writer, error)
             return
         except Exception as error:
-            logger.error("flow %r cannot be started: %s", flow.flow_id, error)
+            logger.error("worker %s: %s cannot be started: %s", self.worker_id, talk.flow, error)
             self._report(error, flow.flow_id)
             await writer.fail(StoredError.describe(error), flow.attempt)
             self.flows_finished += 1
@@ -417,6 +422,8 @@ class Worker:
                     log=None if records is None else log_by_position(records),
                     cancellation=cancel,
                     lease=writer.lease,
+                    on_attempt_failed=talk.attempt_failed,
+                    on_step_retry=talk.step_retry,
                 )
             )
         except asyncio.CancelledError:
@@ -425,7 +432,9 @@ class Worker:
             raise
         except NonDeterminismError as error:
             # The code no longer matches the log; running it again would fail the same way.
-            logger.error("flow %r no longer matches its log: %s", flow.flow_id, error)
+            logger.error(
+                "worker %s: %s no longer matches its log: %s", self.worker_id, talk.flow, error
+            )
             self._report(error, flow.flow_id)
             stored_error = StoredError.describe(error, serialize_exception(self.serializer, error))
             await writer.fail(stored_error, flow.attempt)
@@ -439,9 +448,9 @@ class Worker:
             # pause that grows while the failure repeats, so its steps do not rerun in a loop.
             failures, delay = self._next_pause(flow.flow_id)
             logger.error(
-                "worker %s failed running flow %r (%d in a row; next try in %.1f s): %r",
+                "worker %s failed running %s (%d in a row; next try in %.1f s): %r",
                 self.worker_id,
-                flow.flow_id,
+                talk.flow,
                 failures,
                 delay,
                 error,
@@ -450,6 +459,7 @@ class Worker:
             await release_quietly(writer, "failed", wake_at=self.clock.now() + delay)
             return
         self._failed_runs.pop(flow.flow_id, None)
+        talk.outcome(outcome)
         if not isinstance(outcome, Suspended):
             self.flows_finished += 1
 
@@ -517,6 +527,12 @@ class Worker:
         )
         if not created:
             refuse_foreign_child(stored, parent.flow_id, sequence)
+        elif type_name not in self._registry and not served_in_process(type_name):
+            claim = self._running.get(parent.flow_id)
+            parent_type = "?" if claim is None else claim.writer.held.flow.flow_type
+            FlowTalk(self.worker_id, parent.flow_id, parent_type).child_not_served(
+                child_id, type_name
+            )
         if stored.status.is_final:
             return stored_outcome(stored, self.serializer)
         return Suspended(child_id, SuspendReason.CHILD, (child_id,))

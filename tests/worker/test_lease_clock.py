@@ -170,7 +170,7 @@ async def test_no_step_body_starts_once_the_lease_ran_out(
     assert calls == {"first": 1}  # the second step's body never started
     await assert_left_running_by_a(storage, flow_id)
     assert len(dropped_lines(caplog)) == 1
-    assert flow_id in dropped_lines(caplog)[0]
+    assert f"flow {flow_id!r} (BlocksPastLease) lost its lease" in dropped_lines(caplog)[0]
 
 
 async def test_the_next_owner_runs_the_flow_and_each_body_after_the_loss_once() -> None:
