@@ -11,12 +11,15 @@ import re
 from typing import Any
 
 from pyergon._context import FlowContext, FlowSuspend, Position, require_context
+from pyergon.clock import Clock
 from pyergon.core.outcome import Completed, SuspendReason
 from pyergon.core.records import ScheduledFlow, StoredError, format_position
-from pyergon.core.status import InvocationStatus, OperationKind
+from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.errors import FlowStateError, InvalidFlowIdError
+from pyergon.executor._inputs import encode_flow
 from pyergon.executor._steps import replay_final
-from pyergon.serialization import serialize_exception
+from pyergon.serialization import Serializer, serialize_exception
+from pyergon.storage.base import ExecutionLog
 
 __all__ = [
     "ChildHandle",
@@ -24,6 +27,7 @@ __all__ = [
     "refuse_child_namespace",
     "refuse_foreign_child",
     "start_child",
+    "store_child",
 ]
 
 _CHILD_ID_END = re.compile(r"~child-[0-9]+(?:\.[0-9]+)?\Z")
@@ -52,6 +56,47 @@ def refuse_child_namespace(flow_id: str) -> str:
             "'~child-' and a number"
         )
     return flow_id
+
+
+async def store_child(
+    storage: ExecutionLog,
+    serializer: Serializer,
+    clock: Clock,
+    child: object,
+    type_name: str,
+    child_id: str,
+    parent: FlowContext,
+    position: Position,
+) -> tuple[ScheduledFlow, bool]:
+    """Store ``child`` (a checked flow of type ``type_name``) as the child of ``parent``.
+
+    It is stored at ``child_id`` as started at the parent's ``position``, for a worker to run.
+
+    Returns:
+        The flow stored under ``child_id`` and whether this call created it (else it was
+        stored by an earlier run of the parent).
+
+    Raises:
+        FlowStateError: Another flow, not this child, is stored under ``child_id``.
+    """
+    parent.check_lease()
+    now = clock.now()
+    sequence = format_position(*position)
+    stored, created = await storage.create_flow(
+        ScheduledFlow(
+            flow_id=child_id,
+            flow_type=type_name,
+            payload=encode_flow(serializer, child, type_name),
+            status=TaskStatus.PENDING,
+            created_at=now,
+            updated_at=now,
+            parent_flow_id=parent.flow_id,
+            parent_sequence=sequence,
+        )
+    )
+    if not created:
+        refuse_foreign_child(stored, parent.flow_id, sequence)
+    return stored, created
 
 
 def refuse_foreign_child(stored: ScheduledFlow, parent_flow_id: str, sequence: str) -> None:

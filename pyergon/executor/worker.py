@@ -21,8 +21,7 @@ from pyergon._context import FlowContext, Position
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import FlowOutcome, Suspended, SuspendReason
 from pyergon.core.query import ClaimRequest
-from pyergon.core.records import Invocation, ScheduledFlow, StoredError, format_position
-from pyergon.core.status import TaskStatus
+from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import (
     CorruptStorageError,
@@ -30,8 +29,8 @@ from pyergon.errors import (
     PyergonError,
     SignatureError,
 )
-from pyergon.executor._child import refuse_foreign_child
-from pyergon.executor._inputs import decode_flow, encode_flow
+from pyergon.executor._child import store_child
+from pyergon.executor._inputs import decode_flow
 from pyergon.executor._leases import (
     DONE,
     Backoff,
@@ -510,24 +509,10 @@ class Worker:
     ) -> FlowOutcome[Any]:
         type_name = require_flow_instance(child)
         flow_entry(type(child))
-        parent.check_lease()
-        now = self.clock.now()
-        sequence = format_position(*position)
-        stored, created = await self.storage.create_flow(
-            ScheduledFlow(
-                flow_id=child_id,
-                flow_type=type_name,
-                payload=encode_flow(self.serializer, child, type_name),
-                status=TaskStatus.PENDING,
-                created_at=now,
-                updated_at=now,
-                parent_flow_id=parent.flow_id,
-                parent_sequence=sequence,
-            )
+        stored, created = await store_child(
+            self.storage, self.serializer, self.clock, child, type_name, child_id, parent, position
         )
-        if not created:
-            refuse_foreign_child(stored, parent.flow_id, sequence)
-        elif type_name not in self._registry and not served_in_process(type_name):
+        if created and type_name not in self._registry and not served_in_process(type_name):
             claim = self._running.get(parent.flow_id)
             parent_type = "?" if claim is None else claim.writer.held.flow.flow_type
             FlowTalk(self.worker_id, parent.flow_id, parent_type).child_not_served(
