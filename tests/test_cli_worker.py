@@ -94,25 +94,36 @@ async def schedule_and_wait(url: str, flows: list[object]) -> list[str]:
     return [outcomes[flow_id].result for flow_id in ids]
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is POSIX")
-def test_a_worker_runs_scheduled_flows_and_stops_on_sigterm(
-    tmp_path: Path, flows_module: ModuleType
-) -> None:
+def serve_greetings(
+    tmp_path: Path, flows_module: ModuleType, names: list[str], *options: str
+) -> tuple[subprocess.Popen[str], list[str], str, str]:
+    """Run a worker with ``options``, greet ``names`` through it, stop it with SIGTERM.
+
+    Returns:
+        The worker process, the greetings, and its stdout and stderr.
+    """
     url = f"sqlite:///{tmp_path / 'flows.db'}"
-    worker = start_worker(
-        f"{FLOWS_MODULE}:Greeting", "--storage", url, "--id", "cli-1", "--lease", "5", cwd=tmp_path
-    )
+    worker = start_worker(f"{FLOWS_MODULE}:Greeting", "--storage", url, *options, cwd=tmp_path)
     try:
-        results = asyncio.run(
-            schedule_and_wait(url, [flows_module.Greeting(name) for name in ("ann", "bob", "cy")])
-        )
+        results = asyncio.run(schedule_and_wait(url, [flows_module.Greeting(n) for n in names]))
         worker.send_signal(signal.SIGTERM)
         output, errors = worker.communicate(timeout=STOP_DEADLINE)
     finally:
         worker.kill()
-
     assert worker.returncode == 0, errors
-    assert results == [f"hello {name} from {worker.pid}" for name in ("ann", "bob", "cy")]
+    return worker, results, output, errors
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is POSIX")
+def test_a_worker_runs_scheduled_flows_and_stops_on_sigterm(
+    tmp_path: Path, flows_module: ModuleType
+) -> None:
+    names = ["ann", "bob", "cy"]
+    worker, results, output, errors = serve_greetings(
+        tmp_path, flows_module, names, "--id", "cli-1", "--lease", "5"
+    )
+
+    assert results == [f"hello {name} from {worker.pid}" for name in names]
     lines = output.splitlines()
     assert lines[0].startswith("pyergon worker cli-1 serving CliGreeting on SqliteExecutionLog(")
     assert "concurrency 10, lease 5 s" in lines[0]
@@ -124,20 +135,8 @@ def test_a_worker_runs_scheduled_flows_and_stops_on_sigterm(
 def test_a_verbose_worker_logs_each_completed_flow(
     tmp_path: Path, flows_module: ModuleType
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'flows.db'}"
-    worker = start_worker(
-        f"{FLOWS_MODULE}:Greeting", "--storage", url, "--id", "cli-v", "-v", cwd=tmp_path
-    )
-    try:
-        asyncio.run(
-            schedule_and_wait(url, [flows_module.Greeting(name) for name in ("ann", "bob")])
-        )
-        worker.send_signal(signal.SIGTERM)
-        _, errors = worker.communicate(timeout=STOP_DEADLINE)
-    finally:
-        worker.kill()
+    *_, errors = serve_greetings(tmp_path, flows_module, ["ann", "bob"], "--id", "cli-v", "-v")
 
-    assert worker.returncode == 0, errors
     completed = [line for line in errors.splitlines() if line.endswith("(CliGreeting) completed")]
     assert len(completed) == 2, errors
     assert all(" INFO worker cli-v: flow " in line for line in completed)

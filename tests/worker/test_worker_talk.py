@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from pyergon import RetryPolicy, Scheduler, Worker, flow, flow_type, step
+from pyergon.decorators import flow_type_name
 from pyergon.errors import RetryableError
 from pyergon.storage.base import ExecutionLog
 
@@ -50,11 +51,13 @@ class Broken:
 @flow_type(name="TalkFlaky")
 class FlakyFlow:
     label: str
+    failures: int = 2
 
     @flow(retry_policy=RetryPolicy(max_attempts=3, initial_interval=0))
     async def run(self) -> str:
-        if attempt("flow") < 3:
-            raise FlakyServiceError(f"try {attempts['flow']} timed out")
+        tries = attempt("flow")
+        if tries <= self.failures:
+            raise FlakyServiceError(f"try {tries} timed out")
         return "done"
 
 
@@ -75,23 +78,23 @@ class FlakyStep:
 
 
 @dataclass
-@flow_type(name="TalkChild")
-class Child:
-    n: int
+@flow_type(name="TalkLabel")
+class PrintLabel:
+    sku: str
 
     @flow
-    async def run(self) -> int:
-        return self.n * 2
+    async def run(self) -> str:
+        return f"label for {self.sku}"
 
 
 @dataclass
-@flow_type(name="TalkParent")
-class Parent:
-    n: int
+@flow_type(name="TalkShipment")
+class Shipment:
+    sku: str
 
     @flow
-    async def run(self) -> int:
-        return await self.invoke(Child(self.n)).result()
+    async def run(self) -> str:
+        return await self.invoke(PrintLabel(self.sku)).result()
 
 
 def lines(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> list[str]:
@@ -102,107 +105,96 @@ def lines(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> lis
     ]
 
 
-async def drain(storage: ExecutionLog, *flow_classes: type, worker_id: str = "w1") -> Worker:
-    worker = Worker(storage, worker_id)
+async def drain(storage: ExecutionLog, *flow_classes: type) -> None:
+    worker = Worker(storage, "w1")
     for flow_class in flow_classes:
         worker.register(flow_class)
     await worker.run_until_idle(wait_for_timers=False)
-    return worker
 
 
-async def test_a_failed_flow_is_one_warning_naming_it_its_type_error_and_attempt(
-    storage: ExecutionLog, caplog: pytest.LogCaptureFixture
-) -> None:
-    flow_id = await Scheduler(storage).schedule(Broken("red-shoe"))
-
+async def run_logged(
+    storage: ExecutionLog, caplog: pytest.LogCaptureFixture, flow: object, *served: type
+) -> str:
+    """Schedule ``flow``, run it on a worker serving ``served`` (its own type if none) at INFO."""
+    flow_id = await Scheduler(storage).schedule(flow)
     with caplog.at_level(logging.INFO, logger="pyergon"):
-        await drain(storage, Broken)
-
-    assert lines(caplog) == [
-        f"worker w1: flow {flow_id!r} (TalkBroken) failed on attempt 1: "
-        "OutOfStockError: no red-shoe in any warehouse"
-    ]
-    assert lines(caplog, logging.INFO) == []
+        await drain(storage, *(served or (type(flow),)))
+    return flow_id
 
 
-async def test_each_flow_retry_is_one_warning_with_the_next_attempt(
-    storage: ExecutionLog, caplog: pytest.LogCaptureFixture
+RETRY_ONE = "FlakyServiceError: try 1 timed out; retry as attempt 2 in 0 s"
+RETRY_TWO = "FlakyServiceError: try 2 timed out; retry as attempt 3 in 0 s"
+
+
+@pytest.mark.parametrize(
+    ("flow", "said"),
+    [
+        pytest.param(
+            Broken("red-shoe"),
+            ["failed on attempt 1: OutOfStockError: no red-shoe in any warehouse"],
+            id="a failure, on one line",
+        ),
+        pytest.param(
+            FlakyFlow("x"),
+            [f"attempt 1 failed: {RETRY_ONE}", f"attempt 2 failed: {RETRY_TWO}"],
+            id="each flow retry",
+        ),
+        pytest.param(
+            FlakyStep("x"),
+            [
+                "step 'call' attempt 1 failed: FlakyServiceError: connection reset; retry as "
+                "attempt 2 in 0 s"
+            ],
+            id="each step retry",
+        ),
+    ],
+)
+async def test_failures_and_retries_are_warnings_naming_flow_type_error_attempt_and_next_try(
+    storage: ExecutionLog, caplog: pytest.LogCaptureFixture, flow: object, said: list[str]
 ) -> None:
-    flow_id = await Scheduler(storage).schedule(FlakyFlow("x"))
+    flow_id = await run_logged(storage, caplog, flow)
 
-    with caplog.at_level(logging.INFO, logger="pyergon"):
-        await drain(storage, FlakyFlow)
-
-    named = f"worker w1: flow {flow_id!r} (TalkFlaky)"
-    assert lines(caplog) == [
-        f"{named} attempt 1 failed: FlakyServiceError: try 1 timed out; retry as attempt 2 in 0 s",
-        f"{named} attempt 2 failed: FlakyServiceError: try 2 timed out; retry as attempt 3 in 0 s",
-    ]
-    assert lines(caplog, logging.INFO) == [f"{named} completed"]
-
-
-async def test_each_step_retry_is_one_warning_naming_the_step(
-    storage: ExecutionLog, caplog: pytest.LogCaptureFixture
-) -> None:
-    flow_id = await Scheduler(storage).schedule(FlakyStep("x"))
-
-    with caplog.at_level(logging.WARNING, logger="pyergon"):
-        await drain(storage, FlakyStep)
-
-    assert lines(caplog) == [
-        f"worker w1: flow {flow_id!r} (TalkFlakyStep) step 'call' attempt 1 failed: "
-        "FlakyServiceError: connection reset; retry as attempt 2 in 0 s"
-    ]
+    named = f"worker w1: flow {flow_id!r} ({flow_type_name(type(flow))})"
+    assert lines(caplog) == [f"{named} {line}" for line in said]
+    finished = [] if isinstance(flow, Broken) else [f"{named} completed"]
+    assert lines(caplog, logging.INFO) == finished
 
 
 async def test_completions_are_info_lines_only(
     storage: ExecutionLog, caplog: pytest.LogCaptureFixture
 ) -> None:
-    scheduler = Scheduler(storage)
-    flow_ids = [await scheduler.schedule(Child(n)) for n in (1, 2)]
-
+    await Scheduler(storage).schedule(PrintLabel("a"))
     with caplog.at_level(logging.WARNING, logger="pyergon"):
-        await drain(storage, Child)
-    assert lines(caplog) == lines(caplog, logging.INFO) == []
+        await drain(storage, PrintLabel)
+    assert caplog.records == []
 
-    more = await scheduler.schedule(Child(3))
-    with caplog.at_level(logging.INFO, logger="pyergon"):
-        await drain(storage, Child)
-    assert lines(caplog, logging.INFO) == [f"worker w1: flow {more!r} (TalkChild) completed"]
-    assert more not in flow_ids
+    flow_id = await run_logged(storage, caplog, PrintLabel("b"))
+
+    assert lines(caplog, logging.INFO) == [f"worker w1: flow {flow_id!r} (TalkLabel) completed"]
 
 
 async def test_a_child_of_a_type_no_worker_here_serves_is_one_warning(
     storage: ExecutionLog, caplog: pytest.LogCaptureFixture
 ) -> None:
-    parent_id = await Scheduler(storage).schedule(Parent(4))
-
-    with caplog.at_level(logging.WARNING, logger="pyergon"):
-        await drain(storage, Parent)
+    parent_id = await run_logged(storage, caplog, Shipment("sku-4"))
 
     (line,) = lines(caplog)
-    assert line.startswith(f"worker w1: flow {parent_id!r} (TalkParent) waits on child ")
-    assert "of type TalkChild, which no worker in this process serves" in line
+    assert line.startswith(f"worker w1: flow {parent_id!r} (TalkShipment) waits on child ")
+    assert "of type TalkLabel, which no worker in this process serves" in line
 
 
 async def test_a_child_served_by_this_worker_or_another_here_is_not_reported(
     storage: ExecutionLog, caplog: pytest.LogCaptureFixture
 ) -> None:
-    scheduler = Scheduler(storage)
-    first = await scheduler.schedule(Parent(1))
-    with caplog.at_level(logging.WARNING, logger="pyergon"):
-        await drain(storage, Parent, Child)
-    assert (await scheduler.wait(first, timeout=5))[first].result == 2
+    first = await run_logged(storage, caplog, Shipment("sku-1"), Shipment, PrintLabel)
+    assert (await Scheduler(storage).wait(first, timeout=5))[first].result == "label for sku-1"
 
     other = Worker(storage, "w2")
-    other.register(Child)
+    other.register(PrintLabel)
     handle = await other.start()
     try:
-        second = await scheduler.schedule(Parent(2))
-        with caplog.at_level(logging.WARNING, logger="pyergon"):
-            await drain(storage, Parent)
+        await run_logged(storage, caplog, Shipment("sku-2"))
     finally:
         await handle.shutdown()
 
     assert lines(caplog) == []
-    assert second != first
