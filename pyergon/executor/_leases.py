@@ -398,7 +398,14 @@ async def release_quietly(
     try:
         await asyncio.shield(writer.give_back(wake_at, error))
     except Exception as error:
-        logger.warning("could not release a %s flow; its lease will expire: %s", why, error)
+        flow = writer.held.flow
+        logger.warning(
+            "could not release %s flow %r (%s); its lease will expire: %s",
+            why,
+            flow.flow_id,
+            flow.flow_type,
+            error,
+        )
 
 
 class Backoff:

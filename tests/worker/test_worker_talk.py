@@ -1,4 +1,4 @@
-"""What a worker logs: one line per failure, retry and child nobody serves; completions at info.
+"""What a worker logs: one line per failure, retry, failed release and child nobody serves.
 
 Each line names the worker, the flow id and type, and what happened. Lost leases are said in
 one line too (see ``test_lease_clock.py``).
@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 import pytest
 
 from pyergon import RetryPolicy, Scheduler, Worker, flow, flow_type, step
+from pyergon.core import ScheduledFlow, TaskStatus
 from pyergon.decorators import flow_type_name
-from pyergon.errors import RetryableError
+from pyergon.errors import RetryableError, StorageError
+from pyergon.executor._leases import LeaseWriter, release_quietly
+from pyergon.storage._flows import HeldFlow
 from pyergon.storage.base import ExecutionLog
+from pyergon.storage.memory import InMemoryExecutionLog
 
 attempts: dict[str, int] = {}
 
@@ -198,3 +203,27 @@ async def test_a_child_served_by_this_worker_or_another_here_is_not_reported(
         await handle.shutdown()
 
     assert lines(caplog) == []
+
+
+class UnreleasableWriter:
+    """A lease writer whose storage is gone when the run gives its flow back."""
+
+    def __init__(self, flow: ScheduledFlow) -> None:
+        self.held = HeldFlow(InMemoryExecutionLog(), flow, "token")
+
+    async def give_back(self, wake_at: float | None, error: object) -> None:
+        raise StorageError("the server went away")
+
+
+async def test_a_release_that_fails_is_one_warning_naming_the_flow(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flow = ScheduledFlow("order-7", "TalkShipment", b"", TaskStatus.RUNNING, 0.0, 0.0)
+
+    with caplog.at_level(logging.WARNING, logger="pyergon"):
+        await release_quietly(cast(LeaseWriter, UnreleasableWriter(flow)), "cancelled")
+
+    assert lines(caplog) == [
+        "could not release cancelled flow 'order-7' (TalkShipment); its lease will expire: "
+        "the server went away"
+    ]
