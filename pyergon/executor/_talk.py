@@ -10,20 +10,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from pyergon.core.outcome import Completed, FlowOutcome
 from pyergon.core.status import TaskStatus
 
-__all__ = ["AttemptFailed", "FlowTalk", "error_text", "logger", "served_in_process", "serving"]
+__all__ = ["FlowTalk", "error_text", "logger", "served_in_process", "serving"]
 
 logger = logging.getLogger("pyergon.worker")
-
-AttemptFailed = Callable[[BaseException, int, "float | None"], None]
-"""Told of a flow-level attempt that raised: the error, the attempt, seconds until the next
-attempt (``None``: there is none, the flow failed)."""
 
 
 class _Serving(Protocol):
