@@ -8,6 +8,7 @@ refused with a clear error instead of being misread. ``stable_hash`` is re-expor
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -318,13 +319,19 @@ def default_serializer(environ: Mapping[str, str] | None = None) -> Serializer:
         environ: Where to read the variables; defaults to ``os.environ``.
 
     Returns:
-        A new ``PickleSerializer``, signed with the keys when the variable is non-empty.
+        A ``PickleSerializer``, signed with the keys when the variable is non-empty (from the
+        environment, one shared instance per value of the variables).
 
     Raises:
         UnsafeSerializerError: A variable is malformed (an empty key between commas, an
             unknown value of ``PYERGON_UNSIGNED_PICKLE``), or both are set.
     """
-    environ = os.environ if environ is None else environ
+    if environ is None:
+        # The environment's serializer is built once per value of the two variables: every
+        # Executor asks for it, and building it reads and checks them each time.
+        return _environment_serializer(
+            os.environ.get(_SECRET_KEY_VARIABLE, ""), os.environ.get(_UNSIGNED_VARIABLE, "")
+        )
     text = environ.get(_SECRET_KEY_VARIABLE, "")
     unsigned = _unsigned_chosen(environ)
     if not text:
@@ -340,6 +347,12 @@ def default_serializer(environ: Mapping[str, str] | None = None) -> Serializer:
             f"both {_SECRET_KEY_VARIABLE} and {_UNSIGNED_VARIABLE}=1 are set; unset one of them"
         )
     return PickleSerializer(keys=keys)
+
+
+@functools.lru_cache(maxsize=8)
+def _environment_serializer(key_text: str, unsigned_text: str) -> Serializer:
+    """The default serializer for these values of the two variables (one per pair)."""
+    return default_serializer({_SECRET_KEY_VARIABLE: key_text, _UNSIGNED_VARIABLE: unsigned_text})
 
 
 def _unsigned_chosen(environ: Mapping[str, str]) -> bool:
