@@ -27,7 +27,6 @@ from pyergon.serialization import Serializer, dumps_for
 
 if TYPE_CHECKING:
     from pyergon.core.outcome import FlowOutcome
-    from pyergon.core.records import ScheduledFlow
     from pyergon.core.transitions import RunEnd
     from pyergon.storage._flows import HeldFlow
     from pyergon.storage.base import ExecutionLog
@@ -352,9 +351,7 @@ class FlowContext:
         with contextlib.suppress(Exception, LogConflict, LeaseExpired):
             await self.save()
 
-    async def save(
-        self, end: RunEnd | None = None, held: HeldFlow | None = None
-    ) -> ScheduledFlow | None:
+    async def save(self, end: RunEnd | None = None, held: HeldFlow | None = None) -> None:
         """Store the unsaved records, then leave ``held`` as ``end`` says, as one change.
 
         Saves of concurrent operations of one flow happen one after another, so a caller
@@ -363,9 +360,6 @@ class FlowContext:
         Args:
             end: How the run leaves its flow; ``None`` stores only the records.
             held: The flow the run holds; required with ``end``.
-
-        Returns:
-            The flow after ``end`` (``None`` without one, or if the run no longer holds it).
 
         Raises:
             LogConflict: A record was already stored differently (now or by an earlier save of
@@ -423,9 +417,6 @@ class FlowContext:
                 f"{self.describe((stored.sequence, stored.sub_sequence))} was recorded by "
                 "another run first; running again from the stored log"
             )
-        if end is None or held is None or held.lost:
-            return None
-        return held.flow
 
     def dumps(self, value: Any, what: str | Callable[[], str]) -> bytes:
         """Serialize ``value``, naming ``what`` it is in any error."""

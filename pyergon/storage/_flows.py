@@ -250,17 +250,23 @@ class HeldFlow:
 
     def __init__(self, storage: ExecutionLog, flow: ScheduledFlow, lease_token: str | None) -> None:
         self.storage = storage
-        self.flow = flow
+        self.flow_id = flow.flow_id
         self.lease_token = lease_token
         self.lost = False
+        self._flow = flow
+        self._left: Transition | None = None
+        """The last transition applied, whose flow is built only if someone asks for it."""
 
     def __repr__(self) -> str:
-        return f"HeldFlow({self.flow.flow_id!r}, version={self.flow.version}, lost={self.lost})"
+        return f"HeldFlow({self.flow_id!r}, version={self.flow.version}, lost={self.lost})"
 
     @property
-    def flow_id(self) -> str:
-        """The held flow's id."""
-        return self.flow.flow_id
+    def flow(self) -> ScheduledFlow:
+        """The flow as last known stored."""
+        if self._left is not None:
+            self._flow = self._left.flow or self._flow
+            self._left = None
+        return self._flow
 
     async def leave(self, records: Sequence[Invocation], end: RunEnd) -> Applied:
         """Store ``records`` and leave the flow as ``end`` says, as one change.
@@ -286,8 +292,8 @@ class HeldFlow:
             transition = leave_run(flow, end.status, end.fields, at=time.time(), woken=woken)
             applied = await self.storage.apply(_with(transition.change, records, ()))
             if applied.moved is None:
-                if not applied.record_conflict and transition.flow is not None:
-                    self.flow = transition.flow
+                if not applied.record_conflict and transition.before is not None:
+                    self._left = transition
                 return applied
             flow = await self.storage.get_flow(self.flow_id)
             woken = end.status is TaskStatus.SUSPENDED and await self._wait_is_over(end)
