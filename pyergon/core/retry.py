@@ -18,14 +18,18 @@ def own_retryability(error: BaseException) -> bool | None:
     the verdict stored with the error it stands for, which may be none.
 
     Returns:
-        ``True`` or ``False`` as the error says, or ``None`` when it says nothing.
+        ``True`` or ``False`` as the error says, or ``None`` when it says nothing (also when
+        its ``is_retryable()`` itself fails: the error being stored matters more).
     """
     if isinstance(error, StepFailedError):
         return error.retryable
     is_retryable = getattr(error, "is_retryable", None)
     if not callable(is_retryable):
         return None
-    return bool(is_retryable())
+    try:
+        return bool(is_retryable())
+    except Exception:
+        return None
 
 
 @dataclass(frozen=True, slots=True)

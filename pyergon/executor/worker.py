@@ -308,6 +308,9 @@ class Worker:
 
     async def _claim(self, limit: int) -> tuple[float, list[ClaimedRun]]:
         """Claim up to ``limit`` flows; return when the claim was sent (lease clock) and them."""
+        # The lease clock first: storage's lease runs from ``now``, so the run's own deadline
+        # must not start after it.
+        sent_at = self._leases.clock.now()
         now = self.clock.now()
         due_by = now + self._lookahead if self._lookahead and self.enable_timers else None
         request = ClaimRequest(
@@ -318,7 +321,6 @@ class Worker:
             now=now,
             due_by=due_by,
         )
-        sent_at = self._leases.clock.now()
         return sent_at, await self.storage.claim(request)
 
     def _start(self, claimed: ClaimedRun, sent_at: float) -> None:

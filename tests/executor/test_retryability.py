@@ -107,6 +107,18 @@ def test_a_stored_error_keeps_the_errors_own_verdict() -> None:
     assert StoredError.describe(ValueError("bad")).retryable is None
 
 
+class BrokenVerdict(Exception):
+    def is_retryable(self, attempt: int) -> bool:  # takes an argument pyergon does not pass
+        return attempt < 3
+
+
+def test_an_is_retryable_that_fails_gives_no_verdict_and_the_error_is_still_stored() -> None:
+    stored = StoredError.describe(BrokenVerdict("card declined"))
+
+    assert stored.retryable is None
+    assert stored.message == "card declined"
+
+
 def test_a_rebuilt_error_keeps_the_stored_verdict() -> None:
     stored = StoredError("shop.OrderRefusedError", "order 7 refused", retryable=False)
 
