@@ -16,6 +16,7 @@ so ``except LookupError`` keeps working for callers that do not know pyergon::
     ├── SerializationError (TypeError)       a value cannot be stored or read back
     │   └── SignatureError                   a signed payload is unsigned or was tampered with
     ├── UnsafeSerializerError (ValueError)   unsigned pickle on shared storage, not chosen by name
+    ├── WorkerIdInUseError                   another live process serves under this worker id
     └── StorageError                         the storage backend cannot do what was asked
         ├── InvalidStorageUrlError (ValueError)  a storage URL that cannot be used as written
         │   └── UnknownStorageSchemeError        no backend handles its scheme
@@ -50,6 +51,7 @@ __all__ = [
     "StorageError",
     "UnknownStorageSchemeError",
     "UnsafeSerializerError",
+    "WorkerIdInUseError",
 ]
 
 
@@ -195,6 +197,26 @@ class UnsafeSerializerError(PyergonError, ValueError):
     read unsigned pickle from without that having been chosen by name; the message says how to
     choose.
     """
+
+
+class WorkerIdInUseError(PyergonError):
+    """Another live process serves under the worker id this worker was given.
+
+    Attributes:
+        worker_id: The id both use.
+        host: The machine of the process that has it.
+        pid: That process's id.
+    """
+
+    def __init__(self, worker_id: str, host: str, pid: int, silent_for: float) -> None:
+        super().__init__(
+            f"worker id {worker_id!r} is in use by a live process (pid {pid} on {host}, last "
+            f"heartbeat {max(silent_for, 0.0):.1f} s ago); give this worker another id, or stop "
+            "that one first"
+        )
+        self.worker_id = worker_id
+        self.host = host
+        self.pid = pid
 
 
 class StorageError(PyergonError):

@@ -20,21 +20,25 @@ from pyergon.core.changes import Applied, Change
 from pyergon.core.query import ClaimRequest, FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
+from pyergon.core.workers import Beat, WorkerRecord
 from pyergon.errors import CorruptStorageError
 
 __all__ = [
     "SCHEMA_VERSION",
     "ClaimedRun",
     "ExecutionLog",
+    "ReopenableLog",
     "StorageLifecycle",
+    "WorkerRegistry",
     "damaged_run",
     "wait_for_event",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Version of the stored layout. Backends record it and migrate older layouts forward.
 
-Version 2 added ``worker_id`` and ``cancel_requested``; version 3 added ``version``."""
+Version 2 added ``worker_id`` and ``cancel_requested``; version 3 added ``version``; version 4
+added the workers' records and each flow's ``lease_losses`` and ``last_lost_by``."""
 
 
 async def wait_for_event(event: asyncio.Event, timeout: float) -> bool:
@@ -273,5 +277,71 @@ class ExecutionLog(Protocol):
         ...
 
     async def reset(self) -> None:
-        """Delete every flow, record and signal."""
+        """Delete every flow, record and signal (and every worker record, where kept)."""
+        ...
+
+
+@runtime_checkable
+class WorkerRegistry(Protocol):
+    """Optional: records of the workers serving a log, kept fresh by their heartbeats.
+
+    A backend with it lets a killed worker's flows run elsewhere within a few beats, lets a
+    restarted worker take its previous incarnation's flows at once, refuses two live processes
+    under one id and lists workers (``pyergon workers``). The rules are
+    :mod:`pyergon.core.workers`'; a backend only stores records.
+    """
+
+    async def beat(
+        self,
+        worker: WorkerRecord,
+        leases: Mapping[str, str],
+        *,
+        lease_seconds: float,
+        now: float,
+    ) -> Beat:
+        """One heartbeat, atomically and in one round trip where the backend can.
+
+        Renews ``leases`` as :meth:`ExecutionLog.renew_leases` does and, if the stored record
+        of ``worker.worker_id`` has ``worker.incarnation``, stores ``worker.last_beat`` and
+        ``worker.flow_types`` on it.
+
+        Returns:
+            The flows renewed, and whether the record was still this incarnation's.
+        """
+        ...
+
+    async def put_worker(self, worker: WorkerRecord, *, replacing: str | None) -> bool:
+        """Store ``worker`` whole if its id's record has incarnation ``replacing`` now.
+
+        ``replacing=None`` stores it only if no record has its id. A compare-and-set: of two
+        processes registering over one record, one wins.
+
+        Returns:
+            Whether it was stored.
+        """
+        ...
+
+    async def get_worker(self, worker_id: str) -> WorkerRecord | None:
+        """Return the record of ``worker_id``, or ``None``."""
+        ...
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        """Return every worker record, by worker id."""
+        ...
+
+    async def delete_worker(self, worker_id: str) -> bool:
+        """Delete the record of ``worker_id``. Returns whether it existed."""
+        ...
+
+
+@runtime_checkable
+class ReopenableLog(Protocol):
+    """Optional: a log that can open a second handle on the same store for another thread.
+
+    A worker beats from a thread of its own, on that thread's event loop and connection, so
+    a flow's step that blocks the worker's loop does not let its leases run out.
+    """
+
+    def reopened(self) -> ExecutionLog:
+        """A new, unconnected log on the same store with the same settings."""
         ...

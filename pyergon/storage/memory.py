@@ -14,6 +14,7 @@ from pyergon.core.changes import ABSENT, Applied, Change, stored_as_given
 from pyergon.core.query import ClaimRequest, FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import InvocationStatus, TaskStatus
+from pyergon.core.workers import Beat, WorkerRecord
 from pyergon.core.transitions import (
     claim_changes,
     is_runnable,
@@ -41,6 +42,7 @@ class InMemoryExecutionLog(StorageLifecycle):
         self._flows: dict[str, ScheduledFlow] = {}
         self._invocations: dict[str, dict[_Position, Invocation]] = {}
         self._signals: dict[tuple[str, str], SignalRecord] = {}
+        self._workers: dict[str, WorkerRecord] = {}
         self._work = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -128,6 +130,9 @@ class InMemoryExecutionLog(StorageLifecycle):
         self, leases: Mapping[str, str], *, lease_seconds: float, now: float
     ) -> set[str]:
         """Extend the leases still held with their tokens."""
+        return self._renew(leases, lease_seconds, now)
+
+    def _renew(self, leases: Mapping[str, str], lease_seconds: float, now: float) -> set[str]:
         held = set()
         for flow_id, lease_token in leases.items():
             flow = self._flows.get(flow_id)
@@ -215,3 +220,42 @@ class InMemoryExecutionLog(StorageLifecycle):
         self._flows.clear()
         self._invocations.clear()
         self._signals.clear()
+        self._workers.clear()
+
+    # -- workers -----------------------------------------------------------------------------
+
+    async def beat(
+        self,
+        worker: WorkerRecord,
+        leases: Mapping[str, str],
+        *,
+        lease_seconds: float,
+        now: float,
+    ) -> Beat:
+        """Renew ``leases`` and the worker's record if it is still its incarnation's."""
+        held = self._renew(leases, lease_seconds, now)
+        stored = self._workers.get(worker.worker_id)
+        registered = stored is not None and stored.incarnation == worker.incarnation
+        if stored is not None and registered:
+            self._workers[worker.worker_id] = stored.beating(worker.last_beat, worker.flow_types)
+        return Beat(frozenset(held), registered)
+
+    async def put_worker(self, worker: WorkerRecord, *, replacing: str | None) -> bool:
+        """Store ``worker`` if its id's record has incarnation ``replacing`` (or none)."""
+        stored = self._workers.get(worker.worker_id)
+        if (None if stored is None else stored.incarnation) != replacing:
+            return False
+        self._workers[worker.worker_id] = worker
+        return True
+
+    async def get_worker(self, worker_id: str) -> WorkerRecord | None:
+        """Return the record of ``worker_id``, or ``None``."""
+        return self._workers.get(worker_id)
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        """Return every worker record, by id."""
+        return [self._workers[worker_id] for worker_id in sorted(self._workers)]
+
+    async def delete_worker(self, worker_id: str) -> bool:
+        """Delete the record of ``worker_id``."""
+        return self._workers.pop(worker_id, None) is not None

@@ -35,6 +35,7 @@ pytest.register_assert_rewrite(
     "pyergon.testing._contract_reads",
     "pyergon.testing._contract_records",
     "pyergon.testing._contract_runs",
+    "pyergon.testing._contract_workers",
 )
 
 from pyergon.clock import ManualClock  # noqa: E402 - after the rewrite registration above
@@ -45,6 +46,7 @@ from pyergon.testing._contract_races import RaceContract  # noqa: E402
 from pyergon.testing._contract_reads import ReadContract  # noqa: E402
 from pyergon.testing._contract_records import RecordContract  # noqa: E402
 from pyergon.testing._contract_runs import RunContract  # noqa: E402
+from pyergon.testing._contract_workers import WorkerRegistryContract, make_worker  # noqa: E402
 from pyergon.testing.factories import (  # noqa: E402
     make_flow,
     make_invocation,
@@ -62,9 +64,11 @@ __all__ = [
     "RecordContract",
     "RunContract",
     "StorageContract",
+    "WorkerRegistryContract",
     "make_flow",
     "make_invocation",
     "make_signal",
+    "make_worker",
     "sample_errors",
 ]
 

@@ -21,3 +21,7 @@ def test_pyergon_testing_lists_its_public_names_sorted() -> None:
         and name != "annotations"
     }
     assert pyergon.testing.__all__ == sorted(public)
+
+
+class TestWorkerRegistry(pyergon.testing.WorkerRegistryContract):
+    """Worker records on each backend of the ``storage`` fixture in tests/conftest.py."""

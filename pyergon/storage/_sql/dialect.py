@@ -1,7 +1,7 @@
 """What SQLite and PostgreSQL spell differently in pyergon's SQL: a :class:`Dialect` each.
 
 Statements are written once as templates: tables as ``{flows}``, ``{invocations}``,
-``{signals}`` and ``{meta}``, parameters as ``$1``, ``$2``... A dialect renders them: SQLite names
+``{signals}``, ``{workers}`` and ``{meta}``, parameters as ``$1``, ``$2``... A dialect renders them: SQLite names
 its tables bare and numbers parameters ``?1``, ``?2``; PostgreSQL qualifies every table with the
 configured schema and keeps ``$1``.
 """
@@ -23,8 +23,8 @@ class Dialect:
 
     Attributes:
         name: ``"sqlite"`` or ``"postgresql"``.
-        tables: The name each statement uses for ``flows``, ``invocations``, ``signals`` and
-            ``meta`` (the table holding the schema version).
+        tables: The name each statement uses for ``flows``, ``invocations``, ``signals``,
+            ``workers`` and ``meta`` (the table holding the schema version).
         types: The SQL type of each kind of column: ``id`` (a flow id, sorted by code point),
             ``text``, ``bytes``, ``float``, ``int``, ``bool`` and ``any`` (no type of its own).
         false: The literal of a false ``bool`` column.
@@ -83,6 +83,7 @@ SQLITE = Dialect(
         "flows": "flows",
         "invocations": "invocations",
         "signals": "signals",
+        "workers": "workers",
         "meta": "pyergon_meta",
     },
     types={
@@ -116,7 +117,7 @@ def postgres_dialect(schema: str) -> Dialect:
     return Dialect(
         name="postgresql",
         tables={
-            table: f"{quoted}.{table}" for table in ("flows", "invocations", "signals", "meta")
+            table: f"{quoted}.{table}" for table in ("flows", "invocations", "signals", "workers", "meta")
         },
         types={
             # Flow ids sort by code point, as in the other backends, whatever the collation.

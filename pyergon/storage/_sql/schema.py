@@ -80,6 +80,18 @@ _SIGNALS = (
     "PRIMARY KEY (flow_id, name)",
 )
 
+_WORKERS = (
+    "worker_id id PRIMARY KEY",
+    "incarnation text NOT NULL",
+    "host text NOT NULL",
+    "pid int NOT NULL",
+    "started_at float NOT NULL",
+    "flow_types text NOT NULL",  # JSON: a list of names
+    "lease_seconds float NOT NULL",
+    "last_beat float NOT NULL",
+    "stopped_at float",
+)
+
 _SUSPENDED = f"status = '{TaskStatus.SUSPENDED.value}'"
 
 _INDEXES_V1 = (
@@ -160,7 +172,21 @@ def _version_3(dialect: Dialect) -> list[str]:
     return [_add_column(dialect, "version int NOT NULL DEFAULT 1")]
 
 
-MIGRATIONS: tuple[Callable[[Dialect], list[str]], ...] = (_version_1, _version_2, _version_3)
+def _version_4(dialect: Dialect) -> list[str]:
+    # Workers register and beat; a flow counts the leases it lost and says who lost the last.
+    return [
+        _create_table(dialect, "workers", _WORKERS),
+        _add_column(dialect, "lease_losses int NOT NULL DEFAULT 0"),
+        _add_column(dialect, "last_lost_by text"),
+    ]
+
+
+MIGRATIONS: tuple[Callable[[Dialect], list[str]], ...] = (
+    _version_1,
+    _version_2,
+    _version_3,
+    _version_4,
+)
 """``MIGRATIONS[n](dialect)``: the statements turning schema version ``n`` into ``n + 1``."""
 
 assert len(MIGRATIONS) == SCHEMA_VERSION, "add a migration step for the new SCHEMA_VERSION"

@@ -1,0 +1,178 @@
+"""Workers as storage knows them: one record per worker id, kept fresh by its heartbeats.
+
+A worker process registers under its id when it starts, with an *incarnation* of its own (a
+fresh token per start), and beats while it serves: each beat renews the leases of the flows it
+runs and its record's ``last_beat`` in one round trip. The rules here say what a record means
+(:func:`worker_state`) and whether a starting worker may take an id whose record is already
+there (:func:`registration_verdict`); backends only store records
+(:class:`~pyergon.storage.base.WorkerRegistry`).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import socket
+import uuid
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
+
+from pyergon.errors import WorkerIdInUseError
+
+__all__ = [
+    "Beat",
+    "Registration",
+    "WorkerRecord",
+    "WorkerState",
+    "pid_is_alive",
+    "registration_verdict",
+    "this_process",
+    "worker_state",
+]
+
+
+class WorkerState(enum.Enum):
+    """What a worker record says about its process."""
+
+    LIVE = "live"
+    """It beat within its lease: it may hold flows."""
+    STOPPED = "stopped"
+    """It shut down cleanly and holds nothing."""
+    DEAD = "dead"
+    """It stopped beating without shutting down (killed, crashed, cut off): its leases ran out."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """One worker process as stored.
+
+    Attributes:
+        worker_id: The worker's id, unique among live workers.
+        incarnation: A token of this start of the process alone.
+        host: The machine it runs on.
+        pid: Its process id there.
+        started_at: When it registered (wall clock, epoch seconds).
+        flow_types: The flow types it serves, sorted.
+        lease_seconds: Its lease length: a worker silent for longer holds no flow.
+        last_beat: When its last heartbeat was sent (wall clock).
+        stopped_at: When it shut down cleanly; ``None`` while it runs, or if it died.
+    """
+
+    worker_id: str
+    incarnation: str
+    host: str
+    pid: int
+    started_at: float
+    flow_types: tuple[str, ...]
+    lease_seconds: float
+    last_beat: float
+    stopped_at: float | None = None
+
+    def beating(self, at: float, flow_types: Collection[str] | None = None) -> WorkerRecord:
+        """This record as a beat at ``at`` (serving ``flow_types``, if given) leaves it."""
+        types = self.flow_types if flow_types is None else tuple(sorted(flow_types))
+        return replace(self, last_beat=at, flow_types=types)
+
+    def stopping(self, at: float) -> WorkerRecord:
+        """This record as a clean shutdown at ``at`` leaves it."""
+        return replace(self, last_beat=at, stopped_at=at)
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """What one heartbeat found.
+
+    Attributes:
+        held: The flows whose leases it renewed (still held with this worker's tokens).
+        registered: Whether the worker's record is still its own incarnation's. ``False``: a
+            later process registered under the same id (this one was taken for dead); it must
+            stop serving.
+    """
+
+    held: frozenset[str]
+    registered: bool
+
+
+def this_process(
+    worker_id: str, flow_types: Collection[str], *, lease_seconds: float, at: float
+) -> WorkerRecord:
+    """A new record for a worker starting in this process now."""
+    return WorkerRecord(
+        worker_id=worker_id,
+        incarnation=uuid.uuid4().hex,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started_at=at,
+        flow_types=tuple(sorted(flow_types)),
+        lease_seconds=lease_seconds,
+        last_beat=at,
+    )
+
+
+def worker_state(record: WorkerRecord, now: float) -> WorkerState:
+    """Whether the worker of ``record`` is live, stopped or dead at ``now``."""
+    if record.stopped_at is not None:
+        return WorkerState.STOPPED
+    if now - record.last_beat <= record.lease_seconds:
+        return WorkerState.LIVE
+    return WorkerState.DEAD
+
+
+def pid_is_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists; it belongs to someone else
+    return True
+
+
+class Registration(enum.Enum):
+    """What a worker starting under an id whose record exists does about the old record."""
+
+    FRESH = "fresh"
+    """No earlier record, or one that shut down cleanly: nothing to take over."""
+    TAKE_OVER = "take over"
+    """An earlier incarnation died holding flows: requeue the flows it ran, at once."""
+    WAIT = "wait"
+    """An earlier incarnation beat within its lease and may still run elsewhere: read its
+    record again once that lease is over. If it beat meanwhile, it is live (refuse the id);
+    if not, take over."""
+
+
+def registration_verdict(
+    previous: WorkerRecord | None,
+    starting: WorkerRecord,
+    *,
+    now: float,
+    alive: Callable[[int], bool] = pid_is_alive,
+) -> Registration:
+    """Whether ``starting`` may register over ``previous``, and what it takes over.
+
+    An earlier incarnation is dead when its beats stopped for longer than its lease, or when it
+    ran on this host under a process id that no longer exists (a restart after ``kill -9``
+    takes over at once).
+
+    Raises:
+        WorkerIdInUseError: ``previous`` is another worker of this very process that still
+            beats: two workers must not serve under one id.
+    """
+    if previous is None or previous.incarnation == starting.incarnation:
+        return Registration.FRESH
+    state = worker_state(previous, now)
+    if state is WorkerState.STOPPED:
+        return Registration.FRESH
+    if state is WorkerState.DEAD:
+        return Registration.TAKE_OVER
+    if previous.host == starting.host:
+        if previous.pid == starting.pid:
+            raise WorkerIdInUseError(
+                previous.worker_id, previous.host, previous.pid, now - previous.last_beat
+            )
+        if not alive(previous.pid):
+            return Registration.TAKE_OVER
+    return Registration.WAIT
