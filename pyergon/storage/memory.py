@@ -14,13 +14,13 @@ from pyergon.core.changes import ABSENT, Applied, Change, stored_as_given
 from pyergon.core.query import ClaimRequest, FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import InvocationStatus, TaskStatus
-from pyergon.core.workers import Beat, WorkerRecord
 from pyergon.core.transitions import (
     claim_changes,
     is_runnable,
     new_lease_token,
     queue_order,
 )
+from pyergon.core.workers import Beat, WorkerRecord
 from pyergon.storage.base import (
     ClaimedRun,
     StorageLifecycle,

@@ -117,9 +117,7 @@ class WorkerRegistryContract:
             worker, last_beat=1_001.5, flow_types=("Order",)
         )
 
-    async def test_a_beat_of_a_replaced_incarnation_changes_no_record(
-        self, storage: Any
-    ) -> None:
+    async def test_a_beat_of_a_replaced_incarnation_changes_no_record(self, storage: Any) -> None:
         await storage.create_flow(make_flow("held"))
         [run] = await claim(storage, "worker-a", limit=1, lease_seconds=2.0, now=1_000.0)
         old = make_worker()

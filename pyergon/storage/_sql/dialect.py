@@ -1,9 +1,9 @@
 """What SQLite and PostgreSQL spell differently in pyergon's SQL: a :class:`Dialect` each.
 
 Statements are written once as templates: tables as ``{flows}``, ``{invocations}``,
-``{signals}``, ``{workers}`` and ``{meta}``, parameters as ``$1``, ``$2``... A dialect renders them: SQLite names
-its tables bare and numbers parameters ``?1``, ``?2``; PostgreSQL qualifies every table with the
-configured schema and keeps ``$1``.
+``{signals}``, ``{workers}`` and ``{meta}``, parameters as ``$1``, ``$2``... A dialect renders
+them: SQLite names its tables bare and numbers parameters ``?1``, ``?2``; PostgreSQL qualifies
+every table with the configured schema and keeps ``$1``.
 """
 
 from __future__ import annotations
@@ -117,7 +117,8 @@ def postgres_dialect(schema: str) -> Dialect:
     return Dialect(
         name="postgresql",
         tables={
-            table: f"{quoted}.{table}" for table in ("flows", "invocations", "signals", "workers", "meta")
+            table: f"{quoted}.{table}"
+            for table in ("flows", "invocations", "signals", "workers", "meta")
         },
         types={
             # Flow ids sort by code point, as in the other backends, whatever the collation.
