@@ -61,6 +61,7 @@ PUBLIC_MODULES = {
     "pyergon.core.retry",
     "pyergon.core.status",
     "pyergon.core.transitions",
+    "pyergon.core.workers",
     "pyergon.decorators",
     "pyergon.determinism",
     "pyergon.errors",

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Protocol
 
 from pyergon._context import FlowContext, LeaseExpired, LogConflict
@@ -150,15 +150,25 @@ class Lease:
         self._arm()
 
     def renewed(self, sent_at: float) -> None:
-        """A renewal sent at ``sent_at`` held the lease: it lasts from then on."""
+        """A renewal sent at ``sent_at`` held the lease: it lasts from then on.
+
+        Safe from any thread (the heartbeat's): it only moves the deadline on; the alarm,
+        when it comes, finds the lease renewed and sets itself again.
+        """
         if self.lost is None:
             self.valid_until = max(self.valid_until, sent_at + self._seconds)
-            self._arm()
+
+    def mark_lost(self, why: str) -> None:
+        """The lease is gone: :meth:`check` raises from now on. Safe from any thread.
+
+        Call :meth:`lose` on the worker's loop as well, to stop the run.
+        """
+        if self.lost is None:
+            self.lost = why
 
     def lose(self, why: str) -> None:
         """The lease is gone (another worker holds the flow): expire it now."""
-        if self.lost is None:
-            self.lost = why
+        self.mark_lost(why)
         self._expire()
 
     def close(self) -> None:
@@ -355,36 +365,6 @@ class LeaseKeeper:
             await run
         except LeaseExpired as expired:
             talk.lease_lost(str(expired))
-
-    async def renew_forever(self, running: Mapping[str, Claim]) -> None:
-        """Renew the leases of the flows in ``running`` every third of a lease, until cancelled.
-
-        A flow whose renewal finds it taken while its run goes on loses its lease: the run is
-        cancelled and writes nothing.
-        """
-        while True:
-            await asyncio.sleep(self._seconds / 3)
-            claims = {flow_id: claim for flow_id, claim in running.items() if not claim.done}
-            if not claims:
-                continue
-            sent_at = self.clock.now()
-            try:
-                held = await self._storage.renew_leases(
-                    {flow_id: claim.writer.lease_token for flow_id, claim in claims.items()},
-                    lease_seconds=self._seconds,
-                    now=self._clock.now(),
-                )
-            except Exception as error:
-                logger.warning("worker %s could not renew leases: %s", self._worker_id, error)
-                continue
-            for flow_id, claim in claims.items():
-                lease = claim.writer.lease
-                if flow_id in held:
-                    lease.renewed(sent_at)
-                # A release that went through while the renewal was under way also ends the
-                # lease; only a lease taken while the flow still runs here is lost.
-                elif claim.active:
-                    lease.lose("a renewal of its lease found another worker holding it")
 
 
 async def release_quietly(

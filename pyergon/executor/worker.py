@@ -22,6 +22,7 @@ from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import FlowOutcome, Suspended, SuspendReason
 from pyergon.core.query import ClaimRequest
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
+from pyergon.core.workers import Registration, WorkerRecord, this_process
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import (
     CorruptStorageError,
@@ -30,6 +31,7 @@ from pyergon.errors import (
     SignatureError,
 )
 from pyergon.executor._child import store_child
+from pyergon.executor._heartbeat import Heartbeat
 from pyergon.executor._inputs import decode_flow
 from pyergon.executor._leases import (
     DONE,
@@ -41,11 +43,18 @@ from pyergon.executor._leases import (
     check_lease_seconds,
     release_quietly,
 )
+from pyergon.executor._registration import register_worker, sign_off, take_over
 from pyergon.executor._runner import FlowRun, drive_flow, log_by_position, stored_outcome
 from pyergon.executor._talk import FlowTalk, served_in_process, serving
 from pyergon.serialization import Serializer, serialize_exception, serializer_for
 from pyergon.storage._flows import HeldFlow
-from pyergon.storage.base import ClaimedRun, ExecutionLog, wait_for_event
+from pyergon.storage.base import (
+    ClaimedRun,
+    ExecutionLog,
+    ReopenableLog,
+    WorkerRegistry,
+    wait_for_event,
+)
 
 __all__ = ["Worker", "WorkerHandle"]
 
@@ -62,6 +71,15 @@ _RETRY_AFTER_FAILURE = 0.5
 doubled for each further failure in a row, up to ``_MAX_RETRY_AFTER_FAILURE``."""
 
 _MAX_RETRY_AFTER_FAILURE = 60.0
+
+DEFAULT_LEASE_SECONDS = 2.0
+"""The lease of a worker whose heartbeats come from a thread of their own (a storage that can
+open a second handle, the system clock): a killed worker's flows run elsewhere about two seconds
+later, and a step that blocks the loop keeps its lease while the process lives."""
+
+LOOP_LEASE_SECONDS = 30.0
+"""The lease of a worker whose heartbeats share its event loop (the in-memory storage, a test
+clock): long enough that a step blocking the loop for a while does not lose it."""
 
 _TIMER_LOOKAHEAD = 0.02
 """Seconds before a timer falls due that a worker claims its flow and reads its log, so the flow
@@ -82,7 +100,11 @@ class Worker:
             runs due flows it finds, but does not wait for them.
         max_concurrent_flows: Flows this worker runs at once.
         lease_seconds: How long a claim lasts without renewal; a worker that dies loses its
-            flows to others after at most this long.
+            flows to others after at most this long. Heartbeats renew it four times per
+            lease. Default: :data:`DEFAULT_LEASE_SECONDS` where the heartbeats run off the
+            event loop (SQLite, Redis, PostgreSQL with the system clock), else
+            :data:`LOOP_LEASE_SECONDS`. Workers' wall clocks must agree to well within the
+            lease (NTP does).
         serializer: How values are stored; must match the scheduler's.
         clock: Time source for leases and timers.
         on_error: Called with every error the worker meets outside a flow's own code (storage
@@ -101,7 +123,7 @@ class Worker:
         *,
         enable_timers: bool = True,
         max_concurrent_flows: int = 10,
-        lease_seconds: float = 30.0,
+        lease_seconds: float | None = None,
         serializer: Serializer | None = None,
         clock: Clock | None = None,
         on_error: Callable[[BaseException, str | None], None] | None = None,
@@ -110,6 +132,10 @@ class Worker:
             raise ValueError(f"worker_id must be a non-empty string, got {worker_id!r}")
         if max_concurrent_flows < 1:
             raise ValueError(f"max_concurrent_flows must be >= 1, got {max_concurrent_flows}")
+        self.clock = clock or SystemClock()
+        if lease_seconds is None:
+            off_loop = isinstance(storage, ReopenableLog) and isinstance(self.clock, SystemClock)
+            lease_seconds = DEFAULT_LEASE_SECONDS if off_loop else LOOP_LEASE_SECONDS
         check_lease_seconds(lease_seconds)
         self.storage = storage
         self.worker_id = worker_id
@@ -117,8 +143,10 @@ class Worker:
         self.max_concurrent_flows = max_concurrent_flows
         self.lease_seconds = lease_seconds
         self.serializer = serializer_for(storage, serializer)
-        self.clock = clock or SystemClock()
         self._leases = LeaseKeeper(storage, worker_id, lease_seconds, self.clock)
+        self._heart: Heartbeat | None = None
+        self.record: WorkerRecord | None = None
+        """This worker's record in storage while it serves (``None`` where none is kept)."""
         self._lookahead = _TIMER_LOOKAHEAD if isinstance(self.clock, SystemClock) else 0.0
         self._registry: dict[str, type] = {}
         self._entries: dict[str, str] = {}
@@ -177,8 +205,56 @@ class Worker:
                 f"worker {self.worker_id!r} has no flow types; call register(FlowClass) first"
             )
         self._stopping = False
+        await self._begin()
         serve = asyncio.create_task(self._serve(), name=f"pyergon-worker-{self.worker_id}")
         return WorkerHandle(self, serve)
+
+    async def _begin(self) -> None:
+        """Register (taking over a dead incarnation's flows) and start the heartbeat.
+
+        Raises:
+            WorkerIdInUseError: A live process serves under this worker's id.
+        """
+        storage = self.storage
+        if isinstance(storage, WorkerRegistry):
+            record = this_process(
+                self.worker_id,
+                self._registry,
+                lease_seconds=self.lease_seconds,
+                at=self.clock.now(),
+            )
+            if await register_worker(storage, record, self.clock) is Registration.TAKE_OVER:
+                await take_over(self.storage, self.worker_id)
+            self.record = record
+        self._heart = Heartbeat(
+            storage,
+            self.worker_id,
+            lease_seconds=self.lease_seconds,
+            clock=self.clock,
+            lease_clock=self._leases.clock,
+            record=self.record,
+            flow_types=lambda: list(self._registry),
+            on_displaced=self._displaced,
+        )
+        self._heart.start()
+
+    async def _end(self) -> None:
+        """Stop the heartbeat and mark this worker's record stopped."""
+        heart, self._heart = self._heart, None
+        if heart is not None:
+            await heart.stop()
+        record, self.record = self.record, None
+        if record is not None and isinstance(self.storage, WorkerRegistry):
+            await sign_off(self.storage, record, self.clock)
+
+    def _displaced(self) -> None:
+        logger.error(
+            "worker %s: another process registered under this worker id (this one was taken "
+            "for dead: its heartbeats did not get through); this worker stops serving",
+            self.worker_id,
+        )
+        self._stopping = True
+        self._kick.set()
 
     async def run_until_idle(self, *, wait_for_timers: bool = True) -> int:
         """Run flows until none is runnable and none is running, then return.
@@ -194,7 +270,7 @@ class Worker:
         """
         finished_before = self.flows_finished
         self._stopping = False
-        renewer = asyncio.create_task(self._leases.renew_forever(self._running))
+        await self._begin()
         try:
             with serving(self):
                 while True:
@@ -212,16 +288,12 @@ class Worker:
                         return self.flows_finished - finished_before
                     await self.clock.sleep(wake_at - self.clock.now())
         finally:
-            renewer.cancel()
-            await asyncio.gather(renewer, return_exceptions=True)
+            await self._end()
 
     # -- serving -----------------------------------------------------------------------------
 
     async def _serve(self) -> None:
         listener = asyncio.create_task(self._listen(), name=f"pyergon-listen-{self.worker_id}")
-        renewer = asyncio.create_task(
-            self._leases.renew_forever(self._running), name=f"pyergon-lease-{self.worker_id}"
-        )
         try:
             with serving(self):
                 while not self._stopping:
@@ -250,8 +322,9 @@ class Worker:
                     await wait_for_event(self._kick, timeout)
         finally:
             listener.cancel()
-            renewer.cancel()
-            await asyncio.gather(listener, renewer, return_exceptions=True)
+            await asyncio.gather(listener, return_exceptions=True)
+            if not self._running:  # else the heartbeat goes on while they finish (_shutdown)
+                await self._end()
 
     async def _listen(self) -> None:
         """Turn storage notifications into kicks of the serving loop."""
@@ -340,7 +413,10 @@ class Worker:
             name=f"pyergon-flow-{flow.flow_id}",
         )
         lease.watch(task.cancel)  # a run whose lease runs out stops at its next await
-        self._running[flow.flow_id] = Claim(writer, task, cancel)
+        claim = Claim(writer, task, cancel)
+        self._running[flow.flow_id] = claim
+        if self._heart is not None:
+            self._heart.hold(flow.flow_id, claim)
         task.add_done_callback(functools.partial(self._finished, flow.flow_id))
 
     def _finished(self, flow_id: str, task: asyncio.Task[None]) -> None:
@@ -350,6 +426,8 @@ class Worker:
         if claim is not None and claim.task is task:
             del self._running[flow_id]
             claim.writer.lease.close()
+            if self._heart is not None:
+                self._heart.drop(flow_id, claim)
         self._kick.set()
 
     def _report(self, error: BaseException, flow_id: str | None) -> None:
@@ -535,6 +613,7 @@ class Worker:
                 task.cancel()
             if late:
                 await asyncio.gather(*late, return_exceptions=True)
+        await self._end()
 
 
 class WorkerHandle:

@@ -37,6 +37,7 @@ __all__ = [
     "reopen_failed_work",
     "request_cancel",
     "requeue",
+    "requeue_abandoned",
     "save_records",
     "start_direct_run",
 ]
@@ -151,6 +152,25 @@ async def requeue(
         partial(_reopening, storage, flow_id) if reopen_failed else None,
     )
     return flow if changed else None
+
+
+async def requeue_abandoned(storage: ExecutionLog, flow_id: str, worker_id: str) -> bool:
+    """Put a flow back in the queue if it is still running under a lease of ``worker_id``.
+
+    For a worker known to be dead (its process is gone): its flows run again at once rather
+    than when their leases run out.
+
+    Returns:
+        Whether the flow was requeued.
+    """
+
+    def decide(flow: ScheduledFlow) -> Transition | None:
+        if flow.lease_owner != worker_id:
+            return None  # finished, or another worker holds it now
+        return decide_requeue(flow, from_statuses=(TaskStatus.RUNNING,), at=time.time())
+
+    _, changed = await _decide_and_apply(storage, flow_id, decide)
+    return changed
 
 
 async def reopen_failed_work(storage: ExecutionLog, flow_id: str) -> None:

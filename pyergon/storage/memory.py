@@ -130,9 +130,6 @@ class InMemoryExecutionLog(StorageLifecycle):
         self, leases: Mapping[str, str], *, lease_seconds: float, now: float
     ) -> set[str]:
         """Extend the leases still held with their tokens."""
-        return self._renew(leases, lease_seconds, now)
-
-    def _renew(self, leases: Mapping[str, str], lease_seconds: float, now: float) -> set[str]:
         held = set()
         for flow_id, lease_token in leases.items():
             flow = self._flows.get(flow_id)
@@ -233,7 +230,9 @@ class InMemoryExecutionLog(StorageLifecycle):
         now: float,
     ) -> Beat:
         """Renew ``leases`` and the worker's record if it is still its incarnation's."""
-        held = self._renew(leases, lease_seconds, now)
+        # Through renew_leases (which never waits, so this stays atomic): a subclass that
+        # changes renewals changes beats too.
+        held = await self.renew_leases(leases, lease_seconds=lease_seconds, now=now)
         stored = self._workers.get(worker.worker_id)
         registered = stored is not None and stored.incarnation == worker.incarnation
         if stored is not None and registered:

@@ -1,0 +1,119 @@
+"""A worker's record in storage: registering at start, taking over a dead incarnation, signing off.
+
+The rules (who may take an id, when a worker counts as dead) are
+:mod:`pyergon.core.workers`'; this module asks storage and acts on them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pyergon.clock import Clock
+from pyergon.core.query import FlowQuery
+from pyergon.core.status import TaskStatus
+from pyergon.core.workers import (
+    Registration,
+    WorkerRecord,
+    registration_verdict,
+    worker_state,
+)
+from pyergon.errors import StorageError, WorkerIdInUseError
+from pyergon.storage._flows import requeue_abandoned
+from pyergon.storage.base import ExecutionLog, WorkerRegistry
+
+__all__ = ["register_worker", "sign_off", "take_over"]
+
+logger = logging.getLogger("pyergon.worker")
+
+_MAX_ROUNDS = 100
+"""Registrations in a row that may lose a race for the record before giving up."""
+
+_MOST_HELD = 100_000
+"""More flows than any worker runs at once: one listing finds every flow a worker held."""
+
+
+async def register_worker(
+    storage: WorkerRegistry, record: WorkerRecord, clock: Clock
+) -> Registration:
+    """Store ``record`` as its worker id's, and say whether a dead incarnation's flows wait.
+
+    An earlier record that beat within its lease, of a process this one cannot see die, is
+    read again once that lease is over: if it beat meanwhile, its process is live.
+
+    Raises:
+        WorkerIdInUseError: A live process serves under the same id.
+    """
+    for _ in range(_MAX_ROUNDS):
+        previous = await storage.get_worker(record.worker_id)
+        verdict = registration_verdict(previous, record, now=clock.now())
+        if verdict is Registration.WAIT:
+            assert previous is not None
+            await clock.sleep(previous.last_beat + previous.lease_seconds - clock.now())
+            again = await storage.get_worker(record.worker_id)
+            if (
+                again is not None
+                and again.incarnation == previous.incarnation
+                and again.last_beat != previous.last_beat
+            ):
+                raise WorkerIdInUseError(
+                    again.worker_id, again.host, again.pid, clock.now() - again.last_beat
+                )
+            continue  # it stopped beating (or changed): decide again
+        replacing = None if previous is None else previous.incarnation
+        if await storage.put_worker(record, replacing=replacing):
+            if verdict is Registration.TAKE_OVER and previous is not None:
+                state = worker_state(previous, clock.now()).value
+                logger.warning(
+                    "worker %s: its previous process (pid %d on %s) is %s; taking over the "
+                    "flows it ran",
+                    record.worker_id,
+                    previous.pid,
+                    previous.host,
+                    state,
+                )
+            return verdict
+    raise StorageError(
+        f"worker {record.worker_id!r} could not register: its record kept changing under "
+        f"{_MAX_ROUNDS} attempts; is another process starting with the same id in a loop?"
+    )
+
+
+async def take_over(storage: ExecutionLog, worker_id: str) -> list[str]:
+    """Put the flows that a dead incarnation of ``worker_id`` was running back in the queue.
+
+    Only flows still held under that worker's lease are requeued (each is checked again under
+    the flow's version guard); the loss of the lease is counted on each.
+
+    Returns:
+        The ids of the flows requeued.
+    """
+    running = await storage.list_flows(
+        FlowQuery(status=TaskStatus.RUNNING, worker_id=worker_id, limit=_MOST_HELD)
+    )
+    requeued = []
+    for flow in running:
+        if flow.lease_owner == worker_id and await requeue_abandoned(
+            storage, flow.flow_id, worker_id
+        ):
+            requeued.append(flow.flow_id)
+    if requeued:
+        logger.warning(
+            "worker %s: requeued %d flow(s) its previous process was running: %s",
+            worker_id,
+            len(requeued),
+            ", ".join(repr(flow_id) for flow_id in requeued[:10]),
+        )
+    return requeued
+
+
+async def sign_off(storage: WorkerRegistry, record: WorkerRecord, clock: Clock) -> None:
+    """Mark the worker's record stopped (a clean shutdown); a storage failure only logs."""
+    try:
+        await storage.put_worker(record.stopping(clock.now()), replacing=record.incarnation)
+    except Exception as error:
+        logger.warning(
+            "worker %s could not mark its record stopped (it shows as dead once its lease "
+            "is over): %s",
+            record.worker_id,
+            error,
+        )
