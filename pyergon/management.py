@@ -21,19 +21,21 @@ from pyergon.core.outcome import Completed, FlowOutcome
 from pyergon.core.records import Invocation, ScheduledFlow, format_position
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
+from pyergon.core.workers import WorkerRecord, WorkerState, worker_state
 from pyergon.decorators import flow_entry, require_flow_class
 from pyergon.errors import (
     FlowDefinitionError,
     FlowNotFoundError,
     FlowStateError,
     NonDeterminismError,
+    StorageError,
 )
 from pyergon.executor._inputs import decode_flow
 from pyergon.executor._runner import FLOW_RETRY_SEQUENCE, FlowRun, drive_flow
 from pyergon.executor.executor import validate_flow_id, validate_new_flow_id
 from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage._flows import request_cancel, requeue, save_records
-from pyergon.storage.base import ExecutionLog
+from pyergon.storage.base import ExecutionLog, WorkerRegistry
 from pyergon.storage.memory import InMemoryExecutionLog
 
 __all__ = ["Divergence", "FlowManager", "ReplayResult"]
@@ -176,19 +178,25 @@ class FlowManager:
             )
         return cancelled
 
-    async def resume(self, flow_id: str) -> ScheduledFlow:
+    async def resume(self, flow_id: str, *, force: bool = False) -> ScheduledFlow:
         """Put a suspended or stuck flow back in the queue so a worker runs it now.
 
         A suspended flow resumes before its timer is due (its wait is checked again and it
         suspends again if nothing changed). A running flow counts as stuck when it has no live
-        lease: a direct executor that died, or a worker whose lease ran out.
+        lease: a direct executor that died, a worker whose lease ran out, or a worker whose
+        record says it stopped or died.
+
+        Args:
+            flow_id: The flow.
+            force: Resume a running flow even though its worker looks alive. That worker may
+                still be inside a step, which then runs twice; its writes are refused.
 
         Returns:
             The flow, now ``PENDING`` (or unchanged if it already was).
 
         Raises:
             FlowNotFoundError: No such flow.
-            FlowStateError: The flow finished, or a live worker holds it.
+            FlowStateError: The flow finished, or a live worker holds it (without ``force``).
         """
         flow = await self.get(flow_id)
         if flow.status is TaskStatus.PENDING:
@@ -200,16 +208,42 @@ class FlowManager:
                 flow_id, f"flow {flow_id!r} is {flow.status.value} and cannot resume{hint}"
             )
         lease_until = flow.lease_expires_at if flow.status is TaskStatus.RUNNING else None
-        if lease_until is not None and lease_until > self.clock.now():
+        if (
+            not force
+            and lease_until is not None
+            and lease_until > self.clock.now()
+            and await self._holder_is_live(flow)
+        ):
             raise FlowStateError(
                 flow_id,
                 f"flow {flow_id!r} is running on worker {flow.lease_owner!r} (lease valid for "
-                f"{lease_until - self.clock.now():.0f} s more); cancel it first or wait",
+                f"{lease_until - self.clock.now():.1f} s more); cancel it first, wait, or force "
+                "it (the worker may be inside a step, which would then run twice)",
             )
         resumed = await requeue(self.storage, flow_id, from_statuses=(flow.status,))
         if resumed is None:
             raise FlowStateError(flow_id, f"flow {flow_id!r} changed state meanwhile; try again")
         return resumed
+
+    async def _holder_is_live(self, flow: ScheduledFlow) -> bool:
+        """Whether the worker holding ``flow`` may be alive, as far as its record tells."""
+        if not isinstance(self.storage, WorkerRegistry) or flow.lease_owner is None:
+            return True
+        record = await self.storage.get_worker(flow.lease_owner)
+        return record is None or worker_state(record, self.clock.now()) is WorkerState.LIVE
+
+    async def workers(self) -> list[WorkerRecord]:
+        """Every worker the storage has a record of, live, stopped or dead, by id.
+
+        Raises:
+            StorageError: The storage keeps no worker records.
+        """
+        if not isinstance(self.storage, WorkerRegistry):
+            raise StorageError(
+                f"{type(self.storage).__name__} keeps no worker records; the built-in "
+                "backends (memory, SQLite, Redis, PostgreSQL) do"
+            )
+        return await self.storage.list_workers()
 
     async def retry(self, flow_id: str) -> ScheduledFlow:
         """Run a failed or cancelled flow again; steps that succeeded stay recorded.

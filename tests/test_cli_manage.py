@@ -30,6 +30,7 @@ from pyergon.core import ClaimRequest, FlowQuery, Invocation, ScheduledFlow, Tas
 from pyergon.core.records import SignalRecord
 from pyergon.serialization import default_serializer
 from pyergon.storage import open_storage
+from pyergon.testing import make_worker
 
 FLOWS_MODULE = "cli_manage_flows"
 FLOWS_SOURCE = """\
@@ -363,6 +364,51 @@ def test_cancel_resume_and_retry(store: Store) -> None:
     assert after["failed"][0].status is TaskStatus.PENDING and after["failed"][0].error is None
     resume_done = store.run("resume", "done")
     one_line_error(resume_done, 1, "flow 'done' is COMPLETE and cannot resume")
+
+
+def test_resume_force_takes_a_flow_from_a_worker_that_looks_alive(store: Store) -> None:
+    refused = store.run("resume", "running")
+    one_line_error(refused, 1, "flow 'running' is running on worker 'worker-9'")
+
+    forced = store.run("resume", "running", "--force", "--json")
+
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(forced.stdout)["status"] == "PENDING"
+
+
+async def _add_workers(url: str) -> None:
+    storage = await open_storage(url)
+    try:
+        now = time.time()
+        live = make_worker("worker-9", host="box-1", pid=11, last_beat=now, lease_seconds=60)
+        dead = make_worker("worker-old", host="box-2", pid=12, last_beat=now - 120)
+        stopped = make_worker("worker-done", pid=13).stopping(now - 5)
+        for record in (live, dead, stopped):
+            await storage.put_worker(record, replacing=None)
+    finally:
+        await storage.close()
+
+
+def test_workers_lists_live_dead_and_stopped_workers(store: Store) -> None:
+    empty = store.run("workers")
+    assert (empty.returncode, empty.stdout) == (
+        0,
+        "no worker has registered with this storage yet\n",
+    )
+    asyncio.run(_add_workers(store.url))
+
+    table, as_json = store.run_all(["workers"], ["workers", "--json"])
+
+    assert table.returncode == 0, table.stderr
+    rows = {line.split()[0]: line.split() for line in table.stdout.splitlines()[2:]}
+    assert rows["worker-9"][1:4] == ["live", "box-1", "11"]
+    assert rows["worker-old"][1:4] == ["dead", "box-2", "12"]
+    assert rows["worker-done"][1] == "stopped"
+    workers = {worker["worker_id"]: worker for worker in json.loads(as_json.stdout)}
+    assert list(workers) == ["worker-9", "worker-done", "worker-old"]
+    assert workers["worker-9"]["running_flows"] == 1  # it holds 'running'
+    assert workers["worker-old"]["state"] == "dead"
+    assert workers["worker-9"]["flow_types"] == ["Order", "Refund"]
 
 
 def test_fork_copies_a_prefix_and_refuses_bad_requests(store: Store) -> None:

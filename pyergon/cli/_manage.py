@@ -241,9 +241,12 @@ async def _cancel(arguments: argparse.Namespace, output: _Output) -> int:
 
 
 async def _resume(arguments: argparse.Namespace, output: _Output) -> int:
-    from pyergon.management import FlowManager
+    force = bool(arguments.force)
 
-    return await _change_state(arguments, output, FlowManager.resume, _resumed)
+    async def resume(manager: FlowManager, flow_id: str) -> ScheduledFlow:
+        return await manager.resume(flow_id, force=force)
+
+    return await _change_state(arguments, output, resume, _resumed)
 
 
 async def _retry(arguments: argparse.Namespace, output: _Output) -> int:
@@ -363,7 +366,28 @@ def _outcome_json(outcome: FlowOutcome[Any] | None) -> dict[str, Any] | None:
     return described
 
 
+async def _workers(arguments: argparse.Namespace, output: _Output) -> int:
+    from pyergon.cli._workers_view import workers_json, workers_table
+    from pyergon.history import iter_flows
+
+    async with _storage(arguments) as storage:
+        workers = await _manager(storage).workers()
+        running: dict[str, int] = {}
+        async for flow in iter_flows(storage, status=TaskStatus.RUNNING):
+            if flow.lease_owner is not None:
+                running[flow.lease_owner] = running.get(flow.lease_owner, 0) + 1
+    now = time.time()
+    if output.as_json:
+        output.json(workers_json(workers, running, now))
+    elif workers:
+        output.text(workers_table(workers, running, now))
+    else:
+        output.say("no worker has registered with this storage yet")
+    return 0
+
+
 MANAGEMENT_COMMANDS: Mapping[str, _Command] = {
+    "workers": _workers,
     "flows": _flows,
     "show": _show,
     "signal": _signal,

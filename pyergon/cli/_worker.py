@@ -25,6 +25,7 @@ from pyergon.errors import (
     InvalidStorageUrlError,
     StorageError,
     UnsafeSerializerError,
+    WorkerIdInUseError,
 )
 
 __all__ = [
@@ -64,7 +65,8 @@ class WorkerSettings:
         storage_url: Where the flows are stored, as :func:`~pyergon.storage.open_storage` takes it.
         worker_id: The worker's name, recorded as the lease owner of the flows it runs.
         concurrency: Flows run at once.
-        lease_seconds: How long a claim lasts without renewal.
+        lease_seconds: How long a claim lasts without a heartbeat; ``None``: the worker's
+            default for the storage.
         verbose: Log each completed flow too, not only failures, retries and lost leases.
     """
 
@@ -72,7 +74,7 @@ class WorkerSettings:
     storage_url: str
     worker_id: str
     concurrency: int
-    lease_seconds: float
+    lease_seconds: float | None
     verbose: bool = False
 
 
@@ -151,7 +153,8 @@ def run_worker(settings: WorkerSettings) -> int:
     from pyergon.executor._leases import check_lease_seconds
 
     try:
-        check_lease_seconds(settings.lease_seconds, "--lease")
+        if settings.lease_seconds is not None:
+            check_lease_seconds(settings.lease_seconds, "--lease")
     except ValueError as error:
         raise WorkerUsageError(str(error)) from None
     flow_classes = [load_flow_class(spec) for spec in settings.flow_specs]
@@ -192,12 +195,15 @@ async def _serve(settings: WorkerSettings, flow_classes: Sequence[type]) -> None
             raise WorkerStartError(str(error)) from None
         for flow_class in flow_classes:
             await worker.register(flow_class)
-        handle = await worker.start()
+        try:
+            handle = await worker.start()
+        except WorkerIdInUseError as error:
+            raise WorkerStartError(str(error)) from None
         types = ", ".join(worker.registered_types)
         console.print(
             f"[bold green]pyergon worker[/] {escape(settings.worker_id)} serving "
             f"{escape(types)} on {escape(repr(storage))} (concurrency {settings.concurrency}, "
-            f"lease {settings.lease_seconds:g} s, pid {os.getpid()}); Ctrl-C or SIGTERM stops it",
+            f"lease {worker.lease_seconds:g} s, pid {os.getpid()}); Ctrl-C or SIGTERM stops it",
             soft_wrap=True,
         )
         await stop.wait()

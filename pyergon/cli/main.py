@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(subcommands)
     _add_worker(subcommands)
     common = _management_options()
+    _add_workers(subcommands, common)
     _add_flows(subcommands, common)
     _add_show(subcommands, common)
     _add_signal(subcommands, common)
@@ -123,10 +124,11 @@ def _add_worker(subcommands: _Subcommands) -> None:
     worker.add_argument(
         "--lease",
         type=positive(float),
-        default=30.0,
+        default=None,
         metavar="SECONDS",
-        help="how long a claim lasts without renewal; a dead worker's flows move on after it "
-        "(default: 30)",
+        help="how long a claim lasts without a heartbeat; a killed worker's flows move on "
+        "after it (default: 2 on SQLite, Redis and PostgreSQL, whose heartbeats run off the "
+        "event loop; 30 in memory)",
     )
     worker.add_argument(
         "-v",
@@ -238,7 +240,27 @@ _FLOW_STATE_COMMANDS = (
 
 def _add_flow_state_commands(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
     for name, summary, description in _FLOW_STATE_COMMANDS:
-        add_flow_id(_add_management(subcommands, common, name, summary, description))
+        command = _add_management(subcommands, common, name, summary, description)
+        add_flow_id(command)
+        if name == "resume":
+            command.add_argument(
+                "--force",
+                action="store_true",
+                help="resume a running flow even though its worker looks alive (that worker "
+                "may be inside a step, which then runs twice; its writes are refused)",
+            )
+
+
+def _add_workers(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
+    _add_management(
+        subcommands,
+        common,
+        "workers",
+        "list the workers that served this storage: live, stopped or dead",
+        "List every worker that registered with this storage: live (beating), stopped "
+        "(shut down cleanly) or dead (its heartbeats stopped: killed or cut off), with its "
+        "host, pid, last heartbeat, the flows it holds now and the flow types it serves.",
+    )
 
 
 def _add_fork(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
@@ -299,7 +321,7 @@ def _run_worker(arguments: argparse.Namespace) -> int:
         storage_url=arguments.storage or default_storage_url(),
         worker_id=arguments.worker_id or default_worker_id(),
         concurrency=int(arguments.concurrency),
-        lease_seconds=float(arguments.lease),
+        lease_seconds=None if arguments.lease is None else float(arguments.lease),
         verbose=bool(arguments.verbose),
     )
     return run_worker(settings)

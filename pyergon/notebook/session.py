@@ -277,9 +277,9 @@ class Session:
         """Cancel a flow; see :meth:`FlowManager.cancel`."""
         return await self.manager.cancel(flow_id)
 
-    async def resume(self, flow_id: str) -> ScheduledFlow:
+    async def resume(self, flow_id: str, *, force: bool = False) -> ScheduledFlow:
         """Queue a suspended or stuck flow again; see :meth:`FlowManager.resume`."""
-        return await self.manager.resume(flow_id)
+        return await self.manager.resume(flow_id, force=force)
 
     async def retry(self, flow_id: str) -> ScheduledFlow:
         """Run a failed flow again; see :meth:`FlowManager.retry`."""

@@ -21,7 +21,8 @@ from pyergon.clock import ManualClock
 from pyergon.core import ClaimRequest, Completed, TaskStatus
 from pyergon.errors import FlowCancelledError, FlowNotFoundError, FlowStateError
 from pyergon.management import FlowManager
-from pyergon.storage.base import ExecutionLog
+from pyergon.storage.base import ExecutionLog, WorkerRegistry
+from pyergon.testing import make_worker
 from tests.waiting import flow_reaches, until
 
 calls: list[str] = []
@@ -246,6 +247,51 @@ async def test_resume_a_stuck_running_flow(storage: ExecutionLog) -> None:
         await manager.resume(flow_id)
     clock.advance(6)
     assert (await manager.resume(flow_id)).status is TaskStatus.PENDING
+
+
+async def test_resume_a_running_flow_whose_worker_died_or_stopped_needs_no_wait(
+    storage: ExecutionLog,
+) -> None:
+    clock = ManualClock()
+    flow_id = await Scheduler(storage, clock=clock).schedule(Pipeline("abc"))
+    await storage.claim(
+        ClaimRequest("gone", ["Pipeline"], limit=1, lease_seconds=5, now=clock.now())
+    )
+    assert isinstance(storage, WorkerRegistry)
+    dead = make_worker("gone", lease_seconds=1.0, last_beat=clock.now() - 1.5)
+    await storage.put_worker(dead, replacing=None)
+
+    resumed = await FlowManager(storage, clock=clock).resume(flow_id)
+
+    assert resumed.status is TaskStatus.PENDING
+
+
+async def test_resume_force_takes_a_flow_from_a_live_worker(storage: ExecutionLog) -> None:
+    clock = ManualClock()
+    flow_id = await Scheduler(storage, clock=clock).schedule(Pipeline("abc"))
+    await storage.claim(
+        ClaimRequest("busy", ["Pipeline"], limit=1, lease_seconds=5, now=clock.now())
+    )
+    assert isinstance(storage, WorkerRegistry)
+    await storage.put_worker(make_worker("busy", last_beat=clock.now()), replacing=None)
+    manager = FlowManager(storage, clock=clock)
+
+    with pytest.raises(FlowStateError, match=r"running on worker 'busy'.*or force it"):
+        await manager.resume(flow_id)
+    resumed = await manager.resume(flow_id, force=True)
+
+    assert resumed.status is TaskStatus.PENDING
+    assert resumed.lease_token is None
+
+
+async def test_workers_lists_the_records_by_id(storage: ExecutionLog) -> None:
+    assert isinstance(storage, WorkerRegistry)
+    for worker_id in ("b", "a"):
+        await storage.put_worker(make_worker(worker_id), replacing=None)
+
+    workers = await FlowManager(storage).workers()
+
+    assert [worker.worker_id for worker in workers] == ["a", "b"]
 
 
 async def test_resume_a_finished_flow_is_refused(storage: ExecutionLog) -> None:
