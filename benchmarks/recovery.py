@@ -1,13 +1,15 @@
 """The ``recovery_time`` scenario: a worker is SIGKILLed mid-run; how soon is its work done?
 
-``n`` flows of three 50 ms steps (``SlowSteps``) are enqueued; two worker processes with
-``lease_seconds=2`` and ``SLOTS`` flows each start on them. Once a quarter of the flows are
+``n`` flows of three 50 ms steps (``SlowSteps``) are enqueued; two worker processes with the
+default settings (their lease, ``DEFAULT_LEASE_SECONDS``, and heartbeats four times per lease)
+and ``SLOTS`` flows each start on them. Once a quarter of the flows are
 finished and worker 0 runs a flow, worker 0 is killed. The flows it held are those storage
 still shows ``RUNNING`` under its id; each one's recovery time is its ``updated_at`` once
 ``COMPLETE`` minus the kill time.
 The drain time runs from ``go`` to the last flow's ``updated_at``. Nobody can take a killed
 worker's flow before its lease expires, so recovery is bounded below by the lease left at the
-kill (between 2/3 and all of ``LEASE_SECONDS``, as leases are renewed every third of it).
+kill (between 3/4 and all of the lease, as heartbeats renew it every quarter), plus up to a
+second until an idle worker claims again, plus the rest of the flow's run.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from pyergon import Scheduler
 from pyergon.core import FlowQuery
 from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_type_name
+from pyergon.executor.worker import DEFAULT_LEASE_SECONDS
 from pyergon.storage.base import ExecutionLog
 
 __all__ = ["recovery_time"]
 
-LEASE_SECONDS = 2.0
 SLOTS = 10
 """Flows each worker runs at once: few enough that the run lasts a few seconds."""
 
@@ -39,7 +41,7 @@ async def recovery_time(backend: str, n: int) -> RunResult:
     async with fresh_storage(backend) as fresh:
         scheduler = Scheduler(fresh.storage)
         flow_ids = await schedule_all(scheduler, [SlowSteps(i) for i in range(n)])
-        options = ("--lease-seconds", str(LEASE_SECONDS), "--types", "SlowSteps")
+        options = ("--types", "SlowSteps")  # the workers' default lease and heartbeats
         async with ProcessWorkers(fresh.url, 2, max_concurrent=SLOTS, options=options) as workers:
             went_at = time.time()
             await workers.go()
@@ -71,7 +73,7 @@ async def recovery_time(backend: str, n: int) -> RunResult:
             "recovery_s": max(recovered),
             "held_by_killed_worker": len(held),
             "killed_after_s": killed_at - went_at,
-            "lease_seconds": LEASE_SECONDS,
+            "lease_seconds": DEFAULT_LEASE_SECONDS,
         },
     )
 
