@@ -62,10 +62,12 @@ def _timeout(n: int) -> float:
     return 120.0 + n * 0.1
 
 
-def _workers(fresh: FreshStorage, backend: str, processes: int) -> Workers:
+def _workers(
+    fresh: FreshStorage, backend: str, processes: int, options: Sequence[str] = ()
+) -> Workers:
     if backend == "memory":
         return InProcessWorkers(fresh.storage)
-    return ProcessWorkers(fresh.url, processes)
+    return ProcessWorkers(fresh.url, processes, options=options)
 
 
 async def schedule_all(scheduler: Scheduler, flows: Sequence[object]) -> list[str]:
@@ -79,14 +81,17 @@ async def schedule_all(scheduler: Scheduler, flows: Sequence[object]) -> list[st
     return list(await asyncio.gather(*(schedule(i, flow) for i, flow in enumerate(flows))))
 
 
-async def drain(backend: str, n: int, *, processes: int) -> RunResult:
-    """Enqueue ``n`` flows, then time ``processes`` worker processes draining them."""
+async def drain(backend: str, n: int, *, processes: int, options: Sequence[str] = ()) -> RunResult:
+    """Enqueue ``n`` flows, then time ``processes`` worker processes draining them.
+
+    ``options`` are passed to each worker process (see :mod:`benchmarks.worker`).
+    """
     async with fresh_storage(backend) as fresh:
         scheduler = Scheduler(fresh.storage)
         enqueue_started = time.perf_counter()
         flow_ids = await schedule_all(scheduler, [ThreeSteps(i) for i in range(n)])
         enqueue_s = time.perf_counter() - enqueue_started
-        async with _workers(fresh, backend, processes) as workers:
+        async with _workers(fresh, backend, processes, options) as workers:
             cpu = CpuUse(workers.pids)
             started = time.perf_counter()
             await workers.go()
@@ -103,6 +108,26 @@ async def drain(backend: str, n: int, *, processes: int) -> RunResult:
         extra={"enqueue_flows_per_s": n / enqueue_s, **cpu_extra},
         worker_peak_rss_mb=workers.peak_rss_mb,
     )
+
+
+_heartbeat_runs: list[int] = []
+"""One entry per ``heartbeat_cost`` run in this process: which side goes first alternates."""
+
+RARE_BEATS_LEASE = 600.0
+"""A lease so long that the heartbeat of ``heartbeat_cost``'s other side never beats in a run."""
+
+
+async def heartbeat_cost(backend: str, n: int) -> RunResult:
+    """One worker process draining ``n`` flows with its default heartbeats, then nearly none.
+
+    The line is the default side's; ``flows_per_s_rare_beats`` is the other's and
+    ``heartbeat_cost_percent`` how much slower the default is (negative: faster), run by run.
+    """
+    beating = await drain(backend, n, processes=1)
+    rare = await drain(backend, n, processes=1, options=("--lease-seconds", str(RARE_BEATS_LEASE)))
+    beating.extra["flows_per_s_rare_beats"] = n / rare.wall_s
+    beating.extra["heartbeat_cost_percent"] = (beating.wall_s / rare.wall_s - 1) * 100
+    return beating
 
 
 async def _run_waiting_flows(

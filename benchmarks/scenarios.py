@@ -92,6 +92,7 @@ SCENARIOS = {
             2000,
             100,
         ),
+        Scenario("heartbeat_cost", SHARED_BACKENDS, queued.heartbeat_cost, 2000, 2000, 100),
         Scenario(
             "timer_lateness",
             ALL_BACKENDS,
