@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -168,11 +169,15 @@ class Session:
         *flow_classes: type,
         count: int = 1,
         concurrency: int = 10,
-        lease_seconds: float = 30.0,
+        lease_seconds: float | None = None,
     ) -> list[Worker]:
         """Start ``count`` workers as tasks on the running loop, serving the given flow types.
 
-        Classes registered earlier are served too. Returns the new workers.
+        Classes registered earlier are served too. Each worker is named for this kernel's
+        process and its number in the session (``notebook-<pid>-1``...), so the workers of two
+        kernels on one storage, or of a dead kernel and a live one, are told apart.
+        ``lease_seconds`` defaults to the worker's own default (see :class:`Worker`). Returns
+        the new workers.
         """
         self._check_open()
         await self.register(*flow_classes)
@@ -180,7 +185,7 @@ class Session:
             raise PyergonError("start_workers needs at least one flow class to serve")
         started = []
         for _ in range(count):
-            worker_id = f"notebook-{len(self._workers) + 1}"
+            worker_id = f"notebook-{os.getpid()}-{len(self._workers) + 1}"
             worker = Worker(
                 self.storage,
                 worker_id,

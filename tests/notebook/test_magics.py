@@ -8,6 +8,7 @@ process-wide with nest-asyncio2, so those tests run in a fresh interpreter.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -218,7 +219,11 @@ def test_connect_to_unreachable_redis_fails_the_cell_and_workers_keep_running(
 def test_workers_run_a_scheduled_flow_while_a_cell_awaits(connected: Cells) -> None:
     status = connected("%pyergon workers start --count 2 --concurrency 3 Greet")
     assert isinstance(status, WorkersStatus)
-    assert [worker.worker_id for worker in status.workers] == ["notebook-1", "notebook-2"]
+    pid = os.getpid()
+    assert [worker.worker_id for worker in status.workers] == [
+        f"notebook-{pid}-1",
+        f"notebook-{pid}-2",
+    ]
     assert {worker.capacity for worker in status.workers} == {3}
     assert status.flow_types == ("Greet",)
 
@@ -230,8 +235,8 @@ def test_workers_run_a_scheduled_flow_while_a_cell_awaits(connected: Cells) -> N
     status = connected("%pyergon workers status")
     assert sum(worker.finished for worker in status.workers) == 1
     assert repr(status).startswith("2 pyergon worker(s) serving Greet; 0 background error(s)")
-    assert "notebook-1: running 0/3, finished" in repr(status)
-    assert "notebook-2" in status._repr_html_()
+    assert f"notebook-{pid}-1: running 0/3, finished" in repr(status)
+    assert f"notebook-{pid}-2" in status._repr_html_()
 
 
 def test_workers_stop_leaves_no_worker_running(connected: Cells) -> None:
@@ -504,7 +509,7 @@ def test_failing_magics_leave_the_workers_running(connected: Cells) -> None:
 # -- the kernel path: cells inside a running event loop ---------------------------------------
 
 KERNEL = """
-import asyncio, sys
+import asyncio, os, sys
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
@@ -534,7 +539,7 @@ async def main():
     assert getattr(loop, "_nest_patched", False), "the kernel loop was not made re-entrant"
     await ok("%pyergon workers start Greet")
     names = {{task.get_name() for task in asyncio.all_tasks(loop)}}
-    assert "pyergon-worker-notebook-1" in names, names
+    assert f"pyergon-worker-notebook-{{os.getpid()}}-1" in names, names
 
     await ok("%pyergon schedule Greet('one') --id one")
     session = shell.user_ns["pyergon_session"]
