@@ -20,11 +20,11 @@ Cluster hash slot and keep nested prefixes such as ``app`` and ``app:x`` apart):
   by it) and ``{P}:leases:<type>`` (``RUNNING`` with a lease, scored by its expiry).
 * ``{P}:workers:<worker_id>`` — hash, a worker's record (:mod:`pyergon.storage._redis_workers`);
   ``{P}:workers`` — sorted set of the ids that have one, all scored 0 so listed by their bytes.
+  Both came with layout version 4; an older prefix had no worker records.
 * ``{P}:schema_version`` — the layout version; ``{P}:work`` — the pub/sub wake-up channel.
 
 Version 2 added the ``worker_id`` and ``cancel_requested`` fields and the worker and children
-indexes; version 3 the ``version`` field; version 4 the workers' records. ``migrate.lua`` moves
-an older prefix forward.
+indexes; version 3 the ``version`` field. ``migrate.lua`` moves an older prefix forward.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.storage import _flows as flows
 from pyergon.storage import redis as redis_module
 from pyergon.storage._redis_layout import SCRIPTS, encode_invocation, encode_signal
+from pyergon.storage.base import SCHEMA_VERSION
 from pyergon.storage.memory import InMemoryExecutionLog
-from pyergon.testing import make_worker
 
 from .conftest import FlowFactory, InvocationFactory
 from .test_redis import MakeRedis
@@ -128,7 +128,7 @@ async def test_connect_migrates_a_version_2_prefix(
     opened = await asyncio.gather(*(make_redis(prefix) for _ in range(connecting)))
 
     storage = opened[0]
-    assert await admin.get(f"{{{prefix}}}:schema_version") == b"4"
+    assert await admin.get(f"{{{prefix}}}:schema_version") == str(SCHEMA_VERSION).encode()
     for flow in (waiting, running, child, pending):
         assert await storage.get_flow(flow.flow_id) == flow  # at version 1
     assert await storage.load_invocations("waiting") == [record]
@@ -140,7 +140,7 @@ async def test_connect_migrates_a_version_2_prefix(
         flow.flow_id for flow in await storage.list_flows(FlowQuery(parent_flow_id="waiting"))
     ] == ["child"]
     assert await storage.cancel_requests(["running", "waiting"]) == {"running"}
-    # The migrated prefix behaves as version 3 and later: writes are guarded by the version.
+    # The migrated prefix behaves as version 3: writes are guarded by the version.
     stale = Change(writes=(FlowWrite("pending", {"attempt": 2}, expected_version=2),))
     assert (await storage.apply(stale)).moved == "pending"
     touch = Change(writes=(FlowWrite("pending", {"attempt": 2}, expected_version=1),))
@@ -190,7 +190,7 @@ async def test_connect_migrates_a_version_1_prefix(
     opened = await asyncio.gather(*(make_redis(prefix) for _ in range(connecting)))
 
     storage = opened[0]
-    assert await admin.get(f"{{{prefix}}}:schema_version") == b"4"
+    assert await admin.get(f"{{{prefix}}}:schema_version") == str(SCHEMA_VERSION).encode()
     newest_first = [child.flow_id for child in reversed(children)]
     assert [
         flow.flow_id for flow in await storage.list_flows(FlowQuery(parent_flow_id="parent"))
@@ -205,7 +205,7 @@ async def test_connect_migrates_a_version_1_prefix(
     counts = await storage.count_flows()
     assert counts[TaskStatus.RUNNING] == 67
     assert counts[TaskStatus.COMPLETE] == 133
-    # The migrated prefix behaves as version 3 and later: claims are recorded, cancels are marked.
+    # The migrated prefix behaves as version 3: claims are recorded, cancels are marked.
     runs = await storage.claim(
         ClaimRequest("worker-c", ["Order"], limit=1, lease_seconds=30, now=100.0)
     )
@@ -217,23 +217,6 @@ async def test_connect_migrates_a_version_1_prefix(
     assert cancelled is not None
     assert cancelled.cancel_requested
     assert cancelled.version == 2
-
-
-async def test_connect_migrates_a_version_3_prefix_to_one_that_keeps_workers(
-    make_redis: MakeRedis, redis_prefix: Callable[..., str], admin: Redis, make_flow: FlowFactory
-) -> None:
-    prefix = redis_prefix()
-    old = await make_redis(prefix)
-    await old.create_flow(make_flow())
-    await admin.set(f"{{{prefix}}}:schema_version", "3")
-
-    storage = await make_redis(prefix)
-
-    assert await admin.get(f"{{{prefix}}}:schema_version") == b"4"
-    assert await storage.get_flow("flow-1") == make_flow()
-    assert await storage.list_workers() == []
-    assert await storage.put_worker(make_worker(), replacing=None)
-    assert await storage.list_workers() == [make_worker()]
 
 
 # -- indexes and encodings -------------------------------------------------------------------

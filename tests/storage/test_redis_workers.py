@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import pytest
 from redis.asyncio import Redis
@@ -42,6 +43,26 @@ async def test_a_worker_is_one_hash_listed_in_one_index(
 
     assert await storage.delete_worker("wörker")
     assert await keys_of(admin_client, storage.prefix) == {_key(storage, "schema_version")}
+
+
+async def test_a_prefix_of_layout_version_3_gets_worker_records(
+    make_redis: MakeRedis,
+    redis_prefix: Callable[..., str],
+    admin_client: Redis,
+    make_flow: FlowFactory,
+) -> None:
+    prefix = redis_prefix()
+    older = await make_redis(prefix)
+    await older.create_flow(make_flow())
+    await admin_client.set(f"{{{prefix}}}:schema_version", "3")
+
+    storage = await make_redis(prefix)
+
+    assert await admin_client.get(f"{{{prefix}}}:schema_version") == b"4"
+    assert await storage.get_flow("flow-1") == make_flow()
+    assert await storage.list_workers() == []
+    assert await storage.put_worker(make_worker(), replacing=None)
+    assert await storage.list_workers() == [make_worker()]
 
 
 async def test_workers_are_listed_in_code_point_order(make_redis: MakeRedis) -> None:

@@ -32,8 +32,8 @@ if version == '2' then
 end
 
 if version == '3' then
-  -- Version 4 added the workers' records and each flow's lease_losses and last_lost_by; a
-  -- prefix has no worker record yet, and a flow without those fields has lost no lease.
+  -- Version 4 added each flow's lease_losses and last_lost_by fields; a flow without them
+  -- lost no lease, which is how they are read, so no flow is rewritten.
   redis.call('SET', version_key, '4')
 end
 return false
