@@ -18,6 +18,9 @@ Cluster hash slot and keep nested prefixes such as ``app`` and ``app:x`` apart):
   ``{P}:status:PENDING:<type>`` is also the ready queue.
 * Queue indexes: ``{P}:timers:<type>`` and ``{P}:timers`` (``SUSPENDED`` with a wake time, scored
   by it) and ``{P}:leases:<type>`` (``RUNNING`` with a lease, scored by its expiry).
+* ``{P}:workers:<worker_id>`` — hash, a worker's record (:mod:`pyergon.storage._redis_workers`);
+  ``{P}:workers`` — sorted set of the ids that have one, all scored 0 so listed by their bytes.
+  Both came with layout version 4; an older prefix had no worker records.
 * ``{P}:schema_version`` — the layout version; ``{P}:work`` — the pub/sub wake-up channel.
 
 Version 2 added the ``worker_id`` and ``cancel_requested`` fields and the worker and children
@@ -54,19 +57,24 @@ __all__ = [
     "optional",
     "readable_flow",
     "record_field",
+    "renewal",
 ]
 
 # -- scripts -------------------------------------------------------------------------------------
 
 _SCRIPT_NAMES = (
     "apply",
+    "beat",
     "cancel_requests",
     "claim",
     "count_flows",
     "create_flow",
     "delete_flow",
+    "delete_worker",
     "list_flows",
     "migrate",
+    "put_worker",
+    "read_workers",
     "renew_leases",
     "reset",
 )
@@ -112,6 +120,12 @@ def counted(values: Sequence[str | bytes]) -> list[str | bytes]:
 def optional(value: str | None) -> list[str | bytes]:
     """An optional script argument: ``counted`` with zero values for ``None``, else one."""
     return counted([] if value is None else [value])
+
+
+def renewal(leases: Mapping[str, str], *, lease_seconds: float, now: float) -> list[str | bytes]:
+    """The arguments that renew ``leases`` (see ``renew_held_leases`` in ``prelude.lua``)."""
+    pairs = [item for flow_id, token in leases.items() for item in (flow_id, token)]
+    return [number(now + lease_seconds), *pairs]
 
 
 # -- flows ---------------------------------------------------------------------------------------

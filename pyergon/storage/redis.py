@@ -60,10 +60,12 @@ from pyergon.storage._redis_layout import (
     number,
     optional,
     record_field,
+    renewal,
 )
 from pyergon.storage._redis_listener import WorkListener
 from pyergon.storage._redis_packing import pack_with_hiredis
 from pyergon.storage._redis_pipeline import CommandBatcher
+from pyergon.storage._redis_workers import RedisWorkerRegistry
 from pyergon.storage._url_checks import server_url
 from pyergon.storage.base import (
     SCHEMA_VERSION,
@@ -79,8 +81,8 @@ _MIGRATION_BATCH = 1_000
 """Flows backfilled per script call when migrating a prefix, so Redis is never blocked long."""
 
 
-class RedisExecutionLog(StorageLifecycle):
-    """Stores flows, records and signals in Redis, in keys named ``{<prefix>}:...``.
+class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
+    """Stores flows, records, signals and worker records in Redis, in keys named ``{<prefix>}:...``.
 
     Several processes (and machines) may share one Redis and one prefix; different prefixes
     never see each other's flows. Use an object on the event loop that connected it.
@@ -164,6 +166,15 @@ class RedisExecutionLog(StorageLifecycle):
     def prefix(self) -> str:
         """The namespace of this backend's keys."""
         return self._prefix
+
+    def reopened(self) -> RedisExecutionLog:
+        """A new, unconnected backend on the same server and prefix, with the same settings.
+
+        It shares no connection with this one, so it may be connected on another event loop.
+        """
+        return RedisExecutionLog(
+            self._url, prefix=self._prefix, max_connections=self._max_connections
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -430,8 +441,8 @@ class RedisExecutionLog(StorageLifecycle):
         """Extend the leases still held with their tokens, in one script."""
         if not leases:
             return set()
-        pairs = [item for flow_id, token in leases.items() for item in (flow_id, token)]
-        renewed: list[bytes] = await self._run("renew_leases", number(now + lease_seconds), *pairs)
+        renewal_arguments = renewal(leases, lease_seconds=lease_seconds, now=now)
+        renewed: list[bytes] = await self._run("renew_leases", *renewal_arguments)
         return {flow_id.decode() for flow_id in renewed}
 
     async def cancel_requests(self, flow_ids: Collection[str]) -> set[str]:
@@ -534,7 +545,7 @@ class RedisExecutionLog(StorageLifecycle):
         return bool(await self._run("delete_flow", flow_id))
 
     async def reset(self) -> None:
-        """Delete every flow, record and signal under the prefix; the schema version stays."""
+        """Delete every flow, record, signal and worker record; the schema version stays."""
         await self._run("reset")
 
 

@@ -38,6 +38,7 @@ from pyergon.storage import _flows as flows
 from pyergon.storage import open_storage
 from pyergon.storage.base import SCHEMA_VERSION
 from pyergon.storage.redis import RedisExecutionLog
+from pyergon.testing import make_worker
 from tests.waiting import flow_reaches
 
 from .conftest import FlowFactory, InvocationFactory, SignalFactory
@@ -271,7 +272,7 @@ async def test_prefixes_do_not_see_each_other(
     assert len(await first.list_flows()) == 2
 
 
-async def test_deleting_every_flow_leaves_only_the_schema_version(
+async def test_deleting_every_flow_and_worker_leaves_only_the_schema_version(
     make_redis: MakeRedis,
     admin: Redis,
     make_flow: FlowFactory,
@@ -294,6 +295,7 @@ async def test_deleting_every_flow_leaves_only_the_schema_version(
     held = flows.HeldFlow(storage, runs[0].flow, runs[0].flow.lease_token)
     await held.leave([], RunEnd(TaskStatus.COMPLETE))
 
+    await storage.put_worker(make_worker(), replacing=None)
     await storage.delete_flow("other")
     await storage.reset()
 

@@ -19,6 +19,7 @@ from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.storage import _flows as flows
 from pyergon.storage import redis as redis_module
 from pyergon.storage._redis_layout import SCRIPTS, encode_invocation, encode_signal
+from pyergon.storage.base import SCHEMA_VERSION
 from pyergon.storage.memory import InMemoryExecutionLog
 
 from .conftest import FlowFactory, InvocationFactory
@@ -127,7 +128,7 @@ async def test_connect_migrates_a_version_2_prefix(
     opened = await asyncio.gather(*(make_redis(prefix) for _ in range(connecting)))
 
     storage = opened[0]
-    assert await admin.get(f"{{{prefix}}}:schema_version") == b"3"
+    assert await admin.get(f"{{{prefix}}}:schema_version") == str(SCHEMA_VERSION).encode()
     for flow in (waiting, running, child, pending):
         assert await storage.get_flow(flow.flow_id) == flow  # at version 1
     assert await storage.load_invocations("waiting") == [record]
@@ -189,7 +190,7 @@ async def test_connect_migrates_a_version_1_prefix(
     opened = await asyncio.gather(*(make_redis(prefix) for _ in range(connecting)))
 
     storage = opened[0]
-    assert await admin.get(f"{{{prefix}}}:schema_version") == b"3"
+    assert await admin.get(f"{{{prefix}}}:schema_version") == str(SCHEMA_VERSION).encode()
     newest_first = [child.flow_id for child in reversed(children)]
     assert [
         flow.flow_id for flow in await storage.list_flows(FlowQuery(parent_flow_id="parent"))

@@ -38,6 +38,7 @@ local function bytes_before(a, b)
 end
 
 local function flow_key(id) return p .. ':flow:' .. id end
+local function worker_key(id) return p .. ':workers:' .. id end
 
 -- What the indexes depend on, and the version; nil if the flow does not exist.
 local function read_state(id)
@@ -98,4 +99,21 @@ local function delete_everything_of(id)
   redis.call('UNLINK', flow_key(id), p .. ':inv:' .. id, p .. ':sig:' .. id)
   redis.call('SREM', p .. ':ids', id)
   return s ~= nil
+end
+
+-- Extend to ``expires`` the leases of the flow id, lease token pairs from the next argument to
+-- the last that are still held with their token. Returns the ids renewed. A renewal is no
+-- change of the flow: its version stays.
+local function renew_held_leases(expires)
+  local renewed = {}
+  for i = cursor, #ARGV, 2 do
+    local id, token = ARGV[i], ARGV[i + 1]
+    local old = read_state(id)
+    if old and old.status == 'RUNNING' and redis.call('HGET', flow_key(id), 'lease_token') == token then
+      redis.call('HSET', flow_key(id), 'lease_expires_at', expires)
+      reindex(id, old, read_state(id))
+      renewed[#renewed + 1] = id
+    end
+  end
+  return renewed
 end
