@@ -1,4 +1,4 @@
-"""The PostgreSQL backend's own SQL: its claim, row and advisory locks, wake-ups and migrations.
+"""The PostgreSQL backend's own SQL: claim, locks, wake-ups, heartbeats and migrations.
 
 Every statement names its tables through the configured schema, so one database can hold several
 independent pyergon logs. The statements both SQL backends run are the SQL layer's

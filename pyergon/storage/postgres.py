@@ -107,7 +107,7 @@ async def _keep_session(_connection: Any) -> None:
 
 
 class PostgresExecutionLog(StorageLifecycle):
-    """Stores flows, records and signals in one schema of a PostgreSQL database.
+    """Stores flows, records, signals and worker records in one schema of a PostgreSQL database.
 
     Several processes and machines may share one schema; each holds a pool of connections and
     one more connection that LISTENs for work. Use an object on the event loop that connected it.

@@ -81,7 +81,7 @@ def _is_new_pending(stored: tuple[ScheduledFlow, bool]) -> bool:
 
 
 class SqliteExecutionLog(StorageLifecycle):
-    """Stores flows, records and signals in one SQLite file (or in memory).
+    """Stores flows, records, signals and worker records in one SQLite file (or in memory).
 
     Use it on the event loop that connected it. Reads see every write whose ``await`` returned.
     :meth:`wait_for_work` is woken at once by work stored through this object. Commits made by
