@@ -1,4 +1,4 @@
-"""The PostgreSQL backend's own SQL: its claim, row and advisory locks, wake-ups and migrations.
+"""The PostgreSQL backend's own SQL: claim, locks, wake-ups, heartbeats and migrations.
 
 Every statement names its tables through the configured schema, so one database can hold several
 independent pyergon logs. The statements both SQL backends run are the SQL layer's
@@ -24,6 +24,7 @@ from pyergon.storage._sql.rows import (
 )
 from pyergon.storage._sql.schema import READ_VERSION, WRITE_VERSION, migration_statements
 from pyergon.storage._sql.statements import FIRST_WRITER_WINS, Statements, numbered
+from pyergon.storage._sql.workers import WorkerStatements, beat_statement
 from pyergon.storage.base import SCHEMA_VERSION
 
 __all__ = [
@@ -168,7 +169,17 @@ class PostgresStatements(Statements):
             "SELECT * FROM {invocations} WHERE flow_id = ANY($1::text[]) "
             "ORDER BY flow_id, sequence, sub_sequence"
         )
-        self.reset = (render("TRUNCATE {invocations}, {signals}, {flows}"),)
+        self.workers = WorkerStatements(self.dialect)
+        # One round trip per heartbeat: the leases ($1 flow ids, $2 tokens, $3 new expiry) and
+        # the worker's record ($4...), in one statement.
+        self.beat = (
+            f"WITH renewed AS ({self.renew_leases}), "
+            f"beaten AS ({beat_statement(self.dialect, first=4)} RETURNING true) "
+            "SELECT ARRAY(SELECT flow_id FROM renewed) AS held, "
+            "EXISTS (SELECT FROM beaten) AS registered"
+        )
+        """Renews the leases still held and, if its incarnation's, the worker's record."""
+        self.reset = (render("TRUNCATE {invocations}, {signals}, {flows}, {workers}"),)
         self._claims: dict[tuple[str, ...], str] = {}
         """Claims by the columns they set: one shape in practice."""
         self._one_statements: dict[tuple[tuple[str, ...], bool, bool, bool], str] = {}

@@ -18,6 +18,7 @@ from pyergon.core.changes import Applied, Change, FlowWrite
 from pyergon.core.records import Invocation, ScheduledFlow
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import new_lease_token
+from pyergon.core.workers import Beat, WorkerRecord
 from pyergon.errors import CorruptStorageError
 from pyergon.storage._sql import steps
 from pyergon.storage._sql.dialect import SQLITE
@@ -29,11 +30,14 @@ from pyergon.storage._sql.rows import (
     wake_time,
 )
 from pyergon.storage._sql.statements import Statements
+from pyergon.storage._sql.workers import WorkerStatements, beat_arguments, worker_from_row
 from pyergon.storage.base import ClaimedRun, damaged_run
 
 __all__ = [
     "SQL",
+    "WORKERS",
     "apply_change",
+    "beat_worker",
     "claim_runs",
     "fetch_flow",
     "insert_flow",
@@ -41,10 +45,13 @@ __all__ = [
     "next_wake_time",
     "renew_leases",
     "select_rows",
+    "select_workers",
 ]
 
 SQL = Statements(SQLITE)
 """The SQL layer's statements, as SQLite spells them."""
+WORKERS = WorkerStatements(SQLITE)
+"""The statements keeping worker records, as SQLite spells them."""
 
 
 def _text_or_bytes(raw: bytes) -> str | bytes:
@@ -243,3 +250,27 @@ def next_wake_time(
         flow_types or (),
     ).fetchone()
     return None if row is None else wake_time(row[0])
+
+
+def beat_worker(
+    connection: sqlite3.Connection,
+    worker: WorkerRecord,
+    leases: Mapping[str, str],
+    *,
+    expires_at: float,
+) -> Beat:
+    """Renew the leases still held and, if still its incarnation's, the worker's record."""
+    held = renew_leases(connection, leases, expires_at=expires_at)
+    registered = connection.execute(WORKERS.beat, beat_arguments(worker)).rowcount == 1
+    return Beat(frozenset(held), registered)
+
+
+def select_workers(
+    connection: sqlite3.Connection, statement: str, parameters: Sequence[Any]
+) -> list[WorkerRecord]:
+    """The worker records a ``SELECT`` of ``workers`` rows finds.
+
+    Raises:
+        CorruptStorageError: A column of a record cannot be read.
+    """
+    return [worker_from_row(row) for row in select_rows(connection, statement, parameters)]

@@ -89,11 +89,13 @@ def prepare_connection(
     try:
         # Look before writing anything: switching to WAL rewrites the header of a foreign or
         # newer file, and the errors promise that nothing was changed.
-        _stored_version(connection, path)
+        found = _stored_version(connection, path)
         if use_wal:
             _switch_to_wal(connection, busy_timeout)
         # WAL + NORMAL loses no committed transaction when the process is killed.
         connection.execute("PRAGMA synchronous = NORMAL")
+        if found == SCHEMA_VERSION:
+            return  # nothing to migrate: no need to wait for the write lock
         # The write lock makes a second process wait here, then find the version written.
         connection.execute("BEGIN IMMEDIATE")
         try:

@@ -22,6 +22,7 @@ from pyergon.core.query import ClaimRequest, FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import claim_changes, new_lease_token
+from pyergon.core.workers import Beat, WorkerRecord
 from pyergon.errors import (
     CorruptStorageError,
     InvalidStorageUrlError,
@@ -47,6 +48,7 @@ from pyergon.storage._sql.rows import (
     wake_time,
     written_columns,
 )
+from pyergon.storage._sql.workers import beat_arguments, worker_from_row
 from pyergon.storage._url_checks import server_url
 from pyergon.storage.base import ClaimedRun, StorageLifecycle, damaged_run
 
@@ -105,7 +107,7 @@ async def _keep_session(_connection: Any) -> None:
 
 
 class PostgresExecutionLog(StorageLifecycle):
-    """Stores flows, records and signals in one schema of a PostgreSQL database.
+    """Stores flows, records, signals and worker records in one schema of a PostgreSQL database.
 
     Several processes and machines may share one schema; each holds a pool of connections and
     one more connection that LISTENs for work. Use an object on the event loop that connected it.
@@ -178,6 +180,8 @@ class PostgresExecutionLog(StorageLifecycle):
         )
         self._pool: Any = None
         self._lifecycle_lock = asyncio.Lock()
+        self._listen_on_connect = True
+        """Whether :meth:`connect` opens the listening connection, not the first wait."""
         self._listener = WorkListener(
             lambda: driver.connect(
                 dsn, server_settings=self._server_settings, timeout=self._connect_timeout
@@ -278,11 +282,28 @@ class PostgresExecutionLog(StorageLifecycle):
                 with self._driver_errors("migrate"):
                     async with pool.acquire() as connection:
                         await migrate(connection, self._sql, where=self.dsn)
-                await self._listener.listen()
+                if self._listen_on_connect:
+                    await self._listener.listen()
             except BaseException:
                 pool.terminate()
                 raise
             self._pool = pool
+
+    def reopened(self) -> PostgresExecutionLog:
+        """A new, unconnected backend on the same schema, for a worker's heartbeat thread.
+
+        It has this one's server, schema and timeout, a pool of one connection, and opens no
+        listening connection until something waits for work on it.
+        """
+        log = PostgresExecutionLog(
+            self._dsn,
+            schema=self._schema,
+            min_size=1,
+            max_size=1,
+            connect_timeout=self._connect_timeout,
+        )
+        log._listen_on_connect = False
+        return log
 
     async def close(self) -> None:
         """Close the pool (waiting for operations in flight) and the listener; safe twice."""
@@ -542,6 +563,44 @@ class PostgresExecutionLog(StorageLifecycle):
             return await steps.run_asyncpg(connection, steps.delete_flow(self._sql, flow_id))
 
     async def reset(self) -> None:
-        """Delete every flow, record and signal; the schema stays."""
+        """Delete every flow, record, signal and worker record; the schema stays."""
         async with self._connection() as connection:
             await steps.run_asyncpg(connection, steps.reset(self._sql))
+
+    # -- workers -----------------------------------------------------------------------------
+
+    async def beat(
+        self,
+        worker: WorkerRecord,
+        leases: Mapping[str, str],
+        *,
+        lease_seconds: float,
+        now: float,
+    ) -> Beat:
+        """Renew the leases still held and the worker's record, in one statement."""
+        row = await self._fetchrow(
+            self._sql.beat,
+            list(leases),
+            list(leases.values()),
+            now + lease_seconds,
+            *beat_arguments(worker),
+        )
+        return Beat(frozenset(row["held"]), row["registered"])
+
+    async def put_worker(self, worker: WorkerRecord, *, replacing: str | None) -> bool:
+        """Store ``worker`` if its id's record has incarnation ``replacing`` (or none)."""
+        statement, arguments = self._sql.workers.put(worker, replacing)
+        return await self._fetchval(statement, *arguments) is not None
+
+    async def get_worker(self, worker_id: str) -> WorkerRecord | None:
+        """Return the record of ``worker_id``, or ``None``."""
+        row = await self._fetchrow(self._sql.workers.get, worker_id)
+        return None if row is None else worker_from_row(row)
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        """Return every worker record, by worker id."""
+        return [worker_from_row(row) for row in await self._fetch(self._sql.workers.list)]
+
+    async def delete_worker(self, worker_id: str) -> bool:
+        """Delete the record of ``worker_id``. Returns whether it existed."""
+        return await self._fetchval(self._sql.workers.delete, worker_id) is not None

@@ -24,13 +24,16 @@ from pyergon.core.query import ClaimRequest, FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import claim_changes
+from pyergon.core.workers import Beat, WorkerRecord
 from pyergon.errors import StorageError
 from pyergon.storage._file_watch import WriteNotifier, watch_writes
 from pyergon.storage._sql import steps
 from pyergon.storage._sql.rows import flow_from_row, signal_from_row, status_counts
 from pyergon.storage._sqlite_changes import (
     SQL,
+    WORKERS,
     apply_change,
+    beat_worker,
     claim_runs,
     fetch_flow,
     insert_flow,
@@ -38,6 +41,7 @@ from pyergon.storage._sqlite_changes import (
     next_wake_time,
     renew_leases,
     select_rows,
+    select_workers,
 )
 from pyergon.storage._sqlite_connections import (
     BackgroundCheckpoints,
@@ -77,7 +81,7 @@ def _is_new_pending(stored: tuple[ScheduledFlow, bool]) -> bool:
 
 
 class SqliteExecutionLog(StorageLifecycle):
-    """Stores flows, records and signals in one SQLite file (or in memory).
+    """Stores flows, records, signals and worker records in one SQLite file (or in memory).
 
     Use it on the event loop that connected it. Reads see every write whose ``await`` returned.
     :meth:`wait_for_work` is woken at once by work stored through this object. Commits made by
@@ -123,6 +127,20 @@ class SqliteExecutionLog(StorageLifecycle):
     def path(self) -> str:
         """The database file, or ``":memory:"``."""
         return self._path
+
+    def reopened(self) -> SqliteExecutionLog:
+        """A new, unconnected backend on the same file with the same ``busy_timeout``.
+
+        Raises:
+            StorageError: The database is in memory: it lives in this backend's connection
+                alone, and cannot be opened a second time.
+        """
+        if self._path in (_MEMORY, ""):
+            raise StorageError(
+                "an in-memory SQLite database cannot be opened a second time: it lives in "
+                "one connection; keep a worker's heartbeats on its own event loop, or use a file"
+            )
+        return SqliteExecutionLog(self._path, busy_timeout=self._busy_timeout)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -399,9 +417,53 @@ class SqliteExecutionLog(StorageLifecycle):
         return await self._open_file().write(delete)
 
     async def reset(self) -> None:
-        """Delete every flow, record and signal; the schema stays."""
+        """Delete every flow, record, signal and worker record; the schema stays."""
 
         def delete_all(connection: sqlite3.Connection) -> None:
             steps.run_sqlite(connection, steps.reset(SQL))
 
         await self._open_file().write(delete_all)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    async def beat(
+        self,
+        worker: WorkerRecord,
+        leases: Mapping[str, str],
+        *,
+        lease_seconds: float,
+        now: float,
+    ) -> Beat:
+        """Renew the leases still held and the worker's record, in one transaction."""
+        renew = partial(
+            beat_worker, worker=worker, leases=dict(leases), expires_at=now + lease_seconds
+        )
+        return await self._open_file().write(renew)
+
+    async def put_worker(self, worker: WorkerRecord, *, replacing: str | None) -> bool:
+        """Store ``worker`` if its id's record has incarnation ``replacing`` (or none)."""
+        statement, arguments = WORKERS.put(worker, replacing)
+
+        def put(connection: sqlite3.Connection) -> bool:
+            return connection.execute(statement, arguments).rowcount == 1
+
+        return await self._open_file().write(put)
+
+    async def get_worker(self, worker_id: str) -> WorkerRecord | None:
+        """Return the record of ``worker_id``, or ``None``."""
+        select = partial(select_workers, statement=WORKERS.get, parameters=(worker_id,))
+        found = await self._open_file().read(select)
+        return found[0] if found else None
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        """Return every worker record, by worker id."""
+        select = partial(select_workers, statement=WORKERS.list, parameters=())
+        return await self._open_file().read(select, small=False)
+
+    async def delete_worker(self, worker_id: str) -> bool:
+        """Delete the record of ``worker_id``. Returns whether it existed."""
+
+        def delete(connection: sqlite3.Connection) -> bool:
+            return connection.execute(WORKERS.delete, (worker_id,)).rowcount == 1
+
+        return await self._open_file().write(delete)

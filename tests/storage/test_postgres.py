@@ -330,7 +330,13 @@ async def test_connect_creates_the_schema_at_the_current_version(backends: Backe
     )
 
     assert version == str(SCHEMA_VERSION)
-    assert [row["tablename"] for row in tables] == ["flows", "invocations", "meta", "signals"]
+    assert [row["tablename"] for row in tables] == [
+        "flows",
+        "invocations",
+        "meta",
+        "signals",
+        "workers",
+    ]
 
 
 async def test_a_schema_from_a_newer_pyergon_is_refused_untouched(

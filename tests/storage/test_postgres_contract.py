@@ -13,14 +13,21 @@ from pyergon.storage.postgres import PostgresExecutionLog
 from ..conftest import drop_schema
 
 
+@pytest.fixture
+async def storage(postgres_dsn: str) -> AsyncIterator[PostgresExecutionLog]:
+    schema = f"pyergon_test_{uuid.uuid4().hex[:12]}"
+    backend = PostgresExecutionLog(postgres_dsn, schema=schema)
+    await backend.connect()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+        await drop_schema(schema)
+
+
 class TestPostgresContract(pyergon.testing.StorageContract):
-    @pytest.fixture
-    async def storage(self, postgres_dsn: str) -> AsyncIterator[PostgresExecutionLog]:
-        schema = f"pyergon_test_{uuid.uuid4().hex[:12]}"
-        backend = PostgresExecutionLog(postgres_dsn, schema=schema)
-        await backend.connect()
-        try:
-            yield backend
-        finally:
-            await backend.close()
-            await drop_schema(schema)
+    pass
+
+
+class TestPostgresWorkerRegistry(pyergon.testing.WorkerRegistryContract):
+    pass

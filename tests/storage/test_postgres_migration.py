@@ -20,6 +20,7 @@ from pyergon.storage._flows import request_cancel
 from pyergon.storage._postgres_sql import advisory_lock_key
 from pyergon.storage._sql.dialect import quote_identifier
 from pyergon.storage.base import SCHEMA_VERSION
+from pyergon.testing import make_worker
 
 from .conftest import FlowFactory
 from .test_postgres import Backends, run_python, wait_until
@@ -69,6 +70,10 @@ _V2_CHANGES = """
         WHERE parent_flow_id IS NOT NULL;
 """
 
+_V3_CHANGES = """
+    ALTER TABLE {s}.flows ADD COLUMN version integer NOT NULL DEFAULT 1;
+"""
+
 _V2_CONTENTS = """
     INSERT INTO {s}.flows (flow_id, flow_type, payload, status, created_at, updated_at,
         error_type, error_message, error_traceback, error_payload, attempt, wake_at,
@@ -94,7 +99,7 @@ async def build_layout(
 ) -> None:
     """Create ``schema`` as the release of schema ``version`` left it, with ``contents``."""
     quoted = quote_identifier(schema)
-    layout = _V1_LAYOUT + (_V2_CHANGES if version == 2 else "")
+    layout = _V1_LAYOUT + "".join((_V2_CHANGES, _V3_CHANGES)[: version - 1])
     async with admin.transaction():
         await admin.execute(f"CREATE SCHEMA {quoted}")
         await admin.execute((layout + contents).format(s=quoted))
@@ -195,6 +200,41 @@ async def test_a_version_2_schema_is_migrated_keeping_everything_at_version_1(
     ]
 
 
+async def test_a_version_3_schema_gets_worker_records_and_its_flows_have_lost_no_lease(
+    backends: Backends,
+) -> None:
+    admin = await backends.admin()
+    schema = backends.new_schema()
+    await build_layout(
+        admin,
+        schema,
+        3,
+        _V2_CONTENTS + "UPDATE {s}.flows SET version = 5 WHERE flow_id = 'running';",
+    )
+
+    storage = await backends.make(schema)
+
+    assert await stored_version(admin, schema) == str(SCHEMA_VERSION) == "4"
+    running = await storage.get_flow("running")
+    assert running is not None and running.version == 5 and running.lease_token == "t"
+    assert await storage.renew_leases({"running": "t"}, lease_seconds=30, now=1_050.0) == {
+        "running"
+    }
+    quoted = quote_identifier(schema)
+    losses = await admin.fetch(
+        f"SELECT flow_id, lease_losses, last_lost_by FROM {quoted}.flows ORDER BY flow_id"
+    )
+    assert [tuple(row) for row in losses] == [
+        ("failed", 0, None),
+        ("running", 0, None),
+        ("suspended", 0, None),
+    ]
+    assert await storage.list_workers() == []
+    worker = make_worker()
+    assert await storage.put_worker(worker, replacing=None)
+    assert await storage.get_worker(worker.worker_id) == worker
+
+
 async def test_two_backends_connecting_at_once_to_a_version_2_schema_both_succeed(
     backends: Backends,
 ) -> None:
@@ -218,7 +258,7 @@ async def test_two_backends_connecting_at_once_to_a_version_2_schema_both_succee
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("from_version", [0, 2])
+@pytest.mark.parametrize("from_version", [0, 2, 3])
 async def test_processes_connecting_at_once_all_succeed(
     backends: Backends, from_version: int
 ) -> None:

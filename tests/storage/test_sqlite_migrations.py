@@ -9,6 +9,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from itertools import chain
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from pyergon.storage import _flows as flows
 from pyergon.storage._sql.rows import FLOW_COLUMNS, column_values
 from pyergon.storage.base import SCHEMA_VERSION
 from pyergon.storage.sqlite import SqliteExecutionLog
+from pyergon.testing import make_worker
 
 from .conftest import FlowFactory, InvocationFactory
 
@@ -59,6 +61,7 @@ V2_ADDITIONS = (
     "CREATE INDEX flows_by_parent ON flows (parent_flow_id, created_at, flow_id) "
     "WHERE parent_flow_id IS NOT NULL",
 )
+V3_ADDITIONS = ("ALTER TABLE flows ADD COLUMN version INTEGER NOT NULL DEFAULT 1",)
 
 
 @pytest.fixture
@@ -73,19 +76,20 @@ def raw(path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def old_file(path: Path, version: int, *stored: ScheduledFlow) -> None:
-    """A file as a pyergon of schema ``version`` (1 or 2) left it, holding ``stored``."""
+    """A file as a pyergon of schema ``version`` (1 to 3) left it, holding ``stored``."""
+    additions = (V2_ADDITIONS, V3_ADDITIONS)[: version - 1]
     with raw(path) as connection:
         connection.execute("PRAGMA journal_mode = WAL")
-        for statement in V1_LAYOUT + (V2_ADDITIONS if version == 2 else ()):
+        for statement in V1_LAYOUT + tuple(chain.from_iterable(additions)):
             connection.execute(statement)
         connection.execute(
             "INSERT INTO pyergon_meta (key, value) VALUES ('schema_version', ?)", (version,)
         )
+        old_columns = {row[1] for row in connection.execute("PRAGMA table_info(flows)")}
         for flow in stored:
             values = dict(zip(FLOW_COLUMNS, column_values(flow), strict=True))
-            del values["version"]  # added by version 3
-            if version == 1:
-                del values["worker_id"], values["cancel_requested"]  # added by version 2
+            # Only the columns of that version: each later one was added by a migration.
+            values = {column: values[column] for column in values if column in old_columns}
             columns = ", ".join(values)
             marks = ", ".join(f":{column}" for column in values)
             connection.execute(f"INSERT INTO flows ({columns}) VALUES ({marks})", values)
@@ -156,8 +160,41 @@ async def test_a_version_2_file_is_migrated_and_its_flows_start_at_version_1(
         assert run.flow.flow_id == "flow-1" and run.flow.version == 3
 
     version, columns, _ = stored_schema(path)
-    assert version == SCHEMA_VERSION == 3
+    assert version == SCHEMA_VERSION
     assert columns.count("version") == 1
+
+
+async def test_a_version_3_file_gets_worker_records_and_its_flows_have_lost_no_lease(
+    path: Path, make_flow: FlowFactory
+) -> None:
+    waiting = make_flow(status=TaskStatus.SUSPENDED, wake_at=2_000.0, worker_id="worker-0")
+    running = make_flow(
+        "flow-2",
+        status=TaskStatus.RUNNING,
+        lease_owner="worker-0",
+        lease_token="token",
+        lease_expires_at=5_000.0,
+        version=4,
+    )
+    old_file(path, 3, waiting, running)
+
+    async with SqliteExecutionLog(path) as storage:
+        assert await storage.get_flow("flow-1") == waiting
+        assert await storage.get_flow("flow-2") == running
+        assert await storage.renew_leases({"flow-2": "token"}, lease_seconds=30, now=4_990.0)
+        assert await storage.list_workers() == []
+        worker = make_worker()
+        assert await storage.put_worker(worker, replacing=None)
+        assert await storage.get_worker(worker.worker_id) == worker
+
+    version, columns, _ = stored_schema(path)
+    assert version == SCHEMA_VERSION == 4
+    assert columns[-3:] == ["version", "lease_losses", "last_lost_by"]
+    with raw(path) as connection:
+        losses = connection.execute(
+            "SELECT flow_id, lease_losses, last_lost_by FROM flows ORDER BY flow_id"
+        ).fetchall()
+    assert losses == [("flow-1", 0, None), ("flow-2", 0, None)]
 
 
 async def test_a_migrated_file_opens_again_without_migrating(
@@ -227,7 +264,9 @@ def connect_at_once(path: Path, count: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("version", [None, 1, 2], ids=["new-file", "version-1", "version-2"])
+@pytest.mark.parametrize(
+    "version", [None, 1, 2, 3], ids=["new-file", "version-1", "version-2", "version-3"]
+)
 def test_processes_connecting_at_once_all_succeed_and_migrate_once(
     path: Path, make_flow: FlowFactory, version: int | None
 ) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "ERROR_COLUMNS",
     "FLOW_COLUMNS",
     "INVOCATION_COLUMNS",
+    "column_reader",
     "column_values",
     "flow_from_row",
     "invocation_from_row",
@@ -158,6 +159,16 @@ _READERS: dict[object, tuple[Callable[[object], object], str]] = {
     bool: (_flag, "a flag (0 or 1)"),
 }
 """How a column holding each kind of value is read, and what it should hold."""
+
+
+def column_reader(kind: type) -> tuple[Callable[[object], object], str]:
+    """How a column of ``kind`` (``str``, ``bytes``, ``float``, ``int`` or ``bool``) is read.
+
+    Returns:
+        A reader, returning the stored value as pyergon wrote it or raising ``ValueError`` if
+        it is not of ``kind``, and what such a column holds, for messages (``"an integer"``).
+    """
+    return _READERS[kind]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -102,9 +102,10 @@ class Statements:
         self.delete_invocations = render("DELETE FROM {invocations} WHERE flow_id = $1")
         self.delete_signals = render("DELETE FROM {signals} WHERE flow_id = $1")
         self.reset: tuple[str, ...] = tuple(
-            render(f"DELETE FROM {{{table}}}") for table in ("invocations", "signals", "flows")
+            render(f"DELETE FROM {{{table}}}")
+            for table in ("invocations", "signals", "flows", "workers")
         )
-        """Deletes every flow, record and signal."""
+        """Deletes every flow, record, signal and worker record."""
         self._writes: dict[tuple[tuple[str, ...], int | None], str] = {}
         """Flow writes by their columns and number of statuses: a handful of shapes recur."""
         self._versions: dict[int, str] = {}

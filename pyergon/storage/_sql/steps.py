@@ -129,7 +129,7 @@ def delete_flow(sql: Statements, flow_id: str) -> Steps[bool]:
 
 
 def reset(sql: Statements) -> Steps[None]:
-    """Delete every flow, record and signal; the schema stays."""
+    """Delete every flow, record, signal and worker record; the schema stays."""
     for statement in sql.reset:
         yield Answer.NOTHING, statement, ()
 
