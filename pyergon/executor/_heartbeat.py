@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.workers import WorkerRecord
+from pyergon.errors import StorageError
 from pyergon.storage.base import ExecutionLog, ReopenableLog, WorkerRegistry
 
 if TYPE_CHECKING:
     from pyergon.executor._leases import Claim, LeaseClock
 
-__all__ = ["BEATS_PER_LEASE", "Heartbeat"]
+__all__ = ["BEATS_PER_LEASE", "Heartbeat", "second_handle"]
 
 logger = logging.getLogger("pyergon.worker")
 
@@ -39,11 +40,28 @@ _JOIN_SECONDS = 10.0
 """Longest wait for the heartbeat thread to end when the worker stops."""
 
 
+def second_handle(storage: ExecutionLog, clock: Clock) -> ExecutionLog | None:
+    """The unconnected log the heartbeat thread beats through, if the beats can leave the loop.
+
+    ``None`` beats on the worker's loop: storage that cannot open a second handle (in memory,
+    an in-memory SQLite database), or a clock other than the system's (a test's, which the
+    storage measures leases on).
+    """
+    if not isinstance(storage, ReopenableLog) or not isinstance(clock, SystemClock):
+        return None
+    try:
+        return storage.reopened()
+    except StorageError:
+        return None
+
+
 class Heartbeat:
     """Beats for one worker while it serves.
 
     Args:
         storage: The worker's storage.
+        beat_through: A second, unconnected handle on it (see :func:`second_handle`): the
+            beats then come from a thread of their own through it. ``None``: from the loop.
         worker_id: The worker's id, for messages.
         lease_seconds: The worker's lease length; a beat goes out every quarter of it.
         clock: The worker's clock (storage measures leases on its time).
@@ -56,6 +74,7 @@ class Heartbeat:
     def __init__(
         self,
         storage: ExecutionLog,
+        beat_through: ExecutionLog | None,
         worker_id: str,
         *,
         lease_seconds: float,
@@ -66,12 +85,14 @@ class Heartbeat:
         on_displaced: Callable[[], None],
     ) -> None:
         self._storage = storage
+        self._beat_through = beat_through
         self._worker_id = worker_id
         self._lease_seconds = lease_seconds
         self._interval = lease_seconds / BEATS_PER_LEASE
         self._clock = clock
         self._lease_clock = lease_clock
-        self._record = record
+        self.record = record
+        """The worker's record, if the storage keeps records."""
         self._flow_types = flow_types
         self._on_displaced = on_displaced
         self._claims: dict[str, Claim] = {}
@@ -90,7 +111,7 @@ class Heartbeat:
     @property
     def in_thread(self) -> bool:
         """Whether the beats come from a thread of their own (off the worker's loop)."""
-        return isinstance(self._storage, ReopenableLog) and isinstance(self._clock, SystemClock)
+        return self._beat_through is not None
 
     # -- the leases beaten for ---------------------------------------------------------------
 
@@ -147,8 +168,8 @@ class Heartbeat:
             self._thread_loop = asyncio.get_running_loop()
             self._thread_stop = asyncio.Event()
             ready.set()
-            assert isinstance(self._storage, ReopenableLog)
-            storage = self._storage.reopened()
+            storage = self._beat_through
+            assert storage is not None
             beating = asyncio.create_task(self._beat_forever(storage, connect=True))
             await self._thread_stop.wait()
             beating.cancel()
@@ -187,8 +208,8 @@ class Heartbeat:
         sent_at = self._lease_clock.now()
         now = self._clock.now()
         registered = True
-        if self._record is not None and isinstance(storage, WorkerRegistry):
-            record = self._record.beating(now, self._flow_types())
+        if self.record is not None and isinstance(storage, WorkerRegistry):
+            record = self.record.beating(now, self._flow_types())
             beat = await storage.beat(record, tokens, lease_seconds=self._lease_seconds, now=now)
             held: set[str] | frozenset[str] = beat.held
             registered = beat.registered

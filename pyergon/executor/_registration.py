@@ -7,6 +7,8 @@ The rules (who may take an id, when a worker counts as dead) are
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pyergon.clock import Clock
 from pyergon.core.query import FlowQuery
@@ -15,13 +17,18 @@ from pyergon.core.workers import (
     Registration,
     WorkerRecord,
     registration_verdict,
+    this_process,
     worker_state,
 )
 from pyergon.errors import StorageError, WorkerIdInUseError
+from pyergon.executor._heartbeat import Heartbeat, second_handle
 from pyergon.storage._flows import requeue_abandoned
 from pyergon.storage.base import ExecutionLog, WorkerRegistry
 
-__all__ = ["register_worker", "sign_off", "take_over"]
+if TYPE_CHECKING:
+    from pyergon.executor._leases import LeaseClock
+
+__all__ = ["begin_presence", "end_presence", "register_worker", "sign_off", "take_over"]
 
 logger = logging.getLogger("pyergon.worker")
 
@@ -30,6 +37,50 @@ _MAX_ROUNDS = 100
 
 _MOST_HELD = 100_000
 """More flows than any worker runs at once: one listing finds every flow a worker held."""
+
+
+async def begin_presence(
+    storage: ExecutionLog,
+    worker_id: str,
+    flow_types: Callable[[], list[str]],
+    *,
+    lease_seconds: float,
+    clock: Clock,
+    lease_clock: LeaseClock,
+    on_displaced: Callable[[], None],
+) -> Heartbeat:
+    """Register a starting worker (taking over a dead incarnation's flows) and start beating.
+
+    Storage that keeps no worker records gets the beats (lease renewals) alone.
+
+    Raises:
+        WorkerIdInUseError: A live process serves under ``worker_id``.
+    """
+    record = None
+    if isinstance(storage, WorkerRegistry):
+        record = this_process(worker_id, flow_types(), lease_seconds=lease_seconds, at=clock.now())
+        if await register_worker(storage, record, clock) is Registration.TAKE_OVER:
+            await take_over(storage, worker_id)
+    heart = Heartbeat(
+        storage,
+        second_handle(storage, clock),  # a fresh one per start: a stop closes it
+        worker_id,
+        lease_seconds=lease_seconds,
+        clock=clock,
+        lease_clock=lease_clock,
+        record=record,
+        flow_types=flow_types,
+        on_displaced=on_displaced,
+    )
+    heart.start()
+    return heart
+
+
+async def end_presence(storage: ExecutionLog, heart: Heartbeat, clock: Clock) -> None:
+    """Stop beating and mark the worker's record stopped."""
+    await heart.stop()
+    if heart.record is not None and isinstance(storage, WorkerRegistry):
+        await sign_off(storage, heart.record, clock)
 
 
 async def register_worker(

@@ -22,7 +22,7 @@ from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import FlowOutcome, Suspended, SuspendReason
 from pyergon.core.query import ClaimRequest
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
-from pyergon.core.workers import Registration, WorkerRecord, this_process
+from pyergon.core.workers import WorkerRecord
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import (
     CorruptStorageError,
@@ -31,7 +31,8 @@ from pyergon.errors import (
     SignatureError,
 )
 from pyergon.executor._child import store_child
-from pyergon.executor._heartbeat import Heartbeat
+from pyergon.executor._giving_back import GivingBack
+from pyergon.executor._heartbeat import Heartbeat, second_handle
 from pyergon.executor._inputs import decode_flow
 from pyergon.executor._leases import (
     DONE,
@@ -43,7 +44,7 @@ from pyergon.executor._leases import (
     check_lease_seconds,
     release_quietly,
 )
-from pyergon.executor._registration import register_worker, sign_off, take_over
+from pyergon.executor._registration import begin_presence, end_presence
 from pyergon.executor._runner import FlowRun, drive_flow, log_by_position, stored_outcome
 from pyergon.executor._talk import FlowTalk, served_in_process, serving
 from pyergon.serialization import Serializer, serialize_exception, serializer_for
@@ -51,8 +52,6 @@ from pyergon.storage._flows import HeldFlow
 from pyergon.storage.base import (
     ClaimedRun,
     ExecutionLog,
-    ReopenableLog,
-    WorkerRegistry,
     wait_for_event,
 )
 
@@ -65,12 +64,6 @@ _IDLE_WAIT = 1.0
 
 _CANCEL_CHECK_INTERVAL = 0.02
 """Least seconds between two looks for cancellation requests of running flows."""
-
-_RETRY_AFTER_FAILURE = 0.5
-"""Seconds a flow whose run failed for a reason outside its code waits before it runs again;
-doubled for each further failure in a row, up to ``_MAX_RETRY_AFTER_FAILURE``."""
-
-_MAX_RETRY_AFTER_FAILURE = 60.0
 
 DEFAULT_LEASE_SECONDS = 2.0
 """The lease of a worker whose heartbeats come from a thread of their own (a storage that can
@@ -134,7 +127,7 @@ class Worker:
             raise ValueError(f"max_concurrent_flows must be >= 1, got {max_concurrent_flows}")
         self.clock = clock or SystemClock()
         if lease_seconds is None:
-            off_loop = isinstance(storage, ReopenableLog) and isinstance(self.clock, SystemClock)
+            off_loop = second_handle(storage, self.clock) is not None
             lease_seconds = DEFAULT_LEASE_SECONDS if off_loop else LOOP_LEASE_SECONDS
         check_lease_seconds(lease_seconds)
         self.storage = storage
@@ -145,8 +138,6 @@ class Worker:
         self.serializer = serializer_for(storage, serializer)
         self._leases = LeaseKeeper(storage, worker_id, lease_seconds, self.clock)
         self._heart: Heartbeat | None = None
-        self.record: WorkerRecord | None = None
-        """This worker's record in storage while it serves (``None`` where none is kept)."""
         self._lookahead = _TIMER_LOOKAHEAD if isinstance(self.clock, SystemClock) else 0.0
         self._registry: dict[str, type] = {}
         self._entries: dict[str, str] = {}
@@ -159,10 +150,7 @@ class Worker:
         self._cancels_checked_at = 0.0
         self._cancel_look_owed = False
         """Storage woke the worker since its last look for cancel requests."""
-        self._failed_runs: dict[str, int] = {}
-        """Runs in a row that failed outside the flow's code, by flow id (reset by a good run)."""
-        self._refusal_logged = False
-        """Whether this worker has said that it leaves flows its keys refuse."""
+        self._giving_back = GivingBack(worker_id, self.clock, self._report)
         self.flows_finished = 0
         """Flows this worker ran to a final state."""
         self.last_heartbeat = 0.0
@@ -215,37 +203,26 @@ class Worker:
         Raises:
             WorkerIdInUseError: A live process serves under this worker's id.
         """
-        storage = self.storage
-        if isinstance(storage, WorkerRegistry):
-            record = this_process(
-                self.worker_id,
-                self._registry,
-                lease_seconds=self.lease_seconds,
-                at=self.clock.now(),
-            )
-            if await register_worker(storage, record, self.clock) is Registration.TAKE_OVER:
-                await take_over(self.storage, self.worker_id)
-            self.record = record
-        self._heart = Heartbeat(
-            storage,
+        self._heart = await begin_presence(
+            self.storage,
             self.worker_id,
+            lambda: list(self._registry),
             lease_seconds=self.lease_seconds,
             clock=self.clock,
             lease_clock=self._leases.clock,
-            record=self.record,
-            flow_types=lambda: list(self._registry),
             on_displaced=self._displaced,
         )
-        self._heart.start()
 
     async def _end(self) -> None:
         """Stop the heartbeat and mark this worker's record stopped."""
         heart, self._heart = self._heart, None
         if heart is not None:
-            await heart.stop()
-        record, self.record = self.record, None
-        if record is not None and isinstance(self.storage, WorkerRegistry):
-            await sign_off(self.storage, record, self.clock)
+            await end_presence(self.storage, heart, self.clock)
+
+    @property
+    def record(self) -> WorkerRecord | None:
+        """This worker's record in storage while it serves (``None`` where none is kept)."""
+        return None if self._heart is None else self._heart.record
 
     def _displaced(self) -> None:
         logger.error(
@@ -477,7 +454,7 @@ class Worker:
             instance: Any = decode_flow(self.serializer, cls, flow.payload)
             method_name = self._entries[flow.flow_type]
         except SignatureError as error:
-            await self._leave_refused(flow, writer, error)
+            await self._giving_back.refused(flow, writer, error)
             return
         except Exception as error:
             logger.error("worker %s: %s cannot be started: %s", self.worker_id, talk.flow, error)
@@ -520,12 +497,12 @@ class Worker:
             self.flows_finished += 1
             return
         except SignatureError as error:
-            await self._leave_refused(flow, writer, error)
+            await self._giving_back.refused(flow, writer, error)
             return
         except Exception as error:
             # Storage trouble or a bug in pyergon: give the flow back so it runs again, after a
             # pause that grows while the failure repeats, so its steps do not rerun in a loop.
-            failures, delay = self._next_pause(flow.flow_id)
+            failures, delay = self._giving_back.next_pause(flow.flow_id)
             logger.error(
                 "worker %s failed running %s (%d in a row; next try in %.1f s): %r",
                 self.worker_id,
@@ -537,46 +514,10 @@ class Worker:
             self._report(error, flow.flow_id)
             await release_quietly(writer, "failed", wake_at=self.clock.now() + delay)
             return
-        self._failed_runs.pop(flow.flow_id, None)
+        self._giving_back.ran_well(flow.flow_id)
         talk.outcome(outcome)
         if not isinstance(outcome, Suspended):
             self.flows_finished += 1
-
-    def _next_pause(self, flow_id: str) -> tuple[int, float]:
-        """Count one more run of ``flow_id`` given back unfinished; how long it waits now."""
-        failures = self._failed_runs.get(flow_id, 0) + 1
-        self._failed_runs[flow_id] = failures
-        return failures, min(_RETRY_AFTER_FAILURE * 2 ** (failures - 1), _MAX_RETRY_AFTER_FAILURE)
-
-    async def _leave_refused(
-        self, flow: ScheduledFlow, writer: LeaseWriter, error: SignatureError
-    ) -> None:
-        """Give back a flow whose stored data this worker's keys refuse, for one with the right key.
-
-        The flow is not failed: the data may be sound and this worker misconfigured. It waits
-        a pause that grows while this worker keeps meeting it, and shows why meanwhile.
-        """
-        _, delay = self._next_pause(flow.flow_id)
-        if not self._refusal_logged:
-            self._refusal_logged = True
-            logger.warning(
-                "worker %s cannot read flow %r (%s); it leaves flows it cannot read for a worker "
-                "with the right key and shows why on each. Check that this worker has the "
-                "PYERGON_SECRET_KEY (or serializer keys) the flows were written with; further "
-                "refusals are logged at debug level",
-                self.worker_id,
-                flow.flow_id,
-                error,
-            )
-            self._report(error, flow.flow_id)
-        else:
-            logger.debug("worker %s cannot read flow %r: %s", self.worker_id, flow.flow_id, error)
-        note = SignatureError(
-            f"worker {self.worker_id!r} cannot read this flow: {error}. It was left for a worker "
-            f"with the right key; this worker tries it again after {delay:g} s at the earliest."
-        )
-        wake_at = self.clock.now() + delay
-        await release_quietly(writer, "refused", wake_at=wake_at, error=StoredError.describe(note))
 
     async def _wait_for_timer(self, flow: ScheduledFlow) -> None:
         """Wait until the timer of a flow claimed shortly before it is due fires."""

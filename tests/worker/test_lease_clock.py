@@ -21,6 +21,7 @@ from pyergon import RetryPolicy, Scheduler, Worker, flow, flow_type, step
 from pyergon.clock import ManualClock
 from pyergon.core import ClaimRequest, TaskStatus
 from pyergon.core.changes import Applied, Change
+from pyergon.errors import StorageError
 from pyergon.storage.base import ClaimedRun, ExecutionLog
 from pyergon.storage.memory import InMemoryExecutionLog
 from pyergon.storage.sqlite import SqliteExecutionLog
@@ -351,12 +352,22 @@ def run_other_worker(path: Path, flow_id: str) -> None:
     asyncio.run(serve())
 
 
+class BeatsOnTheLoop(SqliteExecutionLog):
+    """SQLite without a second handle: the heartbeat shares the worker's (blocked) loop.
+
+    As with a heartbeat that cannot get through: the lease runs out while the loop is blocked.
+    """
+
+    def reopened(self) -> SqliteExecutionLog:
+        raise StorageError("this test's worker beats on its own loop")
+
+
 async def test_a_step_blocking_the_loop_past_the_lease_does_not_run_the_next_step_twice(
     tmp_path: Path,
 ) -> None:
     other_finished.clear()
     path = tmp_path / "pyergon.db"
-    storage = SqliteExecutionLog(path)
+    storage = BeatsOnTheLoop(path)
     await storage.connect()
     try:
         scheduler = Scheduler(storage)
