@@ -128,6 +128,7 @@ async def requeue(
     from_statuses: Collection[TaskStatus],
     fields: Mapping[str, object] | None = None,
     reopen_failed: bool = False,
+    lost_by: str | None = None,
 ) -> ScheduledFlow | None:
     """Put a flow back in the queue if its status is one of ``from_statuses``.
 
@@ -138,15 +139,18 @@ async def requeue(
         fields: Other fields to set.
         reopen_failed: Also make its failed work run again (see :func:`reopen_failed_work`),
             in the same change: nothing is deleted unless the flow is requeued.
+        lost_by: The dead worker whose ``RUNNING`` flow is taken back: its lost lease is
+            counted, and the flow is requeued only while that worker holds it.
 
     Returns:
-        The flow as requeued, or ``None`` if it does not exist or its status did not allow it.
+        The flow as requeued, or ``None`` if it does not exist or its status (or, with
+        ``lost_by``, its lease owner) did not allow it.
     """
     flow, changed = await _decide_and_apply(
         storage,
         flow_id,
         lambda flow: decide_requeue(
-            flow, from_statuses=from_statuses, fields=fields, at=time.time()
+            flow, from_statuses=from_statuses, fields=fields, at=time.time(), lost_by=lost_by
         ),
         partial(_reopening, storage, flow_id) if reopen_failed else None,
     )

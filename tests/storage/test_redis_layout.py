@@ -19,6 +19,7 @@ from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.storage import _flows as flows
 from pyergon.storage import redis as redis_module
 from pyergon.storage._redis_layout import SCRIPTS, encode_invocation, encode_signal
+from pyergon.storage.base import SCHEMA_VERSION
 from pyergon.storage.memory import InMemoryExecutionLog
 
 from .conftest import FlowFactory, InvocationFactory
@@ -127,7 +128,7 @@ async def test_connect_migrates_a_version_2_prefix(
     opened = await asyncio.gather(*(make_redis(prefix) for _ in range(connecting)))
 
     storage = opened[0]
-    assert await admin.get(f"{{{prefix}}}:schema_version") == b"3"
+    assert await admin.get(f"{{{prefix}}}:schema_version") == str(SCHEMA_VERSION).encode()
     for flow in (waiting, running, child, pending):
         assert await storage.get_flow(flow.flow_id) == flow  # at version 1
     assert await storage.load_invocations("waiting") == [record]
@@ -152,6 +153,16 @@ async def test_connect_migrates_a_version_2_prefix(
     woken = await storage.get_flow("waiting")
     assert woken is not None
     assert (woken.status, woken.version) == (TaskStatus.PENDING, 2)
+    # Flows of the old layout lost no lease before; a takeover counts from there.
+    taken = await storage.claim(
+        ClaimRequest("worker-d", ["Order"], limit=5, lease_seconds=30, now=9_001.0)
+    )
+    losses = {run.flow.flow_id: (run.flow.lease_losses, run.flow.last_lost_by) for run in taken}
+    assert losses == {
+        "running": (1, "worker-a"),
+        "pending": (1, "worker-c"),
+        "waiting": (0, None),
+    }
 
 
 @pytest.mark.parametrize("connecting", [1, 3], ids=["one process", "several at once"])
@@ -189,7 +200,7 @@ async def test_connect_migrates_a_version_1_prefix(
     opened = await asyncio.gather(*(make_redis(prefix) for _ in range(connecting)))
 
     storage = opened[0]
-    assert await admin.get(f"{{{prefix}}}:schema_version") == b"3"
+    assert await admin.get(f"{{{prefix}}}:schema_version") == str(SCHEMA_VERSION).encode()
     newest_first = [child.flow_id for child in reversed(children)]
     assert [
         flow.flow_id for flow in await storage.list_flows(FlowQuery(parent_flow_id="parent"))

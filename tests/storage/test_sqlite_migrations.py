@@ -84,6 +84,7 @@ def old_file(path: Path, version: int, *stored: ScheduledFlow) -> None:
         for flow in stored:
             values = dict(zip(FLOW_COLUMNS, column_values(flow), strict=True))
             del values["version"]  # added by version 3
+            del values["lease_losses"], values["last_lost_by"]  # added by version 4
             if version == 1:
                 del values["worker_id"], values["cancel_requested"]  # added by version 2
             columns = ", ".join(values)
@@ -144,6 +145,7 @@ async def test_a_version_2_file_is_migrated_and_its_flows_start_at_version_1(
         assert await storage.get_flow("flow-1") == waiting
         assert await storage.get_flow("flow-2") == running
         assert waiting.version == running.version == 1
+        assert (running.lease_losses, running.last_lost_by) == (0, None)  # lost none
         assert await storage.cancel_requests(["flow-1", "flow-2"]) == {"flow-2"}
         stale = Change(writes=(FlowWrite("flow-1", {"attempt": 2}, expected_version=2),))
         assert (await storage.apply(stale)).moved == "flow-1"
@@ -156,8 +158,30 @@ async def test_a_version_2_file_is_migrated_and_its_flows_start_at_version_1(
         assert run.flow.flow_id == "flow-1" and run.flow.version == 3
 
     version, columns, _ = stored_schema(path)
-    assert version == SCHEMA_VERSION == 3
+    assert version == SCHEMA_VERSION
     assert columns.count("version") == 1
+
+
+async def test_a_migrated_flow_counts_the_leases_it_loses_from_none(
+    path: Path, make_flow: FlowFactory
+) -> None:
+    running = make_flow(
+        status=TaskStatus.RUNNING,
+        lease_owner="worker-0",
+        lease_token="token",
+        lease_expires_at=1_500.0,
+        worker_id="worker-0",
+    )
+    old_file(path, 2, running)
+
+    async with SqliteExecutionLog(path) as storage:
+        (run,) = await storage.claim(
+            ClaimRequest("worker-a", ["Order"], limit=1, lease_seconds=30, now=2_000.0)
+        )
+
+    assert (run.flow.lease_losses, run.flow.last_lost_by) == (1, "worker-0")
+    _, columns, _ = stored_schema(path)
+    assert {"lease_losses", "last_lost_by"} <= set(columns)
 
 
 async def test_a_migrated_file_opens_again_without_migrating(

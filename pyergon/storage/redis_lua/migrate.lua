@@ -28,5 +28,12 @@ if version == '2' then
   -- Version 3 added each flow's version field; a flow without one is at version 1, which is
   -- how every script reads it, so no flow is rewritten.
   redis.call('SET', version_key, '3')
+  version = '3'
+end
+
+if version == '3' then
+  -- Version 4 added each flow's lease_losses and last_lost_by fields; a flow without them
+  -- lost no lease, which is how they are read, so no flow is rewritten.
+  redis.call('SET', version_key, '4')
 end
 return false
