@@ -218,8 +218,8 @@ def claim_changes(
         # this run starts afresh, so it goes.
         "error": None,
     }
-    if flow is not None and flow.status is TAKEN_OVER:
-        changes.update(lease_loss(flow, flow.lease_owner))
+    if flow is not None and flow.status is TAKEN_OVER:  # tested here: claims are hot
+        changes.update(takeover_changes(flow))
     return changes
 
 
