@@ -1,4 +1,4 @@
-"""A flow's history as escaped HTML, with the escaping and status colours every view shares.
+"""A flow's history as escaped HTML, with the escaping, colours and notes every view shares.
 
 ``FlowHistory._repr_html_`` renders with :func:`history_html`; the notebook views (timeline,
 monitor) draw with the same :func:`escape`, :func:`seconds` and colours. No notebook import.
@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from pyergon.core.records import Invocation
+from pyergon.core.records import Invocation, ScheduledFlow
 from pyergon.core.status import InvocationStatus, TaskStatus
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ __all__ = [
     "RED",
     "escape",
     "history_html",
+    "lease_loss_note",
     "seconds",
 ]
 
@@ -62,6 +63,18 @@ def escape(text: object) -> str:
     Control characters and lone surrogates, which no XML document may hold, become U+FFFD.
     """
     return html.escape(_UNSHOWABLE.sub("\ufffd", str(text)), quote=True)
+
+
+def lease_loss_note(flow: ScheduledFlow) -> str | None:
+    """What every view says of a flow whose workers lost its lease; ``None`` if none did.
+
+    As in ``lease lost \u00d72 (last by worker-a)``: a worker stopped holding the flow while it
+    ran it (it died, or could not renew its lease in time), and the flow was taken from it.
+    """
+    if not flow.lease_losses:
+        return None
+    last = f" (last by {flow.last_lost_by})" if flow.last_lost_by is not None else ""
+    return f"lease lost \u00d7{flow.lease_losses}{last}"
 
 
 def seconds(value: float) -> str:
@@ -107,6 +120,9 @@ def history_html(history: FlowHistory) -> str:
         facts.append(f"worker <code>{escape(flow.worker_id)}</code>")
     if flow.cancel_requested:
         facts.append("cancel requested")
+    lost = lease_loss_note(flow)
+    if lost is not None:
+        facts.append(f'<span class="pyergon-lease-lost" style="color:{RED}">{escape(lost)}</span>')
     facts.append(f"{len(history.signals)} signal(s), {len(history.children)} child flow(s)")
     error = (
         f"<pre>{escape(flow.error.short_type)}: {escape(flow.error.message)}</pre>"

@@ -52,6 +52,8 @@ FLOW_COLUMNS = (
     "attempt",
     "wake_at",
     "worker_id",
+    "lease_losses",
+    "last_lost_by",
     "parent_flow_id",
     "error_type",
     "error_message",
@@ -223,7 +225,9 @@ def _error_columns(pandas: Any, errors: Sequence[StoredError | None]) -> dict[st
 def flows_frame(flows: Iterable[ScheduledFlow]) -> pd.DataFrame:
     """Return flows as a DataFrame with the columns of :data:`FLOW_COLUMNS`.
 
-    ``duration`` is ``updated_at - created_at`` for final flows and ``NaT`` otherwise.
+    ``duration`` is ``updated_at - created_at`` for final flows and ``NaT`` otherwise;
+    ``lease_losses`` counts the leases its workers lost while running it, ``last_lost_by``
+    names the last of them.
     """
     pandas = _pandas()
     rows = list(flows)
@@ -243,6 +247,8 @@ def flows_frame(flows: Iterable[ScheduledFlow]) -> pd.DataFrame:
             "attempt": pandas.array([flow.attempt for flow in rows], dtype="Int64"),
             "wake_at": _times(pandas, [flow.wake_at for flow in rows]),
             "worker_id": _text(pandas, [flow.worker_id for flow in rows]),
+            "lease_losses": pandas.array([flow.lease_losses for flow in rows], dtype="Int64"),
+            "last_lost_by": _text(pandas, [flow.last_lost_by for flow in rows]),
             "parent_flow_id": _text(pandas, [flow.parent_flow_id for flow in rows]),
             **_error_columns(pandas, [flow.error for flow in rows]),
             "cancel_requested": pandas.array(

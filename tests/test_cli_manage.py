@@ -23,7 +23,7 @@ from types import ModuleType
 
 import pytest
 
-from pyergon import Executor, Scheduler
+from pyergon import Executor, Scheduler, Worker
 from pyergon.cli._arguments import parse_since
 from pyergon.cli._worker import STORAGE_URL_VARIABLE
 from pyergon.core import ClaimRequest, FlowQuery, Invocation, ScheduledFlow, TaskStatus
@@ -309,6 +309,50 @@ def test_show_prints_records_a_timeline_and_signals(store: Store) -> None:
 
     one_line_error(unknown, 1, "no flow with id 'nope' in storage")
     assert store.snapshot() == before
+
+
+async def _take_over(url: str, flow_id: str) -> None:
+    """Run a receipt whose first claim, by ``worker-a``, lost its lease long ago."""
+    module = sys.modules[FLOWS_MODULE]
+    storage = await open_storage(url)
+    try:
+        await Scheduler(storage).schedule(module.Receipt(flow_id), flow_id=flow_id)
+        stale = ClaimRequest("worker-a", ["CliReceipt"], limit=1, lease_seconds=1, now=1_000.0)
+        assert [run.flow.flow_id for run in await storage.claim(stale)] == [flow_id]
+        worker = Worker(storage, "worker-b")
+        worker.register(module.Receipt)
+        async with asyncio.timeout(30):
+            await worker.run_until_idle()
+    finally:
+        await storage.close()
+
+
+def test_show_and_flows_mark_a_flow_whose_lease_was_lost(store: Store) -> None:
+    asyncio.run(_take_over(store.url, "taken-over"))
+
+    shown, as_json, listed, kept = store.run_all(
+        ["show", "taken-over"],
+        ["show", "taken-over", "--json"],
+        ["flows", "--type", "CliReceipt"],
+        ["show", "done"],
+    )
+
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("flow taken-over  CliReceipt  COMPLETE\n")
+    assert (
+        "  lease lost \u00d71 (last by worker-a): a step running then may have started twice"
+        in (shown.stdout)
+    )
+    flow = json.loads(as_json.stdout)["flow"]
+    assert (flow["lease_losses"], flow["last_lost_by"], flow["worker_id"]) == (
+        1,
+        "worker-a",
+        "worker-b",
+    )
+    assert re.search(
+        r"^taken-over\s+CliReceipt\s+COMPLETE \(lease lost \u00d71\)", listed.stdout, re.M
+    )
+    assert "lease" not in kept.stdout
 
 
 def test_signal_delivers_once_and_refuses_bad_values(store: Store) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from pyergon._history_html import lease_loss_note
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.history import FlowHistory
@@ -149,6 +150,8 @@ def flow_json(flow: ScheduledFlow, *, traceback: bool = False) -> dict[str, Any]
         "worker_id": flow.worker_id,
         "lease_owner": flow.lease_owner,
         "lease_expires_at": _iso(flow.lease_expires_at),
+        "lease_losses": flow.lease_losses,
+        "last_lost_by": flow.last_lost_by,
         "parent_flow_id": flow.parent_flow_id,
         "parent_position": flow.parent_sequence,
         "cancel_requested": flow.cancel_requested,
@@ -221,6 +224,8 @@ def flows_table(flows: Sequence[ScheduledFlow]) -> Table:
         status = status_markup(flow.status.value)
         if flow.cancel_requested and not flow.status.is_final:
             status += " [dim](cancelling)[/]"
+        if flow.lease_losses:
+            status += f" [yellow](lease lost \u00d7{flow.lease_losses})[/]"
         table.add_row(
             _escape(flow.flow_id),
             _escape(flow.flow_type),
@@ -302,6 +307,11 @@ def _header_lines(history: FlowHistory) -> list[str]:
         )
     if flow.cancel_requested and not flow.status.is_final:
         lines.append("  [yellow]cancel requested[/]: it stops at its next step boundary")
+    lost = lease_loss_note(flow)
+    if lost is not None:
+        lines.append(
+            f"  [bold yellow]{_escape(lost)}[/]: a step running then may have started twice"
+        )
     waits = [
         f"{_WAITING_KIND[record.status]} {_escape(record.name)}"
         for record in history.invocations

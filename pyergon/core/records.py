@@ -220,6 +220,9 @@ class ScheduledFlow:
         lease_token: Token the holder must present to write the flow's state.
         lease_expires_at: When the lease lapses unless renewed (epoch seconds).
         worker_id: The worker that claimed the flow last; kept after it lets go.
+        lease_losses: How many times a worker lost the flow's lease while running it (another
+            claim took the flow over, or its worker was found dead); history, kept by retries.
+        last_lost_by: The worker that lost the flow's lease last, if one did.
         cancel_requested: Someone asked to cancel the flow while it was running; it stops at
             its next step boundary.
         version: Moves on by one with every stored change of the flow (not with a lease
@@ -243,6 +246,8 @@ class ScheduledFlow:
     lease_token: str | None = None
     lease_expires_at: float | None = None
     worker_id: str | None = None
+    lease_losses: int = 0
+    last_lost_by: str | None = None
     cancel_requested: bool = False
     version: int = 1
 

@@ -8,7 +8,9 @@ flow moved on meanwhile, the caller reads it again and asks here again.
 
     event                            function               what happens
     a worker claims a flow           claim_changes          RUNNING under a new lease; the error
-                                                            of a refused earlier claim goes
+                                                            of a refused earlier claim goes; a
+                                                            RUNNING flow taken over counts the
+                                                            lease its worker lost
     which flows may be claimed       is_runnable            PENDING; due SUSPENDED; lease expired
     a run ends (complete, fail,      leave_run              the lease is dropped; a cancel request
       suspend, give back)                                   turns waiting into CANCELLED; a final
@@ -17,7 +19,8 @@ flow moved on meanwhile, the caller reads it again and asks here again.
     someone asks to cancel           request_cancel         CANCELLED now, or at the next boundary
     a signal arrives                 signal_arrival         a flow waiting for it becomes PENDING
     a direct run starts              start_direct_run       RUNNING without a lease
-    an operator requeues a flow      requeue                PENDING (resume, retry)
+    an operator requeues a flow      requeue                PENDING (resume, retry); a RUNNING
+      (or a dead worker's flow)                             flow of a dead worker counts its loss
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ from pyergon.core.records import ScheduledFlow
 from pyergon.core.status import TaskStatus
 
 __all__ = [
+    "TAKEN_OVER",
     "RunEnd",
     "Transition",
     "claim_changes",
     "holds",
     "is_runnable",
+    "lease_loss",
     "leave_run",
     "new_lease_token",
     "queue_order",
@@ -45,6 +50,7 @@ __all__ = [
     "requeue",
     "signal_arrival",
     "start_direct_run",
+    "takeover_changes",
     "wake",
 ]
 
@@ -163,7 +169,32 @@ def new_lease_token() -> str:
     return uuid.uuid4().hex
 
 
-def claim_changes(request: ClaimRequest, *, lease_token: str, at: float) -> dict[str, object]:
+TAKEN_OVER = TaskStatus.RUNNING
+"""The status of a runnable flow whose claim is a takeover: its lease expired, so the worker
+that held it died or lost it, and the claim counts that loss (see :func:`takeover_changes`)."""
+
+
+def lease_loss(flow: ScheduledFlow, lost_by: str | None) -> dict[str, object]:
+    """The fields recording that a worker lost ``flow``'s lease: one loss more, by ``lost_by``."""
+    return {"lease_losses": flow.lease_losses + 1, "last_lost_by": lost_by}
+
+
+def takeover_changes(flow: ScheduledFlow) -> dict[str, object]:
+    """What a claim of ``flow`` records besides its own fields: the loss, if it is a takeover.
+
+    A claim that takes a ``RUNNING`` flow (:data:`TAKEN_OVER`; its lease expired) counts one
+    lost lease and names the lease's owner as the loser; a claim of a waiting flow records
+    nothing. Backends that claim in one statement apply the same rule in storage, from the
+    flow's stored status, lease owner and count.
+    """
+    if flow.status is not TAKEN_OVER:
+        return {}
+    return lease_loss(flow, flow.lease_owner)
+
+
+def claim_changes(
+    request: ClaimRequest, *, lease_token: str, at: float, flow: ScheduledFlow | None = None
+) -> dict[str, object]:
     """The fields a claim sets on a runnable flow (its version moves on as with any write).
 
     A waiting flow has an ``error`` only when a worker that could not read it gave it back
@@ -173,8 +204,10 @@ def claim_changes(request: ClaimRequest, *, lease_token: str, at: float) -> dict
         request: The claim: its worker holds the lease for its ``lease_seconds`` from ``now``.
         lease_token: A token of this claim alone (see :func:`new_lease_token`).
         at: Wall-clock time for ``updated_at``.
+        flow: The flow claimed, as stored: a takeover adds :func:`takeover_changes`. A backend
+            that claims many flows in one statement leaves it out and applies that rule itself.
     """
-    return {
+    changes: dict[str, object] = {
         "status": TaskStatus.RUNNING,
         "updated_at": at,
         "lease_owner": request.worker_id,
@@ -185,6 +218,9 @@ def claim_changes(request: ClaimRequest, *, lease_token: str, at: float) -> dict
         # this run starts afresh, so it goes.
         "error": None,
     }
+    if flow is not None and flow.status is TAKEN_OVER:  # tested here: claims are hot
+        changes.update(takeover_changes(flow))
+    return changes
 
 
 def is_runnable(flow: ScheduledFlow, now: float, due_by: float | None = None) -> bool:
@@ -322,6 +358,7 @@ def requeue(
     from_statuses: Collection[TaskStatus],
     fields: Mapping[str, object] | None = None,
     at: float,
+    lost_by: str | None = None,
 ) -> Transition | None:
     """An operator puts ``flow`` back in the queue (resume, retry), if its status allows.
 
@@ -329,15 +366,23 @@ def requeue(
         flow: The flow as stored.
         from_statuses: The statuses the operation applies to.
         fields: Other fields to set (a retry clears ``error`` and ``result`` and starts the
-            attempts over).
+            attempts over; the count of lost leases stays, it is the flow's history).
         at: Wall-clock time for ``updated_at``.
+        lost_by: The worker known dead whose ``RUNNING`` flow this requeue takes back: the
+            requeue counts its lost lease (see :func:`lease_loss`), and applies only while
+            that worker holds the lease. No effect on a flow in another status.
 
     Returns:
-        ``None`` if the flow's status is not one of ``from_statuses``.
+        ``None`` if the flow's status is not one of ``from_statuses``, or it is ``RUNNING``
+        under a lease of another than ``lost_by`` (another worker took it meanwhile).
     """
     if flow.status not in from_statuses:
         return None
-    status = _settled_status(flow, TaskStatus.PENDING)
     changes = dict(fields or {})
+    if lost_by is not None and flow.status is TaskStatus.RUNNING:
+        if flow.lease_owner != lost_by:
+            return None
+        changes.update(lease_loss(flow, lost_by))
+    status = _settled_status(flow, TaskStatus.PENDING)
     changes.update(_status_changes(flow, status, at))
     return _transition(flow, changes, at)

@@ -22,7 +22,7 @@ from pyergon.core.workers import (
 )
 from pyergon.errors import StorageError, WorkerIdInUseError
 from pyergon.executor._heartbeat import Heartbeat, second_handle
-from pyergon.storage._flows import requeue_abandoned
+from pyergon.storage._flows import requeue
 from pyergon.storage.base import ExecutionLog, WorkerRegistry
 
 if TYPE_CHECKING:
@@ -143,9 +143,12 @@ async def take_over(storage: ExecutionLog, worker_id: str) -> list[str]:
     )
     requeued = []
     for flow in running:
-        if flow.lease_owner == worker_id and await requeue_abandoned(
-            storage, flow.flow_id, worker_id
-        ):
+        if flow.lease_owner != worker_id:
+            continue  # a direct run, or another worker holds it
+        taken = await requeue(
+            storage, flow.flow_id, from_statuses=(TaskStatus.RUNNING,), lost_by=worker_id
+        )
+        if taken is not None:
             requeued.append(flow.flow_id)
     if requeued:
         logger.warning(

@@ -13,7 +13,8 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pyergon._history_html import FLOW_COLOURS, GREEN, RED, escape
+from pyergon._history_html import FLOW_COLOURS, GREEN, RED, escape, lease_loss_note
+from pyergon.core.query import FlowQuery
 from pyergon.core.status import TaskStatus
 from pyergon.errors import PyergonError
 from pyergon.notebook._views_common import View, ViewTasks, refresh_every
@@ -32,6 +33,9 @@ its loop is blocked (a step that does not yield, or storage that hangs).
 """
 
 _ERRORS_SHOWN = 3
+_RECENT_FLOWS = 100
+"""The newest flows in which the monitor looks for leases their workers lost."""
+_LOSSES_SHOWN = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +85,14 @@ class MonitorSnapshot:
         counts: Flows in each status, every status present.
         workers: The session's running workers, by id.
         errors: The session's kept background errors, described, oldest first.
+        lost_leases: ``(flow id, note)`` of the newest flows whose lease a worker lost while
+            running them (see :func:`~pyergon._history_html.lease_loss_note`), newest first.
     """
 
     counts: Mapping[TaskStatus, int]
     workers: tuple[WorkerState, ...]
     errors: tuple[str, ...]
+    lost_leases: tuple[tuple[str, str], ...] = ()
 
     @property
     def total(self) -> int:
@@ -114,6 +121,10 @@ class MonitorSnapshot:
                 f"  worker {worker.worker_id}: running {worker.running}/{worker.capacity}, "
                 f"finished {worker.finished}, heartbeat {worker.heartbeat}"
             )
+        if self.lost_leases:
+            lines.append(f"  flows that lost a lease: {len(self.lost_leases)}")
+            shown = self.lost_leases[:_LOSSES_SHOWN]
+            lines.extend(f"    {flow_id}: {note}" for flow_id, note in shown)
         lines.append(f"  background errors: {len(self.errors)}")
         return "\n".join(lines)
 
@@ -129,6 +140,7 @@ class MonitorSnapshot:
             parts.append(_progress_bar(self.final, self.total))
         parts.append(f"<table><tr>{cells}</tr></table>")
         parts.append(_workers_html(self.workers))
+        parts.append(_lost_leases_html(self.lost_leases))
         parts.append(_errors_html(self.errors))
         return f'<div class="pyergon-monitor">{"".join(parts)}</div>'
 
@@ -161,6 +173,21 @@ def _heartbeat_html(worker: WorkerState) -> str:
         return "none yet"
     colour = RED if worker.heartbeat == "stale" else GREEN
     return f'<span style="color:{colour}">{worker.heartbeat_age:.1f}s ago</span>'
+
+
+def _lost_leases_html(lost_leases: tuple[tuple[str, str], ...]) -> str:
+    if not lost_leases:
+        return ""
+    shown = "".join(
+        f'<li><code>{escape(flow_id)}</code>: <span class="pyergon-lease-lost">{escape(note)}'
+        "</span></li>"
+        for flow_id, note in lost_leases[:_LOSSES_SHOWN]
+    )
+    return (
+        f'<p style="color:{RED}">{len(lost_leases)} flow(s) lost a lease: a worker stopped '
+        "holding it while it ran it (<code>await session.history(flow_id)</code> shows more)</p>"
+        f"<ul>{shown}</ul>"
+    )
 
 
 def _errors_html(errors: tuple[str, ...]) -> str:
@@ -213,9 +240,13 @@ class Monitor(View):
         return task is not None and not task.done() and not task.cancelling()
 
     async def refresh(self) -> MonitorSnapshot:
-        """Read counts from storage and the session's workers and errors; update the widget."""
+        """Read storage's counts and lost leases, the session's workers and errors; redraw."""
         self.session._check_open()
         counts = await self.session.storage.count_flows()
+        newest = await self.session.storage.list_flows(FlowQuery(limit=_RECENT_FLOWS))
+        lost_leases = tuple(
+            (flow.flow_id, note) for flow in newest if (note := lease_loss_note(flow)) is not None
+        )
         now = time.time()
         workers = sorted(
             (WorkerState.of(worker, now) for worker in self.session.workers),
@@ -225,6 +256,7 @@ class Monitor(View):
             counts=dict(counts),
             workers=tuple(workers),
             errors=tuple(str(error) for error in self.session.errors),
+            lost_leases=lost_leases,
         )
         if self._widget is not None:
             self._widget.show(self)

@@ -21,6 +21,7 @@ from pyergon._history_html import (
     RECORD_COLOURS,
     RED,
     escape,
+    lease_loss_note,
     seconds,
 )
 from pyergon.core.records import Invocation
@@ -100,6 +101,9 @@ def _flow_summary(history: FlowHistory) -> str:
         facts.append(f"child of {flow.parent_flow_id}")
     if flow.cancel_requested:
         facts.append("cancel requested")
+    lost = lease_loss_note(flow)
+    if lost is not None:
+        facts.append(lost)
     return f"{flow.flow_id} ({flow.flow_type}) {', '.join(facts)}"
 
 
@@ -272,17 +276,21 @@ class _Drawing:
         flow = history.flow
         colour = FLOW_COLOURS[flow.status]
         summary = _flow_summary(history)
-        attempt = (
-            f'<tspan dx="8" font-weight="normal">attempt {flow.attempt}</tspan>'
-            if flow.attempt > 1
-            else ""
-        )
+        notes = ""
+        if flow.attempt > 1:
+            notes += f'<tspan dx="8" font-weight="normal">attempt {flow.attempt}</tspan>'
+        lost = lease_loss_note(flow)
+        if lost is not None:
+            notes += (
+                f'<tspan class="pyergon-lease-lost" dx="8" font-weight="normal" fill="{RED}">'
+                f"{escape(_clip(lost, 48))}</tspan>"
+            )
         # Separated by dx, not spaces: SVG collapses white space between tspans.
         head = (
             f'<text x="4" y="{top + 15}" font-weight="bold">'
             f"<title>{escape(summary)}</title>{escape(_clip(flow.flow_id, 40))}"
             f'<tspan dx="8" font-weight="normal">{escape(_clip(flow.flow_type, 30))}</tspan>'
-            f'<tspan dx="8" fill="{colour}">{escape(flow.status.value)}</tspan>{attempt}</text>'
+            f'<tspan dx="8" fill="{colour}">{escape(flow.status.value)}</tspan>{notes}</text>'
         )
         records = _ordered(history)
         rows = []

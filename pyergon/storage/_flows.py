@@ -37,7 +37,6 @@ __all__ = [
     "reopen_failed_work",
     "request_cancel",
     "requeue",
-    "requeue_abandoned",
     "save_records",
     "start_direct_run",
 ]
@@ -129,6 +128,7 @@ async def requeue(
     from_statuses: Collection[TaskStatus],
     fields: Mapping[str, object] | None = None,
     reopen_failed: bool = False,
+    lost_by: str | None = None,
 ) -> ScheduledFlow | None:
     """Put a flow back in the queue if its status is one of ``from_statuses``.
 
@@ -139,38 +139,22 @@ async def requeue(
         fields: Other fields to set.
         reopen_failed: Also make its failed work run again (see :func:`reopen_failed_work`),
             in the same change: nothing is deleted unless the flow is requeued.
+        lost_by: The dead worker whose ``RUNNING`` flow is taken back: its lost lease is
+            counted, and the flow is requeued only while that worker holds it.
 
     Returns:
-        The flow as requeued, or ``None`` if it does not exist or its status did not allow it.
+        The flow as requeued, or ``None`` if it does not exist or its status (or, with
+        ``lost_by``, its lease owner) did not allow it.
     """
     flow, changed = await _decide_and_apply(
         storage,
         flow_id,
         lambda flow: decide_requeue(
-            flow, from_statuses=from_statuses, fields=fields, at=time.time()
+            flow, from_statuses=from_statuses, fields=fields, at=time.time(), lost_by=lost_by
         ),
         partial(_reopening, storage, flow_id) if reopen_failed else None,
     )
     return flow if changed else None
-
-
-async def requeue_abandoned(storage: ExecutionLog, flow_id: str, worker_id: str) -> bool:
-    """Put a flow back in the queue if it is still running under a lease of ``worker_id``.
-
-    For a worker known to be dead (its process is gone): its flows run again at once rather
-    than when their leases run out.
-
-    Returns:
-        Whether the flow was requeued.
-    """
-
-    def decide(flow: ScheduledFlow) -> Transition | None:
-        if flow.lease_owner != worker_id:
-            return None  # finished, or another worker holds it now
-        return decide_requeue(flow, from_statuses=(TaskStatus.RUNNING,), at=time.time())
-
-    _, changed = await _decide_and_apply(storage, flow_id, decide)
-    return changed
 
 
 async def reopen_failed_work(storage: ExecutionLog, flow_id: str) -> None:

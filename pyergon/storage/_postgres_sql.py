@@ -23,7 +23,12 @@ from pyergon.storage._sql.rows import (
     written_columns,
 )
 from pyergon.storage._sql.schema import READ_VERSION, WRITE_VERSION, migration_statements
-from pyergon.storage._sql.statements import FIRST_WRITER_WINS, Statements, numbered
+from pyergon.storage._sql.statements import (
+    FIRST_WRITER_WINS,
+    TAKEOVER_ASSIGNMENTS,
+    Statements,
+    numbered,
+)
 from pyergon.storage._sql.workers import WorkerStatements, beat_statement
 from pyergon.storage.base import SCHEMA_VERSION
 
@@ -278,11 +283,15 @@ class PostgresStatements(Statements):
     def claim_flows(self, columns: Sequence[str]) -> str:
         """The claim, setting ``columns`` (``$6``...) and a lease token of each flow's own.
 
-        Its rows are the flows claimed, in queue order.
+        A flow taken over counts the lease its worker lost (:data:`TAKEOVER_ASSIGNMENTS`). Its
+        rows are the flows claimed, in queue order.
         """
         key = tuple(columns)
         if key not in self._claims:
-            assignments = ", ".join(f"{column} = ${n}" for n, column in enumerate(columns, start=6))
+            assignments = ", ".join(
+                [f"{column} = ${n}" for n, column in enumerate(columns, start=6)]
+                + [TAKEOVER_ASSIGNMENTS]
+            )
             self._claims[key] = self.dialect.render(_CLAIM_FLOWS, assignments=assignments)
         return self._claims[key]
 

@@ -5,9 +5,9 @@ Keys under the prefix ``P`` (written ``{P}``: the braces put every key of a pref
 Cluster hash slot and keep nested prefixes such as ``app`` and ``app:x`` apart):
 
 * ``{P}:flow:<id>`` — hash, one field per flow attribute, bytes stored as they are; a ``None``
-  attribute has no field, nor has ``cancel_requested`` while false (it is ``"1"`` when true);
-  the error is spread over ``error_type`` ... ``error_payload``. A flow without a ``version``
-  field (written before layout version 3) is at version 1.
+  attribute has no field, nor has ``cancel_requested`` while false (it is ``"1"`` when true),
+  nor ``lease_losses`` while 0; the error is spread over ``error_type`` ... ``error_payload``.
+  A flow without a ``version`` field (written before layout version 3) is at version 1.
 * ``{P}:inv:<id>`` — hash, field ``"<sequence>:<sub_sequence>"`` → an encoded record: one line of
   JSON header, then the raw result bytes and error payload bytes (their lengths in the header).
 * ``{P}:sig:<id>`` — hash, signal name → the ``sent_at`` time, a newline, the payload bytes.
@@ -24,7 +24,9 @@ Cluster hash slot and keep nested prefixes such as ``app`` and ``app:x`` apart):
 * ``{P}:schema_version`` — the layout version; ``{P}:work`` — the pub/sub wake-up channel.
 
 Version 2 added the ``worker_id`` and ``cancel_requested`` fields and the worker and children
-indexes; version 3 the ``version`` field. ``migrate.lua`` moves an older prefix forward.
+indexes; version 3 the ``version`` field; version 4 the ``lease_losses`` and ``last_lost_by``
+fields (absent on older flows, which have lost none). ``migrate.lua`` moves an older prefix
+forward.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any, cast
 
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.core.transitions import TAKEN_OVER
 from pyergon.errors import CorruptStorageError
 from pyergon.storage.base import ClaimedRun, damaged_run
 
@@ -92,6 +95,7 @@ def _load_scripts() -> dict[str, str]:
     constants = (
         f"local FINAL_RECORD = {_lua_set(s.value for s in InvocationStatus if s.is_final)}\n"
         f"local FAILED = {InvocationStatus.FAILED.value!r}\n"
+        f"local TAKEN_OVER = {TAKEN_OVER.value!r}\n"
     )
     prelude = constants + folder.joinpath("prelude.lua").read_text(encoding="utf-8")
     return {
@@ -139,11 +143,12 @@ _TEXT_FIELDS = frozenset(
         "lease_owner",
         "lease_token",
         "worker_id",
+        "last_lost_by",
     )
 )
 _BYTES_FIELDS = frozenset(("payload", "result"))
 _FLOAT_FIELDS = frozenset(("created_at", "updated_at", "wake_at", "lease_expires_at"))
-_INT_FIELDS = frozenset(("attempt", "version"))
+_INT_FIELDS = frozenset(("attempt", "version", "lease_losses"))
 _ERROR_FIELDS = ("error_type", "error_message", "error_traceback", "error_payload")
 _FLOW_FIELDS = tuple(ScheduledFlow.__dataclass_fields__)
 _ATTRIBUTES = frozenset(_FLOW_FIELDS)
@@ -164,6 +169,8 @@ def _stored(name: str, value: object) -> Iterator[tuple[str, str | bytes | None]
         yield name, None
     elif name in _FLOAT_FIELDS:
         yield name, number(cast(float, value))
+    elif name == "lease_losses" and not value:
+        yield name, None
     elif name in _INT_FIELDS:
         yield name, str(int(cast(int, value)))
     elif name == "status":

@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pyergon.core.changes import Applied, Change, FlowWrite
+from pyergon.core.changes import Applied, Change
 from pyergon.core.records import Invocation, ScheduledFlow
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import new_lease_token
@@ -150,7 +150,8 @@ def claim_runs(
 ) -> list[ClaimedRun]:
     """Claim up to ``limit`` runnable flows of ``flow_types`` in queue order, with their logs.
 
-    Each flow gets ``changes`` (a claim's fields) and a lease token of its own. Runs inside the
+    Each flow gets ``changes`` (a claim's fields) and a lease token of its own; a flow taken over
+    counts the lease its worker lost (see :meth:`Statements.claim_flow`). Runs inside the
     caller's write transaction, so two workers never take the same flow, and no record can be
     added between the claim and the reading of the flow's log.
 
@@ -191,7 +192,7 @@ def claim_runs(
     claimed = []
     for _ready_at, _created_at, flow_id in ready[:limit]:
         lease = {**changes, "lease_token": new_lease_token()}
-        connection.execute(*SQL.write_flow(FlowWrite(flow_id, lease)))
+        connection.execute(*SQL.claim_flow(flow_id, lease))
         # Read back rather than RETURNING, which gives whole REAL values as integers.
         (row,) = select_rows(connection, SQL.get_flow, (flow_id,))
         values, damage = readable_flow(row)

@@ -120,7 +120,9 @@ class InMemoryExecutionLog(StorageLifecycle):
         ]
         claimed = []
         for chosen in heapq.nsmallest(request.limit, runnable, key=queue_order):
-            changes = claim_changes(request, lease_token=new_lease_token(), at=time.time())
+            changes = claim_changes(
+                request, lease_token=new_lease_token(), at=time.time(), flow=chosen
+            )
             flow = chosen.replace(**changes, version=chosen.version + 1)
             self._flows[flow.flow_id] = flow
             claimed.append(ClaimedRun(flow, self._log(flow.flow_id)))

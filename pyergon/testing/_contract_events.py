@@ -320,6 +320,38 @@ class EventContract:
         assert requeued == make_flow(updated_at=requeued.updated_at, version=2)
         assert await storage.get_flow("flow-1") == requeued
 
+    async def test_a_requeue_of_a_dead_workers_flow_counts_its_lost_lease(
+        self, storage: ExecutionLog
+    ) -> None:
+        held = await hold(storage, worker_id="worker-a")
+        running = {TaskStatus.RUNNING}
+
+        requeued = await requeue(storage, "flow-1", from_statuses=running, lost_by="worker-a")
+
+        assert requeued is not None and requeued == await storage.get_flow("flow-1")
+        assert requeued == held.flow.replace(
+            status=TaskStatus.PENDING,
+            updated_at=requeued.updated_at,
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+            lease_losses=1,
+            last_lost_by="worker-a",
+            version=held.flow.version + 1,
+        )
+        assert await requeue(storage, "flow-1", from_statuses=running, lost_by="worker-a") is None
+
+    async def test_a_requeue_for_a_dead_worker_leaves_a_flow_another_worker_holds(
+        self, storage: ExecutionLog
+    ) -> None:
+        held = await hold(storage, worker_id="worker-b")
+
+        assert (
+            await requeue(storage, "flow-1", from_statuses={TaskStatus.RUNNING}, lost_by="worker-a")
+            is None
+        )
+        assert await storage.get_flow("flow-1") == held.flow
+
     async def test_a_requeue_from_another_status_changes_nothing(
         self, storage: ExecutionLog
     ) -> None:

@@ -70,6 +70,8 @@ class FlowContract:
             lease_token="token-1",
             lease_expires_at=1_030.0,
             worker_id="worker-a",
+            lease_losses=2,
+            last_lost_by="worker-z",
             cancel_requested=True,
             version=7,
         )
@@ -117,6 +119,8 @@ class FlowContract:
             "lease_token": "token-1",
             "lease_expires_at": 1_030.0,
             "worker_id": "worker-a",
+            "lease_losses": 3,
+            "last_lost_by": "worker-z",
             "cancel_requested": True,
         }
 
@@ -131,6 +135,8 @@ class FlowContract:
             "lease_owner": None,
             "lease_token": None,
             "lease_expires_at": None,
+            "lease_losses": 0,
+            "last_lost_by": None,
             "cancel_requested": False,
         }
         await write(storage, "flow-1", cleared)

@@ -7,7 +7,10 @@ import asyncio
 import pytest
 
 from pyergon.core.changes import Change
+from pyergon.core.records import StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
+from pyergon.core.transitions import RunEnd, takeover_changes
+from pyergon.storage._flows import HeldFlow, requeue
 from pyergon.storage.base import ExecutionLog
 from pyergon.testing._support import claim, claim_ids, hold, lease_of, store, stored, write
 from pyergon.testing.factories import make_flow, make_invocation, make_signal
@@ -303,6 +306,84 @@ class QueueContract:
         flow = await stored(storage, "flow-1")
         assert lease_of(flow) == lease_of(held.flow)
         assert flow == held.flow.replace(attempt=2, version=held.flow.version + 1)
+
+    # -- lost leases ---------------------------------------------------------------------------
+
+    async def test_a_claim_of_an_expired_running_flow_counts_the_loss_and_names_the_loser(
+        self, storage: ExecutionLog
+    ) -> None:
+        await storage.create_flow(make_flow())
+        [first] = await claim(storage, "worker-a", lease_seconds=10, now=1_000.0)
+
+        [second] = await claim(storage, "worker-b", lease_seconds=10, now=1_011.0)
+        [third] = await claim(storage, "worker-c", lease_seconds=10, now=1_022.0)
+
+        assert (first.flow.lease_losses, first.flow.last_lost_by) == (0, None)
+        assert (second.flow.lease_losses, second.flow.last_lost_by) == (1, "worker-a")
+        # Nothing else changes but what any claim sets.
+        assert third.flow == second.flow.replace(
+            **takeover_changes(second.flow),
+            updated_at=third.flow.updated_at,
+            lease_owner="worker-c",
+            lease_token=third.flow.lease_token,
+            lease_expires_at=1_032.0,
+            worker_id="worker-c",
+            version=second.flow.version + 1,
+        )
+        assert (third.flow.lease_losses, third.flow.last_lost_by) == (2, "worker-b")
+        assert await storage.get_flow("flow-1") == third.flow
+
+    async def test_a_claim_of_a_waiting_flow_counts_no_loss(self, storage: ExecutionLog) -> None:
+        lost_before = {"lease_losses": 2, "last_lost_by": "worker-z"}
+        await storage.create_flow(make_flow("pending", **lost_before))
+        await storage.create_flow(
+            make_flow("due", status=TaskStatus.SUSPENDED, wake_at=1_000.0, **lost_before)
+        )
+        await storage.create_flow(make_flow("fresh", created_at=1_001.0))
+
+        runs = await claim(storage, "worker-a", now=1_000.0)
+
+        losses = {run.flow.flow_id: (run.flow.lease_losses, run.flow.last_lost_by) for run in runs}
+        assert losses == {
+            "pending": (2, "worker-z"),
+            "due": (2, "worker-z"),
+            "fresh": (0, None),
+        }
+
+    async def test_a_claim_takes_over_expired_flows_among_waiting_ones(
+        self, storage: ExecutionLog
+    ) -> None:
+        await _store_queue(storage)  # worker "dead-worker" holds older-a until 1_010
+
+        runs = await claim(storage, "worker-b", ("Order", "Refund"), limit=50, now=2_000.0)
+
+        losses = {run.flow.flow_id: run.flow.lease_losses for run in runs if run.flow.lease_losses}
+        assert losses == {"older-a": 1}
+        assert (await stored(storage, "older-a")).last_lost_by == "dead-worker"
+
+    async def test_the_count_of_lost_leases_stays_through_later_runs_and_a_retry(
+        self, storage: ExecutionLog
+    ) -> None:
+        await storage.create_flow(make_flow())
+        await claim(storage, "worker-a", lease_seconds=10, now=1_000.0)
+        [taken] = await claim(storage, "worker-b", lease_seconds=10, now=1_011.0)
+
+        held = HeldFlow(storage, taken.flow, taken.flow.lease_token)
+        await held.leave([], RunEnd(TaskStatus.SUSPENDED, {"wake_at": 1_100.0}))
+        [woken] = await claim(storage, "worker-c", now=1_100.0)
+        held = HeldFlow(storage, woken.flow, woken.flow.lease_token)
+        await held.leave([], RunEnd(TaskStatus.FAILED, {"error": StoredError("x.Down", "down")}))
+        retried = await requeue(
+            storage, "flow-1", from_statuses={TaskStatus.FAILED}, fields={"error": None}
+        )
+
+        assert (woken.flow.lease_losses, woken.flow.last_lost_by) == (1, "worker-a")
+        assert retried is not None and retried == await storage.get_flow("flow-1")
+        assert (retried.status, retried.lease_losses, retried.last_lost_by) == (
+            TaskStatus.PENDING,
+            1,
+            "worker-a",
+        )
 
     # -- timers and wake-ups -------------------------------------------------------------------
 

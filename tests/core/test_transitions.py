@@ -11,11 +11,13 @@ from pyergon.core.query import ClaimRequest
 from pyergon.core.records import ScheduledFlow, StoredError
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import (
+    TAKEN_OVER,
     RunEnd,
     Transition,
     claim_changes,
     holds,
     is_runnable,
+    lease_loss,
     leave_run,
     new_lease_token,
     queue_order,
@@ -23,6 +25,7 @@ from pyergon.core.transitions import (
     requeue,
     signal_arrival,
     start_direct_run,
+    takeover_changes,
     wake,
 )
 from pyergon.testing import make_flow
@@ -85,6 +88,36 @@ def test_claim_changes_put_the_flow_under_a_lease() -> None:
         "worker_id": "worker-a",
         "error": None,  # left by a worker that gave the flow back unread
     }
+
+
+def test_a_claim_of_a_running_flow_counts_the_lease_its_worker_lost() -> None:
+    request = ClaimRequest("worker-b", ["Order"], limit=1, lease_seconds=30, now=1_040.0)
+    expired = running(lease_losses=2, last_lost_by="worker-z")
+
+    changes = claim_changes(request, lease_token="tok", at=AT, flow=expired)
+
+    assert changes == claim_changes(request, lease_token="tok", at=AT) | {
+        "lease_losses": 3,
+        "last_lost_by": "worker-a",
+    }
+    assert TAKEN_OVER is TaskStatus.RUNNING
+    assert takeover_changes(expired) == {"lease_losses": 3, "last_lost_by": "worker-a"}
+
+
+@pytest.mark.parametrize("status", NOT_RUNNING)
+def test_a_claim_of_a_flow_not_running_counts_no_loss(status: TaskStatus) -> None:
+    request = ClaimRequest("worker-b", ["Order"], limit=1, lease_seconds=30, now=1_040.0)
+    flow = make_flow(status=status, lease_losses=1, last_lost_by="worker-z")
+
+    changes = claim_changes(request, lease_token="tok", at=AT, flow=flow)
+
+    assert changes == claim_changes(request, lease_token="tok", at=AT)
+    assert takeover_changes(flow) == {}
+
+
+def test_a_lease_loss_is_one_more_by_the_worker_named() -> None:
+    assert lease_loss(make_flow(), "worker-a") == {"lease_losses": 1, "last_lost_by": "worker-a"}
+    assert lease_loss(make_flow(lease_losses=4), None) == {"lease_losses": 5, "last_lost_by": None}
 
 
 @pytest.mark.parametrize(
@@ -365,6 +398,55 @@ def test_a_requeue_of_a_running_flow_asked_to_cancel_cancels_it() -> None:
     assert transition is not None and transition.flow is not None
     assert transition.flow.status is TaskStatus.CANCELLED
     assert transition.change.writes[1:] == (wake("p", AT),)
+
+
+def test_a_requeue_of_a_dead_workers_flow_counts_its_lost_lease() -> None:
+    flow = running(lease_losses=1, last_lost_by="worker-z", attempt=2)
+
+    transition = requeue(flow, from_statuses={TaskStatus.RUNNING}, at=AT, lost_by="worker-a")
+
+    assert transition is not None
+    check_decided(flow, transition)
+    assert transition.flow == make_flow(
+        attempt=2,
+        worker_id="worker-a",
+        lease_losses=2,
+        last_lost_by="worker-a",
+        updated_at=AT,
+        version=3,
+    )
+    assert transition.change.notify
+
+
+def test_a_requeue_for_a_dead_worker_leaves_a_flow_another_worker_holds() -> None:
+    taken = running(lease_owner="worker-b", worker_id="worker-b")
+
+    assert requeue(taken, from_statuses={TaskStatus.RUNNING}, at=AT, lost_by="worker-a") is None
+    direct = running(lease_owner=None, lease_token=None, lease_expires_at=None)
+    assert requeue(direct, from_statuses={TaskStatus.RUNNING}, at=AT, lost_by="worker-a") is None
+
+
+@pytest.mark.parametrize("status", NOT_RUNNING)
+def test_a_requeue_for_a_dead_worker_counts_no_loss_of_a_flow_not_running(
+    status: TaskStatus,
+) -> None:
+    flow = make_flow(status=status, lease_losses=1, last_lost_by="worker-z")
+
+    transition = requeue(flow, from_statuses=set(TaskStatus), at=AT, lost_by="worker-a")
+
+    assert transition is not None and transition.flow is not None
+    assert (transition.flow.lease_losses, transition.flow.last_lost_by) == (1, "worker-z")
+
+
+def test_a_retry_keeps_the_count_of_lost_leases() -> None:
+    flow = make_flow(status=TaskStatus.FAILED, lease_losses=2, last_lost_by="worker-a")
+
+    transition = requeue(
+        flow, from_statuses={TaskStatus.FAILED}, fields={"error": None, "attempt": 1}, at=AT
+    )
+
+    assert transition is not None and transition.flow is not None
+    assert (transition.flow.lease_losses, transition.flow.last_lost_by) == (2, "worker-a")
 
 
 def test_wake_makes_only_a_suspended_flow_pending() -> None:

@@ -158,11 +158,15 @@ class FlowLife(RuleBasedStateMachine):
         request = ClaimRequest(
             "worker", [flow.flow_type], limit=1, lease_seconds=LEASE_SECONDS, now=self.now
         )
-        changes = claim_changes(request, lease_token=token, at=self.now)
+        changes = claim_changes(request, lease_token=token, at=self.now, flow=flow)
         write = Change(writes=(_write(flow, changes),))
         assert self.apply(write)
         claimed = self.flows[flow_id]
         assert holds(claimed, token) and claimed.version == flow.version + 1
+        taken_over = flow.status is TaskStatus.RUNNING  # its lease expired: a loss
+        assert claimed.lease_losses == flow.lease_losses + taken_over
+        if taken_over:
+            assert claimed.last_lost_by == flow.lease_owner == "worker"
         return Run(flow_id, token, claimed)
 
     @rule(target=runs, flow_id=FLOW_IDS)
@@ -225,10 +229,16 @@ class FlowLife(RuleBasedStateMachine):
         flow_id=FLOW_IDS,
         from_statuses=st.frozensets(st.sampled_from(list(TaskStatus)), min_size=1),
         stale=st.booleans(),
+        lost_by=st.none() | st.sampled_from(["worker", "another"]),
     )
-    def requeue(self, flow_id: str, from_statuses: frozenset[TaskStatus], stale: bool) -> None:
+    def requeue(
+        self, flow_id: str, from_statuses: frozenset[TaskStatus], stale: bool, lost_by: str | None
+    ) -> None:
         def decide(flow: ScheduledFlow) -> Transition | None:
-            return requeue(flow, from_statuses=from_statuses, fields={"attempt": 1}, at=self.now)
+            fields = {"attempt": 1}
+            return requeue(
+                flow, from_statuses=from_statuses, fields=fields, at=self.now, lost_by=lost_by
+            )
 
         self.decide_and_apply(flow_id, decide, stale, requeue=True)
 
@@ -260,6 +270,13 @@ def _write(flow: ScheduledFlow, changes: dict[str, object]) -> FlowWrite:
 def check_write(before: ScheduledFlow, after: ScheduledFlow, *, requeue: bool) -> None:
     """The rules every single write of a flow keeps."""
     assert after.version == before.version + 1
+    # A write counts at most one lost lease, of a flow that was running, and names its holder.
+    assert after.lease_losses - before.lease_losses in (0, 1), (before, after)
+    if after.lease_losses > before.lease_losses:
+        assert before.status is TaskStatus.RUNNING, (before, after)
+        assert after.last_lost_by == before.lease_owner is not None, (before, after)
+    else:
+        assert after.last_lost_by == before.last_lost_by, (before, after)
     if before.status.is_final and not requeue:
         assert after.status is before.status, (before, after)
     if before.status is TaskStatus.RUNNING and before.cancel_requested:

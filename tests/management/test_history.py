@@ -143,6 +143,21 @@ def test_flow_frame_values() -> None:
     assert pd.isna(frame.loc[1, "worker_id"])
 
 
+def test_the_flow_frame_counts_the_leases_each_flow_lost() -> None:
+    taken_over = ScheduledFlow(
+        "a", "Kind", b"", TaskStatus.COMPLETE, 10.0, 12.5, lease_losses=2, last_lost_by="w1"
+    )
+    untouched = ScheduledFlow("b", "Kind", b"", TaskStatus.PENDING, 11.0, 11.0)
+
+    frame = flows_frame([taken_over, untouched])
+
+    assert str(frame["lease_losses"].dtype) == "Int64"
+    assert frame["lease_losses"].tolist() == [2, 0]
+    assert frame.loc[0, "last_lost_by"] == "w1"
+    assert pd.isna(frame.loc[1, "last_lost_by"])
+    assert frame[frame["lease_losses"] > 0]["flow_id"].tolist() == ["a"]
+
+
 def test_invocation_and_signal_frame_values() -> None:
     record = Invocation(
         "a",

@@ -153,7 +153,9 @@ class OutsiderExecutionLog(base.StorageLifecycle):
             runs = []
             for flow in runnable[: request.limit]:
                 row = self._rows[flow.flow_id]
-                changes = claim_changes(request, lease_token=new_lease_token(), at=time.time())
+                changes = claim_changes(
+                    request, lease_token=new_lease_token(), at=time.time(), flow=flow
+                )
                 row.update(_columns(changes))
                 row["version"] = flow.version + 1
                 runs.append(base.ClaimedRun(_from_row(row), self._log(flow.flow_id)))

@@ -198,6 +198,9 @@ async def test_a_version_2_schema_is_migrated_keeping_everything_at_version_1(
         ("running", 2),
         ("suspended", 3),
     ]
+    # A flow of the old schema lost no lease before; the claim counts the one it lost now.
+    assert (claimed[0].flow.lease_losses, claimed[0].flow.last_lost_by) == (1, "w")
+    assert (claimed[1].flow.lease_losses, claimed[1].flow.last_lost_by) == (0, None)
 
 
 async def test_a_version_3_schema_gets_worker_records_and_its_flows_have_lost_no_lease(

@@ -98,6 +98,27 @@ async def test_a_flow_with_a_field_that_cannot_be_read_fails_alone(
     assert runs[3].flow.lease_token is not None and runs[3].flow.version == 2  # held, to fail
 
 
+@pytest.mark.parametrize("value", [b"many", b"1.5"])
+async def test_a_takeover_of_a_flow_whose_lost_leases_are_no_count_fails_it_alone(
+    make_redis: MakeRedis, admin_client: Redis, value: bytes
+) -> None:
+    storage = await make_redis()
+    flow_ids = await _scheduled(storage)
+    await storage.claim(_request("Sturdy"))  # leases until 1e10 + 60
+    damaged = flow_ids[3]
+    await admin_client.hset(_key(storage, "flow", damaged), "lease_losses", value)
+
+    later = ClaimRequest("w-2", ["Sturdy"], limit=BATCH, lease_seconds=60, now=2e10)
+    runs = await storage.claim(later)
+
+    assert [run.flow.flow_id for run in runs] == flow_ids  # each taken over, none raised
+    assert [run.damage is not None for run in runs] == [n == 3 for n in range(BATCH)]
+    assert "'lease_losses'" in str(runs[3].damage)
+    assert {(run.flow.lease_losses, run.flow.last_lost_by) for run in runs if not run.damage} == {
+        (1, "w-1")
+    }
+
+
 async def test_a_flow_whose_creation_time_is_not_a_number_leaves_the_queue_once(
     make_redis: MakeRedis, admin_client: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:

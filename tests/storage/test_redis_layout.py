@@ -153,6 +153,16 @@ async def test_connect_migrates_a_version_2_prefix(
     woken = await storage.get_flow("waiting")
     assert woken is not None
     assert (woken.status, woken.version) == (TaskStatus.PENDING, 2)
+    # Flows of the old layout lost no lease before; a takeover counts from there.
+    taken = await storage.claim(
+        ClaimRequest("worker-d", ["Order"], limit=5, lease_seconds=30, now=9_001.0)
+    )
+    losses = {run.flow.flow_id: (run.flow.lease_losses, run.flow.last_lost_by) for run in taken}
+    assert losses == {
+        "running": (1, "worker-a"),
+        "pending": (1, "worker-c"),
+        "waiting": (0, None),
+    }
 
 
 @pytest.mark.parametrize("connecting", [1, 3], ids=["one process", "several at once"])

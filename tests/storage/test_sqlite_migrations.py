@@ -148,6 +148,7 @@ async def test_a_version_2_file_is_migrated_and_its_flows_start_at_version_1(
         assert await storage.get_flow("flow-1") == waiting
         assert await storage.get_flow("flow-2") == running
         assert waiting.version == running.version == 1
+        assert (running.lease_losses, running.last_lost_by) == (0, None)  # lost none
         assert await storage.cancel_requests(["flow-1", "flow-2"]) == {"flow-2"}
         stale = Change(writes=(FlowWrite("flow-1", {"attempt": 2}, expected_version=2),))
         assert (await storage.apply(stale)).moved == "flow-1"
@@ -195,6 +196,28 @@ async def test_a_version_3_file_gets_worker_records_and_its_flows_have_lost_no_l
             "SELECT flow_id, lease_losses, last_lost_by FROM flows ORDER BY flow_id"
         ).fetchall()
     assert losses == [("flow-1", 0, None), ("flow-2", 0, None)]
+
+
+async def test_a_migrated_flow_counts_the_leases_it_loses_from_none(
+    path: Path, make_flow: FlowFactory
+) -> None:
+    running = make_flow(
+        status=TaskStatus.RUNNING,
+        lease_owner="worker-0",
+        lease_token="token",
+        lease_expires_at=1_500.0,
+        worker_id="worker-0",
+    )
+    old_file(path, 2, running)
+
+    async with SqliteExecutionLog(path) as storage:
+        (run,) = await storage.claim(
+            ClaimRequest("worker-a", ["Order"], limit=1, lease_seconds=30, now=2_000.0)
+        )
+
+    assert (run.flow.lease_losses, run.flow.last_lost_by) == (1, "worker-0")
+    _, columns, _ = stored_schema(path)
+    assert {"lease_losses", "last_lost_by"} <= set(columns)
 
 
 async def test_a_migrated_file_opens_again_without_migrating(

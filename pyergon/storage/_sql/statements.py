@@ -7,15 +7,16 @@ runs (claims, row locks, wake-ups) is in its backend's modules, a PostgreSQL sub
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pyergon.core.changes import FlowWrite
 from pyergon.core.query import FlowQuery
 from pyergon.core.status import InvocationStatus, TaskStatus
+from pyergon.core.transitions import TAKEN_OVER
 from pyergon.storage._sql.dialect import Dialect
 from pyergon.storage._sql.rows import FLOW_COLUMNS, INVOCATION_COLUMNS, written_columns
 
-__all__ = ["FIRST_WRITER_WINS", "Statements", "numbered"]
+__all__ = ["FIRST_WRITER_WINS", "TAKEOVER_ASSIGNMENTS", "Statements", "numbered"]
 
 _INVOCATION_KEY = ("flow_id", "sequence", "sub_sequence")
 _FINAL_INVOCATION = ", ".join(f"'{status.value}'" for status in InvocationStatus if status.is_final)
@@ -31,6 +32,15 @@ FIRST_WRITER_WINS = (
     + f" WHERE invocations.status NOT IN ({_FINAL_INVOCATION})"
 )
 """Ends an insert of a record: it replaces a stored record of its position unless that is final."""
+
+
+_TAKEN_OVER = f"status = '{TAKEN_OVER.value}'"
+TAKEOVER_ASSIGNMENTS = (
+    f"lease_losses = CASE WHEN {_TAKEN_OVER} THEN lease_losses + 1 ELSE lease_losses END, "
+    f"last_lost_by = CASE WHEN {_TAKEN_OVER} THEN lease_owner ELSE last_lost_by END"
+)
+"""How a claim's UPDATE applies :func:`~pyergon.core.transitions.takeover_changes` to each flow
+it takes, from the row as it was: a flow taken over counts the lease its owner lost."""
 
 
 def numbered(count: int, first: int = 1) -> str:
@@ -106,7 +116,7 @@ class Statements:
             for table in ("invocations", "signals", "flows", "workers")
         )
         """Deletes every flow, record, signal and worker record."""
-        self._writes: dict[tuple[tuple[str, ...], int | None], str] = {}
+        self._writes: dict[tuple[tuple[str, ...], int | None, bool], str] = {}
         """Flow writes by their columns and number of statuses: a handful of shapes recur."""
         self._versions: dict[int, str] = {}
         """Reads of flow versions by their number of flows."""
@@ -146,7 +156,7 @@ class Statements:
         """
         columns = written_columns(write.changes)
         statuses = write.only_if_status
-        key = (tuple(columns), None if statuses is None else len(statuses))
+        key = (tuple(columns), None if statuses is None else len(statuses), False)
         statement = self._writes.get(key)
         if statement is None:
             statement = self._writes[key] = self._write_statement(*key)
@@ -155,8 +165,26 @@ class Statements:
             arguments += self.dialect.list_arguments([status.value for status in statuses])
         return statement, arguments
 
-    def _write_statement(self, columns: tuple[str, ...], statuses: int | None) -> str:
-        """An UPDATE of flow ``$1`` setting ``columns`` (``$2``...), then the statuses."""
+    def claim_flow(self, flow_id: str, changes: Mapping[str, object]) -> tuple[str, list[object]]:
+        """The UPDATE by which a claim takes one flow, and its arguments.
+
+        It sets ``changes`` (from :func:`~pyergon.core.transitions.claim_changes`), and a flow
+        taken over counts the lease its worker lost (:data:`TAKEOVER_ASSIGNMENTS`).
+        """
+        columns = written_columns(changes)
+        key = (tuple(columns), None, True)
+        statement = self._writes.get(key)
+        if statement is None:
+            statement = self._writes[key] = self._write_statement(*key)
+        return statement, [flow_id, *columns.values()]
+
+    def _write_statement(
+        self, columns: tuple[str, ...], statuses: int | None, takeover: bool = False
+    ) -> str:
+        """An UPDATE of flow ``$1`` setting ``columns`` (``$2``...), then the statuses.
+
+        With ``takeover``, a claim's: it also counts a lost lease (see :meth:`claim_flow`).
+        """
         if statuses is None:
             assignments = [f"{column} = ${n}" for n, column in enumerate(columns, start=2)]
         else:
@@ -166,6 +194,10 @@ class Statements:
                 f"{column} = CASE WHEN {only} THEN ${n} ELSE {column} END"
                 for n, column in enumerate(columns, start=2)
             ]
+        if takeover:
+            # Every expression of an UPDATE reads the row as it was: the status and lease
+            # owner before the claim.
+            assignments.append(TAKEOVER_ASSIGNMENTS)
         assignments.append("version = version + 1")
         return self.dialect.render(
             f"UPDATE {{flows}} SET {', '.join(assignments)} WHERE flow_id = $1"

@@ -8,7 +8,7 @@
 -- Runnable and queue order are pyergon.core.transitions.is_runnable and queue_order, read off
 -- the indexes: PENDING flows, SUSPENDED flows whose wake time is due by ``due_by``, RUNNING
 -- flows whose lease expired before ``now``; ordered by ready time (the wake time of a timer,
--- else 0), then created_at, then id.
+-- else 0), then created_at, then id. A RUNNING flow taken over counts the lease it lost.
 --
 -- A script stops at the first command that fails, keeping what it wrote before, so every key a
 -- flow's claim touches is checked before anything of it is written. Damage never stops the
@@ -142,6 +142,21 @@ for _, candidate in ipairs(candidates) do
       damage(id, blocked, '', kinds[blocked])
     else
       local records = p .. ':inv:' .. id
+      if old.status == TAKEN_OVER then
+        -- Its lease expired: the claim counts the lease its owner lost, as
+        -- pyergon.core.transitions.takeover_changes says. A count that is no integer is left
+        -- as it is, for the claimer to fail the flow naming the field.
+        local held = redis.call('HMGET', key, 'lease_owner', 'lease_losses')
+        local losses = held[2] or '0'
+        if string.match(losses, '^%d+$') and #losses < 15 then
+          redis.call('HSET', key, 'lease_losses', tonumber(losses) + 1)
+        end
+        if held[1] then
+          redis.call('HSET', key, 'last_lost_by', held[1])
+        else
+          redis.call('HDEL', key, 'last_lost_by')
+        end
+      end
       if #dels > 0 then redis.call('HDEL', key, unpack(dels)) end
       redis.call('HSET', key, 'version', old.version + 1, 'lease_token', tokens[#taken + 1],
         unpack(sets))
