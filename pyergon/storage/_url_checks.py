@@ -7,7 +7,7 @@ gives the same one-line :class:`~pyergon.errors.InvalidStorageUrlError` whicheve
 from __future__ import annotations
 
 import re
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pyergon.errors import InvalidStorageUrlError
 
@@ -62,9 +62,18 @@ def shown(url: str) -> str:
 
 
 def redacted(url: str) -> str:
-    """``url`` with any password replaced, fit for an error message."""
+    """``url`` with any password (in its user part or its query) replaced, fit for a message."""
     try:
-        password = urlsplit(url).password
+        parts = urlsplit(url)
+        password = parts.password
     except ValueError:
-        return url
-    return url if not password else url.replace(f":{password}@", ":***@", 1)
+        return "<a URL that cannot be split into its parts>"
+    netloc = parts.netloc
+    if password is not None:
+        user_info, _, host = netloc.rpartition("@")
+        netloc = f"{user_info.partition(':')[0]}:***@{host}"
+    query = [
+        (key, "***" if key == "password" else value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))

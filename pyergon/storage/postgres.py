@@ -49,7 +49,7 @@ from pyergon.storage._sql.rows import (
     written_columns,
 )
 from pyergon.storage._sql.workers import beat_arguments, worker_from_row
-from pyergon.storage._url_checks import server_url
+from pyergon.storage._url_checks import redacted, server_url
 from pyergon.storage.base import ClaimedRun, StorageLifecycle, damaged_run
 
 __all__ = ["DEFAULT_DSN", "PostgresExecutionLog"]
@@ -69,24 +69,6 @@ def _import_asyncpg() -> Any:
             'the PostgreSQL backend needs asyncpg: pip install "pyergon[postgres]"'
         ) from error
     return asyncpg
-
-
-def _public_dsn(dsn: str) -> str:
-    """``dsn`` without its password (in the user part or the query), fit for messages."""
-    try:
-        parts = urlsplit(dsn)
-        password = parts.password
-    except ValueError:
-        return "<a DSN that is not a postgresql:// URL>"
-    netloc = parts.netloc
-    if password is not None:
-        user_info, _, host = netloc.rpartition("@")
-        netloc = f"{user_info.partition(':')[0]}:***@{host}"
-    query = [
-        (key, "***" if key == "password" else value)
-        for key, value in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
 
 
 def _claimed_run(row: Any) -> ClaimedRun:
@@ -210,7 +192,7 @@ class PostgresExecutionLog(StorageLifecycle):
             values = [value for key, value in query if key == name]
             if len(values) > 1:
                 raise InvalidStorageUrlError(
-                    f"{_public_dsn(url)!r} gives {name} more than once: give it once"
+                    f"{redacted(url)!r} gives {name} more than once: give it once"
                 )
             if values:
                 options[name] = values[0]
@@ -223,7 +205,7 @@ class PostgresExecutionLog(StorageLifecycle):
                     raise ValueError(f"connect_timeout {seconds!r} is not a number") from None
             return cls(dsn, **options)
         except ValueError as error:
-            raise InvalidStorageUrlError(f"{_public_dsn(url)!r} cannot be used: {error}") from error
+            raise InvalidStorageUrlError(f"{redacted(url)!r} cannot be used: {error}") from error
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
@@ -232,7 +214,7 @@ class PostgresExecutionLog(StorageLifecycle):
     @property
     def dsn(self) -> str:
         """The server's URL, without its password."""
-        return _public_dsn(self._dsn)
+        return redacted(self._dsn)
 
     @property
     def connect_timeout(self) -> float:
