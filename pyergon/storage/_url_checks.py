@@ -68,12 +68,12 @@ def redacted(url: str) -> str:
         password = parts.password
     except ValueError:
         return "<a URL that cannot be split into its parts>"
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if password is None and all(key != "password" for key, _ in pairs):
+        return url  # as written: nothing to hide
     netloc = parts.netloc
     if password is not None:
         user_info, _, host = netloc.rpartition("@")
         netloc = f"{user_info.partition(':')[0]}:***@{host}"
-    query = [
-        (key, "***" if key == "password" else value)
-        for key, value in parse_qsl(parts.query, keep_blank_values=True)
-    ]
+    query = [(key, "***" if key == "password" else value) for key, value in pairs]
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
