@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.workers import WorkerRecord
 from pyergon.errors import StorageError
-from pyergon.storage.base import ExecutionLog, ReopenableLog, WorkerRegistry
+from pyergon.storage.base import ExecutionLog, ReopenableLog, WorkerRegistry, wait_for_event
 
 if TYPE_CHECKING:
     from pyergon.executor._leases import Claim, LeaseClock
@@ -103,6 +103,7 @@ class Heartbeat:
         self._thread_loop: asyncio.AbstractEventLoop | None = None
         self._thread_stop: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._loop_stop = asyncio.Event()
         self._failing = False
         self._displaced = False
         self.beats = 0
@@ -147,14 +148,18 @@ class Heartbeat:
             self._thread.start()
             ready.wait()
         else:
+            self._loop_stop = asyncio.Event()
             self._task = asyncio.create_task(
-                self._beat_forever(self._storage), name=f"pyergon-beat-{self._worker_id}"
+                self._beat_forever(self._storage, until=self._loop_stop),
+                name=f"pyergon-beat-{self._worker_id}",
             )
 
     async def stop(self) -> None:
         """Stop beating; return once no beat is under way."""
         if self._task is not None:
-            self._task.cancel()
+            # A stop event rather than a cancel: a client library may swallow a cancel that
+            # lands inside its own retries, and the beat under way then ends on its own.
+            self._loop_stop.set()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         thread, self._thread = self._thread, None
@@ -170,11 +175,10 @@ class Heartbeat:
             ready.set()
             storage = self._beat_through
             assert storage is not None
-            beating = asyncio.create_task(self._beat_forever(storage, connect=True))
-            await self._thread_stop.wait()
-            beating.cancel()
-            await asyncio.gather(beating, return_exceptions=True)
-            await storage.close()
+            try:
+                await self._beat_forever(storage, connect=True, until=self._thread_stop)
+            finally:
+                await storage.close()
 
         try:
             asyncio.run(main())
@@ -185,9 +189,16 @@ class Heartbeat:
 
     # -- beating -----------------------------------------------------------------------------
 
-    async def _beat_forever(self, storage: ExecutionLog, *, connect: bool = False) -> None:
+    async def _beat_forever(
+        self,
+        storage: ExecutionLog,
+        *,
+        connect: bool = False,
+        until: asyncio.Event,
+    ) -> None:
+        """Beat every interval until ``until`` is set."""
         connected = not connect
-        while True:
+        while not until.is_set():
             try:
                 if not connected:
                     await storage.connect()
@@ -199,7 +210,7 @@ class Heartbeat:
                 self._failed(error)
             else:
                 self._recovered()
-            await asyncio.sleep(self._interval)
+            await wait_for_event(until, self._interval)
 
     async def beat(self, storage: ExecutionLog) -> None:
         """Send one beat through ``storage`` and act on its answer."""

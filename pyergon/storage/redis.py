@@ -117,6 +117,8 @@ class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
         self._where = _describe(url)
         self._prefix = prefix
         self._max_connections = max_connections
+        self._second_handle = False
+        """Whether this is a second handle (see :meth:`reopened`): it neither listens nor warns."""
         self._origin = uuid.uuid4().hex
         """Sent with this object's wake-ups, so its listener can skip what it already knows."""
         self._client: Redis | None = None
@@ -171,10 +173,14 @@ class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
         """A new, unconnected backend on the same server and prefix, with the same settings.
 
         It shares no connection with this one, so it may be connected on another event loop.
+        It is for beats and reads: it does not listen for work (:meth:`wait_for_work` waits out
+        its timeout) and does not repeat the warnings about the server's settings.
         """
-        return RedisExecutionLog(
+        second = RedisExecutionLog(
             self._url, prefix=self._prefix, max_connections=self._max_connections
         )
+        second._second_handle = True
+        return second
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -203,8 +209,9 @@ class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
                     for source in SCRIPTS.values():
                         await client.script_load(source)
                     await self._check_schema(client, scripts["migrate"])
-                    await self._warn_if_not_persisting(client)
-                    await self._listener.start()
+                    if not self._second_handle:  # told once, by the first handle
+                        await self._warn_if_not_persisting(client)
+                        await self._listener.start()
             except BaseException as error:
                 await self._listener.stop()
                 await client.aclose()
