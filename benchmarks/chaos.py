@@ -10,18 +10,21 @@ then SIGCONTed. The chaos ends when every flow is final (or after ``CHAOS_LIMIT`
 then get ``DRAIN_SECONDS`` to finish.
 
 Afterwards every flow's log is read, and so is the file in which each step body noted its start
-(``time.time()``, worker id, pid). The numbers: flows not ``COMPLETE`` (lost), log positions
-with more than one record, bodies that started more than once (allowed: a worker killed inside
-a step leaves it to be run again), and bodies that started after their stored record's
-``completed_at``. That last must be 0: a recorded step is replayed, never run again, and a
-record's ``completed_at`` is when its body returned, before it was written; a body started later
-ran on a log that did not show a result someone else held the flow to write.
+(``time.time()``, worker id, pid, and whether a read of its log just before found its record
+stored). The numbers: flows not ``COMPLETE`` (lost), log positions with more than one record,
+bodies that started more than once (allowed: a worker killed inside a step leaves it to be run
+again), bodies that started after their stored record's ``completed_at`` (which must be 0: a
+recorded step is replayed, never run again), and, narrower, bodies whose read found their
+record stored already. ``completed_at`` is when the stored body returned, before its record was
+written: a write in flight when the server stalled lands when it resumes, so the first count
+also takes in bodies that started before that write landed; the second does not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import signal
@@ -43,6 +46,7 @@ from benchmarks.result import RunResult
 from pyergon import Scheduler
 from pyergon.core import FlowQuery
 from pyergon.core.outcome import Completed
+from pyergon.core.records import Invocation
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.decorators import flow_type_name
 from pyergon.errors import StorageError
@@ -77,8 +81,12 @@ FINAL = (TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 @dataclass
 class _Tally:
-    kills: int = 0
-    pauses: int = 0
+    """What the chaos did, with wall-clock times to explain a body that started too late."""
+
+    kills: list[tuple[float, str, int]] = field(default_factory=list)
+    """When, which worker id, which pid."""
+    pauses: list[tuple[float, float, list[int]]] = field(default_factory=list)
+    """From when, until when, which server processes."""
     restart_s: list[float] = field(default_factory=list)
 
 
@@ -109,7 +117,7 @@ async def chaos(backend: str, n: int) -> RunResult:
                 chaos_s = time.monotonic() - went_at
                 counts = await _until_final(fresh.storage, flow_name, n, DRAIN_SECONDS, [])
                 wall = time.monotonic() - went_at
-            completed_at, two_records = await _read_logs(fresh.storage, flow_ids)
+            records, two_records = await _read_logs(fresh.storage, flow_ids)
             wrong = await _wrong_results(scheduler, fresh.storage, flows, flow_ids)
         starts = _read_starts(starts_file)
     complete = counts[TaskStatus.COMPLETE]
@@ -130,11 +138,12 @@ async def chaos(backend: str, n: int) -> RunResult:
             "flows_lost": n - complete,
             "wrong_results": wrong,
             "steps_with_two_records": two_records,
-            "bodies_started_after_record": _started_after_record(starts, completed_at),
+            "bodies_started_after_record": _started_after_record(starts, records, tally),
+            "bodies_started_on_stored_record": sum(start.record_stored for start in starts),
             "bodies_rerun": sum(count > 1 for count in Counter(s.key for s in starts).values()),
             "body_starts": len(starts),
-            "kills": tally.kills,
-            "pauses": tally.pauses,
+            "kills": len(tally.kills),
+            "pauses": len(tally.pauses),
         },
     )
 
@@ -165,8 +174,9 @@ async def _kill_workers(pool: ProcessWorkers, stop: asyncio.Event, tally: _Tally
     rng = random.Random(f"{SEED} kills")
     while not await _set_within(stop, rng.uniform(*KILL_EVERY)):
         number = rng.randrange(WORKERS)
+        pid = pool.pids[number]
         await pool.kill(number)
-        tally.kills += 1
+        tally.kills.append((time.time(), pool.worker_id(number), pid))
         started = time.monotonic()
         await pool.restart(number)
         tally.restart_s.append(time.monotonic() - started)
@@ -180,8 +190,11 @@ async def _stall_server(
     while not await _set_within(stop, rng.uniform(*PAUSE_EVERY)):
         stalled = await pids()
         if stalled:
-            await _pause(stalled, stop)
-            tally.pauses += 1
+            paused_at = time.time()
+            try:
+                await _pause(stalled, stop)
+            finally:
+                tally.pauses.append((paused_at, time.time(), stalled))
 
 
 async def _pause(pids: list[int], stop: asyncio.Event) -> None:
@@ -334,9 +347,11 @@ async def _until_final(
         await asyncio.sleep(POLL_INTERVAL)
 
 
-async def _read_logs(storage: ExecutionLog, flow_ids: list[str]) -> tuple[dict[str, float], int]:
-    """Each ``COMPLETE`` step record's ``completed_at`` by key, and positions with 2+ records."""
-    completed_at: dict[str, float] = {}
+async def _read_logs(
+    storage: ExecutionLog, flow_ids: list[str]
+) -> tuple[dict[str, Invocation], int]:
+    """Every ``COMPLETE`` step record by its key, and the positions with 2+ records."""
+    complete: dict[str, Invocation] = {}
     two_records = 0
     for flow_id in flow_ids:
         records = await storage.load_invocations(flow_id)
@@ -344,8 +359,8 @@ async def _read_logs(storage: ExecutionLog, flow_ids: list[str]) -> tuple[dict[s
         two_records += sum(count > 1 for count in per_position.values())
         for record in records:
             if record.status is InvocationStatus.COMPLETE and record.completed_at is not None:
-                completed_at[record.idempotency_key] = record.completed_at
-    return completed_at, two_records
+                complete[record.idempotency_key] = record
+    return complete, two_records
 
 
 async def _wrong_results(
@@ -372,6 +387,8 @@ class _Start:
     worker_id: str
     pid: int
     key: str
+    record_stored: bool
+    """A read of the flow's log just before found the body's record ``COMPLETE``."""
 
 
 def _read_starts(path: Path) -> list[_Start]:
@@ -379,23 +396,54 @@ def _read_starts(path: Path) -> list[_Start]:
         return []
     starts = []
     for line in path.read_text().splitlines():
-        at, worker_id, pid, key = line.split(" ")
-        starts.append(_Start(float(at), worker_id, int(pid), key))
+        at, worker_id, pid, key, verdict = line.split(" ")
+        starts.append(_Start(float(at), worker_id, int(pid), key, verdict == "stored"))
     return starts
 
 
-def _started_after_record(starts: list[_Start], completed_at: dict[str, float]) -> int:
+def _started_after_record(
+    starts: list[_Start], records: dict[str, Invocation], tally: _Tally
+) -> int:
     """Count the bodies that started after their stored record's body had returned."""
     late = [
         start
         for start in starts
-        if start.key in completed_at and start.at > completed_at[start.key]
+        if start.key in records and start.at > (records[start.key].completed_at or math.inf)
     ]
-    for start in late[:10]:
-        print(
-            f"body {start.key} started at {start.at:.6f} by {start.worker_id} (pid "
-            f"{start.pid}), {start.at - completed_at[start.key]:.6f} s after its stored "
-            "record's completed_at",
-            file=sys.stderr,
-        )
+    for start in late[:5]:
+        _explain(start, starts, records[start.key], tally)
     return len(late)
+
+
+def _explain(late: _Start, starts: list[_Start], record: Invocation, tally: _Tally) -> None:
+    """Print, on stderr, what happened around a body that started after its record's."""
+    flow_id = record.flow_id
+    events = [
+        (
+            start.at,
+            f"body {start.key} starts in {start.worker_id} (pid {start.pid})"
+            + (", its record read as stored just before" if start.record_stored else ""),
+        )
+        for start in starts
+        if start.key.rpartition(":")[0] == flow_id
+    ]
+    events.append((record.started_at or 0.0, f"the stored record of {late.key}: started_at"))
+    events.append((record.completed_at or 0.0, f"the stored record of {late.key}: completed_at"))
+    since, until = min(at for at, _ in events) - 5, max(at for at, _ in events) + 5
+    events += [
+        (at, f"{worker_id} (pid {pid}) killed")
+        for at, worker_id, pid in tally.kills
+        if since <= at <= until
+    ]
+    for stopped, continued, pids in tally.pauses:
+        if since <= stopped <= until or since <= continued <= until:
+            events.append((stopped, f"server processes {pids} stopped"))
+            events.append((continued, f"server processes {pids} continued"))
+    print(
+        f"body {late.key} started in {late.worker_id} (pid {late.pid}) "
+        f"{late.at - (record.completed_at or 0.0):.3f} s after its stored record's "
+        "completed_at; around it (seconds from that start):",
+        file=sys.stderr,
+    )
+    for at, what in sorted(events):
+        print(f"  {at - late.at:+8.3f}  {what}", file=sys.stderr)

@@ -24,6 +24,8 @@ from pyergon import (
     schedule_timer,
     step,
 )
+from pyergon._context import current_context
+from pyergon.core.status import InvocationStatus
 from pyergon.executor.worker import DEFAULT_LEASE_SECONDS
 
 TIMER_SECONDS = 1.0
@@ -158,9 +160,11 @@ class EndlessSteps:
 class ChaosSteps:
     """Steps of ``step_ms`` milliseconds; the one at index ``blocking_step`` (if any) blocks.
 
-    Every body first appends ``"<time.time()> <worker id> <pid> <flow id>:<position>"`` to
+    Every body first reads its own record from the worker's storage, then appends
+    ``"<time.time()> <worker id> <pid> <flow id>:<position> <stored|absent>"`` to
     ``starts_file`` with one ``os.write`` on an ``O_APPEND`` descriptor, so the lines of
-    several processes (killed ones too) do not mix.
+    several processes (killed ones too) do not mix; ``stored`` says the read found the record
+    ``COMPLETE`` already.
     """
 
     number: int
@@ -170,7 +174,7 @@ class ChaosSteps:
 
     @step
     async def work(self, index: int, value: int) -> int:
-        _note_start(self.starts_file)
+        await _note_start(self.starts_file)
         if index == self.blocking_step:
             time.sleep(BLOCK_SECONDS)  # noqa: ASYNC251 - the point: a step that blocks the loop
         else:
@@ -189,11 +193,20 @@ _start_files: dict[str, int] = {}
 """Descriptors of the files step bodies note their starts in, by path (one per process)."""
 
 
-def _note_start(path: str) -> None:
+async def _note_start(path: str) -> None:
     if path not in _start_files:
         _start_files[path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    key = idempotency_key()
+    context = current_context()
+    assert context is not None  # in a step
+    records = await context.storage.load_invocations(context.flow_id)
+    stored = any(
+        record.idempotency_key == key and record.status is InvocationStatus.COMPLETE
+        for record in records
+    )
     worker_id = os.environ.get(WORKER_ID_VARIABLE, "-")
-    line = f"{time.time()!r} {worker_id} {os.getpid()} {idempotency_key()}\n"
+    verdict = "stored" if stored else "absent"
+    line = f"{time.time()!r} {worker_id} {os.getpid()} {key} {verdict}\n"
     os.write(_start_files[path], line.encode())
 
 
