@@ -161,7 +161,7 @@ class ChaosSteps:
     """Steps of ``step_ms`` milliseconds; the one at index ``blocking_step`` (if any) blocks.
 
     Every body first reads its own record from the worker's storage, then appends
-    ``"<time.time()> <worker id> <pid> <flow id>:<position> <stored|absent>"`` to
+    ``"<time.time()> <worker id> <pid> <flow id>:<position> <stored|absent|unread>"`` to
     ``starts_file`` with one ``os.write`` on an ``O_APPEND`` descriptor, so the lines of
     several processes (killed ones too) do not mix; ``stored`` says the read found the record
     ``COMPLETE`` already.
@@ -199,13 +199,17 @@ async def _note_start(path: str) -> None:
     key = idempotency_key()
     context = current_context()
     assert context is not None  # in a step
-    records = await context.storage.load_invocations(context.flow_id)
-    stored = any(
-        record.idempotency_key == key and record.status is InvocationStatus.COMPLETE
-        for record in records
-    )
+    try:
+        records = await context.storage.load_invocations(context.flow_id)
+    except Exception:  # the worker's own write will meet it too; the body still runs
+        verdict = "unread"
+    else:
+        stored = any(
+            record.idempotency_key == key and record.status is InvocationStatus.COMPLETE
+            for record in records
+        )
+        verdict = "stored" if stored else "absent"
     worker_id = os.environ.get(WORKER_ID_VARIABLE, "-")
-    verdict = "stored" if stored else "absent"
     line = f"{time.time()!r} {worker_id} {os.getpid()} {key} {verdict}\n"
     os.write(_start_files[path], line.encode())
 
