@@ -4,16 +4,29 @@
 record, in a step, the wall-clock time at which they continued after their wait.
 ``HourTimerFlow`` suspends for an hour (memory held by suspended flows) and ``SlowSteps`` has
 three steps of 50 ms (recovery after a worker is killed). ``EndlessSteps`` runs 2 ms steps
-until it is cancelled (how soon a cancel request reaches a running flow).
+until it is cancelled (how soon a cancel request reaches a running flow). ``ChaosSteps`` runs
+five short steps, one of which may block the event loop past the lease; each body notes its
+start in a file (the chaos benchmark).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass
 
-from pyergon import await_external_signal, flow, flow_type, schedule_timer, step
+from pyergon import (
+    await_external_signal,
+    flow,
+    flow_type,
+    idempotency_key,
+    schedule_timer,
+    step,
+)
+from pyergon._context import current_context
+from pyergon.core.status import InvocationStatus
+from pyergon.executor.worker import DEFAULT_LEASE_SECONDS
 
 TIMER_SECONDS = 1.0
 """How long each ``TimerFlow`` sleeps on its durable timer."""
@@ -29,6 +42,12 @@ ENDLESS_STEP_SECONDS = 0.002
 
 SIGNAL_NAME = "go"
 """The signal each ``SignalFlow`` waits for."""
+
+BLOCK_SECONDS = DEFAULT_LEASE_SECONDS + 0.5
+"""How long the blocking step of a ``ChaosSteps`` flow holds the event loop: past the lease."""
+
+WORKER_ID_VARIABLE = "PYERGON_BENCH_WORKER_ID"
+"""Environment variable in which ``benchmarks.worker`` leaves its worker id for step bodies."""
 
 
 @dataclass
@@ -136,10 +155,69 @@ class EndlessSteps:
             count = await self.tick(count)
 
 
+@dataclass
+@flow_type
+class ChaosSteps:
+    """Steps of ``step_ms`` milliseconds; the one at index ``blocking_step`` (if any) blocks.
+
+    Every body first reads its own record from the worker's storage, then appends
+    ``"<time.time()> <worker id> <pid> <flow id>:<position> <stored|absent|unread>"`` to
+    ``starts_file`` with one ``os.write`` on an ``O_APPEND`` descriptor, so the lines of
+    several processes (killed ones too) do not mix; ``stored`` says the read found the record
+    ``COMPLETE`` already.
+    """
+
+    number: int
+    step_ms: tuple[int, ...]
+    blocking_step: int | None
+    starts_file: str
+
+    @step
+    async def work(self, index: int, value: int) -> int:
+        await _note_start(self.starts_file)
+        if index == self.blocking_step:
+            time.sleep(BLOCK_SECONDS)  # noqa: ASYNC251 - the point: a step that blocks the loop
+        else:
+            await asyncio.sleep(self.step_ms[index] / 1000)
+        return value + index
+
+    @flow
+    async def run(self) -> int:
+        value = self.number
+        for index in range(len(self.step_ms)):
+            value = await self.work(index, value)
+        return value
+
+
+_start_files: dict[str, int] = {}
+"""Descriptors of the files step bodies note their starts in, by path (one per process)."""
+
+
+async def _note_start(path: str) -> None:
+    if path not in _start_files:
+        _start_files[path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    key = idempotency_key()
+    context = current_context()
+    assert context is not None  # in a step
+    try:
+        records = await context.storage.load_invocations(context.flow_id)
+    except Exception:  # the worker's own write will meet it too; the body still runs
+        verdict = "unread"
+    else:
+        stored = any(
+            record.idempotency_key == key and record.status is InvocationStatus.COMPLETE
+            for record in records
+        )
+        verdict = "stored" if stored else "absent"
+    worker_id = os.environ.get(WORKER_ID_VARIABLE, "-")
+    line = f"{time.time()!r} {worker_id} {os.getpid()} {key} {verdict}\n"
+    os.write(_start_files[path], line.encode())
+
+
 FLOW_TYPES: tuple[type, ...] = (ThreeSteps, TimerFlow, SignalFlow)
 """The flow types a benchmark worker registers unless it is told others."""
 
 FLOWS_BY_NAME: dict[str, type] = {
-    cls.__name__: cls for cls in (*FLOW_TYPES, HourTimerFlow, SlowSteps, EndlessSteps)
+    cls.__name__: cls for cls in (*FLOW_TYPES, HourTimerFlow, SlowSteps, EndlessSteps, ChaosSteps)
 }
 """Every benchmark flow class by class name, for ``benchmarks.worker --types``."""

@@ -4,7 +4,8 @@ in-process worker for the memory backend (which other processes cannot see).
 Both are async context managers with the same surface: ``go()`` starts serving,
 ``wait_finished(count)`` returns once the workers together finished ``count`` flows, and leaving
 the block stops them (SIGTERM, then SIGKILL after a grace period, for processes). Afterwards
-``peak_rss_mb`` is the largest worker process's peak RSS (``None`` in process).
+``peak_rss_mb`` is the largest worker process's peak RSS (``None`` in process). Processes can
+also be SIGKILLed (``kill``) and started again under the same worker id (``restart``).
 """
 
 from __future__ import annotations
@@ -83,20 +84,7 @@ class ProcessWorkers:
     async def __aenter__(self) -> Self:
         try:
             for number in range(self._count):
-                self._processes.append(
-                    await asyncio.create_subprocess_exec(
-                        sys.executable,
-                        "-m",
-                        "benchmarks.worker",
-                        self._url,
-                        self.worker_id(number),
-                        str(self._max_concurrent),
-                        *self._options,
-                        stdin=asyncio.subprocess.PIPE,
-                        stdout=asyncio.subprocess.PIPE,
-                        cwd=REPO_ROOT,
-                    )
-                )
+                self._processes.append(await self._spawn(number))
             async with asyncio.timeout(STARTUP_TIMEOUT):
                 for number, process in enumerate(self._processes):
                     await self._expect_ready(number, process)
@@ -136,11 +124,42 @@ class ProcessWorkers:
         process.kill()
         await process.wait()
 
+    async def restart(self, number: int) -> None:
+        """Start worker ``number`` again under its id, once ``kill`` ended it, and let it serve.
+
+        The new process registers under the same ``worker_id`` (taking over the flows its
+        killed incarnation held) and serves as soon as it is ready.
+        """
+        process = await self._spawn(number)
+        self._processes[number] = process  # stopped on exit even if it never gets ready
+        async with asyncio.timeout(STARTUP_TIMEOUT):
+            await self._expect_ready(number, process)
+        await self._send_go(process)
+        self._readers.append(asyncio.create_task(self._read_reports(number, process)))
+
     async def go(self) -> None:
         for process in self._processes:
-            assert process.stdin is not None
-            process.stdin.write(b"go\n")
-            await process.stdin.drain()
+            await self._send_go(process)
+
+    async def _spawn(self, number: int) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "benchmarks.worker",
+            self._url,
+            self.worker_id(number),
+            str(self._max_concurrent),
+            *self._options,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=REPO_ROOT,
+        )
+
+    @staticmethod
+    async def _send_go(process: asyncio.subprocess.Process) -> None:
+        assert process.stdin is not None
+        process.stdin.write(b"go\n")
+        await process.stdin.drain()
 
     async def wait_finished(self, count: int, timeout: float) -> None:
         async with asyncio.timeout(timeout):

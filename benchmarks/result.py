@@ -27,6 +27,8 @@ class RunResult:
         steps: Steps executed in that time.
         latencies_ms: Per-item samples (per flow, per timer, per signal), pooled over runs.
         extra: Scenario-specific numbers (medians over runs are reported) or facts.
+        totals: Scenario-specific counts reported as their sum over runs, where one bad run
+            must show (a median of three would hide it).
         worker_peak_rss_mb: The largest worker process's peak RSS, where workers ran apart.
     """
 
@@ -35,6 +37,7 @@ class RunResult:
     steps: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
     worker_peak_rss_mb: float | None = None
 
 
@@ -65,6 +68,8 @@ def result_line(
         values = [run.extra[key] for run in runs]
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
         line[key] = round(statistics.median(values), 3) if numeric else values[-1]
+    for key in runs[-1].totals:
+        line[key] = sum(run.totals[key] for run in runs)
     line["peak_rss_mb"] = peak_rss_mb()
     worker_peaks = [run.worker_peak_rss_mb for run in runs if run.worker_peak_rss_mb is not None]
     if worker_peaks:

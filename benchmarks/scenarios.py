@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from benchmarks import (
     cancels,
+    chaos,
     direct,
     floor,
     history_queries,
@@ -141,6 +142,7 @@ SCENARIOS = {
             200,
             latency_of="kill to complete, per flow the killed worker held",
         ),
+        Scenario("chaos", SHARED_BACKENDS, chaos.chaos, 400, 250, 60),
         Scenario("idle_cpu", ALL_BACKENDS, resources.idle_cpu, 5, 5, 2),
         Scenario(
             "machine_floor",

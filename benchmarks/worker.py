@@ -14,10 +14,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 
-from benchmarks.flows import FLOW_TYPES, FLOWS_BY_NAME
+from benchmarks.flows import FLOW_TYPES, FLOWS_BY_NAME, WORKER_ID_VARIABLE
 from benchmarks.stats import peak_rss_mb
 from pyergon import Worker
 from pyergon.storage import open_storage
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--no-reports", action="store_true", help="do not print finished counts")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    os.environ[WORKER_ID_VARIABLE] = args.worker_id  # for step bodies that note who ran them
     types = FLOW_TYPES
     if args.types:
         types = tuple(FLOWS_BY_NAME[name] for name in args.types.split(","))
