@@ -8,6 +8,7 @@ built (``pip install "pyergon[notebook]"``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Unpack
@@ -22,8 +23,10 @@ from pyergon.core.records import (
     format_position,
 )
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.core.workers import unserved_types
 from pyergon.errors import FlowNotFoundError, PyergonError
 from pyergon.executor.executor import validate_flow_id
+from pyergon.storage.base import WorkerRegistry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -94,12 +97,15 @@ class FlowHistory:
         invocations: Its recorded operations, by position.
         signals: Signals sent to it.
         children: Child flows it started, newest first.
+        unserved: The types of this flow and its children, among those still waiting to run,
+            that no live worker serves (from the workers' records, where storage keeps them).
     """
 
     flow: ScheduledFlow
     invocations: tuple[Invocation, ...]
     signals: tuple[SignalRecord, ...]
     children: tuple[ScheduledFlow, ...]
+    unserved: tuple[str, ...] = ()
 
     @property
     def steps(self) -> tuple[Invocation, ...]:
@@ -151,7 +157,12 @@ async def load_history(storage: ExecutionLog, flow_id: str) -> FlowHistory:
     invocations = await storage.load_invocations(flow_id)
     signals = await storage.list_signals(flow_id)
     children = [child async for child in iter_flows(storage, parent_flow_id=flow_id)]
-    return FlowHistory(flow, tuple(invocations), tuple(signals), tuple(children))
+    unserved: tuple[str, ...] = ()
+    if isinstance(storage, WorkerRegistry):
+        waiting = [each.flow_type for each in (flow, *children) if not each.status.is_final]
+        if waiting:
+            unserved = unserved_types(waiting, await storage.list_workers(), time.time())
+    return FlowHistory(flow, tuple(invocations), tuple(signals), tuple(children), unserved)
 
 
 async def iter_flows(

@@ -321,6 +321,11 @@ def _header_lines(history: FlowHistory) -> list[str]:
         lines.append(f"  waiting for {', '.join(waits)}")
     if flow.wake_at is not None and flow.status is TaskStatus.SUSPENDED:
         lines.append(f"  wakes at {format_time(flow.wake_at)} UTC")
+    if history.unserved:
+        lines.append(
+            f"  [bold yellow]no live worker serves {_escape(', '.join(history.unserved))}[/]: "
+            "flows of these types here wait until one does (pyergon workers lists them)"
+        )
     if flow.error is not None:
         lines.append(
             f"  [red]error[/] {_escape(flow.error.short_type)}: "

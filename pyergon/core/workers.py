@@ -14,7 +14,7 @@ import enum
 import os
 import socket
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from pyergon.errors import WorkerIdInUseError
@@ -26,7 +26,9 @@ __all__ = [
     "WorkerState",
     "pid_is_alive",
     "registration_verdict",
+    "served_types",
     "this_process",
+    "unserved_types",
     "worker_state",
 ]
 
@@ -116,6 +118,29 @@ def worker_state(record: WorkerRecord, now: float) -> WorkerState:
     if now - record.last_beat <= record.lease_seconds:
         return WorkerState.LIVE
     return WorkerState.DEAD
+
+
+def served_types(records: Iterable[WorkerRecord], now: float) -> frozenset[str]:
+    """The flow types some live worker among ``records`` serves at ``now``."""
+    return frozenset(
+        flow_type
+        for record in records
+        if worker_state(record, now) is WorkerState.LIVE
+        for flow_type in record.flow_types
+    )
+
+
+def unserved_types(
+    waiting: Iterable[str], records: Sequence[WorkerRecord], now: float
+) -> tuple[str, ...]:
+    """Those of the ``waiting`` flows' types that no live worker serves, sorted.
+
+    Nothing without any record: storage that never saw a worker (flows run by direct
+    executors) says nothing about who serves what.
+    """
+    if not records:
+        return ()
+    return tuple(sorted(set(waiting) - served_types(records, now)))
 
 
 def pid_is_alive(pid: int) -> bool:

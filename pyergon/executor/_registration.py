@@ -16,7 +16,9 @@ from pyergon.core.status import TaskStatus
 from pyergon.core.workers import (
     Registration,
     WorkerRecord,
+    WorkerState,
     registration_verdict,
+    served_types,
     this_process,
     worker_state,
 )
@@ -28,7 +30,14 @@ from pyergon.storage.base import ExecutionLog, WorkerRegistry
 if TYPE_CHECKING:
     from pyergon.executor._leases import LeaseClock
 
-__all__ = ["begin_presence", "end_presence", "register_worker", "sign_off", "take_over"]
+__all__ = [
+    "begin_presence",
+    "end_presence",
+    "register_worker",
+    "served_elsewhere",
+    "sign_off",
+    "take_over",
+]
 
 logger = logging.getLogger("pyergon.worker")
 
@@ -113,14 +122,19 @@ async def register_worker(
         replacing = None if previous is None else previous.incarnation
         if await storage.put_worker(record, replacing=replacing):
             if verdict is Registration.TAKE_OVER and previous is not None:
-                state = worker_state(previous, clock.now()).value
+                silent = clock.now() - previous.last_beat
+                why = (
+                    f"stopped beating {silent:.1f} s ago"
+                    if worker_state(previous, clock.now()) is WorkerState.DEAD
+                    else "no longer runs"
+                )
                 logger.warning(
-                    "worker %s: its previous process (pid %d on %s) is %s; taking over the "
-                    "flows it ran",
+                    "worker %s: its previous process (pid %d on %s) %s; taking over the flows "
+                    "it ran",
                     record.worker_id,
                     previous.pid,
                     previous.host,
-                    state,
+                    why,
                 )
             return verdict
     raise StorageError(
@@ -171,3 +185,18 @@ async def sign_off(storage: WorkerRegistry, record: WorkerRecord, clock: Clock) 
             record.worker_id,
             error,
         )
+
+
+async def served_elsewhere(storage: ExecutionLog, flow_type: str, clock: Clock) -> bool:
+    """Whether a live worker that storage has a record of serves ``flow_type``.
+
+    ``False`` where storage keeps no records, or cannot be read now (the caller warns; a
+    worker that serves it may still come).
+    """
+    if not isinstance(storage, WorkerRegistry):
+        return False
+    try:
+        records = await storage.list_workers()
+    except Exception:
+        return False
+    return flow_type in served_types(records, clock.now())

@@ -124,11 +124,14 @@ class FlowTalk:
         )
 
     def child_not_served(self, child_id: str, child_type: str) -> None:
-        """Say that the flow waits on a child of a type no worker of this process serves."""
+        """Say that the flow waits on a child of a type no live worker serves (that we know of).
+
+        Known: the workers of this process, and the live workers storage has records of.
+        """
         logger.warning(
-            "worker %s: %s waits on child %r of type %s, which no worker in this process "
-            "serves; it waits until a worker serving %s runs (start one, e.g. `pyergon worker "
-            "MODULE:%s`)",
+            "worker %s: %s waits on child %r of type %s, which no live worker serves (in this "
+            "process or in storage's worker records); it waits until a worker serving %s runs "
+            "(start one, e.g. `pyergon worker MODULE:%s`)",
             self.worker_id,
             self.flow,
             child_id,

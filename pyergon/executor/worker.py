@@ -44,7 +44,7 @@ from pyergon.executor._leases import (
     check_lease_seconds,
     release_quietly,
 )
-from pyergon.executor._registration import begin_presence, end_presence
+from pyergon.executor._registration import begin_presence, end_presence, served_elsewhere
 from pyergon.executor._runner import FlowRun, drive_flow, log_by_position, stored_outcome
 from pyergon.executor._talk import FlowTalk, served_in_process, serving
 from pyergon.serialization import Serializer, serialize_exception, serializer_for
@@ -533,7 +533,12 @@ class Worker:
         stored, created = await store_child(
             self.storage, self.serializer, self.clock, child, type_name, child_id, parent, position
         )
-        if created and type_name not in self._registry and not served_in_process(type_name):
+        if (
+            created
+            and type_name not in self._registry
+            and not served_in_process(type_name)
+            and not await served_elsewhere(self.storage, type_name, self.clock)
+        ):
             claim = self._running.get(parent.flow_id)
             parent_type = "?" if claim is None else claim.writer.held.flow.flow_type
             FlowTalk(self.worker_id, parent.flow_id, parent_type).child_not_served(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import pandas as pd
@@ -176,3 +177,29 @@ def test_invocation_and_signal_frame_values() -> None:
     assert pd.isna(frame.loc[0, "duration"])
     signals = signals_frame([SignalRecord("a", "go", b"12345", 7.0)])
     assert signals.loc[0, "size_bytes"] == 5
+
+
+async def test_a_history_names_the_waiting_types_no_live_worker_serves() -> None:
+    from pyergon.cli._views import history_view
+    from pyergon.storage.memory import InMemoryExecutionLog
+    from pyergon.testing import make_flow, make_worker
+
+    storage = InMemoryExecutionLog()
+    await storage.create_flow(make_flow("parent", flow_type="Parent"))
+    await storage.create_flow(make_flow("kid", flow_type="Kid", parent_flow_id="parent"))
+    await storage.create_flow(
+        make_flow("old-kid", flow_type="Done", parent_flow_id="parent", status=TaskStatus.COMPLETE)
+    )
+    assert (await load_history(storage, "parent")).unserved == ()  # no worker records at all
+
+    now = time.time()
+    await storage.put_worker(
+        make_worker("w", flow_types=("Parent",), last_beat=now), replacing=None
+    )
+    dead = make_worker("gone", flow_types=("Kid",), last_beat=now - 60, lease_seconds=2.0)
+    await storage.put_worker(dead, replacing=None)
+    history = await load_history(storage, "parent")
+
+    assert history.unserved == ("Kid",)
+    shown = "\n".join(str(part) for part in history_view(history, now))
+    assert "no live worker serves Kid" in shown

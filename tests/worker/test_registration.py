@@ -131,7 +131,10 @@ async def test_a_restarted_worker_takes_its_killed_incarnations_flows_at_once(
 
     assert done.attempt == 1
     assert (done.lease_losses, done.last_lost_by) == (1, "w-1")
-    assert any("previous process" in line and "taking over" in line for line in caplog.messages)
+    assert any(
+        "previous process" in line and "no longer runs; taking over" in line
+        for line in caplog.messages
+    )
     assert any("requeued 1 flow(s)" in line and repr(flow_id) in line for line in caplog.messages)
 
 

@@ -7,6 +7,7 @@ one line too (see ``test_lease_clock.py``).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import cast
 
@@ -18,8 +19,9 @@ from pyergon.decorators import flow_type_name
 from pyergon.errors import RetryableError, StorageError
 from pyergon.executor._leases import LeaseWriter, release_quietly
 from pyergon.storage._flows import HeldFlow
-from pyergon.storage.base import ExecutionLog
+from pyergon.storage.base import ExecutionLog, WorkerRegistry
 from pyergon.storage.memory import InMemoryExecutionLog
+from pyergon.testing import make_worker
 
 attempts: dict[str, int] = {}
 
@@ -185,7 +187,21 @@ async def test_a_child_of_a_type_no_worker_here_serves_is_one_warning(
 
     (line,) = lines(caplog)
     assert line.startswith(f"worker w1: flow {parent_id!r} (TalkShipment) waits on child ")
-    assert "of type TalkLabel, which no worker in this process serves" in line
+    assert "of type TalkLabel, which no live worker serves" in line
+
+
+async def test_a_child_served_by_a_live_worker_of_another_process_is_not_reported(
+    storage: ExecutionLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert isinstance(storage, WorkerRegistry)
+    elsewhere = make_worker(
+        "far", host="elsewhere", flow_types=("TalkLabel",), last_beat=time.time()
+    )
+    await storage.put_worker(elsewhere, replacing=None)
+
+    await run_logged(storage, caplog, Shipment("sku-5"))
+
+    assert lines(caplog) == []
 
 
 async def test_a_child_served_by_this_worker_or_another_here_is_not_reported(
