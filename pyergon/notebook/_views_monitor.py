@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 from pyergon._history_html import FLOW_COLOURS, GREEN, RED, escape, lease_loss_note
 from pyergon.core.query import FlowQuery
 from pyergon.core.status import TaskStatus
+from pyergon.core.workers import unserved_types
 from pyergon.errors import PyergonError
 from pyergon.notebook._views_common import View, ViewTasks, refresh_every
+from pyergon.storage.base import WorkerRegistry
 
 if TYPE_CHECKING:
     from pyergon.executor.worker import Worker
@@ -87,12 +89,15 @@ class MonitorSnapshot:
         errors: The session's kept background errors, described, oldest first.
         lost_leases: ``(flow id, note)`` of the newest flows whose lease a worker lost while
             running them (see :func:`~pyergon._history_html.lease_loss_note`), newest first.
+        unserved: The types of the newest unfinished flows that no live worker serves (by the
+            workers' records in storage), sorted: their flows wait until one does.
     """
 
     counts: Mapping[TaskStatus, int]
     workers: tuple[WorkerState, ...]
     errors: tuple[str, ...]
     lost_leases: tuple[tuple[str, str], ...] = ()
+    unserved: tuple[str, ...] = ()
 
     @property
     def total(self) -> int:
@@ -125,6 +130,8 @@ class MonitorSnapshot:
             lines.append(f"  flows that lost a lease: {len(self.lost_leases)}")
             shown = self.lost_leases[:_LOSSES_SHOWN]
             lines.extend(f"    {flow_id}: {note}" for flow_id, note in shown)
+        if self.unserved:
+            lines.append(f"  no live worker serves: {', '.join(self.unserved)}")
         lines.append(f"  background errors: {len(self.errors)}")
         return "\n".join(lines)
 
@@ -141,6 +148,11 @@ class MonitorSnapshot:
         parts.append(f"<table><tr>{cells}</tr></table>")
         parts.append(_workers_html(self.workers))
         parts.append(_lost_leases_html(self.lost_leases))
+        if self.unserved:
+            parts.append(
+                f'<p style="color:{RED}">no live worker serves '
+                f"{escape(', '.join(self.unserved))}: their flows wait until one does</p>"
+            )
         parts.append(_errors_html(self.errors))
         return f'<div class="pyergon-monitor">{"".join(parts)}</div>'
 
@@ -248,6 +260,11 @@ class Monitor(View):
             (flow.flow_id, note) for flow in newest if (note := lease_loss_note(flow)) is not None
         )
         now = time.time()
+        unserved: tuple[str, ...] = ()
+        storage = self.session.storage
+        waiting = [flow.flow_type for flow in newest if not flow.status.is_final]
+        if waiting and isinstance(storage, WorkerRegistry):
+            unserved = unserved_types(waiting, await storage.list_workers(), now)
         workers = sorted(
             (WorkerState.of(worker, now) for worker in self.session.workers),
             key=lambda state: state.worker_id,
@@ -257,6 +274,7 @@ class Monitor(View):
             workers=tuple(workers),
             errors=tuple(str(error) for error in self.session.errors),
             lost_leases=lost_leases,
+            unserved=unserved,
         )
         if self._widget is not None:
             self._widget.show(self)

@@ -537,6 +537,16 @@ async def test_the_monitor_shows_counts_workers_progress_and_errors(session: Ses
     assert set(monitor._repr_mimebundle_()) == {"text/plain", "text/html"}
 
 
+async def test_the_monitor_names_waiting_types_no_live_worker_serves(session: Session) -> None:
+    await session.start_workers(Child)
+    await session.schedule(Approval(), "waits-for-a-worker")
+
+    monitor = await session.monitor()
+
+    assert "  no live worker serves: Approval" in repr(monitor).splitlines()
+    assert "no live worker serves Approval" in monitor._repr_html_()
+
+
 async def test_the_monitor_text_is_deterministic(session: Session) -> None:
     await session.start_workers(Child)
     first = repr(await session.monitor())
