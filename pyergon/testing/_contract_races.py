@@ -199,10 +199,12 @@ class RaceContract:
         run = leaving(first, meanwhile(storage, claim_again))
         applied = await run.leave([done(1)], RunEnd(TaskStatus.COMPLETE, {"result": b"late"}))
 
-        assert run.lost and applied.records == [done(1)]
+        assert run.lost and applied == Applied(moved="flow-1")
         assert await storage.get_flow("flow-1") == taken[0].flow
-        await taken[0].leave([done(1)], RunEnd(TaskStatus.FAILED))
+        assert await storage.load_invocations("flow-1") == []  # nothing of the lost run
+        await taken[0].leave([done(1, b"theirs")], RunEnd(TaskStatus.FAILED))
         assert (await stored(storage, "flow-1")).status is TaskStatus.FAILED
+        assert await storage.load_invocations("flow-1") == [done(1, b"theirs")]
 
     # -- a child finishing and its parent suspending -------------------------------------------
 
