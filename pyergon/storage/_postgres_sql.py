@@ -198,9 +198,6 @@ class PostgresStatements(Statements):
     ) -> tuple[str, list[object]] | None:
         """``change`` as one statement, if it is one guarded write with at most one record.
 
-        The write may be of the flow the change is ``held`` under: the guard then checks its
-        lease token as well.
-
         That is how a run leaves its flow (its last record and the flow's new state) and how
         most single-flow operations write: one round trip instead of a transaction's five. The
         statement locks the flow if it is still at the expected version, stores the record
@@ -208,6 +205,8 @@ class PostgresStatements(Statements):
         workers if the change asks to. Its one row says ``held``, ``recorded`` and
         ``written``. Where ``held`` but not ``recorded`` nothing was written: the record's
         position holds a final record, and the general path finds out whether it conflicts.
+        A change sent under the lease of the flow it writes (``Change.held``) has the lease
+        checked by the same guard.
 
         Returns:
             The statement and its arguments, or ``None`` for a change of another shape.

@@ -19,9 +19,10 @@ from pyergon.storage._sql.rows import FLOW_COLUMNS, INVOCATION_COLUMNS, written_
 __all__ = ["FIRST_WRITER_WINS", "HELD", "TAKEOVER_ASSIGNMENTS", "Statements", "numbered"]
 
 _INVOCATION_KEY = ("flow_id", "sequence", "sub_sequence")
-HELD = f"status = '{TaskStatus.RUNNING.value}' AND lease_token = ${{token}}"
-"""The condition that a flow row is held under the lease token of parameter ``token``."""
 _FINAL_INVOCATION = ", ".join(f"'{status.value}'" for status in InvocationStatus if status.is_final)
+
+HELD = f"status = '{TaskStatus.RUNNING.value}' AND lease_token = ${{token}}"
+"""The condition that a flow row is held under the lease token of parameter ``{token}``."""
 
 
 FIRST_WRITER_WINS = (
