@@ -109,7 +109,12 @@ class LeaseExpired(BaseException):
 
 
 class LeaseCheck(Protocol):
-    """Says whether a worker's run may still act on its flow."""
+    """A worker's lease on the flow its run holds: whether the run may still act on it."""
+
+    @property
+    def lease_token(self) -> str:
+        """The token of the claim; the run's own writes are stored only while it holds."""
+        ...
 
     def check(self) -> None:
         """Return if the lease surely holds.
@@ -117,6 +122,10 @@ class LeaseCheck(Protocol):
         Raises:
             LeaseExpired: The lease may have run out or was taken.
         """
+        ...
+
+    def lose(self, why: str) -> None:
+        """The lease is gone (storage refused a write under it): stop the run."""
         ...
 
 
@@ -159,8 +168,9 @@ class FlowContext:
             the executor reports it even if the flow's code catches it.
         cancellation: Asked before each operation that does live work; ``None`` never cancels.
         replay_only: Run no step body and wait on nothing: stop where the log ends.
-        lease: The worker's lease on the flow, checked before live work and every write;
-            ``None`` (a direct run) never expires.
+        lease: The worker's lease on the flow, checked before live work and every write, which
+            storage refuses once another run holds the flow; ``None`` (a direct run) never
+            expires.
         on_step_retry: Told of a step attempt that raised and runs again: the step's name,
             the error, the attempt and the seconds until the next; a worker logs it.
     """
@@ -223,6 +233,27 @@ class FlowContext:
         """
         if self.lease is not None:
             self.lease.check()
+
+    @property
+    def holder(self) -> tuple[str, str] | None:
+        """The flow and lease token the run's writes are sent under; ``None``: a direct run."""
+        return None if self.lease is None else (self.flow_id, self.lease.lease_token)
+
+    def lease_lost(self) -> LeaseExpired:
+        """Storage refused a write sent under the run's lease: another run holds the flow.
+
+        The lease is lost from now on, which stops the run (and its running steps).
+
+        Returns:
+            The error to raise.
+        """
+        why = (
+            "storage refused a write of its records: the flow no longer runs under this "
+            "worker's lease (another worker claimed it, or it was ended)"
+        )
+        if self.lease is not None:
+            self.lease.lose(why)
+        return LeaseExpired(why)
 
     def allocate(self) -> Position:
         """Return the log position of the operation being called now."""
@@ -364,7 +395,8 @@ class FlowContext:
         Raises:
             LogConflict: A record was already stored differently (now or by an earlier save of
                 this run); nothing after it is written.
-            LeaseExpired: The worker's lease on the flow may have run out; nothing is written.
+            LeaseExpired: The worker's lease on the flow may have run out, or storage refused
+                the records because another run holds the flow; nothing is written.
             StorageError: The storage failed; the records of this save are dropped (replay
                 does their work again).
         """
@@ -388,10 +420,14 @@ class FlowContext:
         self._saving = True
         try:
             if end is None:
-                saved = await self.storage.apply(Change(records=tuple(records)))
+                saved = await self.storage.apply(Change(records=tuple(records), held=self.holder))
             else:
                 assert held is not None, "a run's end is written to the flow it holds"
                 saved = await held.leave(records, end)
+                if saved.moved is not None and self.lease is None and records:
+                    # Lost by a direct run, which holds no lease: its records are stored as
+                    # during the run (first writer wins), so it finds the other run's results.
+                    saved = await self.storage.apply(Change(records=tuple(records)))
         except Exception as error:
             # What this save stored is unknown: no later save of the run may build on it.
             self.save_failure = error
@@ -408,6 +444,8 @@ class FlowContext:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+        if saved.moved is not None and end is None:
+            raise self.lease_lost()  # nothing was stored; replay by the new holder does it
         for stored in saved.records:
             self.log[(stored.sequence, stored.sub_sequence)] = stored
         if saved.record_conflict:

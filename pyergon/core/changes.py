@@ -4,6 +4,8 @@ The flow state machine (:mod:`pyergon.core.transitions`) decides a change; a bac
 it with :meth:`~pyergon.storage.ExecutionLog.apply` and knows nothing of why. A change holds
 new records, new signals and guarded writes of flows; each write names the flow's ``version``
 it was decided on, so a change decided on a stale copy is refused as a whole and decided again.
+A run's own writes can also name the lease it holds its flow under (:attr:`Change.held`), so
+they are refused once another run holds the flow.
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ class Change:
 
     A backend applies the parts in this order, all or nothing except where said:
 
-    1. Every guarded write's ``expected_version`` is checked; one mismatch refuses the whole
-       change, and nothing is written.
+    1. The guards: every guarded write's ``expected_version`` is checked, and with ``held``,
+       that its flow is stored ``RUNNING`` with its lease token. One that does not hold
+       refuses the whole change (:attr:`Applied.moved` names its flow), and nothing is written.
     2. ``forget_failed``: the ``FAILED`` records of these flows are deleted.
     3. ``records``, in order, first writer wins: a record whose position holds a final record
        is not written (the stored one stands). If the stored final record differs from the
@@ -71,6 +74,10 @@ class Change:
         writes: Writes of flows.
         forget_failed: Flows whose failed records are deleted, so a retry runs them again.
         notify: Whether waiting workers should look for runnable flows afterwards.
+        held: ``(flow id, lease token)`` of the run that sends the change: it applies only while
+            that flow is stored ``RUNNING`` under that token, so a run that lost its flow to
+            another stores nothing more (a write sent before the loss and delayed cannot land
+            after the new holder started). ``None``: no such guard (a direct run, an operator).
     """
 
     records: tuple[Invocation, ...] = ()
@@ -78,6 +85,7 @@ class Change:
     writes: tuple[FlowWrite, ...] = ()
     forget_failed: tuple[str, ...] = ()
     notify: bool = False
+    held: tuple[str, str] | None = None
 
     @property
     def payload_size(self) -> int:
@@ -105,7 +113,8 @@ class Applied:
             a conflicting one (an earlier final record that differs from the one given).
         record_conflict: Whether a record met such a conflict; the signals and writes were
             then not applied.
-        moved: The id of a flow whose stored version was not the expected one; nothing at all
+        moved: The id of a flow whose stored version was not the expected one, or of the
+            ``held`` flow if it no longer runs under the change's lease token; nothing at all
             was written. ``None`` when every guard held.
         signals_stored: How many of the signals were new and stored.
     """

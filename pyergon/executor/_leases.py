@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from pyergon._context import FlowContext, LeaseExpired, LogConflict
 from pyergon.clock import Clock, SystemClock
-from pyergon.core.records import StoredError
+from pyergon.core.records import ScheduledFlow, StoredError
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.executor._talk import FlowTalk
@@ -110,15 +110,20 @@ class Lease:
         clock: The worker's lease clock.
         lease_seconds: The lease length.
         sent_at: When the claim was sent, on ``clock``.
+        lease_token: The claim's token, under which the run's writes are sent.
 
     Attributes:
+        lease_token: The claim's token.
         valid_until: When the lease runs out, on ``clock``, unless renewed.
         lost: Why the lease is gone, once it is (``None`` while it may hold).
     """
 
-    def __init__(self, clock: LeaseClock, lease_seconds: float, sent_at: float) -> None:
+    def __init__(
+        self, clock: LeaseClock, lease_seconds: float, sent_at: float, lease_token: str
+    ) -> None:
         self._clock = clock
         self._seconds = lease_seconds
+        self.lease_token = lease_token
         self.valid_until = sent_at + lease_seconds
         self.lost: str | None = None
         self._on_expiry: Callable[[], object] | None = None
@@ -254,8 +259,10 @@ class LeaseWriter:
 
     def _lost(self, status: TaskStatus) -> None:
         flow = self.held.flow
+        self.lease.mark_lost("the flow no longer ran under its lease when the run ended")
         logger.warning(
-            "flow %r (%s): lease lost before it could be set %s; another worker holds it",
+            "flow %r (%s): lease lost before it could be set %s; nothing of the run's end was "
+            "stored (another worker holds the flow, or it no longer exists)",
             flow.flow_id,
             flow.flow_type,
             status.value,
@@ -337,26 +344,27 @@ class LeaseKeeper:
         self._clock = clock
         self.clock = LeaseClock(clock)
 
-    def start(self, sent_at: float, flow_id: str) -> Lease | None:
+    def start(self, sent_at: float, flow: ScheduledFlow) -> Lease | None:
         """The lease of a flow claimed by a claim sent at ``sent_at``; ``None`` if answered late.
 
         A claim answered after its lease may have run out is dropped: the run does not start
         and nothing is written; the flow is claimed again once its lease ends in storage.
         """
-        lease = Lease(self.clock, self._seconds, sent_at)
+        assert flow.lease_token is not None  # a claim always sets the lease
+        lease = Lease(self.clock, self._seconds, sent_at, flow.lease_token)
         if lease.expired:
             logger.warning(
                 "worker %s: the claim of flow %r was answered after its lease of %g s may "
                 "have run out; not running it (it is claimed again once the lease ends)",
                 self._worker_id,
-                flow_id,
+                flow.flow_id,
                 self._seconds,
             )
             return None
         return lease
 
     async def run(self, talk: FlowTalk, run: Awaitable[None]) -> None:
-        """Await the run of a flow; if its lease runs out, it ends having written nothing.
+        """Await the run of a flow; if its lease runs out or is lost, it writes nothing more.
 
         That is said in one log line (by ``talk``); no release is attempted (another worker
         may hold the flow already), so the flow is claimed again once its lease ends in storage.

@@ -44,7 +44,7 @@ from pyergon.serialization import (
     rebuild_exception,
     serialize_exception,
 )
-from pyergon.storage._flows import reopen_failed_work, save_records
+from pyergon.storage._flows import reopen_failed_work
 from pyergon.storage.base import ExecutionLog
 
 __all__ = [
@@ -336,11 +336,8 @@ async def _backoff_in_progress(run: FlowRun, context: FlowContext) -> Invocation
             continue
         if now < record.fire_at:
             return record
-        context.check_lease()
-        saved = await save_records(
-            run.storage, [record.replace(status=InvocationStatus.COMPLETE, completed_at=now)]
-        )
-        log[position] = saved.records[0]
+        # Under the run's lease, as every record of the run is (see FlowContext.save).
+        await context.record(record.replace(status=InvocationStatus.COMPLETE, completed_at=now))
     return None
 
 
@@ -356,26 +353,24 @@ async def _plan_retry(
     delay = policy.delay_after(attempt)
     await context.save()  # steps that succeeded before the failure stay done
     context.check_lease()
-    await reopen_failed_work(run.storage, run.flow_id)
-    context.check_lease()
+    lease_token = None if context.lease is None else context.lease.lease_token
+    if not await reopen_failed_work(run.storage, run.flow_id, lease_token=lease_token):
+        raise context.lease_lost()
     now = run.clock.now()
     waiting = delay > 0
-    await save_records(
-        run.storage,
-        [
-            Invocation(
-                flow_id=run.flow_id,
-                sequence=FLOW_RETRY_SEQUENCE,
-                sub_sequence=attempt,
-                kind=OperationKind.TIMER,
-                name=f"retry-after-attempt-{attempt}",
-                status=InvocationStatus.WAITING_FOR_TIMER if waiting else InvocationStatus.COMPLETE,
-                started_at=now,
-                fire_at=now + delay,
-                completed_at=None if waiting else now,
-                error=StoredError.describe(error),
-            )
-        ],
+    await context.record(  # under the run's lease, as every record of the run is
+        Invocation(
+            flow_id=run.flow_id,
+            sequence=FLOW_RETRY_SEQUENCE,
+            sub_sequence=attempt,
+            kind=OperationKind.TIMER,
+            name=f"retry-after-attempt-{attempt}",
+            status=InvocationStatus.WAITING_FOR_TIMER if waiting else InvocationStatus.COMPLETE,
+            started_at=now,
+            fire_at=now + delay,
+            completed_at=None if waiting else now,
+            error=StoredError.describe(error),
+        )
     )
     return delay
 

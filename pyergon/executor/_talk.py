@@ -114,9 +114,12 @@ class FlowTalk:
         logger.info("worker %s: %s %s", self.worker_id, self.flow, what)
 
     def lease_lost(self, why: str) -> None:
-        """Say that the run stopped without writing because its lease may have run out."""
+        """Say that the run stopped, writing nothing more, as its lease may have run out.
+
+        What it stored while it held the lease stays; what it did since is dropped.
+        """
         logger.warning(
-            "worker %s: %s lost its lease and stopped without writing anything: %s; another "
+            "worker %s: %s lost its lease and stopped; it writes nothing more: %s; another "
             "worker may hold it, and it runs again from its stored log",
             self.worker_id,
             self.flow,

@@ -376,11 +376,10 @@ class Worker:
     def _start(self, claimed: ClaimedRun, sent_at: float) -> None:
         """Run a flow this worker has just claimed, in a task of its own, under its lease."""
         flow = claimed.flow
-        assert flow.lease_token is not None  # a claim always sets the lease
-        lease = self._leases.start(sent_at, flow.flow_id)
+        lease = self._leases.start(sent_at, flow)
         if lease is None:
             return  # answered too late: another worker may hold it already
-        writer = LeaseWriter(HeldFlow(self.storage, flow, flow.lease_token), lease)
+        writer = LeaseWriter(HeldFlow(self.storage, flow, lease.lease_token), lease)
         cancel = CancelFlag(flow.cancel_requested)
         talk = FlowTalk(self.worker_id, flow.flow_id, flow.flow_type)
         task = asyncio.create_task(

@@ -9,6 +9,7 @@ and notebook code change flows only through these functions, on every backend al
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from functools import partial
@@ -157,7 +158,9 @@ async def requeue(
     return flow if changed else None
 
 
-async def reopen_failed_work(storage: ExecutionLog, flow_id: str) -> None:
+async def reopen_failed_work(
+    storage: ExecutionLog, flow_id: str, *, lease_token: str | None = None
+) -> bool:
     """Make a flow's failed work run again: its failed records and its failed child flows.
 
     Records of steps that succeeded stay, so only what failed runs again. A failed child flow
@@ -165,11 +168,24 @@ async def reopen_failed_work(storage: ExecutionLog, flow_id: str) -> None:
     cleared, so the parent's next run waits for a fresh attempt of the child instead of
     replaying the child's old failure. One change: a child that moved on meanwhile is decided
     again, and nothing is deleted for a child that is no longer ``FAILED``.
+
+    Args:
+        storage: The flow's storage.
+        flow_id: The flow.
+        lease_token: The lease of the run of ``flow_id`` that reopens its work: nothing is
+            done unless the flow runs under it. ``None``: whatever holds the flow.
+
+    Returns:
+        Whether it was done: ``False`` only if the flow no longer runs under ``lease_token``.
     """
+    held = None if lease_token is None else (flow_id, lease_token)
     for _ in range(_MAX_ROUNDS):
-        change = await _reopening(storage, flow_id, time.time())
-        if (await storage.apply(change)).moved is None:
-            return
+        change = dataclasses.replace(await _reopening(storage, flow_id, time.time()), held=held)
+        moved = (await storage.apply(change)).moved
+        if moved is None:
+            return True
+        if held is not None and moved == flow_id:  # the changes write only its children
+            return False
     raise _contended(flow_id)
 
 
@@ -278,11 +294,12 @@ class HeldFlow:
         Decided on the run's copy first, so the usual case costs one write. If the flow moved
         on meanwhile, it is read again: still held, the end is decided again (a flow that would
         suspend for a signal or child that has arrived meanwhile goes back to the queue; one
-        asked to cancel ends ``CANCELLED``); taken by another run, only the records are stored
-        and :attr:`lost` is set.
+        asked to cancel ends ``CANCELLED``); taken by another run (or deleted, or no longer
+        running), nothing is stored, not even the records, and :attr:`lost` is set.
 
         Returns:
-            What was applied; on a record conflict the flow was not changed.
+            What was applied; on a record conflict the flow was not changed; once the flow is
+            lost, ``moved`` is its id and nothing was written.
         """
         flow: ScheduledFlow | None = self.flow
         # What a suspension waits for may have come before this run's copy of the flow was
@@ -290,8 +307,8 @@ class HeldFlow:
         woken = end.status is TaskStatus.SUSPENDED and await self._wait_is_over(end)
         for _ in range(_MAX_ROUNDS):
             if not holds(flow, self.lease_token):
-                self.lost = True
-                return await save_records(self.storage, records)
+                self.lost = True  # another run holds the flow, or none: store nothing more
+                return Applied(moved=self.flow_id)
             assert flow is not None  # held
             transition = leave_run(flow, end.status, end.fields, at=time.time(), woken=woken)
             applied = await self.storage.apply(_with(transition.change, records, ()))

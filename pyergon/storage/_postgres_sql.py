@@ -25,6 +25,7 @@ from pyergon.storage._sql.rows import (
 from pyergon.storage._sql.schema import READ_VERSION, WRITE_VERSION, migration_statements
 from pyergon.storage._sql.statements import (
     FIRST_WRITER_WINS,
+    HELD,
     TAKEOVER_ASSIGNMENTS,
     Statements,
     numbered,
@@ -129,6 +130,8 @@ class PostgresStatements(Statements):
     """
 
     _row_locks = " ORDER BY flow_id FOR UPDATE"  # in one order: two changes cannot deadlock
+    # Enough to keep a claim (which skips locked rows) or a renewal from changing the flow.
+    _holder_lock = " FOR SHARE"
 
     def __init__(self, schema: str) -> None:
         super().__init__(postgres_dialect(schema))
@@ -187,7 +190,7 @@ class PostgresStatements(Statements):
         self.reset = (render("TRUNCATE {invocations}, {signals}, {flows}, {workers}"),)
         self._claims: dict[tuple[str, ...], str] = {}
         """Claims by the columns they set: one shape in practice."""
-        self._one_statements: dict[tuple[tuple[str, ...], bool, bool, bool], str] = {}
+        self._one_statements: dict[tuple[tuple[str, ...], bool, bool, bool, bool], str] = {}
         """Changes of :meth:`one_statement`, by shape: a handful recur."""
 
     def one_statement(
@@ -202,6 +205,8 @@ class PostgresStatements(Statements):
         workers if the change asks to. Its one row says ``held``, ``recorded`` and
         ``written``. Where ``held`` but not ``recorded`` nothing was written: the record's
         position holds a final record, and the general path finds out whether it conflicts.
+        A change sent under the lease of the flow it writes (``Change.held``) has the lease
+        checked by the same guard.
 
         Returns:
             The statement and its arguments, or ``None`` for a change of another shape.
@@ -213,10 +218,19 @@ class PostgresStatements(Statements):
         write = change.writes[0]
         if write.expected_version is None or write.expected_version == ABSENT:
             return None
+        held = change.held
+        if held is not None and held[0] != write.flow_id:
+            return None
         columns = written_columns(write.changes)
         statuses = write.only_if_status
         record = change.records[0] if change.records else None
-        key = (tuple(columns), statuses is not None, record is not None, change.notify)
+        key = (
+            tuple(columns),
+            statuses is not None,
+            record is not None,
+            change.notify,
+            held is not None,
+        )
         statement = self._one_statements.get(key)
         if statement is None:
             statement = self._one_statements[key] = self._one_statement(*key)
@@ -224,6 +238,8 @@ class PostgresStatements(Statements):
         if statuses is not None:
             arguments += self.dialect.list_arguments([status.value for status in statuses])
         arguments.append(write.expected_version)
+        if held is not None:
+            arguments.append(held[1])
         if record is not None:
             arguments += column_values(record)
         if change.notify:
@@ -231,20 +247,22 @@ class PostgresStatements(Statements):
         return statement, arguments
 
     def _one_statement(
-        self, columns: tuple[str, ...], statuses: bool, record: bool, notify: bool
+        self, columns: tuple[str, ...], statuses: bool, record: bool, notify: bool, held: bool
     ) -> str:
         """The statement of :meth:`one_statement` for one shape of change.
 
         Parameters: the write's (``$1`` the flow, then its columns and statuses), the expected
-        version, the record's columns, then the channel and the notice's payload.
+        version, the lease token if ``held``, the record's columns, then the channel and the
+        notice's payload.
         """
         version = len(columns) + 2 + statuses
-        after = version + 1
+        after = version + 1 + held
+        lease = f" AND {HELD.format(token=version + 1)}" if held else ""
         render = self.dialect.render
         parts = [
             render(
                 f"guard AS (SELECT flow_id FROM {{flows}} WHERE flow_id = $1 "
-                f"AND version = ${version} FOR UPDATE)"
+                f"AND version = ${version}{lease} FOR UPDATE)"
             )
         ]
         written_if = "EXISTS (SELECT FROM guard)"

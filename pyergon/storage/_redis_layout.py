@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib.resources import files
 from typing import Any, cast
 
+from pyergon.core.changes import Change
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.transitions import TAKEN_OVER
@@ -44,6 +45,7 @@ from pyergon.storage.base import ClaimedRun, damaged_run
 
 __all__ = [
     "SCRIPTS",
+    "apply_arguments",
     "claimed_run",
     "counted",
     "decode_invocation",
@@ -415,3 +417,36 @@ def decode_signal(value: bytes) -> tuple[float, bytes]:
     """The time and payload of a stored signal value."""
     sent_at, _, payload = value.partition(b"\n")
     return float(sent_at), payload
+
+
+# -- changes -------------------------------------------------------------------------------------
+
+
+def apply_arguments(change: Change) -> list[str | bytes]:
+    """The arguments of the ``apply`` script for ``change`` (see ``redis_lua/apply.lua``)."""
+    guards: list[str | bytes] = []
+    writes: list[str | bytes] = [str(len(change.writes))]
+    for write in change.writes:
+        if write.expected_version is not None:
+            guards += (write.flow_id, str(write.expected_version))
+        sets, deletes = flow_changes(write.changes)
+        statuses = write.only_if_status
+        writes += (write.flow_id, "0" if statuses is None else "1")
+        writes += counted([status.value for status in statuses or ()])
+        writes += counted(sets)
+        writes += counted(deletes)
+    records: list[str | bytes] = []
+    for record in change.records:
+        records += (record.flow_id, record_field(record), encode_invocation(record))
+    signals: list[str | bytes] = []
+    for signal in change.signals:
+        signals += (signal.flow_id, signal.name, encode_signal(signal.sent_at, signal.payload))
+    return [
+        *counted(guards),
+        *counted(change.held or ()),
+        *counted(change.forget_failed),
+        *counted(records),
+        *counted(signals),
+        *writes,
+        "1" if change.notify else "0",
+    ]

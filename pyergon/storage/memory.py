@@ -16,6 +16,7 @@ from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.core.transitions import (
     claim_changes,
+    holds,
     is_runnable,
     new_lease_token,
     queue_order,
@@ -75,6 +76,10 @@ class InMemoryExecutionLog(StorageLifecycle):
             version = ABSENT if stored is None else stored.version
             if version != write.expected_version:
                 return Applied(moved=write.flow_id)
+        if change.held is not None:
+            flow_id, lease_token = change.held
+            if not holds(self._flows.get(flow_id), lease_token):
+                return Applied(moved=flow_id)
         for flow_id in change.forget_failed:
             records = self._invocations.get(flow_id, {})
             for position in [p for p, r in records.items() if r.status is InvocationStatus.FAILED]:

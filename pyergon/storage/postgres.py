@@ -390,9 +390,11 @@ class PostgresExecutionLog(StorageLifecycle):
 
         One transaction, which first locks every flow the change writes (in flow id order, so
         two changes never deadlock) and checks their versions; a refused change has written
-        nothing. A change of one record or one signal alone is one statement.
+        nothing. A change of one record alone (its lease, if it is sent under one, checked by
+        the same statement) or of one signal alone is one statement.
         """
         alone = len(change.records) + len(change.signals) == 1
+        alone = alone and not (change.held and change.signals)  # a record's statement checks it
         if alone and not (change.writes or change.forget_failed or change.notify):
             async with self._connection() as connection:
                 return await steps.run_asyncpg(connection, steps.apply_change(self._sql, change))

@@ -45,13 +45,12 @@ from pyergon.errors import (
 )
 from pyergon.storage._redis_layout import (
     SCRIPTS,
+    apply_arguments,
     claimed_run,
     counted,
     decode_invocation,
     decode_signal,
     describe_damage,
-    encode_invocation,
-    encode_signal,
     flow_changes,
     flow_fields,
     flow_from_hash,
@@ -395,7 +394,7 @@ class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
 
         The script shares a round trip with the commands other callers issue meanwhile.
         """
-        reply = await self._run_batched("apply", *_apply_arguments(change))
+        reply = await self._run_batched("apply", *apply_arguments(change))
         moved, conflict, stood, signals_stored = reply
         if moved is not None:
             return Applied(moved=moved.decode())
@@ -554,35 +553,6 @@ class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
     async def reset(self) -> None:
         """Delete every flow, record, signal and worker record; the schema version stays."""
         await self._run("reset")
-
-
-def _apply_arguments(change: Change) -> list[str | bytes]:
-    """The arguments of the ``apply`` script for ``change`` (see ``redis_lua/apply.lua``)."""
-    guards: list[str | bytes] = []
-    writes: list[str | bytes] = [str(len(change.writes))]
-    for write in change.writes:
-        if write.expected_version is not None:
-            guards += (write.flow_id, str(write.expected_version))
-        sets, deletes = flow_changes(write.changes)
-        statuses = write.only_if_status
-        writes += (write.flow_id, "0" if statuses is None else "1")
-        writes += counted([status.value for status in statuses or ()])
-        writes += counted(sets)
-        writes += counted(deletes)
-    records: list[str | bytes] = []
-    for record in change.records:
-        records += (record.flow_id, record_field(record), encode_invocation(record))
-    signals: list[str | bytes] = []
-    for signal in change.signals:
-        signals += (signal.flow_id, signal.name, encode_signal(signal.sent_at, signal.payload))
-    return [
-        *counted(guards),
-        *counted(change.forget_failed),
-        *counted(records),
-        *counted(signals),
-        *writes,
-        "1" if change.notify else "0",
-    ]
 
 
 def _describe(url: str) -> str:

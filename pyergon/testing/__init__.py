@@ -92,7 +92,8 @@ class StorageContract(
       signals.
     * :class:`QueueContract`: claims, leases, timers and wake-ups.
     * :class:`RunContract`: a run leaving its flow, through
-      :class:`~pyergon.storage._flows.HeldFlow`.
+      :class:`~pyergon.storage._flows.HeldFlow`, and its changes sent under its lease
+      (``Change.held``).
     * :class:`EventContract`: cancel requests, signals and requeues from outside a run.
     * :class:`RaceContract`: concurrent callers and events that meet between read and apply.
     * :class:`ReadContract`: listings (each filter and page of a

@@ -199,10 +199,12 @@ class RaceContract:
         run = leaving(first, meanwhile(storage, claim_again))
         applied = await run.leave([done(1)], RunEnd(TaskStatus.COMPLETE, {"result": b"late"}))
 
-        assert run.lost and applied.records == [done(1)]
+        assert run.lost and applied == Applied(moved="flow-1")
         assert await storage.get_flow("flow-1") == taken[0].flow
-        await taken[0].leave([done(1)], RunEnd(TaskStatus.FAILED))
+        assert await storage.load_invocations("flow-1") == []  # nothing of the lost run
+        await taken[0].leave([done(1, b"theirs")], RunEnd(TaskStatus.FAILED))
         assert (await stored(storage, "flow-1")).status is TaskStatus.FAILED
+        assert await storage.load_invocations("flow-1") == [done(1, b"theirs")]
 
     # -- a child finishing and its parent suspending -------------------------------------------
 
@@ -332,3 +334,30 @@ class RaceContract:
         assert (flow.status, flow.cancel_requested) == (TaskStatus.RUNNING, True)
         assert flow.version == held.flow.version + 1
         assert all(result == flow for result in results)
+
+    # -- a run's records and a claim taking its flow over ----------------------------------------
+
+    async def test_records_under_a_lease_land_before_a_takeover_or_not_at_all(
+        self, storage: ExecutionLog
+    ) -> None:
+        for round_ in range(10):
+            await storage.reset()
+            first = await hold(storage)
+            assert first.lease_token is not None
+            record = done(1, b"late")
+            save = storage.apply(Change(records=(record,), held=("flow-1", first.lease_token)))
+            takeover = claim(storage, "worker-b", now=1_031.0)
+            if round_ % 2:
+                applied, runs = await asyncio.gather(save, takeover)
+            else:
+                runs, applied = await asyncio.gather(takeover, save)
+            if not runs:  # the claim skipped the flow while the save held it
+                runs = await claim(storage, "worker-b", now=1_031.0)
+
+            (run,) = runs
+            assert run.flow.lease_owner == "worker-b"
+            logs = [run.log, await storage.load_invocations("flow-1")]
+            if applied.complete:  # stored first: the new holder reads it with its claim
+                assert logs == [[record], [record]]
+            else:
+                assert applied == Applied(moved="flow-1") and logs == [[], []]

@@ -2,15 +2,17 @@
 
 A backend holds no flow rule; these tests prove it applies the state machine's changes so that
 every rule comes out the same on it: the lease is dropped, a woken flow is requeued, a final
-child wakes its parent, a run that lost its flow writes only its records.
+child wakes its parent, a run that lost its flow writes nothing more, not even its records.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
+from pyergon.core.changes import Applied, Change, FlowWrite
 from pyergon.core.query import FlowQuery
 from pyergon.core.records import StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
@@ -33,6 +35,13 @@ from pyergon.testing._support import (
 from pyergon.testing.factories import make_flow, make_invocation, make_signal
 
 __all__ = ["RunContract"]
+
+
+def under(held: HeldFlow) -> tuple[str, str]:
+    """The ``held`` guard of a change sent by the run of ``held``: its flow and lease token."""
+    assert held.lease_token is not None  # claimed
+    return held.flow_id, held.lease_token
+
 
 _ENDS = [
     pytest.param(RunEnd(TaskStatus.COMPLETE, {"result": b"ok"}), id="complete"),
@@ -139,9 +148,9 @@ class RunContract:
 
         applied = await stolen.leave([record], RunEnd(TaskStatus.COMPLETE))
 
-        assert stolen.lost and applied.records == [record]  # the record stays: first writer wins
+        assert stolen.lost and applied == Applied(moved="flow-1")
         assert await storage.get_flow("flow-1") == held.flow
-        assert await storage.load_invocations("flow-1") == [record]
+        assert await storage.load_invocations("flow-1") == []
 
         await held.leave([], RunEnd(TaskStatus.COMPLETE))
         finished = await stored(storage, "flow-1")
@@ -149,7 +158,7 @@ class RunContract:
         assert held.lost
         assert await storage.get_flow("flow-1") == finished
 
-    async def test_a_run_whose_lease_was_taken_over_writes_only_its_records(
+    async def test_a_run_whose_lease_was_taken_over_writes_nothing(
         self, storage: ExecutionLog
     ) -> None:
         first = await hold(storage, now=1_000.0)
@@ -158,10 +167,13 @@ class RunContract:
 
         applied = await first.leave([record], RunEnd(TaskStatus.COMPLETE, {"result": b"late"}))
 
-        assert first.lost and applied.records == [record]
+        assert first.lost and applied == Applied(moved="flow-1")
         assert await storage.get_flow("flow-1") == second.flow
-        await second.leave([done(1, b"late")], RunEnd(TaskStatus.COMPLETE))
+        assert await storage.load_invocations("flow-1") == []
+        theirs = done(1, b"theirs")
+        assert (await second.leave([theirs], RunEnd(TaskStatus.COMPLETE))).complete
         assert (await stored(storage, "flow-1")).status is TaskStatus.COMPLETE
+        assert await storage.load_invocations("flow-1") == [theirs]
 
     async def test_a_run_of_a_deleted_flow_creates_nothing(self, storage: ExecutionLog) -> None:
         held = await hold(storage)
@@ -198,6 +210,113 @@ class RunContract:
 
         assert applied.complete and applied.records == [theirs]
         assert (await stored(storage, "flow-1")).status is TaskStatus.COMPLETE
+
+    # -- writes sent under the lease -----------------------------------------------------------
+
+    @pytest.mark.parametrize("count", [1, 3], ids=["one-record", "records"])
+    async def test_records_under_the_lease_are_stored_while_the_run_holds_its_flow(
+        self, storage: ExecutionLog, count: int
+    ) -> None:
+        held = await hold(storage)
+        records = tuple(done(sequence) for sequence in range(1, count + 1))
+
+        applied = await storage.apply(Change(records=records, held=under(held)))
+
+        assert applied.complete and applied.records == list(records)
+        assert await storage.load_invocations("flow-1") == list(records)
+        assert await storage.get_flow("flow-1") == held.flow  # the flow is left as it is
+
+    async def test_records_under_the_lease_stand_behind_a_final_record(
+        self, storage: ExecutionLog
+    ) -> None:
+        held = await hold(storage)
+        theirs = done(1, b"theirs")
+        await store(storage, theirs)
+
+        same = await storage.apply(Change(records=(done(1, b"theirs"),), held=under(held)))
+        other = await storage.apply(Change(records=(done(1, b"mine"),), held=under(held)))
+
+        assert same.complete and same.records == [theirs]
+        assert other.record_conflict and other.records == [theirs]
+        assert await storage.load_invocations("flow-1") == [theirs]
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            pytest.param(Change(records=(done(1),)), id="one-record"),
+            pytest.param(Change(records=(done(1), done(2), done(3))), id="records"),
+            pytest.param(
+                Change(
+                    records=(done(1), done(1, flow_id="flow-2")),
+                    signals=(make_signal("approved"),),
+                    writes=(FlowWrite("flow-2", {"attempt": 5}),),
+                    forget_failed=("flow-1",),
+                    notify=True,
+                ),
+                id="everything",
+            ),
+            pytest.param(Change(forget_failed=("flow-1",)), id="forget-failed"),
+            pytest.param(Change(signals=(make_signal("approved"),)), id="signal"),
+        ],
+    )
+    @pytest.mark.parametrize("holder", ["another-token", "ended", "taken-over", "missing"])
+    async def test_a_change_under_a_lease_that_is_gone_is_refused_whole(
+        self, storage: ExecutionLog, change: Change, holder: str
+    ) -> None:
+        held = await hold(storage)
+        await storage.create_flow(make_flow("flow-2"))
+        failed = make_invocation(5, status=InvocationStatus.FAILED)
+        await store(storage, failed)
+        lease = under(held)
+        if holder == "another-token":
+            lease = ("flow-1", "another-token")
+        elif holder == "ended":
+            await held.leave([], RunEnd(TaskStatus.SUSPENDED, {"wake_at": 2_000.0}))
+        elif holder == "taken-over":
+            await take(storage, "flow-1", worker_id="worker-b", now=1_031.0)
+        else:
+            lease = ("missing", lease[1])
+        flows = [await storage.get_flow(flow_id) for flow_id in ("flow-1", "flow-2")]
+        await drain(storage)
+
+        applied = await storage.apply(dataclasses.replace(change, held=lease))
+
+        assert applied == Applied(moved=lease[0])
+        assert [await storage.get_flow(flow_id) for flow_id in ("flow-1", "flow-2")] == flows
+        assert await storage.load_invocations("flow-1") == [failed]
+        assert await storage.load_invocations("flow-2") == []
+        assert await storage.list_signals("flow-1") == []
+        assert await storage.wait_for_work(timeout=0.01) is False
+
+    @pytest.mark.parametrize("version", ["expected", "moved"])
+    @pytest.mark.parametrize("token", ["held", "another-token"])
+    @pytest.mark.parametrize("flow_id", ["flow-1", "flow-2"], ids=["its-flow", "another-flow"])
+    async def test_a_change_under_a_lease_with_a_version_guard_checks_both(
+        self, storage: ExecutionLog, version: str, token: str, flow_id: str
+    ) -> None:
+        held = await hold(storage)
+        await storage.create_flow(make_flow("flow-2"))
+        written = await stored(storage, flow_id)
+        expected = written.version + (version == "moved")
+        lease = under(held) if token == "held" else ("flow-1", token)
+        record = done(1)
+        change = Change(
+            records=(record,),
+            writes=(FlowWrite(flow_id, {"attempt": 7}, expected_version=expected),),
+            held=lease,
+        )
+
+        applied = await storage.apply(change)
+
+        if (version, token) == ("expected", "held"):
+            assert applied.complete and applied.records == [record]
+            assert await storage.load_invocations("flow-1") == [record]
+            after = await stored(storage, flow_id)
+            assert (after.attempt, after.version) == (7, written.version + 1)
+        else:
+            assert applied == Applied(moved=flow_id if version == "moved" else "flow-1")
+            assert await storage.load_invocations("flow-1") == []
+            assert await storage.get_flow(flow_id) == written
 
     # -- woken while running -------------------------------------------------------------------
 

@@ -102,6 +102,11 @@ class OutsiderExecutionLog(base.StorageLifecycle):
                 version = ABSENT if row is None else row["version"]
                 if write.expected_version is not None and version != write.expected_version:
                     return Applied(moved=write.flow_id)
+            if change.held is not None:
+                held_id, lease_token = change.held
+                row = self._rows.get(held_id)
+                if row is None or (row["status"], row["lease_token"]) != ("RUNNING", lease_token):
+                    return Applied(moved=held_id)
             for flow_id in change.forget_failed:
                 records = self._records.get(flow_id, {})
                 for position, record in list(records.items()):

@@ -155,7 +155,7 @@ async def assert_left_running_by_a(storage: ExecutionLog, flow_id: str) -> None:
 
 
 def dropped_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if "without writing anything" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if "its lease and stopped" in r.getMessage()]
 
 
 async def test_no_step_body_starts_once_the_lease_ran_out(

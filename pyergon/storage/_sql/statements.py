@@ -16,10 +16,13 @@ from pyergon.core.transitions import TAKEN_OVER
 from pyergon.storage._sql.dialect import Dialect
 from pyergon.storage._sql.rows import FLOW_COLUMNS, INVOCATION_COLUMNS, written_columns
 
-__all__ = ["FIRST_WRITER_WINS", "TAKEOVER_ASSIGNMENTS", "Statements", "numbered"]
+__all__ = ["FIRST_WRITER_WINS", "HELD", "TAKEOVER_ASSIGNMENTS", "Statements", "numbered"]
 
 _INVOCATION_KEY = ("flow_id", "sequence", "sub_sequence")
 _FINAL_INVOCATION = ", ".join(f"'{status.value}'" for status in InvocationStatus if status.is_final)
+
+HELD = f"status = '{TaskStatus.RUNNING.value}' AND lease_token = ${{token}}"
+"""The condition that a flow row is held under the lease token of parameter ``{token}``."""
 
 
 FIRST_WRITER_WINS = (
@@ -61,6 +64,9 @@ class Statements:
     _row_locks = ""
     """Ends a read of the rows a transaction goes on to write (see :meth:`flow_versions`):
     SQLite locks no rows, its transaction holds the database's write lock."""
+    _holder_lock = ""
+    """Ends the read of a held flow that a record is written under (see
+    :attr:`record_if_held`): the flow must not be claimed until the record is stored."""
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
@@ -80,6 +86,22 @@ class Statements:
             + changed
         )
         """Stores a record, given its column values. First writer wins: a final record stays."""
+        held = len(INVOCATION_COLUMNS) + 1
+        self.holder = render(
+            f"SELECT flow_id FROM {{flows}} WHERE flow_id = $1 AND {HELD.format(token=2)}"
+        )
+        """Finds flow ``$1`` if it is ``RUNNING`` under lease token ``$2``."""
+        self.record_if_held = (
+            render(
+                f"INSERT INTO {{invocations}} ({', '.join(INVOCATION_COLUMNS)}) "
+                f"SELECT {numbered(len(INVOCATION_COLUMNS))} WHERE EXISTS (SELECT 1 FROM {{flows}} "
+                f"WHERE flow_id = ${held} AND {HELD.format(token=held + 1)}{self._holder_lock}) "
+                f"{FIRST_WRITER_WINS}"
+            )
+            + changed
+        )
+        """Stores a record as :attr:`record_invocation` does, given its column values, while
+        the flow and lease token given after them hold (see :attr:`holder`)."""
         self.get_invocation = render(
             "SELECT * FROM {invocations} WHERE flow_id = $1 AND sequence = $2 AND sub_sequence = $3"
         )
@@ -122,11 +144,14 @@ class Statements:
         """Reads of flow versions by their number of flows."""
 
     def flow_versions(self, count: int) -> str:
-        """Reads ``(flow_id, version)`` of ``count`` flows about to be written, locking them."""
+        """Reads ``(flow_id, version, status, lease_token)`` of ``count`` flows, locking them.
+
+        They are the flows a change is about to write, and the flow it is sent under.
+        """
         statement = self._versions.get(count)
         if statement is None:
             statement = self._versions[count] = self.dialect.render(
-                f"SELECT flow_id, version FROM {{flows}} "
+                f"SELECT flow_id, version, status, lease_token FROM {{flows}} "
                 f"WHERE {self.dialect.any_of('flow_id', 1, count)}{self._row_locks}"
             )
         return statement

@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 
 from pyergon.core.changes import ABSENT, Applied, Change, FlowWrite, stored_as_given
 from pyergon.core.records import Invocation
+from pyergon.core.status import TaskStatus
 from pyergon.storage._sql.rows import column_values, invocation_from_row
 from pyergon.storage._sql.statements import Statements
 
@@ -61,16 +62,25 @@ def apply_change(sql: Statements, change: Change) -> Steps[Applied]:
 
     Every guard is checked before anything is written, so a guard that does not hold writes
     nothing. Run it in one transaction (a change of one record or one signal alone is one
-    statement and needs none).
+    statement and needs none). A change of records alone sent under a lease (``held``) checks
+    its lease in the statement storing its first record, so a run's save costs no statement
+    more for it.
     """
-    moved = yield from _moved_flow(sql, change.writes)
+    lease: tuple[str, str] | None = None
+    if change.held and change.records and not (change.writes or change.forget_failed):
+        lease = change.held  # checked by the statement storing the first record
+    moved = yield from _moved_flow(sql, change.writes, None if lease else change.held)
     if moved is not None:
         return Applied(moved=moved)
     for flow_id in change.forget_failed:
         yield Answer.NOTHING, sql.forget_failed, (flow_id,)
     stored_records: list[Invocation] = []
     for record in change.records:
-        stored = yield from _store_record(sql, record)
+        stored = yield from _store_record(sql, record, lease)
+        if stored is None:
+            assert lease is not None  # only a record stored under a lease can be refused
+            return Applied(moved=lease[0])
+        lease = None  # it holds until the change commits (see Statements.record_if_held)
         stored_records.append(stored)
         if not stored_as_given(record, stored):
             return Applied(stored_records, record_conflict=True)
@@ -84,36 +94,57 @@ def apply_change(sql: Statements, change: Change) -> Steps[Applied]:
     return Applied(stored_records, signals_stored=new_signals)
 
 
-def _moved_flow(sql: Statements, writes: Collection[FlowWrite]) -> Steps[str | None]:
-    """Lock the flows ``writes`` write; return the first whose version is not the expected.
+def _moved_flow(
+    sql: Statements, writes: Collection[FlowWrite], held: tuple[str, str] | None
+) -> Steps[str | None]:
+    """Lock the flows ``writes`` write and the ``held`` one; return the first whose guard fails.
 
-    They are locked in flow id order, so two changes never deadlock. A flow that does not
-    exist has no row to lock, so for a write that expects it absent a lock on its id (which a
-    creation takes too, on PostgreSQL) keeps it absent until the change commits.
+    That is a write's flow whose version is not the expected one, or the ``(flow id, lease
+    token)`` of ``held`` if that flow is not ``RUNNING`` under that token. They are locked in
+    flow id order, so two changes never deadlock. A flow that does not exist has no row to
+    lock, so for a write that expects it absent a lock on its id (which a creation takes too,
+    on PostgreSQL) keeps it absent until the change commits.
     """
     guarded = [write for write in writes if write.expected_version is not None]
-    if not guarded and len(writes) < 2:
+    if not guarded and len(writes) < 2 and held is None:
         return None  # an UPDATE alone locks its row
     absent = sorted({write.flow_id for write in guarded if write.expected_version == ABSENT})
     lock = sql.lock_absent_flows(absent) if absent else None
     if lock is not None:
         yield Answer.NOTHING, *lock
-    written = sorted({write.flow_id for write in writes})
-    rows = yield Answer.ROWS, sql.flow_versions(len(written)), sql.dialect.list_arguments(written)
+    locked = sorted({write.flow_id for write in writes} | ({held[0]} if held else set()))
+    rows = yield Answer.ROWS, sql.flow_versions(len(locked)), sql.dialect.list_arguments(locked)
     versions = {row[0]: row[1] for row in rows}
     for write in guarded:
         if versions.get(write.flow_id, ABSENT) != write.expected_version:
             return write.flow_id
+    if held is not None:
+        leases = {row[0]: (row[2], row[3]) for row in rows}
+        flow_id, lease_token = held
+        if leases.get(flow_id) != (TaskStatus.RUNNING.value, lease_token):
+            return flow_id
     return None
 
 
-def _store_record(sql: Statements, record: Invocation) -> Steps[Invocation]:
-    """Store ``record`` unless a final record holds its position; return what is stored."""
+def _store_record(
+    sql: Statements, record: Invocation, held: tuple[str, str] | None = None
+) -> Steps[Invocation | None]:
+    """Store ``record`` unless a final record holds its position; return what is stored.
+
+    With ``held`` (a flow id and lease token), only while that flow is ``RUNNING`` under that
+    token: ``None`` if it is not, and nothing was stored.
+    """
     arguments = column_values(record)
+    statement = sql.record_invocation
+    if held is not None:
+        arguments += held
+        statement = sql.record_if_held
     position = (record.flow_id, record.sequence, record.sub_sequence)
     while True:
-        if (yield Answer.CHANGED, sql.record_invocation, arguments):
+        if (yield Answer.CHANGED, statement, arguments):
             return record  # inserted, or replaced a record that was not final
+        if held is not None and (yield Answer.ROW, sql.holder, held) is None:
+            return None  # not stored because the flow is not held (a token never comes back)
         row = yield Answer.ROW, sql.get_invocation, position
         if row is not None:  # a final record holds the position
             return invocation_from_row(row)

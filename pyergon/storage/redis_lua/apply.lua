@@ -1,6 +1,7 @@
 -- apply: one Change, all or nothing, in the order pyergon.core.changes.Change gives.
 -- Arguments, each list preceded by its length:
 --   guards         flow id, expected version (0: the flow must not exist), ...
+--   held           empty, or the flow id and lease token the change is sent under
 --   forget_failed  flow ids whose FAILED records are deleted
 --   records        flow id, position, encoded record, ...
 --   signals        flow id, name, encoded signal, ...
@@ -30,11 +31,17 @@ local function same_outcome(stored, given)
   return data(stored) == data(given)
 end
 
--- 1. Guards: one flow at another version refuses the whole change.
+-- 1. Guards: one flow at another version, or a held flow that no longer runs under the lease
+-- token, refuses the whole change.
 local guards = counted()
 for i = 1, #guards, 2 do
   local s = read_state(guards[i])
   if (s and s.version or 0) ~= tonumber(guards[i + 1]) then return {guards[i], 0, {}, 0} end
+end
+local held = counted()
+if #held > 0 then
+  local lease = redis.call('HMGET', flow_key(held[1]), 'status', 'lease_token')
+  if lease[1] ~= 'RUNNING' or lease[2] ~= held[2] then return {held[1], 0, {}, 0} end
 end
 
 -- 2. Failed records are forgotten, so a retry runs their operations again.
