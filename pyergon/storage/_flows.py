@@ -281,6 +281,7 @@ class HeldFlow:
             What was applied; on a record conflict the flow was not changed.
         """
         flow: ScheduledFlow | None = self.flow
+        last_records = tuple(records)
         # What a suspension waits for may have come before this run's copy of the flow was
         # taken (the run looked earlier); what comes later moves the version on.
         woken = end.status is TaskStatus.SUSPENDED and await self._wait_is_over(end)
@@ -289,8 +290,10 @@ class HeldFlow:
                 self.lost = True
                 return await save_records(self.storage, records)
             assert flow is not None  # held
-            transition = leave_run(flow, end.status, end.fields, at=time.time(), woken=woken)
-            applied = await self.storage.apply(_with(transition.change, records, ()))
+            transition = leave_run(
+                flow, end.status, end.fields, at=time.time(), woken=woken, records=last_records
+            )
+            applied = await self.storage.apply(transition.change)
             if applied.moved is None:
                 if not applied.record_conflict and transition.before is not None:
                     self._left = transition
