@@ -148,17 +148,17 @@ def _transition(
     records: tuple[Invocation, ...] = (),
 ) -> Transition:
     """Write ``changes`` to ``flow`` (with ``records``); a flow turning final wakes its parent."""
-    writes: tuple[FlowWrite, ...] = (FlowWrite(flow.flow_id, changes, expected_version=flow.version),)
+    writes = [FlowWrite(flow.flow_id, changes, expected_version=flow.version)]
     status = cast(TaskStatus, changes.get("status", flow.status))
     parent = cast(str | None, changes.get("parent_flow_id", flow.parent_flow_id))
     if status.is_final and not flow.status.is_final and parent is not None:
-        writes += (wake(parent, at),)
+        writes.append(wake(parent, at))
         notify = True
     if status is TaskStatus.PENDING:
         notify = True
     if status is TaskStatus.SUSPENDED and changes.get("wake_at", flow.wake_at) is not None:
         notify = True  # a worker waiting for the earliest timer may have to wake earlier
-    return Transition(Change(records=records, writes=writes, notify=notify), flow, changes)
+    return Transition(Change(records=records, writes=tuple(writes), notify=notify), flow, changes)
 
 
 # -- claims --------------------------------------------------------------------------------------
