@@ -101,13 +101,15 @@ def stable_hash(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
 
 def _hash_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     digest = _HASH_SEED.copy()
-    atoms = [_ATOMS.get(type(value)) for value in args]
-    if not kwargs and None not in atoms:
-        # Only atoms, the common case: their tuple's encoding, without walking it.
-        count = len(args).to_bytes(8, "big")
-        body = [atom(value) for atom, value in zip(atoms, args, strict=True)]  # type: ignore[misc]
-        digest.update(b"t" + count + b"".join(body) + _NO_KEYWORDS)
-        return digest.hexdigest()
+    if not kwargs:
+        try:
+            atoms = b"".join([_ATOMS[type(value)](value) for value in args])
+        except KeyError:  # not only atoms: walked below
+            pass
+        else:
+            # Only atoms, the common case: their tuple's encoding, without walking it.
+            digest.update(b"t" + len(args).to_bytes(8, "big") + atoms + _NO_KEYWORDS)
+            return digest.hexdigest()
     try:
         digest.update(_encode(tuple(args), {}))
         digest.update(len(kwargs).to_bytes(8, "big"))

@@ -32,7 +32,7 @@ from typing import cast
 
 from pyergon.core.changes import ABSENT, Change, FlowWrite
 from pyergon.core.query import ClaimRequest
-from pyergon.core.records import ScheduledFlow
+from pyergon.core.records import Invocation, ScheduledFlow
 from pyergon.core.status import TaskStatus
 
 __all__ = [
@@ -69,7 +69,8 @@ class Transition:
 
     Attributes:
         change: What storage applies: the guarded write of the flow, wake-ups of others and
-            whether workers are notified. Records and signals are added by the caller.
+            whether workers are notified; a run's last records with :func:`leave_run`.
+            Other records and signals are added by the caller.
         before: The flow the change was decided on (``None`` if it does not exist).
         changes: The fields the change sets on it (its version moves on by one as well).
     """
@@ -145,9 +146,14 @@ def wake(flow_id: str, at: float) -> FlowWrite:
 
 
 def _transition(
-    flow: ScheduledFlow, changes: dict[str, object], at: float, *, notify: bool = False
+    flow: ScheduledFlow,
+    changes: dict[str, object],
+    at: float,
+    *,
+    notify: bool = False,
+    records: tuple[Invocation, ...] = (),
 ) -> Transition:
-    """Write ``changes`` to ``flow``; a flow turning final wakes its parent."""
+    """Write ``changes`` to ``flow`` (with ``records``); a flow turning final wakes its parent."""
     writes = [FlowWrite(flow.flow_id, changes, expected_version=flow.version)]
     status = cast(TaskStatus, changes.get("status", flow.status))
     parent = cast(str | None, changes.get("parent_flow_id", flow.parent_flow_id))
@@ -158,7 +164,7 @@ def _transition(
         notify = True
     if status is TaskStatus.SUSPENDED and changes.get("wake_at", flow.wake_at) is not None:
         notify = True  # a worker waiting for the earliest timer may have to wake earlier
-    return Transition(Change(writes=tuple(writes), notify=notify), flow, changes)
+    return Transition(Change(records=records, writes=tuple(writes), notify=notify), flow, changes)
 
 
 # -- claims --------------------------------------------------------------------------------------
@@ -278,6 +284,7 @@ def leave_run(
     *,
     at: float,
     woken: bool = False,
+    records: tuple[Invocation, ...] = (),
 ) -> Transition:
     """A run leaves its flow in ``status``: finished, suspended or given back to the queue.
 
@@ -289,6 +296,7 @@ def leave_run(
         woken: What the run would wait for arrived while it ended (a signal stored, a child
             finished): a flow that would suspend goes back to the queue instead, and its next
             run finds what arrived.
+        records: The run's last records, stored in the same change.
 
     Rules: the lease is dropped; a flow whose cancellation was requested ends ``CANCELLED``
     where it would suspend or requeue; a flow reaching a final status wakes its parent.
@@ -305,7 +313,7 @@ def leave_run(
     changes.update(_status_changes(flow, settled, at))
     if settled is TaskStatus.SUSPENDED and "wake_at" not in changes:
         changes["wake_at"] = None
-    return _transition(flow, changes, at)
+    return _transition(flow, changes, at, records=records)
 
 
 # -- events from outside a run -----------------------------------------------------------------

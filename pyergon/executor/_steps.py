@@ -18,6 +18,11 @@ __all__ = ["replay_final", "run_step"]
 
 StepBody = Callable[[], Coroutine[Any, Any, Any]]
 
+# Read once: on Python 3.11 reading a member off its enum class goes through the enum
+# metaclass's __getattr__ hook (about 900 instructions), and every step needs these three times.
+_STEP = OperationKind.STEP
+_COMPLETE = InvocationStatus.COMPLETE
+
 
 def replay_final(context: FlowContext, record: Invocation) -> Any:
     """Return the stored result of a final record, or raise its stored error."""
@@ -52,7 +57,7 @@ async def run_step(
         The step's result, recorded or fresh.
     """
     args_hash = stable_hash(args, kwargs)
-    record = context.replayed(position, OperationKind.STEP, name, args_hash)
+    record = context.replayed(position, _STEP, name, args_hash)
     if record is not None and record.is_final:
         return replay_final(context, record)
     await context.before_live_work(position)
@@ -68,9 +73,13 @@ async def run_step(
         context.untrack(task)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _StepCall:
-    """One call of a step: its place in the flow's log and what identifies it there."""
+    """One call of a step: its place in the flow's log and what identifies it there.
+
+    Not frozen: one is made per step run, and a frozen dataclass sets each field with
+    ``object.__setattr__`` (about 0.25 us a field here; see benchmarks/README.md).
+    """
 
     context: FlowContext
     position: Position
@@ -87,11 +96,13 @@ class _StepCall:
         error: StoredError | None = None,
     ) -> Invocation:
         """The call's record after ``attempts`` attempts, completed now if ``status`` is final."""
-        return self.context.new_record(
-            self.position,
-            OperationKind.STEP,
-            self.name,
-            status,
+        return Invocation(
+            flow_id=self.context.flow_id,
+            sequence=self.position[0],
+            sub_sequence=self.position[1],
+            kind=_STEP,
+            name=self.name,
+            status=status,
             args_hash=self.args_hash,
             result=result,
             error=error,
@@ -138,7 +149,7 @@ async def _attempt_until_final(
             result, lambda: f"the result of step {name!r} of {context.describe(position)}"
         )
         # Stored with the run's next save: before any later live work, or with the outcome.
-        context.keep(call.record(InvocationStatus.COMPLETE, attempts, result=payload))
+        context.keep(call.record(_COMPLETE, attempts, result=payload))
         return result
 
 

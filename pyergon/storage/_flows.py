@@ -302,6 +302,7 @@ class HeldFlow:
             lost, ``moved`` is its id and nothing was written.
         """
         flow: ScheduledFlow | None = self.flow
+        last_records = tuple(records)
         # What a suspension waits for may have come before this run's copy of the flow was
         # taken (the run looked earlier); what comes later moves the version on.
         woken = end.status is TaskStatus.SUSPENDED and await self._wait_is_over(end)
@@ -310,8 +311,10 @@ class HeldFlow:
                 self.lost = True  # another run holds the flow, or none: store nothing more
                 return Applied(moved=self.flow_id)
             assert flow is not None  # held
-            transition = leave_run(flow, end.status, end.fields, at=time.time(), woken=woken)
-            applied = await self.storage.apply(_with(transition.change, records, ()))
+            transition = leave_run(
+                flow, end.status, end.fields, at=time.time(), woken=woken, records=last_records
+            )
+            applied = await self.storage.apply(transition.change)
             if applied.moved is None:
                 if not applied.record_conflict and transition.before is not None:
                     self._left = transition

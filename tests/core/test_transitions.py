@@ -28,7 +28,7 @@ from pyergon.core.transitions import (
     takeover_changes,
     wake,
 )
-from pyergon.testing import make_flow
+from pyergon.testing import make_flow, make_invocation
 
 AT = 2_000.0
 FINAL = [TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.CANCELLED]
@@ -278,6 +278,15 @@ def test_leaving_without_fields_keeps_the_outcome_fields() -> None:
 
     assert suspended is not None
     assert (suspended.result, suspended.attempt, suspended.wake_at) == (b"old", 2, None)
+
+
+def test_a_run_leaves_its_flow_with_its_last_records_in_one_change() -> None:
+    records = (make_invocation(sequence=1), make_invocation(sequence=2))
+
+    transition = leave_run(running(), TaskStatus.COMPLETE, at=AT, records=records)
+
+    assert transition.change.records == records
+    assert transition.change.signals == ()
 
 
 def test_a_final_flow_leaving_again_wakes_no_parent() -> None:
