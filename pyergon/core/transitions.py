@@ -54,8 +54,11 @@ __all__ = [
     "wake",
 ]
 
-_WAITING = frozenset((TaskStatus.PENDING, TaskStatus.SUSPENDED))
-_SUSPENDED = frozenset((TaskStatus.SUSPENDED,))
+# Read once: on Python 3.11 each read of a member off its enum class goes through the enum
+# metaclass's __getattr__ hook (about 900 instructions), and every run's end reads several.
+_PENDING, _RUNNING, _SUSPENDED = TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.SUSPENDED
+_WAITING = frozenset((_PENDING, _SUSPENDED))
+_ONLY_SUSPENDED = frozenset((_SUSPENDED,))
 _NO_LEASE: Mapping[str, object] = {
     "lease_owner": None,
     "lease_token": None,
@@ -108,21 +111,30 @@ class RunEnd:
     waiting_children: tuple[str, ...] = ()
 
 
+def _status_fields(status: TaskStatus) -> dict[str, object]:
+    """The fields besides ``status`` and ``updated_at`` that every change to ``status`` sets."""
+    fields: dict[str, object] = {}
+    if status is not _RUNNING:
+        fields.update(_NO_LEASE)
+    if status is _PENDING:
+        fields["cancel_requested"] = False
+    if status.is_final or status is _PENDING:
+        fields["wake_at"] = None
+    return fields
+
+
+_STATUS_FIELDS = {status: _status_fields(status) for status in TaskStatus}
+"""Worked out once per status: every change of status asks."""
+
+
 def _status_changes(flow: ScheduledFlow, status: TaskStatus, at: float) -> dict[str, object]:
     """The fields every change to ``status`` sets, whatever caused it."""
-    changes: dict[str, object] = {"status": status, "updated_at": at}
-    if status is not TaskStatus.RUNNING:
-        changes.update(_NO_LEASE)
-    if status is TaskStatus.PENDING:
-        changes["cancel_requested"] = False
-    if status.is_final or status is TaskStatus.PENDING:
-        changes["wake_at"] = None
-    return changes
+    return {"status": status, "updated_at": at, **_STATUS_FIELDS[status]}
 
 
 def _settled_status(flow: ScheduledFlow, status: TaskStatus) -> TaskStatus:
     """A running flow asked to cancel ends ``CANCELLED`` where it would wait or requeue."""
-    if status in _WAITING and flow.status is TaskStatus.RUNNING and flow.cancel_requested:
+    if status in _WAITING and flow.status is _RUNNING and flow.cancel_requested:
         return TaskStatus.CANCELLED
     return status
 
@@ -136,12 +148,12 @@ def wake(flow_id: str, at: float) -> FlowWrite:
     return FlowWrite(
         flow_id,
         {
-            "status": TaskStatus.PENDING,
+            "status": _PENDING,
             "wake_at": None,
             "cancel_requested": False,
             "updated_at": at,
         },
-        only_if_status=_SUSPENDED,
+        only_if_status=_ONLY_SUSPENDED,
     )
 
 
@@ -160,9 +172,9 @@ def _transition(
     if status.is_final and not flow.status.is_final and parent is not None:
         writes.append(wake(parent, at))
         notify = True
-    if status is TaskStatus.PENDING:
+    if status is _PENDING:
         notify = True
-    if status is TaskStatus.SUSPENDED and changes.get("wake_at", flow.wake_at) is not None:
+    if status is _SUSPENDED and changes.get("wake_at", flow.wake_at) is not None:
         notify = True  # a worker waiting for the earliest timer may have to wake earlier
     return Transition(Change(records=records, writes=tuple(writes), notify=notify), flow, changes)
 
@@ -237,12 +249,12 @@ def is_runnable(flow: ScheduledFlow, now: float, due_by: float | None = None) ->
     lease that expired before ``now`` (its worker died). A direct run has no lease and is
     never claimed.
     """
-    if flow.status is TaskStatus.PENDING:
+    if flow.status is _PENDING:
         return True
-    if flow.status is TaskStatus.SUSPENDED:
+    if flow.status is _SUSPENDED:
         due = now if due_by is None else max(due_by, now)
         return flow.wake_at is not None and flow.wake_at <= due
-    if flow.status is TaskStatus.RUNNING:
+    if flow.status is _RUNNING:
         return flow.lease_expires_at is not None and flow.lease_expires_at < now
     return False
 
@@ -252,15 +264,13 @@ def queue_order(flow: ScheduledFlow) -> tuple[float, float, str]:
 
     A suspended flow is ready at its wake time; every other runnable flow at 0.
     """
-    ready_at = flow.wake_at if flow.status is TaskStatus.SUSPENDED and flow.wake_at else 0.0
+    ready_at = flow.wake_at if flow.status is _SUSPENDED and flow.wake_at else 0.0
     return (ready_at, flow.created_at, flow.flow_id)
 
 
 def holds(flow: ScheduledFlow | None, lease_token: str | None) -> bool:
     """Whether a run holding ``lease_token`` (``None``: a direct run) still holds ``flow``."""
-    return (
-        flow is not None and flow.status is TaskStatus.RUNNING and flow.lease_token == lease_token
-    )
+    return flow is not None and flow.status is _RUNNING and flow.lease_token == lease_token
 
 
 # -- runs ------------------------------------------------------------------------------------------
@@ -272,9 +282,9 @@ def start_direct_run(flow: ScheduledFlow, *, at: float) -> Transition | None:
     Returns:
         ``None`` if the flow is final or already running (it is then run as it is).
     """
-    if flow.status.is_final or flow.status is TaskStatus.RUNNING:
+    if flow.status.is_final or flow.status is _RUNNING:
         return None
-    return _transition(flow, _status_changes(flow, TaskStatus.RUNNING, at), at)
+    return _transition(flow, _status_changes(flow, _RUNNING, at), at)
 
 
 def leave_run(
@@ -304,14 +314,14 @@ def leave_run(
     Raises:
         ValueError: ``status`` is ``RUNNING``.
     """
-    if status is TaskStatus.RUNNING:
+    if status is _RUNNING:
         raise ValueError("a run cannot leave its flow RUNNING; claim or start it instead")
-    if woken and status is TaskStatus.SUSPENDED:
-        status = TaskStatus.PENDING
+    if woken and status is _SUSPENDED:
+        status = _PENDING
     settled = _settled_status(flow, status)
     changes = dict(fields or {})
     changes.update(_status_changes(flow, settled, at))
-    if settled is TaskStatus.SUSPENDED and "wake_at" not in changes:
+    if settled is _SUSPENDED and "wake_at" not in changes:
         changes["wake_at"] = None
     return _transition(flow, changes, at, records=records)
 
@@ -330,7 +340,7 @@ def request_cancel(flow: ScheduledFlow, *, at: float) -> Transition | None:
     """
     if flow.status.is_final:
         return None
-    if flow.status is TaskStatus.RUNNING:
+    if flow.status is _RUNNING:
         if flow.cancel_requested:
             return None
         return _transition(flow, {"cancel_requested": True, "updated_at": at}, at, notify=True)
@@ -354,8 +364,8 @@ def signal_arrival(
     """
     if flow is None:
         return Transition(Change(writes=(FlowWrite(flow_id, expected_version=ABSENT),)))
-    if flow.status is TaskStatus.SUSPENDED and waits_for_it:
-        return _transition(flow, _status_changes(flow, TaskStatus.PENDING, at), at)
+    if flow.status is _SUSPENDED and waits_for_it:
+        return _transition(flow, _status_changes(flow, _PENDING, at), at)
     touch = FlowWrite(flow_id, expected_version=flow.version)
     return Transition(Change(writes=(touch,)), flow)
 
@@ -391,6 +401,6 @@ def requeue(
         if flow.lease_owner != lost_by:
             return None
         changes.update(lease_loss(flow, lost_by))
-    status = _settled_status(flow, TaskStatus.PENDING)
+    status = _settled_status(flow, _PENDING)
     changes.update(_status_changes(flow, status, at))
     return _transition(flow, changes, at)
