@@ -7,6 +7,8 @@ index; the ``*_time`` properties give timezone-aware datetimes for people.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import re
 import traceback
 from dataclasses import dataclass
@@ -18,12 +20,15 @@ from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.errors import StepFailedError
 
 __all__ = [
+    "PROGRESS_MESSAGE_LIMIT",
     "FlowCursor",
     "Invocation",
     "ScheduledFlow",
     "SignalRecord",
+    "StepProgress",
     "StoredError",
     "format_position",
+    "storable_text",
     "text_problem",
     "to_datetime",
 ]
@@ -51,6 +56,15 @@ def text_problem(text: str) -> str | None:
         return None
     what = "a NUL character" if found.group() == "\x00" else "a lone surrogate, not text"
     return f"holds {found.group()!r} at position {found.start()}, {what}"
+
+
+def storable_text(text: str) -> str:
+    """``text`` with what :func:`text_problem` refuses replaced by U+FFFD, so any backend keeps it.
+
+    For text pyergon did not choose, such as what a step printed: a program may write NUL
+    characters or bytes that are not UTF-8, and its output is kept rather than refused.
+    """
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def format_position(sequence: int, sub_sequence: int = 0) -> str:
@@ -134,6 +148,93 @@ class StoredError:
         return self.type_name.rsplit(".", 1)[-1]
 
 
+PROGRESS_MESSAGE_LIMIT = 200
+"""The longest message a progress report keeps, in characters; a longer one is cut."""
+
+
+def _finite(value: object, field: str, *, optional: bool = False) -> float | None:
+    """``value`` as a float, if it is a finite number (or ``None`` where ``optional``)."""
+    if value is None and optional:
+        return None
+    # Any real number but a flag: numpy's numbers too, which notebook code passes.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"step progress: {field} must be a number, got {type(value).__name__} {value!r}"
+        )
+    if not math.isfinite(value):
+        raise ValueError(f"step progress: {field} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _amount(value: float) -> str:
+    """A count for people: ``37`` rather than ``37.0``, ``2.5`` and ``0.33`` as they are."""
+    if value.is_integer():
+        return str(int(value))
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+@dataclass(frozen=True, slots=True)
+class StepProgress:
+    """How far a running step says it is: its last ``pyergon.progress(done, total, message)``.
+
+    Not a durable record of each report: the last one is kept with the step's attempt and shown
+    while the step runs. Built by the runtime from what a step reports, and checked here: a
+    message is cut to :data:`PROGRESS_MESSAGE_LIMIT` characters and made storable
+    (:func:`storable_text`) when the report is made, so every backend keeps the same text and a
+    worker's heartbeat, which carries the report (see
+    :class:`~pyergon.core.workers.StepActivity`), stays small.
+
+    Attributes:
+        done: How much is done, in the step's own units.
+        total: How much there is to do, if the step knows.
+        message: What the step is doing, for people.
+        at: When the step reported it (epoch seconds).
+
+    Raises:
+        TypeError: ``done``, ``total`` or ``at`` is not a number, or ``message`` is not text.
+        ValueError: A number is not finite, or ``total`` is negative.
+    """
+
+    done: float
+    total: float | None = None
+    message: str | None = None
+    at: float = 0.0
+
+    def __post_init__(self) -> None:
+        _set(self, "done", _finite(self.done, "done"))
+        total = _finite(self.total, "total", optional=True)
+        if total is not None and total < 0:
+            raise ValueError(f"step progress: total must be 0 or more, got {self.total!r}")
+        _set(self, "total", total)
+        _set(self, "at", _finite(self.at, "at"))
+        message = self.message
+        if message is not None:
+            if not isinstance(message, str):
+                raise TypeError(
+                    f"step progress: message must be text, got {type(message).__name__}"
+                )
+            _set(self, "message", storable_text(message[:PROGRESS_MESSAGE_LIMIT]))
+
+    @property
+    def fraction(self) -> float | None:
+        """The share done, from 0 to 1 (``done`` past ``total`` counts as 1), if there is a total.
+
+        A total of 0 (nothing to do) is all done.
+        """
+        if self.total is None:
+            return None
+        if self.total == 0:
+            return 1.0
+        return min(max(self.done / self.total, 0.0), 1.0)
+
+    def describe(self) -> str:
+        """A short line for people: ``"37/100 · loading Jan"``, ``"37 · loading Jan"``, ``"37"``."""
+        count = _amount(self.done)
+        if self.total is not None:
+            count = f"{count}/{_amount(self.total)}"
+        return f"{count} · {self.message}" if self.message else count
+
+
 @dataclass(frozen=True, slots=True)
 class Invocation:
     """One recorded operation of a flow: a step, a timer, a signal wait, a child or a value.
@@ -157,6 +258,10 @@ class Invocation:
         completed_at: When the record became final (epoch seconds).
         fire_at: For timers, when the timer fires (epoch seconds).
         child_flow_id: For children, the child's flow id.
+        output: For steps, what the step wrote to stdout and stderr, over its attempts (the
+            runtime keeps the last part of it, and makes it storable with
+            :func:`storable_text`); ``None`` if nothing was captured.
+        progress: For steps, the last progress the step reported, if it reported any.
     """
 
     flow_id: str
@@ -173,6 +278,8 @@ class Invocation:
     completed_at: float | None = None
     fire_at: float | None = None
     child_flow_id: str | None = None
+    output: str | None = None
+    progress: StepProgress | None = None
 
     @property
     def position(self) -> str:

@@ -5,7 +5,9 @@ fresh token per start), and beats while it serves: each beat renews the leases o
 runs and its record's ``last_beat`` in one round trip. The rules here say what a record means
 (:func:`worker_state`) and whether a starting worker may take an id whose record is already
 there (:func:`registration_verdict`); backends only store records
-(:class:`~pyergon.storage.base.WorkerRegistry`).
+(:class:`~pyergon.storage.base.WorkerRegistry`). Each beat also stores what the worker runs at
+that moment (:class:`StepActivity`), so another process can show running steps and their
+progress (:func:`running_steps`).
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from pyergon.core.records import StepProgress
 from pyergon.errors import WorkerIdInUseError
 
 __all__ = [
+    "ACTIVITY_LIMIT",
     "Beat",
     "Registration",
+    "StepActivity",
     "WorkerRecord",
     "WorkerState",
     "pid_is_alive",
     "registration_verdict",
+    "running_steps",
     "served_types",
     "this_process",
     "unserved_types",
@@ -44,6 +50,30 @@ class WorkerState(enum.Enum):
     """It stopped beating without shutting down (killed, crashed, cut off): its leases ran out."""
 
 
+ACTIVITY_LIMIT = 100
+"""The most running steps a worker's record keeps (the ones that started first): a worker runs
+at most ``max_concurrent_flows`` flows, and a beat that carries them stays small."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepActivity:
+    """One step a worker is running, as its heartbeat stores it for other processes to show.
+
+    Attributes:
+        flow_id: The flow the step belongs to.
+        position: The step's log position, in display form (``"3"``, or ``"3.1"`` nested).
+        step: The step's name.
+        started_at: When the running attempt started (epoch seconds).
+        progress: The last progress the step reported in this attempt, if any.
+    """
+
+    flow_id: str
+    position: str
+    step: str
+    started_at: float
+    progress: StepProgress | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerRecord:
     """One worker process as stored.
@@ -58,6 +88,9 @@ class WorkerRecord:
         lease_seconds: Its lease length: a worker silent for longer holds no flow.
         last_beat: When its last heartbeat was sent (wall clock).
         stopped_at: When it shut down cleanly; ``None`` while it runs, or if it died.
+        activity: The steps it was running at its last beat, oldest first (at most
+            :data:`ACTIVITY_LIMIT`); only a live worker's are current (see
+            :func:`running_steps`).
     """
 
     worker_id: str
@@ -69,15 +102,35 @@ class WorkerRecord:
     lease_seconds: float
     last_beat: float
     stopped_at: float | None = None
+    activity: tuple[StepActivity, ...] = ()
 
-    def beating(self, at: float, flow_types: Collection[str] | None = None) -> WorkerRecord:
-        """This record as a beat at ``at`` (serving ``flow_types``, if given) leaves it."""
+    def beating(
+        self,
+        at: float,
+        flow_types: Collection[str] | None = None,
+        activity: Iterable[StepActivity] | None = None,
+    ) -> WorkerRecord:
+        """This record as a beat at ``at`` leaves it.
+
+        Args:
+            at: When the beat is sent.
+            flow_types: The flow types served now; ``None`` keeps the record's.
+            activity: The steps running now (an empty one: none); ``None`` keeps the
+                record's. Ordered by start, of which the first :data:`ACTIVITY_LIMIT` are kept.
+        """
         types = self.flow_types if flow_types is None else tuple(sorted(flow_types))
-        return replace(self, last_beat=at, flow_types=types)
+        running = self.activity
+        if activity is not None:
+            running = tuple(sorted(activity, key=_started))[:ACTIVITY_LIMIT]
+        return replace(self, last_beat=at, flow_types=types, activity=running)
 
     def stopping(self, at: float) -> WorkerRecord:
-        """This record as a clean shutdown at ``at`` leaves it."""
-        return replace(self, last_beat=at, stopped_at=at)
+        """This record as a clean shutdown at ``at`` leaves it: it runs nothing any more."""
+        return replace(self, last_beat=at, stopped_at=at, activity=())
+
+
+def _started(activity: StepActivity) -> float:
+    return activity.started_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +181,31 @@ def served_types(records: Iterable[WorkerRecord], now: float) -> frozenset[str]:
         if worker_state(record, now) is WorkerState.LIVE
         for flow_type in record.flow_types
     )
+
+
+def running_steps(
+    records: Iterable[WorkerRecord], now: float
+) -> dict[str, tuple[StepActivity, ...]]:
+    """The steps live workers among ``records`` run at ``now``, by flow id, oldest first.
+
+    A flow may run several steps at once (``asyncio.gather``, a DAG), so each flow id maps to
+    all of them. Stopped and dead workers run nothing, whatever their last beat said. If two
+    live workers report one step of a flow (one lost the flow's lease and still runs a step
+    it cannot stop), the attempt that started last is the flow's current one and is kept.
+    """
+    current: dict[tuple[str, str], StepActivity] = {}
+    for record in records:
+        if worker_state(record, now) is not WorkerState.LIVE:
+            continue
+        for activity in record.activity:
+            key = (activity.flow_id, activity.position)
+            known = current.get(key)
+            if known is None or activity.started_at > known.started_at:
+                current[key] = activity
+    by_flow: dict[str, tuple[StepActivity, ...]] = {}
+    for activity in sorted(current.values(), key=_started):
+        by_flow[activity.flow_id] = (*by_flow.get(activity.flow_id, ()), activity)
+    return by_flow
 
 
 def unserved_types(

@@ -9,7 +9,9 @@ Cluster hash slot and keep nested prefixes such as ``app`` and ``app:x`` apart):
   nor ``lease_losses`` while 0; the error is spread over ``error_type`` ... ``error_payload``.
   A flow without a ``version`` field (written before layout version 3) is at version 1.
 * ``{P}:inv:<id>`` — hash, field ``"<sequence>:<sub_sequence>"`` → an encoded record: one line of
-  JSON header, then the raw result bytes and error payload bytes (their lengths in the header).
+  JSON header, then the raw result bytes, error payload bytes and output text in UTF-8 (their
+  lengths in the header, in bytes; no ``output`` length: no output); a step's progress is an
+  object in the header (no ``progress``: none reported).
 * ``{P}:sig:<id>`` — hash, signal name → the ``sent_at`` time, a newline, the payload bytes.
 * ``{P}:ids`` — set of every id that has a flow, records or signals (what ``reset`` deletes).
 * History indexes, sorted sets scored by ``created_at`` (ties by id, as Redis orders equal
@@ -20,13 +22,15 @@ Cluster hash slot and keep nested prefixes such as ``app`` and ``app:x`` apart):
   by it) and ``{P}:leases:<type>`` (``RUNNING`` with a lease, scored by its expiry).
 * ``{P}:workers:<worker_id>`` — hash, a worker's record (:mod:`pyergon.storage._redis_workers`);
   ``{P}:workers`` — sorted set of the ids that have one, all scored 0 so listed by their bytes.
-  Both came with layout version 4; an older prefix had no worker records.
+  Both came with layout version 4; an older prefix had no worker records. Its ``activity``
+  field came with version 5.
 * ``{P}:schema_version`` — the layout version; ``{P}:work`` — the pub/sub wake-up channel.
 
 Version 2 added the ``worker_id`` and ``cancel_requested`` fields and the worker and children
 indexes; version 3 the ``version`` field; version 4 the ``lease_losses`` and ``last_lost_by``
-fields (absent on older flows, which have lost none). ``migrate.lua`` moves an older prefix
-forward.
+fields (absent on older flows, which have lost none); version 5 a record's output and progress
+and a worker's activity (absent on older ones, which have none: no record is rewritten).
+``migrate.lua`` moves an older prefix forward.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.transitions import TAKEN_OVER
 from pyergon.errors import CorruptStorageError
+from pyergon.storage._step_json import progress_fields, progress_from_fields
 from pyergon.storage.base import ClaimedRun, damaged_run
 
 __all__ = [
@@ -359,10 +364,15 @@ def record_field(record: Invocation) -> str:
 
 
 def encode_invocation(invocation: Invocation) -> bytes:
-    """One line of JSON header, then the result bytes and the error payload bytes."""
+    """One line of JSON header, then the result bytes, the error payload bytes and the output.
+
+    The output comes last and out of the header, so a step's long output is not escaped into
+    JSON, nor read by the scripts, which compare outcomes by the header and the bytes before
+    it (``same_outcome`` in ``apply.lua``).
+    """
     error = invocation.error
     payload = None if error is None else error.payload
-    header = {
+    header: dict[str, object] = {
         "kind": invocation.kind.value,
         "name": invocation.name,
         "status": invocation.status.value,
@@ -376,8 +386,14 @@ def encode_invocation(invocation: Invocation) -> bytes:
         "error": None if error is None else [error.stored_type, error.message, error.traceback],
         "error_payload": None if payload is None else len(payload),
     }
-    encoded = _HEADER_JSON.encode(header).encode()
-    return b"\n".join((encoded, (invocation.result or b"") + (payload or b"")))
+    data = (invocation.result or b"") + (payload or b"")
+    if invocation.output is not None:
+        output = invocation.output.encode()
+        header["output"] = len(output)
+        data += output
+    if invocation.progress is not None:
+        header["progress"] = progress_fields(invocation.progress)
+    return _HEADER_JSON.encode(header).encode() + b"\n" + data
 
 
 def log_from_hash(flow_id: str, fields: Iterable[tuple[bytes, bytes]]) -> list[Invocation]:
@@ -392,10 +408,17 @@ def decode_invocation(flow_id: str, position: bytes, value: bytes) -> Invocation
     raw_header, _, data = value.partition(b"\n")
     header = json.loads(raw_header)
     result_length, payload_length = header.pop("result"), header.pop("error_payload")
+    payload_end = (result_length or 0) + (payload_length or 0)
     error = header.pop("error")
     if error is not None:
-        payload = None if payload_length is None else data[len(data) - payload_length :]
+        payload = None if payload_length is None else data[result_length or 0 : payload_end]
         error = StoredError.from_stored(error[0], error[1], error[2], payload)
+    output_length = header.pop("output", None)
+    if output_length is not None:
+        header["output"] = data[payload_end : payload_end + output_length].decode()
+    progress = header.pop("progress", None)
+    if progress is not None:
+        header["progress"] = progress_from_fields(progress)
     return Invocation(
         flow_id=flow_id,
         sequence=int(sequence),

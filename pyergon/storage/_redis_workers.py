@@ -4,7 +4,8 @@
 :class:`~pyergon.storage.base.WorkerRegistry` methods; the keys are described in
 :mod:`pyergon.storage._redis_layout`, the scripts are ``redis_lua/beat.lua``, ``put_worker.lua``,
 ``read_workers.lua`` and ``delete_worker.lua``. A record's hash holds one field per attribute
-but the id (its key names it); ``stopped_at`` has no field while it is ``None``.
+but the id (its key names it); ``stopped_at`` has no field while it is ``None``, nor
+``activity`` (JSON text, :mod:`pyergon.storage._step_json`) while the worker runs nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from pyergon.core.workers import Beat, WorkerRecord
 from pyergon.errors import CorruptStorageError
 from pyergon.storage._redis_layout import number, optional, renewal
+from pyergon.storage._step_json import activity_from_text, activity_text
 
 __all__ = ["RedisWorkerRegistry", "worker_fields", "worker_from_reply"]
 
@@ -42,8 +44,12 @@ _DECODERS: dict[str, tuple[Callable[[bytes], object], str]] = {
     "lease_seconds": (float, "a number"),
     "last_beat": (float, "a number"),
     "stopped_at": (float, "a number"),
+    "activity": (activity_from_text, "a JSON list of running steps"),
 }
 """How each field of a record's hash is read, and what it should hold."""
+
+_OPTIONAL = frozenset(("stopped_at", "activity"))
+"""The fields a record's hash may lack: ``None`` and no steps running."""
 
 
 def worker_fields(worker: WorkerRecord) -> list[str | bytes]:
@@ -59,6 +65,9 @@ def worker_fields(worker: WorkerRecord) -> list[str | bytes]:
     ]
     if worker.stopped_at is not None:
         fields += ("stopped_at", number(worker.stopped_at))
+    activity = activity_text(worker.activity)
+    if activity is not None:
+        fields += ("activity", activity)
     return fields
 
 
@@ -82,7 +91,7 @@ def worker_from_reply(worker_id: str, key: str, reply: Sequence[bytes]) -> Worke
             raise _damaged(
                 worker_id, key, f"field {name!r} holds {raw[:80]!r}, which is not {holds}"
             ) from error
-    missing = [name for name in _DECODERS if name not in values and name != "stopped_at"]
+    missing = [name for name in _DECODERS if name not in values and name not in _OPTIONAL]
     if missing:
         raise _damaged(worker_id, key, f"has no field {missing[0]!r}")
     return WorkerRecord(**values)
@@ -127,8 +136,8 @@ class RedisWorkerRegistry:
     ) -> Beat:
         """Renew ``leases`` and the worker's record if it is still its incarnation's.
 
-        One script does both: the renewal is ``renew_leases``'s; the record's ``last_beat`` and
-        ``flow_types`` are stored only if its incarnation is ``worker``'s.
+        One script does both: the renewal is ``renew_leases``'s; the record's ``last_beat``,
+        ``flow_types`` and ``activity`` are stored only if its incarnation is ``worker``'s.
         """
         renewed, registered = await self._run(
             "beat",
@@ -136,6 +145,7 @@ class RedisWorkerRegistry:
             worker.incarnation,
             number(worker.last_beat),
             _FLOW_TYPES_JSON.encode(list(worker.flow_types)),
+            activity_text(worker.activity) or "",
             *renewal(leases, lease_seconds=lease_seconds, now=now),
         )
         return Beat(frozenset(flow_id.decode() for flow_id in renewed), bool(registered))

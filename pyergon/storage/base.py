@@ -34,11 +34,12 @@ __all__ = [
     "wait_for_event",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Version of the stored layout. Backends record it and migrate older layouts forward.
 
 Version 2 added ``worker_id`` and ``cancel_requested``; version 3 added ``version``; version 4
-added the workers' records and each flow's ``lease_losses`` and ``last_lost_by``."""
+added the workers' records and each flow's ``lease_losses`` and ``last_lost_by``; version 5 a
+record's ``output`` and ``progress`` and a worker's ``activity``."""
 
 
 async def wait_for_event(event: asyncio.Event, timeout: float) -> bool:
@@ -302,8 +303,9 @@ class WorkerRegistry(Protocol):
         """One heartbeat, atomically and in one round trip where the backend can.
 
         Renews ``leases`` as :meth:`ExecutionLog.renew_leases` does and, if the stored record
-        of ``worker.worker_id`` has ``worker.incarnation``, stores ``worker.last_beat`` and
-        ``worker.flow_types`` on it.
+        of ``worker.worker_id`` has ``worker.incarnation``, stores ``worker.last_beat``,
+        ``worker.flow_types`` and ``worker.activity`` on it (an empty activity clears the
+        stored one).
 
         Returns:
             The flows renewed, and whether the record was still this incarnation's.

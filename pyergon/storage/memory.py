@@ -243,7 +243,9 @@ class InMemoryExecutionLog(StorageLifecycle):
         stored = self._workers.get(worker.worker_id)
         registered = stored is not None and stored.incarnation == worker.incarnation
         if stored is not None and registered:
-            self._workers[worker.worker_id] = stored.beating(worker.last_beat, worker.flow_types)
+            self._workers[worker.worker_id] = stored.beating(
+                worker.last_beat, worker.flow_types, worker.activity
+            )
         return Beat(frozenset(held), registered)
 
     async def put_worker(self, worker: WorkerRecord, *, replacing: str | None) -> bool:

@@ -14,8 +14,9 @@ import pytest
 
 from pyergon.core import ClaimRequest, FlowQuery
 from pyergon.core.changes import Change, FlowWrite
-from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StepProgress, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.core.workers import StepActivity
 from pyergon.storage._flows import request_cancel
 from pyergon.storage._postgres_sql import advisory_lock_key
 from pyergon.storage._sql.dialect import quote_identifier
@@ -74,6 +75,23 @@ _V3_CHANGES = """
     ALTER TABLE {s}.flows ADD COLUMN version integer NOT NULL DEFAULT 1;
 """
 
+_V4_CHANGES = """
+    CREATE TABLE {s}.workers (
+        worker_id text COLLATE "C" PRIMARY KEY, incarnation text NOT NULL, host text NOT NULL,
+        pid integer NOT NULL, started_at double precision NOT NULL, flow_types text NOT NULL,
+        lease_seconds double precision NOT NULL, last_beat double precision NOT NULL,
+        stopped_at double precision);
+    ALTER TABLE {s}.flows ADD COLUMN lease_losses integer NOT NULL DEFAULT 0;
+    ALTER TABLE {s}.flows ADD COLUMN last_lost_by text;
+"""
+
+_V4_WORKER = """
+    INSERT INTO {s}.workers (worker_id, incarnation, host, pid, started_at, flow_types,
+        lease_seconds, last_beat)
+    VALUES ('worker-a', 'worker-a-first', 'host-1', 4242, 1000.25, '["Order","Refund"]', 2.0,
+        1000.25);
+"""
+
 _V2_CONTENTS = """
     INSERT INTO {s}.flows (flow_id, flow_type, payload, status, created_at, updated_at,
         error_type, error_message, error_traceback, error_payload, attempt, wake_at,
@@ -99,7 +117,7 @@ async def build_layout(
 ) -> None:
     """Create ``schema`` as the release of schema ``version`` left it, with ``contents``."""
     quoted = quote_identifier(schema)
-    layout = _V1_LAYOUT + "".join((_V2_CHANGES, _V3_CHANGES)[: version - 1])
+    layout = _V1_LAYOUT + "".join((_V2_CHANGES, _V3_CHANGES, _V4_CHANGES)[: version - 1])
     async with admin.transaction():
         await admin.execute(f"CREATE SCHEMA {quoted}")
         await admin.execute((layout + contents).format(s=quoted))
@@ -217,7 +235,7 @@ async def test_a_version_3_schema_gets_worker_records_and_its_flows_have_lost_no
 
     storage = await backends.make(schema)
 
-    assert await stored_version(admin, schema) == str(SCHEMA_VERSION) == "4"
+    assert await stored_version(admin, schema) == str(SCHEMA_VERSION)
     running = await storage.get_flow("running")
     assert running is not None and running.version == 5 and running.lease_token == "t"
     assert await storage.renew_leases({"running": "t"}, lease_seconds=30, now=1_050.0) == {
@@ -236,6 +254,53 @@ async def test_a_version_3_schema_gets_worker_records_and_its_flows_have_lost_no
     worker = make_worker()
     assert await storage.put_worker(worker, replacing=None)
     assert await storage.get_worker(worker.worker_id) == worker
+
+
+async def test_a_version_4_schema_keeps_its_records_and_workers_without_output_or_activity(
+    backends: Backends,
+) -> None:
+    admin = await backends.admin()
+    schema = backends.new_schema()
+    await build_layout(admin, schema, 4, _V2_CONTENTS + _V4_WORKER)
+
+    storage = await backends.make(schema)
+
+    assert await stored_version(admin, schema) == str(SCHEMA_VERSION)
+    (charged,) = await storage.load_invocations("running")
+    assert (charged.name, charged.result, charged.output, charged.progress) == (
+        "charge",
+        b"paid",
+        None,
+        None,
+    )
+    worker = make_worker()
+    assert await storage.list_workers() == [worker]  # running nothing
+    # The new columns are in use.
+    shipped = charged.replace(
+        sequence=2,
+        name="ship",
+        output="shipped ✓\n",
+        progress=StepProgress(1.0, 2.0, "parcel 1", 1_001.0),
+    )
+    assert (await storage.apply(Change(records=(shipped,)))).records == [shipped]
+    assert await storage.load_invocations("running") == [charged, shipped]
+    activity = (StepActivity("running", "3", "pack", 1_002.0, StepProgress(0.5, at=1_002.5)),)
+    beaten = worker.beating(1_003.0, activity=activity)
+    assert (await storage.beat(beaten, {}, lease_seconds=2.0, now=1_003.0)).registered
+    assert await storage.get_worker("worker-a") == beaten
+    quoted = quote_identifier(schema)
+    columns = await admin.fetch(
+        "SELECT table_name, column_name FROM information_schema.columns "
+        "WHERE table_schema = $1 AND column_name IN ('output', 'progress', 'activity') "
+        "ORDER BY table_name, column_name",
+        schema,
+    )
+    assert [tuple(row) for row in columns] == [
+        ("invocations", "output"),
+        ("invocations", "progress"),
+        ("workers", "activity"),
+    ]
+    assert await admin.fetchval(f"SELECT activity IS NOT NULL FROM {quoted}.workers")
 
 
 async def test_two_backends_connecting_at_once_to_a_version_2_schema_both_succeed(
@@ -261,7 +326,7 @@ async def test_two_backends_connecting_at_once_to_a_version_2_schema_both_succee
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("from_version", [0, 2, 3])
+@pytest.mark.parametrize("from_version", [0, 2, 3, 4])
 async def test_processes_connecting_at_once_all_succeed(
     backends: Backends, from_version: int
 ) -> None:

@@ -4,6 +4,7 @@ and its encodings."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import random
 from collections.abc import Callable
@@ -13,14 +14,23 @@ import pytest
 from redis.asyncio import Redis
 
 from pyergon.core import ClaimRequest, FlowQuery
-from pyergon.core.changes import Change, FlowWrite
-from pyergon.core.records import FlowCursor, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.changes import Applied, Change, FlowWrite
+from pyergon.core.records import (
+    FlowCursor,
+    Invocation,
+    ScheduledFlow,
+    SignalRecord,
+    StepProgress,
+    StoredError,
+)
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.core.workers import StepActivity
 from pyergon.storage import _flows as flows
 from pyergon.storage import redis as redis_module
 from pyergon.storage._redis_layout import SCRIPTS, encode_invocation, encode_signal
 from pyergon.storage.base import SCHEMA_VERSION
 from pyergon.storage.memory import InMemoryExecutionLog
+from pyergon.testing import make_worker
 
 from .conftest import FlowFactory, InvocationFactory
 from .test_redis import MakeRedis
@@ -227,6 +237,76 @@ async def test_connect_migrates_a_version_1_prefix(
     assert cancelled is not None
     assert cancelled.cancel_requested
     assert cancelled.version == 2
+
+
+def version_4_record(record: Invocation) -> bytes:
+    """``record`` as layout version 4 encoded it, before output and progress (copied here)."""
+    error = record.error
+    payload = None if error is None else error.payload
+    header = {
+        "kind": record.kind.value,
+        "name": record.name,
+        "status": record.status.value,
+        "args_hash": record.args_hash,
+        "attempts": record.attempts,
+        "started_at": record.started_at,
+        "completed_at": record.completed_at,
+        "fire_at": record.fire_at,
+        "child_flow_id": record.child_flow_id,
+        "result": None if record.result is None else len(record.result),
+        "error": None if error is None else [error.stored_type, error.message, error.traceback],
+        "error_payload": None if payload is None else len(payload),
+    }
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    return encoded + b"\n" + (record.result or b"") + (payload or b"")
+
+
+async def test_connect_migrates_a_version_4_prefix_whose_records_and_workers_read_as_before(
+    make_redis: MakeRedis,
+    redis_prefix: Callable[..., str],
+    admin: Redis,
+    make_flow: FlowFactory,
+    make_invocation: InvocationFactory,
+) -> None:
+    prefix = redis_prefix()
+    older = await make_redis(prefix)
+    await older.create_flow(make_flow(status=TaskStatus.RUNNING, lease_token="t"))
+    paid = make_invocation(
+        1, status=InvocationStatus.COMPLETE, result=b"paid\n", attempts=1, completed_at=1.5
+    )
+    error = StoredError("shop.Declined", "no", "Traceback", b"\x80pay\nload")
+    failed = make_invocation(2, status=InvocationStatus.FAILED, result=b"partial", error=error)
+    key = f"{{{prefix}}}"
+    for record in (paid, failed):
+        field = f"{record.sequence}:{record.sub_sequence}"
+        await admin.hset(f"{key}:inv:flow-1", field, version_4_record(record))
+    worker = make_worker()
+    await older.put_worker(worker, replacing=None)  # a worker running nothing: no activity field
+    await admin.set(f"{key}:schema_version", "4")
+
+    storage = await make_redis(prefix)
+
+    assert await admin.get(f"{key}:schema_version") == str(SCHEMA_VERSION).encode()
+    loaded = await storage.load_invocations("flow-1")
+    assert loaded == [paid, failed]
+    assert [(record.output, record.progress) for record in loaded] == [(None, None)] * 2
+    assert await storage.get_worker("worker-a") == worker
+    # An equal outcome stored again, now with output, is no conflict: the old record stands.
+    again = paid.replace(output="paid again\n", progress=StepProgress(1.0, at=2.0))
+    assert await storage.apply(Change(records=(again,))) == Applied([paid])
+    shipped = make_invocation(
+        3,
+        status=InvocationStatus.COMPLETE,
+        result=b"",
+        output="shipped ✓\n",
+        progress=StepProgress(2.0, 2.0, "parcels", 3.0),
+    )
+    assert (await storage.apply(Change(records=(shipped,)))).records == [shipped]
+    assert await storage.load_invocations("flow-1") == [paid, failed, shipped]
+    activity = (StepActivity("flow-1", "4", "pack", 4.0, StepProgress(0.5, at=4.5)),)
+    beaten = worker.beating(1_001.0, activity=activity)
+    assert (await storage.beat(beaten, {}, lease_seconds=2.0, now=1_001.0)).registered
+    assert await storage.get_worker("worker-a") == beaten
 
 
 # -- indexes and encodings -------------------------------------------------------------------

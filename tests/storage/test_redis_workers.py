@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from pyergon.core.status import TaskStatus
 from pyergon.errors import CorruptStorageError, StorageClosedError
+from pyergon.storage.base import SCHEMA_VERSION
 from pyergon.storage.redis import RedisExecutionLog
 from pyergon.testing import make_worker
 
@@ -58,7 +59,7 @@ async def test_a_prefix_of_layout_version_3_gets_worker_records(
 
     storage = await make_redis(prefix)
 
-    assert await admin_client.get(f"{{{prefix}}}:schema_version") == b"4"
+    assert await admin_client.get(f"{{{prefix}}}:schema_version") == str(SCHEMA_VERSION).encode()
     assert await storage.get_flow("flow-1") == make_flow()
     assert await storage.list_workers() == []
     assert await storage.put_worker(make_worker(), replacing=None)
@@ -105,7 +106,14 @@ async def test_a_worker_key_of_another_type_hides_no_other_worker(
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("pid", b"many"), ("flow_types", b'{"Order": 1}'), ("host", b"\xff"), ("colour", b"red")],
+    [
+        ("pid", b"many"),
+        ("flow_types", b'{"Order": 1}'),
+        ("host", b"\xff"),
+        ("colour", b"red"),
+        ("activity", b"[1]"),
+        ("activity", b'[{"flow_id": "f", "position": "1", "step": "s"}]'),
+    ],
 )
 async def test_a_record_that_cannot_be_read_names_the_worker_and_field(
     make_redis: MakeRedis, admin_client: Redis, field: str, value: bytes

@@ -141,8 +141,17 @@ RECORD_DAMAGE = {
         ("kind", "'NO-SUCH-KIND'"),
         ("attempts", "'many'"),
         ("name", "CAST(X'FFFE' AS TEXT)"),
+        ("output", "X'6F6B'"),  # bytes, not text
+        ("progress", "'not json'"),
+        ("progress", "'{\"total\": 3}'"),
     ],
-    open_postgres: [("kind", "'NO-SUCH-KIND'"), ("started_at", "'NaN'")],
+    open_postgres: [
+        ("kind", "'NO-SUCH-KIND'"),
+        ("started_at", "'NaN'"),
+        ("progress", "'[1, 2]'"),
+        ("progress", '\'{"done": "many"}\''),
+        ("progress", '\'{"done": 1, "total": -1}\''),
+    ],
 }
 
 

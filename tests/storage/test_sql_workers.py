@@ -201,8 +201,17 @@ WORKER_DAMAGE: dict[Opener, list[tuple[str, str]]] = {
         ("pid", "'many'"),
         ("last_beat", "'soon'"),
         ("host", "CAST(X'FFFE' AS TEXT)"),
+        ("activity", "'not json'"),
+        ("activity", "'[{\"flow_id\": 7}]'"),
+        ("activity", "X'5B5D'"),  # bytes, not text
     ],
     open_postgres: [
+        ("activity", '\'{"flow_id": "f"}\''),
+        (
+            "activity",
+            '\'[{"flow_id": "f", "position": "1", "step": "s", '
+            '"started_at": 1, "progress": {"done": "x"}}]\'',
+        ),
         ("flow_types", "'not json'"),
         ("flow_types", "'\"Order\"'"),
         ("last_beat", "'NaN'"),

@@ -16,10 +16,12 @@ import pytest
 
 from pyergon.core import ClaimRequest, FlowQuery
 from pyergon.core.changes import Change, FlowWrite
-from pyergon.core.records import ScheduledFlow
-from pyergon.core.status import TaskStatus
+from pyergon.core.records import Invocation, ScheduledFlow, StepProgress
+from pyergon.core.status import InvocationStatus, TaskStatus
+from pyergon.core.workers import StepActivity, WorkerRecord
 from pyergon.storage import _flows as flows
-from pyergon.storage._sql.rows import FLOW_COLUMNS, column_values
+from pyergon.storage._sql.rows import FLOW_COLUMNS, INVOCATION_COLUMNS, column_values
+from pyergon.storage._sql.workers import WORKER_COLUMNS, worker_values
 from pyergon.storage.base import SCHEMA_VERSION
 from pyergon.storage.sqlite import SqliteExecutionLog
 from pyergon.testing import make_worker
@@ -62,6 +64,14 @@ V2_ADDITIONS = (
     "WHERE parent_flow_id IS NOT NULL",
 )
 V3_ADDITIONS = ("ALTER TABLE flows ADD COLUMN version INTEGER NOT NULL DEFAULT 1",)
+V4_ADDITIONS = (
+    """CREATE TABLE workers (
+        worker_id TEXT PRIMARY KEY, incarnation TEXT NOT NULL, host TEXT NOT NULL,
+        pid INTEGER NOT NULL, started_at REAL NOT NULL, flow_types TEXT NOT NULL,
+        lease_seconds REAL NOT NULL, last_beat REAL NOT NULL, stopped_at REAL)""",
+    "ALTER TABLE flows ADD COLUMN lease_losses INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE flows ADD COLUMN last_lost_by TEXT",
+)
 
 
 @pytest.fixture
@@ -75,9 +85,12 @@ def raw(path: Path) -> Iterator[sqlite3.Connection]:
         yield connection
 
 
-def old_file(path: Path, version: int, *stored: ScheduledFlow) -> None:
-    """A file as a pyergon of schema ``version`` (1 to 3) left it, holding ``stored``."""
-    additions = (V2_ADDITIONS, V3_ADDITIONS)[: version - 1]
+def old_file(path: Path, version: int, *stored: ScheduledFlow | Invocation | WorkerRecord) -> None:
+    """A file as a pyergon of schema ``version`` (1 to 4) left it, holding ``stored``.
+
+    Records and workers are written with the columns of that version only (workers from 4).
+    """
+    additions = (V2_ADDITIONS, V3_ADDITIONS, V4_ADDITIONS)[: version - 1]
     with raw(path) as connection:
         connection.execute("PRAGMA journal_mode = WAL")
         for statement in V1_LAYOUT + tuple(chain.from_iterable(additions)):
@@ -85,14 +98,23 @@ def old_file(path: Path, version: int, *stored: ScheduledFlow) -> None:
         connection.execute(
             "INSERT INTO pyergon_meta (key, value) VALUES ('schema_version', ?)", (version,)
         )
-        old_columns = {row[1] for row in connection.execute("PRAGMA table_info(flows)")}
-        for flow in stored:
-            values = dict(zip(FLOW_COLUMNS, column_values(flow), strict=True))
+        for record in stored:
+            if isinstance(record, ScheduledFlow):
+                table, values = "flows", dict(zip(FLOW_COLUMNS, column_values(record), strict=True))
+            elif isinstance(record, Invocation):
+                table = "invocations"
+                values = dict(zip(INVOCATION_COLUMNS, column_values(record), strict=True))
+            else:
+                table, values = (
+                    "workers",
+                    dict(zip(WORKER_COLUMNS, worker_values(record), strict=True)),
+                )
             # Only the columns of that version: each later one was added by a migration.
+            old_columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
             values = {column: values[column] for column in values if column in old_columns}
             columns = ", ".join(values)
             marks = ", ".join(f":{column}" for column in values)
-            connection.execute(f"INSERT INTO flows ({columns}) VALUES ({marks})", values)
+            connection.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", values)
 
 
 def stored_schema(path: Path) -> tuple[object, list[str], set[str]]:
@@ -189,13 +211,60 @@ async def test_a_version_3_file_gets_worker_records_and_its_flows_have_lost_no_l
         assert await storage.get_worker(worker.worker_id) == worker
 
     version, columns, _ = stored_schema(path)
-    assert version == SCHEMA_VERSION == 4
+    assert version == SCHEMA_VERSION
     assert columns[-3:] == ["version", "lease_losses", "last_lost_by"]
     with raw(path) as connection:
         losses = connection.execute(
             "SELECT flow_id, lease_losses, last_lost_by FROM flows ORDER BY flow_id"
         ).fetchall()
     assert losses == [("flow-1", 0, None), ("flow-2", 0, None)]
+
+
+async def test_a_version_4_file_keeps_its_records_and_workers_without_output_or_activity(
+    path: Path, make_flow: FlowFactory, make_invocation: InvocationFactory
+) -> None:
+    flow = make_flow(status=TaskStatus.SUSPENDED, wake_at=2_000.0, lease_losses=2)
+    recorded = make_invocation(
+        1, status=InvocationStatus.COMPLETE, result=b"paid", attempts=2, completed_at=1_001.0
+    )
+    waiting = make_invocation(2, status=InvocationStatus.PENDING)
+    worker = make_worker()
+    old_file(path, 4, flow, recorded, waiting, worker)
+
+    async with SqliteExecutionLog(path) as storage:
+        assert await storage.get_flow("flow-1") == flow
+        loaded = await storage.load_invocations("flow-1")
+        assert loaded == [recorded, waiting]
+        assert [(record.output, record.progress) for record in loaded] == [(None, None)] * 2
+        (listed,) = await storage.list_workers()
+        assert listed == worker and listed.activity == ()
+        # The new columns are in use.
+        done = waiting.replace(
+            status=InvocationStatus.COMPLETE,
+            output="loaded 3 rows\n",
+            progress=StepProgress(3.0, 3.0, "rows", 1_002.0),
+        )
+        assert (await storage.apply(Change(records=(done,)))).records == [done]
+        activity = (StepActivity("flow-1", "3", "load", 1_003.0, StepProgress(1.0, at=1_003.5)),)
+        beat = await storage.beat(
+            worker.beating(1_004.0, activity=activity), {}, lease_seconds=2.0, now=1_004.0
+        )
+        assert beat.registered
+
+    async with SqliteExecutionLog(path) as reopened:
+        assert await reopened.load_invocations("flow-1") == [recorded, done]
+        assert await reopened.get_worker(worker.worker_id) == worker.beating(
+            1_004.0, activity=activity
+        )
+    version, _, _ = stored_schema(path)
+    assert version == SCHEMA_VERSION
+    with raw(path) as connection:
+        invocation_columns = [
+            row[1] for row in connection.execute("PRAGMA table_info(invocations)")
+        ]
+        worker_columns = [row[1] for row in connection.execute("PRAGMA table_info(workers)")]
+    assert invocation_columns[-2:] == ["output", "progress"]
+    assert worker_columns[-1] == "activity"
 
 
 async def test_a_migrated_flow_counts_the_leases_it_loses_from_none(
@@ -288,7 +357,9 @@ def connect_at_once(path: Path, count: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "version", [None, 1, 2, 3], ids=["new-file", "version-1", "version-2", "version-3"]
+    "version",
+    [None, 1, 2, 3, 4],
+    ids=["new-file", "version-1", "version-2", "version-3", "version-4"],
 )
 def test_processes_connecting_at_once_all_succeed_and_migrate_once(
     path: Path, make_flow: FlowFactory, version: int | None

@@ -1,10 +1,11 @@
 """Records as rows of the SQL tables, and back.
 
-A flow's and a record's fields are kept in columns of the same names, enums by value and an
-error spread over four columns. A row is read by column name, as both ``sqlite3.Row`` and
-asyncpg's ``Record`` allow, and each column is checked to hold its kind of value: a row that
-someone else wrote or damaged gives a :class:`~pyergon.errors.CorruptStorageError` naming the
-flow and the column, never a bare ``ValueError`` from deep inside.
+A flow's and a record's fields are kept in columns of the same names, enums by value, a step's
+progress as JSON text (:mod:`pyergon.storage._step_json`) and an error spread over four
+columns. A row is read by column name, as both ``sqlite3.Row`` and asyncpg's ``Record`` allow,
+and each column is checked to hold its kind of value: a row that someone else wrote or damaged
+gives a :class:`~pyergon.errors.CorruptStorageError` naming the flow and the column, never a
+bare ``ValueError`` from deep inside.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
-from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
+from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StepProgress, StoredError
 from pyergon.core.status import TaskStatus
 from pyergon.errors import CorruptStorageError
+from pyergon.storage._step_json import progress_from_text, progress_text
 
 __all__ = [
     "ERROR_COLUMNS",
@@ -49,6 +51,8 @@ class _Layout:
     """Reads the fields stored as they are or by enum value, in the order of ``columns``."""
     enums: tuple[int, ...]
     """Where in ``columns`` a field is stored by its enum's value."""
+    progress: int | None
+    """Where in ``columns`` a step's progress is stored as JSON text, if the record has one."""
 
 
 def _layout(record_type: type[ScheduledFlow | Invocation]) -> _Layout:
@@ -59,7 +63,8 @@ def _layout(record_type: type[ScheduledFlow | Invocation]) -> _Layout:
         for index, name in enumerate(names)
         if isinstance(hints[name], type) and issubclass(hints[name], Enum)
     )
-    return _Layout((*names, *ERROR_COLUMNS), operator.attrgetter(*names), enums)
+    progress = names.index("progress") if "progress" in names else None
+    return _Layout((*names, *ERROR_COLUMNS), operator.attrgetter(*names), enums, progress)
 
 
 _LAYOUTS = {record_type: _layout(record_type) for record_type in (ScheduledFlow, Invocation)}
@@ -85,6 +90,9 @@ def column_values(record: ScheduledFlow | Invocation) -> list[object]:
     values: list[object] = list(layout.fields(record))
     for index in layout.enums:
         values[index] = typing.cast(Enum, values[index]).value
+    progress = layout.progress
+    if progress is not None and values[progress] is not None:
+        values[progress] = progress_text(typing.cast(StepProgress, values[progress]))
     values.extend(_error_values(record.error))
     return values
 
@@ -151,8 +159,18 @@ def _enum_reader(enum: type[Enum]) -> Callable[[object], object]:
     return read
 
 
+def _progress(value: object) -> StepProgress:
+    if type(value) is not str:
+        raise _Unreadable
+    try:
+        return progress_from_text(value)
+    except ValueError:
+        raise _Unreadable from None
+
+
 _READERS: dict[object, tuple[Callable[[object], object], str]] = {
     str: (_exactly(str), "UTF-8 text"),
+    StepProgress: (_progress, "a step's progress as JSON"),
     bytes: (_exactly(bytes), "bytes"),
     float: (_number, "a finite number"),
     int: (_exactly(int), "an integer"),
@@ -162,7 +180,10 @@ _READERS: dict[object, tuple[Callable[[object], object], str]] = {
 
 
 def column_reader(kind: type) -> tuple[Callable[[object], object], str]:
-    """How a column of ``kind`` (``str``, ``bytes``, ``float``, ``int`` or ``bool``) is read.
+    """How a column of ``kind`` (a plain type, or a step's progress) is read.
+
+    The plain types are ``str``, ``bytes``, ``float``, ``int`` and ``bool``; a
+    :class:`~pyergon.core.records.StepProgress` is stored as JSON text.
 
     Returns:
         A reader, returning the stored value as pyergon wrote it or raising ``ValueError`` if

@@ -138,8 +138,8 @@ def _create_index(dialect: Dialect, definition: str) -> str:
     return dialect.render(f"CREATE INDEX {definition}")
 
 
-def _add_column(dialect: Dialect, definition: str) -> str:
-    return f"ALTER TABLE {dialect.tables['flows']} ADD COLUMN {_column(dialect, definition)}"
+def _add_column(dialect: Dialect, definition: str, table: str = "flows") -> str:
+    return f"ALTER TABLE {dialect.tables[table]} ADD COLUMN {_column(dialect, definition)}"
 
 
 def _version_1(dialect: Dialect) -> list[str]:
@@ -181,11 +181,22 @@ def _version_4(dialect: Dialect) -> list[str]:
     ]
 
 
+def _version_5(dialect: Dialect) -> list[str]:
+    # A step's captured output and last progress report (JSON) with its record; what a worker
+    # runs at its last beat (JSON, NULL while it runs nothing). NULL by default: no row rewritten.
+    return [
+        _add_column(dialect, "output text", table="invocations"),
+        _add_column(dialect, "progress text", table="invocations"),
+        _add_column(dialect, "activity text", table="workers"),
+    ]
+
+
 MIGRATIONS: tuple[Callable[[Dialect], list[str]], ...] = (
     _version_1,
     _version_2,
     _version_3,
     _version_4,
+    _version_5,
 )
 """``MIGRATIONS[n](dialect)``: the statements turning schema version ``n`` into ``n + 1``."""
 

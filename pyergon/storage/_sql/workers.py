@@ -1,6 +1,7 @@
 """Worker records in the ``workers`` table: their statements and rows, for both SQL backends.
 
-A record's fields are kept in columns of the same names, its flow types as a JSON list. A row
+A record's fields are kept in columns of the same names, its flow types as a JSON list and its
+activity as JSON text (:mod:`pyergon.storage._step_json`; NULL while it runs nothing). A row
 is read by column name and each column is checked to hold its kind of value, so a row someone
 else wrote or damaged gives a :class:`~pyergon.errors.CorruptStorageError` naming the worker
 and the column. The rules of what a record means are :mod:`pyergon.core.workers`'.
@@ -19,6 +20,7 @@ from pyergon.errors import CorruptStorageError
 from pyergon.storage._sql.dialect import Dialect
 from pyergon.storage._sql.rows import column_reader
 from pyergon.storage._sql.statements import numbered
+from pyergon.storage._step_json import activity_from_text, activity_text
 
 __all__ = [
     "WORKER_COLUMNS",
@@ -39,23 +41,32 @@ def _flow_types_text(flow_types: tuple[str, ...]) -> str:
     return json.dumps(list(flow_types), ensure_ascii=False)
 
 
+_ENCODED: dict[str, Callable[[Any], object]] = {
+    "flow_types": _flow_types_text,
+    "activity": activity_text,
+}
+"""The columns whose values are stored as text, and how."""
+
+
 def worker_values(worker: WorkerRecord) -> list[object]:
     """A record's column values, in the order of ``WORKER_COLUMNS``."""
-    return [
-        _flow_types_text(worker.flow_types) if column == "flow_types" else getattr(worker, column)
-        for column in WORKER_COLUMNS
-    ]
+    values = []
+    for column in WORKER_COLUMNS:
+        value = getattr(worker, column)
+        encode = _ENCODED.get(column)
+        values.append(value if encode is None else encode(value))
+    return values
 
 
 def beat_statement(dialect: Dialect, first: int = 1) -> str:
     """An UPDATE storing a beat on a record, if it is still the incarnation's.
 
-    Parameters from ``$first``: the worker id, its incarnation, ``last_beat`` and the flow
-    types (see :func:`beat_arguments`).
+    Parameters from ``$first``: the worker id, its incarnation, ``last_beat``, the flow
+    types and the activity (see :func:`beat_arguments`).
     """
     return dialect.render(
-        f"UPDATE {{workers}} SET last_beat = ${first + 2}, flow_types = ${first + 3} "
-        f"WHERE worker_id = ${first} AND incarnation = ${first + 1}"
+        f"UPDATE {{workers}} SET last_beat = ${first + 2}, flow_types = ${first + 3}, "
+        f"activity = ${first + 4} WHERE worker_id = ${first} AND incarnation = ${first + 1}"
     )
 
 
@@ -66,6 +77,7 @@ def beat_arguments(worker: WorkerRecord) -> list[object]:
         worker.incarnation,
         worker.last_beat,
         _flow_types_text(worker.flow_types),
+        activity_text(worker.activity),
     ]
 
 
@@ -132,6 +144,12 @@ def _flow_types(value: object) -> object:
     raise ValueError(value)
 
 
+def _activity(value: object) -> object:
+    if value is None or type(value) is str:
+        return activity_from_text(value)
+    raise ValueError(value)
+
+
 def _readers() -> dict[str, tuple[Callable[[object], object], str, bool]]:
     """How each column of ``workers`` is read, what it holds, and whether it may be NULL."""
     hints = typing.get_type_hints(WorkerRecord)
@@ -141,6 +159,9 @@ def _readers() -> dict[str, tuple[Callable[[object], object], str, bool]]:
         optional = type(None) in kinds
         if column == "flow_types":
             readers[column] = (_flow_types, "a JSON list of flow type names", optional)
+            continue
+        if column == "activity":  # NULL: it runs nothing
+            readers[column] = (_activity, "a JSON list of running steps", False)
             continue
         (kind,) = [kind for kind in kinds if kind is not type(None)]
         readers[column] = (*column_reader(kind), optional)

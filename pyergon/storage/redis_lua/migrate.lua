@@ -35,5 +35,13 @@ if version == '3' then
   -- Version 4 added each flow's lease_losses and last_lost_by fields; a flow without them
   -- lost no lease, which is how they are read, so no flow is rewritten.
   redis.call('SET', version_key, '4')
+  version = '4'
+end
+
+if version == '4' then
+  -- Version 5 added a record's output and progress (its header says where they are; a record
+  -- without them has none) and a worker's activity field (none: it runs nothing), so nothing
+  -- is rewritten.
+  redis.call('SET', version_key, '5')
 end
 return false
