@@ -1,4 +1,8 @@
-"""The contract for records and signals: first writer wins, a conflict stops a change."""
+"""The contract for records and signals: first writer wins, a conflict stops a change.
+
+A step's output and progress are stored with its record, whatever their shape, and are no part
+of its outcome: two runs of a step that printed differently agree.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,10 @@ import asyncio
 import pytest
 
 from pyergon.core.changes import Change, FlowWrite
-from pyergon.core.records import SignalRecord, StoredError
+from pyergon.core.records import SignalRecord, StepProgress, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.storage.base import ExecutionLog
-from pyergon.testing._support import each_error, store, write
+from pyergon.testing._support import claim, done, each_error, store, with_output, write
 from pyergon.testing.factories import make_flow, make_invocation, make_signal
 
 __all__ = ["RecordContract"]
@@ -184,6 +188,63 @@ class RecordContract:
         assert applied.records == list(records)
         assert await storage.load_invocations("flow-1") == [records[0], records[2]]
         assert await storage.load_invocations("flow-2") == [records[1]]
+
+    # -- a step's output and progress ---------------------------------------------------------
+
+    @pytest.mark.parametrize("path", ["records-alone", "with-a-write"])
+    async def test_a_steps_output_and_progress_round_trip(
+        self, storage: ExecutionLog, path: str
+    ) -> None:
+        await storage.create_flow(make_flow(status=TaskStatus.RUNNING))
+        records = with_output()
+        writes = (FlowWrite("flow-1", {"attempt": 2}, expected_version=1),)
+        change = Change(records=records, writes=writes if path == "with-a-write" else ())
+
+        applied = await storage.apply(change)
+
+        assert applied.complete and applied.records == list(records)
+        assert await storage.load_invocations("flow-1") == list(records)
+
+    async def test_a_claim_reads_output_and_progress_with_the_log(
+        self, storage: ExecutionLog
+    ) -> None:
+        records = with_output()
+        await store(storage, *records)
+        await storage.create_flow(make_flow())
+
+        (run,) = await claim(storage)
+
+        assert run.log == list(records)
+
+    async def test_a_record_that_is_not_final_is_overwritten_with_its_output_and_progress(
+        self, storage: ExecutionLog
+    ) -> None:
+        running = make_invocation(
+            1, attempts=1, output="step 1 of 2\n", progress=StepProgress(1, 2, "first", 1_001.0)
+        )
+        await store(storage, running)
+        later = running.replace(
+            output="step 1 of 2\nstep 2 of 2\n", progress=StepProgress(2, 2, at=1_002.0)
+        )
+        await store(storage, later)
+        assert await storage.load_invocations("flow-1") == [later]
+
+        retried = later.replace(attempts=2, output=None, progress=None)  # nothing kept yet
+        await store(storage, retried)
+
+        assert await storage.load_invocations("flow-1") == [retried]
+
+    async def test_a_final_record_with_other_output_and_progress_is_no_conflict(
+        self, storage: ExecutionLog
+    ) -> None:
+        theirs = done(1, b"same").replace(output="theirs\n", progress=StepProgress(1, at=1.0))
+        await store(storage, theirs)
+        mine = done(1, b"same").replace(output="mine, longer\n", progress=None)
+
+        applied = await store(storage, mine)
+
+        assert (applied.records, applied.record_conflict) == ([theirs], False)
+        assert await storage.load_invocations("flow-1") == [theirs]
 
     # -- forget_failed -------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from pyergon.testing._support import (
     stored,
     take,
     waiting_for,
+    with_output,
 )
 from pyergon.testing.factories import make_flow, make_invocation, make_signal
 
@@ -211,7 +212,31 @@ class RunContract:
         assert applied.complete and applied.records == [theirs]
         assert (await stored(storage, "flow-1")).status is TaskStatus.COMPLETE
 
+    @pytest.mark.parametrize("count", [1, 5], ids=["one-record", "records"])
+    async def test_leaving_stores_the_output_and_progress_of_its_records(
+        self, storage: ExecutionLog, count: int
+    ) -> None:
+        held = await hold(storage)
+        records = with_output()[:count]  # one record: unicode output and a full report
+
+        applied = await held.leave(records, RunEnd(TaskStatus.COMPLETE, {"result": b"ok"}))
+
+        assert applied.complete and applied.records == list(records)
+        assert await storage.load_invocations("flow-1") == list(records)
+
     # -- writes sent under the lease -----------------------------------------------------------
+
+    @pytest.mark.parametrize("count", [1, 4], ids=["one-record", "records"])
+    async def test_records_under_the_lease_keep_their_output_and_progress(
+        self, storage: ExecutionLog, count: int
+    ) -> None:
+        held = await hold(storage)
+        records = with_output()[1 : 1 + count]  # one record: 64 KiB of output
+
+        applied = await storage.apply(Change(records=records, held=under(held)))
+
+        assert applied.complete and applied.records == list(records)
+        assert await storage.load_invocations("flow-1") == list(records)
 
     @pytest.mark.parametrize("count", [1, 3], ids=["one-record", "records"])
     async def test_records_under_the_lease_are_stored_while_the_run_holds_its_flow(

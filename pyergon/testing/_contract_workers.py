@@ -1,4 +1,7 @@
-"""The contract for worker records: registration as compare-and-set, heartbeats, listing."""
+"""The contract for worker records: registration as compare-and-set, heartbeats, listing.
+
+A beat stores what the worker runs at that moment, for other processes to show.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,25 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
+from pyergon.core.records import StepProgress
 from pyergon.core.status import TaskStatus
-from pyergon.core.workers import WorkerRecord
+from pyergon.core.workers import StepActivity, WorkerRecord
 from pyergon.storage.base import WorkerRegistry
 from pyergon.testing._support import claim
 from pyergon.testing.factories import make_flow
 
 __all__ = ["WorkerRegistryContract", "make_worker"]
+
+
+def running_steps() -> tuple[StepActivity, ...]:
+    """Steps a worker runs: with a full progress report, a bare count and none, oldest first."""
+    return (
+        StepActivity(
+            "flow-1", "3", "load", 1_000.5, StepProgress(37, 100, "loading Jan ✓", 1_000.9)
+        ),
+        StepActivity("flöw/2 ✓", "4.1", "train", 1_000.75, StepProgress(12, at=1_000.8)),
+        StepActivity("flow-1", "5", "score", 1_000.875),
+    )
 
 
 def make_worker(worker_id: str = "worker-a", **fields: Any) -> WorkerRecord:
@@ -27,6 +42,7 @@ def make_worker(worker_id: str = "worker-a", **fields: Any) -> WorkerRecord:
         "lease_seconds": 2.0,
         "last_beat": 1_000.25,
         "stopped_at": None,
+        "activity": (),
     }
     values.update(fields)
     return WorkerRecord(**values)
@@ -116,6 +132,35 @@ class WorkerRegistryContract:
         assert await storage.get_worker("worker-a") == replace(
             worker, last_beat=1_001.5, flow_types=("Order",)
         )
+
+    async def test_a_beat_stores_the_running_steps_and_an_empty_one_clears_them(
+        self, storage: WorkerRegistry
+    ) -> None:
+        worker = make_worker()
+        await storage.put_worker(worker, replacing=None)
+        running = worker.beating(1_001.0, activity=running_steps())
+
+        assert (await storage.beat(running, {}, lease_seconds=2.0, now=1_001.0)).registered
+
+        assert await storage.get_worker("worker-a") == running
+        assert await storage.list_workers() == [running]
+        idle = running.beating(1_002.0, activity=())
+        assert (await storage.beat(idle, {}, lease_seconds=2.0, now=1_002.0)).registered
+        assert await storage.get_worker("worker-a") == replace(worker, last_beat=1_002.0)
+
+    async def test_a_worker_is_stored_whole_with_its_running_steps(
+        self, storage: WorkerRegistry
+    ) -> None:
+        worker = make_worker(activity=running_steps())
+        assert await storage.put_worker(worker, replacing=None)
+        assert await storage.get_worker("worker-a") == worker
+        assert await storage.list_workers() == [worker]
+
+        stopped = worker.stopping(1_010.0)
+        assert await storage.put_worker(stopped, replacing=worker.incarnation)
+
+        assert await storage.get_worker("worker-a") == stopped
+        assert stopped.activity == ()
 
     async def test_a_beat_of_a_replaced_incarnation_changes_no_record(self, storage: Any) -> None:
         await storage.create_flow(make_flow("held"))

@@ -9,7 +9,7 @@ import pytest
 
 from pyergon.core.changes import Applied, Change, FlowWrite
 from pyergon.core.query import ClaimRequest
-from pyergon.core.records import Invocation, ScheduledFlow
+from pyergon.core.records import Invocation, ScheduledFlow, StepProgress
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.storage._flows import HeldFlow
 from pyergon.storage.base import ClaimedRun, ExecutionLog
@@ -131,4 +131,29 @@ def done(sequence: int, result: bytes = b"ok", *, flow_id: str = "flow-1") -> In
     """A completed step record at ``sequence``."""
     return make_invocation(
         sequence, flow_id=flow_id, status=InvocationStatus.COMPLETE, result=result, attempts=1
+    )
+
+
+_LONG_OUTPUT = "".join(f"row {n:05}: naïve ✓ █ 42%\n" for n in range(3_000))[: 64 * 1024]
+"""64 KiB of output (as many characters; more bytes in UTF-8): what the runtime keeps at most."""
+
+
+def with_output(*, flow_id: str = "flow-1", first: int = 1) -> tuple[Invocation, ...]:
+    """Completed step records with every shape of output and progress, from position ``first``.
+
+    Unicode text with a full report; 64 KiB with a bare count; an empty output with a report
+    without a message; no output and no report; an empty message without a total.
+    """
+    shapes = [
+        ('naïve ✓ 日本 😀\r\n\ttab \\ "quoted"\n', StepProgress(37, 100, "loading Jan ✓", 1_000.5)),
+        (_LONG_OUTPUT, StepProgress(3, at=1_000.25)),
+        ("", StepProgress(0.5, 2.0, at=1_001.0)),
+        (None, None),
+        (None, StepProgress(7, message="", at=1_002.0)),
+    ]
+    return tuple(
+        done(first + n, f"result-{n}".encode(), flow_id=flow_id).replace(
+            output=output, progress=progress
+        )
+        for n, (output, progress) in enumerate(shapes)
     )
