@@ -88,8 +88,8 @@ class StorageContract(
     The parts can also be run alone by subclassing one of them:
 
     * :class:`FlowContract`: creating and reading flows; writes under version guards.
-    * :class:`RecordContract`: records (first writer wins, conflicts), forgotten failures,
-      signals.
+    * :class:`RecordContract`: records (first writer wins, conflicts; a step's output and
+      progress), forgotten failures, signals.
     * :class:`QueueContract`: claims, leases, timers and wake-ups.
     * :class:`RunContract`: a run leaving its flow, through
       :class:`~pyergon.storage._flows.HeldFlow`, and its changes sent under its lease
