@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import Completed, FlowOutcome
 from pyergon.core.status import TaskStatus
+from pyergon.core.workers import default_worker_id
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import PyergonError
 from pyergon.executor.executor import Executor
@@ -105,6 +105,8 @@ class Session:
         self._workers: list[tuple[Worker, WorkerHandle]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._worker_prefix = default_worker_id("notebook")
+        """Shared by this session's workers: they differ in their number only."""
 
     @classmethod
     async def open(cls, url: str, **options: Any) -> Session:
@@ -173,9 +175,10 @@ class Session:
     ) -> list[Worker]:
         """Start ``count`` workers as tasks on the running loop, serving the given flow types.
 
-        Classes registered earlier are served too. Each worker is named for this kernel's
-        process and its number in the session (``notebook-<pid>-1``...), so the workers of two
-        kernels on one storage, or of a dead kernel and a live one, are told apart.
+        Classes registered earlier are served too. Each worker is named for this kernel's host
+        and process, a random part drawn once per session, and its number in the session
+        (``notebook-<host>-<pid>-<random>-1``...), so the workers of two kernels (or two
+        sessions) on one storage, or of a dead kernel and a live one, are told apart.
         ``lease_seconds`` defaults to the worker's own default (see :class:`Worker`). Returns
         the new workers.
         """
@@ -185,7 +188,7 @@ class Session:
             raise PyergonError("start_workers needs at least one flow class to serve")
         started = []
         for _ in range(count):
-            worker_id = f"notebook-{os.getpid()}-{len(self._workers) + 1}"
+            worker_id = f"{self._worker_prefix}-{len(self._workers) + 1}"
             worker = Worker(
                 self.storage,
                 worker_id,

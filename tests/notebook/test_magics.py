@@ -9,6 +9,7 @@ process-wide with nest-asyncio2, so those tests run in a fresh interpreter.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -219,11 +220,10 @@ def test_connect_to_unreachable_redis_fails_the_cell_and_workers_keep_running(
 def test_workers_run_a_scheduled_flow_while_a_cell_awaits(connected: Cells) -> None:
     status = connected("%pyergon workers start --count 2 --concurrency 3 Greet")
     assert isinstance(status, WorkersStatus)
-    pid = os.getpid()
-    assert [worker.worker_id for worker in status.workers] == [
-        f"notebook-{pid}-1",
-        f"notebook-{pid}-2",
-    ]
+    prefix = f"notebook-{socket.gethostname().split('.')[0].lower()}-{os.getpid()}-"
+    first, second = (worker.worker_id for worker in status.workers)
+    assert first.startswith(prefix)
+    assert (first[:-1], first[-1:], second[-1:]) == (second[:-1], "1", "2")
     assert {worker.capacity for worker in status.workers} == {3}
     assert status.flow_types == ("Greet",)
 
@@ -235,8 +235,8 @@ def test_workers_run_a_scheduled_flow_while_a_cell_awaits(connected: Cells) -> N
     status = connected("%pyergon workers status")
     assert sum(worker.finished for worker in status.workers) == 1
     assert repr(status).startswith("2 pyergon worker(s) serving Greet; 0 background error(s)")
-    assert f"notebook-{pid}-1: running 0/3, finished" in repr(status)
-    assert f"notebook-{pid}-2" in status._repr_html_()
+    assert f"{first}: running 0/3, finished" in repr(status)
+    assert second in status._repr_html_()
 
 
 def test_workers_stop_leaves_no_worker_running(connected: Cells) -> None:
@@ -539,7 +539,9 @@ async def main():
     assert getattr(loop, "_nest_patched", False), "the kernel loop was not made re-entrant"
     await ok("%pyergon workers start Greet")
     names = {{task.get_name() for task in asyncio.all_tasks(loop)}}
-    assert f"pyergon-worker-notebook-{{os.getpid()}}-1" in names, names
+    worker_id = shell.user_ns["pyergon_session"].workers[0].worker_id
+    assert worker_id.startswith("notebook-"), worker_id
+    assert f"pyergon-worker-{{worker_id}}" in names, names
 
     await ok("%pyergon schedule Greet('one') --id one")
     session = shell.user_ns["pyergon_session"]
