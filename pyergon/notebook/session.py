@@ -27,6 +27,7 @@ from pyergon.executor.worker import Worker, WorkerHandle
 from pyergon.history import FlowHistory, flows_frame, invocations_frame, iter_flows, load_history
 from pyergon.management import FlowManager, ReplayResult
 from pyergon.notebook._stepper import Stepper
+from pyergon.notebook._sync import LoopRunner, LoopThread, RunningLoop, SyncFront, blocking
 from pyergon.notebook._views_monitor import Monitor
 from pyergon.notebook._views_timeline import Timeline
 from pyergon.serialization import Serializer, serializer_for
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
     from pyergon.core.records import ScheduledFlow
 
-__all__ = ["BackgroundError", "BackgroundErrors", "Session"]
+__all__ = ["BackgroundError", "BackgroundErrors", "Session", "SyncSession"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,31 @@ class Session:
         except BaseException:
             await storage.close()
             raise
+
+    @classmethod
+    def open_sync(cls, url: str, **options: Any) -> SyncSession:
+        """Open a session for synchronous code: a script, or a notebook cell without ``await``.
+
+        The returned :class:`SyncSession` has the methods of a session, blocking instead of
+        async. Outside an event loop (a script) the session lives on an event loop in a thread
+        of its own, so its workers keep running between two calls; close it (or use ``with``)
+        to stop them. Inside a running loop (a Jupyter kernel) it uses that loop, made
+        re-entrant with ``nest-asyncio2``, as ``await Session.open(url)`` would.
+
+        Args:
+            url: The storage URL, as for :meth:`open`.
+            **options: The keyword arguments of :class:`Session`.
+        """
+        try:
+            runner: LoopRunner = RunningLoop(asyncio.get_running_loop())
+        except RuntimeError:
+            runner = LoopThread(name="pyergon-session")
+        try:
+            session = runner.call(cls.open(url, **options))
+        except BaseException:
+            runner.close()
+            raise
+        return SyncSession(session, runner)
 
     def __repr__(self) -> str:
         return (
@@ -405,3 +431,69 @@ class Session:
     def _check_open(self) -> None:
         if self._closed:
             raise PyergonError("this session is closed; open a new one with Session.open(url)")
+
+
+class SyncSession(SyncFront[Session]):
+    """A :class:`Session` for synchronous code; :meth:`Session.open_sync` opens one.
+
+    Each method is the session's method of the same name, blocking until it is done:
+    ``sync.wait(flow_id)`` for ``await session.wait(flow_id)``. The async session itself is
+    :attr:`session`. Views that refresh themselves (``monitor``) and ``step_through`` are
+    left to the async session. A context manager: ``with Session.open_sync(url) as s:``
+    closes it at the end.
+    """
+
+    register = blocking(Session.register)
+    start_workers = blocking(Session.start_workers)
+    stop_workers = blocking(Session.stop_workers)
+    schedule = blocking(Session.schedule)
+    run = blocking(Session.run)
+    signal = blocking(Session.signal)
+    wait = blocking(Session.wait)
+    cancel = blocking(Session.cancel)
+    resume = blocking(Session.resume)
+    retry = blocking(Session.retry)
+    fork = blocking(Session.fork)
+    replay = blocking(Session.replay)
+    history = blocking(Session.history)
+    flows = blocking(Session.flows)
+    timeline = blocking(Session.timeline)
+    invocations = blocking(Session.invocations)
+
+    @property
+    def session(self) -> Session:
+        """The async session behind this one; await its methods on its loop only."""
+        return self._target
+
+    @property
+    def workers(self) -> list[Worker]:
+        """The workers this session started and has not stopped."""
+        return self._target.workers
+
+    @property
+    def errors(self) -> list[BackgroundError]:
+        """Background errors not raised yet; see :meth:`Session.raise_for_errors`."""
+        return self._target.errors
+
+    def raise_for_errors(self) -> None:
+        """Raise :class:`BackgroundErrors` if workers met errors since the last call."""
+        self._target.raise_for_errors()
+
+    def close(self) -> None:
+        """Stop the workers, close the session and stop its loop thread, if it has one."""
+        try:
+            self._runner.call(self._target.close())
+        finally:
+            self._runner.close()
+
+    def __enter__(self) -> SyncSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Sync{self._target!r}"
+
+    def _repr_html_(self) -> str:
+        return self._target._repr_html_()
