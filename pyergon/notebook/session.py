@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,6 +27,11 @@ from pyergon.executor.scheduler import Scheduler
 from pyergon.executor.worker import Worker, WorkerHandle
 from pyergon.history import FlowHistory, flows_frame, invocations_frame, iter_flows, load_history
 from pyergon.management import FlowManager, ReplayResult
+from pyergon.notebook._cell_errors import (
+    interrupted_run,
+    interrupted_wait,
+    show_errors_as_one_line,
+)
 from pyergon.notebook._stepper import Stepper
 from pyergon.notebook._sync import LoopRunner, LoopThread, RunningLoop, SyncFront, blocking
 from pyergon.notebook._views_monitor import Monitor
@@ -108,6 +114,7 @@ class Session:
         self._closed = False
         self._worker_prefix = default_worker_id("notebook")
         """Shared by this session's workers: they differ in their number only."""
+        _show_errors_in_cells()
 
     @classmethod
     async def open(cls, url: str, **options: Any) -> Session:
@@ -261,7 +268,11 @@ class Session:
         return await self.scheduler.schedule(flow, flow_id)
 
     async def run(self, flow: object, flow_id: str | None = None) -> FlowOutcome[Any]:
-        """Run a flow right here in the cell with the direct executor, until it ends or waits."""
+        """Run a flow right here in the cell with the direct executor, until it ends or waits.
+
+        Interrupting the cell stops the flow at its current step, with a note on the
+        ``CancelledError`` that says how to go on.
+        """
         self._check_open()
         self.manager.register(type(flow))  # so replay knows it; workers serve only what you ask
         method, _ = flow_entry(type(flow))
@@ -269,7 +280,11 @@ class Session:
         executor = Executor(
             flow, self.storage, flow_id, serializer=self.serializer, clock=self.clock
         )
-        return await executor.run(lambda running: getattr(running, method)())
+        try:
+            return await executor.run(lambda running: getattr(running, method)())
+        except asyncio.CancelledError as interrupted:
+            interrupted.add_note(interrupted_run(flow_id))
+            raise
 
     def step_through(self, flow: object, flow_id: str | None = None) -> Stepper:
         """Return a stepper that runs ``flow`` one operation per ``await stepper.next()``."""
@@ -289,13 +304,20 @@ class Session:
         """Wait for flows to finish and return their outcomes.
 
         Background errors are raised before and after waiting. Interrupting the cell stops
-        only the waiting: workers keep running.
+        only the waiting: workers keep running. The ``CancelledError`` raised then carries a
+        note naming the flows and how to wait again, which a notebook shows as the cell's one
+        line of output.
         """
         self.raise_for_errors()
         ids = [flow_ids] if isinstance(flow_ids, str) else list(flow_ids)
         waiting = asyncio.ensure_future(self.scheduler.wait(ids, timeout=timeout))
         self._keep(waiting)
-        outcomes = await asyncio.shield(waiting)
+        try:
+            outcomes = await asyncio.shield(waiting)
+        except asyncio.CancelledError as interrupted:
+            # Raised on, unchanged, as asyncio expects; the note is the line a cell shows.
+            interrupted.add_note(interrupted_wait(ids))
+            raise
         self.raise_for_errors()
         return outcomes
 
@@ -431,6 +453,17 @@ class Session:
     def _check_open(self) -> None:
         if self._closed:
             raise PyergonError("this session is closed; open a new one with Session.open(url)")
+
+
+def _show_errors_in_cells() -> None:
+    """In an IPython shell, show pyergon's errors and interruptions as one line."""
+    if "IPython" not in sys.modules:  # not in IPython; and importing it costs a second
+        return
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is not None:
+        show_errors_as_one_line(shell)
 
 
 class SyncSession(SyncFront[Session]):

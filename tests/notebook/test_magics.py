@@ -24,7 +24,12 @@ from traitlets.config import Config
 
 import pyergon
 from pyergon.core import TaskStatus
-from pyergon.errors import FlowNotFoundError, StorageError, UnknownStorageSchemeError
+from pyergon.errors import (
+    FlowNotFoundError,
+    PyergonError,
+    StorageError,
+    UnknownStorageSchemeError,
+)
 from pyergon.history import FlowHistory
 from pyergon.management import ReplayResult
 from pyergon.notebook import Session
@@ -139,6 +144,44 @@ def test_the_package_exports_the_extension_hooks_in_a_sorted_all() -> None:
     assert "load_ipython_extension" in pyergon.__all__
     assert "unload_ipython_extension" in pyergon.__all__
     assert pyergon.__all__ == sorted(pyergon.__all__)
+
+
+def test_a_pyergon_error_in_a_cell_is_one_line_and_tb_shows_its_traceback(
+    cells: Cells, capsys: pytest.CaptureFixture[str]
+) -> None:
+    error = cells.error(
+        "from pyergon.errors import FlowNotFoundError\nraise FlowNotFoundError('x')"
+    )
+
+    assert isinstance(error, FlowNotFoundError)
+    shown = capsys.readouterr().out
+    assert shown.strip() == (
+        "FlowNotFoundError: no flow with id 'x' in storage; list flows to see the ids that exist"
+    )
+    cells("%tb")
+    assert "Traceback (most recent call last)" in capsys.readouterr().out
+
+
+def test_the_extension_leaves_a_handler_of_the_users_own_alone(cells: Cells) -> None:
+    def mine(shell: object, *exc_info: object, tb_offset: object = None) -> list[str]:
+        return ["mine"]
+
+    cells.shell.set_custom_exc((ValueError,), mine)
+    try:
+        cells("%unload_ext pyergon")
+        cells("%load_ext pyergon")
+        assert cells.shell.custom_exceptions == (ValueError,)
+    finally:
+        cells.shell.set_custom_exc((), None)
+
+
+def test_unload_ext_shows_errors_as_usual_again(cells: Cells) -> None:
+    assert PyergonError in cells.shell.custom_exceptions
+
+    cells("%unload_ext pyergon")
+
+    assert cells.shell.custom_exceptions == ()
+    cells("%load_ext pyergon")
 
 
 def test_load_ext_registers_the_line_magic(cells: Cells) -> None:
