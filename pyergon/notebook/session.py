@@ -460,9 +460,10 @@ def _show_errors_in_cells() -> None:
     if "IPython" not in sys.modules:  # not in IPython; and importing it costs a second
         return
     from IPython import get_ipython
+    from IPython.core.interactiveshell import InteractiveShell
 
     shell = get_ipython()
-    if shell is not None:
+    if isinstance(shell, InteractiveShell):
         show_errors_as_one_line(shell)
 
 
