@@ -22,7 +22,7 @@ from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import FlowOutcome, Suspended, SuspendReason
 from pyergon.core.query import ClaimRequest
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
-from pyergon.core.workers import WorkerRecord
+from pyergon.core.workers import WorkerRecord, default_worker_id
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import (
     CorruptStorageError,
@@ -88,7 +88,10 @@ class Worker:
 
     Args:
         storage: The storage shared with the scheduler and other workers.
-        worker_id: A name unique among the workers; recorded as the lease owner.
+        worker_id: A name unique among the live workers; recorded as the lease owner.
+            Default: one unique to this process and worker (see
+            :func:`~pyergon.core.workers.default_worker_id`). Give a fixed id to a worker
+            that should take its own flows over at once when it restarts.
         enable_timers: Wake up when a suspended flow's timer is due. A worker without it still
             runs due flows it finds, but does not wait for them.
         max_concurrent_flows: Flows this worker runs at once.
@@ -112,7 +115,7 @@ class Worker:
     def __init__(
         self,
         storage: ExecutionLog,
-        worker_id: str,
+        worker_id: str | None = None,
         *,
         enable_timers: bool = True,
         max_concurrent_flows: int = 10,
@@ -121,7 +124,9 @@ class Worker:
         clock: Clock | None = None,
         on_error: Callable[[BaseException, str | None], None] | None = None,
     ) -> None:
-        if not isinstance(worker_id, str) or not worker_id:
+        if worker_id is None:
+            worker_id = default_worker_id()
+        elif not isinstance(worker_id, str) or not worker_id:
             raise ValueError(f"worker_id must be a non-empty string, got {worker_id!r}")
         if max_concurrent_flows < 1:
             raise ValueError(f"max_concurrent_flows must be >= 1, got {max_concurrent_flows}")
