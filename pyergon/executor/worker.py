@@ -15,6 +15,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pyergon._context import FlowContext, Position
@@ -91,7 +92,8 @@ class Worker:
         worker_id: A name unique among the workers; recorded as the lease owner.
         enable_timers: Wake up when a suspended flow's timer is due. A worker without it still
             runs due flows it finds, but does not wait for them.
-        max_concurrent_flows: Flows this worker runs at once.
+        max_concurrent_flows: Flows this worker runs at once; also the threads of the pool
+            the worker runs ``def`` steps in (named ``pyergon-<worker id>``).
         lease_seconds: How long a claim lasts without renewal; a worker that dies loses its
             flows to others after at most this long. Heartbeats renew it four times per
             lease. Default: :data:`DEFAULT_LEASE_SECONDS` where the heartbeats run off the
@@ -138,6 +140,7 @@ class Worker:
         self.serializer = serializer_for(storage, serializer)
         self._leases = LeaseKeeper(storage, worker_id, lease_seconds, self.clock)
         self._heart: Heartbeat | None = None
+        self._threads: ThreadPoolExecutor | None = None
         self._lookahead = _TIMER_LOOKAHEAD if isinstance(self.clock, SystemClock) else 0.0
         self._registry: dict[str, type] = {}
         self._entries: dict[str, str] = {}
@@ -212,9 +215,19 @@ class Worker:
             lease_clock=self._leases.clock,
             on_displaced=self._displaced,
         )
+        self._threads = ThreadPoolExecutor(
+            self.max_concurrent_flows, thread_name_prefix=f"pyergon-{self.worker_id}"
+        )
 
     async def _end(self) -> None:
-        """Stop the heartbeat and mark this worker's record stopped."""
+        """Stop the heartbeat and mark this worker's record stopped; end the step threads.
+
+        Every flow's run has ended by now, and a run ends only once its steps' threads have
+        returned: the pool is idle and its threads end at once.
+        """
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown(wait=False, cancel_futures=True)
         heart, self._heart = self._heart, None
         if heart is not None:
             await end_presence(self.storage, heart, self.clock)
@@ -479,6 +492,7 @@ class Worker:
                     lease=writer.lease,
                     on_attempt_failed=talk.attempt_failed,
                     on_step_retry=talk.step_retry,
+                    thread_pool=self._threads,
                 )
             )
         except asyncio.CancelledError:
