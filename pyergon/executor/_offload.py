@@ -22,14 +22,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from pyergon._context import FlowContext, Position
-from pyergon.errors import PyergonError, StepTimeoutError
+from pyergon.errors import PyergonError
+from pyergon.executor._steps import step_timeout_error
 
 __all__ = [
     "block_on",
     "in_step_thread",
     "outlast_cancellation",
     "run_in_thread",
-    "timeout_error",
     "wait_for_abandoned",
 ]
 
@@ -46,14 +46,6 @@ _step_thread_loop: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = (
 def in_step_thread() -> bool:
     """Whether the calling code is the body of a ``def`` step, running in its thread."""
     return _step_thread_loop.get() is not None
-
-
-def timeout_error(context: FlowContext, position: Position, name: str, timeout: float) -> Exception:
-    """The error of a step attempt that ran past its ``timeout``."""
-    return StepTimeoutError(
-        f"step {name!r} of {context.describe(position)} ran longer than its timeout of "
-        f"{timeout} s; raise the timeout or make the step faster"
-    )
 
 
 class _ThreadCall:
@@ -158,7 +150,7 @@ async def run_in_thread(
             if context.abandoned_threads is None:
                 context.abandoned_threads = {}
             context.abandoned_threads[position] = running
-        raise timeout_error(context, position, name, timeout) from None
+        raise step_timeout_error(context, position, name, timeout) from None
     except asyncio.CancelledError:
         running = call.give_up()
         if running is not None:

@@ -28,7 +28,8 @@ from typing import Any
 from pyergon._context import FlowContext, Position, enter_detached_step
 from pyergon.core.records import StoredError, format_position
 from pyergon.errors import StepFailedError, StepProcessError
-from pyergon.executor._offload import outlast_cancellation, timeout_error
+from pyergon.executor._offload import outlast_cancellation
+from pyergon.executor._steps import step_timeout_error
 
 __all__ = ["OUTPUT_LIMIT", "START_METHOD", "run_in_process"]
 
@@ -93,7 +94,7 @@ async def run_in_process(
         child.kill()
         await outlast_cancellation(future)
         assert timeout is not None
-        raise timeout_error(context, position, name, timeout)
+        raise step_timeout_error(context, position, name, timeout)
     data, exit_code = future.result()
     return _answer(what, data, exit_code)
 

@@ -14,7 +14,13 @@ from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.errors import StepTimeoutError
 from pyergon.serialization import rebuild_exception, serialize_exception, stable_hash
 
-__all__ = ["StepCall", "attempt_until_final", "replay_final", "run_step"]
+__all__ = [
+    "StepCall",
+    "attempt_until_final",
+    "replay_final",
+    "run_step",
+    "step_timeout_error",
+]
 
 StepBody = Callable[[], Coroutine[Any, Any, Any]]
 
@@ -175,7 +181,14 @@ async def _with_timeout(
     except TimeoutError:
         if not scope.expired():
             raise
-        raise StepTimeoutError(
-            f"step {name!r} of {context.describe(position)} ran longer than its timeout of "
-            f"{timeout} s; raise the timeout or make the step faster"
-        ) from None
+        raise step_timeout_error(context, position, name, timeout) from None
+
+
+def step_timeout_error(
+    context: FlowContext, position: Position, name: str, timeout: float
+) -> StepTimeoutError:
+    """The error of a step attempt that ran past its ``timeout``."""
+    return StepTimeoutError(
+        f"step {name!r} of {context.describe(position)} ran longer than its timeout of "
+        f"{timeout} s; raise the timeout or make the step faster"
+    )

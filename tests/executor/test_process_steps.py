@@ -17,14 +17,16 @@ from pyergon import (
     Completed,
     Executor,
     RetryPolicy,
+    Scheduler,
     StepFailedError,
     StepProcessError,
     StepTimeoutError,
+    Worker,
     flow,
     flow_type,
     step,
 )
-from pyergon.core import InvocationStatus
+from pyergon.core import InvocationStatus, TaskStatus
 from pyergon.executor import _process
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.memory import InMemoryExecutionLog
@@ -276,3 +278,16 @@ def test_process_output_is_kept_to_its_last_64_kib() -> None:
     kept = tail.text()
     assert len(kept) == _process.OUTPUT_LIMIT
     assert kept.endswith("0199" + "x" * 1020 + "\n")
+
+
+async def test_a_worker_runs_a_process_step_beside_its_heartbeats(storage: ExecutionLog) -> None:
+    worker = Worker(storage, "forker", lease_seconds=1.0)
+    worker.register(Crunch)
+    flow_id = await Scheduler(storage).schedule(Crunch([4, 5]))
+
+    await worker.run_until_idle()
+
+    stored = await storage.get_flow(flow_id)
+    assert stored is not None and stored.status is TaskStatus.COMPLETE
+    [record] = await storage.load_invocations(flow_id)
+    assert record.status is InvocationStatus.COMPLETE
