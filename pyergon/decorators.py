@@ -150,8 +150,9 @@ def step(
     with the loop; for that, ``isolate="process"`` runs each attempt in a process of its own.
     Inside a ``def`` step's body, call other ``def`` steps plainly and run pyergon's async
     operations with :func:`pyergon.block_on` (``pyergon.block_on(pyergon.now())``).
-    Outside a running flow a ``def`` step called directly just runs and returns its value, as
-    an undecorated method would; only in a flow does the call return an awaitable.
+    Outside a running flow a step runs as if undecorated: a ``def`` step called directly just
+    returns its value (only in a flow does the call return an awaitable; type checkers see the
+    awaitable).
 
     A thread cannot be stopped. When a ``def`` step's attempt passes its ``timeout``, the
     attempt fails with ``StepTimeoutError`` at once, but its thread runs on to its end and its
