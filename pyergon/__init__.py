@@ -29,9 +29,11 @@ from pyergon.errors import (
     RetryableError,
     SerializationError,
     StepFailedError,
+    StepProcessError,
     StepTimeoutError,
     StorageError,
 )
+from pyergon.executor._offload import block_on
 from pyergon.executor.executor import Executor
 from pyergon.executor.scheduler import Scheduler
 from pyergon.executor.signal import await_external_signal, send_signal
@@ -60,6 +62,7 @@ __all__ = [
     "SerializationError",
     "Session",
     "StepFailedError",
+    "StepProcessError",
     "StepTimeoutError",
     "StorageError",
     "Suspended",
@@ -67,6 +70,7 @@ __all__ = [
     "WorkerHandle",
     "__version__",
     "await_external_signal",
+    "block_on",
     "flow",
     "flow_type",
     "idempotency_key",
