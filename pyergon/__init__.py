@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyergon._context import current_idempotency_key as idempotency_key
 from pyergon._front import run
+from pyergon._progress import progress, track
 from pyergon._version import __version__
 from pyergon.core import Completed, FlowOutcome, RetryPolicy, Suspended
 from pyergon.decorators import flow, flow_type, step
@@ -77,12 +78,14 @@ __all__ = [
     "load_ipython_extension",
     "now",
     "open_storage",
+    "progress",
     "random",
     "run",
     "schedule_timer",
     "schedule_timer_named",
     "send_signal",
     "step",
+    "track",
     "unload_ipython_extension",
     "uuid4",
 ]

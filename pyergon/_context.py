@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from pyergon.clock import Clock
 from pyergon.core.changes import Change
 from pyergon.core.outcome import SuspendReason
-from pyergon.core.records import Invocation, StoredError, format_position
+from pyergon.core.records import Invocation, StepProgress, StoredError, format_position
 from pyergon.core.retry import RetryPolicy
 from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.errors import NonDeterminismError, PyergonError, StorageError
@@ -28,6 +28,7 @@ from pyergon.serialization import Serializer, dumps_for
 if TYPE_CHECKING:
     from concurrent.futures import Executor
 
+    from pyergon._output import OutputTail
     from pyergon.core.outcome import FlowOutcome
     from pyergon.core.transitions import RunEnd
     from pyergon.storage._flows import HeldFlow
@@ -46,13 +47,13 @@ __all__ = [
     "StepScope",
     "current_context",
     "current_idempotency_key",
+    "current_step",
     "enter_detached_step",
     "enter_step",
     "flow_scope",
     "in_step",
     "leave_step",
     "require_context",
-    "step_scope",
 ]
 
 Position = tuple[int, int]
@@ -142,10 +143,23 @@ class Cancellation(Protocol):
 
 @dataclass(slots=True)
 class StepScope:
-    """Numbering for the durable operations called inside one step's body."""
+    """One attempt of a step's body while it runs: its nested numbering, output and progress.
+
+    Attributes:
+        sequence: The step's log position.
+        name: The step's name.
+        started_at: When the attempt started (the flow's clock).
+        next_sub_sequence: The nested position the next operation inside the body takes.
+        output: What the body printed so far (see :mod:`pyergon._output`), once it printed.
+        progress: The last progress the body reported (``pyergon.progress``), if any.
+    """
 
     sequence: int
+    name: str
+    started_at: float
     next_sub_sequence: int = 1
+    output: OutputTail | None = None
+    progress: StepProgress | None = None
 
     def allocate(self) -> Position:
         """Return the next nested position of this step."""
@@ -198,6 +212,9 @@ class FlowContext:
     on_step_retry: Callable[[str, BaseException, int, float], None] | None = None
     thread_pool: Executor | None = None
     abandoned_threads: dict[Position, asyncio.Future[Any]] | None = None
+    running_steps: dict[tuple[str, int], StepScope] = field(default_factory=dict)
+    """The step attempts running now, by flow id and position: a worker shares one among its
+    flows, so its heartbeat and a monitor can show what runs (see ``executor/_live.py``)."""
     replayed_count: int = 0
     """Final records this run returned instead of doing the work again."""
     unsaved: list[Invocation] = field(default_factory=list)
@@ -580,25 +597,20 @@ def flow_scope(context: FlowContext) -> Iterator[None]:
         _current_context.reset(flow_token)
 
 
-def enter_step(sequence: int) -> Token[StepScope | None]:
-    """Number durable operations called from now on inside step ``sequence``.
+def enter_step(attempt: StepScope) -> Token[StepScope | None]:
+    """Make ``attempt`` the running step: number operations inside it, keep what it prints.
 
     Returns:
-        The token that :func:`leave_step` takes to end the numbering.
+        The token that :func:`leave_step` takes to end it.
     """
-    return _current_step.set(StepScope(sequence))
+    return _current_step.set(attempt)
+
+
+def current_step() -> StepScope | None:
+    """The step attempt whose body runs in this context, or ``None`` outside step bodies."""
+    return _current_step.get()
 
 
 def leave_step(token: Token[StepScope | None]) -> None:
     """End what :func:`enter_step` started."""
     _current_step.reset(token)
-
-
-@contextmanager
-def step_scope(sequence: int) -> Iterator[None]:
-    """Number durable operations called in the block inside step ``sequence``."""
-    token = enter_step(sequence)
-    try:
-        yield
-    finally:
-        leave_step(token)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pyergon.clock import Clock, SystemClock
-from pyergon.core.workers import WorkerRecord
+from pyergon.core.workers import StepActivity, WorkerRecord
 from pyergon.errors import StorageError
 from pyergon.storage.base import ExecutionLog, ReopenableLog, WorkerRegistry, wait_for_event
 
@@ -69,6 +69,7 @@ class Heartbeat:
         record: The worker's record, if the storage keeps records.
         flow_types: The flow types the worker serves now (read at each beat).
         on_displaced: Called (on the worker's loop) when a later process took the worker's id.
+        activity: The steps the worker runs now, stored with each beat (read from its thread).
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class Heartbeat:
         record: WorkerRecord | None,
         flow_types: Callable[[], list[str]],
         on_displaced: Callable[[], None],
+        activity: Callable[[], tuple[StepActivity, ...]] = tuple,
     ) -> None:
         self._storage = storage
         self._beat_through = beat_through
@@ -95,6 +97,7 @@ class Heartbeat:
         """The worker's record, if the storage keeps records."""
         self._flow_types = flow_types
         self._on_displaced = on_displaced
+        self._activity = activity
         self._claims: dict[str, Claim] = {}
         self._claims_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -220,7 +223,7 @@ class Heartbeat:
         now = self._clock.now()
         registered = True
         if self.record is not None and isinstance(storage, WorkerRegistry):
-            record = self.record.beating(now, self._flow_types())
+            record = self.record.beating(now, self._flow_types(), self._activity())
             beat = await storage.beat(record, tokens, lease_seconds=self._lease_seconds, now=now)
             held: set[str] | frozenset[str] = beat.held
             registered = beat.registered

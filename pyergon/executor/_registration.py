@@ -15,6 +15,7 @@ from pyergon.core.query import FlowQuery
 from pyergon.core.status import TaskStatus
 from pyergon.core.workers import (
     Registration,
+    StepActivity,
     WorkerRecord,
     WorkerState,
     registration_verdict,
@@ -57,6 +58,7 @@ async def begin_presence(
     clock: Clock,
     lease_clock: LeaseClock,
     on_displaced: Callable[[], None],
+    activity: Callable[[], tuple[StepActivity, ...]] = tuple,
 ) -> Heartbeat:
     """Register a starting worker (taking over a dead incarnation's flows) and start beating.
 
@@ -80,6 +82,7 @@ async def begin_presence(
         record=record,
         flow_types=flow_types,
         on_displaced=on_displaced,
+        activity=activity,
     )
     heart.start()
     return heart

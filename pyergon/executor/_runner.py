@@ -25,8 +25,10 @@ from pyergon._context import (
     LogConflict,
     Position,
     ReplayEnded,
+    StepScope,
     flow_scope,
 )
+from pyergon._output import capture_step_output
 from pyergon.clock import Clock
 from pyergon.core.outcome import Completed, FlowOutcome, Suspended, SuspendReason
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
@@ -95,6 +97,8 @@ class FlowRun:
             and the seconds until the next (``None``: the flow failed); a worker logs it.
         on_step_retry: See ``FlowContext.on_step_retry``.
         thread_pool: Runs the bodies of ``def`` steps; ``None``: the loop's default executor.
+        running_steps: Where the run's step attempts are listed while they run (a worker's
+            :class:`~pyergon.executor._live.LiveSteps`); ``None``: the run's own.
     """
 
     flow: Any
@@ -114,6 +118,7 @@ class FlowRun:
     on_attempt_failed: Callable[[BaseException, int, float | None], None] | None = None
     on_step_retry: Callable[[str, BaseException, int, float], None] | None = None
     thread_pool: Executor | None = None
+    running_steps: dict[tuple[str, int], StepScope] | None = None
 
 
 async def read_log(storage: ExecutionLog, flow_id: str) -> dict[Position, Invocation]:
@@ -142,6 +147,7 @@ async def drive_flow(run: FlowRun) -> FlowOutcome[Any]:
     """
     attempt = run.attempt
     log = run.log if run.log is not None else await read_log(run.storage, run.flow_id)
+    capture_step_output()
     while True:
         context = FlowContext(
             flow_id=run.flow_id,
@@ -156,6 +162,8 @@ async def drive_flow(run: FlowRun) -> FlowOutcome[Any]:
             on_step_retry=run.on_step_retry,
             thread_pool=run.thread_pool,
         )
+        if run.running_steps is not None:
+            context.running_steps = run.running_steps
         try:
             outcome = await _attempt(run, context, attempt)
         except LogConflict:

@@ -7,8 +7,9 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pyergon._context import FlowContext, Position, enter_step, leave_step
-from pyergon.core.records import Invocation, StoredError
+from pyergon._context import FlowContext, Position, StepScope, enter_step, leave_step
+from pyergon._output import finished_output
+from pyergon.core.records import Invocation, StepProgress, StoredError
 from pyergon.core.retry import RetryPolicy
 from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.errors import StepTimeoutError
@@ -72,6 +73,8 @@ async def run_step(
     attempts = record.attempts if record is not None else 0
     started_at = record.started_at if record is not None else None
     call = StepCall(context, position, name, args_hash, started_at or context.clock.now())
+    if record is not None:  # a step retried after a crash keeps what earlier attempts printed
+        call.output, call.progress = record.output, record.progress
     task = context.track()
     try:
         return await attempt_until_final(call, body, policy, attempts, timeout)
@@ -92,6 +95,18 @@ class StepCall:
     name: str
     args_hash: str
     started_at: float
+    output: str | None = None
+    """What the step's attempts printed so far (see :mod:`pyergon._output`)."""
+    progress: StepProgress | None = None
+    """The last progress an attempt reported."""
+
+    def attempt_ended(self, attempt: StepScope, number: int) -> None:
+        """Keep what attempt ``number`` printed and the last progress it reported."""
+        tail = attempt.output
+        if tail is not None:
+            self.output = finished_output(self.output, tail, number)
+        if attempt.progress is not None:
+            self.progress = attempt.progress
 
     def record(
         self,
@@ -117,6 +132,8 @@ class StepCall:
             attempts=attempts,
             started_at=self.started_at,
             completed_at=self.context.clock.now() if status.is_final else None,
+            output=self.output,
+            progress=self.progress,
         )
 
 
@@ -129,10 +146,13 @@ async def attempt_until_final(
     stopped on a line that uses ``body``, and reads its ``call``: keep those names.
     """
     context, position, name = call.context, call.position, call.name
+    running, key = context.running_steps, (context.flow_id, position[0])
     while True:
         context.check_lease()  # no attempt starts once another worker may hold the flow
         attempts += 1
-        scope = enter_step(position[0])
+        attempt = StepScope(position[0], name, context.clock.now())
+        scope = enter_step(attempt)
+        running[key] = attempt
         try:
             if timeout is None:
                 result = await body()
@@ -140,6 +160,8 @@ async def attempt_until_final(
                 result = await _with_timeout(context, position, name, body, timeout)
         except Exception as error:
             leave_step(scope)
+            del running[key]
+            call.attempt_ended(attempt, attempts)
             stored_error = StoredError.describe(
                 error, serialize_exception(context.serializer, error)
             )
@@ -156,8 +178,11 @@ async def attempt_until_final(
             continue
         except BaseException:
             leave_step(scope)
+            running.pop(key, None)
             raise
         leave_step(scope)
+        del running[key]
+        call.attempt_ended(attempt, attempts)
         payload = context.dumps(
             result, lambda: f"the result of step {name!r} of {context.describe(position)}"
         )

@@ -23,7 +23,7 @@ from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import FlowOutcome, Suspended, SuspendReason
 from pyergon.core.query import ClaimRequest
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
-from pyergon.core.workers import WorkerRecord, default_worker_id
+from pyergon.core.workers import StepActivity, WorkerRecord, default_worker_id
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import (
     CorruptStorageError,
@@ -45,6 +45,7 @@ from pyergon.executor._leases import (
     check_lease_seconds,
     release_quietly,
 )
+from pyergon.executor._live import LiveSteps
 from pyergon.executor._registration import begin_presence, end_presence, served_elsewhere
 from pyergon.executor._runner import FlowRun, drive_flow, log_by_position, stored_outcome
 from pyergon.executor._talk import FlowTalk, served_in_process, serving
@@ -154,6 +155,7 @@ class Worker:
         self._leases = LeaseKeeper(storage, worker_id, lease_seconds, self.clock)
         self._heart: Heartbeat | None = None
         self._threads: ThreadPoolExecutor | None = None
+        self._live = LiveSteps()
         self._lookahead = _TIMER_LOOKAHEAD if isinstance(self.clock, SystemClock) else 0.0
         self._registry: dict[str, type] = {}
         self._entries: dict[str, str] = {}
@@ -183,6 +185,10 @@ class Worker:
     def running_flow_ids(self) -> list[str]:
         """Ids of the flows this worker runs now, sorted."""
         return sorted(self._running)
+
+    def activity(self) -> tuple[StepActivity, ...]:
+        """The steps this worker runs now with their last progress, oldest first."""
+        return self._live.activity()
 
     @property
     def registered_types(self) -> list[str]:
@@ -230,6 +236,7 @@ class Worker:
             clock=self.clock,
             lease_clock=self._leases.clock,
             on_displaced=self._displaced,
+            activity=self._live.activity,
         )
         self._threads = ThreadPoolExecutor(
             self.max_concurrent_flows, thread_name_prefix=f"pyergon-{self.worker_id}"
@@ -525,6 +532,7 @@ class Worker:
                     on_attempt_failed=talk.attempt_failed,
                     on_step_retry=talk.step_retry,
                     thread_pool=self._threads,
+                    running_steps=self._live.steps,
                 )
             )
         except asyncio.CancelledError:

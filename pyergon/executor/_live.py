@@ -1,0 +1,42 @@
+"""The step attempts a worker runs right now, for its heartbeat and its monitor to show.
+
+Every flow a worker runs lists its running step attempts in one shared mapping (the flows'
+``FlowContext.running_steps``). Reading it is safe from the heartbeat's thread: the mapping is
+copied in one call, under the GIL, and each attempt's fields are single attribute reads.
+"""
+
+from __future__ import annotations
+
+from pyergon._context import StepScope
+from pyergon.core.records import format_position
+from pyergon.core.workers import StepActivity
+
+__all__ = ["LiveSteps"]
+
+
+class LiveSteps:
+    """The step attempts running in one worker's flows, by flow id and position."""
+
+    __slots__ = ("steps",)
+
+    def __init__(self) -> None:
+        self.steps: dict[tuple[str, int], StepScope] = {}
+        """Filled and emptied by the runs themselves (``executor/_steps.py``)."""
+
+    def activity(self) -> tuple[StepActivity, ...]:
+        """What runs now, oldest attempt first, as the worker's heartbeat stores it."""
+        running = list(self.steps.items())
+        return tuple(
+            StepActivity(
+                flow_id=flow_id,
+                position=format_position(sequence),
+                step=attempt.name,
+                started_at=attempt.started_at,
+                progress=attempt.progress,
+            )
+            for (flow_id, sequence), attempt in sorted(running, key=_started)
+        )
+
+
+def _started(item: tuple[tuple[str, int], StepScope]) -> float:
+    return item[1].started_at
