@@ -49,9 +49,10 @@ __all__ = [
     "current_idempotency_key",
     "current_step",
     "enter_detached_step",
+    "enter_flow",
     "enter_step",
-    "flow_scope",
     "in_step",
+    "leave_flow",
     "leave_step",
     "require_context",
 ]
@@ -212,9 +213,10 @@ class FlowContext:
     on_step_retry: Callable[[str, BaseException, int, float], None] | None = None
     thread_pool: Executor | None = None
     abandoned_threads: dict[Position, asyncio.Future[Any]] | None = None
-    running_steps: dict[tuple[str, int], StepScope] = field(default_factory=dict)
+    running_steps: dict[tuple[str, int], StepScope] | None = None
     """The step attempts running now, by flow id and position: a worker shares one among its
-    flows, so its heartbeat and a monitor can show what runs (see ``executor/_live.py``)."""
+    flows, so its heartbeat and a monitor can show what runs (see ``executor/_live.py``);
+    ``None`` in a direct run, where nothing reads them."""
     replayed_count: int = 0
     """Final records this run returned instead of doing the work again."""
     unsaved: list[Invocation] = field(default_factory=list)
@@ -248,7 +250,8 @@ class FlowContext:
             await self.save()
         if self.cancellation is not None and await self.cancellation.requested():
             raise FlowCancelled(f"flow {self.flow_id!r} was cancelled on request")
-        self.check_lease()
+        if self.lease is not None:  # check_lease(), inlined: a call is ~900 instructions
+            self.lease.check()
 
     def check_lease(self) -> None:
         """Stop the run if its lease may have run out: call before live work and writes.
@@ -439,7 +442,8 @@ class FlowContext:
         if not self.unsaved and end is None:
             self.unsaved_results = False
             return None
-        self.check_lease()
+        if self.lease is not None:  # check_lease(), inlined (see before_live_work)
+            self.lease.check()
         records, self.unsaved = self.unsaved, []
         self.unsaved_results = False
         self._saving = True
@@ -585,16 +589,18 @@ def in_step() -> bool:
     return scope is not None and scope.sequence > 0
 
 
-@contextmanager
-def flow_scope(context: FlowContext) -> Iterator[None]:
-    """Make ``context`` the running flow for the duration of the block."""
-    flow_token = _current_context.set(context)
-    step_token = _current_step.set(None)
-    try:
-        yield
-    finally:
-        _current_step.reset(step_token)
-        _current_context.reset(flow_token)
+FlowScope = tuple[Token[FlowContext | None], Token[StepScope | None]]
+
+
+def enter_flow(context: FlowContext) -> FlowScope:
+    """Make ``context`` the running flow (outside any step) until :func:`leave_flow`."""
+    return _current_context.set(context), _current_step.set(None)
+
+
+def leave_flow(scope: FlowScope) -> None:
+    """End what :func:`enter_flow` started."""
+    _current_step.reset(scope[1])
+    _current_context.reset(scope[0])
 
 
 def enter_step(attempt: StepScope) -> Token[StepScope | None]:

@@ -8,7 +8,8 @@ layer                 modules
 base                  ``_version``, ``errors`` (the exception tree), ``clock``
 core                  ``core.*``: value types and the flow state machine, pure, no I/O
 storage               ``_hashing``, ``serialization``, ``storage.*``: payloads, the backends
-runtime               ``_context``, ``decorators``, ``determinism``, ``executor.*``: running flows
+runtime               ``_context``, ``_output``, ``_progress``, ``decorators``, ``determinism``,
+                      ``executor.*``: running flows
 read and operate      ``history``, ``_history_html``, ``management``: records, DataFrames, HTML of
                       a history; cancel, resume, retry, fork, replay
 fronts                ``cli.*``, ``notebook.*``, ``_front`` (``pyergon.run``), ``demo``,
@@ -35,7 +36,14 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("storage", ("pyergon._hashing", "pyergon.serialization", "pyergon.storage")),
     (
         "runtime",
-        ("pyergon._context", "pyergon.decorators", "pyergon.determinism", "pyergon.executor"),
+        (
+            "pyergon._context",
+            "pyergon._output",
+            "pyergon._progress",
+            "pyergon.decorators",
+            "pyergon.determinism",
+            "pyergon.executor",
+        ),
     ),
     ("read and operate", ("pyergon.history", "pyergon._history_html", "pyergon.management")),
     (

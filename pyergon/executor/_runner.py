@@ -26,7 +26,8 @@ from pyergon._context import (
     Position,
     ReplayEnded,
     StepScope,
-    flow_scope,
+    enter_flow,
+    leave_flow,
 )
 from pyergon._output import capture_step_output
 from pyergon.clock import Clock
@@ -161,9 +162,8 @@ async def drive_flow(run: FlowRun) -> FlowOutcome[Any]:
             lease=run.lease,
             on_step_retry=run.on_step_retry,
             thread_pool=run.thread_pool,
+            running_steps=run.running_steps,
         )
-        if run.running_steps is not None:
-            context.running_steps = run.running_steps
         try:
             outcome = await _attempt(run, context, attempt)
         except LogConflict:
@@ -285,7 +285,10 @@ def _encode_result(run: FlowRun, result: Any) -> bytes | None:
 
 
 async def _run_body(context: FlowContext, run: FlowRun) -> Any:
-    with flow_scope(context):
+    # Entered and left by hand: a ``with`` on a generator-based context manager costs about
+    # 3,000 instructions a run (benchmarks/README.md).
+    scope = enter_flow(context)
+    try:
         context.root_task = asyncio.current_task()
         try:
             try:
@@ -313,6 +316,8 @@ async def _run_body(context: FlowContext, run: FlowRun) -> Any:
         finally:
             if context.abandoned_threads:  # the run does not end while a step's thread runs
                 await wait_for_abandoned(context)
+    finally:
+        leave_flow(scope)
     if context.nondeterminism is not None:
         raise context.nondeterminism
     return result
