@@ -27,7 +27,10 @@ __all__ = [
     "RED",
     "escape",
     "history_html",
+    "last_lines",
     "lease_loss_note",
+    "line_count",
+    "output_lines",
     "seconds",
 ]
 
@@ -75,6 +78,41 @@ def lease_loss_note(flow: ScheduledFlow) -> str | None:
         return None
     last = f" (last by {flow.last_lost_by})" if flow.last_lost_by is not None else ""
     return f"lease lost \u00d7{flow.lease_losses}{last}"
+
+
+_TERMINAL_CODES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+"""Terminal escape sequences (colours, cursor moves, titles) that printed text may hold."""
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def output_lines(text: str | None) -> list[str]:
+    """What a step printed, as lines a terminal would show.
+
+    Lines end at new lines only; a carriage return starts its line again (a progress bar
+    redrawn in place shows its last state); escape sequences and other control characters
+    are dropped, so no view can be restyled or moved about by what a step printed.
+    """
+    if not text:
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [
+        _CONTROLS.sub("", _TERMINAL_CODES.sub("", line.rstrip("\r").rpartition("\r")[2]))
+        for line in lines
+    ]
+
+
+def line_count(text: str | None) -> int:
+    """How many lines ``text`` holds (a last line without its new line counts)."""
+    return len(output_lines(text))
+
+
+def last_lines(text: str | None, count: int) -> tuple[list[str], int]:
+    """The last ``count`` of :func:`output_lines` of ``text``, and how many come before them."""
+    lines = output_lines(text)
+    shown = lines[-count:] if count > 0 else []
+    return shown, len(lines) - len(shown)
 
 
 def seconds(value: float) -> str:

@@ -25,7 +25,7 @@ from pyergon.core.records import (
 )
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.workers import StepActivity, running_steps, unserved_types
-from pyergon.errors import FlowNotFoundError, PyergonError
+from pyergon.errors import FlowNotFoundError, PyergonError, StepNotFoundError
 from pyergon.executor.executor import validate_flow_id
 from pyergon.storage.base import WorkerRegistry
 
@@ -151,6 +151,55 @@ class FlowHistory:
         """The step running now at ``position`` (``"3"``, ``"3.1"``), if one is."""
         return next((each for each in self.running if each.position == position), None)
 
+    def find_steps(self, step: str | int) -> tuple[Invocation, ...]:
+        """The step records ``step`` names, running steps included (see :attr:`records_now`).
+
+        Args:
+            step: A position (``3``, ``"3"``, ``"3.1"``) or a step name; a name called several
+                times names every call, by position.
+
+        Raises:
+            StepNotFoundError: The flow has no such step; the message lists its steps.
+            TypeError: ``step`` is neither text nor a whole number.
+        """
+        if isinstance(step, bool) or not isinstance(step, str | int):
+            raise TypeError(
+                f"a step is named by its name or its position (3 or '3'), got "
+                f"{type(step).__name__} {step!r}"
+            )
+        steps = [record for record in self.records_now if record.kind is OperationKind.STEP]
+        wanted = str(step)
+        found = tuple(record for record in steps if record.position == wanted)
+        if not found and isinstance(step, str):
+            found = tuple(record for record in steps if record.name == step)
+        if not found:
+            listed = [f"{record.position} {record.name}" for record in steps]
+            raise StepNotFoundError(self.flow.flow_id, step, listed)
+        return found
+
+    def output(self, step: str | int | None = None) -> str:
+        """What the flow's steps printed (stdout and stderr), as recorded.
+
+        Args:
+            step: One step, by position or name (see :meth:`find_steps`); ``None``: every step
+                that printed, each headed by a line ``==> 3 crunch <==``.
+
+        Returns:
+            The text, ``""`` where nothing was printed. A step's attempts after the first
+            start with a line ``── attempt N ──``.
+
+        Raises:
+            StepNotFoundError: ``step`` names no step of the flow.
+        """
+        if step is None:
+            records = tuple(r for r in self.records_now if r.kind is OperationKind.STEP)
+            printed = [record for record in records if record.output]
+            return "".join(_headed(record) for record in printed)
+        found = self.find_steps(step)
+        if len(found) == 1:
+            return found[0].output or ""
+        return "".join(_headed(record) for record in found)
+
     def invocations_frame(self) -> pd.DataFrame:
         """The records as a DataFrame (see :func:`invocations_frame`)."""
         return invocations_frame(self.invocations)
@@ -196,6 +245,14 @@ async def load_history(storage: ExecutionLog, flow_id: str) -> FlowHistory:
             if not flow.status.is_final:
                 running = running_steps(workers, now).get(flow_id, ())
     return FlowHistory(flow, tuple(invocations), tuple(signals), tuple(children), unserved, running)
+
+
+def _headed(record: Invocation) -> str:
+    """A step's output after a line naming it, ending in a new line."""
+    text = record.output or ""
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return f"==> {record.position} {record.name} <==\n{text}"
 
 
 def _with_progress(record: Invocation, activity: StepActivity | None) -> Invocation:
