@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pyergon._history_html import last_lines, lease_loss_note, line_count
+from pyergon._history_html import OUTPUT_LINES, last_lines, lease_loss_note, line_count
 from pyergon.core.records import (
     Invocation,
     ScheduledFlow,
@@ -54,8 +54,6 @@ _STATUS_STYLES: Mapping[str, str] = {
 }
 _TIMELINE_WIDTH = 32
 """Characters of the timeline's lane; the whole life of the flow spans it."""
-_OUTPUT_LINES = 20
-"""Lines of each step's output that ``pyergon show`` prints; ``pyergon output`` prints all."""
 _PROGRESS_WIDTH = 20
 """Characters of a running step's progress bar."""
 _WAITING_KIND = {
@@ -295,7 +293,7 @@ def history_view(history: FlowHistory, now: float) -> list[RenderableType]:
 
     Steps running now (from the live workers' heartbeats) are listed with their records, how
     long they have run and their progress; each step that printed shows its last
-    :data:`_OUTPUT_LINES` lines.
+    :data:`OUTPUT_LINES` lines.
 
     Args:
         history: The flow as :func:`~pyergon.history.load_history` read it.
@@ -364,7 +362,7 @@ def _output_lines(history: FlowHistory) -> list[str]:
     for record in history.records_now:
         if not record.output:
             continue
-        shown, earlier = last_lines(record.output, _OUTPUT_LINES)
+        shown, earlier = last_lines(record.output, OUTPUT_LINES)
         lines.append(f"  [bold]{record.position} {_escape(record.name)}[/]")
         if earlier:
             command = f"pyergon output {quote(history.flow.flow_id)} {record.position}"

@@ -13,7 +13,14 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pyergon._history_html import FLOW_COLOURS, GREEN, RED, escape, lease_loss_note
+from pyergon._history_html import (
+    FLOW_COLOURS,
+    GREEN,
+    RED,
+    escape,
+    lease_loss_note,
+    progress_bar_html,
+)
 from pyergon.core.query import FlowQuery
 from pyergon.core.status import TaskStatus
 from pyergon.core.workers import unserved_types
@@ -144,7 +151,7 @@ class MonitorSnapshot:
         )
         parts = [f"<b>pyergon monitor</b>: {escape(self.progress)}"]
         if progress_bar:
-            parts.append(_progress_bar(self.final, self.total))
+            parts.append(progress_bar_html(self.final / self.total if self.total else 0.0))
         parts.append(f"<table><tr>{cells}</tr></table>")
         parts.append(_workers_html(self.workers))
         parts.append(_lost_leases_html(self.lost_leases))
@@ -155,15 +162,6 @@ class MonitorSnapshot:
             )
         parts.append(_errors_html(self.errors))
         return f'<div class="pyergon-monitor">{"".join(parts)}</div>'
-
-
-def _progress_bar(done: int, total: int) -> str:
-    percent = 100 * done / total if total else 0
-    return (
-        '<div style="width:320px;height:10px;background:rgba(128,128,128,0.25);'
-        f'border-radius:3px;margin:4px 0"><div style="width:{percent:.1f}%;height:10px;'
-        f'background:{GREEN};border-radius:3px"></div></div>'
-    )
 
 
 def _workers_html(workers: tuple[WorkerState, ...]) -> str:
