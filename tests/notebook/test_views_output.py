@@ -10,16 +10,19 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from pyergon._history_html import AMBER
 from pyergon.core.records import StepProgress
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.core.workers import StepActivity
 from pyergon.history import FlowHistory
+from pyergon.notebook.views import timeline_from_histories
 from pyergon.testing import make_flow, make_invocation
 
 HOSTILE = "<script>alert('out')</script> \x1b[31mred\x1b[0m"
 PRINTED = "".join(f"part {number}\n" for number in range(1, 26)) + HOSTILE + "\n"
 """What step 1 printed: 26 lines, the last one hostile."""
 START = 1_000.0
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 @pytest.fixture
@@ -71,3 +74,57 @@ def test_a_history_shows_each_steps_output_collapsed_and_the_progress_of_running
     assert "37/100 · loading Jan" in "".join(rows[2].itertext())
     assert "1/4 · fold 1" in "".join(rows[1].itertext())
     assert "printed 1 line" in "".join(rows[1].itertext())  # the failed attempt's output
+
+
+def marks_of(svg: ET.Element) -> dict[str, ET.Element]:
+    return {
+        group.attrib["data-position"]: group
+        for group in svg.iter(f"{SVG}g")
+        if "pyergon-record" in group.attrib.get("class", "").split()
+    }
+
+
+def test_the_timeline_draws_running_steps_to_now_with_their_progress(busy: FlowHistory) -> None:
+    timeline = timeline_from_histories(busy, now=START + 10)
+
+    svg = ET.fromstring(timeline.svg())
+
+    marks = marks_of(svg)
+    assert sorted(marks) == ["1", "2", "3"]
+    crunch = marks["3"]
+    assert "pyergon-running" in crunch.attrib["class"].split()
+    assert "pyergon-running" not in marks["1"].attrib["class"].split()
+    bar, fill = crunch.iter(f"{SVG}rect")
+    assert bar.attrib["fill"] == AMBER  # the legend's "running"
+    assert fill.attrib["class"] == "pyergon-progress"
+    assert fill.attrib["x"] == bar.attrib["x"]
+    assert float(fill.attrib["width"]) == pytest.approx(0.37 * float(bar.attrib["width"]), abs=0.2)
+    now_line = next(g for g in svg.iter(f"{SVG}g") if g.attrib.get("class") == "pyergon-now")
+    bar_end = float(bar.attrib["x"]) + float(bar.attrib["width"])
+    assert float(next(now_line.iter(f"{SVG}line")).attrib["x1"]) == pytest.approx(bar_end, abs=0.2)
+    assert crunch.findtext(f"{SVG}title") == "3 STEP crunch: running, 37/100 · loading Jan"
+
+
+def test_a_steps_tooltip_ends_with_its_last_output_lines(busy: FlowHistory) -> None:
+    svg = ET.fromstring(timeline_from_histories(busy).svg())
+
+    title = marks_of(svg)["1"].findtext(f"{SVG}title") or ""
+
+    head, printed = title.split("\n", 1)
+    assert head == "1 STEP load: COMPLETE, 2.000s, 25/25 · all parts"
+    assert printed.splitlines() == [
+        "printed (… 16 earlier):",
+        *(f"part {number}" for number in range(17, 26)),
+        "<script>alert('out')</script> red",
+    ]
+    assert "<script" not in timeline_from_histories(busy).svg()
+
+
+def test_the_timeline_text_lists_running_steps_with_their_progress(busy: FlowHistory) -> None:
+    assert repr(timeline_from_histories(busy)).splitlines() == [
+        "Timeline of 1 flow",
+        "busy (Crunch) RUNNING, 3 records",
+        "      1  STEP    load    COMPLETE               2.000s",
+        "      2  STEP    fit     PENDING               running  1/4 · fold 1",
+        "      3  STEP    crunch  PENDING               running  37/100 · loading Jan",
+    ]
