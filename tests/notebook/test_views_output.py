@@ -6,17 +6,24 @@ tested on its own; escaping is checked with output that holds markup and termina
 
 from __future__ import annotations
 
+import re
+import time
 import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
 
 import pytest
 
 from pyergon._history_html import AMBER
+from pyergon.core.changes import Change
 from pyergon.core.records import StepProgress
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.core.workers import StepActivity
 from pyergon.history import FlowHistory
-from pyergon.notebook.views import timeline_from_histories
-from pyergon.testing import make_flow, make_invocation
+from pyergon.notebook import Session
+from pyergon.notebook.views import Monitor, timeline_from_histories
+from pyergon.storage.base import WorkerRegistry
+from pyergon.storage.memory import InMemoryExecutionLog
+from pyergon.testing import make_flow, make_invocation, make_worker
 
 HOSTILE = "<script>alert('out')</script> \x1b[31mred\x1b[0m"
 PRINTED = "".join(f"part {number}\n" for number in range(1, 26)) + HOSTILE + "\n"
@@ -128,3 +135,92 @@ def test_the_timeline_text_lists_running_steps_with_their_progress(busy: FlowHis
         "      2  STEP    fit     PENDING               running  1/4 · fold 1",
         "      3  STEP    crunch  PENDING               running  37/100 · loading Jan",
     ]
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[Session]:
+    session = Session(InMemoryExecutionLog())
+    try:
+        yield session
+    finally:
+        await session.close()
+
+
+async def a_worker_runs(session: Session, *activity: StepActivity) -> None:
+    """Store a live worker whose last heartbeat says it runs ``activity``."""
+    now = time.time()
+    worker = make_worker("elsewhere", flow_types=("Crunch",), last_beat=now, lease_seconds=3600)
+    storage = session.storage
+    assert isinstance(storage, WorkerRegistry)
+    await storage.put_worker(worker.beating(now, activity=activity), replacing=None)
+
+
+async def test_the_monitor_lists_running_steps_with_their_progress(session: Session) -> None:
+    started = time.time() - 12
+    await a_worker_runs(
+        session,
+        StepActivity("busy", "3", "crunch", started, StepProgress(37, 100, "loading Jan")),
+        StepActivity("other", "1", "count", started + 1, StepProgress(5)),
+        StepActivity("other", "2", "<b>bold</b>", started + 2),
+    )
+
+    monitor = await session.monitor()
+
+    lines = repr(monitor).splitlines()
+    start = lines.index("  running steps: 3")
+    assert lines[start + 1 : start + 4] == [
+        "    busy 3 crunch: 37/100 · loading Jan",
+        "    other 1 count: 5",
+        "    other 2 <b>bold</b>",
+    ]
+    assert repr(await session.monitor()) == repr(monitor)  # no elapsed time in the text
+    page = monitor._repr_html_()
+    table = page[page.index('<table class="pyergon-running">') :].split("</table>")[0]
+    rows = re.findall(r"<tr><td>(.*?)</td></tr>", table)
+    assert len(rows) == 3
+    assert rows[0].startswith("<code>busy</code></td><td>3 crunch</td><td>12.")
+    assert rows[0].endswith("37/100 · loading Jan")
+    assert "width:37.0%" in rows[0]
+    assert "2 &lt;b&gt;bold&lt;/b&gt;" in rows[2] and "<b>" not in table
+
+
+async def test_the_monitor_counts_running_steps_beyond_the_ten_it_lists(session: Session) -> None:
+    now = time.time()
+    await a_worker_runs(
+        session, *(StepActivity(f"f{n:02d}", "1", "step", now - 20 + n) for n in range(12))
+    )
+
+    monitor = await session.monitor()
+
+    text = repr(monitor)
+    assert "  running steps: 12" in text
+    assert "    f09 1 step" in text and "f10" not in text
+    assert "    … 2 more" in text
+    assert "… 2 more" in monitor._repr_html_()
+
+
+async def test_the_monitor_shows_the_last_lines_running_steps_printed_when_asked(
+    session: Session,
+) -> None:
+    await session.storage.create_flow(make_flow("busy", flow_type="Crunch"))
+    printed = "".join(f"line {n}\n" for n in range(1, 9)) + HOSTILE
+    retried = make_invocation(3, flow_id="busy", name="crunch", attempts=1, output=printed)
+    await session.storage.apply(Change(records=(retried,)))
+    await a_worker_runs(session, StepActivity("busy", "3", "crunch", time.time()))
+
+    quiet = await Monitor(session)
+    loud = await Monitor(session, output=True)
+
+    assert "line 8" not in repr(quiet)
+    lines = repr(loud).splitlines()
+    start = lines.index("    busy 3 crunch")
+    assert lines[start + 1 : start + 6] == [
+        "      | line 5",
+        "      | line 6",
+        "      | line 7",
+        "      | line 8",
+        "      | <script>alert('out')</script> red",
+    ]
+    page = loud._repr_html_()
+    assert "<script" not in page and "&lt;script&gt;" in page
+    assert '<pre class="pyergon-output" style="margin:0">line 5\nline 6\n' in page
