@@ -5,6 +5,7 @@ survives crashes, sleeps on durable timers and waits for signals, then resumes w
 
     from pyergon import flow, flow_type, step, Executor
 
+From a script, ``pyergon.run(Flow(...))`` runs one flow to its end and returns its result.
 In IPython or Jupyter, ``%load_ext pyergon`` adds the ``%pyergon`` magic.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pyergon._context import current_idempotency_key as idempotency_key
+from pyergon._front import run
 from pyergon._version import __version__
 from pyergon.core import Completed, FlowOutcome, RetryPolicy, Suspended
 from pyergon.decorators import flow, flow_type, step
@@ -27,9 +29,11 @@ from pyergon.errors import (
     RetryableError,
     SerializationError,
     StepFailedError,
+    StepProcessError,
     StepTimeoutError,
     StorageError,
 )
+from pyergon.executor._offload import block_on
 from pyergon.executor.executor import Executor
 from pyergon.executor.scheduler import Scheduler
 from pyergon.executor.signal import await_external_signal, send_signal
@@ -58,6 +62,7 @@ __all__ = [
     "SerializationError",
     "Session",
     "StepFailedError",
+    "StepProcessError",
     "StepTimeoutError",
     "StorageError",
     "Suspended",
@@ -65,6 +70,7 @@ __all__ = [
     "WorkerHandle",
     "__version__",
     "await_external_signal",
+    "block_on",
     "flow",
     "flow_type",
     "idempotency_key",
@@ -72,6 +78,7 @@ __all__ = [
     "now",
     "open_storage",
     "random",
+    "run",
     "schedule_timer",
     "schedule_timer_named",
     "send_signal",

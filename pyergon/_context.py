@@ -26,6 +26,8 @@ from pyergon.errors import NonDeterminismError, PyergonError, StorageError
 from pyergon.serialization import Serializer, dumps_for
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from pyergon.core.outcome import FlowOutcome
     from pyergon.core.transitions import RunEnd
     from pyergon.storage._flows import HeldFlow
@@ -44,6 +46,7 @@ __all__ = [
     "StepScope",
     "current_context",
     "current_idempotency_key",
+    "enter_detached_step",
     "enter_step",
     "flow_scope",
     "in_step",
@@ -173,6 +176,9 @@ class FlowContext:
             expires.
         on_step_retry: Told of a step attempt that raised and runs again: the step's name,
             the error, the attempt and the seconds until the next; a worker logs it.
+        thread_pool: Runs the bodies of ``def`` steps; ``None``: the loop's default executor.
+        abandoned_threads: Threads of timed-out ``def`` step attempts, by step position: no
+            retry of the step, and no end of the run, starts before they return.
     """
 
     flow_id: str
@@ -190,6 +196,8 @@ class FlowContext:
     replay_only: bool = False
     lease: LeaseCheck | None = None
     on_step_retry: Callable[[str, BaseException, int, float], None] | None = None
+    thread_pool: Executor | None = None
+    abandoned_threads: dict[Position, asyncio.Future[Any]] | None = None
     replayed_count: int = 0
     """Final records this run returned instead of doing the work again."""
     unsaved: list[Invocation] = field(default_factory=list)
@@ -503,6 +511,8 @@ class FlowContext:
 
 _current_context: ContextVar[FlowContext | None] = ContextVar("pyergon_flow", default=None)
 _current_step: ContextVar[StepScope | None] = ContextVar("pyergon_step", default=None)
+_detached_step_key: ContextVar[str | None] = ContextVar("pyergon_detached_step", default=None)
+"""The idempotency key of a step whose body runs apart from its flow (in a process of its own)."""
 
 
 def current_context() -> FlowContext | None:
@@ -537,11 +547,19 @@ def current_idempotency_key() -> str:
     context = _current_context.get()
     scope = _current_step.get()
     if context is None or scope is None or scope.sequence <= 0:
+        detached = _detached_step_key.get()
+        if detached is not None:
+            return detached
         raise PyergonError(
             "idempotency_key() needs a running step: call it from the body of a @step method "
             "run by an Executor or a Worker"
         )
     return f"{context.flow_id}:{format_position(scope.sequence)}"
+
+
+def enter_detached_step(idempotency_key: str) -> None:
+    """Make ``idempotency_key`` the running step's key in a process running only its body."""
+    _detached_step_key.set(idempotency_key)
 
 
 def in_step() -> bool:

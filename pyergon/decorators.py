@@ -1,7 +1,8 @@
 """The three decorators that turn a dataclass into a durable flow: flow_type, flow and step.
 
 ``@step`` wraps the method in a plain function that takes the step's log position as soon as it
-is *called* and returns a coroutine; outside a running flow the method just runs. ``@flow``
+is *called* and returns a coroutine; outside a running flow the method just runs. A ``def``
+step's body runs off the event loop (see :mod:`pyergon.executor._offload`). ``@flow``
 marks the entry method, ``@flow_type`` marks the class and gives it ``invoke`` for child flows.
 """
 
@@ -13,12 +14,14 @@ import inspect
 import math
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from pyergon._context import current_context, in_step
 from pyergon.core.retry import RetryPolicy
 from pyergon.errors import FlowDefinitionError
 from pyergon.executor._child import ChildHandle, start_child
+from pyergon.executor._offload import in_step_thread, run_in_thread
+from pyergon.executor._process import run_in_process
 from pyergon.executor._steps import run_step
 
 __all__ = [
@@ -40,6 +43,12 @@ S = TypeVar("S")
 C = TypeVar("C", bound=type)
 
 Method = Callable[Concatenate[S, P], Coroutine[Any, Any, R]]
+SyncMethod = Callable[Concatenate[S, P], R]
+
+Isolation = Literal["thread", "process"]
+"""Where a ``def`` step's body runs: a thread of the flow's pool, or a process of its own."""
+
+_ISOLATIONS = ("thread", "process")
 
 _FLOW_TYPE_ATTR = "__pyergon_flow_type__"
 _FLOW_ATTR = "__pyergon_flow__"
@@ -54,11 +63,14 @@ class StepSpec:
         name: The step's recorded name (the method name unless given).
         retry_policy: How failing attempts are retried; ``None`` means once.
         timeout: Seconds an attempt may run, or ``None``.
+        isolate: Where a ``def`` step's body runs (``None``: a thread, or the loop for an
+            ``async def`` step).
     """
 
     name: str
     retry_policy: RetryPolicy | None = None
     timeout: float | None = None
+    isolate: Isolation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,33 +99,67 @@ def _require_async(function: Callable[..., Any], decorator: str) -> None:
         )
 
 
+class _StepDecorator(Protocol):
+    """What ``@step(...)`` with options returns: applied to an ``async def`` or a ``def``."""
+
+    @overload
+    def __call__(self, method: Method[S, P, R], /) -> Method[S, P, R]: ...
+
+    @overload
+    def __call__(self, method: SyncMethod[S, P, R], /) -> Method[S, P, R]: ...
+
+
+# An async method matches both signatures; the first that matches wins, so an async step keeps
+# its own result type rather than a coroutine of one.
 @overload
 def step(function: Method[S, P, R], /) -> Method[S, P, R]: ...
 
 
 @overload
+def step(function: SyncMethod[S, P, R], /) -> Method[S, P, R]: ...
+
+
+@overload
 def step(
     *,
     retry_policy: RetryPolicy | None = None,
     timeout: float | None = None,
     name: str | None = None,
-) -> Callable[[Method[S, P, R]], Method[S, P, R]]: ...
+    isolate: Isolation | None = None,
+) -> _StepDecorator: ...
 
 
 def step(
-    function: Method[S, P, R] | None = None,
+    function: Callable[..., Any] | None = None,
     /,
     *,
     retry_policy: RetryPolicy | None = None,
     timeout: float | None = None,
     name: str | None = None,
-) -> Method[S, P, R] | Callable[[Method[S, P, R]], Method[S, P, R]]:
-    """Mark an async method as a durable step.
+    isolate: Isolation | None = None,
+) -> Any:
+    """Mark a method (``async def`` or plain ``def``) as a durable step.
 
     Inside a running flow, each call takes the next log position when it is made; its result
     (or error) is recorded, and a replay returns the record instead of running the body again.
-    Outside a flow the method runs as if undecorated. Called from inside another step's body,
-    a step runs inline as part of that step.
+    Called from inside another step's body, a step runs inline as part of that step.
+
+    A ``def`` step is awaited like an async one (``x = await self.load()``), but its body runs
+    in a thread (the worker's pool, sized to its ``max_concurrent_flows``), so the event loop
+    and the lease heartbeats stay free. Pure-Python CPU work still shares the interpreter lock
+    with the loop; for that, ``isolate="process"`` runs each attempt in a process of its own.
+    Inside a ``def`` step's body, call other ``def`` steps plainly and run pyergon's async
+    operations with :func:`pyergon.block_on` (``pyergon.block_on(pyergon.now())``).
+    Outside a running flow a step runs as if undecorated: a ``def`` step called directly just
+    returns its value (only in a flow does the call return an awaitable; type checkers see the
+    awaitable).
+
+    A thread cannot be stopped. When a ``def`` step's attempt passes its ``timeout``, the
+    attempt fails with ``StepTimeoutError`` at once, but its thread runs on to its end and its
+    result is dropped; a retry of the step starts only after it returned (two copies of one
+    step never run at once), and the flow is not given back before it returned either. A flow
+    cancelled, or a worker stopped, while a ``def`` step runs waits for the body to return. A
+    process step's process, in contrast, is killed at its timeout or on cancellation.
 
     Args:
         function: The method, when used as ``@step`` without arguments.
@@ -121,12 +167,20 @@ def step(
         timeout: Seconds one attempt may run before it fails with ``StepTimeoutError``.
         name: The recorded name; defaults to the method name. Renaming a step changes its
             identity in the log, so give the old name here when you rename the method.
+        isolate: For a ``def`` step: ``"thread"`` (the default) or ``"process"``, which runs
+            each attempt in a child process (forked where the platform can; the flow instance
+            and arguments are pickled, the result and errors come back pickled, the child's
+            stdout and stderr, up to their last 64 KiB, are written out after the attempt). A
+            process step runs apart from its flow: inside it, steps are plain calls and
+            ``block_on`` is not available. Called inside another step's body, it runs in a
+            thread as part of that step.
 
     Returns:
         The wrapped method, or a decorator when called with options.
 
     Raises:
-        FlowDefinitionError: The method is not ``async def`` or an option is invalid.
+        FlowDefinitionError: The method is a generator, ``isolate`` is set on an ``async def``
+            step or is not ``"thread"`` or ``"process"``, or an option is invalid.
     """
     if timeout is not None and (not isinstance(timeout, int | float) or not timeout > 0):
         raise FlowDefinitionError(f"@step(timeout=...) must be a positive number, got {timeout!r}")
@@ -136,32 +190,92 @@ def step(
         raise FlowDefinitionError(
             f"@step(retry_policy=...) must be a RetryPolicy, got {type(retry_policy).__name__}"
         )
+    if isolate is not None and isolate not in _ISOLATIONS:
+        raise FlowDefinitionError(
+            f"@step(isolate=...) must be 'thread' or 'process', got {isolate!r}"
+        )
 
-    def decorate(method: Method[S, P, R]) -> Method[S, P, R]:
-        _require_async(method, "step")
-        spec = StepSpec(name or method.__name__, retry_policy, timeout)
-
-        @functools.wraps(method)
-        def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
-            context = current_context()
-            if context is None or in_step():
-                return method(self, *args, **kwargs)
-            position = context.allocate()
-            return run_step(
-                context,
-                position,
-                spec.name,
-                lambda: method(self, *args, **kwargs),
-                args,
-                kwargs,
-                spec.retry_policy,
-                spec.timeout,
+    def decorate(method: Callable[..., Any]) -> Any:
+        if inspect.isgeneratorfunction(method) or inspect.isasyncgenfunction(method):
+            raise FlowDefinitionError(
+                f"@step cannot wrap the generator {method.__qualname__}: a step returns one "
+                "value; return a list instead of yielding"
             )
-
+        spec = StepSpec(name or method.__name__, retry_policy, timeout, isolate)
+        if inspect.iscoroutinefunction(method):
+            if isolate is not None:
+                raise FlowDefinitionError(
+                    f"@step(isolate={isolate!r}) on {method.__qualname__}: isolation is for "
+                    "'def' steps; an 'async def' step runs on the event loop. Declare it with "
+                    "'def' to run it in a thread or a process"
+                )
+            call = _async_step(method, spec)
+        else:
+            call = _sync_step(method, spec)
         setattr(call, _STEP_ATTR, spec)
         return call
 
     return decorate if function is None else decorate(function)
+
+
+def _async_step(method: Method[S, P, R], spec: StepSpec) -> Method[S, P, R]:
+    @functools.wraps(method)
+    def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        context = current_context()
+        if context is None or in_step():
+            return method(self, *args, **kwargs)
+        position = context.allocate()
+        return run_step(
+            context,
+            position,
+            spec.name,
+            lambda: method(self, *args, **kwargs),
+            args,
+            kwargs,
+            spec.retry_policy,
+            spec.timeout,
+        )
+
+    return call
+
+
+def _sync_step(method: SyncMethod[S, P, R], spec: StepSpec) -> Callable[..., Any]:
+    """The call of a ``def`` step: decided here once, so async steps pay nothing for it."""
+    in_process = spec.isolate == "process"
+    attribute = method.__name__
+
+    @functools.wraps(method)
+    def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Any:
+        context = current_context()
+        if context is None or in_step_thread():
+            return method(self, *args, **kwargs)  # a plain call, as outside pyergon
+        if in_step():  # inside an async step's body: part of that step, in a thread
+            return run_in_thread(
+                context, None, spec.name, functools.partial(method, self, *args, **kwargs)
+            )
+        position = context.allocate()
+        body: Callable[[], Coroutine[Any, Any, Any]]
+        if in_process:
+            body = functools.partial(
+                run_in_process,
+                context,
+                position,
+                spec.name,
+                attribute,
+                self,
+                args,
+                kwargs,
+                spec.timeout,
+            )
+        else:
+            bound = functools.partial(method, self, *args, **kwargs)
+            body = functools.partial(
+                run_in_thread, context, position, spec.name, bound, spec.timeout
+            )
+        # The timeout is the body's own: a thread cannot be cancelled like a coroutine.
+        return run_step(context, position, spec.name, body, args, kwargs, spec.retry_policy, None)
+
+    return call
 
 
 @overload

@@ -11,6 +11,7 @@ so ``except LookupError`` keeps working for callers that do not know pyergon::
     ├── NonDeterminismError                  the code no longer matches the recorded log
     ├── StepFailedError                      a recorded step error whose type cannot be rebuilt
     ├── StepTimeoutError (TimeoutError)      a step ran past its ``timeout``
+    ├── StepProcessError                     a process step could not be sent, or its process died
     ├── ChildFlowError                       a child flow failed and its error cannot be rebuilt
     ├── FlowCancelledError                   the flow was cancelled on request
     ├── FlowStateError                       the operation does not fit the flow's state
@@ -48,6 +49,7 @@ __all__ = [
     "SignatureError",
     "StepFailedError",
     "StepNotFoundError",
+    "StepProcessError",
     "StepTimeoutError",
     "StorageClosedError",
     "StorageError",
@@ -165,6 +167,31 @@ def _rebuild_step_failed(
 
 class StepTimeoutError(PyergonError, TimeoutError):
     """A step's body ran longer than the step's ``timeout``."""
+
+
+class StepProcessError(PyergonError):
+    """A step run with ``isolate="process"`` could not be sent to its process, or it died.
+
+    Args:
+        message: What went wrong, naming the flow and the step.
+        retryable: Whether another attempt may succeed: a process that was killed may; a flow
+            or argument that cannot be pickled fails the same way every time.
+    """
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_step_process_error, (str(self), self.retryable), self.__dict__)
+
+    def is_retryable(self) -> bool:
+        """Return whether another attempt may succeed."""
+        return self.retryable
+
+
+def _rebuild_step_process_error(message: str, retryable: bool) -> StepProcessError:
+    return StepProcessError(message, retryable=retryable)
 
 
 class ChildFlowError(PyergonError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pyergon.storage import open_storage
 FLOWS_MODULE = "cli_worker_flows"
 FLOWS_SOURCE = """\
 import os
+import re
 from dataclasses import dataclass
 
 from pyergon import flow, flow_type, step
@@ -218,3 +220,14 @@ def test_a_worker_on_shared_storage_without_a_chosen_serializer_exits_1_saying_h
     assert last_line.startswith("pyergon: ") and "shared storage" in last_line
     assert "PYERGON_SECRET_KEY" in last_line and "PYERGON_UNSIGNED_PICKLE=1" in last_line
     assert "Traceback" not in finished.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is POSIX")
+def test_a_worker_without_an_id_is_named_for_its_host_and_process(
+    tmp_path: Path, flows_module: ModuleType
+) -> None:
+    worker, results, output, _ = serve_greetings(tmp_path, flows_module, ["ann"])
+
+    assert results == [f"hello ann from {worker.pid}"]
+    first_line = output.splitlines()[0]
+    assert re.match(rf"pyergon worker worker-\S+-{worker.pid}-[0-9a-f]{{4}} serving ", first_line)

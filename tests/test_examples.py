@@ -84,3 +84,31 @@ def test_distributed_workers_explains_an_unreachable_storage(tmp_path: Path) -> 
     assert finished.stderr.startswith(f"Cannot open {url}: ")
     assert "postgresql://" in finished.stderr
     assert "sqlite:///" in finished.stderr
+
+
+def test_run_from_script_runs_the_flow_once_and_leaves_it_for_pyergon_show(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PYERGON_STORAGE", raising=False)
+
+    finished = run_example("run_from_script.py", cwd=tmp_path)
+
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.splitlines() == [
+        "Loading the sales of north...",
+        "Summarising 3 sales...",
+        "Result: north: 3 sales, 300.00 in total",
+        "Again, from storage: north: 3 sales, 300.00 in total",
+    ]
+    assert (tmp_path / "pyergon.db").exists()  # the storage the pyergon command reads by default
+    shown = subprocess.run(
+        [sys.executable, "-m", "pyergon", "show", "report-north"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "COMPLETE" in shown.stdout
+    assert "summarise" in shown.stdout

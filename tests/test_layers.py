@@ -11,7 +11,8 @@ storage               ``_hashing``, ``serialization``, ``storage.*``: payloads, 
 runtime               ``_context``, ``decorators``, ``determinism``, ``executor.*``: running flows
 read and operate      ``history``, ``_history_html``, ``management``: records, DataFrames, HTML of
                       a history; cancel, resume, retry, fork, replay
-fronts                ``cli.*``, ``notebook.*``, ``demo``, ``testing.*``, ``__main__``
+fronts                ``cli.*``, ``notebook.*``, ``_front`` (``pyergon.run``), ``demo``,
+                      ``testing.*``, ``__main__``
 façade                ``pyergon`` itself (``__init__``): re-exports; imported by no module
 ====================  ==========================================================================
 
@@ -39,7 +40,14 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("read and operate", ("pyergon.history", "pyergon._history_html", "pyergon.management")),
     (
         "fronts",
-        ("pyergon.cli", "pyergon.notebook", "pyergon._demo", "pyergon.testing", "pyergon.__main__"),
+        (
+            "pyergon.cli",
+            "pyergon.notebook",
+            "pyergon._front",
+            "pyergon._demo",
+            "pyergon.testing",
+            "pyergon.__main__",
+        ),
     ),
     ("façade", ()),  # the root package only: see layer_of
 )

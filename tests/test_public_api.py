@@ -39,6 +39,18 @@ def test_session_is_imported_only_when_asked_for() -> None:
     assert out.stdout.split() == ["False", "True"]
 
 
+def test_the_sync_front_door_is_public_and_light_to_import() -> None:
+    assert "run" in pyergon.__all__
+    assert pyergon.run.__module__ == "pyergon._front"
+    code = (
+        "import sys, pyergon; pyergon.run; "
+        "print(sorted(m for m in ('pandas', 'IPython', 'nest_asyncio2', 'pyergon.notebook') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_an_unknown_root_attribute_is_an_attribute_error() -> None:
     try:
         pyergon.NoSuchThing  # noqa: B018 - the look-up is the test

@@ -13,12 +13,12 @@ import importlib
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyergon.cli._errors import CommandError, CommandUsageError
+from pyergon.core.workers import default_worker_id
 from pyergon.decorators import require_flow_class
 from pyergon.errors import (
     FlowDefinitionError,
@@ -81,11 +81,6 @@ class WorkerSettings:
 def default_storage_url() -> str:
     """``$PYERGON_STORAGE`` if set, else ``sqlite:///pyergon.db``."""
     return os.environ.get(STORAGE_URL_VARIABLE) or DEFAULT_STORAGE_URL
-
-
-def default_worker_id() -> str:
-    """``<hostname>-<pid>``: unique among the workers of a deployment."""
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def load_flow_class(spec: str) -> type:

@@ -119,7 +119,8 @@ def _add_worker(subcommands: _Subcommands) -> None:
         "--id",
         dest="worker_id",
         metavar="WORKER_ID",
-        help="name of this worker, unique among the workers (default: HOSTNAME-PID)",
+        help="name of this worker, unique among the workers; give one to take its flows "
+        "over at once after a restart (default: worker-HOST-PID-RANDOM)",
     )
     add_concurrency(worker, "the worker")
     worker.add_argument(

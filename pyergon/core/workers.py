@@ -29,6 +29,7 @@ __all__ = [
     "StepActivity",
     "WorkerRecord",
     "WorkerState",
+    "default_worker_id",
     "pid_is_alive",
     "registration_verdict",
     "running_steps",
@@ -279,3 +280,25 @@ def registration_verdict(
         if not alive(previous.pid):
             return Registration.TAKE_OVER
     return Registration.WAIT
+
+
+_HOST_LABEL_LENGTH = 16
+"""Most characters of the host name kept in a default worker id: the ``pyergon workers`` table
+shows ids whole, and the first label of a host name tells machines apart well enough."""
+
+
+def default_worker_id(prefix: str = "worker") -> str:
+    """A worker id no other process picks: ``<prefix>-<short host>-<pid>-<4 hex digits>``.
+
+    The short host is the first label of :func:`socket.gethostname`, lower case, with anything
+    but letters, digits, ``-`` and ``_`` left out. Host and pid say where the worker runs (a
+    dead kernel's workers and a live one's differ); the random part tells apart two calls in
+    one process and a pid the system used again. A worker that must keep its id across restarts
+    (to take its own flows over at once) is given an explicit id instead.
+
+    Args:
+        prefix: What the id starts with, such as ``"worker"`` or ``"notebook"``.
+    """
+    label = socket.gethostname().split(".", 1)[0].lower()
+    host = "".join(c for c in label if c.isascii() and (c.isalnum() or c in "-_"))
+    return f"{prefix}-{host[:_HOST_LABEL_LENGTH] or 'host'}-{os.getpid()}-{uuid.uuid4().hex[:4]}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Collection, Iterable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +39,7 @@ from pyergon.errors import (
     SerializationError,
     SignatureError,
 )
+from pyergon.executor._offload import wait_for_abandoned
 from pyergon.serialization import (
     Serializer,
     dumps_for,
@@ -92,6 +94,7 @@ class FlowRun:
         on_attempt_failed: Told of each flow-level attempt that raised: the error, the attempt
             and the seconds until the next (``None``: the flow failed); a worker logs it.
         on_step_retry: See ``FlowContext.on_step_retry``.
+        thread_pool: Runs the bodies of ``def`` steps; ``None``: the loop's default executor.
     """
 
     flow: Any
@@ -110,6 +113,7 @@ class FlowRun:
     lease: LeaseCheck | None = None
     on_attempt_failed: Callable[[BaseException, int, float | None], None] | None = None
     on_step_retry: Callable[[str, BaseException, int, float], None] | None = None
+    thread_pool: Executor | None = None
 
 
 async def read_log(storage: ExecutionLog, flow_id: str) -> dict[Position, Invocation]:
@@ -150,6 +154,7 @@ async def drive_flow(run: FlowRun) -> FlowOutcome[Any]:
             replay_only=run.replay_only,
             lease=run.lease,
             on_step_retry=run.on_step_retry,
+            thread_pool=run.thread_pool,
         )
         try:
             outcome = await _attempt(run, context, attempt)
@@ -275,25 +280,31 @@ async def _run_body(context: FlowContext, run: FlowRun) -> Any:
     with flow_scope(context):
         context.root_task = asyncio.current_task()
         try:
-            result = await run.entry(run.flow)
-        except FlowSuspend:
-            await _settle_leftovers(context, cancel=False)
-            if context.nondeterminism is not None:
-                raise context.nondeterminism from None
-            raise
-        except Exception:
-            await _settle_leftovers(context, cancel=True)
-            # Report a mismatch with the log even if the flow's code caught it.
-            if context.nondeterminism is not None:
-                raise context.nondeterminism from None
-            raise
-        except BaseException:
-            await _settle_leftovers(context, cancel=True, abandon_writes=True)
-            if context.nondeterminism is not None and isinstance(error_in_flight(), ReplayEnded):
-                raise context.nondeterminism from None
-            raise
-        if context.operation_tasks:  # a body that returned without awaiting what it started
-            await _settle_leftovers(context, cancel=True)
+            try:
+                result = await run.entry(run.flow)
+            except FlowSuspend:
+                await _settle_leftovers(context, cancel=False)
+                if context.nondeterminism is not None:
+                    raise context.nondeterminism from None
+                raise
+            except Exception:
+                await _settle_leftovers(context, cancel=True)
+                # Report a mismatch with the log even if the flow's code caught it.
+                if context.nondeterminism is not None:
+                    raise context.nondeterminism from None
+                raise
+            except BaseException:
+                await _settle_leftovers(context, cancel=True, abandon_writes=True)
+                if context.nondeterminism is not None and isinstance(
+                    error_in_flight(), ReplayEnded
+                ):
+                    raise context.nondeterminism from None
+                raise
+            if context.operation_tasks:  # a body that returned without awaiting what it started
+                await _settle_leftovers(context, cancel=True)
+        finally:
+            if context.abandoned_threads:  # the run does not end while a step's thread runs
+                await wait_for_abandoned(context)
     if context.nondeterminism is not None:
         raise context.nondeterminism
     return result

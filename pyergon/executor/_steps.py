@@ -14,7 +14,13 @@ from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.errors import StepTimeoutError
 from pyergon.serialization import rebuild_exception, serialize_exception, stable_hash
 
-__all__ = ["replay_final", "run_step"]
+__all__ = [
+    "StepCall",
+    "attempt_until_final",
+    "replay_final",
+    "run_step",
+    "step_timeout_error",
+]
 
 StepBody = Callable[[], Coroutine[Any, Any, Any]]
 
@@ -65,16 +71,16 @@ async def run_step(
     policy = retry_policy or RetryPolicy.NONE
     attempts = record.attempts if record is not None else 0
     started_at = record.started_at if record is not None else None
-    call = _StepCall(context, position, name, args_hash, started_at or context.clock.now())
+    call = StepCall(context, position, name, args_hash, started_at or context.clock.now())
     task = context.track()
     try:
-        return await _attempt_until_final(call, body, policy, attempts, timeout)
+        return await attempt_until_final(call, body, policy, attempts, timeout)
     finally:
         context.untrack(task)
 
 
 @dataclass(slots=True)
-class _StepCall:
+class StepCall:
     """One call of a step: its place in the flow's log and what identifies it there.
 
     Not frozen: one is made per step run, and a frozen dataclass sets each field with
@@ -114,9 +120,14 @@ class _StepCall:
         )
 
 
-async def _attempt_until_final(
-    call: _StepCall, body: StepBody, policy: RetryPolicy, attempts: int, timeout: float | None
+async def attempt_until_final(
+    call: StepCall, body: StepBody, policy: RetryPolicy, attempts: int, timeout: float | None
 ) -> Any:
+    """Run attempts of the step's body until one succeeds or the policy gives up; keep each.
+
+    The busy-loop watchdog (``_watchdog``) finds a running async body by this function's frame,
+    stopped on a line that uses ``body``, and reads its ``call``: keep those names.
+    """
     context, position, name = call.context, call.position, call.name
     while True:
         context.check_lease()  # no attempt starts once another worker may hold the flow
@@ -170,7 +181,14 @@ async def _with_timeout(
     except TimeoutError:
         if not scope.expired():
             raise
-        raise StepTimeoutError(
-            f"step {name!r} of {context.describe(position)} ran longer than its timeout of "
-            f"{timeout} s; raise the timeout or make the step faster"
-        ) from None
+        raise step_timeout_error(context, position, name, timeout) from None
+
+
+def step_timeout_error(
+    context: FlowContext, position: Position, name: str, timeout: float
+) -> StepTimeoutError:
+    """The error of a step attempt that ran past its ``timeout``."""
+    return StepTimeoutError(
+        f"step {name!r} of {context.describe(position)} ran longer than its timeout of "
+        f"{timeout} s; raise the timeout or make the step faster"
+    )

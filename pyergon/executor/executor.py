@@ -8,6 +8,7 @@ operation that has no final record. Child flows run inline, each as a flow of it
 
 from __future__ import annotations
 
+import concurrent.futures
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
@@ -78,6 +79,8 @@ class Executor(Generic[F]):
         cancellation: Asked at every step boundary whether the flow stops there; defaults to
             looking for a cancel request in storage every half second. The notebook stepper
             passes one that pauses instead.
+        thread_pool: Runs the bodies of ``def`` steps (and waits for process steps); defaults
+            to the event loop's default executor. The executor does not shut it down.
 
     Raises:
         FlowDefinitionError: ``flow`` is not an instance of a ``@flow_type`` dataclass.
@@ -95,6 +98,7 @@ class Executor(Generic[F]):
         clock: Clock | None = None,
         parent: tuple[str, str] | None = None,
         cancellation: Cancellation | None = None,
+        thread_pool: concurrent.futures.Executor | None = None,
     ) -> None:
         self.type_name = require_flow_instance(flow)
         self.flow = flow
@@ -105,6 +109,7 @@ class Executor(Generic[F]):
         self.clock = clock or SystemClock()
         self._parent = parent
         self._cancellation = cancellation
+        self._thread_pool = thread_pool
 
     def __repr__(self) -> str:
         return f"Executor(flow_id={self.flow_id!r}, type={self.type_name!r})"
@@ -147,6 +152,7 @@ class Executor(Generic[F]):
                     log={} if created else None,
                     cancellation=self._cancellation
                     or PolledCancellation(self.storage, self.flow_id, self.clock),
+                    thread_pool=self._thread_pool,
                 )
             )
         except (NonDeterminismError, SignatureError):
@@ -200,6 +206,7 @@ class Executor(Generic[F]):
             serializer=self.serializer,
             clock=self.clock,
             parent=(parent.flow_id, format_position(*position)),
+            thread_pool=self._thread_pool,
         )
         return await executor.run(lambda flow: getattr(flow, method_name)())
 

@@ -15,6 +15,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pyergon._context import FlowContext, Position
@@ -22,7 +23,7 @@ from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import FlowOutcome, Suspended, SuspendReason
 from pyergon.core.query import ClaimRequest
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
-from pyergon.core.workers import WorkerRecord
+from pyergon.core.workers import WorkerRecord, default_worker_id
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import (
     CorruptStorageError,
@@ -47,6 +48,8 @@ from pyergon.executor._leases import (
 from pyergon.executor._registration import begin_presence, end_presence, served_elsewhere
 from pyergon.executor._runner import FlowRun, drive_flow, log_by_position, stored_outcome
 from pyergon.executor._talk import FlowTalk, served_in_process, serving
+from pyergon.executor._watchdog import BusyStep, BusyWatch, check_busy_loop_warning, watch_loop
+from pyergon.executor._worker_handle import WorkerHandle
 from pyergon.serialization import Serializer, serialize_exception, serializer_for
 from pyergon.storage._flows import HeldFlow
 from pyergon.storage.base import (
@@ -88,10 +91,14 @@ class Worker:
 
     Args:
         storage: The storage shared with the scheduler and other workers.
-        worker_id: A name unique among the workers; recorded as the lease owner.
+        worker_id: A name unique among the live workers; recorded as the lease owner.
+            Default: one unique to this process and worker (see
+            :func:`~pyergon.core.workers.default_worker_id`). Give a fixed id to a worker
+            that should take its own flows over at once when it restarts.
         enable_timers: Wake up when a suspended flow's timer is due. A worker without it still
             runs due flows it finds, but does not wait for them.
-        max_concurrent_flows: Flows this worker runs at once.
+        max_concurrent_flows: Flows this worker runs at once; also the threads of the pool
+            the worker runs ``def`` steps in (named ``pyergon-<worker id>``).
         lease_seconds: How long a claim lasts without renewal; a worker that dies loses its
             flows to others after at most this long. Heartbeats renew it four times per
             lease. Default: :data:`DEFAULT_LEASE_SECONDS` where the heartbeats run off the
@@ -103,6 +110,10 @@ class Worker:
         on_error: Called with every error the worker meets outside a flow's own code (storage
             failures, a flow that cannot start or no longer matches its log) and the flow id
             concerned, if any; they are logged as well. Notebook sessions keep them.
+        busy_loop_warning: Seconds an ``async def`` step may block the event loop before the
+            worker names it (once per flow type and step per process, on the
+            ``pyergon.worker`` logger) with the fix: make it a ``def`` step. ``None``: never.
+        on_busy: Told of each such warning about this worker's flows, on the event loop.
 
     Raises:
         ValueError: A setting is out of range (a lease that is not finite and above zero).
@@ -112,7 +123,7 @@ class Worker:
     def __init__(
         self,
         storage: ExecutionLog,
-        worker_id: str,
+        worker_id: str | None = None,
         *,
         enable_timers: bool = True,
         max_concurrent_flows: int = 10,
@@ -120,8 +131,12 @@ class Worker:
         serializer: Serializer | None = None,
         clock: Clock | None = None,
         on_error: Callable[[BaseException, str | None], None] | None = None,
+        busy_loop_warning: float | None = 1.0,
+        on_busy: Callable[[BusyStep], None] | None = None,
     ) -> None:
-        if not isinstance(worker_id, str) or not worker_id:
+        if worker_id is None:
+            worker_id = default_worker_id()
+        elif not isinstance(worker_id, str) or not worker_id:
             raise ValueError(f"worker_id must be a non-empty string, got {worker_id!r}")
         if max_concurrent_flows < 1:
             raise ValueError(f"max_concurrent_flows must be >= 1, got {max_concurrent_flows}")
@@ -138,6 +153,7 @@ class Worker:
         self.serializer = serializer_for(storage, serializer)
         self._leases = LeaseKeeper(storage, worker_id, lease_seconds, self.clock)
         self._heart: Heartbeat | None = None
+        self._threads: ThreadPoolExecutor | None = None
         self._lookahead = _TIMER_LOOKAHEAD if isinstance(self.clock, SystemClock) else 0.0
         self._registry: dict[str, type] = {}
         self._entries: dict[str, str] = {}
@@ -146,6 +162,9 @@ class Worker:
         self._kick = asyncio.Event()
         self._stopping = False
         self.on_error = on_error
+        self.busy_loop_warning = check_busy_loop_warning(busy_loop_warning)
+        self.on_busy = on_busy
+        self._busy: BusyWatch | None = None
         self._claim_backoff = Backoff(worker_id, "claiming flows", self._report)
         self._cancels_checked_at = 0.0
         self._cancel_look_owed = False
@@ -212,9 +231,26 @@ class Worker:
             lease_clock=self._leases.clock,
             on_displaced=self._displaced,
         )
+        self._threads = ThreadPoolExecutor(
+            self.max_concurrent_flows, thread_name_prefix=f"pyergon-{self.worker_id}"
+        )
+        if self.busy_loop_warning is not None:
+            self._busy = watch_loop(
+                self.worker_id, self.busy_loop_warning, self._flow_type_of, self.on_busy
+            )
 
     async def _end(self) -> None:
-        """Stop the heartbeat and mark this worker's record stopped."""
+        """Stop the heartbeat and mark this worker's record stopped; end the step threads.
+
+        Every flow's run has ended by now, and a run ends only once its steps' threads have
+        returned: the pool is idle and its threads end at once.
+        """
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown(wait=False, cancel_futures=True)
+        busy, self._busy = self._busy, None
+        if busy is not None:
+            busy.close()
         heart, self._heart = self._heart, None
         if heart is not None:
             await end_presence(self.storage, heart, self.clock)
@@ -394,8 +430,12 @@ class Worker:
         if self._heart is not None:
             self._heart.hold(flow.flow_id, claim)
         task.add_done_callback(functools.partial(self._finished, flow.flow_id))
+        if self._busy is not None:
+            self._busy.flow_started()
 
     def _finished(self, flow_id: str, task: asyncio.Task[None]) -> None:
+        if self._busy is not None:
+            self._busy.flow_ended()
         # This worker may already hold the flow again: a claim that was in flight when the
         # task released it can take it before this callback runs. Keep that newer claim.
         claim = self._running.get(flow_id)
@@ -405,6 +445,11 @@ class Worker:
             if self._heart is not None:
                 self._heart.drop(flow_id, claim)
         self._kick.set()
+
+    def _flow_type_of(self, flow_id: str) -> str | None:
+        """The type of a flow this worker runs now (read by the watchdog thread too)."""
+        claim = self._running.get(flow_id)
+        return None if claim is None else claim.writer.held.flow.flow_type
 
     def _report(self, error: BaseException, flow_id: str | None) -> None:
         if self.on_error is None:
@@ -479,6 +524,7 @@ class Worker:
                     lease=writer.lease,
                     on_attempt_failed=talk.attempt_failed,
                     on_step_retry=talk.step_retry,
+                    thread_pool=self._threads,
                 )
             )
         except asyncio.CancelledError:
@@ -559,36 +605,3 @@ class Worker:
             if late:
                 await asyncio.gather(*late, return_exceptions=True)
         await self._end()
-
-
-class WorkerHandle:
-    """Controls a started worker.
-
-    Attributes:
-        worker: The worker being served.
-    """
-
-    def __init__(self, worker: Worker, serve: asyncio.Task[None]) -> None:
-        self.worker = worker
-        self._serve = serve
-
-    def __repr__(self) -> str:
-        state = "stopped" if self._serve.done() else "running"
-        return f"WorkerHandle({self.worker.worker_id!r}, {state})"
-
-    @property
-    def running(self) -> bool:
-        """Whether the worker is still serving."""
-        return not self._serve.done()
-
-    async def shutdown(self, deadline: float = 30.0) -> None:
-        """Stop claiming, let running flows finish for up to ``deadline`` seconds, then stop.
-
-        Flows still running at the deadline are cancelled and released (``PENDING``) so another
-        worker takes them at once; their unfinished steps run again there.
-        """
-        await self.worker._shutdown(self._serve, deadline)
-        if self._serve.done() and not self._serve.cancelled():
-            error = self._serve.exception()
-            if error is not None:
-                raise error

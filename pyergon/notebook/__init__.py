@@ -5,7 +5,7 @@ is built (``pip install "pyergon[notebook]"``).
 """
 
 from pyergon.notebook._stepper import Stepper, StepReport
-from pyergon.notebook.session import BackgroundError, BackgroundErrors, Session
+from pyergon.notebook.session import BackgroundError, BackgroundErrors, Session, SyncSession
 from pyergon.notebook.views import Monitor, Timeline
 
 __all__ = [
@@ -15,5 +15,6 @@ __all__ = [
     "Session",
     "StepReport",
     "Stepper",
+    "SyncSession",
     "Timeline",
 ]

@@ -1,22 +1,40 @@
-"""Run a coroutine to completion from code that cannot ``await``, on the loop already running.
+"""Run coroutines to completion from code that cannot ``await``.
 
 A notebook cell's synchronous code (an IPython magic, a widget callback) runs *inside* the
 kernel's event loop. :func:`run_sync` runs a coroutine to completion right there, on that loop,
 made re-entrant with ``nest-asyncio2`` the first time it is needed, so tasks the coroutine starts
 (workers) live on the kernel's loop. Nothing is patched unless a loop is already running.
+
+A script has no loop: :class:`LoopThread` keeps one running in a thread of its own, so tasks
+started on it (workers) keep running between two calls. :func:`blocking` turns an async method
+into a blocking one of a :class:`SyncFront`, keeping its signature for type checkers.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+import functools
+import inspect
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Concatenate, Generic, ParamSpec, Protocol, TypeVar
 
 from pyergon.errors import PyergonError
 
-__all__ = ["make_reentrant", "run_sync"]
+__all__ = [
+    "LoopRunner",
+    "LoopThread",
+    "RunningLoop",
+    "SyncFront",
+    "blocking",
+    "make_reentrant",
+    "run_sync",
+]
 
 T = TypeVar("T")
+R = TypeVar("R")
+S = TypeVar("S")
+P = ParamSpec("P")
 
 
 def run_sync(awaitable: Awaitable[T], *, loop: asyncio.AbstractEventLoop | None = None) -> T:
@@ -91,3 +109,123 @@ def _run_to_completion(loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T])
 
 async def _awaited(awaitable: Awaitable[T]) -> T:
     return await awaitable
+
+
+class LoopRunner(Protocol):
+    """Runs awaitables to completion on one event loop, for callers that cannot ``await``."""
+
+    def call(self, awaitable: Awaitable[T]) -> T:
+        """Run ``awaitable`` on the runner's loop and return its result."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the loop (stopping it if the runner started it)."""
+        ...
+
+
+class RunningLoop:
+    """The event loop running in this thread (a Jupyter kernel's), through :func:`run_sync`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def call(self, awaitable: Awaitable[T]) -> T:
+        """Run ``awaitable`` on the kernel's loop, which must be this thread's running loop."""
+        return run_sync(awaitable, loop=self.loop)
+
+    def close(self) -> None:
+        """Nothing to stop: the loop belongs to the kernel."""
+
+
+class LoopThread:
+    """An event loop running in a daemon thread of its own, for a caller without a loop.
+
+    Tasks started on it (a session's workers) run between two calls as well as during them.
+    A call blocks the calling thread until its coroutine is done; a ``KeyboardInterrupt``
+    while it waits cancels that coroutine (not the tasks it started) and is raised again.
+
+    Args:
+        name: The thread's name.
+    """
+
+    def __init__(self, name: str = "pyergon-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, awaitable: Awaitable[T]) -> T:
+        """Run ``awaitable`` on the thread's loop and return its result, or raise its error.
+
+        Raises:
+            PyergonError: Called from the loop's own thread (from a flow's step, say), where
+                waiting for the loop would wait forever; or after :meth:`close`.
+        """
+        refusal = None
+        if threading.current_thread() is self._thread:
+            refusal = (
+                "a blocking pyergon call was made on the loop it waits for (from a flow's step "
+                "or a task of the session?); use the async Session there and await it"
+            )
+        elif self.loop.is_closed() or not self._thread.is_alive():
+            refusal = "this blocking session is closed; open a new one"
+        if refusal is not None:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # never to run: say so now, not in a warning at collection
+            raise PyergonError(refusal)
+        future = asyncio.run_coroutine_threadsafe(_awaited(awaitable), self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # interrupted (Ctrl-C): the coroutine stops too, as with run_sync
+            raise
+
+    def close(self) -> None:
+        """Stop the loop once the tasks still on it are cancelled, and wait for the thread."""
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            tasks = asyncio.all_tasks(self.loop)
+            for task in tasks:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
+            asyncio.set_event_loop(None)
+            self.loop.close()
+
+
+class SyncFront(Generic[S]):
+    """A blocking face of an async object ``S``: its methods run on one loop through a runner.
+
+    Subclasses list the methods they offer with :func:`blocking`.
+
+    Args:
+        target: The async object.
+        runner: The loop its coroutines run on.
+    """
+
+    def __init__(self, target: S, runner: LoopRunner) -> None:
+        self._target = target
+        self._runner = runner
+
+
+def blocking(
+    method: Callable[Concatenate[S, P], Awaitable[R]],
+) -> Callable[Concatenate[SyncFront[S], P], R]:
+    """The blocking form of an async ``method`` of ``S``, as a method of ``SyncFront[S]``.
+
+    It takes the same arguments, returns what the coroutine returns, and keeps the name and
+    docstring of ``method``.
+    """
+
+    @functools.wraps(method)
+    def call(self: SyncFront[S], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._runner.call(method(self._target, *args, **kwargs))
+
+    return call

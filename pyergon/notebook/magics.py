@@ -33,6 +33,7 @@ from pyergon.cli._arguments import (
     add_listing_options,
     positive,
 )
+from pyergon.notebook._cell_errors import show_errors_as_one_line, show_errors_as_usual
 from pyergon.notebook._sync import run_sync
 from pyergon.notebook.session import Session
 from pyergon.notebook.views import WorkerState
@@ -471,12 +472,17 @@ def _literal(text: str) -> object:
 
 
 def load_ipython_extension(ipython: InteractiveShell) -> None:
-    """Register ``%pyergon`` on ``ipython``; ``%load_ext pyergon`` calls this."""
+    """Register ``%pyergon`` on ``ipython``; ``%load_ext pyergon`` calls this.
+
+    From then on a pyergon error in a cell shows as one line (``%tb`` shows its traceback),
+    and so does an interrupted ``await session.wait(...)``.
+    """
     # ipykernel 7 reads _last_traceback when a UsageError ends a top-level-await cell; before
     # any ordinary cell has run the attribute does not exist and the cell hangs. Give it one.
     if not hasattr(ipython, "_last_traceback"):
         ipython._last_traceback = None  # type: ignore[attr-defined]  # set by ipykernel, not IPython
     ipython.register_magics(PyergonMagics(ipython))
+    show_errors_as_one_line(ipython)
 
 
 def unload_ipython_extension(ipython: InteractiveShell) -> None:
@@ -484,3 +490,4 @@ def unload_ipython_extension(ipython: InteractiveShell) -> None:
     magics = ipython.magics_manager.registry.get(PyergonMagics.__name__)
     if isinstance(magics, PyergonMagics):
         magics.close()
+    show_errors_as_usual(ipython)

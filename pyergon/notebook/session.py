@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import html
-import os
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import Completed, FlowOutcome
 from pyergon.core.status import TaskStatus
+from pyergon.core.workers import default_worker_id
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import PyergonError
 from pyergon.executor.executor import Executor
@@ -26,7 +27,13 @@ from pyergon.executor.scheduler import Scheduler
 from pyergon.executor.worker import Worker, WorkerHandle
 from pyergon.history import FlowHistory, flows_frame, invocations_frame, iter_flows, load_history
 from pyergon.management import FlowManager, ReplayResult
+from pyergon.notebook._cell_errors import (
+    interrupted_run,
+    interrupted_wait,
+    show_errors_as_one_line,
+)
 from pyergon.notebook._stepper import Stepper
+from pyergon.notebook._sync import LoopRunner, LoopThread, RunningLoop, SyncFront, blocking
 from pyergon.notebook._views_monitor import Monitor
 from pyergon.notebook._views_timeline import Timeline
 from pyergon.serialization import Serializer, serializer_for
@@ -37,7 +44,7 @@ if TYPE_CHECKING:
 
     from pyergon.core.records import ScheduledFlow
 
-__all__ = ["BackgroundError", "BackgroundErrors", "Session"]
+__all__ = ["BackgroundError", "BackgroundErrors", "Session", "SyncSession"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +112,9 @@ class Session:
         self._workers: list[tuple[Worker, WorkerHandle]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._worker_prefix = default_worker_id("notebook")
+        """Shared by this session's workers: they differ in their number only."""
+        _show_errors_in_cells()
 
     @classmethod
     async def open(cls, url: str, **options: Any) -> Session:
@@ -124,6 +134,31 @@ class Session:
         except BaseException:
             await storage.close()
             raise
+
+    @classmethod
+    def open_sync(cls, url: str, **options: Any) -> SyncSession:
+        """Open a session for synchronous code: a script, or a notebook cell without ``await``.
+
+        The returned :class:`SyncSession` has the methods of a session, blocking instead of
+        async. Outside an event loop (a script) the session lives on an event loop in a thread
+        of its own, so its workers keep running between two calls; close it (or use ``with``)
+        to stop them. Inside a running loop (a Jupyter kernel) it uses that loop, made
+        re-entrant with ``nest-asyncio2``, as ``await Session.open(url)`` would.
+
+        Args:
+            url: The storage URL, as for :meth:`open`.
+            **options: The keyword arguments of :class:`Session`.
+        """
+        try:
+            runner: LoopRunner = RunningLoop(asyncio.get_running_loop())
+        except RuntimeError:
+            runner = LoopThread(name="pyergon-session")
+        try:
+            session = runner.call(cls.open(url, **options))
+        except BaseException:
+            runner.close()
+            raise
+        return SyncSession(session, runner)
 
     def __repr__(self) -> str:
         return (
@@ -173,9 +208,10 @@ class Session:
     ) -> list[Worker]:
         """Start ``count`` workers as tasks on the running loop, serving the given flow types.
 
-        Classes registered earlier are served too. Each worker is named for this kernel's
-        process and its number in the session (``notebook-<pid>-1``...), so the workers of two
-        kernels on one storage, or of a dead kernel and a live one, are told apart.
+        Classes registered earlier are served too. Each worker is named for this kernel's host
+        and process, a random part drawn once per session, and its number in the session
+        (``notebook-<host>-<pid>-<random>-1``...), so the workers of two kernels (or two
+        sessions) on one storage, or of a dead kernel and a live one, are told apart.
         ``lease_seconds`` defaults to the worker's own default (see :class:`Worker`). Returns
         the new workers.
         """
@@ -185,7 +221,7 @@ class Session:
             raise PyergonError("start_workers needs at least one flow class to serve")
         started = []
         for _ in range(count):
-            worker_id = f"notebook-{os.getpid()}-{len(self._workers) + 1}"
+            worker_id = f"{self._worker_prefix}-{len(self._workers) + 1}"
             worker = Worker(
                 self.storage,
                 worker_id,
@@ -232,7 +268,11 @@ class Session:
         return await self.scheduler.schedule(flow, flow_id)
 
     async def run(self, flow: object, flow_id: str | None = None) -> FlowOutcome[Any]:
-        """Run a flow right here in the cell with the direct executor, until it ends or waits."""
+        """Run a flow right here in the cell with the direct executor, until it ends or waits.
+
+        Interrupting the cell stops the flow at its current step, with a note on the
+        ``CancelledError`` that says how to go on.
+        """
         self._check_open()
         self.manager.register(type(flow))  # so replay knows it; workers serve only what you ask
         method, _ = flow_entry(type(flow))
@@ -240,7 +280,11 @@ class Session:
         executor = Executor(
             flow, self.storage, flow_id, serializer=self.serializer, clock=self.clock
         )
-        return await executor.run(lambda running: getattr(running, method)())
+        try:
+            return await executor.run(lambda running: getattr(running, method)())
+        except asyncio.CancelledError as interrupted:
+            interrupted.add_note(interrupted_run(flow_id))
+            raise
 
     def step_through(self, flow: object, flow_id: str | None = None) -> Stepper:
         """Return a stepper that runs ``flow`` one operation per ``await stepper.next()``."""
@@ -260,13 +304,20 @@ class Session:
         """Wait for flows to finish and return their outcomes.
 
         Background errors are raised before and after waiting. Interrupting the cell stops
-        only the waiting: workers keep running.
+        only the waiting: workers keep running. The ``CancelledError`` raised then carries a
+        note naming the flows and how to wait again, which a notebook shows as the cell's one
+        line of output.
         """
         self.raise_for_errors()
         ids = [flow_ids] if isinstance(flow_ids, str) else list(flow_ids)
         waiting = asyncio.ensure_future(self.scheduler.wait(ids, timeout=timeout))
         self._keep(waiting)
-        outcomes = await asyncio.shield(waiting)
+        try:
+            outcomes = await asyncio.shield(waiting)
+        except asyncio.CancelledError as interrupted:
+            # Raised on, unchanged, as asyncio expects; the note is the line a cell shows.
+            interrupted.add_note(interrupted_wait(ids))
+            raise
         self.raise_for_errors()
         return outcomes
 
@@ -402,3 +453,81 @@ class Session:
     def _check_open(self) -> None:
         if self._closed:
             raise PyergonError("this session is closed; open a new one with Session.open(url)")
+
+
+def _show_errors_in_cells() -> None:
+    """In an IPython shell, show pyergon's errors and interruptions as one line."""
+    if "IPython" not in sys.modules:  # not in IPython; and importing it costs a second
+        return
+    from IPython import get_ipython
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = get_ipython()
+    if isinstance(shell, InteractiveShell):
+        show_errors_as_one_line(shell)
+
+
+class SyncSession(SyncFront[Session]):
+    """A :class:`Session` for synchronous code; :meth:`Session.open_sync` opens one.
+
+    Each method is the session's method of the same name, blocking until it is done:
+    ``sync.wait(flow_id)`` for ``await session.wait(flow_id)``. The async session itself is
+    :attr:`session`. Views that refresh themselves (``monitor``) and ``step_through`` are
+    left to the async session. A context manager: ``with Session.open_sync(url) as s:``
+    closes it at the end.
+    """
+
+    register = blocking(Session.register)
+    start_workers = blocking(Session.start_workers)
+    stop_workers = blocking(Session.stop_workers)
+    schedule = blocking(Session.schedule)
+    run = blocking(Session.run)
+    signal = blocking(Session.signal)
+    wait = blocking(Session.wait)
+    cancel = blocking(Session.cancel)
+    resume = blocking(Session.resume)
+    retry = blocking(Session.retry)
+    fork = blocking(Session.fork)
+    replay = blocking(Session.replay)
+    history = blocking(Session.history)
+    flows = blocking(Session.flows)
+    timeline = blocking(Session.timeline)
+    invocations = blocking(Session.invocations)
+
+    @property
+    def session(self) -> Session:
+        """The async session behind this one; await its methods on its loop only."""
+        return self._target
+
+    @property
+    def workers(self) -> list[Worker]:
+        """The workers this session started and has not stopped."""
+        return self._target.workers
+
+    @property
+    def errors(self) -> list[BackgroundError]:
+        """Background errors not raised yet; see :meth:`Session.raise_for_errors`."""
+        return self._target.errors
+
+    def raise_for_errors(self) -> None:
+        """Raise :class:`BackgroundErrors` if workers met errors since the last call."""
+        self._target.raise_for_errors()
+
+    def close(self) -> None:
+        """Stop the workers, close the session and stop its loop thread, if it has one."""
+        try:
+            self._runner.call(self._target.close())
+        finally:
+            self._runner.close()
+
+    def __enter__(self) -> SyncSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Sync{self._target!r}"
+
+    def _repr_html_(self) -> str:
+        return self._target._repr_html_()

@@ -64,14 +64,19 @@ def test_passing_the_class_instead_of_an_instance_is_refused(storage: ExecutionL
     assert "Greeting(...)" in str(raised.value)
 
 
-def test_step_on_a_plain_function_is_refused() -> None:
-    with pytest.raises(FlowDefinitionError, match="@step needs an 'async def'") as raised:
+def test_isolating_an_async_step_is_refused() -> None:
+    with pytest.raises(FlowDefinitionError, match="isolation is for 'def' steps") as raised:
 
-        @step
-        def charge(self: Any) -> str:  # type: ignore[arg-type]
+        @step(isolate="process")
+        async def charge(self: Any) -> str:
             return "charged"
 
     assert "charge" in str(raised.value)
+
+
+def test_an_unknown_isolation_is_refused() -> None:
+    with pytest.raises(FlowDefinitionError, match="'thread' or 'process', got 'gpu'"):
+        step(isolate="gpu")  # type: ignore[call-overload]
 
 
 def test_flow_on_a_plain_function_is_refused() -> None:

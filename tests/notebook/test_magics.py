@@ -9,6 +9,7 @@ process-wide with nest-asyncio2, so those tests run in a fresh interpreter.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +24,12 @@ from traitlets.config import Config
 
 import pyergon
 from pyergon.core import TaskStatus
-from pyergon.errors import FlowNotFoundError, StorageError, UnknownStorageSchemeError
+from pyergon.errors import (
+    FlowNotFoundError,
+    PyergonError,
+    StorageError,
+    UnknownStorageSchemeError,
+)
 from pyergon.history import FlowHistory
 from pyergon.management import ReplayResult
 from pyergon.notebook import Session
@@ -140,6 +146,44 @@ def test_the_package_exports_the_extension_hooks_in_a_sorted_all() -> None:
     assert pyergon.__all__ == sorted(pyergon.__all__)
 
 
+def test_a_pyergon_error_in_a_cell_is_one_line_and_tb_shows_its_traceback(
+    cells: Cells, capsys: pytest.CaptureFixture[str]
+) -> None:
+    error = cells.error(
+        "from pyergon.errors import FlowNotFoundError\nraise FlowNotFoundError('x')"
+    )
+
+    assert isinstance(error, FlowNotFoundError)
+    shown = capsys.readouterr().out
+    assert shown.strip() == (
+        "FlowNotFoundError: no flow with id 'x' in storage; list flows to see the ids that exist"
+    )
+    cells("%tb")
+    assert "Traceback (most recent call last)" in capsys.readouterr().out
+
+
+def test_the_extension_leaves_a_handler_of_the_users_own_alone(cells: Cells) -> None:
+    def mine(shell: object, *exc_info: object, tb_offset: object = None) -> list[str]:
+        return ["mine"]
+
+    cells.shell.set_custom_exc((ValueError,), mine)
+    try:
+        cells("%unload_ext pyergon")
+        cells("%load_ext pyergon")
+        assert cells.shell.custom_exceptions == (ValueError,)
+    finally:
+        cells.shell.set_custom_exc((), None)
+
+
+def test_unload_ext_shows_errors_as_usual_again(cells: Cells) -> None:
+    assert PyergonError in cells.shell.custom_exceptions
+
+    cells("%unload_ext pyergon")
+
+    assert cells.shell.custom_exceptions == ()
+    cells("%load_ext pyergon")
+
+
 def test_load_ext_registers_the_line_magic(cells: Cells) -> None:
     assert cells.shell.find_line_magic("pyergon") is not None
     assert isinstance(cells.shell.magics_manager.registry["PyergonMagics"], PyergonMagics)
@@ -219,11 +263,10 @@ def test_connect_to_unreachable_redis_fails_the_cell_and_workers_keep_running(
 def test_workers_run_a_scheduled_flow_while_a_cell_awaits(connected: Cells) -> None:
     status = connected("%pyergon workers start --count 2 --concurrency 3 Greet")
     assert isinstance(status, WorkersStatus)
-    pid = os.getpid()
-    assert [worker.worker_id for worker in status.workers] == [
-        f"notebook-{pid}-1",
-        f"notebook-{pid}-2",
-    ]
+    prefix = f"notebook-{socket.gethostname().split('.')[0].lower()}-{os.getpid()}-"
+    first, second = (worker.worker_id for worker in status.workers)
+    assert first.startswith(prefix)
+    assert (first[:-1], first[-1:], second[-1:]) == (second[:-1], "1", "2")
     assert {worker.capacity for worker in status.workers} == {3}
     assert status.flow_types == ("Greet",)
 
@@ -235,8 +278,8 @@ def test_workers_run_a_scheduled_flow_while_a_cell_awaits(connected: Cells) -> N
     status = connected("%pyergon workers status")
     assert sum(worker.finished for worker in status.workers) == 1
     assert repr(status).startswith("2 pyergon worker(s) serving Greet; 0 background error(s)")
-    assert f"notebook-{pid}-1: running 0/3, finished" in repr(status)
-    assert f"notebook-{pid}-2" in status._repr_html_()
+    assert f"{first}: running 0/3, finished" in repr(status)
+    assert second in status._repr_html_()
 
 
 def test_workers_stop_leaves_no_worker_running(connected: Cells) -> None:
@@ -539,7 +582,9 @@ async def main():
     assert getattr(loop, "_nest_patched", False), "the kernel loop was not made re-entrant"
     await ok("%pyergon workers start Greet")
     names = {{task.get_name() for task in asyncio.all_tasks(loop)}}
-    assert f"pyergon-worker-notebook-{{os.getpid()}}-1" in names, names
+    worker_id = shell.user_ns["pyergon_session"].workers[0].worker_id
+    assert worker_id.startswith("notebook-"), worker_id
+    assert f"pyergon-worker-{{worker_id}}" in names, names
 
     await ok("%pyergon schedule Greet('one') --id one")
     session = shell.user_ns["pyergon_session"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
@@ -525,8 +524,9 @@ async def test_the_monitor_shows_counts_workers_progress_and_errors(session: Ses
         "pyergon monitor: 3 of 4 flows final (75%)",
         "  PENDING 0  RUNNING 0  SUSPENDED 1  COMPLETE 3  FAILED 0  CANCELLED 0",
     ]
-    assert f"  worker notebook-{os.getpid()}-1: running 0/10, finished " in text
-    assert f"  worker notebook-{os.getpid()}-2: running 0/10, finished " in text
+    first, second = (worker.worker_id for worker in session.workers)
+    assert f"  worker {first}: running 0/10, finished " in text
+    assert f"  worker {second}: running 0/10, finished " in text
     assert "heartbeat ok" in text
     assert text.splitlines()[-1] == "  background errors: 1"
     page = monitor._repr_html_()

@@ -46,3 +46,34 @@ async def run_with_a_lambda(storage: ExecutionLog) -> None:
 async def run_with_the_method(storage: ExecutionLog) -> None:
     outcome = await Executor(Order("ORD-2", 1.0), storage).run(Order.process)
     assert_type(outcome, Completed[float] | Suspended)
+
+
+@dataclass
+@flow_type
+class Report:
+    rows: int
+
+    @step
+    def load(self, limit: int) -> list[int]:
+        return list(range(limit))
+
+    @step(isolate="process", timeout=5)
+    def crunch(self, values: list[int]) -> float:
+        return sum(values) / len(values)
+
+    @step(timeout=5)
+    async def publish(self, mean: float) -> str:
+        return f"{mean:.2f}"
+
+    @flow
+    async def run(self) -> str:
+        values = await self.load(self.rows)
+        assert_type(values, list[int])
+        mean = await self.crunch(values)
+        assert_type(mean, float)
+        return await self.publish(mean)
+
+
+async def run_a_flow_of_def_steps(storage: ExecutionLog) -> None:
+    outcome = await Executor(Report(3), storage).run(Report.run)
+    assert_type(outcome, Completed[str] | Suspended)
