@@ -35,6 +35,7 @@ from pyergon.notebook._cell_errors import (
 from pyergon.notebook._stepper import Stepper
 from pyergon.notebook._sync import LoopRunner, LoopThread, RunningLoop, SyncFront, blocking
 from pyergon.notebook._views_monitor import Monitor
+from pyergon.notebook._views_progress import progress_bars
 from pyergon.notebook._views_timeline import Timeline
 from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage.base import ExecutionLog, WorkerRegistry
@@ -303,17 +304,19 @@ class Session:
     ) -> dict[str, Completed[Any]]:
         """Wait for flows to finish and return their outcomes.
 
-        Background errors are raised before and after waiting. Interrupting the cell stops
-        only the waiting: workers keep running. The ``CancelledError`` raised then carries a
-        note naming the flows and how to wait again, which a notebook shows as the cell's one
-        line of output.
+        Background errors are raised before and after waiting. Meanwhile, where tqdm is
+        installed, each running step of these flows that reports progress has a ``tqdm.auto``
+        bar in the waiting cell. Interrupting the cell stops only the waiting: workers keep
+        running. The ``CancelledError`` raised then carries a note naming the flows and how to
+        wait again, which a notebook shows as the cell's one line of output.
         """
         self.raise_for_errors()
         ids = [flow_ids] if isinstance(flow_ids, str) else list(flow_ids)
         waiting = asyncio.ensure_future(self.scheduler.wait(ids, timeout=timeout))
         self._keep(waiting)
         try:
-            outcomes = await asyncio.shield(waiting)
+            async with progress_bars(self.storage, ids, self._bars_failed):
+                outcomes = await asyncio.shield(waiting)
         except asyncio.CancelledError as interrupted:
             # Raised on, unchanged, as asyncio expects; the note is the line a cell shows.
             interrupted.add_note(interrupted_wait(ids))
@@ -460,6 +463,9 @@ class Session:
 
     def _keep_error(self, worker_id: str, flow_id: str | None, error: BaseException) -> None:
         self.errors.append(BackgroundError(worker_id, flow_id, error, time.time()))
+
+    def _bars_failed(self, error: BaseException) -> None:
+        self._keep_error("progress bars", None, error)
 
     def _keep(self, task: asyncio.Future[Any]) -> None:
         """Hold a strong reference to a background task until it is done."""
