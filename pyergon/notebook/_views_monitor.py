@@ -355,8 +355,8 @@ class Monitor(View):
     async def _running(self, shown: list[StepActivity], now: float) -> tuple[RunningStep, ...]:
         """The running steps as shown, with what they printed when the monitor shows output.
 
-        A step's output is stored with its record when an attempt ends: a running step shows
-        what its earlier attempts printed.
+        What a step printed is read from its record, where the runtime stores it: a running
+        step shows what its record holds so far (its earlier attempts' output, at least).
         """
         printed: dict[tuple[str, str], str] = {}
         if self.output:
