@@ -96,6 +96,8 @@ async def test_show_marks_steps_that_printed_and_lists_the_running_step(url: str
         r"^1\s+step\s+load\s+COMPLETE\s.*printed 30 lines; 30/30 · all parts", text, re.M
     )
     assert re.search(r"^3\s+step\s+crunch\s+running\s+1\s.*37/100 · loading Jan", text, re.M)
+    timeline = text.split("\ntimeline\n")[1].split("\n\n")[0]
+    assert re.search(r"3 crunch\s+running\s+…$", timeline, re.M)
     running = text.split("\nrunning\n")[1].split("\n\n")[0]
     assert re.search(r"^\s+3\s+crunch\s+running 12\.0s\s+\S+\s+37/100 · loading Jan", running, re.M)
     output = text.split("\noutput\n")[1]

@@ -434,18 +434,24 @@ def _records_table(history: FlowHistory) -> Table:
     table.add_column("duration", justify="right", no_wrap=True)
     table.add_column("details", overflow="fold", min_width=10)
     for record in history.records_now:
-        running = history.running_at(record.position) is not None
         table.add_row(
             record.position,
             record.kind.value.lower(),
             _escape(record.name),
-            "[cyan]running[/]" if running else status_markup(record.status.value),
+            _record_status(history, record),
             str(record.attempts) if record.kind is OperationKind.STEP else "",
             format_time(record.started_at, date=False),
             format_duration(_record_duration(record)),
             _record_detail(record),
         )
     return table
+
+
+def _record_status(history: FlowHistory, record: Invocation) -> str:
+    """A record's status in colour; ``running`` for a step a live worker runs now."""
+    if history.running_at(record.position) is not None:
+        return "[cyan]running[/]"
+    return status_markup(record.status.value)
 
 
 def _record_detail(record: Invocation) -> str:
@@ -487,7 +493,7 @@ def timeline_lines(history: FlowHistory, now: float) -> list[str]:
     for record in records:
         label = f"{record.position:>4} {record.name}"
         name = _escape(label) + " " * (label_width - len(label))
-        status = status_markup(record.status.value)
+        status = _record_status(history, record)
         if record.started_at is None:
             lines.append(f"  {'':>9}  {' ' * _TIMELINE_WIDTH}  {name}  {status}")
             continue
