@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from pyergon.core.records import Invocation, ScheduledFlow
+from pyergon.core.records import Invocation, ScheduledFlow, StepProgress
 from pyergon.core.status import InvocationStatus, TaskStatus
 
 if TYPE_CHECKING:
@@ -23,12 +23,19 @@ __all__ = [
     "FLOW_COLOURS",
     "GREEN",
     "GREY",
+    "OUTPUT_LINES",
     "RECORD_COLOURS",
     "RED",
     "escape",
     "history_html",
+    "last_lines",
     "lease_loss_note",
+    "line_count",
+    "output_html",
+    "output_lines",
+    "progress_bar_html",
     "seconds",
+    "step_progress_html",
 ]
 
 GREEN, RED, AMBER, GREY, DARK_GREY = "#2e7d32", "#c62828", "#f9a825", "#9e9e9e", "#616161"
@@ -52,6 +59,9 @@ FLOW_COLOURS: Mapping[TaskStatus, str] = {
     TaskStatus.CANCELLED: DARK_GREY,
 }
 """The colour of a flow status in every view."""
+
+OUTPUT_LINES = 20
+"""Lines of a step's output the views show (the last ones); the whole text is in storage."""
 
 _UNSHOWABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 """Characters that are not allowed in XML (and so break an SVG) or cannot be encoded."""
@@ -77,6 +87,41 @@ def lease_loss_note(flow: ScheduledFlow) -> str | None:
     return f"lease lost \u00d7{flow.lease_losses}{last}"
 
 
+_TERMINAL_CODES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+"""Terminal escape sequences (colours, cursor moves, titles) that printed text may hold."""
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def output_lines(text: str | None) -> list[str]:
+    """What a step printed, as lines a terminal would show.
+
+    Lines end at new lines only; a carriage return starts its line again (a progress bar
+    redrawn in place shows its last state); escape sequences and other control characters
+    are dropped, so no view can be restyled or moved about by what a step printed.
+    """
+    if not text:
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [
+        _CONTROLS.sub("", _TERMINAL_CODES.sub("", line.rstrip("\r").rpartition("\r")[2]))
+        for line in lines
+    ]
+
+
+def line_count(text: str | None) -> int:
+    """How many lines ``text`` holds (a last line without its new line counts)."""
+    return len(output_lines(text))
+
+
+def last_lines(text: str | None, count: int) -> tuple[list[str], int]:
+    """The last ``count`` of :func:`output_lines` of ``text``, and how many come before them."""
+    lines = output_lines(text)
+    shown = lines[-count:] if count > 0 else []
+    return shown, len(lines) - len(shown)
+
+
 def seconds(value: float) -> str:
     """A duration rounded to the millisecond, as in ``1.250s``."""
     return f"{max(value, 0.0):.3f}s"
@@ -86,7 +131,39 @@ def _offset(timestamp: float | None, origin: float) -> str:
     return "" if timestamp is None else f"+{seconds(timestamp - origin)}"
 
 
-def _record_row(record: Invocation, origin: float) -> str:
+def progress_bar_html(fraction: float, *, width: int = 320, colour: str = GREEN) -> str:
+    """A static HTML bar ``width`` pixels wide, filled to ``fraction`` (0 to 1)."""
+    percent = 100 * min(max(fraction, 0.0), 1.0)
+    return (
+        f'<div class="pyergon-progress" style="display:inline-block;vertical-align:middle;'
+        f"width:{width}px;height:10px;background:rgba(128,128,128,0.25);border-radius:3px;"
+        f'margin:4px 0"><div style="width:{percent:.1f}%;height:10px;background:{colour};'
+        'border-radius:3px"></div></div>'
+    )
+
+
+def step_progress_html(progress: StepProgress, *, width: int = 120) -> str:
+    """A step's progress: a bar when it has a total, then its text (``37/100 · loading``)."""
+    fraction = progress.fraction
+    bar = "" if fraction is None else progress_bar_html(fraction, width=width, colour=AMBER) + " "
+    return f"{bar}{escape(progress.describe())}"
+
+
+def output_html(text: str, *, lines: int = OUTPUT_LINES) -> str:
+    """What a step printed, collapsed: a summary with its line count, its last ``lines``."""
+    shown, earlier = last_lines(text, lines)
+    count = len(shown) + earlier
+    before = f"… {earlier} earlier line(s)\n" if earlier else ""
+    return (
+        f'<details class="pyergon-output"><summary>printed {count} '
+        f"line{'' if count == 1 else 's'}</summary>"
+        '<pre style="font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;'
+        f'margin:2px 0;white-space:pre-wrap">{escape(before)}{escape(chr(10).join(shown))}'
+        "</pre></details>"
+    )
+
+
+def _record_row(record: Invocation, origin: float, running: bool) -> str:
     took = (
         seconds(record.completed_at - record.started_at)
         if record.started_at is not None and record.completed_at is not None
@@ -99,18 +176,27 @@ def _record_row(record: Invocation, origin: float) -> str:
         details.append(f"child {escape(record.child_flow_id)}")
     if record.error is not None:
         details.append(f"{escape(record.error.short_type)}: {escape(record.error.message)}")
+    if record.progress is not None:
+        details.append(step_progress_html(record.progress))
+    if record.output:
+        details.append(output_html(record.output))
     colour = RECORD_COLOURS[record.status]
+    status = "running" if running else record.status.value
     return (
         f"<tr><td>{escape(record.position)}</td><td>{escape(record.kind.value)}</td>"
         f"<td>{escape(record.name)}</td>"
-        f'<td style="color:{colour}">{escape(record.status.value)}</td>'
+        f'<td style="color:{colour}">{escape(status)}</td>'
         f"<td>{record.attempts}</td><td>{_offset(record.started_at, origin)}</td>"
         f"<td>{took}</td><td>{'; '.join(details)}</td></tr>"
     )
 
 
 def history_html(history: FlowHistory) -> str:
-    """A flow's header and its records table as escaped HTML; times are offsets from creation."""
+    """A flow's header and its records table as escaped HTML; times are offsets from creation.
+
+    Steps running now are rows too, with a bar of their progress; what a step printed is in a
+    collapsed ``<details>`` of its row (the last :data:`OUTPUT_LINES` lines).
+    """
     flow = history.flow
     colour = FLOW_COLOURS[flow.status]
     facts = [f"type <code>{escape(flow.flow_type)}</code>", f"attempt {flow.attempt}"]
@@ -129,12 +215,16 @@ def history_html(history: FlowHistory) -> str:
         if flow.error is not None
         else ""
     )
-    rows = "".join(_record_row(record, flow.created_at) for record in history.invocations)
+    records = history.records_now
+    rows = "".join(
+        _record_row(record, flow.created_at, history.running_at(record.position) is not None)
+        for record in records
+    )
     table = (
         "<table><thead><tr><th>position</th><th>kind</th><th>name</th><th>status</th>"
         "<th>attempts</th><th>started</th><th>duration</th><th>detail</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
-        if history.invocations
+        if records
         else "<p>no records yet</p>"
     )
     return (

@@ -7,6 +7,7 @@ so ``except LookupError`` keeps working for callers that do not know pyergon::
     ├── FlowDefinitionError (TypeError)      a class or method is not a valid flow / step
     ├── InvalidFlowIdError (ValueError)      a flow id that is empty or not a string
     ├── FlowNotFoundError (LookupError)      no flow with that id in storage
+    ├── StepNotFoundError (LookupError)      the flow has no step of that name or position
     ├── NonDeterminismError                  the code no longer matches the recorded log
     ├── StepFailedError                      a recorded step error whose type cannot be rebuilt
     ├── StepTimeoutError (TimeoutError)      a step ran past its ``timeout``
@@ -47,6 +48,7 @@ __all__ = [
     "SerializationError",
     "SignatureError",
     "StepFailedError",
+    "StepNotFoundError",
     "StepProcessError",
     "StepTimeoutError",
     "StorageClosedError",
@@ -81,6 +83,21 @@ class FlowNotFoundError(PyergonError, LookupError):
             f"no flow with id {flow_id!r} in storage; list flows to see the ids that exist"
         )
         self.flow_id = flow_id
+
+
+class StepNotFoundError(PyergonError, LookupError):
+    """A flow has no step with the given name or position (recorded or running now).
+
+    Attributes:
+        flow_id: The flow that was looked in.
+        step: The name or position that was looked up.
+    """
+
+    def __init__(self, flow_id: str, step: str | int, steps: list[str]) -> None:
+        known = f"its steps: {', '.join(steps)}" if steps else "it has not run a step yet"
+        super().__init__(f"flow {flow_id!r} has no step {step!r}; {known}")
+        self.flow_id = flow_id
+        self.step = step
 
 
 class NonDeterminismError(PyergonError):

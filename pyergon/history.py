@@ -9,7 +9,7 @@ built (``pip install "pyergon[notebook]"``).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Unpack
 
@@ -19,12 +19,13 @@ from pyergon.core.records import (
     Invocation,
     ScheduledFlow,
     SignalRecord,
+    StepProgress,
     StoredError,
     format_position,
 )
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
-from pyergon.core.workers import unserved_types
-from pyergon.errors import FlowNotFoundError, PyergonError
+from pyergon.core.workers import StepActivity, running_steps, unserved_types
+from pyergon.errors import FlowNotFoundError, PyergonError, StepNotFoundError
 from pyergon.executor.executor import validate_flow_id
 from pyergon.storage.base import WorkerRegistry
 
@@ -61,6 +62,7 @@ FLOW_COLUMNS = (
     "error_type",
     "error_message",
     "cancel_requested",
+    "running_step",
 )
 """Columns of :func:`flows_frame`, in order."""
 
@@ -81,6 +83,9 @@ INVOCATION_COLUMNS = (
     "error_type",
     "error_message",
     "idempotency_key",
+    "output",
+    "progress",
+    "progress_message",
 )
 """Columns of :func:`invocations_frame`, in order."""
 
@@ -99,6 +104,8 @@ class FlowHistory:
         children: Child flows it started, newest first.
         unserved: The types of this flow and its children, among those still waiting to run,
             that no live worker serves (from the workers' records, where storage keeps them).
+        running: The steps of this flow that live workers run now, oldest first, with their
+            progress (from the workers' last heartbeats, where storage keeps them).
     """
 
     flow: ScheduledFlow
@@ -106,6 +113,7 @@ class FlowHistory:
     signals: tuple[SignalRecord, ...]
     children: tuple[ScheduledFlow, ...]
     unserved: tuple[str, ...] = ()
+    running: tuple[StepActivity, ...] = ()
 
     @property
     def steps(self) -> tuple[Invocation, ...]:
@@ -121,6 +129,76 @@ class FlowHistory:
     def retried(self) -> tuple[Invocation, ...]:
         """Records that needed more than one attempt."""
         return tuple(record for record in self.invocations if record.attempts > 1)
+
+    @property
+    def records_now(self) -> tuple[Invocation, ...]:
+        """The records with the steps running now, by position: what the views draw.
+
+        A running step that has no record yet (its first attempt) appears as a ``PENDING``
+        record started when that attempt started; a running step's record carries the
+        progress its worker reported last. Stored records are not changed.
+        """
+        if not self.running:
+            return self.invocations
+        live = {activity.position: activity for activity in self.running}
+        records = [
+            _with_progress(record, live.pop(record.position, None)) for record in self.invocations
+        ]
+        records.extend(_running_record(self.flow.flow_id, activity) for activity in live.values())
+        return tuple(sorted(records, key=lambda record: (record.sequence, record.sub_sequence)))
+
+    def running_at(self, position: str) -> StepActivity | None:
+        """The step running now at ``position`` (``"3"``, ``"3.1"``), if one is."""
+        return next((each for each in self.running if each.position == position), None)
+
+    def find_steps(self, step: str | int) -> tuple[Invocation, ...]:
+        """The step records ``step`` names, running steps included (see :attr:`records_now`).
+
+        Args:
+            step: A position (``3``, ``"3"``, ``"3.1"``) or a step name; a name called several
+                times names every call, by position.
+
+        Raises:
+            StepNotFoundError: The flow has no such step; the message lists its steps.
+            TypeError: ``step`` is neither text nor a whole number.
+        """
+        if isinstance(step, bool) or not isinstance(step, str | int):
+            raise TypeError(
+                f"a step is named by its name or its position (3 or '3'), got "
+                f"{type(step).__name__} {step!r}"
+            )
+        steps = [record for record in self.records_now if record.kind is OperationKind.STEP]
+        wanted = str(step)
+        found = tuple(record for record in steps if record.position == wanted)
+        if not found and isinstance(step, str):
+            found = tuple(record for record in steps if record.name == step)
+        if not found:
+            listed = [f"{record.position} {record.name}" for record in steps]
+            raise StepNotFoundError(self.flow.flow_id, step, listed)
+        return found
+
+    def output(self, step: str | int | None = None) -> str:
+        """What the flow's steps printed (stdout and stderr), as recorded.
+
+        Args:
+            step: One step, by position or name (see :meth:`find_steps`); ``None``: every step
+                that printed, each headed by a line ``==> 3 crunch <==``.
+
+        Returns:
+            The text, ``""`` where nothing was printed. A step's attempts after the first
+            start with a line ``── attempt N ──``.
+
+        Raises:
+            StepNotFoundError: ``step`` names no step of the flow.
+        """
+        if step is None:
+            records = tuple(r for r in self.records_now if r.kind is OperationKind.STEP)
+            printed = [record for record in records if record.output]
+            return "".join(_headed(record) for record in printed)
+        found = self.find_steps(step)
+        if len(found) == 1:
+            return found[0].output or ""
+        return "".join(_headed(record) for record in found)
 
     def invocations_frame(self) -> pd.DataFrame:
         """The records as a DataFrame (see :func:`invocations_frame`)."""
@@ -158,11 +236,45 @@ async def load_history(storage: ExecutionLog, flow_id: str) -> FlowHistory:
     signals = await storage.list_signals(flow_id)
     children = [child async for child in iter_flows(storage, parent_flow_id=flow_id)]
     unserved: tuple[str, ...] = ()
+    running: tuple[StepActivity, ...] = ()
     if isinstance(storage, WorkerRegistry):
         waiting = [each.flow_type for each in (flow, *children) if not each.status.is_final]
         if waiting:
-            unserved = unserved_types(waiting, await storage.list_workers(), time.time())
-    return FlowHistory(flow, tuple(invocations), tuple(signals), tuple(children), unserved)
+            workers, now = await storage.list_workers(), time.time()
+            unserved = unserved_types(waiting, workers, now)
+            if not flow.status.is_final:
+                running = running_steps(workers, now).get(flow_id, ())
+    return FlowHistory(flow, tuple(invocations), tuple(signals), tuple(children), unserved, running)
+
+
+def _headed(record: Invocation) -> str:
+    """A step's output after a line naming it, ending in a new line."""
+    text = record.output or ""
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return f"==> {record.position} {record.name} <==\n{text}"
+
+
+def _with_progress(record: Invocation, activity: StepActivity | None) -> Invocation:
+    if activity is None or activity.progress is None:
+        return record
+    return record.replace(progress=activity.progress)
+
+
+def _running_record(flow_id: str, activity: StepActivity) -> Invocation:
+    """A running step that has no record yet, as the record its first attempt will write."""
+    sequence, _, sub_sequence = activity.position.partition(".")
+    return Invocation(
+        flow_id,
+        int(sequence),
+        OperationKind.STEP,
+        activity.step,
+        InvocationStatus.PENDING,
+        sub_sequence=int(sub_sequence or 0),
+        attempts=1,
+        started_at=activity.started_at,
+        progress=activity.progress,
+    )
 
 
 async def iter_flows(
@@ -233,15 +345,25 @@ def _error_columns(pandas: Any, errors: Sequence[StoredError | None]) -> dict[st
     }
 
 
-def flows_frame(flows: Iterable[ScheduledFlow]) -> pd.DataFrame:
+def flows_frame(
+    flows: Iterable[ScheduledFlow],
+    running: Mapping[str, Sequence[StepActivity]] | None = None,
+) -> pd.DataFrame:
     """Return flows as a DataFrame with the columns of :data:`FLOW_COLUMNS`.
 
     ``duration`` is ``updated_at - created_at`` for final flows and ``NaT`` otherwise;
     ``lease_losses`` counts the leases its workers lost while running it, ``last_lost_by``
     names the last of them.
+
+    Args:
+        flows: The flows, one row each.
+        running: The steps running now by flow id, as
+            :func:`~pyergon.core.workers.running_steps` returns them: ``running_step`` names
+            a flow's (several joined by ", "); without it, that column is empty.
     """
     pandas = _pandas()
     rows = list(flows)
+    running = running or {}
     created = _times(pandas, [flow.created_at for flow in rows])
     updated = _times(pandas, [flow.updated_at for flow in rows])
     final = pandas.array([flow.status.is_final for flow in rows], dtype="boolean")
@@ -265,15 +387,28 @@ def flows_frame(flows: Iterable[ScheduledFlow]) -> pd.DataFrame:
             "cancel_requested": pandas.array(
                 [flow.cancel_requested for flow in rows], dtype="boolean"
             ),
+            "running_step": _text(
+                pandas, [_step_names(running.get(flow.flow_id, ())) for flow in rows]
+            ),
         },
         columns=list(FLOW_COLUMNS),
     )
 
 
+def _step_names(activities: Sequence[StepActivity]) -> str | None:
+    return ", ".join(activity.step for activity in activities) or None
+
+
 def invocations_frame(invocations: Iterable[Invocation]) -> pd.DataFrame:
-    """Return records as a DataFrame with the columns of :data:`INVOCATION_COLUMNS`."""
+    """Return records as a DataFrame with the columns of :data:`INVOCATION_COLUMNS`.
+
+    ``output`` is what a step printed (``<NA>`` if nothing); ``progress`` the share done of
+    its last progress report, from 0 to 1 (``NaN`` without a report or a total), and
+    ``progress_message`` that report's message.
+    """
     pandas = _pandas()
     rows = list(invocations)
+    progress: list[StepProgress | None] = [record.progress for record in rows]
     started = _times(pandas, [record.started_at for record in rows])
     completed = _times(pandas, [record.completed_at for record in rows])
     names = [record.name for record in rows]
@@ -294,9 +429,17 @@ def invocations_frame(invocations: Iterable[Invocation]) -> pd.DataFrame:
             "child_flow_id": _text(pandas, [record.child_flow_id for record in rows]),
             **_error_columns(pandas, [record.error for record in rows]),
             "idempotency_key": _text(pandas, [record.idempotency_key for record in rows]),
+            "output": _text(pandas, [record.output for record in rows]),
+            "progress": pandas.array([_fraction(report) for report in progress], dtype="float64"),
+            "progress_message": _text(pandas, [r.message if r else None for r in progress]),
         },
         columns=list(INVOCATION_COLUMNS),
     )
+
+
+def _fraction(progress: StepProgress | None) -> float:
+    fraction = None if progress is None else progress.fraction
+    return float("nan") if fraction is None else fraction
 
 
 def signals_frame(signals: Iterable[SignalRecord]) -> pd.DataFrame:

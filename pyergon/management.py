@@ -33,6 +33,7 @@ from pyergon.errors import (
 from pyergon.executor._inputs import decode_flow
 from pyergon.executor._runner import FLOW_RETRY_SEQUENCE, FlowRun, drive_flow
 from pyergon.executor.executor import validate_flow_id, validate_new_flow_id
+from pyergon.history import load_history
 from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage._flows import request_cancel, requeue, save_records
 from pyergon.storage.base import ExecutionLog, WorkerRegistry
@@ -231,6 +232,20 @@ class FlowManager:
             return True
         record = await self.storage.get_worker(flow.lease_owner)
         return record is None or worker_state(record, self.clock.now()) is WorkerState.LIVE
+
+    async def output(self, flow_id: str, step: str | int | None = None) -> str:
+        """What a flow's steps printed, as recorded; see :meth:`FlowHistory.output`.
+
+        Args:
+            flow_id: The flow.
+            step: One step, by position (``3``, ``"3"``) or name; ``None``: every step that
+                printed, each headed by a line ``==> 3 crunch <==``.
+
+        Raises:
+            FlowNotFoundError: No such flow.
+            StepNotFoundError: ``step`` names no step of the flow; the message lists them.
+        """
+        return (await load_history(self.storage, flow_id)).output(step)
 
     async def workers(self) -> list[WorkerRecord]:
         """Every worker the storage has a record of, live, stopped or dead, by id.

@@ -1,4 +1,4 @@
-"""``pyergon flows|show|signal|cancel|resume|retry|fork|replay``: manage stored flows from a shell.
+"""``pyergon flows|show|output|signal|cancel|...``: manage stored flows from a shell.
 
 Each command opens the storage named by ``--storage`` (default ``$PYERGON_STORAGE``, then
 ``sqlite:///pyergon.db``), does one read or one :class:`~pyergon.management.FlowManager`
@@ -205,6 +205,17 @@ async def _show(arguments: argparse.Namespace, output: _Output) -> int:
     return 0
 
 
+async def _output(arguments: argparse.Namespace, output: _Output) -> int:
+    step: str | None = arguments.step
+    async with _storage(arguments) as storage:
+        text = await _manager(storage).output(arguments.flow_id, step)
+    if output.as_json:
+        output.json({"flow_id": arguments.flow_id, "step": step, "output": text})
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 async def _signal(arguments: argparse.Namespace, output: _Output) -> int:
     from pyergon.executor.scheduler import Scheduler
 
@@ -390,6 +401,7 @@ MANAGEMENT_COMMANDS: Mapping[str, _Command] = {
     "workers": _workers,
     "flows": _flows,
     "show": _show,
+    "output": _output,
     "signal": _signal,
     "cancel": _cancel,
     "resume": _resume,

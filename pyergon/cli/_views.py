@@ -11,9 +11,16 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pyergon._history_html import lease_loss_note
-from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
+from pyergon._history_html import OUTPUT_LINES, last_lines, lease_loss_note, line_count
+from pyergon.core.records import (
+    Invocation,
+    ScheduledFlow,
+    SignalRecord,
+    StepProgress,
+    StoredError,
+)
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.core.workers import StepActivity
 from pyergon.history import FlowHistory
 
 if TYPE_CHECKING:
@@ -29,6 +36,7 @@ __all__ = [
     "history_json",
     "history_view",
     "invocation_json",
+    "progress_json",
     "status_markup",
     "timeline_lines",
 ]
@@ -46,6 +54,8 @@ _STATUS_STYLES: Mapping[str, str] = {
 }
 _TIMELINE_WIDTH = 32
 """Characters of the timeline's lane; the whole life of the flow spans it."""
+_PROGRESS_WIDTH = 20
+"""Characters of a running step's progress bar."""
 _WAITING_KIND = {
     InvocationStatus.WAITING_FOR_TIMER: "timer",
     InvocationStatus.WAITING_FOR_SIGNAL: "signal",
@@ -180,6 +190,30 @@ def invocation_json(record: Invocation) -> dict[str, Any]:
         "idempotency_key": record.idempotency_key,
         "error": _error_json(record.error, traceback=True),
         "result_bytes": _size(record.result),
+        "output": record.output,
+        "progress": progress_json(record.progress),
+    }
+
+
+def progress_json(progress: StepProgress | None) -> dict[str, Any] | None:
+    """A step's last progress report as a JSON-ready dict, with its ``fraction`` done."""
+    if progress is None:
+        return None
+    return {
+        "done": progress.done,
+        "total": progress.total,
+        "fraction": progress.fraction,
+        "message": progress.message,
+        "at": _iso(progress.at),
+    }
+
+
+def _activity_json(activity: StepActivity) -> dict[str, Any]:
+    return {
+        "position": activity.position,
+        "step": activity.step,
+        "started_at": _iso(activity.started_at),
+        "progress": progress_json(activity.progress),
     }
 
 
@@ -198,6 +232,7 @@ def history_json(history: FlowHistory) -> dict[str, Any]:
         "invocations": [invocation_json(record) for record in history.invocations],
         "signals": [_signal_json(signal) for signal in history.signals],
         "children": [flow_json(child) for child in history.children],
+        "running": [_activity_json(activity) for activity in history.running],
     }
 
 
@@ -254,18 +289,25 @@ def count_line(shown: int, counts: Mapping[TaskStatus, int], flow_type: str | No
 
 
 def history_view(history: FlowHistory, now: float) -> list[RenderableType]:
-    """What ``pyergon show`` prints: header, records table, timeline, signals and children.
+    """What ``pyergon show`` prints: header, records, timeline, running steps, output, signals...
+
+    Steps running now (from the live workers' heartbeats) are listed with their records, how
+    long they have run and their progress; each step that printed shows its last
+    :data:`OUTPUT_LINES` lines.
 
     Args:
         history: The flow as :func:`~pyergon.history.load_history` read it.
         now: The current time, where unfinished records end on the timeline.
     """
     parts: list[RenderableType] = [*_header_lines(history)]
-    if history.invocations:
+    if history.records_now:
         parts += ["", _records_table(history), "", "[bold]timeline[/]"]
         parts += timeline_lines(history, now)
     else:
         parts.append("no records yet: the flow has not run a step")
+    if history.running:
+        parts += ["", "[bold]running[/]", _running_table(history.running, now)]
+    parts += _output_lines(history)
     parts += _section(
         "signals",
         [
@@ -283,6 +325,50 @@ def history_view(history: FlowHistory, now: float) -> list[RenderableType]:
         ],
     )
     return parts
+
+
+def _running_table(running: Sequence[StepActivity], now: float) -> Table:
+    """One row per running step: position, name, how long it runs, a bar and its progress."""
+    from rich import box
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE, show_header=False, show_edge=False, pad_edge=False)
+    for _ in range(5):
+        table.add_column(no_wrap=True)
+    for activity in running:
+        progress = activity.progress
+        fraction = None if progress is None else progress.fraction
+        bar: RenderableType = (
+            ""
+            if fraction is None
+            else ProgressBar(total=1.0, completed=fraction, width=_PROGRESS_WIDTH)
+        )
+        table.add_row(
+            f"  {activity.position}",
+            _escape(activity.step),
+            f"running {format_duration(now - activity.started_at)}",
+            bar,
+            "" if progress is None else _escape(progress.describe()),
+        )
+    return table
+
+
+def _output_lines(history: FlowHistory) -> list[str]:
+    """The output section: each step that printed, with its last lines."""
+    from shlex import quote
+
+    lines: list[str] = []
+    for record in history.records_now:
+        if not record.output:
+            continue
+        shown, earlier = last_lines(record.output, OUTPUT_LINES)
+        lines.append(f"  [bold]{record.position} {_escape(record.name)}[/]")
+        if earlier:
+            command = f"pyergon output {quote(history.flow.flow_id)} {record.position}"
+            lines.append(f"    [dim]… {earlier} earlier line(s): {_escape(command)}[/]")
+        lines += [f"    {_escape(line)}" for line in shown]
+    return _section("output", lines)
 
 
 def _section(title: str, lines: list[str]) -> list[str]:
@@ -347,12 +433,12 @@ def _records_table(history: FlowHistory) -> Table:
     table.add_column("started (UTC)", no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
     table.add_column("details", overflow="fold", min_width=10)
-    for record in history.invocations:
+    for record in history.records_now:
         table.add_row(
             record.position,
             record.kind.value.lower(),
             _escape(record.name),
-            status_markup(record.status.value),
+            _record_status(history, record),
             str(record.attempts) if record.kind is OperationKind.STEP else "",
             format_time(record.started_at, date=False),
             format_duration(_record_duration(record)),
@@ -361,9 +447,21 @@ def _records_table(history: FlowHistory) -> Table:
     return table
 
 
+def _record_status(history: FlowHistory, record: Invocation) -> str:
+    """A record's status in colour; ``running`` for a step a live worker runs now."""
+    if history.running_at(record.position) is not None:
+        return "[cyan]running[/]"
+    return status_markup(record.status.value)
+
+
 def _record_detail(record: Invocation) -> str:
-    """The fire time of a timer, the id of a child, the error of a failure."""
+    """A record's details: fire time, child, error, lines printed, last progress."""
     details = []
+    printed = line_count(record.output)
+    if printed:
+        details.append(f"printed {printed} line{'' if printed == 1 else 's'}")
+    if record.progress is not None:
+        details.append(_escape(record.progress.describe()))
     if record.fire_at is not None:
         details.append(f"fires {format_time(record.fire_at, date=False)}")
     if record.child_flow_id is not None:
@@ -384,17 +482,18 @@ def timeline_lines(history: FlowHistory, now: float) -> list[str]:
     with a light bar up to the end of the lane.
     """
     flow = history.flow
+    records = history.records_now
     # A fork's copied records started before the fork itself was created.
-    start = min([flow.created_at, *(r.started_at for r in history.invocations if r.started_at)])
+    start = min([flow.created_at, *(r.started_at for r in records if r.started_at)])
     end = flow.updated_at if flow.status.is_final else now
-    end = max([end, *(_ends(record, end) for record in history.invocations)])
+    end = max([end, *(_ends(record, end) for record in records)])
     span = max(end - start, 1e-9)
-    label_width = max(len(f"{record.position:>4} {record.name}") for record in history.invocations)
+    label_width = max(len(f"{record.position:>4} {record.name}") for record in records)
     lines = []
-    for record in history.invocations:
+    for record in records:
         label = f"{record.position:>4} {record.name}"
         name = _escape(label) + " " * (label_width - len(label))
-        status = status_markup(record.status.value)
+        status = _record_status(history, record)
         if record.started_at is None:
             lines.append(f"  {'':>9}  {' ' * _TIMELINE_WIDTH}  {name}  {status}")
             continue

@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workers(subcommands, common)
     _add_flows(subcommands, common)
     _add_show(subcommands, common)
+    _add_output(subcommands, common)
     _add_signal(subcommands, common)
     _add_flow_state_commands(subcommands, common)
     _add_fork(subcommands, common)
@@ -195,6 +196,25 @@ def _add_show(subcommands: _Subcommands, common: argparse.ArgumentParser) -> Non
         "the whole history (payloads as sizes).",
     )
     add_flow_id(show)
+
+
+def _add_output(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
+    output = _add_management(
+        subcommands,
+        common,
+        "output",
+        "print what a flow's steps printed, in full",
+        "Print the stdout and stderr a flow's steps wrote, as recorded (pyergon show prints "
+        "the last lines of each). Without STEP, every step that printed, each after a line "
+        "'==> POSITION NAME <=='.",
+    )
+    add_flow_id(output)
+    output.add_argument(
+        "step",
+        nargs="?",
+        metavar="STEP",
+        help="one step, by its position (3) or its name",
+    )
 
 
 def _add_signal(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:

@@ -1,8 +1,9 @@
-"""A live monitor of a session: flows by status, workers and their heartbeats, progress, errors.
+"""A live monitor of a session: flows by status, workers, running steps, progress, errors.
 
 ``monitor = await session.monitor()`` reads a first snapshot; in a kernel its widget refreshes
 in place every ``interval`` seconds through a task the session holds, until
 :meth:`Monitor.stop` or ``session.close()``. Outside a kernel it renders as text and HTML.
+Running steps and their progress come from the live workers' heartbeats in storage.
 """
 
 from __future__ import annotations
@@ -13,10 +14,20 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pyergon._history_html import FLOW_COLOURS, GREEN, RED, escape, lease_loss_note
+from pyergon._history_html import (
+    FLOW_COLOURS,
+    GREEN,
+    RED,
+    escape,
+    last_lines,
+    lease_loss_note,
+    progress_bar_html,
+    seconds,
+    step_progress_html,
+)
 from pyergon.core.query import FlowQuery
 from pyergon.core.status import TaskStatus
-from pyergon.core.workers import unserved_types
+from pyergon.core.workers import StepActivity, running_steps, unserved_types
 from pyergon.errors import PyergonError
 from pyergon.notebook._views_common import View, ViewTasks, refresh_every
 from pyergon.storage.base import WorkerRegistry
@@ -25,7 +36,7 @@ if TYPE_CHECKING:
     from pyergon.executor.worker import Worker
     from pyergon.notebook.session import Session
 
-__all__ = ["HEARTBEAT_STALE_AFTER", "Monitor", "MonitorSnapshot", "WorkerState"]
+__all__ = ["HEARTBEAT_STALE_AFTER", "Monitor", "MonitorSnapshot", "RunningStep", "WorkerState"]
 
 HEARTBEAT_STALE_AFTER = 5.0
 """Seconds without a heartbeat after which a worker shows as stale.
@@ -38,6 +49,10 @@ _ERRORS_SHOWN = 3
 _RECENT_FLOWS = 100
 """The newest flows in which the monitor looks for leases their workers lost."""
 _LOSSES_SHOWN = 5
+_RUNNING_SHOWN = 10
+"""Running steps the monitor lists, those that started first; the rest are counted."""
+_OUTPUT_LINES = 5
+"""Lines of a running step's output the monitor shows with ``output=True``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +95,27 @@ class WorkerState:
 
 
 @dataclass(frozen=True, slots=True)
+class RunningStep:
+    """A step a live worker ran when the monitor looked.
+
+    Attributes:
+        activity: The step, its flow and its last progress, from the worker's heartbeat.
+        elapsed: Seconds it had run (this attempt) when the monitor looked.
+        output: The last lines it printed, when the monitor shows output.
+    """
+
+    activity: StepActivity
+    elapsed: float
+    output: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """``flow-id 3 crunch``: which step of which flow."""
+        activity = self.activity
+        return f"{activity.flow_id} {activity.position} {activity.step}"
+
+
+@dataclass(frozen=True, slots=True)
 class MonitorSnapshot:
     """What the monitor saw at one refresh.
 
@@ -91,6 +127,8 @@ class MonitorSnapshot:
             running them (see :func:`~pyergon._history_html.lease_loss_note`), newest first.
         unserved: The types of the newest unfinished flows that no live worker serves (by the
             workers' records in storage), sorted: their flows wait until one does.
+        running: The steps live workers ran, those that started first (at most ten).
+        running_total: How many steps live workers ran, listed or not.
     """
 
     counts: Mapping[TaskStatus, int]
@@ -98,6 +136,8 @@ class MonitorSnapshot:
     errors: tuple[str, ...]
     lost_leases: tuple[tuple[str, str], ...] = ()
     unserved: tuple[str, ...] = ()
+    running: tuple[RunningStep, ...] = ()
+    running_total: int = 0
 
     @property
     def total(self) -> int:
@@ -132,6 +172,14 @@ class MonitorSnapshot:
             lines.extend(f"    {flow_id}: {note}" for flow_id, note in shown)
         if self.unserved:
             lines.append(f"  no live worker serves: {', '.join(self.unserved)}")
+        if self.running_total:
+            lines.append(f"  running steps: {self.running_total}")
+        for step in self.running:
+            progress = step.activity.progress
+            lines.append(f"    {step.label}" + (f": {progress.describe()}" if progress else ""))
+            lines.extend(f"      | {line}" for line in step.output)
+        if self.running_total > len(self.running):
+            lines.append(f"    … {self.running_total - len(self.running)} more")
         lines.append(f"  background errors: {len(self.errors)}")
         return "\n".join(lines)
 
@@ -144,9 +192,10 @@ class MonitorSnapshot:
         )
         parts = [f"<b>pyergon monitor</b>: {escape(self.progress)}"]
         if progress_bar:
-            parts.append(_progress_bar(self.final, self.total))
+            parts.append(progress_bar_html(self.final / self.total if self.total else 0.0))
         parts.append(f"<table><tr>{cells}</tr></table>")
         parts.append(_workers_html(self.workers))
+        parts.append(_running_html(self.running, self.running_total))
         parts.append(_lost_leases_html(self.lost_leases))
         if self.unserved:
             parts.append(
@@ -155,15 +204,6 @@ class MonitorSnapshot:
             )
         parts.append(_errors_html(self.errors))
         return f'<div class="pyergon-monitor">{"".join(parts)}</div>'
-
-
-def _progress_bar(done: int, total: int) -> str:
-    percent = 100 * done / total if total else 0
-    return (
-        '<div style="width:320px;height:10px;background:rgba(128,128,128,0.25);'
-        f'border-radius:3px;margin:4px 0"><div style="width:{percent:.1f}%;height:10px;'
-        f'background:{GREEN};border-radius:3px"></div></div>'
-    )
 
 
 def _workers_html(workers: tuple[WorkerState, ...]) -> str:
@@ -177,6 +217,31 @@ def _workers_html(workers: tuple[WorkerState, ...]) -> str:
     return (
         "<table><thead><tr><th>worker</th><th>running</th><th>finished</th>"
         f"<th>heartbeat</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def _running_html(running: tuple[RunningStep, ...], total: int) -> str:
+    if not total:
+        return ""
+    rows = []
+    for step in running:
+        activity, progress = step.activity, step.activity.progress
+        rows.append(
+            f"<tr><td><code>{escape(activity.flow_id)}</code></td>"
+            f"<td>{escape(activity.position)} {escape(activity.step)}</td>"
+            f"<td>{seconds(step.elapsed)}</td>"
+            f"<td>{'' if progress is None else step_progress_html(progress)}</td></tr>"
+        )
+        if step.output:
+            rows.append(
+                '<tr><td></td><td colspan="3"><pre class="pyergon-output" style="margin:0">'
+                f"{escape(chr(10).join(step.output))}</pre></td></tr>"
+            )
+    more = f"<p>… {total - len(running)} more</p>" if total > len(running) else ""
+    return (
+        f'<table class="pyergon-running"><thead><tr><th>flow</th><th>running step</th>'
+        f"<th>for</th><th>progress</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"{more}"
     )
 
 
@@ -221,13 +286,15 @@ class Monitor(View):
     Args:
         session: The session to watch.
         interval: Seconds between two refreshes of the live widget.
+        output: Also show the last lines each running step printed.
     """
 
-    def __init__(self, session: Session, *, interval: float = 1.0) -> None:
+    def __init__(self, session: Session, *, interval: float = 1.0, output: bool = False) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval}")
         self.session = session
         self.interval = interval
+        self.output = output
         self.snapshot: MonitorSnapshot | None = None
         """The last snapshot read, or ``None`` before the first refresh."""
         self.error: BaseException | None = None
@@ -252,19 +319,22 @@ class Monitor(View):
         return task is not None and not task.done() and not task.cancelling()
 
     async def refresh(self) -> MonitorSnapshot:
-        """Read storage's counts and lost leases, the session's workers and errors; redraw."""
+        """Read storage's counts, lost leases and running steps, the session's workers; redraw."""
         self.session._check_open()
-        counts = await self.session.storage.count_flows()
-        newest = await self.session.storage.list_flows(FlowQuery(limit=_RECENT_FLOWS))
+        storage = self.session.storage
+        counts = await storage.count_flows()
+        newest = await storage.list_flows(FlowQuery(limit=_RECENT_FLOWS))
         lost_leases = tuple(
             (flow.flow_id, note) for flow in newest if (note := lease_loss_note(flow)) is not None
         )
+        records = await storage.list_workers() if isinstance(storage, WorkerRegistry) else []
         now = time.time()
-        unserved: tuple[str, ...] = ()
-        storage = self.session.storage
         waiting = [flow.flow_type for flow in newest if not flow.status.is_final]
-        if waiting and isinstance(storage, WorkerRegistry):
-            unserved = unserved_types(waiting, await storage.list_workers(), now)
+        unserved = unserved_types(waiting, records, now) if waiting else ()
+        running = sorted(
+            (step for steps in running_steps(records, now).values() for step in steps),
+            key=lambda activity: activity.started_at,
+        )
         workers = sorted(
             (WorkerState.of(worker, now) for worker in self.session.workers),
             key=lambda state: state.worker_id,
@@ -275,10 +345,35 @@ class Monitor(View):
             errors=tuple(str(error) for error in self.session.errors),
             lost_leases=lost_leases,
             unserved=unserved,
+            running=await self._running(running[:_RUNNING_SHOWN], now),
+            running_total=len(running),
         )
         if self._widget is not None:
             self._widget.show(self)
         return self.snapshot
+
+    async def _running(self, shown: list[StepActivity], now: float) -> tuple[RunningStep, ...]:
+        """The running steps as shown, with what they printed when the monitor shows output.
+
+        What a step printed is read from its record, where the runtime stores it: a running
+        step shows what its record holds so far (its earlier attempts' output, at least).
+        """
+        printed: dict[tuple[str, str], str] = {}
+        if self.output:
+            for flow_id in dict.fromkeys(activity.flow_id for activity in shown):
+                for record in await self.session.storage.load_invocations(flow_id):
+                    if record.output:
+                        printed[(flow_id, record.position)] = record.output
+        return tuple(
+            RunningStep(
+                activity,
+                max(now - activity.started_at, 0.0),
+                tuple(
+                    last_lines(printed.get((activity.flow_id, activity.position)), _OUTPUT_LINES)[0]
+                ),
+            )
+            for activity in shown
+        )
 
     def start(self) -> None:
         """Refresh every ``interval`` seconds on the running loop until :meth:`stop`.

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 from pyergon._history_html import (
     AMBER,
+    DARK_GREY,
     FLOW_COLOURS,
     GREEN,
     GREY,
     RECORD_COLOURS,
     RED,
     escape,
+    last_lines,
     lease_loss_note,
     seconds,
 )
@@ -46,6 +48,8 @@ _LEGEND_HEIGHT = 28
 _LABEL_CHARS = 36
 _MIN_SPAN = 0.001
 """Smallest time span drawn, so flows that took no time (a ManualClock) still render."""
+_TOOLTIP_LINES = 10
+"""Lines of a step's output its tooltip shows, the last ones."""
 _FONT = "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace"
 
 
@@ -84,7 +88,8 @@ def _is_flow_retry(record: Invocation) -> bool:
 
 
 def _ordered(history: FlowHistory) -> list[Invocation]:
-    return sorted(history.invocations, key=lambda record: (record.sequence, record.sub_sequence))
+    """The records to draw, running steps included (see ``FlowHistory.records_now``)."""
+    return sorted(history.records_now, key=lambda record: (record.sequence, record.sub_sequence))
 
 
 def _flow_summary(history: FlowHistory) -> str:
@@ -95,7 +100,7 @@ def _flow_summary(history: FlowHistory) -> str:
     facts = [status]
     if flow.attempt > 1:
         facts.append(f"attempt {flow.attempt}")
-    count = len(history.invocations)
+    count = len(history.records_now)
     facts.append(f"{count} record{'' if count == 1 else 's'}")
     if flow.parent_flow_id is not None:
         facts.append(f"child of {flow.parent_flow_id}")
@@ -119,8 +124,10 @@ def _text_duration(record: Invocation) -> str:
     return "waiting"
 
 
-def _notes(record: Invocation) -> list[str]:
+def _notes(record: Invocation, running: bool) -> list[str]:
     notes = []
+    if running and record.progress is not None:
+        notes.append(record.progress.describe())
     if record.attempts > 1:
         notes.append(f"{ATTEMPTS_SIGN}{record.attempts}")
     if _is_flow_retry(record):
@@ -142,7 +149,8 @@ def _text_lane(history: FlowHistory, max_records: int) -> list[str]:
         line = (
             f"  {record.position:>5}  {record.kind.value:<6}  "
             f"{_clip(_name(record), _LABEL_CHARS):<{name_width}}  {record.status.value:<18}  "
-            f"{_text_duration(record):>9}  {'  '.join(_notes(record))}"
+            f"{_text_duration(record):>9}  "
+            f"{'  '.join(_notes(record, history.running_at(record.position) is not None))}"
         )
         lines.append(line.rstrip())
     if len(records) > len(shown):
@@ -161,14 +169,14 @@ def latest_time(histories: Sequence[FlowHistory]) -> float:
     """
     times = [history.flow.created_at for history in histories]
     for history in histories:
-        for record in history.invocations:
+        for record in history.records_now:
             times.extend(t for t in (record.started_at, record.completed_at) if t is not None)
     return max(times, default=0.0)
 
 
 def _unfinished(history: FlowHistory) -> bool:
     return not history.flow.status.is_final or any(
-        not record.is_final for record in history.invocations
+        not record.is_final for record in history.records_now
     )
 
 
@@ -215,7 +223,7 @@ class _Drawing:
         starts = [history.flow.created_at for history in histories]
         ends = []
         for history in histories:
-            for record in history.invocations:
+            for record in history.records_now:
                 if record.started_at is not None:
                     starts.append(record.started_at)
                     ends.append(_bar_end(record, now))
@@ -229,8 +237,9 @@ class _Drawing:
         lanes = []
         for history in self.histories:
             lanes.append(self._lane(history, y))
-            shown = min(len(history.invocations), self.max_records)
-            more = len(history.invocations) > shown
+            count = len(history.records_now)
+            shown = min(count, self.max_records)
+            more = count > shown
             y += _FLOW_ROW + (shown + more) * _RECORD_ROW + _LANE_GAP
         height = y + _LEGEND_HEIGHT
         label = f"pyergon timeline of {len(self.histories)} flow(s)"
@@ -296,7 +305,7 @@ class _Drawing:
         rows = []
         y = top + _FLOW_ROW
         for record in records[: self.max_records]:
-            rows.append(self._record(record, y))
+            rows.append(self._record(record, y, history.running_at(record.position) is not None))
             y += _RECORD_ROW
         if len(records) > self.max_records:
             rows.append(
@@ -309,21 +318,26 @@ class _Drawing:
             f'stroke-opacity="0.3"/>{head}{"".join(rows)}</g>'
         )
 
-    def _record(self, record: Invocation, top: float) -> str:
+    def _record(self, record: Invocation, top: float, running: bool) -> str:
         colour = RECORD_COLOURS[record.status]
         kind = record.kind.value.lower()
         classes = f"pyergon-record pyergon-{kind}"
         if _is_flow_retry(record):
             classes += " pyergon-flow-retry"
+        if running:
+            classes += " pyergon-running"
         parts = [
-            f"<title>{escape(_tooltip(record))}</title>",
+            f"<title>{escape(_tooltip(record, running))}</title>",
             f'<text x="40" y="{top + 12}" text-anchor="end">{escape(record.position)}</text>',
             f'<text x="48" y="{top + 12}">{escape(_clip(_name(record), _LABEL_CHARS - 7))}</text>',
         ]
         if record.started_at is not None:
             start = self.scale.x(record.started_at)
             end = max(self.scale.x(_bar_end(record, self.now)), start + 2)
-            parts.append(self._mark(record, start, end, top + (_RECORD_ROW - _BAR) / 2, colour))
+            y = top + (_RECORD_ROW - _BAR) / 2
+            parts.append(self._mark(record, start, end, y, colour))
+            if running:
+                parts.append(self._progress(record, start, end, y))
             parts.extend(self._annotations(record, end, top + 12))
         return (
             f'<g class="{classes}" data-position="{escape(record.position)}" '
@@ -354,6 +368,18 @@ class _Drawing:
         return (
             f'<rect x="{start}" y="{y}" width="{width}" height="{_BAR}" rx="{radius}" '
             f'fill="{colour}"/>'
+        )
+
+    @staticmethod
+    def _progress(record: Invocation, start: float, end: float, y: float) -> str:
+        """A running step's share done, as a darker fill from the start of its bar."""
+        fraction = None if record.progress is None else record.progress.fraction
+        if fraction is None:
+            return ""
+        width = round((end - start) * fraction, 1)
+        return (
+            f'<rect class="pyergon-progress" x="{start}" y="{y + 2}" width="{width}" '
+            f'height="{_BAR - 4}" fill="{DARK_GREY}" fill-opacity="0.6"/>'
         )
 
     @staticmethod
@@ -408,10 +434,12 @@ class _Drawing:
         return f'<g class="pyergon-legend">{"".join(parts)}</g>'
 
 
-def _tooltip(record: Invocation) -> str:
-    facts = [f"{record.position} {record.kind.value} {_name(record)}: {record.status.value}"]
+def _tooltip(record: Invocation, running: bool) -> str:
+    """A record's details on hover: what it is, its timing and error, progress, last output."""
+    status = "running" if running else record.status.value
+    facts = [f"{record.position} {record.kind.value} {_name(record)}: {status}"]
     took = _text_duration(record)
-    if took != "-":
+    if took not in ("-", status):
         facts.append(took)
     if record.attempts > 1:
         facts.append(f"{record.attempts} attempts")
@@ -419,4 +447,11 @@ def _tooltip(record: Invocation) -> str:
         facts.append(f"child {record.child_flow_id}")
     if record.error is not None:
         facts.append(f"{record.error.short_type}: {record.error.message}")
-    return ", ".join(facts)
+    if record.progress is not None:
+        facts.append(record.progress.describe())
+    details = ", ".join(facts)
+    shown, earlier = last_lines(record.output, _TOOLTIP_LINES)
+    if shown:
+        before = f" (… {earlier} earlier)" if earlier else ""
+        details += f"\nprinted{before}:\n" + "\n".join(shown)
+    return details

@@ -26,6 +26,7 @@ from IPython.core.async_helpers import get_asyncio_loop
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
+from pyergon._history_html import escape, output_lines
 from pyergon.cli._arguments import (
     add_concurrency,
     add_flow_id,
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SESSION_VARIABLE",
+    "PrintedText",
     "PyergonMagics",
     "WorkersStatus",
     "load_ipython_extension",
@@ -104,6 +106,25 @@ class WorkersStatus:
         return f"<pre>{html.escape(self.text())}</pre>"
 
 
+class PrintedText(str):
+    """What ``%pyergon output`` returns: the text steps printed, a ``str`` shown as itself.
+
+    A notebook shows it as lines of text, not as a quoted string, and in HTML as a ``<pre>``
+    block; escape sequences a step printed are dropped from what is shown.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "\n".join(output_lines(self))
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
+
+    def _repr_html_(self) -> str:
+        return f'<pre class="pyergon-output">{escape(repr(self))}</pre>'
+
+
 def _worker_id(state: WorkerState) -> str:
     return state.worker_id
 
@@ -155,7 +176,8 @@ class PyergonMagics(Magics):
           the flow id.
         * ``flows [--status S ...] [--type T] [--limit N]``: a DataFrame, newest first.
         * ``show ID``: a flow's history. ``timeline [ID ...] [--newest N]``: a timeline of
-          those flows, or of the newest ones. ``watch [--interval S]``: a live monitor.
+          those flows, or of the newest ones. ``watch [--interval S] [--output]``: a live
+          monitor. ``output ID [STEP]``: what the flow's steps (or one step) printed.
         * ``signal ID NAME [VALUE]``: VALUE is a Python literal, else a string.
         * ``replay ID [--flow CLASS]``, ``resume ID``, ``retry ID``, ``cancel ID``,
           ``fork ID --from-step N [--new-id ID]``.
@@ -230,6 +252,11 @@ class PyergonMagics(Magics):
         self._add_flows(subcommands)
         show = _add(subcommands, "show", self._show, "one flow's history")
         add_flow_id(show, "ID")
+        output = _add(subcommands, "output", self._output, "what a flow's steps printed")
+        add_flow_id(output, "ID")
+        output.add_argument(
+            "step", nargs="?", metavar="STEP", help="one step, by its position (3) or its name"
+        )
         timeline = _add(subcommands, "timeline", self._timeline, "a timeline of flows")
         timeline.add_argument(
             "flow_ids", nargs="*", metavar="ID", help="the flows to show, one lane each"
@@ -275,6 +302,11 @@ class PyergonMagics(Magics):
             default=1.0,
             metavar="SECONDS",
             help="seconds between two refreshes (default: 1)",
+        )
+        watch.add_argument(
+            "--output",
+            action="store_true",
+            help="also show the last lines each running step printed",
         )
         return parser
 
@@ -359,6 +391,9 @@ class PyergonMagics(Magics):
     async def _show(self, arguments: argparse.Namespace) -> object:
         return await self._session().history(arguments.flow_id)
 
+    async def _output(self, arguments: argparse.Namespace) -> PrintedText:
+        return PrintedText(await self._session().output(arguments.flow_id, arguments.step))
+
     async def _timeline(self, arguments: argparse.Namespace) -> object:
         return await self._session().timeline(arguments.flow_ids, newest=arguments.newest)
 
@@ -392,7 +427,7 @@ class PyergonMagics(Magics):
         )
 
     async def _watch(self, arguments: argparse.Namespace) -> object:
-        return await self._session().monitor(interval=arguments.interval)
+        return await self._session().monitor(interval=arguments.interval, output=arguments.output)
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import Completed, FlowOutcome
 from pyergon.core.status import TaskStatus
-from pyergon.core.workers import default_worker_id
+from pyergon.core.workers import default_worker_id, running_steps
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import PyergonError
 from pyergon.executor.executor import Executor
@@ -35,9 +35,10 @@ from pyergon.notebook._cell_errors import (
 from pyergon.notebook._stepper import Stepper
 from pyergon.notebook._sync import LoopRunner, LoopThread, RunningLoop, SyncFront, blocking
 from pyergon.notebook._views_monitor import Monitor
+from pyergon.notebook._views_progress import progress_bars
 from pyergon.notebook._views_timeline import Timeline
 from pyergon.serialization import Serializer, serializer_for
-from pyergon.storage.base import ExecutionLog
+from pyergon.storage.base import ExecutionLog, WorkerRegistry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -303,17 +304,19 @@ class Session:
     ) -> dict[str, Completed[Any]]:
         """Wait for flows to finish and return their outcomes.
 
-        Background errors are raised before and after waiting. Interrupting the cell stops
-        only the waiting: workers keep running. The ``CancelledError`` raised then carries a
-        note naming the flows and how to wait again, which a notebook shows as the cell's one
-        line of output.
+        Background errors are raised before and after waiting. Meanwhile, where tqdm is
+        installed, each running step of these flows that reports progress has a ``tqdm.auto``
+        bar in the waiting cell. Interrupting the cell stops only the waiting: workers keep
+        running. The ``CancelledError`` raised then carries a note naming the flows and how to
+        wait again, which a notebook shows as the cell's one line of output.
         """
         self.raise_for_errors()
         ids = [flow_ids] if isinstance(flow_ids, str) else list(flow_ids)
         waiting = asyncio.ensure_future(self.scheduler.wait(ids, timeout=timeout))
         self._keep(waiting)
         try:
-            outcomes = await asyncio.shield(waiting)
+            async with progress_bars(self.storage, ids, self._bars_failed):
+                outcomes = await asyncio.shield(waiting)
         except asyncio.CancelledError as interrupted:
             # Raised on, unchanged, as asyncio expects; the note is the line a cell shows.
             interrupted.add_note(interrupted_wait(ids))
@@ -376,7 +379,10 @@ class Session:
                 self.storage, status=statuses, flow_type=flow_type, limit=limit
             )
         ]
-        return flows_frame(rows)
+        running = {}
+        if isinstance(self.storage, WorkerRegistry):  # the running_step column
+            running = running_steps(await self.storage.list_workers(), time.time())
+        return flows_frame(rows, running)
 
     async def timeline(
         self,
@@ -418,15 +424,29 @@ class Session:
             max_records=max_records,
         )
 
-    def monitor(self, *, interval: float = 1.0) -> Monitor:
-        """A monitor of flows by status, workers, progress and background errors.
+    def monitor(self, *, interval: float = 1.0, output: bool = False) -> Monitor:
+        """A monitor of flows by status, workers, running steps, progress and background errors.
 
         ``await session.monitor()`` reads the first snapshot before returning. In a kernel its
         widget refreshes in place every ``interval`` seconds until ``monitor.stop()`` or
-        :meth:`close`.
+        :meth:`close`. With ``output``, it also shows the last lines each running step printed.
         """
         self._check_open()
-        return Monitor(self, interval=interval)
+        return Monitor(self, interval=interval, output=output)
+
+    async def output(self, flow_id: str, step: str | int | None = None) -> str:
+        """What a flow's steps printed (stdout and stderr), as recorded with their records.
+
+        Args:
+            flow_id: The flow.
+            step: One step, by position (``3``, ``"3"``) or name; ``None``: every step that
+                printed, each after a line ``==> 3 crunch <==``.
+
+        Raises:
+            FlowNotFoundError: No such flow.
+            StepNotFoundError: ``step`` names no step of the flow; the message lists them.
+        """
+        return await self.manager.output(flow_id, step)
 
     async def invocations(self, flow_id: str) -> pd.DataFrame:
         """One flow's records as a DataFrame (columns: ``INVOCATION_COLUMNS``)."""
@@ -443,6 +463,9 @@ class Session:
 
     def _keep_error(self, worker_id: str, flow_id: str | None, error: BaseException) -> None:
         self.errors.append(BackgroundError(worker_id, flow_id, error, time.time()))
+
+    def _bars_failed(self, error: BaseException) -> None:
+        self._keep_error("progress bars", None, error)
 
     def _keep(self, task: asyncio.Future[Any]) -> None:
         """Hold a strong reference to a background task until it is done."""
@@ -493,6 +516,7 @@ class SyncSession(SyncFront[Session]):
     flows = blocking(Session.flows)
     timeline = blocking(Session.timeline)
     invocations = blocking(Session.invocations)
+    output = blocking(Session.output)
 
     @property
     def session(self) -> Session:

@@ -14,6 +14,7 @@ from pyergon.notebook._views_monitor import (
     HEARTBEAT_STALE_AFTER,
     Monitor,
     MonitorSnapshot,
+    RunningStep,
     WorkerState,
 )
 from pyergon.notebook._views_timeline import Timeline, TimelineLoader, timeline_from_histories
@@ -22,6 +23,7 @@ __all__ = [
     "HEARTBEAT_STALE_AFTER",
     "Monitor",
     "MonitorSnapshot",
+    "RunningStep",
     "Timeline",
     "TimelineLoader",
     "WorkerState",

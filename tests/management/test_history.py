@@ -16,6 +16,9 @@ from pyergon.core import (
     SignalRecord,
     TaskStatus,
 )
+from pyergon.core.changes import Change
+from pyergon.core.records import StepProgress
+from pyergon.core.workers import StepActivity
 from pyergon.history import (
     FLOW_COLUMNS,
     INVOCATION_COLUMNS,
@@ -28,6 +31,8 @@ from pyergon.history import (
 )
 from pyergon.storage._flows import deliver_signal
 from pyergon.storage.base import ExecutionLog
+from pyergon.storage.memory import InMemoryExecutionLog
+from pyergon.testing import make_flow, make_invocation, make_worker
 
 attempts_left = {"flaky": 1}
 
@@ -181,8 +186,6 @@ def test_invocation_and_signal_frame_values() -> None:
 
 async def test_a_history_names_the_waiting_types_no_live_worker_serves() -> None:
     from pyergon.cli._views import history_view
-    from pyergon.storage.memory import InMemoryExecutionLog
-    from pyergon.testing import make_flow, make_worker
 
     storage = InMemoryExecutionLog()
     await storage.create_flow(make_flow("parent", flow_type="Parent"))
@@ -203,3 +206,70 @@ async def test_a_history_names_the_waiting_types_no_live_worker_serves() -> None
     assert history.unserved == ("Kid",)
     shown = "\n".join(str(part) for part in history_view(history, now))
     assert "no live worker serves Kid" in shown
+
+
+async def test_a_history_holds_the_steps_live_workers_run_now_with_their_progress() -> None:
+    storage = InMemoryExecutionLog()
+    await storage.create_flow(make_flow("busy", status=TaskStatus.RUNNING))
+    await storage.create_flow(make_flow("done", status=TaskStatus.COMPLETE))
+    loaded = make_invocation(
+        1, flow_id="busy", name="load", status=InvocationStatus.COMPLETE, output="read 3 files\n"
+    )
+    retried = make_invocation(2, flow_id="busy", name="fit", attempts=1, started_at=5.0)
+    await storage.apply(Change(records=(loaded, retried)))
+    now = time.time()
+    crunch = StepActivity("busy", "3", "crunch", now - 12, StepProgress(37, 100, "Jan", now))
+    fit = StepActivity("busy", "2", "fit", now - 1, StepProgress(3, 4, at=now))
+    other = StepActivity("done", "1", "stale", now - 60)
+    live = make_worker("w", last_beat=now, activity=(crunch, fit, other))
+    dead = make_worker("gone", last_beat=now - 60, activity=(StepActivity("busy", "9", "x", 1.0),))
+    for worker in (live, dead):
+        await storage.put_worker(worker, replacing=None)
+
+    history = await load_history(storage, "busy")
+
+    assert history.running == (crunch, fit)  # the dead worker's step runs nowhere
+    assert history.running_at("3") == crunch and history.running_at("1") is None
+    assert history.invocations == (loaded, retried)  # the stored records, unchanged
+    shown = history.records_now
+    assert [(record.position, record.name, record.status) for record in shown] == [
+        ("1", "load", InvocationStatus.COMPLETE),
+        ("2", "fit", InvocationStatus.PENDING),
+        ("3", "crunch", InvocationStatus.PENDING),
+    ]
+    assert shown[1].progress == fit.progress and shown[1].started_at == 5.0
+    assert shown[2].started_at == crunch.started_at and shown[2].progress == crunch.progress
+    assert (await load_history(storage, "done")).running == ()  # a final flow runs nothing
+
+
+def test_the_record_frame_holds_output_and_progress() -> None:
+    records = [
+        make_invocation(1, output="a\nb\n", progress=StepProgress(37, 100, "Jan", 1.0)),
+        make_invocation(2, progress=StepProgress(5, message="counting")),
+        make_invocation(3),
+    ]
+
+    frame = invocations_frame(records)
+
+    assert str(frame["output"].dtype) == "string"
+    assert str(frame["progress"].dtype) == "float64"
+    assert str(frame["progress_message"].dtype) == "string"
+    assert frame.loc[0, "output"] == "a\nb\n" and pd.isna(frame.loc[1, "output"])
+    assert frame.loc[0, "progress"] == 0.37
+    assert pd.isna(frame.loc[1, "progress"]) and pd.isna(frame.loc[2, "progress"])
+    assert frame["progress_message"].tolist()[:2] == ["Jan", "counting"]
+    assert pd.isna(frame.loc[2, "progress_message"])
+
+
+def test_the_flow_frame_names_the_steps_running_now_when_given() -> None:
+    flows = [make_flow("a", status=TaskStatus.RUNNING), make_flow("b")]
+    running = {
+        "a": (StepActivity("a", "2", "load", 1.0), StepActivity("a", "3", "fit", 2.0)),
+    }
+
+    frame = flows_frame(flows, running)
+
+    assert str(frame["running_step"].dtype) == "string"
+    assert frame.loc[0, "running_step"] == "load, fit"
+    assert pd.isna(frame.loc[1, "running_step"])
+    assert flows_frame(flows)["running_step"].isna().all()
