@@ -8,6 +8,7 @@ copied in one call, under the GIL, and each attempt's fields are single attribut
 from __future__ import annotations
 
 from pyergon._context import StepScope
+from pyergon._output import tidy_output
 from pyergon.core.records import format_position
 from pyergon.core.workers import StepActivity
 
@@ -36,6 +37,18 @@ class LiveSteps:
             )
             for (flow_id, sequence), attempt in sorted(running, key=_started)
         )
+
+    def output(self, flow_id: str, position: str) -> str | None:
+        """What the attempt running at ``position`` of ``flow_id`` printed so far (tidied).
+
+        Returns:
+            The text, ``""`` if it printed nothing yet, ``None`` if no such step runs here.
+        """
+        for (running_flow, sequence), attempt in list(self.steps.items()):
+            if running_flow == flow_id and format_position(sequence) == position:
+                tail = attempt.output
+                return "" if tail is None else tidy_output(tail.text())
+        return None
 
 
 def _started(item: tuple[tuple[str, int], StepScope]) -> float:

@@ -155,7 +155,8 @@ class Worker:
         self._leases = LeaseKeeper(storage, worker_id, lease_seconds, self.clock)
         self._heart: Heartbeat | None = None
         self._threads: ThreadPoolExecutor | None = None
-        self._live = LiveSteps()
+        self.live_steps = LiveSteps()
+        """The step attempts this worker runs now: what they report and print so far."""
         self._lookahead = _TIMER_LOOKAHEAD if isinstance(self.clock, SystemClock) else 0.0
         self._registry: dict[str, type] = {}
         self._entries: dict[str, str] = {}
@@ -188,7 +189,7 @@ class Worker:
 
     def activity(self) -> tuple[StepActivity, ...]:
         """The steps this worker runs now with their last progress, oldest first."""
-        return self._live.activity()
+        return self.live_steps.activity()
 
     @property
     def registered_types(self) -> list[str]:
@@ -236,7 +237,7 @@ class Worker:
             clock=self.clock,
             lease_clock=self._leases.clock,
             on_displaced=self._displaced,
-            activity=self._live.activity,
+            activity=self.live_steps.activity,
         )
         self._threads = ThreadPoolExecutor(
             self.max_concurrent_flows, thread_name_prefix=f"pyergon-{self.worker_id}"
@@ -532,7 +533,7 @@ class Worker:
                     on_attempt_failed=talk.attempt_failed,
                     on_step_retry=talk.step_retry,
                     thread_pool=self._threads,
-                    running_steps=self._live.steps,
+                    running_steps=self.live_steps.steps,
                 )
             )
         except asyncio.CancelledError:

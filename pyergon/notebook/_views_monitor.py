@@ -30,7 +30,6 @@ from pyergon.core.status import TaskStatus
 from pyergon.core.workers import StepActivity, running_steps, unserved_types
 from pyergon.errors import PyergonError
 from pyergon.notebook._views_common import View, ViewTasks, refresh_every
-from pyergon.storage.base import WorkerRegistry
 
 if TYPE_CHECKING:
     from pyergon.executor.worker import Worker
@@ -327,7 +326,7 @@ class Monitor(View):
         lost_leases = tuple(
             (flow.flow_id, note) for flow in newest if (note := lease_loss_note(flow)) is not None
         )
-        records = await storage.list_workers() if isinstance(storage, WorkerRegistry) else []
+        records = await self.session.worker_records()
         now = time.time()
         waiting = [flow.flow_type for flow in newest if not flow.status.is_final]
         unserved = unserved_types(waiting, records, now) if waiting else ()
@@ -355,8 +354,8 @@ class Monitor(View):
     async def _running(self, shown: list[StepActivity], now: float) -> tuple[RunningStep, ...]:
         """The running steps as shown, with what they printed when the monitor shows output.
 
-        What a step printed is read from its record, where the runtime stores it: a running
-        step shows what its record holds so far (its earlier attempts' output, at least).
+        A step running in one of the session's workers shows what it printed so far; one
+        running elsewhere shows what its record holds (its earlier attempts' output, if any).
         """
         printed: dict[tuple[str, str], str] = {}
         if self.output:
@@ -364,6 +363,10 @@ class Monitor(View):
                 for record in await self.session.storage.load_invocations(flow_id):
                     if record.output:
                         printed[(flow_id, record.position)] = record.output
+            for activity in shown:
+                live = self.session._running_output(activity.flow_id, activity.position)
+                if live:
+                    printed[(activity.flow_id, activity.position)] = live
         return tuple(
             RunningStep(
                 activity,

@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from typing import Any
 
 from pyergon.core.records import StepProgress
-from pyergon.core.workers import StepActivity, running_steps
+from pyergon.core.workers import StepActivity, WorkerRecord, running_steps
 from pyergon.notebook._views_common import refresh_every
-from pyergon.storage.base import ExecutionLog, WorkerRegistry
 
 __all__ = ["REFRESH_INTERVAL", "StepBars", "progress_bars", "tqdm_factory"]
 
@@ -89,26 +88,26 @@ def _move(bar: Any, progress: StepProgress) -> None:
 
 @asynccontextmanager
 async def progress_bars(
-    storage: ExecutionLog,
+    read_workers: Callable[[], Awaitable[list[WorkerRecord]]],
     flow_ids: Collection[str],
     on_error: Callable[[BaseException], None],
 ) -> AsyncIterator[None]:
     """Show tqdm bars for the running steps of ``flow_ids`` while the ``async with`` body runs.
 
     Args:
-        storage: Where the workers' heartbeats are.
+        read_workers: Reads the workers' records (with what they run now).
         flow_ids: The flows awaited.
         on_error: Told of an error reading storage; the bars then stop, the body goes on.
     """
     tqdm = tqdm_factory()
-    if tqdm is None or not isinstance(storage, WorkerRegistry) or not flow_ids:
+    if tqdm is None or not flow_ids:
         yield
         return
     bars = StepBars(tqdm)
     wanted = frozenset(flow_ids)
 
     async def refresh() -> None:
-        steps = running_steps(await storage.list_workers(), time.time())
+        steps = running_steps(await read_workers(), time.time())
         bars.show([step for flow_id in wanted for step in steps.get(flow_id, ())])
 
     async def keep_showing() -> None:

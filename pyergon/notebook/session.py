@@ -13,15 +13,15 @@ import html
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import Completed, FlowOutcome
 from pyergon.core.status import TaskStatus
-from pyergon.core.workers import default_worker_id, running_steps
+from pyergon.core.workers import WorkerRecord, default_worker_id, running_steps
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
-from pyergon.errors import PyergonError
+from pyergon.errors import PyergonError, StepNotFoundError
 from pyergon.executor.executor import Executor
 from pyergon.executor.scheduler import Scheduler
 from pyergon.executor.worker import Worker, WorkerHandle
@@ -315,7 +315,7 @@ class Session:
         waiting = asyncio.ensure_future(self.scheduler.wait(ids, timeout=timeout))
         self._keep(waiting)
         try:
-            async with progress_bars(self.storage, ids, self._bars_failed):
+            async with progress_bars(self.worker_records, ids, self._bars_failed):
                 outcomes = await asyncio.shield(waiting)
         except asyncio.CancelledError as interrupted:
             # Raised on, unchanged, as asyncio expects; the note is the line a cell shows.
@@ -379,9 +379,7 @@ class Session:
                 self.storage, status=statuses, flow_type=flow_type, limit=limit
             )
         ]
-        running = {}
-        if isinstance(self.storage, WorkerRegistry):  # the running_step column
-            running = running_steps(await self.storage.list_workers(), time.time())
+        running = running_steps(await self.worker_records(), time.time())
         return flows_frame(rows, running)
 
     async def timeline(
@@ -437,6 +435,8 @@ class Session:
     async def output(self, flow_id: str, step: str | int | None = None) -> str:
         """What a flow's steps printed (stdout and stderr), as recorded with their records.
 
+        A step running now in one of the session's workers adds what it printed so far.
+
         Args:
             flow_id: The flow.
             step: One step, by position (``3``, ``"3"``) or name; ``None``: every step that
@@ -446,7 +446,40 @@ class Session:
             FlowNotFoundError: No such flow.
             StepNotFoundError: ``step`` names no step of the flow; the message lists them.
         """
-        return await self.manager.output(flow_id, step)
+        live = None if step is None else self._running_output(flow_id, str(step))
+        try:
+            recorded = await self.manager.output(flow_id, step)
+        except StepNotFoundError:
+            if live is None:
+                raise
+            recorded = ""  # a first attempt running here: storage does not know it yet
+        if live is None:
+            return recorded
+        # A step running in this session: its earlier attempts' output, then this attempt's.
+        return f"{recorded.rstrip()}\n── running now ──\n{live}" if recorded else live
+
+    async def worker_records(self) -> list[WorkerRecord]:
+        """The workers storage knows, this session's own with what they run at this moment.
+
+        A worker's stored record says what it ran at its last heartbeat (a quarter lease ago at
+        most); the session's own workers are asked directly, so a step that just started or
+        just reported progress shows at once.
+        """
+        if not isinstance(self.storage, WorkerRegistry):
+            return []
+        now = {worker.worker_id: worker.activity() for worker in self.workers}
+        return [
+            replace(record, activity=now[record.worker_id]) if record.worker_id in now else record
+            for record in await self.storage.list_workers()
+        ]
+
+    def _running_output(self, flow_id: str, step: str) -> str | None:
+        """What ``step`` (a position or a name) of ``flow_id`` printed so far, if it runs here."""
+        for worker in self.workers:
+            for activity in worker.activity():
+                if activity.flow_id == flow_id and step in (activity.position, activity.step):
+                    return worker.live_steps.output(flow_id, activity.position)
+        return None
 
     async def invocations(self, flow_id: str) -> pd.DataFrame:
         """One flow's records as a DataFrame (columns: ``INVOCATION_COLUMNS``)."""
