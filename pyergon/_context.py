@@ -449,7 +449,9 @@ class FlowContext:
         self._saving = True
         try:
             if end is None:
-                saved = await self.storage.apply(Change(records=tuple(records), held=self.holder))
+                lease = self.lease  # .holder, inlined: a property is a call (~900 instructions)
+                holder = None if lease is None else (self.flow_id, lease.lease_token)
+                saved = await self.storage.apply(Change(records=tuple(records), held=holder))
             else:
                 assert held is not None, "a run's end is written to the flow it holds"
                 saved = await held.leave(records, end)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import cast
 
 from pyergon.core.changes import ABSENT, Change, FlowWrite
 from pyergon.core.query import ClaimRequest
@@ -167,8 +166,9 @@ def _transition(
 ) -> Transition:
     """Write ``changes`` to ``flow`` (with ``records``); a flow turning final wakes its parent."""
     writes = [FlowWrite(flow.flow_id, changes, expected_version=flow.version)]
-    status = cast(TaskStatus, changes.get("status", flow.status))
-    parent = cast(str | None, changes.get("parent_flow_id", flow.parent_flow_id))
+    # Annotated rather than cast(): typing.cast is a Python call, ~900 instructions, twice a run.
+    status: TaskStatus = changes.get("status", flow.status)  # type: ignore[assignment]
+    parent: str | None = changes.get("parent_flow_id", flow.parent_flow_id)  # type: ignore[assignment]
     if status.is_final and not flow.status.is_final and parent is not None:
         writes.append(wake(parent, at))
         notify = True
