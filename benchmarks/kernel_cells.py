@@ -19,15 +19,20 @@ import contextlib
 import queue
 import statistics
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.backends import fresh_storage
 from benchmarks.result import RunResult
 from pyergon.core.status import OperationKind, TaskStatus
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from jupyter_client.asynchronous.client import AsyncKernelClient
+    from jupyter_client.manager import AsyncKernelManager
 
 __all__ = ["IDLE_CELLS", "LATENCY_TARGET_MS", "VARIANTS", "cell_latency"]
 
@@ -94,22 +99,34 @@ class _Timings:
 
 
 class _Kernel:
-    """A kernel and its blocking client; cells run one at a time and are timed client-side."""
+    """A kernel and its client; cells run one at a time and are timed client-side."""
 
-    def __init__(self) -> None:
-        from jupyter_client.manager import start_new_kernel
+    def __init__(self, manager: AsyncKernelManager, client: AsyncKernelClient) -> None:
+        self.manager = manager
+        self.client = client
 
-        self.manager, self.client = start_new_kernel(
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def started(cls) -> AsyncIterator[_Kernel]:
+        """A new ``python3`` kernel, shut down on exit."""
+        from jupyter_client.manager import start_new_async_kernel
+
+        manager, client = await start_new_async_kernel(
             startup_timeout=START_TIMEOUT, kernel_name="python3"
         )
+        try:
+            yield cls(manager, client)
+        finally:
+            client.stop_channels()
+            await manager.shutdown_kernel(now=True)
 
-    def run(self, code: str, timeout: float = START_TIMEOUT) -> float:
+    async def run(self, code: str, timeout: float = START_TIMEOUT) -> float:
         """Run ``code``; return the request → reply round trip in ms. An error fails the run."""
         started = time.perf_counter()
         msg_id = self.client.execute(code)
         while True:
             try:
-                reply = self.client.get_shell_msg(timeout=timeout)
+                reply = await self.client.get_shell_msg(timeout=timeout)
             except queue.Empty:
                 raise RuntimeError(f"no reply from the kernel to {code!r} in {timeout} s") from None
             if reply["parent_header"].get("msg_id") == msg_id:
@@ -121,10 +138,10 @@ class _Kernel:
                 f"the cell {code[:60]!r}... failed in the kernel: "
                 f"{content.get('ename')}: {content.get('evalue')}"
             )
-        self._drop_output()
+        await self._drop_output()
         return elapsed
 
-    def _drop_output(self) -> None:
+    async def _drop_output(self) -> None:
         """Read what the kernel published (unread, it piles up), outside the timed round trip.
 
         Not ``iopub_channel.get_msgs()``: in jupyter_client 8.10 it waits forever for the
@@ -132,11 +149,7 @@ class _Kernel:
         """
         with contextlib.suppress(queue.Empty):
             while True:
-                self.client.get_iopub_msg(timeout=0)
-
-    def close(self) -> None:
-        self.client.stop_channels()
-        self.manager.shutdown_kernel(now=True)
+                await self.client.get_iopub_msg(timeout=0)
 
 
 def _notes(path: Path, word: str) -> list[float]:
@@ -147,34 +160,29 @@ def _notes(path: Path, word: str) -> list[float]:
     return [float(line.split()[1]) for line in lines if line.startswith(f"{word} ")]
 
 
-def _until_started(notes: Path, stop: threading.Event) -> None:
+async def _until_started(notes: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while not _notes(notes, "start"):
-        if stop.is_set():
-            raise RuntimeError("stopped before the step started")
         if time.monotonic() > deadline:
             raise RuntimeError(f"the step did not start within {START_TIMEOUT} s")
-        time.sleep(0.001)
+        await asyncio.sleep(0.001)
 
 
-def _measure(url: str, seconds: int, variant: str, notes: Path, stop: threading.Event) -> _Timings:
-    """Drive a kernel through one run (in a thread: jupyter_client's client blocks)."""
+async def _measure(url: str, seconds: int, variant: str, notes: Path) -> _Timings:
+    """Drive a new kernel through one run."""
     keyword = "def" if variant == "def" else "async def"
     timings = _Timings()
-    kernel = _Kernel()
-    try:
-        kernel.run(_SETUP.format(keyword=keyword, url=url))
-        timings.idle_ms = [kernel.run(CELL) for _ in range(IDLE_CELLS)]
-        kernel.run(f"await session.schedule(Burn({seconds}, {str(notes)!r}), {FLOW_ID!r})")
-        _until_started(notes, stop)
+    async with _Kernel.started() as kernel:
+        await kernel.run(_SETUP.format(keyword=keyword, url=url))
+        timings.idle_ms = [await kernel.run(CELL) for _ in range(IDLE_CELLS)]
+        await kernel.run(f"await session.schedule(Burn({seconds}, {str(notes)!r}), {FLOW_ID!r})")
+        await _until_started(notes)
         # Each cell is sent before the step's end was seen, so each waited on a running step.
-        while not _notes(notes, "end") and not stop.is_set():
-            timings.busy_ms.append(kernel.run(CELL, timeout=seconds + START_TIMEOUT))
+        while not _notes(notes, "end"):
+            timings.busy_ms.append(await kernel.run(CELL, timeout=seconds + START_TIMEOUT))
         wait = seconds * 3 + START_TIMEOUT
-        kernel.run(f"await session.wait({FLOW_ID!r}, timeout={wait})", timeout=wait + 10)
-        kernel.run("await session.close()")
-    finally:
-        kernel.close()
+        await kernel.run(f"await session.wait({FLOW_ID!r}, timeout={wait})", timeout=wait + 10)
+        await kernel.run("await session.close()")
     return timings
 
 
@@ -185,17 +193,7 @@ async def cell_latency(backend: str, n: int, *, variant: str) -> RunResult:
     with tempfile.TemporaryDirectory(prefix="pyergon-bench-cells-") as directory:
         notes = Path(directory) / "step-notes.txt"
         async with fresh_storage(backend) as fresh:
-            stop = threading.Event()
-            measuring = asyncio.ensure_future(
-                asyncio.to_thread(_measure, fresh.url, n, variant, notes, stop)
-            )
-            try:
-                timings = await asyncio.shield(measuring)
-            except asyncio.CancelledError:
-                stop.set()  # the thread stops sending cells and shuts its kernel down
-                with contextlib.suppress(Exception):
-                    await measuring
-                raise
+            timings = await _measure(fresh.url, n, variant, notes)
             stored = await fresh.storage.get_flow(FLOW_ID)
             records = await fresh.storage.load_invocations(FLOW_ID)
         starts, ends = _notes(notes, "start"), _notes(notes, "end")
