@@ -4,6 +4,8 @@
 ``Executor`` in this process, alternating ``ROUNDS`` times after one warm-up flow of each; a
 run reports each kind's median time per step and the difference, in wall time and in CPU time
 (``time.process_time``: every thread of the process, the step threads and SQLite's included).
+Each round also times ``n`` bare ``loop.run_in_executor(None, ...)`` calls of a trivial function:
+the thread hand-off this machine charges any ``def`` step, whatever pyergon does around it.
 ``sync_steps_flow``: one flow of ``n`` ``def`` steps on one backend, its steps per second.
 A ``def`` step's body runs in the loop's default thread pool (``Executor`` runs have no pool of
 their own), so each step adds a hand-off to a thread and back to the loop.
@@ -11,6 +13,7 @@ their own), so each step adds a hand-off to a thread and back to the loop.
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 
@@ -41,11 +44,26 @@ async def _timed_run(
     return wall, cpu
 
 
+def _add(total: int, value: int) -> int:
+    return total + value
+
+
+async def _handoff_us(n: int) -> float:
+    """Microseconds per bare call of a trivial function in the loop's default thread pool."""
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    total = 0
+    for value in range(n):
+        total = await loop.run_in_executor(None, _add, total, value)
+    return (time.perf_counter() - started) / n * 1e6
+
+
 async def sync_step_overhead(backend: str, n: int) -> RunResult:
     """Per-step time of ``n``-step flows of ``def`` and of ``async def`` steps, alternating."""
     kinds: dict[str, type[AsyncAdds] | type[DefAdds]] = {"async": AsyncAdds, "def": DefAdds}
     wall_us: dict[str, list[float]] = {kind: [] for kind in kinds}
     cpu_us: dict[str, list[float]] = {kind: [] for kind in kinds}
+    handoff_us: list[float] = []
     async with fresh_storage(backend) as fresh:
         for kind, flow_class in kinds.items():  # warm-up: imports, the thread pool, caches
             await _timed_run(fresh.storage, flow_class(n), f"warm-up-{kind}")
@@ -57,6 +75,7 @@ async def sync_step_overhead(backend: str, n: int) -> RunResult:
                 wall, cpu = await _timed_run(fresh.storage, kinds[kind](n), f"{kind}-{number}")
                 wall_us[kind].append(wall / n * 1e6)
                 cpu_us[kind].append(cpu / n * 1e6)
+            handoff_us.append(await _handoff_us(n))
         total = time.perf_counter() - started
     medians = {kind: statistics.median(wall_us[kind]) for kind in kinds}
     cpu_medians = {kind: statistics.median(cpu_us[kind]) for kind in kinds}
@@ -70,6 +89,7 @@ async def sync_step_overhead(backend: str, n: int) -> RunResult:
             "async_cpu_us_per_step": cpu_medians["async"],
             "def_cpu_us_per_step": cpu_medians["def"],
             "overhead_cpu_us_per_step": cpu_medians["def"] - cpu_medians["async"],
+            "thread_handoff_us": statistics.median(handoff_us),
             "overhead_target_us": OVERHEAD_TARGET_US,
         },
     )

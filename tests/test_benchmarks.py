@@ -39,6 +39,7 @@ def test_sync_step_overhead_gives_each_kind_per_step_and_the_difference(
     assert line["overhead_us_per_step"] == pytest.approx(
         line["def_us_per_step"] - line["async_us_per_step"], abs=0.01
     )
+    assert line["thread_handoff_us"] > 0
     assert line["overhead_target_us"] == 100
     assert len(line["load_avg_1m_before_runs"]) == 1
 
