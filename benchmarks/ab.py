@@ -51,13 +51,20 @@ def _base_checkout(rev: str) -> Path:
 
 
 def _one_run(
-    python: str, cwd: Path, scenario: str, backend: str, quick: bool, n: int | None
+    python: str,
+    cwd: Path,
+    line_of: tuple[str, str, str | None],
+    quick: bool,
+    n: int | None,
 ) -> dict[str, Any]:
+    scenario, backend, variant = line_of
     command = [python, "-m", "benchmarks.one", scenario, backend, "--runs", "1"]
     if quick:
         command.append("--quick")
     if n:
         command += ["--n", str(n)]
+    if variant is not None:
+        command += ["--variant", variant]
     done = subprocess.run(command, cwd=cwd, stdout=subprocess.PIPE, text=True, env=_env(cwd))
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if not lines:
@@ -101,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         "head": (sys.executable, REPO_ROOT),
     }
     failed = 0
-    for scenario, backend in plan(args.scenario, args.backend):
+    for scenario, backend, variant in plan(args.scenario, args.backend):
         runs: dict[str, list[dict[str, Any]]] = {"base": [], "head": []}
         for number in range(args.rounds):
             order = ("base", "head") if number % 2 == 0 else ("head", "base")
             for side in order:
                 python, cwd = sides[side]
-                line = _one_run(python, cwd, scenario, backend, args.quick, args.n)
+                line = _one_run(python, cwd, (scenario, backend, variant), args.quick, args.n)
                 print(
                     f"  {scenario} on {backend}, {side} {number + 1}: {line.get('wall_s', line)}",
                     file=sys.stderr,
@@ -122,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             out[side] = {
                 "scenario": scenario,
                 "backend": backend,
+                **({"variant": variant} if variant else {}),
                 "side": side,
                 "commit": commit,
                 "runs": len(good),
@@ -131,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
             for key in COMPARED
             if out["base"].get(key) and key in out["head"]
         }
-        out["ratio"] = {"scenario": scenario, "backend": backend, "side": "ratio"} | ratio
+        out["ratio"] = {
+            "scenario": scenario,
+            "backend": backend,
+            **({"variant": variant} if variant else {}),
+            "side": "ratio",
+        } | ratio
         for line in out.values():
             text = json.dumps(line)
             print(text, flush=True)

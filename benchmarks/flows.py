@@ -6,7 +6,8 @@ record, in a step, the wall-clock time at which they continued after their wait.
 three steps of 50 ms (recovery after a worker is killed). ``EndlessSteps`` runs 2 ms steps
 until it is cancelled (how soon a cancel request reaches a running flow). ``ChaosSteps`` runs
 five short steps, one of which may block the event loop past the lease; each body notes its
-start in a file (the chaos benchmark).
+start in a file (the chaos benchmark). ``AsyncAdds`` and ``DefAdds`` run the same ``steps``
+trivial steps one after another, as ``async def`` and as ``def`` steps (the cost of a sync step).
 """
 
 from __future__ import annotations
@@ -187,6 +188,40 @@ class ChaosSteps:
         for index in range(len(self.step_ms)):
             value = await self.work(index, value)
         return value
+
+
+@dataclass
+@flow_type
+class AsyncAdds:
+    steps: int
+
+    @step
+    async def add(self, total: int, value: int) -> int:
+        return total + value
+
+    @flow
+    async def run(self) -> int:
+        total = 0
+        for value in range(self.steps):
+            total = await self.add(total, value)
+        return total
+
+
+@dataclass
+@flow_type
+class DefAdds:
+    steps: int
+
+    @step
+    def add(self, total: int, value: int) -> int:
+        return total + value
+
+    @flow
+    async def run(self) -> int:
+        total = 0
+        for value in range(self.steps):
+            total = await self.add(total, value)
+        return total
 
 
 _start_files: dict[str, int] = {}

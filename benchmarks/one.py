@@ -1,6 +1,7 @@
 """Run one scenario on one backend in this process and print its JSON line.
 
-``python -m benchmarks.one SCENARIO BACKEND --runs R [--n N | --quick]``. ``python -m
+``python -m benchmarks.one SCENARIO BACKEND --runs R [--n N | --quick] [--variant V]``
+(``--variant`` for the scenarios that have variants, and only for them). ``python -m
 benchmarks`` starts one such process per line, so each line's peak RSS is its own.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import traceback
@@ -33,21 +35,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--n", type=int)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--variant")
     args = parser.parse_args(argv)
     scenario = SCENARIOS[args.scenario]
     n = args.n or scenario.size(args.backend, quick=args.quick)
     runs: list[RunResult] = []
+    loads: list[float] = []
     try:
+        run_once = scenario.runner(args.variant)
         for number in range(1, args.runs + 1):
-            runs.append(asyncio.run(_stoppable(scenario.run_once(args.backend, n))))
+            # Before the run, so it tells what else kept the machine busy, not the run itself.
+            loads.append(round(os.getloadavg()[0], 2))
+            runs.append(asyncio.run(_stoppable(run_once(args.backend, n))))
             print(
                 f"  {scenario.name} on {args.backend}, run {number}/{args.runs}: "
-                f"{runs[-1].wall_s:.3f} s",
+                f"{runs[-1].wall_s:.3f} s (load average before it: {loads[-1]})",
                 file=sys.stderr,
             )
     except (Exception, asyncio.CancelledError) as error:
         traceback.print_exc()
-        line = error_line(scenario.name, args.backend, f"{type(error).__name__}: {error}")
+        line = error_line(
+            scenario.name, args.backend, f"{type(error).__name__}: {error}", variant=args.variant
+        )
         print(json.dumps(line), flush=True)
         return 1
     line = result_line(
@@ -56,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         n,
         runs,
         latency_of=scenario.latency_of,
+        variant=args.variant,
+        loads_before_runs=loads,
     )
     print(json.dumps(line), flush=True)
     return 0

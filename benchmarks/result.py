@@ -48,11 +48,17 @@ def result_line(
     runs: list[RunResult],
     *,
     latency_of: str | None,
+    variant: str | None = None,
+    loads_before_runs: list[float] | None = None,
 ) -> dict[str, Any]:
-    """The JSON-ready summary of ``runs``: medians over runs, latency percentiles over samples."""
+    """The JSON-ready summary of ``runs``: medians over runs, latency percentiles over samples.
+
+    ``loads_before_runs``: the machine's 1-minute load average before each run, kept as a list.
+    """
     line: dict[str, Any] = {
         "scenario": scenario,
         "backend": backend,
+        **_variant(variant),
         "n": n,
         "runs": len(runs),
         "wall_s": summarize([run.wall_s for run in runs]),
@@ -74,12 +80,26 @@ def result_line(
     worker_peaks = [run.worker_peak_rss_mb for run in runs if run.worker_peak_rss_mb is not None]
     if worker_peaks:
         line["worker_peak_rss_mb"] = max(worker_peaks)
+    if loads_before_runs:
+        line["load_avg_1m_before_runs"] = loads_before_runs
     return line | _context()
 
 
-def error_line(scenario: str, backend: str, error: str) -> dict[str, Any]:
+def error_line(
+    scenario: str, backend: str, error: str, *, variant: str | None = None
+) -> dict[str, Any]:
     """The line reported instead of numbers when a scenario could not run."""
-    return {"scenario": scenario, "backend": backend, "error": error} | _context()
+    return {
+        "scenario": scenario,
+        "backend": backend,
+        **_variant(variant),
+        "error": error,
+    } | _context()
+
+
+def _variant(variant: str | None) -> dict[str, str]:
+    """The ``variant`` field, in the lines of scenarios that have variants only."""
+    return {"variant": variant} if variant is not None else {}
 
 
 def _context() -> dict[str, Any]:

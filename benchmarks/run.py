@@ -43,6 +43,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         choices=BACKENDS,
         help="run on this backend (repeatable; default: all)",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        help="of scenarios with variants, run this one (repeatable; default: all)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs per line (default 3)")
     parser.add_argument("--n", type=int, help="flows (or samples) per run, for every scenario")
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
@@ -59,25 +64,39 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def plan(scenarios: list[str] | None, backends: list[str] | None) -> list[tuple[str, str]]:
-    """The (scenario, backend) pairs to run, in table order."""
+def plan(
+    scenarios: list[str] | None,
+    backends: list[str] | None,
+    variants: list[str] | None = None,
+) -> list[tuple[str, str, str | None]]:
+    """The (scenario, backend, variant) lines to run, in table order.
+
+    The variant is ``None`` for scenarios without variants; ``variants`` only filters those
+    with variants.
+    """
     chosen = set(backends or BACKENDS) | {NO_BACKEND}
     return [
-        (scenario.name, backend)
+        (scenario.name, backend, variant)
         for scenario in SCENARIOS.values()
         if scenarios is None or scenario.name in scenarios
         for backend in scenario.backends
         if backend in chosen
+        for variant in (scenario.variants or (None,))
+        if variant is None or variants is None or variant in variants
     ]
 
 
-def run_line(scenario: str, backend: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Run one scenario on one backend in a child process and return its line."""
+def run_line(
+    scenario: str, backend: str, args: argparse.Namespace, variant: str | None = None
+) -> dict[str, Any]:
+    """Run one scenario on one backend (of ``variant``) in a child process; return its line."""
     command = [sys.executable, "-m", "benchmarks.one", scenario, backend, "--runs", str(args.runs)]
     if args.n:
         command += ["--n", str(args.n)]
     if args.quick:
         command.append("--quick")
+    if variant is not None:
+        command += ["--variant", variant]
     # A session of its own, so a timeout can stop the worker processes the child started.
     child = subprocess.Popen(
         command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True
@@ -86,13 +105,15 @@ def run_line(scenario: str, backend: str, args: argparse.Namespace) -> dict[str,
         out, _ = child.communicate(timeout=args.timeout)
     except subprocess.TimeoutExpired:
         _stop_group(child)
-        return error_line(scenario, backend, f"timed out after {args.timeout} s")
+        return error_line(scenario, backend, f"timed out after {args.timeout} s", variant=variant)
     except BaseException:
         _stop_group(child)
         raise
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if not lines:
-        return error_line(scenario, backend, f"exited with code {child.returncode}, no result")
+        return error_line(
+            scenario, backend, f"exited with code {child.returncode}, no result", variant=variant
+        )
     line: dict[str, Any] = json.loads(lines[-1])
     return line
 
@@ -125,11 +146,16 @@ def main(argv: list[str] | None = None) -> int:
         for line in lines:
             _emit(line, args.out)
     else:
-        pairs = plan(args.scenario, args.backend)
+        planned = plan(args.scenario, args.backend, args.variant)
         lines = []
-        for number, (scenario, backend) in enumerate(pairs, start=1):
-            print(f"[{number}/{len(pairs)}] {scenario} on {backend}", file=sys.stderr, flush=True)
-            lines.append(run_line(scenario, backend, args))
+        for number, (scenario, backend, variant) in enumerate(planned, start=1):
+            of = f" ({variant})" if variant else ""
+            print(
+                f"[{number}/{len(planned)}] {scenario} on {backend}{of}",
+                file=sys.stderr,
+                flush=True,
+            )
+            lines.append(run_line(scenario, backend, args, variant))
             _emit(lines[-1], args.out)
     failed = sum("error" in line for line in lines)
     if failed:

@@ -13,9 +13,11 @@ from benchmarks import (
     floor,
     history_queries,
     imports,
+    kernel_cells,
     queued,
     recovery,
     resources,
+    sync_steps,
 )
 from benchmarks.result import RunResult
 
@@ -39,21 +41,34 @@ class Scenario:
         server_n: Default ``n`` on Redis and PostgreSQL.
         quick_n: ``n`` under ``--quick``.
         latency_of: What the latency samples are, if any.
+        variants: Ways of running it that give a line each (``--variant``); ``run_once`` then
+            takes the variant as the keyword argument ``variant``.
     """
 
     name: str
     backends: tuple[str, ...]
-    run_once: Callable[[str, int], Awaitable[RunResult]]
+    run_once: Callable[..., Awaitable[RunResult]]
     local_n: int
     server_n: int
     quick_n: int
     latency_of: str | None = None
+    variants: tuple[str, ...] = ()
 
     def size(self, backend: str, *, quick: bool) -> int:
         """The default ``n`` for ``backend``."""
         if quick:
             return self.quick_n
         return self.server_n if backend in ("redis", "postgres") else self.local_n
+
+    def runner(self, variant: str | None) -> Callable[[str, int], Awaitable[RunResult]]:
+        """What runs it once on ``(backend, n)``: of ``variant``, if it has variants."""
+        if not self.variants:
+            if variant is not None:
+                raise ValueError(f"{self.name} has no variants; leave out --variant")
+            return self.run_once
+        if variant not in self.variants:
+            raise ValueError(f"{self.name} needs --variant, one of {', '.join(self.variants)}")
+        return functools.partial(self.run_once, variant=variant)
 
 
 SCENARIOS = {
@@ -153,5 +168,24 @@ SCENARIOS = {
             500,
             latency_of="one bare durable write: commit or round trip",
         ),
+        Scenario(
+            "cell_latency",
+            ("sqlite",),
+            kernel_cells.cell_latency,
+            10,
+            10,
+            2,
+            latency_of="a 1 + 1 cell's request to reply while the CPU step runs",
+            variants=kernel_cells.VARIANTS,
+        ),
+        Scenario(
+            "sync_step_overhead",
+            ("memory", "sqlite"),
+            sync_steps.sync_step_overhead,
+            1000,
+            1000,
+            100,
+        ),
+        Scenario("sync_steps_flow", ALL_BACKENDS, sync_steps.sync_steps_flow, 1000, 1000, 100),
     )
 }
