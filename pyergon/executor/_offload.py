@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 from pyergon._context import FlowContext, Position
 from pyergon.errors import PyergonError
 from pyergon.executor._steps import step_timeout_error
+from pyergon.executor._threads import StepThreads
 
 __all__ = [
     "block_on",
@@ -133,8 +135,12 @@ async def run_in_thread(
         await wait_for_abandoned(context, position)
     call = _ThreadCall(loop, function)
     # Awaited directly, not through asyncio.wait: one pass of the loop less per step.
-    future: asyncio.Future[T] = loop.run_in_executor(
-        context.thread_pool, contextvars.copy_context().run, call
+    pool = context.thread_pool
+    bound = functools.partial(contextvars.copy_context().run, call)
+    future: asyncio.Future[T] = (
+        pool.start(loop, bound)  # a worker's own threads: the short way back (``_threads``)
+        if isinstance(pool, StepThreads)
+        else loop.run_in_executor(pool, bound)
     )
     try:
         if timeout is None:

@@ -15,7 +15,6 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pyergon._context import FlowContext, Position
@@ -49,6 +48,7 @@ from pyergon.executor._live import LiveSteps
 from pyergon.executor._registration import begin_presence, end_presence, served_elsewhere
 from pyergon.executor._runner import FlowRun, drive_flow, log_by_position, stored_outcome
 from pyergon.executor._talk import FlowTalk, served_in_process, serving
+from pyergon.executor._threads import StepThreads
 from pyergon.executor._watchdog import BusyStep, BusyWatch, check_busy_loop_warning, watch_loop
 from pyergon.executor._worker_handle import WorkerHandle
 from pyergon.serialization import Serializer, serialize_exception, serializer_for
@@ -154,7 +154,7 @@ class Worker:
         self.serializer = serializer_for(storage, serializer)
         self._leases = LeaseKeeper(storage, worker_id, lease_seconds, self.clock)
         self._heart: Heartbeat | None = None
-        self._threads: ThreadPoolExecutor | None = None
+        self._threads: StepThreads | None = None
         self.live_steps = LiveSteps()
         """The step attempts this worker runs now: what they report and print so far."""
         self._lookahead = _TIMER_LOOKAHEAD if isinstance(self.clock, SystemClock) else 0.0
@@ -239,9 +239,7 @@ class Worker:
             on_displaced=self._displaced,
             activity=self.live_steps.activity,
         )
-        self._threads = ThreadPoolExecutor(
-            self.max_concurrent_flows, thread_name_prefix=f"pyergon-{self.worker_id}"
-        )
+        self._threads = StepThreads(self.max_concurrent_flows, f"pyergon-{self.worker_id}")
         if self.busy_loop_warning is not None:
             self._busy = watch_loop(
                 self.worker_id, self.busy_loop_warning, self._flow_type_of, self.on_busy
