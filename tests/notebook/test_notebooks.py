@@ -27,6 +27,7 @@ def test_the_tutorials_are_there() -> None:
         "03-human-in-the-loop.ipynb",
         "04-debugging.ipynb",
         "05-exploring-logs.ipynb",
+        "06-everyday-data-work.ipynb",
     ]
 
 
