@@ -191,7 +191,7 @@ class FlowContext:
             expires.
         on_step_retry: Told of a step attempt that raised and runs again: the step's name,
             the error, the attempt and the seconds until the next; a worker logs it.
-        thread_pool: Runs the bodies of ``def`` steps; ``None``: the loop's default executor.
+        thread_pool: Runs the bodies of ``def`` steps; ``None``: the loop's step threads.
         abandoned_threads: Threads of timed-out ``def`` step attempts, by step position: no
             retry of the step, and no end of the run, starts before they return.
     """

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from pyergon._context import FlowContext, Position
 from pyergon.errors import PyergonError
 from pyergon.executor._steps import step_timeout_error
-from pyergon.executor._threads import StepThreads
+from pyergon.executor._threads import StepThreads, loop_threads
 
 __all__ = [
     "block_on",
@@ -118,7 +118,7 @@ async def run_in_thread(
 
     Args:
         context: The running flow; its ``thread_pool`` runs the body (``None``: the loop's
-            default executor).
+            step threads, see ``_threads``).
         position: The step's log position; ``None`` for a step called inside another step's
             body, which is part of that step.
         name: The step's name, for messages.
@@ -135,10 +135,10 @@ async def run_in_thread(
         await wait_for_abandoned(context, position)
     call = _ThreadCall(loop, function)
     # Awaited directly, not through asyncio.wait: one pass of the loop less per step.
-    pool = context.thread_pool
+    pool = context.thread_pool or loop_threads(loop)
     bound = functools.partial(contextvars.copy_context().run, call)
     future: asyncio.Future[T] = (
-        pool.start(loop, bound)  # a worker's own threads: the short way back (``_threads``)
+        pool.start(loop, bound)  # the short way back to the loop (``_threads``)
         if isinstance(pool, StepThreads)
         else loop.run_in_executor(pool, bound)
     )

@@ -97,7 +97,7 @@ class FlowRun:
         on_attempt_failed: Told of each flow-level attempt that raised: the error, the attempt
             and the seconds until the next (``None``: the flow failed); a worker logs it.
         on_step_retry: See ``FlowContext.on_step_retry``.
-        thread_pool: Runs the bodies of ``def`` steps; ``None``: the loop's default executor.
+        thread_pool: Runs the bodies of ``def`` steps; ``None``: the loop's step threads.
         running_steps: Where the run's step attempts are listed while they run (a worker's
             :class:`~pyergon.executor._live.LiveSteps`); ``None``: the run's own.
     """

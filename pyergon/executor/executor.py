@@ -24,15 +24,11 @@ from pyergon.errors import InvalidFlowIdError, NonDeterminismError, PyergonError
 from pyergon.executor._child import refuse_child_namespace, refuse_foreign_child
 from pyergon.executor._inputs import encode_flow
 from pyergon.executor._runner import FlowRun, drive_flow, stored_outcome
-from pyergon.executor._threads import StepThreads
 from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage._flows import HeldFlow, start_direct_run
 from pyergon.storage.base import ExecutionLog
 
-__all__ = ["DIRECT_RUN_THREADS", "Executor", "validate_flow_id", "validate_new_flow_id"]
-
-DIRECT_RUN_THREADS = 8
-"""The most threads a direct run gives ``def`` steps that run at once (``asyncio.gather``)."""
+__all__ = ["Executor", "validate_flow_id", "validate_new_flow_id"]
 
 F = TypeVar("F")
 R = TypeVar("R")
@@ -84,8 +80,8 @@ class Executor(Generic[F]):
             looking for a cancel request in storage every half second. The notebook stepper
             passes one that pauses instead.
         thread_pool: Runs the bodies of ``def`` steps (and waits for process steps). By default
-            each run has up to ``DIRECT_RUN_THREADS`` threads of its own, started when a
-            ``def`` step first runs and ended with the run. A pool given is not shut down.
+            the event loop's step threads (see ``executor/_threads.py``: started when a ``def``
+            step first runs, each ending after 10 s without work). It is not shut down here.
 
     Raises:
         FlowDefinitionError: ``flow`` is not an instance of a ``@flow_type`` dataclass.
@@ -142,10 +138,6 @@ class Executor(Generic[F]):
         stored, held, created = await self._load_or_create()
         if held is None:
             return stored_outcome(stored, self.serializer)
-        # Without a pool given, the run has threads of its own for its def steps (started only
-        # when one runs): the short way back to the loop, ~40 us a step less than the loop's
-        # default executor (``_threads``).
-        threads = self._thread_pool or StepThreads(DIRECT_RUN_THREADS, "pyergon-direct")
         try:
             return await drive_flow(
                 FlowRun(
@@ -161,16 +153,13 @@ class Executor(Generic[F]):
                     log={} if created else None,
                     cancellation=self._cancellation
                     or PolledCancellation(self.storage, self.flow_id, self.clock),
-                    thread_pool=threads,
+                    thread_pool=self._thread_pool,
                 )
             )
         except (NonDeterminismError, SignatureError):
             if stored.status is not TaskStatus.RUNNING:  # put it back as it was
                 await held.leave((), RunEnd(stored.status, {"wake_at": stored.wake_at}))
             raise
-        finally:
-            if threads is not self._thread_pool:
-                threads.shutdown(wait=False)  # a run ends only once its step threads returned
 
     async def _load_or_create(self) -> tuple[ScheduledFlow, HeldFlow | None, bool]:
         """Return the flow as stored before this run, what this run holds, and if it is new.

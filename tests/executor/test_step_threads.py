@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from pyergon.executor._threads import StepThreads
+from pyergon.executor._threads import StepThreads, loop_threads
 
 
 async def test_a_call_s_result_and_error_reach_the_loop() -> None:
@@ -75,3 +75,26 @@ async def test_after_shutdown_the_threads_end_and_no_call_is_taken() -> None:
         threads.start(loop, lambda: None)
     with pytest.raises(ValueError, match="at least one thread"):
         StepThreads(0, "none")
+
+
+async def test_a_thread_without_work_ends_and_a_new_one_starts_when_needed() -> None:
+    threads = StepThreads(2, "idle", idle_seconds=0.05)
+    loop = asyncio.get_running_loop()
+    assert await threads.start(loop, lambda: "first") == "first"
+
+    def gone() -> bool:
+        return not [t for t in threading.enumerate() if t.name.startswith("idle-")]
+
+    async with asyncio.timeout(10):
+        while not gone():  # noqa: ASYNC110 - a thread's end has no event to await
+            await asyncio.sleep(0.01)
+    assert await threads.start(loop, lambda: threading.current_thread().name) == "idle-2"
+    threads.shutdown()
+
+
+async def test_each_event_loop_has_its_own_step_threads() -> None:
+    loop = asyncio.get_running_loop()
+    assert loop_threads(loop) is loop_threads(loop)
+    assert await loop_threads(loop).start(loop, lambda: threading.current_thread().name) == (
+        "pyergon-step-1"
+    )
