@@ -8,8 +8,8 @@ layer                 modules
 base                  ``_version``, ``errors`` (the exception tree), ``clock``
 core                  ``core.*``: value types and the flow state machine, pure, no I/O
 storage               ``_hashing``, ``serialization``, ``storage.*``: payloads, the backends
-runtime               ``_context``, ``_output``, ``_progress``, ``decorators``, ``determinism``,
-                      ``executor.*``: running flows
+runtime               ``_context``, ``_interrupts``, ``_output``, ``_progress``, ``decorators``,
+                      ``determinism``, ``executor.*``: running flows
 read and operate      ``history``, ``_history_html``, ``management``: records, DataFrames, HTML of
                       a history; cancel, resume, retry, fork, replay
 fronts                ``cli.*``, ``notebook.*``, ``_front`` (``pyergon.run``), ``demo``,
@@ -38,6 +38,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "runtime",
         (
             "pyergon._context",
+            "pyergon._interrupts",
             "pyergon._output",
             "pyergon._progress",
             "pyergon.decorators",

@@ -32,7 +32,7 @@ from pyergon.errors import (
 )
 from pyergon.executor._child import store_child
 from pyergon.executor._giving_back import GivingBack
-from pyergon.executor._heartbeat import Heartbeat, second_handle
+from pyergon.executor._heartbeat import second_handle
 from pyergon.executor._inputs import decode_flow
 from pyergon.executor._leases import (
     DONE,
@@ -45,11 +45,11 @@ from pyergon.executor._leases import (
     release_quietly,
 )
 from pyergon.executor._live import LiveSteps
-from pyergon.executor._registration import begin_presence, end_presence, served_elsewhere
+from pyergon.executor._registration import served_elsewhere
 from pyergon.executor._runner import FlowRun, drive_flow, log_by_position, stored_outcome
+from pyergon.executor._serving import Serving
 from pyergon.executor._talk import FlowTalk, served_in_process, serving
-from pyergon.executor._threads import StepThreads
-from pyergon.executor._watchdog import BusyStep, BusyWatch, check_busy_loop_warning, watch_loop
+from pyergon.executor._watchdog import BusyStep, check_busy_loop_warning
 from pyergon.executor._worker_handle import WorkerHandle
 from pyergon.serialization import Serializer, serialize_exception, serializer_for
 from pyergon.storage._flows import HeldFlow
@@ -153,8 +153,7 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.serializer = serializer_for(storage, serializer)
         self._leases = LeaseKeeper(storage, worker_id, lease_seconds, self.clock)
-        self._heart: Heartbeat | None = None
-        self._threads: StepThreads | None = None
+        self._serving = Serving()
         self.live_steps = LiveSteps()
         """The step attempts this worker runs now: what they report and print so far."""
         self._lookahead = _TIMER_LOOKAHEAD if isinstance(self.clock, SystemClock) else 0.0
@@ -167,7 +166,6 @@ class Worker:
         self.on_error = on_error
         self.busy_loop_warning = check_busy_loop_warning(busy_loop_warning)
         self.on_busy = on_busy
-        self._busy: BusyWatch | None = None
         self._claim_backoff = Backoff(worker_id, "claiming flows", self._report)
         self._cancels_checked_at = 0.0
         self._cancel_look_owed = False
@@ -219,52 +217,14 @@ class Worker:
                 f"worker {self.worker_id!r} has no flow types; call register(FlowClass) first"
             )
         self._stopping = False
-        await self._begin()
+        await self._serving.begin(self)
         serve = asyncio.create_task(self._serve(), name=f"pyergon-worker-{self.worker_id}")
         return WorkerHandle(self, serve)
-
-    async def _begin(self) -> None:
-        """Register (taking over a dead incarnation's flows) and start the heartbeat.
-
-        Raises:
-            WorkerIdInUseError: A live process serves under this worker's id.
-        """
-        self._heart = await begin_presence(
-            self.storage,
-            self.worker_id,
-            lambda: list(self._registry),
-            lease_seconds=self.lease_seconds,
-            clock=self.clock,
-            lease_clock=self._leases.clock,
-            on_displaced=self._displaced,
-            activity=self.live_steps.activity,
-        )
-        self._threads = StepThreads(self.max_concurrent_flows, f"pyergon-{self.worker_id}")
-        if self.busy_loop_warning is not None:
-            self._busy = watch_loop(
-                self.worker_id, self.busy_loop_warning, self._flow_type_of, self.on_busy
-            )
-
-    async def _end(self) -> None:
-        """Stop the heartbeat and mark this worker's record stopped; end the step threads.
-
-        Every flow's run has ended by now, and a run ends only once its steps' threads have
-        returned: the pool is idle and its threads end at once.
-        """
-        threads, self._threads = self._threads, None
-        if threads is not None:
-            threads.shutdown(wait=False, cancel_futures=True)
-        busy, self._busy = self._busy, None
-        if busy is not None:
-            busy.close()
-        heart, self._heart = self._heart, None
-        if heart is not None:
-            await end_presence(self.storage, heart, self.clock)
 
     @property
     def record(self) -> WorkerRecord | None:
         """This worker's record in storage while it serves (``None`` where none is kept)."""
-        return None if self._heart is None else self._heart.record
+        return self._serving.record
 
     def _displaced(self) -> None:
         logger.error(
@@ -289,7 +249,7 @@ class Worker:
         """
         finished_before = self.flows_finished
         self._stopping = False
-        await self._begin()
+        await self._serving.begin(self)
         try:
             with serving(self):
                 while True:
@@ -307,7 +267,7 @@ class Worker:
                         return self.flows_finished - finished_before
                     await self.clock.sleep(wake_at - self.clock.now())
         finally:
-            await self._end()
+            await self._serving.end(self.storage, self.clock)
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -343,7 +303,7 @@ class Worker:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
             if not self._running:  # else the heartbeat goes on while they finish (_shutdown)
-                await self._end()
+                await self._serving.end(self.storage, self.clock)
 
     async def _listen(self) -> None:
         """Turn storage notifications into kicks of the serving loop."""
@@ -433,23 +393,18 @@ class Worker:
         lease.watch(task.cancel)  # a run whose lease runs out stops at its next await
         claim = Claim(writer, task, cancel)
         self._running[flow.flow_id] = claim
-        if self._heart is not None:
-            self._heart.hold(flow.flow_id, claim)
+        self._serving.flow_started(flow.flow_id, claim)
         task.add_done_callback(functools.partial(self._finished, flow.flow_id))
-        if self._busy is not None:
-            self._busy.flow_started()
 
     def _finished(self, flow_id: str, task: asyncio.Task[None]) -> None:
-        if self._busy is not None:
-            self._busy.flow_ended()
+        self._serving.flow_ended()
         # This worker may already hold the flow again: a claim that was in flight when the
         # task released it can take it before this callback runs. Keep that newer claim.
         claim = self._running.get(flow_id)
         if claim is not None and claim.task is task:
             del self._running[flow_id]
             claim.writer.lease.close()
-            if self._heart is not None:
-                self._heart.drop(flow_id, claim)
+            self._serving.drop(flow_id, claim)
         self._kick.set()
 
     def _flow_type_of(self, flow_id: str) -> str | None:
@@ -530,7 +485,7 @@ class Worker:
                     lease=writer.lease,
                     on_attempt_failed=talk.attempt_failed,
                     on_step_retry=talk.step_retry,
-                    thread_pool=self._threads,
+                    thread_pool=self._serving.threads,
                     running_steps=self.live_steps.steps,
                 )
             )
@@ -611,4 +566,4 @@ class Worker:
                 task.cancel()
             if late:
                 await asyncio.gather(*late, return_exceptions=True)
-        await self._end()
+        await self._serving.end(self.storage, self.clock)
