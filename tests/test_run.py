@@ -18,6 +18,7 @@ from pyergon.core import TaskStatus
 from pyergon.errors import FlowDefinitionError
 from pyergon.storage import open_storage
 from pyergon.storage.memory import InMemoryExecutionLog
+from tests.waiting import stored_status
 
 RUNS: list[str] = []
 """What the steps below did, in order; cleared before each test."""
@@ -88,18 +89,6 @@ class Batch:
 
 def url_in(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'flows.db'}"
-
-
-def stored_status(url: str, flow_id: str) -> TaskStatus | None:
-    async def read() -> TaskStatus | None:
-        storage = await open_storage(url)
-        try:
-            flow = await storage.get_flow(flow_id)
-        finally:
-            await storage.close()
-        return None if flow is None else flow.status
-
-    return asyncio.run(read())
 
 
 def signal_once_waiting(url: str, flow_id: str, name: str, value: object) -> threading.Thread:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from pyergon.core import ScheduledFlow, TaskStatus
+from pyergon.storage import open_storage
 from pyergon.storage.base import ExecutionLog
 
 
@@ -34,3 +35,20 @@ async def until(condition: Callable[[], Awaitable[bool]], within: float = 10.0) 
     async with asyncio.timeout(within):
         while not await condition():  # noqa: ASYNC110 - the state has no event to await
             await asyncio.sleep(0.002)
+
+
+def stored_status(url: str, flow_id: str) -> TaskStatus | None:
+    """The status storage at ``url`` holds for ``flow_id``, read from a fresh connection of its own.
+
+    For tests of blocking front doors (``pyergon.run``, a sync session), from synchronous code.
+    """
+
+    async def read() -> TaskStatus | None:
+        storage = await open_storage(url)
+        try:
+            flow = await storage.get_flow(flow_id)
+        finally:
+            await storage.close()
+        return None if flow is None else flow.status
+
+    return asyncio.run(read())

@@ -68,18 +68,6 @@ def sync(tmp_path: Path) -> Iterator[SyncSession]:
         yield session
 
 
-def status_read_elsewhere(url: str, flow_id: str) -> TaskStatus | None:
-    async def read() -> TaskStatus | None:
-        storage = await open_storage(url)
-        try:
-            flow = await storage.get_flow(flow_id)
-        finally:
-            await storage.close()
-        return None if flow is None else flow.status
-
-    return asyncio.run(read())
-
-
 def test_the_methods_of_a_session_block_and_return_what_the_session_returns(
     sync: SyncSession,
 ) -> None:
