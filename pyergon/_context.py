@@ -149,6 +149,8 @@ class FlowContext:
     ``None`` in a direct run, where nothing reads them."""
     replayed_count: int = 0
     """Final records this run returned instead of doing the work again."""
+    stale: list[Invocation] | None = None
+    """Final step records this run returned that code other than today's made, if any."""
     unsaved: list[Invocation] = field(default_factory=list)
     """Records kept in the log but not yet stored; :meth:`save` stores them."""
     unsaved_results: bool = False
@@ -288,6 +290,16 @@ class FlowContext:
         if record.is_final:
             self.replayed_count += 1
         return record
+
+    def note_stale(self, record: Invocation) -> None:
+        """Note that this run returned ``record``, a result made by code that has changed since.
+
+        The recorded result still stands (durable runs never redo recorded work on their
+        own); whoever runs the flow is told at its end (``FlowRun.on_stale``).
+        """
+        if self.stale is None:
+            self.stale = []
+        self.stale.append(record)
 
     async def record(self, invocation: Invocation) -> Invocation:
         """Store ``invocation`` now, with any unsaved records before it; return it as stored.

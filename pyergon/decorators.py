@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from pyergon._context import current_context, in_step
+from pyergon._fingerprint import code_fingerprint
 from pyergon.core.retry import RetryPolicy
 from pyergon.errors import FlowDefinitionError
 from pyergon.executor._child import ChildHandle, start_child
@@ -65,12 +66,15 @@ class StepSpec:
         timeout: Seconds an attempt may run, or ``None``.
         isolate: Where a ``def`` step's body runs (``None``: a thread, or the loop for an
             ``async def`` step).
+        code: The fingerprint of the method's code (:mod:`pyergon._fingerprint`), kept with
+            each record the step makes.
     """
 
     name: str
     retry_policy: RetryPolicy | None = None
     timeout: float | None = None
     isolate: Isolation | None = None
+    code: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +205,9 @@ def step(
                 f"@step cannot wrap the generator {method.__qualname__}: a step returns one "
                 "value; return a list instead of yielding"
             )
-        spec = StepSpec(name or method.__name__, retry_policy, timeout, isolate)
+        spec = StepSpec(
+            name or method.__name__, retry_policy, timeout, isolate, code_fingerprint(method)
+        )
         if inspect.iscoroutinefunction(method):
             if isolate is not None:
                 raise FlowDefinitionError(
@@ -234,6 +240,7 @@ def _async_step(method: Method[S, P, R], spec: StepSpec) -> Method[S, P, R]:
             kwargs,
             spec.retry_policy,
             spec.timeout,
+            spec.code,
         )
 
     return call
@@ -273,7 +280,9 @@ def _sync_step(method: SyncMethod[S, P, R], spec: StepSpec) -> Callable[..., Any
                 run_in_thread, context, position, spec.name, bound, spec.timeout
             )
         # The timeout is the body's own: a thread cannot be cancelled like a coroutine.
-        return run_step(context, position, spec.name, body, args, kwargs, spec.retry_policy, None)
+        return run_step(
+            context, position, spec.name, body, args, kwargs, spec.retry_policy, None, spec.code
+        )
 
     return call
 

@@ -262,6 +262,9 @@ class Invocation:
             runtime keeps the last part of it, and makes it storable with
             :func:`storable_text`); ``None`` if nothing was captured.
         progress: For steps, the last progress the step reported, if it reported any.
+        code_hash: For steps, the fingerprint of the step's code that made the record (see
+            :mod:`pyergon._fingerprint`); "" for other kinds and for records made before
+            fingerprints were kept.
     """
 
     flow_id: str
@@ -280,6 +283,7 @@ class Invocation:
     child_flow_id: str | None = None
     output: str | None = None
     progress: StepProgress | None = None
+    code_hash: str = ""
 
     @property
     def position(self) -> str:

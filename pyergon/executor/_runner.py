@@ -43,6 +43,7 @@ from pyergon.errors import (
     SignatureError,
 )
 from pyergon.executor._offload import wait_for_abandoned
+from pyergon.executor._stale import StaleHandler
 from pyergon.serialization import (
     Serializer,
     dumps_for,
@@ -100,6 +101,8 @@ class FlowRun:
         thread_pool: Runs the bodies of ``def`` steps; ``None``: the loop's step threads.
         running_steps: Where the run's step attempts are listed while they run (a worker's
             :class:`~pyergon.executor._live.LiveSteps`); ``None``: the run's own.
+        on_stale: Told at the run's end if it returned recorded results that code other than
+            today's made (see :mod:`pyergon.executor._stale`); ``None``: nobody is told.
     """
 
     flow: Any
@@ -120,6 +123,7 @@ class FlowRun:
     on_step_retry: Callable[[str, BaseException, int, float], None] | None = None
     thread_pool: Executor | None = None
     running_steps: dict[tuple[str, int], StepScope] | None = None
+    on_stale: StaleHandler | None = None
 
 
 async def read_log(storage: ExecutionLog, flow_id: str) -> dict[Position, Invocation]:
@@ -173,6 +177,8 @@ async def drive_flow(run: FlowRun) -> FlowOutcome[Any]:
             attempt = outcome
             log = await read_log(run.storage, run.flow_id)
             continue
+        if context.stale is not None and run.on_stale is not None:
+            run.on_stale(run.flow_id, run.flow, context.stale)
         return outcome
 
 

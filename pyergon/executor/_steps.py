@@ -47,6 +47,7 @@ async def run_step(
     kwargs: Mapping[str, Any],
     retry_policy: RetryPolicy | None,
     timeout: float | None,
+    code: str = "",
 ) -> Any:
     """Run the step at ``position``: replay its record, or execute and record it.
 
@@ -59,6 +60,8 @@ async def run_step(
         kwargs: Keyword arguments, hashed likewise.
         retry_policy: How to retry a failing body; ``None`` means one attempt.
         timeout: Seconds an attempt may run before it fails with ``StepTimeoutError``.
+        code: The fingerprint of the step's code, kept with the record; a recorded result
+            made by other code is still returned, and the flow's context notes it.
 
     Returns:
         The step's result, recorded or fresh.
@@ -66,13 +69,15 @@ async def run_step(
     args_hash = stable_hash(args, kwargs)
     record = context.replayed(position, _STEP, name, args_hash)
     if record is not None and record.is_final:
+        if record.code_hash != code and record.code_hash:
+            context.note_stale(record)
         return replay_final(context, record)
     await context.before_live_work(position)
 
     policy = retry_policy or RetryPolicy.NONE
     attempts = record.attempts if record is not None else 0
     started_at = record.started_at if record is not None else None
-    call = StepCall(context, position, name, args_hash, started_at or context.clock.now())
+    call = StepCall(context, position, name, args_hash, code, started_at or context.clock.now())
     if record is not None:  # a step retried after a crash keeps what earlier attempts printed
         call.output, call.progress = record.output, record.progress
     task = context.track()
@@ -94,6 +99,7 @@ class StepCall:
     position: Position
     name: str
     args_hash: str
+    code_hash: str
     started_at: float
     output: str | None = None
     """What the step's attempts printed so far (see :mod:`pyergon._output`)."""
@@ -130,6 +136,7 @@ class StepCall:
             name=self.name,
             status=status,
             args_hash=self.args_hash,
+            code_hash=self.code_hash,
             result=result,
             error=error,
             attempts=attempts,

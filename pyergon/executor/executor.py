@@ -24,6 +24,7 @@ from pyergon.errors import InvalidFlowIdError, NonDeterminismError, PyergonError
 from pyergon.executor._child import refuse_child_namespace, refuse_foreign_child
 from pyergon.executor._inputs import encode_flow
 from pyergon.executor._runner import FlowRun, drive_flow, stored_outcome
+from pyergon.executor._stale import StaleHandler, log_stale_once
 from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage._flows import HeldFlow, start_direct_run
 from pyergon.storage.base import ExecutionLog
@@ -82,6 +83,9 @@ class Executor(Generic[F]):
         thread_pool: Runs the bodies of ``def`` steps (and waits for process steps). By default
             the event loop's step threads (see ``executor/_threads.py``: started when a ``def``
             step first runs, each ending after 10 s without work). It is not shut down here.
+        on_stale: Told when the run returned recorded step results made by code that has
+            changed since (they stand); default: a warning on the ``pyergon.worker`` logger,
+            once per flow type per process.
 
     Raises:
         FlowDefinitionError: ``flow`` is not an instance of a ``@flow_type`` dataclass.
@@ -100,6 +104,7 @@ class Executor(Generic[F]):
         parent: tuple[str, str] | None = None,
         cancellation: Cancellation | None = None,
         thread_pool: concurrent.futures.Executor | None = None,
+        on_stale: StaleHandler | None = log_stale_once,
     ) -> None:
         self.type_name = require_flow_instance(flow)
         self.flow = flow
@@ -111,6 +116,7 @@ class Executor(Generic[F]):
         self._parent = parent
         self._cancellation = cancellation
         self._thread_pool = thread_pool
+        self._on_stale = on_stale
 
     def __repr__(self) -> str:
         return f"Executor(flow_id={self.flow_id!r}, type={self.type_name!r})"
@@ -154,6 +160,7 @@ class Executor(Generic[F]):
                     cancellation=self._cancellation
                     or PolledCancellation(self.storage, self.flow_id, self.clock),
                     thread_pool=self._thread_pool,
+                    on_stale=self._on_stale,
                 )
             )
         except (NonDeterminismError, SignatureError):

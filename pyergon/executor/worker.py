@@ -48,6 +48,7 @@ from pyergon.executor._live import LiveSteps
 from pyergon.executor._registration import served_elsewhere
 from pyergon.executor._runner import FlowRun, drive_flow, log_by_position, stored_outcome
 from pyergon.executor._serving import Serving
+from pyergon.executor._stale import StaleHandler, log_stale_once
 from pyergon.executor._talk import FlowTalk, served_in_process, serving
 from pyergon.executor._watchdog import BusyStep, check_busy_loop_warning
 from pyergon.executor._worker_handle import WorkerHandle
@@ -115,6 +116,9 @@ class Worker:
             worker names it (once per flow type and step per process, on the
             ``pyergon.worker`` logger) with the fix: make it a ``def`` step. ``None``: never.
         on_busy: Told of each such warning about this worker's flows, on the event loop.
+        on_stale: Told when a run returned recorded step results made by code that has
+            changed since (the results stand); default: a warning on the ``pyergon.worker``
+            logger, once per flow type per process.
 
     Raises:
         ValueError: A setting is out of range (a lease that is not finite and above zero).
@@ -134,6 +138,7 @@ class Worker:
         on_error: Callable[[BaseException, str | None], None] | None = None,
         busy_loop_warning: float | None = 1.0,
         on_busy: Callable[[BusyStep], None] | None = None,
+        on_stale: StaleHandler | None = log_stale_once,
     ) -> None:
         if worker_id is None:
             worker_id = default_worker_id()
@@ -166,6 +171,7 @@ class Worker:
         self.on_error = on_error
         self.busy_loop_warning = check_busy_loop_warning(busy_loop_warning)
         self.on_busy = on_busy
+        self.on_stale = on_stale
         self._claim_backoff = Backoff(worker_id, "claiming flows", self._report)
         self._cancels_checked_at = 0.0
         self._cancel_look_owed = False
@@ -487,6 +493,7 @@ class Worker:
                     on_step_retry=talk.step_retry,
                     thread_pool=self._serving.threads,
                     running_steps=self.live_steps.steps,
+                    on_stale=self.on_stale,
                 )
             )
         except asyncio.CancelledError:
