@@ -34,6 +34,7 @@ from pyergon.errors import (
     StepTimeoutError,
     StorageError,
 )
+from pyergon.executor._dag import DagExecutionError, dag
 from pyergon.executor._offload import block_on
 from pyergon.executor.executor import Executor
 from pyergon.executor.scheduler import Scheduler
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ChildFlowError",
     "Completed",
+    "DagExecutionError",
     "Executor",
     "FlowCancelledError",
     "FlowNotFoundError",
@@ -72,6 +74,7 @@ __all__ = [
     "__version__",
     "await_external_signal",
     "block_on",
+    "dag",
     "flow",
     "flow_type",
     "idempotency_key",

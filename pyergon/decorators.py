@@ -12,22 +12,25 @@ import dataclasses
 import functools
 import inspect
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
-from pyergon._context import current_context, in_step
+from pyergon._context import FlowContext, Position, current_context, in_step
 from pyergon._fingerprint import code_fingerprint
 from pyergon.core.retry import RetryPolicy
 from pyergon.errors import FlowDefinitionError
 from pyergon.executor._child import ChildHandle, start_child
+from pyergon.executor._dag_shape import check_dag_definition, check_step_parameters, declared_dag
 from pyergon.executor._offload import in_step_thread, run_in_thread
 from pyergon.executor._process import run_in_process
 from pyergon.executor._steps import run_step
 
 __all__ = [
     "FlowSpec",
+    "StepMethod",
     "StepSpec",
+    "StepStart",
     "flow",
     "flow_entry",
     "flow_type",
@@ -36,6 +39,7 @@ __all__ = [
     "require_flow_class",
     "require_flow_instance",
     "step",
+    "step_methods",
 ]
 
 P = ParamSpec("P")
@@ -54,6 +58,16 @@ _ISOLATIONS = ("thread", "process")
 _FLOW_TYPE_ATTR = "__pyergon_flow_type__"
 _FLOW_ATTR = "__pyergon_flow__"
 _STEP_ATTR = "__pyergon_step__"
+_START_ATTR = "__pyergon_step_start__"
+
+StepStart = Callable[
+    [FlowContext, Position, Any, tuple[Any, ...], Mapping[str, Any]], Coroutine[Any, Any, Any]
+]
+"""Runs a step at a log position taken already: ``(context, position, self, args, kwargs)``.
+
+The part of a step call after ``context.allocate()``, shared by the step's own wrapper and by
+:func:`pyergon.dag`, which takes every DAG step's position before any of them starts.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +82,10 @@ class StepSpec:
             ``async def`` step).
         code: The fingerprint of the method's code (:mod:`pyergon._fingerprint`), kept with
             each record the step makes.
+        depends_on: The steps of the flow's DAG this one waits for, by step name: those given
+            as ``depends_on`` and then those its ``inputs`` come from, each once.
+        inputs: ``(parameter, step name)`` pairs: :func:`pyergon.dag` passes the named step's
+            result as that keyword argument.
     """
 
     name: str
@@ -75,6 +93,30 @@ class StepSpec:
     timeout: float | None = None
     isolate: Isolation | None = None
     code: str = ""
+    depends_on: tuple[str, ...] = ()
+    inputs: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StepMethod:
+    """A ``@step`` method of a flow class, as :func:`step_methods` finds it.
+
+    Attributes:
+        attribute: The method's attribute name on the class.
+        spec: What ``@step`` recorded about it.
+        method: The undecorated method.
+        start: Runs the step at a log position taken already (see :data:`StepStart`).
+    """
+
+    attribute: str
+    spec: StepSpec
+    method: Callable[..., Any]
+    start: StepStart
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the step is ``async def`` (else its body runs in a thread or a process)."""
+        return inspect.iscoroutinefunction(self.method)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +172,8 @@ def step(
     timeout: float | None = None,
     name: str | None = None,
     isolate: Isolation | None = None,
+    depends_on: str | Sequence[str] | None = None,
+    inputs: Mapping[str, str] | None = None,
 ) -> _StepDecorator: ...
 
 
@@ -141,6 +185,8 @@ def step(
     timeout: float | None = None,
     name: str | None = None,
     isolate: Isolation | None = None,
+    depends_on: str | Sequence[str] | None = None,
+    inputs: Mapping[str, str] | None = None,
 ) -> Any:
     """Mark a method (``async def`` or plain ``def``) as a durable step.
 
@@ -178,13 +224,21 @@ def step(
             process step runs apart from its flow: inside it, steps are plain calls and
             ``block_on`` is not available. Called inside another step's body, it runs in a
             thread as part of that step.
+        depends_on: For a flow run with :func:`pyergon.dag`: the step (a name) or steps (a
+            list of names) that must finish before this one starts. Steps are named by their
+            step name: the method's name, or the ``name=`` given to their ``@step``.
+        inputs: For :func:`pyergon.dag`: ``{"parameter": "step name"}``, passing that step's
+            result as the keyword argument; an input implies a dependency.
 
     Returns:
         The wrapped method, or a decorator when called with options.
 
     Raises:
         FlowDefinitionError: The method is a generator, ``isolate`` is set on an ``async def``
-            step or is not ``"thread"`` or ``"process"``, or an option is invalid.
+            step or is not ``"thread"`` or ``"process"``, an option is invalid, an input names
+            a parameter the method does not take, or a step with ``depends_on`` or ``inputs``
+            has a required parameter no input feeds. Whether the steps named exist, and form
+            no cycle, is checked by ``@flow_type``.
     """
     if timeout is not None and (not isinstance(timeout, int | float) or not timeout > 0):
         raise FlowDefinitionError(f"@step(timeout=...) must be a positive number, got {timeout!r}")
@@ -198,6 +252,7 @@ def step(
         raise FlowDefinitionError(
             f"@step(isolate=...) must be 'thread' or 'process', got {isolate!r}"
         )
+    needs, fed = declared_dag(depends_on, inputs)
 
     def decorate(method: Callable[..., Any]) -> Any:
         if inspect.isgeneratorfunction(method) or inspect.isasyncgenfunction(method):
@@ -206,8 +261,15 @@ def step(
                 "value; return a list instead of yielding"
             )
         spec = StepSpec(
-            name or method.__name__, retry_policy, timeout, isolate, code_fingerprint(method)
+            name or method.__name__,
+            retry_policy,
+            timeout,
+            isolate,
+            code_fingerprint(method),
+            needs,
+            fed,
         )
+        check_step_parameters(method, spec.depends_on, spec.inputs)
         if inspect.iscoroutinefunction(method):
             if isolate is not None:
                 raise FlowDefinitionError(
@@ -215,41 +277,83 @@ def step(
                     "'def' steps; an 'async def' step runs on the event loop. Declare it with "
                     "'def' to run it in a thread or a process"
                 )
-            call = _async_step(method, spec)
+            start = _async_start(method, spec)
+            call = _async_step(method, start)
         else:
-            call = _sync_step(method, spec)
+            start = _sync_start(method, spec)
+            call = _sync_step(method, spec, start)
         setattr(call, _STEP_ATTR, spec)
+        setattr(call, _START_ATTR, start)
         return call
 
     return decorate if function is None else decorate(function)
 
 
-def _async_step(method: Method[S, P, R], spec: StepSpec) -> Method[S, P, R]:
+def _async_start(method: Method[S, P, R], spec: StepSpec) -> StepStart:
+    name, retry_policy, timeout, code = spec.name, spec.retry_policy, spec.timeout, spec.code
+
+    def start(
+        context: FlowContext,
+        position: Position,
+        self: Any,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> Coroutine[Any, Any, Any]:
+        return run_step(
+            context,
+            position,
+            name,
+            lambda: method(self, *args, **kwargs),
+            args,
+            kwargs,
+            retry_policy,
+            timeout,
+            code,
+        )
+
+    return start
+
+
+def _async_step(method: Method[S, P, R], start: StepStart) -> Method[S, P, R]:
     @functools.wraps(method)
     def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
         context = current_context()
         if context is None or in_step():
             return method(self, *args, **kwargs)
-        position = context.allocate()
-        return run_step(
-            context,
-            position,
-            spec.name,
-            lambda: method(self, *args, **kwargs),
-            args,
-            kwargs,
-            spec.retry_policy,
-            spec.timeout,
-            spec.code,
-        )
+        return start(context, context.allocate(), self, args, kwargs)
 
     return call
 
 
-def _sync_step(method: SyncMethod[S, P, R], spec: StepSpec) -> Callable[..., Any]:
-    """The call of a ``def`` step: decided here once, so async steps pay nothing for it."""
+def _sync_start(method: SyncMethod[S, P, R], spec: StepSpec) -> StepStart:
+    """Where a ``def`` step's body runs is decided here once, so async steps pay nothing for it."""
     in_process = spec.isolate == "process"
     attribute = method.__name__
+    name, retry_policy, timeout, code = spec.name, spec.retry_policy, spec.timeout, spec.code
+
+    def start(
+        context: FlowContext,
+        position: Position,
+        self: Any,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> Coroutine[Any, Any, Any]:
+        body: Callable[[], Coroutine[Any, Any, Any]]
+        if in_process:
+            body = functools.partial(
+                run_in_process, context, position, name, attribute, self, args, kwargs, timeout
+            )
+        else:
+            bound = functools.partial(method, self, *args, **kwargs)
+            body = functools.partial(run_in_thread, context, position, name, bound, timeout)
+        # The timeout is the body's own: a thread cannot be cancelled like a coroutine.
+        return run_step(context, position, name, body, args, kwargs, retry_policy, None, code)
+
+    return start
+
+
+def _sync_step(method: SyncMethod[S, P, R], spec: StepSpec, start: StepStart) -> Callable[..., Any]:
+    """The call of a ``def`` step: a plain call outside flows, else ``start`` (or inline)."""
 
     @functools.wraps(method)
     def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Any:
@@ -260,29 +364,7 @@ def _sync_step(method: SyncMethod[S, P, R], spec: StepSpec) -> Callable[..., Any
             return run_in_thread(
                 context, None, spec.name, functools.partial(method, self, *args, **kwargs)
             )
-        position = context.allocate()
-        body: Callable[[], Coroutine[Any, Any, Any]]
-        if in_process:
-            body = functools.partial(
-                run_in_process,
-                context,
-                position,
-                spec.name,
-                attribute,
-                self,
-                args,
-                kwargs,
-                spec.timeout,
-            )
-        else:
-            bound = functools.partial(method, self, *args, **kwargs)
-            body = functools.partial(
-                run_in_thread, context, position, spec.name, bound, spec.timeout
-            )
-        # The timeout is the body's own: a thread cannot be cancelled like a coroutine.
-        return run_step(
-            context, position, spec.name, body, args, kwargs, spec.retry_policy, None, spec.code
-        )
+        return start(context, context.allocate(), self, args, kwargs)
 
     return call
 
@@ -360,7 +442,9 @@ def flow_type(cls: C | None = None, /, *, name: str | None = None) -> C | Callab
         The class itself, marked.
 
     Raises:
-        FlowDefinitionError: The target is not a class or has no ``@flow`` method.
+        FlowDefinitionError: The target is not a class or has no ``@flow`` method; or its
+            steps declare a DAG (``depends_on``, ``inputs``) that names no step of the class
+            or has a cycle.
     """
 
     def decorate(target: C) -> C:
@@ -374,6 +458,7 @@ def flow_type(cls: C | None = None, /, *, name: str | None = None) -> C | Callab
                 f"flow type {target.__qualname__} has no @flow method; mark the async method "
                 "that runs the flow with @flow"
             )
+        check_dag_definition(target, step_methods(target))
         setattr(target, _FLOW_TYPE_ATTR, _FlowTypeInfo(name or target.__name__))
         if "invoke" not in target.__dict__:
             target.invoke = invoke  # type: ignore[attr-defined]
@@ -399,6 +484,24 @@ def invoke(self: object, child: object) -> ChildHandle:
         PyergonError: Called outside a running flow.
     """
     return start_child(child, require_flow_instance(child))
+
+
+def step_methods(cls: type) -> tuple[StepMethod, ...]:
+    """Return the ``@step`` methods of a class (inherited ones too), in declaration order.
+
+    A method overridden in a subclass keeps the place of the one it overrides.
+    """
+    found: dict[str, StepMethod] = {}
+    for klass in reversed(cls.__mro__):
+        for attribute, value in vars(klass).items():
+            spec = getattr(value, _STEP_ATTR, None)
+            if isinstance(spec, StepSpec):
+                found[attribute] = StepMethod(
+                    attribute, spec, value.__wrapped__, getattr(value, _START_ATTR)
+                )
+            else:
+                found.pop(attribute, None)
+    return tuple(found.values())
 
 
 def _flow_methods(cls: type) -> dict[str, FlowSpec]:
