@@ -1,0 +1,317 @@
+"""The dependency graph of a DAG flow, drawn as SVG without Graphviz, and as short text.
+
+Steps are boxes in columns by level (a step's level is its longest chain of dependencies), so
+every arrow points right; within a column, steps sit near the steps they depend on. Given a
+flow's records, each box shows its step's state: complete, failed, running, not run, or stale
+(a result made by code that has changed since, outlined as the timeline outlines it). The SVG
+is self-contained (no script, no external reference, no ids) and every text in it is escaped;
+the text form is one line per step, in the order the steps take their log positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from pyergon._history_html import AMBER, GREEN, GREY, RED, escape
+from pyergon.core.graph import StepGraph
+from pyergon.core.records import Invocation
+from pyergon.core.status import InvocationStatus, OperationKind
+from pyergon.executor._dag import shape_of
+
+__all__ = ["DependencyGraph", "StepState", "dependency_graph"]
+
+
+class StepState(str, Enum):
+    """What a flow's records say of one step of its DAG."""
+
+    COMPLETE = "complete"
+    FAILED = "failed"
+    RUNNING = "running"
+    NOT_RUN = "not run"
+    STALE = "stale"
+
+
+_COLOURS: Mapping[StepState, str] = {
+    StepState.COMPLETE: GREEN,
+    StepState.FAILED: RED,
+    StepState.RUNNING: AMBER,
+    StepState.NOT_RUN: GREY,
+    StepState.STALE: GREEN,
+}
+
+_BOX_WIDTH = 164
+_BOX_HEIGHT = 36
+_COLUMN_GAP = 60
+_ROW_GAP = 16
+_MARGIN = 16
+_HEADER = 24
+_LEGEND_HEIGHT = 28
+_LABEL_CHARS = 22
+_FONT = "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace"
+
+
+def dependency_graph(
+    flow: type | object,
+    records: Iterable[Invocation] | None = None,
+    *,
+    stale: Iterable[str] = (),
+) -> DependencyGraph:
+    """Draw the DAG of a flow class (or of a flow's class), with its steps' states if given.
+
+    Args:
+        flow: A flow class, or a flow instance for its class.
+        records: A flow's records; each step's state is read from its latest top-level step
+            record. ``None``: the graph alone, without states.
+        stale: Names of steps whose recorded result was made by code that has changed since;
+            a recorded step named here shows as stale.
+
+    Returns:
+        The graph, which renders as SVG and text in a notebook.
+
+    Raises:
+        FlowDefinitionError: The class's steps do not form a valid DAG.
+    """
+    cls = flow if isinstance(flow, type) else type(flow)
+    shape = shape_of(cls)
+    states: dict[str, StepState] | None = None
+    details: dict[str, str] = {}
+    if records is not None:
+        latest: dict[str, Invocation] = {}
+        for record in records:
+            if record.kind is OperationKind.STEP and record.sub_sequence == 0:
+                known = latest.get(record.name)
+                if known is None or record.sequence >= known.sequence:
+                    latest[record.name] = record
+        stale_names = set(stale)
+        states = {
+            name: _state(latest.get(name), name in stale_names) for name in shape.graph.names
+        }
+        details = {name: _detail(record) for name, record in latest.items()}
+    declares = any(method.spec.depends_on for method in shape.steps.values())
+    return DependencyGraph(shape.flow_type, shape.graph, shape.order, states, details, declares)
+
+
+def _state(record: Invocation | None, stale: bool) -> StepState:
+    if record is None:
+        return StepState.NOT_RUN
+    if record.status is InvocationStatus.COMPLETE:
+        return StepState.STALE if stale else StepState.COMPLETE
+    if record.status is InvocationStatus.FAILED:
+        return StepState.FAILED
+    return StepState.RUNNING
+
+
+def _detail(record: Invocation) -> str:
+    """What a step's tooltip adds from its record: position, attempts, error."""
+    facts = [f"position {record.position}"]
+    if record.attempts > 1:
+        facts.append(f"{record.attempts} attempts")
+    if record.error is not None:
+        facts.append(f"{record.error.short_type}: {record.error.message}")
+    return ", ".join(facts)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DependencyGraph:
+    """A flow class's DAG, rendered as SVG (``image/svg+xml``) and as text in a notebook.
+
+    Build one with :func:`dependency_graph`.
+
+    Attributes:
+        flow_type: The class's qualified name.
+        graph: The steps and what each depends on.
+        order: The steps in the order they take their log positions.
+        states: Each step's state from a flow's records; ``None`` when drawn without records.
+        details: Per recorded step, its position, attempts and error, for tooltips.
+        declares_dependencies: Whether any step declares ``depends_on`` or ``inputs``.
+    """
+
+    flow_type: str
+    graph: StepGraph
+    order: tuple[str, ...]
+    states: Mapping[str, StepState] | None
+    details: Mapping[str, str]
+    declares_dependencies: bool
+
+    def text(self) -> str:
+        """One line per step, in position order: ``merge <- left, right  [complete]``."""
+        count = len(self.order)
+        head = f"DAG of {self.flow_type}: {count} step{'' if count == 1 else 's'}"
+        if count:
+            levels = len(self.graph.levels())
+            head += f" in {levels} level{'' if levels == 1 else 's'}"
+        if not self.declares_dependencies:
+            head += " (no step declares depends_on or inputs: all run at once)"
+        edges = {
+            name: name + (f" <- {', '.join(needs)}" if (needs := self.graph.depends_on(name)) else "")
+            for name in self.order
+        }
+        width = max((len(edge) for edge in edges.values()), default=0)
+        lines = [head]
+        for name, edge in edges.items():
+            if self.states is None:
+                lines.append(f"  {edge}")
+            else:
+                lines.append(f"  {edge:<{width}}  [{self.states[name].value}]")
+        return "\n".join(lines)
+
+    def svg(self) -> str:
+        """The graph as one self-contained SVG element."""
+        return _Drawing(self).svg()
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    def _repr_mimebundle_(
+        self, include: object = None, exclude: object = None, **kwargs: object
+    ) -> dict[str, Any]:
+        return {"text/plain": self.text(), "image/svg+xml": self.svg()}
+
+
+class _Drawing:
+    """Lays the steps out in columns by level and draws boxes and arrows."""
+
+    def __init__(self, view: DependencyGraph) -> None:
+        self.view = view
+        self.columns = self._columns(view.graph)
+        self.at: dict[str, tuple[float, float]] = {}
+        for column, names in enumerate(self.columns):
+            x = _MARGIN + column * (_BOX_WIDTH + _COLUMN_GAP)
+            for row, name in enumerate(names):
+                self.at[name] = (x, _HEADER + _MARGIN + row * (_BOX_HEIGHT + _ROW_GAP))
+        rows = max((len(names) for names in self.columns), default=0)
+        self.width = max(
+            2 * _MARGIN + len(self.columns) * (_BOX_WIDTH + _COLUMN_GAP) - _COLUMN_GAP, 360
+        )
+        legend = _LEGEND_HEIGHT if view.states is not None else 0
+        self.height = _HEADER + 2 * _MARGIN + max(rows * (_BOX_HEIGHT + _ROW_GAP) - _ROW_GAP, 0)
+        self.height += legend
+
+    @staticmethod
+    def _columns(graph: StepGraph) -> list[list[str]]:
+        """The levels, each ordered by where the steps it depends on sit (declaration order
+        breaking ties), which keeps most arrows short and uncrossed."""
+        row: dict[str, float] = {}
+        columns: list[list[str]] = []
+        for level in graph.levels():
+            def key(name: str) -> float:
+                needs = graph.depends_on(name)
+                return sum(row[need] for need in needs) / len(needs) if needs else 0.0
+
+            ordered = sorted(level, key=key) if columns else list(level)
+            for number, name in enumerate(ordered):
+                row[name] = number
+            columns.append(ordered)
+        return columns
+
+    def svg(self) -> str:
+        view = self.view
+        label = f"pyergon DAG of {view.flow_type}"
+        title = view.text().splitlines()[0]
+        edges = "".join(
+            self._edge(need, name) for name in view.order for need in view.graph.depends_on(name)
+        )
+        boxes = "".join(self._box(name) for name in view.order)
+        legend = self._legend(self.height - _LEGEND_HEIGHT + 8) if view.states is not None else ""
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.width}" '
+            f'height="{self.height}" viewBox="0 0 {self.width} {self.height}" role="img" '
+            f'aria-label="{escape(label)}" font-family="{_FONT}" font-size="11" '
+            f'fill="currentColor"><text x="{_MARGIN}" y="{_HEADER - 6}" font-weight="bold">'
+            f"{escape(title)}</text>"
+            f'<g class="pyergon-edges">{edges}</g><g class="pyergon-steps">{boxes}</g>'
+            f"{legend}</svg>"
+        )
+
+    def _edge(self, need: str, name: str) -> str:
+        """An arrow from ``need``'s right side to ``name``'s left side.
+
+        An arrow past other columns runs along the free lane above ``name``'s row, so it
+        crosses no box on its way.
+        """
+        x1, y1 = self.at[need]
+        x2, y2 = self.at[name]
+        x1, y1, mid2 = x1 + _BOX_WIDTH, y1 + _BOX_HEIGHT / 2, y2 + _BOX_HEIGHT / 2
+        tip = x2 - 1
+        if tip - x1 <= _COLUMN_GAP:
+            bend = round((tip - x1) / 2, 1)
+            path = f"M{x1},{y1} C{x1 + bend},{y1} {tip - bend},{mid2} {tip - 6},{mid2}"
+        else:
+            lane = y2 - _ROW_GAP / 2
+            out, back, bend = x1 + _COLUMN_GAP * 0.7, tip - _COLUMN_GAP * 0.7, _COLUMN_GAP * 0.35
+            path = (
+                f"M{x1},{y1} C{x1 + bend},{y1} {out - bend},{lane} {out},{lane} "
+                f"L{back},{lane} C{back + bend},{lane} {tip - bend},{mid2} {tip - 6},{mid2}"
+            )
+        return (
+            f'<g class="pyergon-edge" data-from="{escape(need)}" data-to="{escape(name)}">'
+            f'<path d="{path}" fill="none" stroke="currentColor" stroke-opacity="0.5"/>'
+            f'<polygon points="{tip - 7},{mid2 - 4} {tip},{mid2} {tip - 7},{mid2 + 4}" '
+            'fill="currentColor" fill-opacity="0.6"/></g>'
+        )
+
+    def _box(self, name: str) -> str:
+        view = self.view
+        x, y = self.at[name]
+        state = None if view.states is None else view.states[name]
+        needs = view.graph.depends_on(name)
+        tooltip = name + (f" <- {', '.join(needs)}" if needs else "")
+        if state is not None:
+            tooltip += f": {state.value}"
+        if name in view.details:
+            tooltip += f" ({view.details[name]})"
+        if state is StepState.STALE:
+            tooltip += "\nstale: made by code that has changed since; rerun recomputes it"
+        colour = GREY if state is None else _COLOURS[state]
+        dashes = ' stroke-dasharray="4 3"' if state is StepState.NOT_RUN else ""
+        fill = "none" if state in (None, StepState.NOT_RUN) else colour
+        parts = [
+            f"<title>{escape(tooltip)}</title>",
+            f'<rect x="{x}" y="{y}" width="{_BOX_WIDTH}" height="{_BOX_HEIGHT}" rx="4" '
+            f'fill="{fill}" fill-opacity="0.18" stroke="{colour}" stroke-width="1.5"{dashes}/>',
+            f'<text x="{x + 8}" y="{y + 15}" font-weight="bold">'
+            f"{escape(_clip(name, _LABEL_CHARS))}</text>",
+        ]
+        if state is not None:
+            parts.append(
+                f'<text x="{x + 8}" y="{y + 29}" fill="{colour}">{escape(state.value)}</text>'
+            )
+        if state is StepState.STALE:
+            parts.append(
+                f'<rect x="{x - 3}" y="{y - 3}" width="{_BOX_WIDTH + 6}" '
+                f'height="{_BOX_HEIGHT + 6}" rx="6" fill="none" stroke="{AMBER}" '
+                'stroke-width="1.5" stroke-dasharray="3 2"/>'
+            )
+        data_state = "" if state is None else f' data-state="{escape(state.value)}"'
+        return f'<g class="pyergon-step" data-step="{escape(name)}"{data_state}>{"".join(parts)}</g>'
+
+    @staticmethod
+    def _legend(y: float) -> str:
+        parts = []
+        x = _MARGIN
+        for state in StepState:
+            colour = _COLOURS[state]
+            fill = "none" if state is StepState.NOT_RUN else colour
+            dashes = ' stroke-dasharray="3 2"' if state is StepState.NOT_RUN else ""
+            swatch = (
+                f'<rect x="0" y="0" width="14" height="10" rx="2" fill="{fill}" '
+                f'fill-opacity="0.18" stroke="{colour}"{dashes}/>'
+            )
+            if state is StepState.STALE:
+                swatch += (
+                    f'<rect x="-2" y="-2" width="18" height="14" rx="3" fill="none" '
+                    f'stroke="{AMBER}" stroke-dasharray="3 2"/>'
+                )
+            parts.append(
+                f'<g transform="translate({x},{y})">{swatch}'
+                f'<text x="20" y="9">{escape(state.value)}</text></g>'
+            )
+            x += 30 + 7 * len(state.value)
+        return f'<g class="pyergon-legend">{"".join(parts)}</g>'

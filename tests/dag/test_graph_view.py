@@ -1,0 +1,174 @@
+"""The dependency graph view: a flow class's DAG as text and as self-contained SVG, with each
+step's state read from a flow's records."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+
+from pyergon import Executor, dag, flow, flow_type, step
+from pyergon.notebook._views_graph import StepState, dependency_graph
+from pyergon.storage.memory import InMemoryExecutionLog
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+@dataclass
+@flow_type
+class Report:
+    fail: bool
+
+    @step
+    async def load(self) -> int:
+        return 1
+
+    @step
+    async def prices(self) -> int:
+        return 2
+
+    @step(inputs={"rows": "load"})
+    async def clean(self, rows: int) -> int:
+        return rows
+
+    @step(inputs={"rows": "load"})
+    async def check(self, rows: int) -> int:
+        if self.fail:
+            raise ValueError("<bad> & rows")
+        return rows
+
+    @step(inputs={"rows": "clean", "prices": "prices", "checked": "check"})
+    async def merge(self, rows: int, prices: int, checked: int) -> int:
+        return rows + prices + checked
+
+    @flow
+    async def run(self) -> int:
+        return await dag(self)
+
+
+def test_the_text_is_one_line_per_step_in_position_order() -> None:
+    view = dependency_graph(Report)
+
+    assert view.text() == (
+        "DAG of Report: 5 steps in 3 levels\n"
+        "  load\n"
+        "  prices\n"
+        "  clean <- load\n"
+        "  check <- load\n"
+        "  merge <- clean, prices, check"
+    )
+    assert repr(view) == view.text()
+    assert view.states is None
+
+
+async def test_the_records_of_a_flow_give_each_step_its_state() -> None:
+    storage = InMemoryExecutionLog()
+    await Executor(Report(fail=True), storage, "report").run(Report.run)
+    records = await storage.load_invocations("report")
+
+    view = dependency_graph(Report(fail=True), records, stale={"clean", "merge"})
+
+    assert view.states == {
+        "load": StepState.COMPLETE,
+        "prices": StepState.COMPLETE,
+        "clean": StepState.STALE,
+        "check": StepState.FAILED,
+        "merge": StepState.NOT_RUN,  # stale is said only of a recorded result
+    }
+    assert view.text().splitlines()[1:] == [
+        "  load                           [complete]",
+        "  prices                         [complete]",
+        "  clean <- load                  [stale]",
+        "  check <- load                  [failed]",
+        "  merge <- clean, prices, check  [not run]",
+    ]
+
+
+async def test_the_svg_is_escaped_self_contained_and_marks_every_state() -> None:
+    @dataclass
+    @flow_type
+    class Local:  # a qualified name with "<locals>" in it, which the SVG must escape
+        @step
+        async def first(self) -> int:
+            return 1
+
+        @step(inputs={"x": "first"})
+        async def second(self, x: int) -> int:
+            raise ValueError("<bad> & rows")
+
+        @step(inputs={"x": "second"})
+        async def third(self, x: int) -> int:
+            return x
+
+        @step(inputs={"x": "first"})
+        async def far(self, x: int) -> int:
+            return x
+
+        @step(inputs={"x": "third", "y": "far", "z": "first"})
+        async def last(self, x: int, y: int, z: int) -> int:
+            return x
+
+        @flow
+        async def run(self) -> int:
+            return await dag(self)
+
+    storage = InMemoryExecutionLog()
+    await Executor(Local(), storage, "local").run(Local.run)
+    view = dependency_graph(Local, await storage.load_invocations("local"))
+
+    svg = view.svg()
+    root = ElementTree.fromstring(svg)  # well formed, so every text was escaped
+    assert "&lt;locals&gt;" in svg and "&lt;bad&gt; &amp; rows" in svg
+    assert "<script" not in svg and " id=" not in svg and "href" not in svg
+    steps = {
+        group.get("data-step"): group.get("data-state")
+        for group in root.iter(f"{SVG}g")
+        if group.get("class") == "pyergon-step"
+    }
+    assert steps == {
+        "first": "complete",
+        "second": "failed",
+        "third": "not run",
+        "far": "complete",
+        "last": "not run",
+    }
+    edges = [
+        (group.get("data-from"), group.get("data-to"))
+        for group in root.iter(f"{SVG}g")
+        if group.get("class") == "pyergon-edge"
+    ]
+    assert sorted(edges) == sorted(
+        [("first", "second"), ("second", "third"), ("first", "far"), ("third", "last"),
+         ("far", "last"), ("first", "last")]
+    )
+    assert view.svg() == svg  # the same graph and records draw the same picture
+
+
+def test_in_a_notebook_it_shows_as_svg_with_its_text() -> None:
+    view = dependency_graph(Report)
+
+    bundle = view._repr_mimebundle_()
+
+    assert set(bundle) == {"image/svg+xml", "text/plain"}
+    assert bundle["text/plain"] == view.text()
+    assert bundle["image/svg+xml"].startswith("<svg ")
+
+
+def test_a_class_declaring_no_dependencies_says_all_its_steps_run_at_once() -> None:
+    @flow_type
+    class Flat:
+        @step
+        async def one(self) -> int:
+            return 1
+
+        @step
+        async def two(self) -> int:
+            return 2
+
+        @flow
+        async def run(self) -> int:
+            return await self.one() + await self.two()
+
+    text = dependency_graph(Flat).text()
+
+    assert text.splitlines()[0].endswith("(no step declares depends_on or inputs: all run at once)")
+    ElementTree.fromstring(dependency_graph(Flat).svg())
