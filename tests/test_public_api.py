@@ -67,6 +67,7 @@ PUBLIC_MODULES = {
     "pyergon.clock",
     "pyergon.core",
     "pyergon.core.changes",
+    "pyergon.core.graph",
     "pyergon.core.outcome",
     "pyergon.core.query",
     "pyergon.core.records",

@@ -70,9 +70,7 @@ class StepGraph:
         """
         self._index(name)
         return tuple(
-            step
-            for step, needs in zip(self.names, self.dependencies, strict=True)
-            if name in needs
+            step for step, needs in zip(self.names, self.dependencies, strict=True) if name in needs
         )
 
     @property

@@ -147,7 +147,9 @@ async def _run(shape: DagShape, start: _Start) -> dict[str, Any]:
 
     def launch(names: list[str]) -> None:
         for name in sorted(names, key=rank.__getitem__):
-            inputs = {parameter: results[source] for parameter, source in shape.steps[name].spec.inputs}
+            inputs = {
+                parameter: results[source] for parameter, source in shape.steps[name].spec.inputs
+            }
             running[asyncio.ensure_future(start(name, inputs))] = name
 
     launch([name for name, count in waiting.items() if count == 0])

@@ -44,7 +44,7 @@ class DagShape:
         order: The order in which the steps take their log positions (see
             :meth:`~pyergon.core.graph.StepGraph.order`).
         last: The step whose result is the DAG's when no ``final_step`` is given: the last
-            declared step of the last level.
+            declared step of the last level (``""`` for a class without steps).
         unfed: For each step with required parameters that no input feeds, their names.
     """
 
@@ -52,7 +52,7 @@ class DagShape:
     steps: Mapping[str, StepMethod]
     graph: StepGraph
     order: tuple[str, ...]
-    last: str | None
+    last: str
     unfed: Mapping[str, tuple[str, ...]]
 
 
@@ -77,8 +77,7 @@ def declared_dag(
         needs = tuple(depends_on)
     else:
         raise FlowDefinitionError(
-            "@step(depends_on=...) takes a step name or a list of step names, "
-            f"got {depends_on!r}"
+            f"@step(depends_on=...) takes a step name or a list of step names, got {depends_on!r}"
         )
     if inputs is None:
         fed: tuple[tuple[str, str], ...] = ()
@@ -88,7 +87,7 @@ def declared_dag(
         fed = tuple(inputs.items())
     else:
         raise FlowDefinitionError(
-            '@step(inputs=...) takes a dict of parameter names to step names, such as '
+            "@step(inputs=...) takes a dict of parameter names to step names, such as "
             f'{{"data": "load"}}, got {inputs!r}'
         )
     return tuple(dict.fromkeys((*needs, *(source for _, source in fed)))), fed
@@ -206,7 +205,7 @@ def dag_shape(cls: type, methods: Sequence[StepMethod]) -> DagShape:
         steps,
         graph,
         graph.order(),
-        levels[-1][-1] if levels else None,
+        levels[-1][-1] if levels else "",
         unfed,
     )
 
@@ -216,11 +215,7 @@ def _unknown_step(
 ) -> str:
     """Why ``need`` names no step of the DAG, and what to do."""
     sources = [parameter for parameter, source in method.spec.inputs if source == need]
-    what = (
-        f"takes its input {sources[0]!r} from {need!r}"
-        if sources
-        else f"depends on {need!r}"
-    )
+    what = f"takes its input {sources[0]!r} from {need!r}" if sources else f"depends on {need!r}"
     public = ", ".join(m.spec.name for m in methods if not m.attribute.startswith("_"))
     hint = f"fix the name or add the step (its steps: {public})"
     for other in methods:

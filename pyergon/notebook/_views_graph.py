@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pyergon._history_html import AMBER, GREEN, GREY, RED, escape
@@ -24,7 +24,7 @@ from pyergon.executor._dag import shape_of
 __all__ = ["DependencyGraph", "StepState", "dependency_graph"]
 
 
-class StepState(str, Enum):
+class StepState(StrEnum):
     """What a flow's records say of one step of its DAG."""
 
     COMPLETE = "complete"
@@ -86,9 +86,7 @@ def dependency_graph(
                 if known is None or record.sequence >= known.sequence:
                     latest[record.name] = record
         stale_names = set(stale)
-        states = {
-            name: _state(latest.get(name), name in stale_names) for name in shape.graph.names
-        }
+        states = {name: _state(latest.get(name), name in stale_names) for name in shape.graph.names}
         details = {name: _detail(record) for name, record in latest.items()}
     declares = any(method.spec.depends_on for method in shape.steps.values())
     return DependencyGraph(shape.flow_type, shape.graph, shape.order, states, details, declares)
@@ -112,6 +110,11 @@ def _detail(record: Invocation) -> str:
     if record.error is not None:
         facts.append(f"{record.error.short_type}: {record.error.message}")
     return ", ".join(facts)
+
+
+def _edge_text(name: str, needs: tuple[str, ...]) -> str:
+    """``merge <- left, right``, or the name alone for a step that waits for none."""
+    return f"{name} <- {', '.join(needs)}" if needs else name
 
 
 def _clip(text: str, width: int) -> str:
@@ -149,10 +152,7 @@ class DependencyGraph:
             head += f" in {levels} level{'' if levels == 1 else 's'}"
         if not self.declares_dependencies:
             head += " (no step declares depends_on or inputs: all run at once)"
-        edges = {
-            name: name + (f" <- {', '.join(needs)}" if (needs := self.graph.depends_on(name)) else "")
-            for name in self.order
-        }
+        edges = {name: _edge_text(name, self.graph.depends_on(name)) for name in self.order}
         width = max((len(edge) for edge in edges.values()), default=0)
         lines = [head]
         for name, edge in edges.items():
@@ -196,15 +196,18 @@ class _Drawing:
 
     @staticmethod
     def _columns(graph: StepGraph) -> list[list[str]]:
-        """The levels, each ordered by where the steps it depends on sit (declaration order
-        breaking ties), which keeps most arrows short and uncrossed."""
+        """The levels, each ordered by where the steps it depends on sit.
+
+        Declaration order breaks ties; this keeps most arrows short and uncrossed.
+        """
         row: dict[str, float] = {}
         columns: list[list[str]] = []
-        for level in graph.levels():
-            def key(name: str) -> float:
-                needs = graph.depends_on(name)
-                return sum(row[need] for need in needs) / len(needs) if needs else 0.0
 
+        def key(name: str) -> float:
+            needs = graph.depends_on(name)
+            return sum(row[need] for need in needs) / len(needs) if needs else 0.0
+
+        for level in graph.levels():
             ordered = sorted(level, key=key) if columns else list(level)
             for number, name in enumerate(ordered):
                 row[name] = number
@@ -261,8 +264,7 @@ class _Drawing:
         view = self.view
         x, y = self.at[name]
         state = None if view.states is None else view.states[name]
-        needs = view.graph.depends_on(name)
-        tooltip = name + (f" <- {', '.join(needs)}" if needs else "")
+        tooltip = _edge_text(name, view.graph.depends_on(name))
         if state is not None:
             tooltip += f": {state.value}"
         if name in view.details:
@@ -290,7 +292,8 @@ class _Drawing:
                 'stroke-width="1.5" stroke-dasharray="3 2"/>'
             )
         data_state = "" if state is None else f' data-state="{escape(state.value)}"'
-        return f'<g class="pyergon-step" data-step="{escape(name)}"{data_state}>{"".join(parts)}</g>'
+        step = f'data-step="{escape(name)}"{data_state}'
+        return f'<g class="pyergon-step" {step}>{"".join(parts)}</g>'
 
     @staticmethod
     def _legend(y: float) -> str:

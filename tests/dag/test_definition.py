@@ -42,7 +42,11 @@ def test_the_declarations_are_kept_on_the_step_as_immutable_values() -> None:
 
 @pytest.mark.parametrize(
     ("options", "wrong"),
-    [({"depends_on": 3}, "depends_on"), ({"inputs": ["load"]}, "inputs"), ({"inputs": {1: "a"}}, "inputs")],
+    [
+        ({"depends_on": 3}, "depends_on"),
+        ({"inputs": ["load"]}, "inputs"),
+        ({"inputs": {1: "a"}}, "inputs"),
+    ],
 )
 def test_declarations_of_the_wrong_type_are_refused(options: dict[str, object], wrong: str) -> None:
     with pytest.raises(FlowDefinitionError, match=rf"@step\({wrong}=\.\.\.\)"):
@@ -304,7 +308,7 @@ async def test_inherited_steps_join_the_subclass_dag_and_an_override_keeps_its_p
     assert await Child().run() == 20
 
 
-async def test_a_step_with_a_required_parameter_and_no_declaration_stops_the_dag_before_it_runs() -> None:
+async def test_a_step_needing_an_argument_no_input_feeds_stops_the_dag_before_any_runs() -> None:
     ran: list[str] = []
 
     @flow_type
@@ -322,6 +326,6 @@ async def test_a_step_with_a_required_parameter_and_no_declaration_stops_the_dag
         async def run(self) -> int:
             return await dag(self)
 
-    with pytest.raises(DagExecutionError, match="step 'scale' of flow type .*Unfed.* 'factor'"):
+    with pytest.raises(DagExecutionError, match=r"step 'scale' of flow type .*Unfed.* 'factor'"):
         await Unfed().run()
     assert ran == []

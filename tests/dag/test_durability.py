@@ -68,7 +68,8 @@ def ran(name: str) -> None:
 @dataclass
 @flow_type
 class Branches:
-    """source feeds two branches, left (two steps, the first a def step) and right; merge joins them."""
+    """source feeds two branches, left (two steps, the first a def step) and right; merge
+    joins them."""
 
     base: int
 
@@ -133,7 +134,7 @@ async def test_a_dag_flow_records_every_step_at_its_fixed_position_and_replays(
 @dataclass
 @flow_type
 class Racing:
-    """Two branches of a diamond that finish in the order ``first`` says, whatever their positions."""
+    """A diamond whose branches finish in the order ``first`` says, whatever their positions."""
 
     first: str
 
@@ -214,7 +215,9 @@ class Dataflow:
         return await dag(self)
 
 
-async def test_a_step_starts_as_soon_as_its_own_dependencies_finished(storage: ExecutionLog) -> None:
+async def test_a_step_starts_as_soon_as_its_own_dependencies_finished(
+    storage: ExecutionLog,
+) -> None:
     outcome = await Executor(Dataflow("x"), storage, "dataflow").run(Dataflow.run)
 
     assert outcome.result == 13

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 from pyergon.core.graph import StepGraph
 
-DIAMOND = StepGraph.of({"root": [], "left": ["root"], "right": ["root"], "merge": ["left", "right"]})
+DIAMOND = StepGraph.of(
+    {"root": [], "left": ["root"], "right": ["root"], "merge": ["left", "right"]}
+)
 
 
 def test_order_puts_each_step_after_its_dependencies_and_breaks_ties_by_declaration() -> None:

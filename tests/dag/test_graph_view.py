@@ -137,8 +137,14 @@ async def test_the_svg_is_escaped_self_contained_and_marks_every_state() -> None
         if group.get("class") == "pyergon-edge"
     ]
     assert sorted(edges) == sorted(
-        [("first", "second"), ("second", "third"), ("first", "far"), ("third", "last"),
-         ("far", "last"), ("first", "last")]
+        [
+            ("first", "second"),
+            ("second", "third"),
+            ("first", "far"),
+            ("third", "last"),
+            ("far", "last"),
+            ("first", "last"),
+        ]
     )
     assert view.svg() == svg  # the same graph and records draw the same picture
 
