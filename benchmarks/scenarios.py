@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from benchmarks import (
     cancels,
     chaos,
+    dag_pipeline,
     direct,
     floor,
     history_queries,
@@ -187,5 +188,6 @@ SCENARIOS = {
             100,
         ),
         Scenario("sync_steps_flow", ALL_BACKENDS, sync_steps.sync_steps_flow, 1000, 1000, 100),
+        Scenario("dag_pipeline", ("memory", "sqlite"), dag_pipeline.dag_pipeline, 10, 10, 2),
     )
 }
