@@ -23,6 +23,7 @@ from pyergon.determinism import now, random, uuid4
 from pyergon.errors import (
     ChildFlowError,
     FlowCancelledError,
+    FlowInputsChangedError,
     FlowNotFoundError,
     FlowStateError,
     NonDeterminismError,
@@ -52,6 +53,7 @@ __all__ = [
     "Completed",
     "Executor",
     "FlowCancelledError",
+    "FlowInputsChangedError",
     "FlowNotFoundError",
     "FlowOutcome",
     "FlowStateError",

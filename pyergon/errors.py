@@ -15,6 +15,7 @@ so ``except LookupError`` keeps working for callers that do not know pyergon::
     ├── ChildFlowError                       a child flow failed and its error cannot be rebuilt
     ├── FlowCancelledError                   the flow was cancelled on request
     ├── FlowStateError                       the operation does not fit the flow's state
+    │   └── FlowInputsChangedError (ValueError)  an existing flow id given other inputs
     ├── SerializationError (TypeError)       a value cannot be stored or read back
     │   └── SignatureError                   a signed payload is unsigned or was tampered with
     ├── UnsafeSerializerError (ValueError)   unsigned pickle on shared storage, not chosen by name
@@ -37,6 +38,7 @@ __all__ = [
     "CorruptStorageError",
     "FlowCancelledError",
     "FlowDefinitionError",
+    "FlowInputsChangedError",
     "FlowNotFoundError",
     "FlowStateError",
     "InvalidFlowIdError",
@@ -224,6 +226,22 @@ class FlowStateError(PyergonError):
     def __init__(self, flow_id: str, message: str) -> None:
         super().__init__(message)
         self.flow_id = flow_id
+
+
+class FlowInputsChangedError(FlowStateError, ValueError):
+    """A flow id that exists was run or scheduled again with other inputs.
+
+    Its recorded results belong to the inputs it was stored with, so they are not returned for
+    other ones.
+
+    Attributes:
+        flow_id: The flow concerned.
+        fields: The names of the fields whose values differ.
+    """
+
+    def __init__(self, flow_id: str, message: str, fields: tuple[str, ...]) -> None:
+        super().__init__(flow_id, message)
+        self.fields = fields
 
 
 class SerializationError(PyergonError, TypeError):
