@@ -27,6 +27,9 @@ so ``except LookupError`` keeps working for callers that do not know pyergon::
         ├── SchemaVersionError               written by a newer pyergon
         └── StorageClosedError               used before ``connect()`` or after ``close()``
 
+:class:`StaleResultWarning` is a warning, not an error: a notebook session gives it when a run
+returned recorded results made by code that has changed since.
+
 :class:`RetryableError` is not a library error: user code raises (or subclasses) it to say
 whether a failure is worth retrying.
 """
@@ -49,6 +52,7 @@ __all__ = [
     "SchemaVersionError",
     "SerializationError",
     "SignatureError",
+    "StaleResultWarning",
     "StepFailedError",
     "StepNotFoundError",
     "StepProcessError",
@@ -303,6 +307,14 @@ class SchemaVersionError(StorageError):
 
 class StorageClosedError(StorageError):
     """The storage was used before ``connect()`` or after ``close()``."""
+
+
+class StaleResultWarning(UserWarning):
+    """A run returned recorded step results that code other than today's made.
+
+    The recorded results stand, as in every durable run; ``session.rerun(flow_id)`` computes
+    them again with today's code.
+    """
 
 
 class RetryableError(Exception):

@@ -12,7 +12,8 @@ import asyncio
 import html
 import sys
 import time
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,9 @@ from pyergon.core.outcome import Completed, FlowOutcome
 from pyergon.core.status import TaskStatus
 from pyergon.core.workers import WorkerRecord, default_worker_id, running_steps
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
-from pyergon.errors import PyergonError, StepNotFoundError
+from pyergon.errors import PyergonError, StaleResultWarning, StepNotFoundError
+from pyergon.executor._inputs import decode_flow
+from pyergon.executor._stale import stale_message
 from pyergon.executor.executor import Executor
 from pyergon.executor.scheduler import Scheduler
 from pyergon.executor.worker import Worker, WorkerHandle
@@ -33,7 +36,7 @@ from pyergon.notebook._cell_errors import (
     show_errors_as_one_line,
 )
 from pyergon.notebook._stepper import Stepper
-from pyergon.notebook._sync import LoopRunner, LoopThread, RunningLoop, SyncFront, blocking
+from pyergon.notebook._sync import LoopRunner, LoopThread, RunningLoop
 from pyergon.notebook._views_monitor import Monitor
 from pyergon.notebook._views_progress import progress_bars
 from pyergon.notebook._views_timeline import Timeline
@@ -43,9 +46,10 @@ from pyergon.storage.base import ExecutionLog, WorkerRegistry
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pyergon.core.records import ScheduledFlow
+    from pyergon.core.records import Invocation, ScheduledFlow
+    from pyergon.notebook._sync_session import SyncSession
 
-__all__ = ["BackgroundError", "BackgroundErrors", "Session", "SyncSession"]
+__all__ = ["BackgroundError", "BackgroundErrors", "Session"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,9 @@ class Session:
         self._workers: list[tuple[Worker, WorkerHandle]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._stale: dict[str, Sequence[Invocation]] = {}
+        """Stale results the session's workers returned, by flow, until a wait warns of them."""
+        self._stale_warned: set[str] = set()
         self._worker_prefix = default_worker_id("notebook")
         """Shared by this session's workers: they differ in their number only."""
         _show_errors_in_cells()
@@ -159,6 +166,8 @@ class Session:
         except BaseException:
             runner.close()
             raise
+        from pyergon.notebook._sync_session import SyncSession  # it is built on this class
+
         return SyncSession(session, runner)
 
     def __repr__(self) -> str:
@@ -231,6 +240,7 @@ class Session:
                 serializer=self.serializer,
                 clock=self.clock,
                 on_error=self._keeper(worker_id),
+                on_stale=self._note_stale,
             )
             for flow_class in self._classes.values():
                 await worker.register(flow_class)
@@ -279,7 +289,12 @@ class Session:
         method, _ = flow_entry(type(flow))
         flow_id = flow_id or f"{type(flow).__name__}-{int(time.time() * 1000)}"
         executor = Executor(
-            flow, self.storage, flow_id, serializer=self.serializer, clock=self.clock
+            flow,
+            self.storage,
+            flow_id,
+            serializer=self.serializer,
+            clock=self.clock,
+            on_stale=self._warn_stale,
         )
         try:
             return await executor.run(lambda running: getattr(running, method)())
@@ -322,6 +337,10 @@ class Session:
             interrupted.add_note(interrupted_wait(ids))
             raise
         self.raise_for_errors()
+        for flow_id in ids:
+            stale = self._stale.pop(flow_id, None)
+            if stale is not None:
+                self._warn_stale(flow_id, None, stale)
         return outcomes
 
     def raise_for_errors(self) -> None:
@@ -347,6 +366,34 @@ class Session:
     async def fork(self, flow_id: str, *, from_step: int, new_flow_id: str | None = None) -> str:
         """Fork a flow's log; see :meth:`FlowManager.fork`."""
         return await self.manager.fork(flow_id, from_step=from_step, new_flow_id=new_flow_id)
+
+    async def rerun(
+        self, flow_id: str, *, from_step: str | int = "changed", inputs: object | None = None
+    ) -> FlowOutcome[Any]:
+        """Recompute a finished flow from a step on and return its new outcome.
+
+        By default from the first step whose code changed since it was recorded (in a DAG
+        flow: the changed steps and the steps depending on them). The results it replaces are
+        kept as a previous generation (:meth:`generations`). The flow runs on the session's
+        workers if they serve its type, else here in the cell. See :meth:`FlowManager.rerun`
+        for ``from_step`` and ``inputs``.
+        """
+        self._check_open()
+        if inputs is not None:
+            self.manager.register(type(inputs))
+        plan = await self.manager.rerun(flow_id, from_step=from_step, inputs=inputs)
+        self._stale_warned.discard(flow_id)
+        flow = await self.manager.get(flow_id)
+        if any(flow.flow_type in worker.registered_types for worker in self.workers):
+            return (await self.wait(plan.flow_id))[plan.flow_id]
+        flow_class = self.manager.flow_class(flow.flow_type)
+        return await self.run(decode_flow(self.serializer, flow_class, flow.payload), flow_id)
+
+    async def generations(self, flow_id: str) -> pd.DataFrame:
+        """The flow and the previous generations its reruns kept, newest first, as a table."""
+        current = await self.manager.get(flow_id)
+        kept = await self.manager.generations(flow_id)
+        return flows_frame([current, *reversed(kept)])
 
     async def replay(self, flow_id: str, flow_class: type | None = None) -> ReplayResult:
         """Replay a flow's log against today's code; see :meth:`FlowManager.replay`."""
@@ -506,6 +553,17 @@ class Session:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _note_stale(self, flow_id: str, _flow: object, records: Sequence[Invocation]) -> None:
+        """A worker's run returned stale results: kept for the wait that sees the flow end."""
+        self._stale[flow_id] = records
+
+    def _warn_stale(self, flow_id: str, _flow: object, records: Sequence[Invocation]) -> None:
+        """Warn in the running cell, once per flow, that it returned stale results."""
+        if flow_id in self._stale_warned:
+            return
+        self._stale_warned.add(flow_id)
+        warnings.warn(stale_message(flow_id, records), StaleResultWarning, stacklevel=3)
+
     def _check_open(self) -> None:
         if self._closed:
             raise PyergonError("this session is closed; open a new one with Session.open(url)")
@@ -521,70 +579,3 @@ def _show_errors_in_cells() -> None:
     shell = get_ipython()
     if isinstance(shell, InteractiveShell):
         show_errors_as_one_line(shell)
-
-
-class SyncSession(SyncFront[Session]):
-    """A :class:`Session` for synchronous code; :meth:`Session.open_sync` opens one.
-
-    Each method is the session's method of the same name, blocking until it is done:
-    ``sync.wait(flow_id)`` for ``await session.wait(flow_id)``. The async session itself is
-    :attr:`session`. Views that refresh themselves (``monitor``) and ``step_through`` are
-    left to the async session. A context manager: ``with Session.open_sync(url) as s:``
-    closes it at the end.
-    """
-
-    register = blocking(Session.register)
-    start_workers = blocking(Session.start_workers)
-    stop_workers = blocking(Session.stop_workers)
-    schedule = blocking(Session.schedule)
-    run = blocking(Session.run)
-    signal = blocking(Session.signal)
-    wait = blocking(Session.wait)
-    cancel = blocking(Session.cancel)
-    resume = blocking(Session.resume)
-    retry = blocking(Session.retry)
-    fork = blocking(Session.fork)
-    replay = blocking(Session.replay)
-    history = blocking(Session.history)
-    flows = blocking(Session.flows)
-    timeline = blocking(Session.timeline)
-    invocations = blocking(Session.invocations)
-    output = blocking(Session.output)
-
-    @property
-    def session(self) -> Session:
-        """The async session behind this one; await its methods on its loop only."""
-        return self._target
-
-    @property
-    def workers(self) -> list[Worker]:
-        """The workers this session started and has not stopped."""
-        return self._target.workers
-
-    @property
-    def errors(self) -> list[BackgroundError]:
-        """Background errors not raised yet; see :meth:`Session.raise_for_errors`."""
-        return self._target.errors
-
-    def raise_for_errors(self) -> None:
-        """Raise :class:`BackgroundErrors` if workers met errors since the last call."""
-        self._target.raise_for_errors()
-
-    def close(self) -> None:
-        """Stop the workers, close the session and stop its loop thread, if it has one."""
-        try:
-            self._runner.call(self._target.close())
-        finally:
-            self._runner.close()
-
-    def __enter__(self) -> SyncSession:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"Sync{self._target!r}"
-
-    def _repr_html_(self) -> str:
-        return self._target._repr_html_()
