@@ -162,6 +162,11 @@ class FlowManager:
         """Let :meth:`replay` rebuild flows of ``flow_class``; registering again replaces it."""
         self._classes[require_flow_class(flow_class)] = flow_class
 
+    @property
+    def classes(self) -> dict[str, type]:
+        """The registered flow classes by stored type name (a copy)."""
+        return dict(self._classes)
+
     def flow_class(self, flow_type: str) -> type:
         """The class registered for ``flow_type``.
 

@@ -12,19 +12,18 @@ import asyncio
 import html
 import sys
 import time
-import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from pyergon._code import step_fingerprints
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import Completed, FlowOutcome
 from pyergon.core.status import TaskStatus
 from pyergon.core.workers import WorkerRecord, default_worker_id, running_steps
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
-from pyergon.errors import PyergonError, StaleResultWarning, StepNotFoundError
+from pyergon.errors import PyergonError, StepNotFoundError
 from pyergon.executor._inputs import decode_flow
-from pyergon.executor._stale import stale_message
 from pyergon.executor.executor import Executor
 from pyergon.executor.scheduler import Scheduler
 from pyergon.executor.worker import Worker, WorkerHandle
@@ -35,6 +34,7 @@ from pyergon.notebook._cell_errors import (
     interrupted_wait,
     show_errors_as_one_line,
 )
+from pyergon.notebook._stale_notes import StaleNotes, count_stale_steps
 from pyergon.notebook._stepper import Stepper
 from pyergon.notebook._sync import LoopRunner, LoopThread, RunningLoop
 from pyergon.notebook._views_monitor import Monitor
@@ -46,7 +46,7 @@ from pyergon.storage.base import ExecutionLog, WorkerRegistry
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pyergon.core.records import Invocation, ScheduledFlow
+    from pyergon.core.records import ScheduledFlow
     from pyergon.notebook._sync_session import SyncSession
 
 __all__ = ["BackgroundError", "BackgroundErrors", "Session"]
@@ -117,9 +117,7 @@ class Session:
         self._workers: list[tuple[Worker, WorkerHandle]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
-        self._stale: dict[str, Sequence[Invocation]] = {}
-        """Stale results the session's workers returned, by flow, until a wait warns of them."""
-        self._stale_warned: set[str] = set()
+        self._stale = StaleNotes()
         self._worker_prefix = default_worker_id("notebook")
         """Shared by this session's workers: they differ in their number only."""
         _show_errors_in_cells()
@@ -240,7 +238,7 @@ class Session:
                 serializer=self.serializer,
                 clock=self.clock,
                 on_error=self._keeper(worker_id),
-                on_stale=self._note_stale,
+                on_stale=self._stale.note,
             )
             for flow_class in self._classes.values():
                 await worker.register(flow_class)
@@ -294,7 +292,7 @@ class Session:
             flow_id,
             serializer=self.serializer,
             clock=self.clock,
-            on_stale=self._warn_stale,
+            on_stale=self._stale.warn,
         )
         try:
             return await executor.run(lambda running: getattr(running, method)())
@@ -337,10 +335,7 @@ class Session:
             interrupted.add_note(interrupted_wait(ids))
             raise
         self.raise_for_errors()
-        for flow_id in ids:
-            stale = self._stale.pop(flow_id, None)
-            if stale is not None:
-                self._warn_stale(flow_id, None, stale)
+        self._stale.warn_noted(ids)
         return outcomes
 
     def raise_for_errors(self) -> None:
@@ -382,7 +377,7 @@ class Session:
         if inputs is not None:
             self.manager.register(type(inputs))
         plan = await self.manager.rerun(flow_id, from_step=from_step, inputs=inputs)
-        self._stale_warned.discard(flow_id)
+        self._stale.forget(flow_id)
         flow = await self.manager.get(flow_id)
         if any(flow.flow_type in worker.registered_types for worker in self.workers):
             return (await self.wait(plan.flow_id))[plan.flow_id]
@@ -427,7 +422,9 @@ class Session:
             )
         ]
         running = running_steps(await self.worker_records(), time.time())
-        return flows_frame(rows, running)
+        return flows_frame(
+            rows, running, await count_stale_steps(self.storage, rows, self.manager.classes)
+        )
 
     async def timeline(
         self,
@@ -530,8 +527,10 @@ class Session:
 
     async def invocations(self, flow_id: str) -> pd.DataFrame:
         """One flow's records as a DataFrame (columns: ``INVOCATION_COLUMNS``)."""
-        await self.manager.get(flow_id)
-        return invocations_frame(await self.storage.load_invocations(flow_id))
+        flow = await self.manager.get(flow_id)
+        cls = self.manager.classes.get(flow.flow_type)
+        fingerprints = None if cls is None else step_fingerprints(cls)
+        return invocations_frame(await self.storage.load_invocations(flow_id), fingerprints)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -552,17 +551,6 @@ class Session:
         if isinstance(task, asyncio.Task):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-
-    def _note_stale(self, flow_id: str, _flow: object, records: Sequence[Invocation]) -> None:
-        """A worker's run returned stale results: kept for the wait that sees the flow end."""
-        self._stale[flow_id] = records
-
-    def _warn_stale(self, flow_id: str, _flow: object, records: Sequence[Invocation]) -> None:
-        """Warn in the running cell, once per flow, that it returned stale results."""
-        if flow_id in self._stale_warned:
-            return
-        self._stale_warned.add(flow_id)
-        warnings.warn(stale_message(flow_id, records), StaleResultWarning, stacklevel=3)
 
     def _check_open(self) -> None:
         if self._closed:
