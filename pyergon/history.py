@@ -8,12 +8,13 @@ built (``pip install "pyergon[notebook]"``).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Unpack
 
-from pyergon._code import is_stale
+from pyergon._code import is_stale, stale_records
 from pyergon.core.query import FlowFilters, FlowQuery
 from pyergon.core.records import (
     FlowCursor,
@@ -110,6 +111,8 @@ class FlowHistory:
             that no live worker serves (from the workers' records, where storage keeps them).
         running: The steps of this flow that live workers run now, oldest first, with their
             progress (from the workers' last heartbeats, where storage keeps them).
+        stale: The positions of step records made by code that has changed since (see
+            :meth:`with_stale`); empty when the flow's class today was not given.
     """
 
     flow: ScheduledFlow
@@ -118,6 +121,15 @@ class FlowHistory:
     children: tuple[ScheduledFlow, ...]
     unserved: tuple[str, ...] = ()
     running: tuple[StepActivity, ...] = ()
+    stale: frozenset[str] = frozenset()
+
+    def with_stale(self, classes: Mapping[str, type]) -> FlowHistory:
+        """This history with :attr:`stale` found, if ``classes`` holds the flow's class today."""
+        cls = classes.get(self.flow.flow_type)
+        if cls is None:
+            return self
+        stale = frozenset(record.position for record in stale_records(cls, self.invocations))
+        return dataclasses.replace(self, stale=stale)
 
     @property
     def steps(self) -> tuple[Invocation, ...]:

@@ -453,7 +453,9 @@ class Session:
             ids = [flow.flow_id async for flow in iter_flows(self.storage, limit=newest)][::-1]
 
         async def load() -> tuple[list[FlowHistory], float]:
-            return [await load_history(self.storage, flow_id) for flow_id in ids], self.clock.now()
+            classes = self.manager.classes
+            histories = [await load_history(self.storage, flow_id) for flow_id in ids]
+            return [history.with_stale(classes) for history in histories], self.clock.now()
 
         histories, now = await load()
         return Timeline(
