@@ -133,7 +133,9 @@ class Applied:
 def stored_as_given(given: Invocation, stored: Invocation) -> bool:
     """Whether ``stored`` holds what ``given`` says: the same status and outcome.
 
-    A final record written first by another writer with the same outcome is no conflict.
+    A final record written first by another writer with the same outcome is no conflict. Only
+    the outcome counts: not the attempts and times, not a step's output and progress, and not
+    its ``code_hash``, since two runs of one step whose code differs may well agree.
     """
     return stored is given or (
         stored.status is given.status

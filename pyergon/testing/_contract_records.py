@@ -246,6 +246,50 @@ class RecordContract:
         assert (applied.records, applied.record_conflict) == ([theirs], False)
         assert await storage.load_invocations("flow-1") == [theirs]
 
+    # -- the fingerprint of a step's code ---------------------------------------------------
+
+    @pytest.mark.parametrize("path", ["records-alone", "with-a-write"])
+    async def test_a_records_code_hash_round_trips(self, storage: ExecutionLog, path: str) -> None:
+        await storage.create_flow(make_flow(status=TaskStatus.RUNNING))
+        records = (
+            done(1).replace(code_hash="0123456789abcdef"),
+            make_invocation(2, attempts=1, code_hash="fedcba9876543210"),  # not final yet
+            done(3),  # no fingerprint: another kind of record, or one made before they were kept
+        )
+        writes = (FlowWrite("flow-1", {"attempt": 2}, expected_version=1),)
+        change = Change(records=records, writes=writes if path == "with-a-write" else ())
+
+        applied = await storage.apply(change)
+
+        assert applied.complete and applied.records == list(records)
+        assert await storage.load_invocations("flow-1") == list(records)
+        assert [record.code_hash for record in records] == [
+            "0123456789abcdef",
+            "fedcba9876543210",
+            "",
+        ]
+
+    async def test_a_claim_reads_the_code_hash_with_the_log(self, storage: ExecutionLog) -> None:
+        recorded = done(1).replace(code_hash="0123456789abcdef")
+        await store(storage, recorded)
+        await storage.create_flow(make_flow())
+
+        (run,) = await claim(storage)
+
+        assert run.log == [recorded]
+
+    async def test_a_final_record_made_by_other_code_is_no_conflict(
+        self, storage: ExecutionLog
+    ) -> None:
+        theirs = done(1, b"same").replace(code_hash="0123456789abcdef")
+        await store(storage, theirs)
+        mine = done(1, b"same").replace(code_hash="fedcba9876543210")
+
+        applied = await store(storage, mine)
+
+        assert (applied.records, applied.record_conflict) == ([theirs], False)
+        assert await storage.load_invocations("flow-1") == [theirs]
+
     # -- forget_failed -------------------------------------------------------------------------
 
     async def test_forget_failed_deletes_only_the_failed_records_of_the_flows_named(

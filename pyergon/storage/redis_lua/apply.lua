@@ -15,8 +15,8 @@
 
 -- Whether two encoded final records hold the same outcome (pyergon.core.changes.stored_as_given):
 -- the same status, fire time and error text, and the same result and error payload bytes. The
--- output that follows them, and the progress, are no part of it: two runs of a step may print
--- differently and still agree.
+-- output that follows them, the progress and the code_hash are no part of it: two runs of a
+-- step may print differently, or run other code, and still agree.
 local function same_outcome(stored, given)
   if stored == given then return true end
   local a, b = record_header(stored), record_header(given)
