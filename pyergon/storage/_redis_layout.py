@@ -465,6 +465,9 @@ def apply_arguments(change: Change) -> list[str | bytes]:
     records: list[str | bytes] = []
     for record in change.records:
         records += (record.flow_id, record_field(record), encode_invocation(record))
+    forget: list[str | bytes] = [str(len(change.forget))]
+    for chosen in change.forget:
+        forget += (chosen.flow_id, *counted([str(sequence) for sequence in chosen.sequences]))
     signals: list[str | bytes] = []
     for signal in change.signals:
         signals += (signal.flow_id, signal.name, encode_signal(signal.sent_at, signal.payload))
@@ -472,6 +475,7 @@ def apply_arguments(change: Change) -> list[str | bytes]:
         *counted(guards),
         *counted(change.held or ()),
         *counted(change.forget_failed),
+        *forget,
         *counted(records),
         *counted(signals),
         *writes,
