@@ -193,8 +193,13 @@ async def rerun_flow(
             f"{unfinished[0].status.value}; wait for it (or cancel it) before the rerun",
         )
 
+    moving_ids = {child.flow_id for child in children}
+
     def moved(old_id: str | None) -> str | None:
-        if old_id is None or not any(old_id == child.flow_id for child in children):
+        """Where a flow id points in the previous generation."""
+        if old_id == flow_id:
+            return previous
+        if old_id is None or old_id not in moving_ids:
             return old_id
         return previous + old_id[len(flow_id) :]
 
