@@ -38,6 +38,7 @@ __all__ = [
     "generation_id",
     "generations",
     "plan_forgotten",
+    "require_finished",
     "rerun_flow",
 ]
 
@@ -171,12 +172,7 @@ async def rerun_flow(
             the flow changed while the rerun was prepared (nothing of it was changed).
     """
     flow_id = flow.flow_id
-    if not flow.status.is_final:
-        raise FlowStateError(
-            flow_id,
-            f"flow {flow_id!r} is {flow.status.value}; rerun a flow once it has finished "
-            "(cancel it first to stop it)",
-        )
+    require_finished(flow)
     records = await storage.load_invocations(flow_id)
     previous = await _free_generation(storage, flow_id)
     moving = [
@@ -236,6 +232,20 @@ async def rerun_flow(
         and record.kind is OperationKind.STEP
     )
     return RerunPlan(flow_id, previous, recomputed, tuple(sorted(p for p in forgotten if p)))
+
+
+def require_finished(flow: ScheduledFlow) -> None:
+    """Refuse to rerun a flow that has not finished.
+
+    Raises:
+        FlowStateError: It has not.
+    """
+    if not flow.status.is_final:
+        raise FlowStateError(
+            flow.flow_id,
+            f"flow {flow.flow_id!r} is {flow.status.value}; rerun a flow once it has finished "
+            "(cancel it first to stop it)",
+        )
 
 
 def _kept(flow: ScheduledFlow, previous: str, now: float) -> ScheduledFlow:

@@ -21,6 +21,7 @@ from pyergon._rerun import (
     dag_descendants,
     generations,
     plan_forgotten,
+    require_finished,
     rerun_flow,
 )
 from pyergon.clock import Clock, SystemClock
@@ -426,6 +427,7 @@ class FlowManager:
             FlowDefinitionError: ``inputs`` is not a flow of the flow's type.
         """
         flow = await self.get(flow_id)
+        require_finished(flow)
         cls = flow_class or self._classes.get(flow.flow_type)
         payload = None
         if inputs is not None:
