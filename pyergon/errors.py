@@ -15,6 +15,7 @@ so ``except LookupError`` keeps working for callers that do not know pyergon::
     ├── ChildFlowError                       a child flow failed and its error cannot be rebuilt
     ├── FlowCancelledError                   the flow was cancelled on request
     ├── FlowStateError                       the operation does not fit the flow's state
+    │   └── FlowInputsChangedError (ValueError)  an existing flow id given other inputs
     ├── SerializationError (TypeError)       a value cannot be stored or read back
     │   └── SignatureError                   a signed payload is unsigned or was tampered with
     ├── UnsafeSerializerError (ValueError)   unsigned pickle on shared storage, not chosen by name
@@ -25,6 +26,9 @@ so ``except LookupError`` keeps working for callers that do not know pyergon::
         ├── CorruptStorageError              not a pyergon database, or damaged
         ├── SchemaVersionError               written by a newer pyergon
         └── StorageClosedError               used before ``connect()`` or after ``close()``
+
+:class:`StaleResultWarning` is a warning, not an error: a notebook session gives it when a run
+returned recorded results made by code that has changed since.
 
 :class:`RetryableError` is not a library error: user code raises (or subclasses) it to say
 whether a failure is worth retrying.
@@ -37,6 +41,7 @@ __all__ = [
     "CorruptStorageError",
     "FlowCancelledError",
     "FlowDefinitionError",
+    "FlowInputsChangedError",
     "FlowNotFoundError",
     "FlowStateError",
     "InvalidFlowIdError",
@@ -47,6 +52,7 @@ __all__ = [
     "SchemaVersionError",
     "SerializationError",
     "SignatureError",
+    "StaleResultWarning",
     "StepFailedError",
     "StepNotFoundError",
     "StepProcessError",
@@ -226,6 +232,22 @@ class FlowStateError(PyergonError):
         self.flow_id = flow_id
 
 
+class FlowInputsChangedError(FlowStateError, ValueError):
+    """A flow id that exists was run or scheduled again with other inputs.
+
+    Its recorded results belong to the inputs it was stored with, so they are not returned for
+    other ones.
+
+    Attributes:
+        flow_id: The flow concerned.
+        fields: The names of the fields whose values differ.
+    """
+
+    def __init__(self, flow_id: str, message: str, fields: tuple[str, ...]) -> None:
+        super().__init__(flow_id, message)
+        self.fields = fields
+
+
 class SerializationError(PyergonError, TypeError):
     """A value cannot be serialized for storage, or a stored payload cannot be read."""
 
@@ -285,6 +307,14 @@ class SchemaVersionError(StorageError):
 
 class StorageClosedError(StorageError):
     """The storage was used before ``connect()`` or after ``close()``."""
+
+
+class StaleResultWarning(UserWarning):
+    """A run returned recorded step results that code other than today's made.
+
+    The recorded results stand, as in every durable run; ``session.rerun(flow_id)`` computes
+    them again with today's code.
+    """
 
 
 class RetryableError(Exception):

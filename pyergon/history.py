@@ -8,11 +8,13 @@ built (``pip install "pyergon[notebook]"``).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Unpack
 
+from pyergon._code import is_stale, stale_records
 from pyergon.core.query import FlowFilters, FlowQuery
 from pyergon.core.records import (
     FlowCursor,
@@ -63,6 +65,7 @@ FLOW_COLUMNS = (
     "error_message",
     "cancel_requested",
     "running_step",
+    "stale_steps",
 )
 """Columns of :func:`flows_frame`, in order."""
 
@@ -86,6 +89,8 @@ INVOCATION_COLUMNS = (
     "output",
     "progress",
     "progress_message",
+    "code_hash",
+    "stale",
 )
 """Columns of :func:`invocations_frame`, in order."""
 
@@ -106,6 +111,8 @@ class FlowHistory:
             that no live worker serves (from the workers' records, where storage keeps them).
         running: The steps of this flow that live workers run now, oldest first, with their
             progress (from the workers' last heartbeats, where storage keeps them).
+        stale: The positions of step records made by code that has changed since (see
+            :meth:`with_stale`); empty when the flow's class today was not given.
     """
 
     flow: ScheduledFlow
@@ -114,6 +121,15 @@ class FlowHistory:
     children: tuple[ScheduledFlow, ...]
     unserved: tuple[str, ...] = ()
     running: tuple[StepActivity, ...] = ()
+    stale: frozenset[str] = frozenset()
+
+    def with_stale(self, classes: Mapping[str, type]) -> FlowHistory:
+        """This history with :attr:`stale` found, if ``classes`` holds the flow's class today."""
+        cls = classes.get(self.flow.flow_type)
+        if cls is None:
+            return self
+        stale = frozenset(record.position for record in stale_records(cls, self.invocations))
+        return dataclasses.replace(self, stale=stale)
 
     @property
     def steps(self) -> tuple[Invocation, ...]:
@@ -348,6 +364,7 @@ def _error_columns(pandas: Any, errors: Sequence[StoredError | None]) -> dict[st
 def flows_frame(
     flows: Iterable[ScheduledFlow],
     running: Mapping[str, Sequence[StepActivity]] | None = None,
+    stale_steps: Mapping[str, int] | None = None,
 ) -> pd.DataFrame:
     """Return flows as a DataFrame with the columns of :data:`FLOW_COLUMNS`.
 
@@ -360,10 +377,13 @@ def flows_frame(
         running: The steps running now by flow id, as
             :func:`~pyergon.core.workers.running_steps` returns them: ``running_step`` names
             a flow's (several joined by ", "); without it, that column is empty.
+        stale_steps: How many recorded steps of each flow its code changed since (see
+            :mod:`pyergon._code`), by flow id; ``<NA>`` for flows it does not hold.
     """
     pandas = _pandas()
     rows = list(flows)
     running = running or {}
+    stale_steps = stale_steps or {}
     created = _times(pandas, [flow.created_at for flow in rows])
     updated = _times(pandas, [flow.updated_at for flow in rows])
     final = pandas.array([flow.status.is_final for flow in rows], dtype="boolean")
@@ -390,6 +410,9 @@ def flows_frame(
             "running_step": _text(
                 pandas, [_step_names(running.get(flow.flow_id, ())) for flow in rows]
             ),
+            "stale_steps": pandas.array(
+                [stale_steps.get(flow.flow_id) for flow in rows], dtype="Int64"
+            ),
         },
         columns=list(FLOW_COLUMNS),
     )
@@ -399,12 +422,17 @@ def _step_names(activities: Sequence[StepActivity]) -> str | None:
     return ", ".join(activity.step for activity in activities) or None
 
 
-def invocations_frame(invocations: Iterable[Invocation]) -> pd.DataFrame:
+def invocations_frame(
+    invocations: Iterable[Invocation], fingerprints: Mapping[str, str] | None = None
+) -> pd.DataFrame:
     """Return records as a DataFrame with the columns of :data:`INVOCATION_COLUMNS`.
 
     ``output`` is what a step printed (``<NA>`` if nothing); ``progress`` the share done of
     its last progress report, from 0 to 1 (``NaN`` without a report or a total), and
-    ``progress_message`` that report's message.
+    ``progress_message`` that report's message. ``code_hash`` is the fingerprint of the code
+    that made a step's record; ``stale`` says whether that code changed since, given the
+    steps' ``fingerprints`` today (:func:`pyergon._code.step_fingerprints`); ``<NA>`` where
+    that is unknown.
     """
     pandas = _pandas()
     rows = list(invocations)
@@ -432,6 +460,11 @@ def invocations_frame(invocations: Iterable[Invocation]) -> pd.DataFrame:
             "output": _text(pandas, [record.output for record in rows]),
             "progress": pandas.array([_fraction(report) for report in progress], dtype="float64"),
             "progress_message": _text(pandas, [r.message if r else None for r in progress]),
+            "code_hash": _text(pandas, [record.code_hash or None for record in rows]),
+            "stale": pandas.array(
+                [None if fingerprints is None else is_stale(r, fingerprints) for r in rows],
+                dtype="boolean",
+            ),
         },
         columns=list(INVOCATION_COLUMNS),
     )

@@ -1,4 +1,4 @@
-"""Steering flows that exist: cancel, resume, retry, fork and replay them.
+"""Steering flows that exist: cancel, resume, retry, fork, rerun and replay them.
 
 :class:`FlowManager` is the one implementation behind the library, the ``pyergon`` command and
 the notebook toolkit. Every operation checks the flow's state first and raises
@@ -15,6 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyergon._context import FlowContext, ReplayEnded
+from pyergon._rerun import (
+    FromStep,
+    RerunPlan,
+    dag_descendants,
+    generations,
+    plan_forgotten,
+    require_finished,
+    rerun_flow,
+)
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.changes import Change
 from pyergon.core.outcome import Completed, FlowOutcome
@@ -22,7 +31,7 @@ from pyergon.core.records import Invocation, ScheduledFlow, format_position
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.core.workers import WorkerRecord, WorkerState, worker_state
-from pyergon.decorators import flow_entry, require_flow_class
+from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import (
     FlowDefinitionError,
     FlowNotFoundError,
@@ -30,7 +39,7 @@ from pyergon.errors import (
     NonDeterminismError,
     StorageError,
 )
-from pyergon.executor._inputs import decode_flow
+from pyergon.executor._inputs import decode_flow, encode_flow
 from pyergon.executor._runner import FLOW_RETRY_SEQUENCE, FlowRun, drive_flow
 from pyergon.executor.executor import validate_flow_id, validate_new_flow_id
 from pyergon.history import load_history
@@ -70,6 +79,9 @@ class ReplayResult:
             there), or ``None`` if the code ran to its end.
         divergence: The first mismatch, if any.
         outcome: The flow's outcome when the replay ran to its end, else ``None``.
+        stale: The recorded steps the replay reached whose code changed since they were
+            recorded, as ``"<position> <name>"``: consistent, but today's code would compute
+            them anew (``rerun`` does).
     """
 
     flow_id: str
@@ -79,6 +91,7 @@ class ReplayResult:
     ended_at: str | None = None
     divergence: Divergence | None = None
     outcome: FlowOutcome[Any] | None = field(default=None, compare=False)
+    stale: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """One line saying what the replay found."""
@@ -88,6 +101,12 @@ class ReplayResult:
                 f"records {self.divergence.recorded} but the code calls {self.divergence.current}"
             )
         reached = f"{self.replayed} of {self.recorded} recorded operations replayed"
+        if self.stale:
+            reached += (
+                f"; but the code of {len(self.stale)} recorded step"
+                f"{'s' if len(self.stale) > 1 else ''} changed since ({', '.join(self.stale)}): "
+                f"await session.rerun({self.flow_id!r}) recomputes from the first"
+            )
         if self.ended_at is not None:
             return (
                 f"flow {self.flow_id!r} is consistent with its log ({reached}); "
@@ -108,7 +127,7 @@ class ReplayResult:
         return f"ReplayResult({self.summary()})"
 
     def _repr_html_(self) -> str:
-        colour = "#2e7d32" if self.consistent else "#c62828"
+        colour = "#c62828" if not self.consistent else "#ef6c00" if self.stale else "#2e7d32"
         return f'<span style="color:{colour}">{html.escape(self.summary())}</span>'
 
 
@@ -143,6 +162,25 @@ class FlowManager:
     def register(self, flow_class: type) -> None:
         """Let :meth:`replay` rebuild flows of ``flow_class``; registering again replaces it."""
         self._classes[require_flow_class(flow_class)] = flow_class
+
+    @property
+    def classes(self) -> dict[str, type]:
+        """The registered flow classes by stored type name (a copy)."""
+        return dict(self._classes)
+
+    def flow_class(self, flow_type: str) -> type:
+        """The class registered for ``flow_type``.
+
+        Raises:
+            FlowDefinitionError: None is registered.
+        """
+        cls = self._classes.get(flow_type)
+        if cls is None:
+            raise FlowDefinitionError(
+                f"no class registered for flow type {flow_type!r}; pass flow_class= or "
+                "register it with the manager"
+            )
+        return cls
 
     async def get(self, flow_id: str) -> ScheduledFlow:
         """Return the flow with ``flow_id``.
@@ -355,6 +393,65 @@ class FlowManager:
         )
         return target
 
+    async def rerun(
+        self,
+        flow_id: str,
+        *,
+        from_step: FromStep = "changed",
+        inputs: object | None = None,
+        flow_class: type | None = None,
+    ) -> RerunPlan:
+        """Recompute a finished flow from a step on, under its own id, keeping the old results.
+
+        The flow is copied to a previous generation (``"<flow id>~gen-<n>"``), the records
+        from ``from_step`` on are forgotten (in a DAG flow: that step's and its descendants'),
+        and the flow is queued again: its next run (a worker's, or an ``Executor``'s under its
+        id) replays the records before and computes the rest. See :mod:`pyergon._rerun`.
+
+        Args:
+            flow_id: The flow, finished (``COMPLETE``, ``FAILED`` or ``CANCELLED``).
+            from_step: ``"changed"`` (the first step whose code changed since it was recorded),
+                a step name, or a log position from 1. With ``inputs`` and no ``from_step``
+                given, every step runs again.
+            inputs: A new instance of the flow's class whose fields replace its inputs.
+            flow_class: The flow's class today; defaults to the registered one (needed for
+                ``"changed"``).
+
+        Returns:
+            What was done: the steps that run again and where the old results are kept.
+
+        Raises:
+            FlowNotFoundError: No such flow.
+            FlowStateError: The flow has not finished, nothing changed, or it moved on meanwhile.
+            StepNotFoundError: No recorded step has that name or position.
+            FlowDefinitionError: ``inputs`` is not a flow of the flow's type.
+        """
+        flow = await self.get(flow_id)
+        require_finished(flow)
+        cls = flow_class or self._classes.get(flow.flow_type)
+        payload = None
+        if inputs is not None:
+            type_name = require_flow_instance(inputs)
+            if type_name != flow.flow_type:
+                raise FlowDefinitionError(
+                    f"flow {flow_id!r} is of type {flow.flow_type!r}; its new inputs must be too, "
+                    f"not {type_name!r}"
+                )
+            cls = cls or type(inputs)
+            payload = encode_flow(self.serializer, inputs, type_name)
+            if from_step == "changed":
+                from_step = 1
+        records = await self.storage.load_invocations(flow_id)
+        forgotten = plan_forgotten(
+            flow_id, records, from_step, cls, None if cls is None else dag_descendants(cls)
+        )
+        return await rerun_flow(self.storage, flow, forgotten, self.clock, payload)
+
+    async def generations(self, flow_id: str) -> list[ScheduledFlow]:
+        """The previous generations of a flow that reruns kept, oldest first."""
+        await self.get(flow_id)
+        return await generations(self.storage, flow_id)
+
     async def replay(self, flow_id: str, flow_class: type | None = None) -> ReplayResult:
         """Run today's code against a flow's recorded log without running any step body.
 
@@ -372,12 +469,7 @@ class FlowManager:
             SerializationError: The stored inputs no longer fit the class's fields.
         """
         flow = await self.get(flow_id)
-        cls = flow_class or self._classes.get(flow.flow_type)
-        if cls is None:
-            raise FlowDefinitionError(
-                f"no class registered for flow type {flow.flow_type!r}; pass flow_class= or "
-                "register it with the manager"
-            )
+        cls = flow_class or self.flow_class(flow.flow_type)
         type_name = require_flow_class(cls)
         if type_name != flow.flow_type:
             raise FlowDefinitionError(
@@ -423,6 +515,9 @@ class FlowManager:
             ended_at=ended_at,
             divergence=divergence,
             outcome=outcome,
+            stale=tuple(f"{r.position} {r.name}" for r in (contexts[-1].stale or ()))
+            if contexts
+            else (),
         )
 
 

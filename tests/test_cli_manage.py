@@ -553,3 +553,40 @@ def _utc(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     assert moment.utcoffset() == timedelta(0), text
     return moment
+
+
+def test_rerun_recomputes_from_a_step_and_keeps_the_previous_generation(store: Store) -> None:
+    before = store.snapshot()
+    waiting, unchanged, no_class, unknown = store.run_all(
+        ["rerun", "waiting", "--from-step", "1"],
+        ["rerun", "done", "--flow", FLOW],
+        ["rerun", "done"],
+        ["rerun", "done", "--from-step", "pack"],
+    )
+    one_line_error(waiting, 1, "flow 'waiting' is SUSPENDED; rerun a flow once it has finished")
+    one_line_error(unchanged, 1, "no step of flow 'done' changed since it was recorded")
+    one_line_error(no_class, 1, "rerun of flow 'done' from the changed steps needs the flow's")
+    one_line_error(unknown, 1, "flow 'done' has no step 'pack'")
+    assert store.snapshot() == before
+
+    done, failed = store.run_all(
+        ["rerun", "done", "--from-step", "charge", "--json"],
+        ["rerun", "failed", "--from-step", "3"],
+    )
+    assert json.loads(done.stdout) == {
+        "flow_id": "done",
+        "previous": "done~gen-1",
+        "recomputed": ["charge", "ship"],
+        "positions": [3, 4],
+    }
+    assert failed.stdout == (
+        "flow 'failed': recomputing charge; the previous results are kept as flow "
+        "'failed~gen-1'; it is PENDING for a worker\n"
+    )
+    after = store.snapshot()
+    flow, records, _ = after["done"]
+    assert flow.status is TaskStatus.PENDING and flow.result is None
+    assert [record.position for record in records] == ["1", "2"]
+    kept, kept_records, _ = after["done~gen-1"]
+    assert kept.status is TaskStatus.COMPLETE and kept.result == before["done"][0].result
+    assert [r.position for r in kept_records] == [r.position for r in before["done"][1]]

@@ -9,9 +9,10 @@ base                  ``_version``, ``errors`` (the exception tree), ``clock``
 core                  ``core.*``: value types and the flow state machine, pure, no I/O
 storage               ``_hashing``, ``serialization``, ``storage.*``: payloads, the backends
 runtime               ``_context``, ``_interrupts``, ``_output``, ``_progress``, ``decorators``,
-                      ``determinism``, ``executor.*``: running flows
-read and operate      ``history``, ``_history_html``, ``management``: records, DataFrames, HTML of
-                      a history; cancel, resume, retry, fork, replay
+                      ``_fingerprint``, ``_code``, ``determinism``, ``executor.*``: running
+                      flows, and which records today's code did not make
+read and operate      ``history``, ``_history_html``, ``management``, ``_rerun``: records,
+                      DataFrames, HTML of a history; cancel, resume, retry, fork, replay, rerun
 fronts                ``cli.*``, ``notebook.*``, ``_front`` (``pyergon.run``), ``demo``,
                       ``testing.*``, ``__main__``
 façade                ``pyergon`` itself (``__init__``): re-exports; imported by no module
@@ -42,11 +43,16 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "pyergon._output",
             "pyergon._progress",
             "pyergon.decorators",
+            "pyergon._fingerprint",
+            "pyergon._code",
             "pyergon.determinism",
             "pyergon.executor",
         ),
     ),
-    ("read and operate", ("pyergon.history", "pyergon._history_html", "pyergon.management")),
+    (
+        "read and operate",
+        ("pyergon.history", "pyergon._history_html", "pyergon.management", "pyergon._rerun"),
+    ),
     (
         "fronts",
         (

@@ -19,6 +19,7 @@ __all__ = [
     "add_flow_id",
     "add_fork_options",
     "add_listing_options",
+    "add_rerun_options",
     "non_negative_int",
     "parse_since",
     "parse_status",
@@ -140,6 +141,23 @@ def add_concurrency(command: argparse.ArgumentParser, who: str) -> None:
         default=10,
         metavar="N",
         help=f"flows {who} runs at once (default: 10)",
+    )
+
+
+def step_reference(text: str) -> str | int:
+    """A step as the command line names it: a log position (digits) or a step name."""
+    return int(text) if text.isdigit() else text
+
+
+def add_rerun_options(command: argparse.ArgumentParser) -> None:
+    """Add ``--from-step STEP``, the option of ``rerun``."""
+    command.add_argument(
+        "--from-step",
+        type=step_reference,
+        default="changed",
+        metavar="STEP",
+        help="a step name or log position to recompute from (default: changed, the first "
+        "step whose code changed since it was recorded)",
     )
 
 

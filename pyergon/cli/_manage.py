@@ -323,6 +323,31 @@ async def _fork(arguments: argparse.Namespace, output: _Output) -> int:
     return 0
 
 
+async def _rerun(arguments: argparse.Namespace, output: _Output) -> int:
+    from pyergon.cli._worker import load_flow_class
+
+    flow_class = None if arguments.flow_class is None else load_flow_class(arguments.flow_class)
+    async with _storage(arguments) as storage:
+        try:
+            plan = await _manager(storage).rerun(
+                arguments.flow_id, from_step=arguments.from_step, flow_class=flow_class
+            )
+        except FlowDefinitionError as error:  # --flow names a class of another flow type
+            raise ManagementUsageError(str(error)) from None
+    if output.as_json:
+        output.json(
+            {
+                "flow_id": plan.flow_id,
+                "previous": plan.previous,
+                "recomputed": list(plan.recomputed),
+                "positions": list(plan.positions),
+            }
+        )
+    else:
+        output.say(f"{plan.summary()}; it is PENDING for a worker")
+    return 0
+
+
 async def _replay(arguments: argparse.Namespace, output: _Output) -> int:
     from pyergon.cli._worker import load_flow_class
 
@@ -407,6 +432,7 @@ MANAGEMENT_COMMANDS: Mapping[str, _Command] = {
     "resume": _resume,
     "retry": _retry,
     "fork": _fork,
+    "rerun": _rerun,
     "replay": _replay,
 }
 """The management subcommands by name."""

@@ -18,6 +18,7 @@ from pyergon.cli._arguments import (
     add_flow_id,
     add_fork_options,
     add_listing_options,
+    add_rerun_options,
     parse_since,
     positive,
 )
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_signal(subcommands, common)
     _add_flow_state_commands(subcommands, common)
     _add_fork(subcommands, common)
+    _add_rerun(subcommands, common)
     _add_replay(subcommands, common)
     return parser
 
@@ -295,6 +297,27 @@ def _add_fork(subcommands: _Subcommands, common: argparse.ArgumentParser) -> Non
     )
     add_flow_id(fork)
     add_fork_options(fork, new_id_help="the new flow's id (default: FLOW_ID~fork-…)")
+
+
+def _add_rerun(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
+    rerun = _add_management(
+        subcommands,
+        common,
+        "rerun",
+        "recompute a finished flow from a step on, keeping the old results",
+        "Forget FLOW_ID's records from a step on (in a DAG flow: that step's and its "
+        "descendants') and queue it again for a worker; the records before are reused. The "
+        "flow as it was is kept as FLOW_ID~gen-N. Without --from-step, starts at the first step "
+        "whose code changed since it was recorded, which needs --flow.",
+    )
+    add_flow_id(rerun)
+    add_rerun_options(rerun)
+    rerun.add_argument(
+        "--flow",
+        dest="flow_class",
+        metavar="MODULE:Class",
+        help="the flow class today, such as myapp.flows:OrderFlow (needed to find changed steps)",
+    )
 
 
 def _add_replay(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 
-__all__ = ["ABSENT", "Applied", "Change", "FlowWrite", "stored_as_given"]
+__all__ = ["ABSENT", "Applied", "Change", "FlowWrite", "Forget", "stored_as_given"]
 
 ABSENT = 0
 """The ``expected_version`` of a write decided on a flow that did not exist."""
@@ -51,6 +51,22 @@ class FlowWrite:
 
 
 @dataclass(frozen=True, slots=True)
+class Forget:
+    """The records of one flow at some top-level positions: deleted by a change (nested ones too).
+
+    Every record of ``flow_id`` whose ``sequence`` is one of ``sequences`` goes, whatever its
+    status and ``sub_sequence``, so the flow runs those positions again (a rerun).
+
+    Attributes:
+        flow_id: The flow whose records are deleted.
+        sequences: The top-level positions whose records are deleted; empty: none.
+    """
+
+    flow_id: str
+    sequences: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
     """Everything one atomic step of storage writes.
 
@@ -59,7 +75,8 @@ class Change:
     1. The guards: every guarded write's ``expected_version`` is checked, and with ``held``,
        that its flow is stored ``RUNNING`` with its lease token. One that does not hold
        refuses the whole change (:attr:`Applied.moved` names its flow), and nothing is written.
-    2. ``forget_failed``: the ``FAILED`` records of these flows are deleted.
+    2. ``forget_failed``: the ``FAILED`` records of these flows are deleted; ``forget``: the
+       records at the positions it names are deleted, whatever their status.
     3. ``records``, in order, first writer wins: a record whose position holds a final record
        is not written (the stored one stands). If the stored final record differs from the
        given one (see :func:`stored_as_given`), the records after it, the signals and the
@@ -73,6 +90,8 @@ class Change:
         signals: Signals to store.
         writes: Writes of flows.
         forget_failed: Flows whose failed records are deleted, so a retry runs them again.
+        forget: Records deleted by position (see :class:`Forget`), so a rerun runs them again;
+            records the same change stores at those positions stand.
         notify: Whether waiting workers should look for runnable flows afterwards.
         held: ``(flow id, lease token)`` of the run that sends the change: it applies only while
             that flow is stored ``RUNNING`` under that token, so a run that lost its flow to
@@ -86,6 +105,7 @@ class Change:
     forget_failed: tuple[str, ...] = ()
     notify: bool = False
     held: tuple[str, str] | None = None
+    forget: tuple[Forget, ...] = ()
 
     @property
     def payload_size(self) -> int:
@@ -133,7 +153,9 @@ class Applied:
 def stored_as_given(given: Invocation, stored: Invocation) -> bool:
     """Whether ``stored`` holds what ``given`` says: the same status and outcome.
 
-    A final record written first by another writer with the same outcome is no conflict.
+    A final record written first by another writer with the same outcome is no conflict. Only
+    the outcome counts: not the attempts and times, not a step's output and progress, and not
+    its ``code_hash``, since two runs of one step whose code differs may well agree.
     """
     return stored is given or (
         stored.status is given.status

@@ -22,7 +22,7 @@ from pyergon.core.transitions import RunEnd
 from pyergon.decorators import flow_entry, require_flow_instance
 from pyergon.errors import InvalidFlowIdError, NonDeterminismError, PyergonError, SignatureError
 from pyergon.executor._child import refuse_child_namespace, refuse_foreign_child
-from pyergon.executor._inputs import encode_flow
+from pyergon.executor._inputs import check_same_inputs, encode_flow
 from pyergon.executor._runner import FlowRun, drive_flow, stored_outcome
 from pyergon.executor._stale import StaleHandler, log_stale_once
 from pyergon.serialization import Serializer, serializer_for
@@ -135,6 +135,8 @@ class Executor(Generic[F]):
         Raises:
             SerializationError: An input field cannot be serialized (nothing is stored).
             PyergonError: The flow id belongs to a flow of another type.
+            FlowInputsChangedError: The flow id belongs to a flow stored with other inputs
+                (nothing is run or written).
             NonDeterminismError: The code calls another operation than the flow's log
                 records. The flow keeps the status it had, so the code that wrote the log can
                 still finish it.
@@ -197,6 +199,8 @@ class Executor(Generic[F]):
             )
         if created:
             return stored, HeldFlow(self.storage, stored, None), True
+        if self._parent is None:
+            check_same_inputs(self.serializer, stored, payload, self.flow)
         running = await start_direct_run(self.storage, self.flow_id)
         if running is None or running.status.is_final:
             return running or stored, None, False

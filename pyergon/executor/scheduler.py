@@ -14,7 +14,7 @@ from pyergon.core.records import ScheduledFlow
 from pyergon.core.status import TaskStatus
 from pyergon.decorators import flow_entry, require_flow_instance
 from pyergon.errors import FlowNotFoundError, PyergonError
-from pyergon.executor._inputs import encode_flow
+from pyergon.executor._inputs import check_same_inputs, encode_flow
 from pyergon.executor._runner import stored_outcome
 from pyergon.executor.executor import validate_flow_id, validate_new_flow_id
 from pyergon.executor.signal import send_signal
@@ -50,9 +50,9 @@ class Scheduler:
     async def schedule(self, flow: object, flow_id: str | None = None) -> str:
         """Put ``flow`` on the queue for any worker that registered its type.
 
-        Scheduling is idempotent per id: if a flow with ``flow_id`` exists, nothing is written
-        and its id is returned, whatever its state (a finished flow is not run again; use
-        retry or fork for that).
+        Scheduling is idempotent per id: if a flow with ``flow_id`` exists with the same inputs,
+        nothing is written and its id is returned, whatever its state (a finished flow is not
+        run again; use retry, rerun or fork for that).
 
         Args:
             flow: An instance of a ``@flow_type`` dataclass with one ``@flow`` method.
@@ -67,13 +67,14 @@ class Scheduler:
                 form of a child flow's id (``"<parent id>~child-<position>"``).
             SerializationError: A field cannot be serialized; nothing is stored.
             PyergonError: ``flow_id`` already belongs to a flow of another type.
+            FlowInputsChangedError: ``flow_id`` belongs to a flow with other inputs.
         """
         type_name = require_flow_instance(flow)
         flow_entry(type(flow))
         flow_id = uuid.uuid4().hex if flow_id is None else validate_new_flow_id(flow_id)
         payload = encode_flow(self.serializer, flow, type_name)
         now = self.clock.now()
-        stored, _created = await self.storage.create_flow(
+        stored, created = await self.storage.create_flow(
             ScheduledFlow(
                 flow_id=flow_id,
                 flow_type=type_name,
@@ -88,6 +89,8 @@ class Scheduler:
                 f"flow id {flow_id!r} already belongs to a flow of type {stored.flow_type!r}, "
                 f"not {type_name!r}; choose another flow id"
             )
+        if not created:
+            check_same_inputs(self.serializer, stored, payload, flow)
         return stored.flow_id
 
     async def signal(self, flow_id: str, name: str, value: Any = None) -> bool:

@@ -124,8 +124,10 @@ def _text_duration(record: Invocation) -> str:
     return "waiting"
 
 
-def _notes(record: Invocation, running: bool) -> list[str]:
+def _notes(record: Invocation, running: bool, stale: bool = False) -> list[str]:
     notes = []
+    if stale:
+        notes.append("stale: code changed since")
     if running and record.progress is not None:
         notes.append(record.progress.describe())
     if record.attempts > 1:
@@ -146,11 +148,12 @@ def _text_lane(history: FlowHistory, max_records: int) -> list[str]:
     name_width = min(max((len(_name(record)) for record in shown), default=0), _LABEL_CHARS)
     lines = [_flow_summary(history)]
     for record in shown:
+        running = history.running_at(record.position) is not None
         line = (
             f"  {record.position:>5}  {record.kind.value:<6}  "
             f"{_clip(_name(record), _LABEL_CHARS):<{name_width}}  {record.status.value:<18}  "
             f"{_text_duration(record):>9}  "
-            f"{'  '.join(_notes(record, history.running_at(record.position) is not None))}"
+            f"{'  '.join(_notes(record, running, record.position in history.stale))}"
         )
         lines.append(line.rstrip())
     if len(records) > len(shown):
@@ -305,7 +308,8 @@ class _Drawing:
         rows = []
         y = top + _FLOW_ROW
         for record in records[: self.max_records]:
-            rows.append(self._record(record, y, history.running_at(record.position) is not None))
+            running = history.running_at(record.position) is not None
+            rows.append(self._record(record, y, running, record.position in history.stale))
             y += _RECORD_ROW
         if len(records) > self.max_records:
             rows.append(
@@ -318,7 +322,7 @@ class _Drawing:
             f'stroke-opacity="0.3"/>{head}{"".join(rows)}</g>'
         )
 
-    def _record(self, record: Invocation, top: float, running: bool) -> str:
+    def _record(self, record: Invocation, top: float, running: bool, stale: bool) -> str:
         colour = RECORD_COLOURS[record.status]
         kind = record.kind.value.lower()
         classes = f"pyergon-record pyergon-{kind}"
@@ -326,8 +330,13 @@ class _Drawing:
             classes += " pyergon-flow-retry"
         if running:
             classes += " pyergon-running"
+        if stale:
+            classes += " pyergon-stale"
+        tooltip = _tooltip(record, running)
+        if stale:
+            tooltip += "\nstale: made by code that has changed since; rerun recomputes it"
         parts = [
-            f"<title>{escape(_tooltip(record, running))}</title>",
+            f"<title>{escape(tooltip)}</title>",
             f'<text x="40" y="{top + 12}" text-anchor="end">{escape(record.position)}</text>',
             f'<text x="48" y="{top + 12}">{escape(_clip(_name(record), _LABEL_CHARS - 7))}</text>',
         ]
@@ -338,7 +347,13 @@ class _Drawing:
             parts.append(self._mark(record, start, end, y, colour))
             if running:
                 parts.append(self._progress(record, start, end, y))
-            parts.extend(self._annotations(record, end, top + 12))
+            if stale:
+                parts.append(
+                    f'<rect x="{start - 1.5}" y="{y - 1.5}" width="{round(end - start + 3, 1)}" '
+                    f'height="{_BAR + 3}" rx="3" fill="none" stroke="{AMBER}" '
+                    'stroke-width="1.5" stroke-dasharray="3 2"/>'
+                )
+            parts.extend(self._annotations(record, end, top + 12, stale))
         return (
             f'<g class="{classes}" data-position="{escape(record.position)}" '
             f'data-kind="{record.kind.value}" data-status="{record.status.value}" '
@@ -383,9 +398,11 @@ class _Drawing:
         )
 
     @staticmethod
-    def _annotations(record: Invocation, end: float, baseline: float) -> list[str]:
-        """The retry badge and the child's id, after the mark (before it near the edge)."""
+    def _annotations(record: Invocation, end: float, baseline: float, stale: bool) -> list[str]:
+        """The stale mark, retry badge and child's id, after the mark (before it near the edge)."""
         notes = []
+        if stale:
+            notes.append(("stale", "pyergon-stale-note", AMBER))
         if record.attempts > 1:
             notes.append((f"{ATTEMPTS_SIGN}{record.attempts}", "pyergon-retry", RED))
         if record.child_flow_id is not None:
@@ -421,6 +438,9 @@ class _Drawing:
             "child",
             f'<text x="0" y="9" fill="{RED}">{ATTEMPTS_SIGN}n</text>',
             "attempts",
+            f'<rect x="1" y="0" width="12" height="{_BAR}" rx="2" fill="none" stroke="{AMBER}" '
+            'stroke-dasharray="3 2"/>',
+            "stale",
         ]
         parts = []
         x = 4

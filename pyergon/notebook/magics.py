@@ -32,6 +32,7 @@ from pyergon.cli._arguments import (
     add_flow_id,
     add_fork_options,
     add_listing_options,
+    add_rerun_options,
     positive,
 )
 from pyergon.notebook._cell_errors import show_errors_as_one_line, show_errors_as_usual
@@ -180,7 +181,7 @@ class PyergonMagics(Magics):
           monitor. ``output ID [STEP]``: what the flow's steps (or one step) printed.
         * ``signal ID NAME [VALUE]``: VALUE is a Python literal, else a string.
         * ``replay ID [--flow CLASS]``, ``resume ID``, ``retry ID``, ``cancel ID``,
-          ``fork ID --from-step N [--new-id ID]``.
+          ``fork ID --from-step N [--new-id ID]``, ``rerun ID [--from-step STEP]``.
 
         ``$name`` and ``{expression}`` in the line are expanded by IPython first (write ``$$``,
         ``{{`` and ``}}`` for literal characters). In a Jupyter kernel everything runs on the
@@ -295,6 +296,9 @@ class PyergonMagics(Magics):
         fork = _add(subcommands, "fork", self._fork, "start a copy of a flow's first N steps")
         add_flow_id(fork, "ID")
         add_fork_options(fork, new_id_help="the new flow's id")
+        rerun = _add(subcommands, "rerun", self._rerun, "recompute a flow from a changed step on")
+        add_flow_id(rerun, "ID")
+        add_rerun_options(rerun)
         watch = _add(subcommands, "watch", self._watch, "a live monitor of workers and flows")
         watch.add_argument(
             "--interval",
@@ -425,6 +429,9 @@ class PyergonMagics(Magics):
         return await self._session().fork(
             arguments.flow_id, from_step=arguments.from_step, new_flow_id=arguments.new_id
         )
+
+    async def _rerun(self, arguments: argparse.Namespace) -> object:
+        return await self._session().rerun(arguments.flow_id, from_step=arguments.from_step)
 
     async def _watch(self, arguments: argparse.Namespace) -> object:
         return await self._session().monitor(interval=arguments.interval, output=arguments.output)

@@ -16,12 +16,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from pyergon._code import step_fingerprints
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import Completed, FlowOutcome
 from pyergon.core.status import TaskStatus
 from pyergon.core.workers import WorkerRecord, default_worker_id, running_steps
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import PyergonError, StepNotFoundError
+from pyergon.executor._inputs import decode_flow
 from pyergon.executor.executor import Executor
 from pyergon.executor.scheduler import Scheduler
 from pyergon.executor.worker import Worker, WorkerHandle
@@ -32,8 +34,9 @@ from pyergon.notebook._cell_errors import (
     interrupted_wait,
     show_errors_as_one_line,
 )
+from pyergon.notebook._stale_notes import StaleNotes, count_stale_steps
 from pyergon.notebook._stepper import Stepper
-from pyergon.notebook._sync import LoopRunner, LoopThread, RunningLoop, SyncFront, blocking
+from pyergon.notebook._sync import LoopRunner, LoopThread, RunningLoop
 from pyergon.notebook._views_monitor import Monitor
 from pyergon.notebook._views_progress import progress_bars
 from pyergon.notebook._views_timeline import Timeline
@@ -44,8 +47,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from pyergon.core.records import ScheduledFlow
+    from pyergon.notebook._sync_session import SyncSession
 
-__all__ = ["BackgroundError", "BackgroundErrors", "Session", "SyncSession"]
+__all__ = ["BackgroundError", "BackgroundErrors", "Session"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,7 @@ class Session:
         self._workers: list[tuple[Worker, WorkerHandle]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._stale = StaleNotes()
         self._worker_prefix = default_worker_id("notebook")
         """Shared by this session's workers: they differ in their number only."""
         _show_errors_in_cells()
@@ -159,6 +164,8 @@ class Session:
         except BaseException:
             runner.close()
             raise
+        from pyergon.notebook._sync_session import SyncSession  # it is built on this class
+
         return SyncSession(session, runner)
 
     def __repr__(self) -> str:
@@ -231,6 +238,7 @@ class Session:
                 serializer=self.serializer,
                 clock=self.clock,
                 on_error=self._keeper(worker_id),
+                on_stale=self._stale.note,
             )
             for flow_class in self._classes.values():
                 await worker.register(flow_class)
@@ -279,7 +287,12 @@ class Session:
         method, _ = flow_entry(type(flow))
         flow_id = flow_id or f"{type(flow).__name__}-{int(time.time() * 1000)}"
         executor = Executor(
-            flow, self.storage, flow_id, serializer=self.serializer, clock=self.clock
+            flow,
+            self.storage,
+            flow_id,
+            serializer=self.serializer,
+            clock=self.clock,
+            on_stale=self._stale.warn,
         )
         try:
             return await executor.run(lambda running: getattr(running, method)())
@@ -322,6 +335,7 @@ class Session:
             interrupted.add_note(interrupted_wait(ids))
             raise
         self.raise_for_errors()
+        self._stale.warn_noted(ids)
         return outcomes
 
     def raise_for_errors(self) -> None:
@@ -347,6 +361,34 @@ class Session:
     async def fork(self, flow_id: str, *, from_step: int, new_flow_id: str | None = None) -> str:
         """Fork a flow's log; see :meth:`FlowManager.fork`."""
         return await self.manager.fork(flow_id, from_step=from_step, new_flow_id=new_flow_id)
+
+    async def rerun(
+        self, flow_id: str, *, from_step: str | int = "changed", inputs: object | None = None
+    ) -> FlowOutcome[Any]:
+        """Recompute a finished flow from a step on and return its new outcome.
+
+        By default from the first step whose code changed since it was recorded (in a DAG
+        flow: the changed steps and the steps depending on them). The results it replaces are
+        kept as a previous generation (:meth:`generations`). The flow runs on the session's
+        workers if they serve its type, else here in the cell. See :meth:`FlowManager.rerun`
+        for ``from_step`` and ``inputs``.
+        """
+        self._check_open()
+        if inputs is not None:
+            self.manager.register(type(inputs))
+        plan = await self.manager.rerun(flow_id, from_step=from_step, inputs=inputs)
+        self._stale.forget(flow_id)
+        flow = await self.manager.get(flow_id)
+        if any(flow.flow_type in worker.registered_types for worker in self.workers):
+            return (await self.wait(plan.flow_id))[plan.flow_id]
+        flow_class = self.manager.flow_class(flow.flow_type)
+        return await self.run(decode_flow(self.serializer, flow_class, flow.payload), flow_id)
+
+    async def generations(self, flow_id: str) -> pd.DataFrame:
+        """The flow and the previous generations its reruns kept, newest first, as a table."""
+        current = await self.manager.get(flow_id)
+        kept = await self.manager.generations(flow_id)
+        return flows_frame([current, *reversed(kept)])
 
     async def replay(self, flow_id: str, flow_class: type | None = None) -> ReplayResult:
         """Replay a flow's log against today's code; see :meth:`FlowManager.replay`."""
@@ -380,7 +422,9 @@ class Session:
             )
         ]
         running = running_steps(await self.worker_records(), time.time())
-        return flows_frame(rows, running)
+        return flows_frame(
+            rows, running, await count_stale_steps(self.storage, rows, self.manager.classes)
+        )
 
     async def timeline(
         self,
@@ -409,7 +453,9 @@ class Session:
             ids = [flow.flow_id async for flow in iter_flows(self.storage, limit=newest)][::-1]
 
         async def load() -> tuple[list[FlowHistory], float]:
-            return [await load_history(self.storage, flow_id) for flow_id in ids], self.clock.now()
+            classes = self.manager.classes
+            histories = [await load_history(self.storage, flow_id) for flow_id in ids]
+            return [history.with_stale(classes) for history in histories], self.clock.now()
 
         histories, now = await load()
         return Timeline(
@@ -483,8 +529,10 @@ class Session:
 
     async def invocations(self, flow_id: str) -> pd.DataFrame:
         """One flow's records as a DataFrame (columns: ``INVOCATION_COLUMNS``)."""
-        await self.manager.get(flow_id)
-        return invocations_frame(await self.storage.load_invocations(flow_id))
+        flow = await self.manager.get(flow_id)
+        cls = self.manager.classes.get(flow.flow_type)
+        fingerprints = None if cls is None else step_fingerprints(cls)
+        return invocations_frame(await self.storage.load_invocations(flow_id), fingerprints)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -521,70 +569,3 @@ def _show_errors_in_cells() -> None:
     shell = get_ipython()
     if isinstance(shell, InteractiveShell):
         show_errors_as_one_line(shell)
-
-
-class SyncSession(SyncFront[Session]):
-    """A :class:`Session` for synchronous code; :meth:`Session.open_sync` opens one.
-
-    Each method is the session's method of the same name, blocking until it is done:
-    ``sync.wait(flow_id)`` for ``await session.wait(flow_id)``. The async session itself is
-    :attr:`session`. Views that refresh themselves (``monitor``) and ``step_through`` are
-    left to the async session. A context manager: ``with Session.open_sync(url) as s:``
-    closes it at the end.
-    """
-
-    register = blocking(Session.register)
-    start_workers = blocking(Session.start_workers)
-    stop_workers = blocking(Session.stop_workers)
-    schedule = blocking(Session.schedule)
-    run = blocking(Session.run)
-    signal = blocking(Session.signal)
-    wait = blocking(Session.wait)
-    cancel = blocking(Session.cancel)
-    resume = blocking(Session.resume)
-    retry = blocking(Session.retry)
-    fork = blocking(Session.fork)
-    replay = blocking(Session.replay)
-    history = blocking(Session.history)
-    flows = blocking(Session.flows)
-    timeline = blocking(Session.timeline)
-    invocations = blocking(Session.invocations)
-    output = blocking(Session.output)
-
-    @property
-    def session(self) -> Session:
-        """The async session behind this one; await its methods on its loop only."""
-        return self._target
-
-    @property
-    def workers(self) -> list[Worker]:
-        """The workers this session started and has not stopped."""
-        return self._target.workers
-
-    @property
-    def errors(self) -> list[BackgroundError]:
-        """Background errors not raised yet; see :meth:`Session.raise_for_errors`."""
-        return self._target.errors
-
-    def raise_for_errors(self) -> None:
-        """Raise :class:`BackgroundErrors` if workers met errors since the last call."""
-        self._target.raise_for_errors()
-
-    def close(self) -> None:
-        """Stop the workers, close the session and stop its loop thread, if it has one."""
-        try:
-            self._runner.call(self._target.close())
-        finally:
-            self._runner.close()
-
-    def __enter__(self) -> SyncSession:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"Sync{self._target!r}"
-
-    def _repr_html_(self) -> str:
-        return self._target._repr_html_()

@@ -59,6 +59,7 @@ def _with(change: Change, records: Sequence[Invocation], signals: Sequence[Signa
         writes=change.writes,
         forget_failed=change.forget_failed,
         notify=change.notify,
+        forget=change.forget,
     )
 
 
@@ -218,6 +219,7 @@ def _joined(first: Change, second: Change) -> Change:
         writes=first.writes + second.writes,
         forget_failed=first.forget_failed + second.forget_failed,
         notify=first.notify or second.notify,
+        forget=first.forget + second.forget,
     )
 
 

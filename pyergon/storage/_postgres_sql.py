@@ -213,7 +213,7 @@ class PostgresStatements(Statements):
         """
         if len(change.writes) != 1 or len(change.records) > 1:
             return None
-        if change.signals or change.forget_failed:
+        if change.signals or change.forget_failed or change.forget:
             return None
         write = change.writes[0]
         if write.expected_version is None or write.expected_version == ABSENT:

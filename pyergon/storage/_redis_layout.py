@@ -11,7 +11,8 @@ Cluster hash slot and keep nested prefixes such as ``app`` and ``app:x`` apart):
 * ``{P}:inv:<id>`` — hash, field ``"<sequence>:<sub_sequence>"`` → an encoded record: one line of
   JSON header, then the raw result bytes, error payload bytes and output text in UTF-8 (their
   lengths in the header, in bytes; no ``output`` length: no output); a step's progress is an
-  object in the header (no ``progress``: none reported).
+  object in the header (no ``progress``: none reported), and so is its ``code_hash`` (none:
+  ``""``).
 * ``{P}:sig:<id>`` — hash, signal name → the ``sent_at`` time, a newline, the payload bytes.
 * ``{P}:ids`` — set of every id that has a flow, records or signals (what ``reset`` deletes).
 * History indexes, sorted sets scored by ``created_at`` (ties by id, as Redis orders equal
@@ -29,7 +30,8 @@ Cluster hash slot and keep nested prefixes such as ``app`` and ``app:x`` apart):
 Version 2 added the ``worker_id`` and ``cancel_requested`` fields and the worker and children
 indexes; version 3 the ``version`` field; version 4 the ``lease_losses`` and ``last_lost_by``
 fields (absent on older flows, which have lost none); version 5 a record's output and progress
-and a worker's activity (absent on older ones, which have none: no record is rewritten).
+and a worker's activity (absent on older ones, which have none: no record is rewritten);
+version 6 a record's ``code_hash`` (absent on older records, which read as ``""``).
 ``migrate.lua`` moves an older prefix forward.
 """
 
@@ -393,6 +395,8 @@ def encode_invocation(invocation: Invocation) -> bytes:
         data += output
     if invocation.progress is not None:
         header["progress"] = progress_fields(invocation.progress)
+    if invocation.code_hash:
+        header["code_hash"] = invocation.code_hash
     return _HEADER_JSON.encode(header).encode() + b"\n" + data
 
 
@@ -461,6 +465,9 @@ def apply_arguments(change: Change) -> list[str | bytes]:
     records: list[str | bytes] = []
     for record in change.records:
         records += (record.flow_id, record_field(record), encode_invocation(record))
+    forget: list[str | bytes] = [str(len(change.forget))]
+    for chosen in change.forget:
+        forget += (chosen.flow_id, *counted([str(sequence) for sequence in chosen.sequences]))
     signals: list[str | bytes] = []
     for signal in change.signals:
         signals += (signal.flow_id, signal.name, encode_signal(signal.sent_at, signal.payload))
@@ -468,6 +475,7 @@ def apply_arguments(change: Change) -> list[str | bytes]:
         *counted(guards),
         *counted(change.held or ()),
         *counted(change.forget_failed),
+        *forget,
         *counted(records),
         *counted(signals),
         *writes,

@@ -84,6 +84,10 @@ class InMemoryExecutionLog(StorageLifecycle):
             records = self._invocations.get(flow_id, {})
             for position in [p for p, r in records.items() if r.status is InvocationStatus.FAILED]:
                 del records[position]
+        for forget in change.forget:
+            records = self._invocations.get(forget.flow_id, {})
+            for position in [p for p in records if p[0] in forget.sequences]:
+                del records[position]
         stored_records: list[Invocation] = []
         for record in change.records:
             stored_record = self._record(record)

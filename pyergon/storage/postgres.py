@@ -395,7 +395,7 @@ class PostgresExecutionLog(StorageLifecycle):
         """
         alone = len(change.records) + len(change.signals) == 1
         alone = alone and not (change.held and change.signals)  # a record's statement checks it
-        if alone and not (change.writes or change.forget_failed or change.notify):
+        if alone and not (change.writes or change.forget_failed or change.forget or change.notify):
             async with self._connection() as connection:
                 return await steps.run_asyncpg(connection, steps.apply_change(self._sql, change))
         one = self._sql.one_statement(change, self._channel, self._listener.origin)

@@ -1,5 +1,8 @@
 """The contract for records and signals: first writer wins, a conflict stops a change.
 
+Records are deleted only by a change: the failed ones of a flow (``forget_failed``) or those
+at chosen positions (``forget``), before the change stores its own.
+
 A step's output and progress are stored with its record, whatever their shape, and are no part
 of its outcome: two runs of a step that printed differently agree.
 """
@@ -10,7 +13,7 @@ import asyncio
 
 import pytest
 
-from pyergon.core.changes import Change, FlowWrite
+from pyergon.core.changes import Applied, Change, FlowWrite, Forget
 from pyergon.core.records import SignalRecord, StepProgress, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.storage.base import ExecutionLog
@@ -246,6 +249,50 @@ class RecordContract:
         assert (applied.records, applied.record_conflict) == ([theirs], False)
         assert await storage.load_invocations("flow-1") == [theirs]
 
+    # -- the fingerprint of a step's code ---------------------------------------------------
+
+    @pytest.mark.parametrize("path", ["records-alone", "with-a-write"])
+    async def test_a_records_code_hash_round_trips(self, storage: ExecutionLog, path: str) -> None:
+        await storage.create_flow(make_flow(status=TaskStatus.RUNNING))
+        records = (
+            done(1).replace(code_hash="0123456789abcdef"),
+            make_invocation(2, attempts=1, code_hash="fedcba9876543210"),  # not final yet
+            done(3),  # no fingerprint: another kind of record, or one made before they were kept
+        )
+        writes = (FlowWrite("flow-1", {"attempt": 2}, expected_version=1),)
+        change = Change(records=records, writes=writes if path == "with-a-write" else ())
+
+        applied = await storage.apply(change)
+
+        assert applied.complete and applied.records == list(records)
+        assert await storage.load_invocations("flow-1") == list(records)
+        assert [record.code_hash for record in records] == [
+            "0123456789abcdef",
+            "fedcba9876543210",
+            "",
+        ]
+
+    async def test_a_claim_reads_the_code_hash_with_the_log(self, storage: ExecutionLog) -> None:
+        recorded = done(1).replace(code_hash="0123456789abcdef")
+        await store(storage, recorded)
+        await storage.create_flow(make_flow())
+
+        (run,) = await claim(storage)
+
+        assert run.log == [recorded]
+
+    async def test_a_final_record_made_by_other_code_is_no_conflict(
+        self, storage: ExecutionLog
+    ) -> None:
+        theirs = done(1, b"same").replace(code_hash="0123456789abcdef")
+        await store(storage, theirs)
+        mine = done(1, b"same").replace(code_hash="fedcba9876543210")
+
+        applied = await store(storage, mine)
+
+        assert (applied.records, applied.record_conflict) == ([theirs], False)
+        assert await storage.load_invocations("flow-1") == [theirs]
+
     # -- forget_failed -------------------------------------------------------------------------
 
     async def test_forget_failed_deletes_only_the_failed_records_of_the_flows_named(
@@ -280,6 +327,114 @@ class RecordContract:
 
         assert (applied.records, applied.record_conflict) == ([again], False)
         assert await storage.load_invocations("flow-1") == [again]
+
+    # -- forget ------------------------------------------------------------------------------
+
+    async def test_forget_deletes_the_records_at_its_positions_and_leaves_the_rest(
+        self, storage: ExecutionLog
+    ) -> None:
+        kept = [
+            done(1),
+            make_invocation(3, status=InvocationStatus.PENDING),
+            done(5),
+            make_invocation(2, flow_id="other-flow", status=InvocationStatus.COMPLETE),
+        ]
+        forgotten = [
+            done(2),
+            make_invocation(2, 1, kind=OperationKind.TIMER, status=InvocationStatus.COMPLETE),
+            make_invocation(2, 2, status=InvocationStatus.WAITING_FOR_SIGNAL),
+            make_invocation(4, status=InvocationStatus.FAILED, error=StoredError("x.E", "m")),
+            make_invocation(4, 1, status=InvocationStatus.PENDING),
+            make_invocation(6, 3),  # nested records alone at a position
+        ]
+        await store(storage, *kept, *forgotten)
+
+        applied = await storage.apply(Change(forget=(Forget("flow-1", frozenset({2, 4, 6, 9})),)))
+
+        assert applied == Applied()
+        assert await storage.load_invocations("flow-1") == kept[:3]
+        assert await storage.load_invocations("other-flow") == kept[3:]
+
+    async def test_forget_with_a_guarded_write_is_applied_whole(
+        self, storage: ExecutionLog
+    ) -> None:
+        await storage.create_flow(make_flow(status=TaskStatus.COMPLETE, result=b"old"))
+        await store(storage, done(1), done(2), done(3))
+        rerun = FlowWrite(
+            "flow-1", {"status": TaskStatus.PENDING, "result": None}, expected_version=1
+        )
+
+        applied = await storage.apply(
+            Change(writes=(rerun,), forget=(Forget("flow-1", frozenset({2, 3})),), notify=True)
+        )
+
+        assert applied.complete
+        assert await storage.load_invocations("flow-1") == [done(1)]
+        assert await storage.get_flow("flow-1") == make_flow(version=2)
+
+    async def test_forget_refused_by_a_moved_version_deletes_nothing(
+        self, storage: ExecutionLog
+    ) -> None:
+        await storage.create_flow(make_flow(status=TaskStatus.COMPLETE))
+        await write(storage, "flow-1", {"attempt": 2})  # moves on to version 2
+        records = [done(1), done(2), make_invocation(2, 1, status=InvocationStatus.FAILED)]
+        await store(storage, *records)
+        flow = await storage.get_flow("flow-1")
+        stale = FlowWrite("flow-1", {"status": TaskStatus.PENDING}, expected_version=1)
+
+        applied = await storage.apply(
+            Change(
+                records=(done(2, b"new"),),
+                writes=(stale,),
+                forget=(Forget("flow-1", frozenset({1, 2})), Forget("flow-2", frozenset({1}))),
+            )
+        )
+
+        assert applied == Applied(moved="flow-1")
+        assert await storage.load_invocations("flow-1") == records
+        assert await storage.get_flow("flow-1") == flow
+
+    async def test_records_stored_by_the_change_that_forgets_their_positions_stand(
+        self, storage: ExecutionLog
+    ) -> None:
+        old = [
+            done(1, b"old"),
+            done(2, b"old"),
+            make_invocation(2, 1, status=InvocationStatus.FAILED),
+        ]
+        await store(storage, *old)
+        new = [done(2, b"new"), make_invocation(3, attempts=1)]
+
+        applied = await storage.apply(
+            Change(records=tuple(new), forget=(Forget("flow-1", frozenset({2, 3})),))
+        )
+
+        assert (applied.records, applied.record_conflict) == (new, False)
+        assert await storage.load_invocations("flow-1") == [old[0], *new]
+
+    async def test_forget_of_no_position_or_of_no_flow_changes_nothing(
+        self, storage: ExecutionLog
+    ) -> None:
+        await storage.create_flow(make_flow())
+        records = [done(1), make_invocation(1, 1, status=InvocationStatus.COMPLETE), done(2)]
+        await store(storage, *records)
+
+        nothing = Change(forget=(Forget("flow-1", frozenset()), Forget("nobody", frozenset({1}))))
+        assert await storage.apply(nothing) == Applied()
+
+        assert await storage.load_invocations("flow-1") == records
+        assert await storage.load_invocations("nobody") == []
+        assert await storage.get_flow("nobody") is None
+        assert await storage.get_flow("flow-1") == make_flow()
+
+    async def test_forget_of_a_thousand_positions_at_once(self, storage: ExecutionLog) -> None:
+        records = [done(n) for n in range(1, 1_201)]
+        await store(storage, *records, make_invocation(7, 1))
+
+        forget = Forget("flow-1", frozenset(range(2, 1_200)))
+        assert (await storage.apply(Change(forget=(forget,)))).complete
+
+        assert await storage.load_invocations("flow-1") == [records[0], records[-1]]
 
     # -- signals -------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import dataclasses
 
 import pytest
 
-from pyergon.core.changes import Applied, Change, FlowWrite
+from pyergon.core.changes import Applied, Change, FlowWrite, Forget
 from pyergon.core.query import FlowQuery
 from pyergon.core.records import StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
@@ -281,6 +281,11 @@ class RunContract:
                 id="everything",
             ),
             pytest.param(Change(forget_failed=("flow-1",)), id="forget-failed"),
+            pytest.param(Change(forget=(Forget("flow-1", frozenset({5})),)), id="forget"),
+            pytest.param(
+                Change(records=(done(1),), forget=(Forget("flow-1", frozenset({5})),)),
+                id="records-and-forget",
+            ),
             pytest.param(Change(signals=(make_signal("approved"),)), id="signal"),
         ],
     )

@@ -86,6 +86,7 @@ def test_a_final_record_stored_as_given_is_no_conflict() -> None:
 
     assert stored_as_given(given, given)
     assert stored_as_given(given, given.replace(attempts=3, completed_at=5.0, started_at=1.0))
+    assert stored_as_given(given.replace(code_hash="new code"), given.replace(code_hash="old"))
     assert not stored_as_given(given, given.replace(result=b"other"))
     assert not stored_as_given(given, given.replace(status=InvocationStatus.FAILED))
     assert not stored_as_given(given, given.replace(error=StoredError("x.E", "m")))

@@ -182,7 +182,9 @@ _result_numbers = itertools.count(1)
 @dataclass
 @flow_type
 class RacedStep:
-    label: str
+    # Not inputs (init=False): racers on one flow id must have the same inputs, else the
+    # second is refused (FlowInputsChangedError); the label only tells the racers apart.
+    label: str = field(default="", init=False, compare=False)
     both_started: asyncio.Event = field(default_factory=asyncio.Event, init=False, compare=False)
     started: list[str] = field(default_factory=list, init=False, compare=False)
 
@@ -204,9 +206,9 @@ async def test_two_executors_racing_on_one_step_record_one_result_the_winners(
 ) -> None:
     both_started = asyncio.Event()
     started: list[str] = []
-    racers = [RacedStep("first"), RacedStep("second")]
-    for racer in racers:
-        racer.both_started, racer.started = both_started, started
+    racers = [RacedStep(), RacedStep()]
+    for racer, label in zip(racers, ("first", "second"), strict=True):
+        racer.both_started, racer.started, racer.label = both_started, started, label
     first = Executor(racers[0], storage, "race-1")
     second = Executor(racers[1], storage, "race-1")
 
@@ -221,7 +223,8 @@ async def test_two_executors_racing_on_one_step_record_one_result_the_winners(
     assert outcomes[1].result == winner
     assert winner.startswith("reservation-")
     assert replay_result(stored) == winner
-    late = RacedStep("late")
+    late = RacedStep()
+    late.label = "late"
     replayed = await Executor(late, storage, "race-1").run(lambda f: f.run())
     assert replayed.result == winner
     assert late.started == []

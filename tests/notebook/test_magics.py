@@ -436,6 +436,17 @@ def test_fork_and_replay_a_finished_flow(connected: Cells) -> None:
     assert outcomes["done-copy"].result == "hello a"
 
 
+def test_rerun_recomputes_a_finished_flow_on_the_workers(connected: Cells) -> None:
+    connected("%pyergon workers start Greet")
+    connected("%pyergon schedule Greet('a') --id again")
+    connected("await pyergon_session.wait('again', timeout=10)")
+
+    assert connected("%pyergon rerun again --from-step 1").result == "hello a"
+    generations = connected("await pyergon_session.generations('again')")
+    assert list(generations["flow_id"]) == ["again", "again~gen-1"]
+    assert "no step of flow 'again' changed" in str(connected.error("%pyergon rerun again"))
+
+
 def test_replay_with_a_flow_that_is_not_a_class_is_a_usage_error(connected: Cells) -> None:
     connected("%pyergon schedule Greet('a') --id f-a")
 

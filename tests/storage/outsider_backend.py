@@ -112,6 +112,11 @@ class OutsiderExecutionLog(base.StorageLifecycle):
                 for position, record in list(records.items()):
                     if record.status is InvocationStatus.FAILED:
                         del records[position]
+            for forget in change.forget:
+                records = self._records.get(forget.flow_id, {})
+                for sequence, sub_sequence in list(records):
+                    if sequence in forget.sequences:
+                        del records[sequence, sub_sequence]
             kept: list[Invocation] = []
             for record in change.records:
                 records = self._records.setdefault(record.flow_id, {})

@@ -85,6 +85,19 @@ _V4_CHANGES = """
     ALTER TABLE {s}.flows ADD COLUMN last_lost_by text;
 """
 
+_V5_CHANGES = """
+    ALTER TABLE {s}.invocations ADD COLUMN output text;
+    ALTER TABLE {s}.invocations ADD COLUMN progress text;
+    ALTER TABLE {s}.workers ADD COLUMN activity text;
+"""
+
+_V5_RECORD = """
+    INSERT INTO {s}.invocations (flow_id, sequence, sub_sequence, kind, name, args_hash, status,
+        result, attempts, started_at, completed_at, output)
+    VALUES ('running', 2, 0, 'STEP', 'ship', 'h2', 'COMPLETE', 'shipped', 1, 1001, 1001.5,
+        'shipped\n');
+"""
+
 _V4_WORKER = """
     INSERT INTO {s}.workers (worker_id, incarnation, host, pid, started_at, flow_types,
         lease_seconds, last_beat)
@@ -117,7 +130,8 @@ async def build_layout(
 ) -> None:
     """Create ``schema`` as the release of schema ``version`` left it, with ``contents``."""
     quoted = quote_identifier(schema)
-    layout = _V1_LAYOUT + "".join((_V2_CHANGES, _V3_CHANGES, _V4_CHANGES)[: version - 1])
+    changes = (_V2_CHANGES, _V3_CHANGES, _V4_CHANGES, _V5_CHANGES)
+    layout = _V1_LAYOUT + "".join(changes[: version - 1])
     async with admin.transaction():
         await admin.execute(f"CREATE SCHEMA {quoted}")
         await admin.execute((layout + contents).format(s=quoted))
@@ -303,6 +317,38 @@ async def test_a_version_4_schema_keeps_its_records_and_workers_without_output_o
     assert await admin.fetchval(f"SELECT activity IS NOT NULL FROM {quoted}.workers")
 
 
+async def test_a_version_5_schemas_records_have_no_code_hash_and_new_ones_keep_theirs(
+    backends: Backends,
+) -> None:
+    admin = await backends.admin()
+    schema = backends.new_schema()
+    await build_layout(admin, schema, 5, _V2_CONTENTS + _V5_RECORD)
+
+    storage = await backends.make(schema)
+
+    assert await stored_version(admin, schema) == str(SCHEMA_VERSION)
+    charged, shipped = await storage.load_invocations("running")
+    assert (charged.name, charged.code_hash, shipped.output, shipped.code_hash) == (
+        "charge",
+        "",
+        "shipped\n",
+        "",
+    )
+    # The new column is in use, and a record made before stands against one made by other
+    # code with the same outcome.
+    packed = charged.replace(sequence=3, name="pack", code_hash="0123456789abcdef")
+    again = shipped.replace(code_hash="fedcba9876543210")
+    applied = await storage.apply(Change(records=(packed, again)))
+    assert applied.complete and applied.records == [packed, shipped]
+    assert await storage.load_invocations("running") == [charged, shipped, packed]
+    column = await admin.fetchrow(
+        "SELECT is_nullable, column_default FROM information_schema.columns "
+        "WHERE table_schema = $1 AND table_name = 'invocations' AND column_name = 'code_hash'",
+        schema,
+    )
+    assert column is not None and column["is_nullable"] == "NO"
+
+
 async def test_two_backends_connecting_at_once_to_a_version_2_schema_both_succeed(
     backends: Backends,
 ) -> None:
@@ -326,7 +372,7 @@ async def test_two_backends_connecting_at_once_to_a_version_2_schema_both_succee
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("from_version", [0, 2, 3, 4])
+@pytest.mark.parametrize("from_version", [0, 2, 3, 4, 5])
 async def test_processes_connecting_at_once_all_succeed(
     backends: Backends, from_version: int
 ) -> None:

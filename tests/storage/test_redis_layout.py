@@ -309,6 +309,37 @@ async def test_connect_migrates_a_version_4_prefix_whose_records_and_workers_rea
     assert await storage.get_worker("worker-a") == beaten
 
 
+async def test_connect_migrates_a_version_5_prefix_whose_records_have_no_code_hash(
+    make_redis: MakeRedis,
+    redis_prefix: Callable[..., str],
+    admin: Redis,
+    make_flow: FlowFactory,
+    make_invocation: InvocationFactory,
+) -> None:
+    prefix = redis_prefix()
+    older = await make_redis(prefix)
+    await older.create_flow(make_flow(status=TaskStatus.RUNNING, lease_token="t"))
+    paid = make_invocation(
+        1, status=InvocationStatus.COMPLETE, result=b"paid", attempts=1, completed_at=1.5
+    )
+    key = f"{{{prefix}}}"
+    # Layout 5 encoded a record without output or progress as layout 4 did.
+    await admin.hset(f"{key}:inv:flow-1", "1:0", version_4_record(paid))
+    await admin.set(f"{key}:schema_version", "5")
+
+    storage = await make_redis(prefix)
+
+    assert await admin.get(f"{key}:schema_version") == str(SCHEMA_VERSION).encode()
+    (loaded,) = await storage.load_invocations("flow-1")
+    assert loaded == paid and loaded.code_hash == ""
+    # A record made before stands against one made by other code with the same outcome.
+    again = paid.replace(code_hash="0123456789abcdef")
+    assert await storage.apply(Change(records=(again,))) == Applied([paid])
+    shipped = make_invocation(2, status=InvocationStatus.COMPLETE, code_hash="fedcba9876543210")
+    assert (await storage.apply(Change(records=(shipped,)))).records == [shipped]
+    assert await storage.load_invocations("flow-1") == [paid, shipped]
+
+
 # -- indexes and encodings -------------------------------------------------------------------
 
 

@@ -72,6 +72,11 @@ V4_ADDITIONS = (
     "ALTER TABLE flows ADD COLUMN lease_losses INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE flows ADD COLUMN last_lost_by TEXT",
 )
+V5_ADDITIONS = (
+    "ALTER TABLE invocations ADD COLUMN output TEXT",
+    "ALTER TABLE invocations ADD COLUMN progress TEXT",
+    "ALTER TABLE workers ADD COLUMN activity TEXT",
+)
 
 
 @pytest.fixture
@@ -86,11 +91,11 @@ def raw(path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def old_file(path: Path, version: int, *stored: ScheduledFlow | Invocation | WorkerRecord) -> None:
-    """A file as a pyergon of schema ``version`` (1 to 4) left it, holding ``stored``.
+    """A file as a pyergon of schema ``version`` (1 to 5) left it, holding ``stored``.
 
     Records and workers are written with the columns of that version only (workers from 4).
     """
-    additions = (V2_ADDITIONS, V3_ADDITIONS, V4_ADDITIONS)[: version - 1]
+    additions = (V2_ADDITIONS, V3_ADDITIONS, V4_ADDITIONS, V5_ADDITIONS)[: version - 1]
     with raw(path) as connection:
         connection.execute("PRAGMA journal_mode = WAL")
         for statement in V1_LAYOUT + tuple(chain.from_iterable(additions)):
@@ -263,8 +268,42 @@ async def test_a_version_4_file_keeps_its_records_and_workers_without_output_or_
             row[1] for row in connection.execute("PRAGMA table_info(invocations)")
         ]
         worker_columns = [row[1] for row in connection.execute("PRAGMA table_info(workers)")]
-    assert invocation_columns[-2:] == ["output", "progress"]
+    assert invocation_columns[-3:] == ["output", "progress", "code_hash"]
     assert worker_columns[-1] == "activity"
+
+
+async def test_a_version_5_files_records_have_no_code_hash_and_new_ones_keep_theirs(
+    path: Path, make_flow: FlowFactory, make_invocation: InvocationFactory
+) -> None:
+    flow = make_flow(status=TaskStatus.RUNNING, lease_token="t")
+    recorded = make_invocation(
+        1,
+        status=InvocationStatus.COMPLETE,
+        result=b"paid",
+        attempts=1,
+        output="paid\n",
+        code_hash="0123456789abcdef",  # not stored: version 5 had no column for it
+    )
+    waiting = make_invocation(2, attempts=1, code_hash="fedcba9876543210")
+    old_file(path, 5, flow, recorded, waiting)
+
+    async with SqliteExecutionLog(path) as storage:
+        loaded = await storage.load_invocations("flow-1")
+        assert loaded == [recorded.replace(code_hash=""), waiting.replace(code_hash="")]
+        # The new column is in use, and a record made before stands against one made by
+        # other code with the same outcome.
+        shipped = waiting.replace(status=InvocationStatus.COMPLETE, result=b"shipped")
+        again = recorded.replace(code_hash="fedcba9876543210")
+        applied = await storage.apply(Change(records=(shipped, again)))
+        assert applied.complete and applied.records == [shipped, loaded[0]]
+
+    async with SqliteExecutionLog(path) as reopened:
+        assert await reopened.load_invocations("flow-1") == [loaded[0], shipped]
+    version, _, _ = stored_schema(path)
+    assert version == SCHEMA_VERSION
+    with raw(path) as connection:
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(invocations)")]
+    assert columns[-1] == "code_hash"
 
 
 async def test_a_migrated_flow_counts_the_leases_it_loses_from_none(
@@ -358,8 +397,8 @@ def connect_at_once(path: Path, count: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "version",
-    [None, 1, 2, 3, 4],
-    ids=["new-file", "version-1", "version-2", "version-3", "version-4"],
+    [None, 1, 2, 3, 4, 5],
+    ids=["new-file", "version-1", "version-2", "version-3", "version-4", "version-5"],
 )
 def test_processes_connecting_at_once_all_succeed_and_migrate_once(
     path: Path, make_flow: FlowFactory, version: int | None

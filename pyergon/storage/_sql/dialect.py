@@ -63,13 +63,14 @@ class Dialect:
         """``parameter`` with the type of a column of ``kind`` (see :attr:`types`), if needed."""
         return parameter if self.casts is None else f"{parameter}::{self.casts[kind]}"
 
-    def any_of(self, column: str, first: int, count: int) -> str:
+    def any_of(self, column: str, first: int, count: int, kind: str = "text") -> str:
         """A condition: ``column`` equals one of ``count`` values bound from parameter ``first``.
 
-        Bind the values with :meth:`list_arguments`.
+        Bind the values with :meth:`list_arguments`; ``kind`` is theirs (``"text"`` or
+        ``"int"``, see :attr:`types`).
         """
         if self.arrays:
-            return f"{column} = ANY(${first}::text[])"
+            return f"{column} = ANY(${first}::{self.types[kind]}[])"
         return f"{column} IN ({', '.join(f'${n}' for n in range(first, first + count))})"
 
     def list_arguments(self, values: Sequence[object]) -> list[object]:

@@ -191,12 +191,19 @@ def _version_5(dialect: Dialect) -> list[str]:
     ]
 
 
+def _version_6(dialect: Dialect) -> list[str]:
+    # The fingerprint of the code that made a step's record; '' for records made before, as for
+    # records of other kinds. A constant default rewrites no row.
+    return [_add_column(dialect, "code_hash text NOT NULL DEFAULT ''", table="invocations")]
+
+
 MIGRATIONS: tuple[Callable[[Dialect], list[str]], ...] = (
     _version_1,
     _version_2,
     _version_3,
     _version_4,
     _version_5,
+    _version_6,
 )
 """``MIGRATIONS[n](dialect)``: the statements turning schema version ``n`` into ``n + 1``."""
 

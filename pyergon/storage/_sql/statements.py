@@ -7,9 +7,9 @@ runs (claims, row locks, wake-ups) is in its backend's modules, a PostgreSQL sub
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
-from pyergon.core.changes import FlowWrite
+from pyergon.core.changes import FlowWrite, Forget
 from pyergon.core.query import FlowQuery
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.core.transitions import TAKEN_OVER
@@ -44,6 +44,11 @@ TAKEOVER_ASSIGNMENTS = (
 )
 """How a claim's UPDATE applies :func:`~pyergon.core.transitions.takeover_changes` to each flow
 it takes, from the row as it was: a flow taken over counts the lease its owner lost."""
+
+
+_FORGET_BATCH = 500
+"""The most positions one DELETE of :meth:`Statements.forget` names where each value is a
+parameter of its own (SQLite): SQLite builds before 3.32 allow 999 parameters."""
 
 
 def numbered(count: int, first: int = 1) -> str:
@@ -162,6 +167,23 @@ class Statements:
         ``None`` where nothing can create a flow meanwhile (SQLite's write lock).
         """
         return None
+
+    def forget(self, forget: Forget) -> Iterator[tuple[str, list[object]]]:
+        """The DELETEs of the records ``forget`` names, with their arguments; none if it names none.
+
+        One statement where a list is one parameter (PostgreSQL); otherwise one per batch of at
+        most :data:`_FORGET_BATCH` positions.
+        """
+        sequences = sorted(forget.sequences)
+        batch = len(sequences) if self.dialect.arrays else _FORGET_BATCH
+        for start in range(0, len(sequences), max(batch, 1)):
+            chosen = sequences[start : start + batch]
+            condition = self.dialect.any_of("sequence", 2, len(chosen), kind="int")
+            statement = f"DELETE FROM {{invocations}} WHERE flow_id = $1 AND {condition}"
+            yield (
+                self.dialect.render(statement),
+                [forget.flow_id, *self.dialect.list_arguments(chosen)],
+            )
 
     def cancel_requests(self, count: int) -> str:
         """Selects which of ``count`` flows are running with a cancellation requested."""

@@ -67,13 +67,17 @@ def apply_change(sql: Statements, change: Change) -> Steps[Applied]:
     more for it.
     """
     lease: tuple[str, str] | None = None
-    if change.held and change.records and not (change.writes or change.forget_failed):
+    deletes = change.forget_failed or change.forget
+    if change.held and change.records and not (change.writes or deletes):
         lease = change.held  # checked by the statement storing the first record
     moved = yield from _moved_flow(sql, change.writes, None if lease else change.held)
     if moved is not None:
         return Applied(moved=moved)
     for flow_id in change.forget_failed:
         yield Answer.NOTHING, sql.forget_failed, (flow_id,)
+    for forget in change.forget:
+        for delete in sql.forget(forget):
+            yield Answer.NOTHING, *delete
     stored_records: list[Invocation] = []
     for record in change.records:
         stored = yield from _store_record(sql, record, lease)

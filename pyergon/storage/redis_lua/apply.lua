@@ -3,6 +3,8 @@
 --   guards         flow id, expected version (0: the flow must not exist), ...
 --   held           empty, or the flow id and lease token the change is sent under
 --   forget_failed  flow ids whose FAILED records are deleted
+--   forget         how many; each: flow id, top-level positions whose records are deleted
+--                  (counted)
 --   records        flow id, position, encoded record, ...
 --   signals        flow id, name, encoded signal, ...
 --   writes         how many; each: flow id, '1' if only some statuses allow its fields then
@@ -15,8 +17,8 @@
 
 -- Whether two encoded final records hold the same outcome (pyergon.core.changes.stored_as_given):
 -- the same status, fire time and error text, and the same result and error payload bytes. The
--- output that follows them, and the progress, are no part of it: two runs of a step may print
--- differently and still agree.
+-- output that follows them, the progress and the code_hash are no part of it: two runs of a
+-- step may print differently, or run other code, and still agree.
 local function same_outcome(stored, given)
   if stored == given then return true end
   local a, b = record_header(stored), record_header(given)
@@ -63,6 +65,17 @@ for _, id in ipairs(counted()) do
     if record_header(fields[i + 1]).status == FAILED then failed[#failed + 1] = fields[i] end
   end
   if #failed > 0 then redis.call('HDEL', key, unpack(failed)) end
+end
+-- And so are the records at chosen positions (a record's field is '<sequence>:<sub_sequence>'),
+-- so a rerun runs them again. One HDEL each: unpack fails on a few thousand values.
+for _ = 1, tonumber(arg()) do
+  local key, chosen = p .. ':inv:' .. arg(), {}
+  for _, sequence in ipairs(counted()) do chosen[sequence] = true end
+  if next(chosen) then
+    for _, position in ipairs(redis.call('HKEYS', key)) do
+      if chosen[string.match(position, '^[^:]*')] then redis.call('HDEL', key, position) end
+    end
+  end
 end
 
 -- 3. Records, first writer wins: a final record stands; one with another outcome stops here.

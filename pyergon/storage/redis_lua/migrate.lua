@@ -43,5 +43,12 @@ if version == '4' then
   -- without them has none) and a worker's activity field (none: it runs nothing), so nothing
   -- is rewritten.
   redis.call('SET', version_key, '5')
+  version = '5'
+end
+
+if version == '5' then
+  -- Version 6 added a record's code_hash to its header; a record without one reads as '', the
+  -- hash of no known code, so nothing is rewritten.
+  redis.call('SET', version_key, '6')
 end
 return false

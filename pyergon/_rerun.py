@@ -1,0 +1,317 @@
+"""Recomputing part of a finished flow under its own id, keeping what it replaces.
+
+``rerun`` forgets the records of a flow from a chosen step on (by default the first step whose
+code changed since it was recorded, see :mod:`pyergon._code`) and puts the flow back in the
+queue, so its next run replays the records before that step and computes the rest again. In a
+DAG flow (``pyergon.dag``) only the chosen steps and the steps that depend on them are
+forgotten.
+
+What it replaces is not lost: first the whole flow as it stood is copied to a *previous
+generation*, a finished flow of its own with the id ``"<flow id>~gen-<n>"`` (1 for the first
+rerun, then 2...), and child flows started at the forgotten positions move there too
+(``"<flow id>~gen-<n>~child-<position>"``), so the next run starts them afresh. The order of
+writes keeps every crash harmless: the copy comes first, the flow is reset last, in one change
+guarded by its version (a flow that moved on meanwhile is left as it is).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pyergon._code import stale_records
+from pyergon.clock import Clock
+from pyergon.core.changes import Forget
+from pyergon.core.query import FlowQuery
+from pyergon.core.records import Invocation, ScheduledFlow
+from pyergon.core.status import OperationKind, TaskStatus
+from pyergon.core.transitions import requeue
+from pyergon.errors import FlowStateError, StepNotFoundError
+from pyergon.storage._flows import save_records
+from pyergon.storage.base import ExecutionLog
+
+__all__ = [
+    "GENERATION_MARK",
+    "RerunPlan",
+    "dag_descendants",
+    "generation_id",
+    "generations",
+    "plan_forgotten",
+    "require_finished",
+    "rerun_flow",
+]
+
+GENERATION_MARK = "~gen-"
+"""What joins a flow's id and a generation number in the id of a previous generation."""
+
+FromStep = str | int
+"""Where a rerun starts: a step's name, a log position (from 1), or ``"changed"``."""
+
+
+@dataclass(frozen=True, slots=True)
+class RerunPlan:
+    """What a rerun did to storage before the flow runs again.
+
+    Attributes:
+        flow_id: The flow, now ``PENDING`` with the records before the rerun's start kept.
+        previous: The id the replaced generation is kept under.
+        recomputed: The names of the recorded steps that run again, in log order.
+        positions: The top-level log positions that were forgotten.
+    """
+
+    flow_id: str
+    previous: str
+    recomputed: tuple[str, ...]
+    positions: tuple[int, ...]
+
+    def summary(self) -> str:
+        """One line saying what runs again and where the old results are."""
+        steps = ", ".join(self.recomputed) or "no recorded step"
+        return (
+            f"flow {self.flow_id!r}: recomputing {steps}; the previous results are kept as "
+            f"flow {self.previous!r}"
+        )
+
+
+def generation_id(flow_id: str, number: int) -> str:
+    """The id of generation ``number`` (from 1) of ``flow_id`` kept by a rerun."""
+    return f"{flow_id}{GENERATION_MARK}{number}"
+
+
+Descendants = Callable[[frozenset[str]], frozenset[str]]
+"""For a DAG flow: the steps that depend, directly or not, on the given ones (by name)."""
+
+
+def dag_descendants(flow_class: type) -> Descendants | None:
+    """How to find the steps depending on others in ``flow_class``, if it declares a DAG."""
+    del flow_class  # DAG flows come with the DAG runtime (issue 16); until then: sequential
+    return None
+
+
+def plan_forgotten(
+    flow_id: str,
+    records: Sequence[Invocation],
+    from_step: FromStep,
+    flow_class: type | None,
+    descendants: Descendants | None = None,
+) -> frozenset[int]:
+    """The top-level positions a rerun from ``from_step`` forgets.
+
+    Args:
+        flow_id: The flow (for messages).
+        records: Its records, in log order.
+        from_step: A step name, a position from 1, or ``"changed"``.
+        flow_class: The flow's class today; needed for ``"changed"``.
+        descendants: For a DAG flow, how to find the steps depending on others; then only the
+            chosen steps and their descendants are forgotten rather than every later position.
+
+    Raises:
+        StepNotFoundError: No recorded step has that name or position.
+        FlowStateError: ``"changed"`` without a class, or no step's code changed.
+    """
+    steps = [r for r in records if r.kind is OperationKind.STEP and r.sub_sequence == 0]
+    positions = sorted({record.sequence for record in records if record.sequence > 0})
+    known = [f"{record.position} {record.name}" for record in steps]
+    if from_step == "changed":
+        if flow_class is None:
+            raise FlowStateError(
+                flow_id,
+                f"rerun of flow {flow_id!r} from the changed steps needs the flow's class; "
+                "register it, or name the step to start from",
+            )
+        chosen = stale_records(flow_class, steps)
+        if not chosen:
+            raise FlowStateError(
+                flow_id,
+                f"no step of flow {flow_id!r} changed since it was recorded (its steps: "
+                f"{', '.join(known) or 'none'}); name one to recompute it: "
+                f"rerun({flow_id!r}, from_step='<step name>')",
+            )
+    elif isinstance(from_step, bool) or not isinstance(from_step, int | str):
+        raise StepNotFoundError(flow_id, repr(from_step), known)
+    elif isinstance(from_step, int):
+        if from_step < 1 or from_step > (positions[-1] if positions else 0):
+            raise StepNotFoundError(flow_id, from_step, known)
+        return frozenset(p for p in positions if p >= from_step) | _retry_timers(records)
+    else:
+        chosen = [record for record in steps if record.name == from_step][:1]
+        if not chosen:
+            raise StepNotFoundError(flow_id, from_step, known)
+    if descendants is not None:
+        names = frozenset(record.name for record in chosen)
+        names |= descendants(names)
+        return frozenset(r.sequence for r in steps if r.name in names) | _retry_timers(records)
+    first = min(record.sequence for record in chosen)
+    return frozenset(p for p in positions if p >= first) | _retry_timers(records)
+
+
+def _retry_timers(records: Sequence[Invocation]) -> frozenset[int]:
+    """Position 0: the flow-level retry timers, which a rerun's fresh attempts do not keep."""
+    return frozenset({0}) if any(record.sequence == 0 for record in records) else frozenset()
+
+
+async def rerun_flow(
+    storage: ExecutionLog,
+    flow: ScheduledFlow,
+    forgotten: frozenset[int],
+    clock: Clock,
+    payload: bytes | None = None,
+) -> RerunPlan:
+    """Keep ``flow`` as a previous generation, forget ``forgotten`` and queue it again.
+
+    Args:
+        storage: The flow's storage.
+        flow: The flow as read, final.
+        forgotten: The top-level positions to forget (see :func:`plan_forgotten`).
+        clock: For the times of the copies.
+        payload: New inputs for the flow, if they change.
+
+    Raises:
+        FlowStateError: The flow is not final, a child flow to recompute has not finished, or
+            the flow changed while the rerun was prepared (nothing of it was changed).
+    """
+    flow_id = flow.flow_id
+    require_finished(flow)
+    records = await storage.load_invocations(flow_id)
+    previous = await _free_generation(storage, flow_id)
+    moving = [
+        record.child_flow_id
+        for record in records
+        if record.sequence in forgotten and record.child_flow_id is not None
+    ]
+    children = await _subtrees(storage, moving)
+    unfinished = [child for child in children if not child.status.is_final]
+    if unfinished:
+        raise FlowStateError(
+            flow_id,
+            f"child flow {unfinished[0].flow_id!r} of flow {flow_id!r} is "
+            f"{unfinished[0].status.value}; wait for it (or cancel it) before the rerun",
+        )
+
+    moving_ids = {child.flow_id for child in children}
+
+    def moved(old_id: str | None) -> str | None:
+        """Where a flow id points in the previous generation."""
+        if old_id == flow_id:
+            return previous
+        if old_id is None or old_id not in moving_ids:
+            return old_id
+        return previous + old_id[len(flow_id) :]
+
+    # 1. The previous generation: records first, the flow last (finished, never runnable).
+    await save_records(
+        storage,
+        [r.replace(flow_id=previous, child_flow_id=moved(r.child_flow_id)) for r in records],
+    )
+    for child in children:
+        child_records = await storage.load_invocations(child.flow_id)
+        new_id = moved(child.flow_id)
+        assert new_id is not None
+        await save_records(
+            storage,
+            [
+                r.replace(flow_id=new_id, child_flow_id=moved(r.child_flow_id))
+                for r in child_records
+            ],
+        )
+        await storage.create_flow(
+            child.replace(flow_id=new_id, parent_flow_id=moved(child.parent_flow_id), version=1)
+        )
+    await storage.create_flow(_kept(flow, previous, clock.now()))
+    # 2. The children recomputed start afresh: their old copies go (deepest first).
+    for child in reversed(children):
+        await storage.delete_flow(child.flow_id)
+    # 3. The flow itself, in one guarded change.
+    await _reset(storage, flow, forgotten, payload, clock.now())
+    recomputed = tuple(
+        record.name
+        for record in records
+        if record.sequence in forgotten
+        and record.sub_sequence == 0
+        and record.kind is OperationKind.STEP
+    )
+    return RerunPlan(flow_id, previous, recomputed, tuple(sorted(p for p in forgotten if p)))
+
+
+def require_finished(flow: ScheduledFlow) -> None:
+    """Refuse to rerun a flow that has not finished.
+
+    Raises:
+        FlowStateError: It has not.
+    """
+    if not flow.status.is_final:
+        raise FlowStateError(
+            flow.flow_id,
+            f"flow {flow.flow_id!r} is {flow.status.value}; rerun a flow once it has finished "
+            "(cancel it first to stop it)",
+        )
+
+
+def _kept(flow: ScheduledFlow, previous: str, now: float) -> ScheduledFlow:
+    """``flow`` as its previous generation keeps it: finished, held by nobody."""
+    return flow.replace(
+        flow_id=previous,
+        updated_at=now,
+        lease_owner=None,
+        lease_token=None,
+        lease_expires_at=None,
+        cancel_requested=False,
+        version=1,
+    )
+
+
+async def _reset(
+    storage: ExecutionLog,
+    flow: ScheduledFlow,
+    forgotten: frozenset[int],
+    payload: bytes | None,
+    now: float,
+) -> None:
+    fields: dict[str, object] = {"result": None, "error": None, "attempt": 1, "wake_at": None}
+    if payload is not None:
+        fields["payload"] = payload
+    finished = frozenset(status for status in TaskStatus if status.is_final)
+    transition = requeue(flow, from_statuses=finished, fields=fields, at=now)
+    assert transition is not None  # the flow was read final
+    change = dataclasses.replace(
+        transition.change, forget=(Forget(flow.flow_id, forgotten),), notify=True
+    )
+    applied = await storage.apply(change)
+    if applied.moved is not None:
+        raise FlowStateError(
+            flow.flow_id,
+            f"flow {flow.flow_id!r} changed while its rerun was prepared; it is as it was, "
+            "try again",
+        )
+
+
+async def _free_generation(storage: ExecutionLog, flow_id: str) -> str:
+    number = 1
+    while await storage.get_flow(generation_id(flow_id, number)) is not None:
+        number += 1
+    return generation_id(flow_id, number)
+
+
+async def _subtrees(storage: ExecutionLog, roots: Sequence[str]) -> list[ScheduledFlow]:
+    """The flows ``roots`` and all their children, parents before children."""
+    found: list[ScheduledFlow] = []
+    pending = list(roots)
+    while pending:
+        flow = await storage.get_flow(pending.pop(0))
+        if flow is None:
+            continue
+        found.append(flow)
+        children = await storage.list_flows(FlowQuery(parent_flow_id=flow.flow_id, limit=10_000))
+        pending.extend(child.flow_id for child in children)
+    return found
+
+
+async def generations(storage: ExecutionLog, flow_id: str) -> list[ScheduledFlow]:
+    """The previous generations of ``flow_id`` that reruns kept, oldest first."""
+    kept = []
+    number = 1
+    while (flow := await storage.get_flow(generation_id(flow_id, number))) is not None:
+        kept.append(flow)
+        number += 1
+    return kept

@@ -1,0 +1,195 @@
+"""``rerun``: recompute a finished flow from a step on, keeping the previous generation."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+
+from pyergon import Executor, StaleResultWarning, flow, flow_type, step
+from pyergon.core.status import TaskStatus
+from pyergon.errors import FlowStateError, StepNotFoundError
+from pyergon.management import FlowManager
+from pyergon.notebook import Session
+from pyergon.storage.base import ExecutionLog
+from pyergon.storage.memory import InMemoryExecutionLog
+
+CALLS: Counter[str] = Counter()
+
+
+def pipeline(total: str) -> type:
+    """A three-step flow type ``Pipeline`` whose ``total`` step returns ``total`` (new code)."""
+    namespace: dict[str, object] = {"CALLS": CALLS}
+    source = f"""
+from dataclasses import dataclass
+from pyergon import flow, flow_type, step
+
+@flow_type(name="Pipeline")
+@dataclass
+class Pipeline:
+    xs: list
+
+    @step
+    def load(self):
+        CALLS["load"] += 1
+        return list(self.xs)
+
+    @step
+    def total(self, xs):
+        CALLS["total"] += 1
+        return {total}
+
+    @step
+    def report(self, value):
+        CALLS["report"] += 1
+        return f"total={{value}}"
+
+    @flow
+    async def run(self):
+        xs = await self.load()
+        return await self.report(await self.total(xs))
+"""
+    exec(compile(source, f"<pipeline {total}>", "exec"), namespace)
+    cls = namespace["Pipeline"]
+    assert isinstance(cls, type)
+    return cls
+
+
+async def _run(storage: ExecutionLog, cls: type, flow_id: str, xs: list[int]) -> object:
+    outcome = await Executor(cls(xs), storage, flow_id, on_stale=None).run(cls.run)  # type: ignore[attr-defined]
+    return outcome.result
+
+
+async def test_a_rerun_recomputes_from_the_first_changed_step_and_keeps_the_old_results() -> None:
+    CALLS.clear()
+    storage = InMemoryExecutionLog()
+    old, new = pipeline("sum(xs)"), pipeline("sum(xs) / len(xs)")
+    assert await _run(storage, old, "p", [2, 4]) == "total=6"
+    load_record = (await storage.load_invocations("p"))[0]
+
+    manager = FlowManager(storage, [new])
+    assert (await manager.replay("p")).stale == ("2 total",)
+    plan = await manager.rerun("p")
+    assert (plan.recomputed, plan.previous, plan.positions) == (
+        ("total", "report"),
+        "p~gen-1",
+        (2, 3),
+    )
+    assert (await storage.get_flow("p")).status is TaskStatus.PENDING  # type: ignore[union-attr]
+
+    assert await _run(storage, new, "p", [2, 4]) == "total=3.0"
+    assert Counter(load=1, total=2, report=2) == CALLS  # load was reused
+    records = await storage.load_invocations("p")
+    assert records[0] == load_record
+    assert (await manager.replay("p")).stale == ()
+
+    previous = await storage.get_flow("p~gen-1")
+    assert previous is not None and previous.status is TaskStatus.COMPLETE
+    assert [r.name for r in await storage.load_invocations("p~gen-1")] == [
+        "load",
+        "total",
+        "report",
+    ]
+    assert [flow.flow_id for flow in await manager.generations("p")] == ["p~gen-1"]
+
+
+async def test_from_a_named_step_a_position_or_with_new_inputs() -> None:
+    CALLS.clear()
+    storage = InMemoryExecutionLog()
+    cls = pipeline("sum(xs)")
+    manager = FlowManager(storage, [cls])
+    await _run(storage, cls, "p", [1, 2])
+
+    assert (await manager.rerun("p", from_step="report")).recomputed == ("report",)
+    await _run(storage, cls, "p", [1, 2])
+    assert (await manager.rerun("p", from_step=2)).recomputed == ("total", "report")
+    await _run(storage, cls, "p", [1, 2])
+    plan = await manager.rerun("p", inputs=cls([5, 5]))
+    assert (plan.recomputed, plan.previous) == (("load", "total", "report"), "p~gen-3")
+    assert await _run(storage, cls, "p", [5, 5]) == "total=10"
+    assert Counter(load=2, total=3, report=4) == CALLS
+
+
+async def test_bad_reruns_are_refused_and_change_nothing() -> None:
+    storage = InMemoryExecutionLog()
+    cls = pipeline("sum(xs)")
+    manager = FlowManager(storage, [cls])
+    await _run(storage, cls, "p", [1])
+    with pytest.raises(FlowStateError, match="no step of flow 'p' changed since it was recorded"):
+        await manager.rerun("p")
+    with pytest.raises(StepNotFoundError, match="flow 'p' has no step 'totl'"):
+        await manager.rerun("p", from_step="totl")
+    with pytest.raises(StepNotFoundError):
+        await manager.rerun("p", from_step=4)
+    await manager.fork("p", from_step=1, new_flow_id="waiting")
+    with pytest.raises(FlowStateError, match="flow 'waiting' is PENDING; rerun a flow once"):
+        await manager.rerun("waiting", from_step=1)
+    assert await manager.generations("p") == []
+    assert (await storage.get_flow("p")).status is TaskStatus.COMPLETE  # type: ignore[union-attr]
+
+
+@flow_type
+@dataclass
+class Child:
+    n: int
+
+    @step
+    async def double(self) -> int:
+        CALLS["double"] += 1
+        return self.n * 2
+
+    @flow
+    async def run(self) -> int:
+        return await self.double()
+
+
+@flow_type
+@dataclass
+class Parent:
+    n: int
+
+    @step
+    async def first(self) -> int:
+        return self.n
+
+    @flow
+    async def run(self) -> int:
+        value = await self.first()
+        return await self.invoke(Child(value)).result()  # type: ignore[attr-defined,no-any-return]
+
+
+async def test_children_of_recomputed_positions_move_to_the_previous_generation() -> None:
+    CALLS.clear()
+    storage = InMemoryExecutionLog()
+    assert (await Executor(Parent(3), storage, "par").run(Parent.run)).result == 6
+    plan = await FlowManager(storage, [Parent]).rerun("par", from_step=2)
+    assert plan.recomputed == ()
+    kept = await storage.get_flow("par~gen-1~child-2")
+    assert kept is not None and kept.parent_flow_id == "par~gen-1"
+    assert [r.child_flow_id for r in await storage.load_invocations("par~gen-1")][1] == (
+        "par~gen-1~child-2"
+    )
+    assert await storage.get_flow("par~child-2") is None
+    assert (await Executor(Parent(3), storage, "par").run(Parent.run)).result == 6
+    assert CALLS["double"] == 2  # the child ran afresh
+
+
+async def test_a_session_reruns_in_the_cell_and_warns_once_of_stale_results() -> None:
+    CALLS.clear()
+    session = Session(InMemoryExecutionLog())
+    old, new = pipeline("sum(xs)"), pipeline("max(xs)")
+    assert (await session.run(old([1, 3]), "p")).result == "total=4"  # type: ignore[union-attr]
+    # A flow that resumes on new code returns the recorded results of changed steps, and says so.
+    await session.manager.fork("p", from_step=2, new_flow_id="q")
+    with pytest.warns(StaleResultWarning, match=r"flow 'q' .* step 'total' \(position 2\)"):
+        assert (await session.run(new([1, 3]), "q")).result == "total=4"  # type: ignore[union-attr]
+    outcome = await session.rerun("p")
+    assert outcome.result == "total=3"  # type: ignore[union-attr]
+    frame = await session.generations("p")
+    assert list(frame["flow_id"]) == ["p", "p~gen-1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert (await session.run(new([1, 3]), "p")).result == "total=3"  # type: ignore[union-attr]
+    await session.close()
