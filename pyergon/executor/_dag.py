@@ -15,11 +15,12 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from pyergon._context import current_context, in_step
+from pyergon.core.graph import StepGraph
 from pyergon.decorators import step_methods
 from pyergon.errors import PyergonError
 from pyergon.executor._dag_shape import DagShape, dag_shape
 
-__all__ = ["DagExecutionError", "dag", "shape_of"]
+__all__ = ["DagExecutionError", "dag", "declared_graph", "shape_of"]
 
 _Start = Callable[[str, Mapping[str, Any]], Coroutine[Any, Any, Any]]
 """Starts the named step with its inputs; returns the coroutine that runs it."""
@@ -47,6 +48,21 @@ def shape_of(cls: type) -> DagShape:
     if shape is None:
         shape = _shapes[cls] = dag_shape(cls, step_methods(cls))
     return shape
+
+
+def declared_graph(cls: type) -> StepGraph | None:
+    """The DAG a flow class declares; ``None`` if none of its steps has ``depends_on``/``inputs``.
+
+    What a rerun asks to recompute only a changed step and the steps downstream of it
+    (:meth:`~pyergon.core.graph.StepGraph.descendants`); a class declaring none runs its steps
+    in the order its code calls them.
+
+    Raises:
+        FlowDefinitionError: The class's steps do not form a valid DAG.
+    """
+    if not any(method.spec.depends_on for method in step_methods(cls)):
+        return None
+    return shape_of(cls).graph
 
 
 async def dag(flow: object, final_step: str | None = None) -> Any:

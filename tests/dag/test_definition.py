@@ -10,6 +10,7 @@ import pytest
 from pyergon import DagExecutionError, dag, flow, flow_type, step
 from pyergon.decorators import StepSpec, step_methods
 from pyergon.errors import FlowDefinitionError
+from pyergon.executor._dag import declared_graph
 
 
 def test_the_declarations_are_kept_on_the_step_as_immutable_values() -> None:
@@ -329,3 +330,43 @@ async def test_a_step_needing_an_argument_no_input_feeds_stops_the_dag_before_an
     with pytest.raises(DagExecutionError, match=r"step 'scale' of flow type .*Unfed.* 'factor'"):
         await Unfed().run()
     assert ran == []
+
+
+def test_the_declared_graph_is_what_a_rerun_asks_for_downstream_steps() -> None:
+    @flow_type
+    class Declares:
+        @step
+        async def load(self) -> int:
+            return 1
+
+        @step(inputs={"rows": "load"})
+        async def clean(self, rows: int) -> int:
+            return rows
+
+        @step
+        async def other(self) -> int:
+            return 2
+
+        @step(inputs={"rows": "clean", "extra": "other"})
+        async def report(self, rows: int, extra: int) -> int:
+            return rows + extra
+
+        @flow
+        async def run(self) -> int:
+            return await dag(self)
+
+    @flow_type
+    class DeclaresNone:
+        @step
+        async def load(self) -> int:
+            return 1
+
+        @flow
+        async def run(self) -> int:
+            return await self.load()
+
+    graph = declared_graph(Declares)
+    assert graph is not None
+    assert graph.descendants(["load"]) == ("clean", "report")
+    assert graph.descendants(["other"]) == ("report",)
+    assert declared_graph(DeclaresNone) is None
