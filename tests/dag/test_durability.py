@@ -20,6 +20,7 @@ import pyergon
 from pyergon import Completed, Executor, RetryPolicy, Scheduler, Worker, dag, flow, flow_type, step
 from pyergon.core import Invocation, InvocationStatus, OperationKind
 from pyergon.core.changes import Change
+from pyergon.management import FlowManager
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.memory import InMemoryExecutionLog
 from tests.conftest import BACKENDS
@@ -129,6 +130,10 @@ async def test_a_dag_flow_records_every_step_at_its_fixed_position_and_replays(
     again = await Executor(Branches(1), storage, "branches").run(Branches.run)
     assert again == outcome
     assert runs == Counter(ORDER)  # once each
+
+    replayed = await FlowManager(storage).replay("branches", Branches)
+    assert (replayed.consistent, replayed.replayed, replayed.ended_at) == (True, 5, None)
+    assert runs == Counter(ORDER)
 
 
 @dataclass
