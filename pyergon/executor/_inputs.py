@@ -7,7 +7,7 @@ import reprlib
 from typing import Any, TypeVar
 
 from pyergon.core.records import ScheduledFlow
-from pyergon.errors import FlowInputsChangedError, SerializationError
+from pyergon.errors import FlowInputsChangedError, SerializationError, SignatureError
 from pyergon.serialization import Serializer, dumps_for, stable_hash
 
 __all__ = ["check_same_inputs", "decode_flow", "encode_flow"]
@@ -73,13 +73,16 @@ def check_same_inputs(
     Raises:
         FlowInputsChangedError: They differ (or the stored ones cannot be read); the message
             names the fields, both values and what to do instead.
+        SignatureError: The serializer's keys refuse the stored inputs.
     """
     if stored.payload == payload:
         return
     given = _init_fields(flow)
     try:
         kept = serializer.loads(stored.payload)
-    except Exception:  # unreadable with today's settings: not the same inputs, say so below
+    except SignatureError:
+        raise  # this process's key refuses the stored inputs: for a process with the right one
+    except Exception:  # unreadable with today's class: not the same inputs, say so below
         kept = None
     if isinstance(kept, dict):
         changed = tuple(

@@ -5,8 +5,7 @@ is built (``pip install "pyergon[notebook]"``).
 """
 
 from pyergon.notebook._stepper import Stepper, StepReport
-from pyergon.notebook._sync_session import SyncSession
-from pyergon.notebook.session import BackgroundError, BackgroundErrors, Session
+from pyergon.notebook.session import BackgroundError, BackgroundErrors, Session, SyncSession
 from pyergon.notebook.views import Monitor, Timeline
 
 __all__ = [

@@ -28,6 +28,7 @@ __all__ = [
     "one_line",
     "show_errors_as_one_line",
     "show_errors_as_usual",
+    "show_errors_in_cells",
 ]
 
 INTERRUPTED = "Interrupted: "
@@ -113,3 +114,15 @@ def _show(
     # sends them as the cell's error (the cell still ends with this error), a terminal prints.
     shell._showtraceback(etype, value, [line])
     return [line]
+
+
+def show_errors_in_cells() -> None:
+    """In an IPython shell, show pyergon's errors and interruptions as one line."""
+    if "IPython" not in sys.modules:  # not in IPython; and importing it costs a second
+        return
+    from IPython import get_ipython
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = get_ipython()
+    if isinstance(shell, InteractiveShell):
+        show_errors_as_one_line(shell)

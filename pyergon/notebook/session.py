@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import html
-import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pyergon._code import step_fingerprints
@@ -29,14 +28,11 @@ from pyergon.executor.scheduler import Scheduler
 from pyergon.executor.worker import Worker, WorkerHandle
 from pyergon.history import FlowHistory, flows_frame, invocations_frame, iter_flows, load_history
 from pyergon.management import FlowManager, ReplayResult
-from pyergon.notebook._cell_errors import (
-    interrupted_run,
-    interrupted_wait,
-    show_errors_as_one_line,
-)
+from pyergon.notebook._background import BackgroundError, BackgroundErrors
+from pyergon.notebook._cell_errors import interrupted_run, interrupted_wait, show_errors_in_cells
 from pyergon.notebook._stale_notes import StaleNotes, count_stale_steps
 from pyergon.notebook._stepper import Stepper
-from pyergon.notebook._sync import LoopRunner, LoopThread, RunningLoop
+from pyergon.notebook._sync import LoopRunner, LoopThread, RunningLoop, SyncFront, blocking
 from pyergon.notebook._views_monitor import Monitor
 from pyergon.notebook._views_progress import progress_bars
 from pyergon.notebook._views_timeline import Timeline
@@ -47,44 +43,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from pyergon.core.records import ScheduledFlow
-    from pyergon.notebook._sync_session import SyncSession
 
-__all__ = ["BackgroundError", "BackgroundErrors", "Session"]
-
-
-@dataclass(frozen=True, slots=True)
-class BackgroundError:
-    """An error a worker met outside a flow's own code.
-
-    Attributes:
-        worker_id: The worker that met it.
-        flow_id: The flow concerned, if any.
-        error: The exception.
-        at: When it happened (epoch seconds).
-    """
-
-    worker_id: str
-    flow_id: str | None
-    error: BaseException
-    at: float
-
-    def __str__(self) -> str:
-        where = f" on flow {self.flow_id!r}" if self.flow_id else ""
-        return f"worker {self.worker_id}{where}: {type(self.error).__name__}: {self.error}"
-
-
-class BackgroundErrors(PyergonError):
-    """Raised by :meth:`Session.raise_for_errors` with every error kept since the last raise.
-
-    Attributes:
-        errors: The kept errors, oldest first.
-    """
-
-    def __init__(self, errors: list[BackgroundError]) -> None:
-        shown = "\n".join(f"  - {error}" for error in errors[:10])
-        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
-        super().__init__(f"{len(errors)} background error(s) in pyergon workers:\n{shown}{more}")
-        self.errors = errors
+__all__ = ["BackgroundError", "BackgroundErrors", "Session", "SyncSession"]
 
 
 class Session:
@@ -120,7 +80,7 @@ class Session:
         self._stale = StaleNotes()
         self._worker_prefix = default_worker_id("notebook")
         """Shared by this session's workers: they differ in their number only."""
-        _show_errors_in_cells()
+        show_errors_in_cells()
 
     @classmethod
     async def open(cls, url: str, **options: Any) -> Session:
@@ -164,8 +124,6 @@ class Session:
         except BaseException:
             runner.close()
             raise
-        from pyergon.notebook._sync_session import SyncSession  # it is built on this class
-
         return SyncSession(session, runner)
 
     def __repr__(self) -> str:
@@ -559,13 +517,70 @@ class Session:
             raise PyergonError("this session is closed; open a new one with Session.open(url)")
 
 
-def _show_errors_in_cells() -> None:
-    """In an IPython shell, show pyergon's errors and interruptions as one line."""
-    if "IPython" not in sys.modules:  # not in IPython; and importing it costs a second
-        return
-    from IPython import get_ipython
-    from IPython.core.interactiveshell import InteractiveShell
+class SyncSession(SyncFront[Session]):
+    """A :class:`Session` for synchronous code; :meth:`Session.open_sync` opens one.
 
-    shell = get_ipython()
-    if isinstance(shell, InteractiveShell):
-        show_errors_as_one_line(shell)
+    Each method is the session's method of the same name, blocking until it is done:
+    ``sync.wait(flow_id)`` for ``await session.wait(flow_id)``. The async session itself is
+    :attr:`session`. Views that refresh themselves (``monitor``) and ``step_through`` are
+    left to the async session. A context manager: ``with Session.open_sync(url) as s:``
+    closes it at the end.
+    """
+
+    register = blocking(Session.register)
+    start_workers = blocking(Session.start_workers)
+    stop_workers = blocking(Session.stop_workers)
+    schedule = blocking(Session.schedule)
+    run = blocking(Session.run)
+    signal = blocking(Session.signal)
+    wait = blocking(Session.wait)
+    cancel = blocking(Session.cancel)
+    resume = blocking(Session.resume)
+    retry = blocking(Session.retry)
+    fork = blocking(Session.fork)
+    rerun = blocking(Session.rerun)
+    generations = blocking(Session.generations)
+    replay = blocking(Session.replay)
+    history = blocking(Session.history)
+    flows = blocking(Session.flows)
+    timeline = blocking(Session.timeline)
+    invocations = blocking(Session.invocations)
+    output = blocking(Session.output)
+
+    @property
+    def session(self) -> Session:
+        """The async session behind this one; await its methods on its loop only."""
+        return self._target
+
+    @property
+    def workers(self) -> list[Worker]:
+        """The workers this session started and has not stopped."""
+        return self._target.workers
+
+    @property
+    def errors(self) -> list[BackgroundError]:
+        """Background errors not raised yet; see :meth:`Session.raise_for_errors`."""
+        return self._target.errors
+
+    def raise_for_errors(self) -> None:
+        """Raise :class:`BackgroundErrors` if workers met errors since the last call."""
+        self._target.raise_for_errors()
+
+    def close(self) -> None:
+        """Stop the workers, close the session and stop its loop thread, if it has one."""
+        try:
+            self._runner.call(self._target.close())
+        finally:
+            self._runner.close()
+
+    def __enter__(self) -> SyncSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Sync{self._target!r}"
+
+    def _repr_html_(self) -> str:
+        return self._target._repr_html_()

@@ -8,7 +8,7 @@ import json
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import IPython
@@ -56,8 +56,10 @@ class Child:
 class Showcase:
     """A step retried twice, a flow-level retry, a timer, a child and a signal wait."""
 
-    flaky_failures: int = 2
-    flow_failures: int = 1
+    # Counters the run itself counts down, so not inputs (init=False): the stored inputs of a
+    # flow id stay what they were, as a flow run again under its id must give them.
+    flaky_failures: int = field(default=2, init=False)
+    flow_failures: int = field(default=1, init=False)
 
     @step(retry_policy=RetryPolicy(max_attempts=3, initial_interval=0))
     async def flaky(self) -> str:

@@ -21,7 +21,12 @@ from pyergon.clock import ManualClock
 from pyergon.core import ClaimRequest, FlowQuery, ScheduledFlow, TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.decorators import flow_type_name
-from pyergon.errors import FlowDefinitionError, FlowNotFoundError, PyergonError
+from pyergon.errors import (
+    FlowDefinitionError,
+    FlowInputsChangedError,
+    FlowNotFoundError,
+    PyergonError,
+)
 from pyergon.storage._flows import HeldFlow
 from pyergon.storage.base import ClaimedRun, ExecutionLog
 from pyergon.storage.memory import InMemoryExecutionLog
@@ -121,8 +126,10 @@ async def test_scheduled_flows_run_on_a_started_worker(storage: ExecutionLog) ->
 async def test_scheduling_the_same_id_twice_is_idempotent(storage: ExecutionLog) -> None:
     scheduler = Scheduler(storage)
     first = await scheduler.schedule(Greeting("ann"), flow_id="greet-ann")
-    second = await scheduler.schedule(Greeting("someone else"), flow_id="greet-ann")
+    second = await scheduler.schedule(Greeting("ann"), flow_id="greet-ann")
     assert first == second == "greet-ann"
+    with pytest.raises(FlowInputsChangedError, match="'ann', given 'someone else'"):
+        await scheduler.schedule(Greeting("someone else"), flow_id="greet-ann")
     worker = Worker(storage, "w1")
     await worker.register(Greeting)
     assert await worker.run_until_idle() == 1
