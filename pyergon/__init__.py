@@ -22,6 +22,7 @@ from pyergon.decorators import flow, flow_type, step
 from pyergon.determinism import now, random, uuid4
 from pyergon.errors import (
     ChildFlowError,
+    DagExecutionError,
     FlowCancelledError,
     FlowInputsChangedError,
     FlowNotFoundError,
@@ -36,7 +37,7 @@ from pyergon.errors import (
     StepTimeoutError,
     StorageError,
 )
-from pyergon.executor._dag import DagExecutionError, dag
+from pyergon.executor._dag import dag
 from pyergon.executor._offload import block_on
 from pyergon.executor.executor import Executor
 from pyergon.executor.scheduler import Scheduler

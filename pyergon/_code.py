@@ -13,22 +13,14 @@ from collections.abc import Iterable, Mapping
 
 from pyergon.core.records import Invocation
 from pyergon.core.status import OperationKind
-from pyergon.decorators import StepSpec
+from pyergon.decorators import step_methods
 
 __all__ = ["is_stale", "stale_records", "step_fingerprints"]
-
-_STEP_ATTR = "__pyergon_step__"
 
 
 def step_fingerprints(flow_class: type) -> dict[str, str]:
     """The fingerprint of each step of ``flow_class`` today, by recorded step name."""
-    fingerprints: dict[str, str] = {}
-    for klass in reversed(flow_class.__mro__):
-        for value in vars(klass).values():
-            spec = getattr(value, _STEP_ATTR, None)
-            if isinstance(spec, StepSpec):
-                fingerprints[spec.name] = spec.code
-    return fingerprints
+    return {method.spec.name: method.spec.code for method in step_methods(flow_class)}
 
 
 def is_stale(record: Invocation, fingerprints: Mapping[str, str]) -> bool | None:

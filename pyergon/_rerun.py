@@ -28,6 +28,7 @@ from pyergon.core.records import Invocation, ScheduledFlow
 from pyergon.core.status import OperationKind, TaskStatus
 from pyergon.core.transitions import requeue
 from pyergon.errors import FlowStateError, StepNotFoundError
+from pyergon.executor._dag import declared_graph
 from pyergon.storage._flows import save_records
 from pyergon.storage.base import ExecutionLog
 
@@ -85,8 +86,15 @@ Descendants = Callable[[frozenset[str]], frozenset[str]]
 
 def dag_descendants(flow_class: type) -> Descendants | None:
     """How to find the steps depending on others in ``flow_class``, if it declares a DAG."""
-    del flow_class  # DAG flows come with the DAG runtime (issue 16); until then: sequential
-    return None
+    graph = declared_graph(flow_class)
+    if graph is None:
+        return None
+    nodes = frozenset(graph.order())
+
+    def descendants(names: frozenset[str]) -> frozenset[str]:
+        return frozenset(graph.descendants(names & nodes))
+
+    return descendants
 
 
 def plan_forgotten(

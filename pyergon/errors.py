@@ -5,6 +5,7 @@ so ``except LookupError`` keeps working for callers that do not know pyergon::
 
     PyergonError
     ├── FlowDefinitionError (TypeError)      a class or method is not a valid flow / step
+    ├── DagExecutionError                    a flow's DAG cannot run as called
     ├── InvalidFlowIdError (ValueError)      a flow id that is empty or not a string
     ├── FlowNotFoundError (LookupError)      no flow with that id in storage
     ├── StepNotFoundError (LookupError)      the flow has no step of that name or position
@@ -39,6 +40,7 @@ from __future__ import annotations
 __all__ = [
     "ChildFlowError",
     "CorruptStorageError",
+    "DagExecutionError",
     "FlowCancelledError",
     "FlowDefinitionError",
     "FlowInputsChangedError",
@@ -71,6 +73,15 @@ class PyergonError(Exception):
 
 class FlowDefinitionError(PyergonError, TypeError):
     """A flow class, flow method or step is declared in a way pyergon cannot run."""
+
+
+class DagExecutionError(PyergonError):
+    """A flow's DAG cannot run as called (see :func:`pyergon.dag`).
+
+    Raised before any step starts: the flow has no public ``@step`` method, ``final_step``
+    names no step, or a step has a required parameter that no input feeds. A step that fails
+    raises its own error, not this one.
+    """
 
 
 class InvalidFlowIdError(PyergonError, ValueError):

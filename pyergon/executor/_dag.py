@@ -17,24 +17,15 @@ from typing import Any
 from pyergon._context import current_context, in_step
 from pyergon.core.graph import StepGraph
 from pyergon.decorators import step_methods
-from pyergon.errors import PyergonError
+from pyergon.errors import DagExecutionError
 from pyergon.executor._dag_shape import DagShape, dag_shape
 
-__all__ = ["DagExecutionError", "dag", "declared_graph", "shape_of"]
+__all__ = ["dag", "declared_graph", "shape_of"]
 
 _Start = Callable[[str, Mapping[str, Any]], Coroutine[Any, Any, Any]]
 """Starts the named step with its inputs; returns the coroutine that runs it."""
 
 _shapes: weakref.WeakKeyDictionary[type, DagShape] = weakref.WeakKeyDictionary()
-
-
-class DagExecutionError(PyergonError):
-    """A flow's DAG cannot run as called.
-
-    Raised by :func:`dag` before any step starts: the flow has no public ``@step`` method,
-    ``final_step`` names no step, or a step has a required parameter that no input feeds.
-    A step that fails raises its own error, not this one.
-    """
 
 
 def shape_of(cls: type) -> DagShape:

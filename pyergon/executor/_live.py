@@ -7,12 +7,14 @@ copied in one call, under the GIL, and each attempt's fields are single attribut
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pyergon._context import StepScope
 from pyergon._output import tidy_output
 from pyergon.core.records import format_position
 from pyergon.core.workers import StepActivity
 
-__all__ = ["LiveSteps"]
+__all__ = ["LiveSteps", "live_output"]
 
 
 class LiveSteps:
@@ -38,17 +40,28 @@ class LiveSteps:
             for (flow_id, sequence), attempt in sorted(running, key=_started)
         )
 
-    def output(self, flow_id: str, position: str) -> str | None:
-        """What the attempt running at ``position`` of ``flow_id`` printed so far (tidied).
+    def output(self, flow_id: str, step: str) -> str | None:
+        """What the attempt running at ``step`` (position or name) of a flow printed so far.
+
+        The text is tidied (see :func:`~pyergon._output.tidy_output`).
 
         Returns:
             The text, ``""`` if it printed nothing yet, ``None`` if no such step runs here.
         """
         for (running_flow, sequence), attempt in list(self.steps.items()):
-            if running_flow == flow_id and format_position(sequence) == position:
+            if running_flow == flow_id and step in (format_position(sequence), attempt.name):
                 tail = attempt.output
                 return "" if tail is None else tidy_output(tail.text())
         return None
+
+
+def live_output(workers_steps: Iterable[LiveSteps], flow_id: str, step: str) -> str | None:
+    """What ``step`` (position or name) of ``flow_id`` printed so far, if one of them runs it."""
+    for steps in workers_steps:
+        printed = steps.output(flow_id, step)
+        if printed is not None:
+            return printed
+    return None
 
 
 def _started(item: tuple[tuple[str, int], StepScope]) -> float:

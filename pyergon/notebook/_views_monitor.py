@@ -29,6 +29,7 @@ from pyergon.core.query import FlowQuery
 from pyergon.core.status import TaskStatus
 from pyergon.core.workers import StepActivity, running_steps, unserved_types
 from pyergon.errors import PyergonError
+from pyergon.executor._live import live_output
 from pyergon.notebook._views_common import View, ViewTasks, refresh_every
 
 if TYPE_CHECKING:
@@ -364,7 +365,8 @@ class Monitor(View):
                     if record.output:
                         printed[(flow_id, record.position)] = record.output
             for activity in shown:
-                live = self.session._running_output(activity.flow_id, activity.position)
+                workers = (worker.live_steps for worker in self.session.workers)
+                live = live_output(workers, activity.flow_id, activity.position)
                 if live:
                     printed[(activity.flow_id, activity.position)] = live
         return tuple(

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from pyergon._code import step_fingerprints
+from pyergon._code import stale_records, step_fingerprints
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import Completed, FlowOutcome
 from pyergon.core.status import TaskStatus
@@ -23,6 +23,7 @@ from pyergon.core.workers import WorkerRecord, default_worker_id, running_steps
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import PyergonError, StepNotFoundError
 from pyergon.executor._inputs import decode_flow
+from pyergon.executor._live import live_output
 from pyergon.executor.executor import Executor
 from pyergon.executor.scheduler import Scheduler
 from pyergon.executor.worker import Worker, WorkerHandle
@@ -33,6 +34,7 @@ from pyergon.notebook._cell_errors import interrupted_run, interrupted_wait, sho
 from pyergon.notebook._stale_notes import StaleNotes, count_stale_steps
 from pyergon.notebook._stepper import Stepper
 from pyergon.notebook._sync import LoopRunner, LoopThread, RunningLoop, SyncFront, blocking
+from pyergon.notebook._views_graph import DependencyGraph, dependency_graph
 from pyergon.notebook._views_monitor import Monitor
 from pyergon.notebook._views_progress import progress_bars
 from pyergon.notebook._views_timeline import Timeline
@@ -450,7 +452,8 @@ class Session:
             FlowNotFoundError: No such flow.
             StepNotFoundError: ``step`` names no step of the flow; the message lists them.
         """
-        live = None if step is None else self._running_output(flow_id, str(step))
+        running = (worker.live_steps for worker in self.workers)
+        live = None if step is None else live_output(running, flow_id, str(step))
         try:
             recorded = await self.manager.output(flow_id, step)
         except StepNotFoundError:
@@ -477,13 +480,21 @@ class Session:
             for record in await self.storage.list_workers()
         ]
 
-    def _running_output(self, flow_id: str, step: str) -> str | None:
-        """What ``step`` (a position or a name) of ``flow_id`` printed so far, if it runs here."""
-        for worker in self.workers:
-            for activity in worker.activity():
-                if activity.flow_id == flow_id and step in (activity.position, activity.step):
-                    return worker.live_steps.output(flow_id, activity.position)
-        return None
+    async def graph(self, flow: str | type) -> DependencyGraph:
+        """The dependency graph of a DAG flow class, or of a flow with each step's state.
+
+        Args:
+            flow: A flow class, or the id of a flow whose class is registered; then each step
+                shows as complete, failed, running, not run, or stale.
+        """
+        if isinstance(flow, type):
+            return dependency_graph(flow)
+        stored = await self.manager.get(flow)
+        cls = self.manager.flow_class(stored.flow_type)
+        records = await self.storage.load_invocations(flow)
+        return dependency_graph(
+            cls, records, stale=[record.name for record in stale_records(cls, records)]
+        )
 
     async def invocations(self, flow_id: str) -> pd.DataFrame:
         """One flow's records as a DataFrame (columns: ``INVOCATION_COLUMNS``)."""
@@ -540,6 +551,7 @@ class SyncSession(SyncFront[Session]):
     fork = blocking(Session.fork)
     rerun = blocking(Session.rerun)
     generations = blocking(Session.generations)
+    graph = blocking(Session.graph)
     replay = blocking(Session.replay)
     history = blocking(Session.history)
     flows = blocking(Session.flows)

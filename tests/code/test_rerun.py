@@ -193,3 +193,69 @@ async def test_a_session_reruns_in_the_cell_and_warns_once_of_stale_results() ->
         warnings.simplefilter("error")
         assert (await session.run(new([1, 3]), "p")).result == "total=3"  # type: ignore[union-attr]
     await session.close()
+
+
+def sales(by_product: str) -> type:
+    """A DAG flow type ``Sales``: load feeds two branches that a report joins."""
+    namespace: dict[str, object] = {"CALLS": CALLS}
+    source = f"""
+from dataclasses import dataclass
+import pyergon
+from pyergon import flow, flow_type, step
+
+@flow_type(name="Sales")
+@dataclass
+class Sales:
+    region: str
+
+    @step
+    def load(self):
+        CALLS["load"] += 1
+        return [3, 1, 2]
+
+    @step(inputs={{"rows": "load"}})
+    def by_week(self, rows):
+        CALLS["by_week"] += 1
+        return sum(rows)
+
+    @step(inputs={{"rows": "load"}})
+    def by_product(self, rows):
+        CALLS["by_product"] += 1
+        return {by_product}
+
+    @step(inputs={{"weekly": "by_week", "products": "by_product"}})
+    def report(self, weekly, products):
+        CALLS["report"] += 1
+        return (weekly, products)
+
+    @flow
+    async def run(self):
+        return await pyergon.dag(self, final_step="report")
+"""
+    exec(compile(source, f"<sales {by_product}>", "exec"), namespace)
+    cls = namespace["Sales"]
+    assert isinstance(cls, type)
+    return cls
+
+
+async def test_a_dag_rerun_recomputes_the_changed_step_and_its_descendants_only() -> None:
+    CALLS.clear()
+    session = Session(InMemoryExecutionLog())
+    old, new = sales("max(rows)"), sales("min(rows)")
+    assert (await session.run(old("north"), "s")).result == (6, 3)  # type: ignore[union-attr]
+    session.manager.register(new)
+    graph = await session.graph("s")
+    assert "stale" in repr(graph) and "by_product" in repr(graph)
+
+    outcome = await session.rerun("s")
+    assert outcome.result == (6, 1)  # type: ignore[union-attr]
+    assert Counter(load=1, by_week=1, by_product=2, report=2) == CALLS
+    previous = await session.manager.get("s~gen-1")
+    assert previous.status is TaskStatus.COMPLETE
+
+    # By name: that step and what depends on it; a step nothing depends on runs alone.
+    assert (await session.manager.rerun("s", from_step="by_week")).recomputed == (
+        "by_week",
+        "report",
+    )
+    await session.close()
