@@ -101,23 +101,21 @@ class ReplayResult:
                 f"records {self.divergence.recorded} but the code calls {self.divergence.current}"
             )
         reached = f"{self.replayed} of {self.recorded} recorded operations replayed"
-        if self.stale:
-            reached += (
-                f"; but the code of {len(self.stale)} recorded step"
-                f"{'s' if len(self.stale) > 1 else ''} changed since ({', '.join(self.stale)}): "
-                f"await session.rerun({self.flow_id!r}) recomputes from the first"
-            )
         if self.ended_at is not None:
-            return (
-                f"flow {self.flow_id!r} is consistent with its log ({reached}); "
-                f"the log ends at position {self.ended_at}"
+            ending = f"; the log ends at position {self.ended_at}"
+        elif isinstance(self.outcome, Completed) and self.outcome.error is None:
+            ending = f"; it returns {_short(repr(self.outcome.result))}"
+        elif isinstance(self.outcome, Completed):
+            ending = f"; it fails with {_short(repr(self.outcome.error))}"
+        else:
+            ending = ""
+        if self.stale:
+            plural = "s were" if len(self.stale) > 1 else " was"
+            ending = (
+                f", but {len(self.stale)} recorded step{plural} made by code that has changed "
+                f"since ({', '.join(self.stale)}; await session.rerun({self.flow_id!r}) "
+                f"recomputes from there){ending}"
             )
-        ending = ""
-        if isinstance(self.outcome, Completed):
-            if self.outcome.error is None:
-                ending = f"; it returns {_short(repr(self.outcome.result))}"
-            else:
-                ending = f"; it fails with {_short(repr(self.outcome.error))}"
         return f"flow {self.flow_id!r} is consistent with its log ({reached}){ending}"
 
     def __str__(self) -> str:

@@ -327,11 +327,10 @@ class Session:
     ) -> FlowOutcome[Any]:
         """Recompute a finished flow from a step on and return its new outcome.
 
-        By default from the first step whose code changed since it was recorded (in a DAG
-        flow: the changed steps and the steps depending on them). The results it replaces are
-        kept as a previous generation (:meth:`generations`). The flow runs on the session's
-        workers if they serve its type, else here in the cell. See :meth:`FlowManager.rerun`
-        for ``from_step`` and ``inputs``.
+        By default from the first step whose code changed (in a DAG flow: the changed steps and
+        their descendants); the old results stay as a previous generation (:meth:`generations`).
+        It runs on the session's workers if they serve its type, else in the cell. See
+        :meth:`FlowManager.rerun` for ``from_step`` and ``inputs``.
         """
         self._check_open()
         if inputs is not None:
@@ -346,9 +345,12 @@ class Session:
 
     async def generations(self, flow_id: str) -> pd.DataFrame:
         """The flow and the previous generations its reruns kept, newest first, as a table."""
-        current = await self.manager.get(flow_id)
-        kept = await self.manager.generations(flow_id)
-        return flows_frame([current, *reversed(kept)])
+        flows = [
+            await self.manager.get(flow_id),
+            *reversed(await self.manager.generations(flow_id)),
+        ]
+        stale = await count_stale_steps(self.storage, flows, self.manager.classes)
+        return flows_frame(flows, stale_steps=stale)
 
     async def replay(self, flow_id: str, flow_class: type | None = None) -> ReplayResult:
         """Replay a flow's log against today's code; see :meth:`FlowManager.replay`."""

@@ -28,6 +28,7 @@ def test_the_tutorials_are_there() -> None:
         "04-debugging.ipynb",
         "05-exploring-logs.ipynb",
         "06-everyday-data-work.ipynb",
+        "07-iterate-on-a-pipeline.ipynb",
     ]
 
 
