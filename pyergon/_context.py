@@ -347,6 +347,15 @@ class FlowContext:
             self._background_saves.add(task)
             task.add_done_callback(self._background_saves.discard)
 
+    async def save_kept(self) -> None:
+        """Store what is kept now, as the save after a pass of the event loop would.
+
+        For someone outside the flow's tasks (the notebook stepper) who wants the records of
+        operations that finished stored before reading them; a failure is raised by the run's
+        next save, not here.
+        """
+        await self._save_quietly()
+
     async def _save_quietly(self) -> None:
         # The next save (or live work) raises it again.
         with contextlib.suppress(Exception, LogConflict, LeaseExpired):

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import html
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pyergon._context import FlowContext, current_context
 from pyergon.core.outcome import FlowOutcome
 from pyergon.core.records import Invocation
 from pyergon.executor.executor import Executor
@@ -83,31 +85,40 @@ class StepReport:
 
 
 class _Gate:
-    """The step-boundary hook of a stepped run: each operation waits for one permit."""
+    """The step-boundary hook of a stepped run: each operation waits for one permit.
+
+    It counts the operations that arrived at a boundary and those let through, and keeps the
+    task and the flow context of the last one let through, so a stepper can wait for that
+    operation to end even when nothing arrives after it (a gathered operation, a DAG step).
+    """
 
     def __init__(self) -> None:
         self._permits = asyncio.Semaphore(0)
-        self._arrivals = 0
-        self._arrived = asyncio.Condition()
+        self.arrivals = 0
+        self.admissions = 0
+        self.admitted: asyncio.Task[Any] | None = None
+        self.context: FlowContext | None = None
+        self._changed = asyncio.Condition()
 
     async def requested(self) -> bool:
-        async with self._arrived:
-            self._arrivals += 1
-            self._arrived.notify_all()
+        async with self._changed:
+            self.arrivals += 1
+            self._changed.notify_all()
         await self._permits.acquire()
+        async with self._changed:
+            self.admissions += 1
+            self.admitted = asyncio.current_task()
+            self.context = current_context()
+            self._changed.notify_all()
         return False
 
     def allow(self, count: int = 1) -> None:
         for _ in range(count):
             self._permits.release()
 
-    @property
-    def arrivals(self) -> int:
-        return self._arrivals
-
-    async def wait_for_arrival_after(self, seen: int) -> None:
-        async with self._arrived:
-            await self._arrived.wait_for(lambda: self._arrivals > seen)
+    async def wait_until(self, reached: Callable[[], bool]) -> None:
+        async with self._changed:
+            await self._changed.wait_for(reached)
 
 
 class Stepper:
@@ -142,9 +153,7 @@ class Stepper:
         if self._run is None or (self._run.done() and not _is_final(self.outcome)):
             await self._start_and_reach_first_boundary()
         if self._run is not None and not self._run.done():
-            seen = self._gate.arrivals
-            self._gate.allow()
-            await self._until_boundary_or_end(seen)
+            await self._let_one_through()
         return await self._report(before)
 
     async def run_to_end(self) -> StepReport:
@@ -153,9 +162,7 @@ class Stepper:
         if self._run is None or (self._run.done() and not _is_final(self.outcome)):
             await self._start_and_reach_first_boundary()
         while self._run is not None and not self._run.done():
-            seen = self._gate.arrivals
-            self._gate.allow()
-            await self._until_boundary_or_end(seen)
+            await self._let_one_through()
         return await self._report(before)
 
     async def replay(self) -> ReplayResult:
@@ -181,13 +188,37 @@ class Stepper:
         self._session._keep(self._run)
         await self._until_boundary_or_end(0)
 
-    async def _until_boundary_or_end(self, seen: int) -> None:
+    async def _let_one_through(self) -> None:
+        """Let one operation through; return once it ended, the next arrived or the run did.
+
+        A gathered operation (or a DAG step) ends in a task of its own with nothing arriving
+        after it, so its end is waited for too, and what it kept is stored before the report.
+        """
         assert self._run is not None
-        arrival = asyncio.ensure_future(self._gate.wait_for_arrival_after(seen))
+        gate = self._gate
+        seen, admitted = gate.arrivals, gate.admissions
+        gate.allow()
+        await self._until(lambda: gate.admissions > admitted)
+        if self._run.done():
+            return
+        operation = gate.admitted
+        if operation is None or not operation.done():  # a quick operation may be over already
+            also = () if operation is None else (operation,)
+            await self._until(lambda: gate.arrivals > seen, *also)
+        if gate.context is not None:
+            await gate.context.save_kept()
+
+    async def _until_boundary_or_end(self, seen: int) -> None:
+        await self._until(lambda: self._gate.arrivals > seen)
+
+    async def _until(self, reached: Callable[[], bool], *also: asyncio.Future[Any]) -> None:
+        """Wait until ``reached()``, the run ends, or one of ``also`` is done."""
+        assert self._run is not None
+        waiting = asyncio.ensure_future(self._gate.wait_until(reached))
         try:
-            await asyncio.wait({arrival, self._run}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiting, self._run, *also}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            arrival.cancel()
+            waiting.cancel()
         if self._run.done():
             self.outcome = self._run.result()
 
