@@ -13,6 +13,8 @@ into a blocking one of a :class:`SyncFront`, keeping its signature for type chec
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import functools
 import inspect
 import threading
@@ -111,6 +113,36 @@ async def _awaited(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
 
+def _start_linked(
+    loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T], done: concurrent.futures.Future[T]
+) -> None:
+    """On ``loop``: run ``awaitable`` as a task whose outcome ``done`` receives.
+
+    Cancelling ``done`` (from any thread, before or after this runs) cancels the task.
+    """
+    if done.cancelled():
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()
+        return
+    task = asyncio.ensure_future(_awaited(awaitable))
+
+    def cancel_task(future: concurrent.futures.Future[T]) -> None:
+        if future.cancelled():
+            loop.call_soon_threadsafe(task.cancel)
+
+    def copy_outcome(finished: asyncio.Task[T]) -> None:
+        with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
+            if finished.cancelled():
+                done.cancel()
+            elif finished.exception() is not None:
+                done.set_exception(finished.exception())
+            else:
+                done.set_result(finished.result())
+
+    done.add_done_callback(cancel_task)  # at once if it was cancelled since the check above
+    task.add_done_callback(copy_outcome)
+
+
 class LoopRunner(Protocol):
     """Runs awaitables to completion on one event loop, for callers that cannot ``await``."""
 
@@ -172,11 +204,14 @@ class LoopThread:
             if inspect.iscoroutine(awaitable):
                 awaitable.close()  # never to run: say so now, not in a warning at collection
             raise PyergonError(refusal)
-        future = asyncio.run_coroutine_threadsafe(_awaited(awaitable), self.loop)
+        # The future exists before the coroutine is handed over, so a Ctrl-C at any moment
+        # (even before run_coroutine_threadsafe would have returned one) stops the coroutine.
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
         try:
-            return future.result()
+            self.loop.call_soon_threadsafe(_start_linked, self.loop, awaitable, done)
+            return done.result()
         except BaseException:
-            future.cancel()  # interrupted (Ctrl-C): the coroutine stops too, as with run_sync
+            done.cancel()  # interrupted (Ctrl-C): the coroutine stops too, as with run_sync
             raise
 
     def close(self) -> None:
