@@ -20,7 +20,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pyergon._code import stale_records
+from pyergon._code import stale_records, step_fingerprints
 from pyergon.clock import Clock
 from pyergon.core.changes import Forget
 from pyergon.core.query import FlowQuery
@@ -38,6 +38,7 @@ __all__ = [
     "dag_descendants",
     "generation_id",
     "generations",
+    "new_steps",
     "plan_forgotten",
     "require_finished",
     "rerun_flow",
@@ -68,11 +69,12 @@ class RerunPlan:
 
     def summary(self) -> str:
         """One line saying what runs again and where the old results are."""
-        steps = ", ".join(self.recomputed) or "no recorded step"
-        return (
-            f"flow {self.flow_id!r}: recomputing {steps}; the previous results are kept as "
-            f"flow {self.previous!r}"
+        steps = (
+            f"recomputing {', '.join(self.recomputed)}"
+            if self.recomputed
+            else "keeping every recorded step and running the steps it has no record of"
         )
+        return f"flow {self.flow_id!r}: {steps}; the previous results are kept as {self.previous!r}"
 
 
 def generation_id(flow_id: str, number: int) -> str:
@@ -109,7 +111,9 @@ def plan_forgotten(
     Args:
         flow_id: The flow (for messages).
         records: Its records, in log order.
-        from_step: A step name, a position from 1, or ``"changed"``.
+        from_step: A step name, a position from 1, or ``"changed"``: the steps whose code
+            changed, or, if none did but the class has steps the flow never ran (added since),
+            nothing (the next run replays every record and runs the new steps).
         flow_class: The flow's class today; needed for ``"changed"``.
         descendants: For a DAG flow, how to find the steps depending on others; then only the
             chosen steps and their descendants are forgotten rather than every later position.
@@ -129,6 +133,8 @@ def plan_forgotten(
                 "register it, or name the step to start from",
             )
         chosen = stale_records(flow_class, steps)
+        if not chosen and new_steps(flow_class, records):
+            return _retry_timers(records)  # nothing to forget: the next run adds the new steps
         if not chosen:
             raise FlowStateError(
                 flow_id,
@@ -152,6 +158,12 @@ def plan_forgotten(
         return frozenset(r.sequence for r in steps if r.name in names) | _retry_timers(records)
     first = min(record.sequence for record in chosen)
     return frozenset(p for p in positions if p >= first) | _retry_timers(records)
+
+
+def new_steps(flow_class: type, records: Sequence[Invocation]) -> tuple[str, ...]:
+    """The steps of ``flow_class`` today that ``records`` hold no record of, in their order."""
+    recorded = {record.name for record in records if record.kind is OperationKind.STEP}
+    return tuple(name for name in step_fingerprints(flow_class) if name not in recorded)
 
 
 def _retry_timers(records: Sequence[Invocation]) -> frozenset[int]:

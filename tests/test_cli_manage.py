@@ -580,7 +580,7 @@ def test_rerun_recomputes_from_a_step_and_keeps_the_previous_generation(store: S
         "positions": [3, 4],
     }
     assert failed.stdout == (
-        "flow 'failed': recomputing charge; the previous results are kept as flow "
+        "flow 'failed': recomputing charge; the previous results are kept as "
         "'failed~gen-1'; it is PENDING for a worker\n"
     )
     after = store.snapshot()

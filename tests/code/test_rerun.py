@@ -259,3 +259,28 @@ async def test_a_dag_rerun_recomputes_the_changed_step_and_its_descendants_only(
         "report",
     )
     await session.close()
+
+
+async def test_a_step_added_since_runs_on_a_rerun_and_the_recorded_ones_stay() -> None:
+    CALLS.clear()
+    storage = InMemoryExecutionLog()
+    old = sales("max(rows)")
+    await Executor(old("north"), storage, "s", on_stale=None).run(old.run)  # type: ignore[attr-defined]
+    namespace: dict[str, object] = {"Base": sales("max(rows)"), "CALLS": CALLS}
+    exec(
+        "from pyergon import flow_type, step\n"
+        "@flow_type(name='Sales')\n"
+        "class Sales(Base):\n"
+        "    @step(inputs={'summary': 'report'})\n"
+        "    def publish(self, summary):\n"
+        "        CALLS['publish'] += 1\n"
+        "        return f'published {summary}'\n",
+        namespace,
+    )
+    grown = namespace["Sales"]
+    assert isinstance(grown, type)
+    plan = await FlowManager(storage, [grown]).rerun("s")
+    assert plan.recomputed == () and "keeping every recorded step" in plan.summary()
+    outcome = await Executor(grown("north"), storage, "s", on_stale=None).run(grown.run)  # type: ignore[attr-defined]
+    assert outcome.result == (6, 3)  # final_step is still report
+    assert Counter(load=1, by_week=1, by_product=1, report=1, publish=1) == CALLS
