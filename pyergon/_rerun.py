@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from pyergon._code import stale_records, step_fingerprints
 from pyergon.clock import Clock
-from pyergon.core.changes import Forget
+from pyergon.core.changes import Change, FlowWrite, Forget
 from pyergon.core.query import FlowQuery
 from pyergon.core.records import Invocation, ScheduledFlow
 from pyergon.core.status import OperationKind, TaskStatus
@@ -34,8 +34,9 @@ from pyergon.storage.base import ExecutionLog
 
 __all__ = [
     "GENERATION_MARK",
+    "DagSteps",
     "RerunPlan",
-    "dag_descendants",
+    "dag_steps",
     "generation_id",
     "generations",
     "new_steps",
@@ -82,21 +83,26 @@ def generation_id(flow_id: str, number: int) -> str:
     return f"{flow_id}{GENERATION_MARK}{number}"
 
 
-Descendants = Callable[[frozenset[str]], frozenset[str]]
-"""For a DAG flow: the steps that depend, directly or not, on the given ones (by name)."""
+@dataclass(frozen=True, slots=True)
+class DagSteps:
+    """The steps of a DAG flow (``pyergon.dag``) as a rerun needs them.
+
+    Attributes:
+        nodes: The names of the DAG's steps.
+        descendants: The steps that depend, directly or not, on the given ones.
+    """
+
+    nodes: frozenset[str]
+    descendants: Callable[[frozenset[str]], frozenset[str]]
 
 
-def dag_descendants(flow_class: type) -> Descendants | None:
-    """How to find the steps depending on others in ``flow_class``, if it declares a DAG."""
+def dag_steps(flow_class: type) -> DagSteps | None:
+    """The DAG ``flow_class`` declares, if it declares one."""
     graph = declared_graph(flow_class)
     if graph is None:
         return None
     nodes = frozenset(graph.order())
-
-    def descendants(names: frozenset[str]) -> frozenset[str]:
-        return frozenset(graph.descendants(names & nodes))
-
-    return descendants
+    return DagSteps(nodes, lambda names: frozenset(graph.descendants(names & nodes)))
 
 
 def plan_forgotten(
@@ -104,7 +110,7 @@ def plan_forgotten(
     records: Sequence[Invocation],
     from_step: FromStep,
     flow_class: type | None,
-    descendants: Descendants | None = None,
+    dag: DagSteps | None = None,
 ) -> frozenset[int]:
     """The top-level positions a rerun from ``from_step`` forgets.
 
@@ -115,8 +121,9 @@ def plan_forgotten(
             changed, or, if none did but the class has steps the flow never ran (added since),
             nothing (the next run replays every record and runs the new steps).
         flow_class: The flow's class today; needed for ``"changed"``.
-        descendants: For a DAG flow, how to find the steps depending on others; then only the
-            chosen steps and their descendants are forgotten rather than every later position.
+        dag: For a DAG flow, its steps: then only the chosen DAG steps and their descendants
+            are forgotten, with whatever the flow recorded after them outside the DAG, rather
+            than every later position.
 
     Raises:
         StepNotFoundError: No recorded step has that name or position.
@@ -152,10 +159,14 @@ def plan_forgotten(
         chosen = [record for record in steps if record.name == from_step][:1]
         if not chosen:
             raise StepNotFoundError(flow_id, from_step, known)
-    if descendants is not None:
+    if dag is not None and all(record.name in dag.nodes for record in chosen):
         names = frozenset(record.name for record in chosen)
-        names |= descendants(names)
-        return frozenset(r.sequence for r in steps if r.name in names) | _retry_timers(records)
+        names |= dag.descendants(names)
+        forgotten = {r.sequence for r in steps if r.name in names}
+        first = min(forgotten)
+        in_dag = {r.sequence for r in steps if r.name in dag.nodes}
+        forgotten |= {p for p in positions if p > first and p not in in_dag}
+        return frozenset(forgotten) | _retry_timers(records)
     first = min(record.sequence for record in chosen)
     return frozenset(p for p in positions if p >= first) | _retry_timers(records)
 
@@ -193,6 +204,14 @@ async def rerun_flow(
     """
     flow_id = flow.flow_id
     require_finished(flow)
+    # 0. Take the flow: its version moves on, so a second rerun planned from the same version
+    # is refused here, before anything of this one is written.
+    taken = await storage.apply(
+        Change(writes=(FlowWrite(flow_id, {}, expected_version=flow.version),))
+    )
+    if taken.moved is not None:
+        raise _moved_meanwhile(flow_id)
+    flow = flow.replace(version=flow.version + 1)
     records = await storage.load_invocations(flow_id)
     previous = await _free_generation(storage, flow_id)
     moving = [
@@ -220,16 +239,18 @@ async def rerun_flow(
         return previous + old_id[len(flow_id) :]
 
     # 1. The previous generation: records first, the flow last (finished, never runnable).
-    await save_records(
+    await _copy(
         storage,
+        previous,
         [r.replace(flow_id=previous, child_flow_id=moved(r.child_flow_id)) for r in records],
     )
     for child in children:
         child_records = await storage.load_invocations(child.flow_id)
         new_id = moved(child.flow_id)
         assert new_id is not None
-        await save_records(
+        await _copy(
             storage,
+            new_id,
             [
                 r.replace(flow_id=new_id, child_flow_id=moved(r.child_flow_id))
                 for r in child_records
@@ -299,18 +320,46 @@ async def _reset(
     )
     applied = await storage.apply(change)
     if applied.moved is not None:
+        raise _moved_meanwhile(flow.flow_id)
+
+
+def _moved_meanwhile(flow_id: str) -> FlowStateError:
+    return FlowStateError(
+        flow_id,
+        f"flow {flow_id!r} changed while its rerun was prepared (another rerun, or a retry?); "
+        "it keeps its records, look at it and try again",
+    )
+
+
+async def _copy(storage: ExecutionLog, flow_id: str, records: Sequence[Invocation]) -> None:
+    """Store ``records`` of a previous generation's flow ``flow_id``, which holds none yet.
+
+    Raises:
+        FlowStateError: It holds other records already (left by a rerun that died).
+    """
+    if (await save_records(storage, records)).record_conflict:
         raise FlowStateError(
-            flow.flow_id,
-            f"flow {flow.flow_id!r} changed while its rerun was prepared; it is as it was, "
-            "try again",
+            flow_id,
+            f"flow {flow_id!r} already holds other records; delete it and try again",
         )
 
 
 async def _free_generation(storage: ExecutionLog, flow_id: str) -> str:
+    """The first generation id with neither a flow nor records.
+
+    A rerun that died leaves records without their flow: that id is not reused, so nothing
+    mixes with them.
+    """
     number = 1
-    while await storage.get_flow(generation_id(flow_id, number)) is not None:
+    while await _taken(storage, generation_id(flow_id, number)):
         number += 1
     return generation_id(flow_id, number)
+
+
+async def _taken(storage: ExecutionLog, flow_id: str) -> bool:
+    return await storage.get_flow(flow_id) is not None or bool(
+        await storage.load_invocations(flow_id)
+    )
 
 
 async def _subtrees(storage: ExecutionLog, roots: Sequence[str]) -> list[ScheduledFlow]:

@@ -18,7 +18,7 @@ from pyergon._context import FlowContext, ReplayEnded
 from pyergon._rerun import (
     FromStep,
     RerunPlan,
-    dag_descendants,
+    dag_steps,
     generations,
     plan_forgotten,
     require_finished,
@@ -408,10 +408,11 @@ class FlowManager:
 
         Args:
             flow_id: The flow, finished (``COMPLETE``, ``FAILED`` or ``CANCELLED``).
-            from_step: ``"changed"`` (the first step whose code changed since it was recorded),
-                a step name, or a log position from 1. With ``inputs`` and no ``from_step``
-                given, every step runs again.
-            inputs: A new instance of the flow's class whose fields replace its inputs.
+            from_step: ``"changed"`` (the first step whose code changed since it was recorded,
+                or the steps added since), a step name, or a log position from 1 (unlike
+                :meth:`fork`'s, which counts the positions kept, this one runs again).
+            inputs: A new instance of the flow's class whose fields replace its inputs; every
+                step runs again (``from_step`` must be left out).
             flow_class: The flow's class today; defaults to the registered one (needed for
                 ``"changed"``).
 
@@ -426,8 +427,21 @@ class FlowManager:
         """
         flow = await self.get(flow_id)
         require_finished(flow)
+        if flow.parent_flow_id is not None:
+            position = (flow.parent_sequence or "1").split(".")[0]
+            raise FlowStateError(
+                flow_id,
+                f"flow {flow_id!r} is a child of flow {flow.parent_flow_id!r}; rerun the parent "
+                f"from the child's position: rerun({flow.parent_flow_id!r}, from_step={position})",
+            )
         cls = flow_class or self._classes.get(flow.flow_type)
         payload = None
+        if inputs is not None and from_step != "changed":
+            raise FlowStateError(
+                flow_id,
+                f"new inputs recompute every step of flow {flow_id!r}: records made from the old "
+                "ones would stay otherwise; leave from_step out",
+            )
         if inputs is not None:
             type_name = require_flow_instance(inputs)
             if type_name != flow.flow_type:
@@ -441,7 +455,7 @@ class FlowManager:
                 from_step = 1
         records = await self.storage.load_invocations(flow_id)
         forgotten = plan_forgotten(
-            flow_id, records, from_step, cls, None if cls is None else dag_descendants(cls)
+            flow_id, records, from_step, cls, None if cls is None else dag_steps(cls)
         )
         return await rerun_flow(self.storage, flow, forgotten, self.clock, payload)
 

@@ -67,8 +67,12 @@ def check_same_inputs(
 ) -> None:
     """Refuse to take ``stored`` for ``flow`` (serialized as ``payload``) if their inputs differ.
 
-    Inputs are the same when the payloads are, or else when every field's value has the same
-    :func:`~pyergon.serialization.stable_hash` (pickle can write equal values differently).
+    Inputs are the same when the payloads are. Otherwise both are read back through the
+    serializer (so a JSON tuple and list, or pickles of equal values written differently,
+    compare alike) and compared field by field: by
+    :func:`~pyergon.serialization.stable_hash`, then ``==`` (``.equals`` for a DataFrame). A
+    field the stored inputs lack (added to the class since) is the same if the given value is
+    the field's default.
 
     Raises:
         FlowInputsChangedError: They differ (or the stored ones cannot be read); the message
@@ -77,24 +81,23 @@ def check_same_inputs(
     """
     if stored.payload == payload:
         return
-    given = _init_fields(flow)
     try:
         kept = serializer.loads(stored.payload)
     except SignatureError:
         raise  # this process's key refuses the stored inputs: for a process with the right one
     except Exception:  # unreadable with today's class: not the same inputs, say so below
         kept = None
-    if isinstance(kept, dict):
+    given = serializer.loads(payload)
+    if isinstance(kept, dict) and isinstance(given, dict):
+        defaults = _defaults(flow)
+        missing = object()
         changed = tuple(
             name
             for name in sorted(set(kept) | set(given))
-            if name not in kept
-            or name not in given
-            or stable_hash((kept[name],), {}) != stable_hash((given[name],), {})
+            if not _same(kept.get(name, defaults.get(name, missing)), given.get(name, missing))
         )
         if not changed:
             return
-        missing = object()
         differences = "; ".join(
             f"{name}: stored {_value(kept.get(name, missing), missing)}, "
             f"given {_value(given.get(name, missing), missing)}"
@@ -103,7 +106,7 @@ def check_same_inputs(
         if len(changed) > 3:
             differences += f" (and {len(changed) - 3} more fields)"
     else:
-        changed = tuple(sorted(given))
+        changed = tuple(sorted(_init_fields(flow)))
         differences = "its stored inputs cannot be read with today's class or key"
     raise FlowInputsChangedError(
         stored.flow_id,
@@ -113,6 +116,33 @@ def check_same_inputs(
         f"await session.rerun({stored.flow_id!r}, inputs={_shown.repr(flow)})",
         changed,
     )
+
+
+def _defaults(flow: object) -> dict[str, Any]:
+    """The default of each init field of ``flow``'s class that has one."""
+    defaults: dict[str, Any] = {}
+    for field in dataclasses.fields(flow):  # type: ignore[arg-type]
+        if not field.init:
+            continue
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            defaults[field.name] = field.default_factory()
+    return defaults
+
+
+def _same(kept: object, given: object) -> bool:
+    """Whether two field values read back from storage are the same input."""
+    if stable_hash((kept,), {}) == stable_hash((given,), {}):
+        return True
+    try:
+        return bool(kept == given)
+    except Exception:
+        equals = getattr(kept, "equals", None)
+        try:
+            return callable(equals) and type(kept) is type(given) and bool(equals(given))
+        except Exception:
+            return False
 
 
 def _value(value: object, missing: object) -> str:

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 import pytest
 
 from pyergon import Executor, StaleResultWarning, flow, flow_type, step
+from pyergon._rerun import rerun_flow
+from pyergon.clock import SystemClock
+from pyergon.core.changes import Change
 from pyergon.core.status import TaskStatus
 from pyergon.errors import FlowStateError, StepNotFoundError
 from pyergon.management import FlowManager
@@ -284,3 +287,90 @@ async def test_a_step_added_since_runs_on_a_rerun_and_the_recorded_ones_stay() -
     outcome = await Executor(grown("north"), storage, "s", on_stale=None).run(grown.run)  # type: ignore[attr-defined]
     assert outcome.result == (6, 3)  # final_step is still report
     assert Counter(load=1, by_week=1, by_product=1, report=1, publish=1) == CALLS
+
+
+async def test_a_child_flow_or_new_inputs_with_a_start_are_refused() -> None:
+    storage = InMemoryExecutionLog()
+    await Executor(Parent(3), storage, "par").run(Parent.run)
+    manager = FlowManager(storage, [Parent, Child])
+    with pytest.raises(FlowStateError, match=r"rerun\('par', from_step=2\)"):
+        await manager.rerun("par~child-2", from_step=1)
+    with pytest.raises(FlowStateError, match="leave from_step out"):
+        await manager.rerun("par", from_step=1, inputs=Parent(4))
+    assert await manager.generations("par") == []
+
+
+async def test_a_second_rerun_planned_on_the_same_state_is_refused_before_it_writes() -> None:
+    storage = InMemoryExecutionLog()
+    await Executor(Parent(3), storage, "par").run(Parent.run)
+    flow = await storage.get_flow("par")
+    assert flow is not None
+    records = await storage.load_invocations("par")
+    first = await rerun_flow(storage, flow, frozenset({2}), SystemClock())
+    assert first.previous == "par~gen-1"
+    assert (await Executor(Parent(3), storage, "par").run(Parent.run)).result == 6
+    late = flow  # read before the first rerun
+    with pytest.raises(FlowStateError, match="changed while its rerun was prepared"):
+        await rerun_flow(storage, late, frozenset({2}), SystemClock())
+    assert await storage.get_flow("par~child-2") is not None  # the new child is untouched
+    assert await storage.get_flow("par~gen-2") is None
+    assert [r.position for r in await storage.load_invocations("par")] == [
+        r.position for r in records
+    ]
+
+
+async def test_records_left_by_a_rerun_that_died_are_not_mixed_into_a_generation() -> None:
+    storage = InMemoryExecutionLog()
+    cls = pipeline("sum(xs)")
+    await _run(storage, cls, "p", [1, 2])
+    orphan = (await storage.load_invocations("p"))[0].replace(flow_id="p~gen-1", result=b"x")
+    await storage.apply(Change(records=(orphan,)))  # a copy that died before its flow
+    plan = await FlowManager(storage, [cls]).rerun("p", from_step="total")
+    assert plan.previous == "p~gen-2"
+
+
+def reporting(total: str) -> type:
+    """A DAG flow type whose @flow method calls a step outside the DAG with dag()'s result."""
+    namespace: dict[str, object] = {"CALLS": CALLS}
+    source = f"""
+from dataclasses import dataclass
+import pyergon
+from pyergon import flow, flow_type, step
+
+@flow_type(name="Reporting")
+@dataclass
+class Reporting:
+    @step
+    def load(self):
+        return [1, 2, 3]
+
+    @step(inputs={{"xs": "load"}})
+    def total(self, xs):
+        return {total}
+
+    @step
+    async def _save(self, value):
+        CALLS["save"] += 1
+        return f"saved {{value}}"
+
+    @flow
+    async def run(self):
+        return await self._save(await pyergon.dag(self, final_step="total"))
+"""
+    exec(compile(source, f"<reporting {total}>", "exec"), namespace)
+    cls = namespace["Reporting"]
+    assert isinstance(cls, type)
+    return cls
+
+
+async def test_a_dag_rerun_also_forgets_what_the_flow_recorded_after_the_dag() -> None:
+    CALLS.clear()
+    session = Session(InMemoryExecutionLog())
+    old, new = reporting("sum(xs)"), reporting("max(xs)")
+    assert (await session.run(old(), "r")).result == "saved 6"  # type: ignore[union-attr]
+    session.manager.register(new)
+    plan = await session.manager.rerun("r")
+    assert (plan.recomputed, plan.positions) == (("total", "_save"), (2, 3))
+    assert (await session.run(new(), "r")).result == "saved 3"  # type: ignore[union-attr]
+    assert CALLS["save"] == 2
+    await session.close()
