@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INTERRUPTED",
+    "current_shell",
     "interrupted_run",
     "interrupted_wait",
     "one_line",
@@ -116,13 +117,19 @@ def _show(
     return [line]
 
 
-def show_errors_in_cells() -> None:
-    """In an IPython shell, show pyergon's errors and interruptions as one line."""
+def current_shell() -> InteractiveShell | None:
+    """The IPython shell this code runs in, if any (without importing IPython otherwise)."""
     if "IPython" not in sys.modules:  # not in IPython; and importing it costs a second
-        return
+        return None
     from IPython import get_ipython
     from IPython.core.interactiveshell import InteractiveShell
 
     shell = get_ipython()
-    if isinstance(shell, InteractiveShell):
+    return shell if isinstance(shell, InteractiveShell) else None
+
+
+def show_errors_in_cells() -> None:
+    """In an IPython shell, show pyergon's errors and interruptions as one line."""
+    shell = current_shell()
+    if shell is not None:
         show_errors_as_one_line(shell)

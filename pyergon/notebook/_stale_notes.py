@@ -30,19 +30,30 @@ class StaleNotes:
         """A worker's run returned stale results: kept for the wait that sees the flow end."""
         self._pending[flow_id] = records
 
-    def warn(self, flow_id: str, _flow: object, records: Sequence[Invocation]) -> None:
-        """Warn in the running cell, once per flow, that a run returned stale results."""
+    def warn(self, flow_id: str, records: Sequence[Invocation]) -> None:
+        """Warn, once per flow, that a run returned stale results.
+
+        Called by a method of this class called by the session's method the cell awaited: the
+        warning names the cell's line (three frames up).
+        """
         if flow_id in self._warned:
             return
         self._warned.add(flow_id)
         warnings.warn(stale_message(flow_id, records), StaleResultWarning, stacklevel=4)
+
+    async def check(self, storage: ExecutionLog, flow_id: str, flow_class: type) -> None:
+        """Warn if the flow's records hold stale results, from ``Session.run`` in a cell."""
+        if flow_id not in self._warned:
+            records = stale_records(flow_class, await storage.load_invocations(flow_id))
+            if records:
+                self.warn(flow_id, records)
 
     def warn_noted(self, flow_ids: Iterable[str]) -> None:
         """Warn of what workers noted about ``flow_ids``, in the cell that waited for them."""
         for flow_id in flow_ids:
             records = self._pending.pop(flow_id, None)
             if records is not None:
-                self.warn(flow_id, None, records)
+                self.warn(flow_id, records)
 
     def forget(self, flow_id: str) -> None:
         """A rerun recomputed the flow: a later stale result of it is news again."""

@@ -20,7 +20,12 @@ from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import Completed, FlowOutcome
 from pyergon.core.status import TaskStatus
 from pyergon.core.workers import WorkerRecord, default_worker_id, running_steps
-from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
+from pyergon.decorators import (
+    flow_entry,
+    flow_type_name,
+    require_flow_class,
+    require_flow_instance,
+)
 from pyergon.errors import PyergonError, StepNotFoundError
 from pyergon.executor._inputs import decode_flow
 from pyergon.executor._live import live_output
@@ -31,6 +36,7 @@ from pyergon.history import FlowHistory, flows_frame, invocations_frame, iter_fl
 from pyergon.management import FlowManager, ReplayResult
 from pyergon.notebook._background import BackgroundError, BackgroundErrors
 from pyergon.notebook._cell_errors import interrupted_run, interrupted_wait, show_errors_in_cells
+from pyergon.notebook._definitions import DefinitionWatch
 from pyergon.notebook._stale_notes import StaleNotes, count_stale_steps
 from pyergon.notebook._stepper import Stepper
 from pyergon.notebook._sync import LoopRunner, LoopThread, RunningLoop, SyncFront, blocking
@@ -83,6 +89,7 @@ class Session:
         self._worker_prefix = default_worker_id("notebook")
         """Shared by this session's workers: they differ in their number only."""
         show_errors_in_cells()
+        self._definitions = DefinitionWatch(lambda: self.manager.classes, self._adopt)
 
     @classmethod
     async def open(cls, url: str, **options: Any) -> Session:
@@ -137,11 +144,8 @@ class Session:
     def _repr_html_(self) -> str:
         workers = ", ".join(html.escape(worker.worker_id) for worker in self.workers) or "none"
         types = ", ".join(html.escape(name) for name in sorted(self._classes)) or "none"
-        errors = (
-            f'<span style="color:#c62828">{len(self.errors)} background error(s)</span>'
-            if self.errors
-            else "no background errors"
-        )
+        errors = f'<span style="color:#c62828">{len(self.errors)} background error(s)</span>'
+        errors = errors if self.errors else "no background errors"
         return (
             f"<div><b>pyergon session</b> on <code>{html.escape(repr(self.storage))}</code><br>"
             f"workers: {workers}<br>flow types: {types}<br>{errors}</div>"
@@ -176,12 +180,10 @@ class Session:
     ) -> list[Worker]:
         """Start ``count`` workers as tasks on the running loop, serving the given flow types.
 
-        Classes registered earlier are served too. Each worker is named for this kernel's host
-        and process, a random part drawn once per session, and its number in the session
-        (``notebook-<host>-<pid>-<random>-1``...), so the workers of two kernels (or two
-        sessions) on one storage, or of a dead kernel and a live one, are told apart.
-        ``lease_seconds`` defaults to the worker's own default (see :class:`Worker`). Returns
-        the new workers.
+        Classes registered earlier are served too. Workers are named
+        ``notebook-<host>-<pid>-<random>-<n>``, so the workers of two kernels (or sessions) on
+        one storage, or of a dead kernel and a live one, differ. ``lease_seconds`` defaults to
+        the worker's own default (see :class:`Worker`). Returns the new workers.
         """
         self._check_open()
         await self.register(*flow_classes)
@@ -221,6 +223,7 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        self._definitions.close()
         await self.stop_workers()
         for task in list(self._tasks):
             task.cancel()
@@ -247,18 +250,16 @@ class Session:
         method, _ = flow_entry(type(flow))
         flow_id = flow_id or f"{type(flow).__name__}-{int(time.time() * 1000)}"
         executor = Executor(
-            flow,
-            self.storage,
-            flow_id,
-            serializer=self.serializer,
-            clock=self.clock,
-            on_stale=self._stale.warn,
+            flow, self.storage, flow_id, serializer=self.serializer, clock=self.clock, on_stale=None
         )
         try:
-            return await executor.run(lambda running: getattr(running, method)())
+            outcome = await executor.run(lambda running: getattr(running, method)())
         except asyncio.CancelledError as interrupted:
             interrupted.add_note(interrupted_run(flow_id))
             raise
+        # Whether it ran now or had finished before: its results may come from older code.
+        await self._stale.check(self.storage, flow_id, type(flow))
+        return outcome
 
     def step_through(self, flow: object, flow_id: str | None = None) -> Stepper:
         """Return a stepper that runs ``flow`` one operation per ``await stepper.next()``."""
@@ -277,11 +278,10 @@ class Session:
     ) -> dict[str, Completed[Any]]:
         """Wait for flows to finish and return their outcomes.
 
-        Background errors are raised before and after waiting. Meanwhile, where tqdm is
-        installed, each running step of these flows that reports progress has a ``tqdm.auto``
-        bar in the waiting cell. Interrupting the cell stops only the waiting: workers keep
-        running. The ``CancelledError`` raised then carries a note naming the flows and how to
-        wait again, which a notebook shows as the cell's one line of output.
+        Background errors are raised before and after waiting. Where tqdm is installed, each
+        running step of these flows that reports progress has a ``tqdm.auto`` bar meanwhile.
+        Interrupting the cell stops only the waiting: the ``CancelledError`` carries a note
+        naming the flows and how to wait again (the cell's one line of output).
         """
         self.raise_for_errors()
         ids = [flow_ids] if isinstance(flow_ids, str) else list(flow_ids)
@@ -400,10 +400,9 @@ class Session:
         """A timeline of flows, one lane each; its widget can re-read them from storage.
 
         Args:
-            flow_ids: One flow id or several; none means the ``newest`` flows, oldest first.
+            flow_ids: One flow id or several; none: the ``newest`` flows, oldest first.
             newest: How many flows to show when no id is given.
-            auto_refresh: Re-read the flows every ``interval`` seconds once the widget shows,
-                until all are final.
+            auto_refresh: Re-read the flows every ``interval`` s once shown, until all are final.
             interval: Seconds between two automatic refreshes.
             max_records: Records drawn per flow; the rest are counted.
 
@@ -441,9 +440,7 @@ class Session:
         return Monitor(self, interval=interval, output=output)
 
     async def output(self, flow_id: str, step: str | int | None = None) -> str:
-        """What a flow's steps printed (stdout and stderr), as recorded with their records.
-
-        A step running now in one of the session's workers adds what it printed so far.
+        """What a flow's steps printed (stdout, stderr), and a step running here so far.
 
         Args:
             flow_id: The flow.
@@ -470,9 +467,8 @@ class Session:
     async def worker_records(self) -> list[WorkerRecord]:
         """The workers storage knows, this session's own with what they run at this moment.
 
-        A worker's stored record says what it ran at its last heartbeat (a quarter lease ago at
-        most); the session's own workers are asked directly, so a step that just started or
-        just reported progress shows at once.
+        A stored record is as of the worker's last heartbeat; the session's own workers are
+        asked directly, so a step that just started or reported progress shows at once.
         """
         if not isinstance(self.storage, WorkerRegistry):
             return []
@@ -483,12 +479,7 @@ class Session:
         ]
 
     async def graph(self, flow: str | type) -> DependencyGraph:
-        """The dependency graph of a DAG flow class, or of a flow with each step's state.
-
-        Args:
-            flow: A flow class, or the id of a flow whose class is registered; then each step
-                shows as complete, failed, running, not run, or stale.
-        """
+        """The dependency graph of a DAG flow class, or of a flow with its steps' states."""
         if isinstance(flow, type):
             return dependency_graph(flow)
         stored = await self.manager.get(flow)
@@ -524,6 +515,14 @@ class Session:
         if isinstance(task, asyncio.Task):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _adopt(self, flow_class: type) -> None:
+        """Use ``flow_class``, a re-defined flow class, wherever its old one was used."""
+        self.manager.register(flow_class)
+        if (name := flow_type_name(flow_class)) in self._classes:
+            self._classes[name] = flow_class
+            for worker in self.workers:
+                worker.register(flow_class)
 
     def _check_open(self) -> None:
         if self._closed:

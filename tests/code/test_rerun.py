@@ -195,6 +195,15 @@ async def test_a_session_reruns_in_the_cell_and_warns_once_of_stale_results() ->
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert (await session.run(new([1, 3]), "p")).result == "total=3"  # type: ignore[union-attr]
+    # A finished flow run again on edited code returns its stored result, and says so once,
+    # pointing at the line that ran it.
+    await session.run(old([5]), "done")
+    with pytest.warns(StaleResultWarning, match="flow 'done'") as caught:
+        assert (await session.run(new([5]), "done")).result == "total=5"  # type: ignore[union-attr]
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        await session.run(new([5]), "done")  # once per flow
     await session.close()
 
 

@@ -447,6 +447,17 @@ def test_rerun_recomputes_a_finished_flow_on_the_workers(connected: Cells) -> No
     assert "no step of flow 'again' changed" in str(connected.error("%pyergon rerun again"))
 
 
+def test_a_class_cell_run_again_is_the_class_the_session_uses(connected: Cells) -> None:
+    connected("%pyergon workers start Greet")
+    connected("%pyergon schedule Greet('a') --id edited")
+    connected("await pyergon_session.wait('edited', timeout=10)")
+
+    connected(greet_cell("bonjour"))  # the class cell, edited and run again
+    assert connected("%pyergon replay edited").stale
+    assert connected("%pyergon rerun edited").result == "bonjour a"  # run by the workers
+    assert not connected("%pyergon replay edited").stale
+
+
 def test_replay_with_a_flow_that_is_not_a_class_is_a_usage_error(connected: Cells) -> None:
     connected("%pyergon schedule Greet('a') --id f-a")
 
