@@ -17,7 +17,7 @@ guarded by its version (a flow that moved on meanwhile is left as it is).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pyergon._code import stale_records, step_fingerprints
@@ -43,6 +43,7 @@ __all__ = [
     "plan_forgotten",
     "require_finished",
     "rerun_flow",
+    "stale_child_positions",
 ]
 
 GENERATION_MARK = "~gen-"
@@ -111,6 +112,7 @@ def plan_forgotten(
     from_step: FromStep,
     flow_class: type | None,
     dag: DagSteps | None = None,
+    stale_children: frozenset[int] = frozenset(),
 ) -> frozenset[int]:
     """The top-level positions a rerun from ``from_step`` forgets.
 
@@ -124,14 +126,16 @@ def plan_forgotten(
         dag: For a DAG flow, its steps: then only the chosen DAG steps and their descendants
             are forgotten, with whatever the flow recorded after them outside the DAG, rather
             than every later position.
+        stale_children: Positions of child flows with stale results (see
+            :func:`stale_child_positions`): they count as changed too.
 
     Raises:
         StepNotFoundError: No recorded step has that name or position.
         FlowStateError: ``"changed"`` without a class, or no step's code changed.
     """
-    steps = [r for r in records if r.kind is OperationKind.STEP and r.sub_sequence == 0]
+    steps = [r for r in records if r.kind in _RERUNNABLE and r.sub_sequence == 0]
     positions = sorted({record.sequence for record in records if record.sequence > 0})
-    known = [f"{record.position} {record.name}" for record in steps]
+    known = [_shown(record) for record in steps]
     if from_step == "changed":
         if flow_class is None:
             raise FlowStateError(
@@ -140,6 +144,7 @@ def plan_forgotten(
                 "register it, or name the step to start from",
             )
         chosen = stale_records(flow_class, steps)
+        chosen += [r for r in steps if r.kind is _CHILD and r.sequence in stale_children]
         if not chosen and new_steps(flow_class, records):
             return _retry_timers(records)  # nothing to forget: the next run adds the new steps
         if not chosen:
@@ -169,6 +174,39 @@ def plan_forgotten(
         return frozenset(forgotten) | _retry_timers(records)
     first = min(record.sequence for record in chosen)
     return frozenset(p for p in positions if p >= first) | _retry_timers(records)
+
+
+_CHILD = OperationKind.CHILD
+_RERUNNABLE = (OperationKind.STEP, _CHILD)
+"""What a rerun can start from: a step, or a child flow (started afresh)."""
+
+
+def _shown(record: Invocation) -> str:
+    kind = "child " if record.kind is _CHILD else ""
+    return f"{record.position} {kind}{record.name}"
+
+
+async def stale_child_positions(
+    storage: ExecutionLog, records: Sequence[Invocation], classes: Mapping[str, type]
+) -> frozenset[int]:
+    """The top-level positions of ``records`` whose child flows (or theirs) hold stale results.
+
+    Only children whose flow type has a class in ``classes`` can be told stale.
+    """
+    positions = set()
+    for record in records:
+        child_id = record.child_flow_id
+        if record.kind is _CHILD and child_id is not None and record.sequence not in positions:
+            child = await storage.get_flow(child_id)
+            if child is None:
+                continue
+            child_records = await storage.load_invocations(child_id)
+            cls = classes.get(child.flow_type)
+            if (cls is not None and stale_records(cls, child_records)) or (
+                await stale_child_positions(storage, child_records, classes)
+            ):
+                positions.add(record.sequence)
+    return frozenset(positions)
 
 
 def new_steps(flow_class: type, records: Sequence[Invocation]) -> tuple[str, ...]:
@@ -268,9 +306,7 @@ async def rerun_flow(
     recomputed = tuple(
         record.name
         for record in records
-        if record.sequence in forgotten
-        and record.sub_sequence == 0
-        and record.kind is OperationKind.STEP
+        if record.sequence in forgotten and record.sub_sequence == 0 and record.kind in _RERUNNABLE
     )
     return RerunPlan(flow_id, previous, recomputed, tuple(sorted(p for p in forgotten if p)))
 

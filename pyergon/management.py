@@ -23,6 +23,7 @@ from pyergon._rerun import (
     plan_forgotten,
     require_finished,
     rerun_flow,
+    stale_child_positions,
 )
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.changes import Change
@@ -175,8 +176,8 @@ class FlowManager:
         cls = self._classes.get(flow_type)
         if cls is None:
             raise FlowDefinitionError(
-                f"no class registered for flow type {flow_type!r}; pass flow_class= or "
-                "register it with the manager"
+                f"no class registered for flow type {flow_type!r}; register it "
+                "(session.register(Class), FlowManager.register(Class)) or pass flow_class="
             )
         return cls
 
@@ -454,9 +455,11 @@ class FlowManager:
             if from_step == "changed":
                 from_step = 1
         records = await self.storage.load_invocations(flow_id)
-        forgotten = plan_forgotten(
-            flow_id, records, from_step, cls, None if cls is None else dag_steps(cls)
-        )
+        children = frozenset[int]()
+        if from_step == "changed":
+            children = await stale_child_positions(self.storage, records, self._classes)
+        dag = None if cls is None else dag_steps(cls)
+        forgotten = plan_forgotten(flow_id, records, from_step, cls, dag, children)
         return await rerun_flow(self.storage, flow, forgotten, self.clock, payload)
 
     async def generations(self, flow_id: str) -> list[ScheduledFlow]:
@@ -519,6 +522,7 @@ class FlowManager:
             divergence = Divergence(error.sequence, error.recorded, error.current)
         except ReplayEnded as ended:
             ended_at = format_position(*ended.position)
+        children = await _stale_children(self.storage, records, self._classes)
         return ReplayResult(
             flow_id,
             consistent=divergence is None,
@@ -527,9 +531,7 @@ class FlowManager:
             ended_at=ended_at,
             divergence=divergence,
             outcome=outcome,
-            stale=tuple(f"{r.position} {r.name}" for r in (contexts[-1].stale or ()))
-            if contexts
-            else (),
+            stale=_stale_steps(contexts) + children,
         )
 
 
@@ -539,6 +541,24 @@ def _short(text: str, limit: int = 80) -> str:
 
 def _moved(record: Invocation, flow_id: str) -> Invocation:
     return record.replace(flow_id=flow_id)
+
+
+def _stale_steps(contexts: list[FlowContext]) -> tuple[str, ...]:
+    """The stale records the replay returned, as ``"<position> <name>"``."""
+    stale = contexts[-1].stale if contexts else None
+    return tuple(f"{record.position} {record.name}" for record in stale or ())
+
+
+async def _stale_children(
+    storage: ExecutionLog, records: list[Invocation], classes: dict[str, type]
+) -> tuple[str, ...]:
+    """The child flows holding stale results, as ``"<position> child <type>"``."""
+    positions = await stale_child_positions(storage, records, classes)
+    return tuple(
+        f"{record.position} child {record.name}"
+        for record in records
+        if record.child_flow_id is not None and record.sequence in positions
+    )
 
 
 def _replayed(contexts: list[FlowContext]) -> int:

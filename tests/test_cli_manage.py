@@ -565,7 +565,7 @@ def test_rerun_recomputes_from_a_step_and_keeps_the_previous_generation(store: S
     )
     one_line_error(waiting, 1, "flow 'waiting' is SUSPENDED; rerun a flow once it has finished")
     one_line_error(unchanged, 1, "no step of flow 'done' changed since it was recorded")
-    one_line_error(no_class, 1, "rerun of flow 'done' from the changed steps needs the flow's")
+    one_line_error(no_class, 2, "pyergon rerun needs --flow MODULE:Class to find the steps")
     one_line_error(unknown, 1, "flow 'done' has no step 'pack'")
     assert store.snapshot() == before
 
@@ -581,7 +581,7 @@ def test_rerun_recomputes_from_a_step_and_keeps_the_previous_generation(store: S
     }
     assert failed.stdout == (
         "flow 'failed': recomputing charge; the previous results are kept as "
-        "'failed~gen-1'; it is PENDING for a worker\n"
+        "'failed~gen-1'; it is PENDING: a worker serving its type runs it next\n"
     )
     after = store.snapshot()
     flow, records, _ = after["done"]

@@ -326,6 +326,11 @@ async def _fork(arguments: argparse.Namespace, output: _Output) -> int:
 async def _rerun(arguments: argparse.Namespace, output: _Output) -> int:
     from pyergon.cli._worker import load_flow_class
 
+    if arguments.flow_class is None and arguments.from_step == "changed":
+        raise ManagementUsageError(
+            "pyergon rerun needs --flow MODULE:Class to find the steps whose code changed, or "
+            "--from-step STEP to name where to start"
+        )
     flow_class = None if arguments.flow_class is None else load_flow_class(arguments.flow_class)
     async with _storage(arguments) as storage:
         try:
@@ -344,7 +349,7 @@ async def _rerun(arguments: argparse.Namespace, output: _Output) -> int:
             }
         )
     else:
-        output.say(f"{plan.summary()}; it is PENDING for a worker")
+        output.say(f"{plan.summary()}; it is PENDING: a worker serving its type runs it next")
     return 0
 
 

@@ -168,7 +168,7 @@ async def test_children_of_recomputed_positions_move_to_the_previous_generation(
     storage = InMemoryExecutionLog()
     assert (await Executor(Parent(3), storage, "par").run(Parent.run)).result == 6
     plan = await FlowManager(storage, [Parent]).rerun("par", from_step=2)
-    assert plan.recomputed == ()
+    assert plan.recomputed == ("Child",)
     kept = await storage.get_flow("par~gen-1~child-2")
     assert kept is not None and kept.parent_flow_id == "par~gen-1"
     assert [r.child_flow_id for r in await storage.load_invocations("par~gen-1")][1] == (
@@ -383,3 +383,34 @@ async def test_a_dag_rerun_also_forgets_what_the_flow_recorded_after_the_dag() -
     assert (await session.run(new(), "r")).result == "saved 3"  # type: ignore[union-attr]
     assert CALLS["save"] == 2
     await session.close()
+
+
+async def test_a_child_flow_with_changed_code_counts_as_a_changed_step_of_its_parent() -> None:
+    CALLS.clear()
+    storage = InMemoryExecutionLog()
+    assert (await Executor(Parent(3), storage, "par").run(Parent.run)).result == 6
+    namespace: dict[str, object] = {"CALLS": CALLS}
+    exec(
+        "from dataclasses import dataclass\n"
+        "from pyergon import flow, flow_type, step\n"
+        "@flow_type(name='Child')\n"
+        "@dataclass\n"
+        "class Child:\n"
+        "    n: int\n"
+        "    @step\n"
+        "    async def double(self):\n"
+        "        CALLS['triple'] += 1\n"
+        "        return self.n * 3\n"
+        "    @flow\n"
+        "    async def run(self):\n"
+        "        return await self.double()\n",
+        namespace,
+    )
+    edited = namespace["Child"]
+    assert isinstance(edited, type)
+    manager = FlowManager(storage, [Parent, edited])
+    assert (await manager.replay("par")).stale == ("2 child Child",)
+    with pytest.raises(StepNotFoundError, match="its steps: 1 first, 2 child Child"):
+        await manager.rerun("par", from_step="nothing")
+    plan = await manager.rerun("par")
+    assert plan.recomputed == ("Child",) and plan.positions == (2,)
