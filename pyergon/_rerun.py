@@ -9,9 +9,12 @@ forgotten.
 What it replaces is not lost: first the whole flow as it stood is copied to a *previous
 generation*, a finished flow of its own with the id ``"<flow id>~gen-<n>"`` (1 for the first
 rerun, then 2...), and child flows started at the forgotten positions move there too
-(``"<flow id>~gen-<n>~child-<position>"``), so the next run starts them afresh. The order of
-writes keeps every crash harmless: the copy comes first, the flow is reset last, in one change
-guarded by its version (a flow that moved on meanwhile is left as it is).
+(``"<flow id>~gen-<n>~child-<position>"``), so the next run starts them afresh.
+
+The order of writes keeps a crash harmless and two reruns apart: the flow is taken first (its
+version moves on, so a second rerun planned on the same state is refused before it writes),
+then copied, and reset last in one change guarded by its version. A rerun that dies leaves the
+flow finished as it was; its partial copy keeps its generation id from being used again.
 """
 
 from __future__ import annotations
