@@ -446,7 +446,19 @@ class PyergonMagics(Magics):
 
     def _session(self) -> Session:
         if self.session is None:
-            raise UsageError("no pyergon session: run %pyergon connect URL first")
+            # A session opened in code (session = await Session.open(...)) serves as well,
+            # if it is the only open one in the notebook's namespace.
+            opened = {
+                id(value): value
+                for value in list(self._user_ns.values())
+                if isinstance(value, Session) and not value.closed
+            }
+            if len(opened) != 1:
+                raise UsageError(
+                    "no pyergon session: run %pyergon connect URL first"
+                    + (" (the notebook has several open sessions)" if opened else "")
+                )
+            self.session = next(iter(opened.values()))
         return self.session
 
     def _evaluate(self, expression: str, what: str) -> Any:

@@ -158,6 +158,11 @@ class Session:
         """The workers this session started and has not stopped."""
         return [worker for worker, handle in self._workers if handle.running]
 
+    @property
+    def closed(self) -> bool:
+        """Whether the session was closed."""
+        return self._closed
+
     async def register(self, *flow_classes: type) -> None:
         """Make flow classes known to the session and its running workers.
 
@@ -345,10 +350,8 @@ class Session:
 
     async def generations(self, flow_id: str) -> pd.DataFrame:
         """The flow and the previous generations its reruns kept, newest first, as a table."""
-        flows = [
-            await self.manager.get(flow_id),
-            *reversed(await self.manager.generations(flow_id)),
-        ]
+        flows = [await self.manager.get(flow_id)]
+        flows += reversed(await self.manager.generations(flow_id))
         stale = await count_stale_steps(self.storage, flows, self.manager.classes)
         return flows_frame(flows, stale_steps=stale)
 
@@ -485,9 +488,7 @@ class Session:
         stored = await self.manager.get(flow)
         cls = self.manager.flow_class(stored.flow_type)
         records = await self.storage.load_invocations(flow)
-        return dependency_graph(
-            cls, records, stale=[record.name for record in stale_records(cls, records)]
-        )
+        return dependency_graph(cls, records, stale=[r.name for r in stale_records(cls, records)])
 
     async def invocations(self, flow_id: str) -> pd.DataFrame:
         """One flow's records as a DataFrame (columns: ``INVOCATION_COLUMNS``)."""

@@ -447,6 +447,18 @@ def test_rerun_recomputes_a_finished_flow_on_the_workers(connected: Cells) -> No
     assert "no step of flow 'again' changed" in str(connected.error("%pyergon rerun again"))
 
 
+def test_a_session_opened_in_code_serves_the_magic(cells: Cells) -> None:
+    assert "run %pyergon connect URL first" in str(cells.error("%pyergon flows"))
+    cells("from pyergon.notebook import Session")
+    cells("mine = await Session.open('memory://')")
+    cells("other = await Session.open('memory://')")
+    assert "several open sessions" in str(cells.error("%pyergon flows"))
+    cells("await other.close()")
+    flow_id = cells("%pyergon schedule Greet('code')")
+    assert list(cells("await mine.flows()")["flow_id"]) == [flow_id]
+    cells("await mine.close()")
+
+
 def test_a_class_cell_run_again_is_the_class_the_session_uses(connected: Cells) -> None:
     connected("%pyergon workers start Greet")
     connected("%pyergon schedule Greet('a') --id edited")
