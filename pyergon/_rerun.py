@@ -416,10 +416,17 @@ async def _subtrees(storage: ExecutionLog, roots: Sequence[str]) -> list[Schedul
 
 
 async def generations(storage: ExecutionLog, flow_id: str) -> list[ScheduledFlow]:
-    """The previous generations of ``flow_id`` that reruns kept, oldest first."""
+    """The previous generations of ``flow_id`` that reruns kept, oldest first.
+
+    They are numbered from 1 on, as :func:`_free_generation` hands the numbers out: up to the
+    first number with neither a flow nor records (one with records only, left by a rerun that
+    died, is passed over).
+    """
     kept = []
     number = 1
-    while (flow := await storage.get_flow(generation_id(flow_id, number))) is not None:
-        kept.append(flow)
+    while await _taken(storage, generation_id(flow_id, number)):
+        flow = await storage.get_flow(generation_id(flow_id, number))
+        if flow is not None:
+            kept.append(flow)
         number += 1
     return kept

@@ -334,8 +334,10 @@ async def test_records_left_by_a_rerun_that_died_are_not_mixed_into_a_generation
     await _run(storage, cls, "p", [1, 2])
     orphan = (await storage.load_invocations("p"))[0].replace(flow_id="p~gen-1", result=b"x")
     await storage.apply(Change(records=(orphan,)))  # a copy that died before its flow
-    plan = await FlowManager(storage, [cls]).rerun("p", from_step="total")
+    manager = FlowManager(storage, [cls])
+    plan = await manager.rerun("p", from_step="total")
     assert plan.previous == "p~gen-2"
+    assert [flow.flow_id for flow in await manager.generations("p")] == ["p~gen-2"]
 
 
 def reporting(total: str) -> type:
