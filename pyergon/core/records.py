@@ -366,6 +366,20 @@ class ScheduledFlow:
         """Return a copy with ``changes`` applied."""
         return _copy_with(self, _FLOW_FIELDS, changes)
 
+    def __repr__(self) -> str:
+        # Short, for a notebook cell: the payload and result are bytes, sized rather than shown.
+        parts = [f"{self.flow_id!r}", self.flow_type, self.status.value]
+        if self.attempt > 1:
+            parts.append(f"attempt {self.attempt}")
+        if self.error is not None:
+            parts.append(f"{self.error.short_type}: {self.error.message[:60]}")
+        if self.cancel_requested:
+            parts.append("cancel requested")
+        if self.lease_owner is not None:
+            parts.append(f"held by {self.lease_owner}")
+        parts.append(f"inputs {len(self.payload)} B")
+        return f"ScheduledFlow({', '.join(parts)})"
+
 
 @dataclass(frozen=True, slots=True)
 class FlowCursor:

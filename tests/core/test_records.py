@@ -9,10 +9,13 @@ import pytest
 from pyergon.core.records import (
     PROGRESS_MESSAGE_LIMIT,
     Invocation,
+    ScheduledFlow,
     StepProgress,
+    StoredError,
     storable_text,
     text_problem,
 )
+from pyergon.core.status import TaskStatus
 from pyergon.testing import make_invocation
 
 
@@ -107,3 +110,11 @@ def test_a_record_has_no_output_and_no_progress_until_given() -> None:
     assert isinstance(reported, Invocation)
     assert (reported.output, reported.progress) == ("", StepProgress(1))
     assert reported.replace(output=None) == record.replace(progress=StepProgress(1))
+
+
+def test_a_flow_shows_itself_in_one_short_line_without_its_payload() -> None:
+    flow = ScheduledFlow("f1", "Order", b"x" * 5000, TaskStatus.FAILED, 1.0, 2.0, attempt=2)
+    flow = flow.replace(error=StoredError("shop.Refused", "card declined"), lease_owner=None)
+    assert repr(flow) == (
+        "ScheduledFlow('f1', Order, FAILED, attempt 2, Refused: card declined, inputs 5000 B)"
+    )
