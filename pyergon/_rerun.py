@@ -92,12 +92,35 @@ class DagSteps:
     """The steps of a DAG flow (``pyergon.dag``) as a rerun needs them.
 
     Attributes:
-        nodes: The names of the DAG's steps.
+        order: The DAG's steps in the order they take their log positions.
         descendants: The steps that depend, directly or not, on the given ones.
     """
 
-    nodes: frozenset[str]
+    order: tuple[str, ...]
     descendants: Callable[[frozenset[str]], frozenset[str]]
+
+    @property
+    def nodes(self) -> frozenset[str]:
+        """The names of the DAG's steps."""
+        return frozenset(self.order)
+
+    def first_moved(self, steps: Sequence[Invocation]) -> int | None:
+        """The first position where ``steps`` (a flow's step records) no longer fit the DAG.
+
+        ``dag`` gives its steps consecutive positions in :attr:`order`; a step added, removed
+        or reordered since the flow ran moves the ones after it. ``None``: nothing moved.
+        """
+        recorded = {r.name: r.sequence for r in steps if r.name in self.nodes}
+        if not recorded:
+            return None
+        base = min(recorded.values())
+        expected = {name: base + index for index, name in enumerate(self.order)}
+        moved = [
+            min(sequence, expected[name])
+            for name, sequence in recorded.items()
+            if expected[name] != sequence
+        ]
+        return min(moved) if moved else None
 
 
 def dag_steps(flow_class: type) -> DagSteps | None:
@@ -106,7 +129,7 @@ def dag_steps(flow_class: type) -> DagSteps | None:
     if graph is None:
         return None
     nodes = frozenset(graph.order())
-    return DagSteps(nodes, lambda names: frozenset(graph.descendants(names & nodes)))
+    return DagSteps(graph.order(), lambda names: frozenset(graph.descendants(names & nodes)))
 
 
 def plan_forgotten(
@@ -124,7 +147,9 @@ def plan_forgotten(
         records: Its records, in log order.
         from_step: A step name, a position from 1, or ``"changed"``: the steps whose code
             changed, or, if none did but the class has steps the flow never ran (added since),
-            nothing (the next run replays every record and runs the new steps).
+            nothing (the next run replays every record and runs the new steps). In a DAG flow
+            whose steps moved (one added, removed or reordered before others), every position
+            from the first that moved.
         flow_class: The flow's class today; needed for ``"changed"``.
         dag: For a DAG flow, its steps: then only the chosen DAG steps and their descendants
             are forgotten, with whatever the flow recorded after them outside the DAG, rather
@@ -146,6 +171,9 @@ def plan_forgotten(
                 f"rerun of flow {flow_id!r} from the changed steps needs the flow's class; "
                 "register it, or name the step to start from",
             )
+        moved = None if dag is None else dag.first_moved(steps)
+        if moved is not None:  # the DAG's steps moved: from there on, nothing fits the log
+            return frozenset(p for p in positions if p >= moved) | _retry_timers(records)
         chosen = stale_records(flow_class, steps)
         chosen += [r for r in steps if r.kind is _CHILD and r.sequence in stale_children]
         if not chosen and new_steps(flow_class, records):

@@ -416,3 +416,47 @@ async def test_a_child_flow_with_changed_code_counts_as_a_changed_step_of_its_pa
         await manager.rerun("par", from_step="nothing")
     plan = await manager.rerun("par")
     assert plan.recomputed == ("Child",) and plan.positions == (2,)
+
+
+def steps_flow(body: str) -> type:
+    """A DAG flow type ``Moving`` whose class body (its steps) is ``body``."""
+    namespace: dict[str, object] = {"CALLS": CALLS}
+    source = (
+        "from dataclasses import dataclass\n"
+        "import pyergon\n"
+        "from pyergon import flow, flow_type, step\n"
+        "@flow_type(name='Moving')\n"
+        "@dataclass\n"
+        "class Moving:\n"
+        f"{body}"
+        "    @flow\n"
+        "    async def run(self):\n"
+        "        return await pyergon.dag(self, final_step='b')\n"
+    )
+    exec(compile(source, f"<moving {len(body)}>", "exec"), namespace)
+    cls = namespace["Moving"]
+    assert isinstance(cls, type)
+    return cls
+
+
+STEP_A = "    @step\n    def a(self):\n        CALLS['a'] += 1\n        return 1\n"
+STEP_B = (
+    "    @step(inputs={'x': 'a'})\n    def b(self, x):\n        CALLS['b'] += 1\n"
+    "        return x + 1\n"
+)
+STEP_Z = "    @step\n    def z(self):\n        CALLS['z'] += 1\n        return 0\n"
+
+
+async def test_a_dag_step_added_before_others_reruns_from_where_positions_moved() -> None:
+    CALLS.clear()
+    storage = InMemoryExecutionLog()
+    before = steps_flow(STEP_A + STEP_B)
+    await Executor(before(), storage, "m", on_stale=None).run(before.run)  # type: ignore[attr-defined]
+    grown = steps_flow(STEP_Z + STEP_A + STEP_B)  # z takes position 1: a and b move
+    plan = await FlowManager(storage, [grown]).rerun("m")
+    assert plan.positions == (1, 2)
+    outcome = await Executor(grown(), storage, "m", on_stale=None).run(grown.run)  # type: ignore[attr-defined]
+    assert outcome.result == 2
+    assert Counter(a=2, b=2, z=1) == CALLS
+    records = await storage.load_invocations("m")
+    assert [(r.position, r.name) for r in records] == [("1", "z"), ("2", "a"), ("3", "b")]
