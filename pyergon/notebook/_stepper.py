@@ -186,7 +186,7 @@ class Stepper:
             name=f"pyergon-stepper-{self.flow_id}",
         )
         self._session._keep(self._run)
-        await self._until_boundary_or_end(0)
+        await self._until(lambda: self._gate.arrivals > 0)
 
     async def _let_one_through(self) -> None:
         """Let one operation through; return once it ended, the next arrived or the run did.
@@ -207,9 +207,6 @@ class Stepper:
             await self._until(lambda: gate.arrivals > seen, *also)
         if gate.context is not None:
             await gate.context.save_kept()
-
-    async def _until_boundary_or_end(self, seen: int) -> None:
-        await self._until(lambda: self._gate.arrivals > seen)
 
     async def _until(self, reached: Callable[[], bool], *also: asyncio.Future[Any]) -> None:
         """Wait until ``reached()``, the run ends, or one of ``also`` is done."""
