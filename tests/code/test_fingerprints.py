@@ -14,6 +14,7 @@ from pyergon.core.records import Invocation
 from pyergon.core.retry import RetryPolicy
 from pyergon.executor import _stale
 from pyergon.storage.memory import InMemoryExecutionLog
+from tests.code.defining import define
 
 
 class Plain:
@@ -60,7 +61,6 @@ def test_code_without_source_falls_back_to_its_bytecode() -> None:
 
 def _report_class(body: str) -> type:
     """A flow type named ``Report`` whose one step's body is ``body`` (new code each call)."""
-    namespace: dict[str, object] = {}
     source = (
         "from dataclasses import dataclass\n"
         "from pyergon import flow, flow_type, step\n"
@@ -75,10 +75,7 @@ def _report_class(body: str) -> type:
         "    async def run(self):\n"
         "        return await self.total()\n"
     )
-    exec(compile(source, f"<report {body}>", "exec"), namespace)
-    cls = namespace["Report"]
-    assert isinstance(cls, type)
-    return cls
+    return define(source, "Report")
 
 
 async def test_a_record_keeps_the_fingerprint_of_the_code_that_made_it() -> None:

@@ -18,13 +18,13 @@ from pyergon.management import FlowManager
 from pyergon.notebook import Session
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.memory import InMemoryExecutionLog
+from tests.code.defining import define
 
 CALLS: Counter[str] = Counter()
 
 
 def pipeline(total: str) -> type:
     """A three-step flow type ``Pipeline`` whose ``total`` step returns ``total`` (new code)."""
-    namespace: dict[str, object] = {"CALLS": CALLS}
     source = f"""
 from dataclasses import dataclass
 from pyergon import flow, flow_type, step
@@ -54,10 +54,7 @@ class Pipeline:
         xs = await self.load()
         return await self.report(await self.total(xs))
 """
-    exec(compile(source, f"<pipeline {total}>", "exec"), namespace)
-    cls = namespace["Pipeline"]
-    assert isinstance(cls, type)
-    return cls
+    return define(source, "Pipeline", CALLS=CALLS)
 
 
 async def _run(storage: ExecutionLog, cls: type, flow_id: str, xs: list[int]) -> object:
@@ -209,7 +206,6 @@ async def test_a_session_reruns_in_the_cell_and_warns_once_of_stale_results() ->
 
 def sales(by_product: str) -> type:
     """A DAG flow type ``Sales``: load feeds two branches that a report joins."""
-    namespace: dict[str, object] = {"CALLS": CALLS}
     source = f"""
 from dataclasses import dataclass
 import pyergon
@@ -244,10 +240,7 @@ class Sales:
     async def run(self):
         return await pyergon.dag(self, final_step="report")
 """
-    exec(compile(source, f"<sales {by_product}>", "exec"), namespace)
-    cls = namespace["Sales"]
-    assert isinstance(cls, type)
-    return cls
+    return define(source, "Sales", CALLS=CALLS)
 
 
 async def test_a_dag_rerun_recomputes_the_changed_step_and_its_descendants_only() -> None:
@@ -278,8 +271,7 @@ async def test_a_step_added_since_runs_on_a_rerun_and_the_recorded_ones_stay() -
     storage = InMemoryExecutionLog()
     old = sales("max(rows)")
     await Executor(old("north"), storage, "s", on_stale=None).run(old.run)  # type: ignore[attr-defined]
-    namespace: dict[str, object] = {"Base": sales("max(rows)"), "CALLS": CALLS}
-    exec(
+    grown = define(
         "from pyergon import flow_type, step\n"
         "@flow_type(name='Sales')\n"
         "class Sales(Base):\n"
@@ -287,10 +279,10 @@ async def test_a_step_added_since_runs_on_a_rerun_and_the_recorded_ones_stay() -
         "    def publish(self, summary):\n"
         "        CALLS['publish'] += 1\n"
         "        return f'published {summary}'\n",
-        namespace,
+        "Sales",
+        Base=sales("max(rows)"),
+        CALLS=CALLS,
     )
-    grown = namespace["Sales"]
-    assert isinstance(grown, type)
     plan = await FlowManager(storage, [grown]).rerun("s")
     assert plan.recomputed == () and "keeping every recorded step" in plan.summary()
     outcome = await Executor(grown("north"), storage, "s", on_stale=None).run(grown.run)  # type: ignore[attr-defined]
@@ -342,7 +334,6 @@ async def test_records_left_by_a_rerun_that_died_are_not_mixed_into_a_generation
 
 def reporting(total: str) -> type:
     """A DAG flow type whose @flow method calls a step outside the DAG with dag()'s result."""
-    namespace: dict[str, object] = {"CALLS": CALLS}
     source = f"""
 from dataclasses import dataclass
 import pyergon
@@ -368,10 +359,7 @@ class Reporting:
     async def run(self):
         return await self._save(await pyergon.dag(self, final_step="total"))
 """
-    exec(compile(source, f"<reporting {total}>", "exec"), namespace)
-    cls = namespace["Reporting"]
-    assert isinstance(cls, type)
-    return cls
+    return define(source, "Reporting", CALLS=CALLS)
 
 
 async def test_a_dag_rerun_also_forgets_what_the_flow_recorded_after_the_dag() -> None:
@@ -391,8 +379,7 @@ async def test_a_child_flow_with_changed_code_counts_as_a_changed_step_of_its_pa
     CALLS.clear()
     storage = InMemoryExecutionLog()
     assert (await Executor(Parent(3), storage, "par").run(Parent.run)).result == 6
-    namespace: dict[str, object] = {"CALLS": CALLS}
-    exec(
+    edited = define(
         "from dataclasses import dataclass\n"
         "from pyergon import flow, flow_type, step\n"
         "@flow_type(name='Child')\n"
@@ -406,10 +393,9 @@ async def test_a_child_flow_with_changed_code_counts_as_a_changed_step_of_its_pa
         "    @flow\n"
         "    async def run(self):\n"
         "        return await self.double()\n",
-        namespace,
+        "Child",
+        CALLS=CALLS,
     )
-    edited = namespace["Child"]
-    assert isinstance(edited, type)
     manager = FlowManager(storage, [Parent, edited])
     assert (await manager.replay("par")).stale == ("2 child Child",)
     with pytest.raises(StepNotFoundError, match="its steps: 1 first, 2 child Child"):
@@ -420,7 +406,6 @@ async def test_a_child_flow_with_changed_code_counts_as_a_changed_step_of_its_pa
 
 def steps_flow(body: str) -> type:
     """A DAG flow type ``Moving`` whose class body (its steps) is ``body``."""
-    namespace: dict[str, object] = {"CALLS": CALLS}
     source = (
         "from dataclasses import dataclass\n"
         "import pyergon\n"
@@ -433,10 +418,7 @@ def steps_flow(body: str) -> type:
         "    async def run(self):\n"
         "        return await pyergon.dag(self, final_step='b')\n"
     )
-    exec(compile(source, f"<moving {len(body)}>", "exec"), namespace)
-    cls = namespace["Moving"]
-    assert isinstance(cls, type)
-    return cls
+    return define(source, "Moving", CALLS=CALLS)
 
 
 STEP_A = "    @step\n    def a(self):\n        CALLS['a'] += 1\n        return 1\n"
