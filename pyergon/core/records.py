@@ -13,7 +13,7 @@ import re
 import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pyergon.core.retry import own_retryability
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
@@ -21,6 +21,8 @@ from pyergon.errors import StepFailedError
 
 __all__ = [
     "PROGRESS_MESSAGE_LIMIT",
+    "Attempt",
+    "AttemptEnd",
     "FlowCursor",
     "Invocation",
     "ScheduledFlow",
@@ -233,6 +235,32 @@ class StepProgress:
         if self.total is not None:
             count = f"{count}/{_amount(self.total)}"
         return f"{count} · {self.message}" if self.message else count
+
+
+AttemptEnd = Literal["failed", "abandoned", "lease lost"]
+"""How an earlier attempt of a record ended: its step raised and was retried; its worker
+stopped (a crash, a kernel restart) before it ended; its worker lost the flow's lease."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """An earlier attempt of a record, one that did not make it final.
+
+    Attributes:
+        number: Which attempt, from 1.
+        started_at: When it started (epoch seconds).
+        ended_at: When it ended, if anyone saw it end; ``None`` for an abandoned attempt.
+        end: How it ended.
+        error: What it raised, for a failed attempt.
+        worker_id: The worker that ran it, if known.
+    """
+
+    number: int
+    started_at: float | None
+    ended_at: float | None
+    end: AttemptEnd
+    error: StoredError | None = None
+    worker_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
