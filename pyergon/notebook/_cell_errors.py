@@ -5,7 +5,9 @@ An interrupted ``await session.wait(...)`` or ``await session.run(...)`` raises 
 behave as asyncio says), with a note that says which flows go on and how to reach them again.
 In IPython, :func:`show_errors_as_one_line` registers a custom exception handler that shows
 that note, or ``TypeName: message`` for a :class:`~pyergon.errors.PyergonError`, instead of the
-traceback; ``%tb`` still shows the traceback. Any other error is shown as IPython would.
+traceback; ``%tb`` still shows the traceback, ``%xmode Verbose`` shows every one in full, and
+:func:`show_in_full` marks one error to be shown in full (``%pyergon --traceback ...``). Any other
+error is shown as IPython would.
 """
 
 from __future__ import annotations
@@ -30,11 +32,16 @@ __all__ = [
     "show_errors_as_one_line",
     "show_errors_as_usual",
     "show_errors_in_cells",
+    "show_in_full",
 ]
 
 INTERRUPTED = "Interrupted: "
 """How every note pyergon attaches to an interruption starts."""
 
+FULL_TRACEBACK_MODES = frozenset({"Verbose", "Docs"})
+"""The ``%xmode`` modes in which a user asks for detail: pyergon's errors show their traceback."""
+
+_FULL = "_pyergon_show_in_full"
 _CANNOT_KILL = "a def step that is running finishes first: a thread cannot be killed"
 _SHOWN_IDS = 5
 
@@ -73,6 +80,11 @@ def one_line(error: BaseException) -> str | None:
     return None
 
 
+def show_in_full(error: BaseException) -> None:
+    """Have the cell that ends with ``error`` show its full traceback, not one line."""
+    setattr(error, _FULL, True)
+
+
 def show_errors_as_one_line(shell: InteractiveShell) -> None:
     """Show pyergon's errors and interruptions in ``shell``'s cells as one line.
 
@@ -103,7 +115,7 @@ def _show(
     tb_offset: int | None = None,
 ) -> list[str]:
     """IPython's custom handler: one line for ours, the usual traceback for anything else."""
-    line = one_line(value)
+    line = None if _wants_full(shell, value) else one_line(value)
     if line is None:
         shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
         return []
@@ -115,6 +127,12 @@ def _show(
     # sends them as the cell's error (the cell still ends with this error), a terminal prints.
     shell._showtraceback(etype, value, [line])
     return [line]
+
+
+def _wants_full(shell: InteractiveShell, error: BaseException) -> bool:
+    """Whether ``error`` was marked by :func:`show_in_full` or ``%xmode`` asks for detail."""
+    mode = getattr(getattr(shell, "InteractiveTB", None), "mode", None)
+    return getattr(error, _FULL, False) is True or mode in FULL_TRACEBACK_MODES
 
 
 def current_shell() -> InteractiveShell | None:

@@ -12,15 +12,13 @@ while a magic or a cell with top-level ``await`` runs.
 from __future__ import annotations
 
 import argparse
-import ast
 import asyncio
 import html
-import re
 import shlex
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from IPython.core.async_helpers import get_asyncio_loop
 from IPython.core.error import UsageError
@@ -35,7 +33,22 @@ from pyergon.cli._arguments import (
     add_rerun_options,
     positive,
 )
-from pyergon.notebook._cell_errors import show_errors_as_one_line, show_errors_as_usual
+from pyergon.errors import PyergonError
+from pyergon.notebook._cell_errors import (
+    show_errors_as_one_line,
+    show_errors_as_usual,
+    show_in_full,
+)
+from pyergon.notebook._magic_parsing import (
+    PROG,
+    HelpShown,
+    MagicArgumentParser,
+    asks_help,
+    literal,
+    split_schedule,
+    stray_option,
+    subcommand_parser,
+)
 from pyergon.notebook._sync import run_sync
 from pyergon.notebook.session import Session
 from pyergon.notebook.views import WorkerState
@@ -57,7 +70,7 @@ SESSION_VARIABLE = "pyergon_session"
 
 T = TypeVar("T")
 _Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, object]]
-_Subcommands: TypeAlias = "argparse._SubParsersAction[_MagicArgumentParser]"
+_Subcommands: TypeAlias = "argparse._SubParsersAction[MagicArgumentParser]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,22 +143,6 @@ def _worker_id(state: WorkerState) -> str:
     return state.worker_id
 
 
-class _HelpShown(Exception):
-    """argparse printed the help that ``-h`` asked for; the magic returns nothing."""
-
-
-class _MagicArgumentParser(argparse.ArgumentParser):
-    """An argparse parser that fails the cell with ``UsageError`` instead of exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}\n{self.format_usage().rstrip()}")
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if status:
-            raise UsageError(message or f"{self.prog}: invalid arguments")
-        raise _HelpShown
-
-
 @magics_class
 class PyergonMagics(Magics):
     """The ``%pyergon`` line magic and the session it works on.
@@ -166,7 +163,10 @@ class PyergonMagics(Magics):
     def pyergon(self, line: str) -> object:
         """Connect to storage, run workers, schedule, inspect and steer flows.
 
-        Usage: ``%pyergon SUBCOMMAND [ARGS]``; ``%pyergon SUBCOMMAND -h`` explains one.
+        Usage: ``%pyergon [--traceback] SUBCOMMAND [ARGS]``; ``%pyergon help`` lists the
+        subcommands, ``%pyergon help SUBCOMMAND`` (or ``%pyergon SUBCOMMAND -h``) explains one.
+        A pyergon error shows as one line; ``--traceback`` shows that one's traceback in full
+        (``%tb`` shows the last one's, ``%xmode Verbose`` shows every one's).
 
         * ``connect URL``: open a session (``memory://``, ``sqlite:///flows.db``,
           ``redis://host:6379/0``, ``postgresql://…``); also stored as ``pyergon_session``.
@@ -193,7 +193,8 @@ class PyergonMagics(Magics):
             line: The rest of the line after ``%pyergon``, already expanded by IPython.
 
         Returns:
-            What the subcommand gives (see above); ``None`` for ``-h`` and ``disconnect``.
+            What the subcommand gives (see above); ``None`` for ``help``, ``-h`` and
+            ``disconnect``.
 
         Raises:
             UsageError: The arguments cannot be used, an expression in them fails to evaluate,
@@ -201,11 +202,17 @@ class PyergonMagics(Magics):
             PyergonError: The operation failed in pyergon (no such flow, a flow in the wrong
                 state, storage that cannot be reached); running workers are not affected.
         """
+        in_full, line = _traceback_asked(line)
         arguments = self._parse(line)
         if arguments is None:
             return None
         handler: _Handler = arguments.handler
-        return self.run(handler(arguments))
+        try:
+            return self.run(handler(arguments))
+        except PyergonError as error:
+            if in_full:
+                show_in_full(error)
+            raise
 
     def run(self, awaitable: Awaitable[T]) -> T:
         """Run ``awaitable`` on the kernel's loop, or on IPython's loop in a terminal."""
@@ -221,27 +228,45 @@ class PyergonMagics(Magics):
     def _parse(self, line: str) -> argparse.Namespace | None:
         words = line.split(maxsplit=1)
         try:
-            if len(words) == 2 and words[0] == "schedule" and not _asks_help(words[1]):
+            if len(words) == 2 and words[0] == "schedule" and not asks_help(words[1]):
                 # A Python expression keeps its quotes and spaces: it is not split like a shell.
-                expression, flow_id = _split_schedule(words[1])
+                expression, flow_id = split_schedule(words[1], self._subcommand("schedule"))
                 return argparse.Namespace(
                     handler=self._schedule, expression=expression, flow_id=flow_id
                 )
             try:
                 tokens = shlex.split(line)
             except ValueError as error:
-                raise UsageError(f"%pyergon: cannot split {line!r}: {error}") from None
-            return self._parser.parse_args(tokens)
-        except _HelpShown:
+                raise UsageError(f"{PROG}: cannot split {line!r}: {error}") from None
+            arguments, unknown = self._parser.parse_known_args(tokens)
+            if unknown:
+                # argparse reports them against %pyergon; the usage that helps is the subcommand's.
+                names = [arguments.subcommand, getattr(arguments, "action", None)]
+                command = self._subcommand(*(name for name in names if name is not None))
+                command.error(f"unrecognized arguments: {' '.join(unknown)}")
+            return arguments
+        except HelpShown:
             return None
 
-    def _build_parser(self) -> _MagicArgumentParser:
-        parser = _MagicArgumentParser(
-            prog="%pyergon",
+    def _subcommand(self, *names: str) -> argparse.ArgumentParser:
+        return subcommand_parser(self._parser, list(names))
+
+    def _build_parser(self) -> MagicArgumentParser:
+        parser = MagicArgumentParser(
+            prog=PROG,
             description="Connect to pyergon storage, run workers, inspect and steer flows.",
+        )
+        parser.add_argument(
+            "--traceback",
+            action="store_true",
+            help="show a pyergon error's full traceback, not one line (first, before SUBCOMMAND)",
         )
         subcommands = parser.add_subparsers(
             title="subcommands", dest="subcommand", metavar="SUBCOMMAND", required=True
+        )
+        help_command = _add(subcommands, "help", self._help, "list the subcommands or explain one")
+        help_command.add_argument(
+            "names", nargs="*", metavar="SUBCOMMAND", help="such as schedule, or workers start"
         )
         connect = _add(subcommands, "connect", self._connect, "open a session on storage")
         connect.add_argument("url", metavar="URL", help="memory://, sqlite:///file.db, redis://…")
@@ -346,6 +371,9 @@ class PyergonMagics(Magics):
 
     # -- subcommands --------------------------------------------------------------------------
 
+    async def _help(self, arguments: argparse.Namespace) -> None:
+        self._subcommand(*arguments.names).print_help()
+
     async def _connect(self, arguments: argparse.Namespace) -> Session:
         # Open the new session before closing the old one: a URL that fails keeps the old
         # session and its workers as they were.
@@ -384,7 +412,13 @@ class PyergonMagics(Magics):
 
     async def _schedule(self, arguments: argparse.Namespace) -> str:
         session = self._session()
-        flow = self._evaluate(arguments.expression, "flow expression")
+        try:
+            flow = self._evaluate(arguments.expression, "flow expression")
+        except UsageError:
+            stray = stray_option(arguments.expression)
+            if stray is None:
+                raise
+            self._subcommand("schedule").error(stray)
         return await session.schedule(flow, arguments.flow_id)
 
     async def _flows(self, arguments: argparse.Namespace) -> object:
@@ -402,7 +436,7 @@ class PyergonMagics(Magics):
         return await self._session().timeline(arguments.flow_ids, newest=arguments.newest)
 
     async def _signal(self, arguments: argparse.Namespace) -> bool:
-        value = None if arguments.value is None else _literal(arguments.value)
+        value = None if arguments.value is None else literal(arguments.value)
         return await self._session().signal(arguments.flow_id, arguments.name, value)
 
     async def _replay(self, arguments: argparse.Namespace) -> object:
@@ -411,7 +445,7 @@ class PyergonMagics(Magics):
         if arguments.flow_class is not None:
             flow_class = self._evaluate(arguments.flow_class, "flow class")
             if not isinstance(flow_class, type):
-                raise UsageError(
+                self._subcommand("replay").error(
                     f"--flow {arguments.flow_class!r} is {flow_class!r}, not a flow class"
                 )
         return await session.replay(arguments.flow_id, flow_class)
@@ -478,51 +512,20 @@ def _ipython_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def _traceback_asked(line: str) -> tuple[bool, str]:
+    """Whether ``line`` starts with ``--traceback``, and the line without it."""
+    words = line.split(maxsplit=1)
+    if words and words[0] == "--traceback":
+        return True, words[1] if len(words) == 2 else ""
+    return False, line
+
+
 def _add(
     subcommands: _Subcommands, name: str, handler: _Handler, summary: str
-) -> _MagicArgumentParser:
+) -> MagicArgumentParser:
     command = subcommands.add_parser(name, help=summary, description=summary)
     command.set_defaults(handler=handler)
     return command
-
-
-def _asks_help(arguments: str) -> bool:
-    return arguments.strip() in ("-h", "--help")
-
-
-_SCHEDULE_ID = r"--id(?:=|\s+)(?P<id>\"[^\"]*\"|'[^']*'|\S+)"
-_LEADING_ID = re.compile(rf"^{_SCHEDULE_ID}(?:\s+|$)")
-_TRAILING_ID = re.compile(rf"\s{_SCHEDULE_ID}\s*$")
-
-
-def _split_schedule(text: str) -> tuple[str, str | None]:
-    """Split ``EXPR [--id ID]`` (or ``--id ID EXPR``) without touching the expression.
-
-    A trailing ``--id word`` is never valid Python after an expression, so it cannot be part
-    of one.
-    """
-    expression, flow_id = text.strip(), None
-    for pattern in (_LEADING_ID, _TRAILING_ID):
-        match = pattern.search(expression)
-        if match is None:
-            continue
-        if flow_id is not None:
-            raise UsageError("%pyergon schedule: give --id once")
-        flow_id = match["id"]
-        if flow_id[0] in "\"'":
-            flow_id = flow_id[1:-1]
-        expression = (expression[: match.start()] + expression[match.end() :]).strip()
-    if not expression:
-        raise UsageError("%pyergon schedule: give a flow expression, such as OrderFlow(id=1)")
-    return expression, flow_id
-
-
-def _literal(text: str) -> object:
-    """A signal value: the Python literal ``text`` spells, or else ``text`` itself."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return text
 
 
 def load_ipython_extension(ipython: InteractiveShell) -> None:

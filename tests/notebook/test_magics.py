@@ -9,6 +9,7 @@ process-wide with nest-asyncio2, so those tests run in a fresh interpreter.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -62,6 +63,11 @@ class Approval:
     async def run(self) -> object:
         return await await_external_signal("decision")
 """
+
+
+def plain(text: str) -> str:
+    """``text`` without the colours of IPython's tracebacks."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def greet_cell(greeting: str = "hello") -> str:
@@ -160,6 +166,66 @@ def test_a_pyergon_error_in_a_cell_is_one_line_and_tb_shows_its_traceback(
     )
     cells("%tb")
     assert "Traceback (most recent call last)" in capsys.readouterr().out
+
+
+def test_a_pyergon_error_from_a_magic_is_one_line(
+    connected: Cells, capsys: pytest.CaptureFixture[str]
+) -> None:
+    error = connected.error("%pyergon show ghost")
+
+    assert isinstance(error, FlowNotFoundError)
+    assert capsys.readouterr().out.splitlines() == [
+        "FlowNotFoundError: no flow with id 'ghost' in storage; list flows to see the ids that "
+        "exist"
+    ]
+    connected("%tb")
+    assert "Traceback (most recent call last)" in capsys.readouterr().out
+
+
+def test_traceback_shows_the_full_traceback_of_that_magic_only(
+    connected: Cells, capsys: pytest.CaptureFixture[str]
+) -> None:
+    error = connected.error("%pyergon --traceback show ghost")
+
+    assert isinstance(error, FlowNotFoundError)
+    shown = plain(capsys.readouterr().out)
+    assert "Traceback (most recent call last)" in shown
+    assert "raise FlowNotFoundError(flow_id)" in shown
+    assert len(shown.splitlines()) > 10
+
+    connected.error("%pyergon show ghost")
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_xmode_verbose_shows_pyergon_errors_in_full_and_context_as_one_line(
+    connected: Cells, capsys: pytest.CaptureFixture[str]
+) -> None:
+    connected("%xmode Verbose")
+    try:
+        connected.error("%pyergon show ghost")
+        assert "Traceback (most recent call last)" in capsys.readouterr().out
+    finally:
+        connected("%xmode Context")
+    capsys.readouterr()
+
+    connected.error("%pyergon show ghost")
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_a_bug_in_a_magic_keeps_its_traceback(
+    connected: Cells, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: Session, flow_id: str) -> None:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(Session, "history", broken)
+
+    error = connected.error("%pyergon show f-1")
+
+    assert isinstance(error, ZeroDivisionError)
+    shown = plain(capsys.readouterr().out)
+    assert "Traceback (most recent call last)" in shown
+    assert shown.rstrip().endswith("ZeroDivisionError: division by zero")
 
 
 def test_the_extension_leaves_a_handler_of_the_users_own_alone(cells: Cells) -> None:
@@ -497,32 +563,60 @@ def test_a_redefined_flow_class_replaces_the_registered_one(connected: Cells) ->
 
 
 @pytest.mark.parametrize(
-    ("line", "message"),
+    ("line", "message", "usage"),
     [
-        ("", "required: SUBCOMMAND"),
-        ("nosuch", "invalid choice: 'nosuch'"),
-        ("workers", "required: ACTION"),
-        ("workers launch", "invalid choice: 'launch'"),
-        ("flows --status bogus", "unknown status 'bogus'"),
-        ("flows --limit 0", "must be greater than 0"),
-        ("workers start --count two Greet", "not a number: 'two'"),
-        ("fork f-1", "required: --from-step"),
-        ("fork f-1 --from-step -1", "must be 0 or more"),
-        ("show", "required: ID"),
-        ("show a b", "unrecognized arguments: b"),
-        ("show 'unclosed", "No closing quotation"),
-        ("schedule", "required: EXPR"),
-        ("schedule --id only-an-id", "give a flow expression"),
-        ("schedule --id a Greet('x') --id b", "give --id once"),
+        ("", "%pyergon: the following arguments are required: SUBCOMMAND", "%pyergon"),
+        ("nosuch", "%pyergon: argument SUBCOMMAND: invalid choice: 'nosuch'", "%pyergon"),
+        ("workers", "required: ACTION", "%pyergon workers"),
+        ("workers launch", "invalid choice: 'launch'", "%pyergon workers"),
+        ("workers status now", "unrecognized arguments: now", "%pyergon workers status"),
+        ("flows --status bogus", "unknown status 'bogus'", "%pyergon flows"),
+        ("flows --limit 0", "must be greater than 0", "%pyergon flows"),
+        ("flows --limit", "argument --limit: expected one argument", "%pyergon flows"),
+        ("workers start --count two Greet", "not a number: 'two'", "%pyergon workers start"),
+        ("fork f-1", "required: --from-step", "%pyergon fork"),
+        ("fork f-1 --from-step -1", "must be 0 or more", "%pyergon fork"),
+        ("show", "%pyergon show: the following arguments are required: ID", "%pyergon show"),
+        ("show a b", "%pyergon show: unrecognized arguments: b", "%pyergon show"),
+        (
+            "connect url extra",
+            "%pyergon connect: unrecognized arguments: extra",
+            "%pyergon connect",
+        ),
+        ("schedule", "required: EXPR", "%pyergon schedule"),
+        ("schedule --id only-an-id", "give a flow expression", "%pyergon schedule"),
+        ("schedule --id a Greet('x') --id b", "give --id once", "%pyergon schedule"),
+        ("schedule Greet('x') --id", "--id needs a value, the flow's id", "%pyergon schedule"),
+        ("schedule Greet('x') --id=", "--id needs a value, the flow's id", "%pyergon schedule"),
+        ("schedule --id", "--id needs a value, the flow's id", "%pyergon schedule"),
+        ("schedule Greet('x') --id a b", "--id takes one word", "%pyergon schedule"),
+        ("schedule Greet('x') --force", "unknown option --force", "%pyergon schedule"),
+        ("schedule -f Greet('x')", "unknown option -f", "%pyergon schedule"),
+        ("replay f-1 --flow 3", "--flow '3' is 3, not a flow class", "%pyergon replay"),
     ],
 )
-def test_bad_arguments_fail_the_cell_with_a_usage_error(
-    connected: Cells, line: str, message: str
+def test_bad_arguments_fail_the_cell_with_the_usage_of_the_subcommand(
+    connected: Cells, line: str, message: str, usage: str
 ) -> None:
     error = connected.error(f"%pyergon {line}")
 
     assert isinstance(error, UsageError)
-    assert message in str(error)
+    problem, usage_line, *hint = str(error).splitlines()
+    assert message in problem
+    assert problem.startswith(f"{usage}: ")
+    assert usage_line.startswith(f"usage: {usage} [-h]")
+    assert "bad operand" not in str(error)
+    if usage == "%pyergon":  # the top-level usage says where the subcommands are listed
+        assert hint == [
+            "`%pyergon help` lists the subcommands, `%pyergon help SUBCOMMAND` explains one"
+        ]
+
+
+def test_an_unclosed_quote_is_a_usage_error(connected: Cells) -> None:
+    error = connected.error("%pyergon show 'unclosed")
+
+    assert isinstance(error, UsageError)
+    assert "No closing quotation" in str(error)
 
 
 @pytest.mark.parametrize(
@@ -533,6 +627,8 @@ def test_bad_arguments_fail_the_cell_with_a_usage_error(
         ("schedule Greet(1, 2)", "TypeError"),
         ("workers start Greet Missing", "the flow class 'Missing': NameError"),
         ("replay f-1 --flow Missing", "the flow class 'Missing': NameError"),
+        # an expression that merely contains "--" is Python, not an option
+        ("schedule Greet('a' --'b')", "TypeError: bad operand type for unary -: 'str'"),
     ],
 )
 def test_an_expression_that_fails_to_evaluate_is_a_usage_error_naming_it(
@@ -565,9 +661,41 @@ def test_help_prints_usage_and_returns_nothing(
     assert connected("%pyergon schedule -h") is None
 
     printed = capsys.readouterr().out
-    assert "usage: %pyergon [-h] SUBCOMMAND" in printed
+    assert "usage: %pyergon [-h] [--traceback] SUBCOMMAND" in printed
     assert "usage: %pyergon flows" in printed
     assert "usage: %pyergon schedule" in printed
+
+
+def test_help_lists_the_subcommands_or_explains_one_without_a_session(
+    cells: Cells, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cells("%pyergon help") is None
+    listed = capsys.readouterr().out
+    assert listed.startswith("usage: %pyergon [-h] [--traceback] SUBCOMMAND ...")
+    assert "    schedule   queue a flow for the workers" in listed
+
+    assert cells("%pyergon help schedule") is None
+    assert capsys.readouterr().out.startswith("usage: %pyergon schedule [-h] [--id ID] EXPR")
+
+    assert cells("%pyergon help workers start") is None
+    assert capsys.readouterr().out.startswith("usage: %pyergon workers start [-h] [--count N]")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("help nosuch", "%pyergon help: %pyergon has no subcommand 'nosuch'; it has: help, "),
+        ("help workers go", "%pyergon workers has no subcommand 'go'; it has: start, stop, status"),
+        ("help show ID", "%pyergon help: %pyergon show has no subcommands"),
+    ],
+)
+def test_help_for_an_unknown_subcommand_says_which_exist(
+    cells: Cells, line: str, message: str
+) -> None:
+    error = cells.error(f"%pyergon {line}")
+
+    assert isinstance(error, UsageError)
+    assert message in str(error)
 
 
 def test_failing_magics_leave_the_workers_running(connected: Cells) -> None:

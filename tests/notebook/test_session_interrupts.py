@@ -183,3 +183,28 @@ def test_programmatic_cancellation_keeps_asyncio_semantics(kernel: Kernel) -> No
         "print(task.cancelled())"
     )
     assert cancelled.streams == "True\n"
+
+
+def test_a_magic_error_is_one_line_and_traceback_shows_it_in_full(kernel: Kernel) -> None:
+    kernel.ok("%load_ext pyergon")
+    try:
+        kernel.ok("%pyergon connect memory://")
+        missing = kernel.run("%pyergon show ghost")
+        assert (missing.status, missing.ename) == ("error", "FlowNotFoundError")
+        assert missing.error_lines == [
+            "FlowNotFoundError: no flow with id 'ghost' in storage; list flows to see the ids "
+            "that exist"
+        ]
+
+        full = kernel.run("%pyergon --traceback show ghost")
+        assert full.ename == "FlowNotFoundError"
+        assert len(full.error_lines) > 1
+        assert "Traceback" in full.error_lines[1]
+
+        usage = kernel.run("%pyergon schedule Gate() --id")
+        assert usage.ename == "UsageError"
+        shown = usage.streams + "\n".join(usage.error_lines)
+        assert "%pyergon schedule: --id needs a value" in shown
+        assert "usage: %pyergon schedule [-h] [--id ID] EXPR" in shown
+    finally:
+        kernel.ok("%unload_ext pyergon")
