@@ -25,6 +25,7 @@ from pyergon._rerun import (
     rerun_flow,
     stale_child_positions,
 )
+from pyergon._values import stored_value
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.changes import Change
 from pyergon.core.outcome import Completed, FlowOutcome
@@ -283,6 +284,22 @@ class FlowManager:
             StepNotFoundError: ``step`` names no step of the flow; the message lists them.
         """
         return (await load_history(self.storage, flow_id)).output(step)
+
+    async def value(self, flow_id: str, step: str | int | None = None) -> Any:
+        """The value a flow returned, or one of its steps returned, read back from storage.
+
+        Args:
+            flow_id: The flow.
+            step: One step, by position (``3``, ``"3"``) or name; ``None``: the flow's result.
+
+        Raises:
+            FlowNotFoundError: No such flow.
+            StepNotFoundError: ``step`` names no step of the flow; the message lists them.
+            FlowStateError: The flow or step has not finished, or it failed (the message gives
+                its error) or was cancelled; or a name that names several calls.
+            SerializationError: The value cannot be read back with this serializer.
+        """
+        return stored_value(await load_history(self.storage, flow_id), self.serializer, step)
 
     async def workers(self) -> list[WorkerRecord]:
         """Every worker the storage has a record of, live, stopped or dead, by id.

@@ -161,6 +161,27 @@ class SessionViews:
         # A step running in this session: its earlier attempts' output, then this attempt's.
         return f"{recorded.rstrip()}\n── running now ──\n{live}" if recorded else live
 
+    async def value(self, flow_id: str, step: str | int | None = None) -> Any:
+        """The value a flow returned, or one of its steps returned, as stored.
+
+        ``await session.value(flow_id)`` is the flow's result; ``await session.value(flow_id,
+        "load")`` (or ``2``) is the value of that step, deserialized as the flow reads it on
+        replay.
+
+        Args:
+            flow_id: The flow.
+            step: One step, by position (``3``, ``"3"``) or name, as :meth:`output` takes it;
+                ``None``: the flow's result.
+
+        Raises:
+            FlowNotFoundError: No such flow.
+            StepNotFoundError: ``step`` names no step of the flow; the message lists them.
+            FlowStateError: The flow or step has not finished, or it failed (the message gives
+                its error) or was cancelled; or a name that names several calls.
+            SerializationError: The value cannot be read back with the session's serializer.
+        """
+        return await self.manager.value(flow_id, step)
+
     async def worker_records(self) -> list[WorkerRecord]:
         """The workers storage knows, this session's own with what they run at this moment.
 

@@ -416,6 +416,7 @@ class SyncSession(SyncFront[Session]):
     timeline = blocking(Session.timeline)
     invocations = blocking(Session.invocations)
     output = blocking(Session.output)
+    value = blocking(Session.value)
 
     @property
     def session(self) -> Session:

@@ -1,0 +1,160 @@
+"""``session.value``: a flow's result or a step's value, read back from storage as it was stored."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pyergon import await_external_signal, flow, flow_type, step
+from pyergon.errors import FlowNotFoundError, FlowStateError, StepNotFoundError
+from pyergon.management import FlowManager
+from pyergon.notebook import Session
+
+
+@dataclass
+@flow_type
+class Prices:
+    rows: int
+
+    @step
+    async def load(self) -> pd.DataFrame:
+        return pd.DataFrame({"item": [f"i{n}" for n in range(self.rows)], "price": 1.5})
+
+    @step
+    async def scale(self, factor: int) -> int:
+        return factor * 10
+
+    @step
+    async def quiet(self) -> None:
+        return None
+
+    @flow
+    async def run(self) -> dict[str, object]:
+        frame = await self.load()
+        first, second = await self.scale(1), await self.scale(2)
+        await self.quiet()
+        return {"total": float(frame["price"].sum()), "scaled": first + second}
+
+
+@dataclass
+@flow_type
+class Broken:
+    @step
+    async def fetch(self) -> int:
+        raise ValueError("the feed is down")
+
+    @flow
+    async def run(self) -> int:
+        return await self.fetch()
+
+
+@dataclass
+@flow_type
+class Waits:
+    @step
+    async def prepare(self) -> str:
+        return "ready"
+
+    @flow
+    async def run(self) -> object:
+        await self.prepare()
+        return await await_external_signal("go")
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[Session]:
+    session = await Session.open("memory://")
+    try:
+        await session.run(Prices(3), "prices")
+        await session.run(Broken(), "broken")
+        await session.run(Waits(), "waits")
+        yield session
+    finally:
+        await session.close()
+
+
+async def test_value_without_a_step_is_the_flow_s_result(session: Session) -> None:
+    assert await session.value("prices") == {"total": 4.5, "scaled": 30}
+
+
+async def test_value_of_a_step_by_name_or_position_is_what_it_returned(session: Session) -> None:
+    frame = await session.value("prices", "load")
+
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame["item"]) == ["i0", "i1", "i2"]
+    assert (await session.value("prices", 1)).equals(frame)
+    assert await session.value("prices", "2") == 10
+    assert await session.value("prices", 3) == 20
+    assert await session.value("prices", "quiet") is None
+
+
+async def test_a_name_called_several_times_asks_for_a_position(session: Session) -> None:
+    with pytest.raises(FlowStateError) as raised:
+        await session.value("prices", "scale")
+
+    assert str(raised.value) == (
+        "flow 'prices' called step 'scale' 2 times (at 2, 3); name one by its position, such "
+        "as value('prices', '3')"
+    )
+
+
+async def test_an_unknown_flow_or_step_is_named(session: Session) -> None:
+    with pytest.raises(FlowNotFoundError, match="'ghost'"):
+        await session.value("ghost")
+    with pytest.raises(StepNotFoundError) as raised:
+        await session.value("prices", "nope")
+    assert str(raised.value) == (
+        "flow 'prices' has no step 'nope'; its steps: 1 load, 2 scale, 3 scale, 4 quiet"
+    )
+
+
+async def test_a_failed_step_and_its_flow_say_so_with_the_error(session: Session) -> None:
+    with pytest.raises(FlowStateError) as step_failed:
+        await session.value("broken", "fetch")
+    assert str(step_failed.value) == (
+        "step 1 'fetch' of flow 'broken' failed with ValueError: the feed is down, so it has no "
+        "value; retry the flow to run it again"
+    )
+
+    with pytest.raises(FlowStateError) as flow_failed:
+        await session.value("broken")
+    assert str(flow_failed.value).startswith(
+        "flow 'broken' failed with ValueError: the feed is down, so it has no result;"
+    )
+
+
+async def test_a_flow_that_has_not_finished_has_no_result_yet(session: Session) -> None:
+    assert await session.value("waits", "prepare") == "ready"
+
+    with pytest.raises(FlowStateError) as raised:
+        await session.value("waits")
+
+    assert str(raised.value).startswith(
+        "flow 'waits' has not finished (SUSPENDED), so it has no result yet; wait for it"
+    )
+
+
+async def test_a_cancelled_flow_has_no_result(session: Session) -> None:
+    await session.cancel("waits")
+
+    with pytest.raises(FlowStateError, match=r"^flow 'waits' cancelled.*so it has no result"):
+        await session.value("waits")
+
+
+async def test_the_manager_reads_the_same_values(session: Session) -> None:
+    manager = FlowManager(session.storage, serializer=session.serializer)
+
+    assert await manager.value("prices", "3") == 20
+    assert await manager.value("prices") == {"total": 4.5, "scaled": 30}
+
+
+def test_a_sync_session_reads_values_without_await(tmp_path: Path) -> None:
+    with Session.open_sync(f"sqlite:///{tmp_path / 'flows.db'}") as sync:
+        sync.run(Prices(2), "prices")
+
+        assert sync.value("prices") == {"total": 3.0, "scaled": 30}
+        assert list(sync.value("prices", "load")["item"]) == ["i0", "i1"]
