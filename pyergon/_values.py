@@ -1,20 +1,29 @@
-"""The stored values of a flow: its result, or one step's, read back from storage.
+"""The stored values of a flow (its result, or one step's) read back, and how to show one.
 
 :meth:`pyergon.management.FlowManager.value` and ``session.value`` call :func:`stored_value`;
 a value that does not exist yet (or never will) is an error that says why and what to do.
+:func:`value_text` and :func:`value_json` show a value in a terminal or a JSON document, sized:
+a DataFrame as its first rows, anything longer than :data:`VALUE_LIMIT` cut with a note.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Any
 
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
-from pyergon.errors import FlowStateError
+from pyergon.errors import FlowStateError, SerializationError
 from pyergon.history import FlowHistory
 from pyergon.serialization import Serializer
 
-__all__ = ["stored_value"]
+__all__ = ["FRAME_ROWS", "VALUE_LIMIT", "stored_value", "type_name", "value_json", "value_text"]
+
+VALUE_LIMIT = 10_000
+"""Characters of a value shown unless the whole is asked for (``--full``)."""
+FRAME_ROWS = 20
+"""Rows of a DataFrame or Series shown unless the whole is asked for."""
 
 
 def stored_value(history: FlowHistory, serializer: Serializer, step: str | int | None) -> Any:
@@ -49,7 +58,7 @@ def stored_value(history: FlowHistory, serializer: Serializer, step: str | int |
 def _flow_result(flow: ScheduledFlow, serializer: Serializer) -> Any:
     flow_id = flow.flow_id
     if flow.status is TaskStatus.COMPLETE:
-        return None if flow.result is None else serializer.loads(flow.result)
+        return _loads(serializer, flow.result, f"the result of flow {flow_id!r}")
     if flow.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
         raise FlowStateError(
             flow_id,
@@ -66,7 +75,7 @@ def _flow_result(flow: ScheduledFlow, serializer: Serializer) -> Any:
 def _step_value(record: Invocation, serializer: Serializer) -> Any:
     where = f"step {record.position} {record.name!r} of flow {record.flow_id!r}"
     if record.status is InvocationStatus.COMPLETE:
-        return None if record.result is None else serializer.loads(record.result)
+        return _loads(serializer, record.result, f"the value of {where}")
     if record.status is InvocationStatus.FAILED:
         attempts = f" after {record.attempts} attempts" if record.attempts > 1 else ""
         raise FlowStateError(
@@ -81,8 +90,81 @@ def _step_value(record: Invocation, serializer: Serializer) -> Any:
     )
 
 
+def _loads(serializer: Serializer, data: bytes | None, what: str) -> Any:
+    if data is None:
+        return None
+    try:
+        return serializer.loads(data)
+    except SerializationError as error:
+        raise SerializationError(
+            f"{what} cannot be read back here: {error}; the classes it holds must be importable "
+            "(run where the flow's modules are), and the serializer the one it was stored with"
+        ) from error
+
+
 def _with(error: StoredError | None) -> str:
     if error is None:
         return ""
     name = error.type_name.rsplit(".", 1)[-1]
     return f" with {name}: {error.message}" if error.message else f" with {name}"
+
+
+def type_name(value: object) -> str:
+    """``module.QualName`` of ``value``'s type (``builtins.`` left out)."""
+    kind = type(value)
+    return (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+
+
+def value_text(value: object, *, full: bool = False) -> str:
+    """``value`` as text: a DataFrame or Series as a table of its first rows, else its repr.
+
+    Args:
+        value: The value.
+        full: Every row and character; otherwise :data:`FRAME_ROWS` rows and
+            :data:`VALUE_LIMIT` characters, with a note of what was left out.
+    """
+    table = _frame_text(value, full=full)
+    return _cut(repr(value) if table is None else table, full=full)
+
+
+def value_json(value: object, *, full: bool = False) -> dict[str, Any]:
+    """``value`` for a JSON document: itself if it is JSON and fits, else its text.
+
+    Returns:
+        ``{"type", "format": "json", "value"}`` for a value JSON can hold, up to
+        :data:`VALUE_LIMIT` characters unless ``full``; otherwise ``{"type", "format": "text",
+        "value", "truncated"}`` with the value's text (a DataFrame's first rows, a repr, or
+        the JSON text cut) as :func:`value_text` gives it.
+    """
+    try:
+        encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError):  # not JSON: a DataFrame, a dataclass, a NaN...
+        encoded = None
+    if encoded is not None and (full or len(encoded) <= VALUE_LIMIT):
+        return {"type": type_name(value), "format": "json", "value": value}
+    whole = value_text(value, full=True) if encoded is None else encoded
+    shown = value_text(value, full=full) if encoded is None else _cut(encoded, full=full)
+    return {"type": type_name(value), "format": "text", "value": shown, "truncated": shown != whole}
+
+
+def _cut(text: str, *, full: bool) -> str:
+    if full or len(text) <= VALUE_LIMIT:
+        return text
+    return f"{text[:VALUE_LIMIT]}\n… {len(text) - VALUE_LIMIT} more characters (--full shows all)"
+
+
+def _frame_text(value: object, *, full: bool) -> str | None:
+    """A pandas DataFrame or Series as a table with its shape; ``None`` for anything else."""
+    pandas = sys.modules.get("pandas")  # a stored DataFrame was unpickled with pandas imported
+    if pandas is None or not isinstance(value, pandas.DataFrame | pandas.Series):
+        return None
+    rows = None if full else FRAME_ROWS
+    if isinstance(value, pandas.DataFrame):
+        table: str = value.to_string(max_rows=rows, max_cols=None if full else 20)
+        return f"{table}\n[{value.shape[0]} rows x {value.shape[1]} columns]"
+    series: str = value.to_string(max_rows=rows, length=True, dtype=True)
+    return series

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from pyergon.core.outcome import FlowOutcome
     from pyergon.core.records import ScheduledFlow
+    from pyergon.history import FlowHistory
     from pyergon.management import FlowManager, ReplayResult
     from pyergon.storage.base import ExecutionLog
 
@@ -193,16 +194,48 @@ async def _flows(arguments: argparse.Namespace, output: _Output) -> int:
 
 
 async def _show(arguments: argparse.Namespace, output: _Output) -> int:
+    from pyergon._values import value_json, value_text
     from pyergon.cli._views import history_json, history_view
     from pyergon.history import load_history
 
+    full: bool = arguments.full
+    if full and not (arguments.result or output.as_json):
+        raise ManagementUsageError("--full goes with --result or --json: it shows the whole result")
     async with _storage(arguments) as storage:
+        if arguments.result:
+            value = await _manager(storage).value(arguments.flow_id)
+            if output.as_json:
+                output.json({"flow_id": arguments.flow_id, "result": value_json(value, full=full)})
+            else:
+                sys.stdout.write(value_text(value, full=full) + "\n")
+            return 0
         history = await load_history(storage, arguments.flow_id)
-    if output.as_json:
-        output.json(history_json(history))
-    else:
-        output.text(*history_view(history, time.time()))
+        if output.as_json:
+            output.json(
+                {**history_json(history), "result": await _result_json(storage, history, full)}
+            )
+        else:
+            output.text(*history_view(history, time.time()))
     return 0
+
+
+async def _result_json(
+    storage: ExecutionLog, history: FlowHistory, full: bool
+) -> dict[str, Any] | None:
+    """The flow's result for ``show --json``: ``None`` before it has one, else its JSON.
+
+    A result that cannot be read here (its class is not importable, another serializer) is
+    ``{"error": ...}``: the rest of the history is still worth printing.
+    """
+    from pyergon._values import stored_value, value_json
+
+    if history.flow.status is not TaskStatus.COMPLETE:
+        return None
+    try:
+        value = stored_value(history, _manager(storage).serializer, None)
+    except PyergonError as error:
+        return {"error": f"{type(error).__name__}: {_one_line(str(error))}"}
+    return value_json(value, full=full)
 
 
 async def _output(arguments: argparse.Namespace, output: _Output) -> int:

@@ -7,6 +7,7 @@ built from plain dicts with ISO-8601 UTC times, durations in seconds and payload
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -411,6 +412,11 @@ def _header_lines(history: FlowHistory) -> list[str]:
         lines.append(
             f"  [bold yellow]no live worker serves {_escape(', '.join(history.unserved))}[/]: "
             "flows of these types here wait until one does (pyergon workers lists them)"
+        )
+    if flow.status is TaskStatus.COMPLETE and flow.result is not None:
+        shown_id = _escape(shlex.quote(flow.flow_id))
+        lines.append(
+            f"  result {len(flow.result)} bytes: pyergon show {shown_id} --result prints it"
         )
     if flow.error is not None:
         lines.append(

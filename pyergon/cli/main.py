@@ -195,9 +195,20 @@ def _add_show(subcommands: _Subcommands, common: argparse.ArgumentParser) -> Non
         "show one flow: its records, a timeline, signals and children",
         "Show one flow: its state, a table of its recorded steps, timers, signals and "
         "children with durations, a text timeline, and the signals it was sent. With --json, "
-        "the whole history (payloads as sizes).",
+        "the whole history (payloads as sizes) and the flow's result.",
     )
     add_flow_id(show)
+    show.add_argument(
+        "--result",
+        action="store_true",
+        help="print only the flow's result: its repr, a DataFrame as a table of its first rows",
+    )
+    show.add_argument(
+        "--full",
+        action="store_true",
+        help="with --result or --json, the whole result (default: up to 10,000 characters, "
+        "20 rows of a DataFrame)",
+    )
 
 
 def _add_output(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
