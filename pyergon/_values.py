@@ -9,9 +9,9 @@ a DataFrame as its first rows, anything longer than :data:`VALUE_LIMIT` cut with
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
+from pyergon.core._frames import frame_text
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.errors import FlowStateError, SerializationError
@@ -127,7 +127,7 @@ def value_text(value: object, *, full: bool = False) -> str:
         full: Every row and character; otherwise :data:`FRAME_ROWS` rows and
             :data:`VALUE_LIMIT` characters, with a note of what was left out.
     """
-    table = _frame_text(value, full=full)
+    table = frame_text(value, rows=None if full else FRAME_ROWS)
     return _cut(repr(value) if table is None else table, full=full)
 
 
@@ -155,16 +155,3 @@ def _cut(text: str, *, full: bool) -> str:
     if full or len(text) <= VALUE_LIMIT:
         return text
     return f"{text[:VALUE_LIMIT]}\n… {len(text) - VALUE_LIMIT} more characters (--full shows all)"
-
-
-def _frame_text(value: object, *, full: bool) -> str | None:
-    """A pandas DataFrame or Series as a table with its shape; ``None`` for anything else."""
-    pandas = sys.modules.get("pandas")  # a stored DataFrame was unpickled with pandas imported
-    if pandas is None or not isinstance(value, pandas.DataFrame | pandas.Series):
-        return None
-    rows = None if full else FRAME_ROWS
-    if isinstance(value, pandas.DataFrame):
-        table: str = value.to_string(max_rows=rows, max_cols=None if full else 20)
-        return f"{table}\n[{value.shape[0]} rows x {value.shape[1]} columns]"
-    series: str = value.to_string(max_rows=rows, length=True, dtype=True)
-    return series

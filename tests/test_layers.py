@@ -11,8 +11,9 @@ storage               ``_hashing``, ``serialization``, ``storage.*``: payloads, 
 runtime               ``_context``, ``_interrupts``, ``_output``, ``_progress``, ``decorators``,
                       ``_fingerprint``, ``_code``, ``determinism``, ``executor.*``: running
                       flows, and which records today's code did not make
-read and operate      ``history``, ``_history_html``, ``management``, ``_rerun``: records,
-                      DataFrames, HTML of a history; cancel, resume, retry, fork, replay, rerun
+read and operate      ``history``, ``_history_html``, ``management``, ``_rerun``, ``_values``:
+                      records, DataFrames, HTML of a history, stored values; cancel, resume,
+                      retry, fork, replay, rerun
 fronts                ``cli.*``, ``notebook.*``, ``_front`` (``pyergon.run``), ``demo``,
                       ``testing.*``, ``__main__``
 façade                ``pyergon`` itself (``__init__``): re-exports; imported by no module
@@ -51,7 +52,13 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "read and operate",
-        ("pyergon.history", "pyergon._history_html", "pyergon.management", "pyergon._rerun"),
+        (
+            "pyergon.history",
+            "pyergon._history_html",
+            "pyergon.management",
+            "pyergon._rerun",
+            "pyergon._values",
+        ),
     ),
     (
         "fronts",

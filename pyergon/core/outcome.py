@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Generic, TypeAlias, TypeVar
 
+from pyergon.core._frames import frame_html, frame_summary
 from pyergon.core.records import to_datetime
 from pyergon.core.status import TaskStatus
 
@@ -60,11 +61,15 @@ class Completed(Generic[R]):
         return self.result  # type: ignore[return-value]
 
     def __repr__(self) -> str:
-        detail = f"result={self.result!r}" if self.error is None else f"error={self.error!r}"
+        if self.error is not None:
+            detail = f"error={self.error!r}"
+        else:  # a DataFrame's repr is many lines: a summary keeps this one
+            detail = f"result={frame_summary(self.result) or repr(self.result)}"
         return f"Completed(flow_id={self.flow_id!r}, status={self.status.value}, {detail})"
 
     def _repr_html_(self) -> str:
-        return f"<code>{html.escape(repr(self))}</code>"
+        frame = None if self.error is not None else frame_html(self.result)
+        return f"<code>{html.escape(repr(self))}</code>{frame or ''}"
 
 
 @dataclass(frozen=True, slots=True)

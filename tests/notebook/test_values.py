@@ -158,3 +158,44 @@ def test_a_sync_session_reads_values_without_await(tmp_path: Path) -> None:
 
         assert sync.value("prices") == {"total": 3.0, "scaled": 30}
         assert list(sync.value("prices", "load")["item"]) == ["i0", "i1"]
+
+
+@dataclass
+@flow_type
+class Table:
+    rows: int
+
+    @flow
+    async def run(self) -> pd.DataFrame:
+        return pd.DataFrame({"<b>item</b>": [f"i{n}" for n in range(self.rows)], "price": 1.5})
+
+
+async def test_a_dataframe_result_shows_as_a_small_escaped_table(session: Session) -> None:
+    outcome = await session.run(Table(30), "table")
+
+    assert repr(outcome) == (
+        "Completed(flow_id='table', status=COMPLETE, result=<DataFrame: 30 rows x 2 columns>)"
+    )
+    shown = outcome._repr_html_()
+    assert shown.startswith("<code>Completed(flow_id=&#x27;table&#x27;, status=COMPLETE, ")
+    assert '<table border="1" class="dataframe">' in shown
+    assert "<th>&lt;b&gt;item&lt;/b&gt;</th>" in shown and "<b>item" not in shown
+    assert shown.count("<tr") == 1 + 10 + 1  # the header, 10 rows and the "..." row
+    assert "<p>30 rows \u00d7 2 columns</p>" in shown
+
+
+async def test_other_results_keep_their_repr(session: Session) -> None:
+    outcome = await session.run(Prices(1), "small")
+
+    assert repr(outcome) == (
+        "Completed(flow_id='small', status=COMPLETE, result={'total': 1.5, 'scaled': 30})"
+    )
+    assert "dataframe" not in outcome._repr_html_()
+
+
+async def test_a_finished_flow_s_history_says_how_to_read_its_result(session: Session) -> None:
+    done = (await session.history("prices"))._repr_html_()
+    failed = (await session.history("broken"))._repr_html_()
+
+    assert "bytes: <code>session.value(&#x27;prices&#x27;)</code> reads it" in done
+    assert "session.value" not in failed
