@@ -179,6 +179,7 @@ class PyergonMagics(Magics):
         * ``show ID``: a flow's history. ``timeline [ID ...] [--newest N]``: a timeline of
           those flows, or of the newest ones. ``watch [--interval S] [--output]``: a live
           monitor. ``output ID [STEP]``: what the flow's steps (or one step) printed.
+          ``value ID [STEP]``: the flow's result, or the value a step returned.
         * ``signal ID NAME [VALUE]``: VALUE is a Python literal, else a string.
         * ``replay ID [--flow CLASS]``, ``resume ID``, ``retry ID``, ``cancel ID``,
           ``fork ID --from-step N [--new-id ID]``, ``rerun ID [--from-step STEP]``.
@@ -281,6 +282,11 @@ class PyergonMagics(Magics):
         output = _add(subcommands, "output", self._output, "what a flow's steps printed")
         add_flow_id(output, "ID")
         output.add_argument(
+            "step", nargs="?", metavar="STEP", help="one step, by its position (3) or its name"
+        )
+        value = _add(subcommands, "value", self._value, "a flow's result, or a step's value")
+        add_flow_id(value, "ID")
+        value.add_argument(
             "step", nargs="?", metavar="STEP", help="one step, by its position (3) or its name"
         )
         timeline = _add(subcommands, "timeline", self._timeline, "a timeline of flows")
@@ -431,6 +437,9 @@ class PyergonMagics(Magics):
 
     async def _output(self, arguments: argparse.Namespace) -> PrintedText:
         return PrintedText(await self._session().output(arguments.flow_id, arguments.step))
+
+    async def _value(self, arguments: argparse.Namespace) -> object:
+        return await self._session().value(arguments.flow_id, arguments.step)
 
     async def _timeline(self, arguments: argparse.Namespace) -> object:
         return await self._session().timeline(arguments.flow_ids, newest=arguments.newest)

@@ -13,6 +13,7 @@ from pyergon import await_external_signal, flow, flow_type, step
 from pyergon.errors import FlowNotFoundError, FlowStateError, StepNotFoundError
 from pyergon.management import FlowManager
 from pyergon.notebook import Session
+from tests.notebook.test_magics import Cells, cells, connected, ipython  # noqa: F401 - fixtures
 
 
 @dataclass
@@ -199,3 +200,16 @@ async def test_a_finished_flow_s_history_says_how_to_read_its_result(session: Se
 
     assert "bytes: <code>session.value(&#x27;prices&#x27;)</code> reads it" in done
     assert "session.value" not in failed
+
+
+def test_the_magic_gives_a_flow_s_result_or_a_step_s_value(
+    connected: Cells,  # noqa: F811 - fixture
+) -> None:
+    connected("await pyergon_session.run(Greet('ann'), 'greeted')")
+
+    assert connected("%pyergon value greeted") == "hello ann"
+    assert connected("%pyergon value greeted greet") == "hello ann"
+    assert connected("%pyergon value greeted 1") == "hello ann"
+    error = connected.error("%pyergon value greeted nope")
+    assert isinstance(error, StepNotFoundError)
+    assert str(error) == "flow 'greeted' has no step 'nope'; its steps: 1 greet"
