@@ -52,7 +52,8 @@ def stored_value(history: FlowHistory, serializer: Serializer, step: str | int |
             f"flow {flow_id!r} called step {step!r} {len(found)} times (at {positions}); "
             f"name one by its position, such as value({flow_id!r}, {found[-1].position!r})",
         )
-    return _step_value(found[0], serializer)
+    record = found[0]
+    return _step_value(record, serializer, running=history.running_at(record.position) is not None)
 
 
 def _flow_result(flow: ScheduledFlow, serializer: Serializer) -> Any:
@@ -72,7 +73,7 @@ def _flow_result(flow: ScheduledFlow, serializer: Serializer) -> Any:
     )
 
 
-def _step_value(record: Invocation, serializer: Serializer) -> Any:
+def _step_value(record: Invocation, serializer: Serializer, *, running: bool) -> Any:
     where = f"step {record.position} {record.name!r} of flow {record.flow_id!r}"
     if record.status is InvocationStatus.COMPLETE:
         return _loads(serializer, record.result, f"the value of {where}")
@@ -83,10 +84,10 @@ def _step_value(record: Invocation, serializer: Serializer) -> Any:
             f"{where} failed{attempts}{_with(record.error)}, so it has no value; retry the "
             "flow to run it again",
         )
+    state = "running now" if running else record.status.value
     raise FlowStateError(
         record.flow_id,
-        f"{where} has not finished ({record.status.value}), so it has no value yet; wait for "
-        "the flow",
+        f"{where} has not finished ({state}), so it has no value yet; wait for the flow",
     )
 
 

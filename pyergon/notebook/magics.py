@@ -260,7 +260,7 @@ class PyergonMagics(Magics):
         parser.add_argument(
             "--traceback",
             action="store_true",
-            help="show a pyergon error's full traceback, not one line (first, before SUBCOMMAND)",
+            help="show a pyergon error's full traceback, not one line (first or last on the line)",
         )
         subcommands = parser.add_subparsers(
             title="subcommands", dest="subcommand", metavar="SUBCOMMAND", required=True
@@ -522,10 +522,12 @@ def _ipython_loop() -> asyncio.AbstractEventLoop:
 
 
 def _traceback_asked(line: str) -> tuple[bool, str]:
-    """Whether ``line`` starts with ``--traceback``, and the line without it."""
-    words = line.split(maxsplit=1)
-    if words and words[0] == "--traceback":
-        return True, words[1] if len(words) == 2 else ""
+    """Whether ``line`` starts or ends with the word ``--traceback``, and the line without it."""
+    first, last = line.split(maxsplit=1), line.rsplit(maxsplit=1)
+    if first and first[0] == "--traceback":
+        return True, first[1] if len(first) == 2 else ""
+    if last and last[-1] == "--traceback":
+        return True, last[0] if len(last) == 2 else ""
     return False, line
 
 

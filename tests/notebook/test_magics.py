@@ -27,6 +27,7 @@ import pyergon
 from pyergon.core import TaskStatus
 from pyergon.errors import (
     FlowNotFoundError,
+    InvalidFlowIdError,
     PyergonError,
     StorageError,
     UnknownStorageSchemeError,
@@ -195,6 +196,12 @@ def test_traceback_shows_the_full_traceback_of_that_magic_only(
 
     connected.error("%pyergon show ghost")
     assert len(capsys.readouterr().out.splitlines()) == 1
+
+    connected.error("%pyergon show ghost --traceback")  # last on the line works too
+    assert "raise FlowNotFoundError(flow_id)" in plain(capsys.readouterr().out)
+    error = connected.error("%pyergon schedule Greet('x') --id '' --traceback")
+    assert isinstance(error, InvalidFlowIdError)
+    assert "Traceback (most recent call last)" in plain(capsys.readouterr().out)
 
 
 def test_xmode_verbose_shows_pyergon_errors_in_full_and_context_as_one_line(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,9 @@ from pyergon import await_external_signal, flow, flow_type, step
 from pyergon.errors import FlowNotFoundError, FlowStateError, StepNotFoundError
 from pyergon.management import FlowManager
 from pyergon.notebook import Session
+from pyergon.storage.memory import InMemoryExecutionLog
 from tests.notebook.test_magics import Cells, cells, connected, ipython  # noqa: F401 - fixtures
+from tests.notebook.test_session_output import store_busy_flow
 
 
 @dataclass
@@ -213,3 +216,19 @@ def test_the_magic_gives_a_flow_s_result_or_a_step_s_value(
     error = connected.error("%pyergon value greeted nope")
     assert isinstance(error, StepNotFoundError)
     assert str(error) == "flow 'greeted' has no step 'nope'; its steps: 1 greet"
+
+
+async def test_a_step_running_now_has_no_value_yet() -> None:
+    storage = InMemoryExecutionLog()
+    await store_busy_flow(storage, time.time())  # step 5 crunch runs on a live worker
+    session = Session(storage)
+    try:
+        with pytest.raises(FlowStateError) as raised:
+            await session.value("busy", "crunch")
+    finally:
+        await session.close()
+
+    assert str(raised.value) == (
+        "step 5 'crunch' of flow 'busy' has not finished (running now), so it has no value yet; "
+        "wait for the flow"
+    )
