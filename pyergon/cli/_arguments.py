@@ -21,6 +21,7 @@ __all__ = [
     "add_listing_options",
     "add_rerun_options",
     "non_negative_int",
+    "non_negative_seconds",
     "parse_since",
     "parse_status",
     "positive",
@@ -84,6 +85,17 @@ def non_negative_int(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def non_negative_seconds(text: str) -> float:
+    """An argparse ``type`` for a number of seconds >= 0, such as a deadline."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:  # NaN too
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 

@@ -31,6 +31,7 @@ from pyergon.cli._arguments import (
     add_fork_options,
     add_listing_options,
     add_rerun_options,
+    non_negative_seconds,
     positive,
 )
 from pyergon.errors import PyergonError
@@ -364,7 +365,7 @@ class PyergonMagics(Magics):
         stop = _add(actions, "stop", self._workers_stop, "stop every worker of the session")
         stop.add_argument(
             "--deadline",
-            type=float,
+            type=non_negative_seconds,
             default=5.0,
             metavar="SECONDS",
             help="how long running flows may finish before they go back to the queue",

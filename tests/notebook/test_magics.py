@@ -577,6 +577,12 @@ def test_a_redefined_flow_class_replaces_the_registered_one(connected: Cells) ->
         ("workers", "required: ACTION", "%pyergon workers"),
         ("workers launch", "invalid choice: 'launch'", "%pyergon workers"),
         ("workers status now", "unrecognized arguments: now", "%pyergon workers status"),
+        (
+            "workers stop --deadline soon",
+            "not a number of seconds: 'soon'",
+            "%pyergon workers stop",
+        ),
+        ("workers stop --deadline -1", "must be 0 or more, got -1", "%pyergon workers stop"),
         ("flows --status bogus", "unknown status 'bogus'", "%pyergon flows"),
         ("flows --limit 0", "must be greater than 0", "%pyergon flows"),
         ("flows --limit", "argument --limit: expected one argument", "%pyergon flows"),
