@@ -130,9 +130,14 @@ def _show(
 
 
 def _wants_full(shell: InteractiveShell, error: BaseException) -> bool:
-    """Whether ``error`` was marked by :func:`show_in_full` or ``%xmode`` asks for detail."""
+    """Whether ``error`` was marked by :func:`show_in_full`, or is ours and ``%xmode`` asks.
+
+    An interruption keeps its one line in every mode: it is not an error to debug.
+    """
+    if getattr(error, _FULL, False) is True:
+        return True
     mode = getattr(getattr(shell, "InteractiveTB", None), "mode", None)
-    return getattr(error, _FULL, False) is True or mode in FULL_TRACEBACK_MODES
+    return isinstance(error, PyergonError) and mode in FULL_TRACEBACK_MODES
 
 
 def current_shell() -> InteractiveShell | None:
