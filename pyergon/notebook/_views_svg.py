@@ -86,7 +86,8 @@ _MIN_SPAN = 0.001
 """Smallest time span drawn, so flows that took no time (a ManualClock) still render."""
 _HATCH = 6
 _MAX_HATCHES = 60
-_FONT = "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace"
+_FONT = "ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace"
+"""Monospace fonts; DejaVu Sans Mono is what a Linux renderer of the PNG (resvg) finds."""
 
 
 def timeline_svg(
