@@ -479,12 +479,8 @@ class _Drawing:
         failure = failure_note(history)
         title = flow_summary(history) + (f"\n{failure}" if failure else "")
         indent = 4 + _INDENT * lane.depth
-        label = ("↳ " if lane.depth else "") + clip(flow.flow_id, 22 - 2 * lane.depth)
-        parts = [
-            f"<title>{escape(title)}</title>",
-            f'<text x="{indent}" y="{baseline}">{escape(label)}'
-            f'<tspan x="170" fill="{colour}">{escape(flow.status.value)}</tspan></text>',
-        ]
+        parts = [f"<title>{escape(title)}</title>"]
+        label_end: float | None = None
         start, end = flow_span(history, self.now)
         if self.scale.shows(start, end):
             left, right = self.scale.x(start), self.scale.x(end)
@@ -496,16 +492,22 @@ class _Drawing:
                 f'rx="2" fill="{colour}" fill-opacity="0.45" stroke="{colour}"/>'
             )
             parts.extend(self._failure_marks(history, y, bar))
-            retried = sum(1 for record in history.records_now if record.attempts > 1)
-            badges = []
-            if retried:
-                badges.append((f"{ATTEMPTS_SIGN}{retried} retried", "red", "pyergon-retry"))
-            if flow.lease_losses:
-                badges.append(
-                    (f"lease lost {ATTEMPTS_SIGN}{flow.lease_losses}", "red", "pyergon-lease-lost")
-                )
-            drawn, _ = _pills(badges, left, right, baseline) if row >= 12 else ([], None)
-            parts.extend(drawn)
+            if row >= 12:  # thinner rows have no room for badges; the tooltip says it all
+                drawn, label_end = _pills(_flow_badges(history), left, right, baseline)
+                parts.extend(drawn)
+        # The status after the id; both give way to badges that had to go left of the plot.
+        char = 0.6 * min(11, row - 1)
+        status_x = 170.0
+        if label_end is not None:
+            status_x = min(status_x, label_end - len(flow.status.value) * char)
+        status = (
+            f'<tspan x="{round(status_x, 1)}" fill="{colour}">{escape(flow.status.value)}</tspan>'
+        )
+        if status_x - indent < 8 * char:  # no room for both: the bar's colour tells the status
+            status, status_x = "", label_end or status_x
+        chars = max(4, int((status_x - 6 - indent) / char) - 2 * (lane.depth > 0))
+        label = ("↳ " if lane.depth else "") + clip(flow.flow_id, chars)
+        parts.insert(1, f'<text x="{indent}" y="{baseline}">{escape(label)}{status}</text>')
         return (
             f'<g class="pyergon-flow-row" data-flow-id="{escape(flow.flow_id)}" '
             f'data-status="{flow.status.value}">{"".join(parts)}</g>'
@@ -578,6 +580,18 @@ class _Drawing:
             )
             x += width
         return f'<g class="pyergon-legend">{"".join(parts)}</g>', y - top + _LEGEND_ROW + 4
+
+
+def _flow_badges(history: FlowHistory) -> list[tuple[str, str, str]]:
+    """A collapsed flow's badges: how many records were retried, how often its lease was lost."""
+    badges = []
+    retried = sum(1 for record in history.records_now if record.attempts > 1)
+    if retried:
+        badges.append((f"{ATTEMPTS_SIGN}{retried} retried", "red", "pyergon-retry"))
+    if history.flow.lease_losses:
+        lost = f"lease lost {ATTEMPTS_SIGN}{history.flow.lease_losses}"
+        badges.append((lost, "red", "pyergon-lease-lost"))
+    return badges
 
 
 def _badges(record: Invocation, stale: bool) -> list[tuple[str, str, str]]:
