@@ -154,7 +154,7 @@ def shown_records(
 
 def earlier_attempts(record: Invocation) -> tuple[Attempt, ...]:
     """The record's earlier attempts, the ones that did not make it final, oldest first."""
-    return ()
+    return record.earlier_attempts
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,15 +163,20 @@ class Segment:
 
     Attributes:
         start: When the attempt started (epoch seconds).
-        end: When it ended, or when the next attempt started for one abandoned by a crash.
+        end: When it ended; for one abandoned by a crash, the last time it was seen running
+            (its start if never), and ``gap_end`` is when the next attempt started.
         end_kind: How it ended, or ``"current"`` for the record's last attempt.
         attempt: The earlier attempt it draws; ``None`` for the current one.
+        gap_end: For an abandoned attempt, the end of the crash gap: the next attempt's start.
+        next_number: The number of the attempt that came next.
     """
 
     start: float
     end: float
     end_kind: Literal["failed", "abandoned", "lease lost", "current"]
     attempt: Attempt | None = None
+    gap_end: float | None = None
+    next_number: int = 0
 
 
 def bar_end(record: Invocation, now: float) -> float:
@@ -197,17 +202,26 @@ def attempt_segments(
     earlier = [(attempt, start) for attempt, start in timed if start is not None]
     if not earlier:
         return [Segment(record.started_at, end, "current")]
-    # The current attempt starts where the last earlier one ended (a retry backoff is short)
-    # or, when a worker runs it now, when that worker started it.
-    last = earlier[-1][0]
+    # The current attempt started when the worker running it now says, else when the last
+    # earlier one ended (a retry backoff is short), else when the record was first written if
+    # that is later (a first attempt abandoned before it wrote any), else nobody knows: the
+    # crash gap then reaches the record's end.
+    last, last_start = earlier[-1]
     current = running_since if running_since is not None else last.ended_at
-    if current is None:  # abandoned, and the next start is not known: a gap to the end
-        current = end
+    if current is None:
+        current = record.started_at if record.started_at > last_start else end
     next_starts = [start for _, start in earlier[1:]] + [current]
+    next_numbers = [attempt.number for attempt, _ in earlier[1:]] + [record.attempts]
     segments = []
-    for (attempt, start), next_start in zip(earlier, next_starts, strict=True):
-        stop = attempt.ended_at if attempt.ended_at is not None else next_start
-        segments.append(Segment(start, max(stop, start), attempt.end, attempt))
+    for (attempt, start), next_start, number in zip(
+        earlier, next_starts, next_numbers, strict=True
+    ):
+        if attempt.ended_at is not None:
+            stop, gap = attempt.ended_at, None
+        else:  # nobody saw it end: running until last seen, then a gap to the next start
+            stop = attempt.last_seen_at if attempt.last_seen_at is not None else start
+            gap = max(next_start, stop)
+        segments.append(Segment(start, max(stop, start), attempt.end, attempt, gap, number))
     segments.append(Segment(min(current, end), end, "current"))
     return segments
 
@@ -223,7 +237,8 @@ def latest_time(histories: Sequence[FlowHistory]) -> float:
         for record in history.records_now:
             times.extend(t for t in (record.started_at, record.completed_at) if t is not None)
             for attempt in earlier_attempts(record):
-                times.extend(t for t in (attempt.started_at, attempt.ended_at) if t is not None)
+                moments = (attempt.started_at, attempt.ended_at, attempt.last_seen_at)
+                times.extend(t for t in moments if t is not None)
     return max(times, default=0.0)
 
 
@@ -255,6 +270,9 @@ def flow_span(history: FlowHistory, now: float) -> tuple[float, float]:
         if record.started_at is not None:
             start = min(start, record.started_at)
             end = max(end, bar_end(record, now))
+        for attempt in earlier_attempts(record):
+            if attempt.started_at is not None:
+                start = min(start, attempt.started_at)
     if unfinished(history):
         end = max(end, now)
     return start, end

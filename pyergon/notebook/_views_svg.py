@@ -19,15 +19,15 @@ from pyergon._history_html import (
     AMBER,
     DARK_GREY,
     FLOW_COLOURS,
-    GREEN,
     GREY,
     RECORD_COLOURS,
     RED,
     escape,
     lease_loss_note,
+    seconds,
 )
 from pyergon.core.records import Invocation
-from pyergon.core.status import InvocationStatus, OperationKind
+from pyergon.core.status import InvocationStatus
 from pyergon.history import FlowHistory
 from pyergon.notebook._timeline_layout import (
     Lane,
@@ -44,8 +44,26 @@ from pyergon.notebook._timeline_layout import (
     unfinished,
     window_bounds,
 )
+from pyergon.notebook._timeline_marks import (
+    BAR,
+    CHAR,
+    FONT,
+    GRID,
+    INK,
+    MUTED,
+    PAPER,
+    PLOT_LEFT,
+    PLOT_RIGHT,
+    RULE,
+    WIDTH,
+    flow_badges,
+    legend,
+    pills,
+    progress_mark,
+    record_badges,
+    record_mark,
+)
 from pyergon.notebook._timeline_text import (
-    ATTEMPTS_SIGN,
     LABEL_CHARS,
     attempt_note,
     clip,
@@ -55,39 +73,20 @@ from pyergon.notebook._timeline_text import (
     record_tooltip,
 )
 
-__all__ = ["INK", "PAPER", "timeline_svg"]
+__all__ = ["timeline_svg"]
 
-INK, MUTED, RULE, GRID, PAPER = "#212121", "#616161", "#bdbdbd", "#e0e0e0", "#ffffff"
-"""Text, secondary text, lane rules, grid lines and the opaque background."""
-_PILLS = {
-    "red": ("#fdecea", "#e57373", "#b71c1c"),
-    "amber": ("#fff8e1", "#ffb300", "#6d4c00"),
-    "grey": ("#f1f3f4", "#bdbdbd", "#303030"),
-}
-"""A badge's fill, outline and text by tone: light fills with dark text, readable on white."""
-
-_WIDTH = 760
-_PLOT_LEFT = 250
-_PLOT_RIGHT = _WIDTH - 16
 _AXIS_HEIGHT = 26
 _FLOW_ROW = 22
 _RECORD_ROW = 17
-_BAR = 10
 _LANE_GAP = 8
 _INDENT = 12
-_LEGEND_ROW = 18
 _COLLAPSED_BUDGET = 1800
 """Pixels the collapsed rows may take before they get thinner (down to ``_MIN_ROW``)."""
 _MAX_ROW, _MIN_ROW = 16, 9
-_CHAR = 6.6
-"""Width of a character at the font size of 11 (monospace, 0.6 em)."""
-_PILL_CHAR = 6.0
 _MIN_SPAN = 0.001
 """Smallest time span drawn, so flows that took no time (a ManualClock) still render."""
 _HATCH = 6
 _MAX_HATCHES = 60
-_FONT = "ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace"
-"""Monospace fonts; DejaVu Sans Mono is what a Linux renderer of the PNG (resvg) finds."""
 
 
 def timeline_svg(
@@ -123,7 +122,7 @@ class _Scale:
 
     def x(self, timestamp: float) -> float:
         fraction = (timestamp - self.origin) / self.span
-        return round(_PLOT_LEFT + min(max(fraction, 0.0), 1.0) * (_PLOT_RIGHT - _PLOT_LEFT), 1)
+        return round(PLOT_LEFT + min(max(fraction, 0.0), 1.0) * (PLOT_RIGHT - PLOT_LEFT), 1)
 
     def shows(self, start: float, end: float) -> bool:
         """Whether a span from ``start`` to ``end`` meets the window."""
@@ -138,51 +137,6 @@ def _scale(lanes: Sequence[Lane], now: float, options: TimelineOptions) -> _Scal
         low, high = window_bounds(options.window, first)
         return _Scale(first, low, max(high - low, _MIN_SPAN))
     return _Scale(first, first, max(last - first, _MIN_SPAN))
-
-
-def _pill(x: float, baseline: float, text: str, tone: str, css: str) -> str:
-    """A badge: ``text`` in a rounded box starting at ``x`` (light fill, dark text)."""
-    fill, outline, ink = _PILLS[tone]
-    width = _pill_width(text)
-    return (
-        f'<g class="pyergon-badge {css}"><rect x="{round(x, 1)}" y="{baseline - 9}" '
-        f'width="{width}" height="12" rx="6" fill="{fill}" stroke="{outline}"/>'
-        f'<text x="{round(x + 5, 1)}" y="{baseline}" font-size="10" fill="{ink}">'
-        f"{escape(text)}</text></g>"
-    )
-
-
-def _pill_width(text: str) -> float:
-    return round(len(text) * _PILL_CHAR + 10, 1)
-
-
-def _pills(
-    badges: Sequence[tuple[str, str, str]], start: float, end: float, baseline: float
-) -> tuple[list[str], float | None]:
-    """Badges beside a bar from ``start`` to ``end``, never over it.
-
-    After the bar if they fit, else before it, else at the right of the label column.
-
-    Returns:
-        The drawn badges, and the x the label column must end before (``None``: not used).
-    """
-    if not badges:
-        return [], None
-    widths = [_pill_width(text) + 4 for text, _, _ in badges]
-    total = sum(widths)
-    label_end = None
-    if end + 6 + total <= _WIDTH - 2:
-        x = end + 6
-    elif start - 6 - total >= _PLOT_LEFT - 4:
-        x = start - 6 - total
-    else:
-        x = _PLOT_LEFT - 6 - total
-        label_end = x - 4
-    drawn = []
-    for (text, tone, css), width in zip(badges, widths, strict=True):
-        drawn.append(_pill(x, baseline, text, tone, css))
-        x += width
-    return drawn, label_end
 
 
 class _Drawing:
@@ -205,16 +159,16 @@ class _Drawing:
     def svg(self) -> str:
         body = self._collapsed_rows() if self.collapsed else self._lanes()
         bottom = self.bottom
-        legend, legend_height = self._legend(bottom + 8)
-        height = bottom + 8 + legend_height
+        key, key_height = legend(bottom + 16)  # below the "now" under the plot
+        height = bottom + 16 + key_height
         label = f"pyergon timeline of {len(self.lanes)} flow(s)"
         return (
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" '
-            f'viewBox="0 0 {_WIDTH} {height}" role="img" aria-label="{escape(label)}" '
-            f'font-family="{_FONT}" font-size="11" fill="{INK}">'
-            f'<rect class="pyergon-paper" x="0" y="0" width="{_WIDTH}" height="{height}" '
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+            f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(label)}" '
+            f'font-family="{FONT}" font-size="11" fill="{INK}">'
+            f'<rect class="pyergon-paper" x="0" y="0" width="{WIDTH}" height="{height}" '
             f'fill="{PAPER}"/>{self._axis(bottom)}{body}{self._links()}'
-            f"{self._now_line(bottom)}{legend}</svg>"
+            f"{self._now_line(bottom)}{key}</svg>"
         )
 
     # -- frame --------------------------------------------------------------------------------
@@ -310,9 +264,9 @@ class _Drawing:
             y += _RECORD_ROW
         if hidden:
             rows.append(
-                f'<g class="pyergon-gap"><line x1="48" y1="{y + 8.5}" x2="{_PLOT_RIGHT}" '
+                f'<g class="pyergon-gap"><line x1="48" y1="{y + 8.5}" x2="{PLOT_RIGHT}" '
                 f'y2="{y + 8.5}" stroke="{RULE}" stroke-dasharray="1 4"/>'
-                f'<rect x="44" y="{y + 2}" width="{len(gap_note(hidden)) * _CHAR + 8}" '
+                f'<rect x="44" y="{y + 2}" width="{len(gap_note(hidden)) * CHAR + 8}" '
                 f'height="13" fill="{PAPER}"/>'
                 f'<text x="48" y="{y + 12}" fill="{MUTED}">{escape(gap_note(hidden))}</text></g>'
             )
@@ -322,7 +276,7 @@ class _Drawing:
             y += _RECORD_ROW
         markup = (
             f'<g class="pyergon-lane" data-flow-id="{escape(flow.flow_id)}">'
-            f'<line x1="0" y1="{top}" x2="{_WIDTH}" y2="{top}" stroke="{RULE}"/>'
+            f'<line x1="0" y1="{top}" x2="{WIDTH}" y2="{top}" stroke="{RULE}"/>'
             f"{head}{''.join(rows)}</g>"
         )
         return markup, y + _LANE_GAP
@@ -347,7 +301,7 @@ class _Drawing:
         if record.started_at is not None and self.scale.shows(
             record.started_at, bar_end(record, self.now)
         ):
-            y = top + (_RECORD_ROW - _BAR) / 2
+            y = top + (_RECORD_ROW - BAR) / 2
             since = None if activity is None else activity.started_at
             segments = attempt_segments(record, self.now, since)
             start = self.scale.x(segments[0].start)
@@ -357,22 +311,22 @@ class _Drawing:
             current = segments[-1]
             begin = self.scale.x(current.start)
             end = max(self.scale.x(current.end), begin + 2)
-            parts.append(self._mark(record, begin, end, y, colour))
+            parts.append(record_mark(record, begin, end, y, colour))
             if running:
-                parts.append(self._progress(record, begin, end, y))
+                parts.append(progress_mark(record, begin, end, y))
             if stale:
                 parts.append(
                     f'<rect x="{begin - 1.5}" y="{y - 1.5}" width="{round(end - begin + 3, 1)}" '
-                    f'height="{_BAR + 3}" rx="3" fill="none" stroke="{AMBER}" '
+                    f'height="{BAR + 3}" rx="3" fill="none" stroke="{AMBER}" '
                     'stroke-width="1.5" stroke-dasharray="3 2"/>'
                 )
             if record.child_flow_id is not None:
-                self.links.append((begin, y + _BAR, record.child_flow_id))
-            badges, label_end = _pills(_badges(record, stale), start, end, top + 12)
+                self.links.append((begin, y + BAR, record.child_flow_id))
+            badges, label_end = pills(record_badges(record, stale), start, end, top + 12)
             parts.extend(badges)
         chars = LABEL_CHARS - 7
         if label_end is not None:
-            chars = max(4, min(chars, int((label_end - 48) / _CHAR)))
+            chars = max(4, min(chars, int((label_end - 48) / CHAR)))
         parts[1:1] = [
             f'<text x="40" y="{top + 12}" text-anchor="end">{escape(record.position)}</text>',
             f'<text x="48" y="{top + 12}">{escape(clip(record_name(record), chars))}</text>',
@@ -385,75 +339,53 @@ class _Drawing:
 
     def _attempt(self, segment: Segment, y: float) -> str:
         """An earlier attempt: failed red, abandoned hatched to a crash gap, lease lost outlined."""
-        assert segment.attempt is not None
+        attempt = segment.attempt
+        assert attempt is not None
         start = self.scale.x(segment.start)
         end = max(self.scale.x(segment.end), start + 2)
         width = round(end - start, 1)
-        title = f"<title>{escape(attempt_note(segment.attempt, width=400))}</title>"
-        if segment.end_kind == "failed":
-            return (
-                f'<g class="pyergon-attempt pyergon-attempt-failed">{title}<rect x="{start}" '
-                f'y="{y}" width="{width}" height="{_BAR}" rx="2" fill="{RED}"/></g>'
-            )
-        if segment.end_kind == "lease lost":
-            return (
-                f'<g class="pyergon-attempt pyergon-attempt-lease-lost">{title}<rect x="{start}" '
-                f'y="{y}" width="{width}" height="{_BAR}" rx="2" fill="{AMBER}" '
+        title = f"<title>{escape(attempt_note(attempt, width=400))}</title>"
+        css = f"pyergon-attempt pyergon-attempt-{attempt.end.replace(' ', '-')}"
+        if attempt.end == "failed":
+            body = f'<rect x="{start}" y="{y}" width="{width}" height="{BAR}" rx="2" fill="{RED}"/>'
+        elif attempt.end == "lease lost":
+            body = (
+                f'<rect x="{start}" y="{y}" width="{width}" height="{BAR}" rx="2" fill="{AMBER}" '
                 f'fill-opacity="0.35" stroke="{RED}" stroke-dasharray="2 1"/>'
                 f'<polygon points="{end - 4},{y - 3} {end + 4},{y - 3} {end},{y + 2}" '
-                f'fill="{RED}"/></g>'
+                f'fill="{RED}"/>'
             )
-        hatches = []
-        for index in range(min(int(width // _HATCH), _MAX_HATCHES)):
-            x = round(start + index * _HATCH, 1)
-            hatches.append(f'<line x1="{x}" y1="{y + _BAR}" x2="{x + _BAR * 0.6}" y2="{y}"/>')
-        # The crash gap: from the attempt's start nobody knows when it stopped, only that the
-        # next attempt started at ``end``; a zigzag marks that break.
-        return (
-            f'<g class="pyergon-attempt pyergon-attempt-abandoned">{title}<rect x="{start}" '
-            f'y="{y}" width="{width}" height="{_BAR}" fill="{GREY}" fill-opacity="0.25" '
-            f'stroke="{GREY}" stroke-dasharray="2 2"/><g stroke="{GREY}">{"".join(hatches)}</g>'
-            f'<polyline class="pyergon-crash-gap" points="{end},{y - 3} {end - 3},{y + 2} '
-            f'{end + 3},{y + 6} {end},{y + _BAR + 3}" fill="none" stroke="{RED}" '
-            f'stroke-width="1.5"><title>crash gap: the worker stopped; attempt '
-            f"{segment.attempt.number + 1} started here</title></polyline></g>"
-        )
+        else:
+            hatches = "".join(
+                f'<line x1="{start + index * _HATCH}" y1="{y + BAR}" '
+                f'x2="{round(start + index * _HATCH + BAR * 0.6, 1)}" y2="{y}"/>'
+                for index in range(min(int(width // _HATCH) + 1, _MAX_HATCHES))
+            )
+            body = (
+                f'<rect x="{start}" y="{y}" width="{width}" height="{BAR}" fill="{GREY}" '
+                f'fill-opacity="0.3"/><g stroke="{DARK_GREY}">{hatches}</g>'
+            )
+        return f'<g class="{css}">{title}{body}{self._crash_gap(segment, end, y)}</g>'
 
-    @staticmethod
-    def _mark(record: Invocation, start: float, end: float, y: float, colour: str) -> str:
-        width = round(end - start, 1)
-        middle = y + _BAR / 2
-        if record.kind is OperationKind.TIMER:
-            return (
-                f'<rect x="{start}" y="{y}" width="{width}" height="{_BAR}" fill="{colour}" '
-                f'fill-opacity="0.25" stroke="{colour}" stroke-dasharray="4 2"/>'
-            )
-        if record.kind is OperationKind.SIGNAL:
-            fill = colour if record.is_final else PAPER
-            return (
-                f'<line x1="{start}" y1="{middle}" x2="{end}" y2="{middle}" stroke="{colour}" '
-                f'stroke-width="2" stroke-dasharray="1 3"/>'
-                f'<polygon points="{end},{y} {end + 5},{middle} {end},{y + _BAR} '
-                f'{end - 5},{middle}" fill="{fill}" stroke="{colour}"/>'
-            )
-        if record.kind is OperationKind.VALUE:
-            return f'<circle cx="{start}" cy="{middle}" r="3" fill="{colour}"/>'
-        radius = _BAR / 2 if record.kind is OperationKind.CHILD else 2
-        return (
-            f'<rect x="{start}" y="{y}" width="{width}" height="{_BAR}" rx="{radius}" '
-            f'fill="{colour}"/>'
-        )
+    def _crash_gap(self, segment: Segment, stopped: float, y: float) -> str:
+        """From where an attempt was last seen to the next attempt's start: nobody ran it.
 
-    @staticmethod
-    def _progress(record: Invocation, start: float, end: float, y: float) -> str:
-        """A running step's share done, as a darker fill from the start of its bar."""
-        fraction = None if record.progress is None else record.progress.fraction
-        if fraction is None:
+        A zigzag marks the break where the worker was last seen; a dashed span the time lost.
+        """
+        if segment.gap_end is None:
             return ""
-        width = round((end - start) * fraction, 1)
+        until = max(self.scale.x(segment.gap_end), stopped)
+        lost = seconds(segment.gap_end - segment.end)
+        title = (
+            f"crash gap: the worker stopped (a crash, a kernel restart) after it was last seen; "
+            f"attempt {segment.next_number} started {lost} later"
+        )
         return (
-            f'<rect class="pyergon-progress" x="{start}" y="{y + 2}" width="{width}" '
-            f'height="{_BAR - 4}" fill="{DARK_GREY}" fill-opacity="0.6"/>'
+            f'<g class="pyergon-crash-gap"><title>{escape(title)}</title>'
+            f'<rect x="{stopped}" y="{y + 2}" width="{round(until - stopped, 1)}" '
+            f'height="{BAR - 4}" fill="{PAPER}" stroke="{GREY}" stroke-dasharray="2 2"/>'
+            f'<polyline points="{stopped},{y - 3} {stopped - 3},{y + 2} {stopped + 3},{y + 6} '
+            f'{stopped},{y + BAR + 3}" fill="none" stroke="{RED}" stroke-width="1.5"/></g>'
         )
 
     # -- collapsed ----------------------------------------------------------------------------
@@ -493,7 +425,7 @@ class _Drawing:
             )
             parts.extend(self._failure_marks(history, y, bar))
             if row >= 12:  # thinner rows have no room for badges; the tooltip says it all
-                drawn, label_end = _pills(_flow_badges(history), left, right, baseline)
+                drawn, label_end = pills(flow_badges(history), left, right, baseline)
                 parts.extend(drawn)
         # The status after the id; both give way to badges that had to go left of the plot.
         char = 0.6 * min(11, row - 1)
@@ -534,73 +466,3 @@ class _Drawing:
             f'stroke="{stroke}" stroke-width="2"/>'
             for x, css, stroke in marks
         ]
-
-    # -- legend -------------------------------------------------------------------------------
-
-    def _legend(self, top: float) -> tuple[str, float]:
-        """The legend, wrapped to the width; returns it and its height."""
-        items = [
-            (f'<rect x="0" y="0" width="14" height="{_BAR}" rx="2" fill="{GREEN}"/>', "complete"),
-            (f'<rect x="0" y="0" width="14" height="{_BAR}" rx="2" fill="{RED}"/>', "failed"),
-            (f'<rect x="0" y="0" width="14" height="{_BAR}" rx="2" fill="{AMBER}"/>', "running"),
-            (f'<rect x="0" y="0" width="14" height="{_BAR}" rx="2" fill="{GREY}"/>', "waiting"),
-            (
-                f'<rect x="0" y="0" width="14" height="{_BAR}" fill="{GREY}" fill-opacity="0.25" '
-                f'stroke="{GREY}" stroke-dasharray="4 2"/>',
-                "timer",
-            ),
-            (f'<polygon points="7,0 12,5 7,10 2,5" fill="{GREY}"/>', "signal"),
-            (f'<rect x="0" y="0" width="14" height="{_BAR}" rx="5" fill="{GREY}"/>', "child"),
-            (
-                f'<rect x="0" y="0" width="14" height="{_BAR}" fill="{GREY}" fill-opacity="0.25" '
-                f'stroke="{GREY}" stroke-dasharray="2 2"/><polyline points="14,-2 11,3 17,7 14,12" '
-                f'fill="none" stroke="{RED}" stroke-width="1.5"/>',
-                "abandoned, crash gap",
-            ),
-            (
-                f'<rect x="0" y="0" width="14" height="{_BAR}" rx="5" fill="{_PILLS["red"][0]}" '
-                f'stroke="{_PILLS["red"][1]}"/>',
-                f"{ATTEMPTS_SIGN}n attempts",
-            ),
-            (
-                f'<rect x="1" y="0" width="12" height="{_BAR}" rx="2" fill="none" '
-                f'stroke="{AMBER}" stroke-dasharray="3 2"/>',
-                "stale",
-            ),
-        ]
-        parts = []
-        x, y = 4.0, top
-        for swatch, name in items:
-            width = 26 + 7 * len(name)
-            if x + width > _WIDTH:
-                x, y = 4.0, y + _LEGEND_ROW
-            parts.append(
-                f'<g transform="translate({x},{y})">{swatch}'
-                f'<text x="20" y="9">{escape(name)}</text></g>'
-            )
-            x += width
-        return f'<g class="pyergon-legend">{"".join(parts)}</g>', y - top + _LEGEND_ROW + 4
-
-
-def _flow_badges(history: FlowHistory) -> list[tuple[str, str, str]]:
-    """A collapsed flow's badges: how many records were retried, how often its lease was lost."""
-    badges = []
-    retried = sum(1 for record in history.records_now if record.attempts > 1)
-    if retried:
-        badges.append((f"{ATTEMPTS_SIGN}{retried} retried", "red", "pyergon-retry"))
-    if history.flow.lease_losses:
-        lost = f"lease lost {ATTEMPTS_SIGN}{history.flow.lease_losses}"
-        badges.append((lost, "red", "pyergon-lease-lost"))
-    return badges
-
-
-def _badges(record: Invocation, stale: bool) -> list[tuple[str, str, str]]:
-    """A record's badges: text, tone and class."""
-    badges = []
-    if stale:
-        badges.append(("stale", "amber", "pyergon-stale-note"))
-    if record.attempts > 1:
-        badges.append((f"{ATTEMPTS_SIGN}{record.attempts}", "red", "pyergon-retry"))
-    if record.child_flow_id is not None:
-        badges.append((f"→ {clip(record.child_flow_id, 30)}", "grey", "pyergon-child-link"))
-    return badges
