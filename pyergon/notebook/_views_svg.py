@@ -85,6 +85,12 @@ _COLLAPSED_BUDGET = 1800
 _MAX_ROW, _MIN_ROW = 16, 9
 _MIN_SPAN = 0.001
 """Smallest time span drawn, so flows that took no time (a ManualClock) still render."""
+_ATTEMPT_TICKS = {
+    "failed": ("pyergon-failure-mark", RED),
+    "abandoned": ("pyergon-crash-gap", DARK_GREY),
+    "lease lost": ("pyergon-lease-lost-mark", AMBER),
+}
+"""How a collapsed row marks where an earlier attempt ended: class and colour."""
 _HATCH = 6
 _MAX_HATCHES = 60
 
@@ -446,7 +452,11 @@ class _Drawing:
         )
 
     def _failure_marks(self, history: FlowHistory, y: float, height: float) -> list[str]:
-        """A red tick where a record or an attempt failed, a zigzag where a worker stopped."""
+        """Ticks on a collapsed row where its flow's records and attempts went wrong.
+
+        Red where a record or an attempt failed, grey where a worker was last seen before it
+        stopped (a crash gap), amber where a lease was lost.
+        """
         marks = []
         for record in history.records_now:
             if record.status is InvocationStatus.FAILED:
@@ -454,13 +464,11 @@ class _Drawing:
                 if when is not None:
                     marks.append((self.scale.x(when), "pyergon-failure-mark", RED))
             for attempt in earlier_attempts(record):
-                when = attempt.ended_at if attempt.ended_at is not None else attempt.started_at
-                if when is None:
-                    continue
-                css = "pyergon-crash-gap" if attempt.end == "abandoned" else "pyergon-failure-mark"
-                marks.append(
-                    (self.scale.x(when), css, RED if attempt.end == "failed" else DARK_GREY)
-                )
+                moments = (attempt.ended_at, attempt.last_seen_at, attempt.started_at)
+                when = next((moment for moment in moments if moment is not None), None)
+                if when is not None:
+                    css, stroke = _ATTEMPT_TICKS[attempt.end]
+                    marks.append((self.scale.x(when), css, stroke))
         return [
             f'<line class="{css}" x1="{x}" y1="{y - 1}" x2="{x}" y2="{y + height + 1}" '
             f'stroke="{stroke}" stroke-width="2"/>'
