@@ -6,6 +6,7 @@ they ran (for nbval and doctests). The SVG shares its summaries, notes and toolt
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from pyergon._history_html import last_lines, lease_loss_note, seconds
@@ -106,7 +107,10 @@ def flow_summary(history: FlowHistory) -> str:
 
 
 def failure_note(history: FlowHistory) -> str:
-    """Where a flow failed, as ``failed at 3 crunch``, and its retried steps; ``""`` if none."""
+    """What went wrong in a flow, in words; ``""`` if nothing did.
+
+    As in ``failed at 3 crunch, 2 records retried, 1 attempt abandoned``.
+    """
     failed = [record for record in history.records_now if record.status is InvocationStatus.FAILED]
     notes = [f"failed at {record.position} {record_name(record)}" for record in failed[:3]]
     if len(failed) > 3:
@@ -114,6 +118,12 @@ def failure_note(history: FlowHistory) -> str:
     retried = sum(1 for record in history.records_now if record.attempts > 1)
     if retried:
         notes.append(f"{retried} record{'' if retried == 1 else 's'} retried")
+    ends = Counter(
+        attempt.end for record in history.records_now for attempt in earlier_attempts(record)
+    )
+    for end in ("abandoned", "lease lost"):
+        if ends[end]:
+            notes.append(f"{ends[end]} attempt{'' if ends[end] == 1 else 's'} {end}")
     return ", ".join(notes)
 
 

@@ -202,3 +202,7 @@ def test_a_collapsed_row_marks_failed_attempts_and_crash_gaps(retried: FlowHisto
     assert failures == pytest.approx([250 + 2 * scale, 250 + 5 * scale], abs=0.2)
     assert crashes == pytest.approx([250 + 11 * scale], abs=0.2)
     assert lost == pytest.approx([250 + 22 * scale], abs=0.2)
+    assert timeline_from_histories(retried, collapse_after=0).text().splitlines()[1] == (
+        "retry (Order) RUNNING, 3 records, lease lost \u00d71 (last by worker-b), "
+        "3 records retried, 1 attempt abandoned, 1 attempt lease lost"
+    )
