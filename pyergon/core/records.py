@@ -259,8 +259,8 @@ class Attempt:
         error: What it raised, for a failed attempt: without its payload, its traceback cut
             (see :meth:`failed`).
         worker_id: The worker that ran it, if known.
-        last_seen_at: For an abandoned attempt, the last time it was known to run (its last
-            progress report), if any: it stopped at some point after.
+        last_seen_at: For an attempt that did not end, the last time it was known to run (its
+            worker's last heartbeat that listed it), if known: it stopped some time after.
     """
 
     number: int
