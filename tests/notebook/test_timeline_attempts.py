@@ -9,13 +9,18 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from pyergon import Worker
 from pyergon._history_html import RED
 from pyergon.core.records import Attempt, Invocation, StepProgress, StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.core.workers import StepActivity
 from pyergon.history import FlowHistory
+from pyergon.notebook import Session
 from pyergon.notebook.views import timeline_from_histories
+from pyergon.storage.memory import InMemoryExecutionLog
 from pyergon.testing import make_flow, make_invocation
+from tests.executor.test_attempts import Charge, held_by_a_dead_worker
+from tests.waiting import flow_reaches
 
 SVG = "{http://www.w3.org/2000/svg}"
 START = 1_000.0
@@ -206,3 +211,32 @@ def test_a_collapsed_row_marks_failed_attempts_and_crash_gaps(retried: FlowHisto
         "retry (Order) RUNNING, 3 records, lease lost \u00d71 (last by worker-b), "
         "3 records retried, 1 attempt abandoned, 1 attempt lease lost"
     )
+
+
+async def test_a_flow_taken_over_after_its_worker_died_shows_the_crash_gap() -> None:
+    storage = InMemoryExecutionLog()
+    flow_id = await held_by_a_dead_worker(storage, alive=False)
+    worker = Worker(storage, "w-new")
+    worker.register(Charge)
+    handle = await worker.start()
+    try:
+        await flow_reaches(storage, flow_id, TaskStatus.COMPLETE)
+    finally:
+        await handle.shutdown()
+    session = Session(storage)
+    try:
+        timeline = await session.timeline(flow_id)
+    finally:
+        await session.close()
+
+    assert timeline.text().splitlines()[2:] == [
+        "      1  STEP    charge  COMPLETE               0.000s  \u00d72",
+        "         attempt 1 abandoned (worker stopped)",
+    ]
+    charge = record_marks(ET.fromstring(timeline.svg()))["1"]
+    (abandoned,) = of_class(charge, "pyergon-attempt-abandoned")
+    (gap,) = of_class(abandoned, "pyergon-crash-gap")
+    hole = first_rect(gap)
+    last = first_rect(charge)  # the attempt that ended the step, after the gap
+    assert x_span(hole)[0] < x_span(hole)[1] == pytest.approx(x_span(last)[0], abs=0.2)
+    assert "attempt 2 started" in (gap.findtext(f"{SVG}title") or "")

@@ -328,6 +328,8 @@ def test_the_text_form_lists_each_record_once(showcase: FlowHistory) -> None:
             "    0.1  TIMER   retry-after-attempt-1  COMPLETE              31.000s  "
             "flow retry after ValueError",
             "      1  STEP    flaky                  COMPLETE               0.000s  ×3",  # noqa: RUF001
+            "         attempt 1 failed RuntimeError: flaky step fails",
+            "         attempt 2 failed RuntimeError: flaky step fails",
             "      2  TIMER   cool-down              COMPLETE              31.000s",
             "      3  CHILD   Child                  COMPLETE               0.000s  → show~child-3",
             "      4  SIGNAL  approval               WAITING_FOR_SIGNAL    waiting",
