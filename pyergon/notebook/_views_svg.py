@@ -34,7 +34,6 @@ from pyergon.notebook._timeline_layout import (
     Segment,
     TimelineOptions,
     attempt_segments,
-    bar_end,
     earlier_attempts,
     flow_span,
     is_flow_retry,
@@ -304,16 +303,12 @@ class _Drawing:
             tooltip += "\nstale: made by code that has changed since; rerun recomputes it"
         parts = [f"<title>{escape(tooltip)}</title>"]
         label_end: float | None = None
-        if record.started_at is not None and self.scale.shows(
-            record.started_at, bar_end(record, self.now)
-        ):
+        since = None if activity is None else activity.started_at
+        segments = [] if record.started_at is None else attempt_segments(record, self.now, since)
+        if segments and self.scale.shows(segments[0].start, segments[-1].end):
             y = top + (_RECORD_ROW - BAR) / 2
-            since = None if activity is None else activity.started_at
-            segments = attempt_segments(record, self.now, since)
             start = self.scale.x(segments[0].start)
-            end = start
-            for segment in segments[:-1]:
-                parts.append(self._attempt(segment, y))
+            parts.extend(self._attempt(segment, y) for segment in segments[:-1])
             current = segments[-1]
             begin = self.scale.x(current.start)
             end = max(self.scale.x(current.end), begin + 2)
