@@ -26,7 +26,6 @@ __all__ = [
     "Window",
     "attempt_segments",
     "bar_end",
-    "earlier_attempts",
     "flow_span",
     "is_flow_retry",
     "lanes",
@@ -152,11 +151,6 @@ def shown_records(
     return records[:head], len(records) - max_records, records[len(records) - tail :]
 
 
-def earlier_attempts(record: Invocation) -> tuple[Attempt, ...]:
-    """The record's earlier attempts, the ones that did not make it final, oldest first."""
-    return record.earlier_attempts
-
-
 @dataclass(frozen=True, slots=True)
 class Segment:
     """One attempt of a record as a span of time.
@@ -198,7 +192,7 @@ def attempt_segments(
     """
     assert record.started_at is not None
     end = bar_end(record, now)
-    timed = [(each, each.started_at) for each in earlier_attempts(record)]
+    timed = [(each, each.started_at) for each in record.earlier_attempts]
     earlier = [(attempt, start) for attempt, start in timed if start is not None]
     if not earlier:
         return [Segment(record.started_at, end, "current")]
@@ -236,7 +230,7 @@ def latest_time(histories: Sequence[FlowHistory]) -> float:
     for history in histories:
         for record in history.records_now:
             times.extend(t for t in (record.started_at, record.completed_at) if t is not None)
-            for attempt in earlier_attempts(record):
+            for attempt in record.earlier_attempts:
                 moments = (attempt.started_at, attempt.ended_at, attempt.last_seen_at)
                 times.extend(t for t in moments if t is not None)
     return max(times, default=0.0)
@@ -270,7 +264,7 @@ def flow_span(history: FlowHistory, now: float) -> tuple[float, float]:
         if record.started_at is not None:
             start = min(start, record.started_at)
             end = max(end, bar_end(record, now))
-        for attempt in earlier_attempts(record):
+        for attempt in record.earlier_attempts:
             if attempt.started_at is not None:
                 start = min(start, attempt.started_at)
     if unfinished(history):

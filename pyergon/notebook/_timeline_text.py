@@ -16,7 +16,6 @@ from pyergon.history import FlowHistory
 from pyergon.notebook._timeline_layout import (
     Lane,
     TimelineOptions,
-    earlier_attempts,
     is_flow_retry,
     ordered_records,
     record_name,
@@ -119,7 +118,7 @@ def failure_note(history: FlowHistory) -> str:
     if retried:
         notes.append(f"{retried} record{'' if retried == 1 else 's'} retried")
     ends = Counter(
-        attempt.end for record in history.records_now for attempt in earlier_attempts(record)
+        attempt.end for record in history.records_now for attempt in record.earlier_attempts
     )
     for end in ("abandoned", "lease lost"):
         if ends[end]:
@@ -179,7 +178,7 @@ def _record_line(history: FlowHistory, record: Invocation, name_width: int) -> l
         f"{text_duration(record):>9}  {'  '.join(_notes(record, running, stale))}"
     )
     return [line.rstrip()] + [
-        f"{'':>9}{attempt_note(attempt)}" for attempt in earlier_attempts(record)
+        f"{'':>9}{attempt_note(attempt)}" for attempt in record.earlier_attempts
     ]
 
 
@@ -213,7 +212,7 @@ def record_tooltip(record: Invocation, running: bool) -> str:
     if record.progress is not None:
         facts.append(record.progress.describe())
     details = ", ".join(facts)
-    for attempt in earlier_attempts(record):
+    for attempt in record.earlier_attempts:
         details += f"\n{attempt_note(attempt, width=400)}"
     shown, earlier = last_lines(record.output, _TOOLTIP_LINES)
     if shown:

@@ -34,7 +34,6 @@ from pyergon.notebook._timeline_layout import (
     Segment,
     TimelineOptions,
     attempt_segments,
-    earlier_attempts,
     flow_span,
     is_flow_retry,
     ordered_records,
@@ -458,7 +457,7 @@ class _Drawing:
                 when = record.completed_at if record.completed_at is not None else record.started_at
                 if when is not None:
                     marks.append((self.scale.x(when), "pyergon-failure-mark", RED))
-            for attempt in earlier_attempts(record):
+            for attempt in record.earlier_attempts:
                 moments = (attempt.ended_at, attempt.last_seen_at, attempt.started_at)
                 when = next((moment for moment in moments if moment is not None), None)
                 if when is not None:
