@@ -387,3 +387,27 @@ async def test_a_session_timeline_of_the_newest_flows_of_a_status() -> None:
     assert failed.flow_ids == ("job-1", "job-3")
     assert newest.flow_ids == ("job-3",)
     assert nothing.flow_ids == ()
+
+
+def test_collapsed_a_family_with_a_failed_child_comes_first_with_the_child_under_its_parent() -> (
+    None
+):
+    parent = history("parent", status=TaskStatus.RUNNING)
+    child = history("parent~child-1", status=TaskStatus.FAILED, parent_flow_id="parent")
+    flows = [*many(3, steps=1)[::2], parent, child]  # flow-000, flow-002: complete
+
+    timeline = timeline_from_histories(flows, collapse_after=2)
+
+    rows = of_class(ET.fromstring(timeline.svg()), "pyergon-flow-row")
+    assert [row.attrib["data-flow-id"] for row in rows] == [
+        "parent",
+        "parent~child-1",
+        "flow-000",
+        "flow-002",
+    ]
+    assert [line.split(" (")[0] for line in timeline.text().splitlines()[1:]] == [
+        "parent",
+        "  parent~child-1",
+        "flow-000",
+        "flow-002",
+    ]
