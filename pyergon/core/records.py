@@ -298,6 +298,24 @@ class Attempt:
         )
         return cls(number, started_at, ended_at, "failed", kept, worker_id)
 
+    def describe(self, limit: int = 80) -> str:
+        """One short line for people: ``"1: ValueError: bad row"``, ``"2: abandoned"``.
+
+        Args:
+            limit: The most characters of the error's message shown; a longer one ends in "…".
+        """
+        if self.error is None:
+            return f"{self.number}: {self.end}"
+        message = self.error.message.splitlines()[0] if self.error.message else ""
+        if len(message) > limit:
+            message = message[: limit - 1] + "…"
+        what = f"{self.error.short_type}: {message}" if message else self.error.short_type
+        return (
+            f"{self.number}: {what}"
+            if self.end == "failed"
+            else f"{self.number}: {self.end}, {what}"
+        )
+
 
 ATTEMPTS_KEPT = 20
 """The most earlier attempts a record keeps: the first :data:`_FIRST_ATTEMPTS_KEPT` and the

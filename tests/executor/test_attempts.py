@@ -5,14 +5,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import pytest
+
 from pyergon import Completed, Executor, RetryPolicy, Scheduler, Worker, flow, flow_type, step
 from pyergon.clock import ManualClock
 from pyergon.core import ClaimRequest, InvocationStatus, TaskStatus
-from pyergon.core.records import Attempt
+from pyergon.core.changes import Change
+from pyergon.core.records import Attempt, StoredError
 from pyergon.core.workers import StepActivity
+from pyergon.management import FlowManager
+from pyergon.serialization import stable_hash
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.memory import InMemoryExecutionLog
-from pyergon.testing import make_worker
+from pyergon.testing import make_invocation, make_worker
 from tests.waiting import flow_reaches
 
 
@@ -113,15 +118,20 @@ async def test_a_worker_keeps_its_id_with_each_failed_attempt() -> None:
     ]
 
 
-async def held_by_a_dead_worker(storage: InMemoryExecutionLog, *, alive: bool) -> str:
-    """A flow whose lease a worker lost while its heartbeat listed step 1 as running."""
+async def held_by_a_dead_worker(
+    storage: InMemoryExecutionLog, *, alive: bool, now: float | None = None, started: float = 99.0
+) -> str:
+    """A flow whose lease a worker lost while its heartbeat listed step 1 as running.
+
+    The step's attempt started ``started`` seconds before ``now``.
+    """
     flow_id = await Scheduler(storage).schedule(Charge(0))
-    now = time.time()
+    now = time.time() if now is None else now
     # Claimed by w-old with a lease that ran out long ago.
     request = ClaimRequest("w-old", ["Charge"], limit=1, lease_seconds=1.0, now=now - 100.0)
     [claimed] = await storage.claim(request)
     assert claimed.flow.flow_id == flow_id
-    running = StepActivity(flow_id, "1", "charge", now - 99.0)
+    running = StepActivity(flow_id, "1", "charge", now - started)
     beat = now if alive else now - 98.0  # a live worker beats on, a dead one stopped
     worker = make_worker("w-old", last_beat=beat, lease_seconds=1_000.0 if alive else 1.0)
     await storage.put_worker(worker.beating(beat, activity=[running]), replacing=None)
@@ -168,3 +178,50 @@ async def test_an_attempt_cut_by_a_lost_lease_of_a_live_worker_says_so() -> None
     assert [(a.number, a.end, a.worker_id) for a in record.earlier_attempts] == [
         (1, "lease lost", "w-old")
     ]
+
+
+async def test_a_fork_keeps_the_earlier_attempts_of_the_records_it_copies(
+    storage: ExecutionLog,
+) -> None:
+    await Executor(Charge(2), storage, "charge-1").run(lambda f: f.run())
+
+    forked = await FlowManager(storage, [Charge]).fork("charge-1", from_step=1)
+
+    assert await storage.load_invocations(forked) == [
+        record.replace(flow_id=forked) for record in await storage.load_invocations("charge-1")
+    ]
+    (record,) = await storage.load_invocations(forked)
+    assert [attempt.number for attempt in record.earlier_attempts] == [1, 2]
+
+
+@pytest.mark.parametrize("crashed", ["in-the-backoff", "in-the-next-attempt"])
+async def test_a_step_retried_when_its_worker_died_keeps_each_attempt_once(crashed: str) -> None:
+    storage = InMemoryExecutionLog()
+    now = time.time()
+    # Attempt 1 failed and was stored; the heartbeat still listed it (a crash in the backoff)
+    # or listed attempt 2 (a crash while it ran).
+    started = 99.0 if crashed == "in-the-backoff" else 98.5
+    flow_id = await held_by_a_dead_worker(storage, alive=False, now=now, started=started)
+    down = StoredError("tests.ProviderDown", "provider down")
+    first = Attempt.failed(1, now - 99.0, now - 99.0, down, "w-old")
+    retrying = make_invocation(
+        1, flow_id=flow_id, name="charge", args_hash=stable_hash((), {}), attempts=1,
+        started_at=now - 99.0, error=down, earlier_attempts=(first,),
+    )  # fmt: skip
+    await storage.apply(Change(records=(retrying,)))
+    worker = Worker(storage, "w-new")
+    worker.register(Charge)
+
+    handle = await worker.start()
+    try:
+        await flow_reaches(storage, flow_id, TaskStatus.COMPLETE)
+    finally:
+        await handle.shutdown()
+
+    (record,) = await storage.load_invocations(flow_id)
+    ends = [(a.number, a.end, a.started_at) for a in record.earlier_attempts]
+    if crashed == "in-the-backoff":
+        assert (record.attempts, ends) == (2, [(1, "failed", now - 99.0)])
+    else:
+        assert record.attempts == 3
+        assert ends == [(1, "failed", now - 99.0), (2, "abandoned", now - 98.5)]
