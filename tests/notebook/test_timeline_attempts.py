@@ -24,7 +24,8 @@ from tests.waiting import flow_reaches
 
 SVG = "{http://www.w3.org/2000/svg}"
 START = 1_000.0
-ERROR = StoredError("builtins.ValueError", "bad row 17", "Traceback ...")
+ERROR = StoredError("builtins.ValueError", "bad row 17\nin january.csv", "Traceback ...")
+"""An error whose message has two lines: the text form shows the first."""
 
 
 def step(sequence: int, name: str, **changes: object) -> Invocation:
