@@ -6,7 +6,7 @@ background :mod:`pyergon.notebook._views_svg` lays out, in dark themes and as a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from pyergon._history_html import AMBER, DARK_GREY, GREEN, GREY, RED, escape
 from pyergon.core.records import Invocation
@@ -139,46 +139,66 @@ def progress_mark(record: Invocation, start: float, end: float, y: float) -> str
 # -- legend -------------------------------------------------------------------------------
 
 
-def legend(top: float) -> tuple[str, float]:
-    """The legend, wrapped to the width; returns it and its height."""
-    items = [
-        (f'<rect x="0" y="0" width="14" height="{BAR}" rx="2" fill="{GREEN}"/>', "complete"),
-        (f'<rect x="0" y="0" width="14" height="{BAR}" rx="2" fill="{RED}"/>', "failed"),
-        (f'<rect x="0" y="0" width="14" height="{BAR}" rx="2" fill="{AMBER}"/>', "running"),
-        (f'<rect x="0" y="0" width="14" height="{BAR}" rx="2" fill="{GREY}"/>', "waiting"),
-        (
-            f'<rect x="0" y="0" width="14" height="{BAR}" fill="{GREY}" fill-opacity="0.25" '
-            f'stroke="{GREY}" stroke-dasharray="4 2"/>',
-            "timer",
-        ),
-        (f'<polygon points="7,0 12,5 7,10 2,5" fill="{GREY}"/>', "signal"),
-        (f'<rect x="0" y="0" width="14" height="{BAR}" rx="5" fill="{GREY}"/>', "child"),
-        (
-            f'<rect x="0" y="0" width="14" height="{BAR}" fill="{GREY}" fill-opacity="0.25" '
-            f'stroke="{GREY}" stroke-dasharray="2 2"/><polyline points="14,-2 11,3 17,7 14,12" '
-            f'fill="none" stroke="{RED}" stroke-width="1.5"/>',
-            "abandoned, crash gap",
-        ),
-        (
-            f'<rect x="0" y="0" width="14" height="{BAR}" rx="2" fill="{AMBER}" '
-            f'fill-opacity="0.35" stroke="{RED}" stroke-dasharray="2 1"/>'
-            f'<polygon points="10,-3 18,-3 14,2" fill="{RED}"/>',
-            "lease lost",
-        ),
-        (
-            f'<rect x="0" y="0" width="14" height="{BAR}" rx="5" fill="{_PILLS["red"][0]}" '
-            f'stroke="{_PILLS["red"][1]}"/>',
-            f"{ATTEMPTS_SIGN}n attempts",
-        ),
-        (
-            f'<rect x="1" y="0" width="12" height="{BAR}" rx="2" fill="none" '
-            f'stroke="{AMBER}" stroke-dasharray="3 2"/>',
-            "stale",
-        ),
-    ]
+def _swatch(colour: str) -> str:
+    return f'<rect x="0" y="0" width="14" height="{BAR}" rx="2" fill="{colour}"/>'
+
+
+def _tick(colour: str) -> str:
+    return f'<line x1="7" y1="-1" x2="7" y2="{BAR + 1}" stroke="{colour}" stroke-width="2"/>'
+
+
+_LEGEND = {
+    "complete": (_swatch(GREEN), "complete"),
+    "failed": (_swatch(RED), "failed"),
+    "running": (_swatch(AMBER), "running"),
+    "waiting": (_swatch(GREY), "waiting"),
+    "timer": (
+        f'<rect x="0" y="0" width="14" height="{BAR}" fill="{GREY}" fill-opacity="0.25" '
+        f'stroke="{GREY}" stroke-dasharray="4 2"/>',
+        "timer",
+    ),
+    "signal": (f'<polygon points="7,0 12,5 7,10 2,5" fill="{GREY}"/>', "signal"),
+    "child": (f'<rect x="0" y="0" width="14" height="{BAR}" rx="5" fill="{GREY}"/>', "child"),
+    "abandoned": (
+        f'<rect x="0" y="0" width="14" height="{BAR}" fill="{GREY}" fill-opacity="0.3"/>'
+        f'<polyline points="14,-2 11,3 17,7 14,12" fill="none" stroke="{RED}" '
+        'stroke-width="1.5"/>',
+        "abandoned, crash gap",
+    ),
+    "lease lost": (
+        f'<rect x="0" y="0" width="14" height="{BAR}" rx="2" fill="{AMBER}" '
+        f'fill-opacity="0.35" stroke="{RED}" stroke-dasharray="2 1"/>'
+        f'<polygon points="10,-3 18,-3 14,2" fill="{RED}"/>',
+        "lease lost",
+    ),
+    "failure tick": (_tick(RED), "failed here"),
+    "crash tick": (_tick(DARK_GREY), "worker stopped"),
+    "lease tick": (_tick(AMBER), "lease lost"),
+    "attempts": (
+        f'<rect x="0" y="0" width="14" height="{BAR}" rx="5" fill="{_PILLS["red"][0]}" '
+        f'stroke="{_PILLS["red"][1]}"/>',
+        f"{ATTEMPTS_SIGN}n attempts",
+    ),
+    "stale": (
+        f'<rect x="1" y="0" width="12" height="{BAR}" rx="2" fill="none" '
+        f'stroke="{AMBER}" stroke-dasharray="3 2"/>',
+        "stale",
+    ),
+}
+"""The legend's entries by key, in order: a swatch and its name."""
+_ALWAYS = ("complete", "failed", "running", "waiting")
+
+
+def legend(top: float, shown: Collection[str]) -> tuple[str, float]:
+    """The legend of the statuses and of the marks ``shown`` (keys of ``_LEGEND``).
+
+    Wrapped to the width; returns it and its height.
+    """
     parts = []
     x, y = 4.0, top
-    for swatch, name in items:
+    for key, (swatch, name) in _LEGEND.items():
+        if key not in _ALWAYS and key not in shown:
+            continue
         width = 26 + 7 * len(name)
         if x + width > WIDTH:
             x, y = 4.0, y + LEGEND_ROW

@@ -89,6 +89,11 @@ _ATTEMPT_TICKS = {
     "lease lost": ("pyergon-lease-lost-mark", AMBER),
 }
 """How a collapsed row marks where an earlier attempt ended: class and colour."""
+_TICK_KEYS = {
+    "pyergon-failure-mark": "failure tick",
+    "pyergon-crash-gap": "crash tick",
+    "pyergon-lease-lost-mark": "lease tick",
+}
 _HATCH = 6
 _MAX_HATCHES = 60
 
@@ -157,13 +162,15 @@ class _Drawing:
         self.bottom = float(_AXIS_HEIGHT)
         """Where the lanes end; known once they are drawn."""
         self.lane_tops: dict[str, float] = {}
+        self.shown: set[str] = set()
+        """The marks drawn, by their legend key: the legend names only these."""
         self.links: list[tuple[float, float, str]] = []
         """Child records to link to their child's lane: x, y of the record's bar, child id."""
 
     def svg(self) -> str:
         body = self._collapsed_rows() if self.collapsed else self._lanes()
         bottom = self.bottom
-        key, key_height = legend(bottom + 16)  # below the "now" under the plot
+        key, key_height = legend(bottom + 16, self.shown)  # below the "now" under the plot
         height = bottom + 16 + key_height
         label = f"pyergon timeline of {len(self.lanes)} flow(s)"
         return (
@@ -308,6 +315,12 @@ class _Drawing:
             y = top + (_RECORD_ROW - BAR) / 2
             start = self.scale.x(segments[0].start)
             parts.extend(self._attempt(segment, y) for segment in segments[:-1])
+            self.shown.update(segment.end_kind for segment in segments[:-1])
+            self.shown.add(record.kind.value.lower())
+            if record.attempts > 1:
+                self.shown.add("attempts")
+            if stale:
+                self.shown.add("stale")
             current = segments[-1]
             begin = self.scale.x(current.start)
             end = max(self.scale.x(current.end), begin + 2)
@@ -425,7 +438,10 @@ class _Drawing:
             )
             parts.extend(self._failure_marks(history, y, bar))
             if row >= 12:  # thinner rows have no room for badges; the tooltip says it all
-                drawn, label_end = pills(flow_badges(history), left, right, baseline)
+                badges = flow_badges(history)
+                drawn, label_end = pills(badges, left, right, baseline)
+                if any(css == "pyergon-retry" for _, _, css in badges):
+                    self.shown.add("attempts")
                 parts.extend(drawn)
         # The status after the id; both give way to badges that had to go left of the plot.
         char = 0.6 * min(11, row - 1)
@@ -457,12 +473,14 @@ class _Drawing:
                 when = record.completed_at if record.completed_at is not None else record.started_at
                 if when is not None:
                     marks.append((self.scale.x(when), "pyergon-failure-mark", RED))
+                    self.shown.add("failure tick")
             for attempt in record.earlier_attempts:
                 moments = (attempt.ended_at, attempt.last_seen_at, attempt.started_at)
                 when = next((moment for moment in moments if moment is not None), None)
                 if when is not None:
                     css, stroke = _ATTEMPT_TICKS[attempt.end]
                     marks.append((self.scale.x(when), css, stroke))
+                    self.shown.add(_TICK_KEYS[css])
         return [
             f'<line class="{css}" x1="{x}" y1="{y - 1}" x2="{x}" y2="{y + height + 1}" '
             f'stroke="{stroke}" stroke-width="2"/>'

@@ -241,3 +241,28 @@ async def test_a_flow_taken_over_after_its_worker_died_shows_the_crash_gap() -> 
     last = first_rect(charge)  # the attempt that ended the step, after the gap
     assert x_span(hole)[0] < x_span(hole)[1] == pytest.approx(x_span(last)[0], abs=0.2)
     assert "attempt 2 started" in (gap.findtext(f"{SVG}title") or "")
+
+
+def test_the_legend_names_the_statuses_and_only_the_marks_drawn(retried: FlowHistory) -> None:
+    def legend_of(svg: ET.Element) -> list[str]:
+        (legend,) = of_class(svg, "pyergon-legend")
+        return [text.text or "" for text in legend.iter(f"{SVG}text")]
+
+    statuses = ["complete", "failed", "running", "waiting"]
+    assert legend_of(picture(retried)) == [
+        *statuses,
+        "abandoned, crash gap",
+        "lease lost",
+        "\u00d7n attempts",
+    ]
+    assert legend_of(picture(retried, collapse_after=0)) == [
+        *statuses,
+        "failed here",
+        "worker stopped",
+        "lease lost",
+        "\u00d7n attempts",
+    ]
+    plain = FlowHistory(
+        retried.flow, (retried.invocations[0].replace(earlier_attempts=(), attempts=1),), (), ()
+    )
+    assert legend_of(picture(plain)) == statuses
