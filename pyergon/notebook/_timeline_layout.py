@@ -258,18 +258,20 @@ def _epoch(bound: float | datetime, origin: float) -> float:
 
 def flow_span(history: FlowHistory, now: float) -> tuple[float, float]:
     """When a flow started (created) and when its last record ended (``now`` if unfinished)."""
-    start = history.flow.created_at
-    end = start
-    for record in history.records_now:
-        if record.started_at is not None:
-            start = min(start, record.started_at)
-            end = max(end, bar_end(record, now))
-        for attempt in record.earlier_attempts:
-            if attempt.started_at is not None:
-                start = min(start, attempt.started_at)
+    records = history.records_now
+    created = history.flow.created_at
+    starts = [record.started_at for record in records if record.started_at is not None]
+    starts += [
+        attempt.started_at
+        for record in records
+        for attempt in record.earlier_attempts
+        if attempt.started_at is not None
+    ]
+    ends = [bar_end(record, now) for record in records if record.started_at is not None]
+    end = max(ends, default=created)
     if unfinished(history):
         end = max(end, now)
-    return start, end
+    return min([created, *starts]), max(end, created)
 
 
 # -- lanes ------------------------------------------------------------------------------------

@@ -138,8 +138,7 @@ class _Scale:
         return end >= self.origin and start <= self.origin + self.span
 
 
-def _scale(lanes: Sequence[Lane], now: float, options: TimelineOptions) -> _Scale:
-    spans = [flow_span(lane.history, now) for lane in lanes]
+def _scale(spans: Sequence[tuple[float, float]], now: float, options: TimelineOptions) -> _Scale:
     first = min((start for start, _ in spans), default=now)
     last = max((end for _, end in spans), default=first)
     if options.window is not None:
@@ -158,7 +157,9 @@ class _Drawing:
         self.now = now
         self.options = options
         self.collapsed = collapsed
-        self.scale = _scale(lanes, now, options)
+        self.spans = [flow_span(lane.history, now) for lane in lanes]
+        """Each flow's first start and last end, in lane order."""
+        self.scale = _scale(self.spans, now, options)
         self.bottom = float(_AXIS_HEIGHT)
         """Where the lanes end; known once they are drawn."""
         self.lane_tops: dict[str, float] = {}
@@ -408,14 +409,14 @@ class _Drawing:
         row = max(_MIN_ROW, min(_MAX_ROW, _COLLAPSED_BUDGET // max(count, 1)))
         y = float(_AXIS_HEIGHT)
         drawn = []
-        for lane in self.lanes:
+        for lane, span in zip(self.lanes, self.spans, strict=True):
             self.lane_tops.setdefault(lane.history.flow.flow_id, y)
-            drawn.append(self._collapsed_row(lane, y, row))
+            drawn.append(self._collapsed_row(lane, span, y, row))
             y += row
         self.bottom = y
         return f'<g class="pyergon-collapsed" font-size="{min(11, row - 1)}">{"".join(drawn)}</g>'
 
-    def _collapsed_row(self, lane: Lane, top: float, row: int) -> str:
+    def _collapsed_row(self, lane: Lane, span: tuple[float, float], top: float, row: int) -> str:
         """One flow as one bar from its first start to its end, with its failures marked."""
         history = lane.history
         flow = history.flow
@@ -426,7 +427,7 @@ class _Drawing:
         indent = 4 + _INDENT * lane.depth
         parts = [f"<title>{escape(title)}</title>"]
         label_end: float | None = None
-        start, end = flow_span(history, self.now)
+        start, end = span
         if self.scale.shows(start, end):
             left, right = self.scale.x(start), self.scale.x(end)
             right = max(right, left + 2)

@@ -411,3 +411,15 @@ def test_collapsed_a_family_with_a_failed_child_comes_first_with_the_child_under
         "flow-000",
         "flow-002",
     ]
+
+
+@pytest.mark.parametrize("collapse_after", [None, 0])
+def test_a_flow_with_no_record_yet_still_gets_its_lane(collapse_after: int | None) -> None:
+    waiting = history("queued", steps=0, status=TaskStatus.PENDING)
+
+    timeline = timeline_from_histories([waiting, history("done")], collapse_after=collapse_after)
+
+    svg = ET.fromstring(timeline.svg())
+    css = "pyergon-lane" if collapse_after is None else "pyergon-flow-row"
+    assert [lane.attrib["data-flow-id"] for lane in of_class(svg, css)] == ["queued", "done"]
+    assert "queued (Order) PENDING, 0 records" in timeline.text()
