@@ -2,9 +2,9 @@
 
 :class:`Timeline` is a pure renderer of :class:`~pyergon.history.FlowHistory` objects; a
 session gives it a loader so its widget can re-read storage. Each flow gets a lane and each
-record a row: steps are bars coloured by status, timers dashed spans to their fire time, signal
-waits a dashed line ending in a diamond, children a rounded bar labelled with the child's id,
-and retried records carry an attempts badge. The drawing itself is in ``views_svg``.
+record a row, each attempt of a record a segment of it; past ``collapse_after`` flows each flow
+is one row. What is shown is chosen in ``_timeline_layout``, written in ``_timeline_text`` and
+drawn in ``_views_svg`` (with the marks of ``_timeline_marks``).
 """
 
 from __future__ import annotations
