@@ -27,7 +27,7 @@ from pyergon._interrupts import (
 )
 from pyergon.clock import Clock
 from pyergon.core.changes import Change
-from pyergon.core.records import Invocation, StepProgress, StoredError, format_position
+from pyergon.core.records import Attempt, Invocation, StepProgress, StoredError, format_position
 from pyergon.core.retry import RetryPolicy
 from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.errors import NonDeterminismError, PyergonError, StorageError
@@ -147,6 +147,11 @@ class FlowContext:
     """The step attempts running now, by flow id and position: a worker shares one among its
     flows, so its heartbeat and a monitor can show what runs (see ``executor/_live.py``);
     ``None`` in a direct run, where nothing reads them."""
+    worker_id: str | None = None
+    """The worker running the flow, kept with a step's failed attempts; ``None``: a direct run."""
+    abandoned: dict[Position, Attempt] | None = None
+    """Step attempts an earlier run started and never ended, by position (see
+    ``executor/_abandoned.py``): the step's record keeps each when the step runs again."""
     replayed_count: int = 0
     """Final records this run returned instead of doing the work again."""
     stale: list[Invocation] | None = None

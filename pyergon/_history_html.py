@@ -26,6 +26,7 @@ __all__ = [
     "OUTPUT_LINES",
     "RECORD_COLOURS",
     "RED",
+    "earlier_attempts_html",
     "escape",
     "history_html",
     "last_lines",
@@ -163,6 +164,27 @@ def output_html(text: str, *, lines: int = OUTPUT_LINES) -> str:
     )
 
 
+def earlier_attempts_html(record: Invocation, origin: float) -> str:
+    """A record's earlier attempts, collapsed: a summary with their count, a line for each.
+
+    Each line is the attempt's description (:meth:`~pyergon.core.records.Attempt.describe`)
+    after its start, as an offset from ``origin``; its whole error message is the line's
+    tooltip.
+    """
+    attempts = record.earlier_attempts
+    lines = []
+    for attempt in attempts:
+        tip = "" if attempt.error is None else f' title="{escape(attempt.error.message)}"'
+        lines.append(
+            f"<div{tip}>{_offset(attempt.started_at, origin)} {escape(attempt.describe())}</div>"
+        )
+    count = len(attempts)
+    return (
+        f'<details class="pyergon-attempts"><summary>{count} earlier '
+        f"attempt{'' if count == 1 else 's'}</summary>{''.join(lines)}</details>"
+    )
+
+
 def _record_row(record: Invocation, origin: float, running: bool) -> str:
     took = (
         seconds(record.completed_at - record.started_at)
@@ -176,6 +198,8 @@ def _record_row(record: Invocation, origin: float, running: bool) -> str:
         details.append(f"child {escape(record.child_flow_id)}")
     if record.error is not None:
         details.append(f"{escape(record.error.short_type)}: {escape(record.error.message)}")
+    if record.earlier_attempts:
+        details.append(earlier_attempts_html(record, origin))
     if record.progress is not None:
         details.append(step_progress_html(record.progress))
     if record.output:

@@ -91,6 +91,8 @@ INVOCATION_COLUMNS = (
     "progress_message",
     "code_hash",
     "stale",
+    "earlier_attempts",
+    "attempt_errors",
 )
 """Columns of :func:`invocations_frame`, in order."""
 
@@ -432,7 +434,10 @@ def invocations_frame(
     ``progress_message`` that report's message. ``code_hash`` is the fingerprint of the code
     that made a step's record; ``stale`` says whether that code changed since, given the
     steps' ``fingerprints`` today (:func:`pyergon._code.step_fingerprints`); ``<NA>`` where
-    that is unknown.
+    that is unknown. ``earlier_attempts`` counts a step's attempts kept before the one that
+    ended its record (failed and retried, abandoned by a crash, cut by a lost lease; 0 for
+    records made before they were kept), and ``attempt_errors`` describes each on a line of its
+    own (``"1: ValueError: bad row"``, ``"2: abandoned"``; ``<NA>`` if there are none).
     """
     pandas = _pandas()
     rows = list(invocations)
@@ -465,9 +470,18 @@ def invocations_frame(
                 [None if fingerprints is None else is_stale(r, fingerprints) for r in rows],
                 dtype="boolean",
             ),
+            "earlier_attempts": pandas.array(
+                [len(record.earlier_attempts) for record in rows], dtype="Int64"
+            ),
+            "attempt_errors": _text(pandas, [_attempt_lines(record) for record in rows]),
         },
         columns=list(INVOCATION_COLUMNS),
     )
+
+
+def _attempt_lines(record: Invocation) -> str | None:
+    attempts = record.earlier_attempts
+    return "\n".join(attempt.describe() for attempt in attempts) if attempts else None
 
 
 def _fraction(progress: StepProgress | None) -> float:

@@ -20,6 +20,9 @@ from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.errors import StepFailedError
 
 __all__ = [
+    "ATTEMPTS_KEPT",
+    "ATTEMPT_MESSAGE_LIMIT",
+    "ATTEMPT_TRACEBACK_LIMIT",
     "PROGRESS_MESSAGE_LIMIT",
     "Attempt",
     "AttemptEnd",
@@ -29,6 +32,7 @@ __all__ = [
     "SignalRecord",
     "StepProgress",
     "StoredError",
+    "add_attempt",
     "format_position",
     "storable_text",
     "text_problem",
@@ -247,12 +251,16 @@ class Attempt:
     """An earlier attempt of a record, one that did not make it final.
 
     Attributes:
-        number: Which attempt, from 1.
-        started_at: When it started (epoch seconds).
+        number: Which attempt, from 1 (the record's ``attempts`` counts them all; numbers skip
+            where attempts past :data:`ATTEMPTS_KEPT` were dropped).
+        started_at: When it started (epoch seconds), if known.
         ended_at: When it ended, if anyone saw it end; ``None`` for an abandoned attempt.
         end: How it ended.
-        error: What it raised, for a failed attempt.
+        error: What it raised, for a failed attempt: without its payload, its traceback cut
+            (see :meth:`failed`).
         worker_id: The worker that ran it, if known.
+        last_seen_at: For an attempt that did not end, the last time it was known to run (its
+            worker's last heartbeat that listed it), if known: it stopped some time after.
     """
 
     number: int
@@ -261,6 +269,77 @@ class Attempt:
     end: AttemptEnd
     error: StoredError | None = None
     worker_id: str | None = None
+    last_seen_at: float | None = None
+
+    @classmethod
+    def failed(
+        cls,
+        number: int,
+        started_at: float,
+        ended_at: float,
+        error: StoredError,
+        worker_id: str | None = None,
+    ) -> Attempt:
+        """A failed attempt, with ``error`` made small enough to keep many.
+
+        The payload is dropped (the record's own ``error`` keeps the last one for replay);
+        the message is cut to :data:`ATTEMPT_MESSAGE_LIMIT` characters and the traceback to
+        its last :data:`ATTEMPT_TRACEBACK_LIMIT`, where the raising line is.
+        """
+        traceback = error.traceback
+        if len(traceback) > ATTEMPT_TRACEBACK_LIMIT:
+            traceback = "…" + traceback[-ATTEMPT_TRACEBACK_LIMIT:]
+        kept = StoredError(
+            error.type_name,
+            error.message[:ATTEMPT_MESSAGE_LIMIT],
+            traceback,
+            None,
+            error.retryable,
+        )
+        return cls(number, started_at, ended_at, "failed", kept, worker_id)
+
+    def describe(self, limit: int = 80) -> str:
+        """One short line for people: ``"1: ValueError: bad row"``, ``"2: abandoned"``.
+
+        Args:
+            limit: The most characters of the error's message shown; a longer one ends in "…".
+        """
+        if self.error is None:
+            return f"{self.number}: {self.end}"
+        message = self.error.message.splitlines()[0] if self.error.message else ""
+        if len(message) > limit:
+            message = message[: limit - 1] + "…"
+        what = f"{self.error.short_type}: {message}" if message else self.error.short_type
+        return (
+            f"{self.number}: {what}"
+            if self.end == "failed"
+            else f"{self.number}: {self.end}, {what}"
+        )
+
+
+ATTEMPTS_KEPT = 20
+"""The most earlier attempts a record keeps: the first :data:`_FIRST_ATTEMPTS_KEPT` and the
+latest others; the attempts between are dropped (their numbers are missing)."""
+_FIRST_ATTEMPTS_KEPT = 5
+ATTEMPT_MESSAGE_LIMIT = 1_000
+"""The longest error message an earlier attempt keeps, in characters."""
+ATTEMPT_TRACEBACK_LIMIT = 4_000
+"""The longest traceback an earlier attempt keeps, in characters (its end is kept)."""
+
+
+def add_attempt(attempts: tuple[Attempt, ...], attempt: Attempt) -> tuple[Attempt, ...]:
+    """``attempts`` with ``attempt`` after them, bounded to :data:`ATTEMPTS_KEPT`.
+
+    Past the bound the oldest attempt after the first few is dropped, so a record that fails
+    many times keeps how it started and how it ended.
+    """
+    if len(attempts) < ATTEMPTS_KEPT:
+        return (*attempts, attempt)
+    return (
+        *attempts[:_FIRST_ATTEMPTS_KEPT],
+        *attempts[_FIRST_ATTEMPTS_KEPT + 1 :],
+        attempt,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +372,10 @@ class Invocation:
         code_hash: For steps, the fingerprint of the step's code that made the record (see
             :mod:`pyergon._fingerprint`); "" for other kinds and for records made before
             fingerprints were kept.
+        earlier_attempts: For steps, the attempts before the current one that did not end the
+            record (failed and retried, abandoned by a crash, or cut by a lost lease), oldest
+            first; empty for records made before they were kept. At most
+            :data:`ATTEMPTS_KEPT`: past that the first and the latest are kept.
     """
 
     flow_id: str
@@ -312,6 +395,7 @@ class Invocation:
     output: str | None = None
     progress: StepProgress | None = None
     code_hash: str = ""
+    earlier_attempts: tuple[Attempt, ...] = ()
 
     @property
     def position(self) -> str:

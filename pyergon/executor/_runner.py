@@ -32,7 +32,7 @@ from pyergon._context import (
 from pyergon._output import capture_step_output
 from pyergon.clock import Clock
 from pyergon.core.outcome import Completed, FlowOutcome, Suspended, SuspendReason
-from pyergon.core.records import Invocation, ScheduledFlow, StoredError
+from pyergon.core.records import Attempt, Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.errors import (
@@ -103,6 +103,8 @@ class FlowRun:
             :class:`~pyergon.executor._live.LiveSteps`); ``None``: the run's own.
         on_stale: Told at the run's end if it returned recorded results that code other than
             today's made (see :mod:`pyergon.executor._stale`); ``None``: nobody is told.
+        worker_id: The worker running the flow (see ``FlowContext.worker_id``).
+        abandoned: Step attempts an earlier run left unended (see ``FlowContext.abandoned``).
     """
 
     flow: Any
@@ -124,6 +126,8 @@ class FlowRun:
     thread_pool: Executor | None = None
     running_steps: dict[tuple[str, int], StepScope] | None = None
     on_stale: StaleHandler | None = None
+    worker_id: str | None = None
+    abandoned: dict[Position, Attempt] | None = None
 
 
 async def read_log(storage: ExecutionLog, flow_id: str) -> dict[Position, Invocation]:
@@ -167,6 +171,8 @@ async def drive_flow(run: FlowRun) -> FlowOutcome[Any]:
             on_step_retry=run.on_step_retry,
             thread_pool=run.thread_pool,
             running_steps=run.running_steps,
+            worker_id=run.worker_id,
+            abandoned=run.abandoned,
         )
         try:
             outcome = await _attempt(run, context, attempt)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pyergon._context import FlowContext, Position, StepScope, enter_step, leave_step
 from pyergon._output import finished_output
-from pyergon.core.records import Invocation, StepProgress, StoredError
+from pyergon.core.records import Attempt, Invocation, StepProgress, StoredError, add_attempt
 from pyergon.core.retry import RetryPolicy
 from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.errors import StepTimeoutError
@@ -80,6 +81,9 @@ async def run_step(
     call = StepCall(context, position, name, args_hash, code, started_at or context.clock.now())
     if record is not None:  # a step retried after a crash keeps what earlier attempts printed
         call.output, call.progress = record.output, record.progress
+        call.earlier_attempts = record.earlier_attempts
+    if context.abandoned:  # an earlier run started this step and never ended it
+        attempts = call.note_abandoned(context.abandoned.pop(position, None), attempts)
     task = context.track()
     try:
         return await attempt_until_final(call, body, policy, attempts, timeout)
@@ -105,6 +109,35 @@ class StepCall:
     """What the step's attempts printed so far (see :mod:`pyergon._output`)."""
     progress: StepProgress | None = None
     """The last progress an attempt reported."""
+    earlier_attempts: tuple[Attempt, ...] = ()
+    """The attempts that did not end the record, oldest first (see ``Invocation``)."""
+
+    def note_abandoned(self, abandoned: Attempt | None, attempts: int) -> int:
+        """Keep ``abandoned``, an attempt an earlier run started and never ended, if it is new.
+
+        Args:
+            abandoned: The attempt, numbered by whoever found it; renumbered here.
+            attempts: Attempts of the step counted so far.
+
+        Returns:
+            The attempts counted with it.
+        """
+        if abandoned is None or any(
+            kept.started_at == abandoned.started_at for kept in self.earlier_attempts
+        ):  # its end was recorded after the last heartbeat that listed it
+            return attempts
+        attempts += 1
+        abandoned = dataclasses.replace(abandoned, number=attempts)
+        self.earlier_attempts = add_attempt(self.earlier_attempts, abandoned)
+        return attempts
+
+    def attempt_failed(self, attempt: StepScope, number: int, error: StoredError) -> None:
+        """Keep attempt ``number``, which raised ``error`` and is retried."""
+        context = self.context
+        failed = Attempt.failed(
+            number, attempt.started_at, context.clock.now(), error, context.worker_id
+        )
+        self.earlier_attempts = add_attempt(self.earlier_attempts, failed)
 
     def attempt_ended(self, attempt: StepScope, number: int) -> None:
         """Keep what attempt ``number`` printed and the last progress it reported.
@@ -144,6 +177,7 @@ class StepCall:
             completed_at=self.context.clock.now() if status.is_final else None,
             output=self.output,
             progress=self.progress,
+            earlier_attempts=self.earlier_attempts,
         )
 
 
@@ -187,10 +221,11 @@ async def attempt_until_final(
                 error, serialize_exception(context.serializer, error)
             )
             retry = policy.should_retry(error, attempts)
-            status = InvocationStatus.PENDING if retry else InvocationStatus.FAILED
-            context.keep(call.record(status, attempts, error=stored_error))
             if not retry:
+                context.keep(call.record(InvocationStatus.FAILED, attempts, error=stored_error))
                 raise
+            call.attempt_failed(attempt, attempts, stored_error)
+            context.keep(call.record(InvocationStatus.PENDING, attempts, error=stored_error))
             await context.save()  # the attempt count survives a crash during the backoff
             delay = policy.delay_after(attempts)
             if context.on_step_retry is not None:

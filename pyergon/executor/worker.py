@@ -30,6 +30,7 @@ from pyergon.errors import (
     PyergonError,
     SignatureError,
 )
+from pyergon.executor._abandoned import abandoned_attempts
 from pyergon.executor._child import store_child
 from pyergon.executor._giving_back import GivingBack
 from pyergon.executor._heartbeat import second_handle
@@ -475,6 +476,9 @@ class Worker:
             return
         try:
             await self._wait_for_timer(flow)
+            abandoned = None
+            if flow.last_lost_by is not None:  # a run stopped mid-step, maybe: find its steps
+                abandoned = await abandoned_attempts(self.storage, flow, time.time())
             outcome = await drive_flow(
                 FlowRun(
                     flow=instance,
@@ -494,6 +498,8 @@ class Worker:
                     thread_pool=self._serving.threads,
                     running_steps=self.live_steps.steps,
                     on_stale=self.on_stale,
+                    worker_id=self.worker_id,
+                    abandoned=abandoned,
                 )
             )
         except asyncio.CancelledError:

@@ -21,6 +21,7 @@ from pyergon.executor._live import live_output
 from pyergon.history import FlowHistory, flows_frame, invocations_frame, iter_flows, load_history
 from pyergon.management import FlowManager
 from pyergon.notebook._stale_notes import count_stale_steps
+from pyergon.notebook._timeline_layout import Window, statuses
 from pyergon.notebook._views_graph import DependencyGraph, dependency_graph
 from pyergon.notebook._views_monitor import Monitor
 from pyergon.notebook._views_timeline import Timeline
@@ -93,22 +94,35 @@ class SessionViews:
         auto_refresh: bool = False,
         interval: float = 1.0,
         max_records: int = 200,
+        collapse_after: int | None = 20,
+        status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
+        flow_type: str | Iterable[str] | None = None,
+        window: Window | None = None,
     ) -> Timeline:
         """A timeline of flows, one lane each; its widget can re-read them from storage.
 
         Args:
-            flow_ids: One flow id or several; none: the ``newest`` flows, oldest first.
+            flow_ids: One flow id or several; none: the ``newest`` flows (of ``status`` and
+                ``flow_type``), oldest first.
             newest: How many flows to show when no id is given.
             auto_refresh: Re-read the flows every ``interval`` s once shown, until all are final.
             interval: Seconds between two automatic refreshes.
-            max_records: Records drawn per flow; the rest are counted.
+            max_records: Records drawn per flow: the first and the last, around a counted gap.
+            collapse_after: Past this many flows, one row per flow, failed flows first;
+                ``None``: never collapse.
+            status: Only flows in this status or these statuses (``"failed"``).
+            flow_type: Only flows of this type or these types.
+            window: Only this span: ``(start, end)`` in seconds from the first start, or two
+                datetimes.
 
         Raises:
             FlowNotFoundError: One of the flows does not exist.
+            ValueError: An option is out of range, or ``status`` names no flow status.
         """
         ids = [flow_ids] if isinstance(flow_ids, str) else list(flow_ids)
+        types = [flow_type] if isinstance(flow_type, str) else list(flow_type or ())
         if not ids:
-            ids = [flow.flow_id async for flow in iter_flows(self.storage, limit=newest)][::-1]
+            ids = await self._newest_flows(newest, statuses(status), types)
 
         async def load() -> tuple[list[FlowHistory], float]:
             classes = self.manager.classes
@@ -124,7 +138,29 @@ class SessionViews:
             auto_refresh=auto_refresh,
             interval=interval,
             max_records=max_records,
+            collapse_after=collapse_after,
+            status=status,
+            flow_type=types,
+            window=window,
         )
+
+    async def _newest_flows(
+        self, count: int, status: frozenset[TaskStatus], types: list[str]
+    ) -> list[str]:
+        """The ids of the ``count`` newest flows in ``status`` of ``types``, oldest first."""
+        found = []
+        listed = iter_flows(
+            self.storage,
+            status=status or None,
+            flow_type=types[0] if len(types) == 1 else None,
+            limit=count if len(types) <= 1 else None,
+        )
+        async for flow in listed:
+            if not types or flow.flow_type in types:
+                found.append(flow.flow_id)
+                if len(found) == count:
+                    break
+        return found[::-1]
 
     def monitor(self, *, interval: float = 1.0, output: bool = False) -> Monitor:
         """A monitor of flows by status, workers, running steps, progress and background errors.

@@ -1,10 +1,12 @@
-"""Pure renderers of flow histories for the timeline: its SVG picture and its text form.
+"""The timeline's SVG picture: a lane per flow and a row per record, or a row per flow.
 
-The SVG has a lane per flow and a row per record: steps are bars coloured by status, timers
-dashed spans to their fire time, signal waits a dotted line ending in a diamond, children a
-rounded bar labelled with the child's id, values a dot; retried records carry an attempts badge
-and flow-level retry backoffs sit at position ``0.n``. It is self-contained (no script, no
-external reference, no ids) and every text in it is escaped. The text form holds no timestamp.
+Steps are bars coloured by status, timers dashed spans to their fire time, signal waits a
+dotted line ending in a diamond, children a rounded bar linked to the child's lane, values a
+dot; a record's earlier attempts are segments before its last one (failed red, abandoned
+hatched up to a crash-gap mark, lease lost outlined), badges are pills beside the bars. Past
+``collapse_after`` flows each flow is one summary bar. Colours are explicit on an opaque white
+background, so the same SVG reads in dark themes and as a PNG; it is self-contained (no script,
+no external reference, no ids) and every text in it is escaped.
 """
 
 from __future__ import annotations
@@ -17,177 +19,90 @@ from pyergon._history_html import (
     AMBER,
     DARK_GREY,
     FLOW_COLOURS,
-    GREEN,
     GREY,
     RECORD_COLOURS,
     RED,
     escape,
-    last_lines,
     lease_loss_note,
     seconds,
 )
 from pyergon.core.records import Invocation
-from pyergon.core.status import InvocationStatus, OperationKind
-from pyergon.executor._runner import FLOW_RETRY_SEQUENCE
+from pyergon.core.status import InvocationStatus
 from pyergon.history import FlowHistory
+from pyergon.notebook._timeline_layout import (
+    Lane,
+    Segment,
+    TimelineOptions,
+    attempt_segments,
+    flow_span,
+    is_flow_retry,
+    ordered_records,
+    record_name,
+    shown_records,
+    unfinished,
+    window_bounds,
+)
+from pyergon.notebook._timeline_marks import (
+    BAR,
+    CHAR,
+    FONT,
+    GRID,
+    INK,
+    MUTED,
+    PAPER,
+    PLOT_LEFT,
+    PLOT_RIGHT,
+    RULE,
+    WIDTH,
+    flow_badges,
+    legend,
+    pills,
+    progress_mark,
+    record_badges,
+    record_mark,
+)
+from pyergon.notebook._timeline_text import (
+    LABEL_CHARS,
+    attempt_note,
+    clip,
+    failure_note,
+    flow_summary,
+    gap_note,
+    record_tooltip,
+)
 
-__all__ = ["ATTEMPTS_SIGN", "latest_time", "timeline_svg", "timeline_text"]
+__all__ = ["timeline_svg"]
 
-ATTEMPTS_SIGN = "\u00d7"
-"""The multiplication sign of the attempts badge, as in ``\u00d73``."""
-
-_WIDTH = 760
-_PLOT_LEFT = 250
-_PLOT_RIGHT = _WIDTH - 16
 _AXIS_HEIGHT = 26
 _FLOW_ROW = 22
 _RECORD_ROW = 17
-_BAR = 10
 _LANE_GAP = 8
-_LEGEND_HEIGHT = 28
-_LABEL_CHARS = 36
+_INDENT = 12
+_COLLAPSED_BUDGET = 1800
+"""Pixels the collapsed rows may take before they get thinner (down to ``_MIN_ROW``)."""
+_MAX_ROW, _MIN_ROW = 16, 9
 _MIN_SPAN = 0.001
 """Smallest time span drawn, so flows that took no time (a ManualClock) still render."""
-_TOOLTIP_LINES = 10
-"""Lines of a step's output its tooltip shows, the last ones."""
-_FONT = "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace"
+_ATTEMPT_TICKS = {
+    "failed": ("pyergon-failure-mark", RED),
+    "abandoned": ("pyergon-crash-gap", DARK_GREY),
+    "lease lost": ("pyergon-lease-lost-mark", AMBER),
+}
+"""How a collapsed row marks where an earlier attempt ended: class and colour."""
+_TICK_KEYS = {
+    "pyergon-failure-mark": "failure tick",
+    "pyergon-crash-gap": "crash tick",
+    "pyergon-lease-lost-mark": "lease tick",
+}
+_HATCH = 6
+_MAX_HATCHES = 60
 
 
-def timeline_text(histories: Sequence[FlowHistory], max_records: int) -> str:
-    """One line per record: position, kind, name, status, duration (to the millisecond).
-
-    The text holds no timestamp and no memory address, so the same flows give the same text
-    whenever they ran (for nbval and doctests).
-    """
-    count = len(histories)
-    lines = [f"Timeline of {count} flow{'' if count == 1 else 's'}"]
-    for history in histories:
-        lines.extend(_text_lane(history, max_records))
-    return "\n".join(lines)
-
-
-def timeline_svg(histories: Sequence[FlowHistory], now: float, max_records: int) -> str:
-    """The histories as one SVG element; unfinished records end at ``now`` (epoch seconds)."""
-    return _Drawing(histories, now, max_records).svg()
-
-
-# -- text -------------------------------------------------------------------------------------
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _name(record: Invocation) -> str:
-    """The record's name; an unnamed timer shows as ``(timer)``."""
-    return record.name or f"({record.kind.value.lower()})"
-
-
-def _is_flow_retry(record: Invocation) -> bool:
-    return record.sequence == FLOW_RETRY_SEQUENCE
-
-
-def _ordered(history: FlowHistory) -> list[Invocation]:
-    """The records to draw, running steps included (see ``FlowHistory.records_now``)."""
-    return sorted(history.records_now, key=lambda record: (record.sequence, record.sub_sequence))
-
-
-def _flow_summary(history: FlowHistory) -> str:
-    flow = history.flow
-    status = flow.status.value
-    if flow.error is not None:
-        status += f" ({flow.error.short_type})"
-    facts = [status]
-    if flow.attempt > 1:
-        facts.append(f"attempt {flow.attempt}")
-    count = len(history.records_now)
-    facts.append(f"{count} record{'' if count == 1 else 's'}")
-    if flow.parent_flow_id is not None:
-        facts.append(f"child of {flow.parent_flow_id}")
-    if flow.cancel_requested:
-        facts.append("cancel requested")
-    lost = lease_loss_note(flow)
-    if lost is not None:
-        facts.append(lost)
-    return f"{flow.flow_id} ({flow.flow_type}) {', '.join(facts)}"
-
-
-def _text_duration(record: Invocation) -> str:
-    if record.started_at is None:
-        return "-"
-    if record.completed_at is not None:
-        return seconds(record.completed_at - record.started_at)
-    if record.status is InvocationStatus.WAITING_FOR_TIMER and record.fire_at is not None:
-        return f"waits {seconds(record.fire_at - record.started_at)}"
-    if record.status is InvocationStatus.PENDING:
-        return "running"
-    return "waiting"
-
-
-def _notes(record: Invocation, running: bool, stale: bool = False) -> list[str]:
-    notes = []
-    if stale:
-        notes.append("stale: code changed since")
-    if running and record.progress is not None:
-        notes.append(record.progress.describe())
-    if record.attempts > 1:
-        notes.append(f"{ATTEMPTS_SIGN}{record.attempts}")
-    if _is_flow_retry(record):
-        cause = f" after {record.error.short_type}" if record.error is not None else ""
-        notes.append(f"flow retry{cause}")
-    elif record.error is not None:
-        notes.append(record.error.short_type)
-    if record.child_flow_id is not None:
-        notes.append(f"→ {record.child_flow_id}")
-    return notes
-
-
-def _text_lane(history: FlowHistory, max_records: int) -> list[str]:
-    records = _ordered(history)
-    shown = records[:max_records]
-    name_width = min(max((len(_name(record)) for record in shown), default=0), _LABEL_CHARS)
-    lines = [_flow_summary(history)]
-    for record in shown:
-        running = history.running_at(record.position) is not None
-        line = (
-            f"  {record.position:>5}  {record.kind.value:<6}  "
-            f"{_clip(_name(record), _LABEL_CHARS):<{name_width}}  {record.status.value:<18}  "
-            f"{_text_duration(record):>9}  "
-            f"{'  '.join(_notes(record, running, record.position in history.stale))}"
-        )
-        lines.append(line.rstrip())
-    if len(records) > len(shown):
-        lines.append(f"  … {len(records) - len(shown)} more records")
-    return lines
-
-
-# -- SVG --------------------------------------------------------------------------------------
-
-
-def latest_time(histories: Sequence[FlowHistory]) -> float:
-    """The latest moment the histories know of: a deterministic "now" for fixed histories.
-
-    ``updated_at`` is left out: storage stamps it with its own clock, which need not be the
-    flow's (a ManualClock in tests and tutorials).
-    """
-    times = [history.flow.created_at for history in histories]
-    for history in histories:
-        for record in history.records_now:
-            times.extend(t for t in (record.started_at, record.completed_at) if t is not None)
-    return max(times, default=0.0)
-
-
-def _unfinished(history: FlowHistory) -> bool:
-    return not history.flow.status.is_final or any(
-        not record.is_final for record in history.records_now
-    )
-
-
-def _bar_end(record: Invocation, now: float) -> float:
-    """Where a record's mark ends: its fire time for timers, else completion, else now."""
-    if record.kind is OperationKind.TIMER and record.fire_at is not None:
-        return record.fire_at
-    return record.completed_at if record.completed_at is not None else now
+def timeline_svg(
+    lanes: Sequence[Lane], now: float, options: TimelineOptions, collapsed: bool
+) -> str:
+    """The lanes as one SVG element; unfinished records end at ``now`` (epoch seconds)."""
+    return _Drawing(lanes, now, options, collapsed).svg()
 
 
 def _nice_step(span: float) -> float:
@@ -208,86 +123,132 @@ def _tick_label(offset: float, step: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Scale:
+    """Maps epoch seconds to x; ``first`` is the first start, which the axis counts from."""
+
+    first: float
     origin: float
     span: float
 
     def x(self, timestamp: float) -> float:
         fraction = (timestamp - self.origin) / self.span
-        return round(_PLOT_LEFT + min(max(fraction, 0.0), 1.0) * (_PLOT_RIGHT - _PLOT_LEFT), 1)
+        return round(PLOT_LEFT + min(max(fraction, 0.0), 1.0) * (PLOT_RIGHT - PLOT_LEFT), 1)
+
+    def shows(self, start: float, end: float) -> bool:
+        """Whether a span from ``start`` to ``end`` meets the window."""
+        return end >= self.origin and start <= self.origin + self.span
+
+
+def _scale(spans: Sequence[tuple[float, float]], now: float, options: TimelineOptions) -> _Scale:
+    first = min((start for start, _ in spans), default=now)
+    last = max((end for _, end in spans), default=first)
+    if options.window is not None:
+        low, high = window_bounds(options.window, first)
+        return _Scale(first, low, max(high - low, _MIN_SPAN))
+    return _Scale(first, first, max(last - first, _MIN_SPAN))
 
 
 class _Drawing:
-    """Lays out and draws the SVG of a set of histories."""
+    """Lays out and draws the SVG of a set of lanes."""
 
-    def __init__(self, histories: Sequence[FlowHistory], now: float, max_records: int) -> None:
-        self.histories = histories
+    def __init__(
+        self, lanes: Sequence[Lane], now: float, options: TimelineOptions, collapsed: bool
+    ) -> None:
+        self.lanes = lanes
         self.now = now
-        self.max_records = max_records
-        starts = [history.flow.created_at for history in histories]
-        ends = []
-        for history in histories:
-            for record in history.records_now:
-                if record.started_at is not None:
-                    starts.append(record.started_at)
-                    ends.append(_bar_end(record, now))
-            if _unfinished(history):
-                ends.append(now)
-        origin = min(starts, default=now)
-        self.scale = _Scale(origin, max(max(ends, default=origin) - origin, _MIN_SPAN))
+        self.options = options
+        self.collapsed = collapsed
+        self.spans = [flow_span(lane.history, now) for lane in lanes]
+        """Each flow's first start and last end, in lane order."""
+        self.scale = _scale(self.spans, now, options)
+        self.bottom = float(_AXIS_HEIGHT)
+        """Where the lanes end; known once they are drawn."""
+        self.lane_tops: dict[str, float] = {}
+        self.shown: set[str] = set()
+        """The marks drawn, by their legend key: the legend names only these."""
+        self.links: list[tuple[float, float, str]] = []
+        """Child records to link to their child's lane: x, y of the record's bar, child id."""
 
     def svg(self) -> str:
-        y = _AXIS_HEIGHT
-        lanes = []
-        for history in self.histories:
-            lanes.append(self._lane(history, y))
-            count = len(history.records_now)
-            shown = min(count, self.max_records)
-            more = count > shown
-            y += _FLOW_ROW + (shown + more) * _RECORD_ROW + _LANE_GAP
-        height = y + _LEGEND_HEIGHT
-        label = f"pyergon timeline of {len(self.histories)} flow(s)"
+        body = self._collapsed_rows() if self.collapsed else self._lanes()
+        bottom = self.bottom
+        key, key_height = legend(bottom + 16, self.shown)  # below the "now" under the plot
+        height = bottom + 16 + key_height
+        label = f"pyergon timeline of {len(self.lanes)} flow(s)"
         return (
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" '
-            f'viewBox="0 0 {_WIDTH} {height}" role="img" aria-label="{escape(label)}" '
-            f'font-family="{_FONT}" font-size="11" fill="currentColor">'
-            f"{self._axis(height)}{''.join(lanes)}{self._now_line(height)}"
-            f"{self._legend(height - _LEGEND_HEIGHT + 8)}</svg>"
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+            f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(label)}" '
+            f'font-family="{FONT}" font-size="11" fill="{INK}">'
+            f'<rect class="pyergon-paper" x="0" y="0" width="{WIDTH}" height="{height}" '
+            f'fill="{PAPER}"/>{self._axis(bottom)}{body}{self._links()}'
+            f"{self._now_line(bottom)}{key}</svg>"
         )
 
-    def _axis(self, height: float) -> str:
+    # -- frame --------------------------------------------------------------------------------
+
+    def _axis(self, bottom: float) -> str:
         scale = self.scale
         step = _nice_step(scale.span)
         parts = []
-        count = math.floor(scale.span / step + 1e-9)
-        for index in range(count + 1):
+        low = scale.origin - scale.first
+        first_tick = math.ceil(low / step - 1e-9)
+        count = math.floor((low + scale.span) / step + 1e-9) - first_tick
+        for index in range(first_tick, first_tick + count + 1):
             offset = index * step
-            x = scale.x(scale.origin + offset)
+            x = scale.x(scale.first + offset)
             parts.append(
-                f'<line x1="{x}" y1="{_AXIS_HEIGHT - 6}" x2="{x}" y2="{height - _LEGEND_HEIGHT}" '
-                f'stroke="currentColor" stroke-opacity="0.15"/>'
-                f'<text x="{x}" y="{_AXIS_HEIGHT - 10}" text-anchor="middle">'
-                f"{escape(_tick_label(offset, step))}</text>"
+                f'<line x1="{x}" y1="{_AXIS_HEIGHT - 6}" x2="{x}" y2="{bottom}" '
+                f'stroke="{GRID}"/><text x="{x}" y="{_AXIS_HEIGHT - 10}" '
+                f'text-anchor="middle">{escape(_tick_label(offset, step))}</text>'
             )
         return (
-            f'<g class="pyergon-axis"><text x="4" y="{_AXIS_HEIGHT - 10}" opacity="0.7">'
+            f'<g class="pyergon-axis"><text x="4" y="{_AXIS_HEIGHT - 10}" fill="{MUTED}">'
             f"seconds from the first start</text>{''.join(parts)}</g>"
         )
 
-    def _now_line(self, height: float) -> str:
-        if not any(_unfinished(history) for history in self.histories):
+    def _now_line(self, bottom: float) -> str:
+        if not any(unfinished(lane.history) for lane in self.lanes):
+            return ""
+        if not self.scale.shows(self.now, self.now):
             return ""
         x = self.scale.x(self.now)
         return (
             f'<g class="pyergon-now"><line x1="{x}" y1="{_AXIS_HEIGHT - 6}" x2="{x}" '
-            f'y2="{height - _LEGEND_HEIGHT}" stroke="{AMBER}" stroke-dasharray="2 2"/>'
-            f'<text x="{x}" y="{height - _LEGEND_HEIGHT + 2}" text-anchor="end" fill="{AMBER}">'
-            "now</text></g>"
+            f'y2="{bottom}" stroke="{AMBER}" stroke-dasharray="2 2"/>'
+            f'<text x="{x}" y="{bottom + 10}" text-anchor="end" fill="{MUTED}">now</text></g>'
         )
 
-    def _lane(self, history: FlowHistory, top: float) -> str:
+    def _links(self) -> str:
+        """A connector from each child record down to its child's lane, where it is shown."""
+        parts = []
+        for x, y, child in self.links:
+            top = self.lane_tops.get(child)
+            if top is None or top <= y:
+                continue
+            parts.append(
+                f'<path class="pyergon-child-connector" d="M{x},{y} V{top + 11} h6" fill="none" '
+                f'stroke="{DARK_GREY}" stroke-dasharray="3 2"><title>'
+                f"{escape(f'child {child}')}</title></path>"
+            )
+        return f'<g class="pyergon-links">{"".join(parts)}</g>' if parts else ""
+
+    # -- lanes --------------------------------------------------------------------------------
+
+    def _lanes(self) -> str:
+        y = float(_AXIS_HEIGHT)
+        drawn = []
+        for lane in self.lanes:
+            markup, y = self._lane(lane, y)
+            drawn.append(markup)
+        self.bottom = y
+        return "".join(drawn)
+
+    def _lane(self, lane: Lane, top: float) -> tuple[str, float]:
+        history = lane.history
         flow = history.flow
+        self.lane_tops.setdefault(flow.flow_id, top)
         colour = FLOW_COLOURS[flow.status]
-        summary = _flow_summary(history)
+        indent = 4 + _INDENT * lane.depth
+        arrow = "↳ " if lane.depth else ""
         notes = ""
         if flow.attempt > 1:
             notes += f'<tspan dx="8" font-weight="normal">attempt {flow.attempt}</tspan>'
@@ -295,183 +256,234 @@ class _Drawing:
         if lost is not None:
             notes += (
                 f'<tspan class="pyergon-lease-lost" dx="8" font-weight="normal" fill="{RED}">'
-                f"{escape(_clip(lost, 48))}</tspan>"
+                f"{escape(clip(lost, 48))}</tspan>"
             )
         # Separated by dx, not spaces: SVG collapses white space between tspans.
         head = (
-            f'<text x="4" y="{top + 15}" font-weight="bold">'
-            f"<title>{escape(summary)}</title>{escape(_clip(flow.flow_id, 40))}"
-            f'<tspan dx="8" font-weight="normal">{escape(_clip(flow.flow_type, 30))}</tspan>'
+            f'<text x="{indent}" y="{top + 15}" font-weight="bold">'
+            f"<title>{escape(flow_summary(history))}</title>"
+            f"{escape(arrow + clip(flow.flow_id, 40))}"
+            f'<tspan dx="8" font-weight="normal">{escape(clip(flow.flow_type, 30))}</tspan>'
             f'<tspan dx="8" fill="{colour}">{escape(flow.status.value)}</tspan>{notes}</text>'
         )
-        records = _ordered(history)
+        head_rows, hidden, tail_rows = shown_records(
+            ordered_records(history), self.options.max_records
+        )
         rows = []
         y = top + _FLOW_ROW
-        for record in records[: self.max_records]:
-            running = history.running_at(record.position) is not None
-            rows.append(self._record(record, y, running, record.position in history.stale))
+        for record in head_rows:
+            rows.append(self._record(history, record, y))
             y += _RECORD_ROW
-        if len(records) > self.max_records:
+        if hidden:
             rows.append(
-                f'<text x="4" y="{y + 12}" opacity="0.7">… '
-                f"{len(records) - self.max_records} more records</text>"
+                f'<g class="pyergon-gap"><line x1="48" y1="{y + 8.5}" x2="{PLOT_RIGHT}" '
+                f'y2="{y + 8.5}" stroke="{RULE}" stroke-dasharray="1 4"/>'
+                f'<rect x="44" y="{y + 2}" width="{len(gap_note(hidden)) * CHAR + 8}" '
+                f'height="13" fill="{PAPER}"/>'
+                f'<text x="48" y="{y + 12}" fill="{MUTED}">{escape(gap_note(hidden))}</text></g>'
             )
-        return (
+            y += _RECORD_ROW
+        for record in tail_rows:
+            rows.append(self._record(history, record, y))
+            y += _RECORD_ROW
+        markup = (
             f'<g class="pyergon-lane" data-flow-id="{escape(flow.flow_id)}">'
-            f'<line x1="0" y1="{top}" x2="{_WIDTH}" y2="{top}" stroke="currentColor" '
-            f'stroke-opacity="0.3"/>{head}{"".join(rows)}</g>'
+            f'<line x1="0" y1="{top}" x2="{WIDTH}" y2="{top}" stroke="{RULE}"/>'
+            f"{head}{''.join(rows)}</g>"
         )
+        return markup, y + _LANE_GAP
 
-    def _record(self, record: Invocation, top: float, running: bool, stale: bool) -> str:
+    def _record(self, history: FlowHistory, record: Invocation, top: float) -> str:
+        activity = history.running_at(record.position)
+        running = activity is not None
+        stale = record.position in history.stale
         colour = RECORD_COLOURS[record.status]
-        kind = record.kind.value.lower()
-        classes = f"pyergon-record pyergon-{kind}"
-        if _is_flow_retry(record):
+        classes = f"pyergon-record pyergon-{record.kind.value.lower()}"
+        if is_flow_retry(record):
             classes += " pyergon-flow-retry"
         if running:
             classes += " pyergon-running"
         if stale:
             classes += " pyergon-stale"
-        tooltip = _tooltip(record, running)
+        tooltip = record_tooltip(record, running)
         if stale:
             tooltip += "\nstale: made by code that has changed since; rerun recomputes it"
-        parts = [
-            f"<title>{escape(tooltip)}</title>",
-            f'<text x="40" y="{top + 12}" text-anchor="end">{escape(record.position)}</text>',
-            f'<text x="48" y="{top + 12}">{escape(_clip(_name(record), _LABEL_CHARS - 7))}</text>',
-        ]
-        if record.started_at is not None:
-            start = self.scale.x(record.started_at)
-            end = max(self.scale.x(_bar_end(record, self.now)), start + 2)
-            y = top + (_RECORD_ROW - _BAR) / 2
-            parts.append(self._mark(record, start, end, y, colour))
+        parts = [f"<title>{escape(tooltip)}</title>"]
+        label_end: float | None = None
+        since = None if activity is None else activity.started_at
+        segments = [] if record.started_at is None else attempt_segments(record, self.now, since)
+        if segments and self.scale.shows(segments[0].start, segments[-1].end):
+            y = top + (_RECORD_ROW - BAR) / 2
+            start = self.scale.x(segments[0].start)
+            parts.extend(self._attempt(segment, y) for segment in segments[:-1])
+            self.shown.update(segment.end_kind for segment in segments[:-1])
+            self.shown.add(record.kind.value.lower())
+            if record.attempts > 1:
+                self.shown.add("attempts")
+            if stale:
+                self.shown.add("stale")
+            current = segments[-1]
+            begin = self.scale.x(current.start)
+            end = max(self.scale.x(current.end), begin + 2)
+            parts.append(record_mark(record, begin, end, y, colour))
             if running:
-                parts.append(self._progress(record, start, end, y))
+                parts.append(progress_mark(record, begin, end, y))
             if stale:
                 parts.append(
-                    f'<rect x="{start - 1.5}" y="{y - 1.5}" width="{round(end - start + 3, 1)}" '
-                    f'height="{_BAR + 3}" rx="3" fill="none" stroke="{AMBER}" '
+                    f'<rect x="{begin - 1.5}" y="{y - 1.5}" width="{round(end - begin + 3, 1)}" '
+                    f'height="{BAR + 3}" rx="3" fill="none" stroke="{AMBER}" '
                     'stroke-width="1.5" stroke-dasharray="3 2"/>'
                 )
-            parts.extend(self._annotations(record, end, top + 12, stale))
+            if record.child_flow_id is not None:
+                self.links.append((begin, y + BAR, record.child_flow_id))
+            badges, label_end = pills(record_badges(record, stale), start, end, top + 12)
+            parts.extend(badges)
+        chars = LABEL_CHARS - 7
+        if label_end is not None:
+            chars = max(4, min(chars, int((label_end - 48) / CHAR)))
+        parts[1:1] = [
+            f'<text x="40" y="{top + 12}" text-anchor="end">{escape(record.position)}</text>',
+            f'<text x="48" y="{top + 12}">{escape(clip(record_name(record), chars))}</text>',
+        ]
         return (
             f'<g class="{classes}" data-position="{escape(record.position)}" '
             f'data-kind="{record.kind.value}" data-status="{record.status.value}" '
             f'data-colour="{colour}">{"".join(parts)}</g>'
         )
 
-    @staticmethod
-    def _mark(record: Invocation, start: float, end: float, y: float, colour: str) -> str:
+    def _attempt(self, segment: Segment, y: float) -> str:
+        """An earlier attempt: failed red, abandoned hatched to a crash gap, lease lost outlined."""
+        attempt = segment.attempt
+        assert attempt is not None
+        start = self.scale.x(segment.start)
+        end = max(self.scale.x(segment.end), start + 2)
         width = round(end - start, 1)
-        middle = y + _BAR / 2
-        if record.kind is OperationKind.TIMER:
-            return (
-                f'<rect x="{start}" y="{y}" width="{width}" height="{_BAR}" fill="{colour}" '
-                f'fill-opacity="0.25" stroke="{colour}" stroke-dasharray="4 2"/>'
+        title = f"<title>{escape(attempt_note(attempt, width=400))}</title>"
+        css = f"pyergon-attempt pyergon-attempt-{attempt.end.replace(' ', '-')}"
+        if attempt.end == "failed":
+            body = f'<rect x="{start}" y="{y}" width="{width}" height="{BAR}" rx="2" fill="{RED}"/>'
+        elif attempt.end == "lease lost":
+            body = (
+                f'<rect x="{start}" y="{y}" width="{width}" height="{BAR}" rx="2" fill="{AMBER}" '
+                f'fill-opacity="0.35" stroke="{RED}" stroke-dasharray="2 1"/>'
+                f'<polygon points="{end - 4},{y - 3} {end + 4},{y - 3} {end},{y + 2}" '
+                f'fill="{RED}"/>'
             )
-        if record.kind is OperationKind.SIGNAL:
-            fill = colour if record.is_final else "none"
-            return (
-                f'<line x1="{start}" y1="{middle}" x2="{end}" y2="{middle}" stroke="{colour}" '
-                f'stroke-width="2" stroke-dasharray="1 3"/>'
-                f'<polygon points="{end},{y} {end + 5},{middle} {end},{y + _BAR} '
-                f'{end - 5},{middle}" fill="{fill}" stroke="{colour}"/>'
+        else:
+            hatches = "".join(
+                f'<line x1="{start + index * _HATCH}" y1="{y + BAR}" '
+                f'x2="{round(start + index * _HATCH + BAR * 0.6, 1)}" y2="{y}"/>'
+                for index in range(min(int(width // _HATCH) + 1, _MAX_HATCHES))
             )
-        if record.kind is OperationKind.VALUE:
-            return f'<circle cx="{start}" cy="{middle}" r="3" fill="{colour}"/>'
-        radius = _BAR / 2 if record.kind is OperationKind.CHILD else 2
-        return (
-            f'<rect x="{start}" y="{y}" width="{width}" height="{_BAR}" rx="{radius}" '
-            f'fill="{colour}"/>'
-        )
+            body = (
+                f'<rect x="{start}" y="{y}" width="{width}" height="{BAR}" fill="{GREY}" '
+                f'fill-opacity="0.3"/><g stroke="{DARK_GREY}">{hatches}</g>'
+            )
+        return f'<g class="{css}">{title}{body}{self._crash_gap(segment, end, y)}</g>'
 
-    @staticmethod
-    def _progress(record: Invocation, start: float, end: float, y: float) -> str:
-        """A running step's share done, as a darker fill from the start of its bar."""
-        fraction = None if record.progress is None else record.progress.fraction
-        if fraction is None:
+    def _crash_gap(self, segment: Segment, stopped: float, y: float) -> str:
+        """From where an attempt was last seen to the next attempt's start: nobody ran it.
+
+        A zigzag marks the break where the worker was last seen; a dashed span the time lost.
+        """
+        if segment.gap_end is None:
             return ""
-        width = round((end - start) * fraction, 1)
+        until = max(self.scale.x(segment.gap_end), stopped)
+        lost = seconds(segment.gap_end - segment.end)
+        title = (
+            f"crash gap: the worker stopped (a crash, a kernel restart) after it was last seen; "
+            f"attempt {segment.next_number} started {lost} later"
+        )
         return (
-            f'<rect class="pyergon-progress" x="{start}" y="{y + 2}" width="{width}" '
-            f'height="{_BAR - 4}" fill="{DARK_GREY}" fill-opacity="0.6"/>'
+            f'<g class="pyergon-crash-gap"><title>{escape(title)}</title>'
+            f'<rect x="{stopped}" y="{y + 2}" width="{round(until - stopped, 1)}" '
+            f'height="{BAR - 4}" fill="{PAPER}" stroke="{GREY}" stroke-dasharray="2 2"/>'
+            f'<polyline points="{stopped},{y - 3} {stopped - 3},{y + 2} {stopped + 3},{y + 6} '
+            f'{stopped},{y + BAR + 3}" fill="none" stroke="{RED}" stroke-width="1.5"/></g>'
         )
 
-    @staticmethod
-    def _annotations(record: Invocation, end: float, baseline: float, stale: bool) -> list[str]:
-        """The stale mark, retry badge and child's id, after the mark (before it near the edge)."""
-        notes = []
-        if stale:
-            notes.append(("stale", "pyergon-stale-note", AMBER))
-        if record.attempts > 1:
-            notes.append((f"{ATTEMPTS_SIGN}{record.attempts}", "pyergon-retry", RED))
-        if record.child_flow_id is not None:
-            link = f"→ {_clip(record.child_flow_id, 30)}"
-            notes.append((link, "pyergon-child-link", "currentColor"))
-        if not notes:
-            return []
-        text = "".join(
-            f'<tspan class="{css}" fill="{fill}">{escape(note)} </tspan>'
-            for note, css, fill in notes
-        )
-        if end > _PLOT_RIGHT - 140:
-            return [f'<text x="{end - 8}" y="{baseline}" text-anchor="end">{text}</text>']
-        return [f'<text x="{end + 8}" y="{baseline}">{text}</text>']
+    # -- collapsed ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _legend(y: float) -> str:
-        items = [
-            f'<rect x="0" y="0" width="14" height="{_BAR}" rx="2" fill="{GREEN}"/>',
-            "complete",
-            f'<rect x="0" y="0" width="14" height="{_BAR}" rx="2" fill="{RED}"/>',
-            "failed",
-            f'<rect x="0" y="0" width="14" height="{_BAR}" rx="2" fill="{AMBER}"/>',
-            "running",
-            f'<rect x="0" y="0" width="14" height="{_BAR}" rx="2" fill="{GREY}"/>',
-            "waiting",
-            f'<rect x="0" y="0" width="14" height="{_BAR}" fill="{GREY}" fill-opacity="0.25" '
-            f'stroke="{GREY}" stroke-dasharray="4 2"/>',
-            "timer",
-            f'<polygon points="7,0 12,5 7,10 2,5" fill="{GREY}"/>',
-            "signal",
-            f'<rect x="0" y="0" width="14" height="{_BAR}" rx="5" fill="{GREY}"/>',
-            "child",
-            f'<text x="0" y="9" fill="{RED}">{ATTEMPTS_SIGN}n</text>',
-            "attempts",
-            f'<rect x="1" y="0" width="12" height="{_BAR}" rx="2" fill="none" stroke="{AMBER}" '
-            'stroke-dasharray="3 2"/>',
-            "stale",
-        ]
-        parts = []
-        x = 4
-        for index in range(0, len(items), 2):
-            swatch, name = items[index], items[index + 1]
+    def _collapsed_rows(self) -> str:
+        count = len(self.lanes)
+        row = max(_MIN_ROW, min(_MAX_ROW, _COLLAPSED_BUDGET // max(count, 1)))
+        y = float(_AXIS_HEIGHT)
+        drawn = []
+        for lane, span in zip(self.lanes, self.spans, strict=True):
+            self.lane_tops.setdefault(lane.history.flow.flow_id, y)
+            drawn.append(self._collapsed_row(lane, span, y, row))
+            y += row
+        self.bottom = y
+        return f'<g class="pyergon-collapsed" font-size="{min(11, row - 1)}">{"".join(drawn)}</g>'
+
+    def _collapsed_row(self, lane: Lane, span: tuple[float, float], top: float, row: int) -> str:
+        """One flow as one bar from its first start to its end, with its failures marked."""
+        history = lane.history
+        flow = history.flow
+        colour = FLOW_COLOURS[flow.status]
+        baseline = top + row - 3
+        failure = failure_note(history)
+        title = flow_summary(history) + (f"\n{failure}" if failure else "")
+        indent = 4 + _INDENT * lane.depth
+        parts = [f"<title>{escape(title)}</title>"]
+        label_end: float | None = None
+        start, end = span
+        if self.scale.shows(start, end):
+            left, right = self.scale.x(start), self.scale.x(end)
+            right = max(right, left + 2)
+            bar = max(row - 5, 4)
+            y = top + (row - bar) / 2
             parts.append(
-                f'<g transform="translate({x},{y})">{swatch}'
-                f'<text x="18" y="9">{escape(name)}</text></g>'
+                f'<rect x="{left}" y="{y}" width="{round(right - left, 1)}" height="{bar}" '
+                f'rx="2" fill="{colour}" fill-opacity="0.45" stroke="{colour}"/>'
             )
-            x += 26 + 7 * len(name)
-        return f'<g class="pyergon-legend">{"".join(parts)}</g>'
+            parts.extend(self._failure_marks(history, y, bar))
+            if row >= 12:  # thinner rows have no room for badges; the tooltip says it all
+                badges = flow_badges(history)
+                drawn, label_end = pills(badges, left, right, baseline)
+                if any(css == "pyergon-retry" for _, _, css in badges):
+                    self.shown.add("attempts")
+                parts.extend(drawn)
+        # The status after the id; both give way to badges that had to go left of the plot.
+        char = 0.6 * min(11, row - 1)
+        status_x = 170.0
+        if label_end is not None:
+            status_x = min(status_x, label_end - len(flow.status.value) * char)
+        status = (
+            f'<tspan x="{round(status_x, 1)}" fill="{colour}">{escape(flow.status.value)}</tspan>'
+        )
+        if status_x - indent < 8 * char:  # no room for both: the bar's colour tells the status
+            status, status_x = "", label_end or status_x
+        chars = max(4, int((status_x - 6 - indent) / char) - 2 * (lane.depth > 0))
+        label = ("↳ " if lane.depth else "") + clip(flow.flow_id, chars)
+        parts.insert(1, f'<text x="{indent}" y="{baseline}">{escape(label)}{status}</text>')
+        return (
+            f'<g class="pyergon-flow-row" data-flow-id="{escape(flow.flow_id)}" '
+            f'data-status="{flow.status.value}">{"".join(parts)}</g>'
+        )
 
+    def _failure_marks(self, history: FlowHistory, y: float, height: float) -> list[str]:
+        """Ticks on a collapsed row where its flow's records and attempts went wrong.
 
-def _tooltip(record: Invocation, running: bool) -> str:
-    """A record's details on hover: what it is, its timing and error, progress, last output."""
-    status = "running" if running else record.status.value
-    facts = [f"{record.position} {record.kind.value} {_name(record)}: {status}"]
-    took = _text_duration(record)
-    if took not in ("-", status):
-        facts.append(took)
-    if record.attempts > 1:
-        facts.append(f"{record.attempts} attempts")
-    if record.child_flow_id is not None:
-        facts.append(f"child {record.child_flow_id}")
-    if record.error is not None:
-        facts.append(f"{record.error.short_type}: {record.error.message}")
-    if record.progress is not None:
-        facts.append(record.progress.describe())
-    details = ", ".join(facts)
-    shown, earlier = last_lines(record.output, _TOOLTIP_LINES)
-    if shown:
-        before = f" (… {earlier} earlier)" if earlier else ""
-        details += f"\nprinted{before}:\n" + "\n".join(shown)
-    return details
+        Red where a record or an attempt failed, grey where a worker was last seen before it
+        stopped (a crash gap), amber where a lease was lost.
+        """
+        marks = []
+        for record in history.records_now:
+            if record.status is InvocationStatus.FAILED:
+                when = record.completed_at if record.completed_at is not None else record.started_at
+                if when is not None:
+                    marks.append((self.scale.x(when), "pyergon-failure-mark", RED))
+                    self.shown.add("failure tick")
+            for attempt in record.earlier_attempts:
+                moments = (attempt.ended_at, attempt.last_seen_at, attempt.started_at)
+                when = next((moment for moment in moments if moment is not None), None)
+                if when is not None:
+                    css, stroke = _ATTEMPT_TICKS[attempt.end]
+                    marks.append((self.scale.x(when), css, stroke))
+                    self.shown.add(_TICK_KEYS[css])
+        return [
+            f'<line class="{css}" x1="{x}" y1="{y - 1}" x2="{x}" y2="{y + height + 1}" '
+            f'stroke="{stroke}" stroke-width="2"/>'
+            for x, css, stroke in marks
+        ]

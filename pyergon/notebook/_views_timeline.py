@@ -2,9 +2,9 @@
 
 :class:`Timeline` is a pure renderer of :class:`~pyergon.history.FlowHistory` objects; a
 session gives it a loader so its widget can re-read storage. Each flow gets a lane and each
-record a row: steps are bars coloured by status, timers dashed spans to their fire time, signal
-waits a dashed line ending in a diamond, children a rounded bar labelled with the child's id,
-and retried records carry an attempts badge. The drawing itself is in ``views_svg``.
+record a row, each attempt of a record a segment of it; past ``collapse_after`` flows each flow
+is one row. What is shown is chosen in ``_timeline_layout``, written in ``_timeline_text`` and
+drawn in ``_views_svg`` (with the marks of ``_timeline_marks``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,20 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from pyergon._history_html import escape
+from pyergon.core.status import TaskStatus
 from pyergon.errors import PyergonError
 from pyergon.history import FlowHistory
+from pyergon.notebook._timeline_layout import (
+    Lane,
+    TimelineOptions,
+    Window,
+    lanes,
+    latest_time,
+    statuses,
+)
+from pyergon.notebook._timeline_text import timeline_text
 from pyergon.notebook._views_common import View, ViewTasks, refresh_every
-from pyergon.notebook._views_svg import latest_time, timeline_svg, timeline_text
+from pyergon.notebook._views_svg import timeline_svg
 
 __all__ = ["Timeline", "TimelineLoader", "timeline_from_histories"]
 
@@ -31,17 +41,36 @@ def timeline_from_histories(
     *,
     now: float | None = None,
     max_records: int = 200,
+    collapse_after: int | None = 20,
+    status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
+    flow_type: str | Iterable[str] | None = None,
+    window: Window | None = None,
 ) -> Timeline:
     """Build a timeline of histories already loaded (it cannot re-read storage).
 
     Args:
-        histories: One history or several; one lane each, in this order.
+        histories: One history or several; one lane each, in this order (children right
+            under their parent).
         now: Where unfinished records end; defaults to the latest time the histories hold,
             so the same histories always draw the same picture.
-        max_records: Records drawn per flow; the rest are counted.
+        max_records: Records drawn per flow: the first and the last, around a counted gap.
+        collapse_after: Past this many flows, one row per flow, failed flows first;
+            ``None``: never collapse.
+        status: Only flows in this status or these statuses (``"failed"``).
+        flow_type: Only flows of this type or these types.
+        window: Only this span: ``(start, end)`` in seconds from the first start, or two
+            datetimes.
     """
     shown = [histories] if isinstance(histories, FlowHistory) else list(histories)
-    return Timeline(shown, now=now, max_records=max_records)
+    return Timeline(
+        shown,
+        now=now,
+        max_records=max_records,
+        collapse_after=collapse_after,
+        status=status,
+        flow_type=flow_type,
+        window=window,
+    )
 
 
 class Timeline(View):
@@ -50,7 +79,7 @@ class Timeline(View):
     Build one with ``await session.timeline(ids)`` or :func:`timeline_from_histories`.
 
     Args:
-        histories: The flows to show, one lane each.
+        histories: The flows to show, one lane each (children right under their parent).
         now: Where unfinished records end (epoch seconds); defaults to the latest time the
             histories hold.
         loader: Re-reads the flows for :meth:`refresh`; without it the timeline is fixed.
@@ -58,7 +87,16 @@ class Timeline(View):
         auto_refresh: Start re-reading every ``interval`` seconds as soon as the widget shows,
             until every flow is final.
         interval: Seconds between two automatic refreshes.
-        max_records: Records drawn per flow; the rest are counted.
+        max_records: Records drawn per flow: the first and the last, around a counted gap.
+        collapse_after: Past this many flows (after the filters), one row per flow, failed
+            flows first; ``None``: never collapse.
+        status: Only flows in this status or these statuses (``"failed"``).
+        flow_type: Only flows of this type or these types.
+        window: Only this span: ``(start, end)`` in seconds from the first start, or two
+            datetimes.
+
+    Raises:
+        ValueError: An option is out of range, or ``status`` names no flow status.
     """
 
     def __init__(
@@ -71,11 +109,22 @@ class Timeline(View):
         auto_refresh: bool = False,
         interval: float = 1.0,
         max_records: int = 200,
+        collapse_after: int | None = 20,
+        status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
+        flow_type: str | Iterable[str] | None = None,
+        window: Window | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval}")
-        if max_records < 1:
-            raise ValueError(f"max_records must be >= 1, got {max_records}")
+        types = [flow_type] if isinstance(flow_type, str) else list(flow_type or ())
+        self.options = TimelineOptions(
+            max_records=max_records,
+            collapse_after=collapse_after,
+            status=statuses(status),
+            flow_type=frozenset(types),
+            window=window,
+        )
+        """What the timeline shows of its histories."""
         self.histories = tuple(histories)
         self.now = latest_time(self.histories) if now is None else now
         self.interval = interval
@@ -111,11 +160,29 @@ class Timeline(View):
         The text holds no timestamp and no memory address, so the same flows always give the
         same text (for nbval and doctests).
         """
-        return timeline_text(self.histories, self.max_records)
+        lanes, collapsed = self._layout()
+        return timeline_text(lanes, len(self.histories), self.options, collapsed)
 
     def svg(self) -> str:
-        """The timeline as one self-contained SVG element (no script, no external reference)."""
-        return timeline_svg(self.histories, self.now, self.max_records)
+        """The timeline as one self-contained SVG element (no script, no external reference).
+
+        Its colours are explicit on an opaque white background, so it reads the same in a
+        dark theme and converted to PNG.
+        """
+        lanes, collapsed = self._layout()
+        return timeline_svg(lanes, self.now, self.options, collapsed)
+
+    @property
+    def collapsed(self) -> bool:
+        """Whether the flows shown are past ``collapse_after``, so each is one row."""
+        return self._layout()[1]
+
+    def _layout(self) -> tuple[list[Lane], bool]:
+        """The flows the filters keep, in drawing order, and whether they are collapsed."""
+        kept = [history for history in self.histories if self.options.keeps(history)]
+        limit = self.options.collapse_after
+        collapsed = limit is not None and len(kept) > limit
+        return lanes(kept, collapsed), collapsed
 
     def html(self) -> str:
         """The SVG in a ``<div class="pyergon-timeline" data-flow-ids='[...]'>`` (JSON ids)."""

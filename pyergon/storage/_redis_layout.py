@@ -12,7 +12,7 @@ Cluster hash slot and keep nested prefixes such as ``app`` and ``app:x`` apart):
   JSON header, then the raw result bytes, error payload bytes and output text in UTF-8 (their
   lengths in the header, in bytes; no ``output`` length: no output); a step's progress is an
   object in the header (no ``progress``: none reported), and so is its ``code_hash`` (none:
-  ``""``).
+  ``""``) and the list of its ``earlier_attempts`` (none: no attempts kept).
 * ``{P}:sig:<id>`` — hash, signal name → the ``sent_at`` time, a newline, the payload bytes.
 * ``{P}:ids`` — set of every id that has a flow, records or signals (what ``reset`` deletes).
 * History indexes, sorted sets scored by ``created_at`` (ties by id, as Redis orders equal
@@ -31,7 +31,8 @@ Version 2 added the ``worker_id`` and ``cancel_requested`` fields and the worker
 indexes; version 3 the ``version`` field; version 4 the ``lease_losses`` and ``last_lost_by``
 fields (absent on older flows, which have lost none); version 5 a record's output and progress
 and a worker's activity (absent on older ones, which have none: no record is rewritten);
-version 6 a record's ``code_hash`` (absent on older records, which read as ``""``).
+version 6 a record's ``code_hash`` (absent on older records, which read as ``""``); version 7
+a record's ``earlier_attempts`` (absent on older records, which kept none).
 ``migrate.lua`` moves an older prefix forward.
 """
 
@@ -47,7 +48,12 @@ from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.transitions import TAKEN_OVER
 from pyergon.errors import CorruptStorageError
-from pyergon.storage._step_json import progress_fields, progress_from_fields
+from pyergon.storage._step_json import (
+    attempts_fields,
+    attempts_from_fields,
+    progress_fields,
+    progress_from_fields,
+)
 from pyergon.storage.base import ClaimedRun, damaged_run
 
 __all__ = [
@@ -397,6 +403,8 @@ def encode_invocation(invocation: Invocation) -> bytes:
         header["progress"] = progress_fields(invocation.progress)
     if invocation.code_hash:
         header["code_hash"] = invocation.code_hash
+    if invocation.earlier_attempts:
+        header["earlier_attempts"] = attempts_fields(invocation.earlier_attempts)
     return _HEADER_JSON.encode(header).encode() + b"\n" + data
 
 
@@ -423,6 +431,9 @@ def decode_invocation(flow_id: str, position: bytes, value: bytes) -> Invocation
     progress = header.pop("progress", None)
     if progress is not None:
         header["progress"] = progress_from_fields(progress)
+    attempts = header.pop("earlier_attempts", None)
+    if attempts is not None:
+        header["earlier_attempts"] = attempts_from_fields(attempts)
     return Invocation(
         flow_id=flow_id,
         sequence=int(sequence),

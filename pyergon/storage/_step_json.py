@@ -1,10 +1,13 @@
-"""How a step's progress and a worker's running steps are stored: compact JSON, on every backend.
+"""How a step's progress and earlier attempts and a worker's running steps are stored: JSON.
 
 A :class:`~pyergon.core.records.StepProgress` is an object of its fields (``total`` and
-``message`` left out while ``None``); a worker's activity is a list of objects, one per running
-step, or nothing at all while it runs none. The text is ASCII (other characters are escaped), so
+``message`` left out while ``None``); a record's earlier attempts a list of objects (fields
+left out while ``None``, an error as ``[stored type, message, traceback]``), or nothing at all
+while there are none; a worker's activity is a list of objects, one per running step, or
+nothing at all while it runs none. The text is ASCII (other characters are escaped), so
 it is stored alike wherever it goes. Readers raise ``ValueError`` for what pyergon did not
-write; each backend names the record and the field in its own message.
+write; each backend names the record and the field in its own message. Compact, and alike on
+every backend.
 """
 
 from __future__ import annotations
@@ -12,14 +15,18 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, get_args
 
-from pyergon.core.records import StepProgress
+from pyergon.core.records import Attempt, AttemptEnd, StepProgress, StoredError
 from pyergon.core.workers import StepActivity
 
 __all__ = [
     "activity_from_text",
     "activity_text",
+    "attempts_fields",
+    "attempts_from_fields",
+    "attempts_from_text",
+    "attempts_text",
     "progress_fields",
     "progress_from_fields",
     "progress_from_text",
@@ -71,6 +78,85 @@ def progress_from_text(text: str | bytes) -> StepProgress:
         ValueError: The text is not a report pyergon wrote.
     """
     return progress_from_fields(json.loads(text))  # a JSONDecodeError is a ValueError
+
+
+_ATTEMPT_ENDS: frozenset[object] = frozenset(get_args(AttemptEnd))
+_ATTEMPT_TIMES = ("started_at", "ended_at", "last_seen_at")
+_ATTEMPT_KEYS = frozenset({"number", "end", "error", "worker_id", *_ATTEMPT_TIMES})
+
+
+def attempts_fields(attempts: Iterable[Attempt]) -> list[dict[str, object]]:
+    """The JSON list that stores a record's earlier attempts."""
+    stored = []
+    for attempt in attempts:
+        fields: dict[str, object] = {"number": attempt.number, "end": attempt.end}
+        for name in _ATTEMPT_TIMES:
+            value = getattr(attempt, name)
+            if value is not None:
+                fields[name] = value
+        error = attempt.error
+        if error is not None:
+            fields["error"] = [error.stored_type, error.message, error.traceback]
+        if attempt.worker_id is not None:
+            fields["worker_id"] = attempt.worker_id
+        stored.append(fields)
+    return stored
+
+
+def attempts_from_fields(stored: object) -> tuple[Attempt, ...]:
+    """Rebuild a record's earlier attempts from their JSON list.
+
+    Raises:
+        ValueError: ``stored`` is not a list of attempts pyergon wrote.
+    """
+    if type(stored) is not list:
+        raise ValueError(f"not a list of attempts: {stored!r:.80}")
+    return tuple(_attempt(fields) for fields in stored)
+
+
+def _attempt(fields: object) -> Attempt:
+    if (
+        type(fields) is not dict
+        or not fields.keys() <= _ATTEMPT_KEYS
+        or type(fields.get("number")) is not int
+        or fields.get("end") not in _ATTEMPT_ENDS
+        or not all(_time(fields.get(name)) for name in _ATTEMPT_TIMES)
+        or type(fields.get("worker_id", "")) is not str
+    ):
+        raise ValueError(f"not an attempt: {fields!r:.80}")
+    error = fields.get("error")
+    if error is not None:
+        if type(error) is not list or len(error) != 3 or any(type(p) is not str for p in error):
+            raise ValueError(f"not an attempt's error: {error!r:.80}")
+        error = StoredError.from_stored(error[0], error[1], error[2], None)
+    return Attempt(
+        fields["number"],
+        fields.get("started_at"),
+        fields.get("ended_at"),
+        fields["end"],
+        error,
+        fields.get("worker_id"),
+        fields.get("last_seen_at"),
+    )
+
+
+def _time(value: object) -> bool:
+    """Whether ``value`` is a stored time or none."""
+    return value is None or ((type(value) is float or type(value) is int) and math.isfinite(value))
+
+
+def attempts_text(attempts: tuple[Attempt, ...]) -> str | None:
+    """A record's earlier attempts as the text storage keeps; ``None`` while there are none."""
+    return _JSON.encode(attempts_fields(attempts)) if attempts else None
+
+
+def attempts_from_text(text: str | bytes | None) -> tuple[Attempt, ...]:
+    """Rebuild a record's earlier attempts from their stored text (``None``: there are none).
+
+    Raises:
+        ValueError: The text is not a list of attempts pyergon wrote.
+    """
+    return () if text is None else attempts_from_fields(json.loads(text))
 
 
 def activity_text(activity: Iterable[StepActivity]) -> str | None:

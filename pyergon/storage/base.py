@@ -34,13 +34,14 @@ __all__ = [
     "wait_for_event",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """Version of the stored layout. Backends record it and migrate older layouts forward.
 
 Version 2 added ``worker_id`` and ``cancel_requested``; version 3 added ``version``; version 4
 added the workers' records and each flow's ``lease_losses`` and ``last_lost_by``; version 5 a
 record's ``output`` and ``progress`` and a worker's ``activity``; version 6 a record's
-``code_hash`` (``""`` in records written before)."""
+``code_hash`` (``""`` in records written before); version 7 a record's ``earlier_attempts``
+(none in records written before)."""
 
 
 async def wait_for_event(event: asyncio.Event, timeout: float) -> bool:

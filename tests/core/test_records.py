@@ -7,11 +7,16 @@ from fractions import Fraction
 import pytest
 
 from pyergon.core.records import (
+    ATTEMPT_MESSAGE_LIMIT,
+    ATTEMPT_TRACEBACK_LIMIT,
+    ATTEMPTS_KEPT,
     PROGRESS_MESSAGE_LIMIT,
+    Attempt,
     Invocation,
     ScheduledFlow,
     StepProgress,
     StoredError,
+    add_attempt,
     storable_text,
     text_problem,
 )
@@ -110,6 +115,37 @@ def test_a_record_has_no_output_and_no_progress_until_given() -> None:
     assert isinstance(reported, Invocation)
     assert (reported.output, reported.progress) == ("", StepProgress(1))
     assert reported.replace(output=None) == record.replace(progress=StepProgress(1))
+
+
+def test_a_failed_attempt_keeps_its_error_small_without_its_payload() -> None:
+    error = StoredError(
+        "shop.Refused", "m" * 5_000, "start\n" + "x" * 10_000 + "\nraise Refused", b"pickled", True
+    )
+
+    attempt = Attempt.failed(2, 1_000.0, 1_001.0, error, "worker-a")
+
+    kept = attempt.error
+    assert kept is not None and kept.payload is None
+    assert (kept.type_name, kept.retryable) == ("shop.Refused", True)
+    assert kept.message == "m" * ATTEMPT_MESSAGE_LIMIT
+    # The end of the traceback, where the raising line is, is what is kept.
+    assert kept.traceback.endswith("\nraise Refused")
+    assert len(kept.traceback) == ATTEMPT_TRACEBACK_LIMIT + 1 and kept.traceback[0] == "…"
+    assert (attempt.number, attempt.end, attempt.worker_id) == (2, "failed", "worker-a")
+    small = StoredError("builtins.ValueError", "bad", "Traceback\n")
+    assert Attempt.failed(1, 1.0, 2.0, small).error == small
+
+
+def test_a_record_keeps_its_first_and_latest_attempts_past_the_bound() -> None:
+    attempts: tuple[Attempt, ...] = ()
+    for number in range(1, 51):
+        attempts = add_attempt(attempts, Attempt(number, float(number), None, "abandoned"))
+
+    numbers = [attempt.number for attempt in attempts]
+    assert len(numbers) == ATTEMPTS_KEPT
+    assert numbers[:5] == [1, 2, 3, 4, 5]
+    assert numbers[5:] == list(range(36, 51))
+    assert make_invocation().earlier_attempts == ()
 
 
 def test_a_flow_shows_itself_in_one_short_line_without_its_payload() -> None:

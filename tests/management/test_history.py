@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from pyergon import Executor, RetryPolicy, flow, flow_type, step
+from pyergon._history_html import earlier_attempts_html
 from pyergon.core import (
     Invocation,
     InvocationStatus,
@@ -17,7 +18,7 @@ from pyergon.core import (
     TaskStatus,
 )
 from pyergon.core.changes import Change
-from pyergon.core.records import StepProgress
+from pyergon.core.records import Attempt, StepProgress, StoredError
 from pyergon.core.workers import StepActivity
 from pyergon.history import (
     FLOW_COLUMNS,
@@ -259,6 +260,31 @@ def test_the_record_frame_holds_output_and_progress() -> None:
     assert pd.isna(frame.loc[1, "progress"]) and pd.isna(frame.loc[2, "progress"])
     assert frame["progress_message"].tolist()[:2] == ["Jan", "counting"]
     assert pd.isna(frame.loc[2, "progress_message"])
+
+
+def test_the_record_frame_counts_and_describes_the_earlier_attempts() -> None:
+    down = StoredError("shop.ProviderDown", "provider down\nretry later", "Traceback")
+    earlier = (
+        Attempt.failed(1, 1_000.0, 1_001.0, down),
+        Attempt(2, 1_002.0, None, "abandoned", worker_id="w-old"),
+        Attempt(3, 1_010.0, None, "lease lost"),
+    )
+    records = [make_invocation(1, attempts=4, earlier_attempts=earlier), make_invocation(2)]
+
+    frame = invocations_frame(records)
+
+    assert str(frame["earlier_attempts"].dtype) == "Int64"
+    assert str(frame["attempt_errors"].dtype) == "string"
+    assert frame["earlier_attempts"].tolist() == [3, 0]
+    assert frame.loc[0, "attempt_errors"] == (
+        "1: ProviderDown: provider down\n2: abandoned\n3: lease lost"
+    )
+    assert pd.isna(frame.loc[1, "attempt_errors"])
+    html = earlier_attempts_html(records[0], origin=1_000.0)
+    assert "<summary>3 earlier attempts</summary>" in html
+    # A line per attempt after its start; the whole message is the failed one's tooltip.
+    assert '<div title="provider down\nretry later">+0.000s 1: ProviderDown: provider down' in html
+    assert "<div>+2.000s 2: abandoned</div>" in html
 
 
 def test_the_flow_frame_names_the_steps_running_now_when_given() -> None:

@@ -236,9 +236,9 @@ def test_timers_signals_children_and_retries_have_their_own_marks(showcase: Flow
     assert list(marks["4"].iter(f"{SVG}polygon"))
     assert "pyergon-flow-retry" in marks["0.1"].attrib["class"]
     assert "→ show~child-3" in texts_in(marks["3"])
-    badges = [t for t in marks["1"].iter(f"{SVG}tspan") if t.attrib["class"] == "pyergon-retry"]
+    badges = [g for g in marks["1"].iter(f"{SVG}g") if "pyergon-retry" in g.attrib["class"]]
     assert [texts_in(badge).strip() for badge in badges] == ["×3"]  # noqa: RUF001 - the badge
-    assert not [t for t in marks["2"].iter(f"{SVG}tspan") if t.attrib["class"] == "pyergon-retry"]
+    assert not [g for g in marks["2"].iter(f"{SVG}g") if "pyergon-retry" in g.attrib["class"]]
 
 
 def test_a_timer_span_reaches_its_fire_time(showcase: FlowHistory) -> None:
@@ -247,7 +247,7 @@ def test_a_timer_span_reaches_its_fire_time(showcase: FlowHistory) -> None:
     timer = next(r for r in showcase.invocations if r.position == "2")
     assert timer.fire_at is not None and timer.started_at is not None
     (span,) = records_of(svg)["2"].iter(f"{SVG}rect")
-    (step_bar,) = records_of(svg)["1"].iter(f"{SVG}rect")  # starts at the first start
+    step_bar = next(records_of(svg)["1"].iter(f"{SVG}rect"))  # starts at the first start
 
     origin = float(step_bar.attrib["x"])
     per_second = (float(span.attrib["x"]) - origin) / (timer.started_at - showcase.flow.created_at)
@@ -328,6 +328,8 @@ def test_the_text_form_lists_each_record_once(showcase: FlowHistory) -> None:
             "    0.1  TIMER   retry-after-attempt-1  COMPLETE              31.000s  "
             "flow retry after ValueError",
             "      1  STEP    flaky                  COMPLETE               0.000s  ×3",  # noqa: RUF001
+            "         attempt 1 failed RuntimeError: flaky step fails",
+            "         attempt 2 failed RuntimeError: flaky step fails",
             "      2  TIMER   cool-down              COMPLETE              31.000s",
             "      3  CHILD   Child                  COMPLETE               0.000s  → show~child-3",
             "      4  SIGNAL  approval               WAITING_FOR_SIGNAL    waiting",
@@ -345,13 +347,17 @@ def test_the_text_form_does_not_depend_on_when_the_flow_ran(showcase: FlowHistor
     assert "1700000" not in text and "2023" not in text
 
 
-def test_the_text_form_counts_the_records_beyond_the_limit(showcase: FlowHistory) -> None:
+def test_a_long_flow_keeps_its_first_and_last_records_around_a_counted_gap(
+    showcase: FlowHistory,
+) -> None:
     timeline = timeline_from_histories(showcase, max_records=2)
 
-    assert timeline.text().splitlines()[-1] == "  … 3 more records"
+    lines = timeline.text().splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["0.1", "…", "4"]
+    assert lines[3] == "  … 3 records …"
     svg = ET.fromstring(timeline.svg())
-    assert sorted(records_of(svg)) == ["0.1", "1"]
-    assert "… 3 more records" in texts_in(svg)
+    assert sorted(records_of(svg)) == ["0.1", "4"]
+    assert "… 3 records …" in texts_in(svg)
 
 
 # -- the three-way repr -------------------------------------------------------------------------
@@ -409,7 +415,8 @@ async def test_a_session_timeline_shows_one_lane_per_flow(
 
     assert timeline.flow_ids == ("show", "show~child-3")
     assert (
-        repr(timeline).splitlines()[-1] == "show~child-3 (Child) COMPLETE, 0 records, child of show"
+        repr(timeline).splitlines()[-1]
+        == "  show~child-3 (Child) COMPLETE, 0 records, child of show"  # right under its parent
     )
     assert (await session.timeline("show")).flow_ids == ("show",)
     assert (await session.timeline()).flow_ids == (
@@ -506,7 +513,8 @@ async def test_a_history_renders_a_header_and_its_records(
     assert "attempt 2" in page and "SUSPENDED" in page
     assert page.count("<tr>") == 1 + len(history.invocations)
     assert "child show~child-3" in page
-    assert "RuntimeError" not in page  # the step's retried errors are not its record's
+    # The step's retried errors show as its two earlier attempts, never as its record's error.
+    assert page.count("RuntimeError") == 2
 
 
 # -- the monitor --------------------------------------------------------------------------------

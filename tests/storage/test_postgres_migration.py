@@ -14,7 +14,14 @@ import pytest
 
 from pyergon.core import ClaimRequest, FlowQuery
 from pyergon.core.changes import Change, FlowWrite
-from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StepProgress, StoredError
+from pyergon.core.records import (
+    Attempt,
+    Invocation,
+    ScheduledFlow,
+    SignalRecord,
+    StepProgress,
+    StoredError,
+)
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.workers import StepActivity
 from pyergon.storage._flows import request_cancel
@@ -91,6 +98,17 @@ _V5_CHANGES = """
     ALTER TABLE {s}.workers ADD COLUMN activity text;
 """
 
+_V6_CHANGES = """
+    ALTER TABLE {s}.invocations ADD COLUMN code_hash text NOT NULL DEFAULT '';
+"""
+
+_V6_RECORD = """
+    INSERT INTO {s}.invocations (flow_id, sequence, sub_sequence, kind, name, args_hash, status,
+        error_type, error_message, error_traceback, attempts, started_at, code_hash)
+    VALUES ('running', 2, 0, 'STEP', 'ship', 'h2', 'PENDING', 'shop.Refused', 'no', 'Trace', 1,
+        1001, '0123');
+"""
+
 _V5_RECORD = """
     INSERT INTO {s}.invocations (flow_id, sequence, sub_sequence, kind, name, args_hash, status,
         result, attempts, started_at, completed_at, output)
@@ -130,7 +148,7 @@ async def build_layout(
 ) -> None:
     """Create ``schema`` as the release of schema ``version`` left it, with ``contents``."""
     quoted = quote_identifier(schema)
-    changes = (_V2_CHANGES, _V3_CHANGES, _V4_CHANGES, _V5_CHANGES)
+    changes = (_V2_CHANGES, _V3_CHANGES, _V4_CHANGES, _V5_CHANGES, _V6_CHANGES)
     layout = _V1_LAYOUT + "".join(changes[: version - 1])
     async with admin.transaction():
         await admin.execute(f"CREATE SCHEMA {quoted}")
@@ -349,6 +367,32 @@ async def test_a_version_5_schemas_records_have_no_code_hash_and_new_ones_keep_t
     assert column is not None and column["is_nullable"] == "NO"
 
 
+async def test_a_version_6_schemas_records_have_no_earlier_attempts_and_new_ones_keep_theirs(
+    backends: Backends,
+) -> None:
+    admin = await backends.admin()
+    schema = backends.new_schema()
+    await build_layout(admin, schema, 6, _V2_CONTENTS + _V6_RECORD)
+
+    storage = await backends.make(schema)
+
+    assert await stored_version(admin, schema) == str(SCHEMA_VERSION)
+    charged, shipping = await storage.load_invocations("running")
+    assert (charged.earlier_attempts, shipping.earlier_attempts) == ((), ())
+    assert (shipping.code_hash, shipping.error) == (
+        "0123",
+        StoredError("shop.Refused", "no", "Trace"),
+    )
+    # The new column is in use.
+    failed = Attempt.failed(1, 1_001.0, 1_001.5, StoredError("shop.Refused", "no", "Trace"))
+    shipped = shipping.replace(
+        status=InvocationStatus.COMPLETE, result=b"shipped", error=None, attempts=2,
+        earlier_attempts=(failed,),
+    )  # fmt: skip
+    assert (await storage.apply(Change(records=(shipped,)))).complete
+    assert await storage.load_invocations("running") == [charged, shipped]
+
+
 async def test_two_backends_connecting_at_once_to_a_version_2_schema_both_succeed(
     backends: Backends,
 ) -> None:
@@ -372,7 +416,7 @@ async def test_two_backends_connecting_at_once_to_a_version_2_schema_both_succee
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("from_version", [0, 2, 3, 4, 5])
+@pytest.mark.parametrize("from_version", [0, 2, 3, 4, 5, 6])
 async def test_processes_connecting_at_once_all_succeed(
     backends: Backends, from_version: int
 ) -> None:

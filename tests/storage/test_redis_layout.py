@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from pyergon.core import ClaimRequest, FlowQuery
 from pyergon.core.changes import Applied, Change, FlowWrite
 from pyergon.core.records import (
+    Attempt,
     FlowCursor,
     Invocation,
     ScheduledFlow,
@@ -338,6 +339,39 @@ async def test_connect_migrates_a_version_5_prefix_whose_records_have_no_code_ha
     shipped = make_invocation(2, status=InvocationStatus.COMPLETE, code_hash="fedcba9876543210")
     assert (await storage.apply(Change(records=(shipped,)))).records == [shipped]
     assert await storage.load_invocations("flow-1") == [paid, shipped]
+
+
+async def test_connect_migrates_a_version_6_prefix_whose_records_have_no_earlier_attempts(
+    make_redis: MakeRedis,
+    redis_prefix: Callable[..., str],
+    admin: Redis,
+    make_flow: FlowFactory,
+    make_invocation: InvocationFactory,
+) -> None:
+    prefix = redis_prefix()
+    older = await make_redis(prefix)
+    await older.create_flow(make_flow(status=TaskStatus.RUNNING, lease_token="t"))
+    refused = StoredError("shop.Refused", "no", "Traceback")
+    retrying = make_invocation(1, attempts=1, started_at=1.0, error=refused)
+    key = f"{{{prefix}}}"
+    # Layout 6 encoded a record without a code_hash as layout 4 did.
+    await admin.hset(f"{key}:inv:flow-1", "1:0", version_4_record(retrying))
+    await admin.set(f"{key}:schema_version", "6")
+
+    storage = await make_redis(prefix)
+
+    assert await admin.get(f"{key}:schema_version") == str(SCHEMA_VERSION).encode()
+    (loaded,) = await storage.load_invocations("flow-1")
+    assert loaded == retrying and loaded.earlier_attempts == ()
+    paid = retrying.replace(
+        status=InvocationStatus.COMPLETE,
+        result=b"paid",
+        error=None,
+        attempts=2,
+        earlier_attempts=(Attempt.failed(1, 1.0, 1.5, refused),),
+    )
+    assert (await storage.apply(Change(records=(paid,)))).records == [paid]
+    assert await storage.load_invocations("flow-1") == [paid]
 
 
 # -- indexes and encodings -------------------------------------------------------------------

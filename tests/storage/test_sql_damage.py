@@ -144,6 +144,8 @@ RECORD_DAMAGE = {
         ("output", "X'6F6B'"),  # bytes, not text
         ("progress", "'not json'"),
         ("progress", "'{\"total\": 3}'"),
+        ("earlier_attempts", "'not json'"),
+        ("earlier_attempts", "X'5B5D'"),  # bytes, not text
     ],
     open_postgres: [
         ("kind", "'NO-SUCH-KIND'"),
@@ -151,6 +153,7 @@ RECORD_DAMAGE = {
         ("progress", "'[1, 2]'"),
         ("progress", '\'{"done": "many"}\''),
         ("progress", '\'{"done": 1, "total": -1}\''),
+        ("earlier_attempts", '\'[{"number": 1, "end": "vanished"}]\''),
     ],
 }
 

@@ -16,7 +16,7 @@ import pytest
 
 from pyergon.core import ClaimRequest, FlowQuery
 from pyergon.core.changes import Change, FlowWrite
-from pyergon.core.records import Invocation, ScheduledFlow, StepProgress
+from pyergon.core.records import Attempt, Invocation, ScheduledFlow, StepProgress, StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.core.workers import StepActivity, WorkerRecord
 from pyergon.storage import _flows as flows
@@ -77,6 +77,7 @@ V5_ADDITIONS = (
     "ALTER TABLE invocations ADD COLUMN progress TEXT",
     "ALTER TABLE workers ADD COLUMN activity TEXT",
 )
+V6_ADDITIONS = ("ALTER TABLE invocations ADD COLUMN code_hash TEXT NOT NULL DEFAULT ''",)
 
 
 @pytest.fixture
@@ -91,11 +92,12 @@ def raw(path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def old_file(path: Path, version: int, *stored: ScheduledFlow | Invocation | WorkerRecord) -> None:
-    """A file as a pyergon of schema ``version`` (1 to 5) left it, holding ``stored``.
+    """A file as a pyergon of schema ``version`` (1 to 6) left it, holding ``stored``.
 
     Records and workers are written with the columns of that version only (workers from 4).
     """
-    additions = (V2_ADDITIONS, V3_ADDITIONS, V4_ADDITIONS, V5_ADDITIONS)[: version - 1]
+    additions = (V2_ADDITIONS, V3_ADDITIONS, V4_ADDITIONS, V5_ADDITIONS, V6_ADDITIONS)
+    additions = additions[: version - 1]
     with raw(path) as connection:
         connection.execute("PRAGMA journal_mode = WAL")
         for statement in V1_LAYOUT + tuple(chain.from_iterable(additions)):
@@ -268,7 +270,7 @@ async def test_a_version_4_file_keeps_its_records_and_workers_without_output_or_
             row[1] for row in connection.execute("PRAGMA table_info(invocations)")
         ]
         worker_columns = [row[1] for row in connection.execute("PRAGMA table_info(workers)")]
-    assert invocation_columns[-3:] == ["output", "progress", "code_hash"]
+    assert invocation_columns[-4:] == ["output", "progress", "code_hash", "earlier_attempts"]
     assert worker_columns[-1] == "activity"
 
 
@@ -303,7 +305,38 @@ async def test_a_version_5_files_records_have_no_code_hash_and_new_ones_keep_the
     assert version == SCHEMA_VERSION
     with raw(path) as connection:
         columns = [row[1] for row in connection.execute("PRAGMA table_info(invocations)")]
-    assert columns[-1] == "code_hash"
+    assert columns[-2:] == ["code_hash", "earlier_attempts"]
+
+
+async def test_a_version_6_files_records_have_no_earlier_attempts_and_new_ones_keep_theirs(
+    path: Path, make_flow: FlowFactory, make_invocation: InvocationFactory
+) -> None:
+    flow = make_flow(status=TaskStatus.RUNNING, lease_token="t")
+    recorded = make_invocation(
+        1, status=InvocationStatus.COMPLETE, result=b"paid", attempts=2, code_hash="0123"
+    )
+    retrying = make_invocation(2, attempts=1, error=StoredError("shop.Refused", "no"))
+    old_file(path, 6, flow, recorded, retrying)
+    failed = Attempt.failed(1, 1_000.0, 1_001.0, StoredError("shop.Refused", "no", "Trace"))
+
+    async with SqliteExecutionLog(path) as storage:
+        loaded = await storage.load_invocations("flow-1")
+        assert loaded == [recorded, retrying]
+        assert [record.earlier_attempts for record in loaded] == [(), ()]
+        # The new column is in use.
+        shipped = retrying.replace(
+            status=InvocationStatus.COMPLETE,
+            result=b"shipped",
+            error=None,
+            attempts=2,
+            earlier_attempts=(failed,),
+        )
+        assert (await storage.apply(Change(records=(shipped,)))).complete
+
+    async with SqliteExecutionLog(path) as reopened:
+        assert await reopened.load_invocations("flow-1") == [recorded, shipped]
+    version, _, _ = stored_schema(path)
+    assert version == SCHEMA_VERSION
 
 
 async def test_a_migrated_flow_counts_the_leases_it_loses_from_none(
@@ -397,8 +430,8 @@ def connect_at_once(path: Path, count: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "version",
-    [None, 1, 2, 3, 4, 5],
-    ids=["new-file", "version-1", "version-2", "version-3", "version-4", "version-5"],
+    [None, 1, 2, 3, 4, 5, 6],
+    ids=["new-file", *(f"version-{version}" for version in range(1, 7))],
 )
 def test_processes_connecting_at_once_all_succeed_and_migrate_once(
     path: Path, make_flow: FlowFactory, version: int | None

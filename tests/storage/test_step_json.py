@@ -1,4 +1,5 @@
-"""How a step's progress and a worker's running steps are stored: compact, ASCII JSON."""
+"""How a step's progress and earlier attempts and a worker's running steps are stored: compact,
+ASCII JSON."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import json
 
 import pytest
 
-from pyergon.core.records import StepProgress
+from pyergon.core.records import Attempt, StepProgress, StoredError
 from pyergon.core.workers import StepActivity
 from pyergon.storage._step_json import (
     activity_from_text,
     activity_text,
+    attempts_from_text,
+    attempts_text,
     progress_from_text,
     progress_text,
 )
@@ -91,3 +94,54 @@ def test_running_steps_are_a_list_and_none_while_a_worker_runs_nothing() -> None
 def test_running_steps_pyergon_did_not_write_are_a_value_error(text: str) -> None:
     with pytest.raises(ValueError):
         activity_from_text(text)
+
+
+def test_earlier_attempts_are_a_list_without_absent_fields_and_none_while_there_are_none() -> None:
+    refused = StoredError("shop.Refused", "naïve ✓", "Traceback\n", b"payload", False)
+    attempts = (
+        Attempt.failed(1, 1_000.0, 1_000.5, refused, "worker-a"),
+        Attempt(2, 1_001.0, None, "abandoned", last_seen_at=1_001.5),
+        Attempt(3, None, None, "lease lost"),
+    )
+
+    text = attempts_text(attempts)
+
+    assert text is not None and text.isascii()
+    assert json.loads(text) == [
+        {
+            "number": 1,
+            "end": "failed",
+            "started_at": 1_000.0,
+            "ended_at": 1_000.5,
+            "error": ["shop.Refused [non-retryable]", "naïve ✓", "Traceback\n"],
+            "worker_id": "worker-a",
+        },
+        {"number": 2, "end": "abandoned", "started_at": 1_001.0, "last_seen_at": 1_001.5},
+        {"number": 3, "end": "lease lost"},
+    ]
+    # The payload is not kept: the record's own error keeps the last one, for replay.
+    assert attempts_from_text(text) == attempts
+    assert attempts[0].error == StoredError("shop.Refused", "naïve ✓", "Traceback\n", None, False)
+    assert attempts_text(()) is None
+    assert attempts_from_text(None) == ()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{}",
+        "[1]",
+        '[{"end": "failed"}]',
+        '[{"number": "1", "end": "failed"}]',
+        '[{"number": 1, "end": "vanished"}]',
+        '[{"number": 1, "end": "failed", "started_at": "soon"}]',
+        '[{"number": 1, "end": "failed", "ended_at": NaN}]',
+        '[{"number": 1, "end": "failed", "error": ["t", "m"]}]',
+        '[{"number": 1, "end": "failed", "error": ["t", "m", 3]}]',
+        '[{"number": 1, "end": "failed", "worker_id": 7}]',
+        '[{"number": 1, "end": "failed", "colour": "red"}]',
+    ],
+)
+def test_earlier_attempts_pyergon_did_not_write_are_a_value_error(text: str) -> None:
+    with pytest.raises(ValueError):
+        attempts_from_text(text)

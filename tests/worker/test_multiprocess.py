@@ -368,6 +368,14 @@ async def test_flows_survive_a_killed_worker_process(
         assert flow_id in held, (flow_id, position, "ran twice but the victim did not hold it")
         assert starts[VICTIM][flow_id, position] == 1, (flow_id, position, starts[VICTIM])
     assert len(reruns) <= len(held), (reruns, held)
+    # A step the victim's last heartbeat listed keeps that attempt, abandoned by the victim;
+    # one it started after its last beat cannot be known. No other step keeps any attempt.
+    for flow_id, log in logs.items():
+        for record in log:
+            for attempt in record.earlier_attempts:
+                assert (flow_id, record.sequence) in reruns, (flow_id, record)
+                assert (attempt.number, attempt.end, attempt.worker_id) == (1, "abandoned", VICTIM)
+                assert record.attempts == 2, (flow_id, record)
     assert starts[VICTIM], "the killed worker ran no step"
     assert all(starts[f"worker-{n}"] for n in range(1, WORKERS))
 

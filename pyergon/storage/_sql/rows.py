@@ -1,11 +1,12 @@
 """Records as rows of the SQL tables, and back.
 
 A flow's and a record's fields are kept in columns of the same names, enums by value, a step's
-progress as JSON text (:mod:`pyergon.storage._step_json`) and an error spread over four
-columns. A row is read by column name, as both ``sqlite3.Row`` and asyncpg's ``Record`` allow,
-and each column is checked to hold its kind of value: a row that someone else wrote or damaged
-gives a :class:`~pyergon.errors.CorruptStorageError` naming the flow and the column, never a
-bare ``ValueError`` from deep inside.
+progress and earlier attempts as JSON text (:mod:`pyergon.storage._step_json`; no attempts:
+NULL) and an error spread over four columns. A row is read by column name, as both
+``sqlite3.Row`` and asyncpg's ``Record`` allow, and each column is checked to hold its kind of
+value: a row that someone else wrote or damaged gives a
+:class:`~pyergon.errors.CorruptStorageError` naming the flow and the column, never a bare
+``ValueError`` from deep inside.
 """
 
 from __future__ import annotations
@@ -18,10 +19,22 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
-from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StepProgress, StoredError
+from pyergon.core.records import (
+    Attempt,
+    Invocation,
+    ScheduledFlow,
+    SignalRecord,
+    StepProgress,
+    StoredError,
+)
 from pyergon.core.status import TaskStatus
 from pyergon.errors import CorruptStorageError
-from pyergon.storage._step_json import progress_from_text, progress_text
+from pyergon.storage._step_json import (
+    attempts_from_text,
+    attempts_text,
+    progress_from_text,
+    progress_text,
+)
 
 __all__ = [
     "ERROR_COLUMNS",
@@ -53,6 +66,8 @@ class _Layout:
     """Where in ``columns`` a field is stored by its enum's value."""
     progress: int | None
     """Where in ``columns`` a step's progress is stored as JSON text, if the record has one."""
+    attempts: int | None
+    """Where in ``columns`` a step's earlier attempts are stored as JSON text, if it has them."""
 
 
 def _layout(record_type: type[ScheduledFlow | Invocation]) -> _Layout:
@@ -64,7 +79,8 @@ def _layout(record_type: type[ScheduledFlow | Invocation]) -> _Layout:
         if isinstance(hints[name], type) and issubclass(hints[name], Enum)
     )
     progress = names.index("progress") if "progress" in names else None
-    return _Layout((*names, *ERROR_COLUMNS), operator.attrgetter(*names), enums, progress)
+    attempts = names.index("earlier_attempts") if "earlier_attempts" in names else None
+    return _Layout((*names, *ERROR_COLUMNS), operator.attrgetter(*names), enums, progress, attempts)
 
 
 _LAYOUTS = {record_type: _layout(record_type) for record_type in (ScheduledFlow, Invocation)}
@@ -93,6 +109,9 @@ def column_values(record: ScheduledFlow | Invocation) -> list[object]:
     progress = layout.progress
     if progress is not None and values[progress] is not None:
         values[progress] = progress_text(typing.cast(StepProgress, values[progress]))
+    attempts = layout.attempts
+    if attempts is not None:
+        values[attempts] = attempts_text(typing.cast(tuple[Attempt, ...], values[attempts]))
     values.extend(_error_values(record.error))
     return values
 
@@ -168,9 +187,21 @@ def _progress(value: object) -> StepProgress:
         raise _Unreadable from None
 
 
+def _attempts(value: object) -> tuple[Attempt, ...]:
+    if value is None:  # none kept: most records, and every one written before they were
+        return ()
+    if type(value) is not str:
+        raise _Unreadable
+    try:
+        return attempts_from_text(value)
+    except ValueError:
+        raise _Unreadable from None
+
+
 _READERS: dict[object, tuple[Callable[[object], object], str]] = {
     str: (_exactly(str), "UTF-8 text"),
     StepProgress: (_progress, "a step's progress as JSON"),
+    tuple[Attempt, ...]: (_attempts, "a step's earlier attempts as JSON"),
     bytes: (_exactly(bytes), "bytes"),
     float: (_number, "a finite number"),
     int: (_exactly(int), "an integer"),
@@ -208,6 +239,9 @@ def _columns(record_type: type[ScheduledFlow | Invocation]) -> tuple[_Column, ..
     hints |= {"error_traceback": str | None, "error_payload": bytes | None}
     columns = []
     for name in _LAYOUTS[record_type].columns:
+        if typing.get_origin(hints[name]) is tuple:  # earlier attempts: NULL reads as none
+            columns.append(_Column(name, *_READERS[hints[name]], optional=False))
+            continue
         kinds = typing.get_args(hints[name]) or (hints[name],)
         (kind,) = [kind for kind in kinds if kind is not type(None)]
         if isinstance(kind, type) and issubclass(kind, Enum):

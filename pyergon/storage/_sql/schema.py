@@ -197,6 +197,12 @@ def _version_6(dialect: Dialect) -> list[str]:
     return [_add_column(dialect, "code_hash text NOT NULL DEFAULT ''", table="invocations")]
 
 
+def _version_7(dialect: Dialect) -> list[str]:
+    # A step's earlier attempts (JSON), NULL while it kept none: in records made before, and in
+    # every record whose first attempt ended it. NULL by default: no row rewritten.
+    return [_add_column(dialect, "earlier_attempts text", table="invocations")]
+
+
 MIGRATIONS: tuple[Callable[[Dialect], list[str]], ...] = (
     _version_1,
     _version_2,
@@ -204,6 +210,7 @@ MIGRATIONS: tuple[Callable[[Dialect], list[str]], ...] = (
     _version_4,
     _version_5,
     _version_6,
+    _version_7,
 )
 """``MIGRATIONS[n](dialect)``: the statements turning schema version ``n`` into ``n + 1``."""
 

@@ -50,5 +50,12 @@ if version == '5' then
   -- Version 6 added a record's code_hash to its header; a record without one reads as '', the
   -- hash of no known code, so nothing is rewritten.
   redis.call('SET', version_key, '6')
+  version = '6'
+end
+
+if version == '6' then
+  -- Version 7 added a record's earlier attempts to its header; a record without them kept
+  -- none, so nothing is rewritten.
+  redis.call('SET', version_key, '7')
 end
 return false

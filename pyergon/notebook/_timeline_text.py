@@ -1,0 +1,227 @@
+"""The timeline's text form: a line per record, or a line per flow when collapsed.
+
+It holds no timestamp and no memory address, so the same flows give the same text whenever
+they ran (for nbval and doctests). The SVG shares its summaries, notes and tooltips.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from pyergon._history_html import last_lines, lease_loss_note, seconds
+from pyergon.core.records import Attempt, Invocation
+from pyergon.core.status import InvocationStatus
+from pyergon.history import FlowHistory
+from pyergon.notebook._timeline_layout import (
+    Lane,
+    TimelineOptions,
+    is_flow_retry,
+    ordered_records,
+    record_name,
+    shown_records,
+)
+
+__all__ = [
+    "ATTEMPTS_SIGN",
+    "LABEL_CHARS",
+    "attempt_note",
+    "clip",
+    "failure_note",
+    "flow_summary",
+    "gap_note",
+    "record_tooltip",
+    "text_duration",
+    "timeline_text",
+]
+
+ATTEMPTS_SIGN = "\u00d7"
+"""The multiplication sign of the attempts badge, as in ``\u00d73``."""
+
+LABEL_CHARS = 36
+"""Widest record name shown; longer ones end in an ellipsis."""
+_TOOLTIP_LINES = 10
+"""Lines of a step's output its tooltip shows, the last ones."""
+
+
+def timeline_text(
+    lanes: Sequence[Lane], total: int, options: TimelineOptions, collapsed: bool
+) -> str:
+    """The text form of the lanes: a title, then each flow's summary and records.
+
+    Args:
+        lanes: The flows shown, in drawing order.
+        total: How many flows were given before the filters.
+        options: The timeline's options.
+        collapsed: One line per flow instead of one per record.
+    """
+    count = len(lanes)
+    title = f"Timeline of {count} flow{'' if count == 1 else 's'}"
+    if count != total:
+        title = f"Timeline of {count} of {total} flows"
+    facts = options.describe()
+    if collapsed:
+        facts = ", ".join(filter(None, [facts, "collapsed: one line per flow, failed first"]))
+    lines = [f"{title} ({facts})" if facts else title]
+    for lane in lanes:
+        indent = "  " * lane.depth
+        if collapsed:
+            failure = failure_note(lane.history)
+            summary = flow_summary(lane.history)
+            lines.append(f"{indent}{summary}{f', {failure}' if failure else ''}")
+        else:
+            lines.extend(indent + line for line in _text_lane(lane.history, options.max_records))
+    return "\n".join(lines)
+
+
+def clip(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, ending in an ellipsis when cut."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def gap_note(hidden: int) -> str:
+    """The mark of the records left out of a long flow."""
+    return f"… {hidden} record{'' if hidden == 1 else 's'} …"
+
+
+def flow_summary(history: FlowHistory) -> str:
+    """A flow in one line: id, type, status (with its error type), attempt, records, links."""
+    flow = history.flow
+    status = flow.status.value
+    if flow.error is not None:
+        status += f" ({flow.error.short_type})"
+    facts = [status]
+    if flow.attempt > 1:
+        facts.append(f"attempt {flow.attempt}")
+    count = len(history.records_now)
+    facts.append(f"{count} record{'' if count == 1 else 's'}")
+    if flow.parent_flow_id is not None:
+        facts.append(f"child of {flow.parent_flow_id}")
+    if flow.cancel_requested:
+        facts.append("cancel requested")
+    lost = lease_loss_note(flow)
+    if lost is not None:
+        facts.append(lost)
+    return f"{flow.flow_id} ({flow.flow_type}) {', '.join(facts)}"
+
+
+def failure_note(history: FlowHistory) -> str:
+    """What went wrong in a flow, in words; ``""`` if nothing did.
+
+    As in ``failed at 3 crunch, 2 records retried, 1 attempt abandoned``.
+    """
+    failed = [record for record in history.records_now if record.status is InvocationStatus.FAILED]
+    notes = [f"failed at {record.position} {record_name(record)}" for record in failed[:3]]
+    if len(failed) > 3:
+        notes.append(f"and {len(failed) - 3} more failed records")
+    retried = sum(1 for record in history.records_now if record.attempts > 1)
+    if retried:
+        notes.append(f"{retried} record{'' if retried == 1 else 's'} retried")
+    ends = Counter(
+        attempt.end for record in history.records_now for attempt in record.earlier_attempts
+    )
+    for end in ("abandoned", "lease lost"):
+        if ends[end]:
+            notes.append(f"{ends[end]} attempt{'' if ends[end] == 1 else 's'} {end}")
+    return ", ".join(notes)
+
+
+def text_duration(record: Invocation) -> str:
+    """How long a record took, or what it does now (``running``, ``waits 30.000s``)."""
+    if record.started_at is None:
+        return "-"
+    if record.completed_at is not None:
+        return seconds(record.completed_at - record.started_at)
+    if record.status is InvocationStatus.WAITING_FOR_TIMER and record.fire_at is not None:
+        return f"waits {seconds(record.fire_at - record.started_at)}"
+    if record.status is InvocationStatus.PENDING:
+        return "running"
+    return "waiting"
+
+
+def attempt_note(attempt: Attempt, width: int = 80) -> str:
+    """An earlier attempt in one line: ``attempt 1 failed ValueError: …``.
+
+    Args:
+        attempt: The attempt.
+        width: The most characters of its error's message shown (its first line).
+    """
+    if attempt.end == "failed":
+        error = attempt.error
+        message = error.message.partition("\n")[0] if error is not None else ""
+        cause = "" if error is None else f" {error.short_type}: {clip(message, width)}"
+        return f"attempt {attempt.number} failed{cause}"
+    if attempt.end == "abandoned":
+        return f"attempt {attempt.number} abandoned (worker stopped)"
+    by = f" by {attempt.worker_id}" if attempt.worker_id is not None else ""
+    return f"attempt {attempt.number} lease lost{by}"
+
+
+def _notes(record: Invocation, running: bool, stale: bool = False) -> list[str]:
+    notes = []
+    if stale:
+        notes.append("stale: code changed since")
+    if running and record.progress is not None:
+        notes.append(record.progress.describe())
+    if record.attempts > 1:
+        notes.append(f"{ATTEMPTS_SIGN}{record.attempts}")
+    if is_flow_retry(record):
+        cause = f" after {record.error.short_type}" if record.error is not None else ""
+        notes.append(f"flow retry{cause}")
+    elif record.error is not None:
+        notes.append(record.error.short_type)
+    if record.child_flow_id is not None:
+        notes.append(f"→ {record.child_flow_id}")
+    return notes
+
+
+def _record_line(history: FlowHistory, record: Invocation, name_width: int) -> list[str]:
+    running = history.running_at(record.position) is not None
+    stale = record.position in history.stale
+    line = (
+        f"  {record.position:>5}  {record.kind.value:<6}  "
+        f"{clip(record_name(record), LABEL_CHARS):<{name_width}}  {record.status.value:<18}  "
+        f"{text_duration(record):>9}  {'  '.join(_notes(record, running, stale))}"
+    )
+    return [line.rstrip()] + [
+        f"{'':>9}{attempt_note(attempt)}" for attempt in record.earlier_attempts
+    ]
+
+
+def _text_lane(history: FlowHistory, max_records: int) -> list[str]:
+    head, hidden, tail = shown_records(ordered_records(history), max_records)
+    names = [record_name(record) for record in (*head, *tail)]
+    name_width = min(max((len(name) for name in names), default=0), LABEL_CHARS)
+    lines = [flow_summary(history)]
+    for record in head:
+        lines.extend(_record_line(history, record, name_width))
+    if hidden:
+        lines.append(f"  {gap_note(hidden)}")
+    for record in tail:
+        lines.extend(_record_line(history, record, name_width))
+    return lines
+
+
+def record_tooltip(record: Invocation, running: bool) -> str:
+    """A record's details on hover: what it is, its timing and error, progress, last output."""
+    status = "running" if running else record.status.value
+    facts = [f"{record.position} {record.kind.value} {record_name(record)}: {status}"]
+    took = text_duration(record)
+    if took not in ("-", status):
+        facts.append(took)
+    if record.attempts > 1:
+        facts.append(f"{record.attempts} attempts")
+    if record.child_flow_id is not None:
+        facts.append(f"child {record.child_flow_id}")
+    if record.error is not None:
+        facts.append(f"{record.error.short_type}: {record.error.message}")
+    if record.progress is not None:
+        facts.append(record.progress.describe())
+    details = ", ".join(facts)
+    for attempt in record.earlier_attempts:
+        details += f"\n{attempt_note(attempt, width=400)}"
+    shown, earlier = last_lines(record.output, _TOOLTIP_LINES)
+    if shown:
+        before = f" (… {earlier} earlier)" if earlier else ""
+        details += f"\nprinted{before}:\n" + "\n".join(shown)
+    return details
