@@ -32,6 +32,7 @@ from pyergon.cli._arguments import (
     add_listing_options,
     add_rerun_options,
     non_negative_seconds,
+    parse_status,
     positive,
 )
 from pyergon.errors import PyergonError
@@ -177,9 +178,10 @@ class PyergonMagics(Magics):
         * ``schedule EXPR [--id ID]``: evaluate EXPR (a flow instance) and queue it; returns
           the flow id.
         * ``flows [--status S ...] [--type T] [--limit N]``: a DataFrame, newest first.
-        * ``show ID``: a flow's history. ``timeline [ID ...] [--newest N]``: a timeline of
-          those flows, or of the newest ones. ``watch [--interval S] [--output]``: a live
-          monitor. ``output ID [STEP]``: what the flow's steps (or one step) printed.
+        * ``show ID``: a flow's history. ``timeline [ID ...] [--newest N] [--status S]
+          [--type T] [--auto]``: a timeline of those flows, or of the newest ones.
+          ``watch [--interval S] [--output]``: a live monitor. ``output ID [STEP]``: what
+          the flow's steps (or one step) printed.
           ``value ID [STEP]``: the flow's result, or the value a step returned.
         * ``signal ID NAME [VALUE]``: VALUE is a Python literal, else a string.
         * ``replay ID [--flow CLASS]``, ``resume ID``, ``retry ID``, ``cancel ID``,
@@ -300,6 +302,22 @@ class PyergonMagics(Magics):
             default=10,
             metavar="N",
             help="without IDs, show the N newest flows (default: 10)",
+        )
+        timeline.add_argument(
+            "--status",
+            type=parse_status,
+            action="extend",
+            nargs="+",
+            metavar="STATUS",
+            help="only flows in these statuses (FAILED, RUNNING, ...)",
+        )
+        timeline.add_argument(
+            "--type", dest="flow_type", metavar="TYPE", help="only flows of this type"
+        )
+        timeline.add_argument(
+            "--auto",
+            action="store_true",
+            help="redraw every second until every flow shown is final",
         )
         signal = _add(subcommands, "signal", self._signal, "send a flow a named signal")
         add_flow_id(signal, "ID")
@@ -443,7 +461,13 @@ class PyergonMagics(Magics):
         return await self._session().value(arguments.flow_id, arguments.step)
 
     async def _timeline(self, arguments: argparse.Namespace) -> object:
-        return await self._session().timeline(arguments.flow_ids, newest=arguments.newest)
+        return await self._session().timeline(
+            arguments.flow_ids,
+            newest=arguments.newest,
+            status=arguments.status,
+            flow_type=arguments.flow_type,
+            auto_refresh=arguments.auto,
+        )
 
     async def _signal(self, arguments: argparse.Namespace) -> bool:
         value = None if arguments.value is None else literal(arguments.value)

@@ -471,6 +471,20 @@ def test_timeline_returns_the_timeline_of_the_flows_named_or_the_newest(
     assert isinstance(connected.error("%pyergon timeline t-a ghost"), FlowNotFoundError)
 
 
+def test_timeline_filters_the_newest_flows_by_status_and_type(connected: Cells) -> None:
+    connected("%pyergon workers start Greet")
+    connected("%pyergon schedule Greet('a') --id t-a")
+    connected("await pyergon_session.wait(['t-a'], timeout=10)")
+
+    complete = connected("%pyergon timeline --status complete --type Greet")
+    failed = connected("%pyergon timeline --status failed")
+    other = connected("%pyergon timeline --type NoSuchFlow")
+
+    assert complete.flow_ids == ("t-a",)
+    assert failed.flow_ids == ()
+    assert other.flow_ids == ()
+
+
 def test_watch_returns_a_monitor_that_has_read_the_counts(connected: Cells) -> None:
     connected("%pyergon schedule Greet('a')")
     connected("%pyergon schedule Greet('b')")
