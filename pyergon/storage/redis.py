@@ -536,11 +536,20 @@ class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
         )
         return [flow_from_reply(fields) for fields in replies]
 
-    async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
-        """Return how many flows (of ``flow_type``) are in each status, from the index sizes."""
+    async def count_flows(
+        self, *, flow_type: str | None = None, created_after: float | None = None
+    ) -> dict[TaskStatus, int]:
+        """Return how many flows are in each status, from the status indexes' sizes alone.
+
+        The indexes are scored by ``created_at``, so ``created_after`` is one ``ZCOUNT`` each.
+        """
         statuses = list(TaskStatus)
+        since = None if created_after is None else number(created_after)
         counts: list[int] = await self._run(
-            "count_flows", *optional(flow_type), *(item.value for item in statuses)
+            "count_flows",
+            *optional(flow_type),
+            *optional(since),
+            *(item.value for item in statuses),
         )
         return dict(zip(statuses, counts, strict=True))
 

@@ -395,11 +395,11 @@ class SqliteExecutionLog(StorageLifecycle):
 
         return await self._open_file().read(select, small=False)
 
-    async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
-        """Return how many flows (of ``flow_type``, if given) are in each status."""
-        statement, parameters = (
-            (SQL.count_flows, ()) if flow_type is None else (SQL.count_flows_of_type, (flow_type,))
-        )
+    async def count_flows(
+        self, *, flow_type: str | None = None, created_after: float | None = None
+    ) -> dict[TaskStatus, int]:
+        """Return how many flows are in each status, from index ranges; see the protocol."""
+        statement, parameters = SQL.count_flows(flow_type, created_after)
 
         def count(connection: sqlite3.Connection) -> dict[TaskStatus, int]:
             return status_counts(connection.execute(statement, parameters))

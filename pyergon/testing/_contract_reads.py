@@ -270,6 +270,28 @@ class ReadContract:
         }
         assert await storage.count_flows(flow_type="Unknown") == nothing
 
+    async def test_count_flows_counts_flows_created_since(self, storage: ExecutionLog) -> None:
+        """``created_after`` counts flows created at or after it (a session's monitor's scope)."""
+        nothing = dict.fromkeys(TaskStatus, 0)
+        for index, status in enumerate(
+            (TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.RUNNING, TaskStatus.COMPLETE)
+        ):
+            flow_type = "Refund" if index % 2 else "Order"
+            await storage.create_flow(
+                make_flow(f"f{index}", flow_type=flow_type, status=status, created_at=10.0 + index)
+            )
+
+        assert await storage.count_flows(created_after=11.0) == nothing | {
+            TaskStatus.FAILED: 1,
+            TaskStatus.RUNNING: 1,
+            TaskStatus.COMPLETE: 1,
+        }
+        assert await storage.count_flows(created_after=10.5, flow_type="Order") == nothing | {
+            TaskStatus.RUNNING: 1
+        }
+        assert await storage.count_flows(created_after=0.0) == await storage.count_flows()
+        assert await storage.count_flows(created_after=13.5) == nothing
+
     # -- deleting ------------------------------------------------------------------------------
 
     async def test_delete_flow_removes_its_records_and_signals(self, storage: ExecutionLog) -> None:

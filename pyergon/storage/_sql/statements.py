@@ -130,9 +130,23 @@ class Statements:
             f"SELECT * FROM {{signals}} WHERE flow_id = $1 "
             f"ORDER BY sent_at, name{dialect.code_point_order}"
         )
-        self.count_flows = render("SELECT status, count(*) AS flows FROM {flows} GROUP BY status")
-        self.count_flows_of_type = render(
+        self._count_flows = render("SELECT status, count(*) AS flows FROM {flows} GROUP BY status")
+        self._count_flows_of_type = render(
             "SELECT status, count(*) AS flows FROM {flows} WHERE flow_type = $1 GROUP BY status"
+        )
+        # One count per status on the (status, created_at) index: each reads only the index
+        # entries of flows created since, never the rows nor the flows created before.
+        since = "created_at >= $1"
+        self._count_flows_since = render(
+            " UNION ALL ".join(
+                f"SELECT '{status.value}' AS status, count(*) AS flows FROM {{flows}} "
+                f"WHERE status = '{status.value}' AND {since}"
+                for status in TaskStatus
+            )
+        )
+        self._count_flows_of_type_since = render(
+            "SELECT status, count(*) AS flows FROM {flows} "
+            f"WHERE flow_type = $2 AND {since} GROUP BY status"
         )
         # The flow's row first: a change locks it before it writes the flow's records.
         self.delete_flow = render("DELETE FROM {flows} WHERE flow_id = $1") + changed
@@ -249,6 +263,22 @@ class Statements:
         return self.dialect.render(
             f"UPDATE {{flows}} SET {', '.join(assignments)} WHERE flow_id = $1"
         )
+
+    def count_flows(
+        self, flow_type: str | None, created_after: float | None
+    ) -> tuple[str, list[object]]:
+        """The ``SELECT`` of ``(status, count)`` rows behind ``count_flows``, and its arguments.
+
+        With ``created_after``, the counts read one index range per status (or, with a type
+        too, the type's index range from that time): the flows created before are never read.
+        """
+        if created_after is None:
+            if flow_type is None:
+                return self._count_flows, []
+            return self._count_flows_of_type, [flow_type]
+        if flow_type is None:
+            return self._count_flows_since, [created_after]
+        return self._count_flows_of_type_since, [created_after, flow_type]
 
     def list_flows(self, query: FlowQuery) -> tuple[str, list[object]]:
         """The ``SELECT`` behind ``list_flows`` for ``query``, and its arguments.
