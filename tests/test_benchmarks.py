@@ -103,6 +103,6 @@ def test_monitor_refresh_times_a_refresh_over_every_flow_and_over_a_session(
     assert (line["scenario"], line["backend"], line["n"]) == ("monitor_refresh", "sqlite", 300)
     assert line["scoped_flows"] == 300
     assert line["refreshes_per_s_all"] == pytest.approx(1000 / line["refresh_all_ms"], rel=0.01)
-    assert line["core_percent_at_1s_interval_scoped"] == pytest.approx(
+    assert line["busy_percent_at_1s_interval_scoped"] == pytest.approx(
         line["refresh_scoped_ms"] / 10, rel=0.01
     )

@@ -65,7 +65,7 @@ class MonitorScope:
 
     Attributes:
         label: The scope for people, shown in the monitor's header.
-        flow_ids: Only these flows (read one by one); ``None``: flows by the filters below.
+        flow_ids: Only these flows, read by id; ``None``: flows by the filters below.
         flow_type: Only flows of this type.
         created_after: Only flows created at or after this time (epoch seconds).
     """
@@ -80,7 +80,11 @@ class MonitorScope:
     ) -> FlowQuery:
         """The listing of this scope's flows, newest first, with ``status`` and ``limit``."""
         return FlowQuery(
-            status=status, flow_type=self.flow_type, created_after=self.created_after, limit=limit
+            status=status,
+            flow_type=self.flow_type,
+            created_after=self.created_after,
+            flow_ids=self.flow_ids,
+            limit=limit,
         )
 
 
@@ -179,31 +183,18 @@ async def read_snapshot(
     """
     storage = session.storage
     clock_now = session.clock.now()
-    if scope.flow_ids is None:
-        counts = await storage.count_flows(
-            flow_type=scope.flow_type, created_after=scope.created_after
-        )
-        running_flows = await storage.list_flows(
-            scope.query(status=TaskStatus.RUNNING, limit=FLOWS_SHOWN)
-        )
-        failed = await storage.list_flows(scope.query(status=TaskStatus.FAILED, limit=FLOWS_SHOWN))
-        others = [status for status in TaskStatus if status not in _FIRST]
-        room = max(FLOWS_SHOWN - len(running_flows) - len(failed), 0)
-        rest = await storage.list_flows(scope.query(status=others, limit=room)) if room else []
-        newest = await storage.list_flows(scope.query(limit=RECENT_FLOWS))
-        missing: tuple[str, ...] = ()
-    else:
-        chosen = [await storage.get_flow(flow_id) for flow_id in scope.flow_ids]
-        found = [flow for flow in chosen if flow is not None]
-        missing = tuple(i for i, flow in zip(scope.flow_ids, chosen, strict=True) if flow is None)
-        counts = dict.fromkeys(TaskStatus, 0)
-        for flow in found:
-            counts[flow.status] += 1
-        found.sort(key=lambda flow: (flow.created_at, flow.flow_id), reverse=True)
-        running_flows = [flow for flow in found if flow.status is TaskStatus.RUNNING]
-        failed = [flow for flow in found if flow.status is TaskStatus.FAILED]
-        rest = [flow for flow in found if flow.status not in _FIRST]
-        newest = found[:RECENT_FLOWS]
+    counts = await storage.count_flows(
+        flow_type=scope.flow_type, created_after=scope.created_after, flow_ids=scope.flow_ids
+    )
+    running_flows = await storage.list_flows(
+        scope.query(status=TaskStatus.RUNNING, limit=FLOWS_SHOWN)
+    )
+    failed = await storage.list_flows(scope.query(status=TaskStatus.FAILED, limit=FLOWS_SHOWN))
+    others = [status for status in TaskStatus if status not in _FIRST]
+    room = max(FLOWS_SHOWN - len(running_flows) - len(failed), 0)
+    rest = await storage.list_flows(scope.query(status=others, limit=room)) if room else []
+    newest = await storage.list_flows(scope.query(limit=RECENT_FLOWS))
+    missing = await _missing(session, scope, sum(counts.values()))
     records = await session.worker_records()
     now = time.time()  # heartbeats and step starts are wall-clock times
     steps = running_steps(records, now)
@@ -233,12 +224,30 @@ async def read_snapshot(
         failed_total=counts[TaskStatus.FAILED],
         throughput=rate,
         eta=eta(sum(counts.values()) - final, rate),
-        missing=missing,
+        missing_total=missing[0],
+        missing=missing[1],
     )
 
 
 _FIRST = frozenset((TaskStatus.RUNNING, TaskStatus.FAILED))
 """The statuses the table lists first; the newest flows of the others fill it."""
+
+
+async def _missing(
+    session: Session, scope: MonitorScope, found: int
+) -> tuple[int, tuple[str, ...]]:
+    """How many of the scope's chosen flows storage lacks, and which, if there are few ids.
+
+    Naming them reads every chosen flow, so only up to :data:`RECENT_FLOWS` ids are checked.
+    """
+    if scope.flow_ids is None or found >= len(scope.flow_ids):
+        return 0, ()
+    lacking = len(scope.flow_ids) - found
+    if len(scope.flow_ids) > RECENT_FLOWS:
+        return lacking, ()
+    stored = await session.storage.list_flows(scope.query(limit=len(scope.flow_ids)))
+    there = {flow.flow_id for flow in stored}
+    return lacking, tuple(flow_id for flow_id in scope.flow_ids if flow_id not in there)
 
 
 def _row(flow: ScheduledFlow, steps: Sequence[StepActivity], now: float) -> FlowRow:

@@ -232,7 +232,8 @@ class MonitorSnapshot:
         eta: Seconds until every unfinished flow in scope is final at that throughput;
             ``None`` when it cannot be estimated, 0 when none is unfinished.
         workers_total: Workers known, shown or not.
-        missing: Flow ids the monitor was given that storage does not hold.
+        missing_total: How many of the flow ids the monitor was given storage does not hold.
+        missing: Which, when the monitor was given few ids.
     """
 
     counts: Mapping[TaskStatus, int]
@@ -249,6 +250,7 @@ class MonitorSnapshot:
     throughput: float | None = None
     eta: float | None = None
     workers_total: int | None = None
+    missing_total: int = 0
     missing: tuple[str, ...] = ()
 
     @property
@@ -278,13 +280,20 @@ class MonitorSnapshot:
             return f"throughput {throughput}, none unfinished"
         return f"throughput {throughput}, ETA {duration(self.eta)}"
 
+    @property
+    def absent(self) -> str:
+        """``ghost, typo``, or ``3 of the chosen flows``: the chosen flows storage lacks."""
+        if self.missing:
+            return ", ".join(self.missing)
+        return f"{self.missing_total} of the chosen flows"
+
     def text(self) -> str:
         """The snapshot as short text of a fixed shape: no timestamps, no ages."""
         counts = "  ".join(f"{status.value} {self.counts.get(status, 0)}" for status in TaskStatus)
         lines = [f"pyergon monitor of {self.scope}: {self.progress}", f"  {counts}"]
         lines.append(f"  {self.rate}")
-        if self.missing:
-            lines.append(f"  not in storage: {', '.join(self.missing)}")
+        if self.missing_total:
+            lines.append(f"  not in storage: {self.absent}")
         if self.flows:
             lines.extend(f"    {row.describe()}" for row in self.flows)
             if self.total > len(self.flows):
@@ -331,10 +340,8 @@ class MonitorSnapshot:
             parts.append(progress_bar_html(self.final / self.total if self.total else 0.0))
         parts.append(f"<table><tr>{cells}</tr></table>")
         parts.append(f'<p class="pyergon-rate">{escape(self.rate)}</p>')
-        if self.missing:
-            parts.append(
-                f'<p style="color:{RED}">not in storage: {escape(", ".join(self.missing))}</p>'
-            )
+        if self.missing_total:
+            parts.append(f'<p style="color:{RED}">not in storage: {escape(self.absent)}</p>')
         parts.append(_flows_html(self.flows, self.total))
         parts.append(_failures_html(self.failures, self.failed_total))
         parts.append(_workers_html(self.workers, self.workers_total))

@@ -206,10 +206,14 @@ class InMemoryExecutionLog(StorageLifecycle):
         return (query or FlowQuery()).page_of(self._flows.values())
 
     async def count_flows(
-        self, *, flow_type: str | None = None, created_after: float | None = None
+        self,
+        *,
+        flow_type: str | None = None,
+        created_after: float | None = None,
+        flow_ids: Collection[str] | None = None,
     ) -> dict[TaskStatus, int]:
         """Return how many flows are in each status; see the protocol."""
-        query = FlowQuery(flow_type=flow_type, created_after=created_after)
+        query = FlowQuery(flow_type=flow_type, created_after=created_after, flow_ids=flow_ids)
         counts = dict.fromkeys(TaskStatus, 0)
         for flow in self._flows.values():
             if query.matches(flow):

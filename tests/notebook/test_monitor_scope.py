@@ -116,6 +116,17 @@ async def test_a_monitor_of_chosen_flows_names_those_storage_lacks(session: Sess
     ]  # failed first, then the others
 
 
+async def test_many_chosen_flows_count_those_storage_lacks(session: Session) -> None:
+    await started(session, "new-order")
+
+    monitor = await session.monitor(["new-order", *(f"ghost-{n}" for n in range(150))])
+
+    assert "  not in storage: 150 of the chosen flows" in repr(monitor).splitlines()
+    assert repr(monitor).splitlines()[0] == (
+        "pyergon monitor of 151 chosen flows: 0 of 1 flows final (0%)"
+    )
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

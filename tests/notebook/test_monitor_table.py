@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 import pytest
 
@@ -38,10 +38,16 @@ class RecordingLog(InMemoryExecutionLog):
         return page
 
     async def count_flows(
-        self, *, flow_type: str | None = None, created_after: float | None = None
+        self,
+        *,
+        flow_type: str | None = None,
+        created_after: float | None = None,
+        flow_ids: Collection[str] | None = None,
     ) -> dict[TaskStatus, int]:
         self.count_scopes.append(created_after)
-        return await super().count_flows(flow_type=flow_type, created_after=created_after)
+        return await super().count_flows(
+            flow_type=flow_type, created_after=created_after, flow_ids=flow_ids
+        )
 
     async def get_flow(self, flow_id: str) -> ScheduledFlow | None:
         self.flows_read += 1
@@ -193,19 +199,22 @@ async def test_workers_storage_knows_show_live_or_dead(session: Session) -> None
     assert "<td>alive</td><td>live</td>" in page and "<td>gone</td><td>dead</td>" in page
 
 
+@pytest.mark.parametrize("chosen", [False, True], ids=["session", "chosen-ids"])
 async def test_a_refresh_reads_counts_and_a_few_pages_however_many_flows(
-    session: Session,
+    session: Session, chosen: bool
 ) -> None:
-    for index in range(600):
+    ids = [f"flow-{index:03}" for index in range(600)]
+    for index, flow_id in enumerate(ids):
         status = (TaskStatus.COMPLETE, TaskStatus.RUNNING, TaskStatus.FAILED)[index % 3]
-        await started(session, f"flow-{index:03}", index, status=status)
+        await started(session, flow_id, index, status=status)
     storage = session.storage
     assert isinstance(storage, RecordingLog)
 
-    snapshot = await (await session.monitor()).refresh()
+    snapshot = await (await (session.monitor(ids) if chosen else session.monitor())).refresh()
 
     assert snapshot.total == 600
-    assert storage.count_scopes == [OPENED, OPENED]  # once per refresh, from an index
-    assert storage.flows_read == 0
+    assert len(storage.count_scopes) == 2  # one count per refresh
+    assert storage.count_scopes == [None if chosen else OPENED] * 2
+    assert storage.flows_read == 0  # no flow read one by one
     assert max(storage.pages) <= 100
     assert sum(storage.pages) <= 2 * (20 + 20 + 100)
