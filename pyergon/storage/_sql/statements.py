@@ -374,7 +374,12 @@ class Statements:
             row = f"{column('created_at')}, {column('flow_id')}"
             conditions.append(f"({row}) < ({', '.join(bound)})")
         legs = [conditions]
-        if query.statuses is not None:
+        if query.statuses and query.flow_ids is not None:
+            # Read by id, the flows are sorted anyway: one walk per status would read each again.
+            first = len(arguments) + 1
+            arguments.extend(dialect.list_arguments([s.value for s in sorted(query.statuses)]))
+            legs = [[dialect.any_of(column("status"), first, len(query.statuses)), *conditions]]
+        elif query.statuses is not None:
             # No status at all matches nothing; every parameter must still be in the statement.
             legs = [
                 [f"{column('status')} = {parameter(status.value)}", *conditions]
