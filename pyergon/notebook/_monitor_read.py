@@ -102,6 +102,7 @@ def monitor_scope(
     Raises:
         ValueError: ``flow_ids`` comes with another scope argument, or ``since`` with
             ``all_flows``.
+        InvalidFlowIdError: One of ``flow_ids`` cannot be a flow id.
     """
     if flow_ids is not None:
         if flow_type is not None or since is not None or all_flows:
@@ -110,6 +111,7 @@ def monitor_scope(
                 "by type and creation time"
             )
         ids = tuple(dict.fromkeys([flow_ids] if isinstance(flow_ids, str) else flow_ids))
+        FlowQuery(flow_ids=ids)  # refuses an id that cannot be one now, not at each refresh
         label = f"flow {ids[0]}" if len(ids) == 1 else f"{len(ids)} chosen flows"
         return MonitorScope(label, flow_ids=ids)
     if since is not None and all_flows:

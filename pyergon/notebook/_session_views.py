@@ -144,11 +144,12 @@ class SessionViews:
         By default it watches the flows created since this session opened; ``all_flows=True``
         watches every flow in storage. ``await session.monitor()`` reads the first snapshot
         before returning. In a kernel its widget refreshes in place every ``interval`` seconds
-        until ``monitor.stop()`` or :meth:`close`. A refresh reads counts from indexes and a
-        few pages of flows, never every flow. Workers and running steps are those storage knows.
+        until ``monitor.stop()`` or :meth:`close`. A refresh counts from indexes (or by id) and
+        reads a few pages of flows, never every flow. Workers and running steps are those
+        storage knows, whoever started them.
 
         Args:
-            flow_ids: Only these flows (one id or several), read one by one at each refresh.
+            flow_ids: Only these flows (one id or several), read by id at each refresh.
             flow_type: Only flows of this type.
             since: Only flows created since then: epoch seconds, a ``datetime``, or a
                 ``timedelta`` before now; ``None``: since the session opened.
@@ -159,6 +160,7 @@ class SessionViews:
         Raises:
             ValueError: ``flow_ids`` comes with another way to choose flows, ``since`` with
                 ``all_flows``, or ``interval`` is not above 0.
+            InvalidFlowIdError: One of ``flow_ids`` cannot be a flow id.
             PyergonError: The session is closed.
         """
         self._check_open()

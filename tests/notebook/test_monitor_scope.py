@@ -9,7 +9,7 @@ import pytest
 
 from pyergon.clock import ManualClock
 from pyergon.core.status import TaskStatus
-from pyergon.errors import PyergonError
+from pyergon.errors import InvalidFlowIdError, PyergonError
 from pyergon.notebook import Session
 from pyergon.storage.memory import InMemoryExecutionLog
 from pyergon.testing import make_flow
@@ -140,6 +140,11 @@ async def test_a_monitor_refuses_two_ways_to_choose_flows(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         session.monitor(**arguments)  # type: ignore[arg-type]
+
+
+async def test_a_monitor_refuses_an_id_that_cannot_be_one(session: Session) -> None:
+    with pytest.raises(InvalidFlowIdError, match="flow_ids"):
+        session.monitor(["ok", "bad\x00id"])
 
 
 async def test_a_closed_session_has_no_monitor(session: Session) -> None:
