@@ -7,9 +7,9 @@ SVG, and the time of a monitor's refresh, text and HTML over as many flows in a 
 scope. ``monitor_refresh`` (SQLite, PostgreSQL, Redis): ``n`` flows are bulk-loaded
 (``bulk.py``), then a monitor's refresh is timed over every flow in storage and over the newest
 ``SCOPED`` (a session's flows), chosen by creation time and by their ids: time per refresh,
-the refreshes per second it allows and the share of each second a monitor refreshing every second spends refreshing (wall time, the
-storage's round trips included). Each timing is the median of ``REPEATS`` (or
-``REFRESH_REPEATS``) after one untimed call.
+the refreshes per second it allows and the share of each second a monitor refreshing every
+second spends refreshing (wall time, the storage's round trips included). Each timing is the
+median of ``REPEATS`` (or ``REFRESH_REPEATS``) after one untimed call.
 """
 
 from __future__ import annotations

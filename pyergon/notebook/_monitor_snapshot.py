@@ -295,6 +295,7 @@ class MonitorSnapshot:
         if self.missing_total:
             lines.append(f"  not in storage: {self.absent}")
         if self.flows:
+            lines.append("  flows, running and failed first, then the newest:")
             lines.extend(f"    {row.describe()}" for row in self.flows)
             if self.total > len(self.flows):
                 lines.append(f"    … {self.total - len(self.flows)} more")
