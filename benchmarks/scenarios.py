@@ -19,6 +19,7 @@ from benchmarks import (
     recovery,
     resources,
     sync_steps,
+    views,
 )
 from benchmarks.result import RunResult
 
@@ -189,5 +190,9 @@ SCENARIOS = {
         ),
         Scenario("sync_steps_flow", ALL_BACKENDS, sync_steps.sync_steps_flow, 1000, 1000, 100),
         Scenario("dag_pipeline", ("memory", "sqlite"), dag_pipeline.dag_pipeline, 10, 10, 2),
+        Scenario("views_render", ("memory",), views.views_render, 2_000, 2_000, 200),
+        Scenario(
+            "monitor_refresh", SHARED_BACKENDS, views.monitor_refresh, 100_000, 100_000, 2_000
+        ),
     )
 }

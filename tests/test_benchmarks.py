@@ -81,3 +81,28 @@ def test_cell_latency_in_a_real_kernel(capsys: pytest.CaptureFixture[str]) -> No
     # Sent once the async step had started, a cell waits for the loop the step holds.
     assert on_the_loop["cells"] == 1
     assert on_the_loop["latency_ms"]["p50"] > 0.9 * 2000
+
+
+def test_views_render_times_the_timeline_and_the_monitor_at_each_size(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    line = run_line(capsys, "views_render", "memory", "--n", "20")
+
+    assert (line["scenario"], line["n"], line["steps_per_flow"]) == ("views_render", 20, 50)
+    for size in (10, 20, 200):
+        for number in ("timeline_build", "timeline_text", "timeline_svg", "monitor_refresh"):
+            assert line[f"{number}_ms_at_{size}"] > 0
+        assert line[f"monitor_html_ms_at_{size}"] > 0
+
+
+def test_monitor_refresh_times_a_refresh_over_every_flow_and_over_a_session(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    line = run_line(capsys, "monitor_refresh", "sqlite", "--n", "300")
+
+    assert (line["scenario"], line["backend"], line["n"]) == ("monitor_refresh", "sqlite", 300)
+    assert line["scoped_flows"] == 300
+    assert line["refreshes_per_s_all"] == pytest.approx(1000 / line["refresh_all_ms"], rel=0.01)
+    assert line["busy_percent_at_1s_interval_scoped"] == pytest.approx(
+        line["refresh_scoped_ms"] / 10, rel=0.01
+    )

@@ -30,6 +30,8 @@ class FlowFilters(TypedDict, total=False):
         created_before: Only flows created before this time (epoch seconds).
         worker_id: Only flows last claimed by this worker.
         parent_flow_id: Only children of this flow.
+        flow_ids: Only flows with one of these ids (a monitor's chosen flows); storage reads
+            them by id, so the listing costs what the ids do, whatever else it holds.
     """
 
     status: TaskStatus | Collection[TaskStatus] | None
@@ -38,6 +40,7 @@ class FlowFilters(TypedDict, total=False):
     created_before: float | None
     worker_id: str | None
     parent_flow_id: str | None
+    flow_ids: Collection[str] | None
 
 
 def _set_fields(instance: object, **values: object) -> None:
@@ -54,6 +57,20 @@ def _statuses(status: TaskStatus | Collection[TaskStatus] | None) -> frozenset[T
     return frozenset(TaskStatus(value) for value in status)
 
 
+def _flow_ids(flow_ids: Collection[str] | None) -> frozenset[str] | None:
+    if flow_ids is None:
+        return None
+    if isinstance(flow_ids, str):
+        raise InvalidFlowIdError(
+            f"flow filter flow_ids={flow_ids!r} is one string; give a collection of ids"
+        )
+    for flow_id in flow_ids:
+        problem = text_problem(flow_id)
+        if problem is not None:
+            raise InvalidFlowIdError(f"flow filter flow_ids: {flow_id!r} {problem}")
+    return frozenset(flow_ids)
+
+
 @dataclass(frozen=True, slots=True, init=False)
 class FlowQuery:
     """A filter and a page of :meth:`~pyergon.storage.ExecutionLog.list_flows`.
@@ -68,6 +85,7 @@ class FlowQuery:
         created_before: Only flows created before this time (epoch seconds).
         worker_id: Only flows last claimed by this worker.
         parent_flow_id: Only children of this flow.
+        flow_ids: Only flows with one of these ids.
         limit: At most this many flows.
         offset: Skip this many matching flows first; prefer ``after`` for deep pages.
         after: Continue after this cursor (see :class:`~pyergon.core.FlowCursor`).
@@ -79,6 +97,7 @@ class FlowQuery:
     created_before: float | None
     worker_id: str | None
     parent_flow_id: str | None
+    flow_ids: frozenset[str] | None
     limit: int
     offset: int
     after: FlowCursor | None
@@ -103,7 +122,8 @@ class FlowQuery:
             TypeError: A keyword is not a filter.
             ValueError: ``limit`` or ``offset`` is negative, a status is not a flow status, or
                 a text filter holds a NUL or a lone surrogate (see :func:`text_problem`).
-            InvalidFlowIdError: ``parent_flow_id`` holds a NUL or a lone surrogate.
+            InvalidFlowIdError: ``parent_flow_id`` or one of ``flow_ids`` holds a NUL or a lone
+                surrogate, or ``flow_ids`` is a single string rather than a collection of ids.
         """
         if unknown := filters.keys() - FlowFilters.__annotations__.keys():
             raise TypeError(f"not a flow filter: {', '.join(sorted(unknown))}")
@@ -119,6 +139,7 @@ class FlowQuery:
                 raise error(f"flow filter {name}={value!r} {problem}")
         _set_fields(
             self,
+            flow_ids=_flow_ids(filters.get("flow_ids")),
             statuses=_statuses(filters.get("status")),
             flow_type=filters.get("flow_type"),
             created_after=filters.get("created_after"),
@@ -139,6 +160,7 @@ class FlowQuery:
             and (self.created_before is None or flow.created_at < self.created_before)
             and (self.worker_id is None or flow.worker_id == self.worker_id)
             and (self.parent_flow_id is None or flow.parent_flow_id == self.parent_flow_id)
+            and (self.flow_ids is None or flow.flow_id in self.flow_ids)
             and (
                 self.after is None
                 or (flow.created_at, flow.flow_id) < (self.after.created_at, self.after.flow_id)
@@ -153,6 +175,16 @@ class FlowQuery:
             reverse=True,
         )
         return chosen[self.offset : self.offset + self.limit]
+
+    def of_flows(self, flow_ids: Collection[str]) -> FlowQuery:
+        """The same query (page included) of only these flows; ids are checked as in ``__init__``.
+
+        Raises:
+            InvalidFlowIdError: One of ``flow_ids`` cannot be an id.
+        """
+        query = self.page(limit=self.limit, offset=self.offset, after=self.after)
+        _set_fields(query, flow_ids=_flow_ids(flow_ids))
+        return query
 
     def page(
         self, *, limit: int | None = None, offset: int = 0, after: FlowCursor | None = None

@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from pyergon._code import stale_records, step_fingerprints
@@ -20,6 +21,7 @@ from pyergon.errors import StepNotFoundError
 from pyergon.executor._live import live_output
 from pyergon.history import FlowHistory, flows_frame, invocations_frame, iter_flows, load_history
 from pyergon.management import FlowManager
+from pyergon.notebook._monitor_read import monitor_scope
 from pyergon.notebook._stale_notes import count_stale_steps
 from pyergon.notebook._timeline_layout import Window, statuses
 from pyergon.notebook._views_graph import DependencyGraph, dependency_graph
@@ -42,6 +44,7 @@ class SessionViews:
     storage: ExecutionLog
     manager: FlowManager
     clock: Clock
+    opened_at: float
 
     @property
     def workers(self) -> list[Worker]:
@@ -162,15 +165,50 @@ class SessionViews:
                     break
         return found[::-1]
 
-    def monitor(self, *, interval: float = 1.0, output: bool = False) -> Monitor:
-        """A monitor of flows by status, workers, running steps, progress and background errors.
+    def monitor(
+        self,
+        flow_ids: str | Iterable[str] | None = None,
+        *,
+        flow_type: str | None = None,
+        since: float | datetime | timedelta | None = None,
+        all_flows: bool = False,
+        interval: float = 1.0,
+        output: bool = False,
+    ) -> Monitor:
+        """A monitor of the flows you started: counts, a table, throughput, ETA, failures, workers.
 
-        ``await session.monitor()`` reads the first snapshot before returning. In a kernel its
-        widget refreshes in place every ``interval`` seconds until ``monitor.stop()`` or
-        :meth:`close`. With ``output``, it also shows the last lines each running step printed.
+        By default it watches the flows created since this session opened; ``all_flows=True``
+        watches every flow in storage. ``await session.monitor()`` reads the first snapshot
+        before returning. In a kernel its widget refreshes in place every ``interval`` seconds
+        until ``monitor.stop()`` or :meth:`close`. A refresh counts from indexes (or by id) and
+        reads a few pages of flows, never every flow. Workers and running steps are those
+        storage knows, whoever started them.
+
+        Args:
+            flow_ids: Only these flows (one id or several), read by id at each refresh.
+            flow_type: Only flows of this type.
+            since: Only flows created since then: epoch seconds, a ``datetime``, or a
+                ``timedelta`` before now; ``None``: since the session opened.
+            all_flows: Every flow in storage (of ``flow_type``), whenever created.
+            interval: Seconds between two refreshes of the live widget.
+            output: Also show the last lines each running step printed.
+
+        Raises:
+            ValueError: ``flow_ids`` comes with another way to choose flows, ``since`` with
+                ``all_flows``, or ``interval`` is not above 0.
+            InvalidFlowIdError: One of ``flow_ids`` cannot be a flow id.
+            PyergonError: The session is closed.
         """
         self._check_open()
-        return Monitor(cast("Session", self), interval=interval, output=output)
+        scope = monitor_scope(
+            flow_ids,
+            flow_type=flow_type,
+            since=since,
+            all_flows=all_flows,
+            opened_at=self.opened_at,
+            now=self.clock.now(),
+        )
+        return Monitor(cast("Session", self), interval=interval, output=output, scope=scope)
 
     async def output(self, flow_id: str, step: str | int | None = None) -> str:
         """What a flow's steps printed (stdout, stderr), and a step running here so far.

@@ -180,8 +180,9 @@ class PyergonMagics(Magics):
         * ``flows [--status S ...] [--type T] [--limit N]``: a DataFrame, newest first.
         * ``show ID``: a flow's history. ``timeline [ID ...] [--newest N] [--status S]
           [--type T] [--auto]``: a timeline of those flows, or of the newest ones.
-          ``watch [--interval S] [--output]``: a live monitor. ``output ID [STEP]``: what
-          the flow's steps (or one step) printed.
+          ``watch [ID ...] [--type T] [--all] [--interval S] [--output]``: a live
+          monitor of the flows started in this session (or of those named, or all).
+          ``output ID [STEP]``: what the flow's steps (or one step) printed.
           ``value ID [STEP]``: the flow's result, or the value a step returned.
         * ``signal ID NAME [VALUE]``: VALUE is a Python literal, else a string.
         * ``replay ID [--flow CLASS]``, ``resume ID``, ``retry ID``, ``cancel ID``,
@@ -362,6 +363,18 @@ class PyergonMagics(Magics):
             action="store_true",
             help="also show the last lines each running step printed",
         )
+        watch.add_argument(
+            "flow_ids",
+            nargs="*",
+            metavar="ID",
+            help="only these flows (default: those created since the session opened)",
+        )
+        watch.add_argument(
+            "--type", dest="flow_type", metavar="TYPE", help="only flows of this type"
+        )
+        watch.add_argument(
+            "--all", dest="all_flows", action="store_true", help="every flow in storage"
+        )
         return parser
 
     def _add_workers(self, subcommands: _Subcommands) -> None:
@@ -502,7 +515,17 @@ class PyergonMagics(Magics):
         return await self._session().rerun(arguments.flow_id, from_step=arguments.from_step)
 
     async def _watch(self, arguments: argparse.Namespace) -> object:
-        return await self._session().monitor(interval=arguments.interval, output=arguments.output)
+        try:
+            monitor = self._session().monitor(
+                arguments.flow_ids or None,
+                flow_type=arguments.flow_type,
+                all_flows=arguments.all_flows,
+                interval=arguments.interval,
+                output=arguments.output,
+            )
+        except ValueError as error:
+            raise UsageError(f"%pyergon watch: {error}") from None
+        return await monitor
 
     # -- helpers ------------------------------------------------------------------------------
 

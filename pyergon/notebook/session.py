@@ -70,6 +70,8 @@ class Session(SessionViews):
         self.storage = storage
         self.serializer = serializer_for(storage, serializer)
         self.clock = clock or SystemClock()
+        self.opened_at = self.clock.now()
+        """When the session was opened (its clock): a monitor shows the flows created since."""
         self.scheduler = Scheduler(storage, serializer=self.serializer, clock=self.clock)
         self.manager = FlowManager(storage, serializer=self.serializer, clock=self.clock)
         self.errors: list[BackgroundError] = []

@@ -266,10 +266,23 @@ class ExecutionLog(Protocol):
         """
         ...
 
-    async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
+    async def count_flows(
+        self,
+        *,
+        flow_type: str | None = None,
+        created_after: float | None = None,
+        flow_ids: Collection[str] | None = None,
+    ) -> dict[TaskStatus, int]:
         """Return how many flows (of ``flow_type``, if given) are in each status.
 
-        Every status is a key, with 0 where no flow has it.
+        Every status is a key, with 0 where no flow has it. With ``created_after`` (epoch
+        seconds), only flows created at or after it count, and a backend reads no flow created
+        before (an index by status and creation time serves it), so a monitor of recent flows
+        stays cheap on a large log. With ``flow_ids``, only those flows count, read by id.
+
+        Raises:
+            InvalidFlowIdError: One of ``flow_ids`` cannot be an id (see
+                :class:`~pyergon.core.FlowQuery`).
         """
         ...
 

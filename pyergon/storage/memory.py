@@ -205,11 +205,18 @@ class InMemoryExecutionLog(StorageLifecycle):
         """Return the page of flows ``query`` asks for; see the protocol."""
         return (query or FlowQuery()).page_of(self._flows.values())
 
-    async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
-        """Return how many flows are in each status."""
+    async def count_flows(
+        self,
+        *,
+        flow_type: str | None = None,
+        created_after: float | None = None,
+        flow_ids: Collection[str] | None = None,
+    ) -> dict[TaskStatus, int]:
+        """Return how many flows are in each status; see the protocol."""
+        query = FlowQuery(flow_type=flow_type, created_after=created_after, flow_ids=flow_ids)
         counts = dict.fromkeys(TaskStatus, 0)
         for flow in self._flows.values():
-            if flow_type is None or flow.flow_type == flow_type:
+            if query.matches(flow):
                 counts[flow.status] += 1
         return counts
 

@@ -531,13 +531,18 @@ class PostgresExecutionLog(StorageLifecycle):
         rows = await self._fetch(statement, *arguments)
         return [flow_from_row(row) for row in rows]
 
-    async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
-        """Return how many flows (of ``flow_type``, if given) are in each status."""
-        if flow_type is None:
-            rows = await self._fetch(self._sql.count_flows)
-        else:
-            rows = await self._fetch(self._sql.count_flows_of_type, flow_type)
-        return status_counts(rows)
+    async def count_flows(
+        self,
+        *,
+        flow_type: str | None = None,
+        created_after: float | None = None,
+        flow_ids: Collection[str] | None = None,
+    ) -> dict[TaskStatus, int]:
+        """Return how many flows are in each status, from index ranges; see the protocol."""
+        chosen = FlowQuery(flow_ids=flow_ids).flow_ids  # checked as a listing checks them
+        ids = None if chosen is None else sorted(chosen)
+        statement, arguments = self._sql.count_flows(flow_type, created_after, ids)
+        return status_counts(await self._fetch(statement, *arguments))
 
     # -- admin -------------------------------------------------------------------------------
 

@@ -518,7 +518,7 @@ class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
         filters per flow; with one filter it reads only the page.
         """
         query = query or FlowQuery()
-        if query.limit == 0 or query.statuses == frozenset():
+        if query.limit == 0 or frozenset() in (query.statuses, query.flow_ids):
             return []
         after = query.after
         cursor = [] if after is None else [number(after.created_at), after.flow_id]
@@ -533,14 +533,33 @@ class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
             *counted(cursor),
             str(query.limit),
             str(query.offset),
+            *counted(sorted(query.flow_ids or ())),
         )
         return [flow_from_reply(fields) for fields in replies]
 
-    async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
-        """Return how many flows (of ``flow_type``) are in each status, from the index sizes."""
+    async def count_flows(
+        self,
+        *,
+        flow_type: str | None = None,
+        created_after: float | None = None,
+        flow_ids: Collection[str] | None = None,
+    ) -> dict[TaskStatus, int]:
+        """Return how many flows are in each status, from the status indexes' sizes alone.
+
+        The indexes are scored by ``created_at``, so ``created_after`` is one ``ZCOUNT`` each;
+        ``flow_ids`` are read by id instead, in the same script.
+        """
         statuses = list(TaskStatus)
+        chosen = FlowQuery(flow_ids=flow_ids).flow_ids  # checked as a listing checks them
+        if chosen is not None and not chosen:
+            return dict.fromkeys(statuses, 0)
+        since = None if created_after is None else number(created_after)
         counts: list[int] = await self._run(
-            "count_flows", *optional(flow_type), *(item.value for item in statuses)
+            "count_flows",
+            *optional(flow_type),
+            *optional(since),
+            *counted(sorted(chosen or ())),
+            *(item.value for item in statuses),
         )
         return dict(zip(statuses, counts, strict=True))
 

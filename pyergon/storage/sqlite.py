@@ -388,21 +388,52 @@ class SqliteExecutionLog(StorageLifecycle):
         query = query or FlowQuery()
         if query.statuses is not None and not query.statuses:
             return []
-        statement, parameters = SQL.list_flows(query)
+        parts = [query]
+        if query.flow_ids is not None and len(query.flow_ids) > _IDS_PER_QUERY:
+            # Each id is a parameter: each part gives the first offset + limit of its ids.
+            ids = sorted(query.flow_ids)
+            whole = query.page(limit=query.limit + query.offset, after=query.after)
+            parts = [
+                whole.of_flows(ids[start : start + _IDS_PER_QUERY])
+                for start in range(0, len(ids), _IDS_PER_QUERY)
+            ]
+        statements = [SQL.list_flows(part) for part in parts]
 
         def select(connection: sqlite3.Connection) -> list[ScheduledFlow]:
-            return [flow_from_row(row) for row in select_rows(connection, statement, parameters)]
+            flows = [
+                flow_from_row(row)
+                for statement, parameters in statements
+                for row in select_rows(connection, statement, parameters)
+            ]
+            return flows if len(parts) == 1 else query.page_of(flows)
 
         return await self._open_file().read(select, small=False)
 
-    async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
-        """Return how many flows (of ``flow_type``, if given) are in each status."""
-        statement, parameters = (
-            (SQL.count_flows, ()) if flow_type is None else (SQL.count_flows_of_type, (flow_type,))
-        )
+    async def count_flows(
+        self,
+        *,
+        flow_type: str | None = None,
+        created_after: float | None = None,
+        flow_ids: Collection[str] | None = None,
+    ) -> dict[TaskStatus, int]:
+        """Return how many flows are in each status, from index ranges; see the protocol."""
+        chosen = FlowQuery(flow_ids=flow_ids).flow_ids  # checked as a listing checks them
+        chunks: list[list[str] | None] = [None]
+        if chosen is not None:
+            ids = sorted(chosen)  # each id is a parameter: a statement per chunk of them
+            chunks = [
+                ids[start : start + _IDS_PER_QUERY] for start in range(0, len(ids), _IDS_PER_QUERY)
+            ]
+        statements = [SQL.count_flows(flow_type, created_after, chunk) for chunk in chunks]
 
         def count(connection: sqlite3.Connection) -> dict[TaskStatus, int]:
-            return status_counts(connection.execute(statement, parameters))
+            counts = dict.fromkeys(TaskStatus, 0)
+            for statement, parameters in statements:
+                for status, found in status_counts(
+                    connection.execute(statement, parameters)
+                ).items():
+                    counts[status] += found
+            return counts
 
         return await self._open_file().read(count, small=False)
 

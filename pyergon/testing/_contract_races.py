@@ -86,8 +86,16 @@ class _Meanwhile:
     async def list_flows(self, query: FlowQuery | None = None) -> list[ScheduledFlow]:
         return await self._storage.list_flows(query)
 
-    async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
-        return await self._storage.count_flows(flow_type=flow_type)
+    async def count_flows(
+        self,
+        *,
+        flow_type: str | None = None,
+        created_after: float | None = None,
+        flow_ids: Collection[str] | None = None,
+    ) -> dict[TaskStatus, int]:
+        return await self._storage.count_flows(
+            flow_type=flow_type, created_after=created_after, flow_ids=flow_ids
+        )
 
     async def delete_flow(self, flow_id: str) -> bool:
         return await self._storage.delete_flow(flow_id)

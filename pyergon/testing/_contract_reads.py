@@ -8,6 +8,7 @@ from pyergon.core.changes import Change
 from pyergon.core.query import FlowQuery
 from pyergon.core.records import FlowCursor, ScheduledFlow
 from pyergon.core.status import TaskStatus
+from pyergon.errors import InvalidFlowIdError
 from pyergon.storage.base import ExecutionLog
 from pyergon.testing._support import store
 from pyergon.testing.factories import make_flow, make_invocation, make_signal
@@ -269,6 +270,95 @@ class ReadContract:
             TaskStatus.FAILED: 1,
         }
         assert await storage.count_flows(flow_type="Unknown") == nothing
+
+    async def test_count_flows_counts_flows_created_since(self, storage: ExecutionLog) -> None:
+        """``created_after`` counts flows created at or after it (a session's monitor's scope)."""
+        nothing = dict.fromkeys(TaskStatus, 0)
+        for index, status in enumerate(
+            (TaskStatus.COMPLETE, TaskStatus.FAILED, TaskStatus.RUNNING, TaskStatus.COMPLETE)
+        ):
+            flow_type = "Refund" if index % 2 else "Order"
+            await storage.create_flow(
+                make_flow(f"f{index}", flow_type=flow_type, status=status, created_at=10.0 + index)
+            )
+
+        assert await storage.count_flows(created_after=11.0) == nothing | {
+            TaskStatus.FAILED: 1,
+            TaskStatus.RUNNING: 1,
+            TaskStatus.COMPLETE: 1,
+        }
+        assert await storage.count_flows(created_after=10.5, flow_type="Order") == nothing | {
+            TaskStatus.RUNNING: 1
+        }
+        assert await storage.count_flows(created_after=0.0) == await storage.count_flows()
+        assert await storage.count_flows(created_after=13.5) == nothing
+
+    async def test_chosen_flows_are_listed_and_counted_like_any_filter(
+        self, storage: ExecutionLog
+    ) -> None:
+        """``flow_ids`` (a monitor's chosen flows) combines with every other filter and page."""
+        statuses = list(TaskStatus)
+        stored = [
+            make_flow(
+                f"f{index:02}",
+                status=statuses[index % len(statuses)],
+                flow_type=("Order", "Refund")[index % 2],
+                created_at=10.0 + index // 2,  # ties, broken by id
+            )
+            for index in range(20)
+        ]
+        for flow in stored:
+            await storage.create_flow(flow)
+        ids = [f"f{index:02}" for index in range(1, 20, 3)] + ["ghost"]
+        cursor = FlowCursor.after(stored[13])
+        queries = [
+            FlowQuery(flow_ids=ids),
+            FlowQuery(flow_ids=ids, status=TaskStatus.RUNNING),
+            FlowQuery(flow_ids=ids, status={TaskStatus.PENDING, TaskStatus.FAILED}),
+            FlowQuery(flow_ids=ids, flow_type="Refund", created_after=12.0),
+            FlowQuery(flow_ids=ids, created_before=15.0, limit=2, offset=1),
+            FlowQuery(flow_ids=ids, after=cursor, limit=3),
+            FlowQuery(flow_ids=["f04", "f05"]),
+            FlowQuery(flow_ids=[]),
+        ]
+
+        for query in queries:
+            assert await storage.list_flows(query) == query.page_of(stored), query
+
+        chosen = [flow for flow in stored if flow.flow_id in ids]
+        expected = dict.fromkeys(TaskStatus, 0)
+        for flow in chosen:
+            expected[flow.status] += 1
+        assert await storage.count_flows(flow_ids=ids) == expected
+        recent_orders = dict.fromkeys(TaskStatus, 0)
+        for flow in chosen:
+            if flow.flow_type == "Order" and flow.created_at >= 14.0:
+                recent_orders[flow.status] += 1
+        counted = await storage.count_flows(flow_ids=ids, flow_type="Order", created_after=14.0)
+        assert counted == recent_orders
+        assert await storage.count_flows(flow_ids=[]) == dict.fromkeys(TaskStatus, 0)
+
+    async def test_many_chosen_flows_are_listed_and_counted(self, storage: ExecutionLog) -> None:
+        """More ids than one SQL statement binds (SQLite: 999 before 3.32) still work."""
+        stored = [
+            make_flow(f"f{index:04}", created_at=float(index)) for index in range(0, 1_500, 50)
+        ]
+        for flow in stored:
+            await storage.create_flow(flow)
+        ids = [f"f{index:04}" for index in range(1_500)]
+        query = FlowQuery(flow_ids=ids, limit=7, offset=3)
+
+        assert await storage.list_flows(query) == query.page_of(stored)
+        assert (await storage.count_flows(flow_ids=ids))[TaskStatus.PENDING] == len(stored)
+
+    @pytest.mark.parametrize("flow_ids", [["ok", "bad\x00id"], "one-string"])
+    async def test_chosen_flow_ids_must_be_ids(
+        self, storage: ExecutionLog, flow_ids: list[str] | str
+    ) -> None:
+        with pytest.raises(InvalidFlowIdError, match="flow_ids"):
+            await storage.list_flows(FlowQuery(flow_ids=flow_ids))
+        with pytest.raises(InvalidFlowIdError, match="flow_ids"):
+            await storage.count_flows(flow_ids=flow_ids)
 
     # -- deleting ------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from pyergon.core import ClaimRequest, FlowCursor, FlowQuery, TaskStatus
+from pyergon.errors import InvalidFlowIdError
 from pyergon.testing import make_flow
 
 
@@ -48,6 +49,32 @@ def test_page_keeps_the_filters_and_replaces_the_page() -> None:
     assert (paged.limit, paged.offset, paged.after) == (10, 0, cursor)
     assert query.page(limit=2).limit == 2
     assert (query.limit, query.offset, query.after) == (10, 3, None)  # unchanged
+
+
+def test_chosen_ids_become_a_set_and_of_flows_replaces_them_alone() -> None:
+    cursor = FlowCursor(5.0, "flow-5")
+    query = FlowQuery(flow_ids=("b", "a", "b"), flow_type="Order", limit=4, offset=2, after=cursor)
+
+    narrowed = query.of_flows(["c"])
+
+    assert query.flow_ids == {"a", "b"}
+    assert narrowed.flow_ids == {"c"}
+    assert (narrowed.flow_type, narrowed.limit, narrowed.offset, narrowed.after) == (
+        "Order",
+        4,
+        2,
+        cursor,
+    )
+    assert [flow.flow_id for flow in query.page_of([make_flow("a"), make_flow("z")])] == []
+    assert [flow.flow_id for flow in FlowQuery(flow_ids=["a"]).page_of([make_flow("a")])] == ["a"]
+
+
+@pytest.mark.parametrize("flow_ids", ["one-string", ["fine", "nul\x00"], ["lone\ud800"]])
+def test_chosen_ids_that_cannot_be_ids_are_refused(flow_ids: list[str] | str) -> None:
+    with pytest.raises(InvalidFlowIdError, match="flow_ids"):
+        FlowQuery(flow_ids=flow_ids)
+    with pytest.raises(InvalidFlowIdError, match="flow_ids"):
+        FlowQuery().of_flows(flow_ids)
 
 
 def test_page_of_is_newest_first_filtered_after_the_cursor_then_offset_and_limit() -> None:

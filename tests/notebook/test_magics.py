@@ -498,6 +498,22 @@ def test_watch_returns_a_monitor_that_has_read_the_counts(connected: Cells) -> N
     assert isinstance(connected.error("%pyergon watch --interval 0"), UsageError)
 
 
+def test_watch_takes_ids_a_type_or_every_flow(connected: Cells) -> None:
+    connected("%pyergon schedule Greet('a') --id w-a")
+    connected("%pyergon schedule Greet('b') --id w-b")
+
+    named = connected("%pyergon watch w-a")
+    typed = connected("%pyergon watch --type NoSuchFlow")
+    everything = connected("%pyergon watch --all")
+
+    assert named.snapshot.total == 1
+    assert typed.snapshot.total == 0
+    assert everything.snapshot.total == 2
+    error = connected.error("%pyergon watch w-a --all")
+    assert isinstance(error, UsageError)
+    assert "%pyergon watch" in str(error)
+
+
 # -- steering flows --------------------------------------------------------------------------
 
 

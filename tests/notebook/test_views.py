@@ -530,13 +530,14 @@ async def test_the_monitor_shows_counts_workers_progress_and_errors(session: Ses
     monitor = await session.monitor()
 
     text = repr(monitor)
-    assert text.splitlines()[:2] == [
-        "pyergon monitor: 3 of 4 flows final (75%)",
+    assert text.splitlines()[:3] == [
+        "pyergon monitor of flows created since this session opened: 3 of 4 flows final (75%)",
         "  PENDING 0  RUNNING 0  SUSPENDED 1  COMPLETE 3  FAILED 0  CANCELLED 0",
+        "  throughput \u2014, ETA \u2014",
     ]
     first, second = (worker.worker_id for worker in session.workers)
-    assert f"  worker {first}: running 0/10, finished " in text
-    assert f"  worker {second}: running 0/10, finished " in text
+    assert f"  worker {first}: live, running 0/10, finished " in text
+    assert f"  worker {second}: live, running 0/10, finished " in text
     assert "heartbeat ok" in text
     assert text.splitlines()[-1] == "  background errors: 1"
     page = monitor._repr_html_()
@@ -570,7 +571,9 @@ async def test_an_unread_monitor_says_how_to_read_it(session: Session) -> None:
 
     assert repr(monitor) == "pyergon monitor: not read yet (await monitor.refresh())"
     assert (await monitor.refresh()).total == 0
-    assert repr(monitor).startswith("pyergon monitor: 0 of 0 flows final")
+    assert repr(monitor).startswith(
+        "pyergon monitor of flows created since this session opened: 0 of 0 flows final\n"
+    )
 
 
 @pytest.mark.usefixtures("fake_kernel")

@@ -247,12 +247,21 @@ class OutsiderExecutionLog(base.StorageLifecycle):
             flows = [_from_row(row) for row in self._rows.values()]
         return (query or FlowQuery()).page_of(flows)
 
-    async def count_flows(self, *, flow_type: str | None = None) -> dict[TaskStatus, int]:
+    async def count_flows(
+        self,
+        *,
+        flow_type: str | None = None,
+        created_after: float | None = None,
+        flow_ids: Collection[str] | None = None,
+    ) -> dict[TaskStatus, int]:
         """Count flows by status."""
         counts = dict.fromkeys(TaskStatus, 0)
+        ids = FlowQuery(flow_ids=flow_ids).flow_ids  # checks them
         async with await self._turn():
             for row in self._rows.values():
-                if flow_type in (None, row["flow_type"]):
+                recent = created_after is None or float(str(row["created_at"])) >= created_after
+                chosen = ids is None or row["flow_id"] in ids
+                if flow_type in (None, row["flow_type"]) and recent and chosen:
                     counts[TaskStatus(str(row["status"]))] += 1
         return counts
 

@@ -7,7 +7,7 @@ runs (claims, row locks, wake-ups) is in its backend's modules, a PostgreSQL sub
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from pyergon.core.changes import FlowWrite, Forget
 from pyergon.core.query import FlowQuery
@@ -130,9 +130,23 @@ class Statements:
             f"SELECT * FROM {{signals}} WHERE flow_id = $1 "
             f"ORDER BY sent_at, name{dialect.code_point_order}"
         )
-        self.count_flows = render("SELECT status, count(*) AS flows FROM {flows} GROUP BY status")
-        self.count_flows_of_type = render(
+        self._count_flows = render("SELECT status, count(*) AS flows FROM {flows} GROUP BY status")
+        self._count_flows_of_type = render(
             "SELECT status, count(*) AS flows FROM {flows} WHERE flow_type = $1 GROUP BY status"
+        )
+        # One count per status on the (status, created_at) index: each reads only the index
+        # entries of flows created since, never the rows nor the flows created before.
+        since = "created_at >= $1"
+        self._count_flows_since = render(
+            " UNION ALL ".join(
+                f"SELECT '{status.value}' AS status, count(*) AS flows FROM {{flows}} "
+                f"WHERE status = '{status.value}' AND {since}"
+                for status in TaskStatus
+            )
+        )
+        self._count_flows_of_type_since = render(
+            "SELECT status, count(*) AS flows FROM {flows} "
+            f"WHERE flow_type = $2 AND {since} GROUP BY status"
         )
         # The flow's row first: a change locks it before it writes the flow's records.
         self.delete_flow = render("DELETE FROM {flows} WHERE flow_id = $1") + changed
@@ -250,16 +264,82 @@ class Statements:
             f"UPDATE {{flows}} SET {', '.join(assignments)} WHERE flow_id = $1"
         )
 
+    def count_flows(
+        self,
+        flow_type: str | None,
+        created_after: float | None,
+        flow_ids: Sequence[str] | None = None,
+    ) -> tuple[str, list[object]]:
+        """The ``SELECT`` of ``(status, count)`` rows behind ``count_flows``, and its arguments.
+
+        With ``created_after``, the counts read one index range per status (or, with a type
+        too, the type's index range from that time): the flows created before are never read.
+        With ``flow_ids``, the flows are read by id (see :meth:`_chosen`); where each id is a
+        parameter (SQLite), the caller splits many ids over several statements.
+        """
+        if flow_ids is None:
+            if created_after is None:
+                if flow_type is None:
+                    return self._count_flows, []
+                return self._count_flows_of_type, [flow_type]
+            if flow_type is None:
+                return self._count_flows_since, [created_after]
+            return self._count_flows_of_type_since, [created_after, flow_type]
+        arguments: list[object] = []
+        prefix, source, column = self._chosen(flow_ids, arguments)
+        conditions = (
+            [] if self.dialect.arrays else [self.dialect.any_of("flow_id", 1, len(flow_ids))]
+        )
+        for name, operator, value in (
+            ("flow_type", "=", flow_type),
+            ("created_at", ">=", created_after),
+        ):
+            if value is not None:
+                arguments.append(value)
+                conditions.append(f"{column(name)} {operator} ${len(arguments)}")
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        # Grouped by the indexed column, SQLite would walk its index to skip sorting.
+        grouped = f"GROUP BY {column('status')}"
+        statement = f"{prefix}SELECT status, count(*) AS flows FROM {source}{where} {grouped}"
+        return self.dialect.render(statement), arguments
+
+    def _chosen(
+        self, flow_ids: Sequence[str], arguments: list[object]
+    ) -> tuple[str, str, Callable[[str], str]]:
+        """How a statement reads only ``flow_ids``: its prefix, its source and its columns.
+
+        Binds the ids first in ``arguments``. Read by id, a few flows cost what they do however
+        many others there are, but only if the planner looks them up by id rather than walking
+        a status or type index and checking each flow's id, which both planners prefer without
+        statistics (SQLite) or with a generic plan (PostgreSQL). So on PostgreSQL, where a list
+        is one parameter, a materialized ``chosen`` holds the flows read by id, and the other
+        conditions apply to it; on SQLite a unary ``+`` on every other column keeps its
+        indexes out of the plan, and the caller adds ``flow_id IN (...)`` (parameters ``$1``
+        onwards).
+        """
+        arguments.extend(self.dialect.list_arguments(sorted(flow_ids)))
+        if self.dialect.arrays:
+            lookup = self.dialect.any_of("flow_id", 1, len(flow_ids))
+            prefix = f"WITH chosen AS MATERIALIZED (SELECT * FROM {{flows}} WHERE {lookup}) "
+            return prefix, "chosen", str
+        return "", "{flows}", lambda column: f"+{column}"
+
     def list_flows(self, query: FlowQuery) -> tuple[str, list[object]]:
         """The ``SELECT`` behind ``list_flows`` for ``query``, and its arguments.
 
         Each single filter is an equality on the first column of an index ordered by
         ``(created_at, flow_id)``, so a page is read from one index range without sorting, and
         the cursor is a row-value bound on that same range. Several statuses become one walk per
-        status, merged in order rather than sorted, so "every active flow" stays fast too.
+        status, merged in order rather than sorted, so "every active flow" stays fast too. With
+        ``flow_ids``, the flows are read by id and then sorted (see :meth:`_chosen`); where each
+        id is a parameter (SQLite), the caller splits many ids over several statements.
         """
         dialect = self.dialect
         arguments: list[object] = []
+        prefix, source = "", "{flows}"
+        column: Callable[[str], str] = str
+        if query.flow_ids is not None:
+            prefix, source, column = self._chosen(sorted(query.flow_ids), arguments)
 
         def parameter(value: object) -> str:
             arguments.append(value)
@@ -274,31 +354,40 @@ class Statements:
             else:
                 after = None
         conditions = [
-            f"{condition} {parameter(value)}"
-            for condition, value in (
-                ("flow_type =", query.flow_type),
-                ("created_at >=", query.created_after),
-                ("created_at <", created_before),
-                ("worker_id =", query.worker_id),
-                ("parent_flow_id =", query.parent_flow_id),
+            f"{column(name)} {operator} {parameter(value)}"
+            for name, operator, value in (
+                ("flow_type", "=", query.flow_type),
+                ("created_at", ">=", query.created_after),
+                ("created_at", "<", created_before),
+                ("worker_id", "=", query.worker_id),
+                ("parent_flow_id", "=", query.parent_flow_id),
             )
             if value is not None
         ]
+        if query.flow_ids is not None and not dialect.arrays:
+            conditions.insert(0, dialect.any_of("flow_id", 1, len(query.flow_ids)))
         if after is not None:
             bound = (
                 dialect.cast(parameter(after.created_at), "float"),
                 dialect.cast(parameter(after.flow_id), "id"),
             )
-            conditions.append(f"(created_at, flow_id) < ({', '.join(bound)})")
+            row = f"{column('created_at')}, {column('flow_id')}"
+            conditions.append(f"({row}) < ({', '.join(bound)})")
         legs = [conditions]
-        if query.statuses is not None:
+        if query.statuses and query.flow_ids is not None:
+            # Read by id, the flows are sorted anyway: one walk per status would read each again.
+            first = len(arguments) + 1
+            arguments.extend(dialect.list_arguments([s.value for s in sorted(query.statuses)]))
+            legs = [[dialect.any_of(column("status"), first, len(query.statuses)), *conditions]]
+        elif query.statuses is not None:
             # No status at all matches nothing; every parameter must still be in the statement.
             legs = [
-                [f"status = {parameter(status.value)}", *conditions]
+                [f"{column('status')} = {parameter(status.value)}", *conditions]
                 for status in sorted(query.statuses)
             ] or [["false", *conditions]]
         selects = [
-            "SELECT * FROM {flows}" + (f" WHERE {' AND '.join(leg)}" if leg else "") for leg in legs
+            f"SELECT * FROM {source}" + (f" WHERE {' AND '.join(leg)}" if leg else "")
+            for leg in legs
         ]
         order = "ORDER BY created_at DESC, flow_id DESC"
         if len(selects) > 1 and dialect.limits_each_walk:
@@ -308,4 +397,4 @@ class Statements:
         else:
             matching = " UNION ALL ".join(selects)
         page = f"LIMIT {parameter(query.limit)} OFFSET {parameter(query.offset)}"
-        return dialect.render(f"{matching} {order} {page}"), arguments
+        return dialect.render(f"{prefix}{matching} {order} {page}"), arguments

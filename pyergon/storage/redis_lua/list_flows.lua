@@ -1,9 +1,11 @@
 -- list_flows: statuses (counted), then optional flow type, worker id, parent id, created_after,
--- created_before, the cursor (counted: created_at, flow id), limit, offset.
+-- created_before, the cursor (counted: created_at, flow id), limit, offset, flow ids (counted;
+-- none: any flow).
 -- Reply: the page's flows' fields, newest first (created_at, then id, descending).
 local statuses, flow_type, worker, parent = counted(), optional(), optional(), optional()
 local created_after, created_before, after = optional(), optional(), counted()
 local limit, offset = tonumber(arg()), tonumber(arg())
+local ids = counted()
 
 -- How many entries of an index come before (score, id) in its ascending order. Equal scores
 -- are rare, so the binary search over them by rank is usually empty.
@@ -66,6 +68,36 @@ local check_worker = worker ~= nil and not plan.worker
 local check_parent = parent ~= nil and not plan.parent
 local exact = not (check_status or check_type or check_worker or check_parent)
 
+local function newer(a, b)
+  return a[2] > b[2] or (a[2] == b[2] and bytes_before(b[1], a[1]))
+end
+
+-- Chosen flows: read each by id, keep those the filters and the cursor allow, sort, page.
+if #ids > 0 then
+  -- Lua 5.1's tonumber reads no 'inf'.
+  local low = created_after and tonumber(created_after) or -math.huge
+  local high = created_before and tonumber(created_before) or math.huge
+  local bound = after[1] and {after[2], tonumber(after[1])}
+  local chosen = {}
+  for _, id in ipairs(ids) do
+    local v = redis.call('HMGET', flow_key(id), 'created_at', 'status', 'flow_type',
+      'worker_id', 'parent_flow_id')
+    local entry = v[1] and {id, tonumber(v[1])}
+    if entry and (#statuses == 0 or allowed[v[2]] == true)
+      and (not flow_type or v[3] == flow_type) and (not worker or v[4] == worker)
+      and (not parent or v[5] == parent) and entry[2] >= low and entry[2] < high
+      and (not bound or newer(bound, entry)) then
+      chosen[#chosen + 1] = entry
+    end
+  end
+  table.sort(chosen, newer)
+  local page = {}
+  for i = offset + 1, math.min(#chosen, offset + limit) do
+    page[#page + 1] = redis.call('HGETALL', flow_key(chosen[i][1]))
+  end
+  return page
+end
+
 -- The flows of one index, single and exact: skip the offset by rank, read just the page.
 if exact and #sources == 1 then
   local source = sources[1]
@@ -93,10 +125,6 @@ local function head(source)
     if #source.buffer == 0 then return nil end
   end
   return source.buffer[source.at]
-end
-
-local function newer(a, b)
-  return a[2] > b[2] or (a[2] == b[2] and bytes_before(b[1], a[1]))
 end
 
 local function matches(id)

@@ -1,0 +1,322 @@
+"""What a monitor reads at each refresh, and which flows it watches (:class:`MonitorScope`).
+
+A refresh never reads every flow: the counts come from index ranges
+(:meth:`~pyergon.storage.ExecutionLog.count_flows` with ``created_after``), and the table,
+failures and lost leases from a few pages of at most :data:`FLOWS_SHOWN` or
+:data:`RECENT_FLOWS` flows. Throughput is measured between refreshes rather than read, so it
+needs no index of finishing times.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from pyergon._history_html import last_lines, lease_loss_note
+from pyergon.core.query import FlowQuery
+from pyergon.core.records import ScheduledFlow
+from pyergon.core.status import TaskStatus
+from pyergon.core.workers import StepActivity, WorkerRecord, running_steps, unserved_types
+from pyergon.executor._live import live_output
+from pyergon.notebook._monitor_snapshot import (
+    FlowFailure,
+    FlowRow,
+    MonitorSnapshot,
+    RunningStep,
+    WorkerState,
+)
+
+if TYPE_CHECKING:
+    from pyergon.notebook.session import Session
+
+__all__ = [
+    "FLOWS_SHOWN",
+    "RECENT_FLOWS",
+    "MonitorScope",
+    "Throughput",
+    "monitor_scope",
+    "read_snapshot",
+]
+
+FLOWS_SHOWN = 20
+"""Rows of the monitor's table: running flows first, then failed ones, then the newest."""
+RECENT_FLOWS = 100
+"""The newest flows in scope in which the monitor looks for lost leases and unserved types."""
+FAILURES_SHOWN = 3
+"""Failed flows the monitor lists with their errors, newest first."""
+WORKERS_SHOWN = 10
+"""Workers the monitor lists: the session's, then live ones, then the latest to beat."""
+RUNNING_SHOWN = 10
+"""Running steps the monitor lists, those that started first; the rest are counted."""
+OUTPUT_LINES = 5
+"""Lines of a running step's output the monitor shows with ``output=True``."""
+THROUGHPUT_WINDOW = 60.0
+"""Seconds of refreshes over which throughput is measured."""
+_ERROR_CHARACTERS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorScope:
+    """Which flows a monitor counts, lists and times.
+
+    Attributes:
+        label: The scope for people, shown in the monitor's header.
+        flow_ids: Only these flows, read by id; ``None``: flows by the filters below.
+        flow_type: Only flows of this type.
+        created_after: Only flows created at or after this time (epoch seconds).
+    """
+
+    label: str
+    flow_ids: tuple[str, ...] | None = None
+    flow_type: str | None = None
+    created_after: float | None = None
+
+    def query(
+        self, *, limit: int, status: TaskStatus | Collection[TaskStatus] | None = None
+    ) -> FlowQuery:
+        """The listing of this scope's flows, newest first, with ``status`` and ``limit``."""
+        return FlowQuery(
+            status=status,
+            flow_type=self.flow_type,
+            created_after=self.created_after,
+            flow_ids=self.flow_ids,
+            limit=limit,
+        )
+
+
+def monitor_scope(
+    flow_ids: str | Iterable[str] | None,
+    *,
+    flow_type: str | None,
+    since: float | datetime | timedelta | None,
+    all_flows: bool,
+    opened_at: float,
+    now: float,
+) -> MonitorScope:
+    """The scope ``session.monitor(...)`` asks for; see :meth:`SessionViews.monitor`.
+
+    Raises:
+        ValueError: ``flow_ids`` comes with another scope argument, or ``since`` with
+            ``all_flows``.
+        InvalidFlowIdError: One of ``flow_ids`` cannot be a flow id.
+    """
+    if flow_ids is not None:
+        if flow_type is not None or since is not None or all_flows:
+            raise ValueError(
+                "monitor: give flow_ids alone, or flow_type / since / all_flows to choose flows "
+                "by type and creation time"
+            )
+        ids = tuple(dict.fromkeys([flow_ids] if isinstance(flow_ids, str) else flow_ids))
+        FlowQuery(flow_ids=ids)  # refuses an id that cannot be one now, not at each refresh
+        label = f"flow {ids[0]}" if len(ids) == 1 else f"{len(ids)} chosen flows"
+        return MonitorScope(label, flow_ids=ids)
+    if since is not None and all_flows:
+        raise ValueError("monitor: give since or all_flows=True, not both")
+    kind = "flows" if flow_type is None else f"{flow_type} flows"
+    if all_flows:
+        label = "every flow in storage" if flow_type is None else f"every {kind[:-1]} in storage"
+        return MonitorScope(label, flow_type=flow_type)
+    if since is None:
+        return MonitorScope(
+            f"{kind} created since this session opened",
+            flow_type=flow_type,
+            created_after=opened_at,
+        )
+    if isinstance(since, timedelta):
+        created_after = now - since.total_seconds()
+    elif isinstance(since, datetime):
+        created_after = since.timestamp()
+    else:
+        created_after = float(since)
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(created_after))
+    return MonitorScope(
+        f"{kind} created since {when}", flow_type=flow_type, created_after=created_after
+    )
+
+
+class Throughput:
+    """Flows that became final per second, from the final counts of successive refreshes.
+
+    Args:
+        window: Seconds of refreshes the rate is measured over.
+    """
+
+    def __init__(self, window: float = THROUGHPUT_WINDOW) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def measure(self, now: float, final: int) -> float | None:
+        """Add a refresh's count of final flows at ``now``; the rate, once two refreshes say."""
+        samples = self._samples
+        if samples and (final < samples[-1][1] or now < samples[-1][0]):
+            samples.clear()  # flows deleted, or a clock set back: start measuring again
+        samples.append((now, final))
+        while len(samples) > 2 and samples[1][0] <= now - self.window:
+            samples.popleft()
+        first_at, first_final = samples[0]
+        if now <= first_at:
+            return None
+        return (final - first_final) / (now - first_at)
+
+
+def eta(unfinished: int, throughput: float | None) -> float | None:
+    """Seconds until ``unfinished`` flows are final at ``throughput``; ``None``: not known."""
+    if unfinished == 0:
+        return 0.0
+    if throughput is None or throughput <= 0:
+        return None
+    return unfinished / throughput
+
+
+async def read_snapshot(
+    session: Session, scope: MonitorScope, throughput: Throughput, *, output: bool
+) -> MonitorSnapshot:
+    """Read what a monitor of ``scope`` shows now: bounded reads, whatever storage holds.
+
+    Args:
+        session: The session whose storage, workers and background errors are read.
+        scope: The flows counted and listed.
+        throughput: The monitor's measure, which this refresh's count of final flows feeds.
+        output: Also read the last lines each listed running step printed.
+    """
+    storage = session.storage
+    clock_now = session.clock.now()
+    counts = await storage.count_flows(
+        flow_type=scope.flow_type, created_after=scope.created_after, flow_ids=scope.flow_ids
+    )
+    running_flows = await storage.list_flows(
+        scope.query(status=TaskStatus.RUNNING, limit=FLOWS_SHOWN)
+    )
+    failed = await storage.list_flows(scope.query(status=TaskStatus.FAILED, limit=FLOWS_SHOWN))
+    others = [status for status in TaskStatus if status not in _FIRST]
+    room = max(FLOWS_SHOWN - len(running_flows) - len(failed), 0)
+    rest = await storage.list_flows(scope.query(status=others, limit=room)) if room else []
+    newest = await storage.list_flows(scope.query(limit=RECENT_FLOWS))
+    missing = await _missing(session, scope, sum(counts.values()))
+    records = await session.worker_records()
+    now = time.time()  # heartbeats and step starts are wall-clock times
+    steps = running_steps(records, now)
+    shown = [*running_flows, *failed, *rest][:FLOWS_SHOWN]
+    waiting = [flow.flow_type for flow in newest if not flow.status.is_final]
+    activities = sorted(
+        (activity for flow_steps in steps.values() for activity in flow_steps),
+        key=lambda activity: activity.started_at,
+    )
+    final = sum(count for status, count in counts.items() if status.is_final)
+    rate = throughput.measure(clock_now, final)
+    workers, workers_total = _workers(session, records, now)
+    return MonitorSnapshot(
+        counts=dict(counts),
+        workers=workers,
+        workers_total=workers_total,
+        errors=tuple(str(error) for error in session.errors),
+        lost_leases=tuple(
+            (flow.flow_id, note) for flow in newest if (note := lease_loss_note(flow)) is not None
+        ),
+        unserved=unserved_types(waiting, records, now) if waiting else (),
+        running=await _running(session, activities[:RUNNING_SHOWN], now, output=output),
+        running_total=len(activities),
+        scope=scope.label,
+        flows=tuple(_row(flow, steps.get(flow.flow_id, ()), clock_now) for flow in shown),
+        failures=tuple(_failure(flow) for flow in failed[:FAILURES_SHOWN]),
+        failed_total=counts[TaskStatus.FAILED],
+        throughput=rate,
+        eta=eta(sum(counts.values()) - final, rate),
+        missing_total=missing[0],
+        missing=missing[1],
+    )
+
+
+_FIRST = frozenset((TaskStatus.RUNNING, TaskStatus.FAILED))
+"""The statuses the table lists first; the newest flows of the others fill it."""
+
+
+async def _missing(
+    session: Session, scope: MonitorScope, found: int
+) -> tuple[int, tuple[str, ...]]:
+    """How many of the scope's chosen flows storage lacks, and which, if there are few ids.
+
+    Naming them reads every chosen flow, so only up to :data:`RECENT_FLOWS` ids are checked.
+    """
+    if scope.flow_ids is None or found >= len(scope.flow_ids):
+        return 0, ()
+    lacking = len(scope.flow_ids) - found
+    if len(scope.flow_ids) > RECENT_FLOWS:
+        return lacking, ()
+    stored = await session.storage.list_flows(scope.query(limit=len(scope.flow_ids)))
+    there = {flow.flow_id for flow in stored}
+    return lacking, tuple(flow_id for flow_id in scope.flow_ids if flow_id not in there)
+
+
+def _row(flow: ScheduledFlow, steps: Sequence[StepActivity], now: float) -> FlowRow:
+    latest = steps[-1] if steps else None
+    step = "" if latest is None else f"{latest.position} {latest.step}"
+    if len(steps) > 1:
+        step += f" +{len(steps) - 1}"
+    return FlowRow(
+        flow_id=flow.flow_id,
+        flow_type=flow.flow_type,
+        status=flow.status,
+        age=max(now - flow.created_at, 0.0),
+        step=step,
+        progress=None if latest is None else latest.progress,
+    )
+
+
+def _failure(flow: ScheduledFlow) -> FlowFailure:
+    error = flow.error
+    text = "no error stored" if error is None else f"{error.type_name}: {error.message}"
+    text = " ".join(text.split())
+    if len(text) > _ERROR_CHARACTERS:
+        text = text[: _ERROR_CHARACTERS - 1] + "…"
+    return FlowFailure(flow.flow_id, flow.flow_type, text)
+
+
+def _workers(
+    session: Session, records: Sequence[WorkerRecord], now: float
+) -> tuple[tuple[WorkerState, ...], int]:
+    """The session's own workers, then the others storage knows: live ones, then by last beat."""
+    own = sorted(
+        (WorkerState.of(worker, now) for worker in session.workers),
+        key=lambda state: state.worker_id,
+    )
+    ids = {state.worker_id for state in own}
+    others = sorted(
+        (WorkerState.of_record(record, now) for record in records if record.worker_id not in ids),
+        key=lambda state: (state.state != "live", state.heartbeat_age),
+    )
+    states = own + others
+    return tuple(states[:WORKERS_SHOWN]), len(states)
+
+
+async def _running(
+    session: Session, shown: list[StepActivity], now: float, *, output: bool
+) -> tuple[RunningStep, ...]:
+    """The running steps as shown, with what they printed when the monitor shows output.
+
+    A step running in one of the session's workers shows what it printed so far; one
+    running elsewhere shows what its record holds (its earlier attempts' output, if any).
+    """
+    printed: dict[tuple[str, str], str] = {}
+    if output:
+        for flow_id in dict.fromkeys(activity.flow_id for activity in shown):
+            for record in await session.storage.load_invocations(flow_id):
+                if record.output:
+                    printed[(flow_id, record.position)] = record.output
+        for activity in shown:
+            workers = (worker.live_steps for worker in session.workers)
+            live = live_output(workers, activity.flow_id, activity.position)
+            if live:
+                printed[(activity.flow_id, activity.position)] = live
+    return tuple(
+        RunningStep(
+            activity,
+            max(now - activity.started_at, 0.0),
+            tuple(last_lines(printed.get((activity.flow_id, activity.position)), OUTPUT_LINES)[0]),
+        )
+        for activity in shown
+    )
