@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from pyergon.cli._views import history_view
+from pyergon.cli._views import history_view, invocation_json
 from pyergon.core.changes import Change
-from pyergon.core.records import StepProgress
+from pyergon.core.records import Attempt, StepProgress, StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.core.workers import StepActivity
 from pyergon.history import FlowHistory, load_history
@@ -166,3 +166,37 @@ def test_printed_text_is_shown_as_a_terminal_would_show_it() -> None:
     assert line_count(printed) == 4 and line_count("") == 0 and line_count(None) == 0
     assert last_lines(printed, 2) == (["win", "bell end"], 2)
     assert last_lines("one\n", 5) == (["one"], 0)
+
+
+def test_a_records_json_lists_its_earlier_attempts_with_their_errors() -> None:
+    down = StoredError("shop.ProviderDown", "provider down", "Traceback")
+    record = make_invocation(
+        1,
+        attempts=3,
+        earlier_attempts=(
+            Attempt.failed(1, 0.0, 1.5, down, "w-1"),
+            Attempt(2, 2.0, None, "abandoned", worker_id="w-1", last_seen_at=3.0),
+        ),
+    )
+
+    failed, abandoned = invocation_json(record)["earlier_attempts"]
+
+    assert failed == {
+        "number": 1,
+        "end": "failed",
+        "started_at": "1970-01-01T00:00:00+00:00",
+        "ended_at": "1970-01-01T00:00:01.500000+00:00",
+        "last_seen_at": None,
+        "worker_id": "w-1",
+        "error": {
+            "type": "shop.ProviderDown",
+            "message": "provider down",
+            "traceback": "Traceback",
+        },
+    }
+    assert (abandoned["end"], abandoned["ended_at"], abandoned["error"]) == (
+        "abandoned",
+        None,
+        None,
+    )
+    assert invocation_json(make_invocation(2))["earlier_attempts"] == []

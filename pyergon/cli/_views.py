@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyergon._history_html import OUTPUT_LINES, last_lines, lease_loss_note, line_count
 from pyergon.core.records import (
+    Attempt,
     Invocation,
     ScheduledFlow,
     SignalRecord,
@@ -193,6 +194,19 @@ def invocation_json(record: Invocation) -> dict[str, Any]:
         "result_bytes": _size(record.result),
         "output": record.output,
         "progress": progress_json(record.progress),
+        "earlier_attempts": [_attempt_json(attempt) for attempt in record.earlier_attempts],
+    }
+
+
+def _attempt_json(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "number": attempt.number,
+        "end": attempt.end,
+        "started_at": _iso(attempt.started_at),
+        "ended_at": _iso(attempt.ended_at),
+        "last_seen_at": _iso(attempt.last_seen_at),
+        "worker_id": attempt.worker_id,
+        "error": _error_json(attempt.error, traceback=True),
     }
 
 
@@ -477,6 +491,9 @@ def _record_detail(record: Invocation) -> str:
             f"[red]{_escape(record.error.short_type)}[/]: "
             f"{_escape(_first_line(record.error.message))}"
         )
+    earlier = record.earlier_attempts
+    if earlier:
+        details.append(f"after {len(earlier)} earlier attempt{'' if len(earlier) == 1 else 's'}")
     return "; ".join(details)
 
 

@@ -304,22 +304,19 @@ class Attempt:
         Args:
             limit: The most characters of the error's message shown; a longer one ends in "…".
         """
-        if self.error is None:
+        if self.error is None:  # abandoned, or cut by a lost lease: nothing was raised
             return f"{self.number}: {self.end}"
         message = self.error.message.splitlines()[0] if self.error.message else ""
         if len(message) > limit:
             message = message[: limit - 1] + "…"
-        what = f"{self.error.short_type}: {message}" if message else self.error.short_type
-        return (
-            f"{self.number}: {what}"
-            if self.end == "failed"
-            else f"{self.number}: {self.end}, {what}"
-        )
+        if not message:
+            return f"{self.number}: {self.error.short_type}"
+        return f"{self.number}: {self.error.short_type}: {message}"
 
 
 ATTEMPTS_KEPT = 20
-"""The most earlier attempts a record keeps: the first :data:`_FIRST_ATTEMPTS_KEPT` and the
-latest others; the attempts between are dropped (their numbers are missing)."""
+"""The most earlier attempts a record keeps: the first five and the latest ones; the attempts
+between are dropped (their numbers are missing)."""
 _FIRST_ATTEMPTS_KEPT = 5
 ATTEMPT_MESSAGE_LIMIT = 1_000
 """The longest error message an earlier attempt keeps, in characters."""

@@ -3,10 +3,11 @@
 A step's first attempt writes nothing when it starts (that would cost every step a write), so
 a run that stops mid-step (its process killed, its kernel restarted, its lease lost) leaves no
 record of the attempt. Its worker's heartbeat listed it, though (``StepActivity``): when a
-claim takes the flow over, the lost worker's last beat says which steps it ran, since when and
-until when they were seen running. The new run keeps each as an earlier attempt of the step's record
+claim takes the flow over, the lost worker's last beat says which steps it ran, since when, and
+that they still ran then. The new run keeps each as an earlier attempt of the step's record
 (``FlowContext.abandoned``, used in ``executor/_steps.py``). Only a claim of a flow that lost a
-lease reads anything; an attempt that started and stopped between two beats stays unseen.
+lease reads anything; an attempt that started and stopped between two beats stays unseen, and
+a direct run (``Executor``), which beats for nobody, leaves none to find.
 """
 
 from __future__ import annotations

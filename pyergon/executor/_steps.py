@@ -161,7 +161,7 @@ class StepCall:
         """The call's record after ``attempts`` attempts, completed now if ``status`` is final."""
         # Built here rather than passed through FlowContext.new_record's keyword arguments:
         # 2,700 instructions less per step (benchmarks/README.md).
-        return Invocation(
+        record = Invocation(
             flow_id=self.context.flow_id,
             sequence=self.position[0],
             sub_sequence=self.position[1],
@@ -177,8 +177,12 @@ class StepCall:
             completed_at=self.context.clock.now() if status.is_final else None,
             output=self.output,
             progress=self.progress,
-            earlier_attempts=self.earlier_attempts,
         )
+        # Most steps keep no earlier attempt: without the keyword argument a three-step flow
+        # runs 3,400 instructions fewer (callgrind, memory backend); a retried step pays a copy.
+        if self.earlier_attempts:
+            return record.replace(earlier_attempts=self.earlier_attempts)
+        return record
 
 
 async def attempt_until_final(

@@ -9,7 +9,14 @@ from __future__ import annotations
 import pytest
 
 from pyergon.core.changes import Change, FlowWrite
-from pyergon.core.records import Attempt, Invocation, StoredError
+from pyergon.core.records import (
+    ATTEMPT_MESSAGE_LIMIT,
+    ATTEMPT_TRACEBACK_LIMIT,
+    ATTEMPTS_KEPT,
+    Attempt,
+    Invocation,
+    StoredError,
+)
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.storage.base import ExecutionLog
 from pyergon.testing._support import claim, done, store
@@ -103,3 +110,20 @@ class AttemptContract:
 
         assert (applied.records, applied.record_conflict) == ([theirs], False)
         assert await storage.load_invocations("flow-1") == [theirs]
+
+    async def test_the_most_attempts_a_record_keeps_at_their_largest_round_trip(
+        self, storage: ExecutionLog
+    ) -> None:
+        error = StoredError("shop.Refused", "é" * 5_000, "line\n" * 2_000)
+        most = tuple(
+            Attempt.failed(number, 1_000.0 + number, 1_000.5 + number, error, "worker-a")
+            for number in range(1, ATTEMPTS_KEPT + 1)
+        )
+        record = done(1).replace(attempts=ATTEMPTS_KEPT + 1, earlier_attempts=most)
+
+        await store(storage, record)
+
+        assert await storage.load_invocations("flow-1") == [record]
+        kept = most[-1].error
+        assert kept is not None and len(kept.message) == ATTEMPT_MESSAGE_LIMIT
+        assert len(kept.traceback) == ATTEMPT_TRACEBACK_LIMIT + 1

@@ -110,8 +110,9 @@ def column_values(record: ScheduledFlow | Invocation) -> list[object]:
     if progress is not None and values[progress] is not None:
         values[progress] = progress_text(typing.cast(StepProgress, values[progress]))
     attempts = layout.attempts
-    if attempts is not None:
-        values[attempts] = attempts_text(typing.cast(tuple[Attempt, ...], values[attempts]))
+    if attempts is not None:  # most records keep none: NULL, without a call
+        kept = values[attempts]
+        values[attempts] = attempts_text(typing.cast(tuple[Attempt, ...], kept)) if kept else None
     values.extend(_error_values(record.error))
     return values
 
