@@ -299,19 +299,27 @@ class Attempt:
         return cls(number, started_at, ended_at, "failed", kept, worker_id)
 
     def describe(self, limit: int = 80) -> str:
-        """One short line for people: ``"1: ValueError: bad row"``, ``"2: abandoned"``.
+        """One line for people, the same in every view.
+
+        ``"attempt 1 failed ValueError: bad row"``, ``"attempt 2 abandoned (worker stopped)"``,
+        ``"attempt 3 lease lost by w-1"``.
 
         Args:
-            limit: The most characters of the error's message shown; a longer one ends in "…".
+            limit: The most characters of the error's message shown (its first line); a longer
+                one ends in "…".
         """
-        if self.error is None:  # abandoned, or cut by a lost lease: nothing was raised
-            return f"{self.number}: {self.end}"
-        message = self.error.message.splitlines()[0] if self.error.message else ""
+        if self.end == "abandoned":
+            return f"attempt {self.number} abandoned (worker stopped)"
+        if self.end == "lease lost":
+            by = f" by {self.worker_id}" if self.worker_id is not None else ""
+            return f"attempt {self.number} lease lost{by}"
+        if self.error is None:
+            return f"attempt {self.number} failed"
+        message = self.error.message.partition("\n")[0]
         if len(message) > limit:
             message = message[: limit - 1] + "…"
-        if not message:
-            return f"{self.number}: {self.error.short_type}"
-        return f"{self.number}: {self.error.short_type}: {message}"
+        cause = f"{self.error.short_type}: {message}" if message else self.error.short_type
+        return f"attempt {self.number} failed {cause}"
 
 
 ATTEMPTS_KEPT = 20

@@ -140,21 +140,8 @@ def text_duration(record: Invocation) -> str:
 
 
 def attempt_note(attempt: Attempt, width: int = 80) -> str:
-    """An earlier attempt in one line: ``attempt 1 failed ValueError: …``.
-
-    Args:
-        attempt: The attempt.
-        width: The most characters of its error's message shown (its first line).
-    """
-    if attempt.end == "failed":
-        error = attempt.error
-        message = error.message.partition("\n")[0] if error is not None else ""
-        cause = "" if error is None else f" {error.short_type}: {clip(message, width)}"
-        return f"attempt {attempt.number} failed{cause}"
-    if attempt.end == "abandoned":
-        return f"attempt {attempt.number} abandoned (worker stopped)"
-    by = f" by {attempt.worker_id}" if attempt.worker_id is not None else ""
-    return f"attempt {attempt.number} lease lost{by}"
+    """An earlier attempt in one line (see :meth:`Attempt.describe`)."""
+    return attempt.describe(width)
 
 
 def _notes(record: Invocation, running: bool, stale: bool = False) -> list[str]:

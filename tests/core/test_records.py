@@ -132,8 +132,8 @@ def test_a_failed_attempt_keeps_its_error_small_without_its_payload() -> None:
     assert kept.traceback.endswith("\nraise Refused")
     assert len(kept.traceback) == ATTEMPT_TRACEBACK_LIMIT + 1 and kept.traceback[0] == "…"
     assert (attempt.number, attempt.end, attempt.worker_id) == (2, "failed", "worker-a")
-    assert attempt.describe(limit=10) == "2: Refused: mmmmmmmmm…"
-    assert Attempt(3, None, None, "lease lost").describe() == "3: lease lost"
+    assert attempt.describe(limit=10) == "attempt 2 failed Refused: mmmmmmmmm…"
+    assert Attempt(3, None, None, "lease lost").describe() == "attempt 3 lease lost"
     small = StoredError("builtins.ValueError", "bad", "Traceback\n")
     assert Attempt.failed(1, 1.0, 2.0, small).error == small
 

@@ -277,14 +277,16 @@ def test_the_record_frame_counts_and_describes_the_earlier_attempts() -> None:
     assert str(frame["attempt_errors"].dtype) == "string"
     assert frame["earlier_attempts"].tolist() == [3, 0]
     assert frame.loc[0, "attempt_errors"] == (
-        "1: ProviderDown: provider down\n2: abandoned\n3: lease lost"
+        "attempt 1 failed ProviderDown: provider down\nattempt 2 abandoned (worker stopped)\n"
+        "attempt 3 lease lost"
     )
     assert pd.isna(frame.loc[1, "attempt_errors"])
     html = earlier_attempts_html(records[0], origin=1_000.0)
     assert "<summary>3 earlier attempts</summary>" in html
     # A line per attempt after its start; the whole message is the failed one's tooltip.
-    assert '<div title="provider down\nretry later">+0.000s 1: ProviderDown: provider down' in html
-    assert "<div>+2.000s 2: abandoned</div>" in html
+    tip = '<div title="provider down\nretry later">'
+    assert f"{tip}+0.000s attempt 1 failed ProviderDown: provider down" in html
+    assert "<div>+2.000s attempt 2 abandoned (worker stopped)</div>" in html
 
 
 def test_the_flow_frame_names_the_steps_running_now_when_given() -> None:
