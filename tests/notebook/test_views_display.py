@@ -11,6 +11,7 @@ import asyncio
 import base64
 import io
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -24,10 +25,14 @@ from PIL import Image
 from traitlets.config import Config
 
 from pyergon import Executor, await_external_signal, flow, flow_type, send_signal, step
+from pyergon.core.records import StepProgress
+from pyergon.core.workers import StepActivity, WorkerRecord
 from pyergon.history import FlowHistory, load_history
 from pyergon.notebook import Session
+from pyergon.notebook._views_progress import DisplayedBars, progress_bars
 from pyergon.notebook.views import timeline_from_histories
 from pyergon.storage.memory import InMemoryExecutionLog
+from pyergon.testing import make_worker
 
 TEXT, SVG, PNG, HTML = "text/plain", "image/svg+xml", "image/png", "text/html"
 GREEN = (0x2E, 0x7D, 0x32)
@@ -287,3 +292,50 @@ async def test_a_monitor_whose_refresh_failed_says_so_in_its_output(
     assert "not live: ConnectionError: storage went away" in outputs.only()[TEXT]
     assert "not live: ConnectionError" in outputs.only()[HTML]
     assert not monitor.live
+
+
+# -- the bars of a waiting cell -----------------------------------------------------------------
+
+
+def activity(flow_id: str, progress: StepProgress | None) -> StepActivity:
+    return StepActivity(flow_id, "1", "load", 0.0, progress)
+
+
+def test_bars_in_a_kernel_are_one_static_output_emptied_at_the_end(outputs: Outputs) -> None:
+    bars = DisplayedBars()
+    bars.show([activity("b", None)])
+    assert outputs.shown == {}  # nothing to show yet
+
+    bars.show([activity("b", StepProgress(1, 4, "loading")), activity("a", StepProgress(2))])
+    bars.show([activity("b", StepProgress(1, 4, "loading")), activity("a", StepProgress(2))])
+
+    bundle = outputs.only()
+    assert set(bundle) == {TEXT, HTML}
+    assert bundle[TEXT].splitlines() == ["a 1 load: 2", "b 1 load: 1/4 · loading"]
+    assert outputs.updates == 0  # the same bars again: nothing sent
+
+    bars.show([activity("b", StepProgress(3, 4))])
+    assert outputs.only()[TEXT] == "b 1 load: 3/4"
+    assert "width:75.0%" in outputs.only()[HTML]
+
+    bars.close()
+    assert outputs.only() == {}
+
+
+async def test_a_wait_in_a_kernel_shows_the_bars_as_an_output(
+    outputs: Outputs, fake_kernel: None
+) -> None:
+    now = time.time()
+    worker = make_worker("elsewhere", flow_types=("Held",), last_beat=now, lease_seconds=60)
+    worker = worker.beating(
+        now, activity=(StepActivity("f", "1", "load", now, StepProgress(1, 2)),)
+    )
+
+    async def read_workers() -> list[WorkerRecord]:
+        return [worker]
+
+    async with progress_bars(read_workers, ["f"], on_error=pytest.fail):
+        await outputs.until(lambda: bool(outputs.shown))
+        assert outputs.only()[TEXT] == "f 1 load: 1/2"
+
+    assert outputs.only() == {}
