@@ -94,7 +94,7 @@ class SessionViews:
         interval: float = 1.0,
         max_records: int = 200,
     ) -> Timeline:
-        """A timeline of flows, one lane each; its widget can re-read them from storage.
+        """A timeline of flows, one lane each; it re-reads them and redraws in place.
 
         Args:
             flow_ids: One flow id or several; none: the ``newest`` flows, oldest first.
@@ -130,7 +130,7 @@ class SessionViews:
         """A monitor of flows by status, workers, running steps, progress and background errors.
 
         ``await session.monitor()`` reads the first snapshot before returning. In a kernel its
-        widget refreshes in place every ``interval`` seconds until ``monitor.stop()`` or
+        output refreshes in place every ``interval`` seconds until ``monitor.stop()`` or
         :meth:`close`. With ``output``, it also shows the last lines each running step printed.
         """
         self._check_open()

@@ -55,7 +55,7 @@ class View(ABC):
 
     ``repr()`` is :meth:`text`; IPython gets :meth:`bundle`. Displayed (the result of a cell,
     or ``display(view)``), a view remembers the output, and :meth:`redraw` shows the view as it
-    is now in every output it made.
+    is now in every output it made (in a kernel; a terminal gets the text once).
     """
 
     def __init__(self) -> None:
@@ -87,13 +87,17 @@ class View(ABC):
         return self.bundle()
 
     def _ipython_display_(self) -> None:
-        """Display the static bundle with a display id, so a refresh can replace it."""
+        """Display the static bundle; in a kernel with a display id, so a refresh replaces it.
+
+        A terminal IPython gets the text once: it would print every refresh again.
+        """
         from IPython.display import display
 
         show: Callable[..., Any] = display  # IPython's display is untyped
-        handle = show(self.bundle(), raw=True, display_id=True)
-        if handle is not None:  # None: no IPython shell, the bundle was printed
-            self._displays.append(handle)
+        if not kernel_running():
+            show({"text/plain": self.text()}, raw=True)
+            return
+        self._displays.append(show(self.bundle(), raw=True, display_id=True))
         self._displayed()
 
     def _displayed(self) -> None:  # noqa: B027 - a hook: most views do nothing when shown

@@ -3,9 +3,10 @@
 While ``await session.wait(ids)`` waits, :func:`progress_bars` reads the running steps of those
 flows from the live workers' heartbeats every :data:`REFRESH_INTERVAL` seconds and shows a bar
 for each step that reports progress; a bar goes when its step ends, and every bar when the wait
-ends. In a kernel the bars are one static output of the cell (text and HTML, no widget: a saved
-notebook cannot show a widget), replaced in place and emptied at the end. Elsewhere they are
-``tqdm`` bars when tqdm is installed; without it nothing is shown and nothing is read.
+ends. tqdm is optional: without it nothing is shown and nothing is read. In a terminal the bars
+are tqdm's; in a kernel they are one static output of the cell (text and HTML), replaced in
+place and emptied at the end, since tqdm's notebook bars are widgets, which a saved notebook
+shows as "model not found".
 """
 
 from __future__ import annotations
@@ -151,11 +152,11 @@ def _move(bar: Any, progress: StepProgress) -> None:
 
 
 def _bars() -> DisplayedBars | StepBars | None:
-    """The bars this process can show: an output of the cell in a kernel, else tqdm's."""
-    if kernel_running():
-        return DisplayedBars()
+    """The bars to show, if tqdm is installed: an output of the cell in a kernel, else tqdm's."""
     tqdm = tqdm_factory()
-    return None if tqdm is None else StepBars(tqdm)
+    if tqdm is None:
+        return None
+    return DisplayedBars() if kernel_running() else StepBars(tqdm)
 
 
 @asynccontextmanager
@@ -166,7 +167,7 @@ async def progress_bars(
 ) -> AsyncIterator[None]:
     """Show bars for the running steps of ``flow_ids`` while the ``async with`` body runs.
 
-    In a kernel they are :class:`DisplayedBars`; elsewhere tqdm bars, if tqdm is installed.
+    Shown only when tqdm is installed: in a kernel as :class:`DisplayedBars`, else as tqdm's.
 
     Args:
         read_workers: Reads the workers' records (with what they run now).

@@ -12,6 +12,7 @@ import base64
 import io
 import sys
 import time
+import types
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ class Outputs(DisplayPublisher):
 
 @pytest.fixture
 def outputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outputs]:
-    """An IPython shell whose displays land in :class:`Outputs`."""
+    """An IPython shell, taken for a kernel's, whose displays land in :class:`Outputs`."""
     made = not InteractiveShell.initialized()
     config = Config()
     config.HistoryManager.hist_file = ":memory:"
@@ -113,10 +114,12 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outputs]:
         config=config, ipython_dir=str(tmp_path_factory.mktemp("ipython"))
     )
     kept, shell.display_pub = shell.display_pub, Outputs(shell=shell)
+    shell.kernel = object()  # what views look for to know they run in a kernel
     try:
         yield shell.display_pub
     finally:
         shell.display_pub = kept
+        del shell.kernel
         if made:
             InteractiveShell.clear_instance()
 
@@ -323,8 +326,11 @@ def test_bars_in_a_kernel_are_one_static_output_emptied_at_the_end(outputs: Outp
 
 
 async def test_a_wait_in_a_kernel_shows_the_bars_as_an_output(
-    outputs: Outputs, fake_kernel: None
+    outputs: Outputs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    tqdm = types.ModuleType("tqdm.auto")
+    tqdm.tqdm = pytest.fail  # type: ignore[attr-defined] # installed, and never made in a kernel
+    monkeypatch.setitem(sys.modules, "tqdm.auto", tqdm)
     now = time.time()
     worker = make_worker("elsewhere", flow_types=("Held",), last_beat=now, lease_seconds=60)
     worker = worker.beating(
@@ -339,3 +345,25 @@ async def test_a_wait_in_a_kernel_shows_the_bars_as_an_output(
         assert outputs.only()[TEXT] == "f 1 load: 1/2"
 
     assert outputs.only() == {}
+
+
+async def test_a_terminal_gets_the_text_once_and_nothing_refreshes(
+    session: Session, capsys: pytest.CaptureFixture[str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    made = not InteractiveShell.initialized()
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    InteractiveShell.instance(config=config, ipython_dir=str(tmp_path_factory.mktemp("ipython")))
+    try:
+        await session.run(Quick(1), "quick")
+        monitor = await session.monitor(interval=0.01)
+        timeline = await session.timeline("quick", auto_refresh=True)
+
+        IPython.display.display(monitor)
+        IPython.display.display(timeline)
+
+        assert capsys.readouterr().out == f"{monitor.text()}\n{timeline.text()}\n"
+        assert not monitor.live and not timeline.auto_refreshing
+    finally:
+        if made:
+            InteractiveShell.clear_instance()
