@@ -1,11 +1,11 @@
 """A timeline of flows: their records as bars over time, as a picture (SVG and PNG) and as text.
 
 :class:`Timeline` is a pure renderer of :class:`~pyergon.history.FlowHistory` objects; a
-session gives it a loader so it can re-read storage and redraw its outputs in place (and its
-optional widget). Each flow gets a lane and each
-record a row: steps are bars coloured by status, timers dashed spans to their fire time, signal
-waits a dashed line ending in a diamond, children a rounded bar labelled with the child's id,
-and retried records carry an attempts badge. The drawing itself is in ``views_svg``.
+session gives it a loader so it can re-read storage and redraw its outputs (and its optional
+widget) in place. Each flow gets a lane and each record a row: steps are bars coloured by
+status, timers dashed spans to their fire time, signal waits a dashed line ending in a diamond,
+children a rounded bar labelled with the child's id, and retried records carry an attempts
+badge. The drawing itself is in ``views_svg``.
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ class Timeline(View):
     def widget(self) -> Any:
         """The ipywidgets view (built once): the SVG, a Refresh button, an auto-refresh toggle.
 
-        Its output needs the kernel: a saved notebook reopened shows it as text only. The
-        timeline displayed plainly gives the picture, which refreshes too.
+        Its output needs the kernel: a saved notebook reopened cannot show it. The timeline
+        displayed plainly gives the picture, which refreshes too.
 
         Raises:
             PyergonError: ipywidgets is not installed.
