@@ -102,7 +102,7 @@ class SessionViews:
         flow_type: str | Iterable[str] | None = None,
         window: Window | None = None,
     ) -> Timeline:
-        """A timeline of flows, one lane each; its widget can re-read them from storage.
+        """A timeline of flows, one lane each; it re-reads them and redraws in place.
 
         Args:
             flow_ids: One flow id or several; none: the ``newest`` flows (of ``status`` and
@@ -179,7 +179,7 @@ class SessionViews:
 
         By default it watches the flows created since this session opened; ``all_flows=True``
         watches every flow in storage. ``await session.monitor()`` reads the first snapshot
-        before returning. In a kernel its widget refreshes in place every ``interval`` seconds
+        before returning. In a kernel its output refreshes in place every ``interval`` seconds
         until ``monitor.stop()`` or :meth:`close`. A refresh counts from indexes (or by id) and
         reads a few pages of flows, never every flow. Workers and running steps are those
         storage knows, whoever started them.
@@ -190,7 +190,7 @@ class SessionViews:
             since: Only flows created since then: epoch seconds, a ``datetime``, or a
                 ``timedelta`` before now; ``None``: since the session opened.
             all_flows: Every flow in storage (of ``flow_type``), whenever created.
-            interval: Seconds between two refreshes of the live widget.
+            interval: Seconds between two refreshes of the live output.
             output: Also show the last lines each running step printed.
 
         Raises:

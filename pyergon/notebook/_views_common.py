@@ -1,10 +1,12 @@
-"""What the notebook views share: the three-way repr and view tasks.
+"""What the notebook views share: static outputs that refresh in place, and view tasks.
 
-Every view renders as short deterministic text, as static escaped HTML, and, only when
-ipywidgets is importable and a kernel is running, as a live widget (dask's cluster-repr
-pattern). Background work of a view runs as tasks on the running loop that the view holds
-strongly; those tasks update widget values and never print. Escaping and status colours live
-in :mod:`pyergon._history_html`, shared with a flow history's own HTML.
+A view's output is static: short deterministic text plus a picture or escaped HTML that shows
+without a kernel and without trust (see :mod:`pyergon.notebook._views_static`); it never holds
+a widget view, which a saved notebook cannot show. Displayed in a kernel, a view keeps the
+display handle of each output it made and a refresh replaces them in place, even from a task
+after the cell ended. ipywidgets controls come only from a view's ``widget()``. Background work
+of a view runs as tasks on the running loop that the view holds strongly; they never print.
+Escaping and status colours live in :mod:`pyergon._history_html`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ __all__ = [
 ]
 
 WIDGET_VIEW_MIMETYPE = "application/vnd.jupyter.widget-view+json"
-"""The mimetype under which a kernel front end finds a widget to show."""
+"""The mimetype under which a kernel front end finds a widget to show; no view output has it."""
 
 
 def kernel_running() -> bool:
@@ -38,7 +40,7 @@ def kernel_running() -> bool:
 
 
 def live_widgets_available() -> bool:
-    """Whether a view may add a live widget: a kernel is running and ipywidgets imports."""
+    """Whether ``view.widget()`` can show: a kernel is running and ipywidgets imports."""
     if not kernel_running():
         return False
     try:
@@ -49,41 +51,69 @@ def live_widgets_available() -> bool:
 
 
 class View(ABC):
-    """A view that renders three ways; subclasses give :meth:`text`, :meth:`html`, :meth:`widget`.
+    """A view with a static output that refreshes in place; subclasses give the renderings.
 
-    ``repr()`` is the text; IPython's display gets text and HTML always, plus the widget view
-    when :func:`live_widgets_available`.
+    ``repr()`` is :meth:`text`; IPython gets :meth:`bundle`. Displayed (the result of a cell,
+    or ``display(view)``), a view remembers the output, and :meth:`redraw` shows the view as it
+    is now in every output it made (in a kernel; a terminal gets the text once).
     """
+
+    def __init__(self) -> None:
+        self._displays: list[Any] = []
 
     @abstractmethod
     def text(self) -> str:
         """The short deterministic ``text/plain`` form (terminals, nbval)."""
 
     @abstractmethod
-    def html(self) -> str:
-        """The static, escaped ``text/html`` form (nbviewer, exported HTML, GitHub)."""
+    def bundle(self, *, png: bool = True) -> dict[str, str]:
+        """The static outputs by mimetype; ``png=False`` leaves out a PNG that is slow to draw."""
 
     @abstractmethod
     def widget(self) -> Any:
-        """The live ipywidgets widget, built once."""
+        """The ipywidgets view with its controls, built once; its output needs a kernel."""
+
+    @property
+    def settled(self) -> bool:
+        """Whether the view will not change by itself, so its outputs should carry every form."""
+        return True
 
     def __repr__(self) -> str:
         return self.text()
 
-    def _repr_html_(self) -> str:
-        return self.html()
-
     def _repr_mimebundle_(
         self, include: object = None, exclude: object = None, **kwargs: object
-    ) -> dict[str, Any]:
-        bundle: dict[str, Any] = {"text/plain": self.text(), "text/html": self.html()}
-        if live_widgets_available():
-            bundle[WIDGET_VIEW_MIMETYPE] = {
-                "version_major": 2,
-                "version_minor": 0,
-                "model_id": self.widget().model_id,
-            }
-        return bundle
+    ) -> dict[str, str]:
+        return self.bundle()
+
+    def _ipython_display_(self) -> None:
+        """Display the static bundle; in a kernel with a display id, so a refresh replaces it.
+
+        A terminal IPython gets the text once: it would print every refresh again.
+        """
+        from IPython.display import display
+
+        show: Callable[..., Any] = display  # IPython's display is untyped
+        if not kernel_running():
+            show({"text/plain": self.text()}, raw=True)
+            return
+        self._displays.append(show(self.bundle(), raw=True, display_id=True))
+        self._displayed()
+
+    def _displayed(self) -> None:  # noqa: B027 - a hook: most views do nothing when shown
+        """Called once the view is displayed: where a view starts refreshing itself."""
+
+    def redraw(self) -> None:
+        """Show the view as it is now in every output it was displayed in.
+
+        The PNG is drawn only when the view is :attr:`settled`: while it refreshes often, the
+        SVG shows, and the last redraw leaves the PNG in the notebook.
+        """
+        if not self._displays:
+            return
+        bundle = self.bundle(png=self.settled)
+        for handle in self._displays:
+            handle.update(bundle, raw=True)
 
 
 async def refresh_every(

@@ -20,6 +20,7 @@ from pyergon.core.graph import StepGraph
 from pyergon.core.records import Invocation
 from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.executor._dag import shape_of
+from pyergon.notebook._views_static import picture_bundle
 
 __all__ = ["DependencyGraph", "StepState", "dependency_graph"]
 
@@ -50,6 +51,8 @@ _MARGIN = 16
 _HEADER = 24
 _LEGEND_HEIGHT = 28
 _LABEL_CHARS = 22
+_INK = "#1f2328"
+"""The colour of text and arrows."""
 _FONT = "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace"
 
 
@@ -123,7 +126,7 @@ def _clip(text: str, width: int) -> str:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class DependencyGraph:
-    """A flow class's DAG, rendered as SVG (``image/svg+xml``) and as text in a notebook.
+    """A flow class's DAG, as a picture (SVG, and PNG with resvg-py) and as text in a notebook.
 
     Build one with :func:`dependency_graph`.
 
@@ -172,7 +175,7 @@ class DependencyGraph:
     def _repr_mimebundle_(
         self, include: object = None, exclude: object = None, **kwargs: object
     ) -> dict[str, Any]:
-        return {"text/plain": self.text(), "image/svg+xml": self.svg()}
+        return picture_bundle(self.text(), self.svg())
 
 
 class _Drawing:
@@ -227,7 +230,9 @@ class _Drawing:
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.width}" '
             f'height="{self.height}" viewBox="0 0 {self.width} {self.height}" role="img" '
             f'aria-label="{escape(label)}" font-family="{_FONT}" font-size="11" '
-            f'fill="currentColor"><text x="{_MARGIN}" y="{_HEADER - 6}" font-weight="bold">'
+            # Explicit ink on white: the picture reads the same in a dark theme and as a PNG.
+            f'color="{_INK}" fill="currentColor"><rect width="100%" height="100%" fill="#fff"/>'
+            f'<text x="{_MARGIN}" y="{_HEADER - 6}" font-weight="bold">'
             f"{escape(title)}</text>"
             f'<g class="pyergon-edges">{edges}</g><g class="pyergon-steps">{boxes}</g>'
             f"{legend}</svg>"

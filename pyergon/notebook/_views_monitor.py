@@ -1,8 +1,9 @@
 """A live monitor of a session: flows by status, workers, running steps, progress, errors.
 
-``monitor = await session.monitor()`` reads a first snapshot; in a kernel its widget refreshes
-in place every ``interval`` seconds through a task the session holds, until
-:meth:`Monitor.stop` or ``session.close()``. Outside a kernel it renders as text and HTML.
+``monitor = await session.monitor()`` reads a first snapshot; displayed in a kernel, its output
+(text and static HTML, which show without a kernel) refreshes in place every ``interval``
+seconds through a task the session holds, until :meth:`Monitor.stop` or ``session.close()``.
+:meth:`Monitor.widget` gives the same in ipywidgets, for an output that needs the kernel.
 What a refresh reads is in :mod:`pyergon.notebook._monitor_read`; what it saw, and how that
 renders, in :mod:`pyergon.notebook._monitor_snapshot`.
 """
@@ -13,7 +14,7 @@ import asyncio
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from pyergon._history_html import escape
+from pyergon._history_html import RED, escape
 from pyergon.errors import PyergonError
 from pyergon.notebook._monitor_read import MonitorScope, Throughput, read_snapshot
 from pyergon.notebook._monitor_snapshot import (
@@ -34,11 +35,12 @@ class Monitor(View):
     """Counts by status, workers, progress and errors of a session, live in a kernel.
 
     Create it with ``await session.monitor()``; ``session.monitor()`` without ``await`` gives
-    one that has not read storage yet (its widget fills in at the first refresh).
+    one that has not read storage yet (its output fills in at the first refresh). Displayed in
+    a kernel, it refreshes its output in place until :meth:`stop`.
 
     Args:
         session: The session to watch.
-        interval: Seconds between two refreshes of the live widget.
+        interval: Seconds between two refreshes of the live output.
         output: Also show the last lines each running step printed.
         scope: The flows counted and listed; ``None``: every flow in storage.
     """
@@ -53,6 +55,7 @@ class Monitor(View):
     ) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval}")
+        super().__init__()
         self.session = session
         self.interval = interval
         self.output = output
@@ -63,7 +66,7 @@ class Monitor(View):
         self.error: BaseException | None = None
         """The error that stopped the live refresh, if one did."""
         self.refresher: asyncio.Task[None] | None = None
-        """The task refreshing the widget, while live."""
+        """The task refreshing the outputs (and widget), while live."""
         self._throughput = Throughput()
         self._tasks = ViewTasks(session._keep)
         self._widget: _MonitorWidget | None = None
@@ -78,9 +81,14 @@ class Monitor(View):
 
     @property
     def live(self) -> bool:
-        """Whether the widget is being refreshed."""
+        """Whether the outputs (and widget) are being refreshed."""
         task = self.refresher
         return task is not None and not task.done() and not task.cancelling()
+
+    @property
+    def settled(self) -> bool:
+        """Whether the monitor stays as it is: it is not live."""
+        return not self.live
 
     async def refresh(self) -> MonitorSnapshot:
         """Read the scope's counts, table and failures, the workers and running steps; redraw.
@@ -92,12 +100,19 @@ class Monitor(View):
         self.snapshot = await read_snapshot(
             self.session, self.scope, self._throughput, output=self.output
         )
+        self._show()
+        return self.snapshot
+
+    def _show(self) -> None:
+        """Show the last snapshot in every output of the monitor, and in its widget."""
+        self.redraw()
         if self._widget is not None:
             self._widget.show(self)
-        return self.snapshot
 
     def start(self) -> None:
         """Refresh every ``interval`` seconds on the running loop until :meth:`stop`.
+
+        Displaying the monitor in a kernel starts it; its outputs show each refresh.
 
         Raises:
             PyergonError: The session is closed, or no event loop is running.
@@ -113,7 +128,7 @@ class Monitor(View):
             self._widget.show_state(self)
 
     def stop(self) -> None:
-        """Stop refreshing; the widget keeps showing the last snapshot."""
+        """Stop refreshing; the outputs (and widget) keep showing the last snapshot."""
         if self.refresher is not None:
             self.refresher.cancel()
         if self._widget is not None:
@@ -123,28 +138,61 @@ class Monitor(View):
         try:
             await refresh_every(self.refresh, self.interval)
         except Exception as error:
-            # Shown in the widget and kept here: a background task has nobody else to tell.
+            # Shown in the output and kept here: a background task has nobody else to tell.
             self.error = error
         finally:
+            self.redraw()
             if self._widget is not None:
                 self._widget.show_state(self, stopping=True)
+
+    def _displayed(self) -> None:
+        """Go live once displayed, when the session is open and a loop runs (as in a kernel)."""
+        if self.session._closed or self.live:
+            return
+        try:
+            self.start()
+        except PyergonError as error:  # no running loop: a still picture that says why
+            self.error = error
+            self.redraw()
 
     # -- renderings ---------------------------------------------------------------------------
 
     def text(self) -> str:
         """The last snapshot as short deterministic text."""
         if self.snapshot is None:
-            return "pyergon monitor: not read yet (await monitor.refresh())"
-        return self.snapshot.text()
+            text = "pyergon monitor: not read yet (await monitor.refresh())"
+        else:
+            text = self.snapshot.text()
+        return text + self._stopped_by()
+
+    def _stopped_by(self) -> str:
+        """A line naming the error that stopped the live refresh; empty if none did."""
+        if self.error is None:
+            return ""
+        return f"\n  not live: {type(self.error).__name__}: {self.error}"
 
     def html(self) -> str:
-        """The last snapshot as static, escaped HTML."""
+        """The last snapshot as static, escaped HTML (no inline SVG: it shows sanitized)."""
         if self.snapshot is None:
             return f'<div class="pyergon-monitor">{escape(self.text())}</div>'
-        return self.snapshot.html()
+        page = self.snapshot.html()
+        if self.error is not None:
+            note = f'<p style="color:{RED}">{escape(self._stopped_by().strip())}</p></div>'
+            page = page.removesuffix("</div>") + note
+        return page
+
+    def bundle(self, *, png: bool = True) -> dict[str, str]:
+        """The output: the text and the HTML (a table reads well without a picture)."""
+        return {"text/plain": self.text(), "text/html": self.html()}
+
+    def _repr_html_(self) -> str:
+        return self.html()
 
     def widget(self) -> Any:
-        """The live ipywidgets view (built once); building it starts the refresh when it can.
+        """The ipywidgets view (built once); building it starts the refresh when it can.
+
+        Its output needs the kernel: a saved notebook reopened cannot show it. The monitor
+        displayed plainly gives text and HTML that refresh too and show anywhere.
 
         Raises:
             PyergonError: ipywidgets is not installed.

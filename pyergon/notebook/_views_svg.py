@@ -172,7 +172,7 @@ class _Drawing:
         body = self._collapsed_rows() if self.collapsed else self._lanes()
         bottom = self.bottom
         key, key_height = legend(bottom + 16, self.shown)  # below the "now" under the plot
-        height = bottom + 16 + key_height
+        height = math.ceil(bottom + 16 + key_height)  # whole pixels, for PNG renderers
         label = f"pyergon timeline of {len(self.lanes)} flow(s)"
         return (
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '

@@ -1,10 +1,11 @@
-"""A timeline of flows: their records as bars over time, as SVG, as text and as a live widget.
+"""A timeline of flows: their records as bars over time, as a picture (SVG and PNG) and as text.
 
 :class:`Timeline` is a pure renderer of :class:`~pyergon.history.FlowHistory` objects; a
-session gives it a loader so its widget can re-read storage. Each flow gets a lane and each
-record a row, each attempt of a record a segment of it; past ``collapse_after`` flows each flow
-is one row. What is shown is chosen in ``_timeline_layout``, written in ``_timeline_text`` and
-drawn in ``_views_svg`` (with the marks of ``_timeline_marks``).
+session gives it a loader so it can re-read storage and redraw its outputs (and its optional
+widget) in place. Each flow gets a lane and each record a row, each attempt of a record a
+segment of it; past ``collapse_after`` flows each flow is one row. What is shown is chosen in
+``_timeline_layout``, written in ``_timeline_text`` and drawn in ``_views_svg`` (with the marks
+of ``_timeline_marks``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pyergon.notebook._timeline_layout import (
 )
 from pyergon.notebook._timeline_text import timeline_text
 from pyergon.notebook._views_common import View, ViewTasks, refresh_every
+from pyergon.notebook._views_static import picture_bundle
 from pyergon.notebook._views_svg import timeline_svg
 
 __all__ = ["Timeline", "TimelineLoader", "timeline_from_histories"]
@@ -74,9 +76,12 @@ def timeline_from_histories(
 
 
 class Timeline(View):
-    """Flows over time, rendered as SVG, as text, and in a kernel as a live widget.
+    """Flows over time: a picture (SVG, and PNG with resvg-py) with its text, or a widget.
 
-    Build one with ``await session.timeline(ids)`` or :func:`timeline_from_histories`.
+    Build one with ``await session.timeline(ids)`` or :func:`timeline_from_histories`. Shown
+    in a notebook, its output is the static picture, which shows without a kernel; a refresh
+    redraws it in place. :meth:`widget` adds a toolbar (Refresh, auto-refresh) and tooltips on
+    hover, in an output that needs the kernel.
 
     Args:
         histories: The flows to show, one lane each (children right under their parent).
@@ -84,8 +89,8 @@ class Timeline(View):
             histories hold.
         loader: Re-reads the flows for :meth:`refresh`; without it the timeline is fixed.
         keep: Also hand background tasks to this owner (the session's ``_keep``).
-        auto_refresh: Start re-reading every ``interval`` seconds as soon as the widget shows,
-            until every flow is final.
+        auto_refresh: Start re-reading every ``interval`` seconds as soon as the timeline (or
+            its widget) is displayed, until every flow is final.
         interval: Seconds between two automatic refreshes.
         max_records: Records drawn per flow: the first and the last, around a counted gap.
         collapse_after: Past this many flows (after the filters), one row per flow, failed
@@ -116,6 +121,7 @@ class Timeline(View):
     ) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval}")
+        super().__init__()
         types = [flow_type] if isinstance(flow_type, str) else list(flow_type or ())
         self.options = TimelineOptions(
             max_records=max_records,
@@ -152,6 +158,11 @@ class Timeline(View):
         """Whether the timeline re-reads its flows in the background."""
         return self._auto_task is not None and not self._auto_task.done()
 
+    @property
+    def settled(self) -> bool:
+        """Whether the timeline stays as it is: it is not refreshing automatically."""
+        return not self.auto_refreshing
+
     # -- renderings ---------------------------------------------------------------------------
 
     def text(self) -> str:
@@ -184,15 +195,26 @@ class Timeline(View):
         collapsed = limit is not None and len(kept) > limit
         return lanes(kept, collapsed), collapsed
 
+    def bundle(self, *, png: bool = True) -> dict[str, str]:
+        """The output: the text, the SVG and (with ``png`` and resvg-py) the PNG; no HTML."""
+        return picture_bundle(self.text(), self.svg(), png=png)
+
     def html(self) -> str:
-        """The SVG in a ``<div class="pyergon-timeline" data-flow-ids='[...]'>`` (JSON ids)."""
+        """The SVG in a ``<div class="pyergon-timeline" data-flow-ids='[...]'>`` (JSON ids).
+
+        The widget shows it, inline so that tooltips work; it is not part of :meth:`bundle`,
+        since an untrusted notebook would show it without its SVG.
+        """
         ids = escape(json.dumps(list(self.flow_ids)))
         return f'<div class="pyergon-timeline" data-flow-ids="{ids}">{self.svg()}</div>'
 
-    # -- the live widget ----------------------------------------------------------------------
+    # -- refreshing and the widget ------------------------------------------------------------
 
     def widget(self) -> Any:
         """The ipywidgets view (built once): the SVG, a Refresh button, an auto-refresh toggle.
+
+        Its output needs the kernel: a saved notebook reopened cannot show it. The timeline
+        displayed plainly gives the picture, which refreshes too.
 
         Raises:
             PyergonError: ipywidgets is not installed.
@@ -204,7 +226,7 @@ class Timeline(View):
         return self._widget.root
 
     async def refresh(self) -> None:
-        """Re-read the flows from storage and redraw the widget.
+        """Re-read the flows from storage and redraw every output of the timeline, and its widget.
 
         Raises:
             PyergonError: The timeline was built from histories and has no storage to read.
@@ -217,6 +239,7 @@ class Timeline(View):
         histories, now = await self._loader()
         self.histories, self.now = tuple(histories), now
         self.error = None
+        self.redraw()
         if self._widget is not None:
             self._widget.show(self)
 
@@ -235,7 +258,7 @@ class Timeline(View):
         )
         if self._auto_task is None:
             raise PyergonError("auto-refresh needs a running event loop, as a kernel has")
-        self._auto_task.add_done_callback(lambda _: self._sync_toolbar())
+        self._auto_task.add_done_callback(lambda _: self._settle())
         self._sync_toolbar()
 
     def stop(self) -> None:
@@ -245,12 +268,22 @@ class Timeline(View):
             task.cancel()
         self._sync_toolbar()
 
+    def _displayed(self) -> None:
+        """Start the auto-refresh asked for when the timeline is displayed (once)."""
+        if self._auto_refresh_wanted and self._loader is not None and not self.auto_refreshing:
+            self._toggled(True)
+
+    def _settle(self) -> None:
+        """The auto-refresh ended: redraw the outputs with every form, PNG included."""
+        self.redraw()
+        self._sync_toolbar()
+
     def _refresh_in_background(self) -> None:
         """Start one :meth:`refresh` as a task: what the Refresh button does."""
         self._tasks.start(self._guarded(self.refresh), name="pyergon-timeline-refresh")
 
     def _toggled(self, on: bool) -> None:
-        """Start or stop auto-refresh from the widget, showing there why a start failed."""
+        """Start or stop auto-refresh, keeping in ``error`` (shown in the widget) why not."""
         if not on:
             self.stop()
             return

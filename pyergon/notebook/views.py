@@ -1,9 +1,11 @@
-"""Views of flows for notebooks: a timeline and a live monitor, each rendered three ways.
+"""Views of flows for notebooks: a timeline and a live monitor.
 
-Every view renders as a live ipywidgets widget in a kernel, as static escaped HTML/SVG
-(nbviewer, exported notebooks, GitHub) and as short deterministic text (terminals, nbval).
-``await session.timeline(ids)`` and ``await session.monitor()`` build them; the pieces live in
-``views_timeline``, ``views_monitor`` and ``views_common``.
+A view's output is static, so it shows without a kernel and without trust (GitHub, exported
+HTML, a notebook reopened): short deterministic text plus a picture (SVG and PNG) or escaped
+HTML; displayed in a kernel, it refreshes in place. ``view.widget()`` gives ipywidgets controls
+for a live kernel. ``await session.timeline(ids)`` and ``await session.monitor()`` build them;
+the pieces live in ``_views_timeline``, ``_views_monitor``, ``_views_static`` and
+``_views_common``.
 """
 
 from __future__ import annotations

@@ -3,8 +3,12 @@ step's state read from a flow's records."""
 
 from __future__ import annotations
 
+import base64
+import io
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
+
+from PIL import Image
 
 from pyergon import Executor, dag, flow, flow_type, step
 from pyergon.notebook._views_graph import StepState, dependency_graph
@@ -154,9 +158,12 @@ def test_in_a_notebook_it_shows_as_svg_with_its_text() -> None:
 
     bundle = view._repr_mimebundle_()
 
-    assert set(bundle) == {"image/svg+xml", "text/plain"}
+    assert set(bundle) == {"image/svg+xml", "image/png", "text/plain"}
     assert bundle["text/plain"] == view.text()
-    assert bundle["image/svg+xml"].startswith("<svg ")
+    svg = ElementTree.fromstring(bundle["image/svg+xml"])
+    with Image.open(io.BytesIO(base64.b64decode(bundle["image/png"]))) as png:
+        assert png.size == (int(svg.attrib["width"]), int(svg.attrib["height"]))
+        assert png.convert("RGB").getpixel((1, 1)) == (255, 255, 255)  # white, as in any theme
 
 
 def test_a_class_declaring_no_dependencies_says_all_its_steps_run_at_once() -> None:

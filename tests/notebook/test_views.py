@@ -1,4 +1,7 @@
-"""Notebook views: the timeline (SVG, text, widget), the monitor, and the HTML of histories."""
+"""Notebook views: the timeline (SVG, text, widget), the monitor, and the HTML of histories.
+
+How views show in a notebook output (picture, PNG, refresh in place) is in test_views_display.
+"""
 
 from __future__ import annotations
 
@@ -267,7 +270,7 @@ def test_a_failed_record_is_red(hostile: FlowHistory) -> None:
 def test_the_html_wraps_the_svg_in_a_div_that_names_the_flows(showcase: FlowHistory) -> None:
     timeline = timeline_from_histories([showcase, showcase])
 
-    div = ET.fromstring(timeline._repr_html_())
+    div = ET.fromstring(timeline.html())
 
     assert div.tag == "div"
     assert div.attrib["class"] == "pyergon-timeline"
@@ -360,40 +363,32 @@ def test_a_long_flow_keeps_its_first_and_last_records_around_a_counted_gap(
     assert "… 3 records …" in texts_in(svg)
 
 
-# -- the three-way repr -------------------------------------------------------------------------
-
-
-def test_without_a_kernel_the_bundle_is_text_and_html_only(showcase: FlowHistory) -> None:
-    bundle = timeline_from_histories(showcase)._repr_mimebundle_()
-
-    assert set(bundle) == {"text/plain", "text/html"}
-    assert bundle["text/plain"].startswith("Timeline of 1 flow")
+# -- the widget, on request ------------------------------------------------------------------------
 
 
 @pytest.mark.usefixtures("fake_kernel")
-def test_in_a_kernel_the_bundle_adds_the_widget_view(showcase: FlowHistory) -> None:
+def test_the_widget_comes_only_when_asked_for_and_is_built_once(showcase: FlowHistory) -> None:
     timeline = timeline_from_histories(showcase)
 
-    bundle = timeline._repr_mimebundle_()
+    assert WIDGET_VIEW_MIMETYPE not in timeline._repr_mimebundle_()
+    assert timeline._widget is None
 
     widget = timeline.widget()
-    assert bundle[WIDGET_VIEW_MIMETYPE] == {
-        "version_major": 2,
-        "version_minor": 0,
-        "model_id": widget.model_id,
-    }
-    assert {"text/plain", "text/html"} <= set(bundle)
     assert "pyergon-timeline-widget" in widget._dom_classes
-    assert timeline.widget() is widget  # built once
+    assert timeline.widget() is widget
+    assert WIDGET_VIEW_MIMETYPE not in timeline._repr_mimebundle_()
 
 
 @pytest.mark.usefixtures("fake_kernel")
-def test_without_ipywidgets_a_kernel_gets_text_and_html(
+def test_without_ipywidgets_the_widget_says_what_to_install(
     showcase: FlowHistory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "ipywidgets", None)
+    timeline = timeline_from_histories(showcase)
 
-    assert WIDGET_VIEW_MIMETYPE not in timeline_from_histories(showcase)._repr_mimebundle_()
+    with pytest.raises(PyergonError, match=r'pip install "pyergon\[notebook\]"'):
+        timeline.widget()
+    assert timeline._repr_mimebundle_()["text/plain"].startswith("Timeline of 1 flow")
 
 
 async def test_a_timeline_built_from_histories_cannot_refresh(showcase: FlowHistory) -> None:
@@ -582,11 +577,10 @@ async def test_the_live_monitor_updates_its_widget_until_stopped(session: Sessio
     await session.start_workers(Child)
     monitor = await session.monitor(interval=0.01)
 
-    bundle = monitor._repr_mimebundle_()
-
     widget = monitor.widget()
-    assert bundle[WIDGET_VIEW_MIMETYPE]["model_id"] == widget.model_id
+
     assert "pyergon-monitor-widget" in widget._dom_classes
+    assert WIDGET_VIEW_MIMETYPE not in monitor._repr_mimebundle_()
     (bar, label), body, state = widget.children[0].children, *widget.children[1:]
     assert monitor.live and state.value == "live, every 0.01s"
     assert label.value == "0 of 0 flows final"
