@@ -187,6 +187,7 @@ def test_a_records_json_lists_its_earlier_attempts_with_their_errors() -> None:
         "started_at": "1970-01-01T00:00:00+00:00",
         "ended_at": "1970-01-01T00:00:01.500000+00:00",
         "last_seen_at": None,
+        "retry_at": None,
         "worker_id": "w-1",
         "error": {
             "type": "shop.ProviderDown",

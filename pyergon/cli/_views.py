@@ -205,6 +205,7 @@ def _attempt_json(attempt: Attempt) -> dict[str, Any]:
         "started_at": _iso(attempt.started_at),
         "ended_at": _iso(attempt.ended_at),
         "last_seen_at": _iso(attempt.last_seen_at),
+        "retry_at": _iso(attempt.retry_at),
         "worker_id": attempt.worker_id,
         "error": _error_json(attempt.error, traceback=True),
     }

@@ -261,6 +261,8 @@ class Attempt:
         worker_id: The worker that ran it, if known.
         last_seen_at: For an attempt that did not end, the last time it was known to run (its
             worker's last heartbeat that listed it), if known: it stopped some time after.
+        retry_at: For a failed attempt, when the next one was due (after the retry policy's
+            backoff): where the next attempt starts, since no write marks its start.
     """
 
     number: int
@@ -270,6 +272,7 @@ class Attempt:
     error: StoredError | None = None
     worker_id: str | None = None
     last_seen_at: float | None = None
+    retry_at: float | None = None
 
     @classmethod
     def failed(
@@ -279,6 +282,7 @@ class Attempt:
         ended_at: float,
         error: StoredError,
         worker_id: str | None = None,
+        retry_at: float | None = None,
     ) -> Attempt:
         """A failed attempt, with ``error`` made small enough to keep many.
 
@@ -296,7 +300,7 @@ class Attempt:
             None,
             error.retryable,
         )
-        return cls(number, started_at, ended_at, "failed", kept, worker_id)
+        return cls(number, started_at, ended_at, "failed", kept, worker_id, retry_at=retry_at)
 
     def describe(self, limit: int = 80) -> str:
         """One line for people, the same in every view.

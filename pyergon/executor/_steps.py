@@ -131,11 +131,14 @@ class StepCall:
         self.earlier_attempts = add_attempt(self.earlier_attempts, abandoned)
         return attempts
 
-    def attempt_failed(self, attempt: StepScope, number: int, error: StoredError) -> None:
-        """Keep attempt ``number``, which raised ``error`` and is retried."""
+    def attempt_failed(
+        self, attempt: StepScope, number: int, error: StoredError, delay: float
+    ) -> None:
+        """Keep attempt ``number``, which raised ``error`` and is retried after ``delay`` s."""
         context = self.context
+        now = context.clock.now()
         failed = Attempt.failed(
-            number, attempt.started_at, context.clock.now(), error, context.worker_id
+            number, attempt.started_at, now, error, context.worker_id, retry_at=now + delay
         )
         self.earlier_attempts = add_attempt(self.earlier_attempts, failed)
 
@@ -228,10 +231,10 @@ async def attempt_until_final(
             if not retry:
                 context.keep(call.record(InvocationStatus.FAILED, attempts, error=stored_error))
                 raise
-            call.attempt_failed(attempt, attempts, stored_error)
+            delay = policy.delay_after(attempts)
+            call.attempt_failed(attempt, attempts, stored_error, delay)
             context.keep(call.record(InvocationStatus.PENDING, attempts, error=stored_error))
             await context.save()  # the attempt count survives a crash during the backoff
-            delay = policy.delay_after(attempts)
             if context.on_step_retry is not None:
                 context.on_step_retry(name, error, attempts, delay)
             await context.clock.sleep(delay)

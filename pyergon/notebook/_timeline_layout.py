@@ -197,11 +197,13 @@ def attempt_segments(
     if not earlier:
         return [Segment(record.started_at, end, "current")]
     # The current attempt started when the worker running it now says, else when the last
-    # earlier one ended (a retry backoff is short), else when the record was first written if
-    # that is later (a first attempt abandoned before it wrote any), else nobody knows: the
-    # crash gap then reaches the record's end.
+    # earlier one's retry was due (or, kept before that was, when it ended), else when the
+    # record was first written if that is later (a first attempt abandoned before it wrote
+    # any), else nobody knows: the crash gap then reaches the record's end.
     last, last_start = earlier[-1]
-    current = running_since if running_since is not None else last.ended_at
+    current = running_since
+    if current is None:
+        current = last.retry_at if last.retry_at is not None else last.ended_at
     if current is None:
         current = record.started_at if record.started_at > last_start else end
     next_starts = [start for _, start in earlier[1:]] + [current]

@@ -81,7 +81,7 @@ def progress_from_text(text: str | bytes) -> StepProgress:
 
 
 _ATTEMPT_ENDS: frozenset[object] = frozenset(get_args(AttemptEnd))
-_ATTEMPT_TIMES = ("started_at", "ended_at", "last_seen_at")
+_ATTEMPT_TIMES = ("started_at", "ended_at", "last_seen_at", "retry_at")
 _ATTEMPT_KEYS = frozenset({"number", "end", "error", "worker_id", *_ATTEMPT_TIMES})
 
 
@@ -137,6 +137,7 @@ def _attempt(fields: object) -> Attempt:
         error,
         fields.get("worker_id"),
         fields.get("last_seen_at"),
+        fields.get("retry_at"),
     )
 
 

@@ -29,7 +29,7 @@ def earlier_attempts() -> tuple[Attempt, ...]:
     """One attempt of each shape: failed (with a verdict, and without), abandoned, lease lost."""
     refused = StoredError("shop.Refused", "card refused: naïve ✓", "Traceback…\n", None, False)
     return (
-        Attempt.failed(1, 1_000.0, 1_000.5, refused, "worker-a"),
+        Attempt.failed(1, 1_000.0, 1_000.5, refused, "worker-a", retry_at=1_001.0),
         Attempt.failed(2, 1_001.0, 1_001.25, StoredError("builtins.ValueError", "")),
         Attempt(3, 1_002.0, None, "abandoned", worker_id="worker-a", last_seen_at=1_002.75),
         Attempt(4, None, None, "abandoned"),

@@ -67,6 +67,8 @@ async def test_a_step_failing_twice_then_passing_keeps_both_failures_with_their_
         "failed",
     )
     assert (second.number, second.started_at, second.ended_at) == (2, 1_002.0, 1_004.0)
+    # Each failure says when the next attempt was due: where the timeline starts it.
+    assert (first.retry_at, second.retry_at) == (second.started_at, 1_004.0)
     assert first.error is not None and second.error is not None
     assert first.error.short_type == "ProviderDownError"
     assert (first.error.message, second.error.message) == (
