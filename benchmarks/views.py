@@ -3,7 +3,8 @@
 ``views_render`` (memory): at 10, 200 and ``n`` flows, the time to build a timeline of
 synthetic :class:`~pyergon.history.FlowHistory` objects (``STEPS_PER_FLOW`` completed steps
 each, the last flows failed or running) with ``timeline_from_histories`` and draw its text and
-SVG, and the time of a monitor's refresh, text and HTML over as many flows in a session's
+SVG, the time to draw that SVG as the PNG a notebook output stores (resvg-py), and the time of
+a monitor's refresh, text and HTML over as many flows in a session's
 scope. ``monitor_refresh`` (SQLite, PostgreSQL, Redis): ``n`` flows are bulk-loaded
 (``bulk.py``), then a monitor's refresh is timed over every flow in storage and over the newest
 ``SCOPED`` (a session's flows), chosen by creation time and by their ids: time per refresh,
@@ -27,6 +28,7 @@ from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.history import FlowHistory
 from pyergon.notebook import Session
+from pyergon.notebook._views_static import png_of
 from pyergon.notebook.views import timeline_from_histories
 from pyergon.storage.memory import InMemoryExecutionLog
 
@@ -138,6 +140,7 @@ async def views_render(backend: str, n: int) -> RunResult:
             "timeline_build_ms": _median_ms(functools.partial(timeline_from_histories, histories)),
             "timeline_text_ms": _median_ms(timeline.text),
             "timeline_svg_ms": _median_ms(timeline.svg),
+            "timeline_png_ms": _median_ms(functools.partial(png_of, timeline.svg())),
             **await _monitor_ms(count),
         }
         for name, value in numbers.items():
