@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from pyergon._history_html import escape
-from pyergon.core.status import TaskStatus
+from pyergon.core.status import TaskStatus, flow_statuses
 from pyergon.errors import PyergonError
 from pyergon.history import FlowHistory
 from pyergon.notebook._timeline_layout import (
@@ -24,7 +24,7 @@ from pyergon.notebook._timeline_layout import (
     Window,
     lanes,
     latest_time,
-    statuses,
+    one_or_many,
 )
 from pyergon.notebook._timeline_text import timeline_text
 from pyergon.notebook._views_common import View, ViewTasks, refresh_every
@@ -116,19 +116,17 @@ class Timeline(View):
     ) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval}")
-        types = [flow_type] if isinstance(flow_type, str) else list(flow_type or ())
         self.options = TimelineOptions(
             max_records=max_records,
             collapse_after=collapse_after,
-            status=statuses(status),
-            flow_type=frozenset(types),
+            status=flow_statuses(status),
+            flow_type=frozenset(one_or_many(flow_type)),
             window=window,
         )
-        """What the timeline shows of its histories."""
+        """What the timeline shows of its histories (``max_records`` and the other options)."""
         self.histories = tuple(histories)
         self.now = latest_time(self.histories) if now is None else now
         self.interval = interval
-        self.max_records = max_records
         self.error: BaseException | None = None
         """The error of the last refresh that failed in the background, if any."""
         self._loader = loader
