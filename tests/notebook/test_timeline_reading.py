@@ -109,7 +109,7 @@ def test_a_collapsed_rows_badge_counts_the_records_retried_not_attempts() -> Non
     (badge,) = of_class(svg, "pyergon-retry")
     assert text_of(badge) == "2 records retried"
     (legend,) = of_class(svg, "pyergon-legend")
-    assert "\u00d7n attempts" not in text_of(legend)  # the legend's ×n is a record's attempts
+    assert "\u00d7n attempts" not in text_of(legend)  # the legend's n attempts are one record's
 
 
 # -- windows of datetimes ---------------------------------------------------------------------
