@@ -110,12 +110,12 @@ class SessionViews:
             auto_refresh: Re-read the flows every ``interval`` s once shown, until all are final.
             interval: Seconds between two automatic refreshes.
             max_records: Records drawn per flow: the first and the last, around a counted gap.
-            collapse_after: Past this many flows, one row per flow, failed flows first;
-                ``None``: never collapse.
+            collapse_after: Past this many flows, one row per flow, failed flows first (the
+                first 200 drawn, the rest counted); ``None``: never collapse.
             status: Only flows in this status or these statuses (``"failed"``).
             flow_type: Only flows of this type or these types.
             window: Only this span: ``(start, end)`` in seconds from the first start, or two
-                datetimes.
+                datetimes (a naive one is UTC).
 
         Raises:
             FlowNotFoundError: One of the flows does not exist.

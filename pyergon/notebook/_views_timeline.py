@@ -54,12 +54,12 @@ def timeline_from_histories(
         now: Where unfinished records end; defaults to the latest time the histories hold,
             so the same histories always draw the same picture.
         max_records: Records drawn per flow: the first and the last, around a counted gap.
-        collapse_after: Past this many flows, one row per flow, failed flows first;
-            ``None``: never collapse.
+        collapse_after: Past this many flows, one row per flow, failed flows first (the
+            first 200 drawn, the rest counted); ``None``: never collapse.
         status: Only flows in this status or these statuses (``"failed"``).
         flow_type: Only flows of this type or these types.
         window: Only this span: ``(start, end)`` in seconds from the first start, or two
-            datetimes.
+            datetimes (a naive one is UTC).
     """
     shown = [histories] if isinstance(histories, FlowHistory) else list(histories)
     return Timeline(
@@ -89,11 +89,11 @@ class Timeline(View):
         interval: Seconds between two automatic refreshes.
         max_records: Records drawn per flow: the first and the last, around a counted gap.
         collapse_after: Past this many flows (after the filters), one row per flow, failed
-            flows first; ``None``: never collapse.
+            flows first (the first 200 drawn, the rest counted); ``None``: never collapse.
         status: Only flows in this status or these statuses (``"failed"``).
         flow_type: Only flows of this type or these types.
         window: Only this span: ``(start, end)`` in seconds from the first start, or two
-            datetimes.
+            datetimes (a naive one is UTC).
 
     Raises:
         ValueError: An option is out of range, or ``status`` names no flow status.
