@@ -456,7 +456,7 @@ class _Drawing:
             y += row
         if self.left_out:
             drawn.append(
-                f'<text class="pyergon-left-out" x="4" y="{y + 13}" fill="{MUTED}">'
+                f'<text class="pyergon-left-out" x="4" y="{y + 13}" font-size="11" fill="{MUTED}">'
                 f"{escape(left_out_note(self.left_out))}</text>"
             )
             y += _FLOW_ROW
