@@ -34,6 +34,7 @@ __all__ = [
     "line_count",
     "output_html",
     "output_lines",
+    "plain_text",
     "progress_bar_html",
     "seconds",
     "step_progress_html",
@@ -109,6 +110,15 @@ def output_lines(text: str | None) -> list[str]:
         _CONTROLS.sub("", _TERMINAL_CODES.sub("", line.rstrip("\r").rpartition("\r")[2]))
         for line in lines
     ]
+
+
+def plain_text(text: str) -> str:
+    """``text`` for a ``text/plain`` view, so an error message cannot restyle a terminal.
+
+    Terminal escape sequences and control characters other than new lines and tabs are
+    dropped.
+    """
+    return _CONTROLS.sub("", _TERMINAL_CODES.sub("", text))
 
 
 def line_count(text: str | None) -> int:

@@ -26,7 +26,7 @@ from pyergon.core.records import (
     format_position,
 )
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
-from pyergon.core.workers import StepActivity, running_steps, unserved_types
+from pyergon.core.workers import StepActivity, WorkerRecord, running_steps, unserved_types
 from pyergon.errors import FlowNotFoundError, PyergonError, StepNotFoundError
 from pyergon.executor.executor import validate_flow_id
 from pyergon.storage.base import WorkerRegistry
@@ -240,8 +240,17 @@ class FlowHistory:
         return {"text/plain": repr(self), "text/html": self._repr_html_()}
 
 
-async def load_history(storage: ExecutionLog, flow_id: str) -> FlowHistory:
+async def load_history(
+    storage: ExecutionLog, flow_id: str, *, workers: Sequence[WorkerRecord] | None = None
+) -> FlowHistory:
     """Read one flow with its records, signals and children.
+
+    Args:
+        storage: Where the flow is.
+        flow_id: The flow.
+        workers: The workers' records to find its running steps and unserved types in;
+            ``None``: those storage keeps (as of each worker's last heartbeat). A notebook
+            session passes its own workers' fresher ones (``session.worker_records()``).
 
     Raises:
         InvalidFlowIdError: ``flow_id`` is not a usable flow id.
@@ -255,13 +264,14 @@ async def load_history(storage: ExecutionLog, flow_id: str) -> FlowHistory:
     children = [child async for child in iter_flows(storage, parent_flow_id=flow_id)]
     unserved: tuple[str, ...] = ()
     running: tuple[StepActivity, ...] = ()
-    if isinstance(storage, WorkerRegistry):
-        waiting = [each.flow_type for each in (flow, *children) if not each.status.is_final]
-        if waiting:
-            workers, now = await storage.list_workers(), time.time()
-            unserved = unserved_types(waiting, workers, now)
-            if not flow.status.is_final:
-                running = running_steps(workers, now).get(flow_id, ())
+    waiting = [each.flow_type for each in (flow, *children) if not each.status.is_final]
+    if workers is None and waiting and isinstance(storage, WorkerRegistry):
+        workers = await storage.list_workers()
+    if waiting and workers is not None:
+        now = time.time()
+        unserved = unserved_types(waiting, workers, now)
+        if not flow.status.is_final:
+            running = running_steps(workers, now).get(flow_id, ())
     return FlowHistory(flow, tuple(invocations), tuple(signals), tuple(children), unserved, running)
 
 

@@ -10,9 +10,10 @@ import argparse
 import re
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
-from pyergon.core.status import TaskStatus
+from pyergon.core.records import epoch_seconds
+from pyergon.core.status import TaskStatus, flow_status
 
 __all__ = [
     "add_concurrency",
@@ -38,10 +39,9 @@ def parse_status(text: str) -> TaskStatus:
         argparse.ArgumentTypeError: Not a status; the message lists the valid ones.
     """
     try:
-        return TaskStatus(text.strip().upper())
-    except ValueError:
-        valid = ", ".join(status.value for status in TaskStatus)
-        raise argparse.ArgumentTypeError(f"unknown status {text!r}; valid: {valid}") from None
+        return flow_status(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_since(text: str, *, now: float | None = None) -> float:
@@ -73,9 +73,7 @@ def parse_since(text: str, *, now: float | None = None) -> float:
             f"{text!r} is neither a duration (30s, 15m, 1h, 2d, 1w) nor an ISO-8601 time "
             "(2024-05-01 or 2024-05-01T12:00:00+02:00)"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    return epoch_seconds(moment)
 
 
 def non_negative_int(text: str) -> int:

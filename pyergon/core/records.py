@@ -33,6 +33,7 @@ __all__ = [
     "StepProgress",
     "StoredError",
     "add_attempt",
+    "epoch_seconds",
     "format_position",
     "storable_text",
     "text_problem",
@@ -46,6 +47,17 @@ _R = TypeVar("_R", "Invocation", "ScheduledFlow")
 def to_datetime(timestamp: float | None) -> datetime | None:
     """Convert epoch seconds to an aware UTC datetime (``None`` stays ``None``)."""
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+def epoch_seconds(moment: datetime) -> float:
+    """Convert a datetime to epoch seconds; a naive one is read as UTC, as storage keeps time.
+
+    Every view and command that takes a datetime reads it here, so one naive datetime means
+    the same moment in the timeline's window, the monitor's ``since`` and ``--since``.
+    """
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

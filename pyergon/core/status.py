@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
-__all__ = ["InvocationStatus", "OperationKind", "TaskStatus"]
+__all__ = ["InvocationStatus", "OperationKind", "TaskStatus", "flow_status", "flow_statuses"]
 
 
 class _Status(StrEnum):
@@ -65,3 +66,31 @@ for _flow_status in TaskStatus:
     }
 for _record_status in InvocationStatus:
     _record_status.is_final = _record_status in {InvocationStatus.COMPLETE, InvocationStatus.FAILED}
+
+
+def flow_status(name: TaskStatus | str) -> TaskStatus:
+    """The flow status ``name`` names, in any letter case (``"failed"``, ``" FAILED"``).
+
+    Raises:
+        ValueError: ``name`` is not a flow status; the message lists them.
+    """
+    try:
+        return TaskStatus(name.strip().upper())
+    except ValueError:
+        valid = ", ".join(status.value for status in TaskStatus)
+        raise ValueError(f"unknown status {name!r}; valid: {valid}") from None
+
+
+def flow_statuses(
+    names: TaskStatus | str | Iterable[TaskStatus | str] | None,
+) -> frozenset[TaskStatus]:
+    """The flow statuses a ``status=`` option names: one, several, or none (``None``: empty).
+
+    Raises:
+        ValueError: A name is not a flow status; the message lists them.
+    """
+    if names is None:
+        return frozenset()
+    if isinstance(names, str):  # a TaskStatus is a str too
+        return frozenset((flow_status(names),))
+    return frozenset(flow_status(name) for name in names)

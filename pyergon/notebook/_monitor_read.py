@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from pyergon._history_html import last_lines, lease_loss_note
 from pyergon.core.query import FlowQuery
-from pyergon.core.records import ScheduledFlow
+from pyergon.core.records import ScheduledFlow, epoch_seconds
 from pyergon.core.status import TaskStatus
 from pyergon.core.workers import StepActivity, WorkerRecord, running_steps, unserved_types
 from pyergon.executor._live import live_output
@@ -129,7 +129,7 @@ def monitor_scope(
     if isinstance(since, timedelta):
         created_after = now - since.total_seconds()
     elif isinstance(since, datetime):
-        created_after = since.timestamp()
+        created_after = epoch_seconds(since)
     else:
         created_after = float(since)
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(created_after))

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pyergon._code import stale_records, step_fingerprints
 from pyergon.clock import Clock
-from pyergon.core.status import TaskStatus
+from pyergon.core.records import ScheduledFlow
+from pyergon.core.status import TaskStatus, flow_statuses
 from pyergon.core.workers import WorkerRecord, running_steps
 from pyergon.errors import StepNotFoundError
 from pyergon.executor._live import live_output
@@ -23,7 +24,7 @@ from pyergon.history import FlowHistory, flows_frame, invocations_frame, iter_fl
 from pyergon.management import FlowManager
 from pyergon.notebook._monitor_read import monitor_scope
 from pyergon.notebook._stale_notes import count_stale_steps
-from pyergon.notebook._timeline_layout import Window, statuses
+from pyergon.notebook._timeline_layout import Window, one_or_many
 from pyergon.notebook._views_graph import DependencyGraph, dependency_graph
 from pyergon.notebook._views_monitor import Monitor
 from pyergon.notebook._views_timeline import Timeline
@@ -60,8 +61,12 @@ class SessionViews:
     # -- reading ------------------------------------------------------------------------------
 
     async def history(self, flow_id: str) -> FlowHistory:
-        """One flow with its records, signals and children."""
-        return await load_history(self.storage, flow_id)
+        """One flow with its records, signals and children, and the steps it runs now.
+
+        The session's own workers are asked what they run (see :meth:`worker_records`), so a
+        step that just started or reported progress shows at once.
+        """
+        return await load_history(self.storage, flow_id, workers=await self.worker_records())
 
     async def flows(
         self,
@@ -71,13 +76,7 @@ class SessionViews:
         limit: int | None = 1000,
     ) -> pd.DataFrame:
         """Flows newest first as a DataFrame (columns: :data:`pyergon.history.FLOW_COLUMNS`)."""
-        statuses: TaskStatus | list[TaskStatus] | None
-        if isinstance(status, str):
-            statuses = TaskStatus(status.upper())
-        elif status is None or isinstance(status, TaskStatus):
-            statuses = status
-        else:
-            statuses = [TaskStatus(value) for value in status]
+        statuses = flow_statuses(status) or None
         rows = [
             flow
             async for flow in iter_flows(
@@ -111,25 +110,28 @@ class SessionViews:
             auto_refresh: Re-read the flows every ``interval`` s once shown, until all are final.
             interval: Seconds between two automatic refreshes.
             max_records: Records drawn per flow: the first and the last, around a counted gap.
-            collapse_after: Past this many flows, one row per flow, failed flows first;
-                ``None``: never collapse.
+            collapse_after: Past this many flows, one row per flow, failed flows first (the
+                first 200 drawn, the rest counted); ``None``: never collapse.
             status: Only flows in this status or these statuses (``"failed"``).
             flow_type: Only flows of this type or these types.
             window: Only this span: ``(start, end)`` in seconds from the first start, or two
-                datetimes.
+                datetimes (a naive one is UTC).
 
         Raises:
             FlowNotFoundError: One of the flows does not exist.
             ValueError: An option is out of range, or ``status`` names no flow status.
         """
-        ids = [flow_ids] if isinstance(flow_ids, str) else list(flow_ids)
-        types = [flow_type] if isinstance(flow_type, str) else list(flow_type or ())
+        ids = one_or_many(flow_ids)
+        types = one_or_many(flow_type)
         if not ids:
-            ids = await self._newest_flows(newest, statuses(status), types)
+            ids = await self._newest_flows(newest, flow_statuses(status), types)
 
         async def load() -> tuple[list[FlowHistory], float]:
             classes = self.manager.classes
-            histories = [await load_history(self.storage, flow_id) for flow_id in ids]
+            workers = await self.worker_records()  # this session's own running steps at once
+            histories = [
+                await load_history(self.storage, flow_id, workers=workers) for flow_id in ids
+            ]
             return [history.with_stale(classes) for history in histories], self.clock.now()
 
         histories, now = await load()
@@ -150,20 +152,16 @@ class SessionViews:
     async def _newest_flows(
         self, count: int, status: frozenset[TaskStatus], types: list[str]
     ) -> list[str]:
-        """The ids of the ``count`` newest flows in ``status`` of ``types``, oldest first."""
-        found = []
-        listed = iter_flows(
-            self.storage,
-            status=status or None,
-            flow_type=types[0] if len(types) == 1 else None,
-            limit=count if len(types) <= 1 else None,
-        )
-        async for flow in listed:
-            if not types or flow.flow_type in types:
-                found.append(flow.flow_id)
-                if len(found) == count:
-                    break
-        return found[::-1]
+        """The ids of the ``count`` newest flows in ``status`` of ``types``, oldest first.
+
+        One listing of at most ``count`` flows per type, merged: never a walk through storage.
+        """
+        found: list[ScheduledFlow] = []
+        for each in dict.fromkeys(types) if types else [None]:
+            listed = iter_flows(self.storage, status=status or None, flow_type=each, limit=count)
+            found.extend([flow async for flow in listed])
+        found.sort(key=lambda flow: (flow.created_at, flow.flow_id))  # as storage lists them
+        return [flow.flow_id for flow in found[-count:]] if count else []
 
     def monitor(
         self,

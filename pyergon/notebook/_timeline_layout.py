@@ -11,29 +11,32 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
-from pyergon.core.records import Attempt, Invocation
+from pyergon.core.records import Attempt, Invocation, epoch_seconds
 from pyergon.core.status import OperationKind, TaskStatus
 from pyergon.executor._runner import FLOW_RETRY_SEQUENCE
 from pyergon.history import FlowHistory
 
 __all__ = [
+    "COLLAPSED_ROWS",
     "Lane",
     "Segment",
     "TimelineOptions",
     "Window",
     "attempt_segments",
     "bar_end",
+    "collapsed_cap",
     "flow_span",
     "is_flow_retry",
     "lanes",
     "latest_time",
+    "left_out_note",
+    "one_or_many",
     "ordered_records",
     "record_name",
     "shown_records",
-    "statuses",
     "unfinished",
     "window_bounds",
 ]
@@ -41,26 +44,17 @@ __all__ = [
 Window = tuple[float | datetime, float | datetime]
 """A time window: seconds from the first start, or datetimes (aware, or naive UTC)."""
 
+COLLAPSED_ROWS = 200
+"""The most flows a collapsed timeline draws, failed families first; a note counts the rest."""
+
 _UNFAILED = (TaskStatus.COMPLETE, TaskStatus.CANCELLED)
 
 
-def statuses(status: TaskStatus | str | Iterable[TaskStatus | str] | None) -> frozenset[TaskStatus]:
-    """The flow statuses a ``status=`` option names (``"failed"``, ``TaskStatus.FAILED``, ...).
-
-    Raises:
-        ValueError: A name is not a flow status; the message lists them.
-    """
-    if status is None:
-        return frozenset()
-    names = [status] if isinstance(status, TaskStatus | str) else list(status)
-    found = set()
-    for name in names:
-        try:
-            found.add(TaskStatus(name.upper() if isinstance(name, str) else name))
-        except ValueError:
-            known = ", ".join(each.value.lower() for each in TaskStatus)
-            raise ValueError(f"status={name!r} is not a flow status; use one of {known}") from None
-    return frozenset(found)
+def one_or_many(names: str | Iterable[str] | None) -> list[str]:
+    """An option that takes one name or several (flow ids, flow types) as a list."""
+    if names is None:
+        return []
+    return [names] if isinstance(names, str) else list(names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +82,13 @@ class TimelineOptions:
             raise ValueError(f"collapse_after must be >= 0 or None, got {self.collapse_after}")
         if self.window is not None:
             start, end = self.window
-            if type(start) is not type(end) and datetime in (type(start), type(end)):
+            if isinstance(start, datetime) is not isinstance(end, datetime):
                 raise ValueError(
                     "window=(start, end) takes two datetimes or two numbers of seconds "
                     f"from the first start, got {self.window!r}"
                 )
-            if end <= start:  # type: ignore[operator]  # same kind, checked above
+            # Compared as epoch seconds, so a naive datetime (UTC) and an aware one compare.
+            if _epoch(end, 0.0) <= _epoch(start, 0.0):
                 raise ValueError(f"window=(start, end) needs start < end, got {self.window!r}")
 
     def keeps(self, history: FlowHistory) -> bool:
@@ -251,11 +246,7 @@ def window_bounds(window: Window, origin: float) -> tuple[float, float]:
 
 
 def _epoch(bound: float | datetime, origin: float) -> float:
-    if not isinstance(bound, datetime):
-        return origin + bound
-    if bound.tzinfo is None:
-        bound = bound.replace(tzinfo=UTC)
-    return bound.timestamp()
+    return epoch_seconds(bound) if isinstance(bound, datetime) else origin + bound
 
 
 def flow_span(history: FlowHistory, now: float) -> tuple[float, float]:
@@ -333,3 +324,18 @@ def lanes(histories: Sequence[FlowHistory], collapsed: bool) -> list[Lane]:
     if collapsed:
         families.sort(key=lambda family: not any(_failed(lane.history) for lane in family))
     return [lane for family in families for lane in family]
+
+
+def collapsed_cap(lanes: Sequence[Lane]) -> tuple[Sequence[Lane], int]:
+    """The first :data:`COLLAPSED_ROWS` collapsed lanes, and how many are left out.
+
+    Past a few hundred rows a picture only grows (2,000 flows took 18,000 px): the failed
+    flows come first, and filters narrow down the rest.
+    """
+    return lanes[:COLLAPSED_ROWS], max(len(lanes) - COLLAPSED_ROWS, 0)
+
+
+def left_out_note(hidden: int) -> str:
+    """What a collapsed timeline says of the flows it left out."""
+    flows = "flow" if hidden == 1 else "flows"
+    return f"… {hidden} more {flows}; filter by status, flow_type or window to see them"

@@ -211,11 +211,15 @@ def legend(top: float, shown: Collection[str]) -> tuple[str, float]:
 
 
 def flow_badges(history: FlowHistory) -> list[tuple[str, str, str]]:
-    """A collapsed flow's badges: how many records were retried, how often its lease was lost."""
+    """A collapsed flow's badges: how many records were retried, how often its lease was lost.
+
+    The count of records has no multiplication sign: in the legend it counts attempts.
+    """
     badges = []
     retried = sum(1 for record in history.records_now if record.attempts > 1)
     if retried:
-        badges.append((f"{ATTEMPTS_SIGN}{retried} retried", "red", "pyergon-retry"))
+        records = "record" if retried == 1 else "records"
+        badges.append((f"{retried} {records} retried", "red", "pyergon-retry"))
     if history.flow.lease_losses:
         lost = f"lease lost {ATTEMPTS_SIGN}{history.flow.lease_losses}"
         badges.append((lost, "red", "pyergon-lease-lost"))

@@ -9,14 +9,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from pyergon._history_html import last_lines, lease_loss_note, seconds
+from pyergon._history_html import last_lines, lease_loss_note, plain_text, seconds
 from pyergon.core.records import Attempt, Invocation
 from pyergon.core.status import InvocationStatus
 from pyergon.history import FlowHistory
 from pyergon.notebook._timeline_layout import (
     Lane,
     TimelineOptions,
+    collapsed_cap,
     is_flow_retry,
+    left_out_note,
     ordered_records,
     record_name,
     shown_records,
@@ -42,6 +44,9 @@ LABEL_CHARS = 36
 """Widest record name shown; longer ones end in an ellipsis."""
 _TOOLTIP_LINES = 10
 """Lines of a step's output its tooltip shows, the last ones."""
+_TOOLTIP_CHARS = 400
+"""The most characters of an error message, or of a line of output, a tooltip shows: every
+record of the SVG carries its tooltip, so a long message must not be carried whole."""
 
 
 def timeline_text(
@@ -53,7 +58,8 @@ def timeline_text(
         lanes: The flows shown, in drawing order.
         total: How many flows were given before the filters.
         options: The timeline's options.
-        collapsed: One line per flow instead of one per record.
+        collapsed: One line per flow instead of one per record, for the first
+            ``COLLAPSED_ROWS`` flows; a last line counts the rest.
     """
     count = len(lanes)
     title = f"Timeline of {count} flow{'' if count == 1 else 's'}"
@@ -63,6 +69,7 @@ def timeline_text(
     if collapsed:
         facts = ", ".join(filter(None, [facts, "collapsed: one line per flow, failed first"]))
     lines = [f"{title} ({facts})" if facts else title]
+    lanes, left_out = collapsed_cap(lanes) if collapsed else (lanes, 0)
     for lane in lanes:
         indent = "  " * lane.depth
         if collapsed:
@@ -71,7 +78,9 @@ def timeline_text(
             lines.append(f"{indent}{summary}{f', {failure}' if failure else ''}")
         else:
             lines.extend(indent + line for line in _text_lane(lane.history, options.max_records))
-    return "\n".join(lines)
+    if left_out:
+        lines.append(left_out_note(left_out))
+    return plain_text("\n".join(lines))  # error messages and progress may hold escapes
 
 
 def clip(text: str, width: int) -> str:
@@ -201,14 +210,14 @@ def record_tooltip(record: Invocation, running: bool) -> str:
     if record.child_flow_id is not None:
         facts.append(f"child {record.child_flow_id}")
     if record.error is not None:
-        facts.append(f"{record.error.short_type}: {record.error.message}")
+        facts.append(f"{record.error.short_type}: {clip(record.error.message, _TOOLTIP_CHARS)}")
     if record.progress is not None:
         facts.append(record.progress.describe())
     details = ", ".join(facts)
     for attempt in record.earlier_attempts:
-        details += f"\n{attempt_note(attempt, width=400)}"
+        details += f"\n{attempt_note(attempt, width=_TOOLTIP_CHARS)}"
     shown, earlier = last_lines(record.output, _TOOLTIP_LINES)
     if shown:
         before = f" (… {earlier} earlier)" if earlier else ""
-        details += f"\nprinted{before}:\n" + "\n".join(shown)
+        details += f"\nprinted{before}:\n" + "\n".join(clip(line, _TOOLTIP_CHARS) for line in shown)
     return details

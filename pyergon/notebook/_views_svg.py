@@ -34,8 +34,10 @@ from pyergon.notebook._timeline_layout import (
     Segment,
     TimelineOptions,
     attempt_segments,
+    collapsed_cap,
     flow_span,
     is_flow_retry,
+    left_out_note,
     ordered_records,
     record_name,
     shown_records,
@@ -101,24 +103,62 @@ _MAX_HATCHES = 60
 def timeline_svg(
     lanes: Sequence[Lane], now: float, options: TimelineOptions, collapsed: bool
 ) -> str:
-    """The lanes as one SVG element; unfinished records end at ``now`` (epoch seconds)."""
+    """The lanes as one SVG element; unfinished records end at ``now`` (epoch seconds).
+
+    Collapsed, the first ``COLLAPSED_ROWS`` flows are drawn and a note counts the rest.
+    """
     return _Drawing(lanes, now, options, collapsed).svg()
 
 
+_MINUTE, _HOUR, _DAY = 60, 3600, 86400
+_CLOCK_STEPS = (
+    *(1, 2, 5, 10, 15, 30),
+    *(_MINUTE * n for n in (1, 2, 5, 10, 15, 30)),
+    *(_HOUR * n for n in (1, 2, 3, 6, 12)),
+)
+"""Tick steps of a second or more, in seconds: round numbers of the unit they are read in."""
+_UNITS = ((_DAY, "d"), (_HOUR, "h"), (_MINUTE, "m"), (1, "s"))
+
+
 def _nice_step(span: float) -> float:
-    """A tick step of 1, 2 or 5 times a power of ten giving about six ticks over ``span``."""
+    """A tick step giving at most about six ticks over ``span`` seconds, round in its unit.
+
+    Under a second: 1, 2 or 5 times a power of ten; then 1, 2, 5, 10, 15, 30 seconds or
+    minutes; 1, 2, 3, 6, 12 hours; then days (1, 2 or 5 times a power of ten).
+    """
     raw = span / 6
-    power = 10.0 ** math.floor(math.log10(raw))
-    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    if raw <= 1:
+        power = 10.0 ** math.floor(math.log10(raw))
+        return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    step = next((step for step in _CLOCK_STEPS if step >= raw), None)
+    if step is not None:
+        return step
+    days = raw / _DAY
+    power = 10.0 ** math.floor(math.log10(days))
+    return _DAY * next(m * power for m in (1, 2, 5, 10) if m * power >= days)
 
 
 def _tick_label(offset: float, step: float) -> str:
-    if step >= 3600:
-        return f"{offset / 3600:g}h"
-    if step >= 60:
-        return f"{offset / 60:g}m"
-    decimals = max(0, -math.floor(math.log10(step)))
-    return f"{offset:.{decimals}f}s"
+    """``offset`` seconds in the units of ``step``: ``0``, ``0.25s``, ``45s``, ``1m30s``, ``1d6h``.
+
+    An offset is a whole number of steps, so it has no part smaller than the step's unit.
+    """
+    if abs(offset) < step / 2:
+        return "0"
+    if step < 1:
+        decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+        return f"{offset:.{decimals}f}s"
+    smallest = next(size for size, _ in _UNITS if step >= size)
+    sign = "-" if offset < 0 else ""
+    left = round(abs(offset) / smallest) * smallest
+    parts = []
+    for size, unit in _UNITS:
+        if size < smallest:
+            break
+        amount, left = divmod(left, size)
+        if amount:
+            parts.append(f"{amount:g}{unit}")
+    return sign + "".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,11 +193,12 @@ class _Drawing:
     def __init__(
         self, lanes: Sequence[Lane], now: float, options: TimelineOptions, collapsed: bool
     ) -> None:
-        self.lanes = lanes
+        self.total = len(lanes)
+        self.lanes, self.left_out = collapsed_cap(lanes) if collapsed else (lanes, 0)
         self.now = now
         self.options = options
         self.collapsed = collapsed
-        self.spans = [flow_span(lane.history, now) for lane in lanes]
+        self.spans = [flow_span(lane.history, now) for lane in self.lanes]
         """Each flow's first start and last end, in lane order."""
         self.scale = _scale(self.spans, now, options)
         self.bottom = float(_AXIS_HEIGHT)
@@ -173,7 +214,7 @@ class _Drawing:
         bottom = self.bottom
         key, key_height = legend(bottom + 16, self.shown)  # below the "now" under the plot
         height = math.ceil(bottom + 16 + key_height)  # whole pixels, for PNG renderers
-        label = f"pyergon timeline of {len(self.lanes)} flow(s)"
+        label = f"pyergon timeline of {self.total} flow(s)"
         return (
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
             f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(label)}" '
@@ -202,7 +243,7 @@ class _Drawing:
             )
         return (
             f'<g class="pyergon-axis"><text x="4" y="{_AXIS_HEIGHT - 10}" fill="{MUTED}">'
-            f"seconds from the first start</text>{''.join(parts)}</g>"
+            f"time from the first start</text>{''.join(parts)}</g>"
         )
 
     def _now_line(self, bottom: float) -> str:
@@ -413,6 +454,12 @@ class _Drawing:
             self.lane_tops.setdefault(lane.history.flow.flow_id, y)
             drawn.append(self._collapsed_row(lane, span, y, row))
             y += row
+        if self.left_out:
+            drawn.append(
+                f'<text class="pyergon-left-out" x="4" y="{y + 13}" font-size="11" fill="{MUTED}">'
+                f"{escape(left_out_note(self.left_out))}</text>"
+            )
+            y += _FLOW_ROW
         self.bottom = y
         return f'<g class="pyergon-collapsed" font-size="{min(11, row - 1)}">{"".join(drawn)}</g>'
 
@@ -439,10 +486,7 @@ class _Drawing:
             )
             parts.extend(self._failure_marks(history, y, bar))
             if row >= 12:  # thinner rows have no room for badges; the tooltip says it all
-                badges = flow_badges(history)
-                drawn, label_end = pills(badges, left, right, baseline)
-                if any(css == "pyergon-retry" for _, _, css in badges):
-                    self.shown.add("attempts")
+                drawn, label_end = pills(flow_badges(history), left, right, baseline)
                 parts.extend(drawn)
         # The status after the id; both give way to badges that had to go left of the plot.
         char = 0.6 * min(11, row - 1)

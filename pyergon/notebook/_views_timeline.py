@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from pyergon._history_html import escape
-from pyergon.core.status import TaskStatus
+from pyergon.core.status import TaskStatus, flow_statuses
 from pyergon.errors import PyergonError
 from pyergon.history import FlowHistory
 from pyergon.notebook._timeline_layout import (
@@ -25,7 +25,7 @@ from pyergon.notebook._timeline_layout import (
     Window,
     lanes,
     latest_time,
-    statuses,
+    one_or_many,
 )
 from pyergon.notebook._timeline_text import timeline_text
 from pyergon.notebook._views_common import View, ViewTasks, refresh_every
@@ -56,12 +56,12 @@ def timeline_from_histories(
         now: Where unfinished records end; defaults to the latest time the histories hold,
             so the same histories always draw the same picture.
         max_records: Records drawn per flow: the first and the last, around a counted gap.
-        collapse_after: Past this many flows, one row per flow, failed flows first;
-            ``None``: never collapse.
+        collapse_after: Past this many flows, one row per flow, failed flows first (the
+            first 200 drawn, the rest counted); ``None``: never collapse.
         status: Only flows in this status or these statuses (``"failed"``).
         flow_type: Only flows of this type or these types.
         window: Only this span: ``(start, end)`` in seconds from the first start, or two
-            datetimes.
+            datetimes (a naive one is UTC).
     """
     shown = [histories] if isinstance(histories, FlowHistory) else list(histories)
     return Timeline(
@@ -94,11 +94,11 @@ class Timeline(View):
         interval: Seconds between two automatic refreshes.
         max_records: Records drawn per flow: the first and the last, around a counted gap.
         collapse_after: Past this many flows (after the filters), one row per flow, failed
-            flows first; ``None``: never collapse.
+            flows first (the first 200 drawn, the rest counted); ``None``: never collapse.
         status: Only flows in this status or these statuses (``"failed"``).
         flow_type: Only flows of this type or these types.
         window: Only this span: ``(start, end)`` in seconds from the first start, or two
-            datetimes.
+            datetimes (a naive one is UTC).
 
     Raises:
         ValueError: An option is out of range, or ``status`` names no flow status.
@@ -122,19 +122,17 @@ class Timeline(View):
         if interval <= 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval}")
         super().__init__()
-        types = [flow_type] if isinstance(flow_type, str) else list(flow_type or ())
         self.options = TimelineOptions(
             max_records=max_records,
             collapse_after=collapse_after,
-            status=statuses(status),
-            flow_type=frozenset(types),
+            status=flow_statuses(status),
+            flow_type=frozenset(one_or_many(flow_type)),
             window=window,
         )
-        """What the timeline shows of its histories."""
+        """What the timeline shows of its histories (``max_records`` and the other options)."""
         self.histories = tuple(histories)
         self.now = latest_time(self.histories) if now is None else now
         self.interval = interval
-        self.max_records = max_records
         self.error: BaseException | None = None
         """The error of the last refresh that failed in the background, if any."""
         self._loader = loader

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import re
 import sys
 import time
 import types
@@ -31,6 +32,7 @@ from pyergon.core.workers import StepActivity, WorkerRecord
 from pyergon.history import FlowHistory, load_history
 from pyergon.notebook import Session
 from pyergon.notebook._views_progress import DisplayedBars, progress_bars
+from pyergon.notebook._views_static import png_of
 from pyergon.notebook.views import timeline_from_histories
 from pyergon.storage.memory import InMemoryExecutionLog
 from pyergon.testing import make_worker
@@ -155,6 +157,10 @@ def picture(bundle: dict[str, str]) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(bundle[PNG]))).convert("RGB")
 
 
+def dark_pixels(found: list[tuple[int, Any]]) -> int:
+    return sum(count for count, colour in found if sum(colour) < 240)
+
+
 def colours(image: Image.Image) -> set[tuple[int, ...]]:
     return {colour for _, colour in image.getcolors(maxcolors=1 << 20) or []}
 
@@ -176,8 +182,12 @@ def test_a_timeline_output_is_text_svg_and_png_with_no_html_or_widget(
         assert png.getpixel((png.width - 1, png.height - 1)) == (255, 255, 255)
         found = png.getcolors(maxcolors=1 << 20) or []
     assert GREEN in {colour for _, colour in found}  # the completed step
-    # The text is drawn (resvg found fonts): without it, a few hundred pixels are dark.
-    assert sum(count for count, colour in found if sum(colour) < 240) > 1000
+    # The text is drawn (resvg found fonts): the same picture without its texts is far lighter.
+    textless = png_of(re.sub(r"<text\b.*?</text>", "", bundle[SVG], flags=re.DOTALL))
+    assert textless is not None
+    with Image.open(io.BytesIO(textless)).convert("RGB") as bare:
+        bare_found = bare.getcolors(maxcolors=1 << 20) or []
+    assert dark_pixels(found) > 2 * dark_pixels(bare_found) + 300
 
 
 def test_without_resvg_a_picture_has_text_and_svg_only(
