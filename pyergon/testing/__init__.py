@@ -35,6 +35,7 @@ pytest.register_assert_rewrite(
     "pyergon.testing._contract_reads",
     "pyergon.testing._contract_records",
     "pyergon.testing._contract_runs",
+    "pyergon.testing._contract_text",
     "pyergon.testing._contract_workers",
 )
 
