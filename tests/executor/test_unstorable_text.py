@@ -2,7 +2,8 @@
 
 A NUL (PostgreSQL refuses it) or a lone surrogate (not text; SQLite and Redis cannot encode it)
 in an error message, a traceback or a step's output is kept with U+FFFD in its place: the write
-does not fail and the flow ends as it would with any other text.
+does not fail and the flow ends as it would with any other text. A name that is an identity
+(a signal's, a timer's, a worker's) is refused with the reason instead, as a flow id is.
 """
 
 from __future__ import annotations
@@ -11,9 +12,21 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pyergon import RetryPolicy, Scheduler, Worker, flow, flow_type, step
+from pyergon import (
+    Executor,
+    RetryPolicy,
+    Scheduler,
+    Worker,
+    await_external_signal,
+    flow,
+    flow_type,
+    schedule_timer_named,
+    send_signal,
+    step,
+)
 from pyergon.core import InvocationStatus, TaskStatus
 from pyergon.storage.base import ExecutionLog
+from pyergon.storage.memory import InMemoryExecutionLog
 from tests.waiting import flow_reaches
 
 NUL = "bad\x00row"
@@ -90,3 +103,50 @@ async def test_a_step_passing_after_unstorable_failures_completes(
         3,
         2,
     )
+
+
+@dataclass
+@flow_type
+class Waits:
+    on: str
+    name: str
+
+    @flow
+    async def run(self) -> str:
+        if self.on == "signal":
+            return str(await await_external_signal(self.name))
+        await schedule_timer_named(0, self.name)
+        return "woke"
+
+
+@pytest.mark.parametrize("on", ["signal", "timer"])
+@pytest.mark.parametrize("name", [NUL, SURROGATE], ids=["nul", "surrogate"])
+async def test_a_flow_waiting_under_an_unstorable_name_fails_saying_why(
+    storage: ExecutionLog, on: str, name: str
+) -> None:
+    outcome = await Executor(Waits(on, name), storage, "waits-1").run(lambda f: f.run())
+
+    assert isinstance(outcome.error, ValueError)
+    assert f"{on} name {name!r} holds" in str(outcome.error)
+    failed = await storage.get_flow("waits-1")
+    assert failed is not None and failed.status is TaskStatus.FAILED
+    assert failed.error is not None and "use valid Unicode text" in failed.error.message
+    assert await storage.load_invocations("waits-1") == []
+
+
+@pytest.mark.parametrize("name", [NUL, SURROGATE], ids=["nul", "surrogate"])
+async def test_a_signal_with_an_unstorable_name_is_refused_before_anything_is_stored(
+    storage: ExecutionLog, name: str
+) -> None:
+    flow_id = await Scheduler(storage).schedule(Waits("signal", "approved"))
+
+    with pytest.raises(ValueError, match=r"signal name .* holds .*; use valid Unicode text"):
+        await send_signal(storage, flow_id, name, "yes")
+
+    assert await storage.list_signals(flow_id) == []
+
+
+@pytest.mark.parametrize("name", [NUL, SURROGATE], ids=["nul", "surrogate"])
+def test_a_worker_id_with_an_unstorable_character_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match=r"worker_id .* holds .*; use valid Unicode text"):
+        Worker(InMemoryExecutionLog(), name)
