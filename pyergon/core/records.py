@@ -79,8 +79,11 @@ def text_problem(text: str) -> str | None:
 def storable_text(text: str) -> str:
     """``text`` with what :func:`text_problem` refuses replaced by U+FFFD, so any backend keeps it.
 
-    For text pyergon did not choose, such as what a step printed: a program may write NUL
-    characters or bytes that are not UTF-8, and its output is kept rather than refused.
+    For text pyergon did not choose, such as what a step printed or the message of what it
+    raised: a program may write NUL characters or bytes that are not UTF-8, and its text is kept
+    rather than refused. Every record that holds such text applies it where it is built
+    (:class:`StoredError`, :class:`StepProgress`, a step's output), so no backend's write fails
+    on it and every backend keeps the same text.
     """
     return _UNSTORABLE.sub("\ufffd", text)
 
@@ -99,6 +102,10 @@ has a space)."""
 class StoredError:
     """An exception as it is stored: enough to show it, and to rebuild it when possible.
 
+    Its type name, message and traceback are made storable (:func:`storable_text`) when it is
+    built: they are what the user's code made, and a NUL or a lone surrogate in them would fail
+    the write that stores the error on some backend, leaving the flow where it was.
+
     Attributes:
         type_name: ``module.QualName`` of the exception type.
         message: ``str()`` of the exception.
@@ -114,6 +121,10 @@ class StoredError:
     traceback: str = ""
     payload: bytes | None = None
     retryable: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("type_name", "message", "traceback"):
+            _set(self, name, storable_text(getattr(self, name)))
 
     @classmethod
     def describe(cls, error: BaseException, payload: bytes | None = None) -> StoredError:

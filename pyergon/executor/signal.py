@@ -7,7 +7,7 @@ from typing import Any
 
 from pyergon._context import FlowContext, FlowSuspend, Position, require_context
 from pyergon.core.outcome import SuspendReason
-from pyergon.core.records import SignalRecord
+from pyergon.core.records import SignalRecord, text_problem
 from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.errors import FlowNotFoundError, FlowStateError
 from pyergon.executor._steps import replay_final
@@ -34,7 +34,7 @@ def await_external_signal(name: str) -> Coroutine[Any, Any, Any]:
         A coroutine to await for the value; the log position is taken when this is called.
 
     Raises:
-        ValueError: ``name`` is empty or not a string.
+        ValueError: ``name`` is empty, not a string, or holds a NUL or a lone surrogate.
         PyergonError: Called outside a running flow.
     """
     _check_signal_name(name)
@@ -108,6 +108,7 @@ async def send_signal(
 
     Raises:
         InvalidFlowIdError: ``flow_id`` is not a usable flow id.
+        ValueError: ``name`` is empty, not a string, or holds a NUL or a lone surrogate.
         FlowNotFoundError: No flow with ``flow_id`` exists.
         FlowStateError: The flow already finished and never had this signal.
         SerializationError: ``value`` cannot be serialized; nothing is stored.
@@ -138,3 +139,7 @@ async def send_signal(
 def _check_signal_name(name: str) -> None:
     if not isinstance(name, str) or not name:
         raise ValueError(f"signal name must be a non-empty string, got {name!r}")
+    # A name is matched between sender and waiter: refused, not rewritten as free text is.
+    problem = text_problem(name)
+    if problem is not None:
+        raise ValueError(f"signal name {name!r} {problem}; use valid Unicode text")

@@ -8,6 +8,7 @@ from typing import Any
 
 from pyergon._context import FlowContext, FlowSuspend, Position, require_context
 from pyergon.core.outcome import SuspendReason
+from pyergon.core.records import text_problem
 from pyergon.core.status import InvocationStatus, OperationKind
 
 __all__ = ["schedule_timer", "schedule_timer_named"]
@@ -34,7 +35,8 @@ def schedule_timer_named(seconds: float, name: str) -> Coroutine[Any, Any, None]
         A coroutine to await; the log position is taken when this function is called.
 
     Raises:
-        ValueError: ``seconds`` is negative, infinite or not a number.
+        ValueError: ``seconds`` is negative, infinite or not a number, or ``name`` holds a NUL
+            or a lone surrogate.
         PyergonError: Called outside a running flow.
     """
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
@@ -43,6 +45,10 @@ def schedule_timer_named(seconds: float, name: str) -> Coroutine[Any, Any, None]
         raise ValueError(f"timer {name!r}: seconds must be finite and >= 0, got {seconds!r}")
     if not isinstance(name, str):
         raise ValueError(f"timer name must be a string, got {name!r}")
+    # Part of the operation's identity on replay: refused, not rewritten as free text is.
+    problem = text_problem(name)
+    if problem is not None:
+        raise ValueError(f"timer name {name!r} {problem}; use valid Unicode text")
     context = require_context("schedule_timer")
     position = context.allocate()
     return context.run_tracked(_wait(context, position, float(seconds), name))

@@ -21,7 +21,7 @@ from pyergon._context import FlowContext, Position
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import FlowOutcome, Suspended, SuspendReason
 from pyergon.core.query import ClaimRequest
-from pyergon.core.records import Invocation, ScheduledFlow, StoredError
+from pyergon.core.records import Invocation, ScheduledFlow, StoredError, text_problem
 from pyergon.core.workers import StepActivity, WorkerRecord, default_worker_id
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import (
@@ -122,7 +122,8 @@ class Worker:
             logger, once per flow type per process.
 
     Raises:
-        ValueError: A setting is out of range (a lease that is not finite and above zero).
+        ValueError: A setting is out of range (a lease that is not finite and above zero), or
+            ``worker_id`` is empty or holds a NUL or a lone surrogate.
         UnsafeSerializerError: The storage is shared and unsigned pickle was not chosen.
     """
 
@@ -145,6 +146,8 @@ class Worker:
             worker_id = default_worker_id()
         elif not isinstance(worker_id, str) or not worker_id:
             raise ValueError(f"worker_id must be a non-empty string, got {worker_id!r}")
+        elif (problem := text_problem(worker_id)) is not None:
+            raise ValueError(f"worker_id {worker_id!r} {problem}; use valid Unicode text")
         if max_concurrent_flows < 1:
             raise ValueError(f"max_concurrent_flows must be >= 1, got {max_concurrent_flows}")
         self.clock = clock or SystemClock()

@@ -28,6 +28,7 @@ import pytest
 # The contract modules are rewritten like test modules, so a failing assertion shows its values.
 pytest.register_assert_rewrite(
     "pyergon.testing._support",
+    "pyergon.testing._contract_attempts",
     "pyergon.testing._contract_events",
     "pyergon.testing._contract_flows",
     "pyergon.testing._contract_queue",
@@ -35,6 +36,7 @@ pytest.register_assert_rewrite(
     "pyergon.testing._contract_reads",
     "pyergon.testing._contract_records",
     "pyergon.testing._contract_runs",
+    "pyergon.testing._contract_text",
     "pyergon.testing._contract_workers",
 )
 

@@ -18,16 +18,18 @@ from pyergon.core.records import SignalRecord, StepProgress, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.storage.base import ExecutionLog
 from pyergon.testing._contract_attempts import AttemptContract
+from pyergon.testing._contract_text import TextContract
 from pyergon.testing._support import claim, done, each_error, store, with_output, write
 from pyergon.testing.factories import make_flow, make_invocation, make_signal
 
 __all__ = ["RecordContract"]
 
 
-class RecordContract(AttemptContract):
+class RecordContract(AttemptContract, TextContract):
     """Records keep the first final outcome; signals keep the first value of each name.
 
-    A step's earlier attempts are stored with its record (:class:`AttemptContract`).
+    A step's earlier attempts are stored with its record (:class:`AttemptContract`); text from
+    user code is kept whatever it holds (:class:`TextContract`).
     """
 
     # -- records -------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pyergon.core.records import (
     text_problem,
 )
 from pyergon.core.status import TaskStatus
+from pyergon.errors import StepFailedError
 from pyergon.testing import make_invocation
 
 
@@ -37,6 +38,29 @@ from pyergon.testing import make_invocation
 def test_storable_text_replaces_what_a_backend_cannot_store(text: str, stored: str) -> None:
     assert storable_text(text) == stored
     assert text_problem(storable_text(text)) is None
+
+
+class RowError(Exception):
+    """An error raised with text that is not storable as it is."""
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RowError("row\x00 7 \udc80"),
+        StepFailedError("tests.RowError", "row\x00 7 \udc80", "RowError: row\x00 7 \udc80\n"),
+    ],
+    ids=["raised", "passed-up"],
+)
+def test_a_stored_error_of_unstorable_text_keeps_it_readable(error: Exception) -> None:
+    stored = StoredError.describe(error, b"\x00payload")
+
+    assert stored.message == "row\ufffd 7 \ufffd"
+    assert "RowError: row\ufffd 7 \ufffd\n" in stored.traceback
+    assert stored.payload == b"\x00payload"
+    failed = Attempt.failed(1, 1.0, 2.0, stored)
+    assert failed.describe() == "attempt 1 failed RowError: row\ufffd 7 \ufffd"
+    assert StoredError("x.E\x00", "\ud800", "\x00") == StoredError("x.E\ufffd", "\ufffd", "\ufffd")
 
 
 def test_a_progress_report_keeps_numbers_as_floats() -> None:
