@@ -124,6 +124,8 @@ def stray_option(expression: str) -> str | None:
     ``Greet('a') --id`` is valid Python (``Greet('a') - (-id)``) that fails to evaluate with a
     message about unary minus; this finds the option the user meant instead.
     """
+    if _TRAILING_ID.search(expression) or _LEADING_ID.search(expression):
+        return "give --id once"  # split_schedule took one --id; the expression has another
     match = _TRAILING_OPTION.search(expression) or _LEADING_OPTION.search(expression)
     if match is None:
         if _INNER_ID.search(expression):
