@@ -9,22 +9,74 @@ a DataFrame as its first and last rows, anything longer than :data:`VALUE_LIMIT`
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterator
-from typing import Any, cast
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from pyergon.core._frames import COLUMNS, frame_text
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
-from pyergon.errors import FlowStateError, SerializationError
+from pyergon.core.workers import StepActivity, WorkerRecord, running_steps
+from pyergon.errors import FlowNotFoundError, FlowStateError, SerializationError
+from pyergon.executor.executor import validate_flow_id
 from pyergon.history import FlowHistory
 from pyergon.serialization import Serializer
 
-__all__ = ["FRAME_ROWS", "VALUE_LIMIT", "stored_value", "type_name", "value_json", "value_text"]
+if TYPE_CHECKING:
+    from pyergon.storage.base import ExecutionLog
+
+__all__ = [
+    "FRAME_ROWS",
+    "VALUE_LIMIT",
+    "read_value",
+    "stored_value",
+    "type_name",
+    "value_json",
+    "value_text",
+]
 
 VALUE_LIMIT = 10_000
 """Characters of a value shown unless the whole is asked for (``--full``)."""
 FRAME_ROWS = 20
 """Rows of a DataFrame or Series shown unless the whole is asked for."""
+
+
+async def read_value(
+    storage: ExecutionLog,
+    serializer: Serializer,
+    flow_id: str,
+    step: str | int | None,
+    workers: Callable[[], Awaitable[Sequence[WorkerRecord]]],
+) -> Any:
+    """What :func:`stored_value` gives, reading only what it needs of the flow.
+
+    The flow's result needs its record alone; a step's value its records too, and, while the
+    flow is unfinished, which steps ``workers`` run (to say a step is running now). Its
+    signals and children are never read.
+
+    Args:
+        storage: Where the flow is.
+        serializer: The serializer the values were stored with.
+        flow_id: The flow.
+        step: As :func:`stored_value` takes it.
+        workers: Reads the workers' records, with what they run.
+
+    Raises:
+        FlowNotFoundError: No such flow.
+        InvalidFlowIdError: ``flow_id`` cannot be a flow id.
+        StepNotFoundError, FlowStateError, SerializationError: As :func:`stored_value`.
+    """
+    flow = await storage.get_flow(validate_flow_id(flow_id))
+    if flow is None:
+        raise FlowNotFoundError(flow_id)
+    if step is None:
+        return _flow_result(flow, serializer)
+    invocations = tuple(await storage.load_invocations(flow_id))
+    running: tuple[StepActivity, ...] = ()
+    if not flow.status.is_final:
+        running = running_steps(await workers(), time.time()).get(flow_id, ())
+    history = FlowHistory(flow, invocations, (), (), running=running)
+    return stored_value(history, serializer, step)
 
 
 def stored_value(history: FlowHistory, serializer: Serializer, step: str | int | None) -> Any:

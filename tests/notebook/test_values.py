@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -289,3 +290,27 @@ def test_containers_are_written_as_repr_writes_them() -> None:
 
     for value in values:
         assert value_text(value) == repr(value)
+
+
+async def test_a_value_reads_the_flow_and_its_records_alone(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = session.storage
+    reads: list[str] = []
+    for name in ("get_flow", "load_invocations", "list_signals", "list_flows", "list_workers"):
+        monkeypatch.setattr(storage, name, recorded(getattr(storage, name), name, reads))
+
+    assert await session.value("prices") == {"total": 4.5, "scaled": 30}
+    assert reads == ["get_flow"]  # the result: the flow's record alone
+    reads.clear()
+    with pytest.raises(FlowStateError, match="called step 'scale' 2 times"):
+        await session.value("prices", "scale")
+    assert set(reads) == {"get_flow", "load_invocations"}  # finished: no workers, no children
+
+
+def recorded(method: Any, name: str, reads: list[str]) -> Any:
+    async def recording(*args: object, **kwargs: object) -> object:
+        reads.append(name)
+        return await method(*args, **kwargs)
+
+    return recording
