@@ -3,9 +3,10 @@
 A refresh never reads every flow: the counts come from index ranges
 (:meth:`~pyergon.storage.ExecutionLog.count_flows` with ``created_after``), and the table,
 failures and lost leases from a few pages of at most :data:`FLOWS_SHOWN` or
-:data:`RECENT_FLOWS` flows. A monitor of chosen flows reads them once per refresh, by id, and
-counts and sorts them here. Running steps are those of the scope's flows alone. Throughput is
-measured between refreshes rather than read, so it needs no index of finishing times.
+:data:`RECENT_FLOWS` flows. A monitor of at most :data:`RECENT_FLOWS` chosen flows reads them
+once per refresh, by id, and counts and sorts them here. Running steps are those of the scope's
+flows alone. Throughput is measured between refreshes rather than read, so it needs no index of
+finishing times.
 """
 
 from __future__ import annotations
@@ -283,7 +284,6 @@ async def read_snapshot(
 
 _FIRST = frozenset((TaskStatus.RUNNING, TaskStatus.FAILED))
 """The statuses the table lists first; the newest flows of the others fill it."""
-_OTHERS = tuple(status for status in TaskStatus if status not in _FIRST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,41 +300,43 @@ class _ScopeFlows:
 
 
 async def _scope_flows(session: Session, scope: MonitorScope) -> _ScopeFlows:
-    """The scope's counts and pages: by index ranges, or one read of the chosen flows."""
+    """The scope's counts and pages: four bounded reads, or one read of a few chosen flows."""
     storage = session.storage
-    if scope.flow_ids is not None:
-        stored = await storage.list_flows(scope.query(limit=len(scope.flow_ids)))
-        return _chosen_flows(scope.flow_ids, stored)
-    counts = await storage.count_flows(flow_type=scope.flow_type, created_after=scope.created_after)
+    chosen = scope.flow_ids
+    if chosen is not None and len(chosen) <= RECENT_FLOWS:
+        return _few_chosen(chosen, await storage.list_flows(scope.query(limit=RECENT_FLOWS)))
+    counts = await storage.count_flows(
+        flow_type=scope.flow_type, created_after=scope.created_after, flow_ids=chosen
+    )
     running = await storage.list_flows(scope.query(status=TaskStatus.RUNNING, limit=FLOWS_SHOWN))
     failed = await storage.list_flows(scope.query(status=TaskStatus.FAILED, limit=FLOWS_SHOWN))
-    room = max(FLOWS_SHOWN - len(running) - len(failed), 0)
-    rest = await storage.list_flows(scope.query(status=_OTHERS, limit=room)) if room else []
     newest = await storage.list_flows(scope.query(limit=RECENT_FLOWS))
-    return _ScopeFlows(dict(counts), running, failed, rest, newest)
+    # Room is left only when both pages above hold every running and failed flow (fewer than
+    # 20 together), so the newest flows hold the newest others the table needs.
+    room = max(FLOWS_SHOWN - len(running) - len(failed), 0)
+    rest = [flow for flow in newest if flow.status not in _FIRST][:room]
+    lacking = 0 if chosen is None else len(chosen) - sum(counts.values())
+    return _ScopeFlows(dict(counts), running, failed, rest, newest, lacking)
 
 
-def _chosen_flows(flow_ids: Sequence[str], stored: list[ScheduledFlow]) -> _ScopeFlows:
-    """The counts and pages of the chosen flows, from the one read of them all (newest first).
+def _few_chosen(flow_ids: Collection[str], stored: list[ScheduledFlow]) -> _ScopeFlows:
+    """The counts and pages of a few chosen flows, from one read of them all, newest first.
 
-    Which ids storage lacks is named only when there are few ids, to keep the text short.
+    Reading them all also names the ids storage lacks.
     """
     counts = dict.fromkeys(TaskStatus, 0)
     for flow in stored:
         counts[flow.status] += 1
 
-    def page(statuses: Collection[TaskStatus], limit: int) -> list[ScheduledFlow]:
-        return [flow for flow in stored if flow.status in statuses][:limit]
+    def page(status: TaskStatus) -> list[ScheduledFlow]:
+        return [flow for flow in stored if flow.status is status][:FLOWS_SHOWN]
 
-    running = page((TaskStatus.RUNNING,), FLOWS_SHOWN)
-    failed = page((TaskStatus.FAILED,), FLOWS_SHOWN)
-    rest = page(_OTHERS, max(FLOWS_SHOWN - len(running) - len(failed), 0))
-    lacking = len(flow_ids) - len(stored)
-    missing: tuple[str, ...] = ()
-    if lacking and len(flow_ids) <= RECENT_FLOWS:
-        there = {flow.flow_id for flow in stored}
-        missing = tuple(flow_id for flow_id in flow_ids if flow_id not in there)
-    return _ScopeFlows(counts, running, failed, rest, stored[:RECENT_FLOWS], lacking, missing)
+    running, failed = page(TaskStatus.RUNNING), page(TaskStatus.FAILED)
+    room = max(FLOWS_SHOWN - len(running) - len(failed), 0)
+    rest = [flow for flow in stored if flow.status not in _FIRST][:room]
+    there = {flow.flow_id for flow in stored}
+    missing = tuple(flow_id for flow_id in flow_ids if flow_id not in there)
+    return _ScopeFlows(counts, running, failed, rest, stored, len(missing), missing)
 
 
 async def _scope_steps(

@@ -223,8 +223,8 @@ async def test_a_refresh_reads_counts_and_a_few_pages_however_many_flows(
     assert sum(storage.pages) <= 2 * (20 + 20 + 100)
 
 
-async def test_a_refresh_of_chosen_flows_reads_them_once(session: Session) -> None:
-    ids = [f"flow-{index:03}" for index in range(600)]
+async def test_a_refresh_of_a_few_chosen_flows_reads_them_once(session: Session) -> None:
+    ids = [f"flow-{index:02}" for index in range(60)]
     for index, flow_id in enumerate(ids):
         status = (TaskStatus.COMPLETE, TaskStatus.RUNNING, TaskStatus.FAILED)[index % 3]
         await started(session, flow_id, index, status=status)
@@ -234,17 +234,34 @@ async def test_a_refresh_of_chosen_flows_reads_them_once(session: Session) -> No
     monitor = await session.monitor([*ids, "ghost"])
     snapshot = await monitor.refresh()
 
-    assert storage.pages == [600, 600]  # one read of the chosen flows per refresh, no count
+    assert storage.pages == [60, 60]  # one read of the chosen flows per refresh, no count
     assert storage.count_scopes == [] and storage.flows_read == 0
-    assert (snapshot.total, snapshot.counts[TaskStatus.RUNNING], snapshot.final) == (600, 200, 400)
-    assert snapshot.missing_total == 1
-    assert table(repr(monitor))[:3] == ["flow-598", "flow-595", "flow-592"]  # running first
-    assert table(repr(monitor))[-1] == "… 580 more"
-    assert [failure.flow_id for failure in snapshot.failures] == [
-        "flow-599",
-        "flow-596",
-        "flow-593",
-    ]
+    assert (snapshot.total, snapshot.counts[TaskStatus.RUNNING], snapshot.final) == (60, 20, 40)
+    assert snapshot.missing == ("ghost",)
+    assert table(repr(monitor))[:2] == ["flow-58", "flow-55"]  # running first
+    assert table(repr(monitor))[-1] == "… 40 more"
+    assert [failure.flow_id for failure in snapshot.failures] == ["flow-59", "flow-56", "flow-53"]
+
+
+@pytest.mark.parametrize("running", [0, 5, 30])
+async def test_a_refresh_of_many_flows_reads_a_count_and_three_pages(
+    session: Session, running: int
+) -> None:
+    ids = [f"flow-{index:03}" for index in range(300)]
+    for index, flow_id in enumerate(ids):
+        status = TaskStatus.RUNNING if index < running else TaskStatus.COMPLETE
+        status = TaskStatus.FAILED if index in (150, 299) else status
+        await started(session, flow_id, index, status=status)
+    storage = session.storage
+    assert isinstance(storage, RecordingLog)
+
+    monitor = await session.monitor(ids)
+
+    assert len(storage.count_scopes) == 1 and len(storage.pages) == 3
+    running_ids = [f"flow-{index:03}" for index in range(running - 1, -1, -1)]
+    done = [f"flow-{index:03}" for index in range(298, running - 1, -1) if index != 150]
+    rows = [*running_ids[:20], "flow-299", "flow-150", *done][:20]
+    assert table(repr(monitor)) == [*rows, "… 280 more"]
 
 
 async def a_worker_runs(
