@@ -1,8 +1,8 @@
 """How a view shows a pandas DataFrame or Series that a flow or step returned: small, escaped.
 
-A one-line summary for reprs, a table of the first rows for terminals, and pandas' own escaped
-HTML table of the first rows (with the shape) for notebooks. pandas is never imported here: a
-value that is a DataFrame was built (or unpickled) with pandas imported already.
+A one-line summary for reprs, a table of the first and last rows for terminals, and pandas' own
+escaped HTML table of the first and last rows (with the shape) for notebooks. pandas is never
+imported here: a value that is a DataFrame was built (or unpickled) with pandas imported already.
 """
 
 from __future__ import annotations
