@@ -245,7 +245,7 @@ def history_html(history: FlowHistory) -> str:
         facts.append(f'<span class="pyergon-lease-lost" style="color:{RED}">{escape(lost)}</span>')
     facts.append(f"{len(history.signals)} signal(s), {len(history.children)} child flow(s)")
     if flow.status is TaskStatus.COMPLETE and flow.result is not None:
-        reads = f"session.value({flow.flow_id!r})"
+        reads = f"await session.value({flow.flow_id!r})"
         facts.append(f"result {len(flow.result)} bytes: <code>{escape(reads)}</code> reads it")
     error = (
         f"<pre>{escape(flow.error.short_type)}: {escape(flow.error.message)}</pre>"

@@ -3,27 +3,80 @@
 :meth:`pyergon.management.FlowManager.value` and ``session.value`` call :func:`stored_value`;
 a value that does not exist yet (or never will) is an error that says why and what to do.
 :func:`value_text` and :func:`value_json` show a value in a terminal or a JSON document, sized:
-a DataFrame as its first rows, anything longer than :data:`VALUE_LIMIT` cut with a note.
+a DataFrame as its first and last rows, anything longer than :data:`VALUE_LIMIT` cut with a note.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
-from pyergon.core._frames import frame_text
+from pyergon.core._frames import COLUMNS, frame_text
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
-from pyergon.errors import FlowStateError, SerializationError
+from pyergon.core.workers import StepActivity, WorkerRecord, running_steps
+from pyergon.errors import FlowNotFoundError, FlowStateError, SerializationError
+from pyergon.executor.executor import validate_flow_id
 from pyergon.history import FlowHistory
 from pyergon.serialization import Serializer
 
-__all__ = ["FRAME_ROWS", "VALUE_LIMIT", "stored_value", "type_name", "value_json", "value_text"]
+if TYPE_CHECKING:
+    from pyergon.storage.base import ExecutionLog
+
+__all__ = [
+    "FRAME_ROWS",
+    "VALUE_LIMIT",
+    "read_value",
+    "stored_value",
+    "type_name",
+    "value_json",
+    "value_text",
+]
 
 VALUE_LIMIT = 10_000
 """Characters of a value shown unless the whole is asked for (``--full``)."""
 FRAME_ROWS = 20
 """Rows of a DataFrame or Series shown unless the whole is asked for."""
+
+
+async def read_value(
+    storage: ExecutionLog,
+    serializer: Serializer,
+    flow_id: str,
+    step: str | int | None,
+    workers: Callable[[], Awaitable[Sequence[WorkerRecord]]],
+) -> Any:
+    """What :func:`stored_value` gives, reading only what it needs of the flow.
+
+    The flow's result needs its record alone; a step's value its records too, and, while the
+    flow is unfinished, which steps ``workers`` run (to say a step is running now). Its
+    signals and children are never read.
+
+    Args:
+        storage: Where the flow is.
+        serializer: The serializer the values were stored with.
+        flow_id: The flow.
+        step: As :func:`stored_value` takes it.
+        workers: Reads the workers' records, with what they run.
+
+    Raises:
+        FlowNotFoundError: No such flow.
+        InvalidFlowIdError: ``flow_id`` cannot be a flow id.
+        StepNotFoundError, FlowStateError, SerializationError: As :func:`stored_value`.
+    """
+    flow = await storage.get_flow(validate_flow_id(flow_id))
+    if flow is None:
+        raise FlowNotFoundError(flow_id)
+    if step is None:
+        return _flow_result(flow, serializer)
+    invocations = tuple(await storage.load_invocations(flow_id))
+    running: tuple[StepActivity, ...] = ()
+    if not flow.status.is_final:
+        running = running_steps(await workers(), time.time()).get(flow_id, ())
+    history = FlowHistory(flow, invocations, (), (), running=running)
+    return stored_value(history, serializer, step)
 
 
 def stored_value(history: FlowHistory, serializer: Serializer, step: str | int | None) -> Any:
@@ -121,15 +174,14 @@ def type_name(value: object) -> str:
 
 
 def value_text(value: object, *, full: bool = False) -> str:
-    """``value`` as text: a DataFrame or Series as a table of its first rows, else its repr.
+    """``value`` as text: a DataFrame or Series as a table of its first and last rows, or a repr.
 
     Args:
         value: The value.
         full: Every row and character; otherwise :data:`FRAME_ROWS` rows and
             :data:`VALUE_LIMIT` characters, with a note of what was left out.
     """
-    table = frame_text(value, rows=None if full else FRAME_ROWS)
-    return _cut(repr(value) if table is None else table, full=full)
+    return _shown_text(value, full=full)[0]
 
 
 def value_json(value: object, *, full: bool = False) -> dict[str, Any]:
@@ -138,8 +190,8 @@ def value_json(value: object, *, full: bool = False) -> dict[str, Any]:
     Returns:
         ``{"type", "format": "json", "value"}`` for a value JSON can hold, up to
         :data:`VALUE_LIMIT` characters unless ``full``; otherwise ``{"type", "format": "text",
-        "value", "truncated"}`` with the value's text (a DataFrame's first rows, a repr, or
-        the JSON text cut) as :func:`value_text` gives it.
+        "value", "truncated"}`` with the value's text (a DataFrame's first and last rows, a
+        repr, or the JSON text cut) as :func:`value_text` gives it.
     """
     try:
         encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
@@ -147,12 +199,110 @@ def value_json(value: object, *, full: bool = False) -> dict[str, Any]:
         encoded = None
     if encoded is not None and (full or len(encoded) <= VALUE_LIMIT):
         return {"type": type_name(value), "format": "json", "value": value}
-    whole = value_text(value, full=True) if encoded is None else encoded
-    shown = value_text(value, full=full) if encoded is None else _cut(encoded, full=full)
-    return {"type": type_name(value), "format": "text", "value": shown, "truncated": shown != whole}
+    if encoded is None:
+        shown, truncated = _shown_text(value, full=full)
+    else:  # JSON longer than the limit, and not full: cut
+        shown, truncated = _cut(encoded, len(encoded)), True
+    return {"type": type_name(value), "format": "text", "value": shown, "truncated": truncated}
 
 
-def _cut(text: str, *, full: bool) -> str:
-    if full or len(text) <= VALUE_LIMIT:
+def _shown_text(value: object, *, full: bool) -> tuple[str, bool]:
+    """:func:`value_text`'s text, and whether it leaves anything out.
+
+    It never renders much more than it shows: a DataFrame's shown rows, a container's repr up
+    to :data:`_REPR_COUNTED` characters.
+    """
+    if full:
+        table = frame_text(value, rows=None)
+        return (repr(value) if table is None else table), False
+    table = frame_text(value, rows=FRAME_ROWS)
+    if table is not None:
+        shape: tuple[int, ...] = getattr(value, "shape")  # noqa: B009 - a pandas object
+        elided = shape[0] > FRAME_ROWS or (len(shape) > 1 and shape[1] > COLUMNS)
+        if len(table) > VALUE_LIMIT:
+            return _cut(table, len(table)), True
+        return table, elided
+    text, length, whole = _repr_prefix(value)
+    if length > VALUE_LIMIT:
+        return _cut(text, length, whole=whole), True
+    return text, False
+
+
+_REPR_COUNTED = 100 * VALUE_LIMIT
+"""Characters of a long repr rendered to say how many were left out; past them: "over"."""
+
+
+def _repr_prefix(value: object) -> tuple[str, int, bool]:
+    """The start of ``repr(value)``, its length, and whether that length is the whole repr's.
+
+    The start holds at least :data:`VALUE_LIMIT` characters (all, if the repr is shorter).
+    Lists, tuples, dicts and sets are rendered item by item, and only up to
+    :data:`_REPR_COUNTED` characters, so a list of ten million numbers costs as much as its
+    first hundred thousand characters.
+    """
+    kept: list[str] = []
+    length = 0
+    for chunk in _repr_chunks(value, set()):
+        if length <= VALUE_LIMIT:
+            kept.append(chunk)
+        length += len(chunk)
+        if length > _REPR_COUNTED:
+            return "".join(kept), length, False
+    return "".join(kept), length, True
+
+
+_BRACKETS: dict[type, tuple[str, str]] = {
+    list: ("[", "]"),
+    tuple: ("(", ")"),
+    set: ("{", "}"),
+    frozenset: ("frozenset({", "})"),
+    dict: ("{", "}"),
+}
+
+
+def _repr_chunks(value: object, inside: set[int]) -> Iterator[str]:
+    """``repr(value)`` in pieces, as the builtin containers write it (subclasses keep their own).
+
+    Args:
+        value: The value.
+        inside: The ids of the containers being written, which a container inside itself
+            names as ``[...]`` or ``{...}``, as repr does.
+    """
+    brackets = _BRACKETS.get(type(value))
+    if brackets is None or not value:
+        yield repr(value)
+        return
+    if id(value) in inside:
+        yield "[...]" if isinstance(value, list) else "{...}"
+        return
+    inside.add(id(value))
+    yield brackets[0]
+    if isinstance(value, dict):
+        for index, (key, item) in enumerate(value.items()):
+            yield ", " if index else ""
+            yield from _repr_chunks(key, inside)
+            yield ": "
+            yield from _repr_chunks(item, inside)
+    else:
+        items = cast("Collection[object]", value)
+        for index, item in enumerate(items):
+            yield ", " if index else ""
+            yield from _repr_chunks(item, inside)
+        if isinstance(value, tuple) and len(value) == 1:
+            yield ","
+    yield brackets[1]
+    inside.discard(id(value))
+
+
+def _cut(text: str, length: int, *, whole: bool = True) -> str:
+    """``text`` cut at :data:`VALUE_LIMIT` characters, with a note of what was left out.
+
+    Args:
+        text: The text, or its start.
+        length: The whole text's length (``whole``), or a length it exceeds.
+        whole: Whether ``length`` is exact.
+    """
+    if length <= VALUE_LIMIT:
         return text
-    return f"{text[:VALUE_LIMIT]}\n… {len(text) - VALUE_LIMIT} more characters (--full shows all)"
+    more = f"{length - VALUE_LIMIT}" if whole else f"over {length - VALUE_LIMIT}"
+    return f"{text[:VALUE_LIMIT]}\n… {more} more characters (--full shows all)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -176,8 +177,16 @@ def test_result_with_json_prints_the_result_alone(show: Show) -> None:
 def test_the_text_view_says_how_to_print_the_result(show: Show) -> None:
     done, failed = show(["json"], ["fails"])
 
-    assert "\n  result " in done and " bytes: pyergon show json --result prints it\n" in done
+    hint = f" bytes: pyergon show json --storage {shlex.quote(show.url)} --result prints it\n"
+    assert "\n  result " in done and hint in done
     assert "--result prints it" not in failed
+
+
+def test_the_result_hint_leaves_out_the_storage_the_user_left_out(show: Show) -> None:
+    (done,) = run_all(["show", "json"], cwd=show.cwd, storage_variable=show.url)
+
+    assert done.returncode == 0, done.stderr
+    assert " bytes: pyergon show json --result prints it\n" in done.stdout
 
 
 def test_no_result_yet_or_a_failed_flow_is_one_line_saying_why(show: Show) -> None:

@@ -215,7 +215,7 @@ async def _show(arguments: argparse.Namespace, output: _Output) -> int:
                 {**history_json(history), "result": await _result_json(storage, history, full)}
             )
         else:
-            output.text(*history_view(history, time.time()))
+            output.text(*history_view(history, time.time(), storage_url=arguments.storage))
     return 0
 
 

@@ -304,7 +304,9 @@ def count_line(shown: int, counts: Mapping[TaskStatus, int], flow_type: str | No
 # -- one flow ----------------------------------------------------------------------------------
 
 
-def history_view(history: FlowHistory, now: float) -> list[RenderableType]:
+def history_view(
+    history: FlowHistory, now: float, *, storage_url: str | None = None
+) -> list[RenderableType]:
     """What ``pyergon show`` prints: header, records, timeline, running steps, output, signals...
 
     Steps running now (from the live workers' heartbeats) are listed with their records, how
@@ -314,8 +316,10 @@ def history_view(history: FlowHistory, now: float) -> list[RenderableType]:
     Args:
         history: The flow as :func:`~pyergon.history.load_history` read it.
         now: The current time, where unfinished records end on the timeline.
+        storage_url: The ``--storage`` the user gave, repeated in the commands the view
+            suggests; ``None``: they read the default storage, as this one did.
     """
-    parts: list[RenderableType] = [*_header_lines(history)]
+    parts: list[RenderableType] = [*_header_lines(history, storage_url)]
     if history.records_now:
         parts += ["", _records_table(history), "", "[bold]timeline[/]"]
         parts += timeline_lines(history, now)
@@ -392,7 +396,7 @@ def _section(title: str, lines: list[str]) -> list[str]:
     return ["", f"[bold]{title}[/]", *lines] if lines else []
 
 
-def _header_lines(history: FlowHistory) -> list[str]:
+def _header_lines(history: FlowHistory, storage_url: str | None) -> list[str]:
     flow = history.flow
     lines = [
         f"[bold]flow {_escape(flow.flow_id)}[/]  {_escape(flow.flow_type)}  "
@@ -429,10 +433,11 @@ def _header_lines(history: FlowHistory) -> list[str]:
             "flows of these types here wait until one does (pyergon workers lists them)"
         )
     if flow.status is TaskStatus.COMPLETE and flow.result is not None:
-        shown_id = _escape(shlex.quote(flow.flow_id))
-        lines.append(
-            f"  result {len(flow.result)} bytes: pyergon show {shown_id} --result prints it"
-        )
+        command = ["pyergon", "show", flow.flow_id]
+        if storage_url is not None:
+            command += ["--storage", storage_url]
+        shown = _escape(shlex.join([*command, "--result"]))
+        lines.append(f"  result {len(flow.result)} bytes: {shown} prints it")
     if flow.error is not None:
         lines.append(
             f"  [red]error[/] {_escape(flow.error.short_type)}: "

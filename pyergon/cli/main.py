@@ -201,7 +201,8 @@ def _add_show(subcommands: _Subcommands, common: argparse.ArgumentParser) -> Non
     show.add_argument(
         "--result",
         action="store_true",
-        help="print only the flow's result: its repr, a DataFrame as a table of its first rows",
+        help="print only the flow's result: its repr, a DataFrame as a table of its first and "
+        "last rows",
     )
     show.add_argument(
         "--full",

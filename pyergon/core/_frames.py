@@ -1,8 +1,8 @@
 """How a view shows a pandas DataFrame or Series that a flow or step returned: small, escaped.
 
-A one-line summary for reprs, a table of the first rows for terminals, and pandas' own escaped
-HTML table of the first rows (with the shape) for notebooks. pandas is never imported here: a
-value that is a DataFrame was built (or unpickled) with pandas imported already.
+A one-line summary for reprs, a table of the first and last rows for terminals, and pandas' own
+escaped HTML table of the first and last rows (with the shape) for notebooks. pandas is never
+imported here: a value that is a DataFrame was built (or unpickled) with pandas imported already.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["HTML_ROWS", "frame_html", "frame_summary", "frame_text"]
+__all__ = ["COLUMNS", "HTML_ROWS", "frame_html", "frame_summary", "frame_text"]
 
 HTML_ROWS = 10
 """Rows of a DataFrame an HTML view shows (the first and last ones, as pandas elides)."""
-_COLUMNS = 20
+COLUMNS = 20
+"""Columns of a DataFrame a view shows unless every row is asked for (pandas elides the rest)."""
 
 
 def _kind(value: object) -> str | None:
@@ -51,7 +52,7 @@ def frame_text(value: object, *, rows: int | None) -> str | None:
     frame: Any = value
     if kind == "Series":
         return str(frame.to_string(max_rows=rows, length=True, dtype=True))
-    table = frame.to_string(max_rows=rows, max_cols=None if rows is None else _COLUMNS)
+    table = frame.to_string(max_rows=rows, max_cols=None if rows is None else COLUMNS)
     return f"{table}\n[{frame.shape[0]} rows x {frame.shape[1]} columns]"
 
 
@@ -67,5 +68,5 @@ def frame_html(value: object, *, rows: int = HTML_ROWS) -> str | None:
     frame: Any = value
     if kind == "Series":
         frame = frame.to_frame()
-    table = frame.to_html(max_rows=rows, max_cols=_COLUMNS, show_dimensions=True, escape=True)
+    table = frame.to_html(max_rows=rows, max_cols=COLUMNS, show_dimensions=True, escape=True)
     return f'<div class="pyergon-frame">{table}</div>'

@@ -3,15 +3,17 @@
 A refresh never reads every flow: the counts come from index ranges
 (:meth:`~pyergon.storage.ExecutionLog.count_flows` with ``created_after``), and the table,
 failures and lost leases from a few pages of at most :data:`FLOWS_SHOWN` or
-:data:`RECENT_FLOWS` flows. Throughput is measured between refreshes rather than read, so it
-needs no index of finishing times.
+:data:`RECENT_FLOWS` flows. A monitor of at most :data:`RECENT_FLOWS` chosen flows reads them
+once per refresh, by id, and counts and sorts them here. Running steps are those of the scope's
+flows alone. Throughput is measured between refreshes rather than read, so it needs no index of
+finishing times.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -37,6 +39,7 @@ __all__ = [
     "FLOWS_SHOWN",
     "RECENT_FLOWS",
     "MonitorScope",
+    "StoredOutputs",
     "Throughput",
     "monitor_scope",
     "read_snapshot",
@@ -132,10 +135,30 @@ def monitor_scope(
         created_after = epoch_seconds(since)
     else:
         created_after = float(since)
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(created_after))
     return MonitorScope(
-        f"{kind} created since {when}", flow_type=flow_type, created_after=created_after
+        f"{kind} created {_since_label(since, created_after)}",
+        flow_type=flow_type,
+        created_after=created_after,
     )
+
+
+def _since_label(since: float | datetime | timedelta, created_after: float) -> str:
+    """``in the last 10 min`` for a timedelta, else ``since 2026-12-06 10:16:17 UTC``.
+
+    A timedelta names no clock time, so the monitor's text stays the same from run to run.
+    """
+    if isinstance(since, timedelta):
+        return f"in the last {_span(since.total_seconds())}"
+    return "since " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(created_after))
+
+
+def _span(seconds: float) -> str:
+    """``10 min``, ``2 h``, ``3 days``, ``90 s``: a span in the largest unit it is a whole of."""
+    for unit, size in (("days", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {'day' if unit == 'days' and count == 1 else unit}"
+    return f"{seconds:g} s"
 
 
 class Throughput:
@@ -172,8 +195,41 @@ def eta(unfinished: int, throughput: float | None) -> float | None:
     return unfinished / throughput
 
 
+class StoredOutputs:
+    """What running steps' records held, kept between a monitor's refreshes.
+
+    A running step's record holds the output of its earlier attempts, which does not change
+    while the attempt runs; so each attempt's record is read once, not at every refresh.
+    """
+
+    def __init__(self) -> None:
+        self._printed: dict[tuple[str, str, float], str | None] = {}
+
+    async def read(
+        self, session: Session, shown: Sequence[StepActivity]
+    ) -> dict[tuple[str, str], str]:
+        """The stored output of each of ``shown``, by ``(flow id, position)``; none if empty."""
+        keys = [(activity.flow_id, activity.position, activity.started_at) for activity in shown]
+        kept = {key: self._printed[key] for key in keys if key in self._printed}
+        for flow_id in dict.fromkeys(key[0] for key in keys if key not in kept):
+            records = {
+                record.position: record.output
+                for record in await session.storage.load_invocations(flow_id)
+            }
+            for key in keys:
+                if key[0] == flow_id:
+                    kept[key] = records.get(key[1])
+        self._printed = kept  # steps no longer shown are forgotten
+        return {(key[0], key[1]): printed for key, printed in kept.items() if printed}
+
+
 async def read_snapshot(
-    session: Session, scope: MonitorScope, throughput: Throughput, *, output: bool
+    session: Session,
+    scope: MonitorScope,
+    throughput: Throughput,
+    *,
+    output: bool,
+    outputs: StoredOutputs | None = None,
 ) -> MonitorSnapshot:
     """Read what a monitor of ``scope`` shows now: bounded reads, whatever storage holds.
 
@@ -182,26 +238,17 @@ async def read_snapshot(
         scope: The flows counted and listed.
         throughput: The monitor's measure, which this refresh's count of final flows feeds.
         output: Also read the last lines each listed running step printed.
+        outputs: The monitor's stored outputs of running steps, kept between refreshes;
+            ``None``: read them afresh.
     """
-    storage = session.storage
     clock_now = session.clock.now()
-    counts = await storage.count_flows(
-        flow_type=scope.flow_type, created_after=scope.created_after, flow_ids=scope.flow_ids
-    )
-    running_flows = await storage.list_flows(
-        scope.query(status=TaskStatus.RUNNING, limit=FLOWS_SHOWN)
-    )
-    failed = await storage.list_flows(scope.query(status=TaskStatus.FAILED, limit=FLOWS_SHOWN))
-    others = [status for status in TaskStatus if status not in _FIRST]
-    room = max(FLOWS_SHOWN - len(running_flows) - len(failed), 0)
-    rest = await storage.list_flows(scope.query(status=others, limit=room)) if room else []
-    newest = await storage.list_flows(scope.query(limit=RECENT_FLOWS))
-    missing = await _missing(session, scope, sum(counts.values()))
+    flows = await _scope_flows(session, scope)
+    counts = flows.counts
     records = await session.worker_records()
     now = time.time()  # heartbeats and step starts are wall-clock times
-    steps = running_steps(records, now)
-    shown = [*running_flows, *failed, *rest][:FLOWS_SHOWN]
-    waiting = [flow.flow_type for flow in newest if not flow.status.is_final]
+    steps = await _scope_steps(session, scope, running_steps(records, now))
+    shown = [*flows.running, *flows.failed, *flows.rest][:FLOWS_SHOWN]
+    waiting = [flow.flow_type for flow in flows.newest if not flow.status.is_final]
     activities = sorted(
         (activity for flow_steps in steps.values() for activity in flow_steps),
         key=lambda activity: activity.started_at,
@@ -209,25 +256,29 @@ async def read_snapshot(
     final = sum(count for status, count in counts.items() if status.is_final)
     rate = throughput.measure(clock_now, final)
     workers, workers_total = _workers(session, records, now)
+    listed = activities[:RUNNING_SHOWN]
+    printed = await _printed(session, listed, outputs or StoredOutputs()) if output else {}
     return MonitorSnapshot(
-        counts=dict(counts),
+        counts=counts,
         workers=workers,
         workers_total=workers_total,
         errors=tuple(str(error) for error in session.errors),
         lost_leases=tuple(
-            (flow.flow_id, note) for flow in newest if (note := lease_loss_note(flow)) is not None
+            (flow.flow_id, note)
+            for flow in flows.newest
+            if (note := lease_loss_note(flow)) is not None
         ),
         unserved=unserved_types(waiting, records, now) if waiting else (),
-        running=await _running(session, activities[:RUNNING_SHOWN], now, output=output),
+        running=_running(listed, printed, now),
         running_total=len(activities),
         scope=scope.label,
         flows=tuple(_row(flow, steps.get(flow.flow_id, ()), clock_now) for flow in shown),
-        failures=tuple(_failure(flow) for flow in failed[:FAILURES_SHOWN]),
+        failures=tuple(_failure(flow) for flow in flows.failed[:FAILURES_SHOWN]),
         failed_total=counts[TaskStatus.FAILED],
         throughput=rate,
-        eta=eta(sum(counts.values()) - final, rate),
-        missing_total=missing[0],
-        missing=missing[1],
+        eta=eta(sum(counts.values()) - final - counts[TaskStatus.SUSPENDED], rate),
+        missing_total=flows.missing_total,
+        missing=flows.missing,
     )
 
 
@@ -235,21 +286,76 @@ _FIRST = frozenset((TaskStatus.RUNNING, TaskStatus.FAILED))
 """The statuses the table lists first; the newest flows of the others fill it."""
 
 
-async def _missing(
-    session: Session, scope: MonitorScope, found: int
-) -> tuple[int, tuple[str, ...]]:
-    """How many of the scope's chosen flows storage lacks, and which, if there are few ids.
+@dataclass(frozen=True, slots=True)
+class _ScopeFlows:
+    """What a refresh read of the scope's flows: counts, the table's pages, the newest."""
 
-    Naming them reads every chosen flow, so only up to :data:`RECENT_FLOWS` ids are checked.
+    counts: dict[TaskStatus, int]
+    running: list[ScheduledFlow]
+    failed: list[ScheduledFlow]
+    rest: list[ScheduledFlow]
+    newest: list[ScheduledFlow]
+    missing_total: int = 0
+    missing: tuple[str, ...] = ()
+
+
+async def _scope_flows(session: Session, scope: MonitorScope) -> _ScopeFlows:
+    """The scope's counts and pages: four bounded reads, or one read of a few chosen flows."""
+    storage = session.storage
+    chosen = scope.flow_ids
+    if chosen is not None and len(chosen) <= RECENT_FLOWS:
+        return _few_chosen(chosen, await storage.list_flows(scope.query(limit=RECENT_FLOWS)))
+    counts = await storage.count_flows(
+        flow_type=scope.flow_type, created_after=scope.created_after, flow_ids=chosen
+    )
+    running = await storage.list_flows(scope.query(status=TaskStatus.RUNNING, limit=FLOWS_SHOWN))
+    failed = await storage.list_flows(scope.query(status=TaskStatus.FAILED, limit=FLOWS_SHOWN))
+    newest = await storage.list_flows(scope.query(limit=RECENT_FLOWS))
+    # Room is left only when both pages above hold every running and failed flow (fewer than
+    # 20 together), so the newest flows hold the newest others the table needs.
+    room = max(FLOWS_SHOWN - len(running) - len(failed), 0)
+    rest = [flow for flow in newest if flow.status not in _FIRST][:room]
+    lacking = 0 if chosen is None else len(chosen) - sum(counts.values())
+    return _ScopeFlows(dict(counts), running, failed, rest, newest, lacking)
+
+
+def _few_chosen(flow_ids: Collection[str], stored: list[ScheduledFlow]) -> _ScopeFlows:
+    """The counts and pages of a few chosen flows, from one read of them all, newest first.
+
+    Reading them all also names the ids storage lacks.
     """
-    if scope.flow_ids is None or found >= len(scope.flow_ids):
-        return 0, ()
-    lacking = len(scope.flow_ids) - found
-    if len(scope.flow_ids) > RECENT_FLOWS:
-        return lacking, ()
-    stored = await session.storage.list_flows(scope.query(limit=len(scope.flow_ids)))
+    counts = dict.fromkeys(TaskStatus, 0)
+    for flow in stored:
+        counts[flow.status] += 1
+
+    def page(status: TaskStatus) -> list[ScheduledFlow]:
+        return [flow for flow in stored if flow.status is status][:FLOWS_SHOWN]
+
+    running, failed = page(TaskStatus.RUNNING), page(TaskStatus.FAILED)
+    room = max(FLOWS_SHOWN - len(running) - len(failed), 0)
+    rest = [flow for flow in stored if flow.status not in _FIRST][:room]
     there = {flow.flow_id for flow in stored}
-    return lacking, tuple(flow_id for flow_id in scope.flow_ids if flow_id not in there)
+    missing = tuple(flow_id for flow_id in flow_ids if flow_id not in there)
+    return _ScopeFlows(counts, running, failed, rest, stored, len(missing), missing)
+
+
+async def _scope_steps(
+    session: Session, scope: MonitorScope, steps: dict[str, tuple[StepActivity, ...]]
+) -> dict[str, tuple[StepActivity, ...]]:
+    """The running steps (by flow id) of the scope's flows alone.
+
+    Workers run flows of every scope; which of their flows are in a scope chosen by type or
+    creation time is one read of those flows by id.
+    """
+    if not steps or (scope.flow_type is None and scope.created_after is None):
+        chosen = None if scope.flow_ids is None else set(scope.flow_ids)
+    else:
+        query = scope.query(limit=len(steps))
+        stored = await session.storage.list_flows(query.of_flows(steps))
+        chosen = {flow.flow_id for flow in stored}
+    if chosen is None:
+        return steps
+    return {flow_id: found for flow_id, found in steps.items() if flow_id in chosen}
 
 
 def _row(flow: ScheduledFlow, steps: Sequence[StepActivity], now: float) -> FlowRow:
@@ -269,7 +375,7 @@ def _row(flow: ScheduledFlow, steps: Sequence[StepActivity], now: float) -> Flow
 
 def _failure(flow: ScheduledFlow) -> FlowFailure:
     error = flow.error
-    text = "no error stored" if error is None else f"{error.type_name}: {error.message}"
+    text = "no error stored" if error is None else f"{error.short_type}: {error.message}"
     text = " ".join(text.split())
     if len(text) > _ERROR_CHARACTERS:
         text = text[: _ERROR_CHARACTERS - 1] + "…"
@@ -293,25 +399,30 @@ def _workers(
     return tuple(states[:WORKERS_SHOWN]), len(states)
 
 
-async def _running(
-    session: Session, shown: list[StepActivity], now: float, *, output: bool
-) -> tuple[RunningStep, ...]:
-    """The running steps as shown, with what they printed when the monitor shows output.
+async def _printed(
+    session: Session, shown: Sequence[StepActivity], outputs: StoredOutputs
+) -> dict[tuple[str, str], str]:
+    """What each shown step printed, by ``(flow id, position)``.
 
     A step running in one of the session's workers shows what it printed so far; one
     running elsewhere shows what its record holds (its earlier attempts' output, if any).
     """
-    printed: dict[tuple[str, str], str] = {}
-    if output:
-        for flow_id in dict.fromkeys(activity.flow_id for activity in shown):
-            for record in await session.storage.load_invocations(flow_id):
-                if record.output:
-                    printed[(flow_id, record.position)] = record.output
-        for activity in shown:
-            workers = (worker.live_steps for worker in session.workers)
-            live = live_output(workers, activity.flow_id, activity.position)
-            if live:
-                printed[(activity.flow_id, activity.position)] = live
+    live: dict[tuple[str, str], str] = {}
+    elsewhere = []
+    for activity in shown:
+        workers = (worker.live_steps for worker in session.workers)
+        printed = live_output(workers, activity.flow_id, activity.position)
+        if printed:
+            live[(activity.flow_id, activity.position)] = printed
+        else:
+            elsewhere.append(activity)
+    return {**await outputs.read(session, elsewhere), **live}
+
+
+def _running(
+    shown: Sequence[StepActivity], printed: Mapping[tuple[str, str], str], now: float
+) -> tuple[RunningStep, ...]:
+    """The running steps as shown, with the last lines of what they printed."""
     return tuple(
         RunningStep(
             activity,

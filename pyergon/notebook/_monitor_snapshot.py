@@ -229,8 +229,8 @@ class MonitorSnapshot:
         failed_total: Failed flows in scope, listed or not.
         throughput: Flows of the scope that became final per second, over the last minute
             the monitor watched; ``None`` until two refreshes measured it.
-        eta: Seconds until every unfinished flow in scope is final at that throughput;
-            ``None`` when it cannot be estimated, 0 when none is unfinished.
+        eta: Seconds until every unfinished flow in scope but the suspended ones is final at
+            that throughput; ``None`` when it cannot be estimated, 0 when none is left.
         workers_total: Workers known, shown or not.
         missing_total: How many of the flow ids the monitor was given storage does not hold.
         missing: Which, when the monitor was given few ids.
@@ -273,12 +273,16 @@ class MonitorSnapshot:
     def rate(self) -> str:
         """``throughput 2.50 flows/s, ETA 1m 04s``, with ``—`` for what is not known yet.
 
-        ``none unfinished`` replaces the ETA when every flow in scope is final.
+        ``none unfinished`` replaces the ETA when every flow in scope is final. Suspended flows
+        wait for a signal or a timer, not for workers, so the ETA leaves them out and says so.
         """
         throughput = _DASH if self.throughput is None else f"{self.throughput:.2f} flows/s"
+        suspended = self.counts.get(TaskStatus.SUSPENDED, 0)
         if self.eta == 0:
-            return f"throughput {throughput}, none unfinished"
-        return f"throughput {throughput}, ETA {duration(self.eta)}"
+            waiting = f"none to run, {suspended} suspended" if suspended else "none unfinished"
+            return f"throughput {throughput}, {waiting}"
+        left_out = f" ({suspended} suspended left out)" if suspended else ""
+        return f"throughput {throughput}, ETA {duration(self.eta)}{left_out}"
 
     @property
     def absent(self) -> str:

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from pyergon._code import stale_records, step_fingerprints
+from pyergon._values import read_value
 from pyergon.clock import Clock
 from pyergon.core.records import ScheduledFlow
 from pyergon.core.status import TaskStatus, flow_statuses
@@ -252,7 +253,10 @@ class SessionViews:
                 its error) or was cancelled; or a name that names several calls.
             SerializationError: The value cannot be read back with the session's serializer.
         """
-        return await self.manager.value(flow_id, step)
+        manager = self.manager
+        return await read_value(
+            manager.storage, manager.serializer, flow_id, step, self.worker_records
+        )
 
     async def worker_records(self) -> list[WorkerRecord]:
         """The workers storage knows, this session's own with what they run at this moment.

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyergon._history_html import RED, escape
 from pyergon.errors import PyergonError
-from pyergon.notebook._monitor_read import MonitorScope, Throughput, read_snapshot
+from pyergon.notebook._monitor_read import MonitorScope, StoredOutputs, Throughput, read_snapshot
 from pyergon.notebook._monitor_snapshot import (
     HEARTBEAT_STALE_AFTER,
     MonitorSnapshot,
@@ -68,6 +68,7 @@ class Monitor(View):
         self.refresher: asyncio.Task[None] | None = None
         """The task refreshing the outputs (and widget), while live."""
         self._throughput = Throughput()
+        self._outputs = StoredOutputs()
         self._tasks = ViewTasks(session._keep)
         self._widget: _MonitorWidget | None = None
 
@@ -98,7 +99,7 @@ class Monitor(View):
         """
         self.session._check_open()
         self.snapshot = await read_snapshot(
-            self.session, self.scope, self._throughput, output=self.output
+            self.session, self.scope, self._throughput, output=self.output, outputs=self._outputs
         )
         self._show()
         return self.snapshot

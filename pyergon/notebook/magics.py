@@ -16,25 +16,15 @@ import asyncio
 import html
 import shlex
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from IPython.core.async_helpers import get_asyncio_loop
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from pyergon._history_html import escape, output_lines
-from pyergon.cli._arguments import (
-    add_concurrency,
-    add_flow_id,
-    add_fork_options,
-    add_listing_options,
-    add_rerun_options,
-    non_negative_seconds,
-    parse_status,
-    positive,
-)
 from pyergon.errors import PyergonError
 from pyergon.notebook._cell_errors import (
     show_errors_as_one_line,
@@ -43,9 +33,10 @@ from pyergon.notebook._cell_errors import (
 )
 from pyergon.notebook._magic_parsing import (
     PROG,
+    Handler,
     HelpShown,
-    MagicArgumentParser,
     asks_help,
+    build_parser,
     literal,
     split_schedule,
     stray_option,
@@ -71,8 +62,6 @@ SESSION_VARIABLE = "pyergon_session"
 """The name ``%pyergon connect`` gives the session in the notebook's namespace."""
 
 T = TypeVar("T")
-_Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, object]]
-_Subcommands: TypeAlias = "argparse._SubParsersAction[MagicArgumentParser]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +148,30 @@ class PyergonMagics(Magics):
     def __init__(self, shell: InteractiveShell) -> None:
         super().__init__(shell)
         self.session: Session | None = None
-        self._parser = self._build_parser()
+        self._parser = build_parser(
+            {
+                "help": self._help,
+                "connect": self._connect,
+                "disconnect": self._disconnect,
+                "workers start": self._workers_start,
+                "workers stop": self._workers_stop,
+                "workers status": self._workers_status,
+                "schedule": self._schedule,
+                "flows": self._flows,
+                "show": self._show,
+                "output": self._output,
+                "value": self._value,
+                "timeline": self._timeline,
+                "signal": self._signal,
+                "replay": self._replay,
+                "resume": self._resume,
+                "retry": self._retry,
+                "cancel": self._cancel,
+                "fork": self._fork,
+                "rerun": self._rerun,
+                "watch": self._watch,
+            }
+        )
 
     @line_magic
     def pyergon(self, line: str) -> object:
@@ -211,7 +223,7 @@ class PyergonMagics(Magics):
         arguments = self._parse(line)
         if arguments is None:
             return None
-        handler: _Handler = arguments.handler
+        handler: Handler = arguments.handler
         try:
             return self.run(handler(arguments))
         except PyergonError as error:
@@ -255,157 +267,6 @@ class PyergonMagics(Magics):
 
     def _subcommand(self, *names: str) -> argparse.ArgumentParser:
         return subcommand_parser(self._parser, list(names))
-
-    def _build_parser(self) -> MagicArgumentParser:
-        parser = MagicArgumentParser(
-            prog=PROG,
-            description="Connect to pyergon storage, run workers, inspect and steer flows.",
-        )
-        parser.add_argument(
-            "--traceback",
-            action="store_true",
-            help="show a pyergon error's full traceback, not one line (first or last on the line)",
-        )
-        subcommands = parser.add_subparsers(
-            title="subcommands", dest="subcommand", metavar="SUBCOMMAND", required=True
-        )
-        help_command = _add(subcommands, "help", self._help, "list the subcommands or explain one")
-        help_command.add_argument(
-            "names", nargs="*", metavar="SUBCOMMAND", help="such as schedule, or workers start"
-        )
-        connect = _add(subcommands, "connect", self._connect, "open a session on storage")
-        connect.add_argument("url", metavar="URL", help="memory://, sqlite:///file.db, redis://…")
-        _add(subcommands, "disconnect", self._disconnect, "stop the workers and close the session")
-        self._add_workers(subcommands)
-        schedule = _add(subcommands, "schedule", self._schedule, "queue a flow for the workers")
-        schedule.add_argument("expression", metavar="EXPR", help="a flow instance, such as F(x=1)")
-        schedule.add_argument("--id", dest="flow_id", metavar="ID", help="the flow's id")
-        self._add_flows(subcommands)
-        show = _add(subcommands, "show", self._show, "one flow's history")
-        add_flow_id(show, "ID")
-        output = _add(subcommands, "output", self._output, "what a flow's steps printed")
-        add_flow_id(output, "ID")
-        output.add_argument(
-            "step", nargs="?", metavar="STEP", help="one step, by its position (3) or its name"
-        )
-        value = _add(subcommands, "value", self._value, "a flow's result, or a step's value")
-        add_flow_id(value, "ID")
-        value.add_argument(
-            "step", nargs="?", metavar="STEP", help="one step, by its position (3) or its name"
-        )
-        timeline = _add(subcommands, "timeline", self._timeline, "a timeline of flows")
-        timeline.add_argument(
-            "flow_ids", nargs="*", metavar="ID", help="the flows to show, one lane each"
-        )
-        timeline.add_argument(
-            "--newest",
-            type=positive(int),
-            default=10,
-            metavar="N",
-            help="without IDs, show the N newest flows (default: 10)",
-        )
-        timeline.add_argument(
-            "--status",
-            type=parse_status,
-            action="extend",
-            nargs="+",
-            metavar="STATUS",
-            help="only flows in these statuses (FAILED, RUNNING, ...)",
-        )
-        timeline.add_argument(
-            "--type", dest="flow_type", metavar="TYPE", help="only flows of this type"
-        )
-        timeline.add_argument(
-            "--auto",
-            action="store_true",
-            help="redraw every second until every flow shown is final",
-        )
-        signal = _add(subcommands, "signal", self._signal, "send a flow a named signal")
-        add_flow_id(signal, "ID")
-        signal.add_argument("name", metavar="NAME", help="the signal's name")
-        signal.add_argument(
-            "value",
-            nargs="?",
-            metavar="VALUE",
-            help="a Python literal such as 42, True or \"{'a': 1}\" (quote it as one word); "
-            "anything else is sent as a string; default: None",
-        )
-        replay = _add(subcommands, "replay", self._replay, "check a log against today's code")
-        add_flow_id(replay, "ID")
-        replay.add_argument(
-            "--flow",
-            dest="flow_class",
-            metavar="CLASS",
-            help="the flow class (default: the class registered for the flow's type)",
-        )
-        for name, handler, summary in (
-            ("resume", self._resume, "queue a waiting or stuck flow again"),
-            ("retry", self._retry, "run a failed or cancelled flow again"),
-            ("cancel", self._cancel, "cancel a flow that has not finished"),
-        ):
-            add_flow_id(_add(subcommands, name, handler, summary), "ID")
-        fork = _add(subcommands, "fork", self._fork, "start a copy of a flow's first N steps")
-        add_flow_id(fork, "ID")
-        add_fork_options(fork, new_id_help="the new flow's id")
-        rerun = _add(subcommands, "rerun", self._rerun, "recompute a flow from a changed step on")
-        add_flow_id(rerun, "ID")
-        add_rerun_options(rerun)
-        watch = _add(subcommands, "watch", self._watch, "a live monitor of workers and flows")
-        watch.add_argument(
-            "--interval",
-            type=positive(float),
-            default=1.0,
-            metavar="SECONDS",
-            help="seconds between two refreshes (default: 1)",
-        )
-        watch.add_argument(
-            "--output",
-            action="store_true",
-            help="also show the last lines each running step printed",
-        )
-        watch.add_argument(
-            "flow_ids",
-            nargs="*",
-            metavar="ID",
-            help="only these flows (default: those created since the session opened)",
-        )
-        watch.add_argument(
-            "--type", dest="flow_type", metavar="TYPE", help="only flows of this type"
-        )
-        watch.add_argument(
-            "--all", dest="all_flows", action="store_true", help="every flow in storage"
-        )
-        return parser
-
-    def _add_workers(self, subcommands: _Subcommands) -> None:
-        workers = subcommands.add_parser("workers", help="start, stop or list workers")
-        actions = workers.add_subparsers(
-            title="actions", dest="action", metavar="ACTION", required=True
-        )
-        start = _add(actions, "start", self._workers_start, "start workers on this kernel's loop")
-        start.add_argument(
-            "flow_classes",
-            nargs="*",
-            metavar="CLASS",
-            help="flow classes to serve, by name (classes registered earlier are served too)",
-        )
-        start.add_argument(
-            "--count", type=positive(int), default=1, metavar="N", help="workers to start"
-        )
-        add_concurrency(start, "each worker")
-        stop = _add(actions, "stop", self._workers_stop, "stop every worker of the session")
-        stop.add_argument(
-            "--deadline",
-            type=non_negative_seconds,
-            default=5.0,
-            metavar="SECONDS",
-            help="how long running flows may finish before they go back to the queue",
-        )
-        _add(actions, "status", self._workers_status, "list the running workers")
-
-    def _add_flows(self, subcommands: _Subcommands) -> None:
-        flows = _add(subcommands, "flows", self._flows, "flows as a DataFrame, newest first")
-        add_listing_options(flows, limit=1000)
 
     # -- subcommands --------------------------------------------------------------------------
 
@@ -577,14 +438,6 @@ def _traceback_asked(line: str) -> tuple[bool, str]:
     if last and last[-1] == "--traceback":
         return True, last[0] if len(last) == 2 else ""
     return False, line
-
-
-def _add(
-    subcommands: _Subcommands, name: str, handler: _Handler, summary: str
-) -> MagicArgumentParser:
-    command = subcommands.add_parser(name, help=summary, description=summary)
-    command.set_defaults(handler=handler)
-    return command
 
 
 def load_ipython_extension(ipython: InteractiveShell) -> None:

@@ -629,6 +629,8 @@ def test_a_redefined_flow_class_replaces_the_registered_one(connected: Cells) ->
         ("schedule", "required: EXPR", "%pyergon schedule"),
         ("schedule --id only-an-id", "give a flow expression", "%pyergon schedule"),
         ("schedule --id a Greet('x') --id b", "give --id once", "%pyergon schedule"),
+        ("schedule Greet('x') --id a --id b", "give --id once", "%pyergon schedule"),
+        ("schedule --id a --id b Greet('x')", "give --id once", "%pyergon schedule"),
         ("schedule Greet('x') --id", "--id needs a value, the flow's id", "%pyergon schedule"),
         ("schedule Greet('x') --id=", "--id needs a value, the flow's id", "%pyergon schedule"),
         ("schedule --id", "--id needs a value, the flow's id", "%pyergon schedule"),

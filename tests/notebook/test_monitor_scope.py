@@ -80,23 +80,23 @@ async def test_a_monitor_of_one_type_counts_that_type_alone(session: Session) ->
 
 
 @pytest.mark.parametrize(
-    "since",
+    ("since", "scope"),
     [
-        OPENED - 1_800,
-        datetime.fromtimestamp(OPENED - 1_800, UTC),
-        timedelta(minutes=30),
+        (OPENED - 1_800, "since 2023-11-14 21:43:20 UTC"),
+        (datetime.fromtimestamp(OPENED - 1_800, UTC), "since 2023-11-14 21:43:20 UTC"),
+        (timedelta(minutes=30), "in the last 30 min"),  # no clock time: the same at each run
     ],
     ids=["epoch-seconds", "datetime", "timedelta"],
 )
 async def test_since_takes_a_time_or_how_long_ago(
-    session: Session, since: float | datetime | timedelta
+    session: Session, since: float | datetime | timedelta, scope: str
 ) -> None:
     await session.storage.create_flow(make_flow("half-hour-ago", created_at=OPENED - 1_000))
 
     monitor = await session.monitor(since=since)
 
     assert repr(monitor).splitlines()[0] == (
-        "pyergon monitor of flows created since 2023-11-14 21:43:20 UTC: 0 of 1 flows final (0%)"
+        f"pyergon monitor of flows created {scope}: 0 of 1 flows final (0%)"
     )
 
 
@@ -125,6 +125,25 @@ async def test_many_chosen_flows_count_those_storage_lacks(session: Session) -> 
     assert repr(monitor).splitlines()[0] == (
         "pyergon monitor of 151 chosen flows: 0 of 1 flows final (0%)"
     )
+
+
+@pytest.mark.parametrize(
+    ("since", "scope"),
+    [
+        (timedelta(hours=2), "in the last 2 h"),
+        (timedelta(seconds=5_400), "in the last 90 min"),
+        (timedelta(days=1), "in the last 1 day"),
+        (timedelta(days=3), "in the last 3 days"),
+        (timedelta(seconds=3_601), "in the last 3601 s"),
+    ],
+)
+async def test_how_long_ago_is_said_in_its_largest_whole_unit(
+    session: Session, since: timedelta, scope: str
+) -> None:
+    monitor = await session.monitor(since=since)
+
+    assert repr(monitor).startswith(f"pyergon monitor of flows created {scope}: ")
+    assert f"of flows created {scope}: " in monitor._repr_html_()
 
 
 @pytest.mark.parametrize(

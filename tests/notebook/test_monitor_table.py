@@ -9,14 +9,15 @@ from collections.abc import AsyncIterator, Collection
 import pytest
 
 from pyergon.clock import ManualClock
+from pyergon.core.changes import Change
 from pyergon.core.query import FlowQuery
-from pyergon.core.records import ScheduledFlow, StepProgress, StoredError
+from pyergon.core.records import Invocation, ScheduledFlow, StepProgress, StoredError
 from pyergon.core.status import TaskStatus
 from pyergon.core.workers import StepActivity
 from pyergon.notebook import Session
 from pyergon.storage.base import WorkerRegistry
 from pyergon.storage.memory import InMemoryExecutionLog
-from pyergon.testing import make_flow, make_worker
+from pyergon.testing import make_flow, make_invocation, make_worker
 
 OPENED = 1_700_000_000.0
 HOSTILE = "<script>alert('pwned')</script>"
@@ -31,6 +32,7 @@ class RecordingLog(InMemoryExecutionLog):
         """How many flows each listing returned."""
         self.count_scopes: list[float | None] = []
         self.flows_read = 0
+        self.records_read: list[str] = []
 
     async def list_flows(self, query: FlowQuery | None = None) -> list[ScheduledFlow]:
         page = await super().list_flows(query)
@@ -48,6 +50,10 @@ class RecordingLog(InMemoryExecutionLog):
         return await super().count_flows(
             flow_type=flow_type, created_after=created_after, flow_ids=flow_ids
         )
+
+    async def load_invocations(self, flow_id: str) -> list[Invocation]:
+        self.records_read.append(flow_id)
+        return await super().load_invocations(flow_id)
 
     async def get_flow(self, flow_id: str) -> ScheduledFlow | None:
         self.flows_read += 1
@@ -74,7 +80,7 @@ async def started(session: Session, flow_id: str, at: float, **fields: object) -
 
 
 def failure(message: str) -> StoredError:
-    return StoredError("ValueError", message)
+    return StoredError("builtins.ValueError", message)  # as a worker stores it
 
 
 def table(text: str) -> list[str]:
@@ -199,22 +205,156 @@ async def test_workers_storage_knows_show_live_or_dead(session: Session) -> None
     assert "<td>alive</td><td>live</td>" in page and "<td>gone</td><td>dead</td>" in page
 
 
-@pytest.mark.parametrize("chosen", [False, True], ids=["session", "chosen-ids"])
 async def test_a_refresh_reads_counts_and_a_few_pages_however_many_flows(
-    session: Session, chosen: bool
+    session: Session,
 ) -> None:
-    ids = [f"flow-{index:03}" for index in range(600)]
+    for index in range(600):
+        status = (TaskStatus.COMPLETE, TaskStatus.RUNNING, TaskStatus.FAILED)[index % 3]
+        await started(session, f"flow-{index:03}", index, status=status)
+    storage = session.storage
+    assert isinstance(storage, RecordingLog)
+
+    snapshot = await (await session.monitor()).refresh()
+
+    assert snapshot.total == 600
+    assert storage.count_scopes == [OPENED] * 2  # one count per refresh
+    assert storage.flows_read == 0  # no flow read one by one
+    assert max(storage.pages) <= 100
+    assert sum(storage.pages) <= 2 * (20 + 20 + 100)
+
+
+async def test_a_refresh_of_a_few_chosen_flows_reads_them_once(session: Session) -> None:
+    ids = [f"flow-{index:02}" for index in range(60)]
     for index, flow_id in enumerate(ids):
         status = (TaskStatus.COMPLETE, TaskStatus.RUNNING, TaskStatus.FAILED)[index % 3]
         await started(session, flow_id, index, status=status)
     storage = session.storage
     assert isinstance(storage, RecordingLog)
 
-    snapshot = await (await (session.monitor(ids) if chosen else session.monitor())).refresh()
+    monitor = await session.monitor([*ids, "ghost"])
+    snapshot = await monitor.refresh()
 
-    assert snapshot.total == 600
-    assert len(storage.count_scopes) == 2  # one count per refresh
-    assert storage.count_scopes == [None if chosen else OPENED] * 2
-    assert storage.flows_read == 0  # no flow read one by one
-    assert max(storage.pages) <= 100
-    assert sum(storage.pages) <= 2 * (20 + 20 + 100)
+    assert storage.pages == [60, 60]  # one read of the chosen flows per refresh, no count
+    assert storage.count_scopes == [] and storage.flows_read == 0
+    assert (snapshot.total, snapshot.counts[TaskStatus.RUNNING], snapshot.final) == (60, 20, 40)
+    assert snapshot.missing == ("ghost",)
+    assert table(repr(monitor))[:2] == ["flow-58", "flow-55"]  # running first
+    assert table(repr(monitor))[-1] == "… 40 more"
+    assert [failure.flow_id for failure in snapshot.failures] == ["flow-59", "flow-56", "flow-53"]
+
+
+@pytest.mark.parametrize("running", [0, 5, 30])
+async def test_a_refresh_of_many_flows_reads_a_count_and_three_pages(
+    session: Session, running: int
+) -> None:
+    ids = [f"flow-{index:03}" for index in range(300)]
+    for index, flow_id in enumerate(ids):
+        status = TaskStatus.RUNNING if index < running else TaskStatus.COMPLETE
+        status = TaskStatus.FAILED if index in (150, 299) else status
+        await started(session, flow_id, index, status=status)
+    storage = session.storage
+    assert isinstance(storage, RecordingLog)
+
+    monitor = await session.monitor(ids)
+
+    assert len(storage.count_scopes) == 1 and len(storage.pages) == 3
+    running_ids = [f"flow-{index:03}" for index in range(running - 1, -1, -1)]
+    done = [f"flow-{index:03}" for index in range(298, running - 1, -1) if index != 150]
+    rows = [*running_ids[:20], "flow-299", "flow-150", *done][:20]
+    assert table(repr(monitor)) == [*rows, "… 280 more"]
+
+
+async def a_worker_runs(
+    session: Session, *activity: StepActivity, replacing: str | None = None
+) -> None:
+    """Store a live worker of another process whose last heartbeat says it runs ``activity``."""
+    now = time.time()
+    worker = make_worker("elsewhere", flow_types=("Crunch",), last_beat=now, lease_seconds=3600)
+    storage = session.storage
+    assert isinstance(storage, WorkerRegistry)
+    stored = await storage.put_worker(worker.beating(now, activity=activity), replacing=replacing)
+    assert stored
+
+
+def running_lines(text: str) -> list[str]:
+    lines = text.splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith("  running steps"))
+    return [lines[start], *(line for line in lines[start + 1 :] if line.startswith("    "))]
+
+
+async def test_running_steps_are_those_of_the_flows_in_scope(session: Session) -> None:
+    await started(session, "mine", 1, status=TaskStatus.RUNNING, flow_type="Crunch")
+    await started(session, "other-type", 2, status=TaskStatus.RUNNING, flow_type="Order")
+    await session.storage.create_flow(
+        make_flow("before", status=TaskStatus.RUNNING, flow_type="Crunch", created_at=OPENED - 9)
+    )
+    now = time.time()
+    await a_worker_runs(
+        session,
+        StepActivity("mine", "1", "crunch", now - 3, StepProgress(1, 2)),
+        StepActivity("other-type", "1", "ship", now - 2),
+        StepActivity("before", "1", "crunch", now - 1),
+    )
+
+    chosen = await session.monitor(["other-type"])
+    of_type = await session.monitor(flow_type="Crunch")
+    since_opened = await session.monitor()
+    everything = await session.monitor(all_flows=True)
+
+    assert running_lines(repr(chosen)) == ["  running steps: 1", "    other-type 1 ship"]
+    assert running_lines(repr(of_type)) == ["  running steps: 1", "    mine 1 crunch: 1/2"]
+    assert running_lines(repr(since_opened)) == [
+        "  running steps: 2",
+        "    mine 1 crunch: 1/2",
+        "    other-type 1 ship",
+    ]
+    assert running_lines(repr(everything))[0] == "  running steps: 3"
+    assert "<code>before</code>" not in since_opened._repr_html_()
+
+
+async def test_the_eta_leaves_suspended_flows_out_and_says_so(
+    session: Session, clock: ManualClock
+) -> None:
+    for index in range(3):
+        await started(session, f"asleep-{index}", index, status=TaskStatus.SUSPENDED)
+    for index in range(8):
+        await started(session, f"waiting-{index}", 10 + index)
+    monitor = await session.monitor()
+    clock.advance(2)
+    for index in range(4):
+        await started(session, f"done-{index}", 20 + index, status=TaskStatus.COMPLETE)
+
+    snapshot = await monitor.refresh()
+
+    assert (snapshot.throughput, snapshot.eta) == (2.0, 4.0)  # 8 to run, not 11
+    assert "  throughput 2.00 flows/s, ETA 4s (3 suspended left out)" in repr(monitor)
+    assert "ETA 4s (3 suspended left out)" in monitor._repr_html_()
+
+
+async def test_with_only_suspended_flows_left_none_is_to_run(session: Session) -> None:
+    await started(session, "asleep", 1, status=TaskStatus.SUSPENDED)
+    await started(session, "done", 2, status=TaskStatus.COMPLETE)
+
+    monitor = await session.monitor()
+
+    assert "  throughput \u2014, none to run, 1 suspended" in repr(monitor).splitlines()
+
+
+async def test_a_step_s_stored_output_is_read_once_per_attempt(session: Session) -> None:
+    await started(session, "busy", 1, status=TaskStatus.RUNNING, flow_type="Crunch")
+    retried = make_invocation(3, flow_id="busy", name="crunch", attempts=1, output="earlier\n")
+    await session.storage.apply(Change(records=(retried,)))
+    now = time.time()
+    await a_worker_runs(session, StepActivity("busy", "3", "crunch", now - 5))
+    storage = session.storage
+    assert isinstance(storage, RecordingLog)
+
+    monitor = await session.monitor(output=True)
+    await monitor.refresh()
+    await monitor.refresh()
+    again = StepActivity("busy", "3", "crunch", now)  # a new attempt
+    await a_worker_runs(session, again, replacing="elsewhere-first")
+    await monitor.refresh()
+
+    assert storage.records_read == ["busy", "busy"]  # once per attempt, not per refresh
+    assert "      | earlier" in repr(monitor).splitlines()

@@ -6,11 +6,13 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
 from pyergon import await_external_signal, flow, flow_type, step
+from pyergon._values import FRAME_ROWS, VALUE_LIMIT, value_json, value_text
 from pyergon.errors import FlowNotFoundError, FlowStateError, StepNotFoundError
 from pyergon.management import FlowManager
 from pyergon.notebook import Session
@@ -201,7 +203,7 @@ async def test_a_finished_flow_s_history_says_how_to_read_its_result(session: Se
     done = (await session.history("prices"))._repr_html_()
     failed = (await session.history("broken"))._repr_html_()
 
-    assert "bytes: <code>session.value(&#x27;prices&#x27;)</code> reads it" in done
+    assert "bytes: <code>await session.value(&#x27;prices&#x27;)</code> reads it" in done
     assert "session.value" not in failed
 
 
@@ -232,3 +234,83 @@ async def test_a_step_running_now_has_no_value_yet() -> None:
         "step 5 'crunch' of flow 'busy' has not finished (running now), so it has no value yet; "
         "wait for the flow"
     )
+
+
+def test_a_large_dataframe_as_json_renders_only_the_rows_it_shows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    frame = pd.DataFrame({f"c{n}": range(1_000) for n in range(3)})
+    asked: list[object] = []
+    to_string = pd.DataFrame.to_string
+
+    def recording(self: pd.DataFrame, *args: object, **kwargs: object) -> object:
+        asked.append(kwargs.get("max_rows"))
+        return to_string(self, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(pd.DataFrame, "to_string", recording)
+    shown = value_json(frame)
+    small = value_json(frame.head(FRAME_ROWS))
+
+    assert asked == [FRAME_ROWS, FRAME_ROWS]  # never the whole frame (max_rows=None)
+    assert shown["truncated"] is True and shown["value"].endswith("[1000 rows x 3 columns]")
+    assert small["truncated"] is False
+
+
+def test_a_huge_list_is_cut_without_rendering_all_of_it() -> None:
+    class Item:
+        rendered = 0
+
+        def __repr__(self) -> str:
+            Item.rendered += 1
+            return "Item()"
+
+    items = [Item()] * 1_000_000  # not JSON: shown as its repr
+
+    shown = value_json(items)
+
+    assert shown["truncated"] is True
+    text, note = shown["value"].rsplit("\n", 1)
+    assert text == ("[" + ", ".join(["Item()"] * 2_000) + "]")[:VALUE_LIMIT]
+    assert note.startswith("… over ") and note.endswith(" more characters (--full shows all)")
+    assert Item.rendered < len(items) / 5
+    assert value_text(items, full=True) == repr(items)
+
+
+def test_containers_are_written_as_repr_writes_them() -> None:
+    loop: list[object] = [1]
+    loop.append(loop)
+    mapping: dict[str, object] = {}
+    mapping["self"] = mapping
+    values = [
+        [1, (2,), {3: "a"}, set(), frozenset({1}), {"k": [1, 2.5]}, ()],
+        loop,
+        mapping,
+        (float("nan"), None),
+    ]
+
+    for value in values:
+        assert value_text(value) == repr(value)
+
+
+async def test_a_value_reads_the_flow_and_its_records_alone(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = session.storage
+    reads: list[str] = []
+    for name in ("get_flow", "load_invocations", "list_signals", "list_flows", "list_workers"):
+        monkeypatch.setattr(storage, name, recorded(getattr(storage, name), name, reads))
+
+    assert await session.value("prices") == {"total": 4.5, "scaled": 30}
+    assert reads == ["get_flow"]  # the result: the flow's record alone
+    reads.clear()
+    with pytest.raises(FlowStateError, match="called step 'scale' 2 times"):
+        await session.value("prices", "scale")
+    assert set(reads) == {"get_flow", "load_invocations"}  # finished: no workers, no children
+
+
+def recorded(method: Any, name: str, reads: list[str]) -> Any:
+    async def recording(*args: object, **kwargs: object) -> object:
+        reads.append(name)
+        return await method(*args, **kwargs)
+
+    return recording
