@@ -25,7 +25,7 @@ from pyergon._rerun import (
     rerun_flow,
     stale_child_positions,
 )
-from pyergon._values import stored_value
+from pyergon._values import read_value
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.changes import Change
 from pyergon.core.outcome import Completed, FlowOutcome
@@ -299,7 +299,12 @@ class FlowManager:
                 its error) or was cancelled; or a name that names several calls.
             SerializationError: The value cannot be read back with this serializer.
         """
-        return stored_value(await load_history(self.storage, flow_id), self.serializer, step)
+        storage = self.storage
+
+        async def workers() -> list[WorkerRecord]:
+            return await storage.list_workers() if isinstance(storage, WorkerRegistry) else []
+
+        return await read_value(storage, self.serializer, flow_id, step, workers)
 
     async def workers(self) -> list[WorkerRecord]:
         """Every worker the storage has a record of, live, stopped or dead, by id.

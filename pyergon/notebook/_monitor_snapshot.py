@@ -16,6 +16,7 @@ from pyergon._history_html import (
     GREEN,
     RED,
     escape,
+    plain_text,
     progress_bar_html,
     seconds,
     step_progress_html,
@@ -329,7 +330,7 @@ class MonitorSnapshot:
         if self.running_total > len(self.running):
             lines.append(f"    … {self.running_total - len(self.running)} more")
         lines.append(f"  background errors: {len(self.errors)}")
-        return "\n".join(lines)
+        return plain_text("\n".join(lines))  # error messages and output may hold escapes
 
     def html(self, *, progress_bar: bool = True) -> str:
         """The snapshot as escaped HTML; the progress bar is left out for the live widget."""
