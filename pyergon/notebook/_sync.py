@@ -36,6 +36,8 @@ __all__ = [
 T = TypeVar("T")
 R = TypeVar("R")
 S = TypeVar("S")
+S_co = TypeVar("S_co", covariant=True)
+"""A front of a subclass is a front of its base: methods a mixin defines are offered too."""
 P = ParamSpec("P")
 
 
@@ -235,7 +237,7 @@ class LoopThread:
             self.loop.close()
 
 
-class SyncFront(Generic[S]):
+class SyncFront(Generic[S_co]):
     """A blocking face of an async object ``S``: its methods run on one loop through a runner.
 
     Subclasses list the methods they offer with :func:`blocking`.
@@ -245,7 +247,7 @@ class SyncFront(Generic[S]):
         runner: The loop its coroutines run on.
     """
 
-    def __init__(self, target: S, runner: LoopRunner) -> None:
+    def __init__(self, target: S_co, runner: LoopRunner) -> None:
         self._target = target
         self._runner = runner
 
