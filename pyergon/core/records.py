@@ -328,15 +328,15 @@ class Attempt:
     def describe(self, limit: int = 80) -> str:
         """One line for people, the same in every view.
 
-        ``"attempt 1 failed ValueError: bad row"``, ``"attempt 2 abandoned (worker stopped)"``,
-        ``"attempt 3 lease lost by w-1"``.
+        ``"attempt 1 failed ValueError: bad row"``,
+        ``"attempt 2 abandoned (its worker died or stopped)"``, ``"attempt 3 lease lost by w-1"``.
 
         Args:
             limit: The most characters of the error's message shown (its first line); a longer
                 one ends in "…".
         """
         if self.end == "abandoned":
-            return f"attempt {self.number} abandoned (worker stopped)"
+            return f"attempt {self.number} abandoned (its worker died or stopped)"
         if self.end == "lease lost":
             by = f" by {self.worker_id}" if self.worker_id is not None else ""
             return f"attempt {self.number} lease lost{by}"
