@@ -203,6 +203,24 @@ def test_kill_during_a_step_reruns_only_that_step(paths: Paths) -> None:
     assert runs == {number: 2 if number == cut else 1 for number in range(1, steps + 1)}
 
 
+def test_the_killed_run_shows_as_an_abandoned_attempt_of_its_step(paths: Paths) -> None:
+    steps, cut = 4, 3
+    flow_id = "crash-shown"
+    first = start_worker(paths, flow_id, steps, 0.01, block_at=cut)
+    wait_until_started(first, paths, cut, after=0)
+    kill(first)
+    finish(start_worker(paths, flow_id, steps, 0.01))
+
+    _, records = read_storage(paths, flow_id)
+    by_sequence = {record.sequence: record for record in records}
+    (abandoned,) = by_sequence[cut].earlier_attempts
+    assert (abandoned.number, abandoned.end, abandoned.ended_at) == (1, "abandoned", None)
+    # The killed run was last known alive when its last record ended.
+    assert abandoned.started_at == by_sequence[cut - 1].completed_at
+    assert by_sequence[cut].attempts == 2
+    assert all(not by_sequence[n].earlier_attempts for n in by_sequence if n != cut)
+
+
 def test_repeated_kills_at_random_points_rerun_only_unrecorded_steps(paths: Paths) -> None:
     steps, step_seconds, kills = 20, 0.03, 5
     all_steps = set(range(1, steps + 1))

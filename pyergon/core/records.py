@@ -329,14 +329,14 @@ class Attempt:
         """One line for people, the same in every view.
 
         ``"attempt 1 failed ValueError: bad row"``,
-        ``"attempt 2 abandoned (its worker died or stopped)"``, ``"attempt 3 lease lost by w-1"``.
+        ``"attempt 2 abandoned (its process died or stopped)"``, ``"attempt 3 lease lost by w-1"``.
 
         Args:
             limit: The most characters of the error's message shown (its first line); a longer
                 one ends in "…".
         """
         if self.end == "abandoned":
-            return f"attempt {self.number} abandoned (its worker died or stopped)"
+            return f"attempt {self.number} abandoned (its process died or stopped)"
         if self.end == "lease lost":
             by = f" by {self.worker_id}" if self.worker_id is not None else ""
             return f"attempt {self.number} lease lost{by}"

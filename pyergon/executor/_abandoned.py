@@ -6,8 +6,13 @@ record of the attempt. Its worker's heartbeat listed it, though (``StepActivity`
 claim takes the flow over, the lost worker's last beat says which steps it ran, since when, and
 that they still ran then. The new run keeps each as an earlier attempt of the step's record
 (``FlowContext.abandoned``, used in ``executor/_steps.py``). Only a claim of a flow that lost a
-lease reads anything; an attempt that started and stopped between two beats stays unseen, and
-a direct run (``Executor``), which beats for nobody, leaves none to find.
+lease reads anything; an attempt that started and stopped between two beats stays unseen.
+
+A direct run (``Executor``, ``session.run`` in a cell) beats for nobody: when one takes up a
+flow that an earlier direct run left RUNNING (its kernel restarted, its process was killed, its
+cell interrupted), the flow's log says where that run was: in its step waiting to be retried,
+or in the step after its last record, since that record's end. That step gets the abandoned
+attempt (:func:`stopped_run_attempts`).
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ import logging
 
 from pyergon._context import Position
 from pyergon.core.records import Attempt, AttemptEnd, ScheduledFlow
+from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.workers import WorkerState, worker_state
 from pyergon.storage.base import ExecutionLog, WorkerRegistry
 
-__all__ = ["abandoned_attempts"]
+__all__ = ["abandoned_attempts", "stopped_run_attempts"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,3 +72,48 @@ async def abandoned_attempts(
             0, step.started_at, None, end, worker_id=lost_by, last_seen_at=record.last_beat
         )
     return found or None
+
+
+async def stopped_run_attempts(
+    storage: ExecutionLog, flow: ScheduledFlow, now: float
+) -> dict[Position, Attempt] | None:
+    """The step an earlier direct run of ``flow`` was in when it stopped, as an attempt.
+
+    Args:
+        storage: Where the flow is.
+        flow: The flow as stored before this run took it up.
+        now: The time on the run's clock.
+
+    Returns:
+        One ``"abandoned"`` attempt (numbered 0, the step's run numbers it) by its step's
+        position, or ``None`` if the flow was not left RUNNING, or a worker's live lease holds
+        it (that run has not stopped).
+    """
+    if flow.status is not TaskStatus.RUNNING:
+        return None
+    if flow.lease_expires_at is not None and flow.lease_expires_at > now:
+        return None
+    records = [
+        record
+        for record in await storage.load_invocations(flow.flow_id)
+        if record.sub_sequence == 0 and record.sequence >= 1
+    ]
+    retried = [
+        record
+        for record in records
+        if record.kind is OperationKind.STEP and record.status is InvocationStatus.PENDING
+    ]
+    if retried:  # it was in a step's backoff, or in the step's next attempt
+        position: Position = (retried[0].sequence, 0)
+    else:
+        position = (max((record.sequence for record in records), default=0) + 1, 0)
+    # It was last known alive at the latest moment its log records; past a retry's due time,
+    # its next attempt had started.
+    moments = [flow.created_at]
+    for record in records:
+        moments.extend(t for t in (record.started_at, record.completed_at) if t is not None)
+        for attempt in record.earlier_attempts:
+            moments.extend(t for t in (attempt.ended_at, attempt.last_seen_at) if t is not None)
+            if attempt.retry_at is not None and attempt.retry_at <= now:
+                moments.append(attempt.retry_at)
+    return {position: Attempt(0, max(moments), None, "abandoned")}

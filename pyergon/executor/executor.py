@@ -21,6 +21,7 @@ from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.decorators import flow_entry, require_flow_instance
 from pyergon.errors import InvalidFlowIdError, NonDeterminismError, PyergonError, SignatureError
+from pyergon.executor._abandoned import stopped_run_attempts
 from pyergon.executor._child import refuse_child_namespace, refuse_foreign_child
 from pyergon.executor._inputs import check_same_inputs, encode_flow
 from pyergon.executor._runner import FlowRun, drive_flow, stored_outcome
@@ -146,6 +147,9 @@ class Executor(Generic[F]):
         stored, held, created = await self._load_or_create()
         if held is None:
             return stored_outcome(stored, self.serializer)
+        stopped = None
+        if not created:  # an earlier run that left the flow RUNNING stopped mid-way
+            stopped = await stopped_run_attempts(self.storage, stored, self.clock.now())
         try:
             return await drive_flow(
                 FlowRun(
@@ -163,6 +167,7 @@ class Executor(Generic[F]):
                     or PolledCancellation(self.storage, self.flow_id, self.clock),
                     thread_pool=self._thread_pool,
                     on_stale=self._on_stale,
+                    abandoned=stopped,
                 )
             )
         except (NonDeterminismError, SignatureError):

@@ -278,7 +278,7 @@ def test_the_record_frame_counts_and_describes_the_earlier_attempts() -> None:
     assert frame["earlier_attempts"].tolist() == [3, 0]
     assert frame.loc[0, "attempt_errors"] == (
         "attempt 1 failed ProviderDown: provider down\n"
-        "attempt 2 abandoned (its worker died or stopped)\nattempt 3 lease lost"
+        "attempt 2 abandoned (its process died or stopped)\nattempt 3 lease lost"
     )
     assert pd.isna(frame.loc[1, "attempt_errors"])
     html = earlier_attempts_html(records[0], origin=1_000.0)
@@ -286,7 +286,7 @@ def test_the_record_frame_counts_and_describes_the_earlier_attempts() -> None:
     # A line per attempt after its start; the whole message is the failed one's tooltip.
     tip = '<div title="provider down\nretry later">'
     assert f"{tip}+0.000s attempt 1 failed ProviderDown: provider down" in html
-    assert "<div>+2.000s attempt 2 abandoned (its worker died or stopped)</div>" in html
+    assert "<div>+2.000s attempt 2 abandoned (its process died or stopped)</div>" in html
 
 
 def test_the_flow_frame_names_the_steps_running_now_when_given() -> None:

@@ -148,7 +148,7 @@ def test_an_abandoned_attempt_is_hatched_until_last_seen_then_a_crash_gap(
     scale = per_second(svg)
 
     (abandoned,) = of_class(fit, "pyergon-attempt-abandoned")
-    assert abandoned.findtext(f"{SVG}title") == "attempt 1 abandoned (its worker died or stopped)"
+    assert abandoned.findtext(f"{SVG}title") == "attempt 1 abandoned (its process died or stopped)"
     span = abandoned.find(f"{SVG}rect")
     assert span is not None
     assert x_span(span) == pytest.approx((250 + 9 * scale, 250 + 11 * scale), abs=0.2)
@@ -191,7 +191,7 @@ def test_the_text_form_lists_each_earlier_attempt_under_its_step(retried: FlowHi
         "         attempt 1 failed ValueError: bad row 17",
         "         attempt 2 failed ValueError: bad row 17",
         "      2  STEP    fit     COMPLETE               6.000s  \u00d72",
-        "         attempt 1 abandoned (its worker died or stopped)",
+        "         attempt 1 abandoned (its process died or stopped)",
         "      3  STEP    crunch  PENDING               running  1/2 · half  \u00d72",
         "         attempt 1 lease lost by worker-b",
     ]
@@ -232,7 +232,7 @@ async def test_a_flow_taken_over_after_its_worker_died_shows_the_crash_gap() -> 
 
     assert timeline.text().splitlines()[2:] == [
         "      1  STEP    charge  COMPLETE               0.000s  \u00d72",
-        "         attempt 1 abandoned (its worker died or stopped)",
+        "         attempt 1 abandoned (its process died or stopped)",
     ]
     charge = record_marks(ET.fromstring(timeline.svg()))["1"]
     (abandoned,) = of_class(charge, "pyergon-attempt-abandoned")
