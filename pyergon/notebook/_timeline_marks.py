@@ -27,6 +27,7 @@ __all__ = [
     "RULE",
     "STATUS_KEYS",
     "WIDTH",
+    "empty_picture",
     "error_badge",
     "flow_badges",
     "flow_error_badge",
@@ -283,3 +284,16 @@ def flow_error_badge(history: FlowHistory) -> tuple[str, str, str] | None:
     if history.flow.status is not TaskStatus.FAILED or error is None:
         return None
     return error_note(error, 200), "red", "pyergon-error-note"
+
+
+def empty_picture(note: str) -> str:
+    """A picture with no axis and no legend: only why there is nothing to show."""
+    width, height = WIDTH, 30
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="pyergon timeline of 0 flows" '
+        f'font-family="{FONT}" font-size="11" fill="{INK}">'
+        f'<rect class="pyergon-paper" x="0" y="0" width="{width}" height="{height}" '
+        f'fill="{PAPER}"/><text class="pyergon-empty" x="4" y="19" fill="{MUTED}">'
+        f"{escape(clip(note, int((width - 8) / CHAR)))}</text></svg>"
+    )

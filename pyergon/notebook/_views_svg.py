@@ -59,6 +59,7 @@ from pyergon.notebook._timeline_marks import (
     RULE,
     STATUS_KEYS,
     WIDTH,
+    empty_picture,
     error_badge,
     flow_badges,
     flow_error_badge,
@@ -119,21 +120,8 @@ def timeline_svg(
     Without lanes, a line says why (the filters kept none of the ``given`` flows).
     """
     if not lanes:
-        return _empty_svg(empty_note(len(lanes) if given is None else given, options))
+        return empty_picture(empty_note(len(lanes) if given is None else given, options))
     return _Drawing(lanes, now, options, collapsed).svg()
-
-
-def _empty_svg(note: str) -> str:
-    """A picture with no axis and no legend: only why there is nothing to show."""
-    width, height = WIDTH, 30
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="pyergon timeline of 0 flows" '
-        f'font-family="{FONT}" font-size="11" fill="{INK}">'
-        f'<rect class="pyergon-paper" x="0" y="0" width="{width}" height="{height}" '
-        f'fill="{PAPER}"/><text class="pyergon-empty" x="4" y="19" fill="{MUTED}">'
-        f"{escape(clip(note, int((width - 8) / CHAR)))}</text></svg>"
-    )
 
 
 _MINUTE, _HOUR, _DAY = 60, 3600, 86400
