@@ -229,6 +229,19 @@ class FlowHistory:
             f"children={len(self.children)})"
         )
 
+    def text(self) -> str:
+        """The flow in readable text: its summary, then one line per record with its error.
+
+        The one-flow timeline's text, free of timestamps, so the same history always reads
+        the same; it is what IPython shows as ``text/plain`` (``repr()`` stays short).
+        """
+        from pyergon.notebook._timeline_text import flow_text
+
+        return flow_text(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self) if cycle else self.text())
+
     def _repr_html_(self) -> str:
         from pyergon._history_html import history_html
 
@@ -237,7 +250,7 @@ class FlowHistory:
     def _repr_mimebundle_(
         self, include: object = None, exclude: object = None, **kwargs: object
     ) -> dict[str, str]:
-        return {"text/plain": repr(self), "text/html": self._repr_html_()}
+        return {"text/plain": self.text(), "text/html": self._repr_html_()}
 
 
 async def load_history(

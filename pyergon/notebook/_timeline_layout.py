@@ -28,6 +28,7 @@ __all__ = [
     "attempt_segments",
     "bar_end",
     "collapsed_cap",
+    "empty_note",
     "flow_span",
     "is_flow_retry",
     "lanes",
@@ -108,6 +109,23 @@ class TimelineOptions:
         if self.window is not None:
             facts.append(f"window {_window_text(self.window[0])} to {_window_text(self.window[1])}")
         return ", ".join(facts)
+
+
+def empty_note(total: int, options: TimelineOptions) -> str:
+    """Why a timeline shows no flow: its filters kept none of ``total``, or it was given none."""
+    facts = []
+    if options.status:
+        facts.append("status " + "|".join(sorted(each.value for each in options.status)))
+    if options.flow_type:
+        facts.append("type " + "|".join(sorted(options.flow_type)))
+    if not facts:
+        return "no flows to show: the timeline was given none"
+    wanted = " and ".join(facts)
+    if total == 0:
+        return f"no flows to show: no flow has {wanted}"
+    if total == 1:
+        return f"no flows to show: the flow given does not have {wanted}"
+    return f"no flows to show: none of the {total} flows has {wanted}"
 
 
 def _window_text(bound: float | datetime) -> str:

@@ -10,9 +10,9 @@ from collections.abc import Collection, Sequence
 
 from pyergon._history_html import AMBER, DARK_GREY, GREEN, GREY, RED, escape
 from pyergon.core.records import Invocation
-from pyergon.core.status import OperationKind
+from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.history import FlowHistory
-from pyergon.notebook._timeline_text import ATTEMPTS_SIGN, clip
+from pyergon.notebook._timeline_text import ATTEMPTS_SIGN, clip, error_note
 
 __all__ = [
     "BAR",
@@ -25,8 +25,12 @@ __all__ = [
     "PLOT_LEFT",
     "PLOT_RIGHT",
     "RULE",
+    "STATUS_KEYS",
     "WIDTH",
+    "empty_picture",
+    "error_badge",
     "flow_badges",
+    "flow_error_badge",
     "legend",
     "pills",
     "progress_mark",
@@ -51,6 +55,10 @@ LEGEND_ROW = 18
 CHAR = 6.6
 """Width of a character at the font size of 11 (monospace, 0.6 em)."""
 PILL_CHAR = 6.0
+_NOTE_MIN = 16
+"""Fewest characters of an error note worth drawing beside a bar rather than in the labels."""
+_LABEL_MIN = 48 + 8 * CHAR
+"""Where the label column must still have room for a position and a few letters of name."""
 FONT = "ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace"
 """Monospace fonts; DejaVu Sans Mono is what a Linux renderer of the PNG (resvg) finds."""
 
@@ -72,18 +80,43 @@ def _pill_width(text: str) -> float:
 
 
 def pills(
-    badges: Sequence[tuple[str, str, str]], start: float, end: float, baseline: float
+    badges: Sequence[tuple[str, str, str]],
+    start: float,
+    end: float,
+    baseline: float,
+    note: tuple[str, str, str] | None = None,
 ) -> tuple[list[str], float | None]:
     """Badges beside a bar from ``start`` to ``end``, never over it.
 
     After the bar if they fit, else before it, else at the right of the label column.
 
+    Args:
+        badges: Text, tone and class of each badge, drawn whole.
+        start: Where the bar starts.
+        end: Where it ends.
+        baseline: The baseline of the badges' text.
+        note: A last badge (an error message) clipped to the room on the side with the most,
+            so a static picture shows what the tooltip says.
+
     Returns:
         The drawn badges, and the x the label column must end before (``None``: not used).
     """
-    if not badges:
+    if not badges and note is None:
         return [], None
-    widths = [_pill_width(text) + 4 for text, _, _ in badges]
+    shown = list(badges)
+    fixed = sum(_pill_width(text) + 4 for text, _, _ in badges)
+    if note is not None:
+        after = WIDTH - 2 - (end + 6) - fixed
+        before = start - 6 - (PLOT_LEFT - 4) - fixed
+        label = PLOT_LEFT - 6 - _LABEL_MIN - fixed
+        room = max(after, before)
+        if room < _pill_width("x" * _NOTE_MIN) + 4:
+            room = label
+        chars = int((room - 14) / PILL_CHAR)
+        if chars >= 4:
+            text, tone, css = note
+            shown.append((clip(text, chars), tone, css))
+    widths = [_pill_width(text) + 4 for text, _, _ in shown]
     total = sum(widths)
     label_end = None
     if end + 6 + total <= WIDTH - 2:
@@ -94,7 +127,7 @@ def pills(
         x = PLOT_LEFT - 6 - total
         label_end = x - 4
     drawn = []
-    for (text, tone, css), width in zip(badges, widths, strict=True):
+    for (text, tone, css), width in zip(shown, widths, strict=True):
         drawn.append(_pill(x, baseline, text, tone, css))
         x += width
     return drawn, label_end
@@ -152,6 +185,7 @@ _LEGEND = {
     "failed": (_swatch(RED), "failed"),
     "running": (_swatch(AMBER), "running"),
     "waiting": (_swatch(GREY), "waiting"),
+    "cancelled": (_swatch(DARK_GREY), "cancelled"),
     "timer": (
         f'<rect x="0" y="0" width="14" height="{BAR}" fill="{GREY}" fill-opacity="0.25" '
         f'stroke="{GREY}" stroke-dasharray="4 2"/>',
@@ -174,11 +208,7 @@ _LEGEND = {
     "failure tick": (_tick(RED), "failed here"),
     "crash tick": (_tick(DARK_GREY), "worker stopped"),
     "lease tick": (_tick(AMBER), "lease lost"),
-    "attempts": (
-        f'<rect x="0" y="0" width="14" height="{BAR}" rx="5" fill="{_PILLS["red"][0]}" '
-        f'stroke="{_PILLS["red"][1]}"/>',
-        f"{ATTEMPTS_SIGN}n attempts",
-    ),
+    "attempts": (_pill(0, 9, f"{ATTEMPTS_SIGN}n", "red", "pyergon-retry"), "attempts"),
     "stale": (
         f'<rect x="1" y="0" width="12" height="{BAR}" rx="2" fill="none" '
         f'stroke="{AMBER}" stroke-dasharray="3 2"/>',
@@ -186,25 +216,28 @@ _LEGEND = {
     ),
 }
 """The legend's entries by key, in order: a swatch and its name."""
-_ALWAYS = ("complete", "failed", "running", "waiting")
+STATUS_KEYS = {GREEN: "complete", RED: "failed", AMBER: "running", GREY: "waiting"}
+"""The legend key of each colour a record or flow is drawn in (cancelled: its own)."""
 
 
 def legend(top: float, shown: Collection[str]) -> tuple[str, float]:
-    """The legend of the statuses and of the marks ``shown`` (keys of ``_LEGEND``).
+    """The legend of the colours and marks ``shown`` (keys of ``_LEGEND``), and only those.
 
     Wrapped to the width; returns it and its height.
     """
     parts = []
     x, y = 4.0, top
     for key, (swatch, name) in _LEGEND.items():
-        if key not in _ALWAYS and key not in shown:
+        if key not in shown:
             continue
-        width = 26 + 7 * len(name)
+        # A badge's key is the badge itself, as wide as its text.
+        left = 20 if key != "attempts" else _pill_width(f"{ATTEMPTS_SIGN}n") + 6
+        width = left + 6 + 7 * len(name)
         if x + width > WIDTH:
             x, y = 4.0, y + LEGEND_ROW
         parts.append(
             f'<g transform="translate({x},{y})">{swatch}'
-            f'<text x="20" y="9">{escape(name)}</text></g>'
+            f'<text x="{left}" y="9">{escape(name)}</text></g>'
         )
         x += width
     return f'<g class="pyergon-legend">{"".join(parts)}</g>', y - top + LEGEND_ROW + 4
@@ -236,3 +269,31 @@ def record_badges(record: Invocation, stale: bool) -> list[tuple[str, str, str]]
     if record.child_flow_id is not None:
         badges.append((f"→ {clip(record.child_flow_id, 30)}", "grey", "pyergon-child-link"))
     return badges
+
+
+def error_badge(record: Invocation) -> tuple[str, str, str] | None:
+    """The error a failed record ended with, as a badge for :func:`pills` to clip."""
+    if record.status is not InvocationStatus.FAILED or record.error is None:
+        return None
+    return error_note(record.error, 200), "red", "pyergon-error-note"
+
+
+def flow_error_badge(history: FlowHistory) -> tuple[str, str, str] | None:
+    """The error a failed flow ended with, as a badge of its collapsed row."""
+    error = history.flow.error
+    if history.flow.status is not TaskStatus.FAILED or error is None:
+        return None
+    return error_note(error, 200), "red", "pyergon-error-note"
+
+
+def empty_picture(note: str) -> str:
+    """A picture with no axis and no legend: only why there is nothing to show."""
+    width, height = WIDTH, 30
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="pyergon timeline of 0 flows" '
+        f'font-family="{FONT}" font-size="11" fill="{INK}">'
+        f'<rect class="pyergon-paper" x="0" y="0" width="{width}" height="{height}" '
+        f'fill="{PAPER}"/><text class="pyergon-empty" x="4" y="19" fill="{MUTED}">'
+        f"{escape(clip(note, int((width - 8) / CHAR)))}</text></svg>"
+    )

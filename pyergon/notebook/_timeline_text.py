@@ -10,13 +10,14 @@ from collections import Counter
 from collections.abc import Sequence
 
 from pyergon._history_html import last_lines, lease_loss_note, plain_text, seconds
-from pyergon.core.records import Attempt, Invocation
+from pyergon.core.records import Attempt, Invocation, StoredError
 from pyergon.core.status import InvocationStatus
 from pyergon.history import FlowHistory
 from pyergon.notebook._timeline_layout import (
     Lane,
     TimelineOptions,
     collapsed_cap,
+    empty_note,
     is_flow_retry,
     left_out_note,
     ordered_records,
@@ -29,8 +30,10 @@ __all__ = [
     "LABEL_CHARS",
     "attempt_note",
     "clip",
+    "error_note",
     "failure_note",
     "flow_summary",
+    "flow_text",
     "gap_note",
     "record_tooltip",
     "text_duration",
@@ -42,6 +45,8 @@ ATTEMPTS_SIGN = "\u00d7"
 
 LABEL_CHARS = 36
 """Widest record name shown; longer ones end in an ellipsis."""
+ERROR_CHARS = 60
+"""Most characters of an error's message (its first line) the text form shows."""
 _TOOLTIP_LINES = 10
 """Lines of a step's output its tooltip shows, the last ones."""
 _TOOLTIP_CHARS = 400
@@ -69,6 +74,8 @@ def timeline_text(
     if collapsed:
         facts = ", ".join(filter(None, [facts, "collapsed: one line per flow, failed first"]))
     lines = [f"{title} ({facts})" if facts else title]
+    if not lanes:
+        lines.append(empty_note(total, options))
     lanes, left_out = collapsed_cap(lanes) if collapsed else (lanes, 0)
     for lane in lanes:
         indent = "  " * lane.depth
@@ -83,9 +90,20 @@ def timeline_text(
     return plain_text("\n".join(lines))  # error messages and progress may hold escapes
 
 
+def flow_text(history: FlowHistory, max_records: int = 200) -> str:
+    """One flow's text: its summary, then a line per record (its first and last ones)."""
+    return plain_text("\n".join(_text_lane(history, max_records)))
+
+
 def clip(text: str, width: int) -> str:
     """``text`` cut to ``width`` characters, ending in an ellipsis when cut."""
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def error_note(error: StoredError, width: int = ERROR_CHARS) -> str:
+    """An error in one line: its type and its message's first line, clipped to ``width``."""
+    message = error.message.strip().partition("\n")[0].rstrip()
+    return f"{error.short_type}: {clip(message, width)}" if message else error.short_type
 
 
 def gap_note(hidden: int) -> str:
@@ -98,7 +116,7 @@ def flow_summary(history: FlowHistory) -> str:
     flow = history.flow
     status = flow.status.value
     if flow.error is not None:
-        status += f" ({flow.error.short_type})"
+        status += f" ({error_note(flow.error)})"
     facts = [status]
     if flow.attempt > 1:
         facts.append(f"attempt {flow.attempt}")
@@ -165,7 +183,9 @@ def _notes(record: Invocation, running: bool, stale: bool = False) -> list[str]:
         cause = f" after {record.error.short_type}" if record.error is not None else ""
         notes.append(f"flow retry{cause}")
     elif record.error is not None:
-        notes.append(record.error.short_type)
+        # The final error's message: the only place a static output (text, PNG) can show it.
+        final = record.status is InvocationStatus.FAILED
+        notes.append(error_note(record.error) if final else record.error.short_type)
     if record.child_flow_id is not None:
         notes.append(f"→ {record.child_flow_id}")
     return notes

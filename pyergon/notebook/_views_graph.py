@@ -10,6 +10,7 @@ the text form is one line per step, in the order the steps take their log positi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -51,6 +52,11 @@ _MARGIN = 16
 _HEADER = 24
 _LEGEND_HEIGHT = 28
 _LABEL_CHARS = 22
+_LINE = 15
+"""The height of a second line of the title."""
+_TITLE_CHAR = 7.0
+"""Width of a bold character of the title (monospace at 11 px, with room to spare)."""
+_MUTED = "#616161"
 _INK = "#1f2328"
 """The colour of text and arrows."""
 _FONT = "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace"
@@ -92,7 +98,15 @@ def dependency_graph(
         states = {name: _state(latest.get(name), name in stale_names) for name in shape.graph.names}
         details = {name: _detail(record) for name, record in latest.items()}
     declares = any(method.spec.depends_on for method in shape.steps.values())
-    return DependencyGraph(shape.flow_type, shape.graph, shape.order, states, details, declares)
+    order = shape.order
+    if not declares and records is not None:
+        # No DAG: the steps ran as the @flow method called them, which their positions record.
+        ran = sorted(latest, key=lambda name: latest[name].sequence)
+        order = (
+            *[name for name in ran if name in shape.steps],
+            *[name for name in shape.order if name not in latest],
+        )
+    return DependencyGraph(shape.flow_type, shape.graph, order, states, details, declares)
 
 
 def _state(record: Invocation | None, stale: bool) -> StepState:
@@ -146,18 +160,31 @@ class DependencyGraph:
     details: Mapping[str, str]
     declares_dependencies: bool
 
-    def text(self) -> str:
-        """One line per step, in position order: ``merge <- left, right  [complete]``."""
+    def heading(self) -> list[str]:
+        """What the graph is, in a line or two: the title of its text and of its picture."""
         count = len(self.order)
-        head = f"DAG of {self.flow_type}: {count} step{'' if count == 1 else 's'}"
+        steps = f"{count} step{'' if count == 1 else 's'}"
+        if not self.declares_dependencies:
+            shown = "in the order they ran" if self.states is not None else "as declared"
+            return [
+                f"Steps of {self.flow_type}: {steps}, no DAG (none declares depends_on or inputs)",
+                f"they run as its @flow method calls them; shown {shown}",
+            ]
+        head = f"DAG of {self.flow_type}: {steps}"
         if count:
             levels = len(self.graph.levels())
             head += f" in {levels} level{'' if levels == 1 else 's'}"
-        if not self.declares_dependencies:
-            head += " (no step declares depends_on or inputs: all run at once)"
+        return [head]
+
+    def text(self) -> str:
+        """One line per step, in position order: ``merge <- left, right  [complete]``.
+
+        A flow whose steps declare no dependencies is no DAG: its steps are listed in the
+        order they ran (given records), else as declared.
+        """
         edges = {name: _edge_text(name, self.graph.depends_on(name)) for name in self.order}
         width = max((len(edge) for edge in edges.values()), default=0)
-        lines = [head]
+        lines = self.heading()
         for name, edge in edges.items():
             if self.states is None:
                 lines.append(f"  {edge}")
@@ -183,19 +210,32 @@ class _Drawing:
 
     def __init__(self, view: DependencyGraph) -> None:
         self.view = view
-        self.columns = self._columns(view.graph)
+        self.heading = view.heading()
+        # No DAG: one column in the order the steps ran (or were declared), and no arrows.
+        self.columns = (
+            self._columns(view.graph) if view.declares_dependencies else [list(view.order)]
+        )
+        self.header = _HEADER + _LINE * (len(self.heading) - 1)
         self.at: dict[str, tuple[float, float]] = {}
         for column, names in enumerate(self.columns):
             x = _MARGIN + column * (_BOX_WIDTH + _COLUMN_GAP)
             for row, name in enumerate(names):
-                self.at[name] = (x, _HEADER + _MARGIN + row * (_BOX_HEIGHT + _ROW_GAP))
+                self.at[name] = (x, self.header + _MARGIN + row * (_BOX_HEIGHT + _ROW_GAP))
         rows = max((len(names) for names in self.columns), default=0)
-        self.width = max(
-            2 * _MARGIN + len(self.columns) * (_BOX_WIDTH + _COLUMN_GAP) - _COLUMN_GAP, 360
+        self.legend = self._legend_entries()
+        legend_width = sum(width for _, width in self.legend)
+        # Wide enough for the boxes, the title and the legend: a PNG crops what overflows.
+        self.width = math.ceil(
+            max(
+                2 * _MARGIN + len(self.columns) * (_BOX_WIDTH + _COLUMN_GAP) - _COLUMN_GAP,
+                2 * _MARGIN + max(len(line) for line in self.heading) * _TITLE_CHAR,
+                2 * _MARGIN + legend_width,
+                360,
+            )
         )
         legend = _LEGEND_HEIGHT if view.states is not None else 0
-        self.height = _HEADER + 2 * _MARGIN + max(rows * (_BOX_HEIGHT + _ROW_GAP) - _ROW_GAP, 0)
-        self.height += legend
+        self.height = self.header + 2 * _MARGIN
+        self.height += max(rows * (_BOX_HEIGHT + _ROW_GAP) - _ROW_GAP, 0) + legend
 
     @staticmethod
     def _columns(graph: StepGraph) -> list[list[str]]:
@@ -220,7 +260,11 @@ class _Drawing:
     def svg(self) -> str:
         view = self.view
         label = f"pyergon DAG of {view.flow_type}"
-        title = view.text().splitlines()[0]
+        second = f' dy="{_LINE}" font-weight="normal" fill="{_MUTED}"'
+        title = "".join(
+            f'<tspan x="{_MARGIN}"{second if number else ""}>{escape(line)}</tspan>'
+            for number, line in enumerate(self.heading)
+        )
         edges = "".join(
             self._edge(need, name) for name in view.order for need in view.graph.depends_on(name)
         )
@@ -232,8 +276,8 @@ class _Drawing:
             f'aria-label="{escape(label)}" font-family="{_FONT}" font-size="11" '
             # Explicit ink on white: the picture reads the same in a dark theme and as a PNG.
             f'color="{_INK}" fill="currentColor"><rect width="100%" height="100%" fill="#fff"/>'
-            f'<text x="{_MARGIN}" y="{_HEADER - 6}" font-weight="bold">'
-            f"{escape(title)}</text>"
+            f'<text class="pyergon-title" x="{_MARGIN}" y="{_HEADER - 6}" font-weight="bold">'
+            f"{title}</text>"
             f'<g class="pyergon-edges">{edges}</g><g class="pyergon-steps">{boxes}</g>'
             f"{legend}</svg>"
         )
@@ -300,11 +344,18 @@ class _Drawing:
         step = f'data-step="{escape(name)}"{data_state}'
         return f'<g class="pyergon-step" {step}>{"".join(parts)}</g>'
 
-    @staticmethod
-    def _legend(y: float) -> str:
+    def _legend_entries(self) -> list[tuple[StepState, float]]:
+        """The states drawn, each with the width of its legend entry; none drawn, none named."""
+        states = self.view.states
+        if states is None:
+            return []
+        drawn = set(states.values())
+        return [(state, 30 + 7 * len(state.value)) for state in StepState if state in drawn]
+
+    def _legend(self, y: float) -> str:
         parts = []
-        x = _MARGIN
-        for state in StepState:
+        x = float(_MARGIN)
+        for state, width in self.legend:
             colour = _COLOURS[state]
             fill = "none" if state is StepState.NOT_RUN else colour
             dashes = ' stroke-dasharray="3 2"' if state is StepState.NOT_RUN else ""
@@ -321,5 +372,5 @@ class _Drawing:
                 f'<g transform="translate({x},{y})">{swatch}'
                 f'<text x="20" y="9">{escape(state.value)}</text></g>'
             )
-            x += 30 + 7 * len(state.value)
+            x += width
         return f'<g class="pyergon-legend">{"".join(parts)}</g>'

@@ -19,6 +19,7 @@ from pyergon._history_html import (
     AMBER,
     DARK_GREY,
     FLOW_COLOURS,
+    GREEN,
     GREY,
     RECORD_COLOURS,
     RED,
@@ -27,7 +28,7 @@ from pyergon._history_html import (
     seconds,
 )
 from pyergon.core.records import Invocation
-from pyergon.core.status import InvocationStatus
+from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.history import FlowHistory
 from pyergon.notebook._timeline_layout import (
     Lane,
@@ -35,6 +36,7 @@ from pyergon.notebook._timeline_layout import (
     TimelineOptions,
     attempt_segments,
     collapsed_cap,
+    empty_note,
     flow_span,
     is_flow_retry,
     left_out_note,
@@ -55,8 +57,12 @@ from pyergon.notebook._timeline_marks import (
     PLOT_LEFT,
     PLOT_RIGHT,
     RULE,
+    STATUS_KEYS,
     WIDTH,
+    empty_picture,
+    error_badge,
     flow_badges,
+    flow_error_badge,
     legend,
     pills,
     progress_mark,
@@ -67,6 +73,7 @@ from pyergon.notebook._timeline_text import (
     LABEL_CHARS,
     attempt_note,
     clip,
+    error_note,
     failure_note,
     flow_summary,
     gap_note,
@@ -101,12 +108,19 @@ _MAX_HATCHES = 60
 
 
 def timeline_svg(
-    lanes: Sequence[Lane], now: float, options: TimelineOptions, collapsed: bool
+    lanes: Sequence[Lane],
+    now: float,
+    options: TimelineOptions,
+    collapsed: bool,
+    given: int | None = None,
 ) -> str:
     """The lanes as one SVG element; unfinished records end at ``now`` (epoch seconds).
 
     Collapsed, the first ``COLLAPSED_ROWS`` flows are drawn and a note counts the rest.
+    Without lanes, a line says why (the filters kept none of the ``given`` flows).
     """
+    if not lanes:
+        return empty_picture(empty_note(len(lanes) if given is None else given, options))
     return _Drawing(lanes, now, options, collapsed).svg()
 
 
@@ -299,6 +313,20 @@ class _Drawing:
                 f'<tspan class="pyergon-lease-lost" dx="8" font-weight="normal" fill="{RED}">'
                 f"{escape(clip(lost, 48))}</tspan>"
             )
+        if flow.error is not None:  # the flow's error, in the room the header leaves
+            used = len(arrow + clip(flow.flow_id, 40)) + len(clip(flow.flow_type, 30))
+            used += (
+                len(flow.status.value)
+                + 4
+                + (len(f"attempt {flow.attempt}") + 2) * (flow.attempt > 1)
+            )
+            room = int((WIDTH - 8 - indent) / CHAR) - used - (0 if lost is None else 51)
+            room -= len(flow.error.short_type) + 2
+            if room >= 8:
+                notes += (
+                    f'<tspan class="pyergon-error-note" dx="8" font-weight="normal" '
+                    f'fill="{RED}">{escape(error_note(flow.error, room))}</tspan>'
+                )
         # Separated by dx, not spaces: SVG collapses white space between tspans.
         head = (
             f'<text x="{indent}" y="{top + 15}" font-weight="bold">'
@@ -338,7 +366,7 @@ class _Drawing:
         activity = history.running_at(record.position)
         running = activity is not None
         stale = record.position in history.stale
-        colour = RECORD_COLOURS[record.status]
+        colour = GREEN if self._fired(record) else RECORD_COLOURS[record.status]
         classes = f"pyergon-record pyergon-{record.kind.value.lower()}"
         if is_flow_retry(record):
             classes += " pyergon-flow-retry"
@@ -359,6 +387,7 @@ class _Drawing:
             parts.extend(self._attempt(segment, y) for segment in segments[:-1])
             self.shown.update(segment.end_kind for segment in segments[:-1])
             self.shown.add(record.kind.value.lower())
+            self.shown.add(STATUS_KEYS[colour])
             if record.attempts > 1:
                 self.shown.add("attempts")
             if stale:
@@ -377,7 +406,9 @@ class _Drawing:
                 )
             if record.child_flow_id is not None:
                 self.links.append((begin, y + BAR, record.child_flow_id))
-            badges, label_end = pills(record_badges(record, stale), start, end, top + 12)
+            badges, label_end = pills(
+                record_badges(record, stale), start, end, top + 12, error_badge(record)
+            )
             parts.extend(badges)
         chars = LABEL_CHARS - 7
         if label_end is not None:
@@ -390,6 +421,19 @@ class _Drawing:
             f'<g class="{classes}" data-position="{escape(record.position)}" '
             f'data-kind="{record.kind.value}" data-status="{record.status.value}" '
             f'data-colour="{colour}">{"".join(parts)}</g>'
+        )
+
+    def _fired(self, record: Invocation) -> bool:
+        """Whether a timer has fired by ``now`` though its stored record still waits.
+
+        Its flow records the end with its next save, so a running flow's fired timer is
+        drawn done, as it is once saved.
+        """
+        return (
+            record.kind is OperationKind.TIMER
+            and record.status is InvocationStatus.WAITING_FOR_TIMER
+            and record.fire_at is not None
+            and record.fire_at <= self.now
         )
 
     def _attempt(self, segment: Segment, y: float) -> str:
@@ -484,9 +528,11 @@ class _Drawing:
                 f'<rect x="{left}" y="{y}" width="{round(right - left, 1)}" height="{bar}" '
                 f'rx="2" fill="{colour}" fill-opacity="0.45" stroke="{colour}"/>'
             )
+            self.shown.add(STATUS_KEYS.get(colour, "cancelled"))
             parts.extend(self._failure_marks(history, y, bar))
             if row >= 12:  # thinner rows have no room for badges; the tooltip says it all
-                drawn, label_end = pills(flow_badges(history), left, right, baseline)
+                note = flow_error_badge(history)
+                drawn, label_end = pills(flow_badges(history), left, right, baseline, note)
                 parts.extend(drawn)
         # The status after the id; both give way to badges that had to go left of the plot.
         char = 0.6 * min(11, row - 1)

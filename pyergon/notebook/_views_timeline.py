@@ -179,7 +179,7 @@ class Timeline(View):
         dark theme and converted to PNG.
         """
         lanes, collapsed = self._layout()
-        return timeline_svg(lanes, self.now, self.options, collapsed)
+        return timeline_svg(lanes, self.now, self.options, collapsed, given=len(self.histories))
 
     @property
     def collapsed(self) -> bool:

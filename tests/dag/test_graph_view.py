@@ -166,22 +166,94 @@ def test_in_a_notebook_it_shows_as_svg_with_its_text() -> None:
         assert png.convert("RGB").getpixel((1, 1)) == (255, 255, 255)  # white, as in any theme
 
 
-def test_a_class_declaring_no_dependencies_says_all_its_steps_run_at_once() -> None:
-    @flow_type
-    class Flat:
-        @step
-        async def one(self) -> int:
-            return 1
+@dataclass
+@flow_type
+class Sales:
+    """An ordinary flow: its @flow method awaits its steps one after another."""
 
-        @step
-        async def two(self) -> int:
-            return 2
+    @step
+    async def report(self, total: int) -> str:
+        return f"total {total}"
 
-        @flow
-        async def run(self) -> int:
-            return await self.one() + await self.two()
+    @step
+    async def load(self) -> int:
+        return 1
 
-    text = dependency_graph(Flat).text()
+    @step
+    async def clean(self, rows: int) -> int:
+        return rows
 
-    assert text.splitlines()[0].endswith("(no step declares depends_on or inputs: all run at once)")
-    ElementTree.fromstring(dependency_graph(Flat).svg())
+    @step
+    async def total(self, rows: int) -> int:
+        return rows * 10
+
+    @flow
+    async def run(self) -> str:
+        rows = await self.clean(await self.load())
+        return await self.report(await self.total(rows))
+
+
+def test_a_class_declaring_no_dependencies_is_no_dag_and_says_so() -> None:
+    text = dependency_graph(Sales).text()
+
+    assert text.splitlines() == [
+        "Steps of Sales: 4 steps, no DAG (none declares depends_on or inputs)",
+        "they run as its @flow method calls them; shown as declared",
+        "  report",
+        "  load",
+        "  clean",
+        "  total",
+    ]
+    assert "all run at once" not in text
+
+
+async def test_a_flow_that_is_no_dag_shows_its_steps_in_the_order_they_ran() -> None:
+    storage = InMemoryExecutionLog()
+    await Executor(Sales(), storage, "sales").run(Sales.run)
+
+    view = dependency_graph(Sales, await storage.load_invocations("sales"))
+
+    assert view.text().splitlines() == [
+        "Steps of Sales: 4 steps, no DAG (none declares depends_on or inputs)",
+        "they run as its @flow method calls them; shown in the order they ran",
+        "  load    [complete]",
+        "  clean   [complete]",
+        "  total   [complete]",
+        "  report  [complete]",
+    ]
+    root = ElementTree.fromstring(view.svg())
+    steps = [g.get("data-step") for g in root.iter(f"{SVG}g") if g.get("class") == "pyergon-step"]
+    assert steps == ["load", "clean", "total", "report"]
+    assert not [g for g in root.iter(f"{SVG}g") if g.get("class") == "pyergon-edge"]
+    tops = [float(rect.get("y", 0)) for rect in root.iter(f"{SVG}rect") if rect.get("rx") == "4"]
+    assert tops == sorted(tops) and len(set(tops)) == 4  # one column, top to bottom
+
+
+async def test_the_picture_is_as_wide_as_its_title_and_its_legend_names_only_what_is_drawn() -> (
+    None
+):
+    storage = InMemoryExecutionLog()
+    await Executor(Sales(), storage, "sales").run(Sales.run)
+    view = dependency_graph(Sales, await storage.load_invocations("sales"))
+
+    root = ElementTree.fromstring(view.svg())
+
+    width = float(root.attrib["width"])
+    (title,) = [t for t in root.iter(f"{SVG}text") if t.get("class") == "pyergon-title"]
+    longest = max(len(part.text or "") for part in title)
+    assert 16 + longest * 6.6 <= width  # monospace at 11 px: 6.6 px a character
+    (legend,) = [g for g in root.iter(f"{SVG}g") if g.get("class") == "pyergon-legend"]
+    assert ["".join(entry.itertext()) for entry in legend] == ["complete"]
+    with Image.open(io.BytesIO(base64.b64decode(view._repr_mimebundle_()["image/png"]))) as png:
+        assert png.size[0] == int(width)
+
+
+async def test_a_dags_legend_names_only_the_states_drawn() -> None:
+    storage = InMemoryExecutionLog()
+    await Executor(Report(fail=True), storage, "report").run(Report.run)
+
+    svg = dependency_graph(Report, await storage.load_invocations("report")).svg()
+
+    root = ElementTree.fromstring(svg)
+    (legend,) = [g for g in root.iter(f"{SVG}g") if g.get("class") == "pyergon-legend"]
+    assert ["".join(entry.itertext()) for entry in legend] == ["complete", "failed", "not run"]

@@ -127,3 +127,18 @@ async def test_a_status_is_named_in_any_case_and_a_wrong_one_says_which_exist() 
         "unknown status 'done'; valid: PENDING, RUNNING, SUSPENDED, COMPLETE, FAILED, CANCELLED"
     )
     assert str(from_flows.value) == str(from_timeline.value) == message
+
+
+async def test_a_session_timeline_with_no_flow_of_the_status_asked_says_why_it_is_empty() -> None:
+    storage = InMemoryExecutionLog()
+    await storage.create_flow(make_flow("fine", status=TaskStatus.COMPLETE))
+    session = Session(storage)
+    try:
+        timeline = await session.timeline(status="failed")
+    finally:
+        await session.close()
+
+    assert timeline.text() == (
+        "Timeline of 0 flows (status FAILED)\nno flows to show: no flow has status FAILED"
+    )
+    assert "no flows to show: no flow has status FAILED" in timeline.svg()

@@ -278,7 +278,9 @@ def test_past_collapse_after_each_flow_is_one_row_with_failed_flows_first() -> N
     assert mark.attrib["stroke"] == RED
     lines = timeline.text().splitlines()
     assert lines[0] == "Timeline of 21 flows (collapsed: one line per flow, failed first)"
-    assert lines[1] == ("flow-001 (Order) FAILED (ValueError), 3 records, failed at 3 step_3")
+    assert lines[1] == (
+        "flow-001 (Order) FAILED (ValueError: bad row 17), 3 records, failed at 3 step_3"
+    )
     assert len(lines) == 22
     assert not timeline_from_histories(flows[:20]).collapsed
     assert not timeline_from_histories(flows, collapse_after=None).collapsed
@@ -311,7 +313,10 @@ def test_filters_keep_the_flows_of_a_status_and_type() -> None:
         "Timeline of 1 of 4 flows (type Refund)",
         "other (Refund) COMPLETE, 3 records",
     ]
-    assert none.text() == "Timeline of 0 of 4 flows (status RUNNING, type Refund)"
+    assert none.text() == (
+        "Timeline of 0 of 4 flows (status RUNNING, type Refund)\n"
+        "no flows to show: none of the 4 flows has status RUNNING and type Refund"
+    )
     ET.fromstring(none.svg())
     with pytest.raises(ValueError, match="unknown status 'done'; valid: PENDING, RUNNING"):
         timeline_from_histories(flows, status="done")
