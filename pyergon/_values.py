@@ -15,9 +15,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pyergon.core._frames import COLUMNS, frame_text
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
-from pyergon.core.status import InvocationStatus, TaskStatus
+from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.workers import StepActivity, WorkerRecord, running_steps
-from pyergon.errors import FlowNotFoundError, FlowStateError, SerializationError
+from pyergon.errors import (
+    FlowNotFoundError,
+    FlowStateError,
+    SerializationError,
+    StepNotFoundError,
+)
 from pyergon.executor.executor import validate_flow_id
 from pyergon.history import FlowHistory
 from pyergon.serialization import Serializer
@@ -96,7 +101,13 @@ def stored_value(history: FlowHistory, serializer: Serializer, step: str | int |
     """
     if step is None:
         return _flow_result(history.flow, serializer)
-    found = history.find_steps(step)
+    try:
+        found = history.find_steps(step)
+    except StepNotFoundError:
+        other = _other_operation(history, step)
+        if other is None:
+            raise
+        return _operation_value(other, history, serializer)
     flow_id = history.flow.flow_id
     if len(found) > 1:
         positions = ", ".join(record.position for record in found)
@@ -126,8 +137,52 @@ def _flow_result(flow: ScheduledFlow, serializer: Serializer) -> Any:
     )
 
 
+def _other_operation(history: FlowHistory, step: str | int) -> Invocation | None:
+    """The timer, signal or child flow at position ``step`` (or the one of that name)."""
+    others = [record for record in history.records_now if record.kind is not OperationKind.STEP]
+    found = [record for record in others if record.position == str(step)]
+    if not found and isinstance(step, str):
+        found = [record for record in others if record.name == step]
+    return found[0] if len(found) == 1 else None
+
+
+def _operation_value(record: Invocation, history: FlowHistory, serializer: Serializer) -> Any:
+    """What a signal (its payload) or a child flow (its result) gave; a timer has nothing.
+
+    Raises:
+        FlowStateError: ``record`` is a timer, or a signal or child flow not finished or failed.
+    """
+    kind = record.kind
+    if kind is OperationKind.TIMER:
+        steps = [r for r in history.records_now if r.kind is OperationKind.STEP]
+        listed = ", ".join(f"{r.position} {r.name}" for r in steps) or "none yet"
+        raise FlowStateError(
+            record.flow_id,
+            f"position {record.position} of flow {record.flow_id!r} is a timer "
+            f"({record.name!r}), not a step: a timer has no value to read; its steps: {listed}",
+        )
+    if kind is OperationKind.SIGNAL and record.status is not InvocationStatus.COMPLETE:
+        raise FlowStateError(
+            record.flow_id,
+            f"{_what(record)} has not been received ({record.status.value}), so it has no "
+            f"value yet; send it with send_signal({record.flow_id!r}, {record.name!r}, value)",
+        )
+    return _step_value(record, serializer, running=False)
+
+
+def _what(record: Invocation) -> str:
+    """``step 3 'load' of flow 'f'``, ``signal 'go' (position 3) of flow 'f'``, and so on."""
+    owner = f"of flow {record.flow_id!r}"
+    if record.kind is OperationKind.SIGNAL:
+        return f"signal {record.name!r} (position {record.position}) {owner}"
+    if record.kind is OperationKind.CHILD:
+        child = f" {record.child_flow_id!r}" if record.child_flow_id else ""
+        return f"child flow{child} ({record.name}, position {record.position}) {owner}"
+    return f"step {record.position} {record.name!r} {owner}"
+
+
 def _step_value(record: Invocation, serializer: Serializer, *, running: bool) -> Any:
-    where = f"step {record.position} {record.name!r} of flow {record.flow_id!r}"
+    where = _what(record)
     if record.status is InvocationStatus.COMPLETE:
         return _loads(serializer, record.result, f"the value of {where}")
     if record.status is InvocationStatus.FAILED:

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pyergon import await_external_signal, flow, flow_type, step
+from pyergon import await_external_signal, flow, flow_type, schedule_timer_named, send_signal, step
 from pyergon._values import FRAME_ROWS, VALUE_LIMIT, value_json, value_text
 from pyergon.errors import FlowNotFoundError, FlowStateError, StepNotFoundError
 from pyergon.management import FlowManager
@@ -68,6 +68,20 @@ class Waits:
     @flow
     async def run(self) -> object:
         await self.prepare()
+        return await await_external_signal("go")
+
+
+@dataclass
+@flow_type
+class Paced:
+    @step
+    async def load(self) -> int:
+        return 7
+
+    @flow
+    async def run(self) -> object:
+        await self.load()
+        await schedule_timer_named(0, "pause")
         return await await_external_signal("go")
 
 
@@ -149,6 +163,29 @@ async def test_a_cancelled_flow_has_no_result(session: Session) -> None:
 
     with pytest.raises(FlowStateError, match=r"^flow 'waits' cancelled.*so it has no result"):
         await session.value("waits")
+
+
+async def test_a_timer_or_signal_position_says_what_it_is(session: Session) -> None:
+    await session.run(Paced(), "paced")  # the timer of 0 s fires at once; the signal waits
+    with pytest.raises(FlowStateError) as timer:
+        await session.value("paced", 2)
+    assert str(timer.value) == (
+        "position 2 of flow 'paced' is a timer ('pause'), not a step: a timer has no value to "
+        "read; its steps: 1 load"
+    )
+    with pytest.raises(FlowStateError) as waiting:
+        await session.value("paced", 3)
+    assert str(waiting.value) == (
+        "signal 'go' (position 3) of flow 'paced' has not been received (WAITING_FOR_SIGNAL), "
+        "so it has no value yet; send it with send_signal('paced', 'go', value)"
+    )
+
+    await send_signal(session.storage, "paced", "go", {"approved": True})
+    await session.run(Paced(), "paced")
+
+    assert await session.value("paced", 3) == {"approved": True}  # the signal's payload
+    assert await session.value("paced", "go") == {"approved": True}
+    assert await session.value("paced", "load") == 7
 
 
 async def test_the_manager_reads_the_same_values(session: Session) -> None:
