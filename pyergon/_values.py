@@ -3,7 +3,8 @@
 :meth:`pyergon.management.FlowManager.value` and ``session.value`` call :func:`stored_value`;
 a value that does not exist yet (or never will) is an error that says why and what to do.
 :func:`value_text` and :func:`value_json` show a value in a terminal or a JSON document, sized:
-a DataFrame as its first and last rows, anything longer than :data:`VALUE_LIMIT` cut with a note.
+a DataFrame as its first and last rows (in JSON, pandas' ``split`` form of its first rows),
+anything longer than :data:`VALUE_LIMIT` cut with a note.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from pyergon.core._frames import COLUMNS, frame_text
+from pyergon.core._frames import COLUMNS, frame_json, frame_text
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.workers import StepActivity, WorkerRecord, running_steps
@@ -244,10 +245,19 @@ def value_json(value: object, *, full: bool = False) -> dict[str, Any]:
 
     Returns:
         ``{"type", "format": "json", "value"}`` for a value JSON can hold, up to
-        :data:`VALUE_LIMIT` characters unless ``full``; otherwise ``{"type", "format": "text",
-        "value", "truncated"}`` with the value's text (a DataFrame's first and last rows, a
-        repr, or the JSON text cut) as :func:`value_text` gives it.
+        :data:`VALUE_LIMIT` characters unless ``full``; for a DataFrame or Series,
+        ``{"type", "format": "split", "shape", "value", "truncated"}`` with pandas' ``split``
+        JSON of its first :data:`FRAME_ROWS` rows that fit (see
+        :func:`~pyergon.core._frames.frame_json`); otherwise ``{"type", "format": "text",
+        "value", "truncated"}`` with the value's text (a repr, or the JSON text cut) as
+        :func:`value_text` gives it.
     """
+    try:
+        frame = frame_json(value, rows=None if full else FRAME_ROWS, limit=VALUE_LIMIT)
+    except (TypeError, ValueError, OverflowError):  # cells pandas cannot write as JSON
+        frame = None
+    if frame is not None:
+        return frame
     try:
         encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError):  # not JSON: a DataFrame, a dataclass, a NaN...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -273,24 +274,70 @@ async def test_a_step_running_now_has_no_value_yet() -> None:
     )
 
 
-def test_a_large_dataframe_as_json_renders_only_the_rows_it_shows(
+def test_a_large_dataframe_as_json_writes_only_the_rows_it_shows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     frame = pd.DataFrame({f"c{n}": range(1_000) for n in range(3)})
-    asked: list[object] = []
-    to_string = pd.DataFrame.to_string
+    written: list[int] = []
+    to_json = pd.DataFrame.to_json
 
     def recording(self: pd.DataFrame, *args: object, **kwargs: object) -> object:
-        asked.append(kwargs.get("max_rows"))
-        return to_string(self, *args, **kwargs)  # type: ignore[call-overload]
+        written.append(len(self))
+        return to_json(self, *args, **kwargs)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(pd.DataFrame, "to_string", recording)
+    monkeypatch.setattr(pd.DataFrame, "to_json", recording)
     shown = value_json(frame)
     small = value_json(frame.head(FRAME_ROWS))
 
-    assert asked == [FRAME_ROWS, FRAME_ROWS]  # never the whole frame (max_rows=None)
-    assert shown["truncated"] is True and shown["value"].endswith("[1000 rows x 3 columns]")
+    assert written == [FRAME_ROWS, FRAME_ROWS]  # never the whole frame
+    assert shown["truncated"] is True and shown["shape"] == [1_000, 3]
+    assert shown["value"]["data"][:2] == [[0, 0, 0], [1, 1, 1]]
     assert small["truncated"] is False
+
+
+def test_a_dataframe_in_json_is_pandas_split_json_with_dates_and_nan_safe() -> None:
+    frame = pd.DataFrame(
+        {
+            "day": pd.to_datetime(["2026-01-02", "2026-01-03", "2026-01-04"]),
+            "price": [1.5, float("nan"), 3.0],
+        }
+    )
+
+    shown = value_json(frame)
+
+    assert shown == {
+        "type": "pandas.DataFrame",
+        "format": "split",
+        "shape": [3, 2],
+        "value": {
+            "columns": ["day", "price"],
+            "index": [0, 1, 2],
+            "data": [
+                ["2026-01-02T00:00:00.000", 1.5],
+                ["2026-01-03T00:00:00.000", None],
+                ["2026-01-04T00:00:00.000", 3.0],
+            ],
+        },
+        "truncated": False,
+    }
+    json.dumps(shown, allow_nan=False)  # strict JSON
+    assert value_json(frame["price"])["value"] == {
+        "name": "price",
+        "index": [0, 1, 2],
+        "data": [1.5, None, 3.0],
+    }
+
+
+def test_a_wide_dataframe_in_json_shows_the_rows_that_fit_the_limit() -> None:
+    frame = pd.DataFrame({f"c{n}": ["x" * 100] * 50 for n in range(40)})
+
+    shown = value_json(frame)
+    whole = value_json(frame, full=True)
+
+    assert len(json.dumps(shown["value"])) <= VALUE_LIMIT
+    assert len(shown["value"]["columns"]) == 20 and 1 <= len(shown["value"]["data"]) < 20
+    assert shown["truncated"] is True and shown["shape"] == [50, 40]
+    assert len(whole["value"]["data"]) == 50 and whole["truncated"] is False
 
 
 def test_a_huge_list_is_cut_without_rendering_all_of_it() -> None:
