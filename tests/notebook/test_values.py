@@ -227,6 +227,10 @@ async def test_a_dataframe_result_shows_as_a_small_escaped_table(session: Sessio
     assert shown.count("<tr") == 1 + 10 + 1  # the header, 10 rows and the "..." row
     assert "<p>30 rows \u00d7 2 columns</p>" in shown
 
+    outcomes = await session.wait("table")  # as the README says: a dict shows each as a summary
+    assert repr(outcomes) == f"{{'table': {outcome!r}}}"
+    assert outcomes["table"]._repr_html_() == shown
+
 
 async def test_other_results_keep_their_repr(session: Session) -> None:
     outcome = await session.run(Prices(1), "small")
