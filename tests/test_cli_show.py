@@ -25,6 +25,7 @@ MODULE = "cli_show_flows"
 SOURCE = """\
 from dataclasses import dataclass
 
+import pandas as pd
 
 from pyergon import flow, flow_type, step
 
