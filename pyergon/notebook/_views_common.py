@@ -62,7 +62,7 @@ class View(ABC):
 
     def __init__(self) -> None:
         self._displays: list[Any] = []
-        self._cell_hook: Any = None
+        self._cell_hook: Callable[[object], None] | None = None
 
     @abstractmethod
     def text(self) -> str:
