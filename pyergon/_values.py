@@ -159,8 +159,9 @@ def _operation_value(record: Invocation, history: FlowHistory, serializer: Seria
         listed = ", ".join(f"{r.position} {r.name}" for r in steps) or "none yet"
         raise FlowStateError(
             record.flow_id,
-            f"position {record.position} of flow {record.flow_id!r} is a timer "
-            f"({record.name!r}), not a step: a timer has no value to read; its steps: {listed}",
+            f"position {record.position} of flow {record.flow_id!r} is a timer"
+            f"{f' ({record.name!r})' if record.name else ''}, not a step: a timer has no value "
+            f"to read; its steps: {listed}",
         )
     if kind is OperationKind.SIGNAL and record.status is not InvocationStatus.COMPLETE:
         raise FlowStateError(
