@@ -86,6 +86,24 @@ class Paced:
         return await await_external_signal("go")
 
 
+@dataclass
+@flow_type
+class Half:
+    n: int
+
+    @flow
+    async def run(self) -> float:
+        return self.n / 2
+
+
+@dataclass
+@flow_type
+class Halves:
+    @flow
+    async def run(self) -> float:
+        return await self.invoke(Half(9)).result()
+
+
 @pytest.fixture
 async def session() -> AsyncIterator[Session]:
     session = await Session.open("memory://")
@@ -187,6 +205,13 @@ async def test_a_timer_or_signal_position_says_what_it_is(session: Session) -> N
     assert await session.value("paced", 3) == {"approved": True}  # the signal's payload
     assert await session.value("paced", "go") == {"approved": True}
     assert await session.value("paced", "load") == 7
+
+
+async def test_a_child_flow_position_gives_the_child_s_result(session: Session) -> None:
+    await session.run(Halves(), "halves")
+
+    assert await session.value("halves", 1) == 4.5
+    assert await session.value("halves", "Half") == 4.5
 
 
 async def test_the_manager_reads_the_same_values(session: Session) -> None:
