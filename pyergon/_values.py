@@ -3,7 +3,8 @@
 :meth:`pyergon.management.FlowManager.value` and ``session.value`` call :func:`stored_value`;
 a value that does not exist yet (or never will) is an error that says why and what to do.
 :func:`value_text` and :func:`value_json` show a value in a terminal or a JSON document, sized:
-a DataFrame as its first and last rows, anything longer than :data:`VALUE_LIMIT` cut with a note.
+a DataFrame as its first and last rows (in JSON, pandas' ``split`` form of its first rows),
+anything longer than :data:`VALUE_LIMIT` cut with a note.
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from pyergon.core._frames import COLUMNS, frame_text
+from pyergon.core._frames import COLUMNS, frame_json, frame_text
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
-from pyergon.core.status import InvocationStatus, TaskStatus
+from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.workers import StepActivity, WorkerRecord, running_steps
-from pyergon.errors import FlowNotFoundError, FlowStateError, SerializationError
+from pyergon.errors import (
+    FlowNotFoundError,
+    FlowStateError,
+    SerializationError,
+    StepNotFoundError,
+)
 from pyergon.executor.executor import validate_flow_id
 from pyergon.history import FlowHistory
 from pyergon.serialization import Serializer
@@ -96,7 +102,13 @@ def stored_value(history: FlowHistory, serializer: Serializer, step: str | int |
     """
     if step is None:
         return _flow_result(history.flow, serializer)
-    found = history.find_steps(step)
+    try:
+        found = history.find_steps(step)
+    except StepNotFoundError:
+        other = _other_operation(history, step)
+        if other is None:
+            raise
+        return _operation_value(other, history, serializer)
     flow_id = history.flow.flow_id
     if len(found) > 1:
         positions = ", ".join(record.position for record in found)
@@ -126,8 +138,53 @@ def _flow_result(flow: ScheduledFlow, serializer: Serializer) -> Any:
     )
 
 
+def _other_operation(history: FlowHistory, step: str | int) -> Invocation | None:
+    """The timer, signal or child flow at position ``step`` (or the one of that name)."""
+    others = [record for record in history.records_now if record.kind is not OperationKind.STEP]
+    found = [record for record in others if record.position == str(step)]
+    if not found and isinstance(step, str):
+        found = [record for record in others if record.name == step]
+    return found[0] if len(found) == 1 else None
+
+
+def _operation_value(record: Invocation, history: FlowHistory, serializer: Serializer) -> Any:
+    """What a signal (its payload) or a child flow (its result) gave; a timer has nothing.
+
+    Raises:
+        FlowStateError: ``record`` is a timer, or a signal or child flow not finished or failed.
+    """
+    kind = record.kind
+    if kind is OperationKind.TIMER:
+        steps = [r for r in history.records_now if r.kind is OperationKind.STEP]
+        listed = ", ".join(f"{r.position} {r.name}" for r in steps) or "none yet"
+        raise FlowStateError(
+            record.flow_id,
+            f"position {record.position} of flow {record.flow_id!r} is a timer"
+            f"{f' ({record.name!r})' if record.name else ''}, not a step: a timer has no value "
+            f"to read; its steps: {listed}",
+        )
+    if kind is OperationKind.SIGNAL and record.status is not InvocationStatus.COMPLETE:
+        raise FlowStateError(
+            record.flow_id,
+            f"{_what(record)} has not been received ({record.status.value}), so it has no "
+            f"value yet; send it with send_signal({record.flow_id!r}, {record.name!r}, value)",
+        )
+    return _step_value(record, serializer, running=False)
+
+
+def _what(record: Invocation) -> str:
+    """``step 3 'load' of flow 'f'``, ``signal 'go' (position 3) of flow 'f'``, and so on."""
+    owner = f"of flow {record.flow_id!r}"
+    if record.kind is OperationKind.SIGNAL:
+        return f"signal {record.name!r} (position {record.position}) {owner}"
+    if record.kind is OperationKind.CHILD:
+        child = f" {record.child_flow_id!r}" if record.child_flow_id else ""
+        return f"child flow{child} ({record.name}, position {record.position}) {owner}"
+    return f"step {record.position} {record.name!r} {owner}"
+
+
 def _step_value(record: Invocation, serializer: Serializer, *, running: bool) -> Any:
-    where = f"step {record.position} {record.name!r} of flow {record.flow_id!r}"
+    where = _what(record)
     if record.status is InvocationStatus.COMPLETE:
         return _loads(serializer, record.result, f"the value of {where}")
     if record.status is InvocationStatus.FAILED:
@@ -189,10 +246,19 @@ def value_json(value: object, *, full: bool = False) -> dict[str, Any]:
 
     Returns:
         ``{"type", "format": "json", "value"}`` for a value JSON can hold, up to
-        :data:`VALUE_LIMIT` characters unless ``full``; otherwise ``{"type", "format": "text",
-        "value", "truncated"}`` with the value's text (a DataFrame's first and last rows, a
-        repr, or the JSON text cut) as :func:`value_text` gives it.
+        :data:`VALUE_LIMIT` characters unless ``full``; for a DataFrame or Series,
+        ``{"type", "format": "split", "shape", "value", "truncated"}`` with pandas' ``split``
+        JSON of its first :data:`FRAME_ROWS` rows that fit (see
+        :func:`~pyergon.core._frames.frame_json`); otherwise ``{"type", "format": "text",
+        "value", "truncated"}`` with the value's text (a repr, or the JSON text cut) as
+        :func:`value_text` gives it.
     """
+    try:
+        frame = frame_json(value, rows=None if full else FRAME_ROWS, limit=VALUE_LIMIT)
+    except (TypeError, ValueError, OverflowError):  # cells pandas cannot write as JSON
+        frame = None
+    if frame is not None:
+        return frame
     try:
         encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError):  # not JSON: a DataFrame, a dataclass, a NaN...

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import pandas as pd
 import pytest
 
 from pyergon import Executor, Scheduler
@@ -131,11 +130,12 @@ def test_a_long_result_is_cut_unless_full(show: Show) -> None:
 
 
 def test_json_includes_the_result_as_json_or_as_text(show: Show) -> None:
-    plain, frame, big, big_full, obj, failed, queued = (
+    plain, frame, frame_full, big, big_full, obj, failed, queued = (
         json.loads(stdout)
         for stdout in show(
             ["json", "--json"],
             ["frame", "--json"],
+            ["frame", "--json", "--full"],
             ["big", "--json"],
             ["big", "--json", "--full"],
             ["object", "--json"],
@@ -150,9 +150,16 @@ def test_json_includes_the_result_as_json_or_as_text(show: Show) -> None:
         "format": "json",
         "value": {"total": 4.5, "items": ["a", "b"]},
     }
-    assert frame["result"]["type"] == f"{pd.DataFrame.__module__}.DataFrame"
-    assert frame["result"]["format"] == "text" and frame["result"]["truncated"] is True
-    assert frame["result"]["value"].endswith("[30 rows x 2 columns]")
+    rows = [[f"i{n}", 1.5] for n in range(30)]
+    assert frame["result"] == {
+        "type": "pandas.DataFrame",
+        "format": "split",
+        "shape": [30, 2],
+        "value": {"columns": ["item", "price"], "index": list(range(20)), "data": rows[:20]},
+        "truncated": True,
+    }
+    assert frame_full["result"]["value"]["data"] == rows
+    assert frame_full["result"]["truncated"] is False
     assert big["result"]["format"] == "text" and big["result"]["truncated"] is True
     assert big["result"]["value"].startswith("[0, 1, 2, ")
     assert big_full["result"] == {"type": "list", "format": "json", "value": list(range(5_000))}

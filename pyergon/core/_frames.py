@@ -1,16 +1,18 @@
 """How a view shows a pandas DataFrame or Series that a flow or step returned: small, escaped.
 
-A one-line summary for reprs, a table of the first and last rows for terminals, and pandas' own
-escaped HTML table of the first and last rows (with the shape) for notebooks. pandas is never
-imported here: a value that is a DataFrame was built (or unpickled) with pandas imported already.
+A one-line summary for reprs, a table of the first and last rows for terminals, pandas' own
+escaped HTML table of the first and last rows (with the shape) for notebooks, and pandas'
+``split`` JSON of the first rows for JSON documents. pandas is never imported here: a value
+that is a DataFrame was built (or unpickled) with pandas imported already.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
-__all__ = ["COLUMNS", "HTML_ROWS", "frame_html", "frame_summary", "frame_text"]
+__all__ = ["COLUMNS", "HTML_ROWS", "frame_html", "frame_json", "frame_summary", "frame_text"]
 
 HTML_ROWS = 10
 """Rows of a DataFrame an HTML view shows (the first and last ones, as pandas elides)."""
@@ -70,3 +72,42 @@ def frame_html(value: object, *, rows: int = HTML_ROWS) -> str | None:
         frame = frame.to_frame()
     table = frame.to_html(max_rows=rows, max_cols=COLUMNS, show_dimensions=True, escape=True)
     return f'<div class="pyergon-frame">{table}</div>'
+
+
+def frame_json(value: object, *, rows: int | None, limit: int) -> dict[str, Any] | None:
+    """A DataFrame or Series as pandas' ``split`` JSON of its first rows, for a JSON document.
+
+    pandas writes it (``to_json(orient="split", date_format="iso")``), so dates are ISO text
+    and NaN is ``null``.
+
+    Args:
+        value: The value.
+        rows: At most this many rows and :data:`COLUMNS` columns, then fewer rows until the
+            JSON holds at most ``limit`` characters; ``None``: all of it.
+        limit: Characters of JSON the shown rows may take, unless ``rows`` is ``None``.
+
+    Returns:
+        ``{"type": "pandas.DataFrame", "format": "split", "shape", "value": {"columns",
+        "index", "data"}, "truncated"}`` (a Series' value has ``name``, ``index``, ``data``),
+        or ``None`` if ``value`` is neither.
+    """
+    kind = _kind(value)
+    if kind is None:
+        return None
+    frame: Any = value
+    shown = frame
+    if rows is not None:
+        shown = frame.head(rows)
+        if kind == "DataFrame":
+            shown = shown.iloc[:, :COLUMNS]
+    encoded: str = shown.to_json(orient="split", date_format="iso")
+    while rows is not None and len(encoded) > limit and len(shown) > 1:
+        shown = shown.head(len(shown) // 2)  # fewer rows until they fit
+        encoded = shown.to_json(orient="split", date_format="iso")
+    return {
+        "type": f"pandas.{kind}",
+        "format": "split",
+        "shape": list(frame.shape),
+        "value": json.loads(encoded),
+        "truncated": shown.shape != frame.shape,
+    }

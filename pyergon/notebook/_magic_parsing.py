@@ -293,8 +293,9 @@ def build_parser(handlers: Mapping[str, Handler]) -> MagicArgumentParser:
 
 def _add_workers(subcommands: _Subcommands, handlers: Mapping[str, Handler]) -> None:
     workers = subcommands.add_parser("workers", help="start, stop or list workers")
+    # The metavar names the actions, so a bare ``%pyergon workers`` says which there are.
     actions = workers.add_subparsers(
-        title="actions", dest="action", metavar="ACTION", required=True
+        title="actions", dest="action", metavar="{start,stop,status}", required=True
     )
     start = _add(actions, "start", handlers["workers start"], "start workers on this kernel's loop")
     start.add_argument(

@@ -310,6 +310,8 @@ class MonitorSnapshot:
                 f"    {failure.flow_id} ({failure.flow_type}): {failure.error}"
                 for failure in self.failures
             )
+            if self.failed_total > len(self.failures):
+                lines.append(f"    … {self.failed_total - len(self.failures)} more failed flows")
         if not self.workers:
             lines.append("  workers: none")
         lines.extend(f"  worker {worker.worker_id}: {worker.describe()}" for worker in self.workers)
@@ -389,6 +391,8 @@ def _failures_html(failures: tuple[FlowFailure, ...], total: int) -> str:
         f"<code>{escape(failure.error)}</code></li>"
         for failure in failures
     )
+    if total > len(failures):
+        items += f"<li>… {total - len(failures)} more failed flows</li>"
     return (
         f'<p style="color:{RED}">{total} failed flow(s), newest first '
         "(<code>await session.history(flow_id)</code> shows more):</p>"

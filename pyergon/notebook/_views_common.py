@@ -4,7 +4,9 @@ A view's output is static: short deterministic text plus a picture or escaped HT
 without a kernel and without trust (see :mod:`pyergon.notebook._views_static`); it never holds
 a widget view, which a saved notebook cannot show. Displayed in a kernel, a view keeps the
 display handle of each output it made and a refresh replaces them in place, even from a task
-after the cell ended. ipywidgets controls come only from a view's ``widget()``. Background work
+after the cell ended; until it settles it also redraws them as each later cell ends, so a
+headless run (nbclient, papermill), which keeps only what a running cell publishes, stores the
+last reading. ipywidgets controls come only from a view's ``widget()``. Background work
 of a view runs as tasks on the running loop that the view holds strongly; they never print.
 Escaping and status colours live in :mod:`pyergon._history_html`.
 """
@@ -60,6 +62,7 @@ class View(ABC):
 
     def __init__(self) -> None:
         self._displays: list[Any] = []
+        self._cell_hook: Callable[[object], None] | None = None
 
     @abstractmethod
     def text(self) -> str:
@@ -99,9 +102,34 @@ class View(ABC):
             return
         self._displays.append(show(self.bundle(), raw=True, display_id=True))
         self._displayed()
+        if not self.settled:
+            self._redraw_after_cells()
 
     def _displayed(self) -> None:  # noqa: B027 - a hook: most views do nothing when shown
         """Called once the view is displayed: where a view starts refreshing itself."""
+
+    def _redraw_after_cells(self) -> None:
+        """Redraw as each cell ends, until settled: what the running cell publishes is kept.
+
+        A task's redraw is published under the cell that started it; a headless run
+        (nbclient, papermill) has moved on by then and drops it, so a refresh would never
+        reach the saved output. A redraw from a cell's ``post_run_cell`` is published under
+        the cell running now, which such a run applies to every output of the display id.
+        """
+        import IPython
+
+        events = getattr(IPython.get_ipython(), "events", None)
+        if events is None or self._cell_hook is not None:
+            return
+
+        def cell_ran(result: object) -> None:
+            self.redraw()
+            if self.settled:
+                events.unregister("post_run_cell", cell_ran)
+                self._cell_hook = None
+
+        self._cell_hook = cell_ran
+        events.register("post_run_cell", cell_ran)
 
     def redraw(self) -> None:
         """Show the view as it is now in every output it was displayed in.

@@ -36,7 +36,7 @@ class Monitor(View):
 
     Create it with ``await session.monitor()``; ``session.monitor()`` without ``await`` gives
     one that has not read storage yet (its output fills in at the first refresh). Displayed in
-    a kernel, it refreshes its output in place until :meth:`stop`.
+    a kernel, it refreshes its output in place until :meth:`stop`, which takes a last reading.
 
     Args:
         session: The session to watch.
@@ -67,17 +67,23 @@ class Monitor(View):
         """The error that stopped the live refresh, if one did."""
         self.refresher: asyncio.Task[None] | None = None
         """The task refreshing the outputs (and widget), while live."""
+        self._last_reading: asyncio.Task[None] | None = None
+        self._stopped = False
         self._throughput = Throughput()
         self._outputs = StoredOutputs()
         self._tasks = ViewTasks(session._keep)
         self._widget: _MonitorWidget | None = None
 
     def __await__(self) -> Generator[Any, None, Monitor]:
-        """``await monitor``: read a first snapshot, then return the monitor."""
+        """``await monitor``: read a snapshot (or await the last one :meth:`stop` takes)."""
         return self._loaded().__await__()
 
     async def _loaded(self) -> Monitor:
-        await self.refresh()
+        last = self._last_reading
+        if last is not None and not last.done():
+            await asyncio.wait([last])  # a new reading could land before it and be overwritten
+        else:
+            await self.refresh()
         return self
 
     @property
@@ -88,8 +94,9 @@ class Monitor(View):
 
     @property
     def settled(self) -> bool:
-        """Whether the monitor stays as it is: it is not live."""
-        return not self.live
+        """Whether the monitor stays as it is: it is not live, nor taking its last reading."""
+        last = self._last_reading
+        return not self.live and (last is None or last.done())
 
     async def refresh(self) -> MonitorSnapshot:
         """Read the scope's counts, table and failures, the workers and running steps; redraw.
@@ -122,6 +129,7 @@ class Monitor(View):
             return
         self.session._check_open()
         self.error = None
+        self._stopped = False
         self.refresher = self._tasks.start(self._run_live(), name="pyergon-monitor")
         if self.refresher is None:
             raise PyergonError("a live monitor needs a running event loop, as a kernel has")
@@ -129,11 +137,27 @@ class Monitor(View):
             self._widget.show_state(self)
 
     def stop(self) -> None:
-        """Stop refreshing; the outputs (and widget) keep showing the last snapshot."""
+        """Stop refreshing, then take one last reading that every output (and widget) shows.
+
+        The last reading runs as a task on the running loop, as the refreshes did; outputs
+        displayed after ``stop()`` show it too. ``monitor.stop(); await monitor`` waits for it,
+        so a headless run (nbconvert, papermill), which keeps only what a running cell shows,
+        stores it. Displaying the stopped monitor does not start it again: :meth:`start` does.
+        """
+        self._stopped = True
         if self.refresher is not None:
             self.refresher.cancel()
         if self._widget is not None:
             self._widget.show_state(self, stopping=True)
+        if not self.session._closed and (self._last_reading is None or self._last_reading.done()):
+            self._last_reading = self._tasks.start(self._read_last(), name="pyergon-monitor-last")
+
+    async def _read_last(self) -> None:
+        try:
+            await self.refresh()
+        except Exception as error:  # a background task has nobody else to tell
+            self.error = error
+            self._show()
 
     async def _run_live(self) -> None:
         try:
@@ -148,7 +172,7 @@ class Monitor(View):
 
     def _displayed(self) -> None:
         """Go live once displayed, when the session is open and a loop runs (as in a kernel)."""
-        if self.session._closed or self.live:
+        if self.session._closed or self.live or self._stopped:
             return
         try:
             self.start()

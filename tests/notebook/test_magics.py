@@ -604,7 +604,7 @@ def test_a_redefined_flow_class_replaces_the_registered_one(connected: Cells) ->
     [
         ("", "%pyergon: the following arguments are required: SUBCOMMAND", "%pyergon"),
         ("nosuch", "%pyergon: argument SUBCOMMAND: invalid choice: 'nosuch'", "%pyergon"),
-        ("workers", "required: ACTION", "%pyergon workers"),
+        ("workers", "required: {start,stop,status}", "%pyergon workers"),
         ("workers launch", "invalid choice: 'launch'", "%pyergon workers"),
         ("workers status now", "unrecognized arguments: now", "%pyergon workers status"),
         (

@@ -138,7 +138,9 @@ async def test_a_running_flow_shows_its_current_step_and_progress(session: Sessi
     assert "width:37.0%" in monitor._repr_html_()
 
 
-async def test_the_last_errors_are_the_newest_failed_flows_in_scope(session: Session) -> None:
+async def test_the_last_errors_are_the_newest_failed_flows_in_scope_and_the_rest_counted(
+    session: Session,
+) -> None:
     for index in range(5):
         await started(
             session, f"failed-{index}", index, status=TaskStatus.FAILED, error=failure(f"#{index}")
@@ -149,13 +151,17 @@ async def test_the_last_errors_are_the_newest_failed_flows_in_scope(session: Ses
 
     lines = repr(monitor).splitlines()
     start = lines.index("  failed flows: 6, newest first:")
-    assert lines[start + 1 : start + 4] == [
+    assert lines[start + 1 : start + 5] == [
         f"    hostile (Order): ValueError: {HOSTILE}",
         "    failed-4 (Order): ValueError: #4",
         "    failed-3 (Order): ValueError: #3",
+        "    … 3 more failed flows",
     ]
     page = monitor._repr_html_()
     assert "6 failed flow(s), newest first" in page
+    failures = page[page.index('<ul class="pyergon-failures">') :].split("</ul>")[0]
+    assert failures.count("<li><code>") == 3
+    assert "<li>… 3 more failed flows</li>" in failures
     assert "<script" not in page and "&lt;script&gt;" in page
 
 

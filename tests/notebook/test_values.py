@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pyergon import await_external_signal, flow, flow_type, step
+from pyergon import await_external_signal, flow, flow_type, schedule_timer_named, send_signal, step
 from pyergon._values import FRAME_ROWS, VALUE_LIMIT, value_json, value_text
 from pyergon.errors import FlowNotFoundError, FlowStateError, StepNotFoundError
 from pyergon.management import FlowManager
@@ -69,6 +70,38 @@ class Waits:
     async def run(self) -> object:
         await self.prepare()
         return await await_external_signal("go")
+
+
+@dataclass
+@flow_type
+class Paced:
+    @step
+    async def load(self) -> int:
+        return 7
+
+    @flow
+    async def run(self) -> object:
+        await self.load()
+        await schedule_timer_named(0, "pause")
+        return await await_external_signal("go")
+
+
+@dataclass
+@flow_type
+class Half:
+    n: int
+
+    @flow
+    async def run(self) -> float:
+        return self.n / 2
+
+
+@dataclass
+@flow_type
+class Halves:
+    @flow
+    async def run(self) -> float:
+        return await self.invoke(Half(9)).result()
 
 
 @pytest.fixture
@@ -151,6 +184,36 @@ async def test_a_cancelled_flow_has_no_result(session: Session) -> None:
         await session.value("waits")
 
 
+async def test_a_timer_or_signal_position_says_what_it_is(session: Session) -> None:
+    await session.run(Paced(), "paced")  # the timer of 0 s fires at once; the signal waits
+    with pytest.raises(FlowStateError) as timer:
+        await session.value("paced", 2)
+    assert str(timer.value) == (
+        "position 2 of flow 'paced' is a timer ('pause'), not a step: a timer has no value to "
+        "read; its steps: 1 load"
+    )
+    with pytest.raises(FlowStateError) as waiting:
+        await session.value("paced", 3)
+    assert str(waiting.value) == (
+        "signal 'go' (position 3) of flow 'paced' has not been received (WAITING_FOR_SIGNAL), "
+        "so it has no value yet; send it with send_signal('paced', 'go', value)"
+    )
+
+    await send_signal(session.storage, "paced", "go", {"approved": True})
+    await session.run(Paced(), "paced")
+
+    assert await session.value("paced", 3) == {"approved": True}  # the signal's payload
+    assert await session.value("paced", "go") == {"approved": True}
+    assert await session.value("paced", "load") == 7
+
+
+async def test_a_child_flow_position_gives_the_child_s_result(session: Session) -> None:
+    await session.run(Halves(), "halves")
+
+    assert await session.value("halves", 1) == 4.5
+    assert await session.value("halves", "Half") == 4.5
+
+
 async def test_the_manager_reads_the_same_values(session: Session) -> None:
     manager = FlowManager(session.storage, serializer=session.serializer)
 
@@ -188,6 +251,10 @@ async def test_a_dataframe_result_shows_as_a_small_escaped_table(session: Sessio
     assert "<th>&lt;b&gt;item&lt;/b&gt;</th>" in shown and "<b>item" not in shown
     assert shown.count("<tr") == 1 + 10 + 1  # the header, 10 rows and the "..." row
     assert "<p>30 rows \u00d7 2 columns</p>" in shown
+
+    outcomes = await session.wait("table")  # as the README says: a dict shows each as a summary
+    assert repr(outcomes) == f"{{'table': {outcome!r}}}"
+    assert outcomes["table"]._repr_html_() == shown
 
 
 async def test_other_results_keep_their_repr(session: Session) -> None:
@@ -236,24 +303,70 @@ async def test_a_step_running_now_has_no_value_yet() -> None:
     )
 
 
-def test_a_large_dataframe_as_json_renders_only_the_rows_it_shows(
+def test_a_large_dataframe_as_json_writes_only_the_rows_it_shows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     frame = pd.DataFrame({f"c{n}": range(1_000) for n in range(3)})
-    asked: list[object] = []
-    to_string = pd.DataFrame.to_string
+    written: list[int] = []
+    to_json = pd.DataFrame.to_json
 
     def recording(self: pd.DataFrame, *args: object, **kwargs: object) -> object:
-        asked.append(kwargs.get("max_rows"))
-        return to_string(self, *args, **kwargs)  # type: ignore[call-overload]
+        written.append(len(self))
+        return to_json(self, *args, **kwargs)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(pd.DataFrame, "to_string", recording)
+    monkeypatch.setattr(pd.DataFrame, "to_json", recording)
     shown = value_json(frame)
     small = value_json(frame.head(FRAME_ROWS))
 
-    assert asked == [FRAME_ROWS, FRAME_ROWS]  # never the whole frame (max_rows=None)
-    assert shown["truncated"] is True and shown["value"].endswith("[1000 rows x 3 columns]")
+    assert written == [FRAME_ROWS, FRAME_ROWS]  # never the whole frame
+    assert shown["truncated"] is True and shown["shape"] == [1_000, 3]
+    assert shown["value"]["data"][:2] == [[0, 0, 0], [1, 1, 1]]
     assert small["truncated"] is False
+
+
+def test_a_dataframe_in_json_is_pandas_split_json_with_dates_and_nan_safe() -> None:
+    frame = pd.DataFrame(
+        {
+            "day": pd.to_datetime(["2026-01-02", "2026-01-03", "2026-01-04"]),
+            "price": [1.5, float("nan"), 3.0],
+        }
+    )
+
+    shown = value_json(frame)
+
+    assert shown == {
+        "type": "pandas.DataFrame",
+        "format": "split",
+        "shape": [3, 2],
+        "value": {
+            "columns": ["day", "price"],
+            "index": [0, 1, 2],
+            "data": [
+                ["2026-01-02T00:00:00.000", 1.5],
+                ["2026-01-03T00:00:00.000", None],
+                ["2026-01-04T00:00:00.000", 3.0],
+            ],
+        },
+        "truncated": False,
+    }
+    json.dumps(shown, allow_nan=False)  # strict JSON
+    assert value_json(frame["price"])["value"] == {
+        "name": "price",
+        "index": [0, 1, 2],
+        "data": [1.5, None, 3.0],
+    }
+
+
+def test_a_wide_dataframe_in_json_shows_the_rows_that_fit_the_limit() -> None:
+    frame = pd.DataFrame({f"c{n}": ["x" * 100] * 50 for n in range(40)})
+
+    shown = value_json(frame)
+    whole = value_json(frame, full=True)
+
+    assert len(json.dumps(shown["value"])) <= VALUE_LIMIT
+    assert len(shown["value"]["columns"]) == 20 and 1 <= len(shown["value"]["data"]) < 20
+    assert shown["truncated"] is True and shown["shape"] == [50, 40]
+    assert len(whole["value"]["data"]) == 50 and whole["truncated"] is False
 
 
 def test_a_huge_list_is_cut_without_rendering_all_of_it() -> None:

@@ -117,9 +117,11 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outputs]:
     )
     kept, shell.display_pub = shell.display_pub, Outputs(shell=shell)
     shell.kernel = object()  # what views look for to know they run in a kernel
+    hooks = list(shell.events.callbacks["post_run_cell"])
     try:
         yield shell.display_pub
     finally:
+        shell.events.callbacks["post_run_cell"][:] = hooks  # views of this test redraw no more
         shell.display_pub = kept
         del shell.kernel
         if made:
@@ -290,6 +292,44 @@ async def test_a_displayed_monitor_refreshes_its_output_until_stopped(
     assert set(outputs.only()) == {TEXT, HTML}
 
 
+async def test_stopping_a_monitor_takes_a_last_reading_every_output_shows(
+    session: Session, outputs: Outputs
+) -> None:
+    await session.start_workers(Quick)
+    monitor = await session.monitor(interval=3600)
+    IPython.display.display(monitor)
+    await outputs.until(lambda: outputs.updates > 0)  # its first refresh; the next in an hour
+    await session.wait(await session.schedule(Quick(1), "one"))
+    assert "0 of 0 flows final" in outputs.only()[TEXT]
+
+    monitor.stop()
+    IPython.display.display(monitor)  # as `monitor.stop(); monitor` in a cell
+
+    assert not monitor.live  # displaying a stopped monitor does not start it again
+    await outputs.until(
+        lambda: all("1 of 1 flows final" in bundle[TEXT] for bundle in outputs.shown.values())
+    )
+    assert len(outputs.shown) == 2
+    assert all("1 of 1 flows final" in bundle[HTML] for bundle in outputs.shown.values())
+    assert not monitor.live
+
+
+async def test_awaiting_a_stopped_monitor_waits_for_its_last_reading(
+    session: Session, outputs: Outputs
+) -> None:
+    await session.start_workers(Quick)
+    monitor = await session.monitor(interval=3600)
+    IPython.display.display(monitor)
+    await outputs.until(lambda: outputs.updates > 0)
+    await session.wait(await session.schedule(Quick(1), "one"))
+
+    monitor.stop()
+    assert await monitor is monitor
+
+    assert "1 of 1 flows final" in outputs.only()[TEXT]
+    assert monitor.settled
+
+
 async def test_a_monitor_whose_refresh_failed_says_so_in_its_output(
     session: Session, outputs: Outputs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -377,3 +417,58 @@ async def test_a_terminal_gets_the_text_once_and_nothing_refreshes(
     finally:
         if made:
             InteractiveShell.clear_instance()
+
+
+# -- a headless run (nbclient, as nbconvert and papermill run notebooks) ------------------------
+
+HEADLESS_CELLS = [
+    """from dataclasses import dataclass
+from pyergon import flow, flow_type, step
+from pyergon.notebook import Session
+from pyergon.storage.memory import InMemoryExecutionLog
+
+@dataclass
+@flow_type
+class Quick:
+    n: int
+
+    @flow
+    async def run(self) -> int:
+        return await self.double()
+
+    @step
+    async def double(self) -> int:
+        return self.n * 2
+
+session = Session(InMemoryExecutionLog())
+workers = await session.start_workers(Quick)""",
+    "monitor = session.monitor(interval=0.05)\nmonitor",  # not awaited: no reading yet
+    "outcomes = await session.wait(await session.schedule(Quick(1), 'one'))",
+    # The live refresh, a task of the second cell, reads the final count while this cell runs.
+    """import asyncio
+while monitor.snapshot is None or monitor.snapshot.final < 1:
+    await asyncio.sleep(0.01)""",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_headless_run_stores_the_live_monitor_s_last_reading(tmp_path: Any) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    from tests.notebook.tutorials import CELL_TIMEOUT, KERNEL_NAME
+
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(source) for source in HEADLESS_CELLS]
+    )
+    NotebookClient(
+        notebook,
+        kernel_name=KERNEL_NAME,
+        timeout=CELL_TIMEOUT,
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
+
+    (bundle,) = (output.data for output in notebook.cells[1].outputs)
+    assert "1 of 1 flows final (100%)" in bundle[TEXT]
+    assert "1 of 1 flows final (100%)" in bundle[HTML]
