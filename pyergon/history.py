@@ -235,7 +235,7 @@ class FlowHistory:
         The one-flow timeline's text, free of timestamps, so the same history always reads
         the same; it is what IPython shows as ``text/plain`` (``repr()`` stays short).
         """
-        from pyergon.notebook._timeline_text import flow_text
+        from pyergon._timeline_text import flow_text
 
         return flow_text(self)
 

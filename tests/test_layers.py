@@ -11,9 +11,10 @@ storage               ``_hashing``, ``serialization``, ``storage.*``: payloads, 
 runtime               ``_context``, ``_interrupts``, ``_output``, ``_progress``, ``decorators``,
                       ``_fingerprint``, ``_code``, ``determinism``, ``executor.*``: running
                       flows, and which records today's code did not make
-read and operate      ``history``, ``_history_html``, ``management``, ``_rerun``, ``_values``:
-                      records, DataFrames, HTML of a history, stored values; cancel, resume,
-                      retry, fork, replay, rerun
+read and operate      ``history``, ``_history_html``, ``_timeline_layout``, ``_timeline_text``,
+                      ``management``, ``_rerun``, ``_values``: records, DataFrames, HTML and
+                      text of a history, stored values; cancel, resume, retry, fork, replay,
+                      rerun
 fronts                ``cli.*``, ``notebook.*``, ``_front`` (``pyergon.run``), ``demo``,
                       ``testing.*``, ``__main__``
 façade                ``pyergon`` itself (``__init__``): re-exports; imported by no module
@@ -55,6 +56,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "pyergon.history",
             "pyergon._history_html",
+            "pyergon._timeline_layout",
+            "pyergon._timeline_text",
             "pyergon.management",
             "pyergon._rerun",
             "pyergon._values",

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from pyergon._code import stale_records, step_fingerprints
+from pyergon._timeline_layout import Window, one_or_many
 from pyergon._values import read_value
 from pyergon.clock import Clock
 from pyergon.core.records import ScheduledFlow
@@ -25,7 +26,6 @@ from pyergon.history import FlowHistory, flows_frame, invocations_frame, iter_fl
 from pyergon.management import FlowManager
 from pyergon.notebook._monitor_read import monitor_scope
 from pyergon.notebook._stale_notes import count_stale_steps
-from pyergon.notebook._timeline_layout import Window, one_or_many
 from pyergon.notebook._views_graph import DependencyGraph, dependency_graph
 from pyergon.notebook._views_monitor import Monitor
 from pyergon.notebook._views_timeline import Timeline

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from pyergon._history_html import AMBER, DARK_GREY, GREEN, GREY, RED, escape
+from pyergon._timeline_text import ATTEMPTS_SIGN, clip, error_note
 from pyergon.core.records import Invocation
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.history import FlowHistory
-from pyergon.notebook._timeline_text import ATTEMPTS_SIGN, clip, error_note
 
 __all__ = [
     "BAR",

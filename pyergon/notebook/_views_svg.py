@@ -27,10 +27,7 @@ from pyergon._history_html import (
     lease_loss_note,
     seconds,
 )
-from pyergon.core.records import Invocation
-from pyergon.core.status import InvocationStatus, OperationKind
-from pyergon.history import FlowHistory
-from pyergon.notebook._timeline_layout import (
+from pyergon._timeline_layout import (
     Lane,
     Segment,
     TimelineOptions,
@@ -46,6 +43,19 @@ from pyergon.notebook._timeline_layout import (
     unfinished,
     window_bounds,
 )
+from pyergon._timeline_text import (
+    LABEL_CHARS,
+    attempt_note,
+    clip,
+    error_note,
+    failure_note,
+    flow_summary,
+    gap_note,
+    record_tooltip,
+)
+from pyergon.core.records import Invocation
+from pyergon.core.status import InvocationStatus, OperationKind
+from pyergon.history import FlowHistory
 from pyergon.notebook._timeline_marks import (
     BAR,
     CHAR,
@@ -68,16 +78,6 @@ from pyergon.notebook._timeline_marks import (
     progress_mark,
     record_badges,
     record_mark,
-)
-from pyergon.notebook._timeline_text import (
-    LABEL_CHARS,
-    attempt_note,
-    clip,
-    error_note,
-    failure_note,
-    flow_summary,
-    gap_note,
-    record_tooltip,
 )
 
 __all__ = ["timeline_svg"]

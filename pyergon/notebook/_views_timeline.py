@@ -16,10 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from pyergon._history_html import escape
-from pyergon.core.status import TaskStatus, flow_statuses
-from pyergon.errors import PyergonError
-from pyergon.history import FlowHistory
-from pyergon.notebook._timeline_layout import (
+from pyergon._timeline_layout import (
     Lane,
     TimelineOptions,
     Window,
@@ -27,7 +24,10 @@ from pyergon.notebook._timeline_layout import (
     latest_time,
     one_or_many,
 )
-from pyergon.notebook._timeline_text import timeline_text
+from pyergon._timeline_text import timeline_text
+from pyergon.core.status import TaskStatus, flow_statuses
+from pyergon.errors import PyergonError
+from pyergon.history import FlowHistory
 from pyergon.notebook._views_common import View, ViewTasks, refresh_every
 from pyergon.notebook._views_static import picture_bundle
 from pyergon.notebook._views_svg import timeline_svg

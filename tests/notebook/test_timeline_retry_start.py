@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from pyergon._timeline_layout import attempt_segments
 from pyergon.core.records import Attempt, StoredError
 from pyergon.core.status import InvocationStatus
-from pyergon.notebook._timeline_layout import attempt_segments
 from pyergon.testing import make_invocation
 
 ERROR = StoredError("builtins.ValueError", "bad row")

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pyergon._history_html import last_lines, lease_loss_note, plain_text, seconds
-from pyergon.core.records import Attempt, Invocation, StoredError
-from pyergon.core.status import InvocationStatus
-from pyergon.history import FlowHistory
-from pyergon.notebook._timeline_layout import (
+from pyergon._timeline_layout import (
     Lane,
     TimelineOptions,
     collapsed_cap,
@@ -24,6 +22,11 @@ from pyergon.notebook._timeline_layout import (
     record_name,
     shown_records,
 )
+from pyergon.core.records import Attempt, Invocation, StoredError
+from pyergon.core.status import InvocationStatus
+
+if TYPE_CHECKING:
+    from pyergon.history import FlowHistory
 
 __all__ = [
     "ATTEMPTS_SIGN",

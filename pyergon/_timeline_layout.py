@@ -12,12 +12,14 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pyergon.core.records import Attempt, Invocation, epoch_seconds
 from pyergon.core.status import OperationKind, TaskStatus
 from pyergon.executor._runner import FLOW_RETRY_SEQUENCE
-from pyergon.history import FlowHistory
+
+if TYPE_CHECKING:
+    from pyergon.history import FlowHistory
 
 __all__ = [
     "COLLAPSED_ROWS",
