@@ -10,9 +10,9 @@ lease reads anything; an attempt that started and stopped between two beats stay
 
 A direct run (``Executor``, ``session.run`` in a cell) beats for nobody: when one takes up a
 flow that an earlier direct run left RUNNING (its kernel restarted, its process was killed, its
-cell interrupted), the flow's log says where that run was: in its step waiting to be retried,
-or in the step after its last record, since that record's end. That step gets the abandoned
-attempt (:func:`stopped_run_attempts`).
+cell interrupted), the flow's log says where that run was when its steps ended in order: in
+the step after its last record, since that record's end. That step gets the abandoned attempt
+(:func:`stopped_run_attempts`); where the log leaves doubt, none is kept.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import logging
 
 from pyergon._context import Position
 from pyergon.core.records import Attempt, AttemptEnd, ScheduledFlow
-from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.core.status import TaskStatus
 from pyergon.core.workers import WorkerState, worker_state
 from pyergon.storage.base import ExecutionLog, WorkerRegistry
 
@@ -79,15 +79,19 @@ async def stopped_run_attempts(
 ) -> dict[Position, Attempt] | None:
     """The step an earlier direct run of ``flow`` was in when it stopped, as an attempt.
 
+    Kept only where the log leaves no doubt: its steps ended in order, each recorded, none
+    waiting for a retry or a child. After steps that ran at once (``gather``, a DAG), in a
+    retry's backoff, or while a child ran, the place is unknown and nothing is kept: an attempt
+    put on a step that never started would count against its retries.
+
     Args:
         storage: Where the flow is.
         flow: The flow as stored before this run took it up.
-        now: The time on the run's clock.
+        now: The wall-clock time (epoch seconds), for the flow's lease.
 
     Returns:
-        One ``"abandoned"`` attempt (numbered 0, the step's run numbers it) by its step's
-        position, or ``None`` if the flow was not left RUNNING, or a worker's live lease holds
-        it (that run has not stopped).
+        One ``"abandoned"`` attempt (numbered 0, the step's run numbers it) at the position
+        after the last record, or ``None``.
     """
     if flow.status is not TaskStatus.RUNNING:
         return None
@@ -98,22 +102,14 @@ async def stopped_run_attempts(
         for record in await storage.load_invocations(flow.flow_id)
         if record.sub_sequence == 0 and record.sequence >= 1
     ]
-    retried = [
-        record
-        for record in records
-        if record.kind is OperationKind.STEP and record.status is InvocationStatus.PENDING
-    ]
-    if retried:  # it was in a step's backoff, or in the step's next attempt
-        position: Position = (retried[0].sequence, 0)
-    else:
-        position = (max((record.sequence for record in records), default=0) + 1, 0)
-    # It was last known alive at the latest moment its log records; past a retry's due time,
-    # its next attempt had started.
+    sequences = sorted(record.sequence for record in records)
+    if sequences != list(range(1, len(sequences) + 1)) or not all(
+        record.is_final for record in records
+    ):
+        return None
+    # It was last known alive when its last record ended, and went on to the next position.
     moments = [flow.created_at]
     for record in records:
         moments.extend(t for t in (record.started_at, record.completed_at) if t is not None)
-        for attempt in record.earlier_attempts:
-            moments.extend(t for t in (attempt.ended_at, attempt.last_seen_at) if t is not None)
-            if attempt.retry_at is not None and attempt.retry_at <= now:
-                moments.append(attempt.retry_at)
+    position: Position = (len(sequences) + 1, 0)
     return {position: Attempt(0, max(moments), None, "abandoned")}

@@ -9,6 +9,7 @@ operation that has no final record. Child flows run inline, each as a flow of it
 from __future__ import annotations
 
 import concurrent.futures
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
@@ -20,7 +21,13 @@ from pyergon.core.records import ScheduledFlow, format_position, text_problem
 from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.decorators import flow_entry, require_flow_instance
-from pyergon.errors import InvalidFlowIdError, NonDeterminismError, PyergonError, SignatureError
+from pyergon.errors import (
+    FlowStateError,
+    InvalidFlowIdError,
+    NonDeterminismError,
+    PyergonError,
+    SignatureError,
+)
 from pyergon.executor._abandoned import stopped_run_attempts
 from pyergon.executor._child import refuse_child_namespace, refuse_foreign_child
 from pyergon.executor._inputs import check_same_inputs, encode_flow
@@ -149,7 +156,7 @@ class Executor(Generic[F]):
             return stored_outcome(stored, self.serializer)
         stopped = None
         if not created:  # an earlier run that left the flow RUNNING stopped mid-way
-            stopped = await stopped_run_attempts(self.storage, stored, self.clock.now())
+            stopped = await stopped_run_attempts(self.storage, stored, time.time())
         try:
             return await drive_flow(
                 FlowRun(
@@ -206,6 +213,7 @@ class Executor(Generic[F]):
             return stored, HeldFlow(self.storage, stored, None), True
         if self._parent is None:
             check_same_inputs(self.serializer, stored, payload, self.flow)
+        refuse_leased_flow(stored, time.time())
         running = await start_direct_run(self.storage, self.flow_id)
         if running is None or running.status.is_final:
             return running or stored, None, False
@@ -267,3 +275,20 @@ class _DirectWriter:
 
     async def write(self, context: FlowContext, end: RunEnd) -> None:
         await context.save(end, self._held)
+
+
+def refuse_leased_flow(flow: ScheduledFlow, now: float) -> None:
+    """Refuse to run directly a flow a worker runs now (its lease holds at ``now``).
+
+    Raises:
+        FlowStateError: A worker holds the flow's lease: two runs at once would run its
+            steps twice.
+    """
+    expires = flow.lease_expires_at
+    if flow.status is TaskStatus.RUNNING and expires is not None and expires > now:
+        raise FlowStateError(
+            flow.flow_id,
+            f"flow {flow.flow_id!r} is running on worker {flow.lease_owner!r} now (its lease "
+            f"holds {expires - now:.0f} s more); wait for it (session.wait) or cancel it "
+            "instead of running it here",
+        )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pyergon.core.records import Attempt, Invocation, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
+from pyergon.errors import FlowStateError
 from pyergon.executor._abandoned import stopped_run_attempts
+from pyergon.executor.executor import refuse_leased_flow
 from pyergon.storage.memory import InMemoryExecutionLog
 from pyergon.testing import make_flow, make_invocation
 
@@ -37,31 +41,27 @@ async def test_the_run_was_in_the_step_after_its_last_record_since_that_record_e
     assert found == {(3, 0): Attempt(0, 1_005.0, None, "abandoned")}
 
 
-async def test_a_step_waiting_for_its_retry_is_where_the_run_was() -> None:
+async def test_where_the_log_leaves_doubt_nothing_is_kept() -> None:
     error = StoredError("builtins.ValueError", "bad")
-    retried = make_invocation(
+    in_backoff = make_invocation(
         2,
         status=InvocationStatus.PENDING,
         attempts=1,
         started_at=1_002.0,
         earlier_attempts=(Attempt.failed(1, 1_002.0, 1_003.0, error, retry_at=1_013.0),),
     )
-    storage = Logged([done(1, 1_000.0, 1_002.0), retried])
-
-    during_backoff = await stopped_run_attempts(storage, RUNNING, now=1_010.0)
-    after_it = await stopped_run_attempts(storage, RUNNING, now=1_100.0)
-
-    assert during_backoff == {(2, 0): Attempt(0, 1_003.0, None, "abandoned")}
-    assert after_it == {(2, 0): Attempt(0, 1_013.0, None, "abandoned")}  # its retry had begun
-
-
-async def test_records_inside_steps_and_flow_retries_do_not_move_the_position() -> None:
-    nested = make_invocation(
-        1, 1, kind=OperationKind.TIMER, status=InvocationStatus.COMPLETE, started_at=1_001.0
+    child = make_invocation(
+        2, kind=OperationKind.CHILD, status=InvocationStatus.WAITING_FOR_CHILD, started_at=1_002.0
     )
-    storage = Logged([done(1, 1_000.0, 1_002.0), nested])
+    first = done(1, 1_000.0, 1_002.0)
+    cases = {
+        "a retry's backoff": [first, in_backoff],
+        "a child running": [first, child],
+        "steps that ran at once (3 ended, 2 did not)": [first, done(3, 1_002.0, 1_003.0)],
+    }
 
-    assert list(await stopped_run_attempts(storage, RUNNING, now=1_100.0) or {}) == [(2, 0)]
+    for case, records in cases.items():
+        assert await stopped_run_attempts(Logged(records), RUNNING, now=1_100.0) is None, case
 
 
 async def test_nothing_is_kept_for_a_flow_not_left_running_or_held_by_a_live_lease() -> None:
@@ -72,3 +72,11 @@ async def test_nothing_is_kept_for_a_flow_not_left_running_or_held_by_a_live_lea
     assert await stopped_run_attempts(storage, suspended, now=1_100.0) is None
     assert await stopped_run_attempts(storage, leased, now=1_100.0) is None
     assert await stopped_run_attempts(storage, leased, now=1_300.0) is not None
+
+
+def test_a_flow_a_worker_holds_now_is_not_run_directly_beside_it() -> None:
+    leased = make_flow("f", status=TaskStatus.RUNNING, lease_owner="w-1", lease_expires_at=2e9)
+
+    with pytest.raises(FlowStateError, match="running on worker 'w-1'"):
+        refuse_leased_flow(leased, now=1e9)
+    refuse_leased_flow(leased, now=3e9)  # an expired lease: its worker is gone
