@@ -105,7 +105,7 @@ def clip(text: str, width: int) -> str:
 
 def error_note(error: StoredError, width: int = ERROR_CHARS) -> str:
     """An error in one line: its type and its message's first line, clipped to ``width``."""
-    message = error.message.strip().partition("\n")[0].rstrip()
+    message = plain_text(error.message).strip().partition("\n")[0].rstrip()
     return f"{error.short_type}: {clip(message, width)}" if message else error.short_type
 
 
@@ -233,7 +233,8 @@ def record_tooltip(record: Invocation, running: bool) -> str:
     if record.child_flow_id is not None:
         facts.append(f"child {record.child_flow_id}")
     if record.error is not None:
-        facts.append(f"{record.error.short_type}: {clip(record.error.message, _TOOLTIP_CHARS)}")
+        message = plain_text(record.error.message)
+        facts.append(f"{record.error.short_type}: {clip(message, _TOOLTIP_CHARS)}")
     if record.progress is not None:
         facts.append(record.progress.describe())
     details = ", ".join(facts)

@@ -105,18 +105,12 @@ def stored_value(history: FlowHistory, serializer: Serializer, step: str | int |
     try:
         found = history.find_steps(step)
     except StepNotFoundError:
-        other = _other_operation(history, step)
-        if other is None:
+        others = _other_operations(history, step)
+        if not others:
             raise
-        return _operation_value(other, history, serializer)
-    flow_id = history.flow.flow_id
-    if len(found) > 1:
-        positions = ", ".join(record.position for record in found)
-        raise FlowStateError(
-            flow_id,
-            f"flow {flow_id!r} called step {step!r} {len(found)} times (at {positions}); "
-            f"name one by its position, such as value({flow_id!r}, {found[-1].position!r})",
-        )
+        _refuse_ambiguous(history.flow.flow_id, step, others)
+        return _operation_value(others[0], history, serializer)
+    _refuse_ambiguous(history.flow.flow_id, step, found)
     record = found[0]
     return _step_value(record, serializer, running=history.running_at(record.position) is not None)
 
@@ -138,13 +132,25 @@ def _flow_result(flow: ScheduledFlow, serializer: Serializer) -> Any:
     )
 
 
-def _other_operation(history: FlowHistory, step: str | int) -> Invocation | None:
-    """The timer, signal or child flow at position ``step`` (or the one of that name)."""
+def _refuse_ambiguous(flow_id: str, step: str | int, found: Sequence[Invocation]) -> None:
+    """Refuse a name that names several operations: say where they are and how to pick one."""
+    if len(found) > 1:
+        positions = ", ".join(record.position for record in found)
+        kind = found[0].kind.value.lower()
+        raise FlowStateError(
+            flow_id,
+            f"flow {flow_id!r} called {kind} {step!r} {len(found)} times (at {positions}); "
+            f"name one by its position, such as value({flow_id!r}, {found[-1].position!r})",
+        )
+
+
+def _other_operations(history: FlowHistory, step: str | int) -> list[Invocation]:
+    """The timers, signals or child flows at position ``step`` (or those of that name)."""
     others = [record for record in history.records_now if record.kind is not OperationKind.STEP]
     found = [record for record in others if record.position == str(step)]
     if not found and isinstance(step, str):
         found = [record for record in others if record.name == step]
-    return found[0] if len(found) == 1 else None
+    return found
 
 
 def _operation_value(record: Invocation, history: FlowHistory, serializer: Serializer) -> Any:
@@ -167,7 +173,8 @@ def _operation_value(record: Invocation, history: FlowHistory, serializer: Seria
         raise FlowStateError(
             record.flow_id,
             f"{_what(record)} has not been received ({record.status.value}), so it has no "
-            f"value yet; send it with send_signal({record.flow_id!r}, {record.name!r}, value)",
+            f"value yet; send it with `await session.signal({record.flow_id!r}, {record.name!r}, "
+            "value)` or `pyergon.send_signal(storage, flow_id, name, value)`",
         )
     return _step_value(record, serializer, running=False)
 

@@ -89,7 +89,7 @@ def frame_json(value: object, *, rows: int | None, limit: int) -> dict[str, Any]
     Returns:
         ``{"type": "pandas.DataFrame", "format": "split", "shape", "value": {"columns",
         "index", "data"}, "truncated"}`` (a Series' value has ``name``, ``index``, ``data``),
-        or ``None`` if ``value`` is neither.
+        or ``None`` if ``value`` is neither, or if one row is over ``limit``.
     """
     kind = _kind(value)
     if kind is None:
@@ -100,10 +100,13 @@ def frame_json(value: object, *, rows: int | None, limit: int) -> dict[str, Any]
         shown = frame.head(rows)
         if kind == "DataFrame":
             shown = shown.iloc[:, :COLUMNS]
-    encoded: str = shown.to_json(orient="split", date_format="iso")
+    # Cells JSON cannot hold are written as their str(), not as an empty object.
+    encoded: str = shown.to_json(orient="split", date_format="iso", default_handler=str)
     while rows is not None and len(encoded) > limit and len(shown) > 1:
         shown = shown.head(len(shown) // 2)  # fewer rows until they fit
-        encoded = shown.to_json(orient="split", date_format="iso")
+        encoded = shown.to_json(orient="split", date_format="iso", default_handler=str)
+    if rows is not None and len(encoded) > limit:
+        return None  # one row is already too long: the caller shows it as cut text
     return {
         "type": f"pandas.{kind}",
         "format": "split",

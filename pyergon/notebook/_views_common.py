@@ -14,6 +14,7 @@ Escaping and status colours live in :mod:`pyergon._history_html`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -26,6 +27,8 @@ __all__ = [
     "live_widgets_available",
     "refresh_every",
 ]
+
+logger = logging.getLogger(__name__)
 
 WIDGET_VIEW_MIMETYPE = "application/vnd.jupyter.widget-view+json"
 """The mimetype under which a kernel front end finds a widget to show; no view output has it."""
@@ -123,8 +126,14 @@ class View(ABC):
             return
 
         def cell_ran(result: object) -> None:
-            self.redraw()
-            if self.settled:
+            try:
+                self.redraw()
+            except Exception:  # a view that cannot draw stops redrawing; the cells go on
+                logger.exception("pyergon: a view could not be redrawn; it stops redrawing")
+                done = True
+            else:
+                done = self.settled
+            if done:
                 events.unregister("post_run_cell", cell_ran)
                 self._cell_hook = None
 

@@ -216,3 +216,29 @@ def test_a_history_reads_as_its_records_and_errors_in_ipython() -> None:
     from IPython.lib.pretty import pretty
 
     assert pretty(history) == text
+
+
+def test_terminal_escapes_in_an_error_stay_out_of_the_picture() -> None:
+    from pyergon.core.records import StoredError
+    from pyergon.core.status import InvocationStatus, TaskStatus
+    from pyergon.history import FlowHistory
+    from pyergon.notebook.views import timeline_from_histories
+    from pyergon.testing import make_flow, make_invocation
+
+    error = StoredError("builtins.ValueError", "\x1b[31mboom\x1b[0m")
+    failed = make_invocation(
+        1,
+        flow_id="loud",
+        status=InvocationStatus.FAILED,
+        error=error,
+        started_at=1_000.0,
+        completed_at=1_001.0,
+    )
+    history = FlowHistory(
+        make_flow("loud", status=TaskStatus.FAILED, error=error), (failed,), (), ()
+    )
+
+    svg = timeline_from_histories(history).svg()
+
+    assert "ValueError: boom" in svg
+    assert "\ufffd[31m" not in svg and "[31m" not in svg

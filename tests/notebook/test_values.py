@@ -104,6 +104,14 @@ class Halves:
         return await self.invoke(Half(9)).result()
 
 
+@dataclass
+@flow_type
+class TwoHalves:
+    @flow
+    async def run(self) -> float:
+        return await self.invoke(Half(2)).result() + await self.invoke(Half(4)).result()
+
+
 @pytest.fixture
 async def session() -> AsyncIterator[Session]:
     session = await Session.open("memory://")
@@ -196,7 +204,8 @@ async def test_a_timer_or_signal_position_says_what_it_is(session: Session) -> N
         await session.value("paced", 3)
     assert str(waiting.value) == (
         "signal 'go' (position 3) of flow 'paced' has not been received (WAITING_FOR_SIGNAL), "
-        "so it has no value yet; send it with send_signal('paced', 'go', value)"
+        "so it has no value yet; send it with `await session.signal('paced', 'go', value)` "
+        "or `pyergon.send_signal(storage, flow_id, name, value)`"
     )
 
     await send_signal(session.storage, "paced", "go", {"approved": True})
@@ -212,6 +221,14 @@ async def test_a_child_flow_position_gives_the_child_s_result(session: Session) 
 
     assert await session.value("halves", 1) == 4.5
     assert await session.value("halves", "Half") == 4.5
+
+
+async def test_a_child_called_twice_is_named_by_its_position(session: Session) -> None:
+    await session.run(TwoHalves(), "two")
+
+    with pytest.raises(FlowStateError, match="called child 'Half' 2 times \\(at 1, 2\\)"):
+        await session.value("two", "Half")
+    assert await session.value("two", 2) == 2.0
 
 
 async def test_the_manager_reads_the_same_values(session: Session) -> None:
@@ -427,3 +444,20 @@ def recorded(method: Any, name: str, reads: list[str]) -> Any:
         return await method(*args, **kwargs)
 
     return recording
+
+
+def test_a_frame_with_objects_or_a_huge_cell_stays_true_and_within_the_limit() -> None:
+    import pandas as pd
+
+    from pyergon._values import VALUE_LIMIT, value_json
+
+    class Thing:
+        def __str__(self) -> str:
+            return "a thing"
+
+    objects = value_json(pd.DataFrame({"x": [Thing()]}), full=False)
+    huge = value_json(pd.DataFrame({"x": ["y" * 50_000]}), full=False)
+
+    assert objects["value"]["data"] == [["a thing"]]  # not {} as if it were empty
+    assert len(json.dumps(huge)) < VALUE_LIMIT + 1_000
+    assert huge["truncated"] is True
