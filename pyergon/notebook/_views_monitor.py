@@ -11,6 +11,7 @@ renders, in :mod:`pyergon.notebook._monitor_snapshot`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from pyergon.notebook.session import Session
 
 __all__ = ["HEARTBEAT_STALE_AFTER", "Monitor", "MonitorSnapshot", "RunningStep", "WorkerState"]
+
+logger = logging.getLogger(__name__)
 
 
 class Monitor(View):
@@ -82,6 +85,8 @@ class Monitor(View):
         last = self._last_reading
         if last is not None and not last.done():
             await asyncio.wait([last])  # a new reading could land before it and be overwritten
+            if self.error is not None:
+                raise self.error  # the last reading failed: say so, as a refresh would
         else:
             await self.refresh()
         return self
@@ -155,9 +160,13 @@ class Monitor(View):
     async def _read_last(self) -> None:
         try:
             await self.refresh()
+            self.error = None  # the last reading stands; an earlier live failure is past
         except Exception as error:  # a background task has nobody else to tell
             self.error = error
-            self._show()
+            try:
+                self._show()
+            except Exception:  # the same failure drawing it: the error is kept, and logged
+                logger.exception("pyergon: the monitor's last reading could not be shown")
 
     async def _run_live(self) -> None:
         try:
