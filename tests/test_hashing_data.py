@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -249,3 +250,17 @@ def test_frame_fingerprints_are_identical_across_processes() -> None:
     }
     assert len(digests) == 1
     assert next(iter(digests)).startswith("v2:")
+
+
+def test_the_argument_hash_benchmark_times_both_ways(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import one
+
+    code = one.main(["argument_hash", "none", "--runs", "1", "--quick"])
+    (text,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    line = json.loads(text)
+
+    assert code == 0, line
+    assert (line["scenario"], line["backend"], line["n"]) == ("argument_hash", "none", 10)
+    assert line["frame_mb"] == pytest.approx(10, rel=0.2)
+    assert line["frame_hash_s"] > 0 and line["legacy_frame_hash_s"] > 0
+    assert line["array_hash_s"] > 0 and line["legacy_array_hash_s"] > 0
