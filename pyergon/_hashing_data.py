@@ -40,8 +40,15 @@ def _encode_array(value: Any, kind: type) -> bytes | None:
     import numpy as np
 
     dtype = value.dtype if kind is np.ndarray else None
-    # Objects and records (whose padding bytes are undefined) are walked element by element.
-    if dtype is None or dtype.hasobject or dtype.fields is not None or dtype.itemsize == 0:
+    # Objects, records and long doubles are walked element by element: the padding bytes of
+    # records and of x86's 80-bit long doubles are undefined, so equal arrays could differ.
+    if (
+        dtype is None
+        or dtype.hasobject
+        or dtype.fields is not None
+        or dtype.itemsize == 0
+        or dtype.itemsize > {"f": 8, "c": 16}.get(dtype.kind, dtype.itemsize)
+    ):
         return None
     contiguous = np.ascontiguousarray(value)  # no copy when it already is
     digest = hashlib.sha256(contiguous.reshape(-1).view(np.uint8).data)
@@ -91,9 +98,13 @@ def _values(values: Any, encode: Encode) -> bytes:
     digest = hashlib.sha256(_dtype(values.dtype, encode))
     if is_object_dtype(values.dtype):
         digest.update(_objects(values, encode))
-    else:
+        return digest.digest()
+    try:
         hashed = pd.util.hash_pandas_object(values, index=False).to_numpy()
-        digest.update(len(hashed).to_bytes(8, "big") + memoryview(hashed))
+    except Exception:  # a dtype pandas cannot hash (long double): walked, as the same always is
+        digest.update(b"w" + encode(list(values)))
+    else:
+        digest.update(b"h" + len(hashed).to_bytes(8, "big") + memoryview(hashed))
     return digest.digest()
 
 

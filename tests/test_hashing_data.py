@@ -264,3 +264,29 @@ def test_the_argument_hash_benchmark_times_both_ways(capsys: pytest.CaptureFixtu
     assert line["frame_mb"] == pytest.approx(10, rel=0.2)
     assert line["frame_hash_s"] > 0 and line["legacy_frame_hash_s"] > 0
     assert line["array_hash_s"] > 0 and line["legacy_array_hash_s"] > 0
+
+
+def test_values_pandas_cannot_hash_are_walked() -> None:
+    long_doubles = pd.Series(np.array([1.0, 2.0], dtype=np.longdouble))
+    assert fingerprint(long_doubles) == fingerprint(long_doubles.copy())
+    assert fingerprint(long_doubles) != fingerprint(long_doubles + 1)
+    array = np.array([1.0, 2.0], dtype=np.longdouble)
+    assert fingerprint(array) == legacy_stable_hash((array,), {})
+
+
+@pytest.mark.parametrize(
+    "series",
+    [
+        pd.Series(pd.period_range("2024-01", periods=3, freq="M")),
+        pd.Series(pd.interval_range(0, 3)),
+        pd.Series(pd.arrays.SparseArray([0, 0, 1])),
+        pd.Series([1, None, 3], dtype="Int64"),
+        pd.Series([True, None], dtype="boolean"),
+        pd.Series(pd.to_timedelta([1, 2], unit="s")),
+        pd.Series([{"a": 1}, {"b": [2]}]),
+    ],
+    ids=["period", "interval", "sparse", "Int64", "boolean", "timedelta", "dicts"],
+)
+def test_extension_and_object_dtypes_hash_like_their_copies(series: pd.Series) -> None:
+    assert fingerprint(series) == fingerprint(series.copy(deep=True))
+    assert fingerprint(series) != fingerprint(series.iloc[::-1].reset_index(drop=True))
