@@ -121,7 +121,7 @@ def _objects(values: Any, encode: Encode) -> bytes:
     array = values.to_numpy(dtype=object)
     if infer_dtype(array, skipna=True) == "string":
         try:
-            hashed = pd.util.hash_pandas_object(pd.Series(array), index=False).to_numpy()
+            hashed = pd.util.hash_array(array)
         except UnicodeEncodeError:  # a lone surrogate, which UTF-8 refuses: walked below
             pass
         else:
