@@ -282,13 +282,8 @@ class FlowContext:
     ) -> Invocation | None:
         """Return the record at ``position`` after checking it matches the call being made.
 
-        Args:
-            position: Where the operation is in the flow's log.
-            kind: What the operation is.
-            name: The operation's name.
-            args_hash: ``stable_hash`` of a step's arguments.
-            arguments: A step's positional and keyword arguments, for a record whose
-                fingerprint is of an older kind (:func:`~pyergon._hashing.same_arguments`).
+        ``arguments`` (a step's positional and keyword arguments) let a record whose
+        ``args_hash`` is of an older kind be checked (:func:`pyergon._hashing.same_arguments`).
 
         Raises:
             NonDeterminismError: The record is for a different operation.
@@ -296,16 +291,10 @@ class FlowContext:
         record = self.log.get(position)
         if record is None:
             return None
-        if (
-            record.kind is not kind
-            or record.name != name
-            or (
-                record.args_hash != args_hash
-                and (
-                    arguments is None or not same_arguments(record.args_hash, args_hash, *arguments)
-                )
-            )
-        ):
+        same_arguments_hash = record.args_hash == args_hash or (
+            arguments is not None and same_arguments(record.args_hash, args_hash, *arguments)
+        )
+        if record.kind is not kind or record.name != name or not same_arguments_hash:
             current = self.new_record(
                 position, kind, name, InvocationStatus.PENDING, args_hash=args_hash
             )
