@@ -12,6 +12,7 @@ from benchmarks import (
     dag_pipeline,
     direct,
     floor,
+    hashing,
     history_queries,
     imports,
     kernel_cells,
@@ -139,6 +140,7 @@ SCENARIOS = {
             latency_of="cancel request to CANCELLED, flows running 2 ms steps",
         ),
         Scenario("import_time", (NO_BACKEND,), imports.import_time, 5, 5, 2),
+        Scenario("argument_hash", (NO_BACKEND,), hashing.argument_hash, 200, 200, 10),
         Scenario(
             "history_queries",
             SHARED_BACKENDS,

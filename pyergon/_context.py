@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pyergon._hashing import same_arguments
 from pyergon._interrupts import (
     Cancellation,
     FlowCancelled,
@@ -272,9 +273,17 @@ class FlowContext:
         )
 
     def replayed(
-        self, position: Position, kind: OperationKind, name: str, args_hash: str = ""
+        self,
+        position: Position,
+        kind: OperationKind,
+        name: str,
+        args_hash: str = "",
+        arguments: tuple[tuple[Any, ...], Mapping[str, Any]] | None = None,
     ) -> Invocation | None:
         """Return the record at ``position`` after checking it matches the call being made.
+
+        ``arguments`` (a step's positional and keyword arguments) let a record whose
+        ``args_hash`` is of an older kind be checked (:func:`pyergon._hashing.same_arguments`).
 
         Raises:
             NonDeterminismError: The record is for a different operation.
@@ -282,7 +291,10 @@ class FlowContext:
         record = self.log.get(position)
         if record is None:
             return None
-        if record.kind is not kind or record.name != name or record.args_hash != args_hash:
+        same_arguments_hash = record.args_hash == args_hash or (
+            arguments is not None and same_arguments(record.args_hash, args_hash, *arguments)
+        )
+        if record.kind is not kind or record.name != name or not same_arguments_hash:
             current = self.new_record(
                 position, kind, name, InvocationStatus.PENDING, args_hash=args_hash
             )

@@ -18,9 +18,10 @@ from pathlib import PurePath
 from types import FunctionType
 from typing import Any
 
+from pyergon._hashing_data import encode_data
 from pyergon.errors import SerializationError
 
-__all__ = ["stable_hash", "type_name"]
+__all__ = ["legacy_stable_hash", "same_arguments", "stable_hash", "type_name"]
 
 
 def type_name(kind: type) -> str:
@@ -72,35 +73,75 @@ _CONTAINERS = (tuple, list, dict, set, frozenset)
 
 
 def stable_hash(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
-    """Return a hex SHA-256 fingerprint of call arguments, identical in every process.
+    """Return a fingerprint of call arguments, identical in every process.
 
     Used to notice that a replayed step is called with different arguments. The digest does
     not depend on ``PYTHONHASHSEED``, set order or dict insertion order. Types count: ``1``,
     ``1.0``, ``True``, ``"1"``, ``b"1"``, ``(1,)`` and ``[1]`` all differ, and so do values
     that compare equal but are written differently (``Decimal("1.0")`` and ``Decimal("1.00")``,
     one instant in two time zones). Classes and functions count by qualified name, as pickle
-    refers to them. Other objects are walked through their pickle reduction
-    (``__reduce_ex__``), so a set inside them is still hashed in a canonical order; objects
-    that cannot be pickled count by type name and ``repr`` with memory addresses removed.
-    Self-references are encoded as back-references.
+    refers to them. numpy arrays and pandas DataFrames, Series and Index count by dtype, shape
+    or labels and a hash of their buffers (see :mod:`pyergon._hashing_data`). Other objects are
+    walked through their pickle reduction (``__reduce_ex__``), so a set inside them is still
+    hashed in a canonical order; objects that cannot be pickled count by type name and
+    ``repr`` with memory addresses removed. Self-references are encoded as back-references.
 
     Args:
         args: Positional arguments.
         kwargs: Keyword arguments; their order does not matter.
 
     Returns:
-        64 hex characters.
+        64 hex characters of SHA-256; prefixed with ``"v2:"`` when the arguments hold an array
+        or a pandas object, whose fingerprint older versions computed otherwise (see
+        :func:`same_arguments`).
 
     Raises:
         SerializationError: If the arguments are nested too deeply to walk.
     """
     if not args and not kwargs:
         return _NO_ARGUMENTS_HASH
-    return _hash_arguments(args, kwargs)
+    return _hash_arguments(args, kwargs, _Walk(buffers=True))
 
 
-def _hash_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
-    digest = _HASH_SEED.copy()
+def legacy_stable_hash(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    """Return the fingerprint pyergon 0.9 and older computed: arrays and frames walked too.
+
+    Only for records those versions wrote (:func:`same_arguments`): it takes seconds for a
+    large DataFrame.
+    """
+    return _hash_arguments(args, kwargs, _Walk(buffers=False))
+
+
+def same_arguments(
+    recorded: str, args_hash: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> bool:
+    """Whether a recorded fingerprint is that of today's arguments ``args``/``kwargs``.
+
+    ``args_hash`` is ``stable_hash(args, kwargs)``. A record written before arrays and
+    frames were hashed by their buffers holds the old kind of fingerprint, compared with the
+    old way's fingerprint of today's arguments, so such flows still replay.
+    """
+    if recorded == args_hash:
+        return True
+    if args_hash.startswith(_VERSION_2) and not recorded.startswith(_VERSION_2):
+        return legacy_stable_hash(args, kwargs) == recorded
+    return False
+
+
+class _Walk:
+    """One fingerprint's walk: the containers it is inside and how it encodes data buffers."""
+
+    __slots__ = ("buffers", "path", "saw_buffers")
+
+    def __init__(self, *, buffers: bool) -> None:
+        self.path: dict[int, int] = {}
+        """Ids of enclosing containers, mapped to their depths (for back-references)."""
+        self.buffers = buffers
+        """Whether arrays and frames are encoded by their buffers (else by their reduction)."""
+        self.saw_buffers = False
+
+
+def _hash_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any], walk: _Walk) -> str:
     if not kwargs:
         try:
             atoms = b"".join([_ATOMS[type(value)](value) for value in args])
@@ -108,51 +149,57 @@ def _hash_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
             pass
         else:
             # Only atoms, the common case: their tuple's encoding, without walking it.
+            digest = _HASH_SEED.copy()
             digest.update(b"t" + len(args).to_bytes(8, "big") + atoms + _NO_KEYWORDS)
             return digest.hexdigest()
     try:
-        digest.update(_encode(tuple(args), {}))
-        digest.update(len(kwargs).to_bytes(8, "big"))
-        for name in sorted(kwargs):
-            digest.update(_text(name) + _encode(kwargs[name], {}))
+        parts = [_encode(tuple(args), walk), len(kwargs).to_bytes(8, "big")]
+        parts.extend(_text(name) + _encode(kwargs[name], walk) for name in sorted(kwargs))
     except RecursionError as error:
         raise SerializationError(
             "step arguments are nested too deeply (or reduce to themselves endlessly) to hash"
         ) from error
+    if walk.saw_buffers:
+        digest = _HASH_SEED_2.copy()
+        digest.update(b"".join(parts))
+        return _VERSION_2 + digest.hexdigest()
+    digest = _HASH_SEED.copy()
+    digest.update(b"".join(parts))
     return digest.hexdigest()
 
 
-def _encode(value: Any, path: dict[int, int]) -> bytes:
-    """Canonical bytes of ``value``; ``path`` maps ids of enclosing containers to depths."""
+def _encode(value: Any, walk: _Walk) -> bytes:
+    """Canonical bytes of ``value``."""
     kind = type(value)
     atom = _ATOMS.get(kind)
     if atom is not None:
         return atom(value)
     if isinstance(value, Enum):
-        return b"e" + _text(type_name(kind)) + _encode(value.value, path)
+        return b"e" + _text(type_name(kind)) + _encode(value.value, walk)
     if isinstance(value, type | FunctionType):  # by reference, as pickle does
         return b"g" + _text(f"{value.__module__}.{value.__qualname__}")
     if isinstance(value, PurePath):
         return b"p" + _text(type_name(kind)) + _text(str(value))
+    path = walk.path
     marker = id(value)
     if marker in path:
         return b"^" + (len(path) - path[marker]).to_bytes(8, "big")  # levels up, not absolute
     path[marker] = len(path)
     try:
-        return _encode_compound(value, kind, path)
+        return _encode_compound(value, kind, walk)
     finally:
         del path[marker]
 
 
-def _encode_compound(value: Any, kind: type, path: dict[int, int]) -> bytes:
+def _encode_compound(value: Any, kind: type, walk: _Walk) -> bytes:
     if kind is tuple or kind is list:
-        items = [_encode(item, path) for item in value]
+        items = [_encode(item, walk) for item in value]
         return (b"t" if kind is tuple else b"l") + len(items).to_bytes(8, "big") + b"".join(items)
     if kind is dict:
-        pairs = sorted((_encode(key, path), _encode(item, path)) for key, item in value.items())
+        pairs = sorted((_encode(key, walk), _encode(item, walk)) for key, item in value.items())
         return b"d" + len(pairs).to_bytes(8, "big") + b"".join(k + v for k, v in pairs)
     if kind is set or kind is frozenset:
-        elements = sorted(_encode(element, path) for element in value)
+        elements = sorted(_encode(element, walk) for element in value)
         return (
             (b"S" if kind is set else b"Z") + len(elements).to_bytes(8, "big") + b"".join(elements)
         )
@@ -162,17 +209,22 @@ def _encode_compound(value: Any, kind: type, path: dict[int, int]) -> bytes:
             b"D"
             + _text(type_name(kind))
             + len(fields).to_bytes(8, "big")
-            + b"".join(_text(f.name) + _encode(getattr(value, f.name), path) for f in fields)
+            + b"".join(_text(f.name) + _encode(getattr(value, f.name), walk) for f in fields)
         )
     for base in kind.__mro__[1:]:  # namedtuple, OrderedDict, str subclasses, numpy floats...
         if base in _ATOMS or base in _CONTAINERS:
             atom = _ATOMS.get(base)
-            body = atom(value) if atom else _encode_compound(base(value), base, path)
+            body = atom(value) if atom else _encode_compound(base(value), base, walk)
             return b"<" + _text(type_name(kind)) + body
-    return _encode_reduced(value, kind, path)
+    if walk.buffers:
+        data = encode_data(value, kind, lambda item: _encode(item, walk))
+        if data is not None:
+            walk.saw_buffers = True
+            return data
+    return _encode_reduced(value, kind, walk)
 
 
-def _encode_reduced(value: Any, kind: type, path: dict[int, int]) -> bytes:
+def _encode_reduced(value: Any, kind: type, walk: _Walk) -> bytes:
     """Encode an arbitrary object through the reduction pickle itself would use."""
     try:
         reduced = value.__reduce_ex__(4)  # 4, not 5: no out-of-band PickleBuffers
@@ -186,10 +238,10 @@ def _encode_reduced(value: Any, kind: type, path: dict[int, int]) -> bytes:
         b"R"
         + _text(type_name(kind))
         + _text(_callable_name(constructor))
-        + _encode(arguments, path)
-        + _encode(state, path)
-        + _encode(None if list_items is None else list(list_items), path)
-        + _encode(None if dict_items is None else dict(dict_items), path)
+        + _encode(arguments, walk)
+        + _encode(state, walk)
+        + _encode(None if list_items is None else list(list_items), walk)
+        + _encode(None if dict_items is None else dict(dict_items), walk)
         + _text("" if setter is None else _callable_name(setter))
     )
 
@@ -209,6 +261,9 @@ def _encode_repr(value: Any, kind: type) -> bytes:
 
 
 _HASH_SEED = hashlib.sha256(b"pyergon-args-1")
+_HASH_SEED_2 = hashlib.sha256(b"pyergon-args-2")
+_VERSION_2 = "v2:"
+"""Marks fingerprints of arguments holding arrays or frames, hashed by their buffers."""
 _NO_KEYWORDS = (0).to_bytes(8, "big")
-_NO_ARGUMENTS_HASH = _hash_arguments((), {})
+_NO_ARGUMENTS_HASH = _hash_arguments((), {}, _Walk(buffers=True))
 """The hash of a call without arguments, the most common step call, computed once."""

@@ -7,7 +7,8 @@ layer                 modules
 ====================  ==========================================================================
 base                  ``_version``, ``errors`` (the exception tree), ``clock``
 core                  ``core.*``: value types and the flow state machine, pure, no I/O
-storage               ``_hashing``, ``serialization``, ``storage.*``: payloads, the backends
+storage               ``_hashing``, ``_hashing_data``, ``serialization``, ``storage.*``: payloads,
+                      the backends
 runtime               ``_context``, ``_interrupts``, ``_output``, ``_progress``, ``decorators``,
                       ``_fingerprint``, ``_code``, ``determinism``, ``executor.*``: running
                       flows, and which records today's code did not make
@@ -36,7 +37,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pyergon"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("pyergon._version", "pyergon.errors", "pyergon.clock")),
     ("core", ("pyergon.core",)),
-    ("storage", ("pyergon._hashing", "pyergon.serialization", "pyergon.storage")),
+    (
+        "storage",
+        ("pyergon._hashing", "pyergon._hashing_data", "pyergon.serialization", "pyergon.storage"),
+    ),
     (
         "runtime",
         (

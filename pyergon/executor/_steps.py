@@ -68,7 +68,7 @@ async def run_step(
         The step's result, recorded or fresh.
     """
     args_hash = stable_hash(args, kwargs)
-    record = context.replayed(position, _STEP, name, args_hash)
+    record = context.replayed(position, _STEP, name, args_hash, (args, kwargs))
     if record is not None and record.is_final:
         if record.code_hash != code and record.code_hash:
             context.note_stale(record)
