@@ -26,7 +26,7 @@ from pyergon.errors import (
 )
 from pyergon.executor.executor import validate_flow_id
 from pyergon.history import FlowHistory
-from pyergon.serialization import Serializer
+from pyergon.serialization import Serializer, loads_for
 
 if TYPE_CHECKING:
     from pyergon.storage.base import ExecutionLog
@@ -212,7 +212,7 @@ def _loads(serializer: Serializer, data: bytes | None, what: str) -> Any:
     if data is None:
         return None
     try:
-        return serializer.loads(data)
+        return loads_for(serializer, data, what)
     except SerializationError as error:
         raise SerializationError(
             f"{what} cannot be read back here: {error}; the classes it holds must be importable "

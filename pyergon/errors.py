@@ -26,6 +26,7 @@ so ``except LookupError`` keeps working for callers that do not know pyergon::
         │   └── UnknownStorageSchemeError        no backend handles its scheme
         ├── CorruptStorageError              not a pyergon database, or damaged
         ├── SchemaVersionError               written by a newer pyergon
+        ├── ArtifactError                    a large value kept apart is missing or damaged
         └── StorageClosedError               used before ``connect()`` or after ``close()``
 
 :class:`StaleResultWarning` is a warning, not an error: a notebook session gives it when a run
@@ -38,6 +39,7 @@ whether a failure is worth retrying.
 from __future__ import annotations
 
 __all__ = [
+    "ArtifactError",
     "ChildFlowError",
     "CorruptStorageError",
     "DagExecutionError",
@@ -314,6 +316,14 @@ class CorruptStorageError(StorageError):
 
 class SchemaVersionError(StorageError):
     """The storage was written by a newer pyergon whose schema this version cannot read."""
+
+
+class ArtifactError(StorageError):
+    """A large value kept apart from the log (an artifact) cannot be written or read back.
+
+    The message names the value (flow, step), the artifact's path and what to do. A flow that
+    meets one is not failed: the store may be unreachable from this process only.
+    """
 
 
 class StorageClosedError(StorageError):

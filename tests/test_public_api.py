@@ -91,6 +91,7 @@ PUBLIC_MODULES = {
     "pyergon.notebook.session",
     "pyergon.notebook.views",
     "pyergon.serialization",
+    "pyergon.serialization.artifacts",
     "pyergon.storage",
     "pyergon.storage.base",
     "pyergon.storage.memory",

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from pyergon.core.records import ScheduledFlow
 from pyergon.errors import FlowInputsChangedError, SerializationError, SignatureError
-from pyergon.serialization import Serializer, dumps_for, stable_hash
+from pyergon.serialization import Serializer, dumps_for, loads_for, stable_hash
 
 __all__ = ["check_same_inputs", "decode_flow", "encode_flow"]
 
@@ -36,7 +36,7 @@ def decode_flow(serializer: Serializer, cls: type[F], payload: bytes) -> F:
     Raises:
         SerializationError: The payload cannot be read or no longer fits the class's fields.
     """
-    fields: Any = serializer.loads(payload)
+    fields: Any = loads_for(serializer, payload, f"the inputs of a {cls.__qualname__} flow")
     if not isinstance(fields, dict):
         raise SerializationError(
             f"stored inputs of flow type {cls.__qualname__} are not a field mapping"

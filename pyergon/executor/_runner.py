@@ -36,6 +36,7 @@ from pyergon.core.records import Attempt, Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.errors import (
+    ArtifactError,
     FlowCancelledError,
     NonDeterminismError,
     PyergonError,
@@ -47,6 +48,7 @@ from pyergon.executor._stale import StaleHandler
 from pyergon.serialization import (
     Serializer,
     dumps_for,
+    loads_for,
     rebuild_exception,
     serialize_exception,
 )
@@ -212,6 +214,9 @@ async def _attempt(run: FlowRun, context: FlowContext, attempt: int) -> FlowOutc
     except SignatureError:
         await _save_quietly(context)
         raise  # this process's key refuses a stored record: the flow is left for another
+    except ArtifactError:
+        await _save_quietly(context)
+        raise  # a large value cannot be written or read here: storage trouble, not the flow's
     except LogConflict:
         raise
     except Exception as error:
@@ -280,7 +285,11 @@ async def _save_quietly(context: FlowContext) -> None:
 def stored_outcome(flow: ScheduledFlow, serializer: Serializer) -> Completed[Any]:
     """Return the outcome of a flow that is final in storage."""
     if flow.status is TaskStatus.COMPLETE:
-        result = None if flow.result is None else serializer.loads(flow.result)
+        result = (
+            None
+            if flow.result is None
+            else loads_for(serializer, flow.result, f"the result of flow {flow.flow_id!r}")
+        )
         return Completed(flow.flow_id, result=result)
     error: BaseException
     if flow.error is not None:

@@ -14,7 +14,14 @@ from pyergon.core.records import Attempt, Invocation, StepProgress, StoredError,
 from pyergon.core.retry import RetryPolicy
 from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.errors import StepTimeoutError
-from pyergon.serialization import rebuild_exception, serialize_exception, stable_hash
+from pyergon.serialization import (
+    ArtifactSerializer,
+    loads_for,
+    rebuild_exception,
+    serialize_exception,
+    stable_hash,
+)
+from pyergon.serialization._artifact_refs import ARTIFACT_TAG, is_ref
 
 __all__ = [
     "StepCall",
@@ -33,10 +40,24 @@ _COMPLETE = InvocationStatus.COMPLETE
 
 
 def replay_final(context: FlowContext, record: Invocation) -> Any:
-    """Return the stored result of a final record, or raise its stored error."""
+    """Return the stored result of a final record, or raise its stored error.
+
+    Raises:
+        ArtifactError: The result is an artifact that cannot be read; the message names the
+            step, the flow and the artifact's path.
+    """
     if record.status is InvocationStatus.FAILED and record.error is not None:
         raise rebuild_exception(context.serializer, record.error)
-    return None if record.result is None else context.serializer.loads(record.result)
+    if record.result is None:
+        return None
+    return loads_for(
+        context.serializer,
+        record.result,
+        lambda: (
+            f"the result of step {record.name!r} of "
+            f"{context.describe((record.sequence, record.sub_sequence))}"
+        ),
+    )
 
 
 async def run_step(
@@ -72,6 +93,8 @@ async def run_step(
     if record is not None and record.is_final:
         if record.code_hash != code and record.code_hash:
             context.note_stale(record)
+        if is_ref(record.result):  # read off the event loop: Parquet of a frame takes a while
+            return await asyncio.to_thread(replay_final, context, record)
         return replay_final(context, record)
     await context.before_live_work(position)
 
@@ -239,12 +262,24 @@ async def attempt_until_final(
                 context.on_step_retry(name, error, attempts, delay)
             await context.clock.sleep(delay)
             continue
-        payload = context.dumps(
-            result, lambda: f"the result of step {name!r} of {context.describe(position)}"
-        )
+        payload = await _encode(context, result, name, position)
         # Stored with the run's next save: before any later live work, or with the outcome.
         context.keep(call.record(_COMPLETE, attempts, result=payload))
+        if payload[:2] == ARTIFACT_TAG:
+            await context.save()  # a record names the artifact at once: gc leaves it alone
         return result
+
+
+async def _encode(context: FlowContext, result: Any, name: str, position: Position) -> bytes:
+    """The stored form of a step's result; a frame or array kept apart is written off the loop."""
+    serializer = context.serializer
+
+    def what() -> str:
+        return f"the result of step {name!r} of {context.describe(position)}"
+
+    if type(serializer) is ArtifactSerializer and serializer.kept_apart(result):
+        return await asyncio.to_thread(context.dumps, result, what)
+    return context.dumps(result, what)
 
 
 async def _with_timeout(

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pyergon.errors import InvalidStorageUrlError, StorageError, UnknownStorageSchemeError
+from pyergon.serialization.artifacts import ArtifactStore
 from pyergon.storage._url_checks import check_characters, redacted, shown
 from pyergon.storage.base import ExecutionLog
 from pyergon.storage.memory import InMemoryExecutionLog
@@ -27,7 +28,9 @@ _LONGEST_NAME = 255
 """Bytes of one name in a path most file systems hold (``NAME_MAX``)."""
 
 
-async def open_storage(url: str) -> ExecutionLog:
+async def open_storage(
+    url: str, *, artifacts: str | os.PathLike[str] | ArtifactStore | None = None
+) -> ExecutionLog:
     """Return a connected storage backend for ``url``.
 
     Supported URLs:
@@ -41,8 +44,14 @@ async def open_storage(url: str) -> ExecutionLog:
       database shared by several machines; ``?schema=name`` sets the schema (default
       ``pyergon``), other query parameters go to asyncpg.
 
+    Redis and PostgreSQL URLs may also say ``?artifacts=location``: where values larger than
+    about 1 MiB are kept apart from the log (a directory every worker reaches, or an fsspec
+    URL). A SQLite file ``flows.db`` keeps them in ``flows.artifacts/`` beside it.
+
     Args:
         url: Where the flows are stored.
+        artifacts: Where large values are kept, instead of the default or the URL's
+            ``artifacts`` parameter (see :mod:`pyergon.serialization.artifacts`).
 
     Returns:
         The backend, already connected; close it with ``await storage.close()``.
@@ -64,21 +73,21 @@ async def open_storage(url: str) -> ExecutionLog:
     if scheme == "sqlite":
         from pyergon.storage.sqlite import SqliteExecutionLog
 
-        storage = SqliteExecutionLog(_sqlite_path(url, rest))
+        storage = SqliteExecutionLog(_sqlite_path(url, rest), artifacts=artifacts)
         await storage.connect()
         return storage
     if scheme in ("redis", "rediss"):
         with _extra_needed():
             from pyergon.storage.redis import RedisExecutionLog
 
-        redis_storage = RedisExecutionLog.from_url(url)
+        redis_storage = RedisExecutionLog.from_url(url, artifacts=artifacts)
         await redis_storage.connect()
         return redis_storage
     if scheme in ("postgresql", "postgres"):
         with _extra_needed():
             from pyergon.storage.postgres import PostgresExecutionLog
 
-        postgres_storage = PostgresExecutionLog.from_url(url)
+        postgres_storage = PostgresExecutionLog.from_url(url, artifacts=artifacts)
         await postgres_storage.connect()
         return postgres_storage
     raise UnknownStorageSchemeError(

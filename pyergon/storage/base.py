@@ -22,6 +22,7 @@ from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.core.status import TaskStatus
 from pyergon.core.workers import Beat, WorkerRecord
 from pyergon.errors import CorruptStorageError
+from pyergon.serialization.artifacts import ArtifactStore
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -115,6 +116,10 @@ class StorageLifecycle:
     """Whether other machines may write the storage (a server, not a file of this machine's).
     On shared storage unsigned pickle needs an explicit choice (see
     :func:`pyergon.serialization.check_serializer`)."""
+
+    artifacts: ArtifactStore | None = None
+    """Where values too large for the log are kept (see :mod:`pyergon.serialization.artifacts`);
+    ``None`` keeps them inline."""
 
     async def connect(self) -> None:  # pragma: no cover - overridden by every backend
         """Open connections and create or migrate the schema."""

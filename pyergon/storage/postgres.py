@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import time
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from typing import Any, cast
@@ -29,6 +30,7 @@ from pyergon.errors import (
     StorageClosedError,
     StorageError,
 )
+from pyergon.serialization.artifacts import ArtifactStore, open_artifact_store
 from pyergon.storage._postgres_listener import WorkListener
 from pyergon.storage._postgres_sql import (
     PostgresStatements,
@@ -104,6 +106,10 @@ class PostgresExecutionLog(StorageLifecycle):
         connect_timeout: Seconds opening one connection may take before it fails with a
             :class:`~pyergon.errors.StorageError` naming the host and port (asyncpg's own
             default is 60 s).
+        artifacts: Where values larger than about 1 MiB are kept apart from the log: a
+            directory every worker reaches, an fsspec URL (``s3://bucket/prefix``) or an
+            :class:`~pyergon.serialization.artifacts.ArtifactStore`. Without it they are stored
+            inline, and the first such value is reported once.
 
     Raises:
         ImportError: asyncpg is not installed.
@@ -126,6 +132,7 @@ class PostgresExecutionLog(StorageLifecycle):
         min_size: int = 1,
         max_size: int = 10,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        artifacts: str | os.PathLike[str] | ArtifactStore | None = None,
     ) -> None:
         driver = self._driver = _import_asyncpg()
         self._failures: tuple[type[Exception], ...] = (
@@ -144,6 +151,7 @@ class PostgresExecutionLog(StorageLifecycle):
         )
         """Those failures that leave the connection unusable rather than fail a statement."""
         self._dsn = dsn
+        self.artifacts = None if artifacts is None else open_artifact_store(artifacts)
         self._schema = validate_schema_name(schema)
         self._min_size = min_size
         self._max_size = max_size
@@ -173,11 +181,14 @@ class PostgresExecutionLog(StorageLifecycle):
         )
 
     @classmethod
-    def from_url(cls, url: str) -> PostgresExecutionLog:
+    def from_url(
+        cls, url: str, *, artifacts: str | os.PathLike[str] | ArtifactStore | None = None
+    ) -> PostgresExecutionLog:
         """Build an unconnected backend from ``postgresql://user@host:port/db[?schema=name]``.
 
-        Besides asyncpg's parameters the URL may hold ``schema`` and ``connect_timeout``
-        (seconds, as libpq spells it).
+        Besides asyncpg's parameters the URL may hold ``schema``, ``connect_timeout``
+        (seconds, as libpq spells it) and ``artifacts`` (where large values are kept, unless
+        the ``artifacts`` argument says).
 
         Raises:
             InvalidStorageUrlError: A part of the URL cannot be used (the port, the ``schema``
@@ -185,7 +196,7 @@ class PostgresExecutionLog(StorageLifecycle):
         """
         parts = server_url(url, "PostgreSQL")
         query = parse_qsl(parts.query, keep_blank_values=True)
-        ours = ("schema", "connect_timeout")
+        ours = ("schema", "connect_timeout", "artifacts")
         dsn = urlunsplit(parts._replace(query=urlencode([p for p in query if p[0] not in ours])))
         options: dict[str, Any] = {}
         for name in ours:
@@ -203,6 +214,8 @@ class PostgresExecutionLog(StorageLifecycle):
                     options["connect_timeout"] = float(seconds)
                 except ValueError:
                     raise ValueError(f"connect_timeout {seconds!r} is not a number") from None
+            if artifacts is not None:
+                options["artifacts"] = artifacts
             return cls(dsn, **options)
         except ValueError as error:
             raise InvalidStorageUrlError(f"{redacted(url)!r} cannot be used: {error}") from error
@@ -283,6 +296,7 @@ class PostgresExecutionLog(StorageLifecycle):
             min_size=1,
             max_size=1,
             connect_timeout=self._connect_timeout,
+            artifacts=self.artifacts,
         )
         log._listen_on_connect = False
         return log

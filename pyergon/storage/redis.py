@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Collection, Iterator, Mapping
@@ -43,6 +44,7 @@ from pyergon.errors import (
     StorageClosedError,
     StorageError,
 )
+from pyergon.serialization.artifacts import ArtifactStore, open_artifact_store
 from pyergon.storage._redis_layout import (
     SCRIPTS,
     apply_arguments,
@@ -92,6 +94,10 @@ class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
         prefix: Namespace of every key; must not contain ``{`` or ``}``.
         max_connections: Most connections used for commands at once; callers beyond it wait
             for a free one. :meth:`wait_for_work` listens on one more, dedicated connection.
+        artifacts: Where values larger than about 1 MiB are kept apart from the log: a
+            directory every worker reaches, an fsspec URL (``s3://bucket/prefix``) or an
+            :class:`~pyergon.serialization.artifacts.ArtifactStore`. Without it they are stored
+            inline, and the first such value is reported once.
 
     Example:
         >>> async with RedisExecutionLog("redis://localhost:6379/0") as storage:  # doctest: +SKIP
@@ -107,12 +113,14 @@ class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
         *,
         prefix: str = "pyergon",
         max_connections: int = 20,
+        artifacts: str | os.PathLike[str] | ArtifactStore | None = None,
     ) -> None:
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix must be a non-empty string without braces, got {prefix!r}")
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self._url = url
+        self.artifacts = None if artifacts is None else open_artifact_store(artifacts)
         self._where = _describe(url)
         self._prefix = prefix
         self._max_connections = max_connections
@@ -135,8 +143,12 @@ class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
         """Damage a claim met and logged, by key and field: each is logged once."""
 
     @classmethod
-    def from_url(cls, url: str) -> RedisExecutionLog:
+    def from_url(
+        cls, url: str, *, artifacts: str | os.PathLike[str] | ArtifactStore | None = None
+    ) -> RedisExecutionLog:
         """Return an unconnected backend for ``url``, taking the prefix from ``?prefix=name``.
+
+        ``?artifacts=location`` sets where large values are kept, unless ``artifacts`` does.
 
         Raises:
             InvalidStorageUrlError: A part of the URL cannot be used; the message names it.
@@ -150,10 +162,14 @@ class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
             )
         query = parse_qsl(parts.query, keep_blank_values=True)
         prefixes = [value for name, value in query if name == "prefix"]
-        rest = urlencode([(name, value) for name, value in query if name != "prefix"])
+        locations = [value for name, value in query if name == "artifacts"]
+        rest = urlencode([(n, v) for n, v in query if n not in ("prefix", "artifacts")])
         plain_url = urlunsplit(parts._replace(query=rest))
+        options: dict[str, Any] = {"prefix": prefixes[-1]} if prefixes else {}
+        if artifacts is not None or locations:
+            options["artifacts"] = artifacts if artifacts is not None else locations[-1]
         try:
-            return cls(plain_url, prefix=prefixes[-1]) if prefixes else cls(plain_url)
+            return cls(plain_url, **options)
         except ValueError as error:
             raise InvalidStorageUrlError(
                 f"Redis URL {_describe(url)!r} is not usable: {error}"
@@ -176,7 +192,10 @@ class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
         its timeout) and does not repeat the warnings about the server's settings.
         """
         second = RedisExecutionLog(
-            self._url, prefix=self._prefix, max_connections=self._max_connections
+            self._url,
+            prefix=self._prefix,
+            max_connections=self._max_connections,
+            artifacts=self.artifacts,
         )
         second._second_handle = True
         return second

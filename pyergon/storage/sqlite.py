@@ -26,6 +26,7 @@ from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import claim_changes
 from pyergon.core.workers import Beat, WorkerRecord
 from pyergon.errors import StorageError
+from pyergon.serialization.artifacts import ArtifactStore, open_artifact_store
 from pyergon.storage._file_watch import WriteNotifier, watch_writes
 from pyergon.storage._sql import steps
 from pyergon.storage._sql.rows import flow_from_row, signal_from_row, status_counts
@@ -93,15 +94,27 @@ class SqliteExecutionLog(StorageLifecycle):
     Args:
         path: The database file, created if missing, or ``":memory:"``.
         busy_timeout: Seconds to wait for another process's write lock before failing.
+        artifacts: Where values larger than about 1 MiB are kept apart from the log (see
+            :mod:`pyergon.serialization.artifacts`): a directory, an fsspec URL or an
+            :class:`~pyergon.serialization.artifacts.ArtifactStore`. By default
+            ``flows.db`` keeps them in ``flows.artifacts/`` beside it (an in-memory database
+            keeps them inline); ``False`` keeps them inline.
 
     Example:
         >>> async with SqliteExecutionLog("flows.db") as storage:  # doctest: +SKIP
         ...     flow = await storage.get_flow("order-42")
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 30.0,
+        artifacts: str | os.PathLike[str] | ArtifactStore | bool | None = None,
+    ) -> None:
         self._path = os.fspath(path)
         self._busy_timeout = busy_timeout
+        self.artifacts = _artifact_store(self._path, artifacts)
         self._file: SqliteFile | None = None
         self._lifecycle_lock = asyncio.Lock()
         self._work = asyncio.Event()
@@ -140,7 +153,9 @@ class SqliteExecutionLog(StorageLifecycle):
                 "an in-memory SQLite database cannot be opened a second time: it lives in "
                 "one connection; keep a worker's heartbeats on its own event loop, or use a file"
             )
-        return SqliteExecutionLog(self._path, busy_timeout=self._busy_timeout)
+        return SqliteExecutionLog(
+            self._path, busy_timeout=self._busy_timeout, artifacts=self.artifacts or False
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -498,3 +513,16 @@ class SqliteExecutionLog(StorageLifecycle):
             return connection.execute(WORKERS.delete, (worker_id,)).rowcount == 1
 
         return await self._open_file().write(delete)
+
+
+def _artifact_store(
+    path: str, artifacts: str | os.PathLike[str] | ArtifactStore | bool | None
+) -> ArtifactStore | None:
+    """The artifact store of the database at ``path``: by default a directory beside it."""
+    if artifacts is False or (artifacts is None and path in (_MEMORY, "")):
+        return None
+    if artifacts is None or artifacts is True:
+        if path in (_MEMORY, ""):
+            raise ValueError("an in-memory database has no file to keep artifacts beside")
+        return open_artifact_store(os.path.splitext(os.path.abspath(path))[0] + ".artifacts")
+    return open_artifact_store(artifacts)

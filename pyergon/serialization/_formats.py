@@ -1,9 +1,9 @@
 """How values become the bytes pyergon stores (arguments are fingerprinted in ``hashing``).
 
 Every payload starts with a two-byte format tag (``P1`` pickle, ``S1`` signed pickle, ``J1``
-JSON), so a record written by a newer pyergon, or by another serializer, is recognised and
-refused with a clear error instead of being misread. ``stable_hash`` is re-exported from
-:mod:`pyergon._hashing`, where it lives.
+JSON, ``A1`` a reference to an artifact: see :mod:`._artifacts`), so a record written by a
+newer pyergon, or by another serializer, is recognised and refused with a clear error instead
+of being misread.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from pyergon._hashing import stable_hash, type_name
 from pyergon.core.records import StoredError
 from pyergon.errors import (
+    ArtifactError,
     SerializationError,
     SignatureError,
     StepFailedError,
@@ -34,9 +35,9 @@ __all__ = [
     "check_serializer",
     "default_serializer",
     "dumps_for",
+    "loads_for",
     "rebuild_exception",
     "serialize_exception",
-    "serializer_for",
     "stable_hash",
 ]
 
@@ -46,7 +47,12 @@ _PICKLE_TAG = b"P1"
 _SIGNED_TAG = b"S1"
 _JSON_TAG = b"J1"
 _MAC_SIZE = hashlib.sha256().digest_size
-_FORMAT_NAMES = {ord("P"): "pickle", ord("S"): "signed pickle", ord("J"): "json"}
+_FORMAT_NAMES = {
+    ord("P"): "pickle",
+    ord("S"): "signed pickle",
+    ord("J"): "json",
+    ord("A"): "artifact reference",
+}
 
 
 class Serializer(Protocol):
@@ -80,6 +86,11 @@ def _foreign_format(data: bytes) -> str:
     known = _known_tag(data)
     if known is None:
         return f"it is not a pyergon payload (it starts with {bytes(data[:8])!r})"
+    if known[0] == "artifact reference":
+        return (
+            "it names an artifact, a large value kept apart from the log; read it through "
+            "a storage opened with its artifact store"
+        )
     if known[1] > 1:
         return (
             f"it was written by a newer pyergon (format {bytes(data[:2])!r}); "
@@ -141,6 +152,11 @@ class PickleSerializer:
     def signed(self) -> bool:
         """Whether payloads are signed and signatures are required."""
         return self._key is not None
+
+    @property
+    def signing_keys(self) -> tuple[bytes, ...]:
+        """The keys, the signing one first; empty when unsigned."""
+        return self._keys
 
     @property
     def unsigned_by_choice(self) -> bool:
@@ -395,20 +411,6 @@ def check_serializer(serializer: Serializer, storage: object) -> None:
     )
 
 
-def serializer_for(storage: object, serializer: Serializer | None = None) -> Serializer:
-    """The serializer to use with ``storage``: ``serializer``, or the default one; checked.
-
-    What every front (workers, executors, schedulers, managers, notebook sessions) calls where
-    it pairs a serializer with a storage.
-
-    Raises:
-        UnsafeSerializerError: See :func:`default_serializer` and :func:`check_serializer`.
-    """
-    chosen = serializer if serializer is not None else default_serializer()
-    check_serializer(chosen, storage)
-    return chosen
-
-
 def dumps_for(serializer: Serializer, value: Any, what: str | Callable[[], str]) -> bytes:
     """Serialize ``value``, naming ``what`` it is if that fails.
 
@@ -435,6 +437,28 @@ def dumps_for(serializer: Serializer, value: Any, what: str | Callable[[], str])
             "example to a dict, a string or a path), or create the object inside the step that "
             "uses it rather than keeping it in a flow field or step result."
         ) from error
+
+
+def loads_for(serializer: Serializer, data: bytes, what: str | Callable[[], str]) -> Any:
+    """Read ``data``, naming ``what`` it is if its artifact cannot be read.
+
+    Args:
+        serializer: The serializer that wrote it.
+        data: The stored payload.
+        what: A phrase naming the value, such as ``"the result of step 'load' of flow
+            'etl-1'"``, or a function returning it; it starts an ``ArtifactError``'s message.
+
+    Raises:
+        ArtifactError: The value is an artifact that is missing or damaged; the message names
+            ``what``, the artifact's path and what to do.
+        SerializationError: ``data`` cannot be read.
+    """
+    try:
+        return serializer.loads(data)
+    except ArtifactError as error:
+        if not isinstance(what, str):
+            what = what()
+        raise ArtifactError(f"{what} cannot be read: {error}") from error
 
 
 def serialize_exception(serializer: Serializer, error: BaseException) -> bytes | None:

@@ -1,0 +1,244 @@
+"""Formats that fit the data: DataFrames and Series as Parquet, numpy arrays as ``.npy``.
+
+Only values that come back exactly as they went are written so; anything else (a DataFrame
+subclass, an object column of lists, a non-nanosecond datetime, an array of objects...) is
+pickled by the caller instead. :func:`codec_for` decides from the value's type and columns,
+cheaply; a writer that fails anyway (pyarrow refusing a value) makes the caller pickle it too.
+
+pandas, numpy and pyarrow are imported only when a value of theirs is met, so ``import
+pyergon`` does not load them.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pyergon.errors import ArtifactError
+from pyergon.serialization._artifact_store import Sink
+
+__all__ = ["Codec", "codec_for", "decode_artifact_bytes", "decode_artifact_file"]
+
+_SERIES_COLUMN = "__pyergon_series__"
+"""The column a Series without a name is kept under in its Parquet file."""
+
+
+class Codec:
+    """One way to write a kind of value.
+
+    Attributes:
+        format: The format's name, kept in the reference: ``"parquet"`` or ``"npy"``.
+        type: The value's type name, kept in the reference.
+    """
+
+    __slots__ = ("format", "size", "type", "write")
+
+    def __init__(
+        self, format: str, type: str, size: int, write: Callable[[Any, Sink], None]
+    ) -> None:
+        self.format = format
+        self.type = type
+        self.size = size
+        """About how many bytes the value holds in memory."""
+        self.write = write
+
+
+_kinds: dict[type, str | None] = {}
+"""What each type met so far is: ``"frame"``, ``"series"``, ``"array"`` or ``None``."""
+
+
+def _kind(cls: type) -> str | None:
+    try:
+        return _kinds[cls]
+    except KeyError:
+        pass
+    kind = None
+    module = cls.__module__
+    if module.startswith("pandas") and "pandas" in sys.modules:
+        import pandas
+
+        kind = "frame" if cls is pandas.DataFrame else "series" if cls is pandas.Series else None
+    elif module == "numpy" and "numpy" in sys.modules:
+        import numpy
+
+        kind = "array" if cls is numpy.ndarray else None
+    _kinds[cls] = kind
+    return kind
+
+
+def codec_for(value: Any, threshold: int) -> Codec | None:
+    """How to write ``value`` apart from pickle, if it is large enough and fits a format."""
+    kind = _kind(type(value))
+    if kind is None:
+        return None
+    if kind == "array":
+        if value.dtype.hasobject or value.nbytes <= threshold:
+            return None
+        return Codec("npy", "numpy.ndarray", int(value.nbytes), _write_npy)
+    if not _has_pyarrow():
+        return None
+    frame = value if kind == "frame" else _series_frame(value)
+    if frame is None:
+        return None
+    size = int(frame.memory_usage(index=True, deep=False).sum())
+    if size <= threshold or not _parquet_exact(frame):
+        return None
+    if kind == "frame":
+        return Codec("parquet", "pandas.DataFrame", size, _write_parquet)
+    return Codec("parquet", "pandas.Series", size, lambda v, f: _write_parquet(_series_frame(v), f))
+
+
+def _has_pyarrow() -> bool:
+    try:
+        import pyarrow  # noqa: F401 - optional dependency
+    except ImportError:
+        return False
+    return True
+
+
+def _series_frame(series: Any) -> Any:
+    name = series.name
+    if name is None:
+        return series.to_frame(_SERIES_COLUMN)
+    return series.to_frame() if isinstance(name, str) and name != _SERIES_COLUMN else None
+
+
+def _parquet_exact(frame: Any) -> bool:
+    """Whether ``frame`` comes back from Parquet exactly: its index, columns and dtypes."""
+    import pandas
+
+    columns = frame.columns
+    if (
+        type(columns) is not pandas.Index
+        or len(columns) == 0
+        or not columns.is_unique
+        or not all(isinstance(name, str) for name in columns)
+        or not (columns.name is None or isinstance(columns.name, str))
+        or not frame.flags.allows_duplicate_labels
+    ):
+        return False
+    index = frame.index
+    levels = index.levels if isinstance(index, pandas.MultiIndex) else [index]
+    names = [name for name in index.names if name is not None]
+    if not all(isinstance(name, str) for name in names) or set(names) & set(columns):
+        return False
+    if type(index) is not pandas.RangeIndex and not all(_index_exact(level) for level in levels):
+        return False
+    return all(_column_exact(frame.iloc[:, place]) for place in range(len(columns)))
+
+
+def _index_exact(index: Any) -> bool:
+    if getattr(index, "freq", None) is not None:
+        return False  # a DatetimeIndex or TimedeltaIndex loses its frequency
+    import pandas
+
+    if isinstance(index, pandas.CategoricalIndex | pandas.IntervalIndex):
+        return False
+    return _values_exact(index.dtype, index)
+
+
+def _column_exact(column: Any) -> bool:
+    return _values_exact(column.dtype, column)
+
+
+_MASKED = {
+    "boolean", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64",
+    "Float32", "Float64",
+}  # fmt: skip
+
+
+def _values_exact(dtype: Any, values: Any) -> bool:
+    import pandas
+
+    kind = getattr(dtype, "kind", None)
+    if isinstance(dtype, pandas.CategoricalDtype):
+        categories = dtype.categories
+        return categories.dtype == object and _strings(categories, allow_missing=False)
+    if isinstance(dtype, pandas.DatetimeTZDtype):
+        return bool(dtype.unit == "ns")
+    if isinstance(dtype, pandas.StringDtype | pandas.PeriodDtype):
+        return True
+    if getattr(dtype, "name", None) in _MASKED:
+        return True
+    if type(dtype).__module__ != "numpy" and not type(dtype).__module__.startswith("numpy."):
+        return False  # other extension dtypes: pickled
+    if kind in ("b", "i", "u", "f"):
+        return True
+    if kind in ("M", "m"):
+        return str(dtype).endswith("[ns]")
+    if kind == "O":
+        return _strings(values, allow_missing=True)
+    return False
+
+
+def _strings(values: Any, *, allow_missing: bool) -> bool:
+    """Whether object ``values`` are all ``str`` (missing ones ``None``, not NaN, if allowed)."""
+    import pandas
+
+    inferred = pandas.api.types.infer_dtype(values, skipna=True)
+    if inferred not in ("string", "empty"):
+        return False
+    missing = pandas.isna(values)
+    if not missing.any():
+        return True
+    if not allow_missing:
+        return False
+    array = values.to_numpy() if hasattr(values, "to_numpy") else values
+    return all(item is None for item in array[missing])
+
+
+def _write_parquet(frame: Any, file: Sink) -> None:
+    import pyarrow
+    import pyarrow.parquet
+
+    table = pyarrow.Table.from_pandas(frame, preserve_index=None)
+    pyarrow.parquet.write_table(table, file)
+
+
+def _write_npy(array: Any, file: Sink) -> None:
+    import numpy
+
+    numpy.lib.format.write_array(file, array, allow_pickle=False)
+
+
+def decode_artifact_file(format: str, type_name: str, path: str) -> Any:
+    """Read a Parquet or ``.npy`` artifact from a checked local file.
+
+    A ``.npy`` array is memory-mapped copy-on-write: pages are read when touched, and writing
+    to the array changes this process's copy only.
+    """
+    if format == "npy":
+        import numpy
+
+        array = numpy.load(path, mmap_mode="c", allow_pickle=False)
+        return array.view(numpy.ndarray)
+    return _decode_parquet(type_name, path)
+
+
+def decode_artifact_bytes(format: str, type_name: str, data: bytes) -> Any:
+    """Read a Parquet or ``.npy`` artifact from its checked bytes."""
+    if format == "npy":
+        import numpy
+
+        return numpy.load(io.BytesIO(data), allow_pickle=False)
+    import pyarrow
+
+    return _decode_parquet(type_name, pyarrow.BufferReader(data))
+
+
+def _decode_parquet(type_name: str, source: Any) -> Any:
+    try:
+        import pyarrow.parquet
+    except ImportError as error:
+        raise ArtifactError(
+            'reading a Parquet artifact needs pyarrow: pip install "pyergon[data]"'
+        ) from error
+    frame = pyarrow.parquet.read_table(source).to_pandas()
+    if type_name != "pandas.Series":
+        return frame
+    series = frame.iloc[:, 0]
+    if series.name == _SERIES_COLUMN:
+        series.name = None
+    return series
