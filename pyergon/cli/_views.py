@@ -275,7 +275,7 @@ def history_json(history: FlowHistory) -> dict[str, Any]:
 
 
 def flows_table(flows: Sequence[ScheduledFlow]) -> Table:
-    """The table of ``pyergon flows``: one row per flow, newest first."""
+    """The table of ``pyergon flows``: one row per flow, newest first, with its result's size."""
     from rich import box
     from rich.table import Table
 
@@ -290,6 +290,7 @@ def flows_table(flows: Sequence[ScheduledFlow]) -> Table:
     table.add_column("attempt", justify="right", no_wrap=True, min_width=7)
     table.add_column("worker", overflow="fold", min_width=6)
     table.add_column("error", overflow="fold", min_width=5)
+    table.add_column("result", justify="right", overflow="fold")
     for flow in flows:
         status = status_markup(flow.status.value)
         if flow.cancel_requested and not flow.status.is_final:
@@ -305,6 +306,7 @@ def flows_table(flows: Sequence[ScheduledFlow]) -> Table:
             str(flow.attempt),
             _escape(flow.worker_id),
             _escape(flow.error.short_type if flow.error else None),
+            _escape(value_note(flow.result)),
         )
     return table
 

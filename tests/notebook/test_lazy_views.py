@@ -209,9 +209,10 @@ def test_in_a_notebook_the_missing_artifact_is_one_line(
 
 
 def test_show_prints_each_step_s_size_and_format_without_loading(stored: Stored) -> None:
-    text, as_json, listed, result = run_all(
+    text, as_json, table, listed, result = run_all(
         ["show", "big", "--storage", stored.url],
         ["show", "big", "--json", "--storage", stored.url],
+        ["flows", "--storage", stored.url],
         ["flows", "--json", "--storage", stored.url],
         ["show", "big", "--result", "--storage", stored.url],
         cwd=stored.database.parent,
@@ -228,6 +229,9 @@ def test_show_prints_each_step_s_size_and_format_without_loading(stored: Stored)
     first = shown["invocations"][0]
     assert (first["result_bytes"], first["result_format"]) == (stored.size, "parquet")
     assert first["result_artifact"] == stored.digest
+    assert table.returncode == 0, table.stderr
+    row = next(line for line in table.stdout.splitlines() if line.startswith("big "))
+    assert row.endswith(f"  {stored.described}")
     assert listed.returncode == 0, listed.stderr
     (flow_json,) = json.loads(listed.stdout)
     assert (flow_json["result_bytes"], flow_json["result_format"]) == (stored.size, "parquet")
