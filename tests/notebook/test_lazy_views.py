@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pyergon import flow, flow_type, step
+from pyergon import dag, flow, flow_type, step
 from pyergon.errors import ArtifactError
 from pyergon.notebook import Session
 from pyergon.serialization import ArtifactSerializer, JsonSerializer, PickleSerializer
@@ -55,9 +55,29 @@ class Crunch:
         return frame
 
 
+@dataclass
+@flow_type
+class CrunchDag:
+    """The same frame through a DAG, whose graph shows its steps' states."""
+
+    rows: int
+
+    @step
+    async def load(self) -> pd.DataFrame:
+        return await Crunch(self.rows).load()
+
+    @step(inputs={"frame": "load"})
+    async def total(self, frame: pd.DataFrame) -> float:
+        return float(frame["x"].sum())
+
+    @flow
+    async def run(self) -> object:
+        return await dag(self)
+
+
 @dataclass(frozen=True)
 class Stored:
-    """The flow ``big`` run once on SQLite, its one artifact then deleted."""
+    """The flows ``big`` and ``big-dag`` run once on SQLite, their one artifact then deleted."""
 
     database: Path
     artifact: Path
@@ -79,10 +99,13 @@ async def stored(tmp_path: Path) -> Stored:
     async with SqliteExecutionLog(str(database)) as storage:
         session = Session(storage)
         try:
-            outcome = await session.run(Crunch(ROWS), "big")
+            outcomes = [
+                await session.run(Crunch(ROWS), "big"),
+                await session.run(CrunchDag(ROWS), "big-dag"),
+            ]
         finally:
             await session.close()
-    assert outcome.status.value == "COMPLETE"
+    assert [outcome.status.value for outcome in outcomes] == ["COMPLETE", "COMPLETE"]
     (artifact,) = [path for path in (tmp_path / "flows.artifacts").rglob("*") if path.is_file()]
     found = Stored(database, artifact, f"sha256:{artifact.name}", artifact.stat().st_size)
     artifact.unlink()
@@ -173,6 +196,15 @@ async def test_the_monitor_names_a_large_result_s_size_and_format(
     assert f"<td>{stored.described}</td>" in monitor._repr_html_()
 
 
+async def test_a_dag_s_graph_names_a_large_value_in_its_step_s_tooltip(
+    session: Session, stored: Stored
+) -> None:
+    await session.register(CrunchDag)
+    graph = await session.graph("big-dag")
+
+    assert f"load: complete (position 1, {stored.described})" in graph.svg()
+
+
 async def test_the_value_itself_is_an_error_naming_the_flow_step_and_path(stored: Stored) -> None:
     async with SqliteExecutionLog(str(stored.database)) as storage:
         session = Session(storage)
@@ -233,7 +265,7 @@ def test_show_prints_each_step_s_size_and_format_without_loading(stored: Stored)
     row = next(line for line in table.stdout.splitlines() if line.startswith("big "))
     assert row.endswith(f"  {stored.described}")
     assert listed.returncode == 0, listed.stderr
-    (flow_json,) = json.loads(listed.stdout)
+    flow_json = next(each for each in json.loads(listed.stdout) if each["flow_id"] == "big")
     assert (flow_json["result_bytes"], flow_json["result_format"]) == (stored.size, "parquet")
     one_line_error(result, 1, f"artifact {stored.artifact} is missing")
 
