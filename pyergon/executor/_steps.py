@@ -16,6 +16,8 @@ from pyergon.core.status import InvocationStatus, OperationKind
 from pyergon.errors import StepTimeoutError
 from pyergon.serialization import (
     ArtifactSerializer,
+    Serializer,
+    dumps_for,
     loads_for,
     rebuild_exception,
     serialize_exception,
@@ -26,6 +28,7 @@ from pyergon.serialization._artifact_refs import ARTIFACT_TAG, is_ref
 __all__ = [
     "StepCall",
     "attempt_until_final",
+    "encode_value",
     "replay_final",
     "run_step",
     "step_timeout_error",
@@ -271,15 +274,23 @@ async def attempt_until_final(
 
 
 async def _encode(context: FlowContext, result: Any, name: str, position: Position) -> bytes:
-    """The stored form of a step's result; a frame or array kept apart is written off the loop."""
-    serializer = context.serializer
+    """The stored form of a step's result (see :func:`encode_value`)."""
+    return await encode_value(
+        context.serializer,
+        result,
+        lambda: f"the result of step {name!r} of {context.describe(position)}",
+    )
 
-    def what() -> str:
-        return f"the result of step {name!r} of {context.describe(position)}"
 
-    if type(serializer) is ArtifactSerializer and serializer.kept_apart(result):
-        return await asyncio.to_thread(context.dumps, result, what)
-    return context.dumps(result, what)
+async def encode_value(serializer: Serializer, value: Any, what: Callable[[], str]) -> bytes:
+    """Serialize ``value``; a frame or array kept apart as an artifact is written off the loop.
+
+    Writing a large DataFrame as Parquet takes about as long as ``to_parquet``: on the event
+    loop it would stall every other flow (and a notebook's kernel) meanwhile.
+    """
+    if type(serializer) is ArtifactSerializer and serializer.kept_apart(value):
+        return await asyncio.to_thread(dumps_for, serializer, value, what)
+    return dumps_for(serializer, value, what)
 
 
 async def _with_timeout(
