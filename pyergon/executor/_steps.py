@@ -265,21 +265,18 @@ async def attempt_until_final(
                 context.on_step_retry(name, error, attempts, delay)
             await context.clock.sleep(delay)
             continue
-        payload = await _encode(context, result, name, position)
+        what = lambda: f"the result of step {name!r} of {context.describe(position)}"  # noqa: E731
+        serializer = context.serializer
+        if type(serializer) is ArtifactSerializer and serializer.kept_apart(result):
+            # encode_value's rule, spelled out here: a coroutine fewer for every other step.
+            payload = await asyncio.to_thread(dumps_for, serializer, result, what)
+        else:
+            payload = context.dumps(result, what)
         # Stored with the run's next save: before any later live work, or with the outcome.
         context.keep(call.record(_COMPLETE, attempts, result=payload))
         if payload[:2] == ARTIFACT_TAG:
             await context.save()  # a record names the artifact at once: gc leaves it alone
         return result
-
-
-async def _encode(context: FlowContext, result: Any, name: str, position: Position) -> bytes:
-    """The stored form of a step's result (see :func:`encode_value`)."""
-    return await encode_value(
-        context.serializer,
-        result,
-        lambda: f"the result of step {name!r} of {context.describe(position)}",
-    )
 
 
 async def encode_value(serializer: Serializer, value: Any, what: Callable[[], str]) -> bytes:
