@@ -51,7 +51,7 @@ from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage._flows import request_cancel, requeue, save_records
 from pyergon.storage.base import ExecutionLog, WorkerRegistry
 
-__all__ = ["Divergence", "FlowManager", "ReplayResult"]
+__all__ = ["Divergence", "FlowManager", "GcReport", "ReplayResult"]
 
 
 class FlowManager:

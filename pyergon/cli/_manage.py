@@ -105,9 +105,10 @@ def run_management(arguments: argparse.Namespace) -> int:
         ManagementError: The operation failed (exit 1), with a one-line reason; nothing was
             changed.
     """
+    from pyergon.cli._lifetime import LIFETIME_COMMANDS
     from pyergon.cli._worker import WorkerStartError, WorkerUsageError
 
-    command = MANAGEMENT_COMMANDS[arguments.command]
+    command = {**MANAGEMENT_COMMANDS, **LIFETIME_COMMANDS}[arguments.command]
     output = _Output(bool(arguments.json))
     try:
         return asyncio.run(command(arguments, output))
