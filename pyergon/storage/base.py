@@ -298,8 +298,8 @@ class ExecutionLog(Protocol):
         stored signal's payload (errors never name artifacts). A backend picks those that
         start with the reference tag where they are stored (a filter in SQL, a script per
         batch of flows in Redis, never one long blocking command) and parses them with
-        :func:`~pyergon.storage._artifact_references.referenced_digests`. The artifact
-        collector (:func:`pyergon._artifact_gc.collect_artifacts`) removes only what no payload names.
+        :func:`~pyergon.storage._artifact_references.referenced_digests`. The collector
+        (:func:`pyergon._artifact_gc.collect_artifacts`) removes only what no payload names.
         """
         ...
 
