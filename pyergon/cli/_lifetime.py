@@ -23,6 +23,7 @@ __all__ = [
     "add_gc_options",
     "add_prune_options",
     "report_json",
+    "run_lifetime",
 ]
 
 _GRACE_HELP = (
@@ -128,3 +129,10 @@ async def _prune(arguments: argparse.Namespace, output: _Output) -> int:
 LIFETIME_COMMANDS: Mapping[str, _Command] = {"gc": _gc, "delete": _delete, "prune": _prune}
 """The subcommands of this module by name; :func:`~pyergon.cli._manage.run_management` runs
 them as it runs its own."""
+
+
+def run_lifetime(arguments: argparse.Namespace) -> int:
+    """Run ``gc``, ``delete`` or ``prune`` (``arguments.command``) as parsed by the CLI."""
+    from pyergon.cli._manage import run_command
+
+    return run_command(arguments, LIFETIME_COMMANDS[arguments.command])

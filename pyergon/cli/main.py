@@ -368,6 +368,7 @@ def _add_lifetime(subcommands: _Subcommands, common: argparse.ArgumentParser) ->
         "the record naming it.",
     )
     add_gc_options(gc)
+    gc.set_defaults(handler=_run_lifetime)
     delete = _add_management(
         subcommands,
         common,
@@ -377,6 +378,7 @@ def _add_lifetime(subcommands: _Subcommands, common: argparse.ArgumentParser) ->
         "artifacts that only they named. Every flow is checked before any is deleted.",
     )
     add_delete_options(delete)
+    delete.set_defaults(handler=_run_lifetime)
     prune = _add_management(
         subcommands,
         common,
@@ -387,6 +389,7 @@ def _add_lifetime(subcommands: _Subcommands, common: argparse.ArgumentParser) ->
         "then the artifacts that only they named.",
     )
     add_prune_options(prune)
+    prune.set_defaults(handler=_run_lifetime)
 
 
 def _run_demo(arguments: argparse.Namespace) -> int:
@@ -417,6 +420,12 @@ def _run_worker(arguments: argparse.Namespace) -> int:
         verbose=bool(arguments.verbose),
     )
     return run_worker(settings)
+
+
+def _run_lifetime(arguments: argparse.Namespace) -> int:
+    from pyergon.cli._lifetime import run_lifetime
+
+    return run_lifetime(arguments)
 
 
 def _run_management(arguments: argparse.Namespace) -> int:
