@@ -9,9 +9,13 @@ so one parser (:mod:`pyergon.serialization._artifact_refs`) reads them all.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, cast
 
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord
 from pyergon.serialization._artifact_refs import ARTIFACT_TAG, payload_info
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 __all__ = ["REDIS_BATCH", "payloads_of", "referenced_digests", "scan_redis_references"]
 
@@ -51,20 +55,21 @@ def payloads_of(
 
 
 async def scan_redis_references(
-    scan: Callable[[int], Awaitable[tuple[int, list[bytes]]]],
-    run: Callable[[list[bytes]], Awaitable[list[bytes]]],
+    client: Redis, ids_key: str, run: Callable[[list[bytes]], Awaitable[list[bytes]]]
 ) -> set[str]:
     """The digests a Redis prefix names, read a batch of flow ids at a time.
 
     Args:
-        scan: One ``SSCAN`` of the prefix's ids from a cursor: the next cursor and some ids.
-        run: The ``artifact_references`` script on some ids: the references their payloads hold.
+        client: The backend's client.
+        ids_key: The set of every id that has a flow, records or signals.
+        run: The ``artifact_references`` script on some ids: the references their payloads
+            hold (``redis_lua/artifact_references.lua``).
     """
     digests: set[str] = set()
     cursor = 0
     while True:
-        cursor, ids = await scan(cursor)
+        cursor, ids = await client.sscan(ids_key, cursor, count=REDIS_BATCH)
         if ids:
-            digests |= referenced_digests(await run(ids))
+            digests |= referenced_digests(await run(cast(list[bytes], ids)))
         if cursor == 0:
             return digests

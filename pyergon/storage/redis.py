@@ -45,7 +45,7 @@ from pyergon.errors import (
     StorageError,
 )
 from pyergon.serialization.artifacts import ArtifactStore, open_artifact_store
-from pyergon.storage._artifact_references import REDIS_BATCH, scan_redis_references
+from pyergon.storage._artifact_references import scan_redis_references
 from pyergon.storage._redis_layout import (
     SCRIPTS,
     apply_arguments,
@@ -521,18 +521,12 @@ class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
 
     async def artifact_references(self) -> set[str]:
         """Return the digests of the artifacts stored payloads name, a batch of flows a script."""
-        client, ids = self._open_client(), self._key("ids")
-
-        async def scan(cursor: int) -> tuple[int, list[bytes]]:
-            with self._translated_errors():
-                return cast(
-                    tuple[int, list[bytes]], await client.sscan(ids, cursor, count=REDIS_BATCH)
-                )
 
         async def run(batch: list[bytes]) -> list[bytes]:
             return cast(list[bytes], await self._run("artifact_references", *counted(batch)))
 
-        return await scan_redis_references(scan, run)
+        with self._translated_errors():
+            return await scan_redis_references(self._open_client(), self._key("ids"), run)
 
     async def list_signals(self, flow_id: str) -> list[SignalRecord]:
         """Return a flow's signals, oldest first (then by name)."""
