@@ -155,10 +155,17 @@ def _values_exact(dtype: Any, values: Any) -> bool:
     kind = getattr(dtype, "kind", None)
     if isinstance(dtype, pandas.CategoricalDtype):
         categories = dtype.categories
-        return categories.dtype == object and _strings(categories, allow_missing=False)
+        return (
+            categories.dtype == object
+            and not _strings_inferred()
+            and _strings(categories, allow_missing=False)
+        )
     if isinstance(dtype, pandas.DatetimeTZDtype):
         return bool(dtype.unit == "ns")
-    if isinstance(dtype, pandas.StringDtype | pandas.PeriodDtype):
+    if isinstance(dtype, pandas.StringDtype):
+        # Parquet keeps "string", not the storage: it comes back with the default storage.
+        return bool(dtype == pandas.StringDtype(na_value=dtype.na_value))
+    if isinstance(dtype, pandas.PeriodDtype):
         return True
     if getattr(dtype, "name", None) in _MASKED:
         return True
@@ -169,8 +176,24 @@ def _values_exact(dtype: Any, values: Any) -> bool:
     if kind in ("M", "m"):
         return str(dtype).endswith("[ns]")
     if kind == "O":
-        return _strings(values, allow_missing=True)
+        return not _strings_inferred() and _strings(values, allow_missing=True)
     return False
+
+
+def _strings_inferred() -> bool:
+    """Whether pyarrow gives strings back as pandas' ``str`` dtype rather than ``object``.
+
+    So with pandas 3 (and ``future.infer_string`` in pandas 2): an ``object`` column of strings
+    would come back ``str``, its ``None`` as NaN, so it is pickled instead.
+    """
+    import pandas
+
+    if int(pandas.__version__.split(".", 1)[0]) >= 3:
+        return True
+    try:
+        return bool(pandas.get_option("future.infer_string"))
+    except (KeyError, pandas.errors.OptionError):  # pandas < 2.1 has no such option
+        return False
 
 
 def _strings(values: Any, *, allow_missing: bool) -> bool:
