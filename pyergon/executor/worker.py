@@ -537,8 +537,10 @@ class Worker:
     async def _give_back(
         self, flow: ScheduledFlow, writer: LeaseWriter, talk: FlowTalk, error: Exception
     ) -> None:
-        """Storage trouble or a bug in pyergon: give the flow back so it runs again, after a
-        pause that grows while the failure repeats, so its steps do not rerun in a loop."""
+        """Give the flow back after storage trouble or a bug in pyergon, to run again later.
+
+        After a pause that grows while the failure repeats, so its steps do not rerun in a loop.
+        """
         failures, delay = self._giving_back.next_pause(flow.flow_id)
         logger.error(
             "worker %s failed running %s (%d in a row; next try in %.1f s): %r",

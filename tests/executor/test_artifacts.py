@@ -15,7 +15,16 @@ from typing import Any
 
 import pytest
 
-from pyergon import Completed, Executor, Suspended, await_external_signal, flow, flow_type, send_signal, step
+from pyergon import (
+    Completed,
+    Executor,
+    Suspended,
+    await_external_signal,
+    flow,
+    flow_type,
+    send_signal,
+    step,
+)
 from pyergon.serialization import payload_info
 from pyergon.serialization.artifacts import LocalArtifactStore
 from pyergon.storage.base import ExecutionLog
@@ -217,7 +226,7 @@ async def test_large_values_go_through_a_flow_and_replay_without_running_steps(
     infos = [payload_info(payload) for payload in payloads]
     if backend.artifacts is None:
         assert all(info is not None and info.artifact is None for info in infos)
-        assert not list(tmp_path.rglob("*.artifacts"))
+        assert not list(tmp_path.rglob("*.artifacts"))  # noqa: ASYNC240 - a test's tmp_path
         return
     assert len(stored.result) < 1000
     assert all(len(payload) < 1000 for payload in payloads), [len(p) for p in payloads]

@@ -181,7 +181,7 @@ async def test_a_worker_leaves_a_flow_whose_artifact_cannot_be_written_not_faile
     assert isinstance(store, LocalArtifactStore)
     os.makedirs(store.root, exist_ok=True)
     os.rename(store.root, tmp_path / "moved")
-    Path(store.root).write_text("a file where the artifacts directory should be")
+    Path(store.root).write_text("in the way")  # noqa: ASYNC240 - a test's tmp_path
     scheduler = Scheduler(storage)
     flow_id = await scheduler.schedule(Staged("c"))
     worker = Worker(storage, "w-unwritable")

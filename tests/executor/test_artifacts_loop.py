@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 
-from pyergon import Completed, Executor, Suspended, await_external_signal, flow, flow_type, send_signal, step
+from pyergon import (
+    Completed,
+    Executor,
+    Suspended,
+    await_external_signal,
+    flow,
+    flow_type,
+    send_signal,
+    step,
+)
 from pyergon.serialization._artifact_store import Writer
 from pyergon.serialization.artifacts import LocalArtifactStore, StoredArtifact
 from pyergon.storage.sqlite import SqliteExecutionLog

@@ -71,7 +71,9 @@ PARQUET: dict[str, Callable[[], Any]] = {
     "string index": lambda: frame(a=np.arange(N)).set_axis(pd.Index(list("vwxyz"), name="k")),
     "float index": lambda: frame(a=np.arange(N)).set_axis(pd.Index([0.5, 1, 2, 3, 4.5])),
     "datetime index without freq": lambda: frame(a=np.arange(N)).set_axis(
-        pd.DatetimeIndex(["2020-01-03", "2020-01-01", "2021-01-01", "2020-05-01", "2020-01-02"]).as_unit("ns")
+        pd.DatetimeIndex(
+            ["2020-01-03", "2020-01-01", "2021-01-01", "2020-05-01", "2020-01-02"]
+        ).as_unit("ns")
     ),
     "multi index": lambda: frame(a=np.arange(N)).set_axis(
         pd.MultiIndex.from_arrays([list("xxyyz"), [1, 2, 1, 2, 1]], names=["l", "m"])
@@ -182,7 +184,10 @@ def test_frames_that_parquet_would_change_are_pickled_and_come_back_exactly(
     [
         (lambda: pd.Series([1.5, 2, np.nan], name="x"), "parquet"),
         (lambda: pd.Series([1, 2, 3]), "parquet"),
-        (lambda: pd.Series(["a", None, "b"], name="s", index=pd.Index([3, 1, 2], name="k")), "parquet"),
+        (
+            lambda: pd.Series(["a", None, "b"], name="s", index=pd.Index([3, 1, 2], name="k")),
+            "parquet",
+        ),
         (lambda: with_attrs(pd.Series([1, 2, 3], name="x")), "parquet"),
         (lambda: pd.Series([1, 2, 3], name=7), "pickle"),
         (lambda: pd.Series([1, 2, 3], name="__pyergon_series__"), "pickle"),
@@ -207,14 +212,18 @@ def test_series_with_and_without_a_name(
 
 ARRAYS: dict[str, Callable[[], Any]] = {
     "int64": lambda: np.arange(24, dtype="int64").reshape(4, 6),
-    "float32 Fortran order": lambda: np.asfortranarray(np.linspace(0, 1, 24, dtype="float32").reshape(4, 6)),
+    "float32 Fortran order": lambda: np.asfortranarray(
+        np.linspace(0, 1, 24, dtype="float32").reshape(4, 6)
+    ),
     "bool": lambda: np.array([True, False, True]),
     "uint16 3d": lambda: np.arange(60, dtype="uint16").reshape(3, 4, 5),
     "complex": lambda: np.array([1 + 2j, -1j]),
     "datetime64": lambda: np.array(["2020-01-01", "NaT"], dtype="datetime64[s]"),
     "big-endian": lambda: np.arange(5, dtype=">i4"),
     "unicode": lambda: np.array(["a", "bcd"]),
-    "structured": lambda: np.array([(1, 2.5, b"x"), (3, -1.0, b"yz")], dtype=[("i", "i4"), ("f", "f8"), ("b", "S2")]),
+    "structured": lambda: np.array(
+        [(1, 2.5, b"x"), (3, -1.0, b"yz")], dtype=[("i", "i4"), ("f", "f8"), ("b", "S2")]
+    ),
     "0-d": lambda: np.array(3.5),
     "non-contiguous slice": lambda: np.arange(100).reshape(10, 10)[::2, 1::3],
 }

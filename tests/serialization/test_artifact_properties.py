@@ -37,9 +37,9 @@ _COLUMNS: dict[str, Any] = {
     "Int64": st.lists(st.none() | st.integers(-(2**63), 2**63 - 1), min_size=3, max_size=3).map(
         lambda values: pd.Series(values, dtype="Int64")
     ),
-    "datetime": st.lists(
-        st.none() | st.integers(-(2**62), 2**62), min_size=3, max_size=3
-    ).map(lambda values: pd.Series(pd.to_datetime(values, unit="ns"), dtype="datetime64[ns]")),
+    "datetime": st.lists(st.none() | st.integers(-(2**62), 2**62), min_size=3, max_size=3).map(
+        lambda values: pd.Series(pd.to_datetime(values, unit="ns"), dtype="datetime64[ns]")
+    ),
     "object mixed": st.lists(st.none() | _text | st.integers(), min_size=3, max_size=3).map(
         lambda values: pd.Series(values, dtype=object)
     ),
@@ -49,12 +49,17 @@ _COLUMNS: dict[str, Any] = {
 @st.composite
 def frames(draw: st.DrawFn) -> Any:
     kinds = draw(st.lists(st.sampled_from(sorted(_COLUMNS)), min_size=1, max_size=4))
-    names = draw(st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), min_size=len(kinds), max_size=len(kinds), unique=True))
+    names = draw(
+        st.lists(
+            st.sampled_from(["a", "b", "c", "d", "e"]),
+            min_size=len(kinds),
+            max_size=len(kinds),
+            unique=True,
+        )
+    )
     columns = {name: draw(_COLUMNS[kind]) for name, kind in zip(names, kinds, strict=True)}
     value = pd.DataFrame(columns)
-    index = draw(
-        st.sampled_from(["range", "range step", "named ints", "strings", "multi"])
-    )
+    index = draw(st.sampled_from(["range", "range step", "named ints", "strings", "multi"]))
     if index == "range step":
         value.index = pd.RangeIndex(10, 40, 10, name="step")
     elif index == "named ints":

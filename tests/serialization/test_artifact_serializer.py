@@ -79,7 +79,9 @@ SMALL_VALUES: list[Any] = [
 ]
 
 
-@pytest.mark.parametrize("inner", [PickleSerializer(), PickleSerializer(key=b"k1")], ids=["plain", "signed"])
+@pytest.mark.parametrize(
+    "inner", [PickleSerializer(), PickleSerializer(key=b"k1")], ids=["plain", "signed"]
+)
 @pytest.mark.parametrize("value", SMALL_VALUES, ids=lambda value: type(value).__name__)
 def test_values_below_the_threshold_are_the_inner_serializers_bytes(
     store: SpyStore, inner: PickleSerializer, value: Any

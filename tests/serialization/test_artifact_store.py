@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from datetime import datetime, timezone
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -272,5 +272,5 @@ def make_old(store: ArtifactStore, hex_digest: str) -> None:
     import fsspec
 
     filesystem = fsspec.filesystem("memory")
-    old = datetime.fromtimestamp(1_000_000, tz=timezone.utc)
+    old = datetime.fromtimestamp(1_000_000, tz=UTC)
     filesystem.store[filesystem._strip_protocol(store.path_of(hex_digest))].created = old
