@@ -217,10 +217,14 @@ class LocalArtifactStore:
                 os.utime(final)  # gc's grace period starts again: a record names it anew
                 os.unlink(temporary)
             else:
-                os.makedirs(os.path.dirname(final), exist_ok=True)
+                shard = os.path.dirname(final)
+                new_shard = not os.path.isdir(shard)
+                os.makedirs(shard, exist_ok=True)
                 os.replace(temporary, final)
                 if self.durable:
-                    _sync_directory(os.path.dirname(final))
+                    _sync_directory(shard)
+                    if new_shard:  # else a power cut could lose the directory, and the file
+                        _sync_directory(self.root)
         except OSError as error:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)

@@ -235,3 +235,40 @@ async def test_large_values_go_through_a_flow_and_replay_without_running_steps(
     assert formats == ["npy", "parquet", "parquet", "parquet", "pickle", "pickle", "pickle"]
     store = LocalArtifactStore(backend.artifacts)
     assert len(list(store.list())) == 6  # the result and summarise's are the same bytes
+
+
+@dataclass
+@flow_type(name="ArtifactsInlineWarning")
+class OneBigStep:
+    name: str
+
+    @step
+    async def make(self) -> dict[str, Any]:
+        calls.append("make")
+        return dict(BIG_DICT)
+
+    @flow
+    async def run(self) -> int:
+        return len((await self.make())["text"])
+
+
+async def test_shared_storage_without_artifacts_keeps_values_inline_and_says_so_once(
+    redis_url: str, redis_prefix: Callable[..., str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pyergon.artifacts")
+    storage = RedisExecutionLog(redis_url, prefix=redis_prefix())
+    await storage.connect()
+    try:
+        for number in range(3):
+            outcome = await Executor(OneBigStep("x"), storage, f"inline-{number}").run(
+                OneBigStep.run
+            )
+            assert outcome == Completed(f"inline-{number}", result=len(BIG_DICT["text"]))
+        [record] = await storage.load_invocations("inline-0")
+    finally:
+        await storage.close()
+
+    assert record.result is not None and len(record.result) > 1_000_000
+    warnings = [r.getMessage() for r in caplog.records if r.name == "pyergon.artifacts"]
+    assert len(warnings) == 1, warnings
+    assert "artifacts=" in warnings[0]
