@@ -12,6 +12,7 @@ pyergon`` does not load them.
 from __future__ import annotations
 
 import io
+import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -117,6 +118,7 @@ def _parquet_exact(frame: Any) -> bool:
         or not all(isinstance(name, str) for name in columns)
         or not (columns.name is None or isinstance(columns.name, str))
         or not frame.flags.allows_duplicate_labels
+        or not _attrs_exact(frame.attrs)
     ):
         return False
     index = frame.index
@@ -127,6 +129,16 @@ def _parquet_exact(frame: Any) -> bool:
     if type(index) is not pandas.RangeIndex and not all(_index_exact(level) for level in levels):
         return False
     return all(_column_exact(frame.iloc[:, place]) for place in range(len(columns)))
+
+
+def _attrs_exact(attrs: dict[Any, Any]) -> bool:
+    """Whether ``attrs`` survive the JSON pyarrow keeps them in: no tuples, dates, int keys."""
+    if not attrs:
+        return True
+    try:
+        return repr(json.loads(json.dumps(attrs, allow_nan=True))) == repr(attrs)
+    except (TypeError, ValueError):
+        return False
 
 
 def _index_exact(index: Any) -> bool:

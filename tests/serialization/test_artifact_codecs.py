@@ -87,6 +87,9 @@ PARQUET: dict[str, Callable[[], Any]] = {
     "range index unnamed": lambda: frame(a=np.arange(N)).set_axis(pd.RangeIndex(-4, -4 + N)),
     "named columns": lambda: frame(a=np.arange(N), b=np.arange(N)).rename_axis(columns="cols"),
     "attrs": lambda: with_attrs(frame(a=np.arange(N))),
+    "nested attrs": lambda: with_attrs(frame(a=np.arange(N))).pipe(
+        lambda value: value.attrs.update({"meta": {"x": [1, {"y": None}]}}) or value
+    ),
     "no rows": lambda: frame(a=pd.Series([], dtype="int64"), b=pd.Series([], dtype="float64")),
 }
 
@@ -128,6 +131,15 @@ PICKLED: dict[str, Callable[[], Any]] = {
     "sparse": lambda: frame(a=pd.arrays.SparseArray([0, 1, 0, 0, 2])),
     "pyarrow ints": lambda: frame(a=pd.array([1, None, 3, 4, 5], dtype="int64[pyarrow]")),
     "no columns": lambda: pd.DataFrame(index=pd.RangeIndex(3)),
+    "attrs JSON would change": lambda: with_attrs(frame(a=np.arange(N))).pipe(
+        lambda value: value.attrs.update({"span": (1, 2), 3: "int key"}) or value
+    ),
+    "attrs JSON cannot hold": lambda: with_attrs(frame(a=np.arange(N))).pipe(
+        lambda value: value.attrs.update({"when": datetime.date(2020, 1, 1)}) or value
+    ),
+    "duplicate labels disallowed": lambda: frame(a=np.arange(N)).set_flags(
+        allows_duplicate_labels=False
+    ),
 }
 
 
@@ -147,7 +159,8 @@ def assert_same(back: Any, value: Any) -> None:
     assert repr(back.index.dtype) == repr(value.index.dtype)
     assert back.index.names == value.index.names
     assert getattr(back.index, "freq", None) == getattr(value.index, "freq", None)
-    assert back.attrs == value.attrs
+    assert repr(back.attrs) == repr(value.attrs)
+    assert back.flags.allows_duplicate_labels == value.flags.allows_duplicate_labels
 
 
 @pytest.mark.parametrize("name", sorted(PARQUET))
