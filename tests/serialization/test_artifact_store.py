@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pyergon.errors import ArtifactError
+from pyergon.serialization._artifact_store import Sink
 from pyergon.serialization.artifacts import (
     ArtifactStore,
     FsspecArtifactStore,
@@ -71,18 +72,29 @@ def test_the_same_bytes_twice_make_one_file_whose_time_is_refreshed(tmp_path: Pa
     assert os.listdir(tmp_path / "tmp") == []
 
 
-def test_a_writer_that_raises_leaves_no_file_and_no_temporary(tmp_path: Path) -> None:
-    store = LocalArtifactStore(tmp_path)
-
-    def half_then_fail(file: object) -> None:
-        file.write(b"half")  # type: ignore[attr-defined]
+def test_a_writer_that_raises_leaves_no_file_and_no_temporary(store: ArtifactStore) -> None:
+    def half_then_fail(file: Sink) -> None:
+        file.write(b"half")
         raise RuntimeError("the writer broke")
 
     with pytest.raises(RuntimeError, match="the writer broke"):
         store.write(half_then_fail)
 
     assert list(store.list()) == []
-    assert os.listdir(tmp_path / "tmp") == []
+    if isinstance(store, LocalArtifactStore):
+        assert os.listdir(os.path.join(store.root, "tmp")) == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere")
+def test_a_read_only_directory_is_an_artifact_error_naming_it(tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    root.chmod(0o500)
+    try:
+        with pytest.raises(ArtifactError, match=f"cannot write an artifact to {root}"):
+            write_bytes(LocalArtifactStore(root))
+    finally:
+        root.chmod(0o700)
 
 
 def test_an_unwritable_location_is_an_artifact_error_naming_it(tmp_path: Path) -> None:
