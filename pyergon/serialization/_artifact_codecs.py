@@ -167,11 +167,9 @@ def _values_exact(dtype: Any, values: Any) -> bool:
     kind = getattr(dtype, "kind", None)
     if isinstance(dtype, pandas.CategoricalDtype):
         categories = dtype.categories
-        return (
-            categories.dtype == object
-            and not _strings_inferred()
-            and _strings(categories, allow_missing=False)
-        )
+        if _strings_inferred():  # string categories come back as pandas' ``str``
+            return bool(categories.dtype == pandas.StringDtype(na_value=float("nan")))
+        return categories.dtype == object and _strings(categories, allow_missing=False)
     if isinstance(dtype, pandas.DatetimeTZDtype):
         return bool(dtype.unit == "ns")
     if isinstance(dtype, pandas.StringDtype):

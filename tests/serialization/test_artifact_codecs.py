@@ -95,9 +95,6 @@ PARQUET: dict[str, Callable[[], Any]] = {
 
 PICKLED: dict[str, Callable[[], Any]] = {
     "object column of lists": lambda: frame(a=[[1], [2, 3], [], None, [4]]),
-    "object column of str with None": lambda: frame(
-        a=pd.Series(["x", None, "y", "", "z"], dtype=object)
-    ),
     "str with NaN in object": lambda: frame(a=pd.Series(["x", np.nan, "y", "", "z"], dtype=object)),
     "string python storage": lambda: frame(
         a=pd.Series(["x", None, "y", "", "z"], dtype=pd.StringDtype("python"))
@@ -108,13 +105,10 @@ PICKLED: dict[str, Callable[[], Any]] = {
     "datetime index with freq": lambda: frame(a=np.arange(N)).set_axis(
         pd.date_range("2020-01-01", periods=N, freq="D")
     ),
-    "object index of str": lambda: frame(a=np.arange(N)).set_axis(
-        pd.Index(list("vwxyz"), dtype=object)
+    "categorical of string with NA": lambda: frame(
+        a=pd.Categorical(pd.array(["x", "y", None, "x", "y"], dtype="string"))
     ),
-    "categorical": lambda: frame(a=pd.Categorical(["x", "y", None, "x", "y"], ordered=True)),
-    "categorical of object": lambda: frame(
-        a=pd.Categorical(pd.Index(["x", "y", None, "x", "y"], dtype=object))
-    ),
+    "categorical of ints": lambda: frame(a=pd.Categorical([1, 2, None, 1, 2])),
     "categorical index": lambda: frame(a=np.arange(N)).set_axis(pd.CategoricalIndex(list("ababa"))),
     "non-str column names": lambda: pd.DataFrame({0: np.arange(N), 1: np.arange(N)}),
     "multi index columns": lambda: pd.DataFrame(
@@ -141,6 +135,26 @@ PICKLED: dict[str, Callable[[], Any]] = {
         allows_duplicate_labels=False
     ),
 }
+
+
+STRINGS_INFERRED = int(pd.__version__.split(".", 1)[0]) >= 3
+"""pandas 3: pyarrow gives strings back as ``str``, so object columns of strings are pickled."""
+_OBJECT_STRINGS: dict[str, Callable[[], Any]] = {
+    "object column of str with None": lambda: frame(
+        a=pd.Series(["x", None, "y", "", "z"], dtype=object)
+    ),
+    "object index of str": lambda: frame(a=np.arange(N)).set_axis(
+        pd.Index(list("vwxyz"), dtype=object)
+    ),
+    "categorical of object": lambda: frame(
+        a=pd.Categorical(pd.Index(["x", "y", None, "x", "y"], dtype=object))
+    ),
+}
+_CATEGORICALS: dict[str, Callable[[], Any]] = {
+    "categorical": lambda: frame(a=pd.Categorical(["x", "y", None, "x", "y"], ordered=True)),
+}
+(PICKLED if STRINGS_INFERRED else PARQUET).update(_OBJECT_STRINGS)
+(PARQUET if STRINGS_INFERRED else PICKLED).update(_CATEGORICALS)
 
 
 def assert_same(back: Any, value: Any) -> None:
