@@ -12,6 +12,7 @@ pyergon`` does not load them.
 from __future__ import annotations
 
 import io
+import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from pyergon.errors import ArtifactError
 from pyergon.serialization._artifact_store import Sink
 
-__all__ = ["Codec", "codec_for", "decode_artifact_bytes", "decode_artifact_file"]
+__all__ = ["Codec", "codec_for", "decode_artifact_bytes", "decode_artifact_file", "large_data"]
 
 _SERIES_COLUMN = "__pyergon_series__"
 """The column a Series without a name is kept under in its Parquet file."""
@@ -66,6 +67,20 @@ def _kind(cls: type) -> str | None:
         kind = "array" if cls is numpy.ndarray else None
     _kinds[cls] = kind
     return kind
+
+
+def large_data(value: Any, threshold: int) -> bool:
+    """Whether ``value`` is a DataFrame, Series or array holding more than ``threshold`` bytes.
+
+    Cheap (no look at the values): such a value is worth writing off the event loop, whichever
+    format it ends up in.
+    """
+    kind = _kind(type(value))
+    if kind is None:
+        return False
+    if kind == "array":
+        return bool(value.nbytes > threshold)
+    return int(value.memory_usage(index=True, deep=False).sum()) > threshold
 
 
 def codec_for(value: Any, threshold: int) -> Codec | None:
@@ -117,6 +132,7 @@ def _parquet_exact(frame: Any) -> bool:
         or not all(isinstance(name, str) for name in columns)
         or not (columns.name is None or isinstance(columns.name, str))
         or not frame.flags.allows_duplicate_labels
+        or not _attrs_exact(frame.attrs)
     ):
         return False
     index = frame.index
@@ -129,6 +145,16 @@ def _parquet_exact(frame: Any) -> bool:
     return all(_column_exact(frame.iloc[:, place]) for place in range(len(columns)))
 
 
+def _attrs_exact(attrs: dict[Any, Any]) -> bool:
+    """Whether ``attrs`` survive the JSON pyarrow keeps them in: no tuples, dates, int keys."""
+    if not attrs:
+        return True
+    try:
+        return repr(json.loads(json.dumps(attrs, allow_nan=True))) == repr(attrs)
+    except (TypeError, ValueError):
+        return False
+
+
 def _index_exact(index: Any) -> bool:
     if getattr(index, "freq", None) is not None:
         return False  # a DatetimeIndex or TimedeltaIndex loses its frequency
@@ -136,6 +162,8 @@ def _index_exact(index: Any) -> bool:
 
     if isinstance(index, pandas.CategoricalIndex | pandas.IntervalIndex):
         return False
+    if index.dtype == object and _strings_inferred():
+        return False  # it would come back as ``str``; columns are turned back, indexes not
     return _values_exact(index.dtype, index)
 
 
@@ -149,16 +177,25 @@ _MASKED = {
 }  # fmt: skip
 
 
+_PARQUET_TIME_UNITS = ("ms", "us", "ns")
+"""Units of timestamps that Parquet keeps (pandas 3 makes microseconds the default)."""
+
+
 def _values_exact(dtype: Any, values: Any) -> bool:
     import pandas
 
     kind = getattr(dtype, "kind", None)
     if isinstance(dtype, pandas.CategoricalDtype):
         categories = dtype.categories
+        if _strings_inferred():  # string categories come back as pandas' ``str``
+            return bool(categories.dtype == pandas.StringDtype(na_value=float("nan")))
         return categories.dtype == object and _strings(categories, allow_missing=False)
     if isinstance(dtype, pandas.DatetimeTZDtype):
-        return bool(dtype.unit == "ns")
-    if isinstance(dtype, pandas.StringDtype | pandas.PeriodDtype):
+        return dtype.unit in _PARQUET_TIME_UNITS
+    if isinstance(dtype, pandas.StringDtype):
+        # Parquet keeps "string", not the storage: it comes back with the default storage.
+        return bool(dtype == pandas.StringDtype(na_value=dtype.na_value))
+    if isinstance(dtype, pandas.PeriodDtype):
         return True
     if getattr(dtype, "name", None) in _MASKED:
         return True
@@ -166,11 +203,30 @@ def _values_exact(dtype: Any, values: Any) -> bool:
         return False  # other extension dtypes: pickled
     if kind in ("b", "i", "u", "f"):
         return True
-    if kind in ("M", "m"):
-        return str(dtype).endswith("[ns]")
-    if kind == "O":
+    if kind == "M":  # Parquet has no seconds: those come back as milliseconds
+        return str(dtype).removeprefix("datetime64[").rstrip("]") in _PARQUET_TIME_UNITS
+    if kind == "m":
+        return True
+    if kind == "O":  # back as ``str`` under pandas 3: _decode_parquet turns them back
         return _strings(values, allow_missing=True)
     return False
+
+
+def _strings_inferred() -> bool:
+    """Whether pyarrow gives strings back as pandas' ``str`` dtype rather than ``object``.
+
+    So with pandas 3 (and ``future.infer_string`` in pandas 2): an ``object`` column of strings
+    comes back ``str``, its ``None`` as NaN (:func:`_decode_parquet` turns it back); an
+    ``object`` index of strings is pickled instead.
+    """
+    import pandas
+
+    if int(pandas.__version__.split(".", 1)[0]) >= 3:
+        return True
+    try:
+        return bool(pandas.get_option("future.infer_string"))
+    except (KeyError, pandas.errors.OptionError):  # pandas < 2.1 has no such option
+        return False
 
 
 def _strings(values: Any, *, allow_missing: bool) -> bool:
@@ -235,10 +291,28 @@ def _decode_parquet(type_name: str, source: Any) -> Any:
         raise ArtifactError(
             'reading a Parquet artifact needs pyarrow: pip install "pyergon[data]"'
         ) from error
-    frame = pyarrow.parquet.read_table(source).to_pandas()
+    table = pyarrow.parquet.read_table(source)
+    frame = table.to_pandas()
+    for name in _object_string_columns(table):
+        column = frame[name]
+        if column.dtype != object:  # pandas 3 made it ``str``: object again, missing as None
+            frame[name] = column.astype(object).where(column.notna(), None)
     if type_name != "pandas.Series":
         return frame
     series = frame.iloc[:, 0]
     if series.name == _SERIES_COLUMN:
         series.name = None
     return series
+
+
+def _object_string_columns(table: Any) -> list[str]:
+    """The columns that were ``object`` columns of strings when written (pandas metadata)."""
+    metadata = table.schema.pandas_metadata or {}
+    index_columns = set(name for name in metadata.get("index_columns", ()) if isinstance(name, str))
+    return [
+        column["name"]
+        for column in metadata.get("columns", ())
+        if column.get("numpy_type") == "object"
+        and column.get("pandas_type") in ("unicode", "empty")
+        and column.get("field_name") not in index_columns
+    ]
