@@ -10,6 +10,7 @@ step and the artifact's path.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -106,31 +107,36 @@ async def stored(tmp_path: Path) -> Stored:
         finally:
             await session.close()
     assert [outcome.status.value for outcome in outcomes] == ["COMPLETE", "COMPLETE"]
-    (artifact,) = [path for path in (tmp_path / "flows.artifacts").rglob("*") if path.is_file()]
+    store = tmp_path / "flows.artifacts"
+    (artifact,) = [path for path in store.glob("??/*") if re.fullmatch("[0-9a-f]{64}", path.name)]
     found = Stored(database, artifact, f"sha256:{artifact.name}", artifact.stat().st_size)
     artifact.unlink()
     return found
 
 
-def _no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make every serializer's ``loads`` fail, so that a view that loads a value fails."""
+def _no_loading(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make every serializer's ``loads`` fail and note each call, even one a view swallows."""
+    calls: list[int] = []
 
     def loads(self: object, data: bytes) -> NoReturn:
+        calls.append(len(data))
         raise AssertionError(f"a view loaded a stored value ({len(data)} bytes)")
 
     for serializer in (ArtifactSerializer, PickleSerializer, JsonSerializer):
         monkeypatch.setattr(serializer, "loads", loads)
+    return calls
 
 
 @pytest.fixture
 async def session(stored: Stored, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Session]:
-    _no_loading(monkeypatch)
+    loaded = _no_loading(monkeypatch)
     async with SqliteExecutionLog(str(stored.database)) as storage:
         opened = Session(storage)
         try:
             yield opened
         finally:
             await opened.close()
+    assert loaded == [], "a view loaded stored values of these sizes"
 
 
 async def test_invocations_give_each_value_s_size_format_and_artifact(
