@@ -80,7 +80,8 @@ def large_data(value: Any, threshold: int) -> bool:
         return False
     if kind == "array":
         return bool(value.nbytes > threshold)
-    return int(value.memory_usage(index=True, deep=False).sum()) > threshold
+    usage = value.memory_usage(index=True, deep=False)  # a Series gives an int, a frame a Series
+    return int(usage if kind == "series" else usage.sum()) > threshold
 
 
 def codec_for(value: Any, threshold: int) -> Codec | None:

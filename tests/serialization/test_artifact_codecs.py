@@ -362,3 +362,15 @@ def test_an_fsspec_store_reads_frames_and_arrays_from_bytes() -> None:
                 assert back.dtype == value.dtype
     finally:
         fsspec.filesystem("memory").rm(root, recursive=True)
+
+
+@pytest.mark.parametrize("rows", [10, 300_000])
+def test_large_data_measures_frames_series_and_arrays(rows: int) -> None:
+    from pyergon.serialization._artifact_codecs import large_data
+
+    values = np.arange(rows, dtype="float64")
+    large = rows * 8 > 1 << 20
+    assert large_data(pd.DataFrame({"a": values}), 1 << 20) is large
+    assert large_data(pd.Series(values), 1 << 20) is large
+    assert large_data(values, 1 << 20) is large
+    assert large_data([1.0] * rows, 1 << 20) is False
