@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from benchmarks import (
+    artifacts,
     cancels,
     chaos,
     dag_pipeline,
@@ -141,6 +142,15 @@ SCENARIOS = {
         ),
         Scenario("import_time", (NO_BACKEND,), imports.import_time, 5, 5, 2),
         Scenario("argument_hash", (NO_BACKEND,), hashing.argument_hash, 200, 200, 10),
+        Scenario(
+            "large_result",
+            ("sqlite", "postgres"),
+            artifacts.large_result,
+            200,
+            200,
+            10,
+            variants=artifacts.VARIANTS,
+        ),
         Scenario(
             "history_queries",
             SHARED_BACKENDS,

@@ -45,9 +45,9 @@ from pyergon.errors import (
 )
 from pyergon.executor._offload import wait_for_abandoned
 from pyergon.executor._stale import StaleHandler
+from pyergon.executor._steps import encode_value
 from pyergon.serialization import (
     Serializer,
-    dumps_for,
     loads_for,
     rebuild_exception,
     serialize_exception,
@@ -201,7 +201,7 @@ async def _attempt(run: FlowRun, context: FlowContext, attempt: int) -> FlowOutc
     try:
         result = await _run_body(context, run)
         if not context.suspensions:
-            payload = _encode_result(run, result)
+            payload = await _encode_result(run, result)
     except FlowSuspend:
         return await _suspend(run, context, attempt)
     except FlowCancelled as cancelled:
@@ -299,10 +299,10 @@ def stored_outcome(flow: ScheduledFlow, serializer: Serializer) -> Completed[Any
     return Completed(flow.flow_id, error=error, status=flow.status)
 
 
-def _encode_result(run: FlowRun, result: Any) -> bytes | None:
+async def _encode_result(run: FlowRun, result: Any) -> bytes | None:
     if result is None:
         return None
-    return dumps_for(run.serializer, result, lambda: f"the result of flow {run.flow_id!r}")
+    return await encode_value(run.serializer, result, lambda: f"the result of flow {run.flow_id!r}")
 
 
 async def _run_body(context: FlowContext, run: FlowRun) -> Any:
