@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.backends import POSTGRES_URL, _drop_schema, _with_query
-from benchmarks.hashing import mixed_frame
+from benchmarks.hashing import BYTES_PER_ROW, mixed_frame
 from benchmarks.result import RunResult
 from pyergon import Executor, flow, flow_type, step
 from pyergon.history import invocations_frame
@@ -44,8 +44,6 @@ from pyergon.storage.base import ExecutionLog
 __all__ = ["VARIANTS", "large_result"]
 
 VARIANTS = ("artifacts", "inline")
-_BYTES_PER_ROW = 96
-"""About what a row of ``mixed_frame`` takes in memory (``memory_usage(deep=True)``)."""
 _frame: Any = None
 """The frame ``make`` returns on its first run; dropped before the replay reads it back."""
 
@@ -160,7 +158,7 @@ def _parquet_round_trip(frame: Any, directory: Path) -> tuple[float, float]:
 async def large_result(backend: str, n: int, *, variant: str) -> RunResult:
     """Store an ``n`` MB DataFrame as a step result, read it back, fork the flow."""
     global _frame
-    frame = mixed_frame(n * 1_000_000 // _BYTES_PER_ROW)
+    frame = mixed_frame(n * 1_000_000 // BYTES_PER_ROW)
     frame_mb = int(frame.memory_usage(deep=True).sum()) / 1e6
     async with _storage(backend, variant) as place:
         parquet_write_s, parquet_read_s = _parquet_round_trip(frame, place.directory)

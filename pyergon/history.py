@@ -376,7 +376,9 @@ def _text(pandas: Any, values: Sequence[str | None]) -> Any:
 
 
 def _category(pandas: Any, values: Sequence[str], categories: Iterable[str]) -> Any:
-    return pandas.Categorical(values, categories=list(categories))
+    # Categories of dtype object keep status members as they are (``flows.status[0].value``);
+    # pandas 3 with pyarrow would otherwise infer its ``str`` dtype and turn them into strings.
+    return pandas.Categorical(values, categories=pandas.Index(list(categories), dtype=object))
 
 
 def _error_columns(pandas: Any, errors: Sequence[StoredError | None]) -> dict[str, Any]:
