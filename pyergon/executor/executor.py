@@ -22,6 +22,7 @@ from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import RunEnd
 from pyergon.decorators import flow_entry, require_flow_instance
 from pyergon.errors import (
+    ArtifactError,
     FlowStateError,
     InvalidFlowIdError,
     NonDeterminismError,
@@ -177,7 +178,7 @@ class Executor(Generic[F]):
                     abandoned=stopped,
                 )
             )
-        except (NonDeterminismError, SignatureError):
+        except (NonDeterminismError, SignatureError, ArtifactError):
             if stored.status is not TaskStatus.RUNNING:  # put it back as it was
                 await held.leave((), RunEnd(stored.status, {"wake_at": stored.wake_at}))
             raise

@@ -25,6 +25,7 @@ from pyergon.core.records import Invocation, ScheduledFlow, StoredError, text_pr
 from pyergon.core.workers import StepActivity, WorkerRecord, default_worker_id
 from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
 from pyergon.errors import (
+    ArtifactError,
     CorruptStorageError,
     NonDeterminismError,
     PyergonError,
@@ -471,6 +472,9 @@ class Worker:
         except SignatureError as error:
             await self._giving_back.refused(flow, writer, error)
             return
+        except ArtifactError as error:  # its inputs are out of reach here, maybe for a while
+            await self._give_back(flow, writer, talk, error)
+            return
         except Exception as error:
             logger.error("worker %s: %s cannot be started: %s", self.worker_id, talk.flow, error)
             self._report(error, flow.flow_id)
@@ -523,24 +527,31 @@ class Worker:
             await self._giving_back.refused(flow, writer, error)
             return
         except Exception as error:
-            # Storage trouble or a bug in pyergon: give the flow back so it runs again, after a
-            # pause that grows while the failure repeats, so its steps do not rerun in a loop.
-            failures, delay = self._giving_back.next_pause(flow.flow_id)
-            logger.error(
-                "worker %s failed running %s (%d in a row; next try in %.1f s): %r",
-                self.worker_id,
-                talk.flow,
-                failures,
-                delay,
-                error,
-            )
-            self._report(error, flow.flow_id)
-            await release_quietly(writer, "failed", wake_at=self.clock.now() + delay)
+            await self._give_back(flow, writer, talk, error)
             return
         self._giving_back.ran_well(flow.flow_id)
         talk.outcome(outcome)
         if not isinstance(outcome, Suspended):
             self.flows_finished += 1
+
+    async def _give_back(
+        self, flow: ScheduledFlow, writer: LeaseWriter, talk: FlowTalk, error: Exception
+    ) -> None:
+        """Give the flow back after storage trouble or a bug in pyergon, to run again later.
+
+        After a pause that grows while the failure repeats, so its steps do not rerun in a loop.
+        """
+        failures, delay = self._giving_back.next_pause(flow.flow_id)
+        logger.error(
+            "worker %s failed running %s (%d in a row; next try in %.1f s): %r",
+            self.worker_id,
+            talk.flow,
+            failures,
+            delay,
+            error,
+        )
+        self._report(error, flow.flow_id)
+        await release_quietly(writer, "failed", wake_at=self.clock.now() + delay)
 
     async def _wait_for_timer(self, flow: ScheduledFlow) -> None:
         """Wait until the timer of a flow claimed shortly before it is due fires."""

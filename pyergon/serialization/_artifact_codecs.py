@@ -12,6 +12,7 @@ pyergon`` does not load them.
 from __future__ import annotations
 
 import io
+import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -117,6 +118,7 @@ def _parquet_exact(frame: Any) -> bool:
         or not all(isinstance(name, str) for name in columns)
         or not (columns.name is None or isinstance(columns.name, str))
         or not frame.flags.allows_duplicate_labels
+        or not _attrs_exact(frame.attrs)
     ):
         return False
     index = frame.index
@@ -127,6 +129,16 @@ def _parquet_exact(frame: Any) -> bool:
     if type(index) is not pandas.RangeIndex and not all(_index_exact(level) for level in levels):
         return False
     return all(_column_exact(frame.iloc[:, place]) for place in range(len(columns)))
+
+
+def _attrs_exact(attrs: dict[Any, Any]) -> bool:
+    """Whether ``attrs`` survive the JSON pyarrow keeps them in: no tuples, dates, int keys."""
+    if not attrs:
+        return True
+    try:
+        return repr(json.loads(json.dumps(attrs, allow_nan=True))) == repr(attrs)
+    except (TypeError, ValueError):
+        return False
 
 
 def _index_exact(index: Any) -> bool:
@@ -155,10 +167,15 @@ def _values_exact(dtype: Any, values: Any) -> bool:
     kind = getattr(dtype, "kind", None)
     if isinstance(dtype, pandas.CategoricalDtype):
         categories = dtype.categories
+        if _strings_inferred():  # string categories come back as pandas' ``str``
+            return bool(categories.dtype == pandas.StringDtype(na_value=float("nan")))
         return categories.dtype == object and _strings(categories, allow_missing=False)
     if isinstance(dtype, pandas.DatetimeTZDtype):
         return bool(dtype.unit == "ns")
-    if isinstance(dtype, pandas.StringDtype | pandas.PeriodDtype):
+    if isinstance(dtype, pandas.StringDtype):
+        # Parquet keeps "string", not the storage: it comes back with the default storage.
+        return bool(dtype == pandas.StringDtype(na_value=dtype.na_value))
+    if isinstance(dtype, pandas.PeriodDtype):
         return True
     if getattr(dtype, "name", None) in _MASKED:
         return True
@@ -169,8 +186,24 @@ def _values_exact(dtype: Any, values: Any) -> bool:
     if kind in ("M", "m"):
         return str(dtype).endswith("[ns]")
     if kind == "O":
-        return _strings(values, allow_missing=True)
+        return not _strings_inferred() and _strings(values, allow_missing=True)
     return False
+
+
+def _strings_inferred() -> bool:
+    """Whether pyarrow gives strings back as pandas' ``str`` dtype rather than ``object``.
+
+    So with pandas 3 (and ``future.infer_string`` in pandas 2): an ``object`` column of strings
+    would come back ``str``, its ``None`` as NaN, so it is pickled instead.
+    """
+    import pandas
+
+    if int(pandas.__version__.split(".", 1)[0]) >= 3:
+        return True
+    try:
+        return bool(pandas.get_option("future.infer_string"))
+    except (KeyError, pandas.errors.OptionError):  # pandas < 2.1 has no such option
+        return False
 
 
 def _strings(values: Any, *, allow_missing: bool) -> bool:

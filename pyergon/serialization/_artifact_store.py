@@ -217,10 +217,14 @@ class LocalArtifactStore:
                 os.utime(final)  # gc's grace period starts again: a record names it anew
                 os.unlink(temporary)
             else:
-                os.makedirs(os.path.dirname(final), exist_ok=True)
+                shard = os.path.dirname(final)
+                new_shard = not os.path.isdir(shard)
+                os.makedirs(shard, exist_ok=True)
                 os.replace(temporary, final)
                 if self.durable:
-                    _sync_directory(os.path.dirname(final))
+                    _sync_directory(shard)
+                    if new_shard:  # else a power cut could lose the directory, and the file
+                        _sync_directory(self.root)
         except OSError as error:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
@@ -377,10 +381,9 @@ class FsspecArtifactStore:
         hex_digest = hashing.hash.hexdigest()
         path = self.path_of(hex_digest)
         try:
-            if self._fs.exists(path):
-                with contextlib.suppress(Exception):  # not every filesystem can touch
-                    self._fs.touch(path, truncate=False)
-            else:
+            if not self._fs.exists(path) or not self._touched(path):
+                # Writing it again is how object stores (and fsspec's memory filesystem), which
+                # cannot touch, refresh the time gc's grace period counts from.
                 self._fs.pipe_file(path, buffer.getbuffer())
         except Exception as error:
             raise ArtifactError(
@@ -388,6 +391,14 @@ class FsspecArtifactStore:
                 "and its credentials, or pass another artifacts location"
             ) from error
         return hex_digest, hashing.size
+
+    def _touched(self, path: str) -> bool:
+        """Refresh the modification time of ``path`` in place, if the filesystem can."""
+        try:
+            self._fs.touch(path, truncate=False)
+        except NotImplementedError:
+            return False
+        return True
 
     def local_file(self, hex_digest: str, size: int) -> str:
         """Not a local store: raises ``NotImplementedError`` (use :meth:`read`)."""
@@ -400,13 +411,14 @@ class FsspecArtifactStore:
             ArtifactError: It is missing, unreachable or damaged.
         """
         path = self.path_of(hex_digest)
+        url = self._fs.unstrip_protocol(path)
         try:
             data = bytes(self._fs.cat_file(path))
         except FileNotFoundError:
-            raise _missing(path, self.location) from None
+            raise _missing(url, self.location) from None
         except Exception as error:
-            raise ArtifactError(f"cannot read artifact {path}: {error!r}") from error
-        _check(hashlib.sha256(data), len(data), hex_digest, size, path)
+            raise ArtifactError(f"cannot read artifact {url}: {error!r}") from error
+        _check(hashlib.sha256(data), len(data), hex_digest, size, url)
         return data
 
     def list(self) -> Iterator[StoredArtifact]:

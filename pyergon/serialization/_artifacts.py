@@ -12,6 +12,7 @@ inner serializer's payloads unchanged.
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
 
 from pyergon._hashing import type_name
@@ -42,6 +43,10 @@ __all__ = ["ArtifactSerializer", "serializer_for"]
 
 logger = logging.getLogger("pyergon.artifacts")
 
+_warned_storages: weakref.WeakSet[object] = weakref.WeakSet()
+"""Storages already said to keep a large value inline: every front wraps its own serializer
+for the same storage, and the warning is said once per storage, not once per executor."""
+
 
 class ArtifactSerializer:
     """A serializer that writes values above a size threshold to an artifact store.
@@ -51,14 +56,26 @@ class ArtifactSerializer:
         store: Where artifacts go; ``None`` keeps every value inline and says once when a
             large one is stored so.
         where: The storage, named in that message.
+        storage: The storage itself, if at hand: the message is then said once for it, however
+            many serializers are made for it; else once per serializer.
     """
 
-    __slots__ = ("_frames", "_keys", "_threshold", "_warned", "inner", "name", "store", "where")
+    __slots__ = (
+        "_frames", "_keys", "_storage", "_threshold", "_warned", "inner", "name", "store", "where",
+    )  # fmt: skip
 
-    def __init__(self, inner: Serializer, store: ArtifactStore | None, where: str) -> None:
+    def __init__(
+        self,
+        inner: Serializer,
+        store: ArtifactStore | None,
+        where: str,
+        *,
+        storage: object | None = None,
+    ) -> None:
         self.inner = inner
         self.store = store
         self.where = where
+        self._storage = storage
         self.name = inner.name
         self._keys: tuple[bytes, ...] = (
             inner.signing_keys if isinstance(inner, PickleSerializer) else ()
@@ -124,6 +141,10 @@ class ArtifactSerializer:
         if self._warned:
             return
         self._warned = True
+        if self._storage is not None:
+            if self._storage in _warned_storages:
+                return
+            _warned_storages.add(self._storage)
         logger.warning(
             "a %s value is stored inline in %s, which has no artifact store: large values make "
             "its records slow to read and keep it in memory. Pass artifacts= (a directory every "
@@ -180,4 +201,4 @@ def serializer_for(storage: object, serializer: Serializer | None = None) -> Ser
     store: ArtifactStore | None = getattr(storage, "artifacts", None)
     if store is None and not getattr(storage, "shared_store", False):
         return chosen
-    return ArtifactSerializer(chosen, store, repr(storage))
+    return ArtifactSerializer(chosen, store, repr(storage), storage=storage)

@@ -425,9 +425,15 @@ def dumps_for(serializer: Serializer, value: Any, what: str | Callable[[], str])
 
     Raises:
         SerializationError: If the serializer cannot store ``value``; chained to the cause.
+        ArtifactError: ``value`` is large and its artifact store cannot be written: trouble
+            with the storage, not with the value, so the flow is not failed for it.
     """
     try:
         return serializer.dumps(value)
+    except ArtifactError as error:
+        if not isinstance(what, str):
+            what = what()
+        raise ArtifactError(f"{what} cannot be stored: {error}") from error
     except Exception as error:
         if not isinstance(what, str):
             what = what()
