@@ -148,6 +148,8 @@ def _index_exact(index: Any) -> bool:
 
     if isinstance(index, pandas.CategoricalIndex | pandas.IntervalIndex):
         return False
+    if index.dtype == object and _strings_inferred():
+        return False  # it would come back as ``str``; columns are turned back, indexes not
     return _values_exact(index.dtype, index)
 
 
@@ -161,6 +163,10 @@ _MASKED = {
 }  # fmt: skip
 
 
+_PARQUET_TIME_UNITS = ("ms", "us", "ns")
+"""Units of timestamps that Parquet keeps (pandas 3 makes microseconds the default)."""
+
+
 def _values_exact(dtype: Any, values: Any) -> bool:
     import pandas
 
@@ -171,7 +177,7 @@ def _values_exact(dtype: Any, values: Any) -> bool:
             return bool(categories.dtype == pandas.StringDtype(na_value=float("nan")))
         return categories.dtype == object and _strings(categories, allow_missing=False)
     if isinstance(dtype, pandas.DatetimeTZDtype):
-        return bool(dtype.unit == "ns")
+        return dtype.unit in _PARQUET_TIME_UNITS
     if isinstance(dtype, pandas.StringDtype):
         # Parquet keeps "string", not the storage: it comes back with the default storage.
         return bool(dtype == pandas.StringDtype(na_value=dtype.na_value))
@@ -183,10 +189,12 @@ def _values_exact(dtype: Any, values: Any) -> bool:
         return False  # other extension dtypes: pickled
     if kind in ("b", "i", "u", "f"):
         return True
-    if kind in ("M", "m"):
-        return str(dtype).endswith("[ns]")
-    if kind == "O":
-        return not _strings_inferred() and _strings(values, allow_missing=True)
+    if kind == "M":  # Parquet has no seconds: those come back as milliseconds
+        return str(dtype).removeprefix("datetime64[").rstrip("]") in _PARQUET_TIME_UNITS
+    if kind == "m":
+        return True
+    if kind == "O":  # back as ``str`` under pandas 3: _decode_parquet turns them back
+        return _strings(values, allow_missing=True)
     return False
 
 
@@ -194,7 +202,8 @@ def _strings_inferred() -> bool:
     """Whether pyarrow gives strings back as pandas' ``str`` dtype rather than ``object``.
 
     So with pandas 3 (and ``future.infer_string`` in pandas 2): an ``object`` column of strings
-    would come back ``str``, its ``None`` as NaN, so it is pickled instead.
+    comes back ``str``, its ``None`` as NaN (:func:`_decode_parquet` turns it back); an
+    ``object`` index of strings is pickled instead.
     """
     import pandas
 
@@ -268,10 +277,28 @@ def _decode_parquet(type_name: str, source: Any) -> Any:
         raise ArtifactError(
             'reading a Parquet artifact needs pyarrow: pip install "pyergon[data]"'
         ) from error
-    frame = pyarrow.parquet.read_table(source).to_pandas()
+    table = pyarrow.parquet.read_table(source)
+    frame = table.to_pandas()
+    for name in _object_string_columns(table):
+        column = frame[name]
+        if column.dtype != object:  # pandas 3 made it ``str``: object again, missing as None
+            frame[name] = column.astype(object).where(column.notna(), None)
     if type_name != "pandas.Series":
         return frame
     series = frame.iloc[:, 0]
     if series.name == _SERIES_COLUMN:
         series.name = None
     return series
+
+
+def _object_string_columns(table: Any) -> list[str]:
+    """The columns that were ``object`` columns of strings when written (pandas metadata)."""
+    metadata = table.schema.pandas_metadata or {}
+    index_columns = set(name for name in metadata.get("index_columns", ()) if isinstance(name, str))
+    return [
+        column["name"]
+        for column in metadata.get("columns", ())
+        if column.get("numpy_type") == "object"
+        and column.get("pandas_type") in ("unicode", "empty")
+        and column.get("field_name") not in index_columns
+    ]

@@ -61,6 +61,13 @@ PARQUET: dict[str, Callable[[], Any]] = {
         a=dates("ns", datetime.timezone(datetime.timedelta(hours=-3)))
     ),
     "timedeltas": lambda: frame(a=pd.to_timedelta([1, None, -3, 4, 5], unit="s").as_unit("ns")),
+    "datetimes us": lambda: frame(a=dates("us")),
+    "datetimes ms Paris": lambda: frame(a=dates("ms", "Europe/Paris")),
+    "timedeltas s": lambda: frame(a=pd.to_timedelta([1, None, 3, 4, 5], unit="s").as_unit("s")),
+    "timedeltas ms": lambda: frame(a=pd.to_timedelta([1, None, 3, 4, 5], unit="s").as_unit("ms")),
+    "datetime index us": lambda: frame(a=np.arange(N)).set_axis(
+        pd.DatetimeIndex(["2020-01-03", "2020-01-01", "2021-01-01", "2020-05-01", "2020-01-02"])
+    ),
     "Int64": lambda: frame(a=pd.array([1, None, 3, -4, 2**62], dtype="Int64")),
     "UInt8": lambda: frame(a=pd.array([1, None, 3, 4, 255], dtype="UInt8")),
     "boolean": lambda: frame(a=pd.array([True, None, False, True, None], dtype="boolean")),
@@ -99,9 +106,7 @@ PICKLED: dict[str, Callable[[], Any]] = {
     "string python storage": lambda: frame(
         a=pd.Series(["x", None, "y", "", "z"], dtype=pd.StringDtype("python"))
     ),
-    "datetimes us": lambda: frame(a=dates("us")),
     "datetimes s UTC": lambda: frame(a=dates("s", "UTC")),
-    "timedeltas ms": lambda: frame(a=pd.to_timedelta([1, None, 3, 4, 5], unit="s").as_unit("ms")),
     "datetime index with freq": lambda: frame(a=np.arange(N)).set_axis(
         pd.date_range("2020-01-01", periods=N, freq="D")
     ),
@@ -138,11 +143,16 @@ PICKLED: dict[str, Callable[[], Any]] = {
 
 
 STRINGS_INFERRED = int(pd.__version__.split(".", 1)[0]) >= 3
-"""pandas 3: pyarrow gives strings back as ``str``, so object columns of strings are pickled."""
+"""pandas 3: pyarrow gives strings back as ``str``: object columns of strings are turned back
+after reading; object indexes and categoricals of them are pickled."""
+PARQUET["object column of str with None"] = lambda: frame(
+    a=pd.Series(["x", None, "y", "", "z"], dtype=object), b=np.arange(N)
+)
+PARQUET["object column of str, none missing"] = lambda: frame(
+    a=pd.Series(["x", "w", "y", "", "z"], dtype=object)
+)
+PARQUET["object column all None"] = lambda: frame(a=pd.Series([None] * N, dtype=object))
 _OBJECT_STRINGS: dict[str, Callable[[], Any]] = {
-    "object column of str with None": lambda: frame(
-        a=pd.Series(["x", None, "y", "", "z"], dtype=object)
-    ),
     "object index of str": lambda: frame(a=np.arange(N)).set_axis(
         pd.Index(list("vwxyz"), dtype=object)
     ),
@@ -165,6 +175,11 @@ def assert_same(back: Any, value: Any) -> None:
         assert [repr(dtype) for dtype in back.dtypes] == [repr(dtype) for dtype in value.dtypes]
         assert [type(name) for name in back.columns] == [type(name) for name in value.columns]
         assert back.columns.names == value.columns.names
+        for place in range(value.shape[1]):  # assert_frame_equal takes None and NaN alike
+            if value.iloc[:, place].dtype == object:
+                assert [type(x) for x in back.iloc[:, place]] == [
+                    type(x) for x in value.iloc[:, place]
+                ]
     else:
         pd.testing.assert_series_equal(back, value, check_exact=True)
         assert repr(back.dtype) == repr(value.dtype)
