@@ -359,6 +359,11 @@ class FsspecArtifactStore:
         except (ImportError, ValueError) as error:
             raise ArtifactError(f"cannot open artifacts location {url!r}: {error}") from error
         self._root = root.rstrip("/")
+        if not self._root:  # gc would list, and could remove, everything the filesystem holds
+            raise ArtifactError(
+                f"artifacts location {url!r} names no directory: give one, such as "
+                f"{url}{'' if url.endswith('/') else '/'}pyergon-artifacts"
+            )
         self.location = url
         self.threshold = _positive(threshold)
 

@@ -286,3 +286,9 @@ def make_old(store: ArtifactStore, hex_digest: str) -> None:
     filesystem = fsspec.filesystem("memory")
     old = datetime.fromtimestamp(1_000_000, tz=UTC)
     filesystem.store[filesystem._strip_protocol(store.path_of(hex_digest))].created = old
+
+
+@pytest.mark.parametrize("url", ["memory://", "memory:///"])
+def test_an_fsspec_url_without_a_directory_is_refused(url: str) -> None:
+    with pytest.raises(ArtifactError, match="names no directory: give one, such as memory://"):
+        open_artifact_store(url)
