@@ -20,7 +20,7 @@ from typing import Any
 from pyergon.errors import ArtifactError
 from pyergon.serialization._artifact_store import Sink
 
-__all__ = ["Codec", "codec_for", "decode_artifact_bytes", "decode_artifact_file"]
+__all__ = ["Codec", "codec_for", "decode_artifact_bytes", "decode_artifact_file", "large_data"]
 
 _SERIES_COLUMN = "__pyergon_series__"
 """The column a Series without a name is kept under in its Parquet file."""
@@ -67,6 +67,20 @@ def _kind(cls: type) -> str | None:
         kind = "array" if cls is numpy.ndarray else None
     _kinds[cls] = kind
     return kind
+
+
+def large_data(value: Any, threshold: int) -> bool:
+    """Whether ``value`` is a DataFrame, Series or array holding more than ``threshold`` bytes.
+
+    Cheap (no look at the values): such a value is worth writing off the event loop, whichever
+    format it ends up in.
+    """
+    kind = _kind(type(value))
+    if kind is None:
+        return False
+    if kind == "array":
+        return bool(value.nbytes > threshold)
+    return int(value.memory_usage(index=True, deep=False).sum()) > threshold
 
 
 def codec_for(value: Any, threshold: int) -> Codec | None:

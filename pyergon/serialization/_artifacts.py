@@ -22,6 +22,7 @@ from pyergon.serialization._artifact_codecs import (
     codec_for,
     decode_artifact_bytes,
     decode_artifact_file,
+    large_data,
 )
 from pyergon.serialization._artifact_refs import (
     ARTIFACT_TAG,
@@ -91,9 +92,10 @@ class ArtifactSerializer:
     def kept_apart(self, value: Any) -> bool:
         """Whether ``value`` is a frame or array that :meth:`dumps` writes to the store.
 
-        Cheap: callers use it to write such values off the event loop.
+        Cheap: callers use it to write such values off the event loop (as Parquet or ``.npy``
+        where those keep the value exactly, else pickled).
         """
-        return self.store is not None and self._frames and self._codec(value) is not None
+        return self.store is not None and self._frames and large_data(value, self._threshold)
 
     def _codec(self, value: Any) -> Codec | None:
         return codec_for(value, self._threshold)
