@@ -9,6 +9,7 @@ anything longer than :data:`VALUE_LIMIT` cut with a note.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
@@ -27,6 +28,7 @@ from pyergon.errors import (
 from pyergon.executor.executor import validate_flow_id
 from pyergon.history import FlowHistory
 from pyergon.serialization import Serializer, loads_for
+from pyergon.serialization._artifact_refs import is_ref
 
 if TYPE_CHECKING:
     from pyergon.storage.base import ExecutionLog
@@ -75,13 +77,17 @@ async def read_value(
     flow = await storage.get_flow(validate_flow_id(flow_id))
     if flow is None:
         raise FlowNotFoundError(flow_id)
-    if step is None:
-        return _flow_result(flow, serializer)
-    invocations = tuple(await storage.load_invocations(flow_id))
+    invocations: tuple[Invocation, ...] = ()
     running: tuple[StepActivity, ...] = ()
-    if not flow.status.is_final:
-        running = running_steps(await workers(), time.time()).get(flow_id, ())
+    if step is not None:
+        invocations = tuple(await storage.load_invocations(flow_id))
+        if not flow.status.is_final:
+            running = running_steps(await workers(), time.time()).get(flow_id, ())
     history = FlowHistory(flow, invocations, (), (), running=running)
+    if is_ref(flow.result) or any(is_ref(record.result) for record in invocations):
+        # A value kept apart (a large frame) takes a while to read: not on the event loop,
+        # where a notebook's workers run.
+        return await asyncio.to_thread(stored_value, history, serializer, step)
     return stored_value(history, serializer, step)
 
 

@@ -122,3 +122,29 @@ async def test_a_50_mb_frame_is_written_and_read_back_off_the_event_loop(tmp_pat
     assert answered == 2
     [artifact] = store.list()
     assert artifact.size < 60_000_000
+
+
+async def test_reading_a_large_value_back_happens_off_the_event_loop(tmp_path: Path) -> None:
+    from pyergon.management import FlowManager
+
+    plain = SqliteExecutionLog(tmp_path / "flows.db")
+    await plain.connect()
+    try:
+        await Executor(BigFrame("x"), plain, "read-back").run(BigFrame.run)
+    finally:
+        await plain.close()
+    store = HandshakeStore(tmp_path / "flows.artifacts")
+    storage = SqliteExecutionLog(tmp_path / "flows.db", artifacts=store)
+    await storage.connect()
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve_the_loop(store, stop))
+    try:
+        frame = await FlowManager(storage).value("read-back", "build")
+    finally:
+        stop.set()
+        answered = await server
+        await storage.close()
+
+    assert len(frame) == ROWS
+    assert store.waits == [True]
+    assert answered == 1
