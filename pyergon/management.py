@@ -1,4 +1,4 @@
-"""Steering flows that exist: cancel, resume, retry, fork, rerun and replay them.
+"""Steering flows that exist: cancel, resume, retry, fork, rerun, replay and delete them.
 
 :class:`FlowManager` is the one implementation behind the library, the ``pyergon`` command and
 the notebook toolkit. Every operation checks the flow's state first and raises
@@ -8,13 +8,19 @@ storage unchanged.
 
 from __future__ import annotations
 
-import html
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable
+from datetime import timedelta
 from typing import Any
 
-from pyergon._context import FlowContext, ReplayEnded
+from pyergon._artifact_gc import (
+    DEFAULT_GRACE,
+    GcReport,
+    collect_artifacts,
+    delete_flows,
+    prune_flows,
+)
+from pyergon._replay import Divergence, ReplayResult, replay_flow
 from pyergon._rerun import (
     FromStep,
     RerunPlan,
@@ -27,108 +33,25 @@ from pyergon._rerun import (
 )
 from pyergon._values import read_value
 from pyergon.clock import Clock, SystemClock
-from pyergon.core.changes import Change
-from pyergon.core.outcome import Completed, FlowOutcome
-from pyergon.core.records import Invocation, ScheduledFlow, format_position
+from pyergon.core.records import Invocation, ScheduledFlow
 from pyergon.core.status import TaskStatus
-from pyergon.core.transitions import RunEnd
 from pyergon.core.workers import WorkerRecord, WorkerState, worker_state
-from pyergon.decorators import flow_entry, require_flow_class, require_flow_instance
+from pyergon.decorators import require_flow_class, require_flow_instance
 from pyergon.errors import (
     FlowDefinitionError,
     FlowNotFoundError,
     FlowStateError,
-    NonDeterminismError,
     StorageError,
 )
-from pyergon.executor._inputs import decode_flow, encode_flow
-from pyergon.executor._runner import FLOW_RETRY_SEQUENCE, FlowRun, drive_flow
+from pyergon.executor._inputs import encode_flow
+from pyergon.executor._runner import FLOW_RETRY_SEQUENCE
 from pyergon.executor.executor import validate_flow_id, validate_new_flow_id
 from pyergon.history import load_history
 from pyergon.serialization import Serializer, serializer_for
 from pyergon.storage._flows import request_cancel, requeue, save_records
 from pyergon.storage.base import ExecutionLog, WorkerRegistry
-from pyergon.storage.memory import InMemoryExecutionLog
 
-__all__ = ["Divergence", "FlowManager", "ReplayResult"]
-
-
-@dataclass(frozen=True, slots=True)
-class Divergence:
-    """Where today's code parts from a flow's recorded log.
-
-    Attributes:
-        position: The log position, such as ``"3"`` or ``"3.1"``.
-        recorded: The operation the log holds there.
-        current: The operation the code calls there now.
-    """
-
-    position: str
-    recorded: str
-    current: str
-
-
-@dataclass(frozen=True, slots=True, repr=False)
-class ReplayResult:
-    """What replaying a flow's log against today's code found.
-
-    Attributes:
-        flow_id: The replayed flow.
-        consistent: Whether the code matched every record it reached.
-        replayed: How many recorded operations the code reached and took from the log.
-        recorded: How many records the log holds (flow-level retry timers not counted).
-        ended_at: The position where the log ran out (the flow is waiting or was running
-            there), or ``None`` if the code ran to its end.
-        divergence: The first mismatch, if any.
-        outcome: The flow's outcome when the replay ran to its end, else ``None``.
-        stale: The recorded steps the replay reached whose code changed since they were
-            recorded, as ``"<position> <name>"``: consistent, but today's code would compute
-            them anew (``rerun`` does).
-    """
-
-    flow_id: str
-    consistent: bool
-    replayed: int
-    recorded: int
-    ended_at: str | None = None
-    divergence: Divergence | None = None
-    outcome: FlowOutcome[Any] | None = field(default=None, compare=False)
-    stale: tuple[str, ...] = ()
-
-    def summary(self) -> str:
-        """One line saying what the replay found."""
-        if self.divergence is not None:
-            return (
-                f"flow {self.flow_id!r} diverges at position {self.divergence.position}: the log "
-                f"records {self.divergence.recorded} but the code calls {self.divergence.current}"
-            )
-        reached = f"{self.replayed} of {self.recorded} recorded operations replayed"
-        if self.ended_at is not None:
-            ending = f"; the log ends at position {self.ended_at}"
-        elif isinstance(self.outcome, Completed) and self.outcome.error is None:
-            ending = f"; it returns {_short(repr(self.outcome.result))}"
-        elif isinstance(self.outcome, Completed):
-            ending = f"; it fails with {_short(repr(self.outcome.error))}"
-        else:
-            ending = ""
-        if self.stale:
-            plural = "s were" if len(self.stale) > 1 else " was"
-            ending = (
-                f", but {len(self.stale)} recorded step{plural} made by code that has changed "
-                f"since ({', '.join(self.stale)}; await session.rerun({self.flow_id!r}) "
-                f"recomputes from there){ending}"
-            )
-        return f"flow {self.flow_id!r} is consistent with its log ({reached}){ending}"
-
-    def __str__(self) -> str:
-        return self.summary()
-
-    def __repr__(self) -> str:
-        return f"ReplayResult({self.summary()})"
-
-    def _repr_html_(self) -> str:
-        colour = "#c62828" if not self.consistent else "#ef6c00" if self.stale else "#2e7d32"
-        return f'<span style="color:{colour}">{html.escape(self.summary())}</span>'
+__all__ = ["Divergence", "FlowManager", "GcReport", "ReplayResult"]
 
 
 class FlowManager:
@@ -489,6 +412,75 @@ class FlowManager:
         await self.get(flow_id)
         return await generations(self.storage, flow_id)
 
+    async def gc(
+        self, *, dry_run: bool = False, older_than: float | timedelta = DEFAULT_GRACE
+    ) -> GcReport:
+        """Remove the artifacts no stored payload names; safe while workers run.
+
+        See :func:`~pyergon._artifact_gc.collect_artifacts`: forks and reruns share artifacts,
+        so one stays while any record names it, and one written in the last ``older_than``
+        seconds stays too (a worker may be about to save the record naming it).
+
+        Args:
+            dry_run: Remove nothing; report what would be removed.
+            older_than: The grace period, in seconds or as a ``timedelta``.
+
+        Returns:
+            What was removed and kept (it says so when the storage keeps no artifacts).
+        """
+        return await collect_artifacts(self.storage, dry_run=dry_run, older_than=older_than)
+
+    async def delete(self, flow_id: str, *, grace: float | timedelta = DEFAULT_GRACE) -> GcReport:
+        """Delete a flow, its records, signals and child flows, then artifacts only it named.
+
+        Args:
+            flow_id: The flow; it must not be running.
+            grace: Artifacts written within this many seconds stay (see :meth:`gc`).
+
+        Returns:
+            The flows deleted (the flow and its children) and the artifacts removed.
+
+        Raises:
+            FlowNotFoundError: No such flow.
+            FlowStateError: The flow or one of its child flows is running.
+        """
+        return await delete_flows(self.storage, [validate_flow_id(flow_id)], grace=grace)
+
+    async def prune(
+        self,
+        older_than: float | timedelta,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        flow_type: str | None = None,
+        dry_run: bool = False,
+        grace: float | timedelta = DEFAULT_GRACE,
+    ) -> GcReport:
+        """Delete the flows last updated more than ``older_than`` ago, then their artifacts.
+
+        Top-level flows are chosen, each deleted with its child flows; artifacts another
+        record still names stay.
+
+        Args:
+            older_than: Seconds, or a ``timedelta``.
+            statuses: Which statuses go; defaults to the final ones (``COMPLETE``,
+                ``FAILED``, ``CANCELLED``).
+            flow_type: Only flows of this type.
+            dry_run: Delete nothing; report what would go.
+            grace: Artifacts written within this many seconds stay (see :meth:`gc`).
+
+        Raises:
+            ValueError: ``older_than`` is negative or ``statuses`` holds ``RUNNING``.
+        """
+        return await prune_flows(
+            self.storage,
+            older_than,
+            statuses=statuses,
+            flow_type=flow_type,
+            dry_run=dry_run,
+            grace=grace,
+            now=self.clock.now(),
+        )
+
     async def replay(self, flow_id: str, flow_class: type | None = None) -> ReplayResult:
         """Run today's code against a flow's recorded log without running any step body.
 
@@ -513,87 +505,15 @@ class FlowManager:
                 f"flow {flow_id!r} is of type {flow.flow_type!r} but {cls.__qualname__} is flow "
                 f"type {type_name!r}; replay it with the class of its type"
             )
-        method_name, _ = flow_entry(cls)
-        instance: Any = decode_flow(self.serializer, cls, flow.payload)
-        records = await self.storage.load_invocations(flow_id)
-        copy = InMemoryExecutionLog()
-        await copy.create_flow(flow.replace(status=TaskStatus.RUNNING))
-        signals = await self.storage.list_signals(flow_id)
-        await copy.apply(Change(records=tuple(records), signals=tuple(signals)))
-        contexts: list[FlowContext] = []
-        run = FlowRun(
-            flow=instance,
-            flow_id=flow_id,
-            storage=copy,
+        return await replay_flow(
+            self.storage,
+            flow,
+            cls,
             serializer=self.serializer,
             clock=self.clock,
-            entry=lambda running: getattr(running, method_name)(),
-            run_child=_no_live_children,
-            writer=_DiscardingWriter(),
-            attempt=flow.attempt,
-            replay_only=True,
-            observe=contexts.append,
+            classes=self._classes,
         )
-        recorded = sum(1 for record in records if record.sequence != FLOW_RETRY_SEQUENCE)
-        outcome: FlowOutcome[Any] | None = None
-        divergence: Divergence | None = None
-        ended_at: str | None = None
-        try:
-            outcome = await drive_flow(run)
-        except NonDeterminismError as error:
-            divergence = Divergence(error.sequence, error.recorded, error.current)
-        except ReplayEnded as ended:
-            ended_at = format_position(*ended.position)
-        children = await _stale_children(self.storage, records, self._classes)
-        return ReplayResult(
-            flow_id,
-            consistent=divergence is None,
-            replayed=_replayed(contexts),
-            recorded=recorded,
-            ended_at=ended_at,
-            divergence=divergence,
-            outcome=outcome,
-            stale=_stale_steps(contexts) + children,
-        )
-
-
-def _short(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 def _moved(record: Invocation, flow_id: str) -> Invocation:
     return record.replace(flow_id=flow_id)
-
-
-def _stale_steps(contexts: list[FlowContext]) -> tuple[str, ...]:
-    """The stale records the replay returned, as ``"<position> <name>"``."""
-    stale = contexts[-1].stale if contexts else None
-    return tuple(f"{record.position} {record.name}" for record in stale or ())
-
-
-async def _stale_children(
-    storage: ExecutionLog, records: list[Invocation], classes: dict[str, type]
-) -> tuple[str, ...]:
-    """The child flows holding stale results, as ``"<position> child <type>"``."""
-    positions = await stale_child_positions(storage, records, classes)
-    return tuple(
-        f"{record.position} child {record.name}"
-        for record in records
-        if record.child_flow_id is not None and record.sequence in positions
-    )
-
-
-def _replayed(contexts: list[FlowContext]) -> int:
-    return contexts[-1].replayed_count if contexts else 0
-
-
-async def _no_live_children(*_args: object) -> FlowOutcome[Any]:  # pragma: no cover - guarded
-    raise AssertionError("a replay reached a live child; before_live_work should stop it")
-
-
-class _DiscardingWriter:
-    """A replay writes nothing back: its records and every state change are dropped."""
-
-    async def write(self, context: FlowContext, end: RunEnd) -> None:
-        del end
-        context.discard_unsaved()

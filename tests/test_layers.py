@@ -13,9 +13,9 @@ runtime               ``_context``, ``_interrupts``, ``_output``, ``_progress``,
                       ``_fingerprint``, ``_code``, ``determinism``, ``executor.*``: running
                       flows, and which records today's code did not make
 read and operate      ``history``, ``_history_html``, ``_timeline_layout``, ``_timeline_text``,
-                      ``management``, ``_rerun``, ``_values``: records, DataFrames, HTML and
-                      text of a history, stored values; cancel, resume, retry, fork, replay,
-                      rerun
+                      ``management``, ``_rerun``, ``_values``, ``_replay``, ``_artifact_gc``:
+                      records, DataFrames, HTML and text of a history, stored values; cancel,
+                      resume, retry, fork, replay, rerun, gc, delete, prune
 fronts                ``cli.*``, ``notebook.*``, ``_front`` (``pyergon.run``), ``demo``,
                       ``testing.*``, ``__main__``
 façade                ``pyergon`` itself (``__init__``): re-exports; imported by no module
@@ -65,6 +65,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "pyergon.management",
             "pyergon._rerun",
             "pyergon._values",
+            "pyergon._replay",
+            "pyergon._artifact_gc",
         ),
     ),
     (

@@ -23,6 +23,7 @@ __all__ = [
     "add_rerun_options",
     "non_negative_int",
     "non_negative_seconds",
+    "parse_duration",
     "parse_since",
     "parse_status",
     "positive",
@@ -60,11 +61,8 @@ def parse_since(text: str, *, now: float | None = None) -> float:
     Raises:
         argparse.ArgumentTypeError: Neither form.
     """
-    compact = text.strip().lower().replace(" ", "")
-    if compact and _DURATION.sub("", compact) == "":
-        ago = sum(
-            float(amount) * _DURATION_UNITS[unit] for amount, unit in _DURATION.findall(compact)
-        )
+    ago = _duration(text)
+    if ago is not None:
         return (time.time() if now is None else now) - ago
     try:
         moment = datetime.fromisoformat(text.strip())
@@ -74,6 +72,33 @@ def parse_since(text: str, *, now: float | None = None) -> float:
             "(2024-05-01 or 2024-05-01T12:00:00+02:00)"
         ) from None
     return epoch_seconds(moment)
+
+
+def _duration(text: str) -> float | None:
+    """Seconds in ``90s``, ``15m``, ``1h30m``, ``2d`` or ``1w``; ``None`` if not written so."""
+    compact = text.strip().lower().replace(" ", "")
+    if not compact or _DURATION.sub("", compact) != "":
+        return None
+    return sum(float(amount) * _DURATION_UNITS[unit] for amount, unit in _DURATION.findall(compact))
+
+
+def parse_duration(text: str) -> float:
+    """An argparse ``type`` for a length of time: ``90s``, ``15m``, ``12h``, ``7d``, ``1w``.
+
+    A plain number is seconds.
+
+    Raises:
+        argparse.ArgumentTypeError: Neither form.
+    """
+    seconds = _duration(text)
+    if seconds is not None:
+        return seconds
+    try:
+        return non_negative_seconds(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a length of time: write 90s, 15m, 12h, 7d or 1w (or seconds)"
+        ) from None
 
 
 def non_negative_int(text: str) -> int:

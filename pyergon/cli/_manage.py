@@ -35,6 +35,7 @@ __all__ = [
     "MANAGEMENT_COMMANDS",
     "ManagementError",
     "ManagementUsageError",
+    "run_command",
     "run_management",
 ]
 
@@ -105,9 +106,13 @@ def run_management(arguments: argparse.Namespace) -> int:
         ManagementError: The operation failed (exit 1), with a one-line reason; nothing was
             changed.
     """
+    return run_command(arguments, MANAGEMENT_COMMANDS[arguments.command])
+
+
+def run_command(arguments: argparse.Namespace, command: _Command) -> int:
+    """Run ``command`` as :func:`run_management` runs its own (for other command modules)."""
     from pyergon.cli._worker import WorkerStartError, WorkerUsageError
 
-    command = MANAGEMENT_COMMANDS[arguments.command]
     output = _Output(bool(arguments.json))
     try:
         return asyncio.run(command(arguments, output))

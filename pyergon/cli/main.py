@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fork(subcommands, common)
     _add_rerun(subcommands, common)
     _add_replay(subcommands, common)
+    _add_lifetime(subcommands, common)
     return parser
 
 
@@ -353,6 +354,44 @@ def _add_replay(subcommands: _Subcommands, common: argparse.ArgumentParser) -> N
     )
 
 
+def _add_lifetime(subcommands: _Subcommands, common: argparse.ArgumentParser) -> None:
+    from pyergon.cli._lifetime import add_delete_options, add_gc_options, add_prune_options
+
+    gc = _add_management(
+        subcommands,
+        common,
+        "gc",
+        "remove artifacts that no stored record names",
+        "Remove the artifacts (large results kept apart from the log) that no flow, record or "
+        "signal names any more, and leftovers of interrupted writes. Safe while workers run: "
+        "an artifact written in the last --older-than stays, as a worker may be about to save "
+        "the record naming it.",
+    )
+    add_gc_options(gc)
+    gc.set_defaults(handler=_run_lifetime)
+    delete = _add_management(
+        subcommands,
+        common,
+        "delete",
+        "delete flows with their records, signals and child flows",
+        "Delete each FLOW_ID (not running) with its records, signals and child flows, then the "
+        "artifacts that only they named. Every flow is checked before any is deleted.",
+    )
+    add_delete_options(delete)
+    delete.set_defaults(handler=_run_lifetime)
+    prune = _add_management(
+        subcommands,
+        common,
+        "prune",
+        "delete finished flows last updated longer ago than --older-than",
+        "Delete the top-level flows in the given statuses (default: COMPLETE, FAILED, "
+        "CANCELLED) last updated longer ago than --older-than, each with its child flows, "
+        "then the artifacts that only they named.",
+    )
+    add_prune_options(prune)
+    prune.set_defaults(handler=_run_lifetime)
+
+
 def _run_demo(arguments: argparse.Namespace) -> int:
     from pyergon._demo import run_child, run_demo
 
@@ -381,6 +420,12 @@ def _run_worker(arguments: argparse.Namespace) -> int:
         verbose=bool(arguments.verbose),
     )
     return run_worker(settings)
+
+
+def _run_lifetime(arguments: argparse.Namespace) -> int:
+    from pyergon.cli._lifetime import run_lifetime
+
+    return run_lifetime(arguments)
 
 
 def _run_management(arguments: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from pyergon.cli._arguments import (
     parse_status,
     positive,
 )
+from pyergon.cli._lifetime import add_delete_options, add_gc_options, add_prune_options
 
 __all__ = [
     "PROG",
@@ -267,6 +268,13 @@ def build_parser(handlers: Mapping[str, Handler]) -> MagicArgumentParser:
     rerun = _add(subcommands, "rerun", handlers["rerun"], "recompute a flow from a changed step on")
     add_flow_id(rerun, "ID")
     add_rerun_options(rerun)
+    add_gc_options(_add(subcommands, "gc", handlers["gc"], "remove artifacts no record names"))
+    add_delete_options(
+        _add(subcommands, "delete", handlers["delete"], "delete flows and their child flows")
+    )
+    add_prune_options(
+        _add(subcommands, "prune", handlers["prune"], "delete finished flows older than a time")
+    )
     watch = _add(subcommands, "watch", handlers["watch"], "a live monitor of workers and flows")
     watch.add_argument(
         "--interval",

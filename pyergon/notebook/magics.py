@@ -49,6 +49,8 @@ from pyergon.notebook.views import WorkerState
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
+    from pyergon._artifact_gc import GcReport
+
 __all__ = [
     "SESSION_VARIABLE",
     "PrintedText",
@@ -169,6 +171,9 @@ class PyergonMagics(Magics):
                 "cancel": self._cancel,
                 "fork": self._fork,
                 "rerun": self._rerun,
+                "gc": self._gc,
+                "delete": self._delete,
+                "prune": self._prune,
                 "watch": self._watch,
             }
         )
@@ -199,6 +204,10 @@ class PyergonMagics(Magics):
         * ``signal ID NAME [VALUE]``: VALUE is a Python literal, else a string.
         * ``replay ID [--flow CLASS]``, ``resume ID``, ``retry ID``, ``cancel ID``,
           ``fork ID --from-step N [--new-id ID]``, ``rerun ID [--from-step STEP]``.
+        * ``gc [--dry-run] [--older-than 5m]``: remove artifacts no record names.
+          ``delete ID ...``: delete flows (not running) with their child flows.
+          ``prune --older-than 7d [--status S ...] [--type T] [--dry-run]``: delete finished
+          flows last updated before then. Each removes the artifacts only those flows named.
 
         ``$name`` and ``{expression}`` in the line are expanded by IPython first (write ``$$``,
         ``{{`` and ``}}`` for literal characters). In a Jupyter kernel everything runs on the
@@ -374,6 +383,20 @@ class PyergonMagics(Magics):
 
     async def _rerun(self, arguments: argparse.Namespace) -> object:
         return await self._session().rerun(arguments.flow_id, from_step=arguments.from_step)
+
+    async def _gc(self, arguments: argparse.Namespace) -> GcReport:
+        return await self._session().gc(dry_run=arguments.dry_run, older_than=arguments.older_than)
+
+    async def _delete(self, arguments: argparse.Namespace) -> GcReport:
+        return await self._session().delete(*arguments.flow_ids)
+
+    async def _prune(self, arguments: argparse.Namespace) -> GcReport:
+        return await self._session().prune(
+            arguments.older_than,
+            statuses=arguments.status,
+            flow_type=arguments.flow_type,
+            dry_run=arguments.dry_run,
+        )
 
     async def _watch(self, arguments: argparse.Namespace) -> object:
         try:

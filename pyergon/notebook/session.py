@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import html
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from pyergon._artifact_gc import DEFAULT_GRACE, GcReport, delete_flows
 from pyergon.clock import Clock, SystemClock
 from pyergon.core.outcome import Completed, FlowOutcome
+from pyergon.core.status import TaskStatus
 from pyergon.core.workers import default_worker_id
 from pyergon.decorators import (
     flow_entry,
@@ -355,6 +358,39 @@ class Session(SessionViews):
         """Replay a flow's log against today's code; see :meth:`FlowManager.replay`."""
         return await self.manager.replay(flow_id, flow_class)
 
+    async def gc(
+        self, *, dry_run: bool = False, older_than: float | timedelta = DEFAULT_GRACE
+    ) -> GcReport:
+        """Remove artifacts no record names (safe while workers run); see :meth:`FlowManager.gc`."""
+        return await self.manager.gc(dry_run=dry_run, older_than=older_than)
+
+    async def delete(self, *flow_ids: str) -> GcReport:
+        """Delete flows with their child flows, then the artifacts only they named.
+
+        See :meth:`FlowManager.delete`: every flow is checked first, and a running one (or one
+        with a running child) is refused before anything is deleted.
+        """
+        report = await delete_flows(self.storage, flow_ids)
+        for flow_id in report.flows:
+            self._stale.forget(flow_id)
+        return report
+
+    async def prune(
+        self,
+        older_than: float | timedelta,
+        *,
+        statuses: Collection[TaskStatus] | None = None,
+        flow_type: str | None = None,
+        dry_run: bool = False,
+    ) -> GcReport:
+        """Delete finished flows last updated more than ``older_than`` (seconds) ago.
+
+        See :meth:`FlowManager.prune`: their artifacts go too unless another flow names them.
+        """
+        return await self.manager.prune(
+            older_than, statuses=statuses, flow_type=flow_type, dry_run=dry_run
+        )
+
     # -- internals ----------------------------------------------------------------------------
 
     def _keeper(self, worker_id: str) -> Any:
@@ -413,6 +449,9 @@ class SyncSession(SyncFront[Session]):
     generations = blocking(Session.generations)
     graph = blocking(Session.graph)
     replay = blocking(Session.replay)
+    gc = blocking(Session.gc)
+    delete = blocking(Session.delete)
+    prune = blocking(Session.prune)
     history = blocking(Session.history)
     flows = blocking(Session.flows)
     timeline = blocking(Session.timeline)

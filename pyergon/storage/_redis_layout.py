@@ -82,6 +82,7 @@ __all__ = [
 
 _SCRIPT_NAMES = (
     "apply",
+    "artifact_references",
     "beat",
     "cancel_requests",
     "claim",

@@ -144,7 +144,7 @@ class StorageLifecycle:
 
 @runtime_checkable
 class ExecutionLog(Protocol):
-    """Durable storage for flows, their records and their signals: sixteen primitives.
+    """Durable storage for flows, their records and their signals: seventeen primitives.
 
     Groups: lifecycle; flows and changes; the queue; reads; admin.
     """
@@ -288,6 +288,18 @@ class ExecutionLog(Protocol):
         Raises:
             InvalidFlowIdError: One of ``flow_ids`` cannot be an id (see
                 :class:`~pyergon.core.FlowQuery`).
+        """
+        ...
+
+    async def artifact_references(self) -> set[str]:
+        """Return the hex digests of every artifact that a stored payload names.
+
+        The payloads are every flow's inputs and result, every record's result and every
+        stored signal's payload (errors never name artifacts). A backend picks those that
+        start with the reference tag where they are stored (a filter in SQL, a script per
+        batch of flows in Redis, never one long blocking command) and parses them with
+        :func:`~pyergon.storage._artifact_references.referenced_digests`. The collector
+        (:func:`pyergon._artifact_gc.collect_artifacts`) removes only what no payload names.
         """
         ...
 

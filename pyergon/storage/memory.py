@@ -22,6 +22,7 @@ from pyergon.core.transitions import (
     queue_order,
 )
 from pyergon.core.workers import Beat, WorkerRecord
+from pyergon.storage._artifact_references import payloads_of, referenced_digests
 from pyergon.storage.base import (
     ClaimedRun,
     StorageLifecycle,
@@ -221,6 +222,13 @@ class InMemoryExecutionLog(StorageLifecycle):
         return counts
 
     # -- admin -------------------------------------------------------------------------------
+
+    async def artifact_references(self) -> set[str]:
+        """Return the digests of the artifacts stored payloads name; see the protocol."""
+        records = (record for log in self._invocations.values() for record in log.values())
+        return referenced_digests(
+            payloads_of(self._flows.values(), records, self._signals.values())
+        )
 
     async def delete_flow(self, flow_id: str) -> bool:
         """Delete a flow with its records and signals."""

@@ -30,7 +30,9 @@ from pyergon.errors import (
     StorageClosedError,
     StorageError,
 )
+from pyergon.serialization._artifact_refs import ARTIFACT_TAG
 from pyergon.serialization.artifacts import ArtifactStore, open_artifact_store
+from pyergon.storage._artifact_references import referenced_digests
 from pyergon.storage._postgres_listener import WorkListener
 from pyergon.storage._postgres_sql import (
     PostgresStatements,
@@ -533,6 +535,11 @@ class PostgresExecutionLog(StorageLifecycle):
         """Return a flow's signals, oldest first, then by name."""
         rows = await self._fetch(self._sql.list_signals, flow_id)
         return [signal_from_row(row) for row in rows]
+
+    async def artifact_references(self) -> set[str]:
+        """Return the digests of the artifacts stored payloads name; see the protocol."""
+        rows = await self._fetch(self._sql.artifact_references, ARTIFACT_TAG)
+        return referenced_digests(row[0] for row in rows)
 
     async def list_flows(self, query: FlowQuery | None = None) -> list[ScheduledFlow]:
         """Return flows newest first (by ``created_at``, then ``flow_id``), filtered.

@@ -45,6 +45,7 @@ from pyergon.errors import (
     StorageError,
 )
 from pyergon.serialization.artifacts import ArtifactStore, open_artifact_store
+from pyergon.storage._artifact_references import scan_redis_references
 from pyergon.storage._redis_layout import (
     SCRIPTS,
     apply_arguments,
@@ -517,6 +518,15 @@ class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
         key = self._key("inv", flow_id)
         fields = await self._batcher.run(lambda: ("HGETALL", key), lambda: self._read_hash(key))
         return log_from_hash(flow_id, fields.items())
+
+    async def artifact_references(self) -> set[str]:
+        """Return the digests of the artifacts stored payloads name, a batch of flows a script."""
+
+        async def run(batch: list[bytes]) -> list[bytes]:
+            return cast(list[bytes], await self._run("artifact_references", *counted(batch)))
+
+        with self._translated_errors():
+            return await scan_redis_references(self._open_client(), self._key("ids"), run)
 
     async def list_signals(self, flow_id: str) -> list[SignalRecord]:
         """Return a flow's signals, oldest first (then by name)."""

@@ -26,7 +26,9 @@ from pyergon.core.status import TaskStatus
 from pyergon.core.transitions import claim_changes
 from pyergon.core.workers import Beat, WorkerRecord
 from pyergon.errors import StorageError
+from pyergon.serialization._artifact_refs import ARTIFACT_TAG
 from pyergon.serialization.artifacts import ArtifactStore, open_artifact_store
+from pyergon.storage._artifact_references import referenced_digests
 from pyergon.storage._file_watch import WriteNotifier, watch_writes
 from pyergon.storage._sql import steps
 from pyergon.storage._sql.rows import flow_from_row, signal_from_row, status_counts
@@ -393,6 +395,15 @@ class SqliteExecutionLog(StorageLifecycle):
         def select(connection: sqlite3.Connection) -> list[SignalRecord]:
             rows = connection.execute(SQL.list_signals, (flow_id,))
             return [signal_from_row(row) for row in rows]
+
+        return await self._open_file().read(select, small=False)
+
+    async def artifact_references(self) -> set[str]:
+        """Return the digests of the artifacts stored payloads name; see the protocol."""
+
+        def select(connection: sqlite3.Connection) -> set[str]:
+            rows = connection.execute(SQL.artifact_references, (ARTIFACT_TAG,))
+            return referenced_digests(row[0] for row in rows)
 
         return await self._open_file().read(select, small=False)
 

@@ -28,6 +28,7 @@ import pytest
 # The contract modules are rewritten like test modules, so a failing assertion shows its values.
 pytest.register_assert_rewrite(
     "pyergon.testing._support",
+    "pyergon.testing._contract_artifacts",
     "pyergon.testing._contract_attempts",
     "pyergon.testing._contract_events",
     "pyergon.testing._contract_flows",
@@ -41,6 +42,7 @@ pytest.register_assert_rewrite(
 )
 
 from pyergon.clock import ManualClock  # noqa: E402 - after the rewrite registration above
+from pyergon.testing._contract_artifacts import ArtifactReferenceContract  # noqa: E402
 from pyergon.testing._contract_events import EventContract  # noqa: E402
 from pyergon.testing._contract_flows import FlowContract  # noqa: E402
 from pyergon.testing._contract_queue import QueueContract  # noqa: E402
@@ -57,6 +59,7 @@ from pyergon.testing.factories import (  # noqa: E402
 )
 
 __all__ = [
+    "ArtifactReferenceContract",
     "EventContract",
     "FlowContract",
     "ManualClock",
@@ -77,6 +80,7 @@ __all__ = [
 
 # pytest collects the tests of the last base first: the bases are listed from the last part up.
 class StorageContract(
+    ArtifactReferenceContract,
     ReadContract,
     RaceContract,
     EventContract,
@@ -100,4 +104,5 @@ class StorageContract(
     * :class:`RaceContract`: concurrent callers and events that meet between read and apply.
     * :class:`ReadContract`: listings (each filter and page of a
       :class:`~pyergon.core.FlowQuery`), counts, deletes and reset.
+    * :class:`ArtifactReferenceContract`: the artifacts stored payloads name.
     """

@@ -97,6 +97,9 @@ class _Meanwhile:
             flow_type=flow_type, created_after=created_after, flow_ids=flow_ids
         )
 
+    async def artifact_references(self) -> set[str]:
+        return await self._storage.artifact_references()
+
     async def delete_flow(self, flow_id: str) -> bool:
         return await self._storage.delete_flow(flow_id)
 

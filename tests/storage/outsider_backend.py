@@ -17,6 +17,7 @@ from pyergon.core.changes import ABSENT, Applied, Change, stored_as_given
 from pyergon.core.records import Invocation, ScheduledFlow, SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.core.transitions import claim_changes, is_runnable, new_lease_token, queue_order
+from pyergon.serialization import payload_info
 from pyergon.storage import base
 
 Row = dict[str, object]
@@ -264,6 +265,19 @@ class OutsiderExecutionLog(base.StorageLifecycle):
                 if flow_type in (None, row["flow_type"]) and recent and chosen:
                     counts[TaskStatus(str(row["status"]))] += 1
         return counts
+
+    async def artifact_references(self) -> set[str]:
+        """Return the digests the stored payloads name, read with the public payload_info."""
+        async with await self._turn():
+            payloads = [row[name] for row in self._rows.values() for name in ("payload", "result")]
+            payloads += [r.result for log in self._records.values() for r in log.values()]
+            payloads += [s.payload for signals in self._signals.values() for s in signals.values()]
+        infos = [payload_info(data) for data in payloads if isinstance(data, bytes)]
+        return {
+            info.artifact.removeprefix("sha256:")
+            for info in infos
+            if info is not None and info.artifact is not None
+        }
 
     # -- admin -------------------------------------------------------------------------------
 

@@ -46,6 +46,15 @@ TAKEOVER_ASSIGNMENTS = (
 it takes, from the row as it was: a flow taken over counts the lease its owner lost."""
 
 
+_REFERENCE_COLUMNS = (
+    ("flows", "payload"),
+    ("flows", "result"),
+    ("invocations", "result"),
+    ("signals", "payload"),
+)
+"""The columns whose payloads may be artifact references (errors are always inline)."""
+
+
 _FORGET_BATCH = 500
 """The most positions one DELETE of :meth:`Statements.forget` names where each value is a
 parameter of its own (SQLite): SQLite builds before 3.32 allow 999 parameters."""
@@ -126,6 +135,13 @@ class Statements:
             )
             + changed
         )
+        self.artifact_references = render(
+            " UNION ".join(
+                f"SELECT {column} AS payload FROM {{{table}}} WHERE substr({column}, 1, 2) = $1"
+                for table, column in _REFERENCE_COLUMNS
+            )
+        )
+        """The distinct payloads that start with parameter ``$1`` (the artifact reference tag)."""
         self.list_signals = render(
             f"SELECT * FROM {{signals}} WHERE flow_id = $1 "
             f"ORDER BY sent_at, name{dialect.code_point_order}"
