@@ -20,7 +20,7 @@ from pyergon.core.status import TaskStatus
 from pyergon.errors import FlowNotFoundError, FlowStateError
 from pyergon.history import iter_flows
 from pyergon.serialization._artifact_refs import format_size
-from pyergon.serialization._artifact_store import ArtifactStore, StoredArtifact
+from pyergon.serialization._artifact_store import TEMPORARY_DIRECTORY, ArtifactStore, StoredArtifact
 from pyergon.storage._artifact_references import payloads_of, referenced_digests
 from pyergon.storage.base import ExecutionLog
 
@@ -37,7 +37,7 @@ __all__ = [
 DEFAULT_GRACE = 300.0
 """Seconds an unnamed artifact is kept after it was last written: a worker's write in flight."""
 
-_TEMPORARY = "tmp/"
+_TEMPORARY = f"{TEMPORARY_DIRECTORY}/"
 _FINAL = frozenset(status for status in TaskStatus if status.is_final)
 
 

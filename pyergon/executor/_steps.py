@@ -267,10 +267,9 @@ async def attempt_until_final(
             continue
         what = lambda: f"the result of step {name!r} of {context.describe(position)}"  # noqa: E731
         serializer = context.serializer
-        if type(serializer) is ArtifactSerializer and serializer.kept_apart(result):
-            # encode_value's rule, spelled out here: a coroutine fewer for every other step.
-            payload = await asyncio.to_thread(dumps_for, serializer, result, what)
-        else:
+        if type(serializer) is ArtifactSerializer:
+            payload = await encode_value(serializer, result, what)
+        else:  # no artifact store: no coroutine more
             payload = context.dumps(result, what)
         # Stored with the run's next save: before any later live work, or with the outcome.
         context.keep(call.record(_COMPLETE, attempts, result=payload))
@@ -280,14 +279,38 @@ async def attempt_until_final(
 
 
 async def encode_value(serializer: Serializer, value: Any, what: Callable[[], str]) -> bytes:
-    """Serialize ``value``; a frame or array kept apart as an artifact is written off the loop.
+    """Serialize ``value``; a value kept apart as an artifact is written off the loop.
 
-    Writing a large DataFrame as Parquet takes about as long as ``to_parquet``: on the event
-    loop it would stall every other flow (and a notebook's kernel) meanwhile.
+    Writing a large DataFrame as Parquet takes about as long as ``to_parquet``, and hashing,
+    writing and syncing a large pickle a while too: on the event loop they would stall every
+    other flow (and a notebook's kernel) meanwhile. A value that is not a frame or an array is
+    pickled on the loop first (its size is known only then), as without artifacts.
     """
-    if type(serializer) is ArtifactSerializer and serializer.kept_apart(value):
+    if type(serializer) is not ArtifactSerializer:
+        return dumps_for(serializer, value, what)
+    if serializer.kept_apart(value):
         return await asyncio.to_thread(dumps_for, serializer, value, what)
-    return dumps_for(serializer, value, what)
+    data = dumps_for(serializer.inner, value, what)  # pickled here, as without artifacts
+    if not serializer.too_large(data, value):
+        return data
+    return await asyncio.to_thread(
+        dumps_for, _Keeping(serializer, data), value, what
+    )  # hashing, writing and syncing a large payload: off the loop too
+
+
+class _Keeping:
+    """A serializer whose ``dumps`` writes bytes already made to an artifact store."""
+
+    __slots__ = ("_data", "_serializer", "name")
+
+    def __init__(self, serializer: ArtifactSerializer, data: bytes) -> None:
+        self._serializer, self._data, self.name = serializer, data, serializer.name
+
+    def dumps(self, value: Any) -> bytes:
+        return self._serializer.kept_bytes(self._data, value)
+
+    def loads(self, data: bytes) -> Any:  # pragma: no cover - never read through
+        return self._serializer.loads(data)
 
 
 async def _with_timeout(

@@ -130,6 +130,7 @@ def _parquet_exact(frame: Any) -> bool:
         or len(columns) == 0
         or not columns.is_unique
         or not all(isinstance(name, str) for name in columns)
+        or (columns.dtype == object and _strings_inferred())  # labels would come back ``str``
         or not (columns.name is None or isinstance(columns.name, str))
         or not frame.flags.allows_duplicate_labels
         or not _attrs_exact(frame.attrs)
@@ -164,6 +165,8 @@ def _index_exact(index: Any) -> bool:
         return False
     if index.dtype == object and _strings_inferred():
         return False  # it would come back as ``str``; columns are turned back, indexes not
+    if getattr(index.dtype, "name", None) in _MASKED:
+        return False  # pyarrow rebuilds a nullable index as numpy (Int64 with NA as float64)
     return _values_exact(index.dtype, index)
 
 

@@ -9,9 +9,10 @@ place, so a crash never leaves a partial artifact under its name. An fsspec stor
 ``gs://``, ...) builds the bytes in memory and writes them with one put, which object stores
 make visible whole or not at all. Both check the digest on every read.
 
-Writing an artifact that exists already refreshes its modification time instead: ``gc`` leaves
-artifacts modified within its grace period, so one a new record is about to reference again is
-not removed under it.
+Writing an artifact that exists already writes it again (the same bytes under the same name):
+that mends a damaged copy and gives it a new modification time; ``gc`` leaves artifacts
+modified within its grace period, so one a new record is about to reference again is not
+removed under it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pyergon.errors import ArtifactError
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "TEMPORARY_DIRECTORY",
     "ArtifactStore",
     "FsspecArtifactStore",
     "LocalArtifactStore",
@@ -41,7 +43,8 @@ DEFAULT_THRESHOLD = 1 << 20
 """Values whose stored form is larger than this many bytes (1 MiB) become artifacts."""
 
 _CHUNK = 8 << 20
-_TEMPORARY = "tmp"
+TEMPORARY_DIRECTORY = "tmp"
+"""Where writes in progress (and removals by gc) keep their files, under a local store's root."""
 
 
 class Sink(Protocol):
@@ -201,7 +204,7 @@ class LocalArtifactStore:
         Raises:
             ArtifactError: The directory cannot be written; nothing is left under the digest.
         """
-        temporary_dir = os.path.join(self.root, _TEMPORARY)
+        temporary_dir = os.path.join(self.root, TEMPORARY_DIRECTORY)
         temporary = os.path.join(temporary_dir, f"{uuid.uuid4().hex}.part")
         try:
             os.makedirs(temporary_dir, exist_ok=True)
@@ -213,18 +216,17 @@ class LocalArtifactStore:
                     os.fsync(file.fileno())
             hex_digest = hashing.hash.hexdigest()
             final = self.path_of(hex_digest)
-            if os.path.exists(final):
-                os.utime(final)  # gc's grace period starts again: a record names it anew
-                os.unlink(temporary)
-            else:
-                shard = os.path.dirname(final)
-                new_shard = not os.path.isdir(shard)
-                os.makedirs(shard, exist_ok=True)
-                os.replace(temporary, final)
-                if self.durable:
-                    _sync_directory(shard)
-                    if new_shard:  # else a power cut could lose the directory, and the file
-                        _sync_directory(self.root)
+            shard = os.path.dirname(final)
+            new_shard = not os.path.isdir(shard)
+            os.makedirs(shard, exist_ok=True)
+            # Even when the artifact exists: the same name means the same bytes, so replacing
+            # it changes nothing a reader sees, mends a damaged copy, and gives gc a new file
+            # with a new time (its removal renames the old one away first: see remove()).
+            os.replace(temporary, final)
+            if self.durable:
+                _sync_directory(shard)
+                if new_shard:  # else a power cut could lose the directory, and the file
+                    _sync_directory(self.root)
         except OSError as error:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
@@ -292,25 +294,45 @@ class LocalArtifactStore:
                     stat = entry.stat()
                 except FileNotFoundError:  # removed meanwhile
                     continue
-                name = entry.name if shard.name != _TEMPORARY else f"{_TEMPORARY}/{entry.name}"
+                name = (
+                    entry.name
+                    if shard.name != TEMPORARY_DIRECTORY
+                    else f"{TEMPORARY_DIRECTORY}/{entry.name}"
+                )
                 yield StoredArtifact(name, stat.st_size, stat.st_mtime, entry.path)
 
     def remove(self, hex_digest: str, *, unless_modified_after: float | None = None) -> bool:
         """Delete an artifact (or a ``tmp/...`` leftover) unless modified after a time.
 
+        The artifact is first renamed away, then its time checked: a writer storing the same
+        value meanwhile either replaced the file before the rename (the renamed file is new,
+        and is put back) or makes a new one after it (left alone). A check before deleting in
+        place could delete a file a writer had just renewed.
+
         Returns:
             Whether it was deleted.
         """
-        if hex_digest.startswith(f"{_TEMPORARY}/"):
-            path = os.path.join(self.root, _TEMPORARY, hex_digest.partition("/")[2])
+        if hex_digest.startswith(f"{TEMPORARY_DIRECTORY}/"):
+            path = os.path.join(self.root, TEMPORARY_DIRECTORY, hex_digest.partition("/")[2])
         else:
             path = self.path_of(hex_digest)
-        try:
-            if unless_modified_after is not None and os.stat(path).st_mtime > unless_modified_after:
+        if unless_modified_after is None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
                 return False
-            os.unlink(path)
+            return True
+        removing = os.path.join(
+            self.root, TEMPORARY_DIRECTORY, f"{os.path.basename(path)}.{uuid.uuid4().hex}.gc"
+        )
+        try:
+            os.rename(path, removing)
         except FileNotFoundError:
             return False
+        if os.stat(removing).st_mtime > unless_modified_after:
+            os.replace(removing, path)  # written again meanwhile: the same bytes, kept
+            return False
+        os.unlink(removing)
         return True
 
 
@@ -386,24 +408,16 @@ class FsspecArtifactStore:
         hex_digest = hashing.hash.hexdigest()
         path = self.path_of(hex_digest)
         try:
-            if not self._fs.exists(path) or not self._touched(path):
-                # Writing it again is how object stores (and fsspec's memory filesystem), which
-                # cannot touch, refresh the time gc's grace period counts from.
-                self._fs.pipe_file(path, buffer.getbuffer())
+            # Written even when it exists: the same name means the same bytes, so this mends a
+            # damaged copy and refreshes the time gc's grace period counts from (object
+            # stores cannot touch a file in place).
+            self._fs.pipe_file(path, buffer.getbuffer())
         except Exception as error:
             raise ArtifactError(
                 f"cannot write an artifact to {self.location}: {error!r}. Check the location "
                 "and its credentials, or pass another artifacts location"
             ) from error
         return hex_digest, hashing.size
-
-    def _touched(self, path: str) -> bool:
-        """Refresh the modification time of ``path`` in place, if the filesystem can."""
-        try:
-            self._fs.touch(path, truncate=False)
-        except NotImplementedError:
-            return False
-        return True
 
     def local_file(self, hex_digest: str, size: int) -> str:
         """Not a local store: raises ``NotImplementedError`` (use :meth:`read`)."""

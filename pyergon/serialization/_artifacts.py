@@ -115,8 +115,21 @@ class ArtifactSerializer:
                 if written is not None:
                     return written
         data = self.inner.dumps(value)
-        if len(data) <= self._threshold or isinstance(value, BaseException):
-            return data
+        return self.kept_bytes(data, value) if self.too_large(data, value) else data
+
+    def too_large(self, data: bytes, value: Any) -> bool:
+        """Whether ``data``, the inner serializer's bytes of ``value``, go to the store."""
+        return len(data) > self._threshold and not isinstance(value, BaseException)
+
+    def kept_bytes(self, data: bytes, value: Any) -> bytes:
+        """Write ``data`` (the inner serializer's bytes of ``value``) to the store; its reference.
+
+        Without a store ``data`` is returned as it is, and said once.
+
+        Raises:
+            ArtifactError: The store cannot be written.
+        """
+        store = self.store
         if store is None:
             self._say_inline(len(data))
             return data

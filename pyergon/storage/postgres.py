@@ -14,7 +14,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -33,6 +33,7 @@ from pyergon.errors import (
 from pyergon.serialization._artifact_refs import ARTIFACT_TAG
 from pyergon.serialization.artifacts import ArtifactStore, open_artifact_store
 from pyergon.storage._artifact_references import referenced_digests
+from pyergon.storage._postgres_driver import DriverErrors, import_asyncpg, keep_session
 from pyergon.storage._postgres_listener import WorkListener
 from pyergon.storage._postgres_sql import (
     PostgresStatements,
@@ -65,31 +66,12 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 """Seconds a new connection may take; a port where another server listens never answers."""
 
 
-def _import_asyncpg() -> Any:
-    try:
-        import asyncpg
-    except ImportError as error:
-        raise ImportError(
-            'the PostgreSQL backend needs asyncpg: pip install "pyergon[postgres]"'
-        ) from error
-    return asyncpg
-
-
 def _claimed_run(row: Any) -> ClaimedRun:
     """The run of a flow the claim took, without its log; a column it cannot read is damage."""
     values, damage = readable_flow(row)
     if damage is not None:
         return damaged_run(values | {"flow_id": row["flow_id"]}, damage)
     return ClaimedRun(ScheduledFlow(**values))
-
-
-async def _keep_session(_connection: Any) -> None:
-    """Reset nothing when the pool takes a connection back.
-
-    pyergon never changes a pooled connection's session (no SET, LISTEN or advisory lock
-    outside a transaction), so asyncpg's default reset, a statement on every release, would
-    only cost a round trip. asyncpg still rolls back a transaction left open.
-    """
 
 
 class PostgresExecutionLog(StorageLifecycle):
@@ -136,22 +118,7 @@ class PostgresExecutionLog(StorageLifecycle):
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         artifacts: str | os.PathLike[str] | ArtifactStore | None = None,
     ) -> None:
-        driver = self._driver = _import_asyncpg()
-        self._failures: tuple[type[Exception], ...] = (
-            driver.PostgresError,
-            driver.InterfaceError,
-            driver.InternalClientError,
-            OSError,
-        )
-        """What asyncpg raises: wrapped in :class:`StorageError` naming the server."""
-        self._lost_connection: tuple[type[Exception], ...] = (
-            OSError,
-            driver.PostgresConnectionError,
-            driver.OperatorInterventionError,  # the server is shutting down or restarting
-            driver.InterfaceError,  # "connection is closed"
-            driver.InternalClientError,  # a query sent as the server's FATAL notice arrived
-        )
-        """Those failures that leave the connection unusable rather than fail a statement."""
+        driver = self._driver = import_asyncpg()
         self._dsn = dsn
         self.artifacts = None if artifacts is None else open_artifact_store(artifacts)
         self._schema = validate_schema_name(schema)
@@ -164,6 +131,9 @@ class PostgresExecutionLog(StorageLifecycle):
                 f"connect_timeout must be a positive number of seconds, not {connect_timeout!r}"
             )
         self._connect_timeout = float(connect_timeout)
+        self._errors = DriverErrors(
+            driver, dsn=dsn, schema=self._schema, connect_timeout=self._connect_timeout
+        )
         self._sql = PostgresStatements(schema)
         self._channel = channel_name(schema)
         query = dict(parse_qsl(urlsplit(dsn).query))
@@ -179,7 +149,7 @@ class PostgresExecutionLog(StorageLifecycle):
                 dsn, server_settings=self._server_settings, timeout=self._connect_timeout
             ),
             self._channel,
-            lambda: self._driver_errors("listen for work on"),
+            lambda: self._errors.translated("listen for work on"),
         )
 
     @classmethod
@@ -270,13 +240,13 @@ class PostgresExecutionLog(StorageLifecycle):
                 min_size=self._min_size,
                 max_size=self._max_size,
                 server_settings=self._server_settings,
-                reset=_keep_session,
+                reset=keep_session,
                 timeout=self._connect_timeout,
             )
             try:
-                with self._driver_errors("connect to"):
+                with self._errors.translated("connect to"):
                     await pool  # opens min_size connections; closes them again if one fails
-                with self._driver_errors("migrate"):
+                with self._errors.translated("migrate"):
                     async with pool.acquire() as connection:
                         await migrate(connection, self._sql, where=self.dsn)
                 if self._listen_on_connect:
@@ -312,37 +282,10 @@ class PostgresExecutionLog(StorageLifecycle):
             await self._listener.close()
             try:
                 await pool.close()
-            except self._failures:
+            except self._errors.failures:
                 pool.terminate()  # the server is gone: nothing left to close politely
 
     # -- running statements ------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _driver_errors(self, action: str = "use") -> Iterator[None]:
-        """Turn asyncpg and socket errors into :class:`StorageError` naming the server."""
-        try:
-            yield
-        except self._failures as error:
-            raise self._storage_error(error, action) from error
-
-    def _storage_error(self, error: Exception, action: str = "use") -> StorageError:
-        """The :class:`StorageError` for an asyncpg or socket error, naming the server."""
-        where = f"PostgreSQL storage {self.dsn} (schema {self._schema!r})"
-        message = f"could not {action} {where}: {type(error).__name__}: {error}"
-        if isinstance(error, TimeoutError):  # asyncpg's connect timeout; a statement has none
-            parts = urlsplit(self._dsn)
-            server = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
-            message = (
-                f"could not {action} {where}: {server} did not answer as a PostgreSQL server "
-                f"within {self._connect_timeout:g} s. Check the host and port (is another "
-                "server listening there?), or give a longer `connect_timeout`"
-            )
-        elif isinstance(error, self._lost_connection):
-            message += (
-                ". Check that the server is running and reachable; the storage reconnects "
-                "on its next call. A write in flight may or may not have been applied."
-            )
-        return StorageError(message)
 
     def _open_pool(self) -> Any:
         if self._pool is None:
@@ -357,7 +300,7 @@ class PostgresExecutionLog(StorageLifecycle):
     async def _connection(self) -> AsyncIterator[Any]:
         """A pooled connection for several statements; one that was lost is not reused."""
         pool = self._open_pool()
-        with self._driver_errors():
+        with self._errors.translated():
             async with pool.acquire() as connection:
                 yield connection
 

@@ -40,12 +40,12 @@ from pyergon.core.transitions import claim_changes, new_lease_token
 from pyergon.errors import (
     CorruptStorageError,
     InvalidStorageUrlError,
-    SchemaVersionError,
     StorageClosedError,
     StorageError,
 )
 from pyergon.serialization.artifacts import ArtifactStore, open_artifact_store
 from pyergon.storage._artifact_references import scan_redis_references
+from pyergon.storage._redis_checks import check_schema, warn_if_not_persisting
 from pyergon.storage._redis_layout import (
     SCRIPTS,
     apply_arguments,
@@ -69,18 +69,11 @@ from pyergon.storage._redis_packing import pack_with_hiredis
 from pyergon.storage._redis_pipeline import CommandBatcher
 from pyergon.storage._redis_workers import RedisWorkerRegistry
 from pyergon.storage._url_checks import server_url
-from pyergon.storage.base import (
-    SCHEMA_VERSION,
-    ClaimedRun,
-    StorageLifecycle,
-)
+from pyergon.storage.base import ClaimedRun, StorageLifecycle
 
 __all__ = ["RedisExecutionLog"]
 
 logger = logging.getLogger("pyergon.storage.redis")
-
-_MIGRATION_BATCH = 1_000
-"""Flows backfilled per script call when migrating a prefix, so Redis is never blocked long."""
 
 
 class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
@@ -227,9 +220,16 @@ class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
                     }
                     for source in SCRIPTS.values():
                         await client.script_load(source)
-                    await self._check_schema(client, scripts["migrate"])
+                    await check_schema(
+                        client,
+                        scripts["migrate"],
+                        key=self._key("schema_version"),
+                        prefix=self._prefix,
+                        origin=self._origin,
+                        where=self._where,
+                    )
                     if not self._second_handle:  # told once, by the first handle
-                        await self._warn_if_not_persisting(client)
+                        await warn_if_not_persisting(client, prefix=self._prefix, where=self._where)
                         await self._listener.start()
             except BaseException as error:
                 await self._listener.stop()
@@ -266,70 +266,6 @@ class RedisExecutionLog(RedisWorkerRegistry, StorageLifecycle):
             retry=retry,
         )
         return pack_with_hiredis(pool)
-
-    async def _check_schema(self, client: Redis, migrate: AsyncScript) -> None:
-        """Record the version on a new prefix, migrate an older one, refuse a newer one."""
-        await client.set(self._key("schema_version"), SCHEMA_VERSION, nx=True)
-        version = await self._stored_version(client)
-        if version < SCHEMA_VERSION:
-            cursor: bytes | str | None = "0"
-            while cursor:
-                cursor = await migrate(
-                    args=[self._prefix, self._origin, cursor, _MIGRATION_BATCH], client=client
-                )
-            logger.info(
-                "migrated prefix %r at %s from layout version %d to %d",
-                self._prefix,
-                self._where,
-                version,
-                SCHEMA_VERSION,
-            )
-            version = await self._stored_version(client)  # another process may have moved on
-        if version > SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"prefix {self._prefix!r} at {self._where} was written by a newer pyergon (schema "
-                f"version {version}); this pyergon supports schema version {SCHEMA_VERSION} and "
-                'changed nothing. Upgrade pyergon (pip install -U "pyergon[redis]") to use it.'
-            )
-
-    async def _stored_version(self, client: Redis) -> int:
-        key = self._key("schema_version")
-        stored = cast(bytes | None, await client.get(key))
-        try:
-            version = int(stored or b"")
-        except ValueError:
-            version = 0
-        if version < 1:
-            raise CorruptStorageError(
-                f"Redis key {key!r} at {self._where} should hold a pyergon schema version but "
-                f"holds {stored!r}; pyergon changed nothing. Use another prefix or delete the key."
-            )
-        return version
-
-    async def _warn_if_not_persisting(self, client: Redis) -> None:
-        """Warn when the server may lose flows: kept only in memory, or evicted when it is full."""
-        try:
-            config = await client.config_get("save")
-            config.update(await client.config_get("appendonly"))
-            config.update(await client.config_get("maxmemory-policy"))
-        except ResponseError:
-            return  # managed servers often refuse CONFIG; their persistence is theirs to set
-        if not config.get("save") and config.get("appendonly") != "yes":
-            logger.warning(
-                "Redis at %s neither snapshots (save) nor logs writes (appendonly): a restart "
-                "loses every flow under prefix %r. Set `appendonly yes` for durable flows.",
-                self._where,
-                self._prefix,
-            )
-        policy = config.get("maxmemory-policy") or "noeviction"
-        if policy.startswith("allkeys"):
-            logger.warning(
-                "Redis at %s evicts keys when its memory is full (maxmemory-policy %s): it may "
-                "delete flows under prefix %r. Set `maxmemory-policy noeviction`.",
-                self._where,
-                policy,
-                self._prefix,
-            )
 
     # -- running commands --------------------------------------------------------------------
 

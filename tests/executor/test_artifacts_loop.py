@@ -148,3 +148,37 @@ async def test_reading_a_large_value_back_happens_off_the_event_loop(tmp_path: P
     assert len(frame) == ROWS
     assert store.waits == [True]
     assert answered == 1
+
+
+@dataclass
+@flow_type(name="ArtifactsOffLoopDict")
+class BigDict:
+    name: str
+
+    @step
+    def build(self) -> dict[str, list[int]]:
+        return {"values": list(range(600_000))}  # about 3 MB pickled
+
+    @flow
+    async def run(self) -> int:
+        return len((await self.build())["values"])
+
+
+async def test_a_large_pickled_result_is_written_off_the_event_loop(tmp_path: Path) -> None:
+    store = HandshakeStore(tmp_path / "artifacts")
+    storage = SqliteExecutionLog(tmp_path / "flows.db", artifacts=store)
+    await storage.connect()
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve_the_loop(store, stop))
+    try:
+        outcome = await Executor(BigDict("x"), storage, "dict").run(BigDict.run)
+    finally:
+        stop.set()
+        answered = await server
+        await storage.close()
+
+    assert outcome == Completed("dict", result=600_000)
+    assert store.waits == [True]
+    assert answered == 1
+    [artifact] = store.list()
+    assert artifact.size > 1 << 20

@@ -101,6 +101,12 @@ PARQUET: dict[str, Callable[[], Any]] = {
 }
 
 PICKLED: dict[str, Callable[[], Any]] = {
+    "nullable Int64 index with NA": lambda: frame(a=np.arange(3)).set_axis(
+        pd.Index(pd.array([1, None, 3], dtype="Int64"))
+    ),
+    "nullable Int64 index": lambda: frame(a=np.arange(3)).set_axis(
+        pd.Index(pd.array([1, 2, 3], dtype="Int64"))
+    ),
     "object column of lists": lambda: frame(a=[[1], [2, 3], [], None, [4]]),
     "str with NaN in object": lambda: frame(a=pd.Series(["x", np.nan, "y", "", "z"], dtype=object)),
     "string python storage": lambda: frame(
@@ -153,6 +159,9 @@ PARQUET["object column of str, none missing"] = lambda: frame(
 )
 PARQUET["object column all None"] = lambda: frame(a=pd.Series([None] * N, dtype=object))
 _OBJECT_STRINGS: dict[str, Callable[[], Any]] = {
+    "object column labels": lambda: pd.DataFrame(
+        {"a": np.arange(N)}, columns=pd.Index(["a"], dtype=object)
+    ),
     "object index of str": lambda: frame(a=np.arange(N)).set_axis(
         pd.Index(list("vwxyz"), dtype=object)
     ),

@@ -292,3 +292,24 @@ def make_old(store: ArtifactStore, hex_digest: str) -> None:
 def test_an_fsspec_url_without_a_directory_is_refused(url: str) -> None:
     with pytest.raises(ArtifactError, match="names no directory: give one, such as memory://"):
         open_artifact_store(url)
+
+
+def test_writing_a_damaged_artifact_again_mends_it(store: ArtifactStore) -> None:
+    write_bytes(store)
+    damage(store, HEX)
+
+    assert write_bytes(store) == (HEX, len(DATA))
+
+    assert store.read(HEX, len(DATA)) == DATA
+
+
+def test_an_artifact_written_again_after_gc_listed_it_is_kept(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "artifacts", durable=False)
+    write_bytes(store)
+    make_old(store, HEX)
+    [listed] = store.list()  # gc lists an old, unnamed artifact...
+    write_bytes(store)  # ...a worker stores the same value again before gc removes it
+
+    assert not store.remove(HEX, unless_modified_after=listed.modified_at + 10)
+    assert store.read(HEX, len(DATA)) == DATA
+    assert [item.hex for item in store.list()] == [HEX]  # nothing left over in tmp/

@@ -27,7 +27,7 @@ from pyergon.core.records import (
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.workers import StepActivity
 from pyergon.storage import _flows as flows
-from pyergon.storage import redis as redis_module
+from pyergon.storage import _redis_checks
 from pyergon.storage._redis_layout import SCRIPTS, encode_invocation, encode_signal
 from pyergon.storage.base import SCHEMA_VERSION
 from pyergon.storage.memory import InMemoryExecutionLog
@@ -185,7 +185,7 @@ async def test_connect_migrates_a_version_1_prefix(
     monkeypatch: pytest.MonkeyPatch,
     connecting: int,
 ) -> None:
-    monkeypatch.setattr(redis_module, "_MIGRATION_BATCH", 10)  # many batches, interleaved
+    monkeypatch.setattr(_redis_checks, "_MIGRATION_BATCH", 10)  # many batches, interleaved
     prefix = redis_prefix()
     parent = make_flow("parent", status=TaskStatus.SUSPENDED, wake_at=50.0)
     await write_old_flow(admin, prefix, parent, layout=1)
