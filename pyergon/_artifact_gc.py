@@ -17,10 +17,12 @@ from datetime import timedelta
 
 from pyergon.core.records import ScheduledFlow
 from pyergon.core.status import TaskStatus
-from pyergon.errors import FlowNotFoundError, FlowStateError
+from pyergon.errors import ArtifactError, FlowNotFoundError, FlowStateError
 from pyergon.history import iter_flows
 from pyergon.serialization._artifact_refs import format_size
-from pyergon.serialization._artifact_store import TEMPORARY_DIRECTORY, ArtifactStore, StoredArtifact
+from pyergon.serialization._artifact_store import OWNERS_DIRECTORY, TEMPORARY_DIRECTORY
+from pyergon.serialization._artifacts import log_identity
+from pyergon.serialization.artifacts import ArtifactStore, StoredArtifact
 from pyergon.storage._artifact_references import payloads_of, referenced_digests
 from pyergon.storage.base import ExecutionLog
 
@@ -149,6 +151,15 @@ async def collect_artifacts(
     store: ArtifactStore | None = getattr(storage, "artifacts", None)
     if store is None:
         return GcReport(dry_run=dry_run, has_store=False)
+    others = await asyncio.to_thread(store.owners) - {log_identity(storage)}
+    if others:
+        raise ArtifactError(
+            f"the artifacts at {store.location} are shared with other logs "
+            f"({', '.join(sorted(others))}): this log's references cannot tell which of their "
+            "artifacts are still needed, so nothing was removed. Give each log its own artifacts "
+            f"location; if a log named here is gone, delete its file in "
+            f"{store.location}/{OWNERS_DIRECTORY}/"
+        )
     cutoff = (time.time() if now is None else now) - grace
     listed = await asyncio.to_thread(lambda: list(store.list()))  # first: see the docstring
     named = await storage.artifact_references() - set(released)

@@ -49,7 +49,7 @@ def make_database(path: Path, *flow_ids: str) -> Path:
 
 
 def artifact_files(root: Path) -> list[Path]:
-    return [path for path in root.rglob("*") if path.is_file()]
+    return [path for path in root.rglob("*") if path.is_file() and path.parent.name != "owners"]
 
 
 def age(root: Path, seconds: float) -> None:

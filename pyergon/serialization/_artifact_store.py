@@ -31,6 +31,7 @@ from pyergon.errors import ArtifactError
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "OWNERS_DIRECTORY",
     "TEMPORARY_DIRECTORY",
     "ArtifactStore",
     "FsspecArtifactStore",
@@ -126,6 +127,18 @@ class ArtifactStore(Protocol):
         Returns:
             Whether it was deleted.
         """
+        ...
+
+    def claim(self, owner: str) -> None:
+        """Note that the log ``owner`` keeps artifacts here (see :meth:`owners`).
+
+        Raises:
+            ArtifactError: The store cannot be written.
+        """
+        ...
+
+    def owners(self) -> set[str]:
+        """The logs that keep artifacts here: gc of one must not remove another's."""
         ...
 
 
@@ -287,7 +300,7 @@ class LocalArtifactStore:
         except FileNotFoundError:
             return
         for shard in shards:
-            if not shard.is_dir():
+            if not shard.is_dir() or shard.name == OWNERS_DIRECTORY:
                 continue
             for entry in os.scandir(shard.path):
                 try:
@@ -334,6 +347,41 @@ class LocalArtifactStore:
             return False
         os.unlink(removing)
         return True
+
+    def claim(self, owner: str) -> None:
+        """Note that the log ``owner`` keeps artifacts here, in ``owners/`` under the root.
+
+        Raises:
+            ArtifactError: The directory cannot be written.
+        """
+        path = os.path.join(self.root, OWNERS_DIRECTORY, _owner_name(owner))
+        try:
+            if not os.path.exists(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w", encoding="utf-8") as file:
+                    file.write(owner)
+        except OSError as error:
+            raise ArtifactError(f"cannot write to the artifacts at {self.root}: {error}") from error
+
+    def owners(self) -> set[str]:
+        """The logs noted in ``owners/`` under the root."""
+        found = set()
+        try:
+            entries = list(os.scandir(os.path.join(self.root, OWNERS_DIRECTORY)))
+        except FileNotFoundError:
+            return set()
+        for entry in entries:
+            with contextlib.suppress(OSError), open(entry.path, encoding="utf-8") as file:
+                found.add(file.read())
+        return found
+
+
+OWNERS_DIRECTORY = "owners"
+"""Where a store notes the logs that keep artifacts in it, a file each."""
+
+
+def _owner_name(owner: str) -> str:
+    return hashlib.sha256(owner.encode()).hexdigest()[:32]
 
 
 def _sync_directory(path: str) -> None:
@@ -468,6 +516,29 @@ class FsspecArtifactStore:
         except FileNotFoundError:
             return False
         return True
+
+    def claim(self, owner: str) -> None:
+        """Note that the log ``owner`` keeps artifacts here, under ``owners/``.
+
+        Raises:
+            ArtifactError: The location cannot be written.
+        """
+        path = f"{self._root}/{OWNERS_DIRECTORY}/{_owner_name(owner)}"
+        try:
+            if not self._fs.exists(path):
+                self._fs.pipe_file(path, owner.encode())
+        except Exception as error:
+            raise ArtifactError(
+                f"cannot write to the artifacts at {self.location}: {error!r}"
+            ) from error
+
+    def owners(self) -> set[str]:
+        """The logs noted under ``owners/``."""
+        try:
+            paths = self._fs.find(f"{self._root}/{OWNERS_DIRECTORY}")
+        except FileNotFoundError:
+            return set()
+        return {bytes(self._fs.cat_file(path)).decode() for path in paths}
 
 
 def _modified(info: dict[str, Any]) -> float:

@@ -12,6 +12,7 @@ inner serializer's payloads unchanged.
 from __future__ import annotations
 
 import logging
+import re
 import weakref
 from typing import Any
 
@@ -32,7 +33,7 @@ from pyergon.serialization._artifact_refs import (
     format_size,
     payload_info,
 )
-from pyergon.serialization._artifact_store import DEFAULT_THRESHOLD, ArtifactStore
+from pyergon.serialization._artifact_store import DEFAULT_THRESHOLD, ArtifactStore, Writer
 from pyergon.serialization._formats import (
     PickleSerializer,
     Serializer,
@@ -40,7 +41,7 @@ from pyergon.serialization._formats import (
     default_serializer,
 )
 
-__all__ = ["ArtifactSerializer", "serializer_for"]
+__all__ = ["ArtifactSerializer", "log_identity", "serializer_for"]
 
 logger = logging.getLogger("pyergon.artifacts")
 
@@ -62,7 +63,8 @@ class ArtifactSerializer:
     """
 
     __slots__ = (
-        "_frames", "_keys", "_storage", "_threshold", "_warned", "inner", "name", "store", "where",
+        "_claimed", "_frames", "_keys", "_storage", "_threshold", "_warned", "inner", "name",
+        "store", "where",
     )  # fmt: skip
 
     def __init__(
@@ -85,6 +87,7 @@ class ArtifactSerializer:
         """Whether frames and arrays get their own formats (the inner serializer takes them)."""
         self._threshold = store.threshold if store is not None else DEFAULT_THRESHOLD
         self._warned = False
+        self._claimed = False
 
     def __repr__(self) -> str:
         return f"ArtifactSerializer({self.inner!r}, store={self.store!r})"
@@ -133,7 +136,7 @@ class ArtifactSerializer:
         if store is None:
             self._say_inline(len(data))
             return data
-        hex_digest, size = store.write(lambda file: file.write(data))
+        hex_digest, size = self._write(store, lambda file: file.write(data))
         info = payload_info(data)
         kind = info.format if info is not None else self.name
         return encode_ref(
@@ -142,7 +145,7 @@ class ArtifactSerializer:
 
     def _write_formatted(self, store: ArtifactStore, codec: Codec, value: Any) -> bytes | None:
         try:
-            hex_digest, size = store.write(lambda file: codec.write(value, file))
+            hex_digest, size = self._write(store, lambda file: codec.write(value, file))
         except ArtifactError:
             raise
         except Exception as error:  # the format refused this value: it is pickled instead
@@ -151,6 +154,12 @@ class ArtifactSerializer:
         shape = tuple(int(n) for n in value.shape)
         ref = ArtifactRef(f"sha256:{hex_digest}", size, codec.format, codec.type, shape)
         return encode_ref(ref, self._keys)
+
+    def _write(self, store: ArtifactStore, writer: Writer) -> tuple[str, int]:
+        if not self._claimed:  # noted before the first artifact: gc of another log sees it
+            store.claim(log_identity(self._storage if self._storage is not None else self.where))
+            self._claimed = True
+        return store.write(writer)
 
     def _say_inline(self, size: int) -> None:
         if self._warned:
@@ -217,3 +226,14 @@ def serializer_for(storage: object, serializer: Serializer | None = None) -> Ser
     if store is None and not getattr(storage, "shared_store", False):
         return chosen
     return ArtifactSerializer(chosen, store, repr(storage), storage=storage)
+
+
+def log_identity(storage: object) -> str:
+    """A name of the log ``storage`` that stays the same while it is opened and closed.
+
+    An artifact store notes the logs that keep artifacts in it under these names
+    (:meth:`~pyergon.serialization.artifacts.ArtifactStore.claim`), so that gc of one log
+    refuses to run where another log's artifacts are.
+    """
+    text = storage if isinstance(storage, str) else repr(storage)
+    return re.sub(r", (open|closed)\)$", ")", text)

@@ -89,6 +89,12 @@ class HandshakeStore:
     def remove(self, hex_digest: str, *, unless_modified_after: float | None = None) -> bool:
         return self.inner.remove(hex_digest, unless_modified_after=unless_modified_after)
 
+    def claim(self, owner: str) -> None:
+        self.inner.claim(owner)
+
+    def owners(self) -> set[str]:
+        return self.inner.owners()
+
 
 async def serve_the_loop(store: HandshakeStore, stop: asyncio.Event) -> int:
     """Answer each handshake from a task on the loop; return how many were answered."""

@@ -21,7 +21,7 @@ from pyergon import Executor, Scheduler, await_external_signal, flow, flow_type,
 from pyergon._artifact_gc import GcReport, collect_artifacts
 from pyergon.clock import ManualClock
 from pyergon.core import ClaimRequest, Completed, TaskStatus
-from pyergon.errors import FlowNotFoundError, FlowStateError
+from pyergon.errors import ArtifactError, FlowNotFoundError, FlowStateError
 from pyergon.management import FlowManager
 from pyergon.serialization._artifact_store import Writer
 from pyergon.serialization.artifacts import LocalArtifactStore
@@ -349,3 +349,25 @@ async def test_prune_deletes_old_finished_flows_and_their_artifacts(tmp_path: Pa
         assert len(names(storage)) == 1
         with pytest.raises(ValueError, match="leave RUNNING out"):
             await later.prune(500, statuses=[TaskStatus.RUNNING])
+
+
+async def test_gc_refuses_a_store_another_log_keeps_artifacts_in(tmp_path: Path) -> None:
+    # flows.db and flows.sqlite both keep theirs in flows.artifacts/ by default.
+    first = SqliteExecutionLog(tmp_path / "flows.db")
+    second = SqliteExecutionLog(tmp_path / "flows.sqlite")
+    await first.connect()
+    await second.connect()
+    try:
+        await Executor(Arrays(300_000), first, "first").run(lambda f: f.run())
+        await Executor(Arrays(200_000), second, "second").run(lambda f: f.run())
+        assert first.artifacts is not None
+        files = sorted(item.hex for item in first.artifacts.list())
+
+        with pytest.raises(ArtifactError, match=r"shared with other logs \(SqliteExecutionLog"):
+            await FlowManager(second).gc(older_than=0)
+
+        assert sorted(item.hex for item in first.artifacts.list()) == files
+        assert (await FlowManager(first).value("first", 1)) is not None
+    finally:
+        await first.close()
+        await second.close()

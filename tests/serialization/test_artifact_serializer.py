@@ -60,6 +60,12 @@ class SpyStore:
     def remove(self, hex_digest: str, *, unless_modified_after: float | None = None) -> bool:
         return self.inner.remove(hex_digest, unless_modified_after=unless_modified_after)
 
+    def claim(self, owner: str) -> None:
+        self.inner.claim(owner)
+
+    def owners(self) -> set[str]:
+        return self.inner.owners()
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> SpyStore:
