@@ -206,5 +206,6 @@ SCENARIOS = {
         Scenario(
             "monitor_refresh", SHARED_BACKENDS, views.monitor_refresh, 100_000, 100_000, 2_000
         ),
+        Scenario("views_large_result", ("sqlite",), views.views_large_result, 200, 200, 5),
     )
 }

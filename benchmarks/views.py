@@ -1,4 +1,4 @@
-"""The notebook views' scenarios: ``views_render`` and ``monitor_refresh``.
+"""The notebook views' scenarios: ``views_render``, ``monitor_refresh``, ``views_large_result``.
 
 ``views_render`` (memory): at 10, 200 and ``n`` flows, the time to build a timeline of
 synthetic :class:`~pyergon.history.FlowHistory` objects (``STEPS_PER_FLOW`` completed steps
@@ -11,6 +11,13 @@ scope. ``monitor_refresh`` (SQLite, PostgreSQL, Redis): ``n`` flows are bulk-loa
 the refreshes per second it allows and the share of each second a monitor refreshing every
 second spends refreshing (wall time, the storage's round trips included). Each timing is the
 median of ``REPEATS`` (or ``REFRESH_REPEATS``) after one untimed call.
+
+``views_large_result`` (SQLite, its artifacts beside the file): a flow whose step returns an
+``n`` MB DataFrame of mixed dtypes (``hashing.mixed_frame``, as ``large_result``) is run once;
+then the time to list its invocations as ``session.invocations()`` does (read the records,
+build the DataFrame), to list the flows, and to read its history and draw its timeline (text
+and SVG) — none of which may load the value (the issue's target for the listing: under 50 ms
+at 200 MB).
 """
 
 from __future__ import annotations
@@ -19,20 +26,25 @@ import functools
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
+
+import pandas as pd
 
 from benchmarks import bulk
 from benchmarks.backends import fresh_storage
+from benchmarks.hashing import BYTES_PER_ROW, mixed_frame
 from benchmarks.result import RunResult
+from pyergon import Executor, flow, flow_type, step
 from pyergon.core.records import Invocation, ScheduledFlow, StoredError
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
-from pyergon.history import FlowHistory
+from pyergon.history import FlowHistory, flows_frame, invocations_frame, iter_flows, load_history
 from pyergon.notebook import Session
 from pyergon.notebook._views_static import png_of
 from pyergon.notebook.views import timeline_from_histories
 from pyergon.storage.memory import InMemoryExecutionLog
 
-__all__ = ["monitor_refresh", "views_render"]
+__all__ = ["monitor_refresh", "views_large_result", "views_render"]
 
 SIZES = (10, 200)
 """Flow counts measured besides ``n``."""
@@ -184,5 +196,67 @@ async def monitor_refresh(backend: str, n: int) -> RunResult:
             "busy_percent_at_1s_interval_all": all_ms / 10,
             "busy_percent_at_1s_interval_scoped": scoped_ms / 10,
             "bulk_load_s": bulk_load_s,
+        },
+    )
+
+
+@dataclass
+@flow_type
+class LargeResult:
+    """One step returning a frame of ``megabytes`` MB, and a small step after it."""
+
+    megabytes: int
+
+    @step
+    async def load(self) -> pd.DataFrame:
+        return mixed_frame(self.megabytes * 1_000_000 // BYTES_PER_ROW)
+
+    @step
+    async def count(self, frame: pd.DataFrame) -> int:
+        return len(frame)
+
+    @flow
+    async def run(self) -> int:
+        return await self.count(await self.load())
+
+
+async def views_large_result(backend: str, n: int) -> RunResult:
+    """Listing and drawing a flow whose step returned an ``n`` MB DataFrame."""
+    if backend != "sqlite":
+        raise ValueError(f"views_large_result runs on sqlite (artifacts beside it), not {backend}")
+    async with fresh_storage(backend) as fresh:
+        storage = fresh.storage
+        running = time.perf_counter()
+        await Executor(LargeResult(n), storage, "large").run(lambda flow: flow.run())
+        run_s = time.perf_counter() - running
+
+        async def invocations() -> pd.DataFrame:
+            return invocations_frame(await storage.load_invocations("large"))
+
+        async def flows() -> pd.DataFrame:
+            return flows_frame([each async for each in iter_flows(storage, limit=1000)])
+
+        async def timeline() -> str:
+            drawn = timeline_from_histories([await load_history(storage, "large")])
+            return drawn.text() + drawn.svg()
+
+        listed = await invocations()
+        if listed["result_artifact"].isna().iloc[0]:
+            raise RuntimeError(f"the frame was not kept as an artifact: {listed.iloc[0].to_dict()}")
+        started = time.perf_counter()
+        numbers = {
+            "invocations_ms": await _median_ms_async(invocations, REFRESH_REPEATS),
+            "flows_ms": await _median_ms_async(flows, REFRESH_REPEATS),
+            "timeline_ms": await _median_ms_async(timeline, REFRESH_REPEATS),
+        }
+        wall = time.perf_counter() - started
+    return RunResult(
+        wall,
+        extra={
+            **{name: round(value, 3) for name, value in numbers.items()},
+            "result_mb": round(int(listed["result_size"].iloc[0]) / 1e6, 1),
+            "result_format": str(listed["result_format"].iloc[0]),
+            "frame_mb": n,
+            "run_s": round(run_s, 2),
         },
     )

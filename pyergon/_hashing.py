@@ -18,7 +18,7 @@ from pathlib import PurePath
 from types import FunctionType
 from typing import Any
 
-from pyergon._hashing_data import encode_data
+from pyergon._hashing_data import encode_data, recorded_digest
 from pyergon.errors import SerializationError
 
 __all__ = ["legacy_stable_hash", "same_arguments", "stable_hash", "type_name"]
@@ -81,7 +81,9 @@ def stable_hash(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     that compare equal but are written differently (``Decimal("1.0")`` and ``Decimal("1.00")``,
     one instant in two time zones). Classes and functions count by qualified name, as pickle
     refers to them. numpy arrays and pandas DataFrames, Series and Index count by dtype, shape
-    or labels and a hash of their buffers (see :mod:`pyergon._hashing_data`). Other objects are
+    or labels and a hash of their buffers (see :mod:`pyergon._hashing_data`); one a step's record
+    holds as an artifact (the very object the step returned, or read back) counts by that
+    artifact's digest instead, which costs nothing. Other objects are
     walked through their pickle reduction (``__reduce_ex__``), so a set inside them is still
     hashed in a canonical order; objects that cannot be pickled count by type name and
     ``repr`` with memory addresses removed. Self-references are encoded as back-references.
@@ -119,25 +121,30 @@ def same_arguments(
 
     ``args_hash`` is ``stable_hash(args, kwargs)``. A record written before arrays and
     frames were hashed by their buffers holds the old kind of fingerprint, compared with the
-    old way's fingerprint of today's arguments, so such flows still replay.
+    old way's fingerprint of today's arguments, so such flows still replay; one written before
+    recorded frames counted by their artifact's digest is compared with their buffers' hash.
     """
     if recorded == args_hash:
         return True
     if args_hash.startswith(_VERSION_2) and not recorded.startswith(_VERSION_2):
         return legacy_stable_hash(args, kwargs) == recorded
+    if args_hash.startswith(_VERSION_2):  # recorded before frames counted by their artifact
+        return _hash_arguments(args, kwargs, _Walk(buffers=True, recorded=False)) == recorded
     return False
 
 
 class _Walk:
     """One fingerprint's walk: the containers it is inside and how it encodes data buffers."""
 
-    __slots__ = ("buffers", "path", "saw_buffers")
+    __slots__ = ("buffers", "path", "recorded", "saw_buffers")
 
-    def __init__(self, *, buffers: bool) -> None:
+    def __init__(self, *, buffers: bool, recorded: bool = True) -> None:
         self.path: dict[int, int] = {}
         """Ids of enclosing containers, mapped to their depths (for back-references)."""
         self.buffers = buffers
         """Whether arrays and frames are encoded by their buffers (else by their reduction)."""
+        self.recorded = recorded
+        """Whether a frame or array a record holds as an artifact counts by its digest."""
         self.saw_buffers = False
 
 
@@ -217,6 +224,10 @@ def _encode_compound(value: Any, kind: type, walk: _Walk) -> bytes:
             body = atom(value) if atom else _encode_compound(base(value), base, walk)
             return b"<" + _text(type_name(kind)) + body
     if walk.buffers:
+        recorded = recorded_digest(value) if walk.recorded else None
+        if recorded is not None:
+            walk.saw_buffers = True
+            return b"K" + recorded
         data = encode_data(value, kind, lambda item: _encode(item, walk))
         if data is not None:
             walk.saw_buffers = True

@@ -8,13 +8,44 @@ the value's own type comes from them, so hashing plain arguments never imports e
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["encode_data"]
+__all__ = ["encode_data", "note_recorded", "recorded_digest"]
 
 Encode = Callable[[Any], bytes]
 """The general encoder, for the small parts (names, attrs) and object-dtype elements."""
+
+
+_recorded: dict[int, tuple[weakref.ref[Any], bytes]] = {}
+"""Frames and arrays a step's record holds as an artifact, by ``id``: their digests."""
+
+
+def note_recorded(value: Any, digest: str) -> None:
+    """Remember that ``value``, a frame or an array, is the artifact ``digest`` of a record.
+
+    Written (or read back) by the artifact serializer. While the object lives, a step it is
+    passed to fingerprints it by that digest instead of hashing its buffers again: the value
+    as its step recorded it, which every replay reads back alike, even where the first run
+    changed it in place since.
+    """
+    key = id(value)
+
+    def forget(reference: weakref.ref[Any]) -> None:
+        entry = _recorded.get(key)
+        if entry is not None and entry[0] is reference:
+            del _recorded[key]
+
+    _recorded[key] = (weakref.ref(value, forget), digest.encode())
+
+
+def recorded_digest(value: Any) -> bytes | None:
+    """The digest :func:`note_recorded` remembered for this very object, if any."""
+    entry = _recorded.get(id(value))
+    if entry is not None and entry[0]() is value:
+        return entry[1]
+    return None
 
 
 def encode_data(value: Any, kind: type, encode: Encode) -> bytes | None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from pyergon.core.records import Invocation, ScheduledFlow, StepProgress
 from pyergon.core.status import InvocationStatus, TaskStatus
+from pyergon.serialization import payload_info
 
 if TYPE_CHECKING:
     from pyergon.history import FlowHistory
@@ -23,6 +24,7 @@ __all__ = [
     "FLOW_COLOURS",
     "GREEN",
     "GREY",
+    "LARGE_VALUE",
     "OUTPUT_LINES",
     "RECORD_COLOURS",
     "RED",
@@ -38,7 +40,12 @@ __all__ = [
     "progress_bar_html",
     "seconds",
     "step_progress_html",
+    "value_note",
 ]
+
+LARGE_VALUE = 100_000
+"""Bytes from which the timeline and a history's rows say how large a record's value is and in
+what format; smaller values go unmentioned, so that small steps stay uncluttered."""
 
 GREEN, RED, AMBER, GREY, DARK_GREY = "#2e7d32", "#c62828", "#f9a825", "#9e9e9e", "#616161"
 
@@ -195,6 +202,23 @@ def earlier_attempts_html(record: Invocation, origin: float) -> str:
     )
 
 
+def value_note(data: bytes | None, *, at_least: int = 0) -> str | None:
+    """A stored value's size and format, read from its record, never loaded.
+
+    Args:
+        data: The stored payload (a record's ``result``, a flow's ``result`` or ``payload``).
+        at_least: Say nothing of a value smaller than this many bytes.
+
+    Returns:
+        A phrase such as ``"208.1 MB parquet artifact"`` or ``"1.2 kB pickle"``; ``None``
+        without a value or below ``at_least``.
+    """
+    info = payload_info(data)
+    if info is None or info.size < at_least:
+        return None
+    return info.describe()
+
+
 def _record_row(record: Invocation, origin: float, running: bool) -> str:
     took = (
         seconds(record.completed_at - record.started_at)
@@ -206,6 +230,9 @@ def _record_row(record: Invocation, origin: float, running: bool) -> str:
         details.append(f"fires {_offset(record.fire_at, origin)}")
     if record.child_flow_id is not None:
         details.append(f"child {escape(record.child_flow_id)}")
+    size = value_note(record.result, at_least=LARGE_VALUE)
+    if size is not None:
+        details.append(escape(size))
     if record.error is not None:
         details.append(f"{escape(record.error.short_type)}: {escape(record.error.message)}")
     if record.earlier_attempts:
@@ -246,7 +273,8 @@ def history_html(history: FlowHistory) -> str:
     facts.append(f"{len(history.signals)} signal(s), {len(history.children)} child flow(s)")
     if flow.status is TaskStatus.COMPLETE and flow.result is not None:
         reads = f"await session.value({flow.flow_id!r})"
-        facts.append(f"result {len(flow.result)} bytes: <code>{escape(reads)}</code> reads it")
+        size = escape(value_note(flow.result) or "")
+        facts.append(f"result {size}: <code>{escape(reads)}</code> reads it")
     error = (
         f"<pre>{escape(flow.error.short_type)}: {escape(flow.error.message)}</pre>"
         if flow.error is not None

@@ -10,7 +10,14 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pyergon._history_html import last_lines, lease_loss_note, plain_text, seconds
+from pyergon._history_html import (
+    LARGE_VALUE,
+    last_lines,
+    lease_loss_note,
+    plain_text,
+    seconds,
+    value_note,
+)
 from pyergon._timeline_layout import (
     Lane,
     TimelineOptions,
@@ -191,6 +198,9 @@ def _notes(record: Invocation, running: bool, stale: bool = False) -> list[str]:
         notes.append(error_note(record.error) if final else record.error.short_type)
     if record.child_flow_id is not None:
         notes.append(f"→ {record.child_flow_id}")
+    size = value_note(record.result, at_least=LARGE_VALUE)
+    if size is not None:
+        notes.append(size)
     return notes
 
 
@@ -222,7 +232,10 @@ def _text_lane(history: FlowHistory, max_records: int) -> list[str]:
 
 
 def record_tooltip(record: Invocation, running: bool) -> str:
-    """A record's details on hover: what it is, its timing and error, progress, last output."""
+    """A record's details on hover: what it is, its timing, value, error, progress, output.
+
+    Its value is named by size and format when it is above :data:`LARGE_VALUE` bytes.
+    """
     status = "running" if running else record.status.value
     facts = [f"{record.position} {record.kind.value} {record_name(record)}: {status}"]
     took = text_duration(record)
@@ -232,6 +245,9 @@ def record_tooltip(record: Invocation, running: bool) -> str:
         facts.append(f"{record.attempts} attempts")
     if record.child_flow_id is not None:
         facts.append(f"child {record.child_flow_id}")
+    size = value_note(record.result, at_least=LARGE_VALUE)
+    if size is not None:
+        facts.append(size)
     if record.error is not None:
         message = plain_text(record.error.message)
         facts.append(f"{record.error.short_type}: {clip(message, _TOOLTIP_CHARS)}")

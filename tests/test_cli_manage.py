@@ -237,7 +237,8 @@ def test_flows_lists_filters_and_counts(store: Store) -> None:
         ("failed", "FAILED"),
         ("done", "COMPLETE"),
     ]
-    assert re.search(r"^failed\s.*\s1\s+-\s+ValueError\s*$", text.stdout, re.M)
+    assert re.search(r"^failed\s.*\s1\s+-\s+ValueError\s+-\s*$", text.stdout, re.M)
+    assert re.search(r"^done\s.*\s\d+ B pickle\s*$", text.stdout, re.M)  # its result's size
     assert text.stdout.splitlines()[-1] == (
         "showing 5; 5 flows in storage: 1 PENDING, 1 RUNNING, 1 SUSPENDED, 1 COMPLETE, 1 FAILED"
     )
@@ -284,7 +285,7 @@ def test_show_prints_records_a_timeline_and_signals(store: Store) -> None:
     ]
     assert all(re.match(r"^ +\+\d+\.\d{3}s  [ █]{32}  +\d ", line) for line in timeline)
     assert re.search(
-        r"^  approve  sent \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  \d+ bytes$", done.stdout, re.M
+        r"^  approve  sent \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  \d+ B pickle$", done.stdout, re.M
     )
 
     assert "  error ValueError: card declined for failed" in failed.stdout

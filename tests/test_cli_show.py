@@ -184,7 +184,7 @@ def test_result_with_json_prints_the_result_alone(show: Show) -> None:
 def test_the_text_view_says_how_to_print_the_result(show: Show) -> None:
     done, failed = show(["json"], ["fails"])
 
-    hint = f" bytes: pyergon show json --storage {shlex.quote(show.url)} --result prints it\n"
+    hint = f" B pickle: pyergon show json --storage {shlex.quote(show.url)} --result prints it\n"
     assert "\n  result " in done and hint in done
     assert "--result prints it" not in failed
 
@@ -193,7 +193,7 @@ def test_the_result_hint_leaves_out_the_storage_the_user_left_out(show: Show) ->
     (done,) = run_all(["show", "json"], cwd=show.cwd, storage_variable=show.url)
 
     assert done.returncode == 0, done.stderr
-    assert " bytes: pyergon show json --result prints it\n" in done.stdout
+    assert " B pickle: pyergon show json --result prints it\n" in done.stdout
 
 
 def test_no_result_yet_or_a_failed_flow_is_one_line_saying_why(show: Show) -> None:

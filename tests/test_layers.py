@@ -12,10 +12,10 @@ storage               ``_hashing``, ``_hashing_data``, ``serialization``, ``stor
 runtime               ``_context``, ``_interrupts``, ``_output``, ``_progress``, ``decorators``,
                       ``_fingerprint``, ``_code``, ``determinism``, ``executor.*``: running
                       flows, and which records today's code did not make
-read and operate      ``history``, ``_history_html``, ``_timeline_layout``, ``_timeline_text``,
-                      ``management``, ``_rerun``, ``_values``, ``_replay``, ``_artifact_gc``:
-                      records, DataFrames, HTML and text of a history, stored values; cancel,
-                      resume, retry, fork, replay, rerun, gc, delete, prune
+read and operate      ``history``, ``_history_frames``, ``_history_html``, ``_timeline_layout``,
+                      ``_timeline_text``, ``management``, ``_rerun``, ``_values``, ``_replay``,
+                      ``_artifact_gc``: records, DataFrames, HTML and text of a history, stored
+                      values; cancel, resume, retry, fork, replay, rerun, gc, delete, prune
 fronts                ``cli.*``, ``notebook.*``, ``_front`` (``pyergon.run``), ``demo``,
                       ``testing.*``, ``__main__``
 façade                ``pyergon`` itself (``__init__``): re-exports; imported by no module
@@ -59,6 +59,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "read and operate",
         (
             "pyergon.history",
+            "pyergon._history_frames",
             "pyergon._history_html",
             "pyergon._timeline_layout",
             "pyergon._timeline_text",

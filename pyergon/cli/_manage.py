@@ -230,12 +230,18 @@ async def _result_json(
     """The flow's result for ``show --json``: ``None`` before it has one, else its JSON.
 
     A result that cannot be read here (its class is not importable, another serializer) is
-    ``{"error": ...}``: the rest of the history is still worth printing.
+    ``{"error": ...}``: the rest of the history is still worth printing. A result kept as an
+    artifact is not loaded: it is ``{"artifact": ..., "bytes": ..., "format": ...}``, and
+    ``show --result --json`` reads it.
     """
     from pyergon._values import stored_value, value_json
+    from pyergon.serialization import payload_info
 
     if history.flow.status is not TaskStatus.COMPLETE:
         return None
+    info = payload_info(history.flow.result)
+    if info is not None and info.artifact is not None:
+        return {"artifact": info.artifact, "bytes": info.size, "format": info.format}
     try:
         value = stored_value(history, _manager(storage).serializer, None)
     except PyergonError as error:

@@ -12,7 +12,13 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pyergon._history_html import OUTPUT_LINES, last_lines, lease_loss_note, line_count
+from pyergon._history_html import (
+    OUTPUT_LINES,
+    last_lines,
+    lease_loss_note,
+    line_count,
+    value_note,
+)
 from pyergon.core.records import (
     Attempt,
     Invocation,
@@ -24,6 +30,7 @@ from pyergon.core.records import (
 from pyergon.core.status import InvocationStatus, OperationKind, TaskStatus
 from pyergon.core.workers import StepActivity
 from pyergon.history import FlowHistory
+from pyergon.serialization import payload_info
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -136,7 +143,19 @@ def _iso(timestamp: float | None) -> str | None:
 
 
 def _size(payload: bytes | None) -> int | None:
-    return None if payload is None else len(payload)
+    """A stored value's size: an artifact's for a value kept apart, read without loading it."""
+    info = payload_info(payload)
+    return None if info is None else info.size
+
+
+def _value_json(prefix: str, payload: bytes | None) -> dict[str, Any]:
+    """``{prefix}_bytes``, ``{prefix}_format`` and ``{prefix}_artifact`` of a stored value."""
+    info = payload_info(payload)
+    return {
+        f"{prefix}_bytes": None if info is None else info.size,
+        f"{prefix}_format": None if info is None else info.format,
+        f"{prefix}_artifact": None if info is None else info.artifact,
+    }
 
 
 def _error_json(error: StoredError | None, *, traceback: bool) -> dict[str, Any] | None:
@@ -168,8 +187,8 @@ def flow_json(flow: ScheduledFlow, *, traceback: bool = False) -> dict[str, Any]
         "parent_position": flow.parent_sequence,
         "cancel_requested": flow.cancel_requested,
         "error": _error_json(flow.error, traceback=traceback),
-        "payload_bytes": len(flow.payload),
-        "result_bytes": _size(flow.result),
+        "payload_bytes": _size(flow.payload),
+        **_value_json("result", flow.result),
     }
 
 
@@ -191,7 +210,7 @@ def invocation_json(record: Invocation) -> dict[str, Any]:
         "child_flow_id": record.child_flow_id,
         "idempotency_key": record.idempotency_key,
         "error": _error_json(record.error, traceback=True),
-        "result_bytes": _size(record.result),
+        **_value_json("result", record.result),
         "output": record.output,
         "progress": progress_json(record.progress),
         "earlier_attempts": [_attempt_json(attempt) for attempt in record.earlier_attempts],
@@ -237,7 +256,7 @@ def _signal_json(signal: SignalRecord) -> dict[str, Any]:
     return {
         "name": signal.name,
         "sent_at": _iso(signal.sent_at),
-        "payload_bytes": len(signal.payload),
+        "payload_bytes": _size(signal.payload),
     }
 
 
@@ -256,7 +275,7 @@ def history_json(history: FlowHistory) -> dict[str, Any]:
 
 
 def flows_table(flows: Sequence[ScheduledFlow]) -> Table:
-    """The table of ``pyergon flows``: one row per flow, newest first."""
+    """The table of ``pyergon flows``: one row per flow, newest first, with its result's size."""
     from rich import box
     from rich.table import Table
 
@@ -271,6 +290,7 @@ def flows_table(flows: Sequence[ScheduledFlow]) -> Table:
     table.add_column("attempt", justify="right", no_wrap=True, min_width=7)
     table.add_column("worker", overflow="fold", min_width=6)
     table.add_column("error", overflow="fold", min_width=5)
+    table.add_column("result", justify="right", overflow="fold")
     for flow in flows:
         status = status_markup(flow.status.value)
         if flow.cancel_requested and not flow.status.is_final:
@@ -286,6 +306,7 @@ def flows_table(flows: Sequence[ScheduledFlow]) -> Table:
             str(flow.attempt),
             _escape(flow.worker_id),
             _escape(flow.error.short_type if flow.error else None),
+            _escape(value_note(flow.result)),
         )
     return table
 
@@ -332,7 +353,7 @@ def history_view(
         "signals",
         [
             f"  {_escape(signal.name)}  sent {format_time(signal.sent_at)} UTC  "
-            f"{len(signal.payload)} bytes"
+            f"{_escape(value_note(signal.payload))}"
             for signal in history.signals
         ],
     )
@@ -437,7 +458,7 @@ def _header_lines(history: FlowHistory, storage_url: str | None) -> list[str]:
         if storage_url is not None:
             command += ["--storage", storage_url]
         shown = _escape(shlex.join([*command, "--result"]))
-        lines.append(f"  result {len(flow.result)} bytes: {shown} prints it")
+        lines.append(f"  result {_escape(value_note(flow.result))}: {shown} prints it")
     if flow.error is not None:
         lines.append(
             f"  [red]error[/] {_escape(flow.error.short_type)}: "
@@ -458,6 +479,7 @@ def _records_table(history: FlowHistory) -> Table:
     table.add_column("attempts", justify="right", no_wrap=True, min_width=8)
     table.add_column("started (UTC)", no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
+    table.add_column("result", justify="right", no_wrap=True)
     table.add_column("details", overflow="fold", min_width=10)
     for record in history.records_now:
         table.add_row(
@@ -468,6 +490,7 @@ def _records_table(history: FlowHistory) -> Table:
             str(record.attempts) if record.kind is OperationKind.STEP else "",
             format_time(record.started_at, date=False),
             format_duration(_record_duration(record)),
+            _escape(value_note(record.result)),
             _record_detail(record),
         )
     return table

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from pyergon._history_html import last_lines, lease_loss_note
+from pyergon._history_html import LARGE_VALUE, last_lines, lease_loss_note, value_note
 from pyergon.core.query import FlowQuery
 from pyergon.core.records import ScheduledFlow, epoch_seconds
 from pyergon.core.status import TaskStatus
@@ -370,6 +370,7 @@ def _row(flow: ScheduledFlow, steps: Sequence[StepActivity], now: float) -> Flow
         age=max(now - flow.created_at, 0.0),
         step=step,
         progress=None if latest is None else latest.progress,
+        result=value_note(flow.result, at_least=LARGE_VALUE) or "",
     )
 
 

@@ -175,6 +175,8 @@ class FlowRow:
         step: ``3 crunch``: the step a live worker runs for it now (the latest started, with
             ``+1`` per other step running at once); ``""`` when none does.
         progress: That step's last progress report, if any.
+        result: ``208.1 MB parquet artifact``: the size and format of its result, read from
+            its record, when above :data:`~pyergon._history_html.LARGE_VALUE` bytes; else ``""``.
     """
 
     flow_id: str
@@ -183,6 +185,7 @@ class FlowRow:
     age: float
     step: str = ""
     progress: StepProgress | None = None
+    result: str = ""
 
     def describe(self) -> str:
         """``id (Type) RUNNING at 3 crunch: 37/100``: no age, for text."""
@@ -191,6 +194,8 @@ class FlowRow:
             line += f" at {self.step}"
         if self.progress is not None:
             line += f": {self.progress.describe()}"
+        if self.result:
+            line += f", result {self.result}"
         return line
 
 
@@ -372,13 +377,13 @@ def _flows_html(rows: tuple[FlowRow, ...], total: int) -> str:
         f'<td style="color:{FLOW_COLOURS[row.status]}">{escape(row.status.value)}</td>'
         f"<td>{escape(row.step)}</td>"
         f"<td>{'' if row.progress is None else step_progress_html(row.progress)}</td>"
-        f"<td>{duration(row.age)}</td></tr>"
+        f"<td>{duration(row.age)}</td><td>{escape(row.result)}</td></tr>"
         for row in rows
     )
     more = f"<p>… {total - len(rows)} more</p>" if total > len(rows) else ""
     return (
         '<table class="pyergon-flows"><thead><tr><th>flow</th><th>type</th><th>status</th>'
-        "<th>current step</th><th>progress</th><th>age</th></tr></thead>"
+        "<th>current step</th><th>progress</th><th>age</th><th>result</th></tr></thead>"
         f"<tbody>{body}</tbody></table>{more}"
     )
 

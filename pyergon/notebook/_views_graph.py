@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pyergon._history_html import AMBER, GREEN, GREY, RED, escape
+from pyergon._history_html import AMBER, GREEN, GREY, LARGE_VALUE, RED, escape, value_note
 from pyergon.core.graph import StepGraph
 from pyergon.core.records import Invocation
 from pyergon.core.status import InvocationStatus, OperationKind
@@ -120,10 +120,13 @@ def _state(record: Invocation | None, stale: bool) -> StepState:
 
 
 def _detail(record: Invocation) -> str:
-    """What a step's tooltip adds from its record: position, attempts, error."""
+    """What a step's tooltip adds from its record: position, attempts, a large value, error."""
     facts = [f"position {record.position}"]
     if record.attempts > 1:
         facts.append(f"{record.attempts} attempts")
+    size = value_note(record.result, at_least=LARGE_VALUE)
+    if size is not None:
+        facts.append(size)
     if record.error is not None:
         facts.append(f"{record.error.short_type}: {record.error.message}")
     return ", ".join(facts)

@@ -287,7 +287,7 @@ async def test_a_finished_flow_s_history_says_how_to_read_its_result(session: Se
     done = (await session.history("prices"))._repr_html_()
     failed = (await session.history("broken"))._repr_html_()
 
-    assert "bytes: <code>await session.value(&#x27;prices&#x27;)</code> reads it" in done
+    assert " B pickle: <code>await session.value(&#x27;prices&#x27;)</code> reads it" in done
     assert "session.value" not in failed
 
 
