@@ -30,6 +30,7 @@ def test_the_tutorials_are_there() -> None:
         "05-exploring-logs.ipynb",
         "06-everyday-data-work.ipynb",
         "07-iterate-on-a-pipeline.ipynb",
+        "08-large-results.ipynb",
     ]
 
 
