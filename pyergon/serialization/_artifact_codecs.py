@@ -237,7 +237,10 @@ def _strings(values: Any, *, allow_missing: bool) -> bool:
     """Whether object ``values`` are all ``str`` (missing ones ``None``, not NaN, if allowed)."""
     import pandas
 
-    inferred = pandas.api.types.infer_dtype(values, skipna=True)
+    infer_dtype = pandas.api.types.infer_dtype
+    if infer_dtype(values, skipna=False) == "string":
+        return True  # nothing missing: no look for missing values (5x the time of this one)
+    inferred = infer_dtype(values, skipna=True)
     if inferred not in ("string", "empty"):
         return False
     missing = pandas.isna(values)
