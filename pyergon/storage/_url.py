@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import parse_qsl
 
 from pyergon.errors import InvalidStorageUrlError, StorageError, UnknownStorageSchemeError
 from pyergon.serialization.artifacts import ArtifactStore
@@ -36,7 +37,8 @@ async def open_storage(
     Supported URLs:
 
     * ``memory://`` — in this process only, for tests and notebooks.
-    * ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` — a SQLite file.
+    * ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` — a SQLite file;
+      ``?artifacts=location`` keeps its large values elsewhere than beside it.
     * ``sqlite://:memory:`` (or ``sqlite:///:memory:``) — a private in-memory SQLite database.
     * ``redis://[:password@]host:port/db`` (or ``rediss://`` for TLS) — a Redis server shared by
       several machines; ``?prefix=name`` sets the key prefix (default ``pyergon``).
@@ -73,7 +75,8 @@ async def open_storage(
     if scheme == "sqlite":
         from pyergon.storage.sqlite import SqliteExecutionLog
 
-        storage = SqliteExecutionLog(_sqlite_path(url, rest), artifacts=artifacts)
+        location = artifacts if artifacts is not None else _sqlite_artifacts(url, rest)
+        storage = SqliteExecutionLog(_sqlite_path(url, rest), artifacts=location)
         await storage.connect()
         return storage
     if scheme in ("redis", "rediss"):
@@ -120,8 +123,28 @@ def sqlite_file(url: str) -> str | None:
     return None if path == _MEMORY else path
 
 
+def _sqlite_artifacts(url: str, rest: str) -> str | None:
+    """The ``artifacts`` parameter of a ``sqlite://`` URL's query, if it has one.
+
+    Raises:
+        InvalidStorageUrlError: The query holds another parameter, or gives it twice.
+    """
+    query = rest.partition("?")[2]
+    if not query:
+        return None
+    pairs = parse_qsl(query, keep_blank_values=True)
+    unknown = sorted({name for name, _ in pairs if name != "artifacts"})
+    if unknown or len(pairs) != 1 or not pairs[0][1]:
+        raise InvalidStorageUrlError(
+            f"SQLite URL {shown(url)!r} takes one query parameter, artifacts=location "
+            f"(where large values go); got {query!r}"
+        )
+    return pairs[0][1]
+
+
 def _sqlite_path(url: str, rest: str) -> str:
-    """Return the file path of a ``sqlite://`` URL, SQLAlchemy style."""
+    """Return the file path of a ``sqlite://`` URL, SQLAlchemy style (without its query)."""
+    rest = rest.partition("?")[0]
     if rest in (_MEMORY, f"/{_MEMORY}"):
         return _MEMORY
     if not rest.startswith("/") or rest == "/":

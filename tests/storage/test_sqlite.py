@@ -23,6 +23,7 @@ from pyergon.core.records import SignalRecord, StoredError
 from pyergon.core.status import InvocationStatus, TaskStatus
 from pyergon.errors import (
     CorruptStorageError,
+    InvalidStorageUrlError,
     SchemaVersionError,
     StorageClosedError,
     StorageError,
@@ -504,3 +505,29 @@ def test_storage_exports_its_public_names_sorted() -> None:
 
     assert pyergon.storage.__all__ == sorted(pyergon.storage.__all__)
     assert set(pyergon.storage.__all__) == public
+
+
+async def test_a_sqlite_url_may_say_where_its_artifacts_go(tmp_path: Path) -> None:
+    from pyergon.serialization.artifacts import LocalArtifactStore
+
+    elsewhere = tmp_path / "big values"
+    storage = await open_storage(f"sqlite:///{tmp_path}/flows.db?artifacts={elsewhere}")
+    try:
+        assert isinstance(storage.artifacts, LocalArtifactStore)
+        assert storage.artifacts.root == str(elsewhere)
+        assert (tmp_path / "flows.db").exists()
+    finally:
+        await storage.close()
+    default = await open_storage(f"sqlite:///{tmp_path}/flows.db")
+    try:
+        assert isinstance(default.artifacts, LocalArtifactStore)
+        assert default.artifacts.root == str(tmp_path / "flows.artifacts")
+    finally:
+        await default.close()
+
+
+@pytest.mark.parametrize("query", ["mode=ro", "artifacts=", "artifacts=a&artifacts=b"])
+async def test_a_sqlite_url_refuses_other_query_parameters(tmp_path: Path, query: str) -> None:
+    with pytest.raises(InvalidStorageUrlError, match="takes one query parameter, artifacts="):
+        await open_storage(f"sqlite:///{tmp_path}/flows.db?{query}")
+    assert not (tmp_path / "flows.db").exists()
