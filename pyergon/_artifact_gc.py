@@ -58,6 +58,8 @@ class GcReport:
         has_store: Whether the storage keeps artifacts at all.
         flows: The flows deleted (by :meth:`~pyergon.management.FlowManager.delete` and
             ``prune``), or that a dry run would delete.
+        shared_with: Other logs that keep artifacts in the same store: then flows are deleted
+            but no artifact is removed, since this log cannot tell which theirs still need.
     """
 
     removed: int = 0
@@ -68,6 +70,7 @@ class GcReport:
     dry_run: bool = False
     has_store: bool = True
     flows: tuple[str, ...] = ()
+    shared_with: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """One line saying what was (or would be) deleted, removed and kept."""
@@ -80,6 +83,12 @@ class GcReport:
                 parts[-1] = f"deleted {len(self.flows)} flow{plural}"
         if not self.has_store:
             parts.append("the storage keeps no artifacts (no artifact store): nothing to remove")
+            return "; ".join(parts)
+        if self.shared_with:
+            parts.append(
+                "no artifact removed: the store is shared with "
+                f"{', '.join(self.shared_with)} (see pyergon gc)"
+            )
             return "; ".join(parts)
         removed = f"{self.removed} artifact{'s' if self.removed != 1 else ''}"
         verb = "would remove" if self.dry_run else "removed"
@@ -151,7 +160,7 @@ async def collect_artifacts(
     store: ArtifactStore | None = getattr(storage, "artifacts", None)
     if store is None:
         return GcReport(dry_run=dry_run, has_store=False)
-    others = await asyncio.to_thread(store.owners) - {log_identity(storage)}
+    others = await _other_owners(storage, store)
     if others:
         raise ArtifactError(
             f"the artifacts at {store.location} are shared with other logs "
@@ -277,9 +286,14 @@ async def _delete_trees(
 ) -> GcReport:
     flows = [flow for tree in trees for flow in tree]
     candidates = await _named_by(storage, flows)
+    store: ArtifactStore | None = getattr(storage, "artifacts", None)
+    shared = () if store is None else tuple(sorted(await _other_owners(storage, store)))
     if not dry_run:
         for flow in flows:
             await storage.delete_flow(flow.flow_id)
+    if shared:  # the flows go; which artifacts the other logs need, this one cannot tell
+        ids = tuple(dict.fromkeys(flow.flow_id for flow in flows))
+        return GcReport(dry_run=dry_run, flows=ids, shared_with=shared)
     report = await collect_artifacts(
         storage,
         dry_run=dry_run,
@@ -347,3 +361,8 @@ async def prune_flows(
         if all(member.status is not TaskStatus.RUNNING for member in tree):
             trees.append(tree)
     return await _delete_trees(storage, trees, dry_run=dry_run, grace=grace)
+
+
+async def _other_owners(storage: ExecutionLog, store: ArtifactStore) -> set[str]:
+    """The logs besides ``storage`` that keep artifacts in ``store``."""
+    return await asyncio.to_thread(store.owners) - {log_identity(storage)}

@@ -12,6 +12,7 @@ inner serializer's payloads unchanged.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import weakref
 from typing import Any
@@ -240,5 +241,8 @@ def log_identity(storage: object) -> str:
     (:meth:`~pyergon.serialization.artifacts.ArtifactStore.claim`), so that gc of one log
     refuses to run where another log's artifacts are.
     """
+    path = getattr(storage, "path", None)
+    if isinstance(path, str) and path not in ("", ":memory:"):  # a SQLite file, wherever opened
+        return f"SqliteExecutionLog({os.path.abspath(path)!r})"
     text = storage if isinstance(storage, str) else repr(storage)
     return re.sub(r", (open|closed)\)$", ")", text)

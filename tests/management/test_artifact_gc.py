@@ -371,3 +371,33 @@ async def test_gc_refuses_a_store_another_log_keeps_artifacts_in(tmp_path: Path)
     finally:
         await first.close()
         await second.close()
+
+
+async def test_logs_of_one_file_name_in_two_directories_are_two_owners(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "shared"
+    logs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        storage = SqliteExecutionLog("flows.db", artifacts=shared)  # the same relative path
+        await storage.connect()
+        logs.append(storage)
+        await Executor(Arrays(300_000 if name == "a" else 200_000), storage, name).run(
+            lambda f: f.run()
+        )
+    first, second = logs
+    try:
+        with pytest.raises(ArtifactError, match="shared with other logs"):
+            await FlowManager(first).gc(older_than=0)
+
+        report = await FlowManager(first).delete("a", grace=0)  # the flow goes, files stay
+
+        assert report.flows == ("a",) and report.removed == 0
+        assert "no artifact removed: the store is shared with" in str(report)
+        assert await first.get_flow("a") is None
+        assert (await FlowManager(second).value("b", 1)) is not None
+    finally:
+        for storage in logs:
+            await storage.close()
