@@ -179,7 +179,9 @@ class Executor(Generic[F]):
                 )
             )
         except (NonDeterminismError, SignatureError, ArtifactError):
-            if stored.status is not TaskStatus.RUNNING:  # put it back as it was
+            if created:  # a new flow waits for a later run (or a worker), not RUNNING for ever
+                await held.leave((), RunEnd(TaskStatus.PENDING, {"wake_at": None}))
+            elif stored.status is not TaskStatus.RUNNING:  # put it back as it was
                 await held.leave((), RunEnd(stored.status, {"wake_at": stored.wake_at}))
             raise
 

@@ -294,3 +294,20 @@ async def test_a_direct_run_that_meets_a_missing_artifact_leaves_the_flow_as_it_
     stored = await storage.get_flow("lost-2")
     assert stored is not None
     assert stored.status is TaskStatus.PENDING  # not left RUNNING, held by a run that is over
+
+
+async def test_a_new_flow_whose_artifact_cannot_be_written_is_left_pending(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "not-a-directory").write_text("in the way")
+    broken = SqliteExecutionLog(tmp_path / "flows.db", artifacts=tmp_path / "not-a-directory")
+    await broken.connect()
+    try:
+        with pytest.raises(ArtifactError, match="cannot be stored"):
+            await Executor(Staged("n"), broken, "new").run(Staged.run)
+
+        stored = await broken.get_flow("new")
+        assert stored is not None
+        assert stored.status is TaskStatus.PENDING  # for a later run: not RUNNING for ever
+    finally:
+        await broken.close()
