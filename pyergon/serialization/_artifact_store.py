@@ -564,10 +564,16 @@ def open_artifact_store(
 
     Raises:
         ArtifactError: An fsspec URL without fsspec installed, or one it cannot open.
+        ValueError: ``location`` is empty.
     """
     if not isinstance(location, str | os.PathLike):
         return location
     text = os.fspath(location)
+    if not text.strip():
+        raise ValueError(
+            "the artifacts location is empty: give a directory every process reaches, or an "
+            "fsspec URL such as s3://bucket/pyergon"
+        )
     if text.startswith("file://"):
         return LocalArtifactStore(text.removeprefix("file://"), threshold=threshold)
     if "://" in text:

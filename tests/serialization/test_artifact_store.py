@@ -313,3 +313,9 @@ def test_an_artifact_written_again_after_gc_listed_it_is_kept(tmp_path: Path) ->
     assert not store.remove(HEX, unless_modified_after=listed.modified_at + 10)
     assert store.read(HEX, len(DATA)) == DATA
     assert [item.hex for item in store.list()] == [HEX]  # nothing left over in tmp/
+
+
+@pytest.mark.parametrize("location", ["", "  "])
+def test_an_empty_artifacts_location_is_refused(location: str) -> None:
+    with pytest.raises(ValueError, match="artifacts location is empty"):
+        open_artifact_store(location)
