@@ -551,7 +551,10 @@ class Worker:
             error,
         )
         self._report(error, flow.flow_id)
-        await release_quietly(writer, "failed", wake_at=self.clock.now() + delay)
+        # A large value out of reach shows on the flow meanwhile (flows(), show), as a refused
+        # key does: the flow is not failed, and it may wait long.
+        note = StoredError.describe(error) if isinstance(error, ArtifactError) else None
+        await release_quietly(writer, "failed", wake_at=self.clock.now() + delay, error=note)
 
     async def _wait_for_timer(self, flow: ScheduledFlow) -> None:
         """Wait until the timer of a flow claimed shortly before it is due fires."""

@@ -274,9 +274,13 @@ async def test_a_worker_gives_back_a_flow_whose_input_artifact_is_missing(
 
     stored = await storage.get_flow(flow_id)
     assert stored is not None and stored.status is not TaskStatus.FAILED
+    assert stored.error is not None and "is missing" in stored.error.message  # shown meanwhile
+    assert path in stored.error.message
     shutil.move(tmp_path / "aside", path)
     assert await worker.run_until_idle() == 1
     assert (await scheduler.wait(flow_id, timeout=10))[flow_id].result == 300_000
+    done = await storage.get_flow(flow_id)
+    assert done is not None and done.error is None
 
 
 async def test_a_direct_run_that_meets_a_missing_artifact_leaves_the_flow_as_it_was(
