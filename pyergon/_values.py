@@ -23,6 +23,7 @@ from pyergon.errors import (
     FlowNotFoundError,
     FlowStateError,
     SerializationError,
+    SignatureError,
     StepNotFoundError,
 )
 from pyergon.executor.executor import validate_flow_id
@@ -219,6 +220,8 @@ def _loads(serializer: Serializer, data: bytes | None, what: str) -> Any:
         return None
     try:
         return loads_for(serializer, data, what)
+    except SignatureError as error:  # another key, not a class to import: say only that
+        raise SignatureError(f"{what} cannot be read back here: {error}") from error
     except SerializationError as error:
         raise SerializationError(
             f"{what} cannot be read back here: {error}; the classes it holds must be importable "

@@ -167,7 +167,7 @@ def _check(data_hash: Any, size: int, hex_digest: str, expected_size: int, path:
         raise ArtifactError(
             f"artifact {path} is damaged: its bytes ({size} bytes) do not match the digest "
             f"sha256:{hex_digest} ({expected_size} bytes) its record names. Restore the file "
-            "from a backup, or re-run the step that made it"
+            "from a backup, or compute it again: pyergon rerun FLOW --from-step STEP"
         )
 
 
@@ -175,7 +175,7 @@ def _missing(path: str, location: str) -> ArtifactError:
     return ArtifactError(
         f"artifact {path} is missing: it was deleted, or this process sees another store than "
         f"the one that wrote it (this one is {location}). Give every process the same artifacts "
-        "location, or re-run the step that made it"
+        "location, or compute it again: pyergon rerun FLOW --from-step STEP"
     )
 
 
