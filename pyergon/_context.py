@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyergon._hashing import same_arguments
+from pyergon._hashing_data import RecordedValues
 from pyergon._interrupts import (
     Cancellation,
     FlowCancelled,
@@ -153,6 +154,9 @@ class FlowContext:
     abandoned: dict[Position, Attempt] | None = None
     """Step attempts an earlier run started and never ended, by position (see
     ``executor/_abandoned.py``): the step's record keeps each when the step runs again."""
+    recorded: RecordedValues | None = None
+    """The frames and arrays this run's records hold as artifacts: steps they are passed to
+    count them by their digests (see :class:`~pyergon._hashing_data.RecordedValues`)."""
     replayed_count: int = 0
     """Final records this run returned instead of doing the work again."""
     stale: list[Invocation] | None = None

@@ -18,7 +18,7 @@ from pathlib import PurePath
 from types import FunctionType
 from typing import Any
 
-from pyergon._hashing_data import encode_data, recorded_digest
+from pyergon._hashing_data import RecordedValues, encode_data
 from pyergon.errors import SerializationError
 
 __all__ = ["legacy_stable_hash", "same_arguments", "stable_hash", "type_name"]
@@ -72,7 +72,9 @@ _ATOMS: dict[type, Callable[[Any], bytes]] = {
 _CONTAINERS = (tuple, list, dict, set, frozenset)
 
 
-def stable_hash(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+def stable_hash(
+    args: tuple[Any, ...], kwargs: Mapping[str, Any], recorded: RecordedValues | None = None
+) -> str:
     """Return a fingerprint of call arguments, identical in every process.
 
     Used to notice that a replayed step is called with different arguments. The digest does
@@ -81,8 +83,8 @@ def stable_hash(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     that compare equal but are written differently (``Decimal("1.0")`` and ``Decimal("1.00")``,
     one instant in two time zones). Classes and functions count by qualified name, as pickle
     refers to them. numpy arrays and pandas DataFrames, Series and Index count by dtype, shape
-    or labels and a hash of their buffers (see :mod:`pyergon._hashing_data`); one a step's record
-    holds as an artifact (the very object the step returned, or read back) counts by that
+    or labels and a hash of their buffers (see :mod:`pyergon._hashing_data`); one in ``recorded``
+    (the very object a step of the running flow returned, or read back) counts by its
     artifact's digest instead, which costs nothing. Other objects are
     walked through their pickle reduction (``__reduce_ex__``), so a set inside them is still
     hashed in a canonical order; objects that cannot be pickled count by type name and
@@ -91,6 +93,8 @@ def stable_hash(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     Args:
         args: Positional arguments.
         kwargs: Keyword arguments; their order does not matter.
+        recorded: The running flow's frames and arrays held as artifacts by its records,
+            which count by their digests.
 
     Returns:
         64 hex characters of SHA-256; prefixed with ``"v2:"`` when the arguments hold an array
@@ -102,7 +106,7 @@ def stable_hash(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     """
     if not args and not kwargs:
         return _NO_ARGUMENTS_HASH
-    return _hash_arguments(args, kwargs, _Walk(buffers=True))
+    return _hash_arguments(args, kwargs, _Walk(buffers=True, recorded=recorded))
 
 
 def legacy_stable_hash(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
@@ -129,7 +133,7 @@ def same_arguments(
     if args_hash.startswith(_VERSION_2) and not recorded.startswith(_VERSION_2):
         return legacy_stable_hash(args, kwargs) == recorded
     if args_hash.startswith(_VERSION_2):  # recorded before frames counted by their artifact
-        return _hash_arguments(args, kwargs, _Walk(buffers=True, recorded=False)) == recorded
+        return _hash_arguments(args, kwargs, _Walk(buffers=True)) == recorded
     return False
 
 
@@ -138,13 +142,13 @@ class _Walk:
 
     __slots__ = ("buffers", "path", "recorded", "saw_buffers")
 
-    def __init__(self, *, buffers: bool, recorded: bool = True) -> None:
+    def __init__(self, *, buffers: bool, recorded: RecordedValues | None = None) -> None:
         self.path: dict[int, int] = {}
         """Ids of enclosing containers, mapped to their depths (for back-references)."""
         self.buffers = buffers
         """Whether arrays and frames are encoded by their buffers (else by their reduction)."""
         self.recorded = recorded
-        """Whether a frame or array a record holds as an artifact counts by its digest."""
+        """The flow's values held as artifacts, which count by their digests, if any."""
         self.saw_buffers = False
 
 
@@ -224,7 +228,7 @@ def _encode_compound(value: Any, kind: type, walk: _Walk) -> bytes:
             body = atom(value) if atom else _encode_compound(base(value), base, walk)
             return b"<" + _text(type_name(kind)) + body
     if walk.buffers:
-        recorded = recorded_digest(value) if walk.recorded else None
+        recorded = None if walk.recorded is None else walk.recorded.digest_of(value)
         if recorded is not None:
             walk.saw_buffers = True
             return b"K" + recorded

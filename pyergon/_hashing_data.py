@@ -12,40 +12,46 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["encode_data", "note_recorded", "recorded_digest"]
+__all__ = ["RecordedValues", "encode_data"]
 
 Encode = Callable[[Any], bytes]
 """The general encoder, for the small parts (names, attrs) and object-dtype elements."""
 
 
-_recorded: dict[int, tuple[weakref.ref[Any], bytes]] = {}
-"""Frames and arrays a step's record holds as an artifact, by ``id``: their digests."""
+class RecordedValues:
+    """The frames and arrays one flow run's records hold as artifacts: their digests, by object.
 
-
-def note_recorded(value: Any, digest: str) -> None:
-    """Remember that ``value``, a frame or an array, is the artifact ``digest`` of a record.
-
-    Written (or read back) by the artifact serializer. While the object lives, a step it is
-    passed to fingerprints it by that digest instead of hashing its buffers again: the value
-    as its step recorded it, which every replay reads back alike, even where the first run
-    changed it in place since.
+    A step's result written as an artifact, or read back from one on replay, is noted here
+    (``executor/_steps.py``). While the object lives, a step of the same run it is passed to
+    fingerprints it by that digest instead of hashing its buffers again: the value as its step
+    recorded it, which every replay reads back alike, even where the first run changed it in
+    place since. Kept per run, not per process: a frame read back by ``session.value`` and
+    given to another flow is that flow's input, hashed by its buffers there as on its replays.
     """
-    key = id(value)
 
-    def forget(reference: weakref.ref[Any]) -> None:
-        entry = _recorded.get(key)
-        if entry is not None and entry[0] is reference:
-            del _recorded[key]
+    __slots__ = ("_by_id",)
 
-    _recorded[key] = (weakref.ref(value, forget), digest.encode())
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[weakref.ref[Any], bytes]] = {}
 
+    def note(self, value: Any, digest: str) -> None:
+        """Remember that ``value`` is the artifact ``digest`` of one of the run's records."""
+        key = id(value)
+        by_id = self._by_id
 
-def recorded_digest(value: Any) -> bytes | None:
-    """The digest :func:`note_recorded` remembered for this very object, if any."""
-    entry = _recorded.get(id(value))
-    if entry is not None and entry[0]() is value:
-        return entry[1]
-    return None
+        def forget(reference: weakref.ref[Any]) -> None:
+            entry = by_id.get(key)
+            if entry is not None and entry[0] is reference:
+                del by_id[key]
+
+        by_id[key] = (weakref.ref(value, forget), digest.encode())
+
+    def digest_of(self, value: Any) -> bytes | None:
+        """The digest noted for this very object, if any."""
+        entry = self._by_id.get(id(value))
+        if entry is not None and entry[0]() is value:
+            return entry[1]
+        return None
 
 
 def encode_data(value: Any, kind: type, encode: Encode) -> bytes | None:

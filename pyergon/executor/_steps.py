@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyergon._context import FlowContext, Position, StepScope, enter_step, leave_step
+from pyergon._hashing_data import RecordedValues
 from pyergon._output import finished_output
 from pyergon.core.records import Attempt, Invocation, StepProgress, StoredError, add_attempt
 from pyergon.core.retry import RetryPolicy
@@ -23,7 +24,7 @@ from pyergon.serialization import (
     serialize_exception,
     stable_hash,
 )
-from pyergon.serialization._artifact_refs import ARTIFACT_TAG, is_ref
+from pyergon.serialization._artifact_refs import ARTIFACT_TAG, is_ref, payload_info
 
 __all__ = [
     "StepCall",
@@ -91,13 +92,15 @@ async def run_step(
     Returns:
         The step's result, recorded or fresh.
     """
-    args_hash = stable_hash(args, kwargs)
+    args_hash = stable_hash(args, kwargs, context.recorded)
     record = context.replayed(position, _STEP, name, args_hash, (args, kwargs))
     if record is not None and record.is_final:
         if record.code_hash != code and record.code_hash:
             context.note_stale(record)
         if is_ref(record.result):  # read off the event loop: Parquet of a frame takes a while
-            return await asyncio.to_thread(replay_final, context, record)
+            value = await asyncio.to_thread(replay_final, context, record)
+            note_recorded(context, value, record.result)
+            return value
         return replay_final(context, record)
     await context.before_live_work(position)
 
@@ -274,8 +277,19 @@ async def attempt_until_final(
         # Stored with the run's next save: before any later live work, or with the outcome.
         context.keep(call.record(_COMPLETE, attempts, result=payload))
         if payload[:2] == ARTIFACT_TAG:
+            note_recorded(context, result, payload)
             await context.save()  # a record names the artifact at once: gc leaves it alone
         return result
+
+
+def note_recorded(context: FlowContext, value: Any, payload: bytes | None) -> None:
+    """Note ``value`` as the frame or array its record's ``payload`` holds as an artifact."""
+    info = payload_info(payload)
+    if info is None or info.artifact is None or info.format not in ("parquet", "npy"):
+        return
+    if context.recorded is None:
+        context.recorded = RecordedValues()
+    context.recorded.note(value, info.artifact)
 
 
 async def encode_value(serializer: Serializer, value: Any, what: Callable[[], str]) -> bytes:

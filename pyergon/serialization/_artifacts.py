@@ -18,7 +18,6 @@ import weakref
 from typing import Any
 
 from pyergon._hashing import type_name
-from pyergon._hashing_data import note_recorded
 from pyergon.errors import ArtifactError
 from pyergon.serialization._artifact_codecs import (
     Codec,
@@ -155,7 +154,6 @@ class ArtifactSerializer:
             return None
         shape = tuple(int(n) for n in value.shape)
         ref = ArtifactRef(f"sha256:{hex_digest}", size, codec.format, codec.type, shape)
-        note_recorded(value, ref.digest)  # a step it is passed to counts it by its digest
         return encode_ref(ref, self._keys)
 
     def _write(self, store: ArtifactStore, writer: Writer) -> tuple[str, int]:
@@ -203,11 +201,8 @@ class ArtifactSerializer:
             try:
                 path = store.local_file(ref.hex, ref.size)
             except NotImplementedError:
-                value = decode_artifact_bytes(ref.format, ref.type, store.read(ref.hex, ref.size))
-            else:
-                value = decode_artifact_file(ref.format, ref.type, path)
-            note_recorded(value, ref.digest)  # as when it was written: see note_recorded
-            return value
+                return decode_artifact_bytes(ref.format, ref.type, store.read(ref.hex, ref.size))
+            return decode_artifact_file(ref.format, ref.type, path)
         return self.inner.loads(store.read(ref.hex, ref.size))
 
 

@@ -50,7 +50,7 @@ class Pipeline:
 
 
 def buffers_only(*args: Any) -> str:
-    return _hash_arguments(args, {}, _Walk(buffers=True, recorded=False))
+    return _hash_arguments(args, {}, _Walk(buffers=True))
 
 
 async def test_a_recorded_frame_counts_by_its_digest_and_replays(tmp_path: Path) -> None:
@@ -75,16 +75,43 @@ async def test_a_recorded_frame_counts_by_its_digest_and_replays(tmp_path: Path)
     assert calls == []
 
 
-async def test_records_from_before_digests_still_replay(tmp_path: Path) -> None:
+async def test_records_from_before_digests_still_replay() -> None:
     from pyergon._hashing import same_arguments
+    from pyergon._hashing_data import RecordedValues
 
     frame = pd.DataFrame({"a": np.arange(ROWS), "b": np.ones(ROWS)})
     before = stable_hash((frame,), {})  # buffers: the value is no artifact yet
-    from pyergon._hashing_data import note_recorded
-
-    note_recorded(frame, "sha256:" + "ab" * 32)
-    now = stable_hash((frame,), {})
+    recorded = RecordedValues()
+    recorded.note(frame, "sha256:" + "ab" * 32)
+    now = stable_hash((frame,), {}, recorded)
 
     assert now != before
+    assert stable_hash((frame.copy(),), {}, recorded) == before  # another object: by buffers
     assert same_arguments(before, now, (frame,), {})
     assert not same_arguments(before, now, (frame.iloc[:-1],), {})
+
+
+@dataclass
+@flow_type(name="FingerprintedInput")
+class Consumer:
+    frame: Any
+
+    @step
+    def count(self, frame: Any) -> int:
+        calls.append("consume")
+        return len(frame)
+
+    @flow
+    async def run(self) -> int:
+        return await self.count(self.frame)
+
+
+async def test_a_value_read_back_and_given_to_another_flow_replays_there(tmp_path: Path) -> None:
+    async with SqliteExecutionLog(tmp_path / "flows.db") as storage:
+        await Executor(Pipeline(3), storage, "source").run(Pipeline.run)
+        frame = await FlowManager(storage).value("source", "load")  # read back: an artifact
+        first = await Executor(Consumer(frame), storage, "consumer").run(Consumer.run)
+        replay = await FlowManager(storage).replay("consumer", Consumer)
+
+    assert first == Completed("consumer", result=ROWS)
+    assert replay.consistent, replay.divergence
