@@ -70,7 +70,10 @@ async def run_with_old_fingerprints(
 ) -> None:
     """Run ``OrderTotal`` up to its signal as pyergon 0.9 did: frames hashed by their pickle."""
     with monkeypatch.context() as patched:
-        patched.setattr("pyergon.executor._steps.stable_hash", legacy_stable_hash)
+        patched.setattr(
+            "pyergon.executor._steps.stable_hash",
+            lambda args, kwargs, _recorded=None: legacy_stable_hash(args, kwargs),
+        )
         first = OrderTotal()
         assert isinstance(await Executor(first, storage, flow_id).run(lambda f: f.run()), Suspended)
     assert first.body_runs == ["load", "total"]
